@@ -1,0 +1,66 @@
+"""The ``pneumo`` command. Subcommands live in ``pneumo.commands.<name>``: each parses, calls the library, prints."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pneumo import __version__
+from pneumo.errors import PneumoError
+
+# name -> (module, one-line help); modules are imported only when their subcommand runs or builds its parser.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("pneumo.commands.data", "dataset: download, manifest, split, cache, report"),
+    "train": ("pneumo.commands.train", "train a model from a preset (+ overrides), then evaluate it"),
+    "evaluate": ("pneumo.commands.evaluate", "evaluate a run on the official test split per the protocol"),
+    "compare": ("pneumo.commands.compare", "leaderboard (markdown + HTML) across runs"),
+    "explain": ("pneumo.commands.explain", "Grad-CAM / occlusion maps for images"),
+    "predict": ("pneumo.commands.predict", "predict JPEG/PNG/DICOM files, folders or globs"),
+    "export": ("pneumo.commands.export", "export a run to ONNX"),
+    "serve": ("pneumo.commands.serve", "web service and page (FastAPI)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumo",
+        description="Pneumonia detection in pediatric chest X-rays: data, training, honest evaluation, "
+        "explanations, prediction, export and a web service. Research use only, not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"pneumo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue  # subcommand not built yet
+        mod.add_parser(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except PneumoError as exc:
+        print(f"pneumo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pneumo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

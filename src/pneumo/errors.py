@@ -1,0 +1,27 @@
+"""Exceptions raised by the library. The CLI and the service turn them into one-line messages / 4xx responses."""
+
+from __future__ import annotations
+
+
+class PneumoError(Exception):
+    """Base class: the message is one actionable line meant for the user."""
+
+
+class DataError(PneumoError):
+    """A dataset folder, manifest, split or cache is missing or inconsistent."""
+
+
+class LeakageError(DataError):
+    """A patient or an exact duplicate straddles two splits."""
+
+
+class ConfigError(PneumoError):
+    """A configuration is impossible or refers to something that does not exist."""
+
+
+class ModelError(PneumoError):
+    """A model name, weights file or checkpoint cannot be used."""
+
+
+class InputError(PneumoError):
+    """An input image (JPEG/PNG/DICOM) cannot be read or is not acceptable."""
