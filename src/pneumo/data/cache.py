@@ -1,0 +1,143 @@
+"""Decode every image once into a uint8 (N, S, S) array on disk, memory-mapped when read.
+
+One cache file per dataset x size x resize policy x intensity step, named by a hash of the images' content hashes and
+the parameters: a changed image or parameter gives a new key, so a stale cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pneumo.data.manifest import DatasetSource, resolve_root
+from pneumo.data.preprocess import decode_gray, prepare
+from pneumo.errors import DataError
+
+CACHE_VERSION = 1
+_CHUNK = 64
+
+
+@dataclass
+class ImageCache:
+    """Preprocessed images aligned with the manifest rows they were built from."""
+
+    images: np.ndarray  # (N, S, S) uint8, memory-mapped
+    paths: list[str]
+    key: str
+    file: Path
+
+    def rows_for(self, df: pd.DataFrame) -> np.ndarray:
+        """Indices into ``images`` for the manifest rows of ``df`` (any subset/order of the cached manifest)."""
+        position = {p: i for i, p in enumerate(self.paths)}
+        missing = [p for p in df["path"] if p not in position]
+        if missing:
+            raise DataError(f"{len(missing)} image(s) are not in the cache, e.g. {missing[0]}; rebuild it")
+        return np.fromiter((position[p] for p in df["path"]), dtype=np.int64, count=len(df))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PNEUMO_CACHE") or Path.home() / ".cache" / "pneumo")
+
+
+def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{intensity}".encode())
+    for path, digest in zip(df["path"], df["sha256"]):
+        h.update(f"|{path}:{digest}".encode())
+    return h.hexdigest()[:20]
+
+
+def _work(args: tuple[DatasetSource, list[str], int, str, str]) -> tuple[np.ndarray, list[str]]:
+    source, paths, size, policy, intensity = args
+    out = np.zeros((len(paths), size, size), np.uint8)
+    failed = []
+    for i, rel in enumerate(paths):
+        try:
+            out[i] = prepare(decode_gray(source.read(rel), target=size), size=size, policy=policy, intensity=intensity)
+        except Exception as exc:  # noqa: BLE001 - reported once, below
+            failed.append(f"{rel} ({exc})")
+    return out, failed
+
+
+def build_cache(
+    df: pd.DataFrame,
+    root: str | os.PathLike | None,
+    *,
+    size: int = 224,
+    policy: str = "squash",
+    intensity: str = "none",
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ImageCache:
+    """Return the cache for these manifest rows, building it if needed (decoding on all cores)."""
+    directory = Path(cache_dir) if cache_dir else default_cache_dir()
+    key = cache_key(df, size=size, policy=policy, intensity=intensity)
+    file = directory / f"images-{size}-{policy}-{intensity}-{key}.npy"
+    index_file = file.with_suffix(".json")
+    if file.is_file() and index_file.is_file():
+        try:
+            return _open(file, index_file, key, len(df), size)
+        except (ValueError, OSError, KeyError, json.JSONDecodeError):
+            pass  # a broken cache file is rebuilt below
+    directory.mkdir(parents=True, exist_ok=True)
+    source = DatasetSource(resolve_root(root))
+    paths = df["path"].tolist()
+    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    tmp = file.with_name(file.name + f".tmp{os.getpid()}")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+    failed: list[str] = []
+    n_workers = workers or min(len(chunks), os.cpu_count() or 1)
+    jobs = [(source, chunk, size, policy, intensity) for chunk in chunks]
+    bar = tqdm(total=len(paths), desc=f"cache {size}px {policy}", unit="img", disable=not progress)
+    try:
+        if n_workers > 1:
+            with ProcessPoolExecutor(n_workers) as pool:
+                results = pool.map(_work, jobs)
+                _fill(array, results, bar, failed)
+        else:
+            _fill(array, map(_work, jobs), bar, failed)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    if failed:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{len(failed)} image(s) could not be decoded, e.g. {failed[0]}; rescan the dataset")
+    array.flush()
+    del array
+    _write_json(index_file, {"key": key, "size": size, "policy": policy, "intensity": intensity, "paths": paths})
+    os.replace(tmp, file)
+    return _open(file, index_file, key, len(df), size)
+
+
+def _fill(array: np.ndarray, results, bar, failed: list[str]) -> None:  # noqa: ANN001
+    start = 0
+    for images, bad in results:
+        array[start : start + len(images)] = images
+        start += len(images)
+        failed.extend(bad)
+        bar.update(len(images))
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def _open(file: Path, index_file: Path, key: str, n: int, size: int) -> ImageCache:
+    index = json.loads(index_file.read_text())
+    images = np.load(file, mmap_mode="r", allow_pickle=False)
+    if index["key"] != key or images.shape != (n, size, size) or len(index["paths"]) != n:
+        raise ValueError("cache does not match its index")
+    return ImageCache(images=images, paths=index["paths"], key=key, file=file)

@@ -1,0 +1,205 @@
+"""Scan a dataset folder or zip (Kaggle `train/val/test` or Mendeley `ChestXRay2017` layout) into a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+from PIL import Image
+
+from pneumo.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("NORMAL", "PNEUMONIA")
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+COLUMNS = ["path", "split", "label", "subtype", "patient_key", "sha256", "width", "height", "source_kind", "dup_group"]
+_NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)")
+_PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """The dataset location from ``--data`` or ``$PNEUMO_DATA``."""
+    value = root if root not in (None, "") else os.environ.get("PNEUMO_DATA")
+    if not value:
+        raise DataError("no dataset given: pass --data DIR (or a .zip) or set PNEUMO_DATA; `pneumo data download` fetches it")
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset not found: {path}")
+    return path
+
+
+class DatasetSource:
+    """Uniform read access to a dataset folder or a zip archive of it (paths are posix, relative to the layout root)."""
+
+    def __init__(self, location: str | os.PathLike) -> None:
+        self.location = Path(location)
+        self.is_zip = self.location.is_file()
+        if self.is_zip and not zipfile.is_zipfile(self.location):
+            raise DataError(f"{self.location} is neither a folder nor a zip archive")
+        self._zip: zipfile.ZipFile | None = None
+        self.prefix = self._find_prefix()
+
+    def _all_files(self) -> list[str]:
+        if self.is_zip:
+            return [i.filename for i in self._archive().infolist() if not i.is_dir()]
+        base = self.location
+        return [str(PurePosixPath(Path(d, f).relative_to(base))) for d, _, fs in os.walk(base) for f in fs]
+
+    def _archive(self) -> zipfile.ZipFile:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.location)
+        return self._zip
+
+    def _find_prefix(self) -> str:
+        """The shallowest folder holding ``train/`` with class folders (ignores macOS ``__MACOSX`` debris)."""
+        self._files = [f for f in self._all_files() if "__MACOSX" not in f and not PurePosixPath(f).name.startswith(".")]
+        candidates = set()
+        for f in self._files:
+            parts = PurePosixPath(f).parts
+            for i, part in enumerate(parts[:-2]):
+                if part.lower() == "train" and parts[i + 1].upper() in CLASSES:
+                    candidates.add("/".join(parts[:i]))
+        if not candidates:
+            raise DataError(
+                f"{self.location} has no train/NORMAL or train/PNEUMONIA folder: expected the Kaggle layout "
+                "(train/ val/ test/ x NORMAL/ PNEUMONIA/) or the Mendeley ChestXRay2017 layout (train/ test/)"
+            )
+        return min(candidates, key=lambda c: (c.count("/"), len(c)))
+
+    def files(self) -> list[str]:
+        """Every file below the layout root, relative to it."""
+        p = self.prefix + "/" if self.prefix else ""
+        return sorted(f[len(p) :] for f in self._files if f.startswith(p))
+
+    def read(self, rel: str) -> bytes:
+        full = f"{self.prefix}/{rel}" if self.prefix else rel
+        if self.is_zip:
+            return self._archive().read(full)
+        return (self.location / full).read_bytes()
+
+    def __getstate__(self) -> dict:  # picklable for worker processes (reopens the zip there)
+        state = self.__dict__.copy()
+        state["_zip"] = None
+        return state
+
+
+def patient_key(file_name: str, label: str) -> str:
+    """``bacteria-N`` / ``virus-N`` for pneumonia files (person numbers are per-subtype sequences), ``IM-XXXX`` or
+    ``NORMAL2-IM-XXXX`` for normal ones; the file stem when the name follows neither pattern."""
+    stem = PurePosixPath(file_name).stem
+    if label == "NORMAL":
+        m = _NORMAL_RE.match(stem)
+        return m.group(1) if m else stem
+    m = _PNEUMONIA_RE.match(stem)
+    return f"{m.group(2).lower()}-{m.group(1)}" if m else stem
+
+
+def subtype_of(file_name: str, label: str) -> str:
+    if label == "NORMAL":
+        return "normal"
+    name = PurePosixPath(file_name).name.lower()
+    if "virus" in name:
+        return "virus"
+    if "bacteria" in name:
+        return "bacteria"
+    return "unknown"
+
+
+def _probe(data: bytes) -> tuple[int, int]:
+    """Width and height after a cheap full decode (JPEG at 1/8 scale), so truncated files are caught here."""
+    with Image.open(io.BytesIO(data)) as img:
+        size = img.size
+        if img.format == "JPEG":
+            img.draft("L", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        img.load()
+    return size
+
+
+def _candidates(source: DatasetSource) -> Iterator[tuple[str, str, str]]:
+    for rel in source.files():
+        parts = PurePosixPath(rel).parts
+        if len(parts) != 3:
+            continue
+        split, label, name = parts[0].lower(), parts[1].upper(), parts[2]
+        if split in SPLITS and label in CLASSES:
+            yield rel, split, label
+
+
+def _shipped_metadata(source: DatasetSource) -> pd.DataFrame | None:
+    """The ``manifest.csv`` of the project's compact copy, when present (adds ``source_kind``)."""
+    try:
+        raw = source.read("manifest.csv")
+    except (FileNotFoundError, KeyError):
+        return None
+    meta = pd.read_csv(io.BytesIO(raw), keep_default_na=False, dtype=str)
+    return meta.set_index("path") if {"path", "source_kind"} <= set(meta.columns) else None
+
+
+def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
+    """One row per readable image (columns: see ``COLUMNS``).
+
+    Unreadable, truncated or non-image files are skipped and listed in one warning; a layout without the expected
+    classes or without images is an error.
+    """
+    source = DatasetSource(resolve_root(root))
+    rows, skipped = [], []
+    for rel, split, label in _candidates(source):
+        if not rel.lower().endswith(IMAGE_SUFFIXES):
+            skipped.append(f"{rel} (not an image file name)")
+            continue
+        data = source.read(rel)
+        try:
+            width, height = _probe(data)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+            skipped.append(f"{rel} ({type(exc).__name__}: {str(exc)[:60]})")
+            continue
+        name = PurePosixPath(rel).name
+        rows.append(
+            {
+                "path": rel,
+                "split": split,
+                "label": label,
+                "subtype": subtype_of(name, label),
+                "patient_key": patient_key(name, label),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "width": width,
+                "height": height,
+            }
+        )
+    if skipped:
+        log.warning("skipped %d unreadable file(s): %s", len(skipped), "; ".join(skipped[:20]))
+    if not rows:
+        raise DataError(f"no readable images under {source.location}")
+    df = pd.DataFrame(rows)
+    _check_classes(df, source)
+    meta = _shipped_metadata(source)
+    df["source_kind"] = df["path"].map(meta["source_kind"]).fillna("unknown") if meta is not None else "unknown"
+    df["dup_group"] = _duplicate_groups(df)
+    df.attrs["skipped"] = skipped
+    df.attrs["location"] = str(source.location)
+    return df[COLUMNS].reset_index(drop=True)
+
+
+def _check_classes(df: pd.DataFrame, source: DatasetSource) -> None:
+    for split in ("train", "test"):
+        present = set(df.loc[df["split"] == split, "label"])
+        missing = [c for c in CLASSES if c not in present]
+        if missing:
+            raise DataError(f"{source.location}: split {split!r} has no images of class {', '.join(missing)}")
+
+
+def _duplicate_groups(df: pd.DataFrame) -> pd.Series:
+    """Byte-identical files get a shared group name (the first member's file stem); others get ''."""
+    first = df.groupby("sha256")["path"].transform("min")
+    size = df.groupby("sha256")["path"].transform("size")
+    names = first.map(lambda p: PurePosixPath(p).stem)
+    return names.where(size > 1, "")

@@ -1,0 +1,102 @@
+"""Patient-grouped, subtype-stratified, seeded train/val split; leakage check; label views per task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pneumo.errors import ConfigError, DataError, LeakageError
+
+TASK_CLASSES = {"binary": ["NORMAL", "PNEUMONIA"], "3class": ["normal", "bacteria", "virus"]}
+
+
+def class_names(task: str) -> list[str]:
+    if task not in TASK_CLASSES:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASK_CLASSES)}")
+    return list(TASK_CLASSES[task])
+
+
+def labels(df: pd.DataFrame, task: str) -> np.ndarray:
+    """Integer labels for a task: binary 0 = NORMAL, 1 = PNEUMONIA; 3class 0 = normal, 1 = bacteria, 2 = virus."""
+    names = class_names(task)
+    column = df["label"] if task == "binary" else df["subtype"]
+    unknown = sorted(set(column) - set(names))
+    if unknown:
+        raise DataError(f"task {task}: images with label {unknown[0]!r} cannot be used (known: {', '.join(names)})")
+    return column.map({n: i for i, n in enumerate(names)}).to_numpy(np.int64)
+
+
+def _linked_groups(df: pd.DataFrame) -> pd.Series:
+    """Group id per row: patients linked by exact duplicates (same bytes under two patient keys) are merged."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for _, members in df.groupby("sha256")["patient_key"]:
+        keys = list(members)
+        for other in keys[1:]:
+            parent[find(other)] = find(keys[0])
+    return df["patient_key"].map(find)
+
+
+def assign_folds(df: pd.DataFrame, *, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """Add a ``fold`` column: ``test`` = the official test split; the official train + val images are split by patient
+    (``val_fraction`` of the patients of each subtype go to ``val``, seeded), duplicates kept together."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    out = df.copy()
+    out["fold"] = np.where(out["split"] == "test", "test", "train")
+    pool = out[out["split"] != "test"]
+    groups = _linked_groups(pool)
+    stratum = pool.groupby(groups)["subtype"].agg(lambda s: s.mode().iat[0])
+    rng = np.random.default_rng(seed)
+    val_groups: list[str] = []
+    for subtype in sorted(stratum.unique()):
+        members = np.array(sorted(stratum.index[stratum == subtype]))
+        n_val = int(round(val_fraction * len(members)))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val_groups.extend(rng.permutation(members)[:n_val])
+    out.loc[pool.index[groups.isin(val_groups).to_numpy()], "fold"] = "val"
+    if (out["fold"] == "val").sum() == 0:
+        raise DataError("the validation split is empty: the dataset has too few patients to split")
+    check_leakage(out)
+    return out
+
+
+def check_leakage(df: pd.DataFrame, column: str = "fold") -> None:
+    """Raise ``LeakageError`` when a patient or an exact duplicate (same bytes) sits in two splits."""
+    problems = []
+    for key, what in (("patient_key", "patient"), ("sha256", "exact duplicate")):
+        spread = df.groupby(key)[column].nunique()
+        bad = spread[spread > 1]
+        if len(bad):
+            example = df[df[key] == bad.index[0]][["path", column]].to_numpy().tolist()
+            problems.append(f"{len(bad)} {what} group(s) straddle splits, e.g. {example[:3]}")
+    if problems:
+        raise LeakageError("leakage: " + "; ".join(problems))
+
+
+def leakage_report(df: pd.DataFrame, column: str = "fold") -> dict:
+    """Counts of patients and duplicate groups in more than one split (for reports; ``check_leakage`` raises)."""
+    return {
+        "patients_in_two_splits": int((df.groupby("patient_key")[column].nunique() > 1).sum()),
+        "duplicates_in_two_splits": int((df.groupby("sha256")[column].nunique() > 1).sum()),
+        "duplicate_groups": int((df.groupby("sha256").size() > 1).sum()),
+    }
+
+
+def take_slice(df: pd.DataFrame, per_group: int, *, seed: int = 0) -> pd.DataFrame:
+    """At most ``per_group`` images per split x subtype (whole patients first), for smoke runs and tests."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, part in df.groupby(["split", "subtype"], sort=True):
+        keys = rng.permutation(np.array(sorted(part["patient_key"].unique())))
+        order = {k: i for i, k in enumerate(keys)}
+        ranked = part.assign(_o=part["patient_key"].map(order)).sort_values(["_o", "path"])
+        parts.append(ranked.head(per_group).drop(columns="_o"))
+    return pd.concat(parts).sort_index()

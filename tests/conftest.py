@@ -1,0 +1,60 @@
+"""Shared fixtures: a small real slice of ../shared/data in the Kaggle layout, and a tmp cache dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PNEUMO_TEST_DATA", REPO.parent / "shared" / "data" / "chest_xray"))
+PER_GROUP = 12  # images per split x subtype in the slice
+
+
+@pytest.fixture(scope="session")
+def full_data() -> Path:
+    if not (SHARED_DATA / "manifest.csv").is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def _pick(meta: pd.DataFrame) -> pd.DataFrame:
+    """Whole patients, deterministic: the first patients (by key) of each split x subtype until PER_GROUP images."""
+    parts = []
+    for _, part in meta.groupby(["split", "subtype"], sort=True):
+        part = part.sort_values(["patient_key", "path"])
+        keys = part["patient_key"].drop_duplicates().tolist()
+        chosen, count = [], 0
+        for key in keys:
+            n = int((part["patient_key"] == key).sum())
+            if count + n > PER_GROUP and count:
+                continue
+            chosen.append(key)
+            count += n
+            if count >= PER_GROUP:
+                break
+        parts.append(part[part["patient_key"].isin(chosen)])
+    return pd.concat(parts)
+
+
+@pytest.fixture(scope="session")
+def data_slice(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of a small real slice of the dataset (Kaggle layout + manifest.csv), ~12 images per split x subtype."""
+    meta = pd.read_csv(full_data / "manifest.csv", keep_default_na=False, dtype=str)
+    picked = _pick(meta)
+    root = tmp_path_factory.mktemp("chest_xray_slice")
+    for rel in picked["path"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(full_data / rel, root / rel)
+    picked.to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+@pytest.fixture()
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("PNEUMO_CACHE", str(path))
+    return path

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pneumo.data.cache import build_cache
+from pneumo.data.dataset import CachedImages
+from pneumo.data.manifest import scan_dataset
+from pneumo.data.preprocess import decode_gray, letterbox_box, resize_gray
+
+
+def test_cache_is_built_once_and_reopened_memory_mapped(data_slice: Path, cache_dir: Path) -> None:
+    df = scan_dataset(data_slice)
+    first = build_cache(df, data_slice, size=64, cache_dir=cache_dir, progress=False)
+    mtime = first.file.stat().st_mtime_ns
+    again = build_cache(df, data_slice, size=64, cache_dir=cache_dir, progress=False)
+    assert again.file == first.file and again.file.stat().st_mtime_ns == mtime
+    assert isinstance(again.images, np.memmap)
+    assert again.images.shape == (len(df), 64, 64) and again.images.dtype == np.uint8
+
+
+def test_cache_matches_decoding_each_image_directly(data_slice: Path, cache_dir: Path) -> None:
+    df = scan_dataset(data_slice)
+    cache = build_cache(df, data_slice, size=96, policy="letterbox", cache_dir=cache_dir, progress=False, workers=2)
+    for i in (0, len(df) // 2, len(df) - 1):
+        raw = (data_slice / df["path"].iloc[i]).read_bytes()
+        expected = resize_gray(decode_gray(raw, target=96), size=96, policy="letterbox")
+        assert np.array_equal(cache.images[i], expected)
+
+
+def test_cache_key_changes_with_parameters_and_content(data_slice: Path, cache_dir: Path) -> None:
+    df = scan_dataset(data_slice)
+    a = build_cache(df, data_slice, size=64, cache_dir=cache_dir, progress=False)
+    b = build_cache(df, data_slice, size=64, policy="letterbox", cache_dir=cache_dir, progress=False)
+    changed = df.copy()
+    changed.loc[0, "sha256"] = "0" * 64
+    c = build_cache(changed, data_slice, size=64, cache_dir=cache_dir, progress=False)
+    assert len({a.file, b.file, c.file}) == 3
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_black() -> None:
+    img = np.full((100, 200), 255, np.uint8)
+    out = resize_gray(img, size=64, policy="letterbox")
+    top, left, h, w = letterbox_box(100, 200, 64)
+    assert (h, w) == (32, 64)
+    assert out[:top].max() == 0 and out[top + h :].max() == 0
+    assert out[top + 1 : top + h - 1].min() == 255
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale() -> None:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000), dtype=np.uint8)).save(buf, "JPEG")
+    small = decode_gray(buf.getvalue(), target=224)
+    assert small.shape == (800, 1000)  # 1/2 scale keeps the short side >= 2 x 224
+    assert decode_gray(buf.getvalue()).shape == (1600, 2000)
+
+
+def test_dataset_yields_uint8_tensors_and_labels(data_slice: Path, cache_dir: Path) -> None:
+    df = scan_dataset(data_slice)
+    cache = build_cache(df, data_slice, size=32, cache_dir=cache_dir, progress=False)
+    rows = cache.rows_for(df.iloc[::-1])
+    ds = CachedImages(cache.images, rows, np.arange(len(rows)))
+    image, label = ds[0]
+    assert image.dtype == torch.uint8 and image.shape == (1, 32, 32)
+    assert label == 0 and torch.equal(image[0], torch.from_numpy(np.array(cache.images[len(df) - 1])))
+
+
+def test_rows_for_unknown_images_is_an_error(data_slice: Path, cache_dir: Path) -> None:
+    from pneumo.errors import DataError
+
+    df = scan_dataset(data_slice)
+    cache = build_cache(df.iloc[:5], data_slice, size=32, cache_dir=cache_dir, progress=False)
+    with pytest.raises(DataError, match="not in the cache"):
+        cache.rows_for(df.iloc[:6])
