@@ -75,6 +75,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     threshold_policy: str = "youden"  # youden | sensitivity:0.95
+    val_view: str = "all"  # all | original: choose threshold/temperature on val images of original resolution only
+    tta: bool = False  # average logits over the image and its horizontal flip
     n_bootstrap: int = 1000
     bootstrap_seed: int = 0
     ece_bins: int = 15
@@ -124,6 +126,8 @@ class RunConfig:
             raise ConfigError(f"train.balance must be weights, sampler or none, got {self.train.balance!r}")
         if self.train.loss not in ("ce", "focal"):
             raise ConfigError(f"train.loss must be ce or focal, got {self.train.loss!r}")
+        if self.eval.val_view not in ("all", "original"):
+            raise ConfigError(f"eval.val_view must be all or original, got {self.eval.val_view!r}")
         policy = self.eval.threshold_policy
         if policy != "youden" and not policy.startswith("sensitivity:"):
             raise ConfigError(f"eval.threshold_policy must be youden or sensitivity:X, got {policy!r}")

@@ -1,0 +1,101 @@
+"""`pneumo predict`: JPEG/PNG/DICOM files, folders or globs -> CSV or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pneumo.errors import InputError, PneumoError
+
+log = logging.getLogger(__name__)
+SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("--model", help="run folder or checkpoint (default: the shipped default model)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    parser.add_argument("--out", help="output file (default: standard output)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here (torch backend)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    parser.set_defaults(func=run)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders recursively (image suffixes and DICOM); globs expanded; order kept, duplicates dropped."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and
+                                (p.suffix.lower() in SUFFIXES or p.suffix == "")))
+        elif path.exists():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise InputError(f"no such file, folder or match: {item}")
+            found.extend(m for m in matches if m.is_file())
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise InputError("no input images found")
+    return unique
+
+
+def run(args: argparse.Namespace) -> int:
+    from pneumo.infer.batch import predict_files
+
+    files = expand_inputs(args.inputs)
+    from pneumo.infer.predictor import Predictor
+
+    predictor = Predictor(args.model, backend=args.backend, threads=args.threads)
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    failures = 0
+    try:
+        writer = None
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and args.out is None)
+        for path, result, error in predict_files(predictor, files, batch_size=args.batch_size,
+                                                 heatmap_dir=args.heatmaps):
+            bar.update(1)
+            row = {"file": _printable(path), **_flatten(result, predictor.classes, error)}
+            if error:
+                failures += 1
+                print(f"pneumo predict: {_printable(path)}: {error}", file=sys.stderr)
+            if args.format == "jsonl":
+                out.write(json.dumps(row) + "\n")
+            else:
+                if writer is None:
+                    writer = csv.DictWriter(out, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+        bar.close()
+    finally:
+        if args.out:
+            out.close()
+    if failures == len(files):
+        raise PneumoError(f"none of the {len(files)} input(s) could be read")
+    return 1 if failures else 0
+
+
+def _printable(path: Path) -> str:
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _flatten(result, classes: list[str], error: str | None) -> dict:  # noqa: ANN001
+    row = {"p_pneumonia": "", "p_calibrated": "", "label": "", "threshold": "", "error": error or ""}
+    if result is not None:
+        row.update(p_pneumonia=round(result.p_pneumonia, 6), p_calibrated=round(result.p_calibrated, 6),
+                   label=result.label, threshold=round(result.threshold, 6))
+    if len(classes) > 2:
+        for c in classes:
+            row[f"p_{c}"] = round(result.probabilities[c], 6) if result is not None else ""
+    return row

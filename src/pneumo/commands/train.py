@@ -1,0 +1,63 @@
+"""`pneumo train`: train a preset (+ overrides), then evaluate the run and write its report."""
+
+from __future__ import annotations
+
+import argparse
+
+from pneumo.config import load_config
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="default", help="preset name in configs/ or a YAML file (default: default)")
+    parser.add_argument("--data", metavar="DIR", help="dataset folder or zip (default: $PNEUMO_DATA)")
+    parser.add_argument("--name", help="run name (folder runs/<name>); default: the preset's name")
+    parser.add_argument("--out-dir", help="parent folder of runs (default: runs)")
+    parser.add_argument("--task", choices=["binary", "3class"])
+    parser.add_argument("--model", help="model name (see `pneumo train --list-models`)")
+    parser.add_argument("--mode", choices=["probe", "partial", "finetune", "scratch"])
+    parser.add_argument("--weights", help="imagenet | none | path to a local state dict")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config value, e.g. --set train.lr=1e-3 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue runs/<name> from its last checkpoint")
+    parser.add_argument("--force", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and report")
+    parser.add_argument("--list-models", action="store_true", help="list the registered model names and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):  # noqa: ANN201
+    shortcuts = {"name": "name", "out_dir": "out_dir", "data": "data.root", "task": "data.task", "model": "model.name",
+                 "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
+                 "device": "train.device"}
+    overrides = [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None]
+    return load_config(args.preset, overrides + list(args.overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_models:
+        from pneumo.models import list_models
+
+        print("\n".join(list_models()))
+        print("... and any timm architecture by name (weights from the hub when online, or --weights FILE)")
+        return 0
+    cfg = config_from_args(args)
+    if args.print_config:
+        from pneumo.config import dump_yaml
+
+        print(dump_yaml(cfg))
+        return 0
+    from pneumo.train.run import train
+
+    run_dir = train(cfg, resume=args.resume, force=args.force)
+    print(f"run: {run_dir}")
+    if not args.no_eval:
+        from pneumo.evaluate.runner import evaluate_run, summary_line
+
+        result = evaluate_run(run_dir)
+        print(summary_line(result))
+        print(f"report: {run_dir / 'report.html'}")
+    return 0

@@ -1,0 +1,355 @@
+"""Binary and 3-class metrics, the validation-chosen operating threshold, and vectorized bootstrap CIs.
+
+Conventions: label 1 / ``p`` is pneumonia; an image is called positive when ``p >= threshold``. Undefined metrics
+(a class absent, nothing predicted positive) are ``nan``, never an exception or a warning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pneumo.errors import ConfigError, DataError
+
+BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
+CELL_KEYS = ("tp", "fp", "tn", "fn")
+
+
+def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
+    """Elementwise num / den with nan where den == 0, without warnings."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def check_binary(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate labels in {0, 1} and finite probabilities in [0, 1] of the same length.
+
+    Returns:
+        ``(y as int64, p as float64)``.
+    """
+    y_arr, p_arr = np.asarray(y).reshape(-1), np.asarray(p, dtype=float).reshape(-1)
+    if y_arr.shape != p_arr.shape:
+        raise DataError(f"labels and probabilities differ in length: {y_arr.size} vs {p_arr.size}")
+    if y_arr.size and not np.isin(y_arr, (0, 1)).all():
+        raise DataError("binary labels must be 0 (normal) or 1 (pneumonia)")
+    if not np.isfinite(p_arr).all() or (p_arr.size and (p_arr.min() < 0 or p_arr.max() > 1)):
+        raise DataError("probabilities must be finite and within [0, 1]")
+    return y_arr.astype(np.int64), p_arr
+
+
+def parse_policy(policy: str) -> tuple[str, float | None]:
+    """``"youden"`` -> ("youden", None); ``"sensitivity:0.95"`` -> ("sensitivity", 0.95)."""
+    if policy == "youden":
+        return "youden", None
+    if isinstance(policy, str) and policy.startswith("sensitivity:"):
+        try:
+            target = float(policy.split(":", 1)[1])
+        except ValueError:
+            target = math.nan
+        if 0.0 < target <= 1.0:
+            return "sensitivity", target
+    raise ConfigError(f"threshold policy must be 'youden' or 'sensitivity:X' with 0 < X <= 1, got {policy!r}")
+
+
+def choose_threshold(y_val: Sequence[int] | np.ndarray, p_val: Sequence[float] | np.ndarray, policy: str) -> float:
+    """The operating threshold chosen on validation data (never on test).
+
+    ``youden`` maximises sensitivity + specificity - 1. Every threshold in ``(s_{j-1}, s_j]`` (adjacent distinct
+    scores) makes the same calls, so the maximum is reached on intervals of thresholds; we take the midpoint of the
+    widest maximal interval (ties between intervals go to the higher one). ``sensitivity:X`` returns the highest
+    threshold whose val sensitivity is >= X, which is the score of the ceil(X * P)-th highest-scored positive.
+
+    Args:
+        y_val: validation labels, 1 = pneumonia.
+        p_val: validation probabilities of pneumonia.
+        policy: ``"youden"`` or ``"sensitivity:X"``.
+
+    Returns:
+        A finite threshold in [0, 1]; an image is positive when ``p >= threshold``.
+    """
+    kind, target = parse_policy(policy)
+    y, p = check_binary(y_val, p_val)
+    if np.unique(y).size < 2:
+        raise DataError("validation labels hold a single class: cannot choose a threshold")
+    if kind == "sensitivity":
+        positives = np.sort(p[y == 1])[::-1]
+        k = max(1, math.ceil(target * positives.size - 1e-9))
+        return float(positives[k - 1])
+    return _youden_threshold(y, p)
+
+
+def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    scores, inverse = np.unique(p, return_inverse=True)  # ascending distinct scores s_1 < ... < s_k
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    pos_at = np.bincount(inverse, weights=y, minlength=scores.size)
+    neg_at = np.bincount(inverse, weights=1 - y, minlength=scores.size)
+    tp = np.cumsum(pos_at[::-1])[::-1]  # positives with p >= s_j
+    fp = np.cumsum(neg_at[::-1])[::-1]
+    youden_scaled = (tp * n_neg - fp * n_pos).round().astype(np.int64)  # J * P * N, exact in integers
+    best = np.flatnonzero(youden_scaled == youden_scaled.max())
+    lower_edges = np.concatenate(([min(0.0, scores[0])], scores[:-1]))
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    widths = [scores[r[-1]] - lower_edges[r[0]] for r in runs]
+    run = runs[max(range(len(runs)), key=lambda i: (widths[i], i))]
+    lo, hi = lower_edges[run[0]], scores[run[-1]]
+    threshold = (lo + hi) / 2.0
+    if not lo < threshold <= hi:  # zero-width interval or float rounding: the interval's inclusive end
+        threshold = hi
+    return float(np.clip(threshold, 0.0, 1.0))
+
+
+def _counts_metrics(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
+    n = tp + fp + tn + fn
+    return {
+        "accuracy": _div(tp + tn, n),
+        "sensitivity": _div(tp, tp + fn),
+        "specificity": _div(tn, tn + fp),
+        "precision": _div(tp, tp + fp),
+        "f1": _div(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def binary_metrics(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, threshold: float) -> dict:
+    """Accuracy, sensitivity, specificity, precision, F1, ROC-AUC, PR-AUC (average precision) and the confusion cells.
+
+    Args:
+        y: labels, 1 = pneumonia.
+        p: probabilities of pneumonia.
+        threshold: positive when ``p >= threshold``.
+
+    Returns:
+        Plain floats (``nan`` where undefined) and ints ``tp, fp, tn, fn, n``.
+    """
+    y, p = check_binary(y, p)
+    pred = p >= threshold
+    cells = {
+        "tp": int(np.sum(pred & (y == 1))),
+        "fp": int(np.sum(pred & (y == 0))),
+        "tn": int(np.sum(~pred & (y == 0))),
+        "fn": int(np.sum(~pred & (y == 1))),
+    }
+    out = {k: float(v) for k, v in _counts_metrics(*(np.asarray(cells[c]) for c in CELL_KEYS)).items()}
+    both = np.unique(y).size == 2
+    out["roc_auc"] = float(roc_auc_score(y, p)) if both else math.nan
+    out["pr_auc"] = float(average_precision_score(y, p)) if both else math.nan
+    return {**out, **cells, "n": int(y.size)}
+
+
+def resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each bootstrap resample: int array (n_resamples, n)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    flat = idx + (np.arange(n_resamples) * n)[:, None]
+    return np.bincount(flat.ravel(), minlength=n_resamples * n).reshape(n_resamples, n)
+
+
+def weighted_auc(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC-AUC (ties count 1/2) and average precision for each row of ``weights`` (item multiplicities)."""
+    scores, inverse = np.unique(p, return_inverse=True)
+    onehot = np.zeros((p.size, scores.size))
+    onehot[np.arange(p.size), inverse] = 1.0
+    w = weights.astype(float)
+    pos_at = (w * y) @ onehot  # (B, U) weighted positives per distinct score, ascending
+    neg_at = (w * (1 - y)) @ onehot
+    n_pos, n_neg = pos_at.sum(axis=1), neg_at.sum(axis=1)
+    neg_below = np.cumsum(neg_at, axis=1) - neg_at
+    auc = _div(np.sum(pos_at * (neg_below + 0.5 * neg_at), axis=1), n_pos * n_neg)
+    tp_above = np.cumsum(pos_at[:, ::-1], axis=1)[:, ::-1]  # weighted positives with p >= s_u
+    fp_above = np.cumsum(neg_at[:, ::-1], axis=1)[:, ::-1]
+    precision = np.nan_to_num(_div(tp_above, tp_above + fp_above))
+    ap = _div(np.sum(pos_at * precision, axis=1), n_pos)
+    has_both = (n_pos > 0) & (n_neg > 0)
+    return np.where(has_both, auc, np.nan), np.where(has_both, ap, np.nan)
+
+
+def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite values (resamples where a metric is undefined are left out)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return (math.nan, math.nan)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def bootstrap_cis(
+    y: Sequence[int] | np.ndarray,
+    p: Sequence[float] | np.ndarray,
+    threshold: float,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CIs over resamples of the images, for every key of :func:`binary_metrics` but ``n``.
+
+    Vectorized: each resample is a row of draw counts, so confusion cells, AUC and AP are matrix products.
+
+    Args:
+        y: labels, 1 = pneumonia.
+        p: probabilities of pneumonia.
+        threshold: the (val-chosen) operating threshold.
+        n_resamples: number of resamples; 0 gives an empty dict.
+        seed: seed of the resampling.
+        level: coverage of the interval.
+
+    Returns:
+        ``{metric: (lo, hi)}``; ``(nan, nan)`` where a metric is undefined in every resample.
+    """
+    y, p = check_binary(y, p)
+    if n_resamples <= 0 or y.size == 0:
+        return {}
+    if not 0.0 < level < 1.0:
+        raise ConfigError(f"CI level must be in (0, 1), got {level}")
+    w = resample_weights(y.size, n_resamples, seed)
+    pred = (p >= threshold).astype(np.int64)
+    cells = {"tp": w @ (pred * y), "fp": w @ (pred * (1 - y)), "tn": w @ ((1 - pred) * (1 - y)),
+             "fn": w @ ((1 - pred) * y)}
+    values = _counts_metrics(*(cells[c] for c in CELL_KEYS))
+    values["roc_auc"], values["pr_auc"] = weighted_auc(w, y, p)
+    values.update({k: v.astype(float) for k, v in cells.items()})
+    return {k: percentile_ci(values[k], level) for k in (*BINARY_KEYS, *CELL_KEYS)}
+
+
+def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str]) -> dict:
+    """Share of images called pneumonia, per subtype, with a Wilson 95 % interval.
+
+    For ``bacteria`` / ``virus`` the rate is that subtype's sensitivity; for ``normal`` it is the false-positive rate
+    (1 - specificity).
+
+    Returns:
+        ``{subtype: {"n", "predicted_positive", "rate", "ci": [lo, hi]}}``, ``normal`` first, then by name.
+    """
+    pred = np.asarray(y_pred_positive, dtype=bool).reshape(-1)
+    sub = np.asarray(subtypes, dtype=str).reshape(-1)
+    if pred.shape != sub.shape:
+        raise DataError(f"predictions and subtypes differ in length: {pred.size} vs {sub.size}")
+    out = {}
+    for name in sorted(np.unique(sub), key=lambda s: (s.lower() != "normal", s)):
+        mask = sub == name
+        n, k = int(mask.sum()), int(pred[mask].sum())
+        out[str(name)] = {"n": n, "predicted_positive": k, "rate": k / n, "ci": list(wilson_interval(k, n))}
+    return out
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a proportion k / n (nan for n == 0)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    phat = k / n
+    den = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / den
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def predict_classes(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """The shipped 3-class decision: normal when ``1 - P(normal) < threshold``, else the likeliest pneumonia class."""
+    probs = np.asarray(probs, dtype=float)
+    return np.where(1.0 - probs[:, 0] < threshold, 0, 1 + np.argmax(probs[:, 1:], axis=1))
+
+
+def _multiclass_values(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy and macro-F1 from confusion matrices (..., K, K); classes absent from truth and calls are skipped."""
+    diag = np.diagonal(conf, axis1=-2, axis2=-1)
+    rows, cols = conf.sum(axis=-1), conf.sum(axis=-2)
+    f1 = _div(2 * diag, rows + cols)
+    present = np.isfinite(f1)
+    macro = _div(np.where(present, f1, 0.0).sum(axis=-1), present.sum(axis=-1))
+    return {"accuracy": _div(diag.sum(axis=-1), conf.sum(axis=(-2, -1))), "macro_f1": macro, "per_class_f1": f1}
+
+
+def _subtype_indices(class_names: Sequence[str]) -> tuple[int, int]:
+    lowered = [c.lower() for c in class_names]
+    if "bacteria" in lowered and "virus" in lowered:
+        return lowered.index("bacteria"), lowered.index("virus")
+    return 1, 2
+
+
+def multiclass_metrics(
+    y: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """3-class metrics: accuracy, macro-F1, confusion matrix, derived binary metrics and bacteria-vs-virus.
+
+    Class 0 is normal; ``p_pneumonia = 1 - P(normal)``. Predictions follow :func:`predict_classes` (the predictor's
+    rule), so the derived binary calls agree with the 3-class calls. Bacteria-vs-virus uses the images whose true
+    class is bacteria or virus, calls the likelier of the two and scores ``P(virus) / (P(bacteria) + P(virus))``.
+
+    Args:
+        y: true class indices.
+        probs: (N, K) class probabilities.
+        class_names: K names, index 0 = normal.
+        threshold: operating threshold on ``p_pneumonia`` (chosen on val).
+        n_resamples: bootstrap resamples for the CIs (0: none).
+        seed: bootstrap seed.
+        level: CI coverage.
+
+    Returns:
+        JSON-ready dict: ``accuracy``, ``macro_f1``, ``per_class_f1``, ``confusion_matrix`` (rows true, columns
+        called), ``binary`` / ``binary_ci``, ``bacteria_vs_virus`` ({accuracy, roc_auc, n}) and ``ci``.
+    """
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    probs = np.asarray(probs, dtype=float)
+    k = len(class_names)
+    if probs.ndim != 2 or probs.shape != (y.size, k):
+        raise DataError(f"probabilities must have shape ({y.size}, {k}), got {probs.shape}")
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise DataError(f"class labels must lie in 0..{k - 1}")
+    if not np.isfinite(probs).all():
+        raise DataError("probabilities must be finite")
+    pred = predict_classes(probs, threshold)
+    cell = np.zeros((y.size, k * k))
+    cell[np.arange(y.size), y * k + pred] = 1.0
+    conf = cell.sum(axis=0).reshape(k, k)
+    values = _multiclass_values(conf)
+    p_pneumonia = np.clip(1.0 - probs[:, 0], 0.0, 1.0)
+    y_pneumonia = (y != 0).astype(np.int64)
+    bac, vir = _subtype_indices(class_names)
+    mask = np.isin(y, (bac, vir))
+    vir_score = _div(probs[mask, vir], probs[mask, bac] + probs[mask, vir])
+    vir_score = np.nan_to_num(vir_score, nan=0.5)
+    y_vir = (y[mask] == vir).astype(np.int64)
+    correct_bv = (vir_score > 0.5).astype(np.int64) == y_vir
+    both = np.unique(y_vir).size == 2
+    out = {
+        "accuracy": float(values["accuracy"]),
+        "macro_f1": float(values["macro_f1"]),
+        "per_class_f1": {c: float(v) for c, v in zip(class_names, values["per_class_f1"], strict=True)},
+        "confusion_matrix": conf.astype(int).tolist(),
+        "classes": list(class_names),
+        "n": int(y.size),
+        "binary": binary_metrics(y_pneumonia, p_pneumonia, threshold),
+        "bacteria_vs_virus": {
+            "accuracy": float(correct_bv.mean()) if mask.any() else math.nan,
+            "roc_auc": float(roc_auc_score(y_vir, vir_score)) if both else math.nan,
+            "n": int(mask.sum()),
+        },
+        "ci": {},
+        "binary_ci": {},
+    }
+    if n_resamples > 0 and y.size:
+        w = resample_weights(y.size, n_resamples, seed).astype(float)
+        boot = _multiclass_values((w @ cell).reshape(-1, k, k))
+        bv_acc = _div(w[:, mask] @ correct_bv, w[:, mask].sum(axis=1))
+        bv_auc, _ = weighted_auc(w[:, mask], y_vir, vir_score)
+        out["ci"] = {
+            "accuracy": percentile_ci(boot["accuracy"], level),
+            "macro_f1": percentile_ci(boot["macro_f1"], level),
+            "bacteria_vs_virus_accuracy": percentile_ci(bv_acc, level),
+            "bacteria_vs_virus_roc_auc": percentile_ci(bv_auc, level),
+        }
+        out["binary_ci"] = bootstrap_cis(y_pneumonia, p_pneumonia, threshold, n_resamples=n_resamples, seed=seed,
+                                         level=level)
+    return out

@@ -1,0 +1,158 @@
+"""`evaluate_run(run_dir)`: a finished run's best checkpoint -> logits on val and test -> the protocol -> metrics.json,
+predictions.csv, figures, report.html; the validation-chosen threshold and temperature go into the checkpoint sidecar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from pneumo.config import from_dict
+from pneumo.data.splits import class_names, labels
+from pneumo.errors import DataError
+from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
+from pneumo.train.checkpoint import load_checkpoint
+from pneumo.train.loop import predict_logits, select_device
+from pneumo.train.run import BEST, image_cache
+
+log = logging.getLogger(__name__)
+
+
+def load_run(run_dir: Path, data: str | None = None):  # noqa: ANN201
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "folds.csv").is_file():
+        raise DataError(f"{run_dir} is not a run folder (no config.yaml / folds.csv)")
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if data:
+        cfg.data.root = data
+    folds = pd.read_csv(run_dir / "folds.csv", keep_default_na=False, dtype={"dup_group": str})
+    return cfg, folds
+
+
+def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, model: torch.nn.Module) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Logits of the val and test folds (val first: it is what selects the threshold and temperature)."""
+    cache = image_cache(cfg, folds)
+    device = select_device(cfg.train.device)
+    model.to(device)
+    out = {}
+    for fold in ("val", "test"):
+        rows = np.flatnonzero(folds["fold"].to_numpy() == fold)
+        images = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None]
+        out[fold] = predict_logits(model, images, batch_size=64, device=device, amp=cfg.train.amp,
+                                   progress=f"predict {fold}")
+        if cfg.eval.tta:
+            flipped = predict_logits(model, images.flip(-1), batch_size=64, device=device, amp=cfg.train.amp)
+            out[fold] = (out[fold] + flipped) / 2
+    out["test_images"] = cache.images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
+    return out
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_bootstrap: int | None = None,
+                 data: str | None = None, analysis: bool = True) -> dict:
+    """The protocol for one run (see ../shared/docs/PROTOCOL.md). Returns the metrics dict also written to disk."""
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    cfg, folds = load_run(run_dir, data)
+    model, meta = load_checkpoint(run_dir / f"{BEST}.json")
+    names = class_names(cfg.data.task)
+    logits = fold_logits(run_dir, cfg, folds, model)
+    val, test = folds[folds["fold"] == "val"], folds[folds["fold"] == "test"]
+    y_val, y_test = labels(val, cfg.data.task), labels(test, cfg.data.task)
+    val_logits = logits["val"]
+    if cfg.eval.val_view == "original":
+        keep = (val["source_kind"] == "original").to_numpy()
+        if keep.sum() == 0 or len(np.unique(y_val[keep])) < len(names):
+            raise DataError("eval.val_view=original: the val fold has too few original-resolution images")
+        y_val, val_logits = y_val[keep], val_logits[keep]
+    result = evaluate_predictions(
+        y_val, val_logits, y_test, logits["test"], test["subtype"].tolist(), task=cfg.data.task,
+        class_names=names, policy=policy or cfg.eval.threshold_policy,
+        n_bootstrap=cfg.eval.n_bootstrap if n_bootstrap is None else n_bootstrap, seed=cfg.eval.bootstrap_seed,
+        ece_bins=cfg.eval.ece_bins,
+    )
+    training = meta.get("training", {})
+    result["val_view"] = cfg.eval.val_view
+    result["tta"] = cfg.eval.tta
+    result.update(name=cfg.name, config=meta.get("config"), arch=meta.get("arch"), mode=cfg.model.mode,
+                  training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
+                  commit=meta.get("commit"), eval_seconds=round(time.perf_counter() - start, 1))
+    _write_predictions(run_dir, test, logits["test"], result)
+    _update_sidecar(run_dir / f"{BEST}.json", meta, result)
+    extra = []
+    if analysis:
+        extra = _analysis(run_dir, model, meta, logits["test_images"], y_test, test, result, names)
+    write_evaluation_report(run_dir, result, y_test=y_test, test_logits=logits["test"],
+                            title=f"pneumo run: {cfg.name}", subtitle=_subtitle(result),
+                            extra_sections=extra, metrics_csv=run_dir / "metrics.csv")
+    _write_json(run_dir / "metrics.json", result)
+    return result
+
+
+def _analysis(run_dir: Path, model, meta: dict, images: np.ndarray, y_test: np.ndarray, test: pd.DataFrame,  # noqa: ANN001
+              result: dict, names: list[str]) -> list:
+    try:
+        from pneumo.explain import analysis_sections
+    except ImportError:
+        return []
+    probs = np.asarray([r for r in pd.read_csv(run_dir / "predictions.csv")["p_pneumonia"]])
+    try:
+        return analysis_sections(run_dir, model.cpu(), meta, np.asarray(images), y_test, test["subtype"].tolist(),
+                                 probs, result["threshold"], names)
+    except Exception as exc:  # noqa: BLE001 - the analysis figures must never cost the evaluation
+        log.warning("analysis figures skipped: %s: %s", type(exc).__name__, exc)
+        return []
+
+
+def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, result: dict) -> None:
+    z = torch.from_numpy(logits)
+    probs = torch.softmax(z, 1).numpy()
+    calibrated = torch.softmax(z / result["temperature"], 1).numpy()
+    out = pd.DataFrame({"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy(),
+                        "p_pneumonia": 1 - probs[:, 0], "p_calibrated": 1 - calibrated[:, 0]})
+    out["predicted_pneumonia"] = (out["p_pneumonia"] >= result["threshold"]).astype(int)
+    for i, name in enumerate(result["classes"]):
+        out[f"p_{name}"] = calibrated[:, i]
+    tmp = run_dir / "predictions.csv.tmp"
+    out.to_csv(tmp, index=False)
+    os.replace(tmp, run_dir / "predictions.csv")
+
+
+def _update_sidecar(path: Path, meta: dict, result: dict) -> None:
+    metrics = result["test"]["metrics"]
+    meta.update(tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],
+                temperature=result["temperature"],
+                metrics={"test": {k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity", "precision",
+                                                               "f1", "roc_auc", "pr_auc")},
+                         "test_ci": result["test"]["ci"], "val_roc_auc": result["val"]["roc_auc"],
+                         "ece_before": result["test"]["ece_before"], "ece_after": result["test"]["ece_after"]})
+    _write_json(path, meta)
+
+
+def _subtitle(result: dict) -> str:
+    return (f"{result.get('arch')} · mode {result.get('mode')} · task {result['task']} · threshold "
+            f"{result['threshold']:.3f} ({result['threshold_policy']}) · T={result['temperature']:.2f} · "
+            f"commit {result.get('commit')} · {result.get('device')}")
+
+
+def summary_line(result: dict) -> str:
+    """One line with the headline test numbers and their 95 % CIs."""
+    from pneumo.evaluate.report import fmt_ci
+
+    m, ci = result["test"]["metrics"], result["test"].get("ci") or {}
+    parts = ", ".join(f"{k} {fmt_ci(m.get(k), ci.get(k))}" for k in ("accuracy", "sensitivity", "specificity",
+                                                                      "roc_auc"))
+    val_auc = result["val"].get("roc_auc")
+    return (f"{result.get('name')}: test {parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
+            f"{result['threshold']:.3f} ({result['threshold_policy']})")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)

@@ -1,0 +1,48 @@
+"""Predict a list of files in batches: decoding on a thread pool, one model call per batch, bad files reported."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.errors import PneumoError
+from pneumo.infer.io import load_image_file
+from pneumo.infer.predictor import Prediction, Predictor
+
+
+def _load(predictor: Predictor, path: Path) -> tuple[np.ndarray | None, str | None]:
+    try:
+        gray = load_image_file(path, target=predictor.size)
+        return predictor.preprocess(gray), None
+    except PneumoError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"cannot read file: {exc.strerror or exc}"
+
+
+def predict_files(predictor: Predictor, files: list[Path], *, batch_size: int = 32, heatmap_dir: str | None = None,
+                  workers: int | None = None) -> Iterator[tuple[Path, Prediction | None, str | None]]:
+    """Yield (file, prediction or None, error or None) in input order."""
+    explainer = None
+    if heatmap_dir:
+        from pneumo.explain.overlay import HeatmapWriter
+
+        explainer = HeatmapWriter(predictor, Path(heatmap_dir))
+    with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            loaded = list(pool.map(lambda p: _load(predictor, p), chunk))
+            ok = [i for i, (img, _) in enumerate(loaded) if img is not None]
+            results: dict[int, Prediction] = {}
+            if ok:
+                batch = np.stack([loaded[i][0] for i in ok])
+                results = dict(zip(ok, predictor.predict_prepared(batch)))
+                if explainer is not None:
+                    for i in ok:
+                        explainer.write(chunk[i], loaded[i][0], results[i])
+            for i, path in enumerate(chunk):
+                yield path, results.get(i), loaded[i][1]

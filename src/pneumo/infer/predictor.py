@@ -1,0 +1,146 @@
+"""Batched prediction with a checkpoint's own preprocessing, threshold and temperature (PyTorch or ONNX Runtime)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.data.preprocess import prepare
+from pneumo.errors import ModelError
+
+log = logging.getLogger(__name__)
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL = ASSETS / "default-model.json"
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``p_pneumonia`` is the raw model probability; ``p_calibrated`` after temperature scaling;
+    ``label`` applies the checkpoint's validation-chosen threshold to ``p_pneumonia``."""
+
+    p_pneumonia: float
+    p_calibrated: float
+    label: str
+    threshold: float
+    probabilities: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """A run folder, a checkpoint (.safetensors / .json / .onnx) or None for the shipped default model -> sidecar path."""
+    if model is None:
+        if not DEFAULT_MODEL.is_file():
+            raise ModelError("no model given and the shipped default model is missing: pass --model RUN_DIR")
+        return DEFAULT_MODEL
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.json"
+    elif path.suffix in (".safetensors", ".onnx"):
+        path = path.with_suffix(".json")
+    if not path.is_file():
+        raise ModelError(f"model not found: {model} (give a run folder or a checkpoint file)")
+    return path
+
+
+class Predictor:
+    """Turns uint8 gray images into ``Prediction``s. Thread-safe; the model is loaded once."""
+
+    def __init__(self, model: str | os.PathLike | None = None, *, backend: str = "torch", threads: int | None = None):
+        if backend not in BACKENDS:
+            raise ModelError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+        self.sidecar = resolve_model(model)
+        self.meta = json.loads(self.sidecar.read_text())
+        self.backend = backend
+        self.size = int(self.meta["input_size"])
+        self.classes = list(self.meta["classes"])
+        self.threshold = float(self.meta.get("threshold", 0.5))
+        self.temperature = float(self.meta.get("temperature", 1.0))
+        self._lock = threading.Lock()
+        self._run = self._load_onnx(threads) if backend == "onnx" else self._load_torch(threads)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.meta.get('arch', '?')}-{self.meta.get('sha256', '')[:12]}"
+
+    def _load_torch(self, threads: int | None):  # noqa: ANN202
+        import torch
+
+        from pneumo.train.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        model, _ = load_checkpoint(self.sidecar)
+        model.eval()
+        self.torch_model = model
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).float().numpy()
+
+        return run
+
+    def _load_onnx(self, threads: int | None):  # noqa: ANN202
+        import onnxruntime as ort
+
+        onnx_path = self.sidecar.with_suffix(".onnx")
+        if not onnx_path.is_file():
+            raise ModelError(f"no ONNX export next to {self.sidecar}: run `pneumo export` first")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})[0]
+
+    def preprocess(self, gray: np.ndarray) -> np.ndarray:
+        """uint8 gray H x W -> uint8 S x S exactly as in training (size, resize policy, intensity step)."""
+        return prepare(gray, size=self.size, policy=self.meta.get("resize_policy", "squash"),
+                       intensity=self.meta.get("intensity", "none"))
+
+    def logits(self, prepared: np.ndarray) -> np.ndarray:
+        """Logits for a uint8 batch (B, S, S) of preprocessed images."""
+        x = (prepared.astype(np.float32) / 255.0)[:, None]
+        with self._lock:
+            logits = np.asarray(self._run(np.ascontiguousarray(x)), dtype=np.float32)
+            if self.meta.get("tta"):  # the run was evaluated with flip averaging: predict the same way
+                logits = (logits + np.asarray(self._run(np.ascontiguousarray(x[..., ::-1])), dtype=np.float32)) / 2
+        return logits
+
+    def predict_prepared(self, prepared: np.ndarray) -> list[Prediction]:
+        logits = self.logits(prepared)
+        return [self._result(row) for row in logits]
+
+    def predict(self, images: list[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
+        """uint8 gray images of any size -> predictions, batched."""
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            batch = np.stack([self.preprocess(img) for img in images[start : start + batch_size]])
+            out.extend(self.predict_prepared(batch))
+        return out
+
+    def _result(self, logit_row: np.ndarray) -> Prediction:
+        probs = softmax(logit_row[None])[0]
+        calibrated = softmax(logit_row[None] / self.temperature)[0]
+        p = float(1.0 - probs[0])  # class 0 is NORMAL / normal in both tasks
+        p_cal = float(1.0 - calibrated[0])
+        if len(self.classes) == 2:
+            label = self.classes[1] if p >= self.threshold else self.classes[0]
+        else:
+            label = "normal" if p < self.threshold else self.classes[1 + int(np.argmax(probs[1:]))]
+        return Prediction(p_pneumonia=p, p_calibrated=p_cal, label=label, threshold=self.threshold,
+                          probabilities={c: float(v) for c, v in zip(self.classes, calibrated)})

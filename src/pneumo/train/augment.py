@@ -1,0 +1,40 @@
+"""Batched augmentation on whatever device the batch is on (the GPU when there is one): random affine (rotation,
+scale, translation), brightness / contrast / gamma, optional horizontal flip."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pneumo.config import AugmentConfig
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Augment a float batch (B, 1, H, W) in [0, 1]; the generator must live on ``x.device``."""
+    n, device = x.shape[0], x.device
+    angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, generator, device) * (math.pi / 180)
+    scale = _uniform(n, 1 - cfg.scale, 1 + cfg.scale, generator, device)
+    shift = _uniform(2 * n, -cfg.translate, cfg.translate, generator, device).view(n, 2) * 2  # grid units: [-1, 1]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    if cfg.hflip:
+        flip = torch.where(torch.rand(n, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    else:
+        flip = torch.ones(n, device=device)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    view = (n, 1, 1, 1)
+    brightness = _uniform(n, -cfg.brightness, cfg.brightness, generator, device).view(view)
+    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, generator, device).view(view)
+    gamma = torch.exp(_uniform(n, -cfg.gamma, cfg.gamma, generator, device)).view(view)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast + mean + brightness).clamp(0, 1)
+    return x.clamp_min(1e-6).pow(gamma).clamp(0, 1)

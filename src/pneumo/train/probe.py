@@ -1,0 +1,126 @@
+"""Frozen-feature probe: backbone features computed once (cached on disk), a logistic-regression head fitted on the
+train fold with its regularisation chosen on the val fold, then folded into the model's linear head."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from sklearn.linear_model import LogisticRegression
+from tqdm import tqdm
+
+from pneumo.train.loop import autocast, val_auc
+
+log = logging.getLogger(__name__)
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+def model_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes()[:4096])
+        h.update(str(tuple(tensor.shape)).encode())
+    return h.hexdigest()[:16]
+
+
+class _Features(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def _cpu_fast(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """On the CPU, a traced + frozen channels-last copy (conv/BN folded by oneDNN) runs about 2x faster than eager."""
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(_Features(model).eval(), example, check_trace=False)
+            return torch.jit.freeze(traced)
+    except Exception as exc:  # noqa: BLE001 - fall back to eager, only slower
+        log.debug("tracing failed (%s); using eager features", exc)
+        return _Features(model).eval()
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, batch_size: int = 64,
+                     device: torch.device, amp: bool = True, desc: str = "features") -> np.ndarray:
+    """Pooled backbone features (N, F) for uint8 images (N, S, S) or (N, 1, S, S)."""
+    model.eval()
+
+    def batch(start: int) -> torch.Tensor:
+        chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]))
+        x = (chunk if chunk.ndim == 4 else chunk[:, None]).to(device).float().div_(255)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+        run = _cpu_fast(model, batch(0)[:2])
+    else:
+        run = _Features(model).eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
+        with autocast(device, amp):
+            out.append(run(batch(start)).float().cpu())
+    model.to(memory_format=torch.contiguous_format)
+    return torch.cat(out).numpy()
+
+
+def cached_features(model: nn.Module, images: np.ndarray, *, cache_key: str, cache_dir: Path,
+                    device: torch.device, amp: bool, batch_size: int = 64) -> np.ndarray:
+    """Features of every cached image, stored next to the image cache under (image cache key, model digest)."""
+    file = cache_dir / f"features-{cache_key}-{model_digest(model)}.npy"
+    if file.is_file():
+        return np.load(file, allow_pickle=False)
+    feats = extract_features(model, images, batch_size=batch_size, device=device, amp=amp)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + f".tmp{os.getpid()}.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, file)
+    return feats
+
+
+def fit_probe(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray, *,
+              balanced: bool, seed: int, c_grid: tuple[float, ...] = C_GRID) -> tuple[LogisticRegression, dict]:
+    """Logistic regression on standardised features; C picked by val ROC-AUC (never by test)."""
+    mean, std = f_train.mean(0), f_train.std(0) + 1e-6
+    z_train, z_val = (f_train - mean) / std, (f_val - mean) / std
+    best, scores = None, {}
+    for c in c_grid:
+        clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced" if balanced else None, random_state=seed)
+        clf.fit(z_train, y_train)
+        logits = _as_logits(clf, z_val)
+        scores[c] = val_auc(logits, y_val)
+        if best is None or scores[c] > scores[best[0]]:
+            best = (c, clf)
+    log.info("probe: val AUC by C %s -> C=%s", {k: round(v, 4) for k, v in scores.items()}, best[0])
+    clf = best[1]
+    clf.feature_mean_, clf.feature_std_ = mean, std
+    return clf, {"C": best[0], "val_auc_by_C": scores}
+
+
+def _as_logits(clf: LogisticRegression, z: np.ndarray) -> np.ndarray:
+    scores = clf.decision_function(z)
+    return np.stack([np.zeros_like(scores), scores], 1) if scores.ndim == 1 else scores
+
+
+def load_probe_into_head(head: nn.Linear, clf: LogisticRegression) -> None:
+    """Fold standardisation + logistic regression into ``head`` so the model's logits equal the probe's."""
+    coef, intercept = np.atleast_2d(clf.coef_), np.atleast_1d(clf.intercept_)
+    w = coef / clf.feature_std_
+    b = intercept - (coef * clf.feature_mean_ / clf.feature_std_).sum(1)
+    if coef.shape[0] == 1:  # binary: logits (0, s) give the same softmax as sigmoid(s)
+        w = np.concatenate([np.zeros_like(w), w])
+        b = np.concatenate([np.zeros_like(b), b])
+    if tuple(head.weight.shape) != w.shape:
+        raise ValueError(f"head shape {tuple(head.weight.shape)} does not fit the probe's {w.shape}")
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w).float())
+        head.bias.copy_(torch.from_numpy(b).float())

@@ -1,0 +1,203 @@
+"""`train(cfg)`: data -> model -> probe or training loop -> best checkpoint in runs/<name>/ (evaluation follows)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pneumo.config import RunConfig, dump_yaml
+from pneumo.data.cache import build_cache, default_cache_dir
+from pneumo.data.manifest import resolve_root, scan_dataset
+from pneumo.data.splits import assign_folds, class_names, labels, take_slice
+from pneumo.errors import ConfigError, DataError
+from pneumo.models import create
+from pneumo.train.checkpoint import load_train_state, save_checkpoint, save_train_state
+from pneumo.train.loop import SplitTensors, fit, select_device
+from pneumo.train.probe import cached_features, fit_probe, load_probe_into_head
+
+log = logging.getLogger(__name__)
+BEST, LAST = "model", "last"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
+    """Fail early when the run folder exists (and neither resume nor force was asked) or has nothing to resume."""
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if run_dir.exists() and not resume and not force:
+        raise ConfigError(f"run folder {run_dir} exists: pick another --name, --resume it, or pass --force")
+    if resume and not (run_dir / f"{LAST}.json").is_file() and not (run_dir / f"{BEST}.json").is_file():
+        raise ConfigError(f"nothing to resume in {run_dir}")
+    return run_dir
+
+
+def prepare_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
+    run_dir = check_run_dir(cfg, resume=resume, force=force)
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def folds_for(cfg: RunConfig) -> pd.DataFrame:
+    """The manifest with its train/val/test fold column, as this config defines it."""
+    df = scan_dataset(cfg.data.root)
+    if cfg.data.limit_per_class:
+        df = take_slice(df, cfg.data.limit_per_class, seed=cfg.data.split_seed).reset_index(drop=True)
+    folds = assign_folds(df, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
+    folds = folds[folds["label"].isin(["NORMAL", "PNEUMONIA"])]
+    for fold in ("train", "val"):
+        if len(np.unique(labels(folds[folds["fold"] == fold], cfg.data.task))) < len(class_names(cfg.data.task)):
+            raise DataError(f"the {fold} fold lacks a class for task {cfg.data.task}: use more data or another seed")
+    return folds.reset_index(drop=True)
+
+
+def image_cache(cfg: RunConfig, df: pd.DataFrame):  # noqa: ANN201
+    return build_cache(df, cfg.data.root, size=cfg.data.image_size, policy=cfg.data.resize_policy,
+                       intensity=cfg.data.intensity, cache_dir=cfg.data.cache_dir)
+
+
+def checkpoint_meta(cfg: RunConfig, model: torch.nn.Module, extra: dict) -> dict:
+    return {
+        **model.meta(),
+        "task": cfg.data.task,
+        "classes": class_names(cfg.data.task),
+        "input_size": cfg.data.image_size,
+        "resize_policy": cfg.data.resize_policy,
+        "intensity": cfg.data.intensity,
+        "mode": cfg.model.mode,
+        "threshold": 0.5,
+        "threshold_policy": None,
+        "temperature": 1.0,
+        "config": json.loads(json.dumps(_asdict(cfg))),
+        "commit": git_commit(),
+        **extra,
+    }
+
+
+def _asdict(cfg: RunConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def build_model(cfg: RunConfig) -> torch.nn.Module:
+    weights = "none" if cfg.model.mode == "scratch" else cfg.model.weights
+    model = create(cfg.model.name, num_classes=len(class_names(cfg.data.task)), weights=weights,
+                   drop_rate=cfg.model.drop_rate)
+    if cfg.model.mode == "probe":
+        model.freeze_backbone()
+    elif cfg.model.mode == "partial":
+        model.freeze_stages(cfg.model.freeze_stages)
+    return model
+
+
+def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
+    """Train per ``cfg`` and write runs/<name>/ (config, folds, metrics.csv, best checkpoint). Returns the run dir."""
+    cfg.validate()
+    resolve_root(cfg.data.root)
+    check_run_dir(cfg, resume=resume, force=force)
+    start = time.perf_counter()
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg)  # unknown names and bad weights fail here, before anything is written
+    folds = folds_for(cfg)
+    run_dir = prepare_run_dir(cfg, resume=resume, force=force)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    folds.to_csv(run_dir / "folds.csv", index=False)
+    cache = image_cache(cfg, folds)
+    device = select_device(cfg.train.device)
+    model.to(device)
+    y = labels(folds, cfg.data.task)
+    rows = {f: np.flatnonzero(folds["fold"].to_numpy() == f) for f in ("train", "val")}
+    if cfg.model.mode == "probe":
+        info = _train_probe(cfg, model, cache, rows, y, device)
+    else:
+        info = _train_loop(cfg, model, cache, rows, y, device, run_dir)
+    info["wall_time_s"] = round(time.perf_counter() - start, 1)
+    info["device"] = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
+    sidecar = run_dir / f"{BEST}.json"
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    if cfg.model.mode == "probe" or meta is None:
+        save_checkpoint(run_dir / BEST, model.cpu(), checkpoint_meta(cfg, model, {"training": info}))
+    else:
+        meta["training"] = {**meta.get("training", {}), **info}
+        _write_json(sidecar, meta)
+    log.info("trained %s in %.0f s -> %s", cfg.name, info["wall_time_s"], run_dir)
+    return run_dir
+
+
+def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device) -> dict:  # noqa: ANN001
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    feats = cached_features(model, cache.images, cache_key=cache.key, cache_dir=cache_dir, device=device,
+                            amp=cfg.train.amp, batch_size=cfg.train.batch_size)
+    clf, info = fit_probe(feats[rows["train"]], y[rows["train"]], feats[rows["val"]], y[rows["val"]],
+                          balanced=cfg.train.balance != "none", seed=cfg.train.seed)
+    load_probe_into_head(model.head, clf)
+    return {"probe_C": info["C"], "val_auc": max(info["val_auc_by_C"].values())}
+
+
+def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device,  # noqa: ANN001
+                run_dir: Path) -> dict:
+    def tensor(fold: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(cache.images[rows[fold]]))[:, None]
+
+    data = SplitTensors(tensor("train"), torch.from_numpy(y[rows["train"]]), tensor("val"),
+                        torch.from_numpy(y[rows["val"]]))
+    if device.type == "cuda":
+        data = SplitTensors(*(t.to(device) if i % 2 == 0 else t for i, t in enumerate(data.__dict__.values())))
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    def save_best(m: torch.nn.Module, info: dict) -> None:
+        save_checkpoint(run_dir / BEST, m, checkpoint_meta(cfg, m, {"training": info}))
+
+    def save_state(m, optimizer, scheduler, state: dict) -> None:  # noqa: ANN001
+        save_train_state(run_dir / LAST, m, optimizer, scheduler, state)
+
+    def load_state(m, optimizer, scheduler) -> dict | None:  # noqa: ANN001
+        if not (run_dir / f"{LAST}.json").is_file():
+            return None
+        return load_train_state(run_dir / LAST, m, optimizer, scheduler)
+
+    state = fit(model, data, cfg, run_dir, device=device, save_best=save_best, save_state=save_state,
+                load_state=load_state)
+    return {"best_epoch": state["best_epoch"], "val_auc": state["best_auc"], "epochs_run": state["epoch"]}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)

@@ -1,0 +1,83 @@
+"""`pneumo compare`: the leaderboard carries each run's numbers, ranks on val, and fails in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.cli import main
+from pneumo.errors import DataError
+from pneumo.evaluate.compare import load_run_metrics, write_leaderboard
+from pneumo.evaluate.report import evaluate_predictions
+
+
+def make_run(root: Path, name: str, *, seed: int, arch: str = "efficientnet_lite0", mode: str = "probe",
+             separation: float = 1.5) -> tuple[Path, dict]:
+    rng = np.random.default_rng(seed)
+    data = []
+    for n in (200, 150):
+        y = rng.integers(0, 2, n)
+        z = rng.normal(0, 1, (n, 2))
+        z[np.arange(n), y] += separation
+        data += [y, z]
+    result = evaluate_predictions(*data, None, task="binary", class_names=["NORMAL", "PNEUMONIA"],
+                                  policy="sensitivity:0.95", n_bootstrap=100, seed=0, ece_bins=15)
+    result.update(name=name, wall_time_s=754.2,
+                  config={"model": {"name": arch, "mode": mode}, "data": {"task": "binary"}, "train": {"seed": seed}})
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(result))
+    return run_dir, result
+
+
+def test_leaderboard_lists_every_run_with_its_numbers(tmp_path: Path) -> None:
+    a, ra = make_run(tmp_path, "lite0-probe", seed=1)
+    b, rb = make_run(tmp_path, "resnet-finetune", seed=2, arch="resnet18", mode="finetune")
+    md, html = write_leaderboard([a, b], tmp_path / "out")
+    text, page = md.read_text(encoding="utf-8"), html.read_text(encoding="utf-8")
+    for result in (ra, rb):
+        m, ci = result["test"]["metrics"], result["test"]["ci"]
+        cell = f"{m['sensitivity']:.3f} [{ci['sensitivity'][0]:.3f}, {ci['sensitivity'][1]:.3f}]"
+        assert cell in text and cell in page
+        assert result["name"] in text and f"{result['threshold']:.3f} (sensitivity:0.95)" in text
+    assert "resnet18" in text and "finetune" in text and "12m34s" in text
+    assert len([line for line in text.splitlines() if line.startswith("|")]) == 4  # header, rule, 2 runs
+
+
+def test_runs_are_ranked_by_validation_auc(tmp_path: Path) -> None:
+    weak, _ = make_run(tmp_path, "weak", seed=3, separation=0.3)
+    strong, _ = make_run(tmp_path, "strong", seed=4, separation=3.0)
+    md, _ = write_leaderboard([weak, strong], tmp_path)
+    text = md.read_text(encoding="utf-8")
+    assert text.index("| strong |") < text.index("| weak |")
+
+
+def test_a_run_without_metrics_json_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"metrics\.json not found") as info:
+        load_run_metrics(tmp_path / "empty")
+    assert "\n" not in str(info.value)
+
+
+def test_a_corrupt_metrics_json_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{not json")
+    with pytest.raises(DataError):
+        load_run_metrics(tmp_path / "bad")
+
+
+def test_cli_compare_writes_the_leaderboard_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = make_run(tmp_path, "one", seed=5)
+    assert main(["compare", str(a), "--out", str(tmp_path / "board")]) == 0
+    assert (tmp_path / "board" / "leaderboard.md").is_file() and (tmp_path / "board" / "leaderboard.html").is_file()
+    assert "| one |" in capsys.readouterr().out
+
+
+def test_cli_compare_of_a_missing_run_exits_2_with_one_error_line(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pneumo compare: error:") and "metrics.json" in err and len(err.splitlines()) == 1

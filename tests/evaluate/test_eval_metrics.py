@@ -1,0 +1,278 @@
+"""Binary / 3-class metrics, the val threshold policies and the vectorized bootstrap, on data with known answers."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.metrics import (
+    _multiclass_values,
+    binary_metrics,
+    bootstrap_cis,
+    choose_threshold,
+    multiclass_metrics,
+    resample_weights,
+    sensitivity_by_subtype,
+    weighted_auc,
+)
+
+
+def noisy_scores(n: int, seed: int = 0, *, prevalence: float = 0.62, rounding: int = 2) -> tuple[np.ndarray, ...]:
+    """Labels and overlapping scores (rounded so that ties occur, as with real probabilities)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < prevalence).astype(int)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1).round(rounding)
+    return y, p
+
+
+def youden_at(y: np.ndarray, p: np.ndarray, t: float) -> float:
+    pred = p >= t
+    return pred[y == 1].mean() + (~pred[y == 0]).mean() - 1
+
+
+def sensitivity_at(y: np.ndarray, p: np.ndarray, t: float) -> float:
+    return (p[y == 1] >= t).mean()
+
+
+# ---------------------------------------------------------------- thresholds
+
+def test_separable_scores_give_auc_one_and_perfect_calls_at_the_youden_threshold() -> None:
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.05, 0.2, 0.3, 0.7, 0.8, 0.95])
+    t = choose_threshold(y, p, "youden")
+    m = binary_metrics(y, p, t)
+    assert m["roc_auc"] == 1.0 and m["pr_auc"] == 1.0
+    assert m["accuracy"] == 1.0 and m["sensitivity"] == 1.0 and m["specificity"] == 1.0
+
+
+def test_youden_threshold_reaches_the_maximum_index_over_all_roc_thresholds() -> None:
+    y, p = noisy_scores(800, seed=3)
+    fpr, tpr, _ = roc_curve(y, p)
+    t = choose_threshold(y, p, "youden")
+    assert youden_at(y, p, t) == pytest.approx(np.max(tpr - fpr), abs=1e-12)
+
+
+def test_youden_threshold_sits_in_the_middle_of_the_tied_plateau() -> None:
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.9])  # every threshold in (0.2, 0.6] separates perfectly
+    assert choose_threshold(y, p, "youden") == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("p", [[0.5, 0.5, 0.5, 0.5], [0.9, 0.8, 0.2, 0.1], [0.0, 0.0, 1.0, 1.0]])
+def test_youden_threshold_is_finite_and_within_the_unit_interval(p: list[float]) -> None:
+    t = choose_threshold([0, 0, 1, 1], p, "youden")
+    assert math.isfinite(t) and 0.0 <= t <= 1.0
+
+
+@pytest.mark.parametrize("target", [0.5, 0.9, 0.95, 0.99])
+def test_sensitivity_policy_picks_the_highest_threshold_meeting_the_target(target: float) -> None:
+    y, p = noisy_scores(500, seed=1)
+    t = choose_threshold(y, p, f"sensitivity:{target}")
+    assert sensitivity_at(y, p, t) >= target
+    higher = np.unique(p[p > t])
+    assert higher.size == 0 or sensitivity_at(y, p, np.nextafter(t, 2.0)) < target
+    assert all(sensitivity_at(y, p, h) < target for h in higher)
+
+
+def test_sensitivity_one_keeps_every_positive_and_nothing_higher() -> None:
+    y = np.array([0, 1, 0, 1, 1])
+    p = np.array([0.1, 0.3, 0.4, 0.8, 0.9])
+    assert choose_threshold(y, p, "sensitivity:1.0") == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("policy", ["youdn", "sensitivity:", "sensitivity:abc", "sensitivity:0", "sensitivity:1.5",
+                                    "specificity:0.9", ""])
+def test_bad_policy_strings_raise_config_error(policy: str) -> None:
+    with pytest.raises(ConfigError):
+        choose_threshold([0, 1], [0.2, 0.8], policy)
+
+
+@pytest.mark.parametrize("policy", ["youden", "sensitivity:0.95"])
+def test_single_class_validation_labels_raise_data_error(policy: str) -> None:
+    with pytest.raises(DataError):
+        choose_threshold([1, 1, 1], [0.2, 0.5, 0.9], policy)
+
+
+def test_probabilities_outside_the_unit_interval_raise_data_error() -> None:
+    with pytest.raises(DataError):
+        binary_metrics([0, 1], [-0.5, 2.0], 0.5)
+
+
+# ---------------------------------------------------------------- binary metrics
+
+def test_binary_metrics_match_scikit_learn() -> None:
+    y, p = noisy_scores(400, seed=2)
+    t = 0.47
+    pred = (p >= t).astype(int)
+    m = binary_metrics(y, p, t)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(recall_score(1 - y, 1 - pred))
+    assert m["precision"] == pytest.approx(precision_score(y, pred))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
+    assert [[m["tn"], m["fp"]], [m["fn"], m["tp"]]] == confusion_matrix(y, pred).tolist()
+    assert m["n"] == 400
+
+
+def test_binary_metrics_are_nan_without_warnings_when_a_class_is_absent() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = binary_metrics([1, 1, 1], [0.2, 0.6, 0.9], 0.5)
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert math.isnan(m["specificity"]) and math.isnan(m["roc_auc"]) and math.isnan(m["pr_auc"])
+
+
+def test_precision_is_nan_when_nothing_is_called_positive() -> None:
+    m = binary_metrics([0, 1], [0.1, 0.2], 0.9)
+    assert math.isnan(m["precision"]) and m["sensitivity"] == 0.0
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def test_vectorized_auc_and_average_precision_match_scikit_learn_on_resamples() -> None:
+    y, p = noisy_scores(300, seed=4)
+    w = resample_weights(y.size, 6, seed=9)
+    auc, ap = weighted_auc(w, y, p)
+    for b in range(6):
+        idx = np.repeat(np.arange(y.size), w[b])
+        assert auc[b] == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
+        assert ap[b] == pytest.approx(average_precision_score(y[idx], p[idx]), abs=1e-12)
+
+
+def test_resample_weights_draw_each_resample_with_n_items() -> None:
+    w = resample_weights(50, 20, seed=0)
+    assert w.shape == (20, 50) and (w.sum(axis=1) == 50).all()
+
+
+def test_bootstrap_ci_contains_the_point_estimate() -> None:
+    y, p = noisy_scores(624, seed=5)
+    point = binary_metrics(y, p, 0.5)
+    cis = bootstrap_cis(y, p, 0.5, n_resamples=500, seed=0)
+    for key, (lo, hi) in cis.items():
+        assert lo <= point[key] <= hi, key
+
+
+def test_bootstrap_ci_shrinks_with_more_images() -> None:
+    small = bootstrap_cis(*noisy_scores(100, seed=6), 0.5, n_resamples=500, seed=0)
+    large = bootstrap_cis(*noisy_scores(2500, seed=6), 0.5, n_resamples=500, seed=0)
+    for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+        assert large[key][1] - large[key][0] < 0.5 * (small[key][1] - small[key][0]), key
+
+
+def test_bootstrap_is_reproducible_with_its_seed() -> None:
+    y, p = noisy_scores(200, seed=7)
+    assert bootstrap_cis(y, p, 0.5, n_resamples=200, seed=1) == bootstrap_cis(y, p, 0.5, n_resamples=200, seed=1)
+    assert bootstrap_cis(y, p, 0.5, n_resamples=200, seed=1) != bootstrap_cis(y, p, 0.5, n_resamples=200, seed=2)
+
+
+def test_bootstrap_of_1000_resamples_of_624_images_takes_under_two_seconds() -> None:
+    y, p = noisy_scores(624, seed=8, rounding=6)
+    start = time.perf_counter()
+    bootstrap_cis(y, p, 0.5, n_resamples=1000, seed=0)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_bootstrap_skips_resamples_where_a_metric_is_undefined() -> None:
+    y = np.array([1] + [0] * 29)  # many resamples hold no positive
+    p = np.linspace(0, 1, 30)
+    lo, hi = bootstrap_cis(y, p, 0.5, n_resamples=300, seed=0)["sensitivity"]
+    assert math.isfinite(lo) and math.isfinite(hi)
+
+
+def test_zero_resamples_give_no_intervals() -> None:
+    assert bootstrap_cis([0, 1], [0.2, 0.8], 0.5, n_resamples=0) == {}
+
+
+# ---------------------------------------------------------------- subtypes
+
+def test_sensitivity_by_subtype_counts_the_calls_of_each_subtype() -> None:
+    calls = [True, True, False, True, False, False, True]
+    subtypes = ["bacteria", "bacteria", "bacteria", "virus", "virus", "normal", "normal"]
+    out = sensitivity_by_subtype(calls, subtypes)
+    assert list(out) == ["normal", "bacteria", "virus"]
+    assert out["bacteria"]["rate"] == pytest.approx(2 / 3) and out["bacteria"]["n"] == 3
+    assert out["virus"]["predicted_positive"] == 1 and out["normal"]["rate"] == 0.5
+    lo, hi = out["bacteria"]["ci"]
+    assert lo < 2 / 3 < hi
+
+
+# ---------------------------------------------------------------- 3-class
+
+def three_class_data(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    z = rng.normal(0, 1, (n, 3))
+    z[np.arange(n), y] += 1.5
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return y, probs
+
+
+NAMES = ["normal", "bacteria", "virus"]
+
+
+def test_multiclass_metrics_match_scikit_learn_for_the_predictor_rule() -> None:
+    y, probs = three_class_data()
+    t = 0.6
+    pred = np.where(1 - probs[:, 0] < t, 0, 1 + np.argmax(probs[:, 1:], axis=1))
+    m = multiclass_metrics(y, probs, NAMES, threshold=t, n_resamples=0)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["confusion_matrix"] == confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
+
+
+def test_derived_binary_metrics_use_one_minus_p_normal() -> None:
+    y, probs = three_class_data(seed=1)
+    m = multiclass_metrics(y, probs, NAMES, threshold=0.5, n_resamples=0)
+    assert m["binary"] == binary_metrics((y != 0).astype(int), 1 - probs[:, 0], 0.5)
+
+
+def test_bacteria_vs_virus_is_scored_on_pneumonia_images_only() -> None:
+    y = np.array([0, 1, 1, 2, 2])
+    probs = np.array([[0.1, 0.1, 0.8],  # a normal image called virus: not part of bacteria vs virus
+                      [0.2, 0.7, 0.1], [0.2, 0.3, 0.5], [0.1, 0.2, 0.7], [0.1, 0.5, 0.4]])
+    bv = multiclass_metrics(y, probs, NAMES, n_resamples=0)["bacteria_vs_virus"]
+    assert bv["n"] == 4 and bv["accuracy"] == pytest.approx(0.5)
+    scores = probs[1:, 2] / (probs[1:, 1] + probs[1:, 2])
+    assert bv["roc_auc"] == pytest.approx(roc_auc_score(y[1:] == 2, scores))
+
+
+def test_vectorized_macro_f1_matches_scikit_learn_on_a_resample() -> None:
+    y, probs = three_class_data(200, seed=2)
+    pred = np.argmax(probs, axis=1)
+    idx = np.random.default_rng(0).integers(0, 200, 200)
+    conf = confusion_matrix(y[idx], pred[idx], labels=[0, 1, 2])
+    assert float(_multiclass_values(conf)["macro_f1"]) == pytest.approx(f1_score(y[idx], pred[idx], average="macro"))
+
+
+def test_multiclass_cis_contain_the_point_estimates() -> None:
+    y, probs = three_class_data(seed=3)
+    m = multiclass_metrics(y, probs, NAMES, n_resamples=300, seed=0)
+    points = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+              "bacteria_vs_virus_accuracy": m["bacteria_vs_virus"]["accuracy"],
+              "bacteria_vs_virus_roc_auc": m["bacteria_vs_virus"]["roc_auc"]}
+    for key, value in points.items():
+        lo, hi = m["ci"][key]
+        assert lo <= value <= hi, key
+    assert set(m["binary_ci"]) >= {"accuracy", "sensitivity", "specificity", "roc_auc"}
+
+
+def test_multiclass_probabilities_of_the_wrong_shape_raise_data_error() -> None:
+    with pytest.raises(DataError):
+        multiclass_metrics([0, 1], np.full((2, 2), 0.5), NAMES)

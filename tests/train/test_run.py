@@ -1,0 +1,112 @@
+"""Short real runs on a slice of the data (CPU): probe, scratch training, resume, 3-class, bad configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pneumo.cli import main
+from pneumo.config import load_config
+from pneumo.errors import ConfigError
+from pneumo.evaluate.runner import evaluate_run
+from pneumo.train.run import train
+
+
+def tiny_config(data: Path, out: Path, cache: Path, *overrides: str):  # noqa: ANN201
+    base = [f"data.root={data}", f"out_dir={out}", f"data.cache_dir={cache}", "data.image_size=64",
+            "data.val_fraction=0.3", "eval.n_bootstrap=50", "train.batch_size=8", "train.amp=false"]
+    return load_config("default", base + list(overrides))
+
+
+@pytest.fixture()
+def scratch_run(data_slice: Path, tmp_path: Path) -> Path:
+    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=scratch", "model.name=scratch_cnn",
+                      "model.mode=scratch", "model.weights=none", "train.epochs=2", "train.lr=0.003")
+    return train(cfg)
+
+
+def test_probe_run_writes_a_checkpoint_with_its_sidecar(data_slice: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=probe")
+    run_dir = train(cfg)
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["arch"] == "efficientnet_lite0" and meta["classes"] == ["NORMAL", "PNEUMONIA"]
+    assert meta["input_size"] == 64 and meta["mode"] == "probe"
+    assert (run_dir / "model.safetensors").stat().st_size > 1_000_000
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "folds.csv").is_file()
+
+
+def test_scratch_training_logs_every_epoch_and_keeps_the_best(scratch_run: Path) -> None:
+    metrics = pd.read_csv(scratch_run / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert set(metrics.columns) >= {"train_loss", "val_loss", "val_auc", "lr"}
+    meta = json.loads((scratch_run / "model.json").read_text())
+    assert meta["training"]["val_auc"] == pytest.approx(metrics["val_auc"].max(), abs=1e-4)
+    assert (scratch_run / "last.json").is_file()
+
+
+def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=scratch", "model.name=scratch_cnn",
+                      "model.mode=scratch", "model.weights=none", "train.epochs=3", "train.lr=0.003")
+    train(cfg, resume=True)
+    assert pd.read_csv(scratch_run / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_an_existing_run_folder_is_never_silently_overwritten(scratch_run: Path, data_slice: Path,
+                                                              tmp_path: Path) -> None:
+    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=scratch", "model.mode=scratch",
+                      "model.name=scratch_cnn", "model.weights=none")
+    with pytest.raises(ConfigError, match="exists"):
+        train(cfg)
+
+
+def test_evaluation_uses_val_for_the_threshold_and_writes_the_report(scratch_run: Path) -> None:
+    result = evaluate_run(scratch_run, analysis=False)
+    assert 0.0 <= result["threshold"] <= 1.0 and result["temperature"] > 0
+    assert result["test"]["n"] == 36
+    assert set(result["test"]["ci"]) >= {"accuracy", "sensitivity", "specificity", "roc_auc"}
+    assert (scratch_run / "report.html").read_text().count("<img") >= 3
+    sidecar = json.loads((scratch_run / "model.json").read_text())
+    assert sidecar["threshold"] == pytest.approx(result["threshold"])
+    assert len(pd.read_csv(scratch_run / "predictions.csv")) == 36
+
+
+def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=p3", "data.task=3class")
+    run_dir = train(cfg)
+    result = evaluate_run(run_dir, analysis=False)
+    assert result["classes"] == ["normal", "bacteria", "virus"]
+    assert "bacteria_vs_virus" in json.dumps(result["test"]["multiclass"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.mode=probe", "model.weights=none"], "pretrained"),
+        (["model.weights=/no/such/file.safetensors"], "not found"),
+        (["data.task=4class"], "task"),
+        (["model.mode=distill"], "mode"),
+        (["train.balance=magic"], "balance"),
+        (["nonsense.key=1"], "unknown config key"),
+    ],
+)
+def test_impossible_configs_fail_with_one_line_before_any_work(overrides: list[str], message: str, tmp_path: Path,
+                                                               data_slice: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--data", str(data_slice), "--out-dir", str(tmp_path / "runs"), "--name", "bad"]
+    for item in overrides:
+        argv += ["--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--data", str(data_slice), "--out-dir", str(tmp_path / "runs"), "--model", "no_such_net"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "efficientnet_lite0" in err and "scratch_cnn" in err
