@@ -18,16 +18,15 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Union
 
-import torch.nn as nn
+from torch import nn
 
 from pneumo.errors import ModelError
 from pneumo.models import weights as W
 from pneumo.models.net import PneumoNet
 
 log = logging.getLogger(__name__)
-Weights = Union[str, Path, None]  # "imagenet" | "none" | Path | None (silent random init)
+Weights = str | Path | None  # "imagenet" | "none" | Path | None (silent random init)
 Builder = Callable[..., PneumoNet]
 TIMM_PREFIX = "timm/"
 _REGISTRY: dict[str, Builder] = {}
@@ -170,7 +169,11 @@ def _lite(variant: int, *, num_classes: int, weights: Weights, drop_rate: float)
 
     if isinstance(weights, Path):
         state = W.read_state_file(weights)
-        if next(iter(state), "").startswith("_conv_stem"):  # lukemelas-style file: map by order like the offline one
+        if any(k.startswith("_conv_stem") for k in state):  # lukemelas-style file: map by order like the offline one
+            if weights.suffix == ".safetensors":
+                raise ModelError(f"{weights.name}: lukemelas-style keys map by order, which safetensors does not "
+                                 "keep; pass the original .pth file")
+
             def from_file(model: nn.Module) -> None:
                 model.load_state_dict(W.map_by_order(state, model.state_dict(), what=str(weights)))
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pneumo.errors import ModelError
 
