@@ -58,3 +58,21 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("PNEUMO_CACHE", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real checkpoint (scratch CNN, 64 px, seeded random weights) with a full sidecar; returns its .json."""
+    import torch
+
+    from pneumo.models import create
+    from pneumo.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create("scratch_cnn", num_classes=2, weights="none")
+    stem = tmp_path_factory.mktemp("tiny_model") / "model"
+    meta = {"task": "binary", "classes": ["NORMAL", "PNEUMONIA"], "input_size": 64, "resize_policy": "squash",
+            "intensity": "none", "mode": "scratch", "threshold": 0.5, "threshold_policy": "youden",
+            "temperature": 1.5}
+    save_checkpoint(stem, model, meta)
+    return stem.with_suffix(".json")

@@ -26,6 +26,8 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
 
     from pneumo.train.checkpoint import load_checkpoint
 
+    if model_path is None and out is None:
+        raise ModelError("exporting the shipped default model needs --out FILE_OR_DIR (the package folder is read-only)")
     sidecar = resolve_model(model_path)
     model, meta = load_checkpoint(sidecar)
     model.eval()

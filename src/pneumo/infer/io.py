@@ -10,8 +10,8 @@ The format is sniffed from the first bytes, never from the file name. Rules, in 
 * **8-bit data is kept as stored**: L, RGB (ITU-R 601 luma, as ``Image.convert("L")``), palette, CMYK, 1-bit.
   Alpha is composited onto black (transparent areas become black, like air on a radiograph). ICC profiles are
   ignored, as in the dataset preprocessing. EXIF orientation is applied; an unreadable EXIF block is ignored.
-* **Deeper data** (16-bit and 32-bit PNG/TIFF, float TIFF, DICOM with more than 8 bits and no window) is scaled
-  linearly from its own min..max to 0..255; a constant image becomes all black.
+* **Other depths** (16-bit and 32-bit PNG/TIFF, float TIFF, DICOM with other than 8 stored bits and no window) are
+  scaled linearly from the data's own min..max to 0..255; a constant image becomes all black.
 * **DICOM**: Modality LUT (rescale slope/intercept or LUT), then the VOI window (the first window centre/width,
   else the VOI LUT) mapped over the window's full output range to 0..255; MONOCHROME1 is inverted; RGB/YBR become
   luma. Compressed transfer syntaxes decode where pydicom has a plugin (RLE natively, JPEG and JPEG 2000 through
@@ -109,8 +109,8 @@ def load_image(data: bytes, *, name: str = "", target: int | None = None, max_pi
             gray = _decode_dicom(data, max_pixels=max_pixels)
         else:
             gray = _decode_pillow(data, kind, target=target, max_pixels=max_pixels)
-    except InputError as exc:
-        raise InputError(f"{prefix}{exc}") from None
+    except InputError as exc:  # our own messages may quote file content (a UID): keep them on one line
+        raise InputError(f"{prefix}{_one_line(exc)}") from None
     except MemoryError:
         raise InputError(f"{prefix}not enough memory to decode this {kind} image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # raised by Image.open itself

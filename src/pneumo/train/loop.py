@@ -1,23 +1,37 @@
-"""The training loop, read top to bottom: one function per step, no callbacks, no hidden state."""
+"""The training loop, read top to bottom: one function per step, no callbacks, no hidden state.
+
+Resumable at any step. The sample order of an epoch is a pure function of (seed, epoch); each step's augmentation
+generator is seeded from (seed, epoch, step) and the global torch RNG (dropout) from (seed, epoch, step, rank). A
+state saved after step k of epoch e -- by `fit` after every epoch, every ``train.checkpoint_every_steps`` steps and
+on Ctrl-C / SIGTERM -- therefore resumes into exactly the steps an uninterrupted run takes. Under DDP
+(`pneumo.train.distributed`) every rank walks the same global batches and trains on its shard of each.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
 import math
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
+from torch import nn
 from tqdm import tqdm
 
 from pneumo.config import RunConfig, TrainConfig
+from pneumo.errors import ConfigError
 from pneumo.train.augment import augment
+from pneumo.train.distributed import ONE_PROCESS, DistEnv, any_rank, broadcast, shard, sum_across, wrap_model
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +52,7 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool):  # noqa: ANN201
+def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
@@ -92,7 +106,7 @@ def make_loss(cfg: TrainConfig, y_train: torch.Tensor, num_classes: int) -> nn.M
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN201
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     """AdamW (no weight decay on norms/biases) with linear warm-up then cosine decay, stepped per batch."""
     decay, no_decay = [], []
     for p in model.parameters():
@@ -128,80 +142,250 @@ def steps_per_epoch(n: int, cfg: TrainConfig) -> int:
     return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
 
 
-def train_one_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, loss_fn: nn.Module,  # noqa: ANN001
-                    cfg: TrainConfig, epoch: int, device: torch.device) -> float:
+def step_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from small integers such as (seed, epoch, step, stream)."""
+    state = np.random.SeedSequence([int(p) % 2**32 for p in parts]).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, optimizer, scheduler,
+               loss_fn: nn.Module, device: torch.device, amp: bool, scale: float = 1.0) -> float:
+    """One optimizer and scheduler step on a float batch; returns the (scaled) loss."""
+    with autocast(device, amp):
+        loss = loss_fn(model(x).float(), y) * scale
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+def _batch_weight(y: torch.Tensor, class_weight: torch.Tensor | None) -> float:
+    return float(class_weight[y].sum()) if class_weight is not None else float(len(y))
+
+
+def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, loss_fn: nn.Module,
+              cfg: TrainConfig, epoch: int, device: torch.device, start_step: int = 0,
+              env: DistEnv = ONE_PROCESS) -> Iterator[tuple[int, float]]:
+    """Train one epoch from ``start_step``; yields (steps done in the epoch, this rank's loss) after every step.
+
+    Under DDP each rank trains on its `shard` of the global batch with its loss rescaled by its share of the
+    batch's sample weight, so the averaged gradient is the global batch's.
+    """
     model.train()
     order = epoch_order(len(data.y_train), data.y_train, cfg, epoch)
     n_steps = steps_per_epoch(len(order), cfg)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch)
+    aug_gen = torch.Generator(device=device)
+    class_weight = getattr(loss_fn, "weight", None)
+    class_weight = class_weight.cpu() if class_weight is not None else None
     memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
-    total, bar = 0.0, tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+    total, bar = 0.0, tqdm(range(start_step, n_steps), initial=start_step, total=n_steps, unit="batch", leave=False,
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main)
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x = data.x_train[idx].to(device, non_blocking=True).float().div_(255)
-        y = data.y_train[idx].to(device, non_blocking=True)
-        x = augment(x, cfg.augment, aug_gen).contiguous(memory_format=memory_format)
-        with autocast(device, cfg.amp):
-            loss = loss_fn(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item()
-        bar.set_postfix(loss=f"{total / (step + 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    return total / max(1, n_steps)
+        x = augment(x, cfg.augment, aug_gen.manual_seed(step_seed(cfg.seed, epoch, step, 0)))
+        y, scale = data.y_train[idx], 1.0
+        if env.enabled:
+            mine = shard(y, env.rank, env.world_size)
+            scale = env.world_size * _batch_weight(mine, class_weight) / _batch_weight(y, class_weight)
+            x, y = shard(x, env.rank, env.world_size), mine
+        torch.manual_seed(step_seed(cfg.seed, epoch, step, 1 + env.rank))  # dropout masks
+        loss = train_step(model, x.contiguous(memory_format=memory_format), y.to(device, non_blocking=True),
+                          optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=cfg.amp,
+                          scale=scale)
+        total += loss
+        bar.set_postfix(loss=f"{total / (step + 1 - start_step):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        yield step + 1, loss
+
+
+def train_one_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, loss_fn: nn.Module,
+                    cfg: TrainConfig, epoch: int, device: torch.device, env: DistEnv = ONE_PROCESS) -> float:
+    """Train a whole epoch; returns the mean training loss of its steps (over all ranks)."""
+    total = sum(loss for _, loss in run_epoch(model, data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                                              cfg=cfg, epoch=epoch, device=device, env=env))
+    return sum_across(total, env, device) / env.world_size / steps_per_epoch(len(data.y_train), cfg)
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    new = not path.exists()
+    """Append a row; a file with other columns (an older run) is rewritten with the union of both."""
+    header = _read_csv(path)[0] if path.exists() else None
+    if header is not None and header != list(row):
+        fields, rows = _read_csv(path)
+        _write_csv(path, fields + [k for k in row if k not in fields], [*rows, row])
+        return
     with open(path, "a", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
+        if header is None:
             writer.writeheader()
         writer.writerow(row)
 
 
+def trim_metrics(path: Path, last_epoch: int) -> None:
+    """Drop rows of epochs after ``last_epoch``: a resumed run redoes them, so they must not appear twice."""
+    if not path.is_file():
+        return
+    fields, rows = _read_csv(path)
+    keep = [row for row in rows if float(row.get("epoch") or 0) <= last_epoch]
+    if len(keep) < len(rows):
+        _write_csv(path, fields, keep)
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class GracefulStop:
+    """While active, a first SIGINT (Ctrl-C) or SIGTERM only sets ``requested``: the loop finishes its step, saves
+    a resumable state and raises ``KeyboardInterrupt``. A second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> Self:
+        self.requested, self._previous = False, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def initial_state(cfg: TrainConfig, n_steps: int) -> dict:
+    """The loop's counters: ``epoch`` epochs done, then ``step`` steps (summing to ``loss_sum``) of the next one."""
+    return {"epoch": 0, "step": 0, "global_step": 0, "loss_sum": 0.0, "best_auc": -1.0, "best_epoch": -1,
+            "bad_epochs": 0, "steps_per_epoch": n_steps, "batch_size": cfg.batch_size}
+
+
+def resumed_state(saved: dict, cfg: TrainConfig, n_steps: int) -> dict:
+    """Counters of a saved state (older states lack the step fields); refuses a mid-epoch resume whose batches
+    would differ from the interrupted run's."""
+    state = {**initial_state(cfg, n_steps), "global_step": int(saved.get("epoch", 0)) * n_steps, **saved}
+    if state["step"] and (state["steps_per_epoch"] != n_steps or state["batch_size"] != cfg.batch_size):
+        raise ConfigError(f"the saved state stopped mid-epoch with batch_size {state['batch_size']} and "
+                          f"{state['steps_per_epoch']} steps per epoch; resume with the same train.batch_size, "
+                          "train.max_steps_per_epoch and data")
+    return {**state, "steps_per_epoch": n_steps, "batch_size": cfg.batch_size}
+
+
 def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, device: torch.device,
-        save_best, save_state, load_state) -> dict:  # noqa: ANN001
+        save_best, save_state, load_state, env: DistEnv = ONE_PROCESS) -> dict:
     """Train with early stopping on val ROC-AUC; the best weights go through ``save_best(model, info)``, the resumable
-    state through ``save_state(model, optimizer, scheduler, info)`` after every epoch."""
+    state through ``save_state(model, optimizer, scheduler, info)`` after every epoch, every
+    ``train.checkpoint_every_steps`` steps and on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` is raised).
+
+    Under DDP (``env.enabled``) the model is wrapped here; rank 0 alone evaluates, logs and saves.
+    """
     tc = cfg.train
+    if tc.batch_size < env.world_size:
+        raise ConfigError(f"train.batch_size {tc.batch_size} is the global batch: it must be at least the number of "
+                          f"processes ({env.world_size})")
+    n_steps = steps_per_epoch(len(data.y_train), tc)
     loss_fn = make_loss(tc, data.y_train, model.num_classes).to(device)
-    optimizer, scheduler = make_optimizer(model, tc, steps_per_epoch(len(data.y_train), tc))
-    state = load_state(model, optimizer, scheduler) or {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
-    writer = _tensorboard(run_dir)
-    for epoch in range(state["epoch"], tc.epochs):
-        start = time.perf_counter()
-        train_loss = train_one_epoch(model, data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, cfg=tc,
-                                     epoch=epoch, device=device)
-        logits = predict_logits(model, data.x_val, batch_size=2 * tc.batch_size, device=device, amp=tc.amp)
-        val_loss = float(F.cross_entropy(torch.from_numpy(logits), data.y_val).item())
-        auc = val_auc(logits, data.y_val.numpy())
-        improved = auc > state["best_auc"]
-        state.update(epoch=epoch + 1, bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        if improved:
-            state.update(best_auc=auc, best_epoch=epoch + 1)
-            save_best(model, {"epoch": epoch + 1, "val_auc": auc})
-        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
-               "val_auc": round(auc, 5), "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 1)}
-        append_metrics(run_dir / "metrics.csv", row)
+    optimizer, scheduler = make_optimizer(model, tc, n_steps)
+    saved = load_state(model, optimizer, scheduler)
+    state = resumed_state(saved, tc, n_steps) if saved else initial_state(tc, n_steps)
+    if saved:
+        log.info("resuming at epoch %d, step %d (global step %d)", state["epoch"] + 1, state["step"],
+                 state["global_step"])
+        if env.is_main:
+            trim_metrics(run_dir / "metrics.csv", state["epoch"])
+    net = wrap_model(model, env, device)
+    writer = _tensorboard(run_dir, purge_step=state["epoch"] + 1) if env.is_main else None
+    try:
+        with GracefulStop() as stop:
+            for epoch in range(state["epoch"], tc.epochs):
+                start = time.perf_counter()
+                train_loss = _train_epoch(net, model, data, state, optimizer=optimizer, scheduler=scheduler,
+                                          loss_fn=loss_fn, cfg=tc, device=device, env=env, stop=stop,
+                                          save_state=save_state)
+                train_s = time.perf_counter() - start
+                state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
+                if env.is_main:
+                    _end_epoch(model, data, state, tc, run_dir, device=device, scheduler=scheduler,
+                               train_loss=train_loss, start=start, writer=writer, save_best=save_best,
+                               images_per_s=(n_steps * tc.batch_size) / max(train_s, 1e-9))
+                    save_state(model, optimizer, scheduler, dict(state))
+                state = broadcast(state, env)
+                if any_rank(stop.requested, env, device):
+                    raise KeyboardInterrupt
+                if state["bad_epochs"] >= tc.patience:
+                    log.info("early stop: val AUC did not improve for %d epochs", tc.patience)
+                    break
+    finally:
         if writer:
-            for k in ("train_loss", "val_loss", "val_auc", "lr"):
-                writer.add_scalar(k, row[k], epoch + 1)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f%s", epoch + 1, train_loss, val_loss, auc,
-                 " (best)" if improved else "")
-        save_state(model, optimizer, scheduler, state)
-        if state["bad_epochs"] >= tc.patience:
-            log.info("early stop: val AUC did not improve for %d epochs", tc.patience)
-            break
-    if writer:
-        writer.close()
+            writer.close()
     return state
 
 
-def _tensorboard(run_dir: Path):  # noqa: ANN202
+def _train_epoch(net: nn.Module, model: nn.Module, data: SplitTensors, state: dict, *, optimizer, scheduler,
+                 loss_fn: nn.Module, cfg: TrainConfig, device: torch.device, env: DistEnv, stop: GracefulStop,
+                 save_state) -> float:
+    """The rest of epoch ``state["epoch"]`` from step ``state["step"]``, saving a state every
+    ``checkpoint_every_steps`` steps and when a stop was requested (then raises ``KeyboardInterrupt``)."""
+    every = int(getattr(cfg, "checkpoint_every_steps", 0) or 0)
+    base, local = state["loss_sum"], 0.0
+    steps = run_epoch(net, data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, cfg=cfg,
+                      epoch=state["epoch"], device=device, start_step=state["step"], env=env)
+    for step, loss in steps:
+        local += loss
+        state["global_step"] += 1
+        interrupted = any_rank(stop.requested, env, device)
+        if interrupted or (every > 0 and state["global_step"] % every == 0):
+            state.update(step=step, loss_sum=base + sum_across(local, env, device) / env.world_size)
+            if env.is_main:
+                save_state(model, optimizer, scheduler, dict(state))
+        if interrupted:
+            log.warning("stopped at epoch %d, step %d: resumable state saved", state["epoch"] + 1, step)
+            raise KeyboardInterrupt
+    return (base + sum_across(local, env, device) / env.world_size) / max(1, state["steps_per_epoch"])
+
+
+def _end_epoch(model: nn.Module, data: SplitTensors, state: dict, tc: TrainConfig, run_dir: Path, *,
+               device: torch.device, scheduler, train_loss: float, start: float, images_per_s: float,
+               writer, save_best) -> None:
+    """Validate, keep the best weights, log the epoch's row (rank 0 only)."""
+    epoch = state["epoch"]
+    logits = predict_logits(model, data.x_val, batch_size=2 * tc.batch_size, device=device, amp=tc.amp)
+    val_loss = float(F.cross_entropy(torch.from_numpy(logits), data.y_val).item())
+    auc = val_auc(logits, data.y_val.numpy())
+    improved = auc > state["best_auc"]
+    state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+    if improved:
+        state.update(best_auc=auc, best_epoch=epoch)
+        save_best(model, {"epoch": epoch, "val_auc": auc, "global_step": state["global_step"]})
+    row = {"epoch": epoch, "global_step": state["global_step"], "train_loss": round(train_loss, 5),
+           "val_loss": round(val_loss, 5), "val_auc": round(auc, 5), "lr": scheduler.get_last_lr()[0],
+           "images_per_s": round(images_per_s, 1), "seconds": round(time.perf_counter() - start, 1)}
+    append_metrics(run_dir / "metrics.csv", row)
+    if writer:
+        for k in ("train_loss", "val_loss", "val_auc", "lr"):
+            writer.add_scalar(k, row[k], epoch)
+    log.info("epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f%s", epoch, train_loss, val_loss, auc,
+             " (best)" if improved else "")
+
+
+def _tensorboard(run_dir: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)

@@ -1,4 +1,10 @@
-"""`train(cfg)`: data -> model -> probe or training loop -> best checkpoint in runs/<name>/ (evaluation follows)."""
+"""`train(cfg)`: data -> model -> probe or training loop -> best checkpoint in runs/<name>/ (evaluation follows).
+
+Run folder: ``config.yaml``, ``folds.csv``, ``metrics.csv``, ``model.*`` (best weights), ``last.*`` (the newest
+resumable state) and ``last-prev.*`` (hard links to the state before it, so a crash while ``last.*`` is being
+replaced never leaves the run without a complete state). Launched by ``torchrun``, the same function runs DDP
+(see `pneumo.train.distributed`): rank 0 prepares the folder, builds the cache, fits a probe, evaluates and writes.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +25,15 @@ from pneumo.config import RunConfig, dump_yaml
 from pneumo.data.cache import build_cache, default_cache_dir
 from pneumo.data.manifest import resolve_root, scan_dataset
 from pneumo.data.splits import assign_folds, class_names, labels, take_slice
-from pneumo.errors import ConfigError, DataError
+from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.models import create
 from pneumo.train.checkpoint import load_train_state, save_checkpoint, save_train_state
-from pneumo.train.loop import SplitTensors, fit, select_device
+from pneumo.train.distributed import DistEnv, barrier, setup, teardown
+from pneumo.train.loop import SplitTensors, fit
 from pneumo.train.probe import cached_features, fit_probe, load_probe_into_head
 
 log = logging.getLogger(__name__)
-BEST, LAST = "model", "last"
+BEST, LAST, PREV = "model", "last", "last-prev"
 
 
 def seed_everything(seed: int) -> None:
@@ -38,7 +45,7 @@ def seed_everything(seed: int) -> None:
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+                             check=False, cwd=Path(__file__).parent)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -75,7 +82,7 @@ def folds_for(cfg: RunConfig) -> pd.DataFrame:
     return folds.reset_index(drop=True)
 
 
-def image_cache(cfg: RunConfig, df: pd.DataFrame):  # noqa: ANN201
+def image_cache(cfg: RunConfig, df: pd.DataFrame):
     return build_cache(df, cfg.data.root, size=cfg.data.image_size, policy=cfg.data.resize_policy,
                        intensity=cfg.data.intensity, cache_dir=cfg.data.cache_dir)
 
@@ -116,28 +123,59 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
 
 
 def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
-    """Train per ``cfg`` and write runs/<name>/ (config, folds, metrics.csv, best checkpoint). Returns the run dir."""
+    """Train per ``cfg`` and write runs/<name>/ (config, folds, metrics.csv, best checkpoint). Returns the run dir.
+
+    Ctrl-C (or SIGTERM) saves a resumable state and re-raises ``KeyboardInterrupt``; ``resume=True`` continues
+    from it, mid-epoch included. Under torchrun every rank calls this; all of them return the run dir.
+    """
     cfg.validate()
     resolve_root(cfg.data.root)
-    check_run_dir(cfg, resume=resume, force=force)
+    env, device = setup(cfg.train.device)
+    ok = False
+    try:
+        run_dir = _train(cfg, env, device, resume=resume, force=force)
+        ok = True
+        return run_dir
+    except KeyboardInterrupt:
+        if env.is_main:
+            log.warning("interrupted; resume with: pneumo train --resume --name %s (and the same preset/options)",
+                        cfg.name)
+        raise
+    finally:
+        teardown(env, ok=ok)
+
+
+def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, force: bool) -> Path:
+    run_dir = check_run_dir(cfg, resume=resume, force=force)
+    barrier(env)  # every rank has checked the folder before rank 0 changes it
     start = time.perf_counter()
     seed_everything(cfg.train.seed)
     model = build_model(cfg)  # unknown names and bad weights fail here, before anything is written
     folds = folds_for(cfg)
-    run_dir = prepare_run_dir(cfg, resume=resume, force=force)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    folds.to_csv(run_dir / "folds.csv", index=False)
-    cache = image_cache(cfg, folds)
-    device = select_device(cfg.train.device)
+    if env.is_main:
+        prepare_run_dir(cfg, resume=resume, force=force)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        folds.to_csv(run_dir / "folds.csv", index=False)
+        cache = image_cache(cfg, folds)
+    barrier(env)  # the cache is built once, by rank 0
+    if not env.is_main:
+        cache = image_cache(cfg, folds)
     model.to(device)
     y = labels(folds, cfg.data.task)
     rows = {f: np.flatnonzero(folds["fold"].to_numpy() == f) for f in ("train", "val")}
     if cfg.model.mode == "probe":
+        if not env.is_main:
+            return run_dir
+        if env.enabled:
+            log.info("probe mode: rank 0 fits the probe alone")
         info = _train_probe(cfg, model, cache, rows, y, device)
     else:
-        info = _train_loop(cfg, model, cache, rows, y, device, run_dir)
+        info = _train_loop(cfg, model, cache, rows, y, device, run_dir, env)
+        if not env.is_main:
+            return run_dir
     info["wall_time_s"] = round(time.perf_counter() - start, 1)
-    info["device"] = torch.cuda.get_device_name(0) if device.type == "cuda" else _cpu_name()
+    info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    info["world_size"] = env.world_size
     sidecar = run_dir / f"{BEST}.json"
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else None
     if cfg.model.mode == "probe" or meta is None:
@@ -149,7 +187,7 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
     return run_dir
 
 
-def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device) -> dict:  # noqa: ANN001
+def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device) -> dict:
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     feats = cached_features(model, cache.images, cache_key=cache.key, cache_dir=cache_dir, device=device,
                             amp=cfg.train.amp, batch_size=cfg.train.batch_size)
@@ -159,8 +197,8 @@ def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device
     return {"probe_C": info["C"], "val_auc": max(info["val_auc_by_C"].values())}
 
 
-def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device,  # noqa: ANN001
-                run_dir: Path) -> dict:
+def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device,
+                run_dir: Path, env: DistEnv) -> dict:
     def tensor(fold: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(cache.images[rows[fold]]))[:, None]
 
@@ -174,17 +212,57 @@ def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device:
     def save_best(m: torch.nn.Module, info: dict) -> None:
         save_checkpoint(run_dir / BEST, m, checkpoint_meta(cfg, m, {"training": info}))
 
-    def save_state(m, optimizer, scheduler, state: dict) -> None:  # noqa: ANN001
-        save_train_state(run_dir / LAST, m, optimizer, scheduler, state)
+    states = StateFiles(run_dir)
+    state = fit(model, data, cfg, run_dir, device=device, save_best=save_best, save_state=states.save,
+                load_state=states.load, env=env)
+    return {"best_epoch": state["best_epoch"], "val_auc": state["best_auc"], "epochs_run": state["epoch"],
+            "global_step": state["global_step"]}
 
-    def load_state(m, optimizer, scheduler) -> dict | None:  # noqa: ANN001
-        if not (run_dir / f"{LAST}.json").is_file():
+
+class StateFiles:
+    """The resumable state of a run: ``last.*``, and ``last-prev.*`` hard-linked to the state before it.
+
+    ``last.json`` and ``last.safetensors`` are each replaced atomically, but not together: a crash between the two
+    leaves a pair whose checksum disagrees. Then `load` falls back to ``last-prev.*`` (with a warning).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._last_complete = False  # only a pair known to be complete may become last-prev
+
+    def save(self, model: torch.nn.Module, optimizer, scheduler, state: dict) -> None:
+        if self._last_complete:
+            for suffix in (".safetensors", ".json"):
+                _link_atomic(self.run_dir / f"{LAST}{suffix}", self.run_dir / f"{PREV}{suffix}")
+        save_train_state(self.run_dir / LAST, model, optimizer, scheduler, state)
+        self._last_complete = True
+
+    def load(self, model: torch.nn.Module, optimizer, scheduler) -> dict | None:
+        if not (self.run_dir / f"{LAST}.json").is_file():
             return None
-        return load_train_state(run_dir / LAST, m, optimizer, scheduler)
+        try:
+            state = load_train_state(self.run_dir / LAST, model, optimizer, scheduler)
+        except ModelError as exc:
+            if not (self.run_dir / f"{PREV}.json").is_file():
+                raise ModelError(f"cannot resume {self.run_dir}: {exc}") from None
+            log.warning("cannot use %s (%s); resuming from the state before it, %s", LAST, exc, PREV)
+            try:
+                return load_train_state(self.run_dir / PREV, model, optimizer, scheduler)
+            except ModelError as prev_exc:
+                raise ModelError(f"cannot resume {self.run_dir}: {exc}; and {PREV}: {prev_exc}") from None
+        self._last_complete = True
+        return state
 
-    state = fit(model, data, cfg, run_dir, device=device, save_best=save_best, save_state=save_state,
-                load_state=load_state)
-    return {"best_epoch": state["best_epoch"], "val_auc": state["best_auc"], "epochs_run": state["epoch"]}
+
+def _link_atomic(src: Path, dst: Path) -> None:
+    """``dst`` becomes another name of ``src`` (a copy where hard links are not supported), atomically."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _cpu_name() -> str:

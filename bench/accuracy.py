@@ -1,0 +1,116 @@
+"""The accuracy study: each row a config (preset + overrides), run for several seeds through the real product
+(`train` + `evaluate_run`), reported on the official test split with everything selected on validation.
+
+    python bench/accuracy.py --data ../shared/data/chest_xray [--rows default,lite0-eq,...] [--seeds 0,1,2]
+
+A "seed" is the split seed and the training seed together: a new patient-grouped val fold each time, so the spread
+includes how much the validation-chosen threshold moves. Writes bench/out/accuracy.json and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT, machine, record  # noqa: E402
+
+from pneumo.config import load_config  # noqa: E402
+from pneumo.evaluate.runner import evaluate_run  # noqa: E402
+from pneumo.train.run import train  # noqa: E402
+
+# name -> (preset, overrides). CPU-feasible rows first; GPU rows need `--device cuda`.
+ROWS: dict[str, tuple[str, list[str]]] = {
+    "lite0-probe": ("default", []),
+    "lite0-probe-equalize": ("default", ["data.intensity=equalize"]),
+    "lite0-probe-clahe": ("default", ["data.intensity=clahe"]),
+    "lite0-probe-letterbox": ("default", ["data.resize_policy=letterbox"]),
+    "lite0-probe-valorig": ("default", ["eval.val_view=original"]),
+    "lite0-probe-tta": ("default", ["eval.tta=true"]),
+    "lite1-probe": ("default", ["model.name=efficientnet_lite1", "data.image_size=240"]),
+    "lite2-probe": ("default", ["model.name=efficientnet_lite2", "data.image_size=260"]),
+    "lite0-probe-3class": ("default", ["data.task=3class"]),
+    "scratch-cnn": ("scratch-cnn", []),
+    "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
+    "lite0-finetune": ("lite0-finetune", []),
+    "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
+}
+HEAD = ["accuracy", "sensitivity", "specificity", "roc_auc"]
+
+
+def run_row(name: str, data: str, seeds: list[int], out_dir: Path, extra: list[str]) -> dict:
+    preset, overrides = ROWS[name]
+    per_seed = []
+    for seed in seeds:
+        cfg = load_config(preset, [f"data.root={data}", f"out_dir={out_dir}", f"name={name}-s{seed}",
+                                   f"train.seed={seed}", f"data.split_seed={seed}", *overrides, *extra])
+        start = time.perf_counter()
+        run_dir = train(cfg, force=True)
+        result = evaluate_run(run_dir, analysis=False)
+        m = result["test"]["metrics"]
+        row = {"seed": seed, "val_auc": result["val"]["roc_auc"], "threshold": result["threshold"],
+               "temperature": result["temperature"], "ece_before": result["test"]["ece_before"],
+               "ece_after": result["test"]["ece_after"], "wall_s": round(time.perf_counter() - start, 1),
+               **{k: m[k] for k in HEAD}, "ci": {k: result["test"]["ci"].get(k) for k in HEAD}}
+        if "multiclass" in result["test"]:
+            mc = result["test"]["multiclass"]
+            row.update(acc3=mc["accuracy"], macro_f1=mc["macro_f1"],
+                       bv_acc=mc["bacteria_vs_virus"]["accuracy"], bv_auc=mc["bacteria_vs_virus"]["roc_auc"])
+        per_seed.append(row)
+        print(json.dumps({"row": name, **row}), flush=True)
+    return {"row": name, "preset": preset, "overrides": overrides + extra, "seeds": per_seed,
+            "mean": _mean_sd(per_seed)}
+
+
+def _mean_sd(rows: list[dict]) -> dict:
+    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and k != "seed"]
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows if r.get(k) is not None]
+        if values:
+            out[k] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+    return out
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| row | seeds | val AUC | test acc | sens | spec | test AUC | ECE before→after | 3-class acc | bac/vir acc, AUC | wall s/seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        m = r["mean"]
+
+        def f(k: str, digits: int = 3) -> str:
+            if k not in m:
+                return "–"
+            mean, sd = m[k]
+            return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+        ece = f"{m['ece_before'][0]:.3f}→{m['ece_after'][0]:.3f}" if "ece_before" in m else "–"
+        bv = f"{f('bv_acc')}, {f('bv_auc')}" if "bv_acc" in m else "–"
+        lines.append(f"| {r['row']} | {','.join(str(s['seed']) for s in r['seeds'])} | {f('val_auc', 4)} | "
+                     f"{f('accuracy')} | {f('sensitivity')} | {f('specificity')} | {f('roc_auc')} | {ece} | "
+                     f"{f('acc3')} | {bv} | {m['wall_s'][0]:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--rows", default="lite0-probe", help=f"comma list of: {', '.join(ROWS)}")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out-dir", default=str(OUT / "runs"))
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = [run_row(name, args.data, seeds, Path(args.out_dir), args.extra) for name in args.rows.split(",")]
+    table = markdown(results)
+    print(table)
+    tag = args.rows.replace(",", "+")[:80]
+    record(f"accuracy-{tag}", {"results": results, "table": table, "machine_note": machine()})
+
+
+if __name__ == "__main__":
+    main()

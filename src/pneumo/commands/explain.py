@@ -1,0 +1,65 @@
+"""`pneumo explain`: Grad-CAM / Grad-CAM++ / occlusion / integrated-gradients maps for images and folders."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pneumo.errors import ModelError, PneumoError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    from pneumo.explain.cam import METHODS, TARGETS
+
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or glob patterns")
+    parser.add_argument("--model", help="run folder or checkpoint .json/.safetensors (default: the shipped model)")
+    parser.add_argument("--method", choices=METHODS, default="gradcam", help="explanation method (default gradcam)")
+    parser.add_argument("--layer", metavar="NAME", help="module to hook for gradcam/gradcam++ (default per model)")
+    parser.add_argument("--target", choices=TARGETS, default="predicted",
+                        help="explain the predicted label (default) or always the pneumonia evidence")
+    parser.add_argument("--out", default="explanations", metavar="DIR", help="output folder (default ./explanations)")
+    parser.add_argument("--window", type=int, default=32, help="occlusion window in model pixels (default 32)")
+    parser.add_argument("--stride", type=int, default=16, help="occlusion stride in model pixels (default 16)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pneumo.commands.predict import expand_inputs
+    from pneumo.explain.overlay import HeatmapWriter, write_contact_sheet
+    from pneumo.infer.io import load_image_file
+    from pneumo.infer.predictor import Predictor
+
+    if args.model and Path(args.model).suffix.lower() == ".onnx":
+        raise ModelError(f"{args.model}: explanations need the PyTorch checkpoint (the run folder or its "
+                         ".json/.safetensors), not an ONNX export")
+    files = expand_inputs(args.images)
+    predictor = Predictor(args.model, threads=args.threads)
+    writer = HeatmapWriter(predictor, args.out, method=args.method, layer=args.layer, target=args.target,
+                           window=args.window, stride=args.stride)
+    written, failures = [], 0
+    for path in files:
+        try:
+            gray = load_image_file(path, target=None)
+        except PneumoError as exc:
+            failures += 1
+            print(f"pneumo explain: {_printable(path)}: {exc}", file=sys.stderr)
+            continue
+        item = writer.write_result(path, gray)
+        written.append(item)
+        p = item.prediction
+        print(f"{_printable(path)}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{item.overlay}")
+    if written and (len(files) > 1 or any(Path(i).is_dir() for i in args.images)):
+        sheet = write_contact_sheet(args.out, written, title=f"pneumo explain ({args.method})")
+        print(f"contact sheet: {sheet}")
+    if failures == len(files):
+        raise PneumoError(f"none of the {len(files)} input(s) could be read")
+    return 1 if failures else 0
+
+
+def _printable(path: Path) -> str:
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,391 @@
+"""The web service: ``create_app(config, predictor) -> FastAPI``.
+
+Endpoints: ``POST /api/v1/predict`` (an image -> the prediction, optionally a Grad-CAM overlay and a gray preview),
+``GET /api/v1/model`` (the model card), ``GET /healthz`` (the process answers), ``GET /readyz`` (the model is
+loaded), the page at ``/`` and the OpenAPI docs at ``/docs``.
+
+Safety rules: uploads stay in memory and are never logged (no file names, no bytes; errors are logged by type);
+the size limit is enforced while reading; every bad request gets a 4xx ``{"detail": "one line"}``; anything
+unexpected becomes ``500 {"detail": "internal error"}`` without a stack trace. Decoding, preprocessing and the
+heat map run on a thread pool, inference on the micro-batcher's thread, so the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import io
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pneumo import __version__
+from pneumo.config import ServeConfig
+from pneumo.errors import InputError, PneumoError
+from pneumo.infer.predictor import Prediction, Predictor
+from pneumo.serve.batcher import MicroBatcher
+from pneumo.serve.upload import UploadError, read_upload
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+PREVIEW_MAX_SIDE = 1024  # preview and heat-map PNGs are shrunk to this longer side
+CARD_INTERNALS = ("config", "training", "weights_file", "format")  # sidecar keys not shown in the model card
+API_KEY_ENV = "PNEUMO_API_KEY"
+HEATMAP_MISSING = "heat maps need the explanation module (pneumo.explain.cam) and the PyTorch backend"
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+DESCRIPTION = ("Pneumonia detection in pediatric chest X-rays (JPEG, PNG or DICOM). "
+               "**Research use only — not a medical device.**")
+
+
+class Timings(BaseModel):
+    decode: float
+    inference: float
+    total: float
+    heatmap: float | None = None
+
+
+class PredictResponse(BaseModel):
+    p_pneumonia: float
+    p_calibrated: float
+    label: str
+    threshold: float
+    threshold_policy: str | None
+    probabilities: dict[str, float]
+    model_id: str
+    timings_ms: Timings
+    heatmap_png_base64: str | None = None
+    preview_png_base64: str | None = None
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_id: str
+    backend: str
+    classes: list[str]
+    input_size: int
+    threshold: float
+    card_markdown: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
+    (400, "malformed request body"), (401, "missing or wrong API key"), (413, "upload too large"),
+    (415, "unsupported content type"), (422, "not an acceptable image"), (501, "heat maps unavailable"),
+    (503, "model not loaded"))}
+
+
+class Service:
+    """What the endpoints share: the predictor (loaded at startup unless given), the batcher and the thread pool."""
+
+    def __init__(self, config: ServeConfig, predictor: Predictor | None, *, model: str | None, backend: str,
+                 threads: int | None) -> None:
+        self.config = config
+        self.predictor: Predictor | None = None
+        self.batcher: MicroBatcher | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.load_error: str | None = None
+        self._given = predictor
+        self._model, self._backend, self._threads = model, backend, threads
+        self._lock = threading.Lock()
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+        self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="pneumo-decode")
+        if self._given is not None:
+            self._ready(self._given)
+        elif self.predictor is not None:
+            self._ready(self.predictor)
+        else:
+            threading.Thread(target=self._load, name="pneumo-load-model", daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._running = False
+            batcher, self.batcher = self.batcher, None
+        if batcher is not None:
+            batcher.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _load(self) -> None:
+        try:
+            predictor = Predictor(self._model, backend=self._backend, threads=self._threads)
+        except PneumoError as exc:
+            self.load_error = f"model failed to load: {exc}"
+            log.error("%s", self.load_error)
+            return
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz, the process keeps answering
+            self.load_error = f"model failed to load ({type(exc).__name__})"
+            log.error("%s", self.load_error)
+            return
+        self._ready(predictor)
+        log.info("model %s ready (%s backend)", predictor.model_id, predictor.backend)
+
+    def _ready(self, predictor: Predictor) -> None:
+        with self._lock:
+            if not self._running:
+                return
+            batcher = MicroBatcher(predictor.predict_prepared, max_batch=self.config.max_batch,
+                                   window_ms=self.config.batch_window_ms)
+            batcher.start()
+            self.predictor, self.batcher = predictor, batcher
+
+    async def in_pool(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+
+def create_app(config: ServeConfig | None = None, predictor: Predictor | None = None, *, model: str | None = None,
+               backend: str = "torch", threads: int | None = None) -> FastAPI:
+    """Build the service.
+
+    Args:
+        config: limits, batching, API key, CORS (``ServeConfig``); the API key falls back to ``$PNEUMO_API_KEY``.
+        predictor: a loaded predictor; when None, ``model`` (None: the shipped default) is loaded in the background
+            at startup and ``/readyz`` answers 503 until it is ready.
+        model: run folder or checkpoint to load when no predictor is given.
+        backend: ``torch`` or ``onnx`` for the loaded model.
+        threads: CPU threads for the loaded model.
+    """
+    config = config or ServeConfig()
+    service = Service(config, predictor, model=model, backend=backend, threads=threads)
+    api_key = config.api_key or os.environ.get(API_KEY_ENV) or None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):  # noqa: ANN202
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="pneumo", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = service
+    _install_error_handlers(app)
+    app.add_middleware(Guard)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Content-Type"])
+    auth = [Depends(_api_key_check(api_key))] if api_key else []
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: ERRORS[503]})
+    async def readyz() -> JSONResponse:
+        """The model is loaded and requests can be served (else 503)."""
+        if service.predictor is None or service.batcher is None:
+            return JSONResponse({"detail": service.load_error or "model loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "model_id": service.predictor.model_id})
+
+    @app.get("/api/v1/model", tags=["api"], dependencies=auth, response_model=ModelCard,
+             responses={k: ERRORS[k] for k in (401, 503)})
+    async def model_card() -> dict[str, Any]:
+        """The model card: the checkpoint's sidecar (classes, input size, threshold, metrics ...) and its markdown
+        card when there is a ``<stem>.md`` next to it."""
+        return await service.in_pool(model_card_of, _ready_predictor(service))
+
+    @app.post("/api/v1/predict", tags=["api"], dependencies=auth, response_model=PredictResponse,
+              response_model_exclude_none=True, openapi_extra=UPLOAD_BODY,
+              responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 501, 503)})
+    async def predict(request: Request,
+                      heatmap: bool = Query(False, description="add a Grad-CAM overlay PNG (base64)"),
+                      preview: bool = Query(False, description="add the decoded gray image as PNG (base64)"),
+                      ) -> dict[str, Any]:
+        """Predict one chest X-ray (JPEG, PNG or DICOM) sent as the multipart field ``file``."""
+        return await _predict(service, request, heatmap=heatmap, preview=preview)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker runs: settings from ``$PNEUMO_SERVE_SETTINGS`` (JSON)."""
+    settings = json.loads(os.environ.get("PNEUMO_SERVE_SETTINGS", "{}"))
+    options = {key: settings.pop(key) for key in ("model", "backend", "threads") if key in settings}
+    return create_app(ServeConfig(**settings), **options)
+
+
+async def _predict(service: Service, request: Request, *, heatmap: bool, preview: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    predictor = _ready_predictor(service)
+    max_bytes = int(service.config.max_upload_mb * 1_000_000)
+    try:
+        data = await read_upload(dict(request.headers), request.stream(), max_bytes=max_bytes)
+    except UploadError as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+    if not data:
+        raise HTTPException(422, "the uploaded file is empty")
+    t0 = time.perf_counter()
+    gray, prepared = await service.in_pool(_decode, predictor, data, service.config.max_pixels)
+    del data
+    t1 = time.perf_counter()
+    batcher = service.batcher
+    if batcher is None:
+        raise HTTPException(503, "model not loaded")
+    prediction: Prediction = await batcher.submit(prepared)
+    t2 = time.perf_counter()
+    body: dict[str, Any] = {**prediction.to_dict(), "threshold_policy": predictor.meta.get("threshold_policy"),
+                            "model_id": predictor.model_id}
+    timings = {"decode": _ms(t1 - t0), "inference": _ms(t2 - t1)}
+    if heatmap:
+        body["heatmap_png_base64"] = await service.in_pool(_heatmap_base64, predictor, gray, prediction)
+        timings["heatmap"] = _ms(time.perf_counter() - t2)
+    if preview:
+        body["preview_png_base64"] = await service.in_pool(_gray_png_base64, gray)
+    body["timings_ms"] = {**timings, "total": _ms(time.perf_counter() - start)}
+    return body
+
+
+def _ready_predictor(service: Service) -> Predictor:
+    if service.predictor is None:
+        raise HTTPException(503, service.load_error or "model loading, try again shortly")
+    return service.predictor
+
+
+def _decode(predictor: Predictor, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
+    from pneumo.infer.io import load_image
+
+    try:
+        gray = load_image(data, target=predictor.size, max_pixels=max_pixels)
+        return gray, predictor.preprocess(gray)
+    except InputError as exc:
+        raise HTTPException(422, _one_line(exc)) from None
+
+
+def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Prediction) -> str:
+    try:
+        from pneumo.explain.cam import heatmap_overlay_png
+    except ImportError:
+        raise HTTPException(501, HEATMAP_MISSING) from None
+    if getattr(predictor, "backend", "torch") != "torch":
+        raise HTTPException(501, f"heat maps need the PyTorch backend (this service runs {predictor.backend})")
+    png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE)
+    return base64.b64encode(png).decode("ascii")
+
+
+def _gray_png_base64(gray: np.ndarray) -> str:
+    from PIL import Image
+
+    image = Image.fromarray(gray)
+    if max(image.size) > PREVIEW_MAX_SIDE:
+        image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def model_card_of(predictor: Predictor) -> dict[str, Any]:
+    """The sidecar without training internals (config, paths), plus ``<stem>.md`` if present."""
+    card = {k: v for k, v in predictor.meta.items() if k not in CARD_INTERNALS and not k.startswith("_")}
+    card.update(model_id=predictor.model_id, backend=predictor.backend, classes=predictor.classes,
+                input_size=predictor.size, threshold=predictor.threshold)
+    markdown = predictor.sidecar.with_suffix(".md")
+    card["card_markdown"] = markdown.read_text(encoding="utf-8", errors="replace") if markdown.is_file() else None
+    return card
+
+
+def _api_key_check(expected: str):  # noqa: ANN202
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key given to `pneumo serve`")
+    expected_bytes = expected.encode("utf-8")
+
+    async def check(given: str | None = Security(header)) -> None:
+        if given is None or not hmac.compare_digest(given.encode("utf-8"), expected_bytes):
+            raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)")
+
+    return check
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code >= 400:
+            log.info("request rejected: %d", exc.status_code)
+        return JSONResponse({"detail": _one_line(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "body"))
+        return JSONResponse({"detail": _one_line(f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")},
+                            status_code=422)
+
+
+class Guard:
+    """Outermost app middleware: unexpected exceptions -> 500 ``internal error`` (logged by type only, never
+    re-raised, so no traceback reaches a log or a client) and security headers on every response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        path = scope.get("path", "")
+        is_docs, is_api = path.startswith(("/docs", "/redoc")), path.startswith("/api/")
+
+        async def send_with_headers(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                            (b"x-frame-options", b"DENY")]
+                if is_api:  # results describe a patient's image: keep them out of caches
+                    headers.append((b"cache-control", b"no-store"))
+                if not is_docs:  # Swagger UI loads its script from a CDN
+                    headers.append((b"content-security-policy", CSP.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors end
+            log.error("internal error while serving %s: %s", path if is_api else "a request", type(exc).__name__)
+            if not started:
+                response = JSONResponse({"detail": "internal error"}, status_code=500)
+                await response(scope, receive, send_with_headers)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+def _one_line(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 300 else text[:297] + "..."

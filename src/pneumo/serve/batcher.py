@@ -1,0 +1,140 @@
+"""Micro-batching: requests that arrive together share one model call.
+
+Each request hands its preprocessed image to :meth:`MicroBatcher.submit` and awaits an asyncio future. One worker
+thread takes the first waiting image, gathers more for at most ``window_ms`` (never more than ``max_batch``), calls
+the model once on the stacked batch and resolves every future on the loop it came from. Under load the queue fills
+while the model runs, so batches grow by themselves; alone, a request waits at most ``window_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pneumo.errors import ModelError
+
+log = logging.getLogger(__name__)
+PredictBatch = Callable[[np.ndarray], Sequence[object]]
+
+
+@dataclass
+class _Item:
+    prepared: np.ndarray
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """One worker thread that runs ``predict_batch`` on batches of concurrently submitted images.
+
+    Args:
+        predict_batch: uint8 (B, S, S) -> one result per image (``Predictor.predict_prepared``).
+        max_batch: the largest batch handed to the model.
+        window_ms: how long the first image of a batch waits for company.
+    """
+
+    def __init__(self, predict_batch: PredictBatch, *, max_batch: int = 8, window_ms: float = 5.0) -> None:
+        if max_batch < 1:
+            raise ModelError(f"max_batch must be at least 1, got {max_batch}")
+        self._predict_batch = predict_batch
+        self.max_batch = int(max_batch)
+        self.window_s = max(0.0, float(window_ms)) / 1000.0
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.batch_sizes: Counter[int] = Counter()  # batch size -> how many batches of that size ran
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._work, name="pneumo-batcher", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the batch in progress, fail the images still waiting, stop the thread."""
+        self._closed = True
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                _resolve(item, error=ModelError("the service is shutting down"))
+
+    async def submit(self, prepared: np.ndarray) -> object:
+        """Queue one preprocessed uint8 S x S image and wait for its result."""
+        if self._closed or self._thread is None:
+            raise ModelError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put(_Item(prepared, loop, future))
+        return await future
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = self._gather(first)
+            self._run(batch)
+            if stop:
+                return
+
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        """The first item plus whatever arrives within the window; True when the stop marker was seen."""
+        batch = [first]
+        deadline = time.monotonic() + self.window_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self, batch: list[_Item]) -> None:
+        live = [item for item in batch if not item.future.done()]  # skip requests whose client went away
+        if not live:
+            return
+        try:
+            results = list(self._predict_batch(np.stack([item.prepared for item in live])))
+            if len(results) != len(live):
+                raise ModelError(f"the model returned {len(results)} results for {len(live)} images")
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request, the worker keeps running
+            log.error("batch of %d failed: %s", len(live), type(exc).__name__)
+            for item in live:
+                _resolve(item, error=exc)
+            return
+        self.batch_sizes[len(live)] += 1
+        for item, result in zip(live, results, strict=True):
+            _resolve(item, result=result)
+
+
+def _resolve(item: _Item, *, result: object = None, error: BaseException | None = None) -> None:
+    def settle() -> None:
+        if item.future.done():  # cancelled meanwhile
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)
+
+    try:
+        item.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the request's event loop is closed: nobody is waiting any more
+        pass

@@ -1,0 +1,214 @@
+// The pneumo page: pick or drop an X-ray, send it to /api/v1/predict, show the probability, label and heat map.
+// Plain browser JavaScript, no build step, no third-party code; only this server is contacted.
+"use strict";
+
+(() => {
+  const KEY_STORE = "pneumo.apiKey";
+  const ACCEPTED = /\.(jpe?g|png|dcm|dicom)$/i;
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    dropzone: $("dropzone"), file: $("file"), status: $("status"), keyForm: $("key-form"), apiKey: $("api-key"),
+    result: $("result"), image: $("image"), heatmap: $("heatmap"), caption: $("heatmap-caption"),
+    opacityRow: $("opacity-row"), opacity: $("opacity"), opacityValue: $("opacity-value"),
+    label: $("label"), labelExplain: $("label-explain"), bar: $("bar"), barFill: $("bar-fill"),
+    barThreshold: $("bar-threshold"), probability: $("probability"), threshold: $("threshold"), facts: $("facts"),
+    modelFacts: $("model-facts"), modelCardDetails: $("model-card-details"), modelCard: $("model-card"),
+  };
+  let pending = null; // the file waiting for an API key
+  let localUrl = null;
+  let classes = ["NORMAL", "PNEUMONIA"];
+
+  function authHeaders() {
+    const key = sessionStorage.getItem(KEY_STORE);
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function setStatus(text, isError = false) {
+    el.status.textContent = text;
+    el.status.classList.toggle("error", isError);
+  }
+
+  async function errorDetail(response) {
+    try {
+      const body = await response.json();
+      if (typeof body.detail === "string") return body.detail;
+    } catch (_) { /* not JSON */ }
+    return `${response.status} ${response.statusText}`;
+  }
+
+  function needKey(file) {
+    pending = file;
+    el.keyForm.hidden = false;
+    el.apiKey.focus();
+  }
+
+  function fact(list, name, value) {
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = name;
+    dd.textContent = value;
+    list.append(dt, dd);
+  }
+
+  const pct = (p) => `${(100 * p).toFixed(1)}%`;
+
+  async function loadModel() {
+    let response;
+    try {
+      response = await fetch("/api/v1/model", { headers: authHeaders() });
+    } catch (_) {
+      el.modelFacts.replaceChildren();
+      fact(el.modelFacts, "Status", "server unreachable");
+      return;
+    }
+    el.modelFacts.replaceChildren();
+    if (response.status === 401) {
+      fact(el.modelFacts, "Status", "API key needed");
+      el.keyForm.hidden = false;
+      return;
+    }
+    if (!response.ok) {
+      fact(el.modelFacts, "Status", await errorDetail(response));
+      if (response.status === 503) setTimeout(loadModel, 2000);
+      return;
+    }
+    const card = await response.json();
+    classes = card.classes || classes;
+    fact(el.modelFacts, "Model", card.model_id);
+    fact(el.modelFacts, "Classes", classes.join(", "));
+    fact(el.modelFacts, "Input", `${card.input_size} × ${card.input_size} px, ${card.resize_policy || "squash"}`);
+    fact(el.modelFacts, "Threshold", `${card.threshold.toFixed(3)}${card.threshold_policy ? ` (${card.threshold_policy})` : ""}`);
+    const test = card.metrics && (card.metrics.test || card.metrics);
+    if (test && typeof test.roc_auc === "number") fact(el.modelFacts, "Test ROC-AUC", test.roc_auc.toFixed(3));
+    if (test && typeof test.sensitivity === "number") fact(el.modelFacts, "Test sensitivity", pct(test.sensitivity));
+    if (test && typeof test.specificity === "number") fact(el.modelFacts, "Test specificity", pct(test.specificity));
+    if (card.card_markdown) {
+      el.modelCard.textContent = card.card_markdown;
+      el.modelCardDetails.hidden = false;
+    }
+  }
+
+  function showLocalPreview(file) {
+    if (localUrl) URL.revokeObjectURL(localUrl);
+    localUrl = null;
+    el.heatmap.hidden = true;
+    el.opacityRow.hidden = true;
+    if (/^image\/(jpeg|png)$/.test(file.type)) {
+      localUrl = URL.createObjectURL(file);
+      el.image.src = localUrl;
+      el.result.hidden = false;
+    }
+  }
+
+  async function post(file, query) {
+    const form = new FormData();
+    form.append("file", file, "upload"); // the file name stays on this computer
+    return fetch(`/api/v1/predict?${query}`, { method: "POST", body: form, headers: authHeaders() });
+  }
+
+  async function analyse(file) {
+    if (!file) return;
+    if (file.name && !ACCEPTED.test(file.name) && !/^image\//.test(file.type)) {
+      setStatus("Choose a JPEG, PNG or DICOM file.", true);
+      return;
+    }
+    setStatus("Analysing…");
+    showLocalPreview(file);
+    let heatNote = "";
+    let response;
+    try {
+      response = await post(file, "heatmap=true&preview=true");
+      if (response.status === 501) {
+        heatNote = await errorDetail(response);
+        response = await post(file, "preview=true");
+      }
+    } catch (_) {
+      setStatus("The server could not be reached.", true);
+      return;
+    }
+    if (response.status === 401) {
+      setStatus("This server needs an API key.", true);
+      needKey(file);
+      return;
+    }
+    if (!response.ok) {
+      setStatus(`Not analysed: ${await errorDetail(response)}`, true);
+      return;
+    }
+    render(await response.json(), heatNote);
+  }
+
+  function render(data, heatNote) {
+    const positive = data.label !== classes[0];
+    el.result.hidden = false;
+    el.image.src = `data:image/png;base64,${data.preview_png_base64}`;
+    if (data.heatmap_png_base64) {
+      el.heatmap.src = `data:image/png;base64,${data.heatmap_png_base64}`;
+      el.heatmap.hidden = false;
+      el.opacityRow.hidden = false;
+      el.caption.textContent = "Grad-CAM: warm colours mark the regions that pushed the model toward its answer.";
+    } else {
+      el.heatmap.hidden = true;
+      el.opacityRow.hidden = true;
+      el.caption.textContent = heatNote ? `No heat map: ${heatNote}` : "No heat map.";
+    }
+    el.label.textContent = data.label;
+    el.label.className = `label ${positive ? "positive" : "negative"}`;
+    const side = data.p_pneumonia >= data.threshold ? "at or above" : "below";
+    el.labelExplain.textContent = `P(pneumonia) is ${side} the model's threshold.`;
+    el.barFill.style.width = pct(data.p_pneumonia);
+    el.barFill.className = `bar-fill ${positive ? "positive" : "negative"}`;
+    el.barThreshold.style.left = pct(data.threshold);
+    el.bar.setAttribute("aria-valuenow", (100 * data.p_pneumonia).toFixed(1));
+    el.bar.setAttribute("aria-valuetext",
+      `probability of pneumonia ${pct(data.p_pneumonia)}, threshold ${pct(data.threshold)}`);
+    el.probability.textContent = data.p_pneumonia.toFixed(3);
+    el.threshold.textContent = data.threshold.toFixed(3);
+    el.facts.replaceChildren();
+    fact(el.facts, "Calibrated P", data.p_calibrated.toFixed(3));
+    for (const [name, p] of Object.entries(data.probabilities)) fact(el.facts, `P(${name})`, p.toFixed(3));
+    fact(el.facts, "Model", data.model_id);
+    const t = data.timings_ms;
+    fact(el.facts, "Time", `${t.total.toFixed(0)} ms (decode ${t.decode.toFixed(0)}, model ${t.inference.toFixed(0)}`
+      + `${t.heatmap != null ? `, heat map ${t.heatmap.toFixed(0)}` : ""})`);
+    setStatus(`Done: ${data.label}.`);
+  }
+
+  function setOpacity() {
+    el.heatmap.style.opacity = String(el.opacity.value / 100);
+    el.opacityValue.textContent = `${el.opacity.value}%`;
+  }
+
+  el.file.addEventListener("change", () => {
+    analyse(el.file.files[0]);
+    el.file.value = ""; // choosing the same file again analyses it again
+  });
+  el.opacity.addEventListener("input", setOpacity);
+  el.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_STORE, el.apiKey.value);
+    el.keyForm.hidden = true;
+    loadModel();
+    if (pending) analyse(pending);
+    pending = null;
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    el.dropzone.addEventListener(type, (event) => {
+      event.preventDefault();
+      el.dropzone.classList.add("dragging");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    el.dropzone.addEventListener(type, () => el.dropzone.classList.remove("dragging"));
+  }
+  el.dropzone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    analyse(event.dataTransfer.files[0]);
+  });
+  // A file dropped next to the zone must not make the browser navigate away from the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  setOpacity();
+  loadModel();
+})();

@@ -1,0 +1,253 @@
+"""Multi-process data-parallel training (DDP) with ``torch.distributed``, detected from the environment.
+
+``torchrun --nproc_per_node=N -m pneumo train ...`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; `setup` then
+joins the process group (NCCL on GPUs, gloo on the CPU) and picks ``cuda:LOCAL_RANK``. A plain ``pneumo train``
+sees no such variables and runs as one process (rank 0 of 1); every function here is then a no-op.
+
+How a DDP run matches a single-process run of the same ``train.batch_size``:
+
+* ``train.batch_size`` is the **global** batch. Every rank computes the same (seed, epoch) sample order, takes the
+  same global batch and keeps its `shard` of it, so a rank sees ``batch_size / world_size`` images per step (the
+  first ``batch_size % world_size`` ranks one more). Augmentation parameters are drawn for the global batch.
+* Each rank's loss is rescaled by its share of the batch's (class-weighted) sample weight, so the gradient DDP
+  averages is exactly the gradient of the global batch's loss.
+* BatchNorm layers become synchronized (`sync_batchnorm`): torch's ``SyncBatchNorm`` on GPUs, `GlooSyncBatchNorm`
+  (below) on the CPU, where torch's implementation refuses to run. Batch statistics are those of the global batch.
+* Only dropout masks differ (each rank draws its own); everything else is the single-process computation up to the
+  order of floating-point sums.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pneumo.errors import ConfigError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process stands in a (possibly one-process) job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+ONE_PROCESS = DistEnv()
+
+
+def env_from_os() -> DistEnv:
+    """The ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` that torchrun (or SLURM scripts) set; one process otherwise."""
+    try:
+        return DistEnv(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                       int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
+
+
+def is_main_process() -> bool:
+    """True on rank 0 or when not launched by torchrun: the process that logs, writes and evaluates."""
+    return env_from_os().is_main
+
+
+def setup(device: str = "auto") -> tuple[DistEnv, torch.device]:
+    """Join the process group when launched with ``WORLD_SIZE`` > 1; returns the env and this process's device.
+
+    Args:
+        device: ``train.device``: auto | cpu | cuda. Under DDP, ``cuda`` means ``cuda:LOCAL_RANK`` with NCCL;
+            ``cpu`` (or auto without a GPU) uses gloo.
+    """
+    env = env_from_os()
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not env.enabled:
+        return env, torch.device(("cuda" if use_cuda else "cpu") if device == "auto" else device)
+    if use_cuda:
+        if torch.cuda.device_count() <= env.local_rank:
+            raise ConfigError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPUs are visible")
+        torch.cuda.set_device(env.local_rank)
+        dev = torch.device("cuda", env.local_rank)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=env.rank, world_size=env.world_size,
+                                device_id=dev if use_cuda else None)
+    if not env.is_main:
+        logging.getLogger("pneumo").setLevel(logging.WARNING)  # rank 0 alone reports progress
+    log.info("DDP: %d processes (%s), this is rank %d on %s", env.world_size, dist.get_backend(), env.rank, dev)
+    return env, dev
+
+
+def teardown(env: DistEnv, *, ok: bool = True) -> None:
+    """Wait for every rank (when all went well) and leave the process group."""
+    if env.enabled and dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def shard(items: Sequence[T] | torch.Tensor, rank: int, world_size: int) -> Sequence[T] | torch.Tensor:
+    """The contiguous part of ``items`` that ``rank`` handles: sizes differ by at most one, earlier ranks larger.
+
+    Concatenating the shards of ranks 0..world_size-1 gives ``items`` back in order, so per-rank outputs (e.g.
+    batch predictions of an archive) merge by simple concatenation.
+    """
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
+    base, extra = divmod(len(items), world_size)
+    start = rank * base + min(rank, extra)
+    return items[start : start + base + (rank < extra)]
+
+
+def sum_across(value: float, env: DistEnv, device: torch.device) -> float:
+    """The sum of ``value`` over all ranks (the value itself in one process)."""
+    if not env.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
+    """True on every rank when it is true on at least one (e.g. a Ctrl-C that reached only some ranks)."""
+    if not env.enabled:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank (a small JSON-like object, e.g. the loop's counters)."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """Synchronized BatchNorm + ``DistributedDataParallel`` under DDP; the model itself otherwise.
+
+    Frozen parameters are fine (DDP skips them); every trainable one must get a gradient each step.
+    """
+    if not env.enabled:
+        return model
+    sync_batchnorm(model, device)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=False)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replace BatchNorm layers in place by synchronized ones (same parameters, buffers and state-dict keys)."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlooSyncBatchNorm):
+            setattr(model, name, GlooSyncBatchNorm.from_batchnorm(child))
+        else:
+            sync_batchnorm(child, device)
+    return model
+
+
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics are those of the batch across all ranks; works on CPU tensors.
+
+    In eval mode, or outside a process group, it is plain ``F.batch_norm``.
+    """
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm) -> GlooSyncBatchNorm:
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        if bn.affine:
+            new.weight, new.bias = bn.weight, bn.bias
+        new.running_mean, new.running_var, new.num_batches_tracked = bn.running_mean, bn.running_var, \
+            bn.num_batches_tracked
+        new.train(bn.training)
+        return new
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {input.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        momentum = self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return _SyncBatchNorm.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
+                                    self.running_var if self.track_running_stats else None, self.eps, momentum)
+
+
+class _SyncBatchNorm(torch.autograd.Function):
+    """Forward: all-reduce per-channel sum, sum of squares and count; backward: all-reduce the two gradient sums
+    the input gradient needs. Parameter gradients stay local (DDP averages them), as in torch's SyncBatchNorm."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum):
+        dims = [0, *range(2, x.dim())]
+        n_local = x.numel() // x.shape[1]
+        var_local, mean_local = torch.var_mean(x, dim=dims, correction=0)
+        stats = torch.cat([mean_local.double() * n_local, (var_local.double() + mean_local.double() ** 2) * n_local,
+                           torch.tensor([float(n_local)], dtype=torch.float64, device=x.device)])
+        dist.all_reduce(stats)
+        c = x.shape[1]
+        count = stats[-1]
+        mean = stats[:c] / count
+        var = (stats[c : 2 * c] / count - mean**2).clamp_min(0)
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                unbiased = var * count / (count - 1).clamp_min(1)
+                running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        invstd = torch.rsqrt(var + eps).to(x.dtype).view(shape)
+        xhat = (x - mean.to(x.dtype).view(shape)) * invstd
+        ctx.save_for_backward(xhat, invstd, weight)
+        ctx.count = float(count)
+        ctx.dims = dims
+        out = xhat
+        if weight is not None:
+            out = xhat * weight.view(shape) + bias.view(shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xhat, invstd, weight = ctx.saved_tensors
+        c = xhat.shape[1]
+        shape = invstd.shape
+        sum_dy = grad_out.sum(ctx.dims)
+        sum_dy_xhat = (grad_out * xhat).sum(ctx.dims)
+        grad_weight = sum_dy_xhat if weight is not None and ctx.needs_input_grad[1] else None
+        grad_bias = sum_dy.clone() if weight is not None and ctx.needs_input_grad[2] else None
+        both = torch.cat([sum_dy, sum_dy_xhat])
+        dist.all_reduce(both)
+        scale = invstd * (weight.view(shape) if weight is not None else 1.0)
+        grad_in = scale * (grad_out - (both[:c] / ctx.count).view(shape) - xhat * (both[c:] / ctx.count).view(shape))
+        return grad_in, grad_weight, grad_bias, None, None, None, None

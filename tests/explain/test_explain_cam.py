@@ -1,0 +1,123 @@
+"""Grad-CAM through the predictor: layer choice, hook hygiene, geometry, the overlay PNG."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pneumo.errors import ConfigError, ModelError
+from pneumo.explain.cam import (
+    cam_maps,
+    explain_image,
+    heatmap_overlay_png,
+    layer_names,
+    resolve_layer,
+    to_original_geometry,
+)
+from pneumo.infer.predictor import Predictor
+
+
+def _hook_count(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_unknown_layer_name_raises_config_error_listing_valid_layers(predictor: Predictor) -> None:
+    with pytest.raises(ConfigError) as err:
+        explain_image(predictor, np.zeros((80, 100), np.uint8), layer="backbone.no_such_block")
+    message = str(err.value)
+    assert "no_such_block" in message and "\n" not in message
+    for name in layer_names(predictor.torch_model):
+        assert name in message
+    assert "backbone.blocks.4" in message and "backbone.blocks.0" in message
+
+
+def test_layer_names_can_omit_the_backbone_prefix(predictor: Predictor) -> None:
+    name, module = resolve_layer(predictor.torch_model, "blocks.2")
+    assert name == "backbone.blocks.2" and module is predictor.torch_model.backbone.blocks[2]
+
+
+def test_a_layer_without_a_feature_map_is_refused_with_the_valid_names(predictor: Predictor) -> None:
+    with pytest.raises(ConfigError, match="no 2-D feature map.*backbone.blocks.4"):
+        explain_image(predictor, np.zeros((80, 100), np.uint8), layer="head")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_explaining_leaves_no_hook_and_restores_training_mode_and_requires_grad(
+        predictor: Predictor, real_grays: list[np.ndarray], method: str) -> None:
+    model = predictor.torch_model
+    model.train()
+    model.head.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    before = _hook_count(model)
+    explain_image(predictor, real_grays[0], method=method)
+    assert _hook_count(model) == before
+    assert model.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_hooks_are_removed_even_when_the_explanation_fails(predictor: Predictor) -> None:
+    model = predictor.torch_model
+    before = _hook_count(model)
+    with pytest.raises(ConfigError):
+        cam_maps(model, np.zeros((1, 64, 64), np.uint8), layer="head")
+    assert _hook_count(model) == before
+
+
+def test_maps_come_in_model_and_original_geometry_within_unit_range(
+        predictor: Predictor, real_grays: list[np.ndarray]) -> None:
+    gray = real_grays[2]
+    result = explain_image(predictor, gray)
+    assert result.map_model.shape == (64, 64) and result.map_model.dtype == np.float32
+    assert result.map_original.shape == gray.shape and result.map_original.dtype == np.float32
+    for heat in (result.map_model, result.map_original):
+        assert 0.0 <= heat.min() and heat.max() <= 1.0
+    assert result.map_model.max() > 0
+    assert result.layer == "backbone.blocks.4"
+
+
+def test_letterbox_map_drops_the_padding_before_restoring_the_aspect() -> None:
+    size, height, width = 64, 50, 100  # a 2:1 image sits in rows 16..47 of the 64 x 64 canvas
+    map_model = np.zeros((size, size), np.float32)
+    map_model[16:48] = 1.0
+    restored = to_original_geometry(map_model, height, width, policy="letterbox")
+    squashed = to_original_geometry(map_model, height, width, policy="squash")
+    assert restored.shape == squashed.shape == (height, width)
+    assert restored.min() > 0.99
+    assert squashed[:5].max() < 0.01
+
+
+def test_letterbox_predictor_maps_back_onto_a_wide_image(letterbox_predictor: Predictor,
+                                                         real_grays: list[np.ndarray]) -> None:
+    gray = real_grays[1]
+    result = explain_image(letterbox_predictor, gray)
+    assert result.map_original.shape == gray.shape
+
+
+def test_target_pneumonia_and_target_normal_give_different_maps(predictor: Predictor,
+                                                                real_grays: list[np.ndarray]) -> None:
+    model, prepared = predictor.torch_model, predictor.preprocess(real_grays[3])[None]
+    toward_pneumonia = cam_maps(model, prepared, toward_pneumonia=True)[0]
+    toward_normal = cam_maps(model, prepared, toward_pneumonia=False)[0]
+    assert not np.allclose(toward_pneumonia, toward_normal, atol=1e-3)
+
+
+def test_overlay_png_is_a_valid_rgb_png_of_the_original_size(predictor: Predictor,
+                                                             real_grays: list[np.ndarray]) -> None:
+    gray = real_grays[0]
+    data = heatmap_overlay_png(predictor, gray)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        assert img.size == (gray.shape[1], gray.shape[0]) and img.mode == "RGB"
+
+
+def test_a_predictor_without_a_torch_model_gives_a_clear_model_error() -> None:
+    onnx_like = SimpleNamespace(backend="onnx", meta={}, classes=["NORMAL", "PNEUMONIA"])
+    with pytest.raises(ModelError, match="PyTorch checkpoint"):
+        explain_image(onnx_like, np.zeros((64, 64), np.uint8))

@@ -1,0 +1,71 @@
+"""`pneumo explain` end to end on real radiographs, through ``pneumo.cli.main``."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.cli import main
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, real_paths: list[Path]) -> Path:
+    """Two real radiographs and one corrupt JPEG."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in real_paths[1:3]:
+        shutil.copyfile(path, images / path.name)
+    (images / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return images
+
+
+def test_folder_with_a_corrupt_file_explains_the_good_ones_and_reports_the_bad_one(
+        tmp_path: Path, folder: Path, checkpoint_factory: Callable[..., Path], real_paths: list[Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    rc = main(["explain", str(folder), "--model", str(checkpoint_factory()), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert [line for line in err.splitlines() if line.strip()] == [
+        line for line in err.splitlines() if "broken.jpeg" in line]
+    assert len(err.strip().splitlines()) == 1
+    for path in real_paths[1:3]:
+        raw = np.load(out / f"{path.stem}.cam.npy")
+        assert (out / f"{path.stem}.cam.png").is_file() and raw.ndim == 2
+    assert not list(out.glob("broken*"))
+    page = (out / "index.html").read_text()
+    assert all(f"thumbs/{p.stem}.cam.png" in page for p in real_paths[1:3])
+
+
+def test_occlusion_method_writes_its_own_files(tmp_path: Path, real_paths: list[Path],
+                                               checkpoint_factory: Callable[..., Path]) -> None:
+    out = tmp_path / "out"
+    rc = main(["explain", str(real_paths[0]), "--model", str(checkpoint_factory()), "--out", str(out),
+               "--method", "occlusion", "--window", "16", "--stride", "8"])
+    assert rc == 0
+    assert (out / f"{real_paths[0].stem}.occlusion.png").is_file()
+    assert not (out / "index.html").exists()
+
+
+def test_onnx_model_path_is_refused_with_a_clear_message(tmp_path: Path, real_paths: list[Path],
+                                                         checkpoint_factory: Callable[..., Path],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    onnx = checkpoint_factory().with_suffix(".onnx")
+    rc = main(["explain", str(real_paths[0]), "--model", str(onnx), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "explanations need the PyTorch checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_layer_lists_the_valid_ones_and_writes_nothing(tmp_path: Path, real_paths: list[Path],
+                                                               checkpoint_factory: Callable[..., Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["explain", str(real_paths[0]), "--model", str(checkpoint_factory()), "--out", str(tmp_path / "o"),
+               "--layer", "blocks.9"])
+    assert rc == 2
+    assert "valid layers include backbone.blocks.4" in capsys.readouterr().err
+    assert not list((tmp_path / "o").glob("*.png"))

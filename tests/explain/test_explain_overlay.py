@@ -1,0 +1,82 @@
+"""HeatmapWriter: safe names inside the output folder, overlay PNG + raw map in the original geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo.errors import ConfigError
+from pneumo.explain.overlay import HeatmapWriter, blend, safe_stem, write_contact_sheet
+from pneumo.infer.predictor import Predictor
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("scans/person1_virus_6.jpeg", "person1_virus_6"),
+    ("../../etc/passwd", "passwd"),
+    ("a b$c (1).png", "a_b_c_1"),
+    (".hidden.png", "hidden"),
+    ("C:\\Users\\x\\chest.dcm", "chest"),
+    ("..", "image"),
+    ("", "image"),
+])
+def test_safe_stem_keeps_only_harmless_characters(name: str, expected: str) -> None:
+    assert safe_stem(name) == expected
+
+
+def test_writer_puts_overlay_and_raw_map_in_the_original_geometry(tmp_path: Path, predictor: Predictor,
+                                                                   real_grays: list[np.ndarray]) -> None:
+    gray = real_grays[1]
+    item = HeatmapWriter(predictor, tmp_path / "out").write_result("x/person7_bacteria_1.jpeg", gray)
+    assert item.overlay == (tmp_path / "out" / "person7_bacteria_1.cam.png").resolve()
+    raw = np.load(item.raw_map, allow_pickle=False)
+    assert raw.shape == gray.shape and raw.dtype == np.float32
+    with Image.open(item.overlay) as img:
+        assert img.size == (gray.shape[1], gray.shape[0])
+
+
+def test_writer_never_writes_outside_its_folder(tmp_path: Path, predictor: Predictor) -> None:
+    out = tmp_path / "deep" / "out"
+    writer = HeatmapWriter(predictor, out)
+    writer.write("../../../escape me.png", np.full((70, 90), 120, np.uint8))
+    written = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["escape_me.cam.npy", "escape_me.cam.png"]
+    assert all(p.parent == out for p in tmp_path.rglob("*.cam.*"))
+
+
+def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(tmp_path: Path, predictor: Predictor) -> None:
+    writer = HeatmapWriter(predictor, tmp_path)
+    first = writer.write("a/img.png", np.full((70, 90), 100, np.uint8))
+    second = writer.write("b/img.jpeg", np.full((70, 90), 200, np.uint8))
+    assert first.name == "img.cam.png" and second.name == "img-2.cam.png"
+
+
+def test_writer_names_files_after_the_method(tmp_path: Path, predictor: Predictor) -> None:
+    writer = HeatmapWriter(predictor, tmp_path, method="occlusion", window=16, stride=16)
+    assert writer.write("x.png", np.full((70, 90), 100, np.uint8)).name == "x.occlusion.png"
+
+
+def test_writer_checks_the_layer_before_the_first_image(tmp_path: Path, predictor: Predictor) -> None:
+    with pytest.raises(ConfigError, match="valid layers"):
+        HeatmapWriter(predictor, tmp_path, layer="nope")
+
+
+def test_blend_leaves_zero_saliency_pixels_gray_and_colours_hot_ones() -> None:
+    gray = np.full((4, 4), 90, np.uint8)
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1.0
+    rgb = blend(gray, heat)
+    assert (rgb[1:, 1:] == 90).all()
+    assert len(set(rgb[0, 0].tolist())) > 1
+
+
+def test_contact_sheet_links_thumbnails_and_escapes_names(tmp_path: Path, predictor: Predictor) -> None:
+    writer = HeatmapWriter(predictor, tmp_path)
+    items = [writer.write_result("<i onload=x>&.png", np.full((300, 400), 100, np.uint8))]
+    page = write_contact_sheet(tmp_path, items).read_text()
+    assert "<i onload" not in page and "&lt;i onload=x&gt;&amp;.png" in page
+    with Image.open(tmp_path / "thumbs" / items[0].overlay.name) as thumb:
+        assert max(thumb.size) == 256
+    assert f"thumbs/{items[0].overlay.name}" in page

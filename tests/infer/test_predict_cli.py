@@ -1,0 +1,91 @@
+"""`pneumo predict` on real X-rays, folders, globs, the bad-input corpus, both backends."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.cli import main
+from pneumo.infer.export import export_onnx
+from pneumo.infer.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def xrays(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("xrays")
+    for sub in ("NORMAL", "PNEUMONIA"):
+        for path in sorted((full_data / "test" / sub).glob("*.jpeg"))[:3]:
+            shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+def _rows(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_predict_a_folder_writes_one_csv_row_per_image(xrays: Path, tiny_model: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(xrays), "--model", str(tiny_model)]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert len(rows) == 6
+    for row in rows:
+        p = float(row["p_pneumonia"])
+        assert 0.0 <= p <= 1.0
+        assert row["label"] == ("PNEUMONIA" if p >= float(row["threshold"]) else "NORMAL")
+
+
+def test_predictions_match_the_predictor_on_the_same_images(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pred.jsonl"
+    assert main(["predict", str(xrays / "*.jpeg"), "--model", str(tiny_model), "--format", "jsonl",
+                 "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    predictor = Predictor(tiny_model)
+    from pneumo.infer.io import load_image_file
+
+    direct = predictor.predict([load_image_file(Path(r["file"]), target=64) for r in rows])
+    assert np.allclose([r["p_pneumonia"] for r in rows], [d.p_pneumonia for d in direct], atol=1e-6)
+
+
+def test_bad_inputs_get_a_one_line_error_and_the_rest_is_predicted(corpus: dict, tiny_model: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    paths = [str(case.path) for case in corpus.values()]
+    code = main(["predict", *paths, "--model", str(tiny_model), "--format", "jsonl"])
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 1 and len(rows) == len(paths)
+    by_file = {r["file"]: r for r in rows}
+    for case in corpus.values():
+        row = by_file[str(case.path).encode("utf-8", "backslashreplace").decode()]
+        if case.expect == "ok":
+            assert row["error"] == "" and row["label"] in ("NORMAL", "PNEUMONIA"), case.name
+        else:
+            assert row["error"] and "\n" not in row["error"] and row["label"] == "", case.name
+    errors = [line for line in captured.err.splitlines() if line.startswith("pneumo predict:")]
+    assert len(errors) == sum(case.expect == "error" for case in corpus.values())
+
+
+def test_missing_input_is_a_one_line_error(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", "/no/such/file.jpeg", "--model", str(tiny_model)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_onnx_backend_agrees_with_torch_within_1e4(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
+    onnx_path = export_onnx(tiny_model, tmp_path / "export")
+    torch_out, onnx_out = tmp_path / "t.csv", tmp_path / "o.csv"
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--out", str(torch_out)]) == 0
+    assert main(["predict", str(xrays), "--model", str(onnx_path), "--backend", "onnx", "--out", str(onnx_out)]) == 0
+    a = [float(r["p_pneumonia"]) for r in _rows(torch_out.read_text())]
+    b = [float(r["p_pneumonia"]) for r in _rows(onnx_out.read_text())]
+    assert np.allclose(a, b, atol=1e-4)
+
+
+def test_onnx_backend_without_an_export_says_how_to_make_one(tiny_model: Path, xrays: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "onnx"]) == 2
+    assert "pneumo export" in capsys.readouterr().err

