@@ -80,3 +80,8 @@ def test_contact_sheet_links_thumbnails_and_escapes_names(tmp_path: Path, predic
     with Image.open(tmp_path / "thumbs" / items[0].overlay.name) as thumb:
         assert max(thumb.size) == 256
     assert f"thumbs/{items[0].overlay.name}" in page
+
+
+def test_writer_checks_the_occlusion_window_before_the_first_image(tmp_path: Path, predictor: Predictor) -> None:
+    with pytest.raises(ConfigError, match="occlusion window"):
+        HeatmapWriter(predictor, tmp_path, method="occlusion", window=500)

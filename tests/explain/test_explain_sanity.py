@@ -50,7 +50,8 @@ def _randomized(model: PneumoNet) -> PneumoNet:
 
 
 @pytest.fixture(scope="module")
-def trained_setup(full_data: Path, pick: Callable[..., list[str]]) -> tuple[PneumoNet, np.ndarray]:
+def trained_setup(full_data: Path, pick: Callable[..., list[str]]) -> tuple[PneumoNet, np.ndarray, np.ndarray]:
+    """(trained model, uint8 test images, their Grad-CAM maps)."""
     x_train = _load(full_data, pick(split="train", per_class=30))
     y_train = np.repeat([0, 1], 30)
     x_test = _load(full_data, pick(split="test", per_class=6))
@@ -61,18 +62,20 @@ def trained_setup(full_data: Path, pick: Callable[..., list[str]]) -> tuple[Pneu
         b = float(probe.intercept_[0])
         model.head.weight.copy_(torch.stack([-w / 2, w / 2]))
         model.head.bias.copy_(torch.tensor([-b / 2, b / 2]))
-    return model, x_test
+    return model, x_test, cam_maps(model, x_test)
 
 
-def test_gradcam_of_a_trained_model_differs_from_a_randomized_copy(trained_setup) -> None:  # noqa: ANN001
-    model, images = trained_setup
-    rho = _rank_correlations(cam_maps(model, images), cam_maps(_randomized(model), images))
+def test_gradcam_of_a_trained_model_differs_from_a_randomized_copy(
+        trained_setup: tuple[PneumoNet, np.ndarray, np.ndarray]) -> None:
+    model, images, maps = trained_setup
+    rho = _rank_correlations(maps, cam_maps(_randomized(model), images))
     assert np.abs(rho).mean() < 0.5, rho
 
 
-def test_gradcam_of_a_trained_model_is_stable_under_slight_noise(trained_setup) -> None:  # noqa: ANN001
-    model, images = trained_setup
+def test_gradcam_of_a_trained_model_is_stable_under_slight_noise(
+        trained_setup: tuple[PneumoNet, np.ndarray, np.ndarray]) -> None:
+    model, images, maps = trained_setup
     noise = np.random.default_rng(0).integers(-3, 4, size=images.shape)
     noisy = np.clip(images.astype(int) + noise, 0, 255).astype(np.uint8)
-    rho = _rank_correlations(cam_maps(model, images), cam_maps(model, noisy))
+    rho = _rank_correlations(maps, cam_maps(model, noisy))
     assert rho.mean() > 0.7, rho

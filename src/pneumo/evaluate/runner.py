@@ -20,6 +20,7 @@ from pneumo.errors import DataError
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
 from pneumo.train.checkpoint import load_checkpoint
 from pneumo.train.loop import predict_logits, select_device
+from pneumo.train.probe import cpu_fast
 from pneumo.train.run import BEST, image_cache
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,12 @@ def load_run(run_dir: Path, data: str | None = None):  # noqa: ANN201
     return cfg, folds
 
 
-def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, model: torch.nn.Module) -> dict[str, np.ndarray]:  # noqa: ANN001
+def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:  # noqa: ANN001
     """Logits of the val and test folds (val first: it is what selects the threshold and temperature)."""
     cache = image_cache(cfg, folds)
     device = select_device(cfg.train.device)
-    model.to(device)
+    net.to(device)
+    model = _FastCpu(net, cfg.data.image_size) if device.type == "cpu" else net
     out = {}
     for fold in ("val", "test"):
         rows = np.flatnonzero(folds["fold"].to_numpy() == fold)
@@ -50,7 +52,21 @@ def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, model: torch.nn.Module)
             flipped = predict_logits(model, images.flip(-1), batch_size=64, device=device, amp=cfg.train.amp)
             out[fold] = (out[fold] + flipped) / 2
     out["test_images"] = cache.images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
+    net.to(memory_format=torch.contiguous_format)
     return out
+
+
+class _FastCpu(torch.nn.Module):
+    """Evaluation-only wrapper: a traced, frozen, channels-last copy of the model for CPU inference."""
+
+    def __init__(self, model: torch.nn.Module, size: int) -> None:
+        super().__init__()
+        self.param = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # so .parameters() finds a device
+        example = torch.rand(2, 1, size, size).contiguous(memory_format=torch.channels_last)
+        self.run = cpu_fast(model.to(memory_format=torch.channels_last), example)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x.contiguous(memory_format=torch.channels_last))
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_bootstrap: int | None = None,

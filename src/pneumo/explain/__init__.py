@@ -66,7 +66,13 @@ def analysis_sections(run_dir: str | os.PathLike, model: nn.Module, meta: dict, 
         max_embed: images in the PCA/t-SNE figures (None: all).
         seed: subsample and t-SNE seed.
     """
+    from pneumo.errors import ConfigError
+
     run_dir = Path(run_dir)
+    n = len(images_test)
+    if not len(y_test) == len(subtypes_test) == len(probs_test) == n:
+        raise ConfigError(f"analysis needs one label, subtype and probability per image: {n} images, "
+                          f"{len(y_test)} labels, {len(subtypes_test)} subtypes, {len(probs_test)} probabilities")
     data = _TestSet(run_dir=run_dir, fig_dir=run_dir / "figures", model=model, images=np.asarray(images_test),
                     y=np.asarray(y_test, dtype=int), subtypes=np.asarray(subtypes_test, dtype=str),
                     probs=np.asarray(probs_test, dtype=float), threshold=float(threshold),
@@ -128,33 +134,26 @@ def _shortcut_section(data: _TestSet) -> str:
         "the region's area (1.00x = no preference). Mass concentrated in the border or corners (well above 1x) "
         "hints at a shortcut: text markers, collimation edges or padding rather than the lungs.</p>"
         + table_html(header, table_rows, caption="Saliency mass share per region (model input geometry)")
-        + _figure(mean_path, "Mean Grad-CAM map per true class, with the border band, corner squares and center "
-                             "box outlined", data.run_dir)
+        + _figure(mean_path, "Mean Grad-CAM map per true class; dashed: the border band (white), corner squares "
+                             "(magenta) and center box (black)", data.run_dir)
     )
 
 
 def _mean_map_figure(maps: np.ndarray, y: np.ndarray, class_names: list[str], path: Path) -> Path:
-    from matplotlib.patches import Rectangle
-
-    from pneumo.explain.filters import _figure as new_figure
-    from pneumo.explain.filters import _save
+    from pneumo.explain.filters import new_figure, save_figure
+    from pneumo.explain.shortcut import region_masks
 
     present = [i for i in range(len(class_names)) if (y == i).any()]
+    masks = region_masks(maps.shape[-1])
     fig = new_figure(2.8 * len(present), 3.0)
     axes = fig.subplots(1, len(present), squeeze=False)[0]
-    size = maps.shape[-1]
     for ax, i in zip(axes, present, strict=True):
         ax.imshow(maps[y == i].mean(axis=0), cmap="turbo", vmin=0, vmax=1)
-        for x0, w, color in ((0.10, 0.80, "white"), (0.20, 0.60, "black")):
-            ax.add_patch(Rectangle((x0 * size - 0.5, x0 * size - 0.5), w * size, w * size, fill=False, lw=1,
-                                   ec=color, ls="--"))
-        for cx in (0, 0.85):
-            for cy in (0, 0.85):
-                ax.add_patch(Rectangle((cx * size - 0.5, cy * size - 0.5), 0.15 * size, 0.15 * size, fill=False,
-                                       lw=1, ec="magenta"))
+        for name, color in (("border", "white"), ("corners", "magenta"), ("center", "black")):
+            ax.contour(masks[name].astype(float), levels=[0.5], colors=color, linewidths=0.8, linestyles="--")
         ax.set_title(f"{class_names[i]} (n={(y == i).sum()})", fontsize=9)
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _errors_section(data: _TestSet) -> str:
@@ -183,7 +182,7 @@ def _filters_section(data: _TestSet) -> str:
     parts = [_figure(filters_figure(data.model, data.fig_dir / "first_layer_filters.png"),
                      "First conv layer's filters as applied to the gray image", data.run_dir)]
     picks = [int(np.flatnonzero(data.y == i)[0]) for i in (0, 1) if (data.y == i).any()]
-    titles = [f"{data.class_labels[i]} ({data.subtypes[i]}), P={data.probs[i]:.2f}" for i in picks]
+    titles = [f"{data.class_labels[i]} ({data.subtypes[i]})\nP(pneumonia) {data.probs[i]:.2f}" for i in picks]
     path = activations_figure(data.model, data.images[picks], titles, data.fig_dir / "activation_maps.png")
     parts.append(_figure(path, "Mean absolute activation of a few layers, input to output, for the first normal "
                                "and the first pneumonia test image", data.run_dir))

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,8 +18,12 @@ from torch import nn
 
 from pneumo.errors import ModelError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _figure(width: float, height: float):
+
+def new_figure(width: float, height: float) -> Figure:
+    """A pyplot-free (thread-safe) figure with constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -27,7 +32,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG, atomically."""
     from pneumo.evaluate.plots import save_png
 
     return save_png(fig, path)
@@ -51,7 +57,7 @@ def filters_figure(model: nn.Module, path: str | os.PathLike, *, max_filters: in
     weights = conv.weight.detach().float().cpu().numpy().sum(axis=1)[:max_filters]
     cols = min(8, len(weights))
     rows = math.ceil(len(weights) / cols)
-    fig = _figure(1.1 * cols, 1.1 * rows + 0.5)
+    fig = new_figure(1.1 * cols, 1.1 * rows + 0.5)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -61,7 +67,7 @@ def filters_figure(model: nn.Module, path: str | os.PathLike, *, max_filters: in
     k = conv.kernel_size
     fig.suptitle(f"{name}: {len(weights)} of {conv.out_channels} filters, {k[0]}x{k[1]}, stride {conv.stride[0]}",
                  fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @contextmanager
@@ -90,24 +96,25 @@ def capture_activations(model: nn.Module, names: Sequence[str]) -> Iterator[dict
 
 
 def activation_layers(model: nn.Module, size: int, *, count: int = 4) -> list[str]:
-    """``count`` layers from input to output (in execution order) whose outputs are feature maps."""
+    """The last layer computed at each of the ``count`` coarsest feature-map resolutions, in execution order
+    (for EfficientNet-Lite0 at 224: the 56, 28, 14 and 7 px maps)."""
     from pneumo.explain.cam import layer_names, to_tensor
 
     candidates = layer_names(model)
     leaves = [n for n in candidates if not any(o.startswith(n + ".") for o in candidates)]
-    order: list[str] = []
-    with capture_activations(model, leaves) as captured, torch.inference_mode():
-        was_training = model.training
-        model.eval()
-        try:
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_activations(model, leaves) as captured, torch.inference_mode():
             model(to_tensor(np.zeros((1, size, size), np.uint8), model))
-        finally:
-            model.train(was_training)
-        order = [n for n in captured if captured[n].ndim == 4]  # dict order = execution order
-    if len(order) <= count:
-        return order
-    picks = np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))
-    return [order[i] for i in picks]
+    finally:
+        model.train(was_training)
+    last_at: dict[tuple[int, int], str] = {}
+    for name, out in captured.items():  # insertion order = execution order
+        if out.ndim == 4:
+            last_at.pop(tuple(out.shape[-2:]), None)
+            last_at[tuple(out.shape[-2:])] = name
+    return list(last_at.values())[-count:]
 
 
 def activations_figure(model: nn.Module, images: np.ndarray, titles: Sequence[str], path: str | os.PathLike, *,
@@ -126,7 +133,7 @@ def activations_figure(model: nn.Module, images: np.ndarray, titles: Sequence[st
     finally:
         model.train(was_training)
     cols = 1 + len(maps)
-    fig = _figure(2.0 * cols, 2.2 * len(images))
+    fig = new_figure(2.0 * cols, 2.2 * len(images))
     axes = fig.subplots(len(images), cols, squeeze=False)
     for row, (img, title) in enumerate(zip(images, titles, strict=True)):
         axes[row, 0].imshow(img, cmap="gray", vmin=0, vmax=255)
@@ -136,7 +143,7 @@ def activations_figure(model: nn.Module, images: np.ndarray, titles: Sequence[st
             axes[row, col].set_title(f"{name.removeprefix('backbone.')}\n{act.shape[1]}x{act.shape[2]}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confident_errors(y_positive: np.ndarray, probs: np.ndarray, threshold: float, *, k: int = 4
@@ -170,7 +177,7 @@ def confident_errors_gallery(model: nn.Module, images: np.ndarray, y: np.ndarray
     images = np.asarray(images)
     maps = cam_maps(model, images[picks], layer=layer, toward_pneumonia=np.asarray(probs)[picks] >= threshold)
     cols = max(len(fp), len(fn))
-    fig = _figure(2.3 * cols, 5.2)
+    fig = new_figure(2.3 * cols, 5.2)
     axes = fig.subplots(2, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -182,4 +189,4 @@ def confident_errors_gallery(model: nn.Module, images: np.ndarray, y: np.ndarray
             axes[row, col].set_title(f"{kind}{sub}\nP(pneumonia) {probs[index]:.3f}", fontsize=8)
     fig.suptitle(f"Most confident errors at threshold {threshold:.3f} (Grad-CAM: evidence for the predicted label)",
                  fontsize=10)
-    return _save(fig, path), len(fp), len(fn)
+    return save_figure(fig, path), len(fp), len(fn)

@@ -145,13 +145,19 @@ class HeatmapWriter:
 
     def __init__(self, predictor: Predictor, out_dir: str | os.PathLike, *, method: str = "gradcam",
                  layer: str | None = None, target: str = "predicted", window: int = 32, stride: int = 16) -> None:
-        from pneumo.explain.cam import METHODS, resolve_layer, torch_model_of
+        from pneumo.explain.cam import CAM_METHODS, METHODS, resolve_layer, torch_model_of
 
         if method not in METHODS:
             raise ConfigError(f"unknown explanation method {method!r}; choose {', '.join(METHODS)}")
+        if layer is not None and method not in CAM_METHODS:
+            raise ConfigError(f"--layer applies to {' and '.join(CAM_METHODS)} only, not {method}")
         model = torch_model_of(predictor)
-        if layer is not None:
-            resolve_layer(model, layer)  # fail before the first image
+        if layer is not None:  # fail before the first image
+            resolve_layer(model, layer)
+        if method == "occlusion":
+            from pneumo.explain.occlusion import window_starts
+
+            window_starts(int(predictor.size), window, stride)
         self.predictor = predictor
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pneumo import __version__
 from pneumo.config import ServeConfig
@@ -178,7 +179,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
     api_key = config.api_key or os.environ.get(API_KEY_ENV) or None
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):  # noqa: ANN202
+    async def lifespan(_: FastAPI):
         service.start()
         try:
             yield
@@ -246,6 +247,8 @@ async def _predict(service: Service, request: Request, *, heatmap: bool, preview
         data = await read_upload(dict(request.headers), request.stream(), max_bytes=max_bytes)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the upload was interrupted") from None
     if not data:
         raise HTTPException(422, "the uploaded file is empty")
     t0 = time.perf_counter()
@@ -314,10 +317,21 @@ def model_card_of(predictor: Predictor) -> dict[str, Any]:
                 input_size=predictor.size, threshold=predictor.threshold)
     markdown = predictor.sidecar.with_suffix(".md")
     card["card_markdown"] = markdown.read_text(encoding="utf-8", errors="replace") if markdown.is_file() else None
-    return card
+    return _finite(card)
 
 
-def _api_key_check(expected: str):  # noqa: ANN202
+def _finite(value: Any) -> Any:
+    """NaN/inf (a metric undefined on a one-class split) -> None, which JSON can carry."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _api_key_check(expected: str):
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key given to `pneumo serve`")
     expected_bytes = expected.encode("utf-8")
 

@@ -50,6 +50,7 @@ class MicroBatcher:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._state = threading.Lock()
         self.batch_sizes: Counter[int] = Counter()  # batch size -> how many batches of that size ran
 
     def start(self) -> None:
@@ -59,27 +60,35 @@ class MicroBatcher:
         self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Finish the batch in progress, fail the images still waiting, stop the thread."""
-        self._closed = True
-        self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        """Refuse new images, finish the ones already queued, stop the thread; whatever is still queued after
+        ``timeout`` seconds (a stuck model) fails with ``ModelError``."""
+        with self._state:  # every image queued before the stop marker is either run or failed below
+            self._closed = True
+            self._queue.put(None)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+        stranded = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is not None:
-                _resolve(item, error=ModelError("the service is shutting down"))
+                stranded.append(item)
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)  # the stuck worker still stops once the model returns
+        for item in stranded:
+            _resolve(item, error=ModelError("the service is shutting down"))
 
     async def submit(self, prepared: np.ndarray) -> object:
         """Queue one preprocessed uint8 S x S image and wait for its result."""
-        if self._closed or self._thread is None:
-            raise ModelError("the batcher is not running")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Item(prepared, loop, future))
+        with self._state:
+            if self._closed or self._thread is None:
+                raise ModelError("the batcher is not running")
+            self._queue.put(_Item(prepared, loop, future))
         return await future
 
     def _work(self) -> None:

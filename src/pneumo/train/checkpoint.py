@@ -141,6 +141,7 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)  # safetensors writes 0600; checkpoints are meant to be shared and packaged
         digest = sha256_file(tmp)
         os.replace(tmp, path)
     finally:

@@ -314,15 +314,16 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
         with GracefulStop() as stop:
             for epoch in range(state["epoch"], tc.epochs):
                 start = time.perf_counter()
+                first_step = state["step"]
                 train_loss = _train_epoch(net, model, data, state, optimizer=optimizer, scheduler=scheduler,
                                           loss_fn=loss_fn, cfg=tc, device=device, env=env, stop=stop,
                                           save_state=save_state)
-                train_s = time.perf_counter() - start
+                images_per_s = (n_steps - first_step) * tc.batch_size / max(time.perf_counter() - start, 1e-9)
                 state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
                 if env.is_main:
                     _end_epoch(model, data, state, tc, run_dir, device=device, scheduler=scheduler,
                                train_loss=train_loss, start=start, writer=writer, save_best=save_best,
-                               images_per_s=(n_steps * tc.batch_size) / max(train_s, 1e-9))
+                               images_per_s=images_per_s)
                     save_state(model, optimizer, scheduler, dict(state))
                 state = broadcast(state, env)
                 if any_rank(stop.requested, env, device):
@@ -349,12 +350,14 @@ def _train_epoch(net: nn.Module, model: nn.Module, data: SplitTensors, state: di
         local += loss
         state["global_step"] += 1
         interrupted = any_rank(stop.requested, env, device)
-        if interrupted or (every > 0 and state["global_step"] % every == 0):
+        periodic = every > 0 and state["global_step"] % every == 0 and step < state["steps_per_epoch"]
+        if interrupted or periodic:  # (the epoch's last step is followed by the end-of-epoch save anyway)
             state.update(step=step, loss_sum=base + sum_across(local, env, device) / env.world_size)
             if env.is_main:
                 save_state(model, optimizer, scheduler, dict(state))
         if interrupted:
-            log.warning("stopped at epoch %d, step %d: resumable state saved", state["epoch"] + 1, step)
+            if env.is_main:
+                log.warning("stopped at epoch %d, step %d: resumable state saved", state["epoch"] + 1, step)
             raise KeyboardInterrupt
     return (base + sum_across(local, env, device) / env.world_size) / max(1, state["steps_per_epoch"])
 

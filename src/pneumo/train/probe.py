@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +39,17 @@ class _Features(nn.Module):
         return self.model.forward_features(x)
 
 
-def _cpu_fast(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """On the CPU, a traced + frozen channels-last copy (conv/BN folded by oneDNN) runs about 2x faster than eager."""
+def cpu_fast(module: nn.Module, example: torch.Tensor) -> nn.Module:
+    """On the CPU, a traced + frozen copy (conv/BN folded by oneDNN; feed it channels-last input) runs 2-3x faster
+    than eager. Falls back to the eager module when tracing fails."""
     try:
-        with torch.no_grad():
-            traced = torch.jit.trace(_Features(model).eval(), example, check_trace=False)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the fastest CPU path
+            traced = torch.jit.trace(module.eval(), example, check_trace=False)
             return torch.jit.freeze(traced)
     except Exception as exc:  # noqa: BLE001 - fall back to eager, only slower
-        log.debug("tracing failed (%s); using eager features", exc)
-        return _Features(model).eval()
+        log.debug("tracing failed (%s); using eager module", exc)
+        return module.eval()
 
 
 @torch.no_grad()
@@ -56,13 +59,13 @@ def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, bat
     model.eval()
 
     def batch(start: int) -> torch.Tensor:
-        chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]))
+        chunk = torch.from_numpy(np.array(images[start : start + batch_size]))
         x = (chunk if chunk.ndim == 4 else chunk[:, None]).to(device).float().div_(255)
         return x.contiguous(memory_format=torch.channels_last)
 
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-        run = _cpu_fast(model, batch(0)[:2])
+        run = cpu_fast(_Features(model), batch(0)[:2])
     else:
         run = _Features(model).eval()
     out = []

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from pneumo.config import RunConfig, dump_yaml
-from pneumo.data.cache import build_cache, default_cache_dir
+from pneumo.data.cache import ImageCache, build_cache, default_cache_dir
 from pneumo.data.manifest import resolve_root, scan_dataset
 from pneumo.data.splits import assign_folds, class_names, labels, take_slice
 from pneumo.errors import ConfigError, DataError, ModelError
@@ -156,10 +156,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
         prepare_run_dir(cfg, resume=resume, force=force)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         folds.to_csv(run_dir / "folds.csv", index=False)
-        cache = image_cache(cfg, folds)
-    barrier(env)  # the cache is built once, by rank 0
-    if not env.is_main:
-        cache = image_cache(cfg, folds)
+    cache = _cache_in_turn(cfg, folds, env)
     model.to(device)
     y = labels(folds, cfg.data.task)
     rows = {f: np.flatnonzero(folds["fold"].to_numpy() == f) for f in ("train", "val")}
@@ -185,6 +182,17 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
         _write_json(sidecar, meta)
     log.info("trained %s in %.0f s -> %s", cfg.name, info["wall_time_s"], run_dir)
     return run_dir
+
+
+def _cache_in_turn(cfg: RunConfig, folds: pd.DataFrame, env: DistEnv) -> ImageCache:
+    """Rank 0 builds the image cache, then the first process of each other node (which finds it when the cache
+    folder is shared, or builds its node's copy), then every other process opens it: never two builders at once."""
+    cache = image_cache(cfg, folds) if env.is_main else None
+    barrier(env)
+    if cache is None and env.local_rank == 0:
+        cache = image_cache(cfg, folds)
+    barrier(env)
+    return cache if cache is not None else image_cache(cfg, folds)
 
 
 def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device) -> dict:

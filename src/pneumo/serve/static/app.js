@@ -4,7 +4,6 @@
 
 (() => {
   const KEY_STORE = "pneumo.apiKey";
-  const ACCEPTED = /\.(jpe?g|png|dcm|dicom)$/i;
   const $ = (id) => document.getElementById(id);
   const el = {
     dropzone: $("dropzone"), file: $("file"), status: $("status"), keyForm: $("key-form"), apiKey: $("api-key"),
@@ -78,7 +77,7 @@
     fact(el.modelFacts, "Classes", classes.join(", "));
     fact(el.modelFacts, "Input", `${card.input_size} × ${card.input_size} px, ${card.resize_policy || "squash"}`);
     fact(el.modelFacts, "Threshold", `${card.threshold.toFixed(3)}${card.threshold_policy ? ` (${card.threshold_policy})` : ""}`);
-    const test = card.metrics && (card.metrics.test || card.metrics);
+    const test = (card.metrics && card.metrics.test) || (card.model_card && card.model_card.test_metrics);
     if (test && typeof test.roc_auc === "number") fact(el.modelFacts, "Test ROC-AUC", test.roc_auc.toFixed(3));
     if (test && typeof test.sensitivity === "number") fact(el.modelFacts, "Test sensitivity", pct(test.sensitivity));
     if (test && typeof test.specificity === "number") fact(el.modelFacts, "Test specificity", pct(test.specificity));
@@ -108,10 +107,6 @@
 
   async function analyse(file) {
     if (!file) return;
-    if (file.name && !ACCEPTED.test(file.name) && !/^image\//.test(file.type)) {
-      setStatus("Choose a JPEG, PNG or DICOM file.", true);
-      return;
-    }
     setStatus("Analysing…");
     showLocalPreview(file);
     let heatNote = "";

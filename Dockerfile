@@ -1,0 +1,30 @@
+# pneumo web service, CPU only.
+#   docker build -t pneumo .
+#   docker run --rm -p 8000:8000 pneumo                          # the shipped default model
+#   docker run --rm -p 8000:8000 -v "$PWD/runs/best:/model:ro" -e PNEUMO_API_KEY=change-me \
+#       pneumo pneumo serve --host 0.0.0.0 --model /model         # your own run, with an API key
+# Then open http://localhost:8000/ (the page) or http://localhost:8000/docs (the API).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# CPU wheels first, from the PyTorch index: the default PyPI wheels would pull in the CUDA libraries (gigabytes).
+RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
+
+WORKDIR /opt/pneumo
+COPY pyproject.toml README.md ./
+COPY src ./src
+# The pins in pyproject.toml are satisfied by the CPU builds above (2.14.1+cpu matches ==2.14.1).
+RUN pip install . && rm -rf /opt/pneumo/src /opt/pneumo/build
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pneumo
+USER pneumo
+WORKDIR /home/pneumo
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+CMD ["pneumo", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,180 @@
+"""The page in a real browser: Debian's Chromium driven by Playwright against uvicorn on 127.0.0.1.
+
+Set ``PNEUMO_E2E_ARTIFACTS=1`` to also keep the screenshots in ``tests/e2e/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model: Path) -> Iterator[str]:
+    """uvicorn in a thread serving the tiny real checkpoint (untrained scratch CNN at 64 px)."""
+    import uvicorn
+
+    from pneumo.config import ServeConfig
+    from pneumo.infer.predictor import Predictor
+    from pneumo.serve.app import create_app
+
+    port = free_port()
+    app = create_app(ServeConfig(port=port), Predictor(tiny_model, threads=2))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    sync_playwright = sync_api.sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, server_url: str) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server_url + "/")
+    yield page
+    context.close()
+
+
+def save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("PNEUMO_E2E_ARTIFACTS"):
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copyfile(shot, ARTIFACTS / name)
+    return shot
+
+
+def xray_path(full_data: Path) -> Path:
+    return min((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))
+
+
+def test_uploaded_xray_shows_label_probability_bar_and_heatmap(page, full_data: Path,
+                                                               tmp_path: Path) -> None:
+    page.set_input_files("#file", str(xray_path(full_data)))
+    page.wait_for_selector("#heatmap:not([hidden])")
+    label = page.inner_text("#label")
+    assert label in ("NORMAL", "PNEUMONIA")
+    probability = float(page.inner_text("#probability"))
+    assert 0.0 <= probability <= 1.0
+    fill = page.eval_on_selector("#bar-fill", "el => parseFloat(el.style.width)")
+    assert fill == pytest.approx(100 * probability, abs=0.1)
+    assert page.eval_on_selector("#bar-threshold", "el => parseFloat(el.style.left)") == pytest.approx(50.0)
+    assert page.eval_on_selector("#heatmap", "el => el.complete && el.naturalWidth > 0")
+    assert page.eval_on_selector("#image", "el => el.complete && el.naturalWidth > 0")
+    assert save_screenshot(page, tmp_path, "result.png").stat().st_size > 10_000
+
+
+def test_dicom_upload_is_shown_from_the_server_rendered_preview(page, full_data: Path, tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from pneumo.infer.io import load_image
+
+    gray = load_image(xray_path(full_data).read_bytes())
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CR", *gray.shape, 1
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "MONOCHROME2", 8, 8, 7
+    ds.PixelRepresentation, ds.PixelData = 0, gray.tobytes()
+    dicom = tmp_path / "scan.dcm"
+    ds.save_as(dicom, enforce_file_format=True)
+    page.set_input_files("#file", str(dicom))
+    page.wait_for_selector("#heatmap:not([hidden])")
+    size = page.eval_on_selector("#image", "el => [el.naturalHeight, el.naturalWidth]")
+    assert page.eval_on_selector("#image", "el => el.src.startsWith('data:image/png')")
+    assert size == list(gray.shape)
+    assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
+
+
+def test_dropping_a_file_on_the_zone_analyses_it(page, full_data: Path) -> None:
+    data = base64.b64encode(xray_path(full_data).read_bytes()).decode()
+    page.evaluate("""([b64, name]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+        const zone = document.getElementById("dropzone");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }
+    }""", [data, "dropped.jpeg"])
+    page.wait_for_selector("#heatmap:not([hidden])")
+    assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
+    assert "dragging" not in page.get_attribute("#dropzone", "class")
+
+
+def test_opacity_slider_works_from_the_keyboard(page, full_data: Path) -> None:
+    page.set_input_files("#file", str(xray_path(full_data)))
+    page.wait_for_selector("#heatmap:not([hidden])")
+    page.focus("#opacity")
+    for _ in range(4):
+        page.keyboard.press("ArrowLeft")
+    assert page.eval_on_selector("#heatmap", "el => el.style.opacity") == "0.5"
+    assert page.inner_text("#opacity-value") == "50%"
+
+
+def test_a_non_image_is_reported_on_the_page(page, tmp_path: Path) -> None:
+    fake = tmp_path / "page.jpg"
+    fake.write_bytes(b"<!DOCTYPE html><html><body>not an x-ray</body></html>")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("#status.error")
+    assert "not an image" in page.inner_text("#status")
+    assert page.is_hidden("#heatmap")
+
+
+def test_research_use_notice_and_model_facts_are_shown(page) -> None:
+    assert "Research use only — not a medical device" in page.inner_text("#notice")
+    assert page.is_visible("#notice")
+    page.wait_for_selector("#model-facts dt:has-text('Model')")
+    assert "scratch_cnn" in page.inner_text("#model-facts")
+
+
+def test_file_chooser_is_reachable_by_keyboard(page) -> None:
+    page.keyboard.press("Tab")  # skip link
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "file"

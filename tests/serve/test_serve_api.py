@@ -1,0 +1,175 @@
+"""The service's endpoints on the happy path: predict, heat map, preview, model card, health, docs and the page."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from serve_helpers import decode_png_base64, dicom_bytes
+
+from pneumo.config import ServeConfig
+from pneumo.infer.io import load_image
+from pneumo.infer.predictor import Predictor
+from pneumo.serve.app import create_app
+
+PREDICT = "/api/v1/predict"
+
+
+def upload(xray: bytes, name: str = "x.jpeg") -> dict:
+    return {"file": (name, xray, "image/jpeg")}
+
+
+def test_predict_returns_the_documented_fields(client: TestClient, xray: bytes) -> None:
+    body = client.post(PREDICT, files=upload(xray)).json()
+    assert set(body) == {"p_pneumonia", "p_calibrated", "label", "threshold", "threshold_policy", "probabilities",
+                         "model_id", "timings_ms"}
+    assert set(body["timings_ms"]) == {"decode", "inference", "total"}
+
+
+def test_predict_matches_the_predictor_on_the_same_image(client: TestClient, predictor: Predictor,
+                                                         xray: bytes) -> None:
+    expected = predictor.predict([load_image(xray, target=predictor.size)])[0]
+    body = client.post(PREDICT, files=upload(xray)).json()
+    assert body["p_pneumonia"] == pytest.approx(expected.p_pneumonia, abs=1e-6)
+    assert body["p_calibrated"] == pytest.approx(expected.p_calibrated, abs=1e-6)
+    assert body["label"] == expected.label
+    assert body["model_id"] == predictor.model_id
+
+
+def test_predict_label_follows_the_checkpoint_threshold(client: TestClient, xray_paths: list[Path]) -> None:
+    for path in xray_paths[:4]:
+        body = client.post(PREDICT, files=upload(path.read_bytes())).json()
+        assert body["threshold"] == 0.5 and body["threshold_policy"] == "youden"
+        assert body["label"] == ("PNEUMONIA" if body["p_pneumonia"] >= body["threshold"] else "NORMAL")
+        assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_accepts_the_raw_image_as_the_body(client: TestClient, xray: bytes) -> None:
+    multipart = client.post(PREDICT, files=upload(xray)).json()
+    raw = client.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"}).json()
+    assert raw["p_pneumonia"] == pytest.approx(multipart["p_pneumonia"], abs=1e-6)
+
+
+def test_heatmap_is_a_png_with_the_image_geometry(client: TestClient, xray: bytes, fake_heatmap: list) -> None:
+    body = client.post(PREDICT, params={"heatmap": "true"}, files=upload(xray)).json()
+    overlay = decode_png_base64(body["heatmap_png_base64"])
+    gray = load_image(xray, target=64)
+    assert overlay.shape[:2] == gray.shape
+    assert fake_heatmap == [(gray.shape, body["label"])]
+    assert "heatmap" in body["timings_ms"]
+
+
+def test_heatmap_from_the_real_grad_cam_has_the_preview_geometry(client: TestClient, xray: bytes) -> None:
+    pytest.importorskip("pneumo.explain.cam", reason="the explanation module is not there yet")
+    body = client.post(PREDICT, params={"heatmap": "true", "preview": "true"}, files=upload(xray)).json()
+    overlay = decode_png_base64(body["heatmap_png_base64"])
+    preview = decode_png_base64(body["preview_png_base64"])
+    assert overlay.ndim == 3 and overlay.shape[:2] == preview.shape
+
+
+def test_heatmap_without_the_explanation_module_is_501(client: TestClient, xray: bytes,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pneumo.explain.cam", None)  # makes the import fail
+    response = client.post(PREDICT, params={"heatmap": "true"}, files=upload(xray))
+    assert response.status_code == 501
+    assert response.json()["detail"].startswith("heat maps need")
+
+
+def test_heatmap_with_the_onnx_backend_is_501(make_client, predictor: Predictor, xray: bytes,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predictor, "backend", "onnx")
+    response = make_client(predictor).post(PREDICT, params={"heatmap": "true"}, files=upload(xray))
+    assert response.status_code == 501 and "pytorch backend" in response.json()["detail"].lower()
+
+
+def test_heatmap_is_absent_unless_asked(client: TestClient, xray: bytes, fake_heatmap: list) -> None:
+    body = client.post(PREDICT, files=upload(xray)).json()
+    assert "heatmap_png_base64" not in body and fake_heatmap == []
+
+
+def test_preview_is_the_decoded_gray_image(client: TestClient, xray: bytes) -> None:
+    body = client.post(PREDICT, params={"preview": "true"}, files=upload(xray)).json()
+    np.testing.assert_array_equal(decode_png_base64(body["preview_png_base64"]), load_image(xray, target=64))
+
+
+def test_dicom_upload_is_predicted_and_previewed(client: TestClient, xray: bytes) -> None:
+    dicom = dicom_bytes(load_image(xray), patient_name="Doe^Jane")
+    response = client.post(PREDICT, params={"preview": "true"},
+                           files={"file": ("scan.dcm", dicom, "application/dicom")})
+    assert response.status_code == 200
+    preview = decode_png_base64(response.json()["preview_png_base64"])
+    np.testing.assert_array_equal(preview, load_image(dicom))
+    assert "Doe^Jane" not in response.text  # no patient data travels back
+
+
+def test_model_card_has_the_sidecar_and_the_markdown(client: TestClient, predictor: Predictor) -> None:
+    card = client.get("/api/v1/model").json()
+    assert card["model_id"] == predictor.model_id
+    assert card["classes"] == ["NORMAL", "PNEUMONIA"] and card["input_size"] == 64
+    assert card["temperature"] == 1.5 and card["threshold_policy"] == "youden"
+    assert card["card_markdown"].startswith("# Tiny test model")
+
+
+def test_model_card_hides_training_internals_and_non_finite_numbers(client: TestClient) -> None:
+    card = client.get("/api/v1/model").json()
+    assert "config" not in card and "/private/path" not in str(card)
+    assert card["metrics"]["test"] == {"roc_auc": 0.5, "sensitivity": None}
+
+
+def test_healthz_answers(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_is_200_once_the_model_is_loaded(client: TestClient, predictor: Predictor) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.json()["model_id"] == predictor.model_id
+
+
+def test_model_is_loaded_in_the_background_when_no_predictor_is_given(checkpoint: Path) -> None:
+    with TestClient(create_app(ServeConfig(), model=str(checkpoint), threads=1)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 200
+
+
+def test_readyz_is_503_with_the_reason_when_the_model_cannot_load(tmp_path: Path) -> None:
+    with TestClient(create_app(ServeConfig(), model=str(tmp_path / "missing"))) as client:
+        deadline = time.monotonic() + 10
+        while "failed" not in client.get("/readyz").text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ready, health = client.get("/readyz"), client.get("/healthz")
+        predict = client.post(PREDICT, content=b"x", headers={"Content-Type": "application/octet-stream"})
+    assert ready.status_code == 503 and ready.json()["detail"].startswith("model failed to load")
+    assert health.status_code == 200
+    assert predict.status_code == 503
+
+
+def test_openapi_schema_lists_every_endpoint(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert {"/api/v1/predict", "/api/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
+    body = schema["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["required"] == ["file"]
+
+
+def test_docs_page_is_served(client: TestClient) -> None:
+    response = client.get("/docs")
+    assert response.status_code == 200 and "swagger" in response.text.lower()
+
+
+def test_page_has_the_research_use_notice_and_its_assets(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Research use only — not a medical device" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert asset in page.text and client.get(asset).status_code == 200
+
+
+def test_page_loads_nothing_from_other_hosts(client: TestClient) -> None:
+    texts = [client.get(p).text for p in ("/", "/static/app.js", "/static/style.css")]
+    assert not any("http://" in t or "https://" in t or "//cdn" in t for t in texts)
+    assert "default-src 'self'" in client.get("/").headers["content-security-policy"]

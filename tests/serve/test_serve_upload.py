@@ -1,0 +1,73 @@
+"""Reading uploads from the request stream: in memory, bounded while reading, multipart or raw."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pneumo.serve.upload import UploadError, read_upload
+
+BOUNDARY = "XyZ"
+
+
+def multipart(*parts: tuple[str, bytes], filename: str = "x.jpg") -> bytes:
+    out = b""
+    for name, data in parts:
+        out += (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
+                f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+async def _stream(body: bytes, chunk: int, consumed: list[int]) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), chunk):
+        consumed.append(start)
+        yield body[start : start + chunk]
+
+
+def read(body: bytes, headers: dict[str, str], *, max_bytes: int, chunk: int = 7,
+         consumed: list[int] | None = None) -> bytes:
+    return asyncio.run(read_upload(headers, _stream(body, chunk, consumed if consumed is not None else []),
+                                   max_bytes=max_bytes))
+
+
+FORM = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def test_multipart_file_field_is_returned_byte_for_byte() -> None:
+    data = bytes(range(256)) * 40 + b"\r\n--not-the-boundary\r\n"
+    assert read(multipart(("file", data)), FORM, max_bytes=100_000) == data
+
+
+def test_other_fields_are_ignored() -> None:
+    body = multipart(("comment", b"hello"), ("file", b"IMAGE"), ("other", b"x" * 1000))
+    assert read(body, FORM, max_bytes=100) == b"IMAGE"
+
+
+def test_file_over_the_limit_stops_the_reading_early() -> None:
+    consumed: list[int] = []
+    body = multipart(("file", b"\0" * 1_000_000))
+    with pytest.raises(UploadError) as err:
+        read(body, FORM, max_bytes=10_000, chunk=1000, consumed=consumed)
+    assert err.value.status == 413
+    assert len(consumed) < 20  # stopped after ~10 kB of a 1 MB body
+
+
+def test_a_lying_content_length_does_not_lift_the_limit() -> None:
+    body = b"\0" * 50_000
+    headers = {"content-type": "application/octet-stream", "content-length": "10"}
+    with pytest.raises(UploadError) as err:
+        read(body, headers, max_bytes=1000, chunk=512)
+    assert err.value.status == 413
+
+
+def test_raw_image_types_are_accepted() -> None:
+    for kind in ("application/octet-stream", "image/png", "application/dicom"):
+        assert read(b"abc", {"content-type": kind}, max_bytes=10) == b"abc"
+
+
+def test_missing_boundary_is_400() -> None:
+    with pytest.raises(UploadError) as err:
+        read(b"", {"content-type": "multipart/form-data"}, max_bytes=10)
+    assert err.value.status == 400

@@ -1,0 +1,118 @@
+"""Data-parallel training (gloo on the CPU): two processes train exactly like one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pneumo.config import TrainConfig
+from pneumo.models import create
+from pneumo.train.distributed import DistEnv, GlooSyncBatchNorm, shard, wrap_model
+from pneumo.train.loop import SplitTensors, make_loss, make_optimizer, run_epoch
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(10, 3), (2, 4), (0, 2), (8, 2)])
+def test_shards_are_contiguous_balanced_and_cover_the_items_in_order(n: int, world_size: int) -> None:
+    items = list(range(n))
+    parts = [shard(items, rank, world_size) for rank in range(world_size)]
+    assert [x for part in parts for x in part] == items
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_problem() -> tuple[SplitTensors, TrainConfig]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (24, 1, 48, 48), dtype=torch.uint8, generator=g)
+    y = torch.tensor([0, 1, 1] * 8)
+    cfg = TrainConfig(batch_size=12, lr=0.0, max_steps_per_epoch=1, amp=False, device="cpu")
+    return SplitTensors(x, y, x[:4], y[:4]), cfg
+
+
+def _one_step_gradients(rank: int, world_size: int, port: int, out: str) -> None:
+    """One training step of the first global batch (lr 0); saves this rank's (averaged) gradients and BN stats."""
+    torch.set_num_threads(1)
+    env = DistEnv(rank, world_size, rank)
+    if env.enabled:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    data, cfg = _tiny_problem()
+    torch.manual_seed(0)
+    model = create("scratch_cnn", num_classes=2, weights="none", drop_rate=0.0)
+    loss_fn = make_loss(cfg, data.y_train, 2)
+    optimizer, scheduler = make_optimizer(model, cfg, 1)
+    net = wrap_model(model, env, torch.device("cpu"))
+    losses = [loss for _, loss in run_epoch(net, data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                                            cfg=cfg, epoch=0, device=torch.device("cpu"), env=env)]
+    result = {f"grad.{k}": p.grad for k, p in model.named_parameters()}
+    result |= {f"buffer.{k}": b.float() for k, b in model.named_buffers()}
+    result["loss"] = torch.tensor(losses)
+    if env.enabled:
+        dist.all_reduce(result["loss"])
+        dist.destroy_process_group()
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in result.items()}, out)
+
+
+def test_ddp_gradient_equals_the_single_process_gradient_of_the_global_batch(tmp_path: Path) -> None:
+    _one_step_gradients(0, 1, 0, str(tmp_path / "single.safetensors"))
+    mp.spawn(_one_step_gradients, args=(2, _free_port(), str(tmp_path / "ddp.safetensors")), nprocs=2)
+    single, ddp = load_file(tmp_path / "single.safetensors"), load_file(tmp_path / "ddp.safetensors")
+    assert ddp["loss"].item() / 2 == pytest.approx(single["loss"].item(), rel=1e-5)  # mean of the rescaled losses
+    for key, expected in single.items():
+        if key.startswith("grad."):
+            assert torch.allclose(ddp[key], expected, rtol=1e-3, atol=1e-6), key
+        elif key.startswith("buffer.") and "running" in key:  # synchronized BatchNorm: global batch statistics
+            assert torch.allclose(ddp[key], expected, rtol=1e-4, atol=1e-6), key
+
+
+def test_gloo_sync_batchnorm_is_plain_batchnorm_outside_a_process_group() -> None:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    sync = GlooSyncBatchNorm.from_batchnorm(bn)
+    x = torch.randn(6, 4, 5, 5)
+    assert torch.equal(sync(x), nn.BatchNorm2d(4)(x))
+    assert sync.weight is bn.weight and set(sync.state_dict()) == set(bn.state_dict())
+
+
+def _train(data: Path, work: Path, name: str, launcher: list[str]) -> pd.DataFrame:
+    options = ["data.image_size=64", f"data.cache_dir={work / 'cache'}", "data.val_fraction=0.3", "train.epochs=2",
+               "train.batch_size=4", "train.lr=0.0003", "train.amp=false", "model.drop_rate=0"]
+    command = [*launcher, "-m", "pneumo", "train", "--preset", "scratch-cnn", "--data", str(data), "--out-dir",
+               str(work / "runs"), "--name", name, "--device", "cpu", "--seed", "0", "--no-eval",
+               *[arg for option in options for arg in ("--set", option)]]
+    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return pd.read_csv(work / "runs" / name / "metrics.csv")
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_trains_like_one_process(data_slice: Path, tmp_path: Path) -> None:
+    single = _train(data_slice, tmp_path, "single", [sys.executable])
+    ddp = _train(data_slice, tmp_path, "ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                               "--nproc_per_node=2"])
+    assert ddp["epoch"].tolist() == single["epoch"].tolist() == [1, 2]  # rank 0 alone writes the metrics
+    assert ddp["global_step"].tolist() == single["global_step"].tolist()
+    # Same global batches, augmentations, loss and BatchNorm statistics: only the order of float sums differs (and
+    # dropout masks, switched off here). A large lr lets Adam amplify that noise; at 3e-4 the runs agree closely.
+    for column, tolerance in (("train_loss", 2e-3), ("val_loss", 2e-3), ("val_auc", 0.03)):
+        assert ddp[column].to_numpy() == pytest.approx(single[column].to_numpy(), abs=tolerance), column
+    meta = json.loads((tmp_path / "runs" / "ddp" / "model.json").read_text())
+    assert meta["training"]["world_size"] == 2 and meta["arch"] == "scratch_cnn"
