@@ -69,6 +69,7 @@ class TrainConfig:
     channels_last: bool = True
     probe_c: float = 1.0  # inverse regularisation of the probe's logistic regression
     max_steps_per_epoch: int | None = None  # for smoke tests
+    checkpoint_every_steps: int = 0  # also save the resumable state every N optimizer steps (0: after each epoch)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -122,6 +123,8 @@ class RunConfig:
             raise ConfigError(f"weights file not found: {w}")
         if self.train.epochs < 1 and self.model.mode != "probe":
             raise ConfigError("train.epochs must be at least 1")
+        if self.train.checkpoint_every_steps < 0:
+            raise ConfigError("train.checkpoint_every_steps must be >= 0")
         if self.train.balance not in ("weights", "sampler", "none"):
             raise ConfigError(f"train.balance must be weights, sampler or none, got {self.train.balance!r}")
         if self.train.loss not in ("ce", "focal"):

@@ -51,6 +51,10 @@ def saved_counters(run_dir: Path) -> dict | None:
         return None
 
 
+def mid_epoch_after(counters: dict | None, global_step: int) -> bool:
+    return bool(counters) and counters["global_step"] > global_step and counters["step"] > 0
+
+
 def freeze_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 180) -> None:
     """Poll until ``ready()``, then SIGSTOP the process and check again (it may have moved on meanwhile)."""
     deadline = time.monotonic() + timeout
@@ -96,7 +100,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(data_slice: 
     with open(log, "w") as fh:
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=ENV)
     try:
-        freeze_when(proc, lambda: (saved_counters(run_dir) or {}).get("global_step", 0) > STEPS_PER_EPOCH + 2)
+        freeze_when(proc, lambda: mid_epoch_after(saved_counters(run_dir), STEPS_PER_EPOCH + 2))
     finally:
         proc.kill()
         proc.wait()

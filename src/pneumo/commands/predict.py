@@ -54,8 +54,15 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from pneumo.infer.batch import predict_files
 
-    files = expand_inputs(args.inputs)
     from pneumo.infer.predictor import Predictor
+    from pneumo.train.distributed import env_from_os, shard
+
+    files = expand_inputs(args.inputs)
+    env = env_from_os()
+    if env.world_size > 1:  # torchrun -m pneumo predict ...: each rank takes a contiguous shard
+        files = shard(files, env.rank, env.world_size)
+        if args.out:
+            args.out = f"{args.out}.part-{env.rank}-of-{env.world_size}.{args.format}"
 
     predictor = Predictor(args.model, backend=args.backend, threads=args.threads)
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout

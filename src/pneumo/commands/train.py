@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from pneumo.config import load_config
 
@@ -30,11 +32,18 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):  # noqa: ANN201
+    """Preset + shortcuts + --set overrides; on --resume the run's own config.yaml is the base."""
     shortcuts = {"name": "name", "out_dir": "out_dir", "data": "data.root", "task": "data.task", "model": "model.name",
                  "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
                  "device": "train.device"}
     overrides = [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None]
-    return load_config(args.preset, overrides + list(args.overrides))
+    preset = args.preset
+    if args.resume:
+        cfg = load_config(preset, overrides + list(args.overrides))
+        saved = Path(cfg.out_dir) / cfg.name / "config.yaml"
+        if saved.is_file():
+            preset = str(saved)
+    return load_config(preset, overrides + list(args.overrides))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +59,17 @@ def run(args: argparse.Namespace) -> int:
 
         print(dump_yaml(cfg))
         return 0
+    from pneumo.train.distributed import is_main_process
     from pneumo.train.run import train
 
-    run_dir = train(cfg, resume=args.resume, force=args.force)
+    try:
+        run_dir = train(cfg, resume=args.resume, force=args.force)
+    except KeyboardInterrupt:
+        print(f"pneumo train: interrupted; resume with: pneumo train --resume --name {cfg.name}"
+              + (f" --out-dir {cfg.out_dir}" if cfg.out_dir != "runs" else ""), file=sys.stderr)
+        return 130
+    if not is_main_process():
+        return 0
     print(f"run: {run_dir}")
     if not args.no_eval:
         from pneumo.evaluate.runner import evaluate_run, summary_line

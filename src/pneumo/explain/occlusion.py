@@ -6,12 +6,14 @@ Both explain the same score as the CAMs: the pneumonia-vs-normal log-odds, signe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch import nn
 
 from pneumo.errors import ConfigError, InputError
-from pneumo.explain.cam import pneumonia_margin, to_tensor
+from pneumo.explain.cam import fast_inference, pneumonia_margin, to_tensor
 
 
 def _square(prepared: np.ndarray) -> np.ndarray:
@@ -34,12 +36,12 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 
 
 @torch.inference_mode()
-def _scores(model: nn.Module, x: torch.Tensor, sign: float) -> torch.Tensor:
-    return sign * pneumonia_margin(model(x)).float().cpu()
+def _scores(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sign: float) -> torch.Tensor:
+    return sign * pneumonia_margin(run(x)).float().cpu()
 
 
 def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, stride: int = 16,
-                  toward_pneumonia: bool = True, batch_size: int = 32) -> np.ndarray:
+                  toward_pneumonia: bool = True, batch_size: int = 32, fast: bool = True) -> np.ndarray:
     """Occlusion sensitivity: how much the score drops when a window is filled with the image mean.
 
     Each pixel gets the mean drop over the windows covering it; negative values (occlusion that *raises* the score)
@@ -52,6 +54,7 @@ def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, s
         stride: step between windows.
         toward_pneumonia: explain the pneumonia margin (True) or its negative.
         batch_size: occluded copies per forward pass.
+        fast: on the CPU, run a traced and frozen copy of the model (``cam.fast_inference``, ~2x faster).
 
     Returns:
         float32 S x S in [0, 1].
@@ -65,15 +68,16 @@ def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, s
     model.eval()
     try:
         image = to_tensor(prepared[None], model)
+        run = fast_inference(model, image.repeat(2, 1, 1, 1)) if fast else model
         fill = float(image.mean())
-        base = float(_scores(model, image, sign)[0])
+        base = float(_scores(run, image, sign)[0])
         drops = np.empty(len(boxes), dtype=np.float64)
         for start in range(0, len(boxes), batch_size):
             chunk = boxes[start : start + batch_size]
             batch = image.repeat(len(chunk), 1, 1, 1)
             for i, (top, left) in enumerate(chunk):
                 batch[i, :, top : top + window, left : left + window] = fill
-            drops[start : start + len(chunk)] = base - _scores(model, batch, sign).numpy()
+            drops[start : start + len(chunk)] = base - _scores(run, batch, sign).numpy()
     finally:
         model.train(was_training)
     total = np.zeros((size, size), dtype=np.float64)

@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -53,6 +54,8 @@ class DistEnv:
 
 
 ONE_PROCESS = DistEnv()
+# How long ranks wait for rank 0 working alone (building the image cache, fitting a probe, evaluating an epoch).
+RANK0_ALONE_TIMEOUT = timedelta(minutes=30)
 
 
 def env_from_os() -> DistEnv:
@@ -89,7 +92,7 @@ def setup(device: str = "auto") -> tuple[DistEnv, torch.device]:
         dev = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=env.rank, world_size=env.world_size,
-                                device_id=dev if use_cuda else None)
+                                device_id=dev if use_cuda else None, timeout=RANK0_ALONE_TIMEOUT)
     if not env.is_main:
         logging.getLogger("pneumo").setLevel(logging.WARNING)  # rank 0 alone reports progress
     log.info("DDP: %d processes (%s), this is rank %d on %s", env.world_size, dist.get_backend(), env.rank, dev)
