@@ -89,3 +89,16 @@ def test_onnx_backend_without_an_export_says_how_to_make_one(tiny_model: Path, x
                                                               capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "onnx"]) == 2
     assert "pneumo export" in capsys.readouterr().err
+
+
+def test_heatmaps_are_written_on_the_original_geometry(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "maps"
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--heatmaps", str(out),
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    for image in sorted(xrays.iterdir()):
+        cam = np.load(out / f"{image.stem}.cam.npy")
+        with Image.open(image) as original:
+            assert cam.shape == (original.height, original.width)
+        assert (out / f"{image.stem}.cam.png").is_file()

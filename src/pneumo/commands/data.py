@@ -102,7 +102,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     df = scan_dataset(args.data)
     folds = assign_folds(df, val_fraction=args.val_fraction, seed=args.seed)
-    path = write_data_report(df, df.attrs.get("location", args.data), Path(args.out), folds_df=folds)
+    path = write_data_report(df, df.attrs.get("location", args.data), Path(args.out), folds_df=folds, seed=args.seed)
     print(f"dataset report: {path}")
     return 0
 

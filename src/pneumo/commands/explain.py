@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from pneumo.errors import ModelError, PneumoError
 
-log = logging.getLogger(__name__)
-
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from pneumo.explain.cam import METHODS, TARGETS
+    from pneumo.explain import METHODS, TARGETS
 
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--model", help="run folder or checkpoint .json/.safetensors (default: the shipped model)")

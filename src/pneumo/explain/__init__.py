@@ -14,12 +14,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 Section = tuple[str, str]
+CAM_METHODS = ("gradcam", "gradcam++")
+METHODS = (*CAM_METHODS, "occlusion", "integrated_gradients")
+TARGETS = ("predicted", "pneumonia")  # what a map is evidence for: the predicted label, or always pneumonia
 
 
 @dataclass

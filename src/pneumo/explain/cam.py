@@ -15,7 +15,6 @@ Hooks live only inside :func:`cam_session` and are removed on exit, parameters' 
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -27,14 +26,11 @@ from torch import nn
 
 from pneumo.data.preprocess import letterbox_box
 from pneumo.errors import ConfigError, InputError, ModelError
+from pneumo.explain import CAM_METHODS, METHODS, TARGETS
 
 if TYPE_CHECKING:
     from pneumo.infer.predictor import Prediction, Predictor
 
-log = logging.getLogger(__name__)
-CAM_METHODS = ("gradcam", "gradcam++")
-METHODS = (*CAM_METHODS, "occlusion", "integrated_gradients")
-TARGETS = ("predicted", "pneumonia")
 NOT_TORCH = "explanations need the PyTorch checkpoint (run folder or .json/.safetensors), not an ONNX export"
 
 
@@ -296,6 +292,8 @@ def explain_image(predictor: Predictor, gray: np.ndarray, *, method: str = "grad
         prediction: the prediction if already computed (else the image is predicted first).
         window: occlusion patch side in model pixels.
         stride: occlusion step in model pixels.
+
+    A checkpoint that predicts with flip averaging (sidecar ``tta``) is explained on the unflipped image.
     """
     if target not in TARGETS:
         raise ConfigError(f"unknown explanation target {target!r}; choose {', '.join(TARGETS)}")

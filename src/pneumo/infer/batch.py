@@ -14,14 +14,14 @@ from pneumo.infer.io import load_image_file
 from pneumo.infer.predictor import Prediction, Predictor
 
 
-def _load(predictor: Predictor, path: Path) -> tuple[np.ndarray | None, str | None]:
+def _load(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(decoded gray, model input, None) or (None, None, one-line error). ``full`` decodes at full resolution (for
+    heat maps on the original pixel grid); otherwise large JPEGs decode at a reduced DCT scale."""
     try:
-        gray = load_image_file(path, target=predictor.size)
-        return predictor.preprocess(gray), None
+        gray = load_image_file(path, target=None if full else predictor.size)
+        return gray, predictor.preprocess(gray), None
     except PneumoError as exc:
-        return None, str(exc)
-    except OSError as exc:
-        return None, f"cannot read file: {exc.strerror or exc}"
+        return None, None, str(exc)
 
 
 def predict_files(predictor: Predictor, files: list[Path], *, batch_size: int = 32, heatmap_dir: str | None = None,
@@ -35,14 +35,14 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch_size: int = 
     with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            loaded = list(pool.map(lambda p: _load(predictor, p), chunk))
-            ok = [i for i, (img, _) in enumerate(loaded) if img is not None]
+            loaded = list(pool.map(lambda p: _load(predictor, p, explainer is not None), chunk))
+            ok = [i for i, (_, prepared, _) in enumerate(loaded) if prepared is not None]
             results: dict[int, Prediction] = {}
             if ok:
-                batch = np.stack([loaded[i][0] for i in ok])
+                batch = np.stack([loaded[i][1] for i in ok])
                 results = dict(zip(ok, predictor.predict_prepared(batch)))
                 if explainer is not None:
                     for i in ok:
                         explainer.write(chunk[i], loaded[i][0], results[i])
             for i, path in enumerate(chunk):
-                yield path, results.get(i), loaded[i][1]
+                yield path, results.get(i), loaded[i][2]

@@ -22,8 +22,11 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 def model_digest(model: nn.Module) -> str:
+    """Identity of the frozen backbone (the head is excluded: it does not change the features)."""
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        if name.startswith("head."):
+            continue
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes()[:4096])
         h.update(str(tuple(tensor.shape)).encode())
