@@ -1,0 +1,95 @@
+"""`pneumo predict` throughput vs a naive pipeline, single-image latency, ONNX Runtime vs PyTorch eager.
+
+    python bench/bench_predict.py --data ../shared/data/chest_xray [--model RUN] [--limit 624]
+
+naive = PIL open + torchvision transforms (Grayscale, Resize, ToTensor) + eager PyTorch, batch 1.
+pneumo = the Predictor path `pneumo predict` uses (reduced-scale JPEG decode on a thread pool, batch 32).
+All measured in one run, on the same images, same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torchvision import transforms  # noqa: E402
+
+from pneumo.infer.batch import predict_files  # noqa: E402
+from pneumo.infer.export import export_onnx  # noqa: E402
+from pneumo.infer.io import load_image_file  # noqa: E402
+from pneumo.infer.predictor import Predictor, resolve_model  # noqa: E402
+
+
+def naive(predictor: Predictor, files: list[Path]) -> float:
+    model = predictor.torch_model
+    tf = transforms.Compose([transforms.Grayscale(), transforms.Resize((predictor.size, predictor.size)),
+                             transforms.ToTensor()])
+    start = time.perf_counter()
+    with torch.no_grad():
+        for f in files:
+            with Image.open(f) as img:
+                model(tf(img)[None])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--limit", type=int, default=624)
+    parser.add_argument("--latency-n", type=int, default=50)
+    args = parser.parse_args()
+    files = sorted(Path(args.data, "test").rglob("*.jpeg"))[: args.limit]
+    predictor = Predictor(args.model)
+    list(predict_files(predictor, files[:32]))  # warm-up
+    start = time.perf_counter()
+    n_ok = sum(r is not None for _, r, _ in predict_files(predictor, files, batch_size=32))
+    pneumo_s = time.perf_counter() - start
+    naive_s = naive(predictor, files)
+    grays = [load_image_file(f, target=predictor.size) for f in files[: args.latency_n]]
+    predictor.predict(grays[:2])
+    latencies = []
+    for g in grays:
+        t = time.perf_counter()
+        predictor.predict([g])
+        latencies.append((time.perf_counter() - t) * 1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(resolve_model(args.model), Path(tmp) / "model.onnx")
+        onnx = Predictor(onnx_path, backend="onnx")
+        batch = np.stack([predictor.preprocess(g) for g in grays[:32]])
+        timings = {}
+        for name, p in (("torch", predictor), ("onnx", onnx)):
+            p.logits(batch)
+            t = time.perf_counter()
+            for _ in range(3):
+                p.logits(batch)
+            timings[name] = (time.perf_counter() - t) / 3
+        onnx_lat = []
+        for g in grays:
+            t = time.perf_counter()
+            onnx.predict([g])
+            onnx_lat.append((time.perf_counter() - t) * 1000)
+    record("predict", {
+        "images": len(files), "ok": n_ok, "model": str(resolve_model(args.model).name),
+        "pneumo_images_per_s": round(len(files) / pneumo_s, 1), "naive_images_per_s": round(len(files) / naive_s, 1),
+        "speedup_vs_naive": round(naive_s / pneumo_s, 2),
+        "latency_ms_p50_torch": round(statistics.median(latencies), 1),
+        "latency_ms_p95_torch": round(float(np.percentile(latencies, 95)), 1),
+        "latency_ms_p50_onnx": round(statistics.median(onnx_lat), 1),
+        "batch32_s_torch": round(timings["torch"], 3), "batch32_s_onnx": round(timings["onnx"], 3),
+        "onnx_speedup_vs_torch_eager": round(timings["torch"] / timings["onnx"], 2),
+    })
+
+
+if __name__ == "__main__":
+    main()
