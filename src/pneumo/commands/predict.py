@@ -53,7 +53,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from pneumo.infer.batch import predict_files
-
     from pneumo.infer.predictor import Predictor
     from pneumo.train.distributed import env_from_os, shard
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from pneumo import atomic
 from pneumo.data.manifest import DatasetSource, resolve_root
 from pneumo.data.preprocess import decode_gray, prepare
 from pneumo.errors import DataError
@@ -130,9 +130,7 @@ def _fill(array: np.ndarray, results, bar, failed: list[str]) -> None:  # noqa: 
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    atomic.write_json(path, payload)
 
 
 def _open(file: Path, index_file: Path, key: str, n: int, size: int) -> ImageCache:

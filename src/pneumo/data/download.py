@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pneumo import atomic
 from pneumo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -304,9 +305,7 @@ def _size_of(path: Path) -> int:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def _reason(exc: object) -> str:

@@ -129,7 +129,7 @@ def _candidates(source: DatasetSource) -> Iterator[tuple[str, str, str]]:
         parts = PurePosixPath(rel).parts
         if len(parts) != 3:
             continue
-        split, label, name = parts[0].lower(), parts[1].upper(), parts[2]
+        split, label = parts[0].lower(), parts[1].upper()
         if split in SPLITS and label in CLASSES:
             yield rel, split, label
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from pneumo import atomic
 from pneumo.data.manifest import DatasetSource, resolve_root
 from pneumo.data.preprocess import decode_gray
 from pneumo.data.splits import check_leakage, leakage_report
@@ -263,12 +264,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic.write_bytes(path, data)
 
 
 # ---------------------------------------------------------------- HTML sections

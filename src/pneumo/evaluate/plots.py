@@ -11,7 +11,6 @@ import io
 import logging
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from pneumo import atomic
 from pneumo.errors import DataError
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.evaluate.metrics import check_binary
@@ -42,15 +42,7 @@ def save_png(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import html
 import math
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from pneumo import atomic
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, fit_temperature, nll, reliability_data
 from pneumo.evaluate.metrics import (
@@ -255,17 +255,8 @@ def _ci_text(ci: Sequence | None) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic.write_text(path, text)
 
 
 def render_page(title: str, body: str, *, subtitle: str = "", headline: str = "") -> str:

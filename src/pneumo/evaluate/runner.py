@@ -3,7 +3,6 @@ predictions.csv, figures, report.html; the validation-chosen threshold and tempe
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -14,6 +13,7 @@ import pandas as pd
 import torch
 import yaml
 
+from pneumo import atomic
 from pneumo.config import from_dict
 from pneumo.data.splits import class_names, labels
 from pneumo.errors import DataError
@@ -169,6 +169,4 @@ def summary_line(result: dict) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+    atomic.write_json(path, payload)

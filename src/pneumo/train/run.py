@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pneumo import atomic
 from pneumo.config import RunConfig, dump_yaml
 from pneumo.data.cache import ImageCache, build_cache, default_cache_dir
 from pneumo.data.manifest import resolve_root, scan_dataset
@@ -284,6 +285,4 @@ def _cpu_name() -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+    atomic.write_json(path, payload)
