@@ -36,6 +36,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-probe-3class": ("default", ["data.task=3class"]),
     "scratch-cnn": ("scratch-cnn", []),
     "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
+    "lite0-partial": ("lite0-partial", []),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
 }

@@ -3,6 +3,7 @@ nothing on disk, and the service keeps serving."""
 
 from __future__ import annotations
 
+import builtins
 import mimetypes
 import os
 import tempfile
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from corpus import ODD_UPLOAD_NAME, PATIENT_ID, PATIENT_NAME, SPECS, CorpusCase, build_corpus
 from fastapi.testclient import TestClient
+from serve_helpers import decode_png_base64
 
 from pneumo.config import ServeConfig
 from pneumo.infer.io import load_image
@@ -47,10 +49,11 @@ def case_of(cases: dict[str, CorpusCase], name: str) -> CorpusCase:
     return cases[name]
 
 
-def post_case(client: TestClient, case: CorpusCase) -> httpx.Response:
+def post_case(client: TestClient, case: CorpusCase, **params: str) -> httpx.Response:
     """Upload the case as a browser would: multipart, under its (possibly hostile) file name."""
     content_type = mimetypes.guess_type(case.upload_name)[0] or "application/octet-stream"
-    return client.post(PREDICT, files={"file": (case.upload_name, case.path.read_bytes(), content_type)})
+    return client.post(PREDICT, params=params,
+                       files={"file": (case.upload_name, case.path.read_bytes(), content_type)})
 
 
 def assert_one_line_4xx(response: httpx.Response, case: CorpusCase) -> None:
@@ -75,6 +78,17 @@ def test_acceptable_corpus_image_gets_the_same_prediction_as_the_predictor(
     assert body["label"] == expected.label and body["model_id"] == corpus_predictor.model_id
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert PATIENT_NAME not in response.text and PATIENT_ID not in response.text
+
+
+@pytest.mark.parametrize("name", OK_CASES)
+def test_acceptable_corpus_image_gets_a_heat_map_and_a_preview_of_its_own_geometry(
+        name: str, cases: dict[str, CorpusCase], corpus_client: TestClient) -> None:
+    case = case_of(cases, name)
+    response = post_case(corpus_client, case, heatmap="true", preview="true")
+    assert response.status_code == 200, f"{name}: {response.text[:200]}"
+    preview = decode_png_base64(response.json()["preview_png_base64"])
+    overlay = decode_png_base64(response.json()["heatmap_png_base64"])
+    assert preview.shape == case.shape and overlay.shape[:2] == case.shape
 
 
 @pytest.mark.parametrize("name", ERROR_CASES)
@@ -109,6 +123,28 @@ def listing(root: Path) -> set[str]:
             for folder, dirs, files in os.walk(root) for name in dirs + files}
 
 
+def spy_on_file_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every file opened for writing through ``open`` or ``os.open`` (the latter catches the unnamed
+    ``O_TMPFILE`` files ``tempfile.TemporaryFile`` makes on Linux, which no directory listing shows)."""
+    writes: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def spy_open(file, mode="r", *args, **kwargs):
+        if isinstance(mode, str) and set(mode) & set("wax+"):
+            writes.append(f"open({file!r}, {mode!r})")
+        return real_open(file, mode, *args, **kwargs)
+
+    def spy_os_open(path, flags, *args, **kwargs):
+        if flags & write_flags:
+            writes.append(f"os.open({path!r}, {flags:#o})")
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    return writes
+
+
 def test_corpus_uploads_write_nothing_to_disk(cases: dict[str, CorpusCase], checkpoint: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     # Private, empty working and temporary folders: any spooled upload or stray file would land here, and other
@@ -121,12 +157,14 @@ def test_corpus_uploads_write_nothing_to_disk(cases: dict[str, CorpusCase], chec
         monkeypatch.setenv(variable, str(tmp))
     monkeypatch.setattr(tempfile, "tempdir", None)  # recomputed from $TMPDIR on the next call
     assert Path(tempfile.gettempdir()) == tmp
-    before = (listing(Path.cwd()), listing(Path(tempfile.gettempdir())))
-    big = next(case for case in cases.values() if case.name == "png_bomb")  # > 1 MB would spool in UploadFile
+    before = (listing(cwd), listing(tmp))
+    big = cases["png_bomb"]
     with TestClient(create_app(ServeConfig(), Predictor(checkpoint, threads=2)),
-                    raise_server_exceptions=False) as client:
+                    raise_server_exceptions=False) as client, pytest.MonkeyPatch.context() as spy:
+        writes = spy_on_file_writes(spy)
         for case in cases.values():
             post_case(client, case)
-        padded = big.path.read_bytes() + b"\0" * 2_000_000
+        padded = big.path.read_bytes() + b"\0" * 2_000_000  # over 1 MB: Starlette's UploadFile would spool it
         assert client.post(PREDICT, files={"file": ("big.png", padded, "image/png")}).status_code == 422
-    assert (listing(Path.cwd()), listing(Path(tempfile.gettempdir()))) == before == (set(), set())
+    assert writes == []
+    assert (listing(cwd), listing(tmp)) == before == (set(), set())
