@@ -45,9 +45,11 @@ def free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, port: int, log: IO[bytes]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pneumo", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.batch_window_ms),
-               "--backend", args.backend]
+    """`pneumo serve` on 127.0.0.1 in a subprocess; batching/backend options only when ``args`` has them."""
+    command = [sys.executable, "-m", "pneumo", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    for option in ("max_batch", "batch_window_ms", "backend"):
+        if getattr(args, option, None) is not None:
+            command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     if args.model:
         command += ["--model", args.model]
     if args.threads:

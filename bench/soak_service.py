@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 import numpy as np
@@ -33,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "tests" / "infer"))
-from bench_service import free_port, wait_ready
+from bench_service import free_port, start_server, wait_ready
 from common import record
 
 MAX_MINUTES = 120
@@ -88,16 +87,6 @@ def open_fds(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
-
-
-def start_server(args: argparse.Namespace, port: int, log: IO[bytes]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "pneumo", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if args.model:
-        command += ["--model", args.model]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    env = {k: v for k, v in os.environ.items() if k != "PNEUMO_API_KEY"}
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
 async def one_client(client: httpx.AsyncClient, uploads: list[Upload], bad: list[Upload], *, invalid_fraction: float,
