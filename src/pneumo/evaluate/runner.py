@@ -18,9 +18,9 @@ from pneumo.config import from_dict
 from pneumo.data.splits import class_names, labels
 from pneumo.errors import DataError
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
+from pneumo.models.fast import fast_inference
 from pneumo.train.checkpoint import load_checkpoint
 from pneumo.train.loop import predict_logits, select_device
-from pneumo.train.probe import cpu_fast
 from pneumo.train.run import BEST, image_cache
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -
             flipped = predict_logits(model, images.flip(-1), batch_size=64, device=device, amp=cfg.train.amp)
             out[fold] = (out[fold] + flipped) / 2
     out["test_images"] = cache.images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
-    net.to(memory_format=torch.contiguous_format)
     return out
 
 
@@ -62,11 +61,10 @@ class _FastCpu(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, size: int) -> None:
         super().__init__()
         self.param = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # so .parameters() finds a device
-        example = torch.rand(2, 1, size, size).contiguous(memory_format=torch.channels_last)
-        self.run = cpu_fast(model.to(memory_format=torch.channels_last), example)
+        self.run = fast_inference(model, torch.rand(2, 1, size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x.contiguous(memory_format=torch.channels_last))
+        return self.run(x)
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_bootstrap: int | None = None,

@@ -14,8 +14,7 @@ Hooks live only inside :func:`cam_session` and are removed on exit, parameters' 
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -164,35 +163,6 @@ def to_tensor(prepared: np.ndarray, model: nn.Module) -> torch.Tensor:
     """uint8 ``(B, S, S)`` -> float ``(B, 1, S, S)`` in [0, 1] on the model's device (the input contract)."""
     device = next(model.parameters()).device
     return torch.from_numpy(np.array(prepared, dtype=np.uint8, copy=True)).to(device).float().div_(255.0)[:, None]
-
-
-class ForwardFeatures(nn.Module):
-    """``model.forward_features`` as a module's ``forward`` (to trace it)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
-
-
-def fast_inference(model: nn.Module, example: torch.Tensor, *, features: bool = False
-                   ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model`` (or its ``forward_features``) for many inference-only passes.
-
-    On the CPU: a traced, frozen, channels-last copy (conv + BN folded by oneDNN, about 2x faster than eager; the
-    caller's model is untouched; tracing costs ~1-3 s, so only worth it for many images). Elsewhere, or if tracing
-    fails: the eager module (the caller puts it in eval mode). No hooks run inside a traced copy.
-    """
-    from pneumo.train.probe import cpu_fast
-
-    target = ForwardFeatures(model) if features else model
-    if example.device.type != "cpu":
-        return target
-    clone = copy.deepcopy(target).eval().to(memory_format=torch.channels_last)
-    run = cpu_fast(clone, example.contiguous(memory_format=torch.channels_last))
-    return lambda x: run(x.contiguous(memory_format=torch.channels_last))
 
 
 def signs_for(toward_pneumonia: Sequence[bool] | bool | None, n: int) -> np.ndarray:

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from pneumo.errors import ConfigError, InputError
-from pneumo.explain.cam import fast_inference, pneumonia_margin, to_tensor
+from pneumo.explain.cam import pneumonia_margin, to_tensor
+from pneumo.models.fast import fast_inference
 
 
 def _square(prepared: np.ndarray) -> np.ndarray:
@@ -54,7 +55,7 @@ def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, s
         stride: step between windows.
         toward_pneumonia: explain the pneumonia margin (True) or its negative.
         batch_size: occluded copies per forward pass.
-        fast: on the CPU, run a traced and frozen copy of the model (``cam.fast_inference``, ~2x faster).
+        fast: on the CPU, run a traced and frozen copy of the model (``models.fast.fast_inference``, ~2x faster).
 
     Returns:
         float32 S x S in [0, 1].

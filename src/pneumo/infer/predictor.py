@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -85,19 +84,16 @@ class Predictor:
 
         if threads:
             torch.set_num_threads(threads)
-        from pneumo.train.probe import cpu_fast
+        from pneumo.models.fast import fast_inference
 
         model, _ = load_checkpoint(self.sidecar)
         model.eval()
         self.torch_model = model  # eager, for explanations (gradients)
-        example = torch.rand(2, 1, self.size, self.size)
-        fast = cpu_fast(copy.deepcopy(model).to(memory_format=torch.channels_last),
-                        example.contiguous(memory_format=torch.channels_last))
+        fast = fast_inference(model, torch.rand(2, 1, self.size, self.size))
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
-                batch = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-                return fast(batch).float().numpy()
+                return fast(torch.from_numpy(x)).float().numpy()
 
         return run
 

@@ -1,0 +1,48 @@
+"""Inference-only fast path: on the CPU a traced, frozen, channels-last copy of a model (conv + BN folded by oneDNN,
+2-3x faster than eager). One mechanism for probe features, evaluation, prediction, occlusion and embeddings."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class ForwardFeatures(nn.Module):
+    """``model.forward_features`` as a module's ``forward`` (to trace it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def fast_inference(model: nn.Module, example: torch.Tensor, *, features: bool = False
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` (or its ``forward_features``) for many inference-only passes.
+
+    On the CPU: a traced, frozen, channels-last copy; the caller's model is untouched; tracing costs ~1-3 s, so it is
+    only worth it for many images. Elsewhere, or if tracing fails: the eager module in eval mode. No hooks run inside
+    a traced copy, so explanations that need gradients use the eager model.
+    """
+    target = ForwardFeatures(model) if features else model
+    if example.device.type != "cpu":
+        return target.eval()
+    clone = copy.deepcopy(target).eval().to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the fastest CPU path
+            run = torch.jit.freeze(torch.jit.trace(clone, example.contiguous(memory_format=torch.channels_last),
+                                                   check_trace=False))
+    except Exception as exc:  # noqa: BLE001 - fall back to eager, only slower
+        log.debug("tracing failed (%s); using the eager module", exc)
+        run = clone
+    return lambda x: run(x.contiguous(memory_format=torch.channels_last))
