@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -178,3 +179,31 @@ def test_file_chooser_is_reachable_by_keyboard(page) -> None:
     page.keyboard.press("Tab")  # skip link
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "file"
+
+
+def test_api_docs_render_offline_with_nothing_loaded_from_other_hosts(browser, server_url: str) -> None:
+    local = urlsplit(server_url).netloc
+    elsewhere: list[str] = []
+    csp_violations: list[str] = []
+
+    def only_local(route) -> None:
+        if urlsplit(route.request.url).netloc == local:
+            route.continue_()
+        else:  # a CDN is unreachable: fail the request, remember that it was tried
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context = browser.new_context()
+    context.route("**/*", only_local)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.on("console", lambda message: csp_violations.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    try:
+        page.goto(server_url + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title:has-text('pneumo')")
+        page.click(".opblock-summary-path[data-path='/api/v1/predict']")
+        page.wait_for_selector(".opblock-post.is-open .try-out__btn")  # the operation's details rendered
+    finally:
+        context.close()
+    assert elsewhere == [] and csp_violations == []

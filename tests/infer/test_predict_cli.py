@@ -85,10 +85,17 @@ def test_onnx_backend_agrees_with_torch_within_1e4(xrays: Path, tiny_model: Path
     assert np.allclose(a, b, atol=1e-4)
 
 
-def test_onnx_backend_without_an_export_says_how_to_make_one(tiny_model: Path, xrays: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
-    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "onnx"]) == 2
-    assert "pneumo export" in capsys.readouterr().err
+def test_default_backend_exports_once_to_the_cache_and_writes_heat_maps(xrays: Path, tiny_model: Path,
+                                                                        cache_dir: Path, tmp_path: Path) -> None:
+    out, maps = tmp_path / "p.csv", tmp_path / "maps"
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--out", str(out), "--heatmaps", str(maps)]) == 0
+    assert len(list((cache_dir / "onnx").glob("*.onnx"))) == 1
+    assert len(_rows(out.read_text())) == 6 and len(list(maps.glob("*.cam.png"))) == 6
+    reference = tmp_path / "torch.csv"
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "torch", "--out", str(reference)]) == 0
+    a = [float(r["p_pneumonia"]) for r in _rows(out.read_text())]
+    b = [float(r["p_pneumonia"]) for r in _rows(reference.read_text())]
+    assert np.allclose(a, b, atol=1e-4)
 
 
 def test_heatmaps_are_written_on_the_original_geometry(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:

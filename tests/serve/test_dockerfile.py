@@ -1,8 +1,18 @@
-"""The Dockerfile (docker cannot run here): CPU torch from the PyTorch index, non-root, health check, serve."""
+"""The Dockerfile (docker cannot run here): CPU torch from the PyTorch index, non-root, health check, serve, and a
+wheel built from exactly what it copies ships the model, the page, the presets and the CLI."""
 
 from __future__ import annotations
 
+import configparser
+import json
+import posixpath
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,3 +44,56 @@ def test_dockerfile_exposes_8000_checks_health_and_serves_on_all_interfaces() ->
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = {line.strip().strip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert {".venv", "runs", "data", ".cache"} <= ignored
+
+
+def build_context(steps: list[tuple[str, str]], root: Path) -> Path:
+    """Lay out what the Dockerfile's COPY steps put in the image under ``root``; returns the folder (the WORKDIR)
+    where ``pip install .`` runs. Leftovers of local builds stay out, as in a fresh clone: a stale
+    ``*.egg-info/SOURCES.txt`` would make setuptools ship files that package-data forgets."""
+    workdir, build_dir = "/", None
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for op, arg in steps:
+        if op == "WORKDIR":
+            workdir = posixpath.join(workdir, arg)
+        elif op == "COPY":
+            *sources, dest = json.loads(arg) if arg.startswith("[") else [a for a in arg.split() if a[:2] != "--"]
+            target = root / posixpath.join(workdir, dest).lstrip("/")
+            for source in (path for pattern in sources for path in sorted(REPO.glob(pattern))):
+                if source.is_dir():
+                    shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
+                else:
+                    into = target / source.name if dest.endswith("/") else target
+                    into.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, into)
+        elif op == "RUN" and "pip install ." in arg:
+            build_dir = root / workdir.lstrip("/")
+    assert build_dir is not None, "the Dockerfile never runs `pip install .`"
+    return build_dir
+
+
+def test_wheel_built_from_the_docker_context_ships_what_the_service_needs(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools", minversion="77", reason="the build backend (PEP 639 license) needs setuptools 77")
+    context = build_context(instructions(), tmp_path / "image")
+    # The image's `pip install .` would fetch the build backend; offline, the test venv's setuptools builds instead.
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                           "--disable-pip-version-check", "-q", "-w", str(tmp_path / "wheels"), str(context)],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = (tmp_path / "wheels").glob("pneumo-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+        entry_points = next(n for n in shipped if n.endswith(".dist-info/entry_points.txt"))
+        scripts = configparser.ConfigParser()
+        scripts.read_string(archive.read(entry_points).decode("utf-8"))
+    package = REPO / "src" / "pneumo"
+    needed = {
+        "default model": [package / "assets" / f"default-model.{ext}" for ext in ("safetensors", "json", "md")],
+        "web page": sorted(p for p in (package / "serve" / "static").rglob("*") if p.is_file()),
+        "config presets": sorted((package / "configs").glob("*.yaml")),
+        "modules": sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts),
+    }
+    assert all(needed.values()), needed
+    missing = {what: [f for f in files if f.relative_to(package.parent).as_posix() not in shipped]
+               for what, files in needed.items()}
+    assert not any(missing.values()), missing
+    assert scripts["console_scripts"]["pneumo"] == "pneumo.cli:main"

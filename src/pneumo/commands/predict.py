@@ -21,11 +21,12 @@ SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped default model)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                        help="auto (default): ONNX Runtime, exported once into the cache; torch if that fails")
     parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     parser.add_argument("--out", help="output file (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here (torch backend)")
+    parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.set_defaults(func=run)
 

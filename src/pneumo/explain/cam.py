@@ -220,7 +220,7 @@ def to_original_geometry(map_model: np.ndarray, height: int, width: int, *, poli
 
 def torch_model_of(predictor: Predictor) -> nn.Module:
     model = getattr(predictor, "torch_model", None)
-    if model is None or getattr(predictor, "backend", "torch") != "torch":
+    if model is None:
         raise ModelError(NOT_TORCH)
     return model
 

@@ -1,10 +1,11 @@
-"""Predict a list of files in batches: decoding on a thread pool, one model call per batch, bad files reported."""
+"""Predict a list of files in batches: decoding on a thread pool (the next batch while the model runs the current one),
+one model call per batch, bad files reported."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,16 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch_size: int = 
         from pneumo.explain.overlay import HeatmapWriter
 
         explainer = HeatmapWriter(predictor, Path(heatmap_dir))
+    full = explainer is not None
+    chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            loaded = list(pool.map(lambda p: _load(predictor, p, explainer is not None), chunk))
+        def submit(chunk: list[Path]) -> list[Future]:
+            return [pool.submit(_load, predictor, path, full) for path in chunk]
+
+        pending = submit(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            loaded = [future.result() for future in pending]
+            pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []  # decode the next batch meanwhile
             ok = [i for i, (_, prepared, _) in enumerate(loaded) if prepared is not None]
             results: dict[int, Prediction] = {}
             if ok:

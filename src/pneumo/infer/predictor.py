@@ -1,4 +1,10 @@
-"""Batched prediction with a checkpoint's own preprocessing, threshold and temperature (PyTorch or ONNX Runtime)."""
+"""Batched prediction with a checkpoint's own preprocessing, threshold and temperature (PyTorch or ONNX Runtime).
+
+Backends: ``onnx`` runs ONNX Runtime on the run's own export or, for a PyTorch checkpoint, on an export made once and
+kept in ``$PNEUMO_CACHE/onnx`` (keyed by the weights' SHA-256); ``torch`` runs a traced, frozen copy of the model;
+``auto`` (what `pneumo predict` uses) is ``onnx`` where the export works and ``torch`` otherwise. Whatever the backend, the eager
+PyTorch model (for heat maps) is loaded from the checkpoint on first use.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ from pneumo.errors import ModelError
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = ASSETS / "default-model.json"
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("auto", "onnx", "torch")
+ONNX_CHUNK = 8  # ONNX Runtime on 2-4 cores runs batches of 8 faster than 32 (cache-sized activations)
 
 
 @dataclass
@@ -65,30 +72,52 @@ class Predictor:
             raise ModelError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
         self.sidecar = resolve_model(model)
         self.meta = json.loads(self.sidecar.read_text())
-        self.backend = backend
         self.size = int(self.meta["input_size"])
         self.classes = list(self.meta["classes"])
         self.threshold = float(self.meta.get("threshold", 0.5))
         self.temperature = float(self.meta.get("temperature", 1.0))
         self._lock = threading.Lock()
-        self._run = self._load_onnx(threads) if backend == "onnx" else self._load_torch(threads)
+        self._threads = threads
+        self._torch_model = None
+        if backend == "auto":
+            try:
+                self._run, self.backend = self._load_onnx(threads), "onnx"
+            except (ModelError, ImportError) as exc:
+                log.info("ONNX Runtime backend unavailable (%s); using PyTorch", exc)
+                self._run, self.backend = self._load_torch(threads), "torch"
+        else:
+            self.backend = backend
+            self._run = self._load_onnx(threads) if backend == "onnx" else self._load_torch(threads)
 
     @property
     def model_id(self) -> str:
         return f"{self.meta.get('arch', '?')}-{self.meta.get('sha256', '')[:12]}"
 
+    @property
+    def _weights(self) -> Path:
+        return self.sidecar.with_name(self.meta.get("weights_file", self.sidecar.stem + ".safetensors"))
+
+    @property
+    def torch_model(self):  # noqa: ANN201 - torch is imported lazily
+        """The eager PyTorch model (gradients, hooks), loaded on first use; ``None`` for an ONNX-only model."""
+        if self._torch_model is None and self._weights.is_file():
+            from pneumo.train.checkpoint import load_checkpoint
+
+            model, _ = load_checkpoint(self.sidecar)
+            self._torch_model = model.eval()
+        return self._torch_model
+
     def _load_torch(self, threads: int | None):  # noqa: ANN202
         import torch
 
-        from pneumo.train.checkpoint import load_checkpoint
+        from pneumo.models.fast import fast_inference
 
         if threads:
             torch.set_num_threads(threads)
-        from pneumo.models.fast import fast_inference
-
-        model, _ = load_checkpoint(self.sidecar)
-        model.eval()
-        self.torch_model = model  # eager, for explanations (gradients)
+        model = self.torch_model
+        if model is None:
+            raise ModelError(f"{self._weights.name} not found: this model has only an ONNX "
+                             "export; use --backend onnx")
         fast = fast_inference(model, torch.rand(2, 1, self.size, self.size))
 
         def run(x: np.ndarray) -> np.ndarray:
@@ -100,15 +129,25 @@ class Predictor:
     def _load_onnx(self, threads: int | None):  # noqa: ANN202
         import onnxruntime as ort
 
+        from pneumo.infer.export import cached_onnx
+
         onnx_path = self.sidecar.with_suffix(".onnx")
         if not onnx_path.is_file():
-            raise ModelError(f"no ONNX export next to {self.sidecar}: run `pneumo export` first")
+            onnx_path = cached_onnx(self.sidecar)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for bad files
+            raise ModelError(f"cannot load ONNX model {onnx_path.name}: {str(exc).splitlines()[0]}") from None
         name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x})[0]
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.concatenate([session.run(None, {name: x[i : i + ONNX_CHUNK]})[0]
+                                   for i in range(0, len(x), ONNX_CHUNK)])
+
+        return run
 
     def preprocess(self, gray: np.ndarray) -> np.ndarray:
         """uint8 gray H x W -> uint8 S x S exactly as in training (size, resize policy, intensity step)."""

@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /api/v1/predict`` (an image -> the prediction, optionally a Grad-CAM overlay and a gray preview),
 ``GET /api/v1/model`` (the model card), ``GET /healthz`` (the process answers), ``GET /readyz`` (the model is
-loaded), the page at ``/`` and the OpenAPI docs at ``/docs``.
+loaded), the page at ``/`` and the OpenAPI docs at ``/docs`` (Swagger UI 5 served from the ``fastapi-offline`` wheel,
+so they work offline under a strict Content-Security-Policy).
 
 Safety rules: uploads stay in memory and are never logged (no file names, no bytes; errors are logged by type);
 the size limit is enforced while reading; every bad request gets a 4xx ``{"detail": "one line"}``; anything
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
+import importlib.resources
 import io
 import json
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +34,8 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
@@ -50,10 +55,24 @@ PREVIEW_MAX_SIDE = 1024  # preview and heat-map PNGs are shrunk to this longer s
 CARD_INTERNALS = ("config", "training", "weights_file", "format")  # sidecar keys not shown in the model card
 API_KEY_ENV = "PNEUMO_API_KEY"
 HEATMAP_MISSING = "heat maps need the explanation module (pneumo.explain.cam) and the PyTorch backend"
-CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+DOCS_URL = "/docs"
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's files, from fastapi-offline (which only exposes them as package data)
+INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
 DESCRIPTION = ("Pneumonia detection in pediatric chest X-rays (JPEG, PNG or DICOM). "
                "**Research use only — not a medical device.**")
+
+
+def content_security_policy(*inline_scripts: str) -> str:
+    """The service's CSP: everything from this origin only; ``inline_scripts`` (exact texts) allowed by hash."""
+    hashes = [base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+              for script in inline_scripts]
+    script_src = " ".join(["'self'", *(f"'sha256-{digest}'" for digest in hashes)])
+    return ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+            f"script-src {script_src}; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'; form-action 'self'")
+
+
+CSP = content_security_policy()
 
 
 class Timings(BaseModel):
@@ -186,10 +205,11 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         finally:
             service.stop()
 
-    app = FastAPI(title="pneumo", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="pneumo", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.service = service
     _install_error_handlers(app)
-    app.add_middleware(Guard)
+    app.add_middleware(Guard, docs_csp=_mount_docs(app))
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Content-Type"])
@@ -230,6 +250,25 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _mount_docs(app: FastAPI) -> str:
+    """Swagger UI at ``/docs`` from local files (no CDN), open like ``/openapi.json``; returns the page's CSP, which
+    allows its inline start-up script by hash."""
+    html = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # else Swagger UI may send the schema URL to swagger.io
+    ).body.decode("utf-8")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    assets = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    return content_security_policy(*INLINE_SCRIPT.findall(html))
 
 
 def create_app_from_env() -> FastAPI:
@@ -362,8 +401,9 @@ class Guard:
     """Outermost app middleware: unexpected exceptions -> 500 ``internal error`` (logged by type only, never
     re-raised, so no traceback reaches a log or a client) and security headers on every response."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, docs_csp: str = CSP) -> None:
         self.app = app
+        self.csp, self.docs_csp = CSP.encode("ascii"), docs_csp.encode("ascii")
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -371,7 +411,8 @@ class Guard:
             return
         started = False
         path = scope.get("path", "")
-        is_docs, is_api = path.startswith(("/docs", "/redoc")), path.startswith("/api/")
+        is_api = path.startswith("/api/")
+        csp = self.docs_csp if path == DOCS_URL else self.csp
 
         async def send_with_headers(message: dict) -> None:
             nonlocal started
@@ -382,8 +423,7 @@ class Guard:
                             (b"x-frame-options", b"DENY")]
                 if is_api:  # results describe a patient's image: keep them out of caches
                     headers.append((b"cache-control", b"no-store"))
-                if not is_docs:  # Swagger UI loads its script from a CDN
-                    headers.append((b"content-security-policy", CSP.encode()))
+                headers.append((b"content-security-policy", csp))
                 message = {**message, "headers": headers}
             await send(message)
 

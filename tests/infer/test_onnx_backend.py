@@ -1,0 +1,113 @@
+"""The ONNX Runtime backend: export made once into the cache, parity with PyTorch on real X-rays, fallbacks, errors."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from pneumo.data.preprocess import decode_gray
+from pneumo.errors import ModelError
+from pneumo.infer import export
+from pneumo.infer.export import cached_onnx, export_onnx
+from pneumo.infer.predictor import Predictor, resolve_model
+
+
+@pytest.fixture(scope="module")
+def test_grays(full_data: Path) -> list[np.ndarray]:
+    """Eight real test radiographs (4 normal, 4 pneumonia) at their stored resolution."""
+    paths = [p for sub in ("NORMAL", "PNEUMONIA") for p in sorted((full_data / "test" / sub).glob("*.jpeg"))[:4]]
+    return [decode_gray(p.read_bytes()) for p in paths]
+
+
+def _p(predictor: Predictor, grays: list[np.ndarray]) -> np.ndarray:
+    return np.array([r.p_pneumonia for r in predictor.predict(grays)])
+
+
+def test_shipped_model_on_onnx_runtime_matches_pytorch_within_1e4(cache_dir: Path,
+                                                                   test_grays: list[np.ndarray]) -> None:
+    onnx_model = Predictor(None, backend="onnx")
+    torch_model = Predictor(None, backend="torch")
+    assert onnx_model.backend == "onnx"
+    p_onnx, p_torch = _p(onnx_model, test_grays), _p(torch_model, test_grays)
+    assert np.abs(p_onnx - p_torch).max() < 1e-4
+    assert p_torch.min() < 0.5 < p_torch.max()  # a real model on real images: not a constant
+    [exported] = (cache_dir / "onnx").glob("*.onnx")
+    ops = {node.op_type for node in onnx.load(str(exported)).graph.node}
+    # timm's TF-"same" convolutions exported with constant pads: no run-time shape arithmetic left in the graph
+    assert "Conv" in ops and not ops & {"Shape", "Ceil", "Gather"}
+
+
+def test_the_export_is_made_once_and_keyed_by_the_weights(cache_dir: Path, tiny_model: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    first = cached_onnx(tiny_model)
+    original = export._export
+    monkeypatch.setattr(export, "_export", lambda *a: pytest.fail("exported twice"))
+    assert cached_onnx(tiny_model) == first
+    monkeypatch.setattr(export, "_export", original)
+    other = tmp_path / "other"
+    other.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(tiny_model.with_suffix(suffix), other / f"model{suffix}")
+    assert cached_onnx(other / "model.json") == first  # same weights, other folder: same export
+    import torch
+
+    from pneumo.models import create
+    from pneumo.train.checkpoint import load_checkpoint, save_checkpoint
+
+    _, meta = load_checkpoint(tiny_model)
+    torch.manual_seed(1)
+    save_checkpoint(other / "retrained", create("scratch_cnn", num_classes=2, weights="none"),
+                    {k: v for k, v in meta.items() if k in ("task", "classes", "input_size", "resize_policy",
+                                                            "intensity", "mode", "threshold", "temperature")})
+    assert cached_onnx(other / "retrained.json") != first
+    assert not list((cache_dir / "onnx").glob("*.tmp"))
+
+
+def test_auto_falls_back_to_pytorch_when_the_export_fails(cache_dir: Path, tiny_model: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*_: object) -> None:
+        raise ModelError("ONNX export failed for scratch_cnn: unsupported operator")
+
+    monkeypatch.setattr(export, "_export", broken)
+    with caplog.at_level(logging.INFO, logger="pneumo.infer.predictor"):
+        predictor = Predictor(tiny_model, backend="auto")
+    assert predictor.backend == "torch"
+    assert "unsupported operator" in caplog.text
+    with pytest.raises(ModelError, match="unsupported operator"):
+        Predictor(tiny_model, backend="onnx")
+
+
+def test_an_onnx_only_model_runs_on_onnx_and_says_why_not_on_torch(tiny_model: Path, tmp_path: Path,
+                                                                   test_grays: list[np.ndarray]) -> None:
+    onnx_path = export_onnx(tiny_model, tmp_path / "export")
+    assert not onnx_path.with_suffix(".safetensors").exists()
+    auto = Predictor(onnx_path, backend="auto")
+    assert auto.backend == "onnx" and auto.torch_model is None
+    assert np.abs(_p(auto, test_grays) - _p(Predictor(tiny_model), test_grays)).max() < 1e-4
+    with pytest.raises(ModelError, match="only an ONNX export"):
+        Predictor(onnx_path, backend="torch")
+
+
+def test_a_corrupt_onnx_file_is_a_one_line_model_error(tiny_model: Path, tmp_path: Path) -> None:
+    onnx_path = export_onnx(tiny_model, tmp_path / "export")
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="cannot load ONNX model") as info:
+        Predictor(onnx_path, backend="onnx")
+    assert "\n" not in str(info.value)
+
+
+def test_onnx_backend_still_gives_the_eager_model_for_heat_maps(cache_dir: Path, tiny_model: Path) -> None:
+    predictor = Predictor(tiny_model, backend="onnx")
+    assert predictor.backend == "onnx"
+    assert predictor.torch_model is not None and not predictor.torch_model.training
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ModelError, match="unknown backend"):
+        Predictor(resolve_model(None), backend="tensorrt")
