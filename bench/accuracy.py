@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, machine, record  # noqa: E402
+from common import OUT, machine, record
 
-from pneumo.config import load_config  # noqa: E402
-from pneumo.evaluate.runner import evaluate_run  # noqa: E402
-from pneumo.train.run import train  # noqa: E402
+from pneumo.config import load_config
+from pneumo.evaluate.runner import evaluate_run
+from pneumo.train.run import train
 
 # name -> (preset, overrides). CPU-feasible rows first; GPU rows need `--device cuda`.
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -83,7 +83,7 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         m = r["mean"]
 
-        def f(k: str, digits: int = 3) -> str:
+        def f(k: str, digits: int = 3, m: dict = m) -> str:
             if k not in m:
                 return "–"
             mean, sd = m[k]

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import record
 
-from pneumo.data.cache import build_cache  # noqa: E402
-from pneumo.data.manifest import scan_dataset  # noqa: E402
+from pneumo.data.cache import build_cache
+from pneumo.data.manifest import scan_dataset
 
 
 def main() -> None:

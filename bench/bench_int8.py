@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+import numpy as np
+from common import record
+from sklearn.metrics import roc_auc_score
 
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from pneumo.infer.export import export_onnx  # noqa: E402
-from pneumo.infer.io import load_image_file  # noqa: E402
-from pneumo.infer.predictor import Predictor, resolve_model  # noqa: E402
+from pneumo.infer.export import export_onnx
+from pneumo.infer.io import load_image_file
+from pneumo.infer.predictor import Predictor, resolve_model
 
 
 def main() -> None:

@@ -20,17 +20,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+import numpy as np
+import torch
+from common import record
+from PIL import Image
+from torchvision import transforms
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torchvision import transforms  # noqa: E402
-
-from pneumo.infer.batch import predict_files  # noqa: E402
-from pneumo.infer.export import export_onnx  # noqa: E402
-from pneumo.infer.io import load_image_file  # noqa: E402
-from pneumo.infer.predictor import Predictor, resolve_model  # noqa: E402
+from pneumo.infer.batch import predict_files
+from pneumo.infer.export import export_onnx
+from pneumo.infer.io import load_image_file
+from pneumo.infer.predictor import Predictor, resolve_model
 
 
 def naive(predictor: Predictor, files: list[Path]) -> float:

@@ -27,10 +27,10 @@ INTENDED_USE = (
     "or treatment decisions."
 )
 LIMITATIONS = [
-    "Trained on pediatric (age 1-5) anterior-posterior chest X-rays from one hospital (Guangzhou Women and "
-    "Children's Medical Center); expect lower accuracy on adults, other hospitals, scanners or views.",
-    "The official test split is shifted from the training split: specificity on it is markedly lower than "
-    "validation suggests; the operating threshold was chosen on validation only.",
+    ("Trained on pediatric (age 1-5) anterior-posterior chest X-rays from one hospital (Guangzhou Women and "
+     "Children's Medical Center); expect lower accuracy on adults, other hospitals, scanners or views."),
+    ("The official test split is shifted from the training split: specificity on it is markedly lower than "
+     "validation suggests; the operating threshold was chosen on validation only."),
     "Labels are image-level diagnoses from the dataset authors, not radiologist consensus per image.",
     "Bacterial vs viral pneumonia is not distinguished by this binary model.",
 ]

@@ -46,7 +46,7 @@ def test_cache_key_changes_with_parameters_and_content(data_slice: Path, cache_d
 def test_letterbox_keeps_the_aspect_ratio_and_pads_black() -> None:
     img = np.full((100, 200), 255, np.uint8)
     out = resize_gray(img, size=64, policy="letterbox")
-    top, left, h, w = letterbox_box(100, 200, 64)
+    top, _left, h, w = letterbox_box(100, 200, 64)
     assert (h, w) == (32, 64)
     assert out[:top].max() == 0 and out[top + h :].max() == 0
     assert out[top + 1 : top + h - 1].min() == 255

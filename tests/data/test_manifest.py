@@ -39,7 +39,7 @@ def test_patient_key_rule_reproduces_every_key_of_the_full_dataset(full_data: Pa
 def test_exact_duplicates_share_a_group(data_slice: Path, tmp_path: Path) -> None:
     root = tmp_path / "ds"
     shutil.copytree(data_slice, root)
-    first = sorted((root / "train" / "NORMAL").iterdir())[0]
+    first = min((root / "train" / "NORMAL").iterdir())
     shutil.copyfile(first, first.with_name("IM-9999-0001.jpeg"))
     df = scan_dataset(root)
     groups = df[df["dup_group"] != ""]
@@ -65,7 +65,7 @@ def test_unreadable_files_are_skipped_and_listed_in_one_warning(
 ) -> None:
     root = tmp_path / "ds"
     shutil.copytree(data_slice, root)
-    good = sorted((root / "train" / "NORMAL").iterdir())[0].read_bytes()
+    good = min((root / "train" / "NORMAL").iterdir()).read_bytes()
     (root / "train" / "NORMAL" / "IM-8000-0001.jpeg").write_bytes(good[: len(good) // 3])  # truncated
     (root / "train" / "NORMAL" / "IM-8001-0001.jpeg").write_bytes(b"<html>not an image</html>")
     (root / "train" / "NORMAL" / "notes.txt").write_text("hello")

@@ -79,11 +79,20 @@ def test_heatmap_without_the_explanation_module_is_501(client: TestClient, xray:
     assert response.json()["detail"].startswith("heat maps need")
 
 
-def test_heatmap_with_the_onnx_backend_is_501(make_client, predictor: Predictor, xray: bytes,
+def test_heatmap_of_an_onnx_only_model_is_501(make_client, predictor: Predictor, xray: bytes,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(predictor, "backend", "onnx")
+    monkeypatch.setattr(Predictor, "torch_model", property(lambda self: None))
     response = make_client(predictor).post(PREDICT, params={"heatmap": "true"}, files=upload(xray))
-    assert response.status_code == 501 and "pytorch backend" in response.json()["detail"].lower()
+    assert response.status_code == 501 and "onnx-only" in response.json()["detail"].lower()
+
+
+def test_heatmap_with_the_onnx_backend_uses_the_eager_checkpoint(make_client, checkpoint: Path, xray: bytes,
+                                                                  cache_dir: Path) -> None:
+    onnx_predictor = Predictor(checkpoint, backend="onnx", threads=2)
+    assert onnx_predictor.backend == "onnx"
+    body = make_client(onnx_predictor).post(PREDICT, params={"heatmap": "true"}, files=upload(xray)).json()
+    overlay = decode_png_base64(body["heatmap_png_base64"])
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.std() > 0
 
 
 def test_heatmap_is_absent_unless_asked(client: TestClient, xray: bytes, fake_heatmap: list) -> None:

@@ -56,7 +56,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_export)
 
 
-def _counts(df) -> str:  # noqa: ANN001
+def _counts(df) -> str:
     column = "fold" if "fold" in df else "split"
     table = df.groupby([column, "subtype"]).size().unstack(fill_value=0)
     table["total"] = table.sum(axis=1)

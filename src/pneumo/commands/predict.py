@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             args.out = f"{args.out}.part-{env.rank}-of-{env.world_size}.{args.format}"
 
     predictor = Predictor(args.model, backend=args.backend, threads=args.threads)
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115 - closed below
     failures = 0
     try:
         writer = None
@@ -97,7 +97,7 @@ def _printable(path: Path) -> str:
     return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _flatten(result, classes: list[str], error: str | None) -> dict:  # noqa: ANN001
+def _flatten(result, classes: list[str], error: str | None) -> dict:
     row = {"p_pneumonia": "", "p_calibrated": "", "label": "", "threshold": "", "error": error or ""}
     if result is not None:
         row.update(p_pneumonia=round(result.p_pneumonia, 6), p_calibrated=round(result.p_calibrated, 6),

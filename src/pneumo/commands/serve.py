@@ -18,8 +18,8 @@ _DEFAULTS = ServeConfig()
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped default model)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                        help="inference backend (heat maps need torch)")
+    parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                        help="auto (default): ONNX Runtime, exported once into the cache; torch if that fails")
     parser.add_argument("--host", default=_DEFAULTS.host, help=f"address to listen on (default {_DEFAULTS.host}; "
                         "use 0.0.0.0 to accept other machines, ideally with an API key)")
     parser.add_argument("--port", type=int, default=_DEFAULTS.port)

@@ -31,7 +31,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):  # noqa: ANN201
+def config_from_args(args: argparse.Namespace):
     """Preset + shortcuts + --set overrides; on --resume the run's own config.yaml is the base."""
     shortcuts = {"name": "name", "out_dir": "out_dir", "data": "data.root", "task": "data.task", "model": "model.name",
                  "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",

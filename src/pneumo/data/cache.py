@@ -120,7 +120,7 @@ def build_cache(
     return _open(file, index_file, key, len(df), size)
 
 
-def _fill(array: np.ndarray, results, bar, failed: list[str]) -> None:  # noqa: ANN001
+def _fill(array: np.ndarray, results, bar, failed: list[str]) -> None:
     start = 0
     for images, bad in results:
         array[start : start + len(images)] = images

@@ -33,7 +33,7 @@ def decode_gray(data: bytes, *, target: int | None = None) -> np.ndarray:
                 img.draft("L", (int(w / scale), int(h / scale)))
             gray = img.convert("L")
             gray.load()
-    except Exception as exc:  # Pillow raises many types for bad bytes
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes
         raise InputError(f"cannot decode image: {exc}") from None
     return np.asarray(gray, dtype=np.uint8)
 

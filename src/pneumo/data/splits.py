@@ -57,7 +57,7 @@ def assign_folds(df: pd.DataFrame, *, val_fraction: float = 0.1, seed: int = 0) 
     val_groups: list[str] = []
     for subtype in sorted(stratum.unique()):
         members = np.array(sorted(stratum.index[stratum == subtype]))
-        n_val = int(round(val_fraction * len(members)))
+        n_val = round(val_fraction * len(members))
         if len(members) >= 2:
             n_val = min(max(n_val, 1), len(members) - 1)
         val_groups.extend(rng.permutation(members)[:n_val])

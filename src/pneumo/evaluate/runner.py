@@ -26,7 +26,7 @@ from pneumo.train.run import BEST, image_cache
 log = logging.getLogger(__name__)
 
 
-def load_run(run_dir: Path, data: str | None = None):  # noqa: ANN201
+def load_run(run_dir: Path, data: str | None = None):
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "folds.csv").is_file():
         raise DataError(f"{run_dir} is not a run folder (no config.yaml / folds.csv)")
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -36,7 +36,7 @@ def load_run(run_dir: Path, data: str | None = None):  # noqa: ANN201
     return cfg, folds
 
 
-def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:  # noqa: ANN001
+def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:
     """Logits of the val and test folds (val first: it is what selects the threshold and temperature)."""
     cache = image_cache(cfg, folds)
     device = select_device(cfg.train.device)
@@ -108,7 +108,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     return result
 
 
-def _analysis(run_dir: Path, model, meta: dict, images: np.ndarray, y_test: np.ndarray, test: pd.DataFrame,  # noqa: ANN001
+def _analysis(run_dir: Path, model, meta: dict, images: np.ndarray, y_test: np.ndarray, test: pd.DataFrame,
               result: dict, names: list[str]) -> list:
     try:
         from pneumo.explain import analysis_sections

@@ -98,7 +98,7 @@ class Predictor:
         return self.sidecar.with_name(self.meta.get("weights_file", self.sidecar.stem + ".safetensors"))
 
     @property
-    def torch_model(self):  # noqa: ANN201 - torch is imported lazily
+    def torch_model(self):
         """The eager PyTorch model (gradients, hooks), loaded on first use; ``None`` for an ONNX-only model."""
         if self._torch_model is None and self._weights.is_file():
             from pneumo.train.checkpoint import load_checkpoint
@@ -107,7 +107,7 @@ class Predictor:
             self._torch_model = model.eval()
         return self._torch_model
 
-    def _load_torch(self, threads: int | None):  # noqa: ANN202
+    def _load_torch(self, threads: int | None):
         import torch
 
         from pneumo.models.fast import fast_inference
@@ -126,7 +126,7 @@ class Predictor:
 
         return run
 
-    def _load_onnx(self, threads: int | None):  # noqa: ANN202
+    def _load_onnx(self, threads: int | None):
         import onnxruntime as ort
 
         from pneumo.infer.export import cached_onnx

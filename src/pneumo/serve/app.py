@@ -54,7 +54,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 PREVIEW_MAX_SIDE = 1024  # preview and heat-map PNGs are shrunk to this longer side
 CARD_INTERNALS = ("config", "training", "weights_file", "format")  # sidecar keys not shown in the model card
 API_KEY_ENV = "PNEUMO_API_KEY"
-HEATMAP_MISSING = "heat maps need the explanation module (pneumo.explain.cam) and the PyTorch backend"
+HEATMAP_MISSING = "heat maps need the explanation module (pneumo.explain.cam)"
 DOCS_URL = "/docs"
 DOCS_ASSETS = "/docs/assets"  # Swagger UI's files, from fastapi-offline (which only exposes them as package data)
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
@@ -182,7 +182,7 @@ class Service:
 
 
 def create_app(config: ServeConfig | None = None, predictor: Predictor | None = None, *, model: str | None = None,
-               backend: str = "torch", threads: int | None = None) -> FastAPI:
+               backend: str = "auto", threads: int | None = None) -> FastAPI:
     """Build the service.
 
     Args:
@@ -190,7 +190,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         predictor: a loaded predictor; when None, ``model`` (None: the shipped default) is loaded in the background
             at startup and ``/readyz`` answers 503 until it is ready.
         model: run folder or checkpoint to load when no predictor is given.
-        backend: ``torch`` or ``onnx`` for the loaded model.
+        backend: ``auto`` (ONNX Runtime, PyTorch if the export fails), ``onnx`` or ``torch`` for the loaded model.
         threads: CPU threads for the loaded model.
     """
     config = config or ServeConfig()
@@ -332,8 +332,8 @@ def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Predicti
         from pneumo.explain.cam import heatmap_overlay_png
     except ImportError:
         raise HTTPException(501, HEATMAP_MISSING) from None
-    if getattr(predictor, "backend", "torch") != "torch":
-        raise HTTPException(501, f"heat maps need the PyTorch backend (this service runs {predictor.backend})")
+    if getattr(predictor, "torch_model", None) is None:
+        raise HTTPException(501, "heat maps need the PyTorch checkpoint; this service runs an ONNX-only model")
     png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE)
     return base64.b64encode(png).decode("ascii")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from sklearn.linear_model import LogisticRegression
+from torch import nn
 from tqdm import tqdm
 
 from pneumo.models.fast import fast_inference
