@@ -104,7 +104,7 @@ async def load(url: str, image: bytes, *, clients: int, seconds: float, params: 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped default model)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
     parser.add_argument("--image", help="the X-ray to post (default: the first test-split pneumonia image)")
     parser.add_argument("--seconds", type=float, default=20.0, help=f"measured duration (at most {MAX_SECONDS})")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
@@ -138,7 +138,7 @@ def main() -> None:
     pct = {f"p{q}_ms": round(float(np.percentile(ms, q)), 1) if ms.size else None for q in (50, 95, 99)}
     name = f"service-{ready['model_id'].split('-')[0]}-{args.backend}-c{args.clients}" + ("-heatmap" if args.heatmap
                                                                                         else "")
-    record(name, {"model_id": ready["model_id"], "backend": args.backend, "clients": args.clients,
+    record(name, {"model_id": ready["model_id"], "backend": ready.get("backend", args.backend), "clients": args.clients,
                   "heatmap": args.heatmap, "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms,
                   "image": image_path.name, "image_bytes": len(image), "seconds": round(elapsed, 2),
                   "requests": int(ms.size), "errors": errors,

@@ -136,6 +136,7 @@ def test_healthz_answers(client: TestClient) -> None:
 def test_readyz_is_200_once_the_model_is_loaded(client: TestClient, predictor: Predictor) -> None:
     response = client.get("/readyz")
     assert response.status_code == 200 and response.json()["model_id"] == predictor.model_id
+    assert response.json()["backend"] == predictor.backend
 
 
 def test_model_is_loaded_in_the_background_when_no_predictor_is_given(checkpoint: Path) -> None:

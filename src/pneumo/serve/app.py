@@ -225,7 +225,8 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         """The model is loaded and requests can be served (else 503)."""
         if service.predictor is None or service.batcher is None:
             return JSONResponse({"detail": service.load_error or "model loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "model_id": service.predictor.model_id})
+        return JSONResponse({"status": "ready", "model_id": service.predictor.model_id,
+                             "backend": service.predictor.backend})
 
     @app.get("/api/v1/model", tags=["api"], dependencies=auth, response_model=ModelCard,
              responses={k: ERRORS[k] for k in (401, 503)})
