@@ -16,7 +16,7 @@ import yaml
 from pneumo import atomic
 from pneumo.config import from_dict
 from pneumo.data.splits import class_names, labels
-from pneumo.errors import DataError
+from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
 from pneumo.models.fast import fast_inference
 from pneumo.train.checkpoint import load_checkpoint
@@ -106,6 +106,67 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
                             extra_sections=extra, metrics_csv=run_dir / "metrics.csv")
     _write_json(run_dir / "metrics.json", result)
     return result
+
+
+def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, policy: str | None = None,
+                      n_bootstrap: int | None = None, data: str | None = None) -> dict:
+    """The protocol for the average of several runs' probabilities (architectures or seeds on one split).
+
+    The members must share their val and test folds (same data and split seed) and their task; the threshold and
+    temperature are chosen on the ensemble's val probabilities, as for one run. Writes metrics.json,
+    predictions.csv, ensemble.json (the members) and report.html into ``out_dir``.
+    """
+    if len(run_dirs) < 2:
+        raise ConfigError("an ensemble needs at least two runs")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    members = [Path(r) for r in run_dirs]
+    cfg, folds = load_run(members[0], data)
+    names = class_names(cfg.data.task)
+    probs: dict[str, list[np.ndarray]] = {"val": [], "test": []}
+    for run_dir in members:
+        member_cfg, member_folds = load_run(run_dir, data)
+        _check_same_folds(members[0], folds, cfg, run_dir, member_folds, member_cfg)
+        model, _ = load_checkpoint(run_dir / f"{BEST}.json")
+        logits = fold_logits(run_dir, member_cfg, member_folds, model)
+        for fold in probs:
+            probs[fold].append(torch.softmax(torch.from_numpy(logits[fold]).float(), 1).numpy())
+    # log of the mean probability: the logits whose softmax is the averaged probability
+    ensemble = {fold: np.log(np.clip(np.mean(p, axis=0), 1e-12, 1.0)) for fold, p in probs.items()}
+    val, test = folds[folds["fold"] == "val"], folds[folds["fold"] == "test"]
+    y_val, y_test = labels(val, cfg.data.task), labels(test, cfg.data.task)
+    val_logits = ensemble["val"]
+    if cfg.eval.val_view == "original":
+        keep = (val["source_kind"] == "original").to_numpy()
+        y_val, val_logits = y_val[keep], val_logits[keep]
+    result = evaluate_predictions(
+        y_val, val_logits, y_test, ensemble["test"], test["subtype"].tolist(), task=cfg.data.task,
+        class_names=names, policy=policy or cfg.eval.threshold_policy,
+        n_bootstrap=cfg.eval.n_bootstrap if n_bootstrap is None else n_bootstrap, seed=cfg.eval.bootstrap_seed,
+        ece_bins=cfg.eval.ece_bins,
+    )
+    result.update(name=f"ensemble of {len(members)}", members=[str(m) for m in members], val_view=cfg.eval.val_view,
+                  eval_seconds=round(time.perf_counter() - start, 1))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out, test, ensemble["test"], result)
+    write_evaluation_report(out, result, y_test=y_test, test_logits=ensemble["test"],
+                            title=f"pneumo ensemble of {len(members)} runs",
+                            subtitle=" + ".join(m.name for m in members))
+    _write_json(out / "ensemble.json", {"members": [str(m) for m in members], "combine": "mean probability"})
+    _write_json(out / "metrics.json", result)
+    return result
+
+
+def _check_same_folds(first: Path, folds: pd.DataFrame, cfg, other: Path, other_folds: pd.DataFrame,
+                      other_cfg) -> None:
+    if other_cfg.data.task != cfg.data.task:
+        raise ConfigError(f"{other} is a {other_cfg.data.task} run, {first} a {cfg.data.task} run")
+    for fold in ("val", "test"):
+        a = sorted(folds.loc[folds["fold"] == fold, "path"])
+        b = sorted(other_folds.loc[other_folds["fold"] == fold, "path"])
+        if a != b:
+            raise ConfigError(f"{other} and {first} have different {fold} folds (another split seed or data): "
+                              "ensemble runs of one split")
 
 
 def _analysis(run_dir: Path, model, meta: dict, images: np.ndarray, y_test: np.ndarray, test: pd.DataFrame,

@@ -1,0 +1,62 @@
+"""`pneumo evaluate RUN RUN --out DIR`: an ensemble of runs of one split, evaluated by the same protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo.cli import main
+from pneumo.config import load_config
+from pneumo.errors import ConfigError
+from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
+from pneumo.train.run import train
+
+
+def _run(data: Path, root: Path, name: str, *overrides: str) -> Path:
+    base = [f"data.root={data}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
+            "data.image_size=64", "data.val_fraction=0.3", "eval.n_bootstrap=50", "train.batch_size=8",
+            "train.amp=false", f"name={name}"]
+    return train(load_config("default", base + list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def two_runs(data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ensemble")
+    probe = _run(data_slice, root, "probe")
+    scratch = _run(data_slice, root, "scratch", "model.name=scratch_cnn", "model.mode=scratch", "model.weights=none",
+                   "train.epochs=2", "train.lr=0.003")
+    return probe, scratch
+
+
+def test_the_ensemble_averages_the_members_probabilities(two_runs: tuple[Path, Path], tmp_path: Path) -> None:
+    members = [pd.read_csv(r / "predictions.csv") for r in two_runs if evaluate_run(r, analysis=False)]
+    result = evaluate_ensemble(list(two_runs), tmp_path / "ens")
+    got = pd.read_csv(tmp_path / "ens" / "predictions.csv")
+    assert got["path"].tolist() == members[0]["path"].tolist() == members[1]["path"].tolist()
+    expected = (members[0]["p_pneumonia"] + members[1]["p_pneumonia"]) / 2
+    assert np.allclose(got["p_pneumonia"], expected, atol=1e-5)
+    assert (got["predicted_pneumonia"] == (got["p_pneumonia"] >= result["threshold"])).all()
+    saved = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    assert saved["members"] == [str(r) for r in two_runs] and 0.0 <= saved["test"]["metrics"]["roc_auc"] <= 1.0
+    assert (tmp_path / "ens" / "report.html").is_file()
+
+
+def test_runs_of_different_splits_are_refused(two_runs: tuple[Path, Path], data_slice: Path, tmp_path: Path) -> None:
+    other = _run(data_slice, tmp_path, "other-split", "data.split_seed=7")
+    with pytest.raises(ConfigError, match="different val folds"):
+        evaluate_ensemble([two_runs[0], other], tmp_path / "ens")
+    with pytest.raises(ConfigError, match="at least two"):
+        evaluate_ensemble([two_runs[0]], tmp_path / "ens")
+
+
+def test_cli_evaluates_an_ensemble_into_out_and_needs_out(two_runs: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    runs = [str(r) for r in two_runs]
+    assert main(["evaluate", *runs]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["evaluate", *runs, "--out", str(tmp_path / "ens"), "--bootstrap", "20"]) == 0
+    assert "ensemble of 2: test accuracy" in capsys.readouterr().out
