@@ -3,6 +3,9 @@
 
     python bench/accuracy.py --data ../shared/data/chest_xray [--rows default,lite0-eq,...] [--seeds 0,1,2]
 
+Ensemble rows (ENSEMBLES) average the probabilities of member rows' runs of the same seed, reusing them from the same
+--out-dir when they exist.
+
 A "seed" is the split seed and the training seed together: a new patient-grouped val fold each time, so the spread
 includes how much the validation-chosen threshold moves. Writes bench/out/accuracy.json and a markdown table.
 """
@@ -20,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine, record
 
 from pneumo.config import load_config
-from pneumo.evaluate.runner import evaluate_run
+from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
 from pneumo.train.run import train
 
 # name -> (preset, overrides). CPU-feasible rows first; GPU rows need `--device cuda`.
@@ -40,10 +43,17 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
 }
+# name -> member rows: the mean probability of runs of the same split seed (`pneumo evaluate RUN RUN --out DIR`)
+ENSEMBLES: dict[str, list[str]] = {
+    "ens-lite012-probe": ["lite0-probe", "lite1-probe", "lite2-probe"],
+    "ens-lite0-probe-views": ["lite0-probe", "lite0-probe-letterbox", "lite0-probe-clahe"],
+}
 HEAD = ["accuracy", "sensitivity", "specificity", "roc_auc"]
 
 
 def run_row(name: str, data: str, seeds: list[int], out_dir: Path, extra: list[str]) -> dict:
+    if name in ENSEMBLES:
+        return run_ensemble(name, data, seeds, out_dir, extra)
     preset, overrides = ROWS[name]
     per_seed = []
     for seed in seeds:
@@ -51,20 +61,39 @@ def run_row(name: str, data: str, seeds: list[int], out_dir: Path, extra: list[s
                                    f"train.seed={seed}", f"data.split_seed={seed}", *overrides, *extra])
         start = time.perf_counter()
         run_dir = train(cfg, force=True)
-        result = evaluate_run(run_dir, analysis=False)
-        m = result["test"]["metrics"]
-        row = {"seed": seed, "val_auc": result["val"]["roc_auc"], "threshold": result["threshold"],
-               "temperature": result["temperature"], "ece_before": result["test"]["ece_before"],
-               "ece_after": result["test"]["ece_after"], "wall_s": round(time.perf_counter() - start, 1),
-               **{k: m[k] for k in HEAD}, "ci": {k: result["test"]["ci"].get(k) for k in HEAD}}
-        if "multiclass" in result["test"]:
-            mc = result["test"]["multiclass"]
-            row.update(acc3=mc["accuracy"], macro_f1=mc["macro_f1"],
-                       bv_acc=mc["bacteria_vs_virus"]["accuracy"], bv_auc=mc["bacteria_vs_virus"]["roc_auc"])
-        per_seed.append(row)
-        print(json.dumps({"row": name, **row}), flush=True)
+        per_seed.append(_row(seed, evaluate_run(run_dir, analysis=False), time.perf_counter() - start))
+        print(json.dumps({"row": name, **per_seed[-1]}), flush=True)
     return {"row": name, "preset": preset, "overrides": overrides + extra, "seeds": per_seed,
             "mean": _mean_sd(per_seed)}
+
+
+def run_ensemble(name: str, data: str, seeds: list[int], out_dir: Path, extra: list[str]) -> dict:
+    """Members are reused from earlier rows of this study (same out_dir, same seed) or trained first."""
+    per_seed = []
+    for seed in seeds:
+        members = [out_dir / f"{row}-s{seed}" for row in ENSEMBLES[name]]
+        for row, run_dir in zip(ENSEMBLES[name], members):
+            if not (run_dir / "metrics.json").is_file():
+                run_row(row, data, [seed], out_dir, extra)
+        start = time.perf_counter()
+        result = evaluate_ensemble(members, out_dir / f"{name}-s{seed}")
+        per_seed.append(_row(seed, result, time.perf_counter() - start))
+        print(json.dumps({"row": name, **per_seed[-1]}), flush=True)
+    return {"row": name, "preset": "+".join(ENSEMBLES[name]), "overrides": extra, "seeds": per_seed,
+            "mean": _mean_sd(per_seed)}
+
+
+def _row(seed: int, result: dict, wall_s: float) -> dict:
+    m = result["test"]["metrics"]
+    row = {"seed": seed, "val_auc": result["val"]["roc_auc"], "threshold": result["threshold"],
+           "temperature": result["temperature"], "ece_before": result["test"]["ece_before"],
+           "ece_after": result["test"]["ece_after"], "wall_s": round(wall_s, 1),
+           **{k: m[k] for k in HEAD}, "ci": {k: result["test"]["ci"].get(k) for k in HEAD}}
+    if "multiclass" in result["test"]:
+        mc = result["test"]["multiclass"]
+        row.update(acc3=mc["accuracy"], macro_f1=mc["macro_f1"],
+                   bv_acc=mc["bacteria_vs_virus"]["accuracy"], bv_auc=mc["bacteria_vs_virus"]["roc_auc"])
+    return row
 
 
 def _mean_sd(rows: list[dict]) -> dict:
@@ -100,7 +129,7 @@ def markdown(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
-    parser.add_argument("--rows", default="lite0-probe", help=f"comma list of: {', '.join(ROWS)}")
+    parser.add_argument("--rows", default="lite0-probe", help=f"comma list of: {', '.join([*ROWS, *ENSEMBLES])}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out-dir", default=str(OUT / "runs"))
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
