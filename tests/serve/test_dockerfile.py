@@ -97,3 +97,35 @@ def test_wheel_built_from_the_docker_context_ships_what_the_service_needs(tmp_pa
                for what, files in needed.items()}
     assert not any(missing.values()), missing
     assert scripts["console_scripts"]["pneumo"] == "pneumo.cli:main"
+
+
+def _exec_form(arg: str) -> list[str]:
+    """A Dockerfile exec-form argument (JSON array), the ``CMD`` of a ``HEALTHCHECK`` included."""
+    return json.loads(arg[arg.index("[") :])
+
+
+def test_the_image_command_serves_the_shipped_model_offline_and_its_health_check_passes(tmp_path: Path) -> None:
+    """What `docker run` would do, minus Docker: the image's CMD in a fresh home, probed by the image's HEALTHCHECK."""
+    import os
+    import socket
+    import time
+
+    steps = dict(instructions())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    cmd = [port if part == "8000" else part for part in _exec_form(steps["CMD"])]
+    check = [part.replace(":8000/", f":{port}/") for part in _exec_form(steps["HEALTHCHECK"])]
+    assert cmd[0] == "pneumo" and "--model" not in cmd  # the shipped default model
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMO_")}
+    env.update(HOME=str(tmp_path), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, healthy = time.monotonic() + 90, False
+        while not healthy and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.5)
+            healthy = subprocess.run(check, env=env, capture_output=True, timeout=10, check=False).returncode == 0
+        assert healthy, server.stderr.read().decode(errors="replace")[-2000:] if server.poll() is not None else ""
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
