@@ -31,6 +31,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-probe": ("default", []),
     "lite0-probe-equalize": ("default", ["data.intensity=equalize"]),
     "lite0-probe-clahe": ("default", ["data.intensity=clahe"]),
+    "lite0-probe-standardize": ("default", ["data.intensity=standardize"]),
     "lite0-probe-letterbox": ("default", ["data.resize_policy=letterbox"]),
     "lite0-probe-valorig": ("default", ["eval.val_view=original"]),
     "lite0-probe-320": ("default", ["data.image_size=320"]),

@@ -24,7 +24,7 @@ class DataConfig:
     task: str = "binary"  # binary | 3class
     image_size: int = 224
     resize_policy: str = "squash"  # squash | letterbox
-    intensity: str = "none"  # none | equalize | clahe (applied when the cache is built)
+    intensity: str = "none"  # none | equalize | clahe | standardize (applied when the cache is built)
     val_fraction: float = 0.1
     split_seed: int = 0
     cache_dir: str | None = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo

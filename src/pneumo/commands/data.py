@@ -32,7 +32,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     add_data_option(p)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--policy", choices=["squash", "letterbox"], default="squash")
-    p.add_argument("--intensity", choices=["none", "equalize", "clahe"], default="none")
+    p.add_argument("--intensity", choices=["none", "equalize", "clahe", "standardize"], default="none")
     p.add_argument("--cache-dir", help="default: $PNEUMO_CACHE or ~/.cache/pneumo")
     p.set_defaults(func=run_cache)
 

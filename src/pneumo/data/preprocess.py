@@ -14,7 +14,8 @@ from PIL import Image
 from pneumo.errors import ConfigError, InputError
 
 RESIZE_POLICIES = ("squash", "letterbox")
-INTENSITY_METHODS = ("none", "equalize", "clahe")
+INTENSITY_METHODS = ("none", "equalize", "clahe", "standardize")
+STANDARD_MEAN, STANDARD_STD = 128.0, 48.0  # "standardize": every image to this mean and spread (uint8)
 
 
 def decode_gray(data: bytes, *, target: int | None = None) -> np.ndarray:
@@ -62,9 +63,14 @@ def resize_gray(img: np.ndarray, *, size: int, policy: str = "squash") -> np.nda
 
 
 def apply_intensity(img: np.ndarray, method: str = "none") -> np.ndarray:
-    """Optional intensity normalisation on uint8 gray: global histogram equalisation or CLAHE (8x8 tiles, clip 2)."""
+    """Optional intensity normalisation on uint8 gray: global histogram equalisation, CLAHE (8x8 tiles, clip 2) or
+    per-image standardisation (each image shifted and scaled to mean 128, standard deviation 48, clipped)."""
     if method == "none":
         return img
+    if method == "standardize":
+        x = img.astype(np.float32)
+        z = (x - x.mean()) / max(float(x.std()), 1.0)
+        return np.clip(np.rint(STANDARD_MEAN + STANDARD_STD * z), 0, 255).astype(np.uint8)
     import cv2  # opencv-python-headless (a dependency of grad-cam)
 
     if method == "equalize":
