@@ -13,7 +13,7 @@ from pneumo.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def xray(full_data: Path) -> np.ndarray:
-    path = sorted((full_data / "test" / "NORMAL").glob("*.jpeg"))[0]
+    path = min((full_data / "test" / "NORMAL").glob("*.jpeg"))
     return prepare(decode_gray(path.read_bytes()), size=224)
 
 

@@ -76,20 +76,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     model, meta = load_checkpoint(run_dir / f"{BEST}.json")
     names = class_names(cfg.data.task)
     logits = fold_logits(run_dir, cfg, folds, model)
-    val, test = folds[folds["fold"] == "val"], folds[folds["fold"] == "test"]
-    y_val, y_test = labels(val, cfg.data.task), labels(test, cfg.data.task)
-    val_logits = logits["val"]
-    if cfg.eval.val_view == "original":
-        keep = (val["source_kind"] == "original").to_numpy()
-        if keep.sum() == 0 or len(np.unique(y_val[keep])) < len(names):
-            raise DataError("eval.val_view=original: the val fold has too few original-resolution images")
-        y_val, val_logits = y_val[keep], val_logits[keep]
-    result = evaluate_predictions(
-        y_val, val_logits, y_test, logits["test"], test["subtype"].tolist(), task=cfg.data.task,
-        class_names=names, policy=policy or cfg.eval.threshold_policy,
-        n_bootstrap=cfg.eval.n_bootstrap if n_bootstrap is None else n_bootstrap, seed=cfg.eval.bootstrap_seed,
-        ece_bins=cfg.eval.ece_bins,
-    )
+    test = folds[folds["fold"] == "test"]
+    y_test = labels(test, cfg.data.task)
+    result = _protocol(cfg, folds, logits["val"], logits["test"], policy=policy, n_bootstrap=n_bootstrap)
     training = meta.get("training", {})
     result["val_view"] = cfg.eval.val_view
     result["tta"] = cfg.eval.tta
@@ -108,6 +97,26 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     return result
 
 
+def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray, *, policy: str | None,
+              n_bootstrap: int | None) -> dict:
+    """`evaluate_predictions` with the run's settings; ``eval.val_view=original`` keeps the original-resolution val
+    images only for choosing the threshold and temperature."""
+    names = class_names(cfg.data.task)
+    val, test = folds[folds["fold"] == "val"], folds[folds["fold"] == "test"]
+    y_val = labels(val, cfg.data.task)
+    if cfg.eval.val_view == "original":
+        keep = (val["source_kind"] == "original").to_numpy()
+        if keep.sum() == 0 or len(np.unique(y_val[keep])) < len(names):
+            raise DataError("eval.val_view=original: the val fold has too few original-resolution images")
+        y_val, val_logits = y_val[keep], val_logits[keep]
+    return evaluate_predictions(
+        y_val, val_logits, labels(test, cfg.data.task), test_logits, test["subtype"].tolist(), task=cfg.data.task,
+        class_names=names, policy=policy or cfg.eval.threshold_policy,
+        n_bootstrap=cfg.eval.n_bootstrap if n_bootstrap is None else n_bootstrap, seed=cfg.eval.bootstrap_seed,
+        ece_bins=cfg.eval.ece_bins,
+    )
+
+
 def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, policy: str | None = None,
                       n_bootstrap: int | None = None, data: str | None = None) -> dict:
     """The protocol for the average of several runs' probabilities (architectures or seeds on one split).
@@ -122,29 +131,19 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     out = Path(out_dir)
     members = [Path(r) for r in run_dirs]
     cfg, folds = load_run(members[0], data)
-    names = class_names(cfg.data.task)
     probs: dict[str, list[np.ndarray]] = {"val": [], "test": []}
     for run_dir in members:
         member_cfg, member_folds = load_run(run_dir, data)
         _check_same_folds(members[0], folds, cfg, run_dir, member_folds, member_cfg)
         model, _ = load_checkpoint(run_dir / f"{BEST}.json")
         logits = fold_logits(run_dir, member_cfg, member_folds, model)
-        for fold in probs:
-            probs[fold].append(torch.softmax(torch.from_numpy(logits[fold]).float(), 1).numpy())
+        for fold, fold_probs in probs.items():
+            fold_probs.append(torch.softmax(torch.from_numpy(logits[fold]).float(), 1).numpy())
     # log of the mean probability: the logits whose softmax is the averaged probability
     ensemble = {fold: np.log(np.clip(np.mean(p, axis=0), 1e-12, 1.0)) for fold, p in probs.items()}
-    val, test = folds[folds["fold"] == "val"], folds[folds["fold"] == "test"]
-    y_val, y_test = labels(val, cfg.data.task), labels(test, cfg.data.task)
-    val_logits = ensemble["val"]
-    if cfg.eval.val_view == "original":
-        keep = (val["source_kind"] == "original").to_numpy()
-        y_val, val_logits = y_val[keep], val_logits[keep]
-    result = evaluate_predictions(
-        y_val, val_logits, y_test, ensemble["test"], test["subtype"].tolist(), task=cfg.data.task,
-        class_names=names, policy=policy or cfg.eval.threshold_policy,
-        n_bootstrap=cfg.eval.n_bootstrap if n_bootstrap is None else n_bootstrap, seed=cfg.eval.bootstrap_seed,
-        ece_bins=cfg.eval.ece_bins,
-    )
+    test = folds[folds["fold"] == "test"]
+    y_test = labels(test, cfg.data.task)
+    result = _protocol(cfg, folds, ensemble["val"], ensemble["test"], policy=policy, n_bootstrap=n_bootstrap)
     result.update(name=f"ensemble of {len(members)}", members=[str(m) for m in members], val_view=cfg.eval.val_view,
                   eval_seconds=round(time.perf_counter() - start, 1))
     out.mkdir(parents=True, exist_ok=True)
