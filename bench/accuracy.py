@@ -35,6 +35,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-probe-letterbox": ("default", ["data.resize_policy=letterbox"]),
     "lite0-probe-valorig": ("default", ["eval.val_view=original"]),
     "lite0-probe-320": ("default", ["data.image_size=320"]),
+    "lite0-probe-origtrain": ("default", ["data.train_sources=original"]),
     "lite0-probe-tta": ("default", ["eval.tta=true"]),
     "lite1-probe": ("default", ["model.name=efficientnet_lite1", "data.image_size=240"]),
     "lite2-probe": ("default", ["model.name=efficientnet_lite2", "data.image_size=260"]),

@@ -29,6 +29,7 @@ class DataConfig:
     split_seed: int = 0
     cache_dir: str | None = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
     limit_per_class: int | None = None  # take at most N images per split x subtype (tests, smoke runs)
+    train_sources: str = "all"  # all | original: train on original-resolution images only (what the test split holds)
 
 
 @dataclass
