@@ -37,8 +37,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-probe-320": ("default", ["data.image_size=320"]),
     "lite0-probe-origtrain": ("default", ["data.train_sources=original"]),
     "lite0-probe-tta": ("default", ["eval.tta=true"]),
-    "lite1-probe": ("default", ["model.name=efficientnet_lite1", "data.image_size=240"]),
-    "lite2-probe": ("default", ["model.name=efficientnet_lite2", "data.image_size=260"]),
+    "lite1-probe": ("lite1-probe", []),
+    "lite2-probe": ("lite2-probe", []),
     "lite0-probe-3class": ("default", ["data.task=3class"]),
     "scratch-cnn": ("scratch-cnn", []),
     "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
@@ -48,7 +48,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 }
 # name -> member rows: the mean probability of runs of the same split seed (`pneumo evaluate RUN RUN --out DIR`)
 ENSEMBLES: dict[str, list[str]] = {
-    "ens-lite012-probe": ["lite0-probe", "lite1-probe", "lite2-probe"],
+    "ens-lite012-probe": ["lite0-probe", "lite1-probe", "lite2-probe"],  # = the `best` preset
     "ens-lite0-probe-views": ["lite0-probe", "lite0-probe-letterbox", "lite0-probe-clahe"],
 }
 HEAD = ["accuracy", "sensitivity", "specificity", "roc_auc"]

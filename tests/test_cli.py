@@ -31,10 +31,24 @@ def test_no_subcommand_prints_help_and_fails(capsys: pytest.CaptureFixture) -> N
 
 
 def test_every_preset_loads_and_validates() -> None:
-    for preset in ("default", "best", "lite0-finetune", "lite0-partial", "scratch-cnn"):
+    from pneumo.config import PRESET_DIR, member_configs
+
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert {"default", "best", "lite0-finetune", "lite0-partial", "scratch-cnn"} <= set(presets)
+    for preset in presets:
         cfg = load_config(preset)
-        cfg.validate()
+        for member in member_configs(cfg, []) if cfg.members else [cfg]:
+            member.validate()
         assert cfg.name == preset
+
+
+def test_the_best_preset_is_the_ensemble_of_the_three_lite_probes() -> None:
+    from pneumo.config import member_configs
+
+    members = member_configs(load_config("best"), ["data.split_seed=3"])
+    assert [m.model.name for m in members] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert [m.name for m in members] == ["best-default", "best-lite1-probe", "best-lite2-probe"]
+    assert {m.model.mode for m in members} == {"probe"} and {m.data.split_seed for m in members} == {3}
 
 
 def test_overrides_are_typed_and_unknown_presets_list_the_known_ones() -> None:

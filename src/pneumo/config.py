@@ -104,6 +104,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # An ensemble preset: these presets are trained as runs <name>-<member> on one split (the same overrides apply to
+    # each) and evaluated as their mean probability in runs/<name>; the fields above are then unused.
+    members: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         """Fail with one line before any work starts when the combination cannot run."""
@@ -205,6 +208,21 @@ def load_config(preset: str | None = "default", overrides: list[str] | None = No
     if cfg.data.root is None and os.environ.get("PNEUMO_DATA"):
         cfg.data.root = os.environ["PNEUMO_DATA"]
     return cfg
+
+
+def member_configs(cfg: RunConfig, overrides: list[str]) -> list[RunConfig]:
+    """The member runs of an ensemble preset: each member preset with the same overrides, named <name>-<member>."""
+    if len(cfg.members) < 2:
+        raise ConfigError(f"an ensemble preset needs at least two members, {cfg.name} lists {len(cfg.members)}")
+    out = []
+    for member in cfg.members:
+        member_cfg = load_config(member, [*overrides, f"name={cfg.name}-{Path(member).stem}", f"out_dir={cfg.out_dir}"])
+        if member_cfg.members:
+            raise ConfigError(f"ensemble member {member} is itself an ensemble")
+        if member_cfg.data.task != cfg.data.task:
+            raise ConfigError(f"ensemble member {member} is a {member_cfg.data.task} model, not {cfg.data.task}")
+        out.append(member_cfg)
+    return out
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -33,17 +33,22 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """Preset + shortcuts + --set overrides; on --resume the run's own config.yaml is the base."""
-    shortcuts = {"name": "name", "out_dir": "out_dir", "data": "data.root", "task": "data.task", "model": "model.name",
-                 "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
-                 "device": "train.device"}
-    overrides = [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None]
+    overrides = cli_overrides(args)
     preset = args.preset
     if args.resume:
-        cfg = load_config(preset, overrides + list(args.overrides))
+        cfg = load_config(preset, overrides)
         saved = Path(cfg.out_dir) / cfg.name / "config.yaml"
         if saved.is_file():
             preset = str(saved)
-    return load_config(preset, overrides + list(args.overrides))
+    return load_config(preset, overrides)
+
+
+def cli_overrides(args: argparse.Namespace) -> list[str]:
+    shortcuts = {"name": "name", "out_dir": "out_dir", "data": "data.root", "task": "data.task", "model": "model.name",
+                 "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
+                 "device": "train.device"}
+    return [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None] + \
+        list(args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
         print(dump_yaml(cfg))
         return 0
+    if cfg.members:
+        return run_ensemble(cfg, args)
     from pneumo.train.distributed import is_main_process
     from pneumo.train.run import train
 
@@ -77,4 +84,26 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_run(run_dir)
         print(summary_line(result))
         print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
+def run_ensemble(cfg, args: argparse.Namespace) -> int:
+    """Train (or resume) each member, evaluate each, then the ensemble into runs/<name>."""
+    from pneumo.config import member_configs
+    from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
+    from pneumo.train.run import train
+
+    members = member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")])
+    run_dirs = []
+    for member in members:
+        run_dirs.append(train(member, resume=args.resume, force=args.force))
+        print(f"member run: {run_dirs[-1]}")
+        if not args.no_eval:
+            print(summary_line(evaluate_run(run_dirs[-1], analysis=False)))
+    if args.no_eval:
+        return 0
+    out = Path(cfg.out_dir) / cfg.name
+    result = evaluate_ensemble(run_dirs, out)
+    print(summary_line(result))
+    print(f"report: {out / 'report.html'}")
     return 0

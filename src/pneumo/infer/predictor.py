@@ -55,6 +55,10 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
             raise ModelError("no model given and the shipped default model is missing: pass --model RUN_DIR")
         return DEFAULT_MODEL
     path = Path(model)
+    if path.is_dir() and (path / "ensemble.json").is_file():
+        members = json.loads((path / "ensemble.json").read_text()).get("members", [])
+        raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
+                         f"({', '.join(members)})")
     if path.is_dir():
         path = path / "model.json"
     elif path.suffix in (".safetensors", ".onnx"):

@@ -1,0 +1,61 @@
+"""Ensemble presets: `pneumo train --preset ENSEMBLE` trains each member on one split and evaluates the mean."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pneumo.cli import main
+from pneumo.config import load_config, member_configs
+from pneumo.errors import ConfigError
+
+TINY = ["data.image_size=64", "data.val_fraction=0.3", "eval.n_bootstrap=20", "train.batch_size=8",
+        "train.amp=false"]
+
+
+def _preset(folder: Path, name: str, body: dict) -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **body}))
+    return str(path)
+
+
+@pytest.fixture()
+def presets(tmp_path: Path) -> dict[str, str]:
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    probe = _preset(folder, "probe", {"model": {"name": "efficientnet_lite0", "mode": "probe"}})
+    scratch = _preset(folder, "scratch", {"model": {"name": "scratch_cnn", "mode": "scratch", "weights": "none"},
+                                          "train": {"epochs": 1, "lr": 0.003}})
+    return {"probe": probe, "scratch": scratch,
+            "ens": _preset(folder, "ens", {"members": [probe, scratch]}),
+            "lonely": _preset(folder, "lonely", {"members": [probe]}),
+            "nested": _preset(folder, "nested", {"members": [probe, str(folder / "ens.yaml")]}),
+            "three": _preset(folder, "three", {"members": [probe, _preset(folder, "tri", {"data": {"task": "3class"}})]})}
+
+
+def test_train_runs_every_member_on_one_split_then_the_ensemble(presets: dict[str, str], data_slice: Path,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    args = ["train", "--preset", presets["ens"], "--data", str(data_slice), "--out-dir", str(runs),
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", *[a for o in TINY for a in ("--set", o)]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ensemble of 2: test accuracy" in out
+    members = [runs / "ens-probe", runs / "ens-scratch"]
+    for member in members:
+        assert (member / "model.json").is_file() and (member / "metrics.json").is_file()
+    folds = [(m / "folds.csv").read_text() for m in members]
+    assert folds[0] == folds[1]  # one split
+    assert json.loads((runs / "ens" / "metrics.json").read_text())["members"] == [str(m) for m in members]
+    assert main(["predict", str(data_slice / "test"), "--model", str(runs / "ens")]) == 2
+    assert "predict with a member run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "message"), [("lonely", "at least two members"), ("nested", "itself an ensemble"),
+                                               ("three", "3class model")])
+def test_bad_ensemble_presets_fail_before_training(presets: dict[str, str], name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        member_configs(load_config(presets[name]), [])
