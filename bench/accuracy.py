@@ -45,6 +45,11 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-partial": ("lite0-partial", []),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
+    "lite0-finetune-ls": ("lite0-finetune", ["train.label_smoothing=0.1"]),
+    "lite0-finetune-focal": ("lite0-finetune", ["train.loss=focal"]),
+    "lite0-finetune-strongaug": ("lite0-finetune", ["train.augment.rotate_deg=15", "train.augment.scale=0.2",
+                                                     "train.augment.translate=0.1", "train.augment.brightness=0.3",
+                                                     "train.augment.contrast=0.3", "train.augment.gamma=0.3"]),
 }
 # name -> member rows: the mean probability of runs of the same split seed (`pneumo evaluate RUN RUN --out DIR`)
 ENSEMBLES: dict[str, list[str]] = {
