@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     requests = sum(tally.statuses.values())
     server_errors = sum(n for code, n in tally.statuses.items() if code.isdigit() and int(code) >= 500)
     record("soak", {
-        "model_id": ready["model_id"], "minutes": args.minutes, "clients": args.clients,
+        "model_id": ready["model_id"], "backend": ready.get("backend"), "minutes": args.minutes, "clients": args.clients,
         "invalid_fraction": args.invalid_fraction, "valid_images": len(uploads), "invalid_inputs": len(bad),
         "seconds": round(elapsed, 2), "requests": requests,
         "requests_by_status": dict(sorted(tally.statuses.items())), "server_errors_5xx": server_errors,
