@@ -42,7 +42,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-probe-3class": ("default", ["data.task=3class"]),
     "scratch-cnn": ("scratch-cnn", []),
     "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
-    "lite0-partial": ("lite0-partial", []),
+    "lite0-partial": ("lite0-partial", []),  # = the `best` preset
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
     "lite0-finetune-ls": ("lite0-finetune", ["train.label_smoothing=0.1"]),
@@ -53,7 +53,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 }
 # name -> member rows: the mean probability of runs of the same split seed (`pneumo evaluate RUN RUN --out DIR`)
 ENSEMBLES: dict[str, list[str]] = {
-    "ens-lite012-probe": ["lite0-probe", "lite1-probe", "lite2-probe"],  # = the `best` preset
+    "ens-lite012-probe": ["lite0-probe", "lite1-probe", "lite2-probe"],  # = the `ens-lite-probes` preset
     "ens-lite0-probe-views": ["lite0-probe", "lite0-probe-letterbox", "lite0-probe-clahe"],
 }
 HEAD = ["accuracy", "sensitivity", "specificity", "roc_auc"]

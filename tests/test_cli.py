@@ -42,13 +42,16 @@ def test_every_preset_loads_and_validates() -> None:
         assert cfg.name == preset
 
 
-def test_the_best_preset_is_the_ensemble_of_the_three_lite_probes() -> None:
-    from pneumo.config import member_configs
+def test_the_ensemble_preset_lists_the_three_lite_probes_and_best_equals_lite0_partial() -> None:
+    from pneumo.config import member_configs, to_dict
 
-    members = member_configs(load_config("best"), ["data.split_seed=3"])
+    members = member_configs(load_config("ens-lite-probes"), ["data.split_seed=3"])
     assert [m.model.name for m in members] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
-    assert [m.name for m in members] == ["best-default", "best-lite1-probe", "best-lite2-probe"]
+    assert [m.name for m in members] == ["ens-lite-probes-default", "ens-lite-probes-lite1-probe",
+                                         "ens-lite-probes-lite2-probe"]
     assert {m.model.mode for m in members} == {"probe"} and {m.data.split_seed for m in members} == {3}
+    best, partial = to_dict(load_config("best")), to_dict(load_config("lite0-partial"))
+    assert {**best, "name": ""} == {**partial, "name": ""}
 
 
 def test_overrides_are_typed_and_unknown_presets_list_the_known_ones() -> None:
