@@ -27,7 +27,6 @@ from PIL import Image
 from torchvision import transforms
 
 from pneumo.infer.batch import predict_files
-from pneumo.infer.export import export_onnx
 from pneumo.infer.io import load_image_file
 from pneumo.infer.predictor import Predictor, resolve_model
 
@@ -76,28 +75,26 @@ def main() -> None:
         t = time.perf_counter()
         predictor.predict([g])
         latencies.append((time.perf_counter() - t) * 1000)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(resolve_model(args.model), Path(tmp) / "model.onnx")
-        onnx = Predictor(onnx_path, backend="onnx")
-        batch = np.stack([predictor.preprocess(g) for g in grays[:32]])
-        eager = predictor.torch_model
+    onnx = default  # the ONNX Runtime session `pneumo predict` uses (its file may be gone; the session holds the model)
+    batch = np.stack([predictor.preprocess(g) for g in grays[:32]])
+    eager = predictor.torch_model
 
-        def eager_logits(prepared: np.ndarray) -> None:
-            with torch.no_grad():
-                eager(torch.from_numpy(prepared.astype(np.float32) / 255.0)[:, None])
+    def eager_logits(prepared: np.ndarray) -> None:
+        with torch.no_grad():
+            eager(torch.from_numpy(prepared.astype(np.float32) / 255.0)[:, None])
 
-        timings = {}
-        for name, fn in (("torch", predictor.logits), ("eager", eager_logits), ("onnx", onnx.logits)):
+    timings = {}
+    for name, fn in (("torch", predictor.logits), ("eager", eager_logits), ("onnx", onnx.logits)):
+        fn(batch)
+        t = time.perf_counter()
+        for _ in range(3):
             fn(batch)
-            t = time.perf_counter()
-            for _ in range(3):
-                fn(batch)
-            timings[name] = (time.perf_counter() - t) / 3
-        onnx_lat = []
-        for g in grays:
-            t = time.perf_counter()
-            onnx.predict([g])
-            onnx_lat.append((time.perf_counter() - t) * 1000)
+        timings[name] = (time.perf_counter() - t) / 3
+    onnx_lat = []
+    for g in grays:
+        t = time.perf_counter()
+        onnx.predict([g])
+        onnx_lat.append((time.perf_counter() - t) * 1000)
     record("predict", {
         "images": len(files), "ok": n_ok, "model": str(resolve_model(args.model).name),
         "default_backend": default.backend, "load_s_cold_with_export": round(cold_load_s, 2),

@@ -130,10 +130,10 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     start = time.perf_counter()
     out = Path(out_dir)
     members = [Path(r) for r in run_dirs]
-    cfg, folds = load_run(members[0], data)
+    loaded = [load_run(run_dir, data) for run_dir in members]
+    cfg, folds = loaded[0]
     probs: dict[str, list[np.ndarray]] = {"val": [], "test": []}
-    for run_dir in members:
-        member_cfg, member_folds = load_run(run_dir, data)
+    for run_dir, (member_cfg, member_folds) in zip(members, loaded):
         _check_same_folds(members[0], folds, cfg, run_dir, member_folds, member_cfg)
         model, _ = load_checkpoint(run_dir / f"{BEST}.json")
         logits = fold_logits(run_dir, member_cfg, member_folds, model)

@@ -81,7 +81,6 @@ class Predictor:
         self.threshold = float(self.meta.get("threshold", 0.5))
         self.temperature = float(self.meta.get("temperature", 1.0))
         self._lock = threading.Lock()
-        self._threads = threads
         self._torch_model = None
         if backend == "auto":
             try:
