@@ -66,8 +66,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 0
-    amp: bool = True  # bf16 autocast on CUDA
-    channels_last: bool = True
+    amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
+    channels_last: bool = True  # with amp on such a CPU, or on CUDA
     probe_c: float = 1.0  # inverse regularisation of the probe's logistic regression
     max_steps_per_epoch: int | None = None  # for smoke tests
     checkpoint_every_steps: int = 0  # also save the resumable state every N optimizer steps (0: after each epoch)

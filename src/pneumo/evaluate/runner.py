@@ -19,8 +19,8 @@ from pneumo.data.splits import class_names, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
 from pneumo.models.fast import fast_inference
+from pneumo.models.runtime import predict_logits, select_device
 from pneumo.train.checkpoint import load_checkpoint
-from pneumo.train.loop import predict_logits, select_device
 from pneumo.train.run import BEST, image_cache
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,15 @@ def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -
     device = select_device(cfg.train.device)
     net.to(device)
     model = _FastCpu(net, cfg.data.image_size) if device.type == "cpu" else net
+    amp = cfg.train.amp and device.type == "cuda"  # fp32 on the CPU: the numbers `pneumo predict` (ONNX) gives
     out = {}
     for fold in ("val", "test"):
         rows = np.flatnonzero(folds["fold"].to_numpy() == fold)
         images = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None]
-        out[fold] = predict_logits(model, images, batch_size=64, device=device, amp=cfg.train.amp,
+        out[fold] = predict_logits(model, images, batch_size=64, device=device, amp=amp,
                                    progress=f"predict {fold}")
         if cfg.eval.tta:
-            flipped = predict_logits(model, images.flip(-1), batch_size=64, device=device, amp=cfg.train.amp)
+            flipped = predict_logits(model, images.flip(-1), batch_size=64, device=device, amp=amp)
             out[fold] = (out[fold] + flipped) / 2
     out["test_images"] = cache.images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
     return out

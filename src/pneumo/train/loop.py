@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from pneumo.config import RunConfig, TrainConfig
 from pneumo.errors import ConfigError
+from pneumo.models.runtime import autocast, memory_format, predict_logits, to_unit
 from pneumo.train.augment import augment
 from pneumo.train.distributed import ONE_PROCESS, DistEnv, any_rank, broadcast, shard, sum_across, wrap_model
 
@@ -44,32 +45,6 @@ class SplitTensors:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 64, device: torch.device | None = None,
-                   amp: bool = True, progress: str | None = None) -> np.ndarray:
-    """Logits (N, C) as float32 numpy for uint8 images (N, 1, S, S)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=progress, disable=progress is None, unit="batch"):
-        x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
-        with autocast(device, amp):
-            out.append(model(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def val_auc(logits: np.ndarray, y: np.ndarray) -> float:
@@ -178,12 +153,12 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
     aug_gen = torch.Generator(device=device)
     class_weight = getattr(loss_fn, "weight", None)
     class_weight = class_weight.cpu() if class_weight is not None else None
-    memory_format = torch.channels_last if (cfg.channels_last and device.type == "cuda") else torch.contiguous_format
+    fmt = memory_format(device, cfg.channels_last, cfg.amp)
     total, bar = 0.0, tqdm(range(start_step, n_steps), initial=start_step, total=n_steps, unit="batch", leave=False,
                            desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main)
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        x = data.x_train[idx].to(device, non_blocking=True).float().div_(255)
+        x = to_unit(data.x_train[idx].to(device, non_blocking=True))
         x = augment(x, cfg.augment, aug_gen.manual_seed(step_seed(cfg.seed, epoch, step, 0)))
         y, scale = data.y_train[idx], 1.0
         if env.enabled:
@@ -191,20 +166,12 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
             scale = env.world_size * _batch_weight(mine, class_weight) / _batch_weight(y, class_weight)
             x, y = shard(x, env.rank, env.world_size), mine
         torch.manual_seed(step_seed(cfg.seed, epoch, step, 1 + env.rank))  # dropout masks
-        loss = train_step(model, x.contiguous(memory_format=memory_format), y.to(device, non_blocking=True),
+        loss = train_step(model, x.contiguous(memory_format=fmt), y.to(device, non_blocking=True),
                           optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=cfg.amp,
                           scale=scale)
         total += loss
         bar.set_postfix(loss=f"{total / (step + 1 - start_step):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         yield step + 1, loss
-
-
-def train_one_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, loss_fn: nn.Module,
-                    cfg: TrainConfig, epoch: int, device: torch.device, env: DistEnv = ONE_PROCESS) -> float:
-    """Train a whole epoch; returns the mean training loss of its steps (over all ranks)."""
-    total = sum(loss for _, loss in run_epoch(model, data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-                                              cfg=cfg, epoch=epoch, device=device, env=env))
-    return sum_across(total, env, device) / env.world_size / steps_per_epoch(len(data.y_train), cfg)
 
 
 def append_metrics(path: Path, row: dict) -> None:

@@ -15,7 +15,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pneumo.models.fast import fast_inference
-from pneumo.train.loop import autocast, val_auc
+from pneumo.models.runtime import autocast
+from pneumo.train.loop import val_auc
 
 log = logging.getLogger(__name__)
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -46,7 +47,7 @@ def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, bat
     run = fast_inference(model, batch(0)[:2], features=True)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
-        with autocast(device, amp):
+        with autocast(device, amp and device.type == "cuda"):  # CPU: the traced fp32 graph, as predict runs it
             out.append(run(batch(start)).float().cpu())
     return torch.cat(out).numpy()
 

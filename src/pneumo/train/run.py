@@ -28,6 +28,7 @@ from pneumo.data.manifest import resolve_root, scan_dataset
 from pneumo.data.splits import assign_folds, class_names, labels, take_slice
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.models import create
+from pneumo.models.runtime import memory_format
 from pneumo.train.checkpoint import load_train_state, save_checkpoint, save_train_state
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
@@ -221,8 +222,7 @@ def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device:
                         torch.from_numpy(y[rows["val"]]))
     if device.type == "cuda":
         data = SplitTensors(*(t.to(device) if i % 2 == 0 else t for i, t in enumerate(data.__dict__.values())))
-        if cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
+    model.to(memory_format=memory_format(device, cfg.train.channels_last, cfg.train.amp))
 
     def save_best(m: torch.nn.Module, info: dict) -> None:
         save_checkpoint(run_dir / BEST, m, checkpoint_meta(cfg, m, {"training": info}))

@@ -1,0 +1,95 @@
+"""Training and feature-extraction speed, fp32 vs the fast path (bf16 autocast + channels-last), in one run.
+
+    python bench/bench_train_speed.py [--modes partial,finetune] [--size 224] [--batch 32] [--steps 6]
+
+Each mode builds the real model (`pneumo.train.run.build_model` of the preset) and times the real optimizer step
+(`pneumo.train.loop.train_step`) on random uint8 images: the pixel values do not change the arithmetic. The first
+two steps of each path are warm-up and not timed. Features: the probe's path (traced fp32 graph) vs eager bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record
+
+from pneumo.config import load_config
+from pneumo.models.fast import fast_inference
+from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format, to_unit
+from pneumo.train.loop import make_loss, make_optimizer, train_step
+from pneumo.train.run import build_model
+
+PRESETS = {"partial": "lite0-partial", "finetune": "lite0-finetune", "probe": "default"}
+
+
+def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int) -> float:
+    cfg = load_config(preset, [f"data.image_size={size}", f"train.batch_size={batch}", f"train.amp={str(amp).lower()}"])
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    fmt = memory_format(device, cfg.train.channels_last, amp)
+    model.to(memory_format=fmt).train()
+    y = torch.randint(0, 2, (batch,))
+    optimizer, scheduler = make_optimizer(model, cfg.train, steps + 2)
+    loss_fn = make_loss(cfg.train, y, 2)
+    x = to_unit(torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8)).contiguous(memory_format=fmt)
+    for i in range(steps + 2):
+        if i == 2:
+            start = time.perf_counter()
+        train_step(model, x, y, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=amp)
+    return steps * batch / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def time_features(*, size: int, batch: int, steps: int) -> dict[str, float]:
+    cfg = load_config("default", [f"data.image_size={size}"])
+    model = build_model(cfg).eval()
+    device = torch.device("cpu")
+    x = to_unit(torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8))
+    out = {}
+    traced = fast_inference(model, x[:2], features=True)
+    eager_cl = model.to(memory_format=torch.channels_last)
+    paths = {"eager_fp32": lambda: model.forward_features(x), "traced_fp32": lambda: traced(x)}
+    if cpu_has_bf16():
+        def eager_bf16():
+            with autocast(device, True):
+                return eager_cl.forward_features(x.contiguous(memory_format=torch.channels_last))
+        paths["eager_bf16_channels_last"] = eager_bf16
+    for name, fn in paths.items():
+        fn()
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        out[name] = round(steps * batch / (time.perf_counter() - start), 1)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="partial,finetune")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--no-features", action="store_true")
+    args = parser.parse_args()
+    rows = {}
+    for mode in args.modes.split(","):
+        fp32 = time_training(PRESETS[mode], amp=False, size=args.size, batch=args.batch, steps=args.steps)
+        fast = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps)
+        rows[mode] = {"fp32_img_s": round(fp32, 2), "fast_img_s": round(fast, 2), "speedup": round(fast / fp32, 2)}
+        print(mode, rows[mode], flush=True)
+    payload = {"cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(), "size": args.size,
+               "batch": args.batch, "steps": args.steps, "training": rows}
+    if not args.no_features:
+        payload["features_img_s"] = time_features(size=args.size, batch=64, steps=max(2, args.steps // 2))
+    record("train_speed", payload)
+
+
+if __name__ == "__main__":
+    main()
