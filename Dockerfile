@@ -4,15 +4,25 @@
 #   docker run --rm -p 8000:8000 -v "$PWD/runs/best:/model:ro" -e PNEUMO_API_KEY=change-me \
 #       pneumo pneumo serve --host 0.0.0.0 --model /model         # your own run, with an API key
 # Then open http://localhost:8000/ (the page) or http://localhost:8000/docs (the API).
-FROM python:3.11-slim
+# Build arguments: BASE_IMAGE (any image with Python 3.11 and its venv module), TORCH_INDEX_URL (where the torch
+# wheels come from). tools/build_image.sh builds it without a Docker engine (buildah) from a Debian base.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# The CPU wheels from the PyTorch index: the default PyPI wheels would pull in the CUDA libraries (gigabytes).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
-# CPU wheels first, from the PyTorch index: the default PyPI wheels would pull in the CUDA libraries (gigabytes).
-RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu
+# A virtual environment: works the same on python:3.11-slim and on a distribution's Python (PEP 668).
+RUN python3 -m venv /opt/venv
+
+RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url ${TORCH_INDEX_URL}
 
 WORKDIR /opt/pneumo
 COPY pyproject.toml README.md ./

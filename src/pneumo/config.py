@@ -94,6 +94,12 @@ class ServeConfig:
     max_batch: int = 8
     batch_window_ms: float = 5.0
     cors_origins: list[str] = field(default_factory=list)
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (slow clients are closed)
+    body_timeout_s: float = 60.0  # an upload must arrive within this (else 408)
+    max_active: int = 16  # predictions decoded and run at once
+    max_queue: int = 64  # predictions waiting for a slot; beyond: 503 + Retry-After
+    queue_timeout_s: float = 10.0  # the longest wait for a slot (then 503 + Retry-After)
+    upload_budget_mb: float = 512.0  # bytes of all uploads being read or waiting, summed; beyond: 503
 
 
 @dataclass

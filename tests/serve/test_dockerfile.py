@@ -23,12 +23,22 @@ def instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
+def build_args(steps: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for op, arg in steps if op == "ARG" and "=" in arg)
+
+
+def test_dockerfile_base_image_is_a_build_argument_defaulting_to_python_311_slim() -> None:
+    steps = instructions()
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert next(arg for op, arg in steps if op == "FROM") == "${BASE_IMAGE}"
+
+
 def test_dockerfile_installs_cpu_torch_then_the_package_and_runs_as_non_root() -> None:
     steps = instructions()
-    assert steps[0] == ("FROM", "python:3.11-slim")
     runs = [arg for op, arg in steps if op == "RUN"]
     torch_step = next(i for i, r in enumerate(runs) if "torch==2.14.1" in r)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_step]
+    assert "--index-url ${TORCH_INDEX_URL}" in runs[torch_step]
+    assert build_args(steps)["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"  # real users: CPU wheels
     assert any("pip install" in r and "." in r.split() for r in runs[torch_step + 1 :])
     users = [arg for op, arg in steps if op == "USER"]
     assert users and users[-1] not in ("root", "0")

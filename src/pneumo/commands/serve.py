@@ -35,8 +35,22 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="allow browser calls from this origin (repeatable; default: none)")
     parser.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
     parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
-    parser.add_argument("--limit-concurrency", type=int, default=64,
-                        help="connections served at once before answering 503 (bounds memory: each may hold an upload)")
+    parser.add_argument("--limit-concurrency", type=int, default=1000,
+                        help="last-resort cap on open connections, beyond which uvicorn answers 503 to everything "
+                        "(default 1000; the limits below act long before)")
+    limits = parser.add_argument_group("slow clients and backpressure")
+    limits.add_argument("--header-timeout-s", type=float, default=_DEFAULTS.header_timeout_s,
+                        help="close connections whose request headers take longer (default %(default)g)")
+    limits.add_argument("--body-timeout-s", type=float, default=_DEFAULTS.body_timeout_s,
+                        help="answer 408 to uploads that take longer (default %(default)g)")
+    limits.add_argument("--max-active", type=int, default=_DEFAULTS.max_active,
+                        help="predictions decoded and run at once (default %(default)d)")
+    limits.add_argument("--max-queue", type=int, default=_DEFAULTS.max_queue,
+                        help="predictions waiting for a slot; more get 503 + Retry-After (default %(default)d)")
+    limits.add_argument("--queue-timeout-s", type=float, default=_DEFAULTS.queue_timeout_s,
+                        help="longest wait for a slot before 503 + Retry-After (default %(default)g)")
+    limits.add_argument("--upload-budget-mb", type=float, default=_DEFAULTS.upload_budget_mb,
+                        help="memory for all uploads being read or waiting; beyond it 503 (default %(default)g)")
     parser.set_defaults(func=run)
 
 
@@ -48,9 +62,18 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise ConfigError("--max-upload-mb and --max-pixels must be positive")
     if args.max_batch < 1 or args.batch_window_ms < 0 or args.workers < 1:
         raise ConfigError("--max-batch and --workers must be at least 1, --batch-window-ms at least 0")
+    if min(args.header_timeout_s, args.body_timeout_s, args.queue_timeout_s) <= 0:
+        raise ConfigError("--header-timeout-s, --body-timeout-s and --queue-timeout-s must be positive")
+    if args.max_active < 1 or args.max_queue < 0 or args.limit_concurrency < 1:
+        raise ConfigError("--max-active and --limit-concurrency must be at least 1, --max-queue at least 0")
+    if args.upload_budget_mb < args.max_upload_mb:
+        raise ConfigError("--upload-budget-mb must be at least --max-upload-mb (else the largest upload never fits)")
     return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
-                       batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin))
+                       batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
+                       header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                       max_active=args.max_active, max_queue=args.max_queue, queue_timeout_s=args.queue_timeout_s,
+                       upload_budget_mb=args.upload_budget_mb)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,13 +81,15 @@ def run(args: argparse.Namespace) -> int:
 
     from pneumo.infer.predictor import Predictor, resolve_model
     from pneumo.serve.app import create_app
+    from pneumo.serve.limits import configure_header_timeout
 
     config = serve_config(args)
     if not config.api_key and not _is_loopback(config.host):
         log.warning("listening on %s without an API key: anyone who can reach this port can use the service",
                     config.host)
     options = {"host": config.host, "port": config.port, "server_header": False,
-               "limit_concurrency": args.limit_concurrency}
+               "limit_concurrency": args.limit_concurrency,
+               "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
     if args.workers > 1:
         resolve_model(args.model)  # fail here, not in every worker
         if config.api_key:
@@ -72,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         settings = {**asdict(config), "api_key": None, "model": args.model, "backend": args.backend,
                     "threads": args.threads}
         os.environ["PNEUMO_SERVE_SETTINGS"] = json.dumps(settings)
+        options["http"] = "pneumo.serve.limits:HeaderDeadlineH11Protocol"  # each worker imports and configures it
         uvicorn.run("pneumo.serve.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
     predictor = Predictor(args.model, backend=args.backend, threads=args.threads)  # a bad model fails before binding

@@ -47,6 +47,7 @@ from pneumo.config import ServeConfig
 from pneumo.errors import InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve.batcher import MicroBatcher
+from pneumo.serve.limits import Overloaded, ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
 from pneumo.serve.upload import UploadError, read_upload
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
 }}}
 ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
     (400, "malformed request body"), (401, "missing or wrong API key"), (413, "upload too large"),
-    (415, "unsupported content type"), (422, "not an acceptable image"), (501, "heat maps unavailable"),
-    (503, "model not loaded"))}
+    (408, "the upload took too long"), (415, "unsupported content type"), (422, "not an acceptable image"),
+    (501, "heat maps unavailable"), (503, "model not loaded, or busy (then with Retry-After)"))}
+SLOW_BODIES = ThrottledLog("answered %d upload(s) with 408: the body did not arrive in time (last %gs)")
 
 
 class Service:
@@ -134,6 +136,9 @@ class Service:
         self._model, self._backend, self._threads = model, backend, threads
         self._lock = threading.Lock()
         self._running = False
+        self.work = WorkQueue(max_active=config.max_active, max_queue=config.max_queue,
+                              queue_timeout_s=config.queue_timeout_s)
+        self.budget = UploadBudget(int(config.upload_budget_mb * 1_000_000))
 
     def start(self) -> None:
         self._running = True
@@ -153,6 +158,8 @@ class Service:
             batcher.close()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+        for throttled in (self.work.rejected, self.budget.rejected, SLOW_BODIES):
+            throttled.flush()
 
     def _load(self) -> None:
         try:
@@ -242,8 +249,15 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
                       heatmap: bool = Query(False, description="add a Grad-CAM overlay PNG (base64)"),
                       preview: bool = Query(False, description="add the decoded gray image as PNG (base64)"),
                       ) -> dict[str, Any]:
-        """Predict one chest X-ray (JPEG, PNG or DICOM) sent as the multipart field ``file``."""
-        return await _predict(service, request, heatmap=heatmap, preview=preview)
+        """Predict one chest X-ray (JPEG, PNG or DICOM) sent as the multipart field ``file``.
+
+        Busy: 503 with ``Retry-After`` (seconds) when the work queue is full; 408 when the upload is too slow."""
+        start = time.perf_counter()
+        _ready_predictor(service)
+        async with service.budget.charge(request.stream()) as stream:  # uploads read or waiting: bounded bytes
+            data = await _receive(service, request, stream)  # no slot held while a slow client sends
+            async with service.work.slot():  # bounded work, bounded queue: 503 + Retry-After beyond
+                return await _predict(service, data, start, heatmap=heatmap, preview=preview)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -276,21 +290,32 @@ def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and multi-worker runs: settings from ``$PNEUMO_SERVE_SETTINGS`` (JSON)."""
     settings = json.loads(os.environ.get("PNEUMO_SERVE_SETTINGS", "{}"))
     options = {key: settings.pop(key) for key in ("model", "backend", "threads") if key in settings}
-    return create_app(ServeConfig(**settings), **options)
+    config = ServeConfig(**settings)
+    configure_header_timeout(config.header_timeout_s)  # this worker's uvicorn protocol (see pneumo.serve.limits)
+    return create_app(config, **options)
 
 
-async def _predict(service: Service, request: Request, *, heatmap: bool, preview: bool) -> dict[str, Any]:
-    start = time.perf_counter()
-    predictor = _ready_predictor(service)
+async def _receive(service: Service, request: Request, stream: Any) -> bytes:
+    """The uploaded file, read within ``body_timeout_s`` (else 408) and ``max_upload_mb``."""
     max_bytes = int(service.config.max_upload_mb * 1_000_000)
     try:
-        data = await read_upload(dict(request.headers), request.stream(), max_bytes=max_bytes)
+        async with asyncio.timeout(service.config.body_timeout_s):
+            data = await read_upload(dict(request.headers), stream, max_bytes=max_bytes)
+    except TimeoutError:
+        SLOW_BODIES.count()
+        raise HTTPException(408, f"the upload did not arrive within {service.config.body_timeout_s:g} s",
+                            headers={"Connection": "close"}) from None
     except UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from None
     except ClientDisconnect:
         raise HTTPException(400, "the upload was interrupted") from None
     if not data:
         raise HTTPException(422, "the uploaded file is empty")
+    return data
+
+
+async def _predict(service: Service, data: bytes, start: float, *, heatmap: bool, preview: bool) -> dict[str, Any]:
+    predictor = _ready_predictor(service)
     t0 = time.perf_counter()
     gray, prepared = await service.in_pool(_decode, predictor, data, service.config.max_pixels)
     del data
@@ -383,9 +408,16 @@ def _api_key_check(expected: str):
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:  # counted by its ThrottledLog, not per line
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        if exc.close_connection:
+            headers["Connection"] = "close"
+        return JSONResponse({"detail": exc.detail}, status_code=503, headers=headers)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code >= 400:
+        if exc.status_code >= 400 and exc.status_code != 408:  # 408s are counted by SLOW_BODIES
             log.info("request rejected: %d", exc.status_code)
         return JSONResponse({"detail": _one_line(exc.detail)}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

@@ -1,0 +1,215 @@
+"""Limits that keep the service answering when clients are slow or many.
+
+Three layers, each in the stack users already run:
+
+* ``HeaderDeadlineH11Protocol`` — uvicorn's own h11 protocol plus one timer: a connection must deliver a request's
+  headers within ``header_timeout_s`` of opening (or of its previous response), else it is closed. uvicorn has no
+  such timeout (its keep-alive timer is disarmed by every byte received), so 1-byte-per-second clients would
+  otherwise hold their connections for ever.
+* ``UploadBudget`` — the bytes of uploads being read or waiting, summed over all requests, stay under a budget;
+  beyond it a request gets 503 + ``Retry-After``. Slow clients hold almost nothing, so they cannot starve others.
+* ``WorkQueue`` — at most ``max_active`` predictions are decoded and run at once, at most ``max_queue`` wait for a
+  slot, each for at most ``queue_timeout_s``; beyond that 503 + ``Retry-After`` (an estimate from recent service
+  times) instead of a cliff.
+
+Rejections are counted and logged at a bounded rate by ``ThrottledLog`` (one summary line per interval).
+``/healthz`` and ``/readyz`` pass through none of these limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+LOG_EVERY_S = 10.0
+MAX_RETRY_AFTER_S = 60
+
+
+class Overloaded(Exception):
+    """The service cannot take this request now: answer 503 with ``Retry-After: retry_after_s``."""
+
+    def __init__(self, detail: str, retry_after_s: int, *, close_connection: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        self.close_connection = close_connection  # the body was not read to its end
+
+
+class ThrottledLog:
+    """Counts events and logs them as one WARNING line per ``every_s`` seconds at most: the first event at once,
+    later ones summed into the next line (``message`` gets the count and the interval)."""
+
+    def __init__(self, message: str, *, every_s: float = LOG_EVERY_S, logger: logging.Logger = log) -> None:
+        self.message = message
+        self.every_s = every_s
+        self.logger = logger
+        self.total = 0
+        self._pending = 0
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def count(self, n: int = 1) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.total += n
+            self._pending += n
+            if now - self._last < self.every_s:
+                return
+            pending, self._pending, self._last = self._pending, 0, now
+        self.logger.warning(self.message, pending, self.every_s)
+
+    def flush(self) -> None:
+        """Log what was counted since the last line (at shutdown)."""
+        with self._lock:
+            pending, self._pending = self._pending, 0
+        if pending:
+            self.logger.warning(self.message, pending, self.every_s)
+
+
+SLOW_HEADERS = ThrottledLog("closed %d connection(s) that sent no complete request headers in time (last %gs)")
+
+
+class HeaderDeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers (set ``header_timeout_s`` with
+    :func:`configure_header_timeout`; the body has its own deadline in the app)."""
+
+    header_timeout_s: ClassVar[float] = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_deadline()  # the next request's headers get the same time
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._header_deadline_passed)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_deadline = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being served: its headers came in time
+        if not self.transport.is_closing():
+            SLOW_HEADERS.count()
+            self.transport.close()
+
+
+def configure_header_timeout(seconds: float) -> type[HeaderDeadlineH11Protocol]:
+    """Set the header deadline of every ``HeaderDeadlineH11Protocol`` in this process (each uvicorn worker calls it
+    while building the app); returns the class to hand to ``uvicorn.run(http=...)``."""
+    if seconds <= 0:
+        raise ValueError("the header timeout must be positive")
+    HeaderDeadlineH11Protocol.header_timeout_s = float(seconds)
+    return HeaderDeadlineH11Protocol
+
+
+class UploadBudget:
+    """Bytes held by uploads, summed over all requests, kept under ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+        self.rejected = ThrottledLog("refused %d upload(s): the upload memory budget was full (last %gs)")
+
+    @asynccontextmanager
+    async def charge(self, stream: AsyncIterator[bytes]) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``stream`` with each chunk charged to the budget; everything is given back when the block ends.
+
+        Raises:
+            Overloaded: a chunk would take the total over the budget.
+        """
+        taken = 0
+
+        async def charged() -> AsyncIterator[bytes]:
+            nonlocal taken
+            async for chunk in stream:
+                if self.held + len(chunk) > self.max_bytes:
+                    self.rejected.count()
+                    raise Overloaded("the server is receiving too many uploads, try again shortly", 2,
+                                     close_connection=True)
+                self.held += len(chunk)
+                taken += len(chunk)
+                yield chunk
+
+        try:
+            yield charged()
+        finally:
+            self.held -= taken
+
+
+class WorkQueue:
+    """At most ``max_active`` holders at once, at most ``max_queue`` waiting (each at most ``queue_timeout_s``).
+
+    One instance per event loop (the service's); the semaphore is only touched from that loop.
+    """
+
+    def __init__(self, *, max_active: int, max_queue: int, queue_timeout_s: float) -> None:
+        if max_active < 1 or max_queue < 0 or queue_timeout_s <= 0:
+            raise ValueError("max_active >= 1, max_queue >= 0 and queue_timeout_s > 0 are required")
+        self.max_active, self.max_queue, self.queue_timeout_s = max_active, max_queue, queue_timeout_s
+        self.active = 0
+        self.waiting = 0
+        self.service_s = 0.5  # running mean of how long a slot is held (seeds the first Retry-After)
+        self.rejected = ThrottledLog("refused %d prediction(s) with 503: the work queue was full (last %gs)")
+        self._slots = asyncio.Semaphore(max_active)
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained by one slot per waiting request (1 .. 60)."""
+        estimate = self.service_s * (self.waiting + 1) / self.max_active
+        return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(estimate))))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``max_active`` slots for the block.
+
+        Raises:
+            Overloaded: the queue is full, or no slot freed up within ``queue_timeout_s``.
+        """
+        if self._slots.locked():
+            if self.waiting >= self.max_queue:
+                self.rejected.count()
+                raise Overloaded("the server is busy, try again shortly", self.retry_after_s())
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+            except TimeoutError:
+                self.rejected.count()
+                raise Overloaded("the server is busy (waited too long for a slot), try again shortly",
+                                 self.retry_after_s()) from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        self.active += 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._slots.release()
+            self.service_s = 0.8 * self.service_s + 0.2 * (time.perf_counter() - start)

@@ -1,0 +1,249 @@
+"""Slow clients and backpressure, against a real uvicorn server on 127.0.0.1 (short versions of
+bench/bench_slow_clients.py): slow headers are cut off, slow bodies get 408, /healthz and a normal prediction keep
+answering, a full work queue answers 503 with Retry-After, and rejections are logged at a bounded rate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from pneumo.config import ServeConfig
+from pneumo.infer.predictor import Predictor
+from pneumo.serve.app import create_app
+from pneumo.serve.limits import Overloaded, ThrottledLog, WorkQueue, configure_header_timeout
+
+PREDICT = "/api/v1/predict"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def live_server(predictor: Predictor) -> Iterator[Callable[..., str]]:
+    """``live_server(**serve_config_fields)`` -> the base URL of a started uvicorn server with the service's
+    protocol (header deadline) in a background thread; stopped after the test."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(predictor_: Predictor = predictor, **fields: object) -> str:
+        config = ServeConfig(**fields)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(config, predictor_), host="127.0.0.1", port=port,
+                                               http=configure_header_timeout(config.header_timeout_s),
+                                               log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+    configure_header_timeout(ServeConfig().header_timeout_s)
+
+
+def slow_client(url: str, payload: tuple[bytes, bytes], *, seconds: float, stop: threading.Event) -> str:
+    """Send ``payload[0]`` at once, then ``payload[1]`` one byte per 0.2 s for at most ``seconds``; returns how it
+    ended: 'closed' (the server cut the connection), 'answered <status line>' or 'still open'."""
+    host, port = url.removeprefix("http://").split(":")
+    prefix, payload_ = payload
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(prefix)
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + seconds
+        for byte in payload_:
+            if stop.is_set() or time.monotonic() > deadline:
+                return "still open"
+            try:
+                sock.sendall(bytes([byte]))
+                reply = sock.recv(1024)
+            except TimeoutError:
+                continue
+            except OSError:
+                return "closed"
+            if not reply:
+                return "closed"
+            return "answered " + reply.split(b"\r\n", 1)[0].decode("latin-1")
+        return "still open"
+
+
+SLOW_HEADERS = (b"", b"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 200)
+
+
+def slow_body(size: int = 200) -> tuple[bytes, bytes]:
+    return (b"POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+            + f"Content-Length: {size}\r\n\r\n".encode(), b"\x00" * size)
+
+
+def test_healthz_and_a_prediction_answer_while_16_slow_clients_hold_connections(live_server, xray: bytes) -> None:
+    url = live_server(header_timeout_s=1.5, body_timeout_s=1.5)
+    stop = threading.Event()
+    with ThreadPoolExecutor(16) as pool:
+        slow = [pool.submit(slow_client, url, SLOW_HEADERS if i % 2 else slow_body(), seconds=4.0, stop=stop)
+                for i in range(16)]
+        time.sleep(0.5)  # all 16 connected and trickling
+        with httpx.Client(base_url=url, timeout=10) as client:
+            health = client.get("/healthz")
+            ready = client.get("/readyz")
+            started = time.perf_counter()
+            prediction = client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")})
+            predict_s = time.perf_counter() - started
+        outcomes = [future.result(timeout=10) for future in slow]
+    stop.set()
+    assert health.status_code == 200 and ready.status_code == 200
+    assert prediction.status_code == 200 and prediction.json()["label"] in ("NORMAL", "PNEUMONIA")
+    assert predict_s < 2.0
+    assert outcomes.count("closed") == 8, outcomes  # slow headers: cut off after the header deadline
+    assert outcomes.count("answered HTTP/1.1 408 Request Timeout") == 8, outcomes  # slow bodies: 408
+
+
+def test_a_slow_body_gets_408_with_connection_close(live_server) -> None:
+    url = live_server(body_timeout_s=0.5)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        head, body = slow_body(1000)
+        sock.sendall(head + body[:100])  # the headers and part of the body, then nothing
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower()
+    assert b"did not arrive within 0.5 s" in body
+
+
+def test_an_idle_connection_is_closed_after_the_header_deadline(live_server) -> None:
+    url = live_server(header_timeout_s=0.5)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b""  # closed by the server, nothing sent
+        assert 0.4 < time.monotonic() - started < 3.0
+
+
+@pytest.fixture()
+def slow_predictor(predictor: Predictor) -> Predictor:
+    """The test model, 0.3 s per batch: enough to fill a small work queue."""
+    original = predictor.predict_prepared
+
+    def slow(batch):
+        time.sleep(0.3)
+        return original(batch)
+
+    predictor.predict_prepared = slow
+    return predictor
+
+
+def test_a_full_work_queue_answers_503_with_retry_after_and_health_stays_up(live_server, slow_predictor: Predictor,
+                                                                             xray: bytes) -> None:
+    url = live_server(slow_predictor, max_active=1, max_queue=1, queue_timeout_s=5, max_batch=1)
+
+    async def burst() -> tuple[list[httpx.Response], httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            posts = [client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")}) for _ in range(8)]
+            tasks = [asyncio.ensure_future(post) for post in posts]
+            await asyncio.sleep(0.1)
+            health = await client.get("/healthz")
+            return list(await asyncio.gather(*tasks)), health
+
+    replies, health = asyncio.run(burst())
+    codes = sorted(reply.status_code for reply in replies)
+    assert health.status_code == 200
+    assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
+    for reply in replies:
+        if reply.status_code == 503:
+            assert int(reply.headers["retry-after"]) >= 1
+            assert "busy" in reply.json()["detail"]
+
+
+def test_the_queue_rejects_beyond_its_length_and_after_its_wait_limit() -> None:
+    async def scenario() -> list[str]:
+        work = WorkQueue(max_active=1, max_queue=1, queue_timeout_s=0.2)
+        events: list[str] = []
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with work.slot():
+                events.append("held")
+                await release.wait()
+
+        async def waiter() -> None:
+            try:
+                async with work.slot():
+                    events.append("waited")
+            except Overloaded as exc:
+                events.append(f"timed out, retry after {exc.retry_after_s}")
+
+        first = asyncio.ensure_future(holder())
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(waiter())
+        await asyncio.sleep(0.01)
+        try:
+            async with work.slot():
+                events.append("third ran")
+        except Overloaded as exc:
+            events.append(f"third refused, retry after {exc.retry_after_s}")
+        await second
+        release.set()
+        await first
+        async with work.slot():  # free again
+            events.append("fourth ran")
+        return events
+
+    events = asyncio.run(scenario())
+    assert events[0] == "held"
+    assert events[1].startswith("third refused, retry after ") and int(events[1].rsplit(" ", 1)[1]) >= 1
+    assert events[2].startswith("timed out, retry after ")
+    assert events[3] == "fourth ran"
+
+
+def test_uploads_beyond_the_memory_budget_get_503_and_the_budget_is_given_back(make_client, xray: bytes) -> None:
+    client: TestClient = make_client(upload_budget_mb=len(xray) / 2 / 1e6)
+    refused = client.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"})
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["connection"] == "close"
+    assert client.app.state.service.budget.held == 0
+    small = make_client(upload_budget_mb=2 * len(xray) / 1e6)
+    assert small.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"}).status_code == 200
+    assert small.app.state.service.budget.held == 0
+
+
+def test_rejections_are_logged_once_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    throttled = ThrottledLog("refused %d request(s) (last %gs)", every_s=60.0)
+    with caplog.at_level(logging.WARNING, logger="pneumo.serve.limits"):
+        for _ in range(500):
+            throttled.count()
+        throttled.flush()
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == ["refused 1 request(s) (last 60s)", "refused 499 request(s) (last 60s)"]
+    assert throttled.total == 500
+
+
+def test_the_header_deadline_protocol_is_configured_per_process(tmp_path: Path) -> None:
+    protocol = configure_header_timeout(3.5)
+    try:
+        assert protocol.header_timeout_s == 3.5
+        with pytest.raises(ValueError):
+            configure_header_timeout(0)
+    finally:
+        configure_header_timeout(ServeConfig().header_timeout_s)
