@@ -11,6 +11,7 @@
 #   TAG              the image's name (default localhost/pneumo:local)
 #   PORT             the port the CMD serves on (default 8000, as in the Dockerfile)
 #   KEEP_IMAGE=1     keep the image afterwards (default: removed, it is several GB)
+#   SKIP_BUILD=1     run and check an image built before (TAG) instead of building it
 #   BUILD_PIP_CONF   a pip.conf for the build's RUN steps (mounted as root's user pip config instead of ~/.config/pip)
 # This machine's pip configuration, CA bundle and local wheel folders are mounted read-only into the build's RUN
 # steps when they exist (/etc/pip.conf, /etc/xdg/pip, ~/.config/pip, /opt/pypi*, /opt/wheels, /etc/ssl/certs).
@@ -23,7 +24,7 @@ PORT=${PORT:-8000}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
 WORK=${WORK:-${TMPDIR:-/tmp}/pneumo-image}
 DATA=${PNEUMO_DATA:-$REPO/../shared/data/chest_xray}
-IMAGE_FILE=${1:-$(find "$DATA/test/PNEUMONIA" -name '*.jpeg' | sort | head -n 1)}
+IMAGE_FILE=${1:-$(find "$DATA/test/PNEUMONIA" -name '*.jpeg' 2>/dev/null | sort | head -n 1 || true)}
 STARTUP_LIMIT_S=${STARTUP_LIMIT_S:-300}
 mkdir -p "$WORK"
 
@@ -58,6 +59,10 @@ elif [ -e "$HOME/.config/pip" ]; then
     mounts+=(-v "$HOME/.config/pip:/root/.config/pip:ro")
 fi
 
+build_s=0
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+    log "using the image built before: $TAG"
+else
 log "building $TAG from $BASE_IMAGE (torch from $TORCH_INDEX_URL)"
 build_start=$(date +%s.%N)
 buildah bud --isolation=chroot --format docker --layers=false --pull=never \
@@ -65,15 +70,17 @@ buildah bud --isolation=chroot --format docker --layers=false --pull=never \
     "${mounts[@]}" -t "$TAG" -f "$REPO/Dockerfile" "$REPO" >"$WORK/build.log" 2>&1 \
     || { tail -n 40 "$WORK/build.log" >&2; log "build failed (full log: $WORK/build.log)"; exit 1; }
 build_s=$(echo "$(date +%s.%N) - $build_start" | bc)
+fi
 size=$(podman image inspect --format '{{.Size}}' "$TAG")
 log "built in ${build_s}s, image size $size bytes"
 
 # What the image says to run and how it checks its health (Docker format keeps the HEALTHCHECK).
-cmd_json=$(buildah inspect --type image --format '{{json .Docker.Config.Cmd}}' "$TAG")
-health_json=$(buildah inspect --type image --format '{{json .Docker.Config.Healthcheck.Test}}' "$TAG")
-mapfile -t cmd < <(python3 -c 'import json, sys; print(*json.loads(sys.argv[1]), sep="\n")' "$cmd_json")
-mapfile -t health < <(python3 -c 'import json, sys; t = json.loads(sys.argv[1]); assert t[0] == "CMD", t
-print(*t[1:], sep="\n")' "$health_json")
+buildah inspect --type image "$TAG" >"$WORK/image.json"
+mapfile -t cmd < <(python3 -c 'import json, sys; print(*json.load(sys.stdin)["Docker"]["config"]["Cmd"], sep="\n")' \
+    <"$WORK/image.json")
+mapfile -t health < <(python3 -c 'import json, sys; test = json.load(sys.stdin)["Docker"]["config"]["Healthcheck"]["Test"]
+assert test[0] == "CMD", test
+print(*test[1:], sep="\n")' <"$WORK/image.json")
 log "CMD: ${cmd[*]}"
 
 container=$(buildah from --pull=never "$TAG")

@@ -93,6 +93,13 @@ def test_malformed_multipart_is_400(client: TestClient) -> None:
     assert_error(response, 400, "malformed")
 
 
+def test_a_1mb_file_name_is_400_saying_the_name_is_too_long(client: TestClient, xray: bytes) -> None:
+    response = client.post(PREDICT, files={"file": ("a" * 1_000_000 + ".jpeg", xray, "image/jpeg")})
+    assert_error(response, 400, "file name is too long", "rename")
+    long_but_fine = client.post(PREDICT, files={"file": ("a" * 4000 + ".jpeg", xray, "image/jpeg")})
+    assert long_but_fine.status_code == 200, long_but_fine.text
+
+
 def test_two_files_in_one_request_are_refused(client: TestClient, xray: bytes) -> None:
     files = [("file", ("a.jpeg", xray, "image/jpeg")), ("file", ("b.jpeg", xray, "image/jpeg"))]
     assert_error(client.post(PREDICT, files=files), 422, "one image")

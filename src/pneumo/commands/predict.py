@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 if writer is None:
                     writer = csv.DictWriter(out, fieldnames=list(row))
                     writer.writeheader()
-                writer.writerow(row)
+                writer.writerow({key: csv_cell(value) for key, value in row.items()})
         bar.close()
     finally:
         if args.out:
@@ -91,6 +91,15 @@ def run(args: argparse.Namespace) -> int:
     if failures == len(files):
         raise PneumoError(f"none of the {len(files)} input(s) could be read")
     return 1 if failures else 0
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def csv_cell(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula (a file named ``=HYPERLINK(...).jpeg``) gets a leading
+    ``'``, so it shows as text; numbers stay numbers."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def _printable(path: Path) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from python_multipart.exceptions import FormParserError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 FIELD = "file"
 FORM_OVERHEAD = 64 * 1024  # part headers, boundaries and small extra fields around the file in a multipart body
 RAW_TYPES = ("application/octet-stream", "application/dicom")
+MAX_PART_HEADER = 4096 + 128  # bytes of one part header line, e.g. Content-Disposition with the file name
 
 
 class UploadError(Exception):
@@ -121,7 +122,7 @@ class _FileCollector:
 
 async def _read_multipart(stream: AsyncIterator[bytes], boundary: bytes, *, max_bytes: int, limit: int) -> bytes:
     collector = _FileCollector(max_bytes)
-    parser = MultipartParser(boundary, collector.callbacks())
+    parser = MultipartParser(boundary, collector.callbacks(), max_header_size=MAX_PART_HEADER)
     received = 0
     try:
         async for chunk in stream:
@@ -130,6 +131,11 @@ async def _read_multipart(stream: AsyncIterator[bytes], boundary: bytes, *, max_
                 raise UploadError(413, too_large(max_bytes))
             parser.write(chunk)
         parser.finalize()
+    except MultipartParseError as exc:
+        if "header size" in str(exc):  # python-multipart's own message for a part header over max_header_size
+            raise UploadError(400, f"the file name is too long: a multipart part header may have at most "
+                                   f"{MAX_PART_HEADER} bytes; rename the file") from None
+        raise UploadError(400, "malformed multipart body") from None
     except FormParserError:
         raise UploadError(400, "malformed multipart body") from None
     if not collector.files:

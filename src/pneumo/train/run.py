@@ -54,12 +54,22 @@ def git_commit() -> str:
 
 
 def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
-    """Fail early when the run folder exists (and neither resume nor force was asked) or has nothing to resume."""
+    """Fail early when the run folder exists (and neither resume nor force was asked) or, with resume, does not exist.
+
+    A folder that holds neither a training state nor a model (a run killed before its first save) resumes from
+    scratch: ``--resume`` is what the plain re-run's message suggests, so it must work.
+    """
     run_dir = Path(cfg.out_dir) / cfg.name
+    saved = (run_dir / f"{LAST}.json").is_file() or (run_dir / f"{BEST}.json").is_file()
     if run_dir.exists() and not resume and not force:
+        if not saved:
+            raise ConfigError(f"run folder {run_dir} exists but holds no saved state (a run stopped before its first "
+                              "save): --resume starts it from scratch, --force replaces it, or pick another --name")
         raise ConfigError(f"run folder {run_dir} exists: pick another --name, --resume it, or pass --force")
-    if resume and not (run_dir / f"{LAST}.json").is_file() and not (run_dir / f"{BEST}.json").is_file():
-        raise ConfigError(f"nothing to resume in {run_dir}")
+    if resume and not run_dir.is_dir():
+        raise ConfigError(f"nothing to resume: {run_dir} does not exist")
+    if resume and not saved:
+        log.warning("%s holds no saved state yet (stopped before its first save): training it from scratch", run_dir)
     return run_dir
 
 
