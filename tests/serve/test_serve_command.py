@@ -44,3 +44,50 @@ def test_serve_takes_the_api_key_from_the_environment(checkpoint: Path, monkeypa
     monkeypatch.setenv("PNEUMO_API_KEY", "k3y")
     assert main(["serve", "--model", str(checkpoint), "--threads", "1"]) == 0
     assert calls[0].state.service.config.api_key == "k3y"
+
+
+def test_serve_passes_the_slow_client_limits_to_uvicorn_and_the_app(checkpoint: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from pneumo.serve.limits import HeaderDeadlineH11Protocol
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    try:
+        assert main(["serve", "--model", str(checkpoint), "--threads", "1", "--header-timeout-s", "3",
+                     "--body-timeout-s", "7", "--max-active", "2", "--max-queue", "5", "--queue-timeout-s", "4",
+                     "--upload-budget-mb", "100"]) == 0
+        app, options = calls[0]
+        assert options["http"] is HeaderDeadlineH11Protocol and HeaderDeadlineH11Protocol.header_timeout_s == 3.0
+        assert options["limit_concurrency"] == 1000
+        config = app.state.service.config
+        assert (config.body_timeout_s, config.max_active, config.max_queue, config.queue_timeout_s,
+                config.upload_budget_mb) == (7.0, 2, 5, 4.0, 100.0)
+        assert app.state.service.work.max_active == 2 and app.state.service.work.max_queue == 5
+    finally:
+        HeaderDeadlineH11Protocol.header_timeout_s = 10.0
+
+
+@pytest.mark.parametrize("option", [["--header-timeout-s", "0"], ["--body-timeout-s", "-1"], ["--max-active", "0"],
+                                    ["--upload-budget-mb", "1"]])
+def test_serve_rejects_impossible_limits(checkpoint: Path, option: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert main(["serve", "--model", str(checkpoint), *option]) == 2
+    assert option[0] in capsys.readouterr().err
+
+
+def test_each_worker_configures_its_header_deadline_from_the_settings(checkpoint: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from pneumo.serve.app import create_app_from_env
+    from pneumo.serve.limits import HeaderDeadlineH11Protocol
+
+    monkeypatch.setenv("PNEUMO_SERVE_SETTINGS", json.dumps({"model": str(checkpoint), "header_timeout_s": 2.5,
+                                                            "max_queue": 3}))
+    try:
+        app = create_app_from_env()
+        assert HeaderDeadlineH11Protocol.header_timeout_s == 2.5
+        assert app.state.service.work.max_queue == 3
+    finally:
+        HeaderDeadlineH11Protocol.header_timeout_s = 10.0
