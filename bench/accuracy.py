@@ -43,6 +43,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "scratch-cnn": ("scratch-cnn", []),
     "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
     "lite0-partial": ("lite0-partial", []),  # = the `best` preset
+    "lite0-partial-markers": ("lite0-partial", ["data.markers=inpaint"]),  # markers and text in-painted
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
     "lite0-finetune-ls": ("lite0-finetune", ["train.label_smoothing=0.1"]),

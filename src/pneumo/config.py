@@ -25,6 +25,7 @@ class DataConfig:
     image_size: int = 224
     resize_policy: str = "squash"  # squash | letterbox
     intensity: str = "none"  # none | equalize | clahe | standardize (applied when the cache is built)
+    markers: str = "none"  # none | inpaint: in-paint burnt-in laterality markers and text (train and inference)
     val_fraction: float = 0.1
     split_seed: int = 0
     cache_dir: str | None = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
@@ -120,6 +121,8 @@ class RunConfig:
             raise ConfigError(f"unknown task {self.data.task!r}; choose one of {', '.join(TASKS)}")
         if self.data.resize_policy not in RESIZE_POLICIES:
             raise ConfigError(f"unknown resize policy {self.data.resize_policy!r}; choose {', '.join(RESIZE_POLICIES)}")
+        if self.data.markers not in ("none", "inpaint"):
+            raise ConfigError(f"unknown data.markers {self.data.markers!r}; choose none or inpaint")
         if self.model.mode not in TRANSFER_MODES:
             raise ConfigError(f"unknown mode {self.model.mode!r}; choose one of {', '.join(TRANSFER_MODES)}")
         if not 0.0 < self.data.val_fraction < 0.5:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -41,7 +43,7 @@ def test_cpu_with_bf16_uses_autocast_and_channels_last(monkeypatch):
 
 def test_cpu_detection_matches_cpuinfo():
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         pytest.skip("no /proc/cpuinfo")
     native = "avx512_bf16" in flags or "amx_bf16" in flags

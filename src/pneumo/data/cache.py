@@ -48,20 +48,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PNEUMO_CACHE") or Path.home() / ".cache" / "pneumo")
 
 
-def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{intensity}".encode())
+def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, markers: str = "none") -> str:
+    steps = f"{intensity}" if markers == "none" else f"{intensity}|markers={markers}"
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{steps}".encode())
     for path, digest in zip(df["path"], df["sha256"]):
         h.update(f"|{path}:{digest}".encode())
     return h.hexdigest()[:20]
 
 
-def _work(args: tuple[DatasetSource, list[str], int, str, str]) -> tuple[np.ndarray, list[str]]:
-    source, paths, size, policy, intensity = args
+def _work(args: tuple[DatasetSource, list[str], int, str, str, str]) -> tuple[np.ndarray, list[str]]:
+    source, paths, size, policy, intensity, markers = args
     out = np.zeros((len(paths), size, size), np.uint8)
     failed = []
     for i, rel in enumerate(paths):
         try:
-            out[i] = prepare(decode_gray(source.read(rel), target=size), size=size, policy=policy, intensity=intensity)
+            out[i] = prepare(decode_gray(source.read(rel), target=size), size=size, policy=policy, intensity=intensity,
+                             markers=markers)
         except Exception as exc:  # noqa: BLE001 - reported once, below
             failed.append(f"{rel} ({exc})")
     return out, failed
@@ -74,14 +76,16 @@ def build_cache(
     size: int = 224,
     policy: str = "squash",
     intensity: str = "none",
+    markers: str = "none",
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> ImageCache:
     """Return the cache for these manifest rows, building it if needed (decoding on all cores)."""
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(df, size=size, policy=policy, intensity=intensity)
-    file = directory / f"images-{size}-{policy}-{intensity}-{key}.npy"
+    key = cache_key(df, size=size, policy=policy, intensity=intensity, markers=markers)
+    variant = intensity if markers == "none" else f"{intensity}-{markers}"
+    file = directory / f"images-{size}-{policy}-{variant}-{key}.npy"
     index_file = file.with_suffix(".json")
     if file.is_file() and index_file.is_file():
         try:
@@ -96,7 +100,7 @@ def build_cache(
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
     failed: list[str] = []
     n_workers = workers or min(len(chunks), os.cpu_count() or 1)
-    jobs = [(source, chunk, size, policy, intensity) for chunk in chunks]
+    jobs = [(source, chunk, size, policy, intensity, markers) for chunk in chunks]
     bar = tqdm(total=len(paths), desc=f"cache {size}px {policy}", unit="img", disable=not progress)
     try:
         if n_workers > 1:
@@ -115,7 +119,8 @@ def build_cache(
         raise DataError(f"{len(failed)} image(s) could not be decoded, e.g. {failed[0]}; rescan the dataset")
     array.flush()
     del array
-    _write_json(index_file, {"key": key, "size": size, "policy": policy, "intensity": intensity, "paths": paths})
+    _write_json(index_file, {"key": key, "size": size, "policy": policy, "intensity": intensity, "markers": markers,
+                             "paths": paths})
     os.replace(tmp, file)
     return _open(file, index_file, key, len(df), size)
 

@@ -11,6 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from pneumo.data.markers import remove_markers
 from pneumo.errors import ConfigError, InputError
 
 RESIZE_POLICIES = ("squash", "letterbox")
@@ -80,9 +81,11 @@ def apply_intensity(img: np.ndarray, method: str = "none") -> np.ndarray:
     raise ConfigError(f"unknown intensity method {method!r}; choose {', '.join(INTENSITY_METHODS)}")
 
 
-def prepare(img: np.ndarray, *, size: int, policy: str = "squash", intensity: str = "none") -> np.ndarray:
-    """uint8 gray H x W -> the uint8 size x size array the model is fed (after / 255)."""
-    return apply_intensity(resize_gray(img, size=size, policy=policy), intensity)
+def prepare(img: np.ndarray, *, size: int, policy: str = "squash", intensity: str = "none",
+            markers: str = "none") -> np.ndarray:
+    """uint8 gray H x W -> the uint8 size x size array the model is fed (after / 255): resize, then (optionally)
+    in-paint burnt-in markers and text (`pneumo.data.markers`), then the intensity step."""
+    return apply_intensity(remove_markers(resize_gray(img, size=size, policy=policy), markers), intensity)
 
 
 def letterbox_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:

@@ -155,7 +155,7 @@ class Predictor:
     def preprocess(self, gray: np.ndarray) -> np.ndarray:
         """uint8 gray H x W -> uint8 S x S exactly as in training (size, resize policy, intensity step)."""
         return prepare(gray, size=self.size, policy=self.meta.get("resize_policy", "squash"),
-                       intensity=self.meta.get("intensity", "none"))
+                       intensity=self.meta.get("intensity", "none"), markers=self.meta.get("markers", "none"))
 
     def logits(self, prepared: np.ndarray) -> np.ndarray:
         """Logits for a uint8 batch (B, S, S) of preprocessed images."""

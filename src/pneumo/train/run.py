@@ -102,7 +102,7 @@ def folds_for(cfg: RunConfig) -> pd.DataFrame:
 
 def image_cache(cfg: RunConfig, df: pd.DataFrame):
     return build_cache(df, cfg.data.root, size=cfg.data.image_size, policy=cfg.data.resize_policy,
-                       intensity=cfg.data.intensity, cache_dir=cfg.data.cache_dir)
+                       intensity=cfg.data.intensity, markers=cfg.data.markers, cache_dir=cfg.data.cache_dir)
 
 
 def checkpoint_meta(cfg: RunConfig, model: torch.nn.Module, extra: dict) -> dict:
@@ -113,6 +113,7 @@ def checkpoint_meta(cfg: RunConfig, model: torch.nn.Module, extra: dict) -> dict
         "input_size": cfg.data.image_size,
         "resize_policy": cfg.data.resize_policy,
         "intensity": cfg.data.intensity,
+        "markers": cfg.data.markers,
         "mode": cfg.model.mode,
         "threshold": 0.5,
         "threshold_policy": None,

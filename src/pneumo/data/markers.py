@@ -1,0 +1,66 @@
+"""Burnt-in laterality markers and text ("R", "L", "A-P", dates): find them, and in-paint them away.
+
+In this dataset the markers differ between the classes (the pneumonia images carry a differently styled "R"), so a
+model can score well by reading them. Removing them at train *and* inference time (`prepare(..., markers="inpaint")`)
+takes the cue away; the shortcut indicator (`pneumo.explain.shortcut`) measures how much saliency still lands on them.
+
+Detection works on the model-input image (uint8 gray, S x S) with OpenCV and is deliberately simple: a marker is a
+small, near-white, high-contrast glyph in the band along the image edges. Concretely, pixels that are bright
+(>= ``MIN_BRIGHT``), stand out from their neighbourhood (white top-hat >= ``MIN_TOPHAT``) and lie on a dark
+background (grey opening <= ``MAX_BACKGROUND``), grouped into
+components after a small dilation (so the strokes of one letter or word join), kept when the component is letter-sized
+(at most ``MAX_HEIGHT`` x ``MAX_WIDTH`` of the side) and its centre lies in the edge band (``EDGE_BAND`` of the side
+from the left/right edges or ``TOP_BAND`` / ``BOTTOM_BAND`` from the top/bottom). Bones are large or sit inside the
+body, so they rarely pass; a miss only leaves a marker in place.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from pneumo.errors import ConfigError, InputError
+
+MARKER_METHODS = ("none", "inpaint")
+MIN_BRIGHT = 150  # uint8 value a marker pixel reaches (burnt in near white; thin strokes lose some in a resize)
+MIN_TOPHAT = 50  # how far it stands above its neighbourhood (white top-hat, kernel ~12 % of the side)
+MAX_BACKGROUND = 120  # markers sit on dark film or collimation; ribs and bones sit on brighter tissue
+MAX_HEIGHT, MAX_WIDTH = 0.12, 0.22  # largest glyph group, as a fraction of the side
+EDGE_BAND, TOP_BAND, BOTTOM_BAND = 0.12, 0.12, 0.08  # where markers sit, as a fraction of the side
+MIN_PIXELS = 4  # smaller specks are noise
+
+
+def find_markers(img: np.ndarray) -> np.ndarray:
+    """Boolean mask (same shape as ``img``) of the detected markers and text, slightly dilated."""
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise InputError(f"expected a uint8 gray 2-D image, got {img.dtype} with shape {img.shape}")
+    h, w = img.shape
+    side = min(h, w)
+    k = max(3, round(0.12 * side) | 1)
+    tophat = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    background = img - tophat  # the grey opening: the image without structures narrower than the kernel
+    candidates = ((img >= MIN_BRIGHT) & (tophat >= MIN_TOPHAT) & (background <= MAX_BACKGROUND)).astype(np.uint8)
+    joined = cv2.dilate(candidates, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+    n, comp, stats, centroids = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    for i in range(1, n):
+        _, _, bw, bh, _ = stats[i]
+        cx, cy = centroids[i]
+        letter_sized = bh <= MAX_HEIGHT * h and bw <= MAX_WIDTH * w
+        near_edge = (cx < EDGE_BAND * w or cx > (1 - EDGE_BAND) * w or cy < TOP_BAND * h
+                     or cy > (1 - BOTTOM_BAND) * h)
+        keep[i] = letter_sized and near_edge and int(candidates[comp == i].sum()) >= MIN_PIXELS
+    mask = keep[comp] & (joined > 0)
+    return cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))) > 0
+
+
+def remove_markers(img: np.ndarray, method: str = "inpaint") -> np.ndarray:
+    """``img`` with its detected markers in-painted from their surroundings (``method="none"``: unchanged)."""
+    if method == "none":
+        return img
+    if method != "inpaint":
+        raise ConfigError(f"unknown marker method {method!r}; choose {', '.join(MARKER_METHODS)}")
+    mask = find_markers(img)
+    if not mask.any():
+        return img
+    return cv2.inpaint(np.ascontiguousarray(img), mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)

@@ -1,0 +1,84 @@
+"""Marker/text detection and in-painting: generated glyphs on generated chests, and real markers in the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumo.data.markers import find_markers, remove_markers
+from pneumo.data.preprocess import prepare
+from pneumo.errors import ConfigError, InputError
+
+
+def _chest(size: int = 224, seed: int = 0) -> np.ndarray:
+    """A dark film with a bright, smooth, noisy 'body' in the middle (no glyphs)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    body = 150 * np.exp(-(((xx - 0.5) / 0.32) ** 2 + ((yy - 0.55) / 0.45) ** 2))
+    img = 20 + body + rng.normal(0, 4, (size, size))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _with_letter(img: np.ndarray, text: str, org: tuple[int, int]) -> np.ndarray:
+    out = img.copy()
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)
+    return out
+
+
+def test_a_letter_in_the_corner_is_found_and_inpainted():
+    clean = _chest()
+    marked = _with_letter(clean, "R", (8, 22))
+    drawn = np.abs(marked.astype(int) - clean.astype(int)) > 60
+    mask = find_markers(marked)
+    assert mask[drawn].mean() > 0.9  # the glyph's strokes are covered
+    assert mask.mean() < 0.01  # and little else
+    fixed = remove_markers(marked)
+    assert np.abs(fixed.astype(int) - clean.astype(int))[drawn].mean() < 25  # strokes are back near the film value
+    assert np.array_equal(fixed[~mask], marked[~mask])  # nothing outside the mask changes
+
+
+def test_text_in_the_middle_of_the_body_is_left_alone():
+    marked = _with_letter(_chest(), "R", (105, 120))
+    assert not find_markers(marked).any()
+
+
+def test_no_glyph_no_change():
+    clean = _chest(seed=3)
+    assert not find_markers(clean).any()
+    assert remove_markers(clean) is clean
+
+
+def test_bad_input_and_method():
+    with pytest.raises(InputError):
+        find_markers(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ConfigError):
+        remove_markers(_chest(), "blur")
+
+
+def test_prepare_inpaints_markers_only_when_asked():
+    marked = _with_letter(_chest(256), "A-P", (6, 20))
+    plain = prepare(marked, size=224)
+    cleaned = prepare(marked, size=224, markers="inpaint")
+    assert find_markers(plain).any() and not find_markers(cleaned).any()
+
+
+def test_real_markers_are_found_on_the_validation_images(full_data: Path):
+    """The Kaggle val images carry burnt-in "R" / "A-P" markers near the top-left or left edge: most are found, and
+    what is found is small and sits near an edge."""
+    files = sorted((full_data / "val").glob("*/*.jpeg"))
+    assert len(files) == 16
+    found = 0
+    for f in files:
+        img = prepare(np.asarray(Image.open(f).convert("L")), size=224)
+        mask = find_markers(img)
+        found += bool(mask.any())
+        ys, xs = np.nonzero(mask)
+        assert mask.mean() < 0.03
+        if len(xs):
+            near = (xs < 0.2 * 224) | (xs >= 0.8 * 224) | (ys < 0.2 * 224) | (ys >= 0.85 * 224)
+            assert near.mean() > 0.8
+    assert found >= 12
