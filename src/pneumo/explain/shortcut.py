@@ -1,4 +1,10 @@
-"""Shortcut indicator: how much of the saliency lies where no lung is (image border, corners) vs the central chest.
+"""Shortcut indicator: how much of the saliency lies on burnt-in markers and text, and outside the lung fields.
+
+Per image (``image_regions``): ``markers`` are the markers/text `pneumo.data.markers.find_markers` detects on the
+model input, ``outside_lungs`` is everything outside `lung_field` (an Otsu dark-region segmentation of the two lungs,
+falling back to a two-ellipse template of where the lungs lie on a squashed frontal film). `shortcut_verdict` flags
+a model whose Grad-CAM mass on markers is at least ``MARKER_FLAG`` times their area, or whose mass outside the lungs is
+at least ``OUTSIDE_FLAG`` times that area (no preference for the lungs at all). Fixed geometric regions follow:
 
 A model that reads burnt-in letters, markers or the padding/collimation edge (the classic chest X-ray shortcut)
 puts its saliency mass in the border band and the corners. Each share is compared with the region's area: a uniform
@@ -14,11 +20,59 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
+from pneumo.data.markers import find_markers
 from pneumo.errors import ConfigError
 
 REGIONS = ("border", "corners", "center")
+IMAGE_REGIONS = ("markers", "outside_lungs")
+MARKER_FLAG = 2.0  # saliency share on detected markers / their area at which a model is flagged
+OUTSIDE_FLAG = 1.0  # saliency share outside the lung field / its area at which a model is flagged
+
+
+def _lung_template(size: int) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    for cx in (0.31, 0.69):
+        cv2.ellipse(mask, (round(cx * size), round(0.47 * size)), (round(0.16 * size), round(0.30 * size)), 0, 0, 360,
+                    1, -1)
+    return mask > 0
+
+
+def lung_field(img: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Boolean lung-field mask of a uint8 S x S model input, and whether it was segmented (else the template).
+
+    The lungs are the two largest dark (Otsu) regions inside the body that do not touch the image edge, eroded apart
+    from the film and filled to their convex hulls; when that does not give two plausible regions (12-60 % of the
+    image together), a fixed two-ellipse template stands in.
+    """
+    size = img.shape[0]
+    blur = cv2.GaussianBlur(img, (0, 0), size / 120)
+    _, dark = cv2.threshold(blur, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, size // 30) | 1,) * 2)
+    n, comp, stats, centroids = cv2.connectedComponentsWithStats(cv2.erode(dark, kernel), connectivity=4)
+    found = []
+    for i in range(1, n):
+        x, y, w, h, area = stats[i]
+        cx, cy = centroids[i] / size
+        inside = x > 0 and y > 0 and x + w < size and y + h < size
+        if inside and area >= 0.015 * size * size and 0.1 < cx < 0.9 and 0.15 < cy < 0.85:
+            found.append((area, i))
+    mask = np.zeros((size, size), np.uint8)
+    for _, i in sorted(found, reverse=True)[:2]:
+        hull = cv2.convexHull(cv2.findNonZero(cv2.dilate((comp == i).astype(np.uint8), kernel)))
+        cv2.fillPoly(mask, [hull], 1)
+    if len(found) < 2 or not 0.12 <= mask.mean() <= 0.6:
+        return _lung_template(size), False
+    return mask > 0, True
+
+
+def image_regions(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image boolean masks ``(N, S, S)``: detected markers/text, and outside the lung field."""
+    images = np.asarray(images)
+    return {"markers": np.stack([find_markers(img) for img in images]),
+            "outside_lungs": np.stack([~lung_field(img)[0] for img in images])}
 
 
 def region_masks(size: int, *, border: float = 0.10, corner: float = 0.15, center_margin: float = 0.20
@@ -48,7 +102,8 @@ def mass_shares(maps: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, np.
 
 
 def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_names: Sequence[str], *,
-                   border: float = 0.10, corner: float = 0.15, center_margin: float = 0.20) -> dict:
+                   border: float = 0.10, corner: float = 0.15, center_margin: float = 0.20,
+                   images: np.ndarray | None = None) -> dict:
     """Mean saliency mass share per region, per true class and overall.
 
     Args:
@@ -58,6 +113,8 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
         border: depth of the border band (fraction of the side).
         corner: side of each corner square (fraction of the side).
         center_margin: distance of the central box from each edge (fraction of the side).
+        images: the uint8 ``(N, S, S)`` model inputs the maps belong to; adds the per-image regions ``markers``
+            (images without a detected marker are left out of that mean) and ``outside_lungs``, and a ``verdict``.
 
     Returns:
         ``{"regions": {name: {"area": fraction of pixels, "definition": text}}, "per_class": {class: {"n": maps,
@@ -70,30 +127,65 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
         raise ConfigError(f"expected (N, S, S) maps with one label each, got {maps.shape} and {len(labels)} labels")
     masks = region_masks(maps.shape[1], border=border, corner=corner, center_margin=center_margin)
     shares = mass_shares(maps, masks)
-    areas = {name: float(mask.mean()) for name, mask in masks.items()}
+    areas = {name: np.full(len(maps), mask.mean()) for name, mask in masks.items()}
+    present = {name: np.ones(len(maps), dtype=bool) for name in REGIONS}
     definitions = {"border": f"outer {border:.0%} of each side", "corners": f"four {corner:.0%} corner squares",
-                   "center": f"central box {center_margin:.0%}-{1 - center_margin:.0%} on both axes"}
+                   "center": f"central box {center_margin:.0%}-{1 - center_margin:.0%} on both axes",
+                   "markers": "markers/text detected on each image (pneumo.data.markers)",
+                   "outside_lungs": "outside each image's lung field (segmented, else a two-ellipse template)"}
+    names = list(REGIONS)
+    if images is not None:
+        if len(images) != len(maps) or np.asarray(images).shape[1:] != maps.shape[1:]:
+            raise ConfigError(f"images {np.asarray(images).shape} do not match the maps {maps.shape}")
+        for name, per_image in image_regions(images).items():
+            total = np.clip(maps, 0, None).sum(axis=(1, 2))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shares[name] = np.where(total > 0, (np.clip(maps, 0, None) * per_image).sum(axis=(1, 2)) / total,
+                                        np.nan)
+            areas[name] = per_image.mean(axis=(1, 2))
+            present[name] = per_image.any(axis=(1, 2))
+            names.append(name)
 
     def summary(rows: np.ndarray) -> dict:
         valid = rows & ~np.isnan(shares["center"])
         out: dict = {"n": int(rows.sum()), "n_empty": int(rows.sum() - valid.sum())}
-        for name in REGIONS:
-            mean = float(shares[name][valid].mean()) if valid.any() else float("nan")
+        for name in names:
+            use = valid & present[name]
+            mean = float(shares[name][use].mean()) if use.any() else float("nan")
             out[name] = mean
-            out[f"{name}_vs_area"] = mean / areas[name]
+            out[f"{name}_vs_area"] = mean / float(areas[name][use].mean()) if use.any() else float("nan")
+            if name not in REGIONS:
+                out[f"{name}_images"] = int(use.sum())
         return out
 
     per_class = {str(name): summary(labels == i) for i, name in enumerate(class_names) if (labels == i).any()}
-    return {"regions": {name: {"area": areas[name], "definition": definitions[name]} for name in REGIONS},
-            "per_class": per_class, "all": summary(np.ones(len(labels), dtype=bool))}
+    stats = {"regions": {name: {"area": float(areas[name][present[name]].mean()) if present[name].any() else 0.0,
+                                "definition": definitions[name]} for name in names},
+             "per_class": per_class, "all": summary(np.ones(len(labels), dtype=bool))}
+    if images is not None:
+        stats["verdict"] = shortcut_verdict(stats)
+    return stats
+
+
+def shortcut_verdict(stats: dict) -> dict:
+    """``{"flagged": bool, "reasons": [...]}`` from the overall marker and outside-lung ratios (see the module)."""
+    overall, reasons = stats["all"], []
+    markers, outside = overall.get("markers_vs_area", float("nan")), overall.get("outside_lungs_vs_area", float("nan"))
+    if np.isfinite(markers) and markers >= MARKER_FLAG:
+        reasons.append(f"{markers:.1f}x the uniform saliency on detected markers/text (flag at {MARKER_FLAG:g}x)")
+    if np.isfinite(outside) and outside >= OUTSIDE_FLAG:
+        reasons.append(f"{outside:.2f}x the uniform saliency outside the lung field (flag at {OUTSIDE_FLAG:g}x)")
+    return {"flagged": bool(reasons), "reasons": reasons, "markers_vs_area": markers, "outside_lungs_vs_area": outside,
+            "marker_images": overall.get("markers_images", 0)}
 
 
 def shortcut_table_rows(stats: dict) -> tuple[list[str], list[list[object]]]:
     """Header and rows for an HTML/markdown table of ``shortcut_stats`` output."""
-    header = ["class", "maps", *[f"{name} share (x area)" for name in REGIONS]]
+    names = list(stats["regions"])
+    header = ["class", "maps", *[f"{name} share (x area)" for name in names]]
     rows = []
     for name, part in [*stats["per_class"].items(), ("all", stats["all"])]:
-        cells = [f"{part[r]:.3f} ({part[f'{r}_vs_area']:.2f}x)" if np.isfinite(part[r]) else "n/a" for r in REGIONS]
+        cells = [f"{part[r]:.3f} ({part[f'{r}_vs_area']:.2f}x)" if np.isfinite(part[r]) else "n/a" for r in names]
         rows.append([name, part["n"] - part["n_empty"], *cells])
-    rows.append(["uniform map", "", *[f"{stats['regions'][r]['area']:.3f} (1.00x)" for r in REGIONS]])
+    rows.append(["uniform map", "", *[f"{stats['regions'][r]['area']:.3f} (1.00x)" for r in names]])
     return header, rows

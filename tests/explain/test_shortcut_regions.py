@@ -1,0 +1,62 @@
+"""The real shortcut indicator: saliency on detected markers/text and outside the lung field, and its verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pneumo.data.preprocess import prepare
+from pneumo.explain.shortcut import lung_field, shortcut_stats
+
+
+def _chest_with_marker(seed: int, size: int = 224) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    body = 150 * np.exp(-(((xx - 0.5) / 0.32) ** 2 + ((yy - 0.55) / 0.45) ** 2))
+    img = np.clip(20 + body + rng.normal(0, 4, (size, size)), 0, 255).astype(np.uint8)
+    cv2.putText(img, "R", (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)
+    return img
+
+
+def _blob(size: int, cx: float, cy: float, sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size] / size
+    return np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))).astype(np.float32)
+
+
+def test_saliency_on_the_marker_is_flagged_and_on_the_lungs_is_not():
+    images = np.stack([_chest_with_marker(s) for s in range(6)])
+    labels = np.array([0, 1] * 3)
+    on_marker = np.stack([_blob(224, 0.05, 0.08, 0.03)] * 6)
+    on_lungs = np.stack([_blob(224, 0.31, 0.47, 0.08) + _blob(224, 0.69, 0.47, 0.08)] * 6)
+    bad = shortcut_stats(on_marker, labels, ["NORMAL", "PNEUMONIA"], images=images)
+    good = shortcut_stats(on_lungs, labels, ["NORMAL", "PNEUMONIA"], images=images)
+    assert bad["verdict"]["flagged"] and bad["all"]["markers_vs_area"] > 5
+    assert not good["verdict"]["flagged"]
+    assert good["all"]["outside_lungs_vs_area"] < 0.7 and good["all"]["markers_vs_area"] < 1
+    assert bad["all"]["markers_images"] == 6
+
+
+def test_without_images_the_fixed_regions_only():
+    maps = np.stack([_blob(64, 0.5, 0.5, 0.1)] * 2)
+    stats = shortcut_stats(maps, [0, 1], ["NORMAL", "PNEUMONIA"])
+    assert "verdict" not in stats and "markers" not in stats["all"] and stats["all"]["center_vs_area"] > 1
+
+
+def test_images_without_markers_are_left_out_of_the_marker_mean():
+    images = np.full((2, 64, 64), 30, np.uint8)
+    stats = shortcut_stats(np.stack([_blob(64, 0.5, 0.5, 0.2)] * 2), [0, 1], ["N", "P"], images=images)
+    assert stats["all"]["markers_images"] == 0 and np.isnan(stats["all"]["markers"])
+    assert not stats["verdict"]["flagged"] or "outside" in stats["verdict"]["reasons"][0]
+
+
+def test_lung_field_on_real_films_is_plausible(full_data: Path):
+    for f in sorted((full_data / "test" / "NORMAL").glob("*.jpeg"))[:6]:
+        img = prepare(np.asarray(Image.open(f).convert("L")), size=224)
+        mask, _segmented = lung_field(img)
+        assert 0.12 <= mask.mean() <= 0.6
+        ys, xs = np.nonzero(mask)
+        assert 0.3 < xs.mean() / 224 < 0.7 and 0.25 < ys.mean() / 224 < 0.7  # centred on the chest
+        assert mask[:, :112].any() and mask[:, 112:].any()  # both sides
