@@ -247,3 +247,13 @@ def test_the_header_deadline_protocol_is_configured_per_process(tmp_path: Path) 
             configure_header_timeout(0)
     finally:
         configure_header_timeout(ServeConfig().header_timeout_s)
+
+
+def test_the_same_app_serves_again_after_a_restart_on_a_new_event_loop(predictor: Predictor, xray: bytes) -> None:
+    app = create_app(ServeConfig(max_active=1), predictor)
+    for _ in range(2):  # each TestClient session runs the app on its own event loop
+        with TestClient(app) as client:
+            replies = list(ThreadPoolExecutor(3).map(
+                lambda _: client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")}).status_code,
+                range(3)))
+        assert replies == [200, 200, 200]

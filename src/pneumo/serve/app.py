@@ -136,12 +136,16 @@ class Service:
         self._model, self._backend, self._threads = model, backend, threads
         self._lock = threading.Lock()
         self._running = False
-        self.work = WorkQueue(max_active=config.max_active, max_queue=config.max_queue,
-                              queue_timeout_s=config.queue_timeout_s)
+        self.work = self._work_queue()
         self.budget = UploadBudget(int(config.upload_budget_mb * 1_000_000))
+
+    def _work_queue(self) -> WorkQueue:
+        return WorkQueue(max_active=self.config.max_active, max_queue=self.config.max_queue,
+                         queue_timeout_s=self.config.queue_timeout_s)
 
     def start(self) -> None:
         self._running = True
+        self.work = self._work_queue()  # a fresh queue for each run: its semaphore belongs to the serving loop
         self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="pneumo-decode")
         if self._given is not None:
             self._ready(self._given)
