@@ -66,7 +66,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from pneumo.models import create
-    from pneumo.train.checkpoint import save_checkpoint
+    from pneumo.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = create("scratch_cnn", num_classes=2, weights="none")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from pneumo.evaluate.report import fmt_ci
-from pneumo.train.checkpoint import load_checkpoint, save_checkpoint
+from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "pneumo" / "assets"
 ATTRIBUTION = (
@@ -104,7 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    model, meta = load_checkpoint(run_dir / "model.json")
+    model, typed = load_checkpoint(run_dir / "model.json")
+    meta = typed.to_json()
     dest = Path(args.dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for key in ("format", "weights_file", "dtype", "sha256", "created"):

@@ -13,7 +13,7 @@ import torch
 from pneumo.data.preprocess import decode_gray
 from pneumo.infer.predictor import Predictor
 from pneumo.models import create
-from pneumo.train.checkpoint import save_checkpoint
+from pneumo.models.checkpoint import save_checkpoint
 
 SIZE = 64  # model input side for the fast tests
 

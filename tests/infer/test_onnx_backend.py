@@ -57,12 +57,12 @@ def test_the_export_is_made_once_and_keyed_by_the_weights(cache_dir: Path, tiny_
     import torch
 
     from pneumo.models import create
-    from pneumo.train.checkpoint import load_checkpoint, save_checkpoint
+    from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
 
     _, meta = load_checkpoint(tiny_model)
     torch.manual_seed(1)
     save_checkpoint(other / "retrained", create("scratch_cnn", num_classes=2, weights="none"),
-                    {k: v for k, v in meta.items() if k in ("task", "classes", "input_size", "resize_policy",
+                    {k: v for k, v in meta.to_json().items() if k in ("task", "classes", "input_size", "resize_policy",
                                                             "intensity", "mode", "threshold", "temperature")})
     assert cached_onnx(other / "retrained.json") != first
     assert not list((cache_dir / "onnx").glob("*.tmp"))

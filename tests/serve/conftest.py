@@ -23,7 +23,7 @@ CARD_TEXT = "# Tiny test model\n\nRandom weights, for the service tests only.\n"
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (untrained) scratch CNN checkpoint at 64 px with a markdown card next to it; returns the sidecar."""
     from pneumo.models import create
-    from pneumo.train.checkpoint import save_checkpoint
+    from pneumo.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

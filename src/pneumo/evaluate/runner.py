@@ -3,6 +3,7 @@ predictions.csv, figures, report.html; the validation-chosen threshold and tempe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -18,9 +19,9 @@ from pneumo.config import from_dict
 from pneumo.data.splits import class_names, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
+from pneumo.models.checkpoint import CheckpointMeta, load_checkpoint, write_meta
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import predict_logits, select_device
-from pneumo.train.checkpoint import load_checkpoint
 from pneumo.train.run import BEST, image_cache
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     test = folds[folds["fold"] == "test"]
     y_test = labels(test, cfg.data.task)
     result = _protocol(cfg, folds, logits["val"], logits["test"], policy=policy, n_bootstrap=n_bootstrap)
-    training = meta.get("training", {})
+    training = meta.training
     result["val_view"] = cfg.eval.val_view
     result["tta"] = cfg.eval.tta
-    result.update(name=cfg.name, config=meta.get("config"), arch=meta.get("arch"), mode=cfg.model.mode,
+    result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
-                  commit=meta.get("commit"), eval_seconds=round(time.perf_counter() - start, 1))
+                  commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
     _write_predictions(run_dir, test, logits["test"], result)
     _update_sidecar(run_dir / f"{BEST}.json", meta, result)
     extra = []
@@ -198,15 +199,16 @@ def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, re
     os.replace(tmp, run_dir / "predictions.csv")
 
 
-def _update_sidecar(path: Path, meta: dict, result: dict) -> None:
+def _update_sidecar(path: Path, meta: CheckpointMeta, result: dict) -> None:
     metrics = result["test"]["metrics"]
-    meta.update(tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],
-                temperature=result["temperature"],
-                metrics={"test": {k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity", "precision",
-                                                               "f1", "roc_auc", "pr_auc")},
-                         "test_ci": result["test"]["ci"], "val_roc_auc": result["val"]["roc_auc"],
-                         "ece_before": result["test"]["ece_before"], "ece_after": result["test"]["ece_after"]})
-    _write_json(path, meta)
+    meta = dataclasses.replace(
+        meta, tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],
+        temperature=result["temperature"],
+        metrics={"test": {k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity", "precision",
+                                                       "f1", "roc_auc", "pr_auc")},
+                 "test_ci": result["test"]["ci"], "val_roc_auc": result["val"]["roc_auc"],
+                 "ece_before": result["test"]["ece_before"], "ece_after": result["test"]["ece_after"]})
+    write_meta(path, meta)
 
 
 def _subtitle(result: dict) -> str:

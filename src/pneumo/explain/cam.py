@@ -279,7 +279,7 @@ def explain_image(predictor: Predictor, gray: np.ndarray, *, method: str = "grad
     with _model_lock(predictor):
         map_model = explain_prepared(model, prepared, method=method, layer=layer, toward_pneumonia=toward_pneumonia,
                                      window=window, stride=stride)
-    policy = predictor.meta.get("resize_policy", "squash")
+    policy = predictor.meta.resize_policy
     map_original = to_original_geometry(map_model, *gray.shape, policy=policy)
     layer_name = resolve_layer(model, layer)[0] if method in CAM_METHODS else None
     toward = ("pneumonia" if len(classes) > 2 else classes[-1]) if toward_pneumonia else classes[0]

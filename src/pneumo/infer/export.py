@@ -64,11 +64,11 @@ def _export(sidecar: Path, target: Path) -> None:
     """Trace the checkpoint into ``target`` atomically (temp file + rename)."""
     import torch
 
-    from pneumo.train.checkpoint import load_checkpoint
+    from pneumo.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(sidecar)
     target.parent.mkdir(parents=True, exist_ok=True)
-    size = int(meta["input_size"])
+    size = int(meta.input_size or model.input_size)
     _static_same_padding(model.eval(), size)
     example = torch.rand(2, 1, size, size)
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
@@ -80,7 +80,7 @@ def _export(sidecar: Path, target: Path) -> None:
                               dynamo=False)
     except Exception as exc:  # noqa: BLE001 - exporter errors are long; keep one line
         tmp.unlink(missing_ok=True)
-        raise ModelError(f"ONNX export failed for {meta.get('arch')}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"ONNX export failed for {meta.arch}: {str(exc).splitlines()[0]}") from None
     os.replace(tmp, target)
 
 

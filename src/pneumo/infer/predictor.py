@@ -19,6 +19,7 @@ import numpy as np
 
 from pneumo.data.preprocess import prepare
 from pneumo.errors import ModelError
+from pneumo.models.checkpoint import read_meta, weights_path
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -75,11 +76,13 @@ class Predictor:
         if backend not in BACKENDS:
             raise ModelError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
         self.sidecar = resolve_model(model)
-        self.meta = json.loads(self.sidecar.read_text())
-        self.size = int(self.meta["input_size"])
-        self.classes = list(self.meta["classes"])
-        self.threshold = float(self.meta.get("threshold", 0.5))
-        self.temperature = float(self.meta.get("temperature", 1.0))
+        self.meta = read_meta(self.sidecar)
+        if self.meta.input_size is None:
+            raise ModelError(f"{self.sidecar} lacks 'input_size': re-save the checkpoint")
+        self.size = self.meta.input_size
+        self.classes = list(self.meta.classes)
+        self.threshold = self.meta.threshold
+        self.temperature = self.meta.temperature
         self._lock = threading.Lock()
         self._torch_model = None
         if backend == "auto":
@@ -94,17 +97,17 @@ class Predictor:
 
     @property
     def model_id(self) -> str:
-        return f"{self.meta.get('arch', '?')}-{self.meta.get('sha256', '')[:12]}"
+        return self.meta.model_id
 
     @property
     def _weights(self) -> Path:
-        return self.sidecar.with_name(self.meta.get("weights_file", self.sidecar.stem + ".safetensors"))
+        return weights_path(self.sidecar, self.meta)
 
     @property
     def torch_model(self):
         """The eager PyTorch model (gradients, hooks), loaded on first use; ``None`` for an ONNX-only model."""
         if self._torch_model is None and self._weights.is_file():
-            from pneumo.train.checkpoint import load_checkpoint
+            from pneumo.models.checkpoint import load_checkpoint
 
             model, _ = load_checkpoint(self.sidecar)
             self._torch_model = model.eval()
@@ -154,15 +157,15 @@ class Predictor:
 
     def preprocess(self, gray: np.ndarray) -> np.ndarray:
         """uint8 gray H x W -> uint8 S x S exactly as in training (size, resize policy, intensity step)."""
-        return prepare(gray, size=self.size, policy=self.meta.get("resize_policy", "squash"),
-                       intensity=self.meta.get("intensity", "none"), markers=self.meta.get("markers", "none"))
+        return prepare(gray, size=self.size, policy=self.meta.resize_policy, intensity=self.meta.intensity,
+                       markers=self.meta.markers)
 
     def logits(self, prepared: np.ndarray) -> np.ndarray:
         """Logits for a uint8 batch (B, S, S) of preprocessed images."""
         x = (prepared.astype(np.float32) / 255.0)[:, None]
         with self._lock:
             logits = np.asarray(self._run(np.ascontiguousarray(x)), dtype=np.float32)
-            if self.meta.get("tta"):  # the run was evaluated with flip averaging: predict the same way
+            if self.meta.tta:  # the run was evaluated with flip averaging: predict the same way
                 logits = (logits + np.asarray(self._run(np.ascontiguousarray(x[..., ::-1])), dtype=np.float32)) / 2
         return logits
 

@@ -329,7 +329,7 @@ async def _predict(service: Service, data: bytes, start: float, *, heatmap: bool
         raise HTTPException(503, "model not loaded")
     prediction: Prediction = await batcher.submit(prepared)
     t2 = time.perf_counter()
-    body: dict[str, Any] = {**prediction.to_dict(), "threshold_policy": predictor.meta.get("threshold_policy"),
+    body: dict[str, Any] = {**prediction.to_dict(), "threshold_policy": predictor.meta.threshold_policy,
                             "model_id": predictor.model_id}
     timings = {"decode": _ms(t1 - t0), "inference": _ms(t2 - t1)}
     if heatmap:
@@ -381,7 +381,7 @@ def _gray_png_base64(gray: np.ndarray) -> str:
 
 def model_card_of(predictor: Predictor) -> dict[str, Any]:
     """The sidecar without training internals (config, paths), plus ``<stem>.md`` if present."""
-    card = {k: v for k, v in predictor.meta.items() if k not in CARD_INTERNALS and not k.startswith("_")}
+    card = {k: v for k, v in predictor.meta.to_json().items() if k not in CARD_INTERNALS and not k.startswith("_")}
     card.update(model_id=predictor.model_id, backend=predictor.backend, classes=predictor.classes,
                 input_size=predictor.size, threshold=predictor.threshold)
     markdown = predictor.sidecar.with_suffix(".md")

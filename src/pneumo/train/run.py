@@ -8,6 +8,7 @@ replaced never leaves the run without a complete state). Launched by ``torchrun`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,15 +22,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pneumo import atomic
 from pneumo.config import RunConfig, dump_yaml
 from pneumo.data.cache import ImageCache, build_cache, default_cache_dir
 from pneumo.data.manifest import resolve_root, scan_dataset
 from pneumo.data.splits import assign_folds, class_names, labels, take_slice
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.models import create
+from pneumo.models.checkpoint import read_meta, save_checkpoint, write_meta
 from pneumo.models.runtime import memory_format
-from pneumo.train.checkpoint import load_train_state, save_checkpoint, save_train_state
+from pneumo.train.checkpoint import load_train_state, save_train_state
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
 from pneumo.train.probe import cached_features, fit_probe, load_probe_into_head
@@ -118,16 +119,10 @@ def checkpoint_meta(cfg: RunConfig, model: torch.nn.Module, extra: dict) -> dict
         "threshold": 0.5,
         "threshold_policy": None,
         "temperature": 1.0,
-        "config": json.loads(json.dumps(_asdict(cfg))),
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
         "commit": git_commit(),
         **extra,
     }
-
-
-def _asdict(cfg: RunConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
@@ -193,12 +188,11 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     info["world_size"] = env.world_size
     sidecar = run_dir / f"{BEST}.json"
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-    if cfg.model.mode == "probe" or meta is None:
+    if cfg.model.mode == "probe" or not sidecar.is_file():
         save_checkpoint(run_dir / BEST, model.cpu(), checkpoint_meta(cfg, model, {"training": info}))
     else:
-        meta["training"] = {**meta.get("training", {}), **info}
-        _write_json(sidecar, meta)
+        meta = read_meta(sidecar)
+        write_meta(sidecar, dataclasses.replace(meta, training={**meta.training, **info}))
     log.info("trained %s in %.0f s -> %s", cfg.name, info["wall_time_s"], run_dir)
     return run_dir
 
@@ -299,7 +293,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return f"cpu ({os.cpu_count()} cores)"
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    atomic.write_json(path, payload)

@@ -1,21 +1,20 @@
-"""Checkpoints (safetensors + JSON sidecar) and resumable training state, without pickle."""
+"""Checkpoints: safetensors weights + a typed JSON sidecar (CheckpointMeta), verified on load, without pickle."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from pneumo.errors import ModelError
 from pneumo.models import PneumoNet, create
-from pneumo.train.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from pneumo.models.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint, write_meta
 
 
 @pytest.fixture()
@@ -38,13 +37,13 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path, name: str)
     loaded, meta = load_checkpoint(tmp_path / "m.json")
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert meta["arch"] == name and not loaded.training
+    assert meta.arch == name and not loaded.training
 
 
 @pytest.mark.parametrize("suffix", ["", ".json", ".safetensors"])
 def test_load_accepts_the_sidecar_the_weights_or_the_stem(saved: Path, suffix: str) -> None:
     _, meta = load_checkpoint(str(saved) + suffix)
-    assert meta["threshold"] == 0.42
+    assert meta.threshold == 0.42
 
 
 def test_sidecar_records_format_checksum_and_the_callers_meta(saved: Path) -> None:
@@ -58,7 +57,7 @@ def test_sidecar_records_format_checksum_and_the_callers_meta(saved: Path) -> No
 def test_callers_input_size_wins_and_comes_back_on_the_model(tmp_path: Path, scratch: PneumoNet) -> None:
     save_checkpoint(tmp_path / "m", scratch, {"input_size": 96})
     loaded, meta = load_checkpoint(tmp_path / "m")
-    assert meta["input_size"] == 96 and loaded.input_size == 96
+    assert meta.input_size == 96 and loaded.input_size == 96
 
 
 def test_sidecar_is_strict_json_even_with_nan_metrics(tmp_path: Path, scratch: PneumoNet) -> None:
@@ -74,7 +73,7 @@ def test_half_export_is_about_half_the_size_and_loads_as_float32(tmp_path: Path,
     ratio = (tmp_path / "half.safetensors").stat().st_size / (tmp_path / "full.safetensors").stat().st_size
     assert 0.45 < ratio < 0.55
     loaded, meta = load_checkpoint(tmp_path / "half")
-    assert meta["dtype"] == "float16"
+    assert meta.dtype == "float16"
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
@@ -133,64 +132,47 @@ def test_saving_leaves_only_the_two_files(saved: Path) -> None:
     assert sorted(p.name for p in saved.parent.iterdir()) == ["model.json", "model.safetensors"]
 
 
-def training_setup(seed: int) -> tuple[PneumoNet, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    torch.manual_seed(seed)
-    model = create("scratch_cnn", num_classes=2, weights="none")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
-    return model, optimizer, scheduler
 
 
-def train_steps(model: PneumoNet, optimizer: torch.optim.Optimizer, scheduler, n: int) -> None:
-    model.train()
-    for _ in range(n):
-        x, y = torch.rand(4, 1, 32, 32), torch.randint(0, 2, (4,))
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+def test_a_sidecar_from_before_the_typed_record_loads_with_the_old_defaults(saved: Path) -> None:
+    sidecar = saved.with_suffix(".json")
+    old = json.loads(sidecar.read_text())
+    minimal = {k: old[k] for k in ("format", "arch", "num_classes", "input_size", "mean", "std", "weights_file",
+                                   "sha256")}
+    sidecar.write_text(json.dumps(minimal))
+    meta = read_meta(saved)
+    assert (meta.threshold, meta.temperature, meta.resize_policy, meta.intensity, meta.tta) == (
+        0.5, 1.0, "squash", "none", False)
+    assert meta.classes == ["NORMAL", "PNEUMONIA"] and meta.threshold_policy is None
+    load_checkpoint(saved)  # the weights still verify against the old sidecar
 
 
-def test_train_state_round_trip_resumes_exactly(tmp_path: Path) -> None:
-    model, optimizer, scheduler = training_setup(0)
-    train_steps(model, optimizer, scheduler, 2)
-    save_train_state(tmp_path / "last", model, optimizer, scheduler, {"epoch": 2, "best_auc": 0.75})
-    train_steps(model, optimizer, scheduler, 2)  # the uninterrupted run
-    expected = {k: v.clone() for k, v in model.state_dict().items()}
-
-    resumed, optimizer2, scheduler2 = training_setup(1)
-    extra = load_train_state(tmp_path / "last", resumed, optimizer2, scheduler2)
-    train_steps(resumed, optimizer2, scheduler2, 2)
-    assert extra == {"epoch": 2, "best_auc": 0.75}
-    assert scheduler2.last_epoch == scheduler.last_epoch
-    assert all(torch.allclose(resumed.state_dict()[k].float(), v.float()) for k, v in expected.items())
+def test_unknown_sidecar_keys_survive_a_read_modify_write(saved: Path) -> None:
+    sidecar = saved.with_suffix(".json")
+    payload = json.loads(sidecar.read_text())
+    payload["model_card"] = {"name": "card"}
+    sidecar.write_text(json.dumps(payload))
+    meta = read_meta(saved)
+    write_meta(sidecar, dataclasses.replace(meta, threshold=0.3, threshold_policy="youden"))
+    again = json.loads(sidecar.read_text())
+    assert again["model_card"] == {"name": "card"} and again["threshold"] == 0.3
+    assert again["threshold_policy"] == "youden" and again["sha256"] == payload["sha256"]
 
 
-def test_train_state_restores_the_random_generators(tmp_path: Path) -> None:
-    model, optimizer, scheduler = training_setup(0)
-    save_train_state(tmp_path / "last", model, optimizer, scheduler, {})
-    expected = (torch.rand(3), np.random.rand(), random.random())
-    torch.rand(5), np.random.rand(7), random.random()
-    load_train_state(tmp_path / "last", model, optimizer, scheduler)
-    assert torch.equal(torch.rand(3), expected[0])
-    assert (np.random.rand(), random.random()) == expected[1:]
+def test_meta_json_round_trip_is_lossless() -> None:
+    meta = CheckpointMeta(arch="scratch_cnn", num_classes=3, input_size=64, task="3class",
+                          classes=["normal", "bacteria", "virus"], threshold=0.7, tta=True,
+                          metrics={"test": {"roc_auc": 0.9}}, extra={"note": "x"})
+    assert CheckpointMeta.from_json(meta.to_json()) == meta
 
 
-def test_train_state_is_plain_json_and_safetensors(tmp_path: Path) -> None:
-    model, optimizer, scheduler = training_setup(0)
-    train_steps(model, optimizer, scheduler, 1)
-    save_train_state(tmp_path / "last", model, optimizer, scheduler, {"epoch": 1})
-    payload = json.loads((tmp_path / "last.json").read_text())
-    tensors = load_file(str(tmp_path / "last.safetensors"))
-    assert payload["format"] == "pneumo-train-state/1" and payload["extra"] == {"epoch": 1}
-    assert any(k.startswith("optimizer.state.") for k in tensors) and any(k.startswith("model.") for k in tensors)
+def test_the_task_gives_the_classes_when_a_sidecar_lacks_them() -> None:
+    meta = CheckpointMeta.from_json({"arch": "scratch_cnn", "num_classes": 3, "task": "3class"})
+    assert meta.classes == ["normal", "bacteria", "virus"]
 
 
-def test_train_state_of_another_model_is_a_model_error(tmp_path: Path) -> None:
-    model, optimizer, scheduler = training_setup(0)
-    save_train_state(tmp_path / "last", model, optimizer, scheduler, {})
-    other = create("test_resnet", num_classes=2, weights="none")
-    other_opt = torch.optim.AdamW(other.parameters())
-    with pytest.raises(ModelError, match="does not match"):
-        load_train_state(tmp_path / "last", other, other_opt, None)
+@pytest.mark.parametrize("payload", [{"num_classes": 2}, {"arch": "scratch_cnn"}, {"arch": "a", "num_classes": "two"},
+                                     ["not", "an", "object"]])
+def test_a_sidecar_without_arch_or_with_bad_types_is_a_model_error(payload: object) -> None:
+    with pytest.raises(ModelError):
+        CheckpointMeta.from_json(payload)

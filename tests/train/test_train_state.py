@@ -1,0 +1,79 @@
+"""Resumable training state (model, optimizer, scheduler, RNG, counters) as safetensors + JSON, without pickle."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pneumo.errors import ModelError
+from pneumo.models import PneumoNet, create
+from pneumo.train.checkpoint import load_train_state, save_train_state
+
+
+def training_setup(seed: int) -> tuple[PneumoNet, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    torch.manual_seed(seed)
+    model = create("scratch_cnn", num_classes=2, weights="none")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    return model, optimizer, scheduler
+
+
+def train_steps(model: PneumoNet, optimizer: torch.optim.Optimizer, scheduler, n: int) -> None:
+    model.train()
+    for _ in range(n):
+        x, y = torch.rand(4, 1, 32, 32), torch.randint(0, 2, (4,))
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
+def test_train_state_round_trip_resumes_exactly(tmp_path: Path) -> None:
+    model, optimizer, scheduler = training_setup(0)
+    train_steps(model, optimizer, scheduler, 2)
+    save_train_state(tmp_path / "last", model, optimizer, scheduler, {"epoch": 2, "best_auc": 0.75})
+    train_steps(model, optimizer, scheduler, 2)  # the uninterrupted run
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    resumed, optimizer2, scheduler2 = training_setup(1)
+    extra = load_train_state(tmp_path / "last", resumed, optimizer2, scheduler2)
+    train_steps(resumed, optimizer2, scheduler2, 2)
+    assert extra == {"epoch": 2, "best_auc": 0.75}
+    assert scheduler2.last_epoch == scheduler.last_epoch
+    assert all(torch.allclose(resumed.state_dict()[k].float(), v.float()) for k, v in expected.items())
+
+
+def test_train_state_restores_the_random_generators(tmp_path: Path) -> None:
+    model, optimizer, scheduler = training_setup(0)
+    save_train_state(tmp_path / "last", model, optimizer, scheduler, {})
+    expected = (torch.rand(3), np.random.rand(), random.random())
+    torch.rand(5), np.random.rand(7), random.random()
+    load_train_state(tmp_path / "last", model, optimizer, scheduler)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert (np.random.rand(), random.random()) == expected[1:]
+
+
+def test_train_state_is_plain_json_and_safetensors(tmp_path: Path) -> None:
+    model, optimizer, scheduler = training_setup(0)
+    train_steps(model, optimizer, scheduler, 1)
+    save_train_state(tmp_path / "last", model, optimizer, scheduler, {"epoch": 1})
+    payload = json.loads((tmp_path / "last.json").read_text())
+    tensors = load_file(str(tmp_path / "last.safetensors"))
+    assert payload["format"] == "pneumo-train-state/1" and payload["extra"] == {"epoch": 1}
+    assert any(k.startswith("optimizer.state.") for k in tensors) and any(k.startswith("model.") for k in tensors)
+
+
+def test_train_state_of_another_model_is_a_model_error(tmp_path: Path) -> None:
+    model, optimizer, scheduler = training_setup(0)
+    save_train_state(tmp_path / "last", model, optimizer, scheduler, {})
+    other = create("test_resnet", num_classes=2, weights="none")
+    other_opt = torch.optim.AdamW(other.parameters())
+    with pytest.raises(ModelError, match="does not match"):
+        load_train_state(tmp_path / "last", other, other_opt, None)
