@@ -13,7 +13,7 @@ import torch
 
 from pneumo.data.preprocess import decode_gray, prepare
 from pneumo.errors import ConfigError
-from pneumo.explain import analysis_sections
+from pneumo.explain.analysis import analysis_sections
 from pneumo.explain.filters import activations_figure, confident_errors, filters_figure
 from pneumo.models import PneumoNet, create
 
@@ -59,7 +59,7 @@ def test_a_failing_section_becomes_a_note_and_the_others_still_come(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("t-SNE exploded")
 
-    monkeypatch.setattr("pneumo.explain.embeddings.embedding_figures", broken)
+    monkeypatch.setattr("pneumo.explain.analysis.embedding_figures", broken)
     sections = analysis_sections(tmp_path, model, {}, test_set["images"], test_set["y"], test_set["subtypes"],
                                  np.full(len(test_set["y"]), 0.3), 0.5, ["NORMAL", "PNEUMONIA"], max_cam=4)
     notes = [(title, html) for title, html in sections if html.startswith("<p>Not available")]

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pneumo.errors import ConfigError
-from pneumo.explain.overlay import HeatmapWriter, blend, safe_stem, write_contact_sheet
+from pneumo.explain.overlay import HeatmapWriter, safe_stem, write_contact_sheet
+from pneumo.explain.render import blend
 from pneumo.infer.predictor import Predictor
 
 

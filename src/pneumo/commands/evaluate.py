@@ -18,10 +18,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pneumo.errors import ConfigError
     from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
+    from pneumo.explain.analysis import analysis_sections
 
     options = {"policy": args.threshold_policy, "n_bootstrap": args.bootstrap, "data": args.data}
     if len(args.run_dir) == 1:
-        result, folder = evaluate_run(args.run_dir[0], **options), args.run_dir[0]
+        result, folder = evaluate_run(args.run_dir[0], analysis=analysis_sections, **options), args.run_dir[0]
     elif not args.out:
         raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
     else:

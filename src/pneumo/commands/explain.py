@@ -26,8 +26,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.commands.predict import expand_inputs
     from pneumo.explain.overlay import HeatmapWriter, write_contact_sheet
+    from pneumo.infer.batch import expand_inputs
     from pneumo.infer.io import load_image_file
     from pneumo.infer.predictor import Predictor
 

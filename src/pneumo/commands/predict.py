@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import logging
 import sys
@@ -12,10 +11,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pneumo.errors import InputError, PneumoError
+from pneumo.errors import PneumoError
 
 log = logging.getLogger(__name__)
-SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -31,29 +29,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders recursively (image suffixes and DICOM); globs expanded; order kept, duplicates dropped."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and
-                                (p.suffix.lower() in SUFFIXES or p.suffix == "")))
-        elif path.exists():
-            found.append(path)
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            if not matches:
-                raise InputError(f"no such file, folder or match: {item}")
-            found.extend(m for m in matches if m.is_file())
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise InputError("no input images found")
-    return unique
-
-
 def run(args: argparse.Namespace) -> int:
-    from pneumo.infer.batch import predict_files
+    from pneumo.infer.batch import expand_inputs, predict_files
     from pneumo.infer.predictor import Predictor
     from pneumo.train.distributed import env_from_os, shard
 

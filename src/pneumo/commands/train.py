@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"run: {run_dir}")
     if not args.no_eval:
         from pneumo.evaluate.runner import evaluate_run, summary_line
+        from pneumo.explain.analysis import analysis_sections
 
-        result = evaluate_run(run_dir)
+        result = evaluate_run(run_dir, analysis=analysis_sections)
         print(summary_line(result))
         print(f"report: {run_dir / 'report.html'}")
     return 0
@@ -99,7 +100,7 @@ def run_ensemble(cfg, args: argparse.Namespace) -> int:
         run_dirs.append(train(member, resume=args.resume, force=args.force))
         print(f"member run: {run_dirs[-1]}")
         if not args.no_eval:
-            print(summary_line(evaluate_run(run_dirs[-1], analysis=False)))
+            print(summary_line(evaluate_run(run_dirs[-1])))
     if args.no_eval:
         return 0
     out = Path(cfg.out_dir) / cfg.name

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from pneumo.models.runtime import predict_logits, select_device
 from pneumo.train.run import BEST, image_cache
 
 log = logging.getLogger(__name__)
+Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images, y, subtypes, probs, threshold, names)
 
 
 def load_run(run_dir: Path, data: str | None = None):
@@ -70,8 +72,13 @@ class _FastCpu(torch.nn.Module):
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_bootstrap: int | None = None,
-                 data: str | None = None, analysis: bool = True) -> dict:
-    """The protocol for one run (see ../shared/docs/PROTOCOL.md). Returns the metrics dict also written to disk."""
+                 data: str | None = None, analysis: Analysis | None = None) -> dict:
+    """The protocol for one run (see ../shared/docs/PROTOCOL.md). Returns the metrics dict also written to disk.
+
+    ``analysis`` adds sections to the report (e.g. ``pneumo.explain.analysis.analysis_sections``: Grad-CAM shortcut
+    indicator, confident errors, embeddings); the evaluation layer does not import explanations, the caller passes
+    them in.
+    """
     run_dir = Path(run_dir)
     start = time.perf_counter()
     cfg, folds = load_run(run_dir, data)
@@ -91,7 +98,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     _update_sidecar(run_dir / f"{BEST}.json", meta, result)
     extra = []
     if analysis:
-        extra = _analysis(run_dir, model, meta, logits["test_images"], y_test, test, result, names)
+        extra = _analysis(analysis, run_dir, model, meta, logits["test_images"], y_test, test, result, names)
     write_evaluation_report(run_dir, result, y_test=y_test, test_logits=logits["test"],
                             title=f"pneumo run: {cfg.name}", subtitle=_subtitle(result),
                             extra_sections=extra, metrics_csv=run_dir / "metrics.csv")
@@ -170,15 +177,11 @@ def _check_same_folds(first: Path, folds: pd.DataFrame, cfg, other: Path, other_
                               "ensemble runs of one split")
 
 
-def _analysis(run_dir: Path, model, meta: dict, images: np.ndarray, y_test: np.ndarray, test: pd.DataFrame,
-              result: dict, names: list[str]) -> list:
-    try:
-        from pneumo.explain import analysis_sections
-    except ImportError:
-        return []
+def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, images: np.ndarray, y_test: np.ndarray,
+              test: pd.DataFrame, result: dict, names: list[str]) -> list:
     probs = np.asarray([r for r in pd.read_csv(run_dir / "predictions.csv")["p_pneumonia"]])
     try:
-        return analysis_sections(run_dir, model.cpu(), meta, np.asarray(images), y_test, test["subtype"].tolist(),
+        return analysis(run_dir, model.cpu(), meta, np.asarray(images), y_test, test["subtype"].tolist(),
                                  probs, result["threshold"], names)
     except Exception as exc:  # noqa: BLE001 - the analysis figures must never cost the evaluation
         log.warning("analysis figures skipped: %s: %s", type(exc).__name__, exc)

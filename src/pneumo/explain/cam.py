@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,10 +24,9 @@ from torch import nn
 
 from pneumo.data.preprocess import letterbox_box
 from pneumo.errors import ConfigError, InputError, ModelError
-from pneumo.explain import CAM_METHODS, METHODS, TARGETS
-
-if TYPE_CHECKING:
-    from pneumo.infer.predictor import Prediction, Predictor
+from pneumo.explain import CAM_METHODS, METHODS, TARGETS, occlusion
+from pneumo.explain.render import overlay_image, png_bytes
+from pneumo.explain.target import MarginTarget, PredictionLike, PredictorLike, as_batch, signs_for, to_tensor
 
 NOT_TORCH = "explanations need the PyTorch checkpoint (run folder or .json/.safetensors), not an ONNX export"
 
@@ -48,27 +46,10 @@ class ExplainResult:
 
     map_model: np.ndarray
     map_original: np.ndarray
-    prediction: Prediction
+    prediction: PredictionLike
     method: str
     layer: str | None
     toward: str
-
-
-class MarginTarget:
-    """grad-cam target: the pneumonia-vs-normal log-odds of one image, times ``sign`` (+1 pneumonia, -1 normal)."""
-
-    def __init__(self, sign: float) -> None:
-        self.sign = float(sign)
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.sign * pneumonia_margin(logits)
-
-
-def pneumonia_margin(logits: torch.Tensor) -> torch.Tensor:
-    """``logsumexp(z[1:]) - z[0]`` over the last axis (class 0 is NORMAL); ``sigmoid`` of it is ``p_pneumonia``."""
-    if logits.shape[-1] == 1:
-        return logits[..., 0]
-    return torch.logsumexp(logits[..., 1:], dim=-1) - logits[..., 0]
 
 
 def layer_names(model: nn.Module, *, max_depth: int = 2) -> list[str]:
@@ -149,30 +130,6 @@ def cam_session(model: nn.Module, layer: nn.Module, method: str = "gradcam") -> 
         model.train(was_training)
 
 
-def as_batch(prepared: np.ndarray) -> np.ndarray:
-    """Check a uint8 ``(B, S, S)`` (or one ``S x S``) batch of preprocessed images."""
-    prepared = np.asarray(prepared)
-    if prepared.ndim == 2:
-        prepared = prepared[None]
-    if prepared.ndim != 3 or prepared.dtype != np.uint8 or prepared.shape[1] != prepared.shape[2]:
-        raise InputError(f"expected preprocessed uint8 images (B, S, S), got {prepared.dtype} {prepared.shape}")
-    return prepared
-
-
-def to_tensor(prepared: np.ndarray, model: nn.Module) -> torch.Tensor:
-    """uint8 ``(B, S, S)`` -> float ``(B, 1, S, S)`` in [0, 1] on the model's device (the input contract)."""
-    device = next(model.parameters()).device
-    return torch.from_numpy(np.array(prepared, dtype=np.uint8, copy=True)).to(device).float().div_(255.0)[:, None]
-
-
-def signs_for(toward_pneumonia: Sequence[bool] | bool | None, n: int) -> np.ndarray:
-    """+1 / -1 per image; None means all toward pneumonia."""
-    if toward_pneumonia is None:
-        return np.ones(n)
-    values = np.broadcast_to(np.asarray(toward_pneumonia, dtype=bool), (n,))
-    return np.where(values, 1.0, -1.0)
-
-
 def cam_maps(model: nn.Module, prepared: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
              toward_pneumonia: Sequence[bool] | bool | None = None, batch_size: int = 16) -> np.ndarray:
     """Grad-CAM maps of preprocessed images.
@@ -218,14 +175,14 @@ def to_original_geometry(map_model: np.ndarray, height: int, width: int, *, poli
     return np.clip(resized, 0.0, 1.0).astype(np.float32)
 
 
-def torch_model_of(predictor: Predictor) -> nn.Module:
+def torch_model_of(predictor: PredictorLike) -> nn.Module:
     model = getattr(predictor, "torch_model", None)
     if model is None:
         raise ModelError(NOT_TORCH)
     return model
 
 
-def _model_lock(predictor: Predictor) -> AbstractContextManager:
+def _model_lock(predictor: PredictorLike) -> AbstractContextManager:
     # The predictor's lock: a concurrent predict on the same model must not run while our hooks are attached.
     lock = getattr(predictor, "_lock", None)
     return lock if hasattr(lock, "__enter__") else nullcontext()
@@ -234,8 +191,6 @@ def _model_lock(predictor: Predictor) -> AbstractContextManager:
 def explain_prepared(model: nn.Module, prepared: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
                      toward_pneumonia: bool = True, window: int = 32, stride: int = 16) -> np.ndarray:
     """One S x S map in [0, 1] of one preprocessed uint8 S x S image, by any method in ``METHODS``."""
-    from pneumo.explain import occlusion
-
     if method not in METHODS:
         raise ConfigError(f"unknown explanation method {method!r}; choose {', '.join(METHODS)}")
     if method in CAM_METHODS:
@@ -248,8 +203,8 @@ def explain_prepared(model: nn.Module, prepared: np.ndarray, *, method: str = "g
     return occlusion.integrated_gradients_map(model, prepared, toward_pneumonia=toward_pneumonia)
 
 
-def explain_image(predictor: Predictor, gray: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
-                  target: str = "predicted", prediction: Prediction | None = None, window: int = 32,
+def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
+                  target: str = "predicted", prediction: PredictionLike | None = None, window: int = 32,
                   stride: int = 16) -> ExplainResult:
     """Explain one original uint8 gray H x W image with the predictor's model and preprocessing.
 
@@ -287,7 +242,7 @@ def explain_image(predictor: Predictor, gray: np.ndarray, *, method: str = "grad
                          layer=layer_name, toward=toward)
 
 
-def heatmap_overlay_png(predictor: Predictor, gray: np.ndarray, prediction: Prediction | None = None, *,
+def heatmap_overlay_png(predictor: PredictorLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
                         method: str = "gradcam", layer: str | None = None, max_side: int | None = None) -> bytes:
     """PNG bytes: the Grad-CAM map over the original image (its own size and aspect), label/probability written on.
 
@@ -299,8 +254,6 @@ def heatmap_overlay_png(predictor: Predictor, gray: np.ndarray, prediction: Pred
         layer: module to hook (default per architecture).
         max_side: shrink the overlay so its longer side is at most this (None: original size).
     """
-    from pneumo.explain.overlay import overlay_image, png_bytes
-
     result = explain_image(predictor, gray, method=method, layer=layer, prediction=prediction)
     return png_bytes(overlay_image(gray, result.map_original, result.prediction, method=method,
                                    toward=result.toward, max_side=max_side))

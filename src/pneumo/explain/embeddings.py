@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from pneumo.errors import ConfigError
+from pneumo.evaluate.plots import save_png
+from pneumo.explain.target import to_tensor
+from pneumo.models.fast import ForwardFeatures, fast_inference
 
 CLASS_COLORS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728", "normal": "#1f77b4", "bacteria": "#d62728",
                 "virus": "#ff7f0e"}
@@ -37,8 +40,6 @@ def model_features(model: nn.Module, images: np.ndarray, *, batch_size: int = 32
 
     ``fast``: on the CPU, a traced and frozen copy of the model (``models.fast.fast_inference``, ~2x faster).
     """
-    from pneumo.explain.cam import to_tensor
-    from pneumo.models.fast import ForwardFeatures, fast_inference
 
     if len(images) == 0:
         raise ConfigError("no images to compute features of")
@@ -95,7 +96,6 @@ def embedding_figure(coords: dict[str, np.ndarray], class_labels: Sequence[str],
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from pneumo.evaluate.plots import save_png
 
     fig = Figure(figsize=(8.0, 3.6 * len(coords)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)

@@ -17,6 +17,10 @@ import torch
 from torch import nn
 
 from pneumo.errors import ModelError
+from pneumo.evaluate.plots import save_png
+from pneumo.explain.cam import cam_maps, layer_names
+from pneumo.explain.render import blend
+from pneumo.explain.target import to_tensor
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,7 +38,6 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` as a PNG, atomically."""
-    from pneumo.evaluate.plots import save_png
 
     return save_png(fig, path)
 
@@ -98,7 +101,6 @@ def capture_activations(model: nn.Module, names: Sequence[str]) -> Iterator[dict
 def activation_layers(model: nn.Module, size: int, *, count: int = 4) -> list[str]:
     """The last layer computed at each of the ``count`` coarsest feature-map resolutions, in execution order
     (for EfficientNet-Lite0 at 224: the 56, 28, 14 and 7 px maps)."""
-    from pneumo.explain.cam import layer_names, to_tensor
 
     candidates = layer_names(model)
     leaves = [n for n in candidates if not any(o.startswith(n + ".") for o in candidates)]
@@ -120,7 +122,6 @@ def activation_layers(model: nn.Module, size: int, *, count: int = 4) -> list[st
 def activations_figure(model: nn.Module, images: np.ndarray, titles: Sequence[str], path: str | os.PathLike, *,
                        layers: Sequence[str] | None = None) -> Path:
     """One row per image: the input, then the mean absolute activation over channels of each layer."""
-    from pneumo.explain.cam import to_tensor
 
     images = np.asarray(images)
     layers = list(layers) if layers is not None else activation_layers(model, images.shape[-1])
@@ -167,8 +168,6 @@ def confident_errors_gallery(model: nn.Module, images: np.ndarray, y: np.ndarray
     Returns:
         ``(path or None when there is no error, number of false positives shown, false negatives shown)``.
     """
-    from pneumo.explain.cam import cam_maps
-    from pneumo.explain.overlay import blend
 
     fp, fn = confident_errors(np.asarray(y) != 0, probs, threshold, k=k)
     if len(fp) + len(fn) == 0:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pneumo.errors import ConfigError, InputError
-from pneumo.explain.cam import pneumonia_margin, to_tensor
+from pneumo.explain.target import pneumonia_margin, to_tensor
 from pneumo.models.fast import fast_inference
 
 

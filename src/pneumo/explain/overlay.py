@@ -1,32 +1,26 @@
-"""Heatmap overlays on the original image, safe output names, and the per-image writer used by predict/explain.
-
-Colours: turbo, blended in proportion to the map (alpha = 0.6 x map), so regions without evidence show the plain
-radiograph. Text: the predicted label, P(pneumonia), the threshold and what the map shows.
-"""
+"""The per-image writer used by predict/explain (overlay PNG + raw map per input, safe output names) and the
+contact sheet of a folder of overlays."""
 
 from __future__ import annotations
 
 import html
-import io
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from pneumo import atomic
 from pneumo.errors import ConfigError
-from pneumo.explain.cam import explain_image
-
-if TYPE_CHECKING:
-    from pneumo.infer.predictor import Prediction, Predictor
+from pneumo.explain import CAM_METHODS, METHODS
+from pneumo.explain.cam import explain_image, resolve_layer, torch_model_of
+from pneumo.explain.occlusion import window_starts
+from pneumo.explain.render import npy_bytes, overlay_image, png_bytes
+from pneumo.explain.target import PredictionLike, PredictorLike
 
 METHOD_TAGS = {"gradcam": "cam", "gradcam++": "campp", "occlusion": "occlusion", "integrated_gradients": "ig"}
-METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "occlusion": "Occlusion",
-                 "integrated_gradients": "Integrated gradients"}
 MAX_STEM = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -38,75 +32,6 @@ def safe_stem(path: str | os.PathLike) -> str:
     return stem or "image"
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic.write_bytes(path, data)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=3)
-    return buffer.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def colorize(heat: np.ndarray) -> np.ndarray:
-    """float map in [0, 1] -> uint8 RGB (turbo)."""
-    import cv2
-
-    levels = np.clip(np.nan_to_num(heat) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.applyColorMap(levels, cv2.COLORMAP_TURBO)[..., ::-1]
-
-
-def blend(gray: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6) -> np.ndarray:
-    """uint8 RGB: the gray image with the colourised map laid over it in proportion to the map."""
-    if gray.shape != heat.shape:
-        raise ConfigError(f"map shape {heat.shape} does not match the image {gray.shape}")
-    weight = (alpha * np.clip(heat, 0.0, 1.0))[..., None].astype(np.float32)
-    base = gray.astype(np.float32)[..., None]
-    return (base + (colorize(heat).astype(np.float32) - base) * weight + 0.5).astype(np.uint8)
-
-
-def caption_lines(prediction: Prediction, *, method: str = "gradcam", toward: str | None = None) -> list[str]:
-    lines = [f"{prediction.label}   P(pneumonia) {prediction.p_pneumonia:.2f}   threshold {prediction.threshold:.2f}"]
-    lines.append(f"{METHOD_TITLES.get(method, method)}: evidence for {toward or prediction.label}")
-    return lines
-
-
-def draw_caption(image: Image.Image, lines: list[str]) -> Image.Image:
-    """Write ``lines`` at the top left on a dark box (font scaled to the image width)."""
-    size = max(11, min(image.size) // 28)
-    try:
-        font = ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        font = ImageFont.load_default()
-    draw = ImageDraw.Draw(image)
-    pad = max(3, size // 3)
-    text = "\n".join(lines)
-    _, _, right, bottom = draw.multiline_textbbox((pad, pad), text, font=font, spacing=pad // 2)
-    draw.rectangle((0, 0, right + pad, bottom + pad), fill=(0, 0, 0))
-    draw.multiline_text((pad, pad), text, fill=(255, 255, 255), font=font, spacing=pad // 2)
-    return image
-
-
-def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: Prediction | None = None, *,
-                  method: str = "gradcam", toward: str | None = None, max_side: int | None = None) -> Image.Image:
-    """RGB overlay of ``heat`` (same H x W as ``gray``), optionally shrunk to ``max_side``, with the caption."""
-    image = Image.fromarray(blend(gray, heat))
-    if max_side is not None and max(image.size) > max_side:
-        scale = max_side / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BILINEAR)
-    if prediction is not None:
-        draw_caption(image, caption_lines(prediction, method=method, toward=toward))
-    return image
-
-
 @dataclass
 class Written:
     """What ``HeatmapWriter.write`` produced for one input."""
@@ -114,7 +39,7 @@ class Written:
     source: str
     overlay: Path
     raw_map: Path
-    prediction: Prediction
+    prediction: PredictionLike
 
 
 class HeatmapWriter:
@@ -134,10 +59,8 @@ class HeatmapWriter:
         stride: occlusion stride.
     """
 
-    def __init__(self, predictor: Predictor, out_dir: str | os.PathLike, *, method: str = "gradcam",
+    def __init__(self, predictor: PredictorLike, out_dir: str | os.PathLike, *, method: str = "gradcam",
                  layer: str | None = None, target: str = "predicted", window: int = 32, stride: int = 16) -> None:
-        from pneumo.explain.cam import CAM_METHODS, METHODS, resolve_layer, torch_model_of
-
         if method not in METHODS:
             raise ConfigError(f"unknown explanation method {method!r}; choose {', '.join(METHODS)}")
         if layer is not None and method not in CAM_METHODS:
@@ -146,8 +69,6 @@ class HeatmapWriter:
         if layer is not None:  # fail before the first image
             resolve_layer(model, layer)
         if method == "occlusion":
-            from pneumo.explain.occlusion import window_starts
-
             window_starts(int(predictor.size), window, stride)
         self.predictor = predictor
         self.out_dir = Path(out_dir)
@@ -166,12 +87,12 @@ class HeatmapWriter:
         self._used.add(name.lower())
         return name
 
-    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: Prediction | None = None) -> Path:
+    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None) -> Path:
         """Explain the original uint8 gray image ``gray`` read from ``path``; returns the overlay PNG path."""
         return self.write_result(path, gray, prediction).overlay
 
     def write_result(self, path: str | os.PathLike, gray: np.ndarray,
-                     prediction: Prediction | None = None) -> Written:
+                     prediction: PredictionLike | None = None) -> Written:
         """Like ``write`` but returns both paths and the prediction."""
         result = explain_image(self.predictor, gray, method=self.method, layer=self.layer, target=self.target,
                                prediction=prediction, window=self.window, stride=self.stride)
@@ -182,8 +103,8 @@ class HeatmapWriter:
         if overlay_path.parent != root or npy_path.parent != root:  # cannot happen with safe_stem; belt and braces
             raise ConfigError(f"refusing to write outside {root}: {name!r}")
         image = overlay_image(gray, result.map_original, result.prediction, method=self.method, toward=result.toward)
-        write_bytes_atomic(npy_path, npy_bytes(result.map_original.astype(np.float32)))
-        write_bytes_atomic(overlay_path, png_bytes(image))
+        atomic.write_bytes(npy_path, npy_bytes(result.map_original.astype(np.float32)))
+        atomic.write_bytes(overlay_path, png_bytes(image))
         return Written(source=str(path), overlay=overlay_path, raw_map=npy_path, prediction=result.prediction)
 
 
@@ -196,7 +117,7 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
         thumb = out_dir / "thumbs" / item.overlay.name
         with Image.open(item.overlay) as img:
             img.thumbnail((thumb_side, thumb_side), Image.Resampling.BILINEAR)
-            write_bytes_atomic(thumb, png_bytes(img.convert("RGB")))
+            atomic.write_bytes(thumb, png_bytes(img.convert("RGB")))
         p = item.prediction
         caption = f"{p.label} · P(pneumonia) {p.p_pneumonia:.2f} (threshold {p.threshold:.2f})"
         cells.append(
@@ -209,7 +130,7 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
             "img{max-width:100%;border:1px solid #dde2ea}figcaption{color:#5b6575;word-break:break-all}</style>"
             f"</head><body><h1>{html.escape(title)}</h1><p>{len(written)} image(s). Research use only, not a "
             f"medical device.</p><main>{''.join(cells)}</main></body></html>\n")
-    return write_bytes_atomic(out_dir / "index.html", page.encode("utf-8"))
+    return atomic.write_bytes(out_dir / "index.html", page.encode("utf-8"))
 
 
 def _href(path: Path, root: Path) -> str:

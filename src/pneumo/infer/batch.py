@@ -1,8 +1,9 @@
-"""Predict a list of files in batches: decoding on a thread pool (the next batch while the model runs the current one),
-one model call per batch, bad files reported."""
+"""Find the input files (`expand_inputs`) and predict them in batches (`predict_files`): decoding on a thread pool
+(the next batch while the model runs the current one), one model call per batch, bad files reported."""
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,9 +11,32 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.errors import PneumoError
+from pneumo.errors import InputError, PneumoError
 from pneumo.infer.io import load_image_file
 from pneumo.infer.predictor import Prediction, Predictor
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; folders recursively (image suffixes and DICOM); globs expanded; order kept, duplicates dropped."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and
+                                (p.suffix.lower() in SUFFIXES or p.suffix == "")))
+        elif path.exists():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise InputError(f"no such file, folder or match: {item}")
+            found.extend(m for m in matches if m.is_file())
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise InputError("no input images found")
+    return unique
 
 
 def _load(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:

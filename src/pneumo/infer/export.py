@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumo.errors import ModelError
-from pneumo.infer.predictor import resolve_model
+from pneumo.models.checkpoint import resolve_model
 
 if TYPE_CHECKING:
     import torch

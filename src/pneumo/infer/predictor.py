@@ -8,7 +8,6 @@ PyTorch model (for heat maps) is loaded from the checkpoint on first use.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -19,11 +18,9 @@ import numpy as np
 
 from pneumo.data.preprocess import prepare
 from pneumo.errors import ModelError
-from pneumo.models.checkpoint import read_meta, weights_path
+from pneumo.models.checkpoint import read_meta, resolve_model, weights_path
 
 log = logging.getLogger(__name__)
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL = ASSETS / "default-model.json"
 BACKENDS = ("auto", "onnx", "torch")
 ONNX_CHUNK = 8  # ONNX Runtime on 2-4 cores runs batches of 8 faster than 32 (cache-sized activations)
 
@@ -47,26 +44,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def resolve_model(model: str | os.PathLike | None) -> Path:
-    """A run folder, a checkpoint (.safetensors / .json / .onnx) or None for the shipped default model -> sidecar path."""
-    if model is None:
-        if not DEFAULT_MODEL.is_file():
-            raise ModelError("no model given and the shipped default model is missing: pass --model RUN_DIR")
-        return DEFAULT_MODEL
-    path = Path(model)
-    if path.is_dir() and (path / "ensemble.json").is_file():
-        members = json.loads((path / "ensemble.json").read_text()).get("members", [])
-        raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
-                         f"({', '.join(members)})")
-    if path.is_dir():
-        path = path / "model.json"
-    elif path.suffix in (".safetensors", ".onnx"):
-        path = path.with_suffix(".json")
-    if not path.is_file():
-        raise ModelError(f"model not found: {model} (give a run folder or a checkpoint file)")
-    return path
 
 
 class Predictor:

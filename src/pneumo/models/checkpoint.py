@@ -33,6 +33,8 @@ from pneumo.models.net import PneumoNet
 from pneumo.models.registry import build
 
 FORMAT = "pneumo-checkpoint/1"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the shipped default model
+DEFAULT_MODEL = ASSETS / "default-model.json"
 _EXACT = ("pixel_mean", "pixel_std")  # kept in float32 in half-precision exports
 
 
@@ -191,6 +193,26 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PneumoNet, CheckpointMeta]
     if meta.input_size is not None:
         model.input_size = meta.input_size
     return model.eval(), meta
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """A run folder, a checkpoint (.safetensors / .json / .onnx) or None for the shipped default model -> sidecar path."""
+    if model is None:
+        if not DEFAULT_MODEL.is_file():
+            raise ModelError("no model given and the shipped default model is missing: pass --model RUN_DIR")
+        return DEFAULT_MODEL
+    path = Path(model)
+    if path.is_dir() and (path / "ensemble.json").is_file():
+        members = json.loads((path / "ensemble.json").read_text()).get("members", [])
+        raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
+                         f"({', '.join(members)})")
+    if path.is_dir():
+        path = path / "model.json"
+    elif path.suffix in (".safetensors", ".onnx"):
+        path = path.with_suffix(".json")
+    if not path.is_file():
+        raise ModelError(f"model not found: {model} (give a run folder or a checkpoint file)")
+    return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:
