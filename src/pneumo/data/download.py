@@ -160,7 +160,7 @@ def download(
             "the file was removed, run the command again to download it anew"
         )
     os.replace(part, final)
-    _write_atomic(dest / f"{name}.sha256", f"{digest}  {name}\n")
+    atomic.write_text(dest / f"{name}.sha256", f"{digest}  {name}\n")
     log.info(
         "downloaded %s (%d bytes, sha256 %s%s)",
         final,
@@ -302,10 +302,6 @@ def _size_of(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    atomic.write_text(path, text)
 
 
 def _reason(exc: object) -> str:

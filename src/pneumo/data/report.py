@@ -125,7 +125,7 @@ def write_data_report(
     }
     page = _page(df, source.location, bodies)
     index = out / "index.html"
-    _write_atomic(index, page.encode("utf-8"))
+    atomic.write_bytes(index, page.encode("utf-8"))
     return index
 
 
@@ -260,11 +260,7 @@ def _plot_samples(decoded: Mapping[str, list[tuple[pd.Series, np.ndarray]]]) -> 
 def _save(fig: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _write_atomic(path, buffer.getvalue())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    atomic.write_bytes(path, data)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------- HTML sections

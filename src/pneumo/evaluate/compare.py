@@ -11,8 +11,9 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pneumo import atomic
 from pneumo.errors import DataError
-from pneumo.evaluate.report import fmt_ci, fmt_number, render_page, table_html, write_text_atomic
+from pneumo.evaluate.report import fmt_ci, fmt_number, render_page, table_html
 
 COLUMNS = ("name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
            "test specificity", "test ROC-AUC", "ECE before → after", "threshold (policy)", "wall time")
@@ -105,7 +106,7 @@ def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.P
         raise DataError("no runs given: pass one or more run folders")
     rows = [leaderboard_row(r) for r in sorted(results, key=_val_auc_key)]
     out_dir = Path(out_dir)
-    md = write_text_atomic(out_dir / "leaderboard.md", leaderboard_markdown(rows))
-    page = write_text_atomic(out_dir / "leaderboard.html", leaderboard_html(rows))
+    md = atomic.write_text(out_dir / "leaderboard.md", leaderboard_markdown(rows))
+    page = atomic.write_text(out_dir / "leaderboard.html", leaderboard_html(rows))
     return md, page
 

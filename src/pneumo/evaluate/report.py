@@ -254,11 +254,6 @@ def _ci_text(ci: Sequence | None) -> str:
     return f"95 % CI [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return atomic.write_text(path, text)
-
-
 def render_page(title: str, body: str, *, subtitle: str = "", headline: str = "") -> str:
     """A whole HTML page with the house CSS inlined."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -292,7 +287,7 @@ def write_run_report(run_dir: str | os.PathLike, *, title: str, sections: Iterab
                      for i, (t, body) in enumerate(sections, 1))
     body = (f"<nav><ol>{nav}</ol></nav>" if sections else "") + f"<main>\n{blocks}</main>"
     page = render_page(title, body, subtitle=subtitle, headline=headline_html(result) if result else "")
-    return write_text_atomic(Path(run_dir) / filename, page)
+    return atomic.write_text(Path(run_dir) / filename, page)
 
 
 def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | os.PathLike) -> list[Section]:

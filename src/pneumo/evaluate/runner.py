@@ -102,7 +102,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     write_evaluation_report(run_dir, result, y_test=y_test, test_logits=logits["test"],
                             title=f"pneumo run: {cfg.name}", subtitle=_subtitle(result),
                             extra_sections=extra, metrics_csv=run_dir / "metrics.csv")
-    _write_json(run_dir / "metrics.json", result)
+    atomic.write_json(run_dir / "metrics.json", result)
     return result
 
 
@@ -160,8 +160,8 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     write_evaluation_report(out, result, y_test=y_test, test_logits=ensemble["test"],
                             title=f"pneumo ensemble of {len(members)} runs",
                             subtitle=" + ".join(m.name for m in members))
-    _write_json(out / "ensemble.json", {"members": [str(m) for m in members], "combine": "mean probability"})
-    _write_json(out / "metrics.json", result)
+    atomic.write_json(out / "ensemble.json", {"members": [str(m) for m in members], "combine": "mean probability"})
+    atomic.write_json(out / "metrics.json", result)
     return result
 
 
@@ -197,9 +197,7 @@ def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, re
     out["predicted_pneumonia"] = (out["p_pneumonia"] >= result["threshold"]).astype(int)
     for i, name in enumerate(result["classes"]):
         out[f"p_{name}"] = calibrated[:, i]
-    tmp = run_dir / "predictions.csv.tmp"
-    out.to_csv(tmp, index=False)
-    os.replace(tmp, run_dir / "predictions.csv")
+    atomic.write_text(run_dir / "predictions.csv", out.to_csv(index=False))
 
 
 def _update_sidecar(path: Path, meta: CheckpointMeta, result: dict) -> None:
@@ -230,7 +228,3 @@ def summary_line(result: dict) -> str:
     val_auc = result["val"].get("roc_auc")
     return (f"{result.get('name')}: test {parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
             f"{result['threshold']:.3f} ({result['threshold_policy']})")
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    atomic.write_json(path, payload)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pneumo import atomic
 from pneumo.config import RunConfig, dump_yaml
 from pneumo.data.cache import ImageCache, build_cache, default_cache_dir
 from pneumo.data.manifest import resolve_root, scan_dataset
@@ -168,8 +169,8 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     folds = folds_for(cfg)
     if env.is_main:
         prepare_run_dir(cfg, resume=resume, force=force)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        folds.to_csv(run_dir / "folds.csv", index=False)
+        atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        atomic.write_text(run_dir / "folds.csv", folds.to_csv(index=False))
     cache = _cache_in_turn(cfg, folds, env)
     model.to(device)
     y = labels(folds, cfg.data.task)
@@ -276,13 +277,11 @@ class StateFiles:
 
 def _link_atomic(src: Path, dst: Path) -> None:
     """``dst`` becomes another name of ``src`` (a copy where hard links are not supported), atomically."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic.writing(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def _cpu_name() -> str:
