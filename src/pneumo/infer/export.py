@@ -11,8 +11,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from pneumo.errors import ModelError
 from pneumo.models.checkpoint import resolve_model
 
@@ -107,8 +105,3 @@ def quantize_int8(onnx_path: Path) -> Path:
     return out
 
 
-def onnx_logits(onnx_path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]

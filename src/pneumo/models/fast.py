@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # architectures already warned about (one warning per process, not per batch)
 
 
 class ForwardFeatures(nn.Module):
@@ -43,6 +44,11 @@ def fast_inference(model: nn.Module, example: torch.Tensor, *, features: bool = 
             run = torch.jit.freeze(torch.jit.trace(clone, example.contiguous(memory_format=torch.channels_last),
                                                    check_trace=False))
     except Exception as exc:  # noqa: BLE001 - fall back to eager, only slower
-        log.debug("tracing failed (%s); using the eager module", exc)
+        name = getattr(model, "arch", type(model).__name__)
+        if name not in _WARNED:  # visible, but once per architecture rather than once per batch
+            _WARNED.add(name)
+            log.warning("cannot trace %s for fast CPU inference (%s: %s); using the eager model, about 2x slower",
+                        name, type(exc).__name__, str(exc).split("\n", 1)[0])
         run = clone
     return lambda x: run(x.contiguous(memory_format=torch.channels_last))
+

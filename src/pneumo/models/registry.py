@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 from torch import nn
 
@@ -124,7 +125,7 @@ def timm_net(timm_name: str, *, arch: str, num_classes: int, weights: Weights, d
 
 def wrap_timm(model: nn.Module, *, arch: str, drop_rate: float) -> PneumoNet:
     """Move a timm model's linear classifier into ``PneumoNet.head`` and keep the rest as the pooled backbone."""
-    from timm.models._manipulate import group_with_matcher
+    from timm.models import group_parameters
 
     classifier = model.get_classifier()
     num_classes = model.num_classes
@@ -136,7 +137,8 @@ def wrap_timm(model: nn.Module, *, arch: str, drop_rate: float) -> PneumoNet:
     cfg = model.pretrained_cfg
     sentinel = "\0unmatched"  # lands in timm's group of unmatched parameters: the neck, never a stage
     names = [n for n, _ in model.named_parameters()]
-    groups = group_with_matcher([(n, None) for n in [*names, sentinel]], model.group_matcher(coarse=True))
+    listed = SimpleNamespace(named_parameters=lambda: [(n, None) for n in [*names, sentinel]])
+    groups = group_parameters(listed, model.group_matcher(coarse=True))  # timm's public API; reads named_parameters()
     ordered = [groups[k] for k in sorted(groups) if sentinel not in groups[k]]
     stem, stages = (ordered[0], ordered[1:]) if ordered else ([], [])
     return PneumoNet(model, head, arch=arch, in_chans=3, input_size=cfg["input_size"][-1], mean=cfg["mean"],

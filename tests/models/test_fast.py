@@ -1,0 +1,47 @@
+"""The CPU fast path: a traced copy gives the eager model's logits; a model that cannot be traced falls back to the
+eager one with one visible warning per architecture."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from pneumo.models import create
+from pneumo.models.fast import fast_inference
+
+
+class Untraceable(nn.Module):
+    arch = "untraceable_for_test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            raise RuntimeError("data-dependent control flow")
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_traced_copy_matches_the_eager_model() -> None:
+    torch.manual_seed(0)
+    model = create("scratch_cnn", num_classes=2, weights="none").eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fast_inference(model, x[:2])(x), model(x), atol=1e-5)
+
+
+def test_untraceable_model_falls_back_to_eager_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    model = Untraceable().eval()
+    x = torch.rand(2, 1, 16, 16)
+    with caplog.at_level(logging.WARNING, logger="pneumo.models.fast"):
+        first = fast_inference(model, x)
+        fast_inference(model, x)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "untraceable_for_test" in warnings[0].getMessage()
+    assert "2x slower" in warnings[0].getMessage()
+    with torch.no_grad():
+        assert torch.allclose(first(x), model(x))
