@@ -1,4 +1,4 @@
-"""The dataset report: one self-contained ``index.html`` (plain HTML + CSS, no CDN, no script) with PNG figures.
+"""The dataset report: one self-contained ``index.html`` (`pneumo.templates`: no CDN, no script) with PNG figures.
 
 Sections: counts per split x class x subtype, image sizes by source kind, pixel intensities per class (a bounded,
 seeded sample), sample images, low-resolution copies, exact-duplicate groups, the leakage check, the patient-grouped
@@ -8,8 +8,6 @@ train/val split, and the dataset's attribution. Only a bounded sample of images 
 
 from __future__ import annotations
 
-import html
-import io
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +22,8 @@ from pneumo.data.manifest import DatasetSource, resolve_root
 from pneumo.data.preprocess import decode_gray
 from pneumo.data.splits import check_leakage, leakage_report
 from pneumo.errors import DataError, InputError, LeakageError
+from pneumo.templates import Section, escape, figure, page, table
+from pneumo.templates.figures import new_figure, save_png
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,6 @@ Deep Learning.</em> Cell 172(5):1122&ndash;1131.e9, 2018.
 <a href="https://doi.org/10.1016/j.cell.2018.02.010">doi:10.1016/j.cell.2018.02.010</a>.</p>
 <p>License: <a href="https://creativecommons.org/licenses/by/4.0/">CC BY 4.0</a>. Copies that were downscaled,
 converted to grayscale or re-encoded are derivatives of the original images.</p>
-"""
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:70rem;
-padding:0 1rem;color:#222;line-height:1.45}
-h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .55rem}
-th{background:#f3f3f3;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
-tr.total td{font-weight:600;background:#fafafa}img{max-width:100%;height:auto}
-.pass{color:#fff;background:#2e7d32;padding:.1rem .5rem;border-radius:.3rem;font-weight:600}
-.fail{color:#fff;background:#c62828;padding:.1rem .5rem;border-radius:.3rem;font-weight:600}
-.note{color:#555;font-size:.9rem}nav a{margin-right:.8rem}code{font-size:.85rem}
 """
 
 
@@ -103,16 +92,16 @@ def write_data_report(
     if len(df) and not any(decoded.values()):
         raise DataError(f"none of the sampled images could be read from {source.location}; is it the scanned dataset?")
 
-    _save(_plot_counts(df), out / "counts.png")
-    _save(_plot_sizes(df), out / "sizes.png")
-    _save(_plot_intensity({k: v[:images_per_class] for k, v in decoded.items()}), out / "intensity.png")
-    _save(_plot_samples({k: v[:samples_per_class] for k, v in decoded.items()}), out / "samples.png")
+    save_png(_plot_counts(df), out / "counts.png")
+    save_png(_plot_sizes(df), out / "sizes.png")
+    save_png(_plot_intensity({k: v[:images_per_class] for k, v in decoded.items()}), out / "intensity.png")
+    save_png(_plot_samples({k: v[:samples_per_class] for k, v in decoded.items()}), out / "samples.png")
 
     bodies = {
         "counts": _counts_section(df),
         "sizes": _sizes_section(df),
         "intensity": _intensity_section(decoded, images_per_class, failed),
-        "samples": _figure(
+        "samples": figure(
             "samples.png",
             f"Seeded sample (seed {seed}) of up to {samples_per_class} images per "
             "subtype; titles give split and source kind.",
@@ -123,10 +112,11 @@ def write_data_report(
         "folds": _folds_section(folds_df),
         "attribution": ATTRIBUTION,
     }
-    page = _page(df, source.location, bodies)
-    index = out / "index.html"
-    atomic.write_bytes(index, page.encode("utf-8"))
-    return index
+    summary = (f"<p>{len(df):,} images, {df['patient_key'].nunique():,} patients, read from "
+               f"<code>{escape(source.location)}</code>.</p>")
+    html = page("pneumo dataset report", [Section(key, title, bodies[key]) for key, title in SECTIONS], intro=summary,
+                stamp=False)
+    return atomic.write_text(out / "index.html", html)
 
 
 def _checked(df: pd.DataFrame) -> pd.DataFrame:
@@ -180,7 +170,7 @@ def _plot_counts(df: pd.DataFrame) -> Figure:
     subtypes = _ordered(df["subtype"], SUBTYPE_ORDER)
     table = df.groupby(["split", "subtype"]).size().unstack(fill_value=0).reindex(index=splits, columns=subtypes)
     table = table.fillna(0).astype(int)
-    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    fig = new_figure(7, 3.8)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(subtypes))
     x = np.arange(len(splits))
@@ -202,7 +192,7 @@ def _plot_counts(df: pd.DataFrame) -> Figure:
 
 
 def _plot_sizes(df: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = new_figure(10, 4)
     scatter, ratio = fig.subplots(1, 2)
     for kind in _ordered(df["source_kind"], tuple(KIND_COLORS)):
         part = df[df["source_kind"] == kind]
@@ -219,7 +209,7 @@ def _plot_sizes(df: pd.DataFrame) -> Figure:
 
 
 def _plot_intensity(decoded: Mapping[str, list[tuple[pd.Series, np.ndarray]]]) -> Figure:
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = new_figure(10, 4)
     hist_ax, box_ax = fig.subplots(1, 2)
     bins = np.arange(0, 257, 4)
     means, names = [], []
@@ -244,7 +234,7 @@ def _plot_intensity(decoded: Mapping[str, list[tuple[pd.Series, np.ndarray]]]) -
 def _plot_samples(decoded: Mapping[str, list[tuple[pd.Series, np.ndarray]]]) -> Figure:
     rows = [(k, v) for k, v in decoded.items() if v]
     cols = max((len(v) for _, v in rows), default=1)
-    fig = Figure(figsize=(1.9 * cols, 2.1 * max(1, len(rows))), layout="constrained")
+    fig = new_figure(1.9 * cols, 2.1 * max(1, len(rows)))
     axes = np.atleast_2d(fig.subplots(max(1, len(rows)), cols, squeeze=False))
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -257,41 +247,7 @@ def _plot_samples(decoded: Mapping[str, list[tuple[pd.Series, np.ndarray]]]) -> 
     return fig
 
 
-def _save(fig: Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic.write_bytes(path, buffer.getvalue())
-
-
 # ---------------------------------------------------------------- HTML sections
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _table(
-    header: Sequence[str], rows: Iterable[Sequence[object]], *, table_id: str = "", total_last: bool = False
-) -> str:
-    """An HTML table; numbers are right-aligned, every cell escaped."""
-    rows = list(rows)
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = []
-    for i, row in enumerate(rows):
-        cells = "".join(
-            f'<td class="n">{_e(v)}</td>'
-            if isinstance(v, (int, float, np.integer, np.floating))
-            else f"<td>{_e(v)}</td>"
-            for v in row
-        )
-        css = ' class="total"' if total_last and i == len(rows) - 1 else ""
-        body.append(f"<tr{css}>{cells}</tr>")
-    ident = f' id="{_e(table_id)}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _figure(name: str, caption: str) -> str:
-    return f'<figure><img src="{_e(name)}" alt="{_e(caption)}"><figcaption class="note">{_e(caption)}</figcaption></figure>'
 
 
 def _kind_counts(name: str, part: pd.DataFrame) -> list[object]:
@@ -309,8 +265,8 @@ def _counts_section(df: pd.DataFrame) -> str:
                 rows.append([split, label, *_kind_counts(subtype, part[part["subtype"] == subtype])])
     rows.append(["total", "", *_kind_counts("", df)])
     header = ["split", "label", "subtype", "images", "patients", "original", "224px copies"]
-    figure = _figure("counts.png", "Images per split (as on disk) and subtype.")
-    return figure + _table(header, rows, table_id="counts-table", total_last=True)
+    plot = figure("counts.png", "Images per split (as on disk) and subtype.")
+    return plot + table(header, rows, table_id="counts-table", total_last=True)
 
 
 def _sizes_section(df: pd.DataFrame) -> str:
@@ -319,8 +275,8 @@ def _sizes_section(df: pd.DataFrame) -> str:
         w, h = df.loc[df["source_kind"] == kind, "width"], df.loc[df["source_kind"] == kind, "height"]
         rows.append([kind, len(w), f"{w.min()}–{w.max()}", f"{h.min()}–{h.max()}", f"{(w / h).median():.2f}"])
     header = ["source kind", "images", "width (px)", "height (px)", "median aspect ratio"]
-    figure = _figure("sizes.png", "Stored width and height of every image, colored by source kind.")
-    return figure + _table(header, rows, table_id="sizes-table")
+    plot = figure("sizes.png", "Stored width and height of every image, colored by source kind.")
+    return plot + table(header, rows, table_id="sizes-table")
 
 
 def _intensity_section(decoded: Mapping[str, list], per_class: int, failed: int) -> str:
@@ -331,7 +287,7 @@ def _intensity_section(decoded: Mapping[str, list], per_class: int, failed: int)
     )
     if failed:
         note += f" {failed} sampled file(s) could not be read and were skipped."
-    return _figure("intensity.png", "Pixel-value distribution per subtype.") + f'<p class="note">{note}</p>'
+    return figure("intensity.png", "Pixel-value distribution per subtype.") + f'<p class="note">{note}</p>'
 
 
 def _lowres_table(df: pd.DataFrame, column: str, table_id: str) -> str:
@@ -341,7 +297,7 @@ def _lowres_table(df: pd.DataFrame, column: str, table_id: str) -> str:
         unknown = int((part["source_kind"] == "unknown").sum())
         rows.append([value, len(part), low, f"{100 * low / max(1, len(part)):.1f}%", unknown])
     header = [column, "images", "224px copies", "share", "source unknown"]
-    return _table(header, rows, table_id=table_id, total_last=True)
+    return table(header, rows, table_id=table_id, total_last=True)
 
 
 def _lowres_section(df: pd.DataFrame, folds_df: pd.DataFrame | None) -> str:
@@ -371,10 +327,10 @@ def _duplicates_section(df: pd.DataFrame, max_groups: int = 200) -> str:
          ", ".join(sorted(members["patient_key"].unique())), "; ".join(sorted(members["path"]))]
         for name, members in list(groups)[:max_groups]
     ]  # fmt: skip
-    table = _table(["group", "files", "splits", "patients", "members"], rows, table_id="duplicates-table")
+    listing = table(["group", "files", "splits", "patients", "members"], rows, table_id="duplicates-table")
     if groups.ngroups > max_groups:
-        table += f'<p class="note">First {max_groups} of {groups.ngroups} groups shown.</p>'
-    return summary + table
+        listing += f'<p class="note">First {max_groups} of {groups.ngroups} groups shown.</p>'
+    return summary + listing
 
 
 def _badge(passed: bool) -> str:
@@ -406,7 +362,7 @@ def _leakage_section(df: pd.DataFrame, folds_df: pd.DataFrame | None, leakage: M
     parts.append(f'<p id="leakage-result">{_badge(passed)} no patient and no exact duplicate may sit in two folds.</p>')
     parts.append(_leakage_table(leakage, "leakage-folds"))
     if detail:
-        parts.append(f'<p class="note">{_e(detail)}</p>')
+        parts.append(f'<p class="note">{escape(detail)}</p>')
     return "".join(parts)
 
 
@@ -416,7 +372,7 @@ def _leakage_table(result: Mapping[str, object], table_id: str) -> str:
         "duplicates_in_two_splits": "exact-duplicate groups in more than one split",
         "duplicate_groups": "exact-duplicate groups (all)",
     }
-    return _table(
+    return table(
         ["check", "count"], [[labels.get(k, k), v] for k, v in result.items() if k != "passed"], table_id=table_id
     )
 
@@ -434,18 +390,6 @@ def _folds_section(folds_df: pd.DataFrame | None) -> str:
         '<p class="note"><code>test</code> is the official test split, untouched; <code>train</code> and '
         "<code>val</code> split the official train + val images by patient, stratified by subtype.</p>"
     )
-    return note + _table(["fold", *subtypes, "images", "patients"], rows, table_id="folds-table", total_last=True)
+    return note + table(["fold", *subtypes, "images", "patients"], rows, table_id="folds-table", total_last=True)
 
 
-def _page(df: pd.DataFrame, location: Path, bodies: Mapping[str, str]) -> str:
-    nav = "".join(f'<a href="#{key}">{_e(title)}</a>' for key, title in SECTIONS)
-    sections = "".join(f'<section id="{key}"><h2>{_e(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS)
-    summary = (
-        f"<p>{len(df):,} images, {df['patient_key'].nunique():,} patients, read from <code>{_e(location)}</code>.</p>"
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>pneumo dataset report</title><style>{CSS}</style></head><body>"
-        f"<h1>Dataset report</h1>{summary}<nav>{nav}</nav>{sections}</body></html>\n"
-    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pneumo import atomic
 from pneumo.errors import DataError
-from pneumo.evaluate.report import fmt_ci, fmt_number, render_page, table_html
+from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 COLUMNS = ("name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
            "test specificity", "test ROC-AUC", "ECE before → after", "threshold (policy)", "wall time")
@@ -88,11 +88,10 @@ def leaderboard_markdown(rows: Sequence[dict[str, str]]) -> str:
 
 def leaderboard_html(rows: Sequence[dict[str, str]]) -> str:
     """A standalone HTML page with the same table (house CSS, no scripts)."""
-    table = table_html(COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
     note = ("<p>Sorted by validation ROC-AUC. Test numbers: official test split, threshold and temperature chosen "
             "on val, 95 % percentile bootstrap CIs.</p>")
-    return render_page("pneumo leaderboard", f"<main><section>{note}{table}</section></main>",
-                       subtitle=f"{len(rows)} run(s)")
+    body = note + table(COLUMNS, ([r[c] for c in COLUMNS] for r in rows), table_id="leaderboard")
+    return page("pneumo leaderboard", [Section("leaderboard", "Runs", body)], subtitle=f"{len(rows)} run(s)")
 
 
 def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[Path, Path]:

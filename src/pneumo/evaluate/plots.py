@@ -1,13 +1,12 @@
 """Evaluation figures. Each function draws one PNG, writes it atomically and returns its path.
 
-Uses matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so it is safe in servers
-and threads.
+Figures come from `pneumo.templates.figures` (the one figure style: matplotlib's object API on an Agg canvas, no
+pyplot, so safe in servers and threads).
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import os
@@ -15,35 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pneumo import atomic
 from pneumo.errors import DataError
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.evaluate.metrics import check_binary
+from pneumo.templates.figures import new_figure, save_png
 
 log = logging.getLogger(__name__)
 
 TRAINING_PANELS = (("loss", ("train_loss", "val_loss")), ("val ROC-AUC", ("val_auc",)), ("learning rate", ("lr",)))
-
-
-def _figure(width: float = 5.0, height: float = 4.0) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` atomically (a temp file in the same folder, then a rename)."""
-    path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic.write_bytes(path, buffer.getvalue())
-    return path
 
 
 def plot_roc(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, path: str | os.PathLike, *,
@@ -55,7 +37,7 @@ def plot_roc(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, pat
     fpr, tpr, _ = roc_curve(y, p)
     if auc is None:
         auc = float(area_under(fpr, tpr))
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.plot(fpr, tpr, lw=2, label=f"model (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
@@ -78,7 +60,7 @@ def plot_pr(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, path
     if np.unique(y).size < 2:
         raise DataError("PR curve needs both classes")
     precision, recall, _ = precision_recall_curve(y, p)
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     label = "model" if ap is None else f"model (AP {ap:.3f})"
     ax.step(recall, precision, where="post", lw=2, label=label)
@@ -102,7 +84,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Se
         raise DataError(f"confusion matrix must be {k}x{k}, got {cm.shape}")
     rows = cm.sum(axis=1, keepdims=True)
     shares = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    fig = _figure(4.0 + 2.4 * k, 1.6 + 1.1 * k)
+    fig = new_figure(4.0 + 2.4 * k, 1.6 + 1.1 * k)
     panels = zip(fig.subplots(1, 2), (cm, shares), ("{:.0f}", "{:.2f}"), ("counts", "row share"), strict=True)
     for ax, data, fmt, name in panels:
         ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)  # both panels coloured by row share
@@ -120,7 +102,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]] | np.ndarray, class_names: Se
 def plot_reliability(before: dict, after: dict, path: str | os.PathLike, *, temperature: float | None = None,
                      title: str = "Reliability (test)") -> Path:
     """Reliability diagram before and after temperature scaling, from two :func:`reliability_data` dicts."""
-    fig = _figure(5.0, 4.5)
+    fig = new_figure(5.0, 4.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect calibration")
     t_label = f" (T = {temperature:.2f})" if temperature is not None else ""
@@ -166,7 +148,7 @@ def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
     panels = [(name, keys) for name, keys in panels if keys]
     if not panels:
         raise DataError(f"{metrics_csv} has none of the columns train_loss, val_loss, val_auc, lr")
-    fig = _figure(3.6 * len(panels), 3.4)
+    fig = new_figure(3.6 * len(panels), 3.4)
     for ax, (name, keys) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels, strict=True):
         for key in keys:
             ax.plot(epoch, cols[key], "o-", ms=3, label=key)
@@ -190,7 +172,7 @@ def plot_subtype_rates(by_subtype: dict, path: str | os.PathLike, *,
     rates = np.array([by_subtype[s]["rate"] for s in names], dtype=float)
     ci = np.array([by_subtype[s].get("ci") or [math.nan, math.nan] for s in names], dtype=float)
     err = np.nan_to_num(np.abs(np.stack([rates - ci[:, 0], ci[:, 1] - rates])))
-    fig = _figure(1.6 + 1.2 * len(names), 3.6)
+    fig = new_figure(1.6 + 1.2 * len(names), 3.6)
     ax = fig.add_subplot()
     colors = ["0.6" if s.lower() == "normal" else "C0" for s in names]
     ax.bar(names, rates, yerr=err, color=colors, capsize=4)

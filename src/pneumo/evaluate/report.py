@@ -2,16 +2,15 @@
 
 ``evaluate_predictions`` takes val and test logits and applies docs/PROTOCOL.md: threshold and temperature from
 val only, test metrics with bootstrap CIs, ECE before/after, per-subtype rates. The report is plain HTML + CSS
-(no CDN, no scripts) with PNGs linked relative to the run folder; other modules add ``(title, html)`` sections.
+(no CDN, no scripts; `pneumo.templates`) with PNGs linked relative to the run folder; callers add ``(title, html)``
+sections (e.g. `pneumo.explain.analysis`).
 """
 
 from __future__ import annotations
 
-import html
 import math
 import os
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,8 @@ from pneumo.evaluate.metrics import (
     multiclass_metrics,
     sensitivity_by_subtype,
 )
+from pneumo.evaluate.plots import draw_evaluation_plots
+from pneumo.templates import escape, figure, fmt_ci, fmt_number, page, render, table
 
 Section = tuple[str, str]  # (title, trusted HTML body)
 METRIC_LABELS = {
@@ -153,99 +154,29 @@ def evaluate_predictions(
 
 # ---------------------------------------------------------------- HTML
 
-def escape(text: object) -> str:
-    """HTML-escape any value's ``str`` (quotes included)."""
-    return html.escape(str(text), quote=True)
-
-
-def fmt_number(value: object, digits: int = 3) -> str:
-    """``0.912``; ints (or integral CI ends of counts) without decimals; None / nan -> ``n/a``."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    return f"{float(value):.{digits}f}"
-
-
-def fmt_ci(value: object, ci: Sequence | None, digits: int = 3) -> str:
-    """``0.912 [0.889, 0.934]``; the interval is left out when missing or undefined."""
-    text = fmt_number(value, digits)
-    if ci is None or len(ci) != 2 or any(v is None or not math.isfinite(v) for v in ci):
-        return text
-    if isinstance(value, (int, np.integer)):
-        return f"{text} [{ci[0]:.0f}, {ci[1]:.0f}]"
-    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
 def metrics_table_html(metrics: dict, cis: dict | None = None, *, keys: Iterable[str] | None = None,
                        caption: str | None = None) -> str:
     """A two-column table, one metric a row, values with their CIs (``0.912 [0.889, 0.934]``)."""
     cis = cis or {}
     keys = [k for k in (keys if keys is not None else metrics) if k in metrics]
-    rows = "".join(f"<tr><th scope='row'>{escape(METRIC_LABELS.get(k, k))}</th>"
-                   f"<td class='num'>{escape(fmt_ci(metrics[k], cis.get(k)))}</td></tr>" for k in keys)
-    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
-    ci_head = " [95 % CI]" if cis else ""
-    return f"<table class='metrics'>{cap}<thead><tr><th>metric</th><th>value{ci_head}</th></tr></thead>" \
-           f"<tbody>{rows}</tbody></table>"
-
-
-def table_html(header: Sequence[str], rows: Iterable[Sequence[object]], *, caption: str | None = None) -> str:
-    """A plain table; cells are escaped, numbers formatted with :func:`fmt_number`."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(
-        f"<td class='num'>{escape(fmt_number(c))}</td>" if isinstance(c, (int, float)) and not isinstance(c, bool)
-        else f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def image_html(path: str | os.PathLike, caption: str, *, relative_to: str | os.PathLike | None = None) -> str:
-    """A captioned figure linking a PNG; ``relative_to`` (the report's folder) makes the link relative."""
-    src = Path(os.path.relpath(path, relative_to)) if relative_to is not None else Path(path)
-    return f"<figure><img src='{escape(src.as_posix())}' alt='{escape(caption)}' loading='lazy'>" \
-           f"<figcaption>{escape(caption)}</figcaption></figure>"
-
-
-CSS = """
-:root{--fg:#1d2430;--muted:#5b6575;--line:#dde2ea;--accent:#1f5fbf;--card:#f5f7fb}
-*{box-sizing:border-box}
-body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg)}
-header,main,nav,footer{max-width:1100px;margin:0 auto;padding:0 24px}
-header{padding-top:24px;border-bottom:1px solid var(--line)}h1{margin:0 0 4px;font-size:26px}
-.sub{color:var(--muted);margin:0 0 16px}.cards{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:12px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:10px 14px;min-width:180px}
-.card .label{color:var(--muted);font-size:13px}.card .value{font-size:24px;font-weight:600}
-.card .ci{color:var(--muted);font-size:13px}.op{color:var(--muted);margin:0 0 16px}
-nav ol{columns:2;color:var(--muted);margin:16px 0}nav a{color:var(--accent);text-decoration:none}
-section{padding:8px 0 16px;border-bottom:1px solid var(--line)}h2{font-size:20px;margin:16px 0 8px}
-table{border-collapse:collapse;margin:8px 0 12px;font-size:14px}caption{text-align:left;color:var(--muted)}
-th,td{border-bottom:1px solid var(--line);padding:4px 12px 4px 0;text-align:left;vertical-align:top}
-td.num{font-variant-numeric:tabular-nums;text-align:right}thead th{color:var(--muted);font-weight:600}
-figure{display:inline-block;margin:8px 16px 8px 0;max-width:100%}img{max-width:100%;height:auto}
-figcaption{color:var(--muted);font-size:13px}footer{color:var(--muted);font-size:13px;padding:16px 24px 32px}
-""".strip()
+    rows = [[METRIC_LABELS.get(k, k), fmt_ci(metrics[k], cis.get(k))] for k in keys]
+    return table(["metric", "value [95 % CI]" if cis else "value"], rows, caption=caption, row_headers=True)
 
 
 def headline_html(result: dict) -> str:
     """Cards with the test accuracy, sensitivity, specificity and ROC-AUC (with CIs) and the operating point."""
     test = result.get("test", {})
     metrics, cis = test.get("metrics", {}), test.get("ci", {})
-    cards = "".join(
-        f"<div class='card'><div class='label'>{escape(METRIC_LABELS[k].split(' (')[0])}</div>"
-        f"<div class='value'>{escape(fmt_number(metrics.get(k)))}</div>"
-        f"<div class='ci'>{escape(_ci_text(cis.get(k)))}</div></div>" for k in HEADLINE)
+    cards = [{"label": METRIC_LABELS[k].split(" (")[0], "value": fmt_number(metrics.get(k)), "ci": _ci_text(cis.get(k))}
+             for k in HEADLINE]
     if "multiclass" in test:
         mc = test["multiclass"]
-        cards += (f"<div class='card'><div class='label'>3-class accuracy</div>"
-                  f"<div class='value'>{escape(fmt_number(mc.get('accuracy')))}</div>"
-                  f"<div class='ci'>{escape(_ci_text(mc.get('ci', {}).get('accuracy')))}</div></div>")
-    op = (f"Official test split, n = {escape(test.get('n', '?'))}, pneumonia vs normal. "
-          f"Threshold {escape(fmt_number(result.get('threshold')))} "
-          f"(policy {escape(result.get('threshold_policy'))}, chosen on val) &middot; temperature "
-          f"{escape(fmt_number(result.get('temperature'), 2))} (fitted on val) &middot; ECE "
-          f"{escape(fmt_number(test.get('ece_before')))} &rarr; {escape(fmt_number(test.get('ece_after')))}")
-    return f"<div class='cards'>{cards}</div><p class='op'>{op}</p>"
+        cards.append({"label": "3-class accuracy", "value": fmt_number(mc.get("accuracy")),
+                      "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
+    return (render("headline.html.j2", cards=cards, n=test.get("n", "?"),
+                         threshold=fmt_number(result.get("threshold")), policy=result.get("threshold_policy"),
+                         temperature=fmt_number(result.get("temperature"), 2),
+                         ece_before=fmt_number(test.get("ece_before")), ece_after=fmt_number(test.get("ece_after"))))
 
 
 def _ci_text(ci: Sequence | None) -> str:
@@ -254,26 +185,15 @@ def _ci_text(ci: Sequence | None) -> str:
     return f"95 % CI [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def render_page(title: str, body: str, *, subtitle: str = "", headline: str = "") -> str:
-    """A whole HTML page with the house CSS inlined."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n<header><h1>{escape(title)}</h1>"
-            f"<p class='sub'>{escape(subtitle)}</p>{headline}</header>\n{body}\n"
-            f"<footer>Generated by pneumo on {stamp}. Research use only, not a medical device.</footer>"
-            f"</body></html>\n")
-
-
 def write_run_report(run_dir: str | os.PathLike, *, title: str, sections: Iterable[Section],
                      result: dict | None = None, subtitle: str = "", filename: str = "report.html") -> Path:
     """Write ``<run_dir>/report.html``: a header (headline numbers when ``result`` is given), a contents list and
     the sections in order.
 
     Args:
-        run_dir: the run folder; images in sections should link relative to it (see :func:`image_html`).
+        run_dir: the run folder; images in sections should link relative to it (see `pneumo.templates.figure`).
         title: page title.
-        sections: ``(title, html)`` blocks; the html is trusted (build it with the helpers here, which escape).
+        sections: ``(title, html)`` blocks; the html is trusted (build it with `pneumo.templates`, which escapes).
         result: the dict from :func:`evaluate_predictions`, for the headline cards.
         subtitle: one line under the title (model, commit, device...).
         filename: report file name.
@@ -281,19 +201,14 @@ def write_run_report(run_dir: str | os.PathLike, *, title: str, sections: Iterab
     Returns:
         The report's path.
     """
-    sections = list(sections)
-    nav = "".join(f"<li><a href='#s{i}'>{escape(t)}</a></li>" for i, (t, _) in enumerate(sections, 1))
-    blocks = "".join(f"<section id='s{i}'><h2>{escape(t)}</h2>\n{body}\n</section>\n"
-                     for i, (t, body) in enumerate(sections, 1))
-    body = (f"<nav><ol>{nav}</ol></nav>" if sections else "") + f"<main>\n{blocks}</main>"
-    page = render_page(title, body, subtitle=subtitle, headline=headline_html(result) if result else "")
-    return atomic.write_text(Path(run_dir) / filename, page)
+    html = page(title, sections, subtitle=subtitle, headline=headline_html(result) if result else "")
+    return atomic.write_text(Path(run_dir) / filename, html)
 
 
 def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | os.PathLike) -> list[Section]:
     """The standard report sections for an ``evaluate_predictions`` result and its figures."""
     test, val = result["test"], result["val"]
-    fig = {name: image_html(path, caption, relative_to=run_dir) for name, path, caption in (
+    fig = {name: figure(path, caption, relative_to=run_dir) for name, path, caption in (
         (n, figures[n], c) for n, c in (
             ("roc", "ROC curve; the dot is the operating point"), ("pr", "Precision-recall curve"),
             ("confusion", "Confusion matrix: counts and row shares"), ("confusion_3class", "3-class confusion"),
@@ -306,7 +221,7 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
             f"bootstrap, {escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} test images, "
             f"seed {escape(boot.get('seed'))}.</p>")
     cm = test["confusion_matrix"]
-    cm_table = table_html(["true \\ called", "normal", "pneumonia"],
+    cm_table = table(["true \\ called", "normal", "pneumonia"],
                           [["normal", cm[0][0], cm[0][1]], ["pneumonia", cm[1][0], cm[1][1]]], caption="confusion")
     sections: list[Section] = [("Test metrics (pneumonia vs normal)", note + metrics_table_html(
         test["metrics"], test.get("ci"), keys=(*BINARY_KEYS, *CELL_KEYS)) + cm_table)]
@@ -314,7 +229,7 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
         sections.append(("3-class metrics", _multiclass_html(test["multiclass"]) + fig.get("confusion_3class", "")))
     sections.append(("ROC, precision-recall and confusion",
                      fig.get("roc", "") + fig.get("pr", "") + fig.get("confusion", "")))
-    calib = table_html(["split", "ECE before", "ECE after", "NLL before", "NLL after"], [
+    calib = table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], [
         ["val", val.get("ece_before"), "", val.get("nll_before"), val.get("nll_after")],
         ["test", test["ece_before"], test["ece_after"], test["nll_before"], test["nll_after"]]])
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
@@ -324,14 +239,14 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
         rows = [[name, s["n"], s["predicted_positive"], fmt_ci(s["rate"], s.get("ci"))]
                 for name, s in test["by_subtype"].items()]
         sections.append(("Per subtype", "<p>Sensitivity for bacteria and virus; for normal, the false-positive "
-                         "rate.</p>" + table_html(["subtype", "n", "called pneumonia", "rate [95 % CI]"], rows)
+                         "rate.</p>" + table(["subtype", "n", "called pneumonia", "rate [95 % CI]"], rows)
                          + fig.get("subtypes", "")))
     if "training" in fig:
         sections.append(("Training curves", fig["training"]))
-    sections.append(("Validation", table_html(["n", "ROC-AUC", "NLL before", "NLL after"], [
+    sections.append(("Validation", table(["n", "ROC-AUC", "NLL before", "NLL after"], [
         [val["n"], val.get("roc_auc"), val.get("nll_before"), val.get("nll_after")]])))
     sections.append(("Published results on the official test split", "<p>For context only (other preprocessing and "
-                     "training); numbers from random re-splits are not comparable.</p>" + table_html(
+                     "training); numbers from random re-splits are not comparable.</p>" + table(
                          ["study", "accuracy", "sensitivity", "specificity", "ROC-AUC"], PUBLISHED)))
     return sections
 
@@ -344,8 +259,8 @@ def _multiclass_html(mc: dict) -> str:
     cm_rows = [[name, *row] for name, row in zip(classes, mc["confusion_matrix"], strict=True)]
     f1_rows = [[name, mc["per_class_f1"].get(name)] for name in classes]
     return (metrics_table_html(values, mc.get("ci"), caption=f"bacteria vs virus on {bv['n']} pneumonia images")
-            + table_html(["true \\ called", *classes], cm_rows, caption="3-class confusion")
-            + table_html(["class", "F1"], f1_rows))
+            + table(["true \\ called", *classes], cm_rows, caption="3-class confusion")
+            + table(["class", "F1"], f1_rows))
 
 
 def write_evaluation_report(
@@ -360,8 +275,6 @@ def write_evaluation_report(
     metrics_csv: str | os.PathLike | None = None,
 ) -> Path:
     """Draw the figures into ``<run_dir>/figures`` and write ``report.html`` (standard sections, then the extras)."""
-    from pneumo.evaluate.plots import draw_evaluation_plots
-
     figures = draw_evaluation_plots(Path(run_dir) / "figures", result, y_test=y_test, test_logits=test_logits,
                                     metrics_csv=metrics_csv)
     sections = evaluation_sections(result, figures, run_dir) + list(extra_sections)

@@ -18,11 +18,13 @@ from torch import nn
 
 from pneumo import atomic
 from pneumo.errors import ConfigError
-from pneumo.evaluate.report import escape, image_html, table_html, to_jsonable
+from pneumo.evaluate.report import to_jsonable
 from pneumo.explain.cam import cam_maps, default_layer_name
 from pneumo.explain.embeddings import embedding_figures, subsample
-from pneumo.explain.filters import activations_figure, confident_errors_gallery, filters_figure, new_figure, save_figure
+from pneumo.explain.filters import activations_figure, confident_errors_gallery, filters_figure
 from pneumo.explain.shortcut import region_masks, shortcut_stats, shortcut_table_rows
+from pneumo.templates import escape, figure, table
+from pneumo.templates.figures import new_figure, save_png
 
 log = logging.getLogger(__name__)
 Section = tuple[str, str]
@@ -94,18 +96,10 @@ def analysis_sections(run_dir: str | os.PathLike, model: nn.Module, meta: dict, 
             body = build(data)
         except Exception as exc:  # noqa: BLE001 - one figure must not cost the others or the report
             log.warning("analysis section %r skipped: %s: %s", title, type(exc).__name__, exc)
-            body = f"<p>Not available: {_escape(type(exc).__name__)}: {_escape(exc)}</p>"
+            body = f"<p>Not available: {escape(type(exc).__name__)}: {escape(exc)}</p>"
         log.info("analysis: %s in %.1f s", title, time.perf_counter() - start)
         sections.append((title, body))
     return sections
-
-
-def _escape(value: object) -> str:
-    return escape(value)
-
-
-def _figure(path: Path, caption: str, run_dir: Path) -> str:
-    return image_html(path, caption, relative_to=run_dir)
 
 
 def _shortcut_section(data: _TestSet) -> str:
@@ -121,15 +115,15 @@ def _shortcut_section(data: _TestSet) -> str:
                if len(rows) < len(data.y) else f"all {len(rows)} test images")
     regions = stats["regions"]
     return (
-        f"<p>Grad-CAM ({_escape(stats['layer'])}, evidence for the predicted label) on {sampled}. Share of the "
-        f"saliency mass in the <b>border</b> band ({_escape(regions['border']['definition'])}), the <b>corners</b> "
-        f"({_escape(regions['corners']['definition'])}) and the <b>center</b> "
-        f"({_escape(regions['center']['definition'])}), averaged per true class; in brackets the share divided by "
+        f"<p>Grad-CAM ({escape(stats['layer'])}, evidence for the predicted label) on {sampled}. Share of the "
+        f"saliency mass in the <b>border</b> band ({escape(regions['border']['definition'])}), the <b>corners</b> "
+        f"({escape(regions['corners']['definition'])}) and the <b>center</b> "
+        f"({escape(regions['center']['definition'])}), averaged per true class; in brackets the share divided by "
         "the region's area (1.00x = no preference). Mass concentrated in the border or corners (well above 1x) "
         "hints at a shortcut: text markers, collimation edges or padding rather than the lungs.</p>"
-        + table_html(header, table_rows, caption="Saliency mass share per region (model input geometry)")
-        + _figure(mean_path, "Mean Grad-CAM map per true class; dashed: the border band (white), corner squares "
-                             "(magenta) and center box (black)", data.run_dir)
+        + table(header, table_rows, caption="Saliency mass share per region (model input geometry)")
+        + figure(mean_path, "Mean Grad-CAM map per true class; dashed: the border band (white), corner squares "
+                             "(magenta) and center box (black)", relative_to=data.run_dir)
     )
 
 
@@ -144,7 +138,7 @@ def _mean_map_figure(maps: np.ndarray, y: np.ndarray, class_names: list[str], pa
             ax.contour(masks[name].astype(float), levels=[0.5], colors=color, linewidths=0.8, linestyles="--")
         ax.set_title(f"{class_names[i]} (n={(y == i).sum()})", fontsize=9)
         ax.axis("off")
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def _errors_section(data: _TestSet) -> str:
@@ -152,23 +146,23 @@ def _errors_section(data: _TestSet) -> str:
                                                 data.fig_dir / "confident_errors.png", subtypes=data.subtypes)
     if path is None:
         return "<p>No test errors at this threshold.</p>"
-    return _figure(path, f"The {n_fp} most confident false positives (top) and {n_fn} most confident false "
+    return figure(path, f"The {n_fp} most confident false positives (top) and {n_fn} most confident false "
                          f"negatives (bottom) at threshold {data.threshold:.3f}, with Grad-CAM for the predicted "
-                         "label", data.run_dir)
+                         "label", relative_to=data.run_dir)
 
 
 def _embedding_section(data: _TestSet) -> str:
     figures = embedding_figures(data.fig_dir, data.model, data.images, data.class_labels, data.subtypes,
                                 max_points=data.max_embed, seed=data.seed)
-    return "".join(_figure(path, caption, data.run_dir) for path, caption in figures)
+    return "".join(figure(path, caption, relative_to=data.run_dir) for path, caption in figures)
 
 
 def _filters_section(data: _TestSet) -> str:
-    parts = [_figure(filters_figure(data.model, data.fig_dir / "first_layer_filters.png"),
-                     "First conv layer's filters as applied to the gray image", data.run_dir)]
+    parts = [figure(filters_figure(data.model, data.fig_dir / "first_layer_filters.png"),
+                     "First conv layer's filters as applied to the gray image", relative_to=data.run_dir)]
     picks = [int(np.flatnonzero(data.y == i)[0]) for i in (0, 1) if (data.y == i).any()]
     titles = [f"{data.class_labels[i]} ({data.subtypes[i]})\nP(pneumonia) {data.probs[i]:.2f}" for i in picks]
     path = activations_figure(data.model, data.images[picks], titles, data.fig_dir / "activation_maps.png")
-    parts.append(_figure(path, "Mean absolute activation of a few layers, input to output, for the first normal "
-                               "and the first pneumonia test image", data.run_dir))
+    parts.append(figure(path, "Mean absolute activation of a few layers, input to output, for the first normal "
+                               "and the first pneumonia test image", relative_to=data.run_dir))
     return "".join(parts)

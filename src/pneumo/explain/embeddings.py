@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from pneumo.errors import ConfigError
-from pneumo.evaluate.plots import save_png
 from pneumo.explain.target import to_tensor
 from pneumo.models.fast import ForwardFeatures, fast_inference
+from pneumo.templates.figures import new_figure, save_png
 
 CLASS_COLORS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728", "normal": "#1f77b4", "bacteria": "#d62728",
                 "virus": "#ff7f0e"}
@@ -93,12 +93,7 @@ def _scatter(ax, coords: np.ndarray, groups: Sequence[str], title: str) -> None:
 def embedding_figure(coords: dict[str, np.ndarray], class_labels: Sequence[str], subtypes: Sequence[str],
                      path: str | os.PathLike, *, title: str) -> Path:
     """One row per projection (``coords``: name -> (N, 2)), coloured by class (left) and by subtype (right)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-
-    fig = Figure(figsize=(8.0, 3.6 * len(coords)), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(8.0, 3.6 * len(coords))
     axes = fig.subplots(len(coords), 2, squeeze=False)
     for row, (name, xy) in enumerate(coords.items()):
         _scatter(axes[row, 0], xy, class_labels, f"{name}: by class")

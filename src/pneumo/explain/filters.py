@@ -10,36 +10,16 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from pneumo.errors import ModelError
-from pneumo.evaluate.plots import save_png
 from pneumo.explain.cam import cam_maps, layer_names
 from pneumo.explain.render import blend
 from pneumo.explain.target import to_tensor
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A pyplot-free (thread-safe) figure with constrained layout."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as a PNG, atomically."""
-
-    return save_png(fig, path)
+from pneumo.templates.figures import new_figure, save_png
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -70,7 +50,7 @@ def filters_figure(model: nn.Module, path: str | os.PathLike, *, max_filters: in
     k = conv.kernel_size
     fig.suptitle(f"{name}: {len(weights)} of {conv.out_channels} filters, {k[0]}x{k[1]}, stride {conv.stride[0]}",
                  fontsize=10)
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 @contextmanager
@@ -144,7 +124,7 @@ def activations_figure(model: nn.Module, images: np.ndarray, titles: Sequence[st
             axes[row, col].set_title(f"{name.removeprefix('backbone.')}\n{act.shape[1]}x{act.shape[2]}", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def confident_errors(y_positive: np.ndarray, probs: np.ndarray, threshold: float, *, k: int = 4
@@ -188,4 +168,4 @@ def confident_errors_gallery(model: nn.Module, images: np.ndarray, y: np.ndarray
             axes[row, col].set_title(f"{kind}{sub}\nP(pneumonia) {probs[index]:.3f}", fontsize=8)
     fig.suptitle(f"Most confident errors at threshold {threshold:.3f} (Grad-CAM: evidence for the predicted label)",
                  fontsize=10)
-    return save_figure(fig, path), len(fp), len(fn)
+    return save_png(fig, path), len(fp), len(fn)

@@ -3,11 +3,11 @@ contact sheet of a folder of overlays."""
 
 from __future__ import annotations
 
-import html
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -19,6 +19,7 @@ from pneumo.explain.cam import explain_image, resolve_layer, torch_model_of
 from pneumo.explain.occlusion import window_starts
 from pneumo.explain.render import npy_bytes, overlay_image, png_bytes
 from pneumo.explain.target import PredictionLike, PredictorLike
+from pneumo.templates import render
 
 METHOD_TAGS = {"gradcam": "cam", "gradcam++": "campp", "occlusion": "occlusion", "integrated_gradients": "ig"}
 MAX_STEM = 100
@@ -119,21 +120,14 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
             img.thumbnail((thumb_side, thumb_side), Image.Resampling.BILINEAR)
             atomic.write_bytes(thumb, png_bytes(img.convert("RGB")))
         p = item.prediction
-        caption = f"{p.label} · P(pneumonia) {p.p_pneumonia:.2f} (threshold {p.threshold:.2f})"
-        cells.append(
-            f"<figure><a href='{_href(item.overlay, out_dir)}'><img src='{_href(thumb, out_dir)}' alt='' "
-            f"loading='lazy'></a><figcaption><b>{html.escape(Path(item.source).name)}</b><br>"
-            f"{html.escape(caption)}</figcaption></figure>")
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font:14px system-ui,sans-serif;margin:24px;color:#1d2430}"
-            "main{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;width:" + str(thumb_side) + "px}"
-            "img{max-width:100%;border:1px solid #dde2ea}figcaption{color:#5b6575;word-break:break-all}</style>"
-            f"</head><body><h1>{html.escape(title)}</h1><p>{len(written)} image(s). Research use only, not a "
-            f"medical device.</p><main>{''.join(cells)}</main></body></html>\n")
-    return atomic.write_bytes(out_dir / "index.html", page.encode("utf-8"))
+        cells.append({"href": _href(item.overlay, out_dir), "thumb": _href(thumb, out_dir),
+                      "name": Path(item.source).name,
+                      "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.2f} (threshold {p.threshold:.2f})"})
+    page = render("contact_sheet.html.j2", title=title, subtitle="", cells=cells, thumb_side=thumb_side, stamp="")
+    return atomic.write_text(out_dir / "index.html", page)
 
 
 def _href(path: Path, root: Path) -> str:
-    from urllib.parse import quote
+    return quote(path.relative_to(root).as_posix())
 
-    return html.escape(quote(path.relative_to(root).as_posix()), quote=True)
+
