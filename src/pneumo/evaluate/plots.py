@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -31,14 +33,11 @@ TRAINING_PANELS = (("loss", ("train_loss", "val_loss")), ("val ROC-AUC", ("val_a
 def plot_roc(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, path: str | os.PathLike, *,
              threshold: float | None = None, auc: float | None = None, title: str = "ROC curve (test)") -> Path:
     """ROC curve with its AUC in the legend and the operating point (``p >= threshold``) marked."""
-    y, p = check_binary(y, p)
-    if np.unique(y).size < 2:
-        raise DataError("ROC curve needs both classes")
+    y, p = _both_classes(y, p, "ROC curve")
     fpr, tpr, _ = roc_curve(y, p)
     if auc is None:
         auc = float(area_under(fpr, tpr))
-    fig = new_figure()
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     ax.plot(fpr, tpr, lw=2, label=f"model (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
     if threshold is not None:
@@ -48,20 +47,15 @@ def plot_roc(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, pat
                 label=f"threshold {threshold:.3f}: sens {sens:.3f}, spec {1 - fpr_op:.3f}")
     ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity", title=title, xlim=(-0.01, 1.01),
            ylim=(-0.01, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    return save_png(fig, path)
+    return _finish(fig, ax, path, legend="lower right")
 
 
 def plot_pr(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, path: str | os.PathLike, *,
             threshold: float | None = None, ap: float | None = None, title: str = "Precision-recall (test)") -> Path:
     """Precision-recall curve with average precision in the legend, the prevalence line and the operating point."""
-    y, p = check_binary(y, p)
-    if np.unique(y).size < 2:
-        raise DataError("PR curve needs both classes")
+    y, p = _both_classes(y, p, "PR curve")
     precision, recall, _ = precision_recall_curve(y, p)
-    fig = new_figure()
-    ax = fig.add_subplot()
+    fig, ax = _axes()
     label = "model" if ap is None else f"model (AP {ap:.3f})"
     ax.step(recall, precision, where="post", lw=2, label=label)
     ax.axhline(y.mean(), ls="--", c="0.6", lw=1, label=f"prevalence {y.mean():.3f}")
@@ -70,7 +64,24 @@ def plot_pr(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, path
         if pred.any():
             ax.plot([pred[y == 1].mean()], [y[pred].mean()], "o", c="C3", ms=8, label=f"threshold {threshold:.3f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=title, xlim=(-0.01, 1.01), ylim=(0, 1.01))
-    ax.legend(loc="lower left", fontsize=8)
+    return _finish(fig, ax, path, legend="lower left")
+
+
+def _both_classes(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, what: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    y, p = check_binary(y, p)
+    if np.unique(y).size < 2:
+        raise DataError(f"{what} needs both classes")
+    return y, p
+
+
+def _axes() -> tuple[Figure, Axes]:
+    fig = new_figure()
+    return fig, fig.add_subplot()
+
+
+def _finish(fig: Figure, ax: Axes, path: str | os.PathLike, *, legend: str) -> Path:
+    ax.legend(loc=legend, fontsize=8)
     ax.grid(alpha=0.3)
     return save_png(fig, path)
 
