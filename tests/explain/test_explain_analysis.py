@@ -46,7 +46,7 @@ def test_analysis_sections_write_every_figure_and_link_it_relative_to_the_run(
     assert len(sections) == 4
     body = "".join(html for _, html in sections)
     assert "Not available" not in body
-    links = re.findall(r"src='([^']+)'", body)
+    links = re.findall(r'src="([^"]+)"', body)
     assert len(links) == 6 and all(link.startswith("figures/") for link in links)
     assert all((tmp_path / link).is_file() for link in links)
     stats = json.loads((tmp_path / "figures" / "shortcut_stats.json").read_text())

@@ -14,7 +14,8 @@ import torch
 
 from pneumo.errors import ModelError
 from pneumo.models import PneumoNet, create
-from pneumo.models.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint, write_meta
+from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
+from pneumo.models.sidecar import CheckpointMeta, read_meta, write_meta
 
 
 @pytest.fixture()

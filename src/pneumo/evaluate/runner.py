@@ -20,9 +20,10 @@ from pneumo.config import from_dict
 from pneumo.data.splits import class_names, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
-from pneumo.models.checkpoint import CheckpointMeta, load_checkpoint, write_meta
+from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import predict_logits, select_device
+from pneumo.models.sidecar import CheckpointMeta, write_meta
 from pneumo.train.run import BEST, image_cache
 
 log = logging.getLogger(__name__)

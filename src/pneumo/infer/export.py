@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pneumo.errors import ModelError
-from pneumo.models.checkpoint import resolve_model
+from pneumo.models.sidecar import resolve_model
 
 if TYPE_CHECKING:
     import torch

@@ -18,7 +18,7 @@ import numpy as np
 
 from pneumo.data.preprocess import prepare
 from pneumo.errors import ModelError
-from pneumo.models.checkpoint import read_meta, resolve_model, weights_path
+from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnx", "torch")

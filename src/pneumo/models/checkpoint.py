@@ -1,139 +1,30 @@
-"""Checkpoints without pickle: tensors in ``<stem>.safetensors``, a typed ``<stem>.json`` sidecar next to them.
-
-The sidecar (`CheckpointMeta`) carries what predict, serve and explain need so that they never guess: the
-architecture, input size, normalization, classes, preprocessing, the validation-chosen threshold and temperature,
-the metrics, and the SHA-256 of the weights file (checked on load). Sidecars written before a field existed still
-load: a missing field takes the default it always had.
+"""Checkpoints without pickle: tensors in ``<stem>.safetensors``, a typed ``<stem>.json`` sidecar next to them
+(`pneumo.models.sidecar.CheckpointMeta`, which carries the SHA-256 of the weights file, checked on load).
 
 Both files of a pair are written atomically, tensors first: the JSON, written last, is the commit marker. The
-low-level helpers (`write_tensors`, `read_tensors`, `read_json`, `load_exact`) are shared with the resumable
+low-level helpers (`write_tensors`, `read_tensors`, `load_exact`) are shared with the resumable
 training state in `pneumo.train.checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from pneumo import atomic
-from pneumo.data.splits import class_names
 from pneumo.errors import ModelError
+from pneumo.models import build
 from pneumo.models.net import PneumoNet
-from pneumo.models.registry import build
+from pneumo.models.sidecar import FORMAT, CheckpointMeta, read_meta, stem_of, weights_path, write_meta
 
-FORMAT = "pneumo-checkpoint/1"
-ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the shipped default model
-DEFAULT_MODEL = ASSETS / "default-model.json"
 _EXACT = ("pixel_mean", "pixel_std")  # kept in float32 in half-precision exports
-
-
-@dataclass(frozen=True)
-class CheckpointMeta:
-    """The sidecar of a checkpoint. ``extra`` keeps keys this version does not know (a model card, ...) so that a
-    read-modify-write round trip loses nothing.
-
-    Attributes:
-        arch: registry name of the architecture.
-        num_classes: outputs of the head.
-        input_size: side S of the square model input (None: the architecture's default).
-        mean: per-channel normalization mean applied inside the model.
-        std: per-channel normalization std applied inside the model.
-        task: ``binary`` or ``3class``.
-        classes: class names in logit order (class 0 is normal).
-        resize_policy: ``squash`` or ``letterbox``.
-        intensity: the intensity step (``none``, ``equalize``, ``clahe``, ``standardize``).
-        mode: how it was trained (``probe``, ``partial``, ``full``, ``scratch``), if known.
-        threshold: decision threshold on P(pneumonia), chosen on validation.
-        threshold_policy: the policy that chose it (None: not yet evaluated).
-        temperature: temperature for calibrated probabilities (fitted on validation).
-        tta: predict with horizontal-flip averaging (as it was evaluated).
-        metrics: headline metrics written by the evaluation.
-        training: training facts (wall time, device, best epoch, ...).
-        config: the resolved run configuration.
-        commit: git commit of the code that trained it.
-        created: ISO time of saving.
-        weights_file: name of the safetensors file next to the sidecar.
-        dtype: ``float32`` or ``float16`` (storage; always loaded as float32).
-        sha256: SHA-256 of the weights file.
-        format: the sidecar format tag.
-        extra: unknown keys, kept as they were.
-    """
-
-    arch: str
-    num_classes: int
-    input_size: int | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    task: str = "binary"
-    classes: list[str] = field(default_factory=lambda: class_names("binary"))
-    resize_policy: str = "squash"
-    intensity: str = "none"
-    mode: str | None = None
-    threshold: float = 0.5
-    threshold_policy: str | None = None
-    temperature: float = 1.0
-    tta: bool = False
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] | None = None
-    commit: str | None = None
-    created: str | None = None
-    weights_file: str | None = None
-    dtype: str = "float32"
-    sha256: str | None = None
-    format: str = FORMAT
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any], *, source: str = "checkpoint sidecar") -> CheckpointMeta:
-        """A sidecar dict (any version of this format) -> the record; ``ModelError`` if ``arch``/``num_classes``
-        are missing or a field has the wrong type."""
-        if not isinstance(payload, Mapping):
-            raise ModelError(f"{source} is not a JSON object")
-        for key in ("arch", "num_classes"):
-            if key not in payload:
-                raise ModelError(f"{source} lacks {key!r}")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        values = {k: v for k, v in payload.items() if k in known and v is not None}
-        if "classes" not in values and "task" in values:
-            values["classes"] = class_names(values["task"])
-        try:
-            for key, kind in (("num_classes", int), ("input_size", int), ("threshold", float),
-                              ("temperature", float), ("tta", bool)):
-                if key in values:
-                    values[key] = kind(values[key])
-            for key in ("mean", "std"):
-                if key in values:
-                    values[key] = [float(v) for v in values[key]]
-            if "classes" in values:
-                values["classes"] = [str(c) for c in values["classes"]]
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{source} has a malformed field: {exc}") from None
-        if "threshold_policy" in payload:  # null is a value here: not evaluated yet
-            values["threshold_policy"] = payload["threshold_policy"]
-        extra = {k: v for k, v in payload.items() if k not in known}
-        return cls(**values, extra=extra)
-
-    def to_json(self) -> dict[str, Any]:
-        """The sidecar dict (strict JSON: NaN/inf become null)."""
-        payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        return _finite(json.loads(json.dumps({**payload, **self.extra}, default=json_default)))
-
-    @property
-    def model_id(self) -> str:
-        """``<arch>-<first 12 hex digits of the weights' SHA-256>``."""
-        return f"{self.arch}-{(self.sha256 or '')[:12]}"
 
 
 def save_checkpoint(stem: str | os.PathLike, model: PneumoNet, meta: Mapping[str, Any] | None = None, *,
@@ -161,23 +52,6 @@ def save_checkpoint(stem: str | os.PathLike, model: PneumoNet, meta: Mapping[str
     return write_meta(stem.with_suffix(".json"), CheckpointMeta.from_json(sidecar))
 
 
-def read_meta(path: str | os.PathLike) -> CheckpointMeta:
-    """The typed sidecar of ``<stem>.json`` (also given as the weights file or the stem), without loading weights."""
-    sidecar = stem_of(path).with_suffix(".json")
-    return CheckpointMeta.from_json(read_json(sidecar, FORMAT), source=f"checkpoint sidecar {sidecar}")
-
-
-def write_meta(path: str | os.PathLike, meta: CheckpointMeta) -> Path:
-    """Write a sidecar atomically (e.g. after the evaluation chose the threshold and temperature)."""
-    return atomic.write_json(stem_of(path).with_suffix(".json"), meta.to_json())
-
-
-def weights_path(sidecar: str | os.PathLike, meta: CheckpointMeta) -> Path:
-    """The safetensors file a sidecar points to."""
-    sidecar = stem_of(sidecar).with_suffix(".json")
-    return sidecar.with_name(meta.weights_file or sidecar.stem + ".safetensors")
-
-
 def load_checkpoint(path: str | os.PathLike) -> tuple[PneumoNet, CheckpointMeta]:
     """Rebuild the model a sidecar describes and load its verified weights (eval mode, float32, CPU).
 
@@ -195,38 +69,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PneumoNet, CheckpointMeta]
     return model.eval(), meta
 
 
-def resolve_model(model: str | os.PathLike | None) -> Path:
-    """A run folder, a checkpoint (.safetensors / .json / .onnx) or None for the shipped default model -> sidecar path."""
-    if model is None:
-        if not DEFAULT_MODEL.is_file():
-            raise ModelError("no model given and the shipped default model is missing: pass --model RUN_DIR")
-        return DEFAULT_MODEL
-    path = Path(model)
-    if path.is_dir() and (path / "ensemble.json").is_file():
-        members = json.loads((path / "ensemble.json").read_text()).get("members", [])
-        raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
-                         f"({', '.join(members)})")
-    if path.is_dir():
-        path = path / "model.json"
-    elif path.suffix in (".safetensors", ".onnx"):
-        path = path.with_suffix(".json")
-    if not path.is_file():
-        raise ModelError(f"model not found: {model} (give a run folder or a checkpoint file)")
-    return path
-
-
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def stem_of(path: str | os.PathLike) -> Path:
-    """The path without a ``.json`` / ``.safetensors`` suffix."""
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -236,20 +84,6 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     data = save(tensors, metadata=metadata)
     atomic.write_bytes(path, data, mode=0o644)
     return hashlib.sha256(data).hexdigest()
-
-
-def read_json(path: Path, expected_format: str) -> dict:
-    """A sidecar's JSON object, checked for ``format``; ``ModelError`` for missing, corrupt or foreign files."""
-    if not path.is_file():
-        raise ModelError(f"checkpoint not found: {path} (expected a .json sidecar next to its .safetensors)")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"checkpoint sidecar {path} is not valid JSON ({exc}); it is truncated or corrupted") from None
-    found = payload.get("format") if isinstance(payload, dict) else None
-    if found != expected_format:
-        raise ModelError(f"{path} has format {found!r}, expected {expected_format!r}")
-    return payload
 
 
 def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
@@ -282,25 +116,3 @@ def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state)
 
 
-def json_default(value: Any) -> Any:
-    """JSON for numpy/torch scalars and arrays, paths and sets."""
-    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf -> None, so the sidecar is strict JSON (browsers reject NaN)."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

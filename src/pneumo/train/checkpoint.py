@@ -19,7 +19,8 @@ from torch import nn
 
 from pneumo import atomic
 from pneumo.errors import ModelError
-from pneumo.models.checkpoint import json_default, load_exact, read_json, read_tensors, stem_of, write_tensors
+from pneumo.models.checkpoint import load_exact, read_tensors, write_tensors
+from pneumo.models.sidecar import json_default, read_json, stem_of
 
 STATE_FORMAT = "pneumo-train-state/1"
 

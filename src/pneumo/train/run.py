@@ -29,8 +29,9 @@ from pneumo.data.manifest import resolve_root, scan_dataset
 from pneumo.data.splits import assign_folds, class_names, labels, take_slice
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.models import create
-from pneumo.models.checkpoint import read_meta, save_checkpoint, write_meta
+from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.runtime import memory_format
+from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.checkpoint import load_train_state, save_train_state
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
