@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pneumo.errors import InputError
+from pneumo.models.runtime import to_unit
 
 
 class PredictionLike(Protocol):
@@ -72,7 +73,7 @@ def as_batch(prepared: np.ndarray) -> np.ndarray:
 def to_tensor(prepared: np.ndarray, model: nn.Module) -> torch.Tensor:
     """uint8 ``(B, S, S)`` -> float ``(B, 1, S, S)`` in [0, 1] on the model's device (the input contract)."""
     device = next(model.parameters()).device
-    return torch.from_numpy(np.array(prepared, dtype=np.uint8, copy=True)).to(device).float().div_(255.0)[:, None]
+    return to_unit(torch.from_numpy(np.array(prepared, dtype=np.uint8, copy=True)).to(device))[:, None]
 
 
 def signs_for(toward_pneumonia: Sequence[bool] | bool | None, n: int) -> np.ndarray:
