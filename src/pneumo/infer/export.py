@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pneumo.errors import ModelError
-from pneumo.models.sidecar import resolve_model
+from pneumo.models.sidecar import read_meta, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -46,10 +45,10 @@ def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Pa
     from pneumo import __version__
     from pneumo.data.cache import default_cache_dir
 
-    meta = json.loads(sidecar.read_text())
-    if not meta.get("sha256"):
+    meta = read_meta(sidecar)
+    if not meta.sha256:
         raise ModelError(f"{sidecar.name} has no weights checksum; export it with `pneumo export`")
-    key = f"{meta['sha256']}|{meta.get('arch')}|{meta.get('input_size')}|{__version__}|{OPSET}"
+    key = f"{meta.sha256}|{meta.arch}|{meta.input_size}|{__version__}|{OPSET}"
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
     if not target.is_file():
