@@ -46,6 +46,7 @@ class CheckpointMeta:
         classes: class names in logit order (class 0 is normal).
         resize_policy: ``squash`` or ``letterbox``.
         intensity: the intensity step (``none``, ``equalize``, ``clahe``, ``standardize``).
+        markers: what happens to burnt-in markers and text (``none``, ``inpaint``).
         mode: how it was trained (``probe``, ``partial``, ``full``, ``scratch``), if known.
         threshold: decision threshold on P(pneumonia), chosen on validation.
         threshold_policy: the policy that chose it (None: not yet evaluated).
@@ -72,6 +73,7 @@ class CheckpointMeta:
     classes: list[str] = field(default_factory=lambda: _class_names("binary"))
     resize_policy: str = "squash"
     intensity: str = "none"
+    markers: str = "none"
     mode: str | None = None
     threshold: float = 0.5
     threshold_policy: str | None = None
