@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,16 @@ def test_rows_for_unknown_images_is_an_error(data_slice: Path, cache_dir: Path) 
     cache = build_cache(df.iloc[:5], data_slice, size=32, cache_dir=cache_dir, progress=False)
     with pytest.raises(DataError, match="not in the cache"):
         cache.rows_for(df.iloc[:6])
+
+
+def test_an_undecodable_image_fails_the_build_and_leaves_no_partial_cache(data_slice: Path, tmp_path: Path) -> None:
+    from pneumo.errors import DataError
+
+    root = tmp_path / "data"
+    shutil.copytree(data_slice, root)
+    df = scan_dataset(root)
+    (root / df["path"].iloc[0]).write_bytes(b"\xff\xd8 not a jpeg")
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(DataError, match="could not be decoded"):
+        build_cache(df, root, size=32, cache_dir=cache_dir, progress=False, workers=1)
+    assert not [p for p in cache_dir.rglob("*") if p.is_file()]

@@ -96,32 +96,23 @@ def build_cache(
     source = DatasetSource(resolve_root(root))
     paths = df["path"].tolist()
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
-    tmp = file.with_name(file.name + f".tmp{os.getpid()}")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
     failed: list[str] = []
     n_workers = workers or min(len(chunks), os.cpu_count() or 1)
     jobs = [(source, chunk, size, policy, intensity, markers) for chunk in chunks]
-    bar = tqdm(total=len(paths), desc=f"cache {size}px {policy}", unit="img", disable=not progress)
-    try:
-        if n_workers > 1:
-            with ProcessPoolExecutor(n_workers) as pool:
-                results = pool.map(_work, jobs)
-                _fill(array, results, bar, failed)
-        else:
-            _fill(array, map(_work, jobs), bar, failed)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        bar.close()
-    if failed:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{len(failed)} image(s) could not be decoded, e.g. {failed[0]}; rescan the dataset")
-    array.flush()
-    del array
-    _write_json(index_file, {"key": key, "size": size, "policy": policy, "intensity": intensity, "markers": markers,
-                             "paths": paths})
-    os.replace(tmp, file)
+    with atomic.writing(file) as tmp:  # the array appears under its name only when complete
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+        with tqdm(total=len(paths), desc=f"cache {size}px {policy}", unit="img", disable=not progress) as bar:
+            if n_workers > 1:
+                with ProcessPoolExecutor(n_workers) as pool:
+                    _fill(array, pool.map(_work, jobs), bar, failed)
+            else:
+                _fill(array, map(_work, jobs), bar, failed)
+        if failed:
+            raise DataError(f"{len(failed)} image(s) could not be decoded, e.g. {failed[0]}; rescan the dataset")
+        array.flush()
+        del array
+        atomic.write_json(index_file, {"key": key, "size": size, "policy": policy, "intensity": intensity,
+                                       "markers": markers, "paths": paths})
     return _open(file, index_file, key, len(df), size)
 
 
@@ -132,10 +123,6 @@ def _fill(array: np.ndarray, results, bar, failed: list[str]) -> None:
         start += len(images)
         failed.extend(bad)
         bar.update(len(images))
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    atomic.write_json(path, payload)
 
 
 def _open(file: Path, index_file: Path, key: str, n: int, size: int) -> ImageCache:
