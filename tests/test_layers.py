@@ -26,6 +26,9 @@ LAYERS = (
     ("pneumo.cli", "pneumo.__main__"),
 )
 SIBLINGS_APART = ("pneumo.commands",)  # modules in here never import one another
+# Below the line but still out of bounds: prediction and the service never need training code (checkpoint I/O and
+# device choice live in models, the image cache in data).
+FORBIDDEN = {"pneumo.infer": ("pneumo.train",), "pneumo.serve": ("pneumo.train",)}
 
 
 def module_name(path: Path) -> str:
@@ -121,6 +124,14 @@ def test_no_module_imports_a_later_layer() -> None:
 def test_there_are_no_import_cycles() -> None:
     edges = {name: {target for target, _ in targets if target != name} for name, targets in graph().items()}
     assert not cycles(edges), f"import cycles: {cycles(edges)}"
+
+
+def test_inference_and_the_service_do_not_import_training() -> None:
+    reaching = [f"{name}:{line} imports {target}"
+                for name, targets in graph().items() for target, line in sorted(targets)
+                for user, banned in FORBIDDEN.items() if name == user or name.startswith(user + ".")
+                for bad in banned if target == bad or target.startswith(bad + ".")]
+    assert not reaching, "move what both need down to models or data:\n" + "\n".join(reaching)
 
 
 def test_commands_do_not_import_each_other() -> None:

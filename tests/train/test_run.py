@@ -113,7 +113,7 @@ def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Pat
 
 
 def test_train_sources_original_drops_the_224px_copies_from_training_only(data_slice: Path, tmp_path: Path) -> None:
-    from pneumo.train.run import folds_for
+    from pneumo.data.splits import folds_for
 
     every = folds_for(tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache"))
     original = folds_for(tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "data.train_sources=original"))

@@ -12,6 +12,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,9 @@ from pneumo import atomic
 from pneumo.data.manifest import DatasetSource, resolve_root
 from pneumo.data.preprocess import decode_gray, prepare
 from pneumo.errors import DataError
+
+if TYPE_CHECKING:
+    from pneumo.config import RunConfig
 
 CACHE_VERSION = 1
 _CHUNK = 64
@@ -131,3 +135,9 @@ def _open(file: Path, index_file: Path, key: str, n: int, size: int) -> ImageCac
     if index["key"] != key or images.shape != (n, size, size) or len(index["paths"]) != n:
         raise ValueError("cache does not match its index")
     return ImageCache(images=images, paths=index["paths"], key=key, file=file)
+
+
+def image_cache(cfg: RunConfig, df: pd.DataFrame) -> ImageCache:
+    """The cache of ``df``'s images as the run configuration ``cfg`` preprocesses them."""
+    return build_cache(df, cfg.data.root, size=cfg.data.image_size, policy=cfg.data.resize_policy,
+                       intensity=cfg.data.intensity, markers=cfg.data.markers, cache_dir=cfg.data.cache_dir)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
+from pneumo.data.manifest import scan_dataset
 from pneumo.errors import ConfigError, DataError, LeakageError
+
+if TYPE_CHECKING:
+    from pneumo.config import RunConfig
 
 TASK_CLASSES = {"binary": ["NORMAL", "PNEUMONIA"], "3class": ["normal", "bacteria", "virus"]}
 
@@ -100,3 +106,22 @@ def take_slice(df: pd.DataFrame, per_group: int, *, seed: int = 0) -> pd.DataFra
         ranked = part.assign(_o=part["patient_key"].map(order)).sort_values(["_o", "path"])
         parts.append(ranked.head(per_group).drop(columns="_o"))
     return pd.concat(parts).sort_index()
+
+
+def folds_for(cfg: RunConfig) -> pd.DataFrame:
+    """The manifest with its train/val/test fold column, as this config defines it."""
+    df = scan_dataset(cfg.data.root)
+    if cfg.data.limit_per_class:
+        df = take_slice(df, cfg.data.limit_per_class, seed=cfg.data.split_seed).reset_index(drop=True)
+    folds = assign_folds(df, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
+    folds = folds[folds["label"].isin(["NORMAL", "PNEUMONIA"])]
+    if cfg.data.train_sources == "original":  # drop the 224 px copies from training (val and test keep everything)
+        if not (folds["source_kind"] == "original").any():
+            raise DataError("data.train_sources=original needs the manifest's source_kind column (the project's copy)")
+        folds = folds[(folds["fold"] != "train") | (folds["source_kind"] == "original")]
+    elif cfg.data.train_sources != "all":
+        raise ConfigError(f"unknown data.train_sources {cfg.data.train_sources!r}; choose all or original")
+    for fold in ("train", "val"):
+        if len(np.unique(labels(folds[folds["fold"] == fold], cfg.data.task))) < len(class_names(cfg.data.task)):
+            raise DataError(f"the {fold} fold lacks a class for task {cfg.data.task}: use more data or another seed")
+    return folds.reset_index(drop=True)

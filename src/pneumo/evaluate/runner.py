@@ -17,6 +17,7 @@ import yaml
 
 from pneumo import atomic
 from pneumo.config import from_dict
+from pneumo.data.cache import image_cache
 from pneumo.data.splits import class_names, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
@@ -24,7 +25,7 @@ from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import predict_logits, select_device
 from pneumo.models.sidecar import CheckpointMeta, write_meta
-from pneumo.train.run import BEST, image_cache
+from pneumo.train.run import BEST
 
 log = logging.getLogger(__name__)
 Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images, y, subtypes, probs, threshold, names)

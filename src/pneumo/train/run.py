@@ -24,10 +24,10 @@ import torch
 
 from pneumo import atomic
 from pneumo.config import RunConfig, dump_yaml
-from pneumo.data.cache import ImageCache, build_cache, default_cache_dir
-from pneumo.data.manifest import resolve_root, scan_dataset
-from pneumo.data.splits import assign_folds, class_names, labels, take_slice
-from pneumo.errors import ConfigError, DataError, ModelError
+from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
+from pneumo.data.manifest import resolve_root
+from pneumo.data.splits import class_names, folds_for, labels
+from pneumo.errors import ConfigError, ModelError
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.runtime import memory_format
@@ -82,30 +82,6 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Pat
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def folds_for(cfg: RunConfig) -> pd.DataFrame:
-    """The manifest with its train/val/test fold column, as this config defines it."""
-    df = scan_dataset(cfg.data.root)
-    if cfg.data.limit_per_class:
-        df = take_slice(df, cfg.data.limit_per_class, seed=cfg.data.split_seed).reset_index(drop=True)
-    folds = assign_folds(df, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
-    folds = folds[folds["label"].isin(["NORMAL", "PNEUMONIA"])]
-    if cfg.data.train_sources == "original":  # drop the 224 px copies from training (val and test keep everything)
-        if not (folds["source_kind"] == "original").any():
-            raise DataError("data.train_sources=original needs the manifest's source_kind column (the project's copy)")
-        folds = folds[(folds["fold"] != "train") | (folds["source_kind"] == "original")]
-    elif cfg.data.train_sources != "all":
-        raise ConfigError(f"unknown data.train_sources {cfg.data.train_sources!r}; choose all or original")
-    for fold in ("train", "val"):
-        if len(np.unique(labels(folds[folds["fold"] == fold], cfg.data.task))) < len(class_names(cfg.data.task)):
-            raise DataError(f"the {fold} fold lacks a class for task {cfg.data.task}: use more data or another seed")
-    return folds.reset_index(drop=True)
-
-
-def image_cache(cfg: RunConfig, df: pd.DataFrame):
-    return build_cache(df, cfg.data.root, size=cfg.data.image_size, policy=cfg.data.resize_policy,
-                       intensity=cfg.data.intensity, markers=cfg.data.markers, cache_dir=cfg.data.cache_dir)
 
 
 def checkpoint_meta(cfg: RunConfig, model: torch.nn.Module, extra: dict) -> dict:
