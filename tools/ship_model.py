@@ -3,6 +3,9 @@
     python tools/ship_model.py runs/default --command "pneumo train --preset default"
 
 Writes src/pneumo/assets/default-model.{safetensors,json,md}. The card's numbers come from the run's metrics.json.
+The out-of-distribution statistics are then refitted on the shipped (fp16) weights, exactly as
+`pneumo ood fit src/pneumo/assets/default-model.json` does (the dataset: --data, the run's config or $PNEUMO_DATA),
+into default-model.ood.safetensors.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pneumo.evaluate.ood import fit_ood_for
 from pneumo.evaluate.report import fmt_ci
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -101,6 +105,7 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--command", default="pneumo train --preset default")
     parser.add_argument("--dest", default=str(ASSETS / "default-model"))
+    parser.add_argument("--data", help="dataset for the OOD statistics (default: the run's config, else $PNEUMO_DATA)")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -108,13 +113,15 @@ def main() -> None:
     meta = typed.to_json()
     dest = Path(args.dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for key in ("format", "weights_file", "dtype", "sha256", "created"):
+    for key in ("format", "weights_file", "dtype", "sha256", "created", "ood"):
         meta.pop(key, None)
     md, info = card(meta, metrics, args.command)
     meta["model_card"] = info
     save_checkpoint(dest, model, meta, half=True)
     dest.with_suffix(".md").write_text(md)
     print(f"shipped {dest}.safetensors ({dest.with_suffix('.safetensors').stat().st_size / 1e6:.1f} MB)")
+    entry = fit_ood_for(dest.with_suffix(".json"), data=args.data)
+    print(f"OOD statistics {entry['file']}: threshold {entry['threshold']:.3f} (val p{entry['percentile']:g})")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("pneumo.commands.explain", "Grad-CAM / occlusion maps for images"),
     "predict": ("pneumo.commands.predict", "predict JPEG/PNG/DICOM files, folders or globs"),
     "export": ("pneumo.commands.export", "export a run to ONNX"),
+    "ood": ("pneumo.commands.ood", "out-of-distribution statistics: fit them for a run or the shipped model"),
     "serve": ("pneumo.commands.serve", "web service and page (FastAPI)"),
 }
 

@@ -84,10 +84,13 @@ def _printable(path: Path) -> str:
 
 
 def _flatten(result, classes: list[str], error: str | None) -> dict:
-    row = {"p_pneumonia": "", "p_calibrated": "", "label": "", "threshold": "", "error": error or ""}
+    row = {"p_pneumonia": "", "p_calibrated": "", "label": "", "threshold": "", "ood_score": "", "ood": "",
+           "error": error or ""}
     if result is not None:
         row.update(p_pneumonia=round(result.p_pneumonia, 6), p_calibrated=round(result.p_calibrated, 6),
                    label=result.label, threshold=round(result.threshold, 6))
+        if result.ood is not None:  # out-of-distribution: don't trust the label
+            row.update(ood_score="" if result.ood_score is None else round(result.ood_score, 4), ood=result.ood)
     if len(classes) > 2:
         for c in classes:
             row[f"p_{c}"] = round(result.probabilities[c], 6) if result is not None else ""

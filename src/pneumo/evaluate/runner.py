@@ -20,6 +20,7 @@ from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
 from pneumo.data.splits import class_names, labels
 from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.ood import ood_note, summarize_test_ood
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import fast_inference
@@ -93,6 +94,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     training = meta.training
     result["val_view"] = cfg.eval.val_view
     result["tta"] = cfg.eval.tta
+    result["ood"] = summarize_test_ood(run_dir / f"{BEST}.json", meta.ood, model, logits["test_images"],
+                                       device=select_device(cfg.train.device))
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
@@ -217,7 +220,7 @@ def _update_sidecar(path: Path, meta: CheckpointMeta, result: dict) -> None:
 def _subtitle(result: dict) -> str:
     return (f"{result.get('arch')} · mode {result.get('mode')} · task {result['task']} · threshold "
             f"{result['threshold']:.3f} ({result['threshold_policy']}) · T={result['temperature']:.2f} · "
-            f"commit {result.get('commit')} · {result.get('device')}")
+            f"commit {result.get('commit')} · {result.get('device')}{ood_note(result)}")
 
 
 def summary_line(result: dict) -> str:

@@ -1,4 +1,5 @@
-"""ONNX export of a checkpoint (dynamic batch, float input (B, 1, S, S) in [0, 1] -> logits), optional int8."""
+"""ONNX export of a checkpoint (dynamic batch, float input (B, 1, S, S) in [0, 1] -> logits and pooled ``features``
+(the input of the out-of-distribution score)), optional int8."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OPSET = 18
+OUTPUTS = ("logits", "features")  # part of the export cache key: an export without features is not reused
 
 
 def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | None = None, *,
@@ -35,6 +37,7 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
     _export(sidecar, target)
     if target.with_suffix(".json") != sidecar:
         shutil.copyfile(sidecar, target.with_suffix(".json"))
+        _copy_ood_stats(sidecar, target.with_suffix(".json"))
     if quantize:
         quantize_int8(target)
     return target
@@ -48,7 +51,7 @@ def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Pa
     meta = read_meta(sidecar)
     if not meta.sha256:
         raise ModelError(f"{sidecar.name} has no weights checksum; export it with `pneumo export`")
-    key = f"{meta.sha256}|{meta.arch}|{meta.input_size}|{__version__}|{OPSET}"
+    key = f"{meta.sha256}|{meta.arch}|{meta.input_size}|{__version__}|{OPSET}|{'+'.join(OUTPUTS)}"
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
     if not target.is_file():
@@ -62,6 +65,7 @@ def _export(sidecar: Path, target: Path) -> None:
     import torch
 
     from pneumo.models.checkpoint import load_checkpoint
+    from pneumo.models.fast import LogitsAndFeatures
 
     model, meta = load_checkpoint(sidecar)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,13 +76,20 @@ def _export(sidecar: Path, target: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but exact and fast
-            torch.onnx.export(model, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
-                              dynamo=False)
+            torch.onnx.export(LogitsAndFeatures(model).eval(), (example,), str(tmp), input_names=["image"],
+                              output_names=list(OUTPUTS), dynamic_axes={n: {0: "batch"} for n in ("image", *OUTPUTS)},
+                              opset_version=OPSET, dynamo=False)
     except Exception as exc:  # noqa: BLE001 - exporter errors are long; keep one line
         tmp.unlink(missing_ok=True)
         raise ModelError(f"ONNX export failed for {meta.arch}: {str(exc).splitlines()[0]}") from None
     os.replace(tmp, target)
+
+
+def _copy_ood_stats(sidecar: Path, target_sidecar: Path) -> None:
+    """The OOD statistics file a sidecar names travels with its copy."""
+    name = (read_meta(sidecar).ood or {}).get("file")
+    if name and (sidecar.parent / name).is_file():
+        shutil.copyfile(sidecar.parent / name, target_sidecar.parent / name)
 
 
 def _static_same_padding(model: torch.nn.Module, size: int) -> None:

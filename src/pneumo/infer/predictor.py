@@ -4,6 +4,9 @@ Backends: ``onnx`` runs ONNX Runtime on the run's own export or, for a PyTorch c
 kept in ``$PNEUMO_CACHE/onnx`` (keyed by the weights' SHA-256); ``torch`` runs a traced, frozen copy of the model;
 ``auto`` (what `pneumo predict` uses) is ``onnx`` where the export works and ``torch`` otherwise. Whatever the backend, the eager
 PyTorch model (for heat maps) is loaded from the checkpoint on first use.
+
+Both backends also return the pooled backbone features, which the checkpoint's out-of-distribution statistics
+(`pneumo.models.ood`, when its sidecar names them) turn into ``ood_score`` and the ``ood`` flag.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from pneumo.data.preprocess import prepare
 from pneumo.errors import ModelError
+from pneumo.models.ood import load_ood
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
 log = logging.getLogger(__name__)
@@ -28,13 +32,17 @@ ONNX_CHUNK = 8  # ONNX Runtime on 2-4 cores runs batches of 8 faster than 32 (ca
 @dataclass
 class Prediction:
     """One image's result. ``p_pneumonia`` is the raw model probability; ``p_calibrated`` after temperature scaling;
-    ``label`` applies the checkpoint's validation-chosen threshold to ``p_pneumonia``."""
+    ``label`` applies the checkpoint's validation-chosen threshold to ``p_pneumonia``. ``ood_score`` is the
+    Mahalanobis distance of the image's features to the training features and ``ood`` is True above the
+    validation-chosen limit (don't trust the label then); both are None for a model without OOD statistics."""
 
     p_pneumonia: float
     p_calibrated: float
     label: str
     threshold: float
     probabilities: dict[str, float]
+    ood_score: float | None = None
+    ood: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +70,7 @@ class Predictor:
         self.temperature = self.meta.temperature
         self._lock = threading.Lock()
         self._torch_model = None
+        self.ood = load_ood(self.sidecar, self.meta.ood)
         if backend == "auto":
             try:
                 self._run, self.backend = self._load_onnx(threads), "onnx"
@@ -101,11 +110,12 @@ class Predictor:
         if model is None:
             raise ModelError(f"{self._weights.name} not found: this model has only an ONNX "
                              "export; use --backend onnx")
-        fast = fast_inference(model, torch.rand(2, 1, self.size, self.size))
+        features = fast_inference(model, torch.rand(2, 1, self.size, self.size), features=True)
 
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return fast(torch.from_numpy(x)).float().numpy()
+        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.no_grad():  # the head is one linear layer (dropout is off in eval): logits from the features
+                f = features(torch.from_numpy(x)).float()
+                return model.head(f).numpy(), f.numpy()
 
         return run
 
@@ -125,10 +135,16 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for bad files
             raise ModelError(f"cannot load ONNX model {onnx_path.name}: {str(exc).splitlines()[0]}") from None
         name = session.get_inputs()[0].name
+        outputs = [o.name for o in session.get_outputs()][:1]
+        if "features" in {o.name for o in session.get_outputs()}:
+            outputs.append("features")
+        elif self.ood is not None:
+            log.warning("%s has no features output (an older export): no OOD scores; re-export it", onnx_path.name)
 
-        def run(x: np.ndarray) -> np.ndarray:
-            return np.concatenate([session.run(None, {name: x[i : i + ONNX_CHUNK]})[0]
-                                   for i in range(0, len(x), ONNX_CHUNK)])
+        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            chunks = [session.run(outputs, {name: x[i : i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
+            logits = np.concatenate([c[0] for c in chunks])
+            return logits, np.concatenate([c[1] for c in chunks]) if len(outputs) > 1 else None
 
         return run
 
@@ -137,18 +153,28 @@ class Predictor:
         return prepare(gray, size=self.size, policy=self.meta.resize_policy, intensity=self.meta.intensity,
                        markers=self.meta.markers)
 
-    def logits(self, prepared: np.ndarray) -> np.ndarray:
-        """Logits for a uint8 batch (B, S, S) of preprocessed images."""
+    def outputs(self, prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and pooled features (None from an ONNX export without them) for a uint8 batch (B, S, S)."""
         x = (prepared.astype(np.float32) / 255.0)[:, None]
         with self._lock:
-            logits = np.asarray(self._run(np.ascontiguousarray(x)), dtype=np.float32)
+            logits, features = self._run(np.ascontiguousarray(x))
+            logits = np.asarray(logits, dtype=np.float32)
             if self.meta.tta:  # the run was evaluated with flip averaging: predict the same way
-                logits = (logits + np.asarray(self._run(np.ascontiguousarray(x[..., ::-1])), dtype=np.float32)) / 2
-        return logits
+                logits = (logits + np.asarray(self._run(np.ascontiguousarray(x[..., ::-1]))[0], dtype=np.float32)) / 2
+        return logits, features
+
+    def logits(self, prepared: np.ndarray) -> np.ndarray:
+        """Logits for a uint8 batch (B, S, S) of preprocessed images."""
+        return self.outputs(prepared)[0]
 
     def predict_prepared(self, prepared: np.ndarray) -> list[Prediction]:
-        logits = self.logits(prepared)
-        return [self._result(row) for row in logits]
+        logits, features = self.outputs(prepared)
+        results = [self._result(row) for row in logits]
+        if self.ood is not None and features is not None:
+            for result, score in zip(results, self.ood.scores(features)):
+                result.ood_score = float(score) if np.isfinite(score) else None
+                result.ood = bool(score > self.ood.threshold)
+        return results
 
     def predict(self, images: list[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
         """uint8 gray images of any size -> predictions, batched."""

@@ -26,6 +26,19 @@ class ForwardFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
+class LogitsAndFeatures(nn.Module):
+    """``model`` with two outputs from one pass: its logits and the pooled features they come from (for exports that
+    feed the out-of-distribution score)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        return self.model.head(self.model.drop(features)), features
+
+
 def fast_inference(model: nn.Module, example: torch.Tensor, *, features: bool = False
                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` (or its ``forward_features``) for many inference-only passes.

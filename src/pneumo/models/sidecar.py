@@ -60,6 +60,8 @@ class CheckpointMeta:
         weights_file: name of the safetensors file next to the sidecar.
         dtype: ``float32`` or ``float16`` (storage; always loaded as float32).
         sha256: SHA-256 of the weights file.
+        ood: the out-of-distribution statistics' entry (file, checksum, method, threshold, ...; `pneumo.models.ood`),
+            None when the model has none.
         format: the sidecar format tag.
         extra: unknown keys, kept as they were.
     """
@@ -87,6 +89,7 @@ class CheckpointMeta:
     weights_file: str | None = None
     dtype: str = "float32"
     sha256: str | None = None
+    ood: dict[str, Any] | None = None
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 

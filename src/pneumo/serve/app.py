@@ -38,7 +38,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -92,6 +92,10 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float]
     model_id: str
     timings_ms: Timings
+    ood_score: float | None = Field(None, description="Mahalanobis distance of the image's features to the training "
+                                    "features (absent when the model has no OOD statistics)")
+    ood: bool | None = Field(None, description="true: outside what this model was trained on (score above the limit "
+                             "set on validation images) -- don't trust the label")
     heatmap_png_base64: str | None = None
     preview_png_base64: str | None = None
 

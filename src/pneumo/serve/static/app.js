@@ -11,11 +11,12 @@
     opacityRow: $("opacity-row"), opacity: $("opacity"), opacityValue: $("opacity-value"),
     label: $("label"), labelExplain: $("label-explain"), bar: $("bar"), barFill: $("bar-fill"),
     barThreshold: $("bar-threshold"), probability: $("probability"), threshold: $("threshold"), facts: $("facts"),
-    modelFacts: $("model-facts"), modelCardDetails: $("model-card-details"), modelCard: $("model-card"),
+    oodWarning: $("ood-warning"), oodDetail: $("ood-detail"), modelFacts: $("model-facts"), modelCardDetails: $("model-card-details"), modelCard: $("model-card"),
   };
   let pending = null; // the file waiting for an API key
   let localUrl = null;
   let classes = ["NORMAL", "PNEUMONIA"];
+  let oodLimit = null; // the model's out-of-distribution threshold, from its card
 
   function authHeaders() {
     const key = sessionStorage.getItem(KEY_STORE);
@@ -73,6 +74,7 @@
     }
     const card = await response.json();
     classes = card.classes || classes;
+    oodLimit = card.ood && typeof card.ood.threshold === "number" ? card.ood.threshold : null;
     fact(el.modelFacts, "Model", card.model_id);
     fact(el.modelFacts, "Classes", classes.join(", "));
     fact(el.modelFacts, "Input", `${card.input_size} × ${card.input_size} px, ${card.resize_policy || "squash"}`);
@@ -147,6 +149,11 @@
       el.opacityRow.hidden = true;
       el.caption.textContent = heatNote ? `No heat map: ${heatNote}` : "No heat map.";
     }
+    // Out-of-distribution flag: the image is far from the training X-rays in the model's feature space.
+    el.oodWarning.hidden = data.ood !== true;
+    el.oodDetail.textContent = data.ood === true && typeof data.ood_score === "number"
+      ? `It is unlike the chest X-rays the model learned from (distance ${data.ood_score.toFixed(1)}${
+        oodLimit != null ? `, limit ${oodLimit.toFixed(1)}` : ""}).` : "";
     el.label.textContent = data.label;
     el.label.className = `label ${positive ? "positive" : "negative"}`;
     const side = data.p_pneumonia >= data.threshold ? "at or above" : "below";

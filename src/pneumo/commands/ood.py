@@ -1,0 +1,30 @@
+"""`pneumo ood fit MODEL`: (re)fit a model's out-of-distribution statistics on its own train fold (threshold on val)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pneumo.models.ood import DEFAULT_PERCENTILE
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="ood_command", metavar="ACTION", required=True)
+    fit = sub.add_parser("fit", help="fit the OOD statistics of a run folder or checkpoint (the shipped model too)",
+                         description="Rebuild the model's train/val split from the config in its sidecar, compute "
+                         "its features, fit class means + a shared Ledoit-Wolf covariance on train, set the flag "
+                         "threshold at a percentile of the val scores, and write <stem>.ood.safetensors + the "
+                         "sidecar's `ood` entry.")
+    fit.add_argument("model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json)")
+    fit.add_argument("--data", help="dataset folder or zip (default: the one in the model's config, else $PNEUMO_DATA)")
+    fit.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                     help=f"val percentile that becomes the flag threshold (default {DEFAULT_PERCENTILE})")
+    fit.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from pneumo.evaluate.ood import fit_ood_for
+
+    entry = fit_ood_for(args.model, data=args.data, percentile=args.percentile)
+    print(f"ood: {entry['file']} ({entry['method']}, {entry['n_features']} features, {entry['n_train']} train images); "
+          f"threshold {entry['threshold']:.3f} = val percentile {entry['percentile']:g} of {entry['n_val']} images")
+    return 0

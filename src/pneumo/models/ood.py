@@ -1,0 +1,126 @@
+"""Out-of-distribution score: how far an image's pooled backbone features lie from the training features.
+
+Method ``mahalanobis-tied`` (Lee et al., NeurIPS 2018): one mean per class and one covariance shared by the classes,
+estimated on the train fold's class-centred features with Ledoit-Wolf shrinkage (scikit-learn); an image's score is
+its Mahalanobis distance to the nearest class mean. The flag threshold is a stated percentile of the **val** fold's
+scores (the test fold is never used). The statistics are data, not pickle: ``<stem>.ood.safetensors`` (class means
+and precision matrix, float32) next to the checkpoint, and an ``ood`` entry in its JSON sidecar (method, feature
+layer, threshold, percentile, counts, the file's SHA-256, checked on load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumo import atomic
+from pneumo.errors import ModelError
+
+METHOD = "mahalanobis-tied"
+LAYER = "forward_features"  # the pooled backbone features, i.e. the input of the model's linear head
+DEFAULT_PERCENTILE = 99.5
+SUFFIX = ".ood.safetensors"
+
+
+@dataclass
+class OodStats:
+    """Fitted statistics. ``means``: (C, F) class means; ``precision``: (F, F) shared inverse covariance."""
+
+    means: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    percentile: float
+    n_train: int
+    n_val: int
+    shrinkage: float = 0.0
+    method: str = METHOD
+    layer: str = LAYER
+
+    @property
+    def num_features(self) -> int:
+        return int(self.means.shape[1])
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance (N,) of features (N, F) to the nearest class mean; non-finite features score inf."""
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or f.shape[1] != self.num_features:
+            raise ModelError(f"OOD statistics expect (N, {self.num_features}) features, got {tuple(f.shape)}")
+        precision = np.asarray(self.precision, dtype=np.float64)
+        d2 = np.stack([np.einsum("ij,ij->i", (f - m) @ precision, f - m) for m in np.asarray(self.means, np.float64)])
+        scores = np.sqrt(np.maximum(d2.min(axis=0), 0.0))
+        return np.where(np.isfinite(scores), scores, np.inf)
+
+    def flags(self, scores: np.ndarray) -> np.ndarray:
+        """True where a score is above the val-chosen threshold."""
+        return np.asarray(scores) > self.threshold
+
+
+def fit_ood(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, *,
+            percentile: float = DEFAULT_PERCENTILE) -> OodStats:
+    """Class means + shared Ledoit-Wolf covariance on train features; threshold = ``percentile`` of val scores."""
+    from sklearn.covariance import LedoitWolf
+
+    f_train, f_val, y_train = np.asarray(f_train, np.float64), np.asarray(f_val, np.float64), np.asarray(y_train)
+    if not 50.0 <= percentile < 100.0:
+        raise ModelError(f"the OOD val percentile must be in [50, 100), got {percentile}")
+    if len(f_train) < 2 or len(f_val) < 1 or f_train.shape[1:] != f_val.shape[1:]:
+        raise ModelError(f"OOD fit needs >= 2 train and >= 1 val feature rows of one width, got "
+                         f"{f_train.shape} and {f_val.shape}")
+    classes = np.unique(y_train)
+    means = np.stack([f_train[y_train == c].mean(axis=0) for c in classes])
+    centred = f_train - means[np.searchsorted(classes, y_train)]
+    lw = LedoitWolf(assume_centered=True).fit(centred)
+    stats = OodStats(means=means, precision=lw.precision_, threshold=0.0, percentile=float(percentile),
+                     n_train=len(f_train), n_val=len(f_val), shrinkage=float(lw.shrinkage_))
+    stats.threshold = float(np.percentile(stats.scores(f_val), percentile))
+    return stats
+
+
+def save_ood(sidecar: str | os.PathLike, stats: OodStats) -> dict:
+    """Write ``<stem>.ood.safetensors`` next to the checkpoint's ``<stem>.json``; returns the sidecar's ``ood`` entry
+    (file name, checksum, settings). The sidecar itself is not changed here."""
+    from safetensors.numpy import save
+
+    path = Path(sidecar).with_suffix(SUFFIX)
+    data = save({"means": np.ascontiguousarray(stats.means, np.float32),
+                 "precision": np.ascontiguousarray(stats.precision, np.float32)},
+                metadata={"format": "pneumo-ood/1", "method": stats.method})
+    atomic.write_bytes(path, data, mode=0o644)
+    return {"method": stats.method, "layer": stats.layer, "file": path.name,
+            "sha256": hashlib.sha256(data).hexdigest(), "threshold": stats.threshold,
+            "percentile": stats.percentile, "threshold_fold": "val", "n_train": stats.n_train, "n_val": stats.n_val,
+            "n_features": stats.num_features, "n_classes": int(stats.means.shape[0]), "shrinkage": stats.shrinkage}
+
+
+def load_ood(sidecar: str | os.PathLike, entry: Mapping[str, Any] | None) -> OodStats | None:
+    """The OOD statistics named by a sidecar's ``ood`` entry (``None`` for none), verified against its SHA-256."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    if not entry:
+        return None
+    path = Path(sidecar).with_name(str(entry.get("file", "")))
+    if not entry.get("file") or not path.is_file():
+        raise ModelError(f"{Path(sidecar).name} names OOD statistics {path.name} but the file is missing: copy it "
+                         "next to the checkpoint, or refit with `pneumo ood fit`")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise ModelError(f"checksum mismatch for {path}: the OOD statistics are corrupted or were replaced; "
+                         "refit them with `pneumo ood fit`")
+    try:
+        tensors = load(data)
+        means, precision = tensors["means"], tensors["precision"]
+    except (SafetensorError, KeyError, ValueError) as exc:
+        raise ModelError(f"cannot read OOD statistics {path}: {exc}") from None
+    if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
+        raise ModelError(f"{path}: means {means.shape} and precision {precision.shape} do not fit together")
+    return OodStats(means=means, precision=precision, threshold=float(entry["threshold"]),
+                    percentile=float(entry.get("percentile", DEFAULT_PERCENTILE)), n_train=int(entry.get("n_train", 0)),
+                    n_val=int(entry.get("n_val", 0)), shrinkage=float(entry.get("shrinkage", 0.0)),
+                    method=entry.get("method", METHOD), layer=entry.get("layer", LAYER))

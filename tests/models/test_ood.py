@@ -1,0 +1,94 @@
+"""OOD statistics on generated features: fit, threshold on val, safetensors round trip, integrity checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.errors import ModelError
+from pneumo.models.ood import SUFFIX, fit_ood, load_ood, save_ood
+
+
+def gaussian_features(n: int, *, dim: int = 32, shift: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes of correlated Gaussian features (class means 2 apart on the first axis), optionally shifted."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).normal(size=(dim, dim)) / np.sqrt(dim)
+    y = rng.integers(0, 2, n)
+    f = rng.normal(size=(n, dim)) @ mix
+    f[:, 0] += 2.0 * y
+    return f + shift, y
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    f_train, y_train = gaussian_features(400, seed=1)
+    f_val, _ = gaussian_features(200, seed=2)
+    return fit_ood(f_train, y_train, f_val, percentile=99.0), f_val
+
+
+def test_threshold_is_the_stated_percentile_of_the_val_scores(fitted) -> None:
+    stats, f_val = fitted
+    assert stats.threshold == pytest.approx(np.percentile(stats.scores(f_val), 99.0))
+    assert stats.flags(stats.scores(f_val)).mean() == pytest.approx(0.01, abs=0.006)
+    assert (stats.n_train, stats.n_val, stats.percentile) == (400, 200, 99.0)
+
+
+def test_shifted_features_score_far_above_the_training_distribution(fitted) -> None:
+    stats, _ = fitted
+    fresh, _ = gaussian_features(200, seed=3)
+    shifted, _ = gaussian_features(200, shift=3.0, seed=3)
+    assert stats.flags(stats.scores(fresh)).mean() < 0.1
+    assert stats.flags(stats.scores(shifted)).mean() > 0.9
+    assert np.median(stats.scores(shifted)) > 2 * np.median(stats.scores(fresh))
+
+
+def test_non_finite_features_are_flagged(fitted) -> None:
+    stats, f_val = fitted
+    bad = f_val[:2].copy()
+    bad[0, 3], bad[1, 0] = np.nan, np.inf
+    assert stats.flags(stats.scores(bad)).all()
+
+
+def test_features_of_another_width_are_refused(fitted) -> None:
+    stats, _ = fitted
+    with pytest.raises(ModelError, match="expect"):
+        stats.scores(np.zeros((2, stats.num_features + 1)))
+
+
+def test_stats_round_trip_through_safetensors(fitted, tmp_path: Path) -> None:
+    stats, f_val = fitted
+    sidecar = tmp_path / "model.json"
+    entry = save_ood(sidecar, stats)
+    assert entry["file"] == "model" + SUFFIX and (tmp_path / entry["file"]).read_bytes()[:8] != b"\x80\x04"  # no pickle
+    sidecar.write_text(json.dumps({"ood": entry}))
+    loaded = load_ood(sidecar, json.loads(sidecar.read_text())["ood"])
+    assert loaded.threshold == stats.threshold and loaded.method == stats.method
+    np.testing.assert_allclose(loaded.scores(f_val), stats.scores(f_val), rtol=1e-4)
+
+
+def test_a_changed_stats_file_is_refused(fitted, tmp_path: Path) -> None:
+    stats, _ = fitted
+    sidecar = tmp_path / "model.json"
+    entry = save_ood(sidecar, stats)
+    path = tmp_path / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        load_ood(sidecar, entry)
+    path.unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_ood(sidecar, entry)
+
+
+def test_a_sidecar_without_ood_entry_has_no_stats(tmp_path: Path) -> None:
+    assert load_ood(tmp_path / "model.json", None) is None
+
+
+def test_percentiles_outside_the_sane_range_are_refused() -> None:
+    f, y = gaussian_features(50)
+    with pytest.raises(ModelError, match="percentile"):
+        fit_ood(f, y, f, percentile=100.0)

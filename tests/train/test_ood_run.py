@@ -1,0 +1,131 @@
+"""Out-of-distribution scores of a real (tiny) probe run on a slice of the data: fitted at training time, stored
+with the checkpoint, returned by both backends and `pneumo predict`, counted by `pneumo evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo.cli import main
+from pneumo.config import load_config
+from pneumo.infer.io import load_image_file
+from pneumo.infer.predictor import Predictor
+from pneumo.train.run import train
+
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "moon", "page", "text", "brick", "coins", "clock",
+          "grass", "gravel", "hubble_deep_field")
+
+
+def photo_grays() -> list[np.ndarray]:
+    """scikit-image's sample photographs and text scans as uint8 gray (none of them is a radiograph)."""
+    data = pytest.importorskip("skimage.data")
+    from skimage.color import rgb2gray
+    from skimage.util import img_as_ubyte
+
+    out = []
+    for name in PHOTOS:
+        image = getattr(data, name)()
+        out.append(img_as_ubyte(rgb2gray(image[..., :3])) if image.ndim == 3 else img_as_ubyte(image))
+    return out
+
+
+@pytest.fixture(scope="module")
+def probe_run(data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ood_run")
+    cfg = load_config("default", [f"data.root={data_slice}", f"out_dir={out / 'runs'}", f"data.cache_dir={out / 'cache'}",
+                                  "data.image_size=64", "data.val_fraction=0.3", "eval.n_bootstrap=50",
+                                  "train.batch_size=8", "train.amp=false", "name=probe"])
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def held_out_xrays(probe_run: Path, data_slice: Path) -> list[np.ndarray]:
+    """The run's test fold: patients it never saw in training or in choosing the threshold."""
+    folds = pd.read_csv(probe_run / "folds.csv", keep_default_na=False)
+    return [load_image_file(data_slice / p) for p in folds.loc[folds["fold"] == "test", "path"]]
+
+
+def test_training_records_the_ood_statistics_with_the_checkpoint(probe_run: Path) -> None:
+    meta = json.loads((probe_run / "model.json").read_text())
+    folds = pd.read_csv(probe_run / "folds.csv")
+    ood = meta["ood"]
+    assert ood["method"] == "mahalanobis-tied" and ood["layer"] == "forward_features"
+    assert ood["n_train"] == int((folds["fold"] == "train").sum()) and ood["n_val"] == int((folds["fold"] == "val").sum())
+    assert ood["threshold_fold"] == "val" and ood["percentile"] == 99.5 and ood["threshold"] > 0
+    assert (probe_run / ood["file"]).is_file() and ood["file"] == "model.ood.safetensors"
+
+
+def test_held_out_xrays_are_flagged_far_less_often_than_photos(probe_run: Path,
+                                                               held_out_xrays: list[np.ndarray]) -> None:
+    predictor = Predictor(probe_run, backend="torch", threads=2)
+    xrays, photos = predictor.predict(held_out_xrays), predictor.predict(photo_grays())
+    share_xrays = np.mean([r.ood for r in xrays])
+    share_photos = np.mean([r.ood for r in photos])
+    assert share_photos >= share_xrays + 0.5, (share_xrays, share_photos)
+    assert np.median([r.ood_score for r in photos]) > np.median([r.ood_score for r in xrays])
+
+
+def test_onnx_and_torch_backends_give_the_same_ood_scores(probe_run: Path, held_out_xrays: list[np.ndarray],
+                                                          cache_dir: Path, tmp_path: Path) -> None:
+    from pneumo.infer.export import export_onnx
+
+    torch_backend = Predictor(probe_run, backend="torch", threads=2)
+    onnx_backend = Predictor(probe_run, backend="onnx", threads=2)  # the cached export
+    exported = Predictor(export_onnx(probe_run, tmp_path / "export"), backend="onnx", threads=2)  # a copied model
+    images = held_out_xrays[:8] + photo_grays()[:4]
+    reference = [r.ood_score for r in torch_backend.predict(images)]
+    for other in (onnx_backend, exported):
+        np.testing.assert_allclose([r.ood_score for r in other.predict(images)], reference, rtol=2e-3)
+
+
+def test_predict_writes_the_ood_score_and_flag(probe_run: Path, data_slice: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from skimage import data
+    from skimage.io import imsave
+
+    photo = tmp_path / "astronaut.png"
+    imsave(photo, data.astronaut())
+    xray = next((data_slice / "test" / "NORMAL").glob("*.jpeg"))
+    assert main(["predict", str(xray), str(photo), "--model", str(probe_run), "--backend", "torch",
+                 "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(isinstance(r["ood_score"], float) and isinstance(r["ood"], bool) for r in rows)
+    assert rows[1]["ood"] is True and rows[1]["ood_score"] > rows[0]["ood_score"]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(photo), "--model", str(probe_run), "--backend", "torch", "--out", str(out)]) == 0
+    assert pd.read_csv(out)[["ood_score", "ood"]].iloc[0].tolist() == [pytest.approx(rows[1]["ood_score"], 1e-3), True]
+
+
+def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) -> None:
+    from pneumo.evaluate.runner import evaluate_run, load_run
+    from pneumo.train.run import image_cache
+
+    result = evaluate_run(probe_run, analysis=False)
+    cfg, folds = load_run(probe_run)
+    test_images = image_cache(cfg, folds).images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
+    flagged = sum(r.ood for r in Predictor(probe_run, backend="torch", threads=2).predict_prepared(test_images))
+    assert result["ood"]["n"] == len(test_images) == 36
+    assert result["ood"]["n_flagged"] == flagged  # same images, same statistics, same answer
+    assert json.loads((probe_run / "metrics.json").read_text())["ood"]["n_flagged"] == flagged
+    assert "out-of-distribution flags on test" in (probe_run / "report.html").read_text()
+    assert "ood" in json.loads((probe_run / "model.json").read_text())  # evaluation keeps the entry
+
+
+def test_refitting_an_existing_run_rebuilds_the_same_split_and_statistics(probe_run: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    before = json.loads((probe_run / "model.json").read_text())
+    assert main(["ood", "fit", str(probe_run)]) == 0
+    assert "val percentile 99.5" in capsys.readouterr().out
+    after = json.loads((probe_run / "model.json").read_text())
+    assert after["ood"]["threshold"] == pytest.approx(before["ood"]["threshold"], rel=1e-5)
+    assert after["ood"]["n_train"] == before["ood"]["n_train"] and after["sha256"] == before["sha256"]
+
+
+def test_refitting_refuses_a_dataset_whose_split_differs(probe_run: Path, full_data: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    assert main(["ood", "fit", str(probe_run), "--data", str(full_data)]) == 2
+    assert "differs" in capsys.readouterr().err
