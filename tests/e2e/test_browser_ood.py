@@ -1,0 +1,74 @@
+"""The page's out-of-distribution warning in a real browser (Debian's Chromium via Playwright), with the shipped
+default model and its OOD statistics: shown for a photograph, gone again for the X-ray analysed next."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def page_url() -> Iterator[str]:
+    """uvicorn in a thread serving the shipped default model (PyTorch backend: no export needed)."""
+    import uvicorn
+
+    from pneumo.config import ServeConfig
+    from pneumo.infer.predictor import Predictor
+    from pneumo.serve.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = create_app(ServeConfig(port=port), Predictor(None, backend="torch", threads=2))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture()
+def page(page_url: str) -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(page_url)
+        yield page
+        browser.close()
+
+
+def test_a_photo_gets_the_warning_and_the_next_xray_does_not(page, full_data: Path, tmp_path: Path) -> None:
+    from skimage import data
+    from skimage.io import imsave
+
+    photo = tmp_path / "chelsea.png"
+    imsave(photo, data.chelsea())
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#ood-warning:not([hidden])")
+    assert "Outside what this model was trained on — don't trust the label" in page.inner_text("#ood-warning")
+    assert "distance" in page.inner_text("#ood-detail") and "limit" in page.inner_text("#ood-detail")
+    page.set_input_files("#file", str(min((full_data / "test" / "NORMAL").glob("*.jpeg"))))
+    page.wait_for_selector("#ood-warning[hidden]", state="attached")
+    assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
