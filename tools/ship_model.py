@@ -76,6 +76,7 @@ def card(meta: dict, metrics: dict, command: str) -> tuple[str, dict]:
 | command | `{command}` |
 | commit | {meta.get('commit')} |
 | trained on | {info['training_device']} in {info['training_wall_time_s']} s |
+| out-of-distribution flag | Mahalanobis distance of the pooled features to the training features (class means, shared Ledoit-Wolf covariance); flagged above the 99.5th percentile of the validation scores (`default-model.ood.safetensors`, refit with `pneumo ood fit`) |
 
 ## Test metrics (official 624-image test split, 95 % bootstrap CI, 1,000 resamples)
 
