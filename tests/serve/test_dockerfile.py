@@ -97,7 +97,8 @@ def test_wheel_built_from_the_docker_context_ships_what_the_service_needs(tmp_pa
         scripts.read_string(archive.read(entry_points).decode("utf-8"))
     package = REPO / "src" / "pneumo"
     needed = {
-        "default model": [package / "assets" / f"default-model.{ext}" for ext in ("safetensors", "json", "md")],
+        "default model": [package / "assets" / f"default-model.{ext}"
+                          for ext in ("safetensors", "json", "md", "ood.safetensors")],
         "web page": sorted(p for p in (package / "serve" / "static").rglob("*") if p.is_file()),
         "config presets": sorted((package / "configs").glob("*.yaml")),
         "modules": sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts),
