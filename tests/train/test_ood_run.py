@@ -101,8 +101,8 @@ def test_predict_writes_the_ood_score_and_flag(probe_run: Path, data_slice: Path
 
 
 def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) -> None:
+    from pneumo.data.cache import image_cache
     from pneumo.evaluate.runner import evaluate_run, load_run
-    from pneumo.train.run import image_cache
 
     result = evaluate_run(probe_run, analysis=False)
     cfg, folds = load_run(probe_run)

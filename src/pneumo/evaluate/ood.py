@@ -19,14 +19,15 @@ import pandas as pd
 import torch
 
 from pneumo.config import from_dict
+from pneumo.data.cache import image_cache
 from pneumo.data.manifest import resolve_root
+from pneumo.data.splits import folds_for
 from pneumo.errors import ConfigError, ModelError
 from pneumo.models.ood import DEFAULT_PERCENTILE, load_ood
 from pneumo.models.runtime import select_device
 from pneumo.models.sidecar import read_meta
 from pneumo.train.ood import fit_trained_ood
 from pneumo.train.probe import extract_features
-from pneumo.train.run import folds_for, image_cache
 
 
 def summarize_test_ood(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Module, images: np.ndarray,
