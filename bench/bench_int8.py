@@ -18,8 +18,8 @@ import numpy as np
 from common import record
 from sklearn.metrics import roc_auc_score
 
+from pneumo.data.decode import load_image_file
 from pneumo.infer.export import export_onnx
-from pneumo.infer.io import load_image_file
 from pneumo.infer.predictor import Predictor, resolve_model
 
 

@@ -26,8 +26,8 @@ from common import record
 from PIL import Image
 from torchvision import transforms
 
+from pneumo.data.decode import load_image_file
 from pneumo.infer.batch import predict_files
-from pneumo.infer.io import load_image_file
 from pneumo.infer.predictor import Predictor, resolve_model
 
 

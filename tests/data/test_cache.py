@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from pneumo.data.cache import build_cache
+from pneumo.data.decode import load_image
 from pneumo.data.manifest import scan_dataset
-from pneumo.data.preprocess import decode_gray, letterbox_box, resize_gray
+from pneumo.data.preprocess import letterbox_box, resize_gray
 
 
 def test_cache_is_built_once_and_reopened_memory_mapped(data_slice: Path, cache_dir: Path) -> None:
@@ -28,7 +29,7 @@ def test_cache_matches_decoding_each_image_directly(data_slice: Path, cache_dir:
     cache = build_cache(df, data_slice, size=96, policy="letterbox", cache_dir=cache_dir, progress=False, workers=2)
     for i in (0, len(df) // 2, len(df) - 1):
         raw = (data_slice / df["path"].iloc[i]).read_bytes()
-        expected = resize_gray(decode_gray(raw, target=96), size=96, policy="letterbox")
+        expected = resize_gray(load_image(raw, target=96), size=96, policy="letterbox")
         assert np.array_equal(cache.images[i], expected)
 
 
@@ -54,9 +55,9 @@ def test_letterbox_keeps_the_aspect_ratio_and_pads_black() -> None:
 def test_large_jpegs_are_decoded_at_a_reduced_scale() -> None:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1600, 2000), dtype=np.uint8)).save(buf, "JPEG")
-    small = decode_gray(buf.getvalue(), target=224)
+    small = load_image(buf.getvalue(), target=224)
     assert small.shape == (800, 1000)  # 1/2 scale keeps the short side >= 2 x 224
-    assert decode_gray(buf.getvalue()).shape == (1600, 2000)
+    assert load_image(buf.getvalue()).shape == (1600, 2000)
 
 
 def test_rows_for_follows_the_order_of_the_frame_given(data_slice: Path, cache_dir: Path) -> None:

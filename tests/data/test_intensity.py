@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.data.preprocess import INTENSITY_METHODS, apply_intensity, decode_gray, prepare
+from pneumo.data.decode import load_image
+from pneumo.data.preprocess import INTENSITY_METHODS, apply_intensity, prepare
 from pneumo.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def xray(full_data: Path) -> np.ndarray:
     path = min((full_data / "test" / "NORMAL").glob("*.jpeg"))
-    return prepare(decode_gray(path.read_bytes()), size=224)
+    return prepare(load_image(path.read_bytes()), size=224)
 
 
 def test_standardize_gives_every_image_the_same_mean_and_spread(xray: np.ndarray) -> None:

@@ -112,7 +112,7 @@ def test_dicom_upload_is_shown_from_the_server_rendered_preview(page, full_data:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from pneumo.infer.io import load_image
+    from pneumo.data.decode import load_image
 
     gray = load_image(xray_path(full_data).read_bytes())
     ds = Dataset()

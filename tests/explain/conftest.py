@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pneumo.data.preprocess import decode_gray
+from pneumo.data.decode import load_image
 from pneumo.infer.predictor import Predictor
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
@@ -86,4 +86,4 @@ def real_paths(full_data: Path, test_manifest: pd.DataFrame) -> list[Path]:
 @pytest.fixture(scope="session")
 def real_grays(real_paths: list[Path]) -> list[np.ndarray]:
     """``real_paths`` decoded at their stored resolution."""
-    return [decode_gray(p.read_bytes()) for p in real_paths]
+    return [load_image(p.read_bytes()) for p in real_paths]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pneumo.data.preprocess import decode_gray, prepare
+from pneumo.data.decode import load_image
+from pneumo.data.preprocess import prepare
 from pneumo.errors import ConfigError
 from pneumo.explain.analysis import analysis_sections
 from pneumo.explain.filters import activations_figure, confident_errors, filters_figure
@@ -23,7 +24,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def test_set(full_data: Path, pick: Callable[..., list[str]]) -> dict:
     paths = pick(split="test", per_class=12)
-    images = np.stack([prepare(decode_gray((full_data / p).read_bytes(), target=SIZE), size=SIZE) for p in paths])
+    images = np.stack([prepare(load_image((full_data / p).read_bytes(), target=SIZE), size=SIZE) for p in paths])
     subtypes = ["normal" if "NORMAL" in p else ("virus" if "virus" in p else "bacteria") for p in paths]
     return {"images": images, "y": np.repeat([0, 1], 12), "subtypes": subtypes}
 

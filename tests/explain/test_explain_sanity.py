@@ -19,7 +19,8 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 
-from pneumo.data.preprocess import decode_gray, prepare
+from pneumo.data.decode import load_image
+from pneumo.data.preprocess import prepare
 from pneumo.explain.cam import cam_maps
 from pneumo.explain.embeddings import model_features
 from pneumo.models import PneumoNet, create
@@ -28,7 +29,7 @@ SIZE = 224
 
 
 def _load(root: Path, paths: list[str]) -> np.ndarray:
-    return np.stack([prepare(decode_gray((root / p).read_bytes(), target=SIZE), size=SIZE) for p in paths])
+    return np.stack([prepare(load_image((root / p).read_bytes(), target=SIZE), size=SIZE) for p in paths])
 
 
 def _rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,9 +1,10 @@
 """A corpus of hostile and odd user inputs, generated in code (no external files).
 
 ``build_corpus(directory)`` writes every case and returns `CorpusCase` records saying what `load_image` must do with
-it: ``expect == "ok"`` -> a uint8 gray array of ``shape`` (H, W); ``expect == "error"`` -> `InputError`. The CLI and
-service tests reuse it: iterate the cases, feed ``case.path`` (or its bytes, uploaded as ``case.upload_name``) and
-check ok/error. Cases that need an encoder this machine lacks are left out of the returned list.
+it: ``expect == "ok"`` -> a uint8 gray array of ``shape`` (H, W); ``expect == "error"`` -> `InputError`;
+``expect == "refused"`` -> decodes to ``shape``, but the input gate (`check_radiograph`) refuses it. The CLI and service
+tests reuse it: iterate the cases, feed ``case.path`` (or its bytes, uploaded as ``case.upload_name``) and check
+ok/error/refused. Cases that need an encoder this machine lacks are left out of the returned list.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ class CorpusCase:
     Attributes:
         name: stable identifier (used as the pytest id).
         path: the file on disk.
-        expect: "ok" or "error".
+        expect: "ok", "error" or "refused" (decodes; the input gate refuses it).
         reason: why, in a few words.
-        shape: (H, W) of the decoded array for "ok" cases.
+        shape: (H, W) of the decoded array for "ok" and "refused" cases.
         upload_name: the file name to present on upload (may hold path separators or control characters).
     """
 
@@ -127,22 +128,41 @@ def dicom_bytes(pixels: np.ndarray | None, *, photometric: str = "MONOCHROME2", 
 
 
 def _exif_rotated_jpeg() -> bytes:
-    """Stored 64 wide x 40 high, EXIF orientation 6 (rotate 90 deg clockwise to display): shown 40 wide x 64 high,
+    """Stored 128 wide x 80 high, EXIF orientation 6 (rotate 90 deg clockwise to display): shown 80 wide x 128 high,
     the bright top-left block of the stored image ends up top-right."""
     exif = Image.Exif()
     exif[0x0112] = 6
-    return pil_bytes(Image.fromarray(gradient(40, 64)), "JPEG", quality=95, exif=exif.tobytes())
+    return pil_bytes(Image.fromarray(gradient(80, 128)), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def _jpeg_truncated_giant() -> bytes:
+    """A 16 x 16 JPEG whose frame header is patched to say 7000 x 7000: decoders fill the missing rest flat."""
+    data = bytearray(pil_bytes(Image.fromarray(gradient(16, 16)), "JPEG", quality=90))
+    at = data.index(b"\xff\xc0")
+    data[at + 5 : at + 9] = struct.pack(">HH", 7000, 7000)
+    return bytes(data)
+
+
+def _png_constant() -> bytes:
+    noise = np.random.default_rng(2).integers(-2, 3, (256, 256))
+    return _png(Image.fromarray((128 + noise).astype(np.uint8)))
+
+
+def _png_small_on_canvas() -> bytes:
+    canvas = np.zeros((512, 512), np.uint8)
+    canvas[224:288, 224:288] = gradient(64, 64)
+    return _png(Image.fromarray(canvas))
 
 
 def _cmyk_jpeg() -> bytes:
-    return pil_bytes(Image.fromarray(gradient(32, 48)).convert("RGB").convert("CMYK"), "JPEG", quality=90)
+    return pil_bytes(Image.fromarray(gradient(96, 144)).convert("RGB").convert("CMYK"), "JPEG", quality=90)
 
 
 def _icc_jpeg() -> bytes:
     from PIL import ImageCms
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    return pil_bytes(Image.fromarray(gradient(32, 48)).convert("RGB"), "JPEG", quality=90, icc_profile=icc)
+    return pil_bytes(Image.fromarray(gradient(96, 144)).convert("RGB"), "JPEG", quality=90, icc_profile=icc)
 
 
 def _jpeg_garbage_after_header() -> bytes:
@@ -156,7 +176,7 @@ def _png(img: Image.Image, **save: object) -> bytes:
 
 
 def _png_bad_crc(chunk: bytes) -> bytes:
-    data = bytearray(_png(Image.fromarray(gradient(24, 32))))
+    data = bytearray(_png(Image.fromarray(gradient(72, 96))))
     at = data.index(chunk)
     length = struct.unpack(">I", data[at - 4 : at])[0]
     data[at + 4 + length] ^= 0x01  # first byte of the chunk's CRC
@@ -164,21 +184,27 @@ def _png_bad_crc(chunk: bytes) -> bytes:
 
 
 def _png_16bit() -> bytes:
-    return _png(Image.fromarray((gradient(24, 32).astype(np.uint16) * 64 + 1000).astype(np.uint16)))
+    return _png(Image.fromarray((gradient(72, 96).astype(np.uint16) * 64 + 1000).astype(np.uint16)))
+
+
+def _alpha_parts() -> tuple[np.ndarray, np.ndarray]:
+    """Gray 200 with a brighter block in the middle rows and columns, and alpha rising from 0 (left) to 255 (right)."""
+    gray = np.full((72, 96), 200, np.uint8)
+    gray[16:56, 16:88] = 255
+    return gray, np.tile(np.linspace(0, 255, 96).astype(np.uint8), (72, 1))
 
 
 def _png_rgba() -> bytes:
-    rgba = np.dstack([np.full((24, 32), 200, np.uint8)] * 3 + [np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (24, 1))])
-    return _png(Image.fromarray(rgba, "RGBA"))
+    gray, alpha = _alpha_parts()
+    return _png(Image.fromarray(np.dstack([gray] * 3 + [alpha]), "RGBA"))
 
 
 def _png_la() -> bytes:
-    la = np.dstack([np.full((24, 32), 200, np.uint8), np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (24, 1))])
-    return _png(Image.fromarray(la, "LA"))
+    return _png(Image.fromarray(np.dstack(_alpha_parts()), "LA"))
 
 
 def _png_palette() -> bytes:
-    img = Image.fromarray(gradient(24, 32)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    img = Image.fromarray(gradient(72, 96)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     return _png(img, transparency=0)
 
 
@@ -201,7 +227,7 @@ def _png_text_bomb() -> bytes:
 
 
 def _frames(n: int) -> list[Image.Image]:
-    return [Image.fromarray(np.roll(gradient(24, 32), 7 * i, axis=1)) for i in range(n)]
+    return [Image.fromarray(np.roll(gradient(72, 96), 7 * i, axis=1)) for i in range(n)]
 
 
 def _animated(fmt: str, **save: object) -> bytes:
@@ -229,9 +255,8 @@ def _zip() -> bytes:
 
 
 def _dicom_windowed() -> bytes:
-    """12-bit stored 0..4095, modality = 2 * stored - 1024 (-1024..7166), window centre 1000, width 2000."""
-    stored = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (16, 1))
-    return dicom_bytes(stored, bits_stored=12, RescaleSlope="2", RescaleIntercept="-1024", WindowCenter="1000",
+    """12-bit stored (`WINDOWED_STORED`), modality = 2 * stored - 1024, window centre 1000, width 2000."""
+    return dicom_bytes(WINDOWED_STORED, bits_stored=12, RescaleSlope="2", RescaleIntercept="-1024", WindowCenter="1000",
                        WindowWidth="2000")
 
 
@@ -242,7 +267,7 @@ def _dicom_rle() -> bytes | None:
 
     if not get_encoder(RLELossless).is_available:
         return None
-    ds = dcmread(io.BytesIO(dicom_bytes((gradient(24, 32).astype(np.uint16) * 16), bits_stored=12)))
+    ds = dcmread(io.BytesIO(dicom_bytes((gradient(72, 96).astype(np.uint16) * 16), bits_stored=12)))
     ds.compress(RLELossless, generate_instance_uid=False)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -253,10 +278,10 @@ def _dicom_encapsulated(fmt: str, transfer_syntax: str, **save: object) -> bytes
     from pydicom.encaps import encapsulate
 
     try:
-        frame = pil_bytes(Image.fromarray(gradient(24, 32)), fmt, **save)
+        frame = pil_bytes(Image.fromarray(gradient(72, 96)), fmt, **save)
     except (OSError, KeyError):  # Pillow built without this encoder
         return None
-    return dicom_bytes(gradient(24, 32), transfer_syntax=transfer_syntax, pixel_data=encapsulate([frame]))
+    return dicom_bytes(gradient(72, 96), transfer_syntax=transfer_syntax, pixel_data=encapsulate([frame]))
 
 
 def _dicom_no_decoder() -> bytes:
@@ -265,27 +290,29 @@ def _dicom_no_decoder() -> bytes:
     from pydicom.uid import JPEGLSLossless
 
     frame = b"\xff\xd8\xff\xf7" + bytes(range(256)) * 4 + b"\xff\xd9"
-    return dicom_bytes(gradient(24, 32), transfer_syntax=JPEGLSLossless, pixel_data=encapsulate([frame]))
+    return dicom_bytes(gradient(72, 96), transfer_syntax=JPEGLSLossless, pixel_data=encapsulate([frame]))
 
 
 def _dicom_deflated() -> bytes:
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    return dicom_bytes(gradient(24, 32), transfer_syntax=DeflatedExplicitVRLittleEndian)
+    return dicom_bytes(gradient(72, 96), transfer_syntax=DeflatedExplicitVRLittleEndian)
 
 
 def _dicom_1bit() -> bytes:
     from pydicom.pixels import pack_bits
 
-    bits = (gradient(24, 32) > 127).astype(np.uint8)
+    bits = (gradient(72, 96) > 127).astype(np.uint8)
     return dicom_bytes(bits, pixel_data=pack_bits(bits), BitsAllocated=1, BitsStored=1, HighBit=0)
 
 
 def _dicom_8bit() -> bytes:
-    return dicom_bytes(gradient(24, 32))
+    return dicom_bytes(gradient(72, 96))
 
 
-_SIGNED = (np.tile(np.linspace(-2000, 3000, 32), (24, 1))).astype(np.int16)
+_SIGNED = np.add.outer(np.linspace(0, 500, 72), np.linspace(-2000, 2500, 96)).astype(np.int16)
+# stored values of the windowed DICOM: rising along each row (0..1980), a little down each column
+WINDOWED_STORED = np.add.outer(np.arange(96) * 4, np.linspace(0, 1600, 256)).astype(np.uint16)
 _ODD_DISK_NAME = os.fsdecode(b"odd\\name \n\xff.jpg")  # backslash, newline and a non-UTF-8 byte
 ODD_UPLOAD_NAME = "../..\\etc/pass\u202ewd\r\nx.jpg"  # separators, right-to-left override, CR LF
 
@@ -311,25 +338,34 @@ SPECS: list[_Spec] = [
     ("jpeg_garbage_after_header", "garbled.jpg", "error", "valid headers, random scan data",
      _jpeg_garbage_after_header, None, ""),
     ("jpeg_trailing_garbage", "trailing.jpg", "ok", "bytes after EOI are ignored by JPEG decoders",
-     lambda: jpeg_bytes() + b"GARBAGE" * 100, (48, 64), ""),
-    ("jpeg_cmyk", "cmyk.jpg", "ok", "CMYK JPEG converts to gray", _cmyk_jpeg, (32, 48), ""),
-    ("jpeg_exif_rotated", "rotated.jpg", "ok", "EXIF orientation 6 is applied", _exif_rotated_jpeg, (64, 40), ""),
-    ("jpeg_icc_profile", "icc.jpg", "ok", "an embedded ICC profile is ignored", _icc_jpeg, (32, 48), ""),
-    ("jpeg_1x1", "tiny.jpg", "ok", "a 1 x 1 image", lambda: jpeg_bytes(1, 1), (1, 1), ""),
-    ("odd_file_name", _ODD_DISK_NAME, "ok", "odd characters in the name do not matter", jpeg_bytes, (48, 64),
+     lambda: jpeg_bytes(96, 128) + b"GARBAGE" * 100, (96, 128), ""),
+    ("jpeg_cmyk", "cmyk.jpg", "ok", "CMYK JPEG converts to gray", _cmyk_jpeg, (96, 144), ""),
+    ("jpeg_exif_rotated", "rotated.jpg", "ok", "EXIF orientation 6 is applied", _exif_rotated_jpeg, (128, 80), ""),
+    ("jpeg_icc_profile", "icc.jpg", "ok", "an embedded ICC profile is ignored", _icc_jpeg, (96, 144), ""),
+    ("jpeg_1x1", "tiny.jpg", "refused", "a 1 x 1 image", lambda: jpeg_bytes(1, 1), (1, 1), ""),
+    ("png_strip", "strip.png", "refused", "a 50000 x 1 strip", lambda: _png(Image.fromarray(gradient(1, 50_000))),
+     (1, 50_000), ""),
+    ("png_wide", "wide.png", "refused", "aspect ratio 5:1", lambda: _png(Image.fromarray(gradient(100, 500))),
+     (100, 500), ""),
+    ("png_constant", "blank.png", "refused", "one gray level with faint noise", _png_constant, (256, 256), ""),
+    ("png_small_on_canvas", "canvas.png", "refused", "a 64 x 64 picture on a black 512 x 512 canvas",
+     _png_small_on_canvas, (512, 512), ""),
+    ("jpeg_truncated_giant", "giant.jpg", "refused", "header says 7000 x 7000, the data hold 16 x 16",
+     _jpeg_truncated_giant, (7000, 7000), ""),
+    ("odd_file_name", _ODD_DISK_NAME, "ok", "odd characters in the name do not matter", lambda: jpeg_bytes(96, 128), (96, 128),
      ODD_UPLOAD_NAME),
     ("png_bad_ihdr_crc", "badcrc.png", "error", "IHDR CRC mismatch", lambda: _png_bad_crc(b"IHDR"), None, ""),
     ("png_bad_idat_crc", "badidatcrc.png", "ok",
      "Pillow does not verify IDAT CRCs; zlib's own checksum still guards the pixels", lambda: _png_bad_crc(b"IDAT"),
-     (24, 32), ""),
+     (72, 96), ""),
     ("png_truncated", "cut.png", "error", "PNG cut inside IDAT",
-     lambda: _png(Image.fromarray(gradient(24, 32)))[:-30], None, ""),
-    ("png_16bit", "deep.png", "ok", "16-bit gray scaled by its own min..max", _png_16bit, (24, 32), ""),
-    ("png_rgba", "rgba.png", "ok", "alpha composited onto black", _png_rgba, (24, 32), ""),
-    ("png_la", "la.png", "ok", "gray + alpha composited onto black", _png_la, (24, 32), ""),
-    ("png_palette", "palette.png", "ok", "palette with a transparent entry", _png_palette, (24, 32), ""),
-    ("png_1bit", "bilevel.png", "ok", "1-bit image", lambda: _png(Image.fromarray(gradient(24, 32)).convert("1")),
-     (24, 32), ""),
+     lambda: _png(Image.fromarray(gradient(72, 96)))[:-30], None, ""),
+    ("png_16bit", "deep.png", "ok", "16-bit gray scaled by its own min..max", _png_16bit, (72, 96), ""),
+    ("png_rgba", "rgba.png", "ok", "alpha composited onto black", _png_rgba, (72, 96), ""),
+    ("png_la", "la.png", "ok", "gray + alpha composited onto black", _png_la, (72, 96), ""),
+    ("png_palette", "palette.png", "ok", "palette with a transparent entry", _png_palette, (72, 96), ""),
+    ("png_1bit", "bilevel.png", "ok", "1-bit image", lambda: _png(Image.fromarray(gradient(72, 96)).convert("1")),
+     (72, 96), ""),
     ("png_bomb", "bomb.png", "error", "30000 x 30000 decompression bomb", _png_bomb, None, ""),
     ("png_forged_ihdr", "forged.png", "error", "IHDR claims 6000 x 6000, data holds a few bytes",
      lambda: png_by_hand(6000, 6000, zlib.compress(b"\x00" * 16)), None, ""),
@@ -337,40 +373,40 @@ SPECS: list[_Spec] = [
     ("png_text_bomb", "textbomb.png", "error", "80 MB of zTXt chunks", _png_text_bomb, None, ""),
     ("png_animated", "anim.png", "error", "APNG with 3 frames", lambda: _animated("PNG"), None, ""),
     ("gif_palette", "still.gif", "ok", "single-frame palette GIF",
-     lambda: pil_bytes(Image.fromarray(gradient(24, 32)).convert("P"), "GIF"), (24, 32), ""),
+     lambda: pil_bytes(Image.fromarray(gradient(72, 96)).convert("P"), "GIF"), (72, 96), ""),
     ("gif_animated", "anim.gif", "error", "animated GIF", lambda: _animated("GIF"), None, ""),
-    ("bmp", "scan.bmp", "ok", "BMP", lambda: pil_bytes(Image.fromarray(gradient(24, 32)), "BMP"), (24, 32), ""),
+    ("bmp", "scan.bmp", "ok", "BMP", lambda: pil_bytes(Image.fromarray(gradient(72, 96)), "BMP"), (72, 96), ""),
     ("webp", "scan.webp", "ok", "lossless WebP",
-     lambda: pil_bytes(Image.fromarray(gradient(24, 32)), "WEBP", lossless=True), (24, 32), ""),
+     lambda: pil_bytes(Image.fromarray(gradient(72, 96)), "WEBP", lossless=True), (72, 96), ""),
     ("webp_animated", "anim.webp", "error", "animated WebP", lambda: _animated("WEBP", lossless=True), None, ""),
     ("tiff_float", "float.tif", "ok", "32-bit float TIFF scaled by min..max",
-     lambda: pil_bytes(Image.fromarray(gradient(24, 32).astype(np.float32) / 7.0 - 3.0, "F"), "TIFF"), (24, 32), ""),
+     lambda: pil_bytes(Image.fromarray(gradient(72, 96).astype(np.float32) / 7.0 - 3.0, "F"), "TIFF"), (72, 96), ""),
     ("tiff_huge_header", "huge.tif", "error", "TIFF header declares 100000 x 100000", _tiff_huge_header, None, ""),
     ("tiff_multipage", "pages.tif", "error", "3-page TIFF", lambda: _animated("TIFF"), None, ""),
-    ("dicom_8bit", "ct.dcm", "ok", "8-bit MONOCHROME2 kept as stored", _dicom_8bit, (24, 32), ""),
-    ("dicom_1bit", "bits.dcm", "ok", "1-bit DICOM stretched to 0/255", _dicom_1bit, (24, 32), ""),
-    ("dicom_as_png", "really_dicom.png", "ok", "DICOM content with a .png name", _dicom_8bit, (24, 32), ""),
+    ("dicom_8bit", "ct.dcm", "ok", "8-bit MONOCHROME2 kept as stored", _dicom_8bit, (72, 96), ""),
+    ("dicom_1bit", "bits.dcm", "ok", "1-bit DICOM stretched to 0/255", _dicom_1bit, (72, 96), ""),
+    ("dicom_as_png", "really_dicom.png", "ok", "DICOM content with a .png name", _dicom_8bit, (72, 96), ""),
     ("dicom_monochrome1", "mono1.dcm", "ok", "MONOCHROME1 is inverted",
-     lambda: dicom_bytes(gradient(24, 32), photometric="MONOCHROME1"), (24, 32), ""),
+     lambda: dicom_bytes(gradient(72, 96), photometric="MONOCHROME1"), (72, 96), ""),
     ("dicom_windowed_16bit", "windowed.dcm", "ok", "rescale slope/intercept then window centre/width",
-     _dicom_windowed, (16, 64), ""),
+     _dicom_windowed, (96, 256), ""),
     ("dicom_signed_16bit", "signed.dcm", "ok", "signed 16-bit, no window: min..max",
-     lambda: dicom_bytes(_SIGNED), (24, 32), ""),
+     lambda: dicom_bytes(_SIGNED), (72, 96), ""),
     ("dicom_zero_window_width", "badwindow.dcm", "ok", "unusable window width 0 falls back to min..max",
-     lambda: dicom_bytes(_SIGNED, WindowCenter="0", WindowWidth="0"), (24, 32), ""),
+     lambda: dicom_bytes(_SIGNED, WindowCenter="0", WindowWidth="0"), (72, 96), ""),
     ("dicom_rgb", "color.dcm", "ok", "RGB DICOM converted to luma",
-     lambda: dicom_bytes(np.dstack([gradient(24, 32)] * 3), photometric="RGB"), (24, 32), ""),
-    ("dicom_rle", "rle.dcm", "ok", "RLE Lossless decodes natively", _dicom_rle, (24, 32), ""),
-    ("dicom_deflated", "deflated.dcm", "ok", "Deflated Explicit VR decodes natively", _dicom_deflated, (24, 32), ""),
+     lambda: dicom_bytes(np.dstack([gradient(72, 96)] * 3), photometric="RGB"), (72, 96), ""),
+    ("dicom_rle", "rle.dcm", "ok", "RLE Lossless decodes natively", _dicom_rle, (72, 96), ""),
+    ("dicom_deflated", "deflated.dcm", "ok", "Deflated Explicit VR decodes natively", _dicom_deflated, (72, 96), ""),
     ("dicom_jpeg_baseline", "jpeg.dcm", "ok", "JPEG Baseline through Pillow",
-     lambda: _dicom_encapsulated("JPEG", "1.2.840.10008.1.2.4.50", quality=95), (24, 32), ""),
+     lambda: _dicom_encapsulated("JPEG", "1.2.840.10008.1.2.4.50", quality=95), (72, 96), ""),
     ("dicom_jpeg2000", "j2k.dcm", "ok", "JPEG 2000 Lossless through Pillow/OpenJPEG",
      lambda: _dicom_encapsulated("JPEG2000", "1.2.840.10008.1.2.4.90", no_jp2=True, irreversible=False),
-     (24, 32), ""),
+     (72, 96), ""),
     ("dicom_no_decoder", "jpegls.dcm", "error", "JPEG-LS with no decoder installed", _dicom_no_decoder, None, ""),
     ("dicom_no_pixels", "report.dcm", "error", "DICOM without pixel data", lambda: dicom_bytes(None), None, ""),
     ("dicom_multiframe", "cine.dcm", "error", "two frames",
-     lambda: dicom_bytes(np.stack([gradient(24, 32)] * 2), frames=2), None, ""),
+     lambda: dicom_bytes(np.stack([gradient(72, 96)] * 2), frames=2), None, ""),
     ("dicom_truncated", "cut.dcm", "error", "pixel data cut short", lambda: _dicom_8bit()[:-100], None, ""),
     ("dicom_huge_dimensions", "huge.dcm", "error", "Rows x Columns = 60000 x 60000",
      lambda: dicom_bytes(gradient(4, 4), Rows=60_000, Columns=60_000), None, ""),

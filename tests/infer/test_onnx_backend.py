@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pneumo.data.preprocess import decode_gray
+from pneumo.data.decode import load_image
 from pneumo.errors import ModelError
 from pneumo.infer import export
 from pneumo.infer.export import cached_onnx, export_onnx
@@ -21,7 +21,7 @@ from pneumo.infer.predictor import Predictor, resolve_model
 def test_grays(full_data: Path) -> list[np.ndarray]:
     """Eight real test radiographs (4 normal, 4 pneumonia) at their stored resolution."""
     paths = [p for sub in ("NORMAL", "PNEUMONIA") for p in sorted((full_data / "test" / sub).glob("*.jpeg"))[:4]]
-    return [decode_gray(p.read_bytes()) for p in paths]
+    return [load_image(p.read_bytes()) for p in paths]
 
 
 def _p(predictor: Predictor, grays: list[np.ndarray]) -> np.ndarray:

@@ -46,7 +46,7 @@ def test_predictions_match_the_predictor_on_the_same_images(xrays: Path, tiny_mo
                  "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     predictor = Predictor(tiny_model)
-    from pneumo.infer.io import load_image_file
+    from pneumo.data.decode import load_image_file
 
     direct = predictor.predict([load_image_file(Path(r["file"]), target=64) for r in rows])
     assert np.allclose([r["p_pneumonia"] for r in rows], [d.p_pneumonia for d in direct], atol=1e-6)
@@ -67,7 +67,9 @@ def test_bad_inputs_get_a_one_line_error_and_the_rest_is_predicted(corpus: dict,
         else:
             assert row["error"] and "\n" not in row["error"] and row["label"] == "", case.name
     errors = [line for line in captured.err.splitlines() if line.startswith("pneumo predict:")]
-    assert len(errors) == sum(case.expect == "error" for case in corpus.values())
+    assert len(errors) == sum(case.expect != "ok" for case in corpus.values())
+    refused = [by_file[str(case.path)] for case in corpus.values() if case.expect == "refused"]
+    assert refused and all("not a chest radiograph" in row["error"] for row in refused)
 
 
 def test_missing_input_is_a_one_line_error(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from serve_helpers import decode_png_base64, dicom_bytes
 
 from pneumo.config import ServeConfig
-from pneumo.infer.io import load_image
+from pneumo.data.decode import load_image
 from pneumo.infer.predictor import Predictor
 from pneumo.serve.app import create_app
 

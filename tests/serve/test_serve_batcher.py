@@ -150,7 +150,7 @@ def test_sixteen_concurrent_http_requests_are_micro_batched(predictor: Predictor
 
 
 def _gray(predictor: Predictor, data: bytes) -> np.ndarray:
-    from pneumo.infer.io import load_image
+    from pneumo.data.decode import load_image
 
     return load_image(data, target=predictor.size)
 

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from serve_helpers import dicom_bytes, png_bytes
 
-from pneumo.infer.io import load_image
+from pneumo.data.decode import load_image
 from pneumo.infer.predictor import Predictor
 
 PREDICT = "/api/v1/predict"
@@ -40,7 +40,7 @@ def _raise(*args: object, **kwargs: object) -> None:
 # Where an unexpected exception can start: (owner, attribute, the request that reaches it). The owner is a module
 # path or "predictor"; the failure is switched off afterwards to check that the service recovers.
 FAILURE_POINTS = {
-    "decoding": ("pneumo.infer.io", "load_image", "post", {}),
+    "decoding": ("pneumo.data.decode", "load_image", "post", {}),
     "preprocessing": ("predictor", "preprocess", "post", {}),
     "inference": ("predictor", "predict_prepared", "post", {}),
     "heat map": ("pneumo.explain.cam", "heatmap_overlay_png", "post", {"heatmap": "true"}),

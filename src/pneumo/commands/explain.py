@@ -26,9 +26,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pneumo.data.decode import load_image_file
     from pneumo.explain.overlay import HeatmapWriter, write_contact_sheet
     from pneumo.infer.batch import expand_inputs
-    from pneumo.infer.io import load_image_file
     from pneumo.infer.predictor import Predictor
 
     if args.model and Path(args.model).suffix.lower() == ".onnx":

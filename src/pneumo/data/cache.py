@@ -19,14 +19,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from pneumo import atomic
+from pneumo.data.decode import load_image
 from pneumo.data.manifest import DatasetSource, resolve_root
-from pneumo.data.preprocess import decode_gray, prepare
+from pneumo.data.preprocess import prepare
 from pneumo.errors import DataError
 
 if TYPE_CHECKING:
     from pneumo.config import RunConfig
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: decoded by data.decode (EXIF, 16-bit/float scaling, alpha onto black)
 _CHUNK = 64
 
 
@@ -66,7 +67,7 @@ def _work(args: tuple[DatasetSource, list[str], int, str, str, str]) -> tuple[np
     failed = []
     for i, rel in enumerate(paths):
         try:
-            out[i] = prepare(decode_gray(source.read(rel), target=size), size=size, policy=policy, intensity=intensity,
+            out[i] = prepare(load_image(source.read(rel), target=size), size=size, policy=policy, intensity=intensity,
                              markers=markers)
         except Exception as exc:  # noqa: BLE001 - reported once, below
             failed.append(f"{rel} ({exc})")

@@ -10,8 +10,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from pneumo.data.decode import load_image
 from pneumo.data.manifest import DatasetSource, resolve_root
-from pneumo.data.preprocess import decode_gray
 from pneumo.errors import DataError
 
 
@@ -26,7 +26,7 @@ def export_compact(df: pd.DataFrame, root: str | os.PathLike | None, out: Path, 
     source = DatasetSource(resolve_root(root))
     tmp = out.with_name(out.name + ".partial")
     for rel in tqdm(df["path"], desc=f"export {size}px", unit="img"):
-        gray = Image.fromarray(decode_gray(source.read(rel), target=size))
+        gray = Image.fromarray(load_image(source.read(rel), target=size))
         w, h = gray.size
         scale = size / min(w, h)
         if scale < 1:

@@ -1,12 +1,11 @@
-"""The one preprocessing path: dataset bytes -> uint8 gray -> uint8 S x S (resize policy, optional intensity step).
+"""The model input: uint8 gray H x W (from `pneumo.data.decode.load_image`) -> uint8 S x S (resize policy, optional
+intensity step).
 
-The dataset cache, `pneumo predict`, the service and the explanations all go through these functions, so that a model
-sees at inference exactly what it saw in training.
+The dataset cache, `pneumo predict`, the service and the explanations all decode with `load_image` and then call
+`prepare`, so that a model sees at inference exactly what it saw in training.
 """
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 from PIL import Image
@@ -17,27 +16,6 @@ from pneumo.errors import ConfigError, InputError
 RESIZE_POLICIES = ("squash", "letterbox")
 INTENSITY_METHODS = ("none", "equalize", "clahe", "standardize")
 STANDARD_MEAN, STANDARD_STD = 128.0, 48.0  # "standardize": every image to this mean and spread (uint8)
-
-
-def decode_gray(data: bytes, *, target: int | None = None) -> np.ndarray:
-    """Decode dataset image bytes to uint8 gray H x W.
-
-    Args:
-        data: JPEG/PNG bytes.
-        target: model input size; JPEGs are decoded at the smallest DCT scale whose short side stays >= 2 * target
-            (Pillow ``draft``), which is much faster for large originals and loses nothing after the resize.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if target is not None and img.format == "JPEG":
-                w, h = img.size
-                scale = max(1.0, min(w, h) / (2 * target))
-                img.draft("L", (int(w / scale), int(h / scale)))
-            gray = img.convert("L")
-            gray.load()
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes
-        raise InputError(f"cannot decode image: {exc}") from None
-    return np.asarray(gray, dtype=np.uint8)
 
 
 def resize_gray(img: np.ndarray, *, size: int, policy: str = "squash") -> np.ndarray:

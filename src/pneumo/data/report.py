@@ -18,8 +18,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pneumo import atomic
+from pneumo.data.decode import load_image
 from pneumo.data.manifest import DatasetSource, resolve_root
-from pneumo.data.preprocess import decode_gray
 from pneumo.data.splits import check_leakage, leakage_report
 from pneumo.errors import DataError, InputError, LeakageError
 from pneumo.templates import Section, escape, figure, page, table
@@ -153,7 +153,7 @@ def _decode_sample(
         decoded[subtype] = []
         for _, row in picked.iterrows():
             try:
-                image = decode_gray(source.read(row["path"]), target=DECODE_TARGET)
+                image = load_image(source.read(row["path"]), target=DECODE_TARGET)
             except (OSError, KeyError, InputError) as exc:
                 log.warning("cannot read %s for the report: %s", row["path"], exc)
                 failed += 1

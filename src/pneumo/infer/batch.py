@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumo.data.decode import check_radiograph, load_image_file
 from pneumo.errors import InputError, PneumoError
-from pneumo.infer.io import load_image_file
 from pneumo.infer.predictor import Prediction, Predictor
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -41,9 +41,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def _load(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     """(decoded gray, model input, None) or (None, None, one-line error). ``full`` decodes at full resolution (for
-    heat maps on the original pixel grid); otherwise large JPEGs decode at a reduced DCT scale."""
+    heat maps on the original pixel grid); otherwise large JPEGs decode at a reduced DCT scale. Images the input gate
+    refuses (`check_radiograph`) get an error, not a label."""
     try:
         gray = load_image_file(path, target=None if full else predictor.size)
+        check_radiograph(gray)
         return gray, predictor.preprocess(gray), None
     except PneumoError as exc:
         return None, None, str(exc)

@@ -352,10 +352,11 @@ def _ready_predictor(service: Service) -> Predictor:
 
 
 def _decode(predictor: Predictor, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    from pneumo.infer.io import load_image
+    from pneumo.data.decode import check_radiograph, load_image
 
     try:
         gray = load_image(data, target=predictor.size, max_pixels=max_pixels)
+        check_radiograph(gray)
         return gray, predictor.preprocess(gray)
     except InputError as exc:
         raise HTTPException(422, _one_line(exc)) from None

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from pneumo.data.decode import load_image
 from pneumo.errors import InputError
-from pneumo.infer.io import load_image
 
 EXAMPLES = int(os.environ.get("PNEUMO_FUZZ_EXAMPLES", "150"))
 MAX_PIXELS = 4_000_000  # keeps a mutated size field from making one example slow

@@ -1,0 +1,338 @@
+"""Image bytes (JPEG/PNG/DICOM and a few other formats) -> uint8 gray H x W, or one `InputError` line: the ONE decoder.
+
+The dataset cache (training), `pneumo predict`, the service and the explanations all decode through `load_image`;
+`pneumo.data.preprocess.prepare` then makes the model input, so a model sees at inference what it saw in training.
+The format is sniffed from the first bytes, never from the file name. Rules, in one place:
+
+* **Accepted**: JPEG (MPO: its primary image), PNG, BMP, single-frame GIF/TIFF/WebP, DICOM Part 10 (the 128-byte
+  preamble and ``DICM``). Anything else, multi-frame images (animated GIF/PNG/WebP, multi-page TIFF, multi-frame
+  DICOM), images over the limits and every decoding failure raise `InputError`.
+* **Size and memory first**: the declared width x height is checked against ``max_pixels``, and the bytes the decode
+  will hold (pixels x (bytes per decoded pixel + 1 for the uint8 result)) against ``max_decode_bytes``, before any
+  pixel is decoded (Pillow and pydicom read the header only), so a decompression bomb or a 16-bit / float giant costs
+  nothing. JPEGs decode at a reduced DCT scale when the model size is given (``target``). At most `decode_slots`
+  decodes run at once in a process (the others wait), so decoding holds at most slots x (max_decode_bytes + 16 MB).
+* **8-bit data is kept as stored**: L, RGB (ITU-R 601 luma, as ``Image.convert("L")``), palette, CMYK, 1-bit.
+  Alpha is composited onto black (transparent areas become black, like air on a radiograph). ICC profiles are
+  ignored. EXIF orientation is applied; an unreadable EXIF block is ignored.
+* **Other depths** (16-bit and 32-bit PNG/TIFF, float TIFF, DICOM with other than 8 stored bits and no window) are
+  scaled linearly from the data's own min..max to 0..255; a constant image becomes all black.
+* **DICOM**: see `pneumo.data.dicom` (modality LUT, VOI window, MONOCHROME1; no patient data is read).
+
+`check_radiograph` is the input gate predict and the service apply after decoding: images that cannot be chest
+radiographs (too small, extreme aspect ratio, nearly constant, mostly padding) are refused with `InputError`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import stat
+import threading
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pneumo.data.dicom import decode_dicom
+from pneumo.data.pixels import check_budget, check_size, scale_strips, strips, value_range
+from pneumo.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 50_000_000
+MAX_BYTES = 256 * 1024 * 1024
+MAX_DECODE_BYTES = 256_000_000  # decoded samples + the uint8 result, for one image
+DECODE_SLOTS = 2  # decodes at once per process, by default (`decode_slots`)
+ACCEPTED = "JPEG, PNG, BMP, GIF, TIFF, WebP or DICOM"
+
+_PIL_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+)
+_NON_IMAGE_MAGIC = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x7fELF", "an executable"),
+    (b"MZ", "an executable"),
+)
+# Elements that start a Part 10 file or a plain dataset when the preamble and "DICM" are missing.
+_BARE_DICOM_STARTS = (b"\x02\x00\x00\x00", b"\x02\x00\x01\x00", b"\x08\x00\x00\x00", b"\x08\x00\x05\x00",
+                      b"\x08\x00\x08\x00", b"\x08\x00\x16\x00")
+_ORIENTATION = {  # EXIF orientation -> the view that makes the image upright (as ImageOps.exif_transpose)
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].T,
+    8: lambda a: np.rot90(a, 1),
+}
+_RAW_TIFF = {"raw", "tiff_raw_16"}  # any other TIFF tile is decoded by libtiff, which may buffer a whole strip
+
+# The input gate (`check_radiograph`); all 5,856 Kermany images pass it (BENCHMARKS.md, "input gate").
+MIN_SIDE = 64  # pixels, the short side
+MAX_ASPECT = 4.0  # long side / short side
+MIN_SPREAD = 16  # gray levels between the 1st and the 99th percentile
+MIN_CONTENT = 0.25  # share of the image inside the box of the rows and columns that are not uniform
+UNIFORM_RANGE = 8  # a row or column spanning at most this many gray levels is uniform (padding)
+_GATE_SIDE = 512  # the gate looks at a strided view of about this many pixels per side
+
+_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+_slot_count = DECODE_SLOTS
+
+
+def decode_slots(count: int | None = None) -> int:
+    """The number of decodes that may run at once in this process; ``count`` sets it first (decodes already waiting
+    keep the old bound). Peak decoding memory is about slots x (max_decode_bytes + 16 MB)."""
+    global _slots, _slot_count
+    if count is not None:
+        if count < 1:
+            raise ConfigError(f"decode slots must be at least 1, got {count}")
+        _slots, _slot_count = threading.BoundedSemaphore(count), count
+    return _slot_count
+
+
+def load_image(data: bytes, *, name: str = "", target: int | None = None, max_pixels: int = MAX_PIXELS,
+               max_decode_bytes: int = MAX_DECODE_BYTES) -> np.ndarray:
+    """Decode image bytes to a C-contiguous uint8 gray H x W array.
+
+    Args:
+        data: the file content.
+        name: the file name, only used to label error messages (its extension is ignored).
+        target: the model input size; JPEGs are then decoded at a reduced DCT scale whose short side stays >= 2 *
+            target (much faster for large photos, lossless after the resize to the model size).
+        max_pixels: refuse images whose declared width x height exceeds this.
+        max_decode_bytes: refuse images whose decode would hold more than this (decoded samples + uint8 result).
+
+    Raises:
+        InputError: not an accepted image, too large, corrupt, truncated, multi-frame or undecodable (one line).
+    """
+    if target is not None and target < 1:
+        raise ConfigError(f"target size must be a positive number of pixels, got {target}")
+    data = bytes(data) if not isinstance(data, bytes) else data
+    prefix = f"{_label(name)}: " if name else ""
+    kind = _sniff(data)
+    if kind is None:
+        raise InputError(f"{prefix}not an image: {_describe(data)}; expected {ACCEPTED}")
+    try:
+        with _slots:
+            if kind == "DICOM":
+                gray = decode_dicom(data, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
+            else:
+                gray = _decode_pillow(data, kind, target=target, max_pixels=max_pixels,
+                                      max_decode_bytes=max_decode_bytes)
+    except InputError as exc:  # our own messages may quote file content (a UID): keep them on one line
+        raise InputError(f"{prefix}{_one_line(exc)}") from None
+    except MemoryError:
+        raise InputError(f"{prefix}not enough memory to decode this {kind} image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # raised by Image.open itself
+        raise InputError(f"{prefix}image too large: {_one_line(exc)}") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{prefix}cannot decode {kind}: the header is corrupt or unsupported") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow, pydicom and numpy raise many types on hostile input
+        log.debug("decoding failed: %s", type(exc).__name__)
+        raise InputError(f"{prefix}cannot decode {kind}: {_one_line(exc)}") from None
+    return np.ascontiguousarray(gray, dtype=np.uint8)
+
+
+def load_image_file(path: str | os.PathLike, *, target: int | None = None, max_pixels: int = MAX_PIXELS,
+                    max_bytes: int = MAX_BYTES, max_decode_bytes: int = MAX_DECODE_BYTES) -> np.ndarray:
+    """Read a regular file of at most ``max_bytes`` and decode it with `load_image`.
+
+    Messages do not repeat the path (the caller knows it). Directories, FIFOs and devices are refused without
+    blocking on them.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InputError("not a regular file (a directory, pipe or device)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):  # swapped between stat and open
+                raise InputError("not a regular file (a directory, pipe or device)")
+            if info.st_size > max_bytes:
+                raise InputError(f"file too large: {info.st_size} bytes > limit {max_bytes}")
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > max_bytes:
+        raise InputError(f"file too large: more than {max_bytes} bytes")
+    if not data:
+        raise InputError("empty file")
+    return load_image(data, target=target, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
+
+
+# --- the input gate -------------------------------------------------------------------------------------------------
+
+
+def check_radiograph(gray: np.ndarray) -> None:
+    """Refuse a decoded image that cannot be a chest radiograph.
+
+    The checks, in order: short side under ``MIN_SIDE``; long / short side over ``MAX_ASPECT``; 1st..99th percentile
+    spread under ``MIN_SPREAD`` gray levels (nearly constant: blank, or a truncated file whose missing part decodes
+    flat); less than ``MIN_CONTENT`` of the image inside the box of non-uniform rows and columns (mostly padding).
+    Deterministic and cheap: a strided view of about 512 x 512 pixels.
+
+    Raises:
+        InputError: one line saying which check failed and by how much.
+    """
+    if gray.ndim != 2:
+        raise InputError(f"expected a gray 2-D image, got shape {gray.shape}")
+    height, width = gray.shape
+    short, long = min(height, width), max(height, width)
+    if short < MIN_SIDE:
+        raise InputError(f"not a chest radiograph: {width}x{height} pixels is too small (short side < {MIN_SIDE})")
+    if long / short > MAX_ASPECT:
+        raise InputError(f"not a chest radiograph: {width}x{height} pixels, aspect ratio {long / short:.1f}:1 "
+                         f"> {MAX_ASPECT:g}:1")
+    step = max(1, math.ceil(long / _GATE_SIDE))
+    view = gray[::step, ::step]
+    low, high = np.percentile(view, [1, 99])
+    if high - low < MIN_SPREAD:
+        raise InputError(f"not a chest radiograph: nearly constant (98% of the pixels within {high - low:.0f} gray "
+                         "levels; blank, or a truncated file?)")
+    content = _content_share(view)
+    if content < MIN_CONTENT:
+        raise InputError(f"not a chest radiograph: {100 * (1 - content):.0f}% of the image is uniform padding "
+                         "(a truncated file, or a small picture on a large canvas?)")
+
+
+def _content_share(view: np.ndarray) -> float:
+    """Share of the image inside the bounding box of the rows and columns that are not uniform."""
+    rows = np.flatnonzero(np.ptp(view, axis=1) > UNIFORM_RANGE)
+    cols = np.flatnonzero(np.ptp(view, axis=0) > UNIFORM_RANGE)
+    if not rows.size or not cols.size:
+        return 0.0
+    return float((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) / view.size)
+
+
+# --- sniffing --------------------------------------------------------------------------------------------------------
+
+
+def _sniff(data: bytes) -> str | None:
+    """The decoder to use, from magic bytes: a Pillow format name, "DICOM", or None."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _PIL_MAGIC if data.startswith(magic)), None)
+
+
+def _describe(data: bytes) -> str:
+    """What a non-image most likely is, for the error message."""
+    if not data:
+        return "the file is empty"
+    head = data[:512]
+    for magic, what in _NON_IMAGE_MAGIC:
+        if head.startswith(magic):
+            return f"looks like {what}"
+    if head[:4] in _BARE_DICOM_STARTS:
+        return "looks like DICOM without the 128-byte preamble and 'DICM' prefix (re-save it as a DICOM file)"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "looks like an HTML page"
+    if text.startswith((b"<?xml", b"<svg")):
+        return "looks like XML or SVG (vector images are not supported)"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return "looks like text"
+    return f"unknown content starting with {head[:8].hex(' ')}"
+
+
+def _label(name: str) -> str:
+    """A file name safe for a one-line message: printable characters only, at most 80."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in os.path.basename(name.replace("\\", "/")))
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if not text or isinstance(exc, KeyError):
+        text = f"{type(exc).__name__} {text}".strip()
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --- Pillow formats --------------------------------------------------------------------------------------------------
+
+
+def _decode_pillow(data: bytes, fmt: str, *, target: int | None, max_pixels: int, max_decode_bytes: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+        width, height = img.size
+        check_size(width, height, max_pixels)
+        if fmt != "JPEG" and getattr(img, "is_animated", False):
+            raise InputError(f"multi-frame {fmt} is not supported: save the frame to analyse as its own image")
+        if fmt == "JPEG" and target is not None:
+            scale = max(1.0, min(width, height) / (2 * target))
+            img.draft("L", (int(width / scale), int(height / scale)))
+        width, height = img.size  # after draft: what will be decoded
+        check_budget(width * height, _decoded_bytes_per_pixel(img) + 1, max_decode_bytes)
+        orientation = _exif_orientation(img)
+        img.load()
+        gray = _to_gray(img)
+    if orientation in _ORIENTATION:
+        gray = np.ascontiguousarray(_ORIENTATION[orientation](gray))
+    return gray
+
+
+def _decoded_bytes_per_pixel(img: Image.Image) -> int:
+    """Bytes Pillow holds per decoded pixel: 1 for 1/L/P, 2 for I;16, 4 for I, F and every multi-band mode; twice that
+    for a TIFF that libtiff decodes (it may buffer a whole strip, and one strip can be the whole image)."""
+    mode = img.mode
+    size = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    libtiff = img.format == "TIFF" and any(tile[0] not in _RAW_TIFF for tile in getattr(img, "tile", []))
+    return 2 * size if libtiff else size
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """EXIF orientation tag (1 = upright); a corrupt EXIF block is ignored rather than failing the image."""
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - EXIF is optional metadata
+        log.debug("ignoring unreadable EXIF block")
+        return 1
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 gray, a strip of rows at a time (temporaries stay small whatever the image size)."""
+    width, height = img.size
+
+    def rows(r0: int, r1: int) -> Image.Image:
+        return img.crop((0, r0, width, r1))
+
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        def values(r0: int, r1: int) -> np.ndarray:
+            return np.asarray(rows(r0, r1))
+
+        found = value_range(height, width, values)
+        if found is None:
+            return np.zeros((height, width), dtype=np.uint8)
+        return scale_strips(height, width, values, *found)
+    out = np.empty((height, width), dtype=np.uint8)
+    for r0, r1 in strips(height, width):
+        out[r0:r1] = _strip_to_gray(rows(r0, r1))
+    return out
+
+
+def _strip_to_gray(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img)
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "RGBA", "RGBa"):
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(black, img.convert("RGBA")).convert("L"))
+    if img.mode not in ("RGB", "1"):  # CMYK, YCbCr, LAB, HSV, RGBX ...
+        img = img.convert("RGB")
+    return np.asarray(img.convert("L"))

@@ -1,0 +1,222 @@
+"""DICOM Part 10 bytes -> uint8 gray H x W, for `pneumo.data.decode` (which sniffs the format and owns the rules).
+
+Modality LUT (rescale slope/intercept or LUT), then the VOI window (the first window centre/width, else the VOI LUT)
+mapped over the window's full output range to 0..255; MONOCHROME1 is inverted; RGB/YBR become luma. Only the tags
+needed for the pixels are read, so patient data is never parsed, logged or put in a message. Numbers that cannot be
+pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored and
+the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pneumo.data.pixels import MAX_ABS_VALUE, check_budget, check_size, scale_strips, value_range
+from pneumo.errors import InputError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID
+
+log = logging.getLogger(__name__)
+
+# The only DICOM elements read: enough to decode and display the pixels, nothing about the patient.
+_DICOM_TAGS = (
+    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
+    "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
+    "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+)
+_PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
+_LUMA = np.array([0.299, 0.587, 0.114])
+Rows = Callable[[int, int], np.ndarray]
+
+
+def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.ndarray:
+    """Decode a single-frame DICOM image; the header is checked against both limits before any pixel is decoded."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), force=False, specific_tags=list(_DICOM_TAGS))
+    keyword = next((k for k in _PIXEL_BITS if k in ds), None)
+    if keyword is None:
+        raise InputError("DICOM file has no pixel data (a report or presentation state?)")
+    frames = _dicom_int(ds, "NumberOfFrames", 1)
+    if frames > 1:
+        raise InputError(f"multi-frame DICOM is not supported ({frames} frames): pick one frame")
+    height, width = _dicom_int(ds, "Rows", 0), _dicom_int(ds, "Columns", 0)
+    check_size(width, height, max_pixels)
+    samples = _dicom_int(ds, "SamplesPerPixel", 1)
+    if samples not in (1, 3):  # decoders allocate rows x columns x samples up front
+        raise InputError("DICOM SamplesPerPixel must be 1 or 3")
+    bits = _PIXEL_BITS[keyword] or _dicom_int(ds, "BitsAllocated", 8)
+    compressed = _dicom_is_compressed(ds)
+    # decoded samples; a compressed frame is decoded into a buffer first, then copied into the array
+    check_budget(width * height, samples * max(1, math.ceil(bits / 8)) * (2 if compressed else 1), max_decode_bytes)
+    _dicom_check_decoder(ds, compressed)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        raise InputError("PALETTE COLOR DICOM is not supported")
+    _check_rescale(ds)
+    pixels = ds.pixel_array
+    try:
+        with np.errstate(over="raise", invalid="raise", divide="raise"):
+            if pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB (YBR is converted to RGB by pydicom)
+                stored = _dicom_int(ds, "BitsStored", 8)
+                top = 255.0 if stored <= 8 else float(2**stored - 1)
+                return scale_strips(height, width, lambda r0, r1: pixels[r0:r1].astype(np.float64) @ _LUMA, 0.0, top)
+            if pixels.ndim != 2 or not photometric.startswith("MONOCHROME"):
+                raise InputError(f"unsupported DICOM pixel layout: {photometric or 'no photometric interpretation'}, "
+                                 f"array shape {pixels.shape}")
+            gray = _display(pixels, ds)
+    except FloatingPointError:
+        raise InputError("DICOM pixel values overflow when rescaled or windowed") from None
+    if photometric == "MONOCHROME1":
+        np.subtract(255, gray, out=gray)
+    return gray
+
+
+def _display(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values -> uint8 through the modality LUT and the VOI window/LUT if usable, else 8-bit data as stored,
+    else the modality values' min..max."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    height, width = pixels.shape
+
+    def modality(r0: int, r1: int) -> np.ndarray:
+        return apply_modality_lut(pixels[r0:r1], ds)
+
+    if _usable_voi(ds):
+        def shown(r0: int, r1: int) -> np.ndarray:
+            return apply_voi_lut(modality(r0, r1), ds, index=0, prefer_lut=False)
+
+        try:
+            found = value_range(height, width, shown)
+            if found is not None:
+                lo, hi = _voi_output_range(modality(0, 1).dtype, ds, found)
+                return scale_strips(height, width, shown, lo, hi)
+        except (InputError, FloatingPointError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unusable LUT must not lose the image
+            log.debug("ignoring unusable DICOM VOI window/LUT: %s", type(exc).__name__)
+    identity = "ModalityLUTSequence" not in ds and _float(ds, "RescaleSlope", 1.0) == 1.0 \
+        and _float(ds, "RescaleIntercept", 0.0) == 0.0
+    if identity and pixels.dtype == np.uint8 and _dicom_int(ds, "BitsStored", 8) == 8:
+        return np.array(pixels, dtype=np.uint8)
+    found = value_range(height, width, modality)
+    if found is None:
+        return np.zeros((height, width), dtype=np.uint8)
+    return scale_strips(height, width, modality, *found)
+
+
+def _usable_voi(ds: Dataset) -> bool:
+    """A VOI LUT, or a window whose first centre and width are finite, in range and width >= 1 (PS3.3 C.11.2.1.2)."""
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        except (TypeError, ValueError, IndexError):
+            log.debug("ignoring a DICOM window that is not a number")
+            return False
+        usable = math.isfinite(center) and math.isfinite(width) and 1.0 <= width <= MAX_ABS_VALUE \
+            and abs(center) <= MAX_ABS_VALUE
+        if not usable:
+            log.debug("ignoring an unusable DICOM window (centre %s, width %s)", center, width)
+        return usable
+    return "VOILUTSequence" in ds
+
+
+def _voi_output_range(dtype: np.dtype, ds: Dataset, found: tuple[float, float]) -> tuple[float, float]:
+    """The VOI output range: where far-out-of-window inputs land (so a window wider than the data keeps its
+    contrast), widened by the actual output ``found``."""
+    from pydicom.pixels import apply_voi_lut
+
+    windowing = "WindowCenter" in ds and "WindowWidth" in ds
+    if windowing or not np.issubdtype(dtype, np.integer):
+        probe = np.array([-MAX_ABS_VALUE, MAX_ABS_VALUE], dtype=np.float64)
+    else:  # a VOI LUT clips its input to the LUT's range: the dtype's ends reach both LUT ends
+        info = np.iinfo(dtype)
+        probe = np.array([info.min, info.max], dtype=dtype)
+    lo, hi = found
+    try:
+        with np.errstate(all="ignore"):
+            ends = apply_voi_lut(probe, ds, index=0, prefer_lut=False).astype(np.float64)
+        if np.isfinite(ends).all():
+            lo, hi = min(lo, float(ends.min())), max(hi, float(ends.max()))
+    except Exception:  # noqa: BLE001 - the data range is a safe fallback
+        log.debug("VOI output range taken from the data only")
+    return lo, hi
+
+
+def _check_rescale(ds: Dataset) -> None:
+    """Refuse a rescale slope/intercept that is not a finite number or maps the stored range beyond
+    ``MAX_ABS_VALUE``."""
+    slope, intercept = _float(ds, "RescaleSlope", 1.0), _float(ds, "RescaleIntercept", 0.0)
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise InputError("DICOM RescaleSlope/RescaleIntercept is not a finite number")
+    stored_max = 2.0 ** min(64, _dicom_int(ds, "BitsStored", _dicom_int(ds, "BitsAllocated", 16)))
+    if abs(slope) * stored_max + abs(intercept) > MAX_ABS_VALUE:
+        raise InputError(f"DICOM RescaleSlope {slope:.3g} / RescaleIntercept {intercept:.3g} put pixel values out of "
+                         "range")
+
+
+def _float(ds: Dataset, keyword: str, default: float) -> float:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return _first(value)
+    except (TypeError, ValueError, IndexError):
+        raise InputError(f"DICOM element {keyword} is not a number") from None
+
+
+def _first(value: object) -> float:
+    """The first value of a possibly multi-valued DS/IS element, as a float."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0]  # type: ignore[index]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _dicom_int(ds: Dataset, keyword: str, default: int) -> int:
+    """An integer element (IS/US) that may be missing, empty or malformed; malformed -> InputError."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"DICOM element {keyword} is not an integer") from None
+
+
+def _dicom_transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if not uid:
+        raise InputError("DICOM file meta has no transfer syntax UID")
+    return uid
+
+
+def _dicom_is_compressed(ds: Dataset) -> bool:
+    """True for an encapsulated (compressed) transfer syntax; unknown UIDs count as compressed."""
+    uid = _dicom_transfer_syntax(ds)
+    return not uid.is_transfer_syntax or bool(uid.is_compressed)
+
+
+def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
+    """Raise InputError naming the transfer syntax when no installed plugin decodes it."""
+    from pydicom.pixels import get_decoder
+
+    if not compressed:
+        return
+    uid = _dicom_transfer_syntax(ds)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise InputError(f"DICOM transfer syntax {uid.name} ({uid}) is not supported") from None
+    if not decoder.is_available:
+        hint = "; ".join(decoder.missing_dependencies) or "no plugin"
+        raise InputError(f"cannot decode DICOM compressed as {uid.name} ({uid}): no decoder installed ({hint})")
