@@ -79,7 +79,6 @@ _ORIENTATION = {  # EXIF orientation -> the view that makes the image upright (a
     7: lambda a: a[::-1, ::-1].T,
     8: lambda a: np.rot90(a, 1),
 }
-_RAW_TIFF = {"raw", "tiff_raw_16"}  # any other TIFF tile is decoded by libtiff, which may buffer a whole strip
 
 # The input gate (`check_radiograph`); all 5,856 Kermany images pass it (BENCHMARKS.md, "input gate").
 MIN_SIDE = 64  # pixels, the short side
@@ -286,12 +285,9 @@ def _decode_pillow(data: bytes, fmt: str, *, target: int | None, max_pixels: int
 
 
 def _decoded_bytes_per_pixel(img: Image.Image) -> int:
-    """Bytes Pillow holds per decoded pixel: 1 for 1/L/P, 2 for I;16, 4 for I, F and every multi-band mode; twice that
-    for a TIFF that libtiff decodes (it may buffer a whole strip, and one strip can be the whole image)."""
+    """Bytes Pillow holds per decoded pixel: 1 for 1/L/P, 2 for I;16, 4 for I, F and every multi-band mode."""
     mode = img.mode
-    size = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
-    libtiff = img.format == "TIFF" and any(tile[0] not in _RAW_TIFF for tile in getattr(img, "tile", []))
-    return 2 * size if libtiff else size
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
 
 
 def _exif_orientation(img: Image.Image) -> int:

@@ -56,8 +56,10 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
         raise InputError("DICOM SamplesPerPixel must be 1 or 3")
     bits = _PIXEL_BITS[keyword] or _dicom_int(ds, "BitsAllocated", 8)
     compressed = _dicom_is_compressed(ds)
-    # decoded samples; a compressed frame is decoded into a buffer first, then copied into the array
-    check_budget(width * height, samples * max(1, math.ceil(bits / 8)) * (2 if compressed else 1), max_decode_bytes)
+    # decoded samples (twice: a compressed frame or a deflated dataset is inflated first) + the uint8 result
+    inflated = compressed or bool(_dicom_transfer_syntax(ds).is_deflated)
+    sample_bytes = samples * max(1, math.ceil(bits / 8))
+    check_budget(width * height, sample_bytes * (2 if inflated else 1) + 1, max_decode_bytes)
     _dicom_check_decoder(ds, compressed)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
