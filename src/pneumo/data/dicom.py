@@ -95,7 +95,8 @@ def _display(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
 
     if _usable_voi(ds):
         def shown(r0: int, r1: int) -> np.ndarray:
-            return apply_voi_lut(modality(r0, r1), ds, index=0, prefer_lut=False)
+            with np.errstate(over="ignore"):  # SIGMOID: exp() of far-out values overflows to inf, giving 0 or 1
+                return apply_voi_lut(modality(r0, r1), ds, index=0, prefer_lut=False)
 
         try:
             found = value_range(height, width, shown)

@@ -1,0 +1,76 @@
+"""DICOM numbers that cannot be pixels (issue 12 item 6): a clear `InputError` or a well-defined fallback, never an
+overflow warning."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from corpus import dicom_bytes, gradient
+
+from pneumo.data.decode import load_image
+from pneumo.errors import InputError
+
+STORED = (gradient(72, 96).astype(np.uint16) * 16)  # 12-bit stored values 0..4080
+
+
+def _decode_strictly(data: bytes) -> np.ndarray:
+    """Decode with every warning turned into an error (numpy's overflow RuntimeWarning included)."""
+    with warnings.catch_warnings(), np.errstate(all="warn"):
+        warnings.simplefilter("error")
+        return load_image(data)
+
+
+def _refused(data: bytes) -> str:
+    with warnings.catch_warnings(), np.errstate(all="warn"):
+        warnings.simplefilter("error")
+        with pytest.raises(InputError) as info:
+            load_image(data)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("slope", ["1e308", "-1e308", "1e40"])
+def test_huge_rescale_slope_is_refused_without_overflow(slope: str) -> None:
+    message = _refused(dicom_bytes(STORED, bits_stored=12, RescaleSlope=slope, RescaleIntercept="0"))
+    assert "RescaleSlope" in message and "out of range" in message
+
+
+def test_huge_rescale_intercept_is_refused_without_overflow() -> None:
+    message = _refused(dicom_bytes(STORED, bits_stored=12, RescaleSlope="1", RescaleIntercept="-1e300"))
+    assert "out of range" in message
+
+
+@pytest.mark.parametrize(("centre", "width"), [("0", "0"), ("100", "-5"), ("1e308", "1e308"), ("0", "1e308"),
+                                               ("500", "0.5")])
+def test_unusable_window_falls_back_to_the_data_range_without_warnings(centre: str, width: str) -> None:
+    plain = _decode_strictly(dicom_bytes(STORED, bits_stored=12))
+    windowed = _decode_strictly(dicom_bytes(STORED, bits_stored=12, WindowCenter=centre, WindowWidth=width))
+    assert np.array_equal(windowed, plain) and plain.min() == 0 and plain.max() == 255
+
+
+def test_window_with_a_huge_rescale_that_still_fits_is_applied() -> None:
+    gray = _decode_strictly(dicom_bytes(STORED, bits_stored=12, RescaleSlope="1e20", RescaleIntercept="0",
+                                        WindowCenter="2e23", WindowWidth="4e23"))  # modality to 4.08e23
+    assert gray.min() < 40 and gray.max() == 255 and len(np.unique(gray)) > 100
+
+
+def test_sigmoid_window_with_extreme_values_does_not_overflow() -> None:
+    gray = _decode_strictly(dicom_bytes(STORED, bits_stored=12, WindowCenter="2000", WindowWidth="1",
+                                        VOILUTFunction="SIGMOID"))
+    assert gray.dtype == np.uint8 and gray.min() == 0 and gray.max() == 255
+
+
+def test_float_pixel_data_beyond_the_value_limit_is_refused() -> None:
+    values = np.full((72, 96), 3e38, np.float32)
+    values[0, 0] = 0
+    data = dicom_bytes(None, Rows=72, Columns=96, SamplesPerPixel=1, BitsAllocated=32,
+                       PhotometricInterpretation="MONOCHROME2", FloatPixelData=values.tobytes())
+    assert "out of range" in _refused(data)
+
+
+def test_nan_rescale_slope_is_refused() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns that NaN is not a valid DS while writing the test file
+        data = dicom_bytes(STORED, bits_stored=12, RescaleSlope="NaN", RescaleIntercept="0")
+    assert "not a finite number" in _refused(data)
