@@ -23,5 +23,9 @@ class ModelError(PneumoError):
     """A model name, weights file or checkpoint cannot be used."""
 
 
+class IntegrityError(ModelError):
+    """A weights file or a model export does not match its recorded SHA-256 (corrupt or modified): never used."""
+
+
 class InputError(PneumoError):
     """An input image (JPEG/PNG/DICOM) cannot be read or is not acceptable."""

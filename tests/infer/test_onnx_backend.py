@@ -97,6 +97,10 @@ def test_an_onnx_only_model_runs_on_onnx_and_says_why_not_on_torch(tiny_model: P
 def test_a_corrupt_onnx_file_is_a_one_line_model_error(tiny_model: Path, tmp_path: Path) -> None:
     onnx_path = export_onnx(tiny_model, tmp_path / "export")
     onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="checksum mismatch") as info:  # the record written at export catches it
+        Predictor(onnx_path, backend="onnx")
+    assert "\n" not in str(info.value)
+    onnx_path.with_name(onnx_path.name + ".sha256").unlink()  # an export from elsewhere, without a record
     with pytest.raises(ModelError, match="cannot load ONNX model") as info:
         Predictor(onnx_path, backend="onnx")
     assert "\n" not in str(info.value)

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from serve_helpers import png_bytes
 
-from pneumo.infer.io import load_image
+from pneumo.data.decode import load_image
 from pneumo.infer.predictor import Predictor
 from pneumo.models.ood import fit_ood, save_ood
 from pneumo.serve.app import STATIC

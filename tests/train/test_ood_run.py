@@ -12,7 +12,7 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.config import load_config
-from pneumo.infer.io import load_image_file
+from pneumo.data.decode import load_image_file
 from pneumo.infer.predictor import Predictor
 from pneumo.train.run import train
 

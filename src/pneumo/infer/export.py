@@ -1,9 +1,15 @@
 """ONNX export of a checkpoint (dynamic batch, float input (B, 1, S, S) in [0, 1] -> logits and pooled ``features``
-(the input of the out-of-distribution score)), optional int8."""
+(the input of the out-of-distribution score)), optional int8.
+
+Integrity: an export is only ever used after the weights file's own SHA-256 (streamed from disk on every load) matched
+the one in the sidecar, and the .onnx file's own SHA-256 matched the record written next to it at export
+(``<name>.onnx.sha256``). A mismatch raises `IntegrityError`; nothing falls back silently.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -11,8 +17,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pneumo.errors import ModelError
-from pneumo.models.sidecar import read_meta, resolve_model
+from pneumo import atomic
+from pneumo.errors import IntegrityError, ModelError
+from pneumo.models.sidecar import CheckpointMeta, read_meta, resolve_model, weights_path
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +41,9 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
     target = Path(out) if out else sidecar.with_suffix(".onnx")
     if target.suffix != ".onnx":
         target = target / (sidecar.stem + ".onnx")
+    weights_sha256 = verify_weights(sidecar)
     _export(sidecar, target)
+    _write_record(target, weights_sha256)
     if target.with_suffix(".json") != sidecar:
         shutil.copyfile(sidecar, target.with_suffix(".json"))
         _copy_ood_stats(sidecar, target.with_suffix(".json"))
@@ -44,20 +53,85 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
 
 
 def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The ONNX export of a PyTorch checkpoint, made once and kept under ``<cache>/onnx`` by the weights' SHA-256."""
+    """The ONNX export of a PyTorch checkpoint, made once and kept under ``<cache>/onnx`` by the weights file's own
+    SHA-256; the weights and the cached file are verified on every call.
+
+    Raises:
+        IntegrityError: the weights do not match the sidecar's checksum, or the cached export does not match its record.
+    """
     from pneumo import __version__
     from pneumo.data.cache import default_cache_dir
 
     meta = read_meta(sidecar)
-    if not meta.sha256:
-        raise ModelError(f"{sidecar.name} has no weights checksum; export it with `pneumo export`")
-    key = f"{meta.sha256}|{meta.arch}|{meta.input_size}|{__version__}|{OPSET}|{'+'.join(OUTPUTS)}"
+    weights_sha256 = verify_weights(sidecar, meta)
+    key = f"{weights_sha256}|{meta.arch}|{meta.input_size}|{__version__}|{OPSET}|{'+'.join(OUTPUTS)}"
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
-    if not target.is_file():
-        log.info("exporting %s to ONNX once (%s)", sidecar.name, target)
-        _export(sidecar, target)
+    if target.is_file() and verify_onnx(target, weights_sha256):
+        return target
+    log.info("exporting %s to ONNX once (%s)", sidecar.name, target)
+    _export(sidecar, target)
+    _write_record(target, weights_sha256)
     return target
+
+
+def verify_weights(sidecar: Path, meta: CheckpointMeta | None = None) -> str:
+    """The weights file's SHA-256 (streamed), checked against the sidecar's ``sha256``.
+
+    Raises:
+        ModelError: no checksum in the sidecar or no weights file.
+        IntegrityError: the file does not match (truncated, corrupted or replaced).
+    """
+    meta = read_meta(sidecar) if meta is None else meta
+    expected = meta.sha256
+    if not expected:
+        raise ModelError(f"{sidecar.name} has no weights checksum; re-save the checkpoint")
+    weights = weights_path(sidecar, meta)
+    if not weights.is_file():
+        raise ModelError(f"checkpoint weights missing: {weights} (the .json sidecar points to it)")
+    actual = sha256_file(weights)
+    if actual != expected:
+        raise IntegrityError(f"checksum mismatch for {weights}: the weights are corrupted or were replaced; refusing "
+                             "to load them or any export made from them (copy the checkpoint again)")
+    return actual
+
+
+def verify_onnx(onnx_path: Path, weights_sha256: str | None = None) -> bool:
+    """Check an ONNX file against the record written at export: True if it matches, False if there is no record.
+
+    Raises:
+        IntegrityError: the file's SHA-256 differs from the record, or it was exported from other weights.
+    """
+    record = _record_path(onnx_path)
+    if not record.is_file():
+        return False
+    try:
+        recorded = json.loads(record.read_text())
+        expected, source = recorded["onnx_sha256"], recorded["weights_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"the checksum record {record} is unreadable: delete {onnx_path.name} and "
+                             f"{record.name} to export again") from None
+    if weights_sha256 is not None and source != weights_sha256:
+        raise IntegrityError(f"{onnx_path} was exported from other weights than {weights_sha256[:12]}...: delete it "
+                             "to export again")
+    if sha256_file(onnx_path) != expected:
+        raise IntegrityError(f"checksum mismatch for {onnx_path}: the ONNX export is corrupted or was replaced; "
+                             f"delete it (and {record.name}) to export again")
+    return True
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _record_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".sha256")
+
+
+def _write_record(onnx_path: Path, weights_sha256: str) -> None:
+    atomic.write_json(_record_path(onnx_path), {"onnx_sha256": sha256_file(onnx_path),
+                                                "weights_sha256": weights_sha256})
 
 
 def _export(sidecar: Path, target: Path) -> None:

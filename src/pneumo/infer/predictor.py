@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data.preprocess import prepare
-from pneumo.errors import ModelError
+from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.ood import load_ood
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
@@ -74,6 +74,8 @@ class Predictor:
         if backend == "auto":
             try:
                 self._run, self.backend = self._load_onnx(threads), "onnx"
+            except IntegrityError:
+                raise  # corrupt weights or export: refuse, never fall back
             except (ModelError, ImportError) as exc:
                 log.info("ONNX Runtime backend unavailable (%s); using PyTorch", exc)
                 self._run, self.backend = self._load_torch(threads), "torch"
@@ -122,11 +124,14 @@ class Predictor:
     def _load_onnx(self, threads: int | None):
         import onnxruntime as ort
 
-        from pneumo.infer.export import cached_onnx
+        from pneumo.infer.export import cached_onnx, verify_onnx, verify_weights
 
         onnx_path = self.sidecar.with_suffix(".onnx")
         if not onnx_path.is_file():
             onnx_path = cached_onnx(self.sidecar)
+        else:  # the run's own export: its record (if `pneumo export` wrote one) and the weights next to it
+            weights_sha256 = verify_weights(self.sidecar, self.meta) if self._weights.is_file() else None
+            verify_onnx(onnx_path, weights_sha256)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
