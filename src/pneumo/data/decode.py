@@ -84,8 +84,8 @@ _ORIENTATION = {  # EXIF orientation -> the view that makes the image upright (a
 MIN_SIDE = 64  # pixels, the short side
 MAX_ASPECT = 4.0  # long side / short side
 MIN_SPREAD = 16  # gray levels between the 1st and the 99th percentile
-MIN_CONTENT = 0.25  # share of the image inside the box of the rows and columns that are not uniform
-UNIFORM_RANGE = 8  # a row or column spanning at most this many gray levels is uniform (padding)
+MIN_CONTENT = 0.25  # share of the image left once uniform borders (padding) are cut off
+UNIFORM_RANGE = 8  # a row or column spanning at most this many gray levels is uniform
 _GATE_SIDE = 512  # the gate looks at a strided view of about this many pixels per side
 
 _slots = threading.BoundedSemaphore(DECODE_SLOTS)
@@ -181,7 +181,7 @@ def check_radiograph(gray: np.ndarray) -> None:
 
     The checks, in order: short side under ``MIN_SIDE``; long / short side over ``MAX_ASPECT``; 1st..99th percentile
     spread under ``MIN_SPREAD`` gray levels (nearly constant: blank, or a truncated file whose missing part decodes
-    flat); less than ``MIN_CONTENT`` of the image inside the box of non-uniform rows and columns (mostly padding).
+    flat); less than ``MIN_CONTENT`` of the image left once flat borders are cut off (mostly padding).
     Deterministic and cheap: a strided view of about 512 x 512 pixels.
 
     Raises:
@@ -209,12 +209,19 @@ def check_radiograph(gray: np.ndarray) -> None:
 
 
 def _content_share(view: np.ndarray) -> float:
-    """Share of the image inside the bounding box of the rows and columns that are not uniform."""
-    rows = np.flatnonzero(np.ptp(view, axis=1) > UNIFORM_RANGE)
-    cols = np.flatnonzero(np.ptp(view, axis=0) > UNIFORM_RANGE)
-    if not rows.size or not cols.size:
-        return 0.0
-    return float((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) / view.size)
+    """Share of the image left once the padding is cut off each side: the runs of rows / columns, from the edge
+    inward, that are uniform and at the level of the outermost one (a ramp is not padding; a flat border is)."""
+    rows_range, rows_level = np.ptp(view, axis=1), view.mean(axis=1)
+    cols_range, cols_level = np.ptp(view, axis=0), view.mean(axis=0)
+    height = len(rows_range) - _padding_run(rows_range, rows_level) - _padding_run(rows_range[::-1], rows_level[::-1])
+    width = len(cols_range) - _padding_run(cols_range, cols_level) - _padding_run(cols_range[::-1], cols_level[::-1])
+    return max(0, height) * max(0, width) / view.size
+
+
+def _padding_run(ranges: np.ndarray, levels: np.ndarray) -> int:
+    """How many lines from the start are uniform and within ``UNIFORM_RANGE`` of the first line's level."""
+    padding = (ranges <= UNIFORM_RANGE) & (np.abs(levels - levels[0]) <= UNIFORM_RANGE)
+    return len(padding) if padding.all() else int(np.argmin(padding))
 
 
 # --- sniffing --------------------------------------------------------------------------------------------------------
