@@ -142,21 +142,19 @@ def _export(sidecar: Path, target: Path) -> None:
     from pneumo.models.fast import LogitsAndFeatures
 
     model, meta = load_checkpoint(sidecar)
-    target.parent.mkdir(parents=True, exist_ok=True)
     size = int(meta.input_size or model.input_size)
     _static_same_padding(model.eval(), size)
     example = torch.rand(2, 1, size, size)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but exact and fast
-            torch.onnx.export(LogitsAndFeatures(model).eval(), (example,), str(tmp), input_names=["image"],
-                              output_names=list(OUTPUTS), dynamic_axes={n: {0: "batch"} for n in ("image", *OUTPUTS)},
-                              opset_version=OPSET, dynamo=False)
-    except Exception as exc:  # noqa: BLE001 - exporter errors are long; keep one line
-        tmp.unlink(missing_ok=True)
-        raise ModelError(f"ONNX export failed for {meta.arch}: {str(exc).splitlines()[0]}") from None
-    os.replace(tmp, target)
+    with atomic.writing(target) as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but exact and fast
+                torch.onnx.export(LogitsAndFeatures(model).eval(), (example,), str(tmp), input_names=["image"],
+                                  output_names=list(OUTPUTS),
+                                  dynamic_axes={n: {0: "batch"} for n in ("image", *OUTPUTS)}, opset_version=OPSET,
+                                  dynamo=False)
+        except Exception as exc:  # noqa: BLE001 - exporter errors are long; keep one line
+            raise ModelError(f"ONNX export failed for {meta.arch}: {str(exc).splitlines()[0]}") from None
 
 
 def _copy_ood_stats(sidecar: Path, target_sidecar: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from tqdm import tqdm
 
+from pneumo import atomic
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import autocast
 from pneumo.train.loop import val_auc
@@ -59,10 +59,8 @@ def cached_features(model: nn.Module, images: np.ndarray, *, cache_key: str, cac
     if file.is_file():
         return np.load(file, allow_pickle=False)
     feats = extract_features(model, images, batch_size=batch_size, device=device, amp=amp)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + f".tmp{os.getpid()}.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, file)
+    with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, feats, allow_pickle=False)
     return feats
 
 
