@@ -53,6 +53,9 @@ def test_analysis_sections_write_every_figure_and_link_it_relative_to_the_run(
     stats = json.loads((tmp_path / "figures" / "shortcut_stats.json").read_text())
     assert stats["images"] == 10 and set(stats["per_class"]) == {"NORMAL", "PNEUMONIA"}
     assert "subsample of 10 of the 24 test images" in sections[0][1]
+    verdict = stats["verdict"]  # the per-image regions (real X-rays: markers, lung field) and the verdict
+    assert {"markers", "outside_lungs"} <= set(stats["regions"]) and isinstance(verdict["flagged"], bool)
+    assert ("FLAGGED" if verdict["flagged"] else "not flagged") in sections[0][1]
 
 
 def test_a_failing_section_becomes_a_note_and_the_others_still_come(

@@ -105,7 +105,7 @@ def analysis_sections(run_dir: str | os.PathLike, model: nn.Module, meta: dict, 
 def _shortcut_section(data: _TestSet) -> str:
     rows = subsample(data.y, data.max_cam, seed=data.seed)
     maps = cam_maps(data.model, data.images[rows], toward_pneumonia=data.probs[rows] >= data.threshold)
-    stats = shortcut_stats(maps, data.y[rows], data.class_names)
+    stats = shortcut_stats(maps, data.y[rows], data.class_names, images=data.images[rows])
     stats["images"] = len(rows)
     stats["layer"] = default_layer_name(data.model)
     atomic.write_bytes(data.fig_dir / "shortcut_stats.json", json.dumps(to_jsonable(stats), indent=2).encode())
@@ -114,11 +114,20 @@ def _shortcut_section(data: _TestSet) -> str:
     sampled = (f"a seeded class-stratified subsample of {len(rows)} of the {len(data.y)} test images"
                if len(rows) < len(data.y) else f"all {len(rows)} test images")
     regions = stats["regions"]
+    verdict = stats["verdict"]
+    verdict_html = (f"<p><b>Shortcut check: {'FLAGGED' if verdict['flagged'] else 'not flagged'}.</b> "
+                    + escape("; ".join(verdict["reasons"]) if verdict["reasons"] else
+                             f"saliency on detected markers/text {verdict['markers_vs_area']:.2f}x their area "
+                             f"(on {verdict['marker_images']} images with a detected marker), outside the lung field "
+                             f"{verdict['outside_lungs_vs_area']:.2f}x its area")
+                    + ". Flagged at 2x on markers or 1x outside the lungs (no preference for the lungs).</p>")
     return (
-        f"<p>Grad-CAM ({escape(stats['layer'])}, evidence for the predicted label) on {sampled}. Share of the "
+        verdict_html
+        + f"<p>Grad-CAM ({escape(stats['layer'])}, evidence for the predicted label) on {sampled}. Share of the "
         f"saliency mass in the <b>border</b> band ({escape(regions['border']['definition'])}), the <b>corners</b> "
         f"({escape(regions['corners']['definition'])}) and the <b>center</b> "
-        f"({escape(regions['center']['definition'])}), averaged per true class; in brackets the share divided by "
+        f"({escape(regions['center']['definition'])}), on the <b>markers</b> detected on each image and <b>outside the "
+        "lungs</b> (each image's lung field), averaged per true class; in brackets the share divided by "
         "the region's area (1.00x = no preference). Mass concentrated in the border or corners (well above 1x) "
         "hints at a shortcut: text markers, collimation edges or padding rather than the lungs.</p>"
         + table(header, table_rows, caption="Saliency mass share per region (model input geometry)")
