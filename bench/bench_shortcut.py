@@ -32,20 +32,20 @@ def pick(data: Path, split: str, n: int, seed: int) -> pd.DataFrame:
     files = sorted((data / split).glob("*/*.jpeg"))
     df = pd.DataFrame({"path": files, "y": [int(f.parent.name == "PNEUMONIA") for f in files]})
     per_class = max(1, n // 2)
-    return (df.groupby("y", group_keys=False).apply(lambda g: g.sample(min(len(g), per_class), random_state=seed))
-            .reset_index(drop=True))
+    parts = [g.sample(min(len(g), per_class), random_state=seed) for _, g in df.groupby("y")]
+    return pd.concat(parts).reset_index(drop=True)
 
 
 def measure(model: str, df: pd.DataFrame, grays: list[np.ndarray]) -> dict:
     predictor = Predictor(model, backend="torch")
     net = predictor.torch_model
-    size, policy = predictor.size, predictor.meta.get("resize_policy", "squash")
+    size, policy = predictor.size, predictor.meta.resize_policy
     prepared = np.stack([predictor.preprocess(g) for g in grays])
     raw = np.stack([prepare(g, size=size, policy=policy) for g in grays])  # where the markers are
     toward = np.array([p.label != predictor.classes[0] for p in predictor.predict_prepared(prepared)])
     maps = cam_maps(net, prepared, toward_pneumonia=toward)  # evidence for the predicted label
     stats = shortcut_stats(maps, df["y"].to_numpy(), predictor.classes, images=raw)
-    return {"model": model, "markers": predictor.meta.get("markers", "none"), "verdict": stats["verdict"],
+    return {"model": model, "markers": predictor.meta.markers, "verdict": stats["verdict"],
             "all": stats["all"], "per_class": stats["per_class"]}
 
 
@@ -65,7 +65,8 @@ def main() -> None:
         results[-1]["model"] = model
         v = results[-1]["verdict"]
         print(f"{model}: flagged={v['flagged']} markers {v['markers_vs_area']:.2f}x "
-              f"(on {v['marker_images']} images), outside lungs {v['outside_lungs_vs_area']:.2f}x", flush=True)
+              f"(on {v['marker_images']} images), peak on markers {v['peak_on_markers']:.2f} = "
+              f"{v['peak_on_markers_vs_chance']:.1f}x chance, outside lungs {v['outside_lungs_vs_area']:.2f}x", flush=True)
     record(f"shortcut-{args.split}", {"images": len(df), "results": json.loads(json.dumps(results, default=float))})
 
 

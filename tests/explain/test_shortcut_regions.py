@@ -37,6 +37,17 @@ def test_saliency_on_the_marker_is_flagged_and_on_the_lungs_is_not():
     assert not good["verdict"]["flagged"]
     assert good["all"]["outside_lungs_vs_area"] < 0.7 and good["all"]["markers_vs_area"] < 1
     assert bad["all"]["markers_images"] == 6
+    assert bad["verdict"]["peak_on_markers"] == 1.0 and good["verdict"]["peak_on_markers"] == 0.0
+
+
+def test_a_peak_on_the_marker_is_flagged_even_with_little_mass_there():
+    """A map that is broad over the chest but peaks on the marker: little mass share, yet its hottest point is the
+    marker (what the issue saw with the shipped probe's Grad-CAM on val)."""
+    images = np.stack([_chest_with_marker(s) for s in range(6)])
+    maps = np.stack([0.6 * _blob(224, 0.5, 0.5, 0.3) + _blob(224, 0.05, 0.08, 0.015)] * 6)
+    stats = shortcut_stats(maps, np.array([0, 1] * 3), ["NORMAL", "PNEUMONIA"], images=images)
+    assert stats["all"]["markers_vs_area"] < 2 < stats["verdict"]["peak_on_markers_vs_chance"]
+    assert stats["verdict"]["flagged"] and any("hottest point" in r for r in stats["verdict"]["reasons"])
 
 
 def test_without_images_the_fixed_regions_only():

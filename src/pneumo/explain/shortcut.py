@@ -3,8 +3,10 @@
 Per image (``image_regions``): ``markers`` are the markers/text `pneumo.data.markers.find_markers` detects on the
 model input, ``outside_lungs`` is everything outside `lung_field` (an Otsu dark-region segmentation of the two lungs,
 falling back to a two-ellipse template of where the lungs lie on a squashed frontal film). `shortcut_verdict` flags
-a model whose Grad-CAM mass on markers is at least ``MARKER_FLAG`` times their area, or whose mass outside the lungs is
-at least ``OUTSIDE_FLAG`` times that area (no preference for the lungs at all). Fixed geometric regions follow:
+a model whose Grad-CAM mass on markers is at least ``MARKER_FLAG`` times their area, whose hottest point lies on a
+marker at least ``PEAK_FLAG`` times as often as chance (a Grad-CAM cell is coarse: markers cover ~1 % of the image,
+so the mass share alone misses a model that peaks on them), or whose mass outside the lungs is at least
+``OUTSIDE_FLAG`` times that area (no preference for the lungs at all). Fixed geometric regions follow:
 
 A model that reads burnt-in letters, markers or the padding/collimation edge (the classic chest X-ray shortcut)
 puts its saliency mass in the border band and the corners. Each share is compared with the region's area: a uniform
@@ -30,6 +32,8 @@ REGIONS = ("border", "corners", "center")
 IMAGE_REGIONS = ("markers", "outside_lungs")
 MARKER_FLAG = 2.0  # saliency share on detected markers / their area at which a model is flagged
 OUTSIDE_FLAG = 1.0  # saliency share outside the lung field / its area at which a model is flagged
+PEAK_TOLERANCE = 1 / 14  # a map's peak counts as on a marker within this fraction of the side (half a 7x7 cell)
+PEAK_FLAG = 2.0  # share of peaks on markers / its chance at which a model is flagged
 
 
 def _lung_template(size: int) -> np.ndarray:
@@ -137,7 +141,8 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
     if images is not None:
         if len(images) != len(maps) or np.asarray(images).shape[1:] != maps.shape[1:]:
             raise ConfigError(f"images {np.asarray(images).shape} do not match the maps {maps.shape}")
-        for name, per_image in image_regions(images).items():
+        regions = image_regions(images)
+        for name, per_image in regions.items():
             total = np.clip(maps, 0, None).sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
                 shares[name] = np.where(total > 0, (np.clip(maps, 0, None) * per_image).sum(axis=(1, 2)) / total,
@@ -145,6 +150,7 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
             areas[name] = per_image.mean(axis=(1, 2))
             present[name] = per_image.any(axis=(1, 2))
             names.append(name)
+        peaks = peak_hits(maps, regions)
 
     def summary(rows: np.ndarray) -> dict:
         valid = rows & ~np.isnan(shares["center"])
@@ -156,6 +162,9 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
             out[f"{name}_vs_area"] = mean / float(areas[name][use].mean()) if use.any() else float("nan")
             if name not in REGIONS:
                 out[f"{name}_images"] = int(use.sum())
+                hit, chance = peaks[name]
+                out[f"peak_on_{name}"] = float(hit[use].mean()) if use.any() else float("nan")
+                out[f"peak_on_{name}_chance"] = float(chance[use].mean()) if use.any() else float("nan")
         return out
 
     per_class = {str(name): summary(labels == i) for i, name in enumerate(class_names) if (labels == i).any()}
@@ -167,6 +176,22 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
     return stats
 
 
+def peak_hits(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per region: whether each map's hottest pixel lies in it (grown by ``PEAK_TOLERANCE`` of the side: a Grad-CAM
+    cell is that coarse), and the chance of that for a peak placed uniformly at random (the grown region's area)."""
+    n, size = maps.shape[0], maps.shape[1]
+    flat = np.argmax(maps.reshape(n, -1), axis=1)
+    rows, cols = np.unravel_index(flat, (size, size))
+    k = max(1, round(PEAK_TOLERANCE * size)) * 2 + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    out = {}
+    for name, masks in regions.items():
+        grown = masks if name == "outside_lungs" else np.stack([cv2.dilate(m.astype(np.uint8), kernel) > 0
+                                                                 for m in masks])
+        out[name] = (grown[np.arange(n), rows, cols], grown.mean(axis=(1, 2)))
+    return out
+
+
 def shortcut_verdict(stats: dict) -> dict:
     """``{"flagged": bool, "reasons": [...]}`` from the overall marker and outside-lung ratios (see the module)."""
     overall, reasons = stats["all"], []
@@ -175,8 +200,13 @@ def shortcut_verdict(stats: dict) -> dict:
         reasons.append(f"{markers:.1f}x the uniform saliency on detected markers/text (flag at {MARKER_FLAG:g}x)")
     if np.isfinite(outside) and outside >= OUTSIDE_FLAG:
         reasons.append(f"{outside:.2f}x the uniform saliency outside the lung field (flag at {OUTSIDE_FLAG:g}x)")
+    hit, chance = overall.get("peak_on_markers", float("nan")), overall.get("peak_on_markers_chance", float("nan"))
+    peak = hit / chance if np.isfinite(hit) and chance > 0 else float("nan")
+    if np.isfinite(peak) and peak >= PEAK_FLAG:
+        reasons.append(f"the hottest point lies on a detected marker/text in {hit:.0%} of the maps, {peak:.1f}x chance "
+                       f"(flag at {PEAK_FLAG:g}x)")
     return {"flagged": bool(reasons), "reasons": reasons, "markers_vs_area": markers, "outside_lungs_vs_area": outside,
-            "marker_images": overall.get("markers_images", 0)}
+            "peak_on_markers": hit, "peak_on_markers_vs_chance": peak, "marker_images": overall.get("markers_images", 0)}
 
 
 def shortcut_table_rows(stats: dict) -> tuple[list[str], list[list[object]]]:
