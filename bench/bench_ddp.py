@@ -43,7 +43,7 @@ def train_command(args: argparse.Namespace, processes: int, out_dir: Path) -> li
     if args.limit_per_class:
         options.append(f"data.limit_per_class={args.limit_per_class}")
     return [*launcher, "-m", "pneumo", "train", "--preset", "default", "--model", args.model, "--mode", args.mode,
-            "--data", args.data, "--out-dir", str(out_dir), "--name", f"ddp-{processes}", "--device", args.device,
+            "--data", args.data, "--out", str(out_dir), "--name", f"ddp-{processes}", "--device", args.device,
             "--no-eval", *[arg for option in options for arg in ("--set", option)]]
 
 

@@ -8,20 +8,27 @@ import logging
 import sys
 
 from pneumo import __version__
+from pneumo.argparsing import HelpFormatter, subparser
 from pneumo.errors import PneumoError
 
 # name -> (module, one-line help); modules are imported only when their subcommand runs or builds its parser.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("pneumo.commands.data", "dataset: download, manifest, split, cache, report"),
+    "data": ("pneumo.commands.data", "dataset: scan, split, cache, report, download, export"),
     "train": ("pneumo.commands.train", "train a model from a preset (+ overrides), then evaluate it"),
-    "evaluate": ("pneumo.commands.evaluate", "evaluate a run on the official test split per the protocol"),
+    "evaluate": ("pneumo.commands.evaluate", ("evaluate a model: the official test split, or any labelled folder "
+                                              "(external validation)")),
+    "operating-point": ("pneumo.commands.operating_point", ("choose a new operating point on val: writes a NEW "
+                                                            "model folder")),
     "compare": ("pneumo.commands.compare", "leaderboard (markdown + HTML) across runs"),
     "explain": ("pneumo.commands.explain", "Grad-CAM / occlusion maps for images"),
     "predict": ("pneumo.commands.predict", "predict JPEG/PNG/DICOM files, folders or globs"),
-    "export": ("pneumo.commands.export", "export a run to ONNX"),
+    "export": ("pneumo.commands.export", "export a model to ONNX"),
     "ood": ("pneumo.commands.ood", "out-of-distribution statistics: fit them for a run or the shipped model"),
     "serve": ("pneumo.commands.serve", "web service and page (FastAPI)"),
+    "model-card": ("pneumo.commands.model_card", "print a model's card (the shipped model by default)"),
 }
+# Flag conventions: --model is the model everywhere (run folder, checkpoint, ensemble folder; default: the shipped
+# model); --out is an output FOLDER everywhere; --output is an output FILE; --data is input images/data.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pneumo",
         description="Pneumonia detection in pediatric chest X-rays: data, training, honest evaluation, "
         "explanations, prediction, export and a web service. Research use only, not a medical device.",
+        epilog="examples:\n  pneumo predict xrays/ --output predictions.csv\n"
+        "  pneumo evaluate --data hospital_xrays/ --out validation   # the shipped model on your labelled images\n"
+        "  pneumo COMMAND --help",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pneumo {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         mod = importlib.import_module(module)
-        mod.add_parser(sub.add_parser(name, help=help_text, description=help_text))
+        mod.add_parser(subparser(sub, name, help=help_text, examples=getattr(mod, "EXAMPLES", "")))
     return parser
 
 

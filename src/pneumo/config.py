@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
 from pneumo.errors import ConfigError
 
+log = logging.getLogger(__name__)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 TASKS = ("binary", "3class")
 RESIZE_POLICIES = ("squash", "letterbox")
 TRANSFER_MODES = ("probe", "partial", "finetune", "scratch")
+INTENSITIES = ("none", "equalize", "clahe", "standardize")
+TRAIN_SOURCES = ("all", "original")
+# Keys that older configs (and the run folders written with them) still hold; they load with a warning.
+REMOVED_KEYS = {"train.num_workers": "never read (data loading runs in the main process)",
+                "train.probe_c": "never read (the probe's regularisation is chosen on the val fold)"}
 
 
 @dataclass
@@ -65,11 +75,9 @@ class TrainConfig:
     balance: str = "weights"  # weights | sampler | none
     patience: int = 4  # early stopping on val ROC-AUC
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
     channels_last: bool = True  # with amp on such a CPU, or on CUDA
-    probe_c: float = 1.0  # inverse regularisation of the probe's logistic regression
     max_steps_per_epoch: int | None = None  # for smoke tests
     checkpoint_every_steps: int = 0  # also save the resumable state every N optimizer steps (0: after each epoch)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -77,7 +85,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    threshold_policy: str = "youden"  # youden | sensitivity:0.95
+    threshold_policy: str = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
     val_view: str = "all"  # all | original: choose threshold/temperature on val images of original resolution only
     tta: bool = False  # average logits over the image and its horizontal flip
     n_bootstrap: int = 1000
@@ -102,6 +110,21 @@ class ServeConfig:
     queue_timeout_s: float = 10.0  # the longest wait for a slot (then 503 + Retry-After)
     upload_budget_mb: float = 512.0  # bytes of all uploads being read or waiting, summed; beyond: 503
 
+    def validate(self) -> ServeConfig:
+        """The service limits checked in one place (``pneumo serve`` and ``create_app``); returns self."""
+        _range("--port", self.port, low=1, high=65535)
+        _range("--max-upload-mb", self.max_upload_mb, low=0.0, low_open=True)
+        _range("--max-pixels", self.max_pixels, low=1)
+        _range("--max-batch", self.max_batch, low=1)
+        _range("--batch-window-ms", self.batch_window_ms, low=0.0)
+        for name in ("header_timeout_s", "body_timeout_s", "queue_timeout_s"):
+            _range(f"--{name.replace('_', '-')}", getattr(self, name), low=0.0, low_open=True)
+        _range("--max-active", self.max_active, low=1)
+        _range("--max-queue", self.max_queue, low=0)
+        if self.upload_budget_mb < self.max_upload_mb:
+            raise ConfigError("--upload-budget-mb must be at least --max-upload-mb (else the largest upload never fits)")
+        return self
+
 
 @dataclass
 class RunConfig:
@@ -116,37 +139,102 @@ class RunConfig:
     members: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Fail with one line before any work starts when the combination cannot run."""
-        if self.data.task not in TASKS:
-            raise ConfigError(f"unknown task {self.data.task!r}; choose one of {', '.join(TASKS)}")
-        if self.data.resize_policy not in RESIZE_POLICIES:
-            raise ConfigError(f"unknown resize policy {self.data.resize_policy!r}; choose {', '.join(RESIZE_POLICIES)}")
-        if self.data.markers not in ("none", "inpaint"):
-            raise ConfigError(f"unknown data.markers {self.data.markers!r}; choose none or inpaint")
-        if self.model.mode not in TRANSFER_MODES:
-            raise ConfigError(f"unknown mode {self.model.mode!r}; choose one of {', '.join(TRANSFER_MODES)}")
-        if not 0.0 < self.data.val_fraction < 0.5:
-            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.data.val_fraction}")
-        if self.data.image_size < 32:
-            raise ConfigError(f"data.image_size must be at least 32, got {self.data.image_size}")
-        if self.model.mode in ("probe", "partial") and self.model.weights == "none":
-            raise ConfigError(f"mode={self.model.mode} freezes layers, which needs pretrained weights (model.weights)")
-        w = self.model.weights
-        if w not in ("imagenet", "none") and not Path(w).is_file():
-            raise ConfigError(f"weights file not found: {w}")
-        if self.train.epochs < 1 and self.model.mode != "probe":
-            raise ConfigError("train.epochs must be at least 1")
-        if self.train.checkpoint_every_steps < 0:
-            raise ConfigError("train.checkpoint_every_steps must be >= 0")
-        if self.train.balance not in ("weights", "sampler", "none"):
-            raise ConfigError(f"train.balance must be weights, sampler or none, got {self.train.balance!r}")
-        if self.train.loss not in ("ce", "focal"):
-            raise ConfigError(f"train.loss must be ce or focal, got {self.train.loss!r}")
-        if self.eval.val_view not in ("all", "original"):
-            raise ConfigError(f"eval.val_view must be all or original, got {self.eval.val_view!r}")
-        policy = self.eval.threshold_policy
-        if policy != "youden" and not policy.startswith("sensitivity:"):
-            raise ConfigError(f"eval.threshold_policy must be youden or sensitivity:X, got {policy!r}")
+        """Fail with one line before any work starts when a value is out of range or the combination cannot run.
+
+        The one place where choices and ranges are checked: `load_config` calls it, so does `train`."""
+        d, m, t, e = self.data, self.model, self.train, self.eval
+        _choice("data.task", d.task, TASKS)
+        _choice("data.resize_policy", d.resize_policy, RESIZE_POLICIES)
+        _choice("data.intensity", d.intensity, INTENSITIES)
+        _choice("data.markers", d.markers, ("none", "inpaint"))
+        _choice("data.train_sources", d.train_sources, TRAIN_SOURCES)
+        _choice("model.mode", m.mode, TRANSFER_MODES)
+        _choice("train.balance", t.balance, ("weights", "sampler", "none"))
+        _choice("train.loss", t.loss, ("ce", "focal"))
+        _choice("eval.val_view", e.val_view, ("all", "original"))
+        check_device(t.device)
+        _range("data.val_fraction", d.val_fraction, low=0.0, high=0.5, low_open=True, high_open=True)
+        _range("data.image_size", d.image_size, low=32)
+        if d.limit_per_class is not None:
+            _range("data.limit_per_class", d.limit_per_class, low=1)
+        _range("model.freeze_stages", m.freeze_stages, low=0)
+        _range("model.drop_rate", m.drop_rate, low=0.0, high=1.0, high_open=True)
+        _range("train.epochs", t.epochs, low=1)
+        _range("train.batch_size", t.batch_size, low=1)
+        _range("train.lr", t.lr, low=0.0, low_open=True)
+        _range("train.weight_decay", t.weight_decay, low=0.0)
+        _range("train.warmup_epochs", t.warmup_epochs, low=0.0)
+        _range("train.label_smoothing", t.label_smoothing, low=0.0, high=1.0, high_open=True)
+        _range("train.patience", t.patience, low=1)
+        _range("train.checkpoint_every_steps", t.checkpoint_every_steps, low=0)
+        if t.max_steps_per_epoch is not None:
+            _range("train.max_steps_per_epoch", t.max_steps_per_epoch, low=1)
+        for name in ("rotate_deg", "scale", "translate", "brightness", "contrast", "gamma"):
+            _range(f"train.augment.{name}", getattr(t.augment, name), low=0.0)
+        _range("eval.n_bootstrap", e.n_bootstrap, low=0)
+        _range("eval.ece_bins", e.ece_bins, low=1)
+        check_policy(e.threshold_policy, "eval.threshold_policy")
+        if m.mode in ("probe", "partial") and m.weights == "none":
+            raise ConfigError(f"mode={m.mode} freezes layers, which needs pretrained weights (model.weights)")
+        if m.weights not in ("imagenet", "none") and not Path(m.weights).is_file():
+            raise ConfigError(f"weights file not found: {m.weights}")
+        for member in self.members:
+            preset_path(member)
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _range(name: str, value: float, *, low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        raise ConfigError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
+
+
+def check_device(device: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; raises ConfigError otherwise."""
+    base, _, index = device.partition(":")
+    if device in ("auto", "cpu", "cuda", "mps") or (base == "cuda" and index.isdigit()):
+        return device
+    raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+# Threshold policies. ``triage`` is the WHO triage profile: the highest specificity whose val sensitivity is >= 0.90
+# (= ``sensitivity:0.90``: the highest threshold that keeps 90 % of val pneumonia images positive).
+POLICY_ALIASES = {"triage": "sensitivity:0.90"}
+# Every evaluation reports these operating points side by side (each chosen on val); the model's own stays the headline.
+STANDARD_POLICIES = ("youden", "sensitivity:0.95", "triage")
+
+
+def parse_policy(policy: str) -> tuple[str, float | None]:
+    """``"youden"`` -> ("youden", None); ``"sensitivity:0.95"`` -> ("sensitivity", 0.95); ``"triage"`` ->
+    ("sensitivity", 0.90). ConfigError otherwise."""
+    if policy == "youden":
+        return "youden", None
+    policy = POLICY_ALIASES.get(policy, policy) if isinstance(policy, str) else policy
+    if isinstance(policy, str) and policy.startswith("sensitivity:"):
+        try:
+            target = float(policy.split(":", 1)[1])
+        except ValueError:
+            target = math.nan
+        if 0.0 < target <= 1.0:
+            return "sensitivity", target
+    raise ConfigError(f"threshold policy must be 'youden', 'triage' or 'sensitivity:X' with 0 < X <= 1, got {policy!r}")
+
+
+def check_policy(policy: str, name: str = "threshold policy") -> str:
+    """A threshold policy (``youden``, ``sensitivity:X``, ``triage``), checked before any work; returned as given."""
+    try:
+        parse_policy(policy)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return policy
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -155,6 +243,12 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in sorted(set(values) - set(known)):
+        if f"{where}{name}" in REMOVED_KEYS and f"{where}{name}" not in _WARNED:
+            _WARNED.add(f"{where}{name}")
+            log.warning("config key %s%s is ignored: %s (removed)", where, name, REMOVED_KEYS[f"{where}{name}"])
+    values = {k: v for k, v in values.items() if f"{where}{k}" not in REMOVED_KEYS}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"unknown config key {where}{unknown[0]}; known: {', '.join(known)}")
@@ -167,8 +261,57 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                 raise ConfigError(f"config key {where}{name} must be a mapping")
             kwargs[name] = _build(type(default), value, f"{where}{name}.")
         else:
-            kwargs[name] = value
+            kwargs[name] = coerce(value, hints[name], f"{where}{name}")
     return cls(**kwargs)
+
+
+_WARNED: set[str] = set()
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def coerce(value: Any, kind: Any, name: str) -> Any:
+    """``value`` (from YAML or a ``--set`` string) as the field's type: int, float (``1e-3`` too), bool, str,
+    ``X | None`` (``null``/``none``) and ``list[X]`` (a YAML list or comma-separated); one-line ConfigError if not."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (Union, types.UnionType):
+        empty = value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~", ""))
+        if empty and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], name)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [coerce(v, args[0] if args else str, name) for v in value]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE or text in _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError
+            return out
+        if kind is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return "null" if value is None else str(value) if not isinstance(value, bool) else str(value).lower()
+    except (TypeError, ValueError):
+        label = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ConfigError(f"{name} must be {label}, got {value!r}") from None
+    return value
 
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
@@ -216,6 +359,7 @@ def load_config(preset: str | None = "default", overrides: list[str] | None = No
     cfg = from_dict(values)
     if cfg.data.root is None and os.environ.get("PNEUMO_DATA"):
         cfg.data.root = os.environ["PNEUMO_DATA"]
+    cfg.validate()
     return cfg
 
 

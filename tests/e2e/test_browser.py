@@ -168,6 +168,34 @@ def test_a_non_image_is_reported_on_the_page(page, tmp_path: Path) -> None:
     assert page.is_hidden("#heatmap")
 
 
+def test_an_error_after_a_result_clears_the_result_card(page, full_data: Path, tmp_path: Path) -> None:
+    page.set_input_files("#file", str(xray_path(full_data)))
+    page.wait_for_selector("#heatmap:not([hidden])")
+    assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
+    fake = tmp_path / "notes.jpeg"
+    fake.write_bytes(b"these are my notes, not an x-ray\n" * 20)
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("#status.error")
+    assert page.is_hidden("#result")
+    assert page.inner_text("#label") == "—" and page.inner_text("#probability") == "—"
+    assert page.inner_text("#calibrated") == "—" and page.inner_text("#facts") == ""
+    assert page.get_attribute("#image", "src") is None and page.get_attribute("#heatmap", "src") is None
+    page.set_input_files("#file", str(xray_path(full_data)))  # and the page still works afterwards
+    page.wait_for_selector("#heatmap:not([hidden])")
+    assert page.is_visible("#result") and page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
+
+
+def test_one_probability_is_shown_and_the_calibrated_one_is_labelled_apart(page, full_data: Path) -> None:
+    page.set_input_files("#file", str(xray_path(full_data)))
+    page.wait_for_selector("#heatmap:not([hidden])")
+    raw, calibrated = float(page.inner_text("#probability")), float(page.inner_text("#calibrated"))
+    assert 0.0 <= raw <= 1.0 and 0.0 <= calibrated <= 1.0
+    assert "Model score P(pneumonia)" in page.inner_text("#bar-title")
+    assert "uncalibrated" in page.inner_text("#probability-note")
+    assert "Calibrated probability" in page.inner_text("#result")
+    assert "P(PNEUMONIA)" not in page.inner_text("#facts")  # no second, unlabelled probability
+
+
 def test_research_use_notice_and_model_facts_are_shown(page) -> None:
     assert "Research use only — not a medical device" in page.inner_text("#notice")
     assert page.is_visible("#notice")

@@ -81,3 +81,24 @@ def test_cli_compare_of_a_missing_run_exits_2_with_one_error_line(tmp_path: Path
     assert main(["compare", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pneumo compare: error:") and "metrics.json" in err and len(err.splitlines()) == 1
+
+
+def test_compare_skips_runs_without_metrics_and_names_rows_by_folder_with_report_links(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    a, _ = make_run(runs / "seed0", "default", seed=1)  # two runs of one preset: same config name
+    b, _ = make_run(runs / "seed1", "default", seed=2)
+    (a / "report.html").write_text("<html></html>")
+    (runs / "unfinished").mkdir()  # trained, never evaluated
+    (runs / "notes.txt").write_text("not a run")
+    with caplog.at_level("WARNING"):
+        assert main(["compare", str(a), str(runs / "unfinished"), str(b), str(runs / "notes.txt"),
+                     "--out", str(tmp_path / "board")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all("metrics.json" in w for w in warnings)
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert f"[{a}](../runs/seed0/default/report.html)" in md  # the run folder, linked to its report
+    assert f"| {b} |" in md and md.count("| default |") == 2  # rows told apart by folder
+    page = (tmp_path / "board" / "leaderboard.html").read_text()
+    assert '<a href="../runs/seed0/default/report.html">' in page
+    assert "youden: acc / sens / spec" in md and "triage: acc / sens / spec" in md

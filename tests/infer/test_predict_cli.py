@@ -63,9 +63,10 @@ def test_bad_inputs_get_a_one_line_error_and_the_rest_is_predicted(corpus: dict,
     for case in corpus.values():
         row = by_file[str(case.path).encode("utf-8", "backslashreplace").decode()]
         if case.expect == "ok":
-            assert row["error"] == "" and row["label"] in ("NORMAL", "PNEUMONIA"), case.name
+            assert row["error"] is None and row["label"] in ("NORMAL", "PNEUMONIA"), case.name  # JSON null
         else:
-            assert row["error"] and "\n" not in row["error"] and row["label"] == "", case.name
+            assert row["error"] and "\n" not in row["error"] and row["label"] is None, case.name
+            assert row["p_pneumonia"] is None, case.name
     errors = [line for line in captured.err.splitlines() if line.startswith("pneumo predict:")]
     assert len(errors) == sum(case.expect != "ok" for case in corpus.values())
     refused = [by_file[str(case.path)] for case in corpus.values() if case.expect == "refused"]
@@ -105,9 +106,44 @@ def test_heatmaps_are_written_on_the_original_geometry(xrays: Path, tiny_model: 
 
     out = tmp_path / "maps"
     assert main(["predict", str(xrays), "--model", str(tiny_model), "--heatmaps", str(out),
-                 "--out", str(tmp_path / "p.csv")]) == 0
-    for image in sorted(xrays.iterdir()):
-        cam = np.load(out / f"{image.stem}.cam.npy")
-        with Image.open(image) as original:
+                 "--output", str(tmp_path / "p.csv")]) == 0
+    rows = _rows((tmp_path / "p.csv").read_text())
+    assert len(rows) == len(list(xrays.iterdir()))
+    for row in rows:  # the heatmap column links each row to its overlay; the raw map sits next to it
+        overlay = Path(row["heatmap"])
+        assert overlay.is_file() and overlay.name.endswith(".cam.png")
+        cam = np.load(overlay.with_name(overlay.name.replace(".cam.png", ".cam.npy")))
+        with Image.open(row["file"]) as original:
             assert cam.shape == (original.height, original.width)
-        assert (out / f"{image.stem}.cam.png").is_file()
+
+
+def test_heat_maps_have_unique_deterministic_names_linked_per_row(xrays: Path, tiny_model: Path,
+                                                                  tmp_path: Path) -> None:
+    twin = tmp_path / "twin"  # same file names in another folder: names must not clash or depend on order
+    shutil.copytree(xrays, twin)
+    outs = []
+    for k, order in enumerate(([str(xrays), str(twin)], [str(twin), str(xrays)])):
+        out, maps = tmp_path / f"p{k}.csv", tmp_path / f"maps{k}"
+        assert main(["predict", *order, "--model", str(tiny_model), "--backend", "torch", "--heatmaps", str(maps),
+                     "--output", str(out)]) == 0
+        rows = _rows(out.read_text())
+        assert len(rows) == 12 and len({r["heatmap"] for r in rows}) == 12
+        for row in rows:
+            assert Path(row["heatmap"]).is_file() and Path(row["heatmap"]).parent == maps.resolve()
+            assert Path(row["heatmap"]).name.startswith(Path(row["file"]).stem + "-")
+        outs.append({r["file"]: Path(r["heatmap"]).name for r in rows})
+    assert outs[0] == outs[1]  # the same input gets the same name whatever the order
+    assert not list((tmp_path / "maps0").glob("*-2.cam.png"))
+
+
+def test_results_arrive_one_by_one_while_heat_maps_are_written(xrays: Path, tiny_model: Path,
+                                                                tmp_path: Path) -> None:
+    from pneumo.infer.batch import predict_file_results
+
+    files = sorted(xrays.iterdir())
+    maps = tmp_path / "maps"
+    seen = []
+    for item in predict_file_results(Predictor(tiny_model), files, batch_size=32, heatmap_dir=str(maps)):
+        seen.append(len(list(maps.glob("*.png"))))  # overlays on disk when this result arrives
+        assert item.heatmap is not None and item.error is None
+    assert seen == list(range(1, len(files) + 1))  # one result per heat map, not one batch at the end

@@ -95,7 +95,7 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
 def test_impossible_configs_fail_with_one_line_before_any_work(overrides: list[str], message: str, tmp_path: Path,
                                                                data_slice: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
-    argv = ["train", "--data", str(data_slice), "--out-dir", str(tmp_path / "runs"), "--name", "bad"]
+    argv = ["train", "--data", str(data_slice), "--out", str(tmp_path / "runs"), "--name", "bad"]
     for item in overrides:
         argv += ["--set", item]
     assert main(argv) == 2
@@ -106,7 +106,7 @@ def test_impossible_configs_fail_with_one_line_before_any_work(overrides: list[s
 
 def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
-    argv = ["train", "--data", str(data_slice), "--out-dir", str(tmp_path / "runs"), "--model", "no_such_net"]
+    argv = ["train", "--data", str(data_slice), "--out", str(tmp_path / "runs"), "--model", "no_such_net"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "efficientnet_lite0" in err and "scratch_cnn" in err

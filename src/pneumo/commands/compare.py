@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+EXAMPLES = """
+pneumo compare runs/*                       # runs without metrics.json are skipped with a warning
+pneumo compare runs/default runs/best --out reports/
+"""
+
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN", help="evaluated run folders (runs/<name>)")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN", help="evaluated run (or evaluation) folders; rows are "
+                        "named by folder and link to each report.html")
     parser.add_argument("--out", metavar="DIR",
-                        help="where to write leaderboard.md / leaderboard.html (default: the first run's parent)")
+                        help="output folder for leaderboard.md / leaderboard.html (default: the first run's parent)")
     parser.set_defaults(func=run)
 
 

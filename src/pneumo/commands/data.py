@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from pneumo.argparsing import DeprecatedAlias, subparser
 from pneumo.data.manifest import scan_dataset
+
+EXAMPLES = """
+pneumo data download                                   # the Mendeley archive into ~/.cache/pneumo
+pneumo data report --data chest_xray/ --out runs/data-report
+pneumo data split --data chest_xray/ --output folds.csv
+pneumo data ACTION --help
+"""
+ACTION_EXAMPLES = {
+    "scan": "pneumo data scan --data chest_xray/ --output manifest.csv",
+    "split": "pneumo data split --data chest_xray/ --val-fraction 0.1 --seed 0 --output folds.csv",
+    "cache": "pneumo data cache --data chest_xray/ --size 224",
+    "report": "pneumo data report --data chest_xray/ --out runs/data-report",
+    "download": "pneumo data download --cache-dir ~/.cache/pneumo",
+    "export": "pneumo data export --data ChestXRay2017.zip --size 256 --out chest_xray_256/",
+}
 
 
 def add_data_option(parser: argparse.ArgumentParser) -> None:
@@ -16,43 +33,49 @@ def add_data_option(parser: argparse.ArgumentParser) -> None:
 def add_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("scan", help="list the images into a manifest CSV and print counts")
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        return subparser(sub, name, help=help_text, examples=ACTION_EXAMPLES[name])
+
+    p = action("scan", "list the images into a manifest CSV and print counts")
     add_data_option(p)
-    p.add_argument("--out", metavar="CSV", help="write the manifest here")
+    p.add_argument("--output", metavar="CSV", help="write the manifest to this file")
+    p.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output CSV")
     p.set_defaults(func=run_scan)
 
-    p = sub.add_parser("split", help="patient-grouped, subtype-stratified train/val split + leakage check")
+    p = action("split", "patient-grouped, subtype-stratified train/val split + leakage check")
     add_data_option(p)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val (0.1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="CSV", help="write the manifest with its fold column here")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--output", metavar="CSV", help="write the manifest with its fold column to this file")
+    p.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output CSV")
     p.set_defaults(func=run_split)
 
-    p = sub.add_parser("cache", help="decode all images once into a uint8 memory-mapped cache")
+    p = action("cache", "decode all images once into a uint8 memory-mapped cache")
     add_data_option(p)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--policy", choices=["squash", "letterbox"], default="squash")
-    p.add_argument("--intensity", choices=["none", "equalize", "clahe", "standardize"], default="none")
+    p.add_argument("--size", type=int, default=224, help="side of the square model input in pixels")
+    p.add_argument("--policy", choices=["squash", "letterbox"], default="squash", help="resize policy")
+    p.add_argument("--intensity", choices=["none", "equalize", "clahe", "standardize"], default="none",
+                   help="intensity step")
     p.add_argument("--cache-dir", help="default: $PNEUMO_CACHE or ~/.cache/pneumo")
     p.set_defaults(func=run_cache)
 
-    p = sub.add_parser("report", help="write the HTML dataset report (counts, sizes, intensities, samples, leakage)")
+    p = action("report", "write the HTML dataset report (counts, sizes, intensities, samples, leakage)")
     add_data_option(p)
-    p.add_argument("--out", default="runs/data-report", help="output folder (default runs/data-report)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/data-report", metavar="DIR", help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
+    p.add_argument("--seed", type=int, default=0, help="split seed")
     p.set_defaults(func=run_report)
 
-    p = sub.add_parser("download", help="download the Mendeley archive (checksum-verified, resumable)")
+    p = action("download", "download the Mendeley archive (checksum-verified, resumable)")
     p.add_argument("--cache-dir", help="default: $PNEUMO_CACHE or ~/.cache/pneumo")
-    p.add_argument("--source", default="mendeley")
+    p.add_argument("--source", default="mendeley", help="where from")
     p.set_defaults(func=run_download)
 
-    p = sub.add_parser("export", help="write a compact copy (short side = SIZE, JPEG) in the Kaggle layout")
+    p = action("export", "write a compact copy (short side = SIZE, JPEG) in the Kaggle layout")
     add_data_option(p)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--quality", type=int, default=90)
-    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    p.add_argument("--size", type=int, default=224, help="short side in pixels")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
     p.set_defaults(func=run_export)
 
 
@@ -66,9 +89,9 @@ def _counts(df) -> str:
 def run_scan(args: argparse.Namespace) -> int:
     df = scan_dataset(args.data)
     print(_counts(df))
-    if args.out:
-        df.to_csv(args.out, index=False)
-        print(f"manifest: {args.out} ({len(df)} images)")
+    if args.output:
+        df.to_csv(args.output, index=False)
+        print(f"manifest: {args.output} ({len(df)} images)")
     return 0
 
 
@@ -79,8 +102,8 @@ def run_split(args: argparse.Namespace) -> int:
     print(_counts(folds))
     print("patients per fold:", folds.groupby("fold")["patient_key"].nunique().to_dict())
     print("leakage check: passed", leakage_report(folds))
-    if args.out:
-        folds.to_csv(args.out, index=False)
+    if args.output:
+        folds.to_csv(args.output, index=False)
     return 0
 
 
@@ -100,11 +123,20 @@ def run_report(args: argparse.Namespace) -> int:
     from pneumo.data.report import write_data_report
     from pneumo.data.splits import assign_folds
 
+    start = time.perf_counter()
+    _progress("scanning the dataset", start)
     df = scan_dataset(args.data)
+    _progress(f"{len(df)} images; patient-grouped split", start)
     folds = assign_folds(df, val_fraction=args.val_fraction, seed=args.seed)
+    _progress("decoding samples, drawing figures, writing the report", start)
     path = write_data_report(df, df.attrs.get("location", args.data), Path(args.out), folds_df=folds, seed=args.seed)
+    _progress("done", start)
     print(f"dataset report: {path}")
     return 0
+
+
+def _progress(step: str, start: float) -> None:
+    print(f"pneumo data report: [{time.perf_counter() - start:5.1f} s] {step}", file=sys.stderr, flush=True)
 
 
 def run_download(args: argparse.Namespace) -> int:

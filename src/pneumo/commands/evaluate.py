@@ -1,32 +1,61 @@
-"""`pneumo evaluate RUN [RUN ...]`: the protocol on the official test split (threshold + temperature from val only);
-several runs of one split are evaluated as an ensemble (mean probability) into ``--out``."""
+"""`pneumo evaluate`: the protocol on the official test split (a run), an ensemble of runs, or any labelled folder
+(external validation, at the model's stored operating point). Evaluating never changes a model."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from pneumo.argparsing import deprecated
+
+EXAMPLES = """
+pneumo evaluate --data hospital_xrays/                 # the shipped model on your labelled folder (NORMAL/ PNEUMONIA/)
+pneumo evaluate --model runs/default --data labels.csv --out validation/   # a CSV of path,label
+pneumo evaluate --model runs/default                   # a run on the official test split (its own report.html)
+pneumo evaluate --model runs/a --model runs/b --out runs/ens              # an ensemble of runs of one split
+pneumo evaluate --model runs/default --threshold-policy sensitivity:0.98  # one more policy in the table
+"""
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN", nargs="+", help="a run folder (runs/<name>); several: an ensemble")
-    parser.add_argument("--out", metavar="DIR", help="where an ensemble's metrics and report go (required for one)")
-    parser.add_argument("--threshold-policy", help="youden | sensitivity:X (default: the run's config)")
-    parser.add_argument("--bootstrap", type=int, help="bootstrap resamples (default: the run's config, 1000)")
-    parser.add_argument("--data", metavar="DIR", help="dataset folder if it moved since training")
+    parser.add_argument("legacy_models", nargs="*", metavar="RUN", help=argparse.SUPPRESS)
+    parser.add_argument("--model", action="append", default=[], metavar="MODEL",
+                        help="run folder, checkpoint, ensemble folder or 'default' (the shipped model, also when "
+                             "omitted); repeat for an ensemble of runs. A positional RUN still works (deprecated)")
+    parser.add_argument("--data", metavar="FOLDER|CSV",
+                        help="labelled images to validate on: a folder with NORMAL/ and PNEUMONIA/ subfolders (any "
+                             "depth) or a CSV with path,label columns. Without it: the official test split")
+    parser.add_argument("--out", metavar="DIR", help="output folder for an ensemble's or an external validation's "
+                        "report (default for --data: evaluations/<model>-on-<data>)")
+    parser.add_argument("--threshold-policy", action="append", default=[], metavar="POLICY", dest="policies",
+                        help="also report this policy (youden | triage | sensitivity:X), chosen on val; repeatable. "
+                             "The headline stays the model's stored operating point: to change it, use "
+                             "`pneumo operating-point`")
+    parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: the run's config, "
+                        "else 1000)")
+    parser.add_argument("--dataset", metavar="DIR", help="the training dataset, if it moved since training "
+                        "(default: the run's, or $PNEUMO_DATA)")
+    parser.add_argument("--no-analysis", action="store_true", help="skip the Grad-CAM figures (shortcut indicator, "
+                        "error gallery, embeddings): faster")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.errors import ConfigError
-    from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
-    from pneumo.explain.analysis import analysis_sections
+    from pneumo.evaluate.report import fmt_number
+    from pneumo.evaluate.runner import summary_line
+    from pneumo.infer.evaluation import evaluate
 
-    options = {"policy": args.threshold_policy, "n_bootstrap": args.bootstrap, "data": args.data}
-    if len(args.run_dir) == 1:
-        result, folder = evaluate_run(args.run_dir[0], analysis=analysis_sections, **options), args.run_dir[0]
-    elif not args.out:
-        raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
-    else:
-        result, folder = evaluate_ensemble(args.run_dir, args.out, **options), args.out
+    models = list(args.model)
+    if args.legacy_models:
+        deprecated("a positional RUN is deprecated and will be removed in the next release: use --model RUN")
+        models += args.legacy_models
+    result, folder = evaluate(models, data=args.data, out=args.out, policies=tuple(args.policies),
+                              n_bootstrap=args.bootstrap, dataset=args.dataset, progress=sys.stderr.isatty(),
+                              analysis=not args.no_analysis)
     print(summary_line(result))
+    points = result.get("operating_points") or {}
+    for policy, p in points.items():
+        print(f"  {policy:>18}: threshold {fmt_number(p['threshold'])}, accuracy {fmt_number(p['accuracy'])}, "
+              f"sensitivity {fmt_number(p['sensitivity'])}, specificity {fmt_number(p['specificity'])}")
     print(f"report: {folder}/report.html")
     return 0

@@ -8,19 +8,24 @@ from pathlib import Path
 
 from pneumo.errors import ModelError, PneumoError
 
+EXAMPLES = """
+pneumo explain xray.jpeg                                     # Grad-CAM of the shipped model into ./explanations
+pneumo explain xrays/ --model runs/default --method occlusion --out maps/   # + a contact sheet
+"""
+
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     from pneumo.explain import METHODS, TARGETS
 
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--model", help="run folder or checkpoint .json/.safetensors (default: the shipped model)")
-    parser.add_argument("--method", choices=METHODS, default="gradcam", help="explanation method (default gradcam)")
+    parser.add_argument("--method", choices=METHODS, default="gradcam", help="explanation method")
     parser.add_argument("--layer", metavar="NAME", help="module to hook for gradcam/gradcam++ (default per model)")
     parser.add_argument("--target", choices=TARGETS, default="predicted",
-                        help="explain the predicted label (default) or always the pneumonia evidence")
-    parser.add_argument("--out", default="explanations", metavar="DIR", help="output folder (default ./explanations)")
-    parser.add_argument("--window", type=int, default=32, help="occlusion window in model pixels (default 32)")
-    parser.add_argument("--stride", type=int, default=16, help="occlusion stride in model pixels (default 16)")
+                        help="explain the predicted label or always the pneumonia evidence")
+    parser.add_argument("--out", default="explanations", metavar="DIR", help="output folder")
+    parser.add_argument("--window", type=int, default=32, help="occlusion window in model pixels")
+    parser.add_argument("--stride", type=int, default=16, help="occlusion stride in model pixels")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.set_defaults(func=run)
 
@@ -31,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.infer.batch import expand_inputs
     from pneumo.infer.predictor import Predictor
 
+    if args.threads is not None and args.threads < 1:
+        raise PneumoError(f"--threads must be >= 1, got {args.threads}")
     if args.model and Path(args.model).suffix.lower() == ".onnx":
         raise ModelError(f"{args.model}: explanations need the PyTorch checkpoint (the run folder or its "
                          ".json/.safetensors), not an ONNX export")

@@ -4,27 +4,42 @@ from __future__ import annotations
 
 import argparse
 
+from pneumo.argparsing import deprecated, subparser
+from pneumo.errors import ConfigError
 from pneumo.models.ood import DEFAULT_PERCENTILE
+
+EXAMPLES = """
+pneumo ood fit --model runs/default
+pneumo ood fit --model src/pneumo/assets/default-model.json --data chest_xray/
+"""
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ood_command", metavar="ACTION", required=True)
-    fit = sub.add_parser("fit", help="fit the OOD statistics of a run folder or checkpoint (the shipped model too)",
-                         description="Rebuild the model's train/val split from the config in its sidecar, compute "
+    fit = subparser(sub, "fit", help="fit the OOD statistics of a run folder or checkpoint (the shipped model too)",
+                    examples=EXAMPLES)
+    fit.description = ("Rebuild the model's train/val split from the config in its sidecar, compute "
                          "its features, fit class means + a shared Ledoit-Wolf covariance on train, set the flag "
                          "threshold at a percentile of the val scores, and write <stem>.ood.safetensors + the "
-                         "sidecar's `ood` entry.")
-    fit.add_argument("model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json)")
+                       "sidecar's `ood` entry.")
+    fit.add_argument("legacy_model", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)
+    fit.add_argument("--model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json)")
     fit.add_argument("--data", help="dataset folder or zip (default: the one in the model's config, else $PNEUMO_DATA)")
     fit.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
-                     help=f"val percentile that becomes the flag threshold (default {DEFAULT_PERCENTILE})")
+                     help="val percentile that becomes the flag threshold")
     fit.set_defaults(func=run_fit)
 
 
 def run_fit(args: argparse.Namespace) -> int:
     from pneumo.evaluate.ood import fit_ood_for
 
-    entry = fit_ood_for(args.model, data=args.data, percentile=args.percentile)
+    model = args.model
+    if args.legacy_model:
+        deprecated("a positional MODEL is deprecated and will be removed in the next release: use --model MODEL")
+        model = model or args.legacy_model
+    if not model:
+        raise ConfigError("give the model: --model RUN_OR_CHECKPOINT")
+    entry = fit_ood_for(model, data=args.data, percentile=args.percentile)
     print(f"ood: {entry['file']} ({entry['method']}, {entry['n_features']} features, {entry['n_train']} train images); "
           f"threshold {entry['threshold']:.3f} = val percentile {entry['percentile']:g} of {entry['n_val']} images")
     return 0

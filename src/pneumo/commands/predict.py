@@ -9,51 +9,65 @@ import logging
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pneumo.errors import PneumoError
+from pneumo.argparsing import DeprecatedAlias
+from pneumo.errors import ConfigError, PneumoError
 
 log = logging.getLogger(__name__)
+
+EXAMPLES = """
+pneumo predict xrays/ --output predictions.csv                    # the shipped model, ONNX Runtime
+pneumo predict 'scans/**/*.dcm' --model runs/default --format jsonl
+pneumo predict xrays/ --heatmaps maps/ --output predictions.csv   # + Grad-CAM overlays, linked per row
+"""
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
-    parser.add_argument("--model", help="run folder or checkpoint (default: the shipped default model)")
+    parser.add_argument("--model", help="run folder or checkpoint (default: the shipped model)")
     parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
-                        help="auto (default): ONNX Runtime, exported once into the cache; torch if that fails")
-    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
-    parser.add_argument("--out", help="output file (default: standard output)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here")
+                        help="auto: ONNX Runtime, exported once into the cache; torch if that fails")
+    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format")
+    parser.add_argument("--output", metavar="FILE", help="output file (default: standard output)")
+    parser.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output FILE")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per model call")
+    parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here (the heatmap column "
+                        "links each row to its file)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.infer.batch import expand_inputs, predict_files
+    from tqdm import tqdm
+
+    from pneumo.infer.batch import expand_inputs, predict_file_results
     from pneumo.infer.predictor import Predictor
     from pneumo.train.distributed import env_from_os, shard
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     files = expand_inputs(args.inputs)
     env = env_from_os()
     if env.world_size > 1:  # torchrun -m pneumo predict ...: each rank takes a contiguous shard
         files = shard(files, env.rank, env.world_size)
-        if args.out:
-            args.out = f"{args.out}.part-{env.rank}-of-{env.world_size}.{args.format}"
+        if args.output:
+            args.output = f"{args.output}.part-{env.rank}-of-{env.world_size}.{args.format}"
 
     predictor = Predictor(args.model, backend=args.backend, threads=args.threads)
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115 - closed below
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     failures = 0
     try:
         writer = None
-        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and args.out is None)
-        for path, result, error in predict_files(predictor, files, batch_size=args.batch_size,
-                                                 heatmap_dir=args.heatmaps):
-            bar.update(1)
-            row = {"file": _printable(path), **_flatten(result, predictor.classes, error)}
-            if error:
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and args.output is None)
+        for item in predict_file_results(predictor, files, batch_size=args.batch_size, heatmap_dir=args.heatmaps):
+            bar.update(1)  # one image at a time (heat maps included), not one batch
+            row = {"file": _printable(item.path), **_flatten(item.prediction, predictor.classes, item.error)}
+            if args.heatmaps:
+                row["heatmap"] = str(item.heatmap) if item.heatmap else None
+            if item.error:
                 failures += 1
-                print(f"pneumo predict: {_printable(path)}: {error}", file=sys.stderr)
+                print(f"pneumo predict: {_printable(item.path)}: {item.error}", file=sys.stderr)
             if args.format == "jsonl":
                 out.write(json.dumps(row) + "\n")
             else:
@@ -63,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 writer.writerow({key: csv_cell(value) for key, value in row.items()})
         bar.close()
     finally:
-        if args.out:
+        if args.output:
             out.close()
     if failures == len(files):
         raise PneumoError(f"none of the {len(files)} input(s) could be read")
@@ -75,7 +89,9 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as th
 
 def csv_cell(value: object) -> object:
     """A text cell that a spreadsheet would run as a formula (a file named ``=HYPERLINK(...).jpeg``) gets a leading
-    ``'``, so it shows as text; numbers stay numbers."""
+    ``'``, so it shows as text; numbers stay numbers; None is an empty cell."""
+    if value is None:
+        return ""
     return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
@@ -84,14 +100,15 @@ def _printable(path: Path) -> str:
 
 
 def _flatten(result, classes: list[str], error: str | None) -> dict:
-    row = {"p_pneumonia": "", "p_calibrated": "", "label": "", "threshold": "", "ood_score": "", "ood": "",
-           "error": error or ""}
+    """One output row; absent values are None (an empty CSV cell, null in JSON lines)."""
+    row = {"p_pneumonia": None, "p_calibrated": None, "label": None, "threshold": None, "ood_score": None, "ood": None,
+           "error": error or None}
     if result is not None:
         row.update(p_pneumonia=round(result.p_pneumonia, 6), p_calibrated=round(result.p_calibrated, 6),
                    label=result.label, threshold=round(result.threshold, 6))
         if result.ood is not None:  # out-of-distribution: don't trust the label
-            row.update(ood_score="" if result.ood_score is None else round(result.ood_score, 4), ood=result.ood)
+            row.update(ood_score=None if result.ood_score is None else round(result.ood_score, 4), ood=result.ood)
     if len(classes) > 2:
         for c in classes:
-            row[f"p_{c}"] = round(result.probabilities[c], 6) if result is not None else ""
+            row[f"p_{c}"] = round(result.probabilities[c], 6) if result is not None else None
     return row

@@ -14,15 +14,19 @@ from pneumo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _DEFAULTS = ServeConfig()
+EXAMPLES = """
+pneumo serve                                          # the shipped model on http://127.0.0.1:8000
+PNEUMO_API_KEY=secret pneumo serve --model runs/default --host 0.0.0.0 --workers 2
+"""
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped default model)")
     parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
-                        help="auto (default): ONNX Runtime, exported once into the cache; torch if that fails")
+                        help="auto: ONNX Runtime, exported once into the cache; torch if that fails")
     parser.add_argument("--host", default=_DEFAULTS.host, help=f"address to listen on (default {_DEFAULTS.host}; "
                         "use 0.0.0.0 to accept other machines, ideally with an API key)")
-    parser.add_argument("--port", type=int, default=_DEFAULTS.port)
+    parser.add_argument("--port", type=int, default=_DEFAULTS.port, help="TCP port")
     parser.add_argument("--api-key", help="require this key in the X-API-Key header of /api requests "
                         "(default: $PNEUMO_API_KEY; the environment keeps it out of the process list)")
     parser.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_mb, help="largest upload")
@@ -55,25 +59,15 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
-    """The ``ServeConfig`` the arguments describe, checked."""
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
-    if args.max_upload_mb <= 0 or args.max_pixels <= 0:
-        raise ConfigError("--max-upload-mb and --max-pixels must be positive")
-    if args.max_batch < 1 or args.batch_window_ms < 0 or args.workers < 1:
-        raise ConfigError("--max-batch and --workers must be at least 1, --batch-window-ms at least 0")
-    if min(args.header_timeout_s, args.body_timeout_s, args.queue_timeout_s) <= 0:
-        raise ConfigError("--header-timeout-s, --body-timeout-s and --queue-timeout-s must be positive")
-    if args.max_active < 1 or args.max_queue < 0 or args.limit_concurrency < 1:
-        raise ConfigError("--max-active and --limit-concurrency must be at least 1, --max-queue at least 0")
-    if args.upload_budget_mb < args.max_upload_mb:
-        raise ConfigError("--upload-budget-mb must be at least --max-upload-mb (else the largest upload never fits)")
+    """The ``ServeConfig`` the arguments describe, checked (``ServeConfig.validate``, the one place for the limits)."""
+    if args.workers < 1 or args.limit_concurrency < 1:
+        raise ConfigError("--workers and --limit-concurrency must be at least 1")
     return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
                        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
                        max_active=args.max_active, max_queue=args.max_queue, queue_timeout_s=args.queue_timeout_s,
-                       upload_budget_mb=args.upload_budget_mb)
+                       upload_budget_mb=args.upload_budget_mb).validate()
 
 
 def run(args: argparse.Namespace) -> int:

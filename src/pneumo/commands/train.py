@@ -6,21 +6,30 @@ import argparse
 import sys
 from pathlib import Path
 
+from pneumo.argparsing import DeprecatedAlias
 from pneumo.config import load_config
+
+EXAMPLES = """
+pneumo train --preset default                        # runs/default: model, metrics, report.html
+pneumo train --preset lite0-finetune --set train.lr=1e-3 --set train.epochs=4 --name ft-lr1e-3
+pneumo train --model resnet18 --mode finetune --out /shared/runs --name r18
+pneumo train --resume --name ft-lr1e-3               # continue after a crash or Ctrl-C
+"""
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", help="preset name in configs/ or a YAML file (default: default)")
     parser.add_argument("--data", metavar="DIR", help="dataset folder or zip (default: $PNEUMO_DATA)")
-    parser.add_argument("--name", help="run name (folder runs/<name>); default: the preset's name")
-    parser.add_argument("--out-dir", help="parent folder of runs (default: runs)")
-    parser.add_argument("--task", choices=["binary", "3class"])
-    parser.add_argument("--model", help="model name (see `pneumo train --list-models`)")
-    parser.add_argument("--mode", choices=["probe", "partial", "finetune", "scratch"])
-    parser.add_argument("--weights", help="imagenet | none | path to a local state dict")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--name", help="run name (folder OUT/<name>); default: the preset's name")
+    parser.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder holding the runs (default: runs)")
+    parser.add_argument("--out-dir", dest="out_dir", action=DeprecatedAlias, new="--out DIR")
+    parser.add_argument("--task", choices=["binary", "3class"], help="default: the preset's")
+    parser.add_argument("--model", help="model name (see `pneumo train --list-models`); default: the preset's")
+    parser.add_argument("--mode", choices=["probe", "partial", "finetune", "scratch"], help="default: the preset's")
+    parser.add_argument("--weights", help="imagenet | none | path to a local state dict; default: the preset's")
+    parser.add_argument("--epochs", type=int, help="default: the preset's")
+    parser.add_argument("--seed", type=int, help="training seed; default: the preset's")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps; default: the preset's (auto)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set train.lr=1e-3 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue runs/<name> from its last checkpoint")
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = train(cfg, resume=args.resume, force=args.force)
     except KeyboardInterrupt:
         print(f"pneumo train: interrupted; resume with: pneumo train --resume --name {cfg.name}"
-              + (f" --out-dir {cfg.out_dir}" if cfg.out_dir != "runs" else ""), file=sys.stderr)
+              + (f" --out {cfg.out_dir}" if cfg.out_dir != "runs" else ""), file=sys.stderr)
         return 130
     if not is_main_process():
         return 0
@@ -90,21 +99,17 @@ def run(args: argparse.Namespace) -> int:
 
 def run_ensemble(cfg, args: argparse.Namespace) -> int:
     """Train (or resume) each member, evaluate each, then the ensemble into runs/<name>."""
-    from pneumo.config import member_configs
-    from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
-    from pneumo.train.run import train
+    from pneumo.evaluate.ensemble import train_ensemble
+    from pneumo.evaluate.runner import summary_line
 
-    members = member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")])
-    run_dirs = []
-    for member in members:
-        run_dirs.append(train(member, resume=args.resume, force=args.force))
-        print(f"member run: {run_dirs[-1]}")
-        if not args.no_eval:
-            print(summary_line(evaluate_run(run_dirs[-1])))
-    if args.no_eval:
-        return 0
-    out = Path(cfg.out_dir) / cfg.name
-    result = evaluate_ensemble(run_dirs, out)
-    print(summary_line(result))
-    print(f"report: {out / 'report.html'}")
+    def member_done(run_dir: Path, result: dict | None) -> None:
+        print(f"member run: {run_dir}")
+        if result is not None:
+            print(summary_line(result))
+
+    _, result = train_ensemble(cfg, cli_overrides(args), resume=args.resume, force=args.force,
+                               evaluate=not args.no_eval, on_member=member_done)
+    if result is not None:
+        print(summary_line(result))
+        print(f"report: {Path(cfg.out_dir) / cfg.name / 'report.html'}")
     return 0

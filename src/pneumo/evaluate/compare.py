@@ -1,24 +1,34 @@
 """Leaderboard across runs: each run's ``metrics.json`` -> ``leaderboard.md`` and ``leaderboard.html``.
 
-Rows are sorted by validation ROC-AUC (never by a test number: ranking on test would be selecting on it).
+Rows are sorted by validation ROC-AUC (never by a test number: ranking on test would be selecting on it). Each row
+is named by its run folder, linked to that run's report; runs without a readable metrics.json are skipped with a
+warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from markupsafe import Markup
+
 from pneumo import atomic
 from pneumo.errors import DataError
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
-COLUMNS = ("name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
+log = logging.getLogger(__name__)
+COLUMNS = ("run", "name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
            "test specificity", "test ROC-AUC", "ECE before → after", "threshold (policy)", "wall time")
+OPERATING_POLICIES = ("youden", "sensitivity:0.95", "triage")
 TEST_COLUMNS = (("test accuracy", "accuracy"), ("test sensitivity", "sensitivity"),
                 ("test specificity", "specificity"), ("test ROC-AUC", "roc_auc"))
+
+
+ALL_COLUMNS = (*COLUMNS, *(f"{p}: acc / sens / spec" for p in OPERATING_POLICIES))
 
 
 def load_run_metrics(run_dir: str | os.PathLike) -> dict:
@@ -33,6 +43,7 @@ def load_run_metrics(run_dir: str | os.PathLike) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("test"), dict):
         raise DataError(f"{path} has no 'test' results: re-run pneumo evaluate {run_dir}")
     data.setdefault("name", Path(run_dir).name)
+    data["_run_dir"] = str(run_dir)
     return data
 
 
@@ -55,7 +66,9 @@ def leaderboard_row(data: dict) -> dict[str, str]:
     """One run's formatted cells, keyed by :data:`COLUMNS`."""
     test = data.get("test", {})
     metrics, cis = test.get("metrics", {}), test.get("ci", {})
+    operating = data.get("operating_points") or {}
     row = {
+        "run": str(data.get("_run_dir", data.get("name", "?"))),
         "name": str(data.get("name", "?")),
         "arch": str(data.get("arch") or _get(data, "config", "model", "name") or "n/a"),
         "mode": str(data.get("mode") or _get(data, "config", "model", "mode") or "n/a"),
@@ -68,7 +81,12 @@ def leaderboard_row(data: dict) -> dict[str, str]:
     }
     for column, key in TEST_COLUMNS:
         row[column] = fmt_ci(metrics.get(key), cis.get(key))
-    return {c: row[c] for c in COLUMNS}
+    for policy in OPERATING_POLICIES:
+        p = operating.get(policy)
+        row[f"{policy}: acc / sens / spec"] = (" / ".join(fmt_number(p.get(k)) for k in ("accuracy", "sensitivity",
+                                                                                         "specificity"))
+                                               if p else "n/a")
+    return {c: row[c] for c in ALL_COLUMNS}
 
 
 def _val_auc_key(data: dict) -> float:
@@ -76,21 +94,38 @@ def _val_auc_key(data: dict) -> float:
     return -value if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
-def leaderboard_markdown(rows: Sequence[dict[str, str]]) -> str:
-    """A GitHub-flavoured markdown table."""
+def _report_link(row: dict[str, str], out_dir: Path | None) -> str | None:
+    report = Path(row["run"]) / "report.html"
+    if not report.is_file():
+        return None
+    return Path(os.path.relpath(report.resolve(), out_dir.resolve())).as_posix() if out_dir else report.as_posix()
+
+
+def leaderboard_markdown(rows: Sequence[dict[str, str]], out_dir: Path | None = None) -> str:
+    """A GitHub-flavoured markdown table; the run column links to each report (relative to ``out_dir``)."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    def run_cell(row: dict[str, str]) -> str:
+        link = _report_link(row, out_dir)
+        return f"[{cell(row['run'])}]({link.replace(' ', '%20')})" if link else cell(row["run"])
+
+    lines = ["| " + " | ".join(ALL_COLUMNS) + " |", "|" + "|".join("---" for _ in ALL_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(run_cell(r) if c == "run" else cell(r[c]) for c in ALL_COLUMNS) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def leaderboard_html(rows: Sequence[dict[str, str]]) -> str:
-    """A standalone HTML page with the same table (house CSS, no scripts)."""
-    note = ("<p>Sorted by validation ROC-AUC. Test numbers: official test split, threshold and temperature chosen "
-            "on val, 95 % percentile bootstrap CIs.</p>")
-    body = note + table(COLUMNS, ([r[c] for c in COLUMNS] for r in rows), table_id="leaderboard")
+def leaderboard_html(rows: Sequence[dict[str, str]], out_dir: Path | None = None) -> str:
+    """A standalone HTML page with the same table (house CSS, no scripts); run folders link to their reports."""
+    def run_cell(row: dict[str, str]) -> object:
+        link = _report_link(row, out_dir)
+        return Markup('<a href="{}">{}</a>').format(link, row["run"]) if link else row["run"]
+
+    note = ("<p>Sorted by validation ROC-AUC. Test numbers: official test split at each model's stored operating point "
+            "(threshold and temperature chosen on val), 95 % percentile bootstrap CIs; the last columns give the "
+            "standard policies side by side (each chosen on val; <code>triage</code>: val sensitivity &ge; 0.90).</p>")
+    cells = ([run_cell(r) if c == "run" else r[c] for c in ALL_COLUMNS] for r in rows)
+    body = note + table(ALL_COLUMNS, cells, table_id="leaderboard")
     return page("pneumo leaderboard", [Section("leaderboard", "Runs", body)], subtitle=f"{len(rows)} run(s)")
 
 
@@ -100,12 +135,19 @@ def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.P
     Returns:
         The two paths (markdown, HTML).
     """
-    results = [load_run_metrics(d) for d in run_dirs]
+    results, skipped = [], []
+    for d in run_dirs:
+        try:
+            results.append(load_run_metrics(d))
+        except DataError as exc:
+            skipped.append(exc)
     if not results:
-        raise DataError("no runs given: pass one or more run folders")
+        raise skipped[0] if skipped else DataError("no runs given: pass one or more run folders")
+    for exc in skipped:
+        log.warning("skipped: %s", exc)
     rows = [leaderboard_row(r) for r in sorted(results, key=_val_auc_key)]
     out_dir = Path(out_dir)
-    md = atomic.write_text(out_dir / "leaderboard.md", leaderboard_markdown(rows))
-    page = atomic.write_text(out_dir / "leaderboard.html", leaderboard_html(rows))
-    return md, page
+    md = atomic.write_text(out_dir / "leaderboard.md", leaderboard_markdown(rows, out_dir))
+    page_path = atomic.write_text(out_dir / "leaderboard.html", leaderboard_html(rows, out_dir))
+    return md, page_path
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from pneumo.config import POLICY_ALIASES, STANDARD_POLICIES, parse_policy  # noqa: F401 - re-exported
 from pneumo.errors import ConfigError, DataError
 
 BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
@@ -40,20 +41,6 @@ def check_binary(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray)
     if not np.isfinite(p_arr).all() or (p_arr.size and (p_arr.min() < 0 or p_arr.max() > 1)):
         raise DataError("probabilities must be finite and within [0, 1]")
     return y_arr.astype(np.int64), p_arr
-
-
-def parse_policy(policy: str) -> tuple[str, float | None]:
-    """``"youden"`` -> ("youden", None); ``"sensitivity:0.95"`` -> ("sensitivity", 0.95)."""
-    if policy == "youden":
-        return "youden", None
-    if isinstance(policy, str) and policy.startswith("sensitivity:"):
-        try:
-            target = float(policy.split(":", 1)[1])
-        except ValueError:
-            target = math.nan
-        if 0.0 < target <= 1.0:
-            return "sensitivity", target
-    raise ConfigError(f"threshold policy must be 'youden' or 'sensitivity:X' with 0 < X <= 1, got {policy!r}")
 
 
 def choose_threshold(y_val: Sequence[int] | np.ndarray, p_val: Sequence[float] | np.ndarray, policy: str) -> float:

@@ -174,6 +174,7 @@ def headline_html(result: dict) -> str:
         cards.append({"label": "3-class accuracy", "value": fmt_number(mc.get("accuracy")),
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
     return (render("headline.html.j2", cards=cards, n=test.get("n", "?"),
+                   where="External data" if result.get("external") else "Official test split",
                          threshold=fmt_number(result.get("threshold")), policy=result.get("threshold_policy"),
                          temperature=fmt_number(result.get("temperature"), 2),
                          ece_before=fmt_number(test.get("ece_before")), ece_after=fmt_number(test.get("ece_after"))))
@@ -230,7 +231,7 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     sections.append(("ROC, precision-recall and confusion",
                      fig.get("roc", "") + fig.get("pr", "") + fig.get("confusion", "")))
     calib = table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], [
-        ["val", val.get("ece_before"), "", val.get("nll_before"), val.get("nll_after")],
+        ["val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"), val.get("nll_after")],
         ["test", test["ece_before"], test["ece_after"], test["nll_before"], test["nll_after"]]])
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
                      f"on val by NLL; ECE with {escape(result.get('ece_bins', 15))} equal-width bins of top-label "

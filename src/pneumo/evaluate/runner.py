@@ -1,5 +1,10 @@
 """`evaluate_run(run_dir)`: a finished run's best checkpoint -> logits on val and test -> the protocol -> metrics.json,
-predictions.csv, figures, report.html; the validation-chosen threshold and temperature go into the checkpoint sidecar."""
+predictions.csv, figures, report.html, with the standard operating points side by side.
+
+Evaluating never changes a model: the run's first evaluation (right after training) records the operating point
+chosen on val (threshold, policy, temperature) in the checkpoint sidecar; later evaluations report at that stored
+point and leave model.json byte-identical. A new operating point is a new model folder (`pneumo operating-point`,
+`pneumo.infer.operating_point.derive_model`)."""
 
 from __future__ import annotations
 
@@ -20,7 +25,10 @@ from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
 from pneumo.data.splits import class_names, labels
 from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.calibration import apply_temperature, reliability_data
+from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis
 from pneumo.evaluate.ood import ood_note, summarize_test_ood
+from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import fast_inference
@@ -75,14 +83,19 @@ class _FastCpu(torch.nn.Module):
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_bootstrap: int | None = None,
-                 data: str | None = None, analysis: Analysis | None = None) -> dict:
+                 data: str | None = None, analysis: Analysis | None = None, policies: tuple[str, ...] = ()) -> dict:
     """The protocol for one run (see ../shared/docs/PROTOCOL.md). Returns the metrics dict also written to disk.
 
+    The headline is the model's stored operating point (for a run never evaluated: the config's policy, chosen on
+    val now and recorded in model.json, once). ``policy`` and ``policies`` add policies to the side-by-side
+    operating points (``youden``, ``sensitivity:0.95`` and ``triage`` are always there); they never change the model.
     ``analysis`` adds sections to the report (e.g. ``pneumo.explain.analysis.analysis_sections``: Grad-CAM shortcut
     indicator, confident errors, embeddings); the evaluation layer does not import explanations, the caller passes
     them in.
     """
     run_dir = Path(run_dir)
+    extra = tuple(p for p in (policy, *policies) if p)
+    policies_to_report(None, extra)  # a bad policy fails here, before any predicting
     start = time.perf_counter()
     cfg, folds = load_run(run_dir, data)
     model, meta = load_checkpoint(run_dir / f"{BEST}.json")
@@ -90,7 +103,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     logits = fold_logits(run_dir, cfg, folds, model)
     test = folds[folds["fold"] == "test"]
     y_test = labels(test, cfg.data.task)
-    result = _protocol(cfg, folds, logits["val"], logits["test"], policy=policy, n_bootstrap=n_bootstrap)
+    first = not meta.threshold_policy  # training leaves a placeholder threshold without a policy
+    headline = cfg.eval.threshold_policy if first else meta.threshold_policy
+    result = _protocol(cfg, folds, logits["val"], logits["test"], policy=headline, n_bootstrap=n_bootstrap)
+    if not first:
+        _at_stored_point(result, meta.threshold, logits["test"], y_test)
+    _add_operating_points(result, cfg, folds, logits, extra)
     training = meta.training
     result["val_view"] = cfg.eval.val_view
     result["tta"] = cfg.eval.tta
@@ -100,15 +118,58 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
     _write_predictions(run_dir, test, logits["test"], result)
-    _update_sidecar(run_dir / f"{BEST}.json", meta, result)
-    extra = []
+    if first:
+        _record_operating_point(run_dir / f"{BEST}.json", meta, result, folds)
+    sections = [operating_points_section(result)]
     if analysis:
-        extra = _analysis(analysis, run_dir, model, meta, logits["test_images"], y_test, test, result, names)
+        sections += _analysis(analysis, run_dir, model, meta, logits["test_images"], y_test, test, result, names)
     write_evaluation_report(run_dir, result, y_test=y_test, test_logits=logits["test"],
                             title=f"pneumo run: {cfg.name}", subtitle=_subtitle(result),
-                            extra_sections=extra, metrics_csv=run_dir / "metrics.csv")
+                            extra_sections=sections, metrics_csv=run_dir / "metrics.csv")
     atomic.write_json(run_dir / "metrics.json", result)
     return result
+
+
+def _at_stored_point(result: dict, stored: float, test_logits: np.ndarray, y_test: np.ndarray) -> None:
+    """Report at the threshold stored in the model (equal to the val choice unless the val data changed)."""
+    if abs(stored - result["threshold"]) < 1e-9:
+        return
+    log.warning("the val fold now gives threshold %.4f, the model stores %.4f (val data changed?): reporting at the "
+                "stored one", result["threshold"], stored)
+    yb = (np.asarray(y_test) != 0).astype(np.int64)
+    p = np.clip(1.0 - apply_temperature(test_logits, 1.0)[:, 0], 0, 1)
+    metrics = binary_metrics(yb, p, stored)
+    boot = result.get("bootstrap", {})
+    result["threshold"] = stored
+    result["test"].update(metrics=metrics, confusion_matrix=[[metrics["tn"], metrics["fp"]],
+                                                             [metrics["fn"], metrics["tp"]]],
+                          ci=bootstrap_cis(yb, p, stored, n_resamples=boot.get("n_resamples", 0),
+                                           seed=boot.get("seed", 0)) if boot.get("n_resamples") else {})
+
+
+def _val_arrays(cfg, folds: pd.DataFrame, val_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Val labels and logits as the protocol uses them (``eval.val_view=original`` keeps original-resolution ones)."""
+    val = folds[folds["fold"] == "val"]
+    y_val = labels(val, cfg.data.task)
+    if cfg.eval.val_view == "original":
+        keep = (val["source_kind"] == "original").to_numpy()
+        return y_val[keep], val_logits[keep]
+    return y_val, val_logits
+
+
+def _add_operating_points(result: dict, cfg, folds: pd.DataFrame, logits: dict, extra: tuple[str, ...]) -> None:
+    """The standard policies (+ extra ones) side by side, each chosen on val; and the val ECE after scaling."""
+    y_val, z_val = _val_arrays(cfg, folds, logits["val"])
+    result["val"]["ece_after"] = reliability_data(apply_temperature(z_val, result["temperature"]), y_val,
+                                                  result.get("ece_bins", 15))["ece"]
+    test = folds[folds["fold"] == "test"]
+    yb_test = (labels(test, cfg.data.task) != 0).astype(np.int64)
+    p_val = np.clip(1.0 - apply_temperature(z_val, 1.0)[:, 0], 0, 1)
+    p_test = np.clip(1.0 - apply_temperature(logits["test"], 1.0)[:, 0], 0, 1)
+    boot = result["bootstrap"]
+    result["operating_points"] = operating_points(
+        (y_val != 0).astype(np.int64), p_val, yb_test, p_test, policies_to_report(result["threshold_policy"], extra),
+        n_bootstrap=boot["n_resamples"], seed=boot["seed"], fixed={result["threshold_policy"]: result["threshold"]})
 
 
 def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray, *, policy: str | None,
@@ -132,7 +193,8 @@ def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.
 
 
 def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, policy: str | None = None,
-                      n_bootstrap: int | None = None, data: str | None = None) -> dict:
+                      n_bootstrap: int | None = None, data: str | None = None,
+                      policies: tuple[str, ...] = ()) -> dict:
     """The protocol for the average of several runs' probabilities (architectures or seeds on one split).
 
     The members must share their val and test folds (same data and split seed) and their task; the threshold and
@@ -141,6 +203,7 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     """
     if len(run_dirs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
+    policies_to_report(policy, policies)  # a bad policy fails before any predicting
     start = time.perf_counter()
     out = Path(out_dir)
     members = [Path(r) for r in run_dirs]
@@ -158,14 +221,20 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     test = folds[folds["fold"] == "test"]
     y_test = labels(test, cfg.data.task)
     result = _protocol(cfg, folds, ensemble["val"], ensemble["test"], policy=policy, n_bootstrap=n_bootstrap)
+    _add_operating_points(result, cfg, folds, ensemble, (policy, *policies) if policy else tuple(policies))
     result.update(name=f"ensemble of {len(members)}", members=[str(m) for m in members], val_view=cfg.eval.val_view,
                   eval_seconds=round(time.perf_counter() - start, 1))
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out, test, ensemble["test"], result)
     write_evaluation_report(out, result, y_test=y_test, test_logits=ensemble["test"],
                             title=f"pneumo ensemble of {len(members)} runs",
-                            subtitle=" + ".join(m.name for m in members))
-    atomic.write_json(out / "ensemble.json", {"members": [str(m) for m in members], "combine": "mean probability"})
+                            subtitle=" + ".join(m.name for m in members),
+                            extra_sections=[operating_points_section(result)])
+    # the ensemble's operating point, chosen on its val probabilities: what external validation uses
+    atomic.write_json(out / "ensemble.json", {"members": [str(m) for m in members], "combine": "mean probability",
+                                              "threshold": result["threshold"],
+                                              "threshold_policy": result["threshold_policy"],
+                                              "temperature": result["temperature"]})
     atomic.write_json(out / "metrics.json", result)
     return result
 
@@ -205,11 +274,18 @@ def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, re
     atomic.write_text(run_dir / "predictions.csv", out.to_csv(index=False))
 
 
-def _update_sidecar(path: Path, meta: CheckpointMeta, result: dict) -> None:
+def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, folds: pd.DataFrame) -> None:
+    """The run's first evaluation completes its model: the operating point chosen on val, recorded (version 1)."""
     metrics = result["test"]["metrics"]
+    val_paths = folds.loc[folds["fold"] == "val", "path"].tolist()
+    record = {"version": 1, "policy": result["threshold_policy"], "threshold": result["threshold"],
+              "temperature": result["temperature"],
+              "chosen_on": {"kind": "the run's val fold", "n": result["val"]["n"],
+                            "paths_sha256": paths_digest(val_paths)},
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     meta = dataclasses.replace(
         meta, tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],
-        temperature=result["temperature"],
+        temperature=result["temperature"], extra={**meta.extra, "operating_point": record},
         metrics={"test": {k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity", "precision",
                                                        "f1", "roc_auc", "pr_auc")},
                  "test_ci": result["test"]["ci"], "val_roc_auc": result["val"]["roc_auc"],
@@ -231,5 +307,6 @@ def summary_line(result: dict) -> str:
     parts = ", ".join(f"{k} {fmt_ci(m.get(k), ci.get(k))}" for k in ("accuracy", "sensitivity", "specificity",
                                                                       "roc_auc"))
     val_auc = result["val"].get("roc_auc")
-    return (f"{result.get('name')}: test {parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
+    where = "external data" if result.get("external") else "test"
+    return (f"{result.get('name')}: {where} {parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
             f"{result['threshold']:.3f} ({result['threshold_policy']})")

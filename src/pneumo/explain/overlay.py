@@ -88,16 +88,18 @@ class HeatmapWriter:
         self._used.add(name.lower())
         return name
 
-    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None) -> Path:
-        """Explain the original uint8 gray image ``gray`` read from ``path``; returns the overlay PNG path."""
-        return self.write_result(path, gray, prediction).overlay
+    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
+              name: str | None = None) -> Path:
+        """Explain the original uint8 gray image ``gray`` read from ``path``; returns the overlay PNG path.
+        ``name`` (sanitised) replaces the stem-based file name."""
+        return self.write_result(path, gray, prediction, name=name).overlay
 
     def write_result(self, path: str | os.PathLike, gray: np.ndarray,
-                     prediction: PredictionLike | None = None) -> Written:
+                     prediction: PredictionLike | None = None, *, name: str | None = None) -> Written:
         """Like ``write`` but returns both paths and the prediction."""
         result = explain_image(self.predictor, gray, method=self.method, layer=self.layer, target=self.target,
                                prediction=prediction, window=self.window, stride=self.stride)
-        name = self._name(path)
+        name = safe_stem(name + ".x") if name else self._name(path)
         root = self.out_dir.resolve()
         overlay_path = root / f"{name}.{self.tag}.png"
         npy_path = root / f"{name}.{self.tag}.npy"

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pneumo.data.decode import check_radiograph, load_image_file
-from pneumo.errors import InputError, PneumoError
+from pneumo.errors import ConfigError, InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -51,9 +53,38 @@ def _load(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | No
         return None, None, str(exc)
 
 
+@dataclass
+class FileResult:
+    """One input's outcome: the prediction or the one-line error, and its heat map (overlay PNG) if one was written."""
+
+    path: Path
+    prediction: Prediction | None
+    error: str | None
+    heatmap: Path | None = None
+
+
+def heatmap_name(path: Path) -> str:
+    """A unique, deterministic heat-map name: the file stem plus 8 hex digits of the absolute path's SHA-1 (the same
+    input always gets the same name, two inputs with one stem never collide)."""
+    from pneumo.explain.overlay import safe_stem
+
+    digest = hashlib.sha1(str(Path(path).absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe_stem(path)[:80]}-{digest}"
+
+
 def predict_files(predictor: Predictor, files: list[Path], *, batch_size: int = 32, heatmap_dir: str | None = None,
                   workers: int | None = None) -> Iterator[tuple[Path, Prediction | None, str | None]]:
     """Yield (file, prediction or None, error or None) in input order."""
+    for item in predict_file_results(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir,
+                                     workers=workers):
+        yield item.path, item.prediction, item.error
+
+
+def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size: int = 32,
+                         heatmap_dir: str | None = None, workers: int | None = None) -> Iterator[FileResult]:
+    """Yield a ``FileResult`` per input, in input order, each as soon as it is done (heat maps one by one)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     explainer = None
     if heatmap_dir:
         from pneumo.explain.overlay import HeatmapWriter
@@ -74,8 +105,8 @@ def predict_files(predictor: Predictor, files: list[Path], *, batch_size: int = 
             if ok:
                 batch = np.stack([loaded[i][1] for i in ok])
                 results = dict(zip(ok, predictor.predict_prepared(batch)))
-                if explainer is not None:
-                    for i in ok:
-                        explainer.write(chunk[i], loaded[i][0], results[i])
             for i, path in enumerate(chunk):
-                yield path, results.get(i), loaded[i][2]
+                heatmap = None
+                if explainer is not None and i in results:
+                    heatmap = explainer.write(path, loaded[i][0], results[i], name=heatmap_name(path))
+                yield FileResult(path, results.get(i), loaded[i][2], heatmap)

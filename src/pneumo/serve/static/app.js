@@ -11,7 +11,8 @@
     opacityRow: $("opacity-row"), opacity: $("opacity"), opacityValue: $("opacity-value"),
     label: $("label"), labelExplain: $("label-explain"), bar: $("bar"), barFill: $("bar-fill"),
     barThreshold: $("bar-threshold"), probability: $("probability"), threshold: $("threshold"), facts: $("facts"),
-    oodWarning: $("ood-warning"), oodDetail: $("ood-detail"), modelFacts: $("model-facts"), modelCardDetails: $("model-card-details"), modelCard: $("model-card"),
+    oodWarning: $("ood-warning"), oodDetail: $("ood-detail"), calibrated: $("calibrated"),
+    modelFacts: $("model-facts"), modelCardDetails: $("model-card-details"), modelCard: $("model-card"),
   };
   let pending = null; // the file waiting for an API key
   let localUrl = null;
@@ -89,11 +90,37 @@
     }
   }
 
-  function showLocalPreview(file) {
+  // Forget the previous result: no verdict, probability, heat map or image may outlive the upload that made them.
+  function clearResult() {
     if (localUrl) URL.revokeObjectURL(localUrl);
     localUrl = null;
+    el.result.hidden = true;
+    el.image.removeAttribute("src");
+    el.heatmap.removeAttribute("src");
     el.heatmap.hidden = true;
     el.opacityRow.hidden = true;
+    el.caption.textContent = "";
+    el.label.textContent = "—";
+    el.label.className = "label";
+    el.labelExplain.textContent = "";
+    el.barFill.style.width = "0%";
+    el.bar.setAttribute("aria-valuenow", "0");
+    el.bar.removeAttribute("aria-valuetext");
+    el.probability.textContent = "—";
+    el.threshold.textContent = "—";
+    el.calibrated.textContent = "—";
+    el.facts.replaceChildren();
+    el.oodWarning.hidden = true;
+    el.oodDetail.textContent = "";
+  }
+
+  function showError(text) {
+    clearResult();
+    setStatus(text, true);
+  }
+
+  function showLocalPreview(file) {
+    clearResult();
     if (/^image\/(jpeg|png)$/.test(file.type)) {
       localUrl = URL.createObjectURL(file);
       el.image.src = localUrl;
@@ -120,19 +147,26 @@
         response = await post(file, "preview=true");
       }
     } catch (_) {
-      setStatus("The server could not be reached.", true);
+      showError("The server could not be reached.");
       return;
     }
     if (response.status === 401) {
-      setStatus("This server needs an API key.", true);
+      showError("This server needs an API key.");
       needKey(file);
       return;
     }
     if (!response.ok) {
-      setStatus(`Not analysed: ${await errorDetail(response)}`, true);
+      showError(`Not analysed: ${await errorDetail(response)}`);
       return;
     }
-    render(await response.json(), heatNote);
+    let data;
+    try {
+      data = await response.json();
+    } catch (_) {
+      showError("Not analysed: the server's answer could not be read.");
+      return;
+    }
+    render(data, heatNote);
   }
 
   function render(data, heatNote) {
@@ -166,9 +200,12 @@
       `probability of pneumonia ${pct(data.p_pneumonia)}, threshold ${pct(data.threshold)}`);
     el.probability.textContent = data.p_pneumonia.toFixed(3);
     el.threshold.textContent = data.threshold.toFixed(3);
+    el.calibrated.textContent = data.p_calibrated.toFixed(3);
     el.facts.replaceChildren();
-    fact(el.facts, "Calibrated P", data.p_calibrated.toFixed(3));
-    for (const [name, p] of Object.entries(data.probabilities)) fact(el.facts, `P(${name})`, p.toFixed(3));
+    const names = Object.keys(data.probabilities);
+    if (names.length > 2) { // 3-class: the calibrated split of the probability over the subtypes
+      for (const name of names) fact(el.facts, `Calibrated P(${name})`, data.probabilities[name].toFixed(3));
+    }
     fact(el.facts, "Model", data.model_id);
     const t = data.timings_ms;
     fact(el.facts, "Time", `${t.total.toFixed(0)} ms (decode ${t.decode.toFixed(0)}, model ${t.inference.toFixed(0)}`

@@ -1,0 +1,43 @@
+"""The house style of every `pneumo` parser: defaults shown, an ``examples:`` epilog, deprecated spellings that still
+work for one release with a warning. (Core layer: commands and the CLI both use it.)"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's example lines as written and appends ``(default: X)`` to options that have a default
+    and do not state it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in ("?", "*"):
+            text += " (default: %(default)s)"
+        return text
+
+
+def subparser(sub, name: str, *, help: str, examples: str = "") -> argparse.ArgumentParser:
+    """A subcommand parser with the house formatter and an ``examples:`` epilog."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()) if examples else None
+    return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
+
+
+def deprecated(message: str) -> None:
+    """Warn once on stderr that a spelling is deprecated (still works for one release)."""
+    print(f"pneumo: warning: {message}", file=sys.stderr)
+
+
+class DeprecatedAlias(argparse.Action):
+    """``--old VALUE`` stores into the new option's dest and warns."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        deprecated(f"{option_string} is deprecated and will be removed in the next release: use {self.new}")
+        setattr(namespace, self.dest, values)

@@ -1,0 +1,38 @@
+"""`pneumo operating-point`: choose a new operating point on validation data; writes a NEW model folder (the source
+model is never changed)."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """
+pneumo operating-point --model runs/default --policy sensitivity:0.95 --out runs/default-sens95
+pneumo operating-point --model runs/default --policy triage --out runs/default-triage   # WHO: val sensitivity >= 0.90
+pneumo operating-point --policy youden --val local_val/ --out models/default-local      # shipped model, your val set
+"""
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="run folder or checkpoint (default: the shipped model)")
+    parser.add_argument("--policy", required=True, metavar="POLICY",
+                        help="youden | triage (highest specificity with val sensitivity >= 0.90) | sensitivity:X")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must be new or empty)")
+    parser.add_argument("--val", metavar="FOLDER|CSV", help="labelled validation images to choose on (default: the "
+                        "model's own val fold)")
+    parser.add_argument("--dataset", metavar="DIR", help="the training dataset, to rebuild the model's val fold "
+                        "(default: the run's, or $PNEUMO_DATA)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pneumo.config import check_policy
+    from pneumo.infer.operating_point import derive_model
+
+    check_policy(args.policy, "--policy")
+    record = derive_model(args.model, args.policy, args.out, data=args.dataset, val=args.val)
+    chosen = record["chosen_on"]
+    print(f"new model: {args.out} (operating point v{record['version']}: {record['policy']}, threshold "
+          f"{record['threshold']:.4f}, val sensitivity {chosen['sensitivity']:.3f}, specificity "
+          f"{chosen['specificity']:.3f} on {chosen['n']} images of {chosen['kind']})")
+    print(f"evaluate it: pneumo evaluate --model {args.out}")
+    return 0

@@ -1,0 +1,74 @@
+"""Labelled images from anywhere, for external validation: a folder in the Kaggle layout (images under ``NORMAL/`` and
+``PNEUMONIA/`` folders, at any depth) or a CSV with ``path,label`` columns (paths relative to the CSV's folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from pneumo.data.manifest import subtype_of
+from pneumo.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp"}
+# label spellings accepted in a CSV -> (binary label, subtype or None to infer from the file name)
+LABELS = {"normal": ("NORMAL", "normal"), "0": ("NORMAL", "normal"), "pneumonia": ("PNEUMONIA", None),
+          "1": ("PNEUMONIA", None), "bacteria": ("PNEUMONIA", "bacteria"), "bacterial": ("PNEUMONIA", "bacteria"),
+          "virus": ("PNEUMONIA", "virus"), "viral": ("PNEUMONIA", "virus")}
+
+
+def labelled_images(source: str | os.PathLike) -> pd.DataFrame:
+    """The labelled images of a folder or CSV as a table: ``path`` (absolute), ``label`` (NORMAL / PNEUMONIA),
+    ``subtype`` (normal / bacteria / virus / unknown), sorted by path.
+
+    Raises:
+        DataError: nothing labelled found, a CSV without ``path`` and ``label`` columns, an unknown label, a
+            missing file, or a single class only (sensitivity and specificity both need both classes).
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"labelled data not found: {source}")
+    table = _from_csv(path) if path.is_file() else _from_folder(path)
+    if table.empty:
+        raise DataError(f"no labelled images in {source}: expect NORMAL/ and PNEUMONIA/ folders or a path,label CSV")
+    missing = [p for p in table["path"] if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]}")
+    if table["label"].nunique() < 2:
+        raise DataError(f"{source} holds only {table['label'].iloc[0]} images: external validation needs both "
+                        "NORMAL and PNEUMONIA")
+    return table.sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def _from_folder(root: Path) -> pd.DataFrame:
+    rows = []
+    for dirpath, _, files in os.walk(root, followlinks=True):
+        label = Path(dirpath).name.upper()
+        if label not in ("NORMAL", "PNEUMONIA"):
+            continue
+        for name in files:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                rows.append({"path": str(Path(dirpath, name).absolute()), "label": label,
+                             "subtype": subtype_of(name, label)})
+    return pd.DataFrame(rows, columns=["path", "label", "subtype"])
+
+
+def _from_csv(csv: Path) -> pd.DataFrame:
+    try:
+        raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{csv} is not a readable CSV: {exc}") from None
+    columns = {c.strip().lower(): c for c in raw.columns}
+    if "path" not in columns or "label" not in columns:
+        raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}")
+    rows = []
+    for i, (rel, text) in enumerate(zip(raw[columns["path"]], raw[columns["label"]], strict=True), start=2):
+        key = text.strip().lower()
+        if key not in LABELS:
+            raise DataError(f"{csv}:{i}: unknown label {text!r}; use NORMAL/PNEUMONIA, 0/1 or bacteria/virus")
+        label, subtype = LABELS[key]
+        file = Path(rel.strip()).expanduser()
+        file = file if file.is_absolute() else csv.parent / file
+        rows.append({"path": str(file.absolute()), "label": label, "subtype": subtype or subtype_of(file.name, label)})
+    return pd.DataFrame(rows, columns=["path", "label", "subtype"])

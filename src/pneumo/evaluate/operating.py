@@ -1,0 +1,87 @@
+"""Operating points: the standard threshold policies side by side (each chosen on val). Choosing a new operating
+point for a model writes a NEW model folder (`pneumo.infer.operating_point.derive_model`; evaluation never changes a
+model).
+
+Policies (see docs/PROTOCOL.md): ``youden`` (max sensitivity + specificity - 1 on val), ``sensitivity:X`` (the
+highest threshold whose val sensitivity is >= X, i.e. the highest specificity at that sensitivity) and ``triage``
+(= ``sensitivity:0.90``, the WHO triage profile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from pneumo.config import STANDARD_POLICIES, parse_policy
+from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold
+
+SHOWN = ("accuracy", "sensitivity", "specificity", "precision", "f1")
+
+
+def policies_to_report(headline: str | None, extra: Iterable[str] = ()) -> list[str]:
+    """The standard policies, then the model's own and any extra ones, each once (all checked)."""
+    out: list[str] = []
+    for policy in (*STANDARD_POLICIES, *([headline] if headline else []), *extra):
+        parse_policy(policy)
+        if policy not in out:
+            out.append(policy)
+    return out
+
+
+def operating_points(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
+                     policies: Sequence[str], *, n_bootstrap: int, seed: int,
+                     fixed: dict[str, float] | None = None) -> dict[str, dict]:
+    """``{policy: {threshold, val_sensitivity, val_specificity, <test metrics>, ci}}``; thresholds chosen on val
+    (binary labels, P(pneumonia)); ``fixed`` maps a policy to a stored threshold used as is (no refit)."""
+    out = {}
+    for policy in policies:
+        threshold = (fixed or {}).get(policy)
+        if threshold is None:
+            threshold = choose_threshold(y_val, p_val, policy)
+        val = binary_metrics(y_val, p_val, threshold) if len(y_val) else {}
+        test = binary_metrics(y_test, p_test, threshold)
+        ci = bootstrap_cis(y_test, p_test, threshold, n_resamples=n_bootstrap, seed=seed) if n_bootstrap else {}
+        out[policy] = {"threshold": float(threshold), "val_sensitivity": val.get("sensitivity"),
+                       "val_specificity": val.get("specificity"),
+                       **{k: test[k] for k in (*SHOWN, "tp", "fp", "tn", "fn")},
+                       "ci": {k: ci[k] for k in SHOWN if k in ci}}
+    return out
+
+
+def operating_points_section(result: dict) -> tuple[str, str]:
+    """The report section: one row per policy, the model's own operating point marked."""
+    from pneumo.templates import escape, fmt_ci, fmt_number
+
+    points = result.get("operating_points") or {}
+    measured = "data" if result.get("external") else "test"
+    head = ("policy", "threshold", "val sensitivity", "val specificity", *(f"{measured} {k}" for k in SHOWN))
+    rows = []
+    for policy, p in points.items():
+        mark = " (model)" if policy == result.get("threshold_policy") else ""
+        cells = [f"{policy}{mark}", fmt_number(p["threshold"]), fmt_number(p.get("val_sensitivity")),
+                 fmt_number(p.get("val_specificity")), *(fmt_ci(p.get(k), p.get("ci", {}).get(k)) for k in SHOWN)]
+        rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+    note = ("<p>Each threshold is chosen on the validation split by its policy, never on the data measured here; "
+            "<code>triage</code> is the WHO triage profile (highest specificity with val sensitivity &ge; 0.90). "
+            "The model's own operating point (marked) is the headline; choose another with "
+            "<code>pneumo operating-point --model MODEL --policy P --out NEWDIR</code>.</p>")
+    if not points:
+        return "Operating points", note + f"<p>{escape(result.get('operating_points_note', 'not available'))}</p>"
+    table = ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+             + "".join(rows) + "</tbody></table>")
+    return "Operating points (policies side by side)", note + table
+
+
+def file_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def paths_digest(paths: Iterable[str]) -> str:
+    """SHA-256 of the sorted list of image paths: identifies the val images a threshold was chosen on."""
+    return hashlib.sha256("\n".join(sorted(map(str, paths))).encode()).hexdigest()

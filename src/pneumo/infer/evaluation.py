@@ -1,0 +1,77 @@
+"""What `pneumo evaluate` does, as one library call: a run on the official test split, several runs as an ensemble,
+or any model (run, shipped, ensemble folder, checkpoint) on a labelled folder / CSV (external validation)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.operating import policies_to_report
+
+
+def is_run(model: str | os.PathLike | None) -> bool:
+    return model not in (None, "default") and (Path(model) / "config.yaml").is_file() and \
+        (Path(model) / "folds.csv").is_file()
+
+
+def default_external_out(model: str | None, data: str | os.PathLike) -> Path:
+    """``evaluations/<model>-on-<data>``: a folder of its own, never the model's."""
+    name = "default" if model in (None, "default") else Path(model).name or "model"
+    where = Path(data).stem if Path(data).is_file() else Path(data).resolve().name
+    return Path("evaluations") / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-on-{where}")
+
+
+def official_test_folder(dataset: str | None) -> Path:
+    """The official test split of the dataset as a labelled folder (for models that are not runs)."""
+    from pneumo.data.manifest import resolve_root
+
+    root = resolve_root(dataset)
+    for candidate in (root / "test", *sorted(root.glob("*/test"))):
+        if candidate.is_dir():
+            return candidate
+    raise DataError(f"no test/ folder in {root}: give the labelled images with --data FOLDER")
+
+
+def evaluate(models: list[str], *, data: str | None = None, out: str | None = None, policies: tuple[str, ...] = (),
+             n_bootstrap: int | None = None, dataset: str | None = None, progress: bool = False,
+             analysis: bool = True) -> tuple[dict, Path]:
+    """Dispatch one evaluation; returns (metrics, the folder holding report.html). Nothing here changes a model.
+
+    Args:
+        models: model locations ([] or ["default"]: the shipped model); several runs: an ensemble (needs ``out``).
+        data: a labelled folder / CSV: external validation at the model's stored operating point.
+        out: output folder (an ensemble's, or the external validation's; default evaluations/<model>-on-<data>).
+        policies: extra threshold policies reported side by side (youden, sensitivity:0.95, triage always are).
+        n_bootstrap: bootstrap resamples (default: the run's config, else 1000).
+        dataset: the training dataset if it moved (the run's val/test folds are read from it).
+        progress: progress bars.
+        analysis: the Grad-CAM figures (shortcut indicator, error gallery, embeddings); False skips them.
+    """
+    from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
+    from pneumo.explain.analysis import analysis_sections
+    from pneumo.infer.validate import evaluate_external
+
+    policies_to_report(None, policies)  # fail at once on a bad policy
+    models = [m for m in models if m] or ["default"]
+    if n_bootstrap is not None and n_bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {n_bootstrap}")
+    if len(models) > 1:
+        if data:
+            raise ConfigError("external validation of an ensemble: evaluate the runs as an ensemble first "
+                              "(--model A --model B --out ENS), then --model ENS --data FOLDER")
+        if not out:
+            raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
+        return evaluate_ensemble(models, out, n_bootstrap=n_bootstrap, data=dataset, policies=policies), Path(out)
+    model = models[0]
+    if data is None and is_run(model):
+        return evaluate_run(model, n_bootstrap=n_bootstrap, data=dataset, policies=policies,
+                            analysis=analysis_sections if analysis else None), Path(model)
+    if data is None:
+        data = str(official_test_folder(dataset))
+    target = Path(out) if out else default_external_out(None if model == "default" else model, data)
+    boot = 1000 if n_bootstrap is None else n_bootstrap
+    result = evaluate_external(None if model == "default" else model, data, target, n_bootstrap=boot,
+                               policies=policies, val_data=dataset, progress=progress, analysis=analysis)
+    return result, target

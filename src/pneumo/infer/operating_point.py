@@ -1,0 +1,92 @@
+"""A new operating point for a model: a NEW model folder whose threshold is chosen on validation data by a policy,
+with a versioned record of where it came from. The source model is never changed (evaluation never changes a model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import atomic
+from pneumo.config import parse_policy
+from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.calibration import apply_temperature
+from pneumo.evaluate.metrics import binary_metrics, choose_threshold
+from pneumo.evaluate.operating import paths_digest
+from pneumo.models.sidecar import read_meta, resolve_model, weights_path, write_meta
+
+
+def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,
+                 data: str | None = None, val: str | os.PathLike | None = None) -> dict:
+    """Write a NEW model folder whose operating point is ``policy``, chosen on validation data; the source is untouched.
+
+    The new folder holds a copy of the weights, the sidecar with the new threshold and an ``operating_point`` record
+    (policy, threshold, the val images it came from: their count, classes and a digest of their paths, the source
+    model and its previous operating point, a version number), and the run's config.yaml/folds.csv when the source is
+    a run, so that ``pneumo evaluate --model OUT`` and ``pneumo predict --model OUT`` work on it.
+
+    Args:
+        model: a run folder, a checkpoint or None for the shipped model.
+        policy: ``youden``, ``sensitivity:X`` or ``triage``.
+        out_dir: the new model folder (must not exist or be empty).
+        data: the dataset, when the model's val fold must be rebuilt from it (default: the run's, or $PNEUMO_DATA).
+        val: choose on this labelled folder / CSV instead of the model's own val fold.
+
+    Returns:
+        The ``operating_point`` record.
+    """
+    from pneumo.infer.validate import load_models, score_labelled, val_scores
+
+    parse_policy(policy)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty: give a new folder for the new model")
+    sidecar = resolve_model(model)
+    source = sidecar.parent
+    (predictor,) = load_models(model)
+    if val is not None:
+        y, logits, table, _ = score_labelled([predictor], val)
+        paths, where = table["path"].tolist(), {"kind": "labelled folder", "location": str(Path(val).absolute())}
+    else:
+        got = val_scores([predictor], data=data)
+        if got is None:
+            raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --val FOLDER "
+                            "or --data DIR")
+        y, logits, paths, where = got
+    p = np.clip(1.0 - apply_temperature(logits, 1.0)[:, 0], 0.0, 1.0)
+    yb = (np.asarray(y) != 0).astype(np.int64)
+    threshold = choose_threshold(yb, p, policy)
+    val_metrics = binary_metrics(yb, p, threshold)
+    meta = read_meta(sidecar)
+    previous = meta.extra.get("operating_point") or {}
+    record = {
+        "version": int(previous.get("version", 1)) + 1,
+        "policy": policy, "threshold": threshold,
+        "chosen_on": {**where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
+                      "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"]},
+        "derived_from": {"model": str(sidecar.absolute()), "weights_sha256": meta.sha256,
+                         "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(weights_path(sidecar, meta), out / "model.safetensors")
+    for name in ("config.yaml", "folds.csv", "metrics.csv"):
+        if sidecar.name == "model.json" and (source / name).is_file():
+            shutil.copy2(source / name, out / name)
+    if (out / "config.yaml").is_file():
+        import yaml
+
+        cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        cfg.setdefault("eval", {})["threshold_policy"] = policy
+        cfg["name"] = out.name
+        atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    # the old metrics were measured at the old operating point: evaluate the new model for its own
+    meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file="model.safetensors",
+                               metrics={}, extra={**meta.extra, "operating_point": record})
+    write_meta(out / "model.json", meta)
+    return record

@@ -1,0 +1,366 @@
+"""External validation: a model (run, shipped model or ensemble) measured on any labelled folder or CSV, at its
+STORED operating point (threshold and temperature as chosen on its own val fold; nothing is refitted on the data
+measured). Writes metrics.json, predictions.csv, figures and report.html into an output folder; the model is
+only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumo import atomic
+from pneumo.errors import ConfigError, DataError, PneumoError
+from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
+from pneumo.evaluate.labelled import labelled_images
+from pneumo.evaluate.metrics import (
+    binary_metrics,
+    bootstrap_cis,
+    multiclass_metrics,
+    sensitivity_by_subtype,
+)
+from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
+
+log = logging.getLogger(__name__)
+BATCH = 32
+
+
+@dataclass
+class ModelSpec:
+    """What is evaluated: one predictor, or the members of an ensemble (mean probability), and the stored
+    operating point."""
+
+    predictors: list
+    threshold: float
+    temperature: float
+    policy: str
+    location: str
+    name: str
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.predictors[0].classes)
+
+    @property
+    def task(self) -> str:
+        return "binary" if len(self.classes) == 2 else "3class"
+
+
+def load_models(model: str | os.PathLike | None) -> list:
+    """The torch-backend predictor(s) of a run folder / checkpoint / None (shipped model) / ensemble folder."""
+    from pneumo.infer.predictor import Predictor
+
+    return [Predictor(m, backend="torch") for m in _member_paths(model)]
+
+
+def _member_paths(model: str | os.PathLike | None) -> list[str | None]:
+    if model is not None and Path(model).is_dir() and (Path(model) / "ensemble.json").is_file():
+        members = json.loads((Path(model) / "ensemble.json").read_text()).get("members", [])
+        if len(members) < 2:
+            raise ConfigError(f"{model}/ensemble.json lists fewer than two members")
+        return members
+    return [None if model in (None, "default") else str(model)]
+
+
+def load_spec(model: str | os.PathLike | None) -> ModelSpec:
+    """The model and its stored operating point (an ensemble's from its ensemble.json / metrics.json)."""
+    predictors = load_models(model)
+    if len(predictors) == 1:
+        p = predictors[0]
+        if not p.meta.threshold_policy:  # training leaves a placeholder threshold without a policy
+            raise ConfigError(f"{p.sidecar} has no operating point yet: evaluate the run first (pneumo evaluate "
+                              f"--model {p.sidecar.parent})")
+        return ModelSpec(predictors, p.threshold, p.temperature, p.meta.threshold_policy,
+                         str(p.sidecar), (p.meta.config or {}).get("name") or p.sidecar.stem)
+    folder = Path(model)  # an ensemble
+    stored = json.loads((folder / "ensemble.json").read_text())
+    if "threshold" not in stored and (folder / "metrics.json").is_file():
+        stored = {**json.loads((folder / "metrics.json").read_text()), **stored}
+    if "threshold" not in stored:
+        raise ConfigError(f"{folder} has no operating point: evaluate the ensemble first")
+    if len({tuple(p.classes) for p in predictors}) != 1:
+        raise ConfigError(f"the members of {folder} predict different classes")
+    return ModelSpec(predictors, float(stored["threshold"]), float(stored.get("temperature", 1.0)),
+                     stored.get("threshold_policy", "youden"), str(folder), f"ensemble {folder.name}",
+                     members=[str(m) for m in stored["members"]])
+
+
+def mean_logits(per_member: list[np.ndarray]) -> np.ndarray:
+    """One member: its logits; several: the log of the mean probability (what the ensemble evaluation does)."""
+    if len(per_member) == 1:
+        return per_member[0]
+    probs = [apply_temperature(z, 1.0) for z in per_member]
+    return np.log(np.clip(np.mean(probs, axis=0), 1e-12, 1.0))
+
+
+def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False):
+    """Decode and score every labelled image. Returns ``(y, logits, table, errors, images)``: class indices for the
+    model's task, the (ensemble) logits, the readable rows, ``{path: error}`` for the unreadable ones and the
+    first member's preprocessed uint8 images (for Grad-CAM)."""
+    from tqdm import tqdm
+
+    from pneumo.data.decode import check_radiograph, load_image_file
+
+    table = labelled_images(data)
+    size = max(p.size for p in predictors)
+    kept, errors, prepared = [], {}, [[] for _ in predictors]
+    for i, path in enumerate(tqdm(table["path"], desc="predict", unit="img", disable=not progress)):
+        try:
+            gray = load_image_file(path, target=size)
+            check_radiograph(gray)  # the input gate predict and serve apply: refused images are left out, listed
+        except PneumoError as exc:
+            errors[path] = str(exc)
+            continue
+        kept.append(i)
+        for k, p in enumerate(predictors):
+            prepared[k].append(p.preprocess(gray))
+    if not kept:
+        raise DataError(f"none of the {len(table)} labelled images could be read")
+    table = table.iloc[kept].reset_index(drop=True)
+    stacks = [np.stack(images) for images in prepared]
+    logits = mean_logits([np.concatenate([p.logits(s[i:i + BATCH]) for i in range(0, len(s), BATCH)])
+                          for p, s in zip(predictors, stacks, strict=True)])
+    return _class_indices(table, predictors[0].classes), logits, table, errors, stacks[0]
+
+
+def _class_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    if len(classes) == 2:
+        return (table["label"] == "PNEUMONIA").to_numpy(np.int64)
+    unknown = table.loc[~table["subtype"].isin(classes), "path"].tolist()
+    if unknown:
+        raise DataError(f"a 3-class model needs normal/bacteria/virus labels; {len(unknown)} image(s) have none, "
+                        f"e.g. {unknown[0]} (name them *bacteria*/*virus* or give the subtype in the CSV label)")
+    return table["subtype"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+
+
+def val_scores(predictors: list, *, data: str | None = None):
+    """The model's own val fold, scored: ``(y, logits, paths, where)``, or None when it cannot be rebuilt (a model
+    without a config, or no dataset). A run's folds.csv is used as is; otherwise the split is rebuilt from the
+    config saved in the checkpoint (same data, seed and fraction)."""
+    from pneumo.config import from_dict
+    from pneumo.data.manifest import resolve_root
+    from pneumo.data.splits import labels
+    from pneumo.train.run import folds_for, image_cache
+
+    per_member, first = [], None
+    for p in predictors:
+        if not p.meta.config:
+            return None
+        cfg = from_dict(p.meta.config)
+        folds_csv = p.sidecar.parent / "folds.csv"
+        try:
+            root = data or (cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None)
+            cfg.data.root = str(resolve_root(root))
+            if p.sidecar.name == "model.json" and folds_csv.is_file():
+                folds = pd.read_csv(folds_csv, keep_default_na=False, dtype={"dup_group": str})
+            else:
+                folds = folds_for(cfg)
+            val = folds[folds["fold"] == "val"].reset_index(drop=True)
+            cache = image_cache(cfg, val)
+        except PneumoError as exc:
+            log.warning("operating points: the val fold of %s cannot be rebuilt (%s)", p.sidecar, exc)
+            return None
+        images = np.asarray(cache.images)
+        per_member.append(np.concatenate([p.logits(images[i:i + 64]) for i in range(0, len(images), 64)]))
+        if first is None:
+            first = (labels(val, cfg.data.task), val["path"].tolist(),
+                     {"kind": "the model's val fold", "location": cfg.data.root,
+                      "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction})
+    y, paths, where = first
+    return y, mean_logits(per_member), paths, where
+
+
+def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
+            subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int) -> dict:
+    """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting)."""
+    probs = apply_temperature(logits, 1.0)
+    calibrated = apply_temperature(logits, temperature)
+    p = np.clip(1.0 - probs[:, 0], 0.0, 1.0)
+    yb = (y != 0).astype(np.int64)
+    metrics = binary_metrics(yb, p, threshold)
+    before, after = reliability_data(probs, y, ece_bins), reliability_data(calibrated, y, ece_bins)
+    out = {"n": int(y.size), "metrics": metrics,
+           "ci": bootstrap_cis(yb, p, threshold, n_resamples=n_bootstrap, seed=seed) if n_bootstrap else {},
+           "confusion_matrix": [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]],
+           "ece_before": before["ece"], "ece_after": after["ece"], "nll_before": nll(logits, y),
+           "nll_after": nll(logits, y, temperature), "reliability": {"before": before, "after": after},
+           "by_subtype": sensitivity_by_subtype(p >= threshold, subtypes) if subtypes is not None else {}}
+    if len(classes) > 2:
+        out["multiclass"] = multiclass_metrics(y, probs, classes, threshold=threshold, n_resamples=n_bootstrap,
+                                               seed=seed)
+    return out
+
+
+def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
+                      n_bootstrap: int = 1000, seed: int = 0, ece_bins: int = 15, policies: tuple[str, ...] = (),
+                      val_data: str | None = None, analysis: bool = True, progress: bool = False) -> dict:
+    """The protocol on a labelled folder / CSV with the model's stored operating point; see the module doc.
+
+    Args:
+        model: run folder, checkpoint, ``None``/``"default"`` (shipped model) or an ensemble folder.
+        data: a Kaggle-layout folder (NORMAL/ and PNEUMONIA/ at any depth) or a ``path,label`` CSV.
+        out_dir: where metrics.json, predictions.csv, figures/ and report.html go (never the model's folder).
+        n_bootstrap: bootstrap resamples for the CIs (0: none).
+        seed: bootstrap seed.
+        ece_bins: calibration bins.
+        policies: extra threshold policies for the side-by-side table (chosen on the model's val fold).
+        val_data: the dataset holding the model's val fold (default: the one it was trained on, or $PNEUMO_DATA).
+        analysis: draw the Grad-CAM gallery of the most confident errors.
+        progress: a progress bar on stderr.
+
+    Returns:
+        The metrics dict also written to ``out_dir/metrics.json``.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    spec = load_spec(model)
+    if Path(spec.location).resolve() == out.resolve() or (Path(spec.location).parent.resolve() == out.resolve()
+                                                          and Path(spec.location).is_file()):
+        raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
+    report_policies = policies_to_report(spec.policy, policies)
+    y, logits, table, errors, images = score_labelled(spec.predictors, data, progress=progress)
+    classes = spec.classes
+    test = measure(y, logits, threshold=spec.threshold, temperature=spec.temperature, classes=classes,
+                   subtypes=table["subtype"].tolist(), n_bootstrap=n_bootstrap, seed=seed, ece_bins=ece_bins)
+    p = np.clip(1.0 - apply_temperature(logits, 1.0)[:, 0], 0, 1)
+    yb = (y != 0).astype(np.int64)
+    result: dict = {"task": spec.task, "classes": classes, "threshold": spec.threshold,
+                    "threshold_policy": spec.policy, "temperature": spec.temperature, "test": test,
+                    "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
+                                  "method": "percentile"}, "ece_bins": int(ece_bins)}
+    val = val_scores(spec.predictors, data=val_data)
+    if val is not None:
+        y_val, z_val, _, where = val
+        pv = np.clip(1.0 - apply_temperature(z_val, 1.0)[:, 0], 0, 1)
+        yb_val = (y_val != 0).astype(np.int64)
+        result["val"] = {"n": int(y_val.size), "roc_auc": binary_metrics(yb_val, pv, spec.threshold)["roc_auc"],
+                         "ece_before": reliability_data(apply_temperature(z_val, 1.0), y_val, ece_bins)["ece"],
+                         "ece_after": reliability_data(apply_temperature(z_val, spec.temperature), y_val,
+                                                       ece_bins)["ece"],
+                         "nll_before": nll(z_val, y_val), "nll_after": nll(z_val, y_val, spec.temperature),
+                         "source": where}
+        result["operating_points"] = operating_points(yb_val, pv, yb, p, report_policies, n_bootstrap=n_bootstrap,
+                                                      seed=seed, fixed={spec.policy: spec.threshold})
+    else:
+        result["val"] = {"n": 0}
+        result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, [spec.policy],
+                                                      n_bootstrap=n_bootstrap, seed=seed,
+                                                      fixed={spec.policy: spec.threshold})
+        result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
+                                           "rebuilt here (pass --val-data DATASET)")
+    result["external"] = {"data": str(Path(data).absolute()), "n": len(table), "n_unreadable": len(errors),
+                          "unreadable": dict(list(errors.items())[:50]),
+                          "by_label": table["label"].value_counts().to_dict()}
+    result["ood"] = _ood_share(spec, images)
+    result.update(name=spec.name, model=spec.location, members=spec.members or None,
+                  eval_seconds=round(time.perf_counter() - start, 1))
+    from pneumo.evaluate.report import to_jsonable, write_evaluation_report
+
+    result = to_jsonable(result)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out, table, logits, result)
+    extra = [_data_section(result), operating_points_section(result), _errors_section(out, table, y, p, result)]
+    if analysis:
+        extra.append(_gallery(out, spec, images, y, p, table))
+    write_evaluation_report(out, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
+                            f"{spec.name}", subtitle=f"{result['external']['data']} · model {spec.location} · "
+                            f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · T={spec.temperature:.2f}",
+                            extra_sections=extra)
+    atomic.write_json(out / "metrics.json", result)
+    return result
+
+
+def _ood_share(spec: ModelSpec, images: np.ndarray) -> dict | None:
+    """Share of the images the model's out-of-distribution statistics flag (its first member's for an ensemble);
+    None for a model without statistics."""
+    from pneumo.evaluate.ood import summarize_test_ood
+    from pneumo.models.runtime import select_device
+
+    p = spec.predictors[0]
+    model = p.torch_model
+    if model is None or not getattr(p.meta, "ood", None):
+        return None
+    try:
+        return summarize_test_ood(p.sidecar, p.meta.ood, model, images, device=select_device("cpu"))
+    except Exception as exc:  # noqa: BLE001 - an optional statistic must not cost the evaluation
+        log.warning("OOD share skipped: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def _write_predictions(out: Path, table: pd.DataFrame, logits: np.ndarray, result: dict) -> None:
+    probs, calibrated = apply_temperature(logits, 1.0), apply_temperature(logits, result["temperature"])
+    frame = pd.DataFrame({"path": table["path"], "label": table["label"], "subtype": table["subtype"],
+                          "p_pneumonia": 1 - probs[:, 0], "p_calibrated": 1 - calibrated[:, 0]})
+    frame["predicted_pneumonia"] = (frame["p_pneumonia"] >= result["threshold"]).astype(int)
+    atomic.write_text(out / "predictions.csv", frame.to_csv(index=False))
+
+
+def _data_section(result: dict) -> tuple[str, str]:
+    from pneumo.templates import escape
+    from pneumo.templates import table as table_html
+
+    ext = result["external"]
+    rows = [["images scored", ext["n"]], ["unreadable (left out)", ext["n_unreadable"]],
+            *[[f"label {k}", v] for k, v in sorted(ext["by_label"].items())]]
+    ood = result.get("ood")
+    ood_line = (f"<p>Out-of-distribution: {ood['n_flagged']} of {ood['n']} images flagged "
+                f"({100 * ood['share_flagged']:.1f} %; threshold = val p{ood['percentile']:g}), their labels are not to "
+                "be trusted.</p>" if ood else "<p>Out-of-distribution share: not available for this model.</p>")
+    bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>" for k, v in ext["unreadable"].items())
+    return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
+            f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
+            f"</code>; temperature {result['temperature']:.3f}); nothing was fitted on them.</p>"
+            + table_html(["", "count"], rows) + ood_line + (f"<ul>{bad}</ul>" if bad else ""))
+
+
+def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict) -> tuple[str, str]:
+    from pneumo.templates import escape
+    from pneumo.templates import table as table_html
+
+    called = p >= result["threshold"]
+    truth = y != 0
+    rows = []
+    for name, mask, wrong in (("NORMAL", ~truth, called), ("PNEUMONIA", truth, ~called)):
+        n, k = int(mask.sum()), int((mask & wrong).sum())
+        rows.append([name, n, k, k / n if n else float("nan")])
+    errors = np.flatnonzero(called != truth)
+    worst = errors[np.argsort(-np.abs(p[errors] - result["threshold"]))][:20]
+    listing = "".join(f"<tr><td><code>{escape(Path(table['path'][i]).name)}</code></td><td>{escape(table['label'][i])}"
+                      f"</td><td>{escape(table['subtype'][i])}</td><td class='num'>{p[i]:.3f}</td></tr>" for i in worst)
+    return ("Errors per class", table_html(["true class", "n", "errors", "error rate"], rows)
+            + ("<table><caption>Most confident errors (all in predictions.csv)</caption><thead><tr><th>file</th>"
+               f"<th>label</th><th>subtype</th><th>P(pneumonia)</th></tr></thead><tbody>{listing}</tbody></table>"
+               if listing else "<p>No errors at this threshold.</p>"))
+
+
+def _gallery(out: Path, spec: ModelSpec, images: np.ndarray, y: np.ndarray, p: np.ndarray,
+             table: pd.DataFrame) -> tuple[str, str]:
+    from pneumo.templates import escape
+    from pneumo.templates import figure as image_html
+
+    title = "Most confident errors (Grad-CAM)"
+    model = spec.predictors[0].torch_model
+    if model is None:
+        return title, "<p>Not available: the model has no PyTorch weights.</p>"
+    try:
+        from pneumo.explain.filters import confident_errors_gallery
+
+        path, n_fp, n_fn = confident_errors_gallery(model, images, y, p, spec.threshold,
+                                                    out / "figures" / "confident_errors.png",
+                                                    subtypes=table["subtype"].tolist())
+    except Exception as exc:  # noqa: BLE001 - a figure must not cost the evaluation
+        log.warning("error gallery skipped: %s: %s", type(exc).__name__, exc)
+        return title, f"<p>Not available: {escape(type(exc).__name__)}: {escape(exc)}</p>"
+    if path is None:
+        return title, "<p>No errors at this threshold.</p>"
+    member = " (Grad-CAM of the first member)" if len(spec.predictors) > 1 else ""
+    return title, image_html(path, f"The {n_fp} most confident false positives (top) and {n_fn} false negatives "
+                                   f"(bottom) at threshold {spec.threshold:.3f}{member}", relative_to=out)

@@ -1,0 +1,198 @@
+"""External validation (`pneumo evaluate --data FOLDER|CSV`), operating points side by side, and the rule that
+evaluating never changes a model (a new operating point is a new model folder)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo.cli import main
+from pneumo.config import load_config
+from pneumo.errors import DataError
+from pneumo.evaluate.labelled import labelled_images
+from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
+from pneumo.infer.validate import evaluate_external
+from pneumo.train.run import train
+
+POLICIES = ("youden", "sensitivity:0.95", "triage")
+
+
+def _run(data: Path, root: Path, name: str, *overrides: str) -> Path:
+    base = [f"data.root={data}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
+            "data.image_size=64", "data.val_fraction=0.3", "eval.n_bootstrap=50", "train.batch_size=8",
+            "train.amp=false", f"name={name}"]
+    return train(load_config("default", base + list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = _run(data_slice, tmp_path_factory.mktemp("ext"), "probe")
+    evaluate_run(run, analysis=False)  # the first evaluation records the operating point
+    return run
+
+
+def _folder(root: Path, full_data: Path, picks: dict[str, list[str]]) -> Path:
+    """A Kaggle-layout folder of symlinks to real test images (nested one level, as hospitals' exports are)."""
+    for label, names in picks.items():
+        (root / "site" / label).mkdir(parents=True)
+        for name in names:
+            (root / "site" / label / name).symlink_to(full_data / "test" / label / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_folders(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    names = {label: sorted(p.name for p in (full_data / "test" / label).glob("*.jpeg")) for label in
+             ("NORMAL", "PNEUMONIA")}
+    a = _folder(tmp_path_factory.mktemp("site_a"), full_data, {k: v[:12] for k, v in names.items()})
+    b = _folder(tmp_path_factory.mktemp("site_b"), full_data, {"NORMAL": names["NORMAL"][-20:],
+                                                               "PNEUMONIA": names["PNEUMONIA"][-8:]})
+    return a, b
+
+
+def test_labelled_folder_and_csv_list_the_same_images(two_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    folder = labelled_images(two_folders[0])
+    assert len(folder) == 24 and folder["label"].value_counts().to_dict() == {"NORMAL": 12, "PNEUMONIA": 12}
+    assert set(folder.loc[folder["label"] == "PNEUMONIA", "subtype"]) <= {"bacteria", "virus"}
+    csv = tmp_path / "labels.csv"
+    rows = [(str(Path(p).relative_to(two_folders[0])), "1" if lab == "PNEUMONIA" else "normal")
+            for p, lab in zip(folder["path"], folder["label"], strict=True)]
+    (tmp_path / "site").symlink_to(two_folders[0] / "site")
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(csv, index=False)
+    from_csv = labelled_images(csv)
+    assert [Path(p).name for p in from_csv["path"]] == [Path(p).name for p in folder["path"]]
+    assert from_csv["label"].tolist() == folder["label"].tolist()
+
+
+@pytest.mark.parametrize(("content", "message"), [("path,label\nx.jpeg,maybe\n", "unknown label"),
+                                                  ("file,class\nx.jpeg,1\n", "'path' and 'label'"),
+                                                  ("path,label\nmissing.jpeg,1\n", "not found")])
+def test_bad_csvs_are_one_line_data_errors(tmp_path: Path, content: str, message: str) -> None:
+    csv = tmp_path / "labels.csv"
+    csv.write_text(content)
+    with pytest.raises(DataError, match=message):
+        labelled_images(csv)
+
+
+def test_external_numbers_come_from_the_folder_at_the_stored_operating_point(
+        run_dir: Path, two_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    sidecar = run_dir / "model.json"
+    before = sidecar.read_bytes()
+    stored = json.loads(before)
+    a = evaluate_external(run_dir, two_folders[0], tmp_path / "a", n_bootstrap=50, analysis=False)
+    b = evaluate_external(run_dir, two_folders[1], tmp_path / "b", n_bootstrap=50, analysis=True)
+    official = json.loads((run_dir / "metrics.json").read_text())
+    assert a["test"]["n"] == 24 and b["test"]["n"] == 28 and official["test"]["n"] != 24
+    assert a["test"]["confusion_matrix"] != b["test"]["confusion_matrix"]  # the numbers follow the folder
+    assert sum(map(sum, b["test"]["confusion_matrix"])) == 28 and b["test"]["confusion_matrix"][0][0] + \
+        b["test"]["confusion_matrix"][0][1] == 20
+    assert a["threshold"] == stored["threshold"] and a["temperature"] == stored["temperature"]  # nothing refitted
+    preds = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    assert len(preds) == 24 and (preds["predicted_pneumonia"] == (preds["p_pneumonia"] >= a["threshold"])).all()
+    tp = int(((preds["label"] == "PNEUMONIA") & (preds["predicted_pneumonia"] == 1)).sum())
+    assert tp == a["test"]["metrics"]["tp"]
+    assert set(a["operating_points"]) >= set(POLICIES) and a["operating_points"]["youden"]["threshold"] == \
+        pytest.approx(stored["threshold"])
+    page = (tmp_path / "b" / "report.html").read_text()
+    assert "External data, n = 28" in page and "Operating points" in page and "Errors per class" in page
+    assert (tmp_path / "b" / "figures" / "roc.png").is_file()
+    assert sidecar.read_bytes() == before
+
+
+def test_cli_external_validation_of_a_run_and_a_csv_agree(run_dir: Path, two_folders: tuple[Path, Path],
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = labelled_images(two_folders[1])
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame({"path": folder["path"], "label": folder["label"]}).to_csv(csv, index=False)
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(two_folders[1]), "--out", str(tmp_path / "f"),
+                 "--bootstrap", "20", "--no-analysis"]) == 0
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(csv), "--out", str(tmp_path / "c"),
+                 "--bootstrap", "20", "--no-analysis"]) == 0
+    out = capsys.readouterr().out
+    assert "external data accuracy" in out and "triage" in out
+    f, c = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("f", "c"))
+    assert f["test"]["metrics"] == c["test"]["metrics"]
+
+
+def test_evaluate_never_changes_the_model_and_reports_every_policy(run_dir: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    sidecar = run_dir / "model.json"
+    before = sidecar.read_bytes()
+    assert main(["evaluate", "--model", str(run_dir), "--threshold-policy", "sensitivity:0.95",
+                 "--threshold-policy", "sensitivity:0.5", "--bootstrap", "20", "--no-analysis"]) == 0
+    assert sidecar.read_bytes() == before  # byte-identical
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    stored = json.loads(before)
+    assert metrics["threshold"] == stored["threshold"] and metrics["threshold_policy"] == stored["threshold_policy"]
+    points = metrics["operating_points"]
+    assert set(points) == {*POLICIES, "sensitivity:0.5"}
+    for point in points.values():
+        assert {"threshold", "accuracy", "sensitivity", "specificity", "val_sensitivity", "ci"} <= set(point)
+        assert point["val_sensitivity"] is None or 0 <= point["val_sensitivity"] <= 1
+    assert points["triage"]["val_sensitivity"] >= 0.90 and points["sensitivity:0.95"]["val_sensitivity"] >= 0.95
+    assert points["sensitivity:0.95"]["threshold"] <= points["triage"]["threshold"]
+    assert set(points["youden"]["ci"]) >= {"accuracy", "sensitivity", "specificity"}
+    assert metrics["val"]["ece_after"] is not None  # the report's val "after" cell
+    page = (run_dir / "report.html").read_text()
+    assert "youden (model)" in page and "triage" in page
+
+
+def test_a_bad_policy_fails_at_once_before_any_predicting(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    metrics = run_dir / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    start = time.perf_counter()
+    assert main(["evaluate", "--model", str(run_dir), "--threshold-policy", "foo"]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert "threshold policy" in err and "\n" not in err and metrics.stat().st_mtime_ns == stamp
+
+
+def test_operating_point_writes_a_new_versioned_model_and_leaves_the_source_alone(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    before = (run_dir / "model.json").read_bytes()
+    new = tmp_path / "sens95"
+    assert main(["operating-point", "--model", str(run_dir), "--policy", "sensitivity:0.95", "--out", str(new)]) == 0
+    assert (run_dir / "model.json").read_bytes() == before
+    meta = json.loads((new / "model.json").read_text())
+    op = meta["operating_point"]
+    assert meta["threshold_policy"] == "sensitivity:0.95" and op["policy"] == "sensitivity:0.95"
+    assert op["version"] == 2 and op["derived_from"]["threshold"] == json.loads(before)["threshold"]
+    folds = pd.read_csv(run_dir / "folds.csv")
+    assert op["chosen_on"]["n"] == int((folds["fold"] == "val").sum()) and op["chosen_on"]["sensitivity"] >= 0.95
+    # the same threshold the side-by-side table reports for that policy, chosen on the same val fold
+    points = json.loads((run_dir / "metrics.json").read_text())["operating_points"]
+    assert meta["threshold"] == pytest.approx(points["sensitivity:0.95"]["threshold"], abs=1e-4)
+    from pneumo.infer.predictor import Predictor
+
+    assert Predictor(new).threshold == meta["threshold"] != Predictor(run_dir).threshold  # predict uses the new one
+    assert main(["evaluate", "--model", str(new), "--bootstrap", "0", "--no-analysis"]) == 0
+    evaluated = json.loads((new / "metrics.json").read_text())
+    assert evaluated["threshold_policy"] == "sensitivity:0.95" and evaluated["threshold"] == meta["threshold"]
+    capsys.readouterr()
+    assert main(["operating-point", "--model", str(run_dir), "--policy", "youden", "--out", str(new)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_the_shipped_model_and_an_ensemble_validate_on_a_folder(run_dir: Path, data_slice: Path,
+                                                                two_folders: tuple[Path, Path],
+                                                                tmp_path: Path) -> None:
+    shipped = evaluate_external(None, two_folders[0], tmp_path / "shipped", n_bootstrap=20, analysis=False,
+                                val_data=str(data_slice))
+    assert shipped["test"]["n"] == 24 and shipped["model"].endswith("default-model.json")
+    assert 0.0 <= shipped["test"]["metrics"]["roc_auc"] <= 1.0
+    other = _run(data_slice, tmp_path, "scratch", "model.name=scratch_cnn", "model.mode=scratch",
+                 "model.weights=none", "train.epochs=1", "train.lr=0.003")
+    evaluate_ensemble([run_dir, other], tmp_path / "ens", n_bootstrap=20)
+    stored = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    result = evaluate_external(tmp_path / "ens", two_folders[0], tmp_path / "ens-ext", n_bootstrap=20,
+                               analysis=False)
+    assert result["threshold"] == stored["threshold"] and result["members"] == [str(run_dir), str(other)]
+    single = json.loads((tmp_path / "ens-ext" / "metrics.json").read_text())
+    assert single["test"]["n"] == 24
+    probs = pd.read_csv(tmp_path / "ens-ext" / "predictions.csv")["p_pneumonia"].to_numpy()
+    assert np.all((probs >= 0) & (probs <= 1))
