@@ -101,6 +101,8 @@ def test_external_numbers_come_from_the_folder_at_the_stored_operating_point(
     page = (tmp_path / "b" / "report.html").read_text()
     assert "External data, n = 28" in page and "Operating points" in page and "Errors per class" in page
     assert (tmp_path / "b" / "figures" / "roc.png").is_file()
+    if stored.get("ood"):  # the run's out-of-distribution statistics measure the external images too
+        assert b["ood"]["n"] == 28 and 0 <= b["ood"]["n_flagged"] <= 28 and "Out-of-distribution:" in page
     assert sidecar.read_bytes() == before
 
 

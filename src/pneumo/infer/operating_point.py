@@ -75,6 +75,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     }
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(weights_path(sidecar, meta), out / "model.safetensors")
+    ood_file = (meta.ood or {}).get("file")
+    if ood_file and (source / ood_file).is_file():  # the out-of-distribution statistics travel with the weights
+        shutil.copy2(source / ood_file, out / Path(ood_file).name)
     for name in ("config.yaml", "folds.csv", "metrics.csv"):
         if sidecar.name == "model.json" and (source / name).is_file():
             shutil.copy2(source / name, out / name)

@@ -147,8 +147,8 @@ def val_scores(predictors: list, *, data: str | None = None):
     config saved in the checkpoint (same data, seed and fraction)."""
     from pneumo.config import from_dict
     from pneumo.data.manifest import resolve_root
-    from pneumo.data.splits import labels
-    from pneumo.train.run import folds_for, image_cache
+    from pneumo.data.cache import image_cache
+    from pneumo.data.splits import folds_for, labels
 
     per_member, first = [], None
     for p in predictors:
