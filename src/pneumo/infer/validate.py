@@ -146,8 +146,8 @@ def val_scores(predictors: list, *, data: str | None = None):
     without a config, or no dataset). A run's folds.csv is used as is; otherwise the split is rebuilt from the
     config saved in the checkpoint (same data, seed and fraction)."""
     from pneumo.config import from_dict
-    from pneumo.data.manifest import resolve_root
     from pneumo.data.cache import image_cache
+    from pneumo.data.manifest import resolve_root
     from pneumo.data.splits import folds_for, labels
 
     per_member, first = [], None
