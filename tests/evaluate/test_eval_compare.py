@@ -102,3 +102,19 @@ def test_compare_skips_runs_without_metrics_and_names_rows_by_folder_with_report
     page = (tmp_path / "board" / "leaderboard.html").read_text()
     assert '<a href="../runs/seed0/default/report.html">' in page
     assert "youden: acc / sens / spec" in md and "triage: acc / sens / spec" in md
+
+
+def test_leaderboard_shows_each_runs_shortcut_verdict(tmp_path: Path) -> None:
+    flagged, _ = make_run(tmp_path, "probe", seed=1)
+    clean, _ = make_run(tmp_path, "partial", seed=2)
+    unknown, _ = make_run(tmp_path, "no-report", seed=3)
+    for run_dir, verdict in ((flagged, {"flagged": True, "peak_on_markers_vs_chance": 3.1, "outside_lungs_vs_area": 0.94}),
+                             (clean, {"flagged": False, "peak_on_markers_vs_chance": 0.8, "outside_lungs_vs_area": 0.87})):
+        (run_dir / "figures").mkdir()
+        (run_dir / "figures" / "shortcut_stats.json").write_text(json.dumps({"verdict": verdict}))
+    md, _ = write_leaderboard([flagged, clean, unknown], tmp_path / "out")
+    rows = {line.split("|")[1].strip(): line for line in md.read_text(encoding="utf-8").splitlines()[2:]}
+    assert "FLAGGED (peaks on markers 3.100x chance" in next(v for k, v in rows.items() if "probe" in k)
+    assert "clean (peaks on markers 0.800x chance, outside lungs 0.870x)" in next(v for k, v in rows.items()
+                                                                                  if "partial" in k)
+    assert "| n/a |" in next(v for k, v in rows.items() if "no-report" in k)

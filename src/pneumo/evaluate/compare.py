@@ -22,7 +22,8 @@ from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 log = logging.getLogger(__name__)
 COLUMNS = ("run", "name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
-           "test specificity", "test ROC-AUC", "ECE before → after", "threshold (policy)", "wall time")
+           "test specificity", "test ROC-AUC", "ECE before → after", "threshold (policy)", "shortcut check",
+           "wall time")
 OPERATING_POLICIES = ("youden", "sensitivity:0.95", "triage")
 TEST_COLUMNS = (("test accuracy", "accuracy"), ("test sensitivity", "sensitivity"),
                 ("test specificity", "specificity"), ("test ROC-AUC", "roc_auc"))
@@ -77,6 +78,7 @@ def leaderboard_row(data: dict) -> dict[str, str]:
         "val AUC": fmt_number(_get(data, "val", "roc_auc")),
         "ECE before → after": f"{fmt_number(test.get('ece_before'))} → {fmt_number(test.get('ece_after'))}",
         "threshold (policy)": f"{fmt_number(data.get('threshold'))} ({data.get('threshold_policy') or 'n/a'})",
+        "shortcut check": shortcut_cell(Path(str(data.get("_run_dir", ""))) / "figures" / "shortcut_stats.json"),
         "wall time": _duration(data.get("wall_time_s")),
     }
     for column, key in TEST_COLUMNS:
@@ -87,6 +89,17 @@ def leaderboard_row(data: dict) -> dict[str, str]:
                                                                                          "specificity"))
                                                if p else "n/a")
     return {c: row[c] for c in ALL_COLUMNS}
+
+
+def shortcut_cell(path: Path) -> str:
+    """The run report's shortcut verdict (`pneumo.explain.shortcut`): flagged / clean, with the peak-on-marker rate."""
+    try:
+        verdict = json.loads(path.read_text(encoding="utf-8"))["verdict"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "n/a"
+    detail = (f"peaks on markers {fmt_number(verdict.get('peak_on_markers_vs_chance'))}x chance, outside lungs "
+              f"{fmt_number(verdict.get('outside_lungs_vs_area'))}x")
+    return f"{'FLAGGED' if verdict.get('flagged') else 'clean'} ({detail})"
 
 
 def _val_auc_key(data: dict) -> float:
