@@ -198,3 +198,16 @@ def test_the_shipped_model_and_an_ensemble_validate_on_a_folder(run_dir: Path, d
     assert single["test"]["n"] == 24
     probs = pd.read_csv(tmp_path / "ens-ext" / "predictions.csv")["p_pneumonia"].to_numpy()
     assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test_split(data_slice: Path,
+                                                                                        tmp_path: Path) -> None:
+    from pneumo.evaluate.runner import summary_line
+    from pneumo.infer.evaluation import evaluate
+
+    result, folder = evaluate(["default"], out=str(tmp_path / "official"), n_bootstrap=0, dataset=str(data_slice),
+                              analysis=False)
+    assert result["test"]["n"] == len(list((data_slice / "test").rglob("*.jpeg")))
+    assert result["external"]["official_test_split"] is True
+    assert "Official test split, n =" in (folder / "report.html").read_text()
+    assert ": test accuracy" in summary_line(result)

@@ -163,6 +163,12 @@ def metrics_table_html(metrics: dict, cis: dict | None = None, *, keys: Iterable
     return table(["metric", "value [95 % CI]" if cis else "value"], rows, caption=caption, row_headers=True)
 
 
+def data_label(result: dict) -> str:
+    """What the measured images are: the official test split, or external data (pneumo evaluate --data)."""
+    ext = result.get("external")
+    return "External data" if ext and not ext.get("official_test_split") else "Official test split"
+
+
 def headline_html(result: dict) -> str:
     """Cards with the test accuracy, sensitivity, specificity and ROC-AUC (with CIs) and the operating point."""
     test = result.get("test", {})
@@ -174,7 +180,7 @@ def headline_html(result: dict) -> str:
         cards.append({"label": "3-class accuracy", "value": fmt_number(mc.get("accuracy")),
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
     return (render("headline.html.j2", cards=cards, n=test.get("n", "?"),
-                   where="External data" if result.get("external") else "Official test split",
+                   where=data_label(result),
                          threshold=fmt_number(result.get("threshold")), policy=result.get("threshold_policy"),
                          temperature=fmt_number(result.get("temperature"), 2),
                          ece_before=fmt_number(test.get("ece_before")), ece_after=fmt_number(test.get("ece_after"))))

@@ -307,6 +307,7 @@ def summary_line(result: dict) -> str:
     parts = ", ".join(f"{k} {fmt_ci(m.get(k), ci.get(k))}" for k in ("accuracy", "sensitivity", "specificity",
                                                                       "roc_auc"))
     val_auc = result["val"].get("roc_auc")
-    where = "external data" if result.get("external") else "test"
+    ext = result.get("external")
+    where = "external data" if ext and not ext.get("official_test_split") else "test"
     return (f"{result.get('name')}: {where} {parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
             f"{result['threshold']:.3f} ({result['threshold_policy']})")

@@ -68,10 +68,12 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     if data is None and is_run(model):
         return evaluate_run(model, n_bootstrap=n_bootstrap, data=dataset, policies=policies,
                             analysis=analysis_sections if analysis else None), Path(model)
+    official = data is None
     if data is None:
         data = str(official_test_folder(dataset))
     target = Path(out) if out else default_external_out(None if model == "default" else model, data)
     boot = 1000 if n_bootstrap is None else n_bootstrap
     result = evaluate_external(None if model == "default" else model, data, target, n_bootstrap=boot,
-                               policies=policies, val_data=dataset, progress=progress, analysis=analysis)
+                               policies=policies, val_data=dataset, progress=progress, analysis=analysis,
+                               official=official)
     return result, target

@@ -201,7 +201,8 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
 
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
                       n_bootstrap: int = 1000, seed: int = 0, ece_bins: int = 15, policies: tuple[str, ...] = (),
-                      val_data: str | None = None, analysis: bool = True, progress: bool = False) -> dict:
+                      val_data: str | None = None, analysis: bool = True, progress: bool = False,
+                      official: bool = False) -> dict:
     """The protocol on a labelled folder / CSV with the model's stored operating point; see the module doc.
 
     Args:
@@ -215,6 +216,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         val_data: the dataset holding the model's val fold (default: the one it was trained on, or $PNEUMO_DATA).
         analysis: draw the Grad-CAM gallery of the most confident errors.
         progress: a progress bar on stderr.
+        official: ``data`` is the official test split (labels the report and summary so; e.g. the shipped model).
 
     Returns:
         The metrics dict also written to ``out_dir/metrics.json``.
@@ -258,7 +260,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                            "rebuilt here (pass --val-data DATASET)")
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table), "n_unreadable": len(errors),
                           "unreadable": dict(list(errors.items())[:50]),
-                          "by_label": table["label"].value_counts().to_dict()}
+                          "by_label": table["label"].value_counts().to_dict(), "official_test_split": official}
     result["ood"] = _ood_share(spec, images)
     result.update(name=spec.name, model=spec.location, members=spec.members or None,
                   eval_seconds=round(time.perf_counter() - start, 1))
