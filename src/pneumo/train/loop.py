@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -28,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
+from pneumo import atomic
 from pneumo.config import RunConfig, TrainConfig
 from pneumo.errors import ConfigError
 from pneumo.models.runtime import autocast, memory_format, predict_logits, to_unit
@@ -175,17 +175,9 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    """Append a row; a file with other columns (an older run) is rewritten with the union of both."""
-    header = _read_csv(path)[0] if path.exists() else None
-    if header is not None and header != list(row):
-        fields, rows = _read_csv(path)
-        _write_csv(path, fields + [k for k in row if k not in fields], [*rows, row])
-        return
-    with open(path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if header is None:
-            writer.writeheader()
-        writer.writerow(row)
+    """Append a row (the file is rewritten atomically; a file with other columns gets the union of both)."""
+    fields, rows = _read_csv(path) if path.exists() else ([], [])
+    _write_csv(path, fields + [k for k in row if k not in fields], [*rows, row])
 
 
 def trim_metrics(path: Path, last_epoch: int) -> None:
@@ -206,12 +198,10 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
 
 
 def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic.writing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 class GracefulStop:
