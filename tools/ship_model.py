@@ -37,10 +37,35 @@ LIMITATIONS = [
      "validation suggests; the operating threshold was chosen on validation only."),
     "Labels are image-level diagnoses from the dataset authors, not radiologist consensus per image.",
     "Bacterial vs viral pneumonia is not distinguished by this binary model.",
+    ("Shortcut check: this frozen-feature probe's Grad-CAM peaks on burnt-in laterality markers more often than chance "
+     "on the Kaggle val images (`python bench/bench_shortcut.py --split val`: 4 of 16 maps, 3.1x chance; flagged), "
+     "though not on a 96-image test subsample; it may read acquisition cues. The partial fine-tune (`best`) is not "
+     "flagged on either."),
 ]
 
 
-def card(meta: dict, metrics: dict, command: str) -> tuple[str, dict]:
+def operating_rows(metrics: dict) -> str:
+    """Markdown rows of the operating points evaluated side by side (all chosen on the validation fold)."""
+    rows = []
+    for policy, point in (metrics.get("operating_points") or {}).items():
+        cells = [f"{point.get(k):.3f}" if isinstance(point.get(k), float) else "n/a"
+                 for k in ("threshold", "accuracy", "sensitivity", "specificity")]
+        rows.append(f"| `{policy}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def shortcut_line(run_dir: Path) -> str:
+    """The run report's shortcut verdict (Grad-CAM on a test subsample), one sentence."""
+    try:
+        v = json.loads((run_dir / "figures" / "shortcut_stats.json").read_text())["verdict"]
+    except (OSError, ValueError, KeyError):
+        return "not measured"
+    return (f"{'FLAGGED' if v['flagged'] else 'not flagged'} on the run report's test subsample (hottest point on a "
+            f"detected marker {v['peak_on_markers_vs_chance']:.1f}x chance, saliency outside the lung field "
+            f"{v['outside_lungs_vs_area']:.2f}x its area); see Limitations for the val images")
+
+
+def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -> tuple[str, dict]:
     test, ci = metrics["test"]["metrics"], metrics["test"]["ci"]
     keys = ["accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc"]
     info = {
@@ -60,6 +85,8 @@ def card(meta: dict, metrics: dict, command: str) -> tuple[str, dict]:
         "training_device": (meta.get("training") or {}).get("device"),
         "training_wall_time_s": (meta.get("training") or {}).get("wall_time_s"),
         "intended_use": INTENDED_USE, "limitations": LIMITATIONS,
+        "operating_points": metrics.get("operating_points"),
+        "shortcut_check": shortcut_line(run_dir) if run_dir else "not measured",
     }
     rows = "\n".join(f"| {k} | {fmt_ci(test.get(k), ci.get(k))} |" for k in keys)
     md = f"""# Model card: pneumo default model
@@ -83,6 +110,14 @@ def card(meta: dict, metrics: dict, command: str) -> tuple[str, dict]:
 | metric | value |
 |---|---|
 {rows}
+
+Operating points, each chosen on the validation fold (the model uses `{metrics['threshold_policy']}`):
+
+| policy | threshold | accuracy | sensitivity | specificity |
+|---|---|---|---|---|
+{operating_rows(metrics)}
+
+Shortcut check: {info['shortcut_check']}.
 
 ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / {metrics['test']['ece_after']:.3f}.
 Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split.
@@ -116,7 +151,7 @@ def main() -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     for key in ("format", "weights_file", "dtype", "sha256", "created", "ood"):
         meta.pop(key, None)
-    md, info = card(meta, metrics, args.command)
+    md, info = card(meta, metrics, args.command, Path(args.run_dir))
     meta["model_card"] = info
     save_checkpoint(dest, model, meta, half=True)
     dest.with_suffix(".md").write_text(md)
