@@ -51,7 +51,8 @@ def test_the_ensemble_preset_lists_the_three_lite_probes_and_best_equals_lite0_p
                                          "ens-lite-probes-lite2-probe"]
     assert {m.model.mode for m in members} == {"probe"} and {m.data.split_seed for m in members} == {3}
     best, partial = to_dict(load_config("best")), to_dict(load_config("lite0-partial"))
-    assert {**best, "name": ""} == {**partial, "name": ""}
+    assert best["eval"]["threshold_policy"] == "sensitivity:0.95"  # the shipped operating point
+    assert {**best, "name": "", "eval": {}} == {**partial, "name": "", "eval": {}}
 
 
 def test_overrides_are_typed_and_unknown_presets_list_the_known_ones() -> None:
