@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+import pneumo
 from pneumo.cli import SUBCOMMANDS, main
 from pneumo.config import load_config
 from pneumo.errors import ConfigError
@@ -176,8 +180,6 @@ def test_model_is_a_flag_everywhere_and_out_is_a_folder(capsys: pytest.CaptureFi
 
 
 def test_deprecated_spellings_warn_and_still_work(tiny_model, tmp_path, capsys: pytest.CaptureFixture) -> None:
-    import json
-
     xray = tmp_path / "x.png"
     import numpy as np
     from PIL import Image
@@ -202,7 +204,9 @@ def test_predict_batch_size_zero_is_a_one_line_error(tiny_model, tmp_path, capsy
 def test_model_card_prints_the_shipped_card_and_a_runs_facts(tiny_model, capsys: pytest.CaptureFixture) -> None:
     assert main(["model-card"]) == 0
     out = capsys.readouterr().out
-    assert "Research use only" in out and "efficientnet_lite0" in out and "operating point: threshold 0.6516" in out
+    shipped = json.loads((Path(pneumo.__file__).parent / "assets" / "default-model.json").read_text())
+    assert "Research use only" in out and "efficientnet_lite0" in out
+    assert f"operating point: threshold {shipped['threshold']:.4f}" in out
     assert main(["model-card", "--model", str(tiny_model)]) == 0
     out = capsys.readouterr().out
     assert "scratch_cnn" in out and "threshold 0.5000" in out

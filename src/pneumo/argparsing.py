@@ -41,3 +41,12 @@ class DeprecatedAlias(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         deprecated(f"{option_string} is deprecated and will be removed in the next release: use {self.new}")
         setattr(namespace, self.dest, values)
+
+
+def model_option(args: argparse.Namespace) -> str | None:
+    """``--model``, or the deprecated positional MODEL (with a warning) of the commands that used to take one."""
+    model = args.model
+    if getattr(args, "legacy_model", None):
+        deprecated("a positional MODEL is deprecated and will be removed in the next release: use --model MODEL")
+        model = model or args.legacy_model
+    return model

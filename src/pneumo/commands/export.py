@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pneumo.argparsing import deprecated
+from pneumo.argparsing import deprecated, model_option
 
 EXAMPLES = """
 pneumo export --model runs/default --int8     # runs/default/model.onnx (+ model.int8.onnx)
@@ -24,10 +24,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pneumo.infer.export import export_onnx
 
-    model = args.model
-    if args.legacy_model:
-        deprecated("a positional MODEL is deprecated and will be removed in the next release: use --model MODEL")
-        model = model or args.legacy_model
+    model = model_option(args)
     if args.out and args.out.endswith(".onnx"):
         deprecated("--out FILE.onnx is deprecated and will be removed in the next release: --out is a folder")
     path = export_onnx(model, args.out, quantize=args.int8)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pneumo.argparsing import deprecated, subparser
+from pneumo.argparsing import model_option, subparser
 from pneumo.errors import ConfigError
 from pneumo.models.ood import DEFAULT_PERCENTILE
 
@@ -33,10 +33,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     from pneumo.evaluate.ood import fit_ood_for
 
-    model = args.model
-    if args.legacy_model:
-        deprecated("a positional MODEL is deprecated and will be removed in the next release: use --model MODEL")
-        model = model or args.legacy_model
+    model = model_option(args)
     if not model:
         raise ConfigError("give the model: --model RUN_OR_CHECKPOINT")
     entry = fit_ood_for(model, data=args.data, percentile=args.percentile)
