@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import importlib.resources
 import io
@@ -38,7 +37,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -48,6 +46,15 @@ from pneumo.errors import InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve.batcher import MicroBatcher
 from pneumo.serve.limits import Overloaded, ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
+from pneumo.serve.schemas import (
+    CSP,
+    DESCRIPTION,
+    ERRORS,
+    UPLOAD_BODY,
+    ModelCard,
+    PredictResponse,
+    content_security_policy,
+)
 from pneumo.serve.upload import UploadError, read_upload
 
 log = logging.getLogger(__name__)
@@ -59,70 +66,6 @@ HEATMAP_MISSING = "heat maps need the explanation module (pneumo.explain.cam)"
 DOCS_URL = "/docs"
 DOCS_ASSETS = "/docs/assets"  # Swagger UI's files, from fastapi-offline (which only exposes them as package data)
 INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
-DESCRIPTION = ("Pneumonia detection in pediatric chest X-rays (JPEG, PNG or DICOM). "
-               "**Research use only — not a medical device.**")
-
-
-def content_security_policy(*inline_scripts: str) -> str:
-    """The service's CSP: everything from this origin only; ``inline_scripts`` (exact texts) allowed by hash."""
-    hashes = [base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
-              for script in inline_scripts]
-    script_src = " ".join(["'self'", *(f"'sha256-{digest}'" for digest in hashes)])
-    return ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
-            f"script-src {script_src}; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-            "frame-ancestors 'none'; form-action 'self'")
-
-
-CSP = content_security_policy()
-
-
-class Timings(BaseModel):
-    decode: float
-    inference: float
-    total: float
-    heatmap: float | None = None
-
-
-class PredictResponse(BaseModel):
-    p_pneumonia: float
-    p_calibrated: float
-    label: str
-    threshold: float
-    threshold_policy: str | None
-    probabilities: dict[str, float]
-    model_id: str
-    timings_ms: Timings
-    ood_score: float | None = Field(None, description="Mahalanobis distance of the image's features to the training "
-                                    "features (absent when the model has no OOD statistics)")
-    ood: bool | None = Field(None, description="true: outside what this model was trained on (score above the limit "
-                             "set on validation images) -- don't trust the label")
-    heatmap_png_base64: str | None = None
-    preview_png_base64: str | None = None
-
-
-class ModelCard(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    model_id: str
-    backend: str
-    classes: list[str]
-    input_size: int
-    threshold: float
-    card_markdown: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    detail: str
-
-
-UPLOAD_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-}}}
-ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
-    (400, "malformed request body"), (401, "missing or wrong API key"), (413, "upload too large"),
-    (408, "the upload took too long"), (415, "unsupported content type"), (422, "not an acceptable image"),
-    (501, "heat maps unavailable"), (503, "model not loaded, or busy (then with Retry-After)"))}
 SLOW_BODIES = ThrottledLog("answered %d upload(s) with 408: the body did not arrive in time (last %gs)")
 
 

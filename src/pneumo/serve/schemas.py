@@ -1,0 +1,74 @@
+"""The service's HTTP contract: response models, the upload body and error codes for the OpenAPI schema, and the
+content security policy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DESCRIPTION = ("Pneumonia detection in pediatric chest X-rays (JPEG, PNG or DICOM). "
+               "**Research use only — not a medical device.**")
+
+
+def content_security_policy(*inline_scripts: str) -> str:
+    """The service's CSP: everything from this origin only; ``inline_scripts`` (exact texts) allowed by hash."""
+    hashes = [base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+              for script in inline_scripts]
+    script_src = " ".join(["'self'", *(f"'sha256-{digest}'" for digest in hashes)])
+    return ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+            f"script-src {script_src}; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'; form-action 'self'")
+
+
+CSP = content_security_policy()
+
+
+class Timings(BaseModel):
+    decode: float
+    inference: float
+    total: float
+    heatmap: float | None = None
+
+
+class PredictResponse(BaseModel):
+    p_pneumonia: float
+    p_calibrated: float
+    label: str
+    threshold: float
+    threshold_policy: str | None
+    probabilities: dict[str, float]
+    model_id: str
+    timings_ms: Timings
+    ood_score: float | None = Field(None, description="Mahalanobis distance of the image's features to the training "
+                                    "features (absent when the model has no OOD statistics)")
+    ood: bool | None = Field(None, description="true: outside what this model was trained on (score above the limit "
+                             "set on validation images) -- don't trust the label")
+    heatmap_png_base64: str | None = None
+    preview_png_base64: str | None = None
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_id: str
+    backend: str
+    classes: list[str]
+    input_size: int
+    threshold: float
+    card_markdown: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
+    (400, "malformed request body"), (401, "missing or wrong API key"), (413, "upload too large"),
+    (408, "the upload took too long"), (415, "unsupported content type"), (422, "not an acceptable image"),
+    (501, "heat maps unavailable"), (503, "model not loaded, or busy (then with Retry-After)"))}
