@@ -56,6 +56,8 @@ def test_the_ensemble_preset_lists_the_three_lite_probes_and_best_equals_lite0_p
     assert {m.model.mode for m in members} == {"probe"} and {m.data.split_seed for m in members} == {3}
     best, partial = to_dict(load_config("best")), to_dict(load_config("lite0-partial"))
     assert best["eval"]["threshold_policy"] == "sensitivity:0.95"  # the shipped operating point
+    assert best["data"]["markers"] == "inpaint"  # the study's lite0-partial-markers row
+    best["data"]["markers"] = partial["data"]["markers"]
     assert {**best, "name": "", "eval": {}} == {**partial, "name": "", "eval": {}}
 
 
