@@ -8,9 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,34 +25,13 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server_url(tiny_model: Path) -> Iterator[str]:
+def server_url(serving, tiny_model: Path) -> Iterator[str]:
     """uvicorn in a thread serving the tiny real checkpoint (untrained scratch CNN at 64 px)."""
-    import uvicorn
-
-    from pneumo.config import ServeConfig
     from pneumo.infer.predictor import Predictor
-    from pneumo.serve.app import create_app
 
-    port = free_port()
-    app = create_app(ServeConfig(port=port), Predictor(tiny_model, threads=2))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(Predictor(tiny_model, threads=2), start_timeout_s=30) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

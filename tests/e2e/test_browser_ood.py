@@ -3,9 +3,6 @@ default model and its OOD statistics: shown for a photograph, gone again for the
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,29 +19,12 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def page_url() -> Iterator[str]:
+def page_url(serving) -> Iterator[str]:
     """uvicorn in a thread serving the shipped default model (PyTorch backend: no export needed)."""
-    import uvicorn
-
-    from pneumo.config import ServeConfig
     from pneumo.infer.predictor import Predictor
-    from pneumo.serve.app import create_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(ServeConfig(port=port), Predictor(None, backend="torch", threads=2))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
+    with serving(Predictor(None, backend="torch", threads=2), start_timeout_s=60) as url:
+        yield url + "/"
 
 
 @pytest.fixture()

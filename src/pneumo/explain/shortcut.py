@@ -97,7 +97,8 @@ def region_masks(size: int, *, border: float = 0.10, corner: float = 0.15, cente
 
 
 def mass_shares(maps: np.ndarray, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per map, the fraction of its total (non-negative) mass inside each mask; NaN for an all-zero map."""
+    """Per map, the fraction of its total (non-negative) mass inside each mask (S x S, or N x S x S: one per map);
+    NaN for an all-zero map."""
     maps = np.clip(np.asarray(maps, dtype=np.float64), 0.0, None)
     total = maps.sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -142,11 +143,8 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
         if len(images) != len(maps) or np.asarray(images).shape[1:] != maps.shape[1:]:
             raise ConfigError(f"images {np.asarray(images).shape} do not match the maps {maps.shape}")
         regions = image_regions(images)
+        shares.update(mass_shares(maps, regions))  # (N, S, S) masks broadcast like the fixed (S, S) ones
         for name, per_image in regions.items():
-            total = np.clip(maps, 0, None).sum(axis=(1, 2))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                shares[name] = np.where(total > 0, (np.clip(maps, 0, None) * per_image).sum(axis=(1, 2)) / total,
-                                        np.nan)
             areas[name] = per_image.mean(axis=(1, 2))
             present[name] = per_image.any(axis=(1, 2))
             names.append(name)
