@@ -44,7 +44,10 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
     "lite0-partial": ("lite0-partial", []),  # = the `best` preset
     "lite0-partial-markers": ("lite0-partial", ["data.markers=inpaint"]),  # markers and text in-painted
+    "lite0-partial-markers-3class": ("lite0-partial", ["data.markers=inpaint", "data.task=3class"]),
+    "lite0-partial-markers-erase": ("lite0-partial", ["data.markers=inpaint", "train.augment.erase=0.25"]),
     "lite0-finetune": ("lite0-finetune", []),
+    "lite0-finetune-markers-e8": ("lite0-finetune", ["data.markers=inpaint", "train.epochs=8"]),  # the 8 epochs
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
     "lite0-finetune-ls": ("lite0-finetune", ["train.label_smoothing=0.1"]),
     "lite0-finetune-focal": ("lite0-finetune", ["train.loss=focal"]),

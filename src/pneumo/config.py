@@ -61,6 +61,7 @@ class AugmentConfig:
     contrast: float = 0.15
     gamma: float = 0.15
     hflip: bool = False
+    erase: float = 0.0  # probability of random erasing: one rectangle (2-33 % of the image) replaced by noise
 
 
 @dataclass
@@ -171,6 +172,7 @@ class RunConfig:
             _range("train.max_steps_per_epoch", t.max_steps_per_epoch, low=1)
         for name in ("rotate_deg", "scale", "translate", "brightness", "contrast", "gamma"):
             _range(f"train.augment.{name}", getattr(t.augment, name), low=0.0)
+        _range("train.augment.erase", t.augment.erase, low=0.0, high=1.0)
         _range("eval.n_bootstrap", e.n_bootstrap, low=0)
         _range("eval.ece_bins", e.ece_bins, low=1)
         check_policy(e.threshold_policy, "eval.threshold_policy")

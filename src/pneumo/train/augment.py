@@ -1,5 +1,5 @@
 """Batched augmentation on whatever device the batch is on (the GPU when there is one): random affine (rotation,
-scale, translation), brightness / contrast / gamma, optional horizontal flip."""
+scale, translation), brightness / contrast / gamma, optional horizontal flip, optional random erasing."""
 
 from __future__ import annotations
 
@@ -37,4 +37,27 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
     gamma = torch.exp(_uniform(n, -cfg.gamma, cfg.gamma, generator, device)).view(view)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean + brightness).clamp(0, 1)
-    return x.clamp_min(1e-6).pow(gamma).clamp(0, 1)
+    x = x.clamp_min(1e-6).pow(gamma).clamp(0, 1)
+    return random_erase(x, cfg.erase, generator) if cfg.erase > 0 else x
+
+
+def random_erase(x: torch.Tensor, p: float, generator: torch.Generator,
+                 area: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020, the torchvision/timm ranges), batched: with probability ``p`` per image, one
+    rectangle of ``area`` x the image and aspect ``ratio`` is replaced by uniform noise. Hides whatever a model could
+    key on in one place (a marker, a corner), so the decision must rest on more of the image."""
+    n, _, h, w = x.shape
+    device = x.device
+    on = torch.rand(n, generator=generator, device=device) < p
+    size = _uniform(n, *area, generator, device) * (h * w)
+    aspect = torch.exp(_uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device))
+    eh = torch.sqrt(size * aspect).clamp(1, h)
+    ew = torch.sqrt(size / aspect).clamp(1, w)
+    top = torch.rand(n, generator=generator, device=device) * (h - eh)
+    left = torch.rand(n, generator=generator, device=device) * (w - ew)
+    ys = torch.arange(h, device=device).view(1, h, 1)
+    xs = torch.arange(w, device=device).view(1, 1, w)
+    box = ((ys >= top.view(n, 1, 1)) & (ys < (top + eh).view(n, 1, 1))
+           & (xs >= left.view(n, 1, 1)) & (xs < (left + ew).view(n, 1, 1)) & on.view(n, 1, 1))
+    noise = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype)
+    return torch.where(box.unsqueeze(1), noise, x)
