@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record
 
 from pneumo.config import load_config
+from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
-from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format, to_unit
+from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format
 from pneumo.train.loop import make_loss, make_optimizer, train_step
 from pneumo.train.run import build_model
 

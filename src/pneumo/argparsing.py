@@ -50,3 +50,15 @@ def model_option(args: argparse.Namespace) -> str | None:
         deprecated("a positional MODEL is deprecated and will be removed in the next release: use --model MODEL")
         model = model or args.legacy_model
     return model
+
+
+def add_output_csv(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--output CSV`` (and its deprecated spelling ``--out``)."""
+    parser.add_argument("--output", metavar="CSV", help=help)
+    parser.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output CSV")
+
+
+def add_dataset_option(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--dataset DIR``: where a run's training dataset lives now, to rebuild its val fold."""
+    parser.add_argument("--dataset", metavar="DIR", help=f"the training dataset, {purpose} (default: the run's, or "
+                        "$PNEUMO_DATA)")

@@ -77,3 +77,24 @@ def test_train_state_of_another_model_is_a_model_error(tmp_path: Path) -> None:
     other_opt = torch.optim.AdamW(other.parameters())
     with pytest.raises(ModelError, match="does not match"):
         load_train_state(tmp_path / "last", other, other_opt, None)
+
+
+def test_loop_state_resumes_old_new_and_refuses_other_batches():
+    from dataclasses import asdict
+
+    from pneumo.config import TrainConfig
+    from pneumo.errors import ConfigError
+    from pneumo.train.loop import LoopState
+
+    cfg = TrainConfig(batch_size=32)
+    # a state saved before the step fields existed: whole epochs only, global step derived from them
+    old = LoopState.resumed({"epoch": 2, "best_auc": 0.9, "best_epoch": 1, "bad_epochs": 1}, cfg, 10)
+    assert (old.epoch, old.step, old.global_step, old.best_auc, old.bad_epochs) == (2, 0, 20, 0.9, 1)
+    # a mid-epoch state round-trips through its saved dict (what last.json holds), unknown keys ignored
+    mid = LoopState(10, 32, epoch=1, step=4, global_step=14, loss_sum=1.5, best_auc=0.8, best_epoch=0)
+    assert LoopState.resumed({**asdict(mid), "note": "x"}, cfg, 10) == mid
+    # a mid-epoch resume with other batches would not repeat the interrupted run's steps
+    with pytest.raises(ConfigError, match="batch_size 32"):
+        LoopState.resumed(asdict(mid), TrainConfig(batch_size=16), 20)
+    # at an epoch boundary another batch size is fine: the counters adopt it
+    assert LoopState.resumed({**asdict(mid), "step": 0}, TrainConfig(batch_size=16), 20).steps_per_epoch == 20

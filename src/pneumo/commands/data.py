@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from pneumo.argparsing import DeprecatedAlias, subparser
+from pneumo.argparsing import add_output_csv, subparser
 from pneumo.data.manifest import scan_dataset
 
 EXAMPLES = """
@@ -38,16 +38,14 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
     p = action("scan", "list the images into a manifest CSV and print counts")
     add_data_option(p)
-    p.add_argument("--output", metavar="CSV", help="write the manifest to this file")
-    p.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output CSV")
+    add_output_csv(p, "write the manifest to this file")
     p.set_defaults(func=run_scan)
 
     p = action("split", "patient-grouped, subtype-stratified train/val split + leakage check")
     add_data_option(p)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--output", metavar="CSV", help="write the manifest with its fold column to this file")
-    p.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output CSV")
+    add_output_csv(p, "write the manifest with its fold column to this file")
     p.set_defaults(func=run_split)
 
     p = action("cache", "decode all images once into a uint8 memory-mapped cache")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pneumo.argparsing import deprecated
+from pneumo.argparsing import add_dataset_option, deprecated
 
 EXAMPLES = """
 pneumo evaluate --data hospital_xrays/                 # the shipped model on your labelled folder (NORMAL/ PNEUMONIA/)
@@ -33,8 +33,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "`pneumo operating-point`")
     parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: the run's config, "
                         "else 1000)")
-    parser.add_argument("--dataset", metavar="DIR", help="the training dataset, if it moved since training "
-                        "(default: the run's, or $PNEUMO_DATA)")
+    add_dataset_option(parser, "if it moved since training")
     parser.add_argument("--no-analysis", action="store_true", help="skip the Grad-CAM figures (shortcut indicator, "
                         "error gallery, embeddings): faster")
     parser.set_defaults(func=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from pneumo.argparsing import add_dataset_option
+
 EXAMPLES = """
 pneumo operating-point --model runs/default --policy sensitivity:0.95 --out runs/default-sens95
 pneumo operating-point --model runs/default --policy triage --out runs/default-triage   # WHO: val sensitivity >= 0.90
@@ -19,8 +21,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must be new or empty)")
     parser.add_argument("--val", metavar="FOLDER|CSV", help="labelled validation images to choose on (default: the "
                         "model's own val fold)")
-    parser.add_argument("--dataset", metavar="DIR", help="the training dataset, to rebuild the model's val fold "
-                        "(default: the run's, or $PNEUMO_DATA)")
+    add_dataset_option(parser, "to rebuild the model's val fold")
     parser.set_defaults(func=run)
 
 

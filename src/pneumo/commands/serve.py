@@ -20,6 +20,17 @@ PNEUMO_API_KEY=secret pneumo serve --model runs/default --host 0.0.0.0 --workers
 """
 
 
+# ServeConfig field -> help of its option in `pneumo serve` (type and default from the field)
+_LIMITS = {
+    "header_timeout_s": "close connections whose request headers take longer",
+    "body_timeout_s": "answer 408 to uploads that take longer",
+    "max_active": "predictions decoded and run at once",
+    "max_queue": "predictions waiting for a slot; more get 503 + Retry-After",
+    "queue_timeout_s": "longest wait for a slot before 503 + Retry-After",
+    "upload_budget_mb": "memory for all uploads being read or waiting; beyond it 503",
+}
+
+
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped default model)")
     parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
@@ -43,18 +54,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="last-resort cap on open connections, beyond which uvicorn answers 503 to everything "
                         "(default 1000; the limits below act long before)")
     limits = parser.add_argument_group("slow clients and backpressure")
-    limits.add_argument("--header-timeout-s", type=float, default=_DEFAULTS.header_timeout_s,
-                        help="close connections whose request headers take longer (default %(default)g)")
-    limits.add_argument("--body-timeout-s", type=float, default=_DEFAULTS.body_timeout_s,
-                        help="answer 408 to uploads that take longer (default %(default)g)")
-    limits.add_argument("--max-active", type=int, default=_DEFAULTS.max_active,
-                        help="predictions decoded and run at once (default %(default)d)")
-    limits.add_argument("--max-queue", type=int, default=_DEFAULTS.max_queue,
-                        help="predictions waiting for a slot; more get 503 + Retry-After (default %(default)d)")
-    limits.add_argument("--queue-timeout-s", type=float, default=_DEFAULTS.queue_timeout_s,
-                        help="longest wait for a slot before 503 + Retry-After (default %(default)g)")
-    limits.add_argument("--upload-budget-mb", type=float, default=_DEFAULTS.upload_budget_mb,
-                        help="memory for all uploads being read or waiting; beyond it 503 (default %(default)g)")
+    for field, help_text in _LIMITS.items():
+        default = getattr(_DEFAULTS, field)
+        limits.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{help_text} (default {default:g})")
     parser.set_defaults(func=run)
 
 

@@ -13,7 +13,7 @@ import io
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from pydicom.uid import UID
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The only DICOM elements read: enough to decode and display the pixels, nothing about the patient.
 _DICOM_TAGS = (
@@ -168,13 +169,7 @@ def _check_rescale(ds: Dataset) -> None:
 
 
 def _float(ds: Dataset, keyword: str, default: float) -> float:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return default
-    try:
-        return _first(value)
-    except (TypeError, ValueError, IndexError):
-        raise InputError(f"DICOM element {keyword} is not a number") from None
+    return _element(ds, keyword, default, _first, "a number")
 
 
 def _first(value: object) -> float:
@@ -186,13 +181,18 @@ def _first(value: object) -> float:
 
 def _dicom_int(ds: Dataset, keyword: str, default: int) -> int:
     """An integer element (IS/US) that may be missing, empty or malformed; malformed -> InputError."""
+    return _element(ds, keyword, default, int, "an integer")
+
+
+def _element(ds: Dataset, keyword: str, default: T, convert: Callable[[Any], T], kind: str) -> T:
+    """Element ``keyword`` through ``convert``; ``default`` when missing or empty, InputError when malformed."""
     value = ds.get(keyword)
     if value is None or value == "":
         return default
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"DICOM element {keyword} is not an integer") from None
+        return convert(value)
+    except (TypeError, ValueError, IndexError):
+        raise InputError(f"DICOM element {keyword} is not {kind}") from None
 
 
 def _dicom_transfer_syntax(ds: Dataset) -> UID:

@@ -7,11 +7,16 @@ The dataset cache, `pneumo predict`, the service and the explanations all decode
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, overload
+
 import numpy as np
 from PIL import Image
 
 from pneumo.data.markers import remove_markers
 from pneumo.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import torch
 
 RESIZE_POLICIES = ("squash", "letterbox")
 INTENSITY_METHODS = ("none", "equalize", "clahe", "standardize")
@@ -64,6 +69,18 @@ def prepare(img: np.ndarray, *, size: int, policy: str = "squash", intensity: st
     """uint8 gray H x W -> the uint8 size x size array the model is fed (after / 255): resize, then (optionally)
     in-paint burnt-in markers and text (`pneumo.data.markers`), then the intensity step."""
     return apply_intensity(remove_markers(resize_gray(img, size=size, policy=policy), markers), intensity)
+
+
+@overload
+def to_unit(images: torch.Tensor) -> torch.Tensor: ...
+@overload
+def to_unit(images: np.ndarray) -> np.ndarray: ...
+def to_unit(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """The last step: uint8 images -> float32 in [0, 1], the model's input contract (training, features, predict
+    and ONNX alike). A tensor stays a tensor (no torch import here), an array an array."""
+    if isinstance(images, np.ndarray):
+        return images.astype(np.float32) / np.float32(255)
+    return images.float().div_(255)
 
 
 def letterbox_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:

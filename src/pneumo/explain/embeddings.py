@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumo.data.preprocess import to_unit
 from pneumo.errors import ConfigError
 from pneumo.explain.target import to_tensor
 from pneumo.models.fast import ForwardFeatures, fast_inference
@@ -32,7 +33,7 @@ def pixel_features(images: np.ndarray, *, side: int = 32) -> np.ndarray:
     if images.ndim != 3:
         raise ConfigError(f"expected uint8 images (N, S, S), got shape {images.shape}")
     small = [cv2.resize(np.ascontiguousarray(img), (side, side), interpolation=cv2.INTER_AREA) for img in images]
-    return (np.stack(small).reshape(len(images), -1) / 255.0).astype(np.float32)
+    return to_unit(np.stack(small).reshape(len(images), -1))
 
 
 def model_features(model: nn.Module, images: np.ndarray, *, batch_size: int = 32, fast: bool = True) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumo.data.preprocess import to_unit
 from pneumo.errors import InputError
-from pneumo.models.runtime import to_unit
 
 
 class PredictionLike(Protocol):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.data.preprocess import prepare
+from pneumo.data.preprocess import prepare, to_unit
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.ood import load_ood
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
@@ -160,7 +160,7 @@ class Predictor:
 
     def outputs(self, prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and pooled features (None from an ONNX export without them) for a uint8 batch (B, S, S)."""
-        x = (prepared.astype(np.float32) / 255.0)[:, None]
+        x = to_unit(prepared)[:, None]
         with self._lock:
             logits, features = self._run(np.ascontiguousarray(x))
             logits = np.asarray(logits, dtype=np.float32)

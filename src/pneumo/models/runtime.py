@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pneumo.data.preprocess import to_unit
+
 
 def select_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else the CPU; any other name as given (``cpu``, ``cuda``, ``cuda:1``)."""
@@ -56,9 +58,6 @@ def memory_format(device: torch.device, channels_last: bool = True, amp: bool = 
     return torch.contiguous_format
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1] (the model's input contract)."""
-    return images.float().div_(255)
 
 
 @torch.inference_mode()

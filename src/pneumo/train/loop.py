@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Self
 
@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from pneumo import atomic
 from pneumo.config import RunConfig, TrainConfig
+from pneumo.data.preprocess import to_unit
 from pneumo.errors import ConfigError
-from pneumo.models.runtime import autocast, memory_format, predict_logits, to_unit
+from pneumo.models.runtime import autocast, memory_format, predict_logits
 from pneumo.train.augment import augment
 from pneumo.train.distributed import ONE_PROCESS, DistEnv, any_rank, broadcast, shard, sum_across, wrap_model
 
@@ -226,25 +227,37 @@ class GracefulStop:
             signal.signal(sig, handler)
 
 
-def initial_state(cfg: TrainConfig, n_steps: int) -> dict:
-    """The loop's counters: ``epoch`` epochs done, then ``step`` steps (summing to ``loss_sum``) of the next one."""
-    return {"epoch": 0, "step": 0, "global_step": 0, "loss_sum": 0.0, "best_auc": -1.0, "best_epoch": -1,
-            "bad_epochs": 0, "steps_per_epoch": n_steps, "batch_size": cfg.batch_size}
+@dataclass
+class LoopState:
+    """The loop's counters: ``epoch`` epochs done, then ``step`` steps (summing to ``loss_sum``) of the next one.
+    Saved with every resumable state (``asdict``), read back by `LoopState.resumed`."""
 
+    steps_per_epoch: int
+    batch_size: int
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    loss_sum: float = 0.0
+    best_auc: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
 
-def resumed_state(saved: dict, cfg: TrainConfig, n_steps: int) -> dict:
-    """Counters of a saved state (older states lack the step fields); refuses a mid-epoch resume whose batches
-    would differ from the interrupted run's."""
-    state = {**initial_state(cfg, n_steps), "global_step": int(saved.get("epoch", 0)) * n_steps, **saved}
-    if state["step"] and (state["steps_per_epoch"] != n_steps or state["batch_size"] != cfg.batch_size):
-        raise ConfigError(f"the saved state stopped mid-epoch with batch_size {state['batch_size']} and "
-                          f"{state['steps_per_epoch']} steps per epoch; resume with the same train.batch_size, "
-                          "train.max_steps_per_epoch and data")
-    return {**state, "steps_per_epoch": n_steps, "batch_size": cfg.batch_size}
+    @classmethod
+    def resumed(cls, saved: dict, cfg: TrainConfig, n_steps: int) -> LoopState:
+        """Counters of a saved state (older states lack the step fields; unknown keys are ignored); refuses a
+        mid-epoch resume whose batches would differ from the interrupted run's."""
+        known = {f.name for f in fields(cls)}
+        state = cls(n_steps, cfg.batch_size, global_step=int(saved.get("epoch", 0)) * n_steps)
+        state = replace(state, **{k: v for k, v in saved.items() if k in known})
+        if state.step and (state.steps_per_epoch != n_steps or state.batch_size != cfg.batch_size):
+            raise ConfigError(f"the saved state stopped mid-epoch with batch_size {state.batch_size} and "
+                              f"{state.steps_per_epoch} steps per epoch; resume with the same train.batch_size, "
+                              "train.max_steps_per_epoch and data")
+        return replace(state, steps_per_epoch=n_steps, batch_size=cfg.batch_size)
 
 
 def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, device: torch.device,
-        save_best, save_state, load_state, env: DistEnv = ONE_PROCESS) -> dict:
+        save_best, save_state, load_state, env: DistEnv = ONE_PROCESS) -> LoopState:
     """Train with early stopping on val ROC-AUC; the best weights go through ``save_best(model, info)``, the resumable
     state through ``save_state(model, optimizer, scheduler, info)`` after every epoch, every
     ``train.checkpoint_every_steps`` steps and on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` is raised).
@@ -259,33 +272,32 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
     loss_fn = make_loss(tc, data.y_train, model.num_classes).to(device)
     optimizer, scheduler = make_optimizer(model, tc, n_steps)
     saved = load_state(model, optimizer, scheduler)
-    state = resumed_state(saved, tc, n_steps) if saved else initial_state(tc, n_steps)
+    state = LoopState.resumed(saved, tc, n_steps) if saved else LoopState(n_steps, tc.batch_size)
     if saved:
-        log.info("resuming at epoch %d, step %d (global step %d)", state["epoch"] + 1, state["step"],
-                 state["global_step"])
+        log.info("resuming at epoch %d, step %d (global step %d)", state.epoch + 1, state.step, state.global_step)
         if env.is_main:
-            trim_metrics(run_dir / "metrics.csv", state["epoch"])
+            trim_metrics(run_dir / "metrics.csv", state.epoch)
     net = wrap_model(model, env, device)
-    writer = _tensorboard(run_dir, purge_step=state["epoch"] + 1) if env.is_main else None
+    writer = _tensorboard(run_dir, purge_step=state.epoch + 1) if env.is_main else None
     try:
         with GracefulStop() as stop:
-            for epoch in range(state["epoch"], tc.epochs):
+            for epoch in range(state.epoch, tc.epochs):
                 start = time.perf_counter()
-                first_step = state["step"]
+                first_step = state.step
                 train_loss = _train_epoch(net, model, data, state, optimizer=optimizer, scheduler=scheduler,
                                           loss_fn=loss_fn, cfg=tc, device=device, env=env, stop=stop,
                                           save_state=save_state)
                 images_per_s = (n_steps - first_step) * tc.batch_size / max(time.perf_counter() - start, 1e-9)
-                state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
+                state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
                 if env.is_main:
                     _end_epoch(model, data, state, tc, run_dir, device=device, scheduler=scheduler,
                                train_loss=train_loss, start=start, writer=writer, save_best=save_best,
                                images_per_s=images_per_s)
-                    save_state(model, optimizer, scheduler, dict(state))
-                state = broadcast(state, env)
+                    save_state(model, optimizer, scheduler, asdict(state))
+                state = LoopState(**broadcast(asdict(state), env))
                 if any_rank(stop.requested, env, device):
                     raise KeyboardInterrupt
-                if state["bad_epochs"] >= tc.patience:
+                if state.bad_epochs >= tc.patience:
                     log.info("early stop: val AUC did not improve for %d epochs", tc.patience)
                     break
     finally:
@@ -294,45 +306,45 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
     return state
 
 
-def _train_epoch(net: nn.Module, model: nn.Module, data: SplitTensors, state: dict, *, optimizer, scheduler,
+def _train_epoch(net: nn.Module, model: nn.Module, data: SplitTensors, state: LoopState, *, optimizer, scheduler,
                  loss_fn: nn.Module, cfg: TrainConfig, device: torch.device, env: DistEnv, stop: GracefulStop,
                  save_state) -> float:
-    """The rest of epoch ``state["epoch"]`` from step ``state["step"]``, saving a state every
+    """The rest of epoch ``state.epoch`` from step ``state.step``, saving a state every
     ``checkpoint_every_steps`` steps and when a stop was requested (then raises ``KeyboardInterrupt``)."""
     every = int(getattr(cfg, "checkpoint_every_steps", 0) or 0)
-    base, local = state["loss_sum"], 0.0
+    base, local = state.loss_sum, 0.0
     steps = run_epoch(net, data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, cfg=cfg,
-                      epoch=state["epoch"], device=device, start_step=state["step"], env=env)
+                      epoch=state.epoch, device=device, start_step=state.step, env=env)
     for step, loss in steps:
         local += loss
-        state["global_step"] += 1
+        state.global_step += 1
         interrupted = any_rank(stop.requested, env, device)
-        periodic = every > 0 and state["global_step"] % every == 0 and step < state["steps_per_epoch"]
+        periodic = every > 0 and state.global_step % every == 0 and step < state.steps_per_epoch
         if interrupted or periodic:  # (the epoch's last step is followed by the end-of-epoch save anyway)
-            state.update(step=step, loss_sum=base + sum_across(local, env, device) / env.world_size)
+            state.step, state.loss_sum = step, base + sum_across(local, env, device) / env.world_size
             if env.is_main:
-                save_state(model, optimizer, scheduler, dict(state))
+                save_state(model, optimizer, scheduler, asdict(state))
         if interrupted:
             if env.is_main:
-                log.warning("stopped at epoch %d, step %d: resumable state saved", state["epoch"] + 1, step)
+                log.warning("stopped at epoch %d, step %d: resumable state saved", state.epoch + 1, step)
             raise KeyboardInterrupt
-    return (base + sum_across(local, env, device) / env.world_size) / max(1, state["steps_per_epoch"])
+    return (base + sum_across(local, env, device) / env.world_size) / max(1, state.steps_per_epoch)
 
 
-def _end_epoch(model: nn.Module, data: SplitTensors, state: dict, tc: TrainConfig, run_dir: Path, *,
+def _end_epoch(model: nn.Module, data: SplitTensors, state: LoopState, tc: TrainConfig, run_dir: Path, *,
                device: torch.device, scheduler, train_loss: float, start: float, images_per_s: float,
                writer, save_best) -> None:
     """Validate, keep the best weights, log the epoch's row (rank 0 only)."""
-    epoch = state["epoch"]
+    epoch = state.epoch
     logits = predict_logits(model, data.x_val, batch_size=2 * tc.batch_size, device=device, amp=tc.amp)
     val_loss = float(F.cross_entropy(torch.from_numpy(logits), data.y_val).item())
     auc = val_auc(logits, data.y_val.numpy())
-    improved = auc > state["best_auc"]
-    state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+    improved = auc > state.best_auc
+    state.bad_epochs = 0 if improved else state.bad_epochs + 1
     if improved:
-        state.update(best_auc=auc, best_epoch=epoch)
-        save_best(model, {"epoch": epoch, "val_auc": auc, "global_step": state["global_step"]})
-    row = {"epoch": epoch, "global_step": state["global_step"], "train_loss": round(train_loss, 5),
+        state.best_auc, state.best_epoch = auc, epoch
+        save_best(model, {"epoch": epoch, "val_auc": auc, "global_step": state.global_step})
+    row = {"epoch": epoch, "global_step": state.global_step, "train_loss": round(train_loss, 5),
            "val_loss": round(val_loss, 5), "val_auc": round(auc, 5), "lr": scheduler.get_last_lr()[0],
            "images_per_s": round(images_per_s, 1), "seconds": round(time.perf_counter() - start, 1)}
     append_metrics(run_dir / "metrics.csv", row)

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pneumo import atomic
+from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import autocast
 from pneumo.train.loop import val_auc
@@ -42,7 +43,7 @@ def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, bat
 
     def batch(start: int) -> torch.Tensor:
         chunk = torch.from_numpy(np.array(images[start : start + batch_size]))
-        return (chunk if chunk.ndim == 4 else chunk[:, None]).to(device).float().div_(255)
+        return to_unit((chunk if chunk.ndim == 4 else chunk[:, None]).to(device))
 
     run = fast_inference(model, batch(0)[:2], features=True)
     out = []

@@ -215,8 +215,8 @@ def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device:
     states = StateFiles(run_dir)
     state = fit(model, data, cfg, run_dir, device=device, save_best=save_best, save_state=states.save,
                 load_state=states.load, env=env)
-    return {"best_epoch": state["best_epoch"], "val_auc": state["best_auc"], "epochs_run": state["epoch"],
-            "global_step": state["global_step"]}
+    return {"best_epoch": state.best_epoch, "val_auc": state.best_auc, "epochs_run": state.epoch,
+            "global_step": state.global_step}
 
 
 class StateFiles:
