@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from pneumo.serve.app import CSP
+from pneumo.serve.schemas import CSP
 
 DOCS = "/docs"
 # What a CSP source may be here: this origin, nothing, inline data/blob URLs, or a script pinned by its hash.

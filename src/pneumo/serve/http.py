@@ -1,0 +1,123 @@
+"""The HTTP layer around the service's routes: the outermost guard (security headers, unexpected errors -> 500),
+error bodies (always ``{"detail": "one line"}``), the API-key check and the offline Swagger UI at ``/docs``."""
+
+from __future__ import annotations
+
+import hmac
+import importlib.resources
+import logging
+import re
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pneumo.serve.limits import Overloaded
+from pneumo.serve.schemas import CSP, content_security_policy
+
+log = logging.getLogger("pneumo.serve.app")  # the service's log lines keep one logger name
+DOCS_URL = "/docs"
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's files, from fastapi-offline (which only exposes them as package data)
+INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOTALL | re.IGNORECASE)
+
+
+def mount_docs(app: FastAPI) -> str:
+    """Swagger UI at ``/docs`` from local files (no CDN), open like ``/openapi.json``; returns the page's CSP, which
+    allows its inline start-up script by hash."""
+    html = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},  # else Swagger UI may send the schema URL to swagger.io
+    ).body.decode("utf-8")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    assets = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    return content_security_policy(*INLINE_SCRIPT.findall(html))
+
+
+def api_key_check(expected: str):
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key given to `pneumo serve`")
+    expected_bytes = expected.encode("utf-8")
+
+    async def check(given: str | None = Security(header)) -> None:
+        if given is None or not hmac.compare_digest(given.encode("utf-8"), expected_bytes):
+            raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)")
+
+    return check
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:  # counted by its ThrottledLog, not per line
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        if exc.close_connection:
+            headers["Connection"] = "close"
+        return JSONResponse({"detail": exc.detail}, status_code=503, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code >= 400 and exc.status_code != 408:  # 408s are counted by SLOW_BODIES
+            log.info("request rejected: %d", exc.status_code)
+        return JSONResponse({"detail": one_line(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "body"))
+        return JSONResponse({"detail": one_line(f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")},
+                            status_code=422)
+
+
+class Guard:
+    """Outermost app middleware: unexpected exceptions -> 500 ``internal error`` (logged by type only, never
+    re-raised, so no traceback reaches a log or a client) and security headers on every response."""
+
+    def __init__(self, app: Any, *, docs_csp: str = CSP) -> None:
+        self.app = app
+        self.csp, self.docs_csp = CSP.encode("ascii"), docs_csp.encode("ascii")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        path = scope.get("path", "")
+        is_api = path.startswith("/api/")
+        csp = self.docs_csp if path == DOCS_URL else self.csp
+
+        async def send_with_headers(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                            (b"x-frame-options", b"DENY")]
+                if is_api:  # results describe a patient's image: keep them out of caches
+                    headers.append((b"cache-control", b"no-store"))
+                headers.append((b"content-security-policy", csp))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - the one place unexpected errors end
+            log.error("internal error while serving %s: %s", path if is_api else "a request", type(exc).__name__)
+            if not started:
+                response = JSONResponse({"detail": "internal error"}, status_code=500)
+                await response(scope, receive, send_with_headers)
+
+
+def one_line(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= 300 else text[:297] + "..."
