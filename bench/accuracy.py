@@ -28,18 +28,18 @@ from pneumo.train.run import train
 
 # name -> (preset, overrides). CPU-feasible rows first; GPU rows need `--device cuda`.
 ROWS: dict[str, tuple[str, list[str]]] = {
-    "lite0-probe": ("default", []),
-    "lite0-probe-equalize": ("default", ["data.intensity=equalize"]),
-    "lite0-probe-clahe": ("default", ["data.intensity=clahe"]),
-    "lite0-probe-standardize": ("default", ["data.intensity=standardize"]),
-    "lite0-probe-letterbox": ("default", ["data.resize_policy=letterbox"]),
-    "lite0-probe-valorig": ("default", ["eval.val_view=original"]),
-    "lite0-probe-320": ("default", ["data.image_size=320"]),
-    "lite0-probe-origtrain": ("default", ["data.train_sources=original"]),
-    "lite0-probe-tta": ("default", ["eval.tta=true"]),
+    "lite0-probe": ("lite0-probe", []),
+    "lite0-probe-equalize": ("lite0-probe", ["data.intensity=equalize"]),
+    "lite0-probe-clahe": ("lite0-probe", ["data.intensity=clahe"]),
+    "lite0-probe-standardize": ("lite0-probe", ["data.intensity=standardize"]),
+    "lite0-probe-letterbox": ("lite0-probe", ["data.resize_policy=letterbox"]),
+    "lite0-probe-valorig": ("lite0-probe", ["eval.val_view=original"]),
+    "lite0-probe-320": ("lite0-probe", ["data.image_size=320"]),
+    "lite0-probe-origtrain": ("lite0-probe", ["data.train_sources=original"]),
+    "lite0-probe-tta": ("lite0-probe", ["eval.tta=true"]),
     "lite1-probe": ("lite1-probe", []),
     "lite2-probe": ("lite2-probe", []),
-    "lite0-probe-3class": ("default", ["data.task=3class"]),
+    "lite0-probe-3class": ("lite0-probe", ["data.task=3class"]),
     "scratch-cnn": ("scratch-cnn", []),
     "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
     "lite0-partial": ("lite0-partial", []),  # = the `best` preset

@@ -42,7 +42,7 @@ def train_command(args: argparse.Namespace, processes: int, out_dir: Path) -> li
                f"train.max_steps_per_epoch={args.steps}", "train.patience=99"]
     if args.limit_per_class:
         options.append(f"data.limit_per_class={args.limit_per_class}")
-    return [*launcher, "-m", "pneumo", "train", "--preset", "default", "--model", args.model, "--mode", args.mode,
+    return [*launcher, "-m", "pneumo", "train", "--preset", "lite0-probe", "--model", args.model, "--mode", args.mode,
             "--data", args.data, "--out", str(out_dir), "--name", f"ddp-{processes}", "--device", args.device,
             "--no-eval", *[arg for option in options for arg in ("--set", option)]]
 

@@ -1,6 +1,6 @@
 """Training and feature-extraction speed, fp32 vs the fast path (bf16 autocast + channels-last), in one run.
 
-    python bench/bench_train_speed.py [--modes partial,finetune] [--size 224] [--batch 32] [--steps 6]
+    python bench/bench_train_speed.py [--modes partial,finetune] [--size 224] [--batch 32] [--steps 6] [--compile]
 
 Each mode builds the real model (`pneumo.train.run.build_model` of the preset) and times the real optimizer step
 (`pneumo.train.loop.train_step`) on random uint8 images: the pixel values do not change the arithmetic. The first
@@ -26,16 +26,19 @@ from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format
 from pneumo.train.loop import make_loss, make_optimizer, train_step
 from pneumo.train.run import build_model
 
-PRESETS = {"partial": "lite0-partial", "finetune": "lite0-finetune", "probe": "default"}
+PRESETS = {"partial": "lite0-partial", "finetune": "lite0-finetune", "probe": "lite0-probe"}
 
 
-def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int) -> float:
+def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int, compile: bool = False) -> float:
+    """Training images/s of the real step; ``compile``: the model through ``torch.compile`` (inductor), its
+    compilation inside the two untimed warm-up steps."""
     cfg = load_config(preset, [f"data.image_size={size}", f"train.batch_size={batch}", f"train.amp={str(amp).lower()}"])
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     fmt = memory_format(device, cfg.train.channels_last, amp)
     model.to(memory_format=fmt).train()
+    step_model = torch.compile(model) if compile else model
     y = torch.randint(0, 2, (batch,))
     optimizer, scheduler = make_optimizer(model, cfg.train, steps + 2)
     loss_fn = make_loss(cfg.train, y, 2)
@@ -43,13 +46,13 @@ def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int) 
     for i in range(steps + 2):
         if i == 2:
             start = time.perf_counter()
-        train_step(model, x, y, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=amp)
+        train_step(step_model, x, y, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=amp)
     return steps * batch / (time.perf_counter() - start)
 
 
 @torch.no_grad()
 def time_features(*, size: int, batch: int, steps: int) -> dict[str, float]:
-    cfg = load_config("default", [f"data.image_size={size}"])
+    cfg = load_config("lite0-probe", [f"data.image_size={size}"])
     model = build_model(cfg).eval()
     device = torch.device("cpu")
     x = to_unit(torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8))
@@ -78,12 +81,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-features", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     args = parser.parse_args()
     rows = {}
     for mode in args.modes.split(","):
         fp32 = time_training(PRESETS[mode], amp=False, size=args.size, batch=args.batch, steps=args.steps)
         fast = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps)
         rows[mode] = {"fp32_img_s": round(fp32, 2), "fast_img_s": round(fast, 2), "speedup": round(fast / fp32, 2)}
+        if args.compile:
+            start = time.perf_counter()
+            compiled = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps,
+                                     compile=True)
+            rows[mode].update(compiled_img_s=round(compiled, 2), compiled_speedup=round(compiled / fp32, 2),
+                              compiled_total_s=round(time.perf_counter() - start, 1))
         print(mode, rows[mode], flush=True)
     payload = {"cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(), "size": args.size,
                "batch": args.batch, "steps": args.steps, "training": rows}

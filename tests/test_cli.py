@@ -51,7 +51,7 @@ def test_the_ensemble_preset_lists_the_three_lite_probes_and_best_equals_lite0_p
 
     members = member_configs(load_config("ens-lite-probes"), ["data.split_seed=3"])
     assert [m.model.name for m in members] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
-    assert [m.name for m in members] == ["ens-lite-probes-default", "ens-lite-probes-lite1-probe",
+    assert [m.name for m in members] == ["ens-lite-probes-lite0-probe", "ens-lite-probes-lite1-probe",
                                          "ens-lite-probes-lite2-probe"]
     assert {m.model.mode for m in members} == {"probe"} and {m.data.split_seed for m in members} == {3}
     best, partial = to_dict(load_config("best")), to_dict(load_config("lite0-partial"))
@@ -59,6 +59,10 @@ def test_the_ensemble_preset_lists_the_three_lite_probes_and_best_equals_lite0_p
     assert best["data"]["markers"] == "inpaint"  # the study's lite0-partial-markers row
     best["data"]["markers"] = partial["data"]["markers"]
     assert {**best, "name": "", "eval": {}} == {**partial, "name": "", "eval": {}}
+    default = to_dict(load_config("default"))  # the fourth round: default = best (the rule's pick, <= 15 min)
+    assert {**default, "name": ""} == {**to_dict(load_config("best")), "name": ""}
+    probe = to_dict(load_config("lite0-probe"))  # the previous default, kept for quick runs and the study's rows
+    assert probe["model"]["mode"] == "probe" and probe["eval"]["threshold_policy"] == "sensitivity:0.95"
 
 
 def test_overrides_are_typed_and_unknown_presets_list_the_known_ones() -> None:

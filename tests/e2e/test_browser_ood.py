@@ -43,8 +43,10 @@ def test_a_photo_gets_the_warning_and_the_next_xray_does_not(page, full_data: Pa
     from skimage import data
     from skimage.io import imsave
 
-    photo = tmp_path / "chelsea.png"
-    imsave(photo, data.chelsea())
+    # a photograph far outside the X-rays (the page's behaviour is under test here; how many photos the score
+    # catches is bench/bench_ood.py's: 21 of 22 for the shipped fine-tune, which misses the cat `chelsea`)
+    photo = tmp_path / "astronaut.png"
+    imsave(photo, data.astronaut())
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#ood-warning:not([hidden])")
     assert "Outside what this model was trained on — don't trust the label" in page.inner_text("#ood-warning")

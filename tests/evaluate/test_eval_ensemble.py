@@ -20,7 +20,7 @@ def _run(data: Path, root: Path, name: str, *overrides: str) -> Path:
     base = [f"data.root={data}", f"out_dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
             "data.image_size=64", "data.val_fraction=0.3", "eval.n_bootstrap=50", "train.batch_size=8",
             "train.amp=false", f"name={name}"]
-    return train(load_config("default", base + list(overrides)))
+    return train(load_config("lite0-probe", base + list(overrides)))
 
 
 @pytest.fixture(scope="module")

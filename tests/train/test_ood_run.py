@@ -36,7 +36,7 @@ def photo_grays() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def probe_run(data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ood_run")
-    cfg = load_config("default", [f"data.root={data_slice}", f"out_dir={out / 'runs'}", f"data.cache_dir={out / 'cache'}",
+    cfg = load_config("lite0-probe", [f"data.root={data_slice}", f"out_dir={out / 'runs'}", f"data.cache_dir={out / 'cache'}",
                                   "data.image_size=64", "data.val_fraction=0.3", "eval.n_bootstrap=50",
                                   "train.batch_size=8", "train.amp=false", "name=probe"])
     return train(cfg)

@@ -18,7 +18,7 @@ from pneumo.train.run import train
 def tiny_config(data: Path, out: Path, cache: Path, *overrides: str):
     base = [f"data.root={data}", f"out_dir={out}", f"data.cache_dir={cache}", "data.image_size=64",
             "data.val_fraction=0.3", "eval.n_bootstrap=50", "train.batch_size=8", "train.amp=false"]
-    return load_config("default", base + list(overrides))
+    return load_config("lite0-probe", base + list(overrides))
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from pneumo.train.run import train
 
 
 def scratch_config(data: Path, tmp_path: Path, name: str):
-    return load_config("default", [f"data.root={data}", f"out_dir={tmp_path / 'runs'}", f"name={name}",
+    return load_config("lite0-probe", [f"data.root={data}", f"out_dir={tmp_path / 'runs'}", f"name={name}",
                                    f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=64",
                                    "data.val_fraction=0.3", "train.batch_size=8", "train.amp=false",
                                    "model.name=scratch_cnn", "model.mode=scratch", "model.weights=none",
