@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import sys
 from pathlib import Path
 
+from pneumo import atomic
 from pneumo.argparsing import DeprecatedAlias
 from pneumo.errors import ConfigError, PneumoError
 
@@ -55,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
             args.output = f"{args.output}.part-{env.rank}-of-{env.world_size}.{args.format}"
 
     predictor = Predictor(args.model, backend=args.backend, threads=args.threads)
-    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     failures = 0
-    try:
+    with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all
+        if args.output:
+            out = stack.enter_context(open(stack.enter_context(atomic.writing(args.output)), "w", newline="",
+                                           encoding="utf-8"))
+        else:
+            out = sys.stdout
         writer = None
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and args.output is None)
         for item in predict_file_results(predictor, files, batch_size=args.batch_size, heatmap_dir=args.heatmaps):
@@ -76,9 +82,6 @@ def run(args: argparse.Namespace) -> int:
                     writer.writeheader()
                 writer.writerow({key: csv_cell(value) for key, value in row.items()})
         bar.close()
-    finally:
-        if args.output:
-            out.close()
     if failures == len(files):
         raise PneumoError(f"none of the {len(files)} input(s) could be read")
     return 1 if failures else 0
