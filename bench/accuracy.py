@@ -46,6 +46,12 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-partial-markers": ("lite0-partial", ["data.markers=inpaint"]),  # markers and text in-painted
     "lite0-partial-markers-3class": ("lite0-partial", ["data.markers=inpaint", "data.task=3class"]),
     "lite0-partial-markers-erase": ("lite0-partial", ["data.markers=inpaint", "train.augment.erase=0.25"]),
+    # fifth round (one seed each unless a row wins): the same configuration, other training seeds on the same split
+    # (members of a seed ensemble), label smoothing, a larger input
+    "lite0-partial-markers-t1": ("lite0-partial", ["data.markers=inpaint"]),
+    "lite0-partial-markers-t2": ("lite0-partial", ["data.markers=inpaint"]),
+    "lite0-partial-markers-ls": ("lite0-partial", ["data.markers=inpaint", "train.label_smoothing=0.1"]),
+    "lite0-partial-markers-256": ("lite0-partial", ["data.markers=inpaint", "data.image_size=256"]),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-markers-e8": ("lite0-finetune", ["data.markers=inpaint", "train.epochs=8"]),  # the 8 epochs
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
@@ -55,10 +61,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                                                      "train.augment.translate=0.1", "train.augment.brightness=0.3",
                                                      "train.augment.contrast=0.3", "train.augment.gamma=0.3"]),
 }
+# rows trained with another training seed on the same split: train.seed = seed + offset (the split seed stays `seed`)
+TRAIN_SEED_OFFSET: dict[str, int] = {"lite0-partial-markers-t1": 100, "lite0-partial-markers-t2": 200}
 # name -> member rows: the mean probability of runs of the same split seed (`pneumo evaluate RUN RUN --out DIR`)
 ENSEMBLES: dict[str, list[str]] = {
     "ens-lite012-probe": ["lite0-probe", "lite1-probe", "lite2-probe"],  # = the `ens-lite-probes` preset
     "ens-lite0-probe-views": ["lite0-probe", "lite0-probe-letterbox", "lite0-probe-clahe"],
+    "ens-partial-markers-seeds": ["lite0-partial-markers", "lite0-partial-markers-t1", "lite0-partial-markers-t2"],
 }
 HEAD = ["accuracy", "sensitivity", "specificity", "roc_auc"]
 
@@ -70,7 +79,8 @@ def run_row(name: str, data: str, seeds: list[int], out_dir: Path, extra: list[s
     per_seed = []
     for seed in seeds:
         cfg = load_config(preset, [f"data.root={data}", f"out_dir={out_dir}", f"name={name}-s{seed}",
-                                   f"train.seed={seed}", f"data.split_seed={seed}", *overrides, *extra])
+                                   f"train.seed={seed + TRAIN_SEED_OFFSET.get(name, 0)}", f"data.split_seed={seed}",
+                                   *overrides, *extra])
         start = time.perf_counter()
         run_dir = train(cfg, force=True)
         per_seed.append(_row(seed, evaluate_run(run_dir, analysis=False), time.perf_counter() - start))
