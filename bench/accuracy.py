@@ -52,6 +52,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-partial-markers-t2": ("lite0-partial", ["data.markers=inpaint"]),
     "lite0-partial-markers-ls": ("lite0-partial", ["data.markers=inpaint", "train.label_smoothing=0.1"]),
     "lite0-partial-markers-256": ("lite0-partial", ["data.markers=inpaint", "data.image_size=256"]),
+    "lite0-partial-markers-border10": ("lite0-partial", ["data.markers=inpaint", "data.crop=border:0.1"]),
+    "lite0-partial-markers-lungs": ("lite0-partial", ["data.markers=inpaint", "data.crop=lungs"]),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-markers-e8": ("lite0-finetune", ["data.markers=inpaint", "train.epochs=8"]),  # the 8 epochs
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),

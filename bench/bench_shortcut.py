@@ -41,7 +41,7 @@ def measure(model: str, df: pd.DataFrame, grays: list[np.ndarray]) -> dict:
     net = predictor.torch_model
     size, policy = predictor.size, predictor.meta.resize_policy
     prepared = np.stack([predictor.preprocess(g) for g in grays])
-    raw = np.stack([prepare(g, size=size, policy=policy) for g in grays])  # where the markers are
+    raw = np.stack([prepare(g, size=size, policy=policy, crop=predictor.meta.crop) for g in grays])  # markers
     toward = np.array([p.label != predictor.classes[0] for p in predictor.predict_prepared(prepared)])
     maps = cam_maps(net, prepared, toward_pneumonia=toward)  # evidence for the predicted label
     stats = shortcut_stats(maps, df["y"].to_numpy(), predictor.classes, images=raw)

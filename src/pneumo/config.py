@@ -36,6 +36,7 @@ class DataConfig:
     resize_policy: str = "squash"  # squash | letterbox
     intensity: str = "none"  # none | equalize | clahe | standardize (applied when the cache is built)
     markers: str = "none"  # none | inpaint: in-paint burnt-in laterality markers and text (train and inference)
+    crop: str = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
     val_fraction: float = 0.1
     split_seed: int = 0
     cache_dir: str | None = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
@@ -148,6 +149,7 @@ class RunConfig:
         _choice("data.resize_policy", d.resize_policy, RESIZE_POLICIES)
         _choice("data.intensity", d.intensity, INTENSITIES)
         _choice("data.markers", d.markers, ("none", "inpaint"))
+        check_crop(d.crop, "data.crop")
         _choice("data.train_sources", d.train_sources, TRAIN_SOURCES)
         _choice("model.mode", m.mode, TRANSFER_MODES)
         _choice("train.balance", t.balance, ("weights", "sampler", "none"))
@@ -205,6 +207,30 @@ def check_device(device: str) -> str:
     if device in ("auto", "cpu", "cuda", "mps") or (base == "cuda" and index.isdigit()):
         return device
     raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+def parse_crop(crop: str) -> tuple[str, float | None]:
+    """``"none"`` -> ("none", None); ``"border:0.1"`` -> ("border", 0.1) (0 < F < 0.4); ``"lungs"`` -> ("lungs",
+    None). ConfigError otherwise (`pneumo.data.crop` applies it)."""
+    if crop in ("none", "lungs"):
+        return crop, None
+    if isinstance(crop, str) and crop.startswith("border:"):
+        try:
+            fraction = float(crop.split(":", 1)[1])
+        except ValueError:
+            fraction = math.nan
+        if 0.0 < fraction < 0.4:
+            return "border", fraction
+    raise ConfigError(f"crop must be 'none', 'lungs' or 'border:F' with 0 < F < 0.4, got {crop!r}")
+
+
+def check_crop(crop: str, name: str = "crop") -> str:
+    """A crop (``none``, ``border:F``, ``lungs``), checked before any work; returned as given."""
+    try:
+        parse_crop(crop)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return crop
 
 
 # Threshold policies. ``triage`` is the WHO triage profile: the highest specificity whose val sensitivity is >= 0.90

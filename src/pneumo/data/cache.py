@@ -1,6 +1,6 @@
 """Decode every image once into a uint8 (N, S, S) array on disk, memory-mapped when read.
 
-One cache file per dataset x size x resize policy x intensity step, named by a hash of the images' content hashes and
+One cache file per dataset x size x resize policy x intensity step x marker step x crop, named by a hash of the images' content hashes and
 the parameters: a changed image or parameter gives a new key, so a stale cache is never read.
 """
 
@@ -53,22 +53,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PNEUMO_CACHE") or Path.home() / ".cache" / "pneumo")
 
 
-def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, markers: str = "none") -> str:
+def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, markers: str = "none",
+              crop: str = "none") -> str:
+    """The hash of the images and the preprocessing; a step left at ``none`` is not in it (older caches keep
+    their keys)."""
     steps = f"{intensity}" if markers == "none" else f"{intensity}|markers={markers}"
+    steps = steps if crop == "none" else f"{steps}|crop={crop}"
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{steps}".encode())
     for path, digest in zip(df["path"], df["sha256"]):
         h.update(f"|{path}:{digest}".encode())
     return h.hexdigest()[:20]
 
 
-def _work(args: tuple[DatasetSource, list[str], int, str, str, str]) -> tuple[np.ndarray, list[str]]:
-    source, paths, size, policy, intensity, markers = args
+def _work(args: tuple[DatasetSource, list[str], int, str, str, str, str]) -> tuple[np.ndarray, list[str]]:
+    source, paths, size, policy, intensity, markers, crop = args
     out = np.zeros((len(paths), size, size), np.uint8)
     failed = []
     for i, rel in enumerate(paths):
         try:
             out[i] = prepare(load_image(source.read(rel), target=size), size=size, policy=policy, intensity=intensity,
-                             markers=markers)
+                             markers=markers, crop=crop)
         except Exception as exc:  # noqa: BLE001 - reported once, below
             failed.append(f"{rel} ({exc})")
     return out, failed
@@ -82,14 +86,16 @@ def build_cache(
     policy: str = "squash",
     intensity: str = "none",
     markers: str = "none",
+    crop: str = "none",
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> ImageCache:
     """Return the cache for these manifest rows, building it if needed (decoding on all cores)."""
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = cache_key(df, size=size, policy=policy, intensity=intensity, markers=markers)
+    key = cache_key(df, size=size, policy=policy, intensity=intensity, markers=markers, crop=crop)
     variant = intensity if markers == "none" else f"{intensity}-{markers}"
+    variant = variant if crop == "none" else f"{variant}-{crop.replace(':', '')}"
     file = directory / f"images-{size}-{policy}-{variant}-{key}.npy"
     index_file = file.with_suffix(".json")
     if file.is_file() and index_file.is_file():
@@ -103,7 +109,7 @@ def build_cache(
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     failed: list[str] = []
     n_workers = workers or min(len(chunks), os.cpu_count() or 1)
-    jobs = [(source, chunk, size, policy, intensity, markers) for chunk in chunks]
+    jobs = [(source, chunk, size, policy, intensity, markers, crop) for chunk in chunks]
     with atomic.writing(file) as tmp:  # the array appears under its name only when complete
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
         with tqdm(total=len(paths), desc=f"cache {size}px {policy}", unit="img", disable=not progress) as bar:
@@ -117,7 +123,7 @@ def build_cache(
         array.flush()
         del array
         atomic.write_json(index_file, {"key": key, "size": size, "policy": policy, "intensity": intensity,
-                                       "markers": markers, "paths": paths})
+                                       "markers": markers, "crop": crop, "paths": paths})
     return _open(file, index_file, key, len(df), size)
 
 
@@ -141,4 +147,5 @@ def _open(file: Path, index_file: Path, key: str, n: int, size: int) -> ImageCac
 def image_cache(cfg: RunConfig, df: pd.DataFrame) -> ImageCache:
     """The cache of ``df``'s images as the run configuration ``cfg`` preprocesses them."""
     return build_cache(df, cfg.data.root, size=cfg.data.image_size, policy=cfg.data.resize_policy,
-                       intensity=cfg.data.intensity, markers=cfg.data.markers, cache_dir=cfg.data.cache_dir)
+                       intensity=cfg.data.intensity, markers=cfg.data.markers, crop=cfg.data.crop,
+                       cache_dir=cfg.data.cache_dir)

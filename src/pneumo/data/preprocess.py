@@ -1,5 +1,5 @@
-"""The model input: uint8 gray H x W (from `pneumo.data.decode.load_image`) -> uint8 S x S (resize policy, optional
-intensity step).
+"""The model input: uint8 gray H x W (from `pneumo.data.decode.load_image`) -> uint8 S x S (optional crop, resize
+policy, optional marker in-painting and intensity step).
 
 The dataset cache, `pneumo predict`, the service and the explanations all decode with `load_image` and then call
 `prepare`, so that a model sees at inference exactly what it saw in training.
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, overload
 import numpy as np
 from PIL import Image
 
+from pneumo.data.crop import crop_image
 from pneumo.data.markers import remove_markers
 from pneumo.errors import ConfigError, InputError
 
@@ -65,9 +66,12 @@ def apply_intensity(img: np.ndarray, method: str = "none") -> np.ndarray:
 
 
 def prepare(img: np.ndarray, *, size: int, policy: str = "squash", intensity: str = "none",
-            markers: str = "none") -> np.ndarray:
-    """uint8 gray H x W -> the uint8 size x size array the model is fed (after / 255): resize, then (optionally)
-    in-paint burnt-in markers and text (`pneumo.data.markers`), then the intensity step."""
+            markers: str = "none", crop: str = "none") -> np.ndarray:
+    """uint8 gray H x W -> the uint8 size x size array the model is fed (after / 255): crop (`pneumo.data.crop`:
+    ``none``, ``border:F``, ``lungs``), resize, then (optionally) in-paint burnt-in markers and text
+    (`pneumo.data.markers`), then the intensity step."""
+    if crop != "none":
+        img = crop_image(img, crop).image
     return apply_intensity(remove_markers(resize_gray(img, size=size, policy=policy), markers), intensity)
 
 

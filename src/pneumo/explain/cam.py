@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumo.data.crop import Box, crop_box
 from pneumo.data.preprocess import letterbox_box
 from pneumo.errors import ConfigError, InputError, ModelError
 from pneumo.explain import CAM_METHODS, METHODS, TARGETS, occlusion
@@ -37,7 +38,8 @@ class ExplainResult:
 
     Attributes:
         map_model: float32 S x S in [0, 1], on the model input.
-        map_original: float32 H x W in [0, 1], on the original image (letterbox padding cropped, aspect restored).
+        map_original: float32 H x W in [0, 1], on the original image (letterbox padding cropped, aspect restored,
+            placed into the crop box; 0 outside it).
         prediction: the model's prediction for the image.
         method: the method that made the map.
         layer: the hooked module for CAM methods, else None.
@@ -162,17 +164,24 @@ def cam_maps(model: nn.Module, prepared: np.ndarray, *, method: str = "gradcam",
     return np.clip(np.concatenate(out), 0.0, 1.0)
 
 
-def to_original_geometry(map_model: np.ndarray, height: int, width: int, *, policy: str = "squash") -> np.ndarray:
-    """Map an S x S model-input map back onto the H x W original (``letterbox``: crop the padding first)."""
+def to_original_geometry(map_model: np.ndarray, height: int, width: int, *, policy: str = "squash",
+                         box: Box | None = None) -> np.ndarray:
+    """Map an S x S model-input map back onto the H x W original (``letterbox``: crop the padding first).
+
+    ``box``: the crop (top, left, height, width) the model input was made from (`pneumo.data.crop.crop_box`; None:
+    the whole image); the map lands in that box, and the original outside it, which the model never saw, gets 0."""
     import cv2
 
+    top, left, box_h, box_w = box if box is not None else (0, 0, int(height), int(width))
     size = map_model.shape[0]
     if policy == "letterbox":
-        top, left, new_h, new_w = letterbox_box(height, width, size)
-        map_model = map_model[top : top + new_h, left : left + new_w]
-    resized = cv2.resize(np.ascontiguousarray(map_model, dtype=np.float32), (int(width), int(height)),
+        pad_top, pad_left, new_h, new_w = letterbox_box(box_h, box_w, size)
+        map_model = map_model[pad_top : pad_top + new_h, pad_left : pad_left + new_w]
+    resized = cv2.resize(np.ascontiguousarray(map_model, dtype=np.float32), (int(box_w), int(box_h)),
                          interpolation=cv2.INTER_LINEAR)
-    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+    out = np.zeros((int(height), int(width)), np.float32)
+    out[top : top + box_h, left : left + box_w] = np.clip(resized, 0.0, 1.0)
+    return out
 
 
 def torch_model_of(predictor: PredictorLike) -> nn.Module:
@@ -234,8 +243,9 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
     with _model_lock(predictor):
         map_model = explain_prepared(model, prepared, method=method, layer=layer, toward_pneumonia=toward_pneumonia,
                                      window=window, stride=stride)
-    policy = predictor.meta.resize_policy
-    map_original = to_original_geometry(map_model, *gray.shape, policy=policy)
+    crop = getattr(predictor.meta, "crop", "none")  # the crop box is found again on the original (deterministic)
+    box = crop_box(gray, crop)[0] if crop != "none" else None
+    map_original = to_original_geometry(map_model, *gray.shape, policy=predictor.meta.resize_policy, box=box)
     layer_name = resolve_layer(model, layer)[0] if method in CAM_METHODS else None
     toward = ("pneumonia" if len(classes) > 2 else classes[-1]) if toward_pneumonia else classes[0]
     return ExplainResult(map_model=map_model, map_original=map_original, prediction=prediction, method=method,

@@ -32,7 +32,7 @@ class PredictorLike(Protocol):
 
     classes: list[str]
     size: int
-    meta: Any  # a ``CheckpointMeta``: ``resize_policy`` maps a map back onto the original image
+    meta: Any  # a ``CheckpointMeta``: ``resize_policy`` and ``crop`` map a map back onto the original image
     _lock: AbstractContextManager
 
     @property

@@ -19,7 +19,8 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
         parts.append(markdown.read_text(encoding="utf-8", errors="replace").rstrip())
     facts = [f"- file: {sidecar}",
              (f"- architecture: {meta.get('arch', '?')} ({meta.get('mode', '?')}), input {meta.get('input_size')} px "
-              f"{meta.get('resize_policy', 'squash')}, intensity {meta.get('intensity', 'none')}"),
+              f"{meta.get('resize_policy', 'squash')}, intensity {meta.get('intensity', 'none')}"
+              + (f", crop {meta['crop']}" if meta.get("crop", "none") != "none" else "")),
              f"- classes: {', '.join(meta.get('classes', []))}"]
     if meta.get("threshold_policy"):
         facts.append(f"- operating point: threshold {meta['threshold']:.4f} on the uncalibrated P(pneumonia), policy "

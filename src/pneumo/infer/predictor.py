@@ -154,9 +154,9 @@ class Predictor:
         return run
 
     def preprocess(self, gray: np.ndarray) -> np.ndarray:
-        """uint8 gray H x W -> uint8 S x S exactly as in training (size, resize policy, intensity step)."""
+        """uint8 gray H x W -> uint8 S x S exactly as in training (crop, size, resize policy, markers, intensity)."""
         return prepare(gray, size=self.size, policy=self.meta.resize_policy, intensity=self.meta.intensity,
-                       markers=self.meta.markers)
+                       markers=self.meta.markers, crop=self.meta.crop)
 
     def outputs(self, prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and pooled features (None from an ONNX export without them) for a uint8 batch (B, S, S)."""

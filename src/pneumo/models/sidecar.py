@@ -47,6 +47,7 @@ class CheckpointMeta:
         resize_policy: ``squash`` or ``letterbox``.
         intensity: the intensity step (``none``, ``equalize``, ``clahe``, ``standardize``).
         markers: what happens to burnt-in markers and text (``none``, ``inpaint``).
+        crop: the crop before resizing (``none``, ``border:F``, ``lungs``; `pneumo.data.crop`).
         mode: how it was trained (``probe``, ``partial``, ``full``, ``scratch``), if known.
         threshold: decision threshold on P(pneumonia), chosen on validation.
         threshold_policy: the policy that chose it (None: not yet evaluated).
@@ -76,6 +77,7 @@ class CheckpointMeta:
     resize_policy: str = "squash"
     intensity: str = "none"
     markers: str = "none"
+    crop: str = "none"
     mode: str | None = None
     threshold: float = 0.5
     threshold_policy: str | None = None

@@ -94,6 +94,7 @@ def checkpoint_meta(cfg: RunConfig, model: torch.nn.Module, extra: dict) -> dict
         "resize_policy": cfg.data.resize_policy,
         "intensity": cfg.data.intensity,
         "markers": cfg.data.markers,
+        "crop": cfg.data.crop,
         "mode": cfg.model.mode,
         "threshold": 0.5,
         "threshold_policy": None,
