@@ -63,6 +63,8 @@ class AugmentConfig:
     gamma: float = 0.15
     hflip: bool = False
     erase: float = 0.0  # probability of random erasing: one rectangle (2-33 % of the image) replaced by noise
+    blur: float = 0.0  # Gaussian blur, sigma uniform in [0, blur] pixels per image (0: off)
+    noise: float = 0.0  # additive Gaussian noise, standard deviation uniform in [0, noise] per image (0: off)
 
 
 @dataclass
@@ -73,6 +75,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # mixup (Zhang et al. 2018): images and targets mixed with lambda ~ Beta(a, a); 0: off
+    ema: float = 0.0  # EMA of the weights (timm ModelEmaV3, warm-up): validated and saved instead of the raw weights
+    teachers: list[str] = field(default_factory=list)  # run folders: distil their mean probability on train images
+    distill_weight: float = 0.5  # share of the distillation term in the loss (with teachers)
+    distill_temperature: float = 2.0  # softening of teacher and student for the distillation term
     loss: str = "ce"  # ce | focal
     balance: str = "weights"  # weights | sampler | none
     patience: int = 4  # early stopping on val ROC-AUC
@@ -175,6 +182,18 @@ class RunConfig:
         for name in ("rotate_deg", "scale", "translate", "brightness", "contrast", "gamma"):
             _range(f"train.augment.{name}", getattr(t.augment, name), low=0.0)
         _range("train.augment.erase", t.augment.erase, low=0.0, high=1.0)
+        _range("train.augment.blur", t.augment.blur, low=0.0, high=10.0)
+        _range("train.augment.noise", t.augment.noise, low=0.0, high=0.5)
+        _range("train.mixup", t.mixup, low=0.0)
+        _range("train.ema", t.ema, low=0.0, high=1.0, high_open=True)
+        _range("train.distill_weight", t.distill_weight, low=0.0, high=1.0)
+        _range("train.distill_temperature", t.distill_temperature, low=0.0, low_open=True)
+        for teacher in t.teachers:
+            if not (Path(teacher) / "model.json").is_file():
+                raise ConfigError(f"train.teachers: {teacher} is not a trained run folder (no model.json)")
+        if t.teachers and m.mode == "probe":
+            raise ConfigError("train.teachers (distillation) needs a trained model: model.mode partial, finetune "
+                              "or scratch, not probe")
         _range("eval.n_bootstrap", e.n_bootstrap, low=0)
         _range("eval.ece_bins", e.ece_bins, low=1)
         check_policy(e.threshold_policy, "eval.threshold_policy")

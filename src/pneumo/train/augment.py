@@ -1,5 +1,6 @@
 """Batched augmentation on whatever device the batch is on (the GPU when there is one): random affine (rotation,
-scale, translation), brightness / contrast / gamma, optional horizontal flip, optional random erasing."""
+scale, translation), brightness / contrast / gamma, optional horizontal flip, and optional Gaussian blur, Gaussian
+noise and random erasing."""
 
 from __future__ import annotations
 
@@ -38,7 +39,27 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean + brightness).clamp(0, 1)
     x = x.clamp_min(1e-6).pow(gamma).clamp(0, 1)
+    if cfg.blur > 0:
+        x = gaussian_blur(x, _uniform(n, 0.0, cfg.blur, generator, device))
+    if cfg.noise > 0:
+        std = _uniform(n, 0.0, cfg.noise, generator, device).view(view).to(x.dtype)
+        x = (x + std * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)).clamp(0, 1)
     return random_erase(x, cfg.erase, generator) if cfg.erase > 0 else x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of (B, 1, H, W) with its own Gaussian ``sigma`` (pixels; 0 leaves it unchanged), batched:
+    one separable grouped convolution, kernel radius 3 sigma of the largest, reflect padding."""
+    n = x.shape[0]
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    s = sigma.float().clamp_min(1e-3).view(n, 1)
+    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / s) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).to(x.dtype)  # (B, K); sigma -> 0 gives a unit impulse
+    out = F.pad(x.transpose(0, 1), (radius, radius, radius, radius), mode="reflect")  # (1, B, H+2r, W+2r)
+    out = F.conv2d(out, kernel.view(n, 1, 1, -1), groups=n)
+    out = F.conv2d(out, kernel.view(n, 1, -1, 1), groups=n)
+    return out.transpose(0, 1)
 
 
 def random_erase(x: torch.Tensor, p: float, generator: torch.Generator,

@@ -33,6 +33,7 @@ from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.runtime import memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.checkpoint import load_train_state, save_train_state
+from pneumo.train.distill import teacher_logits
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
 from pneumo.train.ood import fit_trained_ood
@@ -161,7 +162,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
             log.info("probe mode: rank 0 fits the probe alone")
         info = _train_probe(cfg, model, cache, rows, y, device)
     else:
-        info = _train_loop(cfg, model, cache, rows, y, device, run_dir, env)
+        info = _train_loop(cfg, model, cache, folds, rows, y, device, run_dir, env)
         if not env.is_main:
             return run_dir
     info["wall_time_s"] = round(time.perf_counter() - start, 1)
@@ -199,15 +200,17 @@ def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device
     return {"probe_C": info["C"], "val_auc": max(info["val_auc_by_C"].values())}
 
 
-def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device: torch.device,
-                run_dir: Path, env: DistEnv) -> dict:
+def _train_loop(cfg: RunConfig, model, cache, folds: pd.DataFrame, rows: dict, y: np.ndarray,
+                device: torch.device, run_dir: Path, env: DistEnv) -> dict:
     def tensor(fold: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(cache.images[rows[fold]]))[:, None]
 
     data = SplitTensors(tensor("train"), torch.from_numpy(y[rows["train"]]), tensor("val"),
                         torch.from_numpy(y[rows["val"]]))
+    if cfg.train.teachers:
+        data.teacher_train = teacher_logits(cfg, folds, data.x_train, device=device)
     if device.type == "cuda":
-        data = SplitTensors(*(t.to(device) if i % 2 == 0 else t for i, t in enumerate(data.__dict__.values())))
+        data = dataclasses.replace(data, x_train=data.x_train.to(device), x_val=data.x_val.to(device))  # images
     model.to(memory_format=memory_format(device, cfg.train.channels_last, cfg.train.amp))
 
     def save_best(m: torch.nn.Module, info: dict) -> None:
@@ -231,24 +234,25 @@ class StateFiles:
         self.run_dir = run_dir
         self._last_complete = False  # only a pair known to be complete may become last-prev
 
-    def save(self, model: torch.nn.Module, optimizer, scheduler, state: dict) -> None:
+    def save(self, model: torch.nn.Module, optimizer, scheduler, state: dict,
+             ema: torch.nn.Module | None = None) -> None:
         if self._last_complete:
             for suffix in (".safetensors", ".json"):
                 _link_atomic(self.run_dir / f"{LAST}{suffix}", self.run_dir / f"{PREV}{suffix}")
-        save_train_state(self.run_dir / LAST, model, optimizer, scheduler, state)
+        save_train_state(self.run_dir / LAST, model, optimizer, scheduler, state, ema)
         self._last_complete = True
 
-    def load(self, model: torch.nn.Module, optimizer, scheduler) -> dict | None:
+    def load(self, model: torch.nn.Module, optimizer, scheduler, ema: torch.nn.Module | None = None) -> dict | None:
         if not (self.run_dir / f"{LAST}.json").is_file():
             return None
         try:
-            state = load_train_state(self.run_dir / LAST, model, optimizer, scheduler)
+            state = load_train_state(self.run_dir / LAST, model, optimizer, scheduler, ema)
         except ModelError as exc:
             if not (self.run_dir / f"{PREV}.json").is_file():
                 raise ModelError(f"cannot resume {self.run_dir}: {exc}") from None
             log.warning("cannot use %s (%s); resuming from the state before it, %s", LAST, exc, PREV)
             try:
-                return load_train_state(self.run_dir / PREV, model, optimizer, scheduler)
+                return load_train_state(self.run_dir / PREV, model, optimizer, scheduler, ema)
             except ModelError as prev_exc:
                 raise ModelError(f"cannot resume {self.run_dir}: {exc}; and {PREV}: {prev_exc}") from None
         self._last_complete = True
