@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_otsu
 
 from pneumo.config import parse_crop
 from pneumo.errors import InputError
@@ -67,6 +66,11 @@ class CropResult:
     image: np.ndarray
     box: Box
     fallback: bool = False
+
+
+def threshold_otsu(img: np.ndarray) -> float:
+    """Otsu's threshold of a uint8 array (OpenCV's: pixels above it are the brighter class)."""
+    return float(cv2.threshold(np.ascontiguousarray(img), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
 
 
 def border_box(height: int, width: int, fraction: float) -> Box:
