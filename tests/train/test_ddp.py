@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -39,21 +40,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiny_problem() -> tuple[SplitTensors, TrainConfig]:
+def _tiny_problem(variant: str = "plain") -> tuple[SplitTensors, TrainConfig]:
+    """``plain``, or ``mixup+distill``: mixup and a distillation term on top of the class-weighted loss."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (24, 1, 48, 48), dtype=torch.uint8, generator=g)
     y = torch.tensor([0, 1, 1] * 8)
     cfg = TrainConfig(batch_size=12, lr=0.0, max_steps_per_epoch=1, amp=False, device="cpu")
-    return SplitTensors(x, y, x[:4], y[:4]), cfg
+    data = SplitTensors(x, y, x[:4], y[:4])
+    if variant == "mixup+distill":
+        cfg = dataclasses.replace(cfg, mixup=0.4, distill_weight=0.5)
+        data.teacher_train = torch.randn(24, 2, generator=g)
+    return data, cfg
 
 
-def _one_step_gradients(rank: int, world_size: int, port: int, out: str) -> None:
+def _one_step_gradients(rank: int, world_size: int, port: int, out: str, variant: str = "plain") -> None:
     """One training step of the first global batch (lr 0); saves this rank's (averaged) gradients and BN stats."""
     torch.set_num_threads(1)
     env = DistEnv(rank, world_size, rank)
     if env.enabled:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    data, cfg = _tiny_problem()
+    data, cfg = _tiny_problem(variant)
     torch.manual_seed(0)
     model = create("scratch_cnn", num_classes=2, weights="none", drop_rate=0.0)
     loss_fn = make_loss(cfg, data.y_train, 2)
@@ -71,9 +77,10 @@ def _one_step_gradients(rank: int, world_size: int, port: int, out: str) -> None
         save_file({k: v.contiguous() for k, v in result.items()}, out)
 
 
-def test_ddp_gradient_equals_the_single_process_gradient_of_the_global_batch(tmp_path: Path) -> None:
-    _one_step_gradients(0, 1, 0, str(tmp_path / "single.safetensors"))
-    mp.spawn(_one_step_gradients, args=(2, _free_port(), str(tmp_path / "ddp.safetensors")), nprocs=2)
+@pytest.mark.parametrize("variant", ["plain", "mixup+distill"])
+def test_ddp_gradient_equals_the_single_process_gradient_of_the_global_batch(tmp_path: Path, variant: str) -> None:
+    _one_step_gradients(0, 1, 0, str(tmp_path / "single.safetensors"), variant)
+    mp.spawn(_one_step_gradients, args=(2, _free_port(), str(tmp_path / "ddp.safetensors"), variant), nprocs=2)
     single, ddp = load_file(tmp_path / "single.safetensors"), load_file(tmp_path / "ddp.safetensors")
     assert ddp["loss"].item() / 2 == pytest.approx(single["loss"].item(), rel=1e-5)  # mean of the rescaled losses
     for key, expected in single.items():

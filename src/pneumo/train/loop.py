@@ -61,14 +61,29 @@ class Targets:
     y_mix: torch.Tensor | None = None
     lam: float = 1.0
     soft: torch.Tensor | None = None  # teacher probabilities at the distillation temperature
+    # under DDP, each term's share of the global batch (its sample weight on this rank's shard vs the whole batch,
+    # times the world size), so that the ranks' averaged gradient is the global batch's for every term
+    scale: float = 1.0
+    scale_mix: float = 1.0
+    scale_soft: float = 1.0
 
     def to(self, device: torch.device) -> Targets:
         move = (lambda t: t.to(device, non_blocking=True) if t is not None else None)
         return replace(self, y=move(self.y), y_mix=move(self.y_mix), soft=move(self.soft))
 
-    def shard(self, rank: int, world_size: int) -> Targets:
+    def shard(self, rank: int, world_size: int, class_weight: torch.Tensor | None) -> Targets:
+        """This rank's part of the batch, each term rescaled by the rank's share of its (class-weighted) total."""
         cut = (lambda t: shard(t, rank, world_size) if t is not None else None)
-        return replace(self, y=cut(self.y), y_mix=cut(self.y_mix), soft=cut(self.soft))
+        mine = replace(self, y=cut(self.y), y_mix=cut(self.y_mix), soft=cut(self.soft))
+
+        def share(part: torch.Tensor | None, whole: torch.Tensor | None, weight: torch.Tensor | None) -> float:
+            if part is None or whole is None:
+                return 1.0
+            return world_size * _batch_weight(part, weight) / _batch_weight(whole, weight)
+
+        return replace(mine, scale=share(mine.y, self.y, class_weight),
+                       scale_mix=share(mine.y_mix, self.y_mix, class_weight),
+                       scale_soft=share(mine.y, self.y, None))  # KL "batchmean": every sample counts once
 
 
 def val_auc(logits: np.ndarray, y: np.ndarray) -> float:
@@ -176,18 +191,18 @@ def target_loss(logits: torch.Tensor, targets: Targets, loss_fn: nn.Module, *, d
                 temperature: float = 1.0) -> torch.Tensor:
     """The training loss: ``loss_fn`` on the labels (the mixup pair weighted by lam), and with teacher
     probabilities (1 - w) x that + w x T^2 x KL(teacher || student at temperature T) (Hinton et al. 2015)."""
-    hard = loss_fn(logits, targets.y)
+    hard = loss_fn(logits, targets.y) * targets.scale
     if targets.y_mix is not None:
-        hard = targets.lam * hard + (1 - targets.lam) * loss_fn(logits, targets.y_mix)
+        hard = targets.lam * hard + (1 - targets.lam) * loss_fn(logits, targets.y_mix) * targets.scale_mix
     if targets.soft is None:
         return hard
     log_student = F.log_softmax(logits / temperature, dim=1)
-    kd = F.kl_div(log_student, targets.soft, reduction="batchmean") * temperature**2
+    kd = F.kl_div(log_student, targets.soft, reduction="batchmean") * temperature**2 * targets.scale_soft
     return (1 - distill_weight) * hard + distill_weight * kd
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor | Targets, *, optimizer, scheduler,
-               loss_fn: nn.Module, device: torch.device, amp: bool, scale: float = 1.0,
+               loss_fn: nn.Module, device: torch.device, amp: bool,
                distill_weight: float = 0.0, temperature: float = 1.0, ema: nn.Module | None = None,
                global_step: int = 0) -> float:
     """One optimizer and scheduler step on a float batch (then the EMA of the weights, if any); returns the
@@ -195,7 +210,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor | Targets, *, 
     targets = y if isinstance(y, Targets) else Targets(y)
     with autocast(device, amp):
         logits = model(x).float()
-    loss = target_loss(logits, targets, loss_fn, distill_weight=distill_weight, temperature=temperature) * scale
+    loss = target_loss(logits, targets, loss_fn, distill_weight=distill_weight, temperature=temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -215,8 +230,8 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
     """Train one epoch from ``start_step``; yields (steps done in the epoch, this rank's loss) after every step.
 
     Under DDP each rank trains on its `shard` of the global batch with its loss rescaled by its share of the
-    batch's sample weight, so the averaged gradient is the global batch's. Mixup pairs are drawn over the global
-    batch before it is sharded.
+    batch's sample weight (each loss term by its own: `Targets.shard`), so the averaged gradient is the global
+    batch's. Mixup pairs are drawn over the global batch before it is sharded.
     """
     model.train()
     order = epoch_order(len(data.y_train), data.y_train, cfg, epoch)
@@ -235,15 +250,12 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
         if data.teacher_train is not None:
             soft = torch.softmax(data.teacher_train[idx].float() / cfg.distill_temperature, dim=1)
         x, targets = mix_batch(x, data.y_train[idx], soft, cfg.mixup, aug_gen, step_seed(cfg.seed, epoch, step, 2))
-        scale = 1.0
         if env.enabled:
-            mine = targets.shard(env.rank, env.world_size)
-            scale = env.world_size * _batch_weight(mine.y, class_weight) / _batch_weight(targets.y, class_weight)
-            x, targets = shard(x, env.rank, env.world_size), mine
+            x, targets = shard(x, env.rank, env.world_size), targets.shard(env.rank, env.world_size, class_weight)
         torch.manual_seed(step_seed(cfg.seed, epoch, step, 1 + env.rank))  # dropout masks
         loss = train_step(model, x.contiguous(memory_format=fmt), targets.to(device),
                           optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=cfg.amp,
-                          scale=scale, distill_weight=cfg.distill_weight, temperature=cfg.distill_temperature,
+                          distill_weight=cfg.distill_weight, temperature=cfg.distill_temperature,
                           ema=ema, global_step=epoch * n_steps + step + 1)
         total += loss
         bar.set_postfix(loss=f"{total / (step + 1 - start_step):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
