@@ -245,11 +245,16 @@ def parse_crop(crop: str) -> tuple[str, float | None]:
 
 def check_crop(crop: str, name: str = "crop") -> str:
     """A crop (``none``, ``border:F``, ``lungs``), checked before any work; returned as given."""
+    return _checked(parse_crop, crop, name)
+
+
+def _checked(parse: Any, value: str, name: str) -> str:
+    """``value`` if ``parse`` accepts it, else its ConfigError prefixed with the option's ``name``."""
     try:
-        parse_crop(crop)
+        parse(value)
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
-    return crop
+    return value
 
 
 # Threshold policies. ``triage`` is the WHO triage profile: the highest specificity whose val sensitivity is >= 0.90
@@ -277,11 +282,7 @@ def parse_policy(policy: str) -> tuple[str, float | None]:
 
 def check_policy(policy: str, name: str = "threshold policy") -> str:
     """A threshold policy (``youden``, ``sensitivity:X``, ``triage``), checked before any work; returned as given."""
-    try:
-        parse_policy(policy)
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-    return policy
+    return _checked(parse_policy, policy, name)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

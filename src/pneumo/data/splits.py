@@ -96,6 +96,14 @@ def leakage_report(df: pd.DataFrame, column: str = "fold") -> dict:
     }
 
 
+def first_different_fold(a: pd.DataFrame, b: pd.DataFrame, folds: tuple[str, ...]) -> str | None:
+    """The first of ``folds`` whose images (``path``) differ between two runs' fold tables, or None if all agree."""
+    for fold in folds:
+        if sorted(a.loc[a["fold"] == fold, "path"]) != sorted(b.loc[b["fold"] == fold, "path"]):
+            return fold
+    return None
+
+
 def take_slice(df: pd.DataFrame, per_group: int, *, seed: int = 0) -> pd.DataFrame:
     """At most ``per_group`` images per split x subtype (whole patients first), for smoke runs and tests."""
     rng = np.random.default_rng(seed)

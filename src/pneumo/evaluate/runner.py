@@ -23,7 +23,7 @@ import yaml
 from pneumo import atomic
 from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
-from pneumo.data.splits import class_names, labels
+from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis
@@ -243,12 +243,10 @@ def _check_same_folds(first: Path, folds: pd.DataFrame, cfg, other: Path, other_
                       other_cfg) -> None:
     if other_cfg.data.task != cfg.data.task:
         raise ConfigError(f"{other} is a {other_cfg.data.task} run, {first} a {cfg.data.task} run")
-    for fold in ("val", "test"):
-        a = sorted(folds.loc[folds["fold"] == fold, "path"])
-        b = sorted(other_folds.loc[other_folds["fold"] == fold, "path"])
-        if a != b:
-            raise ConfigError(f"{other} and {first} have different {fold} folds (another split seed or data): "
-                              "ensemble runs of one split")
+    fold = first_different_fold(folds, other_folds, ("val", "test"))
+    if fold is not None:
+        raise ConfigError(f"{other} and {first} have different {fold} folds (another split seed or data): "
+                          "ensemble runs of one split")
 
 
 def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, images: np.ndarray, y_test: np.ndarray,

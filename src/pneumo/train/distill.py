@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from pneumo.config import RunConfig
+from pneumo.data.splits import first_different_fold
 from pneumo.errors import ConfigError
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.runtime import predict_logits
@@ -27,13 +28,10 @@ PIXEL_OPTIONS = ("image_size", "resize_policy", "intensity", "markers", "crop")
 def check_teacher(teacher: Path, cfg: RunConfig, folds: pd.DataFrame, teacher_cfg: dict) -> None:
     """ConfigError unless ``teacher`` trained on this run's train fold (and no other image) with the same task and
     the same pixel preprocessing: a teacher that saw this run's val images would leak them into training."""
-    teacher_folds = pd.read_csv(teacher / "folds.csv")
-    for fold in ("train", "val"):
-        mine = sorted(folds.loc[folds["fold"] == fold, "path"])
-        theirs = sorted(teacher_folds.loc[teacher_folds["fold"] == fold, "path"])
-        if mine != theirs:
-            raise ConfigError(f"teacher {teacher} was trained on another {fold} fold (other data, split seed or "
-                              "val_fraction): distil only from runs on the same split")
+    fold = first_different_fold(folds, pd.read_csv(teacher / "folds.csv"), ("train", "val"))
+    if fold is not None:
+        raise ConfigError(f"teacher {teacher} was trained on another {fold} fold (other data, split seed or "
+                          "val_fraction): distil only from runs on the same split")
     data = teacher_cfg.get("data", {})
     if data.get("task", "binary") != cfg.data.task:
         raise ConfigError(f"teacher {teacher} is a {data.get('task')} model, this run is {cfg.data.task}")
