@@ -46,7 +46,7 @@ def teacher_logits(cfg: RunConfig, folds: pd.DataFrame, x_train: torch.Tensor, *
     probs = []
     for teacher in map(Path, cfg.train.teachers):
         model, meta = load_checkpoint(teacher / "model.json")
-        check_teacher(teacher, cfg, folds, meta.config or {})
+        check_teacher(teacher, cfg, folds, meta.config or {})  # (the config lives in the sidecar: one read)
         log.info("distillation: scoring %d train images with teacher %s", len(x_train), teacher)
         logits = predict_logits(model.to(device), x_train, batch_size=2 * cfg.train.batch_size, device=device,
                                 amp=cfg.train.amp)

@@ -2,8 +2,7 @@
 
 Resumable at any step. The sample order of an epoch is a pure function of (seed, epoch); each step's augmentation
 generator (augmentation, mixup) is seeded from (seed, epoch, step) and the global torch RNG (dropout) from (seed,
-epoch, step, rank). A
-state saved after step k of epoch e -- by `fit` after every epoch, every ``train.checkpoint_every_steps`` steps and
+epoch, step, rank). A state saved after step k of epoch e -- by `fit` after every epoch, every ``train.checkpoint_every_steps`` steps and
 on Ctrl-C / SIGTERM -- therefore resumes into exactly the steps an uninterrupted run takes. Under DDP
 (`pneumo.train.distributed`) every rank walks the same global batches and trains on its shard of each.
 """
@@ -201,13 +200,12 @@ def target_loss(logits: torch.Tensor, targets: Targets, loss_fn: nn.Module, *, d
     return (1 - distill_weight) * hard + distill_weight * kd
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor | Targets, *, optimizer, scheduler,
+def train_step(model: nn.Module, x: torch.Tensor, targets: Targets, *, optimizer, scheduler,
                loss_fn: nn.Module, device: torch.device, amp: bool,
                distill_weight: float = 0.0, temperature: float = 1.0, ema: nn.Module | None = None,
                global_step: int = 0) -> float:
-    """One optimizer and scheduler step on a float batch (then the EMA of the weights, if any); returns the
-    (scaled) loss."""
-    targets = y if isinstance(y, Targets) else Targets(y)
+    """One optimizer and scheduler step on a float batch (then the EMA of the weights, if any); returns the loss
+    (under DDP rescaled by this rank's share, `Targets.shard`)."""
     with autocast(device, amp):
         logits = model(x).float()
     loss = target_loss(logits, targets, loss_fn, distill_weight=distill_weight, temperature=temperature)
