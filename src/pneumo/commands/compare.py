@@ -1,4 +1,5 @@
-"""`pneumo compare RUN [RUN ...]`: a leaderboard (markdown + HTML) from the runs' metrics.json."""
+"""`pneumo compare RUN [RUN ...]`: a leaderboard (markdown + HTML) from the runs' metrics.json; with ``--select``,
+the runs grouped into configurations (seeds of one config) and the validation-only selection rule applied."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 EXAMPLES = """
 pneumo compare runs/*                       # runs without metrics.json are skipped with a warning
 pneumo compare runs/default runs/best --out reports/
+pneumo compare runs/* --select              # configurations over seeds; val log-loss, then val AUC decide
 """
 
 
@@ -16,6 +18,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "named by folder and link to each report.html")
     parser.add_argument("--out", metavar="DIR",
                         help="output folder for leaderboard.md / leaderboard.html (default: the first run's parent)")
+    parser.add_argument("--select", action="store_true",
+                        help="also group the runs into configurations (runs whose configs differ only in seeds) and "
+                        "apply the selection rule on validation numbers only; writes selection.md")
+    parser.add_argument("--rule", default="val_nll,val_auc", metavar="STEPS",
+                        help="the rule's steps, in order (val_nll, val_auc); with --select (default: %(default)s)")
+    parser.add_argument("--min-seeds", type=int, default=3, metavar="N",
+                        help="configurations with fewer seeds are listed but not eligible (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -26,4 +35,11 @@ def run(args: argparse.Namespace) -> int:
     md, page = write_leaderboard(args.run_dirs, out)
     print(md.read_text(encoding="utf-8"), end="")
     print(f"leaderboard: {md}, {page}")
+    if args.select:
+        from pneumo.evaluate.compare import write_selection
+
+        path = write_selection(args.run_dirs, out, rule=[s.strip() for s in args.rule.split(",") if s.strip()],
+                               min_seeds=args.min_seeds)
+        print(path.read_text(encoding="utf-8"), end="")
+        print(f"selection: {path}")
     return 0

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from pneumo import atomic
 from pneumo.errors import DataError
+from pneumo.evaluate.select import DEFAULT_RULE, STEPS, configurations_markdown, group_runs, select
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,8 @@ def leaderboard_html(rows: Sequence[dict[str, str]], out_dir: Path | None = None
     return page("pneumo leaderboard", [Section("leaderboard", "Runs", body)], subtitle=f"{len(rows)} run(s)")
 
 
-def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Read every run's ``metrics.json`` and write ``leaderboard.md`` and ``leaderboard.html`` into ``out_dir``.
-
-    Returns:
-        The two paths (markdown, HTML).
-    """
+def load_runs(run_dirs: Iterable[str | os.PathLike]) -> list[dict]:
+    """Every readable run's metrics (:func:`load_run_metrics`); the others are skipped with a warning."""
     results, skipped = [], []
     for d in run_dirs:
         try:
@@ -158,9 +155,32 @@ def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.P
         raise skipped[0] if skipped else DataError("no runs given: pass one or more run folders")
     for exc in skipped:
         log.warning("skipped: %s", exc)
+    return results
+
+
+def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Read every run's ``metrics.json`` and write ``leaderboard.md`` and ``leaderboard.html`` into ``out_dir``.
+
+    Returns:
+        The two paths (markdown, HTML).
+    """
+    results = load_runs(run_dirs)
     rows = [leaderboard_row(r) for r in sorted(results, key=_val_auc_key)]
     out_dir = Path(out_dir)
     md = atomic.write_text(out_dir / "leaderboard.md", leaderboard_markdown(rows, out_dir))
     page_path = atomic.write_text(out_dir / "leaderboard.html", leaderboard_html(rows, out_dir))
     return md, page_path
 
+
+
+def write_selection(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
+                    rule: Sequence[str] = DEFAULT_RULE, min_seeds: int = 3) -> Path:
+    """Group the runs into configurations, apply the validation-only ``rule`` (`pneumo.evaluate.select`) and write
+    ``selection.md`` (the configurations table, each step's means and SDs, the pick or why the rule is undecided)."""
+    configs = group_runs(load_runs(run_dirs))
+    result = select(configs, rule, min_seeds)
+    text = ("# Selection (validation only)\n\nRule: " + ", then ".join(STEPS[s].label for s in rule)
+            + f"; a step decides when the best mean is ahead by more than the larger SD; configurations with fewer "
+            f"than {min_seeds} seeds are not eligible.\n\n" + configurations_markdown(configs, rule) + "\n"
+            + "\n".join(f"- {line}" for line in result.log) + "\n")
+    return atomic.write_text(Path(out_dir) / "selection.md", text)

@@ -1,0 +1,118 @@
+"""`pneumo compare --select`: runs grouped into configurations by config (seeds apart), the validation-only rule
+applied step by step, a difference inside the seed spread deciding nothing, and no test number read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumo.cli import main
+from pneumo.errors import DataError
+from pneumo.evaluate.compare import load_run_metrics
+from pneumo.evaluate.report import evaluate_predictions
+from pneumo.evaluate.select import config_key, group_runs, select
+
+
+def make_run(root: Path, name: str, *, seed: int, separation: float, test_separation: float = 1.0,
+             config: dict | None = None) -> Path:
+    """An evaluated run: val and test logits of two Gaussian classes ``separation`` apart, through the real metrics."""
+    rng = np.random.default_rng(seed)
+    data = []
+    for n, sep in ((300, separation), (200, test_separation)):
+        y = rng.integers(0, 2, n)
+        z = rng.normal(0, 1, (n, 2))
+        z[np.arange(n), y] += sep
+        data += [y, z]
+    result = evaluate_predictions(*data, None, task="binary", class_names=["NORMAL", "PNEUMONIA"],
+                                  policy="sensitivity:0.95", n_bootstrap=50, seed=0, ece_bins=15)
+    cfg = {"name": name, "out_dir": str(root), "data": {"split_seed": seed, "markers": "inpaint"},
+           "model": {"name": "efficientnet_lite0", "mode": "partial"}, "train": {"seed": seed, "epochs": 6},
+           "eval": {"threshold_policy": "sensitivity:0.95"}}
+    for section, values in (config or {}).items():
+        cfg.setdefault(section, {}).update(values)
+    result.update(name=name, config=cfg, training={"wall_time_s": 600.0 + seed})
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(result))
+    return run_dir
+
+
+def runs(root: Path, label: str, separations: list[float], lr: float = 1e-3, **kwargs: object) -> list[dict]:
+    """Seeds 0, 1, ... of one configuration (``lr`` tells configurations apart)."""
+    config = {"train": {"lr": lr}, **kwargs.pop("config", {})}  # type: ignore[dict-item]
+    return [load_run_metrics(make_run(root, f"{label}-s{i}", seed=i, separation=s, config=config,  # type: ignore[arg-type]
+                                      **kwargs)) for i, s in enumerate(separations)]
+
+
+def test_seeds_of_one_config_form_one_configuration_and_other_settings_another(tmp_path: Path) -> None:
+    a = runs(tmp_path, "partial", [3.0, 3.1, 3.2])
+    b = runs(tmp_path, "partial-320", [3.0, 3.1], config={"data": {"image_size": 320}})
+    assert len(group_runs(runs(tmp_path / "z", "x", [1.0]) + runs(tmp_path / "z", "y", [2.0]))) == 1  # names alone
+    groups = group_runs([a[0], b[0], a[1], b[1], a[2]])
+    assert [(g.label, len(g.runs)) for g in groups] == [("partial", 3), ("partial-320", 2)]
+
+
+def test_the_threshold_policy_and_removed_keys_do_not_split_a_configuration(tmp_path: Path) -> None:
+    new = load_run_metrics(make_run(tmp_path, "new", seed=0, separation=3.0))
+    old = load_run_metrics(make_run(tmp_path, "old", seed=1, separation=3.0, config={
+        "train": {"num_workers": 0, "probe_c": 1.0}, "eval": {"threshold_policy": "youden"}}))
+    assert config_key(new) == config_key(old)
+    other = load_run_metrics(make_run(tmp_path, "other", seed=2, separation=3.0, config={"train": {"mixup": 0.2}}))
+    assert config_key(other) != config_key(new)
+
+
+def test_a_clearly_lower_val_log_loss_decides_at_the_first_step(tmp_path: Path) -> None:
+    good = runs(tmp_path, "good", [4.0, 4.1, 3.9])
+    weak = runs(tmp_path, "weak", [1.0, 1.1, 0.9], lr=1e-4)
+    result = select(group_runs(good + weak))
+    assert result.pick is not None and result.pick.label == "good"
+    assert result.log[0].startswith("val log-loss") and result.log[-1] == "pick: good"
+
+
+def test_a_difference_inside_the_seed_spread_decides_nothing(tmp_path: Path) -> None:
+    a = runs(tmp_path, "a", [2.0, 3.5, 2.6])
+    b = runs(tmp_path, "b", [2.7, 2.4, 3.0], lr=1e-4)
+    result = select(group_runs(a + b))
+    assert result.pick is None and {c.label for c in result.remaining} == {"a", "b"}
+    assert "undecided" in result.log[-1] and len(result.log) == 3  # both steps ran, neither decided
+
+
+def test_test_numbers_never_move_the_pick(tmp_path: Path) -> None:
+    good = runs(tmp_path / "x", "good", [4.0, 4.1, 3.9], test_separation=0.2)
+    weak = runs(tmp_path / "x", "weak", [1.0, 1.1, 0.9], lr=1e-4, test_separation=5.0)
+    assert select(group_runs(good + weak)).pick.label == "good"  # type: ignore[union-attr]
+
+
+def test_configurations_with_too_few_seeds_are_not_eligible(tmp_path: Path) -> None:
+    lone = runs(tmp_path, "lone", [6.0])
+    three = runs(tmp_path, "three", [1.0, 1.1, 0.9], lr=1e-4)
+    result = select(group_runs(lone + three))
+    assert result.pick.label == "three" and [c.label for c in result.excluded] == ["lone"]  # type: ignore[union-attr]
+    with pytest.raises(DataError, match="no configuration has 3 or more seeds"):
+        select(group_runs(lone))
+    with pytest.raises(DataError, match="unknown rule step 'test_auc'"):
+        select(group_runs(three), rule=["test_auc"])
+
+
+def test_a_run_without_the_rules_measure_is_a_data_error(tmp_path: Path) -> None:
+    rs = runs(tmp_path, "r", [2.0, 2.1, 2.2]) + runs(tmp_path, "q", [1.0, 1.1, 1.2], lr=1e-4)
+    del rs[1]["val"]["nll_before"]
+    with pytest.raises(DataError, match=r"r-s1: metrics\.json has no val\.nll_before"):
+        select(group_runs(rs))
+
+
+def test_cli_compare_select_writes_selection_md(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dirs = [make_run(tmp_path, f"good-s{i}", seed=i, separation=4.0 + i / 10) for i in range(3)]
+    dirs += [make_run(tmp_path, f"weak-s{i}", seed=i, separation=1.0 + i / 10, config={"train": {"epochs": 2}})
+             for i in range(3)]
+    assert main(["compare", *map(str, dirs), "--select", "--out", str(tmp_path / "board")]) == 0
+    text = (tmp_path / "board" / "selection.md").read_text(encoding="utf-8")
+    assert "- pick: good" in text and "| good | 3 |" in text and "| weak | 3 |" in text
+    assert "selection:" in capsys.readouterr().out
+    assert main(["compare", *map(str, dirs), "--select", "--rule", "val_nll,test_auc", "--out",
+                 str(tmp_path / "b2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown rule step 'test_auc'" in err[0]
