@@ -5,32 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+import evaluated_runs
 import pytest
 
 from pneumo.cli import main
 from pneumo.errors import DataError
 from pneumo.evaluate.compare import load_run_metrics, write_leaderboard
-from pneumo.evaluate.report import evaluate_predictions
 
 
 def make_run(root: Path, name: str, *, seed: int, arch: str = "efficientnet_lite0", mode: str = "probe",
              separation: float = 1.5) -> tuple[Path, dict]:
-    rng = np.random.default_rng(seed)
-    data = []
-    for n in (200, 150):
-        y = rng.integers(0, 2, n)
-        z = rng.normal(0, 1, (n, 2))
-        z[np.arange(n), y] += separation
-        data += [y, z]
-    result = evaluate_predictions(*data, None, task="binary", class_names=["NORMAL", "PNEUMONIA"],
-                                  policy="sensitivity:0.95", n_bootstrap=100, seed=0, ece_bins=15)
-    result.update(name=name, wall_time_s=754.2,
-                  config={"model": {"name": arch, "mode": mode}, "data": {"task": "binary"}, "train": {"seed": seed}})
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps(result))
-    return run_dir, result
+    config = {"model": {"name": arch, "mode": mode}, "data": {"task": "binary"}, "train": {"seed": seed}}
+    return evaluated_runs.make_run(root, name, seed=seed, separation=separation, config=config)
 
 
 def test_leaderboard_lists_every_run_with_its_numbers(tmp_path: Path) -> None:

@@ -3,41 +3,26 @@ applied step by step, a difference inside the seed spread deciding nothing, and 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
+import evaluated_runs
 import pytest
 
 from pneumo.cli import main
 from pneumo.errors import DataError
 from pneumo.evaluate.compare import load_run_metrics
-from pneumo.evaluate.report import evaluate_predictions
 from pneumo.evaluate.select import config_key, group_runs, select
 
 
 def make_run(root: Path, name: str, *, seed: int, separation: float, test_separation: float = 1.0,
              config: dict | None = None) -> Path:
-    """An evaluated run: val and test logits of two Gaussian classes ``separation`` apart, through the real metrics."""
-    rng = np.random.default_rng(seed)
-    data = []
-    for n, sep in ((300, separation), (200, test_separation)):
-        y = rng.integers(0, 2, n)
-        z = rng.normal(0, 1, (n, 2))
-        z[np.arange(n), y] += sep
-        data += [y, z]
-    result = evaluate_predictions(*data, None, task="binary", class_names=["NORMAL", "PNEUMONIA"],
-                                  policy="sensitivity:0.95", n_bootstrap=50, seed=0, ece_bins=15)
     cfg = {"name": name, "out_dir": str(root), "data": {"split_seed": seed, "markers": "inpaint"},
            "model": {"name": "efficientnet_lite0", "mode": "partial"}, "train": {"seed": seed, "epochs": 6},
            "eval": {"threshold_policy": "sensitivity:0.95"}}
     for section, values in (config or {}).items():
         cfg.setdefault(section, {}).update(values)
-    result.update(name=name, config=cfg, training={"wall_time_s": 600.0 + seed})
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps(result))
-    return run_dir
+    return evaluated_runs.make_run(root, name, seed=seed, separation=separation, test_separation=test_separation,
+                                   config=cfg, training={"wall_time_s": 600.0 + seed})[0]
 
 
 def runs(root: Path, label: str, separations: list[float], lr: float = 1e-3, **kwargs: object) -> list[dict]:
