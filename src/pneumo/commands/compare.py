@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     print(md.read_text(encoding="utf-8"), end="")
     print(f"leaderboard: {md}, {page}")
     if args.select:
-        from pneumo.evaluate.compare import write_selection
+        from pneumo.evaluate.select import write_selection
 
         path = write_selection(args.run_dirs, out, rule=[s.strip() for s in args.rule.split(",") if s.strip()],
                                min_seeds=args.min_seeds)

@@ -18,7 +18,6 @@ from markupsafe import Markup
 
 from pneumo import atomic
 from pneumo.errors import DataError
-from pneumo.evaluate.select import DEFAULT_RULE, STEPS, configurations_markdown, group_runs, select
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 log = logging.getLogger(__name__)
@@ -172,15 +171,3 @@ def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.P
     return md, page_path
 
 
-
-def write_selection(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
-                    rule: Sequence[str] = DEFAULT_RULE, min_seeds: int = 3) -> Path:
-    """Group the runs into configurations, apply the validation-only ``rule`` (`pneumo.evaluate.select`) and write
-    ``selection.md`` (the configurations table, each step's means and SDs, the pick or why the rule is undecided)."""
-    configs = group_runs(load_runs(run_dirs))
-    result = select(configs, rule, min_seeds)
-    text = ("# Selection (validation only)\n\nRule: " + ", then ".join(STEPS[s].label for s in rule)
-            + f"; a step decides when the best mean is ahead by more than the larger SD; configurations with fewer "
-            f"than {min_seeds} seeds are not eligible.\n\n" + configurations_markdown(configs, rule) + "\n"
-            + "\n".join(f"- {line}" for line in result.log) + "\n")
-    return atomic.write_text(Path(out_dir) / "selection.md", text)

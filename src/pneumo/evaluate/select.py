@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
+from pneumo import atomic
 from pneumo.config import REMOVED_KEYS, from_dict, to_dict
 from pneumo.errors import DataError
+from pneumo.evaluate.compare import _get, load_runs
 
 # Config fields that do not change what is trained: seeds (they make the repeats), paths, the device, checkpoint
 # cadence, and the evaluation's reporting options (the threshold policy does not change the probabilities).
@@ -54,9 +57,7 @@ class Configuration:
     def values(self, step: Step) -> list[float]:
         out = []
         for run in self.runs:
-            value: Any = run
-            for part in step.path:
-                value = value.get(part) if isinstance(value, dict) else None
+            value = _get(run, *step.path)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise DataError(f"{run.get('_run_dir', run.get('name'))}: metrics.json has no {'.'.join(step.path)} "
                                 "(re-run pneumo evaluate)")
@@ -174,3 +175,16 @@ def configurations_markdown(configs: Sequence[Configuration], rule: Sequence[str
         cells.append(", ".join(str(r.get("name", "?")) for r in c.runs))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_selection(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
+                    rule: Sequence[str] = DEFAULT_RULE, min_seeds: int = 3) -> Path:
+    """Group the runs into configurations, apply the validation-only ``rule`` (`pneumo.evaluate.select`) and write
+    ``selection.md`` (the configurations table, each step's means and SDs, the pick or why the rule is undecided)."""
+    configs = group_runs(load_runs(run_dirs))
+    result = select(configs, rule, min_seeds)
+    text = ("# Selection (validation only)\n\nRule: " + ", then ".join(STEPS[s].label for s in rule)
+            + f"; a step decides when the best mean is ahead by more than the larger SD; configurations with fewer "
+            f"than {min_seeds} seeds are not eligible.\n\n" + configurations_markdown(configs, rule) + "\n"
+            + "\n".join(f"- {line}" for line in result.log) + "\n")
+    return atomic.write_text(Path(out_dir) / "selection.md", text)

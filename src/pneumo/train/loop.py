@@ -2,9 +2,10 @@
 
 Resumable at any step. The sample order of an epoch is a pure function of (seed, epoch); each step's augmentation
 generator (augmentation, mixup) is seeded from (seed, epoch, step) and the global torch RNG (dropout) from (seed,
-epoch, step, rank). A state saved after step k of epoch e -- by `fit` after every epoch, every ``train.checkpoint_every_steps`` steps and
-on Ctrl-C / SIGTERM -- therefore resumes into exactly the steps an uninterrupted run takes. Under DDP
-(`pneumo.train.distributed`) every rank walks the same global batches and trains on its shard of each.
+epoch, step, rank). A state saved after step k of epoch e -- by `fit` after every epoch, every
+``train.checkpoint_every_steps`` steps and on Ctrl-C / SIGTERM -- therefore resumes into exactly the steps an
+uninterrupted run takes. Under DDP (`pneumo.train.distributed`) every rank walks the same global batches and trains on
+its shard of each.
 """
 
 from __future__ import annotations
