@@ -2,9 +2,11 @@
 
     python bench/bench_train_speed.py [--modes partial,finetune] [--size 224] [--batch 32] [--steps 6] [--compile]
 
-Each mode builds the real model (`pneumo.train.run.build_model` of the preset) and times the real optimizer step
-(`pneumo.train.loop.train_step`) on random uint8 images: the pixel values do not change the arithmetic. The first
-two steps of each path are warm-up and not timed. Features: the probe's path (traced fp32 graph) vs eager bf16.
+Each mode builds the real model (`pneumo.train.run.build_model` of the preset, laid out by
+`pneumo.train.run.training_layout`) and times the real optimizer step (`pneumo.train.loop.train_step`) on random
+uint8 images: the pixel values do not change the arithmetic. Three paths per mode: fp32 (``train.amp=false``, the
+code before the fast path), bf16 everywhere (``train.depthwise_fp32=false``) and the default fast path (bf16, the
+slow-backward depthwise convolutions in fp32). The first two steps of each path are warm-up and not timed. Features: the probe's path (traced fp32 graph) vs eager bf16.
 """
 
 from __future__ import annotations
@@ -24,20 +26,21 @@ from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format
 from pneumo.train.loop import make_loss, make_optimizer, train_step
-from pneumo.train.run import build_model
+from pneumo.train.run import build_model, training_layout
 
 PRESETS = {"partial": "lite0-partial", "finetune": "lite0-finetune", "probe": "lite0-probe"}
 
 
-def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int, compile: bool = False) -> float:
+def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int, compile: bool = False,
+                  depthwise_fp32: bool = True) -> float:
     """Training images/s of the real step; ``compile``: the model through ``torch.compile`` (inductor), its
     compilation inside the two untimed warm-up steps."""
-    cfg = load_config(preset, [f"data.image_size={size}", f"train.batch_size={batch}", f"train.amp={str(amp).lower()}"])
+    cfg = load_config(preset, [f"data.image_size={size}", f"train.batch_size={batch}", f"train.amp={str(amp).lower()}",
+                               f"train.depthwise_fp32={str(depthwise_fp32).lower()}"])
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = training_layout(build_model(cfg).to(device), cfg, device).train()
     fmt = memory_format(device, cfg.train.channels_last, amp)
-    model.to(memory_format=fmt).train()
     step_model = torch.compile(model) if compile else model
     y = torch.randint(0, 2, (batch,))
     optimizer, scheduler = make_optimizer(model, cfg.train, steps + 2)
@@ -86,8 +89,11 @@ def main() -> None:
     rows = {}
     for mode in args.modes.split(","):
         fp32 = time_training(PRESETS[mode], amp=False, size=args.size, batch=args.batch, steps=args.steps)
+        bf16 = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps,
+                             depthwise_fp32=False)
         fast = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps)
-        rows[mode] = {"fp32_img_s": round(fp32, 2), "fast_img_s": round(fast, 2), "speedup": round(fast / fp32, 2)}
+        rows[mode] = {"fp32_img_s": round(fp32, 2), "bf16_all_img_s": round(bf16, 2), "fast_img_s": round(fast, 2),
+                      "speedup": round(fast / fp32, 2), "speedup_bf16_all": round(bf16 / fp32, 2)}
         if args.compile:
             start = time.perf_counter()
             compiled = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps,

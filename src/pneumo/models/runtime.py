@@ -3,13 +3,16 @@
 Shared by training, evaluation, prediction and the service, so it lives with the models. bf16 autocast and
 channels-last are used on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX): on such a CPU a
 Lite0 training step runs ~3x faster than fp32 (`bench/bench_train_speed.py`). Elsewhere everything stays fp32 and
-contiguous; ``amp=False`` forces fp32 anywhere.
+contiguous; ``amp=False`` forces fp32 anywhere. One exception on the CPU (`depthwise_in_fp32`): oneDNN's bf16 backward
+of depthwise convolutions with a 5x5 kernel or a stride of 2 is 2-6x slower than its fp32 one, so those layers, where
+they train, run in fp32 inside the bf16 step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import types
 
 import numpy as np
 import torch
@@ -58,6 +61,30 @@ def memory_format(device: torch.device, channels_last: bool = True, amp: bool = 
     return torch.contiguous_format
 
 
+def slow_bf16_backward(module: nn.Module) -> bool:
+    """A trainable depthwise convolution with a kernel wider than 3 or a stride above 1: the layers whose bf16
+    backward oneDNN runs 2-6x slower than fp32 channels-last on the CPU (`bench/bench_depthwise.py`;
+    3x3 stride-1 ones and every forward are faster in bf16, so they stay there)."""
+    return (isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+            and module.weight.requires_grad and (max(module.kernel_size) > 3 or max(module.stride) > 1))
+
+
+def depthwise_in_fp32(model: nn.Module, device: torch.device, amp: bool = True) -> int:
+    """On a CPU training in bf16 (`fast_precision`), make every `slow_bf16_backward` layer of ``model`` compute in
+    fp32 (autocast off inside it; its output is fp32 and the next layer casts back). Call it after freezing: which
+    layers train decides which ones change. Weights, state dict and exports are untouched. Returns the number of
+    layers changed (0 on CUDA, without bf16, or with ``amp=False``)."""
+    if device.type != "cpu" or not fast_precision(device, amp):
+        return 0
+    layers = [m for m in model.modules() if slow_bf16_backward(m)]
+    for layer in layers:
+        layer.forward = types.MethodType(_forward_fp32, layer)
+    return len(layers)
+
+
+def _forward_fp32(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        return type(self).forward(self, x.float())
 
 
 @torch.inference_mode()
