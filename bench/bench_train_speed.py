@@ -25,7 +25,7 @@ from pneumo.config import load_config
 from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format
-from pneumo.train.loop import make_loss, make_optimizer, train_step
+from pneumo.train.loop import Targets, make_loss, make_optimizer, train_step
 from pneumo.train.run import build_model, training_layout
 
 PRESETS = {"partial": "lite0-partial", "finetune": "lite0-finetune", "probe": "lite0-probe"}
@@ -49,7 +49,7 @@ def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int, 
     for i in range(steps + 2):
         if i == 2:
             start = time.perf_counter()
-        train_step(step_model, x, y, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=amp)
+        train_step(step_model, x, Targets(y), optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=amp)
     return steps * batch / (time.perf_counter() - start)
 
 

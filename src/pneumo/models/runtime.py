@@ -4,7 +4,7 @@ Shared by training, evaluation, prediction and the service, so it lives with the
 channels-last are used on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX): on such a CPU a
 Lite0 training step runs ~3x faster than fp32 (`bench/bench_train_speed.py`). Elsewhere everything stays fp32 and
 contiguous; ``amp=False`` forces fp32 anywhere. One exception on the CPU (`depthwise_in_fp32`): oneDNN's bf16 backward
-of depthwise convolutions with a 5x5 kernel or a stride of 2 is 2-6x slower than its fp32 one, so those layers, where
+of depthwise convolutions with a 5x5 kernel or a stride of 2 is 1.2-7x slower than its fp32 one, so those layers, where
 they train, run in fp32 inside the bf16 step.
 """
 
@@ -63,7 +63,7 @@ def memory_format(device: torch.device, channels_last: bool = True, amp: bool = 
 
 def slow_bf16_backward(module: nn.Module) -> bool:
     """A trainable depthwise convolution with a kernel wider than 3 or a stride above 1: the layers whose bf16
-    backward oneDNN runs 2-6x slower than fp32 channels-last on the CPU (`bench/bench_depthwise.py`;
+    backward oneDNN runs 1.2-7x slower than fp32 channels-last on the CPU (`bench/bench_depthwise.py`;
     3x3 stride-1 ones and every forward are faster in bf16, so they stay there)."""
     return (isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
             and module.weight.requires_grad and (max(module.kernel_size) > 3 or max(module.stride) > 1))
