@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,84 @@ def test_predict_logits_bf16_close_to_fp32(monkeypatch):
     bf16 = predict_logits(model, images, device=CPU, amp=True)
     assert fp32.dtype == bf16.dtype == "float32" and fp32.shape == (5, 2)
     assert abs(fp32 - bf16).max() < 0.05 and abs(fp32 - bf16).max() > 0  # bf16 really ran, and stayed close
+
+
+def _lite0(*overrides: str) -> tuple[nn.Module, object]:
+    from pneumo.config import load_config
+    from pneumo.train.run import build_model
+
+    cfg = load_config("default", ["model.weights=none", *overrides])
+    return build_model(cfg), cfg
+
+
+def _patched(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if "forward" in vars(m)]
+
+
+def test_slow_bf16_backward_picks_trainable_wide_or_strided_depthwise_convs():
+    assert runtime.slow_bf16_backward(nn.Conv2d(8, 8, 5, padding=2, groups=8))
+    assert runtime.slow_bf16_backward(nn.Conv2d(8, 8, 3, stride=2, groups=8))
+    assert not runtime.slow_bf16_backward(nn.Conv2d(8, 8, 3, padding=1, groups=8))  # 3x3 stride 1: faster in bf16
+    assert not runtime.slow_bf16_backward(nn.Conv2d(8, 16, 5, groups=8))  # grouped, not depthwise
+    assert not runtime.slow_bf16_backward(nn.Conv2d(8, 8, 5))  # dense
+    frozen = nn.Conv2d(8, 8, 5, groups=8).requires_grad_(False)
+    assert not runtime.slow_bf16_backward(frozen)  # forward only: bf16 is faster
+    assert not runtime.slow_bf16_backward(nn.Linear(4, 4))
+
+
+def test_depthwise_in_fp32_changes_only_the_trainable_slow_layers_of_lite0(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    model, _ = _lite0()
+    expected = [name for name, m in model.named_modules() if runtime.slow_bf16_backward(m)]
+    assert expected and all(name.startswith(("backbone.blocks.4", "backbone.blocks.5", "backbone.blocks.6"))
+                            for name in expected)  # the first 4 stages are frozen in the default preset
+    keys = list(model.state_dict())
+    assert runtime.depthwise_in_fp32(model, CPU, amp=True) == len(expected)
+    assert [n for n, m in model.named_modules() if "forward" in vars(m)] == expected
+    assert list(model.state_dict()) == keys  # checkpoints and exports are untouched
+
+
+def test_depthwise_in_fp32_is_a_no_op_off_the_cpu_fast_path(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    model, _ = _lite0()
+    assert runtime.depthwise_in_fp32(model, CPU, amp=False) == 0
+    assert runtime.depthwise_in_fp32(model, torch.device("cuda"), amp=True) == 0  # CUDA's bf16 kernels are fine
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.depthwise_in_fp32(model, CPU, amp=True) == 0
+    assert not _patched(model)
+
+
+def test_training_layout_follows_the_config_switch(monkeypatch):
+    from pneumo.train.run import training_layout
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    off, cfg_off = _lite0("train.depthwise_fp32=false")
+    on, cfg_on = _lite0()
+    training_layout(off, cfg_off, CPU)
+    training_layout(on, cfg_on, CPU)
+    assert not _patched(off) and _patched(on)
+    assert on.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fp32_depthwise_layers_compute_in_fp32_under_autocast_and_train_alike(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.Conv2d(8, 2, 1))
+    twin = copy.deepcopy(net)
+    assert runtime.depthwise_in_fp32(net, CPU) == 1
+    x = torch.rand(4, 1, 12, 12)
+    seen = {}
+    net[1].register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype))
+    with autocast(CPU):
+        out, ref = net(x), twin(x)
+    assert seen["dtype"] == torch.float32 and out.dtype == ref.dtype == torch.bfloat16  # fp32 inside, bf16 after
+    out.float().sum().backward()
+    ref.float().sum().backward()
+    grad, ref_grad = net[1].weight.grad, twin[1].weight.grad
+    assert grad is not None and torch.allclose(grad, ref_grad, rtol=0.05, atol=0.05 * ref_grad.abs().max().item())
+    ema = copy.deepcopy(net)  # what timm's ModelEmaV3 does: the copy's layer must run on the copy's weights
+    assert ema[1].forward.__self__ is ema[1]
+    with torch.no_grad():
+        before = net(x)
+        ema[1].weight.mul_(2)
+        assert not torch.allclose(ema(x), before) and torch.equal(net(x), before)
