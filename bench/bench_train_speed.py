@@ -24,7 +24,7 @@ from common import record
 from pneumo.config import load_config
 from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
-from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format
+from pneumo.models.runtime import autocast, cpu_has_bf16, hold_freed_memory, memory_format
 from pneumo.train.loop import Targets, make_loss, make_optimizer, train_step
 from pneumo.train.run import build_model, training_layout
 
@@ -85,7 +85,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-features", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    parser.add_argument("--release-memory", action="store_true",
+                        help="leave glibc's defaults (freed memory goes back to the OS), as before train.hold_memory")
     args = parser.parse_args()
+    held = False if args.release_memory else hold_freed_memory()
     rows = {}
     for mode in args.modes.split(","):
         fp32 = time_training(PRESETS[mode], amp=False, size=args.size, batch=args.batch, steps=args.steps)
@@ -101,7 +104,7 @@ def main() -> None:
             rows[mode].update(compiled_img_s=round(compiled, 2), compiled_speedup=round(compiled / fp32, 2),
                               compiled_total_s=round(time.perf_counter() - start, 1))
         print(mode, rows[mode], flush=True)
-    payload = {"cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(), "size": args.size,
+    payload = {"cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(), "hold_memory": held, "size": args.size,
                "batch": args.batch, "steps": args.steps, "training": rows}
     if not args.no_features:
         payload["features_img_s"] = time_features(size=args.size, batch=64, steps=max(2, args.steps // 2))

@@ -49,6 +49,15 @@ def test_the_threshold_policy_and_removed_keys_do_not_split_a_configuration(tmp_
     assert config_key(other) != config_key(new)
 
 
+def test_a_config_from_before_the_fp32_depthwise_path_is_kept_apart_from_runs_on_it(tmp_path: Path) -> None:
+    before = load_run_metrics(make_run(tmp_path, "before", seed=0, separation=3.0))  # no train.depthwise_fp32 key
+    off = load_run_metrics(make_run(tmp_path, "off", seed=1, separation=3.0, config={
+        "train": {"depthwise_fp32": False, "hold_memory": False}}))
+    on = load_run_metrics(make_run(tmp_path, "on", seed=2, separation=3.0, config={
+        "train": {"depthwise_fp32": True, "hold_memory": True}}))
+    assert config_key(before) == config_key(off) != config_key(on)  # other arithmetic; memory handling is not config
+
+
 def test_a_clearly_lower_val_log_loss_decides_at_the_first_step(tmp_path: Path) -> None:
     good = runs(tmp_path, "good", [4.0, 4.1, 3.9])
     weak = runs(tmp_path, "weak", [1.0, 1.1, 0.9], lr=1e-4)

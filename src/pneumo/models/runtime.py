@@ -11,7 +11,9 @@ they train, run in fp32 inside the bf16 step.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import sys
 import types
 
 import numpy as np
@@ -65,7 +67,7 @@ def slow_bf16_backward(module: nn.Module) -> bool:
     """A trainable depthwise convolution with a kernel wider than 3 or a stride above 1: the layers whose bf16
     backward oneDNN runs 1.2-7x slower than fp32 channels-last on the CPU (`bench/bench_depthwise.py`;
     3x3 stride-1 ones and every forward are faster in bf16, so they stay there)."""
-    return (isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+    return (isinstance(module, nn.Conv2d) and 1 < module.groups == module.in_channels == module.out_channels
             and module.weight.requires_grad and (max(module.kernel_size) > 3 or max(module.stride) > 1))
 
 
@@ -85,6 +87,24 @@ def depthwise_in_fp32(model: nn.Module, device: torch.device, amp: bool = True) 
 def _forward_fp32(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(x.device.type, enabled=False):
         return type(self).forward(self, x.float())
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+
+
+def hold_freed_memory() -> bool:
+    """Keep the memory that freed tensors leave inside the process instead of handing it back to the OS (glibc's
+    malloc: no mmap for large blocks, no trimming of the heap). Every CPU training step frees and re-allocates the
+    same large activations; by default glibc maps each one afresh and the kernel zero-fills every page again, which
+    took about a quarter of a CPU training run's time (`/usr/bin/time -v`: system time and minor page faults). The
+    process keeps its peak memory until it exits. Returns whether it applied (Linux with glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return False
 
 
 @torch.inference_mode()

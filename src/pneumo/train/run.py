@@ -30,7 +30,7 @@ from pneumo.data.splits import class_names, folds_for, labels
 from pneumo.errors import ConfigError, ModelError
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
-from pneumo.models.runtime import depthwise_in_fp32, memory_format
+from pneumo.models.runtime import depthwise_in_fp32, hold_freed_memory, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.checkpoint import load_train_state, save_train_state
 from pneumo.train.distill import teacher_logits
@@ -137,6 +137,8 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
     """
     cfg.validate()
     resolve_root(cfg.data.root)
+    if cfg.train.hold_memory:
+        hold_freed_memory()
     env, device = setup(cfg.train.device)
     ok = False
     try:
