@@ -152,10 +152,10 @@ from pneumo.models.runtime import hold_freed_memory
 held = hold_freed_memory() if sys.argv[1] == "hold" else False
 torch.set_num_threads(1)
 for _ in range(3):  # warm up: the first allocations fault in any case
-    torch.ones(48 * 2**20, dtype=torch.uint8).sum()
+    torch.ones(12 * 2**20).add_(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):  # what a training step does: free and allocate the same large buffers again
-    torch.ones(48 * 2**20, dtype=torch.uint8).sum()
+for _ in range(20):  # what a training step does: free and allocate the same large buffers again (48 MB each)
+    torch.ones(12 * 2**20).add_(1)
 print(held, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -170,5 +170,6 @@ def test_hold_freed_memory_stops_the_page_faults_of_reallocated_tensors():
     default_held, default_faults = faults("default")
     held, held_faults = faults("hold")
     assert default_held == "False" and held == "True"
-    assert default_faults > 20 * 48 * 2**20 // 4096 // 2  # glibc maps every 48 MB tensor afresh: ~12k faults each
-    assert held_faults < default_faults // 20  # held: the heap is reused, almost no page is touched for the first time
+    pages = 20 * 48 * 2**20 // 4096
+    assert default_faults > pages // 2, default_faults  # glibc maps every 48 MB tensor afresh: ~12k faults each
+    assert held_faults <= pages // 10, held_faults  # held: the heap is reused, at most a tensor or two is new
