@@ -114,8 +114,8 @@ def test_training_layout_follows_the_config_switch(monkeypatch):
     from pneumo.train.run import training_layout
 
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    off, cfg_off = _lite0("train.depthwise_fp32=false")
-    on, cfg_on = _lite0()
+    off, cfg_off = _lite0()  # the default: off
+    on, cfg_on = _lite0("train.depthwise_fp32=true")
     training_layout(off, cfg_off, CPU)
     training_layout(on, cfg_on, CPU)
     assert not _patched(off) and _patched(on)

@@ -3,9 +3,9 @@
 Shared by training, evaluation, prediction and the service, so it lives with the models. bf16 autocast and
 channels-last are used on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX): on such a CPU a
 Lite0 training step runs ~3x faster than fp32 (`bench/bench_train_speed.py`). Elsewhere everything stays fp32 and
-contiguous; ``amp=False`` forces fp32 anywhere. One exception on the CPU (`depthwise_in_fp32`): oneDNN's bf16 backward
-of depthwise convolutions with a 5x5 kernel or a stride of 2 is 1.2-7x slower than its fp32 one, so those layers, where
-they train, run in fp32 inside the bf16 step.
+contiguous; ``amp=False`` forces fp32 anywhere. An option on the CPU (`depthwise_in_fp32`, ``train.depthwise_fp32``):
+oneDNN's bf16 backward of depthwise convolutions with a 5x5 kernel or a stride of 2 is 1.2-7x slower than its fp32
+one, so those layers, where they train, can run in fp32 inside the bf16 step.
 """
 
 from __future__ import annotations

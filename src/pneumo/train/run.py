@@ -119,8 +119,8 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
 
 def training_layout(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     """The model (frozen as configured) in the memory layout and precisions the training step runs fastest in on
-    ``device``: channels-last with bf16 (`memory_format`), and on the CPU the depthwise convolutions whose bf16
-    backward is slow in fp32 (`depthwise_in_fp32`, ``train.depthwise_fp32``)."""
+    ``device``: channels-last with bf16 (`memory_format`), and with ``train.depthwise_fp32`` on the CPU the
+    depthwise convolutions whose bf16 backward is slow in fp32 (`depthwise_in_fp32`)."""
     model.to(memory_format=memory_format(device, cfg.train.channels_last, cfg.train.amp))
     if cfg.train.depthwise_fp32:
         n = depthwise_in_fp32(model, device, cfg.train.amp)
