@@ -26,13 +26,11 @@ from pneumo.errors import DataError
 from pneumo.evaluate.compare import _get, load_runs
 
 # Config fields that do not change what is trained: seeds (they make the repeats), paths, the device, checkpoint
-# cadence, memory handling, and the evaluation's reporting options (the threshold policy does not change the probabilities).
+# cadence, memory handling, and the evaluation's reporting options (the threshold policy does not change the
+# probabilities).
 NOT_CONFIG = ("name", "out_dir", "data.root", "data.cache_dir", "data.split_seed", "train.seed", "train.device",
-              "train.checkpoint_every_steps", "train.hold_memory", "eval.threshold_policy", "eval.n_bootstrap", "eval.bootstrap_seed",
-              "eval.ece_bins")
-
-# Fields added switched on that change the arithmetic: a config written before them ran without them.
-ADDED_ON = {("train", "depthwise_fp32"): False}
+              "train.checkpoint_every_steps", "train.hold_memory", "eval.threshold_policy", "eval.n_bootstrap",
+              "eval.bootstrap_seed", "eval.ece_bins")
 
 
 @dataclass(frozen=True)
@@ -80,15 +78,11 @@ class Configuration:
 
 def config_key(data: dict) -> str:
     """Canonical JSON of a run's config without the :data:`NOT_CONFIG` fields; old configs are filled with today's
-    defaults (fields added since then were off by default), except :data:`ADDED_ON`, filled with how they ran."""
+    defaults (fields added since then were off by default)."""
     config = data.get("config")
     if not isinstance(config, dict):
         raise DataError(f"{data.get('_run_dir', data.get('name'))}: metrics.json has no config")
-    config = _without(config, REMOVED_KEYS)
-    for (section, key), before in ADDED_ON.items():
-        if isinstance(config.get(section), dict):
-            config[section].setdefault(key, before)
-    values = to_dict(from_dict(config))
+    values = to_dict(from_dict(_without(config, REMOVED_KEYS)))
     return json.dumps(_without(values, NOT_CONFIG), sort_keys=True)
 
 

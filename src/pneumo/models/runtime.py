@@ -96,7 +96,7 @@ def hold_freed_memory() -> bool:
     """Keep the memory that freed tensors leave inside the process instead of handing it back to the OS (glibc's
     malloc: no mmap for large blocks, no trimming of the heap). Every CPU training step frees and re-allocates the
     same large activations; by default glibc maps each one afresh and the kernel zero-fills every page again, which
-    took about a quarter of a CPU training run's time (`/usr/bin/time -v`: system time and minor page faults). The
+    took a quarter to a third of a CPU training run's time (`/usr/bin/time -v`: system time and minor page faults). The
     process keeps its peak memory until it exits. Returns whether it applied (Linux with glibc only)."""
     if not sys.platform.startswith("linux"):
         return False
