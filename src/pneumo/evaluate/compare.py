@@ -169,5 +169,3 @@ def write_leaderboard(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.P
     md = atomic.write_text(out_dir / "leaderboard.md", leaderboard_markdown(rows, out_dir))
     page_path = atomic.write_text(out_dir / "leaderboard.html", leaderboard_html(rows, out_dir))
     return md, page_path
-
-
