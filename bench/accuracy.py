@@ -65,6 +65,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-partial-markers-distill": ("lite0-partial", ["data.markers=inpaint", "train.distill_weight=0.5",
                                                         "train.distill_temperature=2"]),
     "lite0-partial-markers-320": ("lite0-partial", ["data.markers=inpaint", "data.image_size=320"]),
+    # eighth round: the default configuration with the trainable 5x5 / stride-2 depthwise convolutions in fp32
+    "lite0-partial-markers-dwfp32": ("lite0-partial", ["data.markers=inpaint", "train.depthwise_fp32=true"]),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-markers-e8": ("lite0-finetune", ["data.markers=inpaint", "train.epochs=8"]),  # the 8 epochs
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
