@@ -4,14 +4,17 @@
 
 Each mode builds the real model (`pneumo.train.run.build_model` of the preset, laid out by
 `pneumo.train.run.training_layout`) and times the real optimizer step (`pneumo.train.loop.train_step`) on random
-uint8 images: the pixel values do not change the arithmetic. Three paths per mode: fp32 (``train.amp=false``, the
-code before the fast path), bf16 everywhere (the default fast path) and bf16 with the slow-backward depthwise
-convolutions in fp32 (``train.depthwise_fp32=true``, an option). The first two steps of each path are warm-up and not timed. Features: the probe's path (traced fp32 graph) vs eager bf16.
+uint8 images: the pixel values do not change the arithmetic. Paths per mode (PATHS): fp32 contiguous
+(``train.amp=false train.channels_last=false``, the code before the fast path), fp32 channels-last (the default on
+a CPU without native bf16), and, on a CPU with native bf16, bf16 everywhere (the default there) and bf16 with the
+slow-backward depthwise convolutions in fp32 (``train.depthwise_fp32=true``, an option). The first two steps of
+each path are warm-up and not timed. Features: the probe's path (traced fp32 graph) vs eager bf16.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -31,16 +34,24 @@ from pneumo.train.run import build_model, training_layout
 PRESETS = {"partial": "lite0-partial", "finetune": "lite0-finetune", "probe": "lite0-probe"}
 
 
-def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int, compile: bool = False,
-                  depthwise_fp32: bool = False) -> float:
+# name -> (overrides, needs native bf16); the first is the baseline the speed-ups are relative to
+PATHS: dict[str, tuple[list[str], bool]] = {
+    "fp32_contiguous": (["train.amp=false", "train.channels_last=false"], False),
+    "fp32": (["train.amp=false"], False),
+    "bf16": ([], True),
+    "depthwise_fp32": (["train.depthwise_fp32=true"], True),
+}
+
+
+def time_training(preset: str, overrides: list[str], *, size: int, batch: int, steps: int,
+                  compile: bool = False) -> float:
     """Training images/s of the real step; ``compile``: the model through ``torch.compile`` (inductor), its
     compilation inside the two untimed warm-up steps."""
-    cfg = load_config(preset, [f"data.image_size={size}", f"train.batch_size={batch}", f"train.amp={str(amp).lower()}",
-                               f"train.depthwise_fp32={str(depthwise_fp32).lower()}"])
+    cfg = load_config(preset, [f"data.image_size={size}", f"train.batch_size={batch}", *overrides])
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = training_layout(build_model(cfg).to(device), cfg, device).train()
-    fmt = memory_format(device, cfg.train.channels_last, amp)
+    fmt = memory_format(device, cfg.train.channels_last)
     step_model = torch.compile(model) if compile else model
     y = torch.randint(0, 2, (batch,))
     optimizer, scheduler = make_optimizer(model, cfg.train, steps + 2)
@@ -49,7 +60,8 @@ def time_training(preset: str, *, amp: bool, size: int, batch: int, steps: int, 
     for i in range(steps + 2):
         if i == 2:
             start = time.perf_counter()
-        train_step(step_model, x, Targets(y), optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=amp)
+        train_step(step_model, x, Targets(y), optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device,
+                   amp=cfg.train.amp)
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -61,12 +73,14 @@ def time_features(*, size: int, batch: int, steps: int) -> dict[str, float]:
     x = to_unit(torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8))
     out = {}
     traced = fast_inference(model, x[:2], features=True)
-    eager_cl = model.to(memory_format=torch.channels_last)
-    paths = {"eager_fp32": lambda: model.forward_features(x), "traced_fp32": lambda: traced(x)}
+    eager_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    paths = {"eager_fp32": lambda: model.forward_features(x), "traced_fp32": lambda: traced(x),
+             "eager_fp32_channels_last": lambda: eager_cl.forward_features(x_cl)}
     if cpu_has_bf16():
         def eager_bf16():
             with autocast(device, True):
-                return eager_cl.forward_features(x.contiguous(memory_format=torch.channels_last))
+                return eager_cl.forward_features(x_cl)
         paths["eager_bf16_channels_last"] = eager_bf16
     for name, fn in paths.items():
         fn()
@@ -91,18 +105,16 @@ def main() -> None:
     held = False if args.release_memory else hold_freed_memory()
     rows = {}
     for mode in args.modes.split(","):
-        fp32 = time_training(PRESETS[mode], amp=False, size=args.size, batch=args.batch, steps=args.steps)
-        bf16 = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps)
-        fast = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps,
-                             depthwise_fp32=True)
-        rows[mode] = {"fp32_img_s": round(fp32, 2), "bf16_img_s": round(bf16, 2),
-                      "depthwise_fp32_img_s": round(fast, 2),
-                      "speedup": round(bf16 / fp32, 2), "speedup_depthwise_fp32": round(fast / fp32, 2)}
+        timed = {name: time_training(PRESETS[mode], overrides, size=args.size, batch=args.batch, steps=args.steps)
+                 for name, (overrides, bf16) in PATHS.items() if cpu_has_bf16() or not bf16}
+        base = next(iter(timed.values()))
+        rows[mode] = {**{f"{name}_img_s": round(v, 2) for name, v in timed.items()},
+                      **{f"{name}_speedup": round(v / base, 2) for name, v in list(timed.items())[1:]}}
         if args.compile:
             start = time.perf_counter()
-            compiled = time_training(PRESETS[mode], amp=True, size=args.size, batch=args.batch, steps=args.steps,
+            compiled = time_training(PRESETS[mode], [], size=args.size, batch=args.batch, steps=args.steps,
                                      compile=True)
-            rows[mode].update(compiled_img_s=round(compiled, 2), compiled_speedup=round(compiled / fp32, 2),
+            rows[mode].update(compiled_img_s=round(compiled, 2), compiled_speedup=round(compiled / base, 2),
                               compiled_total_s=round(time.perf_counter() - start, 1))
         print(mode, rows[mode], flush=True)
     payload = {"cpu_bf16": cpu_has_bf16(), "threads": torch.get_num_threads(), "hold_memory": held, "size": args.size,

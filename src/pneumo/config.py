@@ -86,7 +86,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
-    channels_last: bool = True  # with amp on such a CPU, or on CUDA
+    channels_last: bool = True  # on CUDA and the CPU (false: contiguous, the arithmetic before the fast path)
     # with amp on the CPU: trainable 5x5 / stride-2 depthwise convs in fp32 (~30 % faster steps there); off by default:
     # it missed the pre-declared accuracy-parity check on 1 of 3 seeds (BENCHMARKS.md, seventh round)
     depthwise_fp32: bool = False

@@ -1,4 +1,5 @@
-"""The CPU fast path: bf16 autocast + channels-last where the CPU has native bf16, fp32 elsewhere or when forced."""
+"""The CPU fast path: bf16 autocast where the CPU has native bf16 (fp32 elsewhere or when forced), channels-last on
+every CPU unless switched off."""
 
 from __future__ import annotations
 
@@ -25,23 +26,58 @@ def _conv_dtype(device: torch.device, amp: bool) -> torch.dtype:
 
 def test_amp_false_forces_fp32_everywhere():
     assert not fast_precision(CPU, amp=False)
-    assert memory_format(CPU, channels_last=True, amp=False) == torch.contiguous_format
     assert _conv_dtype(CPU, amp=False) == torch.float32
 
 
 def test_cpu_without_bf16_falls_back_to_fp32(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
     assert not fast_precision(CPU, amp=True)
-    assert memory_format(CPU, channels_last=True, amp=True) == torch.contiguous_format
     assert _conv_dtype(CPU, amp=True) == torch.float32
 
 
-def test_cpu_with_bf16_uses_autocast_and_channels_last(monkeypatch):
+def test_cpu_with_bf16_uses_autocast(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert fast_precision(CPU, amp=True)
-    assert memory_format(CPU, channels_last=True, amp=True) == torch.channels_last
-    assert memory_format(CPU, channels_last=False, amp=True) == torch.contiguous_format
     assert _conv_dtype(CPU, amp=True) == torch.bfloat16  # CPU autocast runs wherever torch supports it
+
+
+def test_channels_last_on_cuda_and_every_cpu_unless_switched_off():
+    for device in (CPU, torch.device("cuda")):
+        assert memory_format(device) == torch.channels_last
+        assert memory_format(device, channels_last=False) == torch.contiguous_format
+    assert memory_format(torch.device("mps")) == torch.contiguous_format
+
+
+def test_fp32_channels_last_trains_lite0_like_the_contiguous_layout():
+    """The layout changes the order of the sums, not the precision: one fp32 step of the real model and step gives
+    the same loss, gradients and updated weights in both layouts, to float32 rounding."""
+    from pneumo.data.preprocess import to_unit
+    from pneumo.train.loop import Targets, make_loss, make_optimizer, train_step
+    from pneumo.train.run import training_layout
+
+    results = {}
+    for layout in ("true", "false"):
+        torch.manual_seed(0)  # the head's initial weights and the dropout masks
+        model, cfg = _lite0("train.amp=false", f"train.channels_last={layout}", "data.image_size=96")
+        model = training_layout(model, cfg, CPU).train()
+        fmt = memory_format(CPU, cfg.train.channels_last)
+        assert model.backbone.conv_stem.weight.is_contiguous(memory_format=fmt)
+        x = to_unit(torch.randint(0, 256, (4, 1, 96, 96), dtype=torch.uint8,
+                                  generator=torch.Generator().manual_seed(1))).contiguous(memory_format=fmt)
+        y = torch.tensor([0, 1, 1, 0])
+        optimizer, scheduler = make_optimizer(model, cfg.train, 4)
+        loss = train_step(model, x, Targets(y), optimizer=optimizer, scheduler=scheduler, loss_fn=make_loss(cfg.train, y, 2),
+                          device=CPU, amp=False)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[layout] = (float(loss), grads, model.backbone.bn2.running_mean.clone())
+    (loss_cl, g_cl, bn_cl), (loss_c, g_c, bn_c) = results["true"], results["false"]
+    assert abs(loss_cl - loss_c) <= 1e-5 * abs(loss_c)
+    assert g_c.keys() == g_cl.keys() and len(g_c) > 10  # the trainable stages and the head
+    assert any(not torch.equal(g_c[n], g_cl[n]) for n in g_c)  # the layouts really differ in their sums
+    scale = max(g.abs().max().item() for g in g_c.values())  # some gradients are float noise around 0 (~1e-9)
+    for n in g_c:
+        assert torch.allclose(g_cl[n], g_c[n], rtol=1e-3, atol=1e-5 * scale), n
+    assert torch.allclose(bn_cl, bn_c, rtol=1e-4, atol=1e-6)
 
 
 def test_cpu_detection_matches_cpuinfo():

@@ -45,6 +45,8 @@ def test_scratch_training_logs_every_epoch_and_keeps_the_best(scratch_run: Path)
     meta = json.loads((scratch_run / "model.json").read_text())
     assert meta["training"]["val_auc"] == pytest.approx(metrics["val_auc"].max(), abs=1e-4)
     assert (scratch_run / "last.json").is_file()
+    # how it was computed, for whoever reproduces it: train.amp=false -> fp32; channels-last on the CPU by default
+    assert meta["training"]["precision"] == "fp32" and meta["training"]["channels_last"] is True
 
 
 def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice: Path, tmp_path: Path) -> None:

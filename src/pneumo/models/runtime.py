@@ -1,9 +1,11 @@
 """Where and in which precision a model runs: device choice, bf16 autocast, memory format, batched inference.
 
-Shared by training, evaluation, prediction and the service, so it lives with the models. bf16 autocast and
-channels-last are used on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX): on such a CPU a
-Lite0 training step runs ~3x faster than fp32 (`bench/bench_train_speed.py`). Elsewhere everything stays fp32 and
-contiguous; ``amp=False`` forces fp32 anywhere. An option on the CPU (`depthwise_in_fp32`, ``train.depthwise_fp32``):
+Shared by training, evaluation, prediction and the service, so it lives with the models. bf16 autocast is used on
+CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX): on such a CPU a Lite0 training step runs ~2-3x
+faster than fp32 (`bench/bench_train_speed.py`); elsewhere, and with ``amp=False`` anywhere, the model runs in fp32.
+Channels-last is used on CUDA and on every CPU (oneDNN's fast layout: in fp32 on an AVX2 CPU without bf16, Lite0
+trains 1.3-1.4x and infers 1.3x faster than contiguous); ``channels_last=False`` keeps the contiguous layout, the
+arithmetic of the code before the fast path. An option on the CPU (`depthwise_in_fp32`, ``train.depthwise_fp32``):
 oneDNN's bf16 backward of depthwise convolutions with a 5x5 kernel or a stride of 2 is 1.2-7x slower than its fp32
 one, so those layers, where they train, can run in fp32 inside the bf16 step.
 """
@@ -43,7 +45,7 @@ def cpu_has_bf16() -> bool:
 
 
 def fast_precision(device: torch.device, amp: bool = True) -> bool:
-    """Whether bf16 autocast + channels-last are used on ``device`` (``amp=False`` forces fp32)."""
+    """Whether bf16 autocast is used on ``device`` (``amp=False`` forces fp32)."""
     if not amp:
         return False
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
@@ -56,9 +58,9 @@ def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def memory_format(device: torch.device, channels_last: bool = True, amp: bool = True) -> torch.memory_format:
-    """channels-last on CUDA always (when asked), on the CPU together with bf16 (oneDNN's fast layout for it)."""
-    if channels_last and (device.type == "cuda" or fast_precision(device, amp)):
+def memory_format(device: torch.device, channels_last: bool = True) -> torch.memory_format:
+    """channels-last on CUDA and on the CPU, in bf16 and in fp32 alike (when asked), else contiguous."""
+    if channels_last and device.type in ("cuda", "cpu"):
         return torch.channels_last
     return torch.contiguous_format
 
@@ -114,7 +116,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    fmt = memory_format(device, True, amp)
+    fmt = memory_format(device)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=progress, disable=progress is None, unit="batch"):
         x = to_unit(images[start : start + batch_size].to(device, non_blocking=True))

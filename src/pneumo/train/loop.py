@@ -238,7 +238,7 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
     aug_gen = torch.Generator(device=device)
     class_weight = getattr(loss_fn, "weight", None)
     class_weight = class_weight.cpu() if class_weight is not None else None
-    fmt = memory_format(device, cfg.channels_last, cfg.amp)
+    fmt = memory_format(device, cfg.channels_last)
     total, bar = 0.0, tqdm(range(start_step, n_steps), initial=start_step, total=n_steps, unit="batch", leave=False,
                            desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main)
     for step in bar:

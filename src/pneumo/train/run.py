@@ -30,7 +30,7 @@ from pneumo.data.splits import class_names, folds_for, labels
 from pneumo.errors import ConfigError, ModelError
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
-from pneumo.models.runtime import depthwise_in_fp32, hold_freed_memory, memory_format
+from pneumo.models.runtime import depthwise_in_fp32, fast_precision, hold_freed_memory, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.checkpoint import load_train_state, save_train_state
 from pneumo.train.distill import teacher_logits
@@ -119,9 +119,14 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
 
 def training_layout(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     """The model (frozen as configured) in the memory layout and precisions the training step runs fastest in on
-    ``device``: channels-last with bf16 (`memory_format`), and with ``train.depthwise_fp32`` on the CPU the
+    ``device``: channels-last (`memory_format`), and with ``train.depthwise_fp32`` on a bf16 CPU the
     depthwise convolutions whose bf16 backward is slow in fp32 (`depthwise_in_fp32`)."""
-    model.to(memory_format=memory_format(device, cfg.train.channels_last, cfg.train.amp))
+    fmt = memory_format(device, cfg.train.channels_last)
+    model.to(memory_format=fmt)
+    if fast_precision(device, cfg.train.amp):
+        log.info("training in bf16 autocast, %s", "channels-last" if fmt == torch.channels_last else "contiguous")
+    elif device.type == "cpu" and cfg.train.amp:
+        log.info("training in fp32: this CPU has no native bf16 (AVX512-BF16/AMX), on which it would train ~2x faster")
     if cfg.train.depthwise_fp32:
         n = depthwise_in_fp32(model, device, cfg.train.amp)
         if n:
@@ -182,6 +187,8 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     info["wall_time_s"] = round(time.perf_counter() - start, 1)
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     info["world_size"] = env.world_size
+    info["precision"] = "bf16" if fast_precision(device, cfg.train.amp) else "fp32"
+    info["channels_last"] = memory_format(device, cfg.train.channels_last) == torch.channels_last
     sidecar = run_dir / f"{BEST}.json"
     if cfg.model.mode == "probe" or not sidecar.is_file():
         save_checkpoint(run_dir / BEST, model.cpu(), checkpoint_meta(cfg, model, {"training": info}))
