@@ -22,15 +22,19 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = ""
+    gpu, isa = "", ""
     try:
         import torch
 
+        from pneumo.models.runtime import cpu_has_bf16
+
+        # CPUs of one name differ in what matters here: "AMD EPYC" has come both with AVX512-BF16 and with AVX2 only
+        isa = f", {torch.backends.cpu.get_cpu_capability()}{' + bf16' if cpu_has_bf16() else ', no native bf16'}"
         if torch.cuda.is_available():
             gpu = f", GPU {torch.cuda.get_device_name(0)}"
     except ImportError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+    return f"{cpu}, {os.cpu_count()} cores{isa}{gpu}"
 
 
 def commit() -> str:
