@@ -209,3 +209,18 @@ def test_hold_freed_memory_stops_the_page_faults_of_reallocated_tensors():
     pages = 20 * 48 * 2**20 // 4096
     assert default_faults > pages // 2, default_faults  # glibc maps every 48 MB tensor afresh: ~12k faults each
     assert held_faults <= pages // 10, held_faults  # held: the heap is reused, at most a tensor or two is new
+
+
+def test_training_layout_says_which_precision_it_trains_in(monkeypatch, caplog):
+    from pneumo.train.run import training_layout
+
+    for has_bf16, amp, said in ((False, "true", "training in fp32: this CPU has no native bf16"),
+                                (True, "true", "training in bf16 autocast, channels-last"),
+                                (True, "false", None)):  # fp32 asked for: nothing to explain
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
+        model, cfg = _lite0(f"train.amp={amp}")
+        caplog.clear()
+        with caplog.at_level("INFO", logger="pneumo.train.run"):
+            training_layout(model, cfg, CPU)
+        messages = [r.getMessage() for r in caplog.records]
+        assert (any(m.startswith(said) for m in messages) if said else not messages), messages

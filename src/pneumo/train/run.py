@@ -126,7 +126,7 @@ def training_layout(model: torch.nn.Module, cfg: RunConfig, device: torch.device
     if fast_precision(device, cfg.train.amp):
         log.info("training in bf16 autocast, %s", "channels-last" if fmt == torch.channels_last else "contiguous")
     elif device.type == "cpu" and cfg.train.amp:
-        log.info("training in fp32: this CPU has no native bf16 (AVX512-BF16/AMX), on which it would train ~2x faster")
+        log.info("training in fp32: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is off")
     if cfg.train.depthwise_fp32:
         n = depthwise_in_fp32(model, device, cfg.train.amp)
         if n:
