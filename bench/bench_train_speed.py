@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record
 
+from pneumo.allocator import hold_freed_memory
 from pneumo.config import load_config
 from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
-from pneumo.models.runtime import autocast, cpu_has_bf16, hold_freed_memory, memory_format
+from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format
 from pneumo.train.loop import Targets, make_loss, make_optimizer, train_step
 from pneumo.train.run import build_model, training_layout
 

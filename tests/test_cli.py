@@ -224,3 +224,17 @@ def test_data_report_prints_its_progress(data_slice, tmp_path, capsys: pytest.Ca
     steps = [line for line in err.splitlines() if line.startswith("pneumo data report: [")]
     assert len(steps) >= 4 and "scanning" in steps[0] and "done" in steps[-1]
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_model_commands_keep_freed_memory_and_the_service_gives_it_back(tmp_path, monkeypatch, capsys) -> None:
+    from pneumo import cli
+
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "hold_freed_memory", lambda: calls.append("held") or True)
+    missing = str(tmp_path / "no-such-model")
+    assert main(["evaluate", "--model", missing, "--out", str(tmp_path / "out")]) == 2  # fails after holding: harmless
+    assert calls == ["held"]
+    assert main(["model-card", "--model", missing]) == 2  # reads a card, runs no model
+    assert calls == ["held"]
+    assert "serve" not in cli.HOLD_MEMORY and "train" not in cli.HOLD_MEMORY  # long-lived / decided by its config
+    assert set(cli.HOLD_MEMORY) <= set(SUBCOMMANDS)

@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The allowed order, written once: a module may import its own layer and the layers before it, never a later one.
 LAYERS = (
-    ("pneumo", "pneumo.errors", "pneumo.atomic", "pneumo.config", "pneumo.templates"),  # the core
+    ("pneumo", "pneumo.errors", "pneumo.atomic", "pneumo.allocator", "pneumo.config", "pneumo.templates"),  # the core
     ("pneumo.data",),
     ("pneumo.models",),
     ("pneumo.train",),

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from pneumo import __version__
+from pneumo.allocator import hold_freed_memory
 from pneumo.argparsing import HelpFormatter, subparser
 from pneumo.errors import PneumoError
 
@@ -27,6 +28,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pneumo.commands.serve", "web service and page (FastAPI)"),
     "model-card": ("pneumo.commands.model_card", "print a model's card (the shipped model by default)"),
 }
+# Commands that run a model over batches keep the memory freed tensors leave in the process (`pneumo.allocator`):
+# glibc would hand it back and the kernel zero-fill it again for every batch. `train` follows `train.hold_memory`;
+# `serve`, a long-lived process, gives memory back.
+HOLD_MEMORY = ("evaluate", "operating-point", "explain", "predict", "export", "ood")
 # Flag conventions: --model is the model everywhere (run folder, checkpoint, ensemble folder; default: the shipped
 # model); --out is an output FOLDER everywhere; --output is an output FILE; --data is input images/data.
 
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command in HOLD_MEMORY:
+        hold_freed_memory()
     try:
         return int(args.func(args) or 0)
     except PneumoError as exc:

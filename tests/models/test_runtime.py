@@ -184,7 +184,7 @@ def test_fp32_depthwise_layers_compute_in_fp32_under_autocast_and_train_alike(mo
 
 _FAULTS = """
 import resource, sys, torch
-from pneumo.models.runtime import hold_freed_memory
+from pneumo.allocator import hold_freed_memory
 held = hold_freed_memory() if sys.argv[1] == "hold" else False
 torch.set_num_threads(1)
 for _ in range(3):  # warm up: the first allocations fault in any case

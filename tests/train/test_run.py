@@ -49,6 +49,14 @@ def test_scratch_training_logs_every_epoch_and_keeps_the_best(scratch_run: Path)
     assert meta["training"]["precision"] == "fp32" and meta["training"]["channels_last"] is True
 
 
+def test_a_probe_records_fp32_on_the_cpu_even_where_bf16_is_fast(data_slice: Path, tmp_path: Path, monkeypatch) -> None:
+    from pneumo.models import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    run_dir = train(tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=probe", "train.amp=true"))
+    assert json.loads((run_dir / "model.json").read_text())["training"]["precision"] == "fp32"
+
+
 def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice: Path, tmp_path: Path) -> None:
     cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=scratch", "model.name=scratch_cnn",
                       "model.mode=scratch", "model.weights=none", "train.epochs=3", "train.lr=0.003")

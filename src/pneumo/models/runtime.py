@@ -4,7 +4,7 @@ Shared by training, evaluation, prediction and the service, so it lives with the
 CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX): on such a CPU a Lite0 training step runs ~2-3x
 faster than fp32 (`bench/bench_train_speed.py`); elsewhere, and with ``amp=False`` anywhere, the model runs in fp32.
 Channels-last is used on CUDA and on every CPU (oneDNN's fast layout: in fp32 on an AVX2 CPU without bf16, Lite0
-trains 1.3-1.4x and infers 1.3x faster than contiguous); ``channels_last=False`` keeps the contiguous layout, the
+trains 1.2-1.5x faster than contiguous); ``channels_last=False`` keeps the contiguous layout, the
 arithmetic of the code before the fast path. An option on the CPU (`depthwise_in_fp32`, ``train.depthwise_fp32``):
 oneDNN's bf16 backward of depthwise convolutions with a 5x5 kernel or a stride of 2 is 1.2-7x slower than its fp32
 one, so those layers, where they train, can run in fp32 inside the bf16 step.
@@ -13,9 +13,7 @@ one, so those layers, where they train, can run in fp32 inside the bf16 step.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
-import sys
 import types
 
 import numpy as np
@@ -89,24 +87,6 @@ def depthwise_in_fp32(model: nn.Module, device: torch.device, amp: bool = True) 
 def _forward_fp32(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(x.device.type, enabled=False):
         return type(self).forward(self, x.float())
-
-
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
-
-
-def hold_freed_memory() -> bool:
-    """Keep the memory that freed tensors leave inside the process instead of handing it back to the OS (glibc's
-    malloc: no mmap for large blocks, no trimming of the heap). Every CPU training step frees and re-allocates the
-    same large activations; by default glibc maps each one afresh and the kernel zero-fills every page again, which
-    took a quarter to a third of a CPU training run's time (`/usr/bin/time -v`: system time and minor page faults). The
-    process keeps its peak memory until it exits. Returns whether it applied (Linux with glibc only)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):  # musl or another libc without mallopt
-        return False
 
 
 @torch.inference_mode()

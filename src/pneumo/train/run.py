@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from pneumo import atomic
+from pneumo.allocator import hold_freed_memory
 from pneumo.config import RunConfig, dump_yaml
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
@@ -30,7 +31,7 @@ from pneumo.data.splits import class_names, folds_for, labels
 from pneumo.errors import ConfigError, ModelError
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
-from pneumo.models.runtime import depthwise_in_fp32, fast_precision, hold_freed_memory, memory_format
+from pneumo.models.runtime import depthwise_in_fp32, fast_precision, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.checkpoint import load_train_state, save_train_state
 from pneumo.train.distill import teacher_logits
@@ -187,7 +188,8 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     info["wall_time_s"] = round(time.perf_counter() - start, 1)
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     info["world_size"] = env.world_size
-    info["precision"] = "bf16" if fast_precision(device, cfg.train.amp) else "fp32"
+    probe_on_cpu = cfg.model.mode == "probe" and device.type == "cpu"  # its features: the traced fp32 graph
+    info["precision"] = "bf16" if fast_precision(device, cfg.train.amp) and not probe_on_cpu else "fp32"
     info["channels_last"] = memory_format(device, cfg.train.channels_last) == torch.channels_last
     sidecar = run_dir / f"{BEST}.json"
     if cfg.model.mode == "probe" or not sidecar.is_file():
