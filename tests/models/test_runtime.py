@@ -208,7 +208,7 @@ def test_hold_freed_memory_stops_the_page_faults_of_reallocated_tensors():
     assert default_held == "False" and held == "True"
     pages = 20 * 48 * 2**20 // 4096
     assert default_faults > pages // 2, default_faults  # glibc maps every 48 MB tensor afresh: ~12k faults each
-    # held: the heap is reused; a few tensors' worth of new pages is seen now and then (0-3 of 20 in 10 runs)
+    # held: the heap is reused; a few tensors' worth of new pages is seen now and then (0-3 of 20 so far)
     assert held_faults <= pages // 4, held_faults
 
 
