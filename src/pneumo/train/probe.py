@@ -35,6 +35,12 @@ def model_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def features_in_bf16(device: torch.device, amp: bool) -> bool:
+    """Whether `extract_features` runs under bf16 autocast: on CUDA only; on the CPU it runs the traced fp32 graph,
+    as predict does."""
+    return amp and device.type == "cuda"
+
+
 @torch.no_grad()
 def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, batch_size: int = 64,
                      device: torch.device, amp: bool = True, desc: str = "features") -> np.ndarray:
@@ -48,7 +54,7 @@ def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, bat
     run = fast_inference(model, batch(0)[:2], features=True)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
-        with autocast(device, amp and device.type == "cuda"):  # CPU: the traced fp32 graph, as predict runs it
+        with autocast(device, features_in_bf16(device, amp)):
             out.append(run(batch(start)).float().cpu())
     return torch.cat(out).numpy()
 

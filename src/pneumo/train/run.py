@@ -38,7 +38,7 @@ from pneumo.train.distill import teacher_logits
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
 from pneumo.train.ood import fit_trained_ood
-from pneumo.train.probe import cached_features, fit_probe, load_probe_into_head
+from pneumo.train.probe import cached_features, features_in_bf16, fit_probe, load_probe_into_head
 
 log = logging.getLogger(__name__)
 BEST, LAST, PREV = "model", "last", "last-prev"
@@ -188,8 +188,8 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     info["wall_time_s"] = round(time.perf_counter() - start, 1)
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     info["world_size"] = env.world_size
-    probe_on_cpu = cfg.model.mode == "probe" and device.type == "cpu"  # its features: the traced fp32 graph
-    info["precision"] = "bf16" if fast_precision(device, cfg.train.amp) and not probe_on_cpu else "fp32"
+    bf16 = features_in_bf16 if cfg.model.mode == "probe" else fast_precision
+    info["precision"] = "bf16" if bf16(device, cfg.train.amp) else "fp32"
     info["channels_last"] = memory_format(device, cfg.train.channels_last) == torch.channels_last
     sidecar = run_dir / f"{BEST}.json"
     if cfg.model.mode == "probe" or not sidecar.is_file():
