@@ -50,7 +50,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     source = sidecar.parent
     (predictor,) = load_models(model)
     if val is not None:
-        y, logits, table, _ = score_labelled([predictor], val)
+        y, logits, table, _, _ = score_labelled([predictor], val)
         paths, where = table["path"].tolist(), {"kind": "labelled folder", "location": str(Path(val).absolute())}
     else:
         got = val_scores([predictor], data=data)
