@@ -21,6 +21,7 @@ LAYERS = (
     ("pneumo.evaluate",),
     ("pneumo.explain",),
     ("pneumo.infer",),
+    ("pneumo.adapt",),
     ("pneumo.serve",),
     ("pneumo.commands",),
     ("pneumo.cli", "pneumo.__main__"),
