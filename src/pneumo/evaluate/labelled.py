@@ -20,7 +20,8 @@ LABELS = {"normal": ("NORMAL", "normal"), "0": ("NORMAL", "normal"), "pneumonia"
 
 def labelled_images(source: str | os.PathLike) -> pd.DataFrame:
     """The labelled images of a folder or CSV as a table: ``path`` (absolute), ``label`` (NORMAL / PNEUMONIA),
-    ``subtype`` (normal / bacteria / virus / unknown), sorted by path.
+    ``subtype`` (normal / bacteria / virus / unknown), sorted by path; a CSV's ``patient_id`` column, when it has one,
+    comes along as ``patient_id`` (text).
 
     Raises:
         DataError: nothing labelled found, a CSV without ``path`` and ``label`` columns, an unknown label, a
@@ -62,6 +63,7 @@ def _from_csv(csv: Path) -> pd.DataFrame:
     columns = {c.strip().lower(): c for c in raw.columns}
     if "path" not in columns or "label" not in columns:
         raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}")
+    patients = raw[columns["patient_id"]].str.strip() if "patient_id" in columns else None
     rows = []
     for i, (rel, text) in enumerate(zip(raw[columns["path"]], raw[columns["label"]], strict=True), start=2):
         key = text.strip().lower()
@@ -71,4 +73,7 @@ def _from_csv(csv: Path) -> pd.DataFrame:
         file = Path(rel.strip()).expanduser()
         file = file if file.is_absolute() else csv.parent / file
         rows.append({"path": str(file.absolute()), "label": label, "subtype": subtype or subtype_of(file.name, label)})
-    return pd.DataFrame(rows, columns=["path", "label", "subtype"])
+    table = pd.DataFrame(rows, columns=["path", "label", "subtype"])
+    if patients is not None:
+        table["patient_id"] = patients.to_numpy()
+    return table

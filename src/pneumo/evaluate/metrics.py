@@ -235,6 +235,17 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval for a proportion k / n (nan for n == 0): never narrower than the data
+    allow, so 8 of 8 gives (0.63, 1.0), not (1.0, 1.0)."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return (math.nan, math.nan)
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return (float(ci.low), float(ci.high))
+
+
 def predict_classes(probs: np.ndarray, threshold: float) -> np.ndarray:
     """The shipped 3-class decision: normal when ``1 - P(normal) < threshold``, else the likeliest pneumonia class."""
     probs = np.asarray(probs, dtype=float)

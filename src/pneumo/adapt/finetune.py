@@ -1,0 +1,131 @@
+"""Fine-tune a trained model on a new site's labelled images, with rehearsal of the source training data.
+
+What was measured to work (issue 22; BENCHMARKS.md "Site adaptation"): every layer trained, BatchNorm running
+statistics kept as the source model has them (re-estimating them on the new site made things worse), AdamW with a
+cosine schedule, the model's own augmentation plus horizontal flips, a class-weighted loss, bf16 where the device has
+it. Rehearsal: every epoch mixes in a fresh random draw of source training images (``rehearsal`` of them per site
+image), so the model does not forget the hospital it was trained at.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from pneumo.config import AugmentConfig, parse_policy
+from pneumo.data.preprocess import to_unit
+from pneumo.models.runtime import autocast, memory_format
+from pneumo.train.augment import augment
+from pneumo.train.loop import step_seed
+
+log = logging.getLogger(__name__)
+
+
+class AdaptConfig(BaseModel):
+    """The settings of one adaptation (the defaults are the measured recipe)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(6, ge=1, le=100)
+    lr: float = Field(3e-4, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    batch_size: int = Field(32, ge=2, le=512)
+    folds: int = Field(5, ge=2, le=20, description="patient-grouped cross-fitting folds")
+    rehearsal: float = Field(1.0, ge=0, le=10, description="source images per site image in every epoch (0: off)")
+    rehearsal_pool: int = Field(2000, ge=0, le=100_000, description="source training images to draw rehearsal from")
+    threshold_policy: str = "sensitivity:0.95"
+    seed: int = Field(0, ge=0)
+    amp: bool = True
+
+    @field_validator("threshold_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        parse_policy(value)  # raises ConfigError naming the known policies
+        return value
+
+
+def _keep_batchnorm_statistics(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, normalised so that a balanced set has weight 1 per image."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=num_classes).astype(np.float64)
+    counts = np.maximum(counts, 1.0)
+    return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
+
+
+def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: AdaptConfig,
+             source_x: np.ndarray | None = None, source_y: np.ndarray | None = None,
+             augment_cfg: AugmentConfig | None = None, device: torch.device, seed: int = 0) -> nn.Module:
+    """A fine-tuned copy of ``model`` (the argument is not changed).
+
+    Args:
+        model: a `PneumoNet` (eval mode, any device).
+        site_x: uint8 images (N, S, S) of the new site, preprocessed as the model expects.
+        site_y: their class indices.
+        cfg: the recipe.
+        source_x, source_y: the rehearsal pool (uint8 (M, S, S) and class indices); None or empty: no rehearsal.
+        augment_cfg: the model's own training augmentation (default: `AugmentConfig()`); flips are added.
+        device: where to train.
+        seed: seeds the epoch order, the rehearsal draws and the augmentation.
+    """
+    model = copy.deepcopy(model).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    fmt = memory_format(device)
+    model = model.to(memory_format=fmt)
+    aug = dataclasses.replace(augment_cfg or AugmentConfig(), hflip=True)
+    n_site = len(site_x)
+    use_source = source_x is not None and len(source_x) > 0 and cfg.rehearsal > 0
+    n_source = min(len(source_x), int(round(cfg.rehearsal * n_site))) if use_source else 0
+    num_classes = int(model.head.out_features)
+    pooled_y = np.concatenate([site_y, source_y]) if use_source else np.asarray(site_y)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(pooled_y, num_classes).to(device))
+    steps_per_epoch = max(1, math.ceil((n_site + n_source) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    warmup = max(1, total // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) /
+                                                                                        max(1, total - warmup))))
+    generator = torch.Generator(device=device)
+    for epoch in range(cfg.epochs):
+        rng = np.random.default_rng([seed, epoch])
+        x_epoch, y_epoch = site_x, np.asarray(site_y)
+        if n_source:
+            pick = np.sort(rng.choice(len(source_x), n_source, replace=False))
+            x_epoch = np.concatenate([site_x, np.asarray(source_x[pick])])
+            y_epoch = np.concatenate([y_epoch, np.asarray(source_y)[pick]])
+        order = rng.permutation(len(x_epoch))
+        model.train()
+        _keep_batchnorm_statistics(model)
+        for step in range(steps_per_epoch):
+            idx = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            if len(idx) < 2:  # a lone image in a last batch adds noise, not signal
+                continue
+            x = to_unit(torch.from_numpy(np.ascontiguousarray(x_epoch[idx]))[:, None].to(device))
+            x = augment(x, aug, generator.manual_seed(step_seed(seed, epoch, step)))
+            y = torch.from_numpy(y_epoch[idx].astype(np.int64)).to(device)
+            with autocast(device, cfg.amp):
+                logits = model(x.contiguous(memory_format=fmt)).float()
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        log.debug("adapt epoch %d/%d: last loss %.4f", epoch + 1, cfg.epochs, loss.item())
+    model.eval()
+    return model.to(memory_format=torch.contiguous_format)

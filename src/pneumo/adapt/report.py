@@ -1,0 +1,111 @@
+"""The adapted model's card (``model.md``, printed by `pneumo model-card --model OUT`) and ``report.html``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import atomic
+from pneumo.adapt.sources import SiteImages
+from pneumo.evaluate.calibration import p_pneumonia
+
+ROWS = ("roc_auc", "sensitivity", "specificity", "accuracy", "f1")
+
+
+def _fmt(block: dict, key: str) -> str:
+    value = block["metrics"].get(key)
+    exact = block.get(f"{key}_exact_ci")
+    lo, hi = exact if exact else block.get("ci", {}).get(key, (float("nan"), float("nan")))
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if value is not None else "n/a"
+
+
+def _patients_line(site: dict) -> str:
+    if site["patients_given"]:
+        return f"{site['n_patients']} patients (from the CSV's patient_id column)"
+    return (f"{site['n_patients']} 'patients': no patient_id was given, so every image counts as its own patient "
+            "(images of one patient may sit on both sides of a cross-fitting split: the local numbers may be "
+            "optimistic)")
+
+
+def card_lines(record: dict) -> list[str]:
+    site, op, local = record["site"], record["operating_point"], record["local"]
+    labels = ", ".join(f"{k} {v}" for k, v in site["by_label"].items())
+    lines = [
+        "# Adapted model",
+        "",
+        f"Adapted from `{record['source_model']['model_id']}` on {record['created']} to the labelled images in "
+        f"`{site['data']}`: {site['n_images']} images ({labels}), {_patients_line(site)}; "
+        f"{site['n_unreadable']} files could not be read and were left out.",
+        "",
+        f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epochs, AdamW lr "
+        f"{record['recipe']['lr']:g}, rehearsal "
+        + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch from {record['rehearsal']['pool']} "
+           f"training images of {record['rehearsal']['dataset']}" if record["rehearsal"]["used"]
+           else f"off ({record['rehearsal']['note'] or 'not asked for'})"),
+        f"- Operating point: threshold {op['threshold']:.4f} on P(pneumonia), policy `{op['policy']}`, chosen on the "
+        f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
+        f"temperature {record['temperature']:.3f} fitted on the same scores.",
+    ]
+    if op.get("warning"):
+        lines.append(f"- **Warning**: {op['warning']}.")
+    lines += ["", "## Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
+              "otherwise)", "", "| | source model, stored threshold | adapted (cross-fitted), new threshold |",
+              "|---|---|---|"]
+    before = local["before"]["stored_threshold"]
+    lines += [f"| {key} | {_fmt(before, key)} | {_fmt(local['after'], key)} |" for key in ROWS]
+    src = record.get("source_site")
+    if src:
+        lines += ["", f"## Source hospital ({src['split']}, {src['n']} images)", "",
+                  "| | source model | adapted model |", "|---|---|---|"]
+        lines += [f"| {key} | {_fmt(src['before'], key)} | {_fmt(src['after'], key)} |" for key in ROWS]
+    else:
+        lines += ["", "Source hospital: not measured (its dataset was not available)."]
+    lines += ["", "## Intended use and limits", "",
+              "- For images of the site it was adapted to, acquired as the labelled sample was; check a new site "
+              "first (`pneumo site check`). Validate on held-out patients of the site (`pneumo evaluate --model "
+              "THIS --data HELD_OUT`) before any use.",
+              "- The local numbers come from the labelled sample: their intervals are as wide as its size makes them.",
+              "- Research use only, not a medical device."]
+    return lines
+
+
+def write_card(out: Path, record: dict) -> None:
+    atomic.write_text(out / "model.md", "\n".join(card_lines(record)) + "\n")
+
+
+def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray, z_before: np.ndarray) -> None:
+    from sklearn.metrics import roc_curve
+
+    from pneumo.templates import escape, figure, page, table
+    from pneumo.templates.figures import new_figure, save_png
+
+    fig = new_figure(5, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, z in (("source model", z_before), ("adapted (cross-fitted)", z_oof)):
+        fpr, tpr, _ = roc_curve(site.y, p_pneumonia(z))
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(loc="lower right")
+    roc = save_png(fig, out / "figures" / "roc_site.png")
+    card = card_lines(record)
+    local = record["local"]
+    rows = [[key, _fmt(local["before"]["stored_threshold"], key), _fmt(local["after"], key)] for key in ROWS]
+    sections = [("Site", "<p>" + escape(card[2]) + "</p>"),
+                ("Local performance", table(["", "source model (stored threshold)", "adapted (cross-fitted)"], rows)
+                 + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
+                          relative_to=out)),
+                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in card[4:7]
+                                                     if line.startswith("- ")) + "</ul>")]
+    src = record.get("source_site")
+    if src:
+        sections.append((f"Source hospital ({src['n']} images, reported only)",
+                         table(["", "source model", "adapted model"],
+                               [[key, _fmt(src["before"], key), _fmt(src["after"], key)] for key in ROWS])))
+    sections.append(("Next", "<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
+                             f"{escape(out)} --data HELD_OUT --out validation/</code>; predict and serve with "
+                             f"<code>--model {escape(out)}</code>.</p>"))
+    atomic.write_text(out / "report.html", page(f"pneumo adapt: {record['source_model']['model_id']} to a new site",
+                                                sections, subtitle=escape(record["site"]["data"])))

@@ -1,0 +1,206 @@
+"""`pneumo adapt`: adapt a model to a new site's labelled images and write a NEW model folder.
+
+The procedure, in order:
+
+1. Decode the site's labelled images once (folder or ``path,label[,patient_id]`` CSV); without patient ids every image
+   is its own patient (the report says so).
+2. Score them with the source model as it is (the "before" row).
+3. Patient-grouped, class-stratified k-fold cross-fitting: for each fold, fine-tune the source model on the other
+   folds (+ rehearsal of source training images, `pneumo.adapt.finetune`) and score the held-out patients. These
+   out-of-fold scores are the only ones the local performance and the operating point come from: no image is scored
+   by a model adapted on it.
+4. The operating point: the threshold policy (default ``sensitivity:0.95``) applied to the out-of-fold scores, with
+   exact (Clopper-Pearson) intervals on the sensitivity and specificity it reaches, and a warning when the site has
+   too few positives for the policy; the temperature is fitted on the same out-of-fold logits.
+5. The final model: the source model fine-tuned on ALL the site's images (+ rehearsal), same recipe.
+6. Its out-of-distribution statistics refitted on source training images and the site's images (threshold: the
+   99.5th percentile over the source val images and the site's images), so the site no longer reads as "unknown".
+7. The source hospital before/after (its official test split, reported only, never used to choose anything).
+
+The source model is only read; `pneumo predict/serve/evaluate --model OUT` use the new folder as any model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumo.adapt.finetune import AdaptConfig, finetune
+from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
+from pneumo.config import AugmentConfig, from_dict, parse_policy
+from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
+from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, exact_interval
+from pneumo.evaluate.operating import paths_digest
+from pneumo.models.runtime import select_device
+from pneumo.train.loop import step_seed
+
+log = logging.getLogger(__name__)
+MIN_PER_CLASS = 10  # fewer labelled images of a class than this: no adaptation (nothing to cross-fit honestly)
+
+
+def patient_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (train, held-out) index pairs: patients never on both sides, classes stratified as far as patients allow;
+    every training side holds both classes."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds = list(splitter.split(np.zeros(len(y)), y, groups))
+    for train, _ in folds:
+        if np.unique(y[train]).size < 2:
+            raise DataError(f"a cross-fitting fold lacks a class: label more images of each class or use fewer "
+                            f"folds (--folds, now {k})")
+    return folds
+
+
+def score(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Logits (N, C) of uint8 images (N, S, S) in fp32, through the same fast path as `Predictor`'s torch backend."""
+    from pneumo.data.preprocess import to_unit
+    from pneumo.models.fast import fast_inference
+
+    model = model.to(device).eval()
+    batches = [to_unit(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))[:, None].to(device))
+               for i in range(0, len(x), batch_size)]
+    run = fast_inference(model, batches[0][:2])
+    with torch.no_grad():
+        return np.concatenate([run(b).float().cpu().numpy() for b in batches])
+
+
+def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
+    """Why the site's labels are too few for the policy, or None. A sensitivity target s can only be told apart
+    from 1 with at least 3 / (1 - s) positives (the rule of three); Youden needs both classes in some number."""
+    kind, target = parse_policy(policy)
+    if kind == "sensitivity" and target is not None and target < 1:
+        need = int(np.ceil(3 / (1 - target)))
+        if n_positive < need:
+            return (f"only {n_positive} pneumonia images: a {policy} operating point needs at least {need} to be "
+                    "measured (rule of three); the sensitivity reached has a wide interval, label more positives")
+    elif min(n_positive, n_negative) < 30:
+        return (f"{n_positive} pneumonia and {n_negative} normal images: the {policy} threshold is uncertain with "
+                "fewer than 30 of each")
+    return None
+
+
+def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, *, n_bootstrap: int, seed: int) -> dict:
+    """Metrics at one threshold with bootstrap CIs, and exact intervals on sensitivity and specificity."""
+    metrics = binary_metrics(y, p, threshold)
+    return {"metrics": metrics, "ci": bootstrap_cis(y, p, threshold, n_resamples=n_bootstrap, seed=seed),
+            "sensitivity_exact_ci": list(exact_interval(metrics["tp"], metrics["tp"] + metrics["fn"])),
+            "specificity_exact_ci": list(exact_interval(metrics["tn"], metrics["tn"] + metrics["fp"]))}
+
+
+def _check_out(out: Path, sidecar: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty: give a new folder for the adapted model")
+    if out.resolve() == sidecar.parent.resolve():
+        raise ConfigError("--out is the source model's folder: the adapted model goes to a new folder")
+
+
+def _check_site(site: SiteImages, folds: int) -> None:
+    n_pos, n_neg = int(site.y.sum()), int((site.y == 0).sum())
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        raise DataError(f"{n_pos} pneumonia and {n_neg} normal images could be read: adaptation needs at least "
+                        f"{MIN_PER_CLASS} of each")
+    patients = {c: site.table.loc[site.y == c, "patient_id"].nunique() for c in (0, 1)}
+    if min(patients.values()) < folds:
+        raise DataError(f"{min(patients.values())} patients in the smaller class: fewer than the {folds} "
+                        "cross-fitting folds (--folds)")
+
+
+def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
+          dataset: str | None = None, cfg: AdaptConfig | None = None, n_bootstrap: int = 1000,
+          device: str = "auto") -> dict:
+    """Adapt ``model`` (None: the shipped model) to the labelled images ``data``; write the new model to ``out_dir``.
+
+    Args:
+        model: run folder, checkpoint or None for the shipped model.
+        data: labelled folder (NORMAL/, PNEUMONIA/) or CSV (``path,label`` and optionally ``patient_id``).
+        out_dir: the new model folder (must be new or empty).
+        dataset: the source training dataset for rehearsal and the source report (default: the model's, or
+            $PNEUMO_DATA); absent: adapt without rehearsal and say so.
+        cfg: the recipe (`AdaptConfig`; defaults are the measured ones).
+        n_bootstrap: bootstrap resamples for the CIs.
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Returns:
+        The adaptation record, also written to ``out_dir/adapt.json``.
+    """
+    from pneumo.adapt.write import write_adapted
+    from pneumo.infer.predictor import Predictor
+
+    cfg = cfg or AdaptConfig()
+    start = time.perf_counter()
+    out = Path(out_dir)
+    predictor = Predictor(model, backend="torch")
+    _check_out(out, predictor.sidecar)
+    site = load_site(data, predictor)
+    _check_site(site, cfg.folds)
+    source = load_source(predictor.meta, dataset, pool=cfg.rehearsal_pool if cfg.rehearsal > 0 else 1, seed=cfg.seed)
+    if source.note:
+        log.warning("%s", source.note)
+    run_on = select_device(device)
+    base = predictor.torch_model
+    config = source_config(predictor.meta)
+    augment_cfg = from_dict(config).train.augment if config else AugmentConfig()
+    pool = (source.pool_x, source.pool_y) if cfg.rehearsal > 0 and source.available else (None, None)
+
+    def fine_tune(rows: np.ndarray, k: int) -> torch.nn.Module:
+        return finetune(base, site.x[rows], site.y[rows], cfg=cfg, source_x=pool[0], source_y=pool[1],
+                        augment_cfg=augment_cfg, device=run_on, seed=step_seed(cfg.seed, k))
+
+    z_before = np.concatenate([predictor.logits(site.x[i:i + 64]) for i in range(0, len(site.x), 64)])
+    z_oof = np.zeros_like(z_before)
+    folds = patient_folds(site.y, site.groups, cfg.folds, cfg.seed)
+    for k, (train_rows, held_out) in enumerate(folds, start=1):
+        log.info("adapt: cross-fitting fold %d/%d (%d images, %d held out)", k, len(folds), len(train_rows),
+                 len(held_out))
+        z_oof[held_out] = score(fine_tune(train_rows, k), site.x[held_out], run_on)
+    crossfit_s = time.perf_counter() - start
+    p_before, p_oof = p_pneumonia(z_before), p_pneumonia(z_oof)
+    threshold = choose_threshold(site.y, p_oof, cfg.threshold_policy)
+    log.info("adapt: final model on all %d images", len(site.y))
+    final = fine_tune(np.arange(len(site.y)), 0)
+    n_pos, n_neg = int(site.y.sum()), int((site.y == 0).sum())
+    record = {
+        "source_model": {"location": str(predictor.sidecar.absolute()), "model_id": predictor.model_id,
+                         "threshold": predictor.threshold, "threshold_policy": predictor.meta.threshold_policy},
+        "site": {**site.counts(), "data": site.location, "paths_sha256": paths_digest(site.table["path"].tolist()),
+                 "unreadable": dict(list(site.errors.items())[:50])},
+        "recipe": cfg.model_dump(),
+        "rehearsal": {"used": pool[0] is not None, "pool": source.sizes.get("pool", 0), "dataset": source.root,
+                      "note": source.note or None},
+        "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
+                            "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},
+        "temperature": fit_temperature(z_oof, site.y),
+        "local": {"n": len(site.y), "folds": len(folds),
+                  "before": {"stored_threshold": at_threshold(site.y, p_before, predictor.threshold,
+                                                              n_bootstrap=n_bootstrap, seed=cfg.seed)},
+                  "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed)},
+        "source_site": _source_rows(predictor, final, source, threshold, run_on, n_bootstrap, cfg.seed),
+        "seconds": {"crossfit": round(crossfit_s, 1)},
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    record["source_config"] = config
+    write_adapted(out, final, predictor, site, source, record, z_oof=z_oof, z_before=z_before, device=run_on)
+    record["seconds"]["total"] = round(time.perf_counter() - start, 1)
+    return record
+
+
+def _source_rows(predictor, final: torch.nn.Module, source: SourceImages, threshold: float, device: torch.device,
+                 n_bootstrap: int, seed: int) -> dict | None:
+    """The source hospital's official test split before (the source model at its own threshold) and after (the
+    adapted model at the new threshold): reported only."""
+    if source.test_x is None:
+        return None
+    y = (source.test_y != 0).astype(np.int64)
+    z_before = np.concatenate([predictor.logits(source.test_x[i:i + 64]) for i in range(0, len(y), 64)])
+    p_after = p_pneumonia(score(final, source.test_x, device))
+    return {"split": "official test (reported only)", "n": int(len(y)),
+            "before": at_threshold(y, p_pneumonia(z_before), predictor.threshold, n_bootstrap=n_bootstrap, seed=seed),
+            "after": at_threshold(y, p_after, threshold, n_bootstrap=n_bootstrap, seed=seed)}

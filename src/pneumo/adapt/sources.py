@@ -1,0 +1,139 @@
+"""The two kinds of images an adaptation reads: the new site's labelled images (decoded once, preprocessed as the
+model expects, grouped by patient) and the source hospital's (a rehearsal pool from the model's train fold, its val
+fold for the OOD threshold and its official test split to report on)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumo.config import RunConfig, from_dict
+from pneumo.errors import DataError, PneumoError
+from pneumo.models.sidecar import CheckpointMeta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteImages:
+    """A site's readable labelled images: ``table`` (path, label, subtype, patient_id), ``x`` uint8 (N, S, S),
+    ``y`` class indices; ``errors`` {path: why} for the files left out; ``patients_given``: the CSV named patients
+    (otherwise every image is its own patient)."""
+
+    table: pd.DataFrame
+    x: np.ndarray
+    y: np.ndarray
+    errors: dict[str, str]
+    patients_given: bool
+    location: str
+
+    @property
+    def groups(self) -> np.ndarray:
+        return self.table["patient_id"].to_numpy()
+
+    def counts(self) -> dict:
+        return {"n_images": int(len(self.y)), "n_patients": int(self.table["patient_id"].nunique()),
+                "by_label": {str(k): int(v) for k, v in self.table["label"].value_counts().sort_index().items()},
+                "n_unreadable": len(self.errors), "patients_given": self.patients_given}
+
+
+@dataclass
+class SourceImages:
+    """The source hospital's images as the model preprocesses them; ``None`` fields where the dataset is absent."""
+
+    root: str | None = None
+    pool_x: np.ndarray | None = None
+    pool_y: np.ndarray | None = None
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+    test_x: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    note: str = ""
+    sizes: dict = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return self.pool_x is not None
+
+
+def load_site(data: str | os.PathLike, predictor) -> SiteImages:
+    """Decode and preprocess every labelled image of a folder or ``path,label[,patient_id]`` CSV (the input gate that
+    predict and serve apply; refused or unreadable images are left out and listed)."""
+    from pneumo.data.decode import check_radiograph, load_image_file
+    from pneumo.evaluate.labelled import labelled_images
+
+    table = labelled_images(data)
+    patients_given = "patient_id" in table.columns and (table["patient_id"] != "").all()
+    if not patients_given:
+        table["patient_id"] = table["path"]
+    kept, images, errors = [], [], {}
+    for i, path in enumerate(table["path"]):
+        try:
+            gray = load_image_file(path, target=predictor.size)
+            check_radiograph(gray)
+        except PneumoError as exc:
+            errors[path] = str(exc)
+            continue
+        kept.append(i)
+        images.append(predictor.preprocess(gray))
+    if not kept:
+        raise DataError(f"none of the {len(table)} labelled images in {data} could be read")
+    table = table.iloc[kept].reset_index(drop=True)
+    classes = list(predictor.classes)
+    if len(classes) != 2:
+        raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
+    y = (table["label"] == "PNEUMONIA").to_numpy(np.int64)
+    return SiteImages(table, np.stack(images), y, errors, bool(patients_given), str(Path(data).absolute()))
+
+
+def source_config(meta: CheckpointMeta) -> dict | None:
+    """The run configuration the model was trained with (an adapted model keeps its source's)."""
+    return meta.config or (meta.extra.get("adaptation") or {}).get("source_config")
+
+
+def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: int, n_val: int = 400) -> SourceImages:
+    """The rehearsal pool (a seeded class-stratified draw of ``pool`` train-fold images), up to ``n_val`` val-fold
+    images and the official test split, from the dataset the model was trained on (``dataset``, else the path in its
+    config, else ``$PNEUMO_DATA``). Never raises for a missing dataset: returns an empty `SourceImages` with a note."""
+    from pneumo.data.cache import image_cache
+    from pneumo.data.manifest import resolve_root
+    from pneumo.data.splits import folds_for, labels
+
+    config = source_config(meta)
+    if not config:
+        return SourceImages(note="the model records no training configuration: no rehearsal, no source report")
+    cfg: RunConfig = from_dict(config)
+    try:
+        saved = cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None
+        cfg.data.root = str(resolve_root(dataset or saved).absolute())
+        folds = folds_for(cfg)
+    except PneumoError as exc:
+        return SourceImages(note=f"the source dataset is not available ({exc}): no rehearsal, no source report "
+                                 "(pass --dataset DIR)")
+    if cfg.data.task != meta.task:
+        raise DataError(f"the model's task {meta.task} differs from its config's {cfg.data.task}")
+    rng = np.random.default_rng(seed)
+
+    def draw(fold: str, n: int) -> pd.DataFrame:
+        part = folds[folds["fold"] == fold]
+        if n >= len(part):
+            return part
+        picked = [g.iloc[rng.choice(len(g), max(1, round(n * len(g) / len(part))), replace=False)]
+                  for _, g in part.groupby("label", sort=True)]  # class-stratified
+        return pd.concat(picked).sort_index()
+
+    out = SourceImages(root=cfg.data.root)
+    for name, fold, n in (("pool", "train", pool), ("val", "val", n_val), ("test", "test", len(folds))):
+        rows = draw(fold, n)
+        if rows.empty:
+            continue
+        images = np.asarray(image_cache(cfg, rows.reset_index(drop=True)).images)
+        setattr(out, f"{name}_x", images)
+        setattr(out, f"{name}_y", labels(rows, cfg.data.task))
+        out.sizes[name] = len(rows)
+    return out

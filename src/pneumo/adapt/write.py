@@ -1,0 +1,84 @@
+"""The adapted model's folder: ``model.safetensors`` + ``model.json`` (threshold and temperature from the cross-fitted
+scores, the ``adaptation`` record), ``model.ood.safetensors`` (refitted), ``model.md`` (its card), ``adapt.json``,
+``crossfit_predictions.csv`` and ``report.html``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pneumo import atomic
+from pneumo.adapt.sources import SiteImages, SourceImages
+from pneumo.evaluate.calibration import apply_temperature, p_pneumonia
+from pneumo.models.checkpoint import save_checkpoint
+from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
+from pneumo.models.sidecar import read_meta, write_meta
+from pneumo.train.probe import extract_features
+
+log = logging.getLogger(__name__)
+# sidecar fields that describe the source model's files or its own evaluation: not the adapted model's
+NOT_INHERITED = ("sha256", "weights_file", "dtype", "created", "ood", "metrics", "training", "config",
+                 "operating_point", "model_card", "commit", "adaptation")
+
+
+def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages, record: dict,
+                  *, z_oof: np.ndarray, z_before: np.ndarray, device: torch.device) -> Path:
+    """Write the new model folder; returns its sidecar."""
+    from pneumo.evaluate.report import to_jsonable
+
+    out.mkdir(parents=True, exist_ok=True)
+    inherited = {k: v for k, v in predictor.meta.to_json().items() if k not in NOT_INHERITED}
+    local = record["local"]["after"]["metrics"]
+    meta = {**inherited, "mode": "adapted", "threshold": record["operating_point"]["threshold"],
+            "threshold_policy": record["operating_point"]["policy"], "temperature": record["temperature"],
+            "metrics": {"site_crossfit": {k: local[k] for k in ("accuracy", "sensitivity", "specificity", "f1",
+                                                                 "roc_auc", "pr_auc")},
+                        "site_crossfit_n": record["local"]["n"]},
+            "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"})}
+    sidecar = save_checkpoint(out / "model", model, meta)
+    record["ood"] = refit_ood(sidecar, model, site, source, device)
+    atomic.write_json(out / "adapt.json", to_jsonable(record))
+    _write_predictions(out, site, z_oof, z_before, record)
+    from pneumo.adapt.report import write_card, write_report
+
+    write_card(out, record)
+    write_report(out, record, site, z_oof=z_oof, z_before=z_before)
+    return sidecar
+
+
+def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: SourceImages,
+              device: torch.device) -> dict:
+    """OOD statistics of the adapted model: class means and covariance over the source rehearsal pool and the site's
+    images; the flag threshold = the 99.5th percentile over the source val images and the site's images. Without the
+    source dataset, the site's images alone (recorded)."""
+    def features(x: np.ndarray) -> np.ndarray:
+        return extract_features(model, x, batch_size=64, device=device, amp=False, desc="ood features")
+
+    f_site = features(site.x)
+    y_site = site.y
+    if source.available:
+        f_train = np.concatenate([features(source.pool_x), f_site])
+        y_train = np.concatenate([source.pool_y, y_site])
+        f_val = np.concatenate([features(source.val_x), f_site]) if source.val_x is not None else f_site
+        basis = "source train-fold sample + site images; threshold over source val + site images"
+    else:
+        f_train, y_train, f_val = f_site, y_site, f_site
+        basis = "site images only (source dataset absent)"
+    stats = fit_ood(f_train, y_train, f_val, percentile=DEFAULT_PERCENTILE)
+    entry = {**save_ood(sidecar, stats), "fitted_on": basis}
+    write_meta(sidecar, dataclasses.replace(read_meta(sidecar), ood=entry))
+    return {"basis": basis, "n_train": stats.n_train, "n_val": stats.n_val, "threshold": stats.threshold}
+
+
+def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before: np.ndarray, record: dict) -> None:
+    frame = pd.DataFrame({"path": site.table["path"], "label": site.table["label"],
+                          "patient_id": site.table["patient_id"],
+                          "p_source_model": p_pneumonia(z_before), "p_crossfit": p_pneumonia(z_oof),
+                          "p_crossfit_calibrated": 1 - apply_temperature(z_oof, record["temperature"])[:, 0]})
+    frame["predicted_pneumonia"] = (frame["p_crossfit"] >= record["operating_point"]["threshold"]).astype(int)
+    atomic.write_text(out / "crossfit_predictions.csv", frame.to_csv(index=False))

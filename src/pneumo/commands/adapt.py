@@ -1,0 +1,65 @@
+"""`pneumo adapt`: adapt a model to a new site's labelled images; writes a NEW model folder (the source is only read)."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """
+pneumo adapt --data site_labels.csv --out models/site-a            # the shipped model, CSV with path,label,patient_id
+pneumo adapt --data site_xrays/ --out models/site-a --model runs/default --threshold-policy sensitivity:0.90
+pneumo evaluate --model models/site-a --data site_held_out/ --out validation/   # then validate on held-out patients
+"""
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    from pneumo.adapt.finetune import AdaptConfig
+
+    d = AdaptConfig()
+    parser.add_argument("--data", required=True, metavar="FOLDER|CSV",
+                        help="the site's labelled images: NORMAL/ + PNEUMONIA/ folders, or a CSV with path,label and "
+                             "optionally patient_id (without it every image counts as its own patient)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must be new or empty)")
+    parser.add_argument("--model", help="run folder or checkpoint to adapt (default: the shipped model)")
+    parser.add_argument("--dataset", metavar="DIR", help="the source training dataset, for rehearsal and the "
+                        "source-hospital report (default: the model's, or $PNEUMO_DATA; absent: no rehearsal)")
+    parser.add_argument("--threshold-policy", default=d.threshold_policy, metavar="POLICY",
+                        help="operating point chosen on the cross-fitted scores: youden | triage | sensitivity:X")
+    parser.add_argument("--folds", type=int, default=d.folds, help="patient-grouped cross-fitting folds")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs")
+    parser.add_argument("--rehearsal", type=float, default=d.rehearsal,
+                        help="source training images mixed in per site image and epoch (0: off)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the folds, draws and augmentation")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to fine-tune")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from pneumo.adapt.finetune import AdaptConfig
+    from pneumo.adapt.run import adapt
+    from pneumo.errors import ConfigError
+
+    try:
+        cfg = AdaptConfig(threshold_policy=args.threshold_policy, folds=args.folds, epochs=args.epochs,
+                          rehearsal=args.rehearsal, seed=args.seed)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "an option"
+        raise ConfigError(f"{flag}: {first['msg']}") from None
+    record = adapt(args.model, args.data, args.out, dataset=args.dataset, cfg=cfg, device=args.device)
+    local, op = record["local"]["after"], record["operating_point"]
+    sens, spec = local["metrics"]["sensitivity"], local["metrics"]["specificity"]
+    lo, hi = local["sensitivity_exact_ci"]
+    print(f"adapted model: {args.out} ({record['site']['n_images']} images, {record['site']['n_patients']} patients; "
+          f"{record['seconds']['total']:.0f} s)")
+    print(f"cross-fitted on the site: AUC {local['metrics']['roc_auc']:.3f}, at threshold {op['threshold']:.4f} "
+          f"({op['policy']}) sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}], specificity {spec:.3f}")
+    if record.get("source_site"):
+        src = record["source_site"]
+        print(f"source hospital ({src['n']} test images): AUC {src['before']['metrics']['roc_auc']:.3f} -> "
+              f"{src['after']['metrics']['roc_auc']:.3f}")
+    if op.get("warning"):
+        print(f"warning: {op['warning']}")
+    print(f"validate it on held-out patients: pneumo evaluate --model {args.out} --data HELD_OUT --out validation/")
+    return 0
