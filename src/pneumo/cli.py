@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("pneumo.commands.predict", "predict JPEG/PNG/DICOM files, folders or globs"),
     "export": ("pneumo.commands.export", "export a model to ONNX"),
     "ood": ("pneumo.commands.ood", "out-of-distribution statistics: fit them for a run or the shipped model"),
+    "site": ("pneumo.commands.site", "check a new site's unlabelled images for a shift from the training data"),
     "serve": ("pneumo.commands.serve", "web service and page (FastAPI)"),
     "adapt": ("pneumo.commands.adapt", "adapt a model to a new site's labelled images: writes a NEW model folder"),
     "model-card": ("pneumo.commands.model_card", "print a model's card (the shipped model by default)"),
@@ -32,7 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 # Commands that run a model over batches keep the memory freed tensors leave in the process (`pneumo.allocator`):
 # glibc would hand it back and the kernel zero-fill it again for every batch. `train` follows `train.hold_memory`;
 # `serve`, a long-lived process, gives memory back.
-HOLD_MEMORY = ("evaluate", "operating-point", "explain", "predict", "export", "ood", "adapt")
+HOLD_MEMORY = ("evaluate", "operating-point", "explain", "predict", "export", "ood", "site", "adapt")
 # Flag conventions: --model is the model everywhere (run folder, checkpoint, ensemble folder; default: the shipped
 # model); --out is an output FOLDER everywhere; --output is an output FILE; --data is input images/data.
 

@@ -1,0 +1,421 @@
+"""Is a new site's image set like the model's training data? `check_site` answers at the level of the whole set.
+
+The site's images (a folder of JPEG/PNG/DICOM at any depth, found as `pneumo predict` finds them, or a CSV with a
+``path`` column) are scored by the model and compared with a **reference**: a seeded random sample of the model's own
+training distribution, drawn from the train + val folds of its dataset (``--dataset`` or ``$PNEUMO_DATA``; never the
+official test split; images whose bytes also appear in the site's set are left out). Where the model records its
+split, the sample comes from its **val fold**: the OOD class means and covariance (and the model) were fitted on the
+train fold, whose images therefore score lower than any new image (measured: a half of the val fold against a train +
+val sample gave A = 0.73 and would have been called shifted), while the val fold is what the OOD threshold was set
+on. The val fold is drawn from the same patients' pool, so it holds the same mix of 224 x 224 copies and originals. Without the dataset the
+reference is what the model's sidecar records: the OOD threshold is the val percentile P, so a share of (100 - P) %
+is expected above it, and the training prevalence of pneumonia (``train_prevalence`` in its metrics or training
+record, else 0.74, Kermany train); the distribution comparisons are then not made, and the output says so.
+
+Measurements: (a) the share of images flagged out of distribution and the OOD-score distribution, (b) the share
+predicted positive at the stored threshold, (c) the P(pneumonia) distribution, (d) image properties (size, mode,
+intensity, a border-vs-centre inversion heuristic, input-gate refusals, DICOM tags).
+
+**The rule.** A measurement is a reason for ``shifted: true`` only when it is significant at ``ALPHA`` = 0.01 AND its
+effect is at least a stated minimum (large sets make tiny differences significant):
+
+1. OOD share: one-sided binomial test of the flagged count against p0 = max(reference share, the design share
+   (100 - P) %); effect = share - p0 >= 0.05.
+2. OOD scores (needs the dataset): one-sided Mann-Whitney U, "site scores larger"; effect = A = U / (n_site n_ref),
+   the probability that a site image scores above a reference image (Vargha-Delaney A); A >= 0.64 ("medium").
+3. Predicted-positive rate: two-sided Fisher exact test against the reference's rate (without the dataset: a
+   binomial test against the training prevalence); effect = Cohen's h, |h| >= 0.5 ("medium").
+4. P(pneumonia) distribution (needs the dataset): two-sided Mann-Whitney U; |A - 0.5| >= 0.14 (A >= 0.64 or
+   <= 0.36); the Kolmogorov-Smirnov D is reported too.
+5. Image properties count only when large: images refused by the input gate (`check_radiograph`), one-sided binomial
+   against max(reference share, 1 %), excess >= 0.05; and the share whose border is brighter than their centre
+   (inverted grey scale?), two-sided Fisher exact against the reference, difference >= 0.25. Sizes, modes and
+   intensities are notes, never reasons (the Kermany train set itself mixes 224 x 224 copies with originals).
+
+``shifted`` is true when any of these gives a reason; the reasons are plain-English sentences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
+from pneumo.data.decode import MAX_BYTES, check_radiograph, load_image
+from pneumo.errors import DataError, InputError, PneumoError
+from pneumo.infer.batch import expand_inputs
+from pneumo.infer.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.01
+MIN_OOD_EXCESS = 0.05
+MIN_A = 0.64  # Vargha-Delaney A: 0.56 small, 0.64 medium, 0.71 large
+MIN_H = 0.5  # Cohen's h: 0.2 small, 0.5 medium, 0.8 large
+MIN_GATE_EXCESS = 0.05
+MIN_INVERSION_DIFF = 0.25
+KERMANY_PREVALENCE = 0.74  # 3,875 of 5,216 Kermany train images are pneumonia
+DEFAULT_SAMPLE = 300
+MIN_IMAGES = 10
+BATCH = 32
+
+
+@dataclass
+class Scored:
+    """A set of images run through the model: per scored image its path, P(pneumonia), positive call, OOD score;
+    per decoded image its properties; per failed image its path, stage (``decode`` or ``gate``) and error."""
+
+    paths: list[str] = field(default_factory=list)
+    p_pneumonia: list[float] = field(default_factory=list)
+    positive: list[bool] = field(default_factory=list)
+    ood_scores: list[float] = field(default_factory=list)
+    ood_flags: list[bool] = field(default_factory=list)
+    properties: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.paths)
+
+    def count(self, stage: str) -> int:
+        return sum(f["stage"] == stage for f in self.failed)
+
+
+def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes]]]) -> Scored:
+    """Decode (at the model's size), describe, gate and score each (name, read bytes) item, in batches."""
+    scored, names, batch = Scored(), [], []
+
+    def flush() -> None:
+        if not batch:
+            return
+        for name, result in zip(names, predictor.predict_prepared(np.stack(batch))):
+            scored.paths.append(name)
+            scored.p_pneumonia.append(result.p_pneumonia)
+            scored.positive.append(result.label != predictor.classes[0])
+            if result.ood is not None:  # a non-finite score (None) is as far out as it gets
+                scored.ood_scores.append(math.inf if result.ood_score is None else result.ood_score)
+                scored.ood_flags.append(result.ood)
+        names.clear()
+        batch.clear()
+
+    for name, read in items:
+        try:
+            data = read()
+            gray = load_image(data, name=name, target=predictor.size)
+        except (PneumoError, OSError) as exc:
+            scored.failed.append({"path": name, "stage": "decode", "error": str(exc).splitlines()[0]})
+            continue
+        scored.properties.append({"path": name, "sha256": hashlib.sha256(data).hexdigest(), **header_properties(data),
+                                  **pixel_properties(gray)})
+        try:
+            check_radiograph(gray)
+        except InputError as exc:
+            scored.failed.append({"path": name, "stage": "gate", "error": str(exc)})
+            continue
+        names.append(name)
+        batch.append(predictor.preprocess(gray))
+        if len(batch) == BATCH:
+            flush()
+    flush()
+    return scored
+
+
+def site_items(data: str | os.PathLike) -> list[tuple[str, Callable[[], bytes]]]:
+    """(path, reader) for the site's images: a folder (as `pneumo predict` discovers it) or a CSV with ``path``."""
+    source = Path(data).expanduser()
+    if not source.exists():
+        raise DataError(f"site data not found: {data}")
+    if source.is_file() and source.suffix.lower() == ".csv":
+        try:
+            table = pd.read_csv(source, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{source} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+        column = next((c for c in table.columns if c.strip().lower() == "path"), None)
+        if column is None:
+            raise DataError(f"{source} needs a 'path' column, has {', '.join(table.columns) or 'none'}")
+        files = [Path(p.strip()).expanduser() for p in table[column] if p.strip()]
+        files = [f if f.is_absolute() else source.parent / f for f in files]
+    else:
+        try:
+            files = expand_inputs([str(source)])
+        except InputError:
+            raise DataError(f"no images found in {data}") from None
+    if not files:
+        raise DataError(f"no images listed in {data}")
+    return [(str(f), _file_reader(f)) for f in files]
+
+
+def _file_reader(path: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        if not path.is_file():
+            raise InputError("missing, or not a regular file")
+        if path.stat().st_size > MAX_BYTES:
+            raise InputError(f"file too large: more than {MAX_BYTES} bytes")
+        data = path.read_bytes()
+        if not data:
+            raise InputError("empty file")
+        return data
+
+    return read
+
+
+@dataclass
+class Reference:
+    """What the site is compared with: a scored sample of the training pool (``kind`` "dataset") or only what the
+    model's sidecar records (``kind`` "sidecar", ``scored`` None)."""
+
+    kind: str
+    prevalence: float
+    prevalence_source: str
+    ood_design_share: float | None
+    scored: Scored | None = None
+    dataset: str | None = None
+    pool: str = ""
+    pool_size: int = 0
+    seed: int = 0
+
+
+def training_pool(meta, root: str | os.PathLike) -> pd.DataFrame:
+    """The train + val folds of the model's dataset (as its stored config splits it; the official test split never),
+    with ``path`` relative to the dataset and the ``fold`` column."""
+    from pneumo.config import from_dict
+    from pneumo.data.manifest import resolve_root, scan_dataset
+    from pneumo.data.splits import folds_for
+
+    if isinstance(meta.config, dict) and meta.config.get("data"):
+        cfg = from_dict(meta.config)
+        cfg.data.root = str(resolve_root(root))
+        folds = folds_for(cfg)
+    else:
+        folds = scan_dataset(root).assign(fold=lambda df: df["split"])
+    return folds[folds["fold"].isin(["train", "val"])].reset_index(drop=True)
+
+
+def recorded_prevalence(meta) -> tuple[float, str]:
+    """The training prevalence of pneumonia the model records, else Kermany train's."""
+    for where, record in (("metrics", meta.metrics), ("training record", meta.training)):
+        value = (record or {}).get("train_prevalence")
+        if isinstance(value, (int, float)) and 0 < value < 1:
+            return float(value), f"the model's {where}"
+    return KERMANY_PREVALENCE, "Kermany train (3,875 of 5,216), not recorded by the model"
+
+
+def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, sample: int, seed: int,
+                    exclude_sha256: set[str] | frozenset = frozenset()) -> Reference:
+    """A seeded random sample of ``sample`` train + val images of the model's dataset (``dataset`` or
+    ``$PNEUMO_DATA``), scored; without either, the sidecar's record."""
+    from pneumo.data.manifest import DatasetSource, resolve_root
+
+    design = (100.0 - predictor.ood.percentile) / 100.0 if predictor.ood is not None else None
+    location = dataset if dataset not in (None, "") else os.environ.get("PNEUMO_DATA")
+    if not location:
+        prevalence, source = recorded_prevalence(predictor.meta)
+        return Reference(kind="sidecar", prevalence=prevalence, prevalence_source=source, ood_design_share=design)
+    pool = training_pool(predictor.meta, location)
+    train = pool[pool["fold"] == "train"]
+    prevalence = float((train["label"] != "NORMAL").mean())
+    pool = pool[~pool["sha256"].isin(exclude_sha256)]
+    val = pool[pool["fold"] == "val"]
+    recorded = isinstance(predictor.meta.config, dict) and bool(predictor.meta.config.get("data"))
+    if recorded and len(val) >= MIN_IMAGES:  # unseen by the model's and the OOD statistics' fit, like a new site
+        pool, pool_name = val, "the model's val fold"
+    else:
+        pool_name = ("train + val folds (" + ("the val fold is in the site's set" if recorded else "the model records "
+                     "no split") + ": training images score in-sample, lower than new images)")
+    if len(pool) < MIN_IMAGES:
+        raise DataError(f"{location} holds {len(pool)} reference images not in the site's set: too few")
+    rng = np.random.default_rng(seed)
+    chosen = pool.iloc[np.sort(rng.choice(len(pool), size=min(sample, len(pool)), replace=False))]
+    source = DatasetSource(resolve_root(location))
+    items = [(rel, (lambda rel=rel: source.read(rel))) for rel in chosen["path"]]
+    log.info("scoring a reference of %d images of %s, %s", len(items), location, pool_name)
+    return Reference(kind="dataset", prevalence=prevalence, prevalence_source=f"the train fold of {location}",
+                     ood_design_share=design, scored=score_images(predictor, items), dataset=str(location),
+                     pool=pool_name, pool_size=len(pool), seed=seed)
+
+
+# --- the comparison ---------------------------------------------------------------------------------------------------
+
+
+def share_test(k: int, n: int, p0: float, alternative: str) -> float:
+    """p-value of a binomial test of k successes in n against p0."""
+    return float(stats.binomtest(k, n, min(max(p0, 1e-9), 1 - 1e-9), alternative=alternative).pvalue)
+
+
+def fisher_test(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") -> float:
+    """p-value of Fisher's exact test of k1/n1 against k2/n2."""
+    return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative).pvalue)
+
+
+def rank_test(site: np.ndarray, reference: np.ndarray, alternative: str) -> dict:
+    """Mann-Whitney U (site vs reference) with its effect A = U / (n_site n_ref) and the two-sample KS statistic."""
+    u = stats.mannwhitneyu(site, reference, alternative=alternative)
+    ks = stats.ks_2samp(site, reference)
+    return {"test": f"Mann-Whitney U, {alternative}", "p_value": float(u.pvalue),
+            "effect_a": float(u.statistic / (len(site) * len(reference))), "ks_d": float(ks.statistic),
+            "ks_p_value": float(ks.pvalue)}
+
+
+def cohen_h(p1: float, p2: float) -> float:
+    return float(2 * math.asin(math.sqrt(p1)) - 2 * math.asin(math.sqrt(p2)))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _p(x: float) -> str:
+    return f"p = {x:.2g}" if x >= 1e-300 else "p < 1e-300"
+
+
+def ood_measure(site: Scored, ref: Reference, threshold: float | None) -> dict | None:
+    """(a): the flagged share against p0 = max(reference share, design share), and the score distributions."""
+    if not site.ood_flags or ref.ood_design_share is None:
+        return None
+    k, n = int(sum(site.ood_flags)), len(site.ood_flags)
+    ref_share = None
+    if ref.scored is not None and ref.scored.ood_flags:
+        ref_share = float(np.mean(ref.scored.ood_flags))
+    p0 = max(ref_share or 0.0, ref.ood_design_share)
+    out = {"n": n, "n_flagged": k, "share": k / n, "threshold": threshold, "design_share": ref.ood_design_share,
+           "reference_share": ref_share, "p0": p0, "p_value": share_test(k, n, p0, "greater"),
+           "excess": k / n - p0, "site_median_score": float(np.median(site.ood_scores)), "scores": None}
+    if ref.scored is not None and ref.scored.ood_scores:
+        out["reference_median_score"] = float(np.median(ref.scored.ood_scores))
+        out["scores"] = rank_test(np.asarray(site.ood_scores), np.asarray(ref.scored.ood_scores), "greater")
+    return out
+
+
+def positive_measure(site: Scored, ref: Reference) -> dict:
+    """(b) and (c): the predicted-positive rate and the P(pneumonia) distribution."""
+    k, n = int(sum(site.positive)), site.n
+    out = {"n": n, "n_positive": k, "rate": k / n, "prevalence": ref.prevalence,
+           "prevalence_source": ref.prevalence_source,
+           "p_value_vs_prevalence": share_test(k, n, ref.prevalence, "two-sided"),
+           "h_vs_prevalence": cohen_h(k / n, ref.prevalence), "reference_rate": None, "p_pneumonia": None}
+    out.update(p_value=out["p_value_vs_prevalence"], effect_h=out["h_vs_prevalence"],
+               compared_with="the training prevalence")
+    if ref.scored is not None:
+        kr, nr = int(sum(ref.scored.positive)), ref.scored.n
+        out.update(reference_rate=kr / nr, p_value=fisher_test(k, n, kr, nr), effect_h=cohen_h(k / n, kr / nr),
+                   compared_with="the reference sample")
+        out["p_pneumonia"] = rank_test(np.asarray(site.p_pneumonia), np.asarray(ref.scored.p_pneumonia),
+                                       "two-sided")
+    out["site_median_p"] = float(np.median(site.p_pneumonia))
+    return out
+
+
+def verdict(ood: dict | None, positive: dict, site_props: dict, ref_props: dict | None, ref: Reference) -> dict:
+    """The rule of the module docstring: reasons (significant AND large enough) and notes (everything else worth
+    saying). ``shifted`` is true when there is a reason."""
+    reasons, notes = [], []
+    if ref.kind == "sidecar":
+        notes.append("The training dataset was not available (give --dataset or set PNEUMO_DATA): the site is compared "
+                     "with what the model records (the OOD design share and the training prevalence) only; the score "
+                     "distributions were not compared.")
+    if ood is None:
+        notes.append("This model has no out-of-distribution statistics: the OOD share was not measured.")
+    else:
+        if ood["p_value"] < ALPHA and ood["excess"] >= MIN_OOD_EXCESS:
+            reasons.append(f"{ood['n_flagged']} of {ood['n']} images ({_pct(ood['share'])}) are out of distribution, "
+                           f"where at most {_pct(ood['p0'])} are expected ({_p(ood['p_value'])}).")
+        scores = ood["scores"]
+        if scores and scores["p_value"] < ALPHA and scores["effect_a"] >= MIN_A:
+            reasons.append(f"The site's OOD scores are higher than the reference's: a site image scores above a "
+                           f"reference image with probability A = {scores['effect_a']:.2f} ({_p(scores['p_value'])}).")
+    h, p = positive["effect_h"], positive["p_value"]
+    expected = positive["reference_rate"] if positive["reference_rate"] is not None else positive["prevalence"]
+    if p < ALPHA and abs(h) >= MIN_H:
+        reasons.append(f"The model calls {_pct(positive['rate'])} of the images pneumonia, against {_pct(expected)} "
+                       f"on {positive['compared_with']} (h = {h:+.2f}, {_p(p)}).")
+    dist = positive["p_pneumonia"]
+    if dist and dist["p_value"] < ALPHA and abs(dist["effect_a"] - 0.5) >= MIN_A - 0.5:
+        side = "higher" if dist["effect_a"] > 0.5 else "lower"
+        reasons.append(f"P(pneumonia) is {side} than on the reference (A = {dist['effect_a']:.2f}, KS D = "
+                       f"{dist['ks_d']:.2f}, {_p(dist['p_value'])}).")
+    reasons += _property_reasons(site_props, ref_props)
+    notes += property_notes(site_props, ref_props)
+    return {"shifted": bool(reasons), "reasons": reasons, "notes": notes}
+
+
+def _property_reasons(site: dict, ref: dict | None) -> list[str]:
+    reasons = []
+    n = site["n_decoded"]
+    p0 = max(ref["share_refused_by_gate"] if ref else 0.0, 0.01)
+    k = site["n_refused_by_gate"]
+    if n and share_test(k, n, p0, "greater") < ALPHA and k / n - p0 >= MIN_GATE_EXCESS:
+        reasons.append(f"{k} of {n} decoded images ({_pct(k / n)}) do not look like chest radiographs to the input "
+                       f"gate ({_p(share_test(k, n, p0, 'greater'))}).")
+    if ref and n and ref.get("n_decoded") and "n_border_brighter" in site and "n_border_brighter" in ref:
+        diff = site["share_border_brighter"] - ref["share_border_brighter"]
+        p = fisher_test(site["n_border_brighter"], n, ref["n_border_brighter"], ref["n_decoded"])
+        if p < ALPHA and abs(diff) >= MIN_INVERSION_DIFF:
+            reasons.append(f"{_pct(site['share_border_brighter'])} of the images have a border brighter than their "
+                           f"centre, against {_pct(ref['share_border_brighter'])} of the reference (inverted grey "
+                           f"scale or another framing? {_p(p)}).")
+    return reasons
+
+
+def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
+               dataset: str | os.PathLike | None = None, sample: int = DEFAULT_SAMPLE, seed: int = 0,
+               predictor: Predictor | None = None) -> dict:
+    """Compare a site's images with the model's training distribution; write ``site.json``, ``images.csv`` and
+    ``report.html`` into ``out`` and return what site.json holds.
+
+    Raises:
+        DataError: no images, fewer than ``MIN_IMAGES`` scorable images, or a dataset that is not there.
+        ConfigError: a reference sample under ``MIN_IMAGES``.
+    """
+    from pneumo import atomic
+    from pneumo.adapt.site_report import write_site_report
+    from pneumo.errors import ConfigError
+
+    if sample < MIN_IMAGES:
+        raise ConfigError(f"the reference sample must hold at least {MIN_IMAGES} images, got {sample}")
+    items = site_items(data)
+    predictor = predictor or Predictor(model, backend="torch")
+    log.debug("scoring %d site images", len(items))
+    site = score_images(predictor, items)
+    if site.n < MIN_IMAGES:
+        example = f"; e.g. {Path(site.failed[0]['path']).name}: {site.failed[0]['error']}" if site.failed else ""
+        raise DataError(f"only {site.n} of {len(items)} images in {data} could be scored, at least {MIN_IMAGES} are "
+                        f"needed{example}")
+    ref = build_reference(predictor, dataset=dataset, sample=sample, seed=seed,
+                          exclude_sha256={p["sha256"] for p in site.properties})
+    threshold = predictor.ood.threshold if predictor.ood is not None else None
+    ood = ood_measure(site, ref, threshold)
+    positive = positive_measure(site, ref)
+    site_props = summarize_properties(site)
+    ref_props = summarize_properties(ref.scored) if ref.scored is not None else None
+    result = {
+        "data": str(data), "model": predictor.model_id, "model_sidecar": str(predictor.sidecar),
+        "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
+        "n_unreadable": site.count("decode"), "n_refused_by_gate": site.count("gate"), "unreadable": site.failed,
+        **verdict(ood, positive, site_props, ref_props, ref),
+        "reference": {"kind": ref.kind, "dataset": ref.dataset, "pool": ref.pool or None,
+                      "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,
+                      "n_failed": len(ref.scored.failed) if ref.scored else 0, "seed": ref.seed,
+                      "prevalence": ref.prevalence, "prevalence_source": ref.prevalence_source,
+                      "ood_design_share": ref.ood_design_share},
+        "ood": ood, "positive": positive, "properties": {"site": site_props, "reference": ref_props},
+        "rule": {"alpha": ALPHA, "min_ood_excess": MIN_OOD_EXCESS, "min_a": MIN_A, "min_h": MIN_H,
+                 "min_gate_excess": MIN_GATE_EXCESS, "min_inversion_difference": MIN_INVERSION_DIFF},
+    }
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(folder / "site.json", result)
+    frame = pd.DataFrame({"path": site.paths, "p_pneumonia": site.p_pneumonia, "positive": site.positive})
+    if len(site.ood_scores) == site.n:
+        frame["ood_score"], frame["ood"] = site.ood_scores, site.ood_flags
+    atomic.write_text(folder / "images.csv", frame.to_csv(index=False))
+    write_site_report(result, site, ref.scored, folder)
+    return result

@@ -1,0 +1,211 @@
+"""The HTML page of a site check (`pneumo.adapt.check`): the verdict and its reasons, the OOD and P(pneumonia)
+histograms (site vs reference), the numbers, the image properties, the files left out, and what to do next; and the
+image properties themselves (per image, per set, and the notes they give: notes only, never the verdict's reasons)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumo import atomic
+from pneumo.templates import escape, figure, fmt_number, page, table
+from pneumo.templates.figures import new_figure, save_png
+
+MAX_LISTED = 50
+
+
+def header_properties(data: bytes) -> dict:
+    """Format, stored size, mode / bits and, for DICOM, ViewPosition, PhotometricInterpretation and Modality (no
+    patient data is read). Empty where the header cannot be read."""
+    try:
+        if data[128:132] == b"DICM":
+            import pydicom
+
+            tags = ["Rows", "Columns", "BitsStored", "PhotometricInterpretation", "ViewPosition", "Modality"]
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags)
+            return {"format": "DICOM", "width": int(ds.get("Columns", 0)) or None,
+                    "height": int(ds.get("Rows", 0)) or None, "mode": f"{ds.get('BitsStored', '?')}-bit",
+                    **{k: str(ds.get(k)) for k in tags[3:] if ds.get(k) not in (None, "")}}
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return {"format": img.format, "width": img.width, "height": img.height, "mode": img.mode}
+    except Exception:  # noqa: BLE001 - a header we cannot read is only a missing note; the decoder has the last word
+        return {}
+
+
+def pixel_properties(gray: np.ndarray) -> dict:
+    """Intensity statistics of the decoded uint8 image and the mean of its outer 10 % band minus its centre's."""
+    h, w = gray.shape
+    band = max(1, round(0.1 * min(h, w)))
+    inner = np.zeros_like(gray, dtype=bool)
+    inner[band:h - band, band:w - band] = True
+    centre = gray[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
+    p1, p50, p99 = np.percentile(gray, [1, 50, 99])
+    return {"decoded_width": w, "decoded_height": h, "mean": float(gray.mean()), "std": float(gray.std()),
+            "p1": float(p1), "p50": float(p50), "p99": float(p99),
+            "border_minus_centre": float(gray[~inner].mean() - centre.mean()) if inner.any() else 0.0}
+
+
+def summarize_properties(scored) -> dict:
+    """Sizes, modes, intensities, the inversion heuristic, gate refusals and DICOM tags of a set."""
+    props = pd.DataFrame(scored.properties)
+    n_gate = scored.count("gate")
+    out: dict = {"n_decoded": len(props), "n_refused_by_gate": n_gate,
+                 "share_refused_by_gate": n_gate / len(props) if len(props) else 0.0}
+    if props.empty:
+        return out
+    width = props.get("width", pd.Series(dtype=float)).fillna(props["decoded_width"])
+    height = props.get("height", pd.Series(dtype=float)).fillna(props["decoded_height"])
+    sizes = (width.astype(int).astype(str) + "x" + height.astype(int).astype(str)).value_counts()
+    out.update({
+        "width_median": float(width.median()), "height_median": float(height.median()),
+        "share_square": float((width == height).mean()), "top_sizes": [[k, int(v)] for k, v in sizes.head(3).items()],
+        "modes": {str(k): int(v) for k, v in props.get("mode", pd.Series(dtype=str)).fillna("?").value_counts().items()},
+        "formats": {str(k): int(v) for k, v in props.get("format", pd.Series(dtype=str)).fillna("?").value_counts().items()},
+        **{f"{c}_median": float(props[c].median()) for c in ("mean", "std", "p1", "p50", "p99")},
+        "share_border_brighter": float((props["border_minus_centre"] > 0).mean()),
+        "n_border_brighter": int((props["border_minus_centre"] > 0).sum()),
+        "dicom": {tag: {str(k): int(v) for k, v in props[tag].dropna().value_counts().items()}
+                  for tag in ("ViewPosition", "PhotometricInterpretation", "Modality") if tag in props},
+    })
+    return out
+
+
+def property_notes(site: dict, ref: dict | None) -> list[str]:
+    notes = []
+    if "width_median" not in site:
+        return notes
+    where = f"; reference {ref['width_median']:.0f} x {ref['height_median']:.0f}" if ref and "width_median" in ref else ""
+    notes.append(f"Median stored size {site['width_median']:.0f} x {site['height_median']:.0f} pixels{where} "
+                 f"(a note only: size is not a reason; the model resizes every image to its input size).")
+    if ref and "mean_median" in ref:
+        notes.append(f"Median of the images' mean grey level {site['mean_median']:.0f} (reference "
+                     f"{ref['mean_median']:.0f}); median contrast (SD) {site['std_median']:.0f} (reference "
+                     f"{ref['std_median']:.0f}).")
+        if set(site["modes"]) != set(ref["modes"]):
+            notes.append(f"Image modes {site['modes']} (reference {ref['modes']}).")
+    for tag, counts in site.get("dicom", {}).items():
+        notes.append(f"DICOM {tag}: {counts} (the training images are pediatric AP radiographs, stored as JPEG).")
+    return notes
+
+
+def histogram(path: Path, site: list[float], reference: list[float] | None, *, xlabel: str,
+              line: float | None = None, line_label: str = "") -> Path:
+    """Overlaid density histograms of a site's and the reference's values (non-finite values at the right edge)."""
+    values = [np.asarray(site, float)] + ([np.asarray(reference, float)] if reference else [])
+    finite = np.concatenate([v[np.isfinite(v)] for v in values] + [np.array([line] if line is not None else [])])
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    bins = np.linspace(low, high if high > low else low + 1, 31)
+    fig = new_figure(5.5, 3.4)
+    ax = fig.add_subplot()
+    for v, name, colour in zip(values, ("site", "reference"), ("C3", "C0")):
+        ax.hist(np.clip(v, low, high), bins=bins, density=True, alpha=0.5, color=colour, label=f"{name} (n={len(v)})")
+    if line is not None:
+        ax.axvline(line, color="0.2", ls="--", lw=1, label=line_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(frameon=False, fontsize=8)
+    return save_png(fig, path)
+
+
+def next_steps(shifted: bool) -> str:
+    if shifted:
+        return ("<p>This site differs from the training data: do not trust the stored operating point here. Label "
+                "about 200 images of this site (both classes, whole patients) and run "
+                "<code>pneumo adapt --data LABELLED --out DIR</code>, then "
+                "<code>pneumo evaluate --model DIR --data HELD_OUT</code> on other labelled patients of the site.</p>")
+    return ("<p>No shift large enough to matter was found. The model's stored operating point can be checked on "
+            "labelled images of this site with <code>pneumo evaluate --data LABELLED</code> (a folder with NORMAL/ "
+            "and PNEUMONIA/, or a path,label CSV); a site check is no substitute for that.</p>")
+
+
+def _row(name: str, site: object, reference: object, p: object = None, effect: object = None) -> list:
+    return [name, site, reference, "" if p is None else f"{p:.2g}", "" if effect is None else effect]
+
+
+def _measures_table(result: dict) -> str:
+    ood, pos, ref = result["ood"], result["positive"], result["reference"]
+    rows = []
+    if ood:
+        rows.append(_row("OOD share (flagged)", f"{ood['n_flagged']}/{ood['n']} = {100 * ood['share']:.1f} %",
+                         f"{100 * ood['p0']:.1f} % (p0)", ood["p_value"], f"excess {100 * ood['excess']:+.1f} pts"))
+        if ood["scores"]:
+            s = ood["scores"]
+            rows.append(_row("OOD score, median", fmt_number(ood["site_median_score"], 1),
+                             fmt_number(ood["reference_median_score"], 1), s["p_value"],
+                             f"A = {s['effect_a']:.2f}, KS D = {s['ks_d']:.2f}"))
+    expected = pos["reference_rate"] if pos["reference_rate"] is not None else pos["prevalence"]
+    rows.append(_row("predicted pneumonia", f"{pos['n_positive']}/{pos['n']} = {100 * pos['rate']:.1f} %",
+                     f"{100 * expected:.1f} %", pos["p_value"], f"h = {pos['effect_h']:+.2f}"))
+    rows.append(_row("... vs training prevalence", f"{100 * pos['rate']:.1f} %", f"{100 * pos['prevalence']:.1f} %",
+                     pos["p_value_vs_prevalence"], f"h = {pos['h_vs_prevalence']:+.2f}"))
+    if pos["p_pneumonia"]:
+        d = pos["p_pneumonia"]
+        rows.append(_row("P(pneumonia), median", fmt_number(pos["site_median_p"]), "", d["p_value"],
+                         f"A = {d['effect_a']:.2f}, KS D = {d['ks_d']:.2f}"))
+    caption = (f"Reference: {ref['n']} random images of {ref['dataset']}, {ref['pool']} (seed {ref['seed']})"
+               if ref["kind"] == "dataset" else "Reference: the model's sidecar record (no dataset available)")
+    return table(["measure", "site", "reference", "p-value", "effect"], rows, caption=caption)
+
+
+def _properties_table(props: dict) -> str:
+    site, ref = props["site"], props["reference"] or {}
+    keys = [("decoded images", "n_decoded"), ("refused by the input gate", "n_refused_by_gate"),
+            ("median width", "width_median"), ("median height", "height_median"), ("share square", "share_square"),
+            ("most common sizes", "top_sizes"), ("modes", "modes"), ("formats", "formats"),
+            ("median mean grey level", "mean_median"), ("median SD", "std_median"), ("median p1", "p1_median"),
+            ("median p50", "p50_median"), ("median p99", "p99_median"),
+            ("share with border brighter than centre", "share_border_brighter"), ("DICOM tags", "dicom")]
+
+    def cell(d: dict, key: str) -> object:
+        value = d.get(key, "")
+        if isinstance(value, list):
+            return ", ".join(f"{k} ({v})" for k, v in value)
+        return str(value) if isinstance(value, dict) else value
+
+    return table(["property", "site", "reference"], [[name, cell(site, k), cell(ref, k)] for name, k in keys])
+
+
+def write_site_report(result: dict, site, reference, out: Path) -> Path:
+    """``out/report.html`` and its two figures; ``site`` and ``reference`` are the scored sets (reference None)."""
+    figures = out / "figures"
+    sections = []
+    verdict = "shifted" if result["shifted"] else "not shifted"
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in result["reasons"]) or "<li>none</li>"
+    notes = "".join(f"<li>{escape(n)}</li>" for n in result["notes"])
+    sections.append(("Verdict", f"<p><strong>{verdict}</strong></p><p>Reasons:</p><ul>{reasons}</ul>"
+                     + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")))
+    sections.append(("What to do next", next_steps(result["shifted"])))
+    plots = []
+    if site.ood_scores:
+        path = histogram(figures / "ood_scores.png", site.ood_scores, reference.ood_scores if reference else None,
+                         xlabel="OOD score (Mahalanobis distance)", line=result["ood"]["threshold"],
+                         line_label="flag threshold")
+        plots.append(figure(path, "OOD scores, site vs reference", relative_to=out))
+    path = histogram(figures / "p_pneumonia.png", site.p_pneumonia, reference.p_pneumonia if reference else None,
+                     xlabel="P(pneumonia)", line=result["threshold"], line_label="stored threshold")
+    plots.append(figure(path, "P(pneumonia), site vs reference", relative_to=out))
+    sections.append(("Measurements", _measures_table(result) + "".join(plots)))
+    sections.append(("Image properties", _properties_table(result["properties"])))
+    failed = result["unreadable"]
+    if failed:
+        rows = [[f["path"], f["stage"], f["error"]] for f in failed[:MAX_LISTED]]
+        more = f"<p>... and {len(failed) - MAX_LISTED} more (all in site.json).</p>" if len(failed) > MAX_LISTED else ""
+        sections.append(("Files not scored", table(["file", "stage", "error"], rows) + more))
+    rule = result["rule"]
+    sections.append(("The rule", (f"<p>A measurement is a reason only when it is significant at "
+                     f"{rule['alpha']:g} and its effect is at least: OOD share {100 * rule['min_ood_excess']:.0f} "
+                     f"points above the expected share; Mann-Whitney A {rule['min_a']:.2f} (or "
+                     f"{1 - rule['min_a']:.2f} for P(pneumonia)); Cohen's h {rule['min_h']:.1f} for the positive "
+                     f"rate; {100 * rule['min_gate_excess']:.0f} points of input-gate refusals; "
+                     f"{100 * rule['min_inversion_difference']:.0f} points of border-brighter share. Sizes, modes "
+                     "and intensities are notes only.</p>")))
+    subtitle = (f"{result['data']}: {result['n_scored']} of {result['n_images']} images scored by "
+                f"{result['model']}; {result['n_unreadable']} unreadable, {result['n_refused_by_gate']} "
+                "refused by the input gate")
+    html = page(f"Site check: {verdict}", sections, subtitle=subtitle)
+    return atomic.write_text(out / "report.html", html)

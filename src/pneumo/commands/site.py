@@ -1,0 +1,45 @@
+"""`pneumo site check`: is a new site's image set like the model's training data (before adapting or trusting it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pneumo.argparsing import subparser
+
+EXAMPLES = """
+pneumo site check --data hospital_xrays/ --out site-check/           # the shipped model, reference from $PNEUMO_DATA
+pneumo site check --data images.csv --model runs/default --dataset chest_xray/ --sample 500 --out site-check/
+"""
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="site_command", metavar="ACTION", required=True)
+    check = subparser(sub, "check", help="compare a site's unlabelled images with the model's training data: "
+                      "OOD share, predicted-positive rate, score distributions, image properties -> shifted or not",
+                      examples=EXAMPLES)
+    check.add_argument("--data", required=True, metavar="FOLDER|CSV",
+                       help="the site's images: a folder (JPEG/PNG/DICOM, any depth) or a CSV with a path column")
+    check.add_argument("--out", required=True, metavar="DIR", help="output folder: site.json, images.csv, report.html")
+    check.add_argument("--model", help="run folder or checkpoint (default: the shipped model)")
+    check.add_argument("--dataset", metavar="DIR",
+                       help="the model's training dataset, for the reference sample (default: $PNEUMO_DATA; without "
+                            "either, the model's recorded statistics only)")
+    check.add_argument("--sample", type=int, default=300, metavar="N",
+                       help="reference images drawn (seeded) from the dataset's train + val folds")
+    check.add_argument("--seed", type=int, default=0, help="seed of the reference sample")
+    check.set_defaults(func=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from pneumo.adapt.check import check_site
+
+    result = check_site(args.data, args.out, model=args.model, dataset=args.dataset, sample=args.sample,
+                        seed=args.seed)
+    ood = result["ood"]
+    ood_text = f", OOD {100 * ood['share']:.1f} %" if ood else ""
+    reason = f": {result['reasons'][0]}" if result["reasons"] else ""
+    print(f"site: {'SHIFTED' if result['shifted'] else 'not shifted'} ({result['n_scored']} of {result['n_images']} "
+          f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not{ood_text}){reason}")
+    print(f"report: {args.out}/report.html")
+    print(f"numbers: {args.out}/site.json")
+    return 0

@@ -1,0 +1,126 @@
+"""`pneumo site check` on real data: Kermany training images are not a shifted site, the adult NIH sample is; the
+fallback without the dataset; the CLI's files and its one-line errors. The shipped model scores each set once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo.adapt.check import KERMANY_PREVALENCE, check_site
+from pneumo.cli import main
+
+N_SITE = 60
+N_REFERENCE = 100
+
+
+def _linked(rows: list[Path], folder: Path) -> Path:
+    """A site folder of symlinks (the images stay where they are), nested one level like a hospital export."""
+    for i, src in enumerate(rows):
+        target = folder / f"batch{i % 2}" / src.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(src, target)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from pneumo.infer.predictor import Predictor
+
+    return Predictor(None, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def kermany_site(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    meta = pd.read_csv(full_data / "manifest.csv", usecols=["path", "split"])
+    train = meta.loc[meta["split"] == "train", "path"].to_numpy()
+    chosen = np.random.default_rng(7).choice(train, size=N_SITE, replace=False)
+    return _linked([full_data / rel for rel in chosen], tmp_path_factory.mktemp("kermany_site"))
+
+
+@pytest.fixture(scope="module")
+def nih_site(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    nih = full_data.parent / "nih_sample"
+    if not (nih / "manifest.csv").is_file():
+        pytest.skip(f"the NIH sample is not at {nih}")
+    paths = pd.read_csv(nih / "manifest.csv", usecols=["path"])["path"].to_numpy()
+    chosen = np.random.default_rng(7).choice(paths, size=N_SITE, replace=False)
+    return _linked([nih / rel for rel in chosen], tmp_path_factory.mktemp("nih_site"))
+
+
+@pytest.fixture(scope="module")
+def kermany_result(kermany_site: Path, full_data: Path, predictor, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return check_site(kermany_site, tmp_path_factory.mktemp("kermany_out"), dataset=full_data, sample=N_REFERENCE,
+                      predictor=predictor)
+
+
+@pytest.fixture(scope="module")
+def nih_result(nih_site: Path, full_data: Path, predictor, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return check_site(nih_site, tmp_path_factory.mktemp("nih_out"), dataset=full_data, sample=N_REFERENCE,
+                      predictor=predictor)
+
+
+def test_a_random_sample_of_kermany_training_images_is_not_shifted(kermany_result: dict) -> None:
+    assert kermany_result["shifted"] is False, kermany_result["reasons"]
+    assert kermany_result["n_scored"] == N_SITE
+    reference = kermany_result["reference"]
+    assert reference["kind"] == "dataset" and reference["n"] == N_REFERENCE
+    assert kermany_result["ood"]["scores"]["effect_a"] < 0.64
+
+
+def test_the_adult_nih_sample_is_shifted_with_far_more_ood_images_than_the_reference(nih_result: dict) -> None:
+    assert nih_result["shifted"] is True
+    ood = nih_result["ood"]
+    assert ood["share"] >= 0.15 and ood["share"] > ood["reference_share"] + 0.10
+    assert ood["scores"]["effect_a"] >= 0.8 and ood["scores"]["p_value"] < 1e-6
+    assert any("out of distribution" in reason for reason in nih_result["reasons"])
+
+
+def test_without_the_dataset_the_site_is_measured_against_the_models_record(
+        nih_site: Path, predictor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)
+    result = check_site(nih_site, tmp_path / "out", predictor=predictor)
+    assert result["reference"]["kind"] == "sidecar" and result["reference"]["n"] == 0
+    assert result["reference"]["prevalence"] == KERMANY_PREVALENCE
+    assert result["ood"]["p0"] == pytest.approx(0.005) and result["ood"]["scores"] is None
+    assert result["positive"]["p_pneumonia"] is None
+    assert any("not available" in note for note in result["notes"])
+    assert result["shifted"] is True
+
+
+def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
+        kermany_site: Path, full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    site = _linked(sorted(kermany_site.rglob("*.jpeg"))[:12], tmp_path / "site")
+    (site / "batch0" / "truncated.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    out = tmp_path / "out"
+    code = main(["site", "check", "--data", str(site), "--out", str(out), "--dataset", str(full_data),
+                 "--sample", "30"])
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("site: not shifted (12 of 13 images scored, 1 not")
+    import json
+
+    result = json.loads((out / "site.json").read_text())
+    assert result["n_images"] == 13 and result["n_unreadable"] == 1
+    assert result["unreadable"][0]["path"].endswith("truncated.jpeg")
+    assert result["model"] and result["reference"]["n"] == 30
+    html = (out / "report.html").read_text()
+    assert "truncated.jpeg" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
+
+
+@pytest.mark.parametrize("content", [None, b"not an image"], ids=["empty folder", "only unreadable files"])
+def test_a_folder_without_readable_images_exits_2_with_one_line(content: bytes | None, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    if content is not None:
+        for name in ("a.jpeg", "b.png", "c.dcm"):
+            (site / name).write_bytes(content)
+    code = main(["site", "check", "--data", str(site), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pneumo site: error:")
+    assert ("no images found" in err) if content is None else ("0 of 3 images" in err)
+    assert not (tmp_path / "out").exists()
