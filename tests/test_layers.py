@@ -7,14 +7,18 @@ source with ``ast`` (nothing is imported).
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # The allowed order, written once: a module may import its own layer and the layers before it, never a later one.
+# An entry names a module and its submodules, except the root package "pneumo", which names only itself: as a
+# prefix it would put every module that is in no layer (a new subpackage) in the core, below everything.
+ROOT = "pneumo"
 LAYERS = (
-    ("pneumo", "pneumo.errors", "pneumo.atomic", "pneumo.allocator", "pneumo.config", "pneumo.templates"),  # the core
+    (ROOT, "pneumo.errors", "pneumo.atomic", "pneumo.allocator", "pneumo.config", "pneumo.templates"),  # the core
     ("pneumo.data",),
     ("pneumo.models",),
     ("pneumo.train",),
@@ -23,7 +27,7 @@ LAYERS = (
     ("pneumo.infer",),
     ("pneumo.adapt",),
     ("pneumo.serve",),
-    ("pneumo.commands",),
+    ("pneumo.commands", "pneumo.argparsing"),  # argparsing: the options the commands and the cli share
     ("pneumo.cli", "pneumo.__main__"),
 )
 SIBLINGS_APART = ("pneumo.commands",)  # modules in here never import one another
@@ -32,13 +36,14 @@ SIBLINGS_APART = ("pneumo.commands",)  # modules in here never import one anothe
 FORBIDDEN = {"pneumo.infer": ("pneumo.train",), "pneumo.serve": ("pneumo.train",)}
 
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
+def module_name(path: Path, src: Path = SRC) -> str:
+    parts = list(path.relative_to(src).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def modules() -> dict[str, Path]:
-    return {module_name(path): path for path in sorted((SRC / "pneumo").rglob("*.py"))}
+def modules(src: Path = SRC) -> dict[str, Path]:
+    """Every module of the package under ``src`` (the folder that holds ``pneumo/``), by dotted name."""
+    return {module_name(path, src): path for path in sorted((src / ROOT).rglob("*.py"))}
 
 
 def imports_of(name: str, path: Path, known: set[str]) -> set[tuple[str, int]]:
@@ -59,20 +64,37 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[tuple[str, int]]:
     return {(target, line) for target, line in found if target == "pneumo" or target.startswith("pneumo.")}
 
 
-def layer_of(name: str) -> int:
+def layer_of(name: str) -> int | None:
+    """The index in LAYERS of the longest entry that names ``name``; None when none does."""
     best = None
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+            names_it = name == prefix or (prefix != ROOT and name.startswith(prefix + "."))
+            if names_it and (best is None or len(prefix) > best[1]):
                 best = (index, len(prefix))
-    assert best is not None, f"{name} is in no layer: add it to LAYERS"
-    return best[0]
+    return None if best is None else best[0]
 
 
-def graph() -> dict[str, set[tuple[str, int]]]:
-    found = modules()
+def graph(src: Path = SRC) -> dict[str, set[tuple[str, int]]]:
+    found = modules(src)
     known = set(found)
     return {name: imports_of(name, path, known) for name, path in found.items()}
+
+
+def unlayered(src: Path = SRC) -> list[str]:
+    return [name for name in modules(src) if layer_of(name) is None]
+
+
+def upward_imports(src: Path = SRC) -> list[str]:
+    """``module:line imports target`` for every import of a later layer, or of a module in no layer."""
+    found = []
+    for name, targets in graph(src).items():
+        own = layer_of(name)
+        for target, line in sorted(targets):
+            there = layer_of(target)
+            if own is not None and (there is None or there > own):
+                found.append(f"{name}:{line} imports {target}" + (" (in no layer)" if there is None else ""))
+    return found
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -111,14 +133,11 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_every_module_belongs_to_a_layer() -> None:
-    for name in modules():
-        layer_of(name)
+    assert not unlayered(), "in no layer: add them to LAYERS"
 
 
 def test_no_module_imports_a_later_layer() -> None:
-    upward = [f"{name}:{line} imports {target}"
-              for name, targets in graph().items() for target, line in sorted(targets)
-              if layer_of(target) > layer_of(name)]
+    upward = upward_imports()
     assert not upward, "imports against the data flow:\n" + "\n".join(upward)
 
 
@@ -160,3 +179,20 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path, source: str, expe
 
 def test_the_cycle_finder_finds_a_cycle_through_three_modules() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_checker_reports_an_upward_import_and_a_package_in_no_layer(tmp_path: Path) -> None:
+    """The checks above on a copy of the package with the two mistakes they exist for."""
+    shutil.copytree(SRC / ROOT, tmp_path / ROOT, ignore=shutil.ignore_patterns("__pycache__"))
+    assert unlayered(tmp_path) == [] and upward_imports(tmp_path) == []  # the copy is as clean as the source
+    manifest = tmp_path / ROOT / "data" / "manifest.py"
+    manifest.write_text(manifest.read_text(encoding="utf-8") + "\nfrom pneumo.serve import app\n", encoding="utf-8")
+    (tmp_path / ROOT / "extra").mkdir()
+    (tmp_path / ROOT / "extra" / "__init__.py").write_text("from pneumo.serve import app\n", encoding="utf-8")
+    cache = tmp_path / ROOT / "data" / "cache.py"
+    cache.write_text("import pneumo.extra\n" + cache.read_text(encoding="utf-8"), encoding="utf-8")
+    assert unlayered(tmp_path) == ["pneumo.extra"]  # a new subpackage is not silently part of the core
+    reported = upward_imports(tmp_path)
+    line = len(manifest.read_text(encoding="utf-8").splitlines())
+    assert reported == ["pneumo.data.cache:1 imports pneumo.extra (in no layer)",
+                        f"pneumo.data.manifest:{line} imports pneumo.serve.app"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from pathlib import Path
@@ -59,10 +60,29 @@ def test_batches_never_exceed_max_batch() -> None:
     assert results == [float(v) for v in range(20)]
 
 
-def test_a_lone_request_waits_at_most_the_window() -> None:
-    start = time.perf_counter()
-    results, _ = run_batcher(Recorder(), [7], max_batch=8, window_ms=30)
-    assert results == [7.0] and time.perf_counter() - start < 2.0
+class SilentQueue:
+    """No other request ever arrives; records how long the worker asked to wait for one."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def get(self, timeout: float) -> None:
+        self.waits.append(timeout)
+        raise queue.Empty
+
+    def get_nowait(self) -> None:
+        raise queue.Empty
+
+
+def test_a_lone_request_runs_alone_and_waits_at_most_the_window() -> None:
+    model = Recorder()
+    results, _ = run_batcher(model, [7], max_batch=8, window_ms=30)
+    assert results == [7.0] and model.sizes == [1]  # not held back until the batch fills
+    batcher = MicroBatcher(Recorder(), max_batch=8, window_ms=30)
+    batcher._queue = silent = SilentQueue()
+    first = object()
+    assert batcher._gather(first) == ([first], False)
+    assert silent.waits and all(wait <= 0.030 for wait in silent.waits)
 
 
 def test_a_failing_batch_fails_each_of_its_requests_and_the_worker_survives() -> None:

@@ -257,7 +257,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                                       n_bootstrap=n_bootstrap, seed=seed,
                                                       fixed={spec.policy: spec.threshold})
         result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
-                                           "rebuilt here (pass --val-data DATASET)")
+                                           "rebuilt here (pass --dataset DIR)")
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table), "n_unreadable": len(errors),
                           "unreadable": dict(list(errors.items())[:50]),
                           "by_label": table["label"].value_counts().to_dict(), "official_test_split": official}

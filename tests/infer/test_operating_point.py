@@ -1,0 +1,49 @@
+"""`pneumo operating-point --val FOLDER`: a threshold chosen on the user's own labelled images, written to a new
+model folder; the source model is left as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pneumo.cli import main
+from pneumo.data.decode import load_image_file
+from pneumo.evaluate.metrics import binary_metrics
+from pneumo.infer.predictor import Predictor
+
+
+def _labelled_folder(full_data: Path, root: Path, per_class: int = 3) -> Path:
+    """NORMAL/ and PNEUMONIA/ with the first ``per_class`` test images of each (copies, in tmp)."""
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir(parents=True)
+        for image in sorted((full_data / "test" / label).glob("*.jpeg"))[:per_class]:
+            shutil.copyfile(image, root / label / image.name)
+    return root
+
+
+def test_operating_point_on_a_labelled_folder_writes_a_new_model_and_leaves_the_source_alone(
+        tiny_model: Path, full_data: Path, tmp_path: Path) -> None:
+    val = _labelled_folder(full_data, tmp_path / "local_val")
+    source = {path.name: path.read_bytes() for path in tiny_model.parent.iterdir()}
+    out = tmp_path / "tiny-sens90"
+    assert main(["operating-point", "--model", str(tiny_model), "--policy", "sensitivity:0.9", "--val", str(val),
+                 "--out", str(out)]) == 0
+    assert {path.name: path.read_bytes() for path in tiny_model.parent.iterdir()} == source  # sidecar + weights
+
+    meta = json.loads((out / "model.json").read_text())
+    point = meta["operating_point"]
+    chosen = point["chosen_on"]
+    assert chosen["kind"] == "labelled folder" and Path(chosen["location"]) == val.absolute()
+    assert chosen["n"] == 6 and chosen["n_pneumonia"] == 3
+    assert point["policy"] == meta["threshold_policy"] == "sensitivity:0.9"
+    assert meta["threshold"] == point["threshold"] and point["derived_from"]["model"] == str(tiny_model.absolute())
+    # the threshold is the one these six images give: recomputed from the source model's own predictions
+    paths = sorted(str(p) for p in val.rglob("*.jpeg"))
+    p = np.array([r.p_pneumonia for r in Predictor(tiny_model).predict([load_image_file(x) for x in paths])])
+    y = np.array([Path(path).parent.name == "PNEUMONIA" for path in paths], dtype=np.int64)
+    at = binary_metrics(y, p, point["threshold"])
+    assert at["sensitivity"] >= 0.9 and at["sensitivity"] == chosen["sensitivity"]
+    assert at["specificity"] == chosen["specificity"]
