@@ -21,7 +21,7 @@ from torch import nn
 
 from pneumo.config import AugmentConfig, parse_policy
 from pneumo.data.preprocess import to_unit
-from pneumo.models.runtime import autocast, memory_format
+from pneumo.models.runtime import autocast, depthwise_in_fp32, memory_format
 from pneumo.train.augment import augment
 from pneumo.train.loop import step_seed
 
@@ -37,8 +37,8 @@ class AdaptConfig(BaseModel):
     lr: float = Field(3e-4, gt=0, le=1)
     weight_decay: float = Field(0.01, ge=0, le=1)
     batch_size: int = Field(32, ge=2, le=512)
-    folds: int = Field(5, ge=2, le=20, description="patient-grouped cross-fitting folds")
-    rehearsal: float = Field(1.0, ge=0, le=10, description="source images per site image in every epoch (0: off)")
+    folds: int = Field(4, ge=2, le=20, description="patient-grouped cross-fitting folds")
+    rehearsal: float = Field(2.0, ge=0, le=10, description="source images per site image in every epoch (0: off)")
     rehearsal_pool: int = Field(2000, ge=0, le=100_000, description="source training images to draw rehearsal from")
     threshold_policy: str = "sensitivity:0.95"
     seed: int = Field(0, ge=0)
@@ -84,6 +84,8 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
         p.requires_grad_(True)
     fmt = memory_format(device)
     model = model.to(memory_format=fmt)
+    if cfg.amp:  # the CPU's slow bf16 backward of strided / wide depthwise convolutions runs in fp32 instead
+        depthwise_in_fp32(model, device, cfg.amp)
     aug = dataclasses.replace(augment_cfg or AugmentConfig(), hflip=True)
     n_site = len(site_x)
     use_source = source_x is not None and len(source_x) > 0 and cfg.rehearsal > 0
