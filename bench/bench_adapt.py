@@ -37,7 +37,7 @@ from pneumo.adapt.sources import load_source, source_config
 from pneumo.config import from_dict
 from pneumo.data.decode import load_image_file
 from pneumo.evaluate.calibration import p_pneumonia
-from pneumo.evaluate.metrics import bootstrap_cis, exact_interval
+from pneumo.evaluate.metrics import bootstrap_cis
 from pneumo.infer.predictor import Predictor
 from pneumo.train.loop import step_seed
 
@@ -48,7 +48,7 @@ def split_patients(manifest: pd.DataFrame, seed: int, held_out: float) -> tuple[
     rng = np.random.default_rng(seed)
     patients = np.array(sorted(manifest["patient_id"].unique()))
     rng.shuffle(patients)
-    test = set(patients[: int(round(held_out * len(patients)))])
+    test = set(patients[: round(held_out * len(patients))])
     mask = manifest["patient_id"].isin(test)
     return manifest[~mask], manifest[mask]
 
@@ -68,11 +68,11 @@ def draw_patients(pool: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 def auc_ci(y: np.ndarray, p: np.ndarray, seed: int) -> dict:
     if len(np.unique(y)) < 2:
-        return {"n": int(len(y)), "auc": None, "ci": None}
+        return {"n": len(y), "auc": None, "ci": None}
     from sklearn.metrics import roc_auc_score
 
     ci = bootstrap_cis(y, p, 0.5, n_resamples=1000, seed=seed)["roc_auc"]
-    return {"n": int(len(y)), "n_pos": int(y.sum()), "auc": float(roc_auc_score(y, p)), "ci": [float(c) for c in ci]}
+    return {"n": len(y), "n_pos": int(y.sum()), "auc": float(roc_auc_score(y, p)), "ci": [float(c) for c in ci]}
 
 
 def measure(p: np.ndarray, test: pd.DataFrame, seed: int) -> dict:

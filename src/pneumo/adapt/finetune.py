@@ -89,7 +89,7 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     aug = dataclasses.replace(augment_cfg or AugmentConfig(), hflip=True)
     n_site = len(site_x)
     use_source = source_x is not None and len(source_x) > 0 and cfg.rehearsal > 0
-    n_source = min(len(source_x), int(round(cfg.rehearsal * n_site))) if use_source else 0
+    n_source = min(len(source_x), round(cfg.rehearsal * n_site)) if use_source else 0
     num_classes = int(model.head.out_features)
     pooled_y = np.concatenate([site_y, source_y]) if use_source else np.asarray(site_y)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(pooled_y, num_classes).to(device))

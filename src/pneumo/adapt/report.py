@@ -20,7 +20,7 @@ def _fmt(block: dict, key: str) -> str:
     return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if value is not None else "n/a"
 
 
-def _patients_line(site: dict) -> str:
+def patients_line(site: dict) -> str:
     if site["patients_given"]:
         return f"{site['n_patients']} patients (from the CSV's patient_id column)"
     return (f"{site['n_patients']} 'patients': no patient_id was given, so every image counts as its own patient "
@@ -34,23 +34,23 @@ def card_lines(record: dict) -> list[str]:
     lines = [
         "# Adapted model",
         "",
-        f"Adapted from `{record['source_model']['model_id']}` on {record['created']} to the labelled images in "
-        f"`{site['data']}`: {site['n_images']} images ({labels}), {_patients_line(site)}; "
-        f"{site['n_unreadable']} files could not be read and were left out.",
+        (f"Adapted from `{record['source_model']['model_id']}` on {record['created']} to the labelled images in "
+        f"`{site['data']}`: {site['n_images']} images ({labels}), {patients_line(site)}; "
+        f"{site['n_unreadable']} files could not be read and were left out."),
         "",
         f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epochs, AdamW lr "
         f"{record['recipe']['lr']:g}, rehearsal "
         + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch from {record['rehearsal']['pool']} "
            f"training images of {record['rehearsal']['dataset']}" if record["rehearsal"]["used"]
            else f"off ({record['rehearsal']['note'] or 'not asked for'})"),
-        f"- Operating point: threshold {op['threshold']:.4f} on P(pneumonia), policy `{op['policy']}`, chosen on the "
+        (f"- Operating point: threshold {op['threshold']:.4f} on P(pneumonia), policy `{op['policy']}`, chosen on the "
         f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
-        f"temperature {record['temperature']:.3f} fitted on the same scores.",
+        f"temperature {record['temperature']:.3f} fitted on the same scores."),
     ]
     if op.get("warning"):
         lines.append(f"- **Warning**: {op['warning']}.")
-    lines += ["", "## Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
-              "otherwise)", "", "| | source model, stored threshold | adapted (cross-fitted), new threshold |",
+    lines += ["", ("## Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
+              "otherwise)"), "", "| | source model, stored threshold | adapted (cross-fitted), new threshold |",
               "|---|---|---|"]
     before = local["before"]["stored_threshold"]
     lines += [f"| {key} | {_fmt(before, key)} | {_fmt(local['after'], key)} |" for key in ROWS]
@@ -62,9 +62,9 @@ def card_lines(record: dict) -> list[str]:
     else:
         lines += ["", "Source hospital: not measured (its dataset was not available)."]
     lines += ["", "## Intended use and limits", "",
-              "- For images of the site it was adapted to, acquired as the labelled sample was; check a new site "
+              ("- For images of the site it was adapted to, acquired as the labelled sample was; check a new site "
               "first (`pneumo site check`). Validate on held-out patients of the site (`pneumo evaluate --model "
-              "THIS --data HELD_OUT`) before any use.",
+              "THIS --data HELD_OUT`) before any use."),
               "- The local numbers come from the labelled sample: their intervals are as wide as its size makes them.",
               "- Research use only, not a medical device."]
     return lines
@@ -104,8 +104,8 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
         sections.append((f"Source hospital ({src['n']} images, reported only)",
                          table(["", "source model", "adapted model"],
                                [[key, _fmt(src["before"], key), _fmt(src["after"], key)] for key in ROWS])))
-    sections.append(("Next", "<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
+    sections.append(("Next", ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
                              f"{escape(out)} --data HELD_OUT --out validation/</code>; predict and serve with "
-                             f"<code>--model {escape(out)}</code>.</p>"))
+                             f"<code>--model {escape(out)}</code>.</p>")))
     atomic.write_text(out / "report.html", page(f"pneumo adapt: {record['source_model']['model_id']} to a new site",
                                                 sections, subtitle=escape(record["site"]["data"])))

@@ -65,7 +65,7 @@ def score(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_siz
     from pneumo.models.fast import fast_inference
 
     model = model.to(device).eval()
-    batches = [to_unit(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))[:, None].to(device))
+    batches = [to_unit(torch.from_numpy(np.array(x[i:i + batch_size]))[:, None].to(device))
                for i in range(0, len(x), batch_size)]
     run = fast_inference(model, batches[0][:2])
     with torch.no_grad():
@@ -201,6 +201,6 @@ def _source_rows(predictor, final: torch.nn.Module, source: SourceImages, thresh
     y = (source.test_y != 0).astype(np.int64)
     z_before = np.concatenate([predictor.logits(source.test_x[i:i + 64]) for i in range(0, len(y), 64)])
     p_after = p_pneumonia(score(final, source.test_x, device))
-    return {"split": "official test (reported only)", "n": int(len(y)),
+    return {"split": "official test (reported only)", "n": len(y),
             "before": at_threshold(y, p_pneumonia(z_before), predictor.threshold, n_bootstrap=n_bootstrap, seed=seed),
             "after": at_threshold(y, p_after, threshold, n_bootstrap=n_bootstrap, seed=seed)}

@@ -37,7 +37,7 @@ class SiteImages:
         return self.table["patient_id"].to_numpy()
 
     def counts(self) -> dict:
-        return {"n_images": int(len(self.y)), "n_patients": int(self.table["patient_id"].nunique()),
+        return {"n_images": len(self.y), "n_patients": int(self.table["patient_id"].nunique()),
                 "by_label": {str(k): int(v) for k, v in self.table["label"].value_counts().sort_index().items()},
                 "n_unreadable": len(self.errors), "patients_given": self.patients_given}
 

@@ -1,0 +1,180 @@
+"""`pneumo adapt` on real images of a second site (nih_sample) with rehearsal from a real Kermany slice: the
+cross-fitting protocol (no image scored by a model adapted on it, patients never split), the new model folder (the
+source untouched, usable by predict/evaluate/model-card), the CLI's one-line errors; and the small pieces (exact
+intervals, the policy warning, patient folds) on generated cases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pneumo.adapt.run as adapt_run
+from pneumo.adapt.finetune import AdaptConfig
+from pneumo.adapt.run import adapt, patient_folds, policy_warning
+from pneumo.cli import main
+from pneumo.errors import ConfigError
+from pneumo.evaluate.metrics import exact_interval
+from pneumo.models.sidecar import DEFAULT_MODEL
+
+PER_CLASS = 12
+TINY = AdaptConfig(epochs=1, folds=2, rehearsal=1.0, rehearsal_pool=24, batch_size=8)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def site_csv(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """PER_CLASS images of each class from the NIH sample, whole patients, with a patient_id column."""
+    nih = full_data.parent / "nih_sample"
+    if not (nih / "manifest.csv").is_file():
+        pytest.skip(f"the NIH sample is not at {nih}")
+    meta = pd.read_csv(nih / "manifest.csv", dtype=str, keep_default_na=False)
+    single = meta.groupby("patient_id").filter(lambda g: len(g) == 1)  # one image per patient keeps counts exact
+    rows = pd.concat([g.sample(PER_CLASS, random_state=3) for _, g in single.groupby("label")])
+    # two images of one patient, to check that a patient never straddles a split
+    twice = meta.groupby("patient_id").filter(lambda g: len(g) == 2 and g["label"].nunique() == 1).head(2)
+    rows = pd.concat([rows, twice])
+    csv = tmp_path_factory.mktemp("site") / "labels.csv"
+    rows.assign(path=[str(nih / p) for p in rows["path"]])[["path", "label", "patient_id"]].to_csv(csv, index=False)
+    return csv
+
+
+@pytest.fixture(scope="module")
+def adapted(site_csv: Path, data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real adaptation of the shipped model, with the fine-tunes recorded (which rows each one trained on)."""
+    calls = []
+    real = adapt_run.finetune
+
+    def recording(model, x, y, **kwargs):
+        calls.append(x.copy())
+        return real(model, x, y, **kwargs)
+
+    before = _digest(DEFAULT_MODEL.parent)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(adapt_run, "finetune", recording)
+    out = tmp_path_factory.mktemp("adapted") / "site-a"
+    try:
+        record = adapt(None, site_csv, out, dataset=str(data_slice), cfg=TINY, n_bootstrap=50)
+    finally:
+        mp.undo()
+    return {"record": record, "out": out, "calls": calls, "source_before": before}
+
+
+def test_every_image_is_scored_by_a_model_that_did_not_train_on_it(adapted: dict, site_csv: Path) -> None:
+    out, calls = adapted["out"], adapted["calls"]
+    table = pd.read_csv(out / "crossfit_predictions.csv", dtype={"patient_id": str})
+    n = len(pd.read_csv(site_csv))
+    assert len(table) == n and len(calls) == TINY.folds + 1  # k fold models, then the final one
+    assert [len(c) for c in calls[:-1]] != [n] * TINY.folds and len(calls[-1]) == n  # the final one sees all
+    folds = patient_folds((table["label"] == "PNEUMONIA").to_numpy(int), table["patient_id"].to_numpy(), TINY.folds,
+                          TINY.seed)
+    for (train, held), seen in zip(folds, calls[:-1], strict=True):
+        assert len(seen) == len(train)
+        assert not set(table["patient_id"].iloc[train]) & set(table["patient_id"].iloc[held])
+    # the operating point is the policy applied to exactly those out-of-fold scores
+    y = (table["label"] == "PNEUMONIA").to_numpy(int)
+    from pneumo.evaluate.metrics import choose_threshold
+
+    assert adapted["record"]["operating_point"]["threshold"] == pytest.approx(
+        choose_threshold(y, table["p_crossfit"].to_numpy(), TINY.threshold_policy), abs=1e-6)
+
+
+def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) -> None:
+    from pneumo.infer.predictor import Predictor
+
+    out, record = adapted["out"], adapted["record"]
+    assert _digest(DEFAULT_MODEL.parent) == adapted["source_before"]
+    for name in ("model.json", "model.safetensors", "model.ood.safetensors", "model.md", "adapt.json", "report.html",
+                 "crossfit_predictions.csv"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "model.json").read_text())
+    site = meta["adaptation"]["site"]
+    assert site["n_images"] == 2 * PER_CLASS + 2 and site["n_patients"] == 2 * PER_CLASS + 1
+    assert site["by_label"]["NORMAL"] + site["by_label"]["PNEUMONIA"] == site["n_images"]
+    assert site["patients_given"] is True
+    assert meta["adaptation"]["source_model"]["model_id"] == Predictor(None).model_id
+    assert meta["threshold"] == pytest.approx(record["operating_point"]["threshold"])
+    assert meta["threshold_policy"] == TINY.threshold_policy and meta["mode"] == "adapted"
+    assert meta["ood"]["n_train"] == 24 + site["n_images"]  # rehearsal pool + the site
+    predictor = Predictor(out, backend="torch")
+    assert predictor.ood is not None and predictor.threshold == meta["threshold"]
+    lo, hi = record["local"]["after"]["sensitivity_exact_ci"]
+    assert 0.0 <= lo <= record["local"]["after"]["metrics"]["sensitivity"] <= hi <= 1.0
+    assert record["source_site"]["n"] > 0 and record["rehearsal"]["used"] is True
+
+
+def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    out = adapted["out"]
+    assert main(["model-card", "--model", str(out)]) == 0
+    card = capsys.readouterr().out
+    assert "Adapted from" in card and "cross-fitted" in card and "26 images" in card
+    assert main(["evaluate", "--model", str(out), "--data", str(site_csv), "--out", str(tmp_path / "v"),
+                 "--no-analysis", "--bootstrap", "20"]) == 0
+    result = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert result["threshold"] == pytest.approx(json.loads((out / "model.json").read_text())["threshold"])
+
+
+def test_without_patient_ids_each_image_is_its_own_patient_and_the_card_says_so(site_csv: Path, tmp_path: Path) -> None:
+    from pneumo.adapt.report import patients_line
+    from pneumo.adapt.sources import load_site
+    from pneumo.infer.predictor import Predictor
+
+    plain = tmp_path / "plain.csv"
+    pd.read_csv(site_csv)[["path", "label"]].to_csv(plain, index=False)
+    site = load_site(plain, Predictor(None))
+    assert not site.patients_given and site.table["patient_id"].nunique() == len(site.table)
+    assert "its own patient" in patients_line(site.counts())
+    assert "from the CSV" in patients_line(load_site(site_csv, Predictor(None)).counts())
+
+
+def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    few = tmp_path / "few.csv"
+    pd.read_csv(site_csv).groupby("label").head(4).to_csv(few, index=False)
+    assert main(["adapt", "--data", str(few), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at least 10 of each" in err[0]
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x.txt").write_text("keep me")
+    assert main(["adapt", "--data", str(site_csv), "--out", str(used)]) == 2
+    assert "not empty" in capsys.readouterr().err and (used / "x.txt").read_text() == "keep me"
+    assert main(["adapt", "--data", str(site_csv), "--out", str(tmp_path / "b"), "--threshold-policy", "best"]) == 2
+    assert "threshold policy" in capsys.readouterr().err
+
+
+def test_exact_interval_is_never_zero_width() -> None:
+    lo, hi = exact_interval(8, 8)
+    assert hi == 1.0 and lo == pytest.approx(0.6306, abs=1e-4)  # 0.025 ** (1 / 8)
+    lo, hi = exact_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.3085, abs=1e-4)
+    assert all(np.isnan(exact_interval(0, 0)))
+
+
+def test_policy_warning_follows_the_rule_of_three() -> None:
+    assert policy_warning("sensitivity:0.95", 59, 200) is not None  # needs 3 / 0.05 = 60 positives
+    assert policy_warning("sensitivity:0.95", 60, 200) is None
+    assert policy_warning("youden", 100, 12) is not None and policy_warning("youden", 40, 40) is None
+    with pytest.raises(ConfigError):
+        policy_warning("best", 10, 10)
+
+
+def test_patient_folds_keep_patients_whole_and_both_classes_in_training() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), rng.integers(1, 4, 40))
+    y = (groups % 3 == 0).astype(int)
+    folds = patient_folds(y, groups, 4, seed=1)
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held) == list(range(len(y)))  # every image held out exactly once
+    for train, test in folds:
+        assert not set(groups[train]) & set(groups[test]) and set(y[train]) == {0, 1}
+    with pytest.raises(Exception, match="lacks a class"):
+        patient_folds(np.r_[np.zeros(9, int), 1], np.arange(10), 2, seed=0)
