@@ -47,9 +47,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
+from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
 from pneumo.data.decode import MAX_BYTES, check_radiograph, load_image
 from pneumo.errors import DataError, InputError, PneumoError
 from pneumo.infer.batch import expand_inputs
@@ -244,29 +244,6 @@ def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, 
 
 
 # --- the comparison ---------------------------------------------------------------------------------------------------
-
-
-def share_test(k: int, n: int, p0: float, alternative: str) -> float:
-    """p-value of a binomial test of k successes in n against p0."""
-    return float(stats.binomtest(k, n, min(max(p0, 1e-9), 1 - 1e-9), alternative=alternative).pvalue)
-
-
-def fisher_test(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") -> float:
-    """p-value of Fisher's exact test of k1/n1 against k2/n2."""
-    return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative).pvalue)
-
-
-def rank_test(site: np.ndarray, reference: np.ndarray, alternative: str) -> dict:
-    """Mann-Whitney U (site vs reference) with its effect A = U / (n_site n_ref) and the two-sample KS statistic."""
-    u = stats.mannwhitneyu(site, reference, alternative=alternative)
-    ks = stats.ks_2samp(site, reference)
-    return {"test": f"Mann-Whitney U, {alternative}", "p_value": float(u.pvalue),
-            "effect_a": float(u.statistic / (len(site) * len(reference))), "ks_d": float(ks.statistic),
-            "ks_p_value": float(ks.pvalue)}
-
-
-def cohen_h(p1: float, p2: float) -> float:
-    return float(2 * math.asin(math.sqrt(p1)) - 2 * math.asin(math.sqrt(p2)))
 
 
 def _pct(x: float) -> str:

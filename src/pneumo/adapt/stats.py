@@ -1,0 +1,31 @@
+"""Two-sample tests and effect sizes for comparing a site's image set with a reference (`pneumo.adapt.check`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def share_test(k: int, n: int, p0: float, alternative: str) -> float:
+    """p-value of a binomial test of k successes in n against p0."""
+    return float(stats.binomtest(k, n, min(max(p0, 1e-9), 1 - 1e-9), alternative=alternative).pvalue)
+
+
+def fisher_test(k1: int, n1: int, k2: int, n2: int, alternative: str = "two-sided") -> float:
+    """p-value of Fisher's exact test of k1/n1 against k2/n2."""
+    return float(stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]], alternative=alternative).pvalue)
+
+
+def rank_test(site: np.ndarray, reference: np.ndarray, alternative: str) -> dict:
+    """Mann-Whitney U (site vs reference) with its effect A = U / (n_site n_ref) and the two-sample KS statistic."""
+    u = stats.mannwhitneyu(site, reference, alternative=alternative)
+    ks = stats.ks_2samp(site, reference)
+    return {"test": f"Mann-Whitney U, {alternative}", "p_value": float(u.pvalue),
+            "effect_a": float(u.statistic / (len(site) * len(reference))), "ks_d": float(ks.statistic),
+            "ks_p_value": float(ks.pvalue)}
+
+
+def cohen_h(p1: float, p2: float) -> float:
+    return float(2 * math.asin(math.sqrt(p1)) - 2 * math.asin(math.sqrt(p2)))
