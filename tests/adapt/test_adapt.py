@@ -118,8 +118,14 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     assert "Adapted from" in card and "cross-fitted" in card and "26 images" in card
     assert main(["evaluate", "--model", str(out), "--data", str(site_csv), "--out", str(tmp_path / "v"),
                  "--no-analysis", "--bootstrap", "20"]) == 0
+    threshold = json.loads((out / "model.json").read_text())["threshold"]
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
-    assert result["threshold"] == pytest.approx(json.loads((out / "model.json").read_text())["threshold"])
+    assert result["threshold"] == pytest.approx(threshold)
+    image = pd.read_csv(site_csv)["path"].iloc[0]
+    assert main(["predict", image, "--model", str(out), "--backend", "torch", "--output", str(tmp_path / "p.csv")]) == 0
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert row["threshold"] == pytest.approx(threshold, abs=1e-5)
+    assert row["label"] == ("PNEUMONIA" if row["p_pneumonia"] >= threshold else "NORMAL")
 
 
 def test_without_patient_ids_each_image_is_its_own_patient_and_the_card_says_so(site_csv: Path, tmp_path: Path) -> None:

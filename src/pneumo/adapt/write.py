@@ -21,6 +21,7 @@ from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.probe import extract_features
 
 log = logging.getLogger(__name__)
+OOD_POOL = 600  # source training images the refitted OOD statistics use (a seeded draw of the rehearsal pool)
 # sidecar fields that describe the source model's files or its own evaluation: not the adapted model's
 NOT_INHERITED = ("sha256", "weights_file", "dtype", "created", "ood", "metrics", "training", "config",
                  "operating_point", "model_card", "commit", "adaptation")
@@ -53,8 +54,8 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
 
 def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: SourceImages,
               device: torch.device) -> dict:
-    """OOD statistics of the adapted model: class means and covariance over the source rehearsal pool and the site's
-    images; the flag threshold = the 99.5th percentile over the source val images and the site's images. Without the
+    """OOD statistics of the adapted model: class means and covariance over `OOD_POOL` images of the source rehearsal
+    pool and the site's images; the flag threshold = the 99.5th percentile over the source val images and the site's images. Without the
     source dataset, the site's images alone (recorded)."""
     def features(x: np.ndarray) -> np.ndarray:
         return extract_features(model, x, batch_size=64, device=device, amp=False, desc="ood features")
@@ -62,8 +63,10 @@ def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: S
     f_site = features(site.x)
     y_site = site.y
     if source.available:
-        f_train = np.concatenate([features(source.pool_x), f_site])
-        y_train = np.concatenate([source.pool_y, y_site])
+        keep = np.sort(np.random.default_rng(0).choice(len(source.pool_x), min(OOD_POOL, len(source.pool_x)),
+                                                        replace=False))
+        f_train = np.concatenate([features(source.pool_x[keep]), f_site])
+        y_train = np.concatenate([source.pool_y[keep], y_site])
         f_val = np.concatenate([features(source.val_x), f_site]) if source.val_x is not None else f_site
         basis = "source train-fold sample + site images; threshold over source val + site images"
     else:
