@@ -165,6 +165,11 @@ def test_a_run_config_with_the_study_options_still_loads_with_one_line_warnings(
     assert {m.split()[2] for m in warned} == expected and all("\n" not in m for m in warned)
     with pytest.raises(ConfigError, match="unknown config key train.mixup_alpha"):  # a typo is still an error
         load_config("default", ["train.mixup_alpha=0.2"])
+    assert load_config("default", ["train.mixup=0"]).train == load_config("default").train  # its old default: fine
+    for asked in ("train.mixup=0.2", "train.teachers=runs/a", "train.channels_last=false", "eval.val_view=original"):
+        with pytest.raises(ConfigError, match="left the product with the study") as info:  # a new run asks for it
+            load_config("default", [asked])
+        assert "\n" not in str(info.value)
 
 
 def test_serve_limits_are_checked_by_serve_config() -> None:

@@ -32,8 +32,9 @@ REMOVED_DEFAULTS: dict[str, Any] = {
     "data.train_sources": "all", "eval.val_view": "all", "train.label_smoothing": 0.0, "train.mixup": 0.0,
     "train.ema": 0.0, "train.teachers": [], "train.distill_weight": 0.5, "train.distill_temperature": 2.0,
     "train.channels_last": True, "train.depthwise_fp32": False}
-REMOVED_KEYS.update({key: f"a study option, off in the product (as {key}={value!r}); BENCHMARKS.md records the "
-                          "commit that ran it" for key, value in REMOVED_DEFAULTS.items()})
+REMOVED_KEYS.update({key: f"a study option that left the product (which runs as its default {value!r} did); "
+                          "BENCHMARKS.md records the commit that ran it" for key, value in REMOVED_DEFAULTS.items()})
+
 
 @dataclass
 class DataConfig:
@@ -357,11 +358,15 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict."""
+    """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict. Asking for a removed study option
+    other than its old default is an error (a stored config that holds one loads with a warning instead)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         dotted, raw = item.split("=", 1)
+        if dotted.strip() in REMOVED_DEFAULTS and _parse_value(raw) != REMOVED_DEFAULTS[dotted.strip()]:
+            raise ConfigError(f"{dotted.strip()} left the product with the study: run it from the commit BENCHMARKS.md "
+                              "records for its row")
         node = values
         parts = dotted.strip().split(".")
         for part in parts[:-1]:
