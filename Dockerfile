@@ -1,7 +1,7 @@
 # pneumo web service, CPU only.
 #   docker build -t pneumo .
 #   docker run --rm -p 8000:8000 pneumo                          # the shipped default model
-#   docker run --rm -p 8000:8000 -v "$PWD/runs/best:/model:ro" -e PNEUMO_API_KEY=change-me \
+#   docker run --rm -p 8000:8000 -v "$PWD/runs/default:/model:ro" -e PNEUMO_API_KEY=change-me \
 #       pneumo pneumo serve --host 0.0.0.0 --model /model         # your own run, with an API key
 # Then open http://localhost:8000/ (the page) or http://localhost:8000/docs (the API).
 # Build arguments: BASE_IMAGE (any image with Python 3.11 and its venv module), TORCH_INDEX_URL (where the torch

@@ -8,6 +8,10 @@ Ensemble rows (ENSEMBLES) average the probabilities of member rows' runs of the 
 
 A "seed" is the split seed and the training seed together: a new patient-grouped val fold each time, so the spread
 includes how much the validation-chosen threshold moves. Writes bench/out/accuracy.json and a markdown table.
+
+Rows of options that left the product (eval.val_view, data.train_sources, label smoothing, mixup, EMA, distillation,
+train.depthwise_fp32: lite0-probe-valorig, -origtrain, lite0-partial-markers-ls, -mixup, -ema, -distill, -dwfp32,
+lite0-finetune-ls) run from the commits BENCHMARKS.md records for them.
 """
 
 from __future__ import annotations
@@ -33,44 +37,33 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "lite0-probe-clahe": ("lite0-probe", ["data.intensity=clahe"]),
     "lite0-probe-standardize": ("lite0-probe", ["data.intensity=standardize"]),
     "lite0-probe-letterbox": ("lite0-probe", ["data.resize_policy=letterbox"]),
-    "lite0-probe-valorig": ("lite0-probe", ["eval.val_view=original"]),
     "lite0-probe-320": ("lite0-probe", ["data.image_size=320"]),
-    "lite0-probe-origtrain": ("lite0-probe", ["data.train_sources=original"]),
     "lite0-probe-tta": ("lite0-probe", ["eval.tta=true"]),
     "lite1-probe": ("lite1-probe", []),
     "lite2-probe": ("lite2-probe", []),
     "lite0-probe-3class": ("lite0-probe", ["data.task=3class"]),
     "scratch-cnn": ("scratch-cnn", []),
     "scratch-cnn-3class": ("scratch-cnn", ["data.task=3class"]),
-    "lite0-partial": ("lite0-partial", []),  # = the `best` preset
+    "lite0-partial": ("lite0-partial", []),
     "lite0-partial-markers": ("lite0-partial", ["data.markers=inpaint"]),  # markers and text in-painted
     "lite0-partial-markers-3class": ("lite0-partial", ["data.markers=inpaint", "data.task=3class"]),
     "lite0-partial-markers-erase": ("lite0-partial", ["data.markers=inpaint", "train.augment.erase=0.25"]),
     # fifth round (one seed each unless a row wins): the same configuration, other training seeds on the same split
-    # (members of a seed ensemble), label smoothing, a larger input
+    # (members of a seed ensemble), a larger input
     "lite0-partial-markers-t1": ("lite0-partial", ["data.markers=inpaint"]),
     "lite0-partial-markers-t2": ("lite0-partial", ["data.markers=inpaint"]),
-    "lite0-partial-markers-ls": ("lite0-partial", ["data.markers=inpaint", "train.label_smoothing=0.1"]),
     "lite0-partial-markers-256": ("lite0-partial", ["data.markers=inpaint", "data.image_size=256"]),
     "lite0-partial-markers-border10": ("lite0-partial", ["data.markers=inpaint", "data.crop=border:0.1"]),
     "lite0-partial-markers-lungs": ("lite0-partial", ["data.markers=inpaint", "data.crop=lungs"]),
-    "lite0-partial-markers-mixup": ("lite0-partial", ["data.markers=inpaint", "train.mixup=0.2"]),
-    "lite0-partial-markers-ema": ("lite0-partial", ["data.markers=inpaint", "train.ema=0.995"]),
     "lite0-partial-markers-strongaug": ("lite0-partial", ["data.markers=inpaint", "train.augment.rotate_deg=15",
                                                           "train.augment.scale=0.2", "train.augment.translate=0.1",
                                                           "train.augment.brightness=0.3", "train.augment.contrast=0.3",
                                                           "train.augment.gamma=0.3", "train.augment.blur=1.5",
                                                           "train.augment.noise=0.05"]),
-    # distilled from the seed ensemble's members of the same split (TEACHERS), default configuration otherwise
-    "lite0-partial-markers-distill": ("lite0-partial", ["data.markers=inpaint", "train.distill_weight=0.5",
-                                                        "train.distill_temperature=2"]),
     "lite0-partial-markers-320": ("lite0-partial", ["data.markers=inpaint", "data.image_size=320"]),
-    # eighth round: the default configuration with the trainable 5x5 / stride-2 depthwise convolutions in fp32
-    "lite0-partial-markers-dwfp32": ("lite0-partial", ["data.markers=inpaint", "train.depthwise_fp32=true"]),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-markers-e8": ("lite0-finetune", ["data.markers=inpaint", "train.epochs=8"]),  # the issue's 8 epochs
     "lite0-finetune-3class": ("lite0-finetune", ["data.task=3class"]),
-    "lite0-finetune-ls": ("lite0-finetune", ["train.label_smoothing=0.1"]),
     "lite0-finetune-focal": ("lite0-finetune", ["train.loss=focal"]),
     "lite0-finetune-strongaug": ("lite0-finetune", ["train.augment.rotate_deg=15", "train.augment.scale=0.2",
                                                      "train.augment.translate=0.1", "train.augment.brightness=0.3",
@@ -78,11 +71,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 }
 # rows trained with another training seed on the same split: train.seed = seed + offset (the split seed stays `seed`)
 TRAIN_SEED_OFFSET: dict[str, int] = {"lite0-partial-markers-t1": 100, "lite0-partial-markers-t2": 200}
-# name -> rows whose runs of the same split seed are the teachers (train.teachers)
-TEACHERS: dict[str, list[str]] = {
-    "lite0-partial-markers-distill": ["lite0-partial-markers", "lite0-partial-markers-t1", "lite0-partial-markers-t2"],
-}
-# name -> member rows: the mean probability of runs of the same split seed (`pneumo evaluate RUN RUN --out DIR`)
+# name -> member rows: the mean probability of runs of the same split seed (`pneumo evaluate --model RUN --model RUN --out DIR`)
 ENSEMBLES: dict[str, list[str]] = {
     "ens-lite012-probe": ["lite0-probe", "lite1-probe", "lite2-probe"],  # = the `ens-lite-probes` preset
     "ens-lite0-probe-views": ["lite0-probe", "lite0-probe-letterbox", "lite0-probe-clahe"],
@@ -97,14 +86,9 @@ def run_row(name: str, data: str, seeds: list[int], out_dir: Path, extra: list[s
     preset, overrides = ROWS[name]
     per_seed = []
     for seed in seeds:
-        teachers = [str(out_dir / f"{row}-s{seed}") for row in TEACHERS.get(name, [])]
-        for row, run_dir in zip(TEACHERS.get(name, []), teachers):
-            if not (Path(run_dir) / "metrics.json").is_file():
-                run_row(row, data, [seed], out_dir, extra)
-        distill = [f"train.teachers={','.join(teachers)}"] if teachers else []
         cfg = load_config(preset, [f"data.root={data}", f"out_dir={out_dir}", f"name={name}-s{seed}",
                                    f"train.seed={seed + TRAIN_SEED_OFFSET.get(name, 0)}", f"data.split_seed={seed}",
-                                   *overrides, *distill, *extra])
+                                   *overrides, *extra])
         start = time.perf_counter()
         run_dir = train(cfg, force=True)
         per_seed.append(_row(seed, evaluate_run(run_dir, analysis=False), time.perf_counter() - start))

@@ -1,4 +1,4 @@
-"""Cache build time for the whole dataset (issue: <= 60 s on the 2-core machine) and the compact export size.
+"""Cache build time for the whole dataset (issue: <= 60 s on the 2-core machine).
 
     python bench/bench_cache.py --data ../shared/data/chest_xray [--size 224] [--policy squash]
 """
@@ -24,7 +24,6 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--policy", default="squash")
-    parser.add_argument("--export", action="store_true", help="also time/size the compact JPEG export")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     try:
@@ -40,13 +39,6 @@ def main() -> None:
         result = {"images": len(df), "size": args.size, "policy": args.policy, "scan_s": round(scan_s, 2),
                   "build_s": round(build_s, 2), "reopen_s": round(reopen_s, 4),
                   "cache_mb": round(cache.file.stat().st_size / 1e6, 1)}
-        if args.export:
-            from pneumo.data.export import export_compact
-
-            start = time.perf_counter()
-            out = export_compact(df, args.data, tmp / "compact", size=args.size)
-            result["export_s"] = round(time.perf_counter() - start, 1)
-            result["export_mb"] = round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6, 1)
         record(f"cache-{args.size}-{args.policy}", result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,11 +10,11 @@ epoch from metrics.csv (training steps only: no start-up, cache, warm-up or vali
 processes (gloo), so N processes never get more CPU than one.
 
 Several nodes (not run by this script): start the same command on every node, with the rendezvous on one of them,
-the dataset at the same path everywhere and ``--out-dir`` on a shared file system (rank 0 writes the run folder;
+the dataset at the same path everywhere and ``--out`` on a shared file system (rank 0 writes the run folder;
 every rank reads ``last.*`` on ``--resume``):
 
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=node0:29500 --rdzv-id=pneumo-1 \\
-        -m pneumo train --preset lite0-finetune --data /data/chest_xray --out-dir /shared/runs --name lite0-ddp
+        -m pneumo train --preset lite0-finetune --dataset /data/chest_xray --out /shared/runs --name lite0-ddp
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def train_command(args: argparse.Namespace, processes: int, out_dir: Path) -> li
                f"train.max_steps_per_epoch={args.steps}", "train.patience=99"]
     if args.limit_per_class:
         options.append(f"data.limit_per_class={args.limit_per_class}")
-    return [*launcher, "-m", "pneumo", "train", "--preset", "lite0-probe", "--model", args.model, "--mode", args.mode,
-            "--data", args.data, "--out", str(out_dir), "--name", f"ddp-{processes}", "--device", args.device,
+    return [*launcher, "-m", "pneumo", "train", "--preset", "lite0-probe", "--arch", args.model, "--mode", args.mode,
+            "--dataset", args.data, "--out", str(out_dir), "--name", f"ddp-{processes}", "--device", args.device,
             "--no-eval", *[arg for option in options for arg in ("--set", option)]]
 
 

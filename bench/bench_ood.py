@@ -2,7 +2,7 @@
 
     python bench/bench_ood.py --data ../shared/data/chest_xray [--model RUN] [--backend auto]
 
-Three folders go through the path `pneumo predict` uses (`infer.batch.predict_files`: decode, preprocess, model,
+Three folders go through the path `pneumo predict` uses (`infer.batch.predict_file_results`: decode, preprocess, model,
 OOD score): the 624 official test X-rays; scikit-image's sample images that are photographs, micrographs, scans of
 text or drawings (every `skimage.data` image that loads without a download; `cat` is the same picture as `chelsea`
 and is left out), saved as PNG or JPEG into a temporary folder; and generated images (noise, gradients, stripes,
@@ -23,7 +23,7 @@ import numpy as np
 from common import record
 from PIL import Image
 
-from pneumo.infer.batch import predict_files
+from pneumo.infer.batch import predict_file_results
 from pneumo.infer.predictor import Predictor, resolve_model
 
 PHOTOS = ("astronaut", "brick", "camera", "cell", "checkerboard", "chelsea", "clock", "coffee", "coins", "colorwheel",
@@ -69,7 +69,8 @@ def generated() -> dict[str, np.ndarray]:
 
 def score_folder(predictor: Predictor, files: list[Path]) -> dict:
     rows = []
-    for path, result, error in predict_files(predictor, files, batch_size=32):
+    for item in predict_file_results(predictor, files, batch_size=32):
+        path, result, error = item.path, item.prediction, item.error
         rows.append({"file": path.name, "ood_score": None if result is None else result.ood_score,
                      "ood": None if result is None else result.ood, "label": None if result is None else result.label,
                      "refused": error})

@@ -27,7 +27,7 @@ from PIL import Image
 from torchvision import transforms
 
 from pneumo.data.decode import load_image_file
-from pneumo.infer.batch import predict_files
+from pneumo.infer.batch import predict_file_results
 from pneumo.infer.predictor import Predictor, resolve_model
 
 
@@ -61,9 +61,9 @@ def main() -> None:
         warm_load_s = time.perf_counter() - start
         throughput = {}
         for name, p in (("auto", default), ("torch", Predictor(args.model, backend="torch"))):
-            list(predict_files(p, files[:32]))  # warm-up
+            list(predict_file_results(p, files[:32]))  # warm-up
             start = time.perf_counter()
-            n_ok = sum(r is not None for _, r, _ in predict_files(p, files, batch_size=32))
+            n_ok = sum(r.prediction is not None for r in predict_file_results(p, files, batch_size=32))
             throughput[name] = time.perf_counter() - start
     predictor = Predictor(args.model, backend="torch")
     naive_s = naive(predictor, files)

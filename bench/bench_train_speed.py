@@ -5,9 +5,10 @@
 Each mode builds the real model (`pneumo.train.run.build_model` of the preset, laid out by
 `pneumo.train.run.training_layout`) and times the real optimizer step (`pneumo.train.loop.train_step`) on random
 uint8 images: the pixel values do not change the arithmetic. Paths per mode (PATHS): fp32 contiguous
-(``train.amp=false train.channels_last=false``, the code before the fast path), fp32 channels-last (the default on
+(``train.amp=false`` laid out contiguous, the code before the fast path), fp32 channels-last (the default on
 a CPU without native bf16), and, on a CPU with native bf16, bf16 everywhere (the default there) and bf16 with the
-slow-backward depthwise convolutions in fp32 (``train.depthwise_fp32=true``, an option). The first two steps of
+slow-backward depthwise convolutions in fp32 (`pneumo.models.runtime.depthwise_in_fp32`, what `pneumo adapt` does;
+the former ``train.depthwise_fp32`` study option). The first two steps of
 each path are warm-up and not timed. Features: the probe's path (traced fp32 graph) vs eager bf16.
 """
 
@@ -28,31 +29,34 @@ from pneumo.allocator import hold_freed_memory
 from pneumo.config import load_config
 from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
-from pneumo.models.runtime import autocast, cpu_has_bf16, memory_format
+from pneumo.models.runtime import autocast, cpu_has_bf16, depthwise_in_fp32, memory_format
 from pneumo.train.loop import Targets, make_loss, make_optimizer, train_step
 from pneumo.train.run import build_model, training_layout
 
 PRESETS = {"partial": "lite0-partial", "finetune": "lite0-finetune", "probe": "lite0-probe"}
 
 
-# name -> (overrides, needs native bf16); the first is the baseline the speed-ups are relative to
-PATHS: dict[str, tuple[list[str], bool]] = {
-    "fp32_contiguous": (["train.amp=false", "train.channels_last=false"], False),
-    "fp32": (["train.amp=false"], False),
-    "bf16": ([], True),
-    "depthwise_fp32": (["train.depthwise_fp32=true"], True),
+# name -> (overrides, needs native bf16, channels-last, depthwise convs in fp32); the first is the baseline the
+# speed-ups are relative to
+PATHS: dict[str, tuple[list[str], bool, bool, bool]] = {
+    "fp32_contiguous": (["train.amp=false"], False, False, False),
+    "fp32": (["train.amp=false"], False, True, False),
+    "bf16": ([], True, True, False),
+    "depthwise_fp32": ([], True, True, True),
 }
 
 
-def time_training(preset: str, overrides: list[str], *, size: int, batch: int, steps: int,
-                  compile: bool = False) -> float:
+def time_training(preset: str, overrides: list[str], *, size: int, batch: int, steps: int, channels_last: bool = True,
+                  depthwise_fp32: bool = False, compile: bool = False) -> float:
     """Training images/s of the real step; ``compile``: the model through ``torch.compile`` (inductor), its
     compilation inside the two untimed warm-up steps."""
     cfg = load_config(preset, [f"data.image_size={size}", f"train.batch_size={batch}", *overrides])
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = training_layout(build_model(cfg).to(device), cfg, device).train()
-    fmt = memory_format(device, cfg.train.channels_last)
+    fmt = memory_format(device, channels_last)
+    model = training_layout(build_model(cfg).to(device), cfg, device).to(memory_format=fmt).train()
+    if depthwise_fp32:
+        depthwise_in_fp32(model, device, cfg.train.amp)
     step_model = torch.compile(model) if compile else model
     y = torch.randint(0, 2, (batch,))
     optimizer, scheduler = make_optimizer(model, cfg.train, steps + 2)
@@ -106,8 +110,9 @@ def main() -> None:
     held = False if args.release_memory else hold_freed_memory()
     rows = {}
     for mode in args.modes.split(","):
-        timed = {name: time_training(PRESETS[mode], overrides, size=args.size, batch=args.batch, steps=args.steps)
-                 for name, (overrides, bf16) in PATHS.items() if cpu_has_bf16() or not bf16}
+        timed = {name: time_training(PRESETS[mode], overrides, size=args.size, batch=args.batch, steps=args.steps,
+                                     channels_last=layout, depthwise_fp32=depthwise)
+                 for name, (overrides, bf16, layout, depthwise) in PATHS.items() if cpu_has_bf16() or not bf16}
         base = next(iter(timed.values()))
         rows[mode] = {**{f"{name}_img_s": round(v, 2) for name, v in timed.items()},
                       **{f"{name}_speedup": round(v / base, 2) for name, v in list(timed.items())[1:]}}

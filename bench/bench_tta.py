@@ -32,7 +32,7 @@ def logits(predictor: Predictor, x: np.ndarray, flip: bool) -> np.ndarray:
 
 def compare(y: np.ndarray, plain: np.ndarray, tta: np.ndarray, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    out = {"n": int(len(y)), "auc": [roc_auc_score(y, p_pneumonia(z)) for z in (plain, tta)],
+    out = {"n": len(y), "auc": [roc_auc_score(y, p_pneumonia(z)) for z in (plain, tta)],
            "nll": [nll(z, y) for z in (plain, tta)],
            "median_p_normal": [float(np.median(p_pneumonia(z)[y == 0])) for z in (plain, tta)]}
     deltas = []

@@ -38,7 +38,8 @@ def test_every_preset_loads_and_validates() -> None:
     from pneumo.config import PRESET_DIR, member_configs
 
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-    assert {"default", "best", "lite0-finetune", "lite0-partial", "scratch-cnn"} <= set(presets)
+    assert {"default", "lite0-finetune", "lite0-partial", "scratch-cnn"} <= set(presets)
+    assert "best" not in presets  # it was the same configuration as default
     for preset in presets:
         cfg = load_config(preset)
         for member in member_configs(cfg, []) if cfg.members else [cfg]:
@@ -46,7 +47,7 @@ def test_every_preset_loads_and_validates() -> None:
         assert cfg.name == preset
 
 
-def test_the_ensemble_preset_lists_the_three_lite_probes_and_best_equals_lite0_partial() -> None:
+def test_the_ensemble_preset_lists_the_three_lite_probes_and_default_is_lite0_partial_with_markers() -> None:
     from pneumo.config import member_configs, to_dict
 
     members = member_configs(load_config("ens-lite-probes"), ["data.split_seed=3"])
@@ -54,13 +55,11 @@ def test_the_ensemble_preset_lists_the_three_lite_probes_and_best_equals_lite0_p
     assert [m.name for m in members] == ["ens-lite-probes-lite0-probe", "ens-lite-probes-lite1-probe",
                                          "ens-lite-probes-lite2-probe"]
     assert {m.model.mode for m in members} == {"probe"} and {m.data.split_seed for m in members} == {3}
-    best, partial = to_dict(load_config("best")), to_dict(load_config("lite0-partial"))
-    assert best["eval"]["threshold_policy"] == "sensitivity:0.95"  # the shipped operating point
-    assert best["data"]["markers"] == "inpaint"  # the study's lite0-partial-markers row
-    best["data"]["markers"] = partial["data"]["markers"]
-    assert {**best, "name": "", "eval": {}} == {**partial, "name": "", "eval": {}}
-    default = to_dict(load_config("default"))  # the fourth round: default = best (the rule's pick, <= 15 min)
-    assert {**default, "name": ""} == {**to_dict(load_config("best")), "name": ""}
+    default, partial = to_dict(load_config("default")), to_dict(load_config("lite0-partial"))
+    assert default["eval"]["threshold_policy"] == "sensitivity:0.95"  # the shipped operating point
+    assert default["data"]["markers"] == "inpaint"  # the study's lite0-partial-markers row (the rule's pick)
+    default["data"]["markers"] = partial["data"]["markers"]
+    assert {**default, "name": "", "eval": {}} == {**partial, "name": "", "eval": {}}
     probe = to_dict(load_config("lite0-probe"))  # the previous default, kept for quick runs and the study's rows
     assert probe["model"]["mode"] == "probe" and probe["eval"]["threshold_policy"] == "sensitivity:0.95"
 
@@ -80,8 +79,8 @@ def test_set_values_are_converted_by_the_field_type() -> None:
     assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 3 and cfg.name == "123" and cfg.data.limit_per_class is None
     assert cfg.train.amp is False and cfg.train.max_steps_per_epoch == 5 and cfg.data.val_fraction == 0.2
-    assert load_config("default", ["members=default,best"]).members == ["default", "best"]  # lists: a,b or [a, b]
-    assert load_config("default", ["members=[default, best]"]).members == ["default", "best"]
+    assert load_config("default", ["members=default,lite0-probe"]).members == ["default", "lite0-probe"]  # a,b
+    assert load_config("default", ["members=[default, lite0-probe]"]).members == ["default", "lite0-probe"]
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -96,7 +95,7 @@ def test_set_values_are_converted_by_the_field_type() -> None:
     ("eval.threshold_policy=foo", "threshold policy"),
     ("eval.threshold_policy=sensitivity:1.5", "threshold policy"),
     ("eval.tta=maybe", "eval.tta must be true or false"),
-    ("train.label_smoothing=1", "train.label_smoothing must be"),
+    ("train.augment.erase=2", "train.augment.erase must be"),
 ])
 def test_bad_values_fail_in_one_place_with_one_line(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as info:
@@ -139,6 +138,40 @@ def test_removed_keys_are_gone_and_old_configs_still_load_with_a_warning(tmp_pat
         load_config("default", ["train.bogus=1"])
 
 
+STUDY_KEYS = {"data": {"train_sources": "all"}, "eval": {"val_view": "all"},
+              "train": {"mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0, "teachers": [], "distill_weight": 0.5,
+                        "distill_temperature": 2.0, "channels_last": True, "depthwise_fp32": False}}
+
+
+def test_a_run_config_with_the_study_options_still_loads_with_one_line_warnings(tmp_path, caplog) -> None:
+    import dataclasses
+
+    import yaml
+
+    from pneumo import config
+
+    for section, keys in STUDY_KEYS.items():  # gone from the typed config ...
+        cls = type(getattr(config.RunConfig(), section))
+        assert not set(keys) & {f.name for f in dataclasses.fields(cls)}, section
+    old = tmp_path / "config.yaml"  # ... as a run folder of the study wrote them (train.mixup: 0.0 etc.)
+    old.write_text(yaml.safe_dump({"name": "old-study-run", **{s: {**k, "seed": 3} if s == "train" else k
+                                                               for s, k in STUDY_KEYS.items()}}))
+    config._WARNED.clear()
+    with caplog.at_level("WARNING", logger="pneumo.config"):
+        cfg = load_config(str(old))
+    assert cfg.name == "old-study-run" and cfg.train.seed == 3
+    warned = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
+    expected = {f"{s}.{k}" for s, keys in STUDY_KEYS.items() for k in keys}
+    assert {m.split()[2] for m in warned} == expected and all("\n" not in m for m in warned)
+    with pytest.raises(ConfigError, match="unknown config key train.mixup_alpha"):  # a typo is still an error
+        load_config("default", ["train.mixup_alpha=0.2"])
+    assert load_config("default", ["train.mixup=0"]).train == load_config("default").train  # its old default: fine
+    for asked in ("train.mixup=0.2", "train.teachers=runs/a", "train.channels_last=false", "eval.val_view=original"):
+        with pytest.raises(ConfigError, match="left the product with the study") as info:  # a new run asks for it
+            load_config("default", [asked])
+        assert "\n" not in str(info.value)
+
+
 def test_serve_limits_are_checked_by_serve_config() -> None:
     from pneumo.config import ServeConfig
 
@@ -165,40 +198,78 @@ def test_defaults_are_shown_and_data_help_lists_the_real_actions(capsys: pytest.
     with pytest.raises(SystemExit):
         main(["data", "--help"])
     out = capsys.readouterr().out
-    for action in ("scan", "split", "cache", "report", "download", "export"):
+    for action in ("scan", "split", "cache", "report", "download"):
         assert f"    {action} " in out
-    assert "manifest," not in out
-    for action in ("scan", "split", "cache", "report", "download", "export"):
+    assert "manifest," not in out and "export" not in out
+    for action in ("scan", "split", "cache", "report", "download"):
         with pytest.raises(SystemExit):
             main(["data", action, "--help"])
         assert f"pneumo data {action}" in capsys.readouterr().out.split("examples:", 1)[1]
 
 
-def test_model_is_a_flag_everywhere_and_out_is_a_folder(capsys: pytest.CaptureFixture) -> None:
+def _flags(*path: str) -> set[str]:
+    """The option strings of the (sub)command ``path``, e.g. ("data", "scan")."""
+    import argparse
+
     from pneumo.cli import build_parser
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
-    for name in ("evaluate", "operating-point", "explain", "predict", "export", "serve", "model-card"):
-        flags = {s for a in sub.choices[name]._actions for s in a.option_strings}
-        assert "--model" in flags, name
-    assert "--output" in {s for a in sub.choices["predict"]._actions for s in a.option_strings}
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return {s for a in parser._actions for s in a.option_strings}
 
 
-def test_deprecated_spellings_warn_and_still_work(tiny_model, tmp_path, capsys: pytest.CaptureFixture) -> None:
-    xray = tmp_path / "x.png"
-    import numpy as np
-    from PIL import Image
+def test_one_vocabulary_model_arch_dataset_data_and_threshold_policy() -> None:
+    for name in ("evaluate", "operating-point", "explain", "predict", "export", "serve", "model-card", "adapt"):
+        assert "--model" in _flags(name), name  # always a trained model
+    assert "--model" in _flags("ood", "fit") and "--model" in _flags("site", "check")
+    train = _flags("train")
+    assert "--arch" in train and "--model" not in train  # an architecture is not a model
+    training_dataset = [("train",), ("evaluate",), ("operating-point",), ("ood", "fit"), ("adapt",),
+                        ("site", "check"), *[("data", a) for a in ("scan", "split", "cache", "report")]]
+    for path in training_dataset:
+        assert "--dataset" in _flags(*path), path
+    for path in [("train",), ("ood", "fit"), *[("data", a) for a in ("scan", "split", "cache", "report")]]:
+        assert "--data" not in _flags(*path), path  # --data is labelled or input images, never the training set
+    for path in [("evaluate",), ("operating-point",), ("adapt",), ("site", "check")]:
+        assert "--data" in _flags(*path), path
+    for name in ("evaluate", "operating-point", "adapt"):
+        assert "--threshold-policy" in _flags(name) and "--policy" not in _flags(name), name
+    cache = _flags("data", "cache")
+    assert "--resize-policy" in cache and "--policy" not in cache
+    assert "--output" in _flags("predict") and "--out" not in _flags("predict")
 
-    Image.fromarray((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)).save(xray)
-    assert main(["predict", str(xray), "--model", str(tiny_model), "--backend", "torch", "--format", "jsonl",
-                 "--out", str(tmp_path / "p.jsonl")]) == 0
-    assert "--out is deprecated" in capsys.readouterr().err
-    row = json.loads((tmp_path / "p.jsonl").read_text())
-    assert row["label"] in ("NORMAL", "PNEUMONIA") and row["error"] is None  # JSON null, not ""
-    assert main(["export", str(tiny_model), "--out", str(tmp_path / "onnx")]) == 0
-    assert "positional MODEL is deprecated" in capsys.readouterr().err
-    assert (tmp_path / "onnx" / "model.onnx").is_file()
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "x.png", "--out", "p.csv"],  # --out is a folder; predict writes --output FILE
+    ["export", "runs/x"],  # a positional model
+    ["evaluate", "runs/x"],
+    ["ood", "fit", "runs/x"],
+    ["export", "--int8"],
+    ["train", "--out-dir", "runs"],
+    ["train", "--model", "resnet18"],  # the architecture is --arch
+    ["train", "--data", "chest_xray"],  # not even as an abbreviation of --dataset
+    ["ood", "fit", "--model", "m", "--data", "chest_xray"],
+    ["data", "scan", "--data", "chest_xray"],
+    ["data", "scan", "--out", "m.csv"],
+    ["data", "cache", "--policy", "letterbox"],
+    ["data", "export", "--out", "compact"],
+    ["operating-point", "--policy", "youden", "--out", "o"],
+    ["operating-point", "--threshold-policy", "youden", "--val", "v", "--out", "o"],
+])
+def test_old_spellings_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_export_takes_an_output_folder_only(tiny_model, tmp_path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "model.onnx").is_file() and (tmp_path / "onnx" / "model.json").is_file()
+    assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--out is a folder" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
 
 
 def test_predict_batch_size_zero_is_a_one_line_error(tiny_model, tmp_path, capsys: pytest.CaptureFixture) -> None:
@@ -219,7 +290,7 @@ def test_model_card_prints_the_shipped_card_and_a_runs_facts(tiny_model, capsys:
 
 
 def test_data_report_prints_its_progress(data_slice, tmp_path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["data", "report", "--data", str(data_slice), "--out", str(tmp_path / "report")]) == 0
+    assert main(["data", "report", "--dataset", str(data_slice), "--out", str(tmp_path / "report")]) == 0
     err = capsys.readouterr().err
     steps = [line for line in err.splitlines() if line.startswith("pneumo data report: [")]
     assert len(steps) >= 4 and "scanning" in steps[0] and "done" in steps[-1]

@@ -4,7 +4,7 @@
 
 Writes src/pneumo/assets/default-model.{safetensors,json,md}. The card's numbers come from the run's metrics.json.
 The out-of-distribution statistics are then refitted on the shipped (fp16) weights, exactly as
-`pneumo ood fit src/pneumo/assets/default-model.json` does (the dataset: --data, the run's config or $PNEUMO_DATA),
+`pneumo ood fit --model src/pneumo/assets/default-model.json` does (the dataset: --dataset, the run's config or $PNEUMO_DATA),
 into default-model.ood.safetensors.
 """
 
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--command", default="pneumo train --preset default")
     parser.add_argument("--dest", default=str(ASSETS / "default-model"))
-    parser.add_argument("--data", help="dataset for the OOD statistics (default: the run's config, else $PNEUMO_DATA)")
+    parser.add_argument("--dataset", help="dataset for the OOD statistics (default: the run's config, else $PNEUMO_DATA)")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -162,7 +162,7 @@ def main() -> None:
     save_checkpoint(dest, model, meta, half=True)
     dest.with_suffix(".md").write_text(md)
     print(f"shipped {dest}.safetensors ({dest.with_suffix('.safetensors').stat().st_size / 1e6:.1f} MB)")
-    entry = fit_ood_for(dest.with_suffix(".json"), data=args.data)
+    entry = fit_ood_for(dest.with_suffix(".json"), data=args.dataset)
     print(f"OOD statistics {entry['file']}: threshold {entry['threshold']:.3f} (val p{entry['percentile']:g})")
 
 

@@ -1,10 +1,9 @@
-"""The house style of every `pneumo` parser: defaults shown, an ``examples:`` epilog, deprecated spellings that still
-work for one release with a warning. (Core layer: commands and the CLI both use it.)"""
+"""The house style of every `pneumo` parser: defaults shown, an ``examples:`` epilog, one spelling per flag (no
+deprecated aliases before 1.0). (Core layer: commands and the CLI both use it.)"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -21,41 +20,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def subparser(sub, name: str, *, help: str, examples: str = "") -> argparse.ArgumentParser:
-    """A subcommand parser with the house formatter and an ``examples:`` epilog."""
+    """A subcommand parser with the house formatter and an ``examples:`` epilog. Flags match only as spelled: no
+    abbreviations, so a removed flag that is a prefix of another (``--data`` of ``--dataset``) fails instead of
+    silently meaning the other."""
     epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()) if examples else None
-    return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter)
-
-
-def deprecated(message: str) -> None:
-    """Warn once on stderr that a spelling is deprecated (still works for one release)."""
-    print(f"pneumo: warning: {message}", file=sys.stderr)
-
-
-class DeprecatedAlias(argparse.Action):
-    """``--old VALUE`` stores into the new option's dest and warns."""
-
-    def __init__(self, option_strings, dest, *, new: str, **kwargs) -> None:
-        self.new = new
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        deprecated(f"{option_string} is deprecated and will be removed in the next release: use {self.new}")
-        setattr(namespace, self.dest, values)
-
-
-def model_option(args: argparse.Namespace) -> str | None:
-    """``--model``, or the deprecated positional MODEL (with a warning) of the commands that used to take one."""
-    model = args.model
-    if getattr(args, "legacy_model", None):
-        deprecated("a positional MODEL is deprecated and will be removed in the next release: use --model MODEL")
-        model = model or args.legacy_model
-    return model
-
-
-def add_output_csv(parser: argparse.ArgumentParser, help: str) -> None:
-    """``--output CSV`` (and its deprecated spelling ``--out``)."""
-    parser.add_argument("--output", metavar="CSV", help=help)
-    parser.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output CSV")
+    return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter,
+                          allow_abbrev=False)
 
 
 def add_dataset_option(parser: argparse.ArgumentParser, purpose: str) -> None:

@@ -14,7 +14,7 @@ from pneumo.errors import PneumoError
 
 # name -> (module, one-line help); modules are imported only when their subcommand runs or builds its parser.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("pneumo.commands.data", "dataset: scan, split, cache, report, download, export"),
+    "data": ("pneumo.commands.data", "dataset: scan, split, cache, report, download"),
     "train": ("pneumo.commands.train", "train a model from a preset (+ overrides), then evaluate it"),
     "evaluate": ("pneumo.commands.evaluate", ("evaluate a model: the official test split, or any labelled folder "
                                               "(external validation)")),
@@ -34,8 +34,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 # glibc would hand it back and the kernel zero-fill it again for every batch. `train` follows `train.hold_memory`;
 # `serve`, a long-lived process, gives memory back.
 HOLD_MEMORY = ("evaluate", "operating-point", "explain", "predict", "export", "ood", "site", "adapt")
-# Flag conventions: --model is the model everywhere (run folder, checkpoint, ensemble folder; default: the shipped
-# model); --out is an output FOLDER everywhere; --output is an output FILE; --data is input images/data.
+# Flag conventions: --model is a trained model everywhere (run folder, checkpoint, ensemble folder; default: the
+# shipped model), --arch an architecture (train); --dataset the training dataset (folder or zip); --data labelled or
+# input images (a folder or CSV); --threshold-policy a threshold policy; --out an output FOLDER; --output a FILE.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  pneumo evaluate --data hospital_xrays/ --out validation   # the shipped model on your labelled images\n"
         "  pneumo COMMAND --help",
         formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"pneumo {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -22,10 +22,18 @@ TASKS = ("binary", "3class")
 RESIZE_POLICIES = ("squash", "letterbox")
 TRANSFER_MODES = ("probe", "partial", "finetune", "scratch")
 INTENSITIES = ("none", "equalize", "clahe", "standardize")
-TRAIN_SOURCES = ("all", "original")
 # Keys that older configs (and the run folders written with them) still hold; they load with a warning.
 REMOVED_KEYS = {"train.num_workers": "never read (data loading runs in the main process)",
                 "train.probe_c": "never read (the probe's regularisation is chosen on the val fold)"}
+# Study options that left the product, with the value each had by default: the product behaves as that value did. A
+# run that set another value trained another configuration (`evaluate.select.config_key` keeps them apart); its row
+# stays reproducible from the commit BENCHMARKS.md records.
+REMOVED_DEFAULTS: dict[str, Any] = {
+    "data.train_sources": "all", "eval.val_view": "all", "train.label_smoothing": 0.0, "train.mixup": 0.0,
+    "train.ema": 0.0, "train.teachers": [], "train.distill_weight": 0.5, "train.distill_temperature": 2.0,
+    "train.channels_last": True, "train.depthwise_fp32": False}
+REMOVED_KEYS.update({key: f"a study option that left the product (which runs as its default {value!r} did); "
+                          "BENCHMARKS.md records the commit that ran it" for key, value in REMOVED_DEFAULTS.items()})
 
 
 @dataclass
@@ -41,7 +49,6 @@ class DataConfig:
     split_seed: int = 0
     cache_dir: str | None = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
     limit_per_class: int | None = None  # take at most N images per split x subtype (tests, smoke runs)
-    train_sources: str = "all"  # all | original: train on original-resolution images only (what the test split holds)
 
 
 @dataclass
@@ -74,22 +81,12 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # mixup (Zhang et al. 2018): images and targets mixed with lambda ~ Beta(a, a); 0: off
-    ema: float = 0.0  # EMA of the weights (timm ModelEmaV3, warm-up): validated and saved instead of the raw weights
-    teachers: list[str] = field(default_factory=list)  # run folders: distil their mean probability on train images
-    distill_weight: float = 0.5  # share of the distillation term in the loss (with teachers)
-    distill_temperature: float = 2.0  # softening of teacher and student for the distillation term
     loss: str = "ce"  # ce | focal
     balance: str = "weights"  # weights | sampler | none
     patience: int = 4  # early stopping on val ROC-AUC
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
-    channels_last: bool = True  # on CUDA and the CPU (false: contiguous, the arithmetic before the fast path)
-    # with amp on the CPU: trainable 5x5 / stride-2 depthwise convs in fp32 (~30 % faster steps there); off by default:
-    # it missed the pre-declared accuracy-parity check on 1 of 3 seeds (BENCHMARKS.md, seventh round)
-    depthwise_fp32: bool = False
     hold_memory: bool = True  # keep freed memory in the process (glibc): no page faults for every step's activations
     max_steps_per_epoch: int | None = None  # for smoke tests
     checkpoint_every_steps: int = 0  # also save the resumable state every N optimizer steps (0: after each epoch)
@@ -99,7 +96,6 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     threshold_policy: str = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
-    val_view: str = "all"  # all | original: choose threshold/temperature on val images of original resolution only
     tta: bool = False  # average logits over the image and its horizontal flip
     n_bootstrap: int = 1000
     bootstrap_seed: int = 0
@@ -161,11 +157,9 @@ class RunConfig:
         _choice("data.intensity", d.intensity, INTENSITIES)
         _choice("data.markers", d.markers, ("none", "inpaint"))
         check_crop(d.crop, "data.crop")
-        _choice("data.train_sources", d.train_sources, TRAIN_SOURCES)
         _choice("model.mode", m.mode, TRANSFER_MODES)
         _choice("train.balance", t.balance, ("weights", "sampler", "none"))
         _choice("train.loss", t.loss, ("ce", "focal"))
-        _choice("eval.val_view", e.val_view, ("all", "original"))
         check_device(t.device)
         _range("data.val_fraction", d.val_fraction, low=0.0, high=0.5, low_open=True, high_open=True)
         _range("data.image_size", d.image_size, low=32)
@@ -178,7 +172,6 @@ class RunConfig:
         _range("train.lr", t.lr, low=0.0, low_open=True)
         _range("train.weight_decay", t.weight_decay, low=0.0)
         _range("train.warmup_epochs", t.warmup_epochs, low=0.0)
-        _range("train.label_smoothing", t.label_smoothing, low=0.0, high=1.0, high_open=True)
         _range("train.patience", t.patience, low=1)
         _range("train.checkpoint_every_steps", t.checkpoint_every_steps, low=0)
         if t.max_steps_per_epoch is not None:
@@ -188,16 +181,6 @@ class RunConfig:
         _range("train.augment.erase", t.augment.erase, low=0.0, high=1.0)
         _range("train.augment.blur", t.augment.blur, low=0.0, high=10.0)
         _range("train.augment.noise", t.augment.noise, low=0.0, high=0.5)
-        _range("train.mixup", t.mixup, low=0.0)
-        _range("train.ema", t.ema, low=0.0, high=1.0, high_open=True)
-        _range("train.distill_weight", t.distill_weight, low=0.0, high=1.0)
-        _range("train.distill_temperature", t.distill_temperature, low=0.0, low_open=True)
-        for teacher in t.teachers:
-            if not (Path(teacher) / "model.json").is_file():
-                raise ConfigError(f"train.teachers: {teacher} is not a trained run folder (no model.json)")
-        if t.teachers and m.mode == "probe":
-            raise ConfigError("train.teachers (distillation) needs a trained model: model.mode partial, finetune "
-                              "or scratch, not probe")
         _range("eval.n_bootstrap", e.n_bootstrap, low=0)
         _range("eval.ece_bins", e.ece_bins, low=1)
         check_policy(e.threshold_policy, "eval.threshold_policy")
@@ -375,11 +358,15 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict."""
+    """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict. Asking for a removed study option
+    other than its old default is an error (a stored config that holds one loads with a warning instead)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         dotted, raw = item.split("=", 1)
+        if dotted.strip() in REMOVED_DEFAULTS and _parse_value(raw) != REMOVED_DEFAULTS[dotted.strip()]:
+            raise ConfigError(f"{dotted.strip()} left the product with the study: run it from the commit BENCHMARKS.md "
+                              "records for its row")
         node = values
         parts = dotted.strip().split(".")
         for part in parts[:-1]:

@@ -19,7 +19,7 @@ from pneumo.cli import main
 from pneumo.config import ServeConfig
 from pneumo.data.cache import build_cache
 from pneumo.data.decode import load_image
-from pneumo.infer.batch import _load, predict_files
+from pneumo.infer.batch import _load, predict_file_results
 from pneumo.infer.predictor import Predictor
 from pneumo.serve.app import create_app
 
@@ -77,8 +77,8 @@ def test_every_entry_point_feeds_the_model_the_same_tensor(three_files: tuple[Pa
             gray, prepared, error = _load(predictor, root / rel, full)
             assert error is None and np.array_equal(gray, upright) and np.array_equal(prepared, expected)
     reference = predictor.predict_prepared(expected[None])[0].p_pneumonia
-    for _, prediction, error in predict_files(predictor, [root / rel for rel in rels]):
-        assert error is None and prediction.p_pneumonia == reference
+    for item in predict_file_results(predictor, [root / rel for rel in rels]):
+        assert item.error is None and item.prediction.p_pneumonia == reference
 
     with TestClient(create_app(ServeConfig(), predictor)) as client:  # the service upload path
         for rel in rels:

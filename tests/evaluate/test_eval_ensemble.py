@@ -55,7 +55,7 @@ def test_runs_of_different_splits_are_refused(two_runs: tuple[Path, Path], data_
 
 def test_cli_evaluates_an_ensemble_into_out_and_needs_out(two_runs: tuple[Path, Path], tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
-    runs = [str(r) for r in two_runs]
+    runs = [arg for r in two_runs for arg in ("--model", str(r))]
     assert main(["evaluate", *runs]) == 2
     assert "--out" in capsys.readouterr().err
     assert main(["evaluate", *runs, "--out", str(tmp_path / "ens"), "--bootstrap", "20"]) == 0

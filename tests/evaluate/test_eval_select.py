@@ -46,7 +46,10 @@ def test_the_threshold_policy_and_removed_keys_do_not_split_a_configuration(tmp_
         "train": {"num_workers": 0, "probe_c": 1.0}, "eval": {"threshold_policy": "youden"}}))
     assert config_key(new) == config_key(old)
     other = load_run_metrics(make_run(tmp_path, "other", seed=2, separation=3.0, config={"train": {"mixup": 0.2}}))
-    assert config_key(other) != config_key(new)
+    assert config_key(other) != config_key(new)  # a removed study option, set: another configuration
+    plain = load_run_metrics(make_run(tmp_path, "plain", seed=3, separation=3.0, config={
+        "train": {"mixup": 0.0, "ema": 0.0, "teachers": []}, "data": {"train_sources": "all"}}))
+    assert config_key(plain) == config_key(new)  # at their old defaults they are what the product does
 
 
 def test_a_config_from_before_the_fp32_depthwise_path_is_kept_apart_from_runs_on_it(tmp_path: Path) -> None:

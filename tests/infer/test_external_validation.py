@@ -164,7 +164,7 @@ def test_operating_point_writes_a_new_versioned_model_and_leaves_the_source_alon
         run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     before = (run_dir / "model.json").read_bytes()
     new = tmp_path / "sens95"
-    assert main(["operating-point", "--model", str(run_dir), "--policy", "sensitivity:0.95", "--out", str(new)]) == 0
+    assert main(["operating-point", "--model", str(run_dir), "--threshold-policy", "sensitivity:0.95", "--out", str(new)]) == 0
     assert (run_dir / "model.json").read_bytes() == before
     meta = json.loads((new / "model.json").read_text())
     op = meta["operating_point"]
@@ -182,7 +182,7 @@ def test_operating_point_writes_a_new_versioned_model_and_leaves_the_source_alon
     evaluated = json.loads((new / "metrics.json").read_text())
     assert evaluated["threshold_policy"] == "sensitivity:0.95" and evaluated["threshold"] == meta["threshold"]
     capsys.readouterr()
-    assert main(["operating-point", "--model", str(run_dir), "--policy", "youden", "--out", str(new)]) == 2
+    assert main(["operating-point", "--model", str(run_dir), "--threshold-policy", "youden", "--out", str(new)]) == 2
     assert "not empty" in capsys.readouterr().err
 
 

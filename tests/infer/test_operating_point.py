@@ -29,7 +29,7 @@ def test_operating_point_on_a_labelled_folder_writes_a_new_model_and_leaves_the_
     val = _labelled_folder(full_data, tmp_path / "local_val")
     source = {path.name: path.read_bytes() for path in tiny_model.parent.iterdir()}
     out = tmp_path / "tiny-sens90"
-    assert main(["operating-point", "--model", str(tiny_model), "--policy", "sensitivity:0.9", "--val", str(val),
+    assert main(["operating-point", "--model", str(tiny_model), "--threshold-policy", "sensitivity:0.9", "--data", str(val),
                  "--out", str(out)]) == 0
     assert {path.name: path.read_bytes() for path in tiny_model.parent.iterdir()} == source  # sidecar + weights
 

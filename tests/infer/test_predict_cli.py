@@ -43,7 +43,7 @@ def test_predict_a_folder_writes_one_csv_row_per_image(xrays: Path, tiny_model: 
 def test_predictions_match_the_predictor_on_the_same_images(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred.jsonl"
     assert main(["predict", str(xrays / "*.jpeg"), "--model", str(tiny_model), "--format", "jsonl",
-                 "--out", str(out)]) == 0
+                 "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     predictor = Predictor(tiny_model)
     from pneumo.data.decode import load_image_file
@@ -81,8 +81,8 @@ def test_missing_input_is_a_one_line_error(tiny_model: Path, capsys: pytest.Capt
 def test_onnx_backend_agrees_with_torch_within_1e4(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
     onnx_path = export_onnx(tiny_model, tmp_path / "export")
     torch_out, onnx_out = tmp_path / "t.csv", tmp_path / "o.csv"
-    assert main(["predict", str(xrays), "--model", str(tiny_model), "--out", str(torch_out)]) == 0
-    assert main(["predict", str(xrays), "--model", str(onnx_path), "--backend", "onnx", "--out", str(onnx_out)]) == 0
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", str(torch_out)]) == 0
+    assert main(["predict", str(xrays), "--model", str(onnx_path), "--backend", "onnx", "--output", str(onnx_out)]) == 0
     a = [float(r["p_pneumonia"]) for r in _rows(torch_out.read_text())]
     b = [float(r["p_pneumonia"]) for r in _rows(onnx_out.read_text())]
     assert np.allclose(a, b, atol=1e-4)
@@ -91,11 +91,11 @@ def test_onnx_backend_agrees_with_torch_within_1e4(xrays: Path, tiny_model: Path
 def test_default_backend_exports_once_to_the_cache_and_writes_heat_maps(xrays: Path, tiny_model: Path,
                                                                         cache_dir: Path, tmp_path: Path) -> None:
     out, maps = tmp_path / "p.csv", tmp_path / "maps"
-    assert main(["predict", str(xrays), "--model", str(tiny_model), "--out", str(out), "--heatmaps", str(maps)]) == 0
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", str(out), "--heatmaps", str(maps)]) == 0
     assert len(list((cache_dir / "onnx").glob("*.onnx"))) == 1
     assert len(_rows(out.read_text())) == 6 and len(list(maps.glob("*.cam.png"))) == 6
     reference = tmp_path / "torch.csv"
-    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "torch", "--out", str(reference)]) == 0
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "torch", "--output", str(reference)]) == 0
     a = [float(r["p_pneumonia"]) for r in _rows(out.read_text())]
     b = [float(r["p_pneumonia"]) for r in _rows(reference.read_text())]
     assert np.allclose(a, b, atol=1e-4)

@@ -1,5 +1,5 @@
 """The CPU fast path: bf16 autocast where the CPU has native bf16 (fp32 elsewhere or when forced), channels-last on
-every CPU unless switched off."""
+every CPU (training has no switch for it; `memory_format(..., channels_last=False)` is the reference layout)."""
 
 from __future__ import annotations
 
@@ -50,16 +50,17 @@ def test_channels_last_on_cuda_and_every_cpu_unless_switched_off():
 
 
 def _lite0_step(layout: str, dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """One fp32-configured training step (``train.amp=false``) of the real model in ``layout`` with its weights and
-    input in ``dtype``: the loss, the gradients and bn2's updated running mean, in float64."""
+    """One fp32-configured training step (``train.amp=false``) of the real model in ``layout`` (``true``: channels-last,
+    as training lays it out; ``false``: the contiguous reference) with its weights and input in ``dtype``: the loss,
+    the gradients and bn2's updated running mean, in float64."""
     from pneumo.data.preprocess import to_unit
     from pneumo.train.loop import Targets, make_loss, make_optimizer, train_step
     from pneumo.train.run import training_layout
 
     torch.manual_seed(0)  # the head's initial weights and the dropout masks
-    model, cfg = _lite0("train.amp=false", f"train.channels_last={layout}", "data.image_size=96")
-    model = training_layout(model, cfg, CPU).train().to(dtype)
-    fmt = memory_format(CPU, cfg.train.channels_last)
+    model, cfg = _lite0("train.amp=false", "data.image_size=96")
+    fmt = memory_format(CPU, channels_last=layout == "true")
+    model = training_layout(model, cfg, CPU).to(memory_format=fmt).train().to(dtype)
     assert model.backbone.conv_stem.weight.is_contiguous(memory_format=fmt)
     x = to_unit(torch.randint(0, 256, (4, 1, 96, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)))
     y = torch.tensor([0, 1, 1, 0])
@@ -168,16 +169,15 @@ def test_depthwise_in_fp32_is_a_no_op_off_the_cpu_fast_path(monkeypatch):
     assert not _patched(model)
 
 
-def test_training_layout_follows_the_config_switch(monkeypatch):
+def test_training_lays_the_model_out_channels_last_and_keeps_depthwise_in_the_autocast_precision(monkeypatch):
     from pneumo.train.run import training_layout
 
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    off, cfg_off = _lite0()  # the default: off
-    on, cfg_on = _lite0("train.depthwise_fp32=true")
-    training_layout(off, cfg_off, CPU)
-    training_layout(on, cfg_on, CPU)
-    assert not _patched(off) and _patched(on)
-    assert on.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    model, cfg = _lite0()
+    assert not model.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    training_layout(model, cfg, CPU)
+    assert model.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not _patched(model)  # fp32 depthwise is `pneumo adapt`'s choice (`depthwise_in_fp32`), not training's
 
 
 def test_fp32_depthwise_layers_compute_in_fp32_under_autocast_and_train_alike(monkeypatch):

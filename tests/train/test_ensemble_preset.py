@@ -39,7 +39,7 @@ def presets(tmp_path: Path) -> dict[str, str]:
 def test_train_runs_every_member_on_one_split_then_the_ensemble(presets: dict[str, str], data_slice: Path,
                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     runs = tmp_path / "runs"
-    args = ["train", "--preset", presets["ens"], "--data", str(data_slice), "--out-dir", str(runs),
+    args = ["train", "--preset", presets["ens"], "--dataset", str(data_slice), "--out", str(runs),
             "--set", f"data.cache_dir={tmp_path / 'cache'}", *[a for o in TINY for a in ("--set", o)]]
     assert main(args) == 0
     out = capsys.readouterr().out

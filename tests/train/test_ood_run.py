@@ -96,7 +96,7 @@ def test_predict_writes_the_ood_score_and_flag(probe_run: Path, data_slice: Path
     assert all(isinstance(r["ood_score"], float) and isinstance(r["ood"], bool) for r in rows)
     assert rows[1]["ood"] is True and rows[1]["ood_score"] > rows[0]["ood_score"]
     out = tmp_path / "p.csv"
-    assert main(["predict", str(photo), "--model", str(probe_run), "--backend", "torch", "--out", str(out)]) == 0
+    assert main(["predict", str(photo), "--model", str(probe_run), "--backend", "torch", "--output", str(out)]) == 0
     assert pd.read_csv(out)[["ood_score", "ood"]].iloc[0].tolist() == [pytest.approx(rows[1]["ood_score"], 1e-3), True]
 
 
@@ -118,7 +118,7 @@ def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) ->
 def test_refitting_an_existing_run_rebuilds_the_same_split_and_statistics(probe_run: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     before = json.loads((probe_run / "model.json").read_text())
-    assert main(["ood", "fit", str(probe_run)]) == 0
+    assert main(["ood", "fit", "--model", str(probe_run)]) == 0
     assert "val percentile 99.5" in capsys.readouterr().out
     after = json.loads((probe_run / "model.json").read_text())
     assert after["ood"]["threshold"] == pytest.approx(before["ood"]["threshold"], rel=1e-5)
@@ -127,5 +127,5 @@ def test_refitting_an_existing_run_rebuilds_the_same_split_and_statistics(probe_
 
 def test_refitting_refuses_a_dataset_whose_split_differs(probe_run: Path, full_data: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
-    assert main(["ood", "fit", str(probe_run), "--data", str(full_data)]) == 2
+    assert main(["ood", "fit", "--model", str(probe_run), "--dataset", str(full_data)]) == 2
     assert "differs" in capsys.readouterr().err

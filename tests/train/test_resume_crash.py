@@ -33,7 +33,7 @@ def train_command(data: Path, work: Path, name: str, *extra: str) -> list[str]:
     """A scratch CNN at 64 px, 3 epochs of 9 steps, on the CPU with one thread (deterministic)."""
     options = ["data.image_size=64", f"data.cache_dir={work / 'cache'}", "data.val_fraction=0.3",
                f"train.epochs={EPOCHS}", "train.batch_size=4", "train.amp=false", *extra]
-    return [sys.executable, "-m", "pneumo", "train", "--preset", "scratch-cnn", "--data", str(data), "--out-dir",
+    return [sys.executable, "-m", "pneumo", "train", "--preset", "scratch-cnn", "--dataset", str(data), "--out",
             str(work / "runs"), "--name", name, "--device", "cpu", "--seed", "0", "--no-eval",
             *[arg for option in options for arg in ("--set", option)]]
 

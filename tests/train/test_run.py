@@ -105,7 +105,7 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
 def test_impossible_configs_fail_with_one_line_before_any_work(overrides: list[str], message: str, tmp_path: Path,
                                                                data_slice: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
-    argv = ["train", "--data", str(data_slice), "--out", str(tmp_path / "runs"), "--name", "bad"]
+    argv = ["train", "--dataset", str(data_slice), "--out", str(tmp_path / "runs"), "--name", "bad"]
     for item in overrides:
         argv += ["--set", item]
     assert main(argv) == 2
@@ -116,21 +116,7 @@ def test_impossible_configs_fail_with_one_line_before_any_work(overrides: list[s
 
 def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
-    argv = ["train", "--data", str(data_slice), "--out", str(tmp_path / "runs"), "--model", "no_such_net"]
+    argv = ["train", "--dataset", str(data_slice), "--out", str(tmp_path / "runs"), "--arch", "no_such_net"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "efficientnet_lite0" in err and "scratch_cnn" in err
-
-
-def test_train_sources_original_drops_the_224px_copies_from_training_only(data_slice: Path, tmp_path: Path) -> None:
-    from pneumo.data.splits import folds_for
-
-    every = folds_for(tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache"))
-    original = folds_for(tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "data.train_sources=original"))
-    train_all, train_orig = every[every["fold"] == "train"], original[original["fold"] == "train"]
-    assert (train_all["source_kind"] != "original").any()  # the slice holds both kinds
-    assert set(train_orig["path"]) == set(train_all.loc[train_all["source_kind"] == "original", "path"])
-    for fold in ("val", "test"):
-        assert set(original.loc[original["fold"] == fold, "path"]) == set(every.loc[every["fold"] == fold, "path"])
-    with pytest.raises(ConfigError, match="train_sources"):
-        folds_for(tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "data.train_sources=some"))

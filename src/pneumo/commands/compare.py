@@ -8,7 +8,7 @@ from pathlib import Path
 
 EXAMPLES = """
 pneumo compare runs/*                       # runs without metrics.json are skipped with a warning
-pneumo compare runs/default runs/best --out reports/
+pneumo compare runs/default runs/lite0-probe --out reports/
 pneumo compare runs/* --select              # configurations over seeds; val log-loss, then val AUC decide
 """
 

@@ -1,4 +1,4 @@
-"""`pneumo data ...`: scan, split, cache, report, download, export."""
+"""`pneumo data ...`: scan, split, cache, report, download."""
 
 from __future__ import annotations
 
@@ -7,27 +7,26 @@ import sys
 import time
 from pathlib import Path
 
-from pneumo.argparsing import add_output_csv, subparser
+from pneumo.argparsing import subparser
 from pneumo.data.manifest import scan_dataset
 
 EXAMPLES = """
 pneumo data download                                   # the Mendeley archive into ~/.cache/pneumo
-pneumo data report --data chest_xray/ --out runs/data-report
-pneumo data split --data chest_xray/ --output folds.csv
+pneumo data report --dataset chest_xray/ --out runs/data-report
+pneumo data split --dataset chest_xray/ --output folds.csv
 pneumo data ACTION --help
 """
 ACTION_EXAMPLES = {
-    "scan": "pneumo data scan --data chest_xray/ --output manifest.csv",
-    "split": "pneumo data split --data chest_xray/ --val-fraction 0.1 --seed 0 --output folds.csv",
-    "cache": "pneumo data cache --data chest_xray/ --size 224",
-    "report": "pneumo data report --data chest_xray/ --out runs/data-report",
+    "scan": "pneumo data scan --dataset chest_xray/ --output manifest.csv",
+    "split": "pneumo data split --dataset chest_xray/ --val-fraction 0.1 --seed 0 --output folds.csv",
+    "cache": "pneumo data cache --dataset chest_xray/ --size 224 --resize-policy letterbox",
+    "report": "pneumo data report --dataset chest_xray/ --out runs/data-report",
     "download": "pneumo data download --cache-dir ~/.cache/pneumo",
-    "export": "pneumo data export --data ChestXRay2017.zip --size 256 --out chest_xray_256/",
 }
 
 
-def add_data_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", metavar="DIR", help="dataset folder or zip (default: $PNEUMO_DATA)")
+def add_dataset_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", metavar="DIR", help="dataset folder or zip (default: $PNEUMO_DATA)")
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -37,28 +36,29 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         return subparser(sub, name, help=help_text, examples=ACTION_EXAMPLES[name])
 
     p = action("scan", "list the images into a manifest CSV and print counts")
-    add_data_option(p)
-    add_output_csv(p, "write the manifest to this file")
+    add_dataset_option(p)
+    p.add_argument("--output", metavar="CSV", help="write the manifest to this file")
     p.set_defaults(func=run_scan)
 
     p = action("split", "patient-grouped, subtype-stratified train/val split + leakage check")
-    add_data_option(p)
+    add_dataset_option(p)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    add_output_csv(p, "write the manifest with its fold column to this file")
+    p.add_argument("--output", metavar="CSV", help="write the manifest with its fold column to this file")
     p.set_defaults(func=run_split)
 
     p = action("cache", "decode all images once into a uint8 memory-mapped cache")
-    add_data_option(p)
+    add_dataset_option(p)
     p.add_argument("--size", type=int, default=224, help="side of the square model input in pixels")
-    p.add_argument("--policy", choices=["squash", "letterbox"], default="squash", help="resize policy")
+    p.add_argument("--resize-policy", choices=["squash", "letterbox"], default="squash",
+                   help="squash (stretch to a square) or letterbox (pad to a square)")
     p.add_argument("--intensity", choices=["none", "equalize", "clahe", "standardize"], default="none",
                    help="intensity step")
     p.add_argument("--cache-dir", help="default: $PNEUMO_CACHE or ~/.cache/pneumo")
     p.set_defaults(func=run_cache)
 
     p = action("report", "write the HTML dataset report (counts, sizes, intensities, samples, leakage)")
-    add_data_option(p)
+    add_dataset_option(p)
     p.add_argument("--out", default="runs/data-report", metavar="DIR", help="output folder")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
     p.add_argument("--seed", type=int, default=0, help="split seed")
@@ -69,13 +69,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--source", default="mendeley", help="where from")
     p.set_defaults(func=run_download)
 
-    p = action("export", "write a compact copy (short side = SIZE, JPEG) in the Kaggle layout")
-    add_data_option(p)
-    p.add_argument("--size", type=int, default=224, help="short side in pixels")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
-    p.set_defaults(func=run_export)
-
 
 def _counts(df) -> str:
     column = "fold" if "fold" in df else "split"
@@ -85,7 +78,7 @@ def _counts(df) -> str:
 
 
 def run_scan(args: argparse.Namespace) -> int:
-    df = scan_dataset(args.data)
+    df = scan_dataset(args.dataset)
     print(_counts(df))
     if args.output:
         df.to_csv(args.output, index=False)
@@ -96,7 +89,7 @@ def run_scan(args: argparse.Namespace) -> int:
 def run_split(args: argparse.Namespace) -> int:
     from pneumo.data.splits import assign_folds, leakage_report
 
-    folds = assign_folds(scan_dataset(args.data), val_fraction=args.val_fraction, seed=args.seed)
+    folds = assign_folds(scan_dataset(args.dataset), val_fraction=args.val_fraction, seed=args.seed)
     print(_counts(folds))
     print("patients per fold:", folds.groupby("fold")["patient_key"].nunique().to_dict())
     print("leakage check: passed", leakage_report(folds))
@@ -108,10 +101,10 @@ def run_split(args: argparse.Namespace) -> int:
 def run_cache(args: argparse.Namespace) -> int:
     from pneumo.data.cache import build_cache
 
-    df = scan_dataset(args.data)
+    df = scan_dataset(args.dataset)
     start = time.perf_counter()
     cache = build_cache(
-        df, args.data, size=args.size, policy=args.policy, intensity=args.intensity, cache_dir=args.cache_dir
+        df, args.dataset, size=args.size, policy=args.resize_policy, intensity=args.intensity, cache_dir=args.cache_dir
     )
     print(f"cache: {cache.file} {cache.images.shape} in {time.perf_counter() - start:.1f} s")
     return 0
@@ -123,11 +116,11 @@ def run_report(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     _progress("scanning the dataset", start)
-    df = scan_dataset(args.data)
+    df = scan_dataset(args.dataset)
     _progress(f"{len(df)} images; patient-grouped split", start)
     folds = assign_folds(df, val_fraction=args.val_fraction, seed=args.seed)
     _progress("decoding samples, drawing figures, writing the report", start)
-    path = write_data_report(df, df.attrs.get("location", args.data), Path(args.out), folds_df=folds, seed=args.seed)
+    path = write_data_report(df, df.attrs.get("location", args.dataset), Path(args.out), folds_df=folds, seed=args.seed)
     _progress("done", start)
     print(f"dataset report: {path}")
     return 0
@@ -141,13 +134,6 @@ def run_download(args: argparse.Namespace) -> int:
     from pneumo.data.download import fetch_dataset
 
     path = fetch_dataset(args.cache_dir, source=args.source)
-    print(f"dataset archive: {path}\nuse it with: --data {path}")
+    print(f"dataset archive: {path}\nuse it with: --dataset {path} (or PNEUMO_DATA={path})")
     return 0
 
-
-def run_export(args: argparse.Namespace) -> int:
-    from pneumo.data.export import export_compact
-
-    out = export_compact(scan_dataset(args.data), args.data, Path(args.out), size=args.size, quality=args.quality)
-    print(f"compact copy: {out}")
-    return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pneumo.argparsing import add_dataset_option, deprecated
+from pneumo.argparsing import add_dataset_option
 
 EXAMPLES = """
 pneumo evaluate --data hospital_xrays/                 # the shipped model on your labelled folder (NORMAL/ PNEUMONIA/)
@@ -18,10 +18,9 @@ pneumo evaluate --model runs/default --threshold-policy sensitivity:0.98  # one 
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("legacy_models", nargs="*", metavar="RUN", help=argparse.SUPPRESS)
     parser.add_argument("--model", action="append", default=[], metavar="MODEL",
                         help="run folder, checkpoint, ensemble folder or 'default' (the shipped model, also when "
-                             "omitted); repeat for an ensemble of runs. A positional RUN still works (deprecated)")
+                             "omitted); repeat for an ensemble of runs")
     parser.add_argument("--data", metavar="FOLDER|CSV",
                         help="labelled images to validate on: a folder with NORMAL/ and PNEUMONIA/ subfolders (any "
                              "depth) or a CSV with path,label columns. Without it: the official test split")
@@ -44,11 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.runner import summary_line
     from pneumo.infer.evaluation import evaluate
 
-    models = list(args.model)
-    if args.legacy_models:
-        deprecated("a positional RUN is deprecated and will be removed in the next release: use --model RUN")
-        models += args.legacy_models
-    result, folder = evaluate(models, data=args.data, out=args.out, policies=tuple(args.policies),
+    result, folder = evaluate(list(args.model), data=args.data, out=args.out, policies=tuple(args.policies),
                               n_bootstrap=args.bootstrap, dataset=args.dataset, progress=sys.stderr.isatty(),
                               analysis=not args.no_analysis)
     print(summary_line(result))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from pneumo.argparsing import model_option, subparser
+from pneumo.argparsing import subparser
 from pneumo.errors import ConfigError
 from pneumo.models.ood import DEFAULT_PERCENTILE
 
 EXAMPLES = """
 pneumo ood fit --model runs/default
-pneumo ood fit --model src/pneumo/assets/default-model.json --data chest_xray/
+pneumo ood fit --model src/pneumo/assets/default-model.json --dataset chest_xray/
 """
 
 
@@ -22,9 +22,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                          "its features, fit class means + a shared Ledoit-Wolf covariance on train, set the flag "
                          "threshold at a percentile of the val scores, and write <stem>.ood.safetensors + the "
                        "sidecar's `ood` entry.")
-    fit.add_argument("legacy_model", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)
     fit.add_argument("--model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json)")
-    fit.add_argument("--data", help="dataset folder or zip (default: the one in the model's config, else $PNEUMO_DATA)")
+    fit.add_argument("--dataset", metavar="DIR", help="the training dataset, folder or zip (default: the one in the "
+                     "model's config, else $PNEUMO_DATA)")
     fit.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
                      help="val percentile that becomes the flag threshold")
     fit.set_defaults(func=run_fit)
@@ -33,10 +33,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     from pneumo.evaluate.ood import fit_ood_for
 
-    model = model_option(args)
-    if not model:
+    if not args.model:
         raise ConfigError("give the model: --model RUN_OR_CHECKPOINT")
-    entry = fit_ood_for(model, data=args.data, percentile=args.percentile)
+    entry = fit_ood_for(args.model, data=args.dataset, percentile=args.percentile)
     print(f"ood: {entry['file']} ({entry['method']}, {entry['n_features']} features, {entry['n_train']} train images); "
           f"threshold {entry['threshold']:.3f} = val percentile {entry['percentile']:g} of {entry['n_val']} images")
     return 0

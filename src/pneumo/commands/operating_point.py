@@ -8,19 +8,19 @@ import argparse
 from pneumo.argparsing import add_dataset_option
 
 EXAMPLES = """
-pneumo operating-point --model runs/default --policy sensitivity:0.95 --out runs/default-sens95
-pneumo operating-point --model runs/default --policy triage --out runs/default-triage   # WHO: val sensitivity >= 0.90
-pneumo operating-point --policy youden --val local_val/ --out models/default-local      # shipped model, your val set
+pneumo operating-point --model runs/default --threshold-policy sensitivity:0.95 --out runs/default-sens95
+pneumo operating-point --model runs/default --threshold-policy triage --out runs/default-triage   # WHO: sens >= 0.90
+pneumo operating-point --threshold-policy youden --data local_val/ --out models/default-local   # your labelled images
 """
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped model)")
-    parser.add_argument("--policy", required=True, metavar="POLICY",
+    parser.add_argument("--threshold-policy", required=True, metavar="POLICY",
                         help="youden | triage (highest specificity with val sensitivity >= 0.90) | sensitivity:X")
     parser.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must be new or empty)")
-    parser.add_argument("--val", metavar="FOLDER|CSV", help="labelled validation images to choose on (default: the "
-                        "model's own val fold)")
+    parser.add_argument("--data", metavar="FOLDER|CSV", help="labelled images to choose on: NORMAL/ + PNEUMONIA/ "
+                        "folders or a CSV with path,label (default: the model's own val fold)")
     add_dataset_option(parser, "to rebuild the model's val fold")
     parser.set_defaults(func=run)
 
@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.config import check_policy
     from pneumo.infer.operating_point import derive_model
 
-    check_policy(args.policy, "--policy")
-    record = derive_model(args.model, args.policy, args.out, data=args.dataset, val=args.val)
+    check_policy(args.threshold_policy, "--threshold-policy")
+    record = derive_model(args.model, args.threshold_policy, args.out, data=args.dataset, val=args.data)
     chosen = record["chosen_on"]
     print(f"new model: {args.out} (operating point v{record['version']}: {record['policy']}, threshold "
           f"{record['threshold']:.4f}, val sensitivity {chosen['sensitivity']:.3f}, specificity "

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from pneumo import atomic
-from pneumo.argparsing import DeprecatedAlias
 from pneumo.errors import ConfigError, PneumoError
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="auto: ONNX Runtime, exported once into the cache; torch if that fails")
     parser.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format")
     parser.add_argument("--output", metavar="FILE", help="output file (default: standard output)")
-    parser.add_argument("--out", dest="output", action=DeprecatedAlias, new="--output FILE")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call")
     parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here (the heatmap column "
                         "links each row to its file)")

@@ -6,25 +6,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from pneumo.argparsing import DeprecatedAlias
 from pneumo.config import load_config
 
 EXAMPLES = """
 pneumo train --preset default                        # runs/default: model, metrics, report.html
 pneumo train --preset lite0-finetune --set train.lr=1e-3 --set train.epochs=4 --name ft-lr1e-3
-pneumo train --model resnet18 --mode finetune --out /shared/runs --name r18
+pneumo train --arch resnet18 --mode finetune --dataset chest_xray/ --out /shared/runs --name r18
 pneumo train --resume --name ft-lr1e-3               # continue after a crash or Ctrl-C
 """
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", help="preset name in configs/ or a YAML file (default: default)")
-    parser.add_argument("--data", metavar="DIR", help="dataset folder or zip (default: $PNEUMO_DATA)")
+    parser.add_argument("--dataset", metavar="DIR", help="the training dataset, folder or zip (default: the preset's, "
+                        "else $PNEUMO_DATA)")
     parser.add_argument("--name", help="run name (folder OUT/<name>); default: the preset's name")
     parser.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder holding the runs (default: runs)")
-    parser.add_argument("--out-dir", dest="out_dir", action=DeprecatedAlias, new="--out DIR")
     parser.add_argument("--task", choices=["binary", "3class"], help="default: the preset's")
-    parser.add_argument("--model", help="model name (see `pneumo train --list-models`); default: the preset's")
+    parser.add_argument("--arch", help="architecture (see `pneumo train --list-models`); default: the preset's")
     parser.add_argument("--mode", choices=["probe", "partial", "finetune", "scratch"], help="default: the preset's")
     parser.add_argument("--weights", help="imagenet | none | path to a local state dict; default: the preset's")
     parser.add_argument("--epochs", type=int, help="default: the preset's")
@@ -35,7 +34,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue runs/<name> from its last checkpoint")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and report")
-    parser.add_argument("--list-models", action="store_true", help="list the registered model names and exit")
+    parser.add_argument("--list-models", action="store_true", help="list the registered architectures and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(func=run)
 
@@ -53,7 +52,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
-    shortcuts = {"name": "name", "out_dir": "out_dir", "data": "data.root", "task": "data.task", "model": "model.name",
+    shortcuts = {"name": "name", "out_dir": "out_dir", "dataset": "data.root", "task": "data.task", "arch": "model.name",
                  "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
                  "device": "train.device"}
     return [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None] + \

@@ -79,7 +79,7 @@ def fetch_dataset(cache_dir: str | os.PathLike | None = None, *, source: str = "
         source: a key of ``SOURCES``.
 
     Returns:
-        The path of the verified archive, usable as ``--data``.
+        The path of the verified archive, usable as ``--dataset``.
     """
     if source not in SOURCES:
         raise ConfigError(f"unknown dataset source {source!r}; known: {', '.join(sorted(SOURCES))}")

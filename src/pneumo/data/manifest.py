@@ -27,10 +27,10 @@ _PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
-    """The dataset location from ``--data`` or ``$PNEUMO_DATA``."""
+    """The dataset location from ``--dataset`` or ``$PNEUMO_DATA``."""
     value = root if root not in (None, "") else os.environ.get("PNEUMO_DATA")
     if not value:
-        raise DataError("no dataset given: pass --data DIR (or a .zip) or set PNEUMO_DATA; `pneumo data download` fetches it")
+        raise DataError("no dataset given: pass --dataset DIR (or a .zip) or set PNEUMO_DATA; `pneumo data download` fetches it")
     path = Path(value).expanduser()
     if not path.exists():
         raise DataError(f"dataset not found: {path}")

@@ -123,12 +123,6 @@ def folds_for(cfg: RunConfig) -> pd.DataFrame:
         df = take_slice(df, cfg.data.limit_per_class, seed=cfg.data.split_seed).reset_index(drop=True)
     folds = assign_folds(df, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
     folds = folds[folds["label"].isin(["NORMAL", "PNEUMONIA"])]
-    if cfg.data.train_sources == "original":  # drop the 224 px copies from training (val and test keep everything)
-        if not (folds["source_kind"] == "original").any():
-            raise DataError("data.train_sources=original needs the manifest's source_kind column (the project's copy)")
-        folds = folds[(folds["fold"] != "train") | (folds["source_kind"] == "original")]
-    elif cfg.data.train_sources != "all":
-        raise ConfigError(f"unknown data.train_sources {cfg.data.train_sources!r}; choose all or original")
     for fold in ("train", "val"):
         if len(np.unique(labels(folds[folds["fold"] == fold], cfg.data.task))) < len(class_names(cfg.data.task)):
             raise DataError(f"the {fold} fold lacks a class for task {cfg.data.task}: use more data or another seed")

@@ -95,4 +95,4 @@ def _check_same_split(folds: pd.DataFrame, stored: pd.DataFrame, where: Path) ->
     for name in ("train", "val"):
         if sorted(folds.loc[folds["fold"] == name, "path"]) != sorted(stored.loc[stored["fold"] == name, "path"]):
             raise ConfigError(f"the rebuilt {name} fold differs from {where} (another dataset copy?): "
-                              "pass the --data the run was trained on")
+                              "pass the --dataset the run was trained on")

@@ -66,7 +66,7 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     note = ("<p>Each threshold is chosen on the validation split by its policy, never on the data measured here; "
             "<code>triage</code> is the WHO triage profile (highest specificity with val sensitivity &ge; 0.90). "
             "The model's own operating point (marked) is the headline; choose another with "
-            "<code>pneumo operating-point --model MODEL --policy P --out NEWDIR</code>.</p>")
+            "<code>pneumo operating-point --model MODEL --threshold-policy P --out NEWDIR</code>.</p>")
     if not points:
         return "Operating points", note + f"<p>{escape(result.get('operating_points_note', 'not available'))}</p>"
     table = ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"

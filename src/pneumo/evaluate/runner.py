@@ -110,7 +110,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
         _at_stored_point(result, meta.threshold, logits["test"], y_test)
     _add_operating_points(result, cfg, folds, logits, extra)
     training = meta.training
-    result["val_view"] = cfg.eval.val_view
     result["tta"] = cfg.eval.tta
     result["ood"] = summarize_test_ood(run_dir / f"{BEST}.json", meta.ood, model, logits["test_images"],
                                        device=select_device(cfg.train.device))
@@ -147,19 +146,9 @@ def _at_stored_point(result: dict, stored: float, test_logits: np.ndarray, y_tes
                                            seed=boot.get("seed", 0)) if boot.get("n_resamples") else {})
 
 
-def _val_arrays(cfg, folds: pd.DataFrame, val_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Val labels and logits as the protocol uses them (``eval.val_view=original`` keeps original-resolution ones)."""
-    val = folds[folds["fold"] == "val"]
-    y_val = labels(val, cfg.data.task)
-    if cfg.eval.val_view == "original":
-        keep = (val["source_kind"] == "original").to_numpy()
-        return y_val[keep], val_logits[keep]
-    return y_val, val_logits
-
-
 def _add_operating_points(result: dict, cfg, folds: pd.DataFrame, logits: dict, extra: tuple[str, ...]) -> None:
     """The standard policies (+ extra ones) side by side, each chosen on val; and the val ECE after scaling."""
-    y_val, z_val = _val_arrays(cfg, folds, logits["val"])
+    y_val, z_val = labels(folds[folds["fold"] == "val"], cfg.data.task), logits["val"]
     result["val"]["ece_after"] = reliability_data(apply_temperature(z_val, result["temperature"]), y_val,
                                                   result.get("ece_bins", 15))["ece"]
     test = folds[folds["fold"] == "test"]
@@ -174,16 +163,10 @@ def _add_operating_points(result: dict, cfg, folds: pd.DataFrame, logits: dict, 
 
 def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray, *, policy: str | None,
               n_bootstrap: int | None) -> dict:
-    """`evaluate_predictions` with the run's settings; ``eval.val_view=original`` keeps the original-resolution val
-    images only for choosing the threshold and temperature."""
+    """`evaluate_predictions` with the run's settings."""
     names = class_names(cfg.data.task)
     val, test = folds[folds["fold"] == "val"], folds[folds["fold"] == "test"]
     y_val = labels(val, cfg.data.task)
-    if cfg.eval.val_view == "original":
-        keep = (val["source_kind"] == "original").to_numpy()
-        if keep.sum() == 0 or len(np.unique(y_val[keep])) < len(names):
-            raise DataError("eval.val_view=original: the val fold has too few original-resolution images")
-        y_val, val_logits = y_val[keep], val_logits[keep]
     return evaluate_predictions(
         y_val, val_logits, labels(test, cfg.data.task), test_logits, test["subtype"].tolist(), task=cfg.data.task,
         class_names=names, policy=policy or cfg.eval.threshold_policy,
@@ -222,7 +205,7 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     y_test = labels(test, cfg.data.task)
     result = _protocol(cfg, folds, ensemble["val"], ensemble["test"], policy=policy, n_bootstrap=n_bootstrap)
     _add_operating_points(result, cfg, folds, ensemble, (policy, *policies) if policy else tuple(policies))
-    result.update(name=f"ensemble of {len(members)}", members=[str(m) for m in members], val_view=cfg.eval.val_view,
+    result.update(name=f"ensemble of {len(members)}", members=[str(m) for m in members],
                   eval_seconds=round(time.perf_counter() - start, 1))
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out, test, ensemble["test"], result)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumo import atomic
-from pneumo.config import REMOVED_KEYS, from_dict, to_dict
+from pneumo.config import REMOVED_DEFAULTS, REMOVED_KEYS, from_dict, to_dict
 from pneumo.errors import DataError
 from pneumo.evaluate.compare import _get, load_runs
 
@@ -78,12 +78,15 @@ class Configuration:
 
 def config_key(data: dict) -> str:
     """Canonical JSON of a run's config without the :data:`NOT_CONFIG` fields; old configs are filled with today's
-    defaults (fields added since then were off by default)."""
+    defaults (fields added since then were off by default); a removed option set to other than its old default
+    (`REMOVED_DEFAULTS`) still tells its runs apart."""
     config = data.get("config")
     if not isinstance(config, dict):
         raise DataError(f"{data.get('_run_dir', data.get('name'))}: metrics.json has no config")
-    values = to_dict(from_dict(_without(config, REMOVED_KEYS)))
-    return json.dumps(_without(values, NOT_CONFIG), sort_keys=True)
+    removed = {key: value for key, default in REMOVED_DEFAULTS.items()
+               if (value := _get(config, *key.split("."))) is not None and value != default}
+    values = _without(to_dict(from_dict(_without(config, REMOVED_KEYS))), NOT_CONFIG)
+    return json.dumps({**values, "removed": removed} if removed else values, sort_keys=True)
 
 
 def _without(values: dict, dotted: Sequence[str]) -> dict:

@@ -1,4 +1,4 @@
-"""Find the input files (`expand_inputs`) and predict them in batches (`predict_files`): decoding on a thread pool
+"""Find the input files (`expand_inputs`) and predict them in batches (`predict_file_results`): decoding on a thread pool
 (the next batch while the model runs the current one), one model call per batch, bad files reported."""
 
 from __future__ import annotations
@@ -70,14 +70,6 @@ def heatmap_name(path: Path) -> str:
 
     digest = hashlib.sha1(str(Path(path).absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{safe_stem(path)[:80]}-{digest}"
-
-
-def predict_files(predictor: Predictor, files: list[Path], *, batch_size: int = 32, heatmap_dir: str | None = None,
-                  workers: int | None = None) -> Iterator[tuple[Path, Prediction | None, str | None]]:
-    """Yield (file, prediction or None, error or None) in input order."""
-    for item in predict_file_results(predictor, files, batch_size=batch_size, heatmap_dir=heatmap_dir,
-                                     workers=workers):
-        yield item.path, item.prediction, item.error
 
 
 def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size: int = 32,

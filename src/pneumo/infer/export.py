@@ -1,5 +1,5 @@
 """ONNX export of a checkpoint (dynamic batch, float input (B, 1, S, S) in [0, 1] -> logits and pooled ``features``
-(the input of the out-of-distribution score)), optional int8.
+(the input of the out-of-distribution score)).
 
 Integrity: an export is only ever used after the weights file's own SHA-256 (streamed from disk on every load) matched
 the one in the sidecar, and the .onnx file's own SHA-256 matched the record written next to it at export
@@ -29,14 +29,11 @@ OPSET = 18
 OUTPUTS = ("logits", "features")  # part of the export cache key: an export without features is not reused
 
 
-def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | None = None, *,
-                quantize: bool = False) -> Path:
-    """Write ``<stem>.onnx`` (and ``<stem>.json``, a copy of the sidecar, when ``out`` is elsewhere).
-
-    Returns the .onnx path. With ``quantize`` also writes ``<stem>.int8.onnx`` (dynamic int8 weights).
-    """
+def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | None = None) -> Path:
+    """Write ``<stem>.onnx`` (and ``<stem>.json``, a copy of the sidecar, when ``out`` is elsewhere) into the folder
+    ``out`` (or as the file ``out`` when it ends in .onnx). Returns the .onnx path."""
     if model_path is None and out is None:
-        raise ModelError("exporting the shipped default model needs --out FILE_OR_DIR (the package folder is read-only)")
+        raise ModelError("exporting the shipped default model needs --out DIR (the package folder is read-only)")
     sidecar = resolve_model(model_path)
     target = Path(out) if out else sidecar.with_suffix(".onnx")
     if target.suffix != ".onnx":
@@ -47,8 +44,6 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
     if target.with_suffix(".json") != sidecar:
         shutil.copyfile(sidecar, target.with_suffix(".json"))
         _copy_ood_stats(sidecar, target.with_suffix(".json"))
-    if quantize:
-        quantize_int8(target)
     return target
 
 
@@ -177,13 +172,3 @@ def _static_same_padding(model: torch.nn.Module, size: int) -> None:
             module.pad, module.pad_input_size = None, (0, 0)
     with torch.no_grad():  # one eager pass fixes each pad as plain ints (under tracing they would become tensors)
         model(torch.zeros(1, 1, size, size))
-
-
-def quantize_int8(onnx_path: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-    quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
-    return out
-
-

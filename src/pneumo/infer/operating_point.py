@@ -55,7 +55,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     else:
         got = val_scores([predictor], data=data)
         if got is None:
-            raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --val FOLDER "
+            raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --data FOLDER "
                             "or --dataset DIR")
         y, logits, paths, where = got
     p = np.clip(1.0 - apply_temperature(logits, 1.0)[:, 0], 0.0, 1.0)

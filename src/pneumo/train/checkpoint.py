@@ -26,7 +26,7 @@ STATE_FORMAT = "pneumo-train-state/1"
 
 
 def save_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, extra: dict, ema: nn.Module | None = None) -> Path:
+                     scheduler: Any, extra: dict) -> Path:
     """Write everything a resumed run needs to ``<path>.safetensors`` + ``<path>.json``; returns the JSON path.
 
     Args:
@@ -35,12 +35,9 @@ def save_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch
         optimizer: its optimizer.
         scheduler: its LR scheduler (anything with ``state_dict``), or None.
         extra: JSON-able counters of the loop (epoch, step, best score, ...).
-        ema: the moving average of the weights (``train.ema``), or None.
     """
     stem = stem_of(path)
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     payload = {
         "optimizer": _flatten(optimizer.state_dict(), "optimizer", tensors),
         "scheduler": _flatten(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None,
@@ -54,20 +51,14 @@ def save_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch
 
 
 def load_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, ema: nn.Module | None = None) -> dict:
-    """Restore model, optimizer, scheduler, EMA and RNG states in place; returns the ``extra`` dict that was saved."""
+                     scheduler: Any) -> dict:
+    """Restore model, optimizer, scheduler and RNG states in place; returns the ``extra`` dict that was saved."""
     stem = stem_of(path)
     payload = read_json(stem.with_suffix(".json"), STATE_FORMAT)
     tensors = read_tensors(stem.with_suffix(".safetensors"), payload.get("sha256"))
     device = next((t.device for t in model.state_dict().values()), torch.device("cpu"))
     model_state = {k.removeprefix("model."): v.to(device) for k, v in tensors.items() if k.startswith("model.")}
     load_exact(model, model_state, str(stem.with_suffix(".safetensors")))
-    if ema is not None:
-        ema_state = {k.removeprefix("ema."): v.to(device) for k, v in tensors.items() if k.startswith("ema.")}
-        if not ema_state:
-            raise ModelError(f"training state {stem} holds no EMA weights: resume with the train.ema it was started "
-                             "with, or start a new run")
-        load_exact(ema, ema_state, str(stem.with_suffix(".safetensors")))
     try:
         optimizer.load_state_dict(_unflatten(payload["optimizer"], tensors))
         if scheduler is not None and payload.get("scheduler") is not None:

@@ -1,7 +1,7 @@
 """The training loop, read top to bottom: one function per step, no callbacks, no hidden state.
 
 Resumable at any step. The sample order of an epoch is a pure function of (seed, epoch); each step's augmentation
-generator (augmentation, mixup) is seeded from (seed, epoch, step) and the global torch RNG (dropout) from (seed,
+generator is seeded from (seed, epoch, step) and the global torch RNG (dropout) from (seed,
 epoch, step, rank). A state saved after step k of epoch e -- by `fit` after every epoch, every
 ``train.checkpoint_every_steps`` steps and on Ctrl-C / SIGTERM -- therefore resumes into exactly the steps an
 uninterrupted run takes. Under DDP (`pneumo.train.distributed`) every rank walks the same global batches and trains on
@@ -41,49 +41,30 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SplitTensors:
-    """uint8 images (N, 1, S, S) and int64 labels of the train and val folds; with distillation, the teachers'
-    logits (log of their mean probability) on the train images, float (N, C)."""
+    """uint8 images (N, 1, S, S) and int64 labels of the train and val folds."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
-    teacher_train: torch.Tensor | None = None
 
 
 @dataclass
 class Targets:
-    """What one batch is scored against: the labels, and with mixup the partner labels and the mixing weight
-    ``lam`` (the image is lam * own + (1 - lam) * partner), and with distillation the teachers' logits (mixed
-    the same way as probabilities)."""
+    """What one batch is scored against: the labels, and under DDP this rank's share of the global batch (its
+    sample weight on this rank's shard vs the whole batch, times the world size), so that the ranks' averaged
+    gradient is the global batch's."""
 
     y: torch.Tensor
-    y_mix: torch.Tensor | None = None
-    lam: float = 1.0
-    soft: torch.Tensor | None = None  # teacher probabilities at the distillation temperature
-    # under DDP, each term's share of the global batch (its sample weight on this rank's shard vs the whole batch,
-    # times the world size), so that the ranks' averaged gradient is the global batch's for every term
     scale: float = 1.0
-    scale_mix: float = 1.0
-    scale_soft: float = 1.0
 
     def to(self, device: torch.device) -> Targets:
-        move = (lambda t: t.to(device, non_blocking=True) if t is not None else None)
-        return replace(self, y=move(self.y), y_mix=move(self.y_mix), soft=move(self.soft))
+        return replace(self, y=self.y.to(device, non_blocking=True))
 
     def shard(self, rank: int, world_size: int, class_weight: torch.Tensor | None) -> Targets:
-        """This rank's part of the batch, each term rescaled by the rank's share of its (class-weighted) total."""
-        cut = (lambda t: shard(t, rank, world_size) if t is not None else None)
-        mine = replace(self, y=cut(self.y), y_mix=cut(self.y_mix), soft=cut(self.soft))
-
-        def share(part: torch.Tensor | None, whole: torch.Tensor | None, weight: torch.Tensor | None) -> float:
-            if part is None or whole is None:
-                return 1.0
-            return world_size * _batch_weight(part, weight) / _batch_weight(whole, weight)
-
-        return replace(mine, scale=share(mine.y, self.y, class_weight),
-                       scale_mix=share(mine.y_mix, self.y_mix, class_weight),
-                       scale_soft=share(mine.y, self.y, None))  # KL "batchmean": every sample counts once
+        """This rank's part of the batch, rescaled by the rank's share of its (class-weighted) total."""
+        mine = shard(self.y, rank, world_size)
+        return Targets(mine, scale=world_size * _batch_weight(mine, class_weight) / _batch_weight(self.y, class_weight))
 
 
 def val_auc(logits: np.ndarray, y: np.ndarray) -> float:
@@ -97,14 +78,14 @@ def val_auc(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 class FocalLoss(nn.Module):
-    def __init__(self, weight: torch.Tensor | None, gamma: float = 2.0, label_smoothing: float = 0.0) -> None:
+    def __init__(self, weight: torch.Tensor | None, gamma: float = 2.0) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
-        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
-        pt = torch.exp(-F.cross_entropy(logits, target, reduction="none"))
+        ce = F.cross_entropy(logits, target, reduction="none")
+        pt = torch.exp(-ce)
         loss = (1 - pt) ** self.gamma * ce
         if self.weight is not None:
             loss = loss * self.weight[target]
@@ -116,8 +97,8 @@ def make_loss(cfg: TrainConfig, y_train: torch.Tensor, num_classes: int) -> nn.M
     counts = torch.bincount(y_train, minlength=num_classes).float().clamp_min(1)
     weight = (counts.sum() / (num_classes * counts)) if cfg.balance == "weights" else None
     if cfg.loss == "focal":
-        return FocalLoss(weight, label_smoothing=cfg.label_smoothing)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        return FocalLoss(weight)
+    return nn.CrossEntropyLoss(weight=weight)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
@@ -141,16 +122,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_ema(model: nn.Module, decay: float) -> nn.Module | None:
-    """timm's ModelEmaV3 of ``model`` (parameters and buffers) with its warm-up (the decay grows with the step up to
-    ``decay``, so the ImageNet start does not linger in a short run); None when ``decay`` is 0."""
-    if decay <= 0:
-        return None
-    from timm.utils import ModelEmaV3
-
-    return ModelEmaV3(model, decay=decay, use_warmup=True)
-
-
 def epoch_order(n: int, y: torch.Tensor, cfg: TrainConfig, epoch: int) -> torch.Tensor:
     """The sample order of one epoch, a pure function of (seed, epoch) so a resumed run repeats it exactly."""
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -172,50 +143,17 @@ def step_seed(*parts: int) -> int:
     return int(state[0]) >> 1
 
 
-def mix_batch(x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None, alpha: float,
-              generator: torch.Generator, seed: int) -> tuple[torch.Tensor, Targets]:
-    """Mixup: each image blended with a partner (a random permutation of the batch) as lam * own + (1 - lam) *
-    partner, lam ~ Beta(alpha, alpha) drawn once per batch from ``seed``; alpha 0 returns the batch as it is."""
-    if alpha <= 0:
-        return x, Targets(y, soft=soft)
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    perm = torch.randperm(len(y), generator=generator, device=generator.device).to(x.device)
-    x = lam * x + (1 - lam) * x[perm]
-    perm = perm.to(y.device)
-    if soft is not None:
-        soft = lam * soft + (1 - lam) * soft[perm.to(soft.device)]
-    return x, Targets(y, y_mix=y[perm], lam=lam, soft=soft)
-
-
-def target_loss(logits: torch.Tensor, targets: Targets, loss_fn: nn.Module, *, distill_weight: float = 0.0,
-                temperature: float = 1.0) -> torch.Tensor:
-    """The training loss: ``loss_fn`` on the labels (the mixup pair weighted by lam), and with teacher
-    probabilities (1 - w) x that + w x T^2 x KL(teacher || student at temperature T) (Hinton et al. 2015)."""
-    hard = loss_fn(logits, targets.y) * targets.scale
-    if targets.y_mix is not None:
-        hard = targets.lam * hard + (1 - targets.lam) * loss_fn(logits, targets.y_mix) * targets.scale_mix
-    if targets.soft is None:
-        return hard
-    log_student = F.log_softmax(logits / temperature, dim=1)
-    kd = F.kl_div(log_student, targets.soft, reduction="batchmean") * temperature**2 * targets.scale_soft
-    return (1 - distill_weight) * hard + distill_weight * kd
-
-
 def train_step(model: nn.Module, x: torch.Tensor, targets: Targets, *, optimizer, scheduler,
-               loss_fn: nn.Module, device: torch.device, amp: bool,
-               distill_weight: float = 0.0, temperature: float = 1.0, ema: nn.Module | None = None,
-               global_step: int = 0) -> float:
-    """One optimizer and scheduler step on a float batch (then the EMA of the weights, if any); returns the loss
-    (under DDP rescaled by this rank's share, `Targets.shard`)."""
+               loss_fn: nn.Module, device: torch.device, amp: bool) -> float:
+    """One optimizer and scheduler step on a float batch; returns the loss (under DDP rescaled by this rank's share,
+    `Targets.shard`)."""
     with autocast(device, amp):
         logits = model(x).float()
-    loss = target_loss(logits, targets, loss_fn, distill_weight=distill_weight, temperature=temperature)
+    loss = loss_fn(logits, targets.y) * targets.scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     scheduler.step()
-    if ema is not None:
-        ema.update(model, step=global_step)
     return loss.item()
 
 
@@ -225,12 +163,11 @@ def _batch_weight(y: torch.Tensor, class_weight: torch.Tensor | None) -> float:
 
 def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, loss_fn: nn.Module,
               cfg: TrainConfig, epoch: int, device: torch.device, start_step: int = 0,
-              env: DistEnv = ONE_PROCESS, ema: nn.Module | None = None) -> Iterator[tuple[int, float]]:
+              env: DistEnv = ONE_PROCESS) -> Iterator[tuple[int, float]]:
     """Train one epoch from ``start_step``; yields (steps done in the epoch, this rank's loss) after every step.
 
     Under DDP each rank trains on its `shard` of the global batch with its loss rescaled by its share of the
-    batch's sample weight (each loss term by its own: `Targets.shard`), so the averaged gradient is the global
-    batch's. Mixup pairs are drawn over the global batch before it is sharded.
+    batch's sample weight (`Targets.shard`), so the averaged gradient is the global batch's.
     """
     model.train()
     order = epoch_order(len(data.y_train), data.y_train, cfg, epoch)
@@ -238,24 +175,19 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
     aug_gen = torch.Generator(device=device)
     class_weight = getattr(loss_fn, "weight", None)
     class_weight = class_weight.cpu() if class_weight is not None else None
-    fmt = memory_format(device, cfg.channels_last)
+    fmt = memory_format(device)
     total, bar = 0.0, tqdm(range(start_step, n_steps), initial=start_step, total=n_steps, unit="batch", leave=False,
                            desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main)
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x = to_unit(data.x_train[idx].to(device, non_blocking=True))
         x = augment(x, cfg.augment, aug_gen.manual_seed(step_seed(cfg.seed, epoch, step, 0)))
-        soft = None
-        if data.teacher_train is not None:
-            soft = torch.softmax(data.teacher_train[idx].float() / cfg.distill_temperature, dim=1)
-        x, targets = mix_batch(x, data.y_train[idx], soft, cfg.mixup, aug_gen, step_seed(cfg.seed, epoch, step, 2))
+        targets = Targets(data.y_train[idx])
         if env.enabled:
             x, targets = shard(x, env.rank, env.world_size), targets.shard(env.rank, env.world_size, class_weight)
         torch.manual_seed(step_seed(cfg.seed, epoch, step, 1 + env.rank))  # dropout masks
         loss = train_step(model, x.contiguous(memory_format=fmt), targets.to(device),
-                          optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=cfg.amp,
-                          distill_weight=cfg.distill_weight, temperature=cfg.distill_temperature,
-                          ema=ema, global_step=epoch * n_steps + step + 1)
+                          optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device, amp=cfg.amp)
         total += loss
         bar.set_postfix(loss=f"{total / (step + 1 - start_step):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         yield step + 1, loss
@@ -345,10 +277,9 @@ class LoopState:
 def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, device: torch.device,
         save_best, save_state, load_state, env: DistEnv = ONE_PROCESS) -> LoopState:
     """Train with early stopping on val ROC-AUC; the best weights go through ``save_best(model, info)``, the resumable
-    state through ``save_state(model, optimizer, scheduler, info, ema)`` after every epoch, every
+    state through ``save_state(model, optimizer, scheduler, info)`` after every epoch, every
     ``train.checkpoint_every_steps`` steps and on Ctrl-C / SIGTERM (then ``KeyboardInterrupt`` is raised);
-    ``load_state(model, optimizer, scheduler, ema)`` restores one. With ``train.ema`` the moving average of the
-    weights (``ema``, else None) is what is validated, early-stopped on and saved as the best model.
+    ``load_state(model, optimizer, scheduler)`` restores one.
 
     Under DDP (``env.enabled``) the model is wrapped here; rank 0 alone evaluates, logs and saves.
     """
@@ -359,11 +290,10 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
     n_steps = steps_per_epoch(len(data.y_train), tc)
     loss_fn = make_loss(tc, data.y_train, model.num_classes).to(device)
     optimizer, scheduler = make_optimizer(model, tc, n_steps)
-    ema = make_ema(model, tc.ema)
-    saved = load_state(model, optimizer, scheduler, ema)
+    saved = load_state(model, optimizer, scheduler)
 
     def save(info: dict) -> None:
-        save_state(model, optimizer, scheduler, info, ema)
+        save_state(model, optimizer, scheduler, info)
     state = LoopState.resumed(saved, tc, n_steps) if saved else LoopState(n_steps, tc.batch_size)
     if saved:
         log.info("resuming at epoch %d, step %d (global step %d)", state.epoch + 1, state.step, state.global_step)
@@ -378,11 +308,11 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
                 first_step = state.step
                 train_loss = _train_epoch(net, model, data, state, optimizer=optimizer, scheduler=scheduler,
                                           loss_fn=loss_fn, cfg=tc, device=device, env=env, stop=stop,
-                                          save_state=save, ema=ema)
+                                          save_state=save)
                 images_per_s = (n_steps - first_step) * tc.batch_size / max(time.perf_counter() - start, 1e-9)
                 state.epoch, state.step, state.loss_sum = epoch + 1, 0, 0.0
                 if env.is_main:
-                    _end_epoch(ema.module if ema is not None else model, data, state, tc, run_dir, device=device,
+                    _end_epoch(model, data, state, tc, run_dir, device=device,
                                scheduler=scheduler, train_loss=train_loss, start=start, writer=writer,
                                save_best=save_best, images_per_s=images_per_s)
                     save(asdict(state))
@@ -400,13 +330,13 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
 
 def _train_epoch(net: nn.Module, model: nn.Module, data: SplitTensors, state: LoopState, *, optimizer, scheduler,
                  loss_fn: nn.Module, cfg: TrainConfig, device: torch.device, env: DistEnv, stop: GracefulStop,
-                 save_state, ema: nn.Module | None = None) -> float:
+                 save_state) -> float:
     """The rest of epoch ``state.epoch`` from step ``state.step``, saving a state every
     ``checkpoint_every_steps`` steps and when a stop was requested (then raises ``KeyboardInterrupt``)."""
     every = int(getattr(cfg, "checkpoint_every_steps", 0) or 0)
     base, local = state.loss_sum, 0.0
     steps = run_epoch(net, data, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, cfg=cfg,
-                      epoch=state.epoch, device=device, start_step=state.step, env=env, ema=ema)
+                      epoch=state.epoch, device=device, start_step=state.step, env=env)
     for step, loss in steps:
         local += loss
         state.global_step += 1

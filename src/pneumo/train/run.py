@@ -31,10 +31,9 @@ from pneumo.data.splits import class_names, folds_for, labels
 from pneumo.errors import ConfigError, ModelError
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
-from pneumo.models.runtime import depthwise_in_fp32, fast_precision, memory_format
+from pneumo.models.runtime import fast_precision, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.checkpoint import load_train_state, save_train_state
-from pneumo.train.distill import teacher_logits
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
 from pneumo.train.ood import fit_trained_ood
@@ -120,18 +119,13 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
 
 def training_layout(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.nn.Module:
     """The model (frozen as configured) in the memory layout and precisions the training step runs fastest in on
-    ``device``: channels-last (`memory_format`), and with ``train.depthwise_fp32`` on a bf16 CPU the
-    depthwise convolutions whose bf16 backward is slow in fp32 (`depthwise_in_fp32`)."""
-    fmt = memory_format(device, cfg.train.channels_last)
+    ``device``: channels-last (`memory_format`)."""
+    fmt = memory_format(device)
     model.to(memory_format=fmt)
     if fast_precision(device, cfg.train.amp):
         log.info("training in bf16 autocast, %s", "channels-last" if fmt == torch.channels_last else "contiguous")
     elif device.type == "cpu" and cfg.train.amp:
         log.info("training in fp32: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is off")
-    if cfg.train.depthwise_fp32:
-        n = depthwise_in_fp32(model, device, cfg.train.amp)
-        if n:
-            log.info("%d depthwise convolutions train in fp32 (their bf16 backward is slow on this CPU)", n)
     return model
 
 
@@ -182,7 +176,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
             log.info("probe mode: rank 0 fits the probe alone")
         info = _train_probe(cfg, model, cache, rows, y, device)
     else:
-        info = _train_loop(cfg, model, cache, folds, rows, y, device, run_dir, env)
+        info = _train_loop(cfg, model, cache, rows, y, device, run_dir, env)
         if not env.is_main:
             return run_dir
     info["wall_time_s"] = round(time.perf_counter() - start, 1)
@@ -190,7 +184,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     info["world_size"] = env.world_size
     bf16 = features_in_bf16 if cfg.model.mode == "probe" else fast_precision
     info["precision"] = "bf16" if bf16(device, cfg.train.amp) else "fp32"
-    info["channels_last"] = memory_format(device, cfg.train.channels_last) == torch.channels_last
+    info["channels_last"] = memory_format(device) == torch.channels_last
     sidecar = run_dir / f"{BEST}.json"
     if cfg.model.mode == "probe" or not sidecar.is_file():
         save_checkpoint(run_dir / BEST, model.cpu(), checkpoint_meta(cfg, model, {"training": info}))
@@ -223,15 +217,13 @@ def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device
     return {"probe_C": info["C"], "val_auc": max(info["val_auc_by_C"].values())}
 
 
-def _train_loop(cfg: RunConfig, model, cache, folds: pd.DataFrame, rows: dict, y: np.ndarray,
+def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray,
                 device: torch.device, run_dir: Path, env: DistEnv) -> dict:
     def tensor(fold: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(cache.images[rows[fold]]))[:, None]
 
     data = SplitTensors(tensor("train"), torch.from_numpy(y[rows["train"]]), tensor("val"),
                         torch.from_numpy(y[rows["val"]]))
-    if cfg.train.teachers:
-        data.teacher_train = teacher_logits(cfg, folds, data.x_train, device=device)
     if device.type == "cuda":
         data = dataclasses.replace(data, x_train=data.x_train.to(device), x_val=data.x_val.to(device))  # images
     training_layout(model, cfg, device)
@@ -257,25 +249,24 @@ class StateFiles:
         self.run_dir = run_dir
         self._last_complete = False  # only a pair known to be complete may become last-prev
 
-    def save(self, model: torch.nn.Module, optimizer, scheduler, state: dict,
-             ema: torch.nn.Module | None = None) -> None:
+    def save(self, model: torch.nn.Module, optimizer, scheduler, state: dict) -> None:
         if self._last_complete:
             for suffix in (".safetensors", ".json"):
                 _link_atomic(self.run_dir / f"{LAST}{suffix}", self.run_dir / f"{PREV}{suffix}")
-        save_train_state(self.run_dir / LAST, model, optimizer, scheduler, state, ema)
+        save_train_state(self.run_dir / LAST, model, optimizer, scheduler, state)
         self._last_complete = True
 
-    def load(self, model: torch.nn.Module, optimizer, scheduler, ema: torch.nn.Module | None = None) -> dict | None:
+    def load(self, model: torch.nn.Module, optimizer, scheduler) -> dict | None:
         if not (self.run_dir / f"{LAST}.json").is_file():
             return None
         try:
-            state = load_train_state(self.run_dir / LAST, model, optimizer, scheduler, ema)
+            state = load_train_state(self.run_dir / LAST, model, optimizer, scheduler)
         except ModelError as exc:
             if not (self.run_dir / f"{PREV}.json").is_file():
                 raise ModelError(f"cannot resume {self.run_dir}: {exc}") from None
             log.warning("cannot use %s (%s); resuming from the state before it, %s", LAST, exc, PREV)
             try:
-                return load_train_state(self.run_dir / PREV, model, optimizer, scheduler, ema)
+                return load_train_state(self.run_dir / PREV, model, optimizer, scheduler)
             except ModelError as prev_exc:
                 raise ModelError(f"cannot resume {self.run_dir}: {exc}; and {PREV}: {prev_exc}") from None
         self._last_complete = True
