@@ -24,8 +24,8 @@ def curve(rows: list[dict]) -> str:
     by_n = defaultdict(list)
     for r in rows:
         by_n[r["n"]].append(r)
-    out = ["| N labelled (images / patients, mean) | draws | held-out AUC, mean ± SD | per draw [95 % CI] | "
-           "`pneumonia_only` AUC, mean | radiologist-labelled AUC, mean (n) | source test AUC, mean | commit |",
+    out = [("| N labelled (images / patients, mean) | draws | held-out AUC, mean ± SD | per draw [95 % CI] | "
+           "`pneumonia_only` AUC, mean | radiologist-labelled AUC, mean (n) | source test AUC, mean | commit |"),
            "|---|---|---|---|---|---|---|---|"]
     for n in sorted(by_n):
         rs = sorted(by_n[n], key=lambda r: r["draw"])
@@ -43,9 +43,9 @@ def curve(rows: list[dict]) -> str:
 
 
 def full(rows: list[dict]) -> str:
-    out = ["| draw | N (patients, positives) | cross-fitted AUC / sens / spec | threshold | held-out AUC [CI] | "
+    out = [("| draw | N (patients, positives) | cross-fitted AUC / sens / spec | threshold | held-out AUC [CI] | "
            "held-out sensitivity [exact CI] | held-out specificity [exact CI] | source test AUC before -> after | "
-           "time (s) | commit |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "time (s) | commit |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["n"], r["draw"])):
         op, m, cf = r["at_operating_point"], r["at_operating_point"]["metrics"], r["crossfit"]
         s = r["source_test"]
