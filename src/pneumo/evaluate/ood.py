@@ -21,6 +21,7 @@ import torch
 from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
 from pneumo.data.manifest import resolve_root
+from pneumo.data.rundir import RunDir, read_folds
 from pneumo.data.splits import folds_for
 from pneumo.errors import ConfigError, ModelError
 from pneumo.models.ood import DEFAULT_PERCENTILE, load_ood
@@ -70,16 +71,16 @@ def fit_ood_for(model_path: str | os.PathLike, *, data: str | None = None,
     cfg = from_dict(stored_config)
     cfg.data.root = str(resolve_root(data or _existing(cfg.data.root)))
     folds = folds_for(cfg)
-    stored = sidecar.parent / "folds.csv"
+    stored = RunDir(sidecar.parent).folds
     if stored.is_file():
-        _check_same_split(folds, pd.read_csv(stored, keep_default_na=False, dtype=str), stored)
+        _check_same_split(folds, read_folds(stored), stored)
     cache = image_cache(cfg, folds)
     return fit_trained_ood(cfg, sidecar, cache, folds, device=select_device(cfg.train.device), percentile=percentile)
 
 
 def _sidecar(path: Path) -> Path:
     if path.is_dir():
-        path = path / "model.json"
+        path = RunDir(path).model
     elif path.suffix == ".safetensors":
         path = path.with_suffix(".json")
     if not path.is_file():

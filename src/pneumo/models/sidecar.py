@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo import atomic
+from pneumo.data.rundir import RunDir
 from pneumo.errors import ModelError
 
 FORMAT = "pneumo-checkpoint/1"
@@ -165,7 +166,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
                          f"({', '.join(members)})")
     if path.is_dir():
-        path = path / "model.json"
+        path = RunDir(path).model
     elif path.suffix in (".safetensors", ".onnx"):
         path = path.with_suffix(".json")
     if not path.is_file():
