@@ -8,7 +8,6 @@ sections (e.g. `pneumo.explain.analysis`).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import atomic
+from pneumo.atomic import to_jsonable
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, fit_temperature, nll, reliability_data
@@ -46,21 +46,6 @@ PUBLISHED = (
     ("MedMNIST v2 PneumoniaMNIST, ResNet-50 @224", "0.884", "", "", "0.962"),
     ("MedMNIST v2 PneumoniaMNIST, Google AutoML Vision", "0.946", "", "", "0.991"),
 )
-
-
-def to_jsonable(obj: object) -> object:
-    """numpy scalars/arrays -> Python, tuples -> lists, nan/inf -> None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def evaluate_predictions(
