@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-MODEL = "model.json"  # the best checkpoint's sidecar (its weights: model.safetensors)
+MODEL = "model.json"  # the best checkpoint's sidecar
+WEIGHTS = "model.safetensors"  # its weights
 CONFIG = "config.yaml"
 FOLDS = "folds.csv"
 TRAINING_METRICS = "metrics.csv"  # the per-epoch curves
@@ -31,6 +32,10 @@ class RunDir:
     @property
     def model(self) -> Path:
         return self.path / MODEL
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS
 
     @property
     def config(self) -> Path:

@@ -75,14 +75,14 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(weights_path(sidecar, meta), out / "model.safetensors")
+    new = RunDir(out)
+    shutil.copy2(weights_path(sidecar, meta), new.weights)
     ood_file = (meta.ood or {}).get("file")
     if ood_file and (source / ood_file).is_file():  # the out-of-distribution statistics travel with the weights
         shutil.copy2(source / ood_file, out / Path(ood_file).name)
     for name in (CONFIG, FOLDS, TRAINING_METRICS):
         if RunDir.holds(sidecar) and (source / name).is_file():
             shutil.copy2(source / name, out / name)
-    new = RunDir(out)
     if new.config.is_file():
         import yaml
 
@@ -91,7 +91,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         cfg["name"] = out.name
         atomic.write_text(new.config, yaml.safe_dump(cfg, sort_keys=False))
     # the old metrics were measured at the old operating point: evaluate the new model for its own
-    meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file="model.safetensors",
+    meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file=new.weights.name,
                                metrics={}, extra={**meta.extra, "operating_point": record})
     write_meta(new.model, meta)
     return record

@@ -84,8 +84,8 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
                          str(p.sidecar), (p.meta.config or {}).get("name") or p.sidecar.stem)
     folder = Path(model)  # an ensemble
     stored = json.loads((folder / "ensemble.json").read_text())
-    if "threshold" not in stored and (folder / "metrics.json").is_file():
-        stored = {**json.loads((folder / "metrics.json").read_text()), **stored}
+    if "threshold" not in stored and RunDir(folder).metrics.is_file():
+        stored = {**json.loads(RunDir(folder).metrics.read_text()), **stored}
     if "threshold" not in stored:
         raise ConfigError(f"{folder} has no operating point: evaluate the ensemble first")
     if len({tuple(p.classes) for p in predictors}) != 1:
