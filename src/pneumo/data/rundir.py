@@ -20,38 +20,24 @@ METRICS = "metrics.json"  # the evaluation
 PREDICTIONS = "predictions.csv"
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"``{name}`` of the run folder.")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """``RunDir(path).model``, ``.config``, ``.folds``, ... are the files of the run folder ``path``."""
 
     path: Path
+    model = _file(MODEL)
+    weights = _file(WEIGHTS)
+    config = _file(CONFIG)
+    folds = _file(FOLDS)
+    metrics = _file(METRICS)
+    predictions = _file(PREDICTIONS)
 
     def __init__(self, path: str | os.PathLike) -> None:
         object.__setattr__(self, "path", Path(path))
-
-    @property
-    def model(self) -> Path:
-        return self.path / MODEL
-
-    @property
-    def weights(self) -> Path:
-        return self.path / WEIGHTS
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def folds(self) -> Path:
-        return self.path / FOLDS
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def predictions(self) -> Path:
-        return self.path / PREDICTIONS
 
     def is_run(self) -> bool:
         """A training run's folder: its config and its folds are there."""
