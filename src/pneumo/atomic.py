@@ -1,18 +1,23 @@
 """Atomic file writes (temp file in the same folder + ``os.replace``): a reader never sees a half-written file.
 
 Every file pneumo writes goes through here: `write_bytes` / `write_text` / `write_json` for content in memory,
-`writing` for a writer that wants a path of its own (a memmap, an ONNX exporter, ``DataFrame.to_csv``).
+`writing` for a writer that wants a path of its own (a memmap, an ONNX exporter, ``DataFrame.to_csv``). Also the
+two helpers every file writer and checker shares: `to_jsonable` (strict JSON: nan/inf -> null) and `sha256_file`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -56,3 +61,24 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, payload: Any, *, default: Any = float) -> Path:
     """Write ``payload`` as indented JSON to ``path`` atomically (``default`` converts what JSON cannot hold)."""
     return write_text(path, json.dumps(payload, indent=2, default=default))
+
+
+def to_jsonable(obj: object) -> object:
+    """numpy scalars/arrays -> Python, tuples -> lists, nan/inf -> None (strict JSON: browsers reject NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, streamed (weights, ONNX exports, downloads)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -14,7 +14,7 @@ import torch
 
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
-from pneumo.evaluate.calibration import apply_temperature, p_pneumonia
+from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
 from pneumo.models.sidecar import read_meta, write_meta
@@ -82,6 +82,6 @@ def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before:
     frame = pd.DataFrame({"path": site.table["path"], "label": site.table["label"],
                           "patient_id": site.table["patient_id"],
                           "p_source_model": p_pneumonia(z_before), "p_crossfit": p_pneumonia(z_oof),
-                          "p_crossfit_calibrated": 1 - apply_temperature(z_oof, record["temperature"])[:, 0]})
+                          "p_crossfit_calibrated": p_pneumonia(z_oof, record["temperature"])})
     frame["predicted_pneumonia"] = (frame["p_crossfit"] >= record["operating_point"]["threshold"]).astype(int)
     atomic.write_text(out / "crossfit_predictions.csv", frame.to_csv(index=False))

@@ -9,7 +9,6 @@ is not published still gets a reference value on first download.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pneumo import atomic
+from pneumo.atomic import sha256_file
 from pneumo.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def download(
         raise DataError(f"cannot create download folder {dest}: {exc.strerror or exc}") from None
 
     if final.is_file():
-        if expected is None or _sha256_of(final) == expected:
+        if expected is None or sha256_file(final) == expected:
             log.info("already downloaded: %s", final)
             return final
         log.warning("%s does not match the expected checksum; downloading it again", final)
@@ -152,7 +152,7 @@ def download(
             log.warning("download interrupted (%s); resuming (attempt %d of %d)", exc, attempt + 1, MAX_ATTEMPTS)
             time.sleep(RETRY_DELAY_S)
 
-    digest = _sha256_of(part)
+    digest = sha256_file(part)
     if expected is not None and digest != expected:
         part.unlink(missing_ok=True)
         raise DataError(
@@ -287,14 +287,6 @@ def _safe_filename(name: str) -> str:
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
         raise DataError(f"cannot use {name!r} as a download file name; pass filename='...'")
     return name
-
-
-def _sha256_of(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while data := fh.read(block):
-            digest.update(data)
-    return digest.hexdigest()
 
 
 def _size_of(path: Path) -> int:

@@ -1,7 +1,8 @@
 """Temperature scaling (fitted on val by NLL) and expected calibration error with reliability-diagram data.
 
-Logits may be (N, K) with K >= 2 (softmax) or a single column / 1-D array of binary logits z, which is read as the
-two logits ``[0, z]`` so that ``softmax([0, z] / T)[1] == sigmoid(z / T)``.
+Logits may be (N, K) with K >= 2 (softmax) or a single column / 1-D array of binary logits z (see
+`pneumo.models.scores`, where logits become probabilities for every caller; its ``apply_temperature`` and
+``p_pneumonia`` are the names evaluation code uses).
 """
 
 from __future__ import annotations
@@ -14,21 +15,11 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from pneumo.errors import DataError
+from pneumo.models.scores import apply_temperature, as_logit_matrix, p_pneumonia
+
+__all__ = ["apply_temperature", "as_logit_matrix", "ece", "fit_temperature", "nll", "p_pneumonia", "reliability_data"]
 
 T_MIN, T_MAX = 0.05, 20.0
-
-
-def as_logit_matrix(logits: Sequence | np.ndarray) -> np.ndarray:
-    """(N, K>=2) float64 logits; a 1-D array or a single column becomes ``[0, z]``."""
-    z = np.asarray(logits, dtype=float)
-    if z.ndim == 1 or (z.ndim == 2 and z.shape[1] == 1):
-        z = z.reshape(-1, 1)
-        z = np.concatenate([np.zeros_like(z), z], axis=1)
-    if z.ndim != 2:
-        raise DataError(f"logits must be 1-D or (N, K), got shape {z.shape}")
-    if not np.isfinite(z).all():
-        raise DataError("logits must be finite")
-    return z
 
 
 def _labels(y: Sequence[int] | np.ndarray, n: int, k: int) -> np.ndarray:
@@ -78,16 +69,6 @@ def fit_temperature(logits: Sequence | np.ndarray, y: Sequence[int] | np.ndarray
     return float(math.exp(best))
 
 
-def apply_temperature(logits: Sequence | np.ndarray, temperature: float) -> np.ndarray:
-    """Calibrated class probabilities ``softmax(logits / T)``, shape (N, K) (K = 2 for single-logit input)."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise DataError(f"temperature must be a positive number, got {temperature}")
-    z = as_logit_matrix(logits) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _confidence(probs: Sequence | np.ndarray, y: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Top-label confidence and correctness. 1-D probs are P(class 1): the call is ``p >= 0.5``, confidence
     ``max(p, 1 - p)`` -- the same as the top label of the two-column ``[1 - p, p]``."""
@@ -133,8 +114,3 @@ def ece(probs: Sequence | np.ndarray, y: Sequence[int] | np.ndarray, n_bins: int
     at p >= 0.5, i.e. ``max(p, 1 - p)`` -- not the operating threshold, which is a decision choice, not a belief.
     """
     return reliability_data(probs, y, n_bins)["ece"]
-
-
-def p_pneumonia(logits: Sequence | np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``1 - P(normal)`` per image (class 0 is normal in both tasks); for one binary logit z, ``sigmoid(z / T)``."""
-    return np.clip(1.0 - apply_temperature(logits, temperature)[:, 0], 0.0, 1.0)

@@ -17,6 +17,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from pneumo import atomic
+from pneumo.data.rundir import RunDir
 from pneumo.errors import DataError
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
@@ -34,7 +35,7 @@ ALL_COLUMNS = (*COLUMNS, *(f"{p}: acc / sens / spec" for p in OPERATING_POLICIES
 
 def load_run_metrics(run_dir: str | os.PathLike) -> dict:
     """A run's ``metrics.json`` (the ``evaluate_predictions`` dict plus ``name``, ``config``, ``wall_time_s``)."""
-    path = Path(run_dir) / "metrics.json"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         raise DataError(f"{path} not found: evaluate the run first (pneumo evaluate {run_dir})")
     try:

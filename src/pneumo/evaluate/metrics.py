@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pneumo.config import POLICY_ALIASES, STANDARD_POLICIES, parse_policy  # noqa: F401 - re-exported
 from pneumo.errors import ConfigError, DataError
+from pneumo.models.scores import pneumonia_probability, predict_classes
 
 BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CELL_KEYS = ("tp", "fp", "tn", "fn")
@@ -246,12 +247,6 @@ def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return (float(ci.low), float(ci.high))
 
 
-def predict_classes(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """The shipped 3-class decision: normal when ``1 - P(normal) < threshold``, else the likeliest pneumonia class."""
-    probs = np.asarray(probs, dtype=float)
-    return np.where(1.0 - probs[:, 0] < threshold, 0, 1 + np.argmax(probs[:, 1:], axis=1))
-
-
 def _multiclass_values(conf: np.ndarray) -> dict[str, np.ndarray]:
     """Accuracy and macro-F1 from confusion matrices (..., K, K); classes absent from truth and calls are skipped."""
     diag = np.diagonal(conf, axis1=-2, axis2=-1)
@@ -281,8 +276,8 @@ def multiclass_metrics(
 ) -> dict:
     """3-class metrics: accuracy, macro-F1, confusion matrix, derived binary metrics and bacteria-vs-virus.
 
-    Class 0 is normal; ``p_pneumonia = 1 - P(normal)``. Predictions follow :func:`predict_classes` (the predictor's
-    rule), so the derived binary calls agree with the 3-class calls. Bacteria-vs-virus uses the images whose true
+    Class 0 is normal; ``p_pneumonia = 1 - P(normal)``. Predictions follow `pneumo.models.scores.predict_classes`
+    (the predictor's rule), so the derived binary calls agree with the 3-class calls. Bacteria-vs-virus uses the images whose true
     class is bacteria or virus, calls the likelier of the two and scores ``P(virus) / (P(bacteria) + P(virus))``.
 
     Args:
@@ -312,7 +307,7 @@ def multiclass_metrics(
     cell[np.arange(y.size), y * k + pred] = 1.0
     conf = cell.sum(axis=0).reshape(k, k)
     values = _multiclass_values(conf)
-    p_pneumonia = np.clip(1.0 - probs[:, 0], 0.0, 1.0)
+    p_pneumonia = pneumonia_probability(probs)
     y_pneumonia = (y != 0).astype(np.int64)
     bac, vir = _subtype_indices(class_names)
     mask = np.isin(y, (bac, vir))

@@ -21,11 +21,12 @@ import torch
 from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
 from pneumo.data.manifest import resolve_root
+from pneumo.data.rundir import RunDir, read_folds
 from pneumo.data.splits import folds_for
-from pneumo.errors import ConfigError, ModelError
+from pneumo.errors import ConfigError
 from pneumo.models.ood import DEFAULT_PERCENTILE, load_ood
 from pneumo.models.runtime import select_device
-from pneumo.models.sidecar import read_meta
+from pneumo.models.sidecar import read_meta, resolve_model
 from pneumo.train.ood import fit_trained_ood
 from pneumo.train.probe import extract_features
 
@@ -63,28 +64,18 @@ def fit_ood_for(model_path: str | os.PathLike, *, data: str | None = None,
         data: the dataset; default: the root stored in the checkpoint's config if it exists, else ``$PNEUMO_DATA``.
         percentile: the val percentile that becomes the flag threshold.
     """
-    sidecar = _sidecar(Path(model_path))
+    sidecar = resolve_model(model_path)
     stored_config = read_meta(sidecar).config
     if not isinstance(stored_config, dict):
         raise ConfigError(f"{sidecar} stores no training config: cannot rebuild its train/val split")
     cfg = from_dict(stored_config)
     cfg.data.root = str(resolve_root(data or _existing(cfg.data.root)))
     folds = folds_for(cfg)
-    stored = sidecar.parent / "folds.csv"
+    stored = RunDir(sidecar.parent).folds
     if stored.is_file():
-        _check_same_split(folds, pd.read_csv(stored, keep_default_na=False, dtype=str), stored)
+        _check_same_split(folds, read_folds(stored), stored)
     cache = image_cache(cfg, folds)
     return fit_trained_ood(cfg, sidecar, cache, folds, device=select_device(cfg.train.device), percentile=percentile)
-
-
-def _sidecar(path: Path) -> Path:
-    if path.is_dir():
-        path = path / "model.json"
-    elif path.suffix == ".safetensors":
-        path = path.with_suffix(".json")
-    if not path.is_file():
-        raise ModelError(f"checkpoint not found: {path} (give a run folder or a checkpoint's .json)")
-    return path
 
 
 def _existing(root: str | None) -> str | None:

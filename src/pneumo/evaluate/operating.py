@@ -74,14 +74,6 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     return "Operating points (policies side by side)", note + table
 
 
-def file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def paths_digest(paths: Iterable[str]) -> str:
     """SHA-256 of the sorted list of image paths: identifies the val images a threshold was chosen on."""
     return hashlib.sha256("\n".join(sorted(map(str, paths))).encode()).hexdigest()

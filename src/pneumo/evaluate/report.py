@@ -8,7 +8,6 @@ sections (e.g. `pneumo.explain.analysis`).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import atomic
+from pneumo.atomic import to_jsonable
+from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, fit_temperature, nll, reliability_data
 from pneumo.evaluate.metrics import (
@@ -28,6 +29,7 @@ from pneumo.evaluate.metrics import (
     sensitivity_by_subtype,
 )
 from pneumo.evaluate.plots import draw_evaluation_plots
+from pneumo.models.scores import pneumonia_probability
 from pneumo.templates import escape, figure, fmt_ci, fmt_number, page, render, table
 
 Section = tuple[str, str]  # (title, trusted HTML body)
@@ -44,21 +46,6 @@ PUBLISHED = (
     ("MedMNIST v2 PneumoniaMNIST, ResNet-50 @224", "0.884", "", "", "0.962"),
     ("MedMNIST v2 PneumoniaMNIST, Google AutoML Vision", "0.946", "", "", "0.991"),
 )
-
-
-def to_jsonable(obj: object) -> object:
-    """numpy scalars/arrays -> Python, tuples -> lists, nan/inf -> None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
 
 
 def evaluate_predictions(
@@ -111,17 +98,16 @@ def evaluate_predictions(
         raise DataError("labels and logits differ in length (val or test)")
 
     probs_val, probs_test = apply_temperature(z_val, 1.0), apply_temperature(z_test, 1.0)
-    p_val, p_test = 1.0 - probs_val[:, 0], 1.0 - probs_test[:, 0]
+    p_val, p_test = pneumonia_probability(probs_val), pneumonia_probability(probs_test)
     yb_val, yb_test = (y_val != 0).astype(np.int64), (y_test != 0).astype(np.int64)
-    threshold = choose_threshold(yb_val, np.clip(p_val, 0, 1), policy)
+    threshold = choose_threshold(yb_val, p_val, policy)
     temperature = fit_temperature(z_val, y_val)
     probs_cal = apply_temperature(z_test, temperature)
 
-    p_test = np.clip(p_test, 0.0, 1.0)
     metrics = binary_metrics(yb_test, p_test, threshold)
     before = reliability_data(probs_test, y_test, ece_bins)
     after = reliability_data(probs_cal, y_test, ece_bins)
-    val_auc = binary_metrics(yb_val, np.clip(p_val, 0, 1), threshold)["roc_auc"]
+    val_auc = binary_metrics(yb_val, p_val, threshold)["roc_auc"]
     test: dict = {
         "n": int(y_test.size),
         "metrics": metrics,
@@ -153,6 +139,22 @@ def evaluate_predictions(
 
 
 # ---------------------------------------------------------------- HTML
+
+def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray, *, temperature: float,
+                      threshold: float, class_columns: Sequence[str] = ()) -> Path:
+    """``predictions.csv``: the identifying ``rows`` columns, then ``p_pneumonia`` (raw), ``p_calibrated`` (at the
+    temperature), ``predicted_pneumonia`` (raw p at the threshold, as the predictor calls it) and, for each name in
+    ``class_columns``, ``p_<name>`` (calibrated)."""
+    import pandas as pd
+
+    probs, calibrated = apply_temperature(logits, 1.0), apply_temperature(logits, temperature)
+    frame = pd.DataFrame({**rows, "p_pneumonia": pneumonia_probability(probs),
+                          "p_calibrated": pneumonia_probability(calibrated)})
+    frame["predicted_pneumonia"] = (frame["p_pneumonia"] >= threshold).astype(int)
+    for i, name in enumerate(class_columns):
+        frame[f"p_{name}"] = calibrated[:, i]
+    return atomic.write_text(RunDir(out_dir).predictions, frame.to_csv(index=False))
+
 
 def metrics_table_html(metrics: dict, cis: dict | None = None, *, keys: Iterable[str] | None = None,
                        caption: str | None = None) -> str:

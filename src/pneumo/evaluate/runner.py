@@ -23,31 +23,32 @@ import yaml
 from pneumo import atomic
 from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
+from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
 from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis
 from pneumo.evaluate.ood import ood_note, summarize_test_ood
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
-from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report
+from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import predict_logits, select_device
+from pneumo.models.scores import log_mean_probability, p_pneumonia
 from pneumo.models.sidecar import CheckpointMeta, write_meta
-from pneumo.train.run import BEST
 
 log = logging.getLogger(__name__)
 Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images, y, subtypes, probs, threshold, names)
 
 
 def load_run(run_dir: Path, data: str | None = None):
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "folds.csv").is_file():
-        raise DataError(f"{run_dir} is not a run folder (no config.yaml / folds.csv)")
-    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise DataError(f"{run_dir} is not a run folder (no {run.config.name} / {run.folds.name})")
+    cfg = from_dict(yaml.safe_load(run.config.read_text()))
     if data:
         cfg.data.root = data
-    folds = pd.read_csv(run_dir / "folds.csv", keep_default_na=False, dtype={"dup_group": str})
-    return cfg, folds
+    return cfg, read_folds(run.folds)
 
 
 def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -98,7 +99,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     policies_to_report(None, extra)  # a bad policy fails here, before any predicting
     start = time.perf_counter()
     cfg, folds = load_run(run_dir, data)
-    model, meta = load_checkpoint(run_dir / f"{BEST}.json")
+    model, meta = load_checkpoint(RunDir(run_dir).model)
     names = class_names(cfg.data.task)
     logits = fold_logits(run_dir, cfg, folds, model)
     test = folds[folds["fold"] == "test"]
@@ -111,21 +112,21 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     _add_operating_points(result, cfg, folds, logits, extra)
     training = meta.training
     result["tta"] = cfg.eval.tta
-    result["ood"] = summarize_test_ood(run_dir / f"{BEST}.json", meta.ood, model, logits["test_images"],
+    result["ood"] = summarize_test_ood(RunDir(run_dir).model, meta.ood, model, logits["test_images"],
                                        device=select_device(cfg.train.device))
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
     _write_predictions(run_dir, test, logits["test"], result)
     if first:
-        _record_operating_point(run_dir / f"{BEST}.json", meta, result, folds)
+        _record_operating_point(RunDir(run_dir).model, meta, result, folds)
     sections = [operating_points_section(result)]
     if analysis:
         sections += _analysis(analysis, run_dir, model, meta, logits["test_images"], y_test, test, result, names)
     write_evaluation_report(run_dir, result, y_test=y_test, test_logits=logits["test"],
                             title=f"pneumo run: {cfg.name}", subtitle=_subtitle(result),
-                            extra_sections=sections, metrics_csv=run_dir / "metrics.csv")
-    atomic.write_json(run_dir / "metrics.json", result)
+                            extra_sections=sections, metrics_csv=run_dir / TRAINING_METRICS)
+    atomic.write_json(RunDir(run_dir).metrics, result)
     return result
 
 
@@ -136,7 +137,7 @@ def _at_stored_point(result: dict, stored: float, test_logits: np.ndarray, y_tes
     log.warning("the val fold now gives threshold %.4f, the model stores %.4f (val data changed?): reporting at the "
                 "stored one", result["threshold"], stored)
     yb = (np.asarray(y_test) != 0).astype(np.int64)
-    p = np.clip(1.0 - apply_temperature(test_logits, 1.0)[:, 0], 0, 1)
+    p = p_pneumonia(test_logits)
     metrics = binary_metrics(yb, p, stored)
     boot = result.get("bootstrap", {})
     result["threshold"] = stored
@@ -153,8 +154,7 @@ def _add_operating_points(result: dict, cfg, folds: pd.DataFrame, logits: dict, 
                                                   result.get("ece_bins", 15))["ece"]
     test = folds[folds["fold"] == "test"]
     yb_test = (labels(test, cfg.data.task) != 0).astype(np.int64)
-    p_val = np.clip(1.0 - apply_temperature(z_val, 1.0)[:, 0], 0, 1)
-    p_test = np.clip(1.0 - apply_temperature(logits["test"], 1.0)[:, 0], 0, 1)
+    p_val, p_test = p_pneumonia(z_val), p_pneumonia(logits["test"])
     boot = result["bootstrap"]
     result["operating_points"] = operating_points(
         (y_val != 0).astype(np.int64), p_val, yb_test, p_test, policies_to_report(result["threshold_policy"], extra),
@@ -192,15 +192,14 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     members = [Path(r) for r in run_dirs]
     loaded = [load_run(run_dir, data) for run_dir in members]
     cfg, folds = loaded[0]
-    probs: dict[str, list[np.ndarray]] = {"val": [], "test": []}
+    member_logits: dict[str, list[np.ndarray]] = {"val": [], "test": []}
     for run_dir, (member_cfg, member_folds) in zip(members, loaded):
         _check_same_folds(members[0], folds, cfg, run_dir, member_folds, member_cfg)
-        model, _ = load_checkpoint(run_dir / f"{BEST}.json")
+        model, _ = load_checkpoint(RunDir(run_dir).model)
         logits = fold_logits(run_dir, member_cfg, member_folds, model)
-        for fold, fold_probs in probs.items():
-            fold_probs.append(torch.softmax(torch.from_numpy(logits[fold]).float(), 1).numpy())
-    # log of the mean probability: the logits whose softmax is the averaged probability
-    ensemble = {fold: np.log(np.clip(np.mean(p, axis=0), 1e-12, 1.0)) for fold, p in probs.items()}
+        for fold, per_member in member_logits.items():
+            per_member.append(logits[fold])
+    ensemble = {fold: log_mean_probability(z) for fold, z in member_logits.items()}
     test = folds[folds["fold"] == "test"]
     y_test = labels(test, cfg.data.task)
     result = _protocol(cfg, folds, ensemble["val"], ensemble["test"], policy=policy, n_bootstrap=n_bootstrap)
@@ -218,7 +217,7 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
                                               "threshold": result["threshold"],
                                               "threshold_policy": result["threshold_policy"],
                                               "temperature": result["temperature"]})
-    atomic.write_json(out / "metrics.json", result)
+    atomic.write_json(RunDir(out).metrics, result)
     return result
 
 
@@ -234,7 +233,7 @@ def _check_same_folds(first: Path, folds: pd.DataFrame, cfg, other: Path, other_
 
 def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, images: np.ndarray, y_test: np.ndarray,
               test: pd.DataFrame, result: dict, names: list[str]) -> list:
-    probs = np.asarray([r for r in pd.read_csv(run_dir / "predictions.csv")["p_pneumonia"]])
+    probs = np.asarray([r for r in pd.read_csv(RunDir(run_dir).predictions)["p_pneumonia"]])
     try:
         return analysis(run_dir, model.cpu(), meta, np.asarray(images), y_test, test["subtype"].tolist(),
                                  probs, result["threshold"], names)
@@ -244,15 +243,9 @@ def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, im
 
 
 def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, result: dict) -> None:
-    z = torch.from_numpy(logits)
-    probs = torch.softmax(z, 1).numpy()
-    calibrated = torch.softmax(z / result["temperature"], 1).numpy()
-    out = pd.DataFrame({"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy(),
-                        "p_pneumonia": 1 - probs[:, 0], "p_calibrated": 1 - calibrated[:, 0]})
-    out["predicted_pneumonia"] = (out["p_pneumonia"] >= result["threshold"]).astype(int)
-    for i, name in enumerate(result["classes"]):
-        out[f"p_{name}"] = calibrated[:, i]
-    atomic.write_text(run_dir / "predictions.csv", out.to_csv(index=False))
+    write_predictions(run_dir, {"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy()}, logits,
+                      temperature=result["temperature"], threshold=result["threshold"],
+                      class_columns=result["classes"])
 
 
 def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, folds: pd.DataFrame) -> None:

@@ -18,7 +18,6 @@ from torch import nn
 
 from pneumo import atomic
 from pneumo.errors import ConfigError
-from pneumo.evaluate.report import to_jsonable
 from pneumo.explain.cam import cam_maps, default_layer_name
 from pneumo.explain.embeddings import embedding_figures, subsample
 from pneumo.explain.filters import activations_figure, confident_errors_gallery, filters_figure
@@ -108,7 +107,7 @@ def _shortcut_section(data: _TestSet) -> str:
     stats = shortcut_stats(maps, data.y[rows], data.class_names, images=data.images[rows])
     stats["images"] = len(rows)
     stats["layer"] = default_layer_name(data.model)
-    atomic.write_bytes(data.fig_dir / "shortcut_stats.json", json.dumps(to_jsonable(stats), indent=2).encode())
+    atomic.write_bytes(data.fig_dir / "shortcut_stats.json", json.dumps(atomic.to_jsonable(stats), indent=2).encode())
     mean_path = _mean_map_figure(maps, data.y[rows], data.class_names, data.fig_dir / "gradcam_mean.png")
     header, table_rows = shortcut_table_rows(stats)
     sampled = (f"a seeded class-stratified subsample of {len(rows)} of the {len(data.y)} test images"

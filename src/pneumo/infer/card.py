@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import os
 
-from pneumo.models.sidecar import resolve_model
+from pneumo.models.sidecar import card_markdown, resolve_model
 
 
 def model_card_text(model: str | os.PathLike | None = None) -> str:
     """The card of a run folder, checkpoint or None/"default" (the shipped model); reads files only."""
     sidecar = resolve_model(None if model in (None, "default") else model)
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    parts = []
-    markdown = sidecar.with_suffix(".md")
-    if markdown.is_file():
-        parts.append(markdown.read_text(encoding="utf-8", errors="replace").rstrip())
+    markdown = card_markdown(sidecar)
+    parts = [markdown.rstrip()] if markdown is not None else []
     facts = [f"- file: {sidecar}",
              (f"- architecture: {meta.get('arch', '?')} ({meta.get('mode', '?')}), input {meta.get('input_size')} px "
               f"{meta.get('resize_policy', 'squash')}, intensity {meta.get('intensity', 'none')}"

@@ -7,13 +7,13 @@ import os
 import re
 from pathlib import Path
 
+from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.operating import policies_to_report
 
 
 def is_run(model: str | os.PathLike | None) -> bool:
-    return model not in (None, "default") and (Path(model) / "config.yaml").is_file() and \
-        (Path(model) / "folds.csv").is_file()
+    return model not in (None, "default") and RunDir(model).is_run()
 
 
 def default_external_out(model: str | None, data: str | os.PathLike) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pneumo import atomic
+from pneumo.atomic import sha256_file
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.sidecar import CheckpointMeta, read_meta, resolve_model, weights_path
 
@@ -113,11 +114,6 @@ def verify_onnx(onnx_path: Path, weights_sha256: str | None = None) -> bool:
         raise IntegrityError(f"checksum mismatch for {onnx_path}: the ONNX export is corrupted or was replaced; "
                              f"delete it (and {record.name}) to export again")
     return True
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _record_path(onnx_path: Path) -> Path:

@@ -14,10 +14,11 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.config import parse_policy
+from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError
-from pneumo.evaluate.calibration import apply_temperature
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
+from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path, write_meta
 
 
@@ -58,7 +59,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
             raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --data FOLDER "
                             "or --dataset DIR")
         y, logits, paths, where = got
-    p = np.clip(1.0 - apply_temperature(logits, 1.0)[:, 0], 0.0, 1.0)
+    p = p_pneumonia(logits)
     yb = (np.asarray(y) != 0).astype(np.int64)
     threshold = choose_threshold(yb, p, policy)
     val_metrics = binary_metrics(yb, p, threshold)
@@ -74,22 +75,23 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(weights_path(sidecar, meta), out / "model.safetensors")
+    new = RunDir(out)
+    shutil.copy2(weights_path(sidecar, meta), new.weights)
     ood_file = (meta.ood or {}).get("file")
     if ood_file and (source / ood_file).is_file():  # the out-of-distribution statistics travel with the weights
         shutil.copy2(source / ood_file, out / Path(ood_file).name)
-    for name in ("config.yaml", "folds.csv", "metrics.csv"):
-        if sidecar.name == "model.json" and (source / name).is_file():
+    for name in (CONFIG, FOLDS, TRAINING_METRICS):
+        if RunDir.holds(sidecar) and (source / name).is_file():
             shutil.copy2(source / name, out / name)
-    if (out / "config.yaml").is_file():
+    if new.config.is_file():
         import yaml
 
-        cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load(new.config.read_text()) or {}
         cfg.setdefault("eval", {})["threshold_policy"] = policy
         cfg["name"] = out.name
-        atomic.write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        atomic.write_text(new.config, yaml.safe_dump(cfg, sort_keys=False))
     # the old metrics were measured at the old operating point: evaluate the new model for its own
-    meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file="model.safetensors",
+    meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file=new.weights.name,
                                metrics={}, extra={**meta.extra, "operating_point": record})
-    write_meta(out / "model.json", meta)
+    write_meta(new.model, meta)
     return record

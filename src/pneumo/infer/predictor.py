@@ -22,6 +22,7 @@ import numpy as np
 from pneumo.data.preprocess import prepare, to_unit
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.ood import load_ood
+from pneumo.models.scores import pneumonia_probability, predict_classes, softmax
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,6 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Predictor:
@@ -174,7 +169,7 @@ class Predictor:
 
     def predict_prepared(self, prepared: np.ndarray) -> list[Prediction]:
         logits, features = self.outputs(prepared)
-        results = [self._result(row) for row in logits]
+        results = self._results(logits)
         if self.ood is not None and features is not None:
             for result, score in zip(results, self.ood.scores(features)):
                 result.ood_score = float(score) if np.isfinite(score) else None
@@ -189,14 +184,12 @@ class Predictor:
             out.extend(self.predict_prepared(batch))
         return out
 
-    def _result(self, logit_row: np.ndarray) -> Prediction:
-        probs = softmax(logit_row[None])[0]
-        calibrated = softmax(logit_row[None] / self.temperature)[0]
-        p = float(1.0 - probs[0])  # class 0 is NORMAL / normal in both tasks
-        p_cal = float(1.0 - calibrated[0])
-        if len(self.classes) == 2:
-            label = self.classes[1] if p >= self.threshold else self.classes[0]
-        else:
-            label = "normal" if p < self.threshold else self.classes[1 + int(np.argmax(probs[1:]))]
-        return Prediction(p_pneumonia=p, p_calibrated=p_cal, label=label, threshold=self.threshold,
-                          probabilities={c: float(v) for c, v in zip(self.classes, calibrated)})
+    def _results(self, logits: np.ndarray) -> list[Prediction]:
+        """One prediction per row of float32 logits, computed in float32 (class 0 is normal in both tasks)."""
+        probs, calibrated = softmax(logits), softmax(logits / self.temperature)
+        p, p_cal = pneumonia_probability(probs), pneumonia_probability(calibrated)
+        called = predict_classes(probs, self.threshold)
+        return [Prediction(p_pneumonia=float(p[i]), p_calibrated=float(p_cal[i]), label=self.classes[called[i]],
+                           threshold=self.threshold,
+                           probabilities={c: float(v) for c, v in zip(self.classes, calibrated[i])})
+                for i in range(len(logits))]

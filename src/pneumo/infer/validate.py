@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo import atomic
+from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, PneumoError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.labelled import labelled_images
@@ -27,6 +28,7 @@ from pneumo.evaluate.metrics import (
     sensitivity_by_subtype,
 )
 from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
+from pneumo.models.scores import log_mean_probability, p_pneumonia, pneumonia_probability
 
 log = logging.getLogger(__name__)
 BATCH = 32
@@ -82,8 +84,8 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
                          str(p.sidecar), (p.meta.config or {}).get("name") or p.sidecar.stem)
     folder = Path(model)  # an ensemble
     stored = json.loads((folder / "ensemble.json").read_text())
-    if "threshold" not in stored and (folder / "metrics.json").is_file():
-        stored = {**json.loads((folder / "metrics.json").read_text()), **stored}
+    if "threshold" not in stored and RunDir(folder).metrics.is_file():
+        stored = {**json.loads(RunDir(folder).metrics.read_text()), **stored}
     if "threshold" not in stored:
         raise ConfigError(f"{folder} has no operating point: evaluate the ensemble first")
     if len({tuple(p.classes) for p in predictors}) != 1:
@@ -91,14 +93,6 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
     return ModelSpec(predictors, float(stored["threshold"]), float(stored.get("temperature", 1.0)),
                      stored.get("threshold_policy", "youden"), str(folder), f"ensemble {folder.name}",
                      members=[str(m) for m in stored["members"]])
-
-
-def mean_logits(per_member: list[np.ndarray]) -> np.ndarray:
-    """One member: its logits; several: the log of the mean probability (what the ensemble evaluation does)."""
-    if len(per_member) == 1:
-        return per_member[0]
-    probs = [apply_temperature(z, 1.0) for z in per_member]
-    return np.log(np.clip(np.mean(probs, axis=0), 1e-12, 1.0))
 
 
 def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False):
@@ -126,7 +120,7 @@ def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool 
         raise DataError(f"none of the {len(table)} labelled images could be read")
     table = table.iloc[kept].reset_index(drop=True)
     stacks = [np.stack(images) for images in prepared]
-    logits = mean_logits([np.concatenate([p.logits(s[i:i + BATCH]) for i in range(0, len(s), BATCH)])
+    logits = log_mean_probability([np.concatenate([p.logits(s[i:i + BATCH]) for i in range(0, len(s), BATCH)])
                           for p, s in zip(predictors, stacks, strict=True)])
     return _class_indices(table, predictors[0].classes), logits, table, errors, stacks[0]
 
@@ -155,12 +149,11 @@ def val_scores(predictors: list, *, data: str | None = None):
         if not p.meta.config:
             return None
         cfg = from_dict(p.meta.config)
-        folds_csv = p.sidecar.parent / "folds.csv"
         try:
             root = data or (cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None)
             cfg.data.root = str(resolve_root(root))
-            if p.sidecar.name == "model.json" and folds_csv.is_file():
-                folds = pd.read_csv(folds_csv, keep_default_na=False, dtype={"dup_group": str})
+            if RunDir.holds(p.sidecar) and RunDir(p.sidecar.parent).folds.is_file():
+                folds = read_folds(RunDir(p.sidecar.parent).folds)
             else:
                 folds = folds_for(cfg)
             val = folds[folds["fold"] == "val"].reset_index(drop=True)
@@ -175,7 +168,7 @@ def val_scores(predictors: list, *, data: str | None = None):
                      {"kind": "the model's val fold", "location": cfg.data.root,
                       "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction})
     y, paths, where = first
-    return y, mean_logits(per_member), paths, where
+    return y, log_mean_probability(per_member), paths, where
 
 
 def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
@@ -183,7 +176,7 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
     """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting)."""
     probs = apply_temperature(logits, 1.0)
     calibrated = apply_temperature(logits, temperature)
-    p = np.clip(1.0 - probs[:, 0], 0.0, 1.0)
+    p = pneumonia_probability(probs)
     yb = (y != 0).astype(np.int64)
     metrics = binary_metrics(yb, p, threshold)
     before, after = reliability_data(probs, y, ece_bins), reliability_data(calibrated, y, ece_bins)
@@ -232,7 +225,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     classes = spec.classes
     test = measure(y, logits, threshold=spec.threshold, temperature=spec.temperature, classes=classes,
                    subtypes=table["subtype"].tolist(), n_bootstrap=n_bootstrap, seed=seed, ece_bins=ece_bins)
-    p = np.clip(1.0 - apply_temperature(logits, 1.0)[:, 0], 0, 1)
+    p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
     result: dict = {"task": spec.task, "classes": classes, "threshold": spec.threshold,
                     "threshold_policy": spec.policy, "temperature": spec.temperature, "test": test,
@@ -241,7 +234,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:
         y_val, z_val, _, where = val
-        pv = np.clip(1.0 - apply_temperature(z_val, 1.0)[:, 0], 0, 1)
+        pv = p_pneumonia(z_val)
         yb_val = (y_val != 0).astype(np.int64)
         result["val"] = {"n": int(y_val.size), "roc_auc": binary_metrics(yb_val, pv, spec.threshold)["roc_auc"],
                          "ece_before": reliability_data(apply_temperature(z_val, 1.0), y_val, ece_bins)["ece"],
@@ -264,11 +257,12 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     result["ood"] = _ood_share(spec, images)
     result.update(name=spec.name, model=spec.location, members=spec.members or None,
                   eval_seconds=round(time.perf_counter() - start, 1))
-    from pneumo.evaluate.report import to_jsonable, write_evaluation_report
+    from pneumo.evaluate.report import to_jsonable, write_evaluation_report, write_predictions
 
     result = to_jsonable(result)
     out.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out, table, logits, result)
+    write_predictions(out, {"path": table["path"], "label": table["label"], "subtype": table["subtype"]}, logits,
+                      temperature=result["temperature"], threshold=result["threshold"])
     extra = [_data_section(result), operating_points_section(result), _errors_section(out, table, y, p, result)]
     if analysis:
         extra.append(_gallery(out, spec, images, y, p, table))
@@ -276,7 +270,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                             f"{spec.name}", subtitle=f"{result['external']['data']} · model {spec.location} · "
                             f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · T={spec.temperature:.2f}",
                             extra_sections=extra)
-    atomic.write_json(out / "metrics.json", result)
+    atomic.write_json(RunDir(out).metrics, result)
     return result
 
 
@@ -295,14 +289,6 @@ def _ood_share(spec: ModelSpec, images: np.ndarray) -> dict | None:
     except Exception as exc:  # noqa: BLE001 - an optional statistic must not cost the evaluation
         log.warning("OOD share skipped: %s: %s", type(exc).__name__, exc)
         return None
-
-
-def _write_predictions(out: Path, table: pd.DataFrame, logits: np.ndarray, result: dict) -> None:
-    probs, calibrated = apply_temperature(logits, 1.0), apply_temperature(logits, result["temperature"])
-    frame = pd.DataFrame({"path": table["path"], "label": table["label"], "subtype": table["subtype"],
-                          "p_pneumonia": 1 - probs[:, 0], "p_calibrated": 1 - calibrated[:, 0]})
-    frame["predicted_pneumonia"] = (frame["p_pneumonia"] >= result["threshold"]).astype(int)
-    atomic.write_text(out / "predictions.csv", frame.to_csv(index=False))
 
 
 def _data_section(result: dict) -> tuple[str, str]:

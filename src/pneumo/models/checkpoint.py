@@ -69,14 +69,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PneumoNet, CheckpointMeta]
     return model.eval(), meta
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     """Write a safetensors file atomically (mode 0644: checkpoints are shared and packaged); returns its SHA-256."""
     from safetensors.torch import save

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo import atomic
+from pneumo.data.rundir import RunDir
 from pneumo.errors import ModelError
 
 FORMAT = "pneumo-checkpoint/1"
@@ -128,7 +128,7 @@ class CheckpointMeta:
     def to_json(self) -> dict[str, Any]:
         """The sidecar dict (strict JSON: NaN/inf become null)."""
         payload = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        return _finite(json.loads(json.dumps({**payload, **self.extra}, default=json_default)))
+        return atomic.to_jsonable(json.loads(json.dumps({**payload, **self.extra}, default=json_default)))
 
     @property
     def model_id(self) -> str:
@@ -165,12 +165,18 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
                          f"({', '.join(members)})")
     if path.is_dir():
-        path = path / "model.json"
+        path = RunDir(path).model
     elif path.suffix in (".safetensors", ".onnx"):
         path = path.with_suffix(".json")
     if not path.is_file():
         raise ModelError(f"model not found: {model} (give a run folder or a checkpoint file)")
     return path
+
+
+def card_markdown(sidecar: str | os.PathLike) -> str | None:
+    """The model's card, ``<stem>.md`` next to its sidecar (the shipped and adapted models have one), or None."""
+    markdown = Path(sidecar).with_suffix(".md")
+    return markdown.read_text(encoding="utf-8", errors="replace") if markdown.is_file() else None
 
 
 def stem_of(path: str | os.PathLike) -> Path:
@@ -205,17 +211,6 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf -> None, so the sidecar is strict JSON (browsers reject NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _class_names(task: str) -> list[str]:

@@ -34,9 +34,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
 from pneumo import __version__
+from pneumo.atomic import to_jsonable
 from pneumo.config import ServeConfig
 from pneumo.errors import InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
+from pneumo.models.sidecar import card_markdown
 from pneumo.serve.batcher import MicroBatcher
 from pneumo.serve.http import Guard, api_key_check, install_error_handlers, mount_docs, one_line
 from pneumo.serve.limits import ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
@@ -302,20 +304,8 @@ def model_card_of(predictor: Predictor) -> dict[str, Any]:
     card = {k: v for k, v in predictor.meta.to_json().items() if k not in CARD_INTERNALS and not k.startswith("_")}
     card.update(model_id=predictor.model_id, backend=predictor.backend, classes=predictor.classes,
                 input_size=predictor.size, threshold=predictor.threshold)
-    markdown = predictor.sidecar.with_suffix(".md")
-    card["card_markdown"] = markdown.read_text(encoding="utf-8", errors="replace") if markdown.is_file() else None
-    return _finite(card)
-
-
-def _finite(value: Any) -> Any:
-    """NaN/inf (a metric undefined on a one-class split) -> None, which JSON can carry."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    card["card_markdown"] = card_markdown(predictor.sidecar)
+    return to_jsonable(card)  # NaN/inf (a metric undefined on a one-class split) -> None, which JSON can carry
 
 
 def _ms(seconds: float) -> float:

@@ -1,0 +1,114 @@
+"""Golden outputs of the shipped model: refactoring the scoring code must not change a number.
+
+The expected values in ``golden_shipped_model.json`` were written by this file at commit 29ad27d (before the scores,
+the ensemble mean and the run-folder files got one home each) with ``PNEUMO_WRITE_GOLDEN=1``; the tests compare the
+current code with them to 1e-6.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pneumo.infer.batch import predict_files
+from pneumo.infer.predictor import Predictor
+from pneumo.infer.validate import evaluate_external
+from pneumo.models.sidecar import resolve_model
+
+GOLDEN = Path(__file__).with_name("golden_shipped_model.json")
+WRITE = os.environ.get("PNEUMO_WRITE_GOLDEN") == "1"
+PER_LABEL = 8
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 8 NORMAL and 8 PNEUMONIA images (by name) of the official test split, as symlinks."""
+    root = tmp_path_factory.mktemp("golden")
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir()
+        for path in sorted((full_data / "test" / label).glob("*.jpeg"))[:PER_LABEL]:
+            (root / label / path.name).symlink_to(path)
+    return root
+
+
+def _golden() -> dict:
+    return json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+
+
+def _store(key: str, value: object) -> None:
+    golden = _golden()
+    golden[key] = value
+    GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+
+
+def _numbers(obj: object, prefix: str = "") -> dict[str, float | None]:
+    """Every number (and null) of a JSON tree by its path; strings (paths, names) and the run time are left out."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key != "eval_seconds":
+                out.update(_numbers(value, f"{prefix}/{key}"))
+        return out
+    if isinstance(obj, list):
+        out = {}
+        for i, value in enumerate(obj):
+            out.update(_numbers(value, f"{prefix}/{i}"))
+        return out
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return {prefix: obj}
+    return {}
+
+
+def _assert_close(actual: dict, expected: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for key, want in expected.items():
+        got = actual[key]
+        if isinstance(want, float) and isinstance(got, float) and not (math.isnan(want) or math.isnan(got)):
+            assert abs(got - want) <= TOLERANCE, (key, got, want)
+        else:
+            assert got == want, (key, got, want)
+
+
+def test_the_shipped_model_predicts_the_golden_probabilities_and_labels(labelled_folder: Path,
+                                                                         cache_dir: Path) -> None:
+    files = sorted(labelled_folder.glob("*/*.jpeg"))
+    assert len(files) == 2 * PER_LABEL
+    rows = {}
+    for path, prediction, error in predict_files(Predictor(None), files, batch_size=8):
+        assert error is None, error
+        rows[f"{path.parent.name}/{path.name}"] = {"p_pneumonia": prediction.p_pneumonia,
+                                                   "p_calibrated": prediction.p_calibrated,
+                                                   "label": prediction.label,
+                                                   "probabilities": prediction.probabilities}
+    if WRITE:
+        _store("predictor", rows)
+    _assert_close(_numbers(rows), _numbers(_golden()["predictor"]))
+    assert {k: v["label"] for k, v in rows.items()} == {k: v["label"] for k, v in _golden()["predictor"].items()}
+
+
+def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_leaves_it_unchanged(
+        labelled_folder: Path, data_slice: Path, tmp_path: Path, cache_dir: Path) -> None:
+    sidecar = resolve_model(None)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sidecar.parent.iterdir() if p.is_file()}
+    evaluate_external(None, labelled_folder, tmp_path / "out", n_bootstrap=50, analysis=False,
+                      val_data=str(data_slice))
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sidecar.parent.iterdir() if p.is_file()}
+    assert after == before  # evaluating never changes a model: model.json byte-identical, nothing added
+    metrics = _numbers(json.loads((tmp_path / "out" / "metrics.json").read_text()))
+    frame = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    predictions = {f"{Path(p).parent.name}/{Path(p).name}": [a, b, int(c)] for p, a, b, c in
+                   zip(frame["path"], frame["p_pneumonia"], frame["p_calibrated"], frame["predicted_pneumonia"],
+                       strict=True)}
+    if WRITE:
+        _store("external_metrics", metrics)
+        _store("external_predictions", predictions)
+    assert metrics["/val/n"] > 0  # the val path (operating points) is exercised too
+    _assert_close(metrics, _golden()["external_metrics"])
+    _assert_close(_numbers(predictions), _numbers(_golden()["external_predictions"]))
