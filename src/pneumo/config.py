@@ -42,25 +42,16 @@ REMOVED_KEYS.update({key: f"a study option that left the product (which runs as 
 _NEW_RUN = {"new_run": True}  # validation context: also check what must exist on this machine (weights, presets)
 
 
-def _none(value: Any) -> Any:
-    """``null``/``none``/``~``/empty text (a ``--set`` value) -> None for an optional field."""
-    return None if isinstance(value, str) and value.strip().lower() in ("null", "none", "~", "") else value
-
-
-def _items(value: Any) -> Any:
-    """A comma-separated string (``--set members=a,b``) -> its items; a YAML list stays as it is."""
-    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-
-
-Maybe = BeforeValidator(_none)
-Items = Annotated[list[str], BeforeValidator(_items)]
+# ``--set`` text: ``null``/``none``/``~``/empty -> None for an optional field; ``a,b`` -> a list (YAML lists stay)
+Maybe = BeforeValidator(lambda v: None if isinstance(v, str) and v.strip().lower() in ("null", "none", "~", "") else v)
+Items = Annotated[list[str], BeforeValidator(lambda v: [x.strip() for x in v.split(",") if x.strip()]
+                                             if isinstance(v, str) else v)]
 Count = Annotated[int, Field(ge=1)]
 _WORDS = {"int_parsing": "an integer", "int_from_float": "an integer", "int_type": "an integer",
           "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number",
           "bool_parsing": "true or false", "bool_type": "true or false", "string_type": "a string",
           "list_type": "a list", "model_type": "a mapping", "model_attributes_type": "a mapping"}
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
-           "less_than_equal": ("le", "<=")}
+_SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}  # a bound's name in pydantic's error context -> its sign
 
 
 class Schema(BaseModel):
@@ -111,9 +102,8 @@ class Schema(BaseModel):
         if kind == "value_error":
             text = str(ctx["error"])
             return (text if not key or text.startswith(key) else f"{key}: {text}") + more
-        if kind in _BOUNDS:
-            bound, sign = _BOUNDS[kind]
-            rule = f"{sign} {ctx[bound]:g}"
+        if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            rule = " ".join(f"{_SIGNS[bound]} {limit:g}" for bound, limit in ctx.items())
         elif kind == "literal_error":
             rule = f"one of {ctx['expected']}"
         elif kind in _WORDS:
@@ -260,17 +250,13 @@ class RunConfig(Schema):
         """A stored config's removed keys: one warning line each (per process), then dropped."""
         if not isinstance(values, dict):
             return values
-        out = {}
-        for section, keys in values.items():
-            if isinstance(keys, dict):
-                for key in [k for k in keys if f"{section}.{k}" in REMOVED_KEYS]:
-                    if f"{section}.{key}" not in _WARNED:
-                        _WARNED.add(f"{section}.{key}")
-                        log.warning("config key %s.%s is ignored: %s (removed)", section, key,
-                                    REMOVED_KEYS[f"{section}.{key}"])
-                keys = {k: v for k, v in keys.items() if f"{section}.{k}" not in REMOVED_KEYS}
-            out[section] = keys
-        return out
+        sections = {section: keys for section, keys in values.items() if isinstance(keys, dict)}
+        for key in [f"{section}.{k}" for section, keys in sections.items() for k in keys]:
+            if key in REMOVED_KEYS and key not in _WARNED:
+                _WARNED.add(key)
+                log.warning("config key %s is ignored: %s (removed)", key, REMOVED_KEYS[key])
+        return {**values, **{section: {k: v for k, v in keys.items() if f"{section}.{k}" not in REMOVED_KEYS}
+                             for section, keys in sections.items()}}
 
     @model_validator(mode="after")
     def _runnable(self, info: ValidationInfo) -> RunConfig:
