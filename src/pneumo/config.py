@@ -1,27 +1,32 @@
-"""Typed configuration: dataclasses, YAML presets and ``section.field=value`` overrides."""
+"""Typed configuration: pydantic models, YAML presets and ``section.field=value`` overrides.
+
+The models are the schema: types, bounds (``Field(ge=..)``), choices (``Literal``), field validators for the crop,
+threshold policy and device, a model validator for the rules that span fields. Construction validates; a
+``ValidationError`` becomes one ``ConfigError`` line naming the dotted key (``--flag`` for ``ServeConfig``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
-import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.functional_validators import BeforeValidator
 
 from pneumo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
-TASKS = ("binary", "3class")
-RESIZE_POLICIES = ("squash", "letterbox")
-TRANSFER_MODES = ("probe", "partial", "finetune", "scratch")
-INTENSITIES = ("none", "equalize", "clahe", "standardize")
+Task = Literal["binary", "3class"]
+ResizePolicy = Literal["squash", "letterbox"]
+TransferMode = Literal["probe", "partial", "finetune", "scratch"]
+Intensity = Literal["none", "equalize", "clahe", "standardize"]
+TASKS, RESIZE_POLICIES = typing.get_args(Task), typing.get_args(ResizePolicy)
+TRANSFER_MODES, INTENSITIES = typing.get_args(TransferMode), typing.get_args(Intensity)
 # Keys that older configs (and the run folders written with them) still hold; they load with a warning.
 REMOVED_KEYS = {"train.num_workers": "never read (data loading runs in the main process)",
                 "train.probe_c": "never read (the probe's regularisation is chosen on the val fold)"}
@@ -34,177 +39,240 @@ REMOVED_DEFAULTS: dict[str, Any] = {
     "train.channels_last": True, "train.depthwise_fp32": False}
 REMOVED_KEYS.update({key: f"a study option that left the product (which runs as its default {value!r} did); "
                           "BENCHMARKS.md records the commit that ran it" for key, value in REMOVED_DEFAULTS.items()})
+_NEW_RUN = {"new_run": True}  # validation context: also check what must exist on this machine (weights, presets)
 
 
-@dataclass
-class DataConfig:
-    root: str | None = None  # dataset folder or zip; falls back to $PNEUMO_DATA
-    task: str = "binary"  # binary | 3class
-    image_size: int = 224
-    resize_policy: str = "squash"  # squash | letterbox
-    intensity: str = "none"  # none | equalize | clahe | standardize (applied when the cache is built)
-    markers: str = "none"  # none | inpaint: in-paint burnt-in laterality markers and text (train and inference)
+# ``--set`` text: ``null``/``none``/``~``/empty -> None for an optional field; ``a,b`` -> a list (YAML lists stay)
+Maybe = BeforeValidator(lambda v: None if isinstance(v, str) and v.strip().lower() in ("null", "none", "~", "") else v)
+Items = Annotated[list[str], BeforeValidator(lambda v: [x.strip() for x in v.split(",") if x.strip()]
+                                             if isinstance(v, str) else v)]
+Count = Annotated[int, Field(ge=1)]
+_WORDS = {"int_parsing": "an integer", "int_from_float": "an integer", "int_type": "an integer",
+          "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number",
+          "bool_parsing": "true or false", "bool_type": "true or false", "string_type": "a string",
+          "list_type": "a list", "model_type": "a mapping", "model_attributes_type": "a mapping"}
+_SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}  # a bound's name in pydantic's error context -> its sign
+
+
+class Schema(BaseModel):
+    """A config section: unknown keys are errors, infinite/NaN floats are refused, numbers may name strings
+    (``name=123``); attributes stay assignable (checked again by ``validate``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False,
+                              coerce_numbers_to_str=True)
+    _prefix: ClassVar[str] = ""  # the section's dotted key when a section is built on its own
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(self._message(exc)) from None
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # nested sections: pydantic's own path
+
+    @classmethod
+    def checked(cls, values: dict[str, Any], context: dict[str, Any] | None = None) -> typing.Self:
+        """``values`` validated into ``cls``; a ``ValidationError`` becomes one ConfigError line."""
+        try:
+            return cls.model_validate(values, context=context)
+        except ValidationError as exc:
+            raise ConfigError(cls._message(exc)) from None
+
+    def validate(self) -> typing.Self:  # type: ignore[override]
+        """Check the current values again (attributes may have been assigned since) and what a new run needs on this
+        machine (a weights file, the ensemble's presets); returns self, one-line ConfigError otherwise."""
+        type(self).checked(self.model_dump(), _NEW_RUN)
+        return self
+
+    @classmethod
+    def _key(cls, loc: tuple[Any, ...]) -> str:
+        return cls._prefix + ".".join(str(part) for part in loc)
+
+    @classmethod
+    def _message(cls, exc: ValidationError) -> str:
+        """The first problem as one line: ``<key> must be <rule>, got <value>`` or ``<key>: <pydantic's words>``."""
+        errors = exc.errors()
+        err, more = errors[0], f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        key, got, kind, ctx = cls._key(err["loc"]), err.get("input"), err["type"], err.get("ctx", {})
+        if kind == "extra_forbidden":
+            section: Any = cls
+            for part in err["loc"][:-1]:
+                section = section.model_fields[part].annotation
+            return f"unknown config key {key}; known: {', '.join(section.model_fields)}"
+        if kind == "value_error":
+            text = str(ctx["error"])
+            return (text if not key or text.startswith(key) else f"{key}: {text}") + more
+        if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            rule = " ".join(f"{_SIGNS[bound]} {limit:g}" for bound, limit in ctx.items())
+        elif kind == "literal_error":
+            rule = f"one of {ctx['expected']}"
+        elif kind in _WORDS:
+            rule = _WORDS[kind]
+        else:
+            return f"{key}: {err['msg']} (got {got!r}){more}"
+        return f"{key} must be {rule}, got {got!r}{more}"
+
+
+def _reuse(check: Any, value: Any) -> Any:
+    """``value`` if ``check`` (one of the parsers below) accepts it; its ConfigError as the ValueError pydantic reports."""
+    try:
+        check(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class DataConfig(Schema):
+    _prefix: ClassVar[str] = "data."
+    root: Annotated[str | None, Maybe] = None  # dataset folder or zip; falls back to $PNEUMO_DATA
+    task: Task = "binary"
+    image_size: int = Field(224, ge=32)
+    resize_policy: ResizePolicy = "squash"
+    intensity: Intensity = "none"  # applied when the cache is built
+    markers: Literal["none", "inpaint"] = "none"  # inpaint: burnt-in laterality markers and text (train and inference)
     crop: str = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
-    val_fraction: float = 0.1
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = 0
-    cache_dir: str | None = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
-    limit_per_class: int | None = None  # take at most N images per split x subtype (tests, smoke runs)
+    cache_dir: Annotated[str | None, Maybe] = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
+    limit_per_class: Annotated[Count | None, Maybe] = None  # at most N images per split x subtype (tests)
+
+    @field_validator("crop")
+    @classmethod
+    def _crop(cls, crop: str) -> str:
+        return _reuse(parse_crop, crop)
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Schema):
+    _prefix: ClassVar[str] = "model."
     name: str = "efficientnet_lite0"
     weights: str = "imagenet"  # imagenet | none | path to a .safetensors/.pth state dict
-    mode: str = "probe"  # probe | partial | finetune | scratch
-    freeze_stages: int = 3  # for mode=partial: stages of the backbone kept frozen
-    drop_rate: float = 0.2
+    mode: TransferMode = "probe"
+    freeze_stages: int = Field(3, ge=0)  # for mode=partial: stages of the backbone kept frozen
+    drop_rate: float = Field(0.2, ge=0.0, lt=1.0)
 
 
-@dataclass
-class AugmentConfig:
-    rotate_deg: float = 7.0
-    scale: float = 0.1
-    translate: float = 0.06
-    brightness: float = 0.15
-    contrast: float = 0.15
-    gamma: float = 0.15
+class AugmentConfig(Schema):
+    _prefix: ClassVar[str] = "train.augment."
+    rotate_deg: float = Field(7.0, ge=0.0)
+    scale: float = Field(0.1, ge=0.0)
+    translate: float = Field(0.06, ge=0.0)
+    brightness: float = Field(0.15, ge=0.0)
+    contrast: float = Field(0.15, ge=0.0)
+    gamma: float = Field(0.15, ge=0.0)
     hflip: bool = False
-    erase: float = 0.0  # probability of random erasing: one rectangle (2-33 % of the image) replaced by noise
-    blur: float = 0.0  # Gaussian blur, sigma uniform in [0, blur] pixels per image (0: off)
-    noise: float = 0.0  # additive Gaussian noise, standard deviation uniform in [0, noise] per image (0: off)
+    erase: float = Field(0.0, ge=0.0, le=1.0)  # probability of random erasing: one 2-33 % rectangle replaced by noise
+    blur: float = Field(0.0, ge=0.0, le=10.0)  # Gaussian blur, sigma uniform in [0, blur] pixels per image (0: off)
+    noise: float = Field(0.0, ge=0.0, le=0.5)  # additive Gaussian noise, std uniform in [0, noise] per image (0: off)
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.5
-    loss: str = "ce"  # ce | focal
-    balance: str = "weights"  # weights | sampler | none
-    patience: int = 4  # early stopping on val ROC-AUC
+class TrainConfig(Schema):
+    _prefix: ClassVar[str] = "train."
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_epochs: float = Field(0.5, ge=0.0)
+    loss: Literal["ce", "focal"] = "ce"
+    balance: Literal["weights", "sampler", "none"] = "weights"
+    patience: int = Field(4, ge=1)  # early stopping on val ROC-AUC
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
     hold_memory: bool = True  # keep freed memory in the process (glibc): no page faults for every step's activations
-    max_steps_per_epoch: int | None = None  # for smoke tests
-    checkpoint_every_steps: int = 0  # also save the resumable state every N optimizer steps (0: after each epoch)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_steps_per_epoch: Annotated[Count | None, Maybe] = None  # for smoke tests
+    checkpoint_every_steps: int = Field(0, ge=0)  # also save the resumable state every N steps (0: after each epoch)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        return _reuse(check_device, device)
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(Schema):
+    _prefix: ClassVar[str] = "eval."
     threshold_policy: str = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
     tta: bool = False  # average logits over the image and its horizontal flip
-    n_bootstrap: int = 1000
+    n_bootstrap: int = Field(1000, ge=0)
     bootstrap_seed: int = 0
-    ece_bins: int = 15
+    ece_bins: int = Field(15, ge=1)
+
+    @field_validator("threshold_policy")
+    @classmethod
+    def _policy(cls, policy: str) -> str:
+        return _reuse(parse_policy, policy)
 
 
-@dataclass
-class ServeConfig:
+class ServeConfig(Schema):
+    """The service limits, checked at construction (``pneumo serve`` and ``create_app``); errors name the flag."""
+
     host: str = "127.0.0.1"
-    port: int = 8000
-    max_upload_mb: float = 20.0
-    max_pixels: int = 50_000_000
-    api_key: str | None = None  # also $PNEUMO_API_KEY
-    max_batch: int = 8
-    batch_window_ms: float = 5.0
-    cors_origins: list[str] = field(default_factory=list)
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this (slow clients are closed)
-    body_timeout_s: float = 60.0  # an upload must arrive within this (else 408)
-    max_active: int = 16  # predictions decoded and run at once
-    max_queue: int = 64  # predictions waiting for a slot; beyond: 503 + Retry-After
-    queue_timeout_s: float = 10.0  # the longest wait for a slot (then 503 + Retry-After)
-    upload_budget_mb: float = 512.0  # bytes of all uploads being read or waiting, summed; beyond: 503
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_mb: float = Field(20.0, gt=0.0)
+    max_pixels: int = Field(50_000_000, ge=1)
+    api_key: Annotated[str | None, Maybe] = None  # also $PNEUMO_API_KEY
+    max_batch: int = Field(8, ge=1)
+    batch_window_ms: float = Field(5.0, ge=0.0)
+    cors_origins: Items = Field(default_factory=list)
+    header_timeout_s: float = Field(10.0, gt=0.0)  # a request's headers must arrive within this (slow clients closed)
+    body_timeout_s: float = Field(60.0, gt=0.0)  # an upload must arrive within this (else 408)
+    max_active: int = Field(16, ge=1)  # predictions decoded and run at once
+    max_queue: int = Field(64, ge=0)  # predictions waiting for a slot; beyond: 503 + Retry-After
+    queue_timeout_s: float = Field(10.0, gt=0.0)  # the longest wait for a slot (then 503 + Retry-After)
+    upload_budget_mb: float = Field(512.0, gt=0.0)  # bytes of all uploads being read or waiting, summed; beyond: 503
 
-    def validate(self) -> ServeConfig:
-        """The service limits checked in one place (``pneumo serve`` and ``create_app``); returns self."""
-        _range("--port", self.port, low=1, high=65535)
-        _range("--max-upload-mb", self.max_upload_mb, low=0.0, low_open=True)
-        _range("--max-pixels", self.max_pixels, low=1)
-        _range("--max-batch", self.max_batch, low=1)
-        _range("--batch-window-ms", self.batch_window_ms, low=0.0)
-        for name in ("header_timeout_s", "body_timeout_s", "queue_timeout_s"):
-            _range(f"--{name.replace('_', '-')}", getattr(self, name), low=0.0, low_open=True)
-        _range("--max-active", self.max_active, low=1)
-        _range("--max-queue", self.max_queue, low=0)
+    @classmethod
+    def _key(cls, loc: tuple[Any, ...]) -> str:
+        return f"--{str(loc[0]).replace('_', '-')}" if loc else ""
+
+    @model_validator(mode="after")
+    def _budget_holds_an_upload(self) -> ServeConfig:
         if self.upload_budget_mb < self.max_upload_mb:
-            raise ConfigError("--upload-budget-mb must be at least --max-upload-mb (else the largest upload never fits)")
+            raise ValueError(f"--upload-budget-mb must be at least --max-upload-mb (else the largest upload never "
+                             f"fits), got {self.upload_budget_mb:g} < {self.max_upload_mb:g}")
         return self
 
 
-@dataclass
-class RunConfig:
+class RunConfig(Schema):
     name: str = "default"
     out_dir: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     # An ensemble preset: these presets are trained as runs <name>-<member> on one split (the same overrides apply to
     # each) and evaluated as their mean probability in runs/<name>; the fields above are then unused.
-    members: list[str] = field(default_factory=list)
+    members: Items = Field(default_factory=list)
 
-    def validate(self) -> None:
-        """Fail with one line before any work starts when a value is out of range or the combination cannot run.
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_keys(cls, values: Any) -> Any:
+        """A stored config's removed keys: one warning line each (per process), then dropped."""
+        if not isinstance(values, dict):
+            return values
+        sections = {section: keys for section, keys in values.items() if isinstance(keys, dict)}
+        for key in [f"{section}.{k}" for section, keys in sections.items() for k in keys]:
+            if key in REMOVED_KEYS and key not in _WARNED:
+                _WARNED.add(key)
+                log.warning("config key %s is ignored: %s (removed)", key, REMOVED_KEYS[key])
+        return {**values, **{section: {k: v for k, v in keys.items() if f"{section}.{k}" not in REMOVED_KEYS}
+                             for section, keys in sections.items()}}
 
-        The one place where choices and ranges are checked: `load_config` calls it, so does `train`."""
-        d, m, t, e = self.data, self.model, self.train, self.eval
-        _choice("data.task", d.task, TASKS)
-        _choice("data.resize_policy", d.resize_policy, RESIZE_POLICIES)
-        _choice("data.intensity", d.intensity, INTENSITIES)
-        _choice("data.markers", d.markers, ("none", "inpaint"))
-        check_crop(d.crop, "data.crop")
-        _choice("model.mode", m.mode, TRANSFER_MODES)
-        _choice("train.balance", t.balance, ("weights", "sampler", "none"))
-        _choice("train.loss", t.loss, ("ce", "focal"))
-        check_device(t.device)
-        _range("data.val_fraction", d.val_fraction, low=0.0, high=0.5, low_open=True, high_open=True)
-        _range("data.image_size", d.image_size, low=32)
-        if d.limit_per_class is not None:
-            _range("data.limit_per_class", d.limit_per_class, low=1)
-        _range("model.freeze_stages", m.freeze_stages, low=0)
-        _range("model.drop_rate", m.drop_rate, low=0.0, high=1.0, high_open=True)
-        _range("train.epochs", t.epochs, low=1)
-        _range("train.batch_size", t.batch_size, low=1)
-        _range("train.lr", t.lr, low=0.0, low_open=True)
-        _range("train.weight_decay", t.weight_decay, low=0.0)
-        _range("train.warmup_epochs", t.warmup_epochs, low=0.0)
-        _range("train.patience", t.patience, low=1)
-        _range("train.checkpoint_every_steps", t.checkpoint_every_steps, low=0)
-        if t.max_steps_per_epoch is not None:
-            _range("train.max_steps_per_epoch", t.max_steps_per_epoch, low=1)
-        for name in ("rotate_deg", "scale", "translate", "brightness", "contrast", "gamma"):
-            _range(f"train.augment.{name}", getattr(t.augment, name), low=0.0)
-        _range("train.augment.erase", t.augment.erase, low=0.0, high=1.0)
-        _range("train.augment.blur", t.augment.blur, low=0.0, high=10.0)
-        _range("train.augment.noise", t.augment.noise, low=0.0, high=0.5)
-        _range("eval.n_bootstrap", e.n_bootstrap, low=0)
-        _range("eval.ece_bins", e.ece_bins, low=1)
-        check_policy(e.threshold_policy, "eval.threshold_policy")
+    @model_validator(mode="after")
+    def _runnable(self, info: ValidationInfo) -> RunConfig:
+        """The rules that span fields; what must exist on this machine only for a new run (`validate`)."""
+        m = self.model
         if m.mode in ("probe", "partial") and m.weights == "none":
-            raise ConfigError(f"mode={m.mode} freezes layers, which needs pretrained weights (model.weights)")
-        if m.weights not in ("imagenet", "none") and not Path(m.weights).is_file():
-            raise ConfigError(f"weights file not found: {m.weights}")
-        for member in self.members:
-            preset_path(member)
+            raise ValueError(f"mode={m.mode} freezes layers, which needs pretrained weights (model.weights)")
+        if (info.context or {}).get("new_run"):
+            if m.weights not in ("imagenet", "none") and not Path(m.weights).is_file():
+                raise ValueError(f"weights file not found: {m.weights}")
+            for member in self.members:
+                _reuse(preset_path, member)
+        return self
 
 
-def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _range(name: str, value: float, *, low: float | None = None, high: float | None = None, low_open: bool = False,
-           high_open: bool = False) -> None:
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        raise ConfigError(f"{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
+_WARNED: set[str] = set()
 
 
 def check_device(device: str) -> str:
@@ -272,85 +340,15 @@ def check_policy(policy: str, name: str = "threshold policy") -> str:
     return _checked(parse_policy, policy, name)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return asdict(cfg)
+def to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """Plain values (JSON- and YAML-safe), as a run folder's config.yaml and a model's sidecar store them."""
+    return cfg.model_dump(mode="json")
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for name in sorted(set(values) - set(known)):
-        if f"{where}{name}" in REMOVED_KEYS and f"{where}{name}" not in _WARNED:
-            _WARNED.add(f"{where}{name}")
-            log.warning("config key %s%s is ignored: %s (removed)", where, name, REMOVED_KEYS[f"{where}{name}"])
-    values = {k: v for k, v in values.items() if f"{where}{k}" not in REMOVED_KEYS}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config key {where}{unknown[0]}; known: {', '.join(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        f = known[name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {where}{name} must be a mapping")
-            kwargs[name] = _build(type(default), value, f"{where}{name}.")
-        else:
-            kwargs[name] = coerce(value, hints[name], f"{where}{name}")
-    return cls(**kwargs)
-
-
-_WARNED: set[str] = set()
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def coerce(value: Any, kind: Any, name: str) -> Any:
-    """``value`` (from YAML or a ``--set`` string) as the field's type: int, float (``1e-3`` too), bool, str,
-    ``X | None`` (``null``/``none``) and ``list[X]`` (a YAML list or comma-separated); one-line ConfigError if not."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (Union, types.UnionType):
-        empty = value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~", ""))
-        if empty and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], name)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        return [coerce(v, args[0] if args else str, name) for v in value]
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in _TRUE or text in _FALSE:
-                return text in _TRUE
-            raise ValueError
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            out = float(value)
-            if not math.isfinite(out):
-                raise ValueError
-            return out
-        if kind is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return "null" if value is None else str(value) if not isinstance(value, bool) else str(value).lower()
-    except (TypeError, ValueError):
-        label = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
-        raise ConfigError(f"{name} must be {label}, got {value!r}") from None
-    return value
-
-
-def from_dict(values: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, values or {}, "")
+def from_dict(values: dict[str, Any] | None) -> RunConfig:
+    """A run config from plain values (a preset, a run folder's config.yaml, a sidecar's ``config``): removed keys
+    warn once and are dropped; types, bounds and choices are checked (what must exist on this machine is not)."""
+    return RunConfig.checked(values or {})
 
 
 def _parse_value(text: str) -> Any:
@@ -395,10 +393,9 @@ def load_config(preset: str | None = "default", overrides: list[str] | None = No
         with open(preset_path(preset), encoding="utf-8") as fh:
             values = yaml.safe_load(fh) or {}
     values = apply_overrides(values, overrides or [])
-    cfg = from_dict(values)
+    cfg = RunConfig.checked(values, _NEW_RUN)
     if cfg.data.root is None and os.environ.get("PNEUMO_DATA"):
         cfg.data.root = os.environ["PNEUMO_DATA"]
-    cfg.validate()
     return cfg
 
 
@@ -417,5 +414,5 @@ def member_configs(cfg: RunConfig, overrides: list[str]) -> list[RunConfig]:
     return out
 
 
-def dump_yaml(cfg: Any) -> str:
+def dump_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -58,11 +58,11 @@ def xray(xray_paths: list[Path]) -> bytes:
 
 @pytest.fixture()
 def make_client(predictor: Predictor) -> Iterator[Callable[..., TestClient]]:
-    """``make_client(**serve_config_fields)`` -> a started TestClient (500s come back as responses)."""
+    """``make_client(**serve_config_fields)`` (or ``config=``) -> a started TestClient (500s come back as responses)."""
     stack = []
 
-    def make(predictor_: Predictor | None = predictor, **fields: object) -> TestClient:
-        client = TestClient(create_app(ServeConfig(**fields), predictor_), raise_server_exceptions=False)
+    def make(predictor_: Predictor | None = predictor, config: ServeConfig | None = None, **fields: object) -> TestClient:
+        client = TestClient(create_app(config or ServeConfig(**fields), predictor_), raise_server_exceptions=False)
         client.__enter__()
         stack.append(client)
         return client

@@ -213,12 +213,13 @@ def test_the_queue_rejects_beyond_its_length_and_after_its_wait_limit() -> None:
 
 
 def test_uploads_beyond_the_memory_budget_get_503_and_the_budget_is_given_back(make_client, xray: bytes) -> None:
-    client: TestClient = make_client(upload_budget_mb=len(xray) / 2 / 1e6)
+    # a budget below one upload (ServeConfig refuses it: unchecked model_copy) stands in for several filling it
+    client: TestClient = make_client(config=ServeConfig().model_copy(update={"upload_budget_mb": len(xray) / 2 / 1e6}))
     refused = client.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"})
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert refused.headers["connection"] == "close"
     assert client.app.state.service.budget.held == 0
-    small = make_client(upload_budget_mb=2 * len(xray) / 1e6)
+    small = make_client(upload_budget_mb=2 * len(xray) / 1e6, max_upload_mb=2 * len(xray) / 1e6)
     assert small.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"}).status_code == 200
     assert small.app.state.service.budget.held == 0
 

@@ -10,7 +10,6 @@ image), so the model does not forget the hospital it was trained at.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 
@@ -86,7 +85,7 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     model = model.to(memory_format=fmt)
     if cfg.amp:  # the CPU's slow bf16 backward of strided / wide depthwise convolutions runs in fp32 instead
         depthwise_in_fp32(model, device, cfg.amp)
-    aug = dataclasses.replace(augment_cfg or AugmentConfig(), hflip=True)
+    aug = (augment_cfg or AugmentConfig()).model_copy(update={"hflip": True})
     n_site = len(site_x)
     use_source = source_x is not None and len(source_x) > 0 and cfg.rehearsal > 0
     n_source = min(len(source_x), round(cfg.rehearsal * n_site)) if use_source else 0

@@ -7,7 +7,6 @@ import ipaddress
 import json
 import logging
 import os
-from dataclasses import asdict
 
 from pneumo.config import ServeConfig
 from pneumo.errors import ConfigError
@@ -62,7 +61,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
-    """The ``ServeConfig`` the arguments describe, checked (``ServeConfig.validate``, the one place for the limits)."""
+    """The ``ServeConfig`` the arguments describe, checked as it is built (its schema is the one place for the limits;
+    an error names the flag)."""
     if args.workers < 1 or args.limit_concurrency < 1:
         raise ConfigError("--workers and --limit-concurrency must be at least 1")
     return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
@@ -70,7 +70,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
                        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
                        max_active=args.max_active, max_queue=args.max_queue, queue_timeout_s=args.queue_timeout_s,
-                       upload_budget_mb=args.upload_budget_mb).validate()
+                       upload_budget_mb=args.upload_budget_mb)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_model(args.model)  # fail here, not in every worker
         if config.api_key:
             os.environ["PNEUMO_API_KEY"] = config.api_key
-        settings = {**asdict(config), "api_key": None, "model": args.model, "backend": args.backend,
+        settings = {**config.model_dump(), "api_key": None, "model": args.model, "backend": args.backend,
                     "threads": args.threads}
         os.environ["PNEUMO_SERVE_SETTINGS"] = json.dumps(settings)
         options["http"] = "pneumo.serve.limits:HeaderDeadlineH11Protocol"  # each worker imports and configures it

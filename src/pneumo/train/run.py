@@ -9,7 +9,6 @@ replaced never leaves the run without a complete state). Launched by ``torchrun`
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ import torch
 
 from pneumo import atomic
 from pneumo.allocator import hold_freed_memory
-from pneumo.config import RunConfig, dump_yaml
+from pneumo.config import RunConfig, dump_yaml, to_dict
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
 from pneumo.data.splits import class_names, folds_for, labels
@@ -100,7 +99,7 @@ def checkpoint_meta(cfg: RunConfig, model: torch.nn.Module, extra: dict) -> dict
         "threshold": 0.5,
         "threshold_policy": None,
         "temperature": 1.0,
-        "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "config": to_dict(cfg),
         "commit": git_commit(),
         **extra,
     }
