@@ -139,25 +139,40 @@ def test_removed_keys_are_gone_and_old_configs_still_load_with_a_warning(tmp_pat
 STUDY_KEYS = {"data": {"train_sources": "all"}, "eval": {"val_view": "all"},
               "train": {"mixup": 0.0, "ema": 0.0, "label_smoothing": 0.0, "teachers": [], "distill_weight": 0.5,
                         "distill_temperature": 2.0, "channels_last": True, "depthwise_fp32": False}}
+STUDY_SET = {"data": {"train_sources": "original"}, "eval": {"val_view": "original"},
+             "train": {"mixup": 0.2, "ema": 0.999, "label_smoothing": 0.1, "teachers": ["runs/a"],
+                       "distill_weight": 0.7, "distill_temperature": 4.0, "channels_last": False,
+                       "depthwise_fp32": True}}
+
+
+def _load_study_run(tmp_path, caplog, keys: dict) -> tuple:
+    import yaml
+
+    from pneumo import config
+
+    old = tmp_path / "config.yaml"  # as a run folder of the study wrote it
+    old.write_text(yaml.safe_dump({"name": "old-study-run", **{s: {**k, "seed": 3} if s == "train" else k
+                                                               for s, k in keys.items()}}))
+    config._WARNED.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pneumo.config"):
+        cfg = load_config(str(old))
+    return cfg, [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
 
 
 def test_a_run_config_with_the_study_options_still_loads_with_one_line_warnings(tmp_path, caplog) -> None:
-    import yaml
-
     from pneumo import config
 
     for section, keys in STUDY_KEYS.items():  # gone from the typed config ...
         cls = type(getattr(config.RunConfig(), section))
         assert not set(keys) & set(cls.model_fields), section
-    old = tmp_path / "config.yaml"  # ... as a run folder of the study wrote them (train.mixup: 0.0 etc.)
-    old.write_text(yaml.safe_dump({"name": "old-study-run", **{s: {**k, "seed": 3} if s == "train" else k
-                                                               for s, k in STUDY_KEYS.items()}}))
-    config._WARNED.clear()
-    with caplog.at_level("WARNING", logger="pneumo.config"):
-        cfg = load_config(str(old))
-    assert cfg.name == "old-study-run" and cfg.train.seed == 3
-    warned = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
-    expected = {f"{s}.{k}" for s, keys in STUDY_KEYS.items() for k in keys}
+    # ... a stored config at their old defaults (the shipped model's) loads silently: the product runs as it did
+    cfg, warned = _load_study_run(tmp_path, caplog, STUDY_KEYS)
+    assert cfg.name == "old-study-run" and cfg.train.seed == 3 and warned == []
+    # one that set them to something else loads with one line per key: that run trained another configuration
+    cfg, warned = _load_study_run(tmp_path, caplog, STUDY_SET)
+    expected = {f"{s}.{k}" for s, keys in STUDY_SET.items() for k in keys}
+    assert cfg.train.seed == 3
     assert {m.split()[2] for m in warned} == expected and all("\n" not in m for m in warned)
     with pytest.raises(ConfigError, match="unknown config key train.mixup_alpha"):  # a typo is still an error
         load_config("default", ["train.mixup_alpha=0.2"])

@@ -251,8 +251,9 @@ class RunConfig(Schema):
         if not isinstance(values, dict):
             return values
         sections = {section: keys for section, keys in values.items() if isinstance(keys, dict)}
-        for key in [f"{section}.{k}" for section, keys in sections.items() for k in keys]:
-            if key in REMOVED_KEYS and key not in _WARNED:
+        for key, value in [(f"{section}.{k}", v) for section, keys in sections.items() for k, v in keys.items()]:
+            at_default = key in REMOVED_DEFAULTS and value == REMOVED_DEFAULTS[key]  # the product runs as it did
+            if key in REMOVED_KEYS and key not in _WARNED and not at_default:
                 _WARNED.add(key)
                 log.warning("config key %s is ignored: %s (removed)", key, REMOVED_KEYS[key])
         return {**values, **{section: {k: v for k, v in keys.items() if f"{section}.{k}" not in REMOVED_KEYS}
