@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumo.infer.batch import predict_files
+from pneumo.infer.batch import predict_file_results
 from pneumo.infer.predictor import Predictor
 from pneumo.infer.validate import evaluate_external
 from pneumo.models.sidecar import resolve_model
@@ -81,8 +81,9 @@ def test_the_shipped_model_predicts_the_golden_probabilities_and_labels(labelled
     files = sorted(labelled_folder.glob("*/*.jpeg"))
     assert len(files) == 2 * PER_LABEL
     rows = {}
-    for path, prediction, error in predict_files(Predictor(None), files, batch_size=8):
-        assert error is None, error
+    for result in predict_file_results(Predictor(None), files, batch_size=8):
+        path, prediction = result.path, result.prediction
+        assert result.error is None, result.error
         rows[f"{path.parent.name}/{path.name}"] = {"p_pneumonia": prediction.p_pneumonia,
                                                    "p_calibrated": prediction.p_calibrated,
                                                    "label": prediction.label,
