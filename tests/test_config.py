@@ -105,7 +105,7 @@ def test_the_shipped_models_stored_config_loads_and_round_trips() -> None:
 
 def test_a_stored_config_with_a_removed_key_warns_once_and_loads(caplog: pytest.LogCaptureFixture) -> None:
     config._WARNED.clear()
-    stored = {"name": "old", "train": {"num_workers": 4, "epochs": 2}, "eval": {"val_view": "all"}}
+    stored = {"name": "old", "train": {"num_workers": 4, "epochs": 2}, "eval": {"val_view": "original"}}
     with caplog.at_level(logging.WARNING, logger="pneumo.config"):
         cfg = from_dict(stored)
         from_dict(stored)  # a second load in the same process stays quiet
