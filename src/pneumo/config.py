@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic.functional_validators import BeforeValidator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from pneumo.errors import ConfigError
 
@@ -122,6 +122,12 @@ def _reuse(check: Any, value: Any) -> Any:
     return value
 
 
+# Text fields checked by the parsers below (resolved when a value is validated, so they may be defined later).
+Crop = Annotated[str, AfterValidator(lambda value: _reuse(parse_crop, value))]
+Device = Annotated[str, AfterValidator(lambda value: _reuse(check_device, value))]
+Policy = Annotated[str, AfterValidator(lambda value: _reuse(parse_policy, value))]
+
+
 class DataConfig(Schema):
     _prefix: ClassVar[str] = "data."
     root: Annotated[str | None, Maybe] = None  # dataset folder or zip; falls back to $PNEUMO_DATA
@@ -130,16 +136,12 @@ class DataConfig(Schema):
     resize_policy: ResizePolicy = "squash"
     intensity: Intensity = "none"  # applied when the cache is built
     markers: Literal["none", "inpaint"] = "none"  # inpaint: burnt-in laterality markers and text (train and inference)
-    crop: str = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
+    crop: Crop = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = 0
     cache_dir: Annotated[str | None, Maybe] = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
     limit_per_class: Annotated[Count | None, Maybe] = None  # at most N images per split x subtype (tests)
 
-    @field_validator("crop")
-    @classmethod
-    def _crop(cls, crop: str) -> str:
-        return _reuse(parse_crop, crop)
 
 
 class ModelConfig(Schema):
@@ -176,31 +178,23 @@ class TrainConfig(Schema):
     balance: Literal["weights", "sampler", "none"] = "weights"
     patience: int = Field(4, ge=1)  # early stopping on val ROC-AUC
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    device: Device = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
     hold_memory: bool = True  # keep freed memory in the process (glibc): no page faults for every step's activations
     max_steps_per_epoch: Annotated[Count | None, Maybe] = None  # for smoke tests
     checkpoint_every_steps: int = Field(0, ge=0)  # also save the resumable state every N steps (0: after each epoch)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, device: str) -> str:
-        return _reuse(check_device, device)
 
 
 class EvalConfig(Schema):
     _prefix: ClassVar[str] = "eval."
-    threshold_policy: str = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
+    threshold_policy: Policy = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
     tta: bool = False  # average logits over the image and its horizontal flip
     n_bootstrap: int = Field(1000, ge=0)
     bootstrap_seed: int = 0
     ece_bins: int = Field(15, ge=1)
 
-    @field_validator("threshold_policy")
-    @classmethod
-    def _policy(cls, policy: str) -> str:
-        return _reuse(parse_policy, policy)
 
 
 class ServeConfig(Schema):
