@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pneumo.infer.batch import expand_inputs, predict_file_results
     from pneumo.infer.predictor import Predictor
-    from pneumo.train.distributed import env_from_os, shard
+    from pneumo.models.processes import env_from_os, shard
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -20,56 +20,19 @@ How a DDP run matches a single-process run of the same ``train.batch_size``:
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from pneumo.errors import ConfigError
+from pneumo.models.processes import ONE_PROCESS, DistEnv, env_from_os, is_main_process, shard  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process stands in a (possibly one-process) job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-ONE_PROCESS = DistEnv()
 # How long ranks wait for rank 0 working alone (building the image cache, fitting a probe, evaluating an epoch).
 RANK0_ALONE_TIMEOUT = timedelta(minutes=30)
-
-
-def env_from_os() -> DistEnv:
-    """The ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` that torchrun (or SLURM scripts) set; one process otherwise."""
-    try:
-        return DistEnv(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                       int(os.environ.get("LOCAL_RANK", "0")))
-    except ValueError:
-        raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
-
-
-def is_main_process() -> bool:
-    """True on rank 0 or when not launched by torchrun: the process that logs, writes and evaluates."""
-    return env_from_os().is_main
 
 
 def setup(device: str = "auto") -> tuple[DistEnv, torch.device]:
@@ -110,19 +73,6 @@ def teardown(env: DistEnv, *, ok: bool = True) -> None:
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()
-
-
-def shard(items: Sequence[T] | torch.Tensor, rank: int, world_size: int) -> Sequence[T] | torch.Tensor:
-    """The contiguous part of ``items`` that ``rank`` handles: sizes differ by at most one, earlier ranks larger.
-
-    Concatenating the shards of ranks 0..world_size-1 gives ``items`` back in order, so per-rank outputs (e.g.
-    batch predictions of an archive) merge by simple concatenation.
-    """
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
-    base, extra = divmod(len(items), world_size)
-    start = rank * base + min(rank, extra)
-    return items[start : start + base + (rank < extra)]
 
 
 def sum_across(value: float, env: DistEnv, device: torch.device) -> float:
