@@ -18,11 +18,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from pneumo.config import AugmentConfig, parse_policy
+from pneumo.config import AugmentConfig, TrainConfig, parse_policy
 from pneumo.data.preprocess import to_unit
 from pneumo.models.runtime import autocast, depthwise_in_fp32, memory_format
 from pneumo.train.augment import augment
-from pneumo.train.loop import step_seed
+from pneumo.train.loop import make_loss, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,6 @@ def _keep_batchnorm_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse class frequency, normalised so that a balanced set has weight 1 per image."""
-    counts = np.bincount(np.asarray(y, np.int64), minlength=num_classes).astype(np.float64)
-    counts = np.maximum(counts, 1.0)
-    return torch.tensor(counts.sum() / (num_classes * counts), dtype=torch.float32)
-
-
 def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: AdaptConfig,
              source_x: np.ndarray | None = None, source_y: np.ndarray | None = None,
              augment_cfg: AugmentConfig | None = None, device: torch.device, seed: int = 0) -> nn.Module:
@@ -91,7 +84,7 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     n_source = min(len(source_x), round(cfg.rehearsal * n_site)) if use_source else 0
     num_classes = int(model.head.out_features)
     pooled_y = np.concatenate([site_y, source_y]) if use_source else np.asarray(site_y)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(pooled_y, num_classes).to(device))
+    loss_fn = make_loss(TrainConfig(), torch.from_numpy(pooled_y.astype(np.int64)), num_classes).to(device)  # weighted
     steps_per_epoch = max(1, math.ceil((n_site + n_source) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
     decay = [p for p in model.parameters() if p.ndim > 1]

@@ -154,7 +154,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         return finetune(base, site.x[rows], site.y[rows], cfg=cfg, source_x=pool[0], source_y=pool[1],
                         augment_cfg=augment_cfg, device=run_on, seed=step_seed(cfg.seed, k))
 
-    z_before = np.concatenate([predictor.logits(site.x[i:i + 64]) for i in range(0, len(site.x), 64)])
+    z_before = site.logits
     z_oof = np.zeros_like(z_before)
     folds = patient_folds(site.y, site.groups, cfg.folds, cfg.seed)
     for k, (train_rows, held_out) in enumerate(folds, start=1):

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class SiteImages:
     """A site's readable labelled images: ``table`` (path, label, subtype, patient_id), ``x`` uint8 (N, S, S),
     ``y`` class indices; ``errors`` {path: why} for the files left out; ``patients_given``: the CSV named patients
-    (otherwise every image is its own patient)."""
+    (otherwise every image is its own patient); ``logits``: the source model's scores of ``x``."""
 
     table: pd.DataFrame
     x: np.ndarray
@@ -31,6 +31,7 @@ class SiteImages:
     errors: dict[str, str]
     patients_given: bool
     location: str
+    logits: np.ndarray
 
     @property
     def groups(self) -> np.ndarray:
@@ -62,33 +63,18 @@ class SourceImages:
 
 
 def load_site(data: str | os.PathLike, predictor) -> SiteImages:
-    """Decode and preprocess every labelled image of a folder or ``path,label[,patient_id]`` CSV (the input gate that
-    predict and serve apply; refused or unreadable images are left out and listed)."""
-    from pneumo.data.decode import check_radiograph, load_image_file
-    from pneumo.evaluate.labelled import labelled_images
+    """Decode, preprocess and score every labelled image of a folder or ``path,label[,patient_id]`` CSV, as external
+    validation does (`pneumo.infer.validate.score_labelled`: the input gate predict and serve apply; refused or
+    unreadable images are left out and listed). ``logits`` are the model's own scores of them."""
+    from pneumo.infer.validate import score_labelled
 
-    table = labelled_images(data)
-    patients_given = "patient_id" in table.columns and (table["patient_id"] != "").all()
+    if len(predictor.classes) != 2:
+        raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
+    y, logits, table, errors, images = score_labelled([predictor], data)
+    patients_given = "patient_id" in table.columns and bool((table["patient_id"] != "").all())
     if not patients_given:
         table["patient_id"] = table["path"]
-    kept, images, errors = [], [], {}
-    for i, path in enumerate(table["path"]):
-        try:
-            gray = load_image_file(path, target=predictor.size)
-            check_radiograph(gray)
-        except PneumoError as exc:
-            errors[path] = str(exc)
-            continue
-        kept.append(i)
-        images.append(predictor.preprocess(gray))
-    if not kept:
-        raise DataError(f"none of the {len(table)} labelled images in {data} could be read")
-    table = table.iloc[kept].reset_index(drop=True)
-    classes = list(predictor.classes)
-    if len(classes) != 2:
-        raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
-    y = (table["label"] == "PNEUMONIA").to_numpy(np.int64)
-    return SiteImages(table, np.stack(images), y, errors, bool(patients_given), str(Path(data).absolute()))
+    return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits)
 
 
 def source_config(meta: CheckpointMeta) -> dict | None:
