@@ -184,3 +184,20 @@ def test_patient_folds_keep_patients_whole_and_both_classes_in_training() -> Non
         assert not set(groups[train]) & set(groups[test]) and set(y[train]) == {0, 1}
     with pytest.raises(Exception, match="lacks a class"):
         patient_folds(np.r_[np.zeros(9, int), 1], np.arange(10), 2, seed=0)
+
+
+def test_cli_adapts_end_to_end_with_every_flag(site_csv: Path, data_slice: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "site-b"
+    assert main(["adapt", "--data", str(site_csv), "--out", str(out), "--dataset", str(data_slice), "--folds", "2",
+                 "--epochs", "1", "--rehearsal", "0.5", "--threshold-policy", "youden", "--seed", "1",
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "adapted model:" in printed and "(youden)" in printed and "source hospital" in printed
+    record = json.loads((out / "adapt.json").read_text())
+    assert record["recipe"] | {"folds": 2, "epochs": 1, "rehearsal": 0.5, "threshold_policy": "youden",
+                               "seed": 1} == record["recipe"]
+    assert record["local"]["folds"] == 2 and record["rehearsal"]["used"] is True
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["threshold_policy"] == "youden" and meta["tta"] is False
+    assert meta["threshold"] == pytest.approx(record["operating_point"]["threshold"])

@@ -89,6 +89,9 @@ def test_without_the_dataset_the_site_is_measured_against_the_models_record(
     assert result["positive"]["p_pneumonia"] is None
     assert any("not available" in note for note in result["notes"])
     assert result["shifted"] is True
+    images = pd.read_csv(tmp_path / "out" / "images.csv")  # a flagged image gets no per-image call
+    assert images["ood"].any() and images.loc[images["ood"], "positive"].isna().all()
+    assert images.loc[~images["ood"], "positive"].notna().all()
 
 
 def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(

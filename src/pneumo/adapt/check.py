@@ -391,8 +391,9 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_json(folder / "site.json", result)
     frame = pd.DataFrame({"path": site.paths, "p_pneumonia": site.p_pneumonia, "positive": site.positive})
-    if len(site.ood_scores) == site.n:
+    if len(site.ood_scores) == site.n:  # a flagged image gets no per-image call (the site rates count every image)
         frame["ood_score"], frame["ood"] = site.ood_scores, site.ood_flags
+        frame["positive"] = frame["positive"].where(~frame["ood"], None)
     atomic.write_text(folder / "images.csv", frame.to_csv(index=False))
     write_site_report(result, site, ref.scored, folder)
     return result

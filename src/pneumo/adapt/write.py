@@ -35,7 +35,8 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
     out.mkdir(parents=True, exist_ok=True)
     inherited = {k: v for k, v in predictor.meta.to_json().items() if k not in NOT_INHERITED}
     local = record["local"]["after"]["metrics"]
-    meta = {**inherited, "mode": "adapted", "threshold": record["operating_point"]["threshold"],
+    meta = {**inherited, "mode": "adapted", "tta": False,  # the threshold was chosen on single-pass scores
+            "threshold": record["operating_point"]["threshold"],
             "threshold_policy": record["operating_point"]["policy"], "temperature": record["temperature"],
             "metrics": {"site_crossfit": {k: local[k] for k in ("accuracy", "sensitivity", "specificity", "f1",
                                                                  "roc_auc", "pr_auc")},
