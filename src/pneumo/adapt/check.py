@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
+from pneumo.adapt.sources import source_config
 from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
 from pneumo.data.decode import MAX_BYTES, check_radiograph, load_image
 from pneumo.errors import DataError, InputError, PneumoError
@@ -187,16 +188,11 @@ class Reference:
 def training_pool(meta, root: str | os.PathLike) -> pd.DataFrame:
     """The train + val folds of the model's dataset (as its stored config splits it; the official test split never),
     with ``path`` relative to the dataset and the ``fold`` column."""
-    from pneumo.config import from_dict
-    from pneumo.data.manifest import resolve_root, scan_dataset
-    from pneumo.data.splits import folds_for
+    from pneumo.adapt.sources import model_folds
+    from pneumo.data.manifest import scan_dataset
 
-    if isinstance(meta.config, dict) and meta.config.get("data"):
-        cfg = from_dict(meta.config)
-        cfg.data.root = str(resolve_root(root))
-        folds = folds_for(cfg)
-    else:
-        folds = scan_dataset(root).assign(fold=lambda df: df["split"])
+    found = model_folds(meta, root)
+    folds = found[1] if found else scan_dataset(root).assign(fold=lambda df: df["split"])
     return folds[folds["fold"].isin(["train", "val"])].reset_index(drop=True)
 
 
@@ -225,7 +221,7 @@ def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, 
     prevalence = float((train["label"] != "NORMAL").mean())
     pool = pool[~pool["sha256"].isin(exclude_sha256)]
     val = pool[pool["fold"] == "val"]
-    recorded = isinstance(predictor.meta.config, dict) and bool(predictor.meta.config.get("data"))
+    recorded = bool((source_config(predictor.meta) or {}).get("data"))  # an adapted model: its source's
     if recorded and len(val) >= MIN_IMAGES:  # unseen by the model's and the OOD statistics' fit, like a new site
         pool, pool_name = val, "the model's val fold"
     else:

@@ -82,25 +82,37 @@ def source_config(meta: CheckpointMeta) -> dict | None:
     return meta.config or (meta.extra.get("adaptation") or {}).get("source_config")
 
 
+def model_folds(meta: CheckpointMeta, dataset: str | os.PathLike | None) -> tuple[RunConfig, pd.DataFrame] | None:
+    """The model's own split of its training dataset (``dataset``, else the path its config records if it exists,
+    else ``$PNEUMO_DATA``), or None for a model that records no configuration. Raises `PneumoError` when the
+    dataset is not there."""
+    from pneumo.data.manifest import resolve_root
+    from pneumo.data.splits import folds_for
+
+    config = source_config(meta)
+    if not config or not config.get("data"):
+        return None
+    cfg: RunConfig = from_dict(config)
+    saved = cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None
+    cfg.data.root = str(resolve_root(dataset or saved).absolute())
+    return cfg, folds_for(cfg)
+
+
 def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: int, n_val: int = 400) -> SourceImages:
     """The rehearsal pool (a seeded class-stratified draw of ``pool`` train-fold images), up to ``n_val`` val-fold
     images and the official test split, from the dataset the model was trained on (``dataset``, else the path in its
     config, else ``$PNEUMO_DATA``). Never raises for a missing dataset: returns an empty `SourceImages` with a note."""
     from pneumo.data.cache import image_cache
-    from pneumo.data.manifest import resolve_root
-    from pneumo.data.splits import folds_for, labels
+    from pneumo.data.splits import labels
 
-    config = source_config(meta)
-    if not config:
-        return SourceImages(note="the model records no training configuration: no rehearsal, no source report")
-    cfg: RunConfig = from_dict(config)
     try:
-        saved = cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None
-        cfg.data.root = str(resolve_root(dataset or saved).absolute())
-        folds = folds_for(cfg)
+        found = model_folds(meta, dataset)
     except PneumoError as exc:
         return SourceImages(note=f"the source dataset is not available ({exc}): no rehearsal, no source report "
                                  "(pass --dataset DIR)")
+    if found is None:
+        return SourceImages(note="the model records no training configuration: no rehearsal, no source report")
+    cfg, folds = found
     if cfg.data.task != meta.task:
         raise DataError(f"the model's task {meta.task} differs from its config's {cfg.data.task}")
     rng = np.random.default_rng(seed)
