@@ -25,7 +25,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                        help="the model's training dataset, for the reference sample (default: $PNEUMO_DATA; without "
                             "either, the model's recorded statistics only)")
     check.add_argument("--sample", type=int, default=300, metavar="N",
-                       help="reference images drawn (seeded) from the dataset's train + val folds")
+                       help="reference images drawn (seeded) from the model's val fold (its train + val folds "
+                            "when it records no split)")
     check.add_argument("--seed", type=int, default=0, help="seed of the reference sample")
     check.set_defaults(func=run_check)
 
