@@ -93,19 +93,21 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--held-out", type=float, default=0.4)
     parser.add_argument("--full", type=int, default=0, help="run the whole pneumo adapt on N images instead")
+    parser.add_argument("--rehearsal", type=float, default=None,
+                        help="source images per site image and epoch (default: AdaptConfig's)")
     parser.add_argument("--workdir", default="/tmp/bench_adapt")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["kind"], r["draw"], r["n"]) for r in map(json.loads, out.read_text().splitlines())} if out.exists() \
-        else set()
+    cfg = AdaptConfig() if args.rehearsal is None else AdaptConfig(rehearsal=args.rehearsal)
+    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0)) for r in map(json.loads, out.read_text().splitlines())} \
+        if out.exists() else set()
     root = Path(args.data)
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
     predictor = Predictor(args.model, backend="torch")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = AdaptConfig()
     x_all = np.stack([predictor.preprocess(load_image_file(root / p, target=predictor.size))
                       for p in manifest["path"]])
     y_all = (manifest["label"] == "PNEUMONIA").to_numpy(np.int64)
@@ -119,11 +121,11 @@ def main() -> None:
         sizes = [args.full] if args.full else [0, *map(int, args.sizes.split(","))]
         for n in sizes:
             kind = "full" if args.full else "curve"
-            if (kind, draw, n) in done:
+            if (kind, draw, n, cfg.rehearsal) in done:
                 continue
             start = time.perf_counter()
             picked = draw_patients(pool, n, seed=1000 * draw + n) if n else pool.iloc[:0]
-            row = {"kind": kind, "draw": draw, "n": n, "n_images": len(picked),
+            row = {"kind": kind, "draw": draw, "n": n, "rehearsal": cfg.rehearsal, "n_images": len(picked),
                    "n_patients": int(picked["patient_id"].nunique()), "n_pos": int((picked["label"] == "PNEUMONIA")
                                                                                    .sum()), **info}
             if kind == "full":
@@ -152,6 +154,9 @@ def main() -> None:
                                      device=device, seed=step_seed(cfg.seed, 0))
                 p_test = p_pneumonia(score(model, x_all[test_rows], device))
                 row["source_test"] = auc_ci(y_src, p_pneumonia(score(model, source.test_x, device)), draw)
+                if source.val_x is not None:  # the source's val fold: what may decide the rehearsal ratio
+                    row["source_val"] = auc_ci((source.val_y != 0).astype(np.int64),
+                                               p_pneumonia(score(model, source.val_x, device)), draw)
             row.update(measure(p_test, test, draw))
             row["seconds"] = round(time.perf_counter() - start, 1)
             with out.open("a") as f:
