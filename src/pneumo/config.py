@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from pneumo.errors import ConfigError
+from pneumo.policy import parse_policy
 
 log = logging.getLogger(__name__)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -305,34 +306,6 @@ def _checked(parse: Any, value: str, name: str) -> str:
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     return value
-
-
-# Threshold policies. ``triage`` is the WHO triage profile: the highest specificity whose val sensitivity is >= 0.90
-# (= ``sensitivity:0.90``: the highest threshold that keeps 90 % of val pneumonia images positive).
-POLICY_ALIASES = {"triage": "sensitivity:0.90"}
-# Every evaluation reports these operating points side by side (each chosen on val); the model's own stays the headline.
-STANDARD_POLICIES = ("youden", "sensitivity:0.95", "triage")
-
-
-def parse_policy(policy: str) -> tuple[str, float | None]:
-    """``"youden"`` -> ("youden", None); ``"sensitivity:0.95"`` -> ("sensitivity", 0.95); ``"triage"`` ->
-    ("sensitivity", 0.90). ConfigError otherwise."""
-    if policy == "youden":
-        return "youden", None
-    policy = POLICY_ALIASES.get(policy, policy) if isinstance(policy, str) else policy
-    if isinstance(policy, str) and policy.startswith("sensitivity:"):
-        try:
-            target = float(policy.split(":", 1)[1])
-        except ValueError:
-            target = math.nan
-        if 0.0 < target <= 1.0:
-            return "sensitivity", target
-    raise ConfigError(f"threshold policy must be 'youden', 'triage' or 'sensitivity:X' with 0 < X <= 1, got {policy!r}")
-
-
-def check_policy(policy: str, name: str = "threshold policy") -> str:
-    """A threshold policy (``youden``, ``sensitivity:X``, ``triage``), checked before any work; returned as given."""
-    return _checked(parse_policy, policy, name)
 
 
 def to_dict(cfg: BaseModel) -> dict[str, Any]:

@@ -18,7 +18,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from pneumo.config import AugmentConfig, TrainConfig, parse_policy
+from pneumo.config import AugmentConfig, TrainConfig
+from pneumo.policy import parse_policy
 from pneumo.data.preprocess import to_unit
 from pneumo.models.runtime import autocast, depthwise_in_fp32, memory_format
 from pneumo.train.augment import augment

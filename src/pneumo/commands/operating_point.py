@@ -26,7 +26,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.config import check_policy
+    from pneumo.policy import check_policy
     from pneumo.infer.operating_point import derive_model
 
     check_policy(args.threshold_policy, "--threshold-policy")

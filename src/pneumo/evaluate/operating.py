@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from pneumo.config import STANDARD_POLICIES, parse_policy
+from pneumo.policy import STANDARD_POLICIES, parse_policy
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold
 
 SHOWN = ("accuracy", "sensitivity", "specificity", "precision", "f1")

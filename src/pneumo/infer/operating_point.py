@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import atomic
-from pneumo.config import parse_policy
+from pneumo.policy import parse_policy
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
