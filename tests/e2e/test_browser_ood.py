@@ -49,10 +49,15 @@ def test_a_photo_gets_the_warning_and_the_next_xray_does_not(page, full_data: Pa
     imsave(photo, data.astronaut())
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#ood-warning:not([hidden])")
-    assert "Outside what this model was trained on — don't trust the label" in page.inner_text("#ood-warning")
+    assert "Not assessed" in page.inner_text("#ood-warning")
     assert "distance" in page.inner_text("#ood-detail") and "limit" in page.inner_text("#ood-detail")
+    # no verdict beside the warning: no NORMAL/PNEUMONIA, no verdict colour (issue 23, finding 1)
+    assert page.inner_text("#label") == "NOT ASSESSED" and page.is_visible("#label.unassessed")
+    assert "No verdict" in page.inner_text("#label-explain")
     page.set_input_files("#file", str(min((full_data / "test" / "NORMAL").glob("*.jpeg"))))
     # the page clears the previous result at once (no stale warning), then shows the new one
     page.wait_for_selector("#label.positive, #label.negative")
     assert page.is_hidden("#ood-warning")
     assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
+    # the calibrated probability is shown with the threshold on its own scale: the two can never disagree
+    assert "the threshold on this scale" in page.inner_text("#calibrated-threshold")

@@ -86,19 +86,25 @@ def test_external_numbers_come_from_the_folder_at_the_stored_operating_point(
     a = evaluate_external(run_dir, two_folders[0], tmp_path / "a", n_bootstrap=50, analysis=False)
     b = evaluate_external(run_dir, two_folders[1], tmp_path / "b", n_bootstrap=50, analysis=True)
     official = json.loads((run_dir / "metrics.json").read_text())
-    assert a["test"]["n"] == 24 and b["test"]["n"] == 28 and official["test"]["n"] != 24
+    # the headline counts the assessed images; out-of-distribution ones are counted beside it (none of them verdicts)
+    assert a["external"]["n"] == 24 and b["external"]["n"] == 28 and official["test"]["n"] != 24
+    assert a["test"]["n"] == 24 - a["not_assessed"]["n"] and b["test"]["n"] == 28 - b["not_assessed"]["n"]
+    all_b = b.get("test_all", b["test"])
     assert a["test"]["confusion_matrix"] != b["test"]["confusion_matrix"]  # the numbers follow the folder
-    assert sum(map(sum, b["test"]["confusion_matrix"])) == 28 and b["test"]["confusion_matrix"][0][0] + \
-        b["test"]["confusion_matrix"][0][1] == 20
+    assert sum(map(sum, all_b["confusion_matrix"])) == 28 and all_b["confusion_matrix"][0][0] + \
+        all_b["confusion_matrix"][0][1] == 20
     assert a["threshold"] == stored["threshold"] and a["temperature"] == stored["temperature"]  # nothing refitted
     preds = pd.read_csv(tmp_path / "a" / "predictions.csv")
-    assert len(preds) == 24 and (preds["predicted_pneumonia"] == (preds["p_pneumonia"] >= a["threshold"])).all()
+    judged = preds[preds["assessed"] == 1]
+    assert len(preds) == 24 and len(judged) == a["test"]["n"] and preds["predicted_pneumonia"].isna().sum() == \
+        a["not_assessed"]["n"]
+    assert (judged["predicted_pneumonia"] == (judged["p_pneumonia"] >= a["threshold"])).all()
     tp = int(((preds["label"] == "PNEUMONIA") & (preds["predicted_pneumonia"] == 1)).sum())
     assert tp == a["test"]["metrics"]["tp"]
     assert set(a["operating_points"]) >= set(POLICIES) and a["operating_points"]["youden"]["threshold"] == \
         pytest.approx(stored["threshold"])
     page = (tmp_path / "b" / "report.html").read_text()
-    assert "External data, n = 28" in page and "Operating points" in page and "Errors per class" in page
+    assert f"External data, n = {b['test']['n']}" in page and "Operating points" in page and "Errors per class" in page
     assert (tmp_path / "b" / "figures" / "roc.png").is_file()
     if stored.get("ood"):  # the run's out-of-distribution statistics measure the external images too
         assert b["ood"]["n"] == 28 and 0 <= b["ood"]["n_flagged"] <= 28 and "Out-of-distribution:" in page
@@ -201,7 +207,7 @@ def test_the_shipped_model_and_an_ensemble_validate_on_a_folder(run_dir: Path, d
                                analysis=False)
     assert result["threshold"] == stored["threshold"] and result["members"] == [str(run_dir), str(other)]
     single = json.loads((tmp_path / "ens-ext" / "metrics.json").read_text())
-    assert single["test"]["n"] == 24
+    assert single["external"]["n"] == 24 and single["test"]["n"] == 24 - single["not_assessed"]["n"]
     probs = pd.read_csv(tmp_path / "ens-ext" / "predictions.csv")["p_pneumonia"].to_numpy()
     assert np.all((probs >= 0) & (probs <= 1))
 

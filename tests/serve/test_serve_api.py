@@ -25,8 +25,10 @@ def upload(xray: bytes, name: str = "x.jpeg") -> dict:
 
 def test_predict_returns_the_documented_fields(client: TestClient, xray: bytes) -> None:
     body = client.post(PREDICT, files=upload(xray)).json()
-    assert set(body) == {"p_pneumonia", "p_calibrated", "label", "threshold", "threshold_policy", "probabilities",
-                         "model_id", "timings_ms"}
+    assert set(body) == {"p_pneumonia", "p_calibrated", "label", "threshold", "threshold_calibrated",
+                         "threshold_policy", "probabilities", "model_id", "timings_ms", "assessed"}
+    assert body["assessed"] is True and (body["p_calibrated"] >= body["threshold_calibrated"]) == (
+        body["p_pneumonia"] >= body["threshold"])
     assert set(body["timings_ms"]) == {"decode", "inference", "total"}
 
 

@@ -141,16 +141,18 @@ def evaluate_predictions(
 # ---------------------------------------------------------------- HTML
 
 def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray, *, temperature: float,
-                      threshold: float, class_columns: Sequence[str] = ()) -> Path:
+                      threshold: float, class_columns: Sequence[str] = (), assessed: np.ndarray | None = None) -> Path:
     """``predictions.csv``: the identifying ``rows`` columns, then ``p_pneumonia`` (raw), ``p_calibrated`` (at the
-    temperature), ``predicted_pneumonia`` (raw p at the threshold, as the predictor calls it) and, for each name in
-    ``class_columns``, ``p_<name>`` (calibrated)."""
+    temperature), ``predicted_pneumonia`` (raw p at the threshold, as the predictor calls it; empty for an image
+    that is not ``assessed``) and, for each name in ``class_columns``, ``p_<name>`` (calibrated)."""
     import pandas as pd
 
     probs, calibrated = apply_temperature(logits, 1.0), apply_temperature(logits, temperature)
     frame = pd.DataFrame({**rows, "p_pneumonia": pneumonia_probability(probs),
                           "p_calibrated": pneumonia_probability(calibrated)})
     frame["predicted_pneumonia"] = (frame["p_pneumonia"] >= threshold).astype(int)
+    if assessed is not None:
+        frame["predicted_pneumonia"] = frame["predicted_pneumonia"].astype("Int64").mask(~np.asarray(assessed, bool))
     for i, name in enumerate(class_columns):
         frame[f"p_{name}"] = calibrated[:, i]
     return atomic.write_text(RunDir(out_dir).predictions, frame.to_csv(index=False))

@@ -22,7 +22,7 @@ import numpy as np
 from pneumo.data.preprocess import prepare, to_unit
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.ood import load_ood
-from pneumo.models.scores import pneumonia_probability, predict_classes, softmax
+from pneumo.models.scores import pneumonia_probability, predict_classes, softmax, threshold_on_calibrated_scale
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
 log = logging.getLogger(__name__)
@@ -30,20 +30,32 @@ BACKENDS = ("auto", "onnx", "torch")
 ONNX_CHUNK = 8  # ONNX Runtime on 2-4 cores runs batches of 8 faster than 32 (cache-sized activations)
 
 
+NOT_ASSESSED = "not assessed"
+
+
 @dataclass
 class Prediction:
-    """One image's result. ``p_pneumonia`` is the raw model probability; ``p_calibrated`` after temperature scaling;
-    ``label`` applies the checkpoint's validation-chosen threshold to ``p_pneumonia``. ``ood_score`` is the
-    Mahalanobis distance of the image's features to the training features and ``ood`` is True above the
-    validation-chosen limit (don't trust the label then); both are None for a model without OOD statistics."""
+    """One image's result. ``p_pneumonia`` is the raw model score the threshold applies to; ``p_calibrated`` the
+    probability after temperature scaling, with ``threshold_calibrated`` the same threshold on that scale (binary
+    models; None for 3-class), so either pair gives the verdict. ``label`` applies the checkpoint's validation-chosen
+    threshold, unless the image is not assessed: ``ood_score`` is the Mahalanobis distance of the image's features to
+    the training features and ``ood`` is True above the validation-chosen limit; such an image gets ``label`` "not
+    assessed", ``assessed`` False and the ``reason`` (both OOD fields are None for a model without OOD statistics)."""
 
     p_pneumonia: float
     p_calibrated: float
     label: str
     threshold: float
     probabilities: dict[str, float]
+    threshold_calibrated: float | None = None
     ood_score: float | None = None
     ood: bool | None = None
+    assessed: bool = True
+    reason: str | None = None
+
+    def withhold(self, reason: str) -> None:
+        """No verdict for this image (the scores stay, for audit)."""
+        self.label, self.assessed, self.reason = NOT_ASSESSED, False, reason
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,7 +185,10 @@ class Predictor:
         if self.ood is not None and features is not None:
             for result, score in zip(results, self.ood.scores(features)):
                 result.ood_score = float(score) if np.isfinite(score) else None
-                result.ood = bool(score > self.ood.threshold)
+                result.ood = bool(not np.isfinite(score) or score > self.ood.threshold)
+                if result.ood:
+                    result.withhold(f"out of distribution: unlike the chest X-rays the model learned from (distance "
+                                    f"{score:.1f} > limit {self.ood.threshold:.1f})")
         return results
 
     def predict(self, images: list[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
@@ -189,7 +204,8 @@ class Predictor:
         probs, calibrated = softmax(logits), softmax(logits / self.temperature)
         p, p_cal = pneumonia_probability(probs), pneumonia_probability(calibrated)
         called = predict_classes(probs, self.threshold)
+        t_cal = threshold_on_calibrated_scale(self.threshold, self.temperature) if len(self.classes) == 2 else None
         return [Prediction(p_pneumonia=float(p[i]), p_calibrated=float(p_cal[i]), label=self.classes[called[i]],
-                           threshold=self.threshold,
+                           threshold=self.threshold, threshold_calibrated=t_cal,
                            probabilities={c: float(v) for c, v in zip(self.classes, calibrated[i])})
                 for i in range(len(logits))]

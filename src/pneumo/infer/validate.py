@@ -221,10 +221,21 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                                           and Path(spec.location).is_file()):
         raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
     report_policies = policies_to_report(spec.policy, policies)
-    y, logits, table, errors, images = score_labelled(spec.predictors, data, progress=progress)
+    y_all, logits_all, table_all, errors, images_all = score_labelled(spec.predictors, data, progress=progress)
+    ood_scores, ood = _ood(spec, images_all)
+    assessed = ~ood["flags"] if ood else np.ones(len(y_all), dtype=bool)
+    # External data: the headline is measured on the assessed images (flagged ones get no verdict), all beside it. The
+    # official test split keeps its headline on every image (comparable with evaluate_run and published results).
+    headline = np.ones(len(y_all), dtype=bool) if official else assessed
+    if not headline.any():
+        raise DataError(f"all {len(y_all)} readable images are out of distribution for this model: none could be "
+                        "assessed (see pneumo site check)")
+    y, logits, images = y_all[headline], logits_all[headline], images_all[headline]
+    table = table_all[headline].reset_index(drop=True)
     classes = spec.classes
-    test = measure(y, logits, threshold=spec.threshold, temperature=spec.temperature, classes=classes,
-                   subtypes=table["subtype"].tolist(), n_bootstrap=n_bootstrap, seed=seed, ece_bins=ece_bins)
+    measured = dict(threshold=spec.threshold, temperature=spec.temperature, classes=classes,
+                    n_bootstrap=n_bootstrap, seed=seed, ece_bins=ece_bins)
+    test = measure(y, logits, subtypes=table["subtype"].tolist(), **measured)
     p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
     result: dict = {"task": spec.task, "classes": classes, "threshold": spec.threshold,
@@ -251,18 +262,26 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                                       fixed={spec.policy: spec.threshold})
         result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
                                            "rebuilt here (pass --dataset DIR)")
-    result["external"] = {"data": str(Path(data).absolute()), "n": len(table), "n_unreadable": len(errors),
+    result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": dict(list(errors.items())[:50]),
-                          "by_label": table["label"].value_counts().to_dict(), "official_test_split": official}
-    result["ood"] = _ood_share(spec, images)
+                          "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official}
+    result["ood"] = {k: v for k, v in ood.items() if k != "flags"} if ood else None
+    result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution",
+                              "paths": table_all["path"][~assessed].tolist()[:50]}
+    if (~assessed).any():  # the same measures on the other set: every readable image, or only the assessed ones
+        other = assessed if official else np.ones(len(y_all), dtype=bool)
+        result["test_assessed" if official else "test_all"] = measure(
+            y_all[other], logits_all[other], subtypes=table_all["subtype"][other].tolist(), **measured)
     result.update(name=spec.name, model=spec.location, members=spec.members or None,
                   eval_seconds=round(time.perf_counter() - start, 1))
     from pneumo.evaluate.report import to_jsonable, write_evaluation_report, write_predictions
 
     result = to_jsonable(result)
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, {"path": table["path"], "label": table["label"], "subtype": table["subtype"]}, logits,
-                      temperature=result["temperature"], threshold=result["threshold"])
+    write_predictions(out, {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
+                            **({"ood_score": ood_scores} if ood_scores is not None else {}),
+                            "assessed": assessed.astype(int)}, logits_all,
+                      temperature=result["temperature"], threshold=result["threshold"], assessed=assessed)
     extra = [_data_section(result), operating_points_section(result), _errors_section(out, table, y, p, result)]
     if analysis:
         extra.append(_gallery(out, spec, images, y, p, table))
@@ -274,21 +293,21 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     return result
 
 
-def _ood_share(spec: ModelSpec, images: np.ndarray) -> dict | None:
-    """Share of the images the model's out-of-distribution statistics flag (its first member's for an ensemble);
-    None for a model without statistics."""
-    from pneumo.evaluate.ood import summarize_test_ood
-    from pneumo.models.runtime import select_device
-
+def _ood(spec: ModelSpec, images: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
+    """Per-image out-of-distribution scores of the model's statistics (its first member's for an ensemble), through
+    the same `Predictor` that scored the images, and their summary with the ``flags`` (score above the limit set on
+    validation): flagged images get no verdict. ``(None, None)`` for a model without statistics or features."""
     p = spec.predictors[0]
-    model = p.torch_model
-    if model is None or not getattr(p.meta, "ood", None):
-        return None
-    try:
-        return summarize_test_ood(p.sidecar, p.meta.ood, model, images, device=select_device("cpu"))
-    except Exception as exc:  # noqa: BLE001 - an optional statistic must not cost the evaluation
-        log.warning("OOD share skipped: %s: %s", type(exc).__name__, exc)
-        return None
+    if p.ood is None:
+        return None, None
+    features = [p.outputs(images[i:i + BATCH])[1] for i in range(0, len(images), BATCH)]
+    if any(f is None for f in features):
+        return None, None
+    scores = p.ood.scores(np.concatenate(features))
+    flags = ~np.isfinite(scores) | (scores > p.ood.threshold)
+    return scores, {"n": len(scores), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
+                    "threshold": float(p.ood.threshold), "percentile": p.meta.ood.get("percentile"),
+                    "method": p.meta.ood.get("method"), "median_score": float(np.median(scores)), "flags": flags}
 
 
 def _data_section(result: dict) -> tuple[str, str]:
@@ -296,12 +315,17 @@ def _data_section(result: dict) -> tuple[str, str]:
     from pneumo.templates import table as table_html
 
     ext = result["external"]
-    rows = [["images scored", ext["n"]], ["unreadable (left out)", ext["n_unreadable"]],
+    na = result.get("not_assessed") or {"n": 0}
+    where = "in the metrics" if ext.get("official_test_split") else "not in the metrics"
+    rows = [["images read", ext["n"]], [f"not assessed (out of distribution): no verdict, {where}", na["n"]],
+            ["assessed", ext["n"] - na["n"]], ["unreadable (left out)", ext["n_unreadable"]],
             *[[f"label {k}", v] for k, v in sorted(ext["by_label"].items())]]
     ood = result.get("ood")
     ood_line = (f"<p>Out-of-distribution: {ood['n_flagged']} of {ood['n']} images flagged "
-                f"({100 * ood['share_flagged']:.1f} %; threshold = val p{ood['percentile']:g}), their labels are not to "
-                "be trusted.</p>" if ood else "<p>Out-of-distribution share: not available for this model.</p>")
+                f"({100 * ood['share_flagged']:.1f} %; limit = the {ood['percentile']:g}th percentile of the validation "
+                "images' distances). Flagged images get no pneumonia/normal verdict; the metrics on every readable "
+                "image, assessed or not, are in metrics.json under <code>test_all</code>.</p>" if ood
+                else "<p>Out-of-distribution check: not available for this model.</p>")
     bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>" for k, v in ext["unreadable"].items())
     return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
             f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"

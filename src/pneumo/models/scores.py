@@ -66,3 +66,13 @@ def predict_classes(probs: np.ndarray, threshold: float) -> np.ndarray:
     """The decision of every task: normal (0) when ``1 - P(normal) < threshold``, else the likeliest pneumonia class
     (1 for a binary model)."""
     return np.where(1.0 - probs[:, 0] < threshold, 0, 1 + np.argmax(probs[:, 1:], axis=1))
+
+
+def threshold_on_calibrated_scale(threshold: float, temperature: float) -> float:
+    """A binary model's threshold on raw P(pneumonia) expressed on the calibrated scale: ``sigmoid(logit(t) / T)``.
+    Temperature scaling is monotone, so raw P >= t exactly when calibrated P >= this value: a calibrated probability
+    and the verdict can never disagree when they are shown with it."""
+    t = min(max(float(threshold), 1e-12), 1 - 1e-12)
+    z = math.log(t / (1 - t)) / temperature
+    return 1.0 / (1.0 + math.exp(-z))
+

@@ -33,10 +33,15 @@ class Timings(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    p_pneumonia: float
-    p_calibrated: float
-    label: str
+    p_pneumonia: float = Field(description="the model's score, which the threshold applies to")
+    p_calibrated: float = Field(description="the probability after temperature scaling (fitted on validation)")
+    label: str = Field(description="the verdict: a class name, or 'not assessed' (then see reason)")
     threshold: float
+    threshold_calibrated: float | None = Field(None, description="the same threshold on the calibrated scale "
+                                               "(binary models): p_calibrated >= it exactly when p_pneumonia >= "
+                                               "threshold")
+    assessed: bool = Field(True, description="false: no verdict for this image (reason says why)")
+    reason: str | None = None
     threshold_policy: str | None
     probabilities: dict[str, float]
     model_id: str

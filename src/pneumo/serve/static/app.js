@@ -12,6 +12,7 @@
     label: $("label"), labelExplain: $("label-explain"), bar: $("bar"), barFill: $("bar-fill"),
     barThreshold: $("bar-threshold"), probability: $("probability"), threshold: $("threshold"), facts: $("facts"),
     oodWarning: $("ood-warning"), oodDetail: $("ood-detail"), calibrated: $("calibrated"),
+    calibratedThreshold: $("calibrated-threshold"),
     modelFacts: $("model-facts"), modelCardDetails: $("model-card-details"), modelCard: $("model-card"),
   };
   let pending = null; // the file waiting for an API key
@@ -109,6 +110,7 @@
     el.probability.textContent = "—";
     el.threshold.textContent = "—";
     el.calibrated.textContent = "—";
+    el.calibratedThreshold.textContent = "";
     el.facts.replaceChildren();
     el.oodWarning.hidden = true;
     el.oodDetail.textContent = "";
@@ -170,7 +172,8 @@
   }
 
   function render(data, heatNote) {
-    const positive = data.label !== classes[0];
+    const assessed = data.assessed !== false; // not assessed: an out-of-distribution image gets no verdict
+    const positive = assessed && data.label !== classes[0];
     el.result.hidden = false;
     el.image.src = `data:image/png;base64,${data.preview_png_base64}`;
     if (data.heatmap_png_base64) {
@@ -188,12 +191,13 @@
     el.oodDetail.textContent = data.ood === true && typeof data.ood_score === "number"
       ? `It is unlike the chest X-rays the model learned from (distance ${data.ood_score.toFixed(1)}${
         oodLimit != null ? `, limit ${oodLimit.toFixed(1)}` : ""}).` : "";
-    el.label.textContent = data.label;
-    el.label.className = `label ${positive ? "positive" : "negative"}`;
+    el.label.textContent = assessed ? data.label : "NOT ASSESSED";
+    el.label.className = `label ${assessed ? (positive ? "positive" : "negative") : "unassessed"}`;
     const side = data.p_pneumonia >= data.threshold ? "at or above" : "below";
-    el.labelExplain.textContent = `P(pneumonia) is ${side} the model's threshold.`;
+    el.labelExplain.textContent = assessed ? `The model score is ${side} the model's threshold.`
+      : `No verdict: ${data.reason || "the image is outside what the model was trained on"}. The score below is shown for audit only.`;
     el.barFill.style.width = pct(data.p_pneumonia);
-    el.barFill.className = `bar-fill ${positive ? "positive" : "negative"}`;
+    el.barFill.className = `bar-fill ${assessed ? (positive ? "positive" : "negative") : "unassessed"}`;
     el.barThreshold.style.left = pct(data.threshold);
     el.bar.setAttribute("aria-valuenow", (100 * data.p_pneumonia).toFixed(1));
     el.bar.setAttribute("aria-valuetext",
@@ -201,6 +205,8 @@
     el.probability.textContent = data.p_pneumonia.toFixed(3);
     el.threshold.textContent = data.threshold.toFixed(3);
     el.calibrated.textContent = data.p_calibrated.toFixed(3);
+    el.calibratedThreshold.textContent = typeof data.threshold_calibrated === "number"
+      ? ` (the threshold on this scale: ${data.threshold_calibrated.toFixed(3)})` : "";
     el.facts.replaceChildren();
     const names = Object.keys(data.probabilities);
     if (names.length > 2) { // 3-class: the calibrated split of the probability over the subtypes
@@ -210,7 +216,7 @@
     const t = data.timings_ms;
     fact(el.facts, "Time", `${t.total.toFixed(0)} ms (decode ${t.decode.toFixed(0)}, model ${t.inference.toFixed(0)}`
       + `${t.heatmap != null ? `, heat map ${t.heatmap.toFixed(0)}` : ""})`);
-    setStatus(`Done: ${data.label}.`);
+    setStatus(assessed ? `Done: ${data.label}.` : "Done: not assessed.");
   }
 
   function setOpacity() {

@@ -1,0 +1,95 @@
+"""Issue 23, findings 1 and 2: an image flagged out of distribution gets no verdict anywhere (predictor, external
+evaluation and its predictions.csv), metrics are measured on the assessed images with the rest counted beside them,
+and the calibrated probability comes with the threshold on its own scale, so a number and its label never disagree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pneumo.data.decode import load_image_file
+from pneumo.infer.predictor import NOT_ASSESSED, Predictor
+from pneumo.infer.validate import evaluate_external
+from pneumo.models.scores import p_pneumonia, threshold_on_calibrated_scale
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Predictor:
+    return Predictor(None)
+
+
+def _photo() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut().mean(axis=2).astype(np.uint8)
+
+
+def test_a_flagged_image_gets_no_verdict_and_says_why(shipped: Predictor, full_data: Path) -> None:
+    xray = load_image_file(min((full_data / "test" / "NORMAL").glob("*.jpeg")))
+    photo, rotated = shipped.predict([_photo(), np.rot90(xray).copy()]), shipped.predict([xray])[0]
+    for result in photo:
+        assert result.ood is True and result.assessed is False and result.label == NOT_ASSESSED
+        assert "out of distribution" in result.reason and f"{shipped.ood.threshold:.1f}" in result.reason
+        assert 0.0 <= result.p_pneumonia <= 1.0  # the score stays, for audit
+    assert rotated.ood is False and rotated.assessed is True and rotated.reason is None
+    assert rotated.label in shipped.classes
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.2026757375717345, 3.0])
+@pytest.mark.parametrize("threshold", [0.02, 0.5, 0.9930518895644729])
+def test_the_calibrated_threshold_gives_the_same_verdict_as_the_raw_one(threshold: float, temperature: float) -> None:
+    z = np.random.default_rng(0).normal(0, 6, 20_000)
+    z = np.concatenate([z, [np.log(threshold / (1 - threshold))]])  # an image exactly at the threshold
+    raw, calibrated = p_pneumonia(z), p_pneumonia(z, temperature)
+    t_cal = threshold_on_calibrated_scale(threshold, temperature)
+    near = np.abs(raw - threshold) < 1e-9  # float ties at the boundary are not a disagreement
+    assert np.array_equal((raw >= threshold)[~near], (calibrated >= t_cal)[~near])
+    assert 0.0 < t_cal < 1.0
+
+
+def test_every_prediction_carries_the_threshold_on_the_calibrated_scale(shipped: Predictor, full_data: Path) -> None:
+    paths = sorted((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:4] + sorted(
+        (full_data / "test" / "NORMAL").glob("*.jpeg"))[:4]
+    for result in shipped.predict([load_image_file(p) for p in paths]):
+        assert result.threshold_calibrated == pytest.approx(
+            threshold_on_calibrated_scale(shipped.threshold, shipped.temperature))
+        if result.assessed:
+            called = result.label == "PNEUMONIA"
+            assert called == (result.p_pneumonia >= result.threshold)
+            assert called == (result.p_calibrated >= result.threshold_calibrated)
+
+
+def test_external_metrics_leave_flagged_images_out_and_count_them(full_data: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (site / label).mkdir(parents=True)
+        for src in sorted((full_data / "test" / label).glob("*.jpeg"))[:6]:
+            (site / label / src.name).symlink_to(src)
+    Image.fromarray(_photo()).save(site / "NORMAL" / "astronaut.png")  # a photo labelled normal: was a "true negative"
+    result = evaluate_external(None, site, tmp_path / "out", n_bootstrap=20, analysis=False)
+    assert result["external"]["n"] == 13
+    assert result["not_assessed"]["n"] == 1 and result["not_assessed"]["paths"][0].endswith("astronaut.png")
+    assert result["test"]["n"] == 12 and result["test_all"]["n"] == 13  # headline: assessed; all beside it
+    assert result["test"]["confusion_matrix"] != result["test_all"]["confusion_matrix"]
+    rows = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    photo = rows[rows["path"].str.endswith("astronaut.png")].iloc[0]
+    assert photo["assessed"] == 0 and pd.isna(photo["predicted_pneumonia"]) and photo["ood_score"] > 0
+    assert rows["assessed"].sum() == 12 and rows["predicted_pneumonia"].notna().sum() == 12
+    assert "not assessed (out of distribution)" in (tmp_path / "out" / "report.html").read_text()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["not_assessed"]["n"] == 1
+
+
+def test_the_official_split_keeps_its_headline_on_every_image(full_data: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (site / label).mkdir(parents=True)
+        for src in sorted((full_data / "test" / label).glob("*.jpeg"))[:5]:
+            (site / label / src.name).symlink_to(src)
+    Image.fromarray(_photo()).save(site / "NORMAL" / "astronaut.png")
+    result = evaluate_external(None, site, tmp_path / "out", n_bootstrap=20, analysis=False, official=True)
+    assert result["test"]["n"] == 11 and result["test_assessed"]["n"] == 10 and "test_all" not in result
