@@ -93,3 +93,22 @@ def test_the_official_split_keeps_its_headline_on_every_image(full_data: Path, t
     Image.fromarray(_photo()).save(site / "NORMAL" / "astronaut.png")
     result = evaluate_external(None, site, tmp_path / "out", n_bootstrap=20, analysis=False, official=True)
     assert result["test"]["n"] == 11 and result["test_assessed"]["n"] == 10 and "test_all" not in result
+
+
+def test_an_external_report_is_worded_for_external_data(full_data: Path, tmp_path: Path) -> None:
+    """Issue 23, finding 6: no "test" wording, no published official-split table, the card's display name, the
+    temperature and ECE explained, no "unknown" subtype row."""
+    site = tmp_path / "site"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (site / label).mkdir(parents=True)
+        for i, src in enumerate(sorted((full_data / "test" / label).glob("*.jpeg"))[:5]):
+            (site / label / f"IMG{i}.jpeg").symlink_to(src)  # hospital names: no bacteria/virus subtype in them
+    result = evaluate_external(None, site, tmp_path / "out", n_bootstrap=20, analysis=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert result["name"] == "pneumo default model" and "pneumo default model" in page and "best-s0" not in page
+    assert "Metrics on the external data" in page and "Test metrics" not in page and "test images" not in page
+    assert "Published results on the official test split" not in page and ">unknown<" not in page
+    assert "expected calibration error" in page and "calibration, fitted on the model" in page
+    official = evaluate_external(None, site, tmp_path / "official", n_bootstrap=20, analysis=False, official=True)
+    page = (tmp_path / "official" / "report.html").read_text()
+    assert official["test"]["n"] == 10 and "Test metrics" in page and "Published results" in page

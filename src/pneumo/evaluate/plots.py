@@ -209,6 +209,8 @@ def draw_evaluation_plots(fig_dir: str | os.PathLike, result: dict, *, y_test: S
     p = p_pneumonia(test_logits)
     test, out = result["test"], {}
     threshold = result["threshold"]
+    ext = result.get("external")
+    where = "external data" if ext and not ext.get("official_test_split") else "test"
     if np.unique(y_bin).size == 2:
         out["roc"] = plot_roc(y_bin, p, fig_dir / "roc.png", threshold=threshold, auc=test["metrics"]["roc_auc"])
         out["pr"] = plot_pr(y_bin, p, fig_dir / "pr.png", threshold=threshold, ap=test["metrics"]["pr_auc"])
@@ -216,10 +218,10 @@ def draw_evaluation_plots(fig_dir: str | os.PathLike, result: dict, *, y_test: S
     out["confusion"] = plot_confusion(test["confusion_matrix"], binary_names, fig_dir / "confusion.png")
     if "multiclass" in test:
         out["confusion_3class"] = plot_confusion(test["multiclass"]["confusion_matrix"], result["classes"],
-                                                 fig_dir / "confusion_3class.png", title="3-class confusion (test)")
+                                                 fig_dir / "confusion_3class.png", title=f"3-class confusion ({where})")
     out["reliability"] = plot_reliability(_nan_for_none(test["reliability"]["before"]),
                                           _nan_for_none(test["reliability"]["after"]), fig_dir / "reliability.png",
-                                          temperature=result["temperature"])
+                                          temperature=result["temperature"], title=f"Reliability ({where})")
     if test.get("by_subtype"):
         out["subtypes"] = plot_subtype_rates(test["by_subtype"], fig_dir / "subtypes.png")
     if metrics_csv is not None and Path(metrics_csv).is_file():

@@ -227,14 +227,18 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
             ("subtypes", "Share called pneumonia per subtype, Wilson 95 % intervals"),
             ("training", "Loss, val ROC-AUC and learning rate per epoch")) if n in figures)}
     boot = result.get("bootstrap", {})
+    ext = result.get("external")
+    external = bool(ext and not ext.get("official_test_split"))
+    images, split = ("images of this external data", "external data") if external else ("test images", "test")
     note = (f"<p>Threshold {escape(fmt_number(result['threshold']))} from the validation split by policy "
             f"<code>{escape(result['threshold_policy'])}</code>; CIs: {escape(boot.get('method', 'percentile'))} "
-            f"bootstrap, {escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} test images, "
+            f"bootstrap, {escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}, "
             f"seed {escape(boot.get('seed'))}.</p>")
     cm = test["confusion_matrix"]
     cm_table = table(["true \\ called", "normal", "pneumonia"],
                           [["normal", cm[0][0], cm[0][1]], ["pneumonia", cm[1][0], cm[1][1]]], caption="confusion")
-    sections: list[Section] = [("Test metrics (pneumonia vs normal)", note + metrics_table_html(
+    heading = "Metrics on the external data" if external else "Test metrics"
+    sections: list[Section] = [(f"{heading} (pneumonia vs normal)", note + metrics_table_html(
         test["metrics"], test.get("ci"), keys=(*BINARY_KEYS, *CELL_KEYS)) + cm_table)]
     if "multiclass" in test:
         sections.append(("3-class metrics", _multiclass_html(test["multiclass"]) + fig.get("confusion_3class", "")))
@@ -242,13 +246,17 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
                      fig.get("roc", "") + fig.get("pr", "") + fig.get("confusion", "")))
     calib = table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], [
         ["val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"), val.get("nll_after")],
-        ["test", test["ece_before"], test["ece_after"], test["nll_before"], test["nll_after"]]])
+        [split, test["ece_before"], test["ece_after"], test["nll_before"], test["nll_after"]]])
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
-                     f"on val by NLL; ECE with {escape(result.get('ece_bins', 15))} equal-width bins of top-label "
-                     "confidence.</p>" + calib + fig.get("reliability", "")))
-    if test.get("by_subtype"):
+                     "on val by NLL: the model's probabilities are divided by it (in logit space) so that a "
+                     "probability of 0.8 means about 80 % of such images have pneumonia. ECE (expected calibration "
+                     "error: the mean gap between confidence and accuracy, lower is better) with "
+                     f"{escape(result.get('ece_bins', 15))} equal-width bins of top-label confidence, before and "
+                     "after that scaling.</p>" + calib + fig.get("reliability", "")))
+    subtypes = {k: v for k, v in (test.get("by_subtype") or {}).items() if k != "unknown"}
+    if subtypes:
         rows = [[name, s["n"], s["predicted_positive"], fmt_ci(s["rate"], s.get("ci"))]
-                for name, s in test["by_subtype"].items()]
+                for name, s in subtypes.items()]
         sections.append(("Per subtype", "<p>Sensitivity for bacteria and virus; for normal, the false-positive "
                          "rate.</p>" + table(["subtype", "n", "called pneumonia", "rate [95 % CI]"], rows)
                          + fig.get("subtypes", "")))
@@ -256,9 +264,10 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
         sections.append(("Training curves", fig["training"]))
     sections.append(("Validation", table(["n", "ROC-AUC", "NLL before", "NLL after"], [
         [val["n"], val.get("roc_auc"), val.get("nll_before"), val.get("nll_after")]])))
-    sections.append(("Published results on the official test split", "<p>For context only (other preprocessing and "
-                     "training); numbers from random re-splits are not comparable.</p>" + table(
-                         ["study", "accuracy", "sensitivity", "specificity", "ROC-AUC"], PUBLISHED)))
+    if not external:  # published figures are on the official split: beside other data they would mislead
+        sections.append(("Published results on the official test split", "<p>For context only (other preprocessing "
+                         "and training); numbers from random re-splits are not comparable.</p>" + table(
+                             ["study", "accuracy", "sensitivity", "specificity", "ROC-AUC"], PUBLISHED)))
     return sections
 
 

@@ -80,8 +80,9 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
         if not p.meta.threshold_policy:  # training leaves a placeholder threshold without a policy
             raise ConfigError(f"{p.sidecar} has no operating point yet: evaluate the run first (pneumo evaluate "
                               f"--model {p.sidecar.parent})")
-        return ModelSpec(predictors, p.threshold, p.temperature, p.meta.threshold_policy,
-                         str(p.sidecar), (p.meta.config or {}).get("name") or p.sidecar.stem)
+        card = p.meta.extra.get("model_card") or {}  # the display name: the card's, else the run's
+        return ModelSpec(predictors, p.threshold, p.temperature, p.meta.threshold_policy, str(p.sidecar),
+                         card.get("name") or (p.meta.config or {}).get("name") or p.sidecar.stem)
     folder = Path(model)  # an ensemble
     stored = json.loads((folder / "ensemble.json").read_text())
     if "threshold" not in stored and RunDir(folder).metrics.is_file():
@@ -287,7 +288,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         extra.append(_gallery(out, spec, images, y, p, table))
     write_evaluation_report(out, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
                             f"{spec.name}", subtitle=f"{result['external']['data']} · model {spec.location} · "
-                            f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · T={spec.temperature:.2f}",
+                            f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · temperature {spec.temperature:.2f} "
+                            "(calibration, fitted on the model's val fold)",
                             extra_sections=extra)
     atomic.write_json(RunDir(out).metrics, result)
     return result
