@@ -120,3 +120,22 @@ def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Pat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "efficientnet_lite0" in err and "scratch_cnn" in err
+
+
+def test_a_run_stores_its_dataset_as_an_absolute_path(data_slice: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23, finding 7: trained with a relative --dataset, the run still finds its val fold from elsewhere."""
+    import yaml
+
+    from pneumo.infer.predictor import Predictor
+    from pneumo.infer.validate import val_scores
+
+    monkeypatch.chdir(data_slice.parent)
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)
+    cfg = tiny_config(Path(data_slice.name), tmp_path / "runs", tmp_path / "cache", "name=relative")
+    run_dir = train(cfg)
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    assert Path(stored).is_absolute() and Path(stored) == data_slice.resolve()
+    monkeypatch.chdir(tmp_path)  # another working directory: the stored path still resolves
+    y, logits, paths, where = val_scores([Predictor(run_dir)])
+    assert len(y) == len(logits) > 0 and Path(where["location"]) == data_slice.resolve()

@@ -135,7 +135,8 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
     from it, mid-epoch included. Under torchrun every rank calls this; all of them return the run dir.
     """
     cfg.validate()
-    resolve_root(cfg.data.root)
+    # stored absolute: the run's evaluate / operating-point / adapt find the dataset from any working directory
+    cfg.data.root = str(resolve_root(cfg.data.root).resolve())
     if cfg.train.hold_memory:
         hold_freed_memory()
     env, device = setup(cfg.train.device)
