@@ -184,6 +184,16 @@ def test_operating_point_writes_a_new_versioned_model_and_leaves_the_source_alon
     from pneumo.infer.predictor import Predictor
 
     assert Predictor(new).threshold == meta["threshold"] != Predictor(run_dir).threshold  # predict uses the new one
+    # its card (issue 23, finding 10): intended use, limits, and where the threshold came from instead of "metrics {}"
+    capsys.readouterr()
+    assert main(["model-card", "--model", str(new)]) == 0
+    card = capsys.readouterr().out
+    assert "## Intended use" in card and "pediatric" in card and "## Limits" in card
+    assert "Not measured at this operating point yet" in card and f"{op['chosen_on']['n']} images" in card
+    assert f"derived from {run_dir / 'model.json'}" in card
+    assert main(["model-card", "--model", str(run_dir)]) == 0  # the evaluated run: test metrics with their CIs
+    card = capsys.readouterr().out
+    assert "Official test split, at this operating point" in card and "roc-auc" in card and "[95 % CI" in card
     assert main(["evaluate", "--model", str(new), "--bootstrap", "0", "--no-analysis"]) == 0
     evaluated = json.loads((new / "metrics.json").read_text())
     assert evaluated["threshold_policy"] == "sensitivity:0.95" and evaluated["threshold"] == meta["threshold"]
