@@ -51,9 +51,12 @@ class OodStats:
         f = np.asarray(features, dtype=np.float64)
         if f.ndim != 2 or f.shape[1] != self.num_features:
             raise ModelError(f"OOD statistics expect (N, {self.num_features}) features, got {tuple(f.shape)}")
-        precision = np.asarray(self.precision, dtype=np.float64)
-        d2 = np.stack([np.einsum("ij,ij->i", (f - m) @ precision, f - m) for m in np.asarray(self.means, np.float64)])
-        scores = np.sqrt(np.maximum(d2.min(axis=0), 0.0))
+        precision, means = np.asarray(self.precision, np.float64), np.asarray(self.means, np.float64)
+        # (f - m) P (f - m) = f P f - 2 f P m + m P m: one (N, F) x (F, F) product for all the class means
+        fp = f @ precision
+        d2 = (np.einsum("ij,ij->i", fp, f)[:, None] - 2.0 * fp @ means.T
+              + np.einsum("ij,ij->i", means @ precision, means)[None, :])
+        scores = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
         return np.where(np.isfinite(scores), scores, np.inf)
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
