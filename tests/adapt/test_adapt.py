@@ -91,8 +91,8 @@ def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) ->
 
     out, record = adapted["out"], adapted["record"]
     assert _digest(DEFAULT_MODEL.parent) == adapted["source_before"]
-    for name in ("model.json", "model.safetensors", "model.ood.safetensors", "model.md", "adapt.json", "report.html",
-                 "crossfit_predictions.csv"):
+    for name in ("model.json", "model.safetensors", "model.ood.safetensors", "model.orient.safetensors", "model.md",
+                 "adapt.json", "report.html", "crossfit_predictions.csv"):
         assert (out / name).is_file(), name
     meta = json.loads((out / "model.json").read_text())
     site = meta["adaptation"]["site"]
@@ -103,8 +103,11 @@ def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) ->
     assert meta["threshold"] == pytest.approx(record["operating_point"]["threshold"])
     assert meta["threshold_policy"] == TINY.threshold_policy and meta["mode"] == "adapted"
     assert meta["ood"]["n_train"] == 24 + site["n_images"]  # rehearsal pool + the site
+    # the orientation check is refitted on the adapted model's features (the source's would not fit them)
+    assert meta["orientation"]["n_train"] == 24 + site["n_images"] and meta["orientation"]["sha256"] != \
+        json.loads(DEFAULT_MODEL.read_text())["orientation"]["sha256"]
     predictor = Predictor(out, backend="torch")
-    assert predictor.ood is not None and predictor.threshold == meta["threshold"]
+    assert predictor.ood is not None and predictor.orientation is not None and predictor.threshold == meta["threshold"]
     lo, hi = record["local"]["after"]["sensitivity_exact_ci"]
     assert 0.0 <= lo <= record["local"]["after"]["metrics"]["sensitivity"] <= hi <= 1.0
     assert record["source_site"]["n"] > 0 and record["rehearsal"]["used"] is True

@@ -107,7 +107,7 @@ def test_external_numbers_come_from_the_folder_at_the_stored_operating_point(
     assert f"External data, n = {b['test']['n']}" in page and "Operating points" in page and "Errors per class" in page
     assert (tmp_path / "b" / "figures" / "roc.png").is_file()
     if stored.get("ood"):  # the run's out-of-distribution statistics measure the external images too
-        assert b["ood"]["n"] == 28 and 0 <= b["ood"]["n_flagged"] <= 28 and "Out-of-distribution:" in page
+        assert b["ood"]["n"] == 28 and 0 <= b["ood"]["n_flagged"] <= 28 and "Not assessed:" in page
     assert sidecar.read_bytes() == before
 
 
@@ -207,7 +207,8 @@ def test_the_shipped_model_and_an_ensemble_validate_on_a_folder(run_dir: Path, d
                                                                 tmp_path: Path) -> None:
     shipped = evaluate_external(None, two_folders[0], tmp_path / "shipped", n_bootstrap=20, analysis=False,
                                 val_data=str(data_slice))
-    assert shipped["test"]["n"] == 24 and shipped["model"].endswith("default-model.json")
+    assert shipped["external"]["n"] == 24 and shipped["test"]["n"] == 24 - shipped["not_assessed"]["n"]
+    assert shipped["model"].endswith("default-model.json")
     assert 0.0 <= shipped["test"]["metrics"]["roc_auc"] <= 1.0
     other = _run(data_slice, tmp_path, "scratch", "model.name=scratch_cnn", "model.mode=scratch",
                  "model.weights=none", "train.epochs=1", "train.lr=0.003")

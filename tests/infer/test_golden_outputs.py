@@ -2,7 +2,10 @@
 
 The expected values in ``golden_shipped_model.json`` were written by this file at commit 29ad27d (before the scores,
 the ensemble mean and the run-folder files got one home each) with ``PNEUMO_WRITE_GOLDEN=1``; the tests compare the
-current code with them to 1e-6.
+current code with them to 1e-6. The external-validation values were written again when the orientation check began
+to withhold the verdict on two of these images (``NORMAL/IM-0001-0001.jpeg``, ``IM-0011-0001-0001``; issue 23): their
+probabilities and every other image's label are unchanged, which the predictor test still checks against the 29ad27d
+values.
 """
 
 from __future__ import annotations
@@ -88,10 +91,12 @@ def test_the_shipped_model_predicts_the_golden_probabilities_and_labels(labelled
                                                    "p_calibrated": prediction.p_calibrated,
                                                    "label": prediction.label,
                                                    "probabilities": prediction.probabilities}
-    if WRITE:
-        _store("predictor", rows)
-    _assert_close(_numbers(rows), _numbers(_golden()["predictor"]))
-    assert {k: v["label"] for k, v in rows.items()} == {k: v["label"] for k, v in _golden()["predictor"].items()}
+    withheld = {k for k, v in rows.items() if v["label"] == "not assessed"}
+    # the orientation check's false refusals here (issue 23; 6 of 624 on the whole test split)
+    assert withheld == {"NORMAL/IM-0001-0001.jpeg", "NORMAL/IM-0011-0001-0001.jpeg"}
+    _assert_close(_numbers(rows), _numbers(_golden()["predictor"]))  # the same probabilities
+    assert {k: v["label"] for k, v in rows.items() if k not in withheld} == {
+        k: v["label"] for k, v in _golden()["predictor"].items() if k not in withheld}
 
 
 def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_leaves_it_unchanged(
@@ -104,14 +109,12 @@ def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_l
     assert after == before  # evaluating never changes a model: model.json byte-identical, nothing added
     metrics = _numbers(json.loads((tmp_path / "out" / "metrics.json").read_text()))
     frame = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    predictions = {f"{Path(p).parent.name}/{Path(p).name}": [a, b, int(c)] for p, a, b, c in
+    predictions = {f"{Path(p).parent.name}/{Path(p).name}": [a, b, None if pd.isna(c) else int(c)] for p, a, b, c in
                    zip(frame["path"], frame["p_pneumonia"], frame["p_calibrated"], frame["predicted_pneumonia"],
                        strict=True)}
     if WRITE:
         _store("external_metrics", metrics)
         _store("external_predictions", predictions)
     assert metrics["/val/n"] > 0  # the val path (operating points) is exercised too
-    # issue 23: the count of images without a verdict (out of distribution) is new; none here, so nothing else moves
-    assert metrics.pop("/not_assessed/n") == 0
     _assert_close(metrics, _golden()["external_metrics"])
     _assert_close(_numbers(predictions), _numbers(_golden()["external_predictions"]))

@@ -30,7 +30,7 @@ def _photo() -> np.ndarray:
 
 
 def test_a_flagged_image_gets_no_verdict_and_says_why(shipped: Predictor, full_data: Path) -> None:
-    xray = load_image_file(min((full_data / "test" / "NORMAL").glob("*.jpeg")))
+    xray = load_image_file(full_data / "test" / "NORMAL" / "IM-0003-0001.jpeg")  # (IM-0001: a false refusal)
     photo, rotated = shipped.predict([_photo(), np.rot90(xray).copy()]), shipped.predict([xray])[0]
     for result in photo:
         assert result.ood is True and result.assessed is False and result.label == NOT_ASSESSED
@@ -68,7 +68,7 @@ def test_external_metrics_leave_flagged_images_out_and_count_them(full_data: Pat
     site = tmp_path / "site"
     for label in ("NORMAL", "PNEUMONIA"):
         (site / label).mkdir(parents=True)
-        for src in sorted((full_data / "test" / label).glob("*.jpeg"))[:6]:
+        for src in sorted((full_data / "test" / label).glob("*.jpeg"))[1:7]:  # (IM-0001: a false refusal)
             (site / label / src.name).symlink_to(src)
     Image.fromarray(_photo()).save(site / "NORMAL" / "astronaut.png")  # a photo labelled normal: was a "true negative"
     result = evaluate_external(None, site, tmp_path / "out", n_bootstrap=20, analysis=False)
@@ -80,7 +80,7 @@ def test_external_metrics_leave_flagged_images_out_and_count_them(full_data: Pat
     photo = rows[rows["path"].str.endswith("astronaut.png")].iloc[0]
     assert photo["assessed"] == 0 and pd.isna(photo["predicted_pneumonia"]) and photo["ood_score"] > 0
     assert rows["assessed"].sum() == 12 and rows["predicted_pneumonia"].notna().sum() == 12
-    assert "not assessed (out of distribution)" in (tmp_path / "out" / "report.html").read_text()
+    assert "not assessed (out of distribution" in (tmp_path / "out" / "report.html").read_text()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["not_assessed"]["n"] == 1
 
 
@@ -88,7 +88,7 @@ def test_the_official_split_keeps_its_headline_on_every_image(full_data: Path, t
     site = tmp_path / "site"
     for label in ("NORMAL", "PNEUMONIA"):
         (site / label).mkdir(parents=True)
-        for src in sorted((full_data / "test" / label).glob("*.jpeg"))[:5]:
+        for src in sorted((full_data / "test" / label).glob("*.jpeg"))[1:6]:
             (site / label / src.name).symlink_to(src)
     Image.fromarray(_photo()).save(site / "NORMAL" / "astronaut.png")
     result = evaluate_external(None, site, tmp_path / "out", n_bootstrap=20, analysis=False, official=True)
@@ -112,3 +112,43 @@ def test_an_external_report_is_worded_for_external_data(full_data: Path, tmp_pat
     official = evaluate_external(None, site, tmp_path / "official", n_bootstrap=20, analysis=False, official=True)
     page = (tmp_path / "official" / "report.html").read_text()
     assert official["test"]["n"] == 10 and "Test metrics" in page and "Published results" in page
+
+
+@pytest.mark.parametrize("name", ["inverted", "rotated 90°", "rotated 180°", "upside down"])
+def test_an_inverted_or_turned_xray_is_refused_with_what_to_fix(shipped: Predictor, full_data: Path,
+                                                                 name: str) -> None:
+    """Issue 23, finding 5: the shipped model's orientation check (bench/bench_orientation.py: every transformed
+    test image caught, 0.96 % of untransformed ones refused)."""
+    from pneumo.models.orientation import transform
+
+    paths = sorted((full_data / "test" / "NORMAL").glob("*.jpeg"))[:3] + sorted(
+        (full_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
+    originals = [load_image_file(p) for p in paths]
+    upright = shipped.predict(originals)
+    turned = shipped.predict([transform(g[None], name)[0] for g in originals])
+    assert sum(r.assessed for r in upright) >= 5  # about 1 % of upright images are refused by design
+    assert all(not r.assessed and r.label == NOT_ASSESSED for r in turned)
+    assert all("the image looks" in r.reason or "out of distribution" in r.reason for r in turned)
+    # the reason names what it saw (a half-turn and an upside-down film differ only by a left-right mirror)
+    seen = {"rotated 180°": ("rotated 180°", "upside down"), "upside down": ("rotated 180°", "upside down")}
+    assert sum(any(t in r.reason for t in seen.get(name, (name,))) for r in turned) >= 4
+
+
+def test_a_tampered_orientation_check_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from pneumo.errors import ModelError
+    from pneumo.models.sidecar import resolve_model
+
+    sidecar = resolve_model(None)
+    for f in sidecar.parent.glob("default-model.*"):
+        shutil.copy2(f, tmp_path / f.name)
+    head = tmp_path / "default-model.orient.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-5] ^= 0xFF
+    head.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="orientation check is corrupted"):
+        Predictor(tmp_path / "default-model.json")
+    head.unlink()
+    with pytest.raises(ModelError, match="file is missing"):
+        Predictor(tmp_path / "default-model.json")

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 OOD_POOL = 600  # source training images the refitted OOD statistics use (a seeded draw of the rehearsal pool)
 # sidecar fields that describe the source model's files or its own evaluation: not the adapted model's
 NOT_INHERITED = ("sha256", "weights_file", "dtype", "created", "ood", "metrics", "training", "config",
-                 "operating_point", "model_card", "commit", "adaptation")
+                 "operating_point", "model_card", "commit", "adaptation", "orientation")
+ORIENT_POOL = 200  # source training images the refitted orientation check learns from, beside the site's
 
 
 def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages, record: dict,
@@ -44,6 +45,7 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
             "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"})}
     sidecar = save_checkpoint(out / "model", model, meta)
     record["ood"] = refit_ood(sidecar, model, site, source, device)
+    record["orientation"] = refit_orientation(sidecar, model, site, source, device)
     atomic.write_json(out / "adapt.json", to_jsonable(record))
     _write_predictions(out, site, z_oof, z_before, record)
     from pneumo.adapt.report import write_card, write_report
@@ -77,6 +79,28 @@ def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: S
     entry = {**save_ood(sidecar, stats), "fitted_on": basis}
     write_meta(sidecar, dataclasses.replace(read_meta(sidecar), ood=entry))
     return {"basis": basis, "n_train": stats.n_train, "n_val": stats.n_val, "threshold": stats.threshold}
+
+
+def refit_orientation(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: SourceImages,
+                      device: torch.device) -> dict:
+    """The orientation check of the adapted model (its features moved): learned from `ORIENT_POOL` source training
+    images and the site's images under every transform; threshold over source val and site images, untransformed."""
+    from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
+
+    def features(x: np.ndarray) -> np.ndarray:
+        return extract_features(model, x, batch_size=64, device=device, amp=False, desc="orientation features")
+
+    images, upright = site.x, site.x
+    if source.available:
+        keep = np.sort(np.random.default_rng(1).choice(len(source.pool_x), min(ORIENT_POOL, len(source.pool_x)),
+                                                        replace=False))
+        images = np.concatenate([source.pool_x[keep], site.x])
+        upright = np.concatenate([source.val_x, site.x]) if source.val_x is not None else site.x
+    head = fit_orientation({name: features(transform(images, name)) for name in TRANSFORMS}, features(upright))
+    entry = save_orientation(sidecar, head, n_train=len(images), n_val=len(upright))
+    meta = read_meta(sidecar)
+    write_meta(sidecar, dataclasses.replace(meta, extra={**meta.extra, "orientation": entry}))
+    return {"n_train": len(images), "n_val": len(upright), "threshold": head.threshold}
 
 
 def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before: np.ndarray, record: dict) -> None:

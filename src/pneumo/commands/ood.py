@@ -21,7 +21,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     fit.description = ("Rebuild the model's train/val split from the config in its sidecar, compute "
                          "its features, fit class means + a shared Ledoit-Wolf covariance on train, set the flag "
                          "threshold at a percentile of the val scores, and write <stem>.ood.safetensors + the "
-                       "sidecar's `ood` entry.")
+                       "sidecar's `ood` entry; then fit the orientation check (upright vs inverted, rotated, upside down: a "
+                       "logistic head on the same features, learned from train images transformed synthetically) into "
+                       "<stem>.orient.safetensors + the sidecar's `orientation` entry.")
     fit.add_argument("--model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json)")
     fit.add_argument("--dataset", metavar="DIR", help="the training dataset, folder or zip (default: the one in the "
                      "model's config, else $PNEUMO_DATA)")

@@ -27,7 +27,7 @@ from pneumo.errors import ConfigError
 from pneumo.models.ood import DEFAULT_PERCENTILE, load_ood
 from pneumo.models.runtime import select_device
 from pneumo.models.sidecar import read_meta, resolve_model
-from pneumo.train.ood import fit_trained_ood
+from pneumo.train.ood import fit_trained_ood, fit_trained_orientation
 from pneumo.train.probe import extract_features
 
 
@@ -75,7 +75,9 @@ def fit_ood_for(model_path: str | os.PathLike, *, data: str | None = None,
     if stored.is_file():
         _check_same_split(folds, read_folds(stored), stored)
     cache = image_cache(cfg, folds)
-    return fit_trained_ood(cfg, sidecar, cache, folds, device=select_device(cfg.train.device), percentile=percentile)
+    entry = fit_trained_ood(cfg, sidecar, cache, folds, device=select_device(cfg.train.device), percentile=percentile)
+    fit_trained_orientation(sidecar, cache, folds, device=select_device(cfg.train.device), seed=cfg.train.seed)
+    return entry
 
 
 def _existing(root: str | None) -> str | None:

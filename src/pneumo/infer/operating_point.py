@@ -77,9 +77,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     out.mkdir(parents=True, exist_ok=True)
     new = RunDir(out)
     shutil.copy2(weights_path(sidecar, meta), new.weights)
-    ood_file = (meta.ood or {}).get("file")
-    if ood_file and (source / ood_file).is_file():  # the out-of-distribution statistics travel with the weights
-        shutil.copy2(source / ood_file, out / Path(ood_file).name)
+    for extra_file in ((meta.ood or {}).get("file"), (meta.extra.get("orientation") or {}).get("file")):
+        if extra_file and (source / extra_file).is_file():  # the OOD and orientation checks travel with the weights
+            shutil.copy2(source / extra_file, out / Path(extra_file).name)
     for name in (CONFIG, FOLDS, TRAINING_METRICS):
         if RunDir.holds(sidecar) and (source / name).is_file():
             shutil.copy2(source / name, out / name)

@@ -22,6 +22,7 @@ import numpy as np
 from pneumo.data.preprocess import prepare, to_unit
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.ood import load_ood
+from pneumo.models.orientation import load_orientation
 from pneumo.models.scores import pneumonia_probability, predict_classes, softmax, threshold_on_calibrated_scale
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
@@ -78,6 +79,7 @@ class Predictor:
         self._lock = threading.Lock()
         self._torch_model = None
         self.ood = load_ood(self.sidecar, self.meta.ood)
+        self.orientation = load_orientation(self.sidecar, self.meta.extra.get("orientation"))
         if backend == "auto":
             try:
                 self._run, self.backend = self._load_onnx(threads), "onnx"
@@ -189,6 +191,10 @@ class Predictor:
                 if result.ood:
                     result.withhold(f"out of distribution: unlike the chest X-rays the model learned from (distance "
                                     f"{score:.1f} > limit {self.ood.threshold:.1f})")
+        if self.orientation is not None and features is not None:  # says what to fix: beside the OOD reason
+            for result, reason in zip(results, self.orientation.refusals(features)):
+                if reason:
+                    result.withhold(f"{result.reason}; {reason}" if result.reason else reason)
         return results
 
     def predict(self, images: list[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:

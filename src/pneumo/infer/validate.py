@@ -267,7 +267,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                           "unreadable": dict(list(errors.items())[:50]),
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official}
     result["ood"] = {k: v for k, v in ood.items() if k != "flags"} if ood else None
-    result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution",
+    result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution or refused by the "
+                              "orientation check", **({k: ood[k] for k in ("n_out_of_distribution", "n_orientation")}
+                                                     if ood else {}),
                               "paths": table_all["path"][~assessed].tolist()[:50]}
     if (~assessed).any():  # the same measures on the other set: every readable image, or only the assessed ones
         other = assessed if official else np.ones(len(y_all), dtype=bool)
@@ -297,19 +299,27 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
 
 def _ood(spec: ModelSpec, images: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
     """Per-image out-of-distribution scores of the model's statistics (its first member's for an ensemble), through
-    the same `Predictor` that scored the images, and their summary with the ``flags`` (score above the limit set on
-    validation): flagged images get no verdict. ``(None, None)`` for a model without statistics or features."""
+    the same `Predictor` that scored the images, and their summary with the ``flags`` of the images that get no verdict
+    (score above the limit set on validation, or refused by the orientation check). ``(None, None)`` for a model
+    without statistics or features."""
     p = spec.predictors[0]
-    if p.ood is None:
+    if p.ood is None and p.orientation is None:
         return None, None
     features = [p.outputs(images[i:i + BATCH])[1] for i in range(0, len(images), BATCH)]
     if any(f is None for f in features):
         return None, None
-    scores = p.ood.scores(np.concatenate(features))
-    flags = ~np.isfinite(scores) | (scores > p.ood.threshold)
-    return scores, {"n": len(scores), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
-                    "threshold": float(p.ood.threshold), "percentile": p.meta.ood.get("percentile"),
-                    "method": p.meta.ood.get("method"), "median_score": float(np.median(scores)), "flags": flags}
+    features = np.concatenate(features)
+    scores = p.ood.scores(features) if p.ood is not None else None
+    ood = (~np.isfinite(scores) | (scores > p.ood.threshold)) if scores is not None else np.zeros(len(images), bool)
+    turned = np.array([r is not None for r in p.orientation.refusals(features)]) if p.orientation is not None \
+        else np.zeros(len(images), bool)
+    flags = ood | turned
+    summary = {"n": len(images), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
+               "n_out_of_distribution": int(ood.sum()), "n_orientation": int(turned.sum()), "flags": flags}
+    if scores is not None:
+        summary.update(threshold=float(p.ood.threshold), percentile=p.meta.ood.get("percentile"),
+                       method=p.meta.ood.get("method"), median_score=float(np.median(scores)))
+    return scores, summary
 
 
 def _data_section(result: dict) -> tuple[str, str]:
@@ -319,14 +329,18 @@ def _data_section(result: dict) -> tuple[str, str]:
     ext = result["external"]
     na = result.get("not_assessed") or {"n": 0}
     where = "in the metrics" if ext.get("official_test_split") else "not in the metrics"
-    rows = [["images read", ext["n"]], [f"not assessed (out of distribution): no verdict, {where}", na["n"]],
+    rows = [["images read", ext["n"]], [f"not assessed (out of distribution, orientation): no verdict, {where}",
+                                         na["n"]],
             ["assessed", ext["n"] - na["n"]], ["unreadable (left out)", ext["n_unreadable"]],
             *[[f"label {k}", v] for k, v in sorted(ext["by_label"].items())]]
     ood = result.get("ood")
-    ood_line = (f"<p>Out-of-distribution: {ood['n_flagged']} of {ood['n']} images flagged "
-                f"({100 * ood['share_flagged']:.1f} %; limit = the {ood['percentile']:g}th percentile of the validation "
-                "images' distances). Flagged images get no pneumonia/normal verdict; the metrics on every readable "
-                "image, assessed or not, are in metrics.json under <code>test_all</code>.</p>" if ood
+    ood_line = (f"<p>Not assessed: {ood['n_flagged']} of {ood['n']} images ({100 * ood['share_flagged']:.1f} %): "
+                f"{ood['n_out_of_distribution']} out of distribution"
+                + (f" (limit = the {ood['percentile']:g}th percentile of the validation images' distances)"
+                   if ood.get("percentile") is not None else "")
+                + f", {ood['n_orientation']} refused by the orientation check (inverted, rotated or upside down). "
+                "They get no pneumonia/normal verdict; the metrics on every readable image, assessed or not, are in "
+                "metrics.json under <code>test_all</code>.</p>" if ood
                 else "<p>Out-of-distribution check: not available for this model.</p>")
     bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>" for k, v in ext["unreadable"].items())
     return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "

@@ -49,3 +49,30 @@ def fit_trained_ood(cfg: RunConfig, sidecar: Path, cache: ImageCache, folds: pd.
     log.info("OOD statistics: %s on %d train images; threshold %.2f = val percentile %s (%d val images)",
              stats.method, stats.n_train, stats.threshold, stats.percentile, stats.n_val)
     return entry
+
+
+def fit_trained_orientation(sidecar: Path, cache: ImageCache, folds: pd.DataFrame, *, device: torch.device,
+                            n_train: int = 600, n_val: int = 300, seed: int = 0) -> dict:
+    """Fit the orientation check (`pneumo.models.orientation`) of the checkpoint at ``sidecar`` on a seeded draw of
+    ``n_train`` train-fold images under every transform, threshold on ``n_val`` untransformed val images; record it."""
+    from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
+
+    model, _ = load_checkpoint(sidecar)
+    model.to(device)
+    rng = np.random.default_rng(seed)
+    fold = folds["fold"].to_numpy()
+    pick = {name: np.sort(rng.permutation(np.flatnonzero(fold == name))[:n]) for name, n in
+            (("train", n_train), ("val", n_val))}
+    images = {name: np.asarray(cache.images[rows]) for name, rows in pick.items()}
+
+    def features(x: np.ndarray, desc: str) -> np.ndarray:
+        return extract_features(model, x, batch_size=64, device=device, amp=False, desc=desc)
+
+    train = {name: features(transform(images["train"], name), f"orientation: {name}") for name in TRANSFORMS}
+    head = fit_orientation(train, features(images["val"], "orientation: val"), seed=seed)
+    entry = save_orientation(sidecar, head, n_train=len(pick["train"]), n_val=len(pick["val"]), seed=seed)
+    meta = read_meta(sidecar)
+    write_meta(sidecar, dataclasses.replace(meta, extra={**meta.extra, "orientation": entry}))
+    log.info("orientation check: %d transforms x %d train images; P(upright) threshold %.3f (val p%g)",
+             len(TRANSFORMS), len(pick["train"]), head.threshold, entry["false_refusal_percentile"])
+    return entry

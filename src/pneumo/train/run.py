@@ -35,7 +35,7 @@ from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.checkpoint import load_train_state, save_train_state
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
-from pneumo.train.ood import fit_trained_ood
+from pneumo.train.ood import fit_trained_ood, fit_trained_orientation
 from pneumo.train.probe import cached_features, features_in_bf16, fit_probe, load_probe_into_head
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
         meta = read_meta(sidecar)
         write_meta(sidecar, dataclasses.replace(meta, training={**meta.training, **info}))
     fit_trained_ood(cfg, sidecar, cache, folds, device=device)  # OOD statistics of the saved (best) weights
+    fit_trained_orientation(sidecar, cache, folds, device=device, seed=cfg.train.seed)  # and its orientation check
     log.info("trained %s in %.0f s -> %s", cfg.name, info["wall_time_s"], run_dir)
     return run_dir
 
