@@ -263,6 +263,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                                       fixed={spec.policy: spec.threshold})
         result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
                                            "rebuilt here (pass --dataset DIR)")
+        log.warning("only the stored operating point is reported: %s", result["operating_points_note"])
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": dict(list(errors.items())[:50]),
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official}
