@@ -18,6 +18,7 @@ from pneumo.data.files import entry_reason, find_images, name_reason
 from pneumo.errors import ConfigError, InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 
+
 @dataclass
 class Inputs:
     """What the command line names: the files to read (order kept, duplicates dropped) and every named input, or

@@ -20,8 +20,9 @@ from pneumo import atomic
 from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, PneumoError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
-from pneumo.evaluate.labelled import labelled_images
+from pneumo.evaluate.labelled import find_labelled, labelled_images
 from pneumo.evaluate.metrics import (
+    CI_METHOD,
     binary_metrics,
     bootstrap_cis,
     multiclass_metrics,
@@ -95,15 +96,17 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
                      members=[str(m) for m in stored["members"]])
 
 
-def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False):
-    """Decode and score every labelled image. Returns ``(y, logits, table, errors, images)``: class indices for the
-    model's task, the (ensemble) logits, the readable rows, ``{path: error}`` for the unreadable ones and the
-    first member's preprocessed uint8 images (for Grad-CAM)."""
+def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False,
+                   table: pd.DataFrame | None = None):
+    """Decode and score every labelled image (of ``table`` when given: `find_labelled` of ``data``). Returns ``(y,
+    logits, table, errors, images)``: class indices for the model's task, the (ensemble) logits, the readable rows,
+    ``{path: error}`` for the unreadable or refused ones and the first member's preprocessed uint8 images (for
+    Grad-CAM)."""
     from tqdm import tqdm
 
     from pneumo.data.decode import check_radiograph, load_image_file
 
-    table = labelled_images(data)
+    table = labelled_images(data) if table is None else table
     size = max(p.size for p in predictors)
     kept, errors, prepared = [], {}, [[] for _ in predictors]
     for i, path in enumerate(tqdm(table["path"], desc="predict", unit="img", disable=not progress)):
@@ -221,7 +224,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                                           and Path(spec.location).is_file()):
         raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
     report_policies = policies_to_report(spec.policy, policies)
-    y, logits, table, errors, images = score_labelled(spec.predictors, data, progress=progress)
+    labelled, not_read = find_labelled(data)
+    y, logits, table, errors, images = score_labelled(spec.predictors, data, progress=progress, table=labelled)
     classes = spec.classes
     test = measure(y, logits, threshold=spec.threshold, temperature=spec.temperature, classes=classes,
                    subtypes=table["subtype"].tolist(), n_bootstrap=n_bootstrap, seed=seed, ece_bins=ece_bins)
@@ -230,7 +234,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     result: dict = {"task": spec.task, "classes": classes, "threshold": spec.threshold,
                     "threshold_policy": spec.policy, "temperature": spec.temperature, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
-                                  "method": "percentile"}, "ece_bins": int(ece_bins)}
+                                  "method": CI_METHOD}, "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:
         y_val, z_val, _, where = val
@@ -252,7 +256,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
                                            "rebuilt here (pass --dataset DIR)")
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table), "n_unreadable": len(errors),
-                          "unreadable": dict(list(errors.items())[:50]),
+                          "unreadable": errors, "n_not_read": len(not_read), "not_read": not_read,
                           "by_label": table["label"].value_counts().to_dict(), "official_test_split": official}
     result["ood"] = _ood_share(spec, images)
     result.update(name=spec.name, model=spec.location, members=spec.members or None,
@@ -296,17 +300,20 @@ def _data_section(result: dict) -> tuple[str, str]:
     from pneumo.templates import table as table_html
 
     ext = result["external"]
-    rows = [["images scored", ext["n"]], ["unreadable (left out)", ext["n_unreadable"]],
+    rows = [["images scored", ext["n"]], ["unreadable or refused by the input gate (left out)", ext["n_unreadable"]],
+            ["other files not read (not an image name, hidden, no label folder, not a file)", ext.get("n_not_read", 0)],
             *[[f"label {k}", v] for k, v in sorted(ext["by_label"].items())]]
     ood = result.get("ood")
     ood_line = (f"<p>Out-of-distribution: {ood['n_flagged']} of {ood['n']} images flagged "
                 f"({100 * ood['share_flagged']:.1f} %; threshold = val p{ood['percentile']:g}), their labels are not to "
                 "be trusted.</p>" if ood else "<p>Out-of-distribution share: not available for this model.</p>")
-    bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>" for k, v in ext["unreadable"].items())
+    bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>"
+                  for k, v in {**ext["unreadable"], **ext.get("not_read", {})}.items())
     return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
             f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
             f"</code>; temperature {result['temperature']:.3f}); nothing was fitted on them.</p>"
-            + table_html(["", "count"], rows) + ood_line + (f"<ul>{bad}</ul>" if bad else ""))
+            + table_html(["", "count"], rows) + ood_line + (f"<p>Every file left out, by name:</p><ul>{bad}</ul>" if bad
+                                                             else "<p>No file was left out.</p>"))
 
 
 def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict) -> tuple[str, str]:
