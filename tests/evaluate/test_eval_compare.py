@@ -104,3 +104,25 @@ def test_leaderboard_shows_each_runs_shortcut_verdict(tmp_path: Path) -> None:
     assert "clean (peaks on markers 0.800x chance, outside lungs 0.870x)" in next(v for k, v in rows.items()
                                                                                   if "partial" in k)
     assert "| n/a |" in next(v for k, v in rows.items() if "no-report" in k)
+
+
+def test_evaluations_of_different_data_are_never_ranked_in_one_table(tmp_path: Path) -> None:
+    config = {"model": {"name": "efficientnet_lite0", "mode": "probe"}, "data": {"task": "binary",
+                                                                             "root": "../shared/data/chest_xray"}}
+    weak, _ = evaluated_runs.make_run(tmp_path, "official-weak", seed=1, separation=0.5, config=config)
+    strong, _ = evaluated_runs.make_run(tmp_path, "official-strong", seed=2, separation=2.0, config=config)
+    hospital, _ = evaluated_runs.make_run(tmp_path, "on-hospital", seed=3, separation=4.0, config=config)
+    metrics = json.loads((hospital / "metrics.json").read_text())  # a 60-image external evaluation, best val AUC
+    metrics["external"] = {"data": "/site/hospital_xrays", "n": 150, "official_test_split": False}
+    (hospital / "metrics.json").write_text(json.dumps(metrics))
+    md, html = write_leaderboard([hospital, weak, strong], tmp_path / "out")
+    text = md.read_text(encoding="utf-8")
+    tables = text.split("### Evaluated on ")[1:]
+    assert [t.splitlines()[0] for t in tables] == ["official test split of chest_xray (150 images)",
+                                                   "external data /site/hospital_xrays (150 images)"]
+    official, external = tables
+    assert official.index("official-strong") < official.index("official-weak") and "on-hospital" not in official
+    assert "on-hospital" in external and "official-" not in external
+    assert "| evaluated on |" in text
+    page = html.read_text(encoding="utf-8")
+    assert page.count("<table") == 2 and "Evaluated on external data /site/hospital_xrays" in page

@@ -24,9 +24,11 @@ from pneumo.evaluate.metrics import (
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
+    is_small_sample,
     multiclass_metrics,
     resample_weights,
     sensitivity_by_subtype,
+    small_sample_warning,
     weighted_auc,
 )
 
@@ -190,6 +192,38 @@ def test_bootstrap_skips_resamples_where_a_metric_is_undefined() -> None:
 
 def test_zero_resamples_give_no_intervals() -> None:
     assert bootstrap_cis([0, 1], [0.2, 0.8], 0.5, n_resamples=0) == {}
+
+
+def test_eight_correct_images_give_an_honest_exact_accuracy_interval_and_no_bootstrap_auc() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])  # all correct at 0.5: the bootstrap collapses to [1, 1]
+    cis = bootstrap_cis(y, p, 0.5, n_resamples=500, seed=0)
+    lo, hi = cis["accuracy"]
+    assert lo == pytest.approx(0.631, abs=1e-3) and hi == 1.0  # Clopper-Pearson for 8 of 8
+    for key in ("sensitivity", "specificity", "precision"):  # 4 of 4: (0.398, 1.0)
+        assert cis[key][0] == pytest.approx(0.398, abs=1e-3) and cis[key][1] == 1.0, key
+    for key in ("roc_auc", "pr_auc", "f1"):  # below the stated n: not shown, never [1.000, 1.000]
+        assert all(math.isnan(v) for v in cis[key]), key
+    assert is_small_sample(4, 4) and not is_small_sample(20, 20) and is_small_sample(40, 9)
+    warning = small_sample_warning(binary_metrics(y, p, 0.5))
+    assert warning and "8 images (4 pneumonia, 4 normal)" in warning
+
+
+def test_a_zero_width_bootstrap_interval_is_never_reported_even_at_a_large_n() -> None:
+    y = np.array([0] * 100 + [1] * 100)
+    p = np.concatenate([np.linspace(0.0, 0.4, 100), np.linspace(0.6, 1.0, 100)])  # perfectly separated
+    cis = bootstrap_cis(y, p, 0.5, n_resamples=200, seed=0)
+    assert all(math.isnan(v) for v in cis["roc_auc"])  # every resample gives AUC 1: no interval, not certainty
+    assert cis["accuracy"][0] == pytest.approx(0.9817, abs=1e-3) and cis["accuracy"][1] == 1.0
+    assert small_sample_warning(binary_metrics(y, p, 0.5)) is None
+
+
+def test_ci_cells_say_n_a_instead_of_showing_a_bare_number() -> None:
+    from pneumo.templates import fmt_ci
+
+    assert fmt_ci(1.0, (math.nan, math.nan)) == "1.000 [CI n/a]"
+    assert fmt_ci(1.0, (None, None)) == "1.000 [CI n/a]"
+    assert fmt_ci(None, (None, None)) == "n/a"
 
 
 # ---------------------------------------------------------------- subtypes

@@ -48,7 +48,7 @@ def test_predictions_match_the_predictor_on_the_same_images(xrays: Path, tiny_mo
     predictor = Predictor(tiny_model)
     from pneumo.data.decode import load_image_file
 
-    direct = predictor.predict([load_image_file(Path(r["file"]), target=64) for r in rows])
+    direct = predictor.predict([load_image_file(Path(r["path"]), target=64) for r in rows])
     assert np.allclose([r["p_pneumonia"] for r in rows], [d.p_pneumonia for d in direct], atol=1e-6)
 
 
@@ -59,7 +59,7 @@ def test_bad_inputs_get_a_one_line_error_and_the_rest_is_predicted(corpus: dict,
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 1 and len(rows) == len(paths)
-    by_file = {r["file"]: r for r in rows}
+    by_file = {r["path"]: r for r in rows}
     for case in corpus.values():
         row = by_file[str(case.path).encode("utf-8", "backslashreplace").decode()]
         if case.expect == "ok":
@@ -67,7 +67,7 @@ def test_bad_inputs_get_a_one_line_error_and_the_rest_is_predicted(corpus: dict,
         else:
             assert row["error"] and "\n" not in row["error"] and row["label"] is None, case.name
             assert row["p_pneumonia"] is None, case.name
-    errors = [line for line in captured.err.splitlines() if line.startswith("pneumo predict:")]
+    errors = [line for line in captured.err.splitlines() if line.startswith("pneumo predict:")]  # not the summary
     assert len(errors) == sum(case.expect != "ok" for case in corpus.values())
     refused = [by_file[str(case.path)] for case in corpus.values() if case.expect == "refused"]
     assert refused and all("not a chest radiograph" in row["error"] for row in refused)
@@ -113,7 +113,7 @@ def test_heatmaps_are_written_on_the_original_geometry(xrays: Path, tiny_model: 
         overlay = Path(row["heatmap"])
         assert overlay.is_file() and overlay.name.endswith(".cam.png")
         cam = np.load(overlay.with_name(overlay.name.replace(".cam.png", ".cam.npy")))
-        with Image.open(row["file"]) as original:
+        with Image.open(row["path"]) as original:
             assert cam.shape == (original.height, original.width)
 
 
@@ -130,8 +130,8 @@ def test_heat_maps_have_unique_deterministic_names_linked_per_row(xrays: Path, t
         assert len(rows) == 12 and len({r["heatmap"] for r in rows}) == 12
         for row in rows:
             assert Path(row["heatmap"]).is_file() and Path(row["heatmap"]).parent == maps.resolve()
-            assert Path(row["heatmap"]).name.startswith(Path(row["file"]).stem + "-")
-        outs.append({r["file"]: Path(r["heatmap"]).name for r in rows})
+            assert Path(row["heatmap"]).name.startswith(Path(row["path"]).stem + "-")
+        outs.append({r["path"]: Path(r["heatmap"]).name for r in rows})
     assert outs[0] == outs[1]  # the same input gets the same name whatever the order
     assert not list((tmp_path / "maps0").glob("*-2.cam.png"))
 
@@ -169,3 +169,78 @@ def test_an_output_file_appears_whole_or_not_at_all(xrays: Path, tiny_model: Pat
     monkeypatch.setattr(batch, "predict_file_results", real)
     assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "torch", "--output", str(out)]) == 0
     assert len(list(csv.DictReader(out.open()))) == len(list(xrays.iterdir()))
+
+
+def test_the_output_extension_decides_the_format(xrays: Path, tiny_model: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    jsonl = tmp_path / "p.jsonl"
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", str(jsonl)]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]  # JSON lines, not CSV
+    assert len(rows) == 6 and all(0.0 <= r["p_pneumonia"] <= 1.0 for r in rows)
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", str(tmp_path / "p.txt"),
+                 "--format", "jsonl"]) == 0  # an unknown extension is fine with an explicit --format
+    assert len((tmp_path / "p.txt").read_text().splitlines()) == 6
+    capsys.readouterr()
+    for argv, message in ((["--output", str(tmp_path / "p.txt")], "cannot tell the format"),
+                          (["--output", str(tmp_path / "q.csv"), "--format", "jsonl"], "contradicts")):
+        assert main(["predict", str(xrays), "--model", str(tiny_model), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pneumo predict: error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "q.csv").exists()
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_an_output_folder_gets_predictions_inside_it(xrays: Path, tiny_model: Path, tmp_path: Path,
+                                                     existing: bool) -> None:
+    folder = tmp_path / "results"
+    if existing:
+        folder.mkdir()
+    assert main(["predict", str(xrays), "--model", str(tiny_model),
+                 "--output", str(folder) if existing else f"{folder}/"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["predictions.csv"]
+    assert len(_rows((folder / "predictions.csv").read_text())) == 6
+
+
+def test_a_summary_line_ends_the_run_on_stderr(xrays: Path, tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(xrays), "--model", str(tiny_model)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "summary: 6 input(s): scored 6, errors 0, out-of-distribution 0"
+
+
+def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Path, tiny_model: Path,
+                                                                       tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    import os
+
+    loop, dangling, fifo, empty = tmp_path / "loop.jpeg", tmp_path / "gone.jpeg", tmp_path / "pipe", tmp_path / "empty"
+    loop.symlink_to(loop)
+    dangling.symlink_to(tmp_path / "nowhere.jpeg")
+    os.mkfifo(fifo)
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no image here")
+    xray = next(xrays.iterdir())
+    named = [loop, dangling, fifo, empty]
+    assert main(["predict", str(xray), *map(str, named), "--model", str(tiny_model), "--output",
+                 str(tmp_path / "p.csv")]) == 1
+    rows = {r["path"]: r for r in _rows((tmp_path / "p.csv").read_text())}
+    assert set(rows) == {str(p) for p in (xray, *named)}
+    reasons = {p: rows[str(p)]["error"] for p in named}
+    assert "symlink loop" in reasons[loop] and "dangling symlink" in reasons[dangling]
+    assert "named pipe" in reasons[fifo] and "folder without images" in reasons[empty]
+    assert all(rows[str(p)]["label"] == "" and rows[str(p)]["p_pneumonia"] == "" for p in named)
+    assert rows[str(xray)]["label"] in ("NORMAL", "PNEUMONIA")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, out-of-distribution 0")
+
+
+def test_a_dicom_without_extension_in_a_folder_is_read(full_data: Path, tiny_model: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from corpus import dicom_bytes
+    from PIL import Image
+
+    with Image.open(min((full_data / "test" / "NORMAL").glob("*.jpeg"))) as image:
+        (tmp_path / "IM00000").write_bytes(dicom_bytes(np.asarray(image.convert("L"))))
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert main(["predict", str(tmp_path), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["IM00000"] and rows[0]["error"] is None

@@ -24,6 +24,6 @@ def test_file_names_that_look_like_formulas_are_written_as_text(full_data: Path,
     monkeypatch.chdir(tmp_path)
     assert main(["predict", *(f"./{name}" for name in DANGEROUS), "plain.jpeg", "--model", str(tiny_model)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert sorted(row["file"] for row in rows) == sorted([*(f"'{name}" for name in DANGEROUS), "plain.jpeg"])
+    assert sorted(row["path"] for row in rows) == sorted([*(f"'{name}" for name in DANGEROUS), "plain.jpeg"])
     assert len({row["p_pneumonia"] for row in rows}) == 1  # the same image five times, numbers untouched
     assert 0.0 <= float(rows[0]["p_pneumonia"]) <= 1.0

@@ -32,6 +32,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "`pneumo operating-point`")
     parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: the run's config, "
                         "else 1000)")
+    parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds an "
+                        "earlier evaluation (without it: an error)")
     add_dataset_option(parser, "if it moved since training")
     parser.add_argument("--no-analysis", action="store_true", help="skip the Grad-CAM figures (shortcut indicator, "
                         "error gallery, embeddings): faster")
@@ -45,8 +47,15 @@ def run(args: argparse.Namespace) -> int:
 
     result, folder = evaluate(list(args.model), data=args.data, out=args.out, policies=tuple(args.policies),
                               n_bootstrap=args.bootstrap, dataset=args.dataset, progress=sys.stderr.isatty(),
-                              analysis=not args.no_analysis)
+                              analysis=not args.no_analysis, force=args.force)
     print(summary_line(result))
+    ext = result.get("external") or {}
+    left_out = {**(ext.get("unreadable") or {}), **(ext.get("not_read") or {})}
+    if left_out:
+        print(f"left out: {len(left_out)} file(s) ({ext.get('n_unreadable', 0)} unreadable or refused, "
+              f"{ext.get('n_not_read', 0)} not read)")
+        for path, reason in left_out.items():
+            print(f"  {path}: {reason}")
     points = result.get("operating_points") or {}
     for policy, p in points.items():
         print(f"  {policy:>18}: threshold {fmt_number(p['threshold'])}, accuracy {fmt_number(p['accuracy'])}, "

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,13 +23,19 @@ pneumo predict xrays/ --heatmaps maps/ --output predictions.csv   # + Grad-CAM o
 """
 
 
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}  # the output's extension decides its format
+
+
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped model)")
     parser.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
                         help="auto: ONNX Runtime, exported once into the cache; torch if that fails")
-    parser.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="output format")
-    parser.add_argument("--output", metavar="FILE", help="output file (default: standard output)")
+    parser.add_argument("--format", choices=["csv", "jsonl"],
+                        help="output format (default: the --output file's extension, .csv or .jsonl; csv on standard "
+                        "output)")
+    parser.add_argument("--output", metavar="FILE", help="output file (default: standard output); a folder (existing, "
+                        "or a path ending in /) gets predictions.csv (or .jsonl) inside it")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call")
     parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here (the heatmap column "
                         "links each row to its file)")
@@ -36,10 +43,33 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
+def output_target(output: str | None, fmt: str | None) -> tuple[Path | None, str]:
+    """(output file or None for standard output, format). A folder gets ``predictions.<format>`` inside it; a file's
+    extension decides the format.
+
+    Raises:
+        ConfigError: an unknown extension without ``--format``, or a ``--format`` that contradicts the extension.
+    """
+    if output is None:
+        return None, fmt or "csv"
+    if Path(output).is_dir() or output.endswith(("/", os.sep)):
+        fmt = fmt or "csv"
+        return Path(output) / f"predictions.{fmt}", fmt
+    suffix = Path(output).suffix.lower()
+    implied = FORMATS.get(suffix)
+    if implied is None and fmt is None:
+        raise ConfigError(f"cannot tell the format of --output {output} from its extension {suffix or '(none)'}: "
+                          "name it .csv or .jsonl, or give --format csv|jsonl")
+    if implied is not None and fmt is not None and fmt != implied:
+        raise ConfigError(f"--format {fmt} contradicts --output {output} (a {suffix} file is {implied}): drop "
+                          "--format or rename the output")
+    return Path(output), fmt or implied
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pneumo.infer.batch import expand_inputs, predict_file_results
+    from pneumo.infer.batch import find_inputs, predict_file_results
     from pneumo.infer.predictor import Predictor
     from pneumo.models.processes import env_from_os, shard
 
@@ -47,42 +77,74 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    files = expand_inputs(args.inputs)
+    output, fmt = output_target(args.output, args.format)
+    inputs = find_inputs(args.inputs)
+    files, skipped = inputs.files, inputs.skipped
     env = env_from_os()
     if env.world_size > 1:  # torchrun -m pneumo predict ...: each rank takes a contiguous shard
         files = shard(files, env.rank, env.world_size)
-        if args.output:
-            args.output = f"{args.output}.part-{env.rank}-of-{env.world_size}.{args.format}"
+        skipped = skipped if env.rank == 0 else {}
+        if output:
+            output = Path(f"{output}.part-{env.rank}-of-{env.world_size}.{fmt}")
 
-    predictor = Predictor(args.model, backend=args.backend, threads=args.threads)
-    failures = 0
+    predictor = Predictor(args.model, backend=args.backend, threads=args.threads) if files else None
+    counts = {"scored": 0, "errors": 0, "out-of-distribution": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all
-        if args.output:
-            out = stack.enter_context(open(stack.enter_context(atomic.writing(args.output)), "w", newline="",
+        if output:
+            out = stack.enter_context(open(stack.enter_context(atomic.writing(output)), "w", newline="",
                                            encoding="utf-8"))
         else:
             out = sys.stdout
-        writer = None
-        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and args.output is None)
-        for item in predict_file_results(predictor, files, batch_size=args.batch_size, heatmap_dir=args.heatmaps):
+        write = _row_writer(out, fmt)
+        classes = predictor.classes if predictor else ["NORMAL", "PNEUMONIA"]
+        for path, reason in skipped.items():  # named inputs that are not read: a row each, not silence
+            counts["errors"] += 1
+            print(f"pneumo predict: {_printable(path)}: skipped: {reason}", file=sys.stderr)
+            write(_row(path, None, classes, f"skipped: {reason}", args.heatmaps, None))
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
+        results = predict_file_results(predictor, files, batch_size=args.batch_size,
+                                       heatmap_dir=args.heatmaps) if files else ()
+        for item in results:
             bar.update(1)  # one image at a time (heat maps included), not one batch
-            row = {"file": _printable(item.path), **_flatten(item.prediction, predictor.classes, item.error)}
-            if args.heatmaps:
-                row["heatmap"] = str(item.heatmap) if item.heatmap else None
             if item.error:
-                failures += 1
+                counts["errors"] += 1
                 print(f"pneumo predict: {_printable(item.path)}: {item.error}", file=sys.stderr)
-            if args.format == "jsonl":
-                out.write(json.dumps(row) + "\n")
             else:
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow({key: csv_cell(value) for key, value in row.items()})
+                counts["scored"] += 1
+                counts["out-of-distribution"] += bool(item.prediction.ood)
+            write(_row(item.path, item.prediction, classes, item.error, args.heatmaps, item.heatmap))
         bar.close()
-    if failures == len(files):
-        raise PneumoError(f"none of the {len(files)} input(s) could be read")
-    return 1 if failures else 0
+    total = len(files) + len(skipped)
+    print(f"summary: {total} input(s): " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + (f"; written to {output}" if output else ""), file=sys.stderr)
+    if counts["scored"] == 0:
+        raise PneumoError(f"none of the {total} input(s) could be read")
+    return 1 if counts["errors"] else 0
+
+
+def _row_writer(out, fmt: str):
+    """A function writing one row (a dict) as a JSON line or a CSV row (the header before the first)."""
+    writer = None
+
+    def write(row: dict) -> None:
+        nonlocal writer
+        if fmt == "jsonl":
+            out.write(json.dumps(row) + "\n")
+            return
+        if writer is None:
+            writer = csv.DictWriter(out, fieldnames=list(row))
+            writer.writeheader()
+        writer.writerow({key: csv_cell(value) for key, value in row.items()})
+
+    return write
+
+
+def _row(path: Path, prediction, classes: list[str], error: str | None, heatmaps: str | None,
+         heatmap: Path | None) -> dict:
+    row = {"path": _printable(path), **_flatten(prediction, classes, error)}
+    if heatmaps:
+        row["heatmap"] = str(heatmap) if heatmap else None
+    return row
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula

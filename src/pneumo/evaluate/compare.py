@@ -1,8 +1,10 @@
 """Leaderboard across runs: each run's ``metrics.json`` -> ``leaderboard.md`` and ``leaderboard.html``.
 
-Rows are sorted by validation ROC-AUC (never by a test number: ranking on test would be selecting on it). Each row
-is named by its run folder, linked to that run's report; runs without a readable metrics.json are skipped with a
-warning.
+Evaluations of different data are never ranked in one table: the rows are grouped by what they were evaluated on
+(the official test split of a dataset, or an external folder / CSV, with its image count), one table each, and the
+"evaluated on" column says it. Within a table, rows are sorted by validation ROC-AUC (never by a test number: ranking
+on test would be selecting on it). Each row is named by its run folder, linked to that run's report; runs without a
+readable metrics.json are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pneumo.errors import DataError
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 log = logging.getLogger(__name__)
-COLUMNS = ("run", "name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
+COLUMNS = ("run", "evaluated on", "name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
            "test specificity", "test ROC-AUC", "ECE before → after", "threshold (policy)", "shortcut check",
            "wall time")
 OPERATING_POLICIES = ("youden", "sensitivity:0.95", "triage")
@@ -64,6 +66,20 @@ def _duration(seconds: object) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
+def evaluated_on(data: dict) -> str:
+    """What an evaluation's test numbers were measured on: ``official test split of chest_xray (624 images)`` or
+    ``external data /path/to/folder (60 images)``; rows with different texts are never ranked together."""
+    ext = data.get("external") if isinstance(data.get("external"), dict) else None
+    n = _get(data, "test", "n")
+    if ext and not ext.get("official_test_split"):
+        where = f"external data {ext.get('data') or '?'}"
+    else:
+        root = Path(ext["data"]).parent if ext and ext.get("data") else _get(data, "config", "data", "root")
+        name = (Path(str(root)).stem if str(root).endswith(".zip") else Path(str(root)).name) if root else ""
+        where = f"official test split of {name or 'the dataset'}"
+    return f"{where} ({n if isinstance(n, int) else '?'} images)"
+
+
 def leaderboard_row(data: dict) -> dict[str, str]:
     """One run's formatted cells, keyed by :data:`COLUMNS`."""
     test = data.get("test", {})
@@ -71,6 +87,7 @@ def leaderboard_row(data: dict) -> dict[str, str]:
     operating = data.get("operating_points") or {}
     row = {
         "run": str(data.get("_run_dir", data.get("name", "?"))),
+        "evaluated on": evaluated_on(data),
         "name": str(data.get("name", "?")),
         "arch": str(data.get("arch") or _get(data, "config", "model", "name") or "n/a"),
         "mode": str(data.get("mode") or _get(data, "config", "model", "mode") or "n/a"),
@@ -115,8 +132,17 @@ def _report_link(row: dict[str, str], out_dir: Path | None) -> str | None:
     return Path(os.path.relpath(report.resolve(), out_dir.resolve())).as_posix() if out_dir else report.as_posix()
 
 
+def group_rows(rows: Sequence[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """The rows by their "evaluated on" data, in order of first appearance (the official test split first)."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for row in sorted(rows, key=lambda r: not r["evaluated on"].startswith("official")):  # stable: keeps the ranking
+        groups.setdefault(row["evaluated on"], []).append(row)
+    return groups
+
+
 def leaderboard_markdown(rows: Sequence[dict[str, str]], out_dir: Path | None = None) -> str:
-    """A GitHub-flavoured markdown table; the run column links to each report (relative to ``out_dir``)."""
+    """One GitHub-flavoured markdown table per evaluated-on data; the run column links to each report (relative to
+    ``out_dir``)."""
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -124,23 +150,34 @@ def leaderboard_markdown(rows: Sequence[dict[str, str]], out_dir: Path | None = 
         link = _report_link(row, out_dir)
         return f"[{cell(row['run'])}]({link.replace(' ', '%20')})" if link else cell(row["run"])
 
-    lines = ["| " + " | ".join(ALL_COLUMNS) + " |", "|" + "|".join("---" for _ in ALL_COLUMNS) + "|"]
-    lines += ["| " + " | ".join(run_cell(r) if c == "run" else cell(r[c]) for c in ALL_COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    blocks = []
+    for where, members in group_rows(rows).items():
+        lines = [f"### Evaluated on {cell(where)}", "", "| " + " | ".join(ALL_COLUMNS) + " |",
+                 "|" + "|".join("---" for _ in ALL_COLUMNS) + "|"]
+        lines += ["| " + " | ".join(run_cell(r) if c == "run" else cell(r[c]) for c in ALL_COLUMNS) + " |"
+                  for r in members]
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
 
 
 def leaderboard_html(rows: Sequence[dict[str, str]], out_dir: Path | None = None) -> str:
-    """A standalone HTML page with the same table (house CSS, no scripts); run folders link to their reports."""
+    """A standalone HTML page with the same tables, one section per evaluated-on data (house CSS, no scripts); run
+    folders link to their reports."""
     def run_cell(row: dict[str, str]) -> object:
         link = _report_link(row, out_dir)
         return Markup('<a href="{}">{}</a>').format(link, row["run"]) if link else row["run"]
 
-    note = ("<p>Sorted by validation ROC-AUC. Test numbers: official test split at each model's stored operating point "
-            "(threshold and temperature chosen on val), 95 % percentile bootstrap CIs; the last columns give the "
-            "standard policies side by side (each chosen on val; <code>triage</code>: val sensitivity &ge; 0.90).</p>")
-    cells = ([run_cell(r) if c == "run" else r[c] for c in ALL_COLUMNS] for r in rows)
-    body = note + table(ALL_COLUMNS, cells, table_id="leaderboard")
-    return page("pneumo leaderboard", [Section("leaderboard", "Runs", body)], subtitle=f"{len(rows)} run(s)")
+    note = ("<p>One table per data set evaluated on: evaluations of different data are never ranked together. Sorted "
+            "by validation ROC-AUC. Test numbers at each model's stored operating point (threshold and temperature "
+            "chosen on val), 95 % CIs (exact for proportions, percentile bootstrap for ROC-AUC); the last columns give "
+            "the standard policies side by side (each chosen on val; <code>triage</code>: val sensitivity &ge; "
+            "0.90).</p>")
+    sections = []
+    for k, (where, members) in enumerate(group_rows(rows).items()):
+        cells = ([run_cell(r) if c == "run" else r[c] for c in ALL_COLUMNS] for r in members)
+        body = (note if k == 0 else "") + table(ALL_COLUMNS, cells, table_id=f"leaderboard-{k}")
+        sections.append(Section(f"leaderboard-{k}", f"Evaluated on {where}", body))
+    return page("pneumo leaderboard", sections, subtitle=f"{len(rows)} run(s) on {len(sections)} data set(s)")
 
 
 def load_runs(run_dirs: Iterable[str | os.PathLike]) -> list[dict]:

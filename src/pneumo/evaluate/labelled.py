@@ -1,5 +1,8 @@
 """Labelled images from anywhere, for external validation: a folder in the Kaggle layout (images under ``NORMAL/`` and
-``PNEUMONIA/`` folders, at any depth) or a CSV with ``path,label`` columns (paths relative to the CSV's folder)."""
+``PNEUMONIA/`` folders, at any depth) or a CSV with ``path,label`` columns (paths relative to the CSV's folder).
+
+A folder is read by the rule `pneumo predict` uses (`pneumo.data.files.find_images`: DICOM without an extension
+included); every file under it that is not read comes back by name with the reason."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from pneumo.data.files import find_images
 from pneumo.data.manifest import subtype_of
 from pneumo.errors import DataError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp"}
 # label spellings accepted in a CSV -> (binary label, subtype or None to infer from the file name)
 LABELS = {"normal": ("NORMAL", "normal"), "0": ("NORMAL", "normal"), "pneumonia": ("PNEUMONIA", None),
           "1": ("PNEUMONIA", None), "bacteria": ("PNEUMONIA", "bacteria"), "bacterial": ("PNEUMONIA", "bacteria"),
@@ -19,9 +22,16 @@ LABELS = {"normal": ("NORMAL", "normal"), "0": ("NORMAL", "normal"), "pneumonia"
 
 
 def labelled_images(source: str | os.PathLike) -> pd.DataFrame:
-    """The labelled images of a folder or CSV as a table: ``path`` (absolute), ``label`` (NORMAL / PNEUMONIA),
-    ``subtype`` (normal / bacteria / virus / unknown), sorted by path; a CSV's ``patient_id`` column, when it has one,
-    comes along as ``patient_id`` (text).
+    """The labelled images of a folder or CSV as a table (see `find_labelled`, which also says what was left out)."""
+    return find_labelled(source)[0]
+
+
+def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The labelled images of a folder or CSV, and ``{path: reason}`` for every file of a folder that is not read.
+
+    The table: ``path`` (absolute), ``label`` (NORMAL / PNEUMONIA), ``subtype`` (normal / bacteria / virus /
+    unknown), sorted by path; a CSV's ``patient_id`` column, when it has one, comes along as ``patient_id`` (text).
+    An image's label is the nearest folder above it (below ``source``) named NORMAL or PNEUMONIA.
 
     Raises:
         DataError: nothing labelled found, a CSV without ``path`` and ``label`` columns, an unknown label, a
@@ -30,7 +40,7 @@ def labelled_images(source: str | os.PathLike) -> pd.DataFrame:
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"labelled data not found: {source}")
-    table = _from_csv(path) if path.is_file() else _from_folder(path)
+    table, left_out = (_from_csv(path), {}) if path.is_file() else _from_folder(path)
     if table.empty:
         raise DataError(f"no labelled images in {source}: expect NORMAL/ and PNEUMONIA/ folders or a path,label CSV")
     missing = [p for p in table["path"] if not Path(p).is_file()]
@@ -39,20 +49,21 @@ def labelled_images(source: str | os.PathLike) -> pd.DataFrame:
     if table["label"].nunique() < 2:
         raise DataError(f"{source} holds only {table['label'].iloc[0]} images: external validation needs both "
                         "NORMAL and PNEUMONIA")
-    return table.sort_values("path", kind="stable").reset_index(drop=True)
+    return table.sort_values("path", kind="stable").reset_index(drop=True), left_out
 
 
-def _from_folder(root: Path) -> pd.DataFrame:
+def _from_folder(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    found = find_images(root)
+    left_out = {str(p.absolute()): reason for p, reason in {**found.skipped, **found.ignored}.items()}
     rows = []
-    for dirpath, _, files in os.walk(root, followlinks=True):
-        label = Path(dirpath).name.upper()
-        if label not in ("NORMAL", "PNEUMONIA"):
+    for image in found.images:
+        label = next((part.upper() for part in reversed(image.relative_to(root).parts[:-1])
+                      if part.upper() in ("NORMAL", "PNEUMONIA")), None)
+        if label is None:
+            left_out[str(image.absolute())] = "not in a NORMAL/ or PNEUMONIA/ folder: no label"
             continue
-        for name in files:
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                rows.append({"path": str(Path(dirpath, name).absolute()), "label": label,
-                             "subtype": subtype_of(name, label)})
-    return pd.DataFrame(rows, columns=["path", "label", "subtype"])
+        rows.append({"path": str(image.absolute()), "label": label, "subtype": subtype_of(image.name, label)})
+    return pd.DataFrame(rows, columns=["path", "label", "subtype"]), dict(sorted(left_out.items()))
 
 
 def _from_csv(csv: Path) -> pd.DataFrame:

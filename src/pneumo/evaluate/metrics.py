@@ -1,4 +1,7 @@
-"""Binary and 3-class metrics, the validation-chosen operating threshold, and vectorized bootstrap CIs.
+"""Binary and 3-class metrics, the validation-chosen operating threshold, and their CIs: exact (Clopper-Pearson)
+intervals for proportions (accuracy, sensitivity, specificity, precision), vectorized percentile bootstrap for the rest
+(ROC-AUC, PR-AUC, F1, counts), left out (nan, shown as "CI n/a") below `MIN_IMAGES` images or `MIN_PER_CLASS` per class
+and wherever the bootstrap collapses to zero width: a zero-width interval is never shown as certainty.
 
 Conventions: label 1 / ``p`` is pneumonia; an image is called positive when ``p >= threshold``. Undefined metrics
 (a class absent, nothing predicted positive) are ``nan``, never an exception or a warning.
@@ -18,6 +21,9 @@ from pneumo.models.scores import pneumonia_probability, predict_classes
 
 BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CELL_KEYS = ("tp", "fp", "tn", "fn")
+PROPORTION_KEYS = ("accuracy", "sensitivity", "specificity", "precision")
+MIN_IMAGES, MIN_PER_CLASS = 30, 10  # below either, bootstrap intervals are not shown and reports warn
+CI_METHOD = "exact (Clopper-Pearson) for proportions; percentile bootstrap for ROC-AUC, PR-AUC, F1 and counts"
 
 
 def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
@@ -174,7 +180,9 @@ def bootstrap_cis(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CIs over resamples of the images, for every key of :func:`binary_metrics` but ``n``.
+    """CIs for every key of :func:`binary_metrics` but ``n``: exact (Clopper-Pearson) for the proportions, percentile
+    bootstrap over resamples of the images for the rest, left out (nan) for a small sample or a zero width (see the
+    module doc).
 
     Vectorized: each resample is a row of draw counts, so confusion cells, AUC and AP are matrix products.
 
@@ -187,7 +195,7 @@ def bootstrap_cis(
         level: coverage of the interval.
 
     Returns:
-        ``{metric: (lo, hi)}``; ``(nan, nan)`` where a metric is undefined in every resample.
+        ``{metric: (lo, hi)}``; ``(nan, nan)`` where a metric is undefined, or its bootstrap interval not shown.
     """
     y, p = check_binary(y, p)
     if n_resamples <= 0 or y.size == 0:
@@ -201,7 +209,43 @@ def bootstrap_cis(
     values = _counts_metrics(*(cells[c] for c in CELL_KEYS))
     values["roc_auc"], values["pr_auc"] = weighted_auc(w, y, p)
     values.update({k: v.astype(float) for k, v in cells.items()})
-    return {k: percentile_ci(values[k], level) for k in (*BINARY_KEYS, *CELL_KEYS)}
+    small = is_small_sample(int(y.sum()), int((1 - y).sum()))
+    out = {k: _shown(percentile_ci(values[k], level), small) for k in (*BINARY_KEYS, *CELL_KEYS)}
+    point = (int(pred @ y), int(pred @ (1 - y)), int((1 - pred) @ (1 - y)), int((1 - pred) @ y))  # tp, fp, tn, fn
+    return {**out, **proportion_cis(*point, level=level)}
+
+
+def _shown(ci: tuple[float, float], small: bool) -> tuple[float, float]:
+    """A bootstrap interval as reported: (nan, nan) for a small sample or a zero-width interval."""
+    return (math.nan, math.nan) if small or not ci[0] < ci[1] else ci
+
+
+def proportion_cis(tp: int, fp: int, tn: int, fn: int, *, level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Exact (Clopper-Pearson) intervals of accuracy, sensitivity, specificity and precision from the confusion cells:
+    honest at any n (8 of 8 correct gives (0.63, 1.0)); ``(nan, nan)`` where a denominator is 0."""
+    return {"accuracy": exact_interval(tp + tn, tp + fp + tn + fn, level),
+            "sensitivity": exact_interval(tp, tp + fn, level),
+            "specificity": exact_interval(tn, tn + fp, level),
+            "precision": exact_interval(tp, tp + fp, level)}
+
+
+def is_small_sample(n_pneumonia: int, n_normal: int) -> bool:
+    """True below `MIN_IMAGES` images or `MIN_PER_CLASS` of either class."""
+    return n_pneumonia + n_normal < MIN_IMAGES or min(n_pneumonia, n_normal) < MIN_PER_CLASS
+
+
+def small_sample_warning(metrics: dict) -> str | None:
+    """One line for reports when the confusion cells of ``metrics`` hold a small sample (`is_small_sample`), else
+    None."""
+    try:
+        n_pos, n_neg = int(metrics["tp"] + metrics["fn"]), int(metrics["tn"] + metrics["fp"])
+    except (KeyError, TypeError):
+        return None
+    if not is_small_sample(n_pos, n_neg):
+        return None
+    return (f"Small sample: {n_pos + n_neg} images ({n_pos} pneumonia, {n_neg} normal), below {MIN_IMAGES} images or "
+            f"{MIN_PER_CLASS} per class. Proportions carry exact (Clopper-Pearson) 95 % intervals; bootstrap intervals "
+            "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")
 
 
 def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str]) -> dict:
@@ -335,13 +379,13 @@ def multiclass_metrics(
     if n_resamples > 0 and y.size:
         w = resample_weights(y.size, n_resamples, seed).astype(float)
         boot = _multiclass_values((w @ cell).reshape(-1, k, k))
-        bv_acc = _div(w[:, mask] @ correct_bv, w[:, mask].sum(axis=1))
+        small = is_small_sample(int(y_pneumonia.sum()), int((1 - y_pneumonia).sum()))
         bv_auc, _ = weighted_auc(w[:, mask], y_vir, vir_score)
         out["ci"] = {
-            "accuracy": percentile_ci(boot["accuracy"], level),
-            "macro_f1": percentile_ci(boot["macro_f1"], level),
-            "bacteria_vs_virus_accuracy": percentile_ci(bv_acc, level),
-            "bacteria_vs_virus_roc_auc": percentile_ci(bv_auc, level),
+            "accuracy": exact_interval(int(np.trace(conf)), int(y.size), level),
+            "macro_f1": _shown(percentile_ci(boot["macro_f1"], level), small),
+            "bacteria_vs_virus_accuracy": exact_interval(int(correct_bv.sum()), int(mask.sum()), level),
+            "bacteria_vs_virus_roc_auc": _shown(percentile_ci(bv_auc, level), small),
         }
         out["binary_ci"] = bootstrap_cis(y_pneumonia, p_pneumonia, threshold, n_resamples=n_resamples, seed=seed,
                                          level=level)

@@ -22,11 +22,13 @@ from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, fit_
 from pneumo.evaluate.metrics import (
     BINARY_KEYS,
     CELL_KEYS,
+    CI_METHOD,
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
     multiclass_metrics,
     sensitivity_by_subtype,
+    small_sample_warning,
 )
 from pneumo.evaluate.plots import draw_evaluation_plots
 from pneumo.models.scores import pneumonia_probability
@@ -133,7 +135,7 @@ def evaluate_predictions(
                 "nll_after": nll(z_val, y_val, temperature), "ece_before": reliability_data(probs_val, y_val,
                                                                                            ece_bins)["ece"]},
         "test": test,
-        "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95, "method": "percentile"},
+        "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95, "method": CI_METHOD},
         "ece_bins": int(ece_bins),
     })
 
@@ -183,7 +185,8 @@ def headline_html(result: dict) -> str:
         mc = test["multiclass"]
         cards.append({"label": "3-class accuracy", "value": fmt_number(mc.get("accuracy")),
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
-    return (render("headline.html.j2", cards=cards, n=test.get("n", "?"),
+    warning = small_sample_warning(metrics)
+    return (render("headline.html.j2", cards=cards, n=test.get("n", "?"), warning=warning,
                    where=data_label(result),
                          threshold=fmt_number(result.get("threshold")), policy=result.get("threshold_policy"),
                          temperature=fmt_number(result.get("temperature"), 2),
@@ -191,8 +194,10 @@ def headline_html(result: dict) -> str:
 
 
 def _ci_text(ci: Sequence | None) -> str:
-    if not ci or any(v is None for v in ci):
+    if not ci:
         return ""
+    if any(v is None or not np.isfinite(v) for v in ci):
+        return "95 % CI n/a (small sample)"
     return f"95 % CI [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
@@ -231,9 +236,12 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     external = bool(ext and not ext.get("official_test_split"))
     images, split = ("images of this external data", "external data") if external else ("test images", "test")
     note = (f"<p>Threshold {escape(fmt_number(result['threshold']))} from the validation split by policy "
-            f"<code>{escape(result['threshold_policy'])}</code>; CIs: {escape(boot.get('method', 'percentile'))} "
-            f"bootstrap, {escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}, "
-            f"seed {escape(boot.get('seed'))}.</p>")
+            f"<code>{escape(result['threshold_policy'])}</code>; 95 % CIs: {escape(boot.get('method', CI_METHOD))} "
+            f"({escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}, seed "
+            f"{escape(boot.get('seed'))}).</p>")
+    warning = small_sample_warning(test["metrics"])
+    if warning:
+        note += f"<p class='warning'><strong>{escape(warning)}</strong></p>"
     cm = test["confusion_matrix"]
     cm_table = table(["true \\ called", "normal", "pneumonia"],
                           [["normal", cm[0][0], cm[0][1]], ["pneumonia", cm[1][0], cm[1][1]]], caption="confusion")

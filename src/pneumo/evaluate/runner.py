@@ -274,7 +274,7 @@ def _subtitle(result: dict) -> str:
 
 
 def summary_line(result: dict) -> str:
-    """One line with the headline test numbers and their 95 % CIs."""
+    """One line with the headline test numbers and their 95 % CIs; a second, the small-sample warning, if any."""
     from pneumo.evaluate.report import fmt_ci
 
     m, ci = result["test"]["metrics"], result["test"].get("ci") or {}
@@ -283,5 +283,8 @@ def summary_line(result: dict) -> str:
     val_auc = result["val"].get("roc_auc")
     ext = result.get("external")
     where = "external data" if ext and not ext.get("official_test_split") else "test"
+    from pneumo.evaluate.metrics import small_sample_warning
+
+    warning = small_sample_warning(m)
     return (f"{result.get('name')}: {where} {parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
-            f"{result['threshold']:.3f} ({result['threshold_policy']})")
+            f"{result['threshold']:.3f} ({result['threshold_policy']})" + (f"\nwarning: {warning}" if warning else ""))

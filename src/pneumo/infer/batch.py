@@ -1,4 +1,4 @@
-"""Find the input files (`expand_inputs`) and predict them in batches (`predict_file_results`): decoding on a thread pool
+"""Find the input files (`find_inputs`) and predict them in batches (`predict_file_results`): decoding on a thread pool
 (the next batch while the model runs the current one), one model call per batch, bad files reported."""
 
 from __future__ import annotations
@@ -14,31 +14,70 @@ from pathlib import Path
 import numpy as np
 
 from pneumo.data.decode import check_radiograph, load_image_file
+from pneumo.data.files import entry_reason, find_images, name_reason
 from pneumo.errors import ConfigError, InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 
-SUFFIXES = {".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+@dataclass
+class Inputs:
+    """What the command line names: the files to read (order kept, duplicates dropped) and every named input, or
+    image-named entry of a named folder, that is not read, with the reason (a dangling link, a symlink loop, a named
+    pipe, a folder without images)."""
+
+    files: list[Path]
+    skipped: dict[Path, str]
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders recursively (image suffixes and DICOM); globs expanded; order kept, duplicates dropped."""
-    found: list[Path] = []
+def find_inputs(inputs: list[str]) -> Inputs:
+    """Files as given (whatever their name); folders recursively by the one rule of `pneumo.data.files`; globs
+    expanded.
+
+    Raises:
+        InputError: an input that is neither a file, a folder, a link nor a glob with matches; or nothing at all found.
+    """
+    files: list[Path] = []
+    skipped: dict[Path, str] = {}
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and
-                                (p.suffix.lower() in SUFFIXES or p.suffix == "")))
-        elif path.exists():
-            found.append(path)
+        problem = entry_reason(path)
+        if problem is None and path.is_dir():
+            found = find_images(path)
+            files.extend(found.images)
+            skipped.update(found.skipped)
+            if not found.images and not found.skipped:
+                skipped[path] = "a folder without images" + (f" ({len(found.ignored)} other file(s))"
+                                                            if found.ignored else "")
+        elif problem is None:
+            files.append(path)
+        elif os.path.lexists(path):  # a dangling link, a symlink loop, a named pipe: named, so it gets a row
+            skipped[path] = problem
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             if not matches:
                 raise InputError(f"no such file, folder or match: {item}")
-            found.extend(m for m in matches if m.is_file())
-    unique = list(dict.fromkeys(found))
-    if not unique:
+            for match in matches:
+                reason = entry_reason(match)
+                if reason is None and match.is_file():
+                    files.append(match)
+                elif reason is not None and name_reason(match.name) is None:
+                    skipped[match] = reason
+    unique = list(dict.fromkeys(files))
+    if not unique and not skipped:
         raise InputError("no input images found")
-    return unique
+    return Inputs(unique, skipped)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """The files of `find_inputs` (what is not read is left out here).
+
+    Raises:
+        InputError: as `find_inputs`, or no readable file among the inputs.
+    """
+    files = find_inputs(inputs).files
+    if not files:
+        raise InputError("no input images found")
+    return files
 
 
 def _load(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:

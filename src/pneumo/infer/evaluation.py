@@ -23,6 +23,17 @@ def default_external_out(model: str | None, data: str | os.PathLike) -> Path:
     return Path("evaluations") / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-on-{where}")
 
 
+def refuse_to_overwrite(folder: Path, force: bool) -> None:
+    """An output folder that already holds files is an earlier evaluation: never overwritten silently.
+
+    Raises:
+        ConfigError: ``folder`` exists, is not empty and ``force`` is False.
+    """
+    if force or not folder.is_dir() or not any(folder.iterdir()):
+        return
+    raise ConfigError(f"{folder} already holds an earlier evaluation: give --force to overwrite it, or another --out")
+
+
 def official_test_folder(dataset: str | None) -> Path:
     """The official test split of the dataset as a labelled folder (for models that are not runs)."""
     from pneumo.data.manifest import resolve_root
@@ -36,7 +47,7 @@ def official_test_folder(dataset: str | None) -> Path:
 
 def evaluate(models: list[str], *, data: str | None = None, out: str | None = None, policies: tuple[str, ...] = (),
              n_bootstrap: int | None = None, dataset: str | None = None, progress: bool = False,
-             analysis: bool = True) -> tuple[dict, Path]:
+             analysis: bool = True, force: bool = False) -> tuple[dict, Path]:
     """Dispatch one evaluation; returns (metrics, the folder holding report.html). Nothing here changes a model.
 
     Args:
@@ -48,6 +59,10 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
         dataset: the training dataset if it moved (the run's val/test folds are read from it).
         progress: progress bars.
         analysis: the Grad-CAM figures (shortcut indicator, error gallery, embeddings); False skips them.
+        force: write into an output folder that already holds files (an earlier evaluation); without it, an error.
+
+    Raises:
+        ConfigError: among others, an output folder that is not empty, without ``force``.
     """
     from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
     from pneumo.explain.analysis import analysis_sections
@@ -63,6 +78,7 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
                               "(--model A --model B --out ENS), then --model ENS --data FOLDER")
         if not out:
             raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
+        refuse_to_overwrite(Path(out), force)
         return evaluate_ensemble(models, out, n_bootstrap=n_bootstrap, data=dataset, policies=policies), Path(out)
     model = models[0]
     if data is None and is_run(model):
@@ -72,6 +88,7 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     if data is None:
         data = str(official_test_folder(dataset))
     target = Path(out) if out else default_external_out(None if model == "default" else model, data)
+    refuse_to_overwrite(target, force)
     boot = 1000 if n_bootstrap is None else n_bootstrap
     result = evaluate_external(None if model == "default" else model, data, target, n_bootstrap=boot,
                                policies=policies, val_data=dataset, progress=progress, analysis=analysis,

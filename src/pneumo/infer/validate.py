@@ -20,8 +20,9 @@ from pneumo import atomic
 from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, PneumoError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
-from pneumo.evaluate.labelled import labelled_images
+from pneumo.evaluate.labelled import find_labelled, labelled_images
 from pneumo.evaluate.metrics import (
+    CI_METHOD,
     binary_metrics,
     bootstrap_cis,
     multiclass_metrics,
@@ -96,15 +97,17 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
                      members=[str(m) for m in stored["members"]])
 
 
-def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False):
-    """Decode and score every labelled image. Returns ``(y, logits, table, errors, images)``: class indices for the
-    model's task, the (ensemble) logits, the readable rows, ``{path: error}`` for the unreadable ones and the
-    first member's preprocessed uint8 images (for Grad-CAM)."""
+def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False,
+                   table: pd.DataFrame | None = None):
+    """Decode and score every labelled image (of ``table`` when given: `find_labelled` of ``data``). Returns ``(y,
+    logits, table, errors, images)``: class indices for the model's task, the (ensemble) logits, the readable rows,
+    ``{path: error}`` for the unreadable or refused ones and the first member's preprocessed uint8 images (for
+    Grad-CAM)."""
     from tqdm import tqdm
 
     from pneumo.data.decode import check_radiograph, load_image_file
 
-    table = labelled_images(data)
+    table = labelled_images(data) if table is None else table
     size = max(p.size for p in predictors)
     kept, errors, prepared = [], {}, [[] for _ in predictors]
     for i, path in enumerate(tqdm(table["path"], desc="predict", unit="img", disable=not progress)):
@@ -222,7 +225,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                                           and Path(spec.location).is_file()):
         raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
     report_policies = policies_to_report(spec.policy, policies)
-    y_all, logits_all, table_all, errors, images_all = score_labelled(spec.predictors, data, progress=progress)
+    labelled, not_read = find_labelled(data)
+    y_all, logits_all, table_all, errors, images_all = score_labelled(spec.predictors, data, progress=progress,
+                                                                      table=labelled)
     ood_scores, ood = _ood(spec, images_all)
     assessed = ~ood["flags"] if ood else np.ones(len(y_all), dtype=bool)
     # External data: the headline is measured on the assessed images (flagged ones get no verdict), all beside it. The
@@ -234,15 +239,15 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     y, logits, images = y_all[headline], logits_all[headline], images_all[headline]
     table = table_all[headline].reset_index(drop=True)
     classes = spec.classes
-    measured = dict(threshold=spec.threshold, temperature=spec.temperature, classes=classes,
-                    n_bootstrap=n_bootstrap, seed=seed, ece_bins=ece_bins)
+    measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
+                "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ece_bins}
     test = measure(y, logits, subtypes=table["subtype"].tolist(), **measured)
     p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
     result: dict = {"task": spec.task, "classes": classes, "threshold": spec.threshold,
                     "threshold_policy": spec.policy, "temperature": spec.temperature, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
-                                  "method": "percentile"}, "ece_bins": int(ece_bins)}
+                                  "method": CI_METHOD}, "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:
         y_val, z_val, _, where = val
@@ -265,7 +270,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                            "rebuilt here (pass --dataset DIR)")
         log.warning("only the stored operating point is reported: %s", result["operating_points_note"])
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
-                          "unreadable": dict(list(errors.items())[:50]),
+                          "unreadable": errors, "n_not_read": len(not_read), "not_read": not_read,
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official}
     result["ood"] = {k: v for k, v in ood.items() if k != "flags"} if ood else None
     result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution or refused by the "
@@ -332,7 +337,9 @@ def _data_section(result: dict) -> tuple[str, str]:
     where = "in the metrics" if ext.get("official_test_split") else "not in the metrics"
     rows = [["images read", ext["n"]], [f"not assessed (out of distribution, orientation): no verdict, {where}",
                                          na["n"]],
-            ["assessed", ext["n"] - na["n"]], ["unreadable (left out)", ext["n_unreadable"]],
+            ["assessed", ext["n"] - na["n"]],
+            ["unreadable or refused by the input gate (left out)", ext["n_unreadable"]],
+            ["other files not read (not an image name, hidden, no label folder, not a file)", ext.get("n_not_read", 0)],
             *[[f"label {k}", v] for k, v in sorted(ext["by_label"].items())]]
     ood = result.get("ood")
     ood_line = (f"<p>Not assessed: {ood['n_flagged']} of {ood['n']} images ({100 * ood['share_flagged']:.1f} %): "
@@ -343,11 +350,13 @@ def _data_section(result: dict) -> tuple[str, str]:
                 "They get no pneumonia/normal verdict; the metrics on every readable image, assessed or not, are in "
                 "metrics.json under <code>test_all</code>.</p>" if ood
                 else "<p>Out-of-distribution check: not available for this model.</p>")
-    bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>" for k, v in ext["unreadable"].items())
+    bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>"
+                  for k, v in {**ext["unreadable"], **ext.get("not_read", {})}.items())
     return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
             f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
             f"</code>; temperature {result['temperature']:.3f}); nothing was fitted on them.</p>"
-            + table_html(["", "count"], rows) + ood_line + (f"<ul>{bad}</ul>" if bad else ""))
+            + table_html(["", "count"], rows) + ood_line + (f"<p>Every file left out, by name:</p><ul>{bad}</ul>" if bad
+                                                             else "<p>No file was left out.</p>"))
 
 
 def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict) -> tuple[str, str]:

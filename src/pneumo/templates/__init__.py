@@ -80,10 +80,13 @@ def fmt_number(value: object, digits: int = 3) -> str:
 
 
 def fmt_ci(value: object, ci: Sequence | None, digits: int = 3) -> str:
-    """``0.912 [0.889, 0.934]``; the interval is left out when missing or undefined."""
+    """``0.912 [0.889, 0.934]``; the interval is left out when missing, and ``[CI n/a]`` when given but undefined (a
+    bootstrap interval not shown for a small sample): never a bare number that reads as certain."""
     text = fmt_number(value, digits)
-    if ci is None or len(ci) != 2 or any(v is None or not math.isfinite(v) for v in ci):
+    if ci is None or len(ci) != 2:
         return text
+    if any(v is None or not math.isfinite(v) for v in ci):
+        return text if text == "n/a" else f"{text} [CI n/a]"
     if isinstance(value, (int, np.integer)):
         return f"{text} [{ci[0]:.0f}, {ci[1]:.0f}]"
     return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"

@@ -1,0 +1,103 @@
+"""Which files in a folder are images to read: ONE rule, used by `pneumo predict` (folders on its command line) and by
+`pneumo evaluate --data` (labelled folders), so both read exactly the same files.
+
+A file is read when its name has an image suffix, no suffix at all (DICOM exported by PACS: ``IM00000``) or a numeric
+one (DICOM named by UID: ``1.2.840.113619.2.55``); hidden files and other names are not. Folders are walked
+recursively in sorted order; linked folders are followed once (a link back to a folder already walked is a loop,
+reported, not followed). Nothing found is dropped silently: every entry not read comes back with its reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+
+
+@dataclass
+class FoundFiles:
+    """The outcome of walking a folder.
+
+    Attributes:
+        images: regular files with an image name, sorted by path: what is read.
+        skipped: entries with an image name (or folders) that are no readable file or folder (a dangling link, a
+            symlink loop, a named pipe, a device), with the reason.
+        ignored: files not read because of their name (hidden, another suffix), with the reason.
+    """
+
+    images: list[Path] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)
+    ignored: dict[Path, str] = field(default_factory=dict)
+
+
+def name_reason(name: str) -> str | None:
+    """None when a file of this name is read as an image, else why it is not."""
+    if name.startswith("."):
+        return "hidden file"
+    suffix = Path(name).suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix == "" or suffix[1:].isdigit():
+        return None
+    return f"not an image file name ({suffix})"
+
+
+def entry_reason(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a regular file or a folder (after links), else why it cannot be read as one."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if os.path.islink(path):
+            return "dangling symlink (its target does not exist)"
+        if exc.errno == errno.ENOENT:
+            return "no such file"
+        return f"cannot read: {exc.strerror or type(exc).__name__}"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a file"
+    return "a socket or device, not a file"
+
+
+def find_images(folder: str | os.PathLike) -> FoundFiles:
+    """Every image file under ``folder`` (recursive), and every entry not read with its reason (see the module doc)."""
+    found = FoundFiles()
+    root = Path(folder)
+    _walk(root, found, {_identity(root)})
+    found.images.sort()
+    return found
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _walk(folder: Path, found: FoundFiles, seen: set[tuple[int, int]]) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        found.skipped[folder] = f"cannot list folder: {exc.strerror or type(exc).__name__}"
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        problem = entry_reason(path)
+        if problem is None and entry.is_dir():
+            identity = _identity(path)
+            if identity in seen:
+                found.skipped[path] = "symlink loop (a link to a folder already read)"
+                continue
+            seen.add(identity)
+            _walk(path, found, seen)
+            continue
+        by_name = name_reason(entry.name)
+        if by_name is not None:
+            found.ignored[path] = by_name
+        elif problem is not None:
+            found.skipped[path] = problem
+        else:
+            found.images.append(path)
