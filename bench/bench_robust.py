@@ -115,7 +115,7 @@ def measure(model: str | None, dataset: str, site: str | None) -> dict:
     predictor = Predictor(model)
     images, y, split_seed = val_fold(predictor, dataset)
     row: dict = {"model": model or "shipped", "model_id": predictor.model_id, "split_seed": split_seed,
-                 "val_n": int(len(y)), "val": summary(y, p_pneumonia(logits_of(predictor, images)))}
+                 "val_n": len(y), "val": summary(y, p_pneumonia(logits_of(predictor, images)))}
     for name, fn in CORRUPTIONS.items():
         shifted = np.stack([fn(img) for img in images])
         row[name] = summary(y, p_pneumonia(logits_of(predictor, shifted)))
@@ -132,7 +132,7 @@ def measure(model: str | None, dataset: str, site: str | None) -> dict:
             logits.append(lg)
             features.append(ft)
         p = p_pneumonia(np.concatenate(logits))
-        row["site"] = {**summary(ys, p), "n": int(len(ys)), "median_p_normal": float(np.median(p[ys == 0]))}
+        row["site"] = {**summary(ys, p), "n": len(ys), "median_p_normal": float(np.median(p[ys == 0]))}
         if predictor.ood is not None and features[0] is not None:
             scores = predictor.ood.scores(np.concatenate(features))
             row["site"]["ood_share"] = float(np.mean(scores > predictor.ood.threshold))
@@ -165,7 +165,7 @@ def record_of() -> dict:
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+                            cwd=Path(__file__).parent, check=False).stdout.strip()
     return {"commit": commit, "machine": machine()}
 
 

@@ -56,7 +56,7 @@ def test_evaluate_scores_the_dicom_lists_what_it_left_out_and_never_overwrites_s
     assert "left out: 4 file(s) (1 unreadable or refused, 3 not read)" in printed
     for name in ("broken.jpeg", "notes.txt", ".DS_Store", "README.jpeg"):
         assert f"{name}: " in printed, name
-    assert "warning: Small sample: 5 images" in printed
+    assert "warning: Small sample: " in printed  # (the assessed images: 5 read, some may get no verdict)
     ext = json.loads((out / "metrics.json").read_text())["external"]
     assert ext["n"] == 5 and ext["n_unreadable"] == 1 and ext["n_not_read"] == 3
     assert list(ext["unreadable"]) == [str(hospital / "PNEUMONIA" / "broken.jpeg")]

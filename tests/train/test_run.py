@@ -137,5 +137,5 @@ def test_a_run_stores_its_dataset_as_an_absolute_path(data_slice: Path, tmp_path
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
     assert Path(stored).is_absolute() and Path(stored) == data_slice.resolve()
     monkeypatch.chdir(tmp_path)  # another working directory: the stored path still resolves
-    y, logits, paths, where = val_scores([Predictor(run_dir)])
+    y, logits, _, where = val_scores([Predictor(run_dir)])
     assert len(y) == len(logits) > 0 and Path(where["location"]) == data_slice.resolve()

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from pneumo.config import AugmentConfig, TrainConfig
-from pneumo.policy import parse_policy
 from pneumo.data.preprocess import to_unit
 from pneumo.models.runtime import autocast, depthwise_in_fp32, memory_format
+from pneumo.policy import parse_policy
 from pneumo.train.augment import augment
 from pneumo.train.loop import make_loss, step_seed
 

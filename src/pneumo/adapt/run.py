@@ -34,12 +34,12 @@ import torch
 from pneumo.adapt.finetune import AdaptConfig, finetune
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
 from pneumo.config import AugmentConfig, from_dict
-from pneumo.policy import parse_policy
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, exact_interval
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.runtime import select_device
+from pneumo.policy import parse_policy
 from pneumo.train.loop import step_seed
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.policy import check_policy
     from pneumo.infer.operating_point import derive_model
+    from pneumo.policy import check_policy
 
     check_policy(args.threshold_policy, "--threshold-policy")
     record = derive_model(args.model, args.threshold_policy, args.out, data=args.dataset, val=args.data)

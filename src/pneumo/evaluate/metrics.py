@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pneumo.policy import POLICY_ALIASES, STANDARD_POLICIES, parse_policy  # noqa: F401 - re-exported
 from pneumo.errors import ConfigError, DataError
 from pneumo.models.scores import pneumonia_probability, predict_classes
+from pneumo.policy import POLICY_ALIASES, STANDARD_POLICIES, parse_policy  # noqa: F401 - re-exported
 
 BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CELL_KEYS = ("tp", "fp", "tn", "fn")

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from pneumo.policy import STANDARD_POLICIES, parse_policy
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold
+from pneumo.policy import STANDARD_POLICIES, parse_policy
 
 SHOWN = ("accuracy", "sensitivity", "specificity", "precision", "f1")
 

@@ -38,10 +38,11 @@ def _performance(meta: dict) -> list[str]:
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})
-        return [f"Not measured at this operating point yet (`pneumo evaluate --model` this folder). Where the "
-                f"threshold was chosen ({chosen.get('n')} images of {chosen.get('kind')}, {chosen.get('n_pneumonia')} "
-                f"with pneumonia): sensitivity {chosen.get('sensitivity', float('nan')):.3f}, specificity "
-                f"{chosen.get('specificity', float('nan')):.3f} (optimistic: the same images chose it)."]
+        return [(f"Not measured at this operating point yet (`pneumo evaluate --model` this folder). Where the "
+                 f"threshold was chosen ({chosen.get('n')} images of {chosen.get('kind')}, "
+                 f"{chosen.get('n_pneumonia')} with pneumonia): sensitivity "
+                 f"{chosen.get('sensitivity', float('nan')):.3f}, specificity "
+                 f"{chosen.get('specificity', float('nan')):.3f} (optimistic: the same images chose it).")]
     return ["Not measured yet: run `pneumo evaluate --model` on this run."]
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import atomic
-from pneumo.policy import parse_policy
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path, write_meta
+from pneumo.policy import parse_policy
 
 
 def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,

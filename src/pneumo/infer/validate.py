@@ -304,24 +304,16 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
 
 
 def _ood(spec: ModelSpec, images: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
-    """Per-image out-of-distribution scores of the model's statistics (its first member's for an ensemble), through
-    the same `Predictor` that scored the images, and their summary with the ``flags`` of the images that get no verdict
-    (score above the limit set on validation, or refused by the orientation check). ``(None, None)`` for a model
-    without statistics or features."""
+    """The out-of-distribution scores and the images without a verdict (``flags``), decided by the model's (first
+    member's) `Predictor` exactly as `pneumo predict` decides them; ``(None, None)`` for a model without checks."""
     p = spec.predictors[0]
     if p.ood is None and p.orientation is None:
         return None, None
-    features = [p.outputs(images[i:i + BATCH])[1] for i in range(0, len(images), BATCH)]
-    if any(f is None for f in features):
-        return None, None
-    features = np.concatenate(features)
-    scores = p.ood.scores(features) if p.ood is not None else None
-    ood = (~np.isfinite(scores) | (scores > p.ood.threshold)) if scores is not None else np.zeros(len(images), bool)
-    turned = np.array([r is not None for r in p.orientation.refusals(features)]) if p.orientation is not None \
-        else np.zeros(len(images), bool)
-    flags = ood | turned
+    results = [r for i in range(0, len(images), BATCH) for r in p.predict_prepared(images[i:i + BATCH])]
+    flags, ood = np.array([not r.assessed for r in results]), np.array([bool(r.ood) for r in results])
+    scores = np.array([np.inf if r.ood_score is None else r.ood_score for r in results]) if p.ood else None
     summary = {"n": len(images), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
-               "n_out_of_distribution": int(ood.sum()), "n_orientation": int(turned.sum()), "flags": flags}
+               "n_out_of_distribution": int(ood.sum()), "n_orientation": int((flags & ~ood).sum()), "flags": flags}
     if scores is not None:
         summary.update(threshold=float(p.ood.threshold), percentile=p.meta.ood.get("percentile"),
                        method=p.meta.ood.get("method"), median_score=float(np.median(scores)))
@@ -346,7 +338,7 @@ def _data_section(result: dict) -> tuple[str, str]:
                 f"{ood['n_out_of_distribution']} out of distribution"
                 + (f" (limit = the {ood['percentile']:g}th percentile of the validation images' distances)"
                    if ood.get("percentile") is not None else "")
-                + f", {ood['n_orientation']} refused by the orientation check (inverted, rotated or upside down). "
+                + f", {ood['n_orientation']} (only) by the orientation check (inverted, rotated or upside down). "
                 "They get no pneumonia/normal verdict; the metrics on every readable image, assessed or not, are in "
                 "metrics.json under <code>test_all</code>.</p>" if ood
                 else "<p>Out-of-distribution check: not available for this model.</p>")
