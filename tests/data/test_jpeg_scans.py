@@ -101,4 +101,4 @@ def test_predict_refuses_the_bomb_with_one_line(tmp_path: Path, tiny_model: Path
     assert main(["predict", str(bomb), "--model", str(tiny_model), "--backend", "torch"]) == 2  # the only input could not be read
     err = capsys.readouterr().err
     assert f"bomb.jpeg: JPEG with more than {MAX_JPEG_SCANS} scans" in err
-    assert all(line.startswith("pneumo predict") for line in err.splitlines() if line.strip())
+    assert all(line.startswith(("pneumo predict", "summary: ")) for line in err.splitlines() if line.strip())

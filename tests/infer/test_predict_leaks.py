@@ -68,9 +68,10 @@ def test_a_newline_in_a_file_name_cannot_forge_a_line_on_stderr(xrays: Path, tin
     forged.write_bytes(b"not an image")
     assert _predict(str(xrays), str(forged), model=tiny_model) == 1  # one input could not be read
     captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("pneumo predict: ") and "x.jpeg\\npneumo predict: patient-042.jpeg: ok\\x1b[2K" in lines[0]
+    lines = [line for line in captured.err.splitlines() if line.startswith("pneumo predict")]
+    assert len(lines) == 1, captured.err  # (the other line is the summary)
+    assert all(line.startswith(("pneumo predict: ", "summary: ")) for line in captured.err.splitlines()), captured.err
+    assert "x.jpeg\\npneumo predict: patient-042.jpeg: ok\\x1b[2K" in lines[0]
     assert "not an image" in lines[0] and "\x1b" not in captured.err
     assert len(list(csv.DictReader(captured.out.splitlines()))) == 3  # the CSV keeps the name, quoted
 
