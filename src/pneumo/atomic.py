@@ -7,6 +7,7 @@ two helpers every file writer and checker shares: `to_jsonable` (strict JSON: na
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -27,23 +28,62 @@ def temp_path(path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def writing(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[Path]:
+def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool = False) -> Iterator[Path]:
     """Yield a temp path to write ``path``'s content to; on success it replaces ``path``, on error it is removed.
 
     Args:
         path: the final file (its folder is created).
         mode: file permissions to set before the rename (default: as created).
+        private: create the temp file empty with mode 0600 before yielding (open it with ``"w"``, which keeps the
+            mode): a process killed mid-write (``kill -9``: nothing runs) leaves a file only its owner can read.
+            `remove_stale_temps` deletes such leftovers.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        if private:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         yield tmp
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp files `writing` left next to ``path`` in processes that no longer run (killed mid-write); a
+    temp file of a running process (this machine's process ids) is kept. Returns the deleted paths."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def umask_mode() -> int:
+    """The permissions ``open(path, "w")`` gives a new file here (0666 less the umask)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (or not a process id at all)
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:

@@ -10,7 +10,7 @@ import sys
 from pneumo import __version__
 from pneumo.allocator import hold_freed_memory
 from pneumo.argparsing import HelpFormatter, subparser
-from pneumo.errors import PneumoError
+from pneumo.errors import PneumoError, one_line
 
 # name -> (module, one-line help); modules are imported only when their subcommand runs or builds its parser.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PneumoError as exc:
-        print(f"pneumo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pneumo {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pneumo {args.command}: interrupted", file=sys.stderr)

@@ -29,3 +29,11 @@ class IntegrityError(ModelError):
 
 class InputError(PneumoError):
     """An input image (JPEG/PNG/DICOM) cannot be read or is not acceptable."""
+
+
+def one_line(text: str) -> str:
+    """``text`` safe to print as one line of a terminal or a log: control characters (newline, carriage return, escape
+    sequences, Unicode line separators) and undecodable bytes of a file name are written as escapes (``\\n``), so a
+    file name cannot add a line (a forged ``pneumo predict: ...``) or move the cursor."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for ch in text)

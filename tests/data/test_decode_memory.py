@@ -181,3 +181,70 @@ def test_decode_slots_bound_concurrent_decodes(monkeypatch: pytest.MonkeyPatch) 
         decode_slots(previous)
     with pytest.raises(ConfigError):
         decode_slots(0)
+
+
+def _webp(side: int) -> bytes:
+    """A side x side lossless WebP of one colour, 38 bytes whatever the side (the red-team file: 2.5 KB at 7000): a
+    64 x 64 one made by Pillow, with the side written into its VP8L header (a single-colour image costs no bits per
+    pixel, so the stream stays valid; Pillow decodes it). Encoding 7000 x 7000 pixels would take 12 s."""
+    from corpus import pil_bytes
+    from PIL import Image
+
+    data = bytearray(pil_bytes(Image.new("L", (64, 64), 128), "WEBP", lossless=True, method=0, quality=0))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F
+    header = int.from_bytes(data[21:25], "little") & ~((1 << 28) - 1)  # alpha and version bits kept
+    data[21:25] = (header | (side - 1) | (side - 1) << 14).to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_a_7000_square_webp_is_refused_before_any_pixel_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    data = _webp(SIDE)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the WebP was decoded"))
+    per_pixel = decode.WEBP_BYTES_PER_PIXEL + 1
+    with pytest.raises(InputError, match=rf"too large to decode: 49000000 pixels x {per_pixel} bytes"):
+        load_image(data, target=224)
+
+
+def test_decoding_a_webp_stays_within_the_formula(tmp_path: Path) -> None:
+    side = 3000  # 9 M pixels: within the default budget at WEBP_BYTES_PER_PIXEL
+    result = _peak_growth(f'''
+        from test_input import data
+        from pneumo.data.decode import load_image
+        def work():
+            assert load_image(data).shape == ({side}, {side})
+    ''', _input_module(tmp_path, _webp(side)))
+    formula = side * side * (decode.WEBP_BYTES_PER_PIXEL + 1)  # (measured 16.3-16.5 B/px: Pillow 13)
+    assert result["growth"] <= formula + STRIP_SLACK, f"{result['growth'] / 1e6:.0f} MB > {formula / 1e6:.0f} MB"
+    assert side * side * (4 + 1) + STRIP_SLACK < result["growth"]  # what an RGB image alone would be counted
+
+
+def test_a_progressive_jpeg_counts_its_coefficients_at_full_size_under_draft() -> None:
+    from corpus import pil_bytes
+    from PIL import Image
+
+    image = Image.fromarray(np.tile(gradient(64, 64), (40, 40)))  # 2560 x 2560
+    baseline, progressive = (pil_bytes(image, "JPEG", quality=80, progressive=p) for p in (False, True))
+    assert load_image(baseline, target=224, max_decode_bytes=10_000_000).shape == (640, 640)
+    with pytest.raises(InputError, match=r"409600 pixels x 2 bytes \+ 13 MB of buffered coefficients"):
+        load_image(progressive, target=224, max_decode_bytes=10_000_000)  # 2560^2 int16 coefficients: 13 MB
+    assert load_image(progressive, target=224, max_decode_bytes=15_000_000).shape == (640, 640)
+
+
+def test_decoding_a_reduced_7000_square_progressive_jpeg_stays_within_the_formula(tmp_path: Path) -> None:
+    from corpus import pil_bytes
+    from PIL import Image
+
+    tile = np.tile(gradient(70, 70), (100, 100))  # 7000 x 7000 gray
+    data = pil_bytes(Image.fromarray(tile), "JPEG", quality=80, progressive=True)
+    del tile
+    result = _peak_growth('''
+        from test_input import data
+        from pneumo.data.decode import load_image
+        def work():
+            assert load_image(data, target=224).shape == (875, 875)
+    ''', _input_module(tmp_path, data))
+    formula = 875 * 875 * (1 + 1) + SIDE * SIDE * 2  # the 1/8-scale samples + the result + full-size coefficients
+    assert result["growth"] <= formula + STRIP_SLACK, f"{result['growth'] / 1e6:.0f} MB > {formula / 1e6:.0f} MB"
+    assert 875 * 875 * (1 + 1) + STRIP_SLACK < result["growth"]  # what the draft size alone would be counted

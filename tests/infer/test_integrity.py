@@ -4,6 +4,7 @@ the cached export is refused by `pneumo predict --model` and `pneumo serve`, wit
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ from fastapi.testclient import TestClient
 
 from pneumo.cli import main
 from pneumo.config import ServeConfig
-from pneumo.errors import IntegrityError
+from pneumo.errors import IntegrityError, ModelError
 from pneumo.infer import export
 from pneumo.infer.export import cached_onnx, export_onnx, sha256_file
 from pneumo.infer.predictor import Predictor
+from pneumo.models.sidecar import DEFAULT_MODEL, read_meta
 from pneumo.serve.app import create_app
 
 
@@ -124,3 +126,172 @@ def test_the_run_own_export_is_verified_too(model: Path, tmp_path: Path) -> None
     _flip_byte(onnx_path)
     with pytest.raises(IntegrityError, match="checksum mismatch"):
         Predictor(model, backend="auto")
+
+
+# --- issue 24: the whole model folder --------------------------------------------------------------------------------
+
+
+def _refusal(captured: str, *words: str) -> str:
+    lines = [line for line in captured.splitlines() if line.strip()]
+    assert len(lines) == 1, captured
+    assert all(word in lines[0] for word in words), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("backend", ["auto", "onnx"])
+def test_the_run_own_export_without_a_record_is_never_used(model: Path, xray: Path, backend: str,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    onnx_path = export_onnx(model)
+    onnx_path.with_name(onnx_path.name + ".sha256").unlink()  # e.g. a replaced export (a shifted head bias)
+    with pytest.raises(IntegrityError, match="no checksum record"):
+        Predictor(model, backend=backend)
+    assert main(["predict", str(xray), "--model", str(model), "--backend", backend]) == 2
+    _refusal(capsys.readouterr().err, "pneumo predict: error:", "model.onnx", "no checksum record")
+
+
+def test_an_export_that_fails_to_load_is_an_error_not_a_fallback_to_torch(model: Path) -> None:
+    onnx_path = export_onnx(model)
+    onnx_path.write_bytes(b"not an onnx model")
+    export._write_record(onnx_path, json.loads(model.read_text())["sha256"])  # a record that matches the garbage
+    with pytest.raises(ModelError, match="cannot load ONNX model model.onnx"):
+        Predictor(model, backend="auto")
+
+
+def test_an_onnx_only_folder_is_bound_to_the_weights_its_sidecar_names(model: Path, tmp_path: Path) -> None:
+    onnx_path = export_onnx(model, tmp_path / "elsewhere")  # the sidecar is copied, the weights are not
+    assert Predictor(onnx_path, backend="onnx").model_id == Predictor(model, backend="torch").model_id
+    sidecar = onnx_path.with_suffix(".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "sha256": "ab" * 32}))  # another model id
+    with pytest.raises(IntegrityError, match="exported from other weights"):
+        Predictor(onnx_path, backend="auto")
+
+
+@pytest.fixture()
+def plain(tiny_model: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny checkpoint, nothing exported."""
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(tiny_model.with_suffix(suffix), tmp_path / f"model{suffix}")
+    return tmp_path / "model.json"
+
+
+def _edited(sidecar: Path, key: str, value: object) -> Path:
+    payload = json.loads(sidecar.read_text())
+    if "." in key:
+        outer, inner = key.split(".")
+        payload[outer] = {**payload[outer], inner: value}
+    else:
+        payload[key] = value
+    sidecar.write_text(json.dumps(payload))  # json.dumps writes NaN / Infinity, which json.loads reads back
+    return sidecar
+
+
+BAD_VALUES = [
+    ("threshold", 5, "threshold must be a finite number in [0, 1]"),
+    ("threshold", -1, "threshold must be a finite number in [0, 1]"),
+    ("threshold", float("nan"), "threshold must be a finite number in [0, 1], got nan"),
+    ("threshold", "0.5", "malformed"),
+    ("temperature", 0, "temperature must be a finite number > 0"),
+    ("temperature", -1, "temperature must be a finite number > 0"),
+    ("temperature", float("inf"), "temperature must be a finite number > 0"),
+    ("classes", ["PNEUMONIA", "NORMAL"], "classes must be ['NORMAL', 'PNEUMONIA'] for task binary"),
+    ("classes", ["NORMAL", "PNEUMONIA", "OTHER"], "classes must be"),
+    ("task", "4class", "task must be one of binary, 3class"),
+    ("num_classes", 3, "num_classes must be 2"),
+    ("input_size", 100000, "input_size must be within 32..1024 pixels"),
+    ("input_size", 8, "input_size must be within 32..1024 pixels"),
+    ("mean", [float("nan")] * 3, "mean must be 1 or 3 finite numbers"),
+    ("std", [0.5, 0.0, 0.5], "std must be 1 or 3 finite numbers, each > 0"),
+    ("resize_policy", "stretch", "resize_policy must be one of squash, letterbox"),
+    ("intensity", "gamma", "intensity must be one of"),
+    ("markers", "erase", "markers must be one of none, inpaint"),
+    ("crop", "border:0.9", "crop must be"),
+    ("dtype", "int8", "dtype must be one of float32, float16"),
+    ("sha256", "0" * 63, "sha256 must be 64 lowercase hex digits"),
+    ("tta", "yes", "tta must be true or false"),
+    ("weights_file", "../model.safetensors", "weights_file must be a plain file name"),
+    ("weights_file", "sub/model.safetensors", "weights_file must be a plain file name"),
+    ("weights_file", "/etc/passwd", "weights_file must be a plain file name"),
+    ("weights_file", "model\n.safetensors", "weights_file must be a plain file name"),
+]
+BAD_OOD = [
+    ("ood.file", "../default-model.ood.safetensors", "ood.file must be a plain file name"),
+    ("ood.file", "sub/x.ood.safetensors", "ood.file must be a plain file name"),
+    ("ood.threshold", float("nan"), "ood.threshold must be a finite number >= 0"),
+    ("ood.threshold", -3, "ood.threshold must be a finite number >= 0"),
+    ("ood.percentile", float("inf"), "ood.percentile must be a number in [50, 100)"),
+    ("ood.shrinkage", float("nan"), "ood.shrinkage must be a number in [0, 1]"),
+    ("ood.n_features", -1, "ood.n_features must be a whole number >= 0"),
+    ("ood.sha256", None, "ood.sha256 must be 64 lowercase hex digits"),
+    ("ood.method", "knn", "ood.method must be mahalanobis-tied on forward_features"),
+    ("ood", {}, "ood.file must be a plain file name"),
+    ("ood", "none", "ood must be an object"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_VALUES, ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
+def test_every_sidecar_value_is_range_checked_with_one_line(plain: Path, key: str, value: object,
+                                                            message: str) -> None:
+    with pytest.raises(ModelError, match=re.escape(message)) as caught:
+        read_meta(_edited(plain, key, value))
+    assert "\n" not in str(caught.value) and "model.json" in str(caught.value)
+
+
+@pytest.fixture()
+def shipped_copy(tmp_path: Path) -> Path:
+    """The shipped model's sidecar and OOD statistics (the weights are not needed to read a sidecar)."""
+    for name in ("default-model.json", "default-model.ood.safetensors"):
+        shutil.copyfile(DEFAULT_MODEL.with_name(name), tmp_path / name)
+    return tmp_path / "default-model.json"
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_OOD, ids=[f"{k}={v!r}" for k, v, _ in BAD_OOD])
+def test_the_ood_entry_is_range_checked_with_one_line(shipped_copy: Path, key: str, value: object,
+                                                      message: str) -> None:
+    with pytest.raises(ModelError, match=re.escape(message)) as caught:
+        read_meta(_edited(shipped_copy, key, value))
+    assert "\n" not in str(caught.value)
+
+
+def test_the_shipped_model_and_a_training_run_sidecar_pass_the_checks(tmp_path: Path) -> None:
+    from pneumo.config import RunConfig
+    from pneumo.models import create
+    from pneumo.models.checkpoint import save_checkpoint
+    from pneumo.train.run import checkpoint_meta
+
+    shipped = read_meta(DEFAULT_MODEL)
+    assert shipped.ood is not None and shipped.input_size == 224
+    cfg = RunConfig()
+    cfg.data.image_size, cfg.model.name, cfg.model.mode = 64, "scratch_cnn", "scratch"
+    model = create("scratch_cnn", num_classes=2, weights="none")
+    sidecar = save_checkpoint(tmp_path / "model", model, checkpoint_meta(cfg, model, {"training": {"epoch": 1}}))
+    assert read_meta(sidecar).config["data"]["image_size"] == 64
+    with pytest.raises(ModelError, match=r"input_size must be 64 \(the image size the model was trained at\)"):
+        read_meta(_edited(sidecar, "input_size", 256))
+
+
+def test_a_three_class_head_saved_without_its_task_reads_back_as_three_class(tmp_path: Path) -> None:
+    from pneumo.models import create
+    from pneumo.models.checkpoint import save_checkpoint
+
+    sidecar = save_checkpoint(tmp_path / "m", create("scratch_cnn", num_classes=3, weights="none"), {})
+    assert read_meta(sidecar).classes == ["normal", "bacteria", "virus"]
+
+
+@pytest.mark.parametrize(("key", "value", "word"), [("threshold", float("nan"), "threshold"),
+                                                    ("temperature", 0, "temperature"),
+                                                    ("num_classes", 3, "num_classes"),
+                                                    ("weights_file", "../model.safetensors", "weights_file")])
+def test_a_bad_sidecar_stops_predict_and_serve_with_exit_2(plain: Path, xray: Path, key: str, value: object,
+                                                           word: str, capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    model = _edited(plain, key, value)
+    assert main(["predict", str(xray), "--model", str(model)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    _refusal(captured.err, "pneumo predict: error:", f"{word} must be")
+    for workers in ("1", "2"):
+        assert main(["serve", "--model", str(model), "--workers", workers]) == 2
+        _refusal(capsys.readouterr().err, "pneumo serve: error:", f"{word} must be")

@@ -97,14 +97,18 @@ def test_truncated_weights_are_a_model_error(saved: Path) -> None:
         load_checkpoint(saved)
 
 
-def test_truncated_weights_without_checksum_are_still_a_model_error(saved: Path) -> None:
+@pytest.mark.parametrize("flip", [False, True])
+def test_weights_whose_checksum_was_deleted_are_never_loaded(saved: Path, flip: bool) -> None:
     sidecar = saved.with_suffix(".json")
     meta = json.loads(sidecar.read_text())
     del meta["sha256"]
     sidecar.write_text(json.dumps(meta))
-    weights = saved.with_suffix(".safetensors")
-    weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ModelError, match="cannot read"):
+    if flip:  # issue 24: without its checksum, a flipped weight byte was accepted
+        weights = saved.with_suffix(".safetensors")
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0x01
+        weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="no weights checksum"):
         load_checkpoint(saved)
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pneumo import atomic
-from pneumo.errors import ConfigError, PneumoError
+from pneumo.errors import ConfigError, PneumoError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,18 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(args.model, backend=args.backend, threads=args.threads) if files else None
     counts = {"scored": 0, "errors": 0, "out-of-distribution": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all
-        if output:
-            out = stack.enter_context(open(stack.enter_context(atomic.writing(output)), "w", newline="",
-                                           encoding="utf-8"))
+        if output:  # patients' results: the temp file is private while written; a killed run's is removed here
+            for stale in atomic.remove_stale_temps(output):
+                log.info("removed %s, left by a stopped run", one_line(stale.name))
+            tmp = stack.enter_context(atomic.writing(output, mode=atomic.umask_mode(), private=True))
+            out = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
         else:
             out = sys.stdout
         write = _row_writer(out, fmt)
         classes = predictor.classes if predictor else ["NORMAL", "PNEUMONIA"]
         for path, reason in skipped.items():  # named inputs that are not read: a row each, not silence
             counts["errors"] += 1
-            print(f"pneumo predict: {_printable(path)}: skipped: {reason}", file=sys.stderr)
+            print(f"pneumo predict: {one_line(f'{path}: skipped: {reason}')}", file=sys.stderr)
             write(_row(path, None, classes, f"skipped: {reason}", args.heatmaps, None))
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
         results = predict_file_results(predictor, files, batch_size=args.batch_size,
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)  # one image at a time (heat maps included), not one batch
             if item.error:
                 counts["errors"] += 1
-                print(f"pneumo predict: {_printable(item.path)}: {item.error}", file=sys.stderr)
+                print(f"pneumo predict: {one_line(f'{item.path}: {item.error}')}", file=sys.stderr)
             else:
                 counts["scored"] += 1
                 counts["out-of-distribution"] += bool(item.prediction.ood)

@@ -76,7 +76,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pneumo.infer.predictor import Predictor, resolve_model
+    from pneumo.infer.predictor import Predictor, read_meta, resolve_model
     from pneumo.serve.app import create_app
     from pneumo.serve.limits import configure_header_timeout
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                "limit_concurrency": args.limit_concurrency,
                "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
     if args.workers > 1:
-        resolve_model(args.model)  # fail here, not in every worker
+        read_meta(resolve_model(args.model))  # a missing model or a bad sidecar fails here, not in every worker
         if config.api_key:
             os.environ["PNEUMO_API_KEY"] = config.api_key
         settings = {**config.model_dump(), "api_key": None, "model": args.model, "backend": args.backend,

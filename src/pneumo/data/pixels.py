@@ -24,12 +24,15 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
         raise InputError(f"image too large: {width}x{height} pixels > limit {max_pixels}")
 
 
-def check_budget(pixels: int, bytes_per_pixel: int, max_decode_bytes: int) -> None:
-    """Refuse a decode whose samples (``pixels`` x ``bytes_per_pixel``, from the header) exceed ``max_decode_bytes``."""
-    need = pixels * bytes_per_pixel
+def check_budget(pixels: int, bytes_per_pixel: int, max_decode_bytes: int, *, buffered: int = 0) -> None:
+    """Refuse a decode whose samples (``pixels`` x ``bytes_per_pixel``, from the header) plus the decoder's own
+    ``buffered`` bytes (a multi-scan JPEG's coefficients) exceed ``max_decode_bytes``."""
+    need = pixels * bytes_per_pixel + buffered
     if need > max_decode_bytes:
-        raise InputError(f"image too large to decode: {pixels} pixels x {bytes_per_pixel} bytes = {need / 1e6:.0f} MB "
-                         f"> limit {max_decode_bytes / 1e6:.0f} MB (send it with fewer pixels or 8 bits per sample)")
+        extra = f" + {buffered / 1e6:.0f} MB of buffered coefficients" if buffered else ""
+        raise InputError(f"image too large to decode: {pixels} pixels x {bytes_per_pixel} bytes{extra} = "
+                         f"{need / 1e6:.0f} MB > limit {max_decode_bytes / 1e6:.0f} MB (send it with fewer pixels or "
+                         "8 bits per sample)")
 
 
 def strips(height: int, width: int) -> Iterator[tuple[int, int]]:

@@ -2,8 +2,13 @@
 
 Backends: ``onnx`` runs ONNX Runtime on the run's own export or, for a PyTorch checkpoint, on an export made once and
 kept in ``$PNEUMO_CACHE/onnx`` (keyed by the weights' SHA-256); ``torch`` runs a traced, frozen copy of the model;
-``auto`` (what `pneumo predict` uses) is ``onnx`` where the export works and ``torch`` otherwise. Whatever the backend, the eager
-PyTorch model (for heat maps) is loaded from the checkpoint on first use.
+``auto`` (what `pneumo predict` uses) is ``onnx`` where ONNX Runtime is installed and the export can be made, and
+``torch`` otherwise (a WARNING says why). Whatever the backend, the eager PyTorch model (for heat maps) is loaded from
+the checkpoint on first use.
+
+Integrity: an ONNX file is used only with the record written at export (``<name>.onnx.sha256``) that matches it and
+names the weights' SHA-256 the sidecar records (so it is served under the model id of the weights it was made from);
+an unrecorded, mismatched or unloadable export is an error, never a fallback to the other backend.
 
 Both backends also return the pooled backbone features, which the checkpoint's out-of-distribution statistics
 (`pneumo.models.ood`, when its sidecar names them) turn into ``ood_score`` and the ``ood`` flag.
@@ -62,6 +67,14 @@ class Prediction:
         return asdict(self)
 
 
+class _NoExport(ModelError):
+    """No ONNX export of a PyTorch checkpoint could be made: ``auto`` falls back to PyTorch (nothing was loaded)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class Predictor:
     """Turns uint8 gray images into ``Prediction``s. Thread-safe; the model is loaded once."""
 
@@ -83,10 +96,8 @@ class Predictor:
         if backend == "auto":
             try:
                 self._run, self.backend = self._load_onnx(threads), "onnx"
-            except IntegrityError:
-                raise  # corrupt weights or export: refuse, never fall back
-            except (ModelError, ImportError) as exc:
-                log.info("ONNX Runtime backend unavailable (%s); using PyTorch", exc)
+            except (_NoExport, ImportError) as exc:  # nothing was loaded: the verified PyTorch weights serve instead
+                log.warning("ONNX Runtime backend unavailable (%s); using PyTorch", _one_line(exc))
                 self._run, self.backend = self._load_torch(threads), "torch"
         else:
             self.backend = backend
@@ -137,10 +148,20 @@ class Predictor:
 
         onnx_path = self.sidecar.with_suffix(".onnx")
         if not onnx_path.is_file():
-            onnx_path = cached_onnx(self.sidecar)
-        else:  # the run's own export: its record (if `pneumo export` wrote one) and the weights next to it
-            weights_sha256 = verify_weights(self.sidecar, self.meta) if self._weights.is_file() else None
-            verify_onnx(onnx_path, weights_sha256)
+            try:
+                onnx_path = cached_onnx(self.sidecar)
+            except IntegrityError:
+                raise
+            except ModelError as exc:  # the export could not be made (an operator ONNX lacks, ...)
+                raise _NoExport(str(exc)) from None
+        else:  # the run's own export: the weights next to it (if any) and the record `pneumo export` wrote
+            if not self.meta.sha256:
+                raise IntegrityError(f"{self.sidecar.name} has no weights checksum: refusing {onnx_path.name}")
+            if self._weights.is_file():
+                verify_weights(self.sidecar, self.meta)
+            if not verify_onnx(onnx_path, self.meta.sha256):
+                raise IntegrityError(f"{onnx_path.name} has no checksum record ({onnx_path.name}.sha256): refusing "
+                                     "an unverified export; export it again with `pneumo export`, or delete it")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

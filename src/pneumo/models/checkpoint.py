@@ -60,6 +60,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PneumoNet, CheckpointMeta]
     """
     meta = read_meta(path)
     weights = weights_path(path, meta)
+    if not meta.sha256:  # unverifiable weights are never loaded (a sidecar whose checksum was deleted)
+        raise ModelError(f"{stem_of(path).with_suffix('.json').name} has no weights checksum ('sha256'): refusing to "
+                         f"load {weights.name} unverified; re-save the checkpoint")
     tensors = read_tensors(weights, meta.sha256)
     model = build(meta.arch, num_classes=meta.num_classes)
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}

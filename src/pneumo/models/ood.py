@@ -11,7 +11,9 @@ layer, threshold, percentile, counts, the file's SHA-256, checked on load).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,48 @@ METHOD = "mahalanobis-tied"
 LAYER = "forward_features"  # the pooled backbone features, i.e. the input of the model's linear head
 DEFAULT_PERCENTILE = 99.5
 SUFFIX = ".ood.safetensors"
+_COUNTS = ("n_train", "n_val", "n_features", "n_classes")
+
+
+def check_file_name(name: Any, *, field: str, suffix: str, source: str) -> str:
+    """``name`` if it is a plain file name next to the sidecar (no folder, no ``..``, no control character, ending in
+    ``suffix``); ``ModelError`` otherwise."""
+    if not (isinstance(name, str) and name.endswith(suffix) and len(name) <= 255 and name not in (".", "..")
+            and not re.search(r"[/\\\x00-\x1f\x7f]", name) and not name.startswith(".")):
+        raise ModelError(f"{source}: {field} must be a plain file name ending in {suffix} (no folder), got "
+                         f"{repr(name)[:80]}")
+    return name
+
+
+def check_ood_entry(entry: Any, *, source: str) -> Mapping[str, Any]:
+    """A sidecar's ``ood`` entry if every value is usable (method and layer this code computes, a plain file name, a
+    SHA-256, finite threshold >= 0, percentile in [50, 100), counts >= 0, shrinkage in [0, 1]); ``ModelError``."""
+    def bad(name: str, rule: str) -> ModelError:
+        value = entry.get(name) if isinstance(entry, Mapping) else entry
+        return ModelError(f"{source}: ood.{name} must be {rule}, got {repr(value)[:80]}")
+
+    if not isinstance(entry, Mapping):
+        raise ModelError(f"{source}: ood must be an object (or null for none), got {repr(entry)[:80]}")
+    if entry.get("method", METHOD) != METHOD or entry.get("layer", LAYER) != LAYER:
+        raise bad("method" if entry.get("method", METHOD) != METHOD else "layer", f"{METHOD} on {LAYER}")
+    check_file_name(entry.get("file"), field="ood.file", suffix=SUFFIX, source=source)
+    if not (isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+        raise bad("sha256", "64 lowercase hex digits")
+    if not _finite(entry.get("threshold")) or entry["threshold"] < 0:
+        raise bad("threshold", "a finite number >= 0")
+    if not _finite(entry.get("percentile", DEFAULT_PERCENTILE)) or not 50 <= entry.get("percentile", 99.5) < 100:
+        raise bad("percentile", "a number in [50, 100)")
+    for name in _COUNTS:
+        if name in entry and not (isinstance(entry[name], int) and not isinstance(entry[name], bool)
+                                  and entry[name] >= 0):
+            raise bad(name, "a whole number >= 0")
+    if not _finite(entry.get("shrinkage", 0.0)) or not 0 <= entry.get("shrinkage", 0.0) <= 1:
+        raise bad("shrinkage", "a number in [0, 1]")
+    return entry
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -106,10 +150,11 @@ def load_ood(sidecar: str | os.PathLike, entry: Mapping[str, Any] | None) -> Ood
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
-    if not entry:
+    if entry is None:
         return None
-    path = Path(sidecar).with_name(str(entry.get("file", "")))
-    if not entry.get("file") or not path.is_file():
+    check_ood_entry(entry, source=f"checkpoint sidecar {Path(sidecar).name}")
+    path = Path(sidecar).with_name(entry["file"])
+    if not path.is_file():
         raise ModelError(f"{Path(sidecar).name} names OOD statistics {path.name} but the file is missing: copy it "
                          "next to the checkpoint, or refit with `pneumo ood fit`")
     data = path.read_bytes()

@@ -5,25 +5,35 @@ normalization, classes, preprocessing, the validation-chosen threshold and tempe
 of the weights file. Sidecars written before a field existed still load: a missing field takes the default it always
 had. Torch-free on purpose: the ONNX predictor and the service read sidecars without importing torch. The weights
 themselves are `pneumo.models.checkpoint`.
+
+Every value is range-checked when a sidecar is read (`check_meta`): a sidecar edited by hand or by an attacker (a
+threshold of 5 or NaN, a temperature of 0, swapped classes, an input size of 100000, a file name with a path in it)
+is one `ModelError` line, and `pneumo predict` / `pneumo serve` stop with exit 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pneumo import atomic
+from pneumo.config import INTENSITIES, RESIZE_POLICIES, parse_crop
 from pneumo.data.rundir import RunDir
-from pneumo.errors import ModelError
+from pneumo.errors import ConfigError, ModelError
+from pneumo.models.ood import check_file_name, check_ood_entry
 
 FORMAT = "pneumo-checkpoint/1"
-
-
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024  # the model input side S a sidecar may ask for (S x S float32 per image)
+MARKER_METHODS = ("none", "inpaint")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
+DTYPES = ("float32", "float16")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the shipped default model
 
@@ -106,13 +116,19 @@ class CheckpointMeta:
                 raise ModelError(f"{source} lacks {key!r}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         values = {k: v for k, v in payload.items() if k in known and v is not None}
+        if "classes" not in values and "task" not in values and payload.get("num_classes") == 3:
+            values["task"] = "3class"  # a 3-class head saved without its task (the default task is binary)
         if "classes" not in values and "task" in values:
             values["classes"] = _class_names(values["task"])
         try:
             for key, kind in (("num_classes", int), ("input_size", int), ("threshold", float),
-                              ("temperature", float), ("tta", bool)):
+                              ("temperature", float)):
                 if key in values:
+                    if isinstance(values[key], (bool, str)) or kind is int and values[key] != int(values[key]):
+                        raise TypeError(f"{key} {_shown(values[key])} is not a number of that kind")
                     values[key] = kind(values[key])
+            if not isinstance(values.get("tta", False), bool):
+                raise TypeError(f"tta must be true or false, got {_shown(values['tta'])}")
             for key in ("mean", "std"):
                 if key in values:
                     values[key] = [float(v) for v in values[key]]
@@ -139,7 +155,61 @@ class CheckpointMeta:
 def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     """The typed sidecar of ``<stem>.json`` (also given as the weights file or the stem), without loading weights."""
     sidecar = stem_of(path).with_suffix(".json")
-    return CheckpointMeta.from_json(read_json(sidecar, FORMAT), source=f"checkpoint sidecar {sidecar}")
+    source = f"checkpoint sidecar {sidecar}"
+    return check_meta(CheckpointMeta.from_json(read_json(sidecar, FORMAT), source=source), source=source)
+
+
+def check_meta(meta: CheckpointMeta, *, source: str = "checkpoint sidecar") -> CheckpointMeta:
+    """``meta`` if every value is in range; ``ModelError`` (one line naming the field) otherwise.
+
+    Checked: the task's exact class list and a matching ``num_classes``; ``input_size`` within
+    ``MIN_INPUT_SIZE``..``MAX_INPUT_SIZE`` (and equal to the recorded config's ``data.image_size``); finite ``mean``
+    and positive ``std``; the preprocessing choices; ``threshold`` a finite number in [0, 1]; ``temperature`` finite
+    and > 0; ``dtype``; ``sha256`` 64 hex digits; ``weights_file`` and the ``ood`` entry (`check_ood_entry`).
+    """
+    def bad(name: str, rule: str, value: Any) -> ModelError:
+        return ModelError(f"{source}: {name} must be {rule}, got {_shown(value)}")
+
+    if not isinstance(meta.arch, str) or not meta.arch:
+        raise bad("arch", "an architecture name", meta.arch)
+    from pneumo.data.splits import TASK_CLASSES  # pandas: imported once, on the first sidecar read
+
+    if meta.task not in TASK_CLASSES:
+        raise bad("task", f"one of {', '.join(TASK_CLASSES)}", meta.task)
+    if meta.classes != TASK_CLASSES[meta.task]:
+        raise bad("classes", f"{TASK_CLASSES[meta.task]} for task {meta.task} (in this order)", meta.classes)
+    if meta.num_classes != len(meta.classes):
+        raise bad("num_classes", f"{len(meta.classes)} (the number of classes)", meta.num_classes)
+    if meta.input_size is not None:
+        if not MIN_INPUT_SIZE <= meta.input_size <= MAX_INPUT_SIZE:
+            raise bad("input_size", f"within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels", meta.input_size)
+        trained = ((meta.config or {}).get("data") or {}).get("image_size")
+        if isinstance(trained, int) and trained != meta.input_size:
+            raise bad("input_size", f"{trained} (the image size the model was trained at)", meta.input_size)
+    for name in ("mean", "std"):
+        values = getattr(meta, name)
+        if values is not None and (len(values) not in (1, 3) or not all(math.isfinite(v) for v in values)
+                                   or name == "std" and min(values) <= 0):
+            raise bad(name, "1 or 3 finite numbers" + (", each > 0" if name == "std" else ""), values)
+    for name, allowed in (("resize_policy", RESIZE_POLICIES), ("intensity", INTENSITIES), ("markers", MARKER_METHODS),
+                          ("dtype", DTYPES)):
+        if getattr(meta, name) not in allowed:
+            raise bad(name, f"one of {', '.join(allowed)}", getattr(meta, name))
+    try:
+        parse_crop(meta.crop)
+    except ConfigError:
+        raise bad("crop", "none, lungs or border:F with 0 < F < 0.4", meta.crop) from None
+    if not (math.isfinite(meta.threshold) and 0.0 <= meta.threshold <= 1.0):
+        raise bad("threshold", "a finite number in [0, 1]", meta.threshold)
+    if not (math.isfinite(meta.temperature) and meta.temperature > 0):
+        raise bad("temperature", "a finite number > 0", meta.temperature)
+    if meta.sha256 is not None and not (isinstance(meta.sha256, str) and SHA256.fullmatch(meta.sha256)):
+        raise bad("sha256", "64 lowercase hex digits", meta.sha256)
+    if meta.weights_file is not None:
+        check_file_name(meta.weights_file, field="weights_file", suffix=".safetensors", source=source)
+    if meta.ood is not None:
+        check_ood_entry(meta.ood, source=source)
+    return meta
 
 
 def write_meta(path: str | os.PathLike, meta: CheckpointMeta) -> Path:
@@ -211,6 +281,12 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _shown(value: Any) -> str:
+    """A value for a one-line message: its repr (control characters escaped), at most 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _class_names(task: str) -> list[str]:
