@@ -97,9 +97,10 @@ class OodStats:
             raise ModelError(f"OOD statistics expect (N, {self.num_features}) features, got {tuple(f.shape)}")
         precision, means = np.asarray(self.precision, np.float64), np.asarray(self.means, np.float64)
         # (f - m) P (f - m) = f P f - 2 f P m + m P m: one (N, F) x (F, F) product for all the class means
-        fp = f @ precision
-        d2 = (np.einsum("ij,ij->i", fp, f)[:, None] - 2.0 * fp @ means.T
-              + np.einsum("ij,ij->i", means @ precision, means)[None, :])
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite features: inf/nan rows, scored inf below
+            fp = f @ precision
+            d2 = (np.einsum("ij,ij->i", fp, f)[:, None] - 2.0 * fp @ means.T
+                  + np.einsum("ij,ij->i", means @ precision, means)[None, :])
         scores = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
         return np.where(np.isfinite(scores), scores, np.inf)
 
