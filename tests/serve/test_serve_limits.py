@@ -21,7 +21,13 @@ from fastapi.testclient import TestClient
 from pneumo.config import ServeConfig
 from pneumo.infer.predictor import Predictor
 from pneumo.serve.app import create_app
-from pneumo.serve.limits import Overloaded, ThrottledLog, WorkQueue, configure_header_timeout
+from pneumo.serve.limits import (
+    HeaderDeadlineH11Protocol,
+    Overloaded,
+    ThrottledLog,
+    WorkQueue,
+    configure_header_timeout,
+)
 
 PREDICT = "/api/v1/predict"
 
@@ -38,11 +44,12 @@ def live_server(predictor: Predictor) -> Iterator[Callable[..., str]]:
     protocol (header deadline) in a background thread; stopped after the test."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(predictor_: Predictor = predictor, **fields: object) -> str:
+    def start(predictor_: Predictor = predictor, limit_concurrency: int | None = None, **fields: object) -> str:
         config = ServeConfig(**fields)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(config, predictor_), host="127.0.0.1", port=port,
                                                http=configure_header_timeout(config.header_timeout_s),
+                                               limit_concurrency=limit_concurrency,
                                                log_level="warning", access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -134,6 +141,32 @@ def test_an_idle_connection_is_closed_after_the_header_deadline(live_server) -> 
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:  # a server that never closes: timeout
         assert sock.recv(1) == b""  # closed by the server, nothing sent
+
+
+def test_a_flood_of_idle_connections_cannot_503_the_health_probe(live_server,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24 item 4: 40 idle sockets against --limit-concurrency 12 (uvicorn counts every open socket): the
+    oldest idle ones beyond the cap are closed, so /healthz on a new connection still answers 200, not 503."""
+    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 6)
+    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", 8)
+    url = live_server(limit_concurrency=12, header_timeout_s=30)
+    host, port = url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(40)]
+    try:
+        time.sleep(0.5)
+        closed = 0
+        for sock in idle:
+            sock.settimeout(0.05)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass  # still open: among the newest, within the cap
+        assert closed >= 40 - 6  # every idle socket beyond the per-client cap was closed by the server
+        for _ in range(3):
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 @pytest.fixture()

@@ -5,7 +5,9 @@ Three layers, each in the stack users already run:
 * ``HeaderDeadlineH11Protocol`` — uvicorn's own h11 protocol plus one timer: a connection must deliver a request's
   headers within ``header_timeout_s`` of opening (or of its previous response), else it is closed. uvicorn has no
   such timeout (its keep-alive timer is disarmed by every byte received), so 1-byte-per-second clients would
-  otherwise hold their connections for ever.
+  otherwise hold their connections for ever. Idle connections (open, no request in progress) are also capped, per
+  client address (32) and in all (256), by closing the oldest: uvicorn's ``--limit-concurrency`` counts every open
+  socket, so without the caps a flood of idle sockets would 503 everything, health probes included.
 * ``UploadBudget`` — the bytes of uploads being read or waiting, summed over all requests, stay under a budget;
   beyond it a request gets 503 + ``Retry-After``. Slow clients hold almost nothing, so they cannot starve others.
 * ``WorkQueue`` — at most ``max_active`` predictions are decoded and run at once, at most ``max_queue`` wait for a
@@ -76,6 +78,7 @@ class ThrottledLog:
 
 
 SLOW_HEADERS = ThrottledLog("closed %d connection(s) that sent no complete request headers in time (last %gs)")
+IDLE_EVICTED = ThrottledLog("closed %d idle connection(s) beyond the idle caps (last %gs)")
 
 
 class HeaderDeadlineH11Protocol(H11Protocol):
@@ -83,23 +86,51 @@ class HeaderDeadlineH11Protocol(H11Protocol):
     :func:`configure_header_timeout`; the body has its own deadline in the app)."""
 
     header_timeout_s: ClassVar[float] = 10.0
+    # Idle connections (open, no request in progress) are bounded apart from uvicorn's --limit-concurrency, which
+    # counts every open socket: beyond a cap the OLDEST idle one is closed, so a flood of idle sockets (one client's
+    # or everyone's) can never fill that limit and 503 a health probe, whose request arrives right after it connects.
+    max_idle_per_client: ClassVar[int] = 32
+    max_idle: ClassVar[int] = 256
+    _idle: ClassVar[dict[HeaderDeadlineH11Protocol, None]] = {}  # insertion-ordered: oldest first
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._peer = ""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._peer = str((transport.get_extra_info("peername") or ("?",))[0])
         self._arm_header_deadline()
+        self._became_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
+        self._idle.pop(self, None)
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._idle.pop(self, None)  # a request is in progress
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm_header_deadline()  # the next request's headers get the same time
+            self._became_idle()
+
+    def _became_idle(self) -> None:
+        idle = type(self)._idle
+        idle.pop(self, None)
+        idle[self] = None
+        mine = [c for c in idle if c._peer == self._peer]
+        oldest = mine[: max(0, len(mine) - self.max_idle_per_client)] + list(idle)[: max(0, len(idle) - self.max_idle)]
+        for victim in oldest:
+            if victim is not self and victim in idle:
+                idle.pop(victim, None)
+                IDLE_EVICTED.count()
+                victim.transport.close()
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()
