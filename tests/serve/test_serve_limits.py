@@ -286,3 +286,26 @@ def test_the_same_app_serves_again_after_a_restart_on_a_new_event_loop(predictor
                 lambda _: client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")}).status_code,
                 range(3)))
         assert replies == [200, 200, 200]
+
+
+def test_invalid_requests_are_logged_once_per_interval(live_server, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 24 item 6: uvicorn's "Invalid HTTP request received." for each garbage request is counted instead."""
+    from pneumo.serve.limits import INVALID_REQUESTS
+
+    url = live_server()
+    host, port = url.removeprefix("http://").split(":")
+    before = INVALID_REQUESTS.total
+    with caplog.at_level(logging.WARNING):
+        for _ in range(20):
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+                sock.settimeout(2)
+                try:
+                    while sock.recv(4096):
+                        pass
+                except (TimeoutError, ConnectionResetError):
+                    pass
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    assert INVALID_REQUESTS.total - before == 20
+    assert sum("Invalid HTTP request" in r.getMessage() for r in caplog.records) == 0
+    assert sum("invalid HTTP request" in r.getMessage() for r in caplog.records) <= 1

@@ -71,3 +71,26 @@ def test_missing_boundary_is_400() -> None:
     with pytest.raises(UploadError) as err:
         read(b"", {"content-type": "multipart/form-data"}, max_bytes=10)
     assert err.value.status == 400
+
+
+@pytest.mark.parametrize("cut", [len(f"--{BOUNDARY}--\r\n"), len(f"\r\n--{BOUNDARY}--\r\n") + 3])
+def test_a_body_without_its_closing_boundary_is_400(cut: int) -> None:
+    """Issue 24 item 6: a truncated multipart upload is refused, not scored on a file part that may be cut short."""
+    body = multipart(("file", b"IMAGE" * 100))
+    with pytest.raises(UploadError, match="closing boundary is missing") as err:
+        read(body[:-cut], FORM, max_bytes=100_000)
+    assert err.value.status == 400
+    assert read(body, FORM, max_bytes=100_000) == b"IMAGE" * 100  # the whole body still reads
+
+
+def test_retry_after_is_at_least_one_service_time() -> None:
+    """Issue 24 item 6: "Retry-After: 1 while a job takes 3 s" — a retry cannot find a slot before a job ends."""
+    from pneumo.serve.limits import WorkQueue
+
+    queue = WorkQueue(max_active=16, max_queue=64, queue_timeout_s=10)
+    queue.service_s, queue.waiting = 3.0, 0
+    assert queue.retry_after_s() == 3
+    queue.waiting = 32
+    assert queue.retry_after_s() == 9  # then the 32 waiting drain 16 at a time
+    queue.service_s = 0.01
+    assert queue.retry_after_s() == 1

@@ -81,6 +81,27 @@ SLOW_HEADERS = ThrottledLog("closed %d connection(s) that sent no complete reque
 IDLE_EVICTED = ThrottledLog("closed %d idle connection(s) beyond the idle caps (last %gs)")
 
 
+INVALID_REQUESTS = ThrottledLog("dropped %d invalid HTTP request(s) (last %gs)")
+
+
+class ThrottleInvalidRequests(logging.Filter):
+    """uvicorn logs a WARNING for every malformed request ("Invalid HTTP request received."): a client can flood the
+    log with them. This filter on ``uvicorn.error`` turns them into `INVALID_REQUESTS` counts (one line per interval)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Invalid HTTP request"):
+            INVALID_REQUESTS.count()
+            return False
+        return True
+
+
+def throttle_invalid_request_warnings() -> None:
+    """Install `ThrottleInvalidRequests` once on uvicorn's error logger (idempotent)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ThrottleInvalidRequests) for f in logger.filters):
+        logger.addFilter(ThrottleInvalidRequests())
+
+
 class HeaderDeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's headers (set ``header_timeout_s`` with
     :func:`configure_header_timeout`; the body has its own deadline in the app)."""
@@ -99,6 +120,7 @@ class HeaderDeadlineH11Protocol(H11Protocol):
         self._peer = ""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        throttle_invalid_request_warnings()  # after uvicorn configured its logging
         super().connection_made(transport)
         self._peer = str((transport.get_extra_info("peername") or ("?",))[0])
         self._arm_header_deadline()
@@ -210,8 +232,9 @@ class WorkQueue:
         self._slots = asyncio.Semaphore(max_active)
 
     def retry_after_s(self) -> int:
-        """Seconds until the queue has likely drained by one slot per waiting request (1 .. 60)."""
-        estimate = self.service_s * (self.waiting + 1) / self.max_active
+        """Seconds until a retry likely finds a slot (1 .. 60): the jobs running now finish (one service time), then
+        the waiting ones drain ``max_active`` at a time."""
+        estimate = self.service_s * (1 + self.waiting / self.max_active)
         return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(estimate))))
 
     @asynccontextmanager

@@ -82,11 +82,16 @@ class _FileCollector:
         self._header_value = bytearray()
         self._disposition = b""
         self._current: bytearray | None = None
+        self.ended = False  # the closing boundary (--boundary--) was seen
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
                 "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
-                "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data}
+                "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+                "on_end": self.on_end}
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_part_begin(self) -> None:
         self._disposition = b""
@@ -138,6 +143,8 @@ async def _read_multipart(stream: AsyncIterator[bytes], boundary: bytes, *, max_
         raise UploadError(400, "malformed multipart body") from None
     except FormParserError:
         raise UploadError(400, "malformed multipart body") from None
+    if not collector.ended:  # a truncated upload: its file part may be cut short too
+        raise UploadError(400, "malformed multipart body: the closing boundary is missing (truncated upload?)")
     if not collector.files:
         raise UploadError(422, f"no file uploaded: send the image in the multipart field {FIELD!r}")
     return bytes(collector.files[0])
