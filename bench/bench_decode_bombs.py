@@ -13,7 +13,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
