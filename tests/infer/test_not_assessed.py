@@ -152,3 +152,20 @@ def test_a_tampered_orientation_check_is_refused(tmp_path: Path) -> None:
     head.unlink()
     with pytest.raises(ModelError, match="file is missing"):
         Predictor(tmp_path / "default-model.json")
+
+
+def test_predict_writes_not_assessed_with_its_reason(full_data: Path, tmp_path: Path) -> None:
+    """Finding 1 on the CLI: the `label` column of a photo says "not assessed" and `reason` says why."""
+    from pneumo.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_photo()).save(folder / "astronaut.png")
+    (folder / "xray.jpeg").symlink_to(full_data / "test" / "NORMAL" / "IM-0003-0001.jpeg")
+    assert main(["predict", str(folder), "--output", str(tmp_path / "out.csv")]) == 0
+    rows = pd.read_csv(tmp_path / "out.csv").set_index(pd.read_csv(tmp_path / "out.csv")["path"].map(
+        lambda p: Path(p).name))
+    assert rows.loc["astronaut.png", "label"] == "not assessed" and "out of distribution" in rows.loc[
+        "astronaut.png", "reason"]
+    assert rows.loc["xray.jpeg", "label"] in ("NORMAL", "PNEUMONIA") and pd.isna(rows.loc["xray.jpeg", "reason"])
+    assert (rows["p_calibrated"] >= rows["threshold_calibrated"]).equals(rows["p_pneumonia"] >= rows["threshold"])

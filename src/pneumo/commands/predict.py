@@ -166,12 +166,14 @@ def _printable(path: Path) -> str:
 
 def _flatten(result, classes: list[str], error: str | None) -> dict:
     """One output row; absent values are None (an empty CSV cell, null in JSON lines)."""
-    row = {"p_pneumonia": None, "p_calibrated": None, "label": None, "threshold": None, "ood_score": None, "ood": None,
-           "error": error or None}
-    if result is not None:
+    row = {"p_pneumonia": None, "p_calibrated": None, "label": None, "threshold": None, "threshold_calibrated": None,
+           "ood_score": None, "ood": None, "reason": None, "error": error or None}
+    if result is not None:  # label "not assessed" (with the reason) for an image outside the model's scope
         row.update(p_pneumonia=round(result.p_pneumonia, 6), p_calibrated=round(result.p_calibrated, 6),
-                   label=result.label, threshold=round(result.threshold, 6))
-        if result.ood is not None:  # out-of-distribution: don't trust the label
+                   label=result.label, threshold=round(result.threshold, 6), reason=result.reason,
+                   threshold_calibrated=None if result.threshold_calibrated is None
+                   else round(result.threshold_calibrated, 6))
+        if result.ood is not None:
             row.update(ood_score=None if result.ood_score is None else round(result.ood_score, 4), ood=result.ood)
     if len(classes) > 2:
         for c in classes:

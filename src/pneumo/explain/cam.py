@@ -239,7 +239,7 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
     if prediction is None:
         prediction = predictor.predict_prepared(prepared[None])[0]
     classes = list(predictor.classes)
-    toward_pneumonia = target == "pneumonia" or prediction.label != classes[0]
+    toward_pneumonia = target == "pneumonia" or prediction.p_pneumonia >= prediction.threshold  # assessed or not
     with _model_lock(predictor):
         map_model = explain_prepared(model, prepared, method=method, layer=layer, toward_pneumonia=toward_pneumonia,
                                      window=window, stride=stride)
