@@ -52,7 +52,7 @@ def fit_trained_ood(cfg: RunConfig, sidecar: Path, cache: ImageCache, folds: pd.
 
 
 def fit_trained_orientation(sidecar: Path, cache: ImageCache, folds: pd.DataFrame, *, device: torch.device,
-                            n_train: int = 600, n_val: int = 300, seed: int = 0) -> dict:
+                            n_train: int = 300, n_val: int = 300, seed: int = 0) -> dict:
     """Fit the orientation check (`pneumo.models.orientation`) of the checkpoint at ``sidecar`` on a seeded draw of
     ``n_train`` train-fold images under every transform, threshold on ``n_val`` untransformed val images; record it."""
     from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
