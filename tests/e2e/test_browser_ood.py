@@ -61,3 +61,44 @@ def test_a_photo_gets_the_warning_and_the_next_xray_does_not(page, full_data: Pa
     assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
     # the calibrated probability is shown with the threshold on its own scale: the two can never disagree
     assert "the threshold on this scale" in page.inner_text("#calibrated-threshold")
+
+
+def test_the_five_cases_of_issue_23_on_the_page(page, full_data: Path, tmp_path: Path) -> None:
+    """A normal X-ray and a pneumonia X-ray get a verdict; a photo and an inverted X-ray get "NOT ASSESSED" with the
+    reason; a broken file gets an error and no result. Screenshots go to the folder $PNEUMO_SCREENSHOTS names, if set
+    (not committed: they show dataset images)."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    normal = full_data / "test" / "NORMAL" / "IM-0003-0001.jpeg"
+    pneumonia = min((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))
+    inverted = tmp_path / "inverted.png"
+    Image.fromarray(255 - np.asarray(Image.open(normal).convert("L"))).save(inverted)
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    broken = tmp_path / "broken.jpeg"
+    broken.write_bytes(normal.read_bytes()[:600])
+    shots = os.environ.get("PNEUMO_SCREENSHOTS")
+
+    def shot(name: str) -> None:
+        if shots:
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(Path(shots) / f"{name}.png"), full_page=True)
+
+    for name, path in (("normal", normal), ("pneumonia", pneumonia)):
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("#label.positive, #label.negative")
+        assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA") and page.is_hidden("#ood-warning")
+        shot(name)
+    for name, path, why in (("photo", photo, "out of distribution"), ("inverted", inverted, "inverted")):
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("#label.unassessed")
+        assert page.inner_text("#label") == "NOT ASSESSED" and why in page.inner_text("#label-explain")
+        shot(name)
+    page.set_input_files("#file", str(broken))
+    page.wait_for_selector("#status.error")
+    assert page.is_hidden("#result")
+    shot("broken")

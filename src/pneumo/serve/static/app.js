@@ -180,7 +180,9 @@
       el.heatmap.src = `data:image/png;base64,${data.heatmap_png_base64}`;
       el.heatmap.hidden = false;
       el.opacityRow.hidden = false;
-      el.caption.textContent = "Grad-CAM: warm colours mark the regions that pushed the model toward its answer.";
+      el.caption.textContent = data.assessed !== false
+        ? "Grad-CAM: warm colours mark the regions that pushed the model toward its answer."
+        : "Grad-CAM of the model's score, for audit only: this image got no verdict.";
     } else {
       el.heatmap.hidden = true;
       el.opacityRow.hidden = true;
