@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pneumo import atomic
 from pneumo.atomic import sha256_file
 from pneumo.errors import IntegrityError, ModelError
-from pneumo.models.sidecar import CheckpointMeta, read_meta, resolve_model, weights_path
+from pneumo.models.sidecar import CheckpointMeta, companion_files, read_meta, resolve_model, weights_path
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +44,7 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
     _write_record(target, weights_sha256)
     if target.with_suffix(".json") != sidecar:
         shutil.copyfile(sidecar, target.with_suffix(".json"))
-        _copy_ood_stats(sidecar, target.with_suffix(".json"))
+        _copy_companions(sidecar, target.with_suffix(".json"))
     return target
 
 
@@ -148,11 +148,11 @@ def _export(sidecar: Path, target: Path) -> None:
             raise ModelError(f"ONNX export failed for {meta.arch}: {str(exc).splitlines()[0]}") from None
 
 
-def _copy_ood_stats(sidecar: Path, target_sidecar: Path) -> None:
-    """The OOD statistics file a sidecar names travels with its copy."""
-    name = (read_meta(sidecar).ood or {}).get("file")
-    if name and (sidecar.parent / name).is_file():
-        shutil.copyfile(sidecar.parent / name, target_sidecar.parent / name)
+def _copy_companions(sidecar: Path, target_sidecar: Path) -> None:
+    """The OOD statistics and orientation check a sidecar names travel with its copy."""
+    for name in companion_files(read_meta(sidecar)):
+        if (sidecar.parent / name).is_file():
+            shutil.copyfile(sidecar.parent / name, target_sidecar.parent / name)
 
 
 def _static_same_padding(model: torch.nn.Module, size: int) -> None:

@@ -18,7 +18,7 @@ from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import p_pneumonia
-from pneumo.models.sidecar import read_meta, resolve_model, weights_path, write_meta
+from pneumo.models.sidecar import companion_files, read_meta, resolve_model, weights_path, write_meta
 from pneumo.policy import parse_policy
 
 
@@ -77,9 +77,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     out.mkdir(parents=True, exist_ok=True)
     new = RunDir(out)
     shutil.copy2(weights_path(sidecar, meta), new.weights)
-    for extra_file in ((meta.ood or {}).get("file"), (meta.extra.get("orientation") or {}).get("file")):
-        if extra_file and (source / extra_file).is_file():  # the OOD and orientation checks travel with the weights
-            shutil.copy2(source / extra_file, out / Path(extra_file).name)
+    for name in companion_files(meta):  # the OOD and orientation checks travel with the weights
+        if (source / name).is_file():
+            shutil.copy2(source / name, out / name)
     for name in (CONFIG, FOLDS, TRAINING_METRICS):
         if RunDir.holds(sidecar) and (source / name).is_file():
             shutil.copy2(source / name, out / name)

@@ -249,6 +249,11 @@ def card_markdown(sidecar: str | os.PathLike) -> str | None:
     return markdown.read_text(encoding="utf-8", errors="replace") if markdown.is_file() else None
 
 
+def companion_files(meta: CheckpointMeta) -> list[str]:
+    """The files a sidecar names besides its weights (OOD statistics, orientation check): every copy takes them."""
+    return [name for name in ((meta.ood or {}).get("file"), (meta.extra.get("orientation") or {}).get("file")) if name]
+
+
 def stem_of(path: str | os.PathLike) -> Path:
     """The path without a ``.json`` / ``.safetensors`` suffix."""
     path = Path(path)
