@@ -60,6 +60,14 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                                                           "train.augment.brightness=0.3", "train.augment.contrast=0.3",
                                                           "train.augment.gamma=0.3", "train.augment.blur=1.5",
                                                           "train.augment.noise=0.05"]),
+    # issue 22 item 4 (study branch study/i22-robust): acquisition-shift augmentation, logit regularisation
+    "lite0-partial-markers-acq": ("lite0-partial", ["data.markers=inpaint", "train.augment.rotate_deg=15",
+                                                     "train.augment.scale=0.2", "train.augment.translate=0.1",
+                                                     "train.augment.brightness=0.3", "train.augment.contrast=0.3",
+                                                     "train.augment.gamma=0.3", "train.augment.blur=1.5",
+                                                     "train.augment.noise=0.05", "train.augment.resolution=0.6",
+                                                     "train.augment.jpeg=20", "train.augment.collimation=0.12"]),
+    "lite0-partial-markers-logitreg": ("lite0-partial", ["data.markers=inpaint", "train.logit_penalty=0.02"]),
     "lite0-partial-markers-320": ("lite0-partial", ["data.markers=inpaint", "data.image_size=320"]),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-markers-e8": ("lite0-finetune", ["data.markers=inpaint", "train.epochs=8"]),  # the issue's 8 epochs

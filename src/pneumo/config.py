@@ -165,6 +165,10 @@ class AugmentConfig(Schema):
     erase: float = Field(0.0, ge=0.0, le=1.0)  # probability of random erasing: one 2-33 % rectangle replaced by noise
     blur: float = Field(0.0, ge=0.0, le=10.0)  # Gaussian blur, sigma uniform in [0, blur] pixels per image (0: off)
     noise: float = Field(0.0, ge=0.0, le=0.5)  # additive Gaussian noise, std uniform in [0, noise] per image (0: off)
+    # acquisition shift (issue 22 item 4, study): each with probability 1/2 per image
+    resolution: float = Field(0.0, ge=0.0, lt=1.0)  # down- then up-sample by a factor uniform in [1 - resolution, 1]
+    jpeg: int = Field(0, ge=0, le=100)  # JPEG re-encode at a quality uniform in [jpeg, 95] (0: off)
+    collimation: float = Field(0.0, ge=0.0, le=0.4)  # black borders, each side up to this fraction of the image
 
 
 class TrainConfig(Schema):
@@ -175,6 +179,7 @@ class TrainConfig(Schema):
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_epochs: float = Field(0.5, ge=0.0)
     loss: Literal["ce", "focal"] = "ce"
+    logit_penalty: float = Field(0.0, ge=0.0)  # + lambda * mean squared logit (issue 22 item 4, study): less saturated
     balance: Literal["weights", "sampler", "none"] = "weights"
     patience: int = Field(4, ge=1)  # early stopping on val ROC-AUC
     seed: int = 0

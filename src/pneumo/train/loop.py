@@ -93,12 +93,26 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+class LogitPenalty(nn.Module):
+    """``base`` + lambda * mean squared logit: a pull towards 0 that keeps scores off the saturated ends."""
+
+    def __init__(self, base: nn.Module, lam: float) -> None:
+        super().__init__()
+        self.base, self.lam = base, lam
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        return self.base.weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.base(logits, target) + self.lam * logits.float().pow(2).mean()
+
+
 def make_loss(cfg: TrainConfig, y_train: torch.Tensor, num_classes: int) -> nn.Module:
     counts = torch.bincount(y_train, minlength=num_classes).float().clamp_min(1)
     weight = (counts.sum() / (num_classes * counts)) if cfg.balance == "weights" else None
-    if cfg.loss == "focal":
-        return FocalLoss(weight)
-    return nn.CrossEntropyLoss(weight=weight)
+    base = FocalLoss(weight) if cfg.loss == "focal" else nn.CrossEntropyLoss(weight=weight)
+    return LogitPenalty(base, cfg.logit_penalty) if cfg.logit_penalty > 0 else base
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
