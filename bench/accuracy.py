@@ -10,7 +10,7 @@ A "seed" is the split seed and the training seed together: a new patient-grouped
 includes how much the validation-chosen threshold moves. Writes bench/out/accuracy.json and a markdown table.
 
 Rows of options that left the product (eval.val_view, data.train_sources, label smoothing, mixup, EMA, distillation,
-train.depthwise_fp32: lite0-probe-valorig, -origtrain, lite0-partial-markers-ls, -mixup, -ema, -distill, -dwfp32,
+train.depthwise_fp32, train.logit_penalty (lite0-partial-markers-logitreg, 5bb3e9a): lite0-probe-valorig, -origtrain, lite0-partial-markers-ls, -mixup, -ema, -distill, -dwfp32,
 lite0-finetune-ls) run from the commits BENCHMARKS.md records for them.
 """
 
@@ -60,6 +60,13 @@ ROWS: dict[str, tuple[str, list[str]]] = {
                                                           "train.augment.brightness=0.3", "train.augment.contrast=0.3",
                                                           "train.augment.gamma=0.3", "train.augment.blur=1.5",
                                                           "train.augment.noise=0.05"]),
+    # issue 22 item 4 (study branch study/i22-robust): acquisition-shift augmentation, logit regularisation
+    "lite0-partial-markers-acq": ("lite0-partial", ["data.markers=inpaint", "train.augment.rotate_deg=15",
+                                                     "train.augment.scale=0.2", "train.augment.translate=0.1",
+                                                     "train.augment.brightness=0.3", "train.augment.contrast=0.3",
+                                                     "train.augment.gamma=0.3", "train.augment.blur=1.5",
+                                                     "train.augment.noise=0.05", "train.augment.resolution=0.6",
+                                                     "train.augment.jpeg=20", "train.augment.collimation=0.12"]),
     "lite0-partial-markers-320": ("lite0-partial", ["data.markers=inpaint", "data.image_size=320"]),
     "lite0-finetune": ("lite0-finetune", []),
     "lite0-finetune-markers-e8": ("lite0-finetune", ["data.markers=inpaint", "train.epochs=8"]),  # the issue's 8 epochs

@@ -37,7 +37,7 @@ REMOVED_KEYS = {"train.num_workers": "never read (data loading runs in the main 
 REMOVED_DEFAULTS: dict[str, Any] = {
     "data.train_sources": "all", "eval.val_view": "all", "train.label_smoothing": 0.0, "train.mixup": 0.0,
     "train.ema": 0.0, "train.teachers": [], "train.distill_weight": 0.5, "train.distill_temperature": 2.0,
-    "train.channels_last": True, "train.depthwise_fp32": False}
+    "train.channels_last": True, "train.depthwise_fp32": False, "train.logit_penalty": 0.0}
 REMOVED_KEYS.update({key: f"a study option that left the product (which runs as its default {value!r} did); "
                           "BENCHMARKS.md records the commit that ran it" for key, value in REMOVED_DEFAULTS.items()})
 _NEW_RUN = {"new_run": True}  # validation context: also check what must exist on this machine (weights, presets)
@@ -166,6 +166,10 @@ class AugmentConfig(Schema):
     erase: float = Field(0.0, ge=0.0, le=1.0)  # probability of random erasing: one 2-33 % rectangle replaced by noise
     blur: float = Field(0.0, ge=0.0, le=10.0)  # Gaussian blur, sigma uniform in [0, blur] pixels per image (0: off)
     noise: float = Field(0.0, ge=0.0, le=0.5)  # additive Gaussian noise, std uniform in [0, noise] per image (0: off)
+    # acquisition shift (issue 22 item 4: picked by the second round's rule, BENCHMARKS.md): each with probability 1/2
+    resolution: float = Field(0.0, ge=0.0, lt=1.0)  # down- then up-sample by a factor uniform in [1 - resolution, 1]
+    jpeg: int = Field(0, ge=0, le=100)  # JPEG re-encode at a quality uniform in [jpeg, 95] (0: off)
+    collimation: float = Field(0.0, ge=0.0, le=0.4)  # black borders, each side up to this fraction of the image
 
 
 class TrainConfig(Schema):

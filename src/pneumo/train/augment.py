@@ -39,6 +39,12 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> 
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean + brightness).clamp(0, 1)
     x = x.clamp_min(1e-6).pow(gamma).clamp(0, 1)
+    if cfg.resolution > 0:
+        x = low_resolution(x, cfg.resolution, generator)
+    if cfg.jpeg > 0:
+        x = jpeg(x, cfg.jpeg, generator)
+    if cfg.collimation > 0:
+        x = collimate(x, cfg.collimation, generator)
     if cfg.blur > 0:
         x = gaussian_blur(x, _uniform(n, 0.0, cfg.blur, generator, device))
     if cfg.noise > 0:
@@ -82,3 +88,48 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator,
            & (xs >= left.view(n, 1, 1)) & (xs < (left + ew).view(n, 1, 1)) & on.view(n, 1, 1))
     noise = torch.rand(x.shape, generator=generator, device=device, dtype=x.dtype)
     return torch.where(box.unsqueeze(1), noise, x)
+
+
+def low_resolution(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """With probability 1/2 per image: down-sample (area) by a factor uniform in [1 - strength, 1], up again."""
+    n, _, h, w = x.shape
+    on = torch.rand(n, generator=generator, device=x.device) < 0.5
+    factor = _uniform(n, 1 - strength, 1.0, generator, x.device)
+    out = x.clone()
+    for i in torch.nonzero(on).flatten().tolist():
+        size = (max(8, round(h * float(factor[i]))), max(8, round(w * float(factor[i]))))
+        small = F.interpolate(x[i : i + 1], size=size, mode="area")
+        out[i : i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
+def jpeg(x: torch.Tensor, min_quality: int, generator: torch.Generator) -> torch.Tensor:
+    """With probability 1/2 per image: a JPEG round trip (Pillow's libjpeg) at a quality uniform in [min_quality, 95]."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    n = x.shape[0]
+    on = torch.rand(n, generator=generator, device=x.device) < 0.5
+    quality = torch.randint(min_quality, 96, (n,), generator=generator, device=x.device)
+    out = x.clone()
+    for i in torch.nonzero(on).flatten().tolist():
+        img = (x[i, 0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(quality[i]))
+        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"), dtype=np.float32) / 255
+        out[i, 0] = torch.from_numpy(back).to(x.device, x.dtype)
+    return out
+
+
+def collimate(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """With probability 1/2 per image: black borders, each side uniform in [0, fraction] of the image."""
+    n, _, h, w = x.shape
+    on = (torch.rand(n, generator=generator, device=x.device) < 0.5).view(n, 1, 1)
+    edge = _uniform(4 * n, 0.0, fraction, generator, x.device).view(n, 4)
+    ys = torch.arange(h, device=x.device).view(1, h, 1) / h
+    xs = torch.arange(w, device=x.device).view(1, 1, w) / w
+    inside = ((ys >= edge[:, 0].view(n, 1, 1)) & (ys < 1 - edge[:, 1].view(n, 1, 1))
+              & (xs >= edge[:, 2].view(n, 1, 1)) & (xs < 1 - edge[:, 3].view(n, 1, 1)))
+    return torch.where((inside | ~on).unsqueeze(1), x, torch.zeros_like(x))

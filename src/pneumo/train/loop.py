@@ -96,9 +96,7 @@ class FocalLoss(nn.Module):
 def make_loss(cfg: TrainConfig, y_train: torch.Tensor, num_classes: int) -> nn.Module:
     counts = torch.bincount(y_train, minlength=num_classes).float().clamp_min(1)
     weight = (counts.sum() / (num_classes * counts)) if cfg.balance == "weights" else None
-    if cfg.loss == "focal":
-        return FocalLoss(weight)
-    return nn.CrossEntropyLoss(weight=weight)
+    return FocalLoss(weight) if cfg.loss == "focal" else nn.CrossEntropyLoss(weight=weight)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
