@@ -25,7 +25,7 @@ from PIL import Image, ImageFilter
 from sklearn.metrics import log_loss, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import commit, machine
 
 from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
@@ -33,6 +33,7 @@ from pneumo.data.manifest import resolve_root
 from pneumo.data.splits import folds_for, labels
 from pneumo.infer.predictor import Predictor
 from pneumo.infer.validate import score_labelled
+from pneumo.models.scores import p_pneumonia
 
 
 def _pil(fn):
@@ -79,12 +80,6 @@ CORRUPTIONS = {
     "rotate20": _pil(lambda im: im.rotate(20, resample=Image.BILINEAR)),
     "collimate0.15": _collimate,
 }
-
-
-def p_pneumonia(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    return 1 - p[:, 0]
 
 
 def summary(y: np.ndarray, p: np.ndarray) -> dict:
@@ -155,18 +150,10 @@ def main() -> None:
             continue
         start = time.perf_counter()
         row = measure(model, args.dataset, args.site)
-        row.update(wall_s=round(time.perf_counter() - start, 1), **record_of())
+        row.update(wall_s=round(time.perf_counter() - start, 1), commit=commit(), machine=machine())
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps({k: row[k] for k in ("model", "shifted_auc")} | {"val_auc": row["val"]["auc"]}), flush=True)
-
-
-def record_of() -> dict:
-    import subprocess
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent, check=False).stdout.strip()
-    return {"commit": commit, "machine": machine()}
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
 from pneumo.models.sidecar import read_meta, write_meta
+from pneumo.train.ood import record_orientation
 from pneumo.train.probe import extract_features
 
 log = logging.getLogger(__name__)
@@ -85,22 +86,14 @@ def refit_orientation(sidecar: Path, model: torch.nn.Module, site: SiteImages, s
                       device: torch.device) -> dict:
     """The orientation check of the adapted model (its features moved): learned from `ORIENT_POOL` source training
     images and the site's images under every transform; threshold over source val and site images, untransformed."""
-    from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
-
-    def features(x: np.ndarray) -> np.ndarray:
-        return extract_features(model, x, batch_size=64, device=device, amp=False, desc="orientation features")
-
     images, upright = site.x, site.x
     if source.available:
         keep = np.sort(np.random.default_rng(1).choice(len(source.pool_x), min(ORIENT_POOL, len(source.pool_x)),
                                                         replace=False))
         images = np.concatenate([source.pool_x[keep], site.x])
         upright = np.concatenate([source.val_x, site.x]) if source.val_x is not None else site.x
-    head = fit_orientation({name: features(transform(images, name)) for name in TRANSFORMS}, features(upright))
-    entry = save_orientation(sidecar, head, n_train=len(images), n_val=len(upright))
-    meta = read_meta(sidecar)
-    write_meta(sidecar, dataclasses.replace(meta, extra={**meta.extra, "orientation": entry}))
-    return {"n_train": len(images), "n_val": len(upright), "threshold": head.threshold}
+    entry = record_orientation(sidecar, model, images, upright, device=device)
+    return {"n_train": entry["n_train"], "n_val": entry["n_val"], "threshold": entry["threshold"]}
 
 
 def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before: np.ndarray, record: dict) -> None:

@@ -55,24 +55,29 @@ def fit_trained_orientation(sidecar: Path, cache: ImageCache, folds: pd.DataFram
                             n_train: int = 300, n_val: int = 300, seed: int = 0) -> dict:
     """Fit the orientation check (`pneumo.models.orientation`) of the checkpoint at ``sidecar`` on a seeded draw of
     ``n_train`` train-fold images under every transform, threshold on ``n_val`` untransformed val images; record it."""
-    from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
-
     model, _ = load_checkpoint(sidecar)
-    model.to(device)
     rng = np.random.default_rng(seed)
     fold = folds["fold"].to_numpy()
     pick = {name: np.sort(rng.permutation(np.flatnonzero(fold == name))[:n]) for name, n in
             (("train", n_train), ("val", n_val))}
-    images = {name: np.asarray(cache.images[rows]) for name, rows in pick.items()}
+    return record_orientation(sidecar, model.to(device), np.asarray(cache.images[pick["train"]]),
+                              np.asarray(cache.images[pick["val"]]), device=device, seed=seed)
+
+
+def record_orientation(sidecar: Path, model: torch.nn.Module, images: np.ndarray, upright: np.ndarray, *,
+                       device: torch.device, seed: int = 0) -> dict:
+    """Learn the orientation check of ``model`` from ``images`` under every transform (threshold on the ``upright``
+    images as they are), write ``<stem>.orient.safetensors`` and the sidecar's ``orientation`` entry; returns it."""
+    from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
 
     def features(x: np.ndarray, desc: str) -> np.ndarray:
         return extract_features(model, x, batch_size=64, device=device, amp=False, desc=desc)
 
-    train = {name: features(transform(images["train"], name), f"orientation: {name}") for name in TRANSFORMS}
-    head = fit_orientation(train, features(images["val"], "orientation: val"), seed=seed)
-    entry = save_orientation(sidecar, head, n_train=len(pick["train"]), n_val=len(pick["val"]), seed=seed)
+    train = {name: features(transform(images, name), f"orientation: {name}") for name in TRANSFORMS}
+    head = fit_orientation(train, features(upright, "orientation: upright"), seed=seed)
+    entry = save_orientation(sidecar, head, n_train=len(images), n_val=len(upright), seed=seed)
     meta = read_meta(sidecar)
     write_meta(sidecar, dataclasses.replace(meta, extra={**meta.extra, "orientation": entry}))
-    log.info("orientation check: %d transforms x %d train images; P(upright) threshold %.3f (val p%g)",
-             len(TRANSFORMS), len(pick["train"]), head.threshold, entry["false_refusal_percentile"])
+    log.info("orientation check: %d transforms x %d images; P(upright) threshold %.3f (p%g of %d upright images)",
+             len(TRANSFORMS), len(images), head.threshold, entry["false_refusal_percentile"], len(upright))
     return entry
