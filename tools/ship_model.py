@@ -31,6 +31,15 @@ INTENDED_USE = (
     "or treatment decisions."
 )
 LIMITATIONS = [
+    ("**For pediatric chest X-rays like Guangzhou's.** At another hospital it is a different model: on the 986 adult "
+     "NIH images of `../shared/data/nih_sample` its ROC-AUC is 0.49 (`python bench/bench_robust.py`, the seed-0 run "
+     "these weights come from) and `pneumo site check` calls that set shifted. Check a new site with `pneumo site "
+     "check`, then label about 200 images (whole patients, both classes) and run `pneumo adapt` (README, \"At "
+     "another hospital\")."),
+    ("Trained with acquisition-shift augmentation (rotation, scale, shift, brightness/contrast/gamma, blur, noise, "
+     "lower resolution, JPEG, collimation borders): on its validation fold under nine fixed corruptions ROC-AUC "
+     "0.997 against 0.957 without it (3 seeds each, BENCHMARKS.md, issue 22 item 4). Robustness to acquisition is "
+     "not robustness to another population: it does not rank adult images better."),
     ("Trained on pediatric (age 1-5) anterior-posterior chest X-rays from one hospital (Guangzhou Women and "
      "Children's Medical Center); expect lower accuracy on adults, other hospitals, scanners or views."),
     ("The official test split is shifted from the training split: specificity on it is markedly lower than "
