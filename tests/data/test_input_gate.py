@@ -79,3 +79,15 @@ def test_every_image_of_the_real_slice_passes_at_model_and_full_scale(data_slice
         data = (data_slice / rel).read_bytes()
         for target in (224, None):
             check_radiograph(load_image(data, target=target))
+
+
+def test_the_gate_percentiles_are_numpys_linear_percentiles() -> None:
+    from pneumo.data.decode import percentiles
+
+    rng = np.random.default_rng(0)
+    cases = [rng.integers(0, 256, size, dtype=np.uint8) for size in (1, 2, 3, 99, 100, 101, 4097)]
+    cases += [np.full(50, 7, np.uint8), np.r_[np.zeros(98, np.uint8), [255, 255]],
+              rng.integers(0, 256, (320, 451), dtype=np.uint8)[::3, ::2], rng.normal(size=77)]
+    for values in cases:
+        for qs in ((1, 99), (0, 50, 100), (12.5, 87.5)):
+            np.testing.assert_allclose(percentiles(values, qs), np.percentile(values, qs), rtol=0, atol=1e-9)

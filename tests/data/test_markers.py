@@ -82,3 +82,43 @@ def test_real_markers_are_found_on_the_validation_images(full_data: Path):
             near = (xs < 0.2 * 224) | (xs >= 0.8 * 224) | (ys < 0.2 * 224) | (ys >= 0.85 * 224)
             assert near.mean() > 0.8
     assert found >= 12
+
+
+def _markers_one_component_at_a_time(img: np.ndarray) -> np.ndarray:
+    """The detector as first written (OpenCV's default labelling, one boolean pass per component): the reference the
+    vectorised one must match pixel for pixel."""
+    from pneumo.data import markers as m
+
+    h, w = img.shape
+    k = max(3, round(0.12 * min(h, w)) | 1)
+    tophat = cv2.morphologyEx(img, cv2.MORPH_TOPHAT, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))
+    candidates = ((img >= m.MIN_BRIGHT) & (tophat >= m.MIN_TOPHAT) & (img - tophat <= m.MAX_BACKGROUND)).astype(np.uint8)
+    joined = cv2.dilate(candidates, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+    n, comp, stats, centroids = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    for i in range(1, n):
+        _, _, bw, bh, _ = stats[i]
+        cx, cy = centroids[i]
+        keep[i] = (bh <= m.MAX_HEIGHT * h and bw <= m.MAX_WIDTH * w
+                   and (cx < m.EDGE_BAND * w or cx > (1 - m.EDGE_BAND) * w or cy < m.TOP_BAND * h
+                        or cy > (1 - m.BOTTOM_BAND) * h)
+                   and int(candidates[comp == i].sum()) >= m.MIN_PIXELS)
+    mask = keep[comp] & (joined > 0)
+    return cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))) > 0
+
+
+def test_the_vectorised_detector_finds_exactly_what_the_per_component_one_found(data_slice: Path):
+    """Real images of the slice (at 224 px and as decoded), generated glyph fields, and the degenerate cases."""
+    images = [prepare(np.asarray(Image.open(f).convert("L")), size=224) for f in sorted(data_slice.rglob("*.jpeg"))[:40]]
+    images += [np.asarray(Image.open(f).convert("L")) for f in sorted(data_slice.rglob("*.jpeg"))[:5]]
+    rng = np.random.default_rng(0)
+    for seed in range(6):  # many glyphs and specks everywhere, some too big, some too small
+        img = _chest(224, seed)
+        for _ in range(40):
+            x, y = (int(v) for v in rng.integers(0, 224, 2))
+            img = _with_letter(img, str(rng.choice(["R", "L", "A-P", "1234", ".", "WWWWWW"])), (x, y))
+        images.append(img)
+    images += [np.zeros((224, 224), np.uint8), np.full((224, 224), 255, np.uint8), _chest(97), _chest(300)[:, :200]]
+    assert sum(bool(_markers_one_component_at_a_time(img).any()) for img in images) >= 10  # the comparison has teeth
+    for img in images:
+        np.testing.assert_array_equal(find_markers(img), _markers_one_component_at_a_time(img))

@@ -92,3 +92,12 @@ def test_percentiles_outside_the_sane_range_are_refused() -> None:
     f, y = gaussian_features(50)
     with pytest.raises(ModelError, match="percentile"):
         fit_ood(f, y, f, percentile=100.0)
+
+
+def test_scores_are_the_mahalanobis_distance_to_the_nearest_class_mean_batch_after_batch(fitted) -> None:
+    """Computed directly, per class, in float64: the cached statistics give the same distances on every call."""
+    stats, f_val = fitted
+    precision, means = stats.precision.astype(np.float64), stats.means.astype(np.float64)
+    direct = np.sqrt(np.min([np.einsum("ij,jk,ik->i", f_val - m, precision, f_val - m) for m in means], axis=0))
+    for rows in (slice(0, 7), slice(7, None), slice(None)):  # the cache is built on the first call and reused
+        np.testing.assert_allclose(stats.scores(f_val[rows]), direct[rows], rtol=1e-9)
