@@ -295,3 +295,23 @@ def test_a_bad_sidecar_stops_predict_and_serve_with_exit_2(plain: Path, xray: Pa
     for workers in ("1", "2"):
         assert main(["serve", "--model", str(model), "--workers", workers]) == 2
         _refusal(capsys.readouterr().err, "pneumo serve: error:", f"{word} must be")
+
+
+@pytest.mark.parametrize(("entry", "suffix"), [("ood", ".ood.safetensors"), ("orientation", ".orient.safetensors")])
+def test_a_deleted_check_entry_is_refused_while_its_file_lies_beside_the_model(
+        tmp_path: Path, xray: Path, entry: str, suffix: str, capsys: pytest.CaptureFixture) -> None:
+    """Deleting the sidecar's `ood` (or `orientation`) entry would silently switch the check off (issue 24)."""
+    for name in ("default-model.json", "default-model.safetensors", "default-model.ood.safetensors",
+                 "default-model.orient.safetensors"):
+        shutil.copyfile(DEFAULT_MODEL.with_name(name), tmp_path / name)
+    sidecar = tmp_path / "default-model.json"
+    assert Predictor(sidecar).ood is not None  # the intact copy loads with both checks
+    payload = json.loads(sidecar.read_text())
+    del payload[entry]
+    sidecar.write_text(json.dumps(payload))
+    with pytest.raises(ModelError, match=f"no `{entry}` entry but default-model{re.escape(suffix)} lies beside it"):
+        Predictor(sidecar)
+    assert main(["predict", str(xray), "--model", str(sidecar)]) == 2
+    _refusal(capsys.readouterr().err, "pneumo predict: error:", f"no `{entry}` entry")
+    (tmp_path / f"default-model{suffix}").unlink()  # a model without that check at all is still a model
+    assert Predictor(sidecar).model_id

@@ -159,6 +159,10 @@ def load_ood(sidecar: str | os.PathLike, entry: Mapping[str, Any] | None) -> Ood
     from safetensors.numpy import load
 
     if entry is None:
+        orphan = Path(sidecar).with_suffix(SUFFIX)
+        if orphan.is_file():  # the entry was deleted: the model would silently lose its OOD flag (issue 24)
+            raise ModelError(f"{Path(sidecar).name} has no `ood` entry but {orphan.name} lies beside it: the entry was "
+                             "removed; restore the sidecar, refit with `pneumo ood fit`, or delete the file")
         return None
     check_ood_entry(entry, source=f"checkpoint sidecar {Path(sidecar).name}")
     path = Path(sidecar).with_name(entry["file"])
