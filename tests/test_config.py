@@ -84,9 +84,9 @@ def test_validate_checks_values_assigned_after_loading() -> None:
 
 
 def test_serve_limits_name_the_flag_and_the_budget_must_hold_the_largest_upload() -> None:
-    assert ServeConfig(max_upload_mb=20, upload_budget_mb=20).upload_budget_mb == 20.0
-    with pytest.raises(ConfigError, match=r"^--upload-budget-mb must be at least --max-upload-mb .*got 10 < 20$"):
-        ServeConfig(max_upload_mb=20, upload_budget_mb=10)
+    assert ServeConfig(max_upload_mb=20, upload_budget_mb=22.5).upload_budget_mb == 22.5  # 9/8 of the largest upload
+    with pytest.raises(ConfigError, match=r"^--upload-budget-mb must be at least 9/8 x --max-upload-mb .*got 22 < 22.5$"):
+        ServeConfig(max_upload_mb=20, upload_budget_mb=22)
     with pytest.raises(ConfigError, match=r"^--port must be <= 65535, got 70000$"):
         ServeConfig(port=70000)
     with pytest.raises(ConfigError, match=r"^--header-timeout-s must be > 0, got 0$"):

@@ -202,6 +202,9 @@ class EvalConfig(Schema):
 
 
 
+UPLOAD_GROWTH_ALLOWANCE = 9 / 8  # an upload read chunk by chunk into a bytearray holds up to 1/8 more (CPython growth)
+
+
 class ServeConfig(Schema):
     """The service limits, checked at construction (``pneumo serve`` and ``create_app``); errors name the flag."""
 
@@ -218,7 +221,7 @@ class ServeConfig(Schema):
     max_active: int = Field(16, ge=1)  # predictions decoded and run at once
     max_queue: int = Field(64, ge=0)  # predictions waiting for a slot; beyond: 503 + Retry-After
     queue_timeout_s: float = Field(10.0, gt=0.0)  # the longest wait for a slot (then 503 + Retry-After)
-    upload_budget_mb: float = Field(512.0, gt=0.0)  # bytes of all uploads being read or waiting, summed; beyond: 503
+    upload_budget_mb: float = Field(512.0, gt=0.0)  # memory of all uploads being read or waiting, summed; beyond: 503
 
     @classmethod
     def _key(cls, loc: tuple[Any, ...]) -> str:
@@ -226,9 +229,10 @@ class ServeConfig(Schema):
 
     @model_validator(mode="after")
     def _budget_holds_an_upload(self) -> ServeConfig:
-        if self.upload_budget_mb < self.max_upload_mb:
-            raise ValueError(f"--upload-budget-mb must be at least --max-upload-mb (else the largest upload never "
-                             f"fits), got {self.upload_budget_mb:g} < {self.max_upload_mb:g}")
+        if self.upload_budget_mb < self.max_upload_mb * UPLOAD_GROWTH_ALLOWANCE:
+            raise ValueError(f"--upload-budget-mb must be at least 9/8 x --max-upload-mb (the largest upload and its "
+                             f"buffer's growth; else it never fits), got {self.upload_budget_mb:g} < "
+                             f"{self.max_upload_mb * UPLOAD_GROWTH_ALLOWANCE:g}")
         return self
 
 

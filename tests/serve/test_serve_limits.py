@@ -252,7 +252,7 @@ def test_uploads_beyond_the_memory_budget_get_503_and_the_budget_is_given_back(m
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert refused.headers["connection"] == "close"
     assert client.app.state.service.budget.held == 0
-    small = make_client(upload_budget_mb=2 * len(xray) / 1e6, max_upload_mb=2 * len(xray) / 1e6)
+    small = make_client(upload_budget_mb=2.25 * len(xray) / 1e6, max_upload_mb=2 * len(xray) / 1e6)
     assert small.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"}).status_code == 200
     assert small.app.state.service.budget.held == 0
 

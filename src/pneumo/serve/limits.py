@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pneumo.config import UPLOAD_GROWTH_ALLOWANCE
+
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0
 MAX_RETRY_AFTER_S = 60
@@ -182,7 +184,8 @@ def configure_header_timeout(seconds: float) -> type[HeaderDeadlineH11Protocol]:
 
 
 class UploadBudget:
-    """Bytes held by uploads, summed over all requests, kept under ``max_bytes``."""
+    """Bytes held by uploads, summed over all requests, kept under ``max_bytes``: each byte received is charged
+    ``UPLOAD_GROWTH_ALLOWANCE`` times, what the buffer it is read into can hold (the file is not copied afterwards)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -201,12 +204,13 @@ class UploadBudget:
         async def charged() -> AsyncIterator[bytes]:
             nonlocal taken
             async for chunk in stream:
-                if self.held + len(chunk) > self.max_bytes:
+                cost = math.ceil(len(chunk) * UPLOAD_GROWTH_ALLOWANCE)
+                if self.held + cost > self.max_bytes:
                     self.rejected.count()
                     raise Overloaded("the server is receiving too many uploads, try again shortly", 2,
                                      close_connection=True)
-                self.held += len(chunk)
-                taken += len(chunk)
+                self.held += cost
+                taken += cost
                 yield chunk
 
         try:

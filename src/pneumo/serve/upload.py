@@ -28,8 +28,8 @@ class UploadError(Exception):
         self.detail = detail
 
 
-async def read_upload(headers: dict[str, str], stream: AsyncIterator[bytes], *, max_bytes: int) -> bytes:
-    """The uploaded file's bytes.
+async def read_upload(headers: dict[str, str], stream: AsyncIterator[bytes], *, max_bytes: int) -> bytearray:
+    """The uploaded file's bytes (the buffer they were read into, not a copy).
 
     Args:
         headers: the request headers (lower-case names).
@@ -56,7 +56,7 @@ async def read_upload(headers: dict[str, str], stream: AsyncIterator[bytes], *, 
             body += chunk
             if len(body) > max_bytes:
                 raise UploadError(413, too_large(max_bytes))
-        return bytes(body)
+        return body  # no copy: the file is held once (plus the buffer's growth allowance, see UploadBudget)
     raise UploadError(415, f"unsupported content type {kind_text or '(none)'!r}: send multipart/form-data with the "
                            f"image in the field {FIELD!r}, or the raw bytes as application/octet-stream")
 
@@ -125,7 +125,7 @@ class _FileCollector:
             raise UploadError(413, too_large(self.max_bytes))
 
 
-async def _read_multipart(stream: AsyncIterator[bytes], boundary: bytes, *, max_bytes: int, limit: int) -> bytes:
+async def _read_multipart(stream: AsyncIterator[bytes], boundary: bytes, *, max_bytes: int, limit: int) -> bytearray:
     collector = _FileCollector(max_bytes)
     parser = MultipartParser(boundary, collector.callbacks(), max_header_size=MAX_PART_HEADER)
     received = 0
@@ -147,4 +147,4 @@ async def _read_multipart(stream: AsyncIterator[bytes], boundary: bytes, *, max_
         raise UploadError(400, "malformed multipart body: the closing boundary is missing (truncated upload?)")
     if not collector.files:
         raise UploadError(422, f"no file uploaded: send the image in the multipart field {FIELD!r}")
-    return bytes(collector.files[0])
+    return collector.files[0]  # no copy: the file is held once (plus the buffer's growth allowance)
