@@ -222,6 +222,7 @@ class ServeConfig(Schema):
     max_queue: int = Field(64, ge=0)  # predictions waiting for a slot; beyond: 503 + Retry-After
     queue_timeout_s: float = Field(10.0, gt=0.0)  # the longest wait for a slot (then 503 + Retry-After)
     upload_budget_mb: float = Field(512.0, gt=0.0)  # memory of all uploads being read or waiting, summed; beyond: 503
+    decode_timeout_s: float = Field(10.0, ge=0.0)  # a decode running longer is killed with its worker (0: in threads)
 
     @classmethod
     def _key(cls, loc: tuple[Any, ...]) -> str:

@@ -54,3 +54,21 @@ def dicom_bytes(gray: np.ndarray, *, patient_name: str = "Doe^Jane") -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+SLOW = b"SLOW"  # uploads starting with these bytes decode "forever" in `slow_or_decode`
+BOOM = b"BOOM"  # and these fail with an unexpected exception whose message must not reach the client
+
+
+def slow_or_decode(data: bytes, **kwargs: object) -> object:
+    """`pneumo.serve.decoding.decode_upload`, except that an upload starting with ``SLOW`` hangs like a decode bomb
+    (module level, so that a decode worker process can import it)."""
+    import time
+
+    from pneumo.serve.decoding import decode_upload
+
+    if bytes(data[:4]) == SLOW:
+        time.sleep(600)
+    if bytes(data[:4]) == BOOM:
+        raise RuntimeError("secret-internals in /srv/pneumo/decoding.py line 42")
+    return decode_upload(data, **kwargs)

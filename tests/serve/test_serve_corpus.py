@@ -109,7 +109,9 @@ def test_odd_upload_name_is_neither_echoed_nor_a_problem(cases: dict[str, Corpus
 
 def test_service_keeps_serving_after_the_whole_corpus(cases: dict[str, CorpusCase], checkpoint: Path,
                                                       xray: bytes) -> None:
-    with TestClient(create_app(ServeConfig(), Predictor(checkpoint, threads=2)),
+    # decoding in threads (decode_timeout_s=0), where the spy sees it: the decode workers run the same function
+    # (`pneumo.serve.decoding.decode_upload`, tests/serve/test_serve_decode_deadline.py checks they agree)
+    with TestClient(create_app(ServeConfig(decode_timeout_s=0), Predictor(checkpoint, threads=2)),
                     raise_server_exceptions=False) as client:
         statuses = {case.name: post_case(client, case).status_code for case in cases.values()}
         assert not {name: code for name, code in statuses.items() if code >= 500}
@@ -159,7 +161,9 @@ def test_corpus_uploads_write_nothing_to_disk(cases: dict[str, CorpusCase], chec
     assert Path(tempfile.gettempdir()) == tmp
     before = (listing(cwd), listing(tmp))
     big = cases["png_bomb"]
-    with TestClient(create_app(ServeConfig(), Predictor(checkpoint, threads=2)),
+    # decoding in threads (decode_timeout_s=0), where the spy sees it: the decode workers run the same function
+    # (`pneumo.serve.decoding.decode_upload`, tests/serve/test_serve_decode_deadline.py checks they agree)
+    with TestClient(create_app(ServeConfig(decode_timeout_s=0), Predictor(checkpoint, threads=2)),
                     raise_server_exceptions=False) as client, pytest.MonkeyPatch.context() as spy:
         writes = spy_on_file_writes(spy)
         for case in cases.values():

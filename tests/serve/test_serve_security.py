@@ -41,7 +41,7 @@ def _raise(*args: object, **kwargs: object) -> None:
 # path or "predictor"; the failure is switched off afterwards to check that the service recovers.
 FAILURE_POINTS = {
     "decoding": ("pneumo.data.decode", "load_image", "post", {}),
-    "preprocessing": ("predictor", "preprocess", "post", {}),
+    "preprocessing": ("pneumo.data.preprocess", "prepare", "post", {}),
     "inference": ("predictor", "predict_prepared", "post", {}),
     "heat map": ("pneumo.explain.cam", "heatmap_overlay_png", "post", {"heatmap": "true"}),
     "model card": ("pneumo.serve.app", "model_card_of", "get", {}),
@@ -60,7 +60,8 @@ def test_internal_error_at_any_stage_is_a_bare_500_and_the_service_recovers(
         return _raise() if failing[0] else real(*args, **kwargs)
 
     monkeypatch.setattr(owner, attribute, sometimes_broken)  # before the app starts: the batcher keeps its callable
-    client = make_client(predictor)
+    # decoding in threads, where the patch reaches (a failure inside a decode worker: test_serve_decode_deadline.py)
+    client = make_client(predictor, decode_timeout_s=0)
 
     def request():
         if method == "post":

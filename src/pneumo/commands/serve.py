@@ -27,6 +27,8 @@ _LIMITS = {
     "max_queue": "predictions waiting for a slot; more get 503 + Retry-After",
     "queue_timeout_s": "longest wait for a slot before 503 + Retry-After",
     "upload_budget_mb": "memory for all uploads being read or waiting; beyond it 503",
+    "decode_timeout_s": "refuse (422) an image whose decode takes longer, killing its worker process; 0: decode in "
+                        "threads without a deadline",
 }
 
 
@@ -70,7 +72,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
                        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
                        max_active=args.max_active, max_queue=args.max_queue, queue_timeout_s=args.queue_timeout_s,
-                       upload_budget_mb=args.upload_budget_mb)
+                       upload_budget_mb=args.upload_budget_mb, decode_timeout_s=args.decode_timeout_s)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -183,10 +184,15 @@ class Predictor:
 
         return run
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The keyword arguments of `pneumo.data.preprocess.prepare` that reproduce training's input (plain values)."""
+        return {"size": self.size, "policy": self.meta.resize_policy, "intensity": self.meta.intensity,
+                "markers": self.meta.markers, "crop": self.meta.crop}
+
     def preprocess(self, gray: np.ndarray) -> np.ndarray:
         """uint8 gray H x W -> uint8 S x S exactly as in training (crop, size, resize policy, markers, intensity)."""
-        return prepare(gray, size=self.size, policy=self.meta.resize_policy, intensity=self.meta.intensity,
-                       markers=self.meta.markers, crop=self.meta.crop)
+        return prepare(gray, **self.preprocessing)
 
     def outputs(self, prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and pooled features (None from an ONNX export without them) for a uint8 batch (B, S, S)."""

@@ -40,6 +40,7 @@ from pneumo.errors import InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.models.sidecar import card_markdown
 from pneumo.serve.batcher import MicroBatcher
+from pneumo.serve.decoding import DecodeWorkers, decode_upload
 from pneumo.serve.http import Guard, api_key_check, install_error_handlers, mount_docs, one_line
 from pneumo.serve.limits import ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
 from pneumo.serve.schemas import (
@@ -69,6 +70,7 @@ class Service:
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.decoder: DecodeWorkers | None = None
         self.load_error: str | None = None
         self._given = predictor
         self._model, self._backend, self._threads = model, backend, threads
@@ -85,6 +87,8 @@ class Service:
         self._running = True
         self.work = self._work_queue()  # a fresh queue for each run: its semaphore belongs to the serving loop
         self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="pneumo-decode")
+        if self.config.decode_timeout_s > 0:  # decodes in killable processes, started with the first upload
+            self.decoder = DecodeWorkers(min(4, os.cpu_count() or 1), self.config.decode_timeout_s)
         if self._given is not None:
             self._ready(self._given)
         elif self.predictor is not None:
@@ -100,6 +104,9 @@ class Service:
             batcher.close()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
         for throttled in (self.work.rejected, self.budget.rejected, SLOW_BODIES):
             throttled.flush()
 
@@ -240,7 +247,7 @@ async def _receive(service: Service, request: Request, stream: Any) -> bytes:
 async def _predict(service: Service, data: bytes, start: float, *, heatmap: bool, preview: bool) -> dict[str, Any]:
     predictor = _ready_predictor(service)
     t0 = time.perf_counter()
-    gray, prepared = await service.in_pool(_decode, predictor, data, service.config.max_pixels)
+    gray, prepared = await _decode(service, predictor, data)
     del data
     t1 = time.perf_counter()
     batcher = service.batcher
@@ -266,13 +273,13 @@ def _ready_predictor(service: Service) -> Predictor:
     return service.predictor
 
 
-def _decode(predictor: Predictor, data: bytes, max_pixels: int) -> tuple[np.ndarray, np.ndarray]:
-    from pneumo.data.decode import check_radiograph, load_image
-
+async def _decode(service: Service, predictor: Predictor, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(decoded gray, model input): in a worker process under the decode deadline, or in the thread pool without."""
+    kwargs = {"max_pixels": service.config.max_pixels, "preprocess": predictor.preprocessing}
     try:
-        gray = load_image(data, target=predictor.size, max_pixels=max_pixels)
-        check_radiograph(gray)
-        return gray, predictor.preprocess(gray)
+        if service.decoder is not None:
+            return await service.decoder.decode(data, **kwargs)
+        return await service.in_pool(decode_upload, data, **kwargs)
     except InputError as exc:
         raise HTTPException(422, one_line(exc)) from None
 

@@ -1,0 +1,75 @@
+"""Decoding under a deadline in killable worker processes (issue 24): a decode that hangs is refused with 422 and
+its worker replaced, the other uploads keep being answered, and the result is the thread path's, bit for bit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from serve_helpers import BOOM, SLOW, slow_or_decode
+
+from pneumo.errors import InputError
+from pneumo.serve import app as app_module
+from pneumo.serve.decoding import DecodeTimeout, DecodeWorkers, decode_upload
+
+PREDICT = "/api/v1/predict"
+
+
+def test_a_hanging_decode_is_stopped_at_its_deadline_and_the_next_decode_works(predictor, xray: bytes) -> None:
+    workers = DecodeWorkers(1, timeout_s=1.0, fn=slow_or_decode)
+    kwargs = {"max_pixels": 50_000_000, "preprocess": predictor.preprocessing}
+
+    async def both() -> tuple[BaseException | None, tuple[np.ndarray, np.ndarray]]:
+        try:
+            await workers.decode(SLOW + xray, **kwargs)
+            hung = None
+        except DecodeTimeout as exc:
+            hung = exc
+        return hung, await workers.decode(xray, **kwargs)  # the one worker was killed and replaced
+
+    try:
+        hung, (gray, prepared) = asyncio.run(both())
+    finally:
+        workers.close()
+    assert hung is not None and "longer than 1 s" in str(hung)
+    expected_gray, expected = decode_upload(xray, **kwargs)  # the same as decoding in this process
+    np.testing.assert_array_equal(gray, expected_gray)
+    np.testing.assert_array_equal(prepared, expected)
+
+
+def test_an_unreadable_upload_raises_its_input_error_through_the_worker(predictor) -> None:
+    workers = DecodeWorkers(1, timeout_s=30.0)
+    try:
+        with pytest.raises(InputError, match="cannot identify|not a|unsupported|unreadable"):
+            asyncio.run(workers.decode(b"definitely not an image" * 10, max_pixels=50_000_000,
+                                       preprocess=predictor.preprocessing))
+    finally:
+        workers.close()
+
+
+def test_the_service_refuses_a_hanging_decode_with_422_and_keeps_answering(
+        make_client, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    class SlowWorkers(DecodeWorkers):
+        def __init__(self, workers: int, timeout_s: float) -> None:
+            super().__init__(workers, timeout_s, fn=slow_or_decode)
+
+    monkeypatch.setattr(app_module, "DecodeWorkers", SlowWorkers)
+    client = make_client(decode_timeout_s=1.0)
+    headers = {"Content-Type": "application/octet-stream"}
+    hung = client.post(PREDICT, content=SLOW + xray, headers=headers)
+    assert hung.status_code == 422 and "decoding took longer than 1 s" in hung.json()["detail"]
+    broken = client.post(PREDICT, content=BOOM + xray, headers=headers)  # an unexpected error inside a worker
+    assert broken.status_code == 500 and "secret" not in broken.text and "decoding.py" not in broken.text
+    answered = client.post(PREDICT, content=xray, headers=headers)
+    assert answered.status_code == 200 and answered.json()["label"] in ("NORMAL", "PNEUMONIA", "not assessed")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_decoding_in_workers_and_in_threads_give_the_same_prediction(make_client, xray: bytes) -> None:
+    headers = {"Content-Type": "application/octet-stream"}
+    in_workers = make_client(decode_timeout_s=30.0).post(PREDICT, content=xray, headers=headers).json()
+    in_threads = make_client(decode_timeout_s=0).post(PREDICT, content=xray, headers=headers).json()
+    assert "p_pneumonia" in in_workers
+    for key in ("p_pneumonia", "p_calibrated", "label", "probabilities", "ood_score", "assessed"):
+        assert in_workers.get(key) == in_threads.get(key), key
