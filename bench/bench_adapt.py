@@ -34,7 +34,7 @@ from common import commit, machine
 from pneumo.adapt.finetune import AdaptConfig, finetune
 from pneumo.adapt.run import adapt, at_threshold, score
 from pneumo.adapt.sources import load_source, source_config
-from pneumo.config import from_dict
+from pneumo.config import AugmentConfig, from_dict
 from pneumo.data.decode import load_image_file
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.evaluate.metrics import bootstrap_cis
@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--full", type=int, default=0, help="run the whole pneumo adapt on N images instead")
     parser.add_argument("--rehearsal", type=float, default=None,
                         help="source images per site image and epoch (default: AdaptConfig's)")
+    parser.add_argument("--augment", choices=["model", "defaults"], default="model",
+                        help="fine-tuning augmentation (+ flips): the model's own training one, or AugmentConfig's "
+                             "defaults (what the first round's recipe used with the previous default model)")
     parser.add_argument("--workdir", default="/tmp/bench_adapt")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -102,8 +105,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = AdaptConfig() if args.rehearsal is None else AdaptConfig(rehearsal=args.rehearsal)
-    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0)) for r in map(json.loads, out.read_text().splitlines())} \
-        if out.exists() else set()
+    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("augment", "model"))
+            for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     root = Path(args.data)
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
     predictor = Predictor(args.model, backend="torch")
@@ -112,7 +115,7 @@ def main() -> None:
                       for p in manifest["path"]])
     y_all = (manifest["label"] == "PNEUMONIA").to_numpy(np.int64)
     source = load_source(predictor.meta, args.dataset, pool=cfg.rehearsal_pool, seed=cfg.seed)
-    augment_cfg = from_dict(source_config(predictor.meta)).train.augment
+    augment_cfg = from_dict(source_config(predictor.meta)).train.augment if args.augment == "model" else AugmentConfig()
     y_src = (source.test_y != 0).astype(np.int64)
     info = {"commit": commit(), "machine": machine()}
     for draw in range(args.draws):
@@ -121,11 +124,12 @@ def main() -> None:
         sizes = [args.full] if args.full else [0, *map(int, args.sizes.split(","))]
         for n in sizes:
             kind = "full" if args.full else "curve"
-            if (kind, draw, n, cfg.rehearsal) in done:
+            if (kind, draw, n, cfg.rehearsal, args.augment) in done:
                 continue
             start = time.perf_counter()
             picked = draw_patients(pool, n, seed=1000 * draw + n) if n else pool.iloc[:0]
-            row = {"kind": kind, "draw": draw, "n": n, "rehearsal": cfg.rehearsal, "n_images": len(picked),
+            row = {"kind": kind, "draw": draw, "n": n, "rehearsal": cfg.rehearsal, "augment": args.augment,
+                   "n_images": len(picked),
                    "n_patients": int(picked["patient_id"].nunique()), "n_pos": int((picked["label"] == "PNEUMONIA")
                                                                                    .sum()), **info}
             if kind == "full":
