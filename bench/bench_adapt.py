@@ -95,9 +95,9 @@ def main() -> None:
     parser.add_argument("--full", type=int, default=0, help="run the whole pneumo adapt on N images instead")
     parser.add_argument("--rehearsal", type=float, default=None,
                         help="source images per site image and epoch (default: AdaptConfig's)")
-    parser.add_argument("--augment", choices=["model", "defaults"], default="model",
-                        help="fine-tuning augmentation (+ flips): the model's own training one, or AugmentConfig's "
-                             "defaults (what the first round's recipe used with the previous default model)")
+    parser.add_argument("--augment", choices=["model", "defaults"], default="defaults",
+                        help="fine-tuning augmentation (+ flips): AugmentConfig's defaults, as `pneumo adapt` does, or "
+                             "the model's own training one (what `pneumo adapt` did until the second round)")
     parser.add_argument("--workdir", default="/tmp/bench_adapt")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -105,7 +105,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = AdaptConfig() if args.rehearsal is None else AdaptConfig(rehearsal=args.rehearsal)
-    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("augment", "model"))
+    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("augment", "defaults"))
             for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     root = Path(args.data)
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)

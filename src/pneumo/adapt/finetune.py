@@ -2,8 +2,9 @@
 
 What was measured to work (issue 22; BENCHMARKS.md "Site adaptation"): every layer trained, BatchNorm running
 statistics kept as the source model has them (re-estimating them on the new site made things worse), AdamW with a
-cosine schedule, the model's own augmentation plus horizontal flips, a class-weighted loss, bf16 where the device has
-it. Rehearsal: every epoch mixes in a fresh random draw of source training images (``rehearsal`` of them per site
+cosine schedule, `AugmentConfig`'s mild defaults plus horizontal flips (a fixed part of the recipe, not the model's own
+training augmentation: adapting the acquisition-augmented default with its strong augmentation lost 0.13 held-out AUC
+on `nih_sample` at 200 images, BENCHMARKS.md "Second round"), a class-weighted loss, bf16 where the device has it. Rehearsal: every epoch mixes in a fresh random draw of source training images (``rehearsal`` of them per site
 image), so the model does not forget the hospital it was trained at.
 """
 
@@ -68,7 +69,7 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
         site_y: their class indices.
         cfg: the recipe.
         source_x, source_y: the rehearsal pool (uint8 (M, S, S) and class indices); None or empty: no rehearsal.
-        augment_cfg: the model's own training augmentation (default: `AugmentConfig()`); flips are added.
+        augment_cfg: the augmentation (default: the recipe's, `AugmentConfig()`); flips are added.
         device: where to train.
         seed: seeds the epoch order, the rehearsal draws and the augmentation.
     """

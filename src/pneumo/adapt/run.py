@@ -33,7 +33,6 @@ import torch
 
 from pneumo.adapt.finetune import AdaptConfig, finetune
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
-from pneumo.config import AugmentConfig, from_dict
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, exact_interval
@@ -148,12 +147,11 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     run_on = select_device(device)
     base = predictor.torch_model
     config = source_config(predictor.meta)
-    augment_cfg = from_dict(config).train.augment if config else AugmentConfig()
     pool = (source.pool_x, source.pool_y) if cfg.rehearsal > 0 and source.available else (None, None)
 
     def fine_tune(rows: np.ndarray, k: int) -> torch.nn.Module:
         return finetune(base, site.x[rows], site.y[rows], cfg=cfg, source_x=pool[0], source_y=pool[1],
-                        augment_cfg=augment_cfg, device=run_on, seed=step_seed(cfg.seed, k))
+                        device=run_on, seed=step_seed(cfg.seed, k))
 
     z_before = site.logits
     z_oof = np.zeros_like(z_before)
