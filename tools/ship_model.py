@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from pneumo.evaluate.ood import fit_ood_for
 from pneumo.evaluate.report import fmt_ci
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
+from pneumo.train.ood import fit_ood_for
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "pneumo" / "assets"
 ATTRIBUTION = (

@@ -33,7 +33,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from pneumo.evaluate.ood import fit_ood_for
+    from pneumo.train.ood import fit_ood_for
 
     if not args.model:
         raise ConfigError("give the model: --model RUN_OR_CHECKPOINT")

@@ -97,18 +97,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_ensemble(cfg, args: argparse.Namespace) -> int:
-    """Train (or resume) each member, evaluate each, then the ensemble into runs/<name>."""
-    from pneumo.evaluate.ensemble import train_ensemble
-    from pneumo.evaluate.runner import summary_line
+    """Train (or resume) each member of the ensemble preset (the same overrides apply to each, except the name),
+    evaluate each, then their mean probability into runs/<name>."""
+    from pneumo.config import member_configs
+    from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
+    from pneumo.train.run import train
 
-    def member_done(run_dir: Path, result: dict | None) -> None:
-        print(f"member run: {run_dir}")
-        if result is not None:
-            print(summary_line(result))
-
-    _, result = train_ensemble(cfg, cli_overrides(args), resume=args.resume, force=args.force,
-                               evaluate=not args.no_eval, on_member=member_done)
-    if result is not None:
-        print(summary_line(result))
+    run_dirs = []
+    for member in member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")]):
+        run_dirs.append(train(member, resume=args.resume, force=args.force))
+        print(f"member run: {run_dirs[-1]}")
+        if not args.no_eval:
+            print(summary_line(evaluate_run(run_dirs[-1])))
+    if not args.no_eval:
+        print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name)))
         print(f"report: {Path(cfg.out_dir) / cfg.name / 'report.html'}")
     return 0

@@ -1,7 +1,9 @@
 """Fit a checkpoint's out-of-distribution statistics (`pneumo.models.ood`) on its own train fold, threshold on val.
 
 `fit_trained_ood` is called at the end of `train` with the run's image cache (a probe reuses its cached features);
-`pneumo.evaluate.ood.fit_ood_for` does the same for an existing run or the shipped model. It writes
+`fit_ood_for` does the same for an existing run or the shipped model (`pneumo ood fit`): the train/val split is rebuilt
+from the config stored in the sidecar (same data, split seed and fraction), checked against the run's ``folds.csv``
+when there is one, and the features come from the checkpoint's own weights. It writes
 ``<stem>.ood.safetensors`` and the sidecar's ``ood`` entry (the sidecar is rewritten atomically; the weights and
 their checksum are untouched).
 """
@@ -10,18 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pneumo.config import RunConfig
-from pneumo.data.cache import ImageCache, default_cache_dir
-from pneumo.data.splits import labels
+from pneumo.config import RunConfig, from_dict
+from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
+from pneumo.data.manifest import resolve_root
+from pneumo.data.rundir import RunDir, read_folds
+from pneumo.data.splits import folds_for, labels
+from pneumo.errors import ConfigError
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
-from pneumo.models.sidecar import read_meta, write_meta
+from pneumo.models.runtime import select_device
+from pneumo.models.sidecar import read_meta, resolve_model, write_meta
 from pneumo.train.probe import cached_features, extract_features
 
 log = logging.getLogger(__name__)
@@ -81,3 +88,39 @@ def record_orientation(sidecar: Path, model: torch.nn.Module, images: np.ndarray
     log.info("orientation check: %d transforms x %d images; P(upright) threshold %.3f (p%g of %d upright images)",
              len(TRANSFORMS), len(images), head.threshold, entry["false_refusal_percentile"], len(upright))
     return entry
+
+
+def fit_ood_for(model_path: str | os.PathLike, *, data: str | None = None,
+                percentile: float = DEFAULT_PERCENTILE) -> dict:
+    """Fit (or refit) the OOD statistics of an existing run folder or checkpoint sidecar; returns the ``ood`` entry.
+
+    Args:
+        model_path: a run folder, ``<stem>.json`` or ``<stem>.safetensors`` (the shipped model's sidecar works).
+        data: the dataset; default: the root stored in the checkpoint's config if it exists, else ``$PNEUMO_DATA``.
+        percentile: the val percentile that becomes the flag threshold.
+    """
+    sidecar = resolve_model(model_path)
+    stored_config = read_meta(sidecar).config
+    if not isinstance(stored_config, dict):
+        raise ConfigError(f"{sidecar} stores no training config: cannot rebuild its train/val split")
+    cfg = from_dict(stored_config)
+    cfg.data.root = str(resolve_root(data or _existing(cfg.data.root)))
+    folds = folds_for(cfg)
+    stored = RunDir(sidecar.parent).folds
+    if stored.is_file():
+        _check_same_split(folds, read_folds(stored), stored)
+    cache = image_cache(cfg, folds)
+    entry = fit_trained_ood(cfg, sidecar, cache, folds, device=select_device(cfg.train.device), percentile=percentile)
+    fit_trained_orientation(sidecar, cache, folds, device=select_device(cfg.train.device), seed=cfg.train.seed)
+    return entry
+
+
+def _existing(root: str | None) -> str | None:
+    return root if root and Path(root).expanduser().exists() else None
+
+
+def _check_same_split(folds: pd.DataFrame, stored: pd.DataFrame, where: Path) -> None:
+    for name in ("train", "val"):
+        if sorted(folds.loc[folds["fold"] == name, "path"]) != sorted(stored.loc[stored["fold"] == name, "path"]):
+            raise ConfigError(f"the rebuilt {name} fold differs from {where} (another dataset copy?): "
+                              "pass the --dataset the run was trained on")
