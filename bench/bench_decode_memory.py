@@ -4,8 +4,9 @@
 
 Starts `pneumo serve` on 127.0.0.1 in its own process, waits for /readyz, warms it up with a real X-ray, then for each
 worst case (the largest image of each kind that the default limits accept: 20 MB upload, 50 M pixels, 256 MB decode
-budget) resets the server's peak-RSS counter (``/proc/PID/clear_refs``), posts ``--clients`` copies at once and
-reads the server's high-water mark (``VmHWM``). Reports the growth above the idle resident size, per case.
+budget) resets the peak-RSS counters (``/proc/PID/clear_refs``) of the server and its child processes (the decode
+workers since issue 24), posts ``--clients`` copies at once and reads their high-water marks (``VmHWM``, summed: an
+upper bound of the simultaneous peak). Reports the growth above the idle resident size, per case.
 
 The decoder's formula (README, "Memory per image"): one decode holds about pixels x (bytes per decoded pixel + 1) +
 ~40 MB of strip buffers, at most `decode_slots` (2) at a time.
@@ -56,6 +57,24 @@ def memory(pid: int, key: str) -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key))
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants: since issue 24 the uploads are decoded in worker processes of the server."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            children = (task / "children")
+            if children.is_file():
+                todo += [int(c) for c in children.read_text().split()]
+    return out
+
+
+def family_memory(pids: list[int], key: str) -> int:
+    """Summed over the processes (for VmHWM an upper bound of the simultaneous peak)."""
+    return sum(memory(pid, key) for pid in pids if Path(f"/proc/{pid}").exists())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None)
@@ -79,13 +98,15 @@ def main() -> None:
 
                 for name, data in cases.items():
                     time.sleep(1.0)
-                    Path(f"/proc/{server.pid}/clear_refs").write_text("5")
-                    idle = memory(server.pid, "VmRSS")
+                    pids = family(server.pid)
+                    for pid in pids:
+                        Path(f"/proc/{pid}/clear_refs").write_text("5")
+                    idle = family_memory(pids, "VmRSS")
                     start = time.perf_counter()
                     with ThreadPoolExecutor(args.clients) as pool:
                         statuses = list(pool.map(post, [data] * args.clients))
-                    peak = memory(server.pid, "VmHWM")
-                    results[name] = {"upload_mb": round(len(data) / 1e6, 2), "statuses": statuses,
+                    peak = family_memory(pids, "VmHWM")
+                    results[name] = {"upload_mb": round(len(data) / 1e6, 2), "statuses": statuses, "processes": len(pids),
                                      "idle_rss_mb": round(idle / 1e6), "peak_rss_mb": round(peak / 1e6),
                                      "growth_mb": round((peak - idle) / 1e6),
                                      "seconds": round(time.perf_counter() - start, 1)}
