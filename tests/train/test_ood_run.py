@@ -107,8 +107,14 @@ def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) ->
     result = evaluate_run(probe_run, analysis=False)
     cfg, folds = load_run(probe_run)
     test_images = image_cache(cfg, folds).images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
-    flagged = sum(r.ood for r in Predictor(probe_run, backend="torch", threads=2).predict_prepared(test_images))
+    predictions = Predictor(probe_run, backend="torch", threads=2).predict_prepared(test_images)
+    flagged = sum(r.ood for r in predictions)
     assert result["ood"]["n"] == len(test_images) == 36
+    rows = pd.read_csv(probe_run / "predictions.csv")  # a flagged image gets no verdict there either (issue 23)
+    assert rows["assessed"].tolist() == [int(not r.ood) for r in predictions]
+    np.testing.assert_allclose(rows["ood_score"], [r.ood_score for r in predictions], rtol=1e-4)
+    assert rows.loc[rows["assessed"] == 0, "predicted_pneumonia"].isna().all()
+    assert rows.loc[rows["assessed"] == 1, "predicted_pneumonia"].notna().all()
     assert result["ood"]["n_flagged"] == flagged  # same images, same statistics, same answer
     assert json.loads((probe_run / "metrics.json").read_text())["ood"]["n_flagged"] == flagged
     assert "out-of-distribution flags on test" in (probe_run / "report.html").read_text()

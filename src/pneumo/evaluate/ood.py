@@ -14,19 +14,19 @@ from pneumo.models.ood import load_ood
 from pneumo.train.probe import extract_features
 
 
-def summarize_test_ood(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Module, images: np.ndarray,
-                       *, device: torch.device, batch_size: int = 64) -> dict | None:
-    """Share of ``images`` (the test fold, uint8 (N, S, S)) flagged out of distribution by the statistics the
-    sidecar's ``ood`` entry names; None without statistics."""
+def test_ood(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Module, images: np.ndarray,
+             *, device: torch.device, batch_size: int = 64) -> tuple[dict | None, np.ndarray | None]:
+    """(summary, per-image scores) of ``images`` (the test fold, uint8 (N, S, S)) against the statistics the
+    sidecar's ``ood`` entry names: how many score above the val-chosen threshold; (None, None) without statistics."""
     stats = load_ood(sidecar, entry)
     if stats is None or len(images) == 0:
-        return None
+        return None, None
     scores = stats.scores(extract_features(model, images, batch_size=batch_size, device=device, amp=False,
                                            desc="ood test features"))
     flagged = int(stats.flags(scores).sum())
-    return {"n": len(scores), "n_flagged": flagged, "share_flagged": flagged / len(scores),
-            "threshold": stats.threshold, "percentile": stats.percentile, "method": stats.method,
-            "median_score": float(np.median(scores))}
+    return ({"n": len(scores), "n_flagged": flagged, "share_flagged": flagged / len(scores),
+             "threshold": stats.threshold, "percentile": stats.percentile, "method": stats.method,
+             "median_score": float(np.median(scores))}, scores)
 
 
 def ood_note(result: dict) -> str:

@@ -28,7 +28,7 @@ from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis
-from pneumo.evaluate.ood import ood_note, summarize_test_ood
+from pneumo.evaluate.ood import ood_note, test_ood
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
 from pneumo.models.checkpoint import load_checkpoint
@@ -112,12 +112,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     _add_operating_points(result, cfg, folds, logits, extra)
     training = meta.training
     result["tta"] = cfg.eval.tta
-    result["ood"] = summarize_test_ood(RunDir(run_dir).model, meta.ood, model, logits["test_images"],
-                                       device=select_device(cfg.train.device))
+    result["ood"], ood_scores = test_ood(RunDir(run_dir).model, meta.ood, model, logits["test_images"],
+                                         device=select_device(cfg.train.device))
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
-    _write_predictions(run_dir, test, logits["test"], result)
+    _write_predictions(run_dir, test, logits["test"], result, ood_scores)
     if first:
         _record_operating_point(RunDir(run_dir).model, meta, result, folds)
     sections = [operating_points_section(result)]
@@ -242,10 +242,18 @@ def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, im
         return []
 
 
-def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, result: dict) -> None:
-    write_predictions(run_dir, {"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy()}, logits,
-                      temperature=result["temperature"], threshold=result["threshold"],
-                      class_columns=result["classes"])
+def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, result: dict,
+                       ood_scores: np.ndarray | None = None) -> None:
+    """The test fold's predictions; an image flagged out of distribution gets no verdict (``assessed`` 0, an empty
+    ``predicted_pneumonia``), as in `pneumo predict` (the headline metrics still count every image of the official
+    split, with the flagged count beside them)."""
+    rows = {"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy()}
+    assessed = None
+    if ood_scores is not None:
+        assessed = np.isfinite(ood_scores) & (ood_scores <= result["ood"]["threshold"])
+        rows.update(ood_score=ood_scores, assessed=assessed.astype(int))
+    write_predictions(run_dir, rows, logits, temperature=result["temperature"], threshold=result["threshold"],
+                      class_columns=result["classes"], assessed=assessed)
 
 
 def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, folds: pd.DataFrame) -> None:
