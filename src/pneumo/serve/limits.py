@@ -112,9 +112,13 @@ class HeaderDeadlineH11Protocol(H11Protocol):
     # Idle connections (open, no request in progress) are bounded apart from uvicorn's --limit-concurrency, which
     # counts every open socket: beyond a cap the OLDEST idle one is closed, so a flood of idle sockets (one client's
     # or everyone's) can never fill that limit and 503 a health probe, whose request arrives right after it connects.
+    # Only a connection idle for at least ``idle_grace_s`` is ever closed: a keep-alive connection between two requests
+    # (idle for milliseconds) and a new one whose request is on its way are never cut (behind a proxy, or in a load
+    # test on loopback, every client has one address), and closing a socket does not make its client reconnect at once.
     max_idle_per_client: ClassVar[int] = 32
     max_idle: ClassVar[int] = 256
-    _idle: ClassVar[dict[HeaderDeadlineH11Protocol, None]] = {}  # insertion-ordered: oldest first
+    idle_grace_s: ClassVar[float] = 1.0
+    _idle: ClassVar[dict[HeaderDeadlineH11Protocol, float]] = {}  # when each became idle; insertion-ordered: oldest first
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -145,13 +149,14 @@ class HeaderDeadlineH11Protocol(H11Protocol):
             self._became_idle()
 
     def _became_idle(self) -> None:
-        idle = type(self)._idle
+        idle, now = type(self)._idle, time.monotonic()
         idle.pop(self, None)
-        idle[self] = None
+        idle[self] = now
         mine = [c for c in idle if c._peer == self._peer]
         oldest = mine[: max(0, len(mine) - self.max_idle_per_client)] + list(idle)[: max(0, len(idle) - self.max_idle)]
         for victim in oldest:
-            if victim is not self and victim in idle:
+            since = idle.get(victim)
+            if victim is not self and since is not None and now - since >= self.idle_grace_s:
                 idle.pop(victim, None)
                 IDLE_EVICTED.count()
                 victim.transport.close()
