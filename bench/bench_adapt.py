@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--full", type=int, default=0, help="run the whole pneumo adapt on N images instead")
     parser.add_argument("--rehearsal", type=float, default=None,
                         help="source images per site image and epoch (default: AdaptConfig's)")
+    parser.add_argument("--rehearsal-min", type=int, default=None,
+                        help="at least this many source images per epoch (default: AdaptConfig's)")
     parser.add_argument("--augment", choices=["model", "defaults"], default="defaults",
                         help="fine-tuning augmentation (+ flips): AugmentConfig's defaults, as `pneumo adapt` does, or "
                              "the model's own training one (what `pneumo adapt` did until the second round)")
@@ -104,8 +106,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cfg = AdaptConfig() if args.rehearsal is None else AdaptConfig(rehearsal=args.rehearsal)
-    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("augment", "defaults"))
+    cfg = AdaptConfig(**{k: v for k, v in (("rehearsal", args.rehearsal), ("rehearsal_min", args.rehearsal_min))
+                         if v is not None})
+    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("rehearsal_min", 0), r.get("augment", "defaults"))
             for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     root = Path(args.data)
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
@@ -124,11 +127,12 @@ def main() -> None:
         sizes = [args.full] if args.full else [0, *map(int, args.sizes.split(","))]
         for n in sizes:
             kind = "full" if args.full else "curve"
-            if (kind, draw, n, cfg.rehearsal, args.augment) in done:
+            if (kind, draw, n, cfg.rehearsal, cfg.rehearsal_min, args.augment) in done:
                 continue
             start = time.perf_counter()
             picked = draw_patients(pool, n, seed=1000 * draw + n) if n else pool.iloc[:0]
-            row = {"kind": kind, "draw": draw, "n": n, "rehearsal": cfg.rehearsal, "augment": args.augment,
+            row = {"kind": kind, "draw": draw, "n": n, "rehearsal": cfg.rehearsal, "rehearsal_min": cfg.rehearsal_min,
+                   "augment": args.augment,
                    "n_images": len(picked),
                    "n_patients": int(picked["patient_id"].nunique()), "n_pos": int((picked["label"] == "PNEUMONIA")
                                                                                    .sum()), **info}

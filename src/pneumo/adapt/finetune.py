@@ -43,6 +43,8 @@ class AdaptConfig(BaseModel):
     # 4: the second round's rule on the source val fold (BENCHMARKS.md): 1 and 2 let the source val AUC fall by more
     # than 0.005 at 50 site images; 4 keeps it at both 50 and 200 and ranks the new site at least as well
     rehearsal: float = Field(4.0, ge=0, le=10, description="source images per site image in every epoch (0: off)")
+    rehearsal_min: int = Field(0, ge=0, le=100_000, description="at least this many source images in every epoch "
+                               "(when rehearsal is on): small site samples get enough of the source hospital")
     rehearsal_pool: int = Field(2000, ge=0, le=100_000, description="source training images to draw rehearsal from")
     threshold_policy: str = "sensitivity:0.95"
     seed: int = Field(0, ge=0)
@@ -86,7 +88,7 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     aug = (augment_cfg or AugmentConfig()).model_copy(update={"hflip": True})
     n_site = len(site_x)
     use_source = source_x is not None and len(source_x) > 0 and cfg.rehearsal > 0
-    n_source = min(len(source_x), round(cfg.rehearsal * n_site)) if use_source else 0
+    n_source = min(len(source_x), max(round(cfg.rehearsal * n_site), cfg.rehearsal_min)) if use_source else 0
     num_classes = int(model.head.out_features)
     pooled_y = np.concatenate([site_y, source_y]) if use_source else np.asarray(site_y)
     loss_fn = make_loss(TrainConfig(), torch.from_numpy(pooled_y.astype(np.int64)), num_classes).to(device)  # weighted
