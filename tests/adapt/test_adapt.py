@@ -206,13 +206,13 @@ def test_cli_adapts_end_to_end_with_every_flag(site_csv: Path, data_slice: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "site-b"
     assert main(["adapt", "--data", str(site_csv), "--out", str(out), "--dataset", str(data_slice), "--folds", "2",
-                 "--epochs", "1", "--rehearsal", "0.5", "--threshold-policy", "youden", "--seed", "1",
+                 "--epochs", "1", "--rehearsal", "0.5", "--rehearsal-min", "16", "--threshold-policy", "youden", "--seed", "1",
                  "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "adapted model:" in printed and "(youden)" in printed and "source hospital" in printed
     record = json.loads((out / "adapt.json").read_text())
-    assert record["recipe"] | {"folds": 2, "epochs": 1, "rehearsal": 0.5, "threshold_policy": "youden",
-                               "seed": 1} == record["recipe"]
+    assert record["recipe"] | {"folds": 2, "epochs": 1, "rehearsal": 0.5, "rehearsal_min": 16,
+                               "threshold_policy": "youden", "seed": 1} == record["recipe"]
     assert record["local"]["folds"] == 2 and record["rehearsal"]["used"] is True
     meta = json.loads((out / "model.json").read_text())
     assert meta["threshold_policy"] == "youden" and meta["tta"] is False

@@ -28,6 +28,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs")
     parser.add_argument("--rehearsal", type=float, default=d.rehearsal,
                         help="source training images mixed in per site image and epoch (0: off)")
+    parser.add_argument("--rehearsal-min", type=int, default=d.rehearsal_min,
+                        help="at least this many source training images an epoch when rehearsal is on")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the folds, draws and augmentation")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to fine-tune")
     parser.set_defaults(func=run)
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = AdaptConfig(threshold_policy=args.threshold_policy, folds=args.folds, epochs=args.epochs,
-                          rehearsal=args.rehearsal, seed=args.seed)
+                          rehearsal=args.rehearsal, rehearsal_min=args.rehearsal_min,
+                          seed=args.seed)
     except ValidationError as exc:
         first = exc.errors()[0]
         flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "an option"
