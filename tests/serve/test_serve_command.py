@@ -57,20 +57,20 @@ def test_serve_passes_the_slow_client_limits_to_uvicorn_and_the_app(checkpoint: 
     try:
         assert main(["serve", "--model", str(checkpoint), "--threads", "1", "--header-timeout-s", "3",
                      "--body-timeout-s", "7", "--max-active", "2", "--max-queue", "5", "--queue-timeout-s", "4",
-                     "--upload-budget-mb", "100"]) == 0
+                     "--upload-budget-mb", "100", "--decode-timeout-s", "2.5"]) == 0
         app, options = calls[0]
         assert options["http"] is HeaderDeadlineH11Protocol and HeaderDeadlineH11Protocol.header_timeout_s == 3.0
         assert options["limit_concurrency"] == 1000
         config = app.state.service.config
         assert (config.body_timeout_s, config.max_active, config.max_queue, config.queue_timeout_s,
-                config.upload_budget_mb) == (7.0, 2, 5, 4.0, 100.0)
+                config.upload_budget_mb, config.decode_timeout_s) == (7.0, 2, 5, 4.0, 100.0, 2.5)
         assert app.state.service.work.max_active == 2 and app.state.service.work.max_queue == 5
     finally:
         HeaderDeadlineH11Protocol.header_timeout_s = 10.0
 
 
 @pytest.mark.parametrize("option", [["--header-timeout-s", "0"], ["--body-timeout-s", "-1"], ["--max-active", "0"],
-                                    ["--upload-budget-mb", "1"]])
+                                    ["--upload-budget-mb", "1"], ["--decode-timeout-s", "-1"]])
 def test_serve_rejects_impossible_limits(checkpoint: Path, option: list[str], capsys: pytest.CaptureFixture) -> None:
     assert main(["serve", "--model", str(checkpoint), *option]) == 2
     assert option[0] in capsys.readouterr().err

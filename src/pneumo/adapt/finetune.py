@@ -41,7 +41,7 @@ class AdaptConfig(BaseModel):
     batch_size: int = Field(32, ge=2, le=512)
     folds: int = Field(4, ge=2, le=20, description="patient-grouped cross-fitting folds")
     # 2 a site image, at least 400 an epoch: the second round's rule on the source val fold (BENCHMARKS.md). 1 and 2
-    # alone let the source val AUC fall by > 0.005 at 50 site images; 4 keeps it but takes ~25 min for 300 images on
+    # alone let the source val AUC fall by > 0.005 at 50 site images; 4 keeps it but takes ~24 min for 300 images on
     # 2 cores; the floor keeps it at 50 and 200 images and adapts 300 images in 831 s
     rehearsal: float = Field(2.0, ge=0, le=10, description="source images per site image in every epoch (0: off)")
     rehearsal_min: int = Field(400, ge=0, le=100_000, description="at least this many source images in every epoch "
