@@ -17,7 +17,7 @@ from pneumo.train.probe import extract_features
 def test_ood(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Module, images: np.ndarray,
              *, device: torch.device, batch_size: int = 64) -> tuple[dict | None, np.ndarray | None]:
     """(summary, per-image scores) of ``images`` (the test fold, uint8 (N, S, S)) against the statistics the
-    sidecar's ``ood`` entry names: how many score above the val-chosen threshold; (None, None) without statistics."""
+    sidecar's ``ood`` entry names: how many are flagged (`OodStats.flags`); (None, None) without statistics."""
     stats = load_ood(sidecar, entry)
     if stats is None or len(images) == 0:
         return None, None

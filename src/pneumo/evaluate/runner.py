@@ -250,7 +250,7 @@ def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, re
     rows = {"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy()}
     assessed = None
     if ood_scores is not None:
-        assessed = np.isfinite(ood_scores) & (ood_scores <= result["ood"]["threshold"])
+        assessed = ~(ood_scores > result["ood"]["threshold"])  # OodStats.flags; a non-finite feature scores inf
         rows.update(ood_score=ood_scores, assessed=assessed.astype(int))
     write_predictions(run_dir, rows, logits, temperature=result["temperature"], threshold=result["threshold"],
                       class_columns=result["classes"], assessed=assessed)

@@ -153,16 +153,26 @@ def save_ood(sidecar: str | os.PathLike, stats: OodStats) -> dict:
             "n_features": stats.num_features, "n_classes": int(stats.means.shape[0]), "shrinkage": stats.shrinkage}
 
 
+def refuse_orphan(sidecar: str | os.PathLike, suffix: str, entry: str) -> None:
+    """A check's file (``<stem><suffix>``) beside a sidecar without its ``entry``: the entry was deleted, and the model
+    would silently run without that check (issue 24).
+
+    Raises:
+        ModelError: one line naming the file and what to do.
+    """
+    orphan = Path(sidecar).with_suffix(suffix)
+    if orphan.is_file():
+        raise ModelError(f"{Path(sidecar).name} has no `{entry}` entry but {orphan.name} lies beside it: the entry was "
+                         "removed; restore the sidecar, refit with `pneumo ood fit`, or delete the file")
+
+
 def load_ood(sidecar: str | os.PathLike, entry: Mapping[str, Any] | None) -> OodStats | None:
     """The OOD statistics named by a sidecar's ``ood`` entry (``None`` for none), verified against its SHA-256."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
     if entry is None:
-        orphan = Path(sidecar).with_suffix(SUFFIX)
-        if orphan.is_file():  # the entry was deleted: the model would silently lose its OOD flag (issue 24)
-            raise ModelError(f"{Path(sidecar).name} has no `ood` entry but {orphan.name} lies beside it: the entry was "
-                             "removed; restore the sidecar, refit with `pneumo ood fit`, or delete the file")
+        refuse_orphan(sidecar, SUFFIX, "ood")
         return None
     check_ood_entry(entry, source=f"checkpoint sidecar {Path(sidecar).name}")
     path = Path(sidecar).with_name(entry["file"])

@@ -21,6 +21,7 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.errors import ModelError
+from pneumo.models.ood import refuse_orphan
 
 TRANSFORMS = ("upright", "inverted", "rotated 90°", "rotated 180°", "rotated 270°", "upside down")
 SUFFIX = ".orient.safetensors"
@@ -105,10 +106,7 @@ def load_orientation(sidecar: str | os.PathLike, entry: Mapping[str, Any] | None
     from safetensors.numpy import load
 
     if not entry:
-        orphan = Path(sidecar).with_suffix(SUFFIX)
-        if orphan.is_file():  # the entry was deleted: the model would silently lose its orientation check
-            raise ModelError(f"{Path(sidecar).name} has no `orientation` entry but {orphan.name} lies beside it: the "
-                             "entry was removed; restore the sidecar, refit with `pneumo ood fit`, or delete the file")
+        refuse_orphan(sidecar, SUFFIX, "orientation")
         return None
     name = str(entry.get("file", ""))
     if not name or Path(name).name != name:

@@ -86,9 +86,10 @@ class Service:
     def start(self) -> None:
         self._running = True
         self.work = self._work_queue()  # a fresh queue for each run: its semaphore belongs to the serving loop
-        self.pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="pneumo-decode")
+        workers = min(4, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumo-decode")
         if self.config.decode_timeout_s > 0:  # decodes in killable processes, started with the first upload
-            self.decoder = DecodeWorkers(min(4, os.cpu_count() or 1), self.config.decode_timeout_s)
+            self.decoder = DecodeWorkers(workers, self.config.decode_timeout_s)
         if self._given is not None:
             self._ready(self._given)
         elif self.predictor is not None:
