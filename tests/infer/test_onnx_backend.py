@@ -116,3 +116,13 @@ def test_onnx_backend_still_gives_the_eager_model_for_heat_maps(cache_dir: Path,
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ModelError, match="unknown backend"):
         Predictor(resolve_model(None), backend="tensorrt")
+
+
+def test_onnx_sessions_sleep_when_idle_and_take_the_thread_count() -> None:
+    """Spinning model threads took the cores from the decoders (issue 24): every session is made with spinning off."""
+    from pneumo.infer.predictor import session_options
+
+    options = session_options(1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 1
+    assert session_options().intra_op_num_threads == 0  # ONNX Runtime's own choice

@@ -101,3 +101,22 @@ def test_scores_are_the_mahalanobis_distance_to_the_nearest_class_mean_batch_aft
     direct = np.sqrt(np.min([np.einsum("ij,jk,ik->i", f_val - m, precision, f_val - m) for m in means], axis=0))
     for rows in (slice(0, 7), slice(7, None), slice(None)):  # the cache is built on the first call and reused
         np.testing.assert_allclose(stats.scores(f_val[rows]), direct[rows], rtol=1e-9)
+
+
+def test_scores_run_blas_on_one_thread_and_give_the_setting_back(fitted) -> None:
+    """A second BLAS thread spinning beside the model and the decoders cost the service a quarter of its throughput
+    (issue 24): the distance product runs on the calling thread only, and the process's setting is restored."""
+    from threadpoolctl import threadpool_info
+
+    from pneumo.models.ood import _one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    with _one_blas_thread():
+        assert blas_threads() and set(blas_threads()) == {1}
+    assert blas_threads() == before
+    stats, f_val = fitted
+    np.testing.assert_array_equal(stats.scores(f_val), stats.scores(f_val.copy()))
+    assert blas_threads() == before

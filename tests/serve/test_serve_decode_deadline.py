@@ -38,6 +38,17 @@ def test_a_hanging_decode_is_stopped_at_its_deadline_and_the_next_decode_works(p
     np.testing.assert_array_equal(prepared, expected)
 
 
+def test_without_heat_map_or_preview_the_worker_sends_back_only_the_model_input(predictor, xray: bytes) -> None:
+    kwargs = {"max_pixels": 50_000_000, "preprocess": predictor.preprocessing}
+    workers = DecodeWorkers(1, timeout_s=30.0)
+    try:
+        gray, prepared = asyncio.run(workers.decode(xray, keep_gray=False, **kwargs))
+    finally:
+        workers.close()
+    assert gray is None
+    np.testing.assert_array_equal(prepared, decode_upload(xray, **kwargs)[1])
+
+
 def test_an_unreadable_upload_raises_its_input_error_through_the_worker(predictor) -> None:
     workers = DecodeWorkers(1, timeout_s=30.0)
     try:

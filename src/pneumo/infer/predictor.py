@@ -76,6 +76,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+
+def session_options(threads: int | None = None) -> Any:
+    """ONNX Runtime options of every session: ``threads`` intra-op threads (None: ORT's choice); idle threads sleep
+    instead of spinning, because decoding and preprocessing share the cores (issue 24: `pneumo predict` 110 -> 127
+    img/s on 2 cores, one image ~0.6 ms slower)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
 class Predictor:
     """Turns uint8 gray images into ``Prediction``s. Thread-safe; the model is loaded once."""
 
@@ -163,11 +176,9 @@ class Predictor:
             if not verify_onnx(onnx_path, self.meta.sha256):
                 raise IntegrityError(f"{onnx_path.name} has no checksum record ({onnx_path.name}.sha256): refusing "
                                      "an unverified export; export it again with `pneumo export`, or delete it")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(onnx_path), session_options(threads),
+                                           providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for bad files
             raise ModelError(f"cannot load ONNX model {onnx_path.name}: {str(exc).splitlines()[0]}") from None
         name = session.get_inputs()[0].name

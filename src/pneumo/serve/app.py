@@ -248,7 +248,7 @@ async def _receive(service: Service, request: Request, stream: Any) -> bytes:
 async def _predict(service: Service, data: bytes, start: float, *, heatmap: bool, preview: bool) -> dict[str, Any]:
     predictor = _ready_predictor(service)
     t0 = time.perf_counter()
-    gray, prepared = await _decode(service, predictor, data)
+    gray, prepared = await _decode(service, predictor, data, keep_gray=heatmap or preview)
     del data
     t1 = time.perf_counter()
     batcher = service.batcher
@@ -274,9 +274,11 @@ def _ready_predictor(service: Service) -> Predictor:
     return service.predictor
 
 
-async def _decode(service: Service, predictor: Predictor, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(decoded gray, model input): in a worker process under the decode deadline, or in the thread pool without."""
-    kwargs = {"max_pixels": service.config.max_pixels, "preprocess": predictor.preprocessing}
+async def _decode(service: Service, predictor: Predictor, data: bytes, *,
+                  keep_gray: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """(decoded gray or None, model input): in a worker process under the decode deadline, or in the thread pool
+    without."""
+    kwargs = {"max_pixels": service.config.max_pixels, "preprocess": predictor.preprocessing, "keep_gray": keep_gray}
     try:
         if service.decoder is not None:
             return await service.decoder.decode(data, **kwargs)
