@@ -91,3 +91,21 @@ def test_the_gate_percentiles_are_numpys_linear_percentiles() -> None:
     for values in cases:
         for qs in ((1, 99), (0, 50, 100), (12.5, 87.5)):
             np.testing.assert_allclose(percentiles(values, qs), np.percentile(values, qs), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 900), (320, 451), (517, 2), (600, 600)])
+def test_the_gates_statistics_are_numpys_exactly(shape: tuple[int, int]) -> None:
+    """The histogram and the per-line range/mean come from OpenCV for speed (issue 24); they must be numpy's, bit for
+    bit, on any uint8 image, also a strided view."""
+    from pneumo.data.decode import _histogram, _lines
+
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    image[: shape[0] // 3] = 17  # a flat band, as padding would be
+    for view in (image, image[::2, ::3]):
+        np.testing.assert_array_equal(_histogram(view), np.bincount(view.ravel(), minlength=256))
+        for axis in (0, 1):
+            ranges, levels = _lines(view, axis)
+            np.testing.assert_array_equal(ranges, np.ptp(view, axis=axis))
+            assert ranges.dtype == np.uint8
+            np.testing.assert_array_equal(levels, view.mean(axis=axis))

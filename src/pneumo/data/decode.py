@@ -32,6 +32,7 @@ import os
 import stat
 import threading
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -218,7 +219,7 @@ def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
     """``np.percentile(values, qs)`` (linear interpolation); for uint8 from a histogram, without sorting."""
     if values.dtype != np.uint8 or values.size == 0:
         return tuple(float(v) for v in np.percentile(values, qs))
-    below = np.cumsum(np.bincount(values.ravel(), minlength=256))  # below[v] = how many values are <= v
+    below = np.cumsum(_histogram(values))  # below[v] = how many values are <= v
 
     def order_statistic(k: int) -> int:  # the k-th smallest value (0-based)
         return int(np.searchsorted(below, k, side="right"))
@@ -232,11 +233,30 @@ def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _histogram(values: np.ndarray) -> np.ndarray:
+    """How many of the uint8 ``values`` take each of the 256 levels. OpenCV's histogram (exact: float32 counts below
+    2**24 values) releases the GIL, which numpy's bincount (a cast to int64 first) holds: the gate runs on the decode
+    threads (issue 24)."""
+    if values.size >= 1 << 24:
+        return np.bincount(values.ravel(), minlength=256)
+    flat = np.ascontiguousarray(values).reshape(-1, 1)
+    return cv2.calcHist([flat], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+
+
+def _lines(view: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(max - min, mean) of each row (``axis=1``) or column (``axis=0``) of a uint8 image: exactly ``np.ptp`` and
+    ``mean`` (an integer sum divided by the count, as numpy's float64 sum of integers is exact), the sums by OpenCV,
+    ~10x faster than numpy's float64 mean (issue 24)."""
+    if view.shape[axis] * 255 >= 1 << 31:  # an int32 sum could overflow (never for the gate's ~512-pixel lines)
+        return np.ptp(view, axis=axis), view.mean(axis=axis)
+    total = cv2.reduce(np.ascontiguousarray(view), 1 if axis == 1 else 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S)
+    return np.ptp(view, axis=axis), total.ravel() / view.shape[axis]
+
+
 def _content_share(view: np.ndarray) -> float:
     """Share of the image left once the padding is cut off each side: the runs of rows / columns, from the edge
     inward, that are uniform and at the level of the outermost one (a ramp is not padding; a flat border is)."""
-    rows_range, rows_level = np.ptp(view, axis=1), view.mean(axis=1)
-    cols_range, cols_level = np.ptp(view, axis=0), view.mean(axis=0)
+    (rows_range, rows_level), (cols_range, cols_level) = _lines(view, 1), _lines(view, 0)
     height = len(rows_range) - _padding_run(rows_range, rows_level) - _padding_run(rows_range[::-1], rows_level[::-1])
     width = len(cols_range) - _padding_run(cols_range, cols_level) - _padding_run(cols_range[::-1], cols_level[::-1])
     return max(0, height) * max(0, width) / view.size
