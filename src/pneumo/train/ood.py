@@ -32,6 +32,7 @@ from pneumo.models.sidecar import read_meta, resolve_model, write_meta
 from pneumo.train.probe import cached_features, extract_features
 
 log = logging.getLogger(__name__)
+CATCH_SAMPLE = 300  # upright images whose transforms set the orientation threshold (all of them when fewer)
 
 
 def fit_trained_ood(cfg: RunConfig, sidecar: Path, cache: ImageCache, folds: pd.DataFrame, *,
@@ -58,6 +59,7 @@ def fit_trained_ood(cfg: RunConfig, sidecar: Path, cache: ImageCache, folds: pd.
     return entry
 
 
+
 def fit_trained_orientation(sidecar: Path, cache: ImageCache, folds: pd.DataFrame, *, device: torch.device,
                             n_train: int = 300, n_val: int = 300, seed: int = 0) -> dict:
     """Fit the orientation check (`pneumo.models.orientation`) of the checkpoint at ``sidecar`` on a seeded draw of
@@ -73,20 +75,26 @@ def fit_trained_orientation(sidecar: Path, cache: ImageCache, folds: pd.DataFram
 
 def record_orientation(sidecar: Path, model: torch.nn.Module, images: np.ndarray, upright: np.ndarray, *,
                        device: torch.device, seed: int = 0) -> dict:
-    """Learn the orientation check of ``model`` from ``images`` under every transform (threshold on the ``upright``
-    images as they are), write ``<stem>.orient.safetensors`` and the sidecar's ``orientation`` entry; returns it."""
+    """Learn the orientation check of ``model`` from ``images`` under every transform (threshold from the ``upright``
+    images, as they are and under every transform: `fit_orientation`), write ``<stem>.orient.safetensors`` and the sidecar's ``orientation`` entry; returns it."""
     from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
 
     def features(x: np.ndarray, desc: str) -> np.ndarray:
         return extract_features(model, x, batch_size=64, device=device, amp=False, desc=desc)
 
     train = {name: features(transform(images, name), f"orientation: {name}") for name in TRANSFORMS}
-    head = fit_orientation(train, features(upright, "orientation: upright"), seed=seed)
-    entry = save_orientation(sidecar, head, n_train=len(images), n_val=len(upright), seed=seed)
+    some = upright if len(upright) <= CATCH_SAMPLE else upright[np.sort(
+        np.random.default_rng(seed).choice(len(upright), CATCH_SAMPLE, replace=False))]
+    val = {"upright": features(upright, "orientation: upright")} | {
+        name: features(transform(some, name), f"orientation (val): {name}") for name in TRANSFORMS[1:]}
+    head, refused = fit_orientation(train, val, seed=seed)
+    entry = save_orientation(sidecar, head, n_train=len(images), n_val=len(upright), seed=seed,
+                             val_refused={name: round(share, 4) for name, share in refused.items()})
     meta = read_meta(sidecar)
     write_meta(sidecar, dataclasses.replace(meta, extra={**meta.extra, "orientation": entry}))
-    log.info("orientation check: %d transforms x %d images; P(upright) threshold %.3f (p%g of %d upright images)",
-             len(TRANSFORMS), len(images), head.threshold, entry["false_refusal_percentile"], len(upright))
+    log.info("orientation check: %d transforms x %d images; P(upright) threshold %.3f; on %d val images it refuses "
+             "%.1f %% upright, >= %.1f %% of each transform", len(TRANSFORMS), len(images), head.threshold,
+             len(upright), 100 * refused["upright"], 100 * min(v for k, v in refused.items() if k != "upright"))
     return entry
 
 
