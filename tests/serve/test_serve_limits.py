@@ -231,6 +231,9 @@ def test_a_full_work_queue_answers_503_with_retry_after_and_health_stays_up(live
         if reply.status_code == 503:
             assert int(reply.headers["retry-after"]) >= 1
             assert "busy" in reply.json()["detail"]
+            # the client comes back on a fresh connection: after a wait of >= 1 s its idle one may be closed under
+            # idle pressure, and a POST on a closing connection fails (a ReadError at 128 clients, issue 24)
+            assert reply.headers["connection"] == "close"
 
 
 def test_the_queue_rejects_beyond_its_length_and_after_its_wait_limit() -> None:

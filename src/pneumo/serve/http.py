@@ -59,9 +59,7 @@ def api_key_check(expected: str):
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:  # counted by its ThrottledLog, not per line
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        if exc.close_connection:
-            headers["Connection"] = "close"
+        headers = {"Retry-After": str(exc.retry_after_s), "Connection": "close"}  # why: `Overloaded`
         return JSONResponse({"detail": exc.detail}, status_code=503, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
