@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pneumo.cli import main
+from pneumo.explain.overlay import heatmap_name
 
 
 @pytest.fixture()
@@ -34,11 +35,12 @@ def test_folder_with_a_corrupt_file_explains_the_good_ones_and_reports_the_bad_o
         line for line in err.splitlines() if "broken.jpeg" in line]
     assert len(err.strip().splitlines()) == 1
     for path in real_paths[1:3]:
-        raw = np.load(out / f"{path.stem}.cam.npy")
-        assert (out / f"{path.stem}.cam.png").is_file() and raw.ndim == 2
+        name = heatmap_name(folder / path.name)  # named after the file explained (the folder's copy)
+        raw = np.load(out / f"{name}.cam.npy")
+        assert (out / f"{name}.cam.png").is_file() and raw.ndim == 2
     assert not list(out.glob("broken*"))
     page = (out / "index.html").read_text()
-    assert all(f"thumbs/{p.stem}.cam.png" in page for p in real_paths[1:3])
+    assert all(f"thumbs/{heatmap_name(folder / p.name)}.cam.png" in page for p in real_paths[1:3])
 
 
 def test_occlusion_method_writes_its_own_files(tmp_path: Path, real_paths: list[Path],
@@ -47,7 +49,7 @@ def test_occlusion_method_writes_its_own_files(tmp_path: Path, real_paths: list[
     rc = main(["explain", str(real_paths[0]), "--model", str(checkpoint_factory()), "--out", str(out),
                "--method", "occlusion", "--window", "16", "--stride", "8"])
     assert rc == 0
-    assert (out / f"{real_paths[0].stem}.occlusion.png").is_file()
+    assert (out / f"{heatmap_name(real_paths[0])}.occlusion.png").is_file()
     assert not (out / "index.html").exists()
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pneumo.errors import ConfigError
-from pneumo.explain.overlay import HeatmapWriter, safe_stem, write_contact_sheet
+from pneumo.explain.overlay import HeatmapWriter, heatmap_name, safe_stem, write_contact_sheet
 from pneumo.explain.render import blend
 from pneumo.infer.predictor import Predictor
 
@@ -31,7 +31,9 @@ def test_writer_puts_overlay_and_raw_map_in_the_original_geometry(tmp_path: Path
                                                                    real_grays: list[np.ndarray]) -> None:
     gray = real_grays[1]
     item = HeatmapWriter(predictor, tmp_path / "out").write_result("x/person7_bacteria_1.jpeg", gray)
-    assert item.overlay == (tmp_path / "out" / "person7_bacteria_1.cam.png").resolve()
+    name = heatmap_name("x/person7_bacteria_1.jpeg")
+    assert name.startswith("person7_bacteria_1-") and len(name) == len("person7_bacteria_1-") + 8
+    assert item.overlay == (tmp_path / "out" / f"{name}.cam.png").resolve()
     raw = np.load(item.raw_map, allow_pickle=False)
     assert raw.shape == gray.shape and raw.dtype == np.float32
     with Image.open(item.overlay) as img:
@@ -43,7 +45,8 @@ def test_writer_never_writes_outside_its_folder(tmp_path: Path, predictor: Predi
     writer = HeatmapWriter(predictor, out)
     writer.write("../../../escape me.png", np.full((70, 90), 120, np.uint8))
     written = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
-    assert written == ["escape_me.cam.npy", "escape_me.cam.png"]
+    name = heatmap_name("../../../escape me.png")
+    assert name.startswith("escape_me-") and written == [f"{name}.cam.npy", f"{name}.cam.png"]
     assert all(p.parent == out for p in tmp_path.rglob("*.cam.*"))
 
 
@@ -51,12 +54,14 @@ def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(tmp_path: Pat
     writer = HeatmapWriter(predictor, tmp_path)
     first = writer.write("a/img.png", np.full((70, 90), 100, np.uint8))
     second = writer.write("b/img.jpeg", np.full((70, 90), 200, np.uint8))
-    assert first.name == "img.cam.png" and second.name == "img-2.cam.png"
+    again = writer.write("a/img.png", np.full((70, 90), 100, np.uint8))  # the same input: the same name
+    assert first.name.startswith("img-") and second.name.startswith("img-") and first != second
+    assert again == first and len(list(tmp_path.glob("*.cam.png"))) == 2
 
 
 def test_writer_names_files_after_the_method(tmp_path: Path, predictor: Predictor) -> None:
     writer = HeatmapWriter(predictor, tmp_path, method="occlusion", window=16, stride=16)
-    assert writer.write("x.png", np.full((70, 90), 100, np.uint8)).name == "x.occlusion.png"
+    assert writer.write("x.png", np.full((70, 90), 100, np.uint8)).name == f"{heatmap_name('x.png')}.occlusion.png"
 
 
 def test_writer_checks_the_layer_before_the_first_image(tmp_path: Path, predictor: Predictor) -> None:

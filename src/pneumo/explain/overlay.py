@@ -3,6 +3,7 @@ contact sheet of a folder of overlays."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -31,6 +32,13 @@ def safe_stem(path: str | os.PathLike) -> str:
     stem = Path(str(path).replace("\\", "/")).stem
     stem = _UNSAFE.sub("_", stem).lstrip(".")[:MAX_STEM].strip("_")
     return stem or "image"
+
+
+def heatmap_name(path: str | os.PathLike) -> str:
+    """The one heat-map file name of `pneumo predict` and `pneumo explain`: the safe stem plus 8 hex digits of the
+    absolute path's SHA-1 (the same input always gets the same name; two inputs with one stem never collide)."""
+    digest = hashlib.sha1(str(Path(path).absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe_stem(path)[:80]}-{digest}"
 
 
 @dataclass
@@ -77,29 +85,18 @@ class HeatmapWriter:
         self.method, self.layer, self.target = method, layer, target
         self.window, self.stride = window, stride
         self.tag = METHOD_TAGS[method]
-        self._used: set[str] = set()
 
-    def _name(self, path: str | os.PathLike) -> str:
-        stem = safe_stem(path)
-        name, n = stem, 1
-        while name.lower() in self._used:
-            n += 1
-            name = f"{stem}-{n}"
-        self._used.add(name.lower())
-        return name
-
-    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
-              name: str | None = None) -> Path:
-        """Explain the original uint8 gray image ``gray`` read from ``path``; returns the overlay PNG path.
-        ``name`` (sanitised) replaces the stem-based file name."""
-        return self.write_result(path, gray, prediction, name=name).overlay
+    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None) -> Path:
+        """Explain the original uint8 gray image ``gray`` read from ``path``; returns the overlay PNG path
+        (``<heatmap_name(path)>.<method tag>.png``)."""
+        return self.write_result(path, gray, prediction).overlay
 
     def write_result(self, path: str | os.PathLike, gray: np.ndarray,
-                     prediction: PredictionLike | None = None, *, name: str | None = None) -> Written:
+                     prediction: PredictionLike | None = None) -> Written:
         """Like ``write`` but returns both paths and the prediction."""
         result = explain_image(self.predictor, gray, method=self.method, layer=self.layer, target=self.target,
                                prediction=prediction, window=self.window, stride=self.stride)
-        name = safe_stem(name + ".x") if name else self._name(path)
+        name = heatmap_name(path)
         root = self.out_dir.resolve()
         overlay_path = root / f"{name}.{self.tag}.png"
         npy_path = root / f"{name}.{self.tag}.npy"

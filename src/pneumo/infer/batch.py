@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -102,15 +101,6 @@ class FileResult:
     heatmap: Path | None = None
 
 
-def heatmap_name(path: Path) -> str:
-    """A unique, deterministic heat-map name: the file stem plus 8 hex digits of the absolute path's SHA-1 (the same
-    input always gets the same name, two inputs with one stem never collide)."""
-    from pneumo.explain.overlay import safe_stem
-
-    digest = hashlib.sha1(str(Path(path).absolute()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{safe_stem(path)[:80]}-{digest}"
-
-
 def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size: int = 32,
                          heatmap_dir: str | None = None, workers: int | None = None) -> Iterator[FileResult]:
     """Yield a ``FileResult`` per input, in input order, each as soon as it is done (heat maps one by one)."""
@@ -139,5 +129,5 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
             for i, path in enumerate(chunk):
                 heatmap = None
                 if explainer is not None and i in results:
-                    heatmap = explainer.write(path, loaded[i][0], results[i], name=heatmap_name(path))
+                    heatmap = explainer.write(path, loaded[i][0], results[i])
                 yield FileResult(path, results.get(i), loaded[i][2], heatmap)
