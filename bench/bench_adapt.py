@@ -108,8 +108,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = AdaptConfig(**{k: v for k, v in (("rehearsal", args.rehearsal), ("rehearsal_min", args.rehearsal_min))
                          if v is not None})
-    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("rehearsal_min", 0), r.get("augment", "defaults"))
-            for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
+    done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("rehearsal_min", 0),
+             r.get("augment", "defaults")) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     root = Path(args.data)
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
     predictor = Predictor(args.model, backend="torch")

@@ -2,9 +2,9 @@
 an upright chest X-ray from the same image inverted, rotated 90/180/270 degrees or flipped upside down (issue 23,
 finding 5). It is learned from the training images with these transforms applied synthetically (`pneumo ood fit`)
 and stored next to the checkpoint as ``<stem>.orient.safetensors``, named with its SHA-256 in the sidecar's
-``orientation`` entry. An image whose P(upright) is below the threshold gets no verdict: the smallest threshold that still refuses
-99.5 % of each transform of the validation images, at most the 1st percentile of the untransformed ones (so at most
-about 1 % false refusals on validation).
+``orientation`` entry. An image whose P(upright) is below the threshold gets no verdict: the smallest threshold that
+still refuses 99.5 % of each transform of the validation images, at most the 1st percentile of the untransformed ones
+(so at most about 1 % false refusals on validation).
 
 Rotating by 90 degrees commutes with the square resize of the preprocessing (``squash``) and inversion with any
 resize, so the transforms are applied to the preprocessed S x S image."""
@@ -78,7 +78,7 @@ class OrientationHead:
 
 
 def fit_orientation(features: dict[str, np.ndarray], val: dict[str, np.ndarray], *,
-                    seed: int = 0) -> tuple[OrientationHead, dict[str, Any]]:
+                    seed: int = 0) -> tuple[OrientationHead, dict[str, float]]:
     """Fit on ``{transform: (N, F) features}`` of the same train images; the threshold from ``val``, the same
     (validation) images' features under every transform: the smallest P(upright) threshold that still refuses
     `CATCH_PERCENTILE` % of each transform, never above the `FALSE_REFUSAL_PERCENTILE`-th percentile of the upright

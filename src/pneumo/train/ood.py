@@ -59,7 +59,6 @@ def fit_trained_ood(cfg: RunConfig, sidecar: Path, cache: ImageCache, folds: pd.
     return entry
 
 
-
 def fit_trained_orientation(sidecar: Path, cache: ImageCache, folds: pd.DataFrame, *, device: torch.device,
                             n_train: int = 300, n_val: int = 300, seed: int = 0) -> dict:
     """Fit the orientation check (`pneumo.models.orientation`) of the checkpoint at ``sidecar`` on a seeded draw of
@@ -76,7 +75,8 @@ def fit_trained_orientation(sidecar: Path, cache: ImageCache, folds: pd.DataFram
 def record_orientation(sidecar: Path, model: torch.nn.Module, images: np.ndarray, upright: np.ndarray, *,
                        device: torch.device, seed: int = 0) -> dict:
     """Learn the orientation check of ``model`` from ``images`` under every transform (threshold from the ``upright``
-    images, as they are and under every transform: `fit_orientation`), write ``<stem>.orient.safetensors`` and the sidecar's ``orientation`` entry; returns it."""
+    images, as they are and under every transform: `fit_orientation`), write ``<stem>.orient.safetensors`` and the
+    sidecar's ``orientation`` entry; returns it."""
     from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
 
     def features(x: np.ndarray, desc: str) -> np.ndarray:
