@@ -136,7 +136,7 @@ class DataConfig(Schema):
     image_size: int = Field(224, ge=32)
     resize_policy: ResizePolicy = "squash"
     intensity: Intensity = "none"  # applied when the cache is built
-    markers: Literal["none", "inpaint"] = "none"  # inpaint: burnt-in laterality markers and text (train and inference)
+    markers: Literal["none", "inpaint", "inpaint-text"] = "none"  # in-paint markers (and corner text) in train + inference
     crop: Crop = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.data.markers import find_markers, remove_markers
+from pneumo.data.markers import find_markers, find_text, remove_markers
 from pneumo.data.preprocess import prepare
 from pneumo.errors import ConfigError, InputError
 
@@ -122,3 +122,56 @@ def test_the_vectorised_detector_finds_exactly_what_the_per_component_one_found(
     assert sum(bool(_markers_one_component_at_a_time(img).any()) for img in images) >= 10  # the comparison has teeth
     for img in images:
         np.testing.assert_array_equal(find_markers(img), _markers_one_component_at_a_time(img))
+
+
+def _with_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.6) -> np.ndarray:
+    out = img.copy()
+    cv2.putText(out, text, org, cv2.FONT_HERSHEY_PLAIN, scale, 230, 1, cv2.LINE_AA)
+    return out
+
+
+@pytest.mark.parametrize(("text", "org"), [("1754", (170, 10)), ("17:54:36", (160, 12)), ("KV59", (178, 216)),
+                                           ("ID:1067", (4, 216))])
+@pytest.mark.parametrize("scale", [0.5, 0.6, 0.8])
+def test_numbers_and_words_in_the_corners_are_found_by_the_text_rule(text, org, scale):
+    clean = _chest()
+    marked = _with_text(clean, text, org, scale)
+    drawn = np.abs(marked.astype(int) - clean.astype(int)) > 60
+    mask = find_text(marked)
+    assert mask[drawn].mean() > 0.85
+    assert mask.mean() < 0.01
+    fixed = remove_markers(marked, "inpaint-text")
+    assert np.abs(fixed.astype(int) - clean.astype(int))[drawn].mean() < 30
+
+
+def test_the_text_rule_leaves_the_body_and_single_strokes_alone():
+    assert not find_text(_chest(seed=3)).any()
+    assert not find_text(_with_text(_chest(), "1754", (100, 120), 0.8)).any()  # inside the body: not a corner
+    bar = _chest()
+    cv2.line(bar, (175, 12), (220, 20), 230, 2)  # a clavicle-like bright bar in the corner: one stroke per row
+    cv2.line(bar, (200, 200), (200, 223), 230, 2)  # a wire
+    assert not find_text(bar).any()
+
+
+# train images (never validation or test) whose corner text the glyph rule misses, and the box it lies in
+CORNER_TEXT = [("PNEUMONIA/person330_virus_683.jpeg", np.s_[200:, 168:]),  # "KV59", bottom right, beside a skin line
+               ("PNEUMONIA/person1602_bacteria_4218.jpeg", np.s_[:20, 168:]),  # a time, "17:54:36", top right
+               ("PNEUMONIA/person1227_virus_2078.jpeg", np.s_[200:, :60])]  # "ID:1067247", bottom left
+
+
+@pytest.mark.parametrize(("name", "box"), CORNER_TEXT)
+def test_real_corner_text_is_inpainted_by_inpaint_text_only(full_data: Path, name: str, box):
+    raw = np.asarray(Image.open(full_data / "train" / name).convert("L"))
+    plain = prepare(raw, size=224)
+    assert not find_markers(plain)[box].any()  # the glyph rule (method "inpaint") misses it ...
+    assert find_text(plain)[box].sum() >= 100  # ... the text rule finds it
+    v1, v2 = prepare(raw, size=224, markers="inpaint"), prepare(raw, size=224, markers="inpaint-text")
+    assert np.array_equal(v1[box], plain[box]) and not np.array_equal(v2[box], plain[box])
+    assert np.array_equal(v2[60:170, 60:170], v1[60:170, 60:170])  # the lungs are untouched
+
+
+def test_the_text_rule_stays_in_the_corners_on_the_validation_images(full_data: Path):
+    for f in sorted((full_data / "val").glob("*/*.jpeg")):
+        mask = find_text(prepare(np.asarray(Image.open(f).convert("L")), size=224))
+        assert mask.mean() < 0.01
+        assert not mask[34:190, 68:156].any()  # nothing between the corner boxes

@@ -71,3 +71,18 @@ def test_lung_field_on_real_films_is_plausible(full_data: Path):
         ys, xs = np.nonzero(mask)
         assert 0.3 < xs.mean() / 224 < 0.7 and 0.25 < ys.mean() / 224 < 0.7  # centred on the chest
         assert mask[:, :112].any() and mask[:, 112:].any()  # both sides
+
+
+def test_saliency_on_corner_text_is_reported_and_flagged():
+    """A number printed in the top-right corner (finding 11 of issue 23): the glyph rule does not see it as a
+    marker, the corner-text region does, and a model whose maps sit on it is flagged for it."""
+    images = np.stack([_chest_with_marker(s) for s in range(6)])
+    for img in images:
+        cv2.putText(img, "17:54", (176, 12), cv2.FONT_HERSHEY_PLAIN, 0.6, 230, 1, cv2.LINE_AA)
+    on_text = np.stack([_blob(224, 0.89, 0.035, 0.02)] * 6)
+    on_lungs = np.stack([_blob(224, 0.31, 0.47, 0.08) + _blob(224, 0.69, 0.47, 0.08)] * 6)
+    bad = shortcut_stats(on_text, np.array([0, 1] * 3), ["NORMAL", "PNEUMONIA"], images=images)
+    good = shortcut_stats(on_lungs, np.array([0, 1] * 3), ["NORMAL", "PNEUMONIA"], images=images)
+    assert bad["all"]["corner_text_images"] == 6 and bad["all"]["corner_text_vs_area"] > 5
+    assert bad["verdict"]["peak_on_corner_text"] == 1.0 and good["verdict"]["peak_on_corner_text"] == 0.0
+    assert any("corner text" in r for r in bad["verdict"]["reasons"]) and not good["verdict"]["flagged"]

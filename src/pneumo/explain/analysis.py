@@ -117,16 +117,18 @@ def _shortcut_section(data: _TestSet) -> str:
     verdict_html = (f"<p><b>Shortcut check: {'FLAGGED' if verdict['flagged'] else 'not flagged'}.</b> "
                     + escape("; ".join(verdict["reasons"]) if verdict["reasons"] else
                              f"saliency on detected markers/text {verdict['markers_vs_area']:.2f}x their area "
-                             f"(on {verdict['marker_images']} images with a detected marker), outside the lung field "
-                             f"{verdict['outside_lungs_vs_area']:.2f}x its area")
-                    + ". Flagged at 2x on markers or 1x outside the lungs (no preference for the lungs).</p>")
+                             f"(on {verdict['marker_images']} images with a detected marker), on corner text "
+                             f"{verdict['corner_text_vs_area']:.2f}x (on {verdict['corner_text_images']} images), "
+                             f"outside the lung field {verdict['outside_lungs_vs_area']:.2f}x its area")
+                    + ". Flagged at 2x on markers or corner text, or 1x outside the lungs (no preference for the "
+                      "lungs).</p>")
     return (
         verdict_html
         + f"<p>Grad-CAM ({escape(stats['layer'])}, evidence for the predicted label) on {sampled}. Share of the "
         f"saliency mass in the <b>border</b> band ({escape(regions['border']['definition'])}), the <b>corners</b> "
         f"({escape(regions['corners']['definition'])}) and the <b>center</b> "
-        f"({escape(regions['center']['definition'])}), on the <b>markers</b> detected on each image and <b>outside the "
-        "lungs</b> (each image's lung field), averaged per true class; in brackets the share divided by "
+        f"({escape(regions['center']['definition'])}), on the <b>markers</b> and the <b>corner text</b> detected on each "
+        "image and <b>outside the lungs</b> (each image's lung field), averaged per true class; in brackets the share divided by "
         "the region's area (1.00x = no preference). Mass concentrated in the border or corners (well above 1x) "
         "hints at a shortcut: text markers, collimation edges or padding rather than the lungs.</p>"
         + table(header, table_rows, caption="Saliency mass share per region (model input geometry)")

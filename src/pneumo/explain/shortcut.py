@@ -1,10 +1,10 @@
 """Shortcut indicator: how much of the saliency lies on burnt-in markers and text, and outside the lung fields.
 
 Per image (``image_regions``): ``markers`` are the markers/text `pneumo.data.markers.find_markers` detects on the
-model input, ``outside_lungs`` is everything outside `lung_field` (an Otsu dark-region segmentation of the two lungs,
+model input, ``corner_text`` the rows of text `pneumo.data.markers.find_text` finds in its corners, ``outside_lungs`` is everything outside `lung_field` (an Otsu dark-region segmentation of the two lungs,
 falling back to a two-ellipse template of where the lungs lie on a squashed frontal film). `shortcut_verdict` flags
-a model whose Grad-CAM mass on markers is at least ``MARKER_FLAG`` times their area, whose hottest point lies on a
-marker at least ``PEAK_FLAG`` times as often as chance (a Grad-CAM cell is coarse: markers cover ~1 % of the image,
+a model whose Grad-CAM mass on markers (or on corner text) is at least ``MARKER_FLAG`` times their area, whose hottest
+point lies on one at least ``PEAK_FLAG`` times as often as chance (a Grad-CAM cell is coarse: markers cover ~1 % of the image,
 so the mass share alone misses a model that peaks on them), or whose mass outside the lungs is at least
 ``OUTSIDE_FLAG`` times that area (no preference for the lungs at all). Fixed geometric regions follow:
 
@@ -25,11 +25,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from pneumo.data.markers import find_markers
+from pneumo.data.markers import find_markers, find_text
 from pneumo.errors import ConfigError
 
 REGIONS = ("border", "corners", "center")
-IMAGE_REGIONS = ("markers", "outside_lungs")
+IMAGE_REGIONS = ("markers", "corner_text", "outside_lungs")
 MARKER_FLAG = 2.0  # saliency share on detected markers / their area at which a model is flagged
 OUTSIDE_FLAG = 1.0  # saliency share outside the lung field / its area at which a model is flagged
 PEAK_TOLERANCE = 1 / 14  # a map's peak counts as on a marker within this fraction of the side (half a 7x7 cell)
@@ -73,9 +73,10 @@ def lung_field(img: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def image_regions(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image boolean masks ``(N, S, S)``: detected markers/text, and outside the lung field."""
+    """Per-image boolean masks ``(N, S, S)``: detected markers/text, corner text, and outside the lung field."""
     images = np.asarray(images)
     return {"markers": np.stack([find_markers(img) for img in images]),
+            "corner_text": np.stack([find_text(img) for img in images]),
             "outside_lungs": np.stack([~lung_field(img)[0] for img in images])}
 
 
@@ -137,6 +138,7 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
     definitions = {"border": f"outer {border:.0%} of each side", "corners": f"four {corner:.0%} corner squares",
                    "center": f"central box {center_margin:.0%}-{1 - center_margin:.0%} on both axes",
                    "markers": "markers/text detected on each image (pneumo.data.markers)",
+                   "corner_text": "rows of text detected in each image's corners (pneumo.data.markers.find_text)",
                    "outside_lungs": "outside each image's lung field (segmented, else a two-ellipse template)"}
     names = list(REGIONS)
     if images is not None:
@@ -191,20 +193,26 @@ def peak_hits(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, tup
 
 
 def shortcut_verdict(stats: dict) -> dict:
-    """``{"flagged": bool, "reasons": [...]}`` from the overall marker and outside-lung ratios (see the module)."""
+    """``{"flagged": bool, "reasons": [...]}`` from the overall marker, corner-text and outside-lung ratios (see the
+    module)."""
     overall, reasons = stats["all"], []
-    markers, outside = overall.get("markers_vs_area", float("nan")), overall.get("outside_lungs_vs_area", float("nan"))
-    if np.isfinite(markers) and markers >= MARKER_FLAG:
-        reasons.append(f"{markers:.1f}x the uniform saliency on detected markers/text (flag at {MARKER_FLAG:g}x)")
+    out: dict = {}
+    for name, what in (("markers", "detected markers/text"), ("corner_text", "detected corner text")):
+        ratio = overall.get(f"{name}_vs_area", float("nan"))
+        if np.isfinite(ratio) and ratio >= MARKER_FLAG:
+            reasons.append(f"{ratio:.1f}x the uniform saliency on {what} (flag at {MARKER_FLAG:g}x)")
+        hit, chance = overall.get(f"peak_on_{name}", float("nan")), overall.get(f"peak_on_{name}_chance", float("nan"))
+        peak = hit / chance if np.isfinite(hit) and chance > 0 else float("nan")
+        if np.isfinite(peak) and peak >= PEAK_FLAG:
+            reasons.append(f"the hottest point lies on {what} in {hit:.0%} of the maps, {peak:.1f}x chance "
+                           f"(flag at {PEAK_FLAG:g}x)")
+        out |= {f"{name}_vs_area": ratio, f"peak_on_{name}": hit, f"peak_on_{name}_vs_chance": peak,
+                f"{name}_images": overall.get(f"{name}_images", 0)}
+    outside = overall.get("outside_lungs_vs_area", float("nan"))
     if np.isfinite(outside) and outside >= OUTSIDE_FLAG:
         reasons.append(f"{outside:.2f}x the uniform saliency outside the lung field (flag at {OUTSIDE_FLAG:g}x)")
-    hit, chance = overall.get("peak_on_markers", float("nan")), overall.get("peak_on_markers_chance", float("nan"))
-    peak = hit / chance if np.isfinite(hit) and chance > 0 else float("nan")
-    if np.isfinite(peak) and peak >= PEAK_FLAG:
-        reasons.append(f"the hottest point lies on a detected marker/text in {hit:.0%} of the maps, {peak:.1f}x chance "
-                       f"(flag at {PEAK_FLAG:g}x)")
-    return {"flagged": bool(reasons), "reasons": reasons, "markers_vs_area": markers, "outside_lungs_vs_area": outside,
-            "peak_on_markers": hit, "peak_on_markers_vs_chance": peak, "marker_images": overall.get("markers_images", 0)}
+    return {"flagged": bool(reasons), "reasons": reasons, **out, "outside_lungs_vs_area": outside,
+            "marker_images": out["markers_images"]}
 
 
 def shortcut_table_rows(stats: dict) -> tuple[list[str], list[list[object]]]:

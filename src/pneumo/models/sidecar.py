@@ -31,7 +31,7 @@ from pneumo.models.ood import check_file_name, check_ood_entry
 
 FORMAT = "pneumo-checkpoint/1"
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024  # the model input side S a sidecar may ask for (S x S float32 per image)
-MARKER_METHODS = ("none", "inpaint")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
+MARKER_METHODS = ("none", "inpaint", "inpaint-text")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
 DTYPES = ("float32", "float16")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
