@@ -45,3 +45,21 @@ def test_untraceable_model_falls_back_to_eager_and_warns_once(caplog: pytest.Log
     assert "2x slower" in warnings[0].getMessage()
     with torch.no_grad():
         assert torch.allclose(first(x), model(x))
+
+
+def test_a_feature_extractor_traces_once_for_many_sets_and_matches_separate_extractions(monkeypatch) -> None:
+    """The orientation check extracts 12 sets of features from one model: one trace, the same numbers bit for bit."""
+    import numpy as np
+
+    from pneumo.train import probe
+
+    torch.manual_seed(0)
+    model = create("scratch_cnn", num_classes=2, weights="none").eval()
+    sets = [np.random.default_rng(i).integers(0, 256, (n, 64, 64), dtype=np.uint8) for i, n in enumerate((5, 70, 3))]
+    separate = [probe.extract_features(model, x, device=torch.device("cpu"), amp=False) for x in sets]
+    traces = []
+    monkeypatch.setattr(probe, "fast_inference", lambda *a, **k: traces.append(1) or fast_inference(*a, **k))
+    extract = probe.feature_extractor(model, device=torch.device("cpu"), amp=False)
+    shared = [extract(x, "set") for x in sets]
+    assert len(traces) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(separate, shared, strict=True))

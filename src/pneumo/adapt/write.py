@@ -19,7 +19,7 @@ from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.train.ood import record_orientation
-from pneumo.train.probe import extract_features
+from pneumo.train.probe import feature_extractor
 
 log = logging.getLogger(__name__)
 OOD_POOL = 600  # source training images the refitted OOD statistics use (a seeded draw of the rehearsal pool)
@@ -61,8 +61,10 @@ def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: S
     """OOD statistics of the adapted model: class means and covariance over `OOD_POOL` images of the source rehearsal
     pool and the site's images; the flag threshold = the 99.5th percentile over the source val images and the site's images. Without the
     source dataset, the site's images alone (recorded)."""
+    extract = feature_extractor(model, device=device, amp=False, batch_size=64)  # traced once for the three sets
+
     def features(x: np.ndarray) -> np.ndarray:
-        return extract_features(model, x, batch_size=64, device=device, amp=False, desc="ood features")
+        return extract(x, "ood features")
 
     f_site = features(site.x)
     y_site = site.y

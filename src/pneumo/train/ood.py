@@ -29,7 +29,7 @@ from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
 from pneumo.models.runtime import select_device
 from pneumo.models.sidecar import read_meta, resolve_model, write_meta
-from pneumo.train.probe import cached_features, extract_features
+from pneumo.train.probe import cached_features, feature_extractor
 
 log = logging.getLogger(__name__)
 CATCH_SAMPLE = 300  # upright images whose transforms set the orientation threshold (all of them when fewer)
@@ -48,8 +48,8 @@ def fit_trained_ood(cfg: RunConfig, sidecar: Path, cache: ImageCache, folds: pd.
                                 amp=cfg.train.amp, batch_size=cfg.train.batch_size)
         feats = {name: every[r] for name, r in rows.items()}
     else:
-        feats = {name: extract_features(model, cache.images[r], batch_size=cfg.train.batch_size, device=device,
-                                        amp=cfg.train.amp, desc=f"ood {name} features") for name, r in rows.items()}
+        extract = feature_extractor(model, device=device, amp=cfg.train.amp, batch_size=cfg.train.batch_size)
+        feats = {name: extract(cache.images[r], f"ood {name} features") for name, r in rows.items()}
     y_train = labels(folds.iloc[rows["train"]], cfg.data.task)
     stats = fit_ood(feats["train"], y_train, feats["val"], percentile=percentile)
     entry = save_ood(sidecar, stats)
@@ -79,8 +79,7 @@ def record_orientation(sidecar: Path, model: torch.nn.Module, images: np.ndarray
     sidecar's ``orientation`` entry; returns it."""
     from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
 
-    def features(x: np.ndarray, desc: str) -> np.ndarray:
-        return extract_features(model, x, batch_size=64, device=device, amp=False, desc=desc)
+    features = feature_extractor(model, device=device, amp=False, batch_size=64)  # traced once for the 12 sets
 
     train = {name: features(transform(images, name), f"orientation: {name}") for name in TRANSFORMS}
     some = upright if len(upright) <= CATCH_SAMPLE else upright[np.sort(
