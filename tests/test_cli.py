@@ -57,7 +57,7 @@ def test_the_ensemble_preset_lists_the_three_lite_probes_and_default_is_lite0_pa
     assert {m.model.mode for m in members} == {"probe"} and {m.data.split_seed for m in members} == {3}
     default, partial = to_dict(load_config("default")), to_dict(load_config("lite0-partial"))
     assert default["eval"]["threshold_policy"] == "sensitivity:0.95"  # the shipped operating point
-    assert default["data"]["markers"] == "inpaint"  # the study's lite0-partial-markers row (the rule's pick)
+    assert default["data"]["markers"] == "inpaint-text"  # markers (the study's pick) and corner text (issue 23)
     augment = default["train"]["augment"]  # issue 22 item 4's pick: the acquisition-shift augmentation
     assert (augment["noise"], augment["resolution"], augment["jpeg"], augment["collimation"]) == (0.05, 0.6, 20, 0.12)
     default["data"]["markers"] = partial["data"]["markers"]

@@ -32,7 +32,7 @@ INTENDED_USE = (
 )
 LIMITATIONS = [
     ("**For pediatric chest X-rays like Guangzhou's.** At another hospital it is a different model: on the 986 adult "
-     "NIH images of `../shared/data/nih_sample` its ROC-AUC is 0.49 (`python bench/bench_robust.py`, the seed-0 run "
+     "NIH images of `../shared/data/nih_sample` its ROC-AUC is 0.50 (`python bench/bench_robust.py`, the run "
      "these weights come from) and `pneumo site check` calls that set shifted. Check a new site with `pneumo site "
      "check`, then label about 200 images (whole patients, both classes) and run `pneumo adapt` (README, \"At "
      "another hospital\")."),
@@ -49,7 +49,10 @@ LIMITATIONS = [
     ("Shortcut check (Grad-CAM toward the predicted label; `python bench/bench_shortcut.py --split val|test`): a "
      "heuristic lung field and detected markers on 224 px images with a 7x7 Grad-CAM; 16 Kaggle val images are few. "
      "The previous default (a frozen-feature probe) was flagged there (hottest point on a marker in 4 of 16 maps, "
-     "3.1x chance); this model is trained and run on inputs whose markers and text are in-painted."),
+     "3.1x chance); this model is trained and run on inputs whose markers and the text in their corners (exposure "
+     "values, times, IDs: `inpaint-text`, a class cue in this dataset) are in-painted. Where that text was, on 200 "
+     "test images (23 with corner text; `python bench/bench_shortcut.py --n 200`), its Grad-CAM share is 0.17x the "
+     "area against 0.85x for the previous default, which saw the text."),
 ]
 
 
@@ -70,7 +73,9 @@ def shortcut_line(run_dir: Path) -> str:
     except (OSError, ValueError, KeyError):
         return "not measured"
     return (f"{'FLAGGED' if v['flagged'] else 'not flagged'} on the run report's test subsample (hottest point on a "
-            f"detected marker {v['peak_on_markers_vs_chance']:.1f}x chance, saliency outside the lung field "
+            f"detected marker {v['peak_on_markers_vs_chance']:.1f}x chance, saliency on corner text still detected "
+            f"after in-painting {v.get('corner_text_vs_area', float('nan')):.2f}x its area on "
+            f"{v.get('corner_text_images', 0)} images, outside the lung field "
             f"{v['outside_lungs_vs_area']:.2f}x its area); see Limitations for the val images")
 
 

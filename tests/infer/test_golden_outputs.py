@@ -1,9 +1,8 @@
 """Golden outputs of the shipped model: refactoring the scoring code must not change a number.
 
 The expected values in ``golden_shipped_model.json`` are written by this file with ``PNEUMO_WRITE_GOLDEN=1`` when a
-new model ships (last: the acquisition-augmented default of issue 22 item 4); otherwise the tests compare the current
-code with them to 1e-6, so that refactoring the scoring code cannot change a number. The orientation check withholds
-the verdict on one of these images (``NORMAL/IM-0011-0001-0001.jpeg``, a false refusal; issue 23).
+new model ships (last: the default with corner text in-painted, issue 23 finding 11); otherwise the tests compare the
+current code with them to 1e-6, so that refactoring the scoring code cannot change a number.
 """
 
 from __future__ import annotations
