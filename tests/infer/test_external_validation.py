@@ -234,3 +234,22 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
     assert result["external"]["official_test_split"] is True
     assert "Official test split, n =" in (folder / "report.html").read_text()
     assert ": test accuracy" in summary_line(result)
+
+
+def test_the_val_fold_is_scored_once_per_model_and_backend(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operating-point rows of every evaluation need the model's val-fold logits: kept next to the image cache
+    under the weights' SHA-256, the backend and the images, so a second evaluation does not score them again."""
+    from pneumo.infer.predictor import Predictor
+    from pneumo.infer.validate import val_scores
+
+    first = val_scores([Predictor(run_dir, backend="torch")])
+    predictor = Predictor(run_dir, backend="torch")
+    kept = list((run_dir.parent.parent / "cache").glob(f"val-logits-{predictor.meta.sha256}-torch-*.npy"))
+    assert len(kept) == 1
+    calls: list[int] = []
+    real = predictor.logits
+    monkeypatch.setattr(predictor, "logits", lambda x: calls.append(len(x)) or real(x))
+    again = val_scores([predictor])
+    assert calls == [] and np.array_equal(first[1], again[1]) and np.array_equal(first[0], again[0])
+    kept[0].write_bytes(b"")  # a damaged file is scored again, not trusted
+    assert np.array_equal(val_scores([predictor])[1], first[1]) and calls

@@ -165,14 +165,37 @@ def val_scores(predictors: list, *, data: str | None = None):
         except PneumoError as exc:
             log.warning("operating points: the val fold of %s cannot be rebuilt (%s)", p.sidecar, exc)
             return None
-        images = np.asarray(cache.images)
-        per_member.append(np.concatenate([p.logits(images[i:i + 64]) for i in range(0, len(images), 64)]))
+        per_member.append(_val_logits(p, cache))
         if first is None:
             first = (labels(val, cfg.data.task), val["path"].tolist(),
                      {"kind": "the model's val fold", "location": cfg.data.root,
                       "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction})
     y, paths, where = first
     return y, log_mean_probability(per_member), paths, where
+
+
+def _val_logits(p, cache) -> np.ndarray:
+    """One member's logits of its val-fold images, kept next to the image cache under (weights SHA-256, backend, image
+    cache key): evaluating a model again (other data, other policies) does not score its val fold again. A model
+    without a weights checksum is scored every time."""
+    images = np.asarray(cache.images)
+
+    def score() -> np.ndarray:
+        return np.concatenate([p.logits(images[i:i + 64]) for i in range(0, len(images), 64)])
+
+    if not p.meta.sha256:
+        return score()
+    file = cache.file.parent / f"val-logits-{p.meta.sha256}-{p.backend}-{cache.key}.npy"
+    try:
+        logits = np.load(file, allow_pickle=False)
+        if logits.shape[0] == len(images):
+            return logits
+    except (OSError, ValueError, EOFError):  # absent, or damaged: score again
+        pass
+    logits = score()
+    with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, logits, allow_pickle=False)
+    return logits
 
 
 def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
