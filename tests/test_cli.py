@@ -323,3 +323,24 @@ def test_model_commands_keep_freed_memory_and_the_service_gives_it_back(tmp_path
     assert calls == ["held"]
     assert "serve" not in cli.HOLD_MEMORY and "train" not in cli.HOLD_MEMORY  # long-lived / decided by its config
     assert set(cli.HOLD_MEMORY) <= set(SUBCOMMANDS)
+
+
+def test_building_the_cli_imports_neither_torch_nor_scikit_learn() -> None:
+    """Every command builds the whole parser first: `pneumo --help` or a one-line error must not wait for torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pneumo.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'timm', 'cv2') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["--folds", "1"], "--folds must be >= 2, got 1"),
+                                               (["--threshold-policy", "magic"], "--threshold-policy"),
+                                               (["--rehearsal", "-1"], "--rehearsal must be >= 0")])
+def test_adapt_options_out_of_range_fail_with_one_line_naming_the_flag(argv: list[str], message: str, tmp_path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    assert main(["adapt", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

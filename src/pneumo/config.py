@@ -202,6 +202,32 @@ class EvalConfig(Schema):
 
 
 
+class AdaptConfig(Schema):
+    """The settings of one adaptation (`pneumo adapt`; the defaults are the measured recipe); errors name the flag."""
+
+    model_config = ConfigDict(frozen=True)
+
+    epochs: int = Field(6, ge=1, le=100)
+    lr: float = Field(3e-4, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    batch_size: int = Field(32, ge=2, le=512)
+    folds: int = Field(4, ge=2, le=20, description="patient-grouped cross-fitting folds")
+    # 2 a site image, at least 400 an epoch: the second round's rule on the source val fold (BENCHMARKS.md). 1 and 2
+    # alone let the source val AUC fall by > 0.005 at 50 site images; 4 keeps it but takes ~24 min for 300 images on
+    # 2 cores; the floor keeps it at 50 and 200 images and adapts 300 images in 831 s
+    rehearsal: float = Field(2.0, ge=0, le=10, description="source images per site image in every epoch (0: off)")
+    rehearsal_min: int = Field(400, ge=0, le=100_000, description="at least this many source images in every epoch "
+                               "(when rehearsal is on): small site samples get enough of the source hospital")
+    rehearsal_pool: int = Field(2000, ge=0, le=100_000, description="source training images to draw rehearsal from")
+    threshold_policy: Policy = "sensitivity:0.95"
+    seed: int = Field(0, ge=0)
+    amp: bool = True
+
+    @classmethod
+    def _key(cls, loc: tuple[Any, ...]) -> str:
+        return f"--{str(loc[0]).replace('_', '-')}" if loc else ""
+
+
 UPLOAD_GROWTH_ALLOWANCE = 9 / 8  # an upload read chunk by chunk into a bytearray holds up to 1/8 more (CPython growth)
 
 

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 import pneumo.adapt.run as adapt_run
-from pneumo.adapt.finetune import AdaptConfig
 from pneumo.adapt.run import adapt, patient_folds, policy_warning
 from pneumo.cli import main
+from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError
 from pneumo.evaluate.metrics import exact_interval
 from pneumo.models.sidecar import DEFAULT_MODEL

@@ -17,45 +17,15 @@ import math
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from pneumo.config import AugmentConfig, TrainConfig
+from pneumo.config import AdaptConfig, AugmentConfig, TrainConfig
 from pneumo.data.preprocess import to_unit
 from pneumo.models.runtime import autocast, depthwise_in_fp32, memory_format
-from pneumo.policy import parse_policy
 from pneumo.train.augment import augment
 from pneumo.train.loop import make_loss, step_seed
 
 log = logging.getLogger(__name__)
-
-
-class AdaptConfig(BaseModel):
-    """The settings of one adaptation (the defaults are the measured recipe)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(6, ge=1, le=100)
-    lr: float = Field(3e-4, gt=0, le=1)
-    weight_decay: float = Field(0.01, ge=0, le=1)
-    batch_size: int = Field(32, ge=2, le=512)
-    folds: int = Field(4, ge=2, le=20, description="patient-grouped cross-fitting folds")
-    # 2 a site image, at least 400 an epoch: the second round's rule on the source val fold (BENCHMARKS.md). 1 and 2
-    # alone let the source val AUC fall by > 0.005 at 50 site images; 4 keeps it but takes ~24 min for 300 images on
-    # 2 cores; the floor keeps it at 50 and 200 images and adapts 300 images in 831 s
-    rehearsal: float = Field(2.0, ge=0, le=10, description="source images per site image in every epoch (0: off)")
-    rehearsal_min: int = Field(400, ge=0, le=100_000, description="at least this many source images in every epoch "
-                               "(when rehearsal is on): small site samples get enough of the source hospital")
-    rehearsal_pool: int = Field(2000, ge=0, le=100_000, description="source training images to draw rehearsal from")
-    threshold_policy: str = "sensitivity:0.95"
-    seed: int = Field(0, ge=0)
-    amp: bool = True
-
-    @field_validator("threshold_policy")
-    @classmethod
-    def _policy(cls, value: str) -> str:
-        parse_policy(value)  # raises ConfigError naming the known policies
-        return value
 
 
 def _keep_batchnorm_statistics(model: nn.Module) -> None:

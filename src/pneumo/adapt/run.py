@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumo.adapt.finetune import AdaptConfig, finetune
+from pneumo.adapt.finetune import finetune
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
+from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, exact_interval

@@ -12,7 +12,7 @@ pneumo evaluate --model models/site-a --data site_held_out/ --out validation/   
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    from pneumo.adapt.finetune import AdaptConfig
+    from pneumo.config import AdaptConfig  # light: the parser is built for every command
 
     d = AdaptConfig()
     parser.add_argument("--data", required=True, metavar="FOLDER|CSV",
@@ -36,20 +36,11 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from pneumo.adapt.finetune import AdaptConfig
     from pneumo.adapt.run import adapt
-    from pneumo.errors import ConfigError
+    from pneumo.config import AdaptConfig
 
-    try:
-        cfg = AdaptConfig(threshold_policy=args.threshold_policy, folds=args.folds, epochs=args.epochs,
-                          rehearsal=args.rehearsal, rehearsal_min=args.rehearsal_min,
-                          seed=args.seed)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        flag = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "an option"
-        raise ConfigError(f"{flag}: {first['msg']}") from None
+    cfg = AdaptConfig(threshold_policy=args.threshold_policy, folds=args.folds, epochs=args.epochs,
+                      rehearsal=args.rehearsal, rehearsal_min=args.rehearsal_min, seed=args.seed)  # ConfigError: exit 2
     record = adapt(args.model, args.data, args.out, dataset=args.dataset, cfg=cfg, device=args.device)
     local, op = record["local"]["after"], record["operating_point"]
     sens, spec = local["metrics"]["sensitivity"], local["metrics"]["specificity"]
