@@ -13,9 +13,9 @@ import pytest
 from pneumo.cli import main
 from pneumo.config import load_config
 from pneumo.errors import DataError
+from pneumo.evaluate.external import evaluate_external
 from pneumo.evaluate.labelled import labelled_images
 from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
-from pneumo.infer.validate import evaluate_external
 from pneumo.train.run import train
 
 POLICIES = ("youden", "sensitivity:0.95", "triage")
@@ -151,14 +151,14 @@ def test_evaluate_never_changes_the_model_and_reports_every_policy(run_dir: Path
 
 def test_a_bad_policy_fails_at_once_before_any_predicting(run_dir: Path, capsys: pytest.CaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import pneumo.evaluate.external
     import pneumo.evaluate.runner
-    import pneumo.infer.validate
 
     metrics = run_dir / "metrics.json"
     stamp = metrics.stat().st_mtime_ns
     called = []
     for module, name in ((pneumo.evaluate.runner, "evaluate_run"), (pneumo.evaluate.runner, "evaluate_ensemble"),
-                         (pneumo.infer.validate, "evaluate_external")):  # every way evaluate reaches the images
+                         (pneumo.evaluate.external, "evaluate_external")):  # every way evaluate reaches the images
         monkeypatch.setattr(module, name, lambda *a, name=name, **k: called.append(name))
     assert main(["evaluate", "--model", str(run_dir), "--threshold-policy", "foo"]) == 2
     assert called == []
@@ -225,8 +225,8 @@ def test_the_shipped_model_and_an_ensemble_validate_on_a_folder(run_dir: Path, d
 
 def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test_split(data_slice: Path,
                                                                                         tmp_path: Path) -> None:
+    from pneumo.evaluate.command import evaluate
     from pneumo.evaluate.runner import summary_line
-    from pneumo.infer.evaluation import evaluate
 
     result, folder = evaluate(["default"], out=str(tmp_path / "official"), n_bootstrap=0, dataset=str(data_slice),
                               analysis=False)
@@ -239,8 +239,8 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
 def test_the_val_fold_is_scored_once_per_model_and_backend(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The operating-point rows of every evaluation need the model's val-fold logits: kept next to the image cache
     under the weights' SHA-256, the backend and the images, so a second evaluation does not score them again."""
+    from pneumo.evaluate.external import val_scores
     from pneumo.infer.predictor import Predictor
-    from pneumo.infer.validate import val_scores
 
     first = val_scores([Predictor(run_dir, backend="torch")])
     predictor = Predictor(run_dir, backend="torch")

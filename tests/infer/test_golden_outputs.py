@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pneumo.evaluate.external import evaluate_external
 from pneumo.infer.batch import predict_file_results
 from pneumo.infer.predictor import Predictor
-from pneumo.infer.validate import evaluate_external
 from pneumo.models.sidecar import resolve_model
 
 GOLDEN = Path(__file__).with_name("golden_shipped_model.json")

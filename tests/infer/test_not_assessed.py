@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from pneumo.data.decode import load_image_file
+from pneumo.evaluate.external import evaluate_external
 from pneumo.infer.predictor import NOT_ASSESSED, Predictor
-from pneumo.infer.validate import evaluate_external
 from pneumo.models.scores import p_pneumonia, threshold_on_calibrated_scale
 
 

@@ -143,7 +143,10 @@ def test_results_arrive_one_by_one_while_heat_maps_are_written(xrays: Path, tiny
     files = sorted(xrays.iterdir())
     maps = tmp_path / "maps"
     seen = []
-    for item in predict_file_results(Predictor(tiny_model), files, batch_size=32, heatmap_dir=str(maps)):
+    from pneumo.explain.overlay import HeatmapWriter
+
+    predictor = Predictor(tiny_model)
+    for item in predict_file_results(predictor, files, batch_size=32, heatmaps=HeatmapWriter(predictor, maps)):
         seen.append(len(list(maps.glob("*.png"))))  # overlays on disk when this result arrives
         assert item.heatmap is not None and item.error is None
     assert seen == list(range(1, len(files) + 1))  # one result per heat map, not one batch at the end

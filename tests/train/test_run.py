@@ -127,8 +127,8 @@ def test_a_run_stores_its_dataset_as_an_absolute_path(data_slice: Path, tmp_path
     """Issue 23, finding 7: trained with a relative --dataset, the run still finds its val fold from elsewhere."""
     import yaml
 
+    from pneumo.evaluate.external import val_scores
     from pneumo.infer.predictor import Predictor
-    from pneumo.infer.validate import val_scores
 
     monkeypatch.chdir(data_slice.parent)
     monkeypatch.delenv("PNEUMO_DATA", raising=False)

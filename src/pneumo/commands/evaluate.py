@@ -41,9 +41,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pneumo.evaluate.command import evaluate
     from pneumo.evaluate.report import fmt_number
     from pneumo.evaluate.runner import summary_line
-    from pneumo.infer.evaluation import evaluate
 
     result, folder = evaluate(list(args.model), data=args.data, out=args.out, policies=tuple(args.policies),
                               n_bootstrap=args.bootstrap, dataset=args.dataset, progress=sys.stderr.isatty(),

@@ -26,7 +26,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.infer.operating_point import derive_model
+    from pneumo.evaluate.derive import derive_model
     from pneumo.policy import check_policy
 
     check_policy(args.threshold_policy, "--threshold-policy")

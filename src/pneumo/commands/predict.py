@@ -104,8 +104,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"pneumo predict: {one_line(f'{path}: skipped: {reason}')}", file=sys.stderr)
             write(_row(path, None, classes, f"skipped: {reason}", args.heatmaps, None))
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
+        heatmaps = None
+        if args.heatmaps and files:
+            from pneumo.explain.overlay import HeatmapWriter
+
+            heatmaps = HeatmapWriter(predictor, Path(args.heatmaps))
         results = predict_file_results(predictor, files, batch_size=args.batch_size,
-                                       heatmap_dir=args.heatmaps) if files else ()
+                                       heatmaps=heatmaps) if files else ()
         for item in results:
             bar.update(1)  # one image at a time (heat maps included), not one batch
             if item.error:

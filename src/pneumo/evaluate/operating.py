@@ -1,5 +1,5 @@
 """Operating points: the standard threshold policies side by side (each chosen on val). Choosing a new operating
-point for a model writes a NEW model folder (`pneumo.infer.operating_point.derive_model`; evaluation never changes a
+point for a model writes a NEW model folder (`pneumo.evaluate.derive.derive_model`; evaluation never changes a
 model).
 
 Policies (see docs/PROTOCOL.md): ``youden`` (max sensitivity + specificity - 1 on val), ``sensitivity:X`` (the

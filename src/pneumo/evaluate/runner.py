@@ -4,7 +4,7 @@ predictions.csv, figures, report.html, with the standard operating points side b
 Evaluating never changes a model: the run's first evaluation (right after training) records the operating point
 chosen on val (threshold, policy, temperature) in the checkpoint sidecar; later evaluations report at that stored
 point and leave model.json byte-identical. A new operating point is a new model folder (`pneumo operating-point`,
-`pneumo.infer.operating_point.derive_model`)."""
+`pneumo.evaluate.derive.derive_model`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import yaml
 from pneumo import atomic
 from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
+from pneumo.data.preprocess import to_unit
 from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
 from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
@@ -32,8 +33,8 @@ from pneumo.evaluate.ood import ood_note, test_ood
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
 from pneumo.models.checkpoint import load_checkpoint
-from pneumo.models.fast import fast_inference
-from pneumo.models.runtime import predict_logits, select_device
+from pneumo.models.fast import scorer
+from pneumo.models.runtime import autocast, select_device
 from pneumo.models.scores import log_mean_probability, p_pneumonia
 from pneumo.models.sidecar import CheckpointMeta, write_meta
 
@@ -52,35 +53,32 @@ def load_run(run_dir: Path, data: str | None = None):
 
 
 def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:
-    """Logits of the val and test folds (val first: it is what selects the threshold and temperature)."""
+    """Logits of the val and test folds (val first: it is what selects the threshold and temperature), through
+    `models.fast.scorer`, the scoring path of `Predictor`'s torch backend."""
+    from tqdm import tqdm
+
     cache = image_cache(cfg, folds)
     device = select_device(cfg.train.device)
-    net.to(device)
-    model = _FastCpu(net, cfg.data.image_size) if device.type == "cpu" else net
+    net.to(device).eval()
+    score = scorer(net, cfg.data.image_size)
     amp = cfg.train.amp and device.type == "cuda"  # fp32 on the CPU: the numbers `pneumo predict` (ONNX) gives
+
+    def logits_of(images: torch.Tensor, desc: str | None) -> np.ndarray:
+        out = []
+        for start in tqdm(range(0, len(images), 64), desc=desc, disable=desc is None, unit="batch"):
+            with torch.no_grad(), autocast(device, amp):
+                out.append(score(to_unit(images[start : start + 64].to(device)))[0].float().cpu())
+        return torch.cat(out).numpy()
+
     out = {}
     for fold in ("val", "test"):
         rows = np.flatnonzero(folds["fold"].to_numpy() == fold)
         images = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None]
-        out[fold] = predict_logits(model, images, batch_size=64, device=device, amp=amp,
-                                   progress=f"predict {fold}")
+        out[fold] = logits_of(images, f"predict {fold}")
         if cfg.eval.tta:
-            flipped = predict_logits(model, images.flip(-1), batch_size=64, device=device, amp=amp)
-            out[fold] = (out[fold] + flipped) / 2
+            out[fold] = (out[fold] + logits_of(images.flip(-1), None)) / 2
     out["test_images"] = cache.images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
     return out
-
-
-class _FastCpu(torch.nn.Module):
-    """Evaluation-only wrapper: a traced, frozen, channels-last copy of the model for CPU inference."""
-
-    def __init__(self, model: torch.nn.Module, size: int) -> None:
-        super().__init__()
-        self.param = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # so .parameters() finds a device
-        self.run = fast_inference(model, torch.rand(2, 1, size, size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_bootstrap: int | None = None,

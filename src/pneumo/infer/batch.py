@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -101,16 +102,20 @@ class FileResult:
     heatmap: Path | None = None
 
 
+class HeatmapSink(Protocol):
+    """Writes one image's heat map (`pneumo.explain.overlay.HeatmapWriter`, which the command passes in: explanations
+    sit above inference) and returns the overlay's path."""
+
+    def write(self, path: Path, gray: np.ndarray, prediction: Prediction) -> Path | None: ...
+
+
 def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size: int = 32,
-                         heatmap_dir: str | None = None, workers: int | None = None) -> Iterator[FileResult]:
-    """Yield a ``FileResult`` per input, in input order, each as soon as it is done (heat maps one by one)."""
+                         heatmaps: HeatmapSink | None = None, workers: int | None = None) -> Iterator[FileResult]:
+    """Yield a ``FileResult`` per input, in input order, each as soon as it is done (heat maps one by one, written by
+    ``heatmaps`` when given)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    explainer = None
-    if heatmap_dir:
-        from pneumo.explain.overlay import HeatmapWriter
-
-        explainer = HeatmapWriter(predictor, Path(heatmap_dir))
+    explainer = heatmaps
     full = explainer is not None
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:

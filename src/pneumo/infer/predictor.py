@@ -138,7 +138,7 @@ class Predictor:
     def _load_torch(self, threads: int | None):
         import torch
 
-        from pneumo.models.fast import fast_inference
+        from pneumo.models.fast import scorer
 
         if threads:
             torch.set_num_threads(threads)
@@ -146,12 +146,12 @@ class Predictor:
         if model is None:
             raise ModelError(f"{self._weights.name} not found: this model has only an ONNX "
                              "export; use --backend onnx")
-        features = fast_inference(model, torch.rand(2, 1, self.size, self.size), features=True)
+        score = scorer(model, self.size)
 
         def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            with torch.no_grad():  # the head is one linear layer (dropout is off in eval): logits from the features
-                f = features(torch.from_numpy(x)).float()
-                return model.head(f).numpy(), f.numpy()
+            with torch.no_grad():
+                logits, features = score(torch.from_numpy(x))
+                return logits.float().numpy(), features.float().numpy()
 
         return run
 

@@ -1,5 +1,6 @@
 """Inference-only fast path: on the CPU a traced, frozen, channels-last copy of a model (conv + BN folded by oneDNN,
-2-3x faster than eager). One mechanism for probe features, evaluation, prediction, occlusion and embeddings."""
+2-3x faster than eager). One mechanism for probe features, evaluation, prediction, occlusion and embeddings; `scorer`
+is the one PyTorch path from model inputs to logits and features (`Predictor`'s torch backend, a run's evaluation)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,11 @@ def fast_inference(model: nn.Module, example: torch.Tensor, *, features: bool = 
         run = clone
     return lambda x: run(x.contiguous(memory_format=torch.channels_last))
 
+
+
+def scorer(model: nn.Module, size: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``x -> (logits, pooled features)`` for model inputs (float in [0, 1], N x 1 x S x S) in one pass: on the CPU a
+    traced, frozen copy of `LogitsAndFeatures` (its logits are bit-identical to the whole model's traced copy),
+    elsewhere the eager model. Call it under ``torch.no_grad()``."""
+    device = next(model.parameters()).device
+    return fast_inference(LogitsAndFeatures(model), torch.rand(2, 1, size, size, device=device))

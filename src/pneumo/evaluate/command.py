@@ -64,9 +64,9 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     Raises:
         ConfigError: among others, an output folder that is not empty, without ``force``.
     """
+    from pneumo.evaluate.external import evaluate_external
     from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
     from pneumo.explain.analysis import analysis_sections
-    from pneumo.infer.validate import evaluate_external
 
     policies_to_report(None, policies)  # fail at once on a bad policy
     models = [m for m in models if m] or ["default"]
