@@ -31,7 +31,7 @@ from pneumo.config import from_dict
 from pneumo.data.cache import image_cache
 from pneumo.data.manifest import resolve_root
 from pneumo.data.splits import folds_for, labels
-from pneumo.evaluate.external import score_labelled
+from pneumo.evaluate.scoring import score_labelled
 from pneumo.infer.predictor import Predictor
 from pneumo.models.scores import p_pneumonia
 

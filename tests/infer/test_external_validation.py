@@ -239,7 +239,7 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
 def test_the_val_fold_is_scored_once_per_model_and_backend(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The operating-point rows of every evaluation need the model's val-fold logits: kept next to the image cache
     under the weights' SHA-256, the backend and the images, so a second evaluation does not score them again."""
-    from pneumo.evaluate.external import val_scores
+    from pneumo.evaluate.scoring import val_scores
     from pneumo.infer.predictor import Predictor
 
     first = val_scores([Predictor(run_dir, backend="torch")])

@@ -127,7 +127,7 @@ def test_a_run_stores_its_dataset_as_an_absolute_path(data_slice: Path, tmp_path
     """Issue 23, finding 7: trained with a relative --dataset, the run still finds its val fold from elsewhere."""
     import yaml
 
-    from pneumo.evaluate.external import val_scores
+    from pneumo.evaluate.scoring import val_scores
     from pneumo.infer.predictor import Predictor
 
     monkeypatch.chdir(data_slice.parent)

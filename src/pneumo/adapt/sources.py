@@ -64,9 +64,9 @@ class SourceImages:
 
 def load_site(data: str | os.PathLike, predictor) -> SiteImages:
     """Decode, preprocess and score every labelled image of a folder or ``path,label[,patient_id]`` CSV, as external
-    validation does (`pneumo.evaluate.external.score_labelled`: the input gate predict and serve apply; refused or
+    validation does (`pneumo.evaluate.scoring.score_labelled`: the input gate predict and serve apply; refused or
     unreadable images are left out and listed). ``logits`` are the model's own scores of them."""
-    from pneumo.evaluate.external import score_labelled
+    from pneumo.evaluate.scoring import score_labelled
 
     if len(predictor.classes) != 2:
         raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")

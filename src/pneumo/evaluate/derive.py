@@ -41,7 +41,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     Returns:
         The ``operating_point`` record.
     """
-    from pneumo.evaluate.external import load_models, score_labelled, val_scores
+    from pneumo.evaluate.scoring import load_models, score_labelled, val_scores
 
     parse_policy(policy)
     out = Path(out_dir)

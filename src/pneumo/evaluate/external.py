@@ -6,21 +6,19 @@ only read.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pneumo import atomic
-from pneumo.data.rundir import RunDir, read_folds
-from pneumo.errors import ConfigError, DataError, PneumoError
+from pneumo.data.rundir import RunDir
+from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
-from pneumo.evaluate.labelled import find_labelled, labelled_images
+from pneumo.evaluate.labelled import find_labelled
 from pneumo.evaluate.metrics import (
     CI_METHOD,
     binary_metrics,
@@ -29,175 +27,10 @@ from pneumo.evaluate.metrics import (
     sensitivity_by_subtype,
 )
 from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
-from pneumo.models.scores import log_mean_probability, p_pneumonia, pneumonia_probability
+from pneumo.evaluate.scoring import BATCH, ModelSpec, load_spec, score_labelled, val_scores
+from pneumo.models.scores import p_pneumonia, pneumonia_probability
 
 log = logging.getLogger(__name__)
-BATCH = 32
-
-
-@dataclass
-class ModelSpec:
-    """What is evaluated: one predictor, or the members of an ensemble (mean probability), and the stored
-    operating point."""
-
-    predictors: list
-    threshold: float
-    temperature: float
-    policy: str
-    location: str
-    name: str
-    members: list[str] = field(default_factory=list)
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.predictors[0].classes)
-
-    @property
-    def task(self) -> str:
-        return "binary" if len(self.classes) == 2 else "3class"
-
-
-def load_models(model: str | os.PathLike | None) -> list:
-    """The torch-backend predictor(s) of a run folder / checkpoint / None (shipped model) / ensemble folder."""
-    from pneumo.infer.predictor import Predictor
-
-    return [Predictor(m, backend="torch") for m in _member_paths(model)]
-
-
-def _member_paths(model: str | os.PathLike | None) -> list[str | None]:
-    if model is not None and Path(model).is_dir() and (Path(model) / "ensemble.json").is_file():
-        members = json.loads((Path(model) / "ensemble.json").read_text()).get("members", [])
-        if len(members) < 2:
-            raise ConfigError(f"{model}/ensemble.json lists fewer than two members")
-        return members
-    return [None if model in (None, "default") else str(model)]
-
-
-def load_spec(model: str | os.PathLike | None) -> ModelSpec:
-    """The model and its stored operating point (an ensemble's from its ensemble.json / metrics.json)."""
-    predictors = load_models(model)
-    if len(predictors) == 1:
-        p = predictors[0]
-        if not p.meta.threshold_policy:  # training leaves a placeholder threshold without a policy
-            raise ConfigError(f"{p.sidecar} has no operating point yet: evaluate the run first (pneumo evaluate "
-                              f"--model {p.sidecar.parent})")
-        card = p.meta.extra.get("model_card") or {}  # the display name: the card's, else the run's
-        return ModelSpec(predictors, p.threshold, p.temperature, p.meta.threshold_policy, str(p.sidecar),
-                         card.get("name") or (p.meta.config or {}).get("name") or p.sidecar.stem)
-    folder = Path(model)  # an ensemble
-    stored = json.loads((folder / "ensemble.json").read_text())
-    if "threshold" not in stored and RunDir(folder).metrics.is_file():
-        stored = {**json.loads(RunDir(folder).metrics.read_text()), **stored}
-    if "threshold" not in stored:
-        raise ConfigError(f"{folder} has no operating point: evaluate the ensemble first")
-    if len({tuple(p.classes) for p in predictors}) != 1:
-        raise ConfigError(f"the members of {folder} predict different classes")
-    return ModelSpec(predictors, float(stored["threshold"]), float(stored.get("temperature", 1.0)),
-                     stored.get("threshold_policy", "youden"), str(folder), f"ensemble {folder.name}",
-                     members=[str(m) for m in stored["members"]])
-
-
-def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False,
-                   table: pd.DataFrame | None = None):
-    """Decode and score every labelled image (of ``table`` when given: `find_labelled` of ``data``). Returns ``(y,
-    logits, table, errors, images)``: class indices for the model's task, the (ensemble) logits, the readable rows,
-    ``{path: error}`` for the unreadable or refused ones and the first member's preprocessed uint8 images (for
-    Grad-CAM)."""
-    from tqdm import tqdm
-
-    from pneumo.data.decode import check_radiograph, load_image_file
-
-    table = labelled_images(data) if table is None else table
-    size = max(p.size for p in predictors)
-    kept, errors, prepared = [], {}, [[] for _ in predictors]
-    for i, path in enumerate(tqdm(table["path"], desc="predict", unit="img", disable=not progress)):
-        try:
-            gray = load_image_file(path, target=size)
-            check_radiograph(gray)  # the input gate predict and serve apply: refused images are left out, listed
-        except PneumoError as exc:
-            errors[path] = str(exc)
-            continue
-        kept.append(i)
-        for k, p in enumerate(predictors):
-            prepared[k].append(p.preprocess(gray))
-    if not kept:
-        raise DataError(f"none of the {len(table)} labelled images could be read")
-    table = table.iloc[kept].reset_index(drop=True)
-    stacks = [np.stack(images) for images in prepared]
-    logits = log_mean_probability([np.concatenate([p.logits(s[i:i + BATCH]) for i in range(0, len(s), BATCH)])
-                          for p, s in zip(predictors, stacks, strict=True)])
-    return _class_indices(table, predictors[0].classes), logits, table, errors, stacks[0]
-
-
-def _class_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    if len(classes) == 2:
-        return (table["label"] == "PNEUMONIA").to_numpy(np.int64)
-    unknown = table.loc[~table["subtype"].isin(classes), "path"].tolist()
-    if unknown:
-        raise DataError(f"a 3-class model needs normal/bacteria/virus labels; {len(unknown)} image(s) have none, "
-                        f"e.g. {unknown[0]} (name them *bacteria*/*virus* or give the subtype in the CSV label)")
-    return table["subtype"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-
-
-def val_scores(predictors: list, *, data: str | None = None):
-    """The model's own val fold, scored: ``(y, logits, paths, where)``, or None when it cannot be rebuilt (a model
-    without a config, or no dataset). A run's folds.csv is used as is; otherwise the split is rebuilt from the
-    config saved in the checkpoint (same data, seed and fraction)."""
-    from pneumo.config import from_dict
-    from pneumo.data.cache import image_cache
-    from pneumo.data.manifest import resolve_root
-    from pneumo.data.splits import folds_for, labels
-
-    per_member, first = [], None
-    for p in predictors:
-        if not p.meta.config:
-            return None
-        cfg = from_dict(p.meta.config)
-        try:
-            root = data or (cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None)
-            cfg.data.root = str(resolve_root(root))
-            if RunDir.holds(p.sidecar) and RunDir(p.sidecar.parent).folds.is_file():
-                folds = read_folds(RunDir(p.sidecar.parent).folds)
-            else:
-                folds = folds_for(cfg)
-            val = folds[folds["fold"] == "val"].reset_index(drop=True)
-            cache = image_cache(cfg, val)
-        except PneumoError as exc:
-            log.warning("operating points: the val fold of %s cannot be rebuilt (%s)", p.sidecar, exc)
-            return None
-        per_member.append(_val_logits(p, cache))
-        if first is None:
-            first = (labels(val, cfg.data.task), val["path"].tolist(),
-                     {"kind": "the model's val fold", "location": cfg.data.root,
-                      "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction})
-    y, paths, where = first
-    return y, log_mean_probability(per_member), paths, where
-
-
-def _val_logits(p, cache) -> np.ndarray:
-    """One member's logits of its val-fold images, kept next to the image cache under (weights SHA-256, backend, image
-    cache key): evaluating a model again (other data, other policies) does not score its val fold again. A model
-    without a weights checksum is scored every time."""
-    images = np.asarray(cache.images)
-
-    def score() -> np.ndarray:
-        return np.concatenate([p.logits(images[i:i + 64]) for i in range(0, len(images), 64)])
-
-    if not p.meta.sha256:
-        return score()
-    file = cache.file.parent / f"val-logits-{p.meta.sha256}-{p.backend}-{cache.key}.npy"
-    try:
-        logits = np.load(file, allow_pickle=False)
-        if logits.shape[0] == len(images):
-            return logits
-    except (OSError, ValueError, EOFError):  # absent, or damaged: score again
-        pass
-    logits = score()
-    with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, logits, allow_pickle=False)
-    return logits
-
-
 def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
             subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int) -> dict:
     """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting)."""
