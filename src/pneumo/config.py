@@ -2,7 +2,8 @@
 
 The models are the schema: types, bounds (``Field(ge=..)``), choices (``Literal``), field validators for the crop,
 threshold policy and device, a model validator for the rules that span fields. Construction validates; a
-``ValidationError`` becomes one ``ConfigError`` line naming the dotted key (``--flag`` for ``ServeConfig``)."""
+``ValidationError`` becomes one ``ConfigError`` line naming the dotted key (``--flag`` for ``ServeConfig`` and
+``AdaptConfig``)."""
 
 from __future__ import annotations
 
