@@ -1,4 +1,4 @@
-"""The input gate (`pneumo.data.decode.check_radiograph`) over every image of the dataset: how many it refuses (must be
+"""The input gate (`pneumo.data.gate.check_radiograph`) over every image of the dataset: how many it refuses (must be
 0) and how close the real radiographs come to each threshold.
 
     python bench/bench_input_gate.py --data ../shared/data/chest_xray [--target 224]
@@ -21,19 +21,20 @@ import numpy as np
 import pandas as pd
 from common import record
 
-from pneumo.data import decode
-from pneumo.data.decode import check_radiograph, load_image
+from pneumo.data import gate
+from pneumo.data.decode import load_image
+from pneumo.data.gate import check_radiograph
 from pneumo.errors import InputError
 
 
 def margins(gray: np.ndarray) -> dict[str, float]:
     """The quantities the gate compares with its thresholds, for one image."""
     height, width = gray.shape
-    step = max(1, math.ceil(max(height, width) / decode._GATE_SIDE))
+    step = max(1, math.ceil(max(height, width) / gate._GATE_SIDE))
     view = gray[::step, ::step]
     low, high = np.percentile(view, [1, 99])
     return {"short_side": min(height, width), "aspect": max(height, width) / min(height, width),
-            "spread": float(high - low), "content": decode._content_share(view)}
+            "spread": float(high - low), "content": gate._content_share(view)}
 
 
 def main() -> None:
@@ -59,8 +60,8 @@ def main() -> None:
     record("input_gate", {
         "target": args.target, "images": len(meta), "refused": len(refused), "refused_examples": refused[:20],
         "per_split": per_split, "seconds": round(seconds, 1),
-        "thresholds": {"MIN_SIDE": decode.MIN_SIDE, "MAX_ASPECT": decode.MAX_ASPECT, "MIN_SPREAD": decode.MIN_SPREAD,
-                       "MIN_CONTENT": decode.MIN_CONTENT, "UNIFORM_RANGE": decode.UNIFORM_RANGE},
+        "thresholds": {"MIN_SIDE": gate.MIN_SIDE, "MAX_ASPECT": gate.MAX_ASPECT, "MIN_SPREAD": gate.MIN_SPREAD,
+                       "MIN_CONTENT": gate.MIN_CONTENT, "UNIFORM_RANGE": gate.UNIFORM_RANGE},
         "closest": {"short_side_min": int(table["short_side"].min()), "aspect_max": round(table["aspect"].max(), 2),
                     "spread_min": table["spread"].min(), "content_min": round(table["content"].min(), 3),
                     "content_p1": round(float(table["content"].quantile(0.01)), 3)},

@@ -25,7 +25,8 @@ from corpus import (
 from PIL import Image
 
 import pneumo.data.decode as pio
-from pneumo.data.decode import check_radiograph, load_image, load_image_file
+from pneumo.data.decode import load_image, load_image_file
+from pneumo.data.gate import check_radiograph
 from pneumo.errors import ConfigError, InputError
 
 

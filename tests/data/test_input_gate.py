@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from corpus import gradient
 
-from pneumo.data.decode import MAX_ASPECT, MIN_SIDE, check_radiograph, load_image
+from pneumo.data.decode import load_image
+from pneumo.data.gate import MAX_ASPECT, MIN_SIDE, check_radiograph
 from pneumo.errors import InputError
 
 
@@ -82,7 +83,7 @@ def test_every_image_of_the_real_slice_passes_at_model_and_full_scale(data_slice
 
 
 def test_the_gate_percentiles_are_numpys_linear_percentiles() -> None:
-    from pneumo.data.decode import percentiles
+    from pneumo.data.gate import percentiles
 
     rng = np.random.default_rng(0)
     cases = [rng.integers(0, 256, size, dtype=np.uint8) for size in (1, 2, 3, 99, 100, 101, 4097)]
@@ -97,7 +98,7 @@ def test_the_gate_percentiles_are_numpys_linear_percentiles() -> None:
 def test_the_gates_statistics_are_numpys_exactly(shape: tuple[int, int]) -> None:
     """The histogram and the per-line range/mean come from OpenCV for speed (issue 24); they must be numpy's, bit for
     bit, on any uint8 image, also a strided view."""
-    from pneumo.data.decode import _histogram, _lines
+    from pneumo.data.gate import _histogram, _lines
 
     rng = np.random.default_rng(sum(shape))
     image = rng.integers(0, 256, size=shape, dtype=np.uint8)

@@ -51,7 +51,8 @@ import pandas as pd
 from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
 from pneumo.adapt.sources import source_config
 from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
-from pneumo.data.decode import MAX_BYTES, check_radiograph, load_image
+from pneumo.data.decode import MAX_BYTES, load_image
+from pneumo.data.gate import check_radiograph
 from pneumo.errors import DataError, InputError, PneumoError
 from pneumo.infer.batch import expand_inputs
 from pneumo.infer.predictor import Predictor

@@ -94,7 +94,8 @@ def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool 
     Grad-CAM)."""
     from tqdm import tqdm
 
-    from pneumo.data.decode import check_radiograph, load_image_file
+    from pneumo.data.decode import load_image_file
+    from pneumo.data.gate import check_radiograph
 
     table = labelled_images(data) if table is None else table
     size = max(p.size for p in predictors)

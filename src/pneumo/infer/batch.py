@@ -13,8 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
-from pneumo.data.decode import check_radiograph, load_image_file
+from pneumo.data.decode import load_image_file
 from pneumo.data.files import entry_reason, find_images, name_reason
+from pneumo.data.gate import check_radiograph
 from pneumo.errors import ConfigError, InputError, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 

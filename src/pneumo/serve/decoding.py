@@ -26,7 +26,8 @@ def decode_upload(data: bytes, *, max_pixels: int, preprocess: dict[str, Any],
                   keep_gray: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """Bytes -> (decoded gray, model input): the input gate and the model's preprocessing, as in `pneumo predict`.
     ``keep_gray=False`` returns None for the gray (not sent back from a worker when no heat map or preview needs it)."""
-    from pneumo.data.decode import check_radiograph, load_image
+    from pneumo.data.decode import load_image
+    from pneumo.data.gate import check_radiograph
     from pneumo.data.preprocess import prepare
 
     gray = load_image(data, target=preprocess["size"], max_pixels=max_pixels)
