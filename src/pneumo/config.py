@@ -330,20 +330,6 @@ def parse_crop(crop: str) -> tuple[str, float | None]:
     raise ConfigError(f"crop must be 'none', 'lungs' or 'border:F' with 0 < F < 0.4, got {crop!r}")
 
 
-def check_crop(crop: str, name: str = "crop") -> str:
-    """A crop (``none``, ``border:F``, ``lungs``), checked before any work; returned as given."""
-    return _checked(parse_crop, crop, name)
-
-
-def _checked(parse: Any, value: str, name: str) -> str:
-    """``value`` if ``parse`` accepts it, else its ConfigError prefixed with the option's ``name``."""
-    try:
-        parse(value)
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-    return value
-
-
 def to_dict(cfg: BaseModel) -> dict[str, Any]:
     """Plain values (JSON- and YAML-safe), as a run folder's config.yaml and a model's sidecar store them."""
     return cfg.model_dump(mode="json")

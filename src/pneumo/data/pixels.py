@@ -78,20 +78,3 @@ def scale_strips(height: int, width: int, strip: Callable[[int, int], np.ndarray
         np.rint(values, out=values)
         out[r0:r1] = np.clip(values, 0, 255)
     return out
-
-
-def scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """`scale_strips` over an array's rows (2-D) or its flat values (any other shape)."""
-    flat = values.reshape(values.shape[0], -1) if values.ndim == 2 else values.reshape(1, -1)
-    out = scale_strips(flat.shape[0], flat.shape[1], lambda r0, r1: flat[r0:r1], lo, hi)
-    return out.reshape(values.shape)
-
-
-def min_max(values: np.ndarray) -> np.ndarray:
-    """Full-range linear scaling of the data's own finite min..max (NaN -> min, +-inf clipped); no finite value ->
-    all black."""
-    flat = values.reshape(values.shape[0], -1) if values.ndim == 2 else values.reshape(1, -1)
-    found = value_range(flat.shape[0], flat.shape[1], lambda r0, r1: flat[r0:r1])
-    if found is None:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return scale(values, *found)

@@ -113,12 +113,6 @@ class PneumoNet(nn.Module):
             param.requires_grad_(True)
         self.train(self.training)
 
-    def unfreeze(self) -> None:
-        """Make every parameter trainable again."""
-        for param in self.parameters():
-            param.requires_grad_(True)
-        self.train(self.training)
-
     def train(self, mode: bool = True) -> PneumoNet:
         """Like ``nn.Module.train``, but BatchNorm layers with frozen parameters always stay in eval mode."""
         super().train(mode)
