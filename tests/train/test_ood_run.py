@@ -121,6 +121,32 @@ def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) ->
     assert "ood" in json.loads((probe_run / "model.json").read_text())  # evaluation keeps the entry
 
 
+def test_evaluation_scores_the_test_fold_once_for_logits_and_ood(probe_run: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the OOD share comes from the features of the pass that gave the test logits (`models.fast.scorer`):
+    no second extraction, and the same numbers as one."""
+    import torch
+
+    import pneumo.evaluate.ood
+    from pneumo.data.cache import image_cache
+    from pneumo.data.rundir import RunDir
+    from pneumo.evaluate.runner import evaluate_run, load_run
+    from pneumo.models.checkpoint import load_checkpoint
+
+    cfg, folds = load_run(probe_run)
+    model, meta = load_checkpoint(RunDir(probe_run).model)
+    test_images = image_cache(cfg, folds).images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
+    extracted, _ = pneumo.evaluate.ood.test_ood(RunDir(probe_run).model, meta.ood, model, test_images,
+                                                device=torch.device("cpu"))  # its own feature extraction
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the test fold was scored a second time for its OOD features")
+
+    monkeypatch.setattr(pneumo.evaluate.ood, "extract_features", no_second_pass)
+    again = evaluate_run(probe_run, analysis=False)["ood"]
+    assert again == extracted and again["n"] == 36
+
+
 def test_refitting_an_existing_run_rebuilds_the_same_split_and_statistics(probe_run: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     before = json.loads((probe_run / "model.json").read_text())

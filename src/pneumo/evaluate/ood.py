@@ -15,14 +15,18 @@ from pneumo.train.probe import extract_features
 
 
 def test_ood(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Module, images: np.ndarray,
-             *, device: torch.device, batch_size: int = 64) -> tuple[dict | None, np.ndarray | None]:
+             *, device: torch.device, batch_size: int = 64, features: np.ndarray | None = None
+             ) -> tuple[dict | None, np.ndarray | None]:
     """(summary, per-image scores) of ``images`` (the test fold, uint8 (N, S, S)) against the statistics the
-    sidecar's ``ood`` entry names: how many are flagged (`OodStats.flags`); (None, None) without statistics."""
+    sidecar's ``ood`` entry names: how many are flagged (`OodStats.flags`); (None, None) without statistics.
+    ``features``: the images' fp32 pooled features when the caller has them already (else they are extracted)."""
     stats = load_ood(sidecar, entry)
     if stats is None or len(images) == 0:
         return None, None
-    scores = stats.scores(extract_features(model, images, batch_size=batch_size, device=device, amp=False,
-                                           desc="ood test features"))
+    if features is None:
+        features = extract_features(model, images, batch_size=batch_size, device=device, amp=False,
+                                    desc="ood test features")
+    scores = stats.scores(features)
     flagged = int(stats.flags(scores).sum())
     return ({"n": len(scores), "n_flagged": flagged, "share_flagged": flagged / len(scores),
              "threshold": stats.threshold, "percentile": stats.percentile, "method": stats.method,

@@ -63,20 +63,24 @@ def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -
     score = scorer(net, cfg.data.image_size)
     amp = cfg.train.amp and device.type == "cuda"  # fp32 on the CPU: the numbers `pneumo predict` (ONNX) gives
 
-    def logits_of(images: torch.Tensor, desc: str | None) -> np.ndarray:
-        out = []
+    def scores_of(images: torch.Tensor, desc: str | None) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = [], []
         for start in tqdm(range(0, len(images), 64), desc=desc, disable=desc is None, unit="batch"):
             with torch.no_grad(), autocast(device, amp):
-                out.append(score(to_unit(images[start : start + 64].to(device)))[0].float().cpu())
-        return torch.cat(out).numpy()
+                z, f = score(to_unit(images[start : start + 64].to(device)))
+            logits.append(z.float().cpu())
+            features.append(f.float().cpu())
+        return torch.cat(logits).numpy(), torch.cat(features).numpy()
 
     out = {}
     for fold in ("val", "test"):
         rows = np.flatnonzero(folds["fold"].to_numpy() == fold)
         images = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None]
-        out[fold] = logits_of(images, f"predict {fold}")
+        out[fold], features = scores_of(images, f"predict {fold}")
+        if fold == "test" and not amp:  # fp32: the features the OOD statistics were fitted on, from the same pass
+            out["test_features"] = features
         if cfg.eval.tta:
-            out[fold] = (out[fold] + logits_of(images.flip(-1), None)) / 2
+            out[fold] = (out[fold] + scores_of(images.flip(-1), None)[0]) / 2
     out["test_images"] = cache.images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
     return out
 
@@ -111,7 +115,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     training = meta.training
     result["tta"] = cfg.eval.tta
     result["ood"], ood_scores = test_ood(RunDir(run_dir).model, meta.ood, model, logits["test_images"],
-                                         device=select_device(cfg.train.device))
+                                         device=select_device(cfg.train.device), features=logits.get("test_features"))
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
