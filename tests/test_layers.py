@@ -24,8 +24,8 @@ LAYERS = (
     ("pneumo.models",),
     ("pneumo.infer",),  # images -> logits (Predictor): below everything that trains, evaluates or explains
     ("pneumo.train",),
+    ("pneumo.evaluate",),  # scoring labelled data, metrics, operating points, reports (explanations passed in)
     ("pneumo.explain",),
-    ("pneumo.evaluate",),  # scoring labelled data, metrics, operating points, reports (with explanations in them)
     ("pneumo.adapt",),
     ("pneumo.serve",),
     ("pneumo.commands", "pneumo.argparsing"),  # argparsing: the options the commands and the cli share

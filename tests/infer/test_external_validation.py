@@ -16,6 +16,7 @@ from pneumo.errors import DataError
 from pneumo.evaluate.external import evaluate_external
 from pneumo.evaluate.labelled import labelled_images
 from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
+from pneumo.explain.analysis import error_gallery
 from pneumo.train.run import train
 
 POLICIES = ("youden", "sensitivity:0.95", "triage")
@@ -84,7 +85,7 @@ def test_external_numbers_come_from_the_folder_at_the_stored_operating_point(
     before = sidecar.read_bytes()
     stored = json.loads(before)
     a = evaluate_external(run_dir, two_folders[0], tmp_path / "a", n_bootstrap=50, analysis=False)
-    b = evaluate_external(run_dir, two_folders[1], tmp_path / "b", n_bootstrap=50, analysis=True)
+    b = evaluate_external(run_dir, two_folders[1], tmp_path / "b", n_bootstrap=50, analysis=error_gallery)
     official = json.loads((run_dir / "metrics.json").read_text())
     # the headline counts the assessed images; out-of-distribution ones are counted beside it (none of them verdicts)
     assert a["external"]["n"] == 24 and b["external"]["n"] == 28 and official["test"]["n"] != 24
@@ -228,8 +229,7 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
     from pneumo.evaluate.command import evaluate
     from pneumo.evaluate.runner import summary_line
 
-    result, folder = evaluate(["default"], out=str(tmp_path / "official"), n_bootstrap=0, dataset=str(data_slice),
-                              analysis=False)
+    result, folder = evaluate(["default"], out=str(tmp_path / "official"), n_bootstrap=0, dataset=str(data_slice))
     assert result["test"]["n"] == len(list((data_slice / "test").rglob("*.jpeg")))
     assert result["external"]["official_test_split"] is True
     assert "Official test split, n =" in (folder / "report.html").read_text()
@@ -253,3 +253,13 @@ def test_the_val_fold_is_scored_once_per_model_and_backend(run_dir: Path, monkey
     assert calls == [] and np.array_equal(first[1], again[1]) and np.array_equal(first[0], again[0])
     kept[0].write_bytes(b"")  # a damaged file is scored again, not trusted
     assert np.array_equal(val_scores([predictor])[1], first[1]) and calls
+
+
+def test_the_cli_passes_the_error_gallery_in_unless_told_not_to(run_dir: Path, two_folders: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    """Evaluation takes its Grad-CAM section as a hook (explanations sit above it): `pneumo evaluate` passes it in."""
+    for flags, name in (([], "with"), (["--no-analysis"], "without")):
+        out = tmp_path / name
+        assert main(["evaluate", "--model", str(run_dir), "--data", str(two_folders[0]), "--out", str(out),
+                     "--bootstrap", "0", *flags]) == 0
+        assert ("Most confident errors (Grad-CAM)" in (out / "report.html").read_text()) == (not flags)

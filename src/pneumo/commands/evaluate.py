@@ -44,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.command import evaluate
     from pneumo.evaluate.report import fmt_number
     from pneumo.evaluate.runner import summary_line
+    from pneumo.explain.analysis import analysis_sections, error_gallery
 
+    hooks = {} if args.no_analysis else {"sections": analysis_sections, "gallery": error_gallery}
     result, folder = evaluate(list(args.model), data=args.data, out=args.out, policies=tuple(args.policies),
                               n_bootstrap=args.bootstrap, dataset=args.dataset, progress=sys.stderr.isatty(),
-                              analysis=not args.no_analysis, force=args.force)
+                              force=args.force, **hooks)
     print(summary_line(result))
     ext = result.get("external") or {}
     left_out = {**(ext.get("unreadable") or {}), **(ext.get("not_read") or {})}

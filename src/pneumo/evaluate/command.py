@@ -1,5 +1,7 @@
 """What `pneumo evaluate` does, as one library call: a run on the official test split, several runs as an ensemble,
-or any model (run, shipped, ensemble folder, checkpoint) on a labelled folder / CSV (external validation)."""
+or any model (run, shipped, ensemble folder, checkpoint) on a labelled folder / CSV (external validation). The
+report's Grad-CAM sections come from `pneumo.explain.analysis`, passed in by the caller (explanations sit above
+evaluation)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from pathlib import Path
 
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.external import Gallery, evaluate_external
 from pneumo.evaluate.operating import policies_to_report
+from pneumo.evaluate.runner import Analysis, evaluate_ensemble, evaluate_run
 
 
 def is_run(model: str | os.PathLike | None) -> bool:
@@ -47,7 +51,8 @@ def official_test_folder(dataset: str | None) -> Path:
 
 def evaluate(models: list[str], *, data: str | None = None, out: str | None = None, policies: tuple[str, ...] = (),
              n_bootstrap: int | None = None, dataset: str | None = None, progress: bool = False,
-             analysis: bool = True, force: bool = False) -> tuple[dict, Path]:
+             sections: Analysis | None = None, gallery: Gallery | None = None,
+             force: bool = False) -> tuple[dict, Path]:
     """Dispatch one evaluation; returns (metrics, the folder holding report.html). Nothing here changes a model.
 
     Args:
@@ -58,16 +63,14 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
         n_bootstrap: bootstrap resamples (default: the run's config, else 1000).
         dataset: the training dataset if it moved (the run's val/test folds are read from it).
         progress: progress bars.
-        analysis: the Grad-CAM figures (shortcut indicator, error gallery, embeddings); False skips them.
+        sections: a run's report sections from explanations (``explain.analysis.analysis_sections``: shortcut
+            indicator, error gallery, embeddings); None: none.
+        gallery: an external validation's error gallery (``explain.analysis.error_gallery``); None: none.
         force: write into an output folder that already holds files (an earlier evaluation); without it, an error.
 
     Raises:
         ConfigError: among others, an output folder that is not empty, without ``force``.
     """
-    from pneumo.evaluate.external import evaluate_external
-    from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
-    from pneumo.explain.analysis import analysis_sections
-
     policies_to_report(None, policies)  # fail at once on a bad policy
     models = [m for m in models if m] or ["default"]
     if n_bootstrap is not None and n_bootstrap < 0:
@@ -83,7 +86,7 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     model = models[0]
     if data is None and is_run(model):
         return evaluate_run(model, n_bootstrap=n_bootstrap, data=dataset, policies=policies,
-                            analysis=analysis_sections if analysis else None), Path(model)
+                            analysis=sections), Path(model)
     official = data is None
     if data is None:
         data = str(official_test_folder(dataset))
@@ -91,6 +94,6 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     refuse_to_overwrite(target, force)
     boot = 1000 if n_bootstrap is None else n_bootstrap
     result = evaluate_external(None if model == "default" else model, data, target, n_bootstrap=boot,
-                               policies=policies, val_data=dataset, progress=progress, analysis=analysis,
+                               policies=policies, val_data=dataset, progress=progress, analysis=gallery,
                                official=official)
     return result, target

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from pneumo.evaluate.scoring import BATCH, ModelSpec, load_spec, score_labelled,
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
 
 log = logging.getLogger(__name__)
+Gallery = Callable[..., tuple[str, str]]  # (out, torch model, images, y, p, threshold, *, subtypes, members) -> section
 def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
             subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int) -> dict:
     """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting)."""
@@ -54,7 +56,7 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
 
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
                       n_bootstrap: int = 1000, seed: int = 0, ece_bins: int = 15, policies: tuple[str, ...] = (),
-                      val_data: str | None = None, analysis: bool = True, progress: bool = False,
+                      val_data: str | None = None, analysis: Gallery | None = None, progress: bool = False,
                       official: bool = False) -> dict:
     """The protocol on a labelled folder / CSV with the model's stored operating point; see the module doc.
 
@@ -67,7 +69,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         ece_bins: calibration bins.
         policies: extra threshold policies for the side-by-side table (chosen on the model's val fold).
         val_data: the dataset holding the model's val fold (default: the one it was trained on, or $PNEUMO_DATA).
-        analysis: draw the Grad-CAM gallery of the most confident errors.
+        analysis: draws the Grad-CAM gallery of the most confident errors (``explain.analysis.error_gallery``,
+            which the caller passes in: explanations sit above evaluation); None: no gallery.
         progress: a progress bar on stderr.
         official: ``data`` is the official test split (labels the report and summary so; e.g. the shipped model).
 
@@ -149,7 +152,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                       temperature=result["temperature"], threshold=result["threshold"], assessed=assessed)
     extra = [_data_section(result), operating_points_section(result), _errors_section(out, table, y, p, result)]
     if analysis:
-        extra.append(_gallery(out, spec, images, y, p, table))
+        extra.append(analysis(out, spec.predictors[0].torch_model, images, y, p, spec.threshold,
+                              subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
     write_evaluation_report(out, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
                             f"{spec.name}", subtitle=f"{result['external']['data']} · model {spec.location} · "
                             f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · temperature {spec.temperature:.2f} "
@@ -225,28 +229,3 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
             + ("<table><caption>Most confident errors (all in predictions.csv)</caption><thead><tr><th>file</th>"
                f"<th>label</th><th>subtype</th><th>P(pneumonia)</th></tr></thead><tbody>{listing}</tbody></table>"
                if listing else "<p>No errors at this threshold.</p>"))
-
-
-def _gallery(out: Path, spec: ModelSpec, images: np.ndarray, y: np.ndarray, p: np.ndarray,
-             table: pd.DataFrame) -> tuple[str, str]:
-    from pneumo.templates import escape
-    from pneumo.templates import figure as image_html
-
-    title = "Most confident errors (Grad-CAM)"
-    model = spec.predictors[0].torch_model
-    if model is None:
-        return title, "<p>Not available: the model has no PyTorch weights.</p>"
-    try:
-        from pneumo.explain.filters import confident_errors_gallery
-
-        path, n_fp, n_fn = confident_errors_gallery(model, images, y, p, spec.threshold,
-                                                    out / "figures" / "confident_errors.png",
-                                                    subtypes=table["subtype"].tolist())
-    except Exception as exc:  # noqa: BLE001 - a figure must not cost the evaluation
-        log.warning("error gallery skipped: %s: %s", type(exc).__name__, exc)
-        return title, f"<p>Not available: {escape(type(exc).__name__)}: {escape(exc)}</p>"
-    if path is None:
-        return title, "<p>No errors at this threshold.</p>"
-    member = " (Grad-CAM of the first member)" if len(spec.predictors) > 1 else ""
-    return title, image_html(path, f"The {n_fp} most confident false positives (top) and {n_fn} false negatives "
-                                   f"(bottom) at threshold {spec.threshold:.3f}{member}", relative_to=out)

@@ -176,3 +176,24 @@ def _filters_section(data: _TestSet) -> str:
     parts.append(figure(path, "Mean absolute activation of a few layers, input to output, for the first normal "
                                "and the first pneumonia test image", relative_to=data.run_dir))
     return "".join(parts)
+
+
+def error_gallery(out: Path, model: nn.Module | None, images: np.ndarray, y: np.ndarray, p: np.ndarray,
+                  threshold: float, *, subtypes: list[str] | None = None, members: int = 1) -> Section:
+    """The external-validation report's section: Grad-CAM of the most confident errors at ``threshold``, drawn into
+    ``out/figures`` (`evaluate.external.evaluate_external` takes it as its ``analysis`` hook). A model without PyTorch
+    weights, or a figure that fails, gets a line saying so: a figure must not cost the evaluation."""
+    title = "Most confident errors (Grad-CAM)"
+    if model is None:
+        return title, "<p>Not available: the model has no PyTorch weights.</p>"
+    try:
+        path, n_fp, n_fn = confident_errors_gallery(model, images, y, p, threshold,
+                                                    out / "figures" / "confident_errors.png", subtypes=subtypes)
+    except Exception as exc:  # noqa: BLE001 - a figure must not cost the evaluation
+        log.warning("error gallery skipped: %s: %s", type(exc).__name__, exc)
+        return title, f"<p>Not available: {escape(type(exc).__name__)}: {escape(exc)}</p>"
+    if path is None:
+        return title, "<p>No errors at this threshold.</p>"
+    member = " (Grad-CAM of the first member)" if members > 1 else ""
+    return title, figure(path, f"The {n_fp} most confident false positives (top) and {n_fn} false negatives "
+                               f"(bottom) at threshold {threshold:.3f}{member}", relative_to=out)
