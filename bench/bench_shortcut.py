@@ -65,7 +65,7 @@ def main() -> None:
         results[-1]["model"] = model
         v = results[-1]["verdict"]
         print(f"{model}: flagged={v['flagged']} markers {v['markers_vs_area']:.2f}x "
-              f"(on {v['marker_images']} images), peak on markers {v['peak_on_markers']:.2f} = "
+              f"(on {v['markers_images']} images), peak on markers {v['peak_on_markers']:.2f} = "
               f"{v['peak_on_markers_vs_chance']:.1f}x chance, outside lungs {v['outside_lungs_vs_area']:.2f}x", flush=True)
     record(f"shortcut-{args.split}", {"images": len(df), "results": json.loads(json.dumps(results, default=float))})
 

@@ -202,8 +202,15 @@ class EvalConfig(Schema):
     ece_bins: int = Field(15, ge=1)
 
 
+class FlagSchema(Schema):
+    """A schema filled from command-line flags: its errors name the flag (``--max-batch``), not a dotted key."""
 
-class AdaptConfig(Schema):
+    @classmethod
+    def _key(cls, loc: tuple[Any, ...]) -> str:
+        return f"--{str(loc[0]).replace('_', '-')}" if loc else ""
+
+
+class AdaptConfig(FlagSchema):
     """The settings of one adaptation (`pneumo adapt`; the defaults are the measured recipe); errors name the flag."""
 
     model_config = ConfigDict(frozen=True)
@@ -224,15 +231,11 @@ class AdaptConfig(Schema):
     seed: int = Field(0, ge=0)
     amp: bool = True
 
-    @classmethod
-    def _key(cls, loc: tuple[Any, ...]) -> str:
-        return f"--{str(loc[0]).replace('_', '-')}" if loc else ""
-
 
 UPLOAD_GROWTH_ALLOWANCE = 9 / 8  # an upload read chunk by chunk into a bytearray holds up to 1/8 more (CPython growth)
 
 
-class ServeConfig(Schema):
+class ServeConfig(FlagSchema):
     """The service limits, checked at construction (``pneumo serve`` and ``create_app``); errors name the flag."""
 
     host: str = "127.0.0.1"
@@ -250,10 +253,6 @@ class ServeConfig(Schema):
     queue_timeout_s: float = Field(10.0, gt=0.0)  # the longest wait for a slot (then 503 + Retry-After)
     upload_budget_mb: float = Field(512.0, gt=0.0)  # memory of all uploads being read or waiting, summed; beyond: 503
     decode_timeout_s: float = Field(10.0, ge=0.0)  # a decode running longer is killed with its worker (0: in threads)
-
-    @classmethod
-    def _key(cls, loc: tuple[Any, ...]) -> str:
-        return f"--{str(loc[0]).replace('_', '-')}" if loc else ""
 
     @model_validator(mode="after")
     def _budget_holds_an_upload(self) -> ServeConfig:

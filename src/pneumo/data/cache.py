@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,3 +150,18 @@ def image_cache(cfg: RunConfig, df: pd.DataFrame) -> ImageCache:
     return build_cache(df, cfg.data.root, size=cfg.data.image_size, policy=cfg.data.resize_policy,
                        intensity=cfg.data.intensity, markers=cfg.data.markers, crop=cfg.data.crop,
                        cache_dir=cfg.data.cache_dir)
+
+
+def kept_array(file: Path, compute: Callable[[], np.ndarray], rows: int) -> np.ndarray:
+    """An array derived from cached images (features, logits) kept in ``file`` beside the image cache: loaded when it
+    is there with ``rows`` rows, else computed and written atomically (a damaged file is computed again)."""
+    try:
+        kept = np.load(file, allow_pickle=False)
+        if kept.shape[0] == rows:
+            return kept
+    except (OSError, ValueError, EOFError):  # absent or damaged
+        pass
+    array = compute()
+    with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    return array

@@ -46,8 +46,7 @@ TEXT_SPAN, TEXT_MIN_STROKES = 0.08, 4  # stroke starts needed within this fracti
 
 def find_markers(img: np.ndarray) -> np.ndarray:
     """Boolean mask (same shape as ``img``) of the detected markers and text, slightly dilated."""
-    if img.ndim != 2 or img.dtype != np.uint8:
-        raise InputError(f"expected a uint8 gray 2-D image, got {img.dtype} with shape {img.shape}")
+    _check_gray(img)
     h, w = img.shape
     side = min(h, w)
     k = max(3, round(0.12 * side) | 1)
@@ -70,8 +69,7 @@ def find_markers(img: np.ndarray) -> np.ndarray:
 
 def find_text(img: np.ndarray) -> np.ndarray:
     """Boolean mask (same shape as ``img``) of the text rows detected in the four corners, slightly dilated."""
-    if img.ndim != 2 or img.dtype != np.uint8:
-        raise InputError(f"expected a uint8 gray 2-D image, got {img.dtype} with shape {img.shape}")
+    _check_gray(img)
     h, w = img.shape
     side = min(h, w)
     k = max(3, round(TEXT_KERNEL * side) | 1)
@@ -88,6 +86,11 @@ def find_text(img: np.ndarray) -> np.ndarray:
     rows_of_text = cv2.dilate(dense, cv2.getStructuringElement(cv2.MORPH_RECT, (span, 3))) > 0
     mask = (rows_of_text & strokes).astype(np.uint8)
     return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))) > 0
+
+
+def _check_gray(img: np.ndarray) -> None:
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise InputError(f"expected a uint8 gray 2-D image, got {img.dtype} with shape {img.shape}")
 
 
 def _components(comp: np.ndarray, stats: np.ndarray, labels: np.ndarray) -> np.ndarray:

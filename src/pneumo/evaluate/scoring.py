@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumo import atomic
+from pneumo.data.cache import image_cache, kept_array
 from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, PneumoError
 from pneumo.evaluate.labelled import labelled_images
@@ -134,7 +134,6 @@ def val_scores(predictors: list, *, data: str | None = None):
     without a config, or no dataset). A run's folds.csv is used as is; otherwise the split is rebuilt from the
     config saved in the checkpoint (same data, seed and fraction)."""
     from pneumo.config import from_dict
-    from pneumo.data.cache import image_cache
     from pneumo.data.manifest import resolve_root
     from pneumo.data.splits import folds_for, labels
 
@@ -175,14 +174,5 @@ def _val_logits(p, cache) -> np.ndarray:
 
     if not p.meta.sha256:
         return score()
-    file = cache.file.parent / f"val-logits-{p.meta.sha256}-{p.backend}-{cache.key}.npy"
-    try:
-        logits = np.load(file, allow_pickle=False)
-        if logits.shape[0] == len(images):
-            return logits
-    except (OSError, ValueError, EOFError):  # absent, or damaged: score again
-        pass
-    logits = score()
-    with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, logits, allow_pickle=False)
-    return logits
+    return kept_array(cache.file.parent / f"val-logits-{p.meta.sha256}-{p.backend}-{cache.key}.npy", score,
+                      len(images))

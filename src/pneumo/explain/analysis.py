@@ -117,7 +117,7 @@ def _shortcut_section(data: _TestSet) -> str:
     verdict_html = (f"<p><b>Shortcut check: {'FLAGGED' if verdict['flagged'] else 'not flagged'}.</b> "
                     + escape("; ".join(verdict["reasons"]) if verdict["reasons"] else
                              f"saliency on detected markers/text {verdict['markers_vs_area']:.2f}x their area "
-                             f"(on {verdict['marker_images']} images with a detected marker), on corner text "
+                             f"(on {verdict['markers_images']} images with a detected marker), on corner text "
                              f"{verdict['corner_text_vs_area']:.2f}x (on {verdict['corner_text_images']} images), "
                              f"outside the lung field {verdict['outside_lungs_vs_area']:.2f}x its area")
                     + ". Flagged at 2x on markers or corner text, or 1x outside the lungs (no preference for the "

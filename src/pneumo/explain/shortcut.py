@@ -211,8 +211,7 @@ def shortcut_verdict(stats: dict) -> dict:
     outside = overall.get("outside_lungs_vs_area", float("nan"))
     if np.isfinite(outside) and outside >= OUTSIDE_FLAG:
         reasons.append(f"{outside:.2f}x the uniform saliency outside the lung field (flag at {OUTSIDE_FLAG:g}x)")
-    return {"flagged": bool(reasons), "reasons": reasons, **out, "outside_lungs_vs_area": outside,
-            "marker_images": out["markers_images"]}
+    return {"flagged": bool(reasons), "reasons": reasons, **out, "outside_lungs_vs_area": outside}
 
 
 def shortcut_table_rows(stats: dict) -> tuple[list[str], list[list[object]]]:

@@ -116,8 +116,7 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
     ``heatmaps`` when given)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    explainer = heatmaps
-    full = explainer is not None
+    full = heatmaps is not None
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
         def submit(chunk: list[Path]) -> list[Future]:
@@ -134,6 +133,6 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
                 results = dict(zip(ok, predictor.predict_prepared(batch)))
             for i, path in enumerate(chunk):
                 heatmap = None
-                if explainer is not None and i in results:
-                    heatmap = explainer.write(path, loaded[i][0], results[i])
+                if heatmaps is not None and i in results:
+                    heatmap = heatmaps.write(path, loaded[i][0], results[i])
                 yield FileResult(path, results.get(i), loaded[i][2], heatmap)

@@ -67,7 +67,6 @@ def fast_inference(model: nn.Module, example: torch.Tensor, *, features: bool = 
     return lambda x: run(x.contiguous(memory_format=torch.channels_last))
 
 
-
 def scorer(model: nn.Module, size: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``x -> (logits, pooled features)`` for model inputs (float in [0, 1], N x 1 x S x S) in one pass: on the CPU a
     traced, frozen copy of `LogitsAndFeatures` (its logits are bit-identical to the whole model's traced copy),

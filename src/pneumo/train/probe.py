@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from tqdm import tqdm
 
-from pneumo import atomic
+from pneumo.data.cache import kept_array
 from pneumo.data.preprocess import to_unit
 from pneumo.models.fast import fast_inference
 from pneumo.models.runtime import autocast
@@ -77,13 +77,9 @@ def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, bat
 def cached_features(model: nn.Module, images: np.ndarray, *, cache_key: str, cache_dir: Path,
                     device: torch.device, amp: bool, batch_size: int = 64) -> np.ndarray:
     """Features of every cached image, stored next to the image cache under (image cache key, model digest)."""
-    file = cache_dir / f"features-{cache_key}-{model_digest(model)}.npy"
-    if file.is_file():
-        return np.load(file, allow_pickle=False)
-    feats = extract_features(model, images, batch_size=batch_size, device=device, amp=amp)
-    with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, feats, allow_pickle=False)
-    return feats
+    return kept_array(cache_dir / f"features-{cache_key}-{model_digest(model)}.npy",
+                      lambda: extract_features(model, images, batch_size=batch_size, device=device, amp=amp),
+                      len(images))
 
 
 def fit_probe(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray, *,
