@@ -1,0 +1,37 @@
+"""A tiny real run with ``--set data.markers=inpaint-text`` through the CLI: the cache, the sidecar, the predictor and
+`pneumo predict` all use the corner-text step (issue 23, finding 11)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pneumo.cli import main
+from pneumo.data.preprocess import prepare
+from pneumo.infer.predictor import Predictor
+
+TEXT_IMAGE = "train/PNEUMONIA/person330_virus_683.jpeg"  # "KV59" in the bottom right corner
+
+
+def test_a_run_with_corner_text_inpainted_records_it_and_predicts_with_it(data_slice: Path, full_data: Path,
+                                                                          tmp_path: Path) -> None:
+    settings = ["data.image_size=224", "data.val_fraction=0.3", "eval.n_bootstrap=0", "train.batch_size=8",
+                "train.amp=false", "model.name=scratch_cnn", "model.mode=scratch", "model.weights=none",
+                "train.epochs=1", f"data.cache_dir={tmp_path / 'cache'}", "data.markers=inpaint-text"]
+    argv = ["train", "--preset", "lite0-probe", "--dataset", str(data_slice), "--out", str(tmp_path / "runs"),
+            "--name", "text", "--no-eval"]
+    assert main(argv + [arg for item in settings for arg in ("--set", item)]) == 0
+    run_dir = tmp_path / "runs" / "text"
+    assert json.loads((run_dir / "model.json").read_text())["markers"] == "inpaint-text"
+    indexes = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("images-*.json")]
+    assert indexes and all(index["markers"] == "inpaint-text" for index in indexes)
+    gray = np.asarray(Image.open(full_data / TEXT_IMAGE).convert("L"))
+    predictor = Predictor(run_dir / "model.json")
+    assert np.array_equal(predictor.preprocess(gray), prepare(gray, size=224, markers="inpaint-text"))
+    assert not np.array_equal(predictor.preprocess(gray), prepare(gray, size=224, markers="inpaint"))
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(full_data / TEXT_IMAGE), "--model", str(run_dir), "--output", str(out)]) == 0
+    assert out.read_text().count("\n") == 2  # header + the image
