@@ -4,6 +4,7 @@ deprecated aliases before 1.0). (Core layer: commands and the CLI both use it.)"
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -32,3 +33,17 @@ def add_dataset_option(parser: argparse.ArgumentParser, purpose: str) -> None:
     """``--dataset DIR``: where a run's training dataset lives now, to rebuild its val fold."""
     parser.add_argument("--dataset", metavar="DIR", help=f"the training dataset, {purpose} (default: the run's, or "
                         "$PNEUMO_DATA)")
+
+
+def add_schema_flags(parser: Any, defaults: Any, helps: dict[str, str]) -> None:
+    """One flag per schema field named in ``helps`` (``--max-queue`` for ``max_queue``), typed and defaulted by the
+    schema instance ``defaults``; the schema checks the values when it is built from `schema_values`."""
+    for field, help_text in helps.items():
+        default = getattr(defaults, field)
+        parser.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default,
+                            help=f"{help_text} (default {default:g})")
+
+
+def schema_values(args: argparse.Namespace, helps: dict[str, str]) -> dict[str, Any]:
+    """The values of the flags `add_schema_flags` added, by field name."""
+    return {field: getattr(args, field) for field in helps}

@@ -247,3 +247,25 @@ def test_a_dicom_without_extension_in_a_folder_is_read(full_data: Path, tiny_mod
     assert main(["predict", str(tmp_path), "--model", str(tiny_model), "--format", "jsonl"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [Path(r["path"]).name for r in rows] == ["IM00000"] and rows[0]["error"] is None
+
+
+def test_batches_scored_side_by_side_come_back_in_input_order_as_one_at_a_time(
+        full_data: Path, tmp_path: Path) -> None:
+    """`pneumo predict`'s pipeline (issue 24): a batch per worker, each on a one-thread model, results in input order,
+    a bad file in its place, and the same probabilities as each image scored alone."""
+    from pneumo.data.decode import load_image_file
+    from pneumo.infer.batch import predict_file_results
+
+    files = [path for sub in ("NORMAL", "PNEUMONIA") for path in sorted((full_data / "test" / sub).glob("*.jpeg"))[:5]]
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    files.insert(4, bad)
+    predictor = Predictor(None, backend="auto", threads=1)
+    results = list(predict_file_results(predictor, files, batch_size=3, workers=3))
+    assert [r.path for r in results] == files
+    assert results[4].error and results[4].prediction is None
+    for result in results[:4] + results[5:]:
+        alone = predictor.predict([load_image_file(result.path, target=predictor.size)])[0]
+        assert result.error is None
+        assert result.prediction.p_pneumonia == pytest.approx(alone.p_pneumonia, abs=1e-6)
+        assert result.prediction.label == alone.label and result.prediction.ood_score == pytest.approx(alone.ood_score)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from pneumo.argparsing import add_schema_flags, schema_values
+
 EXAMPLES = """
 pneumo adapt --data site_labels.csv --out models/site-a            # the shipped model, CSV with path,label,patient_id
 pneumo adapt --data site_xrays/ --out models/site-a --model runs/default --threshold-policy sensitivity:0.90
 pneumo evaluate --model models/site-a --data site_held_out/ --out validation/   # then validate on held-out patients
 """
+
+# AdaptConfig field -> help of its option (type and default from the field)
+TUNABLE = {"folds": "patient-grouped cross-fitting folds", "epochs": "fine-tuning epochs",
+           "rehearsal": "source training images mixed in per site image and epoch (0: off)",
+           "rehearsal_min": "at least this many source training images an epoch when rehearsal is on",
+           "seed": "seed of the folds, draws and augmentation"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -24,13 +32,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "source-hospital report (default: the model's, or $PNEUMO_DATA; absent: no rehearsal)")
     parser.add_argument("--threshold-policy", default=d.threshold_policy, metavar="POLICY",
                         help="operating point chosen on the cross-fitted scores: youden | triage | sensitivity:X")
-    parser.add_argument("--folds", type=int, default=d.folds, help="patient-grouped cross-fitting folds")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="fine-tuning epochs")
-    parser.add_argument("--rehearsal", type=float, default=d.rehearsal,
-                        help="source training images mixed in per site image and epoch (0: off)")
-    parser.add_argument("--rehearsal-min", type=int, default=d.rehearsal_min,
-                        help="at least this many source training images an epoch when rehearsal is on")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the folds, draws and augmentation")
+    add_schema_flags(parser, d, TUNABLE)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to fine-tune")
     parser.set_defaults(func=run)
 
@@ -39,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.adapt.run import adapt
     from pneumo.config import AdaptConfig
 
-    cfg = AdaptConfig(threshold_policy=args.threshold_policy, folds=args.folds, epochs=args.epochs,
-                      rehearsal=args.rehearsal, rehearsal_min=args.rehearsal_min, seed=args.seed)  # ConfigError: exit 2
+    cfg = AdaptConfig(threshold_policy=args.threshold_policy, **schema_values(args, TUNABLE))  # ConfigError: exit 2
     record = adapt(args.model, args.data, args.out, dataset=args.dataset, cfg=cfg, device=args.device)
     local, op = record["local"]["after"], record["operating_point"]
     sens, spec = local["metrics"]["sensitivity"], local["metrics"]["specificity"]

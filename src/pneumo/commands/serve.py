@@ -8,6 +8,7 @@ import json
 import logging
 import os
 
+from pneumo.argparsing import add_schema_flags, schema_values
 from pneumo.config import ServeConfig
 from pneumo.errors import ConfigError
 
@@ -55,10 +56,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="last-resort cap on open connections, beyond which uvicorn answers 503 to everything "
                         "(default 1000; the limits below act long before)")
     limits = parser.add_argument_group("slow clients and backpressure")
-    for field, help_text in _LIMITS.items():
-        default = getattr(_DEFAULTS, field)
-        limits.add_argument(f"--{field.replace('_', '-')}", type=type(default), default=default,
-                            help=f"{help_text} (default {default:g})")
+    add_schema_flags(limits, _DEFAULTS, _LIMITS)
     parser.set_defaults(func=run)
 
 
@@ -70,9 +68,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
-                       header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
-                       max_active=args.max_active, max_queue=args.max_queue, queue_timeout_s=args.queue_timeout_s,
-                       upload_budget_mb=args.upload_budget_mb, decode_timeout_s=args.decode_timeout_s)
+                       **schema_values(args, _LIMITS))
 
 
 def run(args: argparse.Namespace) -> int:

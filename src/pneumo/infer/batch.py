@@ -1,12 +1,14 @@
-"""Find the input files (`find_inputs`) and predict them in batches (`predict_file_results`): decoding on a thread pool
-(the next batch while the model runs the current one), one model call per batch, bad files reported."""
+"""Find the input files (`find_inputs`) and predict them in batches (`predict_file_results`): each batch decoded,
+checked, preprocessed and scored by one worker thread, the workers side by side, bad files reported."""
 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -113,24 +115,31 @@ class HeatmapSink(Protocol):
 def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size: int = 32,
                          heatmaps: HeatmapSink | None = None, workers: int | None = None) -> Iterator[FileResult]:
     """Yield a ``FileResult`` per input, in input order, each as soon as it is done (heat maps one by one, written by
-    ``heatmaps`` when given)."""
+    ``heatmaps`` when given).
+
+    ``workers`` threads (default: one per core) each take a batch of ``batch_size`` files through decoding, the input
+    gate, preprocessing and one model call, so every core is busy with whole images (a predictor made with
+    ``threads=1`` runs each call on its caller's thread); at most ``workers + 1`` batches are held at once. On 2
+    cores this runs 1.06x the throughput of decoding on a pool while a 2-thread model runs the batch before it
+    (BENCHMARKS.md, issue 24)."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     full = heatmaps is not None
-    chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
-    with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
-        def submit(chunk: list[Path]) -> list[Future]:
-            return [pool.submit(_load, predictor, path, full) for path in chunk]
 
-        pending = submit(chunks[0]) if chunks else []
-        for k, chunk in enumerate(chunks):
-            loaded = [future.result() for future in pending]
-            pending = submit(chunks[k + 1]) if k + 1 < len(chunks) else []  # decode the next batch meanwhile
-            ok = [i for i, (_, prepared, _) in enumerate(loaded) if prepared is not None]
-            results: dict[int, Prediction] = {}
-            if ok:
-                batch = np.stack([loaded[i][1] for i in ok])
-                results = dict(zip(ok, predictor.predict_prepared(batch)))
+    def run(chunk: list[Path]) -> tuple[list, dict[int, Prediction]]:
+        loaded = [_load(predictor, path, full) for path in chunk]
+        ok = [i for i, (_, prepared, _) in enumerate(loaded) if prepared is not None]
+        batch = np.stack([loaded[i][1] for i in ok]) if ok else None
+        return loaded, dict(zip(ok, predictor.predict_prepared(batch))) if ok else {}
+
+    chunks = iter([files[start : start + batch_size] for start in range(0, len(files), batch_size)])
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        window = deque((chunk, pool.submit(run, chunk)) for chunk in itertools.islice(chunks, workers + 1))
+        while window:
+            chunk, future = window.popleft()
+            loaded, results = future.result()
+            window.extend((nxt, pool.submit(run, nxt)) for nxt in itertools.islice(chunks, 1))
             for i, path in enumerate(chunk):
                 heatmap = None
                 if heatmaps is not None and i in results:

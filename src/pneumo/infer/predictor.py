@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,9 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 class Predictor:
-    """Turns uint8 gray images into ``Prediction``s. Thread-safe; the model is loaded once."""
+    """Turns uint8 gray images into ``Prediction``s. Thread-safe, without a lock: calls run side by side (ONNX Runtime
+    sessions and TorchScript modules allow concurrent runs; `pneumo predict` scores a batch per core, each on one
+    thread); the model is loaded once."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, backend: str = "torch", threads: int | None = None):
         if backend not in BACKENDS:
@@ -103,7 +104,6 @@ class Predictor:
         self.classes = list(self.meta.classes)
         self.threshold = self.meta.threshold
         self.temperature = self.meta.temperature
-        self._lock = threading.Lock()
         self._torch_model = None
         self.ood = load_ood(self.sidecar, self.meta.ood)
         self.orientation = load_orientation(self.sidecar, self.meta.extra.get("orientation"))
@@ -208,11 +208,10 @@ class Predictor:
     def outputs(self, prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and pooled features (None from an ONNX export without them) for a uint8 batch (B, S, S)."""
         x = to_unit(prepared)[:, None]
-        with self._lock:
-            logits, features = self._run(np.ascontiguousarray(x))
-            logits = np.asarray(logits, dtype=np.float32)
-            if self.meta.tta:  # the run was evaluated with flip averaging: predict the same way
-                logits = (logits + np.asarray(self._run(np.ascontiguousarray(x[..., ::-1]))[0], dtype=np.float32)) / 2
+        logits, features = self._run(np.ascontiguousarray(x))
+        logits = np.asarray(logits, dtype=np.float32)
+        if self.meta.tta:  # the run was evaluated with flip averaging: predict the same way
+            logits = (logits + np.asarray(self._run(np.ascontiguousarray(x[..., ::-1]))[0], dtype=np.float32)) / 2
         return logits, features
 
     def logits(self, prepared: np.ndarray) -> np.ndarray:
