@@ -27,8 +27,7 @@ Task = Literal["binary", "3class"]
 ResizePolicy = Literal["squash", "letterbox"]
 TransferMode = Literal["probe", "partial", "finetune", "scratch"]
 Intensity = Literal["none", "equalize", "clahe", "standardize"]
-TASKS, RESIZE_POLICIES = typing.get_args(Task), typing.get_args(ResizePolicy)
-TRANSFER_MODES, INTENSITIES = typing.get_args(TransferMode), typing.get_args(Intensity)
+RESIZE_POLICIES, INTENSITIES = typing.get_args(ResizePolicy), typing.get_args(Intensity)
 # Keys that older configs (and the run folders written with them) still hold; they load with a warning.
 REMOVED_KEYS = {"train.num_workers": "never read (data loading runs in the main process)",
                 "train.probe_c": "never read (the probe's regularisation is chosen on the val fold)"}

@@ -21,7 +21,6 @@ from pneumo.policy import POLICY_ALIASES, STANDARD_POLICIES, parse_policy  # noq
 
 BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CELL_KEYS = ("tp", "fp", "tn", "fn")
-PROPORTION_KEYS = ("accuracy", "sensitivity", "specificity", "precision")
 MIN_IMAGES, MIN_PER_CLASS = 30, 10  # below either, bootstrap intervals are not shown and reports warn
 CI_METHOD = "exact (Clopper-Pearson) for proportions; percentile bootstrap for ROC-AUC, PR-AUC, F1 and counts"
 

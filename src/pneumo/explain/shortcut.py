@@ -29,7 +29,6 @@ from pneumo.data.markers import find_markers, find_text
 from pneumo.errors import ConfigError
 
 REGIONS = ("border", "corners", "center")
-IMAGE_REGIONS = ("markers", "corner_text", "outside_lungs")
 MARKER_FLAG = 2.0  # saliency share on detected markers / their area at which a model is flagged
 OUTSIDE_FLAG = 1.0  # saliency share outside the lung field / its area at which a model is flagged
 PEAK_TOLERANCE = 1 / 14  # a map's peak counts as on a marker within this fraction of the side (half a 7x7 cell)

@@ -23,7 +23,6 @@ from torch import nn
 from pneumo.errors import ModelError
 
 log = logging.getLogger(__name__)
-LITE_NORMALIZATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 STATE_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
