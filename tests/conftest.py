@@ -10,9 +10,22 @@ import pandas as pd
 import pytest
 from corpus import CorpusCase, build_corpus
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes (pytest-xdist): one thread each, so the
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # workers share the cores instead of fighting over them (also in
+    os.environ.setdefault("MKL_NUM_THREADS", "1")  # the subprocesses they start)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PNEUMO_TEST_DATA", REPO.parent / "shared" / "data" / "chest_xray"))
 PER_GROUP = 12  # images per split x subtype in the slice
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads_per_worker() -> None:
+    """One torch thread in each pytest-xdist worker (see above); the default elsewhere."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ SIZE = 64  # model input side for the fast tests
 
 @pytest.fixture(autouse=True, scope="session")
 def _modest_threads() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # 1 in an xdist worker
 
 
 def save_scratch(stem: Path, *, policy: str = "squash", size: int = SIZE, seed: int = 0) -> Path:

@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pneumo.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # 1 in an xdist worker
     model = create("scratch_cnn", num_classes=2, weights="none")
     meta = {"task": "binary", "classes": ["NORMAL", "PNEUMONIA"], "input_size": INPUT_SIZE,
             "resize_policy": "squash", "intensity": "none", "threshold": 0.5, "threshold_policy": "youden",
