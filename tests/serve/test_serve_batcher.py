@@ -195,3 +195,19 @@ def test_close_fails_queued_requests_when_the_model_is_stuck() -> None:
     results = asyncio.run(scenario())
     assert results[0] == 1.0
     assert all(isinstance(r, ModelError) for r in results[1:])
+
+
+def test_two_workers_run_two_batches_side_by_side_and_close_stops_both() -> None:
+    """`pneumo serve` runs a batch per core (issue 24): each model call waits until the other one is running too, which
+    only a second worker makes possible; close() ends both threads."""
+    both_running = threading.Barrier(2, timeout=5)
+
+    def model(batch: np.ndarray) -> list[float]:
+        both_running.wait()
+        return [float(img.mean()) for img in batch]
+
+    results, batcher = run_batcher(model, [3, 5], max_batch=1, window_ms=0, workers=2)
+    assert results == [3.0, 5.0] and batcher.batch_sizes == {1: 2}
+    assert not [t for t in threading.enumerate() if t.name.startswith("pneumo-batcher")]
+    with pytest.raises(ModelError, match="at least 1"):
+        MicroBatcher(model, workers=0)

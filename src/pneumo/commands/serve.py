@@ -50,7 +50,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="how long a request waits for others to share its model call")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                         help="allow browser calls from this origin (repeatable; default: none)")
-    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: all cores)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the model: batches run side by side, one thread "
+                        "each (default: all cores)")
     parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
     parser.add_argument("--limit-concurrency", type=int, default=1000,
                         help="last-resort cap on open connections, beyond which uvicorn answers 503 to everything "
@@ -63,8 +64,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     """The ``ServeConfig`` the arguments describe, checked as it is built (its schema is the one place for the limits;
     an error names the flag)."""
-    if args.workers < 1 or args.limit_concurrency < 1:
-        raise ConfigError("--workers and --limit-concurrency must be at least 1")
+    if args.workers < 1 or args.limit_concurrency < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError("--workers, --limit-concurrency and --threads must be at least 1")
     return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
@@ -95,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
         options["http"] = "pneumo.serve.limits:HeaderDeadlineH11Protocol"  # each worker imports and configures it
         uvicorn.run("pneumo.serve.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
-    predictor = Predictor(args.model, backend=args.backend, threads=args.threads)  # a bad model fails before binding
+    predictor = Predictor(args.model, backend=args.backend, threads=1)  # a bad model fails before binding
     log.info("serving model %s on http://%s:%d", predictor.model_id, config.host, config.port)
-    uvicorn.run(create_app(config, predictor), **options)
+    uvicorn.run(create_app(config, predictor, threads=args.threads), **options)
     return 0
 
 

@@ -113,7 +113,7 @@ class Service:
 
     def _load(self) -> None:
         try:
-            predictor = Predictor(self._model, backend=self._backend, threads=self._threads)
+            predictor = Predictor(self._model, backend=self._backend, threads=1)  # a call per batcher worker
         except PneumoError as exc:
             self.load_error = f"model failed to load: {exc}"
             log.error("%s", self.load_error)
@@ -130,7 +130,7 @@ class Service:
             if not self._running:
                 return
             batcher = MicroBatcher(predictor.predict_prepared, max_batch=self.config.max_batch,
-                                   window_ms=self.config.batch_window_ms)
+                                   window_ms=self.config.batch_window_ms, workers=self._threads or os.cpu_count() or 1)
             batcher.start()
             self.predictor, self.batcher = predictor, batcher
 
@@ -148,7 +148,8 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
             at startup and ``/readyz`` answers 503 until it is ready.
         model: run folder or checkpoint to load when no predictor is given.
         backend: ``auto`` (ONNX Runtime, PyTorch if the export fails), ``onnx`` or ``torch`` for the loaded model.
-        threads: CPU threads for the loaded model.
+        threads: model calls run side by side (default: one per core); the loaded model runs each on one thread,
+            so a given ``predictor`` is best made with ``threads=1`` (as `pneumo serve` does).
     """
     config = config or ServeConfig()
     service = Service(config, predictor, model=model, backend=backend, threads=threads)
