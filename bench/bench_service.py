@@ -23,6 +23,8 @@ from typing import IO
 import httpx
 import numpy as np
 
+from pneumo.config import ServeConfig
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record
 
@@ -110,9 +112,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--heatmap", action="store_true", help="ask for the Grad-CAM overlay with every request")
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--batch-window-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, help="model CPU threads in the server")
+    parser.add_argument("--max-batch", type=int, help="default: the server's (`pneumo serve --max-batch`)")
+    parser.add_argument("--batch-window-ms", type=float, help="default: the server's")
+    parser.add_argument("--threads", type=int, help="batches the server runs side by side (default: the server's)")
     args = parser.parse_args()
     seconds = min(max(args.seconds, 1.0), MAX_SECONDS)
     image_path = Path(args.image) if args.image else default_image()
@@ -139,7 +141,8 @@ def main() -> None:
     name = f"service-{ready['model_id'].split('-')[0]}-{args.backend}-c{args.clients}" + ("-heatmap" if args.heatmap
                                                                                         else "")
     record(name, {"model_id": ready["model_id"], "backend": ready.get("backend", args.backend), "clients": args.clients,
-                  "heatmap": args.heatmap, "max_batch": args.max_batch, "batch_window_ms": args.batch_window_ms,
+                  "heatmap": args.heatmap, "max_batch": args.max_batch or ServeConfig().max_batch,
+                  "batch_window_ms": args.batch_window_ms or ServeConfig().batch_window_ms,
                   "image": image_path.name, "image_bytes": len(image), "seconds": round(elapsed, 2),
                   "requests": int(ms.size), "errors": errors,
                   "requests_per_s": round(ms.size / elapsed, 2), **pct,

@@ -241,7 +241,7 @@ class ServeConfig(FlagSchema):
     max_upload_mb: float = Field(20.0, gt=0.0)
     max_pixels: int = Field(50_000_000, ge=1)
     api_key: Annotated[str | None, Maybe] = None  # also $PNEUMO_API_KEY
-    max_batch: int = Field(8, ge=1)
+    max_batch: int = Field(4, ge=1)  # per batcher worker (one a core): 4 beat 8 at 16 clients (BENCHMARKS.md)
     batch_window_ms: float = Field(5.0, ge=0.0)
     cors_origins: Items = Field(default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0.0)  # a request's headers must arrive within this (slow clients closed)
