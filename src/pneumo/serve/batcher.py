@@ -4,8 +4,9 @@ Each request hands its preprocessed image to :meth:`MicroBatcher.submit` and awa
 thread takes the first waiting image, gathers more for at most ``window_ms`` (never more than ``max_batch``), calls
 the model once on the stacked batch and resolves every future on the loop it came from. Under load the queue fills
 while the model runs, so batches grow by themselves; alone, a request waits at most ``window_ms``. With ``workers``
-> 1 that many batches run side by side (`pneumo serve`: one per core, each model call on one thread: at 16 clients
-on 2 cores 95 -> 103 req/s, p99 225 -> 261 ms, medians of six back-to-back runs, BENCHMARKS.md).
+> 1 that many batches run side by side (`pneumo serve`: one per core, each model call on one thread, batches of
+at most 4: at 16 clients on 2 cores 97.5 -> 107.4 req/s, p99 214 -> 229 ms, medians of back-to-back runs,
+BENCHMARKS.md).
 """
 
 from __future__ import annotations
