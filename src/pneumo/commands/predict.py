@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         if output:
             output = Path(f"{output}.part-{env.rank}-of-{env.world_size}.{fmt}")
 
-    # one thread per model call, one call per core at a time (`predict_file_results`): 1.06x on 2 cores (issue 24)
+    # one thread per model call, one call per core at a time (`predict_file_results`; issue 24)
     predictor = Predictor(args.model, backend=args.backend, threads=1) if files else None
     counts = {"scored": 0, "errors": 0, "out-of-distribution": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all

@@ -120,8 +120,8 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
     ``workers`` threads (default: one per core) each take a batch of ``batch_size`` files through decoding, the input
     gate, preprocessing and one model call, so every core is busy with whole images (a predictor made with
     ``threads=1`` runs each call on its caller's thread); at most ``workers + 1`` batches are held at once. On 2
-    cores this runs 1.06x the throughput of decoding on a pool while a 2-thread model runs the batch before it
-    (BENCHMARKS.md, issue 24)."""
+    cores this is steadier than decoding on a pool while a 2-thread model runs the batch before it, and a little
+    faster (BENCHMARKS.md, "Predict: a batch per core")."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     full = heatmaps is not None
