@@ -269,3 +269,14 @@ def test_batches_scored_side_by_side_come_back_in_input_order_as_one_at_a_time(
         assert result.error is None
         assert result.prediction.p_pneumonia == pytest.approx(alone.p_pneumonia, abs=1e-6)
         assert result.prediction.label == alone.label and result.prediction.ood_score == pytest.approx(alone.ood_score)
+
+
+def test_predict_threads_gives_the_same_rows_as_the_default(xrays: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """`--threads 3 --batch-size 2`: three batches scored side by side, the same rows in the same order."""
+    assert main(["predict", str(xrays), "--output", str(tmp_path / "one.csv")]) == 0
+    assert main(["predict", str(xrays), "--threads", "3", "--batch-size", "2", "--output", str(tmp_path / "three.csv")]) == 0
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "three.csv").read_text()
+    capsys.readouterr()
+    assert main(["predict", str(xrays), "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "pneumo predict: error: --threads must be >= 1, got 0"

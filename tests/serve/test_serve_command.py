@@ -91,3 +91,23 @@ def test_each_worker_configures_its_header_deadline_from_the_settings(checkpoint
         assert app.state.service.work.max_queue == 3
     finally:
         HeaderDeadlineH11Protocol.header_timeout_s = 10.0
+
+
+def test_serve_threads_counts_the_batches_run_side_by_side(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    import uvicorn
+
+    from pneumo.serve.batcher import MicroBatcher
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    assert main(["serve", "--model", str(checkpoint), "--threads", "3"]) == 0
+    service = calls[0].state.service
+    service.start()
+    try:
+        assert isinstance(service.batcher, MicroBatcher) and service.batcher.workers == 3
+    finally:
+        service.stop()
+    assert main(["serve", "--model", str(checkpoint), "--threads", "0"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("pneumo serve: error:") and "--threads" in error

@@ -129,8 +129,9 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
     def run(chunk: list[Path]) -> tuple[list, dict[int, Prediction]]:
         loaded = [_load(predictor, path, full) for path in chunk]
         ok = [i for i, (_, prepared, _) in enumerate(loaded) if prepared is not None]
-        batch = np.stack([loaded[i][1] for i in ok]) if ok else None
-        return loaded, dict(zip(ok, predictor.predict_prepared(batch))) if ok else {}
+        if not ok:
+            return loaded, {}
+        return loaded, dict(zip(ok, predictor.predict_prepared(np.stack([loaded[i][1] for i in ok]))))
 
     chunks = iter([files[start : start + batch_size] for start in range(0, len(files), batch_size)])
     workers = workers or os.cpu_count() or 1
