@@ -5,7 +5,9 @@ intervals, the policy warning, patient folds) on generated cases."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pandas as pd
 import pytest
 
 import pneumo.adapt.run as adapt_run
-from pneumo.adapt.run import adapt, patient_folds, policy_warning
+from pneumo.adapt.run import patient_folds, policy_warning
 from pneumo.cli import main
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError
@@ -22,7 +24,10 @@ from pneumo.evaluate.metrics import exact_interval
 from pneumo.models.sidecar import DEFAULT_MODEL
 
 PER_CLASS = 12
-TINY = AdaptConfig(epochs=1, folds=2, rehearsal=1.0, rehearsal_pool=24, batch_size=8)
+# the module's one adaptation, made with the command line and every recipe flag set to a non-default value
+FLAGS = {"--folds": "2", "--epochs": "1", "--rehearsal": "0.5", "--rehearsal-min": "16", "--threshold-policy": "youden",
+         "--seed": "1"}
+TINY = AdaptConfig(folds=2, epochs=1, rehearsal=0.5, rehearsal_min=16, threshold_policy="youden", seed=1)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -48,7 +53,8 @@ def site_csv(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def adapted(site_csv: Path, data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One real adaptation of the shipped model, with the fine-tunes recorded (which rows each one trained on)."""
+    """One real adaptation of the shipped model by `pneumo adapt`, with the fine-tunes recorded (which rows each one
+    trained on) and what the command printed."""
     calls, augments = [], []
     real = adapt_run.finetune
 
@@ -61,11 +67,16 @@ def adapted(site_csv: Path, data_slice: Path, tmp_path_factory: pytest.TempPathF
     mp = pytest.MonkeyPatch()
     mp.setattr(adapt_run, "finetune", recording)
     out = tmp_path_factory.mktemp("adapted") / "site-a"
+    argv = ["adapt", "--data", str(site_csv), "--out", str(out), "--dataset", str(data_slice), "--device", "cpu"]
+    printed = io.StringIO()
     try:
-        record = adapt(None, site_csv, out, dataset=str(data_slice), cfg=TINY, n_bootstrap=50)
+        with contextlib.redirect_stdout(printed):
+            code = main(argv + [item for pair in FLAGS.items() for item in pair])
     finally:
         mp.undo()
-    return {"record": record, "out": out, "calls": calls, "augments": augments, "source_before": before}
+    assert code == 0
+    return {"record": json.loads((out / "adapt.json").read_text()), "out": out, "calls": calls, "augments": augments,
+            "source_before": before, "printed": printed.getvalue()}
 
 
 def test_fine_tunes_use_the_recipes_mild_augmentation_not_the_models_own(adapted: dict) -> None:
@@ -115,10 +126,10 @@ def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) ->
     assert meta["adaptation"]["source_model"]["model_id"] == Predictor(None).model_id
     assert meta["threshold"] == pytest.approx(record["operating_point"]["threshold"])
     assert meta["threshold_policy"] == TINY.threshold_policy and meta["mode"] == "adapted"
-    assert meta["ood"]["n_train"] == 24 + site["n_images"]  # rehearsal pool + the site
+    assert meta["ood"]["n_train"] == record["rehearsal"]["pool"] + site["n_images"]  # rehearsal pool + the site
     # the orientation check is refitted on the adapted model's features (the source's would not fit them)
-    assert meta["orientation"]["n_train"] == 24 + site["n_images"] and meta["orientation"]["sha256"] != \
-        json.loads(DEFAULT_MODEL.read_text())["orientation"]["sha256"]
+    assert meta["orientation"]["n_train"] == meta["ood"]["n_train"]
+    assert meta["orientation"]["sha256"] != json.loads(DEFAULT_MODEL.read_text())["orientation"]["sha256"]
     predictor = Predictor(out, backend="torch")
     assert predictor.ood is not None and predictor.orientation is not None and predictor.threshold == meta["threshold"]
     lo, hi = record["local"]["after"]["sensitivity_exact_ci"]
@@ -202,17 +213,10 @@ def test_patient_folds_keep_patients_whole_and_both_classes_in_training() -> Non
         patient_folds(np.r_[np.zeros(9, int), 1], np.arange(10), 2, seed=0)
 
 
-def test_cli_adapts_end_to_end_with_every_flag(site_csv: Path, data_slice: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "site-b"
-    assert main(["adapt", "--data", str(site_csv), "--out", str(out), "--dataset", str(data_slice), "--folds", "2",
-                 "--epochs", "1", "--rehearsal", "0.5", "--rehearsal-min", "16", "--threshold-policy", "youden", "--seed", "1",
-                 "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out
+def test_cli_adapts_end_to_end_with_every_flag(adapted: dict) -> None:
+    printed, record, out = adapted["printed"], adapted["record"], adapted["out"]
     assert "adapted model:" in printed and "(youden)" in printed and "source hospital" in printed
-    record = json.loads((out / "adapt.json").read_text())
-    assert record["recipe"] | {"folds": 2, "epochs": 1, "rehearsal": 0.5, "rehearsal_min": 16,
-                               "threshold_policy": "youden", "seed": 1} == record["recipe"]
+    assert record["recipe"] == TINY.model_dump()  # the flags set, every other field its default
     assert record["local"]["folds"] == 2 and record["rehearsal"]["used"] is True
     meta = json.loads((out / "model.json").read_text())
     assert meta["threshold_policy"] == "youden" and meta["tta"] is False

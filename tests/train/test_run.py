@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -21,21 +22,41 @@ def tiny_config(data: Path, out: Path, cache: Path, *overrides: str):
     return load_config("lite0-probe", base + list(overrides))
 
 
-@pytest.fixture()
-def scratch_run(data_slice: Path, tmp_path: Path) -> Path:
-    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=scratch", "model.name=scratch_cnn",
-                      "model.mode=scratch", "model.weights=none", "train.epochs=2", "train.lr=0.003")
-    return train(cfg)
+@pytest.fixture(scope="module")
+def scratch_run(data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-epoch scratch run for the module's tests (the resume test works on a copy)."""
+    out = tmp_path_factory.mktemp("scratch")
+    return train(scratch_config(data_slice, out / "runs", out / "cache", "train.epochs=2"))
 
 
-def test_probe_run_writes_a_checkpoint_with_its_sidecar(data_slice: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=probe")
-    run_dir = train(cfg)
-    meta = json.loads((run_dir / "model.json").read_text())
+def scratch_config(data: Path, out: Path, cache: Path, *overrides: str):
+    return tiny_config(data, out, cache, "name=scratch", "model.name=scratch_cnn", "model.mode=scratch",
+                       "model.weights=none", "train.lr=0.003", *overrides)
+
+
+@pytest.fixture(scope="module")
+def probe_run(data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One probe run for the module's tests, made as a user on a bf16 CPU would: ``train.amp=true`` (a probe records
+    fp32 all the same) and a --dataset relative to the working directory (stored absolute, issue 23 finding 7)."""
+    from pneumo.models import runtime
+
+    out = tmp_path_factory.mktemp("probe")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runtime, "cpu_has_bf16", lambda: True)
+    mp.chdir(data_slice.parent)
+    mp.delenv("PNEUMO_DATA", raising=False)
+    try:
+        return train(tiny_config(Path(data_slice.name), out / "runs", out / "cache", "name=probe", "train.amp=true"))
+    finally:
+        mp.undo()
+
+
+def test_probe_run_writes_a_checkpoint_with_its_sidecar(probe_run: Path) -> None:
+    meta = json.loads((probe_run / "model.json").read_text())
     assert meta["arch"] == "efficientnet_lite0" and meta["classes"] == ["NORMAL", "PNEUMONIA"]
     assert meta["input_size"] == 64 and meta["mode"] == "probe"
-    assert (run_dir / "model.safetensors").stat().st_size > 1_000_000
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "folds.csv").is_file()
+    assert (probe_run / "model.safetensors").stat().st_size > 1_000_000
+    assert (probe_run / "config.yaml").is_file() and (probe_run / "folds.csv").is_file()
 
 
 def test_scratch_training_logs_every_epoch_and_keeps_the_best(scratch_run: Path) -> None:
@@ -49,27 +70,20 @@ def test_scratch_training_logs_every_epoch_and_keeps_the_best(scratch_run: Path)
     assert meta["training"]["precision"] == "fp32" and meta["training"]["channels_last"] is True
 
 
-def test_a_probe_records_fp32_on_the_cpu_even_where_bf16_is_fast(data_slice: Path, tmp_path: Path, monkeypatch) -> None:
-    from pneumo.models import runtime
-
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
-    run_dir = train(tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=probe", "train.amp=true"))
-    assert json.loads((run_dir / "model.json").read_text())["training"]["precision"] == "fp32"
+def test_a_probe_records_fp32_on_the_cpu_even_where_bf16_is_fast(probe_run: Path) -> None:
+    assert json.loads((probe_run / "model.json").read_text())["training"]["precision"] == "fp32"
 
 
 def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=scratch", "model.name=scratch_cnn",
-                      "model.mode=scratch", "model.weights=none", "train.epochs=3", "train.lr=0.003")
-    train(cfg, resume=True)
-    assert pd.read_csv(scratch_run / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+    runs = tmp_path / "runs"
+    shutil.copytree(scratch_run, runs / scratch_run.name)  # a copy: the module's other tests read the 2-epoch run
+    train(scratch_config(data_slice, runs, tmp_path / "cache", "train.epochs=3"), resume=True)
+    assert pd.read_csv(runs / scratch_run.name / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
 
 
-def test_an_existing_run_folder_is_never_silently_overwritten(scratch_run: Path, data_slice: Path,
-                                                              tmp_path: Path) -> None:
-    cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=scratch", "model.mode=scratch",
-                      "model.name=scratch_cnn", "model.weights=none")
+def test_an_existing_run_folder_is_never_silently_overwritten(scratch_run: Path, data_slice: Path) -> None:
     with pytest.raises(ConfigError, match="exists"):
-        train(cfg)
+        train(scratch_config(data_slice, scratch_run.parent, scratch_run.parent.parent / "cache"))
 
 
 def test_evaluation_uses_val_for_the_threshold_and_writes_the_report(scratch_run: Path) -> None:
@@ -122,7 +136,7 @@ def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Pat
     assert "efficientnet_lite0" in err and "scratch_cnn" in err
 
 
-def test_a_run_stores_its_dataset_as_an_absolute_path(data_slice: Path, tmp_path: Path,
+def test_a_run_stores_its_dataset_as_an_absolute_path(probe_run: Path, data_slice: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 23, finding 7: trained with a relative --dataset, the run still finds its val fold from elsewhere."""
     import yaml
@@ -130,12 +144,9 @@ def test_a_run_stores_its_dataset_as_an_absolute_path(data_slice: Path, tmp_path
     from pneumo.evaluate.scoring import val_scores
     from pneumo.infer.predictor import Predictor
 
-    monkeypatch.chdir(data_slice.parent)
-    monkeypatch.delenv("PNEUMO_DATA", raising=False)
-    cfg = tiny_config(Path(data_slice.name), tmp_path / "runs", tmp_path / "cache", "name=relative")
-    run_dir = train(cfg)
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    stored = yaml.safe_load((probe_run / "config.yaml").read_text())["data"]["root"]
     assert Path(stored).is_absolute() and Path(stored) == data_slice.resolve()
     monkeypatch.chdir(tmp_path)  # another working directory: the stored path still resolves
-    y, logits, _, where = val_scores([Predictor(run_dir)])
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)
+    y, logits, _, where = val_scores([Predictor(probe_run)])
     assert len(y) == len(logits) > 0 and Path(where["location"]) == data_slice.resolve()
