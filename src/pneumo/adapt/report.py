@@ -44,8 +44,9 @@ def summary_lines(record: dict) -> list[str]:
         "",
         f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epochs, AdamW lr "
         f"{record['recipe']['lr']:g}, rehearsal "
-        + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch from {rehearsal['pool']} "
-           f"training images of {rehearsal['dataset']}" if rehearsal["used"]
+        + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch (at least "
+           f"{record['recipe']['rehearsal_min']}) from {rehearsal['pool']} training images of {rehearsal['dataset']}"
+           if rehearsal["used"]
            else f"off ({rehearsal['note'] or 'not asked for'})"),
         (f"- Operating point: threshold {op['threshold']:.4f} on P(pneumonia), policy `{op['policy']}`, chosen on the "
          f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
