@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pneumo.adapt.run as adapt_run
 from pneumo.adapt.run import patient_folds, policy_warning
 from pneumo.cli import main
 from pneumo.config import AdaptConfig
-from pneumo.errors import ConfigError
+from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.metrics import exact_interval
 from pneumo.models.sidecar import DEFAULT_MODEL
 
@@ -210,8 +211,10 @@ def test_patient_folds_keep_patients_whole_and_both_classes_in_training() -> Non
     assert sorted(held) == list(range(len(y)))  # every image held out exactly once
     for train, test in folds:
         assert not set(groups[train]) & set(groups[test]) and set(y[train]) == {0, 1}
-    with pytest.raises(Exception, match="lacks a class"):
-        patient_folds(np.r_[np.zeros(9, int), 1], np.arange(10), 2, seed=0)
+    with warnings.catch_warnings():  # the one-line error alone, no library warning before it
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match="lacks a class"):
+            patient_folds(np.r_[np.zeros(9, int), 1], np.arange(10), 2, seed=0)
 
 
 def test_cli_adapts_end_to_end_with_every_flag(adapted: dict) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def patient_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[
     from sklearn.model_selection import StratifiedGroupKFold
 
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    folds = list(splitter.split(np.zeros(len(y)), y, groups))
+    with warnings.catch_warnings():  # sklearn's "least populated class": the check below says it in one line
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = list(splitter.split(np.zeros(len(y)), y, groups))
     for train, _ in folds:
         if np.unique(y[train]).size < 2:
             raise DataError(f"a cross-fitting fold lacks a class: label more images of each class or use fewer "
