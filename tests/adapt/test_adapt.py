@@ -111,6 +111,27 @@ def test_every_image_is_scored_by_a_model_that_did_not_train_on_it(adapted: dict
         choose_threshold(y, table["p_crossfit"].to_numpy(), TINY.threshold_policy), abs=1e-6)
 
 
+def test_the_other_policies_are_laid_out_on_the_same_cross_fitted_scores(adapted: dict) -> None:
+    """So that a site whose labels make one policy costly (nih_sample: sensitivity:0.95 at specificity 0.2-0.5) sees
+    what the others give before adapting again or choosing on held-out patients."""
+    record, out = adapted["record"], adapted["out"]
+    table = pd.read_csv(out / "crossfit_predictions.csv")
+    y, p = (table["label"] == "PNEUMONIA").to_numpy(int), table["p_crossfit"].to_numpy()
+    points = record["operating_points"]
+    assert list(points) == ["youden", "sensitivity:0.95", "triage"]  # the standard ones; the chosen (youden) among them
+    assert points["youden"]["threshold"] == pytest.approx(record["operating_point"]["threshold"])
+    for policy, point in points.items():
+        called = p.astype(np.float32) >= np.float32(point["threshold"])  # the scores are float32; the CSV rounds
+        assert point["sensitivity"] == pytest.approx(called[y == 1].mean()), policy
+        assert point["specificity"] == pytest.approx((~called[y == 0]).mean()), policy
+        lo, hi = point["specificity_exact_ci"]
+        assert lo <= point["specificity"] <= hi
+    assert points["sensitivity:0.95"]["sensitivity"] >= 0.95 and points["triage"]["sensitivity"] >= 0.90
+    card = (out / "model.md").read_text()
+    assert "## Other operating points (the same cross-fitted scores)" in card and "| youden (this model's) |" in card
+    assert "sensitivity:0.95" in (out / "report.html").read_text()
+
+
 def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) -> None:
     from pneumo.infer.predictor import Predictor
 

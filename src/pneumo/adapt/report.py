@@ -55,12 +55,33 @@ def summary_lines(record: dict) -> list[str]:
     return lines + ([f"- **Warning**: {op['warning']}."] if op.get("warning") else [])
 
 
+TRADE_OFF_HEAD = ("policy", "threshold", "sensitivity [exact 95 % CI]", "specificity [exact 95 % CI]")
+TRADE_OFF_NOTE = ("Each threshold is chosen on the cross-fitted scores and measured on them (in-sample for the "
+                  "threshold). For another policy, adapt again with --threshold-policy, or choose it on held-out "
+                  "patients of the site: pneumo operating-point --model THIS --data HELD_OUT --threshold-policy P "
+                  "--out NEW.")
+
+
+def trade_off_rows(record: dict) -> list[list[str]]:
+    """Each policy's threshold on the cross-fitted scores and what it gives there, the chosen one marked."""
+    def cell(value: float, ci: list) -> str:
+        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    chosen = record["operating_point"]["policy"]
+    return [[policy + (" (this model's)" if policy == chosen else ""), f"{p['threshold']:.4f}",
+             cell(p["sensitivity"], p["sensitivity_exact_ci"]), cell(p["specificity"], p["specificity_exact_ci"])]
+            for policy, p in record.get("operating_points", {}).items()]
+
+
 def card_text(record: dict) -> str:
     local, src = record["local"], record.get("source_site")
     sections = [(("Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
                  "otherwise)"), md_table(["", "source model, stored threshold", "adapted (cross-fitted), new threshold"],
                                         metric_rows(ROWS, _column(local["before"]["stored_threshold"]),
                                                     _column(local["after"]))))]
+    if record.get("operating_points"):
+        sections.append(("Other operating points (the same cross-fitted scores)",
+                         [*md_table(TRADE_OFF_HEAD, trade_off_rows(record)), "", TRADE_OFF_NOTE]))
     if src:
         sections.append((f"Source hospital ({src['split']}, {src['n']} images)",
                          md_table(["", "source model", "adapted model"],
@@ -98,7 +119,9 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
                 ("Local performance", table(["", "source model (stored threshold)", "adapted (cross-fitted)"], rows)
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
                           relative_to=out)),
-                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in summary[2:]) + "</ul>")]
+                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in summary[2:]) + "</ul>"
+                 + (table(list(TRADE_OFF_HEAD), trade_off_rows(record)) + f"<p>{escape(TRADE_OFF_NOTE)}</p>"
+                    if record.get("operating_points") else ""))]
     src = record.get("source_site")
     if src:
         sections.append((f"Source hospital ({src['n']} images, reported only)",

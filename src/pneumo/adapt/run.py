@@ -38,7 +38,7 @@ from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, exact_interval
-from pneumo.evaluate.operating import paths_digest
+from pneumo.evaluate.operating import paths_digest, policies_to_report
 from pneumo.models.runtime import select_device
 from pneumo.policy import parse_policy
 from pneumo.train.loop import step_seed
@@ -89,6 +89,19 @@ def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
         return (f"{n_positive} pneumonia and {n_negative} normal images: the {policy} threshold is uncertain with "
                 "fewer than 30 of each")
     return None
+
+
+def trade_off(y: np.ndarray, p: np.ndarray, chosen: str) -> dict[str, dict]:
+    """The standard policies and the chosen one, each applied to the cross-fitted scores: {policy: threshold,
+    sensitivity and specificity there, with exact intervals} (what another policy would have given, in-sample)."""
+    out = {}
+    for policy in policies_to_report(chosen):
+        threshold = choose_threshold(y, p, policy)
+        m = binary_metrics(y, p, threshold)
+        out[policy] = {"threshold": threshold, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+                       "sensitivity_exact_ci": list(exact_interval(m["tp"], m["tp"] + m["fn"])),
+                       "specificity_exact_ci": list(exact_interval(m["tn"], m["tn"] + m["fp"]))}
+    return out
 
 
 def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, *, n_bootstrap: int, seed: int) -> dict:
@@ -180,6 +193,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                       "note": source.note or None},
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
                             "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},
+        "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy),
         "temperature": fit_temperature(z_oof, site.y),
         "local": {"n": len(site.y), "folds": len(folds),
                   "before": {"stored_threshold": at_threshold(site.y, p_before, predictor.threshold,
