@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -171,11 +172,31 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     threshold = json.loads((out / "model.json").read_text())["threshold"]
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert result["threshold"] == pytest.approx(threshold)
+    # the other policies at the thresholds the adaptation chose on its cross-fitted scores (no val fold to choose on)
+    chosen = adapted["record"]["operating_points"]
+    assert list(result["operating_points"]) == list(chosen) and "operating_points_note" not in result
+    for policy, point in result["operating_points"].items():
+        assert point["threshold"] == pytest.approx(chosen[policy]["threshold"])
+        assert point["val_sensitivity"] == pytest.approx(chosen[policy]["sensitivity"])
+    assert "chosen on the adaptation&#39;s cross-fitted scores" in (tmp_path / "v" / "report.html").read_text()
     image = pd.read_csv(site_csv)["path"].iloc[0]
     assert main(["predict", image, "--model", str(out), "--backend", "torch", "--output", str(tmp_path / "p.csv")]) == 0
     row = pd.read_csv(tmp_path / "p.csv").iloc[0]
     assert row["threshold"] == pytest.approx(threshold, abs=1e-5)
     assert row["label"] == ("PNEUMONIA" if row["p_pneumonia"] >= threshold else "NORMAL")
+
+
+def test_a_tampered_adaptation_threshold_is_a_one_line_error(adapted: dict, site_csv: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    copy = tmp_path / "site-a"
+    shutil.copytree(adapted["out"], copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["adaptation"]["operating_points"]["triage"]["threshold"] = 5.0
+    (copy / "model.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "--model", str(copy), "--data", str(site_csv), "--out", str(tmp_path / "v"),
+                 "--no-analysis", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "triage threshold is 5.0, not in [0, 1]" in err[0]
 
 
 def test_without_patient_ids_each_image_is_its_own_patient_and_the_card_says_so(site_csv: Path, tmp_path: Path) -> None:

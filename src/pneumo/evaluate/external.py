@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo import atomic
 from pneumo.data.rundir import RunDir
-from pneumo.errors import ConfigError, DataError
+from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.labelled import find_labelled
 from pneumo.evaluate.metrics import (
@@ -30,6 +30,7 @@ from pneumo.evaluate.metrics import (
 from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import BATCH, ModelSpec, load_spec, score_labelled, val_scores
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
+from pneumo.policy import parse_policy
 
 log = logging.getLogger(__name__)
 Gallery = Callable[..., tuple[str, str]]  # (out, torch model, images, y, p, threshold, *, subtypes, members) -> section
@@ -52,6 +53,24 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
         out["multiclass"] = multiclass_metrics(y, probs, classes, threshold=threshold, n_resamples=n_bootstrap,
                                                seed=seed)
     return out
+
+
+def adapted_points(spec: ModelSpec) -> dict[str, dict]:
+    """An adapted model's policies, each chosen on its adaptation's cross-fitted scores (`pneumo adapt` records them
+    in the sidecar's ``adaptation``), checked; {} for any other model.
+
+    Raises:
+        ModelError: a recorded threshold that is not a number in [0, 1], or an unknown policy.
+    """
+    if len(spec.predictors) != 1:
+        return {}
+    points = (spec.predictors[0].meta.extra.get("adaptation") or {}).get("operating_points") or {}
+    for policy, point in points.items():
+        parse_policy(policy)
+        threshold = point.get("threshold") if isinstance(point, dict) else None
+        if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
+            raise ModelError(f"{spec.location}: the adaptation's {policy} threshold is {threshold!r}, not in [0, 1]")
+    return points
 
 
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -120,6 +139,18 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                          "source": where}
         result["operating_points"] = operating_points(yb_val, pv, yb, p, report_policies, n_bootstrap=n_bootstrap,
                                                       seed=seed, fixed={spec.policy: spec.threshold})
+    elif adapted := adapted_points(spec):  # an adapted model: its policies were chosen on the cross-fitted scores
+        result["val"] = {"n": 0}
+        fixed = {policy: point["threshold"] for policy, point in adapted.items()} | {spec.policy: spec.threshold}
+        result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, list(fixed),
+                                                      n_bootstrap=n_bootstrap, seed=seed, fixed=fixed)
+        for policy, point in result["operating_points"].items():
+            if policy in adapted and adapted[policy]["threshold"] == point["threshold"]:  # where it was chosen
+                point["val_sensitivity"] = adapted[policy].get("sensitivity")
+                point["val_specificity"] = adapted[policy].get("specificity")
+        result["operating_points_chosen_on"] = "the adaptation's cross-fitted scores (adapt.json)" + (
+            "" if adapted.get(spec.policy, {}).get("threshold") == spec.threshold
+            else "; the model's own (marked) where its operating_point record says")
     else:
         result["val"] = {"n": 0}
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, [spec.policy],
@@ -154,10 +185,12 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if analysis:
         extra.append(analysis(out, spec.predictors[0].torch_model, images, y, p, spec.threshold,
                               subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
+    calibrated_on = ("the adaptation's cross-fitted scores" if "operating_points_chosen_on" in result
+                     else "the model's val fold")
     write_evaluation_report(out, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
                             f"{spec.name}", subtitle=f"{result['external']['data']} · model {spec.location} · "
                             f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · temperature {spec.temperature:.2f} "
-                            "(calibration, fitted on the model's val fold)",
+                            f"(calibration, fitted on {calibrated_on})",
                             extra_sections=extra)
     atomic.write_json(RunDir(out).metrics, result)
     return result

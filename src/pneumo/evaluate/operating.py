@@ -63,7 +63,8 @@ def operating_points_section(result: dict) -> tuple[str, str]:
         cells = [f"{policy}{mark}", fmt_number(p["threshold"]), fmt_number(p.get("val_sensitivity")),
                  fmt_number(p.get("val_specificity")), *(fmt_ci(p.get(k), p.get("ci", {}).get(k)) for k in SHOWN)]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
-    note = ("<p>Each threshold is chosen on the validation split by its policy, never on the data measured here; "
+    chosen_on = escape(result.get("operating_points_chosen_on", "the validation split"))
+    note = (f"<p>Each threshold is chosen on {chosen_on} by its policy, never on the data measured here; "
             "<code>triage</code> is the WHO triage profile (highest specificity with val sensitivity &ge; 0.90). "
             "The model's own operating point (marked) is the headline; choose another with "
             "<code>pneumo operating-point --model MODEL --threshold-policy P --out NEWDIR</code>.</p>")
