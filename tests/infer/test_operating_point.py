@@ -1,4 +1,4 @@
-"""`pneumo operating-point --val FOLDER`: a threshold chosen on the user's own labelled images, written to a new
+"""`pneumo operating-point --data FOLDER|CSV`: a threshold chosen on the user's own labelled images, written to a new
 model folder; the source model is left as it was."""
 
 from __future__ import annotations
@@ -47,3 +47,17 @@ def test_operating_point_on_a_labelled_folder_writes_a_new_model_and_leaves_the_
     at = binary_metrics(y, p, point["threshold"])
     assert at["sensitivity"] >= 0.9 and at["sensitivity"] == chosen["sensitivity"]
     assert at["specificity"] == chosen["specificity"]
+
+
+def test_operating_point_on_a_csv_records_a_csv_and_the_threshold_the_folder_gives(tiny_model: Path, full_data: Path,
+                                                                                   tmp_path: Path) -> None:
+    val = _labelled_folder(full_data, tmp_path / "local_val")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(val.rglob("*.jpeg"))))
+    for data, out in ((val, tmp_path / "from-folder"), (csv, tmp_path / "from-csv")):
+        assert main(["operating-point", "--model", str(tiny_model), "--threshold-policy", "youden", "--data", str(data),
+                     "--out", str(out)]) == 0
+    folder, table = (json.loads((tmp_path / name / "model.json").read_text())["operating_point"]
+                     for name in ("from-folder", "from-csv"))
+    assert table["chosen_on"]["kind"] == "labelled CSV" and folder["chosen_on"]["kind"] == "labelled folder"
+    assert table["threshold"] == folder["threshold"] and table["chosen_on"]["n"] == 6

@@ -52,7 +52,8 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     (predictor,) = load_models(model)
     if val is not None:
         y, logits, table, _, _ = score_labelled([predictor], val)
-        paths, where = table["path"].tolist(), {"kind": "labelled folder", "location": str(Path(val).absolute())}
+        kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
+        paths, where = table["path"].tolist(), {"kind": kind, "location": str(Path(val).absolute())}
     else:
         got = val_scores([predictor], data=data)
         if got is None:
