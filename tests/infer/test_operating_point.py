@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pneumo.cli import main
 from pneumo.data.decode import load_image_file
@@ -61,3 +62,26 @@ def test_operating_point_on_a_csv_records_a_csv_and_the_threshold_the_folder_giv
                      for name in ("from-folder", "from-csv"))
     assert table["chosen_on"]["kind"] == "labelled CSV" and folder["chosen_on"]["kind"] == "labelled folder"
     assert table["threshold"] == folder["threshold"] and table["chosen_on"]["n"] == 6
+
+
+def test_the_threshold_is_chosen_on_the_images_the_model_gives_a_verdict(full_data: Path, tmp_path: Path) -> None:
+    """A turned film gets no label from predict (the shipped model's orientation check), so it must not move the
+    threshold either: chosen on the assessed images, the others counted."""
+    from PIL import Image
+
+    from pneumo.evaluate.metrics import choose_threshold
+    from pneumo.models.orientation import transform
+
+    val = _labelled_folder(full_data, tmp_path / "site")
+    turned = load_image_file(sorted((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))[5])
+    Image.fromarray(transform(turned[None], "rotated 90°")[0]).save(val / "PNEUMONIA" / "turned.png")
+    out = tmp_path / "shipped-youden"
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(val), "--out", str(out)]) == 0
+    chosen = json.loads((out / "model.json").read_text())["operating_point"]
+    paths = sorted(str(p) for p in val.rglob("*.*g"))
+    results = Predictor(None).predict([load_image_file(p) for p in paths])
+    kept = [(int("PNEUMONIA" in p), r.p_pneumonia) for p, r in zip(paths, results, strict=True) if r.assessed]
+    assert not results[paths.index(str(val / "PNEUMONIA" / "turned.png"))].assessed
+    assert chosen["chosen_on"]["n"] == len(kept) and chosen["chosen_on"]["n_not_assessed"] == 7 - len(kept) >= 1
+    y, p = (np.array(column) for column in zip(*kept, strict=True))
+    assert chosen["threshold"] == pytest.approx(choose_threshold(y, p, "youden"), abs=1e-6)  # backends agree to ~1e-8

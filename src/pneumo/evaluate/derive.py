@@ -41,7 +41,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     Returns:
         The ``operating_point`` record.
     """
-    from pneumo.evaluate.scoring import load_models, score_labelled, val_scores
+    from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
 
     parse_policy(policy)
     out = Path(out_dir)
@@ -51,9 +51,16 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     source = sidecar.parent
     (predictor,) = load_models(model)
     if val is not None:
-        y, logits, table, _, _ = score_labelled([predictor], val)
+        y, logits, table, _, images = score_labelled([predictor], val)
+        _, checks = withheld(predictor, images)  # chosen on the images the model gives a verdict, as predict does
+        keep = ~checks["flags"] if checks else np.ones(len(y), dtype=bool)
+        if not keep.any():
+            raise DataError(f"the model withholds a verdict from all {len(y)} images of {val} (out of distribution "
+                            "or turned): no threshold can be chosen on them")
+        y, logits = np.asarray(y)[keep], logits[keep]
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
-        paths, where = table["path"].tolist(), {"kind": kind, "location": str(Path(val).absolute())}
+        paths = table["path"][keep].tolist()
+        where = {"kind": kind, "location": str(Path(val).absolute()), "n_not_assessed": int((~keep).sum())}
     else:
         got = val_scores([predictor], data=data)
         if got is None:

@@ -28,7 +28,7 @@ from pneumo.evaluate.metrics import (
     sensitivity_by_subtype,
 )
 from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
-from pneumo.evaluate.scoring import BATCH, ModelSpec, load_spec, score_labelled, val_scores
+from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
 from pneumo.policy import parse_policy
 
@@ -106,7 +106,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     labelled, not_read = find_labelled(data)
     y_all, logits_all, table_all, errors, images_all = score_labelled(spec.predictors, data, progress=progress,
                                                                       table=labelled)
-    ood_scores, ood = _ood(spec, images_all)
+    ood_scores, ood = withheld(spec.predictors[0], images_all)
     assessed = ~ood["flags"] if ood else np.ones(len(y_all), dtype=bool)
     # External data: the headline is measured on the assessed images (flagged ones get no verdict), all beside it. The
     # official test split keeps its headline on every image (comparable with evaluate_run and published results).
@@ -194,23 +194,6 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                             extra_sections=extra)
     atomic.write_json(RunDir(out).metrics, result)
     return result
-
-
-def _ood(spec: ModelSpec, images: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
-    """The out-of-distribution scores and the images without a verdict (``flags``), decided by the model's (first
-    member's) `Predictor` exactly as `pneumo predict` decides them; ``(None, None)`` for a model without checks."""
-    p = spec.predictors[0]
-    if p.ood is None and p.orientation is None:
-        return None, None
-    results = [r for i in range(0, len(images), BATCH) for r in p.predict_prepared(images[i:i + BATCH])]
-    flags, ood = np.array([not r.assessed for r in results]), np.array([bool(r.ood) for r in results])
-    scores = np.array([np.inf if r.ood_score is None else r.ood_score for r in results]) if p.ood else None
-    summary = {"n": len(images), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
-               "n_out_of_distribution": int(ood.sum()), "n_orientation": int((flags & ~ood).sum()), "flags": flags}
-    if scores is not None:
-        summary.update(threshold=float(p.ood.threshold), percentile=p.meta.ood.get("percentile"),
-                       method=p.meta.ood.get("method"), median_score=float(np.median(scores)))
-    return scores, summary
 
 
 def _data_section(result: dict) -> tuple[str, str]:

@@ -129,6 +129,24 @@ def _class_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return table["subtype"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
 
+def withheld(predictor, images: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
+    """The out-of-distribution scores and the images the model gives no verdict (``flags``: out of distribution or
+    turned), decided by its `Predictor` exactly as `pneumo predict` decides them; ``(None, None)`` for a model
+    without checks."""
+    p = predictor
+    if p.ood is None and p.orientation is None:
+        return None, None
+    results = [r for i in range(0, len(images), BATCH) for r in p.predict_prepared(images[i:i + BATCH])]
+    flags, ood = np.array([not r.assessed for r in results]), np.array([bool(r.ood) for r in results])
+    scores = np.array([np.inf if r.ood_score is None else r.ood_score for r in results]) if p.ood else None
+    summary = {"n": len(images), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
+               "n_out_of_distribution": int(ood.sum()), "n_orientation": int((flags & ~ood).sum()), "flags": flags}
+    if scores is not None:
+        summary.update(threshold=float(p.ood.threshold), percentile=p.meta.ood.get("percentile"),
+                       method=p.meta.ood.get("method"), median_score=float(np.median(scores)))
+    return scores, summary
+
+
 def val_scores(predictors: list, *, data: str | None = None):
     """The model's own val fold, scored: ``(y, logits, paths, where)``, or None when it cannot be rebuilt (a model
     without a config, or no dataset). A run's folds.csv is used as is; otherwise the split is rebuilt from the
