@@ -64,7 +64,8 @@ def test_operating_point_on_a_csv_records_a_csv_and_the_threshold_the_folder_giv
     assert table["threshold"] == folder["threshold"] and table["chosen_on"]["n"] == 6
 
 
-def test_the_threshold_is_chosen_on_the_images_the_model_gives_a_verdict(full_data: Path, tmp_path: Path) -> None:
+def test_the_threshold_is_chosen_on_the_images_the_model_gives_a_verdict(full_data: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
     """A turned film gets no label from predict (the shipped model's orientation check), so it must not move the
     threshold either: chosen on the assessed images, the others counted."""
     from PIL import Image
@@ -78,6 +79,8 @@ def test_the_threshold_is_chosen_on_the_images_the_model_gives_a_verdict(full_da
     out = tmp_path / "shipped-youden"
     assert main(["operating-point", "--threshold-policy", "youden", "--data", str(val), "--out", str(out)]) == 0
     chosen = json.loads((out / "model.json").read_text())["operating_point"]
+    printed = capsys.readouterr().out
+    assert f"{chosen['chosen_on']['n_not_assessed']} without a verdict left out" in printed and "--data HELD_OUT" in printed
     paths = sorted(str(p) for p in val.rglob("*.*g"))
     results = Predictor(None).predict([load_image_file(p) for p in paths])
     kept = [(int("PNEUMONIA" in p), r.p_pneumonia) for p, r in zip(paths, results, strict=True) if r.assessed]

@@ -32,8 +32,11 @@ def run(args: argparse.Namespace) -> int:
     check_policy(args.threshold_policy, "--threshold-policy")
     record = derive_model(args.model, args.threshold_policy, args.out, data=args.dataset, val=args.data)
     chosen = record["chosen_on"]
+    withheld = chosen.get("n_not_assessed") or 0
     print(f"new model: {args.out} (operating point v{record['version']}: {record['policy']}, threshold "
           f"{record['threshold']:.4f}, val sensitivity {chosen['sensitivity']:.3f}, specificity "
-          f"{chosen['specificity']:.3f} on {chosen['n']} images of {chosen['kind']})")
-    print(f"evaluate it: pneumo evaluate --model {args.out}")
+          f"{chosen['specificity']:.3f} on {chosen['n']} images of {chosen['kind']}"
+          + (f"; {withheld} without a verdict left out)" if withheld else ")"))
+    print(f"evaluate it: pneumo evaluate --model {args.out}"
+          + (" --data HELD_OUT --out validation/   # other patients than these" if args.data else ""))
     return 0
