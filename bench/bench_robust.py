@@ -118,7 +118,7 @@ def measure(model: str | None, dataset: str, site: str | None) -> dict:
     row["shifted_log_loss"] = float(np.mean([row[name]["log_loss"] for name in CORRUPTIONS]))
     if site:
         if site not in _site_cache:
-            ys, _, _, _, prepared = score_labelled([predictor], site)
+            ys, _, _, _, prepared, _ = score_labelled([predictor], site)
             _site_cache[site] = (ys, prepared)
         ys, prepared = _site_cache[site]
         logits, features = [], []

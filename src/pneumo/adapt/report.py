@@ -64,12 +64,11 @@ TRADE_OFF_NOTE = ("Each threshold is chosen on the cross-fitted scores and measu
 
 def trade_off_rows(record: dict) -> list[list[str]]:
     """Each policy's threshold on the cross-fitted scores and what it gives there, the chosen one marked."""
-    def cell(value: float, ci: list) -> str:
-        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    from pneumo.templates import fmt_ci
 
     chosen = record["operating_point"]["policy"]
     return [[policy + (" (this model's)" if policy == chosen else ""), f"{p['threshold']:.4f}",
-             cell(p["sensitivity"], p["sensitivity_exact_ci"]), cell(p["specificity"], p["specificity_exact_ci"])]
+             fmt_ci(p["sensitivity"], p["sensitivity_exact_ci"]), fmt_ci(p["specificity"], p["specificity_exact_ci"])]
             for policy, p in record.get("operating_points", {}).items()]
 
 

@@ -37,7 +37,7 @@ from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_sourc
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
-from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, exact_interval
+from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, proportion_cis
 from pneumo.evaluate.operating import paths_digest, policies_to_report
 from pneumo.models.runtime import select_device
 from pneumo.policy import parse_policy
@@ -99,17 +99,21 @@ def trade_off(y: np.ndarray, p: np.ndarray, chosen: str) -> dict[str, dict]:
         threshold = choose_threshold(y, p, policy)
         m = binary_metrics(y, p, threshold)
         out[policy] = {"threshold": threshold, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                       "sensitivity_exact_ci": list(exact_interval(m["tp"], m["tp"] + m["fn"])),
-                       "specificity_exact_ci": list(exact_interval(m["tn"], m["tn"] + m["fp"]))}
+                       **exact_cis(m)}
     return out
+
+
+def exact_cis(metrics: dict) -> dict[str, list[float]]:
+    """Exact (Clopper-Pearson) intervals on the sensitivity and specificity of `binary_metrics`' counts."""
+    ci = proportion_cis(metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"])
+    return {"sensitivity_exact_ci": list(ci["sensitivity"]), "specificity_exact_ci": list(ci["specificity"])}
 
 
 def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, *, n_bootstrap: int, seed: int) -> dict:
     """Metrics at one threshold with bootstrap CIs, and exact intervals on sensitivity and specificity."""
     metrics = binary_metrics(y, p, threshold)
     return {"metrics": metrics, "ci": bootstrap_cis(y, p, threshold, n_resamples=n_bootstrap, seed=seed),
-            "sensitivity_exact_ci": list(exact_interval(metrics["tp"], metrics["tp"] + metrics["fn"])),
-            "specificity_exact_ci": list(exact_interval(metrics["tn"], metrics["tn"] + metrics["fp"]))}
+            **exact_cis(metrics)}
 
 
 def _check_out(out: Path, sidecar: Path) -> None:

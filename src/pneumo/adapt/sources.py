@@ -70,7 +70,7 @@ def load_site(data: str | os.PathLike, predictor) -> SiteImages:
 
     if len(predictor.classes) != 2:
         raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
-    y, logits, table, errors, images = score_labelled([predictor], data)
+    y, logits, table, errors, images, _ = score_labelled([predictor], data)
     patients_given = "patient_id" in table.columns and bool((table["patient_id"] != "").all())
     if not patients_given:
         table["patient_id"] = table["path"]

@@ -51,8 +51,8 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     source = sidecar.parent
     (predictor,) = load_models(model)
     if val is not None:
-        y, logits, table, _, images = score_labelled([predictor], val)
-        _, checks = withheld(predictor, images)  # chosen on the images the model gives a verdict, as predict does
+        y, logits, table, _, _, predictions = score_labelled([predictor], val)
+        _, checks = withheld(predictor, predictions)  # chosen on the images the model gives a verdict, as predict does
         keep = ~checks["flags"] if checks else np.ones(len(y), dtype=bool)
         if not keep.any():
             raise DataError(f"the model withholds a verdict from all {len(y)} images of {val} (out of distribution "

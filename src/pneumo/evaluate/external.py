@@ -104,9 +104,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
     report_policies = policies_to_report(spec.policy, policies)
     labelled, not_read = find_labelled(data)
-    y_all, logits_all, table_all, errors, images_all = score_labelled(spec.predictors, data, progress=progress,
-                                                                      table=labelled)
-    ood_scores, ood = withheld(spec.predictors[0], images_all)
+    y_all, logits_all, table_all, errors, images_all, predictions = score_labelled(spec.predictors, data,
+                                                                                   progress=progress, table=labelled)
+    ood_scores, ood = withheld(spec.predictors[0], predictions)
     assessed = ~ood["flags"] if ood else np.ones(len(y_all), dtype=bool)
     # External data: the headline is measured on the assessed images (flagged ones get no verdict), all beside it. The
     # official test split keeps its headline on every image (comparable with evaluate_run and published results).

@@ -89,9 +89,9 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
 def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False,
                    table: pd.DataFrame | None = None):
     """Decode and score every labelled image (of ``table`` when given: `find_labelled` of ``data``). Returns ``(y,
-    logits, table, errors, images)``: class indices for the model's task, the (ensemble) logits, the readable rows,
-    ``{path: error}`` for the unreadable or refused ones and the first member's preprocessed uint8 images (for
-    Grad-CAM)."""
+    logits, table, errors, images, predictions)``: class indices for the model's task, the (ensemble) logits, the
+    readable rows, ``{path: error}`` for the unreadable or refused ones, the first member's preprocessed uint8 images
+    (for Grad-CAM) and its `Prediction`s from the same model call (its OOD and orientation verdicts: `withheld`)."""
     from tqdm import tqdm
 
     from pneumo.data.decode import load_image_file
@@ -114,9 +114,12 @@ def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool 
         raise DataError(f"none of the {len(table)} labelled images could be read")
     table = table.iloc[kept].reset_index(drop=True)
     stacks = [np.stack(images) for images in prepared]
-    logits = log_mean_probability([np.concatenate([p.logits(s[i:i + BATCH]) for i in range(0, len(s), BATCH)])
-                          for p, s in zip(predictors, stacks, strict=True)])
-    return _class_indices(table, predictors[0].classes), logits, table, errors, stacks[0]
+    first = [predictors[0].outputs(stacks[0][i:i + BATCH]) for i in range(0, len(stacks[0]), BATCH)]
+    predictions = [r for batch in first for r in predictors[0].predictions(*batch)]
+    logits = log_mean_probability([np.concatenate([z for z, _ in first])] + [
+        np.concatenate([p.logits(s[i:i + BATCH]) for i in range(0, len(s), BATCH)])
+        for p, s in zip(predictors[1:], stacks[1:], strict=True)])
+    return _class_indices(table, predictors[0].classes), logits, table, errors, stacks[0], predictions
 
 
 def _class_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -129,17 +132,15 @@ def _class_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
     return table["subtype"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
 
-def withheld(predictor, images: np.ndarray) -> tuple[np.ndarray | None, dict | None]:
-    """The out-of-distribution scores and the images the model gives no verdict (``flags``: out of distribution or
-    turned), decided by its `Predictor` exactly as `pneumo predict` decides them; ``(None, None)`` for a model
-    without checks."""
-    p = predictor
+def withheld(p, results: list) -> tuple[np.ndarray | None, dict | None]:
+    """The out-of-distribution scores and the images the model ``p`` gives no verdict (``flags``: out of distribution
+    or turned), read from its `Prediction`s (`score_labelled`'s), decided exactly as `pneumo predict` decides them;
+    ``(None, None)`` for a model without checks."""
     if p.ood is None and p.orientation is None:
         return None, None
-    results = [r for i in range(0, len(images), BATCH) for r in p.predict_prepared(images[i:i + BATCH])]
     flags, ood = np.array([not r.assessed for r in results]), np.array([bool(r.ood) for r in results])
     scores = np.array([np.inf if r.ood_score is None else r.ood_score for r in results]) if p.ood else None
-    summary = {"n": len(images), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
+    summary = {"n": len(results), "n_flagged": int(flags.sum()), "share_flagged": float(flags.mean()),
                "n_out_of_distribution": int(ood.sum()), "n_orientation": int((flags & ~ood).sum()), "flags": flags}
     if scores is not None:
         summary.update(threshold=float(p.ood.threshold), percentile=p.meta.ood.get("percentile"),

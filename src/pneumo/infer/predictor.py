@@ -219,7 +219,11 @@ class Predictor:
         return self.outputs(prepared)[0]
 
     def predict_prepared(self, prepared: np.ndarray) -> list[Prediction]:
-        logits, features = self.outputs(prepared)
+        return self.predictions(*self.outputs(prepared))
+
+    def predictions(self, logits: np.ndarray, features: np.ndarray | None) -> list[Prediction]:
+        """Predictions from one batch's `outputs`: the threshold's label, withheld where the OOD or orientation check
+        refuses the image."""
         results = self._results(logits)
         if self.ood is not None and features is not None:
             for result, score in zip(results, self.ood.scores(features)):
