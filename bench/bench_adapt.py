@@ -97,6 +97,7 @@ def main() -> None:
                         help="source images per site image and epoch (default: AdaptConfig's)")
     parser.add_argument("--rehearsal-min", type=int, default=None,
                         help="at least this many source images per epoch (default: AdaptConfig's)")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: AdaptConfig's)")
     parser.add_argument("--augment", choices=["model", "defaults"], default="defaults",
                         help="fine-tuning augmentation (+ flips): AugmentConfig's defaults, as `pneumo adapt` does, or "
                              "the model's own training one (what `pneumo adapt` did until the second round)")
@@ -106,10 +107,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cfg = AdaptConfig(**{k: v for k, v in (("rehearsal", args.rehearsal), ("rehearsal_min", args.rehearsal_min))
-                         if v is not None})
+    cfg = AdaptConfig(**{k: v for k, v in (("rehearsal", args.rehearsal), ("rehearsal_min", args.rehearsal_min),
+                                           ("lr", args.lr)) if v is not None})
     done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("rehearsal_min", 0),
-             r.get("augment", "defaults")) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
+             r.get("augment", "defaults"), r.get("lr", 3e-4))
+            for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     root = Path(args.data)
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
     predictor = Predictor(args.model, backend="torch")
@@ -127,12 +129,12 @@ def main() -> None:
         sizes = [args.full] if args.full else [0, *map(int, args.sizes.split(","))]
         for n in sizes:
             kind = "full" if args.full else "curve"
-            if (kind, draw, n, cfg.rehearsal, cfg.rehearsal_min, args.augment) in done:
+            if (kind, draw, n, cfg.rehearsal, cfg.rehearsal_min, args.augment, cfg.lr) in done:
                 continue
             start = time.perf_counter()
             picked = draw_patients(pool, n, seed=1000 * draw + n) if n else pool.iloc[:0]
             row = {"kind": kind, "draw": draw, "n": n, "rehearsal": cfg.rehearsal, "rehearsal_min": cfg.rehearsal_min,
-                   "augment": args.augment,
+                   "augment": args.augment, "lr": cfg.lr,
                    "n_images": len(picked),
                    "n_patients": int(picked["patient_id"].nunique()), "n_pos": int((picked["label"] == "PNEUMONIA")
                                                                                    .sum()), **info}
