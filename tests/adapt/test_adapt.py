@@ -212,6 +212,18 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_card_says_so(
     assert "from the CSV" in patients_line(load_site(site_csv, Predictor(None)).counts())
 
 
+def test_a_patient_id_column_with_gaps_is_a_one_line_error(site_csv: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    gaps = tmp_path / "gaps.csv"
+    table = pd.read_csv(site_csv, dtype=str)
+    table.loc[3, "patient_id"] = ""  # one forgotten id: grouping the rest and not this one would split nothing safely
+    table.to_csv(gaps, index=False)
+    assert main(["adapt", "--data", str(gaps), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"1 of {len(table)} rows have no patient_id" in err[0] and table.loc[3, "path"] in err[0]
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     few = tmp_path / "few.csv"

@@ -66,15 +66,28 @@ def load_site(data: str | os.PathLike, predictor) -> SiteImages:
     """Decode, preprocess and score every labelled image of a folder or ``path,label[,patient_id]`` CSV, as external
     validation does (`pneumo.evaluate.scoring.score_labelled`: the input gate predict and serve apply; refused or
     unreadable images are left out and listed). ``logits`` are the model's own scores of them."""
+    from pneumo.evaluate.labelled import labelled_images
     from pneumo.evaluate.scoring import score_labelled
 
     if len(predictor.classes) != 2:
         raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
+    _check_patient_ids(labelled_images(data), data)
     y, logits, table, errors, images, _ = score_labelled([predictor], data)
-    patients_given = "patient_id" in table.columns and bool((table["patient_id"] != "").all())
+    patients_given = "patient_id" in table.columns
     if not patients_given:
         table["patient_id"] = table["path"]
     return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits)
+
+
+def _check_patient_ids(table: pd.DataFrame, data: str | os.PathLike) -> None:
+    """A ``patient_id`` column is all or nothing: with gaps the folds could split a patient (no grouping at all would
+    be silent leakage), so blanks are an error naming the first one."""
+    if "patient_id" not in table.columns:
+        return
+    blank = table.loc[table["patient_id"] == "", "path"]
+    if len(blank):
+        raise DataError(f"{data}: {len(blank)} of {len(table)} rows have no patient_id (e.g. {blank.iloc[0]}): fill "
+                        "them in, or drop the column to count every image as its own patient")
 
 
 def source_config(meta: CheckpointMeta) -> dict | None:
