@@ -1,5 +1,5 @@
 """The house style of every `pneumo` parser: defaults shown, an ``examples:`` epilog, one spelling per flag (no
-deprecated aliases before 1.0). (Core layer: commands and the CLI both use it.)"""
+deprecated aliases before 1.0). (The commands layer: the CLI and the commands use it.)"""
 
 from __future__ import annotations
 

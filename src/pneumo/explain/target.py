@@ -2,7 +2,7 @@
 
 The explained score is the **pneumonia-vs-normal log-odds** ``logsumexp(z[1:]) - z[0]`` (see `pneumo.explain.cam`),
 signed toward the class a map gives evidence for. The protocols name what explanations need from a predictor and a
-prediction (``pneumo.infer.predictor`` provides both), so this layer does not import the inference layer above it.
+prediction (``pneumo.infer.predictor`` provides both), so this layer needs no more of the inference layer than these two shapes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or AMX): on such a C
 faster than fp32 (`bench/bench_train_speed.py`); elsewhere, and with ``amp=False`` anywhere, the model runs in fp32.
 Channels-last is used on CUDA and on every CPU (oneDNN's fast layout: in fp32 on an AVX2 CPU without bf16, Lite0
 trains 1.2-1.5x faster than contiguous); ``channels_last=False`` keeps the contiguous layout, the
-arithmetic of the code before the fast path. An option on the CPU (`depthwise_in_fp32`, ``train.depthwise_fp32``):
+arithmetic of the code before the fast path. An option on the CPU (`depthwise_in_fp32`, used by `pneumo adapt`'s fine-tunes):
 oneDNN's bf16 backward of depthwise convolutions with a 5x5 kernel or a stride of 2 is 1.2-7x slower than its fp32
 one, so those layers, where they train, can run in fp32 inside the bf16 step.
 """
