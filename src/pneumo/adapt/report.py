@@ -16,7 +16,13 @@ USE = ("For images of the site it was adapted to, acquired as the labelled sampl
        "medical device.")
 LIMITS = (("Check a new site first (`pneumo site check`). Validate on held-out patients of the site (`pneumo evaluate "
           "--model THIS --data HELD_OUT`) before any use."),
-          "The local numbers come from the labelled sample: their intervals are as wide as its size makes them.")
+          "The local numbers come from the labelled sample: their intervals are as wide as its size makes them.",
+          ("They are out-of-fold scores of models each adapted on part of the sample; this model, adapted on all of it, "
+           "can rank held-out patients differently, and its specificity at the chosen threshold can differ more (six "
+           "200-image adaptations on nih_sample: cross-fitted ROC-AUC 0.69-0.88, held-out 0.83-0.86, lower cross-fitted "
+           "in five; specificity off by up to 0.29): the validation on held-out patients is what counts."),
+          ("On the source hospital's images this model keeps its ranking but uses the site's threshold: there, its "
+           "sensitivity and specificity are not those of the source model (see the table above)."))
 
 
 def _column(block: dict) -> tuple[dict, dict]:
