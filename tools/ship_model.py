@@ -5,7 +5,7 @@
 Writes src/pneumo/assets/default-model.{safetensors,json,md}. The card's numbers come from the run's metrics.json.
 The out-of-distribution statistics are then refitted on the shipped (fp16) weights, exactly as
 `pneumo ood fit --model src/pneumo/assets/default-model.json` does (the dataset: --dataset, the run's config or $PNEUMO_DATA),
-into default-model.ood.safetensors.
+into default-model.ood.safetensors, and so is the orientation check (default-model.orient.safetensors).
 """
 
 from __future__ import annotations
