@@ -224,6 +224,46 @@ def test_a_patient_id_column_with_gaps_is_a_one_line_error(site_csv: Path, tmp_p
     assert not (tmp_path / "a").exists()
 
 
+def test_pixel_identical_copies_share_a_patient_group_and_the_card_says_so(site_csv: Path, tmp_path: Path) -> None:
+    from pneumo.adapt.report import patients_line
+    from pneumo.adapt.sources import load_site
+    from pneumo.infer.predictor import Predictor
+
+    table = pd.read_csv(site_csv, dtype=str).groupby("label").head(3)
+    copy = tmp_path / "exported-again.jpeg"  # the same film under another name, as a second PACS export would give
+    shutil.copyfile(table["path"].iloc[0], copy)
+    plain = tmp_path / "copies.csv"
+    pd.concat([table, table.iloc[:1].assign(path=str(copy))])[["path", "label"]].to_csv(plain, index=False)
+    site = load_site(plain, Predictor(None))
+    groups = dict(zip(site.table["path"], site.groups, strict=True))
+    assert groups[str(copy)] == groups[table["path"].iloc[0]] and site.counts()["n_copies"] == 1
+    assert site.counts()["n_patients"] == len(table)  # 7 images, 6 groups
+    assert "1 image(s) pixel for pixel the same" in patients_line(site.counts())
+
+
+def test_join_copies_merges_the_patients_a_copy_links() -> None:
+    from pneumo.adapt.sources import join_copies
+
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(3))
+    # patient p2 has a copy of p1's image and an image of its own; p3 has a copy of that one: all three are one group
+    x = np.stack([a, a.copy(), b, b.copy(), c])
+    groups, copies = join_copies(x, pd.Series(["p1", "p2", "p2", "p3", "p4"]))
+    assert copies == 2 and len(set(groups[:4])) == 1 and groups[4] == "p4"
+    unique, none = join_copies(x[[0, 2, 4]], pd.Series(["p1", "p2", "p4"]))
+    assert none == 0 and list(unique) == ["p1", "p2", "p4"]
+
+
+def test_cli_refuses_a_file_listed_twice_with_one_line(site_csv: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    twice = tmp_path / "twice.csv"
+    table = pd.read_csv(site_csv, dtype=str)
+    pd.concat([table, table.iloc[:1]]).to_csv(twice, index=False)
+    assert main(["adapt", "--data", str(twice), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 file(s) listed more than once" in err[0] and table["path"].iloc[0] in err[0]
+
+
 def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     few = tmp_path / "few.csv"

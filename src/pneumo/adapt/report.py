@@ -32,11 +32,14 @@ def _column(block: dict) -> tuple[dict, dict]:
 
 
 def patients_line(site: dict) -> str:
+    copies = site.get("n_copies", 0)
+    joined = (f"; {copies} image(s) pixel for pixel the same as another were kept in its group (never on the other "
+              "side of a split)") if copies else ""
     if site["patients_given"]:
-        return f"{site['n_patients']} patients (from the CSV's patient_id column)"
+        return f"{site['n_patients']} patients (from the CSV's patient_id column{joined})"
     return (f"{site['n_patients']} 'patients': no patient_id was given, so every image counts as its own patient "
-            "(images of one patient may sit on both sides of a cross-fitting split: the local numbers may be "
-            "optimistic)")
+            f"(images of one patient may sit on both sides of a cross-fitting split: the local numbers may be "
+            f"optimistic{joined})")
 
 
 def summary_lines(record: dict) -> list[str]:

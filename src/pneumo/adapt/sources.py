@@ -4,6 +4,7 @@ fold for the OOD threshold and its official test split to report on)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 class SiteImages:
     """A site's readable labelled images: ``table`` (path, label, subtype, patient_id), ``x`` uint8 (N, S, S),
     ``y`` class indices; ``errors`` {path: why} for the files left out; ``patients_given``: the CSV named patients
-    (otherwise every image is its own patient); ``logits``: the source model's scores of ``x``."""
+    (otherwise every image is its own patient); ``logits``: the source model's scores of ``x``; ``n_copies``: images
+    pixel for pixel the same as an earlier one (put in its patient group: a copy never sits on the other side of a
+    split)."""
 
     table: pd.DataFrame
     x: np.ndarray
@@ -32,6 +35,7 @@ class SiteImages:
     patients_given: bool
     location: str
     logits: np.ndarray
+    n_copies: int = 0
 
     @property
     def groups(self) -> np.ndarray:
@@ -40,7 +44,7 @@ class SiteImages:
     def counts(self) -> dict:
         return {"n_images": len(self.y), "n_patients": int(self.table["patient_id"].nunique()),
                 "by_label": {str(k): int(v) for k, v in self.table["label"].value_counts().sort_index().items()},
-                "n_unreadable": len(self.errors), "patients_given": self.patients_given}
+                "n_unreadable": len(self.errors), "patients_given": self.patients_given, "n_copies": self.n_copies}
 
 
 @dataclass
@@ -71,17 +75,44 @@ def load_site(data: str | os.PathLike, predictor) -> SiteImages:
 
     if len(predictor.classes) != 2:
         raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
-    _check_patient_ids(labelled_images(data), data)
+    _check_rows(labelled_images(data), data)
     y, logits, table, errors, images, _ = score_labelled([predictor], data)
     patients_given = "patient_id" in table.columns
-    if not patients_given:
-        table["patient_id"] = table["path"]
-    return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits)
+    groups, copies = join_copies(images, table["patient_id"] if patients_given else table["path"])
+    table["patient_id"] = groups
+    return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies)
 
 
-def _check_patient_ids(table: pd.DataFrame, data: str | os.PathLike) -> None:
-    """A ``patient_id`` column is all or nothing: with gaps the folds could split a patient (no grouping at all would
-    be silent leakage), so blanks are an error naming the first one."""
+def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
+    """Patient groups with every set of pixel-identical images (the same film exported twice, under two names or two
+    patient ids) merged into one group, and the number of such copies. Exact copies only: a re-encoded or resized
+    copy is another image to this check."""
+    parent = {p: p for p in patients}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = p = parent[parent[p]]
+        return p
+
+    first: dict[bytes, str] = {}
+    copies = 0
+    for image, patient in zip(x, patients, strict=True):
+        key = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        if key not in first:
+            first[key] = patient
+            continue
+        copies += 1
+        a, b = root(first[key]), root(patient)
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(p) for p in patients], dtype=object), copies
+
+
+def _check_rows(table: pd.DataFrame, data: str | os.PathLike) -> None:
+    """One row per image, and a ``patient_id`` column all or nothing: a file listed twice would be trained on and
+    scored as two images, and with gaps the folds could split a patient, so both are errors naming the first case."""
+    twice = table.loc[table["path"].duplicated(), "path"]
+    if len(twice):
+        raise DataError(f"{data}: {len(twice)} file(s) listed more than once (e.g. {twice.iloc[0]}): list each once")
     if "patient_id" not in table.columns:
         return
     blank = table.loc[table["patient_id"] == "", "path"]
