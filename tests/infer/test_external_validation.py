@@ -128,6 +128,53 @@ def test_cli_external_validation_of_a_run_and_a_csv_agree(run_dir: Path, two_fol
     assert f["test"]["metrics"] == c["test"]["metrics"]
 
 
+def test_subgroup_rows_are_the_headline_measured_on_each_value_of_a_csv_column(
+        run_dir: Path, two_folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    folder = labelled_images(two_folders[1])
+    csv = tmp_path / "labels.csv"
+    # a 'view' column confounded with the label, as in nih_sample (normals mostly AP), and one blank cell
+    view = np.where(np.arange(len(folder)) % 3 == 0, "PA", "AP")
+    view[1] = ""
+    pd.DataFrame({"path": folder["path"], "label": folder["label"], "view": view,
+                  "scanner": "one"}).to_csv(csv, index=False)
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(csv), "--out", str(tmp_path / "c"),
+                 "--bootstrap", "20", "--no-analysis", "--by", "view", "--by", "scanner"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    preds = pd.read_csv(tmp_path / "c" / "predictions.csv").merge(
+        pd.read_csv(csv, keep_default_na=False)[["path", "view"]], on="path")
+    judged = preds[preds["assessed"] == 1].assign(view=lambda t: t["view"].replace("", "(blank)"))
+    groups = result["subgroups"]["view"]
+    assert set(groups) == set(judged["view"]) and sum(g["n"] for g in groups.values()) == result["test"]["n"]
+    for value, rows in judged.groupby("view"):
+        y = (rows["label"] == "PNEUMONIA").to_numpy(int)
+        assert groups[value]["n"] == len(rows) and groups[value]["n_pos"] == y.sum()
+        if 0 < y.sum() < len(y):
+            assert groups[value]["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(y, rows["p_pneumonia"]))
+        assert groups[value]["metrics"]["tp"] == int((y & (rows["p_pneumonia"] >= result["threshold"])).sum())
+    assert result["subgroups"]["scanner"]["one"]["metrics"] == result["test"]["metrics"]  # one value: the headline
+    assert "view=AP: n " in printed and "Subgroups" in (tmp_path / "c" / "report.html").read_text()
+
+
+def test_by_names_a_column_the_data_has_in_one_line(run_dir: Path, two_folders: tuple[Path, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    folder = labelled_images(two_folders[0])
+    csv = tmp_path / "labels.csv"
+    folder.assign(view="AP")[["path", "label", "view"]].to_csv(csv, index=False)
+    for data, by, message in ((csv, "sex", "has no such column (its other columns: view)"),
+                              (two_folders[0], "view", "subgroups need a CSV with that column"),
+                              (csv, "label", "has no such column")):
+        assert main(["evaluate", "--model", str(run_dir), "--data", str(data), "--out", str(tmp_path / "x"),
+                     "--by", by]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--by {by}" in err[0] and message in err[0]
+        assert not (tmp_path / "x").exists()
+    assert main(["evaluate", "--model", str(run_dir), "--by", "view"]) == 2
+    assert "give it with --data" in capsys.readouterr().err
+
+
 def test_evaluate_never_changes_the_model_and_reports_every_policy(run_dir: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     sidecar = run_dir / "model.json"

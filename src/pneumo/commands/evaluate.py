@@ -14,6 +14,7 @@ pneumo evaluate --model runs/default --data labels.csv --out validation/   # a C
 pneumo evaluate --model runs/default                   # a run on the official test split (its own report.html)
 pneumo evaluate --model runs/a --model runs/b --out runs/ens              # an ensemble of runs of one split
 pneumo evaluate --model runs/default --threshold-policy sensitivity:0.98  # one more policy in the table
+pneumo evaluate --model models/site-a --data held_out.csv --by view --by sex   # subgroup rows from the CSV's columns
 """
 
 
@@ -30,6 +31,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="also report this policy (youden | triage | sensitivity:X), chosen on val; repeatable. "
                              "The headline stays the model's stored operating point: to change it, use "
                              "`pneumo operating-point`")
+    parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                        help="with a --data CSV: also report each value of this column (e.g. view, sex, scanner) as a "
+                             "subgroup at the stored threshold; repeatable")
     parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: the run's config, "
                         "else 1000)")
     parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds an "
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     hooks = {} if args.no_analysis else {"sections": analysis_sections, "gallery": error_gallery}
     result, folder = evaluate(list(args.model), data=args.data, out=args.out, policies=tuple(args.policies),
                               n_bootstrap=args.bootstrap, dataset=args.dataset, progress=sys.stderr.isatty(),
-                              force=args.force, **hooks)
+                              force=args.force, by=tuple(args.by), **hooks)
     print(summary_line(result))
     ext = result.get("external") or {}
     left_out = {**(ext.get("unreadable") or {}), **(ext.get("not_read") or {})}
@@ -62,5 +66,10 @@ def run(args: argparse.Namespace) -> int:
     for policy, p in points.items():
         print(f"  {policy:>18}: threshold {fmt_number(p['threshold'])}, accuracy {fmt_number(p['accuracy'])}, "
               f"sensitivity {fmt_number(p['sensitivity'])}, specificity {fmt_number(p['specificity'])}")
+    for column, groups in (result.get("subgroups") or {}).items():
+        for value, g in groups.items():
+            m = g["metrics"]
+            print(f"  {column}={value}: n {g['n']} ({g['n_pos']} pneumonia), ROC-AUC {fmt_number(m['roc_auc'])}, "
+                  f"sensitivity {fmt_number(m['sensitivity'])}, specificity {fmt_number(m['specificity'])}")
     print(f"report: {folder}/report.html")
     return 0

@@ -52,7 +52,7 @@ def official_test_folder(dataset: str | None) -> Path:
 def evaluate(models: list[str], *, data: str | None = None, out: str | None = None, policies: tuple[str, ...] = (),
              n_bootstrap: int | None = None, dataset: str | None = None, progress: bool = False,
              sections: Analysis | None = None, gallery: Gallery | None = None,
-             force: bool = False) -> tuple[dict, Path]:
+             force: bool = False, by: tuple[str, ...] = ()) -> tuple[dict, Path]:
     """Dispatch one evaluation; returns (metrics, the folder holding report.html). Nothing here changes a model.
 
     Args:
@@ -67,6 +67,7 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
             indicator, error gallery, embeddings); None: none.
         gallery: an external validation's error gallery (``explain.analysis.error_gallery``); None: none.
         force: write into an output folder that already holds files (an earlier evaluation); without it, an error.
+        by: columns of a ``data`` CSV whose values get subgroup rows (external validation only).
 
     Raises:
         ConfigError: among others, an output folder that is not empty, without ``force``.
@@ -75,6 +76,8 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     models = [m for m in models if m] or ["default"]
     if n_bootstrap is not None and n_bootstrap < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {n_bootstrap}")
+    if by and not data:
+        raise ConfigError(f"--by {by[0]}: subgroups are columns of a labelled CSV: give it with --data")
     if len(models) > 1:
         if data:
             raise ConfigError("external validation of an ensemble: evaluate the runs as an ensemble first "
@@ -95,5 +98,5 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     boot = 1000 if n_bootstrap is None else n_bootstrap
     result = evaluate_external(None if model == "default" else model, data, target, n_bootstrap=boot,
                                policies=policies, val_data=dataset, progress=progress, analysis=gallery,
-                               official=official)
+                               official=official, by=by)
     return result, target

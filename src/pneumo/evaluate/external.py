@@ -76,7 +76,7 @@ def adapted_points(spec: ModelSpec) -> dict[str, dict]:
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
                       n_bootstrap: int = 1000, seed: int = 0, ece_bins: int = 15, policies: tuple[str, ...] = (),
                       val_data: str | None = None, analysis: Gallery | None = None, progress: bool = False,
-                      official: bool = False) -> dict:
+                      official: bool = False, by: tuple[str, ...] = ()) -> dict:
     """The protocol on a labelled folder / CSV with the model's stored operating point; see the module doc.
 
     Args:
@@ -92,6 +92,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
             which the caller passes in: explanations sit above evaluation); None: no gallery.
         progress: a progress bar on stderr.
         official: ``data`` is the official test split (labels the report and summary so; e.g. the shipped model).
+        by: CSV columns (e.g. ``view``, ``sex``) whose values get subgroup rows at the stored threshold.
 
     Returns:
         The metrics dict also written to ``out_dir/metrics.json``.
@@ -104,6 +105,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
     report_policies = policies_to_report(spec.policy, policies)
     labelled, not_read = find_labelled(data)
+    check_columns(labelled, by, data)
     y_all, logits_all, table_all, errors, images_all, predictions = score_labelled(spec.predictors, data,
                                                                                    progress=progress, table=labelled)
     ood_scores, ood = withheld(spec.predictors[0], predictions)
@@ -159,6 +161,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
                                            "rebuilt here (pass --dataset DIR)")
         log.warning("only the stored operating point is reported: %s", result["operating_points_note"])
+    if by:
+        result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed)
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": errors, "n_not_read": len(not_read), "not_read": not_read,
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official}
@@ -181,7 +185,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                             **({"ood_score": ood_scores} if ood_scores is not None else {}),
                             "assessed": assessed.astype(int)}, logits_all,
                       temperature=result["temperature"], threshold=result["threshold"], assessed=assessed)
-    extra = [_data_section(result), operating_points_section(result), _errors_section(out, table, y, p, result)]
+    extra = [_data_section(result), operating_points_section(result), *_subgroups_section(result),
+             _errors_section(out, table, y, p, result)]
     if analysis:
         extra.append(analysis(out, spec.predictors[0].torch_model, images, y, p, spec.threshold,
                               subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
@@ -194,6 +199,50 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                             extra_sections=extra)
     atomic.write_json(RunDir(out).metrics, result)
     return result
+
+
+def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathLike) -> None:
+    """Raises ConfigError for a ``--by`` column the labelled data does not have (a folder has none)."""
+    fixed = {"path", "label", "subtype", "patient_id"}
+    missing = [c for c in by if c not in table.columns or c in fixed - {"patient_id"}]
+    if missing:
+        have = [c for c in table.columns if c not in fixed]
+        raise ConfigError(f"--by {missing[0]}: {data} has no such column" + (
+            f" (its other columns: {', '.join(have)})" if have else " (subgroups need a CSV with that column)"))
+
+
+def subgroups(table: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, by: tuple[str, ...], *,
+              n_bootstrap: int, seed: int) -> dict[str, dict[str, dict]]:
+    """{column: {value: {n, n_pos, metrics, ci}}} for the images of each value (blank: ``(blank)``), at the stored
+    threshold, with the same intervals as the headline: a model that ranks well overall can rank poorly within a
+    view, and the reverse when a column is confounded with the label."""
+    out: dict[str, dict[str, dict]] = {}
+    for column in by:
+        values = table[column].fillna("").astype(str).replace("", "(blank)").to_numpy()
+        out[column] = {}
+        for value in sorted(set(values)):
+            rows = values == value
+            out[column][value] = {"n": int(rows.sum()), "n_pos": int(y[rows].sum()),
+                                  "metrics": binary_metrics(y[rows], p[rows], threshold),
+                                  "ci": bootstrap_cis(y[rows], p[rows], threshold, n_resamples=n_bootstrap, seed=seed)
+                                  if n_bootstrap else {}}
+    return out
+
+
+def _subgroups_section(result: dict) -> list[tuple[str, str]]:
+    from pneumo.templates import fmt_ci
+    from pneumo.templates import table as table_html
+
+    if not result.get("subgroups"):
+        return []
+    rows = [[column, value, g["n"], g["n_pos"], *(fmt_ci(g["metrics"][k], g["ci"].get(k))
+                                                  for k in ("roc_auc", "sensitivity", "specificity"))]
+            for column, groups in result["subgroups"].items() for value, g in groups.items()]
+    return [("Subgroups", "<p>The assessed images by the values of the CSV's columns, at the stored threshold "
+             "(95 % CIs as in the headline). Compare a subgroup's ROC-AUC with the headline's: when a column is "
+             "confounded with the label (e.g. a view used mostly for one class), the overall figure can hide a model "
+             "that ranks well within each subgroup, or the reverse.</p>"
+             + table_html(["column", "value", "n", "pneumonia", "ROC-AUC", "sensitivity", "specificity"], rows))]
 
 
 def _data_section(result: dict) -> tuple[str, str]:

@@ -30,7 +30,8 @@ def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, st
     """The labelled images of a folder or CSV, and ``{path: reason}`` for every file of a folder that is not read.
 
     The table: ``path`` (absolute), ``label`` (NORMAL / PNEUMONIA), ``subtype`` (normal / bacteria / virus /
-    unknown), sorted by path; a CSV's ``patient_id`` column, when it has one, comes along as ``patient_id`` (text).
+    unknown), sorted by path; a CSV's ``patient_id`` column, when it has one, comes along as ``patient_id`` (text), and
+    so do its other columns, as text under their own names (for subgroup rows: ``pneumo evaluate --by view``).
     An image's label is the nearest folder above it (below ``source``) named NORMAL or PNEUMONIA.
 
     Raises:
@@ -87,4 +88,7 @@ def _from_csv(csv: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["path", "label", "subtype"])
     if patients is not None:
         table["patient_id"] = patients.to_numpy()
+    for name in raw.columns:
+        if name.strip().lower() not in {"path", "label", "subtype", "patient_id"}:
+            table[name] = raw[name].str.strip().to_numpy()
     return table
