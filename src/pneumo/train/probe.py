@@ -60,7 +60,7 @@ def feature_extractor(model: nn.Module, *, device: torch.device, amp: bool = Tru
         if run is None:
             run = fast_inference(model, batch(0)[:2], features=True)
         out = []
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch"):
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=None):
             with autocast(device, features_in_bf16(device, amp)):
                 out.append(run(batch(start)).float().cpu())
         return torch.cat(out).numpy()
