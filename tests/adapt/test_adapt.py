@@ -280,6 +280,38 @@ def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Pa
     assert "threshold policy" in capsys.readouterr().err
 
 
+def test_the_ranking_gain_is_read_off_the_written_scores_and_warned_about_in_the_card(adapted: dict) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    table = pd.read_csv(adapted["out"] / "crossfit_predictions.csv")
+    y = (table["label"] == "PNEUMONIA").to_numpy(int)
+    ranking = adapted["record"]["local"]["ranking"]
+    assert ranking["roc_auc_before"] == pytest.approx(roc_auc_score(y, table["p_source_model"]))
+    assert ranking["roc_auc_after"] == pytest.approx(roc_auc_score(y, table["p_crossfit"]))
+    lo, hi = ranking["ci"]
+    assert lo <= ranking["gain"] <= hi
+    card = (adapted["out"] / "model.md").read_text()
+    assert (ranking["warning"] is not None) == (lo <= 0)
+    if ranking["warning"]:  # a one-epoch, two-fold adaptation on 26 images may well not help
+        assert ranking["warning"] in card and f"warning: {ranking['warning']}" in adapted["printed"]
+
+
+def test_ranking_gain_warns_unless_its_paired_interval_is_above_zero() -> None:
+    from pneumo.adapt.run import ranking_gain
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    noise = rng.normal(size=y.size)
+    before = 1 / (1 + np.exp(-noise))  # no information
+    after = 1 / (1 + np.exp(-(noise + 3 * y)))  # the same noise plus a real signal
+    helped = ranking_gain(y, before, after, n_bootstrap=500, seed=0)
+    assert helped["gain"] > 0.3 and helped["ci"][0] > 0 and helped["warning"] is None
+    same = ranking_gain(y, before, before, n_bootstrap=500, seed=0)
+    assert same["gain"] == 0 and same["ci"] == (0.0, 0.0) and "not clearly above" in same["warning"]
+    worse = ranking_gain(y, after, before, n_bootstrap=0, seed=0)
+    assert worse["ci"] is None and "not computed" in worse["warning"]
+
+
 def test_exact_interval_is_never_zero_width() -> None:
     lo, hi = exact_interval(8, 8)
     assert hi == 1.0 and lo == pytest.approx(0.6306, abs=1e-4)  # 0.025 ** (1 / 8)

@@ -51,7 +51,7 @@ def summary_lines(record: dict) -> list[str]:
          f"`{site['data']}`: {site['n_images']} images ({labels}), {patients_line(site)}; "
          f"{site['n_unreadable']} files could not be read and were left out."),
         "",
-        f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epochs, AdamW lr "
+        f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epoch(s), AdamW lr "
         f"{record['recipe']['lr']:g}, rehearsal "
         + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch (at least "
            f"{record['recipe']['rehearsal_min']}) from {rehearsal['pool']} training images of {rehearsal['dataset']}"
@@ -61,7 +61,8 @@ def summary_lines(record: dict) -> list[str]:
          f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
          f"temperature {record['temperature']:.3f} fitted on the same scores."),
     ]
-    return lines + ([f"- **Warning**: {op['warning']}."] if op.get("warning") else [])
+    warnings = [op.get("warning"), (local.get("ranking") or {}).get("warning")]
+    return lines + [f"- **Warning**: {w}." for w in warnings if w]
 
 
 TRADE_OFF_HEAD = ("policy", "threshold", "sensitivity [exact 95 % CI]", "specificity [exact 95 % CI]")

@@ -37,7 +37,15 @@ from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_sourc
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
-from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold, proportion_cis
+from pneumo.evaluate.metrics import (
+    binary_metrics,
+    bootstrap_cis,
+    choose_threshold,
+    percentile_ci,
+    proportion_cis,
+    resample_weights,
+    weighted_auc,
+)
 from pneumo.evaluate.operating import paths_digest, policies_to_report
 from pneumo.models.runtime import select_device
 from pneumo.policy import parse_policy
@@ -89,6 +97,24 @@ def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
         return (f"{n_positive} pneumonia and {n_negative} normal images: the {policy} threshold is uncertain with "
                 "fewer than 30 of each")
     return None
+
+
+def ranking_gain(y: np.ndarray, p_before: np.ndarray, p_after: np.ndarray, *, n_bootstrap: int, seed: int) -> dict:
+    """How much better the cross-fitted scores rank the site's images than the source model does: the ROC-AUC
+    difference on the same images, with a paired bootstrap interval (both scores resampled together), and a warning
+    when that interval does not lie above 0 (the adaptation has not shown that it helps: label more images)."""
+    before, after = binary_metrics(y, p_before, 0.5)["roc_auc"], binary_metrics(y, p_after, 0.5)["roc_auc"]
+    gain = {"roc_auc_before": before, "roc_auc_after": after, "gain": after - before, "ci": None, "warning": None}
+    if n_bootstrap > 0:
+        weights = resample_weights(len(y), n_bootstrap, seed)
+        gain["ci"] = percentile_ci(weighted_auc(weights, y, p_after)[0] - weighted_auc(weights, y, p_before)[0], 0.95)
+    lo = gain["ci"][0] if gain["ci"] else gain["gain"]
+    if not lo > 0:  # NaN (one class) warns too
+        gain["warning"] = (f"the cross-fitted ROC-AUC ({after:.3f}) is not clearly above the source model's on the same "
+                           f"images ({before:.3f}; paired 95 % interval of the gain "
+                           + (f"[{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]" if gain["ci"] else "not computed")
+                           + "): the adaptation has not shown that it helps here; label more images before using it")
+    return gain
 
 
 def trade_off(y: np.ndarray, p: np.ndarray, chosen: str) -> dict[str, dict]:
@@ -202,7 +228,8 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         "local": {"n": len(site.y), "folds": len(folds),
                   "before": {"stored_threshold": at_threshold(site.y, p_before, predictor.threshold,
                                                               n_bootstrap=n_bootstrap, seed=cfg.seed)},
-                  "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed)},
+                  "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed),
+                  "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed)},
         "source_site": _source_rows(predictor, final, source, threshold, run_on, n_bootstrap, cfg.seed),
         "seconds": {"crossfit": round(crossfit_s, 1)},
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         src = record["source_site"]
         print(f"source hospital ({src['n']} test images): AUC {src['before']['metrics']['roc_auc']:.3f} -> "
               f"{src['after']['metrics']['roc_auc']:.3f}")
-    if op.get("warning"):
-        print(f"warning: {op['warning']}")
+    for warning in (op.get("warning"), (record["local"].get("ranking") or {}).get("warning")):
+        if warning:
+            print(f"warning: {warning}")
     print(f"validate it on held-out patients: pneumo evaluate --model {args.out} --data HELD_OUT --out validation/")
     return 0
