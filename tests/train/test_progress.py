@@ -1,5 +1,6 @@
-"""Progress bars belong on a terminal: written to a log file or a pipe (nohup, CI, `2>&1 | tee`) they fill it with
-carriage-return lines, while the epochs and steps that matter are logged anyway."""
+"""The feature passes' progress bars (OOD statistics, orientation check: a dozen of them in `pneumo adapt`) belong on
+a terminal: written to a log file or a pipe (nohup, CI, `2>&1 | tee`) they fill it with carriage-return lines. The
+training bar stays, also in logs: it is how a user tailing one (and the kill-and-resume tests) sees the step."""
 
 from __future__ import annotations
 

@@ -174,9 +174,8 @@ def run_epoch(model: nn.Module, data: SplitTensors, *, optimizer, scheduler, los
     class_weight = getattr(loss_fn, "weight", None)
     class_weight = class_weight.cpu() if class_weight is not None else None
     fmt = memory_format(device)
-    # the bar on the main process's terminal only (disable=None: off when stderr is no TTY; epochs are logged anyway)
     total, bar = 0.0, tqdm(range(start_step, n_steps), initial=start_step, total=n_steps, unit="batch", leave=False,
-                           desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if env.is_main else True)
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main)
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x = to_unit(data.x_train[idx].to(device, non_blocking=True))
