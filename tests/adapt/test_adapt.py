@@ -290,6 +290,8 @@ def test_the_ranking_gain_is_read_off_the_written_scores_and_warned_about_in_the
     assert ranking["roc_auc_after"] == pytest.approx(roc_auc_score(y, table["p_crossfit"]))
     lo, hi = ranking["ci"]
     assert lo <= ranking["gain"] <= hi
+    assert f"the source model on the same images: AUC {ranking['roc_auc_before']:.3f} (gain {ranking['gain']:+.3f} " \
+        f"[{lo:+.3f}, {hi:+.3f}])" in adapted["printed"]
     card = (adapted["out"] / "model.md").read_text()
     assert (ranking["warning"] is not None) == (lo <= 0)
     if ranking["warning"]:  # a one-epoch, two-fold adaptation on 26 images may well not help

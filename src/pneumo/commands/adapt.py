@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
           f"{record['seconds']['total']:.0f} s)")
     print(f"cross-fitted on the site: AUC {local['metrics']['roc_auc']:.3f}, at threshold {op['threshold']:.4f} "
           f"({op['policy']}) sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}], specificity {spec:.3f}")
+    ranking = record["local"]["ranking"]
+    interval = " [{:+.3f}, {:+.3f}]".format(*ranking["ci"]) if ranking["ci"] else ""
+    print(f"the source model on the same images: AUC {ranking['roc_auc_before']:.3f} (gain {ranking['gain']:+.3f}"
+          f"{interval})")
     if record.get("source_site"):
         src = record["source_site"]
         print(f"source hospital ({src['n']} test images): AUC {src['before']['metrics']['roc_auc']:.3f} -> "
