@@ -152,6 +152,7 @@ def main() -> None:
                 row["at_operating_point"] = at_threshold(y_test, p_test, adapted.threshold, n_bootstrap=1000,
                                                          seed=draw)
                 row["crossfit"] = record["local"]["after"]["metrics"]
+                row["ranking"] = record["local"]["ranking"]  # cross-fitted AUC gain over the source model, paired CI
                 row["operating_point"] = record["operating_point"]
                 row["source_test"] = record["source_site"]
                 row["adapt_seconds"] = record["seconds"]
