@@ -28,7 +28,7 @@ from pneumo.models.sidecar import DEFAULT_MODEL
 PER_CLASS = 12
 # the module's one adaptation, made with the command line and every recipe flag set to a non-default value
 FLAGS = {"--folds": "2", "--epochs": "1", "--rehearsal": "0.5", "--rehearsal-min": "16", "--threshold-policy": "youden",
-         "--seed": "1"}
+         "--seed": "1", "--by": "view"}
 TINY = AdaptConfig(folds=2, epochs=1, rehearsal=0.5, rehearsal_min=16, threshold_policy="youden", seed=1)
 
 
@@ -49,7 +49,8 @@ def site_csv(full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     twice = meta.groupby("patient_id").filter(lambda g: len(g) == 2 and g["label"].nunique() == 1).head(2)
     rows = pd.concat([rows, twice])
     csv = tmp_path_factory.mktemp("site") / "labels.csv"
-    rows.assign(path=[str(nih / p) for p in rows["path"]])[["path", "label", "patient_id"]].to_csv(csv, index=False)
+    rows.assign(path=[str(nih / p) for p in rows["path"]])[["path", "label", "patient_id", "view"]].to_csv(csv,
+                                                                                                     index=False)
     return csv
 
 
@@ -278,6 +279,27 @@ def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Pa
     assert "not empty" in capsys.readouterr().err and (used / "x.txt").read_text() == "keep me"
     assert main(["adapt", "--data", str(site_csv), "--out", str(tmp_path / "b"), "--threshold-policy", "best"]) == 2
     assert "threshold policy" in capsys.readouterr().err
+    assert main(["adapt", "--data", str(site_csv), "--out", str(tmp_path / "c"), "--by", "scanner"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--by scanner" in err[0] and "its other columns: view" in err[0]
+
+
+def test_subgroups_of_a_csv_column_are_measured_on_the_written_scores_before_and_after(adapted: dict,
+                                                                                       site_csv: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    table = pd.read_csv(adapted["out"] / "crossfit_predictions.csv").merge(
+        pd.read_csv(site_csv)[["path", "view"]], on="path")
+    groups = adapted["record"]["local"]["subgroups"]
+    assert set(groups["after"]["view"]) == set(table["view"])
+    for view, rows in table.groupby("view"):
+        y = (rows["label"] == "PNEUMONIA").to_numpy(int)
+        after, before = groups["after"]["view"][view], groups["before"]["view"][view]
+        assert after["n"] == before["n"] == len(rows) and after["n_pos"] == y.sum()
+        if 0 < y.sum() < len(y):
+            assert after["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(y, rows["p_crossfit"]))
+            assert before["metrics"]["roc_auc"] == pytest.approx(roc_auc_score(y, rows["p_source_model"]))
+    assert "Local performance by subgroup" in (adapted["out"] / "model.md").read_text()
 
 
 def test_the_ranking_gain_is_read_off_the_written_scores_and_warned_about_in_the_card(adapted: dict) -> None:

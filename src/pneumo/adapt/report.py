@@ -82,12 +82,33 @@ def trade_off_rows(record: dict) -> list[list[str]]:
             for policy, p in record.get("operating_points", {}).items()]
 
 
+SUBGROUP_HEAD = ("column", "value", "n", "pneumonia", "source model ROC-AUC", "adapted (cross-fitted) ROC-AUC",
+                 "sensitivity", "specificity")
+
+
+def subgroup_rows(record: dict) -> list[list[str]]:
+    """Per value of each ``--by`` column: the source model's ROC-AUC and the cross-fitted one with their CIs, and
+    sensitivity / specificity at the new threshold."""
+    from pneumo.templates import fmt_ci
+
+    groups = record["local"].get("subgroups")
+    if not groups:
+        return []
+    return [[column, value, g["n"], g["n_pos"], fmt_ci(b["metrics"]["roc_auc"], b["ci"].get("roc_auc")),
+             *(fmt_ci(g["metrics"][k], g["ci"].get(k)) for k in ("roc_auc", "sensitivity", "specificity"))]
+            for column, values in groups["after"].items() for value, g in values.items()
+            for b in [groups["before"][column][value]]]
+
+
 def card_text(record: dict) -> str:
     local, src = record["local"], record.get("source_site")
     sections = [(("Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
                  "otherwise)"), md_table(["", "source model, stored threshold", "adapted (cross-fitted), new threshold"],
                                         metric_rows(ROWS, _column(local["before"]["stored_threshold"]),
                                                     _column(local["after"]))))]
+    if subgroup_rows(record):
+        sections.append((("Local performance by subgroup (cross-fitted; a view or scanner the model only half "
+                          "learned shows here)"), md_table(SUBGROUP_HEAD, subgroup_rows(record))))
     if record.get("operating_points"):
         sections.append(("Other operating points (the same cross-fitted scores)",
                          [*md_table(TRADE_OFF_HEAD, trade_off_rows(record)), "", TRADE_OFF_NOTE]))
@@ -127,7 +148,8 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
     sections = [("Site", "<p>" + escape(summary[0]) + "</p>"),
                 ("Local performance", table(["", "source model (stored threshold)", "adapted (cross-fitted)"], rows)
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
-                          relative_to=out)),
+                          relative_to=out)
+                 + (table(list(SUBGROUP_HEAD), subgroup_rows(record)) if subgroup_rows(record) else "")),
                 ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in summary[2:]) + "</ul>"
                  + (table(list(TRADE_OFF_HEAD), trade_off_rows(record)) + f"<p>{escape(TRADE_OFF_NOTE)}</p>"
                     if record.get("operating_points") else ""))]

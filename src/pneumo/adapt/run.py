@@ -37,6 +37,7 @@ from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_sourc
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
+from pneumo.evaluate.external import subgroups
 from pneumo.evaluate.metrics import (
     binary_metrics,
     bootstrap_cis,
@@ -162,7 +163,7 @@ def _check_site(site: SiteImages, folds: int) -> None:
 
 def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
           dataset: str | None = None, cfg: AdaptConfig | None = None, n_bootstrap: int = 1000,
-          device: str = "auto") -> dict:
+          device: str = "auto", by: tuple[str, ...] = ()) -> dict:
     """Adapt ``model`` (None: the shipped model) to the labelled images ``data``; write the new model to ``out_dir``.
 
     Args:
@@ -174,6 +175,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         cfg: the recipe (`AdaptConfig`; defaults are the measured ones).
         n_bootstrap: bootstrap resamples for the CIs.
         device: ``auto``, ``cpu`` or ``cuda``.
+        by: CSV columns (e.g. ``view``) whose values get cross-fitted subgroup rows, source model beside.
 
     Returns:
         The adaptation record, also written to ``out_dir/adapt.json``.
@@ -186,7 +188,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     out = Path(out_dir)
     predictor = Predictor(model, backend="torch")
     _check_out(out, predictor.sidecar)
-    site = load_site(data, predictor)
+    site = load_site(data, predictor, by)
     _check_site(site, cfg.folds)
     source = load_source(predictor.meta, dataset, pool=cfg.rehearsal_pool if cfg.rehearsal > 0 else 1, seed=cfg.seed)
     if source.note:
@@ -229,7 +231,12 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                   "before": {"stored_threshold": at_threshold(site.y, p_before, predictor.threshold,
                                                               n_bootstrap=n_bootstrap, seed=cfg.seed)},
                   "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed),
-                  "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed)},
+                  "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed),
+                  **({"subgroups": {
+                      "before": subgroups(site.table, site.y, p_before, predictor.threshold, by,
+                                          n_bootstrap=n_bootstrap, seed=cfg.seed),
+                      "after": subgroups(site.table, site.y, p_oof, threshold, by, n_bootstrap=n_bootstrap,
+                                         seed=cfg.seed)}} if by else {})},
         "source_site": _source_rows(predictor, final, source, threshold, run_on, n_bootstrap, cfg.seed),
         "seconds": {"crossfit": round(crossfit_s, 1)},
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

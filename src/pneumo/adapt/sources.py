@@ -66,16 +66,20 @@ class SourceImages:
         return self.pool_x is not None
 
 
-def load_site(data: str | os.PathLike, predictor) -> SiteImages:
+def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> SiteImages:
     """Decode, preprocess and score every labelled image of a folder or ``path,label[,patient_id]`` CSV, as external
     validation does (`pneumo.evaluate.scoring.score_labelled`: the input gate predict and serve apply; refused or
-    unreadable images are left out and listed). ``logits`` are the model's own scores of them."""
+    unreadable images are left out and listed). ``logits`` are the model's own scores of them. ``by``: CSV columns
+    the adaptation reports subgroups of (checked here, before any decoding)."""
+    from pneumo.evaluate.external import check_columns
     from pneumo.evaluate.labelled import labelled_images
     from pneumo.evaluate.scoring import score_labelled
 
     if len(predictor.classes) != 2:
         raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
-    _check_rows(labelled_images(data), data)
+    rows = labelled_images(data)
+    _check_rows(rows, data)
+    check_columns(rows, by, data)
     y, logits, table, errors, images, _ = score_labelled([predictor], data)
     patients_given = "patient_id" in table.columns
     groups, copies = join_copies(images, table["patient_id"] if patients_given else table["path"])

@@ -33,6 +33,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-policy", default=d.threshold_policy, metavar="POLICY",
                         help="operating point chosen on the cross-fitted scores: youden | triage | sensitivity:X")
     add_schema_flags(parser, d, TUNABLE)
+    parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
+                        help="with a CSV: also report the cross-fitted performance for each value of this column "
+                             "(e.g. view, scanner); repeatable")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to fine-tune")
     parser.set_defaults(func=run)
 
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.config import AdaptConfig
 
     cfg = AdaptConfig(threshold_policy=args.threshold_policy, **schema_values(args, TUNABLE))  # ConfigError: exit 2
-    record = adapt(args.model, args.data, args.out, dataset=args.dataset, cfg=cfg, device=args.device)
+    record = adapt(args.model, args.data, args.out, dataset=args.dataset, cfg=cfg, device=args.device,
+                   by=tuple(args.by))
     local, op = record["local"]["after"], record["operating_point"]
     sens, spec = local["metrics"]["sensitivity"], local["metrics"]["specificity"]
     lo, hi = local["sensitivity_exact_ci"]
