@@ -106,9 +106,9 @@ def card_text(record: dict) -> str:
                  "otherwise)"), md_table(["", "source model, stored threshold", "adapted (cross-fitted), new threshold"],
                                         metric_rows(ROWS, _column(local["before"]["stored_threshold"]),
                                                     _column(local["after"]))))]
-    if subgroup_rows(record):
+    if groups := subgroup_rows(record):
         sections.append((("Local performance by subgroup (cross-fitted; a view or scanner the model only half "
-                          "learned shows here)"), md_table(SUBGROUP_HEAD, subgroup_rows(record))))
+                          "learned shows here)"), md_table(SUBGROUP_HEAD, groups)))
     if record.get("operating_points"):
         sections.append(("Other operating points (the same cross-fitted scores)",
                          [*md_table(TRADE_OFF_HEAD, trade_off_rows(record)), "", TRADE_OFF_NOTE]))
@@ -149,7 +149,7 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
                 ("Local performance", table(["", "source model (stored threshold)", "adapted (cross-fitted)"], rows)
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
                           relative_to=out)
-                 + (table(list(SUBGROUP_HEAD), subgroup_rows(record)) if subgroup_rows(record) else "")),
+                 + (table(list(SUBGROUP_HEAD), groups) if (groups := subgroup_rows(record)) else "")),
                 ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in summary[2:]) + "</ul>"
                  + (table(list(TRADE_OFF_HEAD), trade_off_rows(record)) + f"<p>{escape(TRADE_OFF_NOTE)}</p>"
                     if record.get("operating_points") else ""))]

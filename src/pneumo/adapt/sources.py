@@ -80,7 +80,7 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     rows = labelled_images(data)
     _check_rows(rows, data)
     check_columns(rows, by, data)
-    y, logits, table, errors, images, _ = score_labelled([predictor], data)
+    y, logits, table, errors, images, _ = score_labelled([predictor], data, table=rows)  # the list read once
     patients_given = "patient_id" in table.columns
     groups, copies = join_copies(images, table["patient_id"] if patients_given else table["path"])
     table["patient_id"] = groups

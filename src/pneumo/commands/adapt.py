@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         src = record["source_site"]
         print(f"source hospital ({src['n']} test images): AUC {src['before']['metrics']['roc_auc']:.3f} -> "
               f"{src['after']['metrics']['roc_auc']:.3f}")
-    for warning in (op.get("warning"), (record["local"].get("ranking") or {}).get("warning")):
+    for warning in (op.get("warning"), ranking["warning"]):
         if warning:
             print(f"warning: {warning}")
     print(f"validate it on held-out patients: pneumo evaluate --model {args.out} --data HELD_OUT --out validation/")
