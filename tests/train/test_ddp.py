@@ -111,21 +111,24 @@ def test_torchrun_with_two_processes_trains_like_one_process(data_slice: Path, t
     """Two optimizer steps (one per epoch) under torchrun give the single process's metrics.
 
     Same global batches, augmentations, loss and BatchNorm statistics (dropout off, fp32 forced): only the order of
-    the float sums differs, ~1e-7 on these losses. Over many steps that noise is no bound: Adam moves every weight
-    by ~lr whatever the size of its gradient, so weights whose gradient is fp32 noise take steps of random sign and
-    the runs drift apart (0.5757 vs 0.5721 after 18 steps on an AVX512 CPU). Its first step is lr x sign(gradient):
-    it can flip only weights whose gradient is within that noise of 0, which moves the next loss by ~lr x the noise.
-    So after two steps the metrics agree to metrics.csv's 5 decimals (two roundings: 1e-5, twice that allowed), and
-    the AUC to its ranks (one tied pair may swap). Without the gradient averaging the second loss is ~0.1 off."""
+    the float sums differs. Before the first step that is all: the first training loss agrees to metrics.csv's 5
+    decimals (two roundings, 2e-5). After a step the arithmetic gives no tight bound: AdamW's first step moves a weight
+    by lr x g / (|g| + eps), so a weight whose gradient is within fp32 noise of 0 moves by a different amount in each
+    run (the gradients themselves agree: `test_ddp_gradient_equals_the_single_process_gradient_of_the_global_batch`).
+    How far that carries is the CPU's: 3e-5 on the second loss on an Intel Xeon with AMX, under 1e-5 on an AMD EPYC,
+    0.0036 after 18 steps. So the later metrics are held to 1e-3, a hundredth of what the test is there to catch:
+    without the gradient averaging the second loss is 0.12 off (0.743 vs 0.621, measured with DDP's wrapper removed),
+    and the AUC to its ranks (one tied pair may swap)."""
     single = _train(data_slice, tmp_path, "single", [sys.executable])
     ddp = _train(data_slice, tmp_path, "ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                "--nproc_per_node=2"])
     assert ddp["epoch"].tolist() == single["epoch"].tolist() == [1, 2]  # rank 0 alone writes the metrics
     assert ddp["global_step"].tolist() == single["global_step"].tolist() == [1, 2]
+    assert ddp["train_loss"][0] == pytest.approx(single["train_loss"][0], abs=2e-5)  # before any step
     folds = pd.read_csv(tmp_path / "runs" / "ddp" / "folds.csv")
     labels = folds.loc[folds["fold"] == "val", "label"]
     one_pair = 1 / ((labels == "NORMAL").sum() * (labels == "PNEUMONIA").sum())
-    for column, tolerance in (("train_loss", 2e-5), ("val_loss", 2e-5), ("val_auc", one_pair + 1e-5)):
+    for column, tolerance in (("train_loss", 1e-3), ("val_loss", 1e-3), ("val_auc", one_pair + 1e-5)):
         assert ddp[column].to_numpy() == pytest.approx(single[column].to_numpy(), abs=tolerance), column
     meta = json.loads((tmp_path / "runs" / "ddp" / "model.json").read_text())
     assert meta["training"]["world_size"] == 2 and meta["arch"] == "scratch_cnn"
