@@ -284,6 +284,49 @@ def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Pa
     assert len(err) == 1 and "--by scanner" in err[0] and "its other columns: view" in err[0]
 
 
+def test_an_interrupted_adaptation_leaves_no_model_folder_and_rehearsal_off_still_refits_on_source_images(
+        site_csv: Path, data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder appears whole or not at all: a failure after the weights and OOD statistics were written (here in
+    the orientation refit) left a folder that loaded as a model without its checks. And ``--rehearsal 0`` switches off
+    rehearsal only: the OOD statistics are still fitted on source training images (it once loaded a pool of 2)."""
+    import copy
+
+    import pneumo.adapt.write as adapt_write
+    from pneumo.adapt.sources import load_source
+    from pneumo.infer.predictor import Predictor
+
+    monkeypatch.setattr(adapt_run, "finetune", lambda model, x, y, **kwargs: copy.deepcopy(model))  # no training
+    cfg = AdaptConfig(folds=2, epochs=1, rehearsal=0, seed=1)
+    out = tmp_path / "site-a"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(adapt_write, "refit_orientation", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            adapt_run.adapt(None, site_csv, out, dataset=str(data_slice), cfg=cfg, n_bootstrap=0, device="cpu")
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half folder, no hidden partial one
+    out.mkdir()  # an empty folder is a valid --out
+    record = adapt_run.adapt(None, site_csv, out, dataset=str(data_slice), cfg=cfg, n_bootstrap=0, device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-a"]
+    meta = json.loads((out / "model.json").read_text())
+    assert record["rehearsal"] == {**record["rehearsal"], "used": False, "pool": 0}
+    pool = load_source(Predictor(None).meta, str(data_slice), pool=10**6, seed=0).sizes["pool"]
+    assert pool > 2 and meta["ood"]["n_train"] == min(pool, adapt_write.OOD_POOL) + record["site"]["n_images"]
+    assert "source train-fold sample" in meta["ood"]["fitted_on"]
+    assert f"--model {out}" in (out / "report.html").read_text()  # the folder's own name, not the partial one's
+
+
+def test_an_out_path_that_is_a_file_is_a_one_line_error(site_csv: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert main(["adapt", "--data", str(site_csv), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0] and taken.read_text() == "not a folder"
+
+
 def test_subgroups_of_a_csv_column_are_measured_on_the_written_scores_before_and_after(adapted: dict,
                                                                                        site_csv: Path) -> None:
     from sklearn.metrics import roc_auc_score
@@ -347,6 +390,7 @@ def test_exact_interval_is_never_zero_width() -> None:
 def test_policy_warning_follows_the_rule_of_three() -> None:
     assert policy_warning("sensitivity:0.95", 59, 200) is not None  # needs 3 / 0.05 = 60 positives
     assert policy_warning("sensitivity:0.95", 60, 200) is None
+    assert policy_warning("triage", 29, 200) is not None and policy_warning("triage", 30, 200) is None  # 3 / 0.1
     assert policy_warning("youden", 100, 12) is not None and policy_warning("youden", 40, 40) is None
     with pytest.raises(ConfigError):
         policy_warning("best", 10, 10)

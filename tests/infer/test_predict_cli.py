@@ -280,3 +280,69 @@ def test_predict_threads_gives_the_same_rows_as_the_default(xrays: Path, tmp_pat
     capsys.readouterr()
     assert main(["predict", str(xrays), "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "pneumo predict: error: --threads must be >= 1, got 0"
+
+
+def test_a_glob_that_names_folders_reads_their_images(xrays: Path, tmp_path: Path) -> None:
+    """`pneumo predict 'site_*'` where the matches are folders: their images, not silence."""
+    from pneumo.infer.batch import find_inputs
+
+    images = sorted(xrays.iterdir())
+    for name, part in (("site_a", images[:2]), ("site_b", images[2:3])):
+        (tmp_path / name).mkdir()
+        for path in part:
+            shutil.copyfile(path, tmp_path / name / path.name)
+    found = find_inputs([str(tmp_path / "site_*")])
+    assert sorted(p.name for p in found.files) == sorted(p.name for p in images[:3]) and not found.skipped
+
+
+def test_heat_maps_do_not_change_the_scores_of_a_large_jpeg(full_data: Path, tmp_path: Path) -> None:
+    """A large JPEG is scored from its reduced DCT scale (as by predict, serve and evaluate) also when heat maps are
+    asked for; the heat map gets the full-resolution image."""
+    from PIL import Image
+
+    from pneumo.infer.batch import predict_file_results
+
+    source = sorted((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    big = tmp_path / "big.jpeg"
+    with Image.open(source) as img:
+        img.convert("L").resize((2400, 2000), Image.Resampling.BICUBIC).save(big, quality=95)
+    seen = []
+
+    class Sink:
+        def write(self, path, gray, prediction):
+            seen.append(gray.shape)
+
+    predictor = Predictor(None, backend="torch", threads=1)
+    plain = next(predict_file_results(predictor, [big])).prediction
+    with_maps = next(predict_file_results(predictor, [big], heatmaps=Sink())).prediction
+    assert seen == [(2000, 2400)]
+    assert with_maps.p_pneumonia == plain.p_pneumonia and with_maps.label == plain.label
+
+
+def test_non_finite_model_output_is_withheld_and_written_as_empty(tiny_model: Path) -> None:
+    from pneumo.commands.predict import _flatten
+
+    predictor = Predictor(tiny_model)
+    nan, good = predictor.predictions(np.array([[np.nan, np.nan], [0.0, 1.0]], np.float32), None)
+    assert not nan.assessed and "not a finite number" in nan.reason and nan.label == "not assessed"
+    assert good.assessed and good.label == "PNEUMONIA"
+    row = _flatten(nan, predictor.classes, None)
+    assert row["p_pneumonia"] is None and json.loads(json.dumps(row, allow_nan=False))["label"] == "not assessed"
+
+
+def test_an_onnx_export_without_features_is_refused_when_the_model_has_checks(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its OOD and orientation checks could not run: predict and serve would label images evaluate withholds."""
+    from pneumo.errors import ModelError
+    from pneumo.infer import export
+    from pneumo.models.sidecar import DEFAULT_MODEL
+
+    for path in DEFAULT_MODEL.parent.glob(f"{DEFAULT_MODEL.stem}.*"):
+        shutil.copyfile(path, tmp_path / path.name)
+    sidecar = tmp_path / DEFAULT_MODEL.name
+    monkeypatch.setattr(export, "OUTPUTS", ("logits",))  # what an older `pneumo export` wrote
+    export_onnx(sidecar, tmp_path)
+    monkeypatch.undo()
+    for backend in ("onnx", "auto"):
+        with pytest.raises(ModelError, match="no features output"):
+            Predictor(sidecar, backend=backend)

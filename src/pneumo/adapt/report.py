@@ -126,7 +126,9 @@ def write_card(out: Path, record: dict) -> None:
     atomic.write_text(out / "model.md", card_text(record))
 
 
-def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray, z_before: np.ndarray) -> None:
+def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray, z_before: np.ndarray,
+                 shown: Path | None = None) -> None:
+    """``out/report.html`` (and its figure); ``shown``: the folder's name in the text (default ``out``)."""
     from sklearn.metrics import roc_curve
 
     from pneumo.templates import escape, figure, page, table
@@ -159,7 +161,7 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
                          table(["", "source model", "adapted model"],
                                metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     sections.append(("Next", ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
-                             f"{escape(out)} --data HELD_OUT --out validation/</code>; predict and serve with "
-                             f"<code>--model {escape(out)}</code>.</p>")))
+                             f"{escape(shown or out)} --data HELD_OUT --out validation/</code>; predict and serve with "
+                             f"<code>--model {escape(shown or out)}</code>.</p>")))
     atomic.write_text(out / "report.html", page(f"pneumo adapt: {record['source_model']['model_id']} to a new site",
                                                 sections, subtitle=escape(record["site"]["data"])))

@@ -34,6 +34,7 @@ import torch
 
 from pneumo.adapt.finetune import finetune
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
+from pneumo.adapt.write import OOD_POOL, write_adapted
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
@@ -90,7 +91,7 @@ def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
     from 1 with at least 3 / (1 - s) positives (the rule of three); Youden needs both classes in some number."""
     kind, target = parse_policy(policy)
     if kind == "sensitivity" and target is not None and target < 1:
-        need = int(np.ceil(3 / (1 - target)))
+        need = int(np.ceil(3 / (1 - target) - 1e-9))  # 3 / (1 - 0.9) is 30.000000000000004 in floats
         if n_positive < need:
             return (f"only {n_positive} pneumonia images: a {policy} operating point needs at least {need} to be "
                     "measured (rule of three); the sensitivity reached has a wide interval, label more positives")
@@ -144,10 +145,24 @@ def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, *, n_bootstrap:
 
 
 def _check_out(out: Path, sidecar: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file: give a new folder for the adapted model")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty: give a new folder for the adapted model")
     if out.resolve() == sidecar.parent.resolve():
         raise ConfigError("--out is the source model's folder: the adapted model goes to a new folder")
+
+
+def rehearsal_pool(source: SourceImages, cfg: AdaptConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The source images rehearsed: ``cfg.rehearsal_pool`` of the loaded pool (a seeded draw when the pool was
+    loaded larger for the OOD refit), or none when rehearsal is off or the dataset is absent."""
+    if cfg.rehearsal <= 0 or not source.available:
+        return None, None
+    n = len(source.pool_y)
+    if cfg.rehearsal_pool >= n:
+        return source.pool_x, source.pool_y
+    keep = np.sort(np.random.default_rng(cfg.seed).choice(n, max(1, cfg.rehearsal_pool), replace=False))
+    return source.pool_x[keep], source.pool_y[keep]
 
 
 def _check_site(site: SiteImages, folds: int) -> None:
@@ -180,7 +195,6 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     Returns:
         The adaptation record, also written to ``out_dir/adapt.json``.
     """
-    from pneumo.adapt.write import write_adapted
     from pneumo.infer.predictor import Predictor
 
     cfg = cfg or AdaptConfig()
@@ -190,13 +204,14 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     _check_out(out, predictor.sidecar)
     site = load_site(data, predictor, by)
     _check_site(site, cfg.folds)
-    source = load_source(predictor.meta, dataset, pool=cfg.rehearsal_pool if cfg.rehearsal > 0 else 1, seed=cfg.seed)
+    # the OOD and orientation refits draw on the pool too, so it holds at least OOD_POOL images with rehearsal off
+    source = load_source(predictor.meta, dataset, pool=max(cfg.rehearsal_pool, OOD_POOL), seed=cfg.seed)
     if source.note:
         log.warning("%s", source.note)
     run_on = select_device(device)
     base = predictor.torch_model
     config = source_config(predictor.meta)
-    pool = (source.pool_x, source.pool_y) if cfg.rehearsal > 0 and source.available else (None, None)
+    pool = rehearsal_pool(source, cfg)
 
     def fine_tune(rows: np.ndarray, k: int) -> torch.nn.Module:
         return finetune(base, site.x[rows], site.y[rows], cfg=cfg, source_x=pool[0], source_y=pool[1],
@@ -221,7 +236,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         "site": {**site.counts(), "data": site.location, "paths_sha256": paths_digest(site.table["path"].tolist()),
                  "unreadable": dict(list(site.errors.items())[:50])},
         "recipe": cfg.model_dump(),
-        "rehearsal": {"used": pool[0] is not None, "pool": source.sizes.get("pool", 0), "dataset": source.root,
+        "rehearsal": {"used": pool[0] is not None, "pool": 0 if pool[0] is None else len(pool[0]), "dataset": source.root,
                       "note": source.note or None},
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
                             "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +33,28 @@ ORIENT_POOL = 200  # source training images the refitted orientation check learn
 
 def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages, record: dict,
                   *, z_oof: np.ndarray, z_before: np.ndarray, device: torch.device) -> Path:
-    """Write the new model folder; returns its sidecar."""
+    """Write the new model folder; returns its sidecar. Everything is written into a hidden sibling folder that is
+    renamed to ``out`` once complete: an interrupted adaptation (Ctrl-C, out of memory) leaves no ``out`` that would
+    load as a model without its OOD statistics, orientation check or card (``out``, if it exists, is empty)."""
+    work = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        _write_folder(work, out, model, predictor, site, source, record, z_oof=z_oof, z_before=z_before,
+                      device=device)
+        if out.is_dir():
+            out.rmdir()  # `run._check_out` let only an empty folder through
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out / "model.json"
+
+
+def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages,
+                  record: dict, *, z_oof: np.ndarray, z_before: np.ndarray, device: torch.device) -> None:
+    """The folder's files, written into ``work`` (named ``out`` where a file shows the user its place)."""
     from pneumo.evaluate.report import to_jsonable
 
-    out.mkdir(parents=True, exist_ok=True)
     inherited = {k: v for k, v in predictor.meta.to_json().items() if k not in NOT_INHERITED}
     local = record["local"]["after"]["metrics"]
     meta = {**inherited, "mode": "adapted", "tta": False,  # the threshold was chosen on single-pass scores
@@ -44,20 +64,20 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
                                                                  "roc_auc", "pr_auc")},
                         "site_crossfit_n": record["local"]["n"]},
             "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"})}
-    sidecar = save_checkpoint(out / "model", model, meta)
-    record["ood"] = refit_ood(sidecar, model, site, source, device)
-    record["orientation"] = refit_orientation(sidecar, model, site, source, device)
-    atomic.write_json(out / "adapt.json", to_jsonable(record))
-    _write_predictions(out, site, z_oof, z_before, record)
+    seed = record["recipe"]["seed"]
+    sidecar = save_checkpoint(work / "model", model, meta)
+    record["ood"] = refit_ood(sidecar, model, site, source, device, seed=seed)
+    record["orientation"] = refit_orientation(sidecar, model, site, source, device, seed=seed)
+    atomic.write_json(work / "adapt.json", to_jsonable(record))
+    _write_predictions(work, site, z_oof, z_before, record)
     from pneumo.adapt.report import write_card, write_report
 
-    write_card(out, record)
-    write_report(out, record, site, z_oof=z_oof, z_before=z_before)
-    return sidecar
+    write_card(work, record)
+    write_report(work, record, site, z_oof=z_oof, z_before=z_before, shown=out)
 
 
 def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: SourceImages,
-              device: torch.device) -> dict:
+              device: torch.device, *, seed: int = 0) -> dict:
     """OOD statistics of the adapted model: class means and covariance over `OOD_POOL` images of the source rehearsal
     pool and the site's images; the flag threshold = the 99.5th percentile over the source val images and the site's images. Without the
     source dataset, the site's images alone (recorded)."""
@@ -69,7 +89,7 @@ def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: S
     f_site = features(site.x)
     y_site = site.y
     if source.available:
-        keep = np.sort(np.random.default_rng(0).choice(len(source.pool_x), min(OOD_POOL, len(source.pool_x)),
+        keep = np.sort(np.random.default_rng(seed).choice(len(source.pool_x), min(OOD_POOL, len(source.pool_x)),
                                                         replace=False))
         f_train = np.concatenate([features(source.pool_x[keep]), f_site])
         y_train = np.concatenate([source.pool_y[keep], y_site])
@@ -85,16 +105,16 @@ def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: S
 
 
 def refit_orientation(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: SourceImages,
-                      device: torch.device) -> dict:
+                      device: torch.device, *, seed: int = 0) -> dict:
     """The orientation check of the adapted model (its features moved): learned from `ORIENT_POOL` source training
     images and the site's images under every transform; threshold over source val and site images, untransformed."""
     images, upright = site.x, site.x
     if source.available:
-        keep = np.sort(np.random.default_rng(1).choice(len(source.pool_x), min(ORIENT_POOL, len(source.pool_x)),
+        keep = np.sort(np.random.default_rng(seed + 1).choice(len(source.pool_x), min(ORIENT_POOL, len(source.pool_x)),
                                                         replace=False))
         images = np.concatenate([source.pool_x[keep], site.x])
         upright = np.concatenate([source.val_x, site.x]) if source.val_x is not None else site.x
-    entry = record_orientation(sidecar, model, images, upright, device=device)
+    entry = record_orientation(sidecar, model, images, upright, device=device, seed=seed)
     return {"n_train": entry["n_train"], "n_val": entry["n_val"], "threshold": entry["threshold"]}
 
 

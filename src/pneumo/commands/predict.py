@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -176,7 +177,7 @@ def _flatten(result, classes: list[str], error: str | None) -> dict:
     row = {"p_pneumonia": None, "p_calibrated": None, "label": None, "threshold": None, "threshold_calibrated": None,
            "ood_score": None, "ood": None, "reason": None, "error": error or None}
     if result is not None:  # label "not assessed" (with the reason) for an image outside the model's scope
-        row.update(p_pneumonia=round(result.p_pneumonia, 6), p_calibrated=round(result.p_calibrated, 6),
+        row.update(p_pneumonia=_rounded(result.p_pneumonia, 6), p_calibrated=_rounded(result.p_calibrated, 6),
                    label=result.label, threshold=round(result.threshold, 6), reason=result.reason,
                    threshold_calibrated=None if result.threshold_calibrated is None
                    else round(result.threshold_calibrated, 6))
@@ -184,5 +185,10 @@ def _flatten(result, classes: list[str], error: str | None) -> dict:
             row.update(ood_score=None if result.ood_score is None else round(result.ood_score, 4), ood=result.ood)
     if len(classes) > 2:
         for c in classes:
-            row[f"p_{c}"] = round(result.probabilities[c], 6) if result is not None else None
+            row[f"p_{c}"] = _rounded(result.probabilities[c], 6) if result is not None else None
     return row
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    """``value`` rounded; NaN or infinity (a broken model's output, withheld) -> None: the JSON lines stay JSON."""
+    return round(value, digits) if math.isfinite(value) else None

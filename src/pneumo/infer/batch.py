@@ -41,16 +41,20 @@ def find_inputs(inputs: list[str]) -> Inputs:
     """
     files: list[Path] = []
     skipped: dict[Path, str] = {}
+
+    def add_folder(path: Path) -> None:
+        found = find_images(path)
+        files.extend(found.images)
+        skipped.update(found.skipped)
+        if not found.images and not found.skipped:
+            skipped[path] = "a folder without images" + (f" ({len(found.ignored)} other file(s))"
+                                                        if found.ignored else "")
+
     for item in inputs:
         path = Path(item)
         problem = entry_reason(path)
         if problem is None and path.is_dir():
-            found = find_images(path)
-            files.extend(found.images)
-            skipped.update(found.skipped)
-            if not found.images and not found.skipped:
-                skipped[path] = "a folder without images" + (f" ({len(found.ignored)} other file(s))"
-                                                            if found.ignored else "")
+            add_folder(path)
         elif problem is None:
             files.append(path)
         elif os.path.lexists(path):  # a dangling link, a symlink loop, a named pipe: named, so it gets a row
@@ -61,7 +65,9 @@ def find_inputs(inputs: list[str]) -> Inputs:
                 raise InputError(f"no such file, folder or match: {item}")
             for match in matches:
                 reason = entry_reason(match)
-                if reason is None and match.is_file():
+                if reason is None and match.is_dir():  # a glob naming folders (`site_*`) reads them as folders
+                    add_folder(match)
+                elif reason is None and match.is_file():
                     files.append(match)
                 elif reason is not None and name_reason(match.name) is None:
                     skipped[match] = reason
@@ -84,13 +90,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 
 def _load(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """(decoded gray, model input, None) or (None, None, one-line error). ``full`` decodes at full resolution (for
-    heat maps on the original pixel grid); otherwise large JPEGs decode at a reduced DCT scale. Images the input gate
-    refuses (`check_radiograph`) get an error, not a label."""
+    """(decoded gray, model input, None) or (None, None, one-line error). Large JPEGs are scored from a reduced DCT
+    scale, as everywhere else (so a heat map never changes a score); ``full`` also decodes them at full resolution,
+    for heat maps on the original pixel grid. Images the input gate refuses (`check_radiograph`) get an error, not a
+    label."""
     try:
-        gray = load_image_file(path, target=None if full else predictor.size)
+        gray = load_image_file(path, target=predictor.size)
         check_radiograph(gray)
-        return gray, predictor.preprocess(gray), None
+        prepared = predictor.preprocess(gray)
+        if full:
+            gray = load_image_file(path)
+        return gray, prepared, None
     except PneumoError as exc:
         return None, None, str(exc)
 

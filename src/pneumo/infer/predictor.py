@@ -185,8 +185,10 @@ class Predictor:
         outputs = [o.name for o in session.get_outputs()][:1]
         if "features" in {o.name for o in session.get_outputs()}:
             outputs.append("features")
-        elif self.ood is not None:
-            log.warning("%s has no features output (an older export): no OOD scores; re-export it", onnx_path.name)
+        elif self.ood is not None or self.orientation is not None:  # its checks could not run: no silent verdicts
+            raise ModelError(f"{onnx_path.name} has no features output (an older export), so the model's "
+                             "out-of-distribution and orientation checks cannot run on it: export it again with "
+                             "`pneumo export`, or delete it")
 
         def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             chunks = [session.run(outputs, {name: x[i : i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
@@ -225,6 +227,9 @@ class Predictor:
         """Predictions from one batch's `outputs`: the threshold's label, withheld where the OOD or orientation check
         refuses the image."""
         results = self._results(logits)
+        for result, finite in zip(results, np.isfinite(logits).all(axis=1)):
+            if not finite:  # a broken model: NaN would compare as "pneumonia"
+                result.withhold("the model's output for this image is not a finite number")
         if self.ood is not None and features is not None:
             for result, score in zip(results, self.ood.scores(features)):
                 result.ood_score = float(score) if np.isfinite(score) else None

@@ -18,6 +18,7 @@ import base64
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -257,6 +258,8 @@ async def _predict(service: Service, data: bytes, start: float, *, heatmap: bool
         raise HTTPException(503, "model not loaded")
     prediction: Prediction = await batcher.submit(prepared)
     t2 = time.perf_counter()
+    if not math.isfinite(prediction.p_pneumonia):  # withheld by the predictor; JSON cannot carry the NaN
+        raise HTTPException(500, "the model's output for this image is not a finite number: no verdict")
     body: dict[str, Any] = {**prediction.to_dict(), "threshold_policy": predictor.meta.threshold_policy,
                             "model_id": predictor.model_id}
     timings = {"decode": _ms(t1 - t0), "inference": _ms(t2 - t1)}
