@@ -302,7 +302,7 @@ def test_heat_maps_do_not_change_the_scores_of_a_large_jpeg(full_data: Path, tmp
 
     from pneumo.infer.batch import predict_file_results
 
-    source = sorted((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    source = min((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))
     big = tmp_path / "big.jpeg"
     with Image.open(source) as img:
         img.convert("L").resize((2400, 2000), Image.Resampling.BICUBIC).save(big, quality=95)
