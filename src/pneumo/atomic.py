@@ -94,8 +94,9 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` as UTF-8 to ``path`` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` as UTF-8 to ``path`` atomically. A file name that is not UTF-8 (Linux hands it over with
+    surrogates) is written with backslash escapes, as `pneumo predict` prints it, instead of failing the write."""
+    return write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def write_json(path: str | os.PathLike, payload: Any, *, default: Any = float) -> Path:

@@ -147,14 +147,35 @@ def test_precision_is_nan_when_nothing_is_called_positive() -> None:
 
 # ---------------------------------------------------------------- bootstrap
 
-def test_vectorized_auc_and_average_precision_match_scikit_learn_on_resamples() -> None:
+@pytest.mark.parametrize("decimals", [None, 1, 0])  # scores to 2 decimals (some ties), to 1 (many), 0 or 1 (two)
+def test_vectorized_auc_and_average_precision_match_scikit_learn_on_resamples(decimals: int | None) -> None:
     y, p = noisy_scores(300, seed=4)
+    p = p if decimals is None else np.round(p, decimals)
     w = resample_weights(y.size, 6, seed=9)
     auc, ap = weighted_auc(w, y, p)
     for b in range(6):
         idx = np.repeat(np.arange(y.size), w[b])
         assert auc[b] == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
         assert ap[b] == pytest.approx(average_precision_score(y[idx], p[idx]), abs=1e-12)
+
+
+def test_resampling_whole_patients_is_resampling_images_when_each_patient_has_one() -> None:
+    assert np.array_equal(resample_weights(40, 7, 3, groups=np.arange(40)), resample_weights(40, 7, 3))
+    w = resample_weights(6, 50, 0, groups=np.array(["a", "a", "b", "c", "c", "c"]))
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 4]).all() and (w[:, 4] == w[:, 5]).all()
+
+
+def test_a_patients_copies_do_not_narrow_the_cluster_bootstrap_interval() -> None:
+    """Each image three times, as one patient's three films: resampling images treats them as 3N independent
+    cases (a narrower interval); resampling patients gives exactly the interval of the N originals."""
+    y, p = noisy_scores(120, seed=2)
+    y3, p3, patients = np.repeat(y, 3), np.repeat(p, 3), np.repeat(np.arange(y.size), 3)
+    single = bootstrap_cis(y, p, 0.5, n_resamples=300, seed=1)
+    clustered = bootstrap_cis(y3, p3, 0.5, n_resamples=300, seed=1, groups=patients)
+    naive = bootstrap_cis(y3, p3, 0.5, n_resamples=300, seed=1)
+    for key in ("roc_auc", "pr_auc", "f1"):  # the bootstrap ones (the proportions get exact intervals)
+        assert clustered[key] == pytest.approx(single[key], abs=1e-12), key
+    assert naive["roc_auc"][1] - naive["roc_auc"][0] < single["roc_auc"][1] - single["roc_auc"][0]
 
 
 def test_resample_weights_draw_each_resample_with_n_items() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -266,11 +267,29 @@ def test_the_shipped_model_and_an_ensemble_validate_on_a_folder(run_dir: Path, d
     stored = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     result = evaluate_external(tmp_path / "ens", two_folders[0], tmp_path / "ens-ext", n_bootstrap=20,
                                analysis=False)
-    assert result["threshold"] == stored["threshold"] and result["members"] == [str(run_dir), str(other)]
+    assert result["threshold"] == stored["threshold"]
+    assert result["members"] == [str(run_dir.resolve()), str(other.resolve())]
     single = json.loads((tmp_path / "ens-ext" / "metrics.json").read_text())
     assert single["external"]["n"] == 24 and single["test"]["n"] == 24 - single["not_assessed"]["n"]
     probs = pd.read_csv(tmp_path / "ens-ext" / "predictions.csv")["p_pneumonia"].to_numpy()
     assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_an_ensemble_made_with_relative_paths_loads_from_any_folder(run_dir: Path, data_slice: Path,
+                                                                   tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """ensemble.json names its members relative to itself: evaluating it from another folder finds them (they were
+    stored as typed, so `pneumo evaluate --model /abs/ens` from elsewhere failed with "model not found")."""
+    import os
+
+    from pneumo.evaluate.scoring import load_models
+
+    twin = tmp_path / "twin"
+    shutil.copytree(run_dir, twin)
+    monkeypatch.chdir(tmp_path)
+    evaluate_ensemble([Path(os.path.relpath(run_dir)), Path("twin")], Path("ens"), n_bootstrap=0)
+    monkeypatch.chdir(data_slice)
+    assert [p.sidecar.parent for p in load_models(tmp_path / "ens")] == [run_dir.resolve(), twin.resolve()]
 
 
 def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test_split(data_slice: Path,

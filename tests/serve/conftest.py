@@ -31,6 +31,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     meta = {"task": "binary", "classes": ["NORMAL", "PNEUMONIA"], "input_size": INPUT_SIZE,
             "resize_policy": "squash", "intensity": "none", "threshold": 0.5, "threshold_policy": "youden",
             "temperature": 1.5, "config": {"data": {"root": "/private/path/to/data"}},
+            "operating_point": {"version": 2, "chosen_on": {"kind": "labelled CSV", "location": "/private/path/site.csv"},
+                                "derived_from": {"model": "C:\\private\\runs\\model.json"}},
             "metrics": {"test": {"roc_auc": 0.5, "sensitivity": float("nan")}}}
     sidecar = save_checkpoint(tmp_path_factory.mktemp("model") / "model", model, meta)
     sidecar.with_suffix(".md").write_text(CARD_TEXT, encoding="utf-8")

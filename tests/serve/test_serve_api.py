@@ -127,7 +127,9 @@ def test_model_card_has_the_sidecar_and_the_markdown(client: TestClient, predict
 
 def test_model_card_hides_training_internals_and_non_finite_numbers(client: TestClient) -> None:
     card = client.get("/api/v1/model").json()
-    assert "config" not in card and "/private/path" not in str(card)
+    assert "config" not in card and "private" not in str(card)
+    assert card["operating_point"]["chosen_on"] == {"kind": "labelled CSV", "location": "site.csv"}
+    assert card["operating_point"]["derived_from"]["model"] == "model.json"
     assert card["metrics"]["test"] == {"roc_auc": 0.5, "sensitivity": None}
 
 

@@ -111,7 +111,7 @@ def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) ->
     flagged = sum(r.ood for r in predictions)
     assert result["ood"]["n"] == len(test_images) == 36
     rows = pd.read_csv(probe_run / "predictions.csv")  # a flagged image gets no verdict there either (issue 23)
-    assert rows["assessed"].tolist() == [int(not r.ood) for r in predictions]
+    assert rows["assessed"].tolist() == [int(r.assessed) for r in predictions]  # OOD or turned, as predict decides
     np.testing.assert_allclose(rows["ood_score"], [r.ood_score for r in predictions], rtol=1e-4)
     assert rows.loc[rows["assessed"] == 0, "predicted_pneumonia"].isna().all()
     assert rows.loc[rows["assessed"] == 1, "predicted_pneumonia"].notna().all()
@@ -119,6 +119,37 @@ def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) ->
     assert json.loads((probe_run / "metrics.json").read_text())["ood"]["n_flagged"] == flagged
     assert "out-of-distribution flags on test" in (probe_run / "report.html").read_text()
     assert "ood" in json.loads((probe_run / "model.json").read_text())  # evaluation keeps the entry
+
+
+def test_evaluate_withholds_the_test_images_the_orientation_check_refuses(probe_run: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `pneumo predict` does: an image the check calls turned gets no verdict in predictions.csv (it once got one
+    there, withheld only when out of distribution); the headline still counts every image of the official split."""
+    import shutil
+
+    from pneumo.data.cache import image_cache
+    from pneumo.evaluate.runner import evaluate_run, load_run
+    from pneumo.models.orientation import OrientationHead
+
+    run = tmp_path / "probe"
+    shutil.copytree(probe_run, run)
+    before = json.loads((run / "metrics.json").read_text())["test"]["metrics"] if (run / "metrics.json").is_file() \
+        else None
+
+    def every_other(self, features):  # the real check with every other image called turned
+        return [f"turned {i}" if i % 2 else None for i in range(len(features))]
+
+    monkeypatch.setattr(OrientationHead, "refusals", every_other)
+    result = evaluate_run(run, analysis=False)
+    cfg, folds = load_run(run)
+    test_images = image_cache(cfg, folds).images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
+    predictions = Predictor(run, backend="torch").predict_prepared(test_images)
+    rows = pd.read_csv(run / "predictions.csv")
+    assert rows["assessed"].tolist() == [int(r.assessed) for r in predictions]
+    assert rows["assessed"].iloc[1::2].eq(0).all() and rows.loc[rows["assessed"] == 0, "predicted_pneumonia"].isna().all()
+    assert result["orientation"] == {"n": len(test_images), "n_refused": len(test_images) // 2}
+    if before is not None:
+        assert result["test"]["metrics"] == pytest.approx(before)
 
 
 def test_evaluation_scores_the_test_fold_once_for_logits_and_ood(probe_run: Path,

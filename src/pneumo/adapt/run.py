@@ -101,14 +101,16 @@ def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
     return None
 
 
-def ranking_gain(y: np.ndarray, p_before: np.ndarray, p_after: np.ndarray, *, n_bootstrap: int, seed: int) -> dict:
+def ranking_gain(y: np.ndarray, p_before: np.ndarray, p_after: np.ndarray, *, n_bootstrap: int, seed: int,
+                 groups: np.ndarray | None = None) -> dict:
     """How much better the cross-fitted scores rank the site's images than the source model does: the ROC-AUC
-    difference on the same images, with a paired bootstrap interval (both scores resampled together), and a warning
-    when that interval does not lie above 0 (the adaptation has not shown that it helps: label more images)."""
+    difference on the same images, with a paired bootstrap interval (both scores resampled together, whole patients
+    when ``groups`` names them), and a warning when that interval does not lie above 0 (the adaptation has not shown
+    that it helps: label more images)."""
     before, after = binary_metrics(y, p_before, 0.5)["roc_auc"], binary_metrics(y, p_after, 0.5)["roc_auc"]
     gain = {"roc_auc_before": before, "roc_auc_after": after, "gain": after - before, "ci": None, "warning": None}
     if n_bootstrap > 0:
-        weights = resample_weights(len(y), n_bootstrap, seed)
+        weights = resample_weights(len(y), n_bootstrap, seed, groups)
         gain["ci"] = percentile_ci(weighted_auc(weights, y, p_after)[0] - weighted_auc(weights, y, p_before)[0], 0.95)
     lo = gain["ci"][0] if gain["ci"] else gain["gain"]
     if not lo > 0:  # NaN (one class) warns too
@@ -137,10 +139,12 @@ def exact_cis(metrics: dict) -> dict[str, list[float]]:
     return {"sensitivity_exact_ci": list(ci["sensitivity"]), "specificity_exact_ci": list(ci["specificity"])}
 
 
-def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, *, n_bootstrap: int, seed: int) -> dict:
-    """Metrics at one threshold with bootstrap CIs, and exact intervals on sensitivity and specificity."""
+def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, *, n_bootstrap: int, seed: int,
+                 groups: np.ndarray | None = None) -> dict:
+    """Metrics at one threshold with bootstrap CIs (whole patients resampled when ``groups`` names them), and exact
+    intervals on sensitivity and specificity."""
     metrics = binary_metrics(y, p, threshold)
-    return {"metrics": metrics, "ci": bootstrap_cis(y, p, threshold, n_resamples=n_bootstrap, seed=seed),
+    return {"metrics": metrics, "ci": bootstrap_cis(y, p, threshold, n_resamples=n_bootstrap, seed=seed, groups=groups),
             **exact_cis(metrics)}
 
 
@@ -244,9 +248,13 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         "temperature": fit_temperature(z_oof, site.y),
         "local": {"n": len(site.y), "folds": len(folds),
                   "before": {"stored_threshold": at_threshold(site.y, p_before, predictor.threshold,
-                                                              n_bootstrap=n_bootstrap, seed=cfg.seed)},
-                  "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed),
-                  "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed),
+                                                              n_bootstrap=n_bootstrap, seed=cfg.seed,
+                                                              groups=site.groups)},
+                  "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed,
+                                        groups=site.groups),
+                  "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed,
+                                          groups=site.groups),
+                  "bootstrap": "whole patients resampled",
                   **({"subgroups": {
                       "before": subgroups(site.table, site.y, p_before, predictor.threshold, by,
                                           n_bootstrap=n_bootstrap, seed=cfg.seed),

@@ -133,8 +133,13 @@ def binary_metrics(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarra
     return {**out, **cells, "n": int(y.size)}
 
 
-def resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """How often each of ``n`` items is drawn in each bootstrap resample: int array (n_resamples, n)."""
+def resample_weights(n: int, n_resamples: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each bootstrap resample: int array (n_resamples, n). With
+    ``groups`` (one label per item, e.g. the patient) whole groups are drawn (a cluster bootstrap): images of one
+    patient are not independent, and resampling them one by one gives intervals that are too narrow."""
+    if groups is not None:
+        _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        return resample_weights(int(inverse.max()) + 1 if n else 0, n_resamples, seed)[:, inverse]
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_resamples, n))
     flat = idx + (np.arange(n_resamples) * n)[:, None]
@@ -142,13 +147,17 @@ def resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def weighted_auc(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ROC-AUC (ties count 1/2) and average precision for each row of ``weights`` (item multiplicities)."""
+    """ROC-AUC (ties count 1/2) and average precision for each row of ``weights`` (item multiplicities).
+
+    Memory stays at resamples x items (the weights' own size): the items are summed per distinct score along the
+    sorted order, where a one-hot matrix of items x scores took 8 N^2 bytes (3.2 GB at 20,000 images)."""
     scores, inverse = np.unique(p, return_inverse=True)
-    onehot = np.zeros((p.size, scores.size))
-    onehot[np.arange(p.size), inverse] = 1.0
-    w = weights.astype(float)
-    pos_at = (w * y) @ onehot  # (B, U) weighted positives per distinct score, ascending
-    neg_at = (w * (1 - y)) @ onehot
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(scores.size))  # every distinct score has an item
+    w = weights.astype(float)[:, order]
+    y_sorted = y[order]
+    pos_at = np.add.reduceat(w * y_sorted, starts, axis=1)  # (B, U) weighted positives per distinct score, ascending
+    neg_at = np.add.reduceat(w * (1 - y_sorted), starts, axis=1)
     n_pos, n_neg = pos_at.sum(axis=1), neg_at.sum(axis=1)
     neg_below = np.cumsum(neg_at, axis=1) - neg_at
     auc = _div(np.sum(pos_at * (neg_below + 0.5 * neg_at), axis=1), n_pos * n_neg)
@@ -178,6 +187,7 @@ def bootstrap_cis(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
     """CIs for every key of :func:`binary_metrics` but ``n``: exact (Clopper-Pearson) for the proportions, percentile
     bootstrap over resamples of the images for the rest, left out (nan) for a small sample or a zero width (see the
@@ -192,6 +202,8 @@ def bootstrap_cis(
         n_resamples: number of resamples; 0 gives an empty dict.
         seed: seed of the resampling.
         level: coverage of the interval.
+        groups: one label per image (the patient): resample whole groups (`resample_weights`); the exact
+            intervals still count images.
 
     Returns:
         ``{metric: (lo, hi)}``; ``(nan, nan)`` where a metric is undefined, or its bootstrap interval not shown.
@@ -201,7 +213,7 @@ def bootstrap_cis(
         return {}
     if not 0.0 < level < 1.0:
         raise ConfigError(f"CI level must be in (0, 1), got {level}")
-    w = resample_weights(y.size, n_resamples, seed)
+    w = resample_weights(y.size, n_resamples, seed, groups)
     pred = (p >= threshold).astype(np.int64)
     cells = {"tp": w @ (pred * y), "fp": w @ (pred * (1 - y)), "tn": w @ ((1 - pred) * (1 - y)),
              "fn": w @ ((1 - pred) * y)}

@@ -1,5 +1,5 @@
-"""The share of the test fold a model's out-of-distribution statistics flag: what `pneumo evaluate` reports.
-(Fitting them is training's: `pneumo.train.ood`.)"""
+"""The share of the test fold a model's out-of-distribution statistics flag, and the images its orientation check
+refuses: what `pneumo evaluate` reports. (Fitting them is training's: `pneumo.train.ood`.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pneumo.models.ood import load_ood
+from pneumo.models.orientation import load_orientation
 from pneumo.train.probe import extract_features
 
 
@@ -31,6 +32,19 @@ def test_ood(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Mod
     return ({"n": len(scores), "n_flagged": flagged, "share_flagged": flagged / len(scores),
              "threshold": stats.threshold, "percentile": stats.percentile, "method": stats.method,
              "median_score": float(np.median(scores))}, scores)
+
+
+def test_orientation(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Module, images: np.ndarray,
+                     *, device: torch.device, features: np.ndarray | None = None) -> np.ndarray | None:
+    """Per test image, True where the model's orientation check refuses it (as `pneumo predict` withholds it); None
+    for a model without the check. ``features`` as in `test_ood`."""
+    check = load_orientation(sidecar, entry)
+    if check is None or len(images) == 0:
+        return None
+    if features is None:
+        features = extract_features(model, images, batch_size=64, device=device, amp=False,
+                                    desc="orientation test features")
+    return np.array([reason is not None for reason in check.refusals(features)])
 
 
 def ood_note(result: dict) -> str:

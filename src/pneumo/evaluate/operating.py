@@ -76,5 +76,6 @@ def operating_points_section(result: dict) -> tuple[str, str]:
 
 
 def paths_digest(paths: Iterable[str]) -> str:
-    """SHA-256 of the sorted list of image paths: identifies the val images a threshold was chosen on."""
-    return hashlib.sha256("\n".join(sorted(map(str, paths))).encode()).hexdigest()
+    """SHA-256 of the sorted list of image paths: identifies the val images a threshold was chosen on. A file name
+    that is not UTF-8 (Linux hands it over with surrogates) is hashed as its bytes."""
+    return hashlib.sha256("\n".join(sorted(map(str, paths))).encode("utf-8", "surrogateescape")).hexdigest()

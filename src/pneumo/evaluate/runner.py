@@ -29,7 +29,7 @@ from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis
-from pneumo.evaluate.ood import ood_note, test_ood
+from pneumo.evaluate.ood import ood_note, test_ood, test_orientation
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
 from pneumo.models.checkpoint import load_checkpoint
@@ -116,10 +116,14 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     result["tta"] = cfg.eval.tta
     result["ood"], ood_scores = test_ood(RunDir(run_dir).model, meta.ood, model, logits["test_images"],
                                          device=select_device(cfg.train.device), features=logits.get("test_features"))
+    turned = test_orientation(RunDir(run_dir).model, meta.extra.get("orientation"), model, logits["test_images"],
+                              device=select_device(cfg.train.device), features=logits.get("test_features"))
+    if turned is not None:
+        result["orientation"] = {"n": len(turned), "n_refused": int(turned.sum())}
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
-    _write_predictions(run_dir, test, logits["test"], result, ood_scores)
+    _write_predictions(run_dir, test, logits["test"], result, ood_scores, turned)
     if first:
         _record_operating_point(RunDir(run_dir).model, meta, result, folds)
     sections = [operating_points_section(result)]
@@ -215,7 +219,8 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
                             subtitle=" + ".join(m.name for m in members),
                             extra_sections=[operating_points_section(result)])
     # the ensemble's operating point, chosen on its val probabilities: what external validation uses
-    atomic.write_json(out / "ensemble.json", {"members": [str(m) for m in members], "combine": "mean probability",
+    atomic.write_json(out / "ensemble.json", {"members": [os.path.relpath(Path(m).resolve(), out.resolve())
+                                                          for m in members], "combine": "mean probability",
                                               "threshold": result["threshold"],
                                               "threshold_policy": result["threshold_policy"],
                                               "temperature": result["temperature"]})
@@ -245,15 +250,19 @@ def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, im
 
 
 def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, result: dict,
-                       ood_scores: np.ndarray | None = None) -> None:
-    """The test fold's predictions; an image flagged out of distribution gets no verdict (``assessed`` 0, an empty
-    ``predicted_pneumonia``), as in `pneumo predict` (the headline metrics still count every image of the official
-    split, with the flagged count beside them)."""
+                       ood_scores: np.ndarray | None = None, turned: np.ndarray | None = None) -> None:
+    """The test fold's predictions; an image flagged out of distribution or refused by the orientation check gets no
+    verdict (``assessed`` 0, an empty ``predicted_pneumonia``), as in `pneumo predict` (the headline metrics still
+    count every image of the official split, with the flagged count beside them)."""
     rows = {"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy()}
     assessed = None
     if ood_scores is not None:
         assessed = ~(ood_scores > result["ood"]["threshold"])  # OodStats.flags; a non-finite feature scores inf
-        rows.update(ood_score=ood_scores, assessed=assessed.astype(int))
+        rows["ood_score"] = ood_scores
+    if turned is not None:
+        assessed = ~turned if assessed is None else assessed & ~turned
+    if assessed is not None:
+        rows["assessed"] = assessed.astype(int)
     write_predictions(run_dir, rows, logits, temperature=result["temperature"], threshold=result["threshold"],
                       class_columns=result["classes"], assessed=assessed)
 

@@ -54,11 +54,13 @@ def load_models(model: str | os.PathLike | None) -> list:
 
 
 def _member_paths(model: str | os.PathLike | None) -> list[str | None]:
+    """An ensemble folder's members (written relative to the folder; an older ensemble.json's relative to where it
+    was made, tried second), or the one model."""
     if model is not None and Path(model).is_dir() and (Path(model) / "ensemble.json").is_file():
         members = json.loads((Path(model) / "ensemble.json").read_text()).get("members", [])
         if len(members) < 2:
             raise ConfigError(f"{model}/ensemble.json lists fewer than two members")
-        return members
+        return [str((Path(model) / m).resolve()) if (Path(model) / m).exists() else m for m in members]
     return [None if model in (None, "default") else str(model)]
 
 
@@ -83,7 +85,7 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
         raise ConfigError(f"the members of {folder} predict different classes")
     return ModelSpec(predictors, float(stored["threshold"]), float(stored.get("temperature", 1.0)),
                      stored.get("threshold_policy", "youden"), str(folder), f"ensemble {folder.name}",
-                     members=[str(m) for m in stored["members"]])
+                     members=_member_paths(folder))
 
 
 def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False,

@@ -319,7 +319,19 @@ def model_card_of(predictor: Predictor) -> dict[str, Any]:
     card.update(model_id=predictor.model_id, backend=predictor.backend, classes=predictor.classes,
                 input_size=predictor.size, threshold=predictor.threshold)
     card["card_markdown"] = card_markdown(predictor.sidecar)
-    return to_jsonable(card)  # NaN/inf (a metric undefined on a one-class split) -> None, which JSON can carry
+    return to_jsonable(_without_paths(card))  # NaN/inf (a metric undefined on a one-class split) -> None
+
+
+def _without_paths(value: Any) -> Any:
+    """The card with every absolute path (where a threshold was chosen, the model it was derived or adapted from)
+    cut to its last part: the service does not tell clients its folders."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and "\n" not in value and (value.startswith("/") or value[1:3] in (":\\", ":/")):
+        return Path(value.replace("\\", "/")).name
+    return value
 
 
 def _ms(seconds: float) -> float:
