@@ -211,6 +211,11 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_card_says_so(
     assert not site.patients_given and site.table["patient_id"].nunique() == len(site.table)
     assert "its own patient" in patients_line(site.counts())
     assert "from the CSV" in patients_line(load_site(site_csv, Predictor(None)).counts())
+    pacs = tmp_path / "pacs.csv"  # a PACS export's spelling of the column: the same patients, not one each
+    pd.read_csv(site_csv, dtype=str).rename(columns={"patient_id": "PatientID"}).to_csv(pacs, index=False)
+    named = load_site(pacs, Predictor(None))
+    assert named.patients_given and named.table["patient_id"].nunique() == len(named.table) - 1
+    assert "PatientID" not in named.table.columns
 
 
 def test_a_patient_id_column_with_gaps_is_a_one_line_error(site_csv: Path, tmp_path: Path,

@@ -292,6 +292,30 @@ def test_an_ensemble_made_with_relative_paths_loads_from_any_folder(run_dir: Pat
     assert [p.sidecar.parent for p in load_models(tmp_path / "ens")] == [run_dir.resolve(), twin.resolve()]
 
 
+def test_an_onnx_only_model_folder_is_validated_and_refuses_a_new_operating_point_in_one_line(
+        two_folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """What `pneumo export --out deploy/` writes (export, sidecar, OOD and orientation files, no weights): evaluate
+    scores it with ONNX Runtime (it said "use --backend onnx", a flag evaluate does not have)."""
+    from pneumo.infer.predictor import Predictor
+
+    assert main(["export", "--out", str(tmp_path / "deploy")]) == 0
+    sidecar = next((tmp_path / "deploy").glob("*.json"))
+    result = evaluate_external(str(sidecar), two_folders[0], tmp_path / "val", n_bootstrap=0, analysis=True)
+    shipped = Predictor(None, backend="torch")
+    rows = pd.read_csv(tmp_path / "val" / "predictions.csv")
+    assert result["external"]["n"] == 24 and result["threshold"] == shipped.threshold
+    from pneumo.data.decode import load_image_file
+
+    first = shipped.predict([load_image_file(rows["path"][0], target=shipped.size)])[0]
+    assert rows["p_pneumonia"][0] == pytest.approx(first.p_pneumonia, abs=1e-4)  # ONNX against PyTorch
+    capsys.readouterr()
+    assert main(["operating-point", "--model", str(sidecar), "--threshold-policy", "youden",
+                 "--out", str(tmp_path / "op")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has only an ONNX export" in err[0] and "--backend" not in err[0]
+    assert not (tmp_path / "op").exists()
+
+
 def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test_split(data_slice: Path,
                                                                                         tmp_path: Path) -> None:
     from pneumo.evaluate.command import evaluate

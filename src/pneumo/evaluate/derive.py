@@ -14,7 +14,7 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
-from pneumo.errors import ConfigError, DataError
+from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import p_pneumonia
@@ -41,7 +41,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     Returns:
         The ``operating_point`` record.
     """
-    from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
+    from pneumo.evaluate.scoring import has_weights, load_models, score_labelled, val_scores, withheld
 
     parse_policy(policy)
     out = Path(out_dir)
@@ -49,6 +49,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         raise ConfigError(f"{out} exists and is not empty: give a new folder for the new model")
     sidecar = resolve_model(model)
     source = sidecar.parent
+    if not has_weights(model):
+        raise ModelError(f"{sidecar.name} has only an ONNX export: a new operating point is written beside the "
+                         "PyTorch weights; give the model the export was made from")
     (predictor,) = load_models(model)
     if val is not None:
         y, logits, table, _, _, predictions = score_labelled([predictor], val)

@@ -187,7 +187,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                       temperature=result["temperature"], threshold=result["threshold"], assessed=assessed)
     extra = [_data_section(result), operating_points_section(result), *_subgroups_section(result),
              _errors_section(out, table, y, p, result)]
-    if analysis:
+    if analysis and spec.predictors[0].torch_model is None:
+        log.info("no error gallery: the model has only an ONNX export (Grad-CAM needs the PyTorch weights)")
+    elif analysis:
         extra.append(analysis(out, spec.predictors[0].torch_model, images, y, p, spec.threshold,
                               subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
     calibrated_on = ("the adaptation's cross-fitted scores" if "operating_points_chosen_on" in result

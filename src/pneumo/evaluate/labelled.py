@@ -7,6 +7,7 @@ included); every file under it that is not read comes back by name with the reas
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -73,6 +74,9 @@ def _from_csv(csv: Path) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{csv} is not a readable CSV: {exc}") from None
     columns = {c.strip().lower(): c for c in raw.columns}
+    if "patient_id" not in columns:  # PatientID, Patient ID, patient-id: the same column under a PACS export's name
+        named = [c for c in raw.columns if re.sub(r"[\s_-]", "", c.lower()) == "patientid"]
+        columns |= {"patient_id": named[0]} if named else {}
     if "path" not in columns or "label" not in columns:
         raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}")
     patients = raw[columns["patient_id"]].str.strip() if "patient_id" in columns else None
@@ -89,6 +93,6 @@ def _from_csv(csv: Path) -> pd.DataFrame:
     if patients is not None:
         table["patient_id"] = patients.to_numpy()
     for name in raw.columns:
-        if name.strip().lower() not in {"path", "label", "subtype", "patient_id"}:
+        if name.strip().lower() not in {"path", "label", "subtype"} and name != columns.get("patient_id"):
             table[name] = raw[name].str.strip().to_numpy()
     return table

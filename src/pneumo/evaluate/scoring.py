@@ -19,6 +19,7 @@ from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, PneumoError
 from pneumo.evaluate.labelled import labelled_images
 from pneumo.models.scores import log_mean_probability
+from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
 log = logging.getLogger(__name__)
 BATCH = 32
@@ -47,10 +48,17 @@ class ModelSpec:
 
 
 def load_models(model: str | os.PathLike | None) -> list:
-    """The torch-backend predictor(s) of a run folder / checkpoint / None (shipped model) / ensemble folder."""
+    """The predictor(s) of a run folder / checkpoint / None (shipped model) / ensemble folder: PyTorch where the
+    weights are there, ONNX Runtime on the verified export of a folder that holds only that (`pneumo export --out`)."""
     from pneumo.infer.predictor import Predictor
 
-    return [Predictor(m, backend="torch") for m in _member_paths(model)]
+    return [Predictor(m, backend="torch" if has_weights(m) else "onnx") for m in _member_paths(model)]
+
+
+def has_weights(model: str | os.PathLike | None) -> bool:
+    """Whether the model's PyTorch weights file is there (not only an ONNX export)."""
+    sidecar = resolve_model(model)
+    return weights_path(sidecar, read_meta(sidecar)).is_file()
 
 
 def _member_paths(model: str | os.PathLike | None) -> list[str | None]:
