@@ -120,3 +120,35 @@ def test_scores_run_blas_on_one_thread_and_give_the_setting_back(fitted) -> None
     stats, f_val = fitted
     np.testing.assert_array_equal(stats.scores(f_val), stats.scores(f_val.copy()))
     assert blas_threads() == before
+
+
+def test_one_worker_leaving_the_blas_limit_does_not_lift_it_under_another() -> None:
+    """Two batch workers score side by side (predict, serve): the first one out restored the process's setting while
+    the second was still computing (threadpoolctl's limit is process-wide)."""
+    import threading
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pneumo.models.ood import _one_blas_thread
+
+    def blas_threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    inside, first_out, seen = threading.Event(), threading.Event(), []
+
+    def second() -> None:
+        with _one_blas_thread():
+            inside.set()
+            first_out.wait(10)
+            seen.append(blas_threads())
+
+    with threadpool_limits(limits=2, user_api="blas"):  # a setting above 1 to tell apart (xdist workers run 1)
+        if blas_threads() != {2}:
+            pytest.skip("this BLAS cannot run 2 threads")
+        worker = threading.Thread(target=second)
+        with _one_blas_thread():
+            worker.start()
+            inside.wait(10)
+        first_out.set()
+        worker.join(10)
+        assert seen == [{1}]  # the first one out had set it back to 2 under the second (OpenBLAS, pthreads)

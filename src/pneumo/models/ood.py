@@ -14,7 +14,9 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -123,11 +125,28 @@ def _blas() -> Any:
     return ThreadpoolController()
 
 
-def _one_blas_thread() -> Any:
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS: dict[str, Any] = {"count": 0, "limiter": None}  # callers inside `_one_blas_thread`, and its limiter
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
     """BLAS on the calling thread only, for the duration: a few rows against a 1,280² matrix gain nothing from a
     second thread, whose spinning took the cores from the model and the decoders (the service: 63 -> 81 req/s at 16
-    clients, issue 24). Process-wide while it lasts (threadpoolctl); cheap (~10 us)."""
-    return _blas().limit(limits=1, user_api="blas")
+    clients, issue 24). Process-wide while it lasts (threadpoolctl), so it is counted: the first caller sets the limit,
+    the last one out restores the setting (a batch worker leaving must not lift it under another one still
+    computing). Cheap (~10 us)."""
+    with _BLAS_LOCK:
+        if _BLAS_USERS["count"] == 0:
+            _BLAS_USERS["limiter"] = _blas().limit(limits=1, user_api="blas")
+        _BLAS_USERS["count"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS["count"] -= 1
+            if _BLAS_USERS["count"] == 0:
+                _BLAS_USERS["limiter"].restore_original_limits()
 
 
 def fit_ood(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, *,
