@@ -158,3 +158,23 @@ def test_evaluation_report_links_figures_that_exist(tmp_path: Path, task: str) -
     assert {Path(s).stem for s in sources} == expected
     assert all((tmp_path / s).is_file() for s in sources)
     assert html.index("Explanations") > html.index("Calibration")
+
+
+def test_a_recorded_operating_point_is_measured_whole_threshold_and_temperature(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A later evaluation reports at the model's recorded threshold AND temperature (the calibration figures once
+    came from a temperature refitted on a changed val fold beside the stored threshold)."""
+    from pneumo.evaluate.calibration import nll
+
+    chosen, (y_val, z_val, y_t, z_test) = run_protocol("binary", n_bootstrap=0)
+    args = {"task": "binary", "class_names": BINARY, "policy": "youden", "n_bootstrap": 0, "seed": 0, "ece_bins": 15}
+    same = evaluate_predictions(y_val, z_val, y_t, z_test, None, **args,
+                                stored=(chosen["threshold"], chosen["temperature"]))
+    assert same["test"] == {**chosen["test"], "by_subtype": {}} and not caplog.records
+    stored = (0.8, 2.5)  # another val fold's choice
+    moved = evaluate_predictions(y_val, z_val, y_t, z_test, None, **args, stored=stored)
+    assert (moved["threshold"], moved["temperature"]) == stored
+    p_test = 1 / (1 + np.exp(-(z_test[:, 1] - z_test[:, 0])))
+    assert moved["test"]["metrics"] == pytest.approx(binary_metrics((y_t != 0).astype(int), p_test, 0.8), nan_ok=True)
+    assert moved["test"]["nll_after"] == pytest.approx(nll(z_test, y_t, 2.5))
+    assert "val data changed" in caplog.text

@@ -8,6 +8,7 @@ sections (e.g. `pneumo.explain.analysis`).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ PUBLISHED = (
     ("MedMNIST v2 PneumoniaMNIST, Google AutoML Vision", "0.946", "", "", "0.991"),
 )
 
+log = logging.getLogger(__name__)
+
 
 def evaluate_predictions(
     y_val: Sequence[int] | np.ndarray,
@@ -63,6 +66,7 @@ def evaluate_predictions(
     n_bootstrap: int = 1000,
     seed: int = 0,
     ece_bins: int = 15,
+    stored: tuple[float, float] | None = None,
 ) -> dict:
     """The whole protocol on arrays. Threshold and temperature see val only; test is only measured.
 
@@ -81,6 +85,9 @@ def evaluate_predictions(
         n_bootstrap: bootstrap resamples of the test images (0: no CIs).
         seed: bootstrap seed.
         ece_bins: equal-width ECE bins.
+        stored: the model's recorded (threshold, temperature): measure test at them (a later evaluation of a model
+            whose operating point is recorded; they equal val's choice unless the val data changed, which a WARNING
+            says).
 
     Returns:
         A strict-JSON dict (nan -> None): ``threshold``, ``threshold_policy``, ``temperature``, ``val`` {...},
@@ -104,6 +111,11 @@ def evaluate_predictions(
     yb_val, yb_test = (y_val != 0).astype(np.int64), (y_test != 0).astype(np.int64)
     threshold = choose_threshold(yb_val, p_val, policy)
     temperature = fit_temperature(z_val, y_val)
+    if stored is not None:
+        if abs(stored[0] - threshold) > 1e-9 or abs(stored[1] - temperature) > 1e-9:
+            log.warning("the val fold now gives threshold %.4f and temperature %.3f, the model stores %.4f and %.3f "
+                        "(val data changed?): reporting at the stored ones", threshold, temperature, *stored)
+        threshold, temperature = float(stored[0]), float(stored[1])
     probs_cal = apply_temperature(z_test, temperature)
 
     metrics = binary_metrics(yb_test, p_test, threshold)

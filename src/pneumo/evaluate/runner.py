@@ -28,7 +28,6 @@ from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
 from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
-from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis
 from pneumo.evaluate.ood import ood_note, test_ood, test_orientation
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
@@ -108,9 +107,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     y_test = labels(test, cfg.data.task)
     first = not meta.threshold_policy  # training leaves a placeholder threshold without a policy
     headline = cfg.eval.threshold_policy if first else meta.threshold_policy
-    result = _protocol(cfg, folds, logits["val"], logits["test"], policy=headline, n_bootstrap=n_bootstrap)
-    if not first:
-        _at_stored_point(result, meta.threshold, logits["test"], y_test)
+    result = _protocol(cfg, folds, logits["val"], logits["test"], policy=headline, n_bootstrap=n_bootstrap,
+                       stored=None if first else (meta.threshold, meta.temperature))
     _add_operating_points(result, cfg, folds, logits, extra)
     training = meta.training
     result["tta"] = cfg.eval.tta
@@ -136,23 +134,6 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     return result
 
 
-def _at_stored_point(result: dict, stored: float, test_logits: np.ndarray, y_test: np.ndarray) -> None:
-    """Report at the threshold stored in the model (equal to the val choice unless the val data changed)."""
-    if abs(stored - result["threshold"]) < 1e-9:
-        return
-    log.warning("the val fold now gives threshold %.4f, the model stores %.4f (val data changed?): reporting at the "
-                "stored one", result["threshold"], stored)
-    yb = (np.asarray(y_test) != 0).astype(np.int64)
-    p = p_pneumonia(test_logits)
-    metrics = binary_metrics(yb, p, stored)
-    boot = result.get("bootstrap", {})
-    result["threshold"] = stored
-    result["test"].update(metrics=metrics, confusion_matrix=[[metrics["tn"], metrics["fp"]],
-                                                             [metrics["fn"], metrics["tp"]]],
-                          ci=bootstrap_cis(yb, p, stored, n_resamples=boot.get("n_resamples", 0),
-                                           seed=boot.get("seed", 0)) if boot.get("n_resamples") else {})
-
-
 def _add_operating_points(result: dict, cfg, folds: pd.DataFrame, logits: dict, extra: tuple[str, ...]) -> None:
     """The standard policies (+ extra ones) side by side, each chosen on val; and the val ECE after scaling."""
     y_val, z_val = labels(folds[folds["fold"] == "val"], cfg.data.task), logits["val"]
@@ -168,7 +149,7 @@ def _add_operating_points(result: dict, cfg, folds: pd.DataFrame, logits: dict, 
 
 
 def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray, *, policy: str | None,
-              n_bootstrap: int | None) -> dict:
+              n_bootstrap: int | None, stored: tuple[float, float] | None = None) -> dict:
     """`evaluate_predictions` with the run's settings."""
     names = class_names(cfg.data.task)
     val, test = folds[folds["fold"] == "val"], folds[folds["fold"] == "test"]
@@ -177,7 +158,7 @@ def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.
         y_val, val_logits, labels(test, cfg.data.task), test_logits, test["subtype"].tolist(), task=cfg.data.task,
         class_names=names, policy=policy or cfg.eval.threshold_policy,
         n_bootstrap=cfg.eval.n_bootstrap if n_bootstrap is None else n_bootstrap, seed=cfg.eval.bootstrap_seed,
-        ece_bins=cfg.eval.ece_bins,
+        ece_bins=cfg.eval.ece_bins, stored=stored,
     )
 
 
