@@ -134,9 +134,8 @@ def binary_metrics(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarra
 
 
 def resample_weights(n: int, n_resamples: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
-    """How often each of ``n`` items is drawn in each bootstrap resample: int array (n_resamples, n). With
-    ``groups`` (one label per item, e.g. the patient) whole groups are drawn (a cluster bootstrap): images of one
-    patient are not independent, and resampling them one by one gives intervals that are too narrow."""
+    """How often each of ``n`` items is drawn in each bootstrap resample: int array (n_resamples, n). ``groups`` (the
+    patient of each image) draws whole groups: a patient's images are not independent (else too narrow intervals)."""
     if groups is not None:
         _, inverse = np.unique(np.asarray(groups), return_inverse=True)
         return resample_weights(int(inverse.max()) + 1 if n else 0, n_resamples, seed)[:, inverse]
@@ -147,10 +146,8 @@ def resample_weights(n: int, n_resamples: int, seed: int, groups: np.ndarray | N
 
 
 def weighted_auc(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ROC-AUC (ties count 1/2) and average precision for each row of ``weights`` (item multiplicities).
-
-    Memory stays at resamples x items (the weights' own size): the items are summed per distinct score along the
-    sorted order, where a one-hot matrix of items x scores took 8 N^2 bytes (3.2 GB at 20,000 images)."""
+    """ROC-AUC (ties count 1/2) and average precision for each row of ``weights`` (item multiplicities), summed per
+    distinct score in sorted order: memory resamples x items (a one-hot items x scores took 3.2 GB at 20,000)."""
     scores, inverse = np.unique(p, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     starts = np.searchsorted(inverse[order], np.arange(scores.size))  # every distinct score has an item
