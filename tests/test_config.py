@@ -48,6 +48,7 @@ def test_infinite_and_nan_floats_are_refused(value: str) -> None:
     ("data.limit_per_class=0", "data.limit_per_class must be >= 1, got 0"),
     ("model.drop_rate=1", "model.drop_rate must be < 1, got 1"),
     ("train.augment.noise=0.9", "train.augment.noise must be <= 0.5, got 0.9"),
+    ("train.augment.jpeg=98", "train.augment.jpeg must be <= 95, got 98"),  # qualities drawn in [jpeg, 95]
     ("eval.ece_bins=0", "eval.ece_bins must be >= 1, got 0"),
     ("data.task=4class", "data.task must be one of 'binary' or '3class', got '4class'"),
     ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),

@@ -168,7 +168,7 @@ class AugmentConfig(Schema):
     noise: float = Field(0.0, ge=0.0, le=0.5)  # additive Gaussian noise, std uniform in [0, noise] per image (0: off)
     # acquisition shift (issue 22 item 4: picked by the second round's rule, BENCHMARKS.md): each with probability 1/2
     resolution: float = Field(0.0, ge=0.0, lt=1.0)  # down- then up-sample by a factor uniform in [1 - resolution, 1]
-    jpeg: int = Field(0, ge=0, le=100)  # JPEG re-encode at a quality uniform in [jpeg, 95] (0: off)
+    jpeg: int = Field(0, ge=0, le=95)  # JPEG re-encode at a quality uniform in [jpeg, 95] (0: off)
     collimation: float = Field(0.0, ge=0.0, le=0.4)  # black borders, each side up to this fraction of the image
 
 

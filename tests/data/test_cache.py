@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.data.cache import build_cache
+from pneumo.data.cache import build_cache, cache_key
 from pneumo.data.decode import load_image
 from pneumo.data.manifest import scan_dataset
 from pneumo.data.preprocess import letterbox_box, resize_gray
@@ -39,8 +39,23 @@ def test_cache_key_changes_with_parameters_and_content(data_slice: Path, cache_d
     b = build_cache(df, data_slice, size=64, policy="letterbox", cache_dir=cache_dir, progress=False)
     changed = df.copy()
     changed.loc[0, "sha256"] = "0" * 64
-    c = build_cache(changed, data_slice, size=64, cache_dir=cache_dir, progress=False)
-    assert len({a.file, b.file, c.file}) == 3
+    assert len({a.key, b.key, cache_key(changed, size=64, policy="squash", intensity="none")}) == 3
+
+
+def test_a_file_whose_bytes_are_not_the_scanned_ones_fails_the_build(data_slice: Path, tmp_path: Path) -> None:
+    """The key is the scanned SHA-256s: a file changed since the scan (or another copy of the dataset under
+    `--dataset` with the same paths) was cached under it, and every later run read those images as the key's."""
+    from pneumo.errors import DataError
+
+    root = tmp_path / "data"
+    shutil.copytree(data_slice, root)
+    df = scan_dataset(root)
+    shutil.copyfile(root / df["path"].iloc[1], root / df["path"].iloc[0])  # a valid image, not the scanned one
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(DataError, match="not the scanned file's") as err:
+        build_cache(df, root, size=32, cache_dir=cache_dir, progress=False, workers=1)
+    assert df["path"].iloc[0] in str(err.value)
+    assert not [p for p in cache_dir.rglob("*") if p.is_file()]
 
 
 def test_letterbox_keeps_the_aspect_ratio_and_pads_black() -> None:

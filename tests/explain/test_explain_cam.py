@@ -121,3 +121,32 @@ def test_a_predictor_without_a_torch_model_gives_a_clear_model_error() -> None:
     onnx_like = SimpleNamespace(backend="onnx", meta={}, classes=["NORMAL", "PNEUMONIA"])
     with pytest.raises(ModelError, match="PyTorch checkpoint"):
         explain_image(onnx_like, np.zeros((64, 64), np.uint8))
+
+
+def test_two_explanations_of_one_model_never_run_at_once(predictor: Predictor, real_grays: list[np.ndarray],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service explains on several threads; Grad-CAM hooks the shared model, so a second explanation running
+    beside the first recorded its activations (the lock it took was a `Predictor` attribute that no longer exists)."""
+    import threading
+    import time
+
+    from pneumo.explain import cam
+
+    real, running, overlaps = cam.explain_prepared, [], []
+
+    def watched(*args, **kwargs):
+        running.append(1)
+        overlaps.append(len(running))
+        time.sleep(0.05)  # long enough for the other thread to arrive
+        try:
+            return real(*args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(cam, "explain_prepared", watched)
+    threads = [threading.Thread(target=explain_image, args=(predictor, gray)) for gray in real_grays[:2]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert overlaps == [1, 1]

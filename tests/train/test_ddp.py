@@ -19,7 +19,7 @@ from torch import nn
 
 from pneumo.config import TrainConfig
 from pneumo.models import create
-from pneumo.train.distributed import DistEnv, GlooSyncBatchNorm, shard, wrap_model
+from pneumo.train.distributed import DistEnv, GlooSyncBatchNorm, shard, sync_batchnorm, wrap_model
 from pneumo.train.loop import SplitTensors, make_loss, make_optimizer, run_epoch
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -94,6 +94,24 @@ def test_gloo_sync_batchnorm_is_plain_batchnorm_outside_a_process_group() -> Non
     assert sync.weight is bn.weight and set(sync.state_dict()) == set(bn.state_dict())
 
 
+def test_synchronized_batchnorm_keeps_the_activation_of_timm_norm_act_layers() -> None:
+    """EfficientNet's BatchNorm layers carry their ReLU6 (timm's BatchNormAct2d); the conversion for a multi-process
+    run dropped it, so DDP trained a network without nonlinearities. Outside a process group the converted model
+    computes exactly what the original does, in training and in eval mode."""
+    import copy
+
+    torch.manual_seed(0)
+    model = create("efficientnet_lite0", num_classes=2, weights="none", drop_rate=0.0)
+    synced = sync_batchnorm(copy.deepcopy(model), torch.device("cpu"))
+    assert any(isinstance(m, GlooSyncBatchNorm) for m in synced.modules())
+    x = torch.rand(4, 1, 64, 64)
+    for mode in (False, True):
+        model.train(mode)
+        synced.train(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(synced(x), model(x), rtol=0, atol=0)
+
+
 def _train(data: Path, work: Path, name: str, launcher: list[str]) -> pd.DataFrame:
     options = ["data.image_size=64", f"data.cache_dir={work / 'cache'}", "data.val_fraction=0.3", "train.epochs=2",
                "train.max_steps_per_epoch=1", "train.batch_size=4", "train.lr=0.0003", "train.amp=false",
@@ -132,3 +150,14 @@ def test_torchrun_with_two_processes_trains_like_one_process(data_slice: Path, t
         assert ddp[column].to_numpy() == pytest.approx(single[column].to_numpy(), abs=tolerance), column
     meta = json.loads((tmp_path / "runs" / "ddp" / "model.json").read_text())
     assert meta["training"]["world_size"] == 2 and meta["arch"] == "scratch_cnn"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_asking_for_cuda_without_a_gpu_is_a_config_error_before_anything_runs(device: str) -> None:
+    """It was an AssertionError from `model.to` (exit 1, a traceback) after the run folder and the cache were made."""
+    from pneumo.errors import ConfigError
+    from pneumo.train.distributed import setup
+
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        setup(device)

@@ -98,3 +98,21 @@ def test_loop_state_resumes_old_new_and_refuses_other_batches():
         LoopState.resumed(asdict(mid), TrainConfig(batch_size=16), 20)
     # at an epoch boundary another batch size is fine: the counters adopt it
     assert LoopState.resumed({**asdict(mid), "step": 0}, TrainConfig(batch_size=16), 20).steps_per_epoch == 20
+
+
+def test_a_resumed_run_that_had_stopped_early_trains_no_further(tmp_path: Path) -> None:
+    """Interrupted after early stopping (in the OOD fit that follows), `--resume` trained another epoch and could
+    overwrite the finished model."""
+    from pneumo.config import RunConfig
+    from pneumo.train.loop import SplitTensors, fit
+
+    torch.manual_seed(0)
+    model = create("scratch_cnn", num_classes=2, weights="none")
+    x, y = torch.randint(0, 256, (16, 1, 32, 32), dtype=torch.uint8), torch.tensor([0, 1] * 8)
+    cfg = RunConfig(train={"epochs": 5, "patience": 2, "batch_size": 8, "amp": False, "device": "cpu"})
+    saved = {"epoch": 2, "step": 0, "global_step": 4, "best_auc": 0.7, "best_epoch": 0, "bad_epochs": 2}
+    best, states = [], []
+    state = fit(model, SplitTensors(x, y, x[:8], y[:8]), cfg, tmp_path, device=torch.device("cpu"),
+                save_best=lambda *a: best.append(a), save_state=lambda *a: states.append(a),
+                load_state=lambda *a: saved)
+    assert state.epoch == 2 and state.global_step == 4 and best == [] and states == []

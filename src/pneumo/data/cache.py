@@ -66,13 +66,20 @@ def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, marke
     return h.hexdigest()[:20]
 
 
-def _work(args: tuple[DatasetSource, list[str], int, str, str, str, str]) -> tuple[np.ndarray, list[str]]:
-    source, paths, size, policy, intensity, markers, crop = args
+def _work(args: tuple[DatasetSource, list[str], list[str], int, str, str, str, str]) -> tuple[np.ndarray, list[str]]:
+    """Decode and prepare one chunk; a file whose bytes are not the scanned ones (the SHA-256 the cache key is made
+    of: the file changed since the scan, or ``--dataset`` names another copy with the same paths) is a failure, so
+    no cache holds other images than its key says."""
+    source, paths, digests, size, policy, intensity, markers, crop = args
     out = np.zeros((len(paths), size, size), np.uint8)
     failed = []
-    for i, rel in enumerate(paths):
+    for i, (rel, digest) in enumerate(zip(paths, digests, strict=True)):
         try:
-            out[i] = prepare(load_image(source.read(rel), target=size), size=size, policy=policy, intensity=intensity,
+            data = source.read(rel)
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise DataError("its content is not the scanned file's (changed since the scan, or another copy of "
+                                "the dataset)")
+            out[i] = prepare(load_image(data, target=size), size=size, policy=policy, intensity=intensity,
                              markers=markers, crop=crop)
         except Exception as exc:  # noqa: BLE001 - reported once, below
             failed.append(f"{rel} ({exc})")
@@ -106,11 +113,12 @@ def build_cache(
             pass  # a broken cache file is rebuilt below
     directory.mkdir(parents=True, exist_ok=True)
     source = DatasetSource(resolve_root(root))
-    paths = df["path"].tolist()
-    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    paths, digests = df["path"].tolist(), df["sha256"].tolist()
+    starts = range(0, len(paths), _CHUNK)
     failed: list[str] = []
-    n_workers = workers or min(len(chunks), os.cpu_count() or 1)
-    jobs = [(source, chunk, size, policy, intensity, markers, crop) for chunk in chunks]
+    n_workers = workers or min(len(starts), os.cpu_count() or 1)
+    jobs = [(source, paths[i : i + _CHUNK], digests[i : i + _CHUNK], size, policy, intensity, markers, crop)
+            for i in starts]
     with atomic.writing(file) as tmp:  # the array appears under its name only when complete
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
         with tqdm(total=len(paths), desc=f"cache {size}px {policy}", unit="img", disable=not progress) as bar:

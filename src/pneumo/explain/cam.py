@@ -14,8 +14,10 @@ Hooks live only inside :func:`cam_session` and are removed on exit, parameters' 
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,10 +193,19 @@ def torch_model_of(predictor: PredictorLike) -> nn.Module:
     return model
 
 
-def _model_lock(predictor: PredictorLike) -> AbstractContextManager:
-    # The predictor's lock: a concurrent predict on the same model must not run while our hooks are attached.
-    lock = getattr(predictor, "_lock", None)
-    return lock if hasattr(lock, "__enter__") else nullcontext()
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> the lock its explanations take
+_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> AbstractContextManager:
+    """One explanation at a time per model: Grad-CAM hooks the model's layer and switches its gradients, so two at
+    once (the service's heat-map threads) recorded each other's activations. (It once took a `Predictor` lock that
+    no longer exists, i.e. none.) Predictions never wait: they run on a traced copy or ONNX Runtime."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+    return lock
 
 
 def explain_prepared(model: nn.Module, prepared: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
@@ -240,7 +251,7 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
         prediction = predictor.predict_prepared(prepared[None])[0]
     classes = list(predictor.classes)
     toward_pneumonia = target == "pneumonia" or prediction.p_pneumonia >= prediction.threshold  # assessed or not
-    with _model_lock(predictor):
+    with _model_lock(model):
         map_model = explain_prepared(model, prepared, method=method, layer=layer, toward_pneumonia=toward_pneumonia,
                                      window=window, stride=stride)
     crop = getattr(predictor.meta, "crop", "none")  # the crop box is found again on the original (deterministic)

@@ -44,6 +44,11 @@ def setup(device: str = "auto") -> tuple[DistEnv, torch.device]:
     """
     env = env_from_os()
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if device.startswith("cuda") and not torch.cuda.is_available():  # before any folder is written
+        raise ConfigError(f"--device {device}, but this machine has no CUDA GPU (PyTorch sees none): use --device "
+                          "cpu or auto")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}, but only {torch.cuda.device_count()} GPU(s) are visible")
     if not env.enabled:
         return env, torch.device(("cuda" if use_cuda else "cpu") if device == "auto" else device)
     if use_cuda:
@@ -115,9 +120,13 @@ def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Modul
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace BatchNorm layers in place by synchronized ones (same parameters, buffers and state-dict keys)."""
+    """Replace BatchNorm layers in place by synchronized ones (same parameters, buffers and state-dict keys). timm's
+    norm + activation layers (`BatchNormAct2d`: EfficientNet's BatchNorm -> ReLU6) keep their activation: torch's
+    converter dropped it, so a multi-process run trained a network without its nonlinearities."""
     if device.type != "cpu":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlooSyncBatchNorm):
             setattr(model, name, GlooSyncBatchNorm.from_batchnorm(child))
@@ -127,9 +136,10 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training-mode statistics are those of the batch across all ranks; works on CPU tensors.
+    """BatchNorm whose training-mode statistics are those of the batch across all ranks; works on CPU tensors; then
+    the dropout and activation a timm norm + activation layer carries (identity for a plain BatchNorm).
 
-    In eval mode, or outside a process group, it is plain ``F.batch_norm``.
+    In eval mode, or outside a process group, it is plain ``F.batch_norm`` (then the same dropout and activation).
     """
 
     @classmethod
@@ -139,6 +149,7 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             new.weight, new.bias = bn.weight, bn.bias
         new.running_mean, new.running_var, new.num_batches_tracked = bn.running_mean, bn.running_var, \
             bn.num_batches_tracked
+        new.drop, new.act = getattr(bn, "drop", None) or nn.Identity(), getattr(bn, "act", None) or nn.Identity()
         new.train(bn.training)
         return new
 
@@ -148,14 +159,15 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
+            return self.act(self.drop(super().forward(x)))
         momentum = self.momentum
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             if momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
-        return _SyncBatchNorm.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
-                                    self.running_var if self.track_running_stats else None, self.eps, momentum)
+        out = _SyncBatchNorm.apply(x, self.weight, self.bias, self.running_mean if self.track_running_stats else None,
+                                   self.running_var if self.track_running_stats else None, self.eps, momentum)
+        return self.act(self.drop(out))
 
 
 class _SyncBatchNorm(torch.autograd.Function):

@@ -302,6 +302,8 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
     try:
         with GracefulStop() as stop:
             for epoch in range(state.epoch, tc.epochs):
+                if state.bad_epochs >= tc.patience:  # a resumed run that had stopped early: it stays stopped
+                    break
                 start = time.perf_counter()
                 first_step = state.step
                 train_loss = _train_epoch(net, model, data, state, optimizer=optimizer, scheduler=scheduler,
