@@ -71,3 +71,33 @@ def test_unknown_layer_lists_the_valid_ones_and_writes_nothing(tmp_path: Path, r
     assert rc == 2
     assert "valid layers include backbone.blocks.4" in capsys.readouterr().err
     assert not list((tmp_path / "o").glob("*.png"))
+
+
+def test_the_score_shown_is_predicts_also_for_a_large_jpeg(tmp_path: Path, real_paths: list[Path],
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """`explain` scored the full-resolution decode; predict, serve and training score a large JPEG from its reduced
+    decode, so the label and P(pneumonia) it printed could differ from predict's."""
+    from PIL import Image
+
+    from pneumo.data.decode import load_image_file
+    from pneumo.explain.overlay import HeatmapWriter
+    from pneumo.infer.predictor import Predictor
+
+    big = tmp_path / "big.jpeg"
+    with Image.open(real_paths[0]) as img:
+        img.convert("L").resize((2400, 2000), Image.Resampling.BICUBIC).save(big, quality=95)
+    passed, real = [], HeatmapWriter.write_result
+
+    def recording(self, path, gray, prediction=None):
+        passed.append((gray.shape, prediction))
+        return real(self, path, gray, prediction)
+
+    monkeypatch.setattr(HeatmapWriter, "write_result", recording)
+    assert main(["explain", str(big), "--out", str(tmp_path / "maps")]) == 0
+    predictor = Predictor(None)
+    expected = predictor.predict([load_image_file(big, target=predictor.size)])[0]
+    (shape, prediction), = passed
+    assert shape == (2000, 2400) and prediction is not None
+    assert prediction.p_pneumonia == pytest.approx(expected.p_pneumonia, abs=1e-6)
+    assert f"P(pneumonia)={expected.p_pneumonia:.3f}" in capsys.readouterr().out

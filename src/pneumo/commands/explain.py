@@ -47,13 +47,14 @@ def run(args: argparse.Namespace) -> int:
                            window=args.window, stride=args.stride)
     written, failures = [], 0
     for path in files:
-        try:
-            gray = load_image_file(path, target=None)
+        try:  # scored from the decode predict, serve and training use; explained on the full-resolution image
+            prediction = predictor.predict([load_image_file(path, target=predictor.size)])[0]
+            gray = load_image_file(path)
         except PneumoError as exc:
             failures += 1
             print(f"pneumo explain: {_printable(path)}: {exc}", file=sys.stderr)
             continue
-        item = writer.write_result(path, gray)
+        item = writer.write_result(path, gray, prediction)
         written.append(item)
         p = item.prediction
         print(f"{_printable(path)}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{item.overlay}")
