@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from pneumo.cli import main
 from pneumo.config import load_config
@@ -192,3 +193,35 @@ def test_refitting_refuses_a_dataset_whose_split_differs(probe_run: Path, full_d
                                                          capsys: pytest.CaptureFixture) -> None:
     assert main(["ood", "fit", "--model", str(probe_run), "--dataset", str(full_data)]) == 2
     assert "differs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["scratch", "probe"])
+def test_the_ood_statistics_are_fitted_on_fp32_features_whatever_training_ran_in(
+        mode: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation, predict and serve score fp32 features; on CUDA, training's bf16 autocast fitted the statistics
+    (and set their threshold) on bf16 features. Here the bf16 case is what `features_in_bf16` says it is."""
+    import shutil
+    from types import SimpleNamespace
+
+    import pneumo.train.ood as train_ood
+    from pneumo.config import RunConfig
+
+    sidecar = tmp_path / tiny_model.name
+    for path in tiny_model.parent.iterdir():
+        shutil.copyfile(path, tmp_path / path.name)
+    calls = []
+
+    def extractor(model, *, device, amp, batch_size):
+        calls.append(amp)
+        return lambda images, desc=None: np.random.default_rng(len(images)).normal(size=(len(images), 8))
+
+    monkeypatch.setattr(train_ood, "feature_extractor", extractor)
+    monkeypatch.setattr(train_ood, "features_in_bf16", lambda device, amp: amp)  # as on a GPU
+    monkeypatch.setattr(train_ood, "cached_features", lambda *a, **k: pytest.fail("bf16 probe features reused"))
+    n = 40
+    folds = pd.DataFrame({"fold": ["train"] * 30 + ["val"] * 10, "label": ["NORMAL", "PNEUMONIA"] * (n // 2)})
+    model = {"mode": "scratch", "name": "scratch_cnn", "weights": "none"} if mode == "scratch" else {"mode": "probe"}
+    cfg = RunConfig(model=model, train={"amp": True})
+    cache = SimpleNamespace(images=np.zeros((n, 64, 64), np.uint8), key="k")
+    entry = train_ood.fit_trained_ood(cfg, sidecar, cache, folds, device=torch.device("cpu"))
+    assert calls == [False] and entry["n_train"] == 30

@@ -29,7 +29,7 @@ from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
 from pneumo.models.runtime import select_device
 from pneumo.models.sidecar import read_meta, resolve_model, write_meta
-from pneumo.train.probe import cached_features, feature_extractor
+from pneumo.train.probe import cached_features, feature_extractor, features_in_bf16
 
 log = logging.getLogger(__name__)
 CATCH_SAMPLE = 300  # upright images whose transforms set the orientation threshold (all of them when fewer)
@@ -42,13 +42,14 @@ def fit_trained_ood(cfg: RunConfig, sidecar: Path, cache: ImageCache, folds: pd.
     model.to(device)
     fold = folds["fold"].to_numpy()
     rows = {name: np.flatnonzero(fold == name) for name in ("train", "val")}
-    if cfg.model.mode == "probe":  # the probe's features are already cached on disk: no extra pass
+    # fp32 features, as evaluation, predict and serve score them (on CUDA, training's bf16 would fit other statistics)
+    if cfg.model.mode == "probe" and not features_in_bf16(device, cfg.train.amp):  # the probe's, cached: no pass
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
         every = cached_features(model, cache.images, cache_key=cache.key, cache_dir=cache_dir, device=device,
                                 amp=cfg.train.amp, batch_size=cfg.train.batch_size)
         feats = {name: every[r] for name, r in rows.items()}
     else:
-        extract = feature_extractor(model, device=device, amp=cfg.train.amp, batch_size=cfg.train.batch_size)
+        extract = feature_extractor(model, device=device, amp=False, batch_size=cfg.train.batch_size)
         feats = {name: extract(cache.images[r], f"ood {name} features") for name, r in rows.items()}
     y_train = labels(folds.iloc[rows["train"]], cfg.data.task)
     stats = fit_ood(feats["train"], y_train, feats["val"], percentile=percentile)
