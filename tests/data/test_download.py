@@ -70,6 +70,11 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = PAYLOAD[start:]
+        if self.path.startswith("/nolength/"):  # ends early, with no Content-Length to tell
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.path.startswith("/drop/") and self.state.drops_left > 0:
@@ -222,3 +227,26 @@ def test_fetch_dataset_downloads_a_registered_source_into_the_cache(
 def test_fetch_dataset_rejects_an_unknown_source(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mendeley"):
         dl.fetch_dataset(tmp_path, source="nowhere")
+
+
+def test_a_short_response_without_a_length_is_not_taken_for_the_file(server: tuple[str, ServerState],
+                                                                      tmp_path: Path) -> None:
+    """Mendeley gives no checksum, only the size: it was checked after the file had its final name and a recorded
+    SHA-256, so every later use trusted a truncated archive."""
+    base, _ = server
+    with pytest.raises(DataError, match=f"arrived with {len(PAYLOAD) // 2:,} bytes, expected {len(PAYLOAD):,}"):
+        _get(f"{base}/nolength/file.zip", tmp_path, size=len(PAYLOAD))
+    assert not (tmp_path / "file.zip").exists() and (tmp_path / "file.zip.part").is_file()
+    assert _get(f"{base}/file.zip", tmp_path, size=len(PAYLOAD)).read_bytes() == PAYLOAD  # resumed
+
+
+def test_a_later_use_checks_the_file_against_its_recorded_checksum(server: tuple[str, ServerState],
+                                                                   tmp_path: Path) -> None:
+    base, state = server
+    path = _get(f"{base}/file.zip", tmp_path)
+    assert _get(f"{base}/file.zip", tmp_path) == path and len(state.ranges) == 1  # verified, not fetched again
+    damaged = bytearray(path.read_bytes())
+    damaged[100] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="no longer matches the SHA-256 recorded"):
+        _get(f"{base}/file.zip", tmp_path)

@@ -90,10 +90,7 @@ def fetch_dataset(cache_dir: str | os.PathLike | None = None, *, source: str = "
     final = dest_dir / spec.filename
     if not final.exists() and spec.size:
         _check_free_space(dest_dir, spec.size - _size_of(final.with_name(final.name + ".part")))
-    path = download(spec.url, dest_dir, sha256=spec.sha256, filename=spec.filename)
-    if spec.sha256 is None and spec.size is not None and path.stat().st_size != spec.size:
-        raise DataError(f"{path} has {path.stat().st_size} bytes, expected {spec.size}; delete it and download again")
-    return path
+    return download(spec.url, dest_dir, sha256=spec.sha256, size=spec.size, filename=spec.filename)
 
 
 def download(
@@ -101,6 +98,7 @@ def download(
     dest_dir: str | os.PathLike,
     *,
     sha256: str | None = None,
+    size: int | None = None,
     filename: str | None = None,
     progress: bool = True,
     timeout: float = 60,
@@ -112,7 +110,9 @@ def download(
         url: http(s) address (redirects are followed).
         dest_dir: folder to write into (created); nothing is written outside it.
         sha256: expected hex digest; on mismatch the file is removed and ``DataError`` raised. When ``None`` the
-            digest is only recorded.
+            digest is recorded (``<name>.sha256``) and a later call checks the file against that record.
+        size: expected size in bytes, checked on the ``.part`` file before it takes the final name (a server that
+            ends a response early without a Content-Length leaves a short file that looks complete).
         filename: local file name; default the last segment of the URL path.
         progress: show a tqdm bar.
         timeout: seconds to wait for the connection and for each read.
@@ -131,7 +131,13 @@ def download(
     except OSError as exc:
         raise DataError(f"cannot create download folder {dest}: {exc.strerror or exc}") from None
 
+    record = dest / f"{name}.sha256"
     if final.is_file():
+        if expected is None and record.is_file():
+            if sha256_file(final) != (record.read_text().split() or [""])[0]:
+                raise DataError(f"{final} no longer matches the SHA-256 recorded when it was downloaded: it changed or "
+                                f"is damaged; delete it and {record.name}, then download it again")
+            return final
         if expected is None or sha256_file(final) == expected:
             log.info("already downloaded: %s", final)
             return final
@@ -152,6 +158,12 @@ def download(
             log.warning("download interrupted (%s); resuming (attempt %d of %d)", exc, attempt + 1, MAX_ATTEMPTS)
             time.sleep(RETRY_DELAY_S)
 
+    got = _size_of(part)
+    if size is not None and got != size:
+        if got > size:
+            part.unlink(missing_ok=True)
+        raise DataError(f"{name} arrived with {got:,} bytes, expected {size:,}: "
+                        + ("run the same command again to resume" if got < size else "the file was removed"))
     digest = sha256_file(part)
     if expected is not None and digest != expected:
         part.unlink(missing_ok=True)
@@ -160,7 +172,7 @@ def download(
             "the file was removed, run the command again to download it anew"
         )
     os.replace(part, final)
-    atomic.write_text(dest / f"{name}.sha256", f"{digest}  {name}\n")
+    atomic.write_text(record, f"{digest}  {name}\n")
     log.info(
         "downloaded %s (%d bytes, sha256 %s%s)",
         final,
