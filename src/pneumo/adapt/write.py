@@ -16,6 +16,7 @@ import torch
 
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
+from pneumo.data.rundir import RunDir
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
@@ -47,7 +48,7 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
         os.replace(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return out / "model.json"
+    return RunDir(out).model
 
 
 def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages,

@@ -41,7 +41,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     Returns:
         The ``operating_point`` record.
     """
-    from pneumo.evaluate.scoring import has_weights, load_models, score_labelled, val_scores, withheld
+    from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
 
     parse_policy(policy)
     out = Path(out_dir)
@@ -49,10 +49,10 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         raise ConfigError(f"{out} exists and is not empty: give a new folder for the new model")
     sidecar = resolve_model(model)
     source = sidecar.parent
-    if not has_weights(model):
+    (predictor,) = load_models(model)
+    if predictor.backend != "torch":  # `load_models` runs ONNX Runtime only where the weights are missing
         raise ModelError(f"{sidecar.name} has only an ONNX export: a new operating point is written beside the "
                          "PyTorch weights; give the model the export was made from")
-    (predictor,) = load_models(model)
     if val is not None:
         y, logits, table, _, _, predictions = score_labelled([predictor], val)
         _, checks = withheld(predictor, predictions)  # chosen on the images the model gives a verdict, as predict does

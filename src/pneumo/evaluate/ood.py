@@ -34,17 +34,24 @@ def test_ood(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Mod
              "median_score": float(np.median(scores))}, scores)
 
 
-def test_orientation(sidecar: Path, entry: Mapping[str, Any] | None, model: torch.nn.Module, images: np.ndarray,
-                     *, device: torch.device, features: np.ndarray | None = None) -> np.ndarray | None:
+def test_orientation(sidecar: Path, entry: Mapping[str, Any] | None, features: np.ndarray | None) -> np.ndarray | None:
     """Per test image, True where the model's orientation check refuses it (as `pneumo predict` withholds it); None
-    for a model without the check. ``features`` as in `test_ood`."""
+    for a model without the check (or no images)."""
     check = load_orientation(sidecar, entry)
-    if check is None or len(images) == 0:
+    if check is None or features is None or len(features) == 0:
         return None
-    if features is None:
-        features = extract_features(model, images, batch_size=64, device=device, amp=False,
-                                    desc="orientation test features")
     return np.array([reason is not None for reason in check.refusals(features)])
+
+
+def test_checks(sidecar: Path, meta: Any, model: torch.nn.Module, images: np.ndarray, *, device: torch.device,
+                features: np.ndarray | None = None) -> tuple[dict | None, np.ndarray | None, np.ndarray | None]:
+    """`test_ood`'s summary and scores and `test_orientation`'s refusals of the test fold, from one fp32 feature pass
+    (``features`` when the caller has them already)."""
+    orientation = meta.extra.get("orientation")
+    if features is None and (meta.ood or orientation) and len(images):
+        features = extract_features(model, images, batch_size=64, device=device, amp=False, desc="test features")
+    summary, scores = test_ood(sidecar, meta.ood, model, images, device=device, features=features)
+    return summary, scores, test_orientation(sidecar, orientation, features)
 
 
 def ood_note(result: dict) -> str:

@@ -28,7 +28,7 @@ from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
 from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
-from pneumo.evaluate.ood import ood_note, test_ood, test_orientation
+from pneumo.evaluate.ood import ood_note, test_checks
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
 from pneumo.models.checkpoint import load_checkpoint
@@ -112,10 +112,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     _add_operating_points(result, cfg, folds, logits, extra)
     training = meta.training
     result["tta"] = cfg.eval.tta
-    result["ood"], ood_scores = test_ood(RunDir(run_dir).model, meta.ood, model, logits["test_images"],
-                                         device=select_device(cfg.train.device), features=logits.get("test_features"))
-    turned = test_orientation(RunDir(run_dir).model, meta.extra.get("orientation"), model, logits["test_images"],
-                              device=select_device(cfg.train.device), features=logits.get("test_features"))
+    result["ood"], ood_scores, turned = test_checks(RunDir(run_dir).model, meta, model, logits["test_images"],
+                                                    device=select_device(cfg.train.device),
+                                                    features=logits.get("test_features"))
     if turned is not None:
         result["orientation"] = {"n": len(turned), "n_refused": int(turned.sum())}
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,

@@ -52,10 +52,10 @@ def load_models(model: str | os.PathLike | None) -> list:
     weights are there, ONNX Runtime on the verified export of a folder that holds only that (`pneumo export --out`)."""
     from pneumo.infer.predictor import Predictor
 
-    return [Predictor(m, backend="torch" if has_weights(m) else "onnx") for m in _member_paths(model)]
+    return [Predictor(m, backend="torch" if _has_weights(m) else "onnx") for m in _member_paths(model)]
 
 
-def has_weights(model: str | os.PathLike | None) -> bool:
+def _has_weights(model: str | os.PathLike | None) -> bool:
     """Whether the model's PyTorch weights file is there (not only an ONNX export)."""
     sidecar = resolve_model(model)
     return weights_path(sidecar, read_meta(sidecar)).is_file()
