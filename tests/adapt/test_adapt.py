@@ -313,7 +313,9 @@ def test_an_interrupted_adaptation_leaves_no_model_folder_and_rehearsal_off_stil
             adapt_run.adapt(None, site_csv, out, dataset=str(data_slice), cfg=cfg, n_bootstrap=0, device="cpu")
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no half folder, no hidden partial one
     out.mkdir()  # an empty folder is a valid --out
-    record = adapt_run.adapt(None, site_csv, out, dataset=str(data_slice), cfg=cfg, n_bootstrap=0, device="cpu")
+    assert main(["adapt", "--data", str(site_csv), "--out", str(out), "--dataset", str(data_slice), "--device", "cpu",
+                 "--rehearsal", "0", "--folds", "2", "--epochs", "1", "--seed", "1"]) == 0
+    record = json.loads((out / "adapt.json").read_text())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site-a"]
     meta = json.loads((out / "model.json").read_text())
     assert record["rehearsal"] == {**record["rehearsal"], "used": False, "pool": 0}
