@@ -5,10 +5,13 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from pneumo.data.cache import build_cache
+from pneumo.data.decode import load_image_file
 from pneumo.data.manifest import patient_key, scan_dataset
 from pneumo.errors import DataError
 
@@ -76,6 +79,56 @@ def test_unreadable_files_are_skipped_and_listed_in_one_warning(
     for name in ("IM-8000-0001.jpeg", "IM-8001-0001.jpeg", "notes.txt"):
         assert name in warnings[0].getMessage()
         assert not df["path"].str.endswith(name).any()
+
+
+def _dicom(gray: np.ndarray) -> bytes:
+    """A 16-bit MONOCHROME2 DICOM file (Part 10) holding ``gray``."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", "1.2.3.4"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, "1.2.3.4", "CR"
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (gray.astype(np.uint16) * 257).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_the_scan_keeps_what_the_decoder_reads_dicom_included_and_the_cache_builds(
+    data_slice: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One rule with `pneumo predict`: DICOM files in the class folders are images (they were skipped as "not an
+    image file name"), and a file Pillow opens but the decoder refuses (an animated PNG) is skipped by the scan
+    (it was kept, and building the cache then failed)."""
+    root = tmp_path / "ds"
+    shutil.copytree(data_slice, root)
+    normal = root / "train" / "NORMAL"
+    gray = load_image_file(min(normal.glob("*.jpeg")))
+    (normal / "IM-7000-0001.dcm").write_bytes(_dicom(gray))
+    (normal / "IM-7001-0001").write_bytes(_dicom(gray[:, ::2].copy()))  # PACS export: no suffix
+    frames = [Image.fromarray(gray), Image.fromarray(255 - gray)]
+    frames[0].save(normal / "IM-7002-0001.png", save_all=True, append_images=frames[1:])  # animated PNG
+    with caplog.at_level(logging.WARNING):
+        df = scan_dataset(root)
+    rows = df.set_index("path")
+    assert rows.loc["train/NORMAL/IM-7000-0001.dcm", ["width", "height"]].tolist() == [gray.shape[1], gray.shape[0]]
+    assert rows.loc["train/NORMAL/IM-7001-0001", "width"] == (gray.shape[1] + 1) // 2
+    assert "train/NORMAL/IM-7002-0001.png" not in rows.index
+    assert "IM-7002-0001.png (multi-frame PNG" in caplog.text
+    cache = build_cache(df, root, size=32, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert cache.images.shape == (len(df), 32, 32)
+    dcm = cache.images[df.index[df["path"] == "train/NORMAL/IM-7000-0001.dcm"][0]]
+    jpeg = cache.images[df.index[df["path"] == f"train/NORMAL/{min(normal.glob('*.jpeg')).name}"][0]]
+    assert np.corrcoef(dcm.ravel(), jpeg.ravel())[0, 1] > 0.99  # the same image (16 bits: stretched to its range)
 
 
 def test_folder_without_a_class_names_what_is_missing(tmp_path: Path) -> None:

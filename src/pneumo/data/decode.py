@@ -174,9 +174,14 @@ def load_image_file(path: str | os.PathLike, *, target: int | None = None, max_p
 # --- the input gate -------------------------------------------------------------------------------------------------
 
 
+def is_dicom(data: bytes) -> bool:
+    """Whether ``data`` is read as DICOM (Part 10: the 128-byte preamble, then ``DICM``)."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
 def _sniff(data: bytes) -> str | None:
     """The decoder to use, from magic bytes: a Pillow format name, "DICOM", or None."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if is_dicom(data):
         return "DICOM"
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"

@@ -14,13 +14,15 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from PIL import Image
 
-from pneumo.errors import DataError
+from pneumo.data.decode import is_dicom, load_image
+from pneumo.data.files import name_reason
+from pneumo.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+PROBE_SIZE = 64  # the scan decodes each image as for a model of this size (JPEGs at a reduced DCT scale: cheap)
 COLUMNS = ["path", "split", "label", "subtype", "patient_key", "sha256", "width", "height", "source_kind", "dup_group"]
 _NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)")
 _PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
@@ -115,13 +117,18 @@ def subtype_of(file_name: str, label: str) -> str:
 
 
 def _probe(data: bytes) -> tuple[int, int]:
-    """Width and height after a cheap full decode (JPEG at 1/8 scale), so truncated files are caught here."""
-    with Image.open(io.BytesIO(data)) as img:
-        size = img.size
-        if img.format == "JPEG":
-            img.draft("L", (max(1, size[0] // 8), max(1, size[1] // 8)))
-        img.load()
-    return size
+    """Width and height of an image the product's decoder reads (`load_image`, as the cache and `pneumo predict` do),
+    so the scan keeps exactly the files a training run can decode: a truncated file, a multi-frame one or one over the
+    size limits is skipped here, not found when the cache is built.
+
+    Raises:
+        InputError: the decoder refuses the file (the reason, one line).
+    """
+    gray = load_image(data, target=PROBE_SIZE)
+    if is_dicom(data):  # decoded at full size
+        return gray.shape[1], gray.shape[0]
+    with Image.open(io.BytesIO(data)) as img:  # the header's size: a JPEG was decoded at a reduced scale
+        return img.size
 
 
 def _candidates(source: DatasetSource) -> Iterator[tuple[str, str, str]]:
@@ -147,20 +154,22 @@ def _shipped_metadata(source: DatasetSource) -> pd.DataFrame | None:
 def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
     """One row per readable image (columns: see ``COLUMNS``).
 
-    Unreadable, truncated or non-image files are skipped and listed in one warning; a layout without the expected
-    classes or without images is an error.
+    Images are the files `pneumo predict` reads in a folder (`pneumo.data.files`: JPEG, PNG, DICOM, ...) that its
+    decoder accepts; other, unreadable, truncated or refused files are skipped and listed in one warning. A layout
+    without the expected classes or without images is an error.
     """
     source = DatasetSource(resolve_root(root))
     rows, skipped = [], []
     for rel, split, label in _candidates(source):
-        if not rel.lower().endswith(IMAGE_SUFFIXES):
-            skipped.append(f"{rel} (not an image file name)")
+        reason = name_reason(PurePosixPath(rel).name)
+        if reason is not None:
+            skipped.append(f"{rel} ({reason})")
             continue
         data = source.read(rel)
         try:
             width, height = _probe(data)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
-            skipped.append(f"{rel} ({type(exc).__name__}: {str(exc)[:60]})")
+        except InputError as exc:
+            skipped.append(f"{rel} ({str(exc)[:80]})")
             continue
         name = PurePosixPath(rel).name
         rows.append(

@@ -76,8 +76,10 @@ def extract_features(model: nn.Module, images: np.ndarray | torch.Tensor, *, bat
 
 def cached_features(model: nn.Module, images: np.ndarray, *, cache_key: str, cache_dir: Path,
                     device: torch.device, amp: bool, batch_size: int = 64) -> np.ndarray:
-    """Features of every cached image, stored next to the image cache under (image cache key, model digest)."""
-    return kept_array(cache_dir / f"features-{cache_key}-{model_digest(model)}.npy",
+    """Features of every cached image, stored next to the image cache under (image cache key, model digest,
+    precision: bf16 features, on CUDA, are kept apart from fp32 ones)."""
+    precision = "-bf16" if features_in_bf16(device, amp) else ""
+    return kept_array(cache_dir / f"features-{cache_key}-{model_digest(model)}{precision}.npy",
                       lambda: extract_features(model, images, batch_size=batch_size, device=device, amp=amp),
                       len(images))
 
