@@ -60,3 +60,27 @@ def test_cli_evaluates_an_ensemble_into_out_and_needs_out(two_runs: tuple[Path, 
     assert "--out" in capsys.readouterr().err
     assert main(["evaluate", *runs, "--out", str(tmp_path / "ens"), "--bootstrap", "20"]) == 0
     assert "ensemble of 2: test accuracy" in capsys.readouterr().out
+
+
+def test_each_member_of_a_mixed_size_ensemble_is_scored_as_it_is_alone(tiny_model: Path, data_slice: Path,
+                                                                     tmp_path: Path) -> None:
+    """Members of different input sizes (the lite0/lite1/lite2 probes: 224, 240, 260) each score an image from a
+    decode at their own size, as when each is scored alone: decoding once at the largest size fed the smaller
+    members other pixels (JPEGs decode at a reduced scale chosen by the size)."""
+    from pneumo.evaluate.scoring import score_labelled
+    from pneumo.infer.predictor import Predictor
+    from pneumo.models.scores import log_mean_probability
+
+    small = tmp_path / "small"
+    small.mkdir()
+    for path in tiny_model.parent.iterdir():
+        (small / path.name).write_bytes(path.read_bytes())
+    meta = json.loads((small / tiny_model.name).read_text())
+    (small / tiny_model.name).write_text(json.dumps({**meta, "input_size": 40}))  # a scratch CNN takes any size
+    members = [Predictor(small / tiny_model.name), Predictor(tiny_model)]
+    assert [p.size for p in members] == [40, 64]
+    folder = data_slice / "test"
+    _, together, table, errors, _, _ = score_labelled(members, folder)
+    alone = [score_labelled([p], folder) for p in members]
+    assert not errors and all(a[2]["path"].tolist() == table["path"].tolist() for a in alone)
+    np.testing.assert_array_equal(together, log_mean_probability([a[1] for a in alone]))  # the same computation

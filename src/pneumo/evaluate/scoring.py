@@ -108,18 +108,18 @@ def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool 
     from pneumo.data.gate import check_radiograph
 
     table = labelled_images(data) if table is None else table
-    size = max(p.size for p in predictors)
+    sizes = list(dict.fromkeys(p.size for p in predictors))  # the first member's first: its decode is gated
     kept, errors, prepared = [], {}, [[] for _ in predictors]
     for i, path in enumerate(tqdm(table["path"], desc="predict", unit="img", disable=not progress)):
-        try:
-            gray = load_image_file(path, target=size)
-            check_radiograph(gray)  # the input gate predict and serve apply: refused images are left out, listed
+        try:  # each member from a decode at its own size (JPEGs at a reduced scale), as it is scored alone
+            grays = {size: load_image_file(path, target=size) for size in sizes}
+            check_radiograph(grays[sizes[0]])  # the input gate predict and serve apply: refused images are listed
         except PneumoError as exc:
             errors[path] = str(exc)
             continue
         kept.append(i)
         for k, p in enumerate(predictors):
-            prepared[k].append(p.preprocess(gray))
+            prepared[k].append(p.preprocess(grays[p.size]))
     if not kept:
         raise DataError(f"none of the {len(table)} labelled images could be read")
     table = table.iloc[kept].reset_index(drop=True)
