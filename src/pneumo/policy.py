@@ -36,3 +36,18 @@ def check_policy(policy: str, name: str = "threshold policy") -> str:
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
     return policy
+
+
+def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
+    """Why the labelled images are too few for the policy, or None. A sensitivity target s can only be told apart
+    from 1 with at least 3 / (1 - s) positives (the rule of three); Youden needs both classes in some number."""
+    kind, target = parse_policy(policy)
+    if kind == "sensitivity" and target is not None and target < 1:
+        need = math.ceil(3 / (1 - target) - 1e-9)  # 3 / (1 - 0.9) is 30.000000000000004 in floats
+        if n_positive < need:
+            return (f"only {n_positive} pneumonia images: a {policy} operating point needs at least {need} to be "
+                    "measured (rule of three); the sensitivity reached has a wide interval, label more positives")
+    elif min(n_positive, n_negative) < 30:
+        return (f"{n_positive} pneumonia and {n_negative} normal images: the {policy} threshold is uncertain with "
+                "fewer than 30 of each")
+    return None

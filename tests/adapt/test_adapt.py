@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 
 import pneumo.adapt.run as adapt_run
-from pneumo.adapt.run import patient_folds, policy_warning
+from pneumo.adapt.run import patient_folds
 from pneumo.cli import main
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.metrics import exact_interval
 from pneumo.models.sidecar import DEFAULT_MODEL
+from pneumo.policy import policy_warning
 
 PER_CLASS = 12
 # the module's one adaptation, made with the command line and every recipe flag set to a non-default value

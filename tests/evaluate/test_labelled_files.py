@@ -14,6 +14,7 @@ from corpus import dicom_bytes
 from PIL import Image
 
 from pneumo.cli import main
+from pneumo.errors import DataError
 from pneumo.evaluate.labelled import find_labelled
 from pneumo.infer.batch import find_inputs
 
@@ -73,3 +74,86 @@ def test_evaluate_scores_the_dicom_lists_what_it_left_out_and_never_overwrites_s
     (out / "metrics.json").write_text("{}")
     assert main([*argv, "--force"]) == 0
     assert json.loads((out / "metrics.json").read_text())["external"]["n"] == 5
+
+
+def test_hidden_folders_are_listed_not_read(hospital: Path) -> None:
+    """A trash or thumbnail folder inside a class folder is not the site's data: its images got the class label."""
+    trash = hospital / ".Trash-1000" / "PNEUMONIA"
+    trash.mkdir(parents=True)
+    shutil.copyfile(hospital / "NORMAL" / min(p.name for p in (hospital / "NORMAL").glob("*.jpeg")),
+                    trash / "deleted.jpeg")
+    (hospital / "NORMAL" / ".thumbnails").mkdir()
+    shutil.copyfile(trash / "deleted.jpeg", hospital / "NORMAL" / ".thumbnails" / "thumb.jpeg")
+    table, left_out = find_labelled(hospital)
+    assert not table["path"].str.contains("deleted|thumb").any()
+    assert left_out[str(hospital / ".Trash-1000")] == left_out[str(hospital / "NORMAL" / ".thumbnails")] == "hidden folder"
+    assert not any("deleted" in str(p) or "thumb" in str(p) for p in find_inputs([str(hospital)]).files)
+
+
+def _csv(folder: Path, text: str) -> Path:
+    csv = folder / "labels.csv"
+    csv.write_text(text)
+    return csv
+
+
+def test_a_csv_subtype_column_is_the_subtype(hospital: Path) -> None:
+    """The CSV's own subtype (a hospital's names say nothing of bacteria or virus) wins over the file-name guess;
+    an unknown or contradicting one is an error naming its line."""
+    jpegs = {label: sorted(p.name for p in (hospital / label).glob("*.jpeg") if "broken" not in p.name)
+             for label in ("NORMAL", "PNEUMONIA")}
+    bacterial = next(n for n in jpegs["PNEUMONIA"] if "bacteria" in n)
+    csv = _csv(hospital, f"path,label,subtype\nNORMAL/{jpegs['NORMAL'][0]},NORMAL,normal\n"
+                         f"PNEUMONIA/{bacterial},PNEUMONIA,Viral\nNORMAL/{jpegs['NORMAL'][1]},NORMAL,\n")
+    table = find_labelled(csv)[0].set_index("path")
+    assert table.loc[str(hospital / "PNEUMONIA" / bacterial), "subtype"] == "virus"  # the name says bacteria
+    assert table.loc[str(hospital / "NORMAL" / jpegs["NORMAL"][1]), "subtype"] == "normal"  # empty: as before
+    for cell, message in (("flu", "unknown subtype 'flu'"), ("normal", "subtype 'normal' contradicts the label")):
+        bad = _csv(hospital, f"path,label,subtype\n\nPNEUMONIA/{bacterial},PNEUMONIA,{cell}\n")
+        with pytest.raises(DataError, match=f":3: {message}"):  # line 3 of the file: the blank line counts
+            find_labelled(bad)
+
+
+def test_a_file_listed_twice_is_refused_by_evaluate_and_operating_point(hospital: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """Listed twice (even as ``x/../x``), an image was scored twice by evaluate and operating-point, with two labels
+    when they disagreed; adapt already refused it. Now all three read the table the same way."""
+    normal = sorted(p.name for p in (hospital / "NORMAL").glob("*.jpeg"))
+    pneumonia = sorted(p.name for p in (hospital / "PNEUMONIA").glob("*.jpeg") if "broken" not in p.name)
+    csv = _csv(hospital, f"path,label\nNORMAL/{normal[0]},NORMAL\nNORMAL/../NORMAL/{normal[0]},PNEUMONIA\n"
+                         f"PNEUMONIA/{pneumonia[0]},PNEUMONIA\n")
+    for argv in (["evaluate", "--data", str(csv), "--out", str(tmp_path / "e")],
+                 ["operating-point", "--threshold-policy", "youden", "--data", str(csv), "--out", str(tmp_path / "o")],
+                 ["adapt", "--data", str(csv), "--out", str(tmp_path / "a")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "1 file(s) listed more than once" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "a").exists()
+
+
+def test_csv_mistakes_are_one_line_errors_that_say_what_to_fix(hospital: Path) -> None:
+    name = min(p.name for p in (hospital / "NORMAL").glob("*.jpeg"))
+    cases = {"path;label\nNORMAL/x.jpeg;NORMAL\n": "separated by semicolons: save it with commas",
+             f"path,label\nNORMAL/{name},NORMAL\n,PNEUMONIA\n": ":3: no path",
+             "path,label\nsite/NORMAL/x.jpeg,NORMAL\nb.jpeg,PNEUMONIA\n": "relative to its folder",
+             f"path,label\nNORMAL/{name},NORMAL\nNORMAL/{name},NORMAL,x\n": "Expected 2 fields in line 3, saw 3",
+             "path,label\nNORMAL/a,b.jpeg,NORMAL\n": "more fields than its header"}
+    for text, message in cases.items():
+        with pytest.raises(DataError, match=message) as caught:
+            find_labelled(_csv(hospital, text))
+        assert "\n" not in str(caught.value) and "\\n" not in str(caught.value)
+
+
+def test_operating_point_lists_what_it_left_out_and_warns_on_few_images(hospital: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """As evaluate does: the files not used are named (they were dropped without a word), and a threshold chosen on
+    a handful of images says so (adapt's rule: fewer than 30 of each class for youden)."""
+    out = tmp_path / "local"
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(hospital), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "left out: 4 file(s)" in captured.out and "broken.jpeg" in captured.out and "README.jpeg" in captured.out
+    assert "warning: 2 pneumonia and 3 normal images: the youden threshold is uncertain" in captured.err
+    record = json.loads((out / "model.json").read_text())["operating_point"]
+    assert set(map(Path, record["chosen_on"]["left_out"])) == {
+        hospital / "PNEUMONIA" / "broken.jpeg", hospital / "NORMAL" / "notes.txt", hospital / "NORMAL" / ".DS_Store",
+        hospital / "README.jpeg"}
+    assert record["warning"].startswith("2 pneumonia and 3 normal images")

@@ -50,7 +50,7 @@ from pneumo.evaluate.metrics import (
 )
 from pneumo.evaluate.operating import paths_digest, policies_to_report
 from pneumo.models.runtime import select_device
-from pneumo.policy import parse_policy
+from pneumo.policy import policy_warning
 from pneumo.train.loop import step_seed
 
 log = logging.getLogger(__name__)
@@ -84,21 +84,6 @@ def score(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_siz
     run = fast_inference(model, batches[0][:2])
     with torch.no_grad():
         return np.concatenate([run(b).float().cpu().numpy() for b in batches])
-
-
-def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
-    """Why the site's labels are too few for the policy, or None. A sensitivity target s can only be told apart
-    from 1 with at least 3 / (1 - s) positives (the rule of three); Youden needs both classes in some number."""
-    kind, target = parse_policy(policy)
-    if kind == "sensitivity" and target is not None and target < 1:
-        need = int(np.ceil(3 / (1 - target) - 1e-9))  # 3 / (1 - 0.9) is 30.000000000000004 in floats
-        if n_positive < need:
-            return (f"only {n_positive} pneumonia images: a {policy} operating point needs at least {need} to be "
-                    "measured (rule of three); the sensitivity reached has a wide interval, label more positives")
-    elif min(n_positive, n_negative) < 30:
-        return (f"{n_positive} pneumonia and {n_negative} normal images: the {policy} threshold is uncertain with "
-                "fewer than 30 of each")
-    return None
 
 
 def ranking_gain(y: np.ndarray, p_before: np.ndarray, p_after: np.ndarray, *, n_bootstrap: int, seed: int,

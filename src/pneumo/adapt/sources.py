@@ -112,11 +112,8 @@ def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
 
 
 def _check_rows(table: pd.DataFrame, data: str | os.PathLike) -> None:
-    """One row per image, and a ``patient_id`` column all or nothing: a file listed twice would be trained on and
-    scored as two images, and with gaps the folds could split a patient, so both are errors naming the first case."""
-    twice = table.loc[table["path"].duplicated(), "path"]
-    if len(twice):
-        raise DataError(f"{data}: {len(twice)} file(s) listed more than once (e.g. {twice.iloc[0]}): list each once")
+    """A ``patient_id`` column all or nothing: with gaps the folds could split a patient, so a blank is an error naming
+    the first case (a file listed twice is refused by `labelled_images`, for every command)."""
     if "patient_id" not in table.columns:
         return
     blank = table.loc[table["patient_id"] == "", "path"]

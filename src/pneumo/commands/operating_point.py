@@ -4,8 +4,10 @@ model is never changed)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pneumo.argparsing import add_dataset_option
+from pneumo.errors import one_line
 
 EXAMPLES = """
 pneumo operating-point --model runs/default --threshold-policy sensitivity:0.95 --out runs/default-sens95
@@ -37,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
           f"{record['threshold']:.4f}, val sensitivity {chosen['sensitivity']:.3f}, specificity "
           f"{chosen['specificity']:.3f} on {chosen['n']} images of {chosen['kind']}"
           + (f"; {withheld} without a verdict left out)" if withheld else ")"))
+    left_out = chosen.get("left_out") or {}
+    if left_out:
+        print(f"left out: {len(left_out)} file(s) (unreadable, refused or not read)")
+        for path, reason in left_out.items():
+            print(f"  {one_line(path)}: {one_line(reason)}")
+    if record.get("warning"):
+        print(f"warning: {record['warning']}", file=sys.stderr)
     print(f"evaluate it: pneumo evaluate --model {args.out}"
           + (" --data HELD_OUT --out validation/   # other patients than these" if args.data else ""))
     return 0

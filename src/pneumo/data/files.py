@@ -2,7 +2,8 @@
 `pneumo evaluate --data` (labelled folders), so both read exactly the same files.
 
 A file is read when its name has an image suffix, no suffix at all (DICOM exported by PACS: ``IM00000``) or a numeric
-one (DICOM named by UID: ``1.2.840.113619.2.55``); hidden files and other names are not. Folders are walked
+one (DICOM named by UID: ``1.2.840.113619.2.55``); hidden files and other names are not, nor anything in a hidden
+folder (``.Trash-1000/``, ``.thumbnails/``: listed, not walked). Folders are walked
 recursively in sorted order; linked folders are followed once (a link back to a folder already walked is a loop,
 reported, not followed). Nothing found is dropped silently: every entry not read comes back with its reason.
 """
@@ -87,6 +88,9 @@ def _walk(folder: Path, found: FoundFiles, seen: set[tuple[int, int]]) -> None:
         path = Path(entry.path)
         problem = entry_reason(path)
         if problem is None and entry.is_dir():
+            if entry.name.startswith("."):  # .Trash-1000, .thumbnails, .git: not the images a user means
+                found.ignored[path] = "hidden folder"
+                continue
             identity = _identity(path)
             if identity in seen:
                 found.skipped[path] = "symlink loop (a link to a folder already read)"

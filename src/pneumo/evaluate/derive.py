@@ -19,7 +19,7 @@ from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import companion_files, read_meta, resolve_model, weights_path, write_meta
-from pneumo.policy import parse_policy
+from pneumo.policy import parse_policy, policy_warning
 
 
 def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,
@@ -41,6 +41,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     Returns:
         The ``operating_point`` record.
     """
+    from pneumo.evaluate.labelled import find_labelled
     from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
 
     parse_policy(policy)
@@ -54,7 +55,8 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         raise ModelError(f"{sidecar.name} has only an ONNX export: a new operating point is written beside the "
                          "PyTorch weights; give the model the export was made from")
     if val is not None:
-        y, logits, table, _, _, predictions = score_labelled([predictor], val)
+        rows, not_read = find_labelled(val)
+        y, logits, table, unreadable, _, predictions = score_labelled([predictor], val, table=rows)
         _, checks = withheld(predictor, predictions)  # chosen on the images the model gives a verdict, as predict does
         keep = ~checks["flags"] if checks else np.ones(len(y), dtype=bool)
         if not keep.any():
@@ -63,7 +65,8 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         y, logits = np.asarray(y)[keep], logits[keep]
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
-        where = {"kind": kind, "location": str(Path(val).absolute()), "n_not_assessed": int((~keep).sum())}
+        where = {"kind": kind, "location": str(Path(val).absolute()), "n_not_assessed": int((~keep).sum()),
+                 "left_out": {**unreadable, **not_read}}  # unreadable or refused, and files not read (by name)
     else:
         got = val_scores([predictor], data=data)
         if got is None:
@@ -78,7 +81,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     previous = meta.extra.get("operating_point") or {}
     record = {
         "version": int(previous.get("version", 1)) + 1,
-        "policy": policy, "threshold": threshold,
+        "policy": policy, "threshold": threshold, "warning": policy_warning(policy, int(yb.sum()), int((yb == 0).sum())),
         "chosen_on": {**where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
                       "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"]},
         "derived_from": {"model": str(sidecar.absolute()), "weights_sha256": meta.sha256,

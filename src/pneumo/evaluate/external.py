@@ -206,6 +206,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
 def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathLike) -> None:
     """Raises ConfigError for a ``--by`` column the labelled data does not have (a folder has none)."""
     fixed = {"path", "label", "subtype", "patient_id"}
+    if "subtype" in by:
+        raise ConfigError("--by subtype: the subtype has its own rows already (the share called pneumonia per subtype, "
+                          "by_subtype in metrics.json); --by takes the CSV's other columns")
     missing = [c for c in by if c not in table.columns or c in fixed - {"patient_id"}]
     if missing:
         have = [c for c in table.columns if c not in fixed]

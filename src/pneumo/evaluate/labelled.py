@@ -1,5 +1,7 @@
 """Labelled images from anywhere, for external validation: a folder in the Kaggle layout (images under ``NORMAL/`` and
-``PNEUMONIA/`` folders, at any depth) or a CSV with ``path,label`` columns (paths relative to the CSV's folder).
+``PNEUMONIA/`` folders, at any depth) or a CSV with ``path,label`` columns (paths relative to the CSV's folder; an
+optional ``subtype`` column: normal / bacteria / virus). `pneumo evaluate`, `operating-point` and `adapt` read their
+``--data`` here, so they accept and refuse the same tables: a file listed twice is an error in all three.
 
 A folder is read by the rule `pneumo predict` uses (`pneumo.data.files.find_images`: DICOM without an extension
 included); every file under it that is not read comes back by name with the reason."""
@@ -47,7 +49,11 @@ def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, st
         raise DataError(f"no labelled images in {source}: expect NORMAL/ and PNEUMONIA/ folders or a path,label CSV")
     missing = [p for p in table["path"] if not Path(p).is_file()]
     if missing:
-        raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]}")
+        where = f" (a CSV's paths are read relative to its folder, {path.parent})" if path.is_file() else ""
+        raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]}{where}")
+    twice = table.loc[table["path"].duplicated(), "path"]
+    if len(twice):  # it would be scored (and trained on) as two images, with two labels if they disagree
+        raise DataError(f"{source}: {len(twice)} file(s) listed more than once (e.g. {twice.iloc[0]}): list each once")
     if table["label"].nunique() < 2:
         raise DataError(f"{source} holds only {table['label'].iloc[0]} images: external validation needs both "
                         "NORMAL and PNEUMONIA")
@@ -69,30 +75,56 @@ def _from_folder(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def _from_csv(csv: Path) -> pd.DataFrame:
-    try:
-        raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    try:  # blank lines kept as empty rows (skipped below), so a row's number is its line in the file
+        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{csv} is not a readable CSV: {exc}") from None
+        raise DataError(f"{csv} is not a readable CSV: {' '.join(str(exc).split())}") from None
+    if not isinstance(raw.index, pd.RangeIndex):  # pandas makes the extra first fields an index, silently
+        raise DataError(f"{csv}: its rows have more fields than its header ({', '.join(raw.columns)}): quote paths "
+                        "that hold a comma, or name every column")
     columns = {c.strip().lower(): c for c in raw.columns}
     if "patient_id" not in columns:  # PatientID, Patient ID, patient-id: the same column under a PACS export's name
         named = [c for c in raw.columns if re.sub(r"[\s_-]", "", c.lower()) == "patientid"]
         columns |= {"patient_id": named[0]} if named else {}
     if "path" not in columns or "label" not in columns:
-        raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}")
-    patients = raw[columns["patient_id"]].str.strip() if "patient_id" in columns else None
+        separator = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs")) if sep in "".join(raw.columns)),
+                         None)
+        raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}"
+                        + (f" (its fields look separated by {separator}: save it with commas)" if separator else ""))
+    raw.index = raw.index + 2  # the header is line 1
+    raw = raw[raw.apply(lambda row: any(str(v).strip() for v in row), axis=1)]
     rows = []
-    for i, (rel, text) in enumerate(zip(raw[columns["path"]], raw[columns["label"]], strict=True), start=2):
+    subtypes = raw[columns["subtype"]] if "subtype" in columns else [""] * len(raw)
+    for line, rel, text, given in zip(raw.index, raw[columns["path"]], raw[columns["label"]], subtypes, strict=True):
         key = text.strip().lower()
         if key not in LABELS:
-            raise DataError(f"{csv}:{i}: unknown label {text!r}; use NORMAL/PNEUMONIA, 0/1 or bacteria/virus")
+            raise DataError(f"{csv}:{line}: unknown label {text!r}; use NORMAL/PNEUMONIA, 0/1 or bacteria/virus")
+        if not rel.strip():
+            raise DataError(f"{csv}:{line}: no path")
         label, subtype = LABELS[key]
+        if given.strip():
+            subtype = _subtype(given, label, f"{csv}:{line}")
         file = Path(rel.strip()).expanduser()
         file = file if file.is_absolute() else csv.parent / file
-        rows.append({"path": str(file.absolute()), "label": label, "subtype": subtype or subtype_of(file.name, label)})
+        rows.append({"path": os.path.abspath(file), "label": label,
+                     "subtype": subtype or subtype_of(file.name, label)})
     table = pd.DataFrame(rows, columns=["path", "label", "subtype"])
-    if patients is not None:
-        table["patient_id"] = patients.to_numpy()
+    if "patient_id" in columns:
+        table["patient_id"] = raw[columns["patient_id"]].str.strip().to_numpy()
     for name in raw.columns:
         if name.strip().lower() not in {"path", "label", "subtype"} and name != columns.get("patient_id"):
             table[name] = raw[name].str.strip().to_numpy()
     return table
+
+
+def _subtype(text: str, label: str, where: str) -> str:
+    """A CSV's own subtype cell (normal / bacteria / virus, or their spellings in `LABELS`), checked against the
+    row's label."""
+    key = text.strip().lower()
+    subtype = "unknown" if key == "unknown" else (LABELS.get(key) or (None, None))[1]
+    if subtype is None:
+        raise DataError(f"{where}: unknown subtype {text!r}; use normal, bacteria, virus or unknown (or leave it "
+                        "empty)")
+    if (subtype == "normal") != (label == "NORMAL") or (subtype == "unknown" and label == "NORMAL"):
+        raise DataError(f"{where}: subtype {text!r} contradicts the label {label}")
+    return subtype
