@@ -92,9 +92,10 @@ def test_without_the_dataset_the_site_is_measured_against_the_models_record(
     assert result["positive"]["p_pneumonia"] is None
     assert any("not available" in note for note in result["notes"])
     assert result["shifted"] is True
-    images = pd.read_csv(tmp_path / "out" / "images.csv")  # a flagged image gets no per-image call
-    assert images["ood"].any() and images.loc[images["ood"], "positive"].isna().all()
-    assert images.loc[~images["ood"], "positive"].notna().all()
+    images = pd.read_csv(tmp_path / "out" / "images.csv")  # a flagged or turned image gets no per-image call
+    withheld = images["ood"] | images["turned"]
+    assert images["ood"].any() and images.loc[withheld, "positive"].isna().all()
+    assert images.loc[~withheld, "positive"].notna().all()
 
 
 def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
@@ -130,3 +131,25 @@ def test_a_folder_without_readable_images_exits_2_with_one_line(content: bytes |
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pneumo site: error:")
     assert ("no images found" in err) if content is None else ("0 of 3 images" in err)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_site_of_inverted_images_is_shifted_and_gets_no_per_image_calls(
+        full_data: Path, predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Images `pneumo predict` refuses with the orientation check (inverted grey scale here) are a reason, and get
+    no positive call in images.csv (they were "not shifted" with calls, the check never consulted)."""
+    from PIL import Image, ImageOps
+
+    site = tmp_path / "inverted"
+    site.mkdir()
+    for path in sorted((full_data / "test" / "NORMAL").glob("*.jpeg"))[:8] + sorted(
+            (full_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:8]:
+        with Image.open(path) as image:
+            ImageOps.invert(image.convert("L")).save(site / f"{path.stem}.png")
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)  # no dataset: against the model's record (1 % expected)
+    result = check_site(site, tmp_path / "out", sample=20, predictor=predictor)
+    site_props = result["properties"]["site"]
+    assert site_props["n_turned"] >= 8, site_props  # the rest are out of distribution
+    assert result["shifted"] and any("orientation check refuses" in r for r in result["reasons"])
+    images = pd.read_csv(tmp_path / "out" / "images.csv")
+    refused = images["turned"] | images.get("ood", False)
+    assert images.loc[refused, "positive"].isna().all() and images.loc[~refused, "positive"].notna().all()

@@ -27,8 +27,10 @@ effect is at least a stated minimum (large sets make tiny differences significan
    binomial test against the training prevalence); effect = Cohen's h, |h| >= 0.5 ("medium").
 4. P(pneumonia) distribution (needs the dataset): two-sided Mann-Whitney U; |A - 0.5| >= 0.14 (A >= 0.64 or
    <= 0.36); the Kolmogorov-Smirnov D is reported too.
-5. Image properties count only when large: images refused by the input gate (`check_radiograph`), one-sided binomial
-   against max(reference share, 1 %), excess >= 0.05; and the share whose border is brighter than their centre
+5. Image properties count only when large: images refused by the input gate (`check_radiograph`), and images the
+   model's orientation check refuses (turned, flipped or inverted: `pneumo predict` gives them no verdict), each a
+   one-sided binomial against max(reference share, 1 %), excess >= 0.05; and the share whose border is brighter than
+   their centre
    (inverted grey scale?), two-sided Fisher exact against the reference, difference >= 0.25. Sizes, modes and
    intensities are notes, never reasons (the Kermany train set itself mixes 224 x 224 copies with originals).
 
@@ -81,6 +83,7 @@ class Scored:
     positive: list[bool] = field(default_factory=list)
     ood_scores: list[float] = field(default_factory=list)
     ood_flags: list[bool] = field(default_factory=list)
+    turned: list[bool] = field(default_factory=list)  # refused by the orientation check (no verdict, as in predict)
     properties: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
 
@@ -103,6 +106,7 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
             scored.paths.append(name)
             scored.p_pneumonia.append(result.p_pneumonia)
             scored.positive.append(result.p_pneumonia >= result.threshold)  # the decision, assessed or not
+            scored.turned.append(not result.assessed and not result.ood)
             if result.ood is not None:  # a non-finite score (None) is as far out as it gets
                 scored.ood_scores.append(math.inf if result.ood_score is None else result.ood_score)
                 scored.ood_flags.append(result.ood)
@@ -329,6 +333,12 @@ def _property_reasons(site: dict, ref: dict | None) -> list[str]:
     if n and share_test(k, n, p0, "greater") < ALPHA and k / n - p0 >= MIN_GATE_EXCESS:
         reasons.append(f"{k} of {n} decoded images ({_pct(k / n)}) do not look like chest radiographs to the input "
                        f"gate ({_p(share_test(k, n, p0, 'greater'))}).")
+    n, k = site["n_scored"], site["n_turned"]
+    p0 = max(ref["share_turned"] if ref and ref["n_scored"] else 0.0, 0.01)
+    if n and share_test(k, n, p0, "greater") < ALPHA and k / n - p0 >= MIN_GATE_EXCESS:
+        reasons.append(f"The orientation check refuses {k} of {n} scored images ({_pct(k / n)}: turned, flipped or "
+                       f"inverted?), where at most {_pct(p0)} are expected ({_p(share_test(k, n, p0, 'greater'))}); "
+                       "pneumo predict gives them no verdict.")
     if ref and n and ref.get("n_decoded") and "n_border_brighter" in site and "n_border_brighter" in ref:
         diff = site["share_border_brighter"] - ref["share_border_brighter"]
         p = fisher_test(site["n_border_brighter"], n, ref["n_border_brighter"], ref["n_decoded"])
@@ -388,9 +398,14 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     folder.mkdir(parents=True, exist_ok=True)
     atomic.write_json(folder / "site.json", result)
     frame = pd.DataFrame({"path": site.paths, "p_pneumonia": site.p_pneumonia, "positive": site.positive})
-    if len(site.ood_scores) == site.n:  # a flagged image gets no per-image call (the site rates count every image)
+    withheld = np.array(site.turned, dtype=bool)
+    if len(site.ood_scores) == site.n:
         frame["ood_score"], frame["ood"] = site.ood_scores, site.ood_flags
-        frame["positive"] = frame["positive"].where(~frame["ood"], None)
+        withheld |= np.array(site.ood_flags, dtype=bool)
+    # an image predict gives no verdict (out of distribution, or turned) gets no per-image call here either (the site
+    # rates count every image)
+    frame["turned"] = site.turned
+    frame["positive"] = frame["positive"].where(~withheld, None)
     atomic.write_text(folder / "images.csv", frame.to_csv(index=False))
     write_site_report(result, site, ref.scored, folder)
     return result

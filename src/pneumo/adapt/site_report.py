@@ -51,11 +51,14 @@ def pixel_properties(gray: np.ndarray) -> dict:
 
 
 def summarize_properties(scored) -> dict:
-    """Sizes, modes, intensities, the inversion heuristic, gate refusals and DICOM tags of a set."""
+    """Sizes, modes, intensities, the inversion heuristic, gate and orientation-check refusals and DICOM tags of a
+    set."""
     props = pd.DataFrame(scored.properties)
     n_gate = scored.count("gate")
+    n_turned = int(sum(scored.turned))
     out: dict = {"n_decoded": len(props), "n_refused_by_gate": n_gate,
-                 "share_refused_by_gate": n_gate / len(props) if len(props) else 0.0}
+                 "share_refused_by_gate": n_gate / len(props) if len(props) else 0.0, "n_scored": scored.n,
+                 "n_turned": n_turned, "share_turned": n_turned / scored.n if scored.n else 0.0}
     if props.empty:
         return out
     width = props.get("width", pd.Series(dtype=float)).fillna(props["decoded_width"])
@@ -155,6 +158,7 @@ def _measures_table(result: dict) -> str:
 def _properties_table(props: dict) -> str:
     site, ref = props["site"], props["reference"] or {}
     keys = [("decoded images", "n_decoded"), ("refused by the input gate", "n_refused_by_gate"),
+            ("refused by the orientation check", "n_turned"),
             ("median width", "width_median"), ("median height", "height_median"), ("share square", "share_square"),
             ("most common sizes", "top_sizes"), ("modes", "modes"), ("formats", "formats"),
             ("median mean grey level", "mean_median"), ("median SD", "std_median"), ("median p1", "p1_median"),
@@ -201,7 +205,7 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
                      f"{rule['alpha']:g} and its effect is at least: OOD share {100 * rule['min_ood_excess']:.0f} "
                      f"points above the expected share; Mann-Whitney A {rule['min_a']:.2f} (or "
                      f"{1 - rule['min_a']:.2f} for P(pneumonia)); Cohen's h {rule['min_h']:.1f} for the positive "
-                     f"rate; {100 * rule['min_gate_excess']:.0f} points of input-gate refusals; "
+                     f"rate; {100 * rule['min_gate_excess']:.0f} points of input-gate or orientation-check refusals; "
                      f"{100 * rule['min_inversion_difference']:.0f} points of border-brighter share. Sizes, modes "
                      "and intensities are notes only.</p>")))
     subtitle = (f"{result['data']}: {result['n_scored']} of {result['n_images']} images scored by "

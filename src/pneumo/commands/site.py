@@ -38,6 +38,8 @@ def run_check(args: argparse.Namespace) -> int:
                         seed=args.seed)
     ood = result["ood"]
     ood_text = f", OOD {100 * ood['share']:.1f} %" if ood else ""
+    turned = result["properties"]["site"].get("n_turned")
+    ood_text += f", {turned} refused by the orientation check" if turned else ""
     reason = f": {result['reasons'][0]}" if result["reasons"] else ""
     print(f"site: {'SHIFTED' if result['shifted'] else 'not shifted'} ({result['n_scored']} of {result['n_images']} "
           f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not{ood_text}){reason}")
