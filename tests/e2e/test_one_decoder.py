@@ -19,7 +19,7 @@ from pneumo.cli import main
 from pneumo.config import ServeConfig
 from pneumo.data.cache import build_cache
 from pneumo.data.decode import load_image
-from pneumo.infer.batch import _load, predict_file_results
+from pneumo.infer.batch import load_input, predict_file_results
 from pneumo.infer.predictor import Predictor
 from pneumo.serve.app import create_app
 
@@ -74,7 +74,7 @@ def test_every_entry_point_feeds_the_model_the_same_tensor(three_files: tuple[Pa
 
     for rel in rels:  # pneumo predict (its loader at model scale and at full scale for heat maps; its predictions)
         for full in (False, True):
-            gray, prepared, error = _load(predictor, root / rel, full)
+            gray, prepared, error = load_input(predictor, root / rel, full)
             assert error is None and np.array_equal(gray, upright) and np.array_equal(prepared, expected)
     reference = predictor.predict_prepared(expected[None])[0].p_pneumonia
     for item in predict_file_results(predictor, [root / rel for rel in rels]):

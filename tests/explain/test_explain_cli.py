@@ -101,3 +101,26 @@ def test_the_score_shown_is_predicts_also_for_a_large_jpeg(tmp_path: Path, real_
     assert shape == (2000, 2400) and prediction is not None
     assert prediction.p_pneumonia == pytest.approx(expected.p_pneumonia, abs=1e-6)
     assert f"P(pneumonia)={expected.p_pneumonia:.3f}" in capsys.readouterr().out
+
+
+def test_images_the_input_gate_refuses_are_refused_as_predict_refuses_them(
+        tmp_path: Path, folder: Path, checkpoint_factory: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A blank image and a tiny one were explained with a score and a heat map (exit 0) where predict, serve and
+    evaluate refuse them: explain reads its inputs as predict does (`load_input`), with the same reasons."""
+    from PIL import Image
+
+    Image.new("L", (400, 400), 128).save(folder / "blank.png")
+    Image.new("L", (60, 50), 90).save(folder / "tiny.png")
+    model = str(checkpoint_factory())
+    rc = main(["explain", str(folder), "--model", model, "--out", str(tmp_path / "out")])
+    explained = capsys.readouterr()
+    assert rc == 1 and "blank.png" not in explained.out and "tiny.png" not in explained.out
+    main(["predict", str(folder), "--model", model, "--output", str(tmp_path / "p.csv")])
+    capsys.readouterr()
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "p.csv").assign(name=lambda df: df["path"].map(lambda p: Path(p).name))
+    for name in ("blank.png", "tiny.png"):
+        reason = rows.loc[rows["name"] == name, "error"].item()
+        assert f"{name}: {reason}" in explained.err
+    assert not list((tmp_path / "out").glob("blank*")) and not list((tmp_path / "out").glob("tiny*"))

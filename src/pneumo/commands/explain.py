@@ -31,9 +31,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.data.decode import load_image_file
     from pneumo.explain.overlay import HeatmapWriter, write_contact_sheet
-    from pneumo.infer.batch import expand_inputs
+    from pneumo.infer.batch import expand_inputs, load_input
     from pneumo.infer.predictor import Predictor
 
     if args.threads is not None and args.threads < 1:
@@ -46,14 +45,13 @@ def run(args: argparse.Namespace) -> int:
     writer = HeatmapWriter(predictor, args.out, method=args.method, layer=args.layer, target=args.target,
                            window=args.window, stride=args.stride)
     written, failures = [], 0
-    for path in files:
-        try:  # scored from the decode predict, serve and training use; explained on the full-resolution image
-            prediction = predictor.predict([load_image_file(path, target=predictor.size)])[0]
-            gray = load_image_file(path)
-        except PneumoError as exc:
+    for path in files:  # scored as predict scores it (its decode, the input gate); explained at full resolution
+        gray, prepared, error = load_input(predictor, path, full=True)
+        if error is not None:
             failures += 1
-            print(f"pneumo explain: {_printable(path)}: {exc}", file=sys.stderr)
+            print(f"pneumo explain: {_printable(path)}: {error}", file=sys.stderr)
             continue
+        prediction = predictor.predict_prepared(prepared[None])[0]
         item = writer.write_result(path, gray, prediction)
         written.append(item)
         p = item.prediction

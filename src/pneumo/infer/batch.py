@@ -89,11 +89,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _load(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+def load_input(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     """(decoded gray, model input, None) or (None, None, one-line error). Large JPEGs are scored from a reduced DCT
     scale, as everywhere else (so a heat map never changes a score); ``full`` also decodes them at full resolution,
     for heat maps on the original pixel grid. Images the input gate refuses (`check_radiograph`) get an error, not a
-    label."""
+    label. `pneumo predict` and `pneumo explain` read their inputs here."""
     try:
         gray = load_image_file(path, target=predictor.size)
         check_radiograph(gray)
@@ -137,7 +137,7 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
     full = heatmaps is not None
 
     def run(chunk: list[Path]) -> tuple[list, dict[int, Prediction]]:
-        loaded = [_load(predictor, path, full) for path in chunk]
+        loaded = [load_input(predictor, path, full) for path in chunk]
         ok = [i for i, (_, prepared, _) in enumerate(loaded) if prepared is not None]
         if not ok:
             return loaded, {}
