@@ -188,6 +188,20 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     assert row["label"] == ("PNEUMONIA" if row["p_pneumonia"] >= threshold else "NORMAL")
 
 
+def test_the_source_models_row_counts_the_images_evaluate_counts(adapted: dict, site_csv: Path,
+                                                                   tmp_path: Path) -> None:
+    """The source model's "before" row at its stored threshold leaves out the images it gives no verdict (out of
+    distribution or turned), as `pneumo evaluate` of the source model on the same CSV does (it counted them)."""
+    assert main(["evaluate", "--data", str(site_csv), "--out", str(tmp_path / "v"), "--no-analysis",
+                 "--bootstrap", "20"]) == 0
+    result = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    before = adapted["record"]["local"]["before"]
+    assert before["n_not_assessed"] == result["not_assessed"]["n"] > 0  # NIH images: some are out
+    got = before["stored_threshold"]["metrics"]
+    assert {k: got[k] for k in ("tp", "fp", "tn", "fn")} == {k: result["test"]["metrics"][k] for k in ("tp", "fp", "tn", "fn")}
+    assert f"({before['n_not_assessed']} images without a verdict left out)" in (adapted["out"] / "model.md").read_text()
+
+
 def test_a_tampered_adaptation_threshold_is_a_one_line_error(adapted: dict, site_csv: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     copy = tmp_path / "site-a"

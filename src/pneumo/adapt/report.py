@@ -100,10 +100,18 @@ def subgroup_rows(record: dict) -> list[list[str]]:
             for b in [groups["before"][column][value]]]
 
 
+def before_head(record: dict) -> str:
+    """The source model's column: at its stored threshold, on the images it gives a verdict (as evaluate counts)."""
+    before = record["local"]["before"]
+    n = before.get("n_not_assessed") or 0
+    return "source model, stored threshold" + (f" ({n} images without a verdict left out)" if n and
+                                               before.get("scope", "").startswith("the images") else "")
+
+
 def card_text(record: dict) -> str:
     local, src = record["local"], record.get("source_site")
     sections = [(("Local performance (cross-validated, 95 % CIs: exact for sensitivity/specificity, bootstrap "
-                 "otherwise)"), md_table(["", "source model, stored threshold", "adapted (cross-fitted), new threshold"],
+                 "otherwise)"), md_table(["", before_head(record), "adapted (cross-fitted), new threshold"],
                                         metric_rows(ROWS, _column(local["before"]["stored_threshold"]),
                                                     _column(local["after"]))))]
     if groups := subgroup_rows(record):
@@ -148,7 +156,7 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
     local = record["local"]
     rows = metric_rows(ROWS, _column(local["before"]["stored_threshold"]), _column(local["after"]))
     sections = [("Site", "<p>" + escape(summary[0]) + "</p>"),
-                ("Local performance", table(["", "source model (stored threshold)", "adapted (cross-fitted)"], rows)
+                ("Local performance", table(["", before_head(record), "adapted (cross-fitted)"], rows)
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
                           relative_to=out)
                  + (table(list(SUBGROUP_HEAD), groups) if (groups := subgroup_rows(record)) else "")),

@@ -232,9 +232,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy),
         "temperature": fit_temperature(z_oof, site.y),
         "local": {"n": len(site.y), "folds": len(folds),
-                  "before": {"stored_threshold": at_threshold(site.y, p_before, predictor.threshold,
-                                                              n_bootstrap=n_bootstrap, seed=cfg.seed,
-                                                              groups=site.groups)},
+                  "before": _before(site, p_before, predictor.threshold, n_bootstrap, cfg.seed),
                   "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed,
                                         groups=site.groups),
                   "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed,
@@ -253,6 +251,18 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     write_adapted(out, final, predictor, site, source, record, z_oof=z_oof, z_before=z_before, device=run_on)
     record["seconds"]["total"] = round(time.perf_counter() - start, 1)
     return record
+
+
+def _before(site: SiteImages, p: np.ndarray, threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """The source model at its stored threshold on the site, as `pneumo evaluate` and `predict` see it: on the images
+    it gives a verdict (those out of distribution or turned get none), all of them when that leaves one class."""
+    assessed = site.assessed if site.assessed is not None else np.ones(len(site.y), dtype=bool)
+    kept, scope = assessed, "the images the source model gives a verdict"
+    if np.unique(site.y[kept]).size < 2:
+        kept, scope = np.ones(len(site.y), dtype=bool), "all images (those with a verdict hold one class)"
+    return {"stored_threshold": at_threshold(site.y[kept], p[kept], threshold, n_bootstrap=n_bootstrap, seed=seed,
+                                             groups=site.groups[kept]),
+            "n_not_assessed": int((~assessed).sum()), "scope": scope}
 
 
 def _source_rows(predictor, final: torch.nn.Module, source: SourceImages, threshold: float, device: torch.device,

@@ -26,7 +26,7 @@ class SiteImages:
     ``y`` class indices; ``errors`` {path: why} for the files left out; ``patients_given``: the CSV named patients
     (otherwise every image is its own patient); ``logits``: the source model's scores of ``x``; ``n_copies``: images
     pixel for pixel the same as an earlier one (put in its patient group: a copy never sits on the other side of a
-    split)."""
+    split); ``assessed``: where the source model gives a verdict, as `pneumo predict` decides it."""
 
     table: pd.DataFrame
     x: np.ndarray
@@ -36,6 +36,7 @@ class SiteImages:
     location: str
     logits: np.ndarray
     n_copies: int = 0
+    assessed: np.ndarray | None = None  # the source model gives a verdict (not out of distribution, not turned)
 
     @property
     def groups(self) -> np.ndarray:
@@ -80,11 +81,12 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     rows = labelled_images(data)
     _check_rows(rows, data)
     check_columns(rows, by, data)
-    y, logits, table, errors, images, _ = score_labelled([predictor], data, table=rows)  # the list read once
+    y, logits, table, errors, images, results = score_labelled([predictor], data, table=rows)  # the list read once
     patients_given = "patient_id" in table.columns
     groups, copies = join_copies(images, table["patient_id"] if patients_given else table["path"])
     table["patient_id"] = groups
-    return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies)
+    return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies,
+                      np.array([r.assessed for r in results], dtype=bool))
 
 
 def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
