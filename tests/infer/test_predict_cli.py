@@ -236,6 +236,24 @@ def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Pat
     assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, out-of-distribution 0")
 
 
+def test_rows_come_in_the_order_the_inputs_name_them_skipped_ones_included(xrays: Path, tiny_model: Path,
+                                                                         tmp_path: Path) -> None:
+    """A skipped input's row sits where it was named (and inside a folder, in path order), not first: rows can be
+    matched to inputs by position."""
+    images = sorted(xrays.iterdir())
+    dangling, folder = tmp_path / "gone.jpeg", tmp_path / "folder"
+    dangling.symlink_to(tmp_path / "nowhere.jpeg")
+    folder.mkdir()
+    (folder / "a.jpeg").write_bytes(images[2].read_bytes())
+    (folder / "b.jpeg").symlink_to(tmp_path / "nowhere.jpeg")  # dangling, inside a folder, between two images
+    (folder / "c.jpeg").write_bytes(images[3].read_bytes())
+    named = [images[0], dangling, images[1], folder]
+    assert main(["predict", *map(str, named), "--model", str(tiny_model), "--output", str(tmp_path / "p.csv")]) == 1
+    paths = [r["path"] for r in _rows((tmp_path / "p.csv").read_text())]
+    assert paths == [str(p) for p in (images[0], dangling, images[1], folder / "a.jpeg", folder / "b.jpeg",
+                                      folder / "c.jpeg")]
+
+
 def test_a_dicom_without_extension_in_a_folder_is_read(full_data: Path, tiny_model: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     from corpus import dicom_bytes

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         skipped = skipped if env.rank == 0 else {}
         if output:
             output = Path(f"{output}.part-{env.rank}-of-{env.world_size}.{fmt}")
+    mine = set(files) | set(skipped)
+    order = [path for path in inputs.order if path in mine]  # rows in the order the inputs name them
 
     # one thread per model call, one call per core at a time (`predict_file_results`; issue 24)
     predictor = Predictor(args.model, backend=args.backend, threads=1) if files else None
@@ -102,19 +104,21 @@ def run(args: argparse.Namespace) -> int:
             out = sys.stdout
         write = _row_writer(out, fmt)
         classes = predictor.classes if predictor else ["NORMAL", "PNEUMONIA"]
-        for path, reason in skipped.items():  # named inputs that are not read: a row each, not silence
-            counts["errors"] += 1
-            print(f"pneumo predict: {one_line(f'{path}: skipped: {reason}')}", file=sys.stderr)
-            write(_row(path, None, classes, f"skipped: {reason}", args.heatmaps, None))
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
         heatmaps = None
         if args.heatmaps and files:
             from pneumo.explain.overlay import HeatmapWriter
 
             heatmaps = HeatmapWriter(predictor, Path(args.heatmaps))
-        results = predict_file_results(predictor, files, batch_size=args.batch_size, heatmaps=heatmaps,
-                                       workers=args.threads) if files else ()
-        for item in results:
+        results = iter(predict_file_results(predictor, files, batch_size=args.batch_size, heatmaps=heatmaps,
+                                            workers=args.threads) if files else ())
+        for path in order:
+            if path in skipped:  # a named input that is not read: a row, in its place, not silence
+                counts["errors"] += 1
+                print(f"pneumo predict: {one_line(f'{path}: skipped: {skipped[path]}')}", file=sys.stderr)
+                write(_row(path, None, classes, f"skipped: {skipped[path]}", args.heatmaps, None))
+                continue
+            item = next(results)  # the files' results come in the files' order
             bar.update(1)  # one image at a time (heat maps included), not one batch
             if item.error:
                 counts["errors"] += 1

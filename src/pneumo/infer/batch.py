@@ -30,6 +30,7 @@ class Inputs:
 
     files: list[Path]
     skipped: dict[Path, str]
+    order: list[Path]  # files and skipped entries as the inputs name them (a folder's in path order): the output's
 
 
 def find_inputs(inputs: list[str]) -> Inputs:
@@ -41,14 +42,17 @@ def find_inputs(inputs: list[str]) -> Inputs:
     """
     files: list[Path] = []
     skipped: dict[Path, str] = {}
+    order: list[Path] = []
 
     def add_folder(path: Path) -> None:
         found = find_images(path)
         files.extend(found.images)
         skipped.update(found.skipped)
+        order.extend(sorted([*found.images, *found.skipped]))
         if not found.images and not found.skipped:
             skipped[path] = "a folder without images" + (f" ({len(found.ignored)} other file(s))"
                                                         if found.ignored else "")
+            order.append(path)
 
     for item in inputs:
         path = Path(item)
@@ -57,8 +61,10 @@ def find_inputs(inputs: list[str]) -> Inputs:
             add_folder(path)
         elif problem is None:
             files.append(path)
+            order.append(path)
         elif os.path.lexists(path):  # a dangling link, a symlink loop, a named pipe: named, so it gets a row
             skipped[path] = problem
+            order.append(path)
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             if not matches:
@@ -69,12 +75,14 @@ def find_inputs(inputs: list[str]) -> Inputs:
                     add_folder(match)
                 elif reason is None and match.is_file():
                     files.append(match)
+                    order.append(match)
                 elif reason is not None and name_reason(match.name) is None:
                     skipped[match] = reason
+                    order.append(match)
     unique = list(dict.fromkeys(files))
     if not unique and not skipped:
         raise InputError("no input images found")
-    return Inputs(unique, skipped)
+    return Inputs(unique, skipped, list(dict.fromkeys(order)))
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
