@@ -121,7 +121,7 @@ def test_valid_policies_include_the_who_triage_profile() -> None:
     assert load_config("default", ["eval.threshold_policy=triage"]).eval.threshold_policy == "triage"
     y = [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
     p = [0.1, 0.2, 0.75, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99]
-    assert choose_threshold(y, p, "triage") == choose_threshold(y, p, "sensitivity:0.90") == 0.5
+    assert choose_threshold(y, p, "triage") == choose_threshold(y, p, "sensitivity:0.90") == pytest.approx(0.5 - 1e-5)
 
 
 def test_removed_keys_are_gone_and_old_configs_still_load_with_a_warning(tmp_path, caplog) -> None:

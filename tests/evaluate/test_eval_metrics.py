@@ -20,6 +20,7 @@ from sklearn.metrics import (
 
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.metrics import (
+    SCORE_MARGIN,
     _multiclass_values,
     binary_metrics,
     bootstrap_cis,
@@ -81,19 +82,24 @@ def test_youden_threshold_is_finite_and_within_the_unit_interval(p: list[float])
 
 
 @pytest.mark.parametrize("target", [0.5, 0.9, 0.95, 0.99])
-def test_sensitivity_policy_picks_the_highest_threshold_meeting_the_target(target: float) -> None:
+def test_sensitivity_policy_picks_the_highest_threshold_meeting_the_target_less_a_margin(target: float) -> None:
+    """The calls of the highest threshold meeting the target (the k-th positive's score s_k), from just below it:
+    no val image sits at the threshold, where a backend's last-digit difference would flip its call."""
     y, p = noisy_scores(500, seed=1)
     t = choose_threshold(y, p, f"sensitivity:{target}")
     assert sensitivity_at(y, p, t) >= target
-    higher = np.unique(p[p > t])
-    assert higher.size == 0 or sensitivity_at(y, p, np.nextafter(t, 2.0)) < target
-    assert all(sensitivity_at(y, p, h) < target for h in higher)
+    s_k = p[p >= t].min()  # the lowest score still called positive
+    assert all(sensitivity_at(y, p, h) < target for h in np.unique(p[p > s_k]))  # nothing higher meets it
+    assert t == pytest.approx(max(s_k - SCORE_MARGIN, (s_k + p[p < t].max()) / 2), abs=1e-12) and t < s_k
+    assert ((p >= t) == (p >= s_k)).all()
 
 
 def test_sensitivity_one_keeps_every_positive_and_nothing_higher() -> None:
     y = np.array([0, 1, 0, 1, 1])
     p = np.array([0.1, 0.3, 0.4, 0.8, 0.9])
-    assert choose_threshold(y, p, "sensitivity:1.0") == pytest.approx(0.3)
+    assert choose_threshold(y, p, "sensitivity:1.0") == pytest.approx(0.3 - SCORE_MARGIN, abs=1e-12)
+    close = np.array([0.3 - 1e-6, 0.3, 0.4, 0.8, 0.9])  # a lower score closer than the margin: half the gap
+    assert choose_threshold(y, close, "sensitivity:1.0") == pytest.approx(0.3 - 5e-7, abs=1e-12)
 
 
 @pytest.mark.parametrize("policy", ["youdn", "sensitivity:", "sensitivity:abc", "sensitivity:0", "sensitivity:1.5",

@@ -88,3 +88,20 @@ def test_the_threshold_is_chosen_on_the_images_the_model_gives_a_verdict(full_da
     assert chosen["chosen_on"]["n"] == len(kept) and chosen["chosen_on"]["n_not_assessed"] == 7 - len(kept) >= 1
     y, p = (np.array(column) for column in zip(*kept, strict=True))
     assert chosen["threshold"] == pytest.approx(choose_threshold(y, p, "youden"), abs=1e-6)  # backends agree to ~1e-8
+
+
+def test_the_images_a_threshold_is_chosen_to_call_positive_are_positive_in_predict(full_data: Path, tmp_path: Path,
+                                                                                   capsys: pytest.CaptureFixture) -> None:
+    """`operating-point` scores with PyTorch, `pneumo predict` with ONNX Runtime by default, ~1e-7 apart. A threshold
+    set exactly at the lowest pneumonia image's score (sensitivity:1.0) called that image NORMAL in predict (here
+    person100_bacteria_475: 0.99837712 in PyTorch, 0.99837708 in ONNX) while the record said sensitivity 1.0."""
+    val = _labelled_folder(full_data, tmp_path / "val", per_class=3)
+    out = tmp_path / "sens100"
+    assert main(["operating-point", "--threshold-policy", "sensitivity:1.0", "--data", str(val), "--out", str(out)]) == 0
+    assert json.loads((out / "model.json").read_text())["operating_point"]["chosen_on"]["sensitivity"] == 1.0
+    assert main(["predict", str(val / "PNEUMONIA"), "--model", str(out), "--output", str(tmp_path / "p.csv")]) == 0
+    import pandas as pd
+
+    rows = pd.read_csv(tmp_path / "p.csv")
+    assert (rows["label"] == "PNEUMONIA").all(), rows[["path", "p_pneumonia", "threshold", "label"]]
+    capsys.readouterr()

@@ -22,6 +22,7 @@ from pneumo.policy import POLICY_ALIASES, STANDARD_POLICIES, parse_policy  # noq
 BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CELL_KEYS = ("tp", "fp", "tn", "fn")
 MIN_IMAGES, MIN_PER_CLASS = 30, 10  # below either, bootstrap intervals are not shown and reports warn
+SCORE_MARGIN = 1e-5  # below a val score a threshold is set at: ONNX Runtime and PyTorch score an image ~1e-7 apart
 CI_METHOD = "exact (Clopper-Pearson) for proportions; percentile bootstrap for ROC-AUC, PR-AUC, F1 and counts"
 
 
@@ -52,15 +53,15 @@ def check_binary(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray)
 def choose_threshold(y_val: Sequence[int] | np.ndarray, p_val: Sequence[float] | np.ndarray, policy: str) -> float:
     """The operating threshold chosen on validation data (never on test).
 
-    ``youden`` maximises sensitivity + specificity - 1. Every threshold in ``(s_{j-1}, s_j]`` (adjacent distinct
-    scores) makes the same calls, so the maximum is reached on intervals of thresholds; we take the midpoint of the
-    widest maximal interval (ties between intervals go to the higher one). ``sensitivity:X`` returns the highest
-    threshold whose val sensitivity is >= X, which is the score of the ceil(X * P)-th highest-scored positive.
+    Every threshold in ``(s_{j-1}, s_j]`` (adjacent distinct scores) makes the same calls. ``youden`` maximises
+    sensitivity + specificity - 1, reached on intervals: the midpoint of the widest (ties go to the higher one).
+    ``sensitivity:X``: the highest threshold whose val sensitivity is >= X, the score s_k of the ceil(X * P)-th
+    highest-scored positive, less `SCORE_MARGIN` (less half the gap to the next lower score where that is smaller):
+    at s_k itself that image would be called by a margin of 0, and backends score it ~1e-7 apart.
 
     Args:
-        y_val: validation labels, 1 = pneumonia.
-        p_val: validation probabilities of pneumonia.
-        policy: ``"youden"`` or ``"sensitivity:X"``.
+        y_val, p_val: validation labels (1 = pneumonia) and probabilities of pneumonia.
+        policy: ``"youden"``, ``"sensitivity:X"`` or ``"triage"``.
 
     Returns:
         A finite threshold in [0, 1]; an image is positive when ``p >= threshold``.
@@ -72,8 +73,16 @@ def choose_threshold(y_val: Sequence[int] | np.ndarray, p_val: Sequence[float] |
     if kind == "sensitivity":
         positives = np.sort(p[y == 1])[::-1]
         k = max(1, math.ceil(target * positives.size - 1e-9))
-        return float(positives[k - 1])
+        hi = positives[k - 1]
+        below = p[p < hi]
+        return max(_midpoint(below.max() if below.size else 0.0, hi), float(hi) - SCORE_MARGIN)
     return _youden_threshold(y, p)
+
+
+def _midpoint(lo: float, hi: float) -> float:
+    """The middle of the thresholds ``(lo, hi]`` that make the same calls; ``hi`` where float rounding leaves none."""
+    threshold = (lo + hi) / 2.0
+    return float(np.clip(threshold if lo < threshold <= hi else hi, 0.0, 1.0))
 
 
 def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -89,11 +98,7 @@ def _youden_threshold(y: np.ndarray, p: np.ndarray) -> float:
     runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
     widths = [scores[r[-1]] - lower_edges[r[0]] for r in runs]
     run = runs[max(range(len(runs)), key=lambda i: (widths[i], i))]
-    lo, hi = lower_edges[run[0]], scores[run[-1]]
-    threshold = (lo + hi) / 2.0
-    if not lo < threshold <= hi:  # zero-width interval or float rounding: the interval's inclusive end
-        threshold = hi
-    return float(np.clip(threshold, 0.0, 1.0))
+    return _midpoint(lower_edges[run[0]], scores[run[-1]])
 
 
 def _counts_metrics(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
@@ -277,25 +282,19 @@ def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtype
     return out
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a proportion k / n (nan for n == 0)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    phat = k / n
-    den = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / den
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    return exact_interval(k, n, level, method="wilson")
 
 
-def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+def exact_interval(k: int, n: int, level: float = 0.95, method: str = "exact") -> tuple[float, float]:
     """Clopper-Pearson (exact binomial) interval for a proportion k / n (nan for n == 0): never narrower than the data
-    allow, so 8 of 8 gives (0.63, 1.0), not (1.0, 1.0)."""
+    allow, so 8 of 8 gives (0.63, 1.0), not (1.0, 1.0); ``method`` another of scipy's (``wilson``)."""
     from scipy.stats import binomtest
 
     if n == 0:
         return (math.nan, math.nan)
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method=method)
     return (float(ci.low), float(ci.high))
 
 
