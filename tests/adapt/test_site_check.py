@@ -133,6 +133,22 @@ def test_a_folder_without_readable_images_exits_2_with_one_line(content: bytes |
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("path,view\na.jpeg,PA\n\n,PA\nb.jpeg,PA\n", "labels.csv:4: no path"),  # line 3 blank, line 4 without path
+    ("path,view\na.jpeg,PA\nb.jpeg,PA\n./a.jpeg,AP\n", "1 file(s) listed more than once"),
+], ids=["blank path", "listed twice"])
+def test_a_site_csv_with_a_blank_path_or_a_file_listed_twice_exits_2_with_one_line(
+        text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """As evaluate and adapt read a CSV: a row without its path was dropped without a word, a file listed twice was
+    scored twice (both shares counted it twice)."""
+    csv = tmp_path / "labels.csv"
+    csv.write_text(text)
+    code = main(["site", "check", "--data", str(csv), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_site_of_inverted_images_is_shifted_and_gets_no_per_image_calls(
         full_data: Path, predictor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Images `pneumo predict` refuses with the orientation check (inverted grey scale here) are a reason, and get

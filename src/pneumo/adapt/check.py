@@ -51,12 +51,11 @@ import numpy as np
 import pandas as pd
 
 from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
-from pneumo.adapt.sources import source_config
+from pneumo.adapt.sources import site_items, source_config
 from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
-from pneumo.data.decode import MAX_BYTES, load_image
+from pneumo.data.decode import load_image
 from pneumo.data.gate import check_radiograph
 from pneumo.errors import DataError, InputError, PneumoError
-from pneumo.infer.batch import expand_inputs
 from pneumo.infer.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -133,45 +132,6 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
             flush()
     flush()
     return scored
-
-
-def site_items(data: str | os.PathLike) -> list[tuple[str, Callable[[], bytes]]]:
-    """(path, reader) for the site's images: a folder (as `pneumo predict` discovers it) or a CSV with ``path``."""
-    source = Path(data).expanduser()
-    if not source.exists():
-        raise DataError(f"site data not found: {data}")
-    if source.is_file() and source.suffix.lower() == ".csv":
-        try:
-            table = pd.read_csv(source, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"{source} is not a readable CSV: {str(exc).splitlines()[0]}") from None
-        column = next((c for c in table.columns if c.strip().lower() == "path"), None)
-        if column is None:
-            raise DataError(f"{source} needs a 'path' column, has {', '.join(table.columns) or 'none'}")
-        files = [Path(p.strip()).expanduser() for p in table[column] if p.strip()]
-        files = [f if f.is_absolute() else source.parent / f for f in files]
-    else:
-        try:
-            files = expand_inputs([str(source)])
-        except InputError:
-            raise DataError(f"no images found in {data}") from None
-    if not files:
-        raise DataError(f"no images listed in {data}")
-    return [(str(f), _file_reader(f)) for f in files]
-
-
-def _file_reader(path: Path) -> Callable[[], bytes]:
-    def read() -> bytes:
-        if not path.is_file():
-            raise InputError("missing, or not a regular file")
-        if path.stat().st_size > MAX_BYTES:
-            raise InputError(f"file too large: more than {MAX_BYTES} bytes")
-        data = path.read_bytes()
-        if not data:
-            raise InputError("empty file")
-        return data
-
-    return read
 
 
 @dataclass

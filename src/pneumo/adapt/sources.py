@@ -1,12 +1,14 @@
 """The two kinds of images an adaptation reads: the new site's labelled images (decoded once, preprocessed as the
 model expects, grouped by patient) and the source hospital's (a rehearsal pool from the model's train fold, its val
-fold for the OOD threshold and its official test split to report on)."""
+fold for the OOD threshold and its official test split to report on); and the site's unlabelled images a site check
+reads (`site_items`)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from pneumo.config import RunConfig, from_dict
-from pneumo.errors import DataError, PneumoError
+from pneumo.data.decode import MAX_BYTES
+from pneumo.errors import DataError, InputError, PneumoError
+from pneumo.infer.batch import expand_inputs
 from pneumo.models.sidecar import CheckpointMeta
 
 log = logging.getLogger(__name__)
@@ -182,3 +186,50 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
         setattr(out, f"{name}_y", labels(rows, cfg.data.task))
         out.sizes[name] = len(rows)
     return out
+
+
+def site_items(data: str | os.PathLike) -> list[tuple[str, Callable[[], bytes]]]:
+    """(path, reader) for the site's images: a folder (as `pneumo predict` discovers it) or a CSV with ``path``."""
+    source = Path(data).expanduser()
+    if not source.exists():
+        raise DataError(f"site data not found: {data}")
+    if source.is_file() and source.suffix.lower() == ".csv":
+        try:  # blank lines kept, so a row's number is its line in the file (the header is line 1)
+            table = pd.read_csv(source, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{source} is not a readable CSV: {' '.join(str(exc).split())}") from None
+        column = next((c for c in table.columns if c.strip().lower() == "path"), None)
+        if column is None:
+            raise DataError(f"{source} needs a 'path' column, has {', '.join(table.columns) or 'none'}")
+        table.index = table.index + 2
+        table = table[table.apply(lambda row: any(str(v).strip() for v in row), axis=1)]
+        blank = table.index[table[column].str.strip() == ""]
+        if len(blank):  # a row without its image: named, as evaluate and adapt name it
+            raise DataError(f"{source}:{blank[0]}: no path")
+        files = [Path(p.strip()).expanduser() for p in table[column]]
+        files = [Path(os.path.abspath(f if f.is_absolute() else source.parent / f)) for f in files]
+        twice = pd.Series(files)[pd.Series(files).duplicated()]
+        if len(twice):  # it would be scored twice: the shares count each image once
+            raise DataError(f"{data}: {len(twice)} file(s) listed more than once (e.g. {twice.iloc[0]}): list each once")
+    else:
+        try:
+            files = expand_inputs([str(source)])
+        except InputError:
+            raise DataError(f"no images found in {data}") from None
+    if not files:
+        raise DataError(f"no images listed in {data}")
+    return [(str(f), _file_reader(f)) for f in files]
+
+
+def _file_reader(path: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        if not path.is_file():
+            raise InputError("missing, or not a regular file")
+        if path.stat().st_size > MAX_BYTES:
+            raise InputError(f"file too large: more than {MAX_BYTES} bytes")
+        data = path.read_bytes()
+        if not data:
+            raise InputError("empty file")
+        return data
+
+    return read
