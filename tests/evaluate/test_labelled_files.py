@@ -157,3 +157,22 @@ def test_operating_point_lists_what_it_left_out_and_warns_on_few_images(hospital
         hospital / "PNEUMONIA" / "broken.jpeg", hospital / "NORMAL" / "notes.txt", hospital / "NORMAL" / ".DS_Store",
         hospital / "README.jpeg"}
     assert record["warning"].startswith("2 pneumonia and 3 normal images")
+
+
+def test_a_header_only_csv_and_links_in_csv_paths(hospital: Path, tmp_path: Path) -> None:
+    """A CSV with a header and no rows is "no labelled images" (not a KeyError); ``link/../x`` is the file the system
+    reads (the link target's parent), not ``x`` beside the link; a ``bacteria`` label with a ``virus`` subtype is an
+    error."""
+    with pytest.raises(DataError, match="no labelled images"):
+        find_labelled(_csv(hospital, "path,label\n\n"))
+    nas = tmp_path / "nas" / "images"
+    nas.mkdir(parents=True)
+    name = min(p.name for p in (hospital / "PNEUMONIA").glob("*.jpeg") if "broken" not in p.name)
+    shutil.copyfile(hospital / "PNEUMONIA" / name, nas.parent / name)
+    (hospital / "link").symlink_to(nas)
+    normal = min(p.name for p in (hospital / "NORMAL").glob("*.jpeg"))
+    table = find_labelled(_csv(hospital, f"path,label\nlink/../{name},PNEUMONIA\nNORMAL/{normal},NORMAL\n"))[0]
+    path = table.loc[table["label"] == "PNEUMONIA", "path"].item()
+    assert Path(path).read_bytes() == (nas.parent / name).read_bytes()
+    with pytest.raises(DataError, match="subtype 'virus' contradicts the label"):
+        find_labelled(_csv(hospital, f"path,label,subtype\nPNEUMONIA/{name},bacteria,virus\nNORMAL/{normal},0,\n"))

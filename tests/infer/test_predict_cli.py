@@ -254,6 +254,25 @@ def test_rows_come_in_the_order_the_inputs_name_them_skipped_ones_included(xrays
                                       folder / "c.jpeg")]
 
 
+def test_the_parts_of_a_torchrun_predict_concatenate_to_the_one_process_output(
+        xrays: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rank takes a contiguous part of the inputs, skipped ones included, so that its part file sits in place:
+    part 0 + part 1 is the one-process output (a skipped input had gone to rank 0's part wherever it was named)."""
+    images = sorted(xrays.iterdir())[:4]
+    dangling = tmp_path / "gone.jpeg"
+    dangling.symlink_to(tmp_path / "nowhere.jpeg")
+    named = [*map(str, images[:3]), str(dangling), str(images[3])]
+    main(["predict", *named, "--model", str(tiny_model), "--output", str(tmp_path / "one.csv")])
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        main(["predict", *named, "--model", str(tiny_model), "--output", str(tmp_path / "p.csv")])
+    one = _rows((tmp_path / "one.csv").read_text())
+    parts = [_rows((tmp_path / f"p.csv.part-{r}-of-2.csv").read_text()) for r in (0, 1)]
+    assert [r["path"] for r in parts[0] + parts[1]] == [r["path"] for r in one] == named
+    assert [len(p) for p in parts] == [3, 2]
+
+
 def test_a_dicom_without_extension_in_a_folder_is_read(full_data: Path, tiny_model: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     from corpus import dicom_bytes

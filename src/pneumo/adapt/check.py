@@ -105,7 +105,7 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
             scored.paths.append(name)
             scored.p_pneumonia.append(result.p_pneumonia)
             scored.positive.append(result.p_pneumonia >= result.threshold)  # the decision, assessed or not
-            scored.turned.append(not result.assessed and not result.ood)
+            scored.turned.append(not result.assessed and not result.ood and math.isfinite(result.p_pneumonia))
             if result.ood is not None:  # a non-finite score (None) is as far out as it gets
                 scored.ood_scores.append(math.inf if result.ood_score is None else result.ood_score)
                 scored.ood_flags.append(result.ood)

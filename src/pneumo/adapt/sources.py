@@ -18,6 +18,7 @@ import pandas as pd
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
 from pneumo.errors import DataError, InputError, PneumoError
+from pneumo.evaluate.labelled import listed_file, listed_twice, read_table
 from pneumo.infer.batch import expand_inputs
 from pneumo.models.sidecar import CheckpointMeta
 
@@ -194,23 +195,17 @@ def site_items(data: str | os.PathLike) -> list[tuple[str, Callable[[], bytes]]]
     if not source.exists():
         raise DataError(f"site data not found: {data}")
     if source.is_file() and source.suffix.lower() == ".csv":
-        try:  # blank lines kept, so a row's number is its line in the file (the header is line 1)
-            table = pd.read_csv(source, dtype=str, keep_default_na=False, skip_blank_lines=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"{source} is not a readable CSV: {' '.join(str(exc).split())}") from None
+        table = read_table(source)
         column = next((c for c in table.columns if c.strip().lower() == "path"), None)
         if column is None:
             raise DataError(f"{source} needs a 'path' column, has {', '.join(table.columns) or 'none'}")
-        table.index = table.index + 2
-        table = table[table.apply(lambda row: any(str(v).strip() for v in row), axis=1)]
         blank = table.index[table[column].str.strip() == ""]
         if len(blank):  # a row without its image: named, as evaluate and adapt name it
             raise DataError(f"{source}:{blank[0]}: no path")
-        files = [Path(p.strip()).expanduser() for p in table[column]]
-        files = [Path(os.path.abspath(f if f.is_absolute() else source.parent / f)) for f in files]
-        twice = pd.Series(files)[pd.Series(files).duplicated()]
-        if len(twice):  # it would be scored twice: the shares count each image once
-            raise DataError(f"{data}: {len(twice)} file(s) listed more than once (e.g. {twice.iloc[0]}): list each once")
+        files = [listed_file(source, text) for text in table[column]]
+        twice = listed_twice([str(f) for f in files])
+        if twice:  # it would be scored twice: the shares count each image once
+            raise DataError(f"{data}: {len(twice)} file(s) listed more than once (e.g. {twice[0]}): list each once")
     else:
         try:
             files = expand_inputs([str(source)])

@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {withheld} without a verdict left out)" if withheld else ")"))
     left_out = chosen.get("left_out") or {}
     if left_out:
-        print(f"left out: {len(left_out)} file(s) (unreadable, refused or not read)")
+        more = chosen["n_left_out"] - len(left_out)
+        print(f"left out: {chosen['n_left_out']} file(s) (unreadable, refused or not read)"
+              + (f"; the first {len(left_out)} (all counted in model.json):" if more else ""))
         for path, reason in left_out.items():
             print(f"  {one_line(path)}: {one_line(reason)}")
     if record.get("warning"):

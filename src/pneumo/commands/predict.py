@@ -81,15 +81,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     output, fmt = output_target(args.output, args.format)
     inputs = find_inputs(args.inputs)
-    files, skipped = inputs.files, inputs.skipped
+    order, skipped = inputs.order, inputs.skipped  # rows in the order the inputs name them, skipped ones included
     env = env_from_os()
-    if env.world_size > 1:  # torchrun -m pneumo predict ...: each rank takes a contiguous shard
-        files = shard(files, env.rank, env.world_size)
-        skipped = skipped if env.rank == 0 else {}
+    if env.world_size > 1:  # torchrun -m pneumo predict ...: each rank a contiguous shard, the parts concatenate
+        order = list(shard(order, env.rank, env.world_size))
+        skipped = {path: skipped[path] for path in order if path in skipped}
         if output:
             output = Path(f"{output}.part-{env.rank}-of-{env.world_size}.{fmt}")
-    mine = set(files) | set(skipped)
-    order = [path for path in inputs.order if path in mine]  # rows in the order the inputs name them
+    files = [path for path in order if path not in skipped]
 
     # one thread per model call, one call per core at a time (`predict_file_results`; issue 24)
     predictor = Predictor(args.model, backend=args.backend, threads=1) if files else None

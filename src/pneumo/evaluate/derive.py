@@ -21,6 +21,8 @@ from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import companion_files, read_meta, resolve_model, weights_path, write_meta
 from pneumo.policy import parse_policy, policy_warning
 
+MAX_LISTED = 50  # left-out files named in the new model's record (all are counted)
+
 
 def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,
                  data: str | None = None, val: str | os.PathLike | None = None) -> dict:
@@ -65,8 +67,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         y, logits = np.asarray(y)[keep], logits[keep]
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
+        left_out = {**unreadable, **not_read}  # unreadable or refused, and files not read (by name)
         where = {"kind": kind, "location": str(Path(val).absolute()), "n_not_assessed": int((~keep).sum()),
-                 "left_out": {**unreadable, **not_read}}  # unreadable or refused, and files not read (by name)
+                 "n_left_out": len(left_out), "left_out": dict(list(left_out.items())[:MAX_LISTED])}
     else:
         got = val_scores([predictor], data=data)
         if got is None:

@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pneumo.data.files import find_images
@@ -49,11 +50,11 @@ def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, st
         raise DataError(f"no labelled images in {source}: expect NORMAL/ and PNEUMONIA/ folders or a path,label CSV")
     missing = [p for p in table["path"] if not Path(p).is_file()]
     if missing:
-        where = f" (a CSV's paths are read relative to its folder, {path.parent})" if path.is_file() else ""
+        where = f" (a CSV's paths are read relative to its folder, {path.parent.absolute()})" if path.is_file() else ""
         raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]}{where}")
-    twice = table.loc[table["path"].duplicated(), "path"]
-    if len(twice):  # it would be scored (and trained on) as two images, with two labels if they disagree
-        raise DataError(f"{source}: {len(twice)} file(s) listed more than once (e.g. {twice.iloc[0]}): list each once")
+    twice = listed_twice(table["path"].tolist()) if path.is_file() else []
+    if twice:  # it would be scored (and trained on) as two images, with two labels if they disagree
+        raise DataError(f"{source}: {len(twice)} file(s) listed more than once (e.g. {twice[0]}): list each once")
     if table["label"].nunique() < 2:
         raise DataError(f"{source} holds only {table['label'].iloc[0]} images: external validation needs both "
                         "NORMAL and PNEUMONIA")
@@ -74,14 +75,46 @@ def _from_folder(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     return pd.DataFrame(rows, columns=["path", "label", "subtype"]), dict(sorted(left_out.items()))
 
 
-def _from_csv(csv: Path) -> pd.DataFrame:
-    try:  # blank lines kept as empty rows (skipped below), so a row's number is its line in the file
+def read_table(csv: Path) -> pd.DataFrame:
+    """A CSV's rows as text, indexed by their line in the file (the header is line 1; blank lines skipped but
+    counted), so that errors name the line a user sees.
+
+    Raises:
+        DataError: not a readable CSV, or rows with more fields than the header.
+    """
+    try:
         raw = pd.read_csv(csv, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{csv} is not a readable CSV: {' '.join(str(exc).split())}") from None
     if not isinstance(raw.index, pd.RangeIndex):  # pandas makes the extra first fields an index, silently
         raise DataError(f"{csv}: its rows have more fields than its header ({', '.join(raw.columns)}): quote paths "
                         "that hold a comma, or name every column")
+    raw.index = raw.index + 2
+    filled = np.array([any(str(v).strip() for v in row) for row in raw.itertuples(index=False)], dtype=bool)
+    return raw.loc[filled] if len(raw) else raw
+
+
+def listed_file(csv: Path, text: str) -> Path:
+    """A CSV's path cell as the file it names: relative to the CSV's folder, absolute, not normalised (``..`` after a
+    link is the link target's parent, as the system reads it)."""
+    file = Path(text.strip()).expanduser()
+    return (file if file.is_absolute() else csv.parent / file).absolute()
+
+
+def listed_twice(paths: list[str]) -> list[str]:
+    """The paths that name a file listed before (the same file under another spelling, ``x/../x``, or a link)."""
+    seen: set[str] = set()
+    twice = []
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            twice.append(path)
+        seen.add(real)
+    return twice
+
+
+def _from_csv(csv: Path) -> pd.DataFrame:
+    raw = read_table(csv)
     columns = {c.strip().lower(): c for c in raw.columns}
     if "patient_id" not in columns:  # PatientID, Patient ID, patient-id: the same column under a PACS export's name
         named = [c for c in raw.columns if re.sub(r"[\s_-]", "", c.lower()) == "patientid"]
@@ -91,8 +124,6 @@ def _from_csv(csv: Path) -> pd.DataFrame:
                          None)
         raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}"
                         + (f" (its fields look separated by {separator}: save it with commas)" if separator else ""))
-    raw.index = raw.index + 2  # the header is line 1
-    raw = raw[raw.apply(lambda row: any(str(v).strip() for v in row), axis=1)]
     rows = []
     subtypes = raw[columns["subtype"]] if "subtype" in columns else [""] * len(raw)
     for line, rel, text, given in zip(raw.index, raw[columns["path"]], raw[columns["label"]], subtypes, strict=True):
@@ -103,11 +134,9 @@ def _from_csv(csv: Path) -> pd.DataFrame:
             raise DataError(f"{csv}:{line}: no path")
         label, subtype = LABELS[key]
         if given.strip():
-            subtype = _subtype(given, label, f"{csv}:{line}")
-        file = Path(rel.strip()).expanduser()
-        file = file if file.is_absolute() else csv.parent / file
-        rows.append({"path": os.path.abspath(file), "label": label,
-                     "subtype": subtype or subtype_of(file.name, label)})
+            subtype = _subtype(given, label, subtype, f"{csv}:{line}")
+        file = listed_file(csv, rel)
+        rows.append({"path": str(file), "label": label, "subtype": subtype or subtype_of(file.name, label)})
     table = pd.DataFrame(rows, columns=["path", "label", "subtype"])
     if "patient_id" in columns:
         table["patient_id"] = raw[columns["patient_id"]].str.strip().to_numpy()
@@ -117,14 +146,15 @@ def _from_csv(csv: Path) -> pd.DataFrame:
     return table
 
 
-def _subtype(text: str, label: str, where: str) -> str:
+def _subtype(text: str, label: str, implied: str | None, where: str) -> str:
     """A CSV's own subtype cell (normal / bacteria / virus, or their spellings in `LABELS`), checked against the
-    row's label."""
+    row's label (and the subtype the label names, ``implied``: a ``bacteria`` label with a ``virus`` subtype)."""
     key = text.strip().lower()
     subtype = "unknown" if key == "unknown" else (LABELS.get(key) or (None, None))[1]
     if subtype is None:
         raise DataError(f"{where}: unknown subtype {text!r}; use normal, bacteria, virus or unknown (or leave it "
                         "empty)")
-    if (subtype == "normal") != (label == "NORMAL") or (subtype == "unknown" and label == "NORMAL"):
+    if (subtype == "normal") != (label == "NORMAL") or (subtype == "unknown" and label == "NORMAL") or \
+            implied not in (None, subtype):
         raise DataError(f"{where}: subtype {text!r} contradicts the label {label}")
     return subtype
