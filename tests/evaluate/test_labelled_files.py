@@ -176,3 +176,22 @@ def test_a_header_only_csv_and_links_in_csv_paths(hospital: Path, tmp_path: Path
     assert Path(path).read_bytes() == (nas.parent / name).read_bytes()
     with pytest.raises(DataError, match="subtype 'virus' contradicts the label"):
         find_labelled(_csv(hospital, f"path,label,subtype\nPNEUMONIA/{name},bacteria,virus\nNORMAL/{normal},0,\n"))
+
+
+def test_a_derived_model_is_named_and_described_as_itself(hospital: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """A model from `operating-point --data` carried the shipped card (its name, its threshold and test figures) and
+    its evaluation said the threshold was "chosen on val": now it goes by its folder's name and the report says
+    where its threshold was chosen."""
+    out = tmp_path / "site-op"
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(hospital), "--out", str(out)]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert "model_card" not in meta and meta["config"]["name"] == "site-op"
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(hospital), "--out", str(tmp_path / "v"),
+                 "--no-analysis", "--bootstrap", "20"]) == 0
+    assert capsys.readouterr().out.startswith("site-op: external data")
+    result = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert result["threshold_chosen_on"] == "5 images of a labelled folder (pneumo operating-point)"
+    html = (tmp_path / "v" / "report.html").read_text()
+    assert "chosen on 5 images of a labelled folder" in html and "chosen on val)" not in html

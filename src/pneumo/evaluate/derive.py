@@ -108,7 +108,10 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         cfg["name"] = out.name
         atomic.write_text(new.config, yaml.safe_dump(cfg, sort_keys=False))
     # the old metrics were measured at the old operating point: evaluate the new model for its own
+    # ... and the source's card (its name, its test figures at its own threshold) is not this model's
+    extra = {key: value for key, value in meta.extra.items() if key != "model_card"}
     meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file=new.weights.name,
-                               metrics={}, extra={**meta.extra, "operating_point": record})
+                               metrics={}, config={**meta.config, "name": out.name} if meta.config else meta.config,
+                               extra={**extra, "operating_point": record})
     write_meta(new.model, meta)
     return record

@@ -73,6 +73,19 @@ def adapted_points(spec: ModelSpec) -> dict[str, dict]:
     return points
 
 
+def stored_origin(spec: ModelSpec) -> tuple[str, str]:
+    """Where the model's stored threshold was chosen and its temperature fitted, as reports word it: a model's val
+    fold, a labelled set (`pneumo operating-point --data`; the temperature stays its source's) or an adaptation's
+    cross-fitted scores."""
+    extra = spec.predictors[0].meta.extra if len(spec.predictors) == 1 else {}
+    chosen = (extra.get("operating_point") or {}).get("chosen_on") or {}
+    if chosen.get("kind") in ("labelled CSV", "labelled folder"):
+        return f"{chosen.get('n')} images of a {chosen['kind']} (pneumo operating-point)", "val"
+    if extra.get("adaptation"):
+        return "the adaptation's cross-fitted scores", "the adaptation's cross-fitted scores"
+    return "val", "val"
+
+
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
                       n_bootstrap: int = 1000, seed: int = 0, ece_bins: int = 15, policies: tuple[str, ...] = (),
                       val_data: str | None = None, analysis: Gallery | None = None, progress: bool = False,
@@ -124,8 +137,10 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     test = measure(y, logits, subtypes=table["subtype"].tolist(), **measured)
     p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
+    chosen_on, fitted_on = stored_origin(spec)
     result: dict = {"task": spec.task, "classes": classes, "threshold": spec.threshold,
-                    "threshold_policy": spec.policy, "temperature": spec.temperature, "test": test,
+                    "threshold_policy": spec.policy, "threshold_chosen_on": chosen_on, "temperature": spec.temperature,
+                    "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
                                   "method": CI_METHOD}, "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
@@ -192,8 +207,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     elif analysis:
         extra.append(analysis(out, spec.predictors[0].torch_model, images, y, p, spec.threshold,
                               subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
-    calibrated_on = ("the adaptation's cross-fitted scores" if "operating_points_chosen_on" in result
-                     else "the model's val fold")
+    calibrated_on = "the model's val fold" if fitted_on == "val" else fitted_on
     write_evaluation_report(out, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
                             f"{spec.name}", subtitle=f"{result['external']['data']} · model {spec.location} · "
                             f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · temperature {spec.temperature:.2f} "

@@ -64,6 +64,9 @@ def operating_points_section(result: dict) -> tuple[str, str]:
                  fmt_number(p.get("val_specificity")), *(fmt_ci(p.get(k), p.get("ci", {}).get(k)) for k in SHOWN)]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     chosen_on = escape(result.get("operating_points_chosen_on", "the validation split"))
+    own = result.get("threshold_chosen_on", "val")
+    if own not in ("val", result.get("operating_points_chosen_on")):  # pneumo operating-point --data
+        chosen_on += f" (the model's own, marked: on {escape(own)}; its val columns are the val fold's at it)"
     note = (f"<p>Each threshold is chosen on {chosen_on} by its policy, never on the data measured here; "
             "<code>triage</code> is the WHO triage profile (highest specificity with val sensitivity &ge; 0.90). "
             "The model's own operating point (marked) is the headline; choose another with "

@@ -201,6 +201,8 @@ def headline_html(result: dict) -> str:
     return (render("headline.html.j2", cards=cards, n=test.get("n", "?"), warning=warning,
                    where=data_label(result),
                          threshold=fmt_number(result.get("threshold")), policy=result.get("threshold_policy"),
+                         chosen_on=result.get("threshold_chosen_on", "val"),
+                         fitted_on=result.get("temperature_fitted_on", "val"),
                          temperature=fmt_number(result.get("temperature"), 2),
                          ece_before=fmt_number(test.get("ece_before")), ece_after=fmt_number(test.get("ece_after"))))
 
@@ -247,7 +249,9 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     ext = result.get("external")
     external = bool(ext and not ext.get("official_test_split"))
     images, split = ("images of this external data", "external data") if external else ("test images", "test")
-    note = (f"<p>Threshold {escape(fmt_number(result['threshold']))} from the validation split by policy "
+    chosen = result.get("threshold_chosen_on", "val")
+    note = (f"<p>Threshold {escape(fmt_number(result['threshold']))} chosen on "
+            f"{escape('the validation split' if chosen == 'val' else chosen)} by policy "
             f"<code>{escape(result['threshold_policy'])}</code>; 95 % CIs: {escape(boot.get('method', CI_METHOD))} "
             f"({escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}, seed "
             f"{escape(boot.get('seed'))}).</p>")
