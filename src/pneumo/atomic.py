@@ -7,6 +7,7 @@ two helpers every file writer and checker shares: `to_jsonable` (strict JSON: na
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -49,7 +50,8 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only folder unlink fails too: the first error is the one to tell
+            tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:

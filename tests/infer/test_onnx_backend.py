@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
+from pneumo.cli import main
 from pneumo.data.decode import load_image
 from pneumo.errors import ModelError
 from pneumo.infer import export
@@ -81,6 +83,25 @@ def test_auto_falls_back_to_pytorch_when_the_export_fails(cache_dir: Path, tiny_
     assert [r.levelname for r in caplog.records if "unsupported operator" in r.getMessage()] == ["WARNING"]
     with pytest.raises(ModelError, match="unsupported operator"):
         Predictor(tiny_model, backend="onnx")
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_pytorch_with_a_warning(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A container with a read-only root (here: a cache path under a file, refused even to root): predict and serve
+    crashed with an OSError traceback; `auto` now scores with PyTorch and says why, `--backend onnx` is one line."""
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / "file" / "cache"))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)).save(image)
+    with caplog.at_level(logging.WARNING, logger="pneumo.infer.predictor"):
+        assert main(["predict", str(image), "--model", str(tiny_model)]) in (0, 1)  # scored (or gated): no traceback
+    assert [r.levelname for r in caplog.records if "cannot write the ONNX export" in r.getMessage()] == ["WARNING"]
+    capsys.readouterr()
+    assert Predictor(tiny_model, backend="auto").backend == "torch"
+    assert main(["predict", str(image), "--model", str(tiny_model), "--backend", "onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write the ONNX export" in err[0] and "PNEUMO_CACHE" in err[0]
 
 
 def test_an_onnx_only_model_runs_on_onnx_and_says_why_not_on_torch(tiny_model: Path, tmp_path: Path,

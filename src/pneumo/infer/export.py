@@ -54,6 +54,7 @@ def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Pa
 
     Raises:
         IntegrityError: the weights do not match the sidecar's checksum, or the cached export does not match its record.
+        ModelError: the export cannot be written (a read-only cache, as in a container with a read-only root).
     """
     from pneumo import __version__
     from pneumo.data.cache import default_cache_dir
@@ -66,8 +67,12 @@ def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Pa
     if target.is_file() and verify_onnx(target, weights_sha256):
         return target
     log.info("exporting %s to ONNX once (%s)", sidecar.name, target)
-    _export(sidecar, target)
-    _write_record(target, weights_sha256)
+    try:
+        _export(sidecar, target)
+        _write_record(target, weights_sha256)
+    except OSError as exc:  # read-only or full: no export to keep (`auto` then scores with PyTorch)
+        raise ModelError(f"cannot write the ONNX export into {root / 'onnx'}: {exc.strerror or exc} (set "
+                         "PNEUMO_CACHE to a writable folder, or use --backend torch)") from None
     return target
 
 
