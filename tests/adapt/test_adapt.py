@@ -21,6 +21,7 @@ import pneumo.adapt.run as adapt_run
 from pneumo.adapt.run import patient_folds
 from pneumo.cli import main
 from pneumo.config import AdaptConfig
+from pneumo.data.decode import load_image_file
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.metrics import exact_interval
 from pneumo.models.sidecar import DEFAULT_MODEL
@@ -200,6 +201,26 @@ def test_the_source_models_row_counts_the_images_evaluate_counts(adapted: dict, 
     got = before["stored_threshold"]["metrics"]
     assert {k: got[k] for k in ("tp", "fp", "tn", "fn")} == {k: result["test"]["metrics"][k] for k in ("tp", "fp", "tn", "fn")}
     assert f"({before['n_not_assessed']} images without a verdict left out)" in (adapted["out"] / "model.md").read_text()
+
+
+def test_without_the_source_dataset_new_images_of_the_site_are_not_refused_wholesale(
+        site_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the source dataset the OOD statistics are the site's images alone; their limit was set on the same
+    images (in-sample distances), and the adapted model flagged every new image of its own site out of distribution
+    (20 of 20 NIH images). The limit now comes from patient-held-out scores."""
+    from pneumo.infer.predictor import Predictor
+
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)
+    out = tmp_path / "alone"
+    record = adapt_run.adapt(None, site_csv, out, dataset=str(tmp_path / "absent"), cfg=TINY, n_bootstrap=0)
+    assert "out-of-fold" in record["ood"]["basis"]
+    used = set(pd.read_csv(site_csv)["path"])  # absolute paths into the NIH sample
+    root = Path(next(iter(used))).parents[1]
+    meta = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    others = [root / rel for rel in meta["path"] if str(root / rel) not in used][:24]
+    grays = [load_image_file(path) for path in others]
+    flagged = [bool(r.ood) for r in Predictor(out / "model.json").predict(grays)]
+    assert sum(flagged) <= len(flagged) // 2, flagged
 
 
 def test_a_tampered_adaptation_threshold_is_a_one_line_error(adapted: dict, site_csv: Path, tmp_path: Path,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 
 from pneumo.adapt.finetune import finetune
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
+from pneumo.adapt.stats import patient_folds
 from pneumo.adapt.write import OOD_POOL, write_adapted
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
@@ -55,22 +55,6 @@ from pneumo.train.loop import step_seed
 
 log = logging.getLogger(__name__)
 MIN_PER_CLASS = 10  # fewer labelled images of a class than this: no adaptation (nothing to cross-fit honestly)
-
-
-def patient_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """k (train, held-out) index pairs: patients never on both sides, classes stratified as far as patients allow;
-    every training side holds both classes."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # sklearn's "least populated class": the check below says it in one line
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        folds = list(splitter.split(np.zeros(len(y)), y, groups))
-    for train, _ in folds:
-        if np.unique(y[train]).size < 2:
-            raise DataError(f"a cross-fitting fold lacks a class: label more images of each class or use fewer "
-                            f"folds (--folds, now {k})")
-    return folds
 
 
 def score(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_size: int = 64) -> np.ndarray:

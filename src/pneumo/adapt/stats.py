@@ -1,11 +1,15 @@
-"""Two-sample tests and effect sizes for comparing a site's image set with a reference (`pneumo.adapt.check`)."""
+"""Two-sample tests and effect sizes for comparing a site's image set with a reference (`pneumo.adapt.check`), and
+the patient-grouped folds of an adaptation's cross-fitting."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
+
+from pneumo.errors import DataError
 
 
 def share_test(k: int, n: int, p0: float, alternative: str) -> float:
@@ -29,3 +33,19 @@ def rank_test(site: np.ndarray, reference: np.ndarray, alternative: str) -> dict
 
 def cohen_h(p1: float, p2: float) -> float:
     return float(2 * math.asin(math.sqrt(p1)) - 2 * math.asin(math.sqrt(p2)))
+
+
+def patient_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (train, held-out) index pairs: patients never on both sides, classes stratified as far as patients allow;
+    every training side holds both classes."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # sklearn's "least populated class": the check below says it in one line
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = list(splitter.split(np.zeros(len(y)), y, groups))
+    for train, _ in folds:
+        if np.unique(y[train]).size < 2:
+            raise DataError(f"a cross-fitting fold lacks a class: label more images of each class or use fewer "
+                            f"folds (--folds, now {k})")
+    return folds

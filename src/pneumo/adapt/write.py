@@ -16,6 +16,7 @@ import torch
 
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
+from pneumo.adapt.stats import patient_folds
 from pneumo.data.rundir import RunDir
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.models.checkpoint import save_checkpoint
@@ -67,7 +68,7 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
             "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"})}
     seed = record["recipe"]["seed"]
     sidecar = save_checkpoint(work / "model", model, meta)
-    record["ood"] = refit_ood(sidecar, model, site, source, device, seed=seed)
+    record["ood"] = refit_ood(sidecar, model, site, source, device, seed=seed, folds=record["local"]["folds"])
     record["orientation"] = refit_orientation(sidecar, model, site, source, device, seed=seed)
     atomic.write_json(work / "adapt.json", to_jsonable(record))
     _write_predictions(work, site, z_oof, z_before, record)
@@ -78,10 +79,12 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
 
 
 def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: SourceImages,
-              device: torch.device, *, seed: int = 0) -> dict:
+              device: torch.device, *, seed: int = 0, folds: int = 4) -> dict:
     """OOD statistics of the adapted model: class means and covariance over `OOD_POOL` images of the source rehearsal
-    pool and the site's images; the flag threshold = the 99.5th percentile over the source val images and the site's images. Without the
-    source dataset, the site's images alone (recorded)."""
+    pool and the site's images; the flag threshold = the 99.5th percentile over the source val images and the site's
+    images. Without the source dataset, the site's images alone (recorded), the threshold over their out-of-fold
+    scores (``folds`` patient-grouped folds): scored by statistics fitted on them, a few dozen images sit far closer
+    than any new image, and the adapted model refused every new image of its own site."""
     extract = feature_extractor(model, device=device, amp=False, batch_size=64)  # traced once for the three sets
 
     def features(x: np.ndarray) -> np.ndarray:
@@ -98,8 +101,13 @@ def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: S
         basis = "source train-fold sample + site images; threshold over source val + site images"
     else:
         f_train, y_train, f_val = f_site, y_site, f_site
-        basis = "site images only (source dataset absent)"
+        basis = "site images only (source dataset absent); threshold over their out-of-fold scores"
     stats = fit_ood(f_train, y_train, f_val, percentile=DEFAULT_PERCENTILE)
+    if not source.available:
+        held_out = np.empty(len(f_site))
+        for train, held in patient_folds(y_site, site.groups, folds, seed):
+            held_out[held] = fit_ood(f_site[train], y_site[train], f_site[held]).scores(f_site[held])
+        stats.threshold = float(np.percentile(held_out, DEFAULT_PERCENTILE))
     entry = {**save_ood(sidecar, stats), "fitted_on": basis}
     write_meta(sidecar, dataclasses.replace(read_meta(sidecar), ood=entry))
     return {"basis": basis, "n_train": stats.n_train, "n_val": stats.n_val, "threshold": stats.threshold}
