@@ -14,7 +14,7 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.config import load_config
-from pneumo.errors import DataError
+from pneumo.errors import ConfigError, DataError, IntegrityError
 from pneumo.evaluate.external import evaluate_external
 from pneumo.evaluate.labelled import labelled_images
 from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
@@ -291,6 +291,20 @@ def test_an_ensemble_made_with_relative_paths_loads_from_any_folder(run_dir: Pat
     evaluate_ensemble([Path(os.path.relpath(run_dir)), Path("twin")], Path("ens"), n_bootstrap=0)
     monkeypatch.chdir(data_slice)
     assert [p.sidecar.parent for p in load_models(tmp_path / "ens")] == [run_dir.resolve(), twin.resolve()]
+    # moved without its runs, next to other models of the same names: a one-line error, not those models
+    moved = tmp_path / "elsewhere" / "x" / "ens"
+    shutil.copytree(tmp_path / "ens", moved)
+    shutil.copytree(twin, tmp_path / "elsewhere" / "twin")
+    monkeypatch.chdir(tmp_path / "elsewhere" / "x")  # ../twin from here is another copy; the folder's ../twin absent
+    with pytest.raises(ConfigError, match="is not there .members are relative to the ensemble folder"):
+        load_models(moved)
+    # a member that is not the model the ensemble was made of: refused by the recorded weights SHA-256
+    stored = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert len(stored["weights_sha256"]) == 2 and all(stored["weights_sha256"])
+    stored["weights_sha256"][1] = "0" * 64
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(stored))
+    with pytest.raises(IntegrityError, match="member twin is not the model the ensemble was made of"):
+        load_models(tmp_path / "ens")
 
 
 def test_an_onnx_only_model_folder_is_validated_and_refuses_a_new_operating_point_in_one_line(

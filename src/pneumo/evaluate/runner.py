@@ -35,7 +35,7 @@ from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import scorer
 from pneumo.models.runtime import autocast, select_device
 from pneumo.models.scores import log_mean_probability, p_pneumonia
-from pneumo.models.sidecar import CheckpointMeta, write_meta
+from pneumo.models.sidecar import CheckpointMeta, read_meta, resolve_model, write_meta
 
 log = logging.getLogger(__name__)
 Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images, y, subtypes, probs, threshold, names)
@@ -200,7 +200,9 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
                             extra_sections=[operating_points_section(result)])
     # the ensemble's operating point, chosen on its val probabilities: what external validation uses
     atomic.write_json(out / "ensemble.json", {"members": [os.path.relpath(Path(m).resolve(), out.resolve())
-                                                          for m in members], "combine": "mean probability",
+                                                          for m in members],
+                                              "weights_sha256": [read_meta(resolve_model(m)).sha256 for m in members],
+                                              "combine": "mean probability",
                                               "threshold": result["threshold"],
                                               "threshold_policy": result["threshold_policy"],
                                               "temperature": result["temperature"]})

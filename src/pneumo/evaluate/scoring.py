@@ -16,7 +16,7 @@ import pandas as pd
 
 from pneumo.data.cache import image_cache, kept_array
 from pneumo.data.rundir import RunDir, read_folds
-from pneumo.errors import ConfigError, DataError, PneumoError
+from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError
 from pneumo.evaluate.labelled import labelled_images
 from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
@@ -62,13 +62,29 @@ def _has_weights(model: str | os.PathLike | None) -> bool:
 
 
 def _member_paths(model: str | os.PathLike | None) -> list[str | None]:
-    """An ensemble folder's members (written relative to the folder; an older ensemble.json's relative to where it
-    was made, tried second), or the one model."""
+    """An ensemble folder's members (relative to the folder, checked against the weights' SHA-256s it recorded), or
+    the one model.
+
+    Raises:
+        ConfigError: fewer than two members, or a member not beside the folder (a moved ensemble: its members
+            were once looked up from the working directory too, and other models there were evaluated silently).
+        IntegrityError: a member whose weights are not the ones the ensemble was made of.
+    """
     if model is not None and Path(model).is_dir() and (Path(model) / "ensemble.json").is_file():
-        members = json.loads((Path(model) / "ensemble.json").read_text()).get("members", [])
+        stored = json.loads((Path(model) / "ensemble.json").read_text())
+        members = stored.get("members", [])
         if len(members) < 2:
             raise ConfigError(f"{model}/ensemble.json lists fewer than two members")
-        return [str((Path(model) / m).resolve()) if (Path(model) / m).exists() else m for m in members]
+        paths = [(Path(model) / m).resolve() for m in members]
+        missing = [m for m, path in zip(members, paths, strict=True) if not path.exists()]
+        if missing:
+            raise ConfigError(f"{model}: member {missing[0]} is not there (members are relative to the ensemble "
+                              "folder: move or copy the ensemble together with its runs)")
+        for path, digest in zip(paths, stored.get("weights_sha256") or [None] * len(paths), strict=True):
+            if digest and read_meta(resolve_model(path)).sha256 != digest:
+                raise IntegrityError(f"{model}: member {path.name} is not the model the ensemble was made of "
+                                     "(its weights changed): evaluate the ensemble again")
+        return [str(path) for path in paths]
     return [None if model in (None, "default") else str(model)]
 
 
