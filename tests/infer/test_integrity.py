@@ -313,5 +313,12 @@ def test_a_deleted_check_entry_is_refused_while_its_file_lies_beside_the_model(
         Predictor(sidecar)
     assert main(["predict", str(xray), "--model", str(sidecar)]) == 2
     _refusal(capsys.readouterr().err, "pneumo predict: error:", f"no `{entry}` entry")
+    # a folder `operating-point` wrote (model.json beside the source's check files, copied under their names)
+    derived = tmp_path / "derived"
+    derived.mkdir()
+    for path in tmp_path.glob("default-model.*"):
+        shutil.copyfile(path, derived / ("model.json" if path.suffix == ".json" else path.name))
+    with pytest.raises(ModelError, match=f"no `{entry}` entry but default-model{re.escape(suffix)} lies beside it"):
+        Predictor(derived / "model.json")
     (tmp_path / f"default-model{suffix}").unlink()  # a model without that check at all is still a model
     assert Predictor(sidecar).model_id

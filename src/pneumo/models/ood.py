@@ -187,16 +187,18 @@ def save_ood(sidecar: str | os.PathLike, stats: OodStats) -> dict:
 
 
 def refuse_orphan(sidecar: str | os.PathLike, suffix: str, entry: str) -> None:
-    """A check's file (``<stem><suffix>``) beside a sidecar without its ``entry``: the entry was deleted, and the model
-    would silently run without that check (issue 24).
+    """A check's file (``*<suffix>`` not another sidecar's) beside a sidecar without its ``entry``: the entry was
+    deleted, and the model would silently run without that check (issue 24).
 
     Raises:
         ModelError: one line naming the file and what to do.
     """
-    orphan = Path(sidecar).with_suffix(suffix)
-    if orphan.is_file():
-        raise ModelError(f"{Path(sidecar).name} has no `{entry}` entry but {orphan.name} lies beside it: the entry was "
-                         "removed; restore the sidecar, refit with `pneumo ood fit`, or delete the file")
+    sidecar = Path(sidecar)
+    for orphan in sorted(sidecar.parent.glob(f"*{suffix}")):  # own stem, or a source's copied along (operating-point,
+        owner = orphan.with_name(orphan.name[: -len(suffix)] + ".json")  # export): unless another sidecar's here
+        if orphan.is_file() and (owner == sidecar or not owner.is_file()):
+            raise ModelError(f"{sidecar.name} has no `{entry}` entry but {orphan.name} lies beside it: the entry was "
+                             "removed; restore the sidecar, refit with `pneumo ood fit`, or delete the file")
 
 
 def load_ood(sidecar: str | os.PathLike, entry: Mapping[str, Any] | None) -> OodStats | None:
