@@ -45,3 +45,12 @@ def test_figures_share_one_dpi_and_are_written_atomically(tmp_path: Path) -> Non
     with Image.open(path) as img:
         assert img.size == (2 * DPI, 1 * DPI)
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]
+
+
+def test_a_threshold_is_never_shown_as_zero_when_it_is_not() -> None:
+    """An adapted model's sensitivity:0.95 threshold of 1.97e-05 was printed 0.0000 in its card, report and summary."""
+    from pneumo.templates import fmt_threshold
+
+    assert [fmt_threshold(t) for t in (0.8623275, 0.5, 1.97e-05, 0.0)] == ["0.8623", "0.5000", "1.97e-05", "0.0000"]
+    assert fmt_threshold(0.8623275, 3) == "0.862" and fmt_threshold(4.76e-05, 3) == "4.76e-05"
+    assert fmt_threshold(float("nan")) == fmt_threshold(None) == "n/a"

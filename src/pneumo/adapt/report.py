@@ -10,6 +10,7 @@ from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import build_card, md_table, metric_rows
+from pneumo.templates import fmt_threshold
 
 ROWS = ("roc_auc", "sensitivity", "specificity", "accuracy", "f1")
 USE = ("For images of the site it was adapted to, acquired as the labelled sample was. Research use only, not a "
@@ -57,7 +58,7 @@ def summary_lines(record: dict) -> list[str]:
            f"{record['recipe']['rehearsal_min']}) from {rehearsal['pool']} training images of {rehearsal['dataset']}"
            if rehearsal["used"]
            else f"off ({rehearsal['note'] or 'not asked for'})"),
-        (f"- Operating point: threshold {op['threshold']:.4f} on P(pneumonia), policy `{op['policy']}`, chosen on the "
+        (f"- Operating point: threshold {fmt_threshold(op['threshold'])} on P(pneumonia), policy `{op['policy']}`, chosen on the "
          f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
          f"temperature {record['temperature']:.3f} fitted on the same scores."),
     ]
@@ -77,7 +78,7 @@ def trade_off_rows(record: dict) -> list[list[str]]:
     from pneumo.templates import fmt_ci
 
     chosen = record["operating_point"]["policy"]
-    return [[policy + (" (this model's)" if policy == chosen else ""), f"{p['threshold']:.4f}",
+    return [[policy + (" (this model's)" if policy == chosen else ""), fmt_threshold(p['threshold']),
              fmt_ci(p["sensitivity"], p["sensitivity_exact_ci"]), fmt_ci(p["specificity"], p["specificity_exact_ci"])]
             for policy, p in record.get("operating_points", {}).items()]
 

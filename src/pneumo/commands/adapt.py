@@ -43,6 +43,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pneumo.adapt.run import adapt
     from pneumo.config import AdaptConfig
+    from pneumo.templates import fmt_threshold
 
     cfg = AdaptConfig(threshold_policy=args.threshold_policy, **schema_values(args, TUNABLE))  # ConfigError: exit 2
     record = adapt(args.model, args.data, args.out, dataset=args.dataset, cfg=cfg, device=args.device,
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = local["sensitivity_exact_ci"]
     print(f"adapted model: {args.out} ({record['site']['n_images']} images, {record['site']['n_patients']} patients; "
           f"{record['seconds']['total']:.0f} s)")
-    print(f"cross-fitted on the site: AUC {local['metrics']['roc_auc']:.3f}, at threshold {op['threshold']:.4f} "
+    print(f"cross-fitted on the site: AUC {local['metrics']['roc_auc']:.3f}, at threshold {fmt_threshold(op['threshold'])} "
           f"({op['policy']}) sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}], specificity {spec:.3f}")
     ranking = record["local"]["ranking"]
     interval = " [{:+.3f}, {:+.3f}]".format(*ranking["ci"]) if ranking["ci"] else ""

@@ -46,7 +46,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.command import evaluate
-    from pneumo.evaluate.report import fmt_number
+    from pneumo.evaluate.report import fmt_number, fmt_threshold
     from pneumo.evaluate.runner import summary_line
     from pneumo.explain.analysis import analysis_sections, error_gallery
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {path}: {reason}")
     points = result.get("operating_points") or {}
     for policy, p in points.items():
-        print(f"  {policy:>18}: threshold {fmt_number(p['threshold'])}, accuracy {fmt_number(p['accuracy'])}, "
+        print(f"  {policy:>18}: threshold {fmt_threshold(p['threshold'], 3)}, accuracy {fmt_number(p['accuracy'])}, "
               f"sensitivity {fmt_number(p['sensitivity'])}, specificity {fmt_number(p['specificity'])}")
     for column, groups in (result.get("subgroups") or {}).items():
         for value, g in groups.items():

@@ -52,7 +52,7 @@ def operating_points(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p
 
 def operating_points_section(result: dict) -> tuple[str, str]:
     """The report section: one row per policy, the model's own operating point marked."""
-    from pneumo.templates import escape, fmt_ci, fmt_number
+    from pneumo.templates import escape, fmt_ci, fmt_number, fmt_threshold
 
     points = result.get("operating_points") or {}
     measured = "data" if result.get("external") else "test"
@@ -60,7 +60,7 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     rows = []
     for policy, p in points.items():
         mark = " (model)" if policy == result.get("threshold_policy") else ""
-        cells = [f"{policy}{mark}", fmt_number(p["threshold"]), fmt_number(p.get("val_sensitivity")),
+        cells = [f"{policy}{mark}", fmt_threshold(p["threshold"], 3), fmt_number(p.get("val_sensitivity")),
                  fmt_number(p.get("val_specificity")), *(fmt_ci(p.get(k), p.get("ci", {}).get(k)) for k in SHOWN)]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     chosen_on = escape(result.get("operating_points_chosen_on", "the validation split"))

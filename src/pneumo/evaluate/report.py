@@ -33,7 +33,7 @@ from pneumo.evaluate.metrics import (
 )
 from pneumo.evaluate.plots import draw_evaluation_plots
 from pneumo.models.scores import pneumonia_probability
-from pneumo.templates import escape, figure, fmt_ci, fmt_number, page, render, table
+from pneumo.templates import escape, figure, fmt_ci, fmt_number, fmt_threshold, page, render, table
 
 Section = tuple[str, str]  # (title, trusted HTML body)
 METRIC_LABELS = {
@@ -200,7 +200,7 @@ def headline_html(result: dict) -> str:
     warning = small_sample_warning(metrics)
     return (render("headline.html.j2", cards=cards, n=test.get("n", "?"), warning=warning,
                    where=data_label(result),
-                         threshold=fmt_number(result.get("threshold")), policy=result.get("threshold_policy"),
+                         threshold=fmt_threshold(result.get("threshold"), 3), policy=result.get("threshold_policy"),
                          chosen_on=result.get("threshold_chosen_on", "val"),
                          fitted_on=result.get("temperature_fitted_on", "val"),
                          temperature=fmt_number(result.get("temperature"), 2),
@@ -250,7 +250,7 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     external = bool(ext and not ext.get("official_test_split"))
     images, split = ("images of this external data", "external data") if external else ("test images", "test")
     chosen = result.get("threshold_chosen_on", "val")
-    note = (f"<p>Threshold {escape(fmt_number(result['threshold']))} chosen on "
+    note = (f"<p>Threshold {escape(fmt_threshold(result['threshold'], 3))} chosen on "
             f"{escape('the validation split' if chosen == 'val' else chosen)} by policy "
             f"<code>{escape(result['threshold_policy'])}</code>; 95 % CIs: {escape(boot.get('method', CI_METHOD))} "
             f"({escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}, seed "

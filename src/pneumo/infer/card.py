@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from pneumo.models.sidecar import card_markdown, resolve_model
-from pneumo.templates import fmt_ci
+from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
 INTENDED_USE = ("Research on pneumonia detection in **pediatric** frontal chest X-rays like those of the Guangzhou "
@@ -71,7 +71,7 @@ def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
               + (f", crop {meta['crop']}" if meta.get("crop", "none") != "none" else "")),
              f"- classes: {', '.join(meta.get('classes', []))}"]
     if meta.get("threshold_policy"):
-        facts.append(f"- operating point: threshold {meta['threshold']:.4f} on the uncalibrated P(pneumonia), policy "
+        facts.append(f"- operating point: threshold {fmt_threshold(meta['threshold'])} on the uncalibrated P(pneumonia), policy "
                      f"{meta.get('threshold_policy', '?')}; temperature {meta.get('temperature', 1.0):.3f} for the "
                      "calibrated probability")
     else:

@@ -79,6 +79,14 @@ def fmt_number(value: object, digits: int = 3) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def fmt_threshold(value: float | None, digits: int = 4) -> str:
+    """A threshold with ``digits`` decimals, or 3 significant digits below ``10**-(digits - 1)`` (an adapted model's
+    sensitivity threshold can be 2e-05: never shown as 0.0000)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}" if value == 0 or value >= 10.0 ** -(digits - 1) else f"{value:.3g}"
+
+
 def fmt_ci(value: object, ci: Sequence | None, digits: int = 3) -> str:
     """``0.912 [0.889, 0.934]``; the interval is left out when missing, and ``[CI n/a]`` when given but undefined (a
     bootstrap interval not shown for a small sample): never a bare number that reads as certain."""
