@@ -200,7 +200,8 @@ def test_the_source_models_row_counts_the_images_evaluate_counts(adapted: dict, 
     assert before["n_not_assessed"] == result["not_assessed"]["n"] > 0  # NIH images: some are out
     got = before["stored_threshold"]["metrics"]
     assert {k: got[k] for k in ("tp", "fp", "tn", "fn")} == {k: result["test"]["metrics"][k] for k in ("tp", "fp", "tn", "fn")}
-    assert f"({before['n_not_assessed']} images without a verdict left out)" in (adapted["out"] / "model.md").read_text()
+    assert f"({before['n_not_assessed']} images without a verdict left out; the ranking gain and subgroups compare " \
+        "all images)" in (adapted["out"] / "model.md").read_text()
 
 
 def test_without_the_source_dataset_new_images_of_the_site_are_not_refused_wholesale(
@@ -398,7 +399,7 @@ def test_the_ranking_gain_is_read_off_the_written_scores_and_warned_about_in_the
     assert ranking["roc_auc_after"] == pytest.approx(roc_auc_score(y, table["p_crossfit"]))
     lo, hi = ranking["ci"]
     assert lo <= ranking["gain"] <= hi
-    assert f"the source model on the same images: AUC {ranking['roc_auc_before']:.3f} (gain {ranking['gain']:+.3f} " \
+    assert f"the source model on the same {len(y)} images: AUC {ranking['roc_auc_before']:.3f} (gain {ranking['gain']:+.3f} " \
         f"[{lo:+.3f}, {hi:+.3f}])" in adapted["printed"]
     card = (adapted["out"] / "model.md").read_text()
     assert (ranking["warning"] is not None) == (lo <= 0)

@@ -105,7 +105,8 @@ def before_head(record: dict) -> str:
     """The source model's column: at its stored threshold, on the images it gives a verdict (as evaluate counts)."""
     before = record["local"]["before"]
     n = before.get("n_not_assessed") or 0
-    return "source model, stored threshold" + (f" ({n} images without a verdict left out)" if n and
+    return "source model, stored threshold" + (f" ({n} images without a verdict left out; the ranking gain and "
+                                               "subgroups compare all images)" if n and
                                                before.get("scope", "").startswith("the images") else "")
 
 

@@ -84,7 +84,7 @@ def ranking_gain(y: np.ndarray, p_before: np.ndarray, p_after: np.ndarray, *, n_
     lo = gain["ci"][0] if gain["ci"] else gain["gain"]
     if not lo > 0:  # NaN (one class) warns too
         gain["warning"] = (f"the cross-fitted ROC-AUC ({after:.3f}) is not clearly above the source model's on the same "
-                           f"images ({before:.3f}; paired 95 % interval of the gain "
+                           f"{len(y)} images, all of them ({before:.3f}; paired 95 % interval of the gain "
                            + (f"[{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]" if gain["ci"] else "not computed")
                            + "): the adaptation has not shown that it helps here; label more images before using it")
     return gain

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
           f"({op['policy']}) sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}], specificity {spec:.3f}")
     ranking = record["local"]["ranking"]
     interval = " [{:+.3f}, {:+.3f}]".format(*ranking["ci"]) if ranking["ci"] else ""
-    print(f"the source model on the same images: AUC {ranking['roc_auc_before']:.3f} (gain {ranking['gain']:+.3f}"
+    print(f"the source model on the same {record['local']['n']} images: AUC {ranking['roc_auc_before']:.3f} "
+          f"(gain {ranking['gain']:+.3f}"
           f"{interval})")
     if record.get("source_site"):
         src = record["source_site"]
