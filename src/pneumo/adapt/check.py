@@ -272,8 +272,9 @@ def verdict(ood: dict | None, positive: dict, site_props: dict, ref_props: dict 
                            f"reference image with probability A = {scores['effect_a']:.2f} ({_p(scores['p_value'])}).")
     h, p = positive["effect_h"], positive["p_value"]
     expected = positive["reference_rate"] if positive["reference_rate"] is not None else positive["prevalence"]
-    if p < ALPHA and abs(h) >= MIN_H:
-        reasons.append(f"The model calls {_pct(positive['rate'])} of the images pneumonia, against {_pct(expected)} "
+    if p < ALPHA and abs(h) >= MIN_H:  # the raw decision on every scored image (predict withholds some of them)
+        reasons.append(f"P(pneumonia) is at or above the threshold on {_pct(positive['rate'])} of the images, against "
+                       f"{_pct(expected)} "
                        f"on {positive['compared_with']} (h = {h:+.2f}, {_p(p)}).")
     dist = positive["p_pneumonia"]
     if dist and dist["p_value"] < ALPHA and abs(dist["effect_a"] - 0.5) >= MIN_A - 0.5:

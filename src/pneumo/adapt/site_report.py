@@ -142,7 +142,8 @@ def _measures_table(result: dict) -> str:
                              fmt_number(ood["reference_median_score"], 1), s["p_value"],
                              f"A = {s['effect_a']:.2f}, KS D = {s['ks_d']:.2f}"))
     expected = pos["reference_rate"] if pos["reference_rate"] is not None else pos["prevalence"]
-    rows.append(_row("predicted pneumonia", f"{pos['n_positive']}/{pos['n']} = {100 * pos['rate']:.1f} %",
+    rows.append(_row("P(pneumonia) >= threshold (every scored image, those without a verdict too)",
+                     f"{pos['n_positive']}/{pos['n']} = {100 * pos['rate']:.1f} %",
                      f"{100 * expected:.1f} %", pos["p_value"], f"h = {pos['effect_h']:+.2f}"))
     rows.append(_row("... vs training prevalence", f"{100 * pos['rate']:.1f} %", f"{100 * pos['prevalence']:.1f} %",
                      pos["p_value_vs_prevalence"], f"h = {pos['h_vs_prevalence']:+.2f}"))
