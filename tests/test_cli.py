@@ -303,6 +303,31 @@ def test_model_card_prints_the_shipped_card_and_a_runs_facts(tiny_model, capsys:
     assert "scratch_cnn" in out and "threshold 0.5000" in out
 
 
+def test_model_card_checks_the_model_it_describes(tiny_model, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A card printed the recorded SHA-256 of weights that no longer match it (exit 0), and a broken sidecar was a
+    traceback: the card checks the sidecar and the weights as predict does, in one line."""
+    import shutil
+
+    for name, edit in (("flipped", lambda folder: _flip_byte(folder / "model.safetensors")),
+                       ("threshold", lambda folder: _set(folder / "model.json", threshold="high"))):
+        folder = tmp_path / name
+        shutil.copytree(tiny_model.parent, folder)
+        edit(folder)
+        assert main(["model-card", "--model", str(folder)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("pneumo model-card: error:"), err
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _set(path: Path, **values: object) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
 def test_data_report_prints_its_progress(data_slice, tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "report", "--dataset", str(data_slice), "--out", str(tmp_path / "report")]) == 0
     err = capsys.readouterr().err

@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
-from pneumo.models.sidecar import card_markdown, resolve_model
+from pneumo.models.sidecar import card_markdown, read_meta, resolve_model, weights_path
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -87,14 +87,23 @@ def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
         facts.append(f"- adapted on {site.get('n_images')} images of {site.get('n_patients')} patients "
                      f"({meta['adaptation'].get('created')})")
     if meta.get("sha256"):
-        facts.append(f"- weights sha256: {meta['sha256']}")
+        facts.append(f"- weights sha256: {meta['sha256']} (checked against the weights file, where there is one)")
     return facts
 
 
 def model_card_text(model: str | os.PathLike | None = None) -> str:
     """The card of a run folder, checkpoint or None/"default" (the shipped model): its ``<stem>.md`` (the shipped
-    and adapted models have one) or one built from its sidecar, then the facts of the checkpoint; reads files only."""
+    and adapted models have one) or one built from its sidecar, then the facts of the checkpoint; reads files only.
+
+    Raises:
+        ModelError: a sidecar that does not check out (`read_meta`); IntegrityError: weights not the recorded ones.
+    """
     sidecar = resolve_model(None if model in (None, "default") else model)
+    checked = read_meta(sidecar)  # as every command reads a sidecar: a broken one is one line, not a traceback
+    if weights_path(sidecar, checked).is_file():  # the weights the card describes are the ones recorded
+        from pneumo.infer.export import verify_weights
+
+        verify_weights(sidecar, checked)
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
     markdown = card_markdown(sidecar)
     if markdown is None:
