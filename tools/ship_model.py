@@ -126,7 +126,8 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -
          f"{metrics['test']['ece_after']:.3f}."),
         f"Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split."]
     md = build_card("Model card: pneumo default model", summary=summary, sections=[
-        ("Test metrics (official 624-image test split, 95 % bootstrap CI, 1,000 resamples)", test_section),
+        (("Test metrics (official 624-image test split, 95 % CIs: exact Clopper-Pearson for proportions, percentile "
+         "bootstrap of 1,000 resamples for ROC-AUC, PR-AUC and F1)"), test_section),
         ("Training data", [ATTRIBUTION])], limits=LIMITATIONS)
     return md, info
 
