@@ -181,3 +181,20 @@ def test_the_task_gives_the_classes_when_a_sidecar_lacks_them() -> None:
 def test_a_sidecar_without_arch_or_with_bad_types_is_a_model_error(payload: object) -> None:
     with pytest.raises(ModelError):
         CheckpointMeta.from_json(payload)
+
+
+def test_a_copy_of_the_shipped_models_folder_is_a_model_folder(tmp_path: Path) -> None:
+    """`--model FOLDER` looked for model.json only: a copy of the shipped model's folder (default-model.json) was
+    "model not found". A folder's one checkpoint is its model; with none or several, the error stays."""
+    import shutil
+
+    from pneumo.errors import ModelError
+    from pneumo.models.sidecar import DEFAULT_MODEL, resolve_model
+
+    copy = tmp_path / "deployed"
+    shutil.copytree(DEFAULT_MODEL.parent, copy)
+    assert resolve_model(copy) == copy / DEFAULT_MODEL.name
+    shutil.copyfile(copy / DEFAULT_MODEL.name, copy / "other.json")
+    shutil.copyfile(copy / DEFAULT_MODEL.with_suffix(".safetensors").name, copy / "other.safetensors")
+    with pytest.raises(ModelError, match="model not found"):
+        resolve_model(copy)

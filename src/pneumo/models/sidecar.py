@@ -234,8 +234,10 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         members = json.loads((path / "ensemble.json").read_text()).get("members", [])
         raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
                          f"({', '.join(members)})")
-    if path.is_dir():
-        path = RunDir(path).model
+    if path.is_dir():  # a run's model.json, else the folder's one checkpoint (a copy of the shipped model's folder)
+        found = [j for j in sorted(path.glob("*.json"))
+                 if j.with_suffix(".safetensors").is_file() or j.with_suffix(".onnx").is_file()]
+        path = RunDir(path).model if RunDir(path).model.is_file() or len(found) != 1 else found[0]
     elif path.suffix in (".safetensors", ".onnx"):
         path = path.with_suffix(".json")
     if not path.is_file():
