@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import pneumo
 from pneumo.cli import SUBCOMMANDS, main
@@ -369,3 +370,14 @@ def test_adapt_options_out_of_range_fail_with_one_line_naming_the_flag(argv: lis
     assert main(["adapt", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_dataset_path_is_text_not_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--dataset "xr #2"` became `data.root: xr` (a YAML comment) and trained on another folder; `@home/xr` was a
+    YAML ScannerError traceback. An override that is no YAML value is one line."""
+    for name in ("xr #2", "@home/xr", "Kermany: v2"):
+        assert main(["train", "--preset", "lite0-probe", "--dataset", str(tmp_path / name), "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["data"]["root"] == str(tmp_path / name)
+    assert main(["train", "--preset", "lite0-probe", "--set", "data.root=@x", "--print-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a YAML value" in err[0]

@@ -342,7 +342,10 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         dotted, raw = item.split("=", 1)
-        dotted, value = dotted.strip(), yaml.safe_load(raw) if raw != "" else ""
+        try:
+            dotted, value = dotted.strip(), yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value (quote text: key='...')") from None
         if dotted in REMOVED_DEFAULTS and value != REMOVED_DEFAULTS[dotted]:
             raise ConfigError(f"{dotted} left the product with the study: run it from the commit BENCHMARKS.md records "
                               "for its row")

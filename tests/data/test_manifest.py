@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -148,3 +149,65 @@ def test_missing_dataset_names_the_option_and_variable(monkeypatch: pytest.Monke
     monkeypatch.delenv("PNEUMO_DATA", raising=False)
     with pytest.raises(DataError, match="PNEUMO_DATA"):
         scan_dataset(None)
+
+
+def _small(data_slice: Path, root: Path) -> Path:
+    """The slice's train and test folders under ``root`` (val left out: the Mendeley layout)."""
+    for split in ("train", "test"):
+        shutil.copytree(data_slice / split, root / split)
+    return root
+
+
+def test_linked_split_folders_are_read_and_two_copies_of_the_layout_are_an_error(data_slice: Path,
+                                                                                  tmp_path: Path) -> None:
+    """os.walk did not follow a linked split folder: its images were left out silently. Two copies of the layout at
+    one depth were read by a coin toss (the hash seed): now an error naming them."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copytree(data_slice / "train", linked / "train")
+    (linked / "test").symlink_to(data_slice / "test")
+    assert (scan_dataset(linked)["split"] == "test").sum() == len(list((data_slice / "test").rglob("*.jpeg")))
+    two = tmp_path / "two"
+    _small(data_slice, two / "copy1")
+    _small(data_slice, two / "copy2")
+    with pytest.raises(DataError, match="holds 2 copies of the dataset layout .copy1, copy2.: give --dataset one"):
+        scan_dataset(two)
+
+
+def test_what_the_scan_cannot_use_is_listed_and_what_a_split_cannot_see_is_said(
+        data_slice: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Another class folder, a subfolder of a class and a dangling link are listed (the first two were dropped
+    without a word, the link was a traceback); a lower-case IM name is the same patient; names without a patient
+    and a file under both labels are warned about; another tool's manifest.csv is not read as the project's."""
+    root = _small(data_slice, tmp_path / "ds")
+    normal = sorted((root / "train" / "NORMAL").glob("*.jpeg"))
+    (root / "train" / "COVID").mkdir()
+    shutil.copyfile(normal[0], root / "train" / "COVID" / "c1.jpeg")
+    (root / "train" / "NORMAL" / "old").mkdir()
+    shutil.copyfile(normal[0], root / "train" / "NORMAL" / "old" / "IM-9100-0001.jpeg")
+    (root / "train" / "NORMAL" / "IM-9200-0001.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
+    shutil.copyfile(normal[1], root / "train" / "NORMAL" / "im-9300-0002.jpeg")
+    shutil.copyfile(normal[2], root / "train" / "NORMAL" / "IM-9300-0003.jpeg")
+    shutil.copyfile(normal[3], root / "train" / "NORMAL" / "scan17.jpeg")
+    shutil.copyfile(normal[4], root / "train" / "PNEUMONIA" / "person9400_bacteria_1.jpeg")
+    (root / "manifest.csv").write_text("")
+    with caplog.at_level(logging.WARNING):
+        df = scan_dataset(root)
+    text = caplog.text
+    assert "train/COVID/c1.jpeg (not in a NORMAL/ or PNEUMONIA/ folder)" in text
+    assert "train/NORMAL/old/IM-9100-0001.jpeg (in a subfolder of NORMAL/" in text
+    assert "train/NORMAL/IM-9200-0001.jpeg (" in text
+    keys = df.set_index("path")["patient_key"]
+    assert keys["train/NORMAL/im-9300-0002.jpeg"] == keys["train/NORMAL/IM-9300-0003.jpeg"] == "IM-9300"
+    assert "1 image(s) have names that carry no patient" in text
+    assert "1 image(s) are in both NORMAL and PNEUMONIA folders" in text
+
+
+def test_a_file_name_that_is_not_utf8_is_cached(data_slice: Path, tmp_path: Path) -> None:
+    root = _small(data_slice, tmp_path / "ds")
+    normal = root / "train" / "NORMAL"
+    odd = os.fsdecode(b"IM-9500-0001\xff.jpeg")  # not UTF-8: a surrogate in the str
+    shutil.copyfile(min(normal.glob("*.jpeg")), normal / odd)
+    df = scan_dataset(root)
+    cache = build_cache(df, root, size=32, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert cache.images.shape[0] == len(df) and any(odd in p for p in df["path"])

@@ -81,7 +81,7 @@ def run_scan(args: argparse.Namespace) -> int:
     df = scan_dataset(args.dataset)
     print(_counts(df))
     if args.output:
-        df.to_csv(args.output, index=False)
+        df.to_csv(args.output, index=False, errors="backslashreplace")  # a non-UTF-8 file name
         print(f"manifest: {args.output} ({len(df)} images)")
     return 0
 
@@ -94,7 +94,7 @@ def run_split(args: argparse.Namespace) -> int:
     print("patients per fold:", folds.groupby("fold")["patient_key"].nunique().to_dict())
     print("leakage check: passed", leakage_report(folds))
     if args.output:
-        folds.to_csv(args.output, index=False)
+        folds.to_csv(args.output, index=False, errors="backslashreplace")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -55,8 +56,9 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
     shortcuts = {"name": "name", "out_dir": "out_dir", "dataset": "data.root", "task": "data.task", "arch": "model.name",
                  "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
                  "device": "train.device"}
-    return [f"{key}={getattr(args, attr)}" for attr, key in shortcuts.items() if getattr(args, attr) is not None] + \
-        list(args.overrides)
+    text = {"name", "out_dir", "dataset"}  # free text (a folder may be named "xr #2"): a quoted YAML string, not YAML
+    return [f"{key}={json.dumps(str(value)) if attr in text else value}" for attr, key in shortcuts.items()
+            if (value := getattr(args, attr)) is not None] + list(args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:

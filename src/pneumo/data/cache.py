@@ -62,7 +62,7 @@ def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, marke
     steps = steps if crop == "none" else f"{steps}|crop={crop}"
     h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{steps}".encode())
     for path, digest in zip(df["path"], df["sha256"]):
-        h.update(f"|{path}:{digest}".encode())
+        h.update(f"|{path}:{digest}".encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8
     return h.hexdigest()[:20]
 
 

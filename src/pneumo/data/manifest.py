@@ -24,7 +24,7 @@ CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 PROBE_SIZE = 32  # the scan decodes each image as for a model of this size (JPEGs at 1/8 scale: cheap)
 COLUMNS = ["path", "split", "label", "subtype", "patient_key", "sha256", "width", "height", "source_kind", "dup_group"]
-_NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)")
+_NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)", re.IGNORECASE)
 _PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
 
 
@@ -37,6 +37,18 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
     if not path.exists():
         raise DataError(f"dataset not found: {path}")
     return path
+
+
+def _walk_once(base: Path):
+    """``os.walk`` that follows linked folders (a split folder may be a link), each real folder once (no loops)."""
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(base, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield folder, dirs, files
 
 
 class DatasetSource:
@@ -54,7 +66,7 @@ class DatasetSource:
         if self.is_zip:
             return [i.filename for i in self._archive().infolist() if not i.is_dir()]
         base = self.location
-        return [str(PurePosixPath(Path(d, f).relative_to(base))) for d, _, fs in os.walk(base) for f in fs]
+        return [str(PurePosixPath(Path(d, f).relative_to(base))) for d, _, fs in _walk_once(base) for f in fs]
 
     def _archive(self) -> zipfile.ZipFile:
         if self._zip is None:
@@ -75,7 +87,12 @@ class DatasetSource:
                 f"{self.location} has no train/NORMAL or train/PNEUMONIA folder: expected the Kaggle layout "
                 "(train/ val/ test/ x NORMAL/ PNEUMONIA/) or the Mendeley ChestXRay2017 layout (train/ test/)"
             )
-        return min(candidates, key=lambda c: (c.count("/"), len(c)))
+        depth = min(c.count("/") if c else -1 for c in candidates)
+        shallowest = sorted(c for c in candidates if (c.count("/") if c else -1) == depth)
+        if len(shallowest) > 1:  # which copy to read would be a coin toss: say so
+            raise DataError(f"{self.location} holds {len(shallowest)} copies of the dataset layout ("
+                            f"{', '.join(shallowest[:3])}): give --dataset one of them")
+        return shallowest[0]
 
     def files(self) -> list[str]:
         """Every file below the layout root, relative to it."""
@@ -100,7 +117,7 @@ def patient_key(file_name: str, label: str) -> str:
     stem = PurePosixPath(file_name).stem
     if label == "NORMAL":
         m = _NORMAL_RE.match(stem)
-        return m.group(1) if m else stem
+        return m.group(1).upper() if m else stem  # im-0001-0001.jpeg is patient IM-0001 too
     m = _PNEUMONIA_RE.match(stem)
     return f"{m.group(2).lower()}-{m.group(1)}" if m else stem
 
@@ -131,13 +148,21 @@ def _probe(data: bytes) -> tuple[int, int]:
         return img.size
 
 
-def _candidates(source: DatasetSource) -> Iterator[tuple[str, str, str]]:
+def _candidates(source: DatasetSource, skipped: list[str]) -> Iterator[tuple[str, str, str]]:
+    """``split/CLASS/file`` entries; an image-named file elsewhere under a split folder (another class such as
+    ``COVID/``, a subfolder of a class) goes to ``skipped`` with the reason, not silence."""
     for rel in source.files():
         parts = PurePosixPath(rel).parts
-        if len(parts) != 3:
+        if len(parts) < 3 or parts[0].lower() not in SPLITS:
             continue
         split, label = parts[0].lower(), parts[1].upper()
-        if split in SPLITS and label in CLASSES:
+        if label not in CLASSES:
+            if name_reason(parts[-1]) is None:
+                skipped.append(f"{rel} (not in a NORMAL/ or PNEUMONIA/ folder)")
+        elif len(parts) > 3:
+            if name_reason(parts[-1]) is None:
+                skipped.append(f"{rel} (in a subfolder of {parts[1]}/: images sit directly in the class folder)")
+        else:
             yield rel, split, label
 
 
@@ -147,8 +172,13 @@ def _shipped_metadata(source: DatasetSource) -> pd.DataFrame | None:
         raw = source.read("manifest.csv")
     except (FileNotFoundError, KeyError):
         return None
-    meta = pd.read_csv(io.BytesIO(raw), keep_default_na=False, dtype=str)
-    return meta.set_index("path") if {"path", "source_kind"} <= set(meta.columns) else None
+    try:
+        meta = pd.read_csv(io.BytesIO(raw), keep_default_na=False, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None  # another tool's manifest.csv, or none at all: not the project's
+    if not {"path", "source_kind"} <= set(meta.columns) or meta["path"].duplicated().any():
+        return None
+    return meta.set_index("path")
 
 
 def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
@@ -160,15 +190,15 @@ def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
     """
     source = DatasetSource(resolve_root(root))
     rows, skipped = [], []
-    for rel, split, label in _candidates(source):
+    for rel, split, label in _candidates(source, skipped):
         reason = name_reason(PurePosixPath(rel).name)
         if reason is not None:
             skipped.append(f"{rel} ({reason})")
             continue
-        data = source.read(rel)
         try:
+            data = source.read(rel)
             width, height = _probe(data)
-        except InputError as exc:
+        except (InputError, OSError, zipfile.BadZipFile) as exc:  # a dangling link, a damaged zip member
             skipped.append(f"{rel} ({str(exc)[:80]})")
             continue
         name = PurePosixPath(rel).name
@@ -185,17 +215,32 @@ def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
             }
         )
     if skipped:
-        log.warning("skipped %d unreadable file(s): %s", len(skipped), "; ".join(skipped[:20]))
+        log.warning("skipped %d file(s): %s", len(skipped), "; ".join(skipped[:20]))
     if not rows:
         raise DataError(f"no readable images under {source.location}")
     df = pd.DataFrame(rows)
     _check_classes(df, source)
+    _warn_about_identity(df)
     meta = _shipped_metadata(source)
     df["source_kind"] = df["path"].map(meta["source_kind"]).fillna("unknown") if meta is not None else "unknown"
     df["dup_group"] = _duplicate_groups(df)
     df.attrs["skipped"] = skipped
     df.attrs["location"] = str(source.location)
     return df[COLUMNS].reset_index(drop=True)
+
+
+def _warn_about_identity(df: pd.DataFrame) -> None:
+    """What a patient-grouped split cannot see: names that carry no patient, and one file under both labels."""
+    stems = df["path"].map(lambda p: PurePosixPath(p).stem)
+    unnamed = int((df["patient_key"] == stems).sum())
+    if unnamed:
+        log.warning("%d image(s) have names that carry no patient (not IM-XXXX-... or personN_bacteria|virus_...): "
+                    "each counts as its own patient, so one patient's images can fall into two folds unseen", unnamed)
+    both = df.groupby("sha256")["label"].nunique()
+    if (both > 1).any():
+        example = df.loc[df["sha256"] == both[both > 1].index[0], "path"].tolist()
+        log.warning("%d image(s) are in both NORMAL and PNEUMONIA folders (byte-identical files, e.g. %s): check "
+                    "their label", int((both > 1).sum()), " and ".join(example[:2]))
 
 
 def _check_classes(df: pd.DataFrame, source: DatasetSource) -> None:
