@@ -250,3 +250,14 @@ def test_a_later_use_checks_the_file_against_its_recorded_checksum(server: tuple
     path.write_bytes(bytes(damaged))
     with pytest.raises(DataError, match="no longer matches the SHA-256 recorded"):
         _get(f"{base}/file.zip", tmp_path)
+
+
+def test_an_archive_already_there_but_short_is_refused_not_used(server: tuple[str, ServerState],
+                                                                tmp_path: Path) -> None:
+    """An archive put in place by hand (or cut short before records existed) without a .sha256 record was returned
+    as complete whatever its size: the size the source states is checked first."""
+    base, state = server
+    (tmp_path / "file.zip").write_bytes(PAYLOAD[: len(PAYLOAD) // 3])
+    with pytest.raises(DataError, match=f"holds {len(PAYLOAD) // 3} bytes, not the {len(PAYLOAD)} of a complete"):
+        _get(f"{base}/file.zip", tmp_path, size=len(PAYLOAD))
+    assert state.ranges == []

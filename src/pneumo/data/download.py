@@ -133,6 +133,9 @@ def download(
 
     record = dest / f"{name}.sha256"
     if final.is_file():
+        if size is not None and final.stat().st_size != size:  # a file put there by hand, or cut short earlier
+            raise DataError(f"{final} holds {final.stat().st_size} bytes, not the {size} of a complete download: "
+                            f"delete it (and {record.name}) and download it again")
         if expected is None and record.is_file():
             if sha256_file(final) != (record.read_text().split() or [""])[0]:
                 raise DataError(f"{final} no longer matches the SHA-256 recorded when it was downloaded: it changed or "
