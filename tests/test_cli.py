@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,10 @@ def test_a_dataset_path_is_text_not_yaml(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["train", "--preset", "lite0-probe", "--set", "data.root=@x", "--print-config"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a YAML value" in err[0]
+
+
+def test_a_default_of_zero_is_shown_in_help(capsys: pytest.CaptureFixture) -> None:
+    """`0 == False`: the help formatter took a default of 0 for "no default" and left it out (--seed)."""
+    with pytest.raises(SystemExit):
+        main(["data", "split", "--help"])
+    assert re.search(r"--seed SEED\s+.*\(default: 0\)", " ".join(capsys.readouterr().out.split()))

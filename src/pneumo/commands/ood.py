@@ -24,7 +24,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                        "sidecar's `ood` entry; then fit the orientation check (upright vs inverted, rotated, upside down: a "
                        "logistic head on the same features, learned from train images transformed synthetically) into "
                        "<stem>.orient.safetensors + the sidecar's `orientation` entry.")
-    fit.add_argument("--model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json)")
+    fit.add_argument("--model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json); "
+                     "required: the statistics are written into it")
     fit.add_argument("--dataset", metavar="DIR", help="the training dataset, folder or zip (default: the one in the "
                      "model's config, else $PNEUMO_DATA)")
     fit.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,

@@ -144,8 +144,9 @@ class Predictor:
             torch.set_num_threads(threads)
         model = self.torch_model
         if model is None:
-            raise ModelError(f"{self._weights.name} not found: this model has only an ONNX "
-                             "export; use --backend onnx")
+            raise ModelError(f"{self._weights.name} not found: this model has only an ONNX export (pneumo export "
+                             "--out), and this needs the PyTorch weights: give the model the export was made from "
+                             "(pneumo predict and serve run the export itself with --backend onnx)")
         score = scorer(model, self.size)
 
         def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
