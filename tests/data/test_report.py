@@ -193,3 +193,24 @@ def test_full_dataset_report_counts_every_image(full_data: Path, tmp_path: Path)
     folds = assign_folds(df)
     index = write_data_report(df, full_data, tmp_path, folds_df=folds)
     assert int(_tables(index)["counts-table"][-1][3]) == len(df) == 5856
+
+
+def test_the_cli_writes_the_report_of_a_leaking_dataset_then_fails_in_one_line(
+        data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A patient's images in train and test: `data report` stopped before writing anything, so the report's FAIL
+    for the official splits could never be seen. Now the report is written, then the error (exit 2)."""
+    import shutil
+
+    from pneumo.cli import main
+
+    root = tmp_path / "ds"
+    shutil.copytree(data_slice, root)
+    train = min((root / "train" / "NORMAL").glob("IM-*.jpeg"))
+    patient = "-".join(train.name.split("-")[:2])
+    shutil.copyfile(train, root / "test" / "NORMAL" / f"{patient}-9999.jpeg")  # the same patient in test
+    out = tmp_path / "report"
+    assert main(["data", "report", "--dataset", str(root), "--out", str(out)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("pneumo data report: [")]
+    assert len(err) == 1 and err[0].startswith("pneumo data: error:"), err
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "FAIL" in text.split('id="leakage-official-result">', 1)[1].split("</p>", 1)[0]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pneumo.argparsing import subparser
 from pneumo.data.manifest import scan_dataset
+from pneumo.errors import LeakageError
 
 EXAMPLES = """
 pneumo data download                                   # the Mendeley archive into ~/.cache/pneumo
@@ -118,11 +119,16 @@ def run_report(args: argparse.Namespace) -> int:
     _progress("scanning the dataset", start)
     df = scan_dataset(args.dataset)
     _progress(f"{len(df)} images; patient-grouped split", start)
-    folds = assign_folds(df, val_fraction=args.val_fraction, seed=args.seed)
+    try:
+        folds, leak = assign_folds(df, val_fraction=args.val_fraction, seed=args.seed), None
+    except LeakageError as exc:  # the report is where a user sees it: written first, then the one-line error
+        folds, leak = None, exc
     _progress("decoding samples, drawing figures, writing the report", start)
     path = write_data_report(df, df.attrs.get("location", args.dataset), Path(args.out), folds_df=folds, seed=args.seed)
     _progress("done", start)
     print(f"dataset report: {path}")
+    if leak is not None:
+        raise leak
     return 0
 
 
