@@ -182,6 +182,10 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
         assert point["threshold"] == pytest.approx(chosen[policy]["threshold"])
         assert point["val_sensitivity"] == pytest.approx(chosen[policy]["sensitivity"])
     assert "chosen on the adaptation&#39;s cross-fitted scores" in (tmp_path / "v" / "report.html").read_text()
+    # the very images it was adapted on: said, not called external ("nothing was fitted on them")
+    assert result["external"]["n_fitted_on"] == result["external"]["n"] == len(pd.read_csv(site_csv))
+    assert "are images the model was adapted on: this is not an external validation" in \
+        (tmp_path / "v" / "report.html").read_text()
     image = pd.read_csv(site_csv)["path"].iloc[0]
     assert main(["predict", image, "--model", str(out), "--backend", "torch", "--output", str(tmp_path / "p.csv")]) == 0
     row = pd.read_csv(tmp_path / "p.csv").iloc[0]

@@ -86,6 +86,15 @@ def stored_origin(spec: ModelSpec) -> tuple[str, str]:
     return "val", "val"
 
 
+def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
+    """How many of ``paths`` an adapted model was fine-tuned on (its folder's crossfit_predictions.csv lists them)."""
+    listed = spec.predictors[0].sidecar.parent / "crossfit_predictions.csv"
+    if len(spec.predictors) != 1 or not spec.predictors[0].meta.extra.get("adaptation") or not listed.is_file():
+        return 0
+    adapted_on = {os.path.realpath(p) for p in pd.read_csv(listed, usecols=["path"], dtype=str)["path"]}
+    return sum(os.path.realpath(p) in adapted_on for p in paths)
+
+
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
                       n_bootstrap: int = 1000, seed: int = 0, ece_bins: int = 15, policies: tuple[str, ...] = (),
                       val_data: str | None = None, analysis: Gallery | None = None, progress: bool = False,
@@ -180,7 +189,11 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed)
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": errors, "n_not_read": len(not_read), "not_read": not_read,
-                          "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official}
+                          "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
+                          "n_fitted_on": fitted_on_these(spec, table_all["path"])}
+    if result["external"]["n_fitted_on"]:
+        log.warning("%d of these %d images are ones the model was adapted on: not an external validation (hold "
+                    "out other patients)", result["external"]["n_fitted_on"], len(table_all))
     result["ood"] = {k: v for k, v in ood.items() if k != "flags"} if ood else None
     result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution or refused by the "
                               "orientation check", **({k: ood[k] for k in ("n_out_of_distribution", "n_orientation")}
@@ -290,7 +303,9 @@ def _data_section(result: dict) -> tuple[str, str]:
                   for k, v in {**ext["unreadable"], **ext.get("not_read", {})}.items())
     return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
             f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
-            f"</code>; temperature {result['temperature']:.3f}); nothing was fitted on them.</p>"
+            f"</code>; temperature {result['temperature']:.3f}); "
+            + (f"<strong>{ext['n_fitted_on']} of them are images the model was adapted on: this is not an external "
+               "validation of those.</strong></p>" if ext.get("n_fitted_on") else "nothing was fitted on them.</p>")
             + table_html(["", "count"], rows) + ood_line + (f"<p>Every file left out, by name:</p><ul>{bad}</ul>" if bad
                                                              else "<p>No file was left out.</p>"))
 
