@@ -315,6 +315,9 @@ def test_an_onnx_only_model_folder_is_validated_and_refuses_a_new_operating_poin
 
     assert main(["export", "--out", str(tmp_path / "deploy")]) == 0
     sidecar = next((tmp_path / "deploy").glob("*.json"))
+    from pneumo.models.sidecar import DEFAULT_MODEL
+
+    assert sidecar.with_suffix(".md").read_text() == DEFAULT_MODEL.with_suffix(".md").read_text()  # its card too
     assert main(["evaluate", "--model", str(sidecar), "--data", str(two_folders[0]), "--out", str(tmp_path / "val"),
                  "--bootstrap", "0"]) == 0  # with the analysis: the Grad-CAM gallery is left out, said in a line
     result = json.loads((tmp_path / "val" / "metrics.json").read_text())

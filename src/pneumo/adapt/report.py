@@ -23,7 +23,7 @@ LIMITS = (("Check a new site first (`pneumo site check`). Validate on held-out p
            "200-image adaptations on nih_sample: cross-fitted ROC-AUC 0.69-0.88, held-out 0.83-0.86, lower cross-fitted "
            "in five; specificity off by up to 0.29): the validation on held-out patients is what counts."),
           ("On the source hospital's images this model keeps its ranking but uses the site's threshold: there, its "
-           "sensitivity and specificity are not those of the source model (see the table above)."))
+           "sensitivity and specificity are not those of the source model (its section above, where it was measured)."))
 
 
 def _column(block: dict) -> tuple[dict, dict]:
