@@ -187,3 +187,36 @@ def test_page_loads_nothing_from_other_hosts(client: TestClient) -> None:
     texts = [client.get(p).text for p in ("/", "/static/app.js", "/static/style.css")]
     assert not any("http://" in t or "https://" in t or "//cdn" in t for t in texts)
     assert "default-src 'self'" in client.get("/").headers["content-security-policy"]
+
+
+def test_the_service_tells_no_folder_when_a_model_fails_or_in_a_derived_models_card(
+        make_client, full_data: Path, tmp_path: Path) -> None:
+    """A model that failed to load put its server path in /readyz's 503 (no key needed); a derived model's card
+    carried the absolute paths of the files it left out as keys, and an adapted model's markdown its data's folder."""
+    import json
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from pneumo.cli import main
+    from pneumo.config import ServeConfig
+    from pneumo.serve.app import create_app
+
+    secret = tmp_path / "hospital-secret-folder"
+    with TestClient(create_app(ServeConfig(), None, model=str(secret / "nonexist"), backend="torch"),
+                    raise_server_exceptions=False) as client:
+        body = client.get("/readyz")
+        assert body.status_code == 503 and "model not found: nonexist" in body.text and str(secret) not in body.text
+    site = secret / "site"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (site / label).mkdir(parents=True)
+        for path in sorted((full_data / "test" / label).glob("*.jpeg"))[:3]:
+            shutil.copyfile(path, site / label / path.name)
+    (site / "NORMAL" / "bad.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(site), "--out",
+                 str(secret / "op")]) == 0
+    from pneumo.infer.predictor import Predictor
+
+    client = make_client(Predictor(secret / "op", backend="torch", threads=1))
+    card = client.get("/api/v1/model").json()
+    assert "bad.jpeg" in json.dumps(card) and str(secret) not in json.dumps(card)

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -115,9 +116,9 @@ class Service:
     def _load(self) -> None:
         try:
             predictor = Predictor(self._model, backend=self._backend, threads=1)  # a call per batcher worker
-        except PneumoError as exc:
-            self.load_error = f"model failed to load: {exc}"
-            log.error("%s", self.load_error)
+        except PneumoError as exc:  # the full text in the server's log; clients see file names, not folders
+            log.error("model failed to load: %s", exc)
+            self.load_error = f"model failed to load: {without_folders(str(exc))}"
             return
         except Exception as exc:  # noqa: BLE001 - reported by /readyz, the process keeps answering
             self.load_error = f"model failed to load ({type(exc).__name__})"
@@ -322,15 +323,24 @@ def model_card_of(predictor: Predictor) -> dict[str, Any]:
     return to_jsonable(_without_paths(card))  # NaN/inf (a metric undefined on a one-class split) -> None
 
 
+ABSOLUTE_PATH = re.compile(r"(?<![^\s`'\"(=])(?:[A-Za-z]:[\\/]|/)[^\s`'\"<>|,;()\[\]]+")  # /a/b.jpeg, C:\\x\\y.csv
+
+
+def without_folders(text: str) -> str:
+    """``text`` with every absolute path in it cut to its last part (a folder path in a sentence, a card's markdown)."""
+    return ABSOLUTE_PATH.sub(lambda m: Path(m.group(0).replace("\\", "/").rstrip("/.")).name or m.group(0), text)
+
+
 def _without_paths(value: Any) -> Any:
-    """The card with every absolute path (where a threshold was chosen, the model it was derived or adapted from)
-    cut to its last part: the service does not tell clients its folders."""
+    """The card with every absolute path (where a threshold was chosen, the model it was derived or adapted from, the
+    files it left out, the data named in its markdown) cut to its last part, in keys and values: the service does
+    not tell clients its folders."""
     if isinstance(value, dict):
-        return {k: _without_paths(v) for k, v in value.items()}
+        return {without_folders(str(k)): _without_paths(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_paths(v) for v in value]
-    if isinstance(value, str) and "\n" not in value and (value.startswith("/") or value[1:3] in (":\\", ":/")):
-        return Path(value.replace("\\", "/")).name
+    if isinstance(value, str):
+        return without_folders(value)
     return value
 
 
