@@ -169,3 +169,27 @@ def test_predict_writes_not_assessed_with_its_reason(full_data: Path, tmp_path: 
         "astronaut.png", "reason"]
     assert rows.loc["xray.jpeg", "label"] in ("NORMAL", "PNEUMONIA") and pd.isna(rows.loc["xray.jpeg", "reason"])
     assert (rows["p_calibrated"] >= rows["threshold_calibrated"]).equals(rows["p_pneumonia"] >= rows["threshold"])
+
+
+def test_the_console_counts_the_images_without_a_verdict(full_data: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """`predict` counted only out-of-distribution images in its summary (a turned image was in no count) and
+    `evaluate --data` said nothing on the console about the images its headline leaves out."""
+    from pneumo.cli import main
+    from pneumo.models.orientation import TRANSFORMS, transform
+
+    site = tmp_path / "site"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (site / label).mkdir(parents=True)
+        for src in sorted((full_data / "test" / label).glob("*.jpeg"))[1:6]:
+            (site / label / src.name).symlink_to(src)
+    gray = np.asarray(Image.open(sorted((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))[7]).convert("L"))
+    Image.fromarray(transform(gray[None], TRANSFORMS[1])[0]).save(site / "PNEUMONIA" / "turned.png")
+    assert main(["predict", str(site), "--output", str(tmp_path / "p.csv")]) == 0
+    rows = pd.read_csv(tmp_path / "p.csv")
+    withheld = int((rows["label"] == "not assessed").sum())
+    assert withheld >= 1
+    assert f"not assessed {withheld}," in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(site), "--out", str(tmp_path / "v"), "--no-analysis", "--bootstrap",
+                 "20"]) == 0
+    assert f"not assessed: {withheld} image(s) without a verdict" in capsys.readouterr().out

@@ -207,7 +207,7 @@ def test_an_output_folder_gets_predictions_inside_it(xrays: Path, tiny_model: Pa
 def test_a_summary_line_ends_the_run_on_stderr(xrays: Path, tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(xrays), "--model", str(tiny_model)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "summary: 6 input(s): scored 6, errors 0, out-of-distribution 0"
+    assert err[-1] == "summary: 6 input(s): scored 6, errors 0, not assessed 0, out-of-distribution 0"
 
 
 def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Path, tiny_model: Path,
@@ -233,7 +233,7 @@ def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Pat
     assert all(rows[str(p)]["label"] == "" and rows[str(p)]["p_pneumonia"] == "" for p in named)
     assert rows[str(xray)]["label"] in ("NORMAL", "PNEUMONIA")
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, out-of-distribution 0")
+    assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, not assessed 0, out-of-distribution 0")
 
 
 def test_rows_come_in_the_order_the_inputs_name_them_skipped_ones_included(xrays: Path, tiny_model: Path,

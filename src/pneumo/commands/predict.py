@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     # one thread per model call, one call per core at a time (`predict_file_results`; issue 24)
     predictor = Predictor(args.model, backend=args.backend, threads=1) if files else None
-    counts = {"scored": 0, "errors": 0, "out-of-distribution": 0}
+    counts = {"scored": 0, "errors": 0, "not assessed": 0, "out-of-distribution": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all
         if output:  # patients' results: the temp file is private while written; a killed run's is removed here
             for stale in atomic.remove_stale_temps(output):
@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"pneumo predict: {one_line(f'{item.path}: {item.error}')}", file=sys.stderr)
             else:
                 counts["scored"] += 1
+                counts["not assessed"] += not item.prediction.assessed  # out of distribution, turned, non-finite
                 counts["out-of-distribution"] += bool(item.prediction.ood)
             write(_row(item.path, item.prediction, classes, item.error, args.heatmaps, item.heatmap))
         bar.close()

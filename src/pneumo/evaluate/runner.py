@@ -276,7 +276,7 @@ def _subtitle(result: dict) -> str:
 
 def summary_line(result: dict) -> str:
     """One line with the headline test numbers and their 95 % CIs; a second, the small-sample warning, if any."""
-    from pneumo.evaluate.report import fmt_ci
+    from pneumo.evaluate.report import fmt_ci, fmt_threshold
 
     m, ci = result["test"]["metrics"], result["test"].get("ci") or {}
     parts = ", ".join(f"{k} {fmt_ci(m.get(k), ci.get(k))}" for k in ("accuracy", "sensitivity", "specificity",
@@ -287,5 +287,13 @@ def summary_line(result: dict) -> str:
     from pneumo.evaluate.metrics import small_sample_warning
 
     warning = small_sample_warning(m)
-    return (f"{result.get('name')}: {where} {parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
-            f"{result['threshold']:.3f} ({result['threshold_policy']})" + (f"\nwarning: {warning}" if warning else ""))
+    multi = result["test"].get("multiclass")  # a 3-class model: its own numbers first, then pneumonia vs normal
+    three = (f"3-class accuracy {fmt_ci(multi.get('accuracy'), (multi.get('ci') or {}).get('accuracy'))}, macro-F1 "
+             f"{fmt_ci(multi.get('macro_f1'), (multi.get('ci') or {}).get('macro_f1'))}; pneumonia vs normal: "
+             if multi else "")
+    withheld = (result.get("not_assessed") or {}).get("n") or 0
+    return (f"{result.get('name')}: {where} {three}{parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
+            f"{fmt_threshold(result['threshold'], 3)} ({result['threshold_policy']})"
+            + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), outside the "
+               "numbers above (metrics.json: not_assessed)" if withheld and where != "test" else "")
+            + (f"\nwarning: {warning}" if warning else ""))

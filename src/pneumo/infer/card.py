@@ -79,9 +79,9 @@ def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})
+        source = (op.get("derived_from") or {}).get("model")  # version 1 is the run's own: derived from nothing
         facts.append(f"- operating point v{op.get('version')}: chosen on {chosen.get('n')} images of "
-                     f"{chosen.get('kind')} ({op.get('created')}), derived from "
-                     f"{(op.get('derived_from') or {}).get('model')}")
+                     f"{chosen.get('kind')} ({op.get('created')})" + (f", derived from {source}" if source else ""))
     if meta.get("adaptation"):
         site = meta["adaptation"].get("site") or {}
         facts.append(f"- adapted on {site.get('n_images')} images of {site.get('n_patients')} patients "
