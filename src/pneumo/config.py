@@ -347,8 +347,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value (quote text: key='...')") from None
         if dotted in REMOVED_DEFAULTS and value != REMOVED_DEFAULTS[dotted]:
-            raise ConfigError(f"{dotted} left the product with the study: run it from the commit BENCHMARKS.md records "
-                              "for its row")
+            raise ConfigError(f"{dotted} left the product with the study: run it from its row's commit (BENCHMARKS.md)")
         node, *parents, key = [values, *dotted.split(".")]
         for part in parents:
             node = node.setdefault(part, {})
