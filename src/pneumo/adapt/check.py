@@ -286,20 +286,27 @@ def verdict(ood: dict | None, positive: dict, site_props: dict, ref_props: dict 
     return {"shifted": bool(reasons), "reasons": reasons, "notes": notes}
 
 
+def _excess(k: int, n: int, p0: float) -> float | None:
+    """The one-sided p-value of k of n against p0 when the excess share is also large enough (a reason), else None."""
+    if not n or k / n - p0 < MIN_GATE_EXCESS:
+        return None
+    p = share_test(k, n, p0, "greater")
+    return p if p < ALPHA else None
+
+
 def _property_reasons(site: dict, ref: dict | None) -> list[str]:
     reasons = []
     n = site["n_decoded"]
-    p0 = max(ref["share_refused_by_gate"] if ref else 0.0, 0.01)
-    k = site["n_refused_by_gate"]
-    if n and share_test(k, n, p0, "greater") < ALPHA and k / n - p0 >= MIN_GATE_EXCESS:
+    k, p0 = site["n_refused_by_gate"], max(ref["share_refused_by_gate"] if ref else 0.0, 0.01)
+    if (p := _excess(k, n, p0)) is not None:
         reasons.append(f"{k} of {n} decoded images ({_pct(k / n)}) do not look like chest radiographs to the input "
-                       f"gate ({_p(share_test(k, n, p0, 'greater'))}).")
-    n, k = site["n_scored"], site["n_turned"]
+                       f"gate ({_p(p)}).")
+    scored, turned = site["n_scored"], site["n_turned"]
     p0 = max(ref["share_turned"] if ref and ref["n_scored"] else 0.0, 0.01)
-    if n and share_test(k, n, p0, "greater") < ALPHA and k / n - p0 >= MIN_GATE_EXCESS:
-        reasons.append(f"The orientation check refuses {k} of {n} scored images ({_pct(k / n)}: turned, flipped or "
-                       f"inverted?), where at most {_pct(p0)} are expected ({_p(share_test(k, n, p0, 'greater'))}); "
-                       "pneumo predict gives them no verdict.")
+    if (p := _excess(turned, scored, p0)) is not None:
+        reasons.append(f"The orientation check refuses {turned} of {scored} scored images ({_pct(turned / scored)}: "
+                       f"turned, flipped or inverted?), where at most {_pct(p0)} are expected ({_p(p)}); pneumo "
+                       "predict gives them no verdict.")
     if ref and n and ref.get("n_decoded") and "n_border_brighter" in site and "n_border_brighter" in ref:
         diff = site["share_border_brighter"] - ref["share_border_brighter"]
         p = fisher_test(site["n_border_brighter"], n, ref["n_border_brighter"], ref["n_decoded"])

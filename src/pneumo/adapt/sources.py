@@ -18,7 +18,7 @@ import pandas as pd
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
 from pneumo.errors import DataError, InputError, PneumoError
-from pneumo.evaluate.labelled import listed_file, listed_twice, read_table
+from pneumo.evaluate.labelled import listed_file, read_table, refuse_listed_twice
 from pneumo.infer.batch import expand_inputs
 from pneumo.models.sidecar import CheckpointMeta
 
@@ -203,9 +203,7 @@ def site_items(data: str | os.PathLike) -> list[tuple[str, Callable[[], bytes]]]
         if len(blank):  # a row without its image: named, as evaluate and adapt name it
             raise DataError(f"{source}:{blank[0]}: no path")
         files = [listed_file(source, text) for text in table[column]]
-        twice = listed_twice([str(f) for f in files])
-        if twice:  # it would be scored twice: the shares count each image once
-            raise DataError(f"{data}: {len(twice)} file(s) listed more than once (e.g. {twice[0]}): list each once")
+        refuse_listed_twice(data, [str(f) for f in files])
     else:
         try:
             files = expand_inputs([str(source)])

@@ -149,8 +149,8 @@ def _probe(data: bytes) -> tuple[int, int]:
 
 
 def _candidates(source: DatasetSource, skipped: list[str]) -> Iterator[tuple[str, str, str]]:
-    """``split/CLASS/file`` entries; an image-named file elsewhere under a split folder (another class such as
-    ``COVID/``, a subfolder of a class) goes to ``skipped`` with the reason, not silence."""
+    """``split/CLASS/file`` entries with an image name; another name there, and an image-named file elsewhere under a
+    split folder (another class such as ``COVID/``, a subfolder of a class), go to ``skipped`` with the reason."""
     for rel in source.files():
         parts = PurePosixPath(rel).parts
         if len(parts) < 3 or parts[0].lower() not in SPLITS:
@@ -162,6 +162,8 @@ def _candidates(source: DatasetSource, skipped: list[str]) -> Iterator[tuple[str
         elif len(parts) > 3:
             if name_reason(parts[-1]) is None:
                 skipped.append(f"{rel} (in a subfolder of {parts[1]}/: images sit directly in the class folder)")
+        elif (reason := name_reason(parts[-1])) is not None:
+            skipped.append(f"{rel} ({reason})")
         else:
             yield rel, split, label
 
@@ -191,10 +193,6 @@ def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
     source = DatasetSource(resolve_root(root))
     rows, skipped = [], []
     for rel, split, label in _candidates(source, skipped):
-        reason = name_reason(PurePosixPath(rel).name)
-        if reason is not None:
-            skipped.append(f"{rel} ({reason})")
-            continue
         try:
             data = source.read(rel)
             width, height = _probe(data)

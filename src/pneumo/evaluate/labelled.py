@@ -52,9 +52,8 @@ def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, st
     if missing:
         where = f" (a CSV's paths are read relative to its folder, {path.parent.absolute()})" if path.is_file() else ""
         raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]}{where}")
-    twice = listed_twice(table["path"].tolist()) if path.is_file() else []
-    if twice:  # it would be scored (and trained on) as two images, with two labels if they disagree
-        raise DataError(f"{source}: {len(twice)} file(s) listed more than once (e.g. {twice[0]}): list each once")
+    if path.is_file():
+        refuse_listed_twice(source, table["path"].tolist())
     if table["label"].nunique() < 2:
         raise DataError(f"{source} holds only {table['label'].iloc[0]} images: external validation needs both "
                         "NORMAL and PNEUMONIA")
@@ -101,8 +100,13 @@ def listed_file(csv: Path, text: str) -> Path:
     return (file if file.is_absolute() else csv.parent / file).absolute()
 
 
-def listed_twice(paths: list[str]) -> list[str]:
-    """The paths that name a file listed before (the same file under another spelling, ``x/../x``, or a link)."""
+def refuse_listed_twice(where: str | os.PathLike, paths: list[str]) -> None:
+    """A file listed twice (under another spelling, ``x/../x``, or a link) would be scored, or trained on, as two
+    images, with two labels if they disagree.
+
+    Raises:
+        DataError: naming the first such path.
+    """
     seen: set[str] = set()
     twice = []
     for path in paths:
@@ -110,7 +114,8 @@ def listed_twice(paths: list[str]) -> list[str]:
         if real in seen:
             twice.append(path)
         seen.add(real)
-    return twice
+    if twice:
+        raise DataError(f"{where}: {len(twice)} file(s) listed more than once (e.g. {twice[0]}): list each once")
 
 
 def _from_csv(csv: Path) -> pd.DataFrame:
