@@ -205,6 +205,9 @@ def test_the_service_tells_no_folder_when_a_model_fails_or_in_a_derived_models_c
     secret = tmp_path / "hospital-secret-folder"
     with TestClient(create_app(ServeConfig(), None, model=str(secret / "nonexist"), backend="torch"),
                     raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 10  # the model loads in the background: wait for its failure, as above
+        while "failed" not in client.get("/readyz").text and time.monotonic() < deadline:
+            time.sleep(0.02)
         body = client.get("/readyz")
         assert body.status_code == 503 and "model not found: nonexist" in body.text and str(secret) not in body.text
     site = secret / "site"
