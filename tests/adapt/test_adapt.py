@@ -193,6 +193,27 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     assert row["label"] == ("PNEUMONIA" if row["p_pneumonia"] >= threshold else "NORMAL")
 
 
+def test_a_new_operating_point_of_an_adapted_model_says_where_its_threshold_and_temperature_came_from(
+        adapted: dict, site_csv: Path, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`pneumo operating-point --data` on an adapted model: the threshold comes from the images it names, the
+    temperature stays the adaptation's (fitted on its cross-fitted scores; the report said "val"). Without --data
+    there is no val fold to choose on: one line that says so (it asked for the --dataset it had been given)."""
+    derived = tmp_path / "site"
+    assert main(["operating-point", "--model", str(adapted["out"]), "--threshold-policy", "youden",
+                 "--data", str(site_csv), "--out", str(derived)]) == 0
+    chosen = json.loads((derived / "model.json").read_text())["operating_point"]["chosen_on"]
+    assert main(["evaluate", "--model", str(derived), "--data", str(site_csv), "--out", str(tmp_path / "v"),
+                 "--no-analysis", "--bootstrap", "0"]) == 0
+    result = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert result["threshold_chosen_on"] == f"{chosen['n']} images of a labelled CSV (pneumo operating-point)"
+    assert result["temperature_fitted_on"] == "the adaptation's cross-fitted scores"
+    capsys.readouterr()
+    assert main(["operating-point", "--model", str(adapted["out"]), "--threshold-policy", "youden",
+                 "--dataset", str(data_slice), "--out", str(tmp_path / "val")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is an adapted model: it has no val fold of its own" in err and "--data" in err
+
+
 def test_the_source_models_row_counts_the_images_evaluate_counts(adapted: dict, site_csv: Path,
                                                                    tmp_path: Path) -> None:
     """The source model's "before" row at its stored threshold leaves out the images it gives no verdict (out of

@@ -89,8 +89,9 @@ def test_flipped_byte_in_the_weights_stops_serve_before_it_listens(model: Path, 
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
     _flip_byte(model.with_suffix(".safetensors"), at=100)
-    assert main(["serve", "--model", str(model)]) == 2
-    _one_line_refusal(capsys.readouterr().err)
+    for workers in ("1", "2"):  # with workers, each loaded the model and the service stayed up answering 503
+        assert main(["serve", "--model", str(model), "--workers", workers]) == 2
+        _one_line_refusal(capsys.readouterr().err)
 
 
 def test_flipped_byte_in_the_cached_export_keeps_the_service_not_ready(model: Path, cache_dir: Path) -> None:

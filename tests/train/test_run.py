@@ -103,6 +103,27 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
     result = evaluate_run(run_dir, analysis=False)
     assert result["classes"] == ["normal", "bacteria", "virus"]
     assert "bacteria_vs_virus" in json.dumps(result["test"]["multiclass"])
+    frames = {"official": pd.read_csv(run_dir / "predictions.csv")}
+    # the same images as labelled data: evaluate --data writes the same class columns (it wrote only p_pneumonia)
+    out = tmp_path / "external"
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(data_slice / "test"), "--out", str(out)]) == 0
+    frames["external"] = pd.read_csv(out / "predictions.csv")
+    for frame in frames.values():
+        probs = frame[["p_normal", "p_bacteria", "p_virus"]].to_numpy()
+        assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
+        assert frame["p_calibrated"].to_numpy() == pytest.approx(1.0 - frame["p_normal"].to_numpy(), abs=1e-5)
+    # a hospital's NORMAL/PNEUMONIA labels set a 3-class model's operating point (it asked for bacteria/virus names)
+    site = tmp_path / "site"
+    images = sorted((data_slice / "test").rglob("*.jpeg"))
+    for i, path in enumerate(images):
+        (site / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, site / path.parent.name / f"img{i}.jpeg")
+    local = tmp_path / "local"
+    assert main(["operating-point", "--model", str(run_dir), "--threshold-policy", "youden", "--data", str(site),
+                 "--out", str(local)]) == 0
+    chosen = json.loads((local / "model.json").read_text())["operating_point"]["chosen_on"]
+    assert chosen["n"] + chosen["n_not_assessed"] == len(images)
+    assert 0 < chosen["n_pneumonia"] <= len(list(site.glob("PNEUMONIA/*"))) and chosen["n_pneumonia"] < chosen["n"]
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pneumo.infer.predictor import Predictor, read_meta, resolve_model
+    from pneumo.infer.predictor import Predictor
     from pneumo.serve.app import create_app
     from pneumo.serve.limits import configure_header_timeout
 
@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                "limit_concurrency": args.limit_concurrency,
                "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
     if args.workers > 1:
-        read_meta(resolve_model(args.model))  # a missing model or a bad sidecar fails here, not in every worker
+        # a missing model, a bad sidecar or weights that are not the recorded ones fail here, once: in the workers
+        # they left a service up that answered 503 to everything
+        Predictor(args.model, backend=args.backend, threads=1)
         if config.api_key:
             os.environ["PNEUMO_API_KEY"] = config.api_key
         settings = {**config.model_dump(), "api_key": None, "model": args.model, "backend": args.backend,

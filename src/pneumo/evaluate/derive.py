@@ -58,7 +58,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                          "PyTorch weights; give the model the export was made from")
     if val is not None:
         rows, not_read = find_labelled(val)
-        y, logits, table, unreadable, _, predictions = score_labelled([predictor], val, table=rows)
+        y, logits, table, unreadable, _, predictions = score_labelled([predictor], val, table=rows, binary=True)
         _, checks = withheld(predictor, predictions)  # chosen on the images the model gives a verdict, as predict does
         keep = ~checks["flags"] if checks else np.ones(len(y), dtype=bool)
         if not keep.any():
@@ -72,6 +72,10 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                  "n_left_out": len(left_out), "left_out": dict(list(left_out.items())[:MAX_LISTED])}
     else:
         got = val_scores([predictor], data=data)
+        if got is None and predictor.meta.extra.get("adaptation"):
+            raise DataError(f"{sidecar.parent} is an adapted model: it has no val fold of its own; choose its operating "
+                            "point on labelled images of its site with --data FOLDER|CSV (other patients than the ones "
+                            "it was adapted on)")
         if got is None:
             raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --data FOLDER "
                             "or --dataset DIR")

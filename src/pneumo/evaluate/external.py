@@ -78,12 +78,11 @@ def stored_origin(spec: ModelSpec) -> tuple[str, str]:
     fold, a labelled set (`pneumo operating-point --data`; the temperature stays its source's) or an adaptation's
     cross-fitted scores."""
     extra = spec.predictors[0].meta.extra if len(spec.predictors) == 1 else {}
+    fitted_on = "the adaptation's cross-fitted scores" if extra.get("adaptation") else "val"
     chosen = (extra.get("operating_point") or {}).get("chosen_on") or {}
     if chosen.get("kind") in ("labelled CSV", "labelled folder"):
-        return f"{chosen.get('n')} images of a {chosen['kind']} (pneumo operating-point)", "val"
-    if extra.get("adaptation"):
-        return "the adaptation's cross-fitted scores", "the adaptation's cross-fitted scores"
-    return "val", "val"
+        return f"{chosen.get('n')} images of a {chosen['kind']} (pneumo operating-point)", fitted_on
+    return fitted_on, fitted_on
 
 
 def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
@@ -212,7 +211,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     write_predictions(out, {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
                             **({"ood_score": ood_scores} if ood_scores is not None else {}),
                             "assessed": assessed.astype(int)}, logits_all,
-                      temperature=result["temperature"], threshold=result["threshold"], assessed=assessed)
+                      temperature=result["temperature"], threshold=result["threshold"], class_columns=classes,
+                      assessed=assessed)
     extra = [_data_section(result), operating_points_section(result), *_subgroups_section(result),
              _errors_section(out, table, y, p, result)]
     if analysis and spec.predictors[0].torch_model is None:

@@ -113,11 +113,12 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
 
 
 def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool = False,
-                   table: pd.DataFrame | None = None):
+                   table: pd.DataFrame | None = None, binary: bool = False):
     """Decode and score every labelled image (of ``table`` when given: `find_labelled` of ``data``). Returns ``(y,
     logits, table, errors, images, predictions)``: class indices for the model's task, the (ensemble) logits, the
     readable rows, ``{path: error}`` for the unreadable or refused ones, the first member's preprocessed uint8 images
-    (for Grad-CAM) and its `Prediction`s from the same model call (its OOD and orientation verdicts: `withheld`)."""
+    (for Grad-CAM) and its `Prediction`s from the same model call (its OOD and orientation verdicts: `withheld`).
+    ``binary``: normal/pneumonia indices whatever the model's task (an operating point needs no subtypes)."""
     from tqdm import tqdm
 
     from pneumo.data.decode import load_image_file
@@ -145,7 +146,8 @@ def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool 
     logits = log_mean_probability([np.concatenate([z for z, _ in first])] + [
         np.concatenate([p.logits(s[i:i + BATCH]) for i in range(0, len(s), BATCH)])
         for p, s in zip(predictors[1:], stacks[1:], strict=True)])
-    return _class_indices(table, predictors[0].classes), logits, table, errors, stacks[0], predictions
+    y = (table["label"] == "PNEUMONIA").to_numpy(np.int64) if binary else _class_indices(table, predictors[0].classes)
+    return y, logits, table, errors, stacks[0], predictions
 
 
 def _class_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
