@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pneumo import atomic
 from pneumo.data.decode import load_image
-from pneumo.data.manifest import DatasetSource, resolve_root
+from pneumo.data.manifest import DatasetSource, default_cache_dir, resolve_root
 from pneumo.data.preprocess import prepare
 from pneumo.errors import DataError
 
@@ -48,10 +48,6 @@ class ImageCache:
         if missing:
             raise DataError(f"{len(missing)} image(s) are not in the cache, e.g. {missing[0]}; rebuild it")
         return np.fromiter((position[p] for p in df["path"]), dtype=np.int64, count=len(df))
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("PNEUMO_CACHE") or Path.home() / ".cache" / "pneumo")
 
 
 def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, markers: str = "none",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from PIL import Image
 
+from pneumo import __version__, atomic
 from pneumo.data.decode import is_dicom, load_image
 from pneumo.data.files import name_reason
 from pneumo.errors import DataError, InputError
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 PROBE_SIZE = 32  # the scan decodes each image as for a model of this size (JPEGs at 1/8 scale: cheap)
+SCAN_VERSION = 1  # of what a stored scan holds; a new one (or a new pneumo version) scans again
 COLUMNS = ["path", "split", "label", "subtype", "patient_key", "sha256", "width", "height", "source_kind", "dup_group"]
 _NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)", re.IGNORECASE)
 _PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
@@ -37,6 +40,10 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
     if not path.exists():
         raise DataError(f"dataset not found: {path}")
     return path
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PNEUMO_CACHE") or Path.home() / ".cache" / "pneumo")
 
 
 def _walk_once(base: Path):
@@ -104,6 +111,19 @@ class DatasetSource:
         if self.is_zip:
             return self._archive().read(full)
         return (self.location / full).read_bytes()
+
+    def stamp(self, rel: str) -> str:
+        """What identifies a file's version without reading it: size and CRC of a zip member, size and modification
+        time (ns) of a file ("missing" for a dangling link)."""
+        full = f"{self.prefix}/{rel}" if self.prefix else rel
+        if self.is_zip:
+            info = self._archive().getinfo(full)
+            return f"{info.file_size}:{info.CRC}"
+        try:
+            st = (self.location / full).stat()
+        except OSError:
+            return "missing"
+        return f"{st.st_size}:{st.st_mtime_ns}"
 
     def __getstate__(self) -> dict:  # picklable for worker processes (reopens the zip there)
         state = self.__dict__.copy()
@@ -183,35 +203,30 @@ def _shipped_metadata(source: DatasetSource) -> pd.DataFrame | None:
     return meta.set_index("path")
 
 
-def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
+def scan_dataset(root: str | os.PathLike | None, *, cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """One row per readable image (columns: see ``COLUMNS``).
 
     Images are the files `pneumo predict` reads in a folder (`pneumo.data.files`: JPEG, PNG, DICOM, ...) that its
     decoder accepts; other, unreadable, truncated or refused files are skipped and listed in one warning. A layout
-    without the expected classes or without images is an error.
+    without the expected classes or without images is an error. Reading and hashing every image takes ~10 s for the
+    5,856 of the Kermany set, so the result is kept in ``cache_dir/scans`` (default ``$PNEUMO_CACHE``), keyed by the
+    location, every file's name, size and modification time (a zip member's size and CRC) and the scan's version: a
+    file added, removed or changed scans again.
     """
     source = DatasetSource(resolve_root(root))
-    rows, skipped = [], []
-    for rel, split, label in _candidates(source, skipped):
+    skipped: list[str] = []
+    candidates = list(_candidates(source, skipped))
+    stored = Path(cache_dir or default_cache_dir()) / "scans" / f"{_scan_key(source, candidates)}.json"
+    try:
+        kept = json.loads(stored.read_text(encoding="utf-8"))
+        rows, unreadable = list(kept["rows"]), list(kept["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
+        rows, unreadable = _probe_all(source, candidates)
         try:
-            data = source.read(rel)
-            width, height = _probe(data)
-        except (InputError, OSError, zipfile.BadZipFile) as exc:  # a dangling link, a damaged zip member
-            skipped.append(f"{rel} ({str(exc)[:80]})")
-            continue
-        name = PurePosixPath(rel).name
-        rows.append(
-            {
-                "path": rel,
-                "split": split,
-                "label": label,
-                "subtype": subtype_of(name, label),
-                "patient_key": patient_key(name, label),
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "width": width,
-                "height": height,
-            }
-        )
+            atomic.write_json(stored, {"rows": rows, "skipped": unreadable})
+        except OSError as exc:  # a read-only cache: scan each time
+            log.debug("scan not kept in %s: %s", stored, exc)
+    skipped += unreadable
     if skipped:
         log.warning("skipped %d file(s): %s", len(skipped), "; ".join(skipped[:20]))
     if not rows:
@@ -225,6 +240,31 @@ def scan_dataset(root: str | os.PathLike | None) -> pd.DataFrame:
     df.attrs["skipped"] = skipped
     df.attrs["location"] = str(source.location)
     return df[COLUMNS].reset_index(drop=True)
+
+
+def _scan_key(source: DatasetSource, candidates: list[tuple[str, str, str]]) -> str:
+    digest = hashlib.sha256(f"{SCAN_VERSION}\0{__version__}\0{source.location.resolve()}\0{source.prefix}".encode(
+        "utf-8", "surrogateescape"))
+    for rel, _, _ in candidates:
+        digest.update(f"\0{rel}\0{source.stamp(rel)}".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _probe_all(source: DatasetSource, candidates: list[tuple[str, str, str]]) -> tuple[list[dict], list[str]]:
+    """The rows of the images the decoder reads, and the other candidates with the reason."""
+    rows, skipped = [], []
+    for rel, split, label in candidates:
+        try:
+            data = source.read(rel)
+            width, height = _probe(data)
+        except (InputError, OSError, zipfile.BadZipFile) as exc:  # a dangling link, a damaged zip member
+            skipped.append(f"{rel} ({str(exc)[:80]})")
+            continue
+        name = PurePosixPath(rel).name
+        rows.append({"path": rel, "split": split, "label": label, "subtype": subtype_of(name, label),
+                     "patient_key": patient_key(name, label), "sha256": hashlib.sha256(data).hexdigest(),
+                     "width": width, "height": height})
+    return rows, skipped
 
 
 def _warn_about_identity(df: pd.DataFrame) -> None:

@@ -118,7 +118,7 @@ def take_slice(df: pd.DataFrame, per_group: int, *, seed: int = 0) -> pd.DataFra
 
 def folds_for(cfg: RunConfig) -> pd.DataFrame:
     """The manifest with its train/val/test fold column, as this config defines it."""
-    df = scan_dataset(cfg.data.root)
+    df = scan_dataset(cfg.data.root, cache_dir=cfg.data.cache_dir)
     if cfg.data.limit_per_class:
         df = take_slice(df, cfg.data.limit_per_class, seed=cfg.data.split_seed).reset_index(drop=True)
     folds = assign_folds(df, val_fraction=cfg.data.val_fraction, seed=cfg.data.split_seed)
