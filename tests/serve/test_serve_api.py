@@ -168,6 +168,14 @@ def test_openapi_schema_lists_every_endpoint(client: TestClient) -> None:
     assert {"/api/v1/predict", "/api/v1/model", "/healthz", "/readyz"} <= set(schema["paths"])
     body = schema["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]
     assert body["multipart/form-data"]["schema"]["required"] == ["file"]
+    # what the service does is in the contract: raw image/* and DICOM bodies, the 408 of a slow upload, /readyz's body
+    assert {"application/octet-stream", "application/dicom", "image/*"} <= set(body)
+    assert "408" in schema["paths"]["/api/v1/predict"]["post"]["responses"]
+    ready = schema["paths"]["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    fields = schema["components"]["schemas"][ready.rsplit("/", 1)[-1]]["properties"]
+    assert set(client.get("/readyz").json()) == set(fields) == {"status", "model_id", "backend"}
+    probabilities = schema["components"]["schemas"]["PredictResponse"]["properties"]["probabilities"]
+    assert "calibrated" in probabilities["description"]
 
 
 def test_docs_page_is_served(client: TestClient) -> None:

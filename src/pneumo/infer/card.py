@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
+from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import card_markdown, read_meta, resolve_model, weights_path
 from pneumo.templates import fmt_ci, fmt_threshold
 
@@ -68,11 +69,15 @@ def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
     facts = [f"- file: {sidecar}",
              (f"- architecture: {meta.get('arch', '?')} ({meta.get('mode', '?')}), input {meta.get('input_size')} px "
               f"{meta.get('resize_policy', 'squash')}, intensity {meta.get('intensity', 'none')}"
-              + (f", crop {meta['crop']}" if meta.get("crop", "none") != "none" else "")),
+              + (f", crop {meta['crop']}" if meta.get("crop", "none") != "none" else "")
+              + (f", burnt-in markers {meta['markers']}" if meta.get("markers", "none") != "none" else "")),
              f"- classes: {', '.join(meta.get('classes', []))}"]
     if meta.get("threshold_policy"):
-        facts.append(f"- operating point: threshold {fmt_threshold(meta['threshold'])} on the uncalibrated P(pneumonia), policy "
-                     f"{meta.get('threshold_policy', '?')}; temperature {meta.get('temperature', 1.0):.3f} for the "
+        on_calibrated = threshold_on_calibrated_scale(meta["threshold"], meta.get("temperature", 1.0))
+        calibrated = f" ({fmt_threshold(on_calibrated)} on the calibrated scale)" if len(meta.get("classes", [])) == 2 else ""
+        facts.append(f"- operating point: threshold {fmt_threshold(meta['threshold'])} on the uncalibrated P(pneumonia)"
+                     f"{calibrated}, policy {meta.get('threshold_policy', '?')}; temperature "
+                     f"{meta.get('temperature', 1.0):.3f} for the "
                      "calibrated probability")
     else:
         facts.append("- operating point: none yet (evaluate the run first)")

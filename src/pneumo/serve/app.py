@@ -51,6 +51,7 @@ from pneumo.serve.schemas import (
     UPLOAD_BODY,
     ModelCard,
     PredictResponse,
+    Ready,
 )
 from pneumo.serve.upload import UploadError, read_upload
 
@@ -180,7 +181,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], responses={503: ERRORS[503]})
+    @app.get("/readyz", tags=["health"], response_model=Ready, responses={503: ERRORS[503]})
     async def readyz() -> JSONResponse:
         """The model is loaded and requests can be served (else 503)."""
         if service.predictor is None or service.batcher is None:
@@ -197,7 +198,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
 
     @app.post("/api/v1/predict", tags=["api"], dependencies=auth, response_model=PredictResponse,
               response_model_exclude_none=True, openapi_extra=UPLOAD_BODY,
-              responses={k: ERRORS[k] for k in (400, 401, 413, 415, 422, 501, 503)})
+              responses={k: ERRORS[k] for k in (400, 401, 408, 413, 415, 422, 501, 503)})
     async def predict(request: Request,
                       heatmap: bool = Query(False, description="add a Grad-CAM overlay PNG (base64)"),
                       preview: bool = Query(False, description="add the decoded gray image as PNG (base64)"),

@@ -43,8 +43,9 @@ class PredictResponse(BaseModel):
     assessed: bool = Field(True, description="false: no verdict for this image (reason says why)")
     reason: str | None = None
     threshold_policy: str | None
-    probabilities: dict[str, float]
-    model_id: str
+    probabilities: dict[str, float] = Field(description="calibrated probability of each class (after temperature "
+                                            "scaling): compare p_calibrated, not these, with threshold_calibrated")
+    model_id: str = Field(description="the architecture and the first 12 hex digits of the weights' SHA-256")
     timings_ms: Timings
     ood_score: float | None = Field(None, description="Mahalanobis distance of the image's features to the training "
                                     "features (absent when the model has no OOD statistics)")
@@ -68,12 +69,19 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class Ready(BaseModel):
+    status: str = Field(description="'ready'")
+    model_id: str
+    backend: str = Field(description="'onnx' or 'torch'")
+
+
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                        "properties": {"file": {"type": "string", "format": "binary"}}}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    **{kind: {"schema": {"type": "string", "format": "binary"}}  # the raw bytes (curl --data-binary)
+       for kind in ("application/octet-stream", "application/dicom", "image/*")},
 }}}
 ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
     (400, "malformed request body"), (401, "missing or wrong API key"), (413, "upload too large"),
-    (408, "the upload took too long"), (415, "unsupported content type"), (422, "not an acceptable image"),
+    (408, "the upload took too long"), (415, "unsupported content type"), (422, "not an acceptable image, or no file in the field 'file'"),
     (501, "heat maps unavailable"), (503, "model not loaded, or busy (then with Retry-After)"))}
