@@ -74,3 +74,29 @@ def test_nan_rescale_slope_is_refused() -> None:
         warnings.simplefilter("ignore")  # pydicom warns that NaN is not a valid DS while writing the test file
         data = dicom_bytes(STORED, bits_stored=12, RescaleSlope="NaN", RescaleIntercept="0")
     assert "not a finite number" in _refused(data)
+
+
+@pytest.mark.parametrize("entries", [256, 4096])
+def test_a_voi_lut_with_8_bit_entries_shows_the_image_at_any_length(entries: int) -> None:
+    """pydicom indexes an 8-bit-entry VOI LUT in uint8: a 4096-entry LUT (12-bit data) wrapped around and the film
+    came out as noise (up to 240 grey levels off, then refused as "rotated"). A linear LUT shows the stored image."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = STORED if entries == 4096 else (STORED // 16)  # 12-bit 0..4080, or 8-bit values in 16-bit words
+    item = Dataset()
+    item.LUTDescriptor = [entries, 0, 8]
+    item.LUTData = [i * 255 // (entries - 1) for i in range(entries)]
+    item["LUTData"].VR = "US"
+    gray = _decode_strictly(dicom_bytes(stored, bits_stored=12 if entries == 4096 else 8,
+                                        VOILUTSequence=Sequence([item])))
+    expected = np.round(stored.astype(np.float64) * 255 / (entries - 1))
+    assert np.abs(gray.astype(np.float64) - expected).max() <= 1.0
+
+
+@pytest.mark.parametrize("view", ["LL", "RL", "LATERAL"])
+def test_a_lateral_film_is_refused_in_one_line_and_a_frontal_one_is_read(view: str) -> None:
+    message = _refused(dicom_bytes(STORED, bits_stored=12, ViewPosition=view))
+    assert f"lateral film (ViewPosition {view})" in message and "\n" not in message
+    for frontal in ("PA", "AP", ""):
+        assert _decode_strictly(dicom_bytes(STORED, bits_stored=12, ViewPosition=frontal)).shape == STORED.shape

@@ -37,7 +37,9 @@ def hospital(full_data: Path, tmp_path: Path) -> Path:
 
 
 def test_evaluate_and_predict_find_the_same_files(hospital: Path) -> None:
+    shutil.copyfile(hospital / "NORMAL" / "IM00000", hospital / "NORMAL" / "IM00001.IMA")  # Siemens PACS: read too
     table, left_out = find_labelled(hospital)
+    assert str(hospital / "NORMAL" / "IM00001.IMA") in set(table["path"])
     predicted = {str(p.absolute()) for p in find_inputs([str(hospital)]).files}
     assert set(table["path"]) | {str(hospital / "README.jpeg")} == predicted
     assert str(hospital / "NORMAL" / "IM00000") in set(table["path"])

@@ -2,9 +2,9 @@
 
 Modality LUT (rescale slope/intercept or LUT), then the VOI window (the first window centre/width, else the VOI LUT)
 mapped over the window's full output range to 0..255; MONOCHROME1 is inverted; RGB/YBR become luma. Only the tags
-needed for the pixels are read, so patient data is never parsed, logged or put in a message. Numbers that cannot be
-pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored and
-the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
+needed for the pixels (and ViewPosition: a lateral film is refused) are read, so patient data is never parsed, logged
+or put in a message. Numbers that cannot be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an
+unusable window (width 0, NaN) is ignored and the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ _DICOM_TAGS = (
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
     "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
     "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+    "ViewPosition",
 )
+# a lateral film (PS3.3 C.8.11.5: ViewPosition LL/RL, or the legacy LATERAL): the model reads frontal (PA/AP) films
+LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
 _PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
 _LUMA = np.array([0.299, 0.587, 0.114])
 Rows = Callable[[int, int], np.ndarray]
@@ -47,6 +50,9 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     keyword = next((k for k in _PIXEL_BITS if k in ds), None)
     if keyword is None:
         raise InputError("DICOM file has no pixel data (a report or presentation state?)")
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view in LATERAL_VIEWS:
+        raise InputError(f"a lateral film (ViewPosition {view}): the model reads frontal (PA or AP) chest films")
     frames = _dicom_int(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise InputError(f"multi-frame DICOM is not supported ({frames} frames): pick one frame")
@@ -66,6 +72,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     if photometric == "PALETTE COLOR":
         raise InputError("PALETTE COLOR DICOM is not supported")
     _check_rescale(ds)
+    _widen_8bit_voi_lut(ds)
     pixels = ds.pixel_array
     try:
         with np.errstate(over="raise", invalid="raise", divide="raise"):
@@ -116,6 +123,16 @@ def _display(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
     if found is None:
         return np.zeros((height, width), dtype=np.uint8)
     return scale_strips(height, width, modality, *found)
+
+
+def _widen_8bit_voi_lut(ds: Dataset) -> None:
+    """pydicom (3.0) indexes a VOI LUT whose entries are 8 bits wide in uint8, so a LUT of more than 256 entries
+    wraps around and shows noise (a [4096, 0, 8] LUT was up to 240 grey levels off). The entries (0..255) read the
+    same as 16-bit ones, so this file's own parsed descriptor is widened to 16 bits before the lookup."""
+    for item in ds.get("VOILUTSequence") or []:
+        descriptor = item.get("LUTDescriptor")
+        if descriptor is not None and len(descriptor) == 3 and int(descriptor[2]) == 8:
+            item.LUTDescriptor = [descriptor[0], descriptor[1], 16]
 
 
 def _usable_voi(ds: Dataset) -> bool:

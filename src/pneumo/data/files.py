@@ -16,7 +16,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+# .ima: Siemens PACS exports DICOM under it (the format is sniffed from the bytes whatever the name)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".ima", ".bmp", ".tif", ".tiff", ".webp",
+                            ".gif"})
 
 
 @dataclass
