@@ -375,3 +375,30 @@ def test_the_cli_passes_the_error_gallery_in_unless_told_not_to(run_dir: Path, t
         assert main(["evaluate", "--model", str(run_dir), "--data", str(two_folders[0]), "--out", str(out),
                      "--bootstrap", "0", *flags]) == 0
         assert ("Most confident errors (Grad-CAM)" in (out / "report.html").read_text()) == (not flags)
+
+
+def test_a_csv_patient_id_makes_every_interval_draw_whole_patients(run_dir: Path, two_folders: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    """`pneumo adapt` resamples whole patients and `pneumo evaluate` of the same CSV resampled images: the same
+    images got two different ROC-AUC intervals. Each interval of evaluate now draws the CSV's patients."""
+    from pneumo.evaluate.metrics import bootstrap_cis
+
+    folder = pd.concat([labelled_images(two_folders[0]), labelled_images(two_folders[1])], ignore_index=True)
+    csv = tmp_path / "labels.csv"
+    patient = [f"P{i // 3}" for i in range(len(folder))]  # three films a patient
+    pd.DataFrame({"path": folder["path"], "label": folder["label"], "patient_id": patient,
+                  "view": "AP"}).to_csv(csv, index=False)
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(csv), "--out", str(tmp_path / "c"),
+                 "--bootstrap", "200", "--no-analysis", "--by", "view"]) == 0
+    result = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    preds = pd.read_csv(tmp_path / "c" / "predictions.csv").merge(pd.read_csv(csv)[["path", "patient_id"]], on="path")
+    judged = preds[preds["assessed"] == 1]
+    y, p = (judged["label"] == "PNEUMONIA").to_numpy(int), judged["p_pneumonia"].to_numpy()
+    by_patient = bootstrap_cis(y, p, result["threshold"], n_resamples=200, seed=0, groups=judged["patient_id"].to_numpy())
+    by_image = bootstrap_cis(y, p, result["threshold"], n_resamples=200, seed=0)
+    assert by_patient["f1"] != by_image["f1"]  # (proportions have exact intervals: F1 is bootstrapped)
+    for got in (result["test"]["ci"], result["subgroups"]["view"]["AP"]["ci"],
+                result["operating_points"][result["threshold_policy"]]["ci"]):
+        assert got["f1"] == pytest.approx(by_patient["f1"])
+    assert result["bootstrap"]["resamples"] == "whole patients (the CSV's patient_id)"
+    assert "drawn as whole patients" in (tmp_path / "c" / "report.html").read_text()

@@ -35,8 +35,10 @@ from pneumo.policy import parse_policy
 log = logging.getLogger(__name__)
 Gallery = Callable[..., tuple[str, str]]  # (out, torch model, images, y, p, threshold, *, subtypes, members) -> section
 def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
-            subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int) -> dict:
-    """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting)."""
+            subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int,
+            groups: np.ndarray | None = None) -> dict:
+    """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting); ``groups``
+    (a CSV's patient_id) makes the bootstrap draw whole patients."""
     probs = apply_temperature(logits, 1.0)
     calibrated = apply_temperature(logits, temperature)
     p = pneumonia_probability(probs)
@@ -44,7 +46,8 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
     metrics = binary_metrics(yb, p, threshold)
     before, after = reliability_data(probs, y, ece_bins), reliability_data(calibrated, y, ece_bins)
     out = {"n": int(y.size), "metrics": metrics,
-           "ci": bootstrap_cis(yb, p, threshold, n_resamples=n_bootstrap, seed=seed) if n_bootstrap else {},
+           "ci": bootstrap_cis(yb, p, threshold, n_resamples=n_bootstrap, seed=seed, groups=groups)
+           if n_bootstrap else {},
            "confusion_matrix": [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]],
            "ece_before": before["ece"], "ece_after": after["ece"], "nll_before": nll(logits, y),
            "nll_after": nll(logits, y, temperature), "reliability": {"before": before, "after": after},
@@ -142,7 +145,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
                 "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ece_bins}
-    test = measure(y, logits, subtypes=table["subtype"].tolist(), **measured)
+    test = measure(y, logits, subtypes=table["subtype"].tolist(), groups=patients(table), **measured)
     p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
     chosen_on, fitted_on = stored_origin(spec)
@@ -150,7 +153,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "threshold_policy": spec.policy, "threshold_chosen_on": chosen_on, "temperature": spec.temperature,
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
-                                  "method": CI_METHOD}, "ece_bins": int(ece_bins)}
+                                  "method": CI_METHOD, "resamples": "images" if patients(table) is None else
+                                  "whole patients (the CSV's patient_id)"}, "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:
         y_val, z_val, _, where = val
@@ -163,12 +167,14 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                          "nll_before": nll(z_val, y_val), "nll_after": nll(z_val, y_val, spec.temperature),
                          "source": where}
         result["operating_points"] = operating_points(yb_val, pv, yb, p, report_policies, n_bootstrap=n_bootstrap,
-                                                      seed=seed, fixed={spec.policy: spec.threshold})
+                                                      seed=seed, fixed={spec.policy: spec.threshold},
+                                                      groups=patients(table))
     elif adapted := adapted_points(spec):  # an adapted model: its policies were chosen on the cross-fitted scores
         result["val"] = {"n": 0}
         fixed = {policy: point["threshold"] for policy, point in adapted.items()} | {spec.policy: spec.threshold}
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, list(fixed),
-                                                      n_bootstrap=n_bootstrap, seed=seed, fixed=fixed)
+                                                      n_bootstrap=n_bootstrap, seed=seed, fixed=fixed,
+                                                      groups=patients(table))
         for policy, point in result["operating_points"].items():
             if policy in adapted and adapted[policy]["threshold"] == point["threshold"]:  # where it was chosen
                 point["val_sensitivity"] = adapted[policy].get("sensitivity")
@@ -180,12 +186,13 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["val"] = {"n": 0}
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, [spec.policy],
                                                       n_bootstrap=n_bootstrap, seed=seed,
-                                                      fixed={spec.policy: spec.threshold})
+                                                      fixed={spec.policy: spec.threshold}, groups=patients(table))
         result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
                                            "rebuilt here (pass --dataset DIR)")
         log.warning("only the stored operating point is reported: %s", result["operating_points_note"])
     if by:
-        result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed)
+        result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed,
+                                        groups=patients(table))
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": errors, "n_not_read": len(not_read), "not_read": not_read,
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
@@ -201,7 +208,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if (~assessed).any():  # the same measures on the other set: every readable image, or only the assessed ones
         other = assessed if official else np.ones(len(y_all), dtype=bool)
         result["test_assessed" if official else "test_all"] = measure(
-            y_all[other], logits_all[other], subtypes=table_all["subtype"][other].tolist(), **measured)
+            y_all[other], logits_all[other], subtypes=table_all["subtype"][other].tolist(),
+            groups=None if patients(table_all) is None else patients(table_all)[other], **measured)
     result.update(name=spec.name, model=spec.location, members=spec.members or None,
                   eval_seconds=round(time.perf_counter() - start, 1))
     from pneumo.evaluate.report import to_jsonable, write_evaluation_report, write_predictions
@@ -243,8 +251,17 @@ def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathL
             f" (its other columns: {', '.join(have)})" if have else " (subgroups need a CSV with that column)"))
 
 
+def patients(table: pd.DataFrame) -> np.ndarray | None:
+    """The patient of each image where the CSV names it (its ``patient_id`` column; a blank is its own patient), for
+    bootstrap intervals that draw whole patients; None for a folder or a CSV without the column."""
+    if "patient_id" not in table.columns:
+        return None
+    ids = table["patient_id"].astype(str).to_numpy()
+    return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)
+
+
 def subgroups(table: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, by: tuple[str, ...], *,
-              n_bootstrap: int, seed: int) -> dict[str, dict[str, dict]]:
+              n_bootstrap: int, seed: int, groups: np.ndarray | None = None) -> dict[str, dict[str, dict]]:
     """{column: {value: {n, n_pos, metrics, ci}}} for the images of each value (blank: ``(blank)``), at the stored
     threshold, with the same intervals as the headline: a model that ranks well overall can rank poorly within a
     view, and the reverse when a column is confounded with the label."""
@@ -256,7 +273,8 @@ def subgroups(table: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: floa
             rows = values == value
             out[column][value] = {"n": int(rows.sum()), "n_pos": int(y[rows].sum()),
                                   "metrics": binary_metrics(y[rows], p[rows], threshold),
-                                  "ci": bootstrap_cis(y[rows], p[rows], threshold, n_resamples=n_bootstrap, seed=seed)
+                                  "ci": bootstrap_cis(y[rows], p[rows], threshold, n_resamples=n_bootstrap, seed=seed,
+                                                      groups=None if groups is None else groups[rows])
                                   if n_bootstrap else {}}
     return out
 

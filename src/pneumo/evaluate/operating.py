@@ -32,9 +32,10 @@ def policies_to_report(headline: str | None, extra: Iterable[str] = ()) -> list[
 
 def operating_points(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
                      policies: Sequence[str], *, n_bootstrap: int, seed: int,
-                     fixed: dict[str, float] | None = None) -> dict[str, dict]:
+                     fixed: dict[str, float] | None = None, groups: np.ndarray | None = None) -> dict[str, dict]:
     """``{policy: {threshold, val_sensitivity, val_specificity, <test metrics>, ci}}``; thresholds chosen on val
-    (binary labels, P(pneumonia)); ``fixed`` maps a policy to a stored threshold used as is (no refit)."""
+    (binary labels, P(pneumonia)); ``fixed`` maps a policy to a stored threshold used as is (no refit); ``groups``
+    (the patient of each test image) makes the bootstrap draw whole patients."""
     out = {}
     for policy in policies:
         threshold = (fixed or {}).get(policy)
@@ -42,7 +43,8 @@ def operating_points(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p
             threshold = choose_threshold(y_val, p_val, policy)
         val = binary_metrics(y_val, p_val, threshold) if len(y_val) else {}
         test = binary_metrics(y_test, p_test, threshold)
-        ci = bootstrap_cis(y_test, p_test, threshold, n_resamples=n_bootstrap, seed=seed) if n_bootstrap else {}
+        ci = bootstrap_cis(y_test, p_test, threshold, n_resamples=n_bootstrap, seed=seed,
+                           groups=groups) if n_bootstrap else {}
         out[policy] = {"threshold": float(threshold), "val_sensitivity": val.get("sensitivity"),
                        "val_specificity": val.get("specificity"),
                        **{k: test[k] for k in (*SHOWN, "tp", "fp", "tn", "fn")},

@@ -253,8 +253,9 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     note = (f"<p>Threshold {escape(fmt_threshold(result['threshold'], 3))} chosen on "
             f"{escape('the validation split' if chosen == 'val' else chosen)} by policy "
             f"<code>{escape(result['threshold_policy'])}</code>; 95 % CIs: {escape(boot.get('method', CI_METHOD))} "
-            f"({escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}, seed "
-            f"{escape(boot.get('seed'))}).</p>")
+            f"({escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}"
+            + (f", drawn as {escape(boot['resamples'])}" if boot.get("resamples", "images") != "images" else "")
+            + f", seed {escape(boot.get('seed'))}).</p>")
     warning = small_sample_warning(test["metrics"])
     if warning:
         note += f"<p class='warning'><strong>{escape(warning)}</strong></p>"
