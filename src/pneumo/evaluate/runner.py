@@ -125,7 +125,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
         _record_operating_point(RunDir(run_dir).model, meta, result, folds)
     sections = [operating_points_section(result)]
     if analysis:
-        sections += _analysis(analysis, run_dir, model, meta, logits["test_images"], y_test, test, result, names)
+        sections += _analysis(analysis, run_dir, model, meta, logits["test_images"], y_test, test, result, names,
+                              cfg=cfg)
     write_evaluation_report(run_dir, result, y_test=y_test, test_logits=logits["test"],
                             title=f"pneumo run: {cfg.name}", subtitle=_subtitle(result),
                             extra_sections=sections, metrics_csv=run_dir / TRAINING_METRICS)
@@ -221,11 +222,15 @@ def _check_same_folds(first: Path, folds: pd.DataFrame, cfg, other: Path, other_
 
 
 def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, images: np.ndarray, y_test: np.ndarray,
-              test: pd.DataFrame, result: dict, names: list[str]) -> list:
+              test: pd.DataFrame, result: dict, names: list[str], *, cfg) -> list:
     probs = np.asarray([r for r in pd.read_csv(RunDir(run_dir).predictions)["p_pneumonia"]])
     try:
+        before = None  # the shortcut check looks for burnt-in markers where they were, before the in-painting
+        if cfg.data.markers != "none":
+            before = image_cache(cfg.model_copy(update={"data": cfg.data.model_copy(update={"markers": "none"})}),
+                                 test).images
         return analysis(run_dir, model.cpu(), meta, np.asarray(images), y_test, test["subtype"].tolist(),
-                                 probs, result["threshold"], names)
+                        probs, result["threshold"], names, before_inpainting=before)
     except Exception as exc:  # noqa: BLE001 - the analysis figures must never cost the evaluation
         log.warning("analysis figures skipped: %s: %s", type(exc).__name__, exc)
         return []

@@ -43,6 +43,7 @@ class _TestSet:
     max_cam: int
     max_embed: int | None
     seed: int
+    before_inpainting: np.ndarray | None = None
 
     @property
     def class_labels(self) -> np.ndarray:
@@ -52,7 +53,8 @@ class _TestSet:
 def analysis_sections(run_dir: str | os.PathLike, model: nn.Module, meta: dict, images_test: np.ndarray,
                       y_test: Sequence[int] | np.ndarray, subtypes_test: Sequence[str], probs_test: np.ndarray,
                       threshold: float, class_names: Sequence[str], *, max_cam: int = 96,
-                      max_embed: int | None = None, seed: int = 0) -> list[Section]:
+                      max_embed: int | None = None, seed: int = 0,
+                      before_inpainting: np.ndarray | None = None) -> list[Section]:
     """The report's analysis blocks; PNGs go to ``run_dir/figures/`` and are linked relative to ``run_dir``.
 
     Sections: Grad-CAM shortcut indicator (on a seeded class-stratified subsample of ``max_cam`` test images),
@@ -72,6 +74,9 @@ def analysis_sections(run_dir: str | os.PathLike, model: nn.Module, meta: dict, 
         max_cam: Grad-CAM maps for the shortcut indicator (bounded for CPU time).
         max_embed: images in the PCA/t-SNE figures (None: all).
         seed: subsample and t-SNE seed.
+        before_inpainting: the same test images preprocessed without the in-painting of burnt-in markers and text
+            (a model that in-paints them): the shortcut check looks for markers where they were, not on the patches
+            the model saw.
     """
     run_dir = Path(run_dir)
     n = len(images_test)
@@ -81,7 +86,8 @@ def analysis_sections(run_dir: str | os.PathLike, model: nn.Module, meta: dict, 
     data = _TestSet(run_dir=run_dir, fig_dir=run_dir / "figures", model=model, images=np.asarray(images_test),
                     y=np.asarray(y_test, dtype=int), subtypes=np.asarray(subtypes_test, dtype=str),
                     probs=np.asarray(probs_test, dtype=float), threshold=float(threshold),
-                    class_names=list(class_names), max_cam=max_cam, max_embed=max_embed, seed=seed)
+                    class_names=list(class_names), max_cam=max_cam, max_embed=max_embed, seed=seed,
+                    before_inpainting=None if before_inpainting is None else np.asarray(before_inpainting))
     builders: list[tuple[str, Callable[[_TestSet], str]]] = [
         ("Where the model looks: Grad-CAM shortcut indicator", _shortcut_section),
         ("Most confident errors (Grad-CAM)", _errors_section),
@@ -101,10 +107,16 @@ def analysis_sections(run_dir: str | os.PathLike, model: nn.Module, meta: dict, 
     return sections
 
 
+def _times(ratio: float | None) -> str:
+    """A saliency-to-area ratio as shown: ``1.23x``, or ``n/a`` where no image had the region."""
+    return "n/a" if ratio is None or not np.isfinite(ratio) else f"{ratio:.2f}x"
+
+
 def _shortcut_section(data: _TestSet) -> str:
     rows = subsample(data.y, data.max_cam, seed=data.seed)
     maps = cam_maps(data.model, data.images[rows], toward_pneumonia=data.probs[rows] >= data.threshold)
-    stats = shortcut_stats(maps, data.y[rows], data.class_names, images=data.images[rows])
+    found_on = data.images if data.before_inpainting is None else data.before_inpainting  # markers where they were
+    stats = shortcut_stats(maps, data.y[rows], data.class_names, images=found_on[rows])
     stats["images"] = len(rows)
     stats["layer"] = default_layer_name(data.model)
     atomic.write_bytes(data.fig_dir / "shortcut_stats.json", json.dumps(atomic.to_jsonable(stats), indent=2).encode())
@@ -116,10 +128,10 @@ def _shortcut_section(data: _TestSet) -> str:
     verdict = stats["verdict"]
     verdict_html = (f"<p><b>Shortcut check: {'FLAGGED' if verdict['flagged'] else 'not flagged'}.</b> "
                     + escape("; ".join(verdict["reasons"]) if verdict["reasons"] else
-                             f"saliency on detected markers/text {verdict['markers_vs_area']:.2f}x their area "
+                             f"saliency on detected markers/text {_times(verdict['markers_vs_area'])} their area "
                              f"(on {verdict['markers_images']} images with a detected marker), on corner text "
-                             f"{verdict['corner_text_vs_area']:.2f}x (on {verdict['corner_text_images']} images), "
-                             f"outside the lung field {verdict['outside_lungs_vs_area']:.2f}x its area")
+                             f"{_times(verdict['corner_text_vs_area'])} (on {verdict['corner_text_images']} images), "
+                             f"outside the lung field {_times(verdict['outside_lungs_vs_area'])} its area")
                     + ". Flagged at 2x on markers or corner text, or 1x outside the lungs (no preference for the "
                       "lungs).</p>")
     return (
