@@ -89,16 +89,18 @@ def test_the_score_shown_is_predicts_also_for_a_large_jpeg(tmp_path: Path, real_
         img.convert("L").resize((2400, 2000), Image.Resampling.BICUBIC).save(big, quality=95)
     passed, real = [], HeatmapWriter.write_result
 
-    def recording(self, path, gray, prediction=None):
-        passed.append((gray.shape, prediction))
-        return real(self, path, gray, prediction)
+    def recording(self, path, gray, prediction=None, *, prepared=None):
+        passed.append((gray.shape, prediction, prepared))
+        return real(self, path, gray, prediction, prepared=prepared)
 
     monkeypatch.setattr(HeatmapWriter, "write_result", recording)
     assert main(["explain", str(big), "--out", str(tmp_path / "maps")]) == 0
     predictor = Predictor(None)
     expected = predictor.predict([load_image_file(big, target=predictor.size)])[0]
-    (shape, prediction), = passed
+    (shape, prediction, prepared), = passed
     assert shape == (2000, 2400) and prediction is not None
+    # the map explains the input that was scored (it explained the full-resolution decode, up to 103 levels off)
+    assert np.array_equal(prepared, predictor.preprocess(load_image_file(big, target=predictor.size)))
     assert prediction.p_pneumonia == pytest.approx(expected.p_pneumonia, abs=1e-6)
     assert f"P(pneumonia)={expected.p_pneumonia:.3f}" in capsys.readouterr().out
 
@@ -124,3 +126,41 @@ def test_images_the_input_gate_refuses_are_refused_as_predict_refuses_them(
         reason = rows.loc[rows["name"] == name, "error"].item()
         assert f"{name}: {reason}" in explained.err
     assert not list((tmp_path / "out").glob("blank*")) and not list((tmp_path / "out").glob("tiny*"))
+
+
+def test_an_image_without_a_verdict_says_so_beside_its_map(tmp_path: Path, real_paths: list[Path],
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """An inverted film got "evidence for PNEUMONIA" at P 1.00 on the CLI with no word of the refusal (the web page
+    said it): the caption, stdout and the contact sheet now say there is no verdict and why."""
+    from PIL import Image, ImageOps
+
+    from pneumo.explain.render import caption_lines
+    from pneumo.infer.predictor import Predictor
+
+    inverted = tmp_path / "inverted.png"
+    with Image.open(real_paths[0]) as img:
+        ImageOps.invert(img.convert("L")).save(inverted)
+    upright = tmp_path / real_paths[1].name
+    shutil.copyfile(real_paths[1], upright)
+    assert main(["explain", str(inverted), str(upright), "--out", str(tmp_path / "maps")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    refused = next(line for line in printed if line.startswith(str(inverted)))
+    assert "not assessed" in refused and "no verdict: " in refused and "audit only" in refused
+    assert "no verdict" not in next(line for line in printed if line.startswith(str(upright)))
+    assert "no verdict: " in (tmp_path / "maps" / "index.html").read_text()
+    from pneumo.data.decode import load_image_file
+
+    prediction = Predictor(None).predict([load_image_file(inverted)])[0]
+    assert caption_lines(prediction)[-1] == f"NO VERDICT: {prediction.reason}; map for audit only"
+
+
+def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path: Path, real_paths: list[Path],
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for argv in (["explain", str(real_paths[0]), "--out", str(taken)],
+                 ["explain", str(real_paths[0]), "--out", str(taken / "sub")],
+                 ["predict", str(real_paths[0]), "--heatmaps", str(taken), "--output", str(tmp_path / "p.csv")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "is a file" in err, err

@@ -334,9 +334,10 @@ def test_a_glob_that_names_folders_reads_their_images(xrays: Path, tmp_path: Pat
 
 def test_heat_maps_do_not_change_the_scores_of_a_large_jpeg(full_data: Path, tmp_path: Path) -> None:
     """A large JPEG is scored from its reduced DCT scale (as by predict, serve and evaluate) also when heat maps are
-    asked for; the heat map gets the full-resolution image."""
+    asked for; the heat map gets the full-resolution image to draw on and the scored input to explain."""
     from PIL import Image
 
+    from pneumo.data.decode import load_image_file
     from pneumo.infer.batch import predict_file_results
 
     source = min((full_data / "test" / "PNEUMONIA").glob("*.jpeg"))
@@ -346,8 +347,9 @@ def test_heat_maps_do_not_change_the_scores_of_a_large_jpeg(full_data: Path, tmp
     seen = []
 
     class Sink:
-        def write(self, path, gray, prediction):
+        def write(self, path, gray, prediction, *, prepared=None):
             seen.append(gray.shape)
+            assert np.array_equal(prepared, predictor.preprocess(load_image_file(big, target=predictor.size)))
 
     predictor = Predictor(None, backend="torch", threads=1)
     plain = next(predict_file_results(predictor, [big])).prediction

@@ -52,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"pneumo explain: {_printable(path)}: {error}", file=sys.stderr)
             continue
         prediction = predictor.predict_prepared(prepared[None])[0]
-        item = writer.write_result(path, gray, prediction)
+        item = writer.write_result(path, gray, prediction, prepared=prepared)
         written.append(item)
         p = item.prediction
-        print(f"{_printable(path)}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{item.overlay}")
+        print(f"{_printable(path)}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{item.overlay}"
+              + (f"\tno verdict: {p.reason} (the map is for audit only)" if p.reason else ""))
     if written and (len(files) > 1 or any(Path(i).is_dir() for i in args.images)):
         sheet = write_contact_sheet(args.out, written, title=f"pneumo explain ({args.method})")
         print(f"contact sheet: {sheet}")

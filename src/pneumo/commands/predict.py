@@ -103,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
             out = sys.stdout
         write = _row_writer(out, fmt)
         classes = predictor.classes if predictor else ["NORMAL", "PNEUMONIA"]
-        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
         heatmaps = None
-        if args.heatmaps and files:
+        if args.heatmaps and files:  # a --heatmaps that is a file: one line before the progress bar
             from pneumo.explain.overlay import HeatmapWriter
 
             heatmaps = HeatmapWriter(predictor, Path(args.heatmaps))
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
         results = iter(predict_file_results(predictor, files, batch_size=args.batch_size, heatmaps=heatmaps,
                                             workers=args.threads) if files else ())
         for path in order:

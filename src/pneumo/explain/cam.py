@@ -225,7 +225,7 @@ def explain_prepared(model: nn.Module, prepared: np.ndarray, *, method: str = "g
 
 def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
                   target: str = "predicted", prediction: PredictionLike | None = None, window: int = 32,
-                  stride: int = 16) -> ExplainResult:
+                  stride: int = 16, prepared: np.ndarray | None = None) -> ExplainResult:
     """Explain one original uint8 gray H x W image with the predictor's model and preprocessing.
 
     Args:
@@ -237,6 +237,9 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
         prediction: the prediction if already computed (else the image is predicted first).
         window: occlusion patch side in model pixels.
         stride: occlusion step in model pixels.
+        prepared: the model input ``prediction`` was scored on (`pneumo.infer.batch.load_input`: a large JPEG is
+            decoded at a reduced scale), explained as scored; default: ``gray`` preprocessed. The map is drawn on
+            ``gray``'s geometry either way.
 
     A checkpoint that predicts with flip averaging (sidecar ``tta``) is explained on the unflipped image.
     """
@@ -246,7 +249,7 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise InputError(f"expected a uint8 gray 2-D image, got {gray.dtype} with shape {gray.shape}")
-    prepared = predictor.preprocess(gray)
+    prepared = predictor.preprocess(gray) if prepared is None else prepared
     if prediction is None:
         prediction = predictor.predict_prepared(prepared[None])[0]
     classes = list(predictor.classes)

@@ -81,21 +81,25 @@ class HeatmapWriter:
             window_starts(int(predictor.size), window, stride)
         self.predictor = predictor
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(f"{out_dir} is a file (or below one): heat maps go to a folder") from None
         self.method, self.layer, self.target = method, layer, target
         self.window, self.stride = window, stride
         self.tag = METHOD_TAGS[method]
 
-    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None) -> Path:
-        """Explain the original uint8 gray image ``gray`` read from ``path``; returns the overlay PNG path
-        (``<heatmap_name(path)>.<method tag>.png``)."""
-        return self.write_result(path, gray, prediction).overlay
+    def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
+              prepared: np.ndarray | None = None) -> Path:
+        """Explain the original uint8 gray image ``gray`` read from ``path`` (``prepared``: the model input it was
+        scored on, see `explain_image`); returns the overlay PNG path (``<heatmap_name(path)>.<method tag>.png``)."""
+        return self.write_result(path, gray, prediction, prepared=prepared).overlay
 
     def write_result(self, path: str | os.PathLike, gray: np.ndarray,
-                     prediction: PredictionLike | None = None) -> Written:
+                     prediction: PredictionLike | None = None, *, prepared: np.ndarray | None = None) -> Written:
         """Like ``write`` but returns both paths and the prediction."""
         result = explain_image(self.predictor, gray, method=self.method, layer=self.layer, target=self.target,
-                               prediction=prediction, window=self.window, stride=self.stride)
+                               prediction=prediction, window=self.window, stride=self.stride, prepared=prepared)
         name = heatmap_name(path)
         root = self.out_dir.resolve()
         overlay_path = root / f"{name}.{self.tag}.png"
@@ -121,7 +125,8 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
         p = item.prediction
         cells.append({"href": _href(item.overlay, out_dir), "thumb": _href(thumb, out_dir),
                       "name": Path(item.source).name,
-                      "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.2f} (threshold {p.threshold:.2f})"})
+                      "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.2f} (threshold {p.threshold:.2f})"
+                      + (f" · no verdict: {p.reason}; map for audit only" if getattr(p, "reason", None) else "")})
     page = render("contact_sheet.html.j2", title=title, subtitle="", cells=cells, thumb_side=thumb_side, stamp="")
     return atomic.write_text(out_dir / "index.html", page)
 

@@ -50,6 +50,9 @@ def blend(gray: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6) -> np.ndarr
 def caption_lines(prediction: PredictionLike, *, method: str = "gradcam", toward: str | None = None) -> list[str]:
     lines = [f"{prediction.label}   P(pneumonia) {prediction.p_pneumonia:.2f}   threshold {prediction.threshold:.2f}"]
     lines.append(f"{METHOD_TITLES.get(method, method)}: evidence for {toward or prediction.label}")
+    reason = getattr(prediction, "reason", None)
+    if reason:  # out of distribution or turned: no verdict, and the map must not read as one
+        lines.append(f"NO VERDICT: {reason}; map for audit only")
     return lines
 
 

@@ -127,7 +127,8 @@ class HeatmapSink(Protocol):
     """Writes one image's heat map (`pneumo.explain.overlay.HeatmapWriter`, which the command passes in: explanations
     sit above inference) and returns the overlay's path."""
 
-    def write(self, path: Path, gray: np.ndarray, prediction: Prediction) -> Path | None: ...
+    def write(self, path: Path, gray: np.ndarray, prediction: Prediction, *,
+              prepared: np.ndarray | None = None) -> Path | None: ...
 
 
 def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size: int = 32,
@@ -162,5 +163,5 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
             for i, path in enumerate(chunk):
                 heatmap = None
                 if heatmaps is not None and i in results:
-                    heatmap = heatmaps.write(path, loaded[i][0], results[i])
+                    heatmap = heatmaps.write(path, loaded[i][0], results[i], prepared=loaded[i][1])
                 yield FileResult(path, results.get(i), loaded[i][2], heatmap)
