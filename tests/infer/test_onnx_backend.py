@@ -147,3 +147,41 @@ def test_onnx_sessions_sleep_when_idle_and_take_the_thread_count() -> None:
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 1
     assert session_options().intra_op_num_threads == 0  # ONNX Runtime's own choice
+
+
+def test_the_readmes_recipe_for_the_export_outside_pneumo_gives_predicts_scores_and_labels(
+        full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """README "The export outside pneumo": onnxruntime on the exported graph, fed `load_image_file` + `prepare` with
+    the sidecar's settings / 255, P = 1 - softmax(logits)[0], PNEUMONIA at p >= threshold, the calibrated
+    probability at the temperature and the card's calibrated threshold: what `pneumo predict` says."""
+    import json
+
+    import onnxruntime as ort
+    import pandas as pd
+
+    from pneumo.data.decode import load_image_file
+    from pneumo.data.preprocess import prepare
+    from pneumo.models.scores import threshold_on_calibrated_scale
+
+    assert main(["export", "--out", str(tmp_path / "exported")]) == 0
+    assert "with default-model.onnx.sha256" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "exported" / "default-model.json").read_text())
+    paths = [p for sub in ("NORMAL", "PNEUMONIA") for p in sorted((full_data / "test" / sub).glob("*.jpeg"))[4:9]]
+    size = meta["input_size"]
+    x = np.stack([prepare(load_image_file(p, target=size), size=size, policy=meta["resize_policy"],
+                          intensity=meta["intensity"], markers=meta["markers"], crop=meta.get("crop", "none"))
+                  for p in paths]).astype(np.float32)[:, None] / 255.0
+    session = ort.InferenceSession(str(tmp_path / "exported" / "default-model.onnx"))
+    logits = session.run(["logits"], {session.get_inputs()[0].name: x})[0].astype(np.float64)
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    p = 1.0 - (softmax / softmax.sum(1, keepdims=True))[:, 0]
+    scaled = np.exp(logits / meta["temperature"] - (logits / meta["temperature"]).max(1, keepdims=True))
+    p_calibrated = 1.0 - (scaled / scaled.sum(1, keepdims=True))[:, 0]
+    assert main(["predict", *map(str, paths), "--output", str(tmp_path / "p.csv")]) == 0
+    rows = pd.read_csv(tmp_path / "p.csv")
+    assert rows["p_pneumonia"].to_numpy() == pytest.approx(p, abs=1e-5)
+    assert rows["p_calibrated"].to_numpy() == pytest.approx(p_calibrated, abs=1e-5)
+    called = np.where(p >= meta["threshold"], "PNEUMONIA", "NORMAL")
+    assert list(rows["label"]) == list(called) and len(set(called)) == 2
+    on_calibrated = threshold_on_calibrated_scale(meta["threshold"], meta["temperature"])
+    assert list(np.where(p_calibrated >= on_calibrated, "PNEUMONIA", "NORMAL")) == list(called)

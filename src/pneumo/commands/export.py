@@ -26,4 +26,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out is a folder, got the file name {args.out}: the export is <folder>/<model>.onnx")
     path = export_onnx(args.model, args.out)
     print(f"onnx: {path}")
+    for other in sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{path.stem}.") and p != path):
+        print(f"  with {other.name}")
+    print("outside pneumo: see the README, 'The export outside pneumo' (preprocessing, threshold scale, checks)")
     return 0

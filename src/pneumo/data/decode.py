@@ -109,7 +109,8 @@ def load_image(data: bytes, *, name: str = "", target: int | None = None, max_pi
         data: the file content.
         name: the file name, only used to label error messages (its extension is ignored).
         target: the model input size; JPEGs are then decoded at a reduced DCT scale whose short side stays >= 2 *
-            target (much faster for large photos, lossless after the resize to the model size).
+            target (much faster for large photos; close to, not the same as, a full decode after the resize to the
+            model size: up to 0.04 in P(pneumonia) on 4x and 7x upscaled test JPEGs; every pneumo path decodes so).
         max_pixels: refuse images whose declared width x height exceeds this.
         max_decode_bytes: refuse images whose decode would hold more than this (decoded samples + uint8 result).
 
