@@ -91,3 +91,20 @@ def test_contact_sheet_links_thumbnails_and_escapes_names(tmp_path: Path, predic
 def test_writer_checks_the_occlusion_window_before_the_first_image(tmp_path: Path, predictor: Predictor) -> None:
     with pytest.raises(ConfigError, match="occlusion window"):
         HeatmapWriter(predictor, tmp_path, method="occlusion", window=500)
+
+
+def test_the_contact_sheet_tells_files_of_one_name_apart(tmp_path: Path) -> None:
+    """Every series of a PACS export holds an IM00001: the sheet named each one 'IM00001'."""
+    from types import SimpleNamespace
+
+    from pneumo.explain.overlay import Written
+
+    written = []
+    for i in range(2):
+        overlay = tmp_path / "maps" / f"IM00001-{i}.cam.png"
+        overlay.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32)).save(overlay)
+        prediction = SimpleNamespace(label="NORMAL", p_pneumonia=0.1, threshold=0.5, reason=None)
+        written.append(Written(str(tmp_path / "pacs" / f"P{i}" / "IM00001"), overlay, overlay, prediction))
+    page = write_contact_sheet(tmp_path / "maps", written).read_text()
+    assert "P0/IM00001" in page and "P1/IM00001" in page

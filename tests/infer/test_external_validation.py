@@ -402,3 +402,16 @@ def test_a_csv_patient_id_makes_every_interval_draw_whole_patients(run_dir: Path
         assert got["f1"] == pytest.approx(by_patient["f1"])
     assert result["bootstrap"]["resamples"] == "whole patients (the CSV's patient_id)"
     assert "drawn as whole patients" in (tmp_path / "c" / "report.html").read_text()
+
+
+def test_the_error_table_names_each_file_by_its_path_below_the_data(tmp_path: Path) -> None:
+    """A PACS export names every file IM00001: the error table listed four 'IM00001' rows nobody could tell apart."""
+    from pneumo.evaluate.external import _errors_section
+
+    paths = [str(tmp_path / f"P{i}" / "ST1" / "IM00001") for i in range(4)]
+    table = pd.DataFrame({"path": paths, "label": ["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA"],
+                          "subtype": ["normal", "normal", "bacteria", "virus"]})
+    y, p = np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.1, 0.2])  # all four wrong at 0.5
+    for data in (tmp_path, tmp_path / "labels.csv"):
+        _, html = _errors_section(tmp_path, table, y, p, {"threshold": 0.5}, data)
+        assert all(f"<code>P{i}/ST1/IM00001</code>" in html for i in range(4)), html

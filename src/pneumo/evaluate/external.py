@@ -222,7 +222,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                       temperature=result["temperature"], threshold=result["threshold"], class_columns=classes,
                       assessed=assessed)
     extra = [_data_section(result), operating_points_section(result), *_subgroups_section(result),
-             _errors_section(out, table, y, p, result)]
+             _errors_section(out, table, y, p, result, data)]
     if analysis and spec.predictors[0].torch_model is None:
         log.info("no error gallery: the model has only an ONNX export (Grad-CAM needs the PyTorch weights)")
     elif analysis:
@@ -328,7 +328,10 @@ def _data_section(result: dict) -> tuple[str, str]:
                                                              else "<p>No file was left out.</p>"))
 
 
-def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict) -> tuple[str, str]:
+def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict,
+                    data: str | os.PathLike) -> tuple[str, str]:
+    """Error rates per class and the most confident errors, each named by its path below ``data`` (a PACS export
+    names every file IM00001: the base name alone was ambiguous)."""
     from pneumo.templates import escape
     from pneumo.templates import table as table_html
 
@@ -340,9 +343,16 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
         rows.append([name, n, k, k / n if n else float("nan")])
     errors = np.flatnonzero(called != truth)
     worst = errors[np.argsort(-np.abs(p[errors] - result["threshold"]))][:20]
-    listing = "".join(f"<tr><td><code>{escape(Path(table['path'][i]).name)}</code></td><td>{escape(table['label'][i])}"
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    listing = "".join(f"<tr><td><code>{escape(_below(table['path'][i], root))}</code></td><td>{escape(table['label'][i])}"
                       f"</td><td>{escape(table['subtype'][i])}</td><td class='num'>{p[i]:.3f}</td></tr>" for i in worst)
     return ("Errors per class", table_html(["true class", "n", "errors", "error rate"], rows)
             + ("<table><caption>Most confident errors (all in predictions.csv)</caption><thead><tr><th>file</th>"
                f"<th>label</th><th>subtype</th><th>P(pneumonia)</th></tr></thead><tbody>{listing}</tbody></table>"
                if listing else "<p>No errors at this threshold.</p>"))
+
+
+def _below(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies below it, else as given."""
+    relative = os.path.relpath(path, root)
+    return path if relative.startswith("..") else relative

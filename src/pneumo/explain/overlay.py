@@ -117,14 +117,18 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
     """``out_dir/index.html``: a grid of overlay thumbnails (``out_dir/thumbs/``) with label and probability."""
     out_dir = Path(out_dir).resolve()
     cells = []
-    for item in written:
+    names = [Path(item.source).name for item in written]
+    if len(set(names)) < len(names) and len(written) > 1:  # PACS exports: IM00001 in every series folder
+        common = os.path.commonpath([os.path.abspath(item.source) for item in written])
+        names = [os.path.relpath(os.path.abspath(item.source), common) for item in written]
+    for item, name in zip(written, names, strict=True):
         thumb = out_dir / "thumbs" / item.overlay.name
         with Image.open(item.overlay) as img:
             img.thumbnail((thumb_side, thumb_side), Image.Resampling.BILINEAR)
             atomic.write_bytes(thumb, png_bytes(img.convert("RGB")))
         p = item.prediction
         cells.append({"href": _href(item.overlay, out_dir), "thumb": _href(thumb, out_dir),
-                      "name": Path(item.source).name,
+                      "name": name,
                       "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.2f} (threshold {p.threshold:.2f})"
                       + (f" · no verdict: {p.reason}; map for audit only" if getattr(p, "reason", None) else "")})
     page = render("contact_sheet.html.j2", title=title, subtitle="", cells=cells, thumb_side=thumb_side, stamp="")
