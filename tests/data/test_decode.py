@@ -304,6 +304,7 @@ def test_missing_dicom_decoder_is_named_in_the_error(corpus: dict[str, CorpusCas
         pytest.skip("a JPEG-LS decoder is installed here")
     message = _error(_case(corpus, "dicom_no_decoder").path.read_bytes())
     assert "JPEG-LS" in message and "no decoder installed" in message
+    assert message.endswith("(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")  # whole, not cut at 200
 
 
 def test_multiframe_dicom_asks_for_one_frame(corpus: dict[str, CorpusCase]) -> None:

@@ -35,6 +35,8 @@ _DICOM_TAGS = (
     "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
     "ViewPosition",
 )
+# the pydicom plugins for the compressed syntaxes a PACS uses: JPEG, JPEG-LS and JPEG Lossless (libjpeg), JPEG 2000
+DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 # a lateral film (PS3.3 C.8.11.5: ViewPosition LL/RL, or the legacy LATERAL): the model reads frontal (PA/AP) films
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
 _PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
@@ -237,6 +239,5 @@ def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
         decoder = get_decoder(uid)
     except NotImplementedError:
         raise InputError(f"DICOM transfer syntax {uid.name} ({uid}) is not supported") from None
-    if not decoder.is_available:
-        hint = "; ".join(decoder.missing_dependencies) or "no plugin"
-        raise InputError(f"cannot decode DICOM compressed as {uid.name} ({uid}): no decoder installed ({hint})")
+    if not decoder.is_available:  # pydicom's own list of plugins runs past the one-line message: a short hint
+        raise InputError(f"cannot decode DICOM compressed as {uid.name} ({uid}): no decoder installed ({DECODER_HINT})")
