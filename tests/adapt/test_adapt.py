@@ -280,6 +280,28 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_card_says_so(
     assert "PatientID" not in named.table.columns
 
 
+def test_without_a_patient_id_column_a_dicoms_patient_id_groups_its_films_kept_as_a_hash(site_csv: Path,
+                                                                                         tmp_path: Path) -> None:
+    """A DICOM site without a patient_id column: each film was its own patient although the files name their
+    patients, so one patient's films could sit on both sides of a cross-fitting split."""
+    from corpus import dicom_bytes
+
+    from pneumo.adapt.report import patients_line
+    from pneumo.adapt.sources import load_site
+    from pneumo.infer.predictor import Predictor
+
+    rows = pd.read_csv(site_csv, dtype=str)
+    for i, row in rows.iterrows():
+        folder = tmp_path / "site" / row["label"]
+        folder.mkdir(parents=True, exist_ok=True)
+        gray = load_image_file(Path(row["path"]))
+        (folder / f"IM{i:05d}").write_bytes(dicom_bytes(gray, PatientID=f"MRN-{row['patient_id']}"))
+    site = load_site(tmp_path / "site", Predictor(None))
+    assert site.n_patient_tags == len(site.table) and site.table["patient_id"].nunique() == rows["patient_id"].nunique()
+    assert not site.table["patient_id"].str.contains("MRN").any()  # grouped by a hash, the number not kept
+    assert "from the DICOM PatientID of every image" in patients_line(site.counts())
+
+
 def test_a_patient_id_column_with_gaps_is_a_one_line_error(site_csv: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     gaps = tmp_path / "gaps.csv"

@@ -38,6 +38,13 @@ def patients_line(site: dict) -> str:
               "side of a split)") if copies else ""
     if site["patients_given"]:
         return f"{site['n_patients']} patients (from the CSV's patient_id column{joined})"
+    tags = site.get("n_patient_tags", 0)
+    if tags == site["n_images"]:
+        return f"{site['n_patients']} patients (from the DICOM PatientID of every image, kept as a hash{joined})"
+    if tags:
+        return (f"{site['n_patients']} patients: {tags} DICOM image(s) grouped by their PatientID (kept as a hash), "
+                f"every other image its own patient (images of one patient may sit on both sides of a split; give a "
+                f"patient_id column{joined})")
     return (f"{site['n_patients']} 'patients': no patient_id was given, so every image counts as its own patient "
             f"(images of one patient may sit on both sides of a cross-fitting split: the local numbers may be "
             f"optimistic{joined})")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
+from pneumo.data.dicom import patient_group
 from pneumo.errors import DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import listed_file, read_table, refuse_listed_twice
 from pneumo.infer.batch import expand_inputs
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class SiteImages:
     """A site's readable labelled images: ``table`` (path, label, subtype, patient_id), ``x`` uint8 (N, S, S),
     ``y`` class indices; ``errors`` {path: why} for the files left out; ``patients_given``: the CSV named patients
-    (otherwise every image is its own patient); ``logits``: the source model's scores of ``x``; ``n_copies``: images
+    (otherwise a DICOM's PatientID, hashed, groups its films, and every other image is its own patient); ``logits``: the source model's scores of ``x``; ``n_copies``: images
     pixel for pixel the same as an earlier one (put in its patient group: a copy never sits on the other side of a
     split); ``assessed``: where the source model gives a verdict, as `pneumo predict` decides it."""
 
@@ -42,6 +43,7 @@ class SiteImages:
     logits: np.ndarray
     n_copies: int = 0
     assessed: np.ndarray | None = None  # the source model gives a verdict (not out of distribution, not turned)
+    n_patient_tags: int = 0  # without a patient_id column: images grouped by their DICOM PatientID (hashed)
 
     @property
     def groups(self) -> np.ndarray:
@@ -50,7 +52,8 @@ class SiteImages:
     def counts(self) -> dict:
         return {"n_images": len(self.y), "n_patients": int(self.table["patient_id"].nunique()),
                 "by_label": {str(k): int(v) for k, v in self.table["label"].value_counts().sort_index().items()},
-                "n_unreadable": len(self.errors), "patients_given": self.patients_given, "n_copies": self.n_copies}
+                "n_unreadable": len(self.errors), "patients_given": self.patients_given, "n_copies": self.n_copies,
+                "n_patient_tags": self.n_patient_tags}
 
 
 @dataclass
@@ -88,10 +91,13 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     check_columns(rows, by, data)
     y, logits, table, errors, images, results = score_labelled([predictor], data, table=rows)  # the list read once
     patients_given = "patient_id" in table.columns
-    groups, copies = join_copies(images, table["patient_id"] if patients_given else table["path"])
+    tagged = [None] * len(table) if patients_given else [patient_group(path) for path in table["path"]]
+    ids = table["patient_id"] if patients_given else pd.Series(
+        [f"dicom:{tag}" if tag else path for tag, path in zip(tagged, table["path"], strict=True)])
+    groups, copies = join_copies(images, ids)
     table["patient_id"] = groups
     return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies,
-                      np.array([r.assessed for r in results], dtype=bool))
+                      np.array([r.assessed for r in results], dtype=bool), sum(tag is not None for tag in tagged))
 
 
 def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:

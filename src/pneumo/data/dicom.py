@@ -3,15 +3,17 @@
 Modality LUT (rescale slope/intercept or LUT), then the VOI window (the first window centre/width, else the VOI LUT)
 mapped over the window's full output range to 0..255; MONOCHROME1 is inverted; RGB/YBR become luma. Only the tags
 needed for the pixels (and ViewPosition: a lateral film is refused) are read, so patient data is never parsed, logged
-or put in a message. Numbers that cannot be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an
+or put in a message; `patient_group` alone reads PatientID, and keeps only its hash. Numbers that cannot be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an
 unusable window (width 0, NaN) is ignored and the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -241,3 +243,18 @@ def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
         raise InputError(f"DICOM transfer syntax {uid.name} ({uid}) is not supported") from None
     if not decoder.is_available:  # pydicom's own list of plugins runs past the one-line message: a short hint
         raise InputError(f"cannot decode DICOM compressed as {uid.name} ({uid}): no decoder installed ({DECODER_HINT})")
+
+
+def patient_group(path: str | os.PathLike) -> str | None:
+    """The DICOM file's PatientID as a group key: its SHA-256 (16 hex digits), so that a patient's films stay
+    together in a split without the identifier being kept or shown; None for a file that is not DICOM or has no
+    PatientID. Only that element is read."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
+        return None
+    value = str(ds.get("PatientID", "") or "").strip()
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16] if value else None
