@@ -102,6 +102,7 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
         kermany_site: Path, full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     site = _linked(sorted(kermany_site.rglob("*.jpeg"))[:12], tmp_path / "site")
     (site / "batch0" / "truncated.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    (site / "batch0" / "notes.txt").write_text("exported 2026-12-01")  # not read: listed, as evaluate lists it
     out = tmp_path / "out"
     code = main(["site", "check", "--data", str(site), "--out", str(out), "--dataset", str(full_data),
                  "--sample", "30"])
@@ -113,9 +114,10 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     result = json.loads((out / "site.json").read_text())
     assert result["n_images"] == 13 and result["n_unreadable"] == 1
     assert result["unreadable"][0]["path"].endswith("truncated.jpeg")
+    assert result["n_not_read"] == 1 and list(result["not_read"].values()) == ["not an image file name (.txt)"]
     assert result["model"] and result["reference"]["n"] == 30
     html = (out / "report.html").read_text()
-    assert "truncated.jpeg" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
+    assert "truncated.jpeg" in html and "notes.txt" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
 
 
 @pytest.mark.parametrize("content", [None, b"not an image"], ids=["empty folder", "only unreadable files"])

@@ -352,6 +352,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
         "data": str(data), "model": predictor.model_id, "model_sidecar": str(predictor.sidecar),
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "n_unreadable": site.count("decode"), "n_refused_by_gate": site.count("gate"), "unreadable": site.failed,
+        **_not_read(data),
         **verdict(ood, positive, site_props, ref_props, ref),
         "reference": {"kind": ref.kind, "dataset": ref.dataset, "pool": ref.pool or None,
                       "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,
@@ -377,3 +378,15 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     atomic.write_text(folder / "images.csv", frame.to_csv(index=False))
     write_site_report(result, site, ref.scored, folder)
     return result
+
+
+def _not_read(data: str | os.PathLike) -> dict:
+    """A folder's files the site check does not read (hidden, another suffix, no regular file), with the reason, as
+    `pneumo predict` and `pneumo evaluate` leave them out (the first 50 listed); a CSV lists what it reads."""
+    from pneumo.data.files import find_images
+
+    if not Path(data).is_dir():
+        return {"n_not_read": 0, "not_read": {}}
+    found = find_images(data)
+    left = {str(p): reason for p, reason in sorted({**found.skipped, **found.ignored}.items())}
+    return {"n_not_read": len(left), "not_read": dict(list(left.items())[:50])}

@@ -201,6 +201,11 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
         rows = [[f["path"], f["stage"], f["error"]] for f in failed[:MAX_LISTED]]
         more = f"<p>... and {len(failed) - MAX_LISTED} more (all in site.json).</p>" if len(failed) > MAX_LISTED else ""
         sections.append(("Files not scored", table(["file", "stage", "error"], rows) + more))
+    not_read = result.get("not_read") or {}
+    if not_read:  # by name (hidden, not an image suffix) or not a file: listed, as evaluate lists them
+        rows = [[path, reason] for path, reason in list(not_read.items())[:MAX_LISTED]]
+        more = (f"<p>... and {result['n_not_read'] - len(rows)} more.</p>" if result["n_not_read"] > len(rows) else "")
+        sections.append(("Files not read", table(["file", "why"], rows) + more))
     rule = result["rule"]
     sections.append(("The rule", (f"<p>A measurement is a reason only when it is significant at "
                      f"{rule['alpha']:g} and its effect is at least: OOD share {100 * rule['min_ood_excess']:.0f} "
@@ -211,6 +216,6 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
                      "and intensities are notes only.</p>")))
     subtitle = (f"{result['data']}: {result['n_scored']} of {result['n_images']} images scored by "
                 f"{result['model']}; {result['n_unreadable']} unreadable, {result['n_refused_by_gate']} "
-                "refused by the input gate")
+                f"refused by the input gate; {result.get('n_not_read', 0)} other file(s) not read")
     html = page(f"Site check: {verdict}", sections, subtitle=subtitle)
     return atomic.write_text(out / "report.html", html)
