@@ -40,6 +40,19 @@ def test_predict_a_folder_writes_one_csv_row_per_image(xrays: Path, tiny_model: 
         assert row["label"] == ("PNEUMONIA" if p >= float(row["threshold"]) else "NORMAL")
 
 
+def test_every_row_says_which_model_and_operating_point_answered(xrays: Path, tiny_model: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """The service's responses carried model_id and threshold_policy; predict's file did not, so a predictions file
+    could not be tied to the model (or the derived operating point) that wrote it."""
+    (tmp_path / "broken.jpeg").write_bytes(b"not an image")
+    assert main(["predict", str(xrays), str(tmp_path / "broken.jpeg"), "--model", str(tiny_model)]) == 1
+    rows = _rows(capsys.readouterr().out)
+    predictor = Predictor(tiny_model)
+    assert len(rows) == 7 and {r["model_id"] for r in rows} == {predictor.model_id}
+    assert {r["threshold_policy"] for r in rows} == {predictor.meta.threshold_policy or ""}
+    assert rows[-1]["error"] and rows[-1]["model_id"] == predictor.model_id  # the error row too
+
+
 def test_predictions_match_the_predictor_on_the_same_images(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "pred.jsonl"
     assert main(["predict", str(xrays / "*.jpeg"), "--model", str(tiny_model), "--format", "jsonl",

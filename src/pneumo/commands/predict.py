@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             out = sys.stdout
         write = _row_writer(out, fmt)
         classes = predictor.classes if predictor else ["NORMAL", "PNEUMONIA"]
+        model = {"model_id": predictor.model_id if predictor else None,
+                 "threshold_policy": predictor.meta.threshold_policy if predictor else None}
         heatmaps = None
         if args.heatmaps and files:  # a --heatmaps that is a file: one line before the progress bar
             from pneumo.explain.overlay import HeatmapWriter
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             if path in skipped:  # a named input that is not read: a row, in its place, not silence
                 counts["errors"] += 1
                 print(f"pneumo predict: {one_line(f'{path}: skipped: {skipped[path]}')}", file=sys.stderr)
-                write(_row(path, None, classes, f"skipped: {skipped[path]}", args.heatmaps, None))
+                write(_row(path, None, classes, f"skipped: {skipped[path]}", args.heatmaps, None, model))
                 continue
             item = next(results)  # the files' results come in the files' order
             bar.update(1)  # one image at a time (heat maps included), not one batch
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 counts["scored"] += 1
                 counts["not assessed"] += not item.prediction.assessed  # out of distribution, turned, non-finite
                 counts["out-of-distribution"] += bool(item.prediction.ood)
-            write(_row(item.path, item.prediction, classes, item.error, args.heatmaps, item.heatmap))
+            write(_row(item.path, item.prediction, classes, item.error, args.heatmaps, item.heatmap, model))
         bar.close()
     total = len(files) + len(skipped)
     print(f"summary: {total} input(s): " + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -154,11 +156,11 @@ def _row_writer(out, fmt: str):
 
 
 def _row(path: Path, prediction, classes: list[str], error: str | None, heatmaps: str | None,
-         heatmap: Path | None) -> dict:
+         heatmap: Path | None, model: dict) -> dict:
     row = {"path": _printable(path), **_flatten(prediction, classes, error)}
     if heatmaps:
         row["heatmap"] = str(heatmap) if heatmap else None
-    return row
+    return {**row, **model}  # which model and operating point answered, on every row (as the service's responses)
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
