@@ -53,6 +53,22 @@ def test_occlusion_method_writes_its_own_files(tmp_path: Path, real_paths: list[
     assert not (out / "index.html").exists()
 
 
+def test_another_target_or_layer_writes_its_own_files(tmp_path: Path, real_paths: list[Path],
+                                                      checkpoint_factory: Callable[..., Path]) -> None:
+    """`--target pneumonia` and `--layer` wrote the same <stem>.cam.png as the default: a second run into the same
+    --out overwrote the first's maps."""
+    out, model, name = tmp_path / "out", str(checkpoint_factory()), heatmap_name(real_paths[0])
+    runs = {"cam": [], "cam-pneumonia": ["--target", "pneumonia"]}
+    from pneumo.explain.cam import default_layer_name
+    from pneumo.infer.predictor import Predictor
+
+    layer = default_layer_name(Predictor(model).torch_model)
+    runs[f"cam-{layer}"] = ["--layer", layer]
+    for extra in runs.values():
+        assert main(["explain", str(real_paths[0]), "--model", model, "--out", str(out), *extra]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{name}.{tag}.png" for tag in runs)
+
+
 def test_onnx_model_path_is_refused_with_a_clear_message(tmp_path: Path, real_paths: list[Path],
                                                          checkpoint_factory: Callable[..., Path],
                                                          capsys: pytest.CaptureFixture[str]) -> None:

@@ -54,7 +54,8 @@ class Written:
 class HeatmapWriter:
     """Writes ``<stem>.<tag>.png`` (overlay) and ``<stem>.<tag>.npy`` (float32 map, original geometry) per image.
 
-    ``tag`` is ``cam`` for Grad-CAM (``campp``, ``occlusion``, ``ig`` for the others). Names come from the input
+    ``tag`` is ``cam`` for Grad-CAM (``campp``, ``occlusion``, ``ig`` for the others), then ``-pneumonia`` for that
+    target and ``-<layer>`` for a layer given. Names come from the input
     file stem with odd characters replaced; two inputs with the same stem get ``-2``, ``-3`` ... in input order.
     Nothing is written outside ``out_dir``.
 
@@ -87,7 +88,9 @@ class HeatmapWriter:
             raise ConfigError(f"{out_dir} is a file (or below one): heat maps go to a folder") from None
         self.method, self.layer, self.target = method, layer, target
         self.window, self.stride = window, stride
-        self.tag = METHOD_TAGS[method]
+        # another target or layer gets its own files (a second run into the same --out overwrote the first's)
+        self.tag = METHOD_TAGS[method] + ("-pneumonia" if target == "pneumonia" else "") + (
+            f"-{_UNSAFE.sub('_', layer)[:MAX_STEM]}" if layer else "")
 
     def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
               prepared: np.ndarray | None = None) -> Path:
