@@ -120,6 +120,10 @@ def test_non_images_are_refused_with_not_an_image(corpus: dict[str, CorpusCase])
 
 def test_dicom_without_preamble_gets_a_hint() -> None:
     assert "preamble" in _error(dicom_bytes(gradient(4, 4))[132:])
+    # a file meta group written without its group length starts at (0002,0002) (a PACS export seen in review)
+    meta_start = dicom_bytes(gradient(4, 4))[132:]
+    at = meta_start.index(b"\x02\x00\x02\x00")
+    assert "preamble" in _error(meta_start[at:])
 
 
 def test_declared_size_is_refused_before_any_pixel_is_decoded() -> None:

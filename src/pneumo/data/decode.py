@@ -74,8 +74,9 @@ _NON_IMAGE_MAGIC = (
     (b"MZ", "an executable"),
 )
 # Elements that start a Part 10 file or a plain dataset when the preamble and "DICM" are missing.
-_BARE_DICOM_STARTS = (b"\x02\x00\x00\x00", b"\x02\x00\x01\x00", b"\x08\x00\x00\x00", b"\x08\x00\x05\x00",
-                      b"\x08\x00\x08\x00", b"\x08\x00\x16\x00")
+_BARE_DICOM_STARTS = (b"\x02\x00\x00\x00", b"\x02\x00\x01\x00", b"\x02\x00\x02\x00", b"\x02\x00\x03\x00",
+                      b"\x02\x00\x10\x00", b"\x08\x00\x00\x00", b"\x08\x00\x05\x00", b"\x08\x00\x08\x00",
+                      b"\x08\x00\x16\x00")  # (0002,0000-0003 / 0010), (0008,0000 / 0005 / 0008 / 0016)
 _ORIENTATION = {  # EXIF orientation -> the view that makes the image upright (as ImageOps.exif_transpose)
     2: lambda a: a[:, ::-1],
     3: lambda a: a[::-1, ::-1],
