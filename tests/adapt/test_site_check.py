@@ -114,6 +114,7 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     result = json.loads((out / "site.json").read_text())
     assert result["n_images"] == 13 and result["n_unreadable"] == 1
     assert result["unreadable"][0]["path"].endswith("truncated.jpeg")
+    assert not result["unreadable"][0]["error"].startswith("truncated.jpeg")  # the name once, in its own field
     assert result["n_not_read"] == 1 and list(result["not_read"].values()) == ["not an image file name (.txt)"]
     assert result["model"] and result["reference"]["n"] == 30
     html = (out / "report.html").read_text()

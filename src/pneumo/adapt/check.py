@@ -115,7 +115,7 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
     for name, read in items:
         try:
             data = read()
-            gray = load_image(data, name=name, target=predictor.size)
+            gray = load_image(data, target=predictor.size)  # the path is in its own field: no name prefix
         except (PneumoError, OSError) as exc:
             scored.failed.append({"path": name, "stage": "decode", "error": str(exc).splitlines()[0]})
             continue
