@@ -17,14 +17,19 @@ from pneumo.infer.predictor import Predictor
 TEXT_IMAGE = "train/PNEUMONIA/person330_virus_683.jpeg"  # "KV59" in the bottom right corner
 
 
-def test_a_run_with_corner_text_inpainted_records_it_and_predicts_with_it(data_slice: Path, full_data: Path,
-                                                                          tmp_path: Path) -> None:
+def _train_with_text_inpainted(data_slice: Path, tmp_path: Path) -> None:
+    """A one-epoch scratch run at 224 px with ``data.markers=inpaint-text`` into ``tmp_path/runs/text``."""
     settings = ["data.image_size=224", "data.val_fraction=0.3", "eval.n_bootstrap=0", "train.batch_size=8",
                 "train.amp=false", "model.name=scratch_cnn", "model.mode=scratch", "model.weights=none",
                 "train.epochs=1", f"data.cache_dir={tmp_path / 'cache'}", "data.markers=inpaint-text"]
     argv = ["train", "--preset", "lite0-probe", "--dataset", str(data_slice), "--out", str(tmp_path / "runs"),
             "--name", "text", "--no-eval"]
     assert main(argv + [arg for item in settings for arg in ("--set", item)]) == 0
+
+
+def test_a_run_with_corner_text_inpainted_records_it_and_predicts_with_it(data_slice: Path, full_data: Path,
+                                                                          tmp_path: Path) -> None:
+    _train_with_text_inpainted(data_slice, tmp_path)
     run_dir = tmp_path / "runs" / "text"
     assert json.loads((run_dir / "model.json").read_text())["markers"] == "inpaint-text"
     indexes = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("images-*.json")]
@@ -46,12 +51,7 @@ def test_the_reports_shortcut_check_looks_for_markers_before_they_were_painted_o
     from pneumo.evaluate.runner import evaluate_run
     from pneumo.explain import analysis
 
-    settings = ["data.image_size=224", "data.val_fraction=0.3", "eval.n_bootstrap=0", "train.batch_size=8",
-                "train.amp=false", "model.name=scratch_cnn", "model.mode=scratch", "model.weights=none",
-                "train.epochs=1", f"data.cache_dir={tmp_path / 'cache'}", "data.markers=inpaint-text"]
-    argv = ["train", "--preset", "lite0-probe", "--dataset", str(data_slice), "--out", str(tmp_path / "runs"),
-            "--name", "text", "--no-eval"]
-    assert main(argv + [arg for item in settings for arg in ("--set", item)]) == 0
+    _train_with_text_inpainted(data_slice, tmp_path)
     seen: dict = {}
     real = analysis.shortcut_stats
 
