@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from pneumo import __version__
+from pneumo import LOG_FORMAT, __version__
 from pneumo.allocator import hold_freed_memory
 from pneumo.argparsing import HelpFormatter, subparser
 from pneumo.errors import PneumoError, one_line
@@ -62,9 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

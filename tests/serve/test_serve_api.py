@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -159,8 +160,38 @@ def test_readyz_is_503_with_the_reason_when_the_model_cannot_load(tmp_path: Path
         ready, health = client.get("/readyz"), client.get("/healthz")
         predict = client.post(PREDICT, content=b"x", headers={"Content-Type": "application/octet-stream"})
     assert ready.status_code == 503 and ready.json()["detail"].startswith("model failed to load")
-    assert health.status_code == 200
+    # a process that can never serve is not healthy: a health probe (Docker's HEALTHCHECK) restarts it; a worker of
+    # `serve --workers` that failed to load answered 503 to every request under a healthy /healthz
+    assert health.status_code == 503 and health.json()["detail"] == ready.json()["detail"]
     assert predict.status_code == 503
+
+
+def test_a_model_changed_on_disk_is_not_served_by_a_restarted_worker(predictor: Predictor, tmp_path: Path) -> None:
+    """`serve --workers` pins the sidecar its parent loaded: a worker restarted after the folder was changed served
+    another operating point under the same model_id, beside workers at the old one."""
+    import hashlib
+    import shutil
+
+    folder = tmp_path / "live"
+    shutil.copytree(predictor.sidecar.parent, folder)
+    sidecar = folder / predictor.sidecar.name
+    pinned = hashlib.sha256(sidecar.read_bytes()).hexdigest()
+    with TestClient(create_app(ServeConfig(), model=str(sidecar), backend="torch", pinned=pinned)) as client:
+        deadline = time.monotonic() + 20
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = client.get("/readyz").json()
+    assert ready["threshold"] == pytest.approx(predictor.threshold)  # which operating point answers, said
+    assert ready["threshold_policy"] == predictor.meta.threshold_policy
+    meta = json.loads(sidecar.read_text())
+    meta["threshold"] = 0.25  # another operating point written over the live folder
+    sidecar.write_text(json.dumps(meta))
+    with TestClient(create_app(ServeConfig(), model=str(sidecar), backend="torch", pinned=pinned)) as client:
+        deadline = time.monotonic() + 20
+        while "failed" not in client.get("/readyz").text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 503 and "changed on disk" in client.get("/readyz").text
+        assert client.get("/healthz").status_code == 503
 
 
 def test_openapi_schema_lists_every_endpoint(client: TestClient) -> None:
@@ -173,7 +204,8 @@ def test_openapi_schema_lists_every_endpoint(client: TestClient) -> None:
     assert "408" in schema["paths"]["/api/v1/predict"]["post"]["responses"]
     ready = schema["paths"]["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     fields = schema["components"]["schemas"][ready.rsplit("/", 1)[-1]]["properties"]
-    assert set(client.get("/readyz").json()) == set(fields) == {"status", "model_id", "backend"}
+    assert set(client.get("/readyz").json()) == set(fields) == {"status", "model_id", "backend", "threshold",
+                                                                "threshold_policy"}
     probabilities = schema["components"]["schemas"]["PredictResponse"]["properties"]["probabilities"]
     assert "calibrated" in probabilities["description"]
 
@@ -231,3 +263,30 @@ def test_the_service_tells_no_folder_when_a_model_fails_or_in_a_derived_models_c
     client = make_client(Predictor(secret / "op", backend="torch", threads=1))
     card = client.get("/api/v1/model").json()
     assert "bad.jpeg" in json.dumps(card) and str(secret) not in json.dumps(card)
+
+
+def test_serve_refuses_a_taken_port_a_bad_origin_and_a_bad_count_in_one_line_before_loading(
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A taken port exited 3 after the model loaded and uvicorn's lines; an origin with a trailing slash never
+    matched a browser's; '--workers, --limit-concurrency and --threads must be at least 1' named no flag."""
+    import socket
+
+    import uvicorn
+
+    from pneumo.cli import main
+    from pneumo.commands import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    monkeypatch.setattr(serve, "sha256_file", lambda *a: pytest.fail("the model was loaded"), raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [(["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+                 (["--cors-origin", "https://pacs.example.org/"], "is not an origin"),
+                 (["--cors-origin", "pacs.example.org"], "is not an origin"),
+                 (["--threads", "0"], "--threads must be at least 1, got 0")]
+        for extra, message in cases:
+            assert main(["serve", "--model", "/no/such/model", *extra]) == 2, extra
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and message in err, err

@@ -7,12 +7,17 @@ import ipaddress
 import json
 import logging
 import os
+import re
+import socket
 
 from pneumo.argparsing import add_schema_flags, schema_values
+from pneumo.atomic import sha256_file
 from pneumo.config import ServeConfig
 from pneumo.errors import ConfigError
+from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
+CORS_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _DEFAULTS = ServeConfig()
 EXAMPLES = """
 pneumo serve                                          # the shipped model on http://127.0.0.1:8000
@@ -64,8 +69,14 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     """The ``ServeConfig`` the arguments describe, checked as it is built (its schema is the one place for the limits;
     an error names the flag)."""
-    if args.workers < 1 or args.limit_concurrency < 1 or (args.threads is not None and args.threads < 1):
-        raise ConfigError("--workers, --limit-concurrency and --threads must be at least 1")
+    for flag, value in (("--workers", args.workers), ("--limit-concurrency", args.limit_concurrency),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    for origin in args.cors_origin:  # a browser sends scheme://host[:port]; anything else never matches, silently
+        if origin != "*" and not CORS_ORIGIN.fullmatch(origin):
+            raise ConfigError(f"--cors-origin {origin!r} is not an origin: give scheme://host[:port], without a path "
+                              "or a trailing slash (e.g. https://pacs.example.org)")
     return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
@@ -83,25 +94,50 @@ def run(args: argparse.Namespace) -> int:
     if not config.api_key and not _is_loopback(config.host):
         log.warning("listening on %s without an API key: anyone who can reach this port can use the service",
                     config.host)
+    if "*" in config.cors_origins:
+        log.warning("--cors-origin '*': any web page may call this service from a visitor's browser")
+    _check_bind(config.host, config.port)  # a port in use or a bad host: one line, before the model loads
     options = {"host": config.host, "port": config.port, "server_header": False,
                "limit_concurrency": args.limit_concurrency,
                "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
     if args.workers > 1:
         # a missing model, a bad sidecar or weights that are not the recorded ones fail here, once: in the workers
         # they left a service up that answered 503 to everything
-        Predictor(args.model, backend=args.backend, threads=1)
+        checked = Predictor(args.model, backend=args.backend, threads=1)
         if config.api_key:
             os.environ["PNEUMO_API_KEY"] = config.api_key
+        # every worker must serve this sidecar: one restarted after the folder changed would answer at another
+        # operating point under the same model_id
         settings = {**config.model_dump(), "api_key": None, "model": args.model, "backend": args.backend,
-                    "threads": args.threads}
+                    "threads": args.threads, "pinned": sha256_file(checked.sidecar)}
+        log.info("serving model %s (threshold %s, policy %s) on http://%s:%d with %d workers", checked.model_id,
+                 fmt_threshold(checked.threshold), checked.meta.threshold_policy, config.host, config.port,
+                 args.workers)
         os.environ["PNEUMO_SERVE_SETTINGS"] = json.dumps(settings)
         options["http"] = "pneumo.serve.limits:HeaderDeadlineH11Protocol"  # each worker imports and configures it
         uvicorn.run("pneumo.serve.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
     predictor = Predictor(args.model, backend=args.backend, threads=1)  # a bad model fails before binding
-    log.info("serving model %s on http://%s:%d", predictor.model_id, config.host, config.port)
+    log.info("serving model %s (threshold %s, policy %s) on http://%s:%d", predictor.model_id,
+             fmt_threshold(predictor.threshold), predictor.meta.threshold_policy, config.host, config.port)
     uvicorn.run(create_app(config, predictor, threads=args.threads), **options)
     return 0
+
+
+def _check_bind(host: str, port: int) -> None:
+    """ConfigError (one line, exit 2) when ``host:port`` cannot be bound: uvicorn exits 3 after several lines, and
+    after loading the model."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _is_loopback(host: str) -> bool:

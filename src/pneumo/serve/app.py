@@ -35,12 +35,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
-from pneumo import __version__
-from pneumo.atomic import to_jsonable
+from pneumo import LOG_FORMAT, __version__
+from pneumo.atomic import sha256_file, to_jsonable
 from pneumo.config import ServeConfig
 from pneumo.errors import InputError, PneumoError
+from pneumo.infer.card import model_card_text
 from pneumo.infer.predictor import Prediction, Predictor
-from pneumo.models.sidecar import card_markdown
 from pneumo.serve.batcher import MicroBatcher
 from pneumo.serve.decoding import DecodeWorkers, decode_upload
 from pneumo.serve.http import Guard, api_key_check, install_error_handlers, mount_docs, one_line
@@ -54,6 +54,7 @@ from pneumo.serve.schemas import (
     Ready,
 )
 from pneumo.serve.upload import UploadError, read_upload
+from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -68,7 +69,7 @@ class Service:
     """What the endpoints share: the predictor (loaded at startup unless given), the batcher and the thread pool."""
 
     def __init__(self, config: ServeConfig, predictor: Predictor | None, *, model: str | None, backend: str,
-                 threads: int | None) -> None:
+                 threads: int | None, pinned: str | None = None) -> None:
         self.config = config
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
@@ -77,6 +78,7 @@ class Service:
         self.load_error: str | None = None
         self._given = predictor
         self._model, self._backend, self._threads = model, backend, threads
+        self._pinned = pinned  # the sidecar's SHA-256 the parent of a multi-worker service loaded
         self._lock = threading.Lock()
         self._running = False
         self.work = self._work_queue()
@@ -125,8 +127,15 @@ class Service:
             self.load_error = f"model failed to load ({type(exc).__name__})"
             log.error("%s", self.load_error)
             return
+        if self._pinned is not None and sha256_file(predictor.sidecar) != self._pinned:
+            # a worker restarted after the model folder changed would answer at another operating point
+            self.load_error = ("model failed to load: its sidecar changed on disk since the service started "
+                               "(restart the service to serve the new model)")
+            log.error("%s", self.load_error)
+            return
         self._ready(predictor)
-        log.info("model %s ready (%s backend)", predictor.model_id, predictor.backend)
+        log.info("model %s ready (%s backend, threshold %s, policy %s)", predictor.model_id, predictor.backend,
+                 fmt_threshold(predictor.threshold), predictor.meta.threshold_policy)
 
     def _ready(self, predictor: Predictor) -> None:
         with self._lock:
@@ -142,7 +151,7 @@ class Service:
 
 
 def create_app(config: ServeConfig | None = None, predictor: Predictor | None = None, *, model: str | None = None,
-               backend: str = "auto", threads: int | None = None) -> FastAPI:
+               backend: str = "auto", threads: int | None = None, pinned: str | None = None) -> FastAPI:
     """Build the service.
 
     Args:
@@ -153,9 +162,11 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         backend: ``auto`` (ONNX Runtime, PyTorch if the export fails), ``onnx`` or ``torch`` for the loaded model.
         threads: model calls run side by side (default: one per core); the loaded model runs each on one thread,
             so a given ``predictor`` is best made with ``threads=1`` (as `pneumo serve` does).
+        pinned: the SHA-256 the loaded model's sidecar must have (the one every worker of `pneumo serve --workers`
+            serves); another is a load error.
     """
     config = config or ServeConfig()
-    service = Service(config, predictor, model=model, backend=backend, threads=threads)
+    service = Service(config, predictor, model=model, backend=backend, threads=threads, pinned=pinned)
     api_key = config.api_key or os.environ.get(API_KEY_ENV) or None
 
     @asynccontextmanager
@@ -176,9 +187,12 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
                            allow_headers=["X-API-Key", "Content-Type"])
     auth = [Depends(api_key_check(api_key))] if api_key else []
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
+    @app.get("/healthz", tags=["health"], responses={503: ERRORS[503]})
+    async def healthz() -> Any:
+        """The process is alive and its model has not failed to load (a process that can never serve is not
+        healthy: a health probe restarts it); loading still counts as healthy (see /readyz)."""
+        if service.load_error:
+            return JSONResponse({"detail": service.load_error}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], response_model=Ready, responses={503: ERRORS[503]})
@@ -186,8 +200,9 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         """The model is loaded and requests can be served (else 503)."""
         if service.predictor is None or service.batcher is None:
             return JSONResponse({"detail": service.load_error or "model loading"}, status_code=503)
-        return JSONResponse({"status": "ready", "model_id": service.predictor.model_id,
-                             "backend": service.predictor.backend})
+        predictor = service.predictor
+        return JSONResponse({"status": "ready", "model_id": predictor.model_id, "backend": predictor.backend,
+                             "threshold": predictor.threshold, "threshold_policy": predictor.meta.threshold_policy})
 
     @app.get("/api/v1/model", tags=["api"], dependencies=auth, response_model=ModelCard,
              responses={k: ERRORS[k] for k in (401, 503)})
@@ -224,7 +239,9 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` and multi-worker runs: settings from ``$PNEUMO_SERVE_SETTINGS`` (JSON)."""
     settings = json.loads(os.environ.get("PNEUMO_SERVE_SETTINGS", "{}"))
-    options = {key: settings.pop(key) for key in ("model", "backend", "threads") if key in settings}
+    options = {key: settings.pop(key) for key in ("model", "backend", "threads", "pinned") if key in settings}
+    if not logging.getLogger().handlers:  # a worker process: the command's log setup ran in its parent only
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     config = ServeConfig(**settings)
     configure_header_timeout(config.header_timeout_s)  # this worker's uvicorn protocol (see pneumo.serve.limits)
     return create_app(config, **options)
@@ -320,7 +337,8 @@ def model_card_of(predictor: Predictor) -> dict[str, Any]:
     card = {k: v for k, v in predictor.meta.to_json().items() if k not in CARD_INTERNALS and not k.startswith("_")}
     card.update(model_id=predictor.model_id, backend=predictor.backend, classes=predictor.classes,
                 input_size=predictor.size, threshold=predictor.threshold)
-    card["card_markdown"] = card_markdown(predictor.sidecar)
+    card["card_markdown"] = model_card_text(predictor.sidecar)  # as `pneumo model-card` prints it (built from the
+    # sidecar where the model has no <stem>.md: a derived model's card says where its threshold was chosen)
     return to_jsonable(_without_paths(card))  # NaN/inf (a metric undefined on a one-class split) -> None
 
 

@@ -73,6 +73,8 @@ class Ready(BaseModel):
     status: str = Field(description="'ready'")
     model_id: str
     backend: str = Field(description="'onnx' or 'torch'")
+    threshold: float = Field(description="the operating point answering (on the uncalibrated P(pneumonia))")
+    threshold_policy: str | None = Field(description="the policy that chose it")
 
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
