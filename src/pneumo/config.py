@@ -293,6 +293,9 @@ class RunConfig(Schema):
     @model_validator(mode="after")
     def _runnable(self, info: ValidationInfo) -> RunConfig:
         """The rules that span fields; what must exist on this machine only for a new run (`validate`)."""
+        if not self.name.strip() or self.name.strip() in (".", "..") or any(c in self.name for c in "/\\\0"):
+            # the run folder is out_dir/name, and --force deletes it: "" was out_dir itself, ".." its parent
+            raise ValueError(f"name must be one folder name (not empty, '.' or '..', no '/'), got {self.name!r}")
         m = self.model
         if m.mode in ("probe", "partial") and m.weights == "none":
             raise ValueError(f"mode={m.mode} freezes layers, which needs pretrained weights (model.weights)")

@@ -149,6 +149,21 @@ def test_impossible_configs_fail_with_one_line_before_any_work(overrides: list[s
     assert not (tmp_path / "runs" / "bad").exists()
 
 
+@pytest.mark.parametrize("name", ["", "..", ".", "a/b"])
+def test_a_run_name_that_is_not_one_folder_is_refused_before_force_deletes_anything(
+        name: str, tmp_path: Path, data_slice: Path, capsys: pytest.CaptureFixture) -> None:
+    """The run folder is --out/--name and --force deletes it: --name "" deleted the runs folder (other runs with it),
+    --name .. its parent."""
+    runs = tmp_path / "proj" / "runs"
+    (runs / "precious").mkdir(parents=True)
+    (tmp_path / "proj" / "notes.txt").write_text("keep me")
+    argv = ["train", "--dataset", str(data_slice), "--out", str(runs), "--name", name, "--force", "--no-eval"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "name must be one folder name" in err and "\n" not in err
+    assert (runs / "precious").is_dir() and (tmp_path / "proj" / "notes.txt").is_file()
+
+
 def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Path,
                                                  capsys: pytest.CaptureFixture) -> None:
     argv = ["train", "--dataset", str(data_slice), "--out", str(tmp_path / "runs"), "--arch", "no_such_net"]

@@ -80,6 +80,8 @@ def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
 def prepare_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
     run_dir = check_run_dir(cfg, resume=resume, force=force)
     if run_dir.exists() and not resume:
+        if run_dir.resolve().parent != Path(cfg.out_dir).resolve() or run_dir.is_symlink():
+            raise ConfigError(f"--force would delete {run_dir}, which is not a folder inside {cfg.out_dir}: refused")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
