@@ -113,3 +113,27 @@ def test_cli_compare_select_writes_selection_md(tmp_path: Path, capsys: pytest.C
                  str(tmp_path / "b2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown rule step 'test_auc'" in err[0]
+
+
+def test_a_derived_operating_point_or_a_copy_of_a_run_is_no_extra_seed(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """`pneumo operating-point --out runs/...` writes the same weights at another threshold into the runs folder: it
+    counted as a third seed of a two-seed configuration, made it eligible, shrank its SD, and the rule picked it."""
+    import json
+    import shutil
+
+    dirs = [make_run(tmp_path, f"two-s{i}", seed=i, separation=4.0 + i / 10) for i in range(2)]
+    dirs += [make_run(tmp_path, f"three-s{i}", seed=i, separation=1.0 + i / 10, config={"train": {"epochs": 2}})
+             for i in range(3)]
+    for i, d in enumerate(dirs):
+        (d / "model.json").write_text(json.dumps({"sha256": f"{i:064x}"}))
+    derived = tmp_path / "two-s0-triage"
+    shutil.copytree(dirs[0], derived)
+    meta = json.loads((derived / "model.json").read_text())
+    (derived / "model.json").write_text(json.dumps({**meta, "operating_point": {"derived_from": {"model": "x"}}}))
+    copy = tmp_path / "two-s1-copy"
+    shutil.copytree(dirs[1], copy)
+    assert main(["compare", *map(str, [*dirs, derived, copy]), "--select", "--out", str(tmp_path / "board")]) == 0
+    text = (tmp_path / "board" / "selection.md").read_text(encoding="utf-8")
+    assert "| two | 2 |" in text and "- pick: three" in text  # two is not eligible with its 2 real seeds
+    assert "is a new operating point of another run" in caplog.text and "holds the same weights" in caplog.text

@@ -12,6 +12,7 @@ undecided here: its later steps (the shortcut check on val, the cost) are the us
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -22,8 +23,11 @@ from pathlib import Path
 
 from pneumo import atomic
 from pneumo.config import REMOVED_DEFAULTS, REMOVED_KEYS, from_dict, to_dict
+from pneumo.data.rundir import RunDir
 from pneumo.errors import DataError
 from pneumo.evaluate.compare import _get, load_runs
+
+log = logging.getLogger(__name__)
 
 # Config fields that do not change what is trained: seeds (they make the repeats), paths, the device, checkpoint
 # cadence, memory handling, and the evaluation's reporting options (the threshold policy does not change the
@@ -181,11 +185,34 @@ def configurations_markdown(configs: Sequence[Configuration], rule: Sequence[str
     return "\n".join(lines) + "\n"
 
 
+def trained_runs(results: Sequence[dict]) -> list[dict]:
+    """The runs that are trainings of their own: a model derived by `pneumo operating-point` (the same weights at
+    another threshold) counted as one more seed of its source's configuration, and a copy of one run's weights as
+    another; an ensemble has no training config. Those are left out, with a warning each."""
+    kept, weights = [], set()
+    for data in results:
+        sidecar = RunDir(data["_run_dir"]).model
+        meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+        why = ("has no training config (an ensemble?)" if not data.get("config") else
+               "is a new operating point of another run (pneumo operating-point): the same weights"
+               if (meta.get("operating_point") or {}).get("derived_from") else
+               "holds the same weights as a run before it" if meta.get("sha256") and meta["sha256"] in weights
+               else None)
+        if why:
+            log.warning("selection: %s %s: not counted as a seed", data["_run_dir"], why)
+            continue
+        weights.add(meta.get("sha256"))
+        kept.append(data)
+    if not kept:
+        raise DataError("none of the runs is a training of its own (derived operating points, copies, ensembles)")
+    return kept
+
+
 def write_selection(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
                     rule: Sequence[str] = DEFAULT_RULE, min_seeds: int = 3) -> Path:
     """Group the runs into configurations, apply the validation-only ``rule`` (`pneumo.evaluate.select`) and write
     ``selection.md`` (the configurations table, each step's means and SDs, the pick or why the rule is undecided)."""
-    configs = group_runs(load_runs(run_dirs))
+    configs = group_runs(trained_runs(load_runs(run_dirs)))
     result = select(configs, rule, min_seeds)
     text = ("# Selection (validation only)\n\nRule: " + ", then ".join(STEPS[s].label for s in rule)
             + f"; a step decides when the best mean is ahead by more than the larger SD; configurations with fewer "
