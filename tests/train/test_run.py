@@ -97,6 +97,17 @@ def test_evaluation_uses_val_for_the_threshold_and_writes_the_report(scratch_run
     assert len(pd.read_csv(scratch_run / "predictions.csv")) == 36
 
 
+def test_evaluate_of_a_run_with_out_says_where_it_writes_instead_of_ignoring_out(
+        scratch_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`pneumo evaluate --model RUN --out DIR` wrote into the run (its metrics.json rewritten) and left DIR absent."""
+    before = (scratch_run / "metrics.json").read_bytes() if (scratch_run / "metrics.json").is_file() else None
+    assert main(["evaluate", "--model", str(scratch_run), "--out", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a run is evaluated into its own folder" in err and "\n" not in err
+    after = (scratch_run / "metrics.json").read_bytes() if (scratch_run / "metrics.json").is_file() else None
+    assert after == before and not (tmp_path / "elsewhere").exists()
+
+
 def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path: Path) -> None:
     cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=p3", "data.task=3class")
     run_dir = train(cfg)

@@ -88,6 +88,9 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
         return evaluate_ensemble(models, out, n_bootstrap=n_bootstrap, data=dataset, policies=policies), Path(out)
     model = models[0]
     if data is None and is_run(model):
+        if out:  # it was ignored: the run's own files were rewritten while the user looked in --out
+            raise ConfigError(f"--out {out}: a run is evaluated into its own folder ({model}); leave --out out, or "
+                              "give --data FOLDER|CSV to evaluate it on labelled images into --out")
         return evaluate_run(model, n_bootstrap=n_bootstrap, data=dataset, policies=policies,
                             analysis=sections), Path(model)
     official = data is None
