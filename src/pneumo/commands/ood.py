@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pneumo.argparsing import subparser
 from pneumo.errors import ConfigError
@@ -41,4 +42,10 @@ def run_fit(args: argparse.Namespace) -> int:
     entry = fit_ood_for(args.model, data=args.dataset, percentile=args.percentile)
     print(f"ood: {entry['file']} ({entry['method']}, {entry['n_features']} features, {entry['n_train']} train images); "
           f"threshold {entry['threshold']:.3f} = val percentile {entry['percentile']:g} of {entry['n_val']} images")
+    from pneumo.data.rundir import RunDir
+
+    folder = Path(args.model)
+    if folder.is_dir() and RunDir(folder).metrics.is_file():  # its report still counts flags at the old limit
+        print(f"the run's metrics.json, report and predictions.csv flag images at the old limit: re-run "
+              f"pneumo evaluate --model {args.model}")
     return 0

@@ -49,10 +49,20 @@ def seed_everything(seed: int) -> None:
 
 
 def git_commit() -> str:
+    """The commit of the pneumo checkout this code runs from, ``-dirty`` when its tracked files are changed (a run of
+    modified code is not a run of the commit); "unknown" outside a checkout (an installed package that sits inside
+    another repository does not take that repository's commit)."""
+    package = Path(__file__).resolve().parents[1]  # src/pneumo
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False, cwd=package)
+        return out.stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             check=False, cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
+        top = git("rev-parse", "--show-toplevel")
+        if not top or (Path(top) / "src" / "pneumo").resolve() != package:
+            return "unknown"
+        return git("describe", "--always", "--dirty", "--abbrev=7") or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
