@@ -84,3 +84,28 @@ def test_each_member_of_a_mixed_size_ensemble_is_scored_as_it_is_alone(tiny_mode
     alone = [score_labelled([p], folder) for p in members]
     assert not errors and all(a[2]["path"].tolist() == table["path"].tolist() for a in alone)
     np.testing.assert_array_equal(together, log_mean_probability([a[1] for a in alone]))  # the same computation
+
+
+def test_the_ensembles_policy_is_named_not_taken_from_its_first_member(two_runs: tuple[Path, Path],
+                                                                      tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Members with different policies: the first member's decided, so the same ensemble got another threshold
+    (0.642 against 0.171 in review) when its runs were listed in another order."""
+    import shutil
+
+    import yaml
+
+    youden = tmp_path / "scratch-youden"
+    shutil.copytree(two_runs[1], youden)
+    cfg = yaml.safe_load((youden / "config.yaml").read_text())
+    cfg.setdefault("eval", {})["threshold_policy"] = "youden"
+    (youden / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"different policies \(sensitivity:0.95, youden\)"):
+        evaluate_ensemble([two_runs[0], youden], tmp_path / "e0")
+    ab = evaluate_ensemble([two_runs[0], youden], tmp_path / "ab", policy="youden", n_bootstrap=0)
+    ba = evaluate_ensemble([youden, two_runs[0]], tmp_path / "ba", policy="youden", n_bootstrap=0)
+    assert ab["threshold"] == pytest.approx(ba["threshold"]) and ab["threshold_policy"] == "youden"
+    args = ["evaluate", "--model", str(youden), "--model", str(two_runs[0]), "--bootstrap", "0"]
+    assert main([*args, "--out", str(tmp_path / "c1")]) == 2
+    assert "--threshold-policy" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "c2"), "--threshold-policy", "youden", "--no-analysis"]) == 0
+    assert json.loads((tmp_path / "c2" / "metrics.json").read_text())["threshold"] == pytest.approx(ab["threshold"])

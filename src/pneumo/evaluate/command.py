@@ -85,7 +85,8 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
         if not out:
             raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
         refuse_to_overwrite(Path(out), force)
-        return evaluate_ensemble(models, out, n_bootstrap=n_bootstrap, data=dataset, policies=policies), Path(out)
+        return evaluate_ensemble(models, out, policy=policies[0] if policies else None, n_bootstrap=n_bootstrap,
+                                 data=dataset, policies=policies), Path(out)
     model = models[0]
     if data is None and is_run(model):
         if out:  # it was ignored: the run's own files were rewritten while the user looked in --out

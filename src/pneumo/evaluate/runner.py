@@ -168,8 +168,10 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     """The protocol for the average of several runs' probabilities (architectures or seeds on one split).
 
     The members must share their val and test folds (same data and split seed) and their task; the threshold and
-    temperature are chosen on the ensemble's val probabilities, as for one run. Writes metrics.json,
-    predictions.csv, ensemble.json (the members) and report.html into ``out_dir``.
+    temperature are chosen on the ensemble's val probabilities, as for one run, by ``policy`` (default: the members'
+    policy; members that disagree need it named: the first member's decided, so the order of the runs changed the
+    ensemble's operating point). Writes metrics.json, predictions.csv, ensemble.json (the members) and report.html
+    into ``out_dir``.
     """
     if len(run_dirs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
@@ -179,6 +181,12 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     members = [Path(r) for r in run_dirs]
     loaded = [load_run(run_dir, data) for run_dir in members]
     cfg, folds = loaded[0]
+    if policy is None:
+        chosen = sorted({member_cfg.eval.threshold_policy for member_cfg, _ in loaded})
+        if len(chosen) > 1:
+            raise ConfigError(f"the members choose their thresholds by different policies ({', '.join(chosen)}): "
+                              "name the ensemble's with --threshold-policy")
+        policy = chosen[0]
     member_logits: dict[str, list[np.ndarray]] = {"val": [], "test": []}
     for run_dir, (member_cfg, member_folds) in zip(members, loaded):
         _check_same_folds(members[0], folds, cfg, run_dir, member_folds, member_cfg)
