@@ -52,6 +52,13 @@ def test_train_runs_every_member_on_one_split_then_the_ensemble(presets: dict[st
     assert json.loads((runs / "ens" / "metrics.json").read_text())["members"] == [str(m) for m in members]
     assert main(["predict", str(data_slice / "test"), "--model", str(runs / "ens")]) == 2
     assert "predict with a member run" in capsys.readouterr().err
+    # interrupted before its second member: --resume finishes the first and starts the second (it was "nothing to
+    # resume: runs/ens-scratch does not exist", and without --resume "run folder exists")
+    import shutil
+
+    shutil.rmtree(members[1])
+    assert main([*args, "--resume", "--no-eval"]) == 0
+    assert (members[1] / "model.json").is_file() and (members[1] / "folds.csv").read_text() == folds[0]
 
 
 @pytest.mark.parametrize(("name", "message"), [("lonely", "at least two members"), ("nested", "itself an ensemble"),

@@ -107,7 +107,14 @@ def run_ensemble(cfg, args: argparse.Namespace) -> int:
 
     run_dirs = []
     for member in member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")]):
-        run_dirs.append(train(member, resume=args.resume, force=args.force))
+        # --resume of an ensemble: the members the interruption never reached start now (it was "nothing to resume")
+        resume = args.resume and (Path(member.out_dir) / member.name).exists()
+        try:
+            run_dirs.append(train(member, resume=resume, force=args.force))
+        except KeyboardInterrupt:
+            print(f"pneumo train: interrupted; resume the ensemble with: pneumo train --preset {args.preset} "
+                  "--resume (and the same options)", file=sys.stderr)
+            return 130
         print(f"member run: {run_dirs[-1]}")
         if not args.no_eval:
             print(summary_line(evaluate_run(run_dirs[-1])))
