@@ -137,3 +137,22 @@ def test_a_derived_operating_point_or_a_copy_of_a_run_is_no_extra_seed(tmp_path:
     text = (tmp_path / "board" / "selection.md").read_text(encoding="utf-8")
     assert "| two | 2 |" in text and "- pick: three" in text  # two is not eligible with its 2 real seeds
     assert "is a new operating point of another run" in caplog.text and "holds the same weights" in caplog.text
+
+
+@pytest.mark.parametrize("same_folds", [True, False])
+def test_configurations_measured_on_other_val_folds_are_warned_about(same_folds: bool, tmp_path: Path) -> None:
+    """Three seeds at split seed 0 against three at split seed 1: ranked on val numbers of different images, with
+    no word of it."""
+    import json
+
+    dirs = []
+    for label, epochs, sep in (("a", 6, 4.0), ("b", 2, 1.0)):
+        for i in range(3):
+            d = make_run(tmp_path, f"{label}-s{i}", seed=i, separation=sep + i / 10, config={"train": {"epochs": epochs}})
+            fold = "shared" if same_folds else label
+            (d / "model.json").write_text(json.dumps({"sha256": f"{label}{i}".ljust(64, "0"),
+                                                      "operating_point": {"chosen_on": {"paths_sha256": fold}}}))
+            dirs.append(d)
+    assert main(["compare", *map(str, dirs), "--select", "--out", str(tmp_path / "board")]) == 0
+    text = (tmp_path / "board" / "selection.md").read_text(encoding="utf-8")
+    assert ("measured on different val folds" in text) is (not same_folds)

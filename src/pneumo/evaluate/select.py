@@ -202,10 +202,24 @@ def trained_runs(results: Sequence[dict]) -> list[dict]:
             log.warning("selection: %s %s: not counted as a seed", data["_run_dir"], why)
             continue
         weights.add(meta.get("sha256"))
+        data["_val_fold"] = ((meta.get("operating_point") or {}).get("chosen_on") or {}).get("paths_sha256")
         kept.append(data)
     if not kept:
         raise DataError("none of the runs is a training of its own (derived operating points, copies, ensembles)")
     return kept
+
+
+def _fold_warning(configs: Sequence[Configuration]) -> list[str]:
+    """A line when the configurations were measured on different sets of val folds (another split seed or dataset):
+    their val numbers then differ by the images as well as by the configuration."""
+    folds = {c.label: frozenset(r.get("_val_fold") for r in c.runs) for c in configs}
+    if len(set(folds.values())) <= 1 or any(None in f for f in folds.values()):
+        return []
+    line = ("warning: the configurations were measured on different val folds (other split seeds or data: "
+            + "; ".join(f"{label}: {len(f)} fold(s)" for label, f in folds.items())
+            + "): compare configurations run on the same splits")
+    log.warning("selection: %s", line)
+    return [line]
 
 
 def write_selection(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
@@ -217,5 +231,5 @@ def write_selection(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.Pat
     text = ("# Selection (validation only)\n\nRule: " + ", then ".join(STEPS[s].label for s in rule)
             + f"; a step decides when the best mean is ahead by more than the larger SD; configurations with fewer "
             f"than {min_seeds} seeds are not eligible.\n\n" + configurations_markdown(configs, rule) + "\n"
-            + "\n".join(f"- {line}" for line in result.log) + "\n")
+            + "\n".join(f"- {line}" for line in [*result.log, *_fold_warning(configs)]) + "\n")
     return atomic.write_text(Path(out_dir) / "selection.md", text)
