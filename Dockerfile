@@ -31,6 +31,13 @@ COPY src ./src
 RUN pip install . && rm -rf /opt/pneumo/src /opt/pneumo/build
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pneumo
+# The shipped model's ONNX export, made (and its SHA-256 recorded) at build time: the service does not export it again
+# at every start (~8 s) and runs it on ONNX Runtime under `docker run --read-only` too. The cache stays the service
+# user's, so a mounted model of your own is exported once per container; matplotlib (heat maps) gets a temp folder.
+ENV PNEUMO_CACHE=/opt/pneumo-cache \
+    MPLCONFIGDIR=/tmp/matplotlib
+RUN python -c "from pneumo.infer.predictor import Predictor; Predictor(None, backend='onnx')" \
+    && chown -R pneumo /opt/pneumo-cache
 USER pneumo
 WORKDIR /home/pneumo
 

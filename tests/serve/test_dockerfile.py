@@ -130,6 +130,15 @@ def test_the_image_command_serves_the_shipped_model_offline_and_its_health_check
     assert cmd[0] == "pneumo" and "--model" not in cmd  # the shipped default model
     env = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMO_")}
     env.update(HOME=str(tmp_path), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    # the build step that exports the shipped model into the image's cache, then that cache read-only (docker run
+    # --read-only): the service runs the export on ONNX Runtime without writing
+    image_env = dict(item.split("=", 1) for op, arg in instructions() if op == "ENV" for item in arg.split())
+    cache = tmp_path / image_env["PNEUMO_CACHE"].lstrip("/")
+    export = next(arg for op, arg in instructions() if op == "RUN" and "Predictor(None" in arg).split(" && ")[0]
+    env["PNEUMO_CACHE"] = str(cache)
+    subprocess.run(["sh", "-c", export.replace("python ", f"{sys.executable} ", 1)], env=env, check=True, timeout=300)
+    for path in [cache, *cache.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
     server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline, healthy = time.monotonic() + 90, False
@@ -137,6 +146,11 @@ def test_the_image_command_serves_the_shipped_model_offline_and_its_health_check
             time.sleep(0.5)
             healthy = subprocess.run(check, env=env, capture_output=True, timeout=10, check=False).returncode == 0
         assert healthy, server.stderr.read().decode(errors="replace")[-2000:] if server.poll() is not None else ""
+        import httpx
+
+        while time.monotonic() < deadline and httpx.get(f"http://127.0.0.1:{port}/readyz").status_code != 200:
+            time.sleep(0.5)
+        assert json.loads(httpx.get(f"http://127.0.0.1:{port}/readyz").text)["backend"] == "onnx"
     finally:
         server.terminate()
         server.wait(timeout=20)
