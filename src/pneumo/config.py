@@ -249,6 +249,8 @@ class ServeConfig(FlagSchema):
     cors_origins: Items = Field(default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0.0)  # a request's headers must arrive within this (slow clients closed)
     body_timeout_s: float = Field(60.0, gt=0.0)  # an upload must arrive within this (else 408)
+    # on SIGTERM, requests in flight get this long before the process exits (docker stop waits 10 s, then kills)
+    shutdown_timeout_s: float = Field(8.0, gt=0.0)
     max_active: int = Field(16, ge=1)  # predictions decoded and run at once
     max_queue: int = Field(64, ge=0)  # predictions waiting for a slot; beyond: 503 + Retry-After
     queue_timeout_s: float = Field(10.0, gt=0.0)  # the longest wait for a slot (then 503 + Retry-After)

@@ -290,3 +290,22 @@ def test_serve_refuses_a_taken_port_a_bad_origin_and_a_bad_count_in_one_line_bef
             assert main(["serve", "--model", "/no/such/model", *extra]) == 2, extra
             err = capsys.readouterr().err.strip()
             assert "\n" not in err and message in err, err
+
+
+def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow upload in flight held SIGTERM for 23 s (uploads may take the 60 s body timeout); docker stop kills
+    after 10 s. uvicorn gets the bound."""
+    import socket
+
+    import uvicorn
+
+    from pneumo.cli import main
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert main(["serve", "--port", port, "--shutdown-timeout-s", "3"]) == 0
+    assert seen["timeout_graceful_shutdown"] == 3.0
+    assert main(["serve", "--port", port]) == 0 and seen["timeout_graceful_shutdown"] == 8.0  # < docker stop's 10 s

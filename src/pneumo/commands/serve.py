@@ -29,6 +29,7 @@ PNEUMO_API_KEY=secret pneumo serve --model runs/default --host 0.0.0.0 --workers
 _LIMITS = {
     "header_timeout_s": "close connections whose request headers take longer",
     "body_timeout_s": "answer 408 to uploads that take longer",
+    "shutdown_timeout_s": "on SIGTERM, let requests in flight finish for at most this long, then exit",
     "max_active": "predictions decoded and run at once",
     "max_queue": "predictions waiting for a slot; more get 503 + Retry-After",
     "queue_timeout_s": "longest wait for a slot before 503 + Retry-After",
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("--cors-origin '*': any web page may call this service from a visitor's browser")
     _check_bind(config.host, config.port)  # a port in use or a bad host: one line, before the model loads
     options = {"host": config.host, "port": config.port, "server_header": False,
+               "timeout_graceful_shutdown": config.shutdown_timeout_s,
                "limit_concurrency": args.limit_concurrency,
                "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
     if args.workers > 1:
