@@ -308,4 +308,9 @@ def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.Mon
         port = str(probe.getsockname()[1])
     assert main(["serve", "--port", port, "--shutdown-timeout-s", "3"]) == 0
     assert seen["timeout_graceful_shutdown"] == 3.0
+    # an operator reads the log later: every line of the service and of uvicorn carries the time
+    assert all(f["fmt"].startswith("%(asctime)s ") for f in seen["log_config"]["formatters"].values())
+    import logging
+
+    assert all(h.formatter._fmt.startswith("%(asctime)s ") for h in logging.getLogger().handlers if h.formatter)
     assert main(["serve", "--port", port]) == 0 and seen["timeout_graceful_shutdown"] == 8.0  # < docker stop's 10 s

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 
+from pneumo import LOG_FORMAT
 from pneumo.argparsing import add_schema_flags, schema_values
 from pneumo.atomic import sha256_file
 from pneumo.config import ServeConfig
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if "*" in config.cors_origins:
         log.warning("--cors-origin '*': any web page may call this service from a visitor's browser")
     _check_bind(config.host, config.port)  # a port in use or a bad host: one line, before the model loads
-    options = {"host": config.host, "port": config.port, "server_header": False,
+    _timestamped_logs()
+    options = {"host": config.host, "port": config.port, "server_header": False, "log_config": _uvicorn_logging(),
                "timeout_graceful_shutdown": config.shutdown_timeout_s,
                "limit_concurrency": args.limit_concurrency,
                "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
@@ -124,6 +126,24 @@ def run(args: argparse.Namespace) -> int:
              fmt_threshold(predictor.threshold), predictor.meta.threshold_policy, config.host, config.port)
     uvicorn.run(create_app(config, predictor, threads=args.threads), **options)
     return 0
+
+
+def _timestamped_logs() -> None:
+    """A service's log lines carry the time (an operator reads them later); a command's do not need it."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {LOG_FORMAT}"))
+
+
+def _uvicorn_logging() -> dict:
+    """uvicorn's own log setup with the time in front of its lines (its access and error lines had none)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for formatter in config["formatters"].values():
+        formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
+    return config
 
 
 def _check_bind(host: str, port: int) -> None:

@@ -241,7 +241,7 @@ def create_app_from_env() -> FastAPI:
     settings = json.loads(os.environ.get("PNEUMO_SERVE_SETTINGS", "{}"))
     options = {key: settings.pop(key) for key in ("model", "backend", "threads", "pinned") if key in settings}
     if not logging.getLogger().handlers:  # a worker process: the command's log setup ran in its parent only
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {LOG_FORMAT}")
     config = ServeConfig(**settings)
     configure_header_timeout(config.header_timeout_s)  # this worker's uvicorn protocol (see pneumo.serve.limits)
     return create_app(config, **options)
