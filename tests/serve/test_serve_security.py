@@ -135,6 +135,8 @@ def test_cors_preflight_allows_only_the_configured_origin_and_the_api_key_header
     assert "x-api-key" in allowed.headers["access-control-allow-headers"].lower()
     assert "access-control-allow-credentials" not in allowed.headers
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    for answer in (allowed, other):  # preflights carry the security headers too (CORS answered them outside Guard)
+        assert "content-security-policy" in answer.headers and answer.headers["x-content-type-options"] == "nosniff"
 
 
 def test_cors_does_not_echo_an_unlisted_origin(make_client: Callable[..., TestClient]) -> None:

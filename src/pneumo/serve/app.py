@@ -181,10 +181,10 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
                   docs_url=None, redoc_url=None)
     app.state.service = service
     install_error_handlers(app)
-    app.add_middleware(Guard, docs_csp=mount_docs(app))
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Content-Type"])
+    app.add_middleware(Guard, docs_csp=mount_docs(app))  # the outermost (added last): CORS preflights get its headers
     auth = [Depends(api_key_check(api_key))] if api_key else []
 
     @app.get("/healthz", tags=["health"], responses={503: ERRORS[503]})
