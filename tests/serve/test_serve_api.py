@@ -310,7 +310,15 @@ def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.Mon
     assert seen["timeout_graceful_shutdown"] == 3.0
     # an operator reads the log later: every line of the service and of uvicorn carries the time
     assert all(f["fmt"].startswith("%(asctime)s ") for f in seen["log_config"]["formatters"].values())
+    # and no query string: a client wrote ?patient=Smith_John into the access log
     import logging
 
+    from pneumo.serve.http import WithoutQuery
+
+    named = seen["log_config"]["handlers"]["access"]["filters"]
+    assert [seen["log_config"]["filters"][n]["()"] for n in named] == ["pneumo.serve.http.WithoutQuery"]
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "POST", "/api/v1/predict?patient=Smith_John", "1.1", 200), None)
+    assert WithoutQuery().filter(record) and record.getMessage() == '127.0.0.1:5 - "POST /api/v1/predict HTTP/1.1" 200'
     assert all(h.formatter._fmt.startswith("%(asctime)s ") for h in logging.getLogger().handlers if h.formatter)
     assert main(["serve", "--port", port]) == 0 and seen["timeout_graceful_shutdown"] == 8.0  # < docker stop's 10 s

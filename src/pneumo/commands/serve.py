@@ -143,6 +143,8 @@ def _uvicorn_logging() -> dict:
     config = copy.deepcopy(LOGGING_CONFIG)
     for formatter in config["formatters"].values():
         formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
+    config.setdefault("filters", {})["without_query"] = {"()": "pneumo.serve.http.WithoutQuery"}
+    config["handlers"]["access"]["filters"] = ["without_query"]
     return config
 
 

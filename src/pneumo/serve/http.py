@@ -119,3 +119,14 @@ class Guard:
 def one_line(value: object) -> str:
     text = " ".join(str(value).split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+class WithoutQuery(logging.Filter):
+    """uvicorn's access lines without the query string: a client may put anything there (``?patient=...``), and the
+    service's own parameters (heatmap, preview) say nothing an operator needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:  # client, method, path?query, version, status
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).split("?", 1)[0], version, status)
+        return True
