@@ -100,8 +100,6 @@ def main() -> None:
     parser.add_argument("--rehearsal-min", type=int, default=None,
                         help="at least this many source images per epoch (default: AdaptConfig's)")
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: AdaptConfig's)")
-    parser.add_argument("--frozen-stages", type=int, default=None,
-                        help="freeze the stem and the first N stages while adapting (default: every layer trains)")
     parser.add_argument("--augment", choices=["model", "defaults"], default="defaults",
                         help="fine-tuning augmentation (+ flips): AugmentConfig's defaults, as `pneumo adapt` does, or "
                              "the model's own training one (what `pneumo adapt` did until the second round)")
@@ -112,7 +110,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cfg = AdaptConfig(**{k: v for k, v in (("rehearsal", args.rehearsal), ("rehearsal_min", args.rehearsal_min),
-                                           ("lr", args.lr), ("frozen_stages", args.frozen_stages)) if v is not None})
+                                           ("lr", args.lr)) if v is not None})
     done = {(r["kind"], r["draw"], r["n"], r.get("rehearsal", 2.0), r.get("rehearsal_min", 0),
              r.get("augment", "defaults"), r.get("lr", 3e-4), r.get("frozen_stages"))
             for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
@@ -133,12 +131,12 @@ def main() -> None:
         sizes = [args.full] if args.full else [0, *map(int, args.sizes.split(","))]
         for n in sizes:
             kind = "full" if args.full else "curve"
-            if (kind, draw, n, cfg.rehearsal, cfg.rehearsal_min, args.augment, cfg.lr, cfg.frozen_stages) in done:
+            if (kind, draw, n, cfg.rehearsal, cfg.rehearsal_min, args.augment, cfg.lr, None) in done:
                 continue
             start = time.perf_counter()
             picked = draw_patients(pool, n, seed=1000 * draw + n) if n else pool.iloc[:0]
             row = {"kind": kind, "draw": draw, "n": n, "rehearsal": cfg.rehearsal, "rehearsal_min": cfg.rehearsal_min,
-                   "augment": args.augment, "lr": cfg.lr, "frozen_stages": cfg.frozen_stages,
+                   "augment": args.augment, "lr": cfg.lr,
                    "n_images": len(picked),
                    "n_patients": int(picked["patient_id"].nunique()), "n_pos": int((picked["label"] == "PNEUMONIA")
                                                                                    .sum()), **info}

@@ -228,9 +228,6 @@ class AdaptConfig(FlagSchema):
     threshold_policy: Policy = "sensitivity:0.95"
     seed: int = Field(0, ge=0)
     amp: bool = True
-    # the session of 2026-12-06's study (BENCHMARKS.md): None trains every layer (the recipe); N freezes the stem and
-    # the first N stages, as the shipped model was trained
-    frozen_stages: int | None = Field(None, ge=0, le=10)
 
 
 UPLOAD_GROWTH_ALLOWANCE = 9 / 8  # an upload read chunk by chunk into a bytearray holds up to 1/8 more (CPython growth)

@@ -52,8 +52,6 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     model = copy.deepcopy(model).to(device)
     for p in model.parameters():
         p.requires_grad_(True)
-    if cfg.frozen_stages is not None:
-        model.freeze_stages(cfg.frozen_stages)
     fmt = memory_format(device)
     model = model.to(memory_format=fmt)
     if cfg.amp:  # the CPU's slow bf16 backward of strided / wide depthwise convolutions runs in fp32 instead
@@ -67,8 +65,8 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     loss_fn = make_loss(TrainConfig(), torch.from_numpy(pooled_y.astype(np.int64)), num_classes).to(device)  # weighted
     steps_per_epoch = max(1, math.ceil((n_site + n_source) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
-    decay = [p for p in model.parameters() if p.ndim > 1 and p.requires_grad]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1 and p.requires_grad]
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     warmup = max(1, total // 10)
