@@ -1,9 +1,7 @@
-"""Typed configuration: pydantic models, YAML presets and ``section.field=value`` overrides.
-
-The models are the schema: types, bounds (``Field(ge=..)``), choices (``Literal``), field validators for the crop,
-threshold policy and device, a model validator for the rules that span fields. Construction validates; a
-``ValidationError`` becomes one ``ConfigError`` line naming the dotted key (``--flag`` for ``ServeConfig`` and
-``AdaptConfig``)."""
+"""Typed configuration: pydantic models, YAML presets and ``section.field=value`` overrides. The models are the
+schema: types, bounds (``Field(ge=..)``), choices (``Literal``), field validators for the crop, threshold policy and
+device, a model validator for the rules that span fields. Construction validates; a ``ValidationError`` becomes one
+``ConfigError`` line naming the dotted key (``--flag`` for ``ServeConfig`` and ``AdaptConfig``)."""
 
 from __future__ import annotations
 
@@ -246,8 +244,7 @@ class ServeConfig(FlagSchema):
     cors_origins: Items = Field(default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0.0)  # a request's headers must arrive within this (slow clients closed)
     body_timeout_s: float = Field(60.0, gt=0.0)  # an upload must arrive within this (else 408)
-    # on SIGTERM, requests in flight get this long before the process exits (docker stop waits 10 s, then kills)
-    shutdown_timeout_s: float = Field(8.0, gt=0.0)
+    shutdown_timeout_s: float = Field(8.0, gt=0.0)  # SIGTERM: requests in flight get this long (docker stop: 10 s)
     max_active: int = Field(16, ge=1)  # predictions decoded and run at once
     max_queue: int = Field(64, ge=0)  # predictions waiting for a slot; beyond: 503 + Retry-After
     queue_timeout_s: float = Field(10.0, gt=0.0)  # the longest wait for a slot (then 503 + Retry-After)
@@ -292,8 +289,7 @@ class RunConfig(Schema):
     @model_validator(mode="after")
     def _runnable(self, info: ValidationInfo) -> RunConfig:
         """The rules that span fields; what must exist on this machine only for a new run (`validate`)."""
-        if not self.name.strip() or self.name.strip() in (".", "..") or any(c in self.name for c in "/\\\0"):
-            # the run folder is out_dir/name, and --force deletes it: "" was out_dir itself, ".." its parent
+        if self.name.strip() in ("", ".", "..") or any(c in self.name for c in "/\\\0"):  # --force deletes it
             raise ValueError(f"name must be one folder name (not empty, '.' or '..', no '/'), got {self.name!r}")
         m = self.model
         if m.mode in ("probe", "partial") and m.weights == "none":
@@ -390,14 +386,12 @@ def member_configs(cfg: RunConfig, overrides: list[str]) -> list[RunConfig]:
     """The member runs of an ensemble preset: each member preset with the same overrides, named <name>-<member>."""
     if len(cfg.members) < 2:
         raise ConfigError(f"an ensemble preset needs at least two members, {cfg.name} lists {len(cfg.members)}")
-    out = []
-    for member in cfg.members:
-        member_cfg = load_config(member, [*overrides, f"name={cfg.name}-{Path(member).stem}", f"out_dir={cfg.out_dir}"])
+    out = [load_config(m, [*overrides, f"name={cfg.name}-{Path(m).stem}", f"out_dir={cfg.out_dir}"]) for m in cfg.members]
+    for member, member_cfg in zip(cfg.members, out, strict=True):
         if member_cfg.members:
             raise ConfigError(f"ensemble member {member} is itself an ensemble")
         if member_cfg.data.task != cfg.data.task:
             raise ConfigError(f"ensemble member {member} is a {member_cfg.data.task} model, not {cfg.data.task}")
-        out.append(member_cfg)
     return out
 
 
