@@ -112,7 +112,10 @@ def test_cli_compare_select_writes_selection_md(tmp_path: Path, capsys: pytest.C
     assert main(["compare", *map(str, dirs), "--select", "--rule", "val_nll,test_auc", "--out",
                  str(tmp_path / "b2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown rule step 'test_auc'" in err[0]
+    assert len(err) == 1 and "--rule: unknown step 'test_auc'" in err[0]
+    assert not (tmp_path / "b2").exists()  # refused before the leaderboard was written
+    assert main(["compare", *map(str, dirs), "--select", "--min-seeds", "0", "--out", str(tmp_path / "b3")]) == 2
+    assert "--min-seeds must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "b3").exists()
 
 
 def test_a_derived_operating_point_or_a_copy_of_a_run_is_no_extra_seed(tmp_path: Path,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pneumo.errors import ConfigError
+
 EXAMPLES = """
 pneumo compare runs/*                       # runs without metrics.json are skipped with a warning
 pneumo compare runs/default runs/lite0-probe --out reports/
@@ -31,6 +33,14 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.compare import write_leaderboard
 
+    rule = [s.strip() for s in args.rule.split(",") if s.strip()]
+    if args.select:  # a bad rule or seed count: one line before anything is written
+        from pneumo.evaluate.select import STEPS
+
+        unknown = [step for step in rule if step not in STEPS]
+        if unknown or args.min_seeds < 1:
+            raise ConfigError(f"--rule: unknown step {unknown[0]!r}; known: {', '.join(STEPS)}" if unknown
+                              else f"--min-seeds must be at least 1, got {args.min_seeds}")
     out = Path(args.out) if args.out else Path(args.run_dirs[0]).resolve().parent
     md, page = write_leaderboard(args.run_dirs, out)
     print(md.read_text(encoding="utf-8"), end="")
@@ -38,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.select:
         from pneumo.evaluate.select import write_selection
 
-        path = write_selection(args.run_dirs, out, rule=[s.strip() for s in args.rule.split(",") if s.strip()],
-                               min_seeds=args.min_seeds)
+        path = write_selection(args.run_dirs, out, rule=rule, min_seeds=args.min_seeds)
         print(path.read_text(encoding="utf-8"), end="")
         print(f"selection: {path}")
     return 0
