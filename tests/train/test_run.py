@@ -114,6 +114,9 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
     result = evaluate_run(run_dir, analysis=False)
     assert result["classes"] == ["normal", "bacteria", "virus"]
     assert "bacteria_vs_virus" in json.dumps(result["test"]["multiclass"])
+    # the AUC that chose the epoch is not the report's pneumonia-vs-normal AUC: the record says which it is
+    training = json.loads((run_dir / "model.json").read_text())["training"]
+    assert training["val_auc_of"] == "macro one-vs-rest over the three classes"
     frames = {"official": pd.read_csv(run_dir / "predictions.csv")}
     # the same images as labelled data: evaluate --data writes the same class columns (it wrote only p_pneumonia)
     out = tmp_path / "external"

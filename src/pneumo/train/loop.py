@@ -373,8 +373,8 @@ def _end_epoch(model: nn.Module, data: SplitTensors, state: LoopState, tc: Train
     if writer:
         for k in ("train_loss", "val_loss", "val_auc", "lr"):
             writer.add_scalar(k, row[k], epoch)
-    log.info("epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f%s", epoch, train_loss, val_loss, auc,
-             " (best)" if improved else "")
+    log.info("epoch %d: train loss %.4f, val loss %.4f, val %s %.4f%s", epoch, train_loss, val_loss,
+             "AUC" if logits.shape[1] == 2 else "macro one-vs-rest AUC", auc, " (best)" if improved else "")
 
 
 def _tensorboard(run_dir: Path, purge_step: int | None = None):

@@ -227,7 +227,7 @@ def _train_probe(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray, device
     clf, info = fit_probe(feats[rows["train"]], y[rows["train"]], feats[rows["val"]], y[rows["val"]],
                           balanced=cfg.train.balance != "none", seed=cfg.train.seed)
     load_probe_into_head(model.head, clf)
-    return {"probe_C": info["C"], "val_auc": max(info["val_auc_by_C"].values())}
+    return {"probe_C": info["C"], "val_auc": max(info["val_auc_by_C"].values()), "val_auc_of": _auc_of(cfg)}
 
 
 def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray,
@@ -248,7 +248,12 @@ def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray,
     state = fit(model, data, cfg, run_dir, device=device, save_best=save_best, save_state=states.save,
                 load_state=states.load, env=env)
     return {"best_epoch": state.best_epoch, "val_auc": state.best_auc, "epochs_run": state.epoch,
-            "global_step": state.global_step}
+            "global_step": state.global_step, "val_auc_of": _auc_of(cfg)}
+
+
+def _auc_of(cfg: RunConfig) -> str:
+    """Which val AUC chose the epoch or the probe's C (the evaluation reports pneumonia vs normal for every task)."""
+    return "P(pneumonia)" if cfg.data.task == "binary" else "macro one-vs-rest over the three classes"
 
 
 class StateFiles:
