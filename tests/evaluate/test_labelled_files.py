@@ -197,3 +197,24 @@ def test_a_derived_model_is_named_and_described_as_itself(hospital: Path, tmp_pa
     assert result["threshold_chosen_on"] == "5 images of a labelled folder (pneumo operating-point)"
     html = (tmp_path / "v" / "report.html").read_text()
     assert "chosen on 5 images of a labelled folder" in html and "chosen on val)" not in html
+
+
+def test_by_view_reads_the_view_a_dicom_states(full_data: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """A DICOM site has no CSV column for the view, but every file states it: --by view was 'no such column'."""
+    root = tmp_path / "pacs"
+    views = {}
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir(parents=True)
+        for i, path in enumerate(sorted((full_data / "test" / label).glob("*.jpeg"))[:12]):
+            with Image.open(path) as image:
+                view = "AP" if i % 2 else "PA"
+                (root / label / f"IM{i:05d}").write_bytes(dicom_bytes(np.asarray(image.convert("L")), ViewPosition=view))
+                views[str(root / label / f"IM{i:05d}")] = view
+    out = tmp_path / "v"
+    assert main(["evaluate", "--data", str(root), "--by", "view", "--out", str(out), "--bootstrap", "0",
+                 "--no-analysis"]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    preds = pd.read_csv(out / "predictions.csv")
+    assessed = preds[preds["assessed"] == 1]
+    for view in ("AP", "PA"):
+        assert result["subgroups"]["view"][view]["n"] == sum(views[p] == view for p in assessed["path"])

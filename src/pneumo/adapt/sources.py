@@ -88,7 +88,7 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
         raise DataError("pneumo adapt supports binary models (NORMAL / PNEUMONIA)")
     rows = labelled_images(data)
     _check_rows(rows, data)
-    check_columns(rows, by, data)
+    rows = check_columns(rows, by, data)
     y, logits, table, errors, images, results = score_labelled([predictor], data, table=rows)  # the list read once
     patients_given = "patient_id" in table.columns
     tagged = [None] * len(table) if patients_given else [patient_group(path) for path in table["path"]]

@@ -245,16 +245,27 @@ def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
         raise InputError(f"cannot decode DICOM compressed as {uid.name} ({uid}): no decoder installed ({DECODER_HINT})")
 
 
-def patient_group(path: str | os.PathLike) -> str | None:
-    """The DICOM file's PatientID as a group key: its SHA-256 (16 hex digits), so that a patient's films stay
-    together in a split without the identifier being kept or shown; None for a file that is not DICOM or has no
-    PatientID. Only that element is read."""
+def view_position(path: str | os.PathLike) -> str | None:
+    """A DICOM file's ViewPosition (PA, AP, ...; upper case), or None for a file that is not DICOM or states none."""
+    value = _header(path, "ViewPosition")
+    return value.upper() if value else None
+
+
+def _header(path: str | os.PathLike, keyword: str) -> str | None:
+    """One element of a DICOM file's header as text (only it is read), or None."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword])
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
         return None
-    value = str(ds.get("PatientID", "") or "").strip()
+    return str(ds.get(keyword, "") or "").strip() or None
+
+
+def patient_group(path: str | os.PathLike) -> str | None:
+    """The DICOM file's PatientID as a group key: its SHA-256 (16 hex digits), so that a patient's films stay
+    together in a split without the identifier being kept or shown; None for a file that is not DICOM or has no
+    PatientID. Only that element is read."""
+    value = _header(path, "PatientID")
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16] if value else None

@@ -129,7 +129,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
     report_policies = policies_to_report(spec.policy, policies)
     labelled, not_read = find_labelled(data)
-    check_columns(labelled, by, data)
+    labelled = check_columns(labelled, by, data)
     y_all, logits_all, table_all, errors, images_all, predictions = score_labelled(spec.predictors, data,
                                                                                    progress=progress, table=labelled)
     ood_scores, ood = withheld(spec.predictors[0], predictions)
@@ -238,17 +238,25 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     return result
 
 
-def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathLike) -> None:
-    """Raises ConfigError for a ``--by`` column the labelled data does not have (a folder has none)."""
+def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathLike) -> pd.DataFrame:
+    """``table``, with a ``view`` column from the DICOM files' ViewPosition when ``--by view`` asks for one the data
+    lacks (a DICOM site states its views); ConfigError for a ``--by`` column it still does not have."""
     fixed = {"path", "label", "subtype", "patient_id"}
     if "subtype" in by:
         raise ConfigError("--by subtype: the subtype has its own rows already (the share called pneumonia per subtype, "
                           "by_subtype in metrics.json); --by takes the CSV's other columns")
+    if "view" in by and "view" not in table.columns:
+        from pneumo.data.dicom import view_position
+
+        views = [view_position(path) for path in table["path"]]
+        if any(views):
+            table = table.assign(view=[view or "" for view in views])
     missing = [c for c in by if c not in table.columns or c in fixed - {"patient_id"}]
     if missing:
         have = [c for c in table.columns if c not in fixed]
         raise ConfigError(f"--by {missing[0]}: {data} has no such column" + (
             f" (its other columns: {', '.join(have)})" if have else " (subgroups need a CSV with that column)"))
+    return table
 
 
 def patients(table: pd.DataFrame) -> np.ndarray | None:
