@@ -245,3 +245,33 @@ def test_a_second_scan_reads_no_image_until_a_file_changes(data_slice: Path, tmp
     monkeypatch.setattr(atomic, "write_json", read_only)  # a read-only cache: scanned each time, no error
     (root / "test" / "NORMAL" / "IM-8002-0001.jpeg").write_bytes(min((root / "train" / "NORMAL").glob("IM-0*")).read_bytes())
     assert len(scan_dataset(root, cache_dir=cache)) == len(third) + 1
+
+
+def test_a_kept_scan_is_not_trusted_past_a_replaced_file_or_a_hand_edit(data_slice: Path, tmp_path: Path) -> None:
+    """A file replaced with its size and mtime kept (cp -p, rsync -t) kept the old hash, and a hand-edited kept scan
+    could flip labels or name files outside the dataset: the key has the change time and inode, and the labels,
+    splits and names always come from the listing."""
+    import json
+
+    root, cache = tmp_path / "ds", tmp_path / "cache"
+    shutil.copytree(data_slice, root)
+    first = scan_dataset(root, cache_dir=cache)
+    target = root / first["path"].iloc[0]
+    stat = target.stat()
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, another file
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the same mtime, as cp -p leaves it
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again = scan_dataset(root, cache_dir=cache).set_index("path")["sha256"]
+    assert again.get(first["path"].iloc[0]) != first["sha256"].iloc[0]  # read again (or skipped), not the kept hash
+    kept = next((cache / "scans").glob("*.json"))
+    assert len(list((cache / "scans").glob("*.json"))) == 1  # the location's older scan was removed
+    edited = json.loads(kept.read_text())
+    edited["read"]["../../outside.jpeg"] = edited["read"].pop(first["path"].iloc[1])
+    kept.write_text(json.dumps(edited))
+    fresh = scan_dataset(root, cache_dir=cache)
+    assert "../../outside.jpeg" not in set(fresh["path"]) and first["path"].iloc[1] in set(fresh["path"])
+    kept = next((cache / "scans").glob("*.json"))
+    kept.write_text(json.dumps({"read": "abc", "skipped": {}}))
+    assert scan_dataset(root, cache_dir=cache)[["path", "label", "split"]].equals(fresh[["path", "label", "split"]])

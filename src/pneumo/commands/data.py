@@ -102,7 +102,7 @@ def run_split(args: argparse.Namespace) -> int:
 def run_cache(args: argparse.Namespace) -> int:
     from pneumo.data.cache import build_cache
 
-    df = scan_dataset(args.dataset)
+    df = scan_dataset(args.dataset, cache_dir=args.cache_dir)
     start = time.perf_counter()
     cache = build_cache(
         df, args.dataset, size=args.size, policy=args.resize_policy, intensity=args.intensity, cache_dir=args.cache_dir

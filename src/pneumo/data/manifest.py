@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 PROBE_SIZE = 32  # the scan decodes each image as for a model of this size (JPEGs at 1/8 scale: cheap)
-SCAN_VERSION = 1  # of what a stored scan holds; a new one (or a new pneumo version) scans again
+SCAN_VERSION = 2  # of what a stored scan holds; a new one (or a new pneumo version) scans again
 COLUMNS = ["path", "split", "label", "subtype", "patient_key", "sha256", "width", "height", "source_kind", "dup_group"]
 _NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)", re.IGNORECASE)
 _PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
@@ -113,8 +114,8 @@ class DatasetSource:
         return (self.location / full).read_bytes()
 
     def stamp(self, rel: str) -> str:
-        """What identifies a file's version without reading it: size and CRC of a zip member, size and modification
-        time (ns) of a file ("missing" for a dangling link)."""
+        """What identifies a file's version without reading it: size and CRC of a zip member, size, modification and
+        change times and inode of a file ("missing" for a dangling link)."""
         full = f"{self.prefix}/{rel}" if self.prefix else rel
         if self.is_zip:
             info = self._archive().getinfo(full)
@@ -123,7 +124,8 @@ class DatasetSource:
             st = (self.location / full).stat()
         except OSError:
             return "missing"
-        return f"{st.st_size}:{st.st_mtime_ns}"
+        # the change time and inode too: a copy that keeps size and mtime (cp -p, rsync -t, tar) still changes them
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
 
     def __getstate__(self) -> dict:  # picklable for worker processes (reopens the zip there)
         state = self.__dict__.copy()
@@ -208,27 +210,35 @@ def scan_dataset(root: str | os.PathLike | None, *, cache_dir: str | os.PathLike
 
     Images are the files `pneumo predict` reads in a folder (`pneumo.data.files`: JPEG, PNG, DICOM, ...) that its
     decoder accepts; other, unreadable, truncated or refused files are skipped and listed in one warning. A layout
-    without the expected classes or without images is an error. Reading and hashing every image takes ~10 s for the
-    5,856 of the Kermany set, so the result is kept in ``cache_dir/scans`` (default ``$PNEUMO_CACHE``), keyed by the
-    location, every file's name, size and modification time (a zip member's size and CRC) and the scan's version: a
-    file added, removed or changed scans again.
+    without the expected classes or without images is an error. Reading and hashing every image takes ~3-10 s for
+    the 5,856 of the Kermany set, so what only reading tells (hash, size, readable or not) is kept in
+    ``cache_dir/scans`` (default ``$PNEUMO_CACHE``), keyed by the location, every file's name, size, modification and
+    change times and inode (a zip member's size and CRC), the decoder's version and limits and the scan's version: a
+    file added, removed, replaced or changed, or another decoder, scans again. Names, labels and splits always come
+    from the listing itself; a kept scan that does not match it exactly is ignored.
     """
     source = DatasetSource(resolve_root(root))
     skipped: list[str] = []
     candidates = list(_candidates(source, skipped))
-    stored = Path(cache_dir or default_cache_dir()) / "scans" / f"{_scan_key(source, candidates)}.json"
-    try:
-        kept = json.loads(stored.read_text(encoding="utf-8"))
-        rows, unreadable = list(kept["rows"]), list(kept["skipped"])
-    except (OSError, ValueError, KeyError, TypeError):
-        rows, unreadable = _probe_all(source, candidates)
+    folder = Path(cache_dir or default_cache_dir()) / "scans"
+    place = hashlib.sha256(str(source.location.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    stored = folder / f"{place}-{_scan_key(source, candidates)}.json"
+    found = _kept_scan(stored, candidates)
+    if found is None:
+        found = _probe_all(source, candidates)
         try:
-            atomic.write_json(stored, {"rows": rows, "skipped": unreadable})
+            for old in folder.glob(f"{place}-*.json"):  # this location's earlier scans: out of date
+                old.unlink(missing_ok=True)
+            atomic.write_json(stored, {"read": found[0], "skipped": found[1]})
         except OSError as exc:  # a read-only cache: scan each time
             log.debug("scan not kept in %s: %s", stored, exc)
-    skipped += unreadable
+    read, unreadable = found
+    skipped += [f"{rel} ({why})" for rel, why in unreadable.items()]
     if skipped:
         log.warning("skipped %d file(s): %s", len(skipped), "; ".join(skipped[:20]))
+    rows = [{"path": rel, "split": split, "label": label, "subtype": subtype_of(PurePosixPath(rel).name, label),
+             "patient_key": patient_key(PurePosixPath(rel).name, label), "sha256": read[rel][0],
+             "width": read[rel][1], "height": read[rel][2]} for rel, split, label in candidates if rel in read]
     if not rows:
         raise DataError(f"no readable images under {source.location}")
     df = pd.DataFrame(rows)
@@ -242,29 +252,53 @@ def scan_dataset(root: str | os.PathLike | None, *, cache_dir: str | os.PathLike
     return df[COLUMNS].reset_index(drop=True)
 
 
+def _kept_scan(stored: Path, candidates: list[tuple[str, str, str]]) -> tuple[dict, dict] | None:
+    """The kept ``({path: [sha256, width, height]}, {path: why not read})`` when it covers exactly the listed files
+    with values of the right kinds; None otherwise (absent, damaged, hand-edited: scanned again)."""
+    try:
+        kept = json.loads(stored.read_text(encoding="utf-8"))
+        read, unreadable = dict(kept["read"]), dict(kept["skipped"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    names = {rel for rel, _, _ in candidates}
+    if set(read) | set(unreadable) != names or set(read) & set(unreadable):
+        return None
+    for value in read.values():
+        if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and len(value[0]) == 64
+                and all(isinstance(v, int) and v > 0 for v in value[1:])):
+            return None
+    return read, {rel: str(why) for rel, why in unreadable.items()}
+
+
 def _scan_key(source: DatasetSource, candidates: list[tuple[str, str, str]]) -> str:
-    digest = hashlib.sha256(f"{SCAN_VERSION}\0{__version__}\0{source.location.resolve()}\0{source.prefix}".encode(
-        "utf-8", "surrogateescape"))
+    import PIL
+    import pydicom
+
+    from pneumo.data import decode, dicom
+
+    plugins = ",".join(sorted(m for m in ("pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "gdcm")
+                              if importlib.util.find_spec(m) is not None))  # what decodes compressed DICOM
+    digest = hashlib.sha256("\0".join(map(str, (
+        SCAN_VERSION, __version__, decode.DECODER_VERSION, PROBE_SIZE, decode.MAX_PIXELS, decode.MAX_DECODE_BYTES,
+        PIL.__version__, pydicom.__version__, plugins, dicom.LATERAL_VIEWS, source.location.resolve(),
+        source.prefix))).encode("utf-8", "surrogateescape"))
     for rel, _, _ in candidates:
         digest.update(f"\0{rel}\0{source.stamp(rel)}".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
-def _probe_all(source: DatasetSource, candidates: list[tuple[str, str, str]]) -> tuple[list[dict], list[str]]:
-    """The rows of the images the decoder reads, and the other candidates with the reason."""
-    rows, skipped = [], []
-    for rel, split, label in candidates:
+def _probe_all(source: DatasetSource, candidates: list[tuple[str, str, str]]) -> tuple[dict, dict]:
+    """``{path: [sha256, width, height]}`` of the images the decoder reads, ``{path: why}`` of the others."""
+    read, skipped = {}, {}
+    for rel, _, _ in candidates:
         try:
             data = source.read(rel)
             width, height = _probe(data)
         except (InputError, OSError, zipfile.BadZipFile) as exc:  # a dangling link, a damaged zip member
-            skipped.append(f"{rel} ({str(exc)[:80]})")
+            skipped[rel] = str(exc)[:80]
             continue
-        name = PurePosixPath(rel).name
-        rows.append({"path": rel, "split": split, "label": label, "subtype": subtype_of(name, label),
-                     "patient_key": patient_key(name, label), "sha256": hashlib.sha256(data).hexdigest(),
-                     "width": width, "height": height})
-    return rows, skipped
+        read[rel] = [hashlib.sha256(data).hexdigest(), int(width), int(height)]
+    return read, skipped
 
 
 def _warn_about_identity(df: pd.DataFrame) -> None:
