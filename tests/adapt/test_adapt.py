@@ -299,7 +299,14 @@ def test_without_a_patient_id_column_a_dicoms_patient_id_groups_its_films_kept_a
     site = load_site(tmp_path / "site", Predictor(None))
     assert site.n_patient_tags == len(site.table) and site.table["patient_id"].nunique() == rows["patient_id"].nunique()
     assert not site.table["patient_id"].str.contains("MRN").any()  # grouped by a hash, the number not kept
+    plain = {hashlib.sha256(f"MRN-{p}".encode()).hexdigest()[:16] for p in rows["patient_id"]}
+    assert not plain & {g.removeprefix("dicom:") for g in site.table["patient_id"]}  # keyed: no trying every MRN
     assert "from the DICOM PatientID of every image" in patients_line(site.counts())
+    # a de-identified export: one PatientID on every file would make the site one patient (no cross-fitting)
+    for i, path in enumerate(sorted((tmp_path / "site").rglob("IM*"))):
+        path.write_bytes(dicom_bytes(load_image_file(path), PatientID="ANON"))
+    anonymous = load_site(tmp_path / "site", Predictor(None))
+    assert anonymous.n_patient_tags == 0 and anonymous.table["patient_id"].nunique() == len(anonymous.table)
 
 
 def test_a_patient_id_column_with_gaps_is_a_one_line_error(site_csv: Path, tmp_path: Path,

@@ -40,9 +40,9 @@ def patients_line(site: dict) -> str:
         return f"{site['n_patients']} patients (from the CSV's patient_id column{joined})"
     tags = site.get("n_patient_tags", 0)
     if tags == site["n_images"]:
-        return f"{site['n_patients']} patients (from the DICOM PatientID of every image, kept as a hash{joined})"
+        return f"{site['n_patients']} patients (from the DICOM PatientID of every image, kept only as a keyed hash{joined})"
     if tags:
-        return (f"{site['n_patients']} patients: {tags} DICOM image(s) grouped by their PatientID (kept as a hash), "
+        return (f"{site['n_patients']} patients: {tags} DICOM image(s) grouped by their PatientID (kept only as a keyed hash), "
                 f"every other image its own patient (images of one patient may sit on both sides of a split; give a "
                 f"patient_id column{joined})")
     return (f"{site['n_patients']} 'patients': no patient_id was given, so every image counts as its own patient "

@@ -9,11 +9,12 @@ unusable window (width 0, NaN) is ignored and the data's own min..max is shown i
 
 from __future__ import annotations
 
-import hashlib
+import hmac
 import io
 import logging
 import math
 import os
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +40,7 @@ _DICOM_TAGS = (
 )
 # the pydicom plugins for the compressed syntaxes a PACS uses: JPEG, JPEG-LS and JPEG Lossless (libjpeg), JPEG 2000
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
+_GROUP_KEY = secrets.token_bytes(32)  # `patient_group`'s key: this process's only
 # a lateral film (PS3.3 C.8.11.5: ViewPosition LL/RL, or the legacy LATERAL): the model reads frontal (PA/AP) films
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
 _PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
@@ -264,8 +266,9 @@ def _header(path: str | os.PathLike, keyword: str) -> str | None:
 
 
 def patient_group(path: str | os.PathLike) -> str | None:
-    """The DICOM file's PatientID as a group key: its SHA-256 (16 hex digits), so that a patient's films stay
-    together in a split without the identifier being kept or shown; None for a file that is not DICOM or has no
-    PatientID. Only that element is read."""
+    """The DICOM file's PatientID as a group key: an HMAC-SHA-256 under a key made for this process and never stored
+    (16 hex digits), so that a patient's films stay together in a split while the key cannot be reversed by trying
+    every medical record number, nor linked across runs; None for a file that is not DICOM or has no PatientID.
+    Only that element is read."""
     value = _header(path, "PatientID")
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16] if value else None
+    return hmac.new(_GROUP_KEY, value.encode("utf-8", "surrogateescape"), "sha256").hexdigest()[:16] if value else None
