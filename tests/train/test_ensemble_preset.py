@@ -66,3 +66,24 @@ def test_train_runs_every_member_on_one_split_then_the_ensemble(presets: dict[st
 def test_bad_ensemble_presets_fail_before_training(presets: dict[str, str], name: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         member_configs(load_config(presets[name]), [])
+
+
+@pytest.mark.parametrize(("body", "expected"), [({}, None), ({"eval": {"threshold_policy": "triage"}}, "triage")])
+def test_the_ensemble_gets_its_presets_own_policy_or_its_members(body: dict, expected: str | None, tmp_path: Path,
+                                                                  presets: dict[str, str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preset without eval.threshold_policy passed the schema's default (youden) over members that all use
+    sensitivity:0.95; now only a policy the preset sets is passed, else the members' shared one decides."""
+    from pneumo.evaluate import runner
+    from pneumo.train import run
+
+    seen = {}
+    monkeypatch.setattr(run, "train", lambda cfg, **kwargs: tmp_path / cfg.name)
+    monkeypatch.setattr(runner, "evaluate_ensemble", lambda dirs, out, policy=None, **kw: seen.update(policy=policy)
+                        or {"name": "ens", "test": {"metrics": {}, "n": 0}})
+    monkeypatch.setattr(runner, "summary_line", lambda result: "")
+    preset = _preset(tmp_path, "ens2", {"members": [presets["probe"], presets["scratch"]], **body})
+    assert main(["train", "--preset", preset, "--dataset", str(tmp_path), "--no-eval"]) == 0 and seen == {}
+    monkeypatch.setattr(runner, "evaluate_run", lambda *a, **k: {})
+    assert main(["train", "--preset", preset, "--dataset", str(tmp_path)]) == 0
+    assert seen == {"policy": expected}

@@ -30,7 +30,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-policy", action="append", default=[], metavar="POLICY", dest="policies",
                         help="also report this policy (youden | triage | sensitivity:X), chosen on val; repeatable. "
                              "The headline stays the model's stored operating point: to change it, use "
-                             "`pneumo operating-point`")
+                             "`pneumo operating-point`. For an ensemble of runs (several --model), the first one is "
+                             "the ensemble's own (needed when its members' policies differ)")
     parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
                         help="with a --data CSV: also report each value of this column (e.g. view, sex, scanner) as a "
                              "subgroup at the stored threshold; repeatable")

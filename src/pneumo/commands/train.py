@@ -119,7 +119,7 @@ def run_ensemble(cfg, args: argparse.Namespace) -> int:
         if not args.no_eval:
             print(summary_line(evaluate_run(run_dirs[-1])))
     if not args.no_eval:
-        print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name,
-                                             policy=cfg.eval.threshold_policy)))  # the ensemble preset's own
+        own = cfg.eval.threshold_policy if "threshold_policy" in cfg.eval.model_fields_set else None
+        print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name, policy=own)))  # else the members
         print(f"report: {Path(cfg.out_dir) / cfg.name / 'report.html'}")
     return 0
