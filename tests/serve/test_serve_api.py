@@ -181,11 +181,13 @@ def test_a_model_changed_on_disk_is_not_served_by_a_restarted_worker(predictor: 
         while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         ready = client.get("/readyz").json()
+        meta = json.loads(sidecar.read_text())
+        meta["threshold"] = 0.25  # another operating point written over the live folder
+        sidecar.write_text(json.dumps(meta))
+        card = client.get("/api/v1/model").json()  # the card of the model loaded, not of the edited file
+        assert card["threshold"] == pytest.approx(predictor.threshold) and "0.2500" not in card["card_markdown"]
     assert ready["threshold"] == pytest.approx(predictor.threshold)  # which operating point answers, said
     assert ready["threshold_policy"] == predictor.meta.threshold_policy
-    meta = json.loads(sidecar.read_text())
-    meta["threshold"] = 0.25  # another operating point written over the live folder
-    sidecar.write_text(json.dumps(meta))
     with TestClient(create_app(ServeConfig(), model=str(sidecar), backend="torch", pinned=pinned)) as client:
         deadline = time.monotonic() + 20
         while "failed" not in client.get("/readyz").text and time.monotonic() < deadline:

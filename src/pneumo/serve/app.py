@@ -76,6 +76,7 @@ class Service:
         self.pool: ThreadPoolExecutor | None = None
         self.decoder: DecodeWorkers | None = None
         self.load_error: str | None = None
+        self.card: dict[str, Any] | None = None  # /api/v1/model's answer
         self._given = predictor
         self._model, self._backend, self._threads = model, backend, threads
         self._pinned = pinned  # the sidecar's SHA-256 the parent of a multi-worker service loaded
@@ -132,6 +133,12 @@ class Service:
             self.load_error = ("model failed to load: its sidecar changed on disk since the service started "
                                "(restart the service to serve the new model)")
             log.error("%s", self.load_error)
+            return
+        try:
+            self.card = model_card_of(predictor)  # the card of the files just loaded and checked
+        except PneumoError as exc:
+            self.load_error = f"model failed to load: {without_folders(str(exc))}"
+            log.error("model failed to load: %s", exc)
             return
         self._ready(predictor)
         log.info("model %s ready (%s backend, threshold %s, policy %s)", predictor.model_id, predictor.backend,
@@ -209,7 +216,10 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
     async def model_card() -> dict[str, Any]:
         """The model card: the checkpoint's sidecar (classes, input size, threshold, metrics ...) and its markdown
         card when there is a ``<stem>.md`` next to it."""
-        return await service.in_pool(model_card_of, _ready_predictor(service))
+        predictor = _ready_predictor(service)
+        if service.card is None:  # built once, from the files as the model was loaded (a later edit is not served)
+            service.card = await service.in_pool(model_card_of, predictor)
+        return service.card
 
     @app.post("/api/v1/predict", tags=["api"], dependencies=auth, response_model=PredictResponse,
               response_model_exclude_none=True, openapi_extra=UPLOAD_BODY,
