@@ -170,6 +170,7 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     assert main(["model-card", "--model", str(out)]) == 0
     card = capsys.readouterr().out
     assert "Adapted from" in card and "cross-fitted" in card and "26 images" in card
+    assert "meets the policy's target by construction" in card  # the same scores chose its threshold
     assert "rehearsal 0.5 source image(s) per site image per epoch (at least 16) from" in card  # the flags, to rerun it
     assert main(["evaluate", "--model", str(out), "--data", str(site_csv), "--out", str(tmp_path / "v"),
                  "--no-analysis", "--bootstrap", "20"]) == 0

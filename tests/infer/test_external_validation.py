@@ -400,7 +400,7 @@ def test_a_csv_patient_id_makes_every_interval_draw_whole_patients(run_dir: Path
     for got in (result["test"]["ci"], result["subgroups"]["view"]["AP"]["ci"],
                 result["operating_points"][result["threshold_policy"]]["ci"]):
         assert got["f1"] == pytest.approx(by_patient["f1"])
-    assert result["bootstrap"]["resamples"] == "whole patients (the CSV's patient_id)"
+    assert result["bootstrap"]["resamples"] == "whole patients (the CSV's patient_id; the exact intervals count images)"
     assert "drawn as whole patients" in (tmp_path / "c" / "report.html").read_text()
 
 

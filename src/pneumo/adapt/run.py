@@ -221,7 +221,8 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                                         groups=site.groups),
                   "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed,
                                           groups=site.groups),
-                  "bootstrap": "whole patients resampled",
+                  "bootstrap": ("ROC-AUC, PR-AUC and F1: whole patients resampled; accuracy, sensitivity, "
+                                "specificity, precision: exact intervals counting images"),
                   **({"subgroups": {
                       "before": subgroups(site.table, site.y, p_before, predictor.threshold, by,
                                           n_bootstrap=n_bootstrap, seed=cfg.seed),

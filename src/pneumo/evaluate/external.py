@@ -154,7 +154,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
                                   "method": CI_METHOD, "resamples": "images" if patients(table) is None else
-                                  "whole patients (the CSV's patient_id)"}, "ece_bins": int(ece_bins)}
+                                  "whole patients (the CSV's patient_id; the exact intervals count images)"},
+                    "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:
         y_val, z_val, _, where = val
