@@ -108,16 +108,18 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
                  "--sample", "30"])
     assert code == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("site: not shifted (12 of 13 images scored, 1 not")
+    # 12 images: "not shifted" is weak evidence, and the console, site.json and the report say so
+    assert first.startswith("site: not shifted (too few images to tell: check 50 or more) (12 of 13 images scored, 1 not")
     import json
 
     result = json.loads((out / "site.json").read_text())
-    assert result["n_images"] == 13 and result["n_unreadable"] == 1
+    assert result["n_images"] == 13 and result["n_unreadable"] == 1 and result["few_images"] is True
     assert result["unreadable"][0]["path"].endswith("truncated.jpeg")
     assert not result["unreadable"][0]["error"].startswith("truncated.jpeg")  # the name once, in its own field
     assert result["n_not_read"] == 1 and list(result["not_read"].values()) == ["not an image file name (.txt)"]
     assert result["model"] and result["reference"]["n"] == 30
     html = (out / "report.html").read_text()
+    assert "Not enough images to tell" in html
     assert "truncated.jpeg" in html and "notes.txt" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
 
 

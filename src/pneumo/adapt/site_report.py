@@ -115,7 +115,13 @@ def histogram(path: Path, site: list[float], reference: list[float] | None, *, x
     return save_png(fig, path)
 
 
-def next_steps(shifted: bool) -> str:
+def next_steps(shifted: bool, few_images: bool = False) -> str:
+    if not shifted and few_images:
+        return ("<p><strong>Not enough images to tell.</strong> No shift large enough to matter was found, but with "
+                "fewer than 50 images the check misses real shifts often (a tenth of the images out of distribution "
+                "goes unseen about one time in three at 20 images): run it on more images of this site before "
+                "trusting the stored operating point, and check that with <code>pneumo evaluate --data "
+                "LABELLED</code>.</p>")
     if shifted:
         return ("<p>This site differs from the training data: do not trust the stored operating point here. Label "
                 "about 200 images of this site (both classes, whole patients) and run "
@@ -184,7 +190,7 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
     notes = "".join(f"<li>{escape(n)}</li>" for n in result["notes"])
     sections.append(("Verdict", f"<p><strong>{verdict}</strong></p><p>Reasons:</p><ul>{reasons}</ul>"
                      + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")))
-    sections.append(("What to do next", next_steps(result["shifted"])))
+    sections.append(("What to do next", next_steps(result["shifted"], result.get("few_images", False))))
     plots = []
     if site.ood_scores:
         path = histogram(figures / "ood_scores.png", site.ood_scores, reference.ood_scores if reference else None,

@@ -41,7 +41,9 @@ def run_check(args: argparse.Namespace) -> int:
     turned = result["properties"]["site"].get("n_turned")
     ood_text += f", {turned} refused by the orientation check" if turned else ""
     reason = f": {result['reasons'][0]}" if result["reasons"] else ""
-    print(f"site: {'SHIFTED' if result['shifted'] else 'not shifted'} ({result['n_scored']} of {result['n_images']} "
+    verdict = "SHIFTED" if result["shifted"] else "not shifted" + (" (too few images to tell: check 50 or more)"
+                                                                   if result.get("few_images") else "")
+    print(f"site: {verdict} ({result['n_scored']} of {result['n_images']} "
           f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not{ood_text}){reason}")
     print(f"report: {args.out}/report.html")
     print(f"numbers: {args.out}/site.json")
