@@ -276,10 +276,11 @@ def test_serve_refuses_a_taken_port_a_bad_origin_and_a_bad_count_in_one_line_bef
     import uvicorn
 
     from pneumo.cli import main
-    from pneumo.commands import serve
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
-    monkeypatch.setattr(serve, "sha256_file", lambda *a: pytest.fail("the model was loaded"), raising=False)
+    from pneumo.infer.predictor import Predictor
+
+    monkeypatch.setattr(Predictor, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -287,6 +288,8 @@ def test_serve_refuses_a_taken_port_a_bad_origin_and_a_bad_count_in_one_line_bef
         cases = [(["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
                  (["--cors-origin", "https://pacs.example.org/"], "is not an origin"),
                  (["--cors-origin", "pacs.example.org"], "is not an origin"),
+                 (["--cors-origin", "https://PACS.example.org"], "in lower case"),  # a browser sends it lower case
+                 (["--cors-origin", "https://pacs.example.org:443"], "the default port"),
                  (["--threads", "0"], "--threads must be at least 1, got 0")]
         for extra, message in cases:
             assert main(["serve", "--model", "/no/such/model", *extra]) == 2, extra
@@ -305,6 +308,10 @@ def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.Mon
 
     seen: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(options))
+    import logging
+
+    for handler in logging.getLogger().handlers:  # the command sets the service's format: undone after the test
+        monkeypatch.setattr(handler, "formatter", handler.formatter)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])

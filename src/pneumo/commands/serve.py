@@ -18,7 +18,8 @@ from pneumo.errors import ConfigError
 from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
-CORS_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+# as a browser sends it: lower case, no default port (https://x:443 and http://x:80 never match)
+CORS_ORIGIN = re.compile(r"(?!https://[^/]*:443$)(?!http://[^/]*:80$)https?://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 _DEFAULTS = ServeConfig()
 EXAMPLES = """
 pneumo serve                                          # the shipped model on http://127.0.0.1:8000
@@ -77,8 +78,9 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     for origin in args.cors_origin:  # a browser sends scheme://host[:port]; anything else never matches, silently
         if origin != "*" and not CORS_ORIGIN.fullmatch(origin):
-            raise ConfigError(f"--cors-origin {origin!r} is not an origin: give scheme://host[:port], without a path "
-                              "or a trailing slash (e.g. https://pacs.example.org)")
+            raise ConfigError(f"--cors-origin {origin!r} is not an origin as a browser sends it: give "
+                              "scheme://host[:port] in lower case, without a path, a trailing slash or the default "
+                              "port (e.g. https://pacs.example.org)")
     return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
@@ -158,6 +160,8 @@ def _check_bind(host: str, port: int) -> None:
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        if family == socket.AF_INET6:  # as asyncio binds: "::" must not collide with a taken 127.0.0.1 port
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             probe.bind(address)
         except OSError as exc:

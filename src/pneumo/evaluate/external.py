@@ -363,5 +363,8 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
 
 def _below(path: str, root: Path) -> str:
     """``path`` relative to ``root`` where it lies below it, else as given."""
-    relative = os.path.relpath(path, root)
+    try:
+        relative = os.path.relpath(path, root)
+    except ValueError:  # another drive (Windows)
+        return path
     return path if relative.startswith("..") else relative

@@ -122,8 +122,11 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
     cells = []
     names = [Path(item.source).name for item in written]
     if len(set(names)) < len(names) and len(written) > 1:  # PACS exports: IM00001 in every series folder
-        common = os.path.commonpath([os.path.abspath(item.source) for item in written])
-        names = [os.path.relpath(os.path.abspath(item.source), common) for item in written]
+        try:
+            common = os.path.commonpath([os.path.abspath(item.source) for item in written])
+            names = [os.path.relpath(os.path.abspath(item.source), common) for item in written]
+        except ValueError:  # files on several drives (Windows): their full paths
+            names = [os.path.abspath(item.source) for item in written]
     for item, name in zip(written, names, strict=True):
         thumb = out_dir / "thumbs" / item.overlay.name
         with Image.open(item.overlay) as img:

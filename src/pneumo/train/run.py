@@ -62,7 +62,8 @@ def git_commit() -> str:
         top = git("rev-parse", "--show-toplevel")
         if not top or (Path(top) / "src" / "pneumo").resolve() != package:
             return "unknown"
-        return git("describe", "--always", "--dirty", "--abbrev=7") or "unknown"
+        commit = git("rev-parse", "--short=7", "HEAD")  # (describe would name a tag once one exists)
+        return f"{commit}-dirty" if commit and git("status", "--porcelain", "--untracked-files=no") else commit or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
