@@ -329,3 +329,14 @@ def test_multiclass_cis_contain_the_point_estimates() -> None:
 def test_multiclass_probabilities_of_the_wrong_shape_raise_data_error() -> None:
     with pytest.raises(DataError):
         multiclass_metrics([0, 1], np.full((2, 2), 0.5), NAMES)
+
+
+def test_the_bacteria_vs_virus_interval_is_gated_on_its_own_classes() -> None:
+    """Three virus images among many: their bacteria-vs-virus AUC interval was shown, gated on pneumonia/normal."""
+    y, probs = three_class_data(seed=4)
+    virus = np.flatnonzero(y == 2)
+    keep = np.ones(len(y), dtype=bool)
+    keep[virus[3:]] = False  # three virus images left
+    m = multiclass_metrics(y[keep], probs[keep], NAMES, n_resamples=200, seed=0)
+    assert all(math.isnan(v) for v in m["ci"]["bacteria_vs_virus_roc_auc"])  # n/a, not a number
+    assert not any(math.isnan(v) for v in m["ci"]["macro_f1"])  # the 3-class measures still have theirs
