@@ -174,8 +174,17 @@ def test_a_run_name_that_is_not_one_folder_is_refused_before_force_deletes_anyth
     argv = ["train", "--dataset", str(data_slice), "--out", str(runs), "--name", name, "--force", "--no-eval"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "name must be one folder name" in err and "\n" not in err
+    assert "--name must be one folder name" in err and "\n" not in err
     assert (runs / "precious").is_dir() and (tmp_path / "proj" / "notes.txt").is_file()
+
+
+def test_a_bad_value_given_by_a_shortcut_flag_names_the_flag(tmp_path: Path, data_slice: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    argv = ["train", "--dataset", str(data_slice), "--out", str(tmp_path / "runs"), "--name", "e"]
+    assert main([*argv, "--epochs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "pneumo train: error: --epochs (train.epochs) must be >= 1, got 0"
+    assert main([*argv, "--set", "train.epochs=0"]) == 2  # given as a key: named as the key
+    assert capsys.readouterr().err.strip() == "pneumo train: error: train.epochs must be >= 1, got 0"
 
 
 def test_unknown_model_name_lists_the_known_ones(tmp_path: Path, data_slice: Path,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pneumo.config import load_config
+from pneumo.errors import ConfigError
 
 EXAMPLES = """
 pneumo train --preset default                        # runs/default: model, metrics, report.html
@@ -40,22 +41,35 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
+# shortcut flag (argparse attribute) -> the config key it sets
+SHORTCUTS = {"name": "name", "out_dir": "out_dir", "dataset": "data.root", "task": "data.task", "arch": "model.name",
+             "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
+             "device": "train.device"}
+
+
 def config_from_args(args: argparse.Namespace):
-    """Preset + shortcuts + --set overrides; on --resume the run's own config.yaml is the base."""
+    """Preset + shortcuts + --set overrides; on --resume the run's own config.yaml is the base. An error about a
+    value given by a shortcut flag names the flag (``--epochs 0``: not only ``train.epochs``)."""
     overrides = cli_overrides(args)
     preset = args.preset
-    if args.resume:
-        cfg = load_config(preset, overrides)
-        saved = Path(cfg.out_dir) / cfg.name / "config.yaml"
-        if saved.is_file():
-            preset = str(saved)
-    return load_config(preset, overrides)
+    try:
+        if args.resume:
+            cfg = load_config(preset, overrides)
+            saved = Path(cfg.out_dir) / cfg.name / "config.yaml"
+            if saved.is_file():
+                preset = str(saved)
+        return load_config(preset, overrides)
+    except ConfigError as exc:
+        text = str(exc)
+        for attr, key in SHORTCUTS.items():
+            if getattr(args, attr, None) is not None and text.startswith(f"{key} "):
+                flag = f"--{attr.replace('_', '-')}" + (f" ({key})" if key != attr else "")
+                raise ConfigError(f"{flag}{text[len(key):]}") from None
+        raise
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
-    shortcuts = {"name": "name", "out_dir": "out_dir", "dataset": "data.root", "task": "data.task", "arch": "model.name",
-                 "mode": "model.mode", "weights": "model.weights", "epochs": "train.epochs", "seed": "train.seed",
-                 "device": "train.device"}
+    shortcuts = SHORTCUTS
     text = {"name", "out_dir", "dataset"}  # free text (a folder may be named "xr #2"): a quoted YAML string, not YAML
     return [f"{key}={json.dumps(str(value)) if attr in text else value}" for attr, key in shortcuts.items()
             if (value := getattr(args, attr)) is not None] + list(args.overrides)
