@@ -414,7 +414,7 @@ def test_an_interrupted_adaptation_leaves_no_model_folder_and_rehearsal_off_stil
     assert record["rehearsal"] == {**record["rehearsal"], "used": False, "pool": 0}
     pool = load_source(Predictor(None).meta, str(data_slice), pool=10**6, seed=0).sizes["pool"]
     assert pool > 2 and meta["ood"]["n_train"] == min(pool, adapt_write.OOD_POOL) + record["site"]["n_images"]
-    assert "source train-fold sample" in meta["ood"]["fitted_on"]
+    assert "source train-fold sample" in meta["ood"]["fitted_on"] and "out-of-fold" in meta["ood"]["fitted_on"]
     assert f"--model {out}" in (out / "report.html").read_text()  # the folder's own name, not the partial one's
 
 

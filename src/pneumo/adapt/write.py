@@ -81,33 +81,35 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
 def refit_ood(sidecar: Path, model: torch.nn.Module, site: SiteImages, source: SourceImages,
               device: torch.device, *, seed: int = 0, folds: int = 4) -> dict:
     """OOD statistics of the adapted model: class means and covariance over `OOD_POOL` images of the source rehearsal
-    pool and the site's images; the flag threshold = the 99.5th percentile over the source val images and the site's
-    images. Without the source dataset, the site's images alone (recorded), the threshold over their out-of-fold
-    scores (``folds`` patient-grouped folds): scored by statistics fitted on them, a few dozen images sit far closer
-    than any new image, and the adapted model refused every new image of its own site."""
+    pool (when the source dataset is there) and the site's images; the flag threshold = the 99.5th percentile over
+    the source val images' scores and the site images' out-of-fold scores (``folds`` patient-grouped folds, each
+    scored by statistics fitted without it). Scored by statistics fitted on them, the site's images sit far closer
+    than any new image of the site: without the source the adapted model refused every new image of its own site,
+    and with it the limit was set partly on in-sample distances."""
     extract = feature_extractor(model, device=device, amp=False, batch_size=64)  # traced once for the three sets
 
     def features(x: np.ndarray) -> np.ndarray:
         return extract(x, "ood features")
 
-    f_site = features(site.x)
-    y_site = site.y
+    f_site, y_site = features(site.x), site.y
+    f_pool, y_pool, f_source_val = np.zeros((0, f_site.shape[1])), np.zeros(0, y_site.dtype), None
     if source.available:
         keep = np.sort(np.random.default_rng(seed).choice(len(source.pool_x), min(OOD_POOL, len(source.pool_x)),
                                                         replace=False))
-        f_train = np.concatenate([features(source.pool_x[keep]), f_site])
-        y_train = np.concatenate([source.pool_y[keep], y_site])
-        f_val = np.concatenate([features(source.val_x), f_site]) if source.val_x is not None else f_site
-        basis = "source train-fold sample + site images; threshold over source val + site images"
-    else:
-        f_train, y_train, f_val = f_site, y_site, f_site
-        basis = "site images only (source dataset absent); threshold over their out-of-fold scores"
-    stats = fit_ood(f_train, y_train, f_val, percentile=DEFAULT_PERCENTILE)
-    if not source.available:
-        held_out = np.empty(len(f_site))
-        for train, held in patient_folds(y_site, site.groups, folds, seed):
-            held_out[held] = fit_ood(f_site[train], y_site[train], f_site[held]).scores(f_site[held])
-        stats.threshold = float(np.percentile(held_out, DEFAULT_PERCENTILE))
+        f_pool, y_pool = features(source.pool_x[keep]), source.pool_y[keep]
+        f_source_val = features(source.val_x) if source.val_x is not None else None
+    stats = fit_ood(np.concatenate([f_pool, f_site]), np.concatenate([y_pool, y_site]),
+                    f_site if f_source_val is None else np.concatenate([f_source_val, f_site]),
+                    percentile=DEFAULT_PERCENTILE)
+    held_out = np.empty(len(f_site))
+    for train, held in patient_folds(y_site, site.groups, folds, seed):
+        part = fit_ood(np.concatenate([f_pool, f_site[train]]), np.concatenate([y_pool, y_site[train]]), f_site[held])
+        held_out[held] = part.scores(f_site[held])
+    scores = held_out if f_source_val is None else np.concatenate([stats.scores(f_source_val), held_out])
+    stats.threshold = float(np.percentile(scores, DEFAULT_PERCENTILE))
+    basis = (("source train-fold sample + site images; threshold over source val + the site images' out-of-fold "
+              "scores") if source.available else
+             "site images only (source dataset absent); threshold over their out-of-fold scores")
     entry = {**save_ood(sidecar, stats), "fitted_on": basis}
     write_meta(sidecar, dataclasses.replace(read_meta(sidecar), ood=entry))
     return {"basis": basis, "n_train": stats.n_train, "n_val": stats.n_val, "threshold": stats.threshold}
