@@ -174,3 +174,23 @@ def test_a_site_of_inverted_images_is_shifted_and_gets_no_per_image_calls(
     images = pd.read_csv(tmp_path / "out" / "images.csv")
     refused = images["turned"] | images.get("ood", False)
     assert images.loc[refused, "positive"].isna().all() and images.loc[~refused, "positive"].notna().all()
+
+
+def test_the_ood_share_is_compared_with_a_reference_sample_as_a_sample() -> None:
+    """The reference sample's share (2 of 300) was used as a known rate: 3 of 12 flagged site images got p = 6e-5;
+    two samples are compared by Fisher's exact test (the design share, known by construction, stays a known rate)."""
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    from pneumo.adapt.check import ood_measure
+
+    site = SimpleNamespace(ood_flags=[True] * 3 + [False] * 9, ood_scores=list(range(12)))
+    flags = [True] * 2 + [False] * 298
+    ref = SimpleNamespace(ood_design_share=0.005, scored=SimpleNamespace(ood_flags=flags, ood_scores=list(range(300))))
+    got = ood_measure(site, ref, 1.0)
+    assert got["p_value"] == pytest.approx(stats.fisher_exact([[3, 9], [2, 298]], alternative="greater").pvalue)
+    assert got["p_value"] > stats.binomtest(3, 12, 2 / 300, alternative="greater").pvalue
+    ref.scored.ood_flags = [False] * 300  # below the design share: the known design rate
+    assert ood_measure(site, ref, 1.0)["p_value"] == pytest.approx(
+        stats.binomtest(3, 12, 0.005, alternative="greater").pvalue)

@@ -227,8 +227,12 @@ def ood_measure(site: Scored, ref: Reference, threshold: float | None) -> dict |
     if ref.scored is not None and ref.scored.ood_flags:
         ref_share = float(np.mean(ref.scored.ood_flags))
     p0 = max(ref_share or 0.0, ref.ood_design_share)
+    # the design share is known by construction (the limit's percentile); a reference sample's share is itself an
+    # estimate: then the two samples are compared (Fisher), not the site against it as if it were known
+    p_value = (fisher_test(k, n, int(sum(ref.scored.ood_flags)), len(ref.scored.ood_flags), "greater")
+               if ref_share is not None and ref_share > ref.ood_design_share else share_test(k, n, p0, "greater"))
     out = {"n": n, "n_flagged": k, "share": k / n, "threshold": threshold, "design_share": ref.ood_design_share,
-           "reference_share": ref_share, "p0": p0, "p_value": share_test(k, n, p0, "greater"),
+           "reference_share": ref_share, "p0": p0, "p_value": p_value,
            "excess": k / n - p0, "site_median_score": float(np.median(site.ood_scores)), "scores": None}
     if ref.scored is not None and ref.scored.ood_scores:
         out["reference_median_score"] = float(np.median(ref.scored.ood_scores))
