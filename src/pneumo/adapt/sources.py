@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 class SiteImages:
     """A site's readable labelled images: ``table`` (path, label, subtype, patient_id), ``x`` uint8 (N, S, S),
     ``y`` class indices; ``errors`` {path: why} for the files left out; ``patients_given``: the CSV named patients
-    (otherwise a DICOM's PatientID, hashed, groups its films, and every other image is its own patient); ``logits``: the source model's scores of ``x``; ``n_copies``: images
+    (otherwise a DICOM's PatientID, as a keyed hash, groups its films, and every other image is its own patient);
+    ``logits``: the source model's scores of ``x``; ``n_copies``: images
     pixel for pixel the same as an earlier one (put in its patient group: a copy never sits on the other side of a
     split); ``assessed``: where the source model gives a verdict, as `pneumo predict` decides it."""
 

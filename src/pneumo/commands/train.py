@@ -69,9 +69,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
-    shortcuts = SHORTCUTS
     text = {"name", "out_dir", "dataset"}  # free text (a folder may be named "xr #2"): a quoted YAML string, not YAML
-    return [f"{key}={json.dumps(str(value)) if attr in text else value}" for attr, key in shortcuts.items()
+    return [f"{key}={json.dumps(str(value)) if attr in text else value}" for attr, key in SHORTCUTS.items()
             if (value := getattr(args, attr)) is not None] + list(args.overrides)
 
 

@@ -3,8 +3,9 @@
 Modality LUT (rescale slope/intercept or LUT), then the VOI window (the first window centre/width, else the VOI LUT)
 mapped over the window's full output range to 0..255; MONOCHROME1 is inverted; RGB/YBR become luma. Only the tags
 needed for the pixels (and ViewPosition: a lateral film is refused) are read, so patient data is never parsed, logged
-or put in a message; `patient_group` alone reads PatientID, and keeps only its hash. Numbers that cannot be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an
-unusable window (width 0, NaN) is ignored and the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
+or put in a message; `patient_group` alone reads PatientID, and returns only a keyed hash of it. Numbers that cannot
+be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored
+and the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
 """
 
 from __future__ import annotations

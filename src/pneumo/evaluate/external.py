@@ -142,10 +142,12 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                         "assessed (see pneumo site check)")
     y, logits, images = y_all[headline], logits_all[headline], images_all[headline]
     table = table_all[headline].reset_index(drop=True)
+    groups_all = patients(table_all)  # whole patients in every bootstrap, where the CSV names them
+    groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
                 "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ece_bins}
-    test = measure(y, logits, subtypes=table["subtype"].tolist(), groups=patients(table), **measured)
+    test = measure(y, logits, subtypes=table["subtype"].tolist(), groups=groups, **measured)
     p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
     chosen_on, fitted_on = stored_origin(spec)
@@ -153,7 +155,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "threshold_policy": spec.policy, "threshold_chosen_on": chosen_on, "temperature": spec.temperature,
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
-                                  "method": CI_METHOD, "resamples": "images" if patients(table) is None else
+                                  "method": CI_METHOD, "resamples": "images" if groups is None else
                                   "whole patients (the CSV's patient_id; the exact intervals count images)"},
                     "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
@@ -169,13 +171,13 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                          "source": where}
         result["operating_points"] = operating_points(yb_val, pv, yb, p, report_policies, n_bootstrap=n_bootstrap,
                                                       seed=seed, fixed={spec.policy: spec.threshold},
-                                                      groups=patients(table))
+                                                      groups=groups)
     elif adapted := adapted_points(spec):  # an adapted model: its policies were chosen on the cross-fitted scores
         result["val"] = {"n": 0}
         fixed = {policy: point["threshold"] for policy, point in adapted.items()} | {spec.policy: spec.threshold}
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, list(fixed),
                                                       n_bootstrap=n_bootstrap, seed=seed, fixed=fixed,
-                                                      groups=patients(table))
+                                                      groups=groups)
         for policy, point in result["operating_points"].items():
             if policy in adapted and adapted[policy]["threshold"] == point["threshold"]:  # where it was chosen
                 point["val_sensitivity"] = adapted[policy].get("sensitivity")
@@ -187,13 +189,13 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["val"] = {"n": 0}
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, [spec.policy],
                                                       n_bootstrap=n_bootstrap, seed=seed,
-                                                      fixed={spec.policy: spec.threshold}, groups=patients(table))
+                                                      fixed={spec.policy: spec.threshold}, groups=groups)
         result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
                                            "rebuilt here (pass --dataset DIR)")
         log.warning("only the stored operating point is reported: %s", result["operating_points_note"])
     if by:
         result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed,
-                                        groups=patients(table))
+                                        groups=groups)
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": errors, "n_not_read": len(not_read), "not_read": not_read,
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
@@ -210,7 +212,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         other = assessed if official else np.ones(len(y_all), dtype=bool)
         result["test_assessed" if official else "test_all"] = measure(
             y_all[other], logits_all[other], subtypes=table_all["subtype"][other].tolist(),
-            groups=None if patients(table_all) is None else patients(table_all)[other], **measured)
+            groups=None if groups_all is None else groups_all[other], **measured)
     result.update(name=spec.name, model=spec.location, members=spec.members or None,
                   eval_seconds=round(time.perf_counter() - start, 1))
     from pneumo.evaluate.report import to_jsonable, write_evaluation_report, write_predictions

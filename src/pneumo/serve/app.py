@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect
 from pneumo import LOG_FORMAT, __version__
 from pneumo.atomic import sha256_file, to_jsonable
 from pneumo.config import ServeConfig
-from pneumo.errors import InputError, PneumoError
+from pneumo.errors import InputError, ModelError, PneumoError
 from pneumo.infer.card import model_card_text
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve.batcher import MicroBatcher
@@ -120,6 +120,11 @@ class Service:
     def _load(self) -> None:
         try:
             predictor = Predictor(self._model, backend=self._backend, threads=1)  # a call per batcher worker
+            if self._pinned is not None and sha256_file(predictor.sidecar) != self._pinned:
+                # a worker restarted after the model folder changed would answer at another operating point
+                raise ModelError("its sidecar changed on disk since the service started (restart the service to "
+                                 "serve the new model)")
+            self.card = model_card_of(predictor)  # the card of the files just loaded and checked
         except PneumoError as exc:  # the full text in the server's log; clients see file names, not folders
             log.error("model failed to load: %s", exc)
             self.load_error = f"model failed to load: {without_folders(str(exc))}"
@@ -127,18 +132,6 @@ class Service:
         except Exception as exc:  # noqa: BLE001 - reported by /readyz, the process keeps answering
             self.load_error = f"model failed to load ({type(exc).__name__})"
             log.error("%s", self.load_error)
-            return
-        if self._pinned is not None and sha256_file(predictor.sidecar) != self._pinned:
-            # a worker restarted after the model folder changed would answer at another operating point
-            self.load_error = ("model failed to load: its sidecar changed on disk since the service started "
-                               "(restart the service to serve the new model)")
-            log.error("%s", self.load_error)
-            return
-        try:
-            self.card = model_card_of(predictor)  # the card of the files just loaded and checked
-        except PneumoError as exc:
-            self.load_error = f"model failed to load: {without_folders(str(exc))}"
-            log.error("model failed to load: %s", exc)
             return
         self._ready(predictor)
         log.info("model %s ready (%s backend, threshold %s, policy %s)", predictor.model_id, predictor.backend,
