@@ -25,10 +25,11 @@ RUN python3 -m venv /opt/venv
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url ${TORCH_INDEX_URL}
 
 WORKDIR /opt/pneumo
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY src ./src
-# The pins in pyproject.toml are satisfied by the CPU builds above (2.14.1+cpu matches ==2.14.1).
-RUN pip install . && rm -rf /opt/pneumo/src /opt/pneumo/build
+# Every dependency at the version the tests ran against (constraints.txt, written by tools/constraints.py): two builds
+# of one commit get the same libraries. The CPU torch above satisfies its pin (2.14.1+cpu matches ==2.14.1).
+RUN pip install -c constraints.txt . && rm -rf /opt/pneumo/src /opt/pneumo/build
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pneumo
 # The shipped model's ONNX export, made (and its SHA-256 recorded) at build time: the service does not export it again
@@ -41,7 +42,10 @@ RUN python -c "from pneumo.infer.predictor import Predictor; Predictor(None, bac
 USER pneumo
 WORKDIR /home/pneumo
 
+# The port: `pneumo serve` and the health check both read PNEUMO_PORT (`docker run -e PNEUMO_PORT=9000 -p 9000:9000`);
+# a `--port` given on the command line is not seen by the health check.
+ENV PNEUMO_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
-CMD ["pneumo", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PNEUMO_PORT', '8000'), timeout=4).status != 200)"]
+CMD ["pneumo", "serve", "--host", "0.0.0.0"]

@@ -42,6 +42,9 @@ def test_the_ensemble_averages_the_members_probabilities(two_runs: tuple[Path, P
     assert (got["predicted_pneumonia"] == (got["p_pneumonia"] >= result["threshold"])).all()
     saved = json.loads((tmp_path / "ens" / "metrics.json").read_text())
     assert saved["members"] == [str(r) for r in two_runs] and 0.0 <= saved["test"]["metrics"]["roc_auc"] <= 1.0
+    sidecars = [json.loads((r / "model.json").read_text()) for r in two_runs]  # how each member was made
+    assert saved["member_commits"] == [m["commit"] for m in sidecars]
+    assert saved["member_configs"] == [m["config"] for m in sidecars] and saved["member_configs"][0]["name"]
     assert (tmp_path / "ens" / "report.html").is_file()
 
 

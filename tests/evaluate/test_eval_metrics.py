@@ -25,6 +25,7 @@ from pneumo.evaluate.metrics import (
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
+    exact_interval,
     is_small_sample,
     multiclass_metrics,
     resample_weights,
@@ -264,6 +265,10 @@ def test_sensitivity_by_subtype_counts_the_calls_of_each_subtype() -> None:
     assert out["virus"]["predicted_positive"] == 1 and out["normal"]["rate"] == 0.5
     lo, hi = out["bacteria"]["ci"]
     assert lo < 2 / 3 < hi
+    # the method of every other proportion in a report: exact (it was Wilson here: 3 of 3 got [0.44, 1.0], exact
+    # [0.29, 1.0], the lower end 0.025 ** (1/3))
+    assert out["bacteria"]["ci"] == pytest.approx(list(exact_interval(2, 3)))
+    assert sensitivity_by_subtype([True] * 3, ["virus"] * 3)["virus"]["ci"] == pytest.approx([0.025 ** (1 / 3), 1.0])
 
 
 # ---------------------------------------------------------------- 3-class

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pneumo.errors import ConfigError
 from pneumo.explain.overlay import HeatmapWriter, heatmap_name, safe_stem, write_contact_sheet
-from pneumo.explain.render import blend
+from pneumo.explain.render import blend, colorize
 from pneumo.infer.predictor import Predictor
 
 
@@ -37,7 +37,16 @@ def test_writer_puts_overlay_and_raw_map_in_the_original_geometry(tmp_path: Path
     raw = np.load(item.raw_map, allow_pickle=False)
     assert raw.shape == gray.shape and raw.dtype == np.float32
     with Image.open(item.overlay) as img:
-        assert img.size == (gray.shape[1], gray.shape[0])
+        overlay = np.asarray(img.convert("RGB"))
+    band = overlay.shape[0] - gray.shape[0]
+    assert overlay.shape[1] == gray.shape[1] and 0 < band < gray.shape[0] // 3
+    # the caption and the colour bar sit in a band above: every pixel of the image is the blend, none covered (the
+    # caption box hid the top-left corner, where side markers are)
+    assert np.array_equal(overlay[band:], blend(gray, raw))
+    ramp = colorize(np.linspace(0.0, 1.0, 64, dtype=np.float32)[None])[0]
+    top = overlay[:band].reshape(-1, 3)
+    for colour in (ramp[0], ramp[-1]):  # both ends of the turbo bar are in the band
+        assert (np.abs(top.astype(int) - colour.astype(int)).sum(axis=1) <= 6).any()
 
 
 def test_writer_never_writes_outside_its_folder(tmp_path: Path, predictor: Predictor) -> None:

@@ -51,6 +51,38 @@ def test_dockerfile_exposes_8000_checks_health_and_serves_on_all_interfaces() ->
     assert "pneumo" in steps["CMD"] and "serve" in steps["CMD"] and "0.0.0.0" in steps["CMD"]
 
 
+def test_the_image_installs_the_versions_the_tests_ran_against(tmp_path: Path) -> None:
+    """`pip install .` took whatever PyPI had on the day of the build; constraints.txt pins every dependency, and the
+    tests run against those pins (the README's install and .ci/run use it too)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    install = next(arg for op, arg in instructions() if op == "RUN" and "pip install" in arg and "." in arg.split())
+    assert "-c constraints.txt" in install
+    assert (build_context(instructions(), tmp_path / "image") / "constraints.txt").is_file()
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(req.name)] = spec.version
+    for text in metadata.requires("pneumo"):
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # a test extra
+        pinned = pins.get(canonicalize_name(req.name))
+        assert pinned is not None, f"{req.name} is not in constraints.txt: run python tools/constraints.py"
+        assert req.specifier.contains(pinned, prereleases=True), (req, pinned)
+        installed = metadata.version(req.name).split("+")[0]
+        assert installed == pinned, f"{req.name} {installed} installed, {pinned} pinned: pip install -c constraints.txt"
+    for line in (REPO / ".ci" / "run").read_text().splitlines() + (REPO / "README.md").read_text().splitlines():
+        if "pip install" in line and "-e '.[test]'" in line:
+            assert "-c constraints.txt" in line, line
+
+
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
     ignored = {line.strip().strip("/") for line in (REPO / ".dockerignore").read_text().splitlines()}
     assert {".venv", "runs", "data", ".cache"} <= ignored
@@ -75,7 +107,7 @@ def build_context(steps: list[tuple[str, str]], root: Path) -> Path:
                     into = target / source.name if dest.endswith("/") else target
                     into.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(source, into)
-        elif op == "RUN" and "pip install ." in arg:
+        elif op == "RUN" and "pip install" in arg and "." in arg.split("&&")[0].split():
             build_dir = root / workdir.lstrip("/")
     assert build_dir is not None, "the Dockerfile never runs `pip install .`"
     return build_dir
@@ -125,14 +157,15 @@ def test_the_image_command_serves_the_shipped_model_offline_and_its_health_check
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    cmd = [port if part == "8000" else part for part in _exec_form(steps["CMD"])]
-    check = [part.replace(":8000/", f":{port}/") for part in _exec_form(steps["HEALTHCHECK"])]
-    assert cmd[0] == "pneumo" and "--model" not in cmd  # the shipped default model
+    cmd, check = _exec_form(steps["CMD"]), _exec_form(steps["HEALTHCHECK"])
+    assert cmd[0] == "pneumo" and "--model" not in cmd and "--port" not in cmd  # the shipped model, the image's port
     env = {key: value for key, value in os.environ.items() if not key.startswith("PNEUMO_")}
     env.update(HOME=str(tmp_path), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     # the build step that exports the shipped model into the image's cache, then that cache read-only (docker run
     # --read-only): the service runs the export on ONNX Runtime without writing
     image_env = dict(item.split("=", 1) for op, arg in instructions() if op == "ENV" for item in arg.split())
+    assert image_env["PNEUMO_PORT"] == steps["EXPOSE"] == "8000"
+    env["PNEUMO_PORT"] = port  # `docker run -e PNEUMO_PORT=...`: the service and its health check move together
     cache = tmp_path / image_env["PNEUMO_CACHE"].lstrip("/")
     export = next(arg for op, arg in instructions() if op == "RUN" and "Predictor(None" in arg).split(" && ")[0]
     env["PNEUMO_CACHE"] = str(cache)

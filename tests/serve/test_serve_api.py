@@ -295,6 +295,13 @@ def test_serve_refuses_a_taken_port_a_bad_origin_and_a_bad_count_in_one_line_bef
             assert main(["serve", "--model", "/no/such/model", *extra]) == 2, extra
             err = capsys.readouterr().err.strip()
             assert "\n" not in err and message in err, err
+        # the port from $PNEUMO_PORT (the Docker image's health check reads it too), checked as the flag is
+        for value, message in (("http", "$PNEUMO_PORT must be a TCP port"), ("70000", "$PNEUMO_PORT must be"),
+                               (str(port), f"cannot listen on 127.0.0.1:{port}")):
+            monkeypatch.setenv("PNEUMO_PORT", value)
+            assert main(["serve", "--model", "/no/such/model"]) == 2, value
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and message in err, err
 
 
 def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,6 +87,21 @@ def test_repeated_internal_errors_leave_the_batcher_serving(make_client: Callabl
     assert client.post(PREDICT, files=jpeg_upload(xray)).status_code == 200
 
 
+def test_an_internal_error_reaches_an_allowed_origin_as_a_500_not_as_a_cors_failure(
+        make_client: Callable[..., TestClient], predictor: Predictor, xray: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guard answers the 500 outside CORSMiddleware: without the header, a viewer page of an allowed origin could not
+    read the status and showed a network error; another origin still gets no header."""
+    monkeypatch.setattr(predictor, "predict_prepared", _raise)
+    client = make_client(predictor, cors_origins=["https://viewer.example"])
+    allowed = client.post(PREDICT, files=jpeg_upload(xray), headers={"Origin": "https://viewer.example"})
+    other = client.post(PREDICT, files=jpeg_upload(xray), headers={"Origin": "https://evil.example"})
+    assert_bare_500(allowed)
+    assert allowed.headers["access-control-allow-origin"] == "https://viewer.example"
+    assert_bare_500(other)
+    assert "access-control-allow-origin" not in other.headers
+
+
 @pytest.fixture()
 def compare_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Record every ``hmac.compare_digest`` call (its arguments), still comparing for real."""

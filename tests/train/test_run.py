@@ -77,8 +77,15 @@ def test_a_probe_records_fp32_on_the_cpu_even_where_bf16_is_fast(probe_run: Path
 def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(scratch_run, runs / scratch_run.name)  # a copy: the module's other tests read the 2-epoch run
+    state = json.loads((runs / scratch_run.name / "last.json").read_text())
+    assert state["extra"]["elapsed_s"] > 0  # the first session's seconds, saved with its state
+    state["extra"]["elapsed_s"] = 5000.0  # as if the first session had trained for 5000 s
+    (runs / scratch_run.name / "last.json").write_text(json.dumps(state))
     train(scratch_config(data_slice, runs, tmp_path / "cache", "train.epochs=3"), resume=True)
     assert pd.read_csv(runs / scratch_run.name / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+    training = json.loads((runs / scratch_run.name / "model.json").read_text())["training"]
+    assert 5000 < training["wall_time_s"] < 5000 + 600  # both sessions (was: the last one only)
+    assert "earlier_sessions_s" not in training
 
 
 def test_an_existing_run_folder_is_never_silently_overwritten(scratch_run: Path, data_slice: Path) -> None:

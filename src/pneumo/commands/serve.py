@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # as a browser sends it: lower case, no default port (https://x:443 and http://x:80 never match)
 CORS_ORIGIN = re.compile(r"(?!https://[^/]*:443$)(?!http://[^/]*:80$)https?://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 _DEFAULTS = ServeConfig()
+PORT_ENV = "PNEUMO_PORT"
 EXAMPLES = """
 pneumo serve                                          # the shipped model on http://127.0.0.1:8000
 PNEUMO_API_KEY=secret pneumo serve --model runs/default --host 0.0.0.0 --workers 2
@@ -47,7 +48,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="auto: ONNX Runtime, exported once into the cache; torch if that fails")
     parser.add_argument("--host", default=_DEFAULTS.host, help=f"address to listen on (default {_DEFAULTS.host}; "
                         "use 0.0.0.0 to accept other machines, ideally with an API key)")
-    parser.add_argument("--port", type=int, default=_DEFAULTS.port, help="TCP port")
+    parser.add_argument("--port", type=int, help=f"TCP port (default: ${PORT_ENV}, else {_DEFAULTS.port}; the "
+                        "Docker image's health check reads the same variable)")
     parser.add_argument("--api-key", help="require this key in the X-API-Key header of /api requests "
                         "(default: $PNEUMO_API_KEY; the environment keeps it out of the process list)")
     parser.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_mb, help="largest upload")
@@ -81,10 +83,23 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             raise ConfigError(f"--cors-origin {origin!r} is not an origin as a browser sends it: give "
                               "scheme://host[:port] in lower case, without a path, a trailing slash or the default "
                               "port (e.g. https://pacs.example.org)")
-    return ServeConfig(host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+    return ServeConfig(host=args.host, port=_port(args.port), max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
                        **schema_values(args, _LIMITS))
+
+
+def _port(flag: int | None) -> int:
+    """``--port``, else ``$PNEUMO_PORT``, else the default (a container sets the variable once, for the service and its
+    health check alike)."""
+    if flag is not None:
+        return flag
+    text = os.environ.get(PORT_ENV, "").strip()
+    if not text:
+        return _DEFAULTS.port
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"${PORT_ENV} must be a TCP port (1 to 65535), got {text!r}")
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -262,7 +262,8 @@ def small_sample_warning(metrics: dict) -> str | None:
 
 
 def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str]) -> dict:
-    """Share of images called pneumonia, per subtype, with a Wilson 95 % interval.
+    """Share of images called pneumonia, per subtype, with an exact (Clopper-Pearson) 95 % interval, the method of
+    every other proportion in a report (a subtype's share is a sensitivity or a false-positive rate).
 
     For ``bacteria`` / ``virus`` the rate is that subtype's sensitivity; for ``normal`` it is the false-positive rate
     (1 - specificity).
@@ -278,18 +279,13 @@ def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtype
     for name in sorted(np.unique(sub), key=lambda s: (s.lower() != "normal", s)):
         mask = sub == name
         n, k = int(mask.sum()), int(pred[mask].sum())
-        out[str(name)] = {"n": n, "predicted_positive": k, "rate": k / n, "ci": list(wilson_interval(k, n))}
+        out[str(name)] = {"n": n, "predicted_positive": k, "rate": k / n, "ci": list(exact_interval(k, n))}
     return out
-
-
-def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion k / n (nan for n == 0)."""
-    return exact_interval(k, n, level, method="wilson")
 
 
 def exact_interval(k: int, n: int, level: float = 0.95, method: str = "exact") -> tuple[float, float]:
     """Clopper-Pearson (exact binomial) interval for a proportion k / n (nan for n == 0): never narrower than the data
-    allow, so 8 of 8 gives (0.63, 1.0), not (1.0, 1.0); ``method`` another of scipy's (``wilson``)."""
+    allow, so 8 of 8 gives (0.63, 1.0), not (1.0, 1.0); ``method`` another of scipy's."""
     from scipy.stats import binomtest
 
     if n == 0:

@@ -176,7 +176,7 @@ def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike
 def plot_subtype_rates(by_subtype: dict, path: str | os.PathLike, *,
                        title: str = "Called pneumonia, per subtype (test)") -> Path:
     """Bars of the share called pneumonia per subtype (sensitivity for bacteria/virus, false-positive rate for
-    normal) with Wilson 95 % intervals, from :func:`~pneumo.evaluate.metrics.sensitivity_by_subtype`."""
+    normal) with exact (Clopper-Pearson) 95 % intervals, from :func:`~pneumo.evaluate.metrics.sensitivity_by_subtype`."""
     if not by_subtype:
         raise DataError("no subtypes to plot")
     names = list(by_subtype)

@@ -243,7 +243,7 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
             ("roc", "ROC curve; the dot is the operating point"), ("pr", "Precision-recall curve"),
             ("confusion", "Confusion matrix: counts and row shares"), ("confusion_3class", "3-class confusion"),
             ("reliability", "Reliability before / after temperature scaling"),
-            ("subtypes", "Share called pneumonia per subtype, Wilson 95 % intervals"),
+            ("subtypes", "Share called pneumonia per subtype, exact 95 % intervals"),
             ("training", "Loss, val ROC-AUC and learning rate per epoch")) if n in figures)}
     boot = result.get("bootstrap", {})
     ext = result.get("external")

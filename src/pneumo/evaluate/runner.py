@@ -188,9 +188,11 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
                               "name the ensemble's with --threshold-policy")
         policy = chosen[0]
     member_logits: dict[str, list[np.ndarray]] = {"val": [], "test": []}
+    metas: list[CheckpointMeta] = []
     for run_dir, (member_cfg, member_folds) in zip(members, loaded):
         _check_same_folds(members[0], folds, cfg, run_dir, member_folds, member_cfg)
-        model, _ = load_checkpoint(RunDir(run_dir).model)
+        model, meta = load_checkpoint(RunDir(run_dir).model)
+        metas.append(meta)
         logits = fold_logits(run_dir, member_cfg, member_folds, model)
         for fold, per_member in member_logits.items():
             per_member.append(logits[fold])
@@ -199,7 +201,9 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     y_test = labels(test, cfg.data.task)
     result = _protocol(cfg, folds, ensemble["val"], ensemble["test"], policy=policy, n_bootstrap=n_bootstrap)
     _add_operating_points(result, cfg, folds, ensemble, (policy, *policies) if policy else tuple(policies))
+    # how each member was made, as a single run's metrics.json records it (reproducible without the members' folders)
     result.update(name=f"ensemble of {len(members)}", members=[str(m) for m in members],
+                  member_commits=[m.commit for m in metas], member_configs=[m.config for m in metas],
                   eval_seconds=round(time.perf_counter() - start, 1))
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out, test, ensemble["test"], result)

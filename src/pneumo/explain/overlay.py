@@ -52,7 +52,8 @@ class Written:
 
 
 class HeatmapWriter:
-    """Writes ``<stem>.<tag>.png`` (overlay) and ``<stem>.<tag>.npy`` (float32 map, original geometry) per image.
+    """Writes ``<stem>.<tag>.png`` (overlay below a caption band with a colour bar) and ``<stem>.<tag>.npy``
+    (float32 map, original geometry) per image.
 
     ``tag`` is ``cam`` for Grad-CAM (``campp``, ``occlusion``, ``ig`` for the others), then ``-pneumonia`` for that
     target and ``-<layer>`` for a layer given. Names come from the input
@@ -109,7 +110,8 @@ class HeatmapWriter:
         npy_path = root / f"{name}.{self.tag}.npy"
         if overlay_path.parent != root or npy_path.parent != root:  # cannot happen with safe_stem; belt and braces
             raise ConfigError(f"refusing to write outside {root}: {name!r}")
-        image = overlay_image(gray, result.map_original, result.prediction, method=self.method, toward=result.toward)
+        image = overlay_image(gray, result.map_original, result.prediction, method=self.method, toward=result.toward,
+                              band=True)
         atomic.write_bytes(npy_path, npy_bytes(result.map_original.astype(np.float32)))
         atomic.write_bytes(overlay_path, png_bytes(image))
         return Written(source=str(path), overlay=overlay_path, raw_map=npy_path, prediction=result.prediction)

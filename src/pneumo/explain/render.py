@@ -1,7 +1,10 @@
 """Heat-map rendering: the turbo colour map blended over the gray image, the caption, PNG/NPY bytes.
 
 Colours: turbo, blended in proportion to the map (alpha = 0.6 x map), so regions without evidence show the plain
-radiograph. Text: the predicted label, P(pneumonia), the threshold and what the map shows.
+radiograph. Text: the predicted label, P(pneumonia), the threshold and what the map shows. A written overlay (`pneumo
+predict --heatmaps`, `pneumo explain`) carries the text and a colour bar in a band above the image, so nothing covers
+the radiograph (its corners hold the side markers a shortcut would use); the service's overlay keeps the image's own
+geometry (the page lays it over the preview) with the text in a box at the top left.
 """
 
 from __future__ import annotations
@@ -56,15 +59,20 @@ def caption_lines(prediction: PredictionLike, *, method: str = "gradcam", toward
     return lines
 
 
-def draw_caption(image: Image.Image, lines: list[str]) -> Image.Image:
-    """Write ``lines`` at the top left on a dark box (font scaled to the image width)."""
+def _font(image: Image.Image) -> tuple[ImageFont.ImageFont, int, int]:
+    """The caption font scaled to the image, its size and the padding around text."""
     size = max(11, min(image.size) // 28)
     try:
         font = ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
         font = ImageFont.load_default()
+    return font, size, max(3, size // 3)
+
+
+def draw_caption(image: Image.Image, lines: list[str]) -> Image.Image:
+    """Write ``lines`` at the top left on a dark box (font scaled to the image width)."""
+    font, _, pad = _font(image)
     draw = ImageDraw.Draw(image)
-    pad = max(3, size // 3)
     text = "\n".join(lines)
     _, _, right, bottom = draw.multiline_textbbox((pad, pad), text, font=font, spacing=pad // 2)
     draw.rectangle((0, 0, right + pad, bottom + pad), fill=(0, 0, 0))
@@ -72,14 +80,41 @@ def draw_caption(image: Image.Image, lines: list[str]) -> Image.Image:
     return image
 
 
+BAR_LABEL = "0 ... 1: evidence relative to the strongest in this image"
+
+
+def with_band(image: Image.Image, lines: list[str]) -> Image.Image:
+    """``image`` below a dark band holding ``lines`` and the colour bar (what a colour means: the map is scaled to
+    [0, 1] per image); the image's pixels are left as they are."""
+    font, size, pad = _font(image)
+    measure = ImageDraw.Draw(image)
+    text = "\n".join(lines)
+    _, _, _, text_bottom = measure.multiline_textbbox((pad, pad), text, font=font, spacing=pad // 2)
+    bar_top, bar_height = text_bottom + pad, max(6, size * 2 // 3)
+    band = bar_top + bar_height + pad
+    out = Image.new("RGB", (image.width, image.height + band), (0, 0, 0))
+    out.paste(image, (0, band))
+    draw = ImageDraw.Draw(out)
+    draw.multiline_text((pad, pad), text, fill=(255, 255, 255), font=font, spacing=pad // 2)
+    bar_width = max(16, min(image.width // 3, image.width - 2 * pad))
+    ramp = np.repeat(np.linspace(0.0, 1.0, bar_width, dtype=np.float32)[None], bar_height, axis=0)
+    out.paste(Image.fromarray(colorize(ramp)), (pad, bar_top))
+    draw.text((2 * pad + bar_width, bar_top + bar_height // 2), BAR_LABEL, fill=(255, 255, 255), font=font,
+              anchor="lm")
+    return out
+
+
 def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: PredictionLike | None = None, *,
-                  method: str = "gradcam", toward: str | None = None, max_side: int | None = None) -> Image.Image:
-    """RGB overlay of ``heat`` (same H x W as ``gray``), optionally shrunk to ``max_side``, with the caption."""
+                  method: str = "gradcam", toward: str | None = None, max_side: int | None = None,
+                  band: bool = False) -> Image.Image:
+    """RGB overlay of ``heat`` (same H x W as ``gray``), optionally shrunk to ``max_side``, with the caption: on the
+    image (its geometry kept), or with ``band`` in a band above it, with a colour bar."""
     image = Image.fromarray(blend(gray, heat))
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.BILINEAR)
-    if prediction is not None:
-        draw_caption(image, caption_lines(prediction, method=method, toward=toward))
-    return image
+    if prediction is None:
+        return image
+    lines = caption_lines(prediction, method=method, toward=toward)
+    return with_band(image, lines) if band else draw_caption(image, lines)

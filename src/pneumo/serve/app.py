@@ -184,7 +184,8 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Content-Type"])
-    app.add_middleware(Guard, docs_csp=mount_docs(app))  # the outermost (added last): CORS preflights get its headers
+    # the outermost (added last): CORS preflights get its headers, its own 500s the CORS header
+    app.add_middleware(Guard, docs_csp=mount_docs(app), cors_origins=tuple(config.cors_origins))
     auth = [Depends(api_key_check(api_key))] if api_key else []
 
     @app.get("/healthz", tags=["health"], responses={503: ERRORS[503]})

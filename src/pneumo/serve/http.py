@@ -79,11 +79,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
 class Guard:
     """Outermost app middleware: unexpected exceptions -> 500 ``internal error`` (logged by type only, never
-    re-raised, so no traceback reaches a log or a client) and security headers on every response."""
+    re-raised, so no traceback reaches a log or a client) and security headers on every response. Its own 500 sits
+    outside CORSMiddleware, so it carries the CORS header itself for an allowed origin (else a browser page of that
+    origin sees a CORS failure instead of the error)."""
 
-    def __init__(self, app: Any, *, docs_csp: str = CSP) -> None:
+    def __init__(self, app: Any, *, docs_csp: str = CSP, cors_origins: tuple[str, ...] = ()) -> None:
         self.app = app
         self.csp, self.docs_csp = CSP.encode("ascii"), docs_csp.encode("ascii")
+        self.cors_origins = frozenset(cors_origins)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -113,6 +116,10 @@ class Guard:
             log.error("internal error while serving %s: %s", path if is_api else "a request", type(exc).__name__)
             if not started:
                 response = JSONResponse({"detail": "internal error"}, status_code=500)
+                origin = dict(scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
+                if origin in self.cors_origins:
+                    response.headers["access-control-allow-origin"] = origin
+                    response.headers["vary"] = "Origin"
                 await response(scope, receive, send_with_headers)
 
 

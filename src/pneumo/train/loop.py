@@ -257,6 +257,7 @@ class LoopState:
     best_auc: float = -1.0
     best_epoch: int = -1
     bad_epochs: int = 0
+    elapsed_s: float = 0.0  # seconds in `fit` of the run's earlier sessions (a resumed run's time counts them too)
 
     @classmethod
     def resumed(cls, saved: dict, cfg: TrainConfig, n_steps: int) -> LoopState:
@@ -289,10 +290,12 @@ def fit(model: nn.Module, data: SplitTensors, cfg: RunConfig, run_dir: Path, *, 
     loss_fn = make_loss(tc, data.y_train, model.num_classes).to(device)
     optimizer, scheduler = make_optimizer(model, tc, n_steps)
     saved = load_state(model, optimizer, scheduler)
-
-    def save(info: dict) -> None:
-        save_state(model, optimizer, scheduler, info)
     state = LoopState.resumed(saved, tc, n_steps) if saved else LoopState(n_steps, tc.batch_size)
+    session_start, earlier_s = time.perf_counter(), state.elapsed_s
+
+    def save(info: dict) -> None:  # the state on disk counts this session's seconds too
+        elapsed = round(earlier_s + time.perf_counter() - session_start, 1)
+        save_state(model, optimizer, scheduler, {**info, "elapsed_s": elapsed})
     if saved:
         log.info("resuming at epoch %d, step %d (global step %d)", state.epoch + 1, state.step, state.global_step)
         if env.is_main:

@@ -192,7 +192,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
         info = _train_loop(cfg, model, cache, rows, y, device, run_dir, env)
         if not env.is_main:
             return run_dir
-    info["wall_time_s"] = round(time.perf_counter() - start, 1)
+    info["wall_time_s"] = round(time.perf_counter() - start + info.pop("earlier_sessions_s", 0.0), 1)
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     info["world_size"] = env.world_size
     bf16 = features_in_bf16 if cfg.model.mode == "probe" else fast_precision
@@ -249,7 +249,7 @@ def _train_loop(cfg: RunConfig, model, cache, rows: dict, y: np.ndarray,
     state = fit(model, data, cfg, run_dir, device=device, save_best=save_best, save_state=states.save,
                 load_state=states.load, env=env)
     return {"best_epoch": state.best_epoch, "val_auc": state.best_auc, "epochs_run": state.epoch,
-            "global_step": state.global_step, "val_auc_of": _auc_of(cfg)}
+            "global_step": state.global_step, "val_auc_of": _auc_of(cfg), "earlier_sessions_s": state.elapsed_s}
 
 
 def _auc_of(cfg: RunConfig) -> str:
