@@ -43,3 +43,41 @@ def test_a_file_name_that_is_not_utf8_neither_fails_a_write_nor_a_digest(tmp_pat
     atomic.write_text(tmp_path / "images.csv", f"path\n{name}\n")
     assert (tmp_path / "images.csv").read_bytes() == b"path\nt\\udce9te.png\n"
     assert paths_digest([name]) != paths_digest([os.fsdecode(b"t\xe8te.png")]) != paths_digest(["tete.png"])
+
+
+def test_write_csv_keeps_hospital_text_from_running_as_a_formula_and_a_bare_cr_from_splitting_a_row(
+        tmp_path: Path) -> None:
+    """crossfit_predictions.csv, the site check's images.csv and `data scan --output` wrote file names and patient IDs
+    as they came (``=HYPERLINK(...)`` ran in a spreadsheet), and a file name with a bare carriage return split its row
+    in two (pandas' ``\\n`` line ends do not quote ``\\r``)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"path": ["=HYPERLINK(\"http://x\",\"y\").jpeg", "cr\rreturn.jpeg", "plain.jpeg", "@x", "-3"],
+                          "patient_id": ["+SUM(1)", "p1", "p2", "p3", "p4"], "p": [0.5, -0.25, 1.0, 0.0, 0.1],
+                          "n": [1, -2, 3, 4, 5]})
+    path = atomic.write_csv(tmp_path / "t.csv", frame)
+    back = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "patient_id": str})
+    assert len(back) == len(frame)  # one row per input row, the \r inside its quoted cell
+    assert back["path"].tolist() == ["'=HYPERLINK(\"http://x\",\"y\").jpeg", "cr\rreturn.jpeg", "plain.jpeg", "'@x",
+                                     "'-3"]
+    assert back["patient_id"][0] == "'+SUM(1)"
+    assert back["p"].tolist() == [0.5, -0.25, 1.0, 0.0, 0.1] and back["n"].tolist() == [1, -2, 3, 4, 5]  # numbers
+    assert [atomic.from_csv_cell(v) for v in back["path"]] == frame["path"].tolist()  # pneumo reads its own back
+
+
+def test_every_csv_pneumo_writes_goes_through_write_csv() -> None:
+    """The formula guard and the quoting live in one writer; a ``to_csv`` elsewhere would skip them."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "src" / "pneumo"
+    direct = []
+    for module in package.rglob("*.py"):
+        if module.name == "atomic.py":
+            continue
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("to_csv", "DictWriter", "writer") and (
+                    node.attr == "to_csv" or getattr(node.value, "id", None) == "csv"):
+                direct.append(f"{module.relative_to(package)}:{node.lineno} {node.attr}")
+    # the two streaming writers: `pneumo predict`'s rows (each cell through atomic.csv_cell) and the training log
+    # metrics.csv (numbers only, appended an epoch at a time)
+    assert sorted(d.split(":")[0] for d in direct) == ["commands/predict.py", "train/loop.py"], direct

@@ -1,8 +1,9 @@
 """Atomic file writes (temp file in the same folder + ``os.replace``): a reader never sees a half-written file.
 
 Every file pneumo writes goes through here: `write_bytes` / `write_text` / `write_json` for content in memory,
-`writing` for a writer that wants a path of its own (a memmap, an ONNX exporter, ``DataFrame.to_csv``). Also the
-two helpers every file writer and checker shares: `to_jsonable` (strict JSON: nan/inf -> null) and `sha256_file`.
+`writing` for a writer that wants a path of its own (a memmap, an ONNX exporter). Also the helpers every file
+writer and checker shares: `to_jsonable` (strict JSON: nan/inf -> null), `sha256_file`, and `write_csv` /
+`csv_cell` for every CSV (what a hospital opens in a spreadsheet).
 """
 
 from __future__ import annotations
@@ -104,6 +105,31 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_json(path: str | os.PathLike, payload: Any, *, default: Any = float) -> Path:
     """Write ``payload`` as indented JSON to ``path`` atomically (``default`` converts what JSON cannot hold)."""
     return write_text(path, json.dumps(payload, indent=2, default=default))
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def csv_cell(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula (a file named ``=HYPERLINK(...).jpeg``, a patient ID
+    ``@x``) gets a leading ``'``, so it shows as text; numbers stay numbers; None is an empty cell."""
+    if value is None:
+        return ""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def from_csv_cell(value: str) -> str:
+    """The text `csv_cell` was given (for pneumo reading back a CSV it wrote: the paths an adapted model lists)."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
+
+
+def write_csv(path: str | os.PathLike, frame: Any) -> Path:
+    """A DataFrame as ``path`` (no index), the one way pneumo writes a CSV: text cells through `csv_cell`, and RFC
+    4180 line ends (``\r\n``, as `pneumo predict` writes), so that a value holding a bare ``\r`` (a file name) is
+    quoted instead of splitting its row."""
+    text_columns = [c for c in frame.columns if frame[c].dtype == object]
+    guarded = frame.assign(**{c: frame[c].map(csv_cell) for c in text_columns}) if text_columns else frame
+    return write_text(path, guarded.to_csv(index=False, lineterminator="\r\n"))
 
 
 def to_jsonable(obj: object) -> object:

@@ -10,7 +10,7 @@ import sys
 from pneumo import LOG_FORMAT, __version__
 from pneumo.allocator import hold_freed_memory
 from pneumo.argparsing import HelpFormatter, subparser
-from pneumo.errors import PneumoError, one_line
+from pneumo.errors import OneLineArgs, PneumoError, one_line
 
 # name -> (module, one-line help); modules are imported only when their subcommand runs or builds its parser.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
+    for handler in logging.getLogger().handlers:  # names and tags from a hospital's data stay one line each
+        if not any(isinstance(f, OneLineArgs) for f in handler.filters):
+            handler.addFilter(OneLineArgs())
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 
 class PneumoError(Exception):
     """Base class: the message is one actionable line meant for the user."""
@@ -37,3 +39,15 @@ def one_line(text: str) -> str:
     file name cannot add a line (a forged ``pneumo predict: ...``) or move the cursor."""
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
                    for ch in text)
+
+
+class OneLineArgs(logging.Filter):
+    """A log record's text arguments through `one_line`: a file name, a CSV value or a DICOM tag logged with ``%s``
+    cannot add a forged line or send escape sequences to the operator's terminal (the message templates are ours)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(one_line(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: one_line(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True

@@ -180,3 +180,18 @@ def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path: Pat
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "is a file" in err, err
+
+
+def test_explain_prints_one_line_per_file_whatever_its_name(tmp_path: Path, real_paths: list[Path],
+                                                            checkpoint_factory: Callable[..., Path],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A file named with an escape sequence and a newline cleared the operator's screen and forged an 'INFO' line."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copyfile(real_paths[1], images / "ansi\x1b[31mRED\nINFO fake log line.jpeg")
+    (images / "broken\x1b[2J\nERROR forged.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    assert main(["explain", str(images), "--model", str(checkpoint_factory()), "--out", str(tmp_path / "o")]) == 1
+    captured = capsys.readouterr()
+    for stream, expected in ((captured.out, 2), (captured.err, 1)):  # the result and the contact sheet; the error
+        assert "\x1b" not in stream and len(stream.strip().splitlines()) == expected, stream
+    assert "ansi\\x1b[31mRED\\nINFO fake log line.jpeg" in captured.out

@@ -383,7 +383,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     # rates count every image)
     frame["turned"] = site.turned
     frame["positive"] = frame["positive"].where(~withheld, None)
-    atomic.write_text(folder / "images.csv", frame.to_csv(index=False))
+    atomic.write_csv(folder / "images.csv", frame)
     write_site_report(result, site, ref.scored, folder)
     return result
 

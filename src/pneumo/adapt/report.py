@@ -9,7 +9,7 @@ import numpy as np
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
 from pneumo.evaluate.calibration import p_pneumonia
-from pneumo.infer.card import build_card, md_table, metric_rows
+from pneumo.infer.card import build_card, md_table, md_text, metric_rows
 from pneumo.templates import fmt_threshold
 
 ROWS = ("roc_auc", "sensitivity", "specificity", "accuracy", "f1")
@@ -56,7 +56,7 @@ def summary_lines(record: dict) -> list[str]:
     labels = ", ".join(f"{k} {v}" for k, v in site["by_label"].items())
     lines = [
         (f"Adapted from `{record['source_model']['model_id']}` on {record['created']} to the labelled images in "
-         f"`{site['data']}`: {site['n_images']} images ({labels}), {patients_line(site)}; "
+         f"{md_text(site['data'])}: {site['n_images']} images ({labels}), {patients_line(site)}; "
          f"{site['n_unreadable']} files could not be read and were left out."),
         "",
         f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epoch(s), AdamW lr "
@@ -183,4 +183,4 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
                              f"{escape(shown or out)} --data HELD_OUT --out validation/</code>; predict and serve with "
                              f"<code>--model {escape(shown or out)}</code>.</p>")))
     atomic.write_text(out / "report.html", page(f"pneumo adapt: {record['source_model']['model_id']} to a new site",
-                                                sections, subtitle=escape(record["site"]["data"])))
+                                                sections, subtitle=record["site"]["data"]))  # (escaped by the page)

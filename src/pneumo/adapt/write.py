@@ -135,4 +135,4 @@ def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before:
                           "p_source_model": p_pneumonia(z_before), "p_crossfit": p_pneumonia(z_oof),
                           "p_crossfit_calibrated": p_pneumonia(z_oof, record["temperature"])})
     frame["predicted_pneumonia"] = (frame["p_crossfit"] >= record["operating_point"]["threshold"]).astype(int)
-    atomic.write_text(out / "crossfit_predictions.csv", frame.to_csv(index=False))
+    atomic.write_csv(out / "crossfit_predictions.csv", frame)

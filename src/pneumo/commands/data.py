@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from pneumo import atomic
 from pneumo.argparsing import subparser
 from pneumo.data.manifest import scan_dataset
 from pneumo.errors import LeakageError
@@ -82,7 +83,7 @@ def run_scan(args: argparse.Namespace) -> int:
     df = scan_dataset(args.dataset)
     print(_counts(df))
     if args.output:
-        df.to_csv(args.output, index=False, errors="backslashreplace")  # a non-UTF-8 file name
+        atomic.write_csv(args.output, df)  # (a non-UTF-8 file name with backslash escapes)
         print(f"manifest: {args.output} ({len(df)} images)")
     return 0
 
@@ -95,7 +96,7 @@ def run_split(args: argparse.Namespace) -> int:
     print("patients per fold:", folds.groupby("fold")["patient_key"].nunique().to_dict())
     print("leakage check: passed", leakage_report(folds))
     if args.output:
-        folds.to_csv(args.output, index=False, errors="backslashreplace")
+        atomic.write_csv(args.output, folds)
     return 0
 
 

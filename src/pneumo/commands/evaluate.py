@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from pneumo.argparsing import add_dataset_option
+from pneumo.errors import one_line
 
 EXAMPLES = """
 pneumo evaluate --data hospital_xrays/                 # the shipped model on your labelled folder (NORMAL/ PNEUMONIA/)
@@ -61,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if left_out:
         print(f"left out: {len(left_out)} file(s) ({ext.get('n_unreadable', 0)} unreadable or refused, "
               f"{ext.get('n_not_read', 0)} not read)")
-        for path, reason in left_out.items():
-            print(f"  {path}: {reason}")
+        for path, reason in left_out.items():  # a hospital's file names: one printable line each
+            print(f"  {one_line(path)}: {one_line(reason)}")
     points = result.get("operating_points") or {}
     for policy, p in points.items():
         print(f"  {policy:>18}: threshold {fmt_threshold(p['threshold'], 3)}, accuracy {fmt_number(p['accuracy'])}, "
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     for column, groups in (result.get("subgroups") or {}).items():
         for value, g in groups.items():
             m = g["metrics"]
-            print(f"  {column}={value}: n {g['n']} ({g['n_pos']} pneumonia), ROC-AUC {fmt_number(m['roc_auc'])}, "
+            print(f"  {one_line(column)}={one_line(value)}: n {g['n']} ({g['n_pos']} pneumonia), "
+                  f"ROC-AUC {fmt_number(m['roc_auc'])}, "
                   f"sensitivity {fmt_number(m['sensitivity'])}, specificity {fmt_number(m['specificity'])}")
     print(f"report: {folder}/report.html")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pneumo.errors import ModelError, PneumoError
+from pneumo.errors import ModelError, PneumoError, one_line
 
 EXAMPLES = """
 pneumo explain xray.jpeg                                     # Grad-CAM of the shipped model into ./explanations
@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
         gray, prepared, error = load_input(predictor, path, full=True)
         if error is not None:
             failures += 1
-            print(f"pneumo explain: {_printable(path)}: {error}", file=sys.stderr)
+            print(f"pneumo explain: {one_line(str(path))}: {one_line(error)}", file=sys.stderr)
             continue
         prediction = predictor.predict_prepared(prepared[None])[0]
         item = writer.write_result(path, gray, prediction, prepared=prepared)
         written.append(item)
         p = item.prediction
-        print(f"{_printable(path)}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{item.overlay}"
+        print(f"{one_line(str(path))}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{one_line(str(item.overlay))}"
               + (f"\tno verdict: {p.reason} (the map is for audit only)" if p.reason else ""))
     if written and (len(files) > 1 or any(Path(i).is_dir() for i in args.images)):
         sheet = write_contact_sheet(args.out, written, title=f"pneumo explain ({args.method})")
@@ -64,6 +64,3 @@ def run(args: argparse.Namespace) -> int:
         raise PneumoError(f"none of the {len(files)} input(s) could be read")
     return 1 if failures else 0
 
-
-def _printable(path: Path) -> str:
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")

@@ -16,7 +16,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pneumo.errors import one_line
     from pneumo.infer.card import model_card_text
 
-    print(model_card_text(args.model), end="")
+    # line by line: a value from a site's data (a folder name, a CSV value) cannot send escape sequences
+    print("\n".join(one_line(line) for line in model_card_text(args.model).split("\n")), end="")
     return 0

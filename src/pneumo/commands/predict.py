@@ -150,7 +150,7 @@ def _row_writer(out, fmt: str):
         if writer is None:
             writer = csv.DictWriter(out, fieldnames=list(row))
             writer.writeheader()
-        writer.writerow({key: csv_cell(value) for key, value in row.items()})
+        writer.writerow({key: atomic.csv_cell(value) for key, value in row.items()})
 
     return write
 
@@ -161,17 +161,6 @@ def _row(path: Path, prediction, classes: list[str], error: str | None, heatmaps
     if heatmaps:
         row["heatmap"] = str(heatmap) if heatmap else None
     return {**row, **model}  # which model and operating point answered, on every row (as the service's responses)
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
-
-
-def csv_cell(value: object) -> object:
-    """A text cell that a spreadsheet would run as a formula (a file named ``=HYPERLINK(...).jpeg``) gets a leading
-    ``'``, so it shows as text; numbers stay numbers; None is an empty cell."""
-    if value is None:
-        return ""
-    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def _printable(path: Path) -> str:

@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from pneumo.data.dicom import decode_dicom
 from pneumo.data.jpeg import count_scans
 from pneumo.data.pixels import check_budget, check_size, scale_strips, strips, value_range
-from pneumo.errors import ConfigError, InputError
+from pneumo.errors import ConfigError, InputError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,8 @@ def _label(name: str) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """The exception as one short printable line (a DICOM tag's text may hold escape sequences)."""
+    text = one_line(" ".join(str(exc).split()))
     if not text or isinstance(exc, KeyError):
         text = f"{type(exc).__name__} {text}".strip()
     return text if len(text) <= 200 else text[:197] + "..."

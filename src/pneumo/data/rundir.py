@@ -50,7 +50,12 @@ class RunDir:
 
 
 def read_folds(path: str | os.PathLike) -> pd.DataFrame:
-    """A ``folds.csv`` as written by training: every cell a string as written (no NaN for empty ``dup_group``)."""
+    """A ``folds.csv`` as written by training: every cell a string as written (no NaN for empty ``dup_group``; a
+    file name that `atomic.write_csv` kept from running as a formula read back as it is)."""
     import pandas as pd  # the sidecar code that imports this module stays light (the service reads sidecars)
 
-    return pd.read_csv(path, keep_default_na=False, dtype={"dup_group": str})
+    from pneumo.atomic import from_csv_cell
+
+    folds = pd.read_csv(path, keep_default_na=False, dtype={"dup_group": str})
+    text = [c for c in folds.columns if folds[c].dtype == object]
+    return folds.assign(**{c: folds[c].map(from_csv_cell) for c in text}) if text else folds

@@ -93,7 +93,8 @@ def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
     listed = spec.predictors[0].sidecar.parent / "crossfit_predictions.csv"
     if len(spec.predictors) != 1 or not spec.predictors[0].meta.extra.get("adaptation") or not listed.is_file():
         return 0
-    adapted_on = {os.path.realpath(p) for p in pd.read_csv(listed, usecols=["path"], dtype=str)["path"]}
+    adapted_on = {os.path.realpath(atomic.from_csv_cell(p))
+                  for p in pd.read_csv(listed, usecols=["path"], dtype=str, keep_default_na=False)["path"]}
     return sum(os.path.realpath(p) in adapted_on for p in paths)
 
 

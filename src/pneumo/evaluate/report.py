@@ -169,7 +169,7 @@ def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray
         frame["predicted_pneumonia"] = frame["predicted_pneumonia"].astype("Int64").mask(~np.asarray(assessed, bool))
     for i, name in enumerate(class_columns):
         frame[f"p_{name}"] = calibrated[:, i]
-    return atomic.write_text(RunDir(out_dir).predictions, frame.to_csv(index=False))
+    return atomic.write_csv(RunDir(out_dir).predictions, frame)
 
 
 def metrics_table_html(metrics: dict, cis: dict | None = None, *, keys: Iterable[str] | None = None,

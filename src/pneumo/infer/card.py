@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
+from pneumo.errors import one_line
 from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import card_markdown, read_meta, resolve_model, weights_path
 from pneumo.templates import fmt_ci, fmt_threshold
@@ -25,10 +26,20 @@ LIMITS = (("Trained and validated on one hospital's images: at another hospital 
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 
+_MD_SPECIAL = str.maketrans({ch: f"\\{ch}" for ch in "\\|<>`"})
+
+
+def md_text(value: object) -> str:
+    """``value`` as markdown text that stays what it is: one line (control characters escaped), and a ``|`` (a
+    table's column), ``<`` / ``>`` (HTML) or a backtick (a code span) from a site's folder names or CSV values
+    backslash-escaped, so it shows as written and cannot shift a table's columns or carry markup."""
+    return one_line(str(value)).translate(_MD_SPECIAL)
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    """A markdown table's lines."""
-    return [f"| {' | '.join(header)} |", "|" + "---|" * len(header),
-            *(f"| {' | '.join(str(cell) for cell in row)} |" for row in rows)]
+    """A markdown table's lines; every cell through `md_text`."""
+    return [f"| {' | '.join(md_text(h) for h in header)} |", "|" + "---|" * len(header),
+            *(f"| {' | '.join(md_text(cell) for cell in row)} |" for row in rows)]
 
 
 def metric_rows(keys: Sequence[str], *columns: tuple[dict, dict]) -> list[list[str]]:

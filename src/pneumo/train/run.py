@@ -177,7 +177,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     if env.is_main:
         prepare_run_dir(cfg, resume=resume, force=force)
         atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        atomic.write_text(run_dir / "folds.csv", folds.to_csv(index=False))
+        atomic.write_csv(run_dir / "folds.csv", folds)
     cache = _cache_in_turn(cfg, folds, env)
     model.to(device)
     y = labels(folds, cfg.data.task)
