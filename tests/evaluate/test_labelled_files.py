@@ -199,6 +199,24 @@ def test_a_derived_model_is_named_and_described_as_itself(hospital: Path, tmp_pa
     assert "chosen on 5 images of a labelled folder" in html and "chosen on val)" not in html
 
 
+def test_files_not_read_are_all_counted_and_the_first_fifty_named(hospital: Path, data_slice: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A folder linked to /etc inside a site's folder put its 1,076 paths into stdout, report.html and metrics.json
+    (the review's finding): other files are counted, and named up to `MAX_LISTED` as the site check names them."""
+    from pneumo.data.files import MAX_LISTED
+
+    for i in range(MAX_LISTED + 7):
+        (hospital / "NORMAL" / f"export-{i:03d}.txt").write_text("not an image")
+    out = tmp_path / "v"
+    assert main(["evaluate", "--data", str(hospital), "--out", str(out), "--bootstrap", "0", "--no-analysis",
+                 "--dataset", str(data_slice)]) == 0
+    printed = capsys.readouterr().out
+    ext = json.loads((out / "metrics.json").read_text())["external"]
+    assert ext["n_not_read"] == MAX_LISTED + 7 + 3 and len(ext["not_read"]) == MAX_LISTED  # (+ the fixture's 3)
+    assert "... and 10 more files not read (counted, not named)" in printed
+    assert "10 more files not read are counted above, not named" in (out / "report.html").read_text()
+
+
 def test_by_view_reads_the_view_a_dicom_states(full_data: Path, tmp_path: Path) -> None:
     """A DICOM site has no CSV column for the view, but every file states it: --by view was 'no such column'. (The
     suite's cache: the shipped model's val fold is scored once for every test that validates it, not here again.)"""

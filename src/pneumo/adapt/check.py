@@ -390,11 +390,11 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
 
 def _not_read(data: str | os.PathLike) -> dict:
     """A folder's files the site check does not read (hidden, another suffix, no regular file), with the reason, as
-    `pneumo predict` and `pneumo evaluate` leave them out (the first 50 listed); a CSV lists what it reads."""
-    from pneumo.data.files import find_images
+    `pneumo predict` and `pneumo evaluate` leave them out (the first `MAX_LISTED` listed); a CSV lists what it reads."""
+    from pneumo.data.files import MAX_LISTED, find_images
 
     if not Path(data).is_dir():
         return {"n_not_read": 0, "not_read": {}}
     found = find_images(data)
     left = {str(p): reason for p, reason in sorted({**found.skipped, **found.ignored}.items())}
-    return {"n_not_read": len(left), "not_read": dict(list(left.items())[:50])}
+    return {"n_not_read": len(left), "not_read": dict(list(left.items())[:MAX_LISTED])}

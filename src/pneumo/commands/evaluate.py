@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
               f"{ext.get('n_not_read', 0)} not read)")
         for path, reason in left_out.items():  # a hospital's file names: one printable line each
             print(f"  {one_line(path)}: {one_line(reason)}")
+        if (unnamed := ext.get("n_not_read", 0) - len(ext.get("not_read") or {})) > 0:
+            print(f"  ... and {unnamed} more files not read (counted, not named)")
     points = result.get("operating_points") or {}
     for policy, p in points.items():
         print(f"  {policy:>18}: threshold {fmt_threshold(p['threshold'], 3)}, accuracy {fmt_number(p['accuracy'])}, "

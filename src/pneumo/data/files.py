@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # .ima: Siemens PACS exports DICOM under it (the format is sniffed from the bytes whatever the name)
+# Files not read are listed by name up to this many (all counted): a folder linked to /etc or a home folder must not
+# put thousands of unrelated paths into a report a hospital shares.
+MAX_LISTED = 50
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".ima", ".bmp", ".tif", ".tiff", ".webp",
                             ".gif"})
 

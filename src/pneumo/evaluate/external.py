@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo import atomic
+from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
@@ -198,7 +199,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed,
                                         groups=groups)
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
-                          "unreadable": errors, "n_not_read": len(not_read), "not_read": not_read,
+                          "unreadable": errors, "n_not_read": len(not_read),
+                          "not_read": dict(list(not_read.items())[:MAX_LISTED]),  # all counted, the first listed
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
                           "n_fitted_on": fitted_on_these(spec, table_all["path"])}
     if result["external"]["n_fitted_on"]:
@@ -336,8 +338,14 @@ def _data_section(result: dict) -> tuple[str, str]:
             f"</code>; temperature {result['temperature']:.3f}); "
             + (f"<strong>{ext['n_fitted_on']} of them are images the model was adapted on: this is not an external "
                "validation of those.</strong></p>" if ext.get("n_fitted_on") else "nothing was fitted on them.</p>")
-            + table_html(["", "count"], rows) + ood_line + (f"<p>Every file left out, by name:</p><ul>{bad}</ul>" if bad
-                                                             else "<p>No file was left out.</p>"))
+            + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{_more(ext)}:</p><ul>{bad}</ul>"
+                                                             if bad else "<p>No file was left out.</p>"))
+
+
+def _more(ext: dict) -> str:
+    """What the list of left-out files leaves unnamed (other files beyond `MAX_LISTED` are counted, not named)."""
+    unnamed = ext.get("n_not_read", 0) - len(ext.get("not_read", {}))
+    return f" ({unnamed} more files not read are counted above, not named)" if unnamed > 0 else ""
 
 
 def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict,
