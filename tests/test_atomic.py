@@ -81,3 +81,33 @@ def test_every_csv_pneumo_writes_goes_through_write_csv() -> None:
     # the two streaming writers: `pneumo predict`'s rows (each cell through atomic.csv_cell) and the training log
     # metrics.csv (numbers only, appended an epoch at a time)
     assert sorted(d.split(":")[0] for d in direct) == ["commands/predict.py", "train/loop.py"], direct
+
+
+def test_a_safetensors_file_is_the_same_bytes_whatever_order_its_metadata_came_in(tmp_path: Path) -> None:
+    """safetensors writes metadata keys in a per-process order: two identical trainings recorded two weights SHA-256s
+    (and model ids) about half the time (the reproducibility review: `{'arch','format'}` vs `{'format','arch'}`)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from safetensors.numpy import load, save
+
+    data = save({"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float16)},
+                metadata={"format": "pneumo/1", "arch": "efficientnet_lite0", "method": "x"})
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    flipped_header = {**header, "__metadata__": dict(reversed(list(header["__metadata__"].items())))}
+    text = json.dumps(flipped_header, separators=(",", ":")).encode()
+    flipped = data[:8] + text + b" " * (size - len(text)) + data[8 + size:]
+    assert flipped != data or list(header["__metadata__"]) == sorted(header["__metadata__"])
+    digests = {atomic.write_safetensors(tmp_path / f"{i}.safetensors", d) for i, d in enumerate((data, flipped))}
+    assert len(digests) == 1 and (tmp_path / "0.safetensors").read_bytes() == (tmp_path / "1.safetensors").read_bytes()
+    loaded = load((tmp_path / "0.safetensors").read_bytes())
+    assert np.array_equal(loaded["w"], np.arange(6, dtype=np.float32).reshape(2, 3)) and loaded["b"].dtype == np.float16
+    # and across processes, where the order really changes
+    script = ("import sys, numpy as np; from safetensors.numpy import save; from pneumo import atomic; "
+              "print(atomic.write_safetensors(sys.argv[1], save({'w': np.zeros(2, np.float32)}, "
+              "metadata={'format': 'f', 'arch': 'a', 'method': 'm'})))")
+    runs = {subprocess.run([sys.executable, "-c", script, str(tmp_path / f"p{i}.safetensors")], check=True,
+                           capture_output=True, text=True).stdout.strip() for i in range(4)}
+    assert len(runs) == 1

@@ -529,3 +529,15 @@ def test_cli_adapts_end_to_end_with_every_flag(adapted: dict) -> None:
     meta = json.loads((out / "model.json").read_text())
     assert meta["threshold_policy"] == "youden" and meta["tta"] is False
     assert meta["threshold"] == pytest.approx(record["operating_point"]["threshold"])
+
+
+def test_an_adapted_model_records_the_code_and_the_resamples_that_made_it(adapted: dict) -> None:
+    """Its sidecar's commit was null (the source's is not inherited, and none was set) and adapt.json said neither the
+    code nor the bootstrap count (the reproducibility review)."""
+    from pneumo.provenance import git_commit
+
+    record, out = adapted["record"], adapted["out"]
+    assert record["provenance"]["commit"] == git_commit() and record["provenance"]["pneumo"]
+    assert {"torch", "numpy", "onnxruntime", "threads", "created"} <= set(record["provenance"])
+    assert json.loads((out / "model.json").read_text())["commit"] == git_commit()
+    assert record["bootstrap"] == {"n_resamples": 1000, "seed": TINY.seed}

@@ -99,12 +99,14 @@ def test_without_the_dataset_the_site_is_measured_against_the_models_record(
 
 
 def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
-        kermany_site: Path, full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        kermany_site: Path, full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     site = _linked(sorted(kermany_site.rglob("*.jpeg"))[:12], tmp_path / "site")
     (site / "batch0" / "truncated.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     (site / "batch0" / "notes.txt").write_text("exported 2026-12-01")  # not read: listed, as evaluate lists it
     out = tmp_path / "out"
-    code = main(["site", "check", "--data", str(site), "--out", str(out), "--dataset", str(full_data),
+    monkeypatch.chdir(tmp_path)  # the site given relative to the working directory, as a user types it
+    code = main(["site", "check", "--data", "site", "--out", str(out), "--dataset", str(full_data),
                  "--sample", "30"])
     assert code == 0
     first = capsys.readouterr().out.splitlines()[0]
@@ -118,6 +120,11 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert not result["unreadable"][0]["error"].startswith("truncated.jpeg")  # the name once, in its own field
     assert result["n_not_read"] == 1 and list(result["not_read"].values()) == ["not an image file name (.txt)"]
     assert result["model"] and result["reference"]["n"] == 30
+    # where and by what code, readable from another folder (site.json kept "site" as typed, and no commit)
+    from pneumo.provenance import git_commit
+
+    assert result["data"] == str(site) and Path(result["model_sidecar"]).is_absolute()
+    assert result["reference"]["dataset"] == str(full_data) and result["provenance"]["commit"] == git_commit()
     html = (out / "report.html").read_text()
     assert "Not enough images to tell" in html
     assert "truncated.jpeg" in html and "notes.txt" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()

@@ -116,5 +116,10 @@ def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_l
         _store("external_metrics", metrics)
         _store("external_predictions", predictions)
     assert metrics["/val/n"] > 0  # the val path (operating points) is exercised too
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())  # which model, by which code (strings only)
+    meta = json.loads(sidecar.read_text())
+    identity = saved["model_identity"]
+    assert identity["weights_sha256"] == [meta["sha256"]] and identity["commits"] == [meta["commit"]]
+    assert saved["provenance"]["pneumo"] and saved["provenance"]["commit"]
     _assert_close(metrics, _golden()["external_metrics"])
     _assert_close(_numbers(predictions), _numbers(_golden()["external_predictions"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from pneumo.cli import main
@@ -15,6 +16,14 @@ from pneumo.data.preprocess import prepare
 from pneumo.infer.predictor import Predictor
 
 TEXT_IMAGE = "train/PNEUMONIA/person330_virus_683.jpeg"  # "KV59" in the bottom right corner
+
+
+@pytest.fixture(scope="module")
+def text_run(data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's one run (both tests read it; one evaluates it): the folder holding ``cache`` and ``runs/text``."""
+    tmp_path = tmp_path_factory.mktemp("markers")
+    _train_with_text_inpainted(data_slice, tmp_path)
+    return tmp_path
 
 
 def _train_with_text_inpainted(data_slice: Path, tmp_path: Path) -> None:
@@ -27,12 +36,11 @@ def _train_with_text_inpainted(data_slice: Path, tmp_path: Path) -> None:
     assert main(argv + [arg for item in settings for arg in ("--set", item)]) == 0
 
 
-def test_a_run_with_corner_text_inpainted_records_it_and_predicts_with_it(data_slice: Path, full_data: Path,
+def test_a_run_with_corner_text_inpainted_records_it_and_predicts_with_it(text_run: Path, full_data: Path,
                                                                           tmp_path: Path) -> None:
-    _train_with_text_inpainted(data_slice, tmp_path)
-    run_dir = tmp_path / "runs" / "text"
+    run_dir = text_run / "runs" / "text"
     assert json.loads((run_dir / "model.json").read_text())["markers"] == "inpaint-text"
-    indexes = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("images-*.json")]
+    indexes = [json.loads(p.read_text()) for p in (text_run / "cache").glob("images-*.json")]
     assert indexes and all(index["markers"] == "inpaint-text" for index in indexes)
     gray = np.asarray(Image.open(full_data / TEXT_IMAGE).convert("L"))
     predictor = Predictor(run_dir / "model.json")
@@ -44,14 +52,13 @@ def test_a_run_with_corner_text_inpainted_records_it_and_predicts_with_it(data_s
 
 
 def test_the_reports_shortcut_check_looks_for_markers_before_they_were_painted_out(
-        data_slice: Path, tmp_path: Path, monkeypatch) -> None:
+        data_slice: Path, text_run: Path, monkeypatch) -> None:
     """The run report's shortcut check found markers on the model's input, after the in-painting had removed them
     (24 of 80 test images against 76 before it; corner text on none, printed as "nanx"): it now looks on the test
     images preprocessed without the in-painting, as bench/bench_shortcut.py does."""
     from pneumo.evaluate.runner import evaluate_run
     from pneumo.explain import analysis
 
-    _train_with_text_inpainted(data_slice, tmp_path)
     seen: dict = {}
     real = analysis.shortcut_stats
 
@@ -60,7 +67,7 @@ def test_the_reports_shortcut_check_looks_for_markers_before_they_were_painted_o
         return real(maps, labels, names, images=images)
 
     monkeypatch.setattr(analysis, "shortcut_stats", spy)
-    run_dir = tmp_path / "runs" / "text"
+    run_dir = text_run / "runs" / "text"
     evaluate_run(run_dir, analysis=analysis.analysis_sections)
     folds = pd.read_csv(run_dir / "folds.csv")
     test = folds[folds["fold"] == "test"].reset_index(drop=True)

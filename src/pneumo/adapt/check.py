@@ -57,6 +57,7 @@ from pneumo.data.decode import load_image
 from pneumo.data.gate import check_radiograph
 from pneumo.errors import DataError, InputError, PneumoError
 from pneumo.infer.predictor import Predictor
+from pneumo.provenance import record as provenance_record
 
 log = logging.getLogger(__name__)
 
@@ -356,13 +357,15 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     site_props = summarize_properties(site)
     ref_props = summarize_properties(ref.scored) if ref.scored is not None else None
     result = {
-        "data": str(data), "model": predictor.model_id, "model_sidecar": str(predictor.sidecar),
+        # absolute: site.json is read later, from another folder
+        "data": str(Path(data).absolute()), "model": predictor.model_id,
+        "model_sidecar": str(Path(predictor.sidecar).absolute()), "provenance": provenance_record(),
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "few_images": site.n < POWERED_IMAGES,  # "not shifted" then says little: check more images
         "n_unreadable": site.count("decode"), "n_refused_by_gate": site.count("gate"), "unreadable": site.failed,
         **_not_read(data),
         **verdict(ood, positive, site_props, ref_props, ref),
-        "reference": {"kind": ref.kind, "dataset": ref.dataset, "pool": ref.pool or None,
+        "reference": {"kind": ref.kind, "dataset": str(Path(ref.dataset).absolute()) if ref.dataset else None, "pool": ref.pool or None,
                       "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,
                       "n_failed": len(ref.scored.failed) if ref.scored else 0, "seed": ref.seed,
                       "prevalence": ref.prevalence, "prevalence_source": ref.prevalence_source,

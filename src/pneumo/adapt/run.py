@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +50,8 @@ from pneumo.evaluate.metrics import (
 from pneumo.evaluate.operating import paths_digest, policies_to_report
 from pneumo.models.runtime import select_device
 from pneumo.policy import policy_warning
+from pneumo.provenance import record as provenance_record
+from pneumo.provenance import utc_now
 from pneumo.train.loop import step_seed
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,10 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                       "after": subgroups(site.table, site.y, p_oof, threshold, by, n_bootstrap=n_bootstrap,
                                          seed=cfg.seed)}} if by else {})},
         "source_site": _source_rows(predictor, final, source, threshold, run_on, n_bootstrap, cfg.seed),
+        "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(cfg.seed)},
         "seconds": {"crossfit": round(crossfit_s, 1)},
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": utc_now(),
+        "provenance": provenance_record(),  # the code that adapted it and its libraries
     }
     record["source_config"] = config
     write_adapted(out, final, predictor, site, source, record, z_oof=z_oof, z_before=z_before, device=run_on)

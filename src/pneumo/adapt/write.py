@@ -60,6 +60,7 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
     inherited = {k: v for k, v in predictor.meta.to_json().items() if k not in NOT_INHERITED}
     local = record["local"]["after"]["metrics"]
     meta = {**inherited, "mode": "adapted", "tta": False,  # the threshold was chosen on single-pass scores
+            "commit": record["provenance"]["commit"],  # the code that adapted it (the source's commit is its own)
             "threshold": record["operating_point"]["threshold"],
             "threshold_policy": record["operating_point"]["policy"], "temperature": record["temperature"],
             "metrics": {"site_crossfit": {k: local[k] for k in ("accuracy", "sensitivity", "specificity", "f1",

@@ -36,8 +36,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
                         help="with a --data CSV: also report each value of this column (e.g. view, sex, scanner) as a "
                              "subgroup at the stored threshold; repeatable")
-    parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: the run's config, "
-                        "else 1000)")
+    parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: a run's own "
+                        "eval.n_bootstrap for its official test split; 1000 for --data and for the shipped model)")
     parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds an "
                         "earlier evaluation (without it: an error)")
     add_dataset_option(parser, "if it moved since training")

@@ -32,6 +32,7 @@ from pneumo.evaluate.operating import operating_points, operating_points_section
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
 from pneumo.policy import parse_policy
+from pneumo.provenance import record as provenance_record
 
 log = logging.getLogger(__name__)
 Gallery = Callable[..., tuple[str, str]]  # (out, torch model, images, y, p, threshold, *, subtypes, members) -> section
@@ -198,6 +199,11 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if by:
         result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed,
                                         groups=groups)
+    result["model_identity"] = {  # (``model`` is its location, below)
+        "backend": spec.predictors[0].backend, "model_ids": [p.model_id for p in spec.predictors],
+        "weights_sha256": [p.meta.sha256 for p in spec.predictors],
+        "commits": [p.meta.commit or "unknown" for p in spec.predictors]}  # what each was trained or adapted at
+    result["provenance"] = provenance_record()  # the code that evaluated it
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": errors, "n_not_read": len(not_read),
                           "not_read": dict(list(not_read.items())[:MAX_LISTED]),  # all counted, the first listed

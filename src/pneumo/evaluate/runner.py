@@ -36,6 +36,7 @@ from pneumo.models.fast import scorer
 from pneumo.models.runtime import autocast, select_device
 from pneumo.models.scores import log_mean_probability, p_pneumonia
 from pneumo.models.sidecar import CheckpointMeta, read_meta, resolve_model, write_meta
+from pneumo.provenance import record as provenance_record
 
 log = logging.getLogger(__name__)
 Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images, y, subtypes, probs, threshold, names)
@@ -119,7 +120,9 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
         result["orientation"] = {"n": len(turned), "n_refused": int(turned.sum())}
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
-                  commit=meta.commit, eval_seconds=round(time.perf_counter() - start, 1))
+                  commit=meta.commit, weights_sha256=meta.sha256, model_id=meta.model_id,
+                  provenance=provenance_record(),  # the code that evaluated it (``commit``: the one that trained it)
+                  eval_seconds=round(time.perf_counter() - start, 1))
     _write_predictions(run_dir, test, logits["test"], result, ood_scores, turned)
     if first:
         _record_operating_point(RunDir(run_dir).model, meta, result, folds)
@@ -204,6 +207,7 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     # how each member was made, as a single run's metrics.json records it (reproducible without the members' folders)
     result.update(name=f"ensemble of {len(members)}", members=[str(m) for m in members],
                   member_commits=[m.commit for m in metas], member_configs=[m.config for m in metas],
+                  member_weights_sha256=[m.sha256 for m in metas], provenance=provenance_record(),
                   eval_seconds=round(time.perf_counter() - start, 1))
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out, test, ensemble["test"], result)

@@ -76,9 +76,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     """Write a safetensors file atomically (mode 0644: checkpoints are shared and packaged); returns its SHA-256."""
     from safetensors.torch import save
 
-    data = save(tensors, metadata=metadata)
-    atomic.write_bytes(path, data, mode=0o644)
-    return hashlib.sha256(data).hexdigest()
+    return atomic.write_safetensors(path, save(tensors, metadata=metadata))
 
 
 def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:

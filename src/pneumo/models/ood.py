@@ -179,9 +179,8 @@ def save_ood(sidecar: str | os.PathLike, stats: OodStats) -> dict:
     data = save({"means": np.ascontiguousarray(stats.means, np.float32),
                  "precision": np.ascontiguousarray(stats.precision, np.float32)},
                 metadata={"format": "pneumo-ood/1", "method": stats.method})
-    atomic.write_bytes(path, data, mode=0o644)
     return {"method": stats.method, "layer": stats.layer, "file": path.name,
-            "sha256": hashlib.sha256(data).hexdigest(), "threshold": stats.threshold,
+            "sha256": atomic.write_safetensors(path, data), "threshold": stats.threshold,
             "percentile": stats.percentile, "threshold_fold": "val", "n_train": stats.n_train, "n_val": stats.n_val,
             "n_features": stats.num_features, "n_classes": int(stats.means.shape[0]), "shrinkage": stats.shrinkage}
 

@@ -114,8 +114,7 @@ def save_orientation(sidecar: str | os.PathLike, head: OrientationHead, **record
     path = Path(sidecar).with_suffix(SUFFIX)
     data = save({k: np.ascontiguousarray(getattr(head, k), np.float32) for k in ("weight", "bias", "mean", "scale")},
                 metadata={"format": "pneumo-orientation/1"})
-    atomic.write_bytes(path, data, mode=0o644)
-    return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "threshold": head.threshold,
+    return {"file": path.name, "sha256": atomic.write_safetensors(path, data), "threshold": head.threshold,
             "classes": list(head.classes), "false_refusal_percentile": FALSE_REFUSAL_PERCENTILE,
             "catch_percentile": CATCH_PERCENTILE, **record}
 

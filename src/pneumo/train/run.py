@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.runtime import fast_precision, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
+from pneumo.provenance import git_commit
 from pneumo.train.checkpoint import load_train_state, save_train_state
 from pneumo.train.distributed import DistEnv, barrier, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
@@ -46,26 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def git_commit() -> str:
-    """The commit of the pneumo checkout this code runs from, ``-dirty`` when its tracked files are changed (a run of
-    modified code is not a run of the commit); "unknown" outside a checkout (an installed package that sits inside
-    another repository does not take that repository's commit)."""
-    package = Path(__file__).resolve().parents[1]  # src/pneumo
-
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False, cwd=package)
-        return out.stdout.strip()
-
-    try:
-        top = git("rev-parse", "--show-toplevel")
-        if not top or (Path(top) / "src" / "pneumo").resolve() != package:
-            return "unknown"
-        commit = git("rev-parse", "--short=7", "HEAD")  # (describe would name a tag once one exists)
-        return f"{commit}-dirty" if commit and git("status", "--porcelain", "--untracked-files=no") else commit or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:

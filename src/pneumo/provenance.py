@@ -1,0 +1,59 @@
+"""Where an output came from: the code (pneumo's version and commit), the libraries that computed it, the thread count
+and the time. `record()` goes into every metrics.json, adapt.json and site.json, and a model's sidecar carries the
+commit it was trained or adapted at, so that a reviewer holding only those files can tell what to rerun.
+
+Values are strings: they describe a result, they are not one (golden tests compare every number of an output)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from pneumo import __version__
+
+LIBRARIES = ("torch", "numpy", "onnxruntime", "scikit-learn", "pillow", "pydicom", "timm")
+
+
+def utc_now() -> str:
+    """The time as every output records it: ``2026-12-06T07:01:02Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def git_commit() -> str:
+    """The commit of the pneumo checkout this code runs from, ``-dirty`` when its tracked files are changed (a run of
+    modified code is not a run of the commit); "unknown" outside a checkout (an installed package that sits inside
+    another repository does not take that repository's commit)."""
+    package = Path(__file__).resolve().parent  # src/pneumo
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False, cwd=package)
+        return out.stdout.strip()
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or (Path(top) / "src" / "pneumo").resolve() != package:
+            return "unknown"
+        commit = git("rev-parse", "--short=7", "HEAD")  # (describe would name a tag once one exists)
+        return f"{commit}-dirty" if commit and git("status", "--porcelain", "--untracked-files=no") else commit or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def record() -> dict[str, str]:
+    """pneumo's version and commit, Python's and the numerical libraries' versions, the CPU threads torch uses (the
+    last digits of a result can move with them) and the time."""
+    import torch
+
+    return {"pneumo": __version__, "commit": git_commit(), "python": platform.python_version(),
+            **{name: _version(name) for name in LIBRARIES}, "threads": str(torch.get_num_threads()),
+            "created": utc_now()}
