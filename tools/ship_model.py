@@ -1,6 +1,6 @@
 """Ship a finished run as the package's default model: fp16 safetensors + sidecar + model card (markdown + JSON).
 
-    python tools/ship_model.py runs/default --command "pneumo train --preset default"
+    python tools/ship_model.py runs/default   # the card's command: the one the run recorded
 
 Writes src/pneumo/assets/default-model.{safetensors,json,md}. The card's numbers come from the run's metrics.json.
 The out-of-distribution statistics are then refitted on the shipped (fp16) weights, exactly as
@@ -138,7 +138,7 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None) -
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir")
-    parser.add_argument("--command", default="pneumo train --preset default")
+    parser.add_argument("--command", help="the training command for the card (default: the one the run recorded)")
     parser.add_argument("--dest", default=str(ASSETS / "default-model"))
     parser.add_argument("--dataset", help="dataset for the OOD statistics (default: the run's config, else $PNEUMO_DATA)")
     args = parser.parse_args()
@@ -150,7 +150,10 @@ def main() -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     for key in ("format", "weights_file", "dtype", "sha256", "created", "ood"):
         meta.pop(key, None)
-    md, info = card(meta, metrics, args.command, Path(args.run_dir))
+    command = args.command or (meta.get("training") or {}).get("command")
+    if not command:
+        raise SystemExit(f"{run_dir} recorded no training command (trained from Python?): pass --command")
+    md, info = card(meta, metrics, command, Path(args.run_dir))
     meta["model_card"] = info
     save_checkpoint(dest, model, meta, half=True)
     dest.with_suffix(".md").write_text(md)

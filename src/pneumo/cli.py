@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 
 from pneumo import LOG_FORMAT, __version__
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["pneumo", *(sys.argv[1:] if argv is None else argv)])  # recorded by train
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:  # names and tags from a hospital's data stay one line each
         if not any(isinstance(f, OneLineArgs) for f in handler.filters):

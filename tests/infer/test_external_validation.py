@@ -244,7 +244,10 @@ def test_operating_point_writes_a_new_versioned_model_and_leaves_the_source_alon
     assert f"derived from {run_dir / 'model.json'}" in card
     assert main(["model-card", "--model", str(run_dir)]) == 0  # the evaluated run: test metrics with their CIs
     card = capsys.readouterr().out
-    assert "Official test split, at this operating point (95 % CI)" in card
+    # a run's test split is its dataset's (a slice here): named with its size, not called "official"
+    run_meta = json.loads((run_dir / "model.json").read_text())
+    assert (f"The test split of its dataset ({run_meta['metrics']['test_n']} images, "
+            f"{run_meta['config']['data']['root']}), at this operating point (95 % CI)") in card
     assert re.search(r"\| roc-auc \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|", card)  # the value and its interval
     assert main(["evaluate", "--model", str(new), "--bootstrap", "0", "--no-analysis"]) == 0
     evaluated = json.loads((new / "metrics.json").read_text())

@@ -39,7 +39,11 @@ def _train_with_text_inpainted(data_slice: Path, tmp_path: Path) -> None:
 def test_a_run_with_corner_text_inpainted_records_it_and_predicts_with_it(text_run: Path, full_data: Path,
                                                                           tmp_path: Path) -> None:
     run_dir = text_run / "runs" / "text"
-    assert json.loads((run_dir / "model.json").read_text())["markers"] == "inpaint-text"
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert meta["markers"] == "inpaint-text"
+    # the command as typed, for the card and a reviewer (the shipped card named a command without this --set)
+    assert meta["training"]["command"].startswith("pneumo train --preset lite0-probe --dataset ")
+    assert "--set data.markers=inpaint-text" in meta["training"]["command"]
     indexes = [json.loads(p.read_text()) for p in (text_run / "cache").glob("images-*.json")]
     assert indexes and all(index["markers"] == "inpaint-text" for index in indexes)
     gray = np.asarray(Image.open(full_data / TEXT_IMAGE).convert("L"))

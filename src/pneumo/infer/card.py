@@ -63,7 +63,10 @@ def _performance(meta: dict) -> list[str]:
     metrics = meta.get("metrics") or {}
     test = {k: v for k, v in (metrics.get("test") or {}).items() if isinstance(v, float)}
     if any(key in test for key in HEADLINE):
-        return ["Official test split, at this operating point (95 % CI):", "",
+        root = ((meta.get("config") or {}).get("data") or {}).get("root")
+        n = f"{metrics['test_n']} images" if isinstance(metrics.get("test_n"), int) else None
+        where = ", ".join(md_text(x) for x in (n, root) if x)  # a run's own split: a subset, or the official one
+        return [f"The test split of its dataset{f' ({where})' if where else ''}, at this operating point (95 % CI):", "",
                 *md_table(["metric", "value"], metric_rows(HEADLINE, (test, metrics.get("test_ci") or {})))]
     op = meta.get("operating_point")
     if op:

@@ -121,8 +121,9 @@ def training_layout(model: torch.nn.Module, cfg: RunConfig, device: torch.device
     return model
 
 
-def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
+def train(cfg: RunConfig, *, resume: bool = False, force: bool = False, command: str = "") -> Path:
     """Train per ``cfg`` and write runs/<name>/ (config, folds, metrics.csv, best checkpoint). Returns the run dir.
+    ``command``: the command line that asked for it, recorded in the sidecar's ``training`` (the CLI passes it).
 
     Ctrl-C (or SIGTERM) saves a resumable state and re-raises ``KeyboardInterrupt``; ``resume=True`` continues
     from it, mid-epoch included. Under torchrun every rank calls this; all of them return the run dir.
@@ -135,7 +136,7 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
     env, device = setup(cfg.train.device)
     ok = False
     try:
-        run_dir = _train(cfg, env, device, resume=resume, force=force)
+        run_dir = _train(cfg, env, device, resume=resume, force=force, command=command)
         ok = True
         return run_dir
     except KeyboardInterrupt:
@@ -147,7 +148,7 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> Path:
         teardown(env, ok=ok)
 
 
-def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, force: bool) -> Path:
+def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, force: bool, command: str) -> Path:
     run_dir = check_run_dir(cfg, resume=resume, force=force)
     barrier(env)  # every rank has checked the folder before rank 0 changes it
     start = time.perf_counter()
@@ -175,6 +176,7 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     info["wall_time_s"] = round(time.perf_counter() - start + info.pop("earlier_sessions_s", 0.0), 1)
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     info["world_size"] = env.world_size
+    info["command"] = command or None  # (None: called from Python)
     bf16 = features_in_bf16 if cfg.model.mode == "probe" else fast_precision
     info["precision"] = "bf16" if bf16(device, cfg.train.amp) else "fp32"
     info["channels_last"] = memory_format(device) == torch.channels_last
