@@ -42,3 +42,13 @@ def test_log_arguments_from_data_stay_one_printable_line(capsys: pytest.CaptureF
         logger.removeHandler(handler)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and "\\n" in err and "\\x1b" in err
+
+
+def test_reports_show_direction_controls_as_escapes() -> None:
+    """A file named ``bidi\\u202egpj.exe.jpeg`` showed as ``bidigepj.exe.jpg`` in the errors table (the review)."""
+    from pneumo.templates import escape, page, table
+
+    name = "PNEUMONIA/bidi\u202egpj.exe.jpeg"
+    assert escape(name) == "PNEUMONIA/bidi\\u202egpj.exe.jpeg"
+    html = page("t", [("files", table(["path"], [[name]]))], subtitle=name, stamp=False)
+    assert "\u202e" not in html and html.count("bidi\\u202egpj.exe.jpeg") >= 2

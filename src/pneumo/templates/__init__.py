@@ -35,10 +35,23 @@ class Section:
     body: str
 
 
+# Unicode direction controls shown as their escapes: a file named "bidi\u202egpj.exe.jpeg" displayed as
+# "bidigepj.exe.jpg", so a reviewer searched for a file that does not exist.
+_BIDI = {ord(ch): f"\\u{ord(ch):04x}" for ch in "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"}
+
+
+def visible(value: object) -> object:
+    """Text with its direction controls written as escapes (trusted HTML stays trusted); other values as they are."""
+    if isinstance(value, Markup):
+        return Markup(str(value).translate(_BIDI))
+    return value.translate(_BIDI) if isinstance(value, str) else value
+
+
 @cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True,
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
+                              lstrip_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              finalize=visible)
 
 
 def render(name: str, **context: object) -> str:
@@ -67,7 +80,7 @@ def page(title: str, sections: Iterable[Section | tuple[str, str]], *, subtitle:
 
 def escape(value: object) -> str:
     """HTML-escape any value's ``str`` (quotes included) for trusted HTML built in Python."""
-    return str(_markup_escape(str(value)))
+    return str(_markup_escape(str(value).translate(_BIDI)))
 
 
 def fmt_number(value: object, digits: int = 3) -> str:
