@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
-from pneumo.adapt.sources import site_items, source_config
+from pneumo.adapt.sources import not_read, site_items, source_config
 from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
 from pneumo.data.decode import load_image
 from pneumo.data.gate import check_radiograph
@@ -363,10 +363,10 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "few_images": site.n < POWERED_IMAGES,  # "not shifted" then says little: check more images
         "n_unreadable": site.count("decode"), "n_refused_by_gate": site.count("gate"), "unreadable": site.failed,
-        **_not_read(data),
+        **not_read(data),
         **verdict(ood, positive, site_props, ref_props, ref),
-        "reference": {"kind": ref.kind, "dataset": str(Path(ref.dataset).absolute()) if ref.dataset else None, "pool": ref.pool or None,
-                      "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,
+        "reference": {"kind": ref.kind, "dataset": str(Path(ref.dataset).absolute()) if ref.dataset else None,
+                      "pool": ref.pool or None, "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,
                       "n_failed": len(ref.scored.failed) if ref.scored else 0, "seed": ref.seed,
                       "prevalence": ref.prevalence, "prevalence_source": ref.prevalence_source,
                       "ood_design_share": ref.ood_design_share},
@@ -389,15 +389,3 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     atomic.write_csv(folder / "images.csv", frame)
     write_site_report(result, site, ref.scored, folder)
     return result
-
-
-def _not_read(data: str | os.PathLike) -> dict:
-    """A folder's files the site check does not read (hidden, another suffix, no regular file), with the reason, as
-    `pneumo predict` and `pneumo evaluate` leave them out (the first `MAX_LISTED` listed); a CSV lists what it reads."""
-    from pneumo.data.files import MAX_LISTED, find_images
-
-    if not Path(data).is_dir():
-        return {"n_not_read": 0, "not_read": {}}
-    found = find_images(data)
-    left = {str(p): reason for p, reason in sorted({**found.skipped, **found.ignored}.items())}
-    return {"n_not_read": len(left), "not_read": dict(list(left.items())[:MAX_LISTED])}

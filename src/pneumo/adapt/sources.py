@@ -246,3 +246,15 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
         return data
 
     return read
+
+
+def not_read(data: str | os.PathLike) -> dict:
+    """A folder's files the site check does not read (hidden, another suffix, no regular file), with the reason, as
+    `pneumo predict` and `pneumo evaluate` leave them out (the first `MAX_LISTED` listed); a CSV lists what it reads."""
+    from pneumo.data.files import MAX_LISTED, find_images
+
+    if not Path(data).is_dir():
+        return {"n_not_read": 0, "not_read": {}}
+    found = find_images(data)
+    left = {str(p): reason for p, reason in sorted({**found.skipped, **found.ignored}.items())}
+    return {"n_not_read": len(left), "not_read": dict(list(left.items())[:MAX_LISTED])}
