@@ -127,6 +127,9 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert result["reference"]["dataset"] == str(full_data) and result["provenance"]["commit"] == git_commit()
     html = (out / "report.html").read_text()
     assert "Not enough images to tell" in html
+    # what the seven tests at 0.01 allow together (no family-wise statement before)
+    assert result["rule"]["family_wise_bound"] == pytest.approx(result["rule"]["n_tests"] * result["rule"]["alpha"])
+    assert "by chance with probability at most 0.07 (Bonferroni)" in html
     assert "truncated.jpeg" in html and "notes.txt" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
 
 

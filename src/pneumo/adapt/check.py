@@ -62,6 +62,10 @@ from pneumo.provenance import record as provenance_record
 log = logging.getLogger(__name__)
 
 ALPHA = 0.01
+# the measurements that can each give a reason (OOD share, OOD scores, positive rate, P(pneumonia) distribution, input
+# gate, orientation check, border-brighter share): a site like the training data meets p < ALPHA in at least one of
+# them with probability at most N_TESTS x ALPHA (Bonferroni), less with the effect-size floors below
+N_TESTS = 7
 MIN_OOD_EXCESS = 0.05
 MIN_A = 0.64  # Vargha-Delaney A: 0.56 small, 0.64 medium, 0.71 large
 MIN_H = 0.5  # Cohen's h: 0.2 small, 0.5 medium, 0.8 large
@@ -371,7 +375,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
                       "prevalence": ref.prevalence, "prevalence_source": ref.prevalence_source,
                       "ood_design_share": ref.ood_design_share},
         "ood": ood, "positive": positive, "properties": {"site": site_props, "reference": ref_props},
-        "rule": {"alpha": ALPHA, "min_ood_excess": MIN_OOD_EXCESS, "min_a": MIN_A, "min_h": MIN_H,
+        "rule": {"alpha": ALPHA, "n_tests": N_TESTS, "family_wise_bound": N_TESTS * ALPHA, "min_ood_excess": MIN_OOD_EXCESS, "min_a": MIN_A, "min_h": MIN_H,
                  "min_gate_excess": MIN_GATE_EXCESS, "min_inversion_difference": MIN_INVERSION_DIFF},
     }
     folder = Path(out)

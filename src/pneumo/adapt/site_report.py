@@ -219,7 +219,10 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
                      f"{1 - rule['min_a']:.2f} for P(pneumonia)); Cohen's h {rule['min_h']:.1f} for the positive "
                      f"rate; {100 * rule['min_gate_excess']:.0f} points of input-gate or orientation-check refusals; "
                      f"{100 * rule['min_inversion_difference']:.0f} points of border-brighter share. Sizes, modes "
-                     "and intensities are notes only.</p>")))
+                     "and intensities are notes only. With "
+                     f"{rule['n_tests']} such measurements, a site like the training data shows a significant "
+                     f"one by chance with probability at most {rule['family_wise_bound']:.2f} "
+                     "(Bonferroni), and less often a reason, which also needs the effect size.</p>")))
     subtitle = (f"{result['data']}: {result['n_scored']} of {result['n_images']} images scored by "
                 f"{result['model']}; {result['n_unreadable']} unreadable, {result['n_refused_by_gate']} "
                 f"refused by the input gate; {result.get('n_not_read', 0)} other file(s) not read")
