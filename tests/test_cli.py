@@ -284,6 +284,9 @@ def test_old_spellings_are_usage_errors(argv: list[str], capsys: pytest.CaptureF
 def test_export_takes_an_output_folder_only(tiny_model, tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "onnx")]) == 0
     assert (tmp_path / "onnx" / "model.onnx").is_file() and (tmp_path / "onnx" / "model.json").is_file()
+    # the folder is what gets deployed: a run, which has no card file, gets the card built from its sidecar (README)
+    assert not tiny_model.with_suffix(".md").exists()
+    assert (tmp_path / "onnx" / "model.md").read_text().startswith("# Model card:")
     assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "--out is a folder" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
 

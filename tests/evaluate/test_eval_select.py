@@ -88,8 +88,10 @@ def test_configurations_with_too_few_seeds_are_not_eligible(tmp_path: Path) -> N
     three = runs(tmp_path, "three", [1.0, 1.1, 0.9], lr=1e-4)
     result = select(group_runs(lone + three))
     assert result.pick.label == "three" and [c.label for c in result.excluded] == ["lone"]  # type: ignore[union-attr]
-    with pytest.raises(DataError, match="no configuration has 3 or more seeds"):
-        select(group_runs(lone))
+    # none eligible: listed with the reason, no pick (it was an error, and no selection.md was written)
+    alone = select(group_runs(lone))
+    assert alone.pick is None and alone.remaining == [] and [c.label for c in alone.excluded] == ["lone"]
+    assert alone.log[-1] == "no configuration has 3 or more seeds: nothing to select (train more seeds)"
     with pytest.raises(DataError, match="unknown rule step 'test_auc'"):
         select(group_runs(three), rule=["test_auc"])
 

@@ -51,7 +51,7 @@ def test_train_runs_every_member_on_one_split_then_the_ensemble(presets: dict[st
     assert folds[0] == folds[1]  # one split
     assert json.loads((runs / "ens" / "metrics.json").read_text())["members"] == [str(m) for m in members]
     assert main(["predict", str(data_slice / "test"), "--model", str(runs / "ens")]) == 2
-    assert "predict with a member run" in capsys.readouterr().err
+    assert "use one of its member runs" in capsys.readouterr().err
     # interrupted before its second member: --resume finishes the first and starts the second (it was "nothing to
     # resume: runs/ens-scratch does not exist", and without --resume "run folder exists")
     import shutil

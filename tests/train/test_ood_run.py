@@ -151,6 +151,13 @@ def test_evaluate_withholds_the_test_images_the_orientation_check_refuses(probe_
     assert result["orientation"] == {"n": len(test_images), "n_refused": len(test_images) // 2}
     if before is not None:
         assert result["test"]["metrics"] == pytest.approx(before)
+    # the images with a verdict, measured apart (the README promised `test_assessed`; only the shipped model's
+    # evaluation wrote it): the same threshold, on exactly the rows predictions.csv assesses
+    kept = rows["assessed"] == 1
+    apart = json.loads((run / "metrics.json").read_text())["test_assessed"]
+    assert apart["n"] == int(kept.sum()) <= result["test"]["n"] - result["orientation"]["n_refused"]
+    y = (rows["subtype"] != "normal").to_numpy()[kept.to_numpy()]
+    assert apart["metrics"]["tp"] == int((rows.loc[kept, "predicted_pneumonia"].to_numpy() == 1)[y].sum())
 
 
 def test_evaluation_scores_the_test_fold_once_for_logits_and_ood(probe_run: Path,

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         written.append(item)
         p = item.prediction
         print(f"{one_line(str(path))}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{one_line(str(item.overlay))}"
-              + (f"\tno verdict: {p.reason} (the map is for audit only)" if p.reason else ""))
+              + (f"\tno verdict: {p.reason}; map for audit only" if p.reason else ""))
     if written and (len(files) > 1 or any(Path(i).is_dir() for i in args.images)):
         sheet = write_contact_sheet(args.out, written, title=f"pneumo explain ({args.method})")
         print(f"contact sheet: {sheet}")

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from pneumo.argparsing import subparser
-from pneumo.errors import ConfigError
 from pneumo.models.ood import DEFAULT_PERCENTILE
 
 EXAMPLES = """
@@ -25,8 +24,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                        "sidecar's `ood` entry; then fit the orientation check (upright vs inverted, rotated, upside down: a "
                        "logistic head on the same features, learned from train images transformed synthetically) into "
                        "<stem>.orient.safetensors + the sidecar's `orientation` entry.")
-    fit.add_argument("--model", help="run folder or checkpoint .json (e.g. src/pneumo/assets/default-model.json); "
-                     "required: the statistics are written into it")
+    fit.add_argument("--model", required=True, help="run folder or checkpoint .json (e.g. "
+                     "src/pneumo/assets/default-model.json); the statistics are written into it")
     fit.add_argument("--dataset", metavar="DIR", help="the training dataset, folder or zip (default: the one in the "
                      "model's config, else $PNEUMO_DATA)")
     fit.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
@@ -37,8 +36,6 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     from pneumo.train.ood import fit_ood_for
 
-    if not args.model:
-        raise ConfigError("give the model: --model RUN_OR_CHECKPOINT")
     entry = fit_ood_for(args.model, data=args.dataset, percentile=args.percentile)
     print(f"ood: {entry['file']} ({entry['method']}, {entry['n_features']} features, {entry['n_train']} train images); "
           f"threshold {entry['threshold']:.3f} = val percentile {entry['percentile']:g} of {entry['n_val']} images")

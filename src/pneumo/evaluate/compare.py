@@ -39,7 +39,7 @@ def load_run_metrics(run_dir: str | os.PathLike) -> dict:
     """A run's ``metrics.json`` (the ``evaluate_predictions`` dict plus ``name``, ``config``, ``wall_time_s``)."""
     path = RunDir(run_dir).metrics
     if not path.is_file():
-        raise DataError(f"{path} not found: evaluate the run first (pneumo evaluate {run_dir})")
+        raise DataError(f"{path} not found: evaluate the run first (pneumo evaluate --model {run_dir})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -28,6 +28,7 @@ from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
 from pneumo.data.splits import class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
+from pneumo.evaluate.external import measure
 from pneumo.evaluate.ood import ood_note, test_checks
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
@@ -118,12 +119,18 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
                                                     features=logits.get("test_features"))
     if turned is not None:
         result["orientation"] = {"n": len(turned), "n_refused": int(turned.sum())}
+    assessed = _assessed(result, ood_scores, turned)
+    if assessed is not None and not assessed.all():  # the headline counts every image; the set apart: those with
+        result["test_assessed"] = measure(  # a verdict, as `evaluate --dataset` of the shipped model writes it
+            y_test[assessed], logits["test"][assessed], threshold=result["threshold"],
+            temperature=result["temperature"], classes=names, subtypes=test["subtype"][assessed].tolist(),
+            n_bootstrap=result["bootstrap"]["n_resamples"], seed=cfg.eval.bootstrap_seed, ece_bins=cfg.eval.ece_bins)
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, weights_sha256=meta.sha256, model_id=meta.model_id,
                   provenance=provenance_record(),  # the code that evaluated it (``commit``: the one that trained it)
                   eval_seconds=round(time.perf_counter() - start, 1))
-    _write_predictions(run_dir, test, logits["test"], result, ood_scores, turned)
+    _write_predictions(run_dir, test, logits["test"], result, ood_scores, assessed)
     if first:
         _record_operating_point(RunDir(run_dir).model, meta, result, folds)
     sections = [operating_points_section(result)]
@@ -252,18 +259,25 @@ def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, im
         return []
 
 
+def _assessed(result: dict, ood_scores: np.ndarray | None, turned: np.ndarray | None) -> np.ndarray | None:
+    """The test images that get a verdict (not flagged out of distribution, not refused by the orientation check), as
+    `pneumo predict` decides; None when the model has neither check."""
+    assessed = None
+    if ood_scores is not None:
+        assessed = ~(ood_scores > result["ood"]["threshold"])  # OodStats.flags; a non-finite feature scores inf
+    if turned is not None:
+        assessed = ~turned if assessed is None else assessed & ~turned
+    return assessed
+
+
 def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, result: dict,
-                       ood_scores: np.ndarray | None = None, turned: np.ndarray | None = None) -> None:
+                       ood_scores: np.ndarray | None = None, assessed: np.ndarray | None = None) -> None:
     """The test fold's predictions; an image flagged out of distribution or refused by the orientation check gets no
     verdict (``assessed`` 0, an empty ``predicted_pneumonia``), as in `pneumo predict` (the headline metrics still
     count every image of the official split, with the flagged count beside them)."""
     rows = {"path": test["path"].to_numpy(), "subtype": test["subtype"].to_numpy()}
-    assessed = None
     if ood_scores is not None:
-        assessed = ~(ood_scores > result["ood"]["threshold"])  # OodStats.flags; a non-finite feature scores inf
         rows["ood_score"] = ood_scores
-    if turned is not None:
-        assessed = ~turned if assessed is None else assessed & ~turned
     if assessed is not None:
         rows["assessed"] = assessed.astype(int)
     write_predictions(run_dir, rows, logits, temperature=result["temperature"], threshold=result["threshold"],

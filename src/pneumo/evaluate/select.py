@@ -143,8 +143,9 @@ def select(configs: Sequence[Configuration], rule: Sequence[str] = DEFAULT_RULE,
     eligible = [c for c in configs if len(c.runs) >= min_seeds]
     excluded = [c for c in configs if len(c.runs) < min_seeds]
     log = [f"{c.label}: {len(c.runs)} seed(s) < {min_seeds}, not eligible" for c in excluded]
-    if not eligible:
-        raise DataError(f"no configuration has {min_seeds} or more seeds: nothing to select")
+    if not eligible:  # listed, as the help and the README say: selection.md shows what is missing
+        log.append(f"no configuration has {min_seeds} or more seeds: nothing to select (train more seeds)")
+        return Selection(None, [], log, excluded)
     remaining = list(eligible)
     for name in rule:
         if len(remaining) == 1:

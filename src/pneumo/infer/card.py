@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from pneumo.errors import one_line
 from pneumo.models.scores import threshold_on_calibrated_scale
@@ -124,8 +125,14 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
 
         verify_weights(sidecar, checked)
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    return f"{card_of(sidecar).rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"
+
+
+def card_of(sidecar: os.PathLike) -> str:
+    """The card's markdown: the model's ``<stem>.md``, or one built from its sidecar (a run has no file of its own)."""
     markdown = card_markdown(sidecar)
     if markdown is None:
+        meta = json.loads(Path(sidecar).read_text(encoding="utf-8"))
         name = (meta.get("config") or {}).get("name") or sidecar.parent.name
         markdown = build_card(f"Model card: {name}", sections=[("Performance", _performance(meta))])
-    return f"{markdown.rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"
+    return markdown

@@ -155,12 +155,17 @@ def _export(sidecar: Path, target: Path) -> None:
 
 def _copy_companions(sidecar: Path, target_sidecar: Path) -> None:
     """The OOD statistics and orientation check a sidecar names travel with its copy, and its card (the export is the
-    same model at the same operating point; `pneumo serve` shows it)."""
+    same model at the same operating point; `pneumo serve` shows it): the model's ``.md``, or, for a run, which has
+    none, the card built from its sidecar (the export folder is what gets deployed)."""
+    from pneumo.infer.card import card_of
+
     for name in companion_files(read_meta(sidecar)):
         if (sidecar.parent / name).is_file():
             shutil.copyfile(sidecar.parent / name, target_sidecar.parent / name)
     if sidecar.with_suffix(".md").is_file():
         shutil.copyfile(sidecar.with_suffix(".md"), target_sidecar.with_suffix(".md"))
+    else:
+        atomic.write_text(target_sidecar.with_suffix(".md"), card_of(sidecar))
 
 
 def _static_same_padding(model: torch.nn.Module, size: int) -> None:

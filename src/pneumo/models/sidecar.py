@@ -232,7 +232,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     path = Path(model)
     if path.is_dir() and (path / "ensemble.json").is_file():
         members = json.loads((path / "ensemble.json").read_text()).get("members", [])
-        raise ModelError(f"{model} is an ensemble evaluation, not one model: predict with a member run "
+        raise ModelError(f"{model} is an ensemble evaluation, not one model: use one of its member runs "
                          f"({', '.join(members)})")
     if path.is_dir():  # a run's model.json, else the folder's one checkpoint (a copy of the shipped model's folder)
         found = [j for j in sorted(path.glob("*.json"))
