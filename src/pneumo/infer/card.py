@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pneumo.errors import one_line
 from pneumo.models.scores import threshold_on_calibrated_scale
-from pneumo.models.sidecar import card_markdown, read_meta, resolve_model, weights_path
+from pneumo.models.sidecar import card_markdown, read_meta, resolve_model, verify_weights, weights_path
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -121,8 +121,6 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
     sidecar = resolve_model(None if model in (None, "default") else model)
     checked = read_meta(sidecar)  # as every command reads a sidecar: a broken one is one line, not a traceback
     if weights_path(sidecar, checked).is_file():  # the weights the card describes are the ones recorded
-        from pneumo.infer.export import verify_weights
-
         verify_weights(sidecar, checked)
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
     return f"{card_of(sidecar).rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"

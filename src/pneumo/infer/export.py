@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING
 from pneumo import atomic
 from pneumo.atomic import sha256_file
 from pneumo.errors import IntegrityError, ModelError
-from pneumo.models.sidecar import CheckpointMeta, companion_files, read_meta, resolve_model, weights_path
+from pneumo.models.sidecar import (
+    companion_files,
+    read_meta,
+    resolve_model,
+    verify_weights,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -74,27 +79,6 @@ def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Pa
         raise ModelError(f"cannot write the ONNX export into {root / 'onnx'}: {exc.strerror or exc} (set "
                          "PNEUMO_CACHE to a writable folder, or use --backend torch)") from None
     return target
-
-
-def verify_weights(sidecar: Path, meta: CheckpointMeta | None = None) -> str:
-    """The weights file's SHA-256 (streamed), checked against the sidecar's ``sha256``.
-
-    Raises:
-        ModelError: no checksum in the sidecar or no weights file.
-        IntegrityError: the file does not match (truncated, corrupted or replaced).
-    """
-    meta = read_meta(sidecar) if meta is None else meta
-    expected = meta.sha256
-    if not expected:
-        raise ModelError(f"{sidecar.name} has no weights checksum; re-save the checkpoint")
-    weights = weights_path(sidecar, meta)
-    if not weights.is_file():
-        raise ModelError(f"checkpoint weights missing: {weights} (the .json sidecar points to it)")
-    actual = sha256_file(weights)
-    if actual != expected:
-        raise IntegrityError(f"checksum mismatch for {weights}: the weights are corrupted or were replaced; refusing "
-                             "to load them or any export made from them (copy the checkpoint again)")
-    return actual
 
 
 def verify_onnx(onnx_path: Path, weights_sha256: str | None = None) -> bool:

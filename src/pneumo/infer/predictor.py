@@ -29,7 +29,7 @@ from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.ood import load_ood
 from pneumo.models.orientation import load_orientation
 from pneumo.models.scores import pneumonia_probability, predict_classes, softmax, threshold_on_calibrated_scale
-from pneumo.models.sidecar import read_meta, resolve_model, weights_path
+from pneumo.models.sidecar import read_meta, resolve_model, verify_weights, weights_path
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "onnx", "torch")
@@ -159,7 +159,7 @@ class Predictor:
     def _load_onnx(self, threads: int | None):
         import onnxruntime as ort
 
-        from pneumo.infer.export import cached_onnx, verify_onnx, verify_weights
+        from pneumo.infer.export import cached_onnx, verify_onnx
 
         onnx_path = self.sidecar.with_suffix(".onnx")
         if not onnx_path.is_file():

@@ -26,7 +26,7 @@ from typing import Any
 from pneumo import atomic
 from pneumo.config import INTENSITIES, RESIZE_POLICIES, parse_crop
 from pneumo.data.rundir import RunDir
-from pneumo.errors import ConfigError, ModelError
+from pneumo.errors import ConfigError, IntegrityError, ModelError
 from pneumo.models.ood import check_file_name, check_ood_entry
 
 FORMAT = "pneumo-checkpoint/1"
@@ -300,3 +300,24 @@ def _class_names(task: str) -> list[str]:
     from pneumo.data.splits import class_names  # pandas: only when a sidecar lacks its class names
 
     return class_names(task)
+
+
+def verify_weights(sidecar: Path, meta: CheckpointMeta | None = None) -> str:
+    """The weights file's SHA-256 (streamed), checked against the sidecar's ``sha256``.
+
+    Raises:
+        ModelError: no checksum in the sidecar or no weights file.
+        IntegrityError: the file does not match (truncated, corrupted or replaced).
+    """
+    meta = read_meta(sidecar) if meta is None else meta
+    expected = meta.sha256
+    if not expected:
+        raise ModelError(f"{sidecar.name} has no weights checksum; re-save the checkpoint")
+    weights = weights_path(sidecar, meta)
+    if not weights.is_file():
+        raise ModelError(f"checkpoint weights missing: {weights} (the .json sidecar points to it)")
+    actual = atomic.sha256_file(weights)
+    if actual != expected:
+        raise IntegrityError(f"checksum mismatch for {weights}: the weights are corrupted or were replaced; refusing "
+                             "to load them or any export made from them (copy the checkpoint again)")
+    return actual
