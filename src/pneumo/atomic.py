@@ -127,7 +127,7 @@ def write_csv(path: str | os.PathLike, frame: Any) -> Path:
     """A DataFrame as ``path`` (no index), the one way pneumo writes a CSV: text cells through `csv_cell`, and RFC
     4180 line ends (``\r\n``, as `pneumo predict` writes), so that a value holding a bare ``\r`` (a file name) is
     quoted instead of splitting its row."""
-    text_columns = [c for c in frame.columns if frame[c].dtype == object]
+    text_columns = [c for c in frame.columns if frame[c].dtype == object or str(frame[c].dtype) in ("string", "str")]
     guarded = frame.assign(**{c: frame[c].map(csv_cell) for c in text_columns}) if text_columns else frame
     return write_text(path, guarded.to_csv(index=False, lineterminator="\r\n"))
 
