@@ -375,7 +375,8 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
                       "prevalence": ref.prevalence, "prevalence_source": ref.prevalence_source,
                       "ood_design_share": ref.ood_design_share},
         "ood": ood, "positive": positive, "properties": {"site": site_props, "reference": ref_props},
-        "rule": {"alpha": ALPHA, "n_tests": N_TESTS, "family_wise_bound": N_TESTS * ALPHA, "min_ood_excess": MIN_OOD_EXCESS, "min_a": MIN_A, "min_h": MIN_H,
+        "rule": {"alpha": ALPHA, "n_tests": N_TESTS, "family_wise_bound": N_TESTS * ALPHA,
+                 "min_ood_excess": MIN_OOD_EXCESS, "min_a": MIN_A, "min_h": MIN_H,
                  "min_gate_excess": MIN_GATE_EXCESS, "min_inversion_difference": MIN_INVERSION_DIFF},
     }
     folder = Path(out)

@@ -25,8 +25,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     d = AdaptConfig()
     parser.add_argument("--data", required=True, metavar="FOLDER|CSV",
                         help="the site's labelled images: NORMAL/ + PNEUMONIA/ folders, or a CSV with path,label and "
-                             "optionally patient_id (without it a DICOM's PatientID groups its films, as a keyed hash; any other "
-                             "image counts as its own patient)")
+                             "optionally patient_id (without it a DICOM's PatientID groups its films, as a keyed "
+                             "hash; any other image counts as its own patient)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must be new or empty)")
     parser.add_argument("--model", help="run folder or checkpoint to adapt (default: the shipped model)")
     parser.add_argument("--dataset", metavar="DIR", help="the source training dataset, for rehearsal and the "

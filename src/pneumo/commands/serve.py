@@ -83,7 +83,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             raise ConfigError(f"--cors-origin {origin!r} is not an origin as a browser sends it: give "
                               "scheme://host[:port] in lower case, without a path, a trailing slash or the default "
                               "port (e.g. https://pacs.example.org)")
-    return ServeConfig(host=args.host, port=_port(args.port), max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+    return ServeConfig(host=args.host, port=_port(args.port), max_upload_mb=args.max_upload_mb,
+                       max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
                        **schema_values(args, _LIMITS))

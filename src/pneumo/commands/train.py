@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.train.run import train
 
     try:
-        run_dir = train(cfg, resume=args.resume, force=args.force, command=getattr(args, "command_line", ""))
+        run_dir = train(cfg, resume=args.resume, force=args.force, command=args.command_line)
     except KeyboardInterrupt:
         print(f"pneumo train: interrupted; resume with: pneumo train --resume --name {cfg.name}"
               + (f" --out {cfg.out_dir}" if cfg.out_dir != "runs" else ""), file=sys.stderr)
@@ -123,7 +123,7 @@ def run_ensemble(cfg, args: argparse.Namespace) -> int:
         # --resume of an ensemble: the members the interruption never reached start now (it was "nothing to resume")
         resume = args.resume and (Path(member.out_dir) / member.name).exists()
         try:
-            run_dirs.append(train(member, resume=resume, force=args.force, command=getattr(args, "command_line", "")))
+            run_dirs.append(train(member, resume=resume, force=args.force, command=args.command_line))
         except KeyboardInterrupt:
             print(f"pneumo train: interrupted; resume the ensemble with: pneumo train --preset {args.preset} "
                   "--resume (and the same options)", file=sys.stderr)
