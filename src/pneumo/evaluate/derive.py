@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import companion_files, read_meta, resolve_model, weights_path, write_meta
 from pneumo.policy import parse_policy, policy_warning
+from pneumo.provenance import utc_now
 
 MAX_LISTED = 50  # left-out files named in the new model's record (all are counted)
 
@@ -93,7 +93,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                       "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"]},
         "derived_from": {"model": str(sidecar.absolute()), "weights_sha256": meta.sha256,
                          "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},
-        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": utc_now(),
     }
     out.mkdir(parents=True, exist_ok=True)
     new = RunDir(out)

@@ -38,6 +38,7 @@ from pneumo.models.runtime import autocast, select_device
 from pneumo.models.scores import log_mean_probability, p_pneumonia
 from pneumo.models.sidecar import CheckpointMeta, read_meta, resolve_model, write_meta
 from pneumo.provenance import record as provenance_record
+from pneumo.provenance import utc_now
 
 log = logging.getLogger(__name__)
 Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images, y, subtypes, probs, threshold, names)
@@ -292,7 +293,7 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
               "temperature": result["temperature"],
               "chosen_on": {"kind": "the run's val fold", "n": result["val"]["n"],
                             "paths_sha256": paths_digest(val_paths)},
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "created": utc_now()}
     meta = dataclasses.replace(
         meta, tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],
         temperature=result["temperature"], extra={**meta.extra, "operating_point": record},

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from pneumo.errors import ModelError
 from pneumo.models import build
 from pneumo.models.net import PneumoNet
 from pneumo.models.sidecar import FORMAT, CheckpointMeta, read_meta, stem_of, weights_path, write_meta
+from pneumo.provenance import utc_now
 
 _EXACT = ("pixel_mean", "pixel_std")  # kept in float32 in half-precision exports
 
@@ -48,7 +48,7 @@ def save_checkpoint(stem: str | os.PathLike, model: PneumoNet, meta: Mapping[str
     digest = write_tensors(weights, tensors, {"format": FORMAT, "arch": model.arch})
     sidecar = {**model.meta(), **(meta or {}), "format": FORMAT, "weights_file": weights.name,
                "dtype": "float16" if half else "float32", "sha256": digest}
-    sidecar.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+    sidecar.setdefault("created", utc_now())  # the one time format of every output
     return write_meta(stem.with_suffix(".json"), CheckpointMeta.from_json(sidecar))
 
 
