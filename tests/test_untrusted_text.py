@@ -52,3 +52,38 @@ def test_reports_show_direction_controls_as_escapes() -> None:
     assert escape(name) == "PNEUMONIA/bidi\\u202egpj.exe.jpeg"
     html = page("t", [("files", table(["path"], [[name]]))], subtitle=name, stamp=False)
     assert "\u202e" not in html and html.count("bidi\\u202egpj.exe.jpeg") >= 2
+
+
+def test_sigterm_unwinds_a_command_like_ctrl_c_with_one_line_and_exit_143(tmp_path) -> None:
+    """SIGTERM killed `evaluate`, `predict`, `adapt` with exit 143 and no message, skipping every cleanup (temp files
+    and half-written folders were left; the concurrency review)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time; from pneumo import cli\n"
+              "def slow(args):\n    print('started', flush=True); time.sleep(60)\n"
+              "import pneumo.commands.model_card as m; m.run = slow\n"
+              "sys.exit(cli.main(['model-card']))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and err.strip() == "pneumo model-card: terminated (SIGTERM)"
+
+
+def test_an_os_error_is_one_line_not_a_traceback(capsys, monkeypatch) -> None:
+    """A read-only or full output disk, or a PNEUMO_CACHE that is a file, gave a traceback from every command that
+    writes (the concurrency review): the CLI says the system's reason in one line, exit 2."""
+    import pneumo.commands.model_card as command
+    from pneumo.cli import main
+
+    def read_only(args):
+        raise OSError(30, "Read-only file system", "/mnt/ro/out/metrics.json")
+
+    monkeypatch.setattr(command, "run", read_only)
+    assert main(["model-card"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "pneumo model-card: error: [Errno 30] Read-only file system: '/mnt/ro/out/metrics.json'"

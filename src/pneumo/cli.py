@@ -6,7 +6,9 @@ import argparse
 import importlib
 import logging
 import shlex
+import signal
 import sys
+import threading
 
 from pneumo import LOG_FORMAT, __version__
 from pneumo.allocator import hold_freed_memory
@@ -73,14 +75,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command in HOLD_MEMORY:
         hold_freed_memory()
+    # SIGTERM unwinds like Ctrl-C (not for serve: uvicorn lets requests in flight finish)
+    catch = args.command != "serve" and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if catch else None
     try:
         return int(args.func(args) or 0)
     except PneumoError as exc:
         print(f"pneumo {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"pneumo {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"pneumo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a read-only or full disk, a cache path that is a file: the system's reason, one line
+        print(f"pneumo {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    finally:
+        if catch:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop): unwinds as Ctrl-C does, so partial outputs and temp files are removed."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -103,3 +103,35 @@ def test_an_undecodable_image_fails_the_build_and_leaves_no_partial_cache(data_s
     with pytest.raises(DataError, match="could not be decoded"):
         build_cache(df, root, size=32, cache_dir=cache_dir, progress=False, workers=1)
     assert not [p for p in cache_dir.rglob("*") if p.is_file()]
+
+
+def test_decode_workers_die_with_their_parent() -> None:
+    """A killed `evaluate` or `data cache` left its decode workers waiting forever (each ~0.9 GB, holding the deleted
+    cache file's disk space; the concurrency review): they are asked to die with the process that started them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    script = ("import os, time; from concurrent.futures import ProcessPoolExecutor\n"
+              "from pneumo.data.cache import die_with_parent\n"
+              "def pid(_): time.sleep(0.2); return os.getpid()\n"
+              "if __name__ == '__main__':\n"
+              "    pool = ProcessPoolExecutor(2, initializer=die_with_parent)\n"
+              "    print(*set(pool.map(pid, range(4))), flush=True)\n"
+              "    pool.submit(time.sleep, 60); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = {int(pid) for pid in parent.stdout.readline().split()}
+    assert workers and parent.pid not in workers
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in workers):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    for pid in alive:  # (a failing run must not leave them behind either)
+        os.kill(pid, signal.SIGKILL)
+    assert not alive

@@ -18,6 +18,7 @@ from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
 from pneumo.adapt.stats import patient_folds
 from pneumo.data.rundir import RunDir
+from pneumo.errors import DataError
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
@@ -44,9 +45,13 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
     try:
         _write_folder(work, out, model, predictor, site, source, record, z_oof=z_oof, z_before=z_before,
                       device=device)
-        if out.is_dir():
-            out.rmdir()  # `run._check_out` let only an empty folder through
-        os.replace(work, out)
+        try:
+            if out.is_dir():
+                out.rmdir()  # `run._check_out` let only an empty folder through
+            os.replace(work, out)
+        except OSError as exc:  # another adaptation finished into the same folder first
+            raise DataError(f"{out} was filled while this adaptation ran (another `pneumo adapt --out` the same "
+                            f"folder?); this one is discarded: {exc.strerror}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return RunDir(out).model

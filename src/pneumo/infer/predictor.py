@@ -98,6 +98,10 @@ class Predictor:
             raise ModelError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
         self.sidecar = resolve_model(model)
         self.meta = read_meta(self.sidecar)
+        if not self.meta.threshold_policy:
+            log.warning("%s has no operating point chosen on validation (a training still running or killed, or "
+                        "--no-eval): its threshold %s is a placeholder and it may lack its out-of-distribution check; "
+                        "run pneumo evaluate --model on it first", self.sidecar.parent, self.meta.threshold)
         if self.meta.input_size is None:
             raise ModelError(f"{self.sidecar} lacks 'input_size': re-save the checkpoint")
         self.size = self.meta.input_size
