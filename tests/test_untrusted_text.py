@@ -87,3 +87,28 @@ def test_an_os_error_is_one_line_not_a_traceback(capsys, monkeypatch) -> None:
     assert main(["model-card"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "pneumo model-card: error: [Errno 30] Read-only file system: '/mnt/ro/out/metrics.json'"
+
+
+def test_a_model_without_an_operating_point_warns_and_timestamps_have_one_format(tiny_model, tmp_path, caplog) -> None:
+    """A training still running or killed left a model.json (threshold 0.5, no policy) that predict used silently (the
+    concurrency review); a sidecar's `created` was +00:00 where every other output writes Z."""
+    import json
+    import logging
+    import re
+    import shutil
+
+    from pneumo.infer.predictor import Predictor
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", json.loads(tiny_model.read_text())["created"])
+    with caplog.at_level(logging.WARNING, logger="pneumo.infer.predictor"):
+        Predictor(tiny_model)
+    assert not caplog.records  # an evaluated model (its policy recorded): no warning
+    unfinished = tmp_path / "run"
+    shutil.copytree(tiny_model.parent, unfinished)
+    sidecar = unfinished / tiny_model.name
+    meta = json.loads(sidecar.read_text())
+    meta["threshold_policy"] = None
+    sidecar.write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="pneumo.infer.predictor"):
+        Predictor(sidecar)
+    assert len(caplog.records) == 1 and "no operating point chosen on validation" in caplog.records[0].getMessage()
