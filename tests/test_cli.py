@@ -291,6 +291,12 @@ def test_export_takes_an_output_folder_only(tiny_model, tmp_path, capsys: pytest
     assert "--out is a folder" in capsys.readouterr().err and not (tmp_path / "m.onnx").exists()
 
 
+def test_ood_fit_needs_its_model(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:  # the parser says so (its usage showed --model as optional)
+        main(["ood", "fit"])
+    assert exc.value.code == 2 and "the following arguments are required: --model" in capsys.readouterr().err
+
+
 def test_predict_batch_size_zero_is_a_one_line_error(tiny_model, tmp_path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(tmp_path), "--model", str(tiny_model), "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip()

@@ -118,6 +118,10 @@ def test_cli_compare_select_writes_selection_md(tmp_path: Path, capsys: pytest.C
     assert not (tmp_path / "b2").exists()  # refused before the leaderboard was written
     assert main(["compare", *map(str, dirs), "--select", "--min-seeds", "0", "--out", str(tmp_path / "b3")]) == 2
     assert "--min-seeds must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "b3").exists()
+    # too few seeds everywhere: listed as not eligible in selection.md, as --help says (it was an error)
+    assert main(["compare", *map(str, dirs), "--select", "--min-seeds", "4", "--out", str(tmp_path / "b4")]) == 0
+    text = (tmp_path / "b4" / "selection.md").read_text(encoding="utf-8")
+    assert "good: 3 seed(s) < 4, not eligible" in text and "nothing to select (train more seeds)" in text
 
 
 def test_a_derived_operating_point_or_a_copy_of_a_run_is_no_extra_seed(tmp_path: Path,

@@ -48,6 +48,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.command import evaluate
+    from pneumo.evaluate.external import unnamed_not_read
     from pneumo.evaluate.report import fmt_number, fmt_threshold
     from pneumo.evaluate.runner import summary_line
     from pneumo.explain.analysis import analysis_sections, error_gallery
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
               f"{ext.get('n_not_read', 0)} not read)")
         for path, reason in left_out.items():  # a hospital's file names: one printable line each
             print(f"  {one_line(path)}: {one_line(reason)}")
-        if (unnamed := ext.get("n_not_read", 0) - len(ext.get("not_read") or {})) > 0:
+        if (unnamed := unnamed_not_read(ext)) > 0:
             print(f"  ... and {unnamed} more files not read (counted, not named)")
     points = result.get("operating_points") or {}
     for policy, p in points.items():

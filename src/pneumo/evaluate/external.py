@@ -348,9 +348,13 @@ def _data_section(result: dict) -> tuple[str, str]:
                                                              if bad else "<p>No file was left out.</p>"))
 
 
+def unnamed_not_read(ext: dict) -> int:
+    """How many files not read the evaluation counts without naming them (beyond `MAX_LISTED`)."""
+    return ext.get("n_not_read", 0) - len(ext.get("not_read") or {})
+
+
 def _more(ext: dict) -> str:
-    """What the list of left-out files leaves unnamed (other files beyond `MAX_LISTED` are counted, not named)."""
-    unnamed = ext.get("n_not_read", 0) - len(ext.get("not_read", {}))
+    unnamed = unnamed_not_read(ext)
     return f" ({unnamed} more files not read are counted above, not named)" if unnamed > 0 else ""
 
 
