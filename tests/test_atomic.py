@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pneumo import atomic
+from pneumo.errors import ConfigError, DataError
 
 
 def test_writes_create_the_folder_and_leave_only_the_file(tmp_path: Path) -> None:
@@ -111,3 +115,84 @@ def test_a_safetensors_file_is_the_same_bytes_whatever_order_its_metadata_came_i
     runs = {subprocess.run([sys.executable, "-c", script, str(tmp_path / f"p{i}.safetensors")], check=True,
                            capture_output=True, text=True).stdout.strip() for i in range(4)}
     assert len(runs) == 1
+
+
+def _dead_pid() -> int:
+    """The process id of a process that has exited (a killed writer's)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_next_write_removes_what_a_killed_writer_left_and_keeps_a_live_writers_file(tmp_path: Path) -> None:
+    target = tmp_path / "images.npy"
+    dead = tmp_path / f".images.npy.{_dead_pid()}.0badf00d.tmp"
+    live = tmp_path / f".images.npy.{os.getppid()}.0badf00d.tmp"  # a running process (pytest's parent) still writes
+    other = tmp_path / f".other.npy.{_dead_pid()}.0badf00d.tmp"  # another file's leftover is not this write's business
+    for path in (dead, live, other):
+        path.write_bytes(b"half an array")
+    atomic.write_bytes(target, b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
+
+
+def test_a_folder_appears_whole_and_a_failed_one_leaves_the_earlier_folder_as_it_was(tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    with atomic.folder(out, marker="metrics.json", replace=True) as work:
+        assert not out.exists() and work.parent == tmp_path and work.name.startswith(".")
+        atomic.write_text(work / "metrics.json", "first")
+        atomic.write_text(work / "report.html", "first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
+    with pytest.raises(RuntimeError), atomic.folder(out, marker="metrics.json", replace=True) as work:
+        atomic.write_text(work / "metrics.json", "second")
+        raise RuntimeError("killed half-way")  # a crash, an out-of-memory, Ctrl-C
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "first", "report.html": "first"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
+    with atomic.folder(out, marker="metrics.json", replace=True) as work:
+        atomic.write_text(work / "metrics.json", "third")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "third"}  # no file of the first left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
+
+
+def test_a_folder_filled_by_another_process_meanwhile_is_kept_and_this_result_refused(tmp_path: Path) -> None:
+    out = tmp_path / "new-model"
+    with pytest.raises(DataError, match="filled while this ran"), \
+            atomic.folder(out, marker="model.json", replace=False) as work:
+        atomic.write_text(work / "model.json", "mine")
+        atomic.write_text(out / "model.json", "theirs")  # the other `pneumo operating-point --out` finished first
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"model.json": "theirs"}
+    out = tmp_path / "desktop"  # replace=True still never replaces a folder that is not an earlier output
+    with pytest.raises(DataError), atomic.folder(out, marker="metrics.json", replace=True) as work:
+        atomic.write_text(work / "metrics.json", "mine")
+        atomic.write_text(out / "thesis.docx", "theirs")
+    assert [p.name for p in out.iterdir()] == ["thesis.docx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["desktop", "new-model"]
+
+
+def test_a_folder_removes_what_killed_writers_left_and_keeps_a_live_writers_folder(tmp_path: Path) -> None:
+    dead = tmp_path / f".out.partial-{_dead_pid()}"
+    live = tmp_path / f".out.partial-{os.getppid()}"
+    for path in (dead, live):
+        path.mkdir()
+        (path / "metrics.json").write_text("half")
+    with atomic.folder(tmp_path / "out", marker="metrics.json", replace=False) as work:
+        atomic.write_text(work / "metrics.json", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
+
+
+def test_check_folder_lets_through_new_empty_and_earlier_outputs_only(tmp_path: Path) -> None:
+    kw = {"marker": "site.json", "what": "site check", "hint": "give --force"}
+    assert atomic.check_folder(tmp_path / "new", replace=False, **kw) == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    atomic.check_folder(tmp_path / "empty", replace=False, **kw)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        atomic.check_folder(tmp_path / "file", replace=True, **kw)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="holds other files"):
+        atomic.check_folder(tmp_path / "home", replace=True, **kw)
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "site.json").write_text("{}")
+    atomic.check_folder(tmp_path / "earlier", replace=True, **kw)
+    with pytest.raises(ConfigError, match="earlier site check: give --force"):
+        atomic.check_folder(tmp_path / "earlier", replace=False, **kw)

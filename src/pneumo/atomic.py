@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pneumo.errors import ConfigError, DataError
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -38,10 +41,11 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
         mode: file permissions to set before the rename (default: as created).
         private: create the temp file empty with mode 0600 before yielding (open it with ``"w"``, which keeps the
             mode): a process killed mid-write (``kill -9``: nothing runs) leaves a file only its owner can read.
-            `remove_stale_temps` deletes such leftovers.
+            The next write of ``path`` deletes such leftovers (`remove_stale_temps`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)  # a killed writer's leftover (an image cache's half-written array) goes now
     tmp = temp_path(path)
     try:
         if private:
@@ -66,6 +70,63 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+def check_folder(out: str | os.PathLike, *, marker: str, replace: bool, what: str, hint: str) -> Path:
+    """Where `folder` may write ``out``: new, empty, or (``replace``) an earlier output of the same command, known by
+    its ``marker`` file. A folder holding anything else is never replaced (``--out ~/Desktop --force`` deletes
+    nothing).
+
+    Raises:
+        ConfigError: ``out`` is a file; holds an earlier ``what`` and ``replace`` is False (``hint`` says what to
+            give); or holds files that are not one.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file: give a folder for the {what}")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if not (out / marker).is_file():
+        raise ConfigError(f"{out} holds other files (no {marker}: not an earlier {what}): give a new or empty folder")
+    if not replace:
+        raise ConfigError(f"{out} already holds an earlier {what}: {hint}")
+    return out
+
+
+@contextmanager
+def folder(out: str | os.PathLike, *, marker: str, replace: bool) -> Iterator[Path]:
+    """Yield a hidden sibling folder to write ``out``'s files into; when the block ends without error it becomes
+    ``out`` in one rename, so a reader (or a process killed half-way) never sees a folder mixing two runs' files.
+
+    An ``out`` that holds files when the block ends (another process finished into it first, or an earlier output)
+    is swapped out and deleted only if ``replace`` and it holds ``marker`` (an earlier output of the same command);
+    otherwise this result is discarded with an error. Hidden folders left by killed processes are removed first.
+
+    Raises:
+        DataError: ``out`` was filled by someone else while the block ran.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = stale.name[len(out.name) + 2:].rpartition("-")
+        if kind in ("partial", "old") and pid.isdigit() and not _running(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    work, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("partial", "old"))
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+        try:
+            os.rename(work, out)  # atomic; replaces an empty folder, fails on one that holds files
+        except OSError:
+            if not (replace and out.is_dir() and (out / marker).is_file()):
+                raise DataError(f"{out} was filled while this ran (another command writing to the same folder?); "
+                                "this result is discarded") from None
+            os.rename(out, old)
+            os.rename(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def umask_mode() -> int:

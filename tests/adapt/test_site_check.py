@@ -131,6 +131,11 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert result["rule"]["family_wise_bound"] == pytest.approx(result["rule"]["n_tests"] * result["rule"]["alpha"])
     assert "by chance with probability at most 0.07 (Bonferroni)" in html
     assert "truncated.jpeg" in html and "notes.txt" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
+    home = tmp_path / "home"  # a re-run replaces an earlier check (site.json), never a folder of other files
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    assert main(["site", "check", "--data", "site", "--out", str(home), "--dataset", str(full_data)]) == 2
+    assert "holds other files" in capsys.readouterr().err and [p.name for p in home.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize("content", [None, b"not an image"], ids=["empty folder", "only unreadable files"])

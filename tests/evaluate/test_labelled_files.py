@@ -50,7 +50,8 @@ def test_evaluate_and_predict_find_the_same_files(hospital: Path) -> None:
 
 
 def test_evaluate_scores_the_dicom_lists_what_it_left_out_and_never_overwrites_silently(
-        hospital: Path, data_slice: Path, tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
+        hospital: Path, data_slice: Path, tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "validation"
     argv = ["evaluate", "--data", str(hospital), "--out", str(out), "--bootstrap", "50", "--no-analysis",
             "--dataset", str(data_slice)]
@@ -74,8 +75,25 @@ def test_evaluate_scores_the_dicom_lists_what_it_left_out_and_never_overwrites_s
     assert err.startswith("pneumo evaluate: error:") and "--force" in err and len(err.splitlines()) == 1
     assert (out / "metrics.json").read_bytes() == before
     (out / "metrics.json").write_text("{}")
+    (out / "left-by-an-older-version.png").write_bytes(b"")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C (or a crash) half-way through writing the folder
+
+    monkeypatch.setattr("pneumo.evaluate.report.write_evaluation_report", killed)
+    assert main([*argv, "--force"]) == 130
+    assert (out / "metrics.json").read_text() == "{}" and (out / "predictions.csv").is_file()  # as it was
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written folder beside it
+    monkeypatch.undo()
     assert main([*argv, "--force"]) == 0
     assert json.loads((out / "metrics.json").read_text())["external"]["n"] == 5
+    assert not (out / "left-by-an-older-version.png").exists()  # the folder holds this evaluation, whole
+
+    home = tmp_path / "home"  # --force replaces an earlier evaluation, never a folder of other files
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    assert main([*argv[:3], "--out", str(home), *argv[5:], "--force"]) == 2
+    assert "holds other files" in capsys.readouterr().err and [p.name for p in home.iterdir()] == ["notes.txt"]
 
 
 def test_hidden_folders_are_listed_not_read(hospital: Path) -> None:

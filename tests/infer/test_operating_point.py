@@ -50,6 +50,23 @@ def test_operating_point_on_a_labelled_folder_writes_a_new_model_and_leaves_the_
     assert at["specificity"] == chosen["specificity"]
 
 
+
+def test_an_operating_point_that_fails_half_way_leaves_no_model_folder(tiny_model: Path, full_data: Path,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new folder appears whole or not at all: weights copied but no sidecar would load as a broken model."""
+    val = _labelled_folder(full_data, tmp_path / "local_val", per_class=2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pneumo.evaluate.derive.write_meta", disk_full)
+    argv = ["operating-point", "--model", str(tiny_model), "--threshold-policy", "youden", "--data", str(val),
+            "--out", str(tmp_path / "new")]
+    assert main(argv) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local_val"]
+
+
 def test_operating_point_on_a_csv_records_a_csv_and_the_threshold_the_folder_gives(tiny_model: Path, full_data: Path,
                                                                                    tmp_path: Path) -> None:
     val = _labelled_folder(full_data, tmp_path / "local_val")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -216,3 +217,37 @@ def test_a_run_stores_its_dataset_as_an_absolute_path(probe_run: Path, data_slic
     monkeypatch.delenv("PNEUMO_DATA", raising=False)
     y, logits, _, where = val_scores([Predictor(probe_run)])
     assert len(y) == len(logits) > 0 and Path(where["location"]) == data_slice.resolve()
+
+
+def test_a_run_another_process_trains_is_neither_replaced_nor_resumed(tmp_path: Path, data_slice: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Two `pneumo train --force` of one name deleted each other's live run folder and both printed the survivor's
+    numbers (concurrency review): the second is refused while the first holds the run's lock."""
+    import subprocess
+    import sys
+    import types
+
+    from pneumo.train.run import run_lock
+
+    runs = tmp_path / "runs"
+    (runs / "live").mkdir(parents=True)
+    (runs / "live" / "last.json").write_text("{}")  # the first training's state
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"h = open({str(runs / '.live.lock')!r}, 'a+')\n"
+        "fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); h.write(str(os.getpid())); h.flush()\n"
+        "print('locked', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for flag in ("--force", "--resume"):
+            argv = ["train", "--dataset", str(data_slice), "--out", str(runs), "--name", "live", flag, "--no-eval"]
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err == (f"pneumo train: error: run live is being trained by another process (pid {holder.pid}): "
+                           "wait for it to finish, or pick another --name")
+            assert (runs / "live" / "last.json").read_text() == "{}"
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(types.SimpleNamespace(out_dir=str(runs), name="live")):  # the lock died with its process
+        assert (runs / ".live.lock").read_text() == str(os.getpid())

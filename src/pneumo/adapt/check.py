@@ -78,6 +78,7 @@ MIN_IMAGES = 10
 # found a 10 % out-of-distribution share (against 0.5 % expected) in 64 % of 20-image sites and 89 % of 50-image ones
 POWERED_IMAGES = 50
 BATCH = 32
+SITE_JSON = "site.json"  # the verdict; a folder holding it is an earlier site check
 
 
 @dataclass
@@ -333,11 +334,12 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
                dataset: str | os.PathLike | None = None, sample: int = DEFAULT_SAMPLE, seed: int = 0,
                predictor: Predictor | None = None) -> dict:
     """Compare a site's images with the model's training distribution; write ``site.json``, ``images.csv`` and
-    ``report.html`` into ``out`` and return what site.json holds.
+    ``report.html`` into ``out`` (whole or not at all; an earlier site check there is replaced) and return what
+    site.json holds.
 
     Raises:
         DataError: no images, fewer than ``MIN_IMAGES`` scorable images, or a dataset that is not there.
-        ConfigError: a reference sample under ``MIN_IMAGES``.
+        ConfigError: a reference sample under ``MIN_IMAGES``; ``out`` holds files that are not a site check.
     """
     from pneumo import atomic
     from pneumo.adapt.site_report import write_site_report
@@ -345,6 +347,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
 
     if sample < MIN_IMAGES:
         raise ConfigError(f"the reference sample must hold at least {MIN_IMAGES} images, got {sample}")
+    atomic.check_folder(out, marker=SITE_JSON, replace=True, what="site check", hint="")  # before the long part
     items = site_items(data)
     predictor = predictor or Predictor(model, backend="torch")
     log.debug("scoring %d site images", len(items))
@@ -379,9 +382,6 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
                  "min_ood_excess": MIN_OOD_EXCESS, "min_a": MIN_A, "min_h": MIN_H,
                  "min_gate_excess": MIN_GATE_EXCESS, "min_inversion_difference": MIN_INVERSION_DIFF},
     }
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(folder / "site.json", result)
     frame = pd.DataFrame({"path": site.paths, "p_pneumonia": site.p_pneumonia, "positive": site.positive})
     withheld = np.array(site.turned, dtype=bool)
     if len(site.ood_scores) == site.n:
@@ -391,6 +391,8 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     # rates count every image)
     frame["turned"] = site.turned
     frame["positive"] = frame["positive"].where(~withheld, None)
-    atomic.write_csv(folder / "images.csv", frame)
-    write_site_report(result, site, ref.scored, folder)
+    with atomic.folder(out, marker=SITE_JSON, replace=True) as folder:  # whole or not at all; a re-run replaces it
+        atomic.write_json(folder / SITE_JSON, result)
+        atomic.write_csv(folder / "images.csv", frame)
+        write_site_report(result, site, ref.scored, folder)
     return result

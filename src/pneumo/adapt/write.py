@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,6 @@ from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
 from pneumo.adapt.stats import patient_folds
 from pneumo.data.rundir import RunDir
-from pneumo.errors import DataError
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
@@ -39,21 +36,9 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
     """Write the new model folder; returns its sidecar. Everything is written into a hidden sibling folder that is
     renamed to ``out`` once complete: an interrupted adaptation (Ctrl-C, out of memory) leaves no ``out`` that would
     load as a model without its OOD statistics, orientation check or card (``out``, if it exists, is empty)."""
-    work = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
+    with atomic.folder(out, marker=RunDir(out).model.name, replace=False) as work:
         _write_folder(work, out, model, predictor, site, source, record, z_oof=z_oof, z_before=z_before,
                       device=device)
-        try:
-            if out.is_dir():
-                out.rmdir()  # `run._check_out` let only an empty folder through
-            os.replace(work, out)
-        except OSError as exc:  # another adaptation finished into the same folder first
-            raise DataError(f"{out} was filled while this adaptation ran (another `pneumo adapt --out` the same "
-                            f"folder?); this one is discarded: {exc.strerror}") from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return RunDir(out).model
 
 

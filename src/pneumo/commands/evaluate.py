@@ -38,8 +38,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "subgroup at the stored threshold; repeatable")
     parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: a run's own "
                         "eval.n_bootstrap for its official test split; 1000 for --data and for the shipped model)")
-    parser.add_argument("--force", action="store_true", help="write into an --out folder that already holds an "
-                        "earlier evaluation (without it: an error)")
+    parser.add_argument("--force", action="store_true", help="replace the earlier evaluation an --out folder holds "
+                        "(without it: an error; a folder holding other files is never replaced)")
     add_dataset_option(parser, "if it moved since training")
     parser.add_argument("--no-analysis", action="store_true", help="skip the Grad-CAM figures (shortcut indicator, "
                         "error gallery, embeddings): faster")

@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from pneumo import atomic
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.external import Gallery, evaluate_external
@@ -28,14 +29,14 @@ def default_external_out(model: str | None, data: str | os.PathLike) -> Path:
 
 
 def refuse_to_overwrite(folder: Path, force: bool) -> None:
-    """An output folder that already holds files is an earlier evaluation: never overwritten silently.
+    """An output folder that holds an earlier evaluation is replaced only with ``force``; one holding anything else
+    never is (`atomic.check_folder`).
 
     Raises:
-        ConfigError: ``folder`` exists, is not empty and ``force`` is False.
+        ConfigError: ``folder`` is not empty and not an earlier evaluation, or is one and ``force`` is False.
     """
-    if force or not folder.is_dir() or not any(folder.iterdir()):
-        return
-    raise ConfigError(f"{folder} already holds an earlier evaluation: give --force to overwrite it, or another --out")
+    atomic.check_folder(folder, marker=RunDir(folder).metrics.name, replace=force, what="evaluation",
+                        hint="give --force to replace it, or another --out")
 
 
 def official_test_folder(dataset: str | None) -> Path:
@@ -66,7 +67,8 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
         sections: a run's report sections from explanations (``explain.analysis.analysis_sections``: shortcut
             indicator, error gallery, embeddings); None: none.
         gallery: an external validation's error gallery (``explain.analysis.error_gallery``); None: none.
-        force: write into an output folder that already holds files (an earlier evaluation); without it, an error.
+        force: replace an earlier evaluation in the output folder; without it, an error. A folder holding other
+            files is never replaced.
         by: columns of a ``data`` CSV whose values get subgroup rows (external validation only).
 
     Raises:
@@ -86,7 +88,7 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
             raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
         refuse_to_overwrite(Path(out), force)
         return evaluate_ensemble(models, out, policy=policies[0] if policies else None, n_bootstrap=n_bootstrap,
-                                 data=dataset, policies=policies), Path(out)
+                                 data=dataset, policies=policies, replace=force), Path(out)
     model = models[0]
     if data is None and is_run(model):
         if out:  # it was ignored: the run's own files were rewritten while the user looked in --out
@@ -102,5 +104,5 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     boot = 1000 if n_bootstrap is None else n_bootstrap
     result = evaluate_external(None if model == "default" else model, data, target, n_bootstrap=boot,
                                policies=policies, val_data=dataset, progress=progress, analysis=gallery,
-                               official=official, by=by)
+                               official=official, by=by, replace=force)
     return result, target

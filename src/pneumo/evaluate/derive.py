@@ -48,10 +48,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
 
     parse_policy(policy)
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not empty: give a new folder for the new model")
     sidecar = resolve_model(model)
-    source = sidecar.parent
     (predictor,) = load_models(model)
     if predictor.backend != "torch":  # `load_models` runs ONNX Runtime only where the weights are missing
         raise ModelError(f"{sidecar.name} has only an ONNX export: a new operating point is written beside the "
@@ -95,27 +94,33 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                          "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},
         "created": utc_now(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    new = RunDir(out)
+    with atomic.folder(out, marker=RunDir(out).model.name, replace=False) as work:  # whole or not at all
+        _write_model(work, out.name, sidecar, meta, policy, threshold, record)
+    return record
+
+
+def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, threshold: float, record: dict) -> None:
+    """The new model folder's files, in ``work``: the source's weights, checks and run files, a sidecar with the new
+    operating point (``name``: the folder's final name)."""
+    source, new = sidecar.parent, RunDir(work)
     shutil.copy2(weights_path(sidecar, meta), new.weights)
-    for name in companion_files(meta):  # the OOD and orientation checks travel with the weights
-        if (source / name).is_file():
-            shutil.copy2(source / name, out / name)
-    for name in (CONFIG, FOLDS, TRAINING_METRICS):
-        if RunDir.holds(sidecar) and (source / name).is_file():
-            shutil.copy2(source / name, out / name)
+    for file in companion_files(meta):  # the OOD and orientation checks travel with the weights
+        if (source / file).is_file():
+            shutil.copy2(source / file, work / file)
+    for file in (CONFIG, FOLDS, TRAINING_METRICS):
+        if RunDir.holds(sidecar) and (source / file).is_file():
+            shutil.copy2(source / file, work / file)
     if new.config.is_file():
         import yaml
 
         cfg = yaml.safe_load(new.config.read_text()) or {}
         cfg.setdefault("eval", {})["threshold_policy"] = policy
-        cfg["name"] = out.name
+        cfg["name"] = name
         atomic.write_text(new.config, yaml.safe_dump(cfg, sort_keys=False))
     # the old metrics were measured at the old operating point: evaluate the new model for its own
     # ... and the source's card (its name, its test figures at its own threshold) is not this model's
     extra = {key: value for key, value in meta.extra.items() if key != "model_card"}
     meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file=new.weights.name,
-                               metrics={}, config={**meta.config, "name": out.name} if meta.config else meta.config,
+                               metrics={}, config={**meta.config, "name": name} if meta.config else meta.config,
                                extra={**extra, "operating_point": record})
     write_meta(new.model, meta)
-    return record

@@ -103,7 +103,7 @@ def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
                       n_bootstrap: int = 1000, seed: int = 0, ece_bins: int = 15, policies: tuple[str, ...] = (),
                       val_data: str | None = None, analysis: Gallery | None = None, progress: bool = False,
-                      official: bool = False, by: tuple[str, ...] = ()) -> dict:
+                      official: bool = False, by: tuple[str, ...] = (), replace: bool = False) -> dict:
     """The protocol on a labelled folder / CSV with the model's stored operating point; see the module doc.
 
     Args:
@@ -120,6 +120,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         progress: a progress bar on stderr.
         official: ``data`` is the official test split (labels the report and summary so; e.g. the shipped model).
         by: CSV columns (e.g. ``view``, ``sex``) whose values get subgroup rows at the stored threshold.
+        replace: an ``out_dir`` holding an earlier evaluation (its metrics.json) is replaced; without it, an error.
+            The folder is written whole or not at all (`atomic.folder`).
 
     Returns:
         The metrics dict also written to ``out_dir/metrics.json``.
@@ -227,26 +229,24 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     from pneumo.evaluate.report import to_jsonable, write_evaluation_report, write_predictions
 
     result = to_jsonable(result)
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
-                            **({"ood_score": ood_scores} if ood_scores is not None else {}),
-                            "assessed": assessed.astype(int)}, logits_all,
-                      temperature=result["temperature"], threshold=result["threshold"], class_columns=classes,
-                      assessed=assessed)
-    extra = [_data_section(result), operating_points_section(result), *_subgroups_section(result),
-             _errors_section(out, table, y, p, result, data)]
-    if analysis and spec.predictors[0].torch_model is None:
-        log.info("no error gallery: the model has only an ONNX export (Grad-CAM needs the PyTorch weights)")
-    elif analysis:
-        extra.append(analysis(out, spec.predictors[0].torch_model, images, y, p, spec.threshold,
-                              subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
+    columns = {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
+               **({"ood_score": ood_scores} if ood_scores is not None else {}), "assessed": assessed.astype(int)}
     calibrated_on = "the model's val fold" if fitted_on == "val" else fitted_on
-    write_evaluation_report(out, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
-                            f"{spec.name}", subtitle=f"{result['external']['data']} · model {spec.location} · "
-                            f"threshold {spec.threshold:.3f} ({spec.policy}, stored) · temperature {spec.temperature:.2f} "
-                            f"(calibration, fitted on {calibrated_on})",
-                            extra_sections=extra)
-    atomic.write_json(RunDir(out).metrics, result)
+    subtitle = (f"{result['external']['data']} · model {spec.location} · threshold {spec.threshold:.3f} "
+                f"({spec.policy}, stored) · temperature {spec.temperature:.2f} (calibration, fitted on {calibrated_on})")
+    with atomic.folder(out, marker=RunDir(out).metrics.name, replace=replace) as work:  # whole or not at all
+        write_predictions(work, columns, logits_all, temperature=result["temperature"], threshold=result["threshold"],
+                          class_columns=classes, assessed=assessed)
+        extra = [_data_section(result), operating_points_section(result), *_subgroups_section(result),
+                 _errors_section(work, table, y, p, result, data)]
+        if analysis and spec.predictors[0].torch_model is None:
+            log.info("no error gallery: the model has only an ONNX export (Grad-CAM needs the PyTorch weights)")
+        elif analysis:
+            extra.append(analysis(work, spec.predictors[0].torch_model, images, y, p, spec.threshold,
+                                  subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
+        write_evaluation_report(work, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
+                                f"{spec.name}", subtitle=subtitle, extra_sections=extra)
+        atomic.write_json(RunDir(work).metrics, result)
     return result
 
 

@@ -175,14 +175,14 @@ def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.
 
 def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, policy: str | None = None,
                       n_bootstrap: int | None = None, data: str | None = None,
-                      policies: tuple[str, ...] = ()) -> dict:
+                      policies: tuple[str, ...] = (), replace: bool = False) -> dict:
     """The protocol for the average of several runs' probabilities (architectures or seeds on one split).
 
     The members must share their val and test folds (same data and split seed) and their task; the threshold and
     temperature are chosen on the ensemble's val probabilities, as for one run, by ``policy`` (default: the members'
     policy; members that disagree need it named: the first member's decided, so the order of the runs changed the
     ensemble's operating point). Writes metrics.json, predictions.csv, ensemble.json (the members) and report.html
-    into ``out_dir``.
+    into ``out_dir``, whole or not at all (`atomic.folder`; ``replace``: an earlier ensemble's folder is replaced).
     """
     if len(run_dirs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
@@ -217,21 +217,19 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
                   member_commits=[m.commit for m in metas], member_configs=[m.config for m in metas],
                   member_weights_sha256=[m.sha256 for m in metas], provenance=provenance_record(),
                   eval_seconds=round(time.perf_counter() - start, 1))
-    out.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out, test, ensemble["test"], result)
-    write_evaluation_report(out, result, y_test=y_test, test_logits=ensemble["test"],
-                            title=f"pneumo ensemble of {len(members)} runs",
-                            subtitle=" + ".join(m.name for m in members),
-                            extra_sections=[operating_points_section(result)])
     # the ensemble's operating point, chosen on its val probabilities: what external validation uses
-    atomic.write_json(out / "ensemble.json", {"members": [os.path.relpath(Path(m).resolve(), out.resolve())
-                                                          for m in members],
-                                              "weights_sha256": [read_meta(resolve_model(m)).sha256 for m in members],
-                                              "combine": "mean probability",
-                                              "threshold": result["threshold"],
-                                              "threshold_policy": result["threshold_policy"],
-                                              "temperature": result["temperature"]})
-    atomic.write_json(RunDir(out).metrics, result)
+    record = {"members": [os.path.relpath(Path(m).resolve(), out.resolve()) for m in members],
+              "weights_sha256": [read_meta(resolve_model(m)).sha256 for m in members],
+              "combine": "mean probability", "threshold": result["threshold"],
+              "threshold_policy": result["threshold_policy"], "temperature": result["temperature"]}
+    with atomic.folder(out, marker=RunDir(out).metrics.name, replace=replace) as work:  # whole or not at all
+        _write_predictions(work, test, ensemble["test"], result)
+        write_evaluation_report(work, result, y_test=y_test, test_logits=ensemble["test"],
+                                title=f"pneumo ensemble of {len(members)} runs",
+                                subtitle=" + ".join(m.name for m in members),
+                                extra_sections=[operating_points_section(result)])
+        atomic.write_json(work / "ensemble.json", record)
+        atomic.write_json(RunDir(work).metrics, result)
     return result
 
 

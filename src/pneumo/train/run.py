@@ -8,12 +8,15 @@ replaced never leaves the run without a complete state). Launched by ``torchrun`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ from pneumo.data.splits import class_names, folds_for, labels
 from pneumo.errors import ConfigError, ModelError
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
+from pneumo.models.processes import env_from_os
 from pneumo.models.runtime import fast_precision, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.provenance import git_commit
@@ -66,6 +70,36 @@ def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
     if resume and not saved:
         log.warning("%s holds no saved state yet (stopped before its first save): training it from scratch", run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def run_lock(cfg: RunConfig) -> Iterator[None]:
+    """Hold ``<out_dir>/.<name>.lock`` while this process trains ``cfg.name`` (rank 0 under torchrun): a second
+    `pneumo train` of the same run (``--force`` or ``--resume``) is refused instead of deleting the live run's files.
+    The lock goes with the process (``flock``), so a killed training leaves none behind.
+
+    Raises:
+        ConfigError: another process trains this run.
+    """
+    if not env_from_os().is_main:
+        yield
+        return
+    path = Path(cfg.out_dir) / f".{cfg.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="ascii") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip()
+            who = f" (pid {pid})" if pid.isdigit() else ""
+            raise ConfigError(f"run {cfg.name} is being trained by another process{who}: wait for it to finish, or "
+                              "pick another --name") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def prepare_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
@@ -133,6 +167,11 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False, command:
     cfg.data.root = str(resolve_root(cfg.data.root).resolve())
     if cfg.train.hold_memory:
         hold_freed_memory()
+    with run_lock(cfg):
+        return _train_locked(cfg, resume=resume, force=force, command=command)
+
+
+def _train_locked(cfg: RunConfig, *, resume: bool, force: bool, command: str) -> Path:
     env, device = setup(cfg.train.device)
     ok = False
     try:
