@@ -345,3 +345,44 @@ def test_the_bacteria_vs_virus_interval_is_gated_on_its_own_classes() -> None:
     m = multiclass_metrics(y[keep], probs[keep], NAMES, n_resamples=200, seed=0)
     assert all(math.isnan(v) for v in m["ci"]["bacteria_vs_virus_roc_auc"])  # n/a, not a number
     assert not any(math.isnan(v) for v in m["ci"]["macro_f1"])  # the 3-class measures still have theirs
+
+
+def test_the_bca_interval_is_scipys_on_the_same_resamples() -> None:
+    """`bca_ci` (bias from the resamples, acceleration from the leave-one-out AUCs) gives SciPy's BCa interval to the
+    last digit when SciPy is handed pneumo's own bootstrap distribution."""
+    from scipy import stats
+
+    from pneumo.evaluate.metrics import bca_ci, jackknife_weights, resample_weights, weighted_auc
+
+    def auc(labels: np.ndarray, scores: np.ndarray) -> float:  # the arithmetic of the resamples' AUCs (ties: equal)
+        return float(weighted_auc(np.ones((1, labels.size)), labels, scores)[0][0])
+
+    rng = np.random.default_rng(1)
+    y = (np.arange(60) < 25).astype(int)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0.001, 0.999)
+    boot, _ = weighted_auc(resample_weights(60, 2000, 0), y, p)
+    jack = np.concatenate([weighted_auc(w, y, p)[0] for w in jackknife_weights(60)])
+    ours = bca_ci(boot, auc(y, p), jack, 0.95)
+    given = stats._resampling.BootstrapResult(confidence_interval=None, bootstrap_distribution=boot,
+                                              standard_error=None)
+    theirs = stats.bootstrap((y, p), auc, paired=True, vectorized=False, method="BCa",
+                             n_resamples=0, bootstrap_result=given, confidence_level=0.95).confidence_interval
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+    percentile = np.quantile(boot, [0.025, 0.975])
+    assert not np.allclose(ours, percentile)  # the correction moves it (the AUC's resamples are skewed)
+    assert bootstrap_cis(y, p, 0.5, n_resamples=2000, seed=0)["roc_auc"] == pytest.approx(ours, abs=1e-12)
+
+
+def test_the_jackknife_leaves_out_whole_patients_and_blocks_of_them_above_the_cap() -> None:
+    from pneumo.evaluate.metrics import JACKKNIFE_BLOCKS, jackknife_weights
+
+    groups = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
+    rows = np.concatenate(list(jackknife_weights(6, groups)))
+    assert rows.tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+    n = 2 * JACKKNIFE_BLOCKS + 500
+    rows = np.concatenate(list(jackknife_weights(n)))
+    assert rows.shape == (JACKKNIFE_BLOCKS, n) and set((n - rows.sum(axis=1)).tolist()) == {2, 3}
+    assert (rows == 0).sum(axis=0).tolist() == [1] * n  # each image left out exactly once
+    y = (np.arange(40) % 3 == 0).astype(int)
+    p = np.linspace(0.01, 0.99, 40)
+    assert bootstrap_cis(y, p, 0.5, seed=3) == bootstrap_cis(y, p, 0.5, seed=3, groups=np.arange(40))

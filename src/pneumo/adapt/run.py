@@ -39,10 +39,11 @@ from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
 from pneumo.evaluate.external import subgroups
 from pneumo.evaluate.metrics import (
+    bca_ci,
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
-    percentile_ci,
+    jackknife_weights,
     proportion_cis,
     resample_weights,
     weighted_auc,
@@ -74,14 +75,18 @@ def score(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_siz
 def ranking_gain(y: np.ndarray, p_before: np.ndarray, p_after: np.ndarray, *, n_bootstrap: int, seed: int,
                  groups: np.ndarray | None = None) -> dict:
     """How much better the cross-fitted scores rank the site's images than the source model does: the ROC-AUC
-    difference on the same images, with a paired bootstrap interval (both scores resampled together, whole patients
-    when ``groups`` names them), and a warning when that interval does not lie above 0 (the adaptation has not shown
+    difference on the same images, with a paired BCa bootstrap interval (both scores resampled together, whole
+    patients when ``groups`` names them), and a warning when that interval does not lie above 0 (the adaptation has not shown
     that it helps: label more images)."""
     before, after = binary_metrics(y, p_before, 0.5)["roc_auc"], binary_metrics(y, p_after, 0.5)["roc_auc"]
     gain = {"roc_auc_before": before, "roc_auc_after": after, "gain": after - before, "ci": None, "warning": None}
     if n_bootstrap > 0:
-        weights = resample_weights(len(y), n_bootstrap, seed, groups)
-        gain["ci"] = percentile_ci(weighted_auc(weights, y, p_after)[0] - weighted_auc(weights, y, p_before)[0], 0.95)
+        def difference(weights: np.ndarray) -> np.ndarray:
+            return weighted_auc(weights, y, p_after)[0] - weighted_auc(weights, y, p_before)[0]
+
+        jack = np.concatenate([difference(w) for w in jackknife_weights(len(y), groups)])
+        point = float(difference(np.ones((1, len(y))))[0])
+        gain["ci"] = bca_ci(difference(resample_weights(len(y), n_bootstrap, seed, groups)), point, jack, 0.95)
     lo = gain["ci"][0] if gain["ci"] else gain["gain"]
     if not lo > 0:  # NaN (one class) warns too
         gain["warning"] = (f"the cross-fitted ROC-AUC ({after:.3f}) is not clearly above the source model's on the same "

@@ -169,7 +169,7 @@ def leaderboard_html(rows: Sequence[dict[str, str]], out_dir: Path | None = None
 
     note = ("<p>One table per data set evaluated on: evaluations of different data are never ranked together. Sorted "
             "by validation ROC-AUC. Test numbers at each model's stored operating point (threshold and temperature "
-            "chosen on val), 95 % CIs (exact for proportions, percentile bootstrap for ROC-AUC); the last columns give "
+            "chosen on val), 95 % CIs (exact for proportions, BCa bootstrap for ROC-AUC); the last columns give "
             "the standard policies side by side (each chosen on val; <code>triage</code>: val sensitivity &ge; "
             "0.90).</p>")
     sections = []

@@ -1,6 +1,6 @@
 """Binary and 3-class metrics, the validation-chosen operating threshold, and their CIs: exact (Clopper-Pearson)
-intervals for proportions (accuracy, sensitivity, specificity, precision), vectorized percentile bootstrap for the rest
-(ROC-AUC, PR-AUC, F1, counts), left out (nan, shown as "CI n/a") below `MIN_IMAGES` images or `MIN_PER_CLASS` per class
+intervals for proportions (accuracy, sensitivity, specificity, precision), a vectorized BCa bootstrap for the rest
+(ROC-AUC, PR-AUC, F1, counts; `bca_ci`: the percentile interval under-covered, `bench/sim_auc_coverage.py`), left out (nan, shown as "CI n/a") below `MIN_IMAGES` images or `MIN_PER_CLASS` per class
 and wherever the bootstrap collapses to zero width: a zero-width interval is never shown as certainty.
 
 Conventions: label 1 / ``p`` is pneumonia; an image is called positive when ``p >= threshold``. Undefined metrics
@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pneumo.errors import ConfigError, DataError
@@ -23,7 +24,10 @@ BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc
 CELL_KEYS = ("tp", "fp", "tn", "fn")
 MIN_IMAGES, MIN_PER_CLASS = 30, 10  # below either, bootstrap intervals are not shown and reports warn
 SCORE_MARGIN = 1e-5  # below a val score a threshold is set at: ONNX Runtime and PyTorch score an image ~1e-7 apart
-CI_METHOD = "exact (Clopper-Pearson) for proportions; percentile bootstrap for ROC-AUC, PR-AUC, F1 and counts"
+CI_METHOD = ("exact (Clopper-Pearson) for proportions; BCa bootstrap (bias-corrected and accelerated) for ROC-AUC, "
+             "PR-AUC, F1 and counts")
+JACKKNIFE_CHUNK = 512  # leave-one-out rows computed at a time (memory: rows x images)
+JACKKNIFE_BLOCKS = 1000  # above this many images (or patients) the jackknife leaves out blocks of them
 
 
 def _div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
@@ -181,6 +185,45 @@ def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
+def bca_ci(values: np.ndarray, point: float, jackknife: np.ndarray, level: float) -> tuple[float, float]:
+    """Bias-corrected and accelerated (BCa, Efron 1987) interval of the finite bootstrap ``values``: the percentiles
+    moved by the share of resamples below the ``point`` estimate (bias) and the skewness of the leave-one-out
+    ``jackknife`` estimates (acceleration). On binormal scores with 10-50 images a class it covered 0.95-0.97 at
+    AUC 0.75-0.85 where the percentile interval covered 0.91-0.95, and 0.92-0.96 at AUC 0.95 with 15-50 a class where
+    it covered 0.84-0.92 (`bench/sim_auc_coverage.py`). A ``point`` that is not finite gives the percentile interval.
+    """
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or not math.isfinite(point):
+        return percentile_ci(values, level)
+    share = (np.count_nonzero(finite < point) + 0.5 * np.count_nonzero(finite == point)) / finite.size
+    bias = norm.ppf(np.clip(share, 0.5 / finite.size, 1.0 - 0.5 / finite.size))
+    jack = jackknife[np.isfinite(jackknife)]
+    spread = jack.mean() - jack if jack.size else jack
+    denominator = 6.0 * float(np.sum(spread**2)) ** 1.5
+    acceleration = float(np.sum(spread**3)) / denominator if denominator > 0 else 0.0
+    z = norm.ppf([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    shares = norm.cdf(bias + (bias + z) / (1.0 - acceleration * (bias + z)))
+    lo, hi = np.quantile(finite, np.nan_to_num(shares, nan=0.5))
+    return (float(lo), float(hi))
+
+
+def jackknife_weights(n: int, groups: np.ndarray | None = None):
+    """Leave-one-out weights, `JACKKNIFE_CHUNK` rows at a time: each row leaves out one image, or one group (patient)
+    when ``groups`` is given, as the bootstrap resamples them (`resample_weights`). Above `JACKKNIFE_BLOCKS` units the
+    units are dealt into that many blocks and a block is left out at a time (the grouped jackknife: the acceleration
+    BCa needs, without rows x images growing as images squared)."""
+    if groups is None:
+        unit = np.arange(n)
+    else:
+        unit = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    n_units = int(unit.max()) + 1 if n else 0
+    if n_units > JACKKNIFE_BLOCKS:
+        unit, n_units = unit % JACKKNIFE_BLOCKS, JACKKNIFE_BLOCKS
+    for start in range(0, n_units, JACKKNIFE_CHUNK):
+        left_out = np.arange(start, min(start + JACKKNIFE_CHUNK, n_units))
+        yield (unit[None, :] != left_out[:, None]).astype(float)
+
+
 def bootstrap_cis(
     y: Sequence[int] | np.ndarray,
     p: Sequence[float] | np.ndarray,
@@ -191,8 +234,8 @@ def bootstrap_cis(
     level: float = 0.95,
     groups: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """CIs for every key of :func:`binary_metrics` but ``n``: exact (Clopper-Pearson) for the proportions, percentile
-    bootstrap over resamples of the images for the rest, left out (nan) for a small sample or a zero width (see the
+    """CIs for every key of :func:`binary_metrics` but ``n``: exact (Clopper-Pearson) for the proportions, BCa
+    bootstrap (`bca_ci`) over resamples of the images for the rest, left out (nan) for a small sample or a zero width (see the
     module doc).
 
     Vectorized: each resample is a row of draw counts, so confusion cells, AUC and AP are matrix products.
@@ -215,17 +258,24 @@ def bootstrap_cis(
         return {}
     if not 0.0 < level < 1.0:
         raise ConfigError(f"CI level must be in (0, 1), got {level}")
-    w = resample_weights(y.size, n_resamples, seed, groups)
     pred = (p >= threshold).astype(np.int64)
-    cells = {"tp": w @ (pred * y), "fp": w @ (pred * (1 - y)), "tn": w @ ((1 - pred) * (1 - y)),
-             "fn": w @ ((1 - pred) * y)}
-    values = _counts_metrics(*(cells[c] for c in CELL_KEYS))
-    values["roc_auc"], values["pr_auc"] = weighted_auc(w, y, p)
-    values.update({k: v.astype(float) for k, v in cells.items()})
+
+    def measured(w: np.ndarray) -> dict[str, np.ndarray]:
+        cells = {"tp": w @ (pred * y), "fp": w @ (pred * (1 - y)), "tn": w @ ((1 - pred) * (1 - y)),
+                 "fn": w @ ((1 - pred) * y)}
+        values = _counts_metrics(*(cells[c] for c in CELL_KEYS))
+        values["roc_auc"], values["pr_auc"] = weighted_auc(w, y, p)
+        return {**values, **{k: v.astype(float) for k, v in cells.items()}}
+
+    keys = (*BINARY_KEYS, *CELL_KEYS)
+    values = measured(resample_weights(y.size, n_resamples, seed, groups))
+    point = measured(np.ones((1, y.size)))
+    jack = [measured(w) for w in jackknife_weights(y.size, groups)]
     small = is_small_sample(int(y.sum()), int((1 - y).sum()))
-    out = {k: _shown(percentile_ci(values[k], level), small) for k in (*BINARY_KEYS, *CELL_KEYS)}
-    point = (int(pred @ y), int(pred @ (1 - y)), int((1 - pred) @ (1 - y)), int((1 - pred) @ y))  # tp, fp, tn, fn
-    return {**out, **proportion_cis(*point, level=level)}
+    out = {k: _shown(bca_ci(values[k], float(point[k][0]), np.concatenate([j[k] for j in jack]), level), small)
+           for k in keys}
+    tp, fp, tn, fn = (int(point[c][0]) for c in CELL_KEYS)
+    return {**out, **proportion_cis(tp, fp, tn, fn, level=level)}
 
 
 def _shown(ci: tuple[float, float], small: bool) -> tuple[float, float]:
@@ -380,15 +430,19 @@ def multiclass_metrics(
         "binary_ci": {},
     }
     if n_resamples > 0 and y.size:
-        w = resample_weights(y.size, n_resamples, seed).astype(float)
-        boot = _multiclass_values((w @ cell).reshape(-1, k, k))
+        def measured(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # macro-F1 and bacteria-vs-virus AUC
+            return _multiclass_values((w @ cell).reshape(-1, k, k))["macro_f1"], weighted_auc(w[:, mask], y_vir,
+                                                                                                vir_score)[0]
+
+        boot, point = measured(resample_weights(y.size, n_resamples, seed).astype(float)), measured(np.ones((1, y.size)))
+        jack = [measured(w) for w in jackknife_weights(y.size)]
         small = is_small_sample(int(y_pneumonia.sum()), int((1 - y_pneumonia).sum()))
-        bv_auc, _ = weighted_auc(w[:, mask], y_vir, vir_score)
+        interval = [bca_ci(boot[i], float(point[i][0]), np.concatenate([j[i] for j in jack]), level) for i in (0, 1)]
         out["ci"] = {
             "accuracy": exact_interval(int(np.trace(conf)), int(y.size), level),
-            "macro_f1": _shown(percentile_ci(boot["macro_f1"], level), small),
+            "macro_f1": _shown(interval[0], small),
             "bacteria_vs_virus_accuracy": exact_interval(int(correct_bv.sum()), int(mask.sum()), level),
-            "bacteria_vs_virus_roc_auc": _shown(percentile_ci(bv_auc, level),  # gated on its own two classes
+            "bacteria_vs_virus_roc_auc": _shown(interval[1],  # gated on its own two classes
                                                 is_small_sample(int(y_vir.sum()), int((1 - y_vir).sum()))),
         }
         out["binary_ci"] = bootstrap_cis(y_pneumonia, p_pneumonia, threshold, n_resamples=n_resamples, seed=seed,
