@@ -125,3 +125,9 @@ def test_a_stored_config_whose_weights_file_is_gone_loads_but_cannot_start_a_run
         "mode=probe freezes layers, which needs pretrained weights")
     assert one_line_error("default", ["members=[lite0-probe, no-such-preset]"]).startswith(
         "unknown preset 'no-such-preset'")
+
+
+@pytest.mark.parametrize("key", ["train.seed", "data.split_seed", "eval.bootstrap_seed"])
+def test_a_negative_seed_is_refused_before_any_work(key: str) -> None:
+    """It passed validation and failed later inside NumPy/PyTorch with a traceback (API review)."""
+    assert one_line_error("default", [f"{key}=-1"]) == f"{key} must be >= 0, got -1"

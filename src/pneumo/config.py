@@ -138,7 +138,7 @@ class DataConfig(Schema):
     markers: Literal["none", "inpaint", "inpaint-text"] = "none"  # in-paint markers (and corner text) in train + inference
     crop: Crop = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
     cache_dir: Annotated[str | None, Maybe] = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
     limit_per_class: Annotated[Count | None, Maybe] = None  # at most N images per split x subtype (tests)
 
@@ -180,7 +180,7 @@ class TrainConfig(Schema):
     loss: Literal["ce", "focal"] = "ce"
     balance: Literal["weights", "sampler", "none"] = "weights"
     patience: int = Field(4, ge=1)  # early stopping on val ROC-AUC
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: Device = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
     hold_memory: bool = True  # keep freed memory in the process (glibc): no page faults for every step's activations
@@ -194,7 +194,7 @@ class EvalConfig(Schema):
     threshold_policy: Policy = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
     tta: bool = False  # average logits over the image and its horizontal flip
     n_bootstrap: int = Field(1000, ge=0)
-    bootstrap_seed: int = 0
+    bootstrap_seed: int = Field(0, ge=0)
     ece_bins: int = Field(15, ge=1)
 
 

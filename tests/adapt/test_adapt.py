@@ -180,6 +180,11 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     # the other policies at the thresholds the adaptation chose on its cross-fitted scores (no val fold to choose on)
     chosen = adapted["record"]["operating_points"]
     assert list(result["operating_points"]) == list(chosen) and "operating_points_note" not in result
+    from pneumo.evaluate.external import evaluate_external
+
+    asked = evaluate_external(out, site_csv, tmp_path / "v2", policies=("sensitivity:0.98",), n_bootstrap=0)
+    assert list(asked["operating_points"]) == list(chosen)  # it was dropped without a word (API review)
+    assert asked["operating_points_note"].startswith("sensitivity:0.98: not reported: an adapted model has no val")
     for policy, point in result["operating_points"].items():
         assert point["threshold"] == pytest.approx(chosen[policy]["threshold"])
         assert point["val_sensitivity"] == pytest.approx(chosen[policy]["sensitivity"])

@@ -385,4 +385,25 @@ def test_the_jackknife_leaves_out_whole_patients_and_blocks_of_them_above_the_ca
     assert (rows == 0).sum(axis=0).tolist() == [1] * n  # each image left out exactly once
     y = (np.arange(40) % 3 == 0).astype(int)
     p = np.linspace(0.01, 0.99, 40)
-    assert bootstrap_cis(y, p, 0.5, seed=3) == bootstrap_cis(y, p, 0.5, seed=3, groups=np.arange(40))
+    alone, grouped = bootstrap_cis(y, p, 0.5, seed=3), bootstrap_cis(y, p, 0.5, seed=3, groups=np.arange(40))
+    assert alone.keys() == grouped.keys()  # one patient an image: the same intervals, exact ones included
+    for key, interval in alone.items():
+        assert grouped[key] == pytest.approx(interval, abs=1e-9, nan_ok=True), key
+
+
+def test_exact_intervals_count_a_patients_images_once_where_they_agree() -> None:
+    """Kermany's test split has 390 pneumonia images of 202 patients: counted as independent images the exact
+    intervals were too narrow. Korn-Graubard: Clopper-Pearson at the effective sample size."""
+    from pneumo.evaluate.metrics import clustered_interval, exact_interval
+
+    rng = np.random.default_rng(0)
+    alone = (rng.random(100) < 0.8).astype(int)
+    assert clustered_interval(alone, np.arange(100)) == pytest.approx(exact_interval(alone.sum(), 100), abs=1e-12)
+    called = np.repeat((rng.random(25) < 0.8).astype(int), 4)  # 25 patients, 4 images each, all called alike
+    patients = np.repeat(np.arange(25), 4)
+    lo, hi = clustered_interval(called, patients)
+    by_images, by_patients = exact_interval(called.sum(), 100), exact_interval(called.sum() // 4, 25)
+    assert hi - lo > 1.5 * (by_images[1] - by_images[0])  # about the 25 patients' width, not the 100 images'
+    assert (lo, hi) == pytest.approx(by_patients, abs=0.02)
+    assert clustered_interval(np.ones(12), np.repeat(np.arange(3), 4)) == pytest.approx(exact_interval(3, 3))
+    assert all(math.isnan(x) for x in clustered_interval(np.zeros(0), np.zeros(0)))

@@ -403,7 +403,10 @@ def test_a_csv_patient_id_makes_every_interval_draw_whole_patients(run_dir: Path
     for got in (result["test"]["ci"], result["subgroups"]["view"]["AP"]["ci"],
                 result["operating_points"][result["threshold_policy"]]["ci"]):
         assert got["f1"] == pytest.approx(by_patient["f1"])
-    assert result["bootstrap"]["resamples"] == "whole patients (the CSV's patient_id; the exact intervals count images)"
+    assert result["bootstrap"]["resamples"] == "whole patients (the CSV's patient_id)"
+    for key in ("sensitivity", "specificity"):  # the exact intervals too: at the patients' effective sample size
+        assert result["test"]["ci"][key] == pytest.approx(by_patient[key])
+        assert by_patient[key][1] - by_patient[key][0] >= by_image[key][1] - by_image[key][0] - 1e-12
     assert "drawn as whole patients" in (tmp_path / "c" / "report.html").read_text()
 
 

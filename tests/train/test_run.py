@@ -118,8 +118,18 @@ def test_evaluate_of_a_run_with_out_says_where_it_writes_instead_of_ignoring_out
 
 def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path: Path) -> None:
     cfg = tiny_config(data_slice, tmp_path / "runs", tmp_path / "cache", "name=p3", "data.task=3class")
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(12345), np.random.seed(12345), torch.manual_seed(12345)  # the caller's own random state
+    given = (cfg.model_dump(), random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
     run_dir = train(cfg)
     result = evaluate_run(run_dir, analysis=False)
+    # a library call leaves the caller's config and global generators as they were (API review: reseeded to 0)
+    assert cfg.model_dump() == given[0] and random.getstate() == given[1]
+    assert (np.random.get_state()[1] == given[2]).all() and torch.equal(torch.get_rng_state(), given[3])
     assert result["classes"] == ["normal", "bacteria", "virus"]
     assert "bacteria_vs_virus" in json.dumps(result["test"]["multiclass"])
     # the AUC that chose the epoch is not the report's pneumonia-vs-normal AUC: the record says which it is

@@ -120,7 +120,8 @@ def before_head(record: dict) -> str:
 def card_text(record: dict) -> str:
     local, src = record["local"], record.get("source_site")
     sections = [(("Local performance (cross-validated, 95 % CIs: exact for accuracy, sensitivity, specificity and "
-                 "precision, counting images; bootstrap over whole patients otherwise. The adapted column's "
+                 "precision, at the patients' effective sample size; BCa bootstrap over whole patients otherwise. "
+                 "The adapted column's "
                  "sensitivity meets the policy's target by construction: its threshold was chosen on these same "
                  "scores; on new images of the site expect it lower, about as far as its interval reaches)"), md_table(["", before_head(record), "adapted (cross-fitted), new threshold"],
                                         metric_rows(ROWS, _column(local["before"]["stored_threshold"]),

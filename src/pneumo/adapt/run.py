@@ -43,6 +43,7 @@ from pneumo.evaluate.metrics import (
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
+    grouped_proportion_cis,
     jackknife_weights,
     proportion_cis,
     resample_weights,
@@ -96,7 +97,7 @@ def ranking_gain(y: np.ndarray, p_before: np.ndarray, p_after: np.ndarray, *, n_
     return gain
 
 
-def trade_off(y: np.ndarray, p: np.ndarray, chosen: str) -> dict[str, dict]:
+def trade_off(y: np.ndarray, p: np.ndarray, chosen: str, groups: np.ndarray | None = None) -> dict[str, dict]:
     """The standard policies and the chosen one, each applied to the cross-fitted scores: {policy: threshold,
     sensitivity and specificity there, with exact intervals} (what another policy would have given, in-sample)."""
     out = {}
@@ -104,13 +105,19 @@ def trade_off(y: np.ndarray, p: np.ndarray, chosen: str) -> dict[str, dict]:
         threshold = choose_threshold(y, p, policy)
         m = binary_metrics(y, p, threshold)
         out[policy] = {"threshold": threshold, "sensitivity": m["sensitivity"], "specificity": m["specificity"],
-                       **exact_cis(m)}
+                       **exact_cis(y, p, threshold, groups)}
     return out
 
 
-def exact_cis(metrics: dict) -> dict[str, list[float]]:
-    """Exact (Clopper-Pearson) intervals on the sensitivity and specificity of `binary_metrics`' counts."""
-    ci = proportion_cis(metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"])
+def exact_cis(y: np.ndarray, p: np.ndarray, threshold: float, groups: np.ndarray | None = None) -> dict[str, list]:
+    """Exact (Clopper-Pearson) intervals on the sensitivity and specificity at ``threshold``; at the patients'
+    effective sample size when ``groups`` names them (`grouped_proportion_cis`), as every other interval of the
+    record."""
+    if groups is not None:
+        ci = grouped_proportion_cis(y, (p >= threshold).astype(np.int64), groups)
+    else:
+        m = binary_metrics(y, p, threshold)
+        ci = proportion_cis(m["tp"], m["fp"], m["tn"], m["fn"])
     return {"sensitivity_exact_ci": list(ci["sensitivity"]), "specificity_exact_ci": list(ci["specificity"])}
 
 
@@ -120,7 +127,7 @@ def at_threshold(y: np.ndarray, p: np.ndarray, threshold: float, *, n_bootstrap:
     intervals on sensitivity and specificity."""
     metrics = binary_metrics(y, p, threshold)
     return {"metrics": metrics, "ci": bootstrap_cis(y, p, threshold, n_resamples=n_bootstrap, seed=seed, groups=groups),
-            **exact_cis(metrics)}
+            **exact_cis(y, p, threshold, groups)}
 
 
 def _check_out(out: Path, sidecar: Path) -> None:
@@ -219,7 +226,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                       "note": source.note or None},
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
                             "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},
-        "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy),
+        "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy, site.groups),
         "temperature": fit_temperature(z_oof, site.y),
         "local": {"n": len(site.y), "folds": len(folds),
                   "before": _before(site, p_before, predictor.threshold, n_bootstrap, cfg.seed),
@@ -227,8 +234,9 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                                         groups=site.groups),
                   "ranking": ranking_gain(site.y, p_before, p_oof, n_bootstrap=n_bootstrap, seed=cfg.seed,
                                           groups=site.groups),
-                  "bootstrap": ("ROC-AUC, PR-AUC and F1: whole patients resampled; accuracy, sensitivity, "
-                                "specificity, precision: exact intervals counting images"),
+                  "bootstrap": ("ROC-AUC, PR-AUC and F1: BCa bootstrap, whole patients resampled; accuracy, "
+                                "sensitivity, specificity, precision: exact intervals at the patients' effective "
+                                "sample size (counting images where each image is its own patient)"),
                   **({"subgroups": {
                       "before": subgroups(site.table, site.y, p_before, predictor.threshold, by,
                                           n_bootstrap=n_bootstrap, seed=cfg.seed),

@@ -9,10 +9,10 @@ import os
 import re
 from pathlib import Path
 
-from pneumo import atomic
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.external import Gallery, evaluate_external
+from pneumo.evaluate.metrics import check_bootstrap
 from pneumo.evaluate.operating import policies_to_report
 from pneumo.evaluate.runner import Analysis, evaluate_ensemble, evaluate_run
 
@@ -26,17 +26,6 @@ def default_external_out(model: str | None, data: str | os.PathLike) -> Path:
     name = "default" if model in (None, "default") else Path(model).name or "model"
     where = Path(data).stem if Path(data).is_file() else Path(data).resolve().name
     return Path("evaluations") / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-on-{where}")
-
-
-def refuse_to_overwrite(folder: Path, force: bool) -> None:
-    """An output folder that holds an earlier evaluation is replaced only with ``force``; one holding anything else
-    never is (`atomic.check_folder`).
-
-    Raises:
-        ConfigError: ``folder`` is not empty and not an earlier evaluation, or is one and ``force`` is False.
-    """
-    atomic.check_folder(folder, marker=RunDir(folder).metrics.name, replace=force, what="evaluation",
-                        hint="give --force to replace it, or another --out")
 
 
 def official_test_folder(dataset: str | None) -> Path:
@@ -76,8 +65,8 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     """
     policies_to_report(None, policies)  # fail at once on a bad policy
     models = [m for m in models if m] or ["default"]
-    if n_bootstrap is not None and n_bootstrap < 0:
-        raise ConfigError(f"--bootstrap must be >= 0, got {n_bootstrap}")
+    if n_bootstrap is not None:
+        check_bootstrap(n_bootstrap, 0)
     if by and not data:
         raise ConfigError(f"--by {by[0]}: subgroups are columns of a labelled CSV: give it with --data")
     if len(models) > 1:
@@ -86,7 +75,6 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
                               "(--model A --model B --out ENS), then --model ENS --data FOLDER")
         if not out:
             raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
-        refuse_to_overwrite(Path(out), force)
         return evaluate_ensemble(models, out, policy=policies[0] if policies else None, n_bootstrap=n_bootstrap,
                                  data=dataset, policies=policies, replace=force), Path(out)
     model = models[0]
@@ -100,7 +88,6 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
     if data is None:
         data = str(official_test_folder(dataset))
     target = Path(out) if out else default_external_out(None if model == "default" else model, data)
-    refuse_to_overwrite(target, force)
     boot = 1000 if n_bootstrap is None else n_bootstrap
     result = evaluate_external(None if model == "default" else model, data, target, n_bootstrap=boot,
                                policies=policies, val_data=dataset, progress=progress, analysis=gallery,

@@ -25,6 +25,7 @@ from pneumo.evaluate.metrics import (
     CI_METHOD,
     binary_metrics,
     bootstrap_cis,
+    check_bootstrap,
     multiclass_metrics,
     sensitivity_by_subtype,
 )
@@ -40,7 +41,7 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
             subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int,
             groups: np.ndarray | None = None) -> dict:
     """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting); ``groups``
-    (a CSV's patient_id) makes the bootstrap draw whole patients."""
+    (the patient of each image) makes every interval count whole patients."""
     probs = apply_temperature(logits, 1.0)
     calibrated = apply_temperature(logits, temperature)
     p = pneumonia_probability(probs)
@@ -128,10 +129,14 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     """
     start = time.perf_counter()
     out = Path(out_dir)
+    check_bootstrap(n_bootstrap, seed)
     spec = load_spec(model)
     if Path(spec.location).resolve() == out.resolve() or (Path(spec.location).parent.resolve() == out.resolve()
                                                           and Path(spec.location).is_file()):
         raise ConfigError(f"--out {out} is the model's own folder: external results go to a folder of their own")
+    from pneumo.evaluate.report import check_output_folder
+
+    check_output_folder(out, replace)  # before the long part
     report_policies = policies_to_report(spec.policy, policies)
     labelled, not_read = find_labelled(data)
     labelled = check_columns(labelled, by, data)
@@ -147,7 +152,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                         "assessed (see pneumo site check)")
     y, logits, images = y_all[headline], logits_all[headline], images_all[headline]
     table = table_all[headline].reset_index(drop=True)
-    groups_all = patients(table_all)  # whole patients in every bootstrap, where the CSV names them
+    groups_all = patients(table_all, official=official)  # whole patients in every interval, where they are known
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
@@ -161,7 +166,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
                                   "method": CI_METHOD, "resamples": "images" if groups is None else
-                                  "whole patients (the CSV's patient_id; the exact intervals count images)"},
+                                  "whole patients (" + ("the Kermany file names" if official and "patient_id" not in
+                                                        table_all.columns else "the CSV's patient_id") + ")"},
                     "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:
@@ -190,6 +196,12 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["operating_points_chosen_on"] = "the adaptation's cross-fitted scores (adapt.json)" + (
             "" if adapted.get(spec.policy, {}).get("threshold") == spec.threshold
             else "; the model's own (marked) where its operating_point record says")
+        missing = [policy for policy in report_policies if policy not in fixed]
+        if missing:  # asked for, but an adapted model has no val fold to choose them on
+            result["operating_points_note"] = (
+                f"{', '.join(missing)}: not reported: an adapted model has no val fold to choose a threshold on; "
+                "choose it on labelled images of the site with pneumo operating-point --data")
+            log.warning("%s", result["operating_points_note"])
     else:
         result["val"] = {"n": 0}
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, [spec.policy],
@@ -271,11 +283,17 @@ def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathL
     return table
 
 
-def patients(table: pd.DataFrame) -> np.ndarray | None:
-    """The patient of each image where the CSV names it (its ``patient_id`` column; a blank is its own patient), for
-    bootstrap intervals that draw whole patients; None for a folder or a CSV without the column."""
+def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | None:
+    """The patient of each image where it is known: the CSV's ``patient_id`` column (a blank is its own patient), or on
+    the official test split the patient the Kermany file name gives (`data.manifest.patient_key`); for intervals that
+    count whole patients. None for another folder or a CSV without the column."""
     if "patient_id" not in table.columns:
-        return None
+        if not official:
+            return None
+        from pneumo.data.manifest import patient_key
+
+        return np.array([patient_key(Path(path).name, label) for path, label in zip(table["path"], table["label"],
+                                                                                   strict=True)])
     ids = table["patient_id"].astype(str).to_numpy()
     return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)
 

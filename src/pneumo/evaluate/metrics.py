@@ -24,8 +24,16 @@ BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc
 CELL_KEYS = ("tp", "fp", "tn", "fn")
 MIN_IMAGES, MIN_PER_CLASS = 30, 10  # below either, bootstrap intervals are not shown and reports warn
 SCORE_MARGIN = 1e-5  # below a val score a threshold is set at: ONNX Runtime and PyTorch score an image ~1e-7 apart
-CI_METHOD = ("exact (Clopper-Pearson) for proportions; BCa bootstrap (bias-corrected and accelerated) for ROC-AUC, "
-             "PR-AUC, F1 and counts")
+def check_bootstrap(n_resamples: int, seed: int) -> None:
+    """Raises ConfigError for a negative resample count or seed (before any image is read)."""
+    if n_resamples < 0:
+        raise ConfigError(f"--bootstrap must be >= 0, got {n_resamples}")
+    if seed < 0:
+        raise ConfigError(f"the bootstrap seed must be >= 0, got {seed}")
+
+
+CI_METHOD = ("exact (Clopper-Pearson; at the effective sample size where images are grouped by patient) for "
+             "proportions; BCa bootstrap (bias-corrected and accelerated) for ROC-AUC, PR-AUC, F1 and counts")
 JACKKNIFE_CHUNK = 512  # leave-one-out rows computed at a time (memory: rows x images)
 JACKKNIFE_BLOCKS = 1000  # above this many images (or patients) the jackknife leaves out blocks of them
 
@@ -248,8 +256,8 @@ def bootstrap_cis(
         n_resamples: number of resamples; 0 gives an empty dict.
         seed: seed of the resampling.
         level: coverage of the interval.
-        groups: one label per image (the patient): resample whole groups (`resample_weights`); the exact
-            intervals still count images.
+        groups: one label per image (the patient): resample whole groups (`resample_weights`), and the exact
+            intervals at the patients' effective sample size (`clustered_interval`).
 
     Returns:
         ``{metric: (lo, hi)}``; ``(nan, nan)`` where a metric is undefined, or its bootstrap interval not shown.
@@ -275,6 +283,8 @@ def bootstrap_cis(
     small = is_small_sample(int(y.sum()), int((1 - y).sum()))
     out = {k: _shown(bca_ci(values[k], float(point[k][0]), np.concatenate([j[k] for j in jack]), level), small)
            for k in keys}
+    if groups is not None:
+        return {**out, **grouped_proportion_cis(y, pred, groups, level=level)}
     tp, fp, tn, fn = (int(point[c][0]) for c in CELL_KEYS)
     return {**out, **proportion_cis(tp, fp, tn, fn, level=level)}
 
@@ -291,6 +301,48 @@ def proportion_cis(tp: int, fp: int, tn: int, fn: int, *, level: float = 0.95) -
             "sensitivity": exact_interval(tp, tp + fn, level),
             "specificity": exact_interval(tn, tn + fp, level),
             "precision": exact_interval(tp, tp + fp, level)}
+
+
+def clustered_interval(success: np.ndarray, groups: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of the share of ``success`` (0/1 per image) at the effective sample size of images
+    clustered in ``groups`` (patients; Korn & Graubard 1998): n* = n / design effect, the cluster-robust variance of
+    the ratio estimate over that of independent images, at least 1 (one image a patient: the exact interval). Where every patient agrees (p = 0 or 1, or a
+    single patient) n* is the number of patients: a patient's images count once. The degrees-of-freedom correction
+    of Korn & Graubard is left out. ``(nan, nan)`` for no image."""
+    success = np.asarray(success, dtype=float)
+    n = success.size
+    if n == 0:
+        return (math.nan, math.nan)
+    _, unit = np.unique(np.asarray(groups), return_inverse=True)
+    per_unit = np.bincount(unit, weights=success)
+    size = np.bincount(unit).astype(float)
+    share, n_units = float(success.mean()), per_unit.size
+    variance = n_units / max(n_units - 1, 1) * float(np.sum((per_unit - share * size) ** 2)) / n**2
+    if n_units < 2 or share in (0.0, 1.0) or variance <= 0:
+        effective = float(n_units)
+    else:  # the design effect against the same estimate for independent images (1 where every patient has one)
+        effective = n / max(1.0, variance / (share * (1.0 - share) / (n - 1)))
+    return _beta_interval(share * effective, effective, level)
+
+
+def _beta_interval(k: float, n: float, level: float) -> tuple[float, float]:
+    """Clopper-Pearson's beta quantiles for (possibly fractional) ``k`` successes of ``n``."""
+    from scipy.stats import beta
+
+    alpha = 1.0 - level
+    lo = float(beta.ppf(alpha / 2, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else 1.0
+    return (lo, hi)
+
+
+def grouped_proportion_cis(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, *,
+                           level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """`proportion_cis` for images clustered in patients (`clustered_interval` on each proportion's images)."""
+    y, pred, groups = np.asarray(y), np.asarray(pred), np.asarray(groups)
+    rows = {"accuracy": np.ones(y.size, dtype=bool), "sensitivity": y == 1, "specificity": y == 0,
+            "precision": pred == 1}
+    success = {"accuracy": pred == y, "sensitivity": pred == 1, "specificity": pred == 0, "precision": y == 1}
+    return {k: clustered_interval(success[k][r], groups[r], level) for k, r in rows.items()}
 
 
 def is_small_sample(n_pneumonia: int, n_normal: int) -> bool:

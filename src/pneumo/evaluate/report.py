@@ -53,6 +53,16 @@ PUBLISHED = (
 log = logging.getLogger(__name__)
 
 
+def check_output_folder(out: str | os.PathLike, replace: bool) -> None:
+    """Before any work: an evaluation's output folder is new, empty, or (``replace``) an earlier evaluation.
+
+    Raises:
+        ConfigError: see `atomic.check_folder`.
+    """
+    atomic.check_folder(out, marker=RunDir(out).metrics.name, replace=replace, what="evaluation",
+                        hint="give --force to replace it, or another --out")
+
+
 def evaluate_predictions(
     y_val: Sequence[int] | np.ndarray,
     p_val_logits: Sequence | np.ndarray,
@@ -67,6 +77,7 @@ def evaluate_predictions(
     seed: int = 0,
     ece_bins: int = 15,
     stored: tuple[float, float] | None = None,
+    groups_test: np.ndarray | None = None,
 ) -> dict:
     """The whole protocol on arrays. Threshold and temperature see val only; test is only measured.
 
@@ -88,6 +99,8 @@ def evaluate_predictions(
         stored: the model's recorded (threshold, temperature): measure test at them (a later evaluation of a model
             whose operating point is recorded; they equal val's choice unless the val data changed, which a WARNING
             says).
+        groups_test: the patient of each test image: the binary intervals count whole patients (the bootstrap draws
+            them, the exact intervals use their effective sample size); None: images.
 
     Returns:
         A strict-JSON dict (nan -> None): ``threshold``, ``threshold_policy``, ``temperature``, ``val`` {...},
@@ -125,7 +138,7 @@ def evaluate_predictions(
     test: dict = {
         "n": int(y_test.size),
         "metrics": metrics,
-        "ci": bootstrap_cis(yb_test, p_test, threshold, n_resamples=n_bootstrap, seed=seed),
+        "ci": bootstrap_cis(yb_test, p_test, threshold, n_resamples=n_bootstrap, seed=seed, groups=groups_test),
         "confusion_matrix": [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]],
         "ece_before": before["ece"],
         "ece_after": after["ece"],
@@ -147,7 +160,8 @@ def evaluate_predictions(
                 "nll_after": nll(z_val, y_val, temperature), "ece_before": reliability_data(probs_val, y_val,
                                                                                            ece_bins)["ece"]},
         "test": test,
-        "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95, "method": CI_METHOD},
+        "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95, "method": CI_METHOD,
+                      "resamples": "images" if groups_test is None else "whole patients"},
         "ece_bins": int(ece_bins),
     })
 

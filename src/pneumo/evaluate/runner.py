@@ -31,7 +31,12 @@ from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.external import measure
 from pneumo.evaluate.ood import ood_note, test_checks
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
-from pneumo.evaluate.report import evaluate_predictions, write_evaluation_report, write_predictions
+from pneumo.evaluate.report import (
+    check_output_folder,
+    evaluate_predictions,
+    write_evaluation_report,
+    write_predictions,
+)
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import scorer
 from pneumo.models.runtime import autocast, select_device
@@ -125,7 +130,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
         result["test_assessed"] = measure(  # a verdict, as `evaluate --dataset` of the shipped model writes it
             y_test[assessed], logits["test"][assessed], threshold=result["threshold"],
             temperature=result["temperature"], classes=names, subtypes=test["subtype"][assessed].tolist(),
-            n_bootstrap=result["bootstrap"]["n_resamples"], seed=cfg.eval.bootstrap_seed, ece_bins=cfg.eval.ece_bins)
+            n_bootstrap=result["bootstrap"]["n_resamples"], seed=cfg.eval.bootstrap_seed, ece_bins=cfg.eval.ece_bins,
+            groups=None if patients_of(test) is None else patients_of(test)[assessed])
     result.update(name=cfg.name, config=meta.config, arch=meta.arch, mode=cfg.model.mode,
                   training=training, wall_time_s=training.get("wall_time_s"), device=training.get("device"),
                   commit=meta.commit, weights_sha256=meta.sha256, model_id=meta.model_id,
@@ -156,7 +162,8 @@ def _add_operating_points(result: dict, cfg, folds: pd.DataFrame, logits: dict, 
     boot = result["bootstrap"]
     result["operating_points"] = operating_points(
         (y_val != 0).astype(np.int64), p_val, yb_test, p_test, policies_to_report(result["threshold_policy"], extra),
-        n_bootstrap=boot["n_resamples"], seed=boot["seed"], fixed={result["threshold_policy"]: result["threshold"]})
+        n_bootstrap=boot["n_resamples"], seed=boot["seed"], fixed={result["threshold_policy"]: result["threshold"]},
+        groups=patients_of(test))
 
 
 def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.ndarray, *, policy: str | None,
@@ -169,8 +176,13 @@ def _protocol(cfg, folds: pd.DataFrame, val_logits: np.ndarray, test_logits: np.
         y_val, val_logits, labels(test, cfg.data.task), test_logits, test["subtype"].tolist(), task=cfg.data.task,
         class_names=names, policy=policy or cfg.eval.threshold_policy,
         n_bootstrap=cfg.eval.n_bootstrap if n_bootstrap is None else n_bootstrap, seed=cfg.eval.bootstrap_seed,
-        ece_bins=cfg.eval.ece_bins, stored=stored,
+        ece_bins=cfg.eval.ece_bins, stored=stored, groups_test=patients_of(test),
     )
+
+
+def patients_of(test: pd.DataFrame) -> np.ndarray | None:
+    """The patient of each test image (folds.csv's ``patient_key``), for intervals that count whole patients."""
+    return test["patient_key"].astype(str).to_numpy() if "patient_key" in test.columns else None
 
 
 def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, policy: str | None = None,
@@ -186,6 +198,7 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     """
     if len(run_dirs) < 2:
         raise ConfigError("an ensemble needs at least two runs")
+    check_output_folder(out_dir, replace)  # before the long part
     policies_to_report(policy, policies)  # a bad policy fails before any predicting
     start = time.perf_counter()
     out = Path(out_dir)

@@ -119,12 +119,12 @@ def _export(sidecar: Path, target: Path) -> None:
     import torch
 
     from pneumo.models.checkpoint import load_checkpoint
-    from pneumo.models.fast import LogitsAndFeatures
+    from pneumo.models.fast import LogitsAndFeatures, example_input
 
     model, meta = load_checkpoint(sidecar)
     size = int(meta.input_size or model.input_size)
     _static_same_padding(model.eval(), size)
-    example = torch.rand(2, 1, size, size)
+    example = example_input(size)
     with atomic.writing(target) as tmp:
         try:
             with warnings.catch_warnings():

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from pneumo.data.gate import check_radiograph
 from pneumo.data.preprocess import prepare, to_unit
-from pneumo.errors import IntegrityError, ModelError
+from pneumo.errors import ConfigError, InputError, IntegrityError, ModelError
 from pneumo.models.ood import load_ood
 from pneumo.models.orientation import load_orientation
 from pneumo.models.scores import pneumonia_probability, predict_classes, softmax, threshold_on_calibrated_scale
@@ -91,7 +92,9 @@ def session_options(threads: int | None = None) -> Any:
 class Predictor:
     """Turns uint8 gray images into ``Prediction``s. Thread-safe, without a lock: calls run side by side (ONNX Runtime
     sessions and TorchScript modules allow concurrent runs; `pneumo predict` scores a batch per core, each on one
-    thread); the model is loaded once."""
+    thread); the model is loaded once. ``threads`` (None: the library's default): the intra-op threads of the model
+    calls; the ONNX Runtime session's own, but on the torch backend PyTorch's setting for the whole process
+    (`torch.set_num_threads`: PyTorch has no per-model one), which stays as set."""
 
     def __init__(self, model: str | os.PathLike | None = None, *, backend: str = "torch", threads: int | None = None):
         if backend not in BACKENDS:
@@ -249,11 +252,24 @@ class Predictor:
         return results
 
     def predict(self, images: list[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
-        """uint8 gray images of any size -> predictions, batched."""
+        """uint8 gray images of any size -> predictions, batched. An image the input gate refuses (`check_radiograph`:
+        too small, a strip, blank, mostly padding) gets no verdict (``assessed`` False, the gate's reason), as
+        `pneumo predict` gives it none.
+
+        Raises:
+            ConfigError: ``batch_size`` below 1.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.preprocess(img) for img in images[start : start + batch_size]])
             out.extend(self.predict_prepared(batch))
+        for image, result in zip(images, out, strict=True):
+            try:
+                check_radiograph(image)
+            except InputError as exc:
+                result.withhold(str(exc))
         return out
 
     def _results(self, logits: np.ndarray) -> list[Prediction]:

@@ -64,7 +64,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[PneumoNet, CheckpointMeta]
         raise ModelError(f"{stem_of(path).with_suffix('.json').name} has no weights checksum ('sha256'): refusing to "
                          f"load {weights.name} unverified; re-save the checkpoint")
     tensors = read_tensors(weights, meta.sha256)
-    model = build(meta.arch, num_classes=meta.num_classes)
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: the caller's generator stays put
+        model = build(meta.arch, num_classes=meta.num_classes)
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     load_exact(model, state, str(weights))
     if meta.input_size is not None:

@@ -72,4 +72,10 @@ def scorer(model: nn.Module, size: int) -> Callable[[torch.Tensor], tuple[torch.
     traced, frozen copy of `LogitsAndFeatures` (its logits are bit-identical to the whole model's traced copy),
     elsewhere the eager model. Call it under ``torch.no_grad()``."""
     device = next(model.parameters()).device
-    return fast_inference(LogitsAndFeatures(model), torch.rand(2, 1, size, size, device=device))
+    return fast_inference(LogitsAndFeatures(model), example_input(size).to(device))
+
+
+def example_input(size: int) -> torch.Tensor:
+    """A fixed 2 x 1 x S x S batch to trace or export a model with, drawn from a generator of its own: making a
+    `Predictor` must not move the caller's global random state."""
+    return torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))

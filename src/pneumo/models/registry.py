@@ -54,8 +54,13 @@ def create(name: str, *, num_classes: int, weights: str | os.PathLike = "imagene
         name: a registered name, a timm architecture, or ``timm/<architecture>``.
         num_classes: output classes; 1000 keeps an ImageNet classifier as the head.
         weights: ``"imagenet"``, ``"none"`` or a local ``.safetensors``/``.pth`` state dict.
-        drop_rate: dropout before the head.
+        drop_rate: dropout before the head, in [0, 1).
+
+    Raises:
+        ModelError: an unknown name, a bad class count or dropout rate, weights that do not fit.
     """
+    if not 0.0 <= drop_rate < 1.0:
+        raise ModelError(f"drop_rate must be in [0, 1), got {drop_rate}")
     return _builder(name)(num_classes=_check_classes(num_classes), weights=parse_weights(weights),
                           drop_rate=drop_rate)
 

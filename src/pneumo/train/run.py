@@ -160,15 +160,31 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False, command:
     ``command``: the command line that asked for it, recorded in the sidecar's ``training`` (the CLI passes it).
 
     Ctrl-C (or SIGTERM) saves a resumable state and re-raises ``KeyboardInterrupt``; ``resume=True`` continues
-    from it, mid-epoch included. Under torchrun every rank calls this; all of them return the run dir.
+    from it, mid-epoch included. Under torchrun every rank calls this; all of them return the run dir. ``cfg`` and
+    the caller's global random states are left as they were.
     """
+    cfg = cfg.model_copy(deep=True)  # the caller's config stays as given
     cfg.validate()
     # stored absolute: the run's evaluate / operating-point / adapt find the dataset from any working directory
     cfg.data.root = str(resolve_root(cfg.data.root).resolve())
     if cfg.train.hold_memory:
         hold_freed_memory()
-    with run_lock(cfg):
+    with run_lock(cfg), caller_random_state():
         return _train_locked(cfg, resume=resume, force=force, command=command)
+
+
+@contextlib.contextmanager
+def caller_random_state() -> Iterator[None]:
+    """Training seeds Python's, NumPy's and PyTorch's global generators (`seed_everything`); the caller gets its own
+    states back afterwards (a library call leaves no global random state changed)."""
+    python, numpy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
 
 
 def _train_locked(cfg: RunConfig, *, resume: bool, force: bool, command: str) -> Path:
