@@ -392,7 +392,7 @@ def test_the_jackknife_leaves_out_whole_patients_and_blocks_of_them_above_the_ca
 
 
 def test_exact_intervals_count_a_patients_images_once_where_they_agree() -> None:
-    """Kermany's test split has 390 pneumonia images of 202 patients: counted as independent images the exact
+    """Kermany's test split has 390 pneumonia images of 203 patients: counted as independent images the exact
     intervals were too narrow. Korn-Graubard: Clopper-Pearson at the effective sample size."""
     from pneumo.evaluate.metrics import clustered_interval, exact_interval
 
