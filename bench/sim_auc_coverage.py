@@ -8,7 +8,8 @@ import time
 import numpy as np
 from scipy.stats import norm
 
-from pneumo.evaluate.metrics import bootstrap_cis, is_small_sample, percentile_ci, resample_weights, weighted_auc
+from pneumo.evaluate.intervals import percentile_ci, resample_weights, weighted_auc
+from pneumo.evaluate.metrics import bootstrap_cis, is_small_sample
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--sims", type=int, default=2000)

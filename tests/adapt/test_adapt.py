@@ -24,7 +24,7 @@ from pneumo.cli import main
 from pneumo.config import AdaptConfig
 from pneumo.data.decode import load_image_file
 from pneumo.errors import ConfigError, DataError
-from pneumo.evaluate.metrics import exact_interval
+from pneumo.evaluate.intervals import exact_interval
 from pneumo.models.sidecar import DEFAULT_MODEL
 from pneumo.policy import policy_warning
 

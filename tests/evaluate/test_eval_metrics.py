@@ -19,19 +19,17 @@ from sklearn.metrics import (
 )
 
 from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate.intervals import exact_interval, resample_weights, weighted_auc
 from pneumo.evaluate.metrics import (
     SCORE_MARGIN,
     _multiclass_values,
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
-    exact_interval,
     is_small_sample,
     multiclass_metrics,
-    resample_weights,
     sensitivity_by_subtype,
     small_sample_warning,
-    weighted_auc,
 )
 
 
@@ -352,7 +350,7 @@ def test_the_bca_interval_is_scipys_on_the_same_resamples() -> None:
     last digit when SciPy is handed pneumo's own bootstrap distribution."""
     from scipy import stats
 
-    from pneumo.evaluate.metrics import bca_ci, jackknife_weights, resample_weights, weighted_auc
+    from pneumo.evaluate.intervals import bca_ci, jackknife_weights, resample_weights, weighted_auc
 
     def auc(labels: np.ndarray, scores: np.ndarray) -> float:  # the arithmetic of the resamples' AUCs (ties: equal)
         return float(weighted_auc(np.ones((1, labels.size)), labels, scores)[0][0])
@@ -374,7 +372,7 @@ def test_the_bca_interval_is_scipys_on_the_same_resamples() -> None:
 
 
 def test_the_jackknife_leaves_out_whole_patients_and_blocks_of_them_above_the_cap() -> None:
-    from pneumo.evaluate.metrics import JACKKNIFE_BLOCKS, jackknife_weights
+    from pneumo.evaluate.intervals import JACKKNIFE_BLOCKS, jackknife_weights
 
     groups = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
     rows = np.concatenate(list(jackknife_weights(6, groups)))
@@ -394,7 +392,7 @@ def test_the_jackknife_leaves_out_whole_patients_and_blocks_of_them_above_the_ca
 def test_exact_intervals_count_a_patients_images_once_where_they_agree() -> None:
     """Kermany's test split has 390 pneumonia images of 203 patients: counted as independent images the exact
     intervals were too narrow. Korn-Graubard: Clopper-Pearson at the effective sample size."""
-    from pneumo.evaluate.metrics import clustered_interval, exact_interval
+    from pneumo.evaluate.intervals import clustered_interval
 
     rng = np.random.default_rng(0)
     alone = (rng.random(100) < 0.8).astype(int)

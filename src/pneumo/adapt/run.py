@@ -38,16 +38,13 @@ from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
 from pneumo.evaluate.external import subgroups
+from pneumo.evaluate.intervals import bca_ci, jackknife_weights, resample_weights, weighted_auc
 from pneumo.evaluate.metrics import (
-    bca_ci,
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
     grouped_proportion_cis,
-    jackknife_weights,
     proportion_cis,
-    resample_weights,
-    weighted_auc,
 )
 from pneumo.evaluate.operating import paths_digest, policies_to_report
 from pneumo.models.runtime import select_device

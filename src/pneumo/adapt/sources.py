@@ -81,8 +81,7 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     validation does (`pneumo.evaluate.scoring.score_labelled`: the input gate predict and serve apply; refused or
     unreadable images are left out and listed). ``logits`` are the model's own scores of them. ``by``: CSV columns
     the adaptation reports subgroups of (checked here, before any decoding)."""
-    from pneumo.evaluate.external import check_columns
-    from pneumo.evaluate.labelled import labelled_images
+    from pneumo.evaluate.labelled import check_columns, labelled_images
     from pneumo.evaluate.scoring import score_labelled
 
     if len(predictor.classes) != 2:

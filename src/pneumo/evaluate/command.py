@@ -12,7 +12,7 @@ from pathlib import Path
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.external import Gallery, evaluate_external
-from pneumo.evaluate.metrics import check_bootstrap
+from pneumo.evaluate.intervals import check_bootstrap
 from pneumo.evaluate.operating import policies_to_report
 from pneumo.evaluate.runner import Analysis, evaluate_ensemble, evaluate_run
 

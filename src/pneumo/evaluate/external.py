@@ -20,12 +20,11 @@ from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
-from pneumo.evaluate.labelled import find_labelled
+from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
+from pneumo.evaluate.labelled import check_columns, find_labelled, patients
 from pneumo.evaluate.metrics import (
-    CI_METHOD,
     binary_metrics,
     bootstrap_cis,
-    check_bootstrap,
     multiclass_metrics,
     sensitivity_by_subtype,
 )
@@ -260,42 +259,6 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                                 f"{spec.name}", subtitle=subtitle, extra_sections=extra)
         atomic.write_json(RunDir(work).metrics, result)
     return result
-
-
-def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathLike) -> pd.DataFrame:
-    """``table``, with a ``view`` column from the DICOM files' ViewPosition when ``--by view`` asks for one the data
-    lacks (a DICOM site states its views); ConfigError for a ``--by`` column it still does not have."""
-    fixed = {"path", "label", "subtype", "patient_id"}
-    if "subtype" in by:
-        raise ConfigError("--by subtype: the subtype has its own rows already (the share called pneumonia per subtype, "
-                          "by_subtype in metrics.json); --by takes the CSV's other columns")
-    if "view" in by and "view" not in table.columns:
-        from pneumo.data.dicom import view_position
-
-        views = [view_position(path) for path in table["path"]]
-        if any(views):
-            table = table.assign(view=[view or "" for view in views])
-    missing = [c for c in by if c not in table.columns or c in fixed - {"patient_id"}]
-    if missing:
-        have = [c for c in table.columns if c not in fixed]
-        raise ConfigError(f"--by {missing[0]}: {data} has no such column" + (
-            f" (its other columns: {', '.join(have)})" if have else " (subgroups need a CSV with that column)"))
-    return table
-
-
-def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | None:
-    """The patient of each image where it is known: the CSV's ``patient_id`` column (a blank is its own patient), or on
-    the official test split the patient the Kermany file name gives (`data.manifest.patient_key`); for intervals that
-    count whole patients. None for another folder or a CSV without the column."""
-    if "patient_id" not in table.columns:
-        if not official:
-            return None
-        from pneumo.data.manifest import patient_key
-
-        return np.array([patient_key(Path(path).name, label) for path, label in zip(table["path"], table["label"],
-                                                                                   strict=True)])
-    ids = table["patient_id"].astype(str).to_numpy()
-    return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)
 
 
 def subgroups(table: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, by: tuple[str, ...], *,

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from pneumo.data.files import find_images
-from pneumo.data.manifest import subtype_of
-from pneumo.errors import DataError
+from pneumo.data.manifest import patient_key, subtype_of
+from pneumo.errors import ConfigError, DataError
 
 # label spellings accepted in a CSV -> (binary label, subtype or None to infer from the file name)
 LABELS = {"normal": ("NORMAL", "normal"), "0": ("NORMAL", "normal"), "pneumonia": ("PNEUMONIA", None),
@@ -163,3 +163,37 @@ def _subtype(text: str, label: str, implied: str | None, where: str) -> str:
             implied not in (None, subtype):
         raise DataError(f"{where}: subtype {text!r} contradicts the label {label}")
     return subtype
+
+
+def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathLike) -> pd.DataFrame:
+    """``table``, with a ``view`` column from the DICOM files' ViewPosition when ``--by view`` asks for one the data
+    lacks (a DICOM site states its views); ConfigError for a ``--by`` column it still does not have."""
+    fixed = {"path", "label", "subtype", "patient_id"}
+    if "subtype" in by:
+        raise ConfigError("--by subtype: the subtype has its own rows already (the share called pneumonia per subtype, "
+                          "by_subtype in metrics.json); --by takes the CSV's other columns")
+    if "view" in by and "view" not in table.columns:
+        from pneumo.data.dicom import view_position
+
+        views = [view_position(path) for path in table["path"]]
+        if any(views):
+            table = table.assign(view=[view or "" for view in views])
+    missing = [c for c in by if c not in table.columns or c in fixed - {"patient_id"}]
+    if missing:
+        have = [c for c in table.columns if c not in fixed]
+        raise ConfigError(f"--by {missing[0]}: {data} has no such column" + (
+            f" (its other columns: {', '.join(have)})" if have else " (subgroups need a CSV with that column)"))
+    return table
+
+
+def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | None:
+    """The patient of each image where it is known: the CSV's ``patient_id`` column (a blank is its own patient), or on
+    the official test split the patient the Kermany file name gives (`data.manifest.patient_key`); for intervals that
+    count whole patients. None for another folder or a CSV without the column."""
+    if "patient_id" not in table.columns:
+        if not official:
+            return None
+        return np.array([patient_key(Path(path).name, label) for path, label in zip(table["path"], table["label"],
+                                                                                   strict=True)])
+    ids = table["patient_id"].astype(str).to_numpy()
+    return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)

@@ -20,10 +20,10 @@ from pneumo.atomic import to_jsonable
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, fit_temperature, nll, reliability_data
+from pneumo.evaluate.intervals import CI_METHOD
 from pneumo.evaluate.metrics import (
     BINARY_KEYS,
     CELL_KEYS,
-    CI_METHOD,
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
