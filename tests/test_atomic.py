@@ -135,19 +135,22 @@ def test_the_next_write_removes_what_a_killed_writer_left_and_keeps_a_live_write
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
 
 
+OWNED = frozenset({"metrics.json", "report.html"})
+
+
 def test_a_folder_appears_whole_and_a_failed_one_leaves_the_earlier_folder_as_it_was(tmp_path: Path) -> None:
     out = tmp_path / "evaluation"
-    with atomic.folder(out, marker="metrics.json", replace=True) as work:
+    with atomic.folder(out, owned=OWNED, replace=True) as work:
         assert not out.exists() and work.parent == tmp_path and work.name.startswith(".")
         atomic.write_text(work / "metrics.json", "first")
         atomic.write_text(work / "report.html", "first")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
-    with pytest.raises(RuntimeError), atomic.folder(out, marker="metrics.json", replace=True) as work:
+    with pytest.raises(RuntimeError), atomic.folder(out, owned=OWNED, replace=True) as work:
         atomic.write_text(work / "metrics.json", "second")
         raise RuntimeError("killed half-way")  # a crash, an out-of-memory, Ctrl-C
     assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "first", "report.html": "first"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
-    with atomic.folder(out, marker="metrics.json", replace=True) as work:
+    with atomic.folder(out, owned=OWNED, replace=True) as work:
         atomic.write_text(work / "metrics.json", "third")
     assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "third"}  # no file of the first left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
@@ -156,31 +159,77 @@ def test_a_folder_appears_whole_and_a_failed_one_leaves_the_earlier_folder_as_it
 def test_a_folder_filled_by_another_process_meanwhile_is_kept_and_this_result_refused(tmp_path: Path) -> None:
     out = tmp_path / "new-model"
     with pytest.raises(DataError, match="filled while this ran"), \
-            atomic.folder(out, marker="model.json", replace=False) as work:
+            atomic.folder(out, owned=frozenset(), replace=False) as work:
         atomic.write_text(work / "model.json", "mine")
         atomic.write_text(out / "model.json", "theirs")  # the other `pneumo operating-point --out` finished first
     assert {p.name: p.read_text() for p in out.iterdir()} == {"model.json": "theirs"}
-    out = tmp_path / "desktop"  # replace=True still never replaces a folder that is not an earlier output
-    with pytest.raises(DataError), atomic.folder(out, marker="metrics.json", replace=True) as work:
+    run = tmp_path / "run"  # replace=True never replaces a folder holding a name the command does not write
+    with pytest.raises(DataError), atomic.folder(run, owned=OWNED, replace=True) as work:
         atomic.write_text(work / "metrics.json", "mine")
-        atomic.write_text(out / "thesis.docx", "theirs")
-    assert [p.name for p in out.iterdir()] == ["thesis.docx"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["desktop", "new-model"]
+        atomic.write_text(run / "metrics.json", "the run's evaluation")
+        atomic.write_text(run / "model.json", "the run's model")  # (review: --force deleted a trained run)
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new-model", "run"]
 
 
 def test_a_folder_removes_what_killed_writers_left_and_keeps_a_live_writers_folder(tmp_path: Path) -> None:
     dead = tmp_path / f".out.partial-{_dead_pid()}"
     live = tmp_path / f".out.partial-{os.getppid()}"
-    for path in (dead, live):
+    away = tmp_path / ".out.partial-1-otherhost"  # another container's: kept while it may still be writing
+    for path in (dead, live, away):
         path.mkdir()
         (path / "metrics.json").write_text("half")
-    with atomic.folder(tmp_path / "out", marker="metrics.json", replace=False) as work:
+    with atomic.folder(tmp_path / "out", owned=OWNED, replace=False) as work:
         atomic.write_text(work / "metrics.json", "whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, away.name])
+    os.utime(away, (0, 0))  # untouched for an hour: gone at the next call
+    with atomic.folder(tmp_path / "out", owned=OWNED, replace=True) as work:
+        atomic.write_text(work / "metrics.json", "again")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
 
 
+def test_an_output_a_kill_left_moved_aside_is_put_back(tmp_path: Path) -> None:
+    """Two renames where the system cannot exchange: a kill between them left only hidden copies, then deleted."""
+    aside = tmp_path / f".site.old-{_dead_pid()}"
+    aside.mkdir()
+    (aside / "metrics.json").write_text("earlier")
+    (tmp_path / f".site.partial-{_dead_pid()}").mkdir()
+    with pytest.raises(RuntimeError), atomic.folder(tmp_path / "site", owned=OWNED, replace=True):
+        raise RuntimeError("interrupted again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    assert (tmp_path / "site" / "metrics.json").read_text() == "earlier"
+
+
+def test_a_folder_through_a_link_or_named_dot_or_long_is_written_where_it_points(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with atomic.folder(tmp_path / "link", owned=OWNED, replace=False) as work:
+        atomic.write_text(work / "metrics.json", "via the link")
+    assert (real / "metrics.json").read_text() == "via the link" and (tmp_path / "link").is_symlink()
+    monkeypatch.chdir(real)
+    with atomic.folder(".", owned=OWNED, replace=True) as work:  # ValueError: PosixPath('.') has an empty name
+        atomic.write_text(work / "metrics.json", "here")
+    assert (real / "metrics.json").read_text() == "here"
+    long = tmp_path / ("x" * 250)  # a hidden sibling named after it would pass 255 bytes
+    with atomic.folder(long, owned=OWNED, replace=False) as work:
+        atomic.write_text(work / "metrics.json", "long")
+    atomic.write_text(long / "report.html", "long too")
+    assert sorted(p.name for p in long.iterdir()) == ["metrics.json", "report.html"]
+
+
+def test_the_next_write_keeps_a_fresh_temp_file_of_another_machine(tmp_path: Path) -> None:
+    fresh, old = (tmp_path / f".m.json.{pid}-otherhost.0badf00d.tmp" for pid in (1, 2))
+    for path in (fresh, old):
+        path.write_text("a writer in another container")
+    os.utime(old, (0, 0))
+    atomic.write_text(tmp_path / "m.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.json", fresh.name])
+
+
 def test_check_folder_lets_through_new_empty_and_earlier_outputs_only(tmp_path: Path) -> None:
-    kw = {"marker": "site.json", "what": "site check", "hint": "give --force"}
+    kw = {"owned": frozenset({"site.json", "figures"}), "what": "site check", "hint": "give --force"}
     assert atomic.check_folder(tmp_path / "new", replace=False, **kw) == tmp_path / "new"
     (tmp_path / "empty").mkdir()
     atomic.check_folder(tmp_path / "empty", replace=False, **kw)
@@ -188,11 +237,13 @@ def test_check_folder_lets_through_new_empty_and_earlier_outputs_only(tmp_path: 
     with pytest.raises(ConfigError, match="is a file"):
         atomic.check_folder(tmp_path / "file", replace=True, **kw)
     (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "site.json").write_text("{}")
     (tmp_path / "home" / "notes.txt").write_text("x")
-    with pytest.raises(ConfigError, match="holds other files"):
+    with pytest.raises(ConfigError, match=r"holds other files \(notes.txt: not an earlier site check\)"):
         atomic.check_folder(tmp_path / "home", replace=True, **kw)
     (tmp_path / "earlier").mkdir()
     (tmp_path / "earlier" / "site.json").write_text("{}")
+    (tmp_path / "earlier" / "figures").mkdir()
     atomic.check_folder(tmp_path / "earlier", replace=True, **kw)
     with pytest.raises(ConfigError, match="earlier site check: give --force"):
         atomic.check_folder(tmp_path / "earlier", replace=False, **kw)

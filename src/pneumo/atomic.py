@@ -9,12 +9,15 @@ writer and checker shares: `to_jsonable` (strict JSON: nan/inf -> null), `sha256
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +30,40 @@ from pneumo.errors import ConfigError, DataError
 
 
 def temp_path(path: str | os.PathLike) -> Path:
-    """A unique hidden temp name next to ``path`` (same folder, so the final rename is atomic)."""
+    """A unique hidden temp name next to ``path`` (same folder, so the final rename is atomic), naming the process
+    and machine that writes it (`is_stale`)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    return path.with_name(f".{short_name(path.name)}.{_owner()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def short_name(name: str) -> str:
+    """``name``, or a digest of it when a hidden ``.<name>.<owner>...`` sibling would pass the 255-byte name limit."""
+    return name if len(name.encode("utf-8", "surrogateescape")) <= 160 else hashlib.sha1(
+        name.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def _owner() -> str:
+    """``<pid>-<host>``: who writes a temp file or folder (a container or another host shares the folder, not the
+    process ids)."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c == "-")[:24] or "host"
+    return f"{os.getpid()}-{host}"
+
+
+STALE_AFTER_S = 3600  # another machine's leftover is removed only when untouched this long
+
+
+def is_stale(owner: str, path: Path) -> bool:
+    """Whether a leftover of writer ``owner`` (``<pid>-<host>``, or a bare pid of older versions) may be deleted: this
+    machine's process that no longer runs, or another machine's untouched for `STALE_AFTER_S`."""
+    pid, _, host = owner.partition("-")
+    if not pid.isdigit() or owner == _owner():
+        return False
+    if host and host != _owner().partition("-")[2]:
+        try:
+            return time.time() - path.lstat().st_mtime > STALE_AFTER_S
+        except OSError:
+            return False
+    return not _running(int(pid))
 
 
 @contextmanager
@@ -60,22 +94,23 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Delete the temp files `writing` left next to ``path`` in processes that no longer run (killed mid-write); a
-    temp file of a running process (this machine's process ids) is kept. Returns the deleted paths."""
+    """Delete the temp files `writing` left next to ``path`` in processes that no longer run (killed mid-write);
+    a running writer's is kept (`is_stale`). Returns the deleted paths."""
     path = Path(path)
+    tag = short_name(path.name)
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+    for tmp in path.parent.glob(f".{glob.escape(tag)}.*.tmp"):
+        owner = tmp.name[len(tag) + 2:].split(".", 1)[0]
+        if is_stale(owner, tmp):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
 
-def check_folder(out: str | os.PathLike, *, marker: str, replace: bool, what: str, hint: str) -> Path:
-    """Where `folder` may write ``out``: new, empty, or (``replace``) an earlier output of the same command, known by
-    its ``marker`` file. A folder holding anything else is never replaced (``--out ~/Desktop --force`` deletes
-    nothing).
+def check_folder(out: str | os.PathLike, *, owned: frozenset[str], replace: bool, what: str, hint: str) -> Path:
+    """Where `folder` may write ``out``: new, empty, or (``replace``) an earlier output of the same command: a folder
+    holding only names that command writes (``owned``). A folder holding anything else (a run's model, a user's files)
+    is never replaced (``--out runs/other --force`` deletes nothing).
 
     Raises:
         ConfigError: ``out`` is a file; holds an earlier ``what`` and ``replace`` is False (``hint`` says what to
@@ -86,47 +121,91 @@ def check_folder(out: str | os.PathLike, *, marker: str, replace: bool, what: st
         raise ConfigError(f"{out} is a file: give a folder for the {what}")
     if not out.is_dir() or not any(out.iterdir()):
         return out
-    if not (out / marker).is_file():
-        raise ConfigError(f"{out} holds other files (no {marker}: not an earlier {what}): give a new or empty folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in owned)
+    if other:
+        raise ConfigError(f"{out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}: not "
+                          f"an earlier {what}): give a new or empty folder")
     if not replace:
         raise ConfigError(f"{out} already holds an earlier {what}: {hint}")
     return out
 
 
 @contextmanager
-def folder(out: str | os.PathLike, *, marker: str, replace: bool) -> Iterator[Path]:
-    """Yield a hidden sibling folder to write ``out``'s files into; when the block ends without error it becomes
-    ``out`` in one rename, so a reader (or a process killed half-way) never sees a folder mixing two runs' files.
+def folder(out: str | os.PathLike, *, owned: frozenset[str], replace: bool) -> Iterator[Path]:
+    """Yield a folder to write ``out``'s files into; when the block ends without error they are in ``out``.
+
+    Normally a hidden sibling, which then takes ``out``'s place in one atomic exchange (``renameat2``; two renames
+    where the system lacks it, and an ``out`` a kill left moved aside is put back by the next call): a reader, or a
+    process killed half-way, never sees a folder mixing two runs' files. Where ``out`` is a mount point, or its
+    parent is not writable, the files are written into ``out`` itself (after deleting the earlier output's names).
 
     An ``out`` that holds files when the block ends (another process finished into it first, or an earlier output)
-    is swapped out and deleted only if ``replace`` and it holds ``marker`` (an earlier output of the same command);
-    otherwise this result is discarded with an error. Hidden folders left by killed processes are removed first.
+    is replaced only if ``replace`` and it holds nothing but ``owned`` names; otherwise this result is discarded with
+    an error. Hidden siblings left by killed processes are removed first (`is_stale`).
 
     Raises:
         DataError: ``out`` was filled by someone else while the block ran.
     """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
-        kind, _, pid = stale.name[len(out.name) + 2:].rpartition("-")
-        if kind in ("partial", "old") and pid.isdigit() and not _running(int(pid)) and stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    work, old = (out.with_name(f".{out.name}.{kind}-{os.getpid()}") for kind in ("partial", "old"))
+    out = Path(out).resolve()  # a symlink's target; "." by its name
+    parent, tag = out.parent, short_name(out.name)
+    parent.mkdir(parents=True, exist_ok=True)
+    if os.path.ismount(out) or not os.access(parent, os.W_OK | os.X_OK):
+        yield _emptied(out, owned, replace)
+        return
+    for stale in parent.glob(f".{glob.escape(tag)}.*-*"):
+        kind, _, owner = stale.name[len(tag) + 2:].partition("-")
+        if kind in ("partial", "old") and stale.is_dir() and not stale.is_symlink() and is_stale(owner, stale):
+            if kind == "old" and not out.exists():  # killed between the two renames: the earlier output goes back
+                os.rename(stale, out)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+    work, old = (parent / f".{tag}.{kind}-{_owner()}" for kind in ("partial", "old"))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
         yield work
-        try:
-            os.rename(work, out)  # atomic; replaces an empty folder, fails on one that holds files
-        except OSError:
-            if not (replace and out.is_dir() and (out / marker).is_file()):
-                raise DataError(f"{out} was filled while this ran (another command writing to the same folder?); "
-                                "this result is discarded") from None
-            os.rename(out, old)
-            os.rename(work, out)
+        _publish(work, out, old, owned, replace)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish(work: Path, out: Path, old: Path, owned: frozenset[str], replace: bool) -> None:
+    """``work`` becomes ``out`` (see `folder`)."""
+    try:
+        os.rename(work, out)  # atomic; takes an absent or empty ``out``, fails on one that holds files
+        return
+    except OSError:
+        pass
+    if not (replace and out.is_dir() and not out.is_symlink() and all(p.name in owned for p in out.iterdir())):
+        raise DataError(f"{out} was filled while this ran (another command writing to the same folder?); "
+                        "this result is discarded")
+    if not _exchange(work, out):
+        os.rename(out, old)
+        os.rename(work, out)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        done = libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0  # AT_FDCWD, RENAME_EXCHANGE
+    except (AttributeError, OSError):
+        return False
+    return done
+
+
+def _emptied(out: Path, owned: frozenset[str], replace: bool) -> Path:
+    """``out`` itself, its earlier output's names deleted (a mount point, a folder in a parent one cannot write)."""
+    out.mkdir(exist_ok=True)
+    if replace:
+        for name in owned:
+            target = out / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    return out
 
 
 def umask_mode() -> int:

@@ -261,3 +261,7 @@ def test_a_run_another_process_trains_is_neither_replaced_nor_resumed(tmp_path: 
         holder.wait()
     with run_lock(types.SimpleNamespace(out_dir=str(runs), name="live")):  # the lock died with its process
         assert (runs / ".live.lock").read_text() == str(os.getpid())
+        with run_lock(types.SimpleNamespace(out_dir=str(runs), name="live")):  # `pneumo train` holds it, train() too
+            pass
+    with run_lock(types.SimpleNamespace(out_dir=str(runs), name="x" * 250)):  # a valid name: ".x...x.lock" is 256
+        pass

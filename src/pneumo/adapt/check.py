@@ -78,7 +78,8 @@ MIN_IMAGES = 10
 # found a 10 % out-of-distribution share (against 0.5 % expected) in 64 % of 20-image sites and 89 % of 50-image ones
 POWERED_IMAGES = 50
 BATCH = 32
-SITE_JSON = "site.json"  # the verdict; a folder holding it is an earlier site check
+SITE_JSON = "site.json"  # the verdict
+SITE_FILES = frozenset({SITE_JSON, "images.csv", "report.html", "figures"})  # what a site check writes, all
 
 
 @dataclass
@@ -347,7 +348,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
 
     if sample < MIN_IMAGES:
         raise ConfigError(f"the reference sample must hold at least {MIN_IMAGES} images, got {sample}")
-    atomic.check_folder(out, marker=SITE_JSON, replace=True, what="site check", hint="")  # before the long part
+    atomic.check_folder(out, owned=SITE_FILES, replace=True, what="site check", hint="")  # before the long part
     items = site_items(data)
     predictor = predictor or Predictor(model, backend="torch")
     log.debug("scoring %d site images", len(items))
@@ -391,7 +392,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     # rates count every image)
     frame["turned"] = site.turned
     frame["positive"] = frame["positive"].where(~withheld, None)
-    with atomic.folder(out, marker=SITE_JSON, replace=True) as folder:  # whole or not at all; a re-run replaces it
+    with atomic.folder(out, owned=SITE_FILES, replace=True) as folder:  # whole or not at all; a re-run replaces it
         atomic.write_json(folder / SITE_JSON, result)
         atomic.write_csv(folder / "images.csv", frame)
         write_site_report(result, site, ref.scored, folder)

@@ -36,7 +36,7 @@ def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages
     """Write the new model folder; returns its sidecar. Everything is written into a hidden sibling folder that is
     renamed to ``out`` once complete: an interrupted adaptation (Ctrl-C, out of memory) leaves no ``out`` that would
     load as a model without its OOD statistics, orientation check or card (``out``, if it exists, is empty)."""
-    with atomic.folder(out, marker=RunDir(out).model.name, replace=False) as work:
+    with atomic.folder(out, owned=frozenset(), replace=False) as work:
         _write_folder(work, out, model, predictor, site, source, record, z_oof=z_oof, z_before=z_before,
                       device=device)
     return RunDir(out).model

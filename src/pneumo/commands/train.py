@@ -90,24 +90,25 @@ def run(args: argparse.Namespace) -> int:
     if cfg.members:
         return run_ensemble(cfg, args)
     from pneumo.train.distributed import is_main_process
-    from pneumo.train.run import train
+    from pneumo.train.run import run_lock, train
 
-    try:
-        run_dir = train(cfg, resume=args.resume, force=args.force, command=args.command_line)
-    except KeyboardInterrupt:
-        print(f"pneumo train: interrupted; resume with: pneumo train --resume --name {cfg.name}"
-              + (f" --out {cfg.out_dir}" if cfg.out_dir != "runs" else ""), file=sys.stderr)
-        return 130
-    if not is_main_process():
-        return 0
-    print(f"run: {run_dir}")
-    if not args.no_eval:
-        from pneumo.evaluate.runner import evaluate_run, summary_line
-        from pneumo.explain.analysis import analysis_sections
+    with run_lock(cfg):  # held through the evaluation: another `train --force` of the run waits its turn
+        try:
+            run_dir = train(cfg, resume=args.resume, force=args.force, command=args.command_line)
+        except KeyboardInterrupt:
+            print(f"pneumo train: interrupted; resume with: pneumo train --resume --name {cfg.name}"
+                  + (f" --out {cfg.out_dir}" if cfg.out_dir != "runs" else ""), file=sys.stderr)
+            return 130
+        if not is_main_process():
+            return 0
+        print(f"run: {run_dir}")
+        if not args.no_eval:
+            from pneumo.evaluate.runner import evaluate_run, summary_line
+            from pneumo.explain.analysis import analysis_sections
 
-        result = evaluate_run(run_dir, analysis=analysis_sections)
-        print(summary_line(result))
-        print(f"report: {run_dir / 'report.html'}")
+            result = evaluate_run(run_dir, analysis=analysis_sections)
+            print(summary_line(result))
+            print(f"report: {run_dir / 'report.html'}")
     return 0
 
 
@@ -116,23 +117,25 @@ def run_ensemble(cfg, args: argparse.Namespace) -> int:
     evaluate each, then their mean probability into runs/<name>."""
     from pneumo.config import member_configs
     from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
-    from pneumo.train.run import train
+    from pneumo.train.run import run_lock, train
 
     run_dirs = []
     for member in member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")]):
         # --resume of an ensemble: the members the interruption never reached start now (it was "nothing to resume")
         resume = args.resume and (Path(member.out_dir) / member.name).exists()
-        try:
-            run_dirs.append(train(member, resume=resume, force=args.force, command=args.command_line))
-        except KeyboardInterrupt:
-            print(f"pneumo train: interrupted; resume the ensemble with: pneumo train --preset {args.preset} "
-                  "--resume (and the same options)", file=sys.stderr)
-            return 130
-        print(f"member run: {run_dirs[-1]}")
-        if not args.no_eval:
-            print(summary_line(evaluate_run(run_dirs[-1])))
+        with run_lock(member):  # held through its evaluation
+            try:
+                run_dirs.append(train(member, resume=resume, force=args.force, command=args.command_line))
+            except KeyboardInterrupt:
+                print(f"pneumo train: interrupted; resume the ensemble with: pneumo train --preset {args.preset} "
+                      "--resume (and the same options)", file=sys.stderr)
+                return 130
+            print(f"member run: {run_dirs[-1]}")
+            if not args.no_eval:
+                print(summary_line(evaluate_run(run_dirs[-1])))
     if not args.no_eval:
         own = cfg.eval.threshold_policy if "threshold_policy" in cfg.eval.model_fields_set else None
-        print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name, policy=own)))  # else the members
+        print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name, policy=own,  # else the members'
+                                             replace=args.force)))
         print(f"report: {Path(cfg.out_dir) / cfg.name / 'report.html'}")
     return 0

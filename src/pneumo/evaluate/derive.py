@@ -94,7 +94,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                          "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},
         "created": utc_now(),
     }
-    with atomic.folder(out, marker=RunDir(out).model.name, replace=False) as work:  # whole or not at all
+    with atomic.folder(out, owned=frozenset(), replace=False) as work:  # whole or not at all
         _write_model(work, out.name, sidecar, meta, policy, threshold, record)
     return record
 

@@ -237,7 +237,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
             groups=None if groups_all is None else groups_all[other], **measured)
     result.update(name=spec.name, model=spec.location, members=spec.members or None,
                   eval_seconds=round(time.perf_counter() - start, 1))
-    from pneumo.evaluate.report import to_jsonable, write_evaluation_report, write_predictions
+    from pneumo.evaluate.report import EVALUATION_FILES, to_jsonable, write_evaluation_report, write_predictions
 
     result = to_jsonable(result)
     columns = {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
@@ -245,7 +245,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     calibrated_on = "the model's val fold" if fitted_on == "val" else fitted_on
     subtitle = (f"{result['external']['data']} · model {spec.location} · threshold {spec.threshold:.3f} "
                 f"({spec.policy}, stored) · temperature {spec.temperature:.2f} (calibration, fitted on {calibrated_on})")
-    with atomic.folder(out, marker=RunDir(out).metrics.name, replace=replace) as work:  # whole or not at all
+    with atomic.folder(out, owned=EVALUATION_FILES, replace=replace) as work:  # whole or not at all
         write_predictions(work, columns, logits_all, temperature=result["temperature"], threshold=result["threshold"],
                           class_columns=classes, assessed=assessed)
         extra = [_data_section(result), operating_points_section(result), *_subgroups_section(result),

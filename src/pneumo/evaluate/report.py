@@ -53,13 +53,17 @@ PUBLISHED = (
 log = logging.getLogger(__name__)
 
 
+# every name an evaluation writes into its folder: one holding only these is an earlier evaluation
+EVALUATION_FILES = frozenset({"metrics.json", "predictions.csv", "report.html", "figures", "ensemble.json"})
+
+
 def check_output_folder(out: str | os.PathLike, replace: bool) -> None:
     """Before any work: an evaluation's output folder is new, empty, or (``replace``) an earlier evaluation.
 
     Raises:
         ConfigError: see `atomic.check_folder`.
     """
-    atomic.check_folder(out, marker=RunDir(out).metrics.name, replace=replace, what="evaluation",
+    atomic.check_folder(out, owned=EVALUATION_FILES, replace=replace, what="evaluation",
                         hint="give --force to replace it, or another --out")
 
 

@@ -32,6 +32,7 @@ from pneumo.evaluate.external import measure
 from pneumo.evaluate.ood import ood_note, test_checks
 from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.report import (
+    EVALUATION_FILES,
     check_output_folder,
     evaluate_predictions,
     write_evaluation_report,
@@ -235,7 +236,7 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
               "weights_sha256": [read_meta(resolve_model(m)).sha256 for m in members],
               "combine": "mean probability", "threshold": result["threshold"],
               "threshold_policy": result["threshold_policy"], "temperature": result["temperature"]}
-    with atomic.folder(out, marker=RunDir(out).metrics.name, replace=replace) as work:  # whole or not at all
+    with atomic.folder(out, owned=EVALUATION_FILES, replace=replace) as work:  # whole or not at all
         _write_predictions(work, test, ensemble["test"], result)
         write_evaluation_report(work, result, y_test=y_test, test_logits=ensemble["test"],
                                 title=f"pneumo ensemble of {len(members)} runs",

@@ -44,6 +44,7 @@ from pneumo.train.probe import cached_features, features_in_bf16, fit_probe, loa
 
 log = logging.getLogger(__name__)
 BEST, LAST, PREV = "model", "last", "last-prev"
+_HELD: set[str] = set()  # run locks this process holds
 
 
 def seed_everything(seed: int) -> None:
@@ -81,10 +82,10 @@ def run_lock(cfg: RunConfig) -> Iterator[None]:
     Raises:
         ConfigError: another process trains this run.
     """
-    if not env_from_os().is_main:
+    path = Path(cfg.out_dir) / f".{atomic.short_name(cfg.name)}.lock"
+    if not env_from_os().is_main or str(path.absolute()) in _HELD:  # (`pneumo train` holds it for its evaluation too)
         yield
         return
-    path = Path(cfg.out_dir) / f".{cfg.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+", encoding="ascii") as handle:
         try:
@@ -99,7 +100,11 @@ def run_lock(cfg: RunConfig) -> Iterator[None]:
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        yield
+        _HELD.add(str(path.absolute()))
+        try:
+            yield
+        finally:
+            _HELD.discard(str(path.absolute()))
 
 
 def prepare_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
