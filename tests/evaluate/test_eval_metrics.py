@@ -403,5 +403,33 @@ def test_exact_intervals_count_a_patients_images_once_where_they_agree() -> None
     by_images, by_patients = exact_interval(called.sum(), 100), exact_interval(called.sum() // 4, 25)
     assert hi - lo > 1.5 * (by_images[1] - by_images[0])  # about the 25 patients' width, not the 100 images'
     assert (lo, hi) == pytest.approx(by_patients, abs=0.02)
-    assert clustered_interval(np.ones(12), np.repeat(np.arange(3), 4)) == pytest.approx(exact_interval(3, 3))
+    perfect = clustered_interval(np.ones(12), np.repeat(np.arange(3), 4))  # no spread: design effect 1
+    assert perfect == pytest.approx(exact_interval(12, 12))
+    one_error = clustered_interval(np.r_[np.zeros(1), np.ones(11)], np.repeat(np.arange(3), 4))
+    assert perfect[0] >= one_error[0]  # a perfect record's lower bound is not below one error's (review)
     assert all(math.isnan(x) for x in clustered_interval(np.zeros(0), np.zeros(0)))
+
+
+def test_three_class_and_subtype_intervals_count_patients_too() -> None:
+    """With patient groups the binary intervals widened but the 3-class accuracy, macro-F1, the binary ones inside
+    the 3-class record and the per-subtype shares still counted images (review of the change)."""
+    from pneumo.evaluate.report import evaluate_predictions
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(rng.integers(0, 3, 40), 5)  # 40 patients, five identical films each
+    logits = rng.normal(size=(40, 3))
+    logits[np.arange(40), y[::5]] += 1.0
+    logits = np.repeat(logits, 5, axis=0)
+    subtypes = np.array(["normal", "bacteria", "virus"])[y]
+    kw = {"task": "3class", "class_names": ["normal", "bacteria", "virus"], "n_bootstrap": 200}
+    by_image = evaluate_predictions(y, logits, y, logits, subtypes, **kw)["test"]
+    by_patient = evaluate_predictions(y, logits, y, logits, subtypes, **kw, groups_test=np.repeat(np.arange(40), 5))["test"]
+
+    def width(ci) -> float:
+        return ci[1] - ci[0]
+
+    for key in ("accuracy", "macro_f1"):
+        assert width(by_patient["multiclass"]["ci"][key]) > 1.5 * width(by_image["multiclass"]["ci"][key]), key
+    assert width(by_patient["multiclass"]["binary_ci"]["accuracy"]) > width(by_image["multiclass"]["binary_ci"]["accuracy"])
+    wider = [width(by_patient["by_subtype"][s]["ci"]) > width(by_image["by_subtype"][s]["ci"]) for s in by_image["by_subtype"]]
+    assert any(wider)

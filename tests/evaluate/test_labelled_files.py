@@ -75,7 +75,7 @@ def test_evaluate_scores_the_dicom_lists_what_it_left_out_and_never_overwrites_s
     assert err.startswith("pneumo evaluate: error:") and "--force" in err and len(err.splitlines()) == 1
     assert (out / "metrics.json").read_bytes() == before
     (out / "metrics.json").write_text("{}")
-    (out / "left-by-an-older-version.png").write_bytes(b"")
+    (out / "figures" / "left-by-an-older-version.png").write_bytes(b"")
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C (or a crash) half-way through writing the folder
@@ -87,13 +87,15 @@ def test_evaluate_scores_the_dicom_lists_what_it_left_out_and_never_overwrites_s
     monkeypatch.undo()
     assert main([*argv, "--force"]) == 0
     assert json.loads((out / "metrics.json").read_text())["external"]["n"] == 5
-    assert not (out / "left-by-an-older-version.png").exists()  # the folder holds this evaluation, whole
+    assert not (out / "figures" / "left-by-an-older-version.png").exists()  # the folder holds this evaluation, whole
 
-    home = tmp_path / "home"  # --force replaces an earlier evaluation, never a folder of other files
-    home.mkdir()
-    (home / "notes.txt").write_text("mine")
-    assert main([*argv[:3], "--out", str(home), *argv[5:], "--force"]) == 2
-    assert "holds other files" in capsys.readouterr().err and [p.name for p in home.iterdir()] == ["notes.txt"]
+    run = tmp_path / "runs" / "b"  # --force replaces an earlier evaluation, never a run (its metrics.json too)
+    run.mkdir(parents=True)
+    for name in ("metrics.json", "model.json", "model.safetensors"):
+        (run / name).write_text("the run's")
+    assert main([*argv[:3], "--out", str(run), *argv[5:], "--force"]) == 2
+    assert "holds other files (model.json, model.safetensors: not an earlier evaluation)" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "model.json", "model.safetensors"]
 
 
 def test_hidden_folders_are_listed_not_read(hospital: Path) -> None:

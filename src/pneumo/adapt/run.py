@@ -236,9 +236,9 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                                 "sample size (counting images where each image is its own patient)"),
                   **({"subgroups": {
                       "before": subgroups(site.table, site.y, p_before, predictor.threshold, by,
-                                          n_bootstrap=n_bootstrap, seed=cfg.seed),
+                                          n_bootstrap=n_bootstrap, seed=cfg.seed, groups=site.groups),
                       "after": subgroups(site.table, site.y, p_oof, threshold, by, n_bootstrap=n_bootstrap,
-                                         seed=cfg.seed)}} if by else {})},
+                                         seed=cfg.seed, groups=site.groups)}} if by else {})},
         "source_site": _source_rows(predictor, final, source, threshold, run_on, n_bootstrap, cfg.seed),
         "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(cfg.seed)},
         "seconds": {"crossfit": round(crossfit_s, 1)},

@@ -53,10 +53,10 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
            "confusion_matrix": [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]],
            "ece_before": before["ece"], "ece_after": after["ece"], "nll_before": nll(logits, y),
            "nll_after": nll(logits, y, temperature), "reliability": {"before": before, "after": after},
-           "by_subtype": sensitivity_by_subtype(p >= threshold, subtypes) if subtypes is not None else {}}
+           "by_subtype": sensitivity_by_subtype(p >= threshold, subtypes, groups) if subtypes is not None else {}}
     if len(classes) > 2:
         out["multiclass"] = multiclass_metrics(y, probs, classes, threshold=threshold, n_resamples=n_bootstrap,
-                                               seed=seed)
+                                               seed=seed, groups=groups)
     return out
 
 

@@ -121,8 +121,9 @@ def jackknife_weights(n: int, groups: np.ndarray | None = None) -> Iterator[np.n
 def clustered_interval(success: np.ndarray, groups: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Clopper-Pearson interval of the share of ``success`` (0/1 per image) at the effective sample size of images
     clustered in ``groups`` (patients; Korn & Graubard 1998): n* = n / design effect, the cluster-robust variance of
-    the ratio estimate over that of independent images, at least 1 (one image a patient: the exact interval). Where every patient agrees (p = 0 or 1, or a
-    single patient) n* is the number of patients: a patient's images count once. The degrees-of-freedom correction
+    the ratio estimate over that of independent images, at least 1 (one image a patient: the exact interval). Where
+    there is no spread to estimate it from (p = 0 or 1, or a single patient) the design effect is 1, as Korn &
+    Graubard set it: a perfect record never gets a lower bound below one error's. The degrees-of-freedom correction
     of Korn & Graubard is left out. ``(nan, nan)`` for no image."""
     success = np.asarray(success, dtype=float)
     n = success.size
@@ -134,7 +135,7 @@ def clustered_interval(success: np.ndarray, groups: np.ndarray, level: float = 0
     share, n_units = float(success.mean()), per_unit.size
     variance = n_units / max(n_units - 1, 1) * float(np.sum((per_unit - share * size) ** 2)) / n**2
     if n_units < 2 or share in (0.0, 1.0) or variance <= 0:
-        effective = float(n_units)
+        effective = float(n)  # no spread to estimate a design effect from: Korn & Graubard's 1 (monotone in k)
     else:  # the design effect against the same estimate for independent images (1 where every patient has one)
         effective = n / max(1.0, variance / (share * (1.0 - share) / (n - 1)))
     return _beta_interval(share * effective, effective, level)

@@ -220,6 +220,14 @@ def grouped_proportion_cis(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, 
     return {k: clustered_interval(success[k][r], groups[r], level) for k, r in rows.items()}
 
 
+def proportion_interval(success: np.ndarray, groups: np.ndarray | None, level: float = 0.95) -> tuple[float, float]:
+    """Exact interval of a share of images: Clopper-Pearson, or at the patients' effective sample size."""
+    success = np.asarray(success, dtype=bool)
+    if groups is None:
+        return exact_interval(int(success.sum()), int(success.size), level)
+    return clustered_interval(success, np.asarray(groups), level)
+
+
 def is_small_sample(n_pneumonia: int, n_normal: int) -> bool:
     """True below `MIN_IMAGES` images or `MIN_PER_CLASS` of either class."""
     return n_pneumonia + n_normal < MIN_IMAGES or min(n_pneumonia, n_normal) < MIN_PER_CLASS
@@ -239,9 +247,11 @@ def small_sample_warning(metrics: dict) -> str | None:
             "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")
 
 
-def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str]) -> dict:
+def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str],
+                           groups: np.ndarray | None = None) -> dict:
     """Share of images called pneumonia, per subtype, with an exact (Clopper-Pearson) 95 % interval, the method of
-    every other proportion in a report (a subtype's share is a sensitivity or a false-positive rate).
+    every other proportion in a report (a subtype's share is a sensitivity or a false-positive rate); at the
+    patients' effective sample size where ``groups`` names them (`clustered_interval`).
 
     For ``bacteria`` / ``virus`` the rate is that subtype's sensitivity; for ``normal`` it is the false-positive rate
     (1 - specificity).
@@ -257,7 +267,8 @@ def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtype
     for name in sorted(np.unique(sub), key=lambda s: (s.lower() != "normal", s)):
         mask = sub == name
         n, k = int(mask.sum()), int(pred[mask].sum())
-        out[str(name)] = {"n": n, "predicted_positive": k, "rate": k / n, "ci": list(exact_interval(k, n))}
+        ci = exact_interval(k, n) if groups is None else clustered_interval(pred[mask], np.asarray(groups)[mask])
+        out[str(name)] = {"n": n, "predicted_positive": k, "rate": k / n, "ci": list(ci)}
     return out
 
 
@@ -287,6 +298,7 @@ def multiclass_metrics(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """3-class metrics: accuracy, macro-F1, confusion matrix, derived binary metrics and bacteria-vs-virus.
 
@@ -302,6 +314,7 @@ def multiclass_metrics(
         n_resamples: bootstrap resamples for the CIs (0: none).
         seed: bootstrap seed.
         level: CI coverage.
+        groups: the patient of each image: every interval counts whole patients (as `bootstrap_cis`).
 
     Returns:
         JSON-ready dict: ``accuracy``, ``macro_f1``, ``per_class_f1``, ``confusion_matrix`` (rows true, columns
@@ -351,17 +364,18 @@ def multiclass_metrics(
             return _multiclass_values((w @ cell).reshape(-1, k, k))["macro_f1"], weighted_auc(w[:, mask], y_vir,
                                                                                                 vir_score)[0]
 
-        boot, point = measured(resample_weights(y.size, n_resamples, seed).astype(float)), measured(np.ones((1, y.size)))
-        jack = [measured(w) for w in jackknife_weights(y.size)]
+        boot = measured(resample_weights(y.size, n_resamples, seed, groups).astype(float))
+        point, jack = measured(np.ones((1, y.size))), [measured(w) for w in jackknife_weights(y.size, groups)]
         small = is_small_sample(int(y_pneumonia.sum()), int((1 - y_pneumonia).sum()))
         interval = [bca_ci(boot[i], float(point[i][0]), np.concatenate([j[i] for j in jack]), level) for i in (0, 1)]
         out["ci"] = {
-            "accuracy": exact_interval(int(np.trace(conf)), int(y.size), level),
+            "accuracy": proportion_interval(pred == y, groups, level),
             "macro_f1": _shown(interval[0], small),
-            "bacteria_vs_virus_accuracy": exact_interval(int(correct_bv.sum()), int(mask.sum()), level),
+            "bacteria_vs_virus_accuracy": proportion_interval(correct_bv, None if groups is None else groups[mask],
+                                                              level),
             "bacteria_vs_virus_roc_auc": _shown(interval[1],  # gated on its own two classes
                                                 is_small_sample(int(y_vir.sum()), int((1 - y_vir).sum()))),
         }
         out["binary_ci"] = bootstrap_cis(y_pneumonia, p_pneumonia, threshold, n_resamples=n_resamples, seed=seed,
-                                         level=level)
+                                         level=level, groups=groups)
     return out

@@ -149,11 +149,12 @@ def evaluate_predictions(
         "nll_before": nll(z_test, y_test),
         "nll_after": nll(z_test, y_test, temperature),
         "reliability": {"before": before, "after": after},
-        "by_subtype": sensitivity_by_subtype(p_test >= threshold, subtypes_test) if subtypes_test is not None else {},
+        "by_subtype": sensitivity_by_subtype(p_test >= threshold, subtypes_test, groups_test)
+        if subtypes_test is not None else {},
     }
     if task == "3class":
         test["multiclass"] = multiclass_metrics(y_test, probs_test, class_names, threshold=threshold,
-                                                n_resamples=n_bootstrap, seed=seed)
+                                                n_resamples=n_bootstrap, seed=seed, groups=groups_test)
     return to_jsonable({
         "task": task,
         "classes": list(class_names),
