@@ -72,3 +72,25 @@ def test_external_validation_refuses_a_bad_folder_or_count_before_scoring(
         with pytest.raises(ConfigError, match="must be >= 0"):
             evaluate_external(None, data, tmp_path / "new", **bad)
     assert [p.name for p in home.iterdir()] == ["notes.txt"] and not (tmp_path / "new").exists()
+
+
+def test_a_model_without_its_checks_says_so_when_loaded_and_in_its_card(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A model of an older pneumo (no OOD or orientation entry) gave verdicts on anything without a word, and its card
+    said flagged images get none (upgrade review)."""
+    import json
+    import shutil
+
+    from pneumo.infer.card import model_card_text
+    from pneumo.models.sidecar import DEFAULT_MODEL
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(DEFAULT_MODEL.with_suffix(suffix), tmp_path / f"default-model{suffix}")
+    meta = json.loads((tmp_path / "default-model.json").read_text())
+    meta.pop("ood"), meta.pop("orientation")
+    (tmp_path / "default-model.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        predictor = Predictor(tmp_path / "default-model.json")
+    assert predictor.ood is None and "has no out-of-distribution and no orientation check" in caplog.text
+    assert "- checks: no out-of-distribution and no orientation check" in model_card_text(tmp_path / "default-model.json")
+    assert "- checks:" not in model_card_text(None)  # the shipped model has both

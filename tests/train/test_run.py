@@ -265,3 +265,24 @@ def test_a_run_another_process_trains_is_neither_replaced_nor_resumed(tmp_path: 
             pass
     with run_lock(types.SimpleNamespace(out_dir=str(runs), name="x" * 250)):  # a valid name: ".x...x.lock" is 256
         pass
+
+
+def test_a_run_trained_with_a_study_option_that_left_is_not_resumed_as_another_configuration(
+        tmp_path: Path, data_slice: Path, capsys: pytest.CaptureFixture) -> None:
+    """Resumed with the option dropped (one warning), its train fold went from 36 to 82 images and folds.csv was
+    rewritten (upgrade review)."""
+    import yaml
+
+    from pneumo.config import dump_yaml
+
+    run = tmp_path / "runs" / "orig"
+    run.mkdir(parents=True)
+    saved = yaml.safe_load(dump_yaml(load_config("lite0-probe")))
+    saved["data"]["train_sources"] = "original"
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run / "folds.csv").write_text("the old split")
+    argv = ["train", "--resume", "--name", "orig", "--out", str(tmp_path / "runs"), "--dataset", str(data_slice)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was trained with data.train_sources='original', a study option that has left the product" in err
+    assert "\n" not in err and (run / "folds.csv").read_text() == "the old split"

@@ -57,6 +57,7 @@ def config_from_args(args: argparse.Namespace):
             cfg = load_config(preset, overrides)
             saved = Path(cfg.out_dir) / cfg.name / "config.yaml"
             if saved.is_file():
+                refuse_removed_options(saved)
                 preset = str(saved)
         return load_config(preset, overrides)
     except ConfigError as exc:
@@ -66,6 +67,27 @@ def config_from_args(args: argparse.Namespace):
                 flag = f"--{attr.replace('_', '-')}" + (f" ({key})" if key != attr else "")
                 raise ConfigError(f"{flag}{text[len(key):]}") from None
         raise
+
+
+def refuse_removed_options(saved: Path) -> None:
+    """A run trained with a study option that has left the product cannot be resumed here: its config would load
+    without it (a warning) and the rest of the training would be another configuration (another train fold, no EMA).
+
+    Raises:
+        ConfigError: naming the options and what to do.
+    """
+    import yaml
+
+    from pneumo.config import REMOVED_DEFAULTS
+
+    raw = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    found = [f"{section}.{key}={value!r}" for section, keys in raw.items() if isinstance(keys, dict)
+             for key, value in keys.items()
+             if f"{section}.{key}" in REMOVED_DEFAULTS and value != REMOVED_DEFAULTS[f"{section}.{key}"]]
+    if found:
+        raise ConfigError(f"{saved.parent} was trained with {', '.join(found)}, a study option that has left the "
+                          "product: resuming it here would train another configuration; finish it with the pneumo "
+                          "of the commit that started it, or train it again with --force")
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:

@@ -106,6 +106,10 @@ def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
         site = meta["adaptation"].get("site") or {}
         facts.append(f"- adapted on {site.get('n_images')} images of {site.get('n_patients')} patients "
                      f"({meta['adaptation'].get('created')})")
+    missing = [name for key, name in (("ood", "out-of-distribution"), ("orientation", "orientation")) if not meta.get(key)]
+    if missing:  # a model of an older pneumo: the card's "flagged images get no verdict" does not hold for it
+        facts.append(f"- checks: no {' and no '.join(missing)} check: this model gives a verdict on any image, X-ray "
+                     f"or not (`pneumo ood fit --model {sidecar}` fits them)")
     if meta.get("sha256"):
         facts.append(f"- weights sha256: {meta['sha256']} (checked against the weights file, where there is one)")
     return facts

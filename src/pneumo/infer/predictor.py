@@ -114,6 +114,12 @@ class Predictor:
         self._torch_model = None
         self.ood = load_ood(self.sidecar, self.meta.ood)
         self.orientation = load_orientation(self.sidecar, self.meta.extra.get("orientation"))
+        missing = [name for name, check in (("out-of-distribution", self.ood), ("orientation", self.orientation))
+                   if check is None]
+        if missing and self.meta.threshold_policy:  # (a model still training has the warning above)
+            log.warning("%s has no %s check (made by an older pneumo?): it gives a verdict on any image, X-ray or "
+                        "not; fit them with: pneumo ood fit --model %s", self.sidecar.parent,
+                        " and no ".join(missing), self.sidecar)
         if backend == "auto":
             try:
                 self._run, self.backend = self._load_onnx(threads), "onnx"
