@@ -308,6 +308,10 @@ def test_an_ensemble_made_with_relative_paths_loads_from_any_folder(run_dir: Pat
     (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(stored))
     with pytest.raises(IntegrityError, match="member twin is not the model the ensemble was made of"):
         load_models(tmp_path / "ens")
+    del stored["weights_sha256"]  # an older pneumo's ensemble.json: its members cannot be checked (upgrade review)
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="records no weights checksums of its members .written by an older pneumo"):
+        load_models(tmp_path / "ens")
 
 
 def test_an_onnx_only_model_folder_is_validated_and_refuses_a_new_operating_point_in_one_line(

@@ -94,3 +94,23 @@ def test_a_model_without_its_checks_says_so_when_loaded_and_in_its_card(tmp_path
     assert predictor.ood is None and "has no out-of-distribution and no orientation check" in caplog.text
     assert "- checks: no out-of-distribution and no orientation check" in model_card_text(tmp_path / "default-model.json")
     assert "- checks:" not in model_card_text(None)  # the shipped model has both
+
+
+def test_a_card_of_another_operating_point_is_not_read_as_this_models(tmp_path: Path) -> None:
+    """An older `pneumo operating-point` copied the source's `model_card` (its threshold, its test figures), which the
+    web page showed as the new model's (upgrade review)."""
+    import json
+    import shutil
+
+    from pneumo.models.sidecar import DEFAULT_MODEL, read_meta
+    from pneumo.serve.app import model_card_of
+
+    for path in DEFAULT_MODEL.parent.glob("default-model.*"):
+        shutil.copyfile(path, tmp_path / path.name)
+    meta = json.loads((tmp_path / "default-model.json").read_text())
+    meta.update(threshold=0.525, threshold_policy="youden")
+    (tmp_path / "default-model.json").write_text(json.dumps(meta))
+    assert "model_card" in read_meta(DEFAULT_MODEL).extra  # the shipped model's own, at its threshold
+    assert "model_card" not in read_meta(tmp_path / "default-model.json").extra
+    card = model_card_of(Predictor(tmp_path / "default-model.json"))
+    assert card["threshold"] == 0.525 and "model_card" not in card

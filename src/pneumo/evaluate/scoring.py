@@ -75,13 +75,18 @@ def _member_paths(model: str | os.PathLike | None) -> list[str | None]:
         members = stored.get("members", [])
         if len(members) < 2:
             raise ConfigError(f"{model}/ensemble.json lists fewer than two members")
+        again = "evaluate the ensemble again (pneumo evaluate --model RUN_A --model RUN_B --out DIR)"
+        digests = stored.get("weights_sha256")
+        if not digests or len(digests) != len(members):  # an older pneumo's: its members cannot be checked
+            raise ConfigError(f"{model}/ensemble.json records no weights checksums of its members (written by an "
+                              f"older pneumo): {again}")
         paths = [(Path(model) / m).resolve() for m in members]
         missing = [m for m, path in zip(members, paths, strict=True) if not path.exists()]
         if missing:
             raise ConfigError(f"{model}: member {missing[0]} is not there (members are relative to the ensemble "
-                              "folder: move or copy the ensemble together with its runs)")
-        for path, digest in zip(paths, stored.get("weights_sha256") or [None] * len(paths), strict=True):
-            if digest and read_meta(resolve_model(path)).sha256 != digest:
+                              f"folder: move or copy the ensemble together with its runs, or {again})")
+        for path, digest in zip(paths, digests, strict=True):
+            if read_meta(resolve_model(path)).sha256 != digest:
                 raise IntegrityError(f"{model}: member {path.name} is not the model the ensemble was made of "
                                      "(its weights changed): evaluate the ensemble again")
         return [str(path) for path in paths]

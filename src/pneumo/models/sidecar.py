@@ -156,7 +156,12 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     """The typed sidecar of ``<stem>.json`` (also given as the weights file or the stem), without loading weights."""
     sidecar = stem_of(path).with_suffix(".json")
     source = f"checkpoint sidecar {sidecar}"
-    return check_meta(CheckpointMeta.from_json(read_json(sidecar, FORMAT), source=source), source=source)
+    meta = check_meta(CheckpointMeta.from_json(read_json(sidecar, FORMAT), source=source), source=source)
+    card = meta.extra.get("model_card")
+    if isinstance(card, dict) and card.get("threshold") != meta.threshold:  # another operating point's card: an older
+        # pneumo's operating-point copied the source's, whose test figures the service then showed as this model's
+        return dataclasses.replace(meta, extra={k: v for k, v in meta.extra.items() if k != "model_card"})
+    return meta
 
 
 def check_meta(meta: CheckpointMeta, *, source: str = "checkpoint sidecar") -> CheckpointMeta:
