@@ -126,3 +126,13 @@ def test_evaluations_of_different_data_are_never_ranked_in_one_table(tmp_path: P
     assert "| evaluated on |" in text
     page = html.read_text(encoding="utf-8")
     assert page.count("<table") == 2 and "Evaluated on external data /site/hospital_xrays" in page
+
+
+def test_a_row_whose_intervals_an_older_method_made_says_so() -> None:
+    """Both rows were labelled "BCa bootstrap": one evaluation's intervals were percentile ones (upgrade review)."""
+    from pneumo.evaluate.compare import leaderboard_row
+    from pneumo.evaluate.intervals import CI_METHOD
+
+    assert leaderboard_row({"bootstrap": {"method": CI_METHOD}})["CIs"] == "current"
+    assert leaderboard_row({"bootstrap": {"method": "percentile"}})["CIs"] == "older method: evaluate again"
+    assert leaderboard_row({})["CIs"] == "older method: evaluate again"

@@ -178,3 +178,22 @@ def test_a_recorded_operating_point_is_measured_whole_threshold_and_temperature(
     assert moved["test"]["metrics"] == pytest.approx(binary_metrics((y_t != 0).astype(int), p_test, 0.8), nan_ok=True)
     assert moved["test"]["nll_after"] == pytest.approx(nll(z_test, y_t, 2.5))
     assert "val data changed" in caplog.text
+
+
+def test_a_threshold_of_the_rule_before_the_score_margin_is_named_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    """Re-evaluating a run of an older pneumo warned "val data changed?" for a threshold the rule change moved by 1e-5
+    (upgrade review)."""
+    from pneumo.evaluate.report import evaluate_predictions
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(120) < 0.6).astype(int)
+    z = np.c_[np.zeros(120), rng.normal(2.0 * y - 1.0, 1.0)]
+    kw = {"task": "binary", "class_names": ["NORMAL", "PNEUMONIA"], "policy": "sensitivity:0.95", "n_bootstrap": 0}
+    now = evaluate_predictions(y, z, y, z, None, **kw)
+    with caplog.at_level("WARNING"):
+        evaluate_predictions(y, z, y, z, None, **kw, stored=(now["threshold"] + 1e-5, now["temperature"]))
+    assert "chosen by the rule before 2026-12-06" in caplog.text and "val data changed" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate_predictions(y, z, y, z, None, **kw, stored=(now["threshold"] + 0.01, now["temperature"]))
+    assert "val data changed" in caplog.text

@@ -21,11 +21,12 @@ from markupsafe import Markup
 from pneumo import atomic
 from pneumo.data.rundir import RunDir
 from pneumo.errors import DataError
+from pneumo.evaluate.intervals import CI_METHOD
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 log = logging.getLogger(__name__)
 COLUMNS = ("run", "evaluated on", "name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
-           "test specificity", "test ROC-AUC", "ECE before → after", "threshold (policy)", "shortcut check",
+           "test specificity", "test ROC-AUC", "CIs", "ECE before → after", "threshold (policy)", "shortcut check",
            "wall time")
 OPERATING_POLICIES = ("youden", "sensitivity:0.95", "triage")
 TEST_COLUMNS = (("test accuracy", "accuracy"), ("test sensitivity", "sensitivity"),
@@ -98,6 +99,8 @@ def leaderboard_row(data: dict) -> dict[str, str]:
         "threshold (policy)": f"{fmt_number(data.get('threshold'))} ({data.get('threshold_policy') or 'n/a'})",
         "shortcut check": shortcut_cell(Path(str(data.get("_run_dir", ""))) / "figures" / "shortcut_stats.json"),
         "wall time": _duration(data.get("wall_time_s")),
+        # intervals of an older method (percentile bootstrap, images) beside today's are not comparable
+        "CIs": "current" if _get(data, "bootstrap", "method") == CI_METHOD else "older method: evaluate again",
     }
     for column, key in TEST_COLUMNS:
         row[column] = fmt_ci(metrics.get(key), cis.get(key))
@@ -169,7 +172,8 @@ def leaderboard_html(rows: Sequence[dict[str, str]], out_dir: Path | None = None
 
     note = ("<p>One table per data set evaluated on: evaluations of different data are never ranked together. Sorted "
             "by validation ROC-AUC. Test numbers at each model's stored operating point (threshold and temperature "
-            "chosen on val), 95 % CIs (exact for proportions, BCa bootstrap for ROC-AUC); the last columns give "
+            "chosen on val), 95 % CIs (exact for proportions, BCa bootstrap for ROC-AUC, whole patients where known; "
+            "the CIs column names rows evaluated with an older method); the last columns give "
             "the standard policies side by side (each chosen on val; <code>triage</code>: val sensitivity &ge; "
             "0.90).</p>")
     sections = []

@@ -206,8 +206,10 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, [spec.policy],
                                                       n_bootstrap=n_bootstrap, seed=seed,
                                                       fixed={spec.policy: spec.threshold}, groups=groups)
-        result["operating_points_note"] = ("the other policies need the model's val fold, which could not be "
-                                           "rebuilt here (pass --dataset DIR)")
+        result["operating_points_note"] = (
+            "the adaptation was made by an older pneumo, which recorded no threshold per policy: adapt again for "
+            "them" if spec.predictors[0].meta.extra.get("adaptation") else
+            "the other policies need the model's val fold, which could not be rebuilt here (pass --dataset DIR)")
         log.warning("only the stored operating point is reported: %s", result["operating_points_note"])
     if by:
         result["subgroups"] = subgroups(table, yb, p, spec.threshold, by, n_bootstrap=n_bootstrap, seed=seed,

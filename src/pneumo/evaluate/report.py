@@ -24,6 +24,7 @@ from pneumo.evaluate.intervals import CI_METHOD
 from pneumo.evaluate.metrics import (
     BINARY_KEYS,
     CELL_KEYS,
+    SCORE_MARGIN,
     binary_metrics,
     bootstrap_cis,
     choose_threshold,
@@ -129,7 +130,13 @@ def evaluate_predictions(
     threshold = choose_threshold(yb_val, p_val, policy)
     temperature = fit_temperature(z_val, y_val)
     if stored is not None:
-        if abs(stored[0] - threshold) > 1e-9 or abs(stored[1] - temperature) > 1e-9:
+        rule_moved = (policy.startswith("sensitivity") and 0 < stored[0] - threshold <= SCORE_MARGIN + 1e-9
+                      and abs(stored[1] - temperature) <= 1e-9)
+        if rule_moved:  # chosen before 2026-12-06, when a sensitivity:X threshold sat at the val score itself
+            log.warning("the stored threshold %.7f was chosen by the rule before 2026-12-06 (at a val score; now "
+                        "up to %g below it: %.7f): reporting at the stored one; `pneumo operating-point` adopts the "
+                        "new one", stored[0], SCORE_MARGIN, threshold)
+        elif abs(stored[0] - threshold) > 1e-9 or abs(stored[1] - temperature) > 1e-9:
             log.warning("the val fold now gives threshold %.4f and temperature %.3f, the model stores %.4f and %.3f "
                         "(val data changed?): reporting at the stored ones", threshold, temperature, *stored)
         threshold, temperature = float(stored[0]), float(stored[1])

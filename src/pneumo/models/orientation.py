@@ -132,7 +132,9 @@ def load_orientation(sidecar: str | os.PathLike, entry: Mapping[str, Any] | None
         raise ModelError(f"{Path(sidecar).name}: bad orientation file name {name!r}")
     path = Path(sidecar).with_name(name)
     if not path.is_file():
-        raise ModelError(f"{Path(sidecar).name} names the orientation check {name} but the file is missing")
+        raise ModelError(f"{Path(sidecar).name} names the orientation check {name} but the file is missing: copy it "
+                         "next to the checkpoint, export the model again (an older `pneumo export --out` left it "
+                         "behind), or refit it with `pneumo ood fit`")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise ModelError(f"checksum mismatch for {path}: the orientation check is corrupted or was replaced")
