@@ -290,6 +290,15 @@ def canonical_safetensors(data: bytes) -> bytes:
     return data[:8] + text + b" " * (size - len(text)) + data[8 + size:]
 
 
+def tensors_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a safetensors file's tensor bytes (its header and metadata left out): one digest for the same
+    weights whichever order an older pneumo wrote their metadata in."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + size)
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def write_safetensors(path: str | os.PathLike, data: bytes) -> str:
     """Write a safetensors file (`canonical_safetensors`) atomically, mode 0644 (checkpoints are shared and
     packaged); returns its SHA-256, the same for the same tensors and metadata in every process."""

@@ -165,3 +165,25 @@ def test_configurations_measured_on_other_val_folds_are_warned_about(same_folds:
     assert main(["compare", *map(str, dirs), "--select", "--out", str(tmp_path / "board")]) == 0
     text = (tmp_path / "board" / "selection.md").read_text(encoding="utf-8")
     assert ("measured on different val folds" in text) is (not same_folds)
+
+
+def test_one_set_of_weights_written_with_two_headers_is_one_seed(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """An older pneumo wrote one model's metadata in a per-process order: two file SHA-256s for the same tensors, and
+    the selection counted them as two seeds (upgrade review)."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from pneumo import atomic
+
+    dirs = [make_run(tmp_path, f"same-s{i}", seed=0, separation=4.0) for i in range(2)]
+    tensors = {"head.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    for i, d in enumerate(dirs):
+        save_file(tensors, str(d / "model.safetensors"), metadata={"written": f"process {i}"})
+        (d / "model.json").write_text(json.dumps({"sha256": atomic.sha256_file(d / "model.safetensors")}))
+    assert atomic.sha256_file(dirs[0] / "model.safetensors") != atomic.sha256_file(dirs[1] / "model.safetensors")
+    assert atomic.tensors_sha256(dirs[0] / "model.safetensors") == atomic.tensors_sha256(dirs[1] / "model.safetensors")
+    main(["compare", *map(str, dirs), "--select", "--min-seeds", "2", "--out", str(tmp_path / "board")])
+    assert "holds the same weights as a run before it" in caplog.text

@@ -192,17 +192,18 @@ def trained_runs(results: Sequence[dict]) -> list[dict]:
     another; an ensemble has no training config. Those are left out, with a warning each."""
     kept, weights = [], set()
     for data in results:
-        sidecar = RunDir(data["_run_dir"]).model
-        meta = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+        run = RunDir(data["_run_dir"])
+        meta = json.loads(run.model.read_text(encoding="utf-8")) if run.model.is_file() else {}
+        # the tensors, not the file: an older pneumo wrote one model's metadata in a per-process order (two SHA-256s)
+        content = atomic.tensors_sha256(run.weights) if run.weights.is_file() else meta.get("sha256")
         why = ("has no training config (an ensemble?)" if not data.get("config") else
                "is a new operating point of another run (pneumo operating-point): the same weights"
                if (meta.get("operating_point") or {}).get("derived_from") else
-               "holds the same weights as a run before it" if meta.get("sha256") and meta["sha256"] in weights
-               else None)
+               "holds the same weights as a run before it" if content and content in weights else None)
         if why:
             log.warning("selection: %s %s: not counted as a seed", data["_run_dir"], why)
             continue
-        weights.add(meta.get("sha256"))
+        weights.add(content)
         data["_val_fold"] = ((meta.get("operating_point") or {}).get("chosen_on") or {}).get("paths_sha256")
         kept.append(data)
     if not kept:
