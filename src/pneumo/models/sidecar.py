@@ -158,7 +158,7 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     source = f"checkpoint sidecar {sidecar}"
     meta = check_meta(CheckpointMeta.from_json(read_json(sidecar, FORMAT), source=source), source=source)
     card = meta.extra.get("model_card")
-    if isinstance(card, dict) and card.get("threshold") != meta.threshold:  # another operating point's card: an older
+    if isinstance(card, dict) and "threshold" in card and card["threshold"] != meta.threshold:  # another operating point's card: an older
         # pneumo's operating-point copied the source's, whose test figures the service then showed as this model's
         return dataclasses.replace(meta, extra={k: v for k, v in meta.extra.items() if k != "model_card"})
     return meta
