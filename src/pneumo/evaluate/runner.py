@@ -138,6 +138,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
                   commit=meta.commit, weights_sha256=meta.sha256, model_id=meta.model_id,
                   provenance=provenance_record(),  # the code that evaluated it (``commit``: the one that trained it)
                   eval_seconds=round(time.perf_counter() - start, 1))
+    for summary in (RunDir(run_dir).metrics, Path(run_dir, "report.html")):  # removed first, metrics.json written
+        summary.unlink(missing_ok=True)  # last: a kill in between leaves no evaluation, never an old one beside new files
     _write_predictions(run_dir, test, logits["test"], result, ood_scores, assessed)
     if first:
         _record_operating_point(RunDir(run_dir).model, meta, result, folds)
