@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
-from pneumo.adapt.sources import not_read, site_items, source_config
+from pneumo.adapt.sources import site_items, source_config
 from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
 from pneumo.data.decode import load_image
 from pneumo.data.gate import check_radiograph
@@ -349,7 +349,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     if sample < MIN_IMAGES:
         raise ConfigError(f"the reference sample must hold at least {MIN_IMAGES} images, got {sample}")
     atomic.check_folder(out, owned=SITE_FILES, replace=True, what="site check", hint="")  # before the long part
-    items = site_items(data)
+    items, left_out = site_items(data)
     predictor = predictor or Predictor(model, backend="torch")
     log.debug("scoring %d site images", len(items))
     site = score_images(predictor, items)
@@ -371,7 +371,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "few_images": site.n < POWERED_IMAGES,  # "not shifted" then says little: check more images
         "n_unreadable": site.count("decode"), "n_refused_by_gate": site.count("gate"), "unreadable": site.failed,
-        **not_read(data),
+        **left_out,
         **verdict(ood, positive, site_props, ref_props, ref),
         "reference": {"kind": ref.kind, "dataset": str(Path(ref.dataset).absolute()) if ref.dataset else None,
                       "pool": ref.pool or None, "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,

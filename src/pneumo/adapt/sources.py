@@ -18,6 +18,7 @@ import pandas as pd
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
 from pneumo.data.dicom import patient_group
+from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import listed_file, read_table, refuse_listed_twice
 from pneumo.infer.batch import expand_inputs
@@ -208,11 +209,13 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     return out
 
 
-def site_items(data: str | os.PathLike) -> list[tuple[str, Callable[[], bytes]]]:
-    """(path, reader) for the site's images: a folder (as `pneumo predict` discovers it) or a CSV with ``path``."""
+def site_items(data: str | os.PathLike) -> tuple[list[tuple[str, Callable[[], bytes]]], dict]:
+    """(path, reader) for the site's images: a folder (as `pneumo predict` discovers it) or a CSV with ``path``; and
+    the folder's files not read (`not_read`), from the same walk of the folder."""
     source = Path(data).expanduser()
     if not source.exists():
         raise DataError(f"site data not found: {data}")
+    left_out = {"n_not_read": 0, "not_read": {}}  # a CSV lists what it reads
     if source.is_file() and source.suffix.lower() == ".csv":
         table = read_table(source)
         column = next((c for c in table.columns if c.strip().lower() == "path"), None)
@@ -223,14 +226,17 @@ def site_items(data: str | os.PathLike) -> list[tuple[str, Callable[[], bytes]]]
             raise DataError(f"{source}:{blank[0]}: no path")
         files = [listed_file(source, text) for text in table[column]]
         refuse_listed_twice(data, [str(f) for f in files])
+    elif source.is_dir():
+        found = find_images(source)
+        files, left_out = found.images, not_read(found)
     else:
         try:
             files = expand_inputs([str(source)])
         except InputError:
             raise DataError(f"no images found in {data}") from None
     if not files:
-        raise DataError(f"no images listed in {data}")
-    return [(str(f), _file_reader(f)) for f in files]
+        raise DataError(f"no images {'listed' if source.is_file() else 'found'} in {data}")
+    return [(str(f), _file_reader(f)) for f in files], left_out
 
 
 def _file_reader(path: Path) -> Callable[[], bytes]:
@@ -247,13 +253,8 @@ def _file_reader(path: Path) -> Callable[[], bytes]:
     return read
 
 
-def not_read(data: str | os.PathLike) -> dict:
+def not_read(found: FoundFiles) -> dict:
     """A folder's files the site check does not read (hidden, another suffix, no regular file), with the reason, as
-    `pneumo predict` and `pneumo evaluate` leave them out (the first `MAX_LISTED` listed); a CSV lists what it reads."""
-    from pneumo.data.files import MAX_LISTED, find_images
-
-    if not Path(data).is_dir():
-        return {"n_not_read": 0, "not_read": {}}
-    found = find_images(data)
+    `pneumo predict` and `pneumo evaluate` leave them out (the first `MAX_LISTED` listed)."""
     left = {str(p): reason for p, reason in sorted({**found.skipped, **found.ignored}.items())}
     return {"n_not_read": len(left), "not_read": dict(list(left.items())[:MAX_LISTED])}
