@@ -27,7 +27,8 @@ ACTION_EXAMPLES = {
 }
 
 
-def add_dataset_option(parser: argparse.ArgumentParser) -> None:
+def _dataset_flag(parser: argparse.ArgumentParser) -> None:
+    """``--dataset`` of the data actions: the dataset itself (not a run's, as `argparsing.add_dataset_option`)."""
     parser.add_argument("--dataset", metavar="DIR", help="dataset folder or zip (default: $PNEUMO_DATA)")
 
 
@@ -38,19 +39,19 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         return subparser(sub, name, help=help_text, examples=ACTION_EXAMPLES[name])
 
     p = action("scan", "list the images into a manifest CSV and print counts")
-    add_dataset_option(p)
+    _dataset_flag(p)
     p.add_argument("--output", metavar="CSV", help="write the manifest to this file")
     p.set_defaults(func=run_scan)
 
     p = action("split", "patient-grouped, subtype-stratified train/val split + leakage check")
-    add_dataset_option(p)
+    _dataset_flag(p)
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--output", metavar="CSV", help="write the manifest with its fold column to this file")
     p.set_defaults(func=run_split)
 
     p = action("cache", "decode all images once into a uint8 memory-mapped cache")
-    add_dataset_option(p)
+    _dataset_flag(p)
     p.add_argument("--size", type=int, default=224, help="side of the square model input in pixels")
     p.add_argument("--resize-policy", choices=["squash", "letterbox"], default="squash",
                    help="squash (stretch to a square) or letterbox (pad to a square)")
@@ -60,7 +61,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_cache)
 
     p = action("report", "write the HTML dataset report (counts, sizes, intensities, samples, leakage)")
-    add_dataset_option(p)
+    _dataset_flag(p)
     p.add_argument("--out", default="runs/data-report", metavar="DIR", help="output folder")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
     p.add_argument("--seed", type=int, default=0, help="split seed")
