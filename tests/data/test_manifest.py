@@ -275,3 +275,27 @@ def test_a_kept_scan_is_not_trusted_past_a_replaced_file_or_a_hand_edit(data_sli
     kept = next((cache / "scans").glob("*.json"))
     kept.write_text(json.dumps({"read": "abc", "skipped": {}}))
     assert scan_dataset(root, cache_dir=cache)[["path", "label", "split"]].equals(fresh[["path", "label", "split"]])
+
+
+def test_generic_names_in_two_folders_are_two_patients_and_two_duplicate_groups(data_slice: Path,
+                                                                              tmp_path: Path) -> None:
+    """A name that carries no patient made the file stem the patient: two different images called 0001.jpeg in train
+    and test were one patient straddling the splits (`data split` refused a correct dataset), and duplicate groups
+    named by a stem merged two unrelated groups in the report (data review)."""
+    from pneumo.cli import main
+    from pneumo.data.splits import check_leakage
+
+    root = _small(data_slice, tmp_path / "ds")
+    train, test = sorted((root / "train" / "PNEUMONIA").glob("*.jpeg")), sorted((root / "test" / "PNEUMONIA").glob("*.jpeg"))
+    train[0].rename(train[0].with_name("0001.jpeg"))
+    test[0].rename(test[0].with_name("0001.jpeg"))
+    for folder, image in ((root / "train" / "NORMAL", train[1]), (root / "test" / "PNEUMONIA", test[1])):
+        shutil.copyfile(image, folder / "x.jpeg")  # two byte-identical pairs, each named x.jpeg / y.jpeg
+        shutil.copyfile(image, folder / "y.jpeg")
+    df = scan_dataset(root).set_index("path")
+    assert df.loc["train/PNEUMONIA/0001.jpeg", "patient_key"] != df.loc["test/PNEUMONIA/0001.jpeg", "patient_key"]
+    check_leakage(df.reset_index(), column="split")  # no patient in two official splits
+    groups = df.loc[["train/NORMAL/x.jpeg", "train/NORMAL/y.jpeg", "test/PNEUMONIA/x.jpeg", "test/PNEUMONIA/y.jpeg"],
+                    "dup_group"]
+    assert groups.iloc[0] == groups.iloc[1] != groups.iloc[2] == groups.iloc[3]
+    assert main(["data", "split", "--dataset", str(root), "--output", str(tmp_path / "folds.csv")]) == 0

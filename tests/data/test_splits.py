@@ -72,3 +72,14 @@ def test_label_views_for_both_tasks(full_manifest: pd.DataFrame) -> None:
     assert set(np.unique(y3)) == {0, 1, 2}
     assert ((y3 > 0) == (y2 == 1)).all()
     assert (y3 == 2).sum() == (full_manifest["subtype"] == "virus").sum()
+
+
+def test_the_leakage_message_names_a_file_of_each_split_the_patient_sits_in() -> None:
+    """The example listed the first three files by path: all of the test side, never the train file that leaked."""
+    df = pd.DataFrame({"path": [f"test/PNEUMONIA/person1_bacteria_{i}.jpeg" for i in range(3)]
+                       + ["train/PNEUMONIA/person1_bacteria_9.jpeg"],
+                       "fold": ["test"] * 3 + ["train"], "patient_key": ["bacteria-1"] * 4,
+                       "sha256": ["a", "b", "c", "d"]})
+    with pytest.raises(LeakageError) as err:
+        check_leakage(df)
+    assert "train/PNEUMONIA/person1_bacteria_9.jpeg" in str(err.value) and "'test'" in str(err.value)

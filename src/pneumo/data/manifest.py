@@ -133,15 +133,16 @@ class DatasetSource:
         return state
 
 
-def patient_key(file_name: str, label: str) -> str:
+def patient_key(path: str, label: str) -> str:
     """``bacteria-N`` / ``virus-N`` for pneumonia files (person numbers are per-subtype sequences), ``IM-XXXX`` or
-    ``NORMAL2-IM-XXXX`` for normal ones; the file stem when the name follows neither pattern."""
-    stem = PurePosixPath(file_name).stem
+    ``NORMAL2-IM-XXXX`` for normal ones, from the file name of ``path``; ``path`` itself when the name follows neither
+    pattern (its own patient: two images that share a generic name such as ``0001.jpeg`` in two folders are not one)."""
+    stem = PurePosixPath(path).stem
     if label == "NORMAL":
         m = _NORMAL_RE.match(stem)
-        return m.group(1).upper() if m else stem  # im-0001-0001.jpeg is patient IM-0001 too
+        return m.group(1).upper() if m else path  # im-0001-0001.jpeg is patient IM-0001 too
     m = _PNEUMONIA_RE.match(stem)
-    return f"{m.group(2).lower()}-{m.group(1)}" if m else stem
+    return f"{m.group(2).lower()}-{m.group(1)}" if m else path
 
 
 def subtype_of(file_name: str, label: str) -> str:
@@ -237,7 +238,7 @@ def scan_dataset(root: str | os.PathLike | None, *, cache_dir: str | os.PathLike
     if skipped:
         log.warning("skipped %d file(s): %s", len(skipped), "; ".join(skipped[:20]))
     rows = [{"path": rel, "split": split, "label": label, "subtype": subtype_of(PurePosixPath(rel).name, label),
-             "patient_key": patient_key(PurePosixPath(rel).name, label), "sha256": read[rel][0],
+             "patient_key": patient_key(rel, label), "sha256": read[rel][0],
              "width": read[rel][1], "height": read[rel][2]} for rel, split, label in candidates if rel in read]
     if not rows:
         raise DataError(f"no readable images under {source.location}")
@@ -303,8 +304,7 @@ def _probe_all(source: DatasetSource, candidates: list[tuple[str, str, str]]) ->
 
 def _warn_about_identity(df: pd.DataFrame) -> None:
     """What a patient-grouped split cannot see: names that carry no patient, and one file under both labels."""
-    stems = df["path"].map(lambda p: PurePosixPath(p).stem)
-    unnamed = int((df["patient_key"] == stems).sum())
+    unnamed = int((df["patient_key"] == df["path"]).sum())
     if unnamed:
         log.warning("%d image(s) have names that carry no patient (not IM-XXXX-... or personN_bacteria|virus_...): "
                     "each counts as its own patient, so one patient's images can fall into two folds unseen", unnamed)
@@ -324,8 +324,8 @@ def _check_classes(df: pd.DataFrame, source: DatasetSource) -> None:
 
 
 def _duplicate_groups(df: pd.DataFrame) -> pd.Series:
-    """Byte-identical files get a shared group name (the first member's file stem); others get ''."""
+    """Byte-identical files get a shared group name (the first member's path: a stem would merge two groups whose
+    first files share a name in different folders); others get ''."""
     first = df.groupby("sha256")["path"].transform("min")
     size = df.groupby("sha256")["path"].transform("size")
-    names = first.map(lambda p: PurePosixPath(p).stem)
-    return names.where(size > 1, "")
+    return first.where(size > 1, "")

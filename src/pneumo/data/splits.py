@@ -81,8 +81,9 @@ def check_leakage(df: pd.DataFrame, column: str = "fold") -> None:
         spread = df.groupby(key)[column].nunique()
         bad = spread[spread > 1]
         if len(bad):
-            example = df[df[key] == bad.index[0]][["path", column]].to_numpy().tolist()
-            problems.append(f"{len(bad)} {what} group(s) straddle splits, e.g. {example[:3]}")
+            group = df[df[key] == bad.index[0]].drop_duplicates(column)  # one file of each split it sits in
+            example = group[["path", column]].to_numpy().tolist()
+            problems.append(f"{len(bad)} {what} group(s) straddle splits, e.g. {example}")
     if problems:
         raise LeakageError("leakage: " + "; ".join(problems))
 

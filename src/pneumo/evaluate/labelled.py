@@ -193,7 +193,7 @@ def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | Non
     if "patient_id" not in table.columns:
         if not official:
             return None
-        return np.array([patient_key(Path(path).name, label) for path, label in zip(table["path"], table["label"],
+        return np.array([patient_key(str(path), label) for path, label in zip(table["path"], table["label"],
                                                                                    strict=True)])
     ids = table["patient_id"].astype(str).to_numpy()
     return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)
