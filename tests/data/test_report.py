@@ -149,7 +149,7 @@ def test_patient_in_two_folds_shows_a_failed_leakage_check(
 
 def test_report_without_a_split_says_so(slice_manifest: pd.DataFrame, data_slice: Path, tmp_path: Path) -> None:
     text = write_data_report(slice_manifest, data_slice, tmp_path, images_per_class=2).read_text(encoding="utf-8")
-    assert "Not checked: no patient-grouped split was given." in text
+    assert "Not checked: no patient-grouped split was made." in text
     assert 'id="folds-none"' in text
 
 
@@ -214,3 +214,7 @@ def test_the_cli_writes_the_report_of_a_leaking_dataset_then_fails_in_one_line(
     assert len(err) == 1 and err[0].startswith("pneumo data: error:"), err
     text = (out / "index.html").read_text(encoding="utf-8")
     assert "FAIL" in text.split('id="leakage-official-result">', 1)[1].split("</p>", 1)[0]
+    # the folds' check says the split was refused and why (it said "Not checked: no patient-grouped split was given")
+    folds = text.split('id="leakage-result">', 1)[1].split("</p>", 1)[0]
+    assert "FAIL" in folds and "refused" in folds and "straddle splits" in folds
+    assert "the split was refused" in text.split('id="folds-none">', 1)[1].split("</p>", 1)[0]

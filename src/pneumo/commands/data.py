@@ -126,7 +126,8 @@ def run_report(args: argparse.Namespace) -> int:
     except LeakageError as exc:  # the report is where a user sees it: written first, then the one-line error
         folds, leak = None, exc
     _progress("decoding samples, drawing figures, writing the report", start)
-    path = write_data_report(df, df.attrs.get("location", args.dataset), Path(args.out), folds_df=folds, seed=args.seed)
+    path = write_data_report(df, df.attrs.get("location", args.dataset), Path(args.out), folds_df=folds, seed=args.seed,
+                             split_error=None if leak is None else str(leak))
     _progress("done", start)
     print(f"dataset report: {path}")
     if leak is not None:

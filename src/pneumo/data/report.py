@@ -63,6 +63,7 @@ def write_data_report(
     *,
     folds_df: pd.DataFrame | None = None,
     leakage: Mapping[str, object] | None = None,
+    split_error: str | None = None,
     seed: int = 0,
     images_per_class: int = 100,
     samples_per_class: int = 6,
@@ -77,6 +78,7 @@ def write_data_report(
         folds_df: the manifest with the ``fold`` column of ``splits.assign_folds``; enables the split and leakage
             sections.
         leakage: a ``splits.leakage_report`` result to show; computed from ``folds_df`` when omitted.
+        split_error: why the patient-grouped split was refused (a ``LeakageError``'s text), shown as a failed check.
         seed: seeds the choice of decoded and displayed images.
         images_per_class: images decoded per subtype for the intensity histograms.
         samples_per_class: images per subtype in the sample grid.
@@ -108,8 +110,8 @@ def write_data_report(
         ),
         "lowres": _lowres_section(df, folds_df),
         "duplicates": _duplicates_section(df),
-        "leakage": _leakage_section(df, folds_df, leakage),
-        "folds": _folds_section(folds_df),
+        "leakage": _leakage_section(df, folds_df, leakage, split_error),
+        "folds": _folds_section(folds_df, split_error),
         "attribution": ATTRIBUTION,
     }
     summary = (f"<p>{len(df):,} images, {df['patient_key'].nunique():,} patients, read from "
@@ -337,7 +339,8 @@ def _badge(passed: bool) -> str:
     return '<span class="pass">PASS</span>' if passed else '<span class="fail">FAIL</span>'
 
 
-def _leakage_section(df: pd.DataFrame, folds_df: pd.DataFrame | None, leakage: Mapping[str, object] | None) -> str:
+def _leakage_section(df: pd.DataFrame, folds_df: pd.DataFrame | None, leakage: Mapping[str, object] | None,
+                     split_error: str | None = None) -> str:
     official = leakage_report(df, column="split")
     clean = not (official["patients_in_two_splits"] or official["duplicates_in_two_splits"])
     parts = [
@@ -353,8 +356,12 @@ def _leakage_section(df: pd.DataFrame, folds_df: pd.DataFrame | None, leakage: M
             check_leakage(folds_df)
         except LeakageError as exc:
             detail = str(exc)
+    if split_error:
+        parts.append(f'<p id="leakage-result">{_badge(False)} the patient-grouped split was refused: '
+                     f'{escape(split_error)}</p>')
+        return "".join(parts)
     if leakage is None:
-        parts.append('<p id="leakage-result">Not checked: no patient-grouped split was given.</p>')
+        parts.append('<p id="leakage-result">Not checked: no patient-grouped split was made.</p>')
         return "".join(parts)
     passed = bool(
         leakage.get("passed", not (leakage.get("patients_in_two_splits") or leakage.get("duplicates_in_two_splits")))
@@ -377,9 +384,10 @@ def _leakage_table(result: Mapping[str, object], table_id: str) -> str:
     )
 
 
-def _folds_section(folds_df: pd.DataFrame | None) -> str:
+def _folds_section(folds_df: pd.DataFrame | None, split_error: str | None = None) -> str:
     if folds_df is None or "fold" not in folds_df:
-        return '<p id="folds-none">Not computed: pass the output of <code>splits.assign_folds</code>.</p>'
+        why = "the split was refused (see the leakage check above)" if split_error else "no split was made"
+        return f'<p id="folds-none">No patient-grouped folds: {why}.</p>'
     folds = _ordered(folds_df["fold"], SPLIT_ORDER)
     subtypes = _ordered(folds_df["subtype"], SUBTYPE_ORDER)
     rows = []
