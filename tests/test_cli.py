@@ -354,6 +354,21 @@ def test_data_report_prints_its_progress(data_slice, tmp_path, capsys: pytest.Ca
     assert (tmp_path / "report" / "index.html").is_file()
 
 
+@pytest.mark.parametrize("argv", [["data", "split", "--seed", "-1"], ["data", "report", "--seed", "-1"],
+                                  ["data", "cache", "--size", "0"], ["data", "cache", "--size", "-3"],
+                                  ["data", "cache", "--size", "5000"]])
+def test_data_commands_refuse_a_negative_seed_or_an_image_size_out_of_range_in_one_line(
+        argv, data_slice, tmp_path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    """A negative seed ended in NumPy's traceback, --size -3 in 'negative dimensions', --size 0 decoded every image
+    and then advised a rescan (data review)."""
+    monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / "cache"))
+    out = ["--out", str(tmp_path / "report")] if argv[1] == "report" else []
+    assert main([*argv, "--dataset", str(data_slice), *out]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("pneumo data report: [")]
+    assert len(err) == 1 and err[0].startswith("pneumo data: error:") and ("seed" in err[0] or "size" in err[0]), err
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("images-*"))
+
+
 def test_model_commands_keep_freed_memory_and_the_service_gives_it_back(tmp_path, monkeypatch, capsys) -> None:
     from pneumo import cli
 

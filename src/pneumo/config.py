@@ -21,6 +21,7 @@ from pneumo.policy import parse_policy
 
 log = logging.getLogger(__name__)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024  # the model input side S a run or sidecar may ask for (S x S per image)
 Task = Literal["binary", "3class"]
 ResizePolicy = Literal["squash", "letterbox"]
 TransferMode = Literal["probe", "partial", "finetune", "scratch"]
@@ -132,7 +133,7 @@ class DataConfig(Schema):
     _prefix: ClassVar[str] = "data."
     root: Annotated[str | None, Maybe] = None  # dataset folder or zip; falls back to $PNEUMO_DATA
     task: Task = "binary"
-    image_size: int = Field(224, ge=32)
+    image_size: int = Field(224, ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE)
     resize_policy: ResizePolicy = "squash"
     intensity: Intensity = "none"  # applied when the cache is built
     markers: Literal["none", "inpaint", "inpaint-text"] = "none"  # in-paint markers (and corner text) in train + inference

@@ -20,10 +20,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from pneumo import atomic
+from pneumo.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from pneumo.data.decode import load_image
 from pneumo.data.manifest import DatasetSource, default_cache_dir, resolve_root
 from pneumo.data.preprocess import prepare
-from pneumo.errors import DataError
+from pneumo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from pneumo.config import RunConfig
@@ -95,7 +96,13 @@ def build_cache(
     workers: int | None = None,
     progress: bool = True,
 ) -> ImageCache:
-    """Return the cache for these manifest rows, building it if needed (decoding on all cores)."""
+    """Return the cache for these manifest rows, building it if needed (decoding on all cores).
+
+    Raises:
+        ConfigError: ``size`` outside ``MIN_INPUT_SIZE``..``MAX_INPUT_SIZE``.
+    """
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:  # before decoding anything (0 decoded every image to fail)
+        raise ConfigError(f"the image size must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels, got {size}")
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     key = cache_key(df, size=size, policy=policy, intensity=intensity, markers=markers, crop=crop)
     variant = intensity if markers == "none" else f"{intensity}-{markers}"

@@ -54,6 +54,8 @@ def assign_folds(df: pd.DataFrame, *, val_fraction: float = 0.1, seed: int = 0) 
     (``val_fraction`` of the patients of each subtype go to ``val``, seeded), duplicates kept together."""
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if seed < 0:
+        raise ConfigError(f"the split seed must be >= 0, got {seed}")
     out = df.copy()
     out["fold"] = np.where(out["split"] == "test", "test", "train")
     pool = out[out["split"] != "test"]

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from pneumo import atomic
-from pneumo.config import INTENSITIES, RESIZE_POLICIES, parse_crop
+from pneumo.config import INTENSITIES, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZE_POLICIES, parse_crop
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, IntegrityError, ModelError
 from pneumo.models.ood import check_file_name, check_ood_entry
 
 FORMAT = "pneumo-checkpoint/1"
-MIN_INPUT_SIZE, MAX_INPUT_SIZE = 32, 1024  # the model input side S a sidecar may ask for (S x S float32 per image)
 MARKER_METHODS = ("none", "inpaint", "inpaint-text")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
 DTYPES = ("float32", "float16")
 SHA256 = re.compile(r"[0-9a-f]{64}")
