@@ -190,6 +190,11 @@ def test_what_the_scan_cannot_use_is_listed_and_what_a_split_cannot_see_is_said(
     shutil.copyfile(normal[2], root / "train" / "NORMAL" / "IM-9300-0003.jpeg")
     shutil.copyfile(normal[3], root / "train" / "NORMAL" / "scan17.jpeg")
     shutil.copyfile(normal[4], root / "train" / "PNEUMONIA" / "person9400_bacteria_1.jpeg")
+    (root / "validation" / "NORMAL").mkdir(parents=True)  # a split folder under another name: was left out silently
+    shutil.copyfile(normal[5], root / "validation" / "NORMAL" / "IM-9600-0001.jpeg")
+    shutil.copyfile(normal[5], root / "train" / "loose.jpeg")
+    (root / "chest_xray" / "train" / "NORMAL").mkdir(parents=True)  # a nested copy of the layout: not listed
+    shutil.copyfile(normal[5], root / "chest_xray" / "train" / "NORMAL" / "IM-9700-0001.jpeg")
     (root / "manifest.csv").write_text("")
     with caplog.at_level(logging.WARNING):
         df = scan_dataset(root)
@@ -197,6 +202,8 @@ def test_what_the_scan_cannot_use_is_listed_and_what_a_split_cannot_see_is_said(
     assert "train/COVID/c1.jpeg (not in a NORMAL/ or PNEUMONIA/ folder)" in text
     assert "train/NORMAL/old/IM-9100-0001.jpeg (in a subfolder of NORMAL/" in text
     assert "train/NORMAL/IM-9200-0001.jpeg (" in text
+    assert "validation/NORMAL/IM-9600-0001.jpeg (not under a train/, val/, test/ folder)" in text
+    assert "train/loose.jpeg (not in a NORMAL/ or PNEUMONIA/ folder)" in text and "IM-9700" not in text
     keys = df.set_index("path")["patient_key"]
     assert keys["train/NORMAL/im-9300-0002.jpeg"] == keys["train/NORMAL/IM-9300-0003.jpeg"] == "IM-9300"
     assert "1 image(s) have names that carry no patient" in text

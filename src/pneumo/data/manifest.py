@@ -172,11 +172,16 @@ def _probe(data: bytes) -> tuple[int, int]:
 
 
 def _candidates(source: DatasetSource, skipped: list[str]) -> Iterator[tuple[str, str, str]]:
-    """``split/CLASS/file`` entries with an image name; another name there, and an image-named file elsewhere under a
-    split folder (another class such as ``COVID/``, a subfolder of a class), go to ``skipped`` with the reason."""
+    """``split/CLASS/file`` entries with an image name; another name there, and an image-named file elsewhere (another
+    class such as ``COVID/``, a subfolder of a class, a folder that is no split such as ``validation/``) go to
+    ``skipped`` with the reason; a nested copy of the layout (the Kaggle archive's ``chest_xray/chest_xray``) does not."""
     for rel in source.files():
         parts = PurePosixPath(rel).parts
         if len(parts) < 3 or parts[0].lower() not in SPLITS:
+            if name_reason(parts[-1]) is None and not any(p.lower() in SPLITS for p in parts[1:-1]):
+                where = "not in a NORMAL/ or PNEUMONIA/ folder" if parts[0].lower() in SPLITS else \
+                    f"not under a {'/, '.join(SPLITS)}/ folder"
+                skipped.append(f"{rel} ({where})")
             continue
         split, label = parts[0].lower(), parts[1].upper()
         if label not in CLASSES:
