@@ -17,7 +17,8 @@ PREDICT = "/api/v1/predict"
 
 
 def test_a_hanging_decode_is_stopped_at_its_deadline_and_the_next_decode_works(predictor, xray: bytes) -> None:
-    workers = DecodeWorkers(1, timeout_s=1.0, fn=slow_or_decode)
+    # the deadline also bounds the next, normal decode in a fresh worker: 1 s failed once on a machine loaded ~3x
+    workers = DecodeWorkers(1, timeout_s=5.0, fn=slow_or_decode)
     kwargs = {"max_pixels": 50_000_000, "preprocess": predictor.preprocessing}
 
     async def both() -> tuple[BaseException | None, tuple[np.ndarray, np.ndarray]]:
@@ -32,7 +33,7 @@ def test_a_hanging_decode_is_stopped_at_its_deadline_and_the_next_decode_works(p
         hung, (gray, prepared) = asyncio.run(both())
     finally:
         workers.close()
-    assert hung is not None and "longer than 1 s" in str(hung)
+    assert hung is not None and "longer than 5 s" in str(hung)
     expected_gray, expected = decode_upload(xray, **kwargs)  # the same as decoding in this process
     np.testing.assert_array_equal(gray, expected_gray)
     np.testing.assert_array_equal(prepared, expected)
