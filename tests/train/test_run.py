@@ -168,6 +168,14 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
         probs = frame[["p_normal", "p_bacteria", "p_virus"]].to_numpy()
         assert probs.sum(axis=1) == pytest.approx(1.0, abs=1e-5)
         assert frame["p_calibrated"].to_numpy() == pytest.approx(1.0 - frame["p_normal"].to_numpy(), abs=1e-5)
+        # the 3-class verdict predict gives (data review: only predicted_pneumonia was there)
+        called = frame.dropna(subset=["predicted_class"])
+        subtype = np.where(called["p_virus"] > called["p_bacteria"], "virus", "bacteria")
+        expected = np.where(called["predicted_pneumonia"] == 0, "normal", subtype)
+        assert len(called) and (called["predicted_class"].to_numpy() == expected).all()
+    # the report's 3-class table is captioned as what it measures (it said "bacteria vs virus" over 3-class accuracy)
+    report = (run_dir / "report.html").read_text()
+    assert f"3 classes on {result['test']['n']} images" in report and "bacteria vs virus on the" in report
     # a hospital's NORMAL/PNEUMONIA labels set a 3-class model's operating point (it asked for bacteria/virus names)
     site = tmp_path / "site"
     images = sorted((data_slice / "test").rglob("*.jpeg"))
@@ -180,6 +188,15 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
     chosen = json.loads((local / "model.json").read_text())["operating_point"]["chosen_on"]
     assert chosen["n"] + chosen["n_not_assessed"] == len(images)
     assert 0 < chosen["n_pneumonia"] <= len(list(site.glob("PNEUMONIA/*"))) and chosen["n_pneumonia"] < chosen["n"]
+    # and evaluate --data takes the same NORMAL/PNEUMONIA labels (it asked for subtypes that operating-point had not):
+    # pneumonia vs normal as with subtypes, no 3-class measures
+    plain = json.loads((out / "metrics.json").read_text())
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(site), "--out", str(tmp_path / "plain")]) == 0
+    binary = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert binary["labels"] == "normal/pneumonia" and plain["labels"] == "normal/bacteria/virus"
+    assert "multiclass" not in binary["test"] and "multiclass" in plain["test"]
+    assert binary["test"]["metrics"] == pytest.approx(plain["test"]["metrics"], abs=1e-9)
+    assert 0 <= binary["test"]["ece_after"] <= 1 and np.isfinite(binary["test"]["nll_after"])
 
 
 @pytest.mark.parametrize(

@@ -38,21 +38,30 @@ log = logging.getLogger(__name__)
 Gallery = Callable[..., tuple[str, str]]  # (out, torch model, images, y, p, threshold, *, subtypes, members) -> section
 def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
             subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int,
-            groups: np.ndarray | None = None) -> dict:
+            groups: np.ndarray | None = None, binary_labels: bool = False) -> dict:
     """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting); ``groups``
-    (the patient of each image) makes every interval count whole patients."""
+    (the patient of each image) makes every interval count whole patients. ``binary_labels``: ``y`` is normal (0) /
+    pneumonia (1) for a 3-class model (labels without subtypes): calibration is measured on P(normal) vs
+    P(pneumonia), and there are no 3-class measures."""
     probs = apply_temperature(logits, 1.0)
     calibrated = apply_temperature(logits, temperature)
     p = pneumonia_probability(probs)
     yb = (y != 0).astype(np.int64)
     metrics = binary_metrics(yb, p, threshold)
+    if binary_labels and len(classes) > 2:  # two columns, P(normal) and P(pneumonia); NLL from them
+        probs, calibrated = (np.stack([1 - pneumonia_probability(q), pneumonia_probability(q)], axis=1)
+                             for q in (probs, calibrated))
+        logits, temperature, classes = np.log(np.clip(probs, 1e-300, None)), 1.0, ["NORMAL", "PNEUMONIA"]
+        after_logits = np.log(np.clip(calibrated, 1e-300, None))
+    else:
+        after_logits = logits / temperature
     before, after = reliability_data(probs, y, ece_bins), reliability_data(calibrated, y, ece_bins)
     out = {"n": int(y.size), "metrics": metrics,
            "ci": bootstrap_cis(yb, p, threshold, n_resamples=n_bootstrap, seed=seed, groups=groups)
            if n_bootstrap else {},
            "confusion_matrix": [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]],
            "ece_before": before["ece"], "ece_after": after["ece"], "nll_before": nll(logits, y),
-           "nll_after": nll(logits, y, temperature), "reliability": {"before": before, "after": after},
+           "nll_after": nll(after_logits, y), "reliability": {"before": before, "after": after},
            "by_subtype": sensitivity_by_subtype(p >= threshold, subtypes, groups) if subtypes is not None else {}}
     if len(classes) > 2:
         out["multiclass"] = multiclass_metrics(y, probs, classes, threshold=threshold, n_resamples=n_bootstrap,
@@ -139,8 +148,12 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     report_policies = policies_to_report(spec.policy, policies)
     labelled, not_read = find_labelled(data)
     labelled = check_columns(labelled, by, data)
-    y_all, logits_all, table_all, errors, images_all, predictions = score_labelled(spec.predictors, data,
-                                                                                   progress=progress, table=labelled)
+    binary_labels = len(spec.classes) > 2 and not labelled["subtype"].isin(spec.classes).all()
+    if binary_labels:  # a 3-class model on NORMAL/PNEUMONIA labels: what needs no subtype is measured
+        log.warning("%s: labels without bacteria/virus subtypes (a CSV 'subtype' column, or *bacteria*/*virus* file "
+                    "names): pneumonia vs normal measured, no 3-class measures", data)
+    y_all, logits_all, table_all, errors, images_all, predictions = score_labelled(
+        spec.predictors, data, progress=progress, table=labelled, binary=binary_labels)
     ood_scores, ood = withheld(spec.predictors[0], predictions)
     assessed = ~ood["flags"] if ood else np.ones(len(y_all), dtype=bool)
     # External data: the headline is measured on the assessed images (flagged ones get no verdict), all beside it. The
@@ -155,12 +168,14 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
-                "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ece_bins}
+                "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ece_bins, "binary_labels": binary_labels}
     test = measure(y, logits, subtypes=table["subtype"].tolist(), groups=groups, **measured)
     p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
     chosen_on, fitted_on = stored_origin(spec)
-    result: dict = {"task": spec.task, "classes": classes, "threshold": spec.threshold,
+    three = len(classes) > 2 and not binary_labels
+    result: dict = {"task": spec.task, "classes": classes, "labels": "/".join(classes) if three else "normal/pneumonia",
+                    "threshold": spec.threshold,
                     "threshold_policy": spec.policy, "threshold_chosen_on": chosen_on, "temperature": spec.temperature,
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
@@ -311,6 +326,9 @@ def _data_section(result: dict) -> tuple[str, str]:
             ["unreadable or refused by the input gate (left out)", ext["n_unreadable"]],
             ["other files not read (not an image name, hidden, no label folder, not a file)", ext.get("n_not_read", 0)],
             *[[f"label {k}", v] for k, v in sorted(ext["by_label"].items())]]
+    if len(result["classes"]) > 2:  # a 3-class model: which measures its labels allow
+        rows.append(["labels measured", result["labels"] + ("" if result["labels"].count("/") > 1 else
+                                                            " (no subtypes: no 3-class measures)")])
     ood = result.get("ood")
     ood_line = (f"<p>Not assessed: {ood['n_flagged']} of {ood['n']} images ({100 * ood['share_flagged']:.1f} %): "
                 f"{ood['n_out_of_distribution']} out of distribution"

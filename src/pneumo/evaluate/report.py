@@ -33,7 +33,7 @@ from pneumo.evaluate.metrics import (
     small_sample_warning,
 )
 from pneumo.evaluate.plots import draw_evaluation_plots
-from pneumo.models.scores import pneumonia_probability
+from pneumo.models.scores import pneumonia_probability, predict_classes
 from pneumo.templates import escape, figure, fmt_ci, fmt_number, fmt_threshold, page, render, table
 
 Section = tuple[str, str]  # (title, trusted HTML body)
@@ -184,7 +184,8 @@ def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray
                       threshold: float, class_columns: Sequence[str] = (), assessed: np.ndarray | None = None) -> Path:
     """``predictions.csv``: the identifying ``rows`` columns, then ``p_pneumonia`` (raw), ``p_calibrated`` (at the
     temperature), ``predicted_pneumonia`` (raw p at the threshold, as the predictor calls it; empty for an image
-    that is not ``assessed``) and, for each name in ``class_columns``, ``p_<name>`` (calibrated)."""
+    that is not ``assessed``) and, for each name in ``class_columns``, ``p_<name>`` (calibrated); with three classes,
+    ``predicted_class`` (the verdict `pneumo predict` gives, empty where not assessed)."""
     import pandas as pd
 
     probs, calibrated = apply_temperature(logits, 1.0), apply_temperature(logits, temperature)
@@ -195,6 +196,9 @@ def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray
         frame["predicted_pneumonia"] = frame["predicted_pneumonia"].astype("Int64").mask(~np.asarray(assessed, bool))
     for i, name in enumerate(class_columns):
         frame[f"p_{name}"] = calibrated[:, i]
+    if len(class_columns) > 2:  # the 3-class verdict, as `pneumo predict` labels it (empty where not assessed)
+        called = pd.Series(np.asarray(class_columns, dtype=object)[predict_classes(probs, threshold)])
+        frame["predicted_class"] = called if assessed is None else called.mask(~np.asarray(assessed, bool))
     return atomic.write_csv(RunDir(out_dir).predictions, frame)
 
 
@@ -324,12 +328,14 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
 
 def _multiclass_html(mc: dict) -> str:
     bv = mc["bacteria_vs_virus"]
-    values = {"accuracy": mc["accuracy"], "macro_f1": mc["macro_f1"],
-              "bacteria_vs_virus_accuracy": bv["accuracy"], "bacteria_vs_virus_roc_auc": bv["roc_auc"]}
+    three = {"accuracy": mc["accuracy"], "macro_f1": mc["macro_f1"]}  # over every image
+    pair = {"bacteria_vs_virus_accuracy": bv["accuracy"], "bacteria_vs_virus_roc_auc": bv["roc_auc"]}
     classes = mc["classes"]
     cm_rows = [[name, *row] for name, row in zip(classes, mc["confusion_matrix"], strict=True)]
     f1_rows = [[name, mc["per_class_f1"].get(name)] for name in classes]
-    return (metrics_table_html(values, mc.get("ci"), caption=f"bacteria vs virus on {bv['n']} pneumonia images")
+    n = mc.get("n", sum(map(sum, mc["confusion_matrix"])))
+    return (metrics_table_html(three, mc.get("ci"), caption=f"3 classes on {n} images (3-class accuracy, macro-F1)")
+            + metrics_table_html(pair, mc.get("ci"), caption=f"bacteria vs virus on the {bv['n']} pneumonia images")
             + table(["true \\ called", *classes], cm_rows, caption="3-class confusion")
             + table(["class", "F1"], f1_rows))
 

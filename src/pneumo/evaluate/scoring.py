@@ -161,7 +161,7 @@ def _class_indices(table: pd.DataFrame, classes: list[str]) -> np.ndarray:
     unknown = table.loc[~table["subtype"].isin(classes), "path"].tolist()
     if unknown:
         raise DataError(f"a 3-class model needs normal/bacteria/virus labels; {len(unknown)} image(s) have none, "
-                        f"e.g. {unknown[0]} (name them *bacteria*/*virus* or give the subtype in the CSV label)")
+                        f"e.g. {unknown[0]} (name them *bacteria*/*virus* or give a CSV 'subtype' column)")
     return table["subtype"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
 
 
