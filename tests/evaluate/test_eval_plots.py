@@ -86,6 +86,19 @@ def test_training_curves_write_a_png(tmp_path: Path) -> None:
     assert_png(plot_training_curves(csv, out), out)
 
 
+def test_training_curves_say_when_the_val_auc_is_not_pneumonia_vs_normal(tmp_path: Path, monkeypatch) -> None:
+    """A 3-class run's curves showed "val ROC-AUC" 0.73 (macro) beside a report's val AUC 0.89 (pneumonia vs normal)."""
+    from pneumo.evaluate import plots
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,train_loss,val_loss,val_auc,lr\n1,0.6,0.5,0.80,3e-4\n2,0.4,0.45,0.86,2e-4\n")
+    titles: list[list[str]] = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: titles.append([ax.get_title() for ax in fig.axes]) or path)
+    plot_training_curves(csv, tmp_path / "a.png", auc_of="macro one-vs-rest over the three classes")
+    plot_training_curves(csv, tmp_path / "b.png", auc_of="P(pneumonia)")
+    assert "val ROC-AUC (macro one-vs-rest over the three classes)" in titles[0] and "val ROC-AUC" in titles[1]
+
+
 def test_training_curves_tolerate_missing_columns_and_blank_cells(tmp_path: Path) -> None:
     csv = tmp_path / "metrics.csv"
     csv.write_text("epoch,val_auc,notes\n1,0.8,warmup\n2,,\n3,0.9,x\n")

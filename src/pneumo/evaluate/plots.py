@@ -150,12 +150,15 @@ def read_metrics_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def plot_training_curves(metrics_csv: str | os.PathLike, path: str | os.PathLike, *,
-                         title: str = "Training curves") -> Path:
-    """Loss, val ROC-AUC and learning rate per epoch; panels whose columns are missing are left out."""
+                         title: str = "Training curves", auc_of: str | None = None) -> Path:
+    """Loss, val ROC-AUC and learning rate per epoch; panels whose columns are missing are left out. ``auc_of``: what
+    the val AUC measured (the sidecar's ``training.val_auc_of``), in its panel's title where it is not P(pneumonia)."""
     cols = read_metrics_csv(metrics_csv)
     n = len(next(iter(cols.values()))) if cols else 0
     epoch = cols.get("epoch", np.arange(1, n + 1, dtype=float))
-    panels = [(name, [c for c in keys if c in cols and np.isfinite(cols[c]).any()]) for name, keys in TRAINING_PANELS]
+    named = {"val ROC-AUC": f"val ROC-AUC ({auc_of})"} if auc_of and auc_of != "P(pneumonia)" else {}
+    panels = [(named.get(name, name), [c for c in keys if c in cols and np.isfinite(cols[c]).any()])
+              for name, keys in TRAINING_PANELS]
     panels = [(name, keys) for name, keys in panels if keys]
     if not panels:
         raise DataError(f"{metrics_csv} has none of the columns train_loss, val_loss, val_auc, lr")
@@ -226,7 +229,8 @@ def draw_evaluation_plots(fig_dir: str | os.PathLike, result: dict, *, y_test: S
         out["subtypes"] = plot_subtype_rates(test["by_subtype"], fig_dir / "subtypes.png")
     if metrics_csv is not None and Path(metrics_csv).is_file():
         try:
-            out["training"] = plot_training_curves(metrics_csv, fig_dir / "training.png")
+            out["training"] = plot_training_curves(metrics_csv, fig_dir / "training.png",
+                                                   auc_of=(result.get("training") or {}).get("val_auc_of"))
         except DataError as exc:
             log.warning("training curves skipped: %s", exc)
     return out

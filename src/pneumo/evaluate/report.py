@@ -268,13 +268,15 @@ def write_run_report(run_dir: str | os.PathLike, *, title: str, sections: Iterab
 def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | os.PathLike) -> list[Section]:
     """The standard report sections for an ``evaluate_predictions`` result and its figures."""
     test, val = result["test"], result["val"]
+    auc_of = (result.get("training") or {}).get("val_auc_of")
+    auc_of = f" ({auc_of}; the report's val AUC is pneumonia vs normal)" if auc_of not in (None, "P(pneumonia)") else ""
     fig = {name: figure(path, caption, relative_to=run_dir) for name, path, caption in (
         (n, figures[n], c) for n, c in (
             ("roc", "ROC curve; the dot is the operating point"), ("pr", "Precision-recall curve"),
             ("confusion", "Confusion matrix: counts and row shares"), ("confusion_3class", "3-class confusion"),
             ("reliability", "Reliability before / after temperature scaling"),
             ("subtypes", "Share called pneumonia per subtype, exact 95 % intervals"),
-            ("training", "Loss, val ROC-AUC and learning rate per epoch")) if n in figures)}
+            ("training", f"Loss, val ROC-AUC{auc_of} and learning rate per epoch")) if n in figures)}
     boot = result.get("bootstrap", {})
     ext = result.get("external")
     external = bool(ext and not ext.get("official_test_split"))
