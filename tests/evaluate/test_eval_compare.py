@@ -136,3 +136,21 @@ def test_a_row_whose_intervals_an_older_method_made_says_so() -> None:
     assert leaderboard_row({"bootstrap": {"method": CI_METHOD}})["CIs"] == "current"
     assert leaderboard_row({"bootstrap": {"method": "percentile"}})["CIs"] == "older method: evaluate again"
     assert leaderboard_row({})["CIs"] == "older method: evaluate again"
+
+
+def test_a_three_class_run_shows_its_three_class_figures_beside_the_pneumonia_vs_normal_ones(tmp_path: Path) -> None:
+    """A 3-class run's row showed only the pneumonia-vs-normal accuracy under "test accuracy" (3-class review)."""
+    from pneumo.evaluate.compare import leaderboard_row, load_run_metrics
+
+    three, _ = make_run(tmp_path, "p3", seed=1)
+    binary, _ = make_run(tmp_path, "p2", seed=2)
+    metrics = json.loads((three / "metrics.json").read_text())
+    metrics["task"] = "3class"
+    metrics["test"]["multiclass"] = {"accuracy": 0.73, "macro_f1": 0.7,
+                                     "ci": {"accuracy": [0.7, 0.76], "macro_f1": [0.66, 0.74]}}
+    (three / "metrics.json").write_text(json.dumps(metrics))
+    assert leaderboard_row(load_run_metrics(three))["3-class accuracy / macro-F1"] == \
+        "0.730 [0.700, 0.760] / 0.700 [0.660, 0.740]"
+    assert leaderboard_row(load_run_metrics(binary))["3-class accuracy / macro-F1"] == "n/a"
+    page = write_leaderboard([three, binary], tmp_path / "out")[1].read_text(encoding="utf-8")
+    assert "pneumonia vs normal for 3-class runs" in page
