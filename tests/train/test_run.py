@@ -173,6 +173,12 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
         subtype = np.where(called["p_virus"] > called["p_bacteria"], "virus", "bacteria")
         expected = np.where(called["predicted_pneumonia"] == 0, "normal", subtype)
         assert len(called) and (called["predicted_class"].to_numpy() == expected).all()
+    # its card gives the 3-class figures beside pneumonia vs normal, and says which is which (only binary ones, unnamed)
+    from pneumo.infer.card import model_card_text
+
+    card = model_card_text(run_dir)
+    assert "pneumonia (either class) vs normal" in card and "Three classes (normal / bacteria / virus)" in card
+    assert f"| macro-f1 | {result['test']['multiclass']['macro_f1']:.3f}" in card
     # the report's 3-class table is captioned as what it measures (it said "bacteria vs virus" over 3-class accuracy)
     report = (run_dir / "report.html").read_text()
     assert f"3 classes on {result['test']['n']} images" in report and "bacteria vs virus on the" in report

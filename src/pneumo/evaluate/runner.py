@@ -301,7 +301,10 @@ def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, re
 
 def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, folds: pd.DataFrame) -> None:
     """The run's first evaluation completes its model: the operating point chosen on val, recorded (version 1)."""
-    metrics = result["test"]["metrics"]
+    metrics, mc = result["test"]["metrics"], result["test"].get("multiclass")
+    three = {"test_3class": {"accuracy": mc["accuracy"], "macro_f1": mc["macro_f1"],  # a 3-class run's own figures
+                             "bacteria_vs_virus_roc_auc": mc["bacteria_vs_virus"]["roc_auc"]},
+             "test_3class_ci": mc.get("ci", {})} if mc else {}
     val_paths = folds.loc[folds["fold"] == "val", "path"].tolist()
     record = {"version": 1, "policy": result["threshold_policy"], "threshold": result["threshold"],
               "temperature": result["temperature"],
@@ -314,7 +317,7 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
         metrics={"test": {k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity", "precision",
                                                        "f1", "roc_auc", "pr_auc")},
                  "test_ci": result["test"]["ci"], "test_n": result["test"]["n"], "val_roc_auc": result["val"]["roc_auc"],
-                 "ece_before": result["test"]["ece_before"], "ece_after": result["test"]["ece_after"]})
+                 "ece_before": result["test"]["ece_before"], "ece_after": result["test"]["ece_after"], **three})
     write_meta(path, meta)
 
 

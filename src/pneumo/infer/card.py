@@ -67,8 +67,16 @@ def _performance(meta: dict) -> list[str]:
         root = ((meta.get("config") or {}).get("data") or {}).get("root")
         n = f"{metrics['test_n']} images" if isinstance(metrics.get("test_n"), int) else None
         where = ", ".join(md_text(x) for x in (n, root) if x)  # a run's own split: a subset, or the official one
-        return [f"The test split of its dataset{f' ({where})' if where else ''}, at this operating point (95 % CI):", "",
-                *md_table(["metric", "value"], metric_rows(HEADLINE, (test, metrics.get("test_ci") or {})))]
+        three = metrics.get("test_3class")
+        vs = ", pneumonia (either class) vs normal" if three else ""
+        lines = [f"The test split of its dataset{f' ({where})' if where else ''}, at this operating point (95 % CI){vs}:",
+                 "",
+                 *md_table(["metric", "value"], metric_rows(HEADLINE, (test, metrics.get("test_ci") or {})))]
+        if three:  # a 3-class model's own figures, on the same images
+            lines += ["", "Three classes (normal / bacteria / virus) on the same images:", "",
+                      *md_table(["metric", "value"], metric_rows(("accuracy", "macro_f1", "bacteria_vs_virus_roc_auc"),
+                                                                 (three, metrics.get("test_3class_ci") or {})))]
+        return lines
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})
