@@ -80,6 +80,7 @@ def test_unreadable_files_are_skipped_and_listed_in_one_warning(
     for name in ("IM-8000-0001.jpeg", "IM-8001-0001.jpeg", "notes.txt"):
         assert name in warnings[0].getMessage()
         assert not df["path"].str.endswith(name).any()
+    assert "or DICOM" in warnings[0].getMessage()  # the reason whole (it was cut at 80 characters: "WebP or DIC")
 
 
 def _dicom(gray: np.ndarray) -> bytes:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import textwrap
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 PROBE_SIZE = 32  # the scan decodes each image as for a model of this size (JPEGs at 1/8 scale: cheap)
-SCAN_VERSION = 2  # of what a stored scan holds; a new one (or a new pneumo version) scans again
+SCAN_VERSION = 3  # of what a stored scan holds; a new one (or a new pneumo version) scans again
 COLUMNS = ["path", "split", "label", "subtype", "patient_key", "sha256", "width", "height", "source_kind", "dup_group"]
 _NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)", re.IGNORECASE)
 _PNEUMONIA_RE = re.compile(r"^person(\d+)_(bacteria|virus)_", re.IGNORECASE)
@@ -301,7 +302,7 @@ def _probe_all(source: DatasetSource, candidates: list[tuple[str, str, str]]) ->
             data = source.read(rel)
             width, height = _probe(data)
         except (InputError, OSError, zipfile.BadZipFile) as exc:  # a dangling link, a damaged zip member
-            skipped[rel] = str(exc)[:80]
+            skipped[rel] = textwrap.shorten(str(exc), 200, placeholder=" ...")  # whole words (was cut mid-word)
             continue
         read[rel] = [hashlib.sha256(data).hexdigest(), int(width), int(height)]
     return read, skipped
