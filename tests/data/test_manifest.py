@@ -64,6 +64,25 @@ def test_mendeley_layout_read_straight_from_a_zip(data_slice: Path, tmp_path: Pa
     assert len(df) == len(list(data_slice.rglob("*.jpeg")))
 
 
+def test_a_zip_with_another_data_set_beside_the_layout_is_read(data_slice: Path, tmp_path: Path) -> None:
+    """Mendeley's ZhangLabData.zip holds CellData/chest_xray and CellData/OCT (train/ x CNV, DME, DRUSEN, NORMAL): OCT
+    counted as a second copy of the layout, and the error said to give --dataset a folder inside the zip."""
+    archive = tmp_path / "ZhangLabData.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(data_slice.rglob("*.jpeg")):
+            rel = path.relative_to(data_slice)
+            zf.write(path, f"CellData/chest_xray/{rel.as_posix()}")
+        for kind in ("CNV", "NORMAL"):
+            zf.writestr(f"CellData/OCT/train/{kind}/{kind}-1-1.jpeg", b"\x00")
+    df = scan_dataset(archive)
+    assert len(df) == len(list(data_slice.rglob("*.jpeg")))
+    with zipfile.ZipFile(archive, "a") as zf:  # a real second copy: an error that says to unzip first
+        zf.writestr("CellData/copy/train/NORMAL/IM-0001-0001.jpeg", b"\x00")
+        zf.writestr("CellData/copy/train/PNEUMONIA/person1_virus_1.jpeg", b"\x00")
+    with pytest.raises(DataError, match=r"copies of the dataset layout .* \(unzip it first\)"):
+        scan_dataset(archive)
+
+
 def test_unreadable_files_are_skipped_and_listed_in_one_warning(
     data_slice: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

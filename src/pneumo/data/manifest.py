@@ -85,12 +85,14 @@ class DatasetSource:
     def _find_prefix(self) -> str:
         """The shallowest folder holding ``train/`` with class folders (ignores macOS ``__MACOSX`` debris)."""
         self._files = [f for f in self._all_files() if "__MACOSX" not in f and not PurePosixPath(f).name.startswith(".")]
-        candidates = set()
+        seen: dict[str, set[str]] = {}  # folder holding train/ -> the class folders in that train/
         for f in self._files:
             parts = PurePosixPath(f).parts
             for i, part in enumerate(parts[:-2]):
                 if part.lower() == "train" and parts[i + 1].upper() in CLASSES:
-                    candidates.add("/".join(parts[:i]))
+                    seen.setdefault("/".join(parts[:i]), set()).add(parts[i + 1].upper())
+        # a layout has both classes (another data set beside it, e.g. Mendeley's OCT/train/NORMAL, is not a copy)
+        candidates = {c for c, classes in seen.items() if classes == set(CLASSES)} or set(seen)
         if not candidates:
             raise DataError(
                 f"{self.location} has no train/NORMAL or train/PNEUMONIA folder: expected the Kaggle layout "
@@ -100,7 +102,8 @@ class DatasetSource:
         shallowest = sorted(c for c in candidates if (c.count("/") if c else -1) == depth)
         if len(shallowest) > 1:  # which copy to read would be a coin toss: say so
             raise DataError(f"{self.location} holds {len(shallowest)} copies of the dataset layout ("
-                            f"{', '.join(shallowest[:3])}): give --dataset one of them")
+                            f"{', '.join(shallowest[:3])}): give --dataset one of them"
+                            + (" (unzip it first)" if self.is_zip else ""))
         return shallowest[0]
 
     def files(self) -> list[str]:
