@@ -154,3 +154,17 @@ def test_a_three_class_run_shows_its_three_class_figures_beside_the_pneumonia_vs
     assert leaderboard_row(load_run_metrics(binary))["3-class accuracy / macro-F1"] == "n/a"
     page = write_leaderboard([three, binary], tmp_path / "out")[1].read_text(encoding="utf-8")
     assert "pneumonia vs normal for 3-class runs" in page
+
+
+def test_a_run_on_a_limited_test_split_is_not_called_the_official_test_split() -> None:
+    """`--set data.limit_per_class=200` scores 548 of the 624 test images: the report, card and leaderboard said
+    "official test split" (3-class review)."""
+    from pneumo.evaluate.compare import evaluated_on
+    from pneumo.evaluate.report import data_label
+
+    limited = {"config": {"data": {"root": "/d/chest_xray", "limit_per_class": 200}}, "test": {"n": 548}}
+    whole = {"config": {"data": {"root": "/d/chest_xray", "limit_per_class": None}}, "test": {"n": 624}}
+    assert data_label(limited) == "A subset of the official test split (data.limit_per_class = 200)"
+    assert data_label(whole) == "Official test split"
+    assert evaluated_on(limited) == "a subset of the official test split of chest_xray (548 images)"
+    assert evaluated_on(whole) == "official test split of chest_xray (624 images)"

@@ -77,7 +77,8 @@ def evaluated_on(data: dict) -> str:
     else:
         root = Path(ext["data"]).parent if ext and ext.get("data") else _get(data, "config", "data", "root")
         name = (Path(str(root)).stem if str(root).endswith(".zip") else Path(str(root)).name) if root else ""
-        where = f"official test split of {name or 'the dataset'}"
+        limit = None if ext else _get(data, "config", "data", "limit_per_class")  # a run's subset of it
+        where = f"{'a subset of the ' if limit else ''}official test split of {name or 'the dataset'}"
     return f"{where} ({n if isinstance(n, int) else '?'} images)"
 
 

@@ -212,9 +212,13 @@ def metrics_table_html(metrics: dict, cis: dict | None = None, *, keys: Iterable
 
 
 def data_label(result: dict) -> str:
-    """What the measured images are: the official test split, or external data (pneumo evaluate --data)."""
+    """What the measured images are: the official test split (or a run's subset of it, ``data.limit_per_class``), or
+    external data (pneumo evaluate --data)."""
     ext = result.get("external")
-    return "External data" if ext and not ext.get("official_test_split") else "Official test split"
+    if ext and not ext.get("official_test_split"):
+        return "External data"
+    limit = (((result.get("config") or {}).get("data") or {}).get("limit_per_class")) if not ext else None
+    return f"A subset of the official test split (data.limit_per_class = {limit})" if limit else "Official test split"
 
 
 def headline_html(result: dict) -> str:
