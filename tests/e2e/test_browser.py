@@ -6,6 +6,7 @@ Set ``PNEUMO_E2E_ARTIFACTS=1`` to also keep the screenshots in ``tests/e2e/artif
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -159,6 +160,35 @@ def test_an_error_after_a_result_clears_the_result_card(page, full_data: Path, t
     page.set_input_files("#file", str(xray_path(full_data)))  # and the page still works afterwards
     page.wait_for_selector("#heatmap:not([hidden])")
     assert page.is_visible("#result") and page.inner_text("#label") in ("NORMAL", "PNEUMONIA")
+
+
+def test_a_late_answer_to_an_earlier_upload_never_replaces_the_latest(page, full_data: Path, tmp_path: Path) -> None:
+    """Two uploads in a row: the first one's answer, arriving last, replaced the second's result (web review: a slow
+    pneumonia film chosen, then a normal one: the page ended on PNEUMONIA with the first film)."""
+    held = []
+
+    def hold_the_first(route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)  # the first upload's request waits until the second one is shown
+
+    page.route("**/api/v1/predict**", hold_the_first)
+    first = tmp_path / "first.jpeg"
+    first.write_bytes(b"these are my notes, not an x-ray\n" * 20)  # its answer would be an error
+    page.set_input_files("#file", str(first))
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Analysing')")
+    page.wait_for_timeout(200)
+    assert len(held) == 1
+    second = xray_path(full_data)
+    page.set_input_files("#file", str(second))
+    page.wait_for_selector("#heatmap:not([hidden])")
+    with contextlib.suppress(Exception):  # playwright's error for a request the page cancelled
+        held[0].continue_()  # the late answer (the page aborted its request: it may already be gone)
+    page.wait_for_timeout(1000)
+    assert "error" not in (page.get_attribute("#status", "class") or "") and page.is_visible("#result")
+    facts = page.inner_text("#facts")
+    assert second.name in facts and "Operating point" in facts  # which file and which operating point answered
 
 
 def test_one_probability_is_shown_and_the_calibrated_one_is_labelled_apart(page, full_data: Path) -> None:

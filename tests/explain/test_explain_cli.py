@@ -148,7 +148,7 @@ def test_an_image_without_a_verdict_says_so_beside_its_map(tmp_path: Path, real_
                                                            capsys: pytest.CaptureFixture) -> None:
     """An inverted film got "evidence for PNEUMONIA" at P 1.00 on the CLI with no word of the refusal (the web page
     said it): the caption, stdout and the contact sheet now say there is no verdict and why."""
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageDraw, ImageOps
 
     from pneumo.explain.render import caption_lines
     from pneumo.infer.predictor import Predictor
@@ -168,6 +168,16 @@ def test_an_image_without_a_verdict_says_so_beside_its_map(tmp_path: Path, real_
 
     prediction = Predictor(None).predict([load_image_file(inverted)])[0]
     assert caption_lines(prediction)[-1] == f"NO VERDICT: {prediction.reason}; map for audit only"
+    # on a narrow overlay (the service's: 320 px wide) the whole caption fits: it was cut off at the image's edge
+    from pneumo.explain.render import _font, wrap
+
+    narrow = Image.new("RGB", (320, 451))
+    font, _, pad = _font(narrow)
+    lines = wrap(caption_lines(prediction), font, narrow.width - 2 * pad)
+    measure = ImageDraw.Draw(narrow)
+    assert len(lines) > len(caption_lines(prediction)) and " ".join(lines).endswith("map for audit only")
+    assert all(measure.textlength(line, font=font) <= narrow.width - 2 * pad for line in lines)
+    assert " ".join(lines).split() == " ".join(caption_lines(prediction)).split()  # every word, in order
 
 
 def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path: Path, real_paths: list[Path],

@@ -217,12 +217,12 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
 
     @app.post("/api/v1/predict", tags=["api"], dependencies=auth, response_model=PredictResponse,
               response_model_exclude_none=True, openapi_extra=UPLOAD_BODY,
-              responses={k: ERRORS[k] for k in (400, 401, 408, 413, 415, 422, 501, 503)})
+              responses={k: ERRORS[k] for k in (400, 401, 408, 413, 415, 422, 500, 501, 503)})
     async def predict(request: Request,
                       heatmap: bool = Query(False, description="add a Grad-CAM overlay PNG (base64)"),
                       preview: bool = Query(False, description="add the decoded gray image as PNG (base64)"),
                       ) -> dict[str, Any]:
-        """Predict one chest X-ray (JPEG, PNG or DICOM) sent as the multipart field ``file``.
+        """Predict one chest X-ray (JPEG, PNG or DICOM; also BMP, GIF, TIFF, WebP) sent as the multipart field ``file``.
 
         Busy: 503 with ``Retry-After`` (seconds) when the work queue is full; 408 when the upload is too slow."""
         start = time.perf_counter()

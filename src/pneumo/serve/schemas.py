@@ -8,7 +8,7 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DESCRIPTION = ("Pneumonia detection in pediatric chest X-rays (JPEG, PNG or DICOM). "
+DESCRIPTION = ("Pneumonia detection in pediatric chest X-rays (JPEG, PNG or DICOM; also BMP, GIF, TIFF, WebP). "
                "**Research use only — not a medical device.**")
 
 
@@ -42,7 +42,8 @@ class PredictResponse(BaseModel):
                                                "threshold")
     assessed: bool = Field(True, description="false: no verdict for this image (reason says why)")
     reason: str | None = None
-    threshold_policy: str | None
+    threshold_policy: str | None = Field(None, description="the policy that chose the threshold; absent: a "
+                                         "placeholder threshold, not chosen on validation")
     probabilities: dict[str, float] = Field(description="calibrated probability of each class (after temperature "
                                             "scaling): compare p_calibrated, not these, with threshold_calibrated")
     model_id: str = Field(description="the architecture and the first 12 hex digits of the weights' SHA-256")
@@ -86,4 +87,5 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
 ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
     (400, "malformed request body"), (401, "missing or wrong API key"), (413, "upload too large"),
     (408, "the upload took too long"), (415, "unsupported content type"), (422, "not an acceptable image, or no file in the field 'file'"),
+    (500, "internal error, or a model output that is not a finite number (no verdict)"),
     (501, "heat maps unavailable"), (503, "model not loaded, or busy (then with Retry-After)"))}

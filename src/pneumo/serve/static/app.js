@@ -8,7 +8,7 @@
   const el = {
     dropzone: $("dropzone"), file: $("file"), status: $("status"), keyForm: $("key-form"), apiKey: $("api-key"),
     result: $("result"), image: $("image"), heatmap: $("heatmap"), caption: $("heatmap-caption"),
-    opacityRow: $("opacity-row"), opacity: $("opacity"), opacityValue: $("opacity-value"),
+    opacityRow: $("opacity-row"), legend: $("heatmap-legend"), opacity: $("opacity"), opacityValue: $("opacity-value"),
     label: $("label"), labelExplain: $("label-explain"), bar: $("bar"), barFill: $("bar-fill"),
     barThreshold: $("bar-threshold"), probability: $("probability"), threshold: $("threshold"), facts: $("facts"),
     oodWarning: $("ood-warning"), oodDetail: $("ood-detail"), calibrated: $("calibrated"),
@@ -19,6 +19,8 @@
   let localUrl = null;
   let classes = ["NORMAL", "PNEUMONIA"];
   let oodLimit = null; // the model's out-of-distribution threshold, from its card
+  let latest = 0; // the number of the newest upload: an answer to an older one is dropped, never shown
+  let inFlight = null; // the AbortController of the request being answered
 
   function authHeaders() {
     const key = sessionStorage.getItem(KEY_STORE);
@@ -100,6 +102,7 @@
     el.heatmap.removeAttribute("src");
     el.heatmap.hidden = true;
     el.opacityRow.hidden = true;
+    el.legend.hidden = true;
     el.caption.textContent = "";
     el.label.textContent = "—";
     el.label.className = "label";
@@ -130,48 +133,56 @@
     }
   }
 
-  async function post(file, query) {
+  async function post(file, query, signal) {
     const form = new FormData();
     form.append("file", file, "upload"); // the file name stays on this computer
-    return fetch(`/api/v1/predict?${query}`, { method: "POST", body: form, headers: authHeaders() });
+    return fetch(`/api/v1/predict?${query}`, { method: "POST", body: form, headers: authHeaders(), signal });
   }
 
   async function analyse(file) {
     if (!file) return;
+    const id = ++latest; // a newer upload supersedes this one: its answer, or its error, is never shown
+    if (inFlight) inFlight.abort();
+    const controller = new AbortController();
+    inFlight = controller;
+    const stale = () => id !== latest;
     setStatus("Analysing…");
     showLocalPreview(file);
     let heatNote = "";
     let response;
     try {
-      response = await post(file, "heatmap=true&preview=true");
-      if (response.status === 501) {
+      response = await post(file, "heatmap=true&preview=true", controller.signal);
+      if (!stale() && response.status === 501) {
         heatNote = await errorDetail(response);
-        response = await post(file, "preview=true");
+        response = await post(file, "preview=true", controller.signal);
       }
     } catch (_) {
-      showError("The server could not be reached.");
+      if (!stale()) showError("The server could not be reached.");
       return;
     }
+    if (stale()) return;
     if (response.status === 401) {
-      showError("This server needs an API key.");
+      const sent = Boolean(sessionStorage.getItem(KEY_STORE));
+      showError(sent ? "The API key was not accepted." : "This server needs an API key.");
       needKey(file);
       return;
     }
     if (!response.ok) {
-      showError(`Not analysed: ${await errorDetail(response)}`);
+      const detail = await errorDetail(response);
+      if (!stale()) showError(`Not analysed: ${detail}`);
       return;
     }
     let data;
     try {
       data = await response.json();
     } catch (_) {
-      showError("Not analysed: the server's answer could not be read.");
+      if (!stale()) showError("Not analysed: the server's answer could not be read.");
       return;
     }
-    render(data, heatNote);
+    if (!stale()) render(data, heatNote, file.name);
   }
 
-  function render(data, heatNote) {
+  function render(data, heatNote, fileName) {
     const assessed = data.assessed !== false; // not assessed: an out-of-distribution image gets no verdict
     const positive = assessed && data.label !== classes[0];
     el.result.hidden = false;
@@ -180,12 +191,14 @@
       el.heatmap.src = `data:image/png;base64,${data.heatmap_png_base64}`;
       el.heatmap.hidden = false;
       el.opacityRow.hidden = false;
+      el.legend.hidden = false;
       el.caption.textContent = data.assessed !== false
         ? "Grad-CAM: warm colours mark the regions that pushed the model toward its answer."
         : "Grad-CAM of the model's score, for audit only: this image got no verdict.";
     } else {
       el.heatmap.hidden = true;
       el.opacityRow.hidden = true;
+      el.legend.hidden = true;
       el.caption.textContent = heatNote ? `No heat map: ${heatNote}` : "No heat map.";
     }
     // Out-of-distribution flag: the image is far from the training X-rays in the model's feature space.
@@ -202,8 +215,8 @@
     el.barFill.className = `bar-fill ${assessed ? (positive ? "positive" : "negative") : "unassessed"}`;
     el.barThreshold.style.left = pct(data.threshold);
     el.bar.setAttribute("aria-valuenow", (100 * data.p_pneumonia).toFixed(1));
-    el.bar.setAttribute("aria-valuetext",
-      `probability of pneumonia ${pct(data.p_pneumonia)}, threshold ${pct(data.threshold)}`);
+    el.bar.setAttribute("aria-valuetext", `model score ${data.p_pneumonia.toFixed(3)} (uncalibrated), threshold `
+      + `${data.threshold.toFixed(3)}${assessed ? "" : "; not assessed, shown for audit only"}`);
     el.probability.textContent = data.p_pneumonia.toFixed(3);
     el.threshold.textContent = data.threshold.toFixed(3);
     el.calibrated.textContent = data.p_calibrated.toFixed(3);
@@ -214,6 +227,9 @@
     if (names.length > 2) { // 3-class: the calibrated split of the probability over the subtypes
       for (const name of names) fact(el.facts, `Calibrated P(${name})`, data.probabilities[name].toFixed(3));
     }
+    fact(el.facts, "File", fileName || "—");
+    fact(el.facts, "Operating point", `${data.threshold.toFixed(3)} (${data.threshold_policy
+      || "no policy recorded: a placeholder threshold, not chosen on validation"})`);
     fact(el.facts, "Model", data.model_id);
     const t = data.timings_ms;
     fact(el.facts, "Time", `${t.total.toFixed(0)} ms (decode ${t.decode.toFixed(0)}, model ${t.inference.toFixed(0)}`
