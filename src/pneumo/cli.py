@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import threading
+import warnings
 
 from pneumo import LOG_FORMAT, __version__
 from pneumo.allocator import hold_freed_memory
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _QuietPydicom(logging.Filter):
+    """pydicom's warnings about a malformed file (which echo its bytes) are left out; its errors are kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("pydicom") and record.levelno < logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # names and tags from a hospital's data stay one line each
         if not any(isinstance(f, OneLineArgs) for f in handler.filters):
             handler.addFilter(OneLineArgs())
+    if not args.verbose:  # a malformed DICOM is one line (InputError), not pydicom's warnings echoing its bytes first
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        for handler in logging.getLogger().handlers:  # (pydicom sets its logger's level when it is imported)
+            if not any(isinstance(f, _QuietPydicom) for f in handler.filters):
+                handler.addFilter(_QuietPydicom())
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -205,3 +205,17 @@ def test_explain_prints_one_line_per_file_whatever_its_name(tmp_path: Path, real
     for stream, expected in ((captured.out, 2), (captured.err, 1)):  # the result and the contact sheet; the error
         assert "\x1b" not in stream and len(stream.strip().splitlines()) == expected, stream
     assert "ansi\\x1b[31mRED\\nINFO fake log line.jpeg" in captured.out
+
+
+def test_a_malformed_dicom_is_one_line_without_pydicoms_warnings(tmp_path: Path) -> None:
+    """pydicom's warnings (two log lines and two UserWarnings, one echoing the file's bytes) came before the one-line
+    error (explanations review); `-v` keeps them."""
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 20)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pneumo", "explain", str(bad), "--out", str(tmp_path / "maps")],
+                          check=False, capture_output=True, text=True, timeout=120)  # a process of its own
+    assert done.returncode == 2 and "no pixel data" in done.stderr
+    assert "pydicom" not in done.stderr and "Warning" not in done.stderr, done.stderr
