@@ -56,6 +56,12 @@ def test_analysis_sections_write_every_figure_and_link_it_relative_to_the_run(
     verdict = stats["verdict"]  # the per-image regions (real X-rays: markers, lung field) and the verdict
     assert {"markers", "outside_lungs"} <= set(stats["regions"]) and isinstance(verdict["flagged"], bool)
     assert ("FLAGGED" if verdict["flagged"] else "not flagged") in sections[0][1]
+    # the PCA plane's share of the variance, and that the colours are the true labels (explanations review)
+    from pneumo.explain.embeddings import pca_2d, pixel_features
+
+    share = pca_2d(pixel_features(test_set["images"]))[1]
+    assert 0 < share[1] <= share[0] < 1
+    assert f"the PCA plane holds {share.sum():.1%} of the variance" in body and "colour = the true class" in body
 
 
 def test_a_failing_section_becomes_a_note_and_the_others_still_come(

@@ -59,15 +59,25 @@ def model_features(model: nn.Module, images: np.ndarray, *, batch_size: int = 32
     return np.concatenate(out).astype(np.float32)
 
 
+def pca_2d(features: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components of the standardized features, and the share of the variance each holds."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    pca = PCA(n_components=2, random_state=seed)
+    coords = pca.fit_transform(StandardScaler().fit_transform(np.asarray(features, dtype=np.float64)))
+    return coords, pca.explained_variance_ratio_
+
+
 def project(features: np.ndarray, *, method: str, seed: int = 0) -> np.ndarray:
     """2-D coordinates: ``pca`` (standardized features) or ``tsne`` (on the first 50 principal components)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
     from sklearn.preprocessing import StandardScaler
 
-    z = StandardScaler().fit_transform(np.asarray(features, dtype=np.float64))
     if method == "pca":
-        return PCA(n_components=2, random_state=seed).fit_transform(z)
+        return pca_2d(features, seed=seed)[0]
+    z = StandardScaler().fit_transform(np.asarray(features, dtype=np.float64))
     if method != "tsne":
         raise ConfigError(f"unknown projection {method!r}; choose pca or tsne")
     n_components = min(50, z.shape[0] - 1, z.shape[1])
@@ -97,8 +107,8 @@ def embedding_figure(coords: dict[str, np.ndarray], class_labels: Sequence[str],
     fig = new_figure(8.0, 3.6 * len(coords))
     axes = fig.subplots(len(coords), 2, squeeze=False)
     for row, (name, xy) in enumerate(coords.items()):
-        _scatter(axes[row, 0], xy, class_labels, f"{name}: by class")
-        _scatter(axes[row, 1], xy, subtypes, f"{name}: by subtype")
+        _scatter(axes[row, 0], xy, class_labels, f"{name}: by true class")
+        _scatter(axes[row, 1], xy, subtypes, f"{name}: by true subtype")
     fig.suptitle(title, fontsize=11)
     return save_png(fig, path)
 
@@ -128,10 +138,14 @@ def embedding_figures(fig_dir: str | os.PathLike, model: nn.Module, images: np.n
     out = []
     for key, feats, what in (("pixels", pixel_features(images), "raw pixels (32 x 32)"),
                              ("features", model_features(model, images), "the model's pooled features")):
-        coords = {"PCA": project(feats, method="pca", seed=seed), "t-SNE": project(feats, method="tsne", seed=seed)}
+        xy, share = pca_2d(feats, seed=seed)
+        pca_name = f"PCA (PC1 {share[0]:.1%}, PC2 {share[1]:.1%} of the variance)"
+        coords = {pca_name: xy, "t-SNE": project(feats, method="tsne", seed=seed)}
         path = embedding_figure(coords, class_labels, subtypes, fig_dir / f"embedding_{key}.png",
                                 title=f"PCA and t-SNE of {what}")
-        out.append((path, f"PCA and t-SNE of {what}, {note}; colour = class (left), subtype (right)."))
+        caption = (f"PCA and t-SNE of {what}, {note}; the PCA plane holds {share.sum():.1%} of the variance; "
+                   "colour = the true class (left) and the true subtype (right), from the labels.")
+        out.append((path, caption))
     return out
 
 
