@@ -49,8 +49,29 @@ def test_occlusion_method_writes_its_own_files(tmp_path: Path, real_paths: list[
     rc = main(["explain", str(real_paths[0]), "--model", str(checkpoint_factory()), "--out", str(out),
                "--method", "occlusion", "--window", "16", "--stride", "8"])
     assert rc == 0
-    assert (out / f"{heatmap_name(real_paths[0])}.occlusion.png").is_file()
+    assert (out / f"{heatmap_name(real_paths[0])}.occlusion-w16s8.png").is_file()
     assert not (out / "index.html").exists()
+    # another window writes other files (a second run overwrote the first's), the defaults keep the plain name
+    assert main(["explain", str(real_paths[0]), "--model", str(checkpoint_factory()), "--out", str(out),
+                 "--method", "occlusion"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(
+        f"{heatmap_name(real_paths[0])}.{tag}.png" for tag in ("occlusion-w16s8", "occlusion"))
+
+
+def test_window_and_stride_for_another_method_are_refused_and_the_caption_names_the_settings(
+        tmp_path: Path, real_paths: list[Path], checkpoint_factory: Callable[..., Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--window/--stride with Grad-CAM were ignored without a word; a map of another layer had the default's caption
+    word for word (explanations review)."""
+    from pneumo.explain.render import caption_lines
+    from pneumo.infer.predictor import Predictor
+
+    model = str(checkpoint_factory())
+    assert main(["explain", str(real_paths[0]), "--model", model, "--out", str(tmp_path / "a"), "--window", "7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--window and --stride apply to occlusion only" in err and "\n" not in err
+    prediction = Predictor(model).predict([np.zeros((64, 64), np.uint8) + 100])[0]
+    assert caption_lines(prediction, detail="layer blocks.2")[1].startswith("Grad-CAM (layer blocks.2): evidence for")
 
 
 def test_another_target_or_layer_writes_its_own_files(tmp_path: Path, real_paths: list[Path],

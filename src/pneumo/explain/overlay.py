@@ -76,6 +76,8 @@ class HeatmapWriter:
             raise ConfigError(f"unknown explanation method {method!r}; choose {', '.join(METHODS)}")
         if layer is not None and method not in CAM_METHODS:
             raise ConfigError(f"--layer applies to {' and '.join(CAM_METHODS)} only, not {method}")
+        if method != "occlusion" and (window, stride) != (32, 16):  # (they were ignored without a word)
+            raise ConfigError(f"--window and --stride apply to occlusion only, not {method}")
         model = torch_model_of(predictor)
         if layer is not None:  # fail before the first image
             resolve_layer(model, layer)
@@ -91,7 +93,10 @@ class HeatmapWriter:
         self.window, self.stride = window, stride
         # another target or layer gets its own files (a second run into the same --out overwrote the first's)
         self.tag = METHOD_TAGS[method] + ("-pneumonia" if target == "pneumonia" else "") + (
-            f"-{_UNSAFE.sub('_', layer)[:MAX_STEM]}" if layer else "")
+            f"-{_UNSAFE.sub('_', layer)[:MAX_STEM]}" if layer else "") + (
+            f"-w{window}s{stride}" if method == "occlusion" and (window, stride) != (32, 16) else "")
+        # the settings that made the map, in its caption (another layer's map read exactly as the default's)
+        self.detail = (f"window {window}, stride {stride} px" if method == "occlusion" else None)
 
     def write(self, path: str | os.PathLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
               prepared: np.ndarray | None = None) -> Path:
@@ -110,8 +115,9 @@ class HeatmapWriter:
         npy_path = root / f"{name}.{self.tag}.npy"
         if overlay_path.parent != root or npy_path.parent != root:  # cannot happen with safe_stem; belt and braces
             raise ConfigError(f"refusing to write outside {root}: {name!r}")
+        detail = self.detail or (f"layer {result.layer}" if result.layer else None)
         image = overlay_image(gray, result.map_original, result.prediction, method=self.method, toward=result.toward,
-                              band=True)
+                              band=True, detail=detail)
         atomic.write_bytes(npy_path, npy_bytes(result.map_original.astype(np.float32)))
         atomic.write_bytes(overlay_path, png_bytes(image))
         return Written(source=str(path), overlay=overlay_path, raw_map=npy_path, prediction=result.prediction)

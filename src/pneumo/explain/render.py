@@ -50,9 +50,12 @@ def blend(gray: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6) -> np.ndarr
     return (base + (colorize(heat).astype(np.float32) - base) * weight + 0.5).astype(np.uint8)
 
 
-def caption_lines(prediction: PredictionLike, *, method: str = "gradcam", toward: str | None = None) -> list[str]:
+def caption_lines(prediction: PredictionLike, *, method: str = "gradcam", toward: str | None = None,
+                  detail: str | None = None) -> list[str]:
+    """The overlay's caption: the verdict, the method (with ``detail``: its layer or window) and what the map shows."""
     lines = [f"{prediction.label}   P(pneumonia) {prediction.p_pneumonia:.2f}   threshold {prediction.threshold:.2f}"]
-    lines.append(f"{METHOD_TITLES.get(method, method)}: evidence for {toward or prediction.label}")
+    title = METHOD_TITLES.get(method, method) + (f" ({detail})" if detail else "")
+    lines.append(f"{title}: evidence for {toward or prediction.label}")
     reason = getattr(prediction, "reason", None)
     if reason:  # out of distribution or turned: no verdict, and the map must not read as one
         lines.append(f"NO VERDICT: {reason}; map for audit only")
@@ -124,7 +127,7 @@ def with_band(image: Image.Image, lines: list[str]) -> Image.Image:
 
 def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: PredictionLike | None = None, *,
                   method: str = "gradcam", toward: str | None = None, max_side: int | None = None,
-                  band: bool = False) -> Image.Image:
+                  band: bool = False, detail: str | None = None) -> Image.Image:
     """RGB overlay of ``heat`` (same H x W as ``gray``), optionally shrunk to ``max_side``, with the caption: on the
     image (its geometry kept), or with ``band`` in a band above it, with a colour bar."""
     image = Image.fromarray(blend(gray, heat))
@@ -134,5 +137,5 @@ def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: PredictionLike
                              Image.Resampling.BILINEAR)
     if prediction is None:
         return image
-    lines = caption_lines(prediction, method=method, toward=toward)
+    lines = caption_lines(prediction, method=method, toward=toward, detail=detail)
     return with_band(image, lines) if band else draw_caption(image, lines)
