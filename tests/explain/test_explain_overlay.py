@@ -70,7 +70,7 @@ def test_two_inputs_with_the_same_stem_do_not_overwrite_each_other(tmp_path: Pat
 
 def test_writer_names_files_after_the_method(tmp_path: Path, predictor: Predictor) -> None:
     writer = HeatmapWriter(predictor, tmp_path, method="occlusion", window=16, stride=16)
-    assert writer.write("x.png", np.full((70, 90), 100, np.uint8)).name == f"{heatmap_name('x.png')}.occlusion.png"
+    assert writer.write("x.png", np.full((70, 90), 100, np.uint8)).name == f"{heatmap_name('x.png')}.occlusion-w16s16.png"
 
 
 def test_writer_checks_the_layer_before_the_first_image(tmp_path: Path, predictor: Predictor) -> None:
