@@ -86,3 +86,30 @@ def test_saliency_on_corner_text_is_reported_and_flagged():
     assert bad["all"]["corner_text_images"] == 6 and bad["all"]["corner_text_vs_area"] > 5
     assert bad["verdict"]["peak_on_corner_text"] == 1.0 and good["verdict"]["peak_on_corner_text"] == 0.0
     assert any("corner text" in r for r in bad["verdict"]["reasons"]) and not good["verdict"]["flagged"]
+
+
+def test_outside_the_lungs_is_not_judged_when_the_lungs_were_mostly_a_template():
+    """On images whose lungs were not segmented the 'outside the lungs' share measured a fixed two-ellipse template
+    (explanations review: 14 % of pneumonia films segmented): it no longer flags a model, and the counts say why."""
+    images = np.full((4, 64, 64), 30, np.uint8)  # nothing to segment: the template for every image
+    maps = np.stack([_blob(64, 0.05, 0.05, 0.05)] * 4)  # all saliency in a corner, outside the template's lungs
+    stats = shortcut_stats(maps, [0, 1, 0, 1], ["N", "P"], images=images)
+    verdict = stats["verdict"]
+    assert stats["all"]["outside_lungs_vs_area"] > 1 and verdict["lungs_segmented"] == 0
+    assert verdict["outside_lungs_images"] == 4 and not verdict["outside_lungs_judged"] and not verdict["flagged"]
+
+
+def test_a_peak_on_a_flat_plateau_is_placed_at_its_centre():
+    """An upsampled Grad-CAM is flat over whole cells: argmax took the plateau's first pixel (row or column 0), so a
+    peak on a marker in the middle of an edge cell was missed."""
+    from pneumo.explain.shortcut import peak_hits
+
+    size = 224
+    maps = np.zeros((2, size, size), np.float32)
+    maps[0, 100:110, :64] = 1.0  # a plateau at the left edge, 64 px wide
+    maps[1, 100:110, size - 64:] = 1.0  # its mirror image at the right edge
+    marker = np.zeros((2, size, size), bool)
+    marker[0, 104, 31:33] = True  # in the middle of each plateau
+    marker[1, 104, size - 33:size - 31] = True
+    hit, _ = peak_hits(maps, {"markers": marker})["markers"]
+    assert hit.tolist() == [True, True]

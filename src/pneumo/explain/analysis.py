@@ -133,7 +133,10 @@ def _shortcut_section(data: _TestSet) -> str:
                              f"{_times(verdict['corner_text_vs_area'])} (on {verdict['corner_text_images']} images), "
                              f"outside the lung field {_times(verdict['outside_lungs_vs_area'])} its area")
                     + ". Flagged at 2x on markers or corner text, or 1x outside the lungs (no preference for the "
-                      "lungs).</p>")
+                      f"lungs). Lung fields segmented on {verdict['lungs_segmented']} of "
+                      f"{verdict['outside_lungs_images']} images, a two-ellipse template on the others"
+                    + ("" if verdict["outside_lungs_judged"] else ": too few to judge the saliency outside the lungs")
+                    + ".</p>")
     return (
         verdict_html
         + f"<p>Grad-CAM ({escape(stats['layer'])}, evidence for the predicted label) on {sampled}. Share of the "

@@ -33,6 +33,7 @@ MARKER_FLAG = 2.0  # saliency share on detected markers / their area at which a 
 OUTSIDE_FLAG = 1.0  # saliency share outside the lung field / its area at which a model is flagged
 PEAK_TOLERANCE = 1 / 14  # a map's peak counts as on a marker within this fraction of the side (half a 7x7 cell)
 PEAK_FLAG = 2.0  # share of peaks on markers / its chance at which a model is flagged
+MIN_SEGMENTED = 0.5  # share of images with their own lung field below which "outside the lungs" is not judged
 
 
 def _lung_template(size: int) -> np.ndarray:
@@ -71,12 +72,15 @@ def lung_field(img: np.ndarray) -> tuple[np.ndarray, bool]:
     return mask > 0, True
 
 
-def image_regions(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image boolean masks ``(N, S, S)``: detected markers/text, corner text, and outside the lung field."""
+def image_regions(images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-image boolean masks ``(N, S, S)``: detected markers/text, corner text, and outside the lung field; and
+    whether each image's lungs were segmented (else the two-ellipse template stands in)."""
     images = np.asarray(images)
-    return {"markers": np.stack([find_markers(img) for img in images]),
-            "corner_text": np.stack([find_text(img) for img in images]),
-            "outside_lungs": np.stack([~lung_field(img)[0] for img in images])}
+    lungs = [lung_field(img) for img in images]
+    return ({"markers": np.stack([find_markers(img) for img in images]),
+             "corner_text": np.stack([find_text(img) for img in images]),
+             "outside_lungs": np.stack([~mask for mask, _ in lungs])},
+            np.array([segmented for _, segmented in lungs], dtype=bool))
 
 
 def region_masks(size: int, *, border: float = 0.10, corner: float = 0.15, center_margin: float = 0.20
@@ -138,12 +142,13 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
                    "center": f"central box {center_margin:.0%}-{1 - center_margin:.0%} on both axes",
                    "markers": "markers/text detected on each image (pneumo.data.markers)",
                    "corner_text": "rows of text detected in each image's corners (pneumo.data.markers.find_text)",
-                   "outside_lungs": "outside each image's lung field (segmented, else a two-ellipse template)"}
+                   "outside_lungs": "outside each image's lung field (segmented, else a two-ellipse template; "
+                                    f"judged only when at least {MIN_SEGMENTED:.0%} of the images were segmented)"}
     names = list(REGIONS)
     if images is not None:
         if len(images) != len(maps) or np.asarray(images).shape[1:] != maps.shape[1:]:
             raise ConfigError(f"images {np.asarray(images).shape} do not match the maps {maps.shape}")
-        regions = image_regions(images)
+        regions, segmented = image_regions(images)
         shares.update(mass_shares(maps, regions))  # (N, S, S) masks broadcast like the fixed (S, S) ones
         for name, per_image in regions.items():
             areas[name] = per_image.mean(axis=(1, 2))
@@ -161,6 +166,8 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
             out[f"{name}_vs_area"] = mean / float(areas[name][use].mean()) if use.any() else float("nan")
             if name not in REGIONS:
                 out[f"{name}_images"] = int(use.sum())
+                if name == "outside_lungs":  # how many of them had their own lung field, not the template
+                    out["lungs_segmented"] = int((use & segmented).sum())
                 hit, chance = peaks[name]
                 out[f"peak_on_{name}"] = float(hit[use].mean()) if use.any() else float("nan")
                 out[f"peak_on_{name}_chance"] = float(chance[use].mean()) if use.any() else float("nan")
@@ -176,11 +183,19 @@ def shortcut_stats(maps: np.ndarray, labels: Sequence[int] | np.ndarray, class_n
 
 
 def peak_hits(maps: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per region: whether each map's hottest pixel lies in it (grown by ``PEAK_TOLERANCE`` of the side: a Grad-CAM
-    cell is that coarse), and the chance of that for a peak placed uniformly at random (the grown region's area)."""
+    """Per region: whether each map's hottest point (the centre of its hottest plateau) lies in it (grown by
+    ``PEAK_TOLERANCE`` of the side: a Grad-CAM cell is that coarse), and the chance of that for a peak placed uniformly
+    at random (the grown region's area). Uniform placement is conservative for a model whose peaks gather in the
+    centre (markers lie near the edges); a permutation null (peaks against other images' markers) was not taken,
+    because it cannot see a model that always peaks where the markers always are."""
     n, size = maps.shape[0], maps.shape[1]
-    flat = np.argmax(maps.reshape(n, -1), axis=1)
-    rows, cols = np.unravel_index(flat, (size, size))
+    # the centre of the hottest plateau (an upsampled Grad-CAM is flat over its edge cells: argmax took the first
+    # tied pixel, so a peak at the top or left edge sat at pixel 0 and one at the bottom or right 16 px inside)
+    top = maps >= maps.max(axis=(1, 2), keepdims=True)
+    count = np.maximum(top.sum(axis=(1, 2)), 1)
+    idx = np.arange(size)
+    rows = np.rint((top.sum(axis=2) * idx).sum(axis=1) / count).astype(int)
+    cols = np.rint((top.sum(axis=1) * idx).sum(axis=1) / count).astype(int)
     k = max(1, round(PEAK_TOLERANCE * size)) * 2 + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
     out = {}
@@ -208,9 +223,12 @@ def shortcut_verdict(stats: dict) -> dict:
         out |= {f"{name}_vs_area": ratio, f"peak_on_{name}": hit, f"peak_on_{name}_vs_chance": peak,
                 f"{name}_images": overall.get(f"{name}_images", 0)}
     outside = overall.get("outside_lungs_vs_area", float("nan"))
-    if np.isfinite(outside) and outside >= OUTSIDE_FLAG:
+    segmented, n = overall.get("lungs_segmented", 0), overall.get("outside_lungs_images", 0)
+    judged = n > 0 and segmented >= MIN_SEGMENTED * n  # mostly the template: the ratio says little about the lungs
+    if judged and np.isfinite(outside) and outside >= OUTSIDE_FLAG:
         reasons.append(f"{outside:.2f}x the uniform saliency outside the lung field (flag at {OUTSIDE_FLAG:g}x)")
-    return {"flagged": bool(reasons), "reasons": reasons, **out, "outside_lungs_vs_area": outside}
+    return {"flagged": bool(reasons), "reasons": reasons, **out, "outside_lungs_vs_area": outside,
+            "lungs_segmented": segmented, "outside_lungs_images": n, "outside_lungs_judged": judged}
 
 
 def shortcut_table_rows(stats: dict) -> tuple[list[str], list[list[object]]]:
