@@ -64,6 +64,20 @@ def test_mendeley_layout_read_straight_from_a_zip(data_slice: Path, tmp_path: Pa
     assert len(df) == len(list(data_slice.rglob("*.jpeg")))
 
 
+def test_a_zip_whose_folders_are_separated_by_backslashes_is_read(data_slice: Path, tmp_path: Path) -> None:
+    """Windows PowerShell 5.1's Compress-Archive writes "chest_xray\\train\\NORMAL\\x.jpeg": the scan said the zip had
+    no train/NORMAL folder (data review)."""
+    archive = tmp_path / "windows.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(data_slice.rglob("*.jpeg")):
+            zf.write(path, "chest_xray\\" + "\\".join(path.relative_to(data_slice).parts))
+    df = scan_dataset(archive)
+    assert len(df) == len(list(data_slice.rglob("*.jpeg"))) and set(df["split"]) == {"train", "val", "test"}
+    assert df["path"].str.contains("/").all() and not df["path"].str.contains("\\", regex=False).any()
+    cache = build_cache(df.head(4), archive, size=32, cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert cache.images.shape == (4, 32, 32)  # the members are read back by their stored names
+
+
 def test_a_zip_with_another_data_set_beside_the_layout_is_read(data_slice: Path, tmp_path: Path) -> None:
     """Mendeley's ZhangLabData.zip holds CellData/chest_xray and CellData/OCT (train/ x CNV, DME, DRUSEN, NORMAL): OCT
     counted as a second copy of the layout, and the error said to give --dataset a folder inside the zip."""

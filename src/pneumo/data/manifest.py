@@ -69,11 +69,14 @@ class DatasetSource:
         if self.is_zip and not zipfile.is_zipfile(self.location):
             raise DataError(f"{self.location} is neither a folder nor a zip archive")
         self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, str] = {}  # a zip's member names with "/" -> as stored
         self.prefix = self._find_prefix()
 
     def _all_files(self) -> list[str]:
-        if self.is_zip:
-            return [i.filename for i in self._archive().infolist() if not i.is_dir()]
+        if self.is_zip:  # a zip written on Windows may separate folders with "\\" (PowerShell 5.1 does): read as "/"
+            self._members = {i.filename.replace("\\", "/"): i.filename for i in self._archive().infolist()
+                             if not i.filename.endswith(("/", "\\"))}
+            return list(self._members)
         base = self.location
         return [str(PurePosixPath(Path(d, f).relative_to(base))) for d, _, fs in _walk_once(base) for f in fs]
 
@@ -114,7 +117,7 @@ class DatasetSource:
     def read(self, rel: str) -> bytes:
         full = f"{self.prefix}/{rel}" if self.prefix else rel
         if self.is_zip:
-            return self._archive().read(full)
+            return self._archive().read(self._members.get(full, full))
         return (self.location / full).read_bytes()
 
     def stamp(self, rel: str) -> str:
@@ -122,7 +125,7 @@ class DatasetSource:
         change times and inode of a file ("missing" for a dangling link)."""
         full = f"{self.prefix}/{rel}" if self.prefix else rel
         if self.is_zip:
-            info = self._archive().getinfo(full)
+            info = self._archive().getinfo(self._members.get(full, full))
             return f"{info.file_size}:{info.CRC}"
         try:
             st = (self.location / full).stat()
