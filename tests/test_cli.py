@@ -37,7 +37,8 @@ def test_no_subcommand_prints_help_and_fails(capsys: pytest.CaptureFixture) -> N
 
 
 def test_every_preset_loads_and_validates() -> None:
-    from pneumo.config import PRESET_DIR, member_configs
+    from pneumo.config import PRESET_DIR
+    from pneumo.train.run import member_configs
 
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
     assert {"default", "lite0-finetune", "lite0-partial", "scratch-cnn"} <= set(presets)
@@ -50,7 +51,8 @@ def test_every_preset_loads_and_validates() -> None:
 
 
 def test_the_ensemble_preset_lists_the_three_lite_probes_and_default_is_lite0_partial_with_markers() -> None:
-    from pneumo.config import member_configs, to_dict
+    from pneumo.config import to_dict
+    from pneumo.train.run import member_configs
 
     members = member_configs(load_config("ens-lite-probes"), ["data.split_seed=3"])
     assert [m.model.name for m in members] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]

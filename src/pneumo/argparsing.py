@@ -4,7 +4,7 @@ deprecated aliases before 1.0). (The commands layer: the CLI and the commands us
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, NoReturn
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -18,6 +18,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.option_strings or action.nargs in ("?", "*"):
             text += " (default: %(default)s)"
         return text
+
+
+class Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, ``pneumo <command>: error: ...`` and exit 2, as every other error of
+    the CLI (argparse printed the usage block first); ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def subparser(sub, name: str, *, help: str, examples: str = "") -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import warnings
 
 from pneumo import LOG_FORMAT, __version__
 from pneumo.allocator import hold_freed_memory
-from pneumo.argparsing import HelpFormatter, subparser
+from pneumo.argparsing import HelpFormatter, Parser, subparser
 from pneumo.errors import OneLineArgs, PneumoError, one_line
 
 # name -> (module, one-line help); modules are imported only when their subcommand runs or builds its parser.
@@ -44,7 +44,7 @@ HOLD_MEMORY = ("evaluate", "operating-point", "explain", "predict", "export", "o
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pneumo",
         description="Pneumonia detection in pediatric chest X-rays: data, training, honest evaluation, "
         "explanations, prediction, export and a web service. Research use only, not a medical device.",
@@ -72,7 +72,10 @@ class _QuietPydicom(logging.Filter):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named with the command they were given to (argparse said "pneumo: error: unrecognized arguments")
+        where = f"pneumo {args.command}" if getattr(args, "command", None) else "pneumo"
+        parser.exit(2, f"{where}: error: unrecognized arguments: {one_line(' '.join(extra))}\n")
     args.command_line = shlex.join(["pneumo", *(sys.argv[1:] if argv is None else argv)])  # recorded by train
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:  # names and tags from a hospital's data stay one line each

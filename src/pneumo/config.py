@@ -48,6 +48,8 @@ Maybe = BeforeValidator(lambda v: None if isinstance(v, str) and v.strip().lower
 Items = Annotated[list[str], BeforeValidator(lambda v: [x.strip() for x in v.split(",") if x.strip()]
                                              if isinstance(v, str) else v)]
 Count = Annotated[int, Field(ge=1)]
+MAX_SEED = 2**32 - 1  # NumPy and PyTorch take seeds in 0..2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 _WORDS = {"int_parsing": "an integer", "int_from_float": "an integer", "int_type": "an integer",
           "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number",
           "bool_parsing": "true or false", "bool_type": "true or false", "string_type": "a string",
@@ -104,7 +106,7 @@ class Schema(BaseModel):
             text = str(ctx["error"])
             return (text if not key or text.startswith(key) else f"{key}: {text}") + more
         if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-            rule = " ".join(f"{_SIGNS[bound]} {limit:g}" for bound, limit in ctx.items())
+            rule = " ".join(f"{_SIGNS[bound]} {limit if isinstance(limit, int) else format(limit, 'g')}" for bound, limit in ctx.items())
         elif kind == "literal_error":
             rule = f"one of {ctx['expected']}"
         elif kind in _WORDS:
@@ -139,7 +141,7 @@ class DataConfig(Schema):
     markers: Literal["none", "inpaint", "inpaint-text"] = "none"  # in-paint markers (and corner text) in train + inference
     crop: Crop = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    split_seed: int = Field(0, ge=0)
+    split_seed: Seed = 0
     cache_dir: Annotated[str | None, Maybe] = None  # default: $PNEUMO_CACHE or ~/.cache/pneumo
     limit_per_class: Annotated[Count | None, Maybe] = None  # at most N images per split x subtype (tests)
 
@@ -156,10 +158,10 @@ class ModelConfig(Schema):
 class AugmentConfig(Schema):
     _prefix: ClassVar[str] = "train.augment."
     rotate_deg: float = Field(7.0, ge=0.0)
-    scale: float = Field(0.1, ge=0.0)
+    scale: float = Field(0.1, ge=0.0, lt=1.0)  # zoom factors 1 +- scale stay positive
     translate: float = Field(0.06, ge=0.0)
     brightness: float = Field(0.15, ge=0.0)
-    contrast: float = Field(0.15, ge=0.0)
+    contrast: float = Field(0.15, ge=0.0, lt=1.0)
     gamma: float = Field(0.15, ge=0.0)
     hflip: bool = False
     erase: float = Field(0.0, ge=0.0, le=1.0)  # probability of random erasing: one 2-33 % rectangle replaced by noise
@@ -181,7 +183,7 @@ class TrainConfig(Schema):
     loss: Literal["ce", "focal"] = "ce"
     balance: Literal["weights", "sampler", "none"] = "weights"
     patience: int = Field(4, ge=1)  # early stopping on val ROC-AUC
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     device: Device = "auto"  # auto | cpu | cuda | cuda:N | mps
     amp: bool = True  # bf16 autocast for training on CUDA and on CPUs with native bf16 (false: fp32)
     hold_memory: bool = True  # keep freed memory in the process (glibc): no page faults for every step's activations
@@ -195,7 +197,7 @@ class EvalConfig(Schema):
     threshold_policy: Policy = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
     tta: bool = False  # average logits over the image and its horizontal flip
     n_bootstrap: int = Field(1000, ge=0)
-    bootstrap_seed: int = Field(0, ge=0)
+    bootstrap_seed: Seed = 0
     ece_bins: int = Field(15, ge=1)
 
 
@@ -225,7 +227,7 @@ class AdaptConfig(FlagSchema):
                                "(when rehearsal is on): small site samples get enough of the source hospital")
     rehearsal_pool: int = Field(2000, ge=0, le=100_000, description="source training images to draw rehearsal from")
     threshold_policy: Policy = "sensitivity:0.95"
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     amp: bool = True
 
 
@@ -241,7 +243,7 @@ class ServeConfig(FlagSchema):
     max_pixels: int = Field(50_000_000, ge=1)
     api_key: Annotated[str | None, Maybe] = None  # also $PNEUMO_API_KEY
     max_batch: int = Field(4, ge=1)  # per batcher worker (one a core): 4 beat 8 at 16 clients (BENCHMARKS.md)
-    batch_window_ms: float = Field(5.0, ge=0.0)
+    batch_window_ms: float = Field(5.0, ge=0.0, le=1000.0)  # a lone request waits this long
     cors_origins: Items = Field(default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0.0)  # a request's headers must arrive within this (slow clients closed)
     body_timeout_s: float = Field(60.0, gt=0.0)  # an upload must arrive within this (else 408)
@@ -359,6 +361,18 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping a YAML file holds (safe loading; empty: {}). Raises ConfigError naming the file when it is not
+    readable text, not YAML or not a mapping (a tab indent, a ``!!python`` tag, another encoding were tracebacks)."""
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, IsADirectoryError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML file ({' '.join(str(exc).split())[:160]})") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: needs a mapping of keys to values, holds a {type(values).__name__}")
+    return values or {}
+
+
 def preset_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -372,28 +386,12 @@ def preset_path(name_or_path: str) -> Path:
 
 def load_config(preset: str | None = "default", overrides: list[str] | None = None) -> RunConfig:
     """Load a preset (name in configs/ or a YAML path), apply overrides, fill data.root from $PNEUMO_DATA."""
-    values: dict[str, Any] = {}
-    if preset:
-        with open(preset_path(preset), encoding="utf-8") as fh:
-            values = yaml.safe_load(fh) or {}
+    values = read_yaml(preset_path(preset)) if preset else {}
     values = apply_overrides(values, overrides or [])
     cfg = RunConfig.checked(values, _NEW_RUN)
     if cfg.data.root is None and os.environ.get("PNEUMO_DATA"):
         cfg.data.root = os.environ["PNEUMO_DATA"]
     return cfg
-
-
-def member_configs(cfg: RunConfig, overrides: list[str]) -> list[RunConfig]:
-    """The member runs of an ensemble preset: each member preset with the same overrides, named <name>-<member>."""
-    if len(cfg.members) < 2:
-        raise ConfigError(f"an ensemble preset needs at least two members, {cfg.name} lists {len(cfg.members)}")
-    out = [load_config(m, [*overrides, f"name={cfg.name}-{Path(m).stem}", f"out_dir={cfg.out_dir}"]) for m in cfg.members]
-    for member, member_cfg in zip(cfg.members, out, strict=True):
-        if member_cfg.members:
-            raise ConfigError(f"ensemble member {member} is itself an ensemble")
-        if member_cfg.data.task != cfg.data.task:
-            raise ConfigError(f"ensemble member {member} is a {member_cfg.data.task} model, not {cfg.data.task}")
-    return out
 
 
 def dump_yaml(cfg: BaseModel) -> str:

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from pneumo.cli import main
-from pneumo.config import load_config, member_configs
+from pneumo.config import load_config
 from pneumo.errors import ConfigError
+from pneumo.train.run import member_configs
 
 TINY = ["data.image_size=64", "data.val_fraction=0.3", "eval.n_bootstrap=20", "train.batch_size=8",
         "train.amp=false"]

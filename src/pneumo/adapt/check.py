@@ -53,9 +53,10 @@ import pandas as pd
 from pneumo.adapt.site_report import header_properties, pixel_properties, property_notes, summarize_properties
 from pneumo.adapt.sources import site_items, source_config
 from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
+from pneumo.config import MAX_SEED
 from pneumo.data.decode import load_image
 from pneumo.data.gate import check_radiograph
-from pneumo.errors import DataError, InputError, PneumoError
+from pneumo.errors import ConfigError, DataError, InputError, PneumoError
 from pneumo.infer.predictor import Predictor
 from pneumo.provenance import record as provenance_record
 
@@ -335,19 +336,19 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
                dataset: str | os.PathLike | None = None, sample: int = DEFAULT_SAMPLE, seed: int = 0,
                predictor: Predictor | None = None) -> dict:
     """Compare a site's images with the model's training distribution; write ``site.json``, ``images.csv`` and
-    ``report.html`` into ``out`` (whole or not at all; an earlier site check there is replaced) and return what
-    site.json holds.
+    ``report.html`` into ``out`` (whole or not at all; an earlier check there is replaced); return site.json's dict.
 
     Raises:
         DataError: no images, fewer than ``MIN_IMAGES`` scorable images, or a dataset that is not there.
-        ConfigError: a reference sample under ``MIN_IMAGES``; ``out`` holds files that are not a site check.
+        ConfigError: a reference sample under ``MIN_IMAGES``, a bad seed; ``out`` holds files that aren't a site check.
     """
     from pneumo import atomic
     from pneumo.adapt.site_report import write_site_report
-    from pneumo.errors import ConfigError
 
     if sample < MIN_IMAGES:
         raise ConfigError(f"the reference sample must hold at least {MIN_IMAGES} images, got {sample}")
+    if not 0 <= seed <= MAX_SEED:  # before the scoring (a negative seed failed inside NumPy after it)
+        raise ConfigError(f"--seed must be within 0..{MAX_SEED}, got {seed}")
     atomic.check_folder(out, owned=SITE_FILES, replace=True, what="site check", hint="")  # before the long part
     items, left_out = site_items(data)
     predictor = predictor or Predictor(model, backend="torch")

@@ -173,6 +173,8 @@ def _check_bind(host: str, port: int) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ConfigError(f"--host {host}: {exc.strerror}") from None
+    except UnicodeError:  # a malformed name (an empty or overlong label): the IDNA codec refuses it
+        raise ConfigError(f"--host {host}: not a valid host name") from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds

@@ -76,11 +76,9 @@ def refuse_removed_options(saved: Path) -> None:
     Raises:
         ConfigError: naming the options and what to do.
     """
-    import yaml
+    from pneumo.config import REMOVED_DEFAULTS, read_yaml
 
-    from pneumo.config import REMOVED_DEFAULTS
-
-    raw = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(saved)
     found = [f"{section}.{key}={value!r}" for section, keys in raw.items() if isinstance(keys, dict)
              for key, value in keys.items()
              if f"{section}.{key}" in REMOVED_DEFAULTS and value != REMOVED_DEFAULTS[f"{section}.{key}"]]
@@ -91,6 +89,12 @@ def refuse_removed_options(saved: Path) -> None:
 
 
 def cli_overrides(args: argparse.Namespace) -> list[str]:
+    """The shortcut flags as ``key=value`` overrides, then ``--set``'s. Raises ConfigError when a flag and ``--set``
+    name one key (``--set`` silently won, and an error about its value named the flag)."""
+    given = {key: attr for attr, key in SHORTCUTS.items() if getattr(args, attr) is not None}
+    for item in args.overrides:
+        if (key := item.partition("=")[0].strip()) in given:
+            raise ConfigError(f"--{given[key].replace('_', '-')} and --set {key}=... set the same key: give one")
     text = {"name", "out_dir", "dataset"}  # free text (a folder may be named "xr #2"): a quoted YAML string, not YAML
     return [f"{key}={json.dumps(str(value)) if attr in text else value}" for attr, key in SHORTCUTS.items()
             if (value := getattr(args, attr)) is not None] + list(args.overrides)
@@ -137,9 +141,8 @@ def run(args: argparse.Namespace) -> int:
 def run_ensemble(cfg, args: argparse.Namespace) -> int:
     """Train (or resume) each member of the ensemble preset (the same overrides apply to each, except the name),
     evaluate each, then their mean probability into runs/<name>."""
-    from pneumo.config import member_configs
     from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
-    from pneumo.train.run import run_lock, train
+    from pneumo.train.run import member_configs, run_lock, train
 
     run_dirs = []
     for member in member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")]):

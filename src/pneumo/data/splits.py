@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from pneumo.config import MAX_SEED
 from pneumo.data.manifest import scan_dataset
 from pneumo.errors import ConfigError, DataError, LeakageError
 
@@ -52,10 +53,10 @@ def _linked_groups(df: pd.DataFrame) -> pd.Series:
 def assign_folds(df: pd.DataFrame, *, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
     """Add a ``fold`` column: ``test`` = the official test split; the official train + val images are split by patient
     (``val_fraction`` of the patients of each subtype go to ``val``, seeded), duplicates kept together."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if seed < 0:
-        raise ConfigError(f"the split seed must be >= 0, got {seed}")
+    if not 0.0 < val_fraction < 0.5:  # as data.val_fraction: val is the smaller part of the pool
+        raise ConfigError(f"the val fraction must be in (0, 0.5), got {val_fraction}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"the split seed must be within 0..{MAX_SEED}, got {seed}")
     out = df.copy()
     out["fold"] = np.where(out["split"] == "test", "test", "train")
     pool = out[out["split"] != "test"]

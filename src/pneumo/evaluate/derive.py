@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import atomic
+from pneumo.config import read_yaml
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
@@ -113,7 +114,7 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
     if new.config.is_file():
         import yaml
 
-        cfg = yaml.safe_load(new.config.read_text()) or {}
+        cfg = read_yaml(new.config)
         cfg.setdefault("eval", {})["threshold_policy"] = policy
         cfg["name"] = name
         atomic.write_text(new.config, yaml.safe_dump(cfg, sort_keys=False))

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from pneumo import atomic
-from pneumo.config import from_dict
+from pneumo.config import from_dict, read_yaml
 from pneumo.data.cache import image_cache
 from pneumo.data.preprocess import to_unit
 from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
@@ -54,7 +53,7 @@ def load_run(run_dir: Path, data: str | None = None):
     run = RunDir(run_dir)
     if not run.is_run():
         raise DataError(f"{run_dir} is not a run folder (no {run.config.name} / {run.folds.name})")
-    cfg = from_dict(yaml.safe_load(run.config.read_text()))
+    cfg = from_dict(read_yaml(run.config))  # a broken config.yaml is one line, not a traceback
     if data:
         cfg.data.root = data
     return cfg, read_folds(run.folds)
@@ -66,7 +65,7 @@ def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -
     from tqdm import tqdm
 
     cache = image_cache(cfg, folds)
-    device = select_device(cfg.train.device)
+    device = select_device(cfg.train.device, here=True)
     net.to(device).eval()
     score = scorer(net, cfg.data.image_size)
     amp = cfg.train.amp and device.type == "cuda"  # fp32 on the CPU: the numbers `pneumo predict` (ONNX) gives
@@ -122,7 +121,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     training = meta.training
     result["tta"] = cfg.eval.tta
     result["ood"], ood_scores, turned = test_checks(RunDir(run_dir).model, meta, model, logits["test_images"],
-                                                    device=select_device(cfg.train.device),
+                                                    device=select_device(cfg.train.device, here=True),
                                                     features=logits.get("test_features"))
     if turned is not None:
         result["orientation"] = {"n": len(turned), "n_refused": int(turned.sum())}

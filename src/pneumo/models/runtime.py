@@ -24,9 +24,13 @@ from tqdm import tqdm
 from pneumo.data.preprocess import to_unit
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else the CPU; any other name as given (``cpu``, ``cuda``, ``cuda:1``)."""
-    if name == "auto":
+def select_device(name: str, *, here: bool = False) -> torch.device:
+    """``auto`` -> CUDA when available, else the CPU; any other name as given (``cpu``, ``cuda``, ``cuda:1``).
+    ``here``: a trained model's recorded device, used only where this machine has it, else ``auto`` (a run trained on
+    a GPU is evaluated on a machine without one)."""
+    missing = (name.startswith("cuda") and not torch.cuda.is_available()) or (
+        name == "mps" and not torch.backends.mps.is_available())
+    if name == "auto" or (here and missing):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 

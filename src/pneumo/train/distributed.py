@@ -47,6 +47,8 @@ def setup(device: str = "auto") -> tuple[DistEnv, torch.device]:
     if device.startswith("cuda") and not torch.cuda.is_available():  # before any folder is written
         raise ConfigError(f"--device {device}, but this machine has no CUDA GPU (PyTorch sees none): use --device "
                           "cpu or auto")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps, but this PyTorch or machine has no MPS (Apple GPU): use --device cpu or auto")
     if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
         raise ConfigError(f"--device {device}, but only {torch.cuda.device_count()} GPU(s) are visible")
     if not env.enabled:

@@ -107,6 +107,8 @@ def fit_ood_for(model_path: str | os.PathLike, *, data: str | None = None,
         data: the dataset; default: the root stored in the checkpoint's config if it exists, else ``$PNEUMO_DATA``.
         percentile: the val percentile that becomes the flag threshold.
     """
+    if not 50.0 <= percentile < 100.0:  # before the scan, the cache and the features (it was checked after them)
+        raise ConfigError(f"--percentile must be in [50, 100), got {percentile}")
     sidecar = resolve_model(model_path)
     stored_config = read_meta(sidecar).config
     if not isinstance(stored_config, dict):
@@ -118,8 +120,9 @@ def fit_ood_for(model_path: str | os.PathLike, *, data: str | None = None,
     if stored.is_file():
         _check_same_split(folds, read_folds(stored), stored)
     cache = image_cache(cfg, folds)
-    entry = fit_trained_ood(cfg, sidecar, cache, folds, device=select_device(cfg.train.device), percentile=percentile)
-    fit_trained_orientation(sidecar, cache, folds, device=select_device(cfg.train.device), seed=cfg.train.seed)
+    device = select_device(cfg.train.device, here=True)  # a run trained on a GPU, refitted on a machine without one
+    entry = fit_trained_ood(cfg, sidecar, cache, folds, device=device, percentile=percentile)
+    fit_trained_orientation(sidecar, cache, folds, device=device, seed=cfg.train.seed)
     return entry
 
 

@@ -25,7 +25,7 @@ import torch
 
 from pneumo import atomic
 from pneumo.allocator import hold_freed_memory
-from pneumo.config import RunConfig, dump_yaml, to_dict
+from pneumo.config import RunConfig, dump_yaml, load_config, to_dict
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
 from pneumo.data.splits import class_names, folds_for, labels
@@ -45,6 +45,22 @@ from pneumo.train.probe import cached_features, features_in_bf16, fit_probe, loa
 log = logging.getLogger(__name__)
 BEST, LAST, PREV = "model", "last", "last-prev"
 _HELD: set[str] = set()  # run locks this process holds
+
+
+def member_configs(cfg: RunConfig, overrides: list[str]) -> list[RunConfig]:
+    """The member runs of an ensemble preset: each member preset with the same overrides, named <name>-<member>."""
+    if len(cfg.members) < 2:
+        raise ConfigError(f"an ensemble preset needs at least two members, {cfg.name} lists {len(cfg.members)}")
+    names = [Path(m).stem for m in cfg.members]
+    if len(set(names)) < len(names):  # one run folder for two members: an "ensemble" of one model
+        raise ConfigError(f"{cfg.name} lists a member twice: {', '.join(cfg.members)}")
+    out = [load_config(m, [*overrides, f"name={cfg.name}-{Path(m).stem}", f"out_dir={cfg.out_dir}"]) for m in cfg.members]
+    for member, member_cfg in zip(cfg.members, out, strict=True):
+        if member_cfg.members:
+            raise ConfigError(f"ensemble member {member} is itself an ensemble")
+        if member_cfg.data.task != cfg.data.task:
+            raise ConfigError(f"ensemble member {member} is a {member_cfg.data.task} model, not {cfg.data.task}")
+    return out
 
 
 def seed_everything(seed: int) -> None:
