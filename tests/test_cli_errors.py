@@ -57,6 +57,7 @@ def test_a_runs_broken_config_yaml_is_one_line(tmp_path: Path, capsys: pytest.Ca
     (["train", "--print-config", "--preset", "scratch-cnn", "--seed", "1e3"], ("pneumo train: error:", "--seed")),
     (["adapt", "--data", "x", "--out", "y", "--folds", "2.5"], ("pneumo adapt: error:", "--folds")),
     (["evaluate", "--seed", "1"], ("pneumo evaluate: error: unrecognized arguments: --seed 1",)),
+    (["train", "--print-config", "--preset", "scratch-cnn", "--set", "train={epochs: 2}"], ("one key at a time",)),
     (["serve", "--host", "bad..host", "--model", "/nonexistent"], ("--host bad..host",)),
     (["site", "check", "--data", "x", "--out", "y", "--seed", "-1"], ("--seed", "0..4294967295")),
     (["ood", "fit", "--model", "default", "--percentile", "150"], ("--percentile", "[50, 100)")),

@@ -350,6 +350,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             dotted, value = dotted.strip(), yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r}: {raw!r} is not a YAML value (quote text: key='...')") from None
+        if isinstance(value, dict) or not dotted:  # a mapping replaced the whole section, its other keys reset
+            raise ConfigError(f"override {item!r}: set one key at a time, as section.key=value")
         if dotted in REMOVED_DEFAULTS and value != REMOVED_DEFAULTS[dotted]:
             raise ConfigError(f"{dotted} left the product with the study: run it from its row's commit (BENCHMARKS.md)")
         node, *parents, key = [values, *dotted.split(".")]
