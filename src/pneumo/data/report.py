@@ -75,8 +75,7 @@ def write_data_report(
             ``patient_key``, ``sha256``, ``width``, ``height``, ``source_kind``, ``dup_group``).
         root: the dataset folder or zip the manifest was scanned from (``None``: ``$PNEUMO_DATA``).
         out_dir: report folder (created); nothing is written elsewhere.
-        folds_df: the manifest with the ``fold`` column of ``splits.assign_folds``; enables the split and leakage
-            sections.
+        folds_df: the manifest with the ``fold`` column of ``splits.assign_folds``; enables the split and leakage parts.
         leakage: a ``splits.leakage_report`` result to show; computed from ``folds_df`` when omitted.
         split_error: why the patient-grouped split was refused (a ``LeakageError``'s text), shown as a failed check.
         seed: seeds the choice of decoded and displayed images.
@@ -356,12 +355,10 @@ def _leakage_section(df: pd.DataFrame, folds_df: pd.DataFrame | None, leakage: M
             check_leakage(folds_df)
         except LeakageError as exc:
             detail = str(exc)
-    if split_error:
+    if split_error or leakage is None:
         parts.append(f'<p id="leakage-result">{_badge(False)} the patient-grouped split was refused: '
-                     f'{escape(split_error)}</p>')
-        return "".join(parts)
-    if leakage is None:
-        parts.append('<p id="leakage-result">Not checked: no patient-grouped split was made.</p>')
+                     f'{escape(split_error)}</p>' if split_error else
+                     '<p id="leakage-result">Not checked: no patient-grouped split was made.</p>')
         return "".join(parts)
     passed = bool(
         leakage.get("passed", not (leakage.get("patients_in_two_splits") or leakage.get("duplicates_in_two_splits")))
