@@ -62,6 +62,7 @@ def test_a_runs_broken_config_yaml_is_one_line(tmp_path: Path, capsys: pytest.Ca
     (["site", "check", "--data", "x", "--out", "y", "--seed", "-1"], ("--seed", "0..4294967295")),
     (["ood", "fit", "--model", "default", "--percentile", "150"], ("--percentile", "[50, 100)")),
     (["data", "split", "--val-fraction", "0.7"], ("val fraction", "(0, 0.5)")),
+    (["evaluate", "--threshold-policy", "sensitivty:0.9"], ("pneumo evaluate: error: --threshold-policy",)),
 ])
 def test_bad_values_are_one_line_naming_the_flag_before_any_work(argv: list[str], words: tuple[str, ...],
                                                                  full_data: Path, capsys: pytest.CaptureFixture,
