@@ -89,3 +89,20 @@ def test_a_run_trained_on_a_gpu_is_scored_where_it_is_evaluated() -> None:
     here = "cuda" if torch.cuda.is_available() else "cpu"
     assert select_device("cuda", here=True).type == here and select_device("cpu", here=True).type == "cpu"
     assert select_device("mps", here=True).type in ("mps", here)
+
+
+def test_the_data_commands_and_the_model_list_run_through_the_cli(data_slice: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Command paths that only their library functions tested (done-when review): data scan and data cache as a user
+    runs them, and train --list-models."""
+    import pandas as pd
+
+    manifest = tmp_path / "manifest.csv"
+    assert main(["data", "scan", "--dataset", str(data_slice), "--output", str(manifest)]) == 0
+    scanned = pd.read_csv(manifest, keep_default_na=False)
+    assert len(scanned) == len(list(data_slice.rglob("*.jpeg"))) and f"({len(scanned)} images)" in capsys.readouterr().out
+    assert main(["data", "cache", "--dataset", str(data_slice), "--size", "32", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert f"({len(scanned)}, 32, 32)" in capsys.readouterr().out and any((tmp_path / "c").glob("images-32-*.npy"))
+    assert main(["train", "--list-models"]) == 0
+    listed = capsys.readouterr().out
+    assert "efficientnet_lite0" in listed and "scratch_cnn" in listed
