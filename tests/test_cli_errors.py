@@ -31,6 +31,7 @@ def _one_line(capsys: pytest.CaptureFixture, *words: str) -> str:
     ("train: {epochs: 2\n", ("not a readable YAML file",)),
     ("!!python/object/apply:os.system [\"true\"]\n", ("not a readable YAML file",)),  # never run, and one line
     ("- a\n- b\n", ("needs a mapping",)),
+    ("train:\n  epochs: 2\ntrain:\n  lr: 0.1\n", ("key 'train' given twice",)),  # the last one silently won
 ])
 def test_a_preset_file_that_is_not_a_yaml_mapping_is_one_line(text: str, words: tuple[str, ...], tmp_path: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
@@ -63,6 +64,9 @@ def test_a_runs_broken_config_yaml_is_one_line(tmp_path: Path, capsys: pytest.Ca
     (["ood", "fit", "--model", "default", "--percentile", "150"], ("--percentile", "[50, 100)")),
     (["data", "split", "--val-fraction", "0.7"], ("val fraction", "(0, 0.5)")),
     (["evaluate", "--threshold-policy", "sensitivty:0.9"], ("pneumo evaluate: error: --threshold-policy",)),
+    (["train", "--print-config", "--preset", "../configs/default"], ("a preset is a name in configs/",)),
+    (["train", "--print-config", "--preset", "scratch-cnn", "--set", "train.warmup_epochs=1e9"],
+     ("train.warmup_epochs must be below train.epochs",)),
 ])
 def test_bad_values_are_one_line_naming_the_flag_before_any_work(argv: list[str], words: tuple[str, ...],
                                                                  full_data: Path, capsys: pytest.CaptureFixture,
@@ -106,3 +110,13 @@ def test_the_data_commands_and_the_model_list_run_through_the_cli(data_slice: Pa
     assert main(["train", "--list-models"]) == 0
     listed = capsys.readouterr().out
     assert "efficientnet_lite0" in listed and "scratch_cnn" in listed
+
+
+def test_a_library_adaptation_setting_without_a_flag_is_named_as_the_caller_set_it() -> None:
+    """AdaptConfig's errors named `--lr`, `--batch-size`: flags `pneumo adapt` does not have."""
+    from pneumo.config import AdaptConfig
+
+    with pytest.raises(ConfigError, match=r"^AdaptConfig\.lr must be <= 1, got 5"):
+        AdaptConfig(lr=5)
+    with pytest.raises(ConfigError, match=r"^--folds must be >= 2, got 1"):
+        AdaptConfig(folds=1)

@@ -119,7 +119,7 @@ def test_a_stored_config_whose_weights_file_is_gone_loads_but_cannot_start_a_run
     stored = to_dict(RunConfig())
     stored["model"]["weights"] = "/no/such/weights.safetensors"
     cfg = from_dict(stored)  # reading an old run folder never needs its pretrained weights
-    with pytest.raises(ConfigError, match="weights file not found: /no/such/weights.safetensors"):
+    with pytest.raises(ConfigError, match="model.weights: file not found: '/no/such/weights.safetensors'"):
         cfg.validate()
     assert one_line_error("default", ["model.mode=probe", "model.weights=none"]).startswith(
         "mode=probe freezes layers, which needs pretrained weights")

@@ -18,8 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # prefix it would put every module that is in no layer (a new subpackage) in the core, below everything.
 ROOT = "pneumo"
 LAYERS = (
-    (ROOT, "pneumo.errors", "pneumo.atomic", "pneumo.allocator", "pneumo.policy", "pneumo.config", "pneumo.provenance",
-     "pneumo.templates"),  # the core
+    (ROOT, "pneumo.errors", "pneumo.atomic", "pneumo.allocator", "pneumo.policy", "pneumo.schema", "pneumo.config",
+     "pneumo.provenance", "pneumo.templates"),  # the core
     ("pneumo.data",),
     ("pneumo.models",),
     ("pneumo.infer",),  # images -> logits (Predictor): below everything that trains, evaluates or explains

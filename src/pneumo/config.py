@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 
 from pneumo.errors import ConfigError
 from pneumo.policy import parse_policy
+from pneumo.schema import NEW_RUN, FlagSchema, Schema
 
 log = logging.getLogger(__name__)
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -40,7 +41,6 @@ REMOVED_DEFAULTS: dict[str, Any] = {
 REMOVED_KEYS.update({key: f"a study option that left the product (which runs as its default {value!r} did); "
                           "BENCHMARKS.md records the commit that ran it" for key, value in REMOVED_DEFAULTS.items()})
 _WARNED: set[str] = set()  # removed keys already warned about in this process
-_NEW_RUN = {"new_run": True}  # validation context: also check what must exist on this machine (weights, presets)
 
 
 # ``--set`` text: ``null``/``none``/``~``/empty -> None for an optional field; ``a,b`` -> a list (YAML lists stay)
@@ -50,72 +50,6 @@ Items = Annotated[list[str], BeforeValidator(lambda v: [x.strip() for x in v.spl
 Count = Annotated[int, Field(ge=1)]
 MAX_SEED = 2**32 - 1  # NumPy and PyTorch take seeds in 0..2**32 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-_WORDS = {"int_parsing": "an integer", "int_from_float": "an integer", "int_type": "an integer",
-          "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number",
-          "bool_parsing": "true or false", "bool_type": "true or false", "string_type": "a string",
-          "list_type": "a list", "model_type": "a mapping", "model_attributes_type": "a mapping"}
-_SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}  # a bound's name in pydantic's error context -> its sign
-
-
-class Schema(BaseModel):
-    """A config section: unknown keys are errors, infinite/NaN floats are refused, numbers may name strings
-    (``name=123``); attributes stay assignable (checked again by ``validate``)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False,
-                              coerce_numbers_to_str=True)
-    _prefix: ClassVar[str] = ""  # the section's dotted key when a section is built on its own
-
-    def __init__(self, **values: Any) -> None:
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise ConfigError(self._message(exc)) from None
-
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # nested sections: pydantic's own path
-
-    @classmethod
-    def checked(cls, values: dict[str, Any], context: dict[str, Any] | None = None) -> typing.Self:
-        """``values`` validated into ``cls``; a ``ValidationError`` becomes one ConfigError line."""
-        try:
-            return cls.model_validate(values, context=context)
-        except ValidationError as exc:
-            raise ConfigError(cls._message(exc)) from None
-
-    def validate(self) -> typing.Self:  # type: ignore[override]
-        """Check the current values again (attributes may have been assigned since) and what a new run needs on this
-        machine (a weights file, the ensemble's presets); returns self, one-line ConfigError otherwise."""
-        type(self).checked(self.model_dump(), _NEW_RUN)
-        return self
-
-    @classmethod
-    def _key(cls, loc: tuple[Any, ...]) -> str:
-        return cls._prefix + ".".join(str(part) for part in loc)
-
-    @classmethod
-    def _message(cls, exc: ValidationError) -> str:
-        """The first problem as one line: ``<key> must be <rule>, got <value>`` or ``<key>: <pydantic's words>``."""
-        errors = exc.errors()
-        err, more = errors[0], f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        key, got, kind, ctx = cls._key(err["loc"]), err.get("input"), err["type"], err.get("ctx", {})
-        if kind == "extra_forbidden":
-            section: Any = cls
-            for part in err["loc"][:-1]:
-                section = section.model_fields[part].annotation
-            return f"unknown config key {key}; known: {', '.join(section.model_fields)}"
-        if kind == "value_error":
-            text = str(ctx["error"])
-            return (text if not key or text.startswith(key) else f"{key}: {text}") + more
-        if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-            rule = " ".join(f"{_SIGNS[bound]} {limit if isinstance(limit, int) else format(limit, 'g')}" for bound, limit in ctx.items())
-        elif kind == "literal_error":
-            rule = f"one of {ctx['expected']}"
-        elif kind in _WORDS:
-            rule = _WORDS[kind]
-        else:
-            return f"{key}: {err['msg']} (got {got!r}){more}"
-        return f"{key} must be {rule}, got {got!r}{more}"
-
-
 def _reuse(check: Any, value: Any) -> Any:
     """``value`` if ``check`` (one of the parsers below) accepts it; its ConfigError as the ValueError pydantic reports."""
     try:
@@ -201,18 +135,12 @@ class EvalConfig(Schema):
     ece_bins: int = Field(15, ge=1)
 
 
-class FlagSchema(Schema):
-    """A schema filled from command-line flags: its errors name the flag (``--max-batch``), not a dotted key."""
-
-    @classmethod
-    def _key(cls, loc: tuple[Any, ...]) -> str:
-        return f"--{str(loc[0]).replace('_', '-')}" if loc else ""
-
-
 class AdaptConfig(FlagSchema):
     """The settings of one adaptation (`pneumo adapt`; the defaults are the measured recipe); errors name the flag."""
 
     model_config = ConfigDict(frozen=True)
+    _flags: ClassVar[frozenset[str] | None] = frozenset(  # `pneumo adapt`'s (commands/adapt.py TUNABLE and its own)
+        {"folds", "epochs", "rehearsal", "rehearsal_min", "seed", "threshold_policy"})
 
     epochs: int = Field(6, ge=1, le=100)
     lr: float = Field(3e-4, gt=0, le=1)
@@ -297,9 +225,12 @@ class RunConfig(Schema):
         m = self.model
         if m.mode in ("probe", "partial") and m.weights == "none":
             raise ValueError(f"mode={m.mode} freezes layers, which needs pretrained weights (model.weights)")
-        if (info.context or {}).get("new_run"):
+        if (info.context or {}).get("new_run"):  # (a stored config loads as it was trained)
+            if m.mode != "probe" and self.train.warmup_epochs >= self.train.epochs:  # it was clamped without a word
+                raise ValueError(f"train.warmup_epochs must be below train.epochs ({self.train.epochs}), got "
+                                 f"{self.train.warmup_epochs:g}")
             if m.weights not in ("imagenet", "none") and not Path(m.weights).is_file():
-                raise ValueError(f"weights file not found: {m.weights}")
+                raise ValueError(f"model.weights: file not found: {m.weights!r}")
             for member in self.members:
                 _reuse(preset_path, member)
         return self
@@ -363,11 +294,23 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """Safe loading that refuses a key twice in one mapping (the last one silently won: a second ``train:`` section
+    replaced the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if twice is not None:
+            raise yaml.constructor.ConstructorError(None, None, f"key {twice!r} given twice", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """The mapping a YAML file holds (safe loading; empty: {}). Raises ConfigError naming the file when it is not
     readable text, not YAML or not a mapping (a tab indent, a ``!!python`` tag, another encoding were tracebacks)."""
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        values = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeys)  # a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError, IsADirectoryError) as exc:
         raise ConfigError(f"{path}: not a readable YAML file ({' '.join(str(exc).split())[:160]})") from None
     if values is not None and not isinstance(values, dict):
@@ -376,9 +319,13 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def preset_path(name_or_path: str) -> Path:
+    """A preset's file: a name in ``PRESET_DIR`` (a plain name: ``../x`` is not one) or the path of a .yaml file."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
+    if p.suffix in (".yaml", ".yml") or len(p.parts) != 1 or name_or_path.startswith("."):
+        raise ConfigError(f"preset {name_or_path!r}: {'no such file' if not p.exists() else 'not a file'}; a preset is "
+                          "a name in configs/ or the path of a .yaml file")
     candidate = PRESET_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate
@@ -390,7 +337,7 @@ def load_config(preset: str | None = "default", overrides: list[str] | None = No
     """Load a preset (name in configs/ or a YAML path), apply overrides, fill data.root from $PNEUMO_DATA."""
     values = read_yaml(preset_path(preset)) if preset else {}
     values = apply_overrides(values, overrides or [])
-    cfg = RunConfig.checked(values, _NEW_RUN)
+    cfg = RunConfig.checked(values, NEW_RUN)
     if cfg.data.root is None and os.environ.get("PNEUMO_DATA"):
         cfg.data.root = os.environ["PNEUMO_DATA"]
     return cfg
