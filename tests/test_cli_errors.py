@@ -120,3 +120,13 @@ def test_a_library_adaptation_setting_without_a_flag_is_named_as_the_caller_set_
         AdaptConfig(lr=5)
     with pytest.raises(ConfigError, match=r"^--folds must be >= 2, got 1"):
         AdaptConfig(folds=1)
+
+
+def test_the_service_config_checks_its_cors_origins_for_library_callers_too() -> None:
+    """Only `pneumo serve` checked the origins: `ServeConfig(cors_origins=["http://x/"])` was accepted, an origin no
+    browser ever sends (configuration review)."""
+    from pneumo.config import ServeConfig
+
+    with pytest.raises(ConfigError, match=r"^--cors-origin 'http://x/' is not an origin"):
+        ServeConfig(cors_origins=["http://x/"])
+    assert ServeConfig(cors_origins=["https://pacs.example.org", "*"]).cors_origins == ["https://pacs.example.org", "*"]

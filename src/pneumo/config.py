@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -172,7 +173,8 @@ class ServeConfig(FlagSchema):
     api_key: Annotated[str | None, Maybe] = None  # also $PNEUMO_API_KEY
     max_batch: int = Field(4, ge=1)  # per batcher worker (one a core): 4 beat 8 at 16 clients (BENCHMARKS.md)
     batch_window_ms: float = Field(5.0, ge=0.0, le=1000.0)  # a lone request waits this long
-    cors_origins: Items = Field(default_factory=list)
+    cors_origins: Annotated[Items, AfterValidator(lambda origins: [_reuse(check_origin, o) for o in origins])] = Field(
+        default_factory=list)
     header_timeout_s: float = Field(10.0, gt=0.0)  # a request's headers must arrive within this (slow clients closed)
     body_timeout_s: float = Field(60.0, gt=0.0)  # an upload must arrive within this (else 408)
     shutdown_timeout_s: float = Field(8.0, gt=0.0)  # SIGTERM: requests in flight get this long (docker stop: 10 s)
@@ -242,6 +244,19 @@ def check_device(device: str) -> str:
     if device in ("auto", "cpu", "cuda", "mps") or (base == "cuda" and index.isdigit()):
         return device
     raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
+CORS_ORIGIN = re.compile(r"(?!https://[^/]*:443$)(?!http://[^/]*:80$)https?://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
+
+
+def check_origin(origin: str) -> str:
+    """A CORS origin as a browser sends it (scheme://host[:port], lower case, no path, no default port) or ``*``: any
+    other text never matches a request, silently. Raises ConfigError."""
+    if origin != "*" and not CORS_ORIGIN.fullmatch(origin):
+        raise ConfigError(f"--cors-origin {origin!r} is not an origin as a browser sends it: give scheme://host[:port] "
+                          "in lower case, without a path, a trailing slash or the default port (e.g. "
+                          "https://pacs.example.org)")
+    return origin
 
 
 def parse_crop(crop: str) -> tuple[str, float | None]:

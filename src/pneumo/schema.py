@@ -66,7 +66,7 @@ class Schema(BaseModel):
             return f"unknown config key {key}; known: {', '.join(section.model_fields)}"
         if kind == "value_error":
             text = str(ctx["error"])
-            return (text if not key or text.startswith(key) else f"{key}: {text}") + more
+            return (text if not key or text.startswith((key, "--")) else f"{key}: {text}") + more  # names itself
         if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
             rule = " ".join(f"{_SIGNS[bound]} {limit if isinstance(limit, int) else format(limit, 'g')}" for bound, limit in ctx.items())
         elif kind == "literal_error":

@@ -7,7 +7,6 @@ import ipaddress
 import json
 import logging
 import os
-import re
 import socket
 
 from pneumo import LOG_FORMAT
@@ -19,7 +18,6 @@ from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
 # as a browser sends it: lower case, no default port (https://x:443 and http://x:80 never match)
-CORS_ORIGIN = re.compile(r"(?!https://[^/]*:443$)(?!http://[^/]*:80$)https?://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 _DEFAULTS = ServeConfig()
 PORT_ENV = "PNEUMO_PORT"
 EXAMPLES = """
@@ -78,11 +76,6 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    for origin in args.cors_origin:  # a browser sends scheme://host[:port]; anything else never matches, silently
-        if origin != "*" and not CORS_ORIGIN.fullmatch(origin):
-            raise ConfigError(f"--cors-origin {origin!r} is not an origin as a browser sends it: give "
-                              "scheme://host[:port] in lower case, without a path, a trailing slash or the default "
-                              "port (e.g. https://pacs.example.org)")
     return ServeConfig(host=args.host, port=_port(args.port), max_upload_mb=args.max_upload_mb,
                        max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
