@@ -25,11 +25,12 @@ def utc_now() -> str:
 def git_commit() -> str:
     """The commit of the pneumo checkout this code runs from, ``-dirty`` when its tracked files are changed (a run of
     modified code is not a run of the commit); "unknown" outside a checkout (an installed package that sits inside
-    another repository does not take that repository's commit)."""
+    another repository does not take that repository's commit). Git gets a minute: on a machine short of memory it took
+    over 5 s and a run recorded "unknown"."""
     package = Path(__file__).resolve().parent  # src/pneumo
 
     def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False, cwd=package)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=60, check=False, cwd=package)
         return out.stdout.strip()
 
     try:
