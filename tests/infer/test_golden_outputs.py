@@ -123,3 +123,56 @@ def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_l
     assert saved["provenance"]["pneumo"] and saved["provenance"]["commit"]
     _assert_close(metrics, _golden()["external_metrics"])
     _assert_close(_numbers(predictions), _numbers(_golden()["external_predictions"]))
+
+
+@pytest.fixture()
+def shipped_run(data_slice: Path, tmp_path: Path) -> Path:
+    """The shipped model as a training run of the data slice would leave it: its weights, checks and sidecar in a run
+    folder with the config it was trained with (the slice as its dataset) and that config's folds."""
+    import dataclasses
+    import shutil
+
+    from pneumo.config import dump_yaml, from_dict
+    from pneumo.data.rundir import RunDir
+    from pneumo.data.splits import folds_for
+    from pneumo.models.sidecar import companion_files, read_meta, weights_path, write_meta
+
+    sidecar = resolve_model(None)
+    meta = read_meta(sidecar)
+    run = RunDir(tmp_path / "shipped-run")
+    run.path.mkdir()
+    shutil.copyfile(weights_path(sidecar, meta), run.weights)
+    for name in companion_files(meta):
+        shutil.copyfile(sidecar.parent / name, run.path / name)
+    write_meta(run.model, dataclasses.replace(meta, weights_file=run.weights.name))
+    cfg = from_dict(meta.config)
+    cfg.data.root = str(data_slice)
+    run.config.write_text(dump_yaml(cfg))
+    folds_for(cfg).to_csv(run.folds, index=False)
+    return run.path
+
+
+def test_evaluating_a_run_gives_the_golden_official_split_metrics_and_leaves_its_model_unchanged(
+        shipped_run: Path, cache_dir: Path) -> None:
+    """`evaluate_run` (what `pneumo train` and `pneumo evaluate --model RUN` do on the official test split): its
+    metrics.json and predictions.csv to 1e-6 of the golden ones, and model.json byte-identical afterwards."""
+    from pneumo.evaluate.runner import evaluate_run
+
+    model_json = (shipped_run / "model.json").read_bytes()
+    result = evaluate_run(shipped_run, n_bootstrap=50, analysis=None)
+    assert (shipped_run / "model.json").read_bytes() == model_json  # a stored operating point is never re-chosen
+    saved = json.loads((shipped_run / "metrics.json").read_text())
+    assert saved["test"]["n"] == result["test"]["n"] > 0 and saved["val"]["n"] > 0
+    assert saved["threshold"] == json.loads(model_json)["threshold"]  # the headline is the model's own threshold
+    metrics = _numbers(saved)
+    frame = pd.read_csv(shipped_run / "predictions.csv")
+    assert len(frame) == saved["test"]["n"]
+    numeric = frame.select_dtypes("number").columns  # scores, probabilities, OOD scores, verdicts (empty: None)
+    predictions = {Path(path).name: {c: None if pd.isna(v) else float(v) for c, v in zip(numeric, values, strict=True)}
+                   for path, values in zip(frame["path"], frame[numeric].to_numpy(), strict=True)}
+    assert "ood_score" in numeric and len(predictions) == len(frame)  # the OOD check ran; names are unique
+    if WRITE:
+        _store("run_metrics", metrics)
+        _store("run_predictions", predictions)
+    _assert_close(metrics, _golden()["run_metrics"])
+    _assert_close(_numbers(predictions), _numbers(_golden()["run_predictions"]))
