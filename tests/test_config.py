@@ -54,6 +54,10 @@ def test_infinite_and_nan_floats_are_refused(value: str) -> None:
     ("train.epochs=2.5", "train.epochs must be an integer, got 2.5"),
     ("train.amp=maybe", "train.amp must be true or false, got 'maybe'"),
     ("train=5", "train must be a mapping, got 5"),
+    ("train.epochs=true", "train.epochs must be an integer, got True"),  # not 1 epoch (pydantic's lax mode)
+    ("train.lr=false", "train.lr must be a number, got False"),
+    ("data.limit_per_class=yes", "data.limit_per_class must be an integer, got True"),  # YAML 1.1's yes
+    ("train.seed=true", "train.seed must be an integer, got True"),
 ])
 def test_a_value_out_of_range_is_one_line_naming_the_key_and_the_value(override: str, expected: str) -> None:
     assert one_line_error("default", [override]) == expected

@@ -4,10 +4,12 @@ naming the dotted key (``data.val_fraction must be < 0.5, got 0.7``), or the fla
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from pneumo.errors import ConfigError
 
@@ -34,6 +36,17 @@ class Schema(BaseModel):
             raise ConfigError(self._message(exc)) from None
 
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # nested sections: pydantic's own path
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """``true``/``false`` for a number is a mistake, not 1/0 (pydantic's lax mode would take ``epochs: true`` as 1
+        epoch): refused unless the field takes a bool."""
+        if isinstance(value, bool) and info.field_name and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            number = _numbers_of(cls.model_fields[info.field_name].annotation)
+            if number:
+                raise PydanticCustomError("int_type" if number == {int} else "float_type", "a number, not a bool")
+        return value
 
     @classmethod
     def checked(cls, values: dict[str, Any], context: dict[str, Any] | None = None) -> typing.Self:
@@ -90,3 +103,22 @@ class FlagSchema(Schema):
             return ""
         field = str(loc[0])  # a field without a flag is named as the library caller set it
         return f"--{field.replace('_', '-')}" if cls._flags is None or field in cls._flags else f"{cls.__name__}.{field}"
+
+
+def _leaves(annotation: Any) -> set[Any]:
+    """The plain types an annotation is built from (``int | None`` -> int, NoneType; ``Annotated[int, ...]`` -> int)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _leaves(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_leaves(arg) for arg in typing.get_args(annotation)))
+    return {annotation}
+
+
+def _takes_bool(annotation: Any) -> bool:
+    leaves = _leaves(annotation)
+    return bool in leaves or Any in leaves or any(typing.get_origin(leaf) is typing.Literal for leaf in leaves)
+
+
+def _numbers_of(annotation: Any) -> set[type]:
+    return _leaves(annotation) & {int, float}
