@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sidecars import signed
 
 import pneumo
 from pneumo.cli import SUBCOMMANDS, main
@@ -345,7 +346,7 @@ def _flip_byte(path: Path) -> None:
 
 
 def _set(path: Path, **values: object) -> None:
-    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+    path.write_text(json.dumps(signed({**json.loads(path.read_text()), **values})))
 
 
 def test_data_report_prints_its_progress(data_slice, tmp_path, capsys: pytest.CaptureFixture) -> None:

@@ -7,6 +7,7 @@ import logging
 import re
 
 import pytest
+from sidecars import signed
 
 from pneumo.errors import OneLineArgs
 from pneumo.infer.card import md_table, md_text
@@ -108,7 +109,7 @@ def test_a_model_without_an_operating_point_warns_and_timestamps_have_one_format
     sidecar = unfinished / tiny_model.name
     meta = json.loads(sidecar.read_text())
     meta["threshold_policy"] = None
-    sidecar.write_text(json.dumps(meta))
+    sidecar.write_text(json.dumps(signed(meta)))
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pneumo.infer.predictor"):
         Predictor(sidecar)

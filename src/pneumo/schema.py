@@ -9,7 +9,6 @@ import typing
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 
 from pneumo.errors import ConfigError
 
@@ -45,7 +44,7 @@ class Schema(BaseModel):
         if isinstance(value, bool) and info.field_name and not _takes_bool(cls.model_fields[info.field_name].annotation):
             number = _numbers_of(cls.model_fields[info.field_name].annotation)
             if number:
-                raise PydanticCustomError("int_type" if number == {int} else "float_type", "a number, not a bool")
+                raise ValueError(f"must be {_WORDS['int_type'] if number == {int} else _WORDS['float_type']}")
         return value
 
     @classmethod
@@ -79,6 +78,8 @@ class Schema(BaseModel):
             return f"unknown config key {key}; known: {', '.join(section.model_fields)}"
         if kind == "value_error":
             text = str(ctx["error"])
+            if text.startswith("must be "):  # a rule of this schema's own validators: worded as pydantic's
+                return f"{key} {text}, got {got!r}{more}"
             return (text if not key or text.startswith((key, "--")) else f"{key}: {text}") + more  # names itself
         if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
             rule = " ".join(f"{_SIGNS[bound]} {limit if isinstance(limit, int) else format(limit, 'g')}" for bound, limit in ctx.items())

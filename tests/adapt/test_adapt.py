@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sidecars import signed
 
 import pneumo.adapt.run as adapt_run
 from pneumo.adapt.run import patient_folds
@@ -262,7 +263,7 @@ def test_a_tampered_adaptation_threshold_is_a_one_line_error(adapted: dict, site
     shutil.copytree(adapted["out"], copy)
     meta = json.loads((copy / "model.json").read_text())
     meta["adaptation"]["operating_points"]["triage"]["threshold"] = 5.0
-    (copy / "model.json").write_text(json.dumps(meta))
+    (copy / "model.json").write_text(json.dumps(signed(meta)))  # as if recorded anew: the value itself is checked
     assert main(["evaluate", "--model", str(copy), "--data", str(site_csv), "--out", str(tmp_path / "v"),
                  "--no-analysis", "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sidecars import signed
 
 from pneumo.cli import main
 from pneumo.config import load_config
@@ -79,7 +80,7 @@ def test_each_member_of_a_mixed_size_ensemble_is_scored_as_it_is_alone(tiny_mode
     for path in tiny_model.parent.iterdir():
         (small / path.name).write_bytes(path.read_bytes())
     meta = json.loads((small / tiny_model.name).read_text())
-    (small / tiny_model.name).write_text(json.dumps({**meta, "input_size": 40}))  # a scratch CNN takes any size
+    (small / tiny_model.name).write_text(json.dumps(signed({**meta, "input_size": 40})))  # a scratch CNN takes any size
     members = [Predictor(small / tiny_model.name), Predictor(tiny_model)]
     assert [p.size for p in members] == [40, 64]
     folder = data_slice / "test"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sidecars import signed
 
 from pneumo.data.crop import crop_box
 from pneumo.explain.cam import explain_image, to_original_geometry
@@ -73,5 +74,5 @@ def test_old_sidecars_without_a_crop_read_as_none(tmp_path: Path) -> None:
     sidecar = save_checkpoint(tmp_path / "m", model, {"input_size": 64})
     payload = json.loads(sidecar.read_text())
     payload.pop("crop", None)  # as written before the field existed
-    sidecar.write_text(json.dumps(payload))
+    sidecar.write_text(json.dumps(signed(payload)))
     assert Predictor(sidecar).meta.crop == "none"

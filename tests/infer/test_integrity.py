@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sidecars import signed
 
 from pneumo.cli import main
 from pneumo.config import ServeConfig
@@ -162,7 +163,7 @@ def test_an_onnx_only_folder_is_bound_to_the_weights_its_sidecar_names(model: Pa
     onnx_path = export_onnx(model, tmp_path / "elsewhere")  # the sidecar is copied, the weights are not
     assert Predictor(onnx_path, backend="onnx").model_id == Predictor(model, backend="torch").model_id
     sidecar = onnx_path.with_suffix(".json")
-    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "sha256": "ab" * 32}))  # another model id
+    sidecar.write_text(json.dumps(signed({**json.loads(sidecar.read_text()), "sha256": "ab" * 32})))  # another id
     with pytest.raises(IntegrityError, match="exported from other weights"):
         Predictor(onnx_path, backend="auto")
 
@@ -309,7 +310,7 @@ def test_a_deleted_check_entry_is_refused_while_its_file_lies_beside_the_model(
     assert Predictor(sidecar).ood is not None  # the intact copy loads with both checks
     payload = json.loads(sidecar.read_text())
     del payload[entry]
-    sidecar.write_text(json.dumps(payload))
+    sidecar.write_text(json.dumps(signed(payload)))  # recorded anew: the sidecar's own checksum would refuse it first
     with pytest.raises(ModelError, match=f"no `{entry}` entry but default-model{re.escape(suffix)} lies beside it"):
         Predictor(sidecar)
     assert main(["predict", str(xray), "--model", str(sidecar)]) == 2

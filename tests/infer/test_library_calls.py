@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sidecars import signed
 
 from pneumo.cli import main
 from pneumo.errors import ConfigError, ModelError
@@ -88,7 +89,7 @@ def test_a_model_without_its_checks_says_so_when_loaded_and_in_its_card(tmp_path
         shutil.copyfile(DEFAULT_MODEL.with_suffix(suffix), tmp_path / f"default-model{suffix}")
     meta = json.loads((tmp_path / "default-model.json").read_text())
     meta.pop("ood"), meta.pop("orientation")
-    (tmp_path / "default-model.json").write_text(json.dumps(meta))
+    (tmp_path / "default-model.json").write_text(json.dumps(signed(meta)))
     with caplog.at_level("WARNING"):
         predictor = Predictor(tmp_path / "default-model.json")
     assert predictor.ood is None and "has no out-of-distribution and no orientation check" in caplog.text
@@ -109,7 +110,7 @@ def test_a_card_of_another_operating_point_is_not_read_as_this_models(tmp_path: 
         shutil.copyfile(path, tmp_path / path.name)
     meta = json.loads((tmp_path / "default-model.json").read_text())
     meta.update(threshold=0.525, threshold_policy="youden")
-    (tmp_path / "default-model.json").write_text(json.dumps(meta))
+    (tmp_path / "default-model.json").write_text(json.dumps(signed(meta)))
     assert "model_card" in read_meta(DEFAULT_MODEL).extra  # the shipped model's own, at its threshold
     assert "model_card" not in read_meta(tmp_path / "default-model.json").extra
     card = model_card_of(Predictor(tmp_path / "default-model.json"))

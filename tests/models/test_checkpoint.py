@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sidecars import edit_sidecar, signed
 
-from pneumo.errors import ModelError
+from pneumo.errors import IntegrityError, ModelError
 from pneumo.models import PneumoNet, create
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
-from pneumo.models.sidecar import CheckpointMeta, read_meta, write_meta
+from pneumo.models.sidecar import DIGEST_KEY, LEGACY_FORMAT, CheckpointMeta, read_meta, sidecar_digest, write_meta
 
 
 @pytest.fixture()
@@ -49,7 +50,7 @@ def test_load_accepts_the_sidecar_the_weights_or_the_stem(saved: Path, suffix: s
 
 def test_sidecar_records_format_checksum_and_the_callers_meta(saved: Path) -> None:
     meta = json.loads(saved.with_suffix(".json").read_text())
-    assert meta["format"] == "pneumo-checkpoint/1"
+    assert meta["format"] == "pneumo-checkpoint/2" and meta[DIGEST_KEY] == sidecar_digest(meta)
     assert meta["sha256"] == hashlib.sha256(saved.with_suffix(".safetensors").read_bytes()).hexdigest()
     assert meta["classes"] == ["NORMAL", "PNEUMONIA"]
     assert {"arch", "num_classes", "input_size", "mean", "std", "created"} <= set(meta)
@@ -99,10 +100,7 @@ def test_truncated_weights_are_a_model_error(saved: Path) -> None:
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_weights_whose_checksum_was_deleted_are_never_loaded(saved: Path, flip: bool) -> None:
-    sidecar = saved.with_suffix(".json")
-    meta = json.loads(sidecar.read_text())
-    del meta["sha256"]
-    sidecar.write_text(json.dumps(meta))
+    edit_sidecar(saved.with_suffix(".json"), sha256=None)  # deleted, and the sidecar's own checksum re-recorded
     if flip:  # issue 24: without its checksum, a flipped weight byte was accepted
         weights = saved.with_suffix(".safetensors")
         data = bytearray(weights.read_bytes())
@@ -142,9 +140,8 @@ def test_saving_leaves_only_the_two_files(saved: Path) -> None:
 def test_a_sidecar_from_before_the_typed_record_loads_with_the_old_defaults(saved: Path) -> None:
     sidecar = saved.with_suffix(".json")
     old = json.loads(sidecar.read_text())
-    minimal = {k: old[k] for k in ("format", "arch", "num_classes", "input_size", "mean", "std", "weights_file",
-                                   "sha256")}
-    sidecar.write_text(json.dumps(minimal))
+    minimal = {k: old[k] for k in ("arch", "num_classes", "input_size", "mean", "std", "weights_file", "sha256")}
+    sidecar.write_text(json.dumps({**minimal, "format": LEGACY_FORMAT}))  # the format of the time
     meta = read_meta(saved)
     assert (meta.threshold, meta.temperature, meta.resize_policy, meta.intensity, meta.tta) == (
         0.5, 1.0, "squash", "none", False)
@@ -156,7 +153,7 @@ def test_unknown_sidecar_keys_survive_a_read_modify_write(saved: Path) -> None:
     sidecar = saved.with_suffix(".json")
     payload = json.loads(sidecar.read_text())
     payload["model_card"] = {"name": "card"}
-    sidecar.write_text(json.dumps(payload))
+    sidecar.write_text(json.dumps(signed(payload)))
     meta = read_meta(saved)
     write_meta(sidecar, dataclasses.replace(meta, threshold=0.3, threshold_policy="youden"))
     again = json.loads(sidecar.read_text())
@@ -198,3 +195,53 @@ def test_a_copy_of_the_shipped_models_folder_is_a_model_folder(tmp_path: Path) -
     shutil.copyfile(copy / DEFAULT_MODEL.with_suffix(".safetensors").name, copy / "other.safetensors")
     with pytest.raises(ModelError, match="model not found"):
         resolve_model(copy)
+
+
+@pytest.mark.parametrize("change", ["edit", "flip", "delete", "format"])
+def test_a_sidecar_changed_after_it_was_written_is_refused(saved: Path, change: str) -> None:
+    """Issue 24: the sidecar itself is covered by a recorded SHA-256. A threshold edited within range, one flipped bit
+    of it, the record deleted: refused before any weights are read; the format flipped: not a sidecar."""
+    sidecar = saved.with_suffix(".json")
+    text = sidecar.read_text()
+    if change == "edit":  # a value a range check cannot catch
+        payload = json.loads(text)
+        sidecar.write_text(json.dumps({**payload, "threshold": 0.41}))
+    elif change == "flip":  # 0.42 -> 0.22: two bits of one byte
+        data = bytearray(text.encode())
+        data[text.index('"threshold": 0.42') + len('"threshold": 0.')] ^= 0x06
+        sidecar.write_bytes(bytes(data))
+        assert json.loads(sidecar.read_text())["threshold"] == 0.22
+    elif change == "delete":
+        payload = json.loads(text)
+        del payload[DIGEST_KEY]
+        sidecar.write_text(json.dumps(payload))
+    else:
+        sidecar.write_text(text.replace("pneumo-checkpoint/2", "pneumo-checkpoint/3"))
+    error = ModelError if change == "format" else IntegrityError
+    with pytest.raises(error, match="format|changed after pneumo wrote it") as info:
+        load_checkpoint(saved)
+    assert "\n" not in str(info.value)
+
+
+def test_an_older_sidecar_without_its_own_checksum_loads_with_one_warning(
+        saved: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sidecar = saved.with_suffix(".json")
+    payload = json.loads(sidecar.read_text())
+    del payload[DIGEST_KEY]
+    sidecar.write_text(json.dumps({**payload, "format": LEGACY_FORMAT}))
+    with caplog.at_level(logging.WARNING, logger="pneumo"):
+        assert load_checkpoint(saved)[1].threshold == 0.42
+        load_checkpoint(saved)
+    assert len([r for r in caplog.records if "older pneumo" in r.getMessage()]) == 1
+    write_meta(sidecar, read_meta(sidecar))  # rewritten: this format, protected
+    assert json.loads(sidecar.read_text())["format"] == "pneumo-checkpoint/2"
+    sidecar.write_text(sidecar.read_text().replace('"threshold": 0.42', '"threshold": 0.43'))
+    with pytest.raises(IntegrityError):
+        read_meta(sidecar)
+
+
+def test_the_shipped_model_records_its_sidecars_checksum() -> None:
+    from pneumo.models.sidecar import DEFAULT_MODEL
+
+    payload = json.loads(DEFAULT_MODEL.read_text())
+    assert payload["format"] == "pneumo-checkpoint/2" and payload[DIGEST_KEY] == sidecar_digest(payload)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from serve_helpers import decode_png_base64, dicom_bytes
+from sidecars import signed
 
 from pneumo.config import ServeConfig
 from pneumo.data.decode import load_image
@@ -183,7 +184,7 @@ def test_a_model_changed_on_disk_is_not_served_by_a_restarted_worker(predictor: 
         ready = client.get("/readyz").json()
         meta = json.loads(sidecar.read_text())
         meta["threshold"] = 0.25  # another operating point written over the live folder
-        sidecar.write_text(json.dumps(meta))
+        sidecar.write_text(json.dumps(signed(meta)))
         card = client.get("/api/v1/model").json()  # the card of the model loaded, not of the edited file
         assert card["threshold"] == pytest.approx(predictor.threshold) and "0.2500" not in card["card_markdown"]
     assert ready["threshold"] == pytest.approx(predictor.threshold)  # which operating point answers, said

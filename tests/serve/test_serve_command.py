@@ -111,3 +111,24 @@ def test_serve_threads_counts_the_batches_run_side_by_side(checkpoint: Path, mon
     assert main(["serve", "--model", str(checkpoint), "--threads", "0"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("pneumo serve: error:") and "--threads" in error
+
+
+def test_serve_refuses_a_sidecar_edited_after_it_was_written(checkpoint: Path, tmp_path: Path, xray_paths: list[Path],
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """Issue 24: a threshold edited by hand within [0, 1] passes every range check; the sidecar's own recorded
+    SHA-256 refuses it: serve does not start, predict and evaluate stop, each with one line (exit 2)."""
+    import shutil
+
+    import uvicorn
+
+    folder = tmp_path / "edited"
+    shutil.copytree(checkpoint.parent, folder)
+    sidecar = folder / checkpoint.name
+    sidecar.write_text(sidecar.read_text().replace('"threshold": ', '"threshold": 0.01, "was": ', 1))
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn must not start"))
+    for command in (["serve", "--model", str(sidecar), "--threads", "1"], ["predict", str(xray_paths[0]), "--model", str(sidecar)],
+                    ["model-card", "--model", str(sidecar)]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "changed after pneumo wrote it" in err[0], (command, err)

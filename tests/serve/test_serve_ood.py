@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from serve_helpers import png_bytes
+from sidecars import signed
 
 from pneumo.data.decode import load_image
 from pneumo.infer.predictor import Predictor
@@ -35,7 +36,7 @@ def ood_checkpoint(checkpoint: Path, xray_paths: list[Path], tmp_path_factory: p
     y = np.arange(len(xray_paths)) % 2  # xray_paths alternate normal / pneumonia
     meta = json.loads(sidecar.read_text())
     meta["ood"] = save_ood(sidecar, fit_ood(features[:12], y[:12], features[12:], percentile=99.5))
-    sidecar.write_text(json.dumps(meta))
+    sidecar.write_text(json.dumps(signed(meta)))
     return sidecar
 
 

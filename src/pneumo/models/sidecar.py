@@ -8,13 +8,21 @@ themselves are `pneumo.models.checkpoint`.
 
 Every value is range-checked when a sidecar is read (`check_meta`): a sidecar edited by hand or by an attacker (a
 threshold of 5 or NaN, a temperature of 0, swapped classes, an input size of 100000, a file name with a path in it)
-is one `ModelError` line, and `pneumo predict` / `pneumo serve` stop with exit 2.
+is one `ModelError` line, and `pneumo predict` / `pneumo serve` stop with exit 2. A sidecar of this format records
+its own SHA-256 (``sidecar_sha256``, over its canonical JSON without that key), checked on every read: any change after
+pneumo wrote it (a flipped byte, a threshold edited by hand within range, the checksum deleted) is an `IntegrityError`;
+the file names and checksums it records cover the weights, the OOD and orientation statistics and the ONNX export, so
+every file a model folder loads is covered. Sidecars of the older format (``pneumo-checkpoint/1``, which had no such
+record) are still read, range-checked, with one warning; any pneumo command that rewrites one (`pneumo ood fit`) moves
+it to this format.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -29,11 +37,15 @@ from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, IntegrityError, ModelError
 from pneumo.models.ood import check_file_name, check_ood_entry
 
-FORMAT = "pneumo-checkpoint/1"
+FORMAT = "pneumo-checkpoint/2"  # sidecars written now: they carry ``sidecar_sha256``
+LEGACY_FORMAT = "pneumo-checkpoint/1"  # before 2026-12-06: read, range-checked, not integrity-protected
+DIGEST_KEY = "sidecar_sha256"
 MARKER_METHODS = ("none", "inpaint", "inpaint-text")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
 DTYPES = ("float32", "float16")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
+log = logging.getLogger(__name__)
+_WARNED_LEGACY: set[Path] = set()
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the shipped default model
 
 
@@ -137,7 +149,7 @@ class CheckpointMeta:
             raise ModelError(f"{source} has a malformed field: {exc}") from None
         if "threshold_policy" in payload:  # null is a value here: not evaluated yet
             values["threshold_policy"] = payload["threshold_policy"]
-        extra = {k: v for k, v in payload.items() if k not in known}
+        extra = {k: v for k, v in payload.items() if k not in known and k != DIGEST_KEY}  # written anew each time
         return cls(**values, extra=extra)
 
     def to_json(self) -> dict[str, Any]:
@@ -155,7 +167,9 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     """The typed sidecar of ``<stem>.json`` (also given as the weights file or the stem), without loading weights."""
     sidecar = stem_of(path).with_suffix(".json")
     source = f"checkpoint sidecar {sidecar}"
-    meta = check_meta(CheckpointMeta.from_json(read_json(sidecar, FORMAT), source=source), source=source)
+    payload = read_json(sidecar, (FORMAT, LEGACY_FORMAT))
+    meta = check_meta(CheckpointMeta.from_json(payload, source=source), source=source)
+    _check_digest(sidecar, payload)
     card = meta.extra.get("model_card")
     if isinstance(card, dict) and "threshold" in card and card["threshold"] != meta.threshold:  # another operating point's card: an older
         # pneumo's operating-point copied the source's, whose test figures the service then showed as this model's
@@ -217,8 +231,37 @@ def check_meta(meta: CheckpointMeta, *, source: str = "checkpoint sidecar") -> C
 
 
 def write_meta(path: str | os.PathLike, meta: CheckpointMeta) -> Path:
-    """Write a sidecar atomically (e.g. after the evaluation chose the threshold and temperature)."""
-    return atomic.write_json(stem_of(path).with_suffix(".json"), meta.to_json())
+    """Write a sidecar atomically (e.g. after the evaluation chose the threshold and temperature), in this format,
+    with its own SHA-256 (`sidecar_digest`)."""
+    payload = {**meta.to_json(), "format": FORMAT}
+    return atomic.write_json(stem_of(path).with_suffix(".json"), {**payload, DIGEST_KEY: sidecar_digest(payload)})
+
+
+def sidecar_digest(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of a sidecar's canonical JSON (sorted keys, no spaces, ASCII), without its ``sidecar_sha256``: the
+    same for the dict written and the dict read back (floats round-trip exactly)."""
+    body = {k: v for k, v in payload.items() if k != DIGEST_KEY}
+    try:
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    except ValueError:  # NaN/inf in a sidecar (range checks refuse them where they matter): never its written digest
+        return ""
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _check_digest(sidecar: Path, payload: Mapping[str, Any]) -> None:
+    """``IntegrityError`` unless a sidecar of this format holds its own SHA-256; an older one: one warning a path."""
+    if payload.get("format") == LEGACY_FORMAT:
+        if sidecar not in _WARNED_LEGACY:
+            _WARNED_LEGACY.add(sidecar)
+            log.warning("%s was written by an older pneumo (%s): its values are range-checked but it records no "
+                        "checksum of its own; `pneumo ood fit --model` rewrites it with one", sidecar, LEGACY_FORMAT)
+        return
+    recorded = payload.get(DIGEST_KEY)
+    if not isinstance(recorded, str) or recorded != sidecar_digest(payload):
+        what = "records no checksum of its own" if recorded is None else "does not match its recorded SHA-256"
+        raise IntegrityError(f"{sidecar} {what}: it was changed after pneumo wrote it (corrupted or edited by "
+                             "hand); refusing to use the model (copy it again; operating points: pneumo "
+                             "operating-point)")
 
 
 def weights_path(sidecar: str | os.PathLike, meta: CheckpointMeta) -> Path:
@@ -266,8 +309,9 @@ def stem_of(path: str | os.PathLike) -> Path:
     return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
 
 
-def read_json(path: Path, expected_format: str) -> dict:
-    """A sidecar's JSON object, checked for ``format``; ``ModelError`` for missing, corrupt or foreign files."""
+def read_json(path: Path, expected_format: str | tuple[str, ...]) -> dict:
+    """A sidecar's JSON object, checked for ``format`` (one, or one of several); ``ModelError`` for missing, corrupt
+    or foreign files."""
     if not path.is_file():
         raise ModelError(f"checkpoint not found: {path} (expected a .json sidecar next to its .safetensors)")
     try:
@@ -275,8 +319,9 @@ def read_json(path: Path, expected_format: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"checkpoint sidecar {path} is not valid JSON ({exc}); it is truncated or corrupted") from None
     found = payload.get("format") if isinstance(payload, dict) else None
-    if found != expected_format:
-        raise ModelError(f"{path} has format {found!r}, expected {expected_format!r}")
+    formats = (expected_format,) if isinstance(expected_format, str) else expected_format
+    if found not in formats:
+        raise ModelError(f"{path} has format {found!r}, expected {' or '.join(map(repr, formats))}")
     return payload
 
 
