@@ -1,6 +1,7 @@
 """`pneumo serve` under slow and many clients (issue #12 items 1-2), on 127.0.0.1 only.
 
     python bench/bench_slow_clients.py [--model RUN] [--slow 64 256] [--slow-seconds 20]
+                                       [--idle-rate 100] [--idle-seconds 20]
                                        [--clients 64 128] [--load-seconds 30] [--no-retry-after]
 
 Starts the server with its default limits (bench_service's launcher), then, one after the other:
@@ -8,6 +9,9 @@ Starts the server with its default limits (bench_service's launcher), then, one 
 * slow loris: N connections that send a request at 1 byte/s (half stall in the headers, half in the body) and
   reconnect when the server drops them, for ``--slow-seconds``; meanwhile ``/healthz`` is polled every 0.5 s and one
   normal client posts a real X-ray back to back. Reported: health and predict success rates, predict p50/p99.
+* idle flood (issue 24 item 4): ``--idle-rate`` new connections a second that send nothing and stay open until the
+  server closes them, for ``--idle-seconds``; /healthz and one normal client as above. Reported: health and predict
+  success rates, predict p50/p99, connections opened / closed by the server / still open at the end.
 * well-behaved load: N clients posting the X-ray back to back for ``--load-seconds``; a 503 must carry Retry-After,
   which the client waits out (unless ``--no-retry-after``). Reported: status counts, 5xx share, 503s without
   Retry-After, p50/p99 of the 200s, and whether ``/healthz`` still answers afterwards.
@@ -78,38 +82,89 @@ async def slow_loris(url: str, port: int, image: bytes, *, clients: int, seconds
     predict: Counter = Counter()
     latencies: list[float] = []
 
-    async def poll_health(client: httpx.AsyncClient) -> None:
-        while time.monotonic() < deadline:
-            try:
-                health[(await client.get("/healthz", timeout=5)).status_code] += 1
-            except httpx.HTTPError as exc:
-                health[type(exc).__name__] += 1
-            await asyncio.sleep(0.5)
-
-    async def normal_client(client: httpx.AsyncClient) -> None:
-        await asyncio.sleep(2.0)  # the slow clients are connected and stalling
-        while time.monotonic() < deadline:
-            start = time.perf_counter()
-            try:
-                status = (await client.post(PREDICT, files={"file": ("x.jpeg", image, "image/jpeg")},
-                                            timeout=30)).status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            predict[status] += 1
-            if status == 200:
-                latencies.append(time.perf_counter() - start)
-
     slow = [slow_connection(port, body_request, 20 if i % 2 else head_end + 10, deadline, slow_counts)
             for i in range(clients)]
     async with httpx.AsyncClient(base_url=url) as client:
-        await asyncio.gather(*slow, poll_health(client), normal_client(client))
-    total_health, total_predict = sum(health.values()), sum(predict.values())
+        await asyncio.gather(*slow, poll_health(client, deadline, health),
+                             normal_client(client, image, deadline, predict, latencies))
     return {"slow_clients": clients, "seconds": seconds, "slow": dict(slow_counts),
-            "healthz": {str(k): v for k, v in health.items()},
+            **watched(health, predict, latencies)}
+
+
+async def poll_health(client: httpx.AsyncClient, deadline: float, health: Counter) -> None:
+    """GET /healthz every 0.5 s until ``deadline``, counting the answers."""
+    while time.monotonic() < deadline:
+        try:
+            health[(await client.get("/healthz", timeout=5)).status_code] += 1
+        except httpx.HTTPError as exc:
+            health[type(exc).__name__] += 1
+        await asyncio.sleep(0.5)
+
+
+async def normal_client(client: httpx.AsyncClient, image: bytes, deadline: float, predict: Counter,
+                        latencies: list[float]) -> None:
+    """One well-behaved client posting ``image`` back to back (from 2 s in: the bad clients are there)."""
+    await asyncio.sleep(2.0)
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        try:
+            status = (await client.post(PREDICT, files={"file": ("x.jpeg", image, "image/jpeg")},
+                                        timeout=30)).status_code
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        predict[status] += 1
+        if status == 200:
+            latencies.append(time.perf_counter() - start)
+
+
+def watched(health: Counter, predict: Counter, latencies: list[float]) -> dict:
+    total_health, total_predict = sum(health.values()), sum(predict.values())
+    return {"healthz": {str(k): v for k, v in health.items()},
             "healthz_ok_share": round(health[200] / total_health, 4) if total_health else None,
             "predict": {str(k): v for k, v in predict.items()},
             "predict_ok_share": round(predict[200] / total_predict, 4) if total_predict else None,
             **percentiles(latencies)}
+
+
+async def idle_connection(port: int, deadline: float, counts: Counter) -> None:
+    """Connect, send nothing, wait until the server closes the socket or ``deadline``."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        counts["connect failed"] += 1
+        return
+    counts["opened"] += 1
+    try:
+        data = await asyncio.wait_for(reader.read(64), max(0.01, deadline - time.monotonic()))
+        counts["answered " + data.split(b"\r\n", 1)[0].decode("latin-1") if data else "closed by server"] += 1
+    except TimeoutError:
+        counts["open at the end"] += 1
+    except OSError:
+        counts["reset by server"] += 1
+    finally:
+        writer.close()
+
+
+async def idle_flood(url: str, port: int, image: bytes, *, rate: float, seconds: float) -> dict:
+    deadline = time.monotonic() + seconds
+    idle: Counter = Counter()
+    health: Counter = Counter()
+    predict: Counter = Counter()
+    latencies: list[float] = []
+    sockets: list[asyncio.Task] = []
+
+    async def opener() -> None:
+        start, n = time.monotonic(), 0
+        while time.monotonic() < deadline:
+            sockets.append(asyncio.create_task(idle_connection(port, deadline, idle)))
+            n += 1
+            await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))  # the rate, not 1/rate after each
+
+    async with httpx.AsyncClient(base_url=url) as client:
+        await asyncio.gather(opener(), poll_health(client, deadline, health),
+                             normal_client(client, image, deadline, predict, latencies))
+        await asyncio.gather(*sockets)
+    return {"idle_rate_per_s": rate, "seconds": seconds, "idle": dict(idle), **watched(health, predict, latencies)}
 
 
 async def well_behaved(url: str, image: bytes, *, clients: int, seconds: float, retry_after: bool) -> dict:
@@ -171,6 +226,9 @@ def main() -> None:
     parser.add_argument("--image", help="the X-ray to post (default: the first test-split pneumonia image)")
     parser.add_argument("--slow", type=int, nargs="*", default=[64, 256], help="slow-loris client counts")
     parser.add_argument("--slow-seconds", type=float, default=20.0)
+    parser.add_argument("--idle-rate", type=float, nargs="*", default=[100.0],
+                        help="new idle connections a second (idle flood)")
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--clients", type=int, nargs="*", default=[64, 128], help="well-behaved client counts")
     parser.add_argument("--load-seconds", type=float, default=30.0)
     parser.add_argument("--no-retry-after", action="store_true", help="clients retry a 503 at once")
@@ -181,7 +239,8 @@ def main() -> None:
     image = image_path.read_bytes()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    results: dict = {"image": image_path.name, "image_bytes": len(image), "slow_loris": [], "load": []}
+    results: dict = {"image": image_path.name, "image_bytes": len(image), "slow_loris": [], "idle_flood": [],
+                     "load": []}
     with tempfile.TemporaryFile() as log:
         server = start_server(args, port, log)
         try:
@@ -194,6 +253,13 @@ def main() -> None:
                 result = asyncio.run(slow_loris(url, port, image, clients=clients, seconds=seconds))
                 result["server_warnings"], offset = warnings_since(log, offset)
                 results["slow_loris"].append(result)
+                print(result, flush=True)
+                time.sleep(2.0)
+            for rate in args.idle_rate:
+                seconds = min(max(args.idle_seconds, 5.0), MAX_SECONDS)
+                result = asyncio.run(idle_flood(url, port, image, rate=rate, seconds=seconds))
+                result["server_warnings"], offset = warnings_since(log, offset)
+                results["idle_flood"].append(result)
                 print(result, flush=True)
                 time.sleep(2.0)
             for clients in args.clients:
