@@ -368,7 +368,7 @@ def test_data_commands_refuse_a_negative_seed_or_an_image_size_out_of_range_in_o
     out = ["--out", str(tmp_path / "report")] if argv[1] == "report" else []
     assert main([*argv, "--dataset", str(data_slice), *out]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("pneumo data report: [")]
-    assert len(err) == 1 and err[0].startswith("pneumo data: error:") and ("seed" in err[0] or "size" in err[0]), err
+    assert len(err) == 1 and err[0].startswith(f"pneumo data {argv[1]}: error:") and ("seed" in err[0] or "size" in err[0]), err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("images-*"))
 
 

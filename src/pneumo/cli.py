@@ -70,11 +70,19 @@ class _QuietPydicom(logging.Filter):
         return not (record.name.startswith("pydicom") and record.levelno < logging.ERROR)
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """``pneumo``, ``pneumo train`` or, for a command with actions, ``pneumo data download``: as argparse names it
+    in its own usage errors."""
+    command = getattr(args, "command", None)
+    action = getattr(args, f"{command}_command", None) if command else None
+    return " ".join(part for part in ("pneumo", command, action) if part)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    where = command_name(args)
     if extra:  # named with the command they were given to (argparse said "pneumo: error: unrecognized arguments")
-        where = f"pneumo {args.command}" if getattr(args, "command", None) else "pneumo"
         parser.exit(2, f"{where}: error: unrecognized arguments: {one_line(' '.join(extra))}\n")
     args.command_line = shlex.join(["pneumo", *(sys.argv[1:] if argv is None else argv)])  # recorded by train
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
@@ -97,16 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PneumoError as exc:
-        print(f"pneumo {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
+        print(f"{where}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except Terminated:
-        print(f"pneumo {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        print(f"{where}: terminated (SIGTERM)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"pneumo {args.command}: interrupted", file=sys.stderr)
+        print(f"{where}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # a read-only or full disk, a cache path that is a file: the system's reason, one line
-        print(f"pneumo {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
+        print(f"{where}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     finally:
         if catch:

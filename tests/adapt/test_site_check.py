@@ -148,7 +148,7 @@ def test_a_folder_without_readable_images_exits_2_with_one_line(content: bytes |
             (site / name).write_bytes(content)
     code = main(["site", "check", "--data", str(site), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pneumo site: error:")
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pneumo site check: error:")
     assert ("no images found" in err) if content is None else ("0 of 3 images" in err)
     assert not (tmp_path / "out").exists()
 

@@ -261,3 +261,29 @@ def test_an_archive_already_there_but_short_is_refused_not_used(server: tuple[st
     with pytest.raises(DataError, match=f"holds {len(PAYLOAD) // 3} bytes, not the {len(PAYLOAD)} of a complete"):
         _get(f"{base}/file.zip", tmp_path, size=len(PAYLOAD))
     assert state.ranges == []
+
+
+def test_data_download_on_the_command_line(server: tuple[str, ServerState], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`pneumo data download`: the archive into --cache-dir and the line to use it; a second call does not fetch it
+    again; an unknown source or a server that refuses: one line, exit 2, no traceback."""
+    from pneumo.cli import main
+
+    base, state = server
+    monkeypatch.setitem(dl.SOURCES, "local", dl.Source("local", f"{base}/file.zip", "Local.zip", DIGEST,
+                                                       len(PAYLOAD), "test"))
+    assert main(["data", "download", "--source", "local", "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    archive = tmp_path / "c" / "Local.zip"
+    assert archive.read_bytes() == PAYLOAD and f"--dataset {archive}" in out
+    requests = len(state.ranges)
+    assert main(["data", "download", "--source", "local", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert len(state.ranges) == requests  # verified against its checksum, not fetched again
+    capsys.readouterr()
+    monkeypatch.setitem(dl.SOURCES, "gone", dl.Source("gone", "http://127.0.0.1:9/file.zip", "Gone.zip", None, None,
+                                                      "test"))
+    for source, words in (("nowhere", "unknown dataset source 'nowhere'"), ("gone", "127.0.0.1:9")):
+        assert main(["data", "download", "--source", source, "--cache-dir", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("pneumo data download: error:") and words in err[0], err
+    assert not (tmp_path / "c" / "Gone.zip").exists()

@@ -211,7 +211,7 @@ def test_the_cli_writes_the_report_of_a_leaking_dataset_then_fails_in_one_line(
     out = tmp_path / "report"
     assert main(["data", "report", "--dataset", str(root), "--out", str(out)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("pneumo data report: [")]
-    assert len(err) == 1 and err[0].startswith("pneumo data: error:"), err
+    assert len(err) == 1 and err[0].startswith("pneumo data report: error:"), err
     text = (out / "index.html").read_text(encoding="utf-8")
     assert "FAIL" in text.split('id="leakage-official-result">', 1)[1].split("</p>", 1)[0]
     # the folds' check says the split was refused and why (it said "Not checked: no patient-grouped split was given")
