@@ -147,6 +147,9 @@ def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) ->
                  "adapt.json", "report.html", "crossfit_predictions.csv"):
         assert (out / name).is_file(), name
     meta = json.loads((out / "model.json").read_text())
+    # every file it loads is recorded in its sidecar: the card too (issue 24), not the shipped model's card record
+    assert meta["card_sha256"] == hashlib.sha256((out / "model.md").read_bytes()).hexdigest()
+    assert meta["card_sha256"] != json.loads(DEFAULT_MODEL.read_text())["card_sha256"]
     site = meta["adaptation"]["site"]
     assert site["n_images"] == 2 * PER_CLASS + 2 and site["n_patients"] == 2 * PER_CLASS + 1
     assert site["by_label"]["NORMAL"] + site["by_label"]["PNEUMONIA"] == site["n_images"]

@@ -339,3 +339,48 @@ def test_a_flipped_byte_in_a_check_file_is_refused_by_predict(tmp_path: Path, xr
         Predictor(tmp_path / "default-model.json")
     assert main(["predict", str(xray), "--model", str(tmp_path / "default-model.json")]) == 2
     assert f"default-model{suffix}" in _one_line_refusal(capsys.readouterr().err)
+
+
+@pytest.fixture()
+def shipped_folder(tmp_path: Path) -> Path:
+    """The shipped model's files (weights, checks, sidecar, card) in a folder of their own."""
+    for path in DEFAULT_MODEL.parent.glob("default-model.*"):
+        shutil.copyfile(path, tmp_path / path.name)
+    return tmp_path / DEFAULT_MODEL.name
+
+
+def test_a_model_card_changed_after_it_was_written_is_refused(shipped_folder: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """Issue 24: the card (`<stem>.md`, shown by `pneumo model-card`, `/api/v1/model` and the web page) is a file the
+    model folder loads: its SHA-256 is in the sidecar; an edited figure is refused, in one line. A card left out of a
+    copy is not shown: the card is built from the checked sidecar."""
+    from pneumo.infer.card import model_card_text
+
+    card = shipped_folder.with_suffix(".md")
+    text = card.read_text()
+    assert model_card_text(shipped_folder).startswith(text)  # the intact copy shows its own card
+    card.unlink()
+    assert not model_card_text(shipped_folder).startswith(text)  # built from the sidecar
+    card.write_text(text.replace("0.9", "0.99", 1))
+    with pytest.raises(IntegrityError, match="model card"):
+        model_card_text(shipped_folder)
+    assert main(["model-card", "--model", str(shipped_folder)]) == 2
+    _refusal(capsys.readouterr().err, "pneumo model-card: error:", "model card", "changed after pneumo wrote it")
+    with TestClient(create_app(ServeConfig(), model=str(shipped_folder), backend="torch")) as client:
+        deadline = time.monotonic() + 60
+        while (response := client.get("/readyz")).status_code == 503 and "model card" not in response.text:
+            assert time.monotonic() < deadline, response.text
+            time.sleep(0.1)
+        assert response.status_code == 503 and "model card" in response.json()["detail"]
+
+
+def test_a_card_the_sidecar_does_not_record_is_never_shown(tiny_model: Path, tmp_path: Path) -> None:
+    """A `<stem>.md` put beside a run's sidecar (which records no card) is not its card: the card is built from the
+    sidecar."""
+    from pneumo.infer.card import model_card_text
+
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(tiny_model.with_suffix(suffix), tmp_path / f"model{suffix}")
+    built = model_card_text(tmp_path / "model.json")
+    (tmp_path / "model.md").write_text("# Model card: the best model ever\n\nSensitivity 1.000\n")
+    assert model_card_text(tmp_path / "model.json") == built and "best model ever" not in built

@@ -24,6 +24,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (untrained) scratch CNN checkpoint at 64 px with a markdown card next to it; returns the sidecar."""
     from pneumo.models import create
     from pneumo.models.checkpoint import save_checkpoint
+    from pneumo.models.sidecar import record_card
 
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))  # 1 in an xdist worker
@@ -36,6 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "metrics": {"test": {"roc_auc": 0.5, "sensitivity": float("nan")}}}
     sidecar = save_checkpoint(tmp_path_factory.mktemp("model") / "model", model, meta)
     sidecar.with_suffix(".md").write_text(CARD_TEXT, encoding="utf-8")
+    record_card(sidecar)  # as `pneumo adapt` records the card it writes
     return sidecar
 
 

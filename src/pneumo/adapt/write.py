@@ -19,7 +19,7 @@ from pneumo.data.rundir import RunDir
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
-from pneumo.models.sidecar import read_meta, write_meta
+from pneumo.models.sidecar import CARD_KEY, read_meta, record_card, write_meta
 from pneumo.train.ood import record_orientation
 from pneumo.train.probe import feature_extractor
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 OOD_POOL = 600  # source training images the refitted OOD statistics use (a seeded draw of the rehearsal pool)
 # sidecar fields that describe the source model's files or its own evaluation: not the adapted model's
 NOT_INHERITED = ("sha256", "weights_file", "dtype", "created", "ood", "metrics", "training", "config",
-                 "operating_point", "model_card", "commit", "adaptation", "orientation")
+                 "operating_point", "model_card", "commit", "adaptation", "orientation", CARD_KEY)
 ORIENT_POOL = 200  # source training images the refitted orientation check learns from, beside the site's
 
 
@@ -66,6 +66,7 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
     from pneumo.adapt.report import write_card, write_report
 
     write_card(work, record)
+    record_card(sidecar)  # the card is covered by the sidecar's record as the weights and checks are
     write_report(work, record, site, z_oof=z_oof, z_before=z_before, shown=out)
 
 

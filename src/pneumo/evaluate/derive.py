@@ -18,7 +18,7 @@ from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import p_pneumonia
-from pneumo.models.sidecar import companion_files, read_meta, resolve_model, weights_path, write_meta
+from pneumo.models.sidecar import CARD_KEY, companion_files, read_meta, resolve_model, weights_path, write_meta
 from pneumo.policy import parse_policy, policy_warning
 from pneumo.provenance import utc_now
 
@@ -120,7 +120,7 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
         atomic.write_text(new.config, yaml.safe_dump(cfg, sort_keys=False))
     # the old metrics were measured at the old operating point: evaluate the new model for its own
     # ... and the source's card (its name, its test figures at its own threshold) is not this model's
-    extra = {key: value for key, value in meta.extra.items() if key != "model_card"}
+    extra = {key: value for key, value in meta.extra.items() if key not in ("model_card", CARD_KEY)}
     meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file=new.weights.name,
                                metrics={}, config={**meta.config, "name": name} if meta.config else meta.config,
                                extra={**extra, "operating_point": record})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pneumo.errors import one_line
 from pneumo.models.scores import threshold_on_calibrated_scale
-from pneumo.models.sidecar import card_markdown, read_meta, resolve_model, verify_weights, weights_path
+from pneumo.models.sidecar import CheckpointMeta, card_markdown, read_meta, resolve_model, verify_weights, weights_path
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -135,12 +135,13 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
     if weights_path(sidecar, checked).is_file():  # the weights the card describes are the ones recorded
         verify_weights(sidecar, checked)
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    return f"{card_of(sidecar).rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"
+    return f"{card_of(sidecar, checked).rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"
 
 
-def card_of(sidecar: os.PathLike) -> str:
-    """The card's markdown: the model's ``<stem>.md``, or one built from its sidecar (a run has no file of its own)."""
-    markdown = card_markdown(sidecar)
+def card_of(sidecar: os.PathLike, meta: CheckpointMeta | None = None) -> str:
+    """The card's markdown: the model's ``<stem>.md`` (its SHA-256 recorded in the sidecar), or one built from its
+    sidecar (a run has no file of its own)."""
+    markdown = card_markdown(sidecar, meta)
     if markdown is None:
         meta = json.loads(Path(sidecar).read_text(encoding="utf-8"))
         name = (meta.get("config") or {}).get("name") or sidecar.parent.name
