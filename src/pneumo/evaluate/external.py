@@ -369,7 +369,10 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
     called = p >= result["threshold"]
     truth = y != 0
     rows = []
-    for name, mask, wrong in (("NORMAL", ~truth, called), ("PNEUMONIA", truth, ~called)):
+    subtypes = table["subtype"].to_numpy()
+    by_subtype = [(f"PNEUMONIA ({kind})", truth & (subtypes == kind), ~called) for kind in ("bacteria", "virus")
+                  if (truth & (subtypes == kind)).any()]  # where the labels say which: the misses of each
+    for name, mask, wrong in (("NORMAL", ~truth, called), ("PNEUMONIA", truth, ~called), *by_subtype):
         n, k = int(mask.sum()), int((mask & wrong).sum())
         rows.append([name, n, k, k / n if n else float("nan")])
     errors = np.flatnonzero(called != truth)
