@@ -14,9 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
+from pneumo import atomic
 from pneumo.infer.card import INTENDED_USE, build_card, md_table, metric_rows
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
 from pneumo.models.scores import threshold_on_calibrated_scale
+from pneumo.models.sidecar import CARD_KEY, record_card
 from pneumo.templates import fmt_number
 from pneumo.train.ood import fit_ood_for
 
@@ -148,7 +150,7 @@ def main() -> None:
     meta = typed.to_json()
     dest = Path(args.dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for key in ("format", "weights_file", "dtype", "sha256", "created", "ood"):
+    for key in ("format", "weights_file", "dtype", "sha256", "created", "ood", CARD_KEY):
         meta.pop(key, None)
     command = args.command or (meta.get("training") or {}).get("command")
     if not command:
@@ -156,7 +158,8 @@ def main() -> None:
     md, info = card(meta, metrics, command, Path(args.run_dir))
     meta["model_card"] = info
     save_checkpoint(dest, model, meta, half=True)
-    dest.with_suffix(".md").write_text(md)
+    atomic.write_text(dest.with_suffix(".md"), md)
+    record_card(dest)  # the card is covered by the sidecar's record, as the weights and checks are
     print(f"shipped {dest}.safetensors ({dest.with_suffix('.safetensors').stat().st_size / 1e6:.1f} MB)")
     entry = fit_ood_for(dest.with_suffix(".json"), data=args.dataset)
     print(f"OOD statistics {entry['file']}: threshold {entry['threshold']:.3f} (val p{entry['percentile']:g})")

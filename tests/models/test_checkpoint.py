@@ -245,3 +245,35 @@ def test_the_shipped_model_records_its_sidecars_checksum() -> None:
 
     payload = json.loads(DEFAULT_MODEL.read_text())
     assert payload["format"] == "pneumo-checkpoint/2" and payload[DIGEST_KEY] == sidecar_digest(payload)
+
+
+@pytest.mark.parametrize("trick", ["nan-empty", "downgrade-keeping-record"])
+def test_a_sidecar_cannot_switch_its_own_check_off(saved: Path, trick: str) -> None:
+    """Review of the record: a NaN anywhere made the digest empty, so an empty record passed; a format set back to
+    /1 while a record of /2 stays in it is an edited file, not an older one."""
+    sidecar = saved.with_suffix(".json")
+    payload = json.loads(sidecar.read_text())
+    payload["threshold"] = 0.01  # the edit the trick hides
+    if trick == "nan-empty":
+        payload["metrics"] = {"test": {"roc_auc": float("nan")}}
+        payload[DIGEST_KEY] = ""
+    else:
+        payload["format"] = LEGACY_FORMAT
+    sidecar.write_text(json.dumps(payload))
+    with pytest.raises(IntegrityError, match="changed after pneumo wrote it"):
+        read_meta(sidecar)
+
+
+def test_rewriting_an_older_sidecar_records_the_card_beside_it(saved: Path) -> None:
+    """`pneumo ood fit --model` on a model of the older format (an adapted model with its card): the card it showed
+    stays its card, now recorded."""
+    from pneumo.models.sidecar import CARD_KEY, card_markdown
+
+    sidecar = saved.with_suffix(".json")
+    payload = {k: v for k, v in json.loads(sidecar.read_text()).items() if k != DIGEST_KEY}
+    sidecar.write_text(json.dumps({**payload, "format": LEGACY_FORMAT}))
+    sidecar.with_suffix(".md").write_text("# Model card: site A\n")
+    assert card_markdown(sidecar) == "# Model card: site A\n"  # shown unchecked, as before
+    write_meta(sidecar, read_meta(sidecar))
+    assert json.loads(sidecar.read_text())[CARD_KEY] == hashlib.sha256(b"# Model card: site A\n").hexdigest()
+    assert card_markdown(sidecar) == "# Model card: site A\n"

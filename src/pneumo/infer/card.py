@@ -6,7 +6,6 @@ intended use and the limits; `model_card_text` prints it followed by the facts r
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -134,16 +133,17 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
     checked = read_meta(sidecar)  # as every command reads a sidecar: a broken one is one line, not a traceback
     if weights_path(sidecar, checked).is_file():  # the weights the card describes are the ones recorded
         verify_weights(sidecar, checked)
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    meta = checked.to_json()  # the values checked above, not a second read of the file
     return f"{card_of(sidecar, checked).rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"
 
 
 def card_of(sidecar: os.PathLike, meta: CheckpointMeta | None = None) -> str:
     """The card's markdown: the model's ``<stem>.md`` (its SHA-256 recorded in the sidecar), or one built from its
     sidecar (a run has no file of its own)."""
+    meta = read_meta(sidecar) if meta is None else meta
     markdown = card_markdown(sidecar, meta)
     if markdown is None:
-        meta = json.loads(Path(sidecar).read_text(encoding="utf-8"))
-        name = (meta.get("config") or {}).get("name") or sidecar.parent.name
-        markdown = build_card(f"Model card: {name}", sections=[("Performance", _performance(meta))])
+        payload = meta.to_json()
+        name = (payload.get("config") or {}).get("name") or Path(sidecar).parent.name
+        markdown = build_card(f"Model card: {name}", sections=[("Performance", _performance(payload))])
     return markdown

@@ -21,8 +21,10 @@ from pneumo import atomic
 from pneumo.atomic import sha256_file
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.sidecar import (
+    card_markdown,
     companion_files,
     read_meta,
+    record_card,
     resolve_model,
     verify_weights,
 )
@@ -143,13 +145,15 @@ def _copy_companions(sidecar: Path, target_sidecar: Path) -> None:
     none, the card built from its sidecar (the export folder is what gets deployed)."""
     from pneumo.infer.card import card_of
 
-    for name in companion_files(read_meta(sidecar)):
+    meta = read_meta(sidecar)
+    for name in companion_files(meta):
         if (sidecar.parent / name).is_file():
             shutil.copyfile(sidecar.parent / name, target_sidecar.parent / name)
-    if sidecar.with_suffix(".md").is_file():
+    if card_markdown(sidecar, meta) is not None:  # the model's own card, checked against its record, travels as is
         shutil.copyfile(sidecar.with_suffix(".md"), target_sidecar.with_suffix(".md"))
-    else:
-        atomic.write_text(target_sidecar.with_suffix(".md"), card_of(sidecar))
+    else:  # the card built from the sidecar, recorded in the copy's sidecar so that the copy shows it
+        atomic.write_text(target_sidecar.with_suffix(".md"), card_of(sidecar, meta))
+        record_card(target_sidecar)
 
 
 def _static_same_padding(model: torch.nn.Module, size: int) -> None:

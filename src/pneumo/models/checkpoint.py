@@ -21,7 +21,7 @@ from pneumo import atomic
 from pneumo.errors import ModelError
 from pneumo.models import build
 from pneumo.models.net import PneumoNet
-from pneumo.models.sidecar import FORMAT, CheckpointMeta, read_meta, stem_of, weights_path, write_meta
+from pneumo.models.sidecar import FORMAT, WEIGHTS_FORMAT, CheckpointMeta, read_meta, stem_of, weights_path, write_meta
 from pneumo.provenance import utc_now
 
 _EXACT = ("pixel_mean", "pixel_std")  # kept in float32 in half-precision exports
@@ -45,7 +45,7 @@ def save_checkpoint(stem: str | os.PathLike, model: PneumoNet, meta: Mapping[str
             value = value.half()
         tensors[key] = value
     weights = stem.with_suffix(".safetensors")
-    digest = write_tensors(weights, tensors, {"format": FORMAT, "arch": model.arch})
+    digest = write_tensors(weights, tensors, {"format": WEIGHTS_FORMAT, "arch": model.arch})
     sidecar = {**model.meta(), **(meta or {}), "format": FORMAT, "weights_file": weights.name,
                "dtype": "float16" if half else "float32", "sha256": digest}
     sidecar.setdefault("created", utc_now())  # the one time format of every output

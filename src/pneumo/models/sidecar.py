@@ -12,9 +12,10 @@ is one `ModelError` line, and `pneumo predict` / `pneumo serve` stop with exit 2
 its own SHA-256 (``sidecar_sha256``, over its canonical JSON without that key), checked on every read: any change after
 pneumo wrote it (a flipped byte, a threshold edited by hand within range, the checksum deleted) is an `IntegrityError`;
 the file names and checksums it records cover the weights, the OOD and orientation statistics and the ONNX export, so
-every file a model folder loads is covered. Sidecars of the older format (``pneumo-checkpoint/1``, which had no such
-record) are still read, range-checked, with one warning; any pneumo command that rewrites one (`pneumo ood fit`) moves
-it to this format.
+every file a model folder loads is covered. The checksums have no key: they catch corruption and accidental edits,
+not someone who can write the folder and recompute them (protect a deployed folder with file permissions or a signed
+image). Sidecars of the older format (``pneumo-checkpoint/1``, which had no such record) are still read,
+range-checked, with one warning; any pneumo command that rewrites one (`pneumo ood fit`) moves it to this format.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pneumo.models.ood import check_file_name, check_ood_entry
 
 FORMAT = "pneumo-checkpoint/2"  # sidecars written now: they carry ``sidecar_sha256``
 LEGACY_FORMAT = "pneumo-checkpoint/1"  # before 2026-12-06: read, range-checked, not integrity-protected
+WEIGHTS_FORMAT = LEGACY_FORMAT  # the ``format`` in a weights file's own metadata: unchanged, so weights stay the bytes
 DIGEST_KEY = "sidecar_sha256"
 CARD_KEY = "card_sha256"  # the SHA-256 of the card ``<stem>.md``, where a model has one (`record_card`)
 MARKER_METHODS = ("none", "inpaint", "inpaint-text")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
@@ -233,32 +235,38 @@ def check_meta(meta: CheckpointMeta, *, source: str = "checkpoint sidecar") -> C
 
 def write_meta(path: str | os.PathLike, meta: CheckpointMeta) -> Path:
     """Write a sidecar atomically (e.g. after the evaluation chose the threshold and temperature), in this format,
-    with its own SHA-256 (`sidecar_digest`)."""
+    with its own SHA-256 (`sidecar_digest`). A sidecar of the older format being rewritten (`pneumo ood fit`) keeps
+    the card beside it: its SHA-256 is recorded now (it was shown unchecked before)."""
+    sidecar = stem_of(path).with_suffix(".json")
+    card = sidecar.with_suffix(".md")
+    if meta.format == LEGACY_FORMAT and CARD_KEY not in meta.extra and card.is_file():
+        meta = dataclasses.replace(meta, extra={**meta.extra, CARD_KEY: atomic.sha256_file(card)})
     payload = {**meta.to_json(), "format": FORMAT}
-    return atomic.write_json(stem_of(path).with_suffix(".json"), {**payload, DIGEST_KEY: sidecar_digest(payload)})
+    return atomic.write_json(sidecar, {**payload, DIGEST_KEY: sidecar_digest(payload)})
 
 
-def sidecar_digest(payload: Mapping[str, Any]) -> str:
+def sidecar_digest(payload: Mapping[str, Any]) -> str | None:
     """SHA-256 of a sidecar's canonical JSON (sorted keys, no spaces, ASCII), without its ``sidecar_sha256``: the
-    same for the dict written and the dict read back (floats round-trip exactly)."""
+    same for the dict written and the dict read back (floats round-trip exactly). None for a payload holding NaN or
+    infinity, which `write_meta` never writes (it writes them as null): such a sidecar has no valid record."""
     body = {k: v for k, v in payload.items() if k != DIGEST_KEY}
     try:
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    except ValueError:  # NaN/inf in a sidecar (range checks refuse them where they matter): never its written digest
-        return ""
+    except ValueError:
+        return None
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def _check_digest(sidecar: Path, payload: Mapping[str, Any]) -> None:
     """``IntegrityError`` unless a sidecar of this format holds its own SHA-256; an older one: one warning a path."""
-    if payload.get("format") == LEGACY_FORMAT:
-        if sidecar not in _WARNED_LEGACY:
+    if payload.get("format") == LEGACY_FORMAT and not {DIGEST_KEY, CARD_KEY} & set(payload):  # (records of this
+        if sidecar not in _WARNED_LEGACY:  # format in a sidecar that says it is older: its format was edited)
             _WARNED_LEGACY.add(sidecar)
             log.warning("%s was written by an older pneumo (%s): its values are range-checked but it records no "
                         "checksum of its own; `pneumo ood fit --model` rewrites it with one", sidecar, LEGACY_FORMAT)
         return
     recorded = payload.get(DIGEST_KEY)
-    if not isinstance(recorded, str) or recorded != sidecar_digest(payload):
+    if not (isinstance(recorded, str) and SHA256.fullmatch(recorded) and recorded == sidecar_digest(payload)):
         what = "records no checksum of its own" if recorded is None else "does not match its recorded SHA-256"
         raise IntegrityError(f"{sidecar} {what}: it was changed after pneumo wrote it (corrupted or edited by "
                              "hand); refusing to use the model (copy it again; operating points: pneumo "
