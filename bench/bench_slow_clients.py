@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 from collections import Counter
@@ -64,7 +65,7 @@ async def slow_connection(port: int, request: bytes, stall_at: int, deadline: fl
                     reply = await asyncio.wait_for(reader.read(64), 1.0)
                 except TimeoutError:
                     continue
-                counts["answered " + reply.split(b"\r\n", 1)[0].decode("latin-1") if reply else "dropped"] += 1
+                counts[_outcome(reply, "dropped")] += 1
                 break
         except OSError:
             counts["dropped"] += 1
@@ -126,6 +127,11 @@ def watched(health: Counter, predict: Counter, latencies: list[float]) -> dict:
             **percentiles(latencies)}
 
 
+def _outcome(reply: bytes, closed: str) -> str:
+    """What a connection's first bytes from the server say: its status line, or ``closed`` for none."""
+    return "answered " + reply.split(b"\r\n", 1)[0].decode("latin-1") if reply else closed
+
+
 async def idle_connection(port: int, deadline: float, counts: Counter) -> None:
     """Connect, send nothing, wait until the server closes the socket or ``deadline``."""
     try:
@@ -134,15 +140,14 @@ async def idle_connection(port: int, deadline: float, counts: Counter) -> None:
         counts["connect failed"] += 1
         return
     counts["opened"] += 1
-    try:
-        data = await asyncio.wait_for(reader.read(64), max(0.01, deadline - time.monotonic()))
-        counts["answered " + data.split(b"\r\n", 1)[0].decode("latin-1") if data else "closed by server"] += 1
-    except TimeoutError:
-        counts["open at the end"] += 1
-    except OSError:
-        counts["reset by server"] += 1
-    finally:
-        writer.close()
+    with contextlib.closing(writer):
+        try:
+            data = await asyncio.wait_for(reader.read(64), max(0.01, deadline - time.monotonic()))
+            counts[_outcome(data, "closed by server")] += 1
+        except TimeoutError:
+            counts["open at the end"] += 1
+        except OSError:
+            counts["reset by server"] += 1
 
 
 async def idle_flood(url: str, port: int, image: bytes, *, rate: float, seconds: float) -> dict:
@@ -248,28 +253,20 @@ def main() -> None:
             results["model_id"], results["backend"] = ready["model_id"], ready.get("backend")
             offset = 0
             asyncio.run(well_behaved(url, image, clients=4, seconds=3.0, retry_after=True))  # warm-up
-            for clients in args.slow:
-                seconds = min(max(args.slow_seconds, 5.0), MAX_SECONDS)
-                result = asyncio.run(slow_loris(url, port, image, clients=clients, seconds=seconds))
-                result["server_warnings"], offset = warnings_since(log, offset)
-                results["slow_loris"].append(result)
-                print(result, flush=True)
-                time.sleep(2.0)
-            for rate in args.idle_rate:
-                seconds = min(max(args.idle_seconds, 5.0), MAX_SECONDS)
-                result = asyncio.run(idle_flood(url, port, image, rate=rate, seconds=seconds))
-                result["server_warnings"], offset = warnings_since(log, offset)
-                results["idle_flood"].append(result)
-                print(result, flush=True)
-                time.sleep(2.0)
-            for clients in args.clients:
-                seconds = min(max(args.load_seconds, 5.0), MAX_SECONDS)
-                result = asyncio.run(well_behaved(url, image, clients=clients, seconds=seconds,
-                                                  retry_after=not args.no_retry_after))
-                result["server_warnings"], offset = warnings_since(log, offset)
-                results["load"].append(result)
-                print(result, flush=True)
-                time.sleep(2.0)
+            scenarios = [  # (results key, values, seconds, the scenario for one value)
+                ("slow_loris", args.slow, args.slow_seconds,
+                 lambda n, t: slow_loris(url, port, image, clients=n, seconds=t)),
+                ("idle_flood", args.idle_rate, args.idle_seconds,
+                 lambda r, t: idle_flood(url, port, image, rate=r, seconds=t)),
+                ("load", args.clients, args.load_seconds,
+                 lambda n, t: well_behaved(url, image, clients=n, seconds=t, retry_after=not args.no_retry_after))]
+            for key, values, seconds, scenario in scenarios:
+                for value in values:
+                    result = asyncio.run(scenario(value, min(max(seconds, 5.0), MAX_SECONDS)))
+                    result["server_warnings"], offset = warnings_since(log, offset)
+                    results[key].append(result)
+                    print(result, flush=True)
+                    time.sleep(2.0)
             results["server_alive"] = server.poll() is None
         finally:
             server.terminate()

@@ -98,11 +98,7 @@ def test_flipped_byte_in_the_weights_stops_serve_before_it_listens(model: Path, 
 def test_flipped_byte_in_the_cached_export_keeps_the_service_not_ready(model: Path, cache_dir: Path) -> None:
     _flip_byte(_cached(cache_dir))
     with TestClient(create_app(ServeConfig(), model=str(model), backend="auto")) as client:
-        deadline = time.monotonic() + 60
-        while (response := client.get("/readyz")).status_code == 503 and "checksum" not in response.text:
-            assert time.monotonic() < deadline, response.text
-            time.sleep(0.1)
-        assert response.status_code == 503 and "checksum mismatch" in response.json()["detail"]
+        assert "checksum mismatch" in _not_ready_because(client, "checksum")
         assert client.post("/api/v1/predict", files={"file": ("x.jpeg", b"x")}).status_code == 503
 
 
@@ -367,11 +363,17 @@ def test_a_model_card_changed_after_it_was_written_is_refused(shipped_folder: Pa
     assert main(["model-card", "--model", str(shipped_folder)]) == 2
     _refusal(capsys.readouterr().err, "pneumo model-card: error:", "model card", "changed after pneumo wrote it")
     with TestClient(create_app(ServeConfig(), model=str(shipped_folder), backend="torch")) as client:
-        deadline = time.monotonic() + 60
-        while (response := client.get("/readyz")).status_code == 503 and "model card" not in response.text:
-            assert time.monotonic() < deadline, response.text
-            time.sleep(0.1)
-        assert response.status_code == 503 and "model card" in response.json()["detail"]
+        assert "model card" in _not_ready_because(client, "model card")
+
+
+def _not_ready_because(client: TestClient, word: str) -> str:
+    """The reason /readyz gives once the model failed to load with ``word`` in it (within 60 s)."""
+    deadline = time.monotonic() + 60
+    while (response := client.get("/readyz")).status_code == 503 and word not in response.text:
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.1)
+    assert response.status_code == 503, response.text
+    return response.json()["detail"]
 
 
 def test_a_card_the_sidecar_does_not_record_is_never_shown(tiny_model: Path, tmp_path: Path) -> None:
