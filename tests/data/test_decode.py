@@ -311,6 +311,21 @@ def test_missing_dicom_decoder_is_named_in_the_error(corpus: dict[str, CorpusCas
     assert message.endswith("(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")  # whole, not cut at 200
 
 
+def test_a_missing_jpeg_lossless_decoder_is_named_with_the_whole_hint() -> None:
+    """JPEG Lossless (Process 14, SV1) is the most common lossless syntax of PACS exports; its long name cut the
+    install hint off at 200 characters (DICOM review)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLosslessSV1
+
+    if get_decoder(JPEGLosslessSV1).is_available:
+        pytest.skip("a JPEG Lossless decoder is installed here")
+    frame = b"\xff\xd8\xff\xc3" + bytes(range(256)) * 4 + b"\xff\xd9"
+    message = _error(dicom_bytes(gradient(72, 96), transfer_syntax=JPEGLosslessSV1, pixel_data=encapsulate([frame])))
+    assert "JPEGLosslessSV1" in message and "no decoder installed" in message
+    assert message.endswith("(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
+
+
 def test_multiframe_dicom_asks_for_one_frame(corpus: dict[str, CorpusCase]) -> None:
     assert "pick one frame" in _error(_case(corpus, "dicom_multiframe").path.read_bytes())
 

@@ -94,9 +94,59 @@ def test_a_voi_lut_with_8_bit_entries_shows_the_image_at_any_length(entries: int
     assert np.abs(gray.astype(np.float64) - expected).max() <= 1.0
 
 
-@pytest.mark.parametrize("view", ["LL", "RL", "LATERAL"])
+@pytest.mark.parametrize("view", ["LL", "RL", "LATERAL", "LEFT LATERAL"])
 def test_a_lateral_film_is_refused_in_one_line_and_a_frontal_one_is_read(view: str) -> None:
     message = _refused(dicom_bytes(STORED, bits_stored=12, ViewPosition=view))
     assert f"lateral film (ViewPosition {view})" in message and "\n" not in message
-    for frontal in ("PA", "AP", ""):
+    for frontal in ("PA", "AP", "", "LLD"):
         assert _decode_strictly(dicom_bytes(STORED, bits_stored=12, ViewPosition=frontal)).shape == STORED.shape
+
+
+def _view_code(meaning: str) -> object:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "R-10232", "SRT", meaning
+    return Sequence([item])
+
+
+@pytest.mark.parametrize(("elements", "says"), [
+    ({"ViewCodeSequence": "lateral"}, "View Code Sequence"),
+    ({"SeriesDescription": "CHEST LAT"}, "SeriesDescription"),
+    ({"ProtocolName": "Thorax lateral"}, "ProtocolName"),
+])
+def test_a_lateral_film_is_refused_when_another_element_says_so(elements: dict, says: str) -> None:
+    """DICOM review: ViewPosition may be empty in DX/CR exports; the View Code Sequence (required for DX) or, where the
+    image states no view, the series description or protocol says lateral. The message names the element only."""
+    values = {k: _view_code(v) if k == "ViewCodeSequence" else v for k, v in elements.items()}
+    message = _refused(dicom_bytes(STORED, bits_stored=12, **values))
+    assert "lateral film" in message and says in message and "CHEST" not in message and "Thorax" not in message
+
+
+@pytest.mark.parametrize("elements", [
+    {"SeriesDescription": "CHEST PA/LAT"},  # a series with both: this film may be the PA one
+    {"ViewPosition": "PA", "SeriesDescription": "CHEST LAT"},  # the image's own view wins
+    {"ViewCodeSequence": "postero-anterior"}, {"ViewCodeSequence": "left lateral decubitus"},
+])
+def test_frontal_films_are_read_whatever_their_series_is_called(elements: dict) -> None:
+    values = {k: _view_code(v) if k == "ViewCodeSequence" else v for k, v in elements.items()}
+    assert _decode_strictly(dicom_bytes(STORED, bits_stored=12, **values)).shape == STORED.shape
+
+
+def test_presentation_lut_shape_inverse_is_shown_inverted_once() -> None:
+    """DICOM review: a MONOCHROME2 image marked INVERSE was shown as stored (air white); MONOCHROME1 comes with
+    INVERSE and is inverted once."""
+    plain = _decode_strictly(dicom_bytes(STORED, bits_stored=12))
+    inverse = _decode_strictly(dicom_bytes(STORED, bits_stored=12, PresentationLUTShape="INVERSE"))
+    assert np.array_equal(inverse, 255 - plain)
+    mono1 = _decode_strictly(dicom_bytes(STORED, bits_stored=12, photometric="MONOCHROME1",
+                                         PresentationLUTShape="INVERSE"))
+    assert np.array_equal(mono1, 255 - plain)
+
+
+def test_a_for_processing_image_is_refused_in_one_line() -> None:
+    message = _refused(dicom_bytes(STORED, bits_stored=12, PresentationIntentType="FOR PROCESSING"))
+    assert "FOR PROCESSING" in message and "FOR PRESENTATION" in message and "\n" not in message
+    assert _decode_strictly(dicom_bytes(STORED, bits_stored=12, PresentationIntentType="FOR PRESENTATION")).shape \
+        == STORED.shape

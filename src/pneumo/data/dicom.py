@@ -1,8 +1,9 @@
 """DICOM Part 10 bytes -> uint8 gray H x W, for `pneumo.data.decode` (which sniffs the format and owns the rules).
 
 Modality LUT (rescale slope/intercept or LUT), then the VOI window (the first window centre/width, else the VOI LUT)
-mapped over the window's full output range to 0..255; MONOCHROME1 is inverted; RGB/YBR become luma. Only the tags
-needed for the pixels (and ViewPosition: a lateral film is refused) are read, so patient data is never parsed, logged
+mapped over the window's full output range to 0..255; MONOCHROME1 (or Presentation LUT Shape INVERSE) is inverted;
+RGB/YBR become luma. A lateral film (`_lateral`) and a FOR PROCESSING image are refused. Only the tags needed for the
+pixels and those (view, series description, protocol name, presentation intent) are read, so patient data is never parsed, logged
 or put in a message; `patient_group` alone reads PatientID, and returns only a keyed hash of it. Numbers that cannot
 be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored
 and the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
@@ -15,6 +16,7 @@ import io
 import logging
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,13 +39,17 @@ _DICOM_TAGS = (
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "RescaleSlope", "RescaleIntercept",
     "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
     "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
-    "ViewPosition",
+    "ViewPosition", "ViewCodeSequence", "SeriesDescription", "ProtocolName", "PresentationLUTShape",
+    "PresentationIntentType",
 )
 # the pydicom plugins for the compressed syntaxes a PACS uses: JPEG, JPEG-LS and JPEG Lossless (libjpeg), JPEG 2000
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 _GROUP_KEY = secrets.token_bytes(32)  # `patient_group`'s key: this process's only
-# a lateral film (PS3.3 C.8.11.5: ViewPosition LL/RL, or the legacy LATERAL): the model reads frontal (PA/AP) films
+# a lateral film (PS3.3 C.8.11.5: ViewPosition LL/RL, or the legacy LATERAL): the model reads frontal (PA/AP) films.
+# Words of ViewPosition (and of the View Code Sequence's meaning; of SeriesDescription / ProtocolName where the image
+# states no view) that name a lateral view; a decubitus view (LLD, "left lateral decubitus") is frontal.
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
+FRONTAL_WORDS = ("PA", "AP", "FRONTAL", "DECUBITUS", "LLD", "RLD")
 _PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
 _LUMA = np.array([0.299, 0.587, 0.114])
 Rows = Callable[[int, int], np.ndarray]
@@ -57,9 +63,12 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     keyword = next((k for k in _PIXEL_BITS if k in ds), None)
     if keyword is None:
         raise InputError("DICOM file has no pixel data (a report or presentation state?)")
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view in LATERAL_VIEWS:
-        raise InputError(f"a lateral film (ViewPosition {view}): the model reads frontal (PA or AP) chest films")
+    lateral = _lateral(ds)
+    if lateral:
+        raise InputError(f"a lateral film ({lateral}): the model reads frontal (PA or AP) chest films")
+    if str(ds.get("PresentationIntentType", "") or "").strip().upper() == "FOR PROCESSING":
+        raise InputError("a FOR PROCESSING image (raw detector data, not for display): export the FOR PRESENTATION "
+                         "image from the PACS or the modality")
     frames = _dicom_int(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise InputError(f"multi-frame DICOM is not supported ({frames} frames): pick one frame")
@@ -70,10 +79,10 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
         raise InputError("DICOM SamplesPerPixel must be 1 or 3")
     bits = _PIXEL_BITS[keyword] or _dicom_int(ds, "BitsAllocated", 8)
     compressed = _dicom_is_compressed(ds)
-    # decoded samples (twice: a compressed frame or a deflated dataset is inflated first) + the uint8 result
-    inflated = compressed or bool(_dicom_transfer_syntax(ds).is_deflated)
+    # the samples twice (the parsed dataset keeps the pixel bytes, or the compressed frame inflated first, while
+    # pixel_array makes its array) + the uint8 result
     sample_bytes = samples * max(1, math.ceil(bits / 8))
-    check_budget(width * height, sample_bytes * (2 if inflated else 1) + 1, max_decode_bytes)
+    check_budget(width * height, sample_bytes * 2 + 1, max_decode_bytes)
     _dicom_check_decoder(ds, compressed)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
@@ -93,9 +102,33 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
             gray = _display(pixels, ds)
     except FloatingPointError:
         raise InputError("DICOM pixel values overflow when rescaled or windowed") from None
-    if photometric == "MONOCHROME1":
-        np.subtract(255, gray, out=gray)
+    if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "") or "").strip().upper() == "INVERSE":
+        np.subtract(255, gray, out=gray)  # (MONOCHROME1 comes with INVERSE: one inversion, not two)
     return gray
+
+
+def _words(value: object) -> set[str]:
+    return set(re.findall(r"[A-Z]+", str(value or "").upper()))
+
+
+def _lateral(ds: Dataset) -> str | None:
+    """Which element says the film is lateral, or None: ViewPosition (LL, RL, LATERAL, "LEFT LATERAL"), the View Code
+    Sequence's meaning (DX images must have one), or, where the image states no view at all, SeriesDescription or
+    ProtocolName naming a lateral view and no frontal one ("CHEST LAT"; not "CHEST PA/LAT"). Only those words are
+    read; the message names the element, never its text."""
+    position = str(ds.get("ViewPosition", "") or "").strip().upper()
+    words = _words(position)
+    if words & set(LATERAL_VIEWS) and not words & set(FRONTAL_WORDS):
+        return f"ViewPosition {position}"
+    codes = [_words(item.get("CodeMeaning", "")) for item in ds.get("ViewCodeSequence") or []]
+    if any(w & {"LATERAL", "LAT"} and not w & set(FRONTAL_WORDS) for w in codes):
+        return "its View Code Sequence says lateral"
+    if not position and not codes:
+        for keyword in ("SeriesDescription", "ProtocolName"):
+            words = _words(ds.get(keyword, ""))
+            if words & {"LATERAL", "LAT"} and not words & set(FRONTAL_WORDS):
+                return f"its {keyword} names a lateral view"
+    return None
 
 
 def _display(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -245,7 +278,8 @@ def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
     except NotImplementedError:
         raise InputError(f"DICOM transfer syntax {uid.name} ({uid}) is not supported") from None
     if not decoder.is_available:  # pydicom's own list of plugins runs past the one-line message: a short hint
-        raise InputError(f"cannot decode DICOM compressed as {uid.name} ({uid}): no decoder installed ({DECODER_HINT})")
+        name = uid.name if len(uid.name) <= 40 else uid.keyword or uid.name  # JPEG Lossless: its long name cut off the hint
+        raise InputError(f"cannot decode DICOM compressed as {name} ({uid}): no decoder installed ({DECODER_HINT})")
 
 
 def view_position(path: str | os.PathLike) -> str | None:
