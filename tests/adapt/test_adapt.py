@@ -100,7 +100,13 @@ def test_fine_tunes_use_the_recipes_mild_augmentation_not_the_models_own(adapted
 
 def test_every_image_is_scored_by_a_model_that_did_not_train_on_it(adapted: dict, site_csv: Path) -> None:
     out, calls = adapted["out"], adapted["calls"]
-    table = pd.read_csv(out / "crossfit_predictions.csv", dtype={"patient_id": str})
+    table = pd.read_csv(out / "crossfit_predictions.csv", dtype=str)
+    raw = pd.read_csv(site_csv, dtype=str)
+    # the site's own patient IDs stay with the site: the folder numbers the patients (DICOM review), one number each
+    assert not set(table["patient"]) & set(raw["patient_id"]) and "patient_id" not in table
+    table = table.merge(raw[["path", "patient_id"]], on="path", validate="one_to_one")
+    assert table.groupby("patient_id")["patient"].nunique().eq(1).all() and table["patient"].nunique() == \
+        raw["patient_id"].nunique()
     n = len(pd.read_csv(site_csv))
     assert len(table) == n and len(calls) == TINY.folds + 1  # k fold models, then the final one
     assert [len(c) for c in calls[:-1]] != [n] * TINY.folds and len(calls[-1]) == n  # the final one sees all
