@@ -150,3 +150,18 @@ def test_a_for_processing_image_is_refused_in_one_line() -> None:
     assert "FOR PROCESSING" in message and "FOR PRESENTATION" in message and "\n" not in message
     assert _decode_strictly(dicom_bytes(STORED, bits_stored=12, PresentationIntentType="FOR PRESENTATION")).shape \
         == STORED.shape
+
+
+def test_pixel_padding_is_left_out_of_the_range_an_unwindowed_image_is_stretched_over() -> None:
+    """DICOM review: a file without a window is stretched over its own min..max; collimator padding at the
+    PixelPaddingValue widened that range and greyed the lungs. Declared padding is left out (and shown black)."""
+    stored = (np.arange(72 * 96).reshape(72, 96) % 1600 + 1000).astype(np.uint16)  # 12-bit data in 1000..2599
+    padded = stored.copy()
+    padded[:, :10] = 0
+    plain = _decode_strictly(dicom_bytes(stored, bits_stored=12))
+    declared = _decode_strictly(dicom_bytes(padded, bits_stored=12, PixelPaddingValue=0))
+    undeclared = _decode_strictly(dicom_bytes(padded, bits_stored=12))
+    assert np.array_equal(declared[:, 10:], plain[:, 10:]) and declared[:, :10].max() == 0
+    assert not np.array_equal(undeclared[:, 10:], plain[:, 10:])  # what padding did to the image before
+    ranged = _decode_strictly(dicom_bytes(padded, bits_stored=12, PixelPaddingValue=0, PixelPaddingRangeLimit=5))
+    assert np.array_equal(ranged, declared)

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # bump when a change here or in dicom.py can change which files are read or their pixels: kept dataset scans
 # (`pneumo.data.manifest.scan_dataset`) are then made again
-DECODER_VERSION = 3  # 3: DICOM lateral views from more elements, INVERSE, FOR PROCESSING
+DECODER_VERSION = 3  # 3: DICOM lateral views from more elements, INVERSE, FOR PROCESSING, pixel padding
 MAX_PIXELS = 50_000_000
 MAX_BYTES = 256 * 1024 * 1024
 MAX_DECODE_BYTES = 256_000_000  # decoded samples + the uint8 result, for one image

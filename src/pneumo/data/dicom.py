@@ -6,7 +6,8 @@ RGB/YBR become luma. A lateral film (`_lateral`) and a FOR PROCESSING image are 
 pixels and those (view, series description, protocol name, presentation intent) are read, so patient data is never parsed, logged
 or put in a message; `patient_group` alone reads PatientID, and returns only a keyed hash of it. Numbers that cannot
 be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored
-and the data's own min..max is shown instead. Values are converted a strip of rows at a time (`pneumo.data.pixels`).
+and the data's own min..max (without the PixelPaddingValue's pixels) is shown instead. Values are converted a strip
+of rows at a time (`pneumo.data.pixels`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _DICOM_TAGS = (
     "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
     "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
     "ViewPosition", "ViewCodeSequence", "SeriesDescription", "ProtocolName", "PresentationLUTShape",
-    "PresentationIntentType",
+    "PresentationIntentType", "PixelPaddingValue", "PixelPaddingRangeLimit",
 )
 # the pydicom plugins for the compressed syntaxes a PACS uses: JPEG, JPEG-LS and JPEG Lossless (libjpeg), JPEG 2000
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
@@ -159,10 +160,32 @@ def _display(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
         and _float(ds, "RescaleIntercept", 0.0) == 0.0
     if identity and pixels.dtype == np.uint8 and _dicom_int(ds, "BitsStored", 8) == 8:
         return np.array(pixels, dtype=np.uint8)
-    found = value_range(height, width, modality)
+    padding = _padding(ds)
+
+    def unpadded(r0: int, r1: int) -> np.ndarray:  # the collimator's padding is not part of the image's range
+        values = np.array(modality(r0, r1), dtype=np.float64)
+        stored = pixels[r0:r1]
+        values[(stored >= padding[0]) & (stored <= padding[1])] = np.nan
+        return values
+
+    found = value_range(height, width, unpadded if padding else modality)
     if found is None:
         return np.zeros((height, width), dtype=np.uint8)
     return scale_strips(height, width, modality, *found)
+
+
+def _padding(ds: Dataset) -> tuple[float, float] | None:
+    """The stored values that are padding (PixelPaddingValue, up to PixelPaddingRangeLimit), or None."""
+    try:
+        value = ds.get("PixelPaddingValue")
+        limit = ds.get("PixelPaddingRangeLimit")
+        if value is None or isinstance(value, (bytes, list)):
+            return None
+        first = float(value)
+        last = first if limit is None or isinstance(limit, (bytes, list)) else float(limit)
+    except (TypeError, ValueError):  # an unreadable padding element: the image's full range, as before
+        return None
+    return (min(first, last), max(first, last)) if math.isfinite(first) and math.isfinite(last) else None
 
 
 def _widen_8bit_voi_lut(ds: Dataset) -> None:
