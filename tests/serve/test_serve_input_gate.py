@@ -35,9 +35,9 @@ def test_real_radiograph_passes_the_gate(client: TestClient, xray: bytes) -> Non
 def test_upload_over_the_decode_budget_gets_a_422_before_decoding(client: TestClient) -> None:
     header_only = dicom_bytes(None, Rows=7000, Columns=7000, SamplesPerPixel=1, BitsAllocated=64,
                               PhotometricInterpretation="MONOCHROME2", DoubleFloatPixelData=np.zeros(16).tobytes())
-    response = _post(client, header_only, "huge.dcm")  # 49 M float64 pixels: 441 MB to decode
+    response = _post(client, header_only, "huge.dcm")  # 49 M float64 pixels, twice, + the result: 833 MB
     assert response.status_code == 422
-    assert "too large to decode: 49000000 pixels x 9 bytes = 441 MB > limit 256 MB" in response.json()["detail"]
+    assert "too large to decode: 49000000 pixels x 17 bytes = 833 MB > limit 256 MB" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("elements", [{"RescaleSlope": "1e308", "RescaleIntercept": "0"},
