@@ -326,6 +326,21 @@ def test_a_missing_jpeg_lossless_decoder_is_named_with_the_whole_hint() -> None:
     assert message.endswith("(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
 
 
+def test_a_12_bit_jpeg_extended_dicom_without_libjpeg_gets_the_install_hint() -> None:
+    """Pillow decodes JPEG Extended at 8 bits only; a 12-bit file got Pillow's message without the hint (DICOM
+    review)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGExtended12Bit
+
+    if set(get_decoder(JPEGExtended12Bit).available_plugins) - {"pillow"}:
+        pytest.skip("a 12-bit JPEG decoder is installed here")
+    frame = b"\xff\xd8\xff\xc1" + bytes(range(256)) * 4 + b"\xff\xd9"
+    message = _error(dicom_bytes(gradient(72, 96).astype(np.uint16) * 16, bits_stored=12,
+                                 transfer_syntax=JPEGExtended12Bit, pixel_data=encapsulate([frame])))
+    assert "12-bit" in message and message.endswith("(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
+
+
 def test_multiframe_dicom_asks_for_one_frame(corpus: dict[str, CorpusCase]) -> None:
     assert "pick one frame" in _error(_case(corpus, "dicom_multiframe").path.read_bytes())
 

@@ -300,6 +300,11 @@ def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
         decoder = get_decoder(uid)
     except NotImplementedError:
         raise InputError(f"DICOM transfer syntax {uid.name} ({uid}) is not supported") from None
+    # Pillow decodes JPEG Extended at 8 bits only: a 12-bit one needs libjpeg (pydicom would say so without the hint)
+    twelve_bit = uid == "1.2.840.10008.1.2.4.51" and _dicom_int(ds, "BitsStored", 8) > 8
+    if twelve_bit and set(decoder.available_plugins) <= {"pillow"}:
+        raise InputError(f"cannot decode 12-bit DICOM compressed as {uid.name} ({uid}): no decoder installed "
+                         f"({DECODER_HINT})")
     if not decoder.is_available:  # pydicom's own list of plugins runs past the one-line message: a short hint
         name = uid.name if len(uid.name) <= 40 else uid.keyword or uid.name  # JPEG Lossless: its long name cut off the hint
         raise InputError(f"cannot decode DICOM compressed as {name} ({uid}): no decoder installed ({DECODER_HINT})")
