@@ -290,7 +290,7 @@ def test_export_takes_an_output_folder_only(tiny_model, tmp_path, capsys: pytest
     # the folder is what gets deployed: a run, which has no card file, gets the card built from its sidecar (README)
     assert not tiny_model.with_suffix(".md").exists()
     assert (tmp_path / "onnx" / "model.md").read_text().startswith("# Model card:")
-    from pneumo.models.sidecar import card_markdown  # ... recorded in the copy's sidecar, so the copy shows it
+    from pneumo.infer.card import card_markdown  # ... recorded in the copy's sidecar, so the copy shows it
 
     assert card_markdown(tmp_path / "onnx" / "model.json") == (tmp_path / "onnx" / "model.md").read_text()
     assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "m.onnx")]) == 2

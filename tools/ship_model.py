@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 
 from pneumo import atomic
-from pneumo.infer.card import INTENDED_USE, build_card, md_table, metric_rows
+from pneumo.infer.card import INTENDED_USE, build_card, md_table, metric_rows, record_card
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
 from pneumo.models.scores import threshold_on_calibrated_scale
-from pneumo.models.sidecar import CARD_KEY, record_card
+from pneumo.models.sidecar import CARD_KEY
 from pneumo.templates import fmt_number
 from pneumo.train.ood import fit_ood_for
 

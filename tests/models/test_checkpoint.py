@@ -267,7 +267,8 @@ def test_a_sidecar_cannot_switch_its_own_check_off(saved: Path, trick: str) -> N
 def test_rewriting_an_older_sidecar_records_the_card_beside_it(saved: Path) -> None:
     """`pneumo ood fit --model` on a model of the older format (an adapted model with its card): the card it showed
     stays its card, now recorded."""
-    from pneumo.models.sidecar import CARD_KEY, card_markdown
+    from pneumo.infer.card import card_markdown
+    from pneumo.models.sidecar import CARD_KEY
 
     sidecar = saved.with_suffix(".json")
     payload = {k: v for k, v in json.loads(sidecar.read_text()).items() if k != DIGEST_KEY}

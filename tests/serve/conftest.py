@@ -22,9 +22,9 @@ CARD_TEXT = "# Tiny test model\n\nRandom weights, for the service tests only.\n"
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (untrained) scratch CNN checkpoint at 64 px with a markdown card next to it; returns the sidecar."""
+    from pneumo.infer.card import record_card
     from pneumo.models import create
     from pneumo.models.checkpoint import save_checkpoint
-    from pneumo.models.sidecar import record_card
 
     torch.manual_seed(0)
     torch.set_num_threads(min(2, torch.get_num_threads()))  # 1 in an xdist worker

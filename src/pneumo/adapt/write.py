@@ -17,9 +17,10 @@ from pneumo.adapt.sources import SiteImages, SourceImages
 from pneumo.adapt.stats import patient_folds
 from pneumo.data.rundir import RunDir
 from pneumo.evaluate.calibration import p_pneumonia
+from pneumo.infer.card import record_card
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
-from pneumo.models.sidecar import CARD_KEY, read_meta, record_card, write_meta
+from pneumo.models.sidecar import CARD_KEY, read_meta, write_meta
 from pneumo.train.ood import record_orientation
 from pneumo.train.probe import feature_extractor
 

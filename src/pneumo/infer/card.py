@@ -6,13 +6,26 @@ intended use and the limits; `model_card_text` prints it followed by the facts r
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pneumo.errors import one_line
+from pneumo import atomic
+from pneumo.errors import IntegrityError, one_line
 from pneumo.models.scores import threshold_on_calibrated_scale
-from pneumo.models.sidecar import CheckpointMeta, card_markdown, read_meta, resolve_model, verify_weights, weights_path
+from pneumo.models.sidecar import (
+    CARD_KEY,
+    LEGACY_FORMAT,
+    CheckpointMeta,
+    read_meta,
+    resolve_model,
+    stem_of,
+    verify_weights,
+    weights_path,
+    write_meta,
+)
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -147,3 +160,36 @@ def card_of(sidecar: os.PathLike, meta: CheckpointMeta | None = None) -> str:
         name = (payload.get("config") or {}).get("name") or Path(sidecar).parent.name
         markdown = build_card(f"Model card: {name}", sections=[("Performance", _performance(payload))])
     return markdown
+
+
+def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None) -> str | None:
+    """The model's card, ``<stem>.md`` next to its sidecar (the shipped and adapted models have one), when the
+    sidecar records its SHA-256 (``card_sha256``, `record_card`) and the file matches it; None when there is no
+    record or no file (an unrecorded card is never shown, and a card left behind in a copy is not needed: the caller
+    builds the card from the checked sidecar). A sidecar of the older format, which records nothing of its own, shows
+    its card as before.
+
+    Raises:
+        IntegrityError: the card is not the file the sidecar records (edited, corrupted, replaced).
+    """
+    sidecar = stem_of(sidecar).with_suffix(".json")
+    markdown = sidecar.with_suffix(".md")
+    if not markdown.is_file():
+        return None
+    meta = read_meta(sidecar) if meta is None else meta
+    recorded = meta.extra.get(CARD_KEY)
+    if recorded is None:
+        return markdown.read_text(encoding="utf-8", errors="replace") if meta.format == LEGACY_FORMAT else None
+    data = markdown.read_bytes()
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise IntegrityError(f"the model card {markdown} does not match the SHA-256 its sidecar records: it was "
+                             "changed after pneumo wrote it; refusing to use the model (copy it again)")
+    return data.decode("utf-8", errors="replace")
+
+
+def record_card(sidecar: str | os.PathLike) -> Path:
+    """Record the SHA-256 of the card ``<stem>.md`` just written beside ``sidecar`` in the sidecar."""
+    sidecar = stem_of(sidecar).with_suffix(".json")
+    digest = atomic.sha256_file(sidecar.with_suffix(".md"))
+    meta = read_meta(sidecar)
+    return write_meta(sidecar, dataclasses.replace(meta, extra={**meta.extra, CARD_KEY: digest}))

@@ -21,10 +21,8 @@ from pneumo import atomic
 from pneumo.atomic import sha256_file
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.sidecar import (
-    card_markdown,
     companion_files,
     read_meta,
-    record_card,
     resolve_model,
     verify_weights,
 )
@@ -143,7 +141,7 @@ def _copy_companions(sidecar: Path, target_sidecar: Path) -> None:
     """The OOD statistics and orientation check a sidecar names travel with its copy, and its card (the export is the
     same model at the same operating point; `pneumo serve` shows it): the model's ``.md``, or, for a run, which has
     none, the card built from its sidecar (the export folder is what gets deployed)."""
-    from pneumo.infer.card import card_of
+    from pneumo.infer.card import card_markdown, card_of, record_card
 
     meta = read_meta(sidecar)
     for name in companion_files(meta):

@@ -42,7 +42,7 @@ FORMAT = "pneumo-checkpoint/2"  # sidecars written now: they carry ``sidecar_sha
 LEGACY_FORMAT = "pneumo-checkpoint/1"  # before 2026-12-06: read, range-checked, not integrity-protected
 WEIGHTS_FORMAT = LEGACY_FORMAT  # the ``format`` in a weights file's own metadata: unchanged, so weights stay the bytes
 DIGEST_KEY = "sidecar_sha256"
-CARD_KEY = "card_sha256"  # the SHA-256 of the card ``<stem>.md``, where a model has one (`record_card`)
+CARD_KEY = "card_sha256"  # the SHA-256 of the card ``<stem>.md`` (`pneumo.infer.card.record_card`)
 MARKER_METHODS = ("none", "inpaint", "inpaint-text")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
 DTYPES = ("float32", "float16")
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -299,39 +299,6 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     if not path.is_file():
         raise ModelError(f"model not found: {model} (give a run folder or a checkpoint file)")
     return path
-
-
-def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None) -> str | None:
-    """The model's card, ``<stem>.md`` next to its sidecar (the shipped and adapted models have one), when the
-    sidecar records its SHA-256 (``card_sha256``, `record_card`) and the file matches it; None when there is no
-    record or no file (an unrecorded card is never shown, and a card left behind in a copy is not needed: the caller
-    builds the card from the checked sidecar). A sidecar of the older format, which records nothing of its own, shows
-    its card as before.
-
-    Raises:
-        IntegrityError: the card is not the file the sidecar records (edited, corrupted, replaced).
-    """
-    sidecar = stem_of(sidecar).with_suffix(".json")
-    markdown = sidecar.with_suffix(".md")
-    if not markdown.is_file():
-        return None
-    meta = read_meta(sidecar) if meta is None else meta
-    recorded = meta.extra.get(CARD_KEY)
-    if recorded is None:
-        return markdown.read_text(encoding="utf-8", errors="replace") if meta.format == LEGACY_FORMAT else None
-    data = markdown.read_bytes()
-    if hashlib.sha256(data).hexdigest() != recorded:
-        raise IntegrityError(f"the model card {markdown} does not match the SHA-256 its sidecar records: it was "
-                             "changed after pneumo wrote it; refusing to use the model (copy it again)")
-    return data.decode("utf-8", errors="replace")
-
-
-def record_card(sidecar: str | os.PathLike) -> Path:
-    """Record the SHA-256 of the card ``<stem>.md`` just written beside ``sidecar`` in the sidecar."""
-    sidecar = stem_of(sidecar).with_suffix(".json")
-    digest = atomic.sha256_file(sidecar.with_suffix(".md"))
-    meta = read_meta(sidecar)
-    return write_meta(sidecar, dataclasses.replace(meta, extra={**meta.extra, CARD_KEY: digest}))
 
 
 def companion_files(meta: CheckpointMeta) -> list[str]:
