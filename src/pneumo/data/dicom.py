@@ -108,8 +108,10 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     return gray
 
 
-def _words(value: object) -> set[str]:
-    return set(re.findall(r"[A-Z]+", str(value or "").upper()))
+def _names_lateral(text: object, lateral: tuple[str, ...] = ("LATERAL", "LAT")) -> bool:
+    """Whether ``text`` has a word of ``lateral`` and none of `FRONTAL_WORDS`."""
+    words = set(re.findall(r"[A-Z]+", str(text or "").upper()))
+    return bool(words & set(lateral)) and not words & set(FRONTAL_WORDS)
 
 
 def _lateral(ds: Dataset) -> str | None:
@@ -118,16 +120,14 @@ def _lateral(ds: Dataset) -> str | None:
     ProtocolName naming a lateral view and no frontal one ("CHEST LAT"; not "CHEST PA/LAT"). Only those words are
     read; the message names the element, never its text."""
     position = str(ds.get("ViewPosition", "") or "").strip().upper()
-    words = _words(position)
-    if words & set(LATERAL_VIEWS) and not words & set(FRONTAL_WORDS):
+    if _names_lateral(position, LATERAL_VIEWS):
         return f"ViewPosition {position}"
-    codes = [_words(item.get("CodeMeaning", "")) for item in ds.get("ViewCodeSequence") or []]
-    if any(w & {"LATERAL", "LAT"} and not w & set(FRONTAL_WORDS) for w in codes):
+    codes = [item.get("CodeMeaning", "") for item in ds.get("ViewCodeSequence") or []]
+    if any(_names_lateral(meaning) for meaning in codes):
         return "its View Code Sequence says lateral"
     if not position and not codes:
         for keyword in ("SeriesDescription", "ProtocolName"):
-            words = _words(ds.get(keyword, ""))
-            if words & {"LATERAL", "LAT"} and not words & set(FRONTAL_WORDS):
+            if _names_lateral(ds.get(keyword, "")):
                 return f"its {keyword} names a lateral view"
     return None
 
