@@ -29,7 +29,8 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY src ./src
 # Every dependency at the version the tests ran against (constraints.txt, written by tools/constraints.py): two builds
 # of one commit get the same libraries. The CPU torch above satisfies its pin (2.14.1+cpu matches ==2.14.1).
-RUN pip install -c constraints.txt . && rm -rf /opt/pneumo/src /opt/pneumo/build
+# The `dicom` extra: the decoders of the compressed DICOM a PACS exports (JPEG Lossless, JPEG-LS, 12-bit JPEG).
+RUN pip install -c constraints.txt '.[dicom]' && rm -rf /opt/pneumo/src /opt/pneumo/build
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pneumo
 # The shipped model's ONNX export, made (and its SHA-256 recorded) at build time: the service does not export it again

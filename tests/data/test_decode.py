@@ -124,6 +124,8 @@ def test_dicom_without_preamble_gets_a_hint() -> None:
     meta_start = dicom_bytes(gradient(4, 4))[132:]
     at = meta_start.index(b"\x02\x00\x02\x00")
     assert "preamble" in _error(meta_start[at:])
+    # "DICM" and the file meta group, but the 128-byte preamble cut off (was "unknown content starting with 44 49 ...")
+    assert "preamble" in _error(dicom_bytes(gradient(4, 4))[128:])
 
 
 def test_declared_size_is_refused_before_any_pixel_is_decoded() -> None:

@@ -23,6 +23,12 @@ def instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
+def installs_the_package(run: str) -> bool:
+    """A RUN step whose first command is `pip install ... .` or `.[extras]` (quoted or not)."""
+    first = run.split("&&")[0].split()
+    return "pip" in first and "install" in first and any(w.strip("'\"").split("[")[0] == "." for w in first)
+
+
 def build_args(steps: list[tuple[str, str]]) -> dict[str, str]:
     return dict(arg.split("=", 1) for op, arg in steps if op == "ARG" and "=" in arg)
 
@@ -39,7 +45,7 @@ def test_dockerfile_installs_cpu_torch_then_the_package_and_runs_as_non_root() -
     torch_step = next(i for i, r in enumerate(runs) if "torch==2.14.1" in r)
     assert "--index-url ${TORCH_INDEX_URL}" in runs[torch_step]
     assert build_args(steps)["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"  # real users: CPU wheels
-    assert any("pip install" in r and "." in r.split() for r in runs[torch_step + 1 :])
+    assert any(installs_the_package(r) for r in runs[torch_step + 1 :])
     users = [arg for op, arg in steps if op == "USER"]
     assert users and users[-1] not in ("root", "0")
 
@@ -59,7 +65,7 @@ def test_the_image_installs_the_versions_the_tests_ran_against(tmp_path: Path) -
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    install = next(arg for op, arg in instructions() if op == "RUN" and "pip install" in arg and "." in arg.split())
+    install = next(arg for op, arg in instructions() if op == "RUN" and installs_the_package(arg))
     assert "-c constraints.txt" in install
     assert (build_context(instructions(), tmp_path / "image") / "constraints.txt").is_file()
     pins = {}
@@ -81,6 +87,26 @@ def test_the_image_installs_the_versions_the_tests_ran_against(tmp_path: Path) -
     for line in (REPO / ".ci" / "run").read_text().splitlines() + (REPO / "README.md").read_text().splitlines():
         if "pip install" in line and "-e '.[test]'" in line:
             assert "-c constraints.txt" in line, line
+
+
+def test_the_image_installs_the_dicom_decoders_at_pinned_versions() -> None:
+    """A PACS exports JPEG Lossless / JPEG-LS / 12-bit JPEG DICOM, which pydicom decodes only with pylibjpeg: the image
+    installs the `dicom` extra (a read-only container cannot `pip install` the hint's packages later), each pinned."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    install = next(arg for op, arg in instructions() if op == "RUN" and installs_the_package(arg))
+    target = next(w.strip("'\"") for w in install.split("&&")[0].split() if w.strip("'\"").startswith("."))
+    assert "dicom" in target.partition("[")[2].rstrip("]").split(","), install
+    pinned = {canonicalize_name(Requirement(line).name) for line in (REPO / "constraints.txt").read_text().splitlines()
+              if line and not line.startswith("#")}
+    extra = [Requirement(t) for t in metadata.requires("pneumo")
+             if Requirement(t).marker is not None and Requirement(t).marker.evaluate({"extra": "dicom"})
+             and not Requirement(t).marker.evaluate({"extra": ""})]
+    assert {canonicalize_name(r.name) for r in extra} >= {"pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg"}
+    assert {canonicalize_name(r.name) for r in extra} <= pinned, "run python tools/constraints.py"
 
 
 def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
@@ -107,7 +133,7 @@ def build_context(steps: list[tuple[str, str]], root: Path) -> Path:
                     into = target / source.name if dest.endswith("/") else target
                     into.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(source, into)
-        elif op == "RUN" and "pip install" in arg and "." in arg.split("&&")[0].split():
+        elif op == "RUN" and installs_the_package(arg):
             build_dir = root / workdir.lstrip("/")
     assert build_dir is not None, "the Dockerfile never runs `pip install .`"
     return build_dir

@@ -201,7 +201,7 @@ def _describe(data: bytes) -> str:
     for magic, what in _NON_IMAGE_MAGIC:
         if head.startswith(magic):
             return f"looks like {what}"
-    if head[:4] in _BARE_DICOM_STARTS:
+    if head[:4] in _BARE_DICOM_STARTS or head.startswith(b"DICM"):  # no elements, or "DICM" without the preamble
         return "looks like DICOM without the 128-byte preamble and 'DICM' prefix (re-save it as a DICOM file)"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
