@@ -1,4 +1,5 @@
-"""The CPU fast path: a traced copy gives the eager model's logits; a model that cannot be traced falls back to the
+"""The CPU fast path: a traced copy gives the eager model's logits; a model of a structure traced before reuses that
+graph with its own weights, bit for bit what its own trace gives; a model that cannot be traced falls back to the
 eager one with one visible warning per architecture."""
 
 from __future__ import annotations
@@ -63,3 +64,30 @@ def test_a_feature_extractor_traces_once_for_many_sets_and_matches_separate_extr
     shared = [extract(x, "set") for x in sets]
     assert len(traces) == 1
     assert all(np.array_equal(a, b) for a, b in zip(separate, shared, strict=True))
+
+
+def test_a_second_model_of_one_structure_reuses_the_graph_with_its_own_weights(monkeypatch) -> None:
+    """adapt scores 6 models of one architecture, an evaluation builds a Predictor per model: one trace each structure,
+    and what each model gives is bit for bit its own trace's, also after a later model loaded its weights."""
+    from pneumo.models import fast
+
+    torch.manual_seed(0)
+    first, second = (create("scratch_cnn", num_classes=2, weights="none").eval() for _ in range(2))
+    other = create("scratch_cnn", num_classes=3, weights="none").eval()  # another head: another structure
+    x = torch.rand(4, 1, 64, 64)
+    traces = []
+    real_trace = torch.jit.trace
+    monkeypatch.setattr(torch.jit, "trace", lambda *a, **k: traces.append(1) or real_trace(*a, **k))
+    monkeypatch.setattr(fast, "_TRACED", type(fast._TRACED)())
+    with torch.no_grad():
+        run_first = fast_inference(first, x[:2])
+        before = run_first(x).clone()
+        run_second = fast_inference(second, x[:2])
+        fast_inference(other, x[:2])
+        assert len(traces) == 2  # scratch_cnn with 2 classes once, with 3 classes once
+        assert torch.equal(run_first(x), before)  # the first model's copy kept its weights
+        reused = run_second(x)
+        fast._TRACED.clear()
+        own = fast_inference(second, x[:2])(x)
+        assert len(traces) == 3 and torch.equal(reused, own) and not torch.equal(reused, before)
+        assert torch.allclose(reused, second(x), atol=1e-5)
