@@ -19,8 +19,9 @@ intensity, a border-vs-centre inversion heuristic, input-gate refusals, DICOM ta
 **The rule.** A measurement is a reason for ``shifted: true`` only when it is significant at ``ALPHA`` = 0.01 AND its
 effect is at least a stated minimum (large sets make tiny differences significant):
 
-1. OOD share: one-sided binomial test of the flagged count against p0 = max(reference share, the design share
-   (100 - P) %); effect = share - p0 >= 0.05.
+1. OOD share: p0 = max(reference share, the design share (100 - P) %); a one-sided binomial test of the flagged
+   count against the design share, or, when the reference sample flags more than that, a one-sided Fisher exact
+   test of site vs reference; effect = share - p0 >= 0.05.
 2. OOD scores (needs the dataset): one-sided Mann-Whitney U, "site scores larger"; effect = A = U / (n_site n_ref),
    the probability that a site image scores above a reference image (Vargha-Delaney A); A >= 0.64 ("medium").
 3. Predicted-positive rate: two-sided Fisher exact test against the reference's rate (without the dataset: a
@@ -30,8 +31,7 @@ effect is at least a stated minimum (large sets make tiny differences significan
 5. Image properties count only when large: images refused by the input gate (`check_radiograph`), and images the
    model's orientation check refuses (turned, flipped or inverted: `pneumo predict` gives them no verdict), each a
    one-sided binomial against max(reference share, 1 %), excess >= 0.05; and the share whose border is brighter than
-   their centre
-   (inverted grey scale?), two-sided Fisher exact against the reference, difference >= 0.25. Sizes, modes and
+   their centre (inverted grey scale?), two-sided Fisher exact against the reference, difference >= 0.25. Sizes, modes and
    intensities are notes, never reasons (the Kermany train set itself mixes 224 x 224 copies with originals).
 
 ``shifted`` is true when any of these gives a reason; the reasons are plain-English sentences.

@@ -2,8 +2,9 @@
 
 The procedure, in order:
 
-1. Decode the site's labelled images once (folder or ``path,label[,patient_id]`` CSV); without patient ids every image
-   is its own patient (the report says so).
+1. Decode the site's labelled images once (folder or ``path,label[,patient_id]`` CSV); without a ``patient_id``
+   column a DICOM's PatientID (a keyed hash) groups its films and every other image is its own patient (the report
+   says which).
 2. Score them with the source model as it is (the "before" row).
 3. Patient-grouped, class-stratified k-fold cross-fitting: for each fold, fine-tune the source model on the other
    folds (+ rehearsal of source training images, `pneumo.adapt.finetune`) and score the held-out patients. These

@@ -1,6 +1,6 @@
 """The adapted model's folder: ``model.safetensors`` + ``model.json`` (threshold and temperature from the cross-fitted
-scores, the ``adaptation`` record), ``model.ood.safetensors`` (refitted), ``model.md`` (its card), ``adapt.json``,
-``crossfit_predictions.csv`` and ``report.html``."""
+scores, the ``adaptation`` record), ``model.ood.safetensors`` (refitted), ``model.orient.safetensors`` (the refitted orientation check), ``model.md``
+(its card), ``adapt.json``, ``crossfit_predictions.csv``, ``report.html`` and ``figures/`` (the report's ROC)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ The format is sniffed from the first bytes, never from the file name. Rules, in 
   will hold (pixels x (bytes per decoded pixel + 1 for the uint8 result)) against ``max_decode_bytes``, before any
   pixel is decoded (Pillow and pydicom read the header only), so a decompression bomb or a 16-bit / float giant costs
   nothing. JPEGs decode at a reduced DCT scale when the model size is given (``target``). At most `decode_slots`
-  decodes run at once in a process (the others wait), so decoding holds at most slots x (max_decode_bytes + 16 MB).
+  decodes run at once in a process (the others wait), so decoding holds at most slots x (max_decode_bytes + ~40 MB).
 * **8-bit data is kept as stored**: L, RGB (ITU-R 601 luma, as ``Image.convert("L")``), palette, CMYK, 1-bit.
   Alpha is composited onto black (transparent areas become black, like air on a radiograph). ICC profiles are
   ignored. EXIF orientation is applied; an unreadable EXIF block is ignored.
@@ -96,7 +96,7 @@ _slot_count = DECODE_SLOTS
 
 def decode_slots(count: int | None = None) -> int:
     """The number of decodes that may run at once in this process; ``count`` sets it first (decodes already waiting
-    keep the old bound). Peak decoding memory is about slots x (max_decode_bytes + 16 MB)."""
+    keep the old bound). Peak decoding memory is about slots x (max_decode_bytes + ~40 MB)."""
     global _slots, _slot_count
     if count is not None:
         if count < 1:

@@ -57,7 +57,8 @@ class HeatmapWriter:
 
     ``tag`` is ``cam`` for Grad-CAM (``campp``, ``occlusion``, ``ig`` for the others), then ``-pneumonia`` for that
     target and ``-<layer>`` for a layer given. Names come from the input
-    file stem with odd characters replaced; two inputs with the same stem get ``-2``, ``-3`` ... in input order.
+    file (`heatmap_name`: the stem with odd characters replaced, then 8 hex digits of the absolute path's SHA-1, so
+    two inputs with one stem never collide).
     Nothing is written outside ``out_dir``.
 
     Args:
