@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import io
 import json
 import math
@@ -224,6 +225,16 @@ def test_a_new_operating_point_of_an_adapted_model_says_where_its_threshold_and_
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert result["threshold_chosen_on"] == f"{chosen['n']} images of a labelled CSV (pneumo operating-point)"
     assert result["temperature_fitted_on"] == "the adaptation's cross-fitted scores"
+    # measured on the very images its threshold was chosen on and its weights adapted on: said, never "nothing was
+    # fitted on them" (a review: the derived folder lacked the adapted-on list, and the chosen-on digest was unread)
+    n = len(pd.read_csv(site_csv))
+    assert result["external"]["threshold_chosen_on_these"] is True and result["external"]["n_fitted_on"] == n
+    report = html.unescape((tmp_path / "v" / "report.html").read_text())
+    assert "nothing was fitted" not in report and "chosen on these very images" in report
+    assert "the model's own on the data measured here" in report
+    # no val fold: the calibration says where its temperature came from, and no empty val rows
+    assert "fitted on the adaptation's cross-fitted scores by NLL" in report
+    assert "None" not in report and "fitted on val by NLL" not in report
     capsys.readouterr()
     assert main(["operating-point", "--model", str(adapted["out"]), "--threshold-policy", "youden",
                  "--dataset", str(data_slice), "--out", str(tmp_path / "val")]) == 2
@@ -431,6 +442,21 @@ def test_an_interrupted_adaptation_leaves_no_model_folder_and_rehearsal_off_stil
     assert pool > 2 and meta["ood"]["n_train"] == min(pool, adapt_write.OOD_POOL) + record["site"]["n_images"]
     assert "source train-fold sample" in meta["ood"]["fitted_on"] and "out-of-fold" in meta["ood"]["fitted_on"]
     assert f"--model {out}" in (out / "report.html").read_text()  # the folder's own name, not the partial one's
+
+
+def test_a_new_model_inside_its_source_models_folder_is_refused_in_one_line(
+        adapted: dict, site_csv: Path, capsys: pytest.CaptureFixture) -> None:
+    """The source folder is never written to (deployed, read-only, or the package's assets): a review nested both an
+    adaptation and a new operating point inside it (exit 0); only the folder itself was refused."""
+    before = _digest(adapted["out"])
+    for argv in (["adapt", "--model", str(adapted["out"]), "--data", str(site_csv)],
+                 ["operating-point", "--model", str(adapted["out"]), "--threshold-policy", "youden",
+                  "--data", str(site_csv)]):
+        capsys.readouterr()
+        assert main([*argv, "--out", str(adapted["out"] / "nested")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "inside the source model's folder" in err
+    assert not (adapted["out"] / "nested").exists() and _digest(adapted["out"]) == before
 
 
 def test_an_out_path_that_is_a_file_is_a_one_line_error(site_csv: Path, tmp_path: Path,

@@ -49,6 +49,7 @@ from pneumo.evaluate.metrics import (
 )
 from pneumo.evaluate.operating import paths_digest, policies_to_report
 from pneumo.models.runtime import select_device
+from pneumo.models.sidecar import check_new_folder
 from pneumo.policy import policy_warning
 from pneumo.provenance import record as provenance_record
 from pneumo.provenance import utc_now
@@ -133,8 +134,7 @@ def _check_out(out: Path, sidecar: Path) -> None:
         raise ConfigError(f"{out} is a file: give a new folder for the adapted model")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty: give a new folder for the adapted model")
-    if out.resolve() == sidecar.parent.resolve():
-        raise ConfigError("--out is the source model's folder: the adapted model goes to a new folder")
+    check_new_folder(out, sidecar)
 
 
 def rehearsal_pool(source: SourceImages, cfg: AdaptConfig) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -15,7 +15,7 @@ import torch
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
 from pneumo.adapt.stats import patient_folds
-from pneumo.data.rundir import RunDir
+from pneumo.data.rundir import CROSSFIT, RunDir
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import record_card
 from pneumo.models.checkpoint import save_checkpoint
@@ -131,4 +131,4 @@ def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before:
                           "p_source_model": p_pneumonia(z_before), "p_crossfit": p_pneumonia(z_oof),
                           "p_crossfit_calibrated": p_pneumonia(z_oof, record["temperature"])})
     frame["predicted_pneumonia"] = (frame["p_crossfit"] >= record["operating_point"]["threshold"]).astype(int)
-    atomic.write_csv(out / "crossfit_predictions.csv", frame)
+    atomic.write_csv(out / CROSSFIT, frame)

@@ -18,6 +18,7 @@ FOLDS = "folds.csv"
 TRAINING_METRICS = "metrics.csv"  # the per-epoch curves
 METRICS = "metrics.json"  # the evaluation
 PREDICTIONS = "predictions.csv"
+CROSSFIT = "crossfit_predictions.csv"  # an adapted model's out-of-fold scores of the images it was adapted on
 
 
 def _file(name: str) -> property:

@@ -13,12 +13,20 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.config import read_yaml
-from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
+from pneumo.data.rundir import CONFIG, CROSSFIT, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import p_pneumonia
-from pneumo.models.sidecar import CARD_KEY, companion_files, read_meta, resolve_model, weights_path, write_meta
+from pneumo.models.sidecar import (
+    CARD_KEY,
+    check_new_folder,
+    companion_files,
+    read_meta,
+    resolve_model,
+    weights_path,
+    write_meta,
+)
 from pneumo.policy import parse_policy, policy_warning
 from pneumo.provenance import utc_now
 
@@ -52,6 +60,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not empty: give a new folder for the new model")
     sidecar = resolve_model(model)
+    check_new_folder(out, sidecar)
     (predictor,) = load_models(model)
     if predictor.backend != "torch":  # `load_models` runs ONNX Runtime only where the weights are missing
         raise ModelError(f"{sidecar.name} has only an ONNX export: a new operating point is written beside the "
@@ -111,6 +120,8 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
     for file in (CONFIG, FOLDS, TRAINING_METRICS):
         if RunDir.holds(sidecar) and (source / file).is_file():
             shutil.copy2(source / file, work / file)
+    if meta.extra.get("adaptation") and (source / CROSSFIT).is_file():  # which images it was adapted on (evaluate
+        shutil.copy2(source / CROSSFIT, work / CROSSFIT)  # warns when it is measured on them)
     if new.config.is_file():
         import yaml
 

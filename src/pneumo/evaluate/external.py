@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo import atomic
 from pneumo.data.files import MAX_LISTED
-from pneumo.data.rundir import RunDir
+from pneumo.data.rundir import CROSSFIT, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
@@ -28,7 +28,7 @@ from pneumo.evaluate.metrics import (
     multiclass_metrics,
     sensitivity_by_subtype,
 )
-from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
+from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
 from pneumo.policy import parse_policy
@@ -99,9 +99,17 @@ def stored_origin(spec: ModelSpec) -> tuple[str, str]:
     return fitted_on, fitted_on
 
 
+def threshold_chosen_on_these(spec: ModelSpec, assessed_paths: pd.Series) -> bool:
+    """Whether a single model's stored threshold was chosen (`pneumo operating-point --data`) on exactly these images
+    (its record's digest of the images it gave a verdict, as evaluation's assessed ones are)."""
+    chosen = (spec.predictors[0].meta.extra.get("operating_point") or {}).get("chosen_on") or {}
+    return len(spec.predictors) == 1 and chosen.get("paths_sha256") == paths_digest(assessed_paths.tolist())
+
+
 def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
-    """How many of ``paths`` an adapted model was fine-tuned on (its folder's crossfit_predictions.csv lists them)."""
-    listed = spec.predictors[0].sidecar.parent / "crossfit_predictions.csv"
+    """How many of ``paths`` an adapted model was fine-tuned on (its folder's crossfit_predictions.csv lists them;
+    a new operating point of it carries that file along)."""
+    listed = spec.predictors[0].sidecar.parent / CROSSFIT
     if len(spec.predictors) != 1 or not spec.predictors[0].meta.extra.get("adaptation") or not listed.is_file():
         return 0
     adapted_on = {os.path.realpath(atomic.from_csv_cell(p))
@@ -238,10 +246,14 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                           "unreadable": errors, "n_not_read": len(not_read),
                           "not_read": dict(list(not_read.items())[:MAX_LISTED]),  # all counted, the first listed
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
-                          "n_fitted_on": fitted_on_these(spec, table_all["path"])}
+                          "n_fitted_on": fitted_on_these(spec, table_all["path"]),
+                          "threshold_chosen_on_these": threshold_chosen_on_these(spec, table_all["path"][assessed])}
     if result["external"]["n_fitted_on"]:
         log.warning("%d of these %d images are ones the model was adapted on: not an external validation (hold "
                     "out other patients)", result["external"]["n_fitted_on"], len(table_all))
+    if result["external"]["threshold_chosen_on_these"]:
+        log.warning("the model's threshold was chosen on these very images (pneumo operating-point --data): its "
+                    "sensitivity and specificity here are not an independent measure (evaluate on other patients)")
     result["ood"] = {k: v for k, v in ood.items() if k != "flags"} if ood else None
     result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution or refused by the "
                               "orientation check", **({k: ood[k] for k in ("n_out_of_distribution", "n_orientation")}
@@ -343,10 +355,23 @@ def _data_section(result: dict) -> tuple[str, str]:
     return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
             f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
             f"</code>; temperature {result['temperature']:.3f}); "
-            + (f"<strong>{ext['n_fitted_on']} of them are images the model was adapted on: this is not an external "
-               "validation of those.</strong></p>" if ext.get("n_fitted_on") else "nothing was fitted on them.</p>")
+            + _fitted_sentence(ext) + "</p>"
             + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{_more(ext)}:</p><ul>{bad}</ul>"
                                                              if bad else "<p>No file was left out.</p>"))
+
+
+def _fitted_sentence(ext: dict) -> str:
+    """What the model's records say was fitted on these images (its records only: a run's own training images given
+    here as a CSV are not recognised)."""
+    said = []
+    if ext.get("n_fitted_on"):
+        said.append(f"<strong>{ext['n_fitted_on']} of them are images the model was adapted on: this is not an "
+                    "external validation of those.</strong>")
+    if ext.get("threshold_chosen_on_these"):
+        said.append("<strong>the model's threshold was chosen on these very images (pneumo operating-point): its "
+                    "sensitivity and specificity here are not an independent measure.</strong>")
+    return " ".join(said) or "none of them is among the images the model's records name as fitted on (adapted on, " \
+        "or its threshold chosen on)."
 
 
 def unnamed_not_read(ext: dict) -> int:

@@ -58,7 +58,8 @@ def operating_points_section(result: dict) -> tuple[str, str]:
 
     points = result.get("operating_points") or {}
     measured = "data" if result.get("external") else "test"
-    head = ("policy", "threshold", "val sensitivity", "val specificity", *(f"{measured} {k}" for k in SHOWN))
+    where = "val" if "operating_points_chosen_on" not in result else "where chosen:"  # an adapted model: cross-fitted
+    head = ("policy", "threshold", f"{where} sensitivity", f"{where} specificity", *(f"{measured} {k}" for k in SHOWN))
     rows = []
     for policy, p in points.items():
         mark = " (model)" if policy == result.get("threshold_policy") else ""
@@ -68,9 +69,13 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     chosen_on = escape(result.get("operating_points_chosen_on", "the validation split"))
     own = result.get("threshold_chosen_on", "val")
     if own not in ("val", result.get("operating_points_chosen_on")):  # pneumo operating-point --data
-        chosen_on += f" (the model's own, marked: on {escape(own)}; its val columns are the val fold's at it)"
-    note = (f"<p>Each threshold is chosen on {chosen_on} by its policy, never on the data measured here; "
-            "<code>triage</code> is the WHO triage profile (highest specificity with val sensitivity &ge; 0.90). "
+        chosen_on += f" (the model's own, marked: on {escape(own)}" + (
+            "; its val columns are the val fold's at it)" if where == "val" else ")")
+    here = (result.get("external") or {}).get("threshold_chosen_on_these")
+    note = (f"<p>Each threshold is chosen on {chosen_on} by its policy, "
+            + ("<strong>the model's own on the data measured here</strong>, the others never on it; " if here else
+               "never on the data measured here; ")
+            + "<code>triage</code> is the WHO triage profile (highest specificity with val sensitivity &ge; 0.90). "
             "The model's own operating point (marked) is the headline; choose another with "
             "<code>pneumo operating-point --model MODEL --threshold-policy P --out NEWDIR</code>.</p>")
     if not points:

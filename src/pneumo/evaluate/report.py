@@ -305,11 +305,14 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
         sections.append(("3-class metrics", _multiclass_html(test["multiclass"]) + fig.get("confusion_3class", "")))
     sections.append(("ROC, precision-recall and confusion",
                      fig.get("roc", "") + fig.get("pr", "") + fig.get("confusion", "")))
+    has_val = bool(val.get("n"))  # an adapted model has no val fold: its temperature came from its cross-fitted scores
     calib = table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], [
-        ["val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"), val.get("nll_after")],
+        *([["val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"), val.get("nll_after")]]
+          if has_val else []),
         [split, test["ece_before"], test["ece_after"], test["nll_before"], test["nll_after"]]])
+    fitted_on = result.get("temperature_fitted_on", "val")
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
-                     "on val by NLL: the model's probabilities are divided by it (in logit space) so that a "
+                     f"on {escape('val' if fitted_on == 'val' else fitted_on)} by NLL: the model's probabilities are divided by it (in logit space) so that a "
                      "probability of 0.8 means about 80 % of such images have pneumonia. ECE (expected calibration "
                      "error: the mean gap between confidence and accuracy, lower is better) with "
                      f"{escape(result.get('ece_bins', 15))} equal-width bins of top-label confidence, before and "
@@ -323,8 +326,9 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
                          + fig.get("subtypes", "")))
     if "training" in fig:
         sections.append(("Training curves", fig["training"]))
-    sections.append(("Validation", table(["n", "ROC-AUC", "NLL before", "NLL after"], [
-        [val["n"], val.get("roc_auc"), val.get("nll_before"), val.get("nll_after")]])))
+    if has_val:
+        sections.append(("Validation", table(["n", "ROC-AUC", "NLL before", "NLL after"], [
+            [val["n"], val.get("roc_auc"), val.get("nll_before"), val.get("nll_after")]])))
     if not external:  # published figures are on the official split: beside other data they would mislead
         sections.append(("Published results on the official test split", "<p>For context only (other preprocessing "
                          "and training); numbers from random re-splits are not comparable.</p>" + table(

@@ -279,6 +279,15 @@ def weights_path(sidecar: str | os.PathLike, meta: CheckpointMeta) -> Path:
     return sidecar.with_name(meta.weights_file or sidecar.stem + ".safetensors")
 
 
+def check_new_folder(out: str | os.PathLike, sidecar: str | os.PathLike) -> None:
+    """ConfigError unless ``out`` lies outside the folder of the model at ``sidecar``: a new model never goes into
+    its source's folder (it could be deployed, read-only, or the installed package's assets)."""
+    source, target = Path(sidecar).parent.resolve(), Path(out).resolve()
+    if target == source or source in target.parents:
+        raise ConfigError(f"--out {out} is {'' if target == source else 'inside '}the source model's folder "
+                          f"({source}): the new model goes to a folder of its own")
+
+
 def resolve_model(model: str | os.PathLike | None) -> Path:
     """A run folder, a checkpoint (.safetensors / .json / .onnx) or None for the shipped default model -> sidecar path."""
     if model is None:
