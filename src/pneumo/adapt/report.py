@@ -69,7 +69,13 @@ def summary_lines(record: dict) -> list[str]:
          f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
          f"temperature {record['temperature']:.3f} fitted on the same scores."),
     ]
-    warnings = [op.get("warning"), (local.get("ranking") or {}).get("warning")]
+    if (ranking := local.get("ranking") or {}).get("roc_auc_before") is not None:  # the same images, both models
+        ci = ranking.get("ci")
+        lines.append(f"- Ranking on the same {site['n_images']} images (none left out): "
+                     f"ROC-AUC {ranking['roc_auc_before']:.3f} (source model) -> {ranking['roc_auc_after']:.3f} "
+                     f"(adapted, cross-fitted), gain {ranking['gain']:+.3f}"
+                     + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired BCa bootstrap)" if ci else "") + ".")
+    warnings = [op.get("warning"), ranking.get("warning")]
     return lines + [f"- **Warning**: {w}." for w in warnings if w]
 
 
@@ -172,7 +178,7 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
                           relative_to=out)
                  + (table(list(SUBGROUP_HEAD), groups) if (groups := subgroup_rows(record)) else "")),
-                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:])}</li>" for line in summary[2:]) + "</ul>"
+                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:].replace('**', ''))}</li>" for line in summary[2:]) + "</ul>"
                  + (table(list(TRADE_OFF_HEAD), trade_off_rows(record)) + f"<p>{escape(TRADE_OFF_NOTE)}</p>"
                     if record.get("operating_points") else ""))]
     src = record.get("source_site")
