@@ -105,7 +105,11 @@ def test_every_image_is_scored_by_a_model_that_did_not_train_on_it(adapted: dict
     raw = pd.read_csv(site_csv, dtype=str)
     # the site's own patient IDs stay with the site: the folder numbers the patients (DICOM review), one number each
     assert not set(table["patient"]) & set(raw["patient_id"]) and "patient_id" not in table
-    table = table.merge(raw[["path", "patient_id"]], on="path", validate="one_to_one")
+    # nor their paths (record and accession numbers): each image is the SHA-256 of its file
+    assert "path" not in table and not any(str(Path(p).stem) in (out / "crossfit_predictions.csv").read_text()
+                                           for p in raw["path"])
+    raw["file_sha256"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in raw["path"]]
+    table = table.merge(raw[["file_sha256", "patient_id"]], on="file_sha256", validate="one_to_one")
     assert table.groupby("patient_id")["patient"].nunique().eq(1).all() and table["patient"].nunique() == \
         raw["patient_id"].nunique()
     n = len(pd.read_csv(site_csv))
@@ -235,6 +239,13 @@ def test_a_new_operating_point_of_an_adapted_model_says_where_its_threshold_and_
     # no val fold: the calibration says where its temperature came from, and no empty val rows
     assert "fitted on the adaptation's cross-fitted scores by NLL" in report
     assert "None" not in report and "fitted on val by NLL" not in report
+    # its card is the adapted one under a heading naming the new operating point (a review: it got the generic
+    # card, "pediatric frontal chest X-rays like those of the Guangzhou ...", and lost the site, warnings and figures)
+    capsys.readouterr()
+    assert main(["model-card", "--model", str(derived)]) == 0
+    card = capsys.readouterr().out
+    assert "a new operating point of an adapted model" in card and "policy `youden`" in card
+    assert (adapted["out"] / "model.md").read_text().split("\n", 1)[1] in card  # the adapted card, whole
     capsys.readouterr()
     assert main(["operating-point", "--model", str(adapted["out"]), "--threshold-policy", "youden",
                  "--dataset", str(data_slice), "--out", str(tmp_path / "val")]) == 2
@@ -472,8 +483,10 @@ def test_subgroups_of_a_csv_column_are_measured_on_the_written_scores_before_and
                                                                                        site_csv: Path) -> None:
     from sklearn.metrics import roc_auc_score
 
-    table = pd.read_csv(adapted["out"] / "crossfit_predictions.csv").merge(
-        pd.read_csv(site_csv)[["path", "view"]], on="path")
+    raw = pd.read_csv(site_csv)
+    raw["file_sha256"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in raw["path"]]
+    table = pd.read_csv(adapted["out"] / "crossfit_predictions.csv").merge(raw[["file_sha256", "view"]],
+                                                                           on="file_sha256")
     groups = adapted["record"]["local"]["subgroups"]
     assert set(groups["after"]["view"]) == set(table["view"])
     for view, rows in table.groupby("view"):

@@ -124,9 +124,12 @@ def refit_orientation(sidecar: Path, model: torch.nn.Module, site: SiteImages, s
 
 def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before: np.ndarray, record: dict) -> None:
     # the model folder travels (to a vendor, another ward): patients by number of first appearance, not the site's
-    # own IDs (a CSV's patient_id is a medical record number; a DICOM's is already a keyed hash)
+    # own IDs (a CSV's patient_id is a medical record number; a DICOM's is already a keyed hash), and images by the
+    # SHA-256 of their file, not their path (a hospital's paths and file names hold record and accession numbers):
+    # the site finds its own files with `sha256sum`, evaluate recognises them wherever they are copied to
     patient = pd.factorize(site.table["patient_id"].to_numpy())[0] + 1
-    frame = pd.DataFrame({"path": site.table["path"], "label": site.table["label"],
+    frame = pd.DataFrame({"file_sha256": [atomic.sha256_file(path) for path in site.table["path"]],
+                          "label": site.table["label"],
                           "patient": [f"P{n:04d}" for n in patient],
                           "p_source_model": p_pneumonia(z_before), "p_crossfit": p_pneumonia(z_oof),
                           "p_crossfit_calibrated": p_pneumonia(z_oof, record["temperature"])})

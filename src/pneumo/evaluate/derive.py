@@ -17,6 +17,7 @@ from pneumo.data.rundir import CONFIG, CROSSFIT, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
+from pneumo.infer.card import card_markdown, record_card
 from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import (
     CARD_KEY,
@@ -130,9 +131,21 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
         cfg["name"] = name
         atomic.write_text(new.config, yaml.safe_dump(cfg, sort_keys=False))
     # the old metrics were measured at the old operating point: evaluate the new model for its own
-    # ... and the source's card (its name, its test figures at its own threshold) is not this model's
+    # ... and the source's card (its name, its test figures at its own threshold) is not this model's; an adapted
+    # model's card says what it was adapted on (a generic one would call it a pediatric Guangzhou model): it goes
+    # along under a heading that says which operating point its figures are at
+    card = card_markdown(sidecar, meta) if meta.extra.get("adaptation") else None
     extra = {key: value for key, value in meta.extra.items() if key not in ("model_card", CARD_KEY)}
     meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file=new.weights.name,
                                metrics={}, config={**meta.config, "name": name} if meta.config else meta.config,
                                extra={**extra, "operating_point": record})
     write_meta(new.model, meta)
+    if card:
+        chosen = record["chosen_on"]
+        atomic.write_text(new.model.with_suffix(".md"), (
+            f"# {name}: a new operating point of an adapted model\n\nThreshold {threshold:.6g} on P(pneumonia), policy "
+            f"`{policy}`, chosen on {chosen['n']} images ({chosen.get('kind', 'its val fold')}, `pneumo operating-point`) on "
+            f"{record['created']}; the same weights as `{source.name}`, whose card follows. Its figures are at that "
+            f"model's own threshold ({record['derived_from']['threshold']:.6g}), not at this one: evaluate this model "
+            "on other patients for its own.\n\n" + card))
+        record_card(new.model)

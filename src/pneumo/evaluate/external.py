@@ -107,13 +107,16 @@ def threshold_chosen_on_these(spec: ModelSpec, assessed_paths: pd.Series) -> boo
 
 
 def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
-    """How many of ``paths`` an adapted model was fine-tuned on (its folder's crossfit_predictions.csv lists them;
-    a new operating point of it carries that file along)."""
+    """How many of the files at ``paths`` an adapted model was fine-tuned on: its folder's crossfit_predictions.csv
+    lists them by the SHA-256 of their bytes (by path before 2026-12-06); a new operating point carries the file."""
     listed = spec.predictors[0].sidecar.parent / CROSSFIT
     if len(spec.predictors) != 1 or not spec.predictors[0].meta.extra.get("adaptation") or not listed.is_file():
         return 0
-    adapted_on = {os.path.realpath(atomic.from_csv_cell(p))
-                  for p in pd.read_csv(listed, usecols=["path"], dtype=str, keep_default_na=False)["path"]}
+    table = pd.read_csv(listed, dtype=str, keep_default_na=False)
+    if "file_sha256" in table:
+        adapted_on = set(table["file_sha256"])
+        return sum(os.path.isfile(p) and atomic.sha256_file(p) in adapted_on for p in paths)
+    adapted_on = {os.path.realpath(atomic.from_csv_cell(p)) for p in table.get("path", [])}
     return sum(os.path.realpath(p) in adapted_on for p in paths)
 
 

@@ -55,8 +55,8 @@ def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, st
     if path.is_file():
         refuse_listed_twice(source, table["path"].tolist())
     if table["label"].nunique() < 2:
-        raise DataError(f"{source} holds only {table['label'].iloc[0]} images: external validation needs both "
-                        "NORMAL and PNEUMONIA")
+        raise DataError(f"{source} holds only {table['label'].iloc[0]} images: sensitivity, specificity and "
+                        "a threshold need both NORMAL and PNEUMONIA")
     return table.sort_values("path", kind="stable").reset_index(drop=True), left_out
 
 
