@@ -105,9 +105,14 @@ def test_every_image_is_scored_by_a_model_that_did_not_train_on_it(adapted: dict
     raw = pd.read_csv(site_csv, dtype=str)
     # the site's own patient IDs stay with the site: the folder numbers the patients (DICOM review), one number each
     assert not set(table["patient"]) & set(raw["patient_id"]) and "patient_id" not in table
-    # nor their paths (record and accession numbers): each image is the SHA-256 of its file
-    assert "path" not in table and not any(str(Path(p).stem) in (out / "crossfit_predictions.csv").read_text()
-                                           for p in raw["path"])
+    # nor their paths (record and accession numbers): each image is the SHA-256 of its file; no file of the folder
+    # names an image, and the labels CSV is named, not placed
+    assert "path" not in table
+    for written in (f for f in out.rglob("*") if f.suffix in (".csv", ".json", ".md", ".html")):
+        text = written.read_text()
+        assert not [p for p in raw["path"] if Path(p).stem in text], written.name
+        assert str(site_csv.parent) not in text, written.name
+    assert adapted["record"]["site"]["data"] == site_csv.name
     raw["file_sha256"] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in raw["path"]]
     table = table.merge(raw[["file_sha256", "patient_id"]], on="file_sha256", validate="one_to_one")
     assert table.groupby("patient_id")["patient"].nunique().eq(1).all() and table["patient"].nunique() == \

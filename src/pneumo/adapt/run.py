@@ -217,8 +217,10 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     record = {
         "source_model": {"location": str(predictor.sidecar.absolute()), "model_id": predictor.model_id,
                          "threshold": predictor.threshold, "threshold_policy": predictor.meta.threshold_policy},
-        "site": {**site.counts(), "data": site.location, "paths_sha256": paths_digest(site.table["path"].tolist()),
-                 "unreadable": dict(list(site.errors.items())[:50])},
+        # the folder travels: the labels by their file's name, the unreadable files counted (the console named them):
+        # a hospital's paths and file names hold record and accession numbers
+        "site": {**site.counts(), "data": Path(site.location).name, "paths_sha256":
+                 paths_digest(site.table["path"].tolist())},
         "recipe": cfg.model_dump(),
         "rehearsal": {"used": pool[0] is not None, "pool": 0 if pool[0] is None else len(pool[0]), "dataset": source.root,
                       "note": source.note or None},

@@ -91,6 +91,10 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     _check_rows(rows, data)
     rows = check_columns(rows, by, data)
     y, logits, table, errors, images, results = score_labelled([predictor], data, table=rows)  # the list read once
+    if errors:  # named here, on the site's own console; the model folder that travels only counts them
+        log.warning("%d file(s) could not be read and are left out: %s", len(errors),
+                    "; ".join(f"{path}: {why}" for path, why in list(errors.items())[:5]) + ("; ..." if len(errors) > 5
+                                                                                           else ""))
     patients_given = "patient_id" in table.columns
     tagged = [None] * len(table) if patients_given else _dicom_patients(table["path"])
     ids = table["patient_id"] if patients_given else pd.Series(
