@@ -29,6 +29,24 @@ def test_a_failed_write_keeps_the_old_content_and_no_temp_file(tmp_path: Path) -
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
 
 
+def test_a_write_goes_through_a_link_to_a_file_and_refuses_devices_pipes_and_dangling_links(tmp_path: Path) -> None:
+    """`predict --output /dev/stdout` (run as root) replaced the device link with a file, and a FIFO with a file its
+    reader never saw: a write replaces only a regular file, or the file a link names (the link stays)."""
+    target = atomic.write_text(tmp_path / "real.csv", "old")
+    (tmp_path / "link.csv").symlink_to(target)
+    atomic.write_text(tmp_path / "link.csv", "new")
+    assert (tmp_path / "link.csv").is_symlink() and target.read_text() == "new"
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "device").symlink_to(os.devnull)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name, message in (("pipe", "not a regular file"), ("device", "not a regular file"),
+                          ("dangling", "a link to nothing")):
+        with pytest.raises(ConfigError, match=message):
+            atomic.write_text(tmp_path / name, "x")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe").st_mode) and (tmp_path / "device").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "device", "link.csv", "pipe", "real.csv"]
+
+
 def test_writing_hands_a_path_to_third_party_writers_and_sets_the_mode(tmp_path: Path) -> None:
     with atomic.writing(tmp_path / "m.csv", mode=0o644) as tmp:
         tmp.write_text("a,b\n1,2\n")

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,7 +78,7 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
             mode): a process killed mid-write (``kill -9``: nothing runs) leaves a file only its owner can read.
             The next write of ``path`` deletes such leftovers (`remove_stale_temps`).
     """
-    path = Path(path)
+    path = written_through(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # a killed writer's leftover (an image cache's half-written array) goes now
     tmp = temp_path(path)
@@ -91,6 +92,25 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
     finally:
         with contextlib.suppress(OSError):  # on a read-only folder unlink fails too: the first error is the one to tell
             tmp.unlink(missing_ok=True)
+
+
+def written_through(path: Path) -> Path:
+    """The regular file a write of ``path`` replaces: ``path`` itself (new or a file), or the file a link names.
+
+    Raises:
+        ConfigError: ``path`` is a device, a pipe, a socket or a folder (``--output /dev/stdout`` replaced the
+            device link with a file, a FIFO's reader got nothing), or a link to nothing.
+    """
+    if not os.path.lexists(path):
+        return path
+    try:
+        kind = os.stat(path).st_mode
+    except OSError:
+        raise ConfigError(f"{path} is a link to nothing: give a file path") from None
+    if not stat.S_ISREG(kind):
+        raise ConfigError(f"{path} is not a regular file (a device, a pipe or a folder): give a file path"
+                          + ("; for standard output leave the option out or give -" if not stat.S_ISDIR(kind) else ""))
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +190,7 @@ def test_an_output_file_appears_whole_or_not_at_all(xrays: Path, tiny_model: Pat
 
 
 def test_the_output_extension_decides_the_format(xrays: Path, tiny_model: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+                                                 capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     jsonl = tmp_path / "p.jsonl"
     assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", str(jsonl)]) == 0
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]  # JSON lines, not CSV
@@ -203,6 +205,15 @@ def test_the_output_extension_decides_the_format(xrays: Path, tiny_model: Path, 
         err = capsys.readouterr().err.strip()
         assert err.startswith("pneumo predict: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q.csv").exists()
+    # "-" is standard output (it wrote a file named "-"); a device or a pipe is refused, never replaced by a file
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", "-", "--format", "csv"]) == 0
+    assert len(_rows(capsys.readouterr().out)) == 6 and not (tmp_path / "-").exists()
+    os.mkfifo(tmp_path / "fifo.csv")
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", str(tmp_path / "fifo.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a regular file" in err and len(err.splitlines()) == 1
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo.csv").st_mode)
 
 
 @pytest.mark.parametrize("existing", [True, False])

@@ -35,7 +35,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["csv", "jsonl"],
                         help="output format (default: the --output file's extension, .csv or .jsonl; csv on standard "
                         "output)")
-    parser.add_argument("--output", metavar="FILE", help="output file (default: standard output); a folder (existing, "
+    parser.add_argument("--output", metavar="FILE", help="output file (default, or -: standard output); a folder (existing, "
                         "or a path ending in /) gets predictions.csv (or .jsonl) inside it")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call")
     parser.add_argument("--heatmaps", metavar="DIR", help="also write Grad-CAM overlays here (the heatmap column "
@@ -52,7 +52,7 @@ def output_target(output: str | None, fmt: str | None) -> tuple[Path | None, str
     Raises:
         ConfigError: an unknown extension without ``--format``, or a ``--format`` that contradicts the extension.
     """
-    if output is None:
+    if output is None or output == "-":
         return None, fmt or "csv"
     if Path(output).is_dir() or output.endswith(("/", os.sep)):
         fmt = fmt or "csv"
