@@ -113,6 +113,7 @@ def _view_code(meaning: str) -> object:
 
 @pytest.mark.parametrize(("elements", "says"), [
     ({"ViewCodeSequence": "lateral"}, "View Code Sequence"),
+    ({"ViewCodeSequence": "latero-medial"}, "View Code Sequence"),  # CID 4010's other lateral (a review: scored)
     ({"SeriesDescription": "CHEST LAT"}, "SeriesDescription"),
     ({"ProtocolName": "Thorax lateral"}, "ProtocolName"),
 ])

@@ -38,6 +38,7 @@ def hospital(full_data: Path, tmp_path: Path) -> Path:
 
 def test_evaluate_and_predict_find_the_same_files(hospital: Path) -> None:
     shutil.copyfile(hospital / "NORMAL" / "IM00000", hospital / "NORMAL" / "IM00001.IMA")  # Siemens PACS: read too
+    (hospital / "NORMAL" / "DICOMDIR").write_bytes(dicom_bytes(np.zeros((2, 2), np.uint8)))  # an export's index
     table, left_out = find_labelled(hospital)
     assert str(hospital / "NORMAL" / "IM00001.IMA") in set(table["path"])
     predicted = {str(p.absolute()) for p in find_inputs([str(hospital)]).files}
@@ -45,6 +46,7 @@ def test_evaluate_and_predict_find_the_same_files(hospital: Path) -> None:
     assert str(hospital / "NORMAL" / "IM00000") in set(table["path"])
     assert table.set_index("path").loc[str(hospital / "PNEUMONIA" / "broken.jpeg"), "label"] == "PNEUMONIA"
     assert left_out == {str(hospital / "NORMAL" / ".DS_Store"): "hidden file",
+                        str(hospital / "NORMAL" / "DICOMDIR"): "a DICOM file-set's index (DICOMDIR), not an image",
                         str(hospital / "NORMAL" / "notes.txt"): "not an image file name (.txt)",
                         str(hospital / "README.jpeg"): "not in a NORMAL/ or PNEUMONIA/ folder: no label"}
 

@@ -108,7 +108,7 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     return gray
 
 
-def _names_lateral(text: object, lateral: tuple[str, ...] = ("LATERAL", "LAT")) -> bool:
+def _names_lateral(text: object, lateral: tuple[str, ...] = ("LATERAL", "LAT", "LATERO")) -> bool:
     """Whether ``text`` has a word of ``lateral`` and none of `FRONTAL_WORDS`."""
     words = set(re.findall(r"[A-Z]+", str(text or "").upper()))
     return bool(words & set(lateral)) and not words & set(FRONTAL_WORDS)

@@ -2,8 +2,8 @@
 `pneumo evaluate --data` (labelled folders), so both read exactly the same files.
 
 A file is read when its name has an image suffix, no suffix at all (DICOM exported by PACS: ``IM00000``) or a numeric
-one (DICOM named by UID: ``1.2.840.113619.2.55``); hidden files and other names are not, nor anything in a hidden
-folder (``.Trash-1000/``, ``.thumbnails/``: listed, not walked). Folders are walked
+one (DICOM named by UID: ``1.2.840.113619.2.55``); hidden files, a file-set's ``DICOMDIR`` index and other names are not, nor anything in a
+hidden folder (``.Trash-1000/``, ``.thumbnails/``: listed, not walked). Folders are walked
 recursively in sorted order; linked folders are followed once (a link back to a folder already walked is a loop,
 reported, not followed). Nothing found is dropped silently: every entry not read comes back with its reason.
 """
@@ -44,6 +44,8 @@ def name_reason(name: str) -> str | None:
     """None when a file of this name is read as an image, else why it is not."""
     if name.startswith("."):
         return "hidden file"
+    if name.upper() == "DICOMDIR":  # every PACS / CD export has one (DICOM PS3.10): counted as an error, it made a
+        return "a DICOM file-set's index (DICOMDIR), not an image"  # clean export exit 1
     suffix = Path(name).suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix == "" or suffix[1:].isdigit():
         return None
