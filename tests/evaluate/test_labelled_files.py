@@ -252,7 +252,8 @@ def test_by_view_reads_the_view_a_dicom_states(full_data: Path, tmp_path: Path) 
         for i, path in enumerate(sorted((full_data / "test" / label).glob("*.jpeg"))[:12]):
             with Image.open(path) as image:
                 view = "AP" if i % 2 else "PA"
-                (root / label / f"IM{i:05d}").write_bytes(dicom_bytes(np.asarray(image.convert("L")), ViewPosition=view))
+                (root / label / f"IM{i:05d}").write_bytes(dicom_bytes(np.asarray(image.convert("L")), ViewPosition=view,
+                                                                      PatientID=f"MRN-{label}-{i // 2}"))
                 views[str(root / label / f"IM{i:05d}")] = view
     out = tmp_path / "v"
     assert main(["evaluate", "--data", str(root), "--by", "view", "--out", str(out), "--bootstrap", "0",
@@ -262,3 +263,11 @@ def test_by_view_reads_the_view_a_dicom_states(full_data: Path, tmp_path: Path) 
     assessed = preds[preds["assessed"] == 1]
     for view in ("AP", "PA"):
         assert result["subgroups"]["view"][view]["n"] == sum(views[p] == view for p in assessed["path"])
+    # two films a patient: the intervals count whole patients by the (hashed) PatientID, as pneumo adapt groups them
+    # (a review: adapt grouped 46 films into 26 patients, evaluate took each film for a patient)
+    from pneumo.evaluate.labelled import patients
+
+    assert result["bootstrap"]["resamples"] == "whole patients (the DICOM PatientID, as a keyed hash)"
+    groups = patients(preds[["path", "label"]])
+    assert len(set(groups)) == len(preds) // 2 and all((groups == g).sum() == 2 for g in groups)
+    assert not any("MRN-" in f.read_text() for f in out.rglob("*") if f.suffix in (".json", ".csv", ".html"))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
-from pneumo.data.dicom import patient_group
+from pneumo.data.dicom import patient_groups
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import listed_file, read_table, refuse_listed_twice
@@ -96,26 +96,13 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
                     "; ".join(f"{path}: {why}" for path, why in list(errors.items())[:5]) + ("; ..." if len(errors) > 5
                                                                                            else ""))
     patients_given = "patient_id" in table.columns
-    tagged = [None] * len(table) if patients_given else _dicom_patients(table["path"])
+    tagged = [None] * len(table) if patients_given else patient_groups(table["path"])
     ids = table["patient_id"] if patients_given else pd.Series(
         [f"dicom:{tag}" if tag else path for tag, path in zip(tagged, table["path"], strict=True)])
     groups, copies = join_copies(images, ids)
     table["patient_id"] = groups
     return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies,
                       np.array([r.assessed for r in results], dtype=bool), sum(tag is not None for tag in tagged))
-
-
-def _dicom_patients(paths: pd.Series) -> list[str | None]:
-    """Each image's DICOM PatientID group (`patient_group`), or None for all when one ID holds more than half of three
-    or more tagged images: a de-identified export writes one constant ID ("ANON"), which would make the whole site
-    one patient (and no cross-fitting possible)."""
-    tagged = [patient_group(path) for path in paths]
-    ids = [tag for tag in tagged if tag is not None]
-    if len(ids) >= 3 and max(ids.count(tag) for tag in set(ids)) > len(ids) / 2:
-        log.warning("the DICOM files' PatientID is one value for most of them (a de-identified export?): not used, "
-                    "every image counts as its own patient; give a patient_id column in a CSV")
-        return [None] * len(tagged)
-    return tagged
 
 
 def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -326,6 +326,19 @@ def _header(path: str | os.PathLike, keyword: str) -> str | None:
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
         return None
     return str(ds.get(keyword, "") or "").strip() or None
+
+
+def patient_groups(paths: Iterable[str | os.PathLike]) -> list[str | None]:
+    """Each image's DICOM PatientID group (`patient_group`), or None for all when one ID holds more than half of three
+    or more tagged images: a de-identified export writes one constant ID ("ANON"), which would make the whole site
+    one patient (and no cross-fitting possible)."""
+    tagged = [patient_group(path) for path in paths]
+    ids = [tag for tag in tagged if tag is not None]
+    if len(ids) >= 3 and max(ids.count(tag) for tag in set(ids)) > len(ids) / 2:
+        log.warning("the DICOM files' PatientID is one value for most of them (a de-identified export?): not used, "
+                    "every image counts as its own patient; give a patient_id column in a CSV")
+        return [None] * len(tagged)
+    return tagged
 
 
 def patient_group(path: str | os.PathLike) -> str | None:

@@ -191,8 +191,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
                                   "method": CI_METHOD, "resamples": "images" if groups is None else
-                                  "whole patients (" + ("the Kermany file names" if official and "patient_id" not in
-                                                        table_all.columns else "the CSV's patient_id") + ")"},
+                                  "whole patients (" + ("the CSV's patient_id" if "patient_id" in table_all.columns
+                                                        else "the Kermany file names" if official
+                                                        else "the DICOM PatientID, as a keyed hash") + ")"},
                     "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:

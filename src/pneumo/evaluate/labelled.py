@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumo.data.dicom import patient_groups
 from pneumo.data.files import find_images
 from pneumo.data.manifest import patient_key, subtype_of
 from pneumo.errors import ConfigError, DataError
@@ -187,13 +188,18 @@ def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathL
 
 
 def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | None:
-    """The patient of each image where it is known: the CSV's ``patient_id`` column (a blank is its own patient), or on
-    the official test split the patient the Kermany file name gives (`data.manifest.patient_key`); for intervals that
-    count whole patients. None for another folder or a CSV without the column."""
+    """The patient of each image where it is known: the CSV's ``patient_id`` column (a blank is its own patient), on
+    the official test split the patient the Kermany file name gives (`data.manifest.patient_key`), else a DICOM's
+    PatientID (`data.dicom.patient_groups`, a keyed hash; every other image its own patient), as `pneumo adapt` groups
+    them; for intervals that count whole patients. None where nothing names a patient."""
     if "patient_id" not in table.columns:
-        if not official:
+        if official:
+            return np.array([patient_key(str(path), label) for path, label in zip(table["path"], table["label"],
+                                                                                       strict=True)])
+        tags = patient_groups(table["path"])
+        if not any(tags):
             return None
-        return np.array([patient_key(str(path), label) for path, label in zip(table["path"], table["label"],
-                                                                                   strict=True)])
+        return np.array([f"dicom:{tag}" if tag else "\0" + str(path) for tag, path in zip(tags, table["path"],
+                                                                                          strict=True)])
     ids = table["patient_id"].astype(str).to_numpy()
     return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)
