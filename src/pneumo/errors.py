@@ -33,6 +33,12 @@ class InputError(PneumoError):
     """An input image (JPEG/PNG/DICOM) cannot be read or is not acceptable."""
 
 
+class NotAssessed(InputError):
+    """A readable DICOM object the model does not assess: a lateral film, a FOR PROCESSING image, an object without
+    pixel data (a report, a presentation state). A PACS export holds them beside the frontal films: `pneumo predict`
+    lists them as refused, not as errors that fail the run."""
+
+
 def one_line(text: str) -> str:
     """``text`` safe to print as one line of a terminal or a log: control characters (newline, carriage return, escape
     sequences, Unicode line separators) and undecodable bytes of a file name are written as escapes (``\\n``), so a

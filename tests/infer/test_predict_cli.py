@@ -231,7 +231,7 @@ def test_an_output_folder_gets_predictions_inside_it(xrays: Path, tiny_model: Pa
 def test_a_summary_line_ends_the_run_on_stderr(xrays: Path, tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(xrays), "--model", str(tiny_model)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "summary: 6 input(s): scored 6, errors 0, not assessed 0, out-of-distribution 0"
+    assert err[-1] == "summary: 6 input(s): scored 6, errors 0, not assessed 0, out-of-distribution 0, refused 0"
 
 
 def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Path, tiny_model: Path,
@@ -257,7 +257,7 @@ def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Pat
     assert all(rows[str(p)]["label"] == "" and rows[str(p)]["p_pneumonia"] == "" for p in named)
     assert rows[str(xray)]["label"] in ("NORMAL", "PNEUMONIA")
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, not assessed 0, out-of-distribution 0")
+    assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, not assessed 0, out-of-distribution 0, refused 0")
 
 
 def test_rows_come_in_the_order_the_inputs_name_them_skipped_ones_included(xrays: Path, tiny_model: Path,
@@ -308,6 +308,40 @@ def test_a_dicom_without_extension_in_a_folder_is_read(full_data: Path, tiny_mod
     assert main(["predict", str(tmp_path), "--model", str(tiny_model), "--format", "jsonl"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [Path(r["path"]).name for r in rows] == ["IM00000"] and rows[0]["error"] is None
+
+
+def test_a_pacs_exports_laterals_and_reports_are_refused_without_failing_the_run(
+        full_data: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A PACS export holds lateral films, reports (no pixel data) and a DICOMDIR beside the frontal films: each was an
+    error and every clean export exited 1 (a DICOM review). They are listed, refused, with their reason; a broken
+    file is still an error."""
+    from corpus import dicom_bytes
+    from PIL import Image
+
+    with Image.open(min((full_data / "test" / "NORMAL").glob("*.jpeg"))) as image:
+        pixels = np.asarray(image.convert("L"))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "IM00000").write_bytes(dicom_bytes(pixels, ViewPosition="PA"))
+    (export / "IM00001").write_bytes(dicom_bytes(pixels, ViewPosition="LL"))
+    report = dicom_bytes(pixels, ViewPosition="PA")
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(report))
+    del ds.PixelData
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    (export / "IM00002").write_bytes(buffer.getvalue())
+    (export / "DICOMDIR").write_bytes(report)
+    assert main(["predict", str(export), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    captured = capsys.readouterr()
+    rows = {Path(r["path"]).name: r for r in map(json.loads, captured.out.splitlines())}
+    assert sorted(rows) == ["IM00000", "IM00001", "IM00002"] and rows["IM00000"]["error"] is None
+    assert "lateral film" in rows["IM00001"]["error"] and "no pixel data" in rows["IM00002"]["error"]
+    assert captured.err.strip().splitlines()[-1] == ("summary: 3 input(s): scored 1, errors 0, not assessed 0, "
+                                                     "out-of-distribution 0, refused 2")
+    (export / "IM00003").write_bytes(b"DICM but broken")
+    assert main(["predict", str(export), "--model", str(tiny_model), "--format", "jsonl"]) == 1
 
 
 def test_batches_scored_side_by_side_come_back_in_input_order_as_one_at_a_time(

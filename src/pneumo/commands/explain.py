@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         gray, prepared, error = load_input(predictor, path, full=True)
         if error is not None:
             failures += 1
-            print(f"pneumo explain: {one_line(str(path))}: {one_line(error)}", file=sys.stderr)
+            print(f"pneumo explain: {one_line(str(path))}: {one_line(str(error))}", file=sys.stderr)
             continue
         prediction = predictor.predict_prepared(prepared[None])[0]
         item = writer.write_result(path, gray, prediction, prepared=prepared)

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     # one thread per model call, one call per core at a time (`predict_file_results`; issue 24)
     predictor = Predictor(args.model, backend=args.backend, threads=1) if files else None
-    counts = {"scored": 0, "errors": 0, "not assessed": 0, "out-of-distribution": 0}
+    counts = {"scored": 0, "errors": 0, "not assessed": 0, "out-of-distribution": 0, "refused": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all
         if output:  # patients' results: the temp file is private while written; a killed run's is removed here
             for stale in atomic.remove_stale_temps(output):
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             item = next(results)  # the files' results come in the files' order
             bar.update(1)  # one image at a time (heat maps included), not one batch
             if item.error:
-                counts["errors"] += 1
+                counts["refused" if item.refused else "errors"] += 1  # a lateral film or a report fails nothing
                 print(f"pneumo predict: {one_line(f'{item.path}: {item.error}')}", file=sys.stderr)
             else:
                 counts["scored"] += 1

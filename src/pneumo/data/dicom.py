@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from pneumo.data.pixels import MAX_ABS_VALUE, check_budget, check_size, scale_strips, value_range
-from pneumo.errors import InputError
+from pneumo.errors import InputError, NotAssessed
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -63,12 +63,12 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     ds = pydicom.dcmread(io.BytesIO(data), force=False, specific_tags=list(_DICOM_TAGS))
     keyword = next((k for k in _PIXEL_BITS if k in ds), None)
     if keyword is None:
-        raise InputError("DICOM file has no pixel data (a report or presentation state?)")
+        raise NotAssessed("DICOM file has no pixel data (a report or presentation state?)")
     lateral = _lateral(ds)
     if lateral:
-        raise InputError(f"a lateral film ({lateral}): the model reads frontal (PA or AP) chest films")
+        raise NotAssessed(f"a lateral film ({lateral}): the model reads frontal (PA or AP) chest films")
     if str(ds.get("PresentationIntentType", "") or "").strip().upper() == "FOR PROCESSING":
-        raise InputError("a FOR PROCESSING image (raw detector data, not for display): export the FOR PRESENTATION "
+        raise NotAssessed("a FOR PROCESSING image (raw detector data, not for display): export the FOR PRESENTATION "
                          "image from the PACS or the modality")
     frames = _dicom_int(ds, "NumberOfFrames", 1)
     if frames > 1:

@@ -18,7 +18,7 @@ import numpy as np
 from pneumo.data.decode import load_image_file
 from pneumo.data.files import entry_reason, find_images, name_reason
 from pneumo.data.gate import check_radiograph
-from pneumo.errors import ConfigError, InputError, PneumoError
+from pneumo.errors import ConfigError, InputError, NotAssessed, PneumoError
 from pneumo.infer.predictor import Prediction, Predictor
 
 
@@ -97,8 +97,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def load_input(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
-    """(decoded gray, model input, None) or (None, None, one-line error). Large JPEGs are scored from a reduced DCT
+def load_input(predictor: Predictor, path: Path, full: bool
+               ) -> tuple[np.ndarray | None, np.ndarray | None, PneumoError | None]:
+    """(decoded gray, model input, None) or (None, None, the error: one line). Large JPEGs are scored from a reduced DCT
     scale, as everywhere else (so a heat map never changes a score); ``full`` also decodes them at full resolution,
     for heat maps on the original pixel grid. Images the input gate refuses (`check_radiograph`) get an error, not a
     label. `pneumo predict` and `pneumo explain` read their inputs here."""
@@ -110,7 +111,7 @@ def load_input(predictor: Predictor, path: Path, full: bool) -> tuple[np.ndarray
             gray = load_image_file(path)
         return gray, prepared, None
     except PneumoError as exc:
-        return None, None, str(exc)
+        return None, None, exc
 
 
 @dataclass
@@ -121,6 +122,7 @@ class FileResult:
     prediction: Prediction | None
     error: str | None
     heatmap: Path | None = None
+    refused: bool = False  # the error says what it is, not that it failed: a lateral film, a report (`NotAssessed`)
 
 
 class HeatmapSink(Protocol):
@@ -164,4 +166,6 @@ def predict_file_results(predictor: Predictor, files: list[Path], *, batch_size:
                 heatmap = None
                 if heatmaps is not None and i in results:
                     heatmap = heatmaps.write(path, loaded[i][0], results[i], prepared=loaded[i][1])
-                yield FileResult(path, results.get(i), loaded[i][2], heatmap)
+                error = loaded[i][2]
+                yield FileResult(path, results.get(i), None if error is None else str(error), heatmap,
+                                 isinstance(error, NotAssessed))
