@@ -104,6 +104,8 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     site = _linked(sorted(kermany_site.rglob("*.jpeg"))[:12], tmp_path / "site")
     (site / "batch0" / "truncated.jpeg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     (site / "batch0" / "notes.txt").write_text("exported 2026-12-01")  # not read: listed, as evaluate lists it
+    from corpus import dicom_bytes  # a PACS export's lateral film: refused for what it is, not unreadable
+    (site / "batch0" / "IM00009").write_bytes(dicom_bytes(np.full((64, 64), 90, np.uint8), ViewPosition="LL"))
     out = tmp_path / "out"
     monkeypatch.chdir(tmp_path)  # the site given relative to the working directory, as a user types it
     code = main(["site", "check", "--data", "site", "--out", str(out), "--dataset", str(full_data),
@@ -111,13 +113,17 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert code == 0
     first = capsys.readouterr().out.splitlines()[0]
     # 12 images: "not shifted" is weak evidence, and the console, site.json and the report say so
-    assert first.startswith("site: not shifted (too few images to tell: check 50 or more) (12 of 13 images scored, 1 not")
+    assert first.startswith("site: not shifted (too few images to tell: check 50 or more) (12 of 14 images scored, 1 not, "
+                            "1 refused as not frontal films")
     import json
 
     result = json.loads((out / "site.json").read_text())
-    assert result["n_images"] == 13 and result["n_unreadable"] == 1 and result["few_images"] is True
-    assert result["unreadable"][0]["path"].endswith("truncated.jpeg")
-    assert not result["unreadable"][0]["error"].startswith("truncated.jpeg")  # the name once, in its own field
+    assert result["n_images"] == 14 and result["n_unreadable"] == 1 and result["few_images"] is True
+    stages = {Path(f["path"]).name: f for f in result["unreadable"]}
+    assert result["n_refused"] == 1 and {k: f["stage"] for k, f in stages.items()} == {"truncated.jpeg": "decode",
+                                                                                        "IM00009": "refused"}
+    assert "lateral film" in stages["IM00009"]["error"]
+    assert not stages["truncated.jpeg"]["error"].startswith("truncated.jpeg")  # the name once, in its own field
     assert result["n_not_read"] == 1 and list(result["not_read"].values()) == ["not an image file name (.txt)"]
     assert result["model"] and result["reference"]["n"] == 30
     # where and by what code, readable from another folder (site.json kept "site" as typed, and no commit)

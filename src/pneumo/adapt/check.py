@@ -5,12 +5,12 @@ The site's images (a folder of JPEG/PNG/DICOM at any depth, found as `pneumo pre
 training distribution, drawn from the train + val folds of its dataset (``--dataset`` or ``$PNEUMO_DATA``; never the
 official test split; images whose bytes also appear in the site's set are left out). Where the model records its
 split, the sample comes from its **val fold**: the OOD class means and covariance (and the model) were fitted on the
-train fold, whose images therefore score lower than any new image (measured: a half of the val fold against a train +
-val sample gave A = 0.73 and would have been called shifted), while the val fold is what the OOD threshold was set
-on. The val fold is drawn from the same patients' pool, so it holds the same mix of 224 x 224 copies and originals. Without the dataset the
-reference is what the model's sidecar records: the OOD threshold is the val percentile P, so a share of (100 - P) %
-is expected above it, and the training prevalence of pneumonia (``train_prevalence`` in its metrics or training
-record, else 0.74, Kermany train); the distribution comparisons are then not made, and the output says so.
+train fold, whose images score lower than any new image (a half of the val fold against a train + val sample gave
+A = 0.73: "shifted"), while the val fold is what the OOD threshold was set on (the same patients' pool, the same mix
+of 224 x 224 copies and originals). Without the dataset the reference is what the model's sidecar records: the OOD
+threshold is the val percentile P, so a share of (100 - P) % is expected above it, and the training prevalence of
+pneumonia (``train_prevalence`` in its metrics or training record, else 0.74, Kermany train); the distribution
+comparisons are then not made, and the output says so.
 
 Measurements: (a) the share of images flagged out of distribution and the OOD-score distribution, (b) the share
 predicted positive at the stored threshold, (c) the P(pneumonia) distribution, (d) image properties (size, mode,
@@ -19,9 +19,8 @@ intensity, a border-vs-centre inversion heuristic, input-gate refusals, DICOM ta
 **The rule.** A measurement is a reason for ``shifted: true`` only when it is significant at ``ALPHA`` = 0.01 AND its
 effect is at least a stated minimum (large sets make tiny differences significant):
 
-1. OOD share: p0 = max(reference share, the design share (100 - P) %); a one-sided binomial test of the flagged
-   count against the design share, or, when the reference sample flags more than that, a one-sided Fisher exact
-   test of site vs reference; effect = share - p0 >= 0.05.
+1. OOD share: p0 = max(reference share, design share (100 - P) %); a one-sided binomial test against the design
+   share, or a one-sided Fisher exact test vs the reference where it flags more; effect = share - p0 >= 0.05.
 2. OOD scores (needs the dataset): one-sided Mann-Whitney U, "site scores larger"; effect = A = U / (n_site n_ref),
    the probability that a site image scores above a reference image (Vargha-Delaney A); A >= 0.64 ("medium").
 3. Predicted-positive rate: two-sided Fisher exact test against the reference's rate (without the dataset: a
@@ -56,7 +55,7 @@ from pneumo.adapt.stats import cohen_h, fisher_test, rank_test, share_test
 from pneumo.config import MAX_SEED
 from pneumo.data.decode import load_image
 from pneumo.data.gate import check_radiograph
-from pneumo.errors import ConfigError, DataError, InputError, PneumoError
+from pneumo.errors import ConfigError, DataError, InputError, NotAssessed, PneumoError
 from pneumo.infer.predictor import Predictor
 from pneumo.provenance import record as provenance_record
 
@@ -86,7 +85,8 @@ SITE_FILES = frozenset({SITE_JSON, "images.csv", "report.html", "figures"})  # w
 @dataclass
 class Scored:
     """A set of images run through the model: per scored image its path, P(pneumonia), positive call, OOD score;
-    per decoded image its properties; per failed image its path, stage (``decode`` or ``gate``) and error."""
+    per decoded image its properties; per failed image its path, stage (``decode``; ``refused``: `NotAssessed`, a
+    lateral or pixel-less DICOM; ``gate``) and error."""
 
     paths: list[str] = field(default_factory=list)
     p_pneumonia: list[float] = field(default_factory=list)
@@ -128,7 +128,8 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
             data = read()
             gray = load_image(data, target=predictor.size)  # the path is in its own field: no name prefix
         except (PneumoError, OSError) as exc:
-            scored.failed.append({"path": name, "stage": "decode", "error": str(exc).splitlines()[0]})
+            scored.failed.append({"path": name, "stage": "refused" if isinstance(exc, NotAssessed) else "decode",
+                                  "error": str(exc).splitlines()[0]})
             continue
         scored.properties.append({"path": name, "sha256": hashlib.sha256(data).hexdigest(), **header_properties(data),
                                   **pixel_properties(gray)})
@@ -365,14 +366,13 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     positive = positive_measure(site, ref)
     site_props = summarize_properties(site)
     ref_props = summarize_properties(ref.scored) if ref.scored is not None else None
-    result = {
-        # absolute: site.json is read later, from another folder
+    result = {  # paths absolute: site.json is read later, from another folder
         "data": str(Path(data).absolute()), "model": predictor.model_id,
         "model_sidecar": str(Path(predictor.sidecar).absolute()), "provenance": provenance_record(),
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "few_images": site.n < POWERED_IMAGES,  # "not shifted" then says little: check more images
-        "n_unreadable": site.count("decode"), "n_refused_by_gate": site.count("gate"), "unreadable": site.failed,
-        **left_out,
+        "n_unreadable": site.count("decode"), "n_refused": site.count("refused"), "n_refused_by_gate":
+        site.count("gate"), "unreadable": site.failed, **left_out,
         **verdict(ood, positive, site_props, ref_props, ref),
         "reference": {"kind": ref.kind, "dataset": str(Path(ref.dataset).absolute()) if ref.dataset else None,
                       "pool": ref.pool or None, "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,

@@ -224,7 +224,7 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
                      f"one by chance with probability at most {rule['family_wise_bound']:.2f} "
                      "(Bonferroni), and less often a reason, which also needs the effect size.</p>")))
     subtitle = (f"{result['data']}: {result['n_scored']} of {result['n_images']} images scored by "
-                f"{result['model']}; {result['n_unreadable']} unreadable, {result['n_refused_by_gate']} "
-                f"refused by the input gate; {result.get('n_not_read', 0)} other file(s) not read")
+                f"{result['model']}; {result['n_unreadable']} unreadable, {result.get('n_refused', 0)} refused "
+                f"(lateral films, DICOM objects without pixels), {result['n_refused_by_gate']} refused by the input gate; {result.get('n_not_read', 0)} other file(s) not read")
     html = page(f"Site check: {verdict}", sections, subtitle=subtitle)
     return atomic.write_text(out / "report.html", html)

@@ -44,7 +44,8 @@ def run_check(args: argparse.Namespace) -> int:
     verdict = "SHIFTED" if result["shifted"] else "not shifted" + (" (too few images to tell: check 50 or more)"
                                                                    if result.get("few_images") else "")
     print(f"site: {verdict} ({result['n_scored']} of {result['n_images']} "
-          f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not{ood_text}){reason}")
+          f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not, {result['n_refused']} "
+          f"refused as not frontal films{ood_text}){reason}")
     print(f"report: {args.out}/report.html")
     print(f"numbers: {args.out}/site.json")
     return 0
