@@ -17,9 +17,10 @@ import pandas as pd
 
 from pneumo import atomic
 from pneumo.data.files import MAX_LISTED
-from pneumo.data.rundir import CROSSFIT, RunDir
+from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
+from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on_these
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
 from pneumo.evaluate.labelled import check_columns, find_labelled, patients
 from pneumo.evaluate.metrics import (
@@ -28,7 +29,7 @@ from pneumo.evaluate.metrics import (
     multiclass_metrics,
     sensitivity_by_subtype,
 )
-from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
+from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
 from pneumo.policy import parse_policy
@@ -97,27 +98,6 @@ def stored_origin(spec: ModelSpec) -> tuple[str, str]:
     if chosen.get("kind") in ("labelled CSV", "labelled folder"):
         return f"{chosen.get('n')} images of a {chosen['kind']} (pneumo operating-point)", fitted_on
     return fitted_on, fitted_on
-
-
-def threshold_chosen_on_these(spec: ModelSpec, assessed_paths: pd.Series) -> bool:
-    """Whether a single model's stored threshold was chosen (`pneumo operating-point --data`) on exactly these images
-    (its record's digest of the images it gave a verdict, as evaluation's assessed ones are)."""
-    chosen = (spec.predictors[0].meta.extra.get("operating_point") or {}).get("chosen_on") or {}
-    return len(spec.predictors) == 1 and chosen.get("paths_sha256") == paths_digest(assessed_paths.tolist())
-
-
-def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
-    """How many of the files at ``paths`` an adapted model was fine-tuned on: its folder's crossfit_predictions.csv
-    lists them by the SHA-256 of their bytes (by path before 2026-12-06); a new operating point carries the file."""
-    listed = spec.predictors[0].sidecar.parent / CROSSFIT
-    if len(spec.predictors) != 1 or not spec.predictors[0].meta.extra.get("adaptation") or not listed.is_file():
-        return 0
-    table = pd.read_csv(listed, dtype=str, keep_default_na=False)
-    if "file_sha256" in table:
-        adapted_on = set(table["file_sha256"])
-        return sum(os.path.isfile(p) and atomic.sha256_file(p) in adapted_on for p in paths)
-    adapted_on = {os.path.realpath(atomic.from_csv_cell(p)) for p in table.get("path", [])}
-    return sum(os.path.realpath(p) in adapted_on for p in paths)
 
 
 def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -359,23 +339,9 @@ def _data_section(result: dict) -> tuple[str, str]:
     return ("External data", f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
             f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
             f"</code>; temperature {result['temperature']:.3f}); "
-            + _fitted_sentence(ext) + "</p>"
+            + fitted_sentence(ext) + "</p>"
             + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{_more(ext)}:</p><ul>{bad}</ul>"
                                                              if bad else "<p>No file was left out.</p>"))
-
-
-def _fitted_sentence(ext: dict) -> str:
-    """What the model's records say was fitted on these images (its records only: a run's own training images given
-    here as a CSV are not recognised)."""
-    said = []
-    if ext.get("n_fitted_on"):
-        said.append(f"<strong>{ext['n_fitted_on']} of them are images the model was adapted on: this is not an "
-                    "external validation of those.</strong>")
-    if ext.get("threshold_chosen_on_these"):
-        said.append("<strong>the model's threshold was chosen on these very images (pneumo operating-point): its "
-                    "sensitivity and specificity here are not an independent measure.</strong>")
-    return " ".join(said) or "none of them is among the images the model's records name as fitted on (adapted on, " \
-        "or its threshold chosen on)."
 
 
 def unnamed_not_read(ext: dict) -> int:

@@ -1,0 +1,50 @@
+"""What an evaluated model's own records say was fitted on the images it is measured on: the images an adapted model
+was fine-tuned on (its folder's crossfit_predictions.csv, by the SHA-256 of each file) and the images a new operating
+point's threshold was chosen on (the digest `pneumo operating-point` records). Its records only: a run's own training
+images handed in as a CSV are not recognised."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from pneumo import atomic
+from pneumo.data.rundir import CROSSFIT
+from pneumo.evaluate.operating import paths_digest
+from pneumo.evaluate.scoring import ModelSpec
+
+
+def threshold_chosen_on_these(spec: ModelSpec, assessed_paths: pd.Series) -> bool:
+    """Whether a single model's stored threshold was chosen (`pneumo operating-point --data`) on exactly these images
+    (its record's digest of the images it gave a verdict, as evaluation's assessed ones are)."""
+    chosen = (spec.predictors[0].meta.extra.get("operating_point") or {}).get("chosen_on") or {}
+    return len(spec.predictors) == 1 and chosen.get("paths_sha256") == paths_digest(assessed_paths.tolist())
+
+
+def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
+    """How many of the files at ``paths`` an adapted model was fine-tuned on: its folder's crossfit_predictions.csv
+    lists them by the SHA-256 of their bytes (by path before 2026-12-06); a new operating point carries the file."""
+    listed = spec.predictors[0].sidecar.parent / CROSSFIT
+    if len(spec.predictors) != 1 or not spec.predictors[0].meta.extra.get("adaptation") or not listed.is_file():
+        return 0
+    table = pd.read_csv(listed, dtype=str, keep_default_na=False)
+    if "file_sha256" in table:
+        adapted_on = set(table["file_sha256"])
+        return sum(os.path.isfile(p) and atomic.sha256_file(p) in adapted_on for p in paths)
+    adapted_on = {os.path.realpath(atomic.from_csv_cell(p)) for p in table.get("path", [])}
+    return sum(os.path.realpath(p) in adapted_on for p in paths)
+
+
+def fitted_sentence(ext: dict) -> str:
+    """What the model's records say was fitted on these images (its records only: a run's own training images given
+    here as a CSV are not recognised)."""
+    said = []
+    if ext.get("n_fitted_on"):
+        said.append(f"<strong>{ext['n_fitted_on']} of them are images the model was adapted on: this is not an "
+                    "external validation of those.</strong>")
+    if ext.get("threshold_chosen_on_these"):
+        said.append("<strong>the model's threshold was chosen on these very images (pneumo operating-point): its "
+                    "sensitivity and specificity here are not an independent measure.</strong>")
+    return " ".join(said) or "none of them is among the images the model's records name as fitted on (adapted on, " \
+        "or its threshold chosen on)."
