@@ -95,7 +95,8 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
 
 
 def written_through(path: Path) -> Path:
-    """The regular file a write of ``path`` replaces: ``path`` itself (new or a file), or the file a link names.
+    """``path``, when a write may replace it: new, a regular file, or a link to one (the link is replaced, its target
+    left alone: a run's file linked to a shared or packaged one must not be overwritten through it).
 
     Raises:
         ConfigError: ``path`` is a device, a pipe, a socket or a folder (``--output /dev/stdout`` replaced the
@@ -110,7 +111,7 @@ def written_through(path: Path) -> Path:
     if not stat.S_ISREG(kind):
         raise ConfigError(f"{path} is not a regular file (a device, a pipe or a folder): give a file path"
                           + ("; for standard output leave the option out or give -" if not stat.S_ISDIR(kind) else ""))
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    return path
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
