@@ -300,7 +300,7 @@ def test_a_deleted_check_entry_is_refused_while_its_file_lies_beside_the_model(
         tmp_path: Path, xray: Path, entry: str, suffix: str, capsys: pytest.CaptureFixture) -> None:
     """Deleting the sidecar's `ood` (or `orientation`) entry would silently switch the check off (issue 24)."""
     for name in ("default-model.json", "default-model.safetensors", "default-model.ood.safetensors",
-                 "default-model.orient.safetensors"):
+                 "default-model.orient.safetensors", "default-model.md"):
         shutil.copyfile(DEFAULT_MODEL.with_name(name), tmp_path / name)
     sidecar = tmp_path / "default-model.json"
     assert Predictor(sidecar).ood is not None  # the intact copy loads with both checks
@@ -315,7 +315,7 @@ def test_a_deleted_check_entry_is_refused_while_its_file_lies_beside_the_model(
     derived = tmp_path / "derived"
     derived.mkdir()
     for path in tmp_path.glob("default-model.*"):
-        shutil.copyfile(path, derived / ("model.json" if path.suffix == ".json" else path.name))
+        shutil.copyfile(path, derived / (f"model{path.suffix}" if path.suffix in (".json", ".md") else path.name))
     with pytest.raises(ModelError, match=f"no `{entry}` entry but default-model{re.escape(suffix)} lies beside it"):
         Predictor(derived / "model.json")
     (tmp_path / f"default-model{suffix}").unlink()  # a model without that check at all is still a model
@@ -328,7 +328,7 @@ def test_a_flipped_byte_in_a_check_file_is_refused_by_predict(tmp_path: Path, xr
     """Every file a model folder loads is checked against its recorded SHA-256: the OOD statistics and the orientation
     head too (the orientation file's check had no test; done-when review)."""
     for name in ("default-model.json", "default-model.safetensors", "default-model.ood.safetensors",
-                 "default-model.orient.safetensors"):
+                 "default-model.orient.safetensors", "default-model.md"):
         shutil.copyfile(DEFAULT_MODEL.with_name(name), tmp_path / name)
     _flip_byte(tmp_path / f"default-model{suffix}")
     with pytest.raises(ModelError, match="checksum mismatch"):
@@ -348,16 +348,23 @@ def shipped_folder(tmp_path: Path) -> Path:
 def test_a_model_card_changed_after_it_was_written_is_refused(shipped_folder: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
     """Issue 24: the card (`<stem>.md`, shown by `pneumo model-card`, `/api/v1/model` and the web page) is a file the
-    model folder loads: its SHA-256 is in the sidecar; an edited figure is refused, in one line. A card left out of a
-    copy is not shown: the card is built from the checked sidecar."""
+    model folder loads: its SHA-256 is in the sidecar; an edited figure is refused, in one line. A recorded card lost
+    in a copy is refused too (it was replaced by a generic card describing another model: an adapted model became a
+    pediatric one), and `predict` refuses both as `model-card` does (it scored on; serve said ready, then answered
+    /api/v1/model with a 500: a review)."""
     from pneumo.infer.card import model_card_text
 
     card = shipped_folder.with_suffix(".md")
     text = card.read_text()
     assert model_card_text(shipped_folder).startswith(text)  # the intact copy shows its own card
     card.unlink()
-    assert not model_card_text(shipped_folder).startswith(text)  # built from the sidecar
+    with pytest.raises(IntegrityError, match="model card .* is missing"):
+        model_card_text(shipped_folder)
+    with pytest.raises(IntegrityError, match="is missing"):
+        Predictor(shipped_folder)
     card.write_text(text.replace("0.9", "0.99", 1))
+    with pytest.raises(IntegrityError, match="model card"):
+        Predictor(shipped_folder)
     with pytest.raises(IntegrityError, match="model card"):
         model_card_text(shipped_folder)
     assert main(["model-card", "--model", str(shipped_folder)]) == 2

@@ -85,7 +85,7 @@ def test_a_model_without_its_checks_says_so_when_loaded_and_in_its_card(tmp_path
     from pneumo.infer.card import model_card_text
     from pneumo.models.sidecar import DEFAULT_MODEL
 
-    for suffix in (".json", ".safetensors"):
+    for suffix in (".json", ".safetensors", ".md"):
         shutil.copyfile(DEFAULT_MODEL.with_suffix(suffix), tmp_path / f"default-model{suffix}")
     meta = json.loads((tmp_path / "default-model.json").read_text())
     meta.pop("ood"), meta.pop("orientation")

@@ -170,14 +170,17 @@ def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None
     its card as before.
 
     Raises:
-        IntegrityError: the card is not the file the sidecar records (edited, corrupted, replaced).
+        IntegrityError: the card is not the file the sidecar records (edited, corrupted, replaced, or missing).
     """
     sidecar = stem_of(sidecar).with_suffix(".json")
     markdown = sidecar.with_suffix(".md")
-    if not markdown.is_file():
-        return None
     meta = read_meta(sidecar) if meta is None else meta
     recorded = meta.extra.get(CARD_KEY)
+    if not markdown.is_file():
+        if recorded is not None:  # a card lost in a copy: a generic one would describe another model (a review)
+            raise IntegrityError(f"the model card {markdown} that its sidecar records is missing: copy the whole model "
+                                 "folder again")
+        return None
     if recorded is None:
         return markdown.read_text(encoding="utf-8", errors="replace") if meta.format == LEGACY_FORMAT else None
     data = markdown.read_bytes()

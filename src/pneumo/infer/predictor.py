@@ -101,6 +101,10 @@ class Predictor:
             raise ModelError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
         self.sidecar = resolve_model(model)
         self.meta = read_meta(self.sidecar)
+        from pneumo.infer.card import card_markdown
+
+        card_markdown(self.sidecar, self.meta)  # a recorded card edited or lost: refused here, as `model-card` does,
+        # not served as a 500 by /api/v1/model after /readyz said ready (a review)
         if not self.meta.threshold_policy:
             log.warning("%s has no operating point chosen on validation (a training still running or killed, or "
                         "--no-eval): its threshold %s is a placeholder and it may lack its out-of-distribution check; "
