@@ -475,6 +475,29 @@ def test_a_new_model_inside_its_source_models_folder_is_refused_in_one_line(
     assert not (adapted["out"] / "nested").exists() and _digest(adapted["out"]) == before
 
 
+def test_a_copy_that_lost_or_changed_its_adapted_on_list_is_refused_by_evaluate(
+        adapted: dict, site_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Without crossfit_predictions.csv (or cut to its header) evaluate called the images the model was adapted on
+    external ("nothing was fitted on them"): the list is recorded in the sidecar and a lost or changed copy refused."""
+    from pneumo.data.rundir import CROSSFIT_KEY
+
+    listed = adapted["out"] / "crossfit_predictions.csv"
+    assert json.loads((adapted["out"] / "model.json").read_text())[CROSSFIT_KEY] == \
+        hashlib.sha256(listed.read_bytes()).hexdigest()
+    for change, message in (("lost", "is missing"), ("cut", "does not match the SHA-256")):
+        copy = tmp_path / change
+        shutil.copytree(adapted["out"], copy)
+        if change == "lost":
+            (copy / "crossfit_predictions.csv").unlink()
+        else:
+            (copy / "crossfit_predictions.csv").write_text(listed.read_text().splitlines()[0] + "\n")
+        capsys.readouterr()
+        assert main(["evaluate", "--model", str(copy), "--data", str(site_csv), "--out", str(tmp_path / f"v-{change}"),
+                     "--no-analysis", "--bootstrap", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and message in err and not (tmp_path / f"v-{change}").exists()
+
+
 def test_an_out_path_that_is_a_file_is_a_one_line_error(site_csv: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     taken = tmp_path / "taken"

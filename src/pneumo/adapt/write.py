@@ -15,7 +15,7 @@ import torch
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
 from pneumo.adapt.stats import patient_folds
-from pneumo.data.rundir import CROSSFIT, RunDir
+from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY, RunDir
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import record_card
 from pneumo.models.checkpoint import save_checkpoint
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 OOD_POOL = 600  # source training images the refitted OOD statistics use (a seeded draw of the rehearsal pool)
 # sidecar fields that describe the source model's files or its own evaluation: not the adapted model's
 NOT_INHERITED = ("sha256", "weights_file", "dtype", "created", "ood", "metrics", "training", "config",
-                 "operating_point", "model_card", "commit", "adaptation", "orientation", CARD_KEY)
+                 "operating_point", "model_card", "commit", "adaptation", "orientation", CARD_KEY,
+                 CROSSFIT_KEY)
 ORIENT_POOL = 200  # source training images the refitted orientation check learns from, beside the site's
 
 
@@ -64,6 +65,9 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
     record["orientation"] = refit_orientation(sidecar, model, site, source, device, seed=seed)
     atomic.write_json(work / "adapt.json", to_jsonable(record))
     _write_predictions(work, site, z_oof, z_before, record)
+    written = read_meta(sidecar)  # the adapted-on list is recorded as the weights are: a lost or cut copy is refused
+    write_meta(sidecar, dataclasses.replace(written, extra={**written.extra,
+                                                            CROSSFIT_KEY: atomic.sha256_file(work / CROSSFIT)}))
     from pneumo.adapt.report import write_card, write_report
 
     write_card(work, record)

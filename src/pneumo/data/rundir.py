@@ -19,6 +19,7 @@ TRAINING_METRICS = "metrics.csv"  # the per-epoch curves
 METRICS = "metrics.json"  # the evaluation
 PREDICTIONS = "predictions.csv"
 CROSSFIT = "crossfit_predictions.csv"  # an adapted model's out-of-fold scores of the images it was adapted on
+CROSSFIT_KEY = "crossfit_sha256"  # its SHA-256 in the sidecar: evaluate tells the images it was adapted on by it
 
 
 def _file(name: str) -> property:
