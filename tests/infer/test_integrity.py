@@ -393,3 +393,12 @@ def test_a_card_the_sidecar_does_not_record_is_never_shown(tiny_model: Path, tmp
     built = model_card_text(tmp_path / "model.json")
     (tmp_path / "model.md").write_text("# Model card: the best model ever\n\nSensitivity 1.000\n")
     assert model_card_text(tmp_path / "model.json") == built and "best model ever" not in built
+
+
+def test_a_copy_that_lost_its_weights_says_so(shipped_folder: Path, xray: Path, capsys: pytest.CaptureFixture) -> None:
+    """It said "this model has only an ONNX export ... --backend onnx", which there was not either (a review of a
+    folder that travels); evaluate named the missing weights."""
+    shipped_folder.with_suffix(".safetensors").unlink()
+    assert main(["predict", str(xray), "--model", str(shipped_folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint weights missing" in err and "ONNX export" not in err

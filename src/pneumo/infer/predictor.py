@@ -160,6 +160,9 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         model = self.torch_model
+        if model is None and not self.sidecar.with_suffix(".onnx").is_file():  # neither: a copy lost its weights
+            raise ModelError(f"checkpoint weights missing: {self._weights} (the .json sidecar points to it); copy the "
+                             "whole model folder again")
         if model is None:
             raise ModelError(f"{self._weights.name} not found: this model has only an ONNX export (pneumo export "
                              "--out), and this needs the PyTorch weights: give the model the export was made from "
