@@ -78,7 +78,8 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
             mode): a process killed mid-write (``kill -9``: nothing runs) leaves a file only its owner can read.
             The next write of ``path`` deletes such leftovers (`remove_stale_temps`).
     """
-    path = written_through(Path(path))
+    path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # a killed writer's leftover (an image cache's half-written array) goes now
     tmp = temp_path(path)
@@ -94,8 +95,8 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
             tmp.unlink(missing_ok=True)
 
 
-def written_through(path: Path) -> Path:
-    """``path``, when a write may replace it: new, a regular file, or a link to one (the link is replaced, its target
+def check_replaceable(path: Path) -> None:
+    """Whether a write may replace ``path``: new, a regular file, or a link to one (the link is replaced, its target
     left alone: a run's file linked to a shared or packaged one must not be overwritten through it).
 
     Raises:
@@ -103,7 +104,7 @@ def written_through(path: Path) -> Path:
             device link with a file, a FIFO's reader got nothing), or a link to nothing.
     """
     if not os.path.lexists(path):
-        return path
+        return
     try:
         kind = os.stat(path).st_mode
     except OSError:
@@ -111,7 +112,6 @@ def written_through(path: Path) -> Path:
     if not stat.S_ISREG(kind):
         raise ConfigError(f"{path} is not a regular file (a device, a pipe or a folder): give a file path"
                           + ("; for standard output leave the option out or give -" if not stat.S_ISDIR(kind) else ""))
-    return path
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
