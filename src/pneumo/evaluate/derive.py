@@ -13,7 +13,7 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.config import read_yaml
-from pneumo.data.rundir import CONFIG, CROSSFIT, FOLDS, TRAINING_METRICS, RunDir
+from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
@@ -115,14 +115,12 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
     operating point (``name``: the folder's final name)."""
     source, new = sidecar.parent, RunDir(work)
     shutil.copy2(weights_path(sidecar, meta), new.weights)
-    for file in companion_files(meta):  # the OOD and orientation checks travel with the weights
+    for file in companion_files(meta):  # the checks and the adapted-on list travel with the weights
         if (source / file).is_file():
             shutil.copy2(source / file, work / file)
     for file in (CONFIG, FOLDS, TRAINING_METRICS):
         if RunDir.holds(sidecar) and (source / file).is_file():
             shutil.copy2(source / file, work / file)
-    if meta.extra.get("adaptation") and (source / CROSSFIT).is_file():  # which images it was adapted on (evaluate
-        shutil.copy2(source / CROSSFIT, work / CROSSFIT)  # warns when it is measured on them)
     if new.config.is_file():
         import yaml
 

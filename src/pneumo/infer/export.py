@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 from pneumo import atomic
 from pneumo.atomic import sha256_file
-from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.sidecar import (
     companion_files,
@@ -145,8 +144,6 @@ def _copy_companions(sidecar: Path, target_sidecar: Path) -> None:
     from pneumo.infer.card import card_markdown, card_of, record_card
 
     meta = read_meta(sidecar)
-    if meta.extra.get(CROSSFIT_KEY) and (sidecar.parent / CROSSFIT).is_file():  # an adapted model's record of
-        shutil.copyfile(sidecar.parent / CROSSFIT, target_sidecar.parent / CROSSFIT)  # the images it was adapted on
     for name in companion_files(meta):
         if (sidecar.parent / name).is_file():
             shutil.copyfile(sidecar.parent / name, target_sidecar.parent / name)

@@ -34,7 +34,7 @@ from typing import Any
 
 from pneumo import atomic
 from pneumo.config import INTENSITIES, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZE_POLICIES, parse_crop
-from pneumo.data.rundir import RunDir
+from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY, RunDir
 from pneumo.errors import ConfigError, IntegrityError, ModelError
 from pneumo.models.ood import check_file_name, check_ood_entry
 
@@ -311,8 +311,10 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
 
 
 def companion_files(meta: CheckpointMeta) -> list[str]:
-    """The files a sidecar names besides its weights (OOD statistics, orientation check): every copy takes them."""
-    return [name for name in ((meta.ood or {}).get("file"), (meta.extra.get("orientation") or {}).get("file")) if name]
+    """The files a sidecar names besides its weights (OOD statistics, orientation check, an adapted model's list of the
+    images it was adapted on): every copy takes them."""
+    return [name for name in ((meta.ood or {}).get("file"), (meta.extra.get("orientation") or {}).get("file"),
+                              CROSSFIT if meta.extra.get(CROSSFIT_KEY) else None) if name]
 
 
 def stem_of(path: str | os.PathLike) -> Path:
