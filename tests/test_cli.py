@@ -342,6 +342,27 @@ def test_model_card_checks_the_model_it_describes(tiny_model, tmp_path: Path, ca
         assert len(err) == 1 and err[0].startswith("pneumo model-card: error:"), err
 
 
+def test_model_card_refuses_a_folder_that_lost_or_changed_its_checks(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """A copy of the shipped model without its OOD statistics, or with another orientation check, got its card
+    (exit 0) while predict and serve refuse it: the card checks them as they do, in one line naming the file."""
+    import shutil
+
+    assets = Path(pneumo.__file__).parent / "assets"
+    for name, edit in (("ood", lambda folder: (folder / "default-model.ood.safetensors").unlink()),
+                       ("orient", lambda folder: _flip_byte(folder / "default-model.orient.safetensors"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for file in assets.glob("default-model.*"):
+            shutil.copyfile(file, folder / file.name)
+        assert main(["model-card", "--model", str(folder)]) == 0, name  # the whole copy is fine
+        capsys.readouterr()
+        edit(folder)
+        assert main(["model-card", "--model", str(folder)]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("pneumo model-card: error:") and f"default-model.{name}" in err[0]
+
+
 def _flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF

@@ -265,7 +265,8 @@ def test_the_service_tells_no_folder_when_a_model_fails_or_in_a_derived_models_c
 
     client = make_client(Predictor(secret / "op", backend="torch", threads=1))
     card = client.get("/api/v1/model").json()
-    assert "bad.jpeg" in json.dumps(card) and str(secret) not in json.dumps(card)
+    assert card["operating_point"]["chosen_on"]["n_left_out"] == 1  # counted, not named: the folder travels
+    assert "bad.jpeg" not in json.dumps(card) and str(secret) not in json.dumps(card)
 
 
 def test_serve_refuses_a_taken_port_a_bad_origin_and_a_bad_count_in_one_line_before_loading(

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from pneumo.argparsing import add_dataset_option
+from pneumo.data.files import MAX_LISTED
 from pneumo.errors import one_line
 
 EXAMPLES = """
@@ -39,13 +40,13 @@ def run(args: argparse.Namespace) -> int:
           f"{record['threshold']:.4f}, val sensitivity {chosen['sensitivity']:.3f}, specificity "
           f"{chosen['specificity']:.3f} on {chosen['n']} images of {chosen['kind']}"
           + (f"; {withheld} without a verdict left out)" if withheld else ")"))
-    left_out = chosen.get("left_out") or {}
+    left_out = record["left_out"]  # named here only: the new folder's record counts them
     if left_out:
-        more = chosen["n_left_out"] - len(left_out)
-        print(f"left out: {chosen['n_left_out']} file(s) (unreadable, refused or not read)"
-              + (f"; the first {len(left_out)} (all counted in model.json):" if more else ""))
-        for path, reason in left_out.items():
+        print(f"left out: {len(left_out)} file(s) (unreadable, refused or not read)")
+        for path, reason in list(left_out.items())[:MAX_LISTED]:
             print(f"  {one_line(path)}: {one_line(reason)}")
+        if len(left_out) > MAX_LISTED:
+            print(f"  ... and {len(left_out) - MAX_LISTED} more")
     if record.get("warning"):
         print(f"warning: {record['warning']}", file=sys.stderr)
     print(f"evaluate it: pneumo evaluate --model {args.out}"

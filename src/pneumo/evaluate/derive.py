@@ -31,7 +31,6 @@ from pneumo.models.sidecar import (
 from pneumo.policy import parse_policy, policy_warning
 from pneumo.provenance import utc_now
 
-MAX_LISTED = 50  # left-out files named in the new model's record (all are counted)
 
 
 def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,
@@ -51,7 +50,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         val: choose on this labelled folder / CSV instead of the model's own val fold.
 
     Returns:
-        The ``operating_point`` record.
+        The ``operating_point`` record, with ``left_out`` (the files of ``val`` left out, by path, with the reason) for
+        the console: the folder travels, so its record names the labelled set by its name and counts the files left
+        out (a hospital's paths and file names hold record and accession numbers).
     """
     from pneumo.evaluate.labelled import find_labelled
     from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
@@ -66,6 +67,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     if predictor.backend != "torch":  # `load_models` runs ONNX Runtime only where the weights are missing
         raise ModelError(f"{sidecar.name} has only an ONNX export: a new operating point is written beside the "
                          "PyTorch weights; give the model the export was made from")
+    left_out: dict[str, str] = {}
     if val is not None:
         rows, not_read = find_labelled(val)
         y, logits, table, unreadable, _, predictions = score_labelled([predictor], val, table=rows, binary=True)
@@ -78,8 +80,8 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
         left_out = {**unreadable, **not_read}  # unreadable or refused, and files not read (by name)
-        where = {"kind": kind, "location": str(Path(val).absolute()), "n_not_assessed": int((~keep).sum()),
-                 "n_left_out": len(left_out), "left_out": dict(list(left_out.items())[:MAX_LISTED])}
+        where = {"kind": kind, "location": Path(val).name, "n_not_assessed": int((~keep).sum()),
+                 "n_left_out": len(left_out)}
     else:
         got = val_scores([predictor], data=data)
         if got is None and predictor.meta.extra.get("adaptation"):
@@ -107,7 +109,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     }
     with atomic.folder(out, owned=frozenset(), replace=False) as work:  # whole or not at all
         _write_model(work, out.name, sidecar, meta, policy, threshold, record)
-    return record
+    return {**record, "left_out": dict(sorted(left_out.items()))}
 
 
 def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, threshold: float, record: dict) -> None:

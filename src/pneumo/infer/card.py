@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pneumo import atomic
 from pneumo.errors import IntegrityError, one_line
+from pneumo.models.ood import load_ood
+from pneumo.models.orientation import load_orientation
 from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import (
     CARD_KEY,
@@ -140,12 +142,15 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
     and adapted models have one) or one built from its sidecar, then the facts of the checkpoint; reads files only.
 
     Raises:
-        ModelError: a sidecar that does not check out (`read_meta`); IntegrityError: weights not the recorded ones.
+        ModelError: a sidecar that does not check out (`read_meta`), a missing or changed check file (OOD statistics,
+            orientation check); IntegrityError: weights or card not the recorded ones.
     """
     sidecar = resolve_model(None if model in (None, "default") else model)
     checked = read_meta(sidecar)  # as every command reads a sidecar: a broken one is one line, not a traceback
     if weights_path(sidecar, checked).is_file():  # the weights the card describes are the ones recorded
         verify_weights(sidecar, checked)
+    load_ood(sidecar, checked.ood)  # and its checks, which predict and serve refuse to run without (a review)
+    load_orientation(sidecar, checked.extra.get("orientation"))
     meta = checked.to_json()  # the values checked above, not a second read of the file
     return f"{card_of(sidecar, checked).rstrip()}\n\n## Facts from the checkpoint\n\n" + "\n".join(_facts(meta, sidecar)) + "\n"
 
