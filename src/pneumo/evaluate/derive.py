@@ -32,7 +32,6 @@ from pneumo.policy import parse_policy, policy_warning
 from pneumo.provenance import utc_now
 
 
-
 def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,
                  data: str | None = None, val: str | os.PathLike | None = None) -> dict:
     """Write a NEW model folder whose operating point is ``policy``, chosen on validation data; the source is untouched.
