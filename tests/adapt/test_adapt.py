@@ -154,7 +154,7 @@ def test_the_other_policies_are_laid_out_on_the_same_cross_fitted_scores(adapted
     assert "sensitivity:0.95" in (out / "report.html").read_text()
 
 
-def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) -> None:
+def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict, data_slice: Path) -> None:
     from pneumo.infer.predictor import Predictor
 
     out, record = adapted["out"], adapted["record"]
@@ -182,6 +182,12 @@ def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict) ->
     lo, hi = record["local"]["after"]["sensitivity_exact_ci"]
     assert 0.0 <= lo <= record["local"]["after"]["metrics"]["sensitivity"] <= hi <= 1.0
     assert record["source_site"]["n"] > 0 and record["rehearsal"]["used"] is True
+    # its intervals count whole patients, as `pneumo evaluate` counts them on that split (they counted images)
+    from pneumo.adapt.sources import load_source
+
+    source = load_source(Predictor(None).meta, str(data_slice), pool=1, seed=0, n_val=1)
+    assert len(source.test_groups) == len(source.test_y) == record["source_site"]["n"]
+    assert record["source_site"]["n_patients"] == len(set(source.test_groups)) < record["source_site"]["n"]
 
 
 def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: Path, tmp_path: Path,

@@ -90,8 +90,10 @@ def test_result_is_strict_json_with_cis_for_the_protocol_metrics() -> None:
     result, _ = run_protocol("binary")
     text = json.dumps(result, allow_nan=False)
     again = json.loads(text)
-    assert set(again["test"]["ci"]) >= {"accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc",
-                                        "pr_auc", "tp", "fp", "tn", "fn"}
+    # the metrics have intervals; the confusion cells are counts of these images (a resample of whole patients
+    # redraws the class mix: its "true positives" ran past the pneumonia images there were; a review)
+    assert set(again["test"]["ci"]) == {"accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc",
+                                        "pr_auc"}
     assert again["threshold_policy"] == "youden" and again["bootstrap"]["n_resamples"] == 200
     assert set(again["test"]["by_subtype"]) == {"normal", "bacteria", "virus"}
     assert again["test"]["ece_before"] is not None and again["test"]["ece_after"] is not None

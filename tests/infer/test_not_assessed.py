@@ -80,7 +80,8 @@ def test_external_metrics_leave_flagged_images_out_and_count_them(full_data: Pat
     photo = rows[rows["path"].str.endswith("astronaut.png")].iloc[0]
     assert photo["assessed"] == 0 and pd.isna(photo["predicted_pneumonia"]) and photo["ood_score"] > 0
     assert rows["assessed"].sum() == 12 and rows["predicted_pneumonia"].notna().sum() == 12
-    assert "not assessed (out of distribution" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "not assessed (out of distribution" in page and "<code>test_all</code>" in page and "test_assessed" not in page
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["not_assessed"]["n"] == 1
 
 
@@ -93,6 +94,9 @@ def test_the_official_split_keeps_its_headline_on_every_image(full_data: Path, t
     Image.fromarray(_photo()).save(site / "NORMAL" / "astronaut.png")
     result = evaluate_external(None, site, tmp_path / "out", n_bootstrap=20, analysis=False, official=True)
     assert result["test"]["n"] == 11 and result["test_assessed"]["n"] == 10 and "test_all" not in result
+    # the report says where they are: in the headline, the assessed-only set beside it (it named test_all, absent)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "still count them" in page and "<code>test_assessed</code>" in page and "test_all" not in page
 
 
 def test_an_external_report_is_worded_for_external_data(full_data: Path, tmp_path: Path) -> None:

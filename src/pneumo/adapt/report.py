@@ -26,6 +26,13 @@ LIMITS = (("Check a new site first (`pneumo site check`). Validate on held-out p
            "sensitivity and specificity are not those of the source model (its section above, where it was measured)."))
 
 
+def _counted(src: dict) -> str:
+    """"624 images of 428 patients; intervals count whole patients" ("624 images" in an older pneumo's record)."""
+    if not src.get("n_patients"):
+        return f"{src['n']} images"
+    return f"{src['n']} images of {src['n_patients']} patients; intervals count whole patients"
+
+
 def _column(block: dict) -> tuple[dict, dict]:
     """A block's (metrics, cis): exact intervals for sensitivity/specificity where it has them, bootstrap otherwise."""
     exact = {key: block[f"{key}_exact_ci"] for key in ROWS if block.get(f"{key}_exact_ci")}
@@ -139,7 +146,7 @@ def card_text(record: dict) -> str:
         sections.append(("Other operating points (the same cross-fitted scores)",
                          [*md_table(TRADE_OFF_HEAD, trade_off_rows(record)), "", TRADE_OFF_NOTE]))
     if src:
-        sections.append((f"Source hospital ({src['split']}, {src['n']} images)",
+        sections.append((f"Source hospital ({src['split']}, {_counted(src)})",
                          md_table(["", "source model", "adapted model"],
                                   metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     else:
@@ -183,7 +190,7 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
                     if record.get("operating_points") else ""))]
     src = record.get("source_site")
     if src:
-        sections.append((f"Source hospital ({src['n']} images, reported only)",
+        sections.append((f"Source hospital ({_counted(src)}, reported only)",
                          table(["", "source model", "adapted model"],
                                metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     sections.append(("Next", ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "

@@ -275,6 +275,8 @@ def _source_rows(predictor, final: torch.nn.Module, source: SourceImages, thresh
     y = (source.test_y != 0).astype(np.int64)
     z_before = np.concatenate([predictor.logits(source.test_x[i:i + 64]) for i in range(0, len(y), 64)])
     p_after = p_pneumonia(score(final, source.test_x, device))
-    return {"split": "official test (reported only)", "n": len(y),
-            "before": at_threshold(y, p_pneumonia(z_before), predictor.threshold, n_bootstrap=n_bootstrap, seed=seed),
-            "after": at_threshold(y, p_after, threshold, n_bootstrap=n_bootstrap, seed=seed)}
+    groups = source.test_groups  # whole patients, as `pneumo evaluate` counts the split's intervals
+    return {"split": "official test (reported only)", "n": len(y), "n_patients": len(set(groups)),
+            "before": at_threshold(y, p_pneumonia(z_before), predictor.threshold, n_bootstrap=n_bootstrap, seed=seed,
+                                   groups=groups),
+            "after": at_threshold(y, p_after, threshold, n_bootstrap=n_bootstrap, seed=seed, groups=groups)}

@@ -69,6 +69,7 @@ class SourceImages:
     val_y: np.ndarray | None = None
     test_x: np.ndarray | None = None
     test_y: np.ndarray | None = None
+    test_groups: np.ndarray | None = None  # the patient of each test image (intervals count whole patients)
     note: str = ""
     sizes: dict = field(default_factory=dict)
 
@@ -197,6 +198,8 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
         setattr(out, f"{name}_x", images)
         setattr(out, f"{name}_y", labels(rows, cfg.data.task))
         out.sizes[name] = len(rows)
+        if name == "test":
+            out.test_groups = rows["patient_key"].astype(str).to_numpy()
     return out
 
 

@@ -331,8 +331,7 @@ def _data_section(result: dict) -> tuple[str, str]:
                 + (f" (limit = the {ood['percentile']:g}th percentile of the validation images' distances)"
                    if ood.get("percentile") is not None else "")
                 + f", {ood['n_orientation']} (only) by the orientation check (inverted, rotated or upside down). "
-                "They get no pneumonia/normal verdict; the metrics on every readable image, assessed or not, are in "
-                "metrics.json under <code>test_all</code>.</p>" if ood
+                + _not_assessed_sentence(bool(ext.get("official_test_split"))) + "</p>" if ood
                 else "<p>Out-of-distribution check: not available for this model.</p>")
     bad = "".join(f"<li><code>{escape(k)}</code>: {escape(v)}</li>"
                   for k, v in {**ext["unreadable"], **ext.get("not_read", {})}.items())
@@ -342,6 +341,18 @@ def _data_section(result: dict) -> tuple[str, str]:
             + fitted_sentence(ext) + "</p>"
             + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{_more(ext)}:</p><ul>{bad}</ul>"
                                                              if bad else "<p>No file was left out.</p>"))
+
+
+def _not_assessed_sentence(official: bool) -> str:
+    """Where the images without a verdict are counted: in the official split's headline (comparable with published
+    results), left out of an external one's."""
+    if official:
+        return ("`pneumo predict` gives them no pneumonia/normal verdict (predictions.csv leaves their call blank); the "
+                "official split's metrics above still count them, called at the threshold, so that they compare with "
+                "published results; the metrics on the assessed images only are in metrics.json under "
+                "<code>test_assessed</code>.")
+    return ("They get no pneumonia/normal verdict and are left out of the metrics above; the metrics on every readable "
+            "image, assessed or not, are in metrics.json under <code>test_all</code>.")
 
 
 def unnamed_not_read(ext: dict) -> int:

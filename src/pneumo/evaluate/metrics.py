@@ -150,7 +150,7 @@ def bootstrap_cis(
     level: float = 0.95,
     groups: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """CIs for every key of :func:`binary_metrics` but ``n``: exact (Clopper-Pearson) for the proportions, BCa
+    """CIs for the metrics of :func:`binary_metrics` (not its counts): exact (Clopper-Pearson) for the proportions, BCa
     bootstrap (`bca_ci`) over resamples of the images for the rest, left out (nan) for a small sample or a zero width (see the
     module doc).
 
@@ -181,9 +181,11 @@ def bootstrap_cis(
                  "fn": w @ ((1 - pred) * y)}
         values = _counts_metrics(*(cells[c] for c in CELL_KEYS))
         values["roc_auc"], values["pr_auc"] = weighted_auc(w, y, p)
-        return {**values, **{k: v.astype(float) for k, v in cells.items()}}
+        return values
 
-    keys = (*BINARY_KEYS, *CELL_KEYS)
+    # no interval on the confusion cells: they are counts of these images, and a resample redraws the class mix (its
+    # "true positives" can exceed the pneumonia images there are; a review)
+    keys = BINARY_KEYS
     values = measured(resample_weights(y.size, n_resamples, seed, groups))
     point = measured(np.ones((1, y.size)))
     jack = [measured(w) for w in jackknife_weights(y.size, groups)]
@@ -192,7 +194,8 @@ def bootstrap_cis(
            for k in keys}
     if groups is not None:
         return {**out, **grouped_proportion_cis(y, pred, groups, level=level)}
-    tp, fp, tn, fn = (int(point[c][0]) for c in CELL_KEYS)
+    tp, fp, tn, fn = (int(np.sum(pred * y)), int(np.sum(pred * (1 - y))), int(np.sum((1 - pred) * (1 - y))),
+                      int(np.sum((1 - pred) * y)))
     return {**out, **proportion_cis(tp, fp, tn, fn, level=level)}
 
 
