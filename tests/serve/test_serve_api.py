@@ -99,6 +99,29 @@ def test_heatmap_with_the_onnx_backend_uses_the_eager_checkpoint(make_client, ch
     assert overlay.ndim == 3 and overlay.shape[2] == 3 and overlay.std() > 0
 
 
+def test_a_heatmap_after_the_folder_was_retrained_is_refused_not_drawn_by_the_new_weights(
+        make_client, checkpoint: Path, xray: bytes, cache_dir: Path, tmp_path: Path) -> None:
+    """The ONNX backend loads the eager weights on the first heat map: a folder retrained since start-up gave the
+    old model's verdict beside the new model's heat map (a review). Refused now, in a line without the folder."""
+    import shutil
+
+    import torch
+
+    from pneumo.models import create
+    from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = tmp_path / "served"
+    shutil.copytree(checkpoint.parent, folder)
+    served = Predictor(folder / checkpoint.name, backend="onnx", threads=2)
+    _, meta = load_checkpoint(folder / checkpoint.name)
+    torch.manual_seed(1)
+    save_checkpoint(folder / checkpoint.stem, create("scratch_cnn", num_classes=2, weights="none"),
+                    {k: v for k, v in meta.to_json().items() if k in ("task", "classes", "input_size", "threshold")})
+    response = make_client(served).post(PREDICT, params={"heatmap": "true"}, files=upload(xray))
+    detail = response.json()["detail"]
+    assert response.status_code == 503 and "other weights than the ones loaded" in detail and str(tmp_path) not in detail
+
+
 def test_heatmap_is_absent_unless_asked(client: TestClient, xray: bytes, fake_heatmap: list) -> None:
     body = client.post(PREDICT, files=upload(xray)).json()
     assert "heatmap_png_base64" not in body and fake_heatmap == []

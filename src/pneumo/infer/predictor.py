@@ -144,11 +144,18 @@ class Predictor:
 
     @property
     def torch_model(self):
-        """The eager PyTorch model (gradients, hooks), loaded on first use; ``None`` for an ONNX-only model."""
+        """The eager PyTorch model (gradients, hooks), loaded on first use; ``None`` for an ONNX-only model.
+
+        Raises:
+            IntegrityError: the folder's weights are no longer the ones this predictor was loaded with."""
         if self._torch_model is None and self._weights.is_file():
             from pneumo.models.checkpoint import load_checkpoint
 
-            model, _ = load_checkpoint(self.sidecar)
+            model, meta = load_checkpoint(self.sidecar)
+            if meta.sha256 != self.meta.sha256:  # retrained or replaced since this predictor loaded: its heat map
+                # would explain another model's verdict (a review: a served ONNX model's first heat map)
+                raise IntegrityError(f"{self.sidecar.parent} holds other weights than the ones loaded (retrained or "
+                                     "replaced since): restart to use the new model")
             self._torch_model = model.eval()
         return self._torch_model
 

@@ -319,7 +319,12 @@ def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Predicti
         from pneumo.explain.cam import heatmap_overlay_png
     except ImportError:
         raise HTTPException(501, HEATMAP_MISSING) from None
-    if getattr(predictor, "torch_model", None) is None:
+    try:
+        model = predictor.torch_model  # loaded on the first heat map
+    except PneumoError as exc:  # the folder changed under the running service (retrained, replaced, mid-copy)
+        log.error("heat map: %s", exc)
+        raise HTTPException(503, f"heat map unavailable: {without_folders(one_line(exc))}") from None
+    if model is None:
         raise HTTPException(501, "heat maps need the PyTorch checkpoint; this service runs an ONNX-only model")
     png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE)
     return base64.b64encode(png).decode("ascii")
