@@ -122,3 +122,39 @@ def test_the_images_a_threshold_is_chosen_to_call_positive_are_positive_in_predi
     rows = pd.read_csv(tmp_path / "p.csv")
     assert (rows["label"] == "PNEUMONIA").all(), rows[["path", "p_pneumonia", "threshold", "label"]]
     capsys.readouterr()
+
+
+def test_a_val_fold_rebuilt_from_another_copy_of_the_dataset_is_refused(data_slice: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """The shipped model records the digest of the 517 val images its threshold was chosen on. A pruned copy of the
+    dataset rebuilt a "val fold" of a few images, some of them the model's training images, and a new threshold was
+    chosen on them (a review): refused in one line, nothing written."""
+    out = tmp_path / "from-slice"
+    assert main(["operating-point", "--threshold-policy", "youden", "--dataset", str(data_slice), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the one the model's threshold was chosen on (517 images)" in err[0], err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_kept_val_logits_of_a_flip_averaged_model_are_its_own(tiny_model: Path, full_data: Path,
+                                                              tmp_path: Path) -> None:
+    """The val fold's logits are kept per model: a model evaluated with flip averaging (tta) got the kept logits of
+    the same weights without it, and its operating points were chosen on them (a review)."""
+    from types import SimpleNamespace
+
+    from sidecars import edit_sidecar
+
+    from pneumo.evaluate.scoring import _val_logits
+
+    folder = tmp_path / "tta"
+    shutil.copytree(tiny_model.parent, folder)
+    edit_sidecar(folder / tiny_model.name, tta=True)
+    plain, flipped = Predictor(tiny_model), Predictor(folder / tiny_model.name)
+    assert flipped.meta.tta and flipped.meta.sha256 == plain.meta.sha256  # the same weights
+    paths = sorted((full_data / "test" / "NORMAL").glob("*.jpeg"))[:4]
+    images = np.stack([plain.preprocess(load_image_file(p)) for p in paths])
+    (tmp_path / "cache").mkdir()
+    cache = SimpleNamespace(images=images, file=tmp_path / "cache" / "images.npy", key="k")
+    assert np.array_equal(_val_logits(plain, cache), plain.logits(images))
+    kept = _val_logits(flipped, cache)
+    assert np.array_equal(kept, flipped.logits(images)) and not np.allclose(kept, plain.logits(images))

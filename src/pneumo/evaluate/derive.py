@@ -82,7 +82,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         where = {"kind": kind, "location": Path(val).name, "n_not_assessed": int((~keep).sum()),
                  "n_left_out": len(left_out)}
     else:
-        got = val_scores([predictor], data=data)
+        got = val_scores([predictor], data=data, strict=True)  # the fold itself, or why not
         if got is None and predictor.meta.extra.get("adaptation"):
             raise DataError(f"{sidecar.parent} is an adapted model: it has no val fold of its own; choose its operating "
                             "point on labelled images of its site with --data FOLDER|CSV (other patients than the ones "

@@ -18,6 +18,7 @@ from pneumo.data.cache import image_cache, kept_array
 from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError
 from pneumo.evaluate.labelled import labelled_images
+from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
@@ -181,10 +182,12 @@ def withheld(p, results: list) -> tuple[np.ndarray | None, dict | None]:
     return scores, summary
 
 
-def val_scores(predictors: list, *, data: str | None = None):
+def val_scores(predictors: list, *, data: str | None = None, strict: bool = False):
     """The model's own val fold, scored: ``(y, logits, paths, where)``, or None when it cannot be rebuilt (a model
-    without a config, or no dataset). A run's folds.csv is used as is; otherwise the split is rebuilt from the
-    config saved in the checkpoint (same data, seed and fraction)."""
+    without a config, or no dataset, or a dataset whose rebuilt val fold is not the one the model's threshold was
+    chosen on: a pruned or extended copy; logged). A run's folds.csv is used as is; otherwise the split is rebuilt
+    from the config saved in the checkpoint (same data, seed and fraction). ``strict``: raise why instead (a
+    `PneumoError`), for a command that needs the fold."""
     from pneumo.config import from_dict
     from pneumo.data.manifest import resolve_root
     from pneumo.data.splits import folds_for, labels
@@ -202,8 +205,11 @@ def val_scores(predictors: list, *, data: str | None = None):
             else:
                 folds = folds_for(cfg)
             val = folds[folds["fold"] == "val"].reset_index(drop=True)
+            _check_val_fold(p.meta, val["path"].tolist(), cfg.data.root)
             cache = image_cache(cfg, val)
         except PneumoError as exc:
+            if strict:
+                raise
             log.warning("operating points: the val fold of %s cannot be rebuilt (%s)", p.sidecar, exc)
             return None
         per_member.append(_val_logits(p, cache))
@@ -213,6 +219,20 @@ def val_scores(predictors: list, *, data: str | None = None):
                       "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction})
     y, paths, where = first
     return y, log_mean_probability(per_member), paths, where
+
+
+VAL_FOLD_KINDS = ("the run's val fold", "the model's val fold")  # a run's first evaluation; operating-point
+
+
+def _check_val_fold(meta, paths: list[str], root: str) -> None:
+    """Refuse a rebuilt val fold other than the one the model's stored threshold was chosen on (its recorded digest;
+    a review: a pruned copy of the dataset put training images in the "val fold" a new threshold was chosen on)."""
+    chosen = (meta.extra.get("operating_point") or {}).get("chosen_on") or {}
+    recorded = chosen.get("paths_sha256") if chosen.get("kind") in VAL_FOLD_KINDS else None
+    if recorded and paths_digest(paths) != recorded:
+        raise DataError(f"the val fold rebuilt from {root} ({len(paths)} images) is not the one the model's threshold "
+                        f"was chosen on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset; "
+                        "give the dataset it was trained on (--dataset DIR)")
 
 
 def _val_logits(p, cache) -> np.ndarray:
@@ -226,5 +246,6 @@ def _val_logits(p, cache) -> np.ndarray:
 
     if not p.meta.sha256:
         return score()
-    return kept_array(cache.file.parent / f"val-logits-{p.meta.sha256}-{p.backend}-{cache.key}.npy", score,
+    tta = "-tta" if p.meta.tta else ""  # flip averaging changes the logits (a review: one file served both)
+    return kept_array(cache.file.parent / f"val-logits-{p.meta.sha256}-{p.backend}{tta}-{cache.key}.npy", score,
                       len(images))
