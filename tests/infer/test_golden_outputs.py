@@ -100,11 +100,11 @@ def test_the_shipped_model_predicts_the_golden_probabilities_and_labels(labelled
 
 
 def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_leaves_it_unchanged(
-        labelled_folder: Path, data_slice: Path, tmp_path: Path, cache_dir: Path) -> None:
+        labelled_folder: Path, full_data: Path, tmp_path: Path, cache_dir: Path) -> None:
     sidecar = resolve_model(None)
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sidecar.parent.iterdir() if p.is_file()}
     evaluate_external(None, labelled_folder, tmp_path / "out", n_bootstrap=50, analysis=False,
-                      val_data=str(data_slice))
+                      val_data=str(full_data))  # the model's own val fold (a slice's is refused: another fold)
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sidecar.parent.iterdir() if p.is_file()}
     assert after == before  # evaluating never changes a model: model.json byte-identical, nothing added
     metrics = _numbers(json.loads((tmp_path / "out" / "metrics.json").read_text()))
