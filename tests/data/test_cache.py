@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import errno
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -108,7 +110,6 @@ def test_an_undecodable_image_fails_the_build_and_leaves_no_partial_cache(data_s
 def test_decode_workers_die_with_their_parent() -> None:
     """A killed `evaluate` or `data cache` left its decode workers waiting forever (each ~0.9 GB, holding the deleted
     cache file's disk space; the concurrency review): they are asked to die with the process that started them."""
-    import os
     import signal
     import subprocess
     import sys
@@ -135,3 +136,34 @@ def test_decode_workers_die_with_their_parent() -> None:
     for pid in alive:  # (a failing run must not leave them behind either)
         os.kill(pid, signal.SIGKILL)
     assert not alive
+
+
+def _no_space(fd: int, offset: int, length: int) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_fails_the_build_with_enospc_and_leaves_no_temp_file(
+        data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The array was written through a memmap of a sparse file: on a full disk the kernel killed the process with
+    SIGBUS (no message, the temp file left behind; rev8b item 5). Its blocks are reserved first, so a full disk is
+    an ENOSPC error naming the cache before any image is decoded."""
+    df = scan_dataset(data_slice).iloc[:4]
+    monkeypatch.setattr(os, "posix_fallocate", _no_space, raising=False)
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(OSError, match="needs") as err:
+        build_cache(df, data_slice, size=32, cache_dir=cache_dir, progress=False, workers=1)
+    assert err.value.errno == errno.ENOSPC and "images-32-" in str(err.value)
+    assert not [p for p in cache_dir.rglob("*") if p.is_file()]
+
+
+def test_a_full_disk_is_one_line_and_exit_2_from_the_cli(data_slice: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from pneumo.cli import main
+
+    monkeypatch.setattr(os, "posix_fallocate", _no_space, raising=False)
+    cache_dir = tmp_path / "c"
+    assert main(["data", "cache", "--dataset", str(data_slice), "--size", "32", "--cache-dir", str(cache_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "No space left on device" in err and "Traceback" not in err
+    assert not list(cache_dir.glob("*images-32-*"))

@@ -6,6 +6,7 @@ the parameters: a changed image or parameter gives a new key, so a stale cache i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -100,6 +101,7 @@ def build_cache(
 
     Raises:
         ConfigError: ``size`` outside ``MIN_INPUT_SIZE``..``MAX_INPUT_SIZE``.
+        OSError: the cache cannot be written (a read-only folder; ENOSPC: no room for the array, before decoding).
     """
     if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:  # before decoding anything (0 decoded every image to fail)
         raise ConfigError(f"the image size must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels, got {size}")
@@ -124,6 +126,7 @@ def build_cache(
             for i in starts]
     with atomic.writing(file) as tmp:  # the array appears under its name only when complete
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+        _reserve(tmp, file)
         with tqdm(total=len(paths), desc=f"cache {size}px {policy}", unit="img", disable=not progress) as bar:
             if n_workers > 1:
                 with ProcessPoolExecutor(n_workers, initializer=die_with_parent) as pool:
@@ -150,6 +153,28 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _reserve(tmp: Path, file: Path) -> None:
+    """Allocate the disk blocks of the sparse file ``tmp`` (the array being built as ``file``) before it is written
+    through its memmap: on a full disk the kernel kills a process writing to a page it cannot allocate (SIGBUS, no
+    message), where the reservation fails with ENOSPC. A system or file system without it skips the reservation.
+
+    Raises:
+        OSError: ENOSPC (or another error) naming ``file`` and the bytes it needs.
+    """
+    if not hasattr(os, "posix_fallocate"):  # (macOS, Windows)
+        return
+    needed = tmp.stat().st_size
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, needed)
+    except OSError as exc:
+        if exc.errno != errno.EOPNOTSUPP:
+            raise OSError(exc.errno, f"{exc.strerror} (the image cache needs {needed / 1e6:.1f} MB)",
+                          str(file)) from exc
+    finally:
+        os.close(fd)
 
 
 def _fill(array: np.ndarray, results, bar, failed: list[str]) -> None:
