@@ -13,7 +13,7 @@ from PIL import Image
 from pneumo.data.cache import build_cache, cache_key
 from pneumo.data.decode import load_image
 from pneumo.data.manifest import scan_dataset
-from pneumo.data.preprocess import letterbox_box, resize_gray
+from pneumo.data.preprocess import letterbox_box, prepare, resize_gray
 
 
 def test_cache_is_built_once_and_reopened_memory_mapped(data_slice: Path, cache_dir: Path) -> None:
@@ -42,6 +42,24 @@ def test_cache_key_changes_with_parameters_and_content(data_slice: Path, cache_d
     changed = df.copy()
     changed.loc[0, "sha256"] = "0" * 64
     assert len({a.key, b.key, cache_key(changed, size=64, policy="squash", intensity="none")}) == 3
+
+
+def test_a_new_decoder_version_builds_a_new_cache_from_the_new_pixels(data_slice: Path, cache_dir: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade whose decoder changes pixels (`DECODER_VERSION` bumped) reused the cache the old decoder made:
+    training and evaluation read the old pixels while predict and serve decode with the new code (rev8b item 8)."""
+    from pneumo.data import decode
+
+    df = scan_dataset(data_slice).iloc[:4]
+    old = build_cache(df, data_slice, size=32, cache_dir=cache_dir, progress=False, workers=1)
+    real = decode.load_image
+    monkeypatch.setattr(decode, "load_image", lambda data, target=None: 255 - real(data, target=target))
+    monkeypatch.setattr(decode, "DECODER_VERSION", decode.DECODER_VERSION + 1)
+    new = build_cache(df, data_slice, size=32, cache_dir=cache_dir, progress=False, workers=1)
+    assert new.key != old.key and new.file != old.file
+    assert new.key == cache_key(df, size=32, policy="squash", intensity="none")
+    raw = (data_slice / df["path"].iloc[0]).read_bytes()
+    assert np.array_equal(new.images[0], prepare(255 - real(raw, target=32), size=32))
 
 
 def test_a_file_whose_bytes_are_not_the_scanned_ones_fails_the_build(data_slice: Path, tmp_path: Path) -> None:

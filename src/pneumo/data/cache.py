@@ -1,7 +1,9 @@
 """Decode every image once into a uint8 (N, S, S) array on disk, memory-mapped when read.
 
-One cache file per dataset x size x resize policy x intensity step x marker step x crop, named by a hash of the images' content hashes and
-the parameters: a changed image or parameter gives a new key, so a stale cache is never read.
+One cache file per dataset x size x resize policy x intensity step x marker step x crop, named by a hash of the
+images' content hashes, the parameters and the versions of the code that makes the pixels: a changed image, parameter,
+decoder (`pneumo.data.decode.DECODER_VERSION`) or preprocessing (`CACHE_VERSION`) gives a new key, so a stale cache is
+never read.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from pneumo import atomic
 from pneumo.config import MAX_INPUT_SIZE, MIN_INPUT_SIZE
-from pneumo.data.decode import load_image
+from pneumo.data import decode
 from pneumo.data.manifest import DatasetSource, default_cache_dir, resolve_root
 from pneumo.data.preprocess import prepare
 from pneumo.errors import ConfigError, DataError
@@ -30,6 +32,8 @@ from pneumo.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from pneumo.config import RunConfig
 
+# bump when a change to data.preprocess.prepare (resize, crop, markers, intensity) can change a cached image's pixels;
+# the decoder's changes come into the key through decode.DECODER_VERSION
 CACHE_VERSION = 2  # 2: decoded by data.decode (EXIF, 16-bit/float scaling, alpha onto black)
 _CHUNK = 64
 
@@ -54,11 +58,11 @@ class ImageCache:
 
 def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, markers: str = "none",
               crop: str = "none") -> str:
-    """The hash of the images and the preprocessing; a step left at ``none`` is not in it (older caches keep
-    their keys)."""
+    """The hash of the images, the preprocessing and the versions of the decoder and of the preprocessing code (an
+    upgrade that changes pixels makes new caches); a step left at ``none`` is not in it."""
     steps = f"{intensity}" if markers == "none" else f"{intensity}|markers={markers}"
     steps = steps if crop == "none" else f"{steps}|crop={crop}"
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{policy}|{steps}".encode())
+    h = hashlib.sha256(f"v{CACHE_VERSION}|decoder={decode.DECODER_VERSION}|{size}|{policy}|{steps}".encode())
     for path, digest in zip(df["path"], df["sha256"]):
         h.update(f"|{path}:{digest}".encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8
     return h.hexdigest()[:20]
@@ -77,7 +81,7 @@ def _work(args: tuple[DatasetSource, list[str], list[str], int, str, str, str, s
             if hashlib.sha256(data).hexdigest() != digest:
                 raise DataError("its content is not the scanned file's (changed since the scan, or another copy of "
                                 "the dataset)")
-            out[i] = prepare(load_image(data, target=size), size=size, policy=policy, intensity=intensity,
+            out[i] = prepare(decode.load_image(data, target=size), size=size, policy=policy, intensity=intensity,
                              markers=markers, crop=crop)
         except Exception as exc:  # noqa: BLE001 - reported once, below
             failed.append(f"{rel} ({exc})")

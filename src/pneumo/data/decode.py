@@ -43,7 +43,7 @@ from pneumo.errors import ConfigError, InputError, one_line
 log = logging.getLogger(__name__)
 
 # bump when a change here or in dicom.py can change which files are read or their pixels: kept dataset scans
-# (`pneumo.data.manifest.scan_dataset`) are then made again
+# (`pneumo.data.manifest.scan_dataset`) and image caches (`pneumo.data.cache.cache_key`) are then made again
 DECODER_VERSION = 3  # 3: DICOM lateral views from more elements, INVERSE, FOR PROCESSING, pixel padding
 MAX_PIXELS = 50_000_000
 MAX_BYTES = 256 * 1024 * 1024
