@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.data.cache import build_cache, cache_key
+from pneumo import atomic
+from pneumo.data.cache import build_cache, cache_key, kept_array
 from pneumo.data.decode import load_image
 from pneumo.data.manifest import scan_dataset
 from pneumo.data.preprocess import letterbox_box, prepare, resize_gray
@@ -185,3 +187,31 @@ def test_a_full_disk_is_one_line_and_exit_2_from_the_cli(data_slice: Path, tmp_p
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "No space left on device" in err and "Traceback" not in err
     assert not list(cache_dir.glob("*images-32-*"))
+
+
+def test_a_derived_array_a_read_only_cache_cannot_keep_is_returned_with_one_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """`kept_array` wrote after computing without a way out: on a read-only cache `evaluate` failed after scoring
+    (rev8b item 9). As the dataset scan does, the array is used and computed again next time."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root writes through the mode bits: fail the write as a read-only mount does
+
+        def read_only(path: Path, **kwargs: object) -> None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+        monkeypatch.setattr(atomic, "writing", read_only)
+    computed = []
+
+    def logits() -> np.ndarray:
+        computed.append(1)
+        return np.arange(6, dtype=np.float32).reshape(3, 2)
+
+    file = folder / "val-logits-x.npy"
+    with caplog.at_level(logging.WARNING, logger="pneumo.data.cache"):
+        assert np.array_equal(kept_array(file, logits, rows=3), np.arange(6).reshape(3, 2))
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and str(file) in warned[0] and "not kept" in warned[0]
+        kept_array(file, logits, rows=3)
+    assert len(computed) == 2 and not list(folder.iterdir())  # nothing kept: computed on each call

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +32,8 @@ from pneumo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from pneumo.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 # bump when a change to data.preprocess.prepare (resize, crop, markers, intensity) can change a cached image's pixels;
 # the decoder's changes come into the key through decode.DECODER_VERSION
@@ -207,7 +210,8 @@ def image_cache(cfg: RunConfig, df: pd.DataFrame) -> ImageCache:
 
 def kept_array(file: Path, compute: Callable[[], np.ndarray], rows: int) -> np.ndarray:
     """An array derived from cached images (features, logits) kept in ``file`` beside the image cache: loaded when it
-    is there with ``rows`` rows, else computed and written atomically (a damaged file is computed again)."""
+    is there with ``rows`` rows, else computed and written atomically (a damaged file is computed again). A cache that
+    cannot be written (read-only, full) keeps nothing: one warning, and the array just computed is returned."""
     try:
         kept = np.load(file, allow_pickle=False)
         if kept.shape[0] == rows:
@@ -215,6 +219,9 @@ def kept_array(file: Path, compute: Callable[[], np.ndarray], rows: int) -> np.n
     except (OSError, ValueError, EOFError):  # absent or damaged
         pass
     array = compute()
-    with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+    try:
+        with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+    except OSError as exc:  # a read-only cache: computed each time, as the dataset scan is
+        log.warning("%s is not kept (%s): it is computed again next time", file, exc.strerror or exc)
     return array
