@@ -215,3 +215,30 @@ def test_a_derived_array_a_read_only_cache_cannot_keep_is_returned_with_one_warn
         assert len(warned) == 1 and str(file) in warned[0] and "not kept" in warned[0]
         kept_array(file, logits, rows=3)
     assert len(computed) == 2 and not list(folder.iterdir())  # nothing kept: computed on each call
+
+
+@pytest.mark.parametrize("index", ["[]", '{"key": "KEY", "paths": null}', '"index"', None])
+def test_a_malformed_cache_file_is_rebuilt(data_slice: Path, cache_dir: Path, index: str | None) -> None:
+    """An index of ``[]`` or with paths of ``null`` (a TypeError), or an empty array file (an EOFError), gave a
+    traceback instead of a rebuild (rev8b item 10). ``None``: the array file is the broken one."""
+    df = scan_dataset(data_slice).iloc[:4]
+    first = build_cache(df, data_slice, size=32, cache_dir=cache_dir, progress=False, workers=1)
+    pixels = np.array(first.images)
+    if index is None:
+        first.file.write_bytes(b"")
+    else:
+        first.file.with_suffix(".json").write_text(index.replace("KEY", first.key))
+    again = build_cache(df, data_slice, size=32, cache_dir=cache_dir, progress=False, workers=1)
+    assert again.file == first.file and again.paths == df["path"].tolist()
+    assert np.array_equal(again.images, pixels)
+    assert build_cache(df, data_slice, size=32, cache_dir=cache_dir, progress=False).file == first.file
+
+
+def test_a_kept_array_with_no_rows_is_computed_again(tmp_path: Path) -> None:
+    """`kept_array` read ``kept.shape[0]`` outside its try: a 0-d array in the file was an IndexError traceback
+    (rev8b item 10) instead of a damaged file computed again."""
+    file = tmp_path / "val-logits-x.npy"
+    np.save(file, np.float32(1))
+    logits = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert np.array_equal(kept_array(file, lambda: logits, rows=3), logits)
+    assert np.array_equal(np.load(file), logits)  # kept in its place

@@ -118,14 +118,14 @@ def build_cache(
     variant = variant if crop == "none" else f"{variant}-{crop.replace(':', '')}"
     file = directory / f"images-{size}-{policy}-{variant}-{key}.npy"
     index_file = file.with_suffix(".json")
+    paths, digests = df["path"].tolist(), df["sha256"].tolist()
     if file.is_file() and index_file.is_file():
         try:
-            return _open(file, index_file, key, len(df), size)
-        except (ValueError, OSError, KeyError, json.JSONDecodeError):
+            return _open(file, index_file, key, paths, size)
+        except (ValueError, OSError, EOFError):
             pass  # a broken cache file is rebuilt below
     directory.mkdir(parents=True, exist_ok=True)
     source = DatasetSource(resolve_root(root))
-    paths, digests = df["path"].tolist(), df["sha256"].tolist()
     starts = range(0, len(paths), _CHUNK)
     failed: list[str] = []
     n_workers = workers or min(len(starts), os.cpu_count() or 1)
@@ -146,7 +146,7 @@ def build_cache(
         del array
         atomic.write_json(index_file, {"key": key, "size": size, "policy": policy, "intensity": intensity,
                                        "markers": markers, "crop": crop, "paths": paths})
-    return _open(file, index_file, key, len(df), size)
+    return _open(file, index_file, key, paths, size)
 
 
 def die_with_parent() -> None:
@@ -193,12 +193,20 @@ def _fill(array: np.ndarray, results, bar, failed: list[str]) -> None:
         bar.update(len(images))
 
 
-def _open(file: Path, index_file: Path, key: str, n: int, size: int) -> ImageCache:
+def _open(file: Path, index_file: Path, key: str, paths: list[str], size: int) -> ImageCache:
+    """The cache of ``paths`` in ``file`` and its index.
+
+    Raises:
+        ValueError: the files are not the ones `build_cache` writes for ``key`` and ``paths``: another key, a
+            malformed index (``[]``, paths of ``null``), an array of another shape (or an .npz).
+        OSError, EOFError: a file cannot be read (an empty array file).
+    """
     index = json.loads(index_file.read_text())
     images = np.load(file, mmap_mode="r", allow_pickle=False)
-    if index["key"] != key or images.shape != (n, size, size) or len(index["paths"]) != n:
+    if (not isinstance(index, dict) or index.get("key") != key or index.get("paths") != paths
+            or not isinstance(images, np.ndarray) or images.shape != (len(paths), size, size)):
         raise ValueError("cache does not match its index")
-    return ImageCache(images=images, paths=index["paths"], key=key, file=file)
+    return ImageCache(images=images, paths=paths, key=key, file=file)
 
 
 def image_cache(cfg: RunConfig, df: pd.DataFrame) -> ImageCache:
@@ -214,7 +222,7 @@ def kept_array(file: Path, compute: Callable[[], np.ndarray], rows: int) -> np.n
     cannot be written (read-only, full) keeps nothing: one warning, and the array just computed is returned."""
     try:
         kept = np.load(file, allow_pickle=False)
-        if kept.shape[0] == rows:
+        if isinstance(kept, np.ndarray) and kept.shape[:1] == (rows,):  # (not a 0-d array or an .npz)
             return kept
     except (OSError, ValueError, EOFError):  # absent or damaged
         pass
