@@ -108,6 +108,24 @@ def first_different_fold(a: pd.DataFrame, b: pd.DataFrame, folds: tuple[str, ...
     return None
 
 
+def check_recorded_images(folds: pd.DataFrame, root: str | None, *, cache_dir: str | None = None,
+                          used: tuple[str, ...] = ("val", "test")) -> None:
+    """Refuse a run's recorded folds whose ``used`` images are missing from ``root`` or changed since they were
+    recorded (their SHA-256 in the dataset's scan, which rescans what changed): a kept image cache would score the old
+    pixels while reports name the files (a review).
+
+    Raises:
+        DataError: naming how many and the first one.
+    """
+    rows = folds[folds["fold"].isin(used)]
+    now = rows["path"].map(scan_dataset(root, cache_dir=cache_dir).set_index("path")["sha256"])
+    changed = rows["path"][now.ne(rows["sha256"])].tolist()  # (a missing file maps to NaN: changed)
+    if changed:
+        raise DataError(f"{len(changed)} image(s) of the run's {' and '.join(used)} folds are missing or changed since "
+                        f"the run recorded them, e.g. {changed[0]}: evaluate it on the dataset it was trained on "
+                        "(--dataset DIR), or train a new run on this one")
+
+
 def take_slice(df: pd.DataFrame, per_group: int, *, seed: int = 0) -> pd.DataFrame:
     """At most ``per_group`` images per split x subtype (whole patients first), for smoke runs and tests."""
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ from pneumo.config import from_dict, read_yaml
 from pneumo.data.cache import image_cache
 from pneumo.data.preprocess import to_unit
 from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
-from pneumo.data.splits import class_names, first_different_fold, labels
+from pneumo.data.splits import check_recorded_images, class_names, first_different_fold, labels
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.external import measure
@@ -56,7 +56,9 @@ def load_run(run_dir: Path, data: str | None = None):
     cfg = from_dict(read_yaml(run.config))  # a broken config.yaml is one line, not a traceback
     if data:
         cfg.data.root = data
-    return cfg, read_folds(run.folds)
+    folds = read_folds(run.folds)
+    check_recorded_images(folds, cfg.data.root, cache_dir=cfg.data.cache_dir)  # a kept cache holds the old pixels
+    return cfg, folds
 
 
 def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -190,7 +190,7 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
     `PneumoError`), for a command that needs the fold."""
     from pneumo.config import from_dict
     from pneumo.data.manifest import resolve_root
-    from pneumo.data.splits import folds_for, labels
+    from pneumo.data.splits import check_recorded_images, folds_for, labels
 
     per_member, first = [], None
     for p in predictors:
@@ -202,6 +202,7 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
             cfg.data.root = str(resolve_root(root))
             if RunDir.holds(p.sidecar) and RunDir(p.sidecar.parent).folds.is_file():
                 folds = read_folds(RunDir(p.sidecar.parent).folds)
+                check_recorded_images(folds, cfg.data.root, cache_dir=cfg.data.cache_dir, used=("val",))
             else:
                 folds = folds_for(cfg)
             val = folds[folds["fold"] == "val"].reset_index(drop=True)
