@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pneumo.data.manifest import scan_dataset
-from pneumo.data.splits import assign_folds, check_leakage, class_names, labels
+from pneumo.data.splits import assign_folds, check_leakage, class_names, labels, split_changes
 from pneumo.errors import LeakageError
 
 
@@ -83,3 +83,14 @@ def test_the_leakage_message_names_a_file_of_each_split_the_patient_sits_in() ->
     with pytest.raises(LeakageError) as err:
         check_leakage(df)
     assert "train/PNEUMONIA/person1_bacteria_9.jpeg" in str(err.value) and "'test'" in str(err.value)
+
+
+def test_split_changes_counts_what_moved_was_added_removed_or_changed_content() -> None:
+    recorded = pd.DataFrame({"path": ["a", "b", "c", "d"], "fold": ["train", "train", "val", "test"],
+                             "sha256": ["1", "2", "3", "4"]})
+    assert split_changes(recorded.copy(), recorded, ("train", "val", "test")) is None
+    rebuilt = pd.DataFrame({"path": ["a", "b", "d", "e"], "fold": ["val", "train", "test", "train"],
+                            "sha256": ["1", "9", "4", "5"]})
+    assert split_changes(rebuilt, recorded, ("train", "val", "test")) == (
+        "1 image(s) added, 1 image(s) removed, 1 image(s) moved folds, 1 image(s) changed content (e.g. e)")
+    assert split_changes(rebuilt[rebuilt["path"] != "e"], recorded, ("test",)) is None  # only the folds named

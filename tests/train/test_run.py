@@ -12,7 +12,7 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.config import load_config
-from pneumo.errors import ConfigError
+from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.runner import evaluate_run
 from pneumo.train.run import train
 
@@ -87,6 +87,36 @@ def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice
     training = json.loads((runs / scratch_run.name / "model.json").read_text())["training"]
     assert 5000 < training["wall_time_s"] < 5000 + 600  # both sessions (was: the last one only)
     assert "earlier_sessions_s" not in training
+
+
+@pytest.mark.parametrize("change", ["an image added", "an image's content changed"])
+def test_resume_refuses_a_dataset_that_changed_since_the_run_started_and_keeps_its_folds(
+        change: str, scratch_run: Path, data_slice: Path, full_data: Path, tmp_path: Path) -> None:
+    """`train --resume` re-split a changed dataset without a word and rewrote folds.csv: images trained on in the
+    first epochs became val (state review, rev8b finding 3)."""
+    runs, dataset = tmp_path / "runs", tmp_path / "dataset"
+    shutil.copytree(scratch_run, runs / scratch_run.name)
+    shutil.copytree(data_slice, dataset)  # the same images: the run's split rebuilds from this copy
+    folds = (runs / scratch_run.name / "folds.csv").read_bytes()
+    metrics = (runs / scratch_run.name / "metrics.csv").read_bytes()
+    taken = set(pd.read_csv(data_slice / "manifest.csv")["path"])
+    others = sorted(set(pd.read_csv(full_data / "manifest.csv")["path"]) - taken)
+    other = next(p for p in others if p.startswith("train/NORMAL/"))  # another real radiograph, not in the slice
+    recorded = pd.read_csv(runs / scratch_run.name / "folds.csv")
+    if change == "an image added":
+        shutil.copyfile(full_data / other, dataset / other)
+    else:
+        trained_on = recorded.loc[recorded["fold"] == "train", "path"].iloc[0]
+        shutil.copyfile(full_data / other, dataset / trained_on)
+    with pytest.raises(DataError) as refused:
+        train(scratch_config(dataset, runs, tmp_path / "cache", "train.epochs=3"), resume=True)
+    err = str(refused.value)
+    assert err.startswith(f"cannot resume {runs / scratch_run.name}: the dataset changed since the run started (")
+    assert ("1 image(s) added" if change == "an image added" else "1 image(s) changed content") in err
+    assert err.endswith("start a new run (another --name, or --force), or resume on the dataset it was trained on")
+    assert "\n" not in err
+    assert (runs / scratch_run.name / "folds.csv").read_bytes() == folds  # the split its first epochs trained on
+    assert (runs / scratch_run.name / "metrics.csv").read_bytes() == metrics  # and no epoch trained on another
 
 
 def test_an_existing_run_folder_is_never_silently_overwritten(scratch_run: Path, data_slice: Path) -> None:

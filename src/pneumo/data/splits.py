@@ -9,7 +9,7 @@ import pandas as pd
 
 from pneumo.config import MAX_SEED
 from pneumo.data.manifest import scan_dataset
-from pneumo.errors import ConfigError, DataError, LeakageError
+from pneumo.errors import ConfigError, DataError, LeakageError, one_line
 
 if TYPE_CHECKING:
     from pneumo.config import RunConfig
@@ -124,6 +124,25 @@ def check_recorded_images(folds: pd.DataFrame, root: str | None, *, cache_dir: s
         raise DataError(f"{len(changed)} image(s) of the run's {' and '.join(used)} folds are missing or changed since "
                         f"the run recorded them, e.g. {changed[0]}: evaluate it on the dataset it was trained on "
                         "(--dataset DIR), or train a new run on this one")
+
+
+def split_changes(rebuilt: pd.DataFrame, recorded: pd.DataFrame, folds: tuple[str, ...]) -> str | None:
+    """What differs between a rebuilt fold table and a run's recorded one (its ``folds.csv``) over ``folds``: how many
+    images were added, removed, moved to another fold or changed content (``sha256``), with one of them for example;
+    None when every image sits in the same fold with the same content."""
+    columns = ["path", "fold"] + (["sha256"] if "sha256" in rebuilt and "sha256" in recorded else [])
+    now, then = (t.loc[t["fold"].isin(folds), columns] for t in (rebuilt, recorded))
+    both = now.merge(then, on="path", how="outer", suffixes=("", "_recorded"), indicator=True)
+    kept = both["_merge"] == "both"
+    kinds = {"added": both["_merge"] == "left_only", "removed": both["_merge"] == "right_only",
+             "moved folds": kept & (both["fold"] != both["fold_recorded"])}
+    if "sha256" in columns:
+        kinds["changed content"] = kept & (both["sha256"] != both["sha256_recorded"])
+    found = {kind: sorted(both.loc[rows, "path"].astype(str)) for kind, rows in kinds.items() if rows.any()}
+    if not found:
+        return None
+    example = next(iter(found.values()))[0]
+    return ", ".join(f"{len(paths)} image(s) {kind}" for kind, paths in found.items()) + f" (e.g. {one_line(example)})"
 
 
 def take_slice(df: pd.DataFrame, per_group: int, *, seed: int = 0) -> pd.DataFrame:

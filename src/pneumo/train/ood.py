@@ -23,7 +23,7 @@ from pneumo.config import RunConfig, from_dict
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
 from pneumo.data.rundir import RunDir, read_folds
-from pneumo.data.splits import folds_for, labels
+from pneumo.data.splits import folds_for, labels, split_changes
 from pneumo.errors import ConfigError
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
@@ -131,7 +131,9 @@ def _existing(root: str | None) -> str | None:
 
 
 def _check_same_split(folds: pd.DataFrame, stored: pd.DataFrame, where: Path) -> None:
-    for name in ("train", "val"):
-        if sorted(folds.loc[folds["fold"] == name, "path"]) != sorted(stored.loc[stored["fold"] == name, "path"]):
-            raise ConfigError(f"the rebuilt {name} fold differs from {where} (another dataset copy?): "
-                              "pass the --dataset the run was trained on")
+    """The statistics are fitted on the run's own train fold and thresholded on its val fold: the rebuilt ones must
+    hold the images (path and content) ``folds.csv`` recorded."""
+    changes = split_changes(folds, stored, ("train", "val"))
+    if changes:
+        raise ConfigError(f"the rebuilt train/val split differs from {where}: {changes} (another dataset copy?): "
+                          "pass the --dataset the run was trained on")

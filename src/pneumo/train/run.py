@@ -28,8 +28,9 @@ from pneumo.allocator import hold_freed_memory
 from pneumo.config import RunConfig, dump_yaml, load_config, to_dict
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
-from pneumo.data.splits import class_names, folds_for, labels
-from pneumo.errors import ConfigError, ModelError
+from pneumo.data.rundir import RunDir, read_folds
+from pneumo.data.splits import class_names, folds_for, labels, split_changes
+from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.models import create
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.processes import env_from_os
@@ -76,7 +77,7 @@ def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
     scratch: ``--resume`` is what the plain re-run's message suggests, so it must work.
     """
     run_dir = Path(cfg.out_dir) / cfg.name
-    saved = (run_dir / f"{LAST}.json").is_file() or (run_dir / f"{BEST}.json").is_file()
+    saved = _has_saved_state(run_dir)
     if run_dir.exists() and not resume and not force:
         if not saved:
             raise ConfigError(f"run folder {run_dir} exists but holds no saved state (a run stopped before its first "
@@ -87,6 +88,24 @@ def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
     if resume and not saved:
         log.warning("%s holds no saved state yet (stopped before its first save): training it from scratch", run_dir)
     return run_dir
+
+
+def _has_saved_state(run_dir: Path) -> bool:
+    return (run_dir / f"{LAST}.json").is_file() or (run_dir / f"{BEST}.json").is_file()
+
+
+def _check_resumed_split(run_dir: Path, folds: pd.DataFrame) -> None:
+    """A resumed run continues on the split it started on: the rebuilt ``folds`` must hold every image of the run's
+    ``folds.csv`` in the same fold with the same content, and no other (images added to the dataset, or one whose
+    content changed, would move training images into val or train on other pixels than the epochs before).
+
+    Raises:
+        DataError: the dataset changed since the run started (the message counts and names what changed).
+    """
+    changes = split_changes(folds, read_folds(RunDir(run_dir).folds), ("train", "val", "test"))
+    if changes:
+        raise DataError(f"cannot resume {run_dir}: the dataset changed since the run started ({changes}): start a "
+                        "new run (another --name, or --force), or resume on the dataset it was trained on")
 
 
 @contextlib.contextmanager
@@ -181,8 +200,9 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False, command:
     ``command``: the command line that asked for it, recorded in the sidecar's ``training`` (the CLI passes it).
 
     Ctrl-C (or SIGTERM) saves a resumable state and re-raises ``KeyboardInterrupt``; ``resume=True`` continues
-    from it, mid-epoch included. Under torchrun every rank calls this; all of them return the run dir. ``cfg`` and
-    the caller's global random states are left as they were.
+    from it, mid-epoch included, on the split the run's folds.csv recorded (refused when the dataset changed since).
+    Under torchrun every rank calls this; all of them return the run dir. ``cfg`` and the caller's global random
+    states are left as they were.
     """
     cfg = cfg.model_copy(deep=True)  # the caller's config stays as given
     cfg.validate()
@@ -231,10 +251,14 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
     seed_everything(cfg.train.seed)
     model = build_model(cfg)  # unknown names and bad weights fail here, before anything is written
     folds = folds_for(cfg)
+    continued = resume and _has_saved_state(run_dir) and RunDir(run_dir).folds.is_file()
+    if continued:  # every rank: none goes on alone
+        _check_resumed_split(run_dir, folds)
     if env.is_main:
         prepare_run_dir(cfg, resume=resume, force=force)
         atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        atomic.write_csv(run_dir / "folds.csv", folds)
+        if not continued:  # a resumed run's folds.csv stays what its first epochs trained on
+            atomic.write_csv(RunDir(run_dir).folds, folds)
     cache = _cache_in_turn(cfg, folds, env)
     model.to(device)
     y = labels(folds, cfg.data.task)
