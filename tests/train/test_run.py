@@ -306,12 +306,24 @@ def test_a_run_stores_its_dataset_as_an_absolute_path(probe_run: Path, data_slic
     assert len(y) == len(logits) > 0 and Path(where["location"]) == data_slice.resolve()
 
 
+def _hold_lock(lock: Path):
+    """Another process that holds a run's lock (as `pneumo train` does while it trains) until killed."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, time\n"
+        f"h = open({str(lock)!r}, 'a+')\n"
+        "fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); h.seek(0); h.truncate(); h.write(str(os.getpid())); h.flush()\n"
+        "print('locked', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_run_another_process_trains_is_neither_replaced_nor_resumed(tmp_path: Path, data_slice: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     """Two `pneumo train --force` of one name deleted each other's live run folder and both printed the survivor's
     numbers (concurrency review): the second is refused while the first holds the run's lock."""
-    import subprocess
-    import sys
     import types
 
     from pneumo.train.run import run_lock
@@ -319,19 +331,14 @@ def test_a_run_another_process_trains_is_neither_replaced_nor_resumed(tmp_path: 
     runs = tmp_path / "runs"
     (runs / "live").mkdir(parents=True)
     (runs / "live" / "last.json").write_text("{}")  # the first training's state
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"h = open({str(runs / '.live.lock')!r}, 'a+')\n"
-        "fcntl.flock(h, fcntl.LOCK_EX | fcntl.LOCK_NB); h.write(str(os.getpid())); h.flush()\n"
-        "print('locked', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    holder = _hold_lock(runs / ".live.lock")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         for flag in ("--force", "--resume"):
             argv = ["train", "--dataset", str(data_slice), "--out", str(runs), "--name", "live", flag, "--no-eval"]
             assert main(argv) == 2
             err = capsys.readouterr().err.strip()
-            assert err == (f"pneumo train: error: run live is being trained by another process (pid {holder.pid}): "
-                           "wait for it to finish, or pick another --name")
+            assert err == (f"pneumo train: error: run {runs / 'live'} is being trained or evaluated by another process "
+                           f"(pid {holder.pid}): wait for it to finish, or pick another --name")
             assert (runs / "live" / "last.json").read_text() == "{}"
     finally:
         holder.kill()
@@ -342,6 +349,90 @@ def test_a_run_another_process_trains_is_neither_replaced_nor_resumed(tmp_path: 
             pass
     with run_lock(types.SimpleNamespace(out_dir=str(runs), name="x" * 250)):  # a valid name: ".x...x.lock" is 256
         pass
+
+
+def test_evaluate_and_ood_fit_refuse_a_run_another_process_trains(scratch_run: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """`pneumo evaluate --model RUN` took no lock: a `train --force` into the folder meanwhile left the old model's
+    metrics.json beside the new model.json (state review, rev8b finding 4a)."""
+    run = tmp_path / "runs" / "busy"
+    shutil.copytree(scratch_run, run)
+    before = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    holder = _hold_lock(run.parent / ".busy.lock")
+    try:
+        for argv in (["evaluate", "--model", str(run)], ["ood", "fit", "--model", str(run)]):
+            assert main(argv) == 2
+            assert capsys.readouterr().err.strip() == (
+                f"pneumo {argv[0] if argv[0] == 'evaluate' else 'ood fit'}: error: run {run} is being trained or "
+                f"evaluated by another process (pid {holder.pid}): wait for it to finish")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()} == before
+
+
+def test_an_evaluation_holds_the_run_lock_so_ood_fit_cannot_revert_meanwhile(
+        scratch_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pneumo ood fit` during an evaluation wrote the sidecar, then the evaluation wrote the sidecar it had read at
+    its start: the refit was silently reverted (state review, rev8b finding 4b)."""
+    import subprocess
+    import sys
+
+    from pneumo.evaluate import runner
+
+    run = tmp_path / "runs" / "evaluated"
+    shutil.copytree(scratch_run, run)
+    refits = []
+
+    def scored_then_refit(*args, **kwargs):
+        refits.append(subprocess.run([sys.executable, "-m", "pneumo", "ood", "fit", "--model", str(run)],
+                                     check=False, capture_output=True, text=True))
+        return checks(*args, **kwargs)
+
+    checks = runner.test_checks
+    monkeypatch.setattr(runner, "test_checks", scored_then_refit)  # between the scoring and the writing
+    evaluate_run(run, analysis=False)
+    assert refits[0].returncode == 2
+    assert refits[0].stderr.strip().endswith(f"error: run {run} is being trained or evaluated by another process "
+                                             f"(pid {os.getpid()}): wait for it to finish")
+
+
+def test_an_evaluation_records_nothing_beside_weights_replaced_while_it_scored(
+        scratch_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first evaluation wrote its operating point on top of the sidecar it loaded at its start, whatever the
+    folder held by then (state review, rev8b finding 4): it reads the sidecar again and refuses other weights."""
+    import dataclasses
+
+    import torch
+
+    from pneumo.errors import ModelError
+    from pneumo.evaluate import runner
+    from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
+    from pneumo.models.sidecar import read_meta, write_meta
+
+    run = tmp_path / "runs" / "replaced"
+    shutil.copytree(scratch_run, run)
+    for name in ("metrics.json", "report.html", "predictions.csv"):
+        (run / name).unlink(missing_ok=True)
+    write_meta(run / "model.json", dataclasses.replace(read_meta(run / "model.json"), threshold_policy=None))  # trained,
+    # never evaluated: the evaluation records its operating point
+
+    def scored_then_replaced(*args, **kwargs):  # another process (not taking the lock) retrains into the folder
+        model, meta = load_checkpoint(run / "model.json")
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        save_checkpoint(run / "model", model, {k: v for k, v in meta.to_json().items() if k != "sha256"})
+        return checks(*args, **kwargs)
+
+    checks = runner.test_checks
+    monkeypatch.setattr(runner, "test_checks", scored_then_replaced)  # between the scoring and the recording
+    evaluated = read_meta(run / "model.json").sha256
+    with pytest.raises(ModelError, match="now records other weights") as refused:
+        evaluate_run(run, analysis=False)
+    assert "\n" not in str(refused.value)
+    now = read_meta(run / "model.json")
+    assert now.sha256 != evaluated and now.threshold_policy is None  # the other weights' sidecar, as they wrote it
+    assert not (run / "metrics.json").exists() and not (run / "predictions.csv").exists()
 
 
 def test_a_run_trained_with_a_study_option_that_left_is_not_resumed_as_another_configuration(

@@ -1,12 +1,18 @@
 """A run folder's file names, written once: every layer that reads or writes a run (training, evaluation, validation,
-operating points, the OOD fit) asks `RunDir` for a path instead of spelling the name."""
+operating points, the OOD fit) asks `RunDir` for a path instead of spelling the name; and the run's lock
+(`run_lock`), which every process that writes into a run folder holds."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pneumo.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,6 +26,7 @@ METRICS = "metrics.json"  # the evaluation
 PREDICTIONS = "predictions.csv"
 CROSSFIT = "crossfit_predictions.csv"  # an adapted model's out-of-fold scores of the images it was adapted on
 CROSSFIT_KEY = "crossfit_sha256"  # its SHA-256 in the sidecar: evaluate tells the images it was adapted on by it
+_HELD: set[str] = set()  # the run locks this process holds
 
 
 def _file(name: str) -> property:
@@ -61,3 +68,40 @@ def read_folds(path: str | os.PathLike) -> pd.DataFrame:
     folds = pd.read_csv(path, keep_default_na=False, dtype={"dup_group": str})
     text = [c for c in folds.columns if folds[c].dtype == object]
     return folds.assign(**{c: folds[c].map(from_csv_cell) for c in text}) if text else folds
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike, *, hint: str = "wait for it to finish") -> Iterator[None]:
+    """Hold the lock of the run folder ``run_dir`` (``.<name>.lock`` beside it, its parent folder must exist) while
+    this process writes into the run: `pneumo train` (also ``--force`` and ``--resume``), `pneumo evaluate --model
+    RUN` and `pneumo ood fit` of one run exclude each other, so none replaces or rewrites files another has read.
+    A lock this process holds already is entered again (`pneumo train` evaluates the run it trained). The lock goes
+    with the process (``flock``), so a killed one leaves none behind.
+
+    Raises:
+        ConfigError: another process holds it (the message ends with ``hint``).
+    """
+    from pneumo.atomic import short_name
+
+    folder = Path(run_dir).resolve()  # a symlinked run folder or out folder: the same lock file
+    path = folder.parent / f".{short_name(folder.name)}.lock"
+    if str(path) in _HELD:
+        yield
+        return
+    with open(path, "a+", encoding="ascii") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip()
+            who = f" (pid {pid})" if pid.isdigit() else ""
+            raise ConfigError(f"run {run_dir} is being trained or evaluated by another process{who}: {hint}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _HELD.add(str(path))
+        try:
+            yield
+        finally:
+            _HELD.discard(str(path))

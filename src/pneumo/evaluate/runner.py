@@ -23,9 +23,9 @@ from pneumo import atomic
 from pneumo.config import from_dict, read_yaml
 from pneumo.data.cache import image_cache
 from pneumo.data.preprocess import to_unit
-from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds
+from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds, run_lock
 from pneumo.data.splits import check_recorded_images, class_names, first_different_fold, labels
-from pneumo.errors import ConfigError, DataError
+from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.external import measure
 from pneumo.evaluate.ood import ood_note, test_checks
@@ -50,15 +50,20 @@ Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images
 
 
 def load_run(run_dir: Path, data: str | None = None):
-    run = RunDir(run_dir)
-    if not run.is_run():
-        raise DataError(f"{run_dir} is not a run folder (no {run.config.name} / {run.folds.name})")
+    run = _run_folder(run_dir)
     cfg = from_dict(read_yaml(run.config))  # a broken config.yaml is one line, not a traceback
     if data:
         cfg.data.root = data
     folds = read_folds(run.folds)
     check_recorded_images(folds, cfg.data.root, cache_dir=cfg.data.cache_dir)  # a kept cache holds the old pixels
     return cfg, folds
+
+
+def _run_folder(run_dir: Path) -> RunDir:
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise DataError(f"{run_dir} is not a run folder (no {run.config.name} / {run.folds.name})")
+    return run
 
 
 def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -104,10 +109,25 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     ``analysis`` adds sections to the report (e.g. ``pneumo.explain.analysis.analysis_sections``: Grad-CAM shortcut
     indicator, confident errors, embeddings); the evaluation layer does not import explanations, the caller passes
     them in.
+
+    The run's lock (`pneumo.data.rundir.run_lock`, the one training holds) is held throughout: a `pneumo train
+    --force` or ``--resume`` of the run, or a `pneumo ood fit` of it, is refused meanwhile, so the evaluation never
+    scores one model and writes beside another (or over a sidecar rewritten since it was read).
+
+    Raises:
+        ConfigError: another process trains or evaluates the run.
+        ModelError: its model.json describes other weights than those evaluated (replaced meanwhile): nothing recorded.
     """
     run_dir = Path(run_dir)
     extra = tuple(p for p in (policy, *policies) if p)
     policies_to_report(None, extra)  # a bad policy fails here, before any predicting
+    _run_folder(run_dir)
+    with run_lock(run_dir):
+        return _evaluate_locked(run_dir, extra=extra, n_bootstrap=n_bootstrap, data=data, analysis=analysis)
+
+
+def _evaluate_locked(run_dir: Path, *, extra: tuple[str, ...], n_bootstrap: int | None, data: str | None,
+                     analysis: Analysis | None) -> dict:
     start = time.perf_counter()
     cfg, folds = load_run(run_dir, data)
     model, meta = load_checkpoint(RunDir(run_dir).model)
@@ -139,11 +159,12 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
                   commit=meta.commit, weights_sha256=meta.sha256, model_id=meta.model_id,
                   provenance=provenance_record(),  # the code that evaluated it (``commit``: the one that trained it)
                   eval_seconds=round(time.perf_counter() - start, 1))
+    current = _still_evaluated(RunDir(run_dir).model, meta)  # before anything is written
+    if first:
+        _record_operating_point(RunDir(run_dir).model, current, result, folds)
     for summary in (RunDir(run_dir).metrics, Path(run_dir, "report.html")):  # removed first, metrics.json written
         summary.unlink(missing_ok=True)  # last: a kill in between leaves no evaluation, never an old one beside new files
     _write_predictions(run_dir, test, logits["test"], result, ood_scores, assessed)
-    if first:
-        _record_operating_point(RunDir(run_dir).model, meta, result, folds)
     sections = [operating_points_section(result)]
     if analysis:
         sections += _analysis(analysis, run_dir, model, meta, logits["test_images"], y_test, test, result, names,
@@ -300,8 +321,23 @@ def _write_predictions(run_dir: Path, test: pd.DataFrame, logits: np.ndarray, re
                       class_columns=result["classes"], assessed=assessed)
 
 
+def _still_evaluated(path: Path, evaluated: CheckpointMeta) -> CheckpointMeta:
+    """The sidecar at ``path`` read again, as it is now; refused unless it still records the weights evaluated.
+
+    Raises:
+        ModelError: another process put other weights there while they were scored.
+    """
+    meta = read_meta(path)
+    if meta.sha256 != evaluated.sha256:
+        raise ModelError(f"{path} now records other weights (sha256 {meta.sha256[:12]}) than the ones evaluated "
+                         f"({evaluated.sha256[:12]}): replaced meanwhile, nothing recorded; evaluate it again")
+    return meta
+
+
 def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, folds: pd.DataFrame) -> None:
-    """The run's first evaluation completes its model: the operating point chosen on val, recorded (version 1)."""
+    """The run's first evaluation completes its model: the operating point chosen on val, recorded (version 1) on top
+    of ``meta``, the sidecar as `_still_evaluated` read it just before (not as loaded when the scoring began: what
+    was written in between stays)."""
     metrics, mc = result["test"]["metrics"], result["test"].get("multiclass")
     three = {"test_3class": {"accuracy": mc["accuracy"], "macro_f1": mc["macro_f1"],  # a 3-class run's own figures
                              "bacteria_vs_virus_roc_auc": mc["bacteria_vs_virus"]["roc_auc"]},

@@ -10,6 +10,7 @@ their checksum are untouched).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,7 +23,7 @@ import torch
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
-from pneumo.data.rundir import RunDir, read_folds
+from pneumo.data.rundir import RunDir, read_folds, run_lock
 from pneumo.data.splits import folds_for, labels, split_changes
 from pneumo.errors import ConfigError
 from pneumo.models.checkpoint import load_checkpoint
@@ -106,10 +107,19 @@ def fit_ood_for(model_path: str | os.PathLike, *, data: str | None = None,
         model_path: a run folder, ``<stem>.json`` or ``<stem>.safetensors`` (the shipped model's sidecar works).
         data: the dataset; default: the root stored in the checkpoint's config if it exists, else ``$PNEUMO_DATA``.
         percentile: the val percentile that becomes the flag threshold.
+
+    Raises:
+        ConfigError: among others, another process trains or evaluates the run (its lock, `run_lock`, is held while
+            the sidecar is read and rewritten).
     """
     if not 50.0 <= percentile < 100.0:  # before the scan, the cache and the features (it was checked after them)
         raise ConfigError(f"--percentile must be in [50, 100), got {percentile}")
     sidecar = resolve_model(model_path)
+    with run_lock(sidecar.parent) if RunDir.holds(sidecar) else contextlib.nullcontext():  # a run's: as evaluate
+        return _fit_ood_locked(sidecar, data=data, percentile=percentile)
+
+
+def _fit_ood_locked(sidecar: Path, *, data: str | None, percentile: float) -> dict:
     stored_config = read_meta(sidecar).config
     if not isinstance(stored_config, dict):
         raise ConfigError(f"{sidecar} stores no training config: cannot rebuild its train/val split")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import random
@@ -29,6 +28,7 @@ from pneumo.config import RunConfig, dump_yaml, load_config, to_dict
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
 from pneumo.data.rundir import RunDir, read_folds
+from pneumo.data.rundir import run_lock as folder_lock
 from pneumo.data.splits import class_names, folds_for, labels, split_changes
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.models import create
@@ -45,7 +45,6 @@ from pneumo.train.probe import cached_features, features_in_bf16, fit_probe, loa
 
 log = logging.getLogger(__name__)
 BEST, LAST, PREV = "model", "last", "last-prev"
-_HELD: set[str] = set()  # run locks this process holds
 
 
 def member_configs(cfg: RunConfig, overrides: list[str]) -> list[RunConfig]:
@@ -110,36 +109,19 @@ def _check_resumed_split(run_dir: Path, folds: pd.DataFrame) -> None:
 
 @contextlib.contextmanager
 def run_lock(cfg: RunConfig) -> Iterator[None]:
-    """Hold ``<out_dir>/.<name>.lock`` while this process trains ``cfg.name`` (rank 0 under torchrun): a second
-    `pneumo train` of the same run (``--force`` or ``--resume``) is refused instead of deleting the live run's files.
-    The lock goes with the process (``flock``), so a killed training leaves none behind.
+    """Hold the lock of ``<out_dir>/<name>`` (`pneumo.data.rundir.run_lock`) while this process trains it (rank 0
+    under torchrun): a second `pneumo train` of the same run (``--force`` or ``--resume``) is refused instead of
+    deleting the live run's files, and so is an evaluation or an OOD refit of it.
 
     Raises:
-        ConfigError: another process trains this run.
+        ConfigError: another process trains or evaluates this run.
     """
-    path = Path(cfg.out_dir) / f".{atomic.short_name(cfg.name)}.lock"
-    if not env_from_os().is_main or str(path.absolute()) in _HELD:  # (`pneumo train` holds it for its evaluation too)
+    if not env_from_os().is_main:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="ascii") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip()
-            who = f" (pid {pid})" if pid.isdigit() else ""
-            raise ConfigError(f"run {cfg.name} is being trained by another process{who}: wait for it to finish, or "
-                              "pick another --name") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        _HELD.add(str(path.absolute()))
-        try:
-            yield
-        finally:
-            _HELD.discard(str(path.absolute()))
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    with folder_lock(Path(cfg.out_dir) / cfg.name, hint="wait for it to finish, or pick another --name"):
+        yield
 
 
 def prepare_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
