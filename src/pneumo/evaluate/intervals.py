@@ -14,7 +14,7 @@ from scipy.stats import norm
 from pneumo.errors import ConfigError
 
 CI_METHOD = ("exact (Clopper-Pearson; at the effective sample size where images are grouped by patient) for "
-             "proportions; BCa bootstrap (bias-corrected and accelerated) for ROC-AUC, PR-AUC, F1 and counts")
+             "proportions; BCa bootstrap (bias-corrected and accelerated) for ROC-AUC, PR-AUC and F1")
 JACKKNIFE_CHUNK = 512  # leave-one-out rows computed at a time (memory: rows x images)
 JACKKNIFE_BLOCKS = 1000  # above this many images (or patients) the jackknife leaves out blocks of them
 
