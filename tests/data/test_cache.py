@@ -64,6 +64,27 @@ def test_a_new_decoder_version_builds_a_new_cache_from_the_new_pixels(data_slice
     assert np.array_equal(new.images[0], prepare(255 - real(raw, target=32), size=32))
 
 
+def test_another_version_of_a_pixel_library_makes_another_cache_and_scan_key(data_slice: Path, cache_dir: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's bundled JPEG library, OpenCV's resize and pydicom's plugins change pixels between versions: an
+    upgrade reused caches made with the old ones (a review)."""
+    import PIL
+
+    from pneumo.data import decode
+
+    df = scan_dataset(data_slice).iloc[:4]
+    before = cache_key(df, size=32, policy="squash", intensity="none")
+    assert f"PIL={PIL.__version__}|" in decode.pixel_libraries()
+    monkeypatch.setattr(PIL, "__version__", PIL.__version__ + ".post1")
+    assert cache_key(df, size=32, policy="squash", intensity="none") != before
+    scans = cache_dir / "scans"
+    scan_dataset(data_slice, cache_dir=cache_dir)
+    kept = {f.name for f in scans.glob("*.json")}
+    monkeypatch.undo()
+    scan_dataset(data_slice, cache_dir=cache_dir)
+    assert {f.name for f in scans.glob("*.json")} != kept  # scanned again: another key
+
+
 def test_a_file_whose_bytes_are_not_the_scanned_ones_fails_the_build(data_slice: Path, tmp_path: Path) -> None:
     """The key is the scanned SHA-256s: a file changed since the scan (or another copy of the dataset under
     `--dataset` with the same paths) was cached under it, and every later run read those images as the key's."""

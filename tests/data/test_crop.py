@@ -13,7 +13,7 @@ import pytest
 from pneumo.config import load_config, parse_crop
 from pneumo.data.cache import CACHE_VERSION, build_cache, cache_key
 from pneumo.data.crop import FALLBACK_BORDER, border_box, crop_box, crop_image
-from pneumo.data.decode import DECODER_VERSION, load_image, load_image_file
+from pneumo.data.decode import DECODER_VERSION, load_image, load_image_file, pixel_libraries
 from pneumo.data.manifest import scan_dataset
 from pneumo.data.preprocess import prepare, resize_gray
 from pneumo.errors import ConfigError
@@ -102,8 +102,9 @@ def test_images_without_lungs_fall_back_to_the_central_crop(kind: str) -> None:
 
 
 def _old_key(df: pd.DataFrame, size: int, policy: str, intensity: str) -> str:
-    """The cache key in the form it had before crops existed (the decoder's version added since)."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}|decoder={DECODER_VERSION}|{size}|{policy}|{intensity}".encode())
+    """The cache key in the form it had before crops existed (the decoder's and libraries' versions added since)."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}|decoder={DECODER_VERSION}|{pixel_libraries()}|{size}|{policy}|"
+                       f"{intensity}".encode())
     for path, digest in zip(df["path"], df["sha256"]):
         h.update(f"|{path}:{digest}".encode())
     return h.hexdigest()[:20]

@@ -61,11 +61,13 @@ class ImageCache:
 
 def cache_key(df: pd.DataFrame, *, size: int, policy: str, intensity: str, markers: str = "none",
               crop: str = "none") -> str:
-    """The hash of the images, the preprocessing and the versions of the decoder and of the preprocessing code (an
-    upgrade that changes pixels makes new caches); a step left at ``none`` is not in it."""
+    """The hash of the images, the preprocessing, the versions of the decoder and of the preprocessing code and of the
+    libraries that make the pixels (`decode.pixel_libraries`: an upgrade that changes pixels makes new caches); a step
+    left at ``none`` is not in it."""
     steps = f"{intensity}" if markers == "none" else f"{intensity}|markers={markers}"
     steps = steps if crop == "none" else f"{steps}|crop={crop}"
-    h = hashlib.sha256(f"v{CACHE_VERSION}|decoder={decode.DECODER_VERSION}|{size}|{policy}|{steps}".encode())
+    h = hashlib.sha256(f"v{CACHE_VERSION}|decoder={decode.DECODER_VERSION}|{decode.pixel_libraries()}|{size}|{policy}|"
+                       f"{steps}".encode())
     for path, digest in zip(df["path"], df["sha256"]):
         h.update(f"|{path}:{digest}".encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8
     return h.hexdigest()[:20]

@@ -317,3 +317,28 @@ def _strip_to_gray(img: Image.Image) -> np.ndarray:
     if img.mode not in ("RGB", "1"):  # CMYK, YCbCr, LAB, HSV, RGBX ...
         img = img.convert("RGB")
     return np.asarray(img.convert("L"))
+
+
+def pixel_libraries() -> str:
+    """The versions of the libraries that make the pixels (Pillow and its codecs, pydicom and the plugins that decode
+    compressed DICOM, OpenCV for resizing and in-painting): a kept scan or image cache made with others is not reused."""
+    import importlib.util
+
+    import cv2
+    import PIL
+    import pydicom
+
+    plugins = ",".join(f"{m}={_version(m)}" for m in ("pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "gdcm")
+                       if importlib.util.find_spec(m) is not None)
+    return f"PIL={PIL.__version__}|pydicom={pydicom.__version__}|cv2={cv2.__version__}|{plugins}"
+
+
+def _version(module: str) -> str:
+    import importlib.metadata
+
+    names = {"libjpeg": "pylibjpeg-libjpeg", "openjpeg": "pylibjpeg-openjpeg", "jpeg_ls": "pyjpegls",
+             "gdcm": "python-gdcm"}
+    try:
+        return importlib.metadata.version(names.get(module, module))
+    except importlib.metadata.PackageNotFoundError:
+        return "?"

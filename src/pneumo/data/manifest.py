@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import logging
@@ -284,16 +283,11 @@ def _kept_scan(stored: Path, candidates: list[tuple[str, str, str]]) -> tuple[di
 
 
 def _scan_key(source: DatasetSource, candidates: list[tuple[str, str, str]]) -> str:
-    import PIL
-    import pydicom
-
     from pneumo.data import decode, dicom
 
-    plugins = ",".join(sorted(m for m in ("pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "gdcm")
-                              if importlib.util.find_spec(m) is not None))  # what decodes compressed DICOM
     digest = hashlib.sha256("\0".join(map(str, (
         SCAN_VERSION, __version__, decode.DECODER_VERSION, PROBE_SIZE, decode.MAX_PIXELS, decode.MAX_DECODE_BYTES,
-        PIL.__version__, pydicom.__version__, plugins, dicom.LATERAL_VIEWS, source.location.resolve(),
+        decode.pixel_libraries(), dicom.LATERAL_VIEWS, source.location.resolve(),
         source.prefix))).encode("utf-8", "surrogateescape"))
     for rel, _, _ in candidates:
         digest.update(f"\0{rel}\0{source.stamp(rel)}".encode("utf-8", "surrogateescape"))
