@@ -168,3 +168,28 @@ def test_a_run_on_a_limited_test_split_is_not_called_the_official_test_split() -
     assert data_label(whole) == "Official test split"
     assert evaluated_on(limited) == "a subset of the official test split of chest_xray (548 images)"
     assert evaluated_on(whole) == "official test split of chest_xray (624 images)"
+
+
+def test_a_run_retrained_since_its_evaluation_is_left_out_of_the_leaderboard(tiny_model: Path, tmp_path: Path) -> None:
+    """metrics.json records the weights it measured: a run retrained (or its weights replaced) after its evaluation
+    was ranked by the old model's numbers (a review); left out with its reason, the evaluated one kept."""
+    import shutil
+
+    from pneumo.models.sidecar import read_meta
+
+    sha = read_meta(tiny_model).sha256
+    runs = []
+    for name, measured in (("current", sha), ("retrained", "0" * 64)):
+        run, _ = make_run(tmp_path, name, seed=7)
+        shutil.copyfile(tiny_model, run / "model.json")
+        shutil.copyfile(tiny_model.with_suffix(".safetensors"), run / "model.safetensors")
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["model_identity"] = {"weights_sha256": [measured]}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(run)
+    assert load_run_metrics(runs[0])["name"] == "current"
+    with pytest.raises(DataError, match="measured other weights than model.json holds"):
+        load_run_metrics(runs[1])
+    md, _ = write_leaderboard(runs, tmp_path / "board")
+    text = md.read_text(encoding="utf-8")
+    assert "| current |" in text and "| retrained |" not in text

@@ -20,8 +20,9 @@ from markupsafe import Markup
 
 from pneumo import atomic
 from pneumo.data.rundir import RunDir
-from pneumo.errors import DataError
+from pneumo.errors import DataError, PneumoError
 from pneumo.evaluate.intervals import CI_METHOD
+from pneumo.models.sidecar import read_meta
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,26 @@ def load_run_metrics(run_dir: str | os.PathLike) -> dict:
         raise DataError(f"{path} is not readable JSON ({exc.__class__.__name__}): re-run pneumo evaluate") from exc
     if not isinstance(data, dict) or not isinstance(data.get("test"), dict):
         raise DataError(f"{path} has no 'test' results: re-run pneumo evaluate {run_dir}")
+    _check_same_weights(run_dir, data)
     data.setdefault("name", Path(run_dir).name)
     data["_run_dir"] = str(run_dir)
     return data
+
+
+def _check_same_weights(run_dir: str | os.PathLike, data: dict) -> None:
+    """Refuse a run whose metrics.json measured other weights than its model.json holds (retrained or replaced since
+    its evaluation: a review ranked a new model by the old one's numbers)."""
+    sidecar = RunDir(run_dir).model
+    measured = (data.get("model_identity") or {}).get("weights_sha256")
+    if not sidecar.is_file() or not isinstance(measured, list):  # an ensemble's folder; an older metrics.json
+        return
+    try:
+        current = read_meta(sidecar).sha256
+    except PneumoError as exc:
+        raise DataError(f"{sidecar}: {exc}") from None
+    if current not in measured:
+        raise DataError(f"{RunDir(run_dir).metrics} measured other weights than {sidecar.name} holds (retrained or "
+                        f"replaced since): re-run pneumo evaluate --model {run_dir}")
 
 
 def _get(data: dict, *keys: str) -> object:
