@@ -342,6 +342,13 @@ def test_a_pacs_exports_laterals_and_reports_are_refused_without_failing_the_run
                                                      "out-of-distribution 0, refused 2")
     (export / "IM00003").write_bytes(b"DICM but broken")
     assert main(["predict", str(export), "--model", str(tiny_model), "--format", "jsonl"]) == 1
+    # a folder of refused films only: refused, listed, exit 0 (it was "none of the 1 input(s) could be read", exit 2)
+    capsys.readouterr()
+    assert main(["predict", str(export / "IM00001"), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    captured = capsys.readouterr()
+    assert "lateral film" in json.loads(captured.out)["error"] and captured.err.strip().endswith("refused 1")
+    assert main(["predict", str(export / "IM00001"), str(export / "IM00003"), "--model", str(tiny_model)]) == 2
+    assert capsys.readouterr().err.strip().endswith("none of the 2 input(s) could be read (1 refused)")
 
 
 def test_batches_scored_side_by_side_come_back_in_input_order_as_one_at_a_time(

@@ -133,8 +133,10 @@ def run(args: argparse.Namespace) -> int:
     total = len(files) + len(skipped)
     print(f"summary: {total} input(s): " + ", ".join(f"{k} {v}" for k, v in counts.items())
           + (f"; written to {output}" if output else ""), file=sys.stderr)
-    if counts["scored"] == 0:
-        raise PneumoError(f"none of the {total} input(s) could be read")
+    if counts["scored"] == 0 and counts["refused"] < total:  # every input refused (laterals, reports): as documented,
+        # a refusal fails nothing; a review found "none could be read", exit 2, for a folder of laterals only
+        raise PneumoError(f"none of the {total} input(s) could be read"
+                          + (f" ({counts['refused']} refused)" if counts["refused"] else ""))
     return 1 if counts["errors"] else 0
 
 
