@@ -185,3 +185,51 @@ def test_the_readmes_recipe_for_the_export_outside_pneumo_gives_predicts_scores_
     assert list(rows["label"]) == list(called) and len(set(called)) == 2
     on_calibrated = threshold_on_calibrated_scale(meta["threshold"], meta["temperature"])
     assert list(np.where(p_calibrated >= on_calibrated, "PNEUMONIA", "NORMAL")) == list(called)
+
+
+def test_the_export_folder_holds_conformance_cases_that_exercise_each_step_and_agree_with_predict(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A port of the steps outside the graph could not check itself without pneumo (a review: the in-painting alone
+    moved P(pneumonia) by up to 0.25). `conformance/`: inputs that exercise the in-painting, a 16-bit PNG, a reduced
+    JPEG decode and an EXIF rotation, each with pneumo's model input and the outputs `pneumo predict` gives it."""
+    import hashlib
+    import json
+
+    import onnxruntime as ort
+    import pandas as pd
+    from PIL import Image
+
+    from pneumo.data.decode import load_image_file
+    from pneumo.data.preprocess import prepare
+
+    out = tmp_path / "exported"
+    assert main(["export", "--out", str(out)]) == 0
+    assert "with conformance/" in capsys.readouterr().out
+    folder = out / "conformance"
+    expected = json.loads((folder / "expected.json").read_text())
+    meta = json.loads((out / "default-model.json").read_text())
+    size = expected["input_size"]
+    session = ort.InferenceSession(str(out / "default-model.onnx"))
+    cases = expected["cases"]
+    assert set(cases) == {"film-8bit.png", "film-markers-text.png", "film-16bit.png", "film-large-exif-rotated.jpg"}
+    for name, case in cases.items():
+        gray = load_image_file(folder / name, target=size)
+        assert hashlib.sha256(gray.tobytes()).hexdigest() == case["decoded_sha256"], name
+        model_input = np.asarray(Image.open(folder / f"{name}.model-input.png"))
+        assert model_input.shape == (size, size) and hashlib.sha256(model_input.tobytes()).hexdigest() == \
+            case["model_input_sha256"], name
+        logits = session.run(["logits"], {"image": model_input.astype(np.float32)[None, None] / 255.0})[0][0]
+        assert logits == pytest.approx(case["logits"], abs=1e-5), name
+    # each step is exercised: markers and text in-painted, a 16-bit stretch, a reduced-scale decode, a rotation
+    marked = load_image_file(folder / "film-markers-text.png", target=size)
+    assert (prepare(marked, size=size, markers=meta["markers"]) != prepare(marked, size=size)).sum() > 100
+    with Image.open(folder / "film-16bit.png") as image:
+        assert image.mode.startswith("I")
+    with Image.open(folder / "film-large-exif-rotated.jpg") as image:
+        assert image.getexif()[0x0112] == 6 and image.size == (1200, 1040)  # stored turned, larger than 2 x S
+    assert cases["film-large-exif-rotated.jpg"]["decoded_shape"] == [600, 520]  # upright, decoded at 1/2
+    assert main(["predict", *(str(folder / name) for name in sorted(cases)), "--output", str(tmp_path / "p.csv")]) == 0
+    rows = pd.read_csv(tmp_path / "p.csv").set_index(pd.read_csv(tmp_path / "p.csv")["path"].map(lambda p: Path(p).name))
+    for name, case in cases.items():
+        assert rows.loc[name, "p_pneumonia"] == pytest.approx(case["p_pneumonia"], abs=1e-5), name
+        assert rows.loc[name, "ood_score"] == pytest.approx(case["ood_score"], abs=1e-3), name

@@ -25,8 +25,14 @@ def run(args: argparse.Namespace) -> int:
     if args.out and args.out.endswith(".onnx"):
         raise ConfigError(f"--out is a folder, got the file name {args.out}: the export is <folder>/<model>.onnx")
     path = export_onnx(args.model, args.out)
+    if args.out:  # the folder that gets deployed: with what a port of the preprocessing checks itself against
+        from pneumo.infer.conformance import write_conformance
+
+        write_conformance(path.with_suffix(".json"))
     print(f"onnx: {path}")
     for other in sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{path.stem}.") and p != path):
         print(f"  with {other.name}")
+    if (path.parent / "conformance").is_dir():
+        print("  with conformance/ (inputs, the model input pneumo makes of each, its outputs: check a port against them)")
     print("outside pneumo: see the README, 'The export outside pneumo' (preprocessing, threshold scale, checks)")
     return 0

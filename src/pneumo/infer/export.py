@@ -36,8 +36,8 @@ OUTPUTS = ("logits", "features")  # part of the export cache key: an export with
 
 
 def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | None = None) -> Path:
-    """Write ``<stem>.onnx`` (and ``<stem>.json``, a copy of the sidecar, when ``out`` is elsewhere) into the folder
-    ``out`` (or as the file ``out`` when it ends in .onnx). Returns the .onnx path."""
+    """Write ``<stem>.onnx`` (and, when ``out`` is elsewhere, a copy of the sidecar ``<stem>.json``, its checks and
+    card) into the folder ``out`` (or as the file ``out`` when it ends in .onnx). Returns the .onnx path."""
     if model_path is None and out is None:
         raise ModelError("exporting the shipped default model needs --out DIR (the package folder is read-only)")
     sidecar = resolve_model(model_path)

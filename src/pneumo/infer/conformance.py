@@ -1,0 +1,120 @@
+"""Conformance files for a port of the export: inputs and what pneumo makes of them, step by step.
+
+The ONNX graph holds the network only; decoding, the resize, the in-painting of markers and corner text and the checks
+run outside it (README, "The export outside pneumo"), and a port that gets one of them slightly wrong gets other
+scores (a review: up to 0.25 in P(pneumonia) without the in-painting). `pneumo export --out DIR` therefore writes
+``DIR/conformance/``: a few synthetic films that exercise those steps (burnt-in marker and corner text, a 16-bit PNG,
+a large JPEG decoded at a reduced scale, an EXIF rotation), each with the uint8 S x S model input pneumo makes of it
+(``<case>.model-input.png``) and, in ``expected.json``, the outputs (P(pneumonia), the calibrated probability, the
+label, the out-of-distribution score, P(upright), whether a verdict is given). A port checks each step against them
+without installing pneumo. They are made by the exported model itself (ONNX Runtime), so they are its outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import atomic
+
+FOLDER = "conformance"
+SEED = 0
+
+
+def _film(height: int, width: int) -> np.ndarray:
+    """A seeded synthetic film: dark borders, a brighter body with two darker lung fields, film grain; float 0..1."""
+    rng = np.random.default_rng(SEED)
+    y, x = np.mgrid[0:height, 0:width]
+    cy, cx = height / 2, width / 2
+    body = np.exp(-(((y - cy) / (0.42 * height)) ** 6 + ((x - cx) / (0.40 * width)) ** 6))
+    lungs = sum(np.exp(-(((y - 0.45 * height) / (0.22 * height)) ** 2 + ((x - side * width) / (0.11 * width)) ** 2))
+                for side in (0.36, 0.64))
+    film = 0.08 + 0.62 * body - 0.30 * lungs * body + 0.03 * rng.standard_normal((height, width))
+    return np.clip(film, 0.0, 1.0)
+
+
+def _burn_in(img: np.ndarray) -> np.ndarray:
+    """A laterality marker "R" on the dark border and a line of corner text, burnt in near white (uint8)."""
+    import cv2
+
+    out = img.copy()
+    h, w = out.shape
+    cv2.putText(out, "R", (int(0.02 * w), int(0.16 * h)), cv2.FONT_HERSHEY_SIMPLEX, h / 300, 250, max(2, h // 150))
+    cv2.putText(out, "KV59 17:54:36", (int(0.62 * w), int(0.05 * h)), cv2.FONT_HERSHEY_PLAIN, h / 500, 235, 1)
+    return out
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_rotated(array: np.ndarray) -> bytes:
+    """A JPEG of ``array`` turned 90 degrees clockwise, with the EXIF orientation (6) that turns it back."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(array, k=-1).copy()).save(buffer, format="JPEG", quality=92, exif=exif)
+    return buffer.getvalue()
+
+
+def cases() -> dict[str, Callable[[], bytes]]:
+    """The inputs, by file name."""
+    film = (_film(560, 480) * 255).round().astype(np.uint8)
+    marked = _burn_in(film)
+    deep = (1000 + _film(560, 480) * 9000).round().astype(np.uint16)
+    large = _burn_in((_film(1200, 1040) * 255).round().astype(np.uint8))
+    return {"film-8bit.png": lambda: _png(film), "film-markers-text.png": lambda: _png(marked),
+            "film-16bit.png": lambda: _png(deep), "film-large-exif-rotated.jpg": lambda: _jpeg_rotated(large)}
+
+
+def write_conformance(sidecar: Path) -> Path:
+    """Write ``conformance/`` beside the exported model ``sidecar`` (its ``.onnx`` next to it); returns the folder."""
+    from pneumo.data.decode import load_image
+    from pneumo.errors import InputError
+    from pneumo.infer.predictor import Predictor
+
+    predictor = Predictor(sidecar, backend="onnx", threads=1)
+    folder = sidecar.parent / FOLDER
+    expected: dict[str, dict] = {}
+    for name, make in cases().items():
+        data = make()
+        atomic.write_bytes(folder / name, data)
+        gray = load_image(data, target=predictor.size)
+        model_input = predictor.preprocess(gray)
+        atomic.write_bytes(folder / f"{name}.model-input.png", _png(model_input))
+        logits, features = predictor.outputs(model_input[None])
+        result = predictor.predictions(logits, features)[0]
+        try:
+            from pneumo.data.gate import check_radiograph
+
+            check_radiograph(gray)
+        except InputError as exc:
+            result.withhold(str(exc))
+        upright = None
+        if predictor.orientation is not None and features is not None:
+            probs = predictor.orientation.probabilities(features)[0]
+            upright = float(probs[predictor.orientation.classes.index("upright")])
+        expected[name] = {"decoded_shape": list(gray.shape),
+                          "decoded_sha256": hashlib.sha256(np.ascontiguousarray(gray).tobytes()).hexdigest(),
+                          "model_input_sha256": hashlib.sha256(model_input.tobytes()).hexdigest(),
+                          "logits": [float(v) for v in logits[0]], "p_pneumonia": result.p_pneumonia,
+                          "p_calibrated": result.p_calibrated, "label": result.label, "assessed": result.assessed,
+                          "reason": result.reason, "ood_score": result.ood_score, "p_upright": upright}
+    atomic.write_json(folder / "expected.json", {
+        "model_id": predictor.model_id, "input_size": predictor.size, "preprocessing": predictor.preprocessing,
+        "how": ("decode the case to uint8 gray (decoded_sha256: the H x W uint8 bytes, row by row), preprocess it to "
+                "the S x S model input (<case>.model-input.png; model_input_sha256), divide by 255 and run the .onnx; "
+                "then P(pneumonia), the calibrated probability, the label at the sidecar's threshold and the checks "
+                "as README 'The export outside pneumo' says; a faithful port agrees to ~1e-6"),
+        "cases": expected})
+    return folder
