@@ -115,7 +115,15 @@ def histogram(path: Path, site: list[float], reference: list[float] | None, *, x
     return save_png(fig, path)
 
 
-def next_steps(shifted: bool, few_images: bool = False) -> str:
+def next_steps(shifted: bool, few_images: bool = False, case_mix: bool = False) -> str:
+    if not shifted and case_mix:
+        few = (" With fewer than 50 images, also run the check on more images of this site." if few_images else "")
+        return ("<p>The images are like the training data, but the share the model calls pneumonia differs from the "
+                "training set's (74 % pneumonia): most likely another case mix. Prevalence changes the predictive "
+                "values (how many positive calls are right), not sensitivity or specificity; check both on labelled "
+                "images of this site with <code>pneumo evaluate --data LABELLED</code> (a folder with NORMAL/ and "
+                "PNEUMONIA/, or a path,label CSV), and if they fall short, <code>pneumo adapt</code> on about 200 "
+                f"labelled images.{few}</p>")
     if not shifted and few_images:
         return ("<p><strong>Not enough images to tell.</strong> No shift large enough to matter was found, but with "
                 "fewer than 50 images the check misses real shifts often (a tenth of the images out of distribution "
@@ -141,7 +149,9 @@ def _measures_table(result: dict) -> str:
     rows = []
     if ood:
         rows.append(_row("OOD share (flagged)", f"{ood['n_flagged']}/{ood['n']} = {100 * ood['share']:.1f} %",
-                         f"{100 * ood['p0']:.1f} % (p0)", ood["p_value"], f"excess {100 * ood['excess']:+.1f} pts"))
+                         f"{100 * ood['p0']:.1f} % (p0, by construction)"
+                         + (f"; sample {100 * ood['reference_share']:.1f} %" if ood.get("reference_share") is not None
+                            else ""), ood["p_value"], f"excess {100 * ood['excess']:+.1f} pts"))
         if ood["scores"]:
             s = ood["scores"]
             rows.append(_row("OOD score, median", fmt_number(ood["site_median_score"], 1),
@@ -155,7 +165,8 @@ def _measures_table(result: dict) -> str:
                      pos["p_value_vs_prevalence"], f"h = {pos['h_vs_prevalence']:+.2f}"))
     if pos["p_pneumonia"]:
         d = pos["p_pneumonia"]
-        rows.append(_row("P(pneumonia), median", fmt_number(pos["site_median_p"]), "", d["p_value"],
+        rows.append(_row("P(pneumonia), median", fmt_number(pos["site_median_p"]),
+                         fmt_number(pos.get("reference_median_p")), d["p_value"],
                          f"A = {d['effect_a']:.2f}, KS D = {d['ks_d']:.2f}"))
     caption = (f"Reference: {ref['n']} random images of {ref['dataset']}, {ref['pool']} (seed {ref['seed']})"
                if ref["kind"] == "dataset" else "Reference: the model's sidecar record (no dataset available)")
@@ -187,10 +198,14 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
     sections = []
     verdict = "shifted" if result["shifted"] else "not shifted"
     reasons = "".join(f"<li>{escape(r)}</li>" for r in result["reasons"]) or "<li>none</li>"
+    mix = "".join(f"<li>{escape(r)}</li>" for r in result.get("case_mix", []))
     notes = "".join(f"<li>{escape(n)}</li>" for n in result["notes"])
     sections.append(("Verdict", f"<p><strong>{verdict}</strong></p><p>Reasons:</p><ul>{reasons}</ul>"
+                     + (f"<p>Case mix (not a shift of the images; sensitivity and specificity do not depend on "
+                        f"prevalence):</p><ul>{mix}</ul>" if mix else "")
                      + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")))
-    sections.append(("What to do next", next_steps(result["shifted"], result.get("few_images", False))))
+    sections.append(("What to do next", next_steps(result["shifted"], result.get("few_images", False),
+                                                   result.get("case_mix_differs", False))))
     plots = []
     if site.ood_scores:
         path = histogram(figures / "ood_scores.png", site.ood_scores, reference.ood_scores if reference else None,
@@ -215,14 +230,15 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
     rule = result["rule"]
     sections.append(("The rule", (f"<p>A measurement is a reason only when it is significant at "
                      f"{rule['alpha']:g} and its effect is at least: OOD share {100 * rule['min_ood_excess']:.0f} "
-                     f"points above the expected share; Mann-Whitney A {rule['min_a']:.2f} (or "
-                     f"{1 - rule['min_a']:.2f} for P(pneumonia)); Cohen's h {rule['min_h']:.1f} for the positive "
-                     f"rate; {100 * rule['min_gate_excess']:.0f} points of input-gate or orientation-check refusals; "
+                     f"points above the expected share; Mann-Whitney A {rule['min_a']:.2f} for the OOD scores; "
+                     f"{100 * rule['min_gate_excess']:.0f} points of input-gate or orientation-check refusals; "
                      f"{100 * rule['min_inversion_difference']:.0f} points of border-brighter share. Sizes, modes "
                      "and intensities are notes only. With "
                      f"{rule['n_tests']} such measurements, a site like the training data shows a significant "
                      f"one by chance with probability at most {rule['family_wise_bound']:.2f} "
-                     "(Bonferroni), and less often a reason, which also needs the effect size.</p>")))
+                     "(Bonferroni), and less often a reason, which also needs the effect size. The case mix is "
+                     f"measured the same way, apart: Cohen's h {rule['min_h']:.1f} for the positive rate, A at least "
+                     f"{rule['min_a']:.2f} or at most {1 - rule['min_a']:.2f} for P(pneumonia) (two-sided).</p>")))
     subtitle = (f"{result['data']}: {result['n_scored']} of {result['n_images']} images scored by "
                 f"{result['model']}; {result['n_unreadable']} unreadable, {result.get('n_refused', 0)} refused "
                 f"(lateral films, DICOM objects without pixels), {result['n_refused_by_gate']} refused by the input gate; {result.get('n_not_read', 0)} other file(s) not read")

@@ -43,9 +43,13 @@ def run_check(args: argparse.Namespace) -> int:
     reason = f": {result['reasons'][0]}" if result["reasons"] else ""
     verdict = "SHIFTED" if result["shifted"] else "not shifted" + (" (too few images to tell: check 50 or more)"
                                                                    if result.get("few_images") else "")
+    copies = f", {result['n_copies']} copies measured once" if result.get("n_copies") else ""
     print(f"site: {verdict} ({result['n_scored']} of {result['n_images']} "
           f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not, {result['n_refused']} "
-          f"refused as not frontal films{ood_text}){reason}")
+          f"refused as not frontal films{copies}{ood_text}){reason}")
+    if result.get("case_mix_differs"):  # not a shift: the stored operating point's sensitivity/specificity may hold
+        print(f"case mix: {result['case_mix'][0]} (another prevalence changes predictive values, not sensitivity or "
+              "specificity; labelled images tell which: pneumo evaluate --data LABELLED)")
     print(f"report: {args.out}/report.html")
     print(f"numbers: {args.out}/site.json")
     return 0
