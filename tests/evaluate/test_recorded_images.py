@@ -3,7 +3,6 @@ since (same path, size and modification time) must not score the pixels a kept i
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -17,29 +16,12 @@ from pneumo.errors import DataError
 def run_on_a_copy(data_slice: Path, tmp_path: Path) -> tuple[Path, Path]:
     """The shipped model as a run of a copy of the data slice (config, folds.csv, weights, checks); returns (run
     folder, dataset copy)."""
-    from pneumo.config import dump_yaml, from_dict, to_dict
-    from pneumo.data.rundir import RunDir
-    from pneumo.data.splits import folds_for
-    from pneumo.models.sidecar import companion_files, read_meta, resolve_model, weights_path, write_meta
+    from sidecars import shipped_as_run
 
     dataset = tmp_path / "dataset"
     shutil.copytree(data_slice, dataset)
-    sidecar = resolve_model(None)
-    meta = read_meta(sidecar)
-    run = RunDir(tmp_path / "run")
-    run.path.mkdir()
-    shutil.copyfile(weights_path(sidecar, meta), run.weights)
-    for name in companion_files(meta):
-        shutil.copyfile(sidecar.parent / name, run.path / name)
-    shutil.copyfile(sidecar.with_suffix(".md"), run.model.with_suffix(".md"))  # its recorded card
-    extra = {k: v for k, v in meta.extra.items() if k != "operating_point"}  # (chosen on the whole set's val fold)
-    cfg = from_dict(meta.config)
-    cfg.data.root = str(dataset)
-    cfg.data.cache_dir = str(tmp_path / "cache")
-    write_meta(run.model, dataclasses.replace(meta, weights_file=run.weights.name, extra=extra, config=to_dict(cfg)))
-    run.config.write_text(dump_yaml(cfg))
-    folds_for(cfg).to_csv(run.folds, index=False)
-    return run.path, dataset
+    # (its operating point was chosen on the whole set's val fold: left out, as a run of this copy has none yet)
+    return shipped_as_run(tmp_path / "run", dataset, operating_point=False, own_config=True), dataset
 
 
 def _replace_keeping_stamp(target: Path, other: Path) -> None:

@@ -129,27 +129,9 @@ def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_l
 def shipped_run(data_slice: Path, tmp_path: Path) -> Path:
     """The shipped model as a training run of the data slice would leave it: its weights, checks and sidecar in a run
     folder with the config it was trained with (the slice as its dataset) and that config's folds."""
-    import dataclasses
-    import shutil
+    from sidecars import shipped_as_run
 
-    from pneumo.config import dump_yaml, from_dict
-    from pneumo.data.rundir import RunDir
-    from pneumo.data.splits import folds_for
-    from pneumo.models.sidecar import companion_files, read_meta, weights_path, write_meta
-
-    sidecar = resolve_model(None)
-    meta = read_meta(sidecar)
-    run = RunDir(tmp_path / "shipped-run")
-    run.path.mkdir()
-    shutil.copyfile(weights_path(sidecar, meta), run.weights)
-    for name in companion_files(meta):
-        shutil.copyfile(sidecar.parent / name, run.path / name)
-    write_meta(run.model, dataclasses.replace(meta, weights_file=run.weights.name))
-    cfg = from_dict(meta.config)
-    cfg.data.root = str(data_slice)
-    run.config.write_text(dump_yaml(cfg))
-    folds_for(cfg).to_csv(run.folds, index=False)
-    return run.path
+    return shipped_as_run(tmp_path / "shipped-run", data_slice)
 
 
 def test_evaluating_a_run_gives_the_golden_official_split_metrics_and_leaves_its_model_unchanged(

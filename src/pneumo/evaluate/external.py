@@ -344,8 +344,7 @@ def _data_section(result: dict) -> tuple[str, str]:
 
 
 def _not_assessed_sentence(official: bool) -> str:
-    """Where the images without a verdict are counted: in the official split's headline (comparable with published
-    results), left out of an external one's."""
+    """Where images without a verdict are counted: in the official split's headline, not in an external one's."""
     if official:
         return ("`pneumo predict` gives them no pneumonia/normal verdict (predictions.csv leaves their call blank); the "
                 "official split's metrics above still count them, called at the threshold, so that they compare with "
