@@ -193,3 +193,19 @@ def test_a_run_retrained_since_its_evaluation_is_left_out_of_the_leaderboard(tin
     md, _ = write_leaderboard(runs, tmp_path / "board")
     text = md.read_text(encoding="utf-8")
     assert "| current |" in text and "| retrained |" not in text
+
+
+def test_a_real_runs_evaluation_is_checked_against_its_weights(data_slice: Path, tmp_path: Path) -> None:
+    """A run's own metrics.json (written by `evaluate_run`) records its weights at the top level: the check read only
+    `pneumo evaluate --data`'s key and so never fired on a run (a review)."""
+    from sidecars import shipped_as_run
+
+    from pneumo.evaluate.runner import evaluate_run
+
+    run = shipped_as_run(tmp_path / "run", data_slice)
+    evaluate_run(run, analysis=False, n_bootstrap=20)
+    assert load_run_metrics(run)["weights_sha256"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "weights_sha256": "0" * 64}))  # as before a retraining
+    with pytest.raises(DataError, match="measured other weights than model.json holds"):
+        load_run_metrics(run)

@@ -58,7 +58,8 @@ def _check_same_weights(run_dir: str | os.PathLike, data: dict) -> None:
     """Refuse a run whose metrics.json measured other weights than its model.json holds (retrained or replaced since
     its evaluation: a review ranked a new model by the old one's numbers)."""
     sidecar = RunDir(run_dir).model
-    measured = (data.get("model_identity") or {}).get("weights_sha256")
+    measured = data.get("weights_sha256") or (data.get("model_identity") or {}).get("weights_sha256")
+    measured = [measured] if isinstance(measured, str) else measured  # a run's evaluation; `pneumo evaluate --data`'s
     if not sidecar.is_file() or not isinstance(measured, list):  # an ensemble's folder; an older metrics.json
         return
     try:
