@@ -43,7 +43,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _version(name: str) -> str:
+def package_version(name: str) -> str:
+    """An installed distribution's version, or "not installed"."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -56,5 +57,5 @@ def record() -> dict[str, str]:
     import torch
 
     return {"pneumo": __version__, "commit": git_commit(), "python": platform.python_version(),
-            **{name: _version(name) for name in LIBRARIES}, "threads": str(torch.get_num_threads()),
+            **{name: package_version(name) for name in LIBRARIES}, "threads": str(torch.get_num_threads()),
             "created": utc_now()}

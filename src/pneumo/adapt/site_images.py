@@ -66,14 +66,14 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
     for name, read in items:
         try:
             data = read()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest in seen:  # measured once (not decoded again): 80 copies of one film are one image (a review)
+                scored.copies[name] = seen[digest]
+                continue
             gray = load_image(data, target=predictor.size)  # the path is in its own field: no name prefix
         except (PneumoError, OSError) as exc:
             scored.failed.append({"path": name, "stage": "refused" if isinstance(exc, NotAssessed) else "decode",
                                   "error": str(exc).splitlines()[0]})
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:  # measured once: 80 copies of one film are one image, not 80 independent ones (a review)
-            scored.copies[name] = seen[digest]
             continue
         seen[digest] = name
         scored.properties.append({"path": name, "sha256": digest, **header_properties(data), **pixel_properties(gray)})

@@ -328,17 +328,10 @@ def pixel_libraries() -> str:
     import PIL
     import pydicom
 
-    plugins = ",".join(f"{m}={_version(m)}" for m in ("pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "gdcm")
+    from pneumo.provenance import package_version
+
+    packages = {"pylibjpeg": "pylibjpeg", "libjpeg": "pylibjpeg-libjpeg", "openjpeg": "pylibjpeg-openjpeg",
+                "jpeg_ls": "pyjpegls", "gdcm": "python-gdcm"}  # module: distribution
+    plugins = ",".join(f"{m}={package_version(package)}" for m, package in packages.items()
                        if importlib.util.find_spec(m) is not None)
     return f"PIL={PIL.__version__}|pydicom={pydicom.__version__}|cv2={cv2.__version__}|{plugins}"
-
-
-def _version(module: str) -> str:
-    import importlib.metadata
-
-    names = {"libjpeg": "pylibjpeg-libjpeg", "openjpeg": "pylibjpeg-openjpeg", "jpeg_ls": "pyjpegls",
-             "gdcm": "python-gdcm"}
-    try:
-        return importlib.metadata.version(names.get(module, module))
-    except importlib.metadata.PackageNotFoundError:
-        return "?"

@@ -181,7 +181,7 @@ def bootstrap_cis(
                  "fn": w @ ((1 - pred) * y)}
         values = _counts_metrics(*(cells[c] for c in CELL_KEYS))
         values["roc_auc"], values["pr_auc"] = weighted_auc(w, y, p)
-        return values
+        return {**values, **{k: v.astype(float) for k, v in cells.items()}}
 
     # no interval on the confusion cells: they are counts of these images, and a resample redraws the class mix (its
     # "true positives" can exceed the pneumonia images there are; a review)
@@ -194,8 +194,7 @@ def bootstrap_cis(
            for k in keys}
     if groups is not None:
         return {**out, **grouped_proportion_cis(y, pred, groups, level=level)}
-    tp, fp, tn, fn = (int(np.sum(pred * y)), int(np.sum(pred * (1 - y))), int(np.sum((1 - pred) * (1 - y))),
-                      int(np.sum((1 - pred) * y)))
+    tp, fp, tn, fn = (int(point[c][0]) for c in CELL_KEYS)
     return {**out, **proportion_cis(tp, fp, tn, fn, level=level)}
 
 

@@ -37,6 +37,7 @@ from pneumo.evaluate.report import (
     write_evaluation_report,
     write_predictions,
 )
+from pneumo.evaluate.scoring import RUN_VAL_FOLD
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import scorer
 from pneumo.models.runtime import autocast, select_device
@@ -345,7 +346,7 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
     val_paths = folds.loc[folds["fold"] == "val", "path"].tolist()
     record = {"version": 1, "policy": result["threshold_policy"], "threshold": result["threshold"],
               "temperature": result["temperature"],
-              "chosen_on": {"kind": "the run's val fold", "n": result["val"]["n"],
+              "chosen_on": {"kind": RUN_VAL_FOLD, "n": result["val"]["n"],
                             "paths_sha256": paths_digest(val_paths)},
               "created": utc_now()}
     meta = dataclasses.replace(

@@ -23,6 +23,9 @@ from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 
 log = logging.getLogger(__name__)
+RUN_VAL_FOLD = "the run's val fold"  # where a run's first evaluation chose its threshold
+MODEL_VAL_FOLD = "the model's val fold"  # rebuilt from the config (operating-point without --data)
+VAL_FOLD_KINDS = (RUN_VAL_FOLD, MODEL_VAL_FOLD)
 BATCH = 32
 
 
@@ -216,13 +219,12 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
         per_member.append(_val_logits(p, cache))
         if first is None:
             first = (labels(val, cfg.data.task), val["path"].tolist(),
-                     {"kind": "the model's val fold", "location": cfg.data.root,
+                     {"kind": MODEL_VAL_FOLD, "location": cfg.data.root,
                       "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction})
     y, paths, where = first
     return y, log_mean_probability(per_member), paths, where
 
 
-VAL_FOLD_KINDS = ("the run's val fold", "the model's val fold")  # a run's first evaluation; operating-point
 
 
 def _check_val_fold(meta, paths: list[str], root: str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,36 +66,33 @@ def _jpeg_rotated(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def cases() -> dict[str, Callable[[], bytes]]:
-    """The inputs, by file name."""
-    film = (_film(560, 480) * 255).round().astype(np.uint8)
-    marked = _burn_in(film)
-    deep = (1000 + _film(560, 480) * 9000).round().astype(np.uint16)
-    large = _burn_in((_film(1200, 1040) * 255).round().astype(np.uint8))
-    return {"film-8bit.png": lambda: _png(film), "film-markers-text.png": lambda: _png(marked),
-            "film-16bit.png": lambda: _png(deep), "film-large-exif-rotated.jpg": lambda: _jpeg_rotated(large)}
+def cases() -> dict[str, bytes]:
+    """The inputs' bytes, by file name."""
+    base = _film(560, 480)
+    film = (base * 255).round().astype(np.uint8)
+    return {"film-8bit.png": _png(film), "film-markers-text.png": _png(_burn_in(film)),
+            "film-16bit.png": _png((1000 + base * 9000).round().astype(np.uint16)),
+            "film-large-exif-rotated.jpg": _jpeg_rotated(_burn_in((_film(1200, 1040) * 255).round().astype(np.uint8)))}
 
 
 def write_conformance(sidecar: Path) -> Path:
     """Write ``conformance/`` beside the exported model ``sidecar`` (its ``.onnx`` next to it); returns the folder."""
     from pneumo.data.decode import load_image
+    from pneumo.data.gate import check_radiograph
     from pneumo.errors import InputError
     from pneumo.infer.predictor import Predictor
 
     predictor = Predictor(sidecar, backend="onnx", threads=1)
     folder = sidecar.parent / FOLDER
     expected: dict[str, dict] = {}
-    for name, make in cases().items():
-        data = make()
+    for name, data in cases().items():
         atomic.write_bytes(folder / name, data)
         gray = load_image(data, target=predictor.size)
         model_input = predictor.preprocess(gray)
         atomic.write_bytes(folder / f"{name}.model-input.png", _png(model_input))
         logits, features = predictor.outputs(model_input[None])
         result = predictor.predictions(logits, features)[0]
-        try:
-            from pneumo.data.gate import check_radiograph
-
+        try:  # the input gate, as `Predictor.predict` applies it
             check_radiograph(gray)
         except InputError as exc:
             result.withhold(str(exc))
