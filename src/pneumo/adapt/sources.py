@@ -17,7 +17,6 @@ import pandas as pd
 
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
-from pneumo.data.dicom import patient_groups
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import listed_file, read_table, refuse_listed_twice
@@ -83,7 +82,7 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     validation does (`pneumo.evaluate.scoring.score_labelled`: the input gate predict and serve apply; refused or
     unreadable images are left out and listed). ``logits`` are the model's own scores of them. ``by``: CSV columns
     the adaptation reports subgroups of (checked here, before any decoding)."""
-    from pneumo.evaluate.labelled import check_columns, labelled_images
+    from pneumo.evaluate.labelled import check_columns, labelled_images, patients
     from pneumo.evaluate.scoring import score_labelled
 
     if len(predictor.classes) != 2:
@@ -97,13 +96,13 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
                     "; ".join(f"{path}: {why}" for path, why in list(errors.items())[:5]) + ("; ..." if len(errors) > 5
                                                                                            else ""))
     patients_given = "patient_id" in table.columns
-    tagged = [None] * len(table) if patients_given else patient_groups(table["path"])
-    ids = table["patient_id"] if patients_given else pd.Series(
-        [f"dicom:{tag}" if tag else path for tag, path in zip(tagged, table["path"], strict=True)])
-    groups, copies = join_copies(images, ids)
+    ids = patients(table)  # the rule evaluate's intervals count patients by; None: every image its own patient
+    ids = ("\0" + table["path"].astype(str)).to_numpy() if ids is None else ids
+    tags = 0 if patients_given else sum(str(i).startswith("dicom:") for i in ids)
+    groups, copies = join_copies(images, pd.Series(ids))
     table["patient_id"] = groups
     return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies,
-                      np.array([r.assessed for r in results], dtype=bool), sum(tag is not None for tag in tagged))
+                      np.array([r.assessed for r in results], dtype=bool), tags)
 
 
 def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:

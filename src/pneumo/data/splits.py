@@ -100,14 +100,6 @@ def leakage_report(df: pd.DataFrame, column: str = "fold") -> dict:
     }
 
 
-def first_different_fold(a: pd.DataFrame, b: pd.DataFrame, folds: tuple[str, ...]) -> str | None:
-    """The first of ``folds`` whose images (``path``) differ between two runs' fold tables, or None if all agree."""
-    for fold in folds:
-        if sorted(a.loc[a["fold"] == fold, "path"]) != sorted(b.loc[b["fold"] == fold, "path"]):
-            return fold
-    return None
-
-
 def check_recorded_images(folds: pd.DataFrame, root: str | None, *, cache_dir: str | None = None,
                           used: tuple[str, ...] = ("val", "test")) -> None:
     """Refuse a run's recorded folds whose ``used`` images are missing from ``root`` or changed since they were

@@ -24,7 +24,7 @@ from pneumo.config import from_dict, read_yaml
 from pneumo.data.cache import image_cache
 from pneumo.data.preprocess import to_unit
 from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds, run_lock
-from pneumo.data.splits import check_recorded_images, class_names, first_different_fold, labels
+from pneumo.data.splits import check_recorded_images, class_names, labels, split_changes
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.external import measure
@@ -276,10 +276,10 @@ def _check_same_folds(first: Path, folds: pd.DataFrame, cfg, other: Path, other_
                       other_cfg) -> None:
     if other_cfg.data.task != cfg.data.task:
         raise ConfigError(f"{other} is a {other_cfg.data.task} run, {first} a {cfg.data.task} run")
-    fold = first_different_fold(folds, other_folds, ("val", "test"))
-    if fold is not None:
-        raise ConfigError(f"{other} and {first} have different {fold} folds (another split seed or data): "
-                          "ensemble runs of one split")
+    changes = split_changes(other_folds, folds, ("val", "test"))
+    if changes is not None:
+        raise ConfigError(f"{other} and {first} have different val/test folds ({changes}; another split seed or "
+                          "data): ensemble runs of one split")
 
 
 def _analysis(analysis: Analysis, run_dir: Path, model, meta: CheckpointMeta, images: np.ndarray, y_test: np.ndarray,
