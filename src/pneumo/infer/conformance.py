@@ -78,9 +78,7 @@ def cases() -> dict[str, bytes]:
 def write_conformance(sidecar: Path) -> Path:
     """Write ``conformance/`` beside the exported model ``sidecar`` (its ``.onnx`` next to it); returns the folder."""
     from pneumo.data.decode import load_image
-    from pneumo.data.gate import check_radiograph
-    from pneumo.errors import InputError
-    from pneumo.infer.predictor import Predictor
+    from pneumo.infer.predictor import Predictor, gate
 
     predictor = Predictor(sidecar, backend="onnx", threads=1)
     folder = sidecar.parent / FOLDER
@@ -92,10 +90,7 @@ def write_conformance(sidecar: Path) -> Path:
         atomic.write_bytes(folder / f"{name}.model-input.png", _png(model_input))
         logits, features = predictor.outputs(model_input[None])
         result = predictor.predictions(logits, features)[0]
-        try:  # the input gate, as `Predictor.predict` applies it
-            check_radiograph(gray)
-        except InputError as exc:
-            result.withhold(str(exc))
+        gate([gray], [result])  # the input gate, as `Predictor.predict` applies it
         upright = None
         if predictor.orientation is not None and features is not None:
             probs = predictor.orientation.probabilities(features)[0]

@@ -89,6 +89,16 @@ def session_options(threads: int | None = None) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
+def gate(images: list[np.ndarray], results: list[Prediction]) -> None:
+    """Withhold the verdict of each image the input gate refuses (`check_radiograph`: too small, a strip, blank,
+    mostly padding), with the gate's reason, as `pneumo predict` and serve give it none."""
+    for image, result in zip(images, results, strict=True):
+        try:
+            check_radiograph(image)
+        except InputError as exc:
+            result.withhold(str(exc))
+
+
 class Predictor:
     """Turns uint8 gray images into ``Prediction``s. Thread-safe, without a lock: calls run side by side (ONNX Runtime
     sessions and TorchScript modules allow concurrent runs; `pneumo predict` scores a batch per core, each on one
@@ -285,11 +295,7 @@ class Predictor:
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.preprocess(img) for img in images[start : start + batch_size]])
             out.extend(self.predict_prepared(batch))
-        for image, result in zip(images, out, strict=True):
-            try:
-                check_radiograph(image)
-            except InputError as exc:
-                result.withhold(str(exc))
+        gate(images, out)
         return out
 
     def _results(self, logits: np.ndarray) -> list[Prediction]:
