@@ -245,8 +245,20 @@ def test_a_new_operating_point_of_an_adapted_model_says_where_its_threshold_and_
     n = len(pd.read_csv(site_csv))
     assert result["external"]["threshold_chosen_on_these"] is True and result["external"]["n_fitted_on"] == n
     report = html.unescape((tmp_path / "v" / "report.html").read_text())
-    assert "nothing was fitted" not in report and "chosen on these very images" in report
+    assert result["external"]["n_threshold_chosen_on"] == result["test"]["n"]
+    assert "nothing was fitted" not in report and f"chosen on {result['test']['n']} of the assessed images" in report
     assert "the model's own on the data measured here" in report
+    # the same images less one, by other spellings of their paths: still the images its threshold was chosen on (a
+    # review: a digest of the whole path list called a one-row-shorter CSV independent)
+    fewer = pd.read_csv(site_csv).iloc[1:]
+    fewer["path"] = [f"{Path(p).parent}/./{Path(p).name}" for p in fewer["path"]]
+    fewer.to_csv(tmp_path / "fewer.csv", index=False)
+    assert main(["evaluate", "--model", str(derived), "--data", str(tmp_path / "fewer.csv"), "--out",
+                 str(tmp_path / "v2"), "--no-analysis", "--bootstrap", "0"]) == 0
+    fewer_result = json.loads((tmp_path / "v2" / "metrics.json").read_text())
+    assert fewer_result["external"]["n_threshold_chosen_on"] == fewer_result["test"]["n"] >= result["test"]["n"] - 1
+    assert fewer_result["external"]["threshold_chosen_on_these"] is True
+    assert len(chosen["files_sha256"]) == chosen["n"] and not any("/" in h for h in chosen["files_sha256"])
     # no val fold: the calibration says where its temperature came from, and no empty val rows
     assert "fitted on the adaptation's cross-fitted scores by NLL" in report
     assert "None" not in report and "fitted on val by NLL" not in report

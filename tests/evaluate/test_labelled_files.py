@@ -274,3 +274,89 @@ def test_by_view_reads_the_view_a_dicom_states(full_data: Path, tmp_path: Path) 
     groups = patients(preds[["path", "label"]])
     assert len(set(groups)) == len(preds) // 2 and all((groups == g).sum() == 2 for g in groups)
     assert not any("MRN-" in f.read_text() for f in out.rglob("*") if f.suffix in (".json", ".csv", ".html"))
+
+
+def test_a_folder_with_a_link_to_one_of_its_files_is_refused_as_a_csv_listing_it_twice(
+        hospital: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A link in PNEUMONIA/ to a film in NORMAL/ was scored as two images under two labels (a missed pneumonia that
+    is a normal film, a threshold chosen on the pair): a folder is held to the rule a CSV is (a review)."""
+    normal = min(p for p in (hospital / "NORMAL").glob("*.jpeg"))
+    (hospital / "PNEUMONIA" / "same.jpeg").symlink_to(normal)
+    with pytest.raises(DataError, match="1 file.s. listed more than once .e.g. .*same.jpeg; a link to another"):
+        find_labelled(hospital)
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(hospital), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "listed more than once" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    (hospital / "PNEUMONIA" / "same.jpeg").unlink()
+    before = len(find_labelled(hospital)[0])
+    outside = tmp_path / "elsewhere.jpeg"  # a link to a file outside the folder is one more image, as before
+    shutil.copyfile(normal, outside)
+    (hospital / "NORMAL" / "linked.jpeg").symlink_to(outside)
+    assert len(find_labelled(hospital)[0]) == before + 1
+
+
+@pytest.mark.parametrize(("header", "row", "twice"), [
+    ("path,label,Label", "NORMAL/{name},PNEUMONIA,NORMAL", "label"),
+    ("path,Path,label", "NORMAL/{name},NORMAL/{name},NORMAL", "path"),
+    ("path,label,patient_id,PatientID", "NORMAL/{name},NORMAL,a,b", "patient_id")])
+def test_a_column_under_two_spellings_is_refused_by_every_command_that_reads_it(hospital: Path, header: str, row: str,
+                                                                               twice: str) -> None:
+    """``label`` and ``Label`` (or ``path``/``Path``, ``patient_id``/``PatientID``): evaluate, operating-point and
+    adapt read the last silently and the site check the first (a review): which one is true is not ours to guess."""
+    from pneumo.adapt.sources import site_items
+
+    name = min(p.name for p in (hospital / "NORMAL").glob("*.jpeg"))
+    csv = _csv(hospital, f"{header}\n{row.format(name=name)}\n")
+    with pytest.raises(DataError, match=f"has the {twice} column twice"):
+        find_labelled(csv)
+    if twice == "path":
+        with pytest.raises(DataError, match="has the path column twice"):
+            site_items(csv)
+
+
+def test_by_names_a_padded_header_and_refuses_the_label_itself(hospital: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """`` view `` (a spreadsheet's padding) is ``--by view``, as ``path`` and ``label`` are read padded; ``--by
+    label`` said the CSV had no such column."""
+    from pneumo.evaluate.labelled import check_columns
+
+    rows = [(f"{label}/{p.name}", label, view) for label, view in (("NORMAL", "AP"), ("PNEUMONIA", "PA"))
+            for p in sorted((hospital / label).glob("*.jpeg")) if "broken" not in p.name]
+    csv = _csv(hospital, "path,label, view \n" + "".join(f"{p},{lab},{v}\n" for p, lab, v in rows))
+    table = check_columns(find_labelled(csv)[0], ("view",), csv)
+    assert sorted(set(table["view"])) == ["AP", "PA"]
+    assert main(["evaluate", "--data", str(csv), "--by", "label", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "--by label: that is each image's label itself" in err and "no such column" not in err
+
+
+def test_a_class_lost_to_refusals_is_said_for_what_it_is(hospital: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Both pneumonia files unreadable or refused: operating-point said "validation labels hold a single class" of a
+    set listing both, and evaluate's report blamed a small sample (a review). Now each names the lost class."""
+    for path in (hospital / "PNEUMONIA").glob("*.jpeg"):
+        if "broken" not in path.name:
+            Image.new("L", (8, 8), 128).save(path, format="JPEG")  # too small: the input gate refuses it
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(hospital), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "all 3 PNEUMONIA image(s) were unreadable, refused by the input gate or withheld" in err, err
+    assert "single class" not in err and len(err.splitlines()) == 1
+    assert main(["evaluate", "--data", str(hospital), "--out", str(tmp_path / "e"), "--no-analysis",
+                 "--bootstrap", "0"]) == 0
+    result = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert result["external"]["lost_class"].startswith("all 3 PNEUMONIA image(s) were unreadable")
+    assert "All 3 PNEUMONIA image(s) were unreadable" in (tmp_path / "e" / "report.html").read_text()
+    assert "PNEUMONIA image(s) were unreadable" in caplog.text and "that class are n/a" in caplog.text
+
+
+def test_none_readable_names_one_file_and_why(hospital: Path) -> None:
+    from pneumo.evaluate.scoring import score_labelled
+    from pneumo.infer.predictor import Predictor
+
+    table = find_labelled(hospital)[0]
+    for path in table["path"]:
+        Image.new("L", (8, 8), 128).save(path, format="PNG")
+    with pytest.raises(DataError, match=rf"none of the {len(table)} labelled images could be read or passed the "
+                                        r"input gate \(e\.g\. .*: .*\)"):
+        score_labelled([Predictor(None)], hospital, table=table)

@@ -169,7 +169,7 @@ def test_by_names_a_column_the_data_has_in_one_line(run_dir: Path, two_folders: 
     folder.assign(view="AP")[["path", "label", "view"]].to_csv(csv, index=False)
     for data, by, message in ((csv, "sex", "has no such column (its other columns: view)"),
                               (two_folders[0], "view", "subgroups need a CSV with that column"),
-                              (csv, "label", "has no such column"),
+                              (csv, "label", "that is each image's label itself, not a subgroup column"),
                               (csv, "subtype", "the subtype has its own rows already")):
         assert main(["evaluate", "--model", str(run_dir), "--data", str(data), "--out", str(tmp_path / "x"),
                      "--by", by]) == 2

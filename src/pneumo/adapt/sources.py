@@ -19,7 +19,7 @@ from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import DataError, InputError, PneumoError
-from pneumo.evaluate.labelled import listed_file, read_table, refuse_listed_twice
+from pneumo.evaluate.labelled import known_columns, listed_file, read_table, refuse_listed_twice, separator_hint
 from pneumo.infer.batch import expand_inputs
 from pneumo.models.sidecar import CheckpointMeta
 
@@ -211,9 +211,10 @@ def site_items(data: str | os.PathLike) -> tuple[list[tuple[str, Callable[[], by
     left_out = {"n_not_read": 0, "not_read": {}}  # a CSV lists what it reads
     if source.is_file() and source.suffix.lower() == ".csv":
         table = read_table(source)
-        column = next((c for c in table.columns if c.strip().lower() == "path"), None)
+        column = known_columns(table, source).get("path")
         if column is None:
-            raise DataError(f"{source} needs a 'path' column, has {', '.join(table.columns) or 'none'}")
+            raise DataError(f"{source} needs a 'path' column, has {', '.join(table.columns) or 'none'}"
+                            + separator_hint(table))
         blank = table.index[table[column].str.strip() == ""]
         if len(blank):  # a row without its image: named, as evaluate and adapt name it
             raise DataError(f"{source}:{blank[0]}: no path")

@@ -53,7 +53,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         the console: the folder travels, so its record names the labelled set by its name and counts the files left
         out (a hospital's paths and file names hold record and accession numbers).
     """
-    from pneumo.evaluate.labelled import find_labelled
+    from pneumo.evaluate.labelled import find_labelled, lost_classes
     from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
 
     parse_policy(policy)
@@ -75,12 +75,17 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         if not keep.any():
             raise DataError(f"the model withholds a verdict from all {len(y)} images of {val} (out of distribution "
                             "or turned): no threshold can be chosen on them")
+        lost = lost_classes(rows["label"], table["label"][keep])
+        if lost:
+            raise DataError(f"{val}: {lost}: a threshold needs both classes (the files are named above and by "
+                            "pneumo evaluate --data)")
         y, logits = np.asarray(y)[keep], logits[keep]
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
         left_out = {**unreadable, **not_read}  # unreadable or refused, and files not read (by name)
         where = {"kind": kind, "location": Path(val).name, "n_not_assessed": int((~keep).sum()),
-                 "n_left_out": len(left_out)}
+                 "n_left_out": len(left_out),  # each file by its bytes' SHA-256 (no path travels with the model):
+                 "files_sha256": sorted(atomic.sha256_file(path) for path in paths)}  # evaluate finds any of them
     else:
         got = val_scores([predictor], data=data, strict=True)  # the fold itself, or why not
         if got is None and predictor.meta.extra.get("adaptation"):

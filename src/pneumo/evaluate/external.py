@@ -20,9 +20,9 @@ from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
-from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on_these
+from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
-from pneumo.evaluate.labelled import check_columns, find_labelled, patients
+from pneumo.evaluate.labelled import check_columns, find_labelled, lost_classes, patients
 from pneumo.evaluate.metrics import (
     binary_metrics,
     bootstrap_cis,
@@ -155,6 +155,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                         "assessed (see pneumo site check)")
     y, logits, images = y_all[headline], logits_all[headline], images_all[headline]
     table = table_all[headline].reset_index(drop=True)
+    lost = lost_classes(labelled["label"], table["label"])
+    if lost:
+        log.warning("%s: %s: the measures that need that class are n/a", data, lost)
     groups_all = patients(table_all, official=official)  # whole patients in every interval, where they are known
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
@@ -231,13 +234,16 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                           "not_read": dict(list(not_read.items())[:MAX_LISTED]),  # all counted, the first listed
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
                           "n_fitted_on": fitted_on_these(spec, table_all["path"]),
-                          "threshold_chosen_on_these": threshold_chosen_on_these(spec, table_all["path"][assessed])}
+                          "n_threshold_chosen_on": threshold_chosen_on(spec, table_all["path"][assessed]),
+                          "lost_class": lost}
     if result["external"]["n_fitted_on"]:
         log.warning("%d of these %d images are ones the model was adapted on: not an external validation (hold "
                     "out other patients)", result["external"]["n_fitted_on"], len(table_all))
+    result["external"]["threshold_chosen_on_these"] = bool(result["external"]["n_threshold_chosen_on"])
     if result["external"]["threshold_chosen_on_these"]:
-        log.warning("the model's threshold was chosen on these very images (pneumo operating-point --data): its "
-                    "sensitivity and specificity here are not an independent measure (evaluate on other patients)")
+        log.warning("the model's threshold was chosen on %d of the %d assessed images here (pneumo operating-point "
+                    "--data): its sensitivity and specificity here are not an independent measure (evaluate on other "
+                    "patients)", result["external"]["n_threshold_chosen_on"], int(assessed.sum()))
     result["ood"] = {k: v for k, v in ood.items() if k != "flags"} if ood else None
     result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution or refused by the "
                               "orientation check", **({k: ood[k] for k in ("n_out_of_distribution", "n_orientation")}

@@ -16,11 +16,18 @@ from pneumo.evaluate.operating import paths_digest
 from pneumo.evaluate.scoring import ModelSpec
 
 
-def threshold_chosen_on_these(spec: ModelSpec, assessed_paths: pd.Series) -> bool:
-    """Whether a single model's stored threshold was chosen (`pneumo operating-point --data`) on exactly these images
-    (its record's digest of the images it gave a verdict, as evaluation's assessed ones are)."""
+def threshold_chosen_on(spec: ModelSpec, assessed_paths: pd.Series) -> int:
+    """How many of the assessed images (at ``assessed_paths``) a single model's stored threshold was chosen on: by the
+    SHA-256 of each file where `pneumo operating-point --data` recorded them (so another spelling of a path, a copy,
+    or a subset still counts: a review found a one-row-shorter CSV called independent), else all or none by the
+    record's digest of the whole list (a run's val fold, older records)."""
     chosen = (spec.predictors[0].meta.extra.get("operating_point") or {}).get("chosen_on") or {}
-    return len(spec.predictors) == 1 and chosen.get("paths_sha256") == paths_digest(assessed_paths.tolist())
+    if len(spec.predictors) != 1 or not chosen:
+        return 0
+    if chosen.get("files_sha256"):
+        listed = set(chosen["files_sha256"])
+        return sum(os.path.isfile(p) and atomic.sha256_file(p) in listed for p in assessed_paths)
+    return len(assessed_paths) if chosen.get("paths_sha256") == paths_digest(assessed_paths.tolist()) else 0
 
 
 def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
@@ -54,7 +61,8 @@ def fitted_sentence(ext: dict) -> str:
         said.append(f"<strong>{ext['n_fitted_on']} of them are images the model was adapted on: this is not an "
                     "external validation of those.</strong>")
     if ext.get("threshold_chosen_on_these"):
-        said.append("<strong>the model's threshold was chosen on these very images (pneumo operating-point): its "
-                    "sensitivity and specificity here are not an independent measure.</strong>")
+        said.append(f"<strong>the model's threshold was chosen on {ext.get('n_threshold_chosen_on', 'all')} of the "
+                    "assessed images here (pneumo operating-point): its sensitivity and specificity here are not an "
+                    "independent measure.</strong>")
     return " ".join(said) or "none of them is among the images the model's records name as fitted on (adapted on, " \
         "or its threshold chosen on)."

@@ -53,8 +53,7 @@ def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, st
     if missing:
         where = f" (a CSV's paths are read relative to its folder, {path.parent.absolute()})" if path.is_file() else ""
         raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]}{where}")
-    if path.is_file():
-        refuse_listed_twice(source, table["path"].tolist())
+    refuse_listed_twice(source, table["path"].tolist())  # a CSV's row twice, or a folder's link to another of its files
     if table["label"].nunique() < 2:
         raise DataError(f"{source} holds only {table['label'].iloc[0]} images: sensitivity, specificity and "
                         "a threshold need both NORMAL and PNEUMONIA")
@@ -116,20 +115,44 @@ def refuse_listed_twice(where: str | os.PathLike, paths: list[str]) -> None:
             twice.append(path)
         seen.add(real)
     if twice:
-        raise DataError(f"{where}: {len(twice)} file(s) listed more than once (e.g. {twice[0]}): list each once")
+        raise DataError(f"{where}: {len(twice)} file(s) listed more than once (e.g. {twice[0]}; a link to another "
+                        "listed file counts): list each once")
+
+
+KNOWN_COLUMNS = ("path", "label", "subtype", "patient_id")
+
+
+def known_columns(raw: pd.DataFrame, csv: Path) -> dict[str, str]:
+    """The CSV's own name of each column pneumo reads (`KNOWN_COLUMNS`), whatever its case and padding; a patient id
+    also as a PACS export spells it (PatientID, Patient ID, patient-id).
+
+    Raises:
+        DataError: one of them under two spellings (``label`` and ``Label``): which one holds the truth is not ours to
+            guess (a review found one read silently, and another command reading the other).
+    """
+    found: dict[str, list[str]] = {}
+    for column in raw.columns:
+        key = re.sub(r"[\s_-]", "", column.lower())
+        name = "patient_id" if key == "patientid" else column.strip().lower()
+        if name in KNOWN_COLUMNS:
+            found.setdefault(name, []).append(column)
+    twice = next(((name, spelled) for name, spelled in found.items() if len(spelled) > 1), None)
+    if twice:
+        raise DataError(f"{csv} has the {twice[0]} column twice ({', '.join(repr(c) for c in twice[1])}): keep one")
+    return {name: spelled[0] for name, spelled in found.items()}
+
+
+def separator_hint(raw: pd.DataFrame) -> str:
+    """`` (its fields look separated by ...)`` when the header holds semicolons or tabs (a spreadsheet's export)."""
+    separator = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs")) if sep in "".join(raw.columns)), None)
+    return f" (its fields look separated by {separator}: save it with commas)" if separator else ""
 
 
 def _from_csv(csv: Path) -> pd.DataFrame:
     raw = read_table(csv)
-    columns = {c.strip().lower(): c for c in raw.columns}
-    if "patient_id" not in columns:  # PatientID, Patient ID, patient-id: the same column under a PACS export's name
-        named = [c for c in raw.columns if re.sub(r"[\s_-]", "", c.lower()) == "patientid"]
-        columns |= {"patient_id": named[0]} if named else {}
+    columns = known_columns(raw, csv)
     if "path" not in columns or "label" not in columns:
-        separator = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs")) if sep in "".join(raw.columns)),
-                         None)
-        raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}"
-                        + (f" (its fields look separated by {separator}: save it with commas)" if separator else ""))
+        raise DataError(f"{csv} needs 'path' and 'label' columns, has {', '.join(raw.columns)}" + separator_hint(raw))
     rows = []
     subtypes = raw[columns["subtype"]] if "subtype" in columns else [""] * len(raw)
     for line, rel, text, given in zip(raw.index, raw[columns["path"]], raw[columns["label"]], subtypes, strict=True):
@@ -147,8 +170,8 @@ def _from_csv(csv: Path) -> pd.DataFrame:
     if "patient_id" in columns:
         table["patient_id"] = raw[columns["patient_id"]].str.strip().to_numpy()
     for name in raw.columns:
-        if name.strip().lower() not in {"path", "label", "subtype"} and name != columns.get("patient_id"):
-            table[name] = raw[name].str.strip().to_numpy()
+        if name not in columns.values():  # under its name without padding, as --by names it
+            table[name.strip()] = raw[name].str.strip().to_numpy()
     return table
 
 
@@ -179,12 +202,25 @@ def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathL
         views = [view_position(path) for path in table["path"]]
         if any(views):
             table = table.assign(view=[view or "" for view in views])
+    own = next((c for c in by if c in ("path", "label")), None)
+    if own:
+        raise ConfigError(f"--by {own}: that is each image's {own} itself, not a subgroup column; --by takes the CSV's "
+                          "other columns (view, sex, scanner...)")
     missing = [c for c in by if c not in table.columns or c in fixed - {"patient_id"}]
     if missing:
         have = [c for c in table.columns if c not in fixed]
         raise ConfigError(f"--by {missing[0]}: {data} has no such column" + (
             f" (its other columns: {', '.join(have)})" if have else " (subgroups need a CSV with that column)"))
     return table
+
+
+def lost_classes(listed: pd.Series, kept: pd.Series) -> str | None:
+    """A sentence when a label of the ``listed`` images has none left among the ``kept`` (measured) ones: every image
+    of it unreadable, refused by the input gate or withheld (out of distribution, turned); else None. A set that lost a
+    class has no sensitivity (or specificity), for that reason and not for its size (a review)."""
+    gone = [label for label in sorted(set(listed)) if not (kept == label).any()]
+    return "; ".join(f"all {int((listed == label).sum())} {label} image(s) were unreadable, refused by the input gate "
+                     "or withheld (out of distribution or turned)" for label in gone) or None
 
 
 def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | None:

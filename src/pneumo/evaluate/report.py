@@ -231,7 +231,9 @@ def headline_html(result: dict) -> str:
         mc = test["multiclass"]
         cards.append({"label": "3-class accuracy", "value": fmt_number(mc.get("accuracy")),
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
-    warning = small_sample_warning(metrics)
+    lost = (result.get("external") or {}).get("lost_class")
+    warning = " ".join(w for w in (f"{lost[0].upper()}{lost[1:]}: the measures that need that class are n/a."
+                                   if lost else None, small_sample_warning(metrics)) if w) or None
     return (render("headline.html.j2", cards=cards, n=test.get("n", "?"), warning=warning,
                    where=data_label(result),
                          threshold=fmt_threshold(result.get("threshold"), 3), policy=result.get("threshold_policy"),

@@ -16,7 +16,7 @@ import pandas as pd
 
 from pneumo.data.cache import image_cache, kept_array
 from pneumo.data.rundir import RunDir, read_folds
-from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError
+from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError, one_line
 from pneumo.evaluate.labelled import labelled_images
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import log_mean_probability
@@ -147,7 +147,9 @@ def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool 
         for k, p in enumerate(predictors):
             prepared[k].append(p.preprocess(grays[p.size]))
     if not kept:
-        raise DataError(f"none of the {len(table)} labelled images could be read")
+        first_path, why = next(iter(errors.items()))
+        raise DataError(f"none of the {len(table)} labelled images could be read or passed the input gate (e.g. "
+                        f"{one_line(first_path)}: {one_line(why)})")
     table = table.iloc[kept].reset_index(drop=True)
     stacks = [np.stack(images) for images in prepared]
     first = [predictors[0].outputs(stacks[0][i:i + BATCH]) for i in range(0, len(stacks[0]), BATCH)]
