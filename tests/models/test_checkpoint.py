@@ -13,6 +13,7 @@ import pytest
 import torch
 from sidecars import edit_sidecar, signed
 
+from pneumo.data.rundir import CROSSFIT_KEY
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models import PneumoNet, create
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
@@ -247,7 +248,7 @@ def test_the_shipped_model_records_its_sidecars_checksum() -> None:
     assert payload["format"] == "pneumo-checkpoint/2" and payload[DIGEST_KEY] == sidecar_digest(payload)
 
 
-@pytest.mark.parametrize("trick", ["nan-empty", "downgrade-keeping-record"])
+@pytest.mark.parametrize("trick", ["nan-empty", "downgrade-keeping-record", "downgrade-of-an-adapted-model"])
 def test_a_sidecar_cannot_switch_its_own_check_off(saved: Path, trick: str) -> None:
     """Review of the record: a NaN anywhere made the digest empty, so an empty record passed; a format set back to
     /1 while a record of /2 stays in it is an edited file, not an older one."""
@@ -259,6 +260,9 @@ def test_a_sidecar_cannot_switch_its_own_check_off(saved: Path, trick: str) -> N
         payload[DIGEST_KEY] = ""
     else:
         payload["format"] = LEGACY_FORMAT
+    if trick == "downgrade-of-an-adapted-model":  # its own record removed; the adapted-on list's record, which only
+        payload.pop(DIGEST_KEY)  # this format's writers made, stays (a review: every command ran, the card forged)
+        payload[CROSSFIT_KEY] = "0" * 64
     sidecar.write_text(json.dumps(payload))
     with pytest.raises(IntegrityError, match="changed after pneumo wrote it"):
         read_meta(sidecar)
@@ -267,14 +271,15 @@ def test_a_sidecar_cannot_switch_its_own_check_off(saved: Path, trick: str) -> N
 def test_rewriting_an_older_sidecar_records_the_card_beside_it(saved: Path) -> None:
     """`pneumo ood fit --model` on a model of the older format (an adapted model with its card): the card it showed
     stays its card, now recorded."""
-    from pneumo.infer.card import card_markdown
+    from pneumo.infer.card import LEGACY_CARD_NOTE, card_markdown
     from pneumo.models.sidecar import CARD_KEY
 
     sidecar = saved.with_suffix(".json")
     payload = {k: v for k, v in json.loads(sidecar.read_text()).items() if k != DIGEST_KEY}
     sidecar.write_text(json.dumps({**payload, "format": LEGACY_FORMAT}))
     sidecar.with_suffix(".md").write_text("# Model card: site A\n")
-    assert card_markdown(sidecar) == "# Model card: site A\n"  # shown unchecked, as before
+    assert card_markdown(sidecar) == LEGACY_CARD_NOTE + "# Model card: site A\n"  # shown, said to be unchecked
+    assert "not covered by a checksum" in LEGACY_CARD_NOTE
     write_meta(sidecar, read_meta(sidecar))
     assert json.loads(sidecar.read_text())[CARD_KEY] == hashlib.sha256(b"# Model card: site A\n").hexdigest()
     assert card_markdown(sidecar) == "# Model card: site A\n"

@@ -167,6 +167,11 @@ def card_of(sidecar: os.PathLike, meta: CheckpointMeta | None = None) -> str:
     return markdown
 
 
+LEGACY_CARD_NOTE = ("> This card is not covered by a checksum (the sidecar was written by an older pneumo, "
+                    f"{LEGACY_FORMAT}): it may have been edited since. The facts below it are read from the checked "
+                    "sidecar and weights.\n\n")
+
+
 def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None) -> str | None:
     """The model's card, ``<stem>.md`` next to its sidecar (the shipped and adapted models have one), when the
     sidecar records its SHA-256 (``card_sha256``, `record_card`) and the file matches it; None when there is no
@@ -186,8 +191,9 @@ def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None
             raise IntegrityError(f"the model card {markdown} that its sidecar records is missing: copy the whole model "
                                  "folder again")
         return None
-    if recorded is None:
-        return markdown.read_text(encoding="utf-8", errors="replace") if meta.format == LEGACY_FORMAT else None
+    if recorded is None:  # an older sidecar's card: shown, but said to be unchecked (it may have been edited)
+        return (LEGACY_CARD_NOTE + markdown.read_text(encoding="utf-8", errors="replace")
+                if meta.format == LEGACY_FORMAT else None)
     data = markdown.read_bytes()
     if hashlib.sha256(data).hexdigest() != recorded:
         raise IntegrityError(f"the model card {markdown} does not match the SHA-256 its sidecar records: it was "

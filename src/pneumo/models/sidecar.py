@@ -259,8 +259,10 @@ def sidecar_digest(payload: Mapping[str, Any]) -> str | None:
 
 def _check_digest(sidecar: Path, payload: Mapping[str, Any]) -> None:
     """``IntegrityError`` unless a sidecar of this format holds its own SHA-256; an older one: one warning a path."""
-    if payload.get("format") == LEGACY_FORMAT and not {DIGEST_KEY, CARD_KEY} & set(payload):  # (records of this
-        if sidecar not in _WARNED_LEGACY:  # format in a sidecar that says it is older: its format was edited)
+    # records only this format's writers make, in a sidecar that says it is older: its format was edited (a review
+    # removed the checksum, set format 1 and a new threshold, and every command ran with a forged card)
+    if payload.get("format") == LEGACY_FORMAT and not {DIGEST_KEY, CARD_KEY, CROSSFIT_KEY} & set(payload):
+        if sidecar not in _WARNED_LEGACY:
             _WARNED_LEGACY.add(sidecar)
             log.warning("%s was written by an older pneumo (%s): its values are range-checked but it records no "
                         "checksum of its own; `pneumo ood fit --model` rewrites it with one", sidecar, LEGACY_FORMAT)
