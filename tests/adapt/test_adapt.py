@@ -423,6 +423,19 @@ def test_cli_refuses_a_file_listed_twice_with_one_line(site_csv: Path, tmp_path:
     assert len(err) == 1 and "1 file(s) listed more than once" in err[0] and table["path"].iloc[0] in err[0]
 
 
+def test_by_an_identifier_column_is_refused_before_it_reaches_the_folder_that_travels(
+        site_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--by patient_id`` wrote every patient's ID into the card, adapt.json and report, and the card is served by
+    /api/v1/model (a review); a column of IDs under another name does the same."""
+    table = pd.read_csv(site_csv, dtype=str)
+    table.assign(accession=[f"ACC{i:05d}" for i in range(len(table))]).to_csv(tmp_path / "ids.csv", index=False)
+    for column in ("patient_id", "accession"):
+        assert main(["adapt", "--data", str(tmp_path / "ids.csv"), "--out", str(tmp_path / "a"), "--by", column]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--by {column}:" in err[0] and "(an identifier?)" in err[0], err
+        assert not (tmp_path / "a").exists()
+
+
 def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     few = tmp_path / "few.csv"

@@ -18,7 +18,7 @@ import pandas as pd
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
-from pneumo.errors import DataError, InputError, PneumoError
+from pneumo.errors import ConfigError, DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import known_columns, listed_file, read_table, refuse_listed_twice, separator_hint
 from pneumo.infer.batch import expand_inputs
 from pneumo.models.sidecar import CheckpointMeta
@@ -77,6 +77,9 @@ class SourceImages:
         return self.pool_x is not None
 
 
+MAX_SUBGROUPS = 20  # values of a --by column adapt reports (a column of IDs would carry each into the folder)
+
+
 def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> SiteImages:
     """Decode, preprocess and score every labelled image of a folder or ``path,label[,patient_id]`` CSV, as external
     validation does (`pneumo.evaluate.scoring.score_labelled`: the input gate predict and serve apply; refused or
@@ -90,6 +93,12 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     rows = labelled_images(data)
     _check_rows(rows, data)
     rows = check_columns(rows, by, data)
+    for column in by:  # each value gets a row in the card and the record, which travel with the model folder
+        n = rows[column].nunique()
+        if column == "patient_id" or n > MAX_SUBGROUPS:
+            raise ConfigError(f"--by {column}: {n} distinct values (an identifier?): the adapted model's card and "
+                              f"records travel with its folder and would list each; give a column of at most "
+                              f"{MAX_SUBGROUPS} values (view, sex, scanner), or measure it with pneumo evaluate --by")
     y, logits, table, errors, images, results = score_labelled([predictor], data, table=rows)  # the list read once
     if errors:  # named here, on the site's own console; the model folder that travels only counts them
         log.warning("%d file(s) could not be read and are left out: %s", len(errors),
