@@ -164,6 +164,24 @@ def test_an_onnx_only_folder_is_bound_to_the_weights_its_sidecar_names(model: Pa
         Predictor(onnx_path, backend="auto")
 
 
+def test_model_card_refuses_a_folder_without_its_weights_or_a_recorded_export(model: Path, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    """Every other command refused a folder whose weights were deleted; `model-card` printed its card, exit 0 (a
+    review). An export's folder (no weights, its recorded .onnx) still has a card; an unrecorded .onnx does not."""
+    from pneumo.cli import main
+
+    onnx_path = export_onnx(model, tmp_path / "export")
+    assert main(["model-card", "--model", str(onnx_path.with_suffix(".json"))]) == 0
+    onnx_path.with_name(onnx_path.name + ".sha256").unlink()
+    capsys.readouterr()
+    assert main(["model-card", "--model", str(onnx_path.with_suffix(".json"))]) == 2
+    assert "has no checksum record" in capsys.readouterr().err
+    model.with_suffix(".safetensors").unlink()
+    assert main(["model-card", "--model", str(model)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint weights missing" in err and len(err.splitlines()) == 1
+
+
 @pytest.fixture()
 def plain(tiny_model: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny checkpoint, nothing exported."""
