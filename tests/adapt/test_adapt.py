@@ -527,6 +527,24 @@ def test_a_copy_that_lost_or_changed_its_adapted_on_list_is_refused_by_evaluate(
                      "--no-analysis", "--bootstrap", "0"]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and message in err and not (tmp_path / f"v-{change}").exists()
+        # nor is it passed on by a copy that pneumo makes (operating-point and export copied it unchecked)
+        for argv in (["operating-point", "--model", str(copy), "--data", str(site_csv), "--threshold-policy",
+                      "youden", "--out", str(tmp_path / f"o-{change}")],
+                     ["export", "--model", str(copy), "--out", str(tmp_path / f"e-{change}")]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and message in err, (argv[0], err)
+
+
+def test_a_threshold_chosen_on_the_images_the_model_was_adapted_on_is_warned_about_and_recorded(
+        adapted: dict, site_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """evaluate said so; operating-point --data chose a threshold on the adaptation's own images without a word (a
+    review)."""
+    assert main(["operating-point", "--model", str(adapted["out"]), "--data", str(site_csv), "--threshold-policy",
+                 "youden", "--out", str(tmp_path / "o")]) == 0
+    n = len(pd.read_csv(site_csv))
+    assert f"{n} of these {n} images are ones the model was adapted on" in caplog.text
+    assert json.loads((tmp_path / "o" / "model.json").read_text())["operating_point"]["chosen_on"]["n_adapted_on"] == n
 
 
 def test_an_out_path_that_is_a_file_is_a_one_line_error(site_csv: Path, tmp_path: Path,

@@ -5,11 +5,13 @@ with a versioned record of where it came from. The source model is never changed
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pneumo import atomic
 from pneumo.config import read_yaml
@@ -21,6 +23,7 @@ from pneumo.infer.card import card_markdown, record_card
 from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import (
     CARD_KEY,
+    check_crossfit,
     check_new_folder,
     companion_files,
     read_meta,
@@ -30,6 +33,8 @@ from pneumo.models.sidecar import (
 )
 from pneumo.policy import parse_policy, policy_warning
 from pneumo.provenance import utc_now
+
+log = logging.getLogger(__name__)
 
 
 def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,
@@ -53,6 +58,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         the console: the folder travels, so its record names the labelled set by its name and counts the files left
         out (a hospital's paths and file names hold record and accession numbers).
     """
+    from pneumo.evaluate.fitted import fitted_on_these
     from pneumo.evaluate.labelled import find_labelled, lost_classes
     from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
 
@@ -83,7 +89,12 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
         left_out = {**unreadable, **not_read}  # unreadable or refused, and files not read (by name)
+        adapted_on = fitted_on_these([predictor], pd.Series(paths))
+        if adapted_on:  # as evaluate warns: a threshold set on them reads the model's own training images
+            log.warning("%d of these %d images are ones the model was adapted on: a threshold chosen on them is set "
+                        "on images the model was trained on (choose it on other patients)", adapted_on, len(paths))
         where = {"kind": kind, "location": Path(val).name, "n_not_assessed": int((~keep).sum()),
+                 "n_adapted_on": adapted_on,
                  "n_left_out": len(left_out),  # each file by its bytes' SHA-256 (no path travels with the model):
                  "files_sha256": sorted(atomic.sha256_file(path) for path in paths)}  # evaluate finds any of them
     else:
@@ -120,6 +131,7 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
     """The new model folder's files, in ``work``: the source's weights, checks and run files, a sidecar with the new
     operating point (``name``: the folder's final name)."""
     source, new = sidecar.parent, RunDir(work)
+    check_crossfit(sidecar, meta)  # the adapted-on list goes along only as recorded
     shutil.copy2(weights_path(sidecar, meta), new.weights)
     for file in companion_files(meta):  # the checks and the adapted-on list travel with the weights
         if (source / file).is_file():

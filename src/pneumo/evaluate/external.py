@@ -233,7 +233,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                           "unreadable": errors, "n_not_read": len(not_read),
                           "not_read": dict(list(not_read.items())[:MAX_LISTED]),  # all counted, the first listed
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
-                          "n_fitted_on": fitted_on_these(spec, table_all["path"]),
+                          "n_fitted_on": fitted_on_these(spec.predictors, table_all["path"]),
                           "n_threshold_chosen_on": threshold_chosen_on(spec, table_all["path"][assessed]),
                           "lost_class": lost}
     if result["external"]["n_fitted_on"]:

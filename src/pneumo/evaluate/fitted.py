@@ -10,10 +10,10 @@ import os
 import pandas as pd
 
 from pneumo import atomic
-from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY
-from pneumo.errors import IntegrityError
+from pneumo.data.rundir import CROSSFIT
 from pneumo.evaluate.operating import paths_digest
 from pneumo.evaluate.scoring import ModelSpec
+from pneumo.models.sidecar import check_crossfit
 
 
 def threshold_chosen_on(spec: ModelSpec, assessed_paths: pd.Series) -> int:
@@ -30,21 +30,16 @@ def threshold_chosen_on(spec: ModelSpec, assessed_paths: pd.Series) -> int:
     return len(assessed_paths) if chosen.get("paths_sha256") == paths_digest(assessed_paths.tolist()) else 0
 
 
-def fitted_on_these(spec: ModelSpec, paths: pd.Series) -> int:
+def fitted_on_these(predictors: list, paths: pd.Series) -> int:
     """How many of the files at ``paths`` an adapted model was fine-tuned on: its folder's crossfit_predictions.csv
     lists them by the SHA-256 of their bytes (by path before 2026-12-06); a new operating point carries the file."""
-    listed = spec.predictors[0].sidecar.parent / CROSSFIT
-    recorded = spec.predictors[0].meta.extra.get(CROSSFIT_KEY)
-    if len(spec.predictors) != 1 or not spec.predictors[0].meta.extra.get("adaptation"):
+    predictor = predictors[0]
+    if len(predictors) != 1 or not predictor.meta.extra.get("adaptation"):
         return 0
+    listed = check_crossfit(predictor.sidecar, predictor.meta)  # recorded: checked; an older model's: as it is
+    listed = listed or (predictor.sidecar.parent / CROSSFIT)
     if not listed.is_file():
-        if recorded:  # a lost list would make the images it was adapted on look external (a review)
-            raise IntegrityError(f"{listed} that the model's sidecar records is missing: it cannot tell which images "
-                                 "the model was adapted on; copy the whole model folder again")
         return 0
-    if recorded and atomic.sha256_file(listed) != recorded:
-        raise IntegrityError(f"{listed} does not match the SHA-256 its sidecar records: it was changed after pneumo "
-                             "wrote it; copy the whole model folder again")
     table = pd.read_csv(listed, dtype=str, keep_default_na=False)
     if "file_sha256" in table:
         adapted_on = set(table["file_sha256"])

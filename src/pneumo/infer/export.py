@@ -21,6 +21,7 @@ from pneumo import atomic
 from pneumo.atomic import sha256_file
 from pneumo.errors import IntegrityError, ModelError
 from pneumo.models.sidecar import (
+    check_crossfit,
     companion_files,
     read_meta,
     resolve_model,
@@ -144,6 +145,7 @@ def _copy_companions(sidecar: Path, target_sidecar: Path) -> None:
     from pneumo.infer.card import card_markdown, card_of, record_card
 
     meta = read_meta(sidecar)
+    check_crossfit(sidecar, meta)  # the checks are verified by the copy's loaders; the adapted-on list here
     for name in companion_files(meta):
         if (sidecar.parent / name).is_file():
             shutil.copyfile(sidecar.parent / name, target_sidecar.parent / name)

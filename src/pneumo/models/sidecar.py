@@ -319,6 +319,27 @@ def companion_files(meta: CheckpointMeta) -> list[str]:
                               CROSSFIT if meta.extra.get(CROSSFIT_KEY) else None) if name]
 
 
+def check_crossfit(sidecar: Path, meta: CheckpointMeta) -> Path | None:
+    """An adapted model's list of the images it was adapted on (``crossfit_predictions.csv``), checked against the
+    SHA-256 its sidecar records; None for a model that records none. Every reader and every copy checks it: a lost or
+    changed list would make the images it was adapted on look external (a review found copies passing one on).
+
+    Raises:
+        IntegrityError: the recorded list is missing or changed.
+    """
+    recorded = meta.extra.get(CROSSFIT_KEY)
+    listed = Path(sidecar).parent / CROSSFIT
+    if not recorded:
+        return None
+    if not listed.is_file():
+        raise IntegrityError(f"{listed} that the model's sidecar records is missing: it cannot tell which images the "
+                             "model was adapted on; copy the whole model folder again")
+    if atomic.sha256_file(listed) != recorded:
+        raise IntegrityError(f"{listed} does not match the SHA-256 its sidecar records: it was changed after pneumo "
+                             "wrote it; copy the whole model folder again")
+    return listed
+
+
 def stem_of(path: str | os.PathLike) -> Path:
     """The path without a ``.json`` / ``.safetensors`` suffix."""
     path = Path(path)
