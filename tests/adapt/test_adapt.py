@@ -679,3 +679,31 @@ def test_an_adapted_model_records_the_code_and_the_resamples_that_made_it(adapte
     assert {"torch", "numpy", "onnxruntime", "threads", "created"} <= set(record["provenance"])
     assert json.loads((out / "model.json").read_text())["commit"] == git_commit()
     assert record["bootstrap"] == {"n_resamples": 1000, "seed": TINY.seed}
+
+
+def test_adapting_an_adapted_model_keeps_the_earlier_sites_images_and_says_so(
+        adapted: dict, site_csv: Path, data_slice: Path, tmp_path: Path) -> None:
+    """The second adaptation dropped the first one's record and adapted-on list: evaluate then called the first
+    site's images external, and the card named only the model id (a review). And no path of the machine it was made
+    on travels in the new folder (the source model's and the dataset's were absolute)."""
+    nih = Path(pd.read_csv(site_csv)["path"].iloc[0]).parents[1]
+    meta = pd.read_csv(nih / "manifest.csv", dtype=str, keep_default_na=False)
+    used = set(pd.read_csv(site_csv, dtype=str)["patient_id"])
+    single = meta[~meta["patient_id"].isin(used)].groupby("patient_id").filter(lambda g: len(g) == 1)
+    rows = pd.concat([g.sample(PER_CLASS, random_state=4) for _, g in single.groupby("label")])
+    second = tmp_path / "second.csv"
+    rows.assign(path=[str(nih / p) for p in rows["path"]])[["path", "label", "patient_id"]].to_csv(second, index=False)
+    out = tmp_path / "site-b"
+    adapt_run.adapt(str(adapted["out"]), second, out, dataset=str(data_slice), cfg=TINY, n_bootstrap=0, device="cpu")
+    sidecar = json.loads((out / "model.json").read_text())
+    first = json.loads((adapted["out"] / "model.json").read_text())
+    assert sidecar["adapted_before"]["chain"] == [{"model_id": sidecar["adaptation"]["source_model"]["model_id"],
+                                                   "created": first["adaptation"]["created"], "n_images": len(
+                                                       pd.read_csv(site_csv)), "n_patients": len(used)}]
+    assert main(["evaluate", "--model", str(out), "--data", str(site_csv), "--out", str(tmp_path / "v"),
+                 "--no-analysis", "--bootstrap", "0"]) == 0
+    assert json.loads((tmp_path / "v" / "metrics.json").read_text())["external"]["n_fitted_on"] == len(used) + 1
+    card = (out / "model.md").read_text()
+    assert f"was itself adapted on {first['adaptation']['created']} to {len(used) + 1} images" in card
+    for name in ("model.json", "model.md", "adapt.json"):
+        assert str(tmp_path) not in (out / name).read_text() and str(data_slice) not in (out / name).read_text(), name

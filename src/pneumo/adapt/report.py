@@ -64,7 +64,9 @@ def summary_lines(record: dict) -> list[str]:
     lines = [
         (f"Adapted from `{record['source_model']['model_id']}` on {record['created']} to the labelled images in "
          f"{md_text(site['data'])}: {site['n_images']} images ({labels}), {patients_line(site)}; "
-         f"{site['n_unreadable']} files could not be read and were left out."),
+         f"{site['n_unreadable']} files could not be read and were left out."
+         + "".join(f" `{md_text(step['model_id'])}` was itself adapted on {step['created']} to {step['n_images']} "
+                   f"images of {step['n_patients']} patients." for step in reversed(record.get("adapted_before", [])))),
         "",
         f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epoch(s), AdamW lr "
         f"{record['recipe']['lr']:g}, rehearsal "

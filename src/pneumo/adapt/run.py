@@ -215,14 +215,16 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     final = fine_tune(np.arange(len(site.y)), 0)
     n_pos, n_neg = int(site.y.sum()), int((site.y == 0).sum())
     record = {
-        "source_model": {"location": str(predictor.sidecar.absolute()), "model_id": predictor.model_id,
+        # names only, as the site's: the folder travels, and a path says where it was made (a review)
+        "source_model": {"location": f"{predictor.sidecar.parent.name}/{predictor.sidecar.name}",
+                         "model_id": predictor.model_id,
                          "threshold": predictor.threshold, "threshold_policy": predictor.meta.threshold_policy},
         # the folder travels: the labels by their file's name, the unreadable files counted (the console named them):
         # a hospital's paths and file names hold record and accession numbers
         "site": {**site.counts(), "data": Path(site.location).name, "paths_sha256":
                  paths_digest(site.table["path"].tolist())},
         "recipe": cfg.model_dump(),
-        "rehearsal": {"used": pool[0] is not None, "pool": 0 if pool[0] is None else len(pool[0]), "dataset": source.root,
+        "rehearsal": {"used": pool[0] is not None, "pool": 0 if pool[0] is None else len(pool[0]), "dataset": source.root and Path(source.root).name,
                       "note": source.note or None},
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
                             "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},

@@ -15,12 +15,12 @@ import torch
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages, SourceImages
 from pneumo.adapt.stats import patient_folds
-from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY, RunDir
+from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY, EARLIER_KEY, RunDir
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import record_card
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
-from pneumo.models.sidecar import CARD_KEY, read_meta, write_meta
+from pneumo.models.sidecar import CARD_KEY, check_crossfit, read_meta, write_meta
 from pneumo.train.ood import record_orientation
 from pneumo.train.probe import feature_extractor
 
@@ -29,8 +29,26 @@ OOD_POOL = 600  # source training images the refitted OOD statistics use (a seed
 # sidecar fields that describe the source model's files or its own evaluation: not the adapted model's
 NOT_INHERITED = ("sha256", "weights_file", "dtype", "created", "ood", "metrics", "training", "config",
                  "operating_point", "model_card", "commit", "adaptation", "orientation", CARD_KEY,
-                 CROSSFIT_KEY)
+                 CROSSFIT_KEY, EARLIER_KEY)
 ORIENT_POOL = 200  # source training images the refitted orientation check learns from, beside the site's
+
+
+def earlier_adaptations(predictor) -> dict | None:
+    """When the source model was itself adapted: each earlier adaptation (model id, date, images, patients) and the
+    SHA-256 of every image any of them was adapted on, carried forward so that evaluate still tells those images
+    apart (adapting an adapted model lost them: a review); None otherwise."""
+    meta = predictor.meta
+    if not meta.extra.get("adaptation"):
+        return None
+    before = meta.extra.get(EARLIER_KEY) or {}
+    hashes = set(before.get("files_sha256", []))
+    listed = check_crossfit(predictor.sidecar, meta)
+    if listed is not None:
+        hashes |= set(pd.read_csv(listed, dtype=str, keep_default_na=False).get("file_sha256", []))
+    site = meta.extra["adaptation"].get("site", {})
+    step = {"model_id": predictor.model_id, "created": meta.extra["adaptation"].get("created"),
+            "n_images": site.get("n_images"), "n_patients": site.get("n_patients")}
+    return {"chain": [*before.get("chain", []), step], "files_sha256": sorted(hashes)}
 
 
 def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages, record: dict,
@@ -50,6 +68,9 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
     from pneumo.evaluate.report import to_jsonable
 
     inherited = {k: v for k, v in predictor.meta.to_json().items() if k not in NOT_INHERITED}
+    earlier = earlier_adaptations(predictor)
+    if earlier:  # the card and record say the source was itself adapted, and on how many images
+        record["adapted_before"] = earlier["chain"]
     local = record["local"]["after"]["metrics"]
     meta = {**inherited, "mode": "adapted", "tta": False,  # the threshold was chosen on single-pass scores
             "commit": record["provenance"]["commit"],  # the code that adapted it (the source's commit is its own)
@@ -58,7 +79,8 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
             "metrics": {"site_crossfit": {k: local[k] for k in ("accuracy", "sensitivity", "specificity", "f1",
                                                                  "roc_auc", "pr_auc")},
                         "site_crossfit_n": record["local"]["n"]},
-            "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"})}
+            "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"}),
+            **({EARLIER_KEY: earlier} if earlier else {})}
     seed = record["recipe"]["seed"]
     sidecar = save_checkpoint(work / "model", model, meta)
     record["ood"] = refit_ood(sidecar, model, site, source, device, seed=seed, folds=record["local"]["folds"])

@@ -26,6 +26,7 @@ METRICS = "metrics.json"  # the evaluation
 PREDICTIONS = "predictions.csv"
 CROSSFIT = "crossfit_predictions.csv"  # an adapted model's out-of-fold scores of the images it was adapted on
 CROSSFIT_KEY = "crossfit_sha256"  # its SHA-256 in the sidecar: evaluate tells the images it was adapted on by it
+EARLIER_KEY = "adapted_before"  # an adapted model's earlier adaptations and the SHA-256 of each image they used
 _HELD: set[str] = set()  # the run locks this process holds
 
 

@@ -10,7 +10,7 @@ import os
 import pandas as pd
 
 from pneumo import atomic
-from pneumo.data.rundir import CROSSFIT
+from pneumo.data.rundir import CROSSFIT, EARLIER_KEY
 from pneumo.evaluate.operating import paths_digest
 from pneumo.evaluate.scoring import ModelSpec
 from pneumo.models.sidecar import check_crossfit
@@ -41,8 +41,9 @@ def fitted_on_these(predictors: list, paths: pd.Series) -> int:
     if not listed.is_file():
         return 0
     table = pd.read_csv(listed, dtype=str, keep_default_na=False)
-    if "file_sha256" in table:
-        adapted_on = set(table["file_sha256"])
+    if "file_sha256" in table:  # and the images of the adaptations before this one (`adapt.write.EARLIER_KEY`)
+        adapted_on = set(table["file_sha256"]) | set((predictor.meta.extra.get(EARLIER_KEY) or {}).get(
+            "files_sha256", []))
         return sum(os.path.isfile(p) and atomic.sha256_file(p) in adapted_on for p in paths)
     adapted_on = {os.path.realpath(atomic.from_csv_cell(p)) for p in table.get("path", [])}
     return sum(os.path.realpath(p) in adapted_on for p in paths)
