@@ -118,7 +118,8 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         "policy": policy, "threshold": threshold, "warning": policy_warning(policy, int(yb.sum()), int((yb == 0).sum())),
         "chosen_on": {**where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
                       "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"]},
-        "derived_from": {"model": str(sidecar.absolute()), "weights_sha256": meta.sha256,
+        # the source by its folder and file name, not this machine's path: the new folder travels (a review)
+        "derived_from": {"model": f"{sidecar.parent.name}/{sidecar.name}", "weights_sha256": meta.sha256,
                          "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},
         "created": utc_now(),
     }
