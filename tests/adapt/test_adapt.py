@@ -707,3 +707,24 @@ def test_adapting_an_adapted_model_keeps_the_earlier_sites_images_and_says_so(
     assert f"was itself adapted on {first['adaptation']['created']} to {len(used) + 1} images" in card
     for name in ("model.json", "model.md", "adapt.json"):
         assert str(tmp_path) not in (out / name).read_text() and str(data_slice) not in (out / name).read_text(), name
+
+
+def test_without_the_dataset_the_site_check_compares_an_adapted_model_with_its_own_sites_call_rate(
+        adapted: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the source dataset the site check compared an adapted model's positive-call rate with Kermany's
+    training prevalence (74 %), a case mix it was not made for: with a low cross-fitted specificity it calls most of
+    its own site's images pneumonia, read as "case mix differs" (a review). Its record gives the rate to expect."""
+    from pneumo.adapt.check import build_reference
+    from pneumo.infer.predictor import Predictor
+
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)
+    predictor = Predictor(adapted["out"] / "model.json")
+    ref = build_reference(predictor, dataset=None, sample=10, seed=0)
+    site, local = adapted["record"]["site"], predictor.meta.metrics["site_crossfit"]
+    prevalence = site["by_label"]["PNEUMONIA"] / site["n_images"]
+    expected = local["sensitivity"] * prevalence + (1 - local["specificity"]) * (1 - prevalence)
+    assert ref.kind == "sidecar" and ref.prevalence == pytest.approx(expected)
+    assert ref.expected == "the call rate at the site it was adapted on"
+    assert f"{site['n_images']} images" in ref.prevalence_source and "specificity" in ref.prevalence_source
+    shipped = build_reference(Predictor(None), dataset=None, sample=10, seed=0)  # the source model: as before
+    assert shipped.expected == "the training prevalence" and 0.7 < shipped.prevalence < 0.8

@@ -161,7 +161,7 @@ def _measures_table(result: dict) -> str:
     rows.append(_row("P(pneumonia) >= threshold (every scored image, those without a verdict too)",
                      f"{pos['n_positive']}/{pos['n']} = {100 * pos['rate']:.1f} %",
                      f"{100 * expected:.1f} %", pos["p_value"], f"h = {pos['effect_h']:+.2f}"))
-    rows.append(_row("... vs training prevalence", f"{100 * pos['rate']:.1f} %", f"{100 * pos['prevalence']:.1f} %",
+    rows.append(_row(f"... vs {pos.get('prevalence_is', 'the training prevalence')}", f"{100 * pos['rate']:.1f} %", f"{100 * pos['prevalence']:.1f} %",
                      pos["p_value_vs_prevalence"], f"h = {pos['h_vs_prevalence']:+.2f}"))
     if pos["p_pneumonia"]:
         d = pos["p_pneumonia"]
