@@ -728,3 +728,22 @@ def test_without_the_dataset_the_site_check_compares_an_adapted_model_with_its_o
     assert f"{site['n_images']} images" in ref.prevalence_source and "specificity" in ref.prevalence_source
     shipped = build_reference(Predictor(None), dataset=None, sample=10, seed=0)  # the source model: as before
     assert shipped.expected == "the training prevalence" and 0.7 < shipped.prevalence < 0.8
+
+
+def test_a_temperature_at_its_upper_bound_is_a_warning_in_the_card(adapted: dict) -> None:
+    """A calibration that flattens every probability (T at its bound, cross-fitted AUC ~0.46) was shown as any other
+    (a review)."""
+    from pneumo.adapt.report import temperature_warning
+    from pneumo.evaluate.calibration import T_MAX, fit_temperature
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    noise = rng.normal(0, 5, 200)  # logits that say nothing about the labels
+    t = fit_temperature(noise, y)
+    assert t == pytest.approx(T_MAX, rel=1e-3) and "upper bound" in temperature_warning(t)
+    informative = (2 * y - 1) * 2.0 + rng.normal(0, 1, 200)
+    assert temperature_warning(fit_temperature(informative, y)) is None
+    from pneumo.adapt.report import summary_lines
+
+    lines = summary_lines({**adapted["record"], "temperature": T_MAX})
+    assert any(line.startswith("- **Warning**: the temperature reached its upper bound (20.0)") for line in lines)

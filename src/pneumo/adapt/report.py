@@ -8,7 +8,7 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
-from pneumo.evaluate.calibration import p_pneumonia
+from pneumo.evaluate.calibration import T_MAX, p_pneumonia
 from pneumo.infer.card import build_card, md_table, md_text, metric_rows
 from pneumo.templates import fmt_threshold
 
@@ -57,6 +57,17 @@ def patients_line(site: dict) -> str:
             f"optimistic{joined})")
 
 
+def temperature_warning(temperature: float) -> str | None:
+    """A sentence when the temperature sits at the top of its range (`calibration.T_MAX`): the cross-fitted scores
+    carried so little about the labels that the best calibration flattens every probability towards the site's
+    share of pneumonia (a review saw 20.0 at a cross-fitted ROC-AUC of 0.46, with no word said)."""
+    if temperature < 0.99 * T_MAX:
+        return None
+    return (f"the temperature reached its upper bound ({temperature:.1f}): the cross-fitted scores say little about "
+            "the labels, so every calibrated probability is close to the site's share of pneumonia; do not read "
+            "them as risks")
+
+
 def summary_lines(record: dict) -> list[str]:
     """Where the model came from, then its recipe and operating point (and a warning) as bullets."""
     site, op, local, rehearsal = record["site"], record["operating_point"], record["local"], record["rehearsal"]
@@ -84,7 +95,7 @@ def summary_lines(record: dict) -> list[str]:
                      f"ROC-AUC {ranking['roc_auc_before']:.3f} (source model) -> {ranking['roc_auc_after']:.3f} "
                      f"(adapted, cross-fitted), gain {ranking['gain']:+.3f}"
                      + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired BCa bootstrap)" if ci else "") + ".")
-    warnings = [op.get("warning"), ranking.get("warning")]
+    warnings = [op.get("warning"), ranking.get("warning"), temperature_warning(record["temperature"])]
     return lines + [f"- **Warning**: {w}." for w in warnings if w]
 
 
