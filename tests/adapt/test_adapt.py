@@ -197,7 +197,7 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     card = capsys.readouterr().out
     assert "Adapted from" in card and "cross-fitted" in card and "26 images" in card
     assert "meets the policy's target by construction" in card  # the same scores chose its threshold
-    assert "rehearsal 0.5 source image(s) per site image per epoch (at least 16) from" in card  # the flags, to rerun it
+    assert "rehearsal 0.5 source image(s) per site image per epoch (at least 16; " in card  # the flags, to rerun it
     assert main(["evaluate", "--model", str(out), "--data", str(site_csv), "--out", str(tmp_path / "v"),
                  "--no-analysis", "--bootstrap", "20"]) == 0
     threshold = json.loads((out / "model.json").read_text())["threshold"]
@@ -669,6 +669,30 @@ def test_cli_adapts_end_to_end_with_every_flag(adapted: dict) -> None:
     assert meta["threshold"] == pytest.approx(record["operating_point"]["threshold"])
 
 
+def test_each_figure_says_on_which_scores_and_at_which_threshold_it_was_measured(adapted: dict) -> None:
+    """A numbers audit: the console gave the specificity without its interval or the caveat that the threshold was
+    chosen on the same scores; the source hospital's collapse at the site's threshold showed only as an AUC; the
+    subgroup and source tables did not say which threshold; the rehearsal line understated the source share."""
+    printed, record, out = adapted["printed"], adapted["record"], adapted["out"]
+    line = next(x for x in printed.splitlines() if x.startswith("cross-fitted on the site"))
+    assert line.count("[") == 2 and "the sensitivity meets the policy by construction" in line
+    source = next(x for x in printed.splitlines() if x.startswith("source hospital"))
+    after = record["source_site"]["after"]["metrics"]
+    assert f"specificity {record['source_site']['before']['metrics']['specificity']:.3f} -> " \
+           f"{after['specificity']:.3f}" in source and "this site's" in source
+    card, report = (out / "model.md").read_text(), html.unescape((out / "report.html").read_text())
+    from pneumo.templates import fmt_threshold
+
+    thresholds = f"the source model at its own threshold {fmt_threshold(record['source_model']['threshold'])}"
+    for text in (card, report):
+        assert "the policy holds over all the site's images, not within each subgroup" in text
+        assert thresholds in text and "chosen on these same scores" in text
+    used = record["rehearsal"]["per_epoch_final"]
+    assert used == min(record["rehearsal"]["pool"], max(round(0.5 * record["site"]["n_images"]), 16))
+    assert f"{used} an epoch in the final fine-tune" in card
+    assert record["seconds"]["before_writing"] >= record["seconds"]["crossfit"] > 0  # adapt.json's own time
+
+
 def test_an_adapted_model_records_the_code_and_the_resamples_that_made_it(adapted: dict) -> None:
     """Its sidecar's commit was null (the source's is not inherited, and none was set) and adapt.json said neither the
     code nor the bootstrap count (the reproducibility review)."""
@@ -730,20 +754,23 @@ def test_without_the_dataset_the_site_check_compares_an_adapted_model_with_its_o
     assert shipped.expected == "the training prevalence" and 0.7 < shipped.prevalence < 0.8
 
 
-def test_a_temperature_at_its_upper_bound_is_a_warning_in_the_card(adapted: dict) -> None:
-    """A calibration that flattens every probability (T at its bound, cross-fitted AUC ~0.46) was shown as any other
-    (a review)."""
-    from pneumo.adapt.report import temperature_warning
+def test_a_calibration_no_better_than_the_sites_share_is_a_warning_in_the_card(adapted: dict) -> None:
+    """A calibration that flattens every probability was shown as any other (a review saw T = 20.0 at cross-fitted AUC
+    0.46, and T = 12.7 with probabilities of 0.44-0.55 whose NLL was worse than the site's share's)."""
+    from pneumo.adapt.report import summary_lines
+    from pneumo.adapt.run import _calibration_nll
+    from pneumo.adapt.stats import calibration_warning
     from pneumo.evaluate.calibration import T_MAX, fit_temperature
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
-    noise = rng.normal(0, 5, 200)  # logits that say nothing about the labels
-    t = fit_temperature(noise, y)
-    assert t == pytest.approx(T_MAX, rel=1e-3) and "upper bound" in temperature_warning(t)
+    for noise in (rng.normal(0, 5, 200), rng.normal(0, 0.3, 200)):  # logits that say nothing about the labels
+        t = fit_temperature(noise, y)
+        warning = calibration_warning(t, *_calibration_nll(noise, y, t))
+        assert warning and "no better than giving every image the site's share" in warning, t
+    assert fit_temperature(rng.normal(0, 5, 200), y) == pytest.approx(T_MAX, rel=1e-3)
     informative = (2 * y - 1) * 2.0 + rng.normal(0, 1, 200)
-    assert temperature_warning(fit_temperature(informative, y)) is None
-    from pneumo.adapt.report import summary_lines
-
-    lines = summary_lines({**adapted["record"], "temperature": T_MAX})
-    assert any(line.startswith("- **Warning**: the temperature reached its upper bound (20.0)") for line in lines)
+    t = fit_temperature(informative, y)
+    assert calibration_warning(t, *_calibration_nll(informative, y, t)) is None
+    lines = summary_lines({**adapted["record"], "calibration_warning": "the calibrated probabilities (x)"})
+    assert "- **Warning**: the calibrated probabilities (x)." in lines

@@ -34,6 +34,12 @@ def _keep_batchnorm_statistics(model: nn.Module) -> None:
             module.eval()
 
 
+def rehearsal_count(cfg: AdaptConfig, n_site: int, n_pool: int) -> int:
+    """Source images drawn into each epoch of a fine-tune on ``n_site`` site images: ``rehearsal`` per site image, at
+    least ``rehearsal_min``, at most the pool."""
+    return min(n_pool, max(round(cfg.rehearsal * n_site), cfg.rehearsal_min))
+
+
 def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: AdaptConfig,
              source_x: np.ndarray | None = None, source_y: np.ndarray | None = None,
              augment_cfg: AugmentConfig | None = None, device: torch.device, seed: int = 0) -> nn.Module:
@@ -59,7 +65,7 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     aug = (augment_cfg or AugmentConfig()).model_copy(update={"hflip": True})
     n_site = len(site_x)
     use_source = source_x is not None and len(source_x) > 0 and cfg.rehearsal > 0
-    n_source = min(len(source_x), max(round(cfg.rehearsal * n_site), cfg.rehearsal_min)) if use_source else 0
+    n_source = rehearsal_count(cfg, n_site, len(source_x)) if use_source else 0
     num_classes = int(model.head.out_features)
     pooled_y = np.concatenate([site_y, source_y]) if use_source else np.asarray(site_y)
     loss_fn = make_loss(TrainConfig(), torch.from_numpy(pooled_y.astype(np.int64)), num_classes).to(device)  # weighted

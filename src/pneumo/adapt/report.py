@@ -8,7 +8,7 @@ import numpy as np
 
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
-from pneumo.evaluate.calibration import T_MAX, p_pneumonia
+from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import build_card, md_table, md_text, metric_rows
 from pneumo.templates import fmt_threshold
 
@@ -57,17 +57,6 @@ def patients_line(site: dict) -> str:
             f"optimistic{joined})")
 
 
-def temperature_warning(temperature: float) -> str | None:
-    """A sentence when the temperature sits at the top of its range (`calibration.T_MAX`): the cross-fitted scores
-    carried so little about the labels that the best calibration flattens every probability towards the site's
-    share of pneumonia (a review saw 20.0 at a cross-fitted ROC-AUC of 0.46, with no word said)."""
-    if temperature < 0.99 * T_MAX:
-        return None
-    return (f"the temperature reached its upper bound ({temperature:.1f}): the cross-fitted scores say little about "
-            "the labels, so every calibrated probability is close to the site's share of pneumonia; do not read "
-            "them as risks")
-
-
 def summary_lines(record: dict) -> list[str]:
     """Where the model came from, then its recipe and operating point (and a warning) as bullets."""
     site, op, local, rehearsal = record["site"], record["operating_point"], record["local"], record["rehearsal"]
@@ -82,7 +71,10 @@ def summary_lines(record: dict) -> list[str]:
         f"- Recipe: fine-tune all layers, BatchNorm statistics kept, {record['recipe']['epochs']} epoch(s), AdamW lr "
         f"{record['recipe']['lr']:g}, rehearsal "
         + (f"{record['recipe']['rehearsal']:g} source image(s) per site image per epoch (at least "
-           f"{record['recipe']['rehearsal_min']}) from {rehearsal['pool']} training images of {rehearsal['dataset']}"
+           f"{record['recipe']['rehearsal_min']}"
+           + (f"; {rehearsal['per_epoch_final']} an epoch in the final fine-tune" if rehearsal.get("per_epoch_final")
+              else "")
+           + f") from {rehearsal['pool']} training images of {rehearsal['dataset']}"
            if rehearsal["used"]
            else f"off ({rehearsal['note'] or 'not asked for'})"),
         (f"- Operating point: threshold {fmt_threshold(op['threshold'])} on P(pneumonia), policy `{op['policy']}`, chosen on the "
@@ -95,7 +87,7 @@ def summary_lines(record: dict) -> list[str]:
                      f"ROC-AUC {ranking['roc_auc_before']:.3f} (source model) -> {ranking['roc_auc_after']:.3f} "
                      f"(adapted, cross-fitted), gain {ranking['gain']:+.3f}"
                      + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired BCa bootstrap)" if ci else "") + ".")
-    warnings = [op.get("warning"), ranking.get("warning"), temperature_warning(record["temperature"])]
+    warnings = [op.get("warning"), ranking.get("warning"), record.get("calibration_warning")]
     return lines + [f"- **Warning**: {w}." for w in warnings if w]
 
 
@@ -117,7 +109,9 @@ def trade_off_rows(record: dict) -> list[list[str]]:
 
 
 SUBGROUP_HEAD = ("column", "value", "n", "pneumonia", "source model ROC-AUC", "adapted (cross-fitted) ROC-AUC",
-                 "sensitivity", "specificity")
+                 "sensitivity, new threshold", "specificity, new threshold")
+SUBGROUP_NOTE = ("Sensitivity and specificity per subgroup are the adapted model's at the new threshold; the policy "
+                 "holds over all the site's images, not within each subgroup.")
 
 
 def subgroup_rows(record: dict) -> list[list[str]]:
@@ -143,23 +137,32 @@ def before_head(record: dict) -> str:
                                                before.get("scope", "").startswith("the images") else "")
 
 
+LOCAL_NOTE = ("Cross-validated; 95 % CIs: exact for accuracy, sensitivity, specificity and precision, at the "
+              "patients' effective sample size (Korn & Graubard: the images' count where a share is 0 or 1); BCa bootstrap over whole patients otherwise. The adapted column's "
+              "sensitivity meets the policy's target by construction: its threshold was chosen on these same scores; "
+              "on new images of the site expect it lower, about as far as its interval reaches. Held-out patients "
+              "measure both (pneumo evaluate --data).")
+
+
+def source_thresholds(record: dict) -> str:
+    """Which threshold each source-hospital column is at."""
+    return (f"the source model at its own threshold {fmt_threshold(record['source_model']['threshold'])}, the adapted "
+            f"model at this site's {fmt_threshold(record['operating_point']['threshold'])}")
+
+
 def card_text(record: dict) -> str:
     local, src = record["local"], record.get("source_site")
-    sections = [(("Local performance (cross-validated, 95 % CIs: exact for accuracy, sensitivity, specificity and "
-                 "precision, at the patients' effective sample size; BCa bootstrap over whole patients otherwise. "
-                 "The adapted column's "
-                 "sensitivity meets the policy's target by construction: its threshold was chosen on these same "
-                 "scores; on new images of the site expect it lower, about as far as its interval reaches)"), md_table(["", before_head(record), "adapted (cross-fitted), new threshold"],
+    sections = [(f"Local performance ({LOCAL_NOTE[0].lower()}{LOCAL_NOTE[1:-1]})", md_table(["", before_head(record), "adapted (cross-fitted), new threshold"],
                                         metric_rows(ROWS, _column(local["before"]["stored_threshold"]),
                                                     _column(local["after"]))))]
     if groups := subgroup_rows(record):
         sections.append((("Local performance by subgroup (cross-fitted; a view or scanner the model only half "
-                          "learned shows here)"), md_table(SUBGROUP_HEAD, groups)))
+                          "learned shows here)"), [*md_table(SUBGROUP_HEAD, groups), "", SUBGROUP_NOTE]))
     if record.get("operating_points"):
         sections.append(("Other operating points (the same cross-fitted scores)",
                          [*md_table(TRADE_OFF_HEAD, trade_off_rows(record)), "", TRADE_OFF_NOTE]))
     if src:
-        sections.append((f"Source hospital ({src['split']}, {_counted(src)})",
+        sections.append((f"Source hospital ({src['split']}, {_counted(src)}; {source_thresholds(record)})",
                          md_table(["", "source model", "adapted model"],
                                   metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     else:
@@ -194,16 +197,18 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
     local = record["local"]
     rows = metric_rows(ROWS, _column(local["before"]["stored_threshold"]), _column(local["after"]))
     sections = [("Site", "<p>" + escape(summary[0]) + "</p>"),
-                ("Local performance", table(["", before_head(record), "adapted (cross-fitted)"], rows)
+                ("Local performance", f"<p>{escape(LOCAL_NOTE)}</p>"
+                 + table(["", before_head(record), "adapted (cross-fitted), new threshold"], rows)
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
                           relative_to=out)
-                 + (table(list(SUBGROUP_HEAD), groups) if (groups := subgroup_rows(record)) else "")),
+                 + (table(list(SUBGROUP_HEAD), groups) + f"<p>{escape(SUBGROUP_NOTE)}</p>"
+                    if (groups := subgroup_rows(record)) else "")),
                 ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:].replace('**', ''))}</li>" for line in summary[2:]) + "</ul>"
                  + (table(list(TRADE_OFF_HEAD), trade_off_rows(record)) + f"<p>{escape(TRADE_OFF_NOTE)}</p>"
                     if record.get("operating_points") else ""))]
     src = record.get("source_site")
     if src:
-        sections.append((f"Source hospital ({_counted(src)}, reported only)",
+        sections.append((f"Source hospital ({_counted(src)}, reported only; {source_thresholds(record)})",
                          table(["", "source model", "adapted model"],
                                metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     sections.append(("Next", ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "

@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumo.adapt.finetune import finetune
+from pneumo.adapt.finetune import finetune, rehearsal_count
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
-from pneumo.adapt.stats import patient_folds
+from pneumo.adapt.stats import calibration_warning, patient_folds
 from pneumo.adapt.write import OOD_POOL, write_adapted
 from pneumo.config import AdaptConfig
 from pneumo.errors import ConfigError, DataError
-from pneumo.evaluate.calibration import fit_temperature, p_pneumonia
+from pneumo.evaluate.calibration import fit_temperature, nll, p_pneumonia
 from pneumo.evaluate.external import subgroups
 from pneumo.evaluate.intervals import bca_ci, jackknife_weights, resample_weights, weighted_auc
 from pneumo.evaluate.metrics import (
@@ -229,7 +229,8 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
                             "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},
         "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy, site.groups),
-        "temperature": fit_temperature(z_oof, site.y),
+        "temperature": (temperature := fit_temperature(z_oof, site.y)),
+        "calibration_warning": calibration_warning(temperature, *_calibration_nll(z_oof, site.y, temperature)),
         "local": {"n": len(site.y), "folds": len(folds),
                   "before": _before(site, p_before, predictor.threshold, n_bootstrap, cfg.seed),
                   "after": at_threshold(site.y, p_oof, threshold, n_bootstrap=n_bootstrap, seed=cfg.seed,
@@ -251,6 +252,9 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
         "provenance": provenance_record(),  # the code that adapted it and its libraries
     }
     record["source_config"] = config
+    if record["rehearsal"]["used"]:  # what the final fine-tune drew an epoch (the floor often decides it)
+        record["rehearsal"]["per_epoch_final"] = rehearsal_count(cfg, len(site.y), record["rehearsal"]["pool"])
+    record["seconds"]["before_writing"] = round(time.perf_counter() - start, 1)
     write_adapted(out, final, predictor, site, source, record, z_oof=z_oof, z_before=z_before, device=run_on)
     record["seconds"]["total"] = round(time.perf_counter() - start, 1)
     return record
@@ -266,6 +270,13 @@ def _before(site: SiteImages, p: np.ndarray, threshold: float, n_bootstrap: int,
     return {"stored_threshold": at_threshold(site.y[kept], p[kept], threshold, n_bootstrap=n_bootstrap, seed=seed,
                                              groups=site.groups[kept]),
             "n_not_assessed": int((~assessed).sum()), "scope": scope}
+
+
+def _calibration_nll(z: np.ndarray, y: np.ndarray, temperature: float) -> tuple[float, float]:
+    """NLL per image of the calibrated probabilities, and of giving every image the share of pneumonia."""
+    share = float(np.clip(np.mean(y), 1e-6, 1 - 1e-6))
+    constant = -float(np.mean(y * np.log(share) + (1 - y) * np.log(1 - share)))
+    return nll(z, y, temperature), constant
 
 
 def _source_rows(predictor, final: torch.nn.Module, source: SourceImages, threshold: float, device: torch.device,

@@ -51,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
                    by=tuple(args.by))
     local, op = record["local"]["after"], record["operating_point"]
     sens, spec = local["metrics"]["sensitivity"], local["metrics"]["specificity"]
-    lo, hi = local["sensitivity_exact_ci"]
+    (lo, hi), (slo, shi) = local["sensitivity_exact_ci"], local["specificity_exact_ci"]
     print(f"adapted model: {args.out} ({record['site']['n_images']} images, {record['site']['n_patients']} patients; "
           f"{record['seconds']['total']:.0f} s)")
     print(f"cross-fitted on the site: AUC {local['metrics']['roc_auc']:.3f}, at threshold {fmt_threshold(op['threshold'])} "
-          f"({op['policy']}) sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}], specificity {spec:.3f}")
+          f"({op['policy']}) sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}], specificity {spec:.3f} [{slo:.3f}, {shi:.3f}]"
+          " (on the scores the threshold was chosen on: the sensitivity meets the policy by construction; held-out "
+          "patients measure both)")
     ranking = record["local"]["ranking"]
     interval = " [{:+.3f}, {:+.3f}]".format(*ranking["ci"]) if ranking["ci"] else ""
     print(f"the source model on the same {record['local']['n']} images: AUC {ranking['roc_auc_before']:.3f} "
@@ -63,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
           f"{interval})")
     if record.get("source_site"):
         src = record["source_site"]
-        print(f"source hospital ({src['n']} test images): AUC {src['before']['metrics']['roc_auc']:.3f} -> "
-              f"{src['after']['metrics']['roc_auc']:.3f}")
-    for warning in (op.get("warning"), ranking["warning"]):
+        before, after = src["before"]["metrics"], src["after"]["metrics"]
+        print(f"source hospital ({src['n']} test images, {src['n_patients']} patients): AUC {before['roc_auc']:.3f} -> "
+              f"{after['roc_auc']:.3f}; sensitivity {before['sensitivity']:.3f} -> {after['sensitivity']:.3f}, "
+              f"specificity {before['specificity']:.3f} -> {after['specificity']:.3f} (its own threshold "
+              f"{fmt_threshold(record['source_model']['threshold'])} -> this site's)")
+    for warning in (op.get("warning"), ranking["warning"], record.get("calibration_warning")):
         if warning:
             print(f"warning: {warning}")
     print(f"validate it on held-out patients: pneumo evaluate --model {args.out} --data HELD_OUT --out validation/")

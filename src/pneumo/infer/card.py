@@ -24,6 +24,7 @@ from pneumo.models.sidecar import (
     read_meta,
     resolve_model,
     stem_of,
+    verify_onnx,
     verify_weights,
     weights_path,
     write_meta,
@@ -150,11 +151,8 @@ def model_card_text(model: str | os.PathLike | None = None) -> str:
     onnx = sidecar.with_suffix(".onnx")
     if weights_path(sidecar, checked).is_file() or not onnx.is_file():  # the weights the card describes are the
         verify_weights(sidecar, checked)  # recorded ones (a folder with neither them nor an export: refused)
-    else:  # an export's folder: its recorded ONNX file, as predict and serve load it
-        from pneumo.infer.export import verify_onnx
-
-        if not verify_onnx(onnx, checked.sha256):
-            raise IntegrityError(f"{onnx.name} has no checksum record ({onnx.name}.sha256): refusing it")
+    elif not verify_onnx(onnx, checked.sha256):  # an export's folder: its recorded ONNX file, as predict loads it
+        raise IntegrityError(f"{onnx.name} has no checksum record ({onnx.name}.sha256): refusing it")
     load_ood(sidecar, checked.ood)  # and its checks, which predict and serve refuse to run without (a review)
     load_orientation(sidecar, checked.extra.get("orientation"))
     meta = checked.to_json()  # the values checked above, not a second read of the file

@@ -9,7 +9,6 @@ the one in the sidecar, and the .onnx file's own SHA-256 matched the record writ
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -19,12 +18,14 @@ from typing import TYPE_CHECKING
 
 from pneumo import atomic
 from pneumo.atomic import sha256_file
-from pneumo.errors import IntegrityError, ModelError
+from pneumo.errors import ModelError
 from pneumo.models.sidecar import (
     check_crossfit,
     companion_files,
+    onnx_record_path,
     read_meta,
     resolve_model,
+    verify_onnx,
     verify_weights,
 )
 
@@ -82,36 +83,8 @@ def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Pa
     return target
 
 
-def verify_onnx(onnx_path: Path, weights_sha256: str | None = None) -> bool:
-    """Check an ONNX file against the record written at export: True if it matches, False if there is no record.
-
-    Raises:
-        IntegrityError: the file's SHA-256 differs from the record, or it was exported from other weights.
-    """
-    record = _record_path(onnx_path)
-    if not record.is_file():
-        return False
-    try:
-        recorded = json.loads(record.read_text())
-        expected, source = recorded["onnx_sha256"], recorded["weights_sha256"]
-    except (ValueError, KeyError, TypeError):
-        raise IntegrityError(f"the checksum record {record} is unreadable: delete {onnx_path.name} and "
-                             f"{record.name} to export again") from None
-    if weights_sha256 is not None and source != weights_sha256:
-        raise IntegrityError(f"{onnx_path} was exported from other weights than {weights_sha256[:12]}...: delete it "
-                             "to export again")
-    if sha256_file(onnx_path) != expected:
-        raise IntegrityError(f"checksum mismatch for {onnx_path}: the ONNX export is corrupted or was replaced; "
-                             f"delete it (and {record.name}) to export again")
-    return True
-
-
-def _record_path(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.name + ".sha256")
-
-
 def _write_record(onnx_path: Path, weights_sha256: str) -> None:
-    atomic.write_json(_record_path(onnx_path), {"onnx_sha256": sha256_file(onnx_path),
+    atomic.write_json(onnx_record_path(onnx_path), {"onnx_sha256": sha256_file(onnx_path),
                                                 "weights_sha256": weights_sha256})
 
 

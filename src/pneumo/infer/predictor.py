@@ -196,7 +196,8 @@ class Predictor:
     def _load_onnx(self, threads: int | None):
         import onnxruntime as ort
 
-        from pneumo.infer.export import cached_onnx, verify_onnx
+        from pneumo.infer.export import cached_onnx
+        from pneumo.models.sidecar import verify_onnx
 
         onnx_path = self.sidecar.with_suffix(".onnx")
         if not onnx_path.is_file():
