@@ -32,6 +32,30 @@ def test_a_markdown_table_keeps_its_columns_and_no_markup_whatever_the_values() 
     assert md_text("plain view") == "plain view" and md_text(0.912) == "0.912"  # ordinary cells unchanged
 
 
+def test_no_value_or_name_becomes_a_live_link_or_remote_image_in_a_card(tiny_model, tmp_path) -> None:
+    """A CSV named ``![t](https:evil.example?x).csv``, subgroup values ``[click](javascript:...)`` and an ``--out``
+    folder named ``<svg onload=...>`` reached the card (served by /api/v1/model) as live markup (a review)."""
+    import shutil
+
+    from pneumo.cli import main
+    from pneumo.infer.card import model_card_text
+
+    for value in ("![pix](https:evil.example#x)", "[click](javascript:alert(1))", "[a][b]"):
+        assert not re.search(r"(?<!\\)\]\(|(?<!\\)\]\[", md_text(value)), md_text(value)
+    assert md_text("0.917 [0.890, 0.938]") == "0.917 [0.890, 0.938]"  # our own intervals read as written
+    out = tmp_path / "<svg onload=alert(1)>[x](javascript:alert(2))"
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(tiny_model.with_suffix(suffix), tmp_path / f"model{suffix}")
+    out.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copyfile(tmp_path / f"model{suffix}", out / f"model{suffix}")
+    card = model_card_text(out)
+    found = re.search(r"(?<!\\)<svg", card)
+    assert not found, card[found.start() - 300:found.end() + 50] if found else ""
+    assert "](javascript" not in card and "\\<svg onload=alert(1)\\>" in card
+    assert main(["model-card", "--model", str(out)]) == 0
+
+
 def test_log_arguments_from_data_stay_one_printable_line(capsys: pytest.CaptureFixture) -> None:
     logger = logging.getLogger("pneumo.test.untrusted")
     handler = logging.StreamHandler()

@@ -74,7 +74,7 @@ def summary_lines(record: dict) -> list[str]:
            f"{record['recipe']['rehearsal_min']}"
            + (f"; {rehearsal['per_epoch_final']} an epoch in the final fine-tune" if rehearsal.get("per_epoch_final")
               else "")
-           + f") from {rehearsal['pool']} training images of {rehearsal['dataset']}"
+           + f") from {rehearsal['pool']} training images of {md_text(rehearsal['dataset'])}"
            if rehearsal["used"]
            else f"off ({rehearsal['note'] or 'not asked for'})"),
         (f"- Operating point: threshold {fmt_threshold(op['threshold'])} on P(pneumonia), policy `{op['policy']}`, chosen on the "

@@ -19,7 +19,7 @@ from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
-from pneumo.infer.card import card_markdown, record_card
+from pneumo.infer.card import card_markdown, md_text, record_card
 from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import (
     CARD_KEY,
@@ -160,9 +160,9 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
     if card:
         chosen = record["chosen_on"]
         atomic.write_text(new.model.with_suffix(".md"), (
-            f"# {name}: a new operating point of an adapted model\n\nThreshold {threshold:.6g} on P(pneumonia), policy "
-            f"`{policy}`, chosen on {chosen['n']} images ({chosen.get('kind', 'its val fold')}, `pneumo operating-point`) on "
-            f"{record['created']}; the same weights as `{source.name}`, whose card follows. Its figures are at that "
+            f"# {md_text(name)}: a new operating point of an adapted model\n\nThreshold {threshold:.6g} on P(pneumonia), "
+            f"policy `{policy}`, chosen on {chosen['n']} images ({chosen.get('kind', 'its val fold')}, `pneumo "
+            f"operating-point`) on {record['created']}; the same weights as {md_text(source.name)}, whose card follows. Its figures are at that "
             f"model's own threshold ({record['derived_from']['threshold']:.6g}), not at this one: evaluate this model "
             "on other patients for its own.\n\n" + card))
         record_card(new.model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -43,13 +44,17 @@ HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 
 _MD_SPECIAL = str.maketrans({ch: f"\\{ch}" for ch in "\\|<>`"})
+_LINK = re.compile(r"\](?=[(\[])")
 
 
 def md_text(value: object) -> str:
     """``value`` as markdown text that stays what it is: one line (control characters escaped), and a ``|`` (a
     table's column), ``<`` / ``>`` (HTML) or a backtick (a code span) from a site's folder names or CSV values
-    backslash-escaped, so it shows as written and cannot shift a table's columns or carry markup."""
-    return one_line(str(value)).translate(_MD_SPECIAL)
+    backslash-escaped, so it shows as written and cannot shift a table's columns or carry markup; and a ``(`` or ``[``
+    right after a ``]``, so that no ``[text](url)`` or ``![image](url)`` of a CSV value or file name becomes a live
+    link or a remote image in a card that is served and rendered (a review). Our own ``[lo, hi]`` intervals read as
+    written."""
+    return _LINK.sub(r"]\\", one_line(str(value)).translate(_MD_SPECIAL))
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
@@ -104,7 +109,7 @@ def _performance(meta: dict) -> list[str]:
 
 
 def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
-    facts = [f"- file: {sidecar}",
+    facts = [f"- file: {md_text(sidecar)}",
              (f"- architecture: {meta.get('arch', '?')} ({meta.get('mode', '?')}), input {meta.get('input_size')} px "
               f"{meta.get('resize_policy', 'squash')}, intensity {meta.get('intensity', 'none')}"
               + (f", crop {meta['crop']}" if meta.get("crop", "none") != "none" else "")
@@ -132,7 +137,7 @@ def _facts(meta: dict, sidecar: os.PathLike) -> list[str]:
     missing = [name for key, name in (("ood", "out-of-distribution"), ("orientation", "orientation")) if not meta.get(key)]
     if missing:  # a model of an older pneumo: the card's "flagged images get no verdict" does not hold for it
         facts.append(f"- checks: no {' and no '.join(missing)} check: this model gives a verdict on any image, X-ray "
-                     f"or not (`pneumo ood fit --model {sidecar}` fits them)")
+                     f"or not (`pneumo ood fit --model` on {md_text(sidecar)} fits them)")
     if meta.get("sha256"):
         facts.append(f"- weights sha256: {meta['sha256']} (checked against the weights file, where there is one)")
     return facts
@@ -167,7 +172,7 @@ def card_of(sidecar: os.PathLike, meta: CheckpointMeta | None = None) -> str:
     if markdown is None:
         payload = meta.to_json()
         name = (payload.get("config") or {}).get("name") or Path(sidecar).parent.name
-        markdown = build_card(f"Model card: {name}", sections=[("Performance", _performance(payload))])
+        markdown = build_card(f"Model card: {md_text(name)}", sections=[("Performance", _performance(payload))])
     return markdown
 
 
