@@ -8,6 +8,8 @@ included); every file under it that is not read comes back by name with the reas
 
 from __future__ import annotations
 
+import csv as csv_module
+import io
 import os
 import re
 from pathlib import Path
@@ -20,6 +22,7 @@ from pneumo.data.files import find_images
 from pneumo.data.manifest import patient_key, subtype_of
 from pneumo.errors import ConfigError, DataError
 
+MAX_CSV_BYTES = 256 * 2**20  # a list of images, not the images
 # label spellings accepted in a CSV -> (binary label, subtype or None to infer from the file name)
 LABELS = {"normal": ("NORMAL", "normal"), "0": ("NORMAL", "normal"), "pneumonia": ("PNEUMONIA", None),
           "1": ("PNEUMONIA", None), "bacteria": ("PNEUMONIA", "bacteria"), "bacterial": ("PNEUMONIA", "bacteria"),
@@ -81,8 +84,20 @@ def read_table(csv: Path) -> pd.DataFrame:
     Raises:
         DataError: not a readable CSV, or rows with more fields than the header.
     """
+    if csv.stat().st_size > MAX_CSV_BYTES:
+        raise DataError(f"{csv} is larger than {MAX_CSV_BYTES // 2**20} MB: not a list of images")
+    data = csv.read_bytes()  # as written: never decompressed (a 379 KB .csv.gz of 13 M rows ran past 4.6 GB)
+    if b"\0" in data:  # pandas ends a cell at a NUL byte and reads the rest of it as nothing (a review)
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        raise DataError(f"{csv}:{line}: a NUL byte: not a text CSV")
+    header = next(csv_module.reader([data.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")]), [])
+    names = [name.strip() for name in header]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # pandas renames the second view.1, or a padded one overwrote the first for --by
+        raise DataError(f"{csv} has the column {twice!r} twice: keep one")
     try:
-        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, skip_blank_lines=False)
+        raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skip_blank_lines=False,
+                          compression=None)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{csv} is not a readable CSV: {' '.join(str(exc).split())}") from None
     if not isinstance(raw.index, pd.RangeIndex):  # pandas makes the extra first fields an index, silently
