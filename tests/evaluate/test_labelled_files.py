@@ -235,14 +235,18 @@ def test_files_not_read_are_all_counted_and_the_first_fifty_named(hospital: Path
 
     for i in range(MAX_LISTED + 7):
         (hospital / "NORMAL" / f"export-{i:03d}.txt").write_text("not an image")
+        (hospital / "NORMAL" / f"broken-{i:03d}.jpeg").write_bytes(b"\xff\xd8 not a jpeg")  # read, unreadable
     out = tmp_path / "v"
     assert main(["evaluate", "--data", str(hospital), "--out", str(out), "--bootstrap", "0", "--no-analysis",
                  "--dataset", str(data_slice)]) == 0
     printed = capsys.readouterr().out
     ext = json.loads((out / "metrics.json").read_text())["external"]
     assert ext["n_not_read"] == MAX_LISTED + 7 + 3 and len(ext["not_read"]) == MAX_LISTED  # (+ the fixture's 3)
-    assert "... and 10 more files not read (counted, not named)" in printed
-    assert "10 more files not read are counted above, not named" in (out / "report.html").read_text()
+    # the unreadable ones too: a folder linked to / listed all of its ~83k names (a review)
+    assert ext["n_unreadable"] == MAX_LISTED + 7 + 1 and len(ext["unreadable"]) == MAX_LISTED
+    assert f"left out: {2 * (MAX_LISTED + 7) + 4} file(s)" in printed
+    assert "... and 18 more files left out (counted, not named)" in printed
+    assert "18 more files left out are counted above, not named" in (out / "report.html").read_text()
 
 
 def test_by_view_reads_the_view_a_dicom_states(full_data: Path, tmp_path: Path) -> None:

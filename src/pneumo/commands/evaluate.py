@@ -64,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
     ext = result.get("external") or {}
     left_out = {**(ext.get("unreadable") or {}), **(ext.get("not_read") or {})}
     if left_out:
-        print(f"left out: {len(left_out)} file(s) ({ext.get('n_unreadable', 0)} unreadable or refused, "
+        print(f"left out: {ext.get('n_unreadable', 0) + ext.get('n_not_read', 0)} file(s) "
+              f"({ext.get('n_unreadable', 0)} unreadable or refused, "
               f"{ext.get('n_not_read', 0)} not read)")
         for path, reason in left_out.items():  # a hospital's file names: one printable line each
             print(f"  {one_line(path)}: {one_line(reason)}")
         if (unnamed := unnamed_not_read(ext)) > 0:
-            print(f"  ... and {unnamed} more files not read (counted, not named)")
+            print(f"  ... and {unnamed} more files left out (counted, not named)")
     points = result.get("operating_points") or {}
     for policy, p in points.items():
         print(f"  {policy:>18}: threshold {fmt_threshold(p['threshold'], 3)}, accuracy {fmt_number(p['accuracy'])}, "

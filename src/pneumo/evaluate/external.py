@@ -230,7 +230,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         "commits": [p.meta.commit or "unknown" for p in spec.predictors]}  # what each was trained or adapted at
     result["provenance"] = provenance_record()  # the code that evaluated it
     result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
-                          "unreadable": errors, "n_not_read": len(not_read),
+                          "unreadable": dict(list(errors.items())[:MAX_LISTED]), "n_not_read": len(not_read),
                           "not_read": dict(list(not_read.items())[:MAX_LISTED]),  # all counted, the first listed
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
                           "n_fitted_on": fitted_on_these(spec.predictors, table_all["path"]),
@@ -361,13 +361,15 @@ def _not_assessed_sentence(official: bool) -> str:
 
 
 def unnamed_not_read(ext: dict) -> int:
-    """How many files not read the evaluation counts without naming them (beyond `MAX_LISTED`)."""
-    return ext.get("n_not_read", 0) - len(ext.get("not_read") or {})
+    """How many files left out (unreadable or refused, or not read) the evaluation counts without naming them: beyond
+    `MAX_LISTED` of each (a folder linked to / listed ~83k names in full; a review)."""
+    return (ext.get("n_not_read", 0) - len(ext.get("not_read") or {})
+            + ext.get("n_unreadable", 0) - len(ext.get("unreadable") or {}))
 
 
 def _more(ext: dict) -> str:
     unnamed = unnamed_not_read(ext)
-    return f" ({unnamed} more files not read are counted above, not named)" if unnamed > 0 else ""
+    return f" ({unnamed} more files left out are counted above, not named)" if unnamed > 0 else ""
 
 
 def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict,
