@@ -262,3 +262,26 @@ def test_the_ood_share_is_tested_against_the_design_share_whatever_the_reference
         got = ood_measure(site, ref, 1.0)
         assert got["p_value"] == pytest.approx(stats.binomtest(3, 12, 0.005, alternative="greater").pvalue)
         assert got["p0"] == 0.005 and got["reference_share"] == flagged / 300
+
+def test_the_site_checks_reader_refuses_what_predict_refuses_without_blocking(tmp_path: Path) -> None:
+    """It read a listed file with ``read_bytes``: a FIFO blocked it, and a file whose size says 0 (procfs, FUSE) was
+    read to its end whatever its length; it reads as predict reads now (a review of hostile inputs)."""
+    import os
+
+    from pneumo.adapt.sources import site_items
+    from pneumo.errors import InputError
+
+    fifo = tmp_path / "pipe.jpeg"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.jpeg").mkdir()
+    (tmp_path / "empty.jpeg").write_bytes(b"")
+    csv = tmp_path / "site.csv"
+    csv.write_text("path\npipe.jpeg\nfolder.jpeg\nempty.jpeg\nmissing.jpeg\n")
+    reasons = {}
+    for path, read in site_items(csv)[0]:
+        with pytest.raises(InputError) as caught:
+            read()
+        reasons[Path(path).name] = str(caught.value)
+    assert reasons == {"pipe.jpeg": "not a regular file (a directory, pipe or device)",
+                       "folder.jpeg": "not a regular file (a directory, pipe or device)",
+                       "empty.jpeg": "empty file", "missing.jpeg": "missing"}

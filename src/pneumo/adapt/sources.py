@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.config import RunConfig, from_dict
-from pneumo.data.decode import MAX_BYTES
+from pneumo.data.decode import MAX_BYTES, read_file
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import ConfigError, DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import known_columns, listed_file, read_table, refuse_listed_twice, separator_hint
@@ -243,15 +243,11 @@ def site_items(data: str | os.PathLike) -> tuple[list[tuple[str, Callable[[], by
 
 
 def _file_reader(path: Path) -> Callable[[], bytes]:
+    """The file's bytes when called, read as predict reads them (`data.decode.read_file`: bounded, no device)."""
     def read() -> bytes:
-        if not path.is_file():
-            raise InputError("missing, or not a regular file")
-        if path.stat().st_size > MAX_BYTES:
-            raise InputError(f"file too large: more than {MAX_BYTES} bytes")
-        data = path.read_bytes()
-        if not data:
-            raise InputError("empty file")
-        return data
+        if not path.exists():
+            raise InputError("missing")
+        return read_file(path, MAX_BYTES)
 
     return read
 

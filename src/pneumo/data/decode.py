@@ -151,10 +151,20 @@ def load_image(data: bytes, *, name: str = "", target: int | None = None, max_pi
 
 def load_image_file(path: str | os.PathLike, *, target: int | None = None, max_pixels: int = MAX_PIXELS,
                     max_bytes: int = MAX_BYTES, max_decode_bytes: int = MAX_DECODE_BYTES) -> np.ndarray:
-    """Read a regular file of at most ``max_bytes`` and decode it with `load_image`.
+    """Read a regular file of at most ``max_bytes`` (`read_file`) and decode it with `load_image`."""
+    return load_image(read_file(path, max_bytes), target=target, max_pixels=max_pixels,
+                      max_decode_bytes=max_decode_bytes)
+
+
+def read_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular, non-empty file of at most ``max_bytes``, read at most that far (a file whose size says
+    0, as procfs and FUSE report, cannot make it read on).
 
     Messages do not repeat the path (the caller knows it). Directories, FIFOs and devices are refused without
     blocking on them.
+
+    Raises:
+        InputError: not a regular file, unreadable, empty or too large.
     """
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -173,7 +183,7 @@ def load_image_file(path: str | os.PathLike, *, target: int | None = None, max_p
         raise InputError(f"file too large: more than {max_bytes} bytes")
     if not data:
         raise InputError("empty file")
-    return load_image(data, target=target, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
+    return data
 
 
 # --- the input gate -------------------------------------------------------------------------------------------------
