@@ -20,7 +20,8 @@ from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import record_card
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
-from pneumo.models.sidecar import CARD_KEY, check_crossfit, read_meta, write_meta
+from pneumo.models.records import check_crossfit
+from pneumo.models.sidecar import CARD_KEY, read_meta, write_meta
 from pneumo.train.ood import record_orientation
 from pneumo.train.probe import feature_extractor
 

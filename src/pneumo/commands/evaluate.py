@@ -48,7 +48,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.command import evaluate
-    from pneumo.evaluate.external import unnamed_not_read
+    from pneumo.evaluate.labelled import unnamed_not_read
     from pneumo.evaluate.report import fmt_number, fmt_threshold
     from pneumo.evaluate.runner import summary_line
     from pneumo.explain.analysis import analysis_sections, error_gallery

@@ -20,10 +20,10 @@ from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import paths_digest
 from pneumo.infer.card import card_markdown, md_text, record_card
+from pneumo.models.records import check_crossfit
 from pneumo.models.scores import p_pneumonia
 from pneumo.models.sidecar import (
     CARD_KEY,
-    check_crossfit,
     check_new_folder,
     companion_files,
     read_meta,

@@ -22,7 +22,7 @@ from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
-from pneumo.evaluate.labelled import check_columns, find_labelled, lost_classes, patients
+from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients
 from pneumo.evaluate.metrics import (
     binary_metrics,
     bootstrap_cis,
@@ -345,7 +345,7 @@ def _data_section(result: dict) -> tuple[str, str]:
             f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
             f"</code>; temperature {result['temperature']:.3f}); "
             + fitted_sentence(ext) + "</p>"
-            + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{_more(ext)}:</p><ul>{bad}</ul>"
+            + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{left_out_more(ext)}:</p><ul>{bad}</ul>"
                                                              if bad else "<p>No file was left out.</p>"))
 
 
@@ -359,17 +359,6 @@ def _not_assessed_sentence(official: bool) -> str:
     return ("They get no pneumonia/normal verdict and are left out of the metrics above; the metrics on every readable "
             "image, assessed or not, are in metrics.json under <code>test_all</code>.")
 
-
-def unnamed_not_read(ext: dict) -> int:
-    """How many files left out (unreadable or refused, or not read) the evaluation counts without naming them: beyond
-    `MAX_LISTED` of each (a folder linked to / listed ~83k names in full; a review)."""
-    return (ext.get("n_not_read", 0) - len(ext.get("not_read") or {})
-            + ext.get("n_unreadable", 0) - len(ext.get("unreadable") or {}))
-
-
-def _more(ext: dict) -> str:
-    unnamed = unnamed_not_read(ext)
-    return f" ({unnamed} more files left out are counted above, not named)" if unnamed > 0 else ""
 
 
 def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict,

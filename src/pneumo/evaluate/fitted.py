@@ -13,7 +13,7 @@ from pneumo import atomic
 from pneumo.data.rundir import CROSSFIT, EARLIER_KEY
 from pneumo.evaluate.operating import paths_digest
 from pneumo.evaluate.scoring import ModelSpec
-from pneumo.models.sidecar import check_crossfit
+from pneumo.models.records import check_crossfit
 
 
 def threshold_chosen_on(spec: ModelSpec, assessed_paths: pd.Series) -> int:

@@ -254,3 +254,16 @@ def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | Non
                                                                                           strict=True)])
     ids = table["patient_id"].astype(str).to_numpy()
     return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)
+
+
+def unnamed_not_read(ext: dict) -> int:
+    """How many files left out (unreadable or refused, or not read) the evaluation counts without naming them: beyond
+    `MAX_LISTED` of each (a folder linked to / listed ~83k names in full; a review)."""
+    return (ext.get("n_not_read", 0) - len(ext.get("not_read") or {})
+            + ext.get("n_unreadable", 0) - len(ext.get("unreadable") or {}))
+
+
+def left_out_more(ext: dict) -> str:
+    """The report's words for `unnamed_not_read`'s count, or nothing."""
+    unnamed = unnamed_not_read(ext)
+    return f" ({unnamed} more files left out are counted above, not named)" if unnamed > 0 else ""

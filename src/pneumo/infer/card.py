@@ -17,6 +17,7 @@ from pneumo import atomic
 from pneumo.errors import IntegrityError, one_line
 from pneumo.models.ood import load_ood
 from pneumo.models.orientation import load_orientation
+from pneumo.models.records import verify_onnx
 from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import (
     CARD_KEY,
@@ -25,7 +26,6 @@ from pneumo.models.sidecar import (
     read_meta,
     resolve_model,
     stem_of,
-    verify_onnx,
     verify_weights,
     weights_path,
     write_meta,

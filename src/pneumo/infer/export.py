@@ -19,13 +19,11 @@ from typing import TYPE_CHECKING
 from pneumo import atomic
 from pneumo.atomic import sha256_file
 from pneumo.errors import ModelError
+from pneumo.models.records import check_crossfit, onnx_record_path, verify_onnx
 from pneumo.models.sidecar import (
-    check_crossfit,
     companion_files,
-    onnx_record_path,
     read_meta,
     resolve_model,
-    verify_onnx,
     verify_weights,
 )
 

@@ -197,7 +197,7 @@ class Predictor:
         import onnxruntime as ort
 
         from pneumo.infer.export import cached_onnx
-        from pneumo.models.sidecar import verify_onnx
+        from pneumo.models.records import verify_onnx
 
         onnx_path = self.sidecar.with_suffix(".onnx")
         if not onnx_path.is_file():
