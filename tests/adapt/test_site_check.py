@@ -269,14 +269,14 @@ def test_the_site_checks_reader_refuses_what_predict_refuses_without_blocking(tm
     import os
 
     from pneumo.adapt.sources import site_items
-    from pneumo.errors import InputError
+    from pneumo.errors import DataError, InputError
 
     fifo = tmp_path / "pipe.jpeg"
     os.mkfifo(fifo)
     (tmp_path / "folder.jpeg").mkdir()
     (tmp_path / "empty.jpeg").write_bytes(b"")
     csv = tmp_path / "site.csv"
-    csv.write_text("path\npipe.jpeg\nfolder.jpeg\nempty.jpeg\nmissing.jpeg\n")
+    csv.write_text("path\npipe.jpeg\nfolder.jpeg\nempty.jpeg\n")
     reasons = {}
     for path, read in site_items(csv)[0]:
         with pytest.raises(InputError) as caught:
@@ -284,4 +284,9 @@ def test_the_site_checks_reader_refuses_what_predict_refuses_without_blocking(tm
         reasons[Path(path).name] = str(caught.value)
     assert reasons == {"pipe.jpeg": "not a regular file (a directory, pipe or device)",
                        "folder.jpeg": "not a regular file (a directory, pipe or device)",
-                       "empty.jpeg": "empty file", "missing.jpeg": "missing"}
+                       "empty.jpeg": "empty file"}
+    # a listed file that is not there refuses the CSV, as evaluate, operating-point and adapt refuse it (it exited 0
+    # on 12 images and 100,000 missing ones)
+    (tmp_path / "typo.csv").write_text("path\nempty.jpeg\nmissing.jpeg\n")
+    with pytest.raises(DataError, match=r"1 listed image\(s\) not found, e.g. .*missing.jpeg"):
+        site_items(tmp_path / "typo.csv")

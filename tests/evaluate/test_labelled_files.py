@@ -14,7 +14,7 @@ from corpus import dicom_bytes
 from PIL import Image
 
 from pneumo.cli import main
-from pneumo.errors import DataError
+from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.labelled import find_labelled
 from pneumo.infer.batch import find_inputs
 
@@ -332,6 +332,16 @@ def test_by_names_a_padded_header_and_refuses_the_label_itself(hospital: Path, t
     assert main(["evaluate", "--data", str(csv), "--by", "label", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "--by label: that is each image's label itself" in err and "no such column" not in err
+    # a subgroup of 2 images gets its figures with a word on the console too (the report had one); a value of 10 MB
+    # was copied into every output: a subgroup name is short
+    assert main(["evaluate", "--data", str(csv), "--by", "view", "--out", str(tmp_path / "v"), "--bootstrap", "0",
+                 "--no-analysis"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("view=")]
+    assert len(lines) == 2 and all(line.endswith("(small sample: read as rough)") for line in lines)
+    long = _csv(hospital, "path,label,view\n" + "".join(f"{p},{lab},{'x' * 101 if lab == 'NORMAL' else v}\n"
+                                                      for p, lab, v in rows))
+    with pytest.raises(ConfigError, match="--by view: a value of 101 characters"):
+        check_columns(find_labelled(long)[0], ("view",), long)
 
 
 def test_a_class_lost_to_refusals_is_said_for_what_it_is(hospital: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

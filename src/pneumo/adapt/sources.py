@@ -19,7 +19,14 @@ from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES, read_file
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import ConfigError, DataError, InputError, PneumoError
-from pneumo.evaluate.labelled import known_columns, listed_file, read_table, refuse_listed_twice, separator_hint
+from pneumo.evaluate.labelled import (
+    known_columns,
+    listed_file,
+    read_table,
+    refuse_listed_twice,
+    refuse_missing,
+    separator_hint,
+)
 from pneumo.infer.batch import expand_inputs
 from pneumo.models.sidecar import CheckpointMeta
 
@@ -229,6 +236,7 @@ def site_items(data: str | os.PathLike) -> tuple[list[tuple[str, Callable[[], by
             raise DataError(f"{source}:{blank[0]}: no path")
         files = [listed_file(source, text) for text in table[column]]
         refuse_listed_twice(data, [str(f) for f in files])
+        refuse_missing(source, files)
     elif source.is_dir():
         found = find_images(source)
         files, left_out = found.images, not_read(found)

@@ -49,6 +49,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.command import evaluate
     from pneumo.evaluate.labelled import unnamed_not_read
+    from pneumo.evaluate.metrics import is_small_sample
     from pneumo.evaluate.report import fmt_number, fmt_threshold
     from pneumo.evaluate.runner import summary_line
     from pneumo.explain.analysis import analysis_sections, error_gallery
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             m = g["metrics"]
             print(f"  {one_line(column)}={one_line(value)}: n {g['n']} ({g['n_pos']} pneumonia), "
                   f"ROC-AUC {fmt_number(m['roc_auc'])}, "
-                  f"sensitivity {fmt_number(m['sensitivity'])}, specificity {fmt_number(m['specificity'])}")
+                  f"sensitivity {fmt_number(m['sensitivity'])}, specificity {fmt_number(m['specificity'])}"
+                  + (" (small sample: read as rough)" if is_small_sample(g["n_pos"], g["n"] - g["n_pos"]) else ""))
     print(f"report: {folder}/report.html")
     return 0

@@ -23,6 +23,7 @@ from pneumo.data.manifest import patient_key, subtype_of
 from pneumo.errors import ConfigError, DataError
 
 MAX_CSV_BYTES = 256 * 2**20  # a list of images, not the images
+MAX_SUBGROUP_NAME = 100  # characters of a --by value (a 10 MB one was copied into every output: a review)
 # label spellings accepted in a CSV -> (binary label, subtype or None to infer from the file name)
 LABELS = {"normal": ("NORMAL", "normal"), "0": ("NORMAL", "normal"), "pneumonia": ("PNEUMONIA", None),
           "1": ("PNEUMONIA", None), "bacteria": ("PNEUMONIA", "bacteria"), "bacterial": ("PNEUMONIA", "bacteria"),
@@ -52,10 +53,8 @@ def find_labelled(source: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, st
     table, left_out = (_from_csv(path), {}) if path.is_file() else _from_folder(path)
     if table.empty:
         raise DataError(f"no labelled images in {source}: expect NORMAL/ and PNEUMONIA/ folders or a path,label CSV")
-    missing = [p for p in table["path"] if not Path(p).is_file()]
-    if missing:
-        where = f" (a CSV's paths are read relative to its folder, {path.parent.absolute()})" if path.is_file() else ""
-        raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]}{where}")
+    if path.is_file():
+        refuse_missing(path, table["path"].tolist())
     refuse_listed_twice(source, table["path"].tolist())  # a CSV's row twice, or a folder's link to another of its files
     if table["label"].nunique() < 2:
         raise DataError(f"{source} holds only {table['label'].iloc[0]} images: sensitivity, specificity and "
@@ -113,6 +112,20 @@ def listed_file(csv: Path, text: str) -> Path:
     link is the link target's parent, as the system reads it)."""
     file = Path(text.strip()).expanduser()
     return (file if file.is_absolute() else csv.parent / file).absolute()
+
+
+def refuse_missing(csv: Path, files: list) -> None:
+    """A CSV that lists files that are not there is refused whole (a path typo would silently shrink the set; the site
+    check exited 0 on 12 images and 100,000 missing ones, a review); a listed directory or device is there, and is
+    refused as unreadable by the reader, with that reason.
+
+    Raises:
+        DataError: how many, the first of them, and where relative paths are read from.
+    """
+    missing = [str(f) for f in files if not os.path.lexists(f)]
+    if missing:
+        raise DataError(f"{len(missing)} listed image(s) not found, e.g. {missing[0]} (a CSV's paths are read "
+                        f"relative to its folder, {csv.parent.absolute()})")
 
 
 def refuse_listed_twice(where: str | os.PathLike, paths: list[str]) -> None:
@@ -226,6 +239,11 @@ def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathL
         have = [c for c in table.columns if c not in fixed]
         raise ConfigError(f"--by {missing[0]}: {data} has no such column" + (
             f" (its other columns: {', '.join(have)})" if have else " (subgroups need a CSV with that column)"))
+    for column in by:  # a value is a row's name in the console, the report and an adapted model's card
+        long = next((v for v in table[column].astype(str) if len(v) > MAX_SUBGROUP_NAME), None)
+        if long is not None:
+            raise ConfigError(f"--by {column}: a value of {len(long)} characters (at most {MAX_SUBGROUP_NAME}): a "
+                              "subgroup column holds short names (view, sex, scanner)")
     return table
 
 
