@@ -122,9 +122,11 @@ def test_every_image_is_scored_by_a_model_that_did_not_train_on_it(adapted: dict
     assert [len(c) for c in calls[:-1]] != [n] * TINY.folds and len(calls[-1]) == n  # the final one sees all
     folds = patient_folds((table["label"] == "PNEUMONIA").to_numpy(int), table["patient_id"].to_numpy(), TINY.folds,
                           TINY.seed)
-    for (train, held), seen in zip(folds, calls[:-1], strict=True):
+    for k, ((train, held), seen) in enumerate(zip(folds, calls[:-1], strict=True), start=1):
         assert len(seen) == len(train)
         assert not set(table["patient_id"].iloc[train]) & set(table["patient_id"].iloc[held])
+        assert (table["fold"].iloc[held] == str(k)).all()  # the list says which fold's model scored each image
+    assert table.groupby("patient")["fold"].nunique().eq(1).all()
     # the operating point is the policy applied to exactly those out-of-fold scores
     y = (table["label"] == "PNEUMONIA").to_numpy(int)
     from pneumo.evaluate.metrics import choose_threshold

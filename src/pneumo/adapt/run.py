@@ -204,7 +204,9 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     z_before = site.logits
     z_oof = np.zeros_like(z_before)
     folds = patient_folds(site.y, site.groups, cfg.folds, cfg.seed)
+    fold_of = np.zeros(len(site.y), dtype=np.int64)
     for k, (train_rows, held_out) in enumerate(folds, start=1):
+        fold_of[held_out] = k
         log.info("adapt: cross-fitting fold %d/%d (%d images, %d held out)", k, len(folds), len(train_rows),
                  len(held_out))
         z_oof[held_out] = score(fine_tune(train_rows, k), site.x[held_out], run_on)
@@ -255,7 +257,8 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     if record["rehearsal"]["used"]:  # what the final fine-tune drew an epoch (the floor often decides it)
         record["rehearsal"]["per_epoch_final"] = rehearsal_count(cfg, len(site.y), record["rehearsal"]["pool"])
     record["seconds"]["before_writing"] = round(time.perf_counter() - start, 1)
-    write_adapted(out, final, predictor, site, source, record, z_oof=z_oof, z_before=z_before, device=run_on)
+    write_adapted(out, final, predictor, site, source, record, z_oof=z_oof, z_before=z_before, fold_of=fold_of,
+                  device=run_on)
     record["seconds"]["total"] = round(time.perf_counter() - start, 1)
     return record
 

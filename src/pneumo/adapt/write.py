@@ -53,18 +53,19 @@ def earlier_adaptations(predictor) -> dict | None:
 
 
 def write_adapted(out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages, record: dict,
-                  *, z_oof: np.ndarray, z_before: np.ndarray, device: torch.device) -> Path:
+                  *, z_oof: np.ndarray, z_before: np.ndarray, fold_of: np.ndarray, device: torch.device) -> Path:
     """Write the new model folder; returns its sidecar. Everything is written into a hidden sibling folder that is
     renamed to ``out`` once complete: an interrupted adaptation (Ctrl-C, out of memory) leaves no ``out`` that would
     load as a model without its OOD statistics, orientation check or card (``out``, if it exists, is empty)."""
     with atomic.folder(out, owned=frozenset(), replace=False) as work:
-        _write_folder(work, out, model, predictor, site, source, record, z_oof=z_oof, z_before=z_before,
+        _write_folder(work, out, model, predictor, site, source, record, z_oof=z_oof, z_before=z_before, fold_of=fold_of,
                       device=device)
     return RunDir(out).model
 
 
 def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site: SiteImages, source: SourceImages,
-                  record: dict, *, z_oof: np.ndarray, z_before: np.ndarray, device: torch.device) -> None:
+                  record: dict, *, z_oof: np.ndarray, z_before: np.ndarray, fold_of: np.ndarray,
+                  device: torch.device) -> None:
     """The folder's files, written into ``work`` (named ``out`` where a file shows the user its place)."""
     from pneumo.evaluate.report import to_jsonable
 
@@ -87,7 +88,7 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
     record["ood"] = refit_ood(sidecar, model, site, source, device, seed=seed, folds=record["local"]["folds"])
     record["orientation"] = refit_orientation(sidecar, model, site, source, device, seed=seed)
     atomic.write_json(work / "adapt.json", to_jsonable(record))
-    _write_predictions(work, site, z_oof, z_before, record)
+    _write_predictions(work, site, z_oof, z_before, fold_of, record)
     written = read_meta(sidecar)  # the adapted-on list is recorded as the weights are: a lost or cut copy is refused
     write_meta(sidecar, dataclasses.replace(written, extra={**written.extra,
                                                             CROSSFIT_KEY: atomic.sha256_file(work / CROSSFIT)}))
@@ -149,7 +150,8 @@ def refit_orientation(sidecar: Path, model: torch.nn.Module, site: SiteImages, s
     return {"n_train": entry["n_train"], "n_val": entry["n_val"], "threshold": entry["threshold"]}
 
 
-def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before: np.ndarray, record: dict) -> None:
+def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before: np.ndarray, fold_of: np.ndarray,
+                       record: dict) -> None:
     # the model folder travels (to a vendor, another ward): patients by number of first appearance, not the site's
     # own IDs (a CSV's patient_id is a medical record number; a DICOM's is already a keyed hash), and images by the
     # SHA-256 of their file, not their path (a hospital's paths and file names hold record and accession numbers):
@@ -158,6 +160,7 @@ def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before:
     frame = pd.DataFrame({"file_sha256": [atomic.sha256_file(path) for path in site.table["path"]],
                           "label": site.table["label"],
                           "patient": [f"P{n:04d}" for n in patient],
+                          "fold": fold_of,  # the cross-fitting fold that held it out (its score's model)
                           "p_source_model": p_pneumonia(z_before), "p_crossfit": p_pneumonia(z_oof),
                           "p_crossfit_calibrated": p_pneumonia(z_oof, record["temperature"])})
     frame["predicted_pneumonia"] = (frame["p_crossfit"] >= record["operating_point"]["threshold"]).astype(int)
