@@ -17,10 +17,10 @@ from pneumo.adapt.sources import SiteImages, SourceImages
 from pneumo.adapt.stats import patient_folds
 from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY, EARLIER_KEY, RunDir
 from pneumo.evaluate.calibration import p_pneumonia
+from pneumo.evaluate.fitted import adapted_on_sha256
 from pneumo.infer.card import record_card
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
-from pneumo.models.records import check_crossfit
 from pneumo.models.sidecar import CARD_KEY, read_meta, write_meta
 from pneumo.train.ood import record_orientation
 from pneumo.train.probe import feature_extractor
@@ -42,10 +42,7 @@ def earlier_adaptations(predictor) -> dict | None:
     if not meta.extra.get("adaptation"):
         return None
     before = meta.extra.get(EARLIER_KEY) or {}
-    hashes = set(before.get("files_sha256", []))
-    listed = check_crossfit(predictor.sidecar, meta)
-    if listed is not None:
-        hashes |= set(pd.read_csv(listed, dtype=str, keep_default_na=False).get("file_sha256", []))
+    hashes = adapted_on_sha256(predictor) or set(before.get("files_sha256", []))  # (a list of paths: earlier ones)
     site = meta.extra["adaptation"].get("site", {})
     step = {"model_id": predictor.model_id, "created": meta.extra["adaptation"].get("created"),
             "n_images": site.get("n_images"), "n_patients": site.get("n_patients")}

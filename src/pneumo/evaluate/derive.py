@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pneumo import atomic
 from pneumo.config import read_yaml
@@ -89,7 +88,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
         left_out = {**unreadable, **not_read}  # unreadable or refused, and files not read (by name)
-        adapted_on = fitted_on_these([predictor], pd.Series(paths))
+        adapted_on = fitted_on_these([predictor], paths)
         if adapted_on:  # as evaluate warns: a threshold set on them reads the model's own training images
             log.warning("%d of these %d images are ones the model was adapted on: a threshold chosen on them is set "
                         "on images the model was trained on (choose it on other patients)", adapted_on, len(paths))

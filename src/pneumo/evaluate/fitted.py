@@ -6,6 +6,7 @@ images handed in as a CSV are not recognised."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -30,21 +31,28 @@ def threshold_chosen_on(spec: ModelSpec, assessed_paths: pd.Series) -> int:
     return len(assessed_paths) if chosen.get("paths_sha256") == paths_digest(assessed_paths.tolist()) else 0
 
 
-def fitted_on_these(predictors: list, paths: pd.Series) -> int:
-    """How many of the files at ``paths`` an adapted model was fine-tuned on: its folder's crossfit_predictions.csv
-    lists them by the SHA-256 of their bytes (by path before 2026-12-06); a new operating point carries the file."""
+def adapted_on_sha256(predictor) -> set[str] | None:
+    """The SHA-256 of every image an adapted model was adapted on: its crossfit_predictions.csv (checked against the
+    sidecar's record) and the images of the adaptations before it (`EARLIER_KEY`); None for an older list that names
+    paths instead."""
+    listed = check_crossfit(predictor.sidecar, predictor.meta) or predictor.sidecar.parent / CROSSFIT
+    earlier = set((predictor.meta.extra.get(EARLIER_KEY) or {}).get("files_sha256", []))
+    if not listed.is_file():
+        return earlier
+    table = pd.read_csv(listed, dtype=str, keep_default_na=False)
+    return set(table["file_sha256"]) | earlier if "file_sha256" in table else None
+
+
+def fitted_on_these(predictors: list, paths: Sequence[str]) -> int:
+    """How many of the files at ``paths`` an adapted model was fine-tuned on (`adapted_on_sha256`; by path in a list
+    from before 2026-12-06); a new operating point carries the list."""
     predictor = predictors[0]
     if len(predictors) != 1 or not predictor.meta.extra.get("adaptation"):
         return 0
-    listed = check_crossfit(predictor.sidecar, predictor.meta)  # recorded: checked; an older model's: as it is
-    listed = listed or (predictor.sidecar.parent / CROSSFIT)
-    if not listed.is_file():
-        return 0
-    table = pd.read_csv(listed, dtype=str, keep_default_na=False)
-    if "file_sha256" in table:  # and the images of the adaptations before this one (`adapt.write.EARLIER_KEY`)
-        adapted_on = set(table["file_sha256"]) | set((predictor.meta.extra.get(EARLIER_KEY) or {}).get(
-            "files_sha256", []))
-        return sum(os.path.isfile(p) and atomic.sha256_file(p) in adapted_on for p in paths)
+    hashes = adapted_on_sha256(predictor)
+    if hashes is not None:
+        return sum(os.path.isfile(p) and atomic.sha256_file(p) in hashes for p in paths)
+    table = pd.read_csv(predictor.sidecar.parent / CROSSFIT, dtype=str, keep_default_na=False)
     adapted_on = {os.path.realpath(atomic.from_csv_cell(p)) for p in table.get("path", [])}
     return sum(os.path.realpath(p) in adapted_on for p in paths)
 
