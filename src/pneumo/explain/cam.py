@@ -200,7 +200,7 @@ _LOCKS_GUARD = threading.Lock()
 def _model_lock(model: nn.Module) -> AbstractContextManager:
     """One explanation at a time per model: Grad-CAM hooks the model's layer and switches its gradients, so two at
     once (the service's heat-map threads) recorded each other's activations. (It once took a `Predictor` lock that
-    no longer exists, i.e. none.) Predictions never wait: they run on a traced copy or ONNX Runtime."""
+    no longer exists, i.e. none.) Predictions never wait: they run on a folded copy or ONNX Runtime."""
     with _LOCKS_GUARD:
         lock = _LOCKS.get(model)
         if lock is None:

@@ -39,7 +39,7 @@ def pixel_features(images: np.ndarray, *, side: int = 32) -> np.ndarray:
 def model_features(model: nn.Module, images: np.ndarray, *, batch_size: int = 32, fast: bool = True) -> np.ndarray:
     """Pooled features ``model.forward_features`` of uint8 ``(N, S, S)`` images -> float32 ``(N, F)``.
 
-    ``fast``: on the CPU, a traced and frozen copy of the model (``models.fast.fast_inference``, ~2x faster).
+    ``fast``: on the CPU, a copy with its BatchNorms folded into its convolutions (``models.fast.fast_inference``).
     """
 
     if len(images) == 0:

@@ -55,7 +55,7 @@ def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, s
         stride: step between windows.
         toward_pneumonia: explain the pneumonia margin (True) or its negative.
         batch_size: occluded copies per forward pass.
-        fast: on the CPU, run a traced and frozen copy of the model (``models.fast.fast_inference``, ~2x faster).
+        fast: on the CPU, run a copy with its BatchNorms folded into its convolutions (``models.fast.fast_inference``).
 
     Returns:
         float32 S x S in [0, 1].

@@ -1,8 +1,8 @@
 """Batched prediction with a checkpoint's own preprocessing, threshold and temperature (PyTorch or ONNX Runtime).
 
 Backends: ``onnx`` runs ONNX Runtime on the run's own export or, for a PyTorch checkpoint, on an export made once and
-kept in ``$PNEUMO_CACHE/onnx`` (keyed by the weights' SHA-256); ``torch`` runs a traced, frozen copy of the model;
-``auto`` (what `pneumo predict` uses) is ``onnx`` where ONNX Runtime is installed and the export can be made, and
+kept in ``$PNEUMO_CACHE/onnx`` (keyed by the weights' SHA-256); ``torch`` runs a copy of the model with its BatchNorms
+folded; ``auto`` (what `pneumo predict` uses) is ``onnx`` where ONNX Runtime is installed and the export can be made, and
 ``torch`` otherwise (a WARNING says why). Whatever the backend, the eager PyTorch model (for heat maps) is loaded from
 the checkpoint on first use.
 
@@ -101,8 +101,8 @@ def gate(images: list[np.ndarray], results: list[Prediction]) -> None:
 
 class Predictor:
     """Turns uint8 gray images into ``Prediction``s. Thread-safe, without a lock: calls run side by side (ONNX Runtime
-    sessions and TorchScript modules allow concurrent runs; `pneumo predict` scores a batch per core, each on one
-    thread); the model is loaded once. ``threads`` (None: the library's default): the intra-op threads of the model
+    sessions and eval-mode modules without gradients allow concurrent runs; `pneumo predict` scores a batch per core,
+    each on one thread); the model is loaded once. ``threads`` (None: the library's default): the intra-op threads of the model
     calls; the ONNX Runtime session's own, but on the torch backend PyTorch's setting for the whole process
     (`torch.set_num_threads`: PyTorch has no per-model one), which stays as set."""
 

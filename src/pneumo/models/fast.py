@@ -1,35 +1,36 @@
-"""Inference-only fast path: on the CPU a traced, frozen, channels-last copy of a model (conv + BN folded by oneDNN,
-2-3x faster than eager). One mechanism for probe features, evaluation, prediction, occlusion and embeddings; `scorer`
-is the one PyTorch path from model inputs to logits and features (`Predictor`'s torch backend, a run's evaluation).
+"""Inference-only fast path: a copy of a model with every BatchNorm folded into the convolution that feeds it
+(`torch.nn.utils.fusion.fuse_conv_bn_weights`), channels-last, without gradients: on the CPU the eager model's work
+less every normalisation, and bit for bit the logits of the traced, frozen copy this path used to make
+(`torch.jit.freeze` folds the same way; `torch.jit` is deprecated and its trace cost 0.6-3 s a model). One mechanism
+for probe features, evaluation, prediction, occlusion and embeddings; `scorer` is the one PyTorch path from model
+inputs to logits and features (`Predictor`'s torch backend, a run's evaluation).
 
-Tracing walks the model in Python (~0.6 s for EfficientNet-Lite0); freezing bakes the weights in (~0.1 s). A process
-that scores many models of one structure (adapt's fold models, an evaluation's Predictors, the tests) traces each
-structure once and gives every later model of it a copy of that traced graph with its own weights loaded, then
-freezes it: bit for bit what a trace of its own gives (tests/models/test_fast.py).
+Which BatchNorm reads which convolution is seen, not assumed: the example runs through the model with hooks, and a
+pair is folded only where the BatchNorm's input is the very tensor the convolution returned (each module called
+once). The folded copy must then give the eager model's outputs on the example; otherwise (a convolution's output
+also read elsewhere, an unknown layer) the eager copy runs, with one warning per architecture.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import threading
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
+from timm.layers import BatchNormAct2d
+from timm.layers.conv2d_same import Conv2dSame
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # architectures already warned about (one warning per process, not per batch)
-_TRACED: OrderedDict[str, torch.jit.ScriptModule] = OrderedDict()  # structure key -> traced, unfrozen graph
-_TRACED_MAX = 4  # structures kept (an ensemble of several architectures); each holds one copy of its weights
-_TRACED_LOCK = threading.Lock()
+_CONVS = (nn.Conv2d, Conv2dSame)  # exactly these types: a subclass may transform its weight in forward
+_NORMS = (nn.BatchNorm2d, BatchNormAct2d)
 
 
 class ForwardFeatures(nn.Module):
-    """``model.forward_features`` as a module's ``forward`` (to trace it)."""
+    """``model.forward_features`` as a module's ``forward`` (to fold or export it)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -56,64 +57,100 @@ def fast_inference(model: nn.Module, example: torch.Tensor, *, features: bool = 
                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` (or its ``forward_features``) for many inference-only passes.
 
-    On the CPU: a traced, frozen, channels-last copy; the caller's model is untouched; the first model of a structure
-    costs a trace (~0.6-3 s), later ones ~0.1 s (`_traced`), so it is only worth it for many images. Elsewhere, or if tracing fails: the eager module in eval mode. No hooks run inside
-    a traced copy, so explanations that need gradients use the eager model.
+    On the CPU: `folded`'s copy, channels-last (the caller's model is untouched; ~0.1 s to make). Elsewhere: the eager
+    module in eval mode. No hooks run inside the copy, so explanations that need gradients use the eager model.
     """
     target = ForwardFeatures(model) if features else model
     if example.device.type != "cpu":
         return target.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the fastest CPU path
-            run = torch.jit.freeze(_traced(target, example))
-    except Exception as exc:  # noqa: BLE001 - fall back to eager, only slower
-        name = getattr(model, "arch", type(model).__name__)
-        if name not in _WARNED:  # visible, but once per architecture rather than once per batch
-            _WARNED.add(name)
-            log.warning("cannot trace %s for fast CPU inference (%s: %s); using the eager model, about 2x slower",
-                        name, type(exc).__name__, str(exc).split("\n", 1)[0])
-        run = copy.deepcopy(target).eval().to(memory_format=torch.channels_last)
+    run = folded(target, example)
     return lambda x: run(x.contiguous(memory_format=torch.channels_last))
 
 
-def _structure_key(target: nn.Module, example: torch.Tensor) -> str:
-    """What a traced graph depends on: the module types and settings (``repr``), every state entry's name, shape and
-    dtype, and the example's shape and dtype."""
-    state = [(k, tuple(v.shape), str(v.dtype)) for k, v in target.state_dict().items()]
-    text = repr((type(target).__qualname__, repr(target), state, tuple(example.shape), str(example.dtype)))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def folded(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """An eval-mode, channels-last copy of ``model`` without gradients, each BatchNorm that reads a convolution's output
+    folded into that convolution; the plain eager copy (one warning per architecture) if the folded one does not give
+    ``model``'s outputs on ``example``."""
+    def eager() -> nn.Module:
+        return copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+
+    fused, x = eager(), example[:1].contiguous(memory_format=torch.channels_last)  # one image: the pairs are structure
+    with torch.no_grad():
+        pairs, want = _conv_bn_pairs(fused, x)
+        for conv_name, norm_name in pairs:  # (`fuse_conv_bn_eval` less its copy of each convolution: this is one)
+            conv, norm = fused.get_submodule(conv_name), fused.get_submodule(norm_name)
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                          norm.eps, norm.weight, norm.bias)
+            _replace(fused, norm_name, nn.Sequential(norm.drop, norm.act) if isinstance(norm, BatchNormAct2d)
+                     else nn.Identity())
+        got = _flat(fused(x)) if pairs else want
+    scale = 1.0 + max((float(w.nan_to_num().abs().max()) for w in want if w.numel()), default=0.0)
+    if len(want) == len(got) and all(w.shape == g.shape and torch.allclose(g, w, rtol=0.0, atol=1e-3 * scale,
+                                                                           equal_nan=True)
+                                     for w, g in zip(want, got, strict=True)):  # rounding only, not another model
+        return fused
+    name = getattr(model, "arch", None) or getattr(getattr(model, "model", None), "arch", None) or type(model).__name__
+    if name not in _WARNED:  # visible, but once per architecture rather than once per batch
+        _WARNED.add(name)
+        log.warning("cannot fold the BatchNorms of %s into its convolutions (the folded copy gives other outputs); "
+                    "using the eager model, slower", name)
+    return eager()
 
 
-def _traced(target: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """An unfrozen traced copy of ``target`` (eval mode, channels-last) holding ``target``'s weights: a copy of the
-    graph traced for an earlier module of the same structure, or a new trace (kept for the next one)."""
-    key = _structure_key(target, example)
-    with _TRACED_LOCK:
-        template = _TRACED.get(key)
-        if template is not None:
-            _TRACED.move_to_end(key)
-    if template is None:
-        clone = copy.deepcopy(target).eval().to(memory_format=torch.channels_last)
-        template = torch.jit.trace(clone, example.contiguous(memory_format=torch.channels_last), check_trace=False)
-        with _TRACED_LOCK:
-            _TRACED[key] = template
-            while len(_TRACED) > _TRACED_MAX:
-                _TRACED.popitem(last=False)
-    traced = copy.deepcopy(template)  # the template stays untouched: a frozen module shares its tensors
-    traced.load_state_dict(target.state_dict())
-    return traced
+def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
+    """(convolution, BatchNorm) module names where, running ``example``, the BatchNorm's input is the tensor the
+    convolution returned (modules called more than once, shared, are left out); and the outputs of that run."""
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # id -> (convolution, its output, kept so no id is reused)
+    calls: dict[str, int] = {}
+    pairs: dict[str, str] = {}  # BatchNorm -> convolution
+
+    def conv_hook(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            outputs[id(output)] = (name, output)
+        return hook
+
+    def norm_hook(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if args and id(args[0]) in outputs:
+                pairs[name] = outputs[id(args[0])][0]
+        return hook
+
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            if type(module) in _CONVS:
+                handles.append(module.register_forward_hook(conv_hook(name)))
+            elif type(module) in _NORMS and module.track_running_stats:
+                handles.append(module.register_forward_pre_hook(norm_hook(name)))
+        output = _flat(model(example))
+    finally:
+        for handle in handles:
+            handle.remove()
+    convs = list(pairs.values())
+    return [(conv, norm) for norm, conv in pairs.items()
+            if calls.get(conv) == 1 and calls.get(norm) == 1 and convs.count(conv) == 1], output
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _flat(output) -> list[torch.Tensor]:
+    return [output] if isinstance(output, torch.Tensor) else [t for t in output if isinstance(t, torch.Tensor)]
 
 
 def scorer(model: nn.Module, size: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``x -> (logits, pooled features)`` for model inputs (float in [0, 1], N x 1 x S x S) in one pass: on the CPU a
-    traced, frozen copy of `LogitsAndFeatures` (its logits are bit-identical to the whole model's traced copy),
-    elsewhere the eager model. Call it under ``torch.no_grad()``."""
+    """``x -> (logits, pooled features)`` for model inputs (float in [0, 1], N x 1 x S x S) in one pass: on the CPU the
+    folded copy of `LogitsAndFeatures` (its logits are bit-identical to the whole model's folded copy), elsewhere the
+    eager model. Call it under ``torch.no_grad()``."""
     device = next(model.parameters()).device
     return fast_inference(LogitsAndFeatures(model), example_input(size).to(device))
 
 
 def example_input(size: int) -> torch.Tensor:
-    """A fixed 2 x 1 x S x S batch to trace or export a model with, drawn from a generator of its own: making a
+    """A fixed 2 x 1 x S x S batch to fold or export a model with, drawn from a generator of its own: making a
     `Predictor` must not move the caller's global random state."""
     return torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))

@@ -81,7 +81,7 @@ def record_orientation(sidecar: Path, model: torch.nn.Module, images: np.ndarray
     sidecar's ``orientation`` entry; returns it."""
     from pneumo.models.orientation import TRANSFORMS, fit_orientation, save_orientation, transform
 
-    features = feature_extractor(model, device=device, amp=False, batch_size=64)  # traced once for the 12 sets
+    features = feature_extractor(model, device=device, amp=False, batch_size=64)  # folded once for the 12 sets
 
     train = {name: features(transform(images, name), f"orientation: {name}") for name in TRANSFORMS}
     some = upright if len(upright) <= CATCH_SAMPLE else upright[np.sort(

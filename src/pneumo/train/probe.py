@@ -37,7 +37,7 @@ def model_digest(model: nn.Module) -> str:
 
 
 def features_in_bf16(device: torch.device, amp: bool) -> bool:
-    """Whether `extract_features` runs under bf16 autocast: on CUDA only; on the CPU it runs the traced fp32 graph,
+    """Whether `extract_features` runs under bf16 autocast: on CUDA only; on the CPU it runs the folded fp32 copy,
     as predict does."""
     return amp and device.type == "cuda"
 
@@ -45,7 +45,7 @@ def features_in_bf16(device: torch.device, amp: bool) -> bool:
 def feature_extractor(model: nn.Module, *, device: torch.device, amp: bool = True, batch_size: int = 64
                       ) -> Callable[..., np.ndarray]:
     """``extract_features`` for several image sets of one model whose weights do not change in between: the model
-    is traced for the fast CPU path once (~1-3 s) rather than once per set. Call it as ``extract(images, desc)``."""
+    is folded for the fast CPU path once rather than once per set. Call it as ``extract(images, desc)``."""
     model.eval()
     run: Callable[[torch.Tensor], torch.Tensor] | None = None
 
