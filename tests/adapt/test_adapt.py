@@ -708,10 +708,14 @@ def test_an_adapted_model_records_the_code_and_the_resamples_that_made_it(adapte
 
 
 def test_adapting_an_adapted_model_keeps_the_earlier_sites_images_and_says_so(
-        adapted: dict, site_csv: Path, data_slice: Path, tmp_path: Path) -> None:
+        adapted: dict, site_csv: Path, data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The second adaptation dropped the first one's record and adapted-on list: evaluate then called the first
     site's images external, and the card named only the model id (a review). And no path of the machine it was made
-    on travels in the new folder (the source model's and the dataset's were absolute)."""
+    on travels in the new folder (the source model's and the dataset's were absolute). (Records only: the fine-tunes
+    return their model unchanged; the fixture's adaptation trains.)"""
+    import copy
+
+    monkeypatch.setattr(adapt_run, "finetune", lambda model, x, y, **kwargs: copy.deepcopy(model))
     nih = Path(pd.read_csv(site_csv)["path"].iloc[0]).parents[1]
     meta = pd.read_csv(nih / "manifest.csv", dtype=str, keep_default_na=False)
     used = set(pd.read_csv(site_csv, dtype=str)["patient_id"])
