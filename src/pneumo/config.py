@@ -28,7 +28,9 @@ Task = Literal["binary", "3class"]
 ResizePolicy = Literal["squash", "letterbox"]
 TransferMode = Literal["probe", "partial", "finetune", "scratch"]
 Intensity = Literal["none", "equalize", "clahe", "standardize"]
+Markers = Literal["none", "inpaint", "inpaint-text"]
 RESIZE_POLICIES, INTENSITIES = typing.get_args(ResizePolicy), typing.get_args(Intensity)
+MARKER_METHODS = typing.get_args(Markers)  # the one list of each (data.preprocess, data.markers and the sidecar read them)
 # Keys that older configs (and the run folders written with them) still hold; they load with a warning.
 REMOVED_KEYS = {"train.num_workers": "never read (data loading runs in the main process)",
                 "train.probe_c": "never read (the probe's regularisation is chosen on the val fold)"}
@@ -73,7 +75,7 @@ class DataConfig(Schema):
     image_size: int = Field(224, ge=MIN_INPUT_SIZE, le=MAX_INPUT_SIZE)
     resize_policy: ResizePolicy = "squash"
     intensity: Intensity = "none"  # applied when the cache is built
-    markers: Literal["none", "inpaint", "inpaint-text"] = "none"  # in-paint markers (and corner text) in train + inference
+    markers: Markers = "none"  # in-paint markers (and corner text) in train + inference
     crop: Crop = "none"  # none | border:F (cut F of each side, 0 < F < 0.4) | lungs (lung-field box), before resizing
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: Seed = 0

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumo.config import INTENSITIES
 from pneumo.data.decode import load_image
-from pneumo.data.preprocess import INTENSITY_METHODS, apply_intensity, prepare
+from pneumo.data.preprocess import apply_intensity, prepare
 from pneumo.errors import ConfigError
 
 
@@ -50,7 +51,7 @@ def test_equalize_spreads_the_histogram_and_clahe_raises_local_contrast(xray: np
     assert local_std(clahe) > local_std(xray)
 
 
-@pytest.mark.parametrize("method", INTENSITY_METHODS)
+@pytest.mark.parametrize("method", INTENSITIES)
 def test_every_method_keeps_uint8_and_the_shape(method: str, xray: np.ndarray) -> None:
     out = prepare(xray, size=128, intensity=method)
     assert out.dtype == np.uint8 and out.shape == (128, 128)

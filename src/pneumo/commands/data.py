@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pneumo import atomic
 from pneumo.argparsing import subparser
+from pneumo.config import INTENSITIES, RESIZE_POLICIES, DataConfig
 from pneumo.data.manifest import scan_dataset
 from pneumo.errors import LeakageError
 
@@ -32,6 +33,11 @@ def _dataset_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", metavar="DIR", help="dataset folder or zip (default: $PNEUMO_DATA)")
 
 
+def _default(field: str):
+    """The run configuration's default (`config.DataConfig`): `pneumo data` caches and splits as a run would."""
+    return DataConfig.model_fields[field].default
+
+
 def add_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -45,26 +51,27 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
     p = action("split", "patient-grouped, subtype-stratified train/val split + leakage check")
     _dataset_flag(p)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
-    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--val-fraction", type=float, default=_default("val_fraction"),
+                   help="share of patients per subtype in val")
+    p.add_argument("--seed", type=int, default=_default("split_seed"), help="split seed")
     p.add_argument("--output", metavar="CSV", help="write the manifest with its fold column to this file")
     p.set_defaults(func=run_split)
 
     p = action("cache", "decode all images once into a uint8 memory-mapped cache")
     _dataset_flag(p)
-    p.add_argument("--size", type=int, default=224, help="side of the square model input in pixels")
-    p.add_argument("--resize-policy", choices=["squash", "letterbox"], default="squash",
+    p.add_argument("--size", type=int, default=_default("image_size"), help="side of the square model input in pixels")
+    p.add_argument("--resize-policy", choices=RESIZE_POLICIES, default=_default("resize_policy"),
                    help="squash (stretch to a square) or letterbox (pad to a square)")
-    p.add_argument("--intensity", choices=["none", "equalize", "clahe", "standardize"], default="none",
-                   help="intensity step")
+    p.add_argument("--intensity", choices=INTENSITIES, default=_default("intensity"), help="intensity step")
     p.add_argument("--cache-dir", help="default: $PNEUMO_CACHE or ~/.cache/pneumo")
     p.set_defaults(func=run_cache)
 
     p = action("report", "write the HTML dataset report (counts, sizes, intensities, samples, leakage)")
     _dataset_flag(p)
     p.add_argument("--out", default="runs/data-report", metavar="DIR", help="output folder")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of patients per subtype in val")
-    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--val-fraction", type=float, default=_default("val_fraction"),
+                   help="share of patients per subtype in val")
+    p.add_argument("--seed", type=int, default=_default("split_seed"), help="split seed")
     p.set_defaults(func=run_report)
 
     p = action("download", "download the Mendeley archive (checksum-verified, resumable)")

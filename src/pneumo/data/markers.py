@@ -29,9 +29,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from pneumo.config import MARKER_METHODS
 from pneumo.errors import ConfigError, InputError
 
-MARKER_METHODS = ("none", "inpaint", "inpaint-text")
 MIN_BRIGHT = 150  # uint8 value a marker pixel reaches (burnt in near white; thin strokes lose some in a resize)
 MIN_TOPHAT = 50  # how far it stands above its neighbourhood (white top-hat, kernel ~12 % of the side)
 MAX_BACKGROUND = 120  # markers sit on dark film or collimation; ribs and bones sit on brighter tissue

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, overload
 import numpy as np
 from PIL import Image
 
+from pneumo.config import INTENSITIES, RESIZE_POLICIES
 from pneumo.data.crop import crop_image
 from pneumo.data.markers import remove_markers
 from pneumo.errors import ConfigError, InputError
@@ -19,8 +20,6 @@ from pneumo.errors import ConfigError, InputError
 if TYPE_CHECKING:
     import torch
 
-RESIZE_POLICIES = ("squash", "letterbox")
-INTENSITY_METHODS = ("none", "equalize", "clahe", "standardize")
 STANDARD_MEAN, STANDARD_STD = 128.0, 48.0  # "standardize": every image to this mean and spread (uint8)
 
 
@@ -62,7 +61,7 @@ def apply_intensity(img: np.ndarray, method: str = "none") -> np.ndarray:
         return cv2.equalizeHist(np.ascontiguousarray(img))
     if method == "clahe":
         return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(np.ascontiguousarray(img))
-    raise ConfigError(f"unknown intensity method {method!r}; choose {', '.join(INTENSITY_METHODS)}")
+    raise ConfigError(f"unknown intensity method {method!r}; choose {', '.join(INTENSITIES)}")
 
 
 def prepare(img: np.ndarray, *, size: int, policy: str = "squash", intensity: str = "none",

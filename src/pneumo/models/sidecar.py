@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumo import atomic
-from pneumo.config import INTENSITIES, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZE_POLICIES, parse_crop
+from pneumo.config import INTENSITIES, MARKER_METHODS, MAX_INPUT_SIZE, MIN_INPUT_SIZE, RESIZE_POLICIES, parse_crop
 from pneumo.data.rundir import CROSSFIT, CROSSFIT_KEY, RunDir
 from pneumo.errors import ConfigError, IntegrityError, ModelError
 from pneumo.models.ood import check_file_name, check_ood_entry
@@ -43,7 +43,6 @@ LEGACY_FORMAT = "pneumo-checkpoint/1"  # before 2026-12-06: read, range-checked,
 WEIGHTS_FORMAT = LEGACY_FORMAT  # the ``format`` in a weights file's own metadata: unchanged, so weights stay the bytes
 DIGEST_KEY = "sidecar_sha256"
 CARD_KEY = "card_sha256"  # the SHA-256 of the card ``<stem>.md`` (`pneumo.infer.card.record_card`)
-MARKER_METHODS = ("none", "inpaint", "inpaint-text")  # as `pneumo.data.markers.MARKER_METHODS` (which imports OpenCV)
 DTYPES = ("float32", "float16")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
