@@ -48,6 +48,18 @@ class Shared(nn.Module):
         return self.bn2(self.conv(self.bn1(self.conv(x)))).mean(dim=(2, 3))
 
 
+class InPlaceBetween(nn.Module):
+    """conv1 -> bn1 folds; conv2 -> ReLU(inplace) -> bn2 does not: bn2 reads conv2's tensor, changed in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+        self.conv2, self.act, self.bn2 = nn.Conv2d(2, 2, 3), nn.ReLU(inplace=True), nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.act(self.conv2(self.bn1(self.conv1(x))))).mean(dim=(2, 3))
+
+
 @pytest.mark.parametrize(("arch", "size"), [("scratch_cnn", 64), ("tf_efficientnet_lite0", 64)])
 def test_the_folded_copy_gives_the_eager_models_outputs_without_its_batchnorms(arch: str, size: int) -> None:
     torch.manual_seed(0)
@@ -66,14 +78,17 @@ def test_the_folded_copy_gives_the_eager_models_outputs_without_its_batchnorms(a
         isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
-def test_a_batchnorm_is_folded_only_into_the_convolution_it_reads() -> None:
-    """A convolution called twice keeps its BatchNorms: no fold, no warning, the eager outputs."""
-    model = _with_statistics(Shared())
-    x = torch.rand(2, 1, 8, 8)
-    copy = folded(model, x)
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in copy.modules()) == 2
-    with torch.no_grad():
-        assert torch.allclose(copy(x), model(x), atol=1e-6)  # (channels-last: rounding only)
+def test_a_batchnorm_is_folded_only_into_the_convolution_it_reads(caplog: pytest.LogCaptureFixture) -> None:
+    """A convolution called twice keeps its BatchNorms, and so does one whose output an in-place ReLU changed before
+    its BatchNorm read it; the other pairs fold; no warning, the eager outputs."""
+    with caplog.at_level(logging.WARNING, logger="pneumo.models.fast"):
+        for model, kept in ((_with_statistics(Shared()), ["bn1", "bn2"]), (_with_statistics(InPlaceBetween()), ["bn2"])):
+            x = torch.rand(2, 1, 8, 8)
+            copy = folded(model, x)
+            assert [n for n, m in copy.named_modules() if isinstance(m, nn.BatchNorm2d)] == kept
+            with torch.no_grad():
+                assert torch.allclose(copy(x), model(x), atol=1e-6)  # (channels-last: rounding only)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_model_whose_folded_copy_differs_runs_eager_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,8 +6,8 @@ for probe features, evaluation, prediction, occlusion and embeddings; `scorer` i
 inputs to logits and features (`Predictor`'s torch backend, a run's evaluation).
 
 Which BatchNorm reads which convolution is seen, not assumed: the example runs through the model with hooks, and a
-pair is folded only where the BatchNorm's input is the very tensor the convolution returned (each module called
-once). The folded copy must then give the eager model's outputs on the example; otherwise (a convolution's output
+pair is folded only where the BatchNorm's input is the very tensor the convolution returned, unchanged in place
+(each module called once). The folded copy must then give the eager model's outputs on the example; otherwise (a convolution's output
 also read elsewhere, an unknown layer) the eager copy runs, with one warning per architecture.
 """
 
@@ -100,21 +100,23 @@ def folded(model: nn.Module, example: torch.Tensor) -> nn.Module:
 def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, str]], list[torch.Tensor]]:
     """(convolution, BatchNorm) module names where, running ``example``, the BatchNorm's input is the tensor the
     convolution returned (modules called more than once, shared, are left out); and the outputs of that run."""
-    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # id -> (convolution, its output, kept so no id is reused)
+    outputs: dict[int, tuple[str, torch.Tensor, int]] = {}  # id -> (convolution, its output, kept so that no id is
+    # reused, and the output's version: an in-place op between them, a ReLU(inplace=True), hands on the same tensor)
     calls: dict[str, int] = {}
     pairs: dict[str, str] = {}  # BatchNorm -> convolution
 
     def conv_hook(name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             calls[name] = calls.get(name, 0) + 1
-            outputs[id(output)] = (name, output)
+            outputs[id(output)] = (name, output, output._version)
         return hook
 
     def norm_hook(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
             calls[name] = calls.get(name, 0) + 1
-            if args and id(args[0]) in outputs:
-                pairs[name] = outputs[id(args[0])][0]
+            conv = outputs.get(id(args[0])) if args else None
+            if conv is not None and conv[2] == args[0]._version:
+                pairs[name] = conv[0]
         return hook
 
     handles = []
