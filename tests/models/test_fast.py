@@ -26,7 +26,6 @@ def _with_statistics(model: nn.Module) -> nn.Module:
 
 class ReadTwice(nn.Module):
     """A convolution's output read by its BatchNorm and by a skip connection: folding would change the skip."""
-    arch = "read_twice_for_test"
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,6 +34,18 @@ class ReadTwice(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
         return (self.bn(y) + y).mean(dim=(2, 3))
+
+
+class ReadsItsNorm(nn.Module):
+    """A forward that reads its BatchNorm's weight (a channel gate): folding replaces that BatchNorm, so it fails."""
+    arch = "reads_its_norm_for_test"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.bn(self.conv(x)) * self.bn.weight[:, None, None]).mean(dim=(2, 3))
 
 
 class Shared(nn.Module):
@@ -80,9 +91,11 @@ def test_the_folded_copy_gives_the_eager_models_outputs_without_its_batchnorms(a
 
 def test_a_batchnorm_is_folded_only_into_the_convolution_it_reads(caplog: pytest.LogCaptureFixture) -> None:
     """A convolution called twice keeps its BatchNorms, and so does one whose output an in-place ReLU changed before
-    its BatchNorm read it; the other pairs fold; no warning, the eager outputs."""
+    its BatchNorm read it, or that a skip connection also reads; the other pairs fold; no warning, the eager outputs."""
+    cases = ((Shared(), ["bn1", "bn2"]), (InPlaceBetween(), ["bn2"]), (ReadTwice(), ["bn"]))
     with caplog.at_level(logging.WARNING, logger="pneumo.models.fast"):
-        for model, kept in ((_with_statistics(Shared()), ["bn1", "bn2"]), (_with_statistics(InPlaceBetween()), ["bn2"])):
+        for model, kept in cases:
+            model = _with_statistics(model)
             x = torch.rand(2, 1, 8, 8)
             copy = folded(model, x)
             assert [n for n, m in copy.named_modules() if isinstance(m, nn.BatchNorm2d)] == kept
@@ -91,17 +104,30 @@ def test_a_batchnorm_is_folded_only_into_the_convolution_it_reads(caplog: pytest
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_a_model_whose_folded_copy_differs_runs_eager_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
-    model = _with_statistics(ReadTwice())
+def test_folding_under_inference_mode_gives_the_same_copy() -> None:
+    """`torch.inference_mode()` tensors carry no version counter: the fold makes its own tensors."""
+    torch.manual_seed(0)
+    model = _with_statistics(create("scratch_cnn", num_classes=2, weights="none"))
+    x = torch.rand(3, 1, 64, 64)
+    with torch.inference_mode():
+        run = fast_inference(model, x[:2])
+        got = run(x)
+    with torch.no_grad():
+        assert torch.equal(got, fast_inference(model, x[:2])(x))
+
+
+def test_a_model_that_cannot_be_folded_runs_eager_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    model = _with_statistics(ReadsItsNorm())
     x = torch.rand(2, 1, 16, 16)
     with caplog.at_level(logging.WARNING, logger="pneumo.models.fast"):
         first = fast_inference(model, x)
         fast_inference(model, x)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "read_twice_for_test" in warnings[0].getMessage()
-    assert "eager model" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "reads_its_norm_for_test" in warnings[0].getMessage()
+    assert "AttributeError" in warnings[0].getMessage() and "eager model" in warnings[0].getMessage()
     with torch.no_grad():
         assert torch.allclose(first(x), model(x), atol=1e-6)
+    assert isinstance(folded(model, x).bn, nn.BatchNorm2d)
 
 
 def test_a_feature_extractor_folds_once_for_many_sets_and_matches_separate_extractions(monkeypatch) -> None:
