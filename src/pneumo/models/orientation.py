@@ -24,6 +24,7 @@ import numpy as np
 from pneumo import atomic
 from pneumo.errors import ModelError
 from pneumo.models.ood import refuse_orphan
+from pneumo.models.scores import softmax
 
 TRANSFORMS = ("upright", "inverted", "rotated 90°", "rotated 180°", "rotated 270°", "upside down")
 SUFFIX = ".orient.safetensors"
@@ -57,10 +58,8 @@ class OrientationHead:
     classes: tuple[str, ...] = TRANSFORMS
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
-        z = ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weight.T.astype(np.float64) + self.bias
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.weight.T.astype(np.float64)
+                       + self.bias)
 
     def refusals(self, features: np.ndarray) -> list[str | None]:
         """Per image None (upright) or the reason it is refused."""

@@ -69,7 +69,8 @@ class Targets:
 
 def val_auc(logits: np.ndarray, y: np.ndarray) -> float:
     """Binary: ROC-AUC of P(pneumonia); 3-class: macro one-vs-rest ROC-AUC."""
-    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()  # (not `models.scores.softmax`: saturated scores tie
+    # differently in another float32 softmax, and the best epoch, chosen by 1e-4 of this AUC, must not move)
     if len(np.unique(y)) < 2:
         return float("nan")
     if probs.shape[1] == 2:
