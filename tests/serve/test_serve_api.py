@@ -28,7 +28,7 @@ def upload(xray: bytes, name: str = "x.jpeg") -> dict:
 def test_predict_returns_the_documented_fields(client: TestClient, xray: bytes) -> None:
     body = client.post(PREDICT, files=upload(xray)).json()
     assert set(body) == {"p_pneumonia", "p_calibrated", "label", "threshold", "threshold_calibrated",
-                         "threshold_policy", "probabilities", "model_id", "timings_ms", "assessed"}
+                         "threshold_policy", "probabilities", "model_id", "request_id", "timings_ms", "assessed"}
     assert body["assessed"] is True and (body["p_calibrated"] >= body["threshold_calibrated"]) == (
         body["p_pneumonia"] >= body["threshold"])
     assert set(body["timings_ms"]) == {"decode", "inference", "total"}

@@ -47,3 +47,30 @@ def test_internal_errors_are_logged_by_type_only(make_client: Callable[..., Test
     assert "RuntimeError" in caplog.text
     assert SECRET_TEXT not in caplog.text and "/srv/models" not in caplog.text and "Traceback" not in caplog.text
     assert not any(record.exc_info for record in caplog.records)
+
+
+def test_each_request_leaves_one_audit_line_with_its_id_model_and_outcome(client: TestClient, predictor: Predictor,
+                                                                          xray: bytes,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """An audit-trail review: a verdict and a refusal both logged as 200 in the access log, and nothing tied a stored
+    result to a log line. Every answer now carries a request id (the caller's, if a plain token), and the audit
+    logger says which model and threshold gave which outcome, without the file's name."""
+    caplog.set_level(logging.INFO, logger="pneumo.serve.audit")
+    given = client.post(PREDICT, files={"file": (SECRET_NAME, xray, "image/jpeg")},
+                        headers={"X-Request-ID": "ward7-000123"})
+    made = client.post(PREDICT, files={"file": (SECRET_NAME, xray, "image/jpeg")},
+                       headers={"X-Request-ID": "forged\nline"})
+    refused = client.post(PREDICT, files={"file": (SECRET_NAME, SECRET_TEXT.encode() * 50, "text/plain")})
+    assert given.status_code == made.status_code == 200 and refused.status_code == 422
+    assert given.headers["X-Request-ID"] == given.json()["request_id"] == "ward7-000123"
+    rid = made.headers["X-Request-ID"]
+    assert made.json()["request_id"] == rid and len(rid) == 32 and "\n" not in rid  # not the caller's: a new id
+    lines = [r.getMessage() for r in caplog.records if r.name == "pneumo.serve.audit"]
+    assert len(lines) == 3
+    body = given.json()
+    assert lines[0] == (f"prediction request=ward7-000123 model={predictor.model_id} policy={body['threshold_policy']} "
+                        f"threshold={body['threshold']:.6g} p={body['p_pneumonia']:.6g} label={body['label']} "
+                        f"outcome={'verdict' if body['assessed'] else 'refused:out-of-distribution'}")
+    assert lines[1].startswith(f"prediction request={rid} ")
+    assert lines[2] == f"no prediction request={refused.headers['X-Request-ID']} model={predictor.model_id} status=422"
+    assert SECRET_NAME not in " ".join(lines) and SECRET_TEXT not in " ".join(lines)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -41,6 +41,7 @@ from pneumo.config import ServeConfig
 from pneumo.errors import InputError, ModelError, PneumoError
 from pneumo.infer.card import model_card_text
 from pneumo.infer.predictor import Prediction, Predictor
+from pneumo.serve import audit
 from pneumo.serve.batcher import MicroBatcher
 from pneumo.serve.decoding import DecodeWorkers, decode_upload
 from pneumo.serve.http import Guard, api_key_check, install_error_handlers, mount_docs, one_line
@@ -183,7 +184,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
     install_error_handlers(app)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Content-Type"])
+                           allow_headers=["X-API-Key", "Content-Type", "X-Request-ID"], expose_headers=["X-Request-ID"])
     # the outermost (added last): CORS preflights get its headers, its own 500s the CORS header
     app.add_middleware(Guard, docs_csp=mount_docs(app), cors_origins=tuple(config.cors_origins))
     auth = [Depends(api_key_check(api_key))] if api_key else []
@@ -218,19 +219,31 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
     @app.post("/api/v1/predict", tags=["api"], dependencies=auth, response_model=PredictResponse,
               response_model_exclude_none=True, openapi_extra=UPLOAD_BODY,
               responses={k: ERRORS[k] for k in (400, 401, 408, 413, 415, 422, 500, 501, 503)})
-    async def predict(request: Request,
+    async def predict(request: Request, response: Response,
                       heatmap: bool = Query(False, description="add a Grad-CAM overlay PNG (base64)"),
                       preview: bool = Query(False, description="add the decoded gray image as PNG (base64)"),
                       ) -> dict[str, Any]:
         """Predict one chest X-ray (JPEG, PNG or DICOM; also BMP, GIF, TIFF, WebP) sent as the multipart field ``file``.
 
-        Busy: 503 with ``Retry-After`` (seconds) when the work queue is full; 408 when the upload is too slow."""
-        start = time.perf_counter()
-        _ready_predictor(service)
-        async with service.budget.charge(request.stream()) as stream:  # uploads read or waiting: bounded bytes
-            data = await _receive(service, request, stream)  # no slot held while a slow client sends
-            async with service.work.slot():  # bounded work, bounded queue: 503 + Retry-After beyond
-                return await _predict(service, data, start, heatmap=heatmap, preview=preview)
+        Busy: 503 with ``Retry-After`` (seconds) when the work queue is full; 408 when the upload is too slow. Every
+        answer carries ``X-Request-ID`` (the caller's, if a plain token, else a new one), as does the audit log line."""
+        start, rid = time.perf_counter(), audit.request_id(request.headers.get("x-request-id"))
+        try:
+            _ready_predictor(service)
+            async with service.budget.charge(request.stream()) as stream:  # uploads read or waiting: bounded bytes
+                data = await _receive(service, request, stream)  # no slot held while a slow client sends
+                async with service.work.slot():  # bounded work, bounded queue: 503 + Retry-After beyond
+                    body = await _predict(service, data, start, heatmap=heatmap, preview=preview)
+        except HTTPException as exc:
+            audit.log_refusal(rid, service.predictor and service.predictor.model_id, exc.status_code)
+            exc.headers = {**(exc.headers or {}), "X-Request-ID": rid}
+            raise
+        except Exception:  # (the Guard answers 500 and logs its type)
+            audit.log_refusal(rid, service.predictor and service.predictor.model_id, 500)
+            raise
+        audit.log_prediction(rid, body["model_id"], body.get("threshold_policy"), body)
+        response.headers["X-Request-ID"] = rid
+        return {**body, "request_id": rid}
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

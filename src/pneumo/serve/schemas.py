@@ -47,6 +47,8 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float] = Field(description="calibrated probability of each class (after temperature "
                                             "scaling): compare p_calibrated, not these, with threshold_calibrated")
     model_id: str = Field(description="the architecture and the first 12 hex digits of the weights' SHA-256")
+    request_id: str = Field(description="as the X-Request-ID header and the service's audit log line: the caller's "
+                            "X-Request-ID if it is a token of at most 64 characters [A-Za-z0-9._:-], else a new one")
     timings_ms: Timings
     ood_score: float | None = Field(None, description="Mahalanobis distance of the image's features to the training "
                                     "features (absent when the model has no OOD statistics)")

@@ -1,0 +1,33 @@
+"""The service's audit trail: one line per prediction request on the ``pneumo.serve.audit`` logger, matched to the
+response by a request id, so that a hospital can tell weeks later which model and operating point gave which result
+and whether it was a verdict or a refusal (an audit-trail review: the access log said ``200`` for a verdict and a
+refusal alike, and nothing tied a stored result to a log line). No file name, no content, no detail text of the
+upload: the id, the model, the threshold and what came of it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+log = logging.getLogger("pneumo.serve.audit")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's X-Request-ID kept only if it is such a token
+
+
+def request_id(header: str | None) -> str:
+    """The caller's ``X-Request-ID`` if it is a plain token of at most 64 characters, else a new random one."""
+    return header if header and _CLIENT_ID.fullmatch(header) else uuid.uuid4().hex
+
+
+def log_prediction(rid: str, model_id: str, policy: str | None, body: dict) -> None:
+    """``prediction``: the verdict, or the kind of refusal (``out-of-distribution`` or ``orientation``), with P and the
+    threshold it was compared with."""
+    outcome = ("verdict" if body.get("assessed", True) else
+               "refused:out-of-distribution" if body.get("ood") else "refused:orientation")
+    log.info("prediction request=%s model=%s policy=%s threshold=%.6g p=%.6g label=%s outcome=%s", rid, model_id,
+             policy, body["threshold"], body["p_pneumonia"], body["label"], outcome)
+
+
+def log_refusal(rid: str, model_id: str | None, status: int) -> None:
+    """``no prediction``: the request ended with ``status`` (the input gate or the decoder: 422; busy: 503; ...)."""
+    log.info("no prediction request=%s model=%s status=%d", rid, model_id, status)
