@@ -117,3 +117,16 @@ def test_the_contact_sheet_tells_files_of_one_name_apart(tmp_path: Path) -> None
         written.append(Written(str(tmp_path / "pacs" / f"P{i}" / "IM00001"), overlay, overlay, prediction))
     page = write_contact_sheet(tmp_path / "maps", written).read_text()
     assert "P0/IM00001" in page and "P1/IM00001" in page
+
+
+def test_an_overlay_names_the_model_and_operating_point_that_drew_it(tmp_path: Path, predictor: Predictor) -> None:
+    """An audit-trail review: a second model's map written into the same folder replaced the first's under the same
+    name, and nothing in the file said which model drew it. Its PNG text chunks say so."""
+    from PIL import Image
+
+    path = HeatmapWriter(predictor, tmp_path).write("x.png", np.full((70, 90), 100, np.uint8))
+    with Image.open(path) as image:
+        text = dict(image.text)
+    assert text["pneumo:model_id"] == predictor.model_id and text["pneumo:method"] == "cam"
+    assert float(text["pneumo:threshold"]) == pytest.approx(predictor.threshold)
+    assert text["pneumo:threshold_policy"] == str(predictor.meta.threshold_policy)

@@ -13,7 +13,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from pneumo import atomic
+from pneumo import __version__, atomic
 from pneumo.errors import ConfigError
 from pneumo.explain import CAM_METHODS, METHODS
 from pneumo.explain.cam import explain_image, resolve_layer, torch_model_of
@@ -120,8 +120,18 @@ class HeatmapWriter:
         image = overlay_image(gray, result.map_original, result.prediction, method=self.method, toward=result.toward,
                               band=True, detail=detail)
         atomic.write_bytes(npy_path, npy_bytes(result.map_original.astype(np.float32)))
-        atomic.write_bytes(overlay_path, png_bytes(image))
+        atomic.write_bytes(overlay_path, png_bytes(image, self._made_by(result.prediction)))
         return Written(source=str(path), overlay=overlay_path, raw_map=npy_path, prediction=result.prediction)
+
+
+    def _made_by(self, prediction: PredictionLike) -> dict[str, str]:
+        """The overlay's tEXt chunks: the model, its operating point and the method (an audit-trail review: a map
+        written into the same folder by another model replaced this one's under the same name, and nothing in the file
+        said which model drew it)."""
+        meta = self.predictor.meta
+        return {"pneumo:model_id": str(getattr(meta, "model_id", "")), "pneumo:version": __version__,
+                "pneumo:threshold": f"{prediction.threshold:.6g}",
+                "pneumo:threshold_policy": str(getattr(meta, "threshold_policy", None)), "pneumo:method": self.tag}
 
 
 def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, title: str = "pneumo explain",

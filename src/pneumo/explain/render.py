@@ -21,9 +21,15 @@ METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "occlusion": 
                  "integrated_gradients": "Integrated gradients"}
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """``image`` as PNG; ``text``: tEXt chunks (what made a heat map travels with the file)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=3)
+    image.save(buffer, format="PNG", compress_level=3, pnginfo=info)
     return buffer.getvalue()
 
 
