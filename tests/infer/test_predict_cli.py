@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pneumo
 from pneumo.cli import main
 from pneumo.infer.export import export_onnx
 from pneumo.infer.predictor import Predictor
@@ -53,6 +54,9 @@ def test_every_row_says_which_model_and_operating_point_answered(xrays: Path, ti
     assert len(rows) == 7 and {r["model_id"] for r in rows} == {predictor.model_id}
     assert {r["threshold_policy"] for r in rows} == {predictor.meta.threshold_policy or ""}
     assert rows[-1]["error"] and rows[-1]["model_id"] == predictor.model_id  # the error row too
+    # and which code, backend and run (an audit-trail review: the file carried no time, version or backend)
+    assert {(r["pneumo_version"], r["backend"]) for r in rows} == {(pneumo.__version__, "onnx")}
+    assert len({r["created"] for r in rows}) == 1 and rows[0]["created"].endswith("Z")
 
 
 def test_predictions_match_the_predictor_on_the_same_images(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
@@ -378,7 +382,9 @@ def test_predict_threads_gives_the_same_rows_as_the_default(xrays: Path, tmp_pat
     """`--threads 3 --batch-size 2`: three batches scored side by side, the same rows in the same order."""
     assert main(["predict", str(xrays), "--output", str(tmp_path / "one.csv")]) == 0
     assert main(["predict", str(xrays), "--threads", "3", "--batch-size", "2", "--output", str(tmp_path / "three.csv")]) == 0
-    assert (tmp_path / "one.csv").read_text() == (tmp_path / "three.csv").read_text()
+    one, three = ([{k: v for k, v in row.items() if k != "created"}  # (each run's own time apart)
+                   for row in csv.DictReader(io.StringIO((tmp_path / name).read_text()))] for name in ("one.csv", "three.csv"))
+    assert one == three and len(one) == 6
     capsys.readouterr()
     assert main(["predict", str(xrays), "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "pneumo predict: error: --threads must be >= 1, got 0"
