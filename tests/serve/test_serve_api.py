@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from serve_helpers import decode_png_base64, dicom_bytes
 from sidecars import signed
 
+from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME
 from pneumo.config import ServeConfig
 from pneumo.data.decode import load_image
 from pneumo.infer.predictor import Predictor
@@ -344,13 +346,15 @@ def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.Mon
 
     for handler in logging.getLogger().handlers:  # the command sets the service's format: undone after the test
         monkeypatch.setattr(handler, "formatter", handler.formatter)
+    monkeypatch.setattr(logging.Formatter, "converter", logging.Formatter.converter)  # (and the UTC switch)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
     assert main(["serve", "--port", port, "--shutdown-timeout-s", "3"]) == 0
     assert seen["timeout_graceful_shutdown"] == 3.0
     # an operator reads the log later: every line of the service and of uvicorn carries the time
-    assert all(f["fmt"].startswith("%(asctime)s ") for f in seen["log_config"]["formatters"].values())
+    assert all(f["fmt"].startswith(f"{LOG_TIME} ") and f["datefmt"] == LOG_DATEFMT
+               for f in seen["log_config"]["formatters"].values())
     # and no query string: a client wrote ?patient=Smith_John into the access log
     import logging
 
@@ -361,5 +365,14 @@ def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.Mon
     record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
                                ("127.0.0.1:5", "POST", "/api/v1/predict?patient=Smith_John", "1.1", 200), None)
     assert WithoutQuery().filter(record) and record.getMessage() == '127.0.0.1:5 - "POST /api/v1/predict HTTP/1.1" 200'
-    assert all(h.formatter._fmt.startswith("%(asctime)s ") for h in logging.getLogger().handlers if h.formatter)
+    assert all(h.formatter._fmt.startswith(f"{LOG_TIME} ") for h in logging.getLogger().handlers if h.formatter)
+    # in UTC, with its zone (an audit-trail review: local time without one)
+    stamp = logging.Formatter(f"{LOG_TIME} {LOG_FORMAT}", LOG_DATEFMT).format(record_at(86400.25))
+    assert stamp.startswith("1970-01-02T00:00:00.250Z INFO test: ")
     assert main(["serve", "--port", port]) == 0 and seen["timeout_graceful_shutdown"] == 8.0  # < docker stop's 10 s
+
+
+def record_at(created: float) -> logging.LogRecord:
+    record = logging.LogRecord("test", logging.INFO, __file__, 1, "x", None, None)
+    record.created, record.msecs = created, (created % 1) * 1000
+    return record

@@ -8,8 +8,9 @@ import json
 import logging
 import os
 import socket
+import time
 
-from pneumo import LOG_FORMAT
+from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME, __version__
 from pneumo.argparsing import add_schema_flags, schema_values
 from pneumo.atomic import sha256_file
 from pneumo.config import ServeConfig
@@ -133,16 +134,18 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run("pneumo.serve.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
     predictor = Predictor(args.model, backend=args.backend, threads=1)  # a bad model fails before binding
-    log.info("serving model %s (threshold %s, policy %s) on http://%s:%d", predictor.model_id,
-             fmt_threshold(predictor.threshold), predictor.meta.threshold_policy, config.host, config.port)
+    log.info("serving model %s (threshold %s, policy %s, %s backend, pneumo %s) on http://%s:%d", predictor.model_id,
+             fmt_threshold(predictor.threshold), predictor.meta.threshold_policy, predictor.backend, __version__,
+             config.host, config.port)
     uvicorn.run(create_app(config, predictor, threads=args.threads), **options)
     return 0
 
 
 def _timestamped_logs() -> None:
-    """A service's log lines carry the time (an operator reads them later); a command's do not need it."""
+    """A service's log lines carry the time in UTC (an operator reads them later); a command's do not need it."""
+    logging.Formatter.converter = time.gmtime  # (every formatter of the process, uvicorn's too)
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {LOG_FORMAT}"))
+        handler.setFormatter(logging.Formatter(f"{LOG_TIME} {LOG_FORMAT}", LOG_DATEFMT))
 
 
 def _uvicorn_logging() -> dict:
@@ -153,7 +156,7 @@ def _uvicorn_logging() -> dict:
 
     config = copy.deepcopy(LOGGING_CONFIG)
     for formatter in config["formatters"].values():
-        formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
+        formatter["fmt"], formatter["datefmt"] = f"{LOG_TIME} " + formatter["fmt"], LOG_DATEFMT
     config.setdefault("filters", {})["without_query"] = {"()": "pneumo.serve.http.WithoutQuery"}
     config["handlers"]["access"]["filters"] = ["without_query"]
     return config

@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
-from pneumo import LOG_FORMAT, __version__
+from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME, __version__
 from pneumo.atomic import sha256_file, to_jsonable
 from pneumo.config import ServeConfig
 from pneumo.errors import InputError, ModelError, PneumoError
@@ -258,7 +258,8 @@ def create_app_from_env() -> FastAPI:
     settings = json.loads(os.environ.get("PNEUMO_SERVE_SETTINGS", "{}"))
     options = {key: settings.pop(key) for key in ("model", "backend", "threads", "pinned") if key in settings}
     if not logging.getLogger().handlers:  # a worker process: the command's log setup ran in its parent only
-        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {LOG_FORMAT}")
+        logging.Formatter.converter = time.gmtime  # (UTC, as the command's own process)
+        logging.basicConfig(level=logging.INFO, format=f"{LOG_TIME} {LOG_FORMAT}", datefmt=LOG_DATEFMT)
     config = ServeConfig(**settings)
     configure_header_timeout(config.header_timeout_s)  # this worker's uvicorn protocol (see pneumo.serve.limits)
     return create_app(config, **options)
