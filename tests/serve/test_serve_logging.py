@@ -69,7 +69,7 @@ def test_each_request_leaves_one_audit_line_with_its_id_model_and_outcome(client
     assert len(lines) == 3
     body = given.json()
     assert lines[0] == (f"prediction request=ward7-000123 model={predictor.model_id} policy={body['threshold_policy']} "
-                        f"threshold={body['threshold']:.6g} p={body['p_pneumonia']:.6g} label={body['label']} "
+                        f"threshold={body['threshold']:.6g} p={body['p_pneumonia']:.6g} label=\"{body['label']}\" "
                         f"outcome={'verdict' if body['assessed'] else 'refused:out-of-distribution'}")
     assert lines[1].startswith(f"prediction request={rid} ")
     assert lines[2] == f"no prediction request={refused.headers['X-Request-ID']} model={predictor.model_id} status=422"

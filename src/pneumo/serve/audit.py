@@ -24,8 +24,8 @@ def log_prediction(rid: str, model_id: str, policy: str | None, body: dict) -> N
     threshold it was compared with."""
     outcome = ("verdict" if body.get("assessed", True) else
                "refused:out-of-distribution" if body.get("ood") else "refused:orientation")
-    log.info("prediction request=%s model=%s policy=%s threshold=%.6g p=%.6g label=%s outcome=%s", rid, model_id,
-             policy, body["threshold"], body["p_pneumonia"], body["label"], outcome)
+    log.info('prediction request=%s model=%s policy=%s threshold=%.6g p=%.6g label="%s" outcome=%s', rid, model_id,
+             policy, body["threshold"], body["p_pneumonia"], body["label"], outcome)  # (a label may hold a space)
 
 
 def log_refusal(rid: str, model_id: str | None, status: int) -> None:
