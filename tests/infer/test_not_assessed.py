@@ -36,7 +36,10 @@ def test_a_flagged_image_gets_no_verdict_and_says_why(shipped: Predictor, full_d
         assert result.ood is True and result.assessed is False and result.label == NOT_ASSESSED
         assert "out of distribution" in result.reason and f"{shipped.ood.threshold:.1f}" in result.reason
         assert 0.0 <= result.p_pneumonia <= 1.0  # the score stays, for audit
-    assert rotated.ood is False and rotated.assessed is True and rotated.reason is None
+        assert result.refused == "out-of-distribution"  # its kind, for counting (an audit-trail review)
+    assert rotated.ood is False and rotated.assessed is True and rotated.reason is None and rotated.refused is None
+    blank = shipped.predict([np.full((40, 40), 128, np.uint8)])[0]  # the input gate: no verdict, kind "input"
+    assert not blank.assessed and blank.refused == "input"
     assert rotated.label in shipped.classes
 
 
@@ -133,6 +136,8 @@ def test_an_inverted_or_turned_xray_is_refused_with_what_to_fix(shipped: Predict
     assert sum(r.assessed for r in upright) >= 5  # about 1 % of upright images are refused by design
     assert all(not r.assessed and r.label == NOT_ASSESSED for r in turned)
     assert all("the image looks" in r.reason or "out of distribution" in r.reason for r in turned)
+    assert all(r.refused == ("out-of-distribution" if r.ood else "orientation") for r in turned)  # the kind, to count
+    assert all(r.refused is None for r in upright if r.assessed)
     # the reason names what it saw (a half-turn and an upside-down film differ only by a left-right mirror)
     seen = {"rotated 180°": ("rotated 180°", "upside down"), "upside down": ("rotated 180°", "upside down")}
     assert sum(any(t in r.reason for t in seen.get(name, (name,))) for r in turned) >= 4
@@ -172,6 +177,8 @@ def test_predict_writes_not_assessed_with_its_reason(full_data: Path, tmp_path: 
     assert rows.loc["astronaut.png", "label"] == "not assessed" and "out of distribution" in rows.loc[
         "astronaut.png", "reason"]
     assert rows.loc["xray.jpeg", "label"] in ("NORMAL", "PNEUMONIA") and pd.isna(rows.loc["xray.jpeg", "reason"])
+    # the kind of refusal in a column of its own, to count (an audit-trail review: free text only)
+    assert rows.loc["astronaut.png", "refused"] == "out-of-distribution" and pd.isna(rows.loc["xray.jpeg", "refused"])
     assert (rows["p_calibrated"] >= rows["threshold_calibrated"]).equals(rows["p_pneumonia"] >= rows["threshold"])
 
 

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                 counts["scored"] += 1
                 counts["not assessed"] += not item.prediction.assessed  # out of distribution, turned, non-finite
                 counts["out-of-distribution"] += bool(item.prediction.ood)
-            write(_row(item.path, item.prediction, classes, item.error, args.heatmaps, item.heatmap, model))
+            write(_row(item.path, item.prediction, classes, item.error, args.heatmaps, item.heatmap, model,
+                       refused=item.refused))
         bar.close()
     total = len(files) + len(skipped)
     print(f"summary: {total} input(s): " + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -161,8 +162,10 @@ def _row_writer(out, fmt: str):
 
 
 def _row(path: Path, prediction, classes: list[str], error: str | None, heatmaps: str | None,
-         heatmap: Path | None, model: dict) -> dict:
+         heatmap: Path | None, model: dict, *, refused: bool = False) -> dict:
     row = {"path": _printable(path), **_flatten(prediction, classes, error)}
+    if refused:  # a lateral film, a report: refused as an input, with its reason in `error`
+        row["refused"] = "input"
     if heatmaps:
         row["heatmap"] = str(heatmap) if heatmap else None
     return {**row, **model}  # which model and operating point answered, on every row (as the service's responses)
@@ -175,10 +178,10 @@ def _printable(path: Path) -> str:
 def _flatten(result, classes: list[str], error: str | None) -> dict:
     """One output row; absent values are None (an empty CSV cell, null in JSON lines)."""
     row = {"p_pneumonia": None, "p_calibrated": None, "label": None, "threshold": None, "threshold_calibrated": None,
-           "ood_score": None, "ood": None, "reason": None, "error": error or None}
+           "ood_score": None, "ood": None, "reason": None, "refused": None, "error": error or None}
     if result is not None:  # label "not assessed" (with the reason) for an image outside the model's scope
         row.update(p_pneumonia=_rounded(result.p_pneumonia, 6), p_calibrated=_rounded(result.p_calibrated, 6),
-                   label=result.label, threshold=round(result.threshold, 6), reason=result.reason,
+                   label=result.label, threshold=round(result.threshold, 6), reason=result.reason, refused=result.refused,
                    threshold_calibrated=None if result.threshold_calibrated is None
                    else round(result.threshold_calibrated, 6))
         if result.ood is not None:

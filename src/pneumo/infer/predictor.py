@@ -47,7 +47,9 @@ class Prediction:
     models; None for 3-class), so either pair gives the verdict. ``label`` applies the checkpoint's validation-chosen
     threshold, unless the image is not assessed: ``ood_score`` is the Mahalanobis distance of the image's features to
     the training features and ``ood`` is True above the validation-chosen limit; such an image gets ``label`` "not
-    assessed", ``assessed`` False and the ``reason`` (both OOD fields are None for a model without OOD statistics)."""
+    assessed", ``assessed`` False and the ``reason`` (both OOD fields are None for a model without OOD statistics);
+    ``refused`` names the kind, for counting: ``input`` (the input gate), ``non-finite``, ``out-of-distribution`` or
+    ``orientation`` (the input gate's replaces the others, as its reason does; else the first check's)."""
 
     p_pneumonia: float
     p_calibrated: float
@@ -59,10 +61,11 @@ class Prediction:
     ood: bool | None = None
     assessed: bool = True
     reason: str | None = None
+    refused: str | None = None
 
-    def withhold(self, reason: str) -> None:
-        """No verdict for this image (the scores stay, for audit)."""
-        self.label, self.assessed, self.reason = NOT_ASSESSED, False, reason
+    def withhold(self, reason: str, kind: str) -> None:
+        """No verdict for this image (the scores stay, for audit); ``kind``: why, for counting (``refused``)."""
+        self.label, self.assessed, self.reason, self.refused = NOT_ASSESSED, False, reason, kind
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +99,7 @@ def gate(images: list[np.ndarray], results: list[Prediction]) -> None:
         try:
             check_radiograph(image)
         except InputError as exc:
-            result.withhold(str(exc))
+            result.withhold(str(exc), "input")
 
 
 class Predictor:
@@ -268,18 +271,19 @@ class Predictor:
         results = self._results(logits)
         for result, finite in zip(results, np.isfinite(logits).all(axis=1)):
             if not finite:  # a broken model: NaN would compare as "pneumonia"
-                result.withhold("the model's output for this image is not a finite number")
+                result.withhold("the model's output for this image is not a finite number", "non-finite")
         if self.ood is not None and features is not None:
             for result, score in zip(results, self.ood.scores(features)):
                 result.ood_score = float(score) if np.isfinite(score) else None
                 result.ood = bool(not np.isfinite(score) or score > self.ood.threshold)
                 if result.ood:
                     result.withhold(f"out of distribution: unlike the chest X-rays the model learned from (distance "
-                                    f"{score:.1f} > limit {self.ood.threshold:.1f})")
+                                    f"{score:.1f} > limit {self.ood.threshold:.1f})", "out-of-distribution")
         if self.orientation is not None and features is not None:  # says what to fix: beside the OOD reason
             for result, reason in zip(results, self.orientation.refusals(features)):
                 if reason:
-                    result.withhold(f"{result.reason}; {reason}" if result.reason else reason)
+                    result.withhold(f"{result.reason}; {reason}" if result.reason else reason,
+                                    result.refused or "orientation")  # (the first check's kind, as its reason)
         return results
 
     def predict(self, images: list[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:

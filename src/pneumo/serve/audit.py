@@ -20,10 +20,9 @@ def request_id(header: str | None) -> str:
 
 
 def log_prediction(rid: str, model_id: str, policy: str | None, body: dict) -> None:
-    """``prediction``: the verdict, or the kind of refusal (``out-of-distribution`` or ``orientation``), with P and the
-    threshold it was compared with."""
-    outcome = ("verdict" if body.get("assessed", True) else
-               "refused:out-of-distribution" if body.get("ood") else "refused:orientation")
+    """``prediction``: the verdict, or the kind of refusal (`Prediction.refused`), with P and the threshold it was
+    compared with."""
+    outcome = "verdict" if body.get("assessed", True) else f"refused:{body.get('refused')}"
     log.info('prediction request=%s model=%s policy=%s threshold=%.6g p=%.6g label="%s" outcome=%s', rid, model_id,
              policy, body["threshold"], body["p_pneumonia"], body["label"], outcome)  # (a label may hold a space)
 

@@ -42,6 +42,8 @@ class PredictResponse(BaseModel):
                                                "threshold")
     assessed: bool = Field(True, description="false: no verdict for this image (reason says why)")
     reason: str | None = None
+    refused: str | None = Field(None, description="when not assessed, the kind, for counting: input, non-finite, "
+                                "out-of-distribution or orientation")
     threshold_policy: str | None = Field(None, description="the policy that chose the threshold; absent: a "
                                          "placeholder threshold, not chosen on validation")
     probabilities: dict[str, float] = Field(description="calibrated probability of each class (after temperature "
