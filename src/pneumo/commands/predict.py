@@ -10,11 +10,11 @@ import logging
 import math
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pneumo import __version__, atomic
 from pneumo.errors import ConfigError, PneumoError, one_line
+from pneumo.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         model = {"model_id": predictor.model_id if predictor else None,  # which model, operating point, code and
                  "threshold_policy": predictor.meta.threshold_policy if predictor else None,  # run answered, on every
                  "backend": predictor.backend if predictor else None, "pneumo_version": __version__,  # row (an
-                 "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}  # audit-trail review)
+                 "created": utc_now()}  # audit-trail review)
         heatmaps = None
         if args.heatmaps and files:  # a --heatmaps that is a file: one line before the progress bar
             from pneumo.explain.overlay import HeatmapWriter

@@ -8,9 +8,8 @@ import json
 import logging
 import os
 import socket
-import time
 
-from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME, __version__
+from pneumo import LOG_DATEFMT, LOG_TIME, __version__
 from pneumo.argparsing import add_schema_flags, schema_values
 from pneumo.atomic import sha256_file
 from pneumo.config import ServeConfig
@@ -143,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _timestamped_logs() -> None:
     """A service's log lines carry the time in UTC (an operator reads them later); a command's do not need it."""
-    logging.Formatter.converter = time.gmtime  # (every formatter of the process, uvicorn's too)
+    from pneumo.serve.http import service_log_formatter
+
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(f"{LOG_TIME} {LOG_FORMAT}", LOG_DATEFMT))
+        handler.setFormatter(service_log_formatter())
 
 
 def _uvicorn_logging() -> dict:

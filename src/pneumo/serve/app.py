@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
-from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME, __version__
+from pneumo import __version__
 from pneumo.atomic import sha256_file, to_jsonable
 from pneumo.config import ServeConfig
 from pneumo.errors import InputError, ModelError, PneumoError
@@ -44,7 +44,14 @@ from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve import audit
 from pneumo.serve.batcher import MicroBatcher
 from pneumo.serve.decoding import DecodeWorkers, decode_upload
-from pneumo.serve.http import Guard, api_key_check, install_error_handlers, mount_docs, one_line
+from pneumo.serve.http import (
+    Guard,
+    api_key_check,
+    install_error_handlers,
+    mount_docs,
+    one_line,
+    service_log_formatter,
+)
 from pneumo.serve.limits import ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
 from pneumo.serve.schemas import (
     DESCRIPTION,
@@ -241,7 +248,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         except Exception:  # (the Guard answers 500 and logs its type)
             audit.log_refusal(rid, service.predictor and service.predictor.model_id, 500)
             raise
-        audit.log_prediction(rid, body["model_id"], body.get("threshold_policy"), body)
+        audit.log_prediction(rid, body)
         response.headers["X-Request-ID"] = rid
         return {**body, "request_id": rid}
 
@@ -258,8 +265,9 @@ def create_app_from_env() -> FastAPI:
     settings = json.loads(os.environ.get("PNEUMO_SERVE_SETTINGS", "{}"))
     options = {key: settings.pop(key) for key in ("model", "backend", "threads", "pinned") if key in settings}
     if not logging.getLogger().handlers:  # a worker process: the command's log setup ran in its parent only
-        logging.Formatter.converter = time.gmtime  # (UTC, as the command's own process)
-        logging.basicConfig(level=logging.INFO, format=f"{LOG_TIME} {LOG_FORMAT}", datefmt=LOG_DATEFMT)
+        handler = logging.StreamHandler()
+        handler.setFormatter(service_log_formatter())  # (UTC, as the command's own process)
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
     config = ServeConfig(**settings)
     configure_header_timeout(config.header_timeout_s)  # this worker's uvicorn protocol (see pneumo.serve.limits)
     return create_app(config, **options)

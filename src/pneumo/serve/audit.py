@@ -19,12 +19,13 @@ def request_id(header: str | None) -> str:
     return header if header and _CLIENT_ID.fullmatch(header) else uuid.uuid4().hex
 
 
-def log_prediction(rid: str, model_id: str, policy: str | None, body: dict) -> None:
-    """``prediction``: the verdict, or the kind of refusal (`Prediction.refused`), with P and the threshold it was
-    compared with."""
+def log_prediction(rid: str, body: dict) -> None:
+    """``prediction``: the answer's model, policy and threshold, P, and the verdict or the kind of refusal
+    (`Prediction.refused`)."""
     outcome = "verdict" if body.get("assessed", True) else f"refused:{body.get('refused')}"
-    log.info('prediction request=%s model=%s policy=%s threshold=%.6g p=%.6g label="%s" outcome=%s', rid, model_id,
-             policy, body["threshold"], body["p_pneumonia"], body["label"], outcome)  # (a label may hold a space)
+    log.info('prediction request=%s model=%s policy=%s threshold=%.6g p=%.6g label="%s" outcome=%s', rid,
+             body["model_id"], body.get("threshold_policy"), body["threshold"], body["p_pneumonia"], body["label"],
+             outcome)  # (a label may hold a space)
 
 
 def log_refusal(rid: str, model_id: str | None, status: int) -> None:

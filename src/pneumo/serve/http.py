@@ -7,6 +7,7 @@ import hmac
 import importlib.resources
 import logging
 import re
+import time
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Security
@@ -17,6 +18,7 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME
 from pneumo.serve.limits import Overloaded
 from pneumo.serve.schemas import CSP, content_security_policy
 
@@ -137,3 +139,10 @@ class WithoutQuery(logging.Filter):
             client, method, path, version, status = record.args
             record.args = (client, method, str(path).split("?", 1)[0], version, status)
         return True
+
+
+def service_log_formatter() -> logging.Formatter:
+    """A service's log lines: the time first, in UTC, ISO 8601 with ``Z`` (sets the process's
+    `logging.Formatter.converter`, so uvicorn's formatters, given `LOG_TIME`, write UTC too)."""
+    logging.Formatter.converter = time.gmtime
+    return logging.Formatter(f"{LOG_TIME} {LOG_FORMAT}", LOG_DATEFMT)
