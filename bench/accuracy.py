@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine, record
 
+from pneumo.allocator import hold_freed_memory
 from pneumo.config import load_config
 from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run
 from pneumo.train.run import train
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--out-dir", default=str(OUT / "runs"))
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
     args = parser.parse_args()
+    hold_freed_memory()  # as `pneumo train` does for its own process (train() leaves the allocator alone)
     seeds = [int(s) for s in args.seeds.split(",")]
     results = [run_row(name, args.data, seeds, Path(args.out_dir), args.extra) for name in args.rows.split(",")]
     table = markdown(results)

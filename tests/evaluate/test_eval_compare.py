@@ -195,15 +195,19 @@ def test_a_run_retrained_since_its_evaluation_is_left_out_of_the_leaderboard(tin
     assert "| current |" in text and "| retrained |" not in text
 
 
-def test_a_real_runs_evaluation_is_checked_against_its_weights(data_slice: Path, tmp_path: Path) -> None:
+def test_a_real_runs_evaluation_is_checked_against_its_weights(data_slice: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
     """A run's own metrics.json (written by `evaluate_run`) records its weights at the top level: the check read only
-    `pneumo evaluate --data`'s key and so never fired on a run (a review)."""
+    `pneumo evaluate --data`'s key and so never fired on a run (a review). A library call draws no progress bars on
+    stderr (a library review; the command line asks for them)."""
     from sidecars import shipped_as_run
 
     from pneumo.evaluate.runner import evaluate_run
 
     run = shipped_as_run(tmp_path / "run", data_slice)
+    capsys.readouterr()
     evaluate_run(run, analysis=False, n_bootstrap=20)
+    assert "predict val" not in capsys.readouterr().err
     assert load_run_metrics(run)["weights_sha256"]
     metrics = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").write_text(json.dumps({**metrics, "weights_sha256": "0" * 64}))  # as before a retraining

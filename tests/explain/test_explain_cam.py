@@ -150,3 +150,29 @@ def test_two_explanations_of_one_model_never_run_at_once(predictor: Predictor, r
     for thread in threads:
         thread.join(60)
     assert overlaps == [1, 1]
+
+
+def test_an_explanation_without_a_prediction_applies_the_input_gate_as_predict_does(
+        predictor: Predictor, real_grays: list[np.ndarray]) -> None:
+    """A library review: explain_image scored a 48 x 48 copy of an X-ray without the input gate and gave it a verdict
+    (and the overlay its caption) that `Predictor.predict` withholds."""
+    small = np.asarray(Image.fromarray(real_grays[0]).resize((48, 48)))
+    expected = predictor.predict([small])[0]
+    assert expected.refused == "input"
+    result = explain_image(predictor, small)
+    assert (result.prediction.label, result.prediction.refused, result.prediction.reason) == \
+        (expected.label, expected.refused, expected.reason)
+    assert explain_image(predictor, real_grays[0]).prediction.label == predictor.predict([real_grays[0]])[0].label
+
+
+def test_wrong_model_inputs_and_sizes_are_refused_not_drawn(predictor: Predictor, real_grays: list[np.ndarray]) -> None:
+    """A 100 x 100 `prepared` gave a 100 x 100 map, not the model's S x S, and ``max_side=0`` a 69-byte PNG (a library
+    review)."""
+    from pneumo.errors import InputError
+
+    gray = real_grays[0]
+    with pytest.raises(InputError, match=f"uint8 {predictor.size} x {predictor.size} model input"):
+        explain_image(predictor, gray, prepared=predictor.preprocess(gray)[: predictor.size // 2])
+    for side in (0, -5):
+        with pytest.raises(ConfigError, match="max_side must be None or an integer >= 1"):
+            heatmap_overlay_png(predictor, gray, max_side=side)

@@ -115,3 +115,54 @@ def test_a_card_of_another_operating_point_is_not_read_as_this_models(tmp_path: 
     assert "model_card" not in read_meta(tmp_path / "default-model.json").extra
     card = model_card_of(Predictor(tmp_path / "default-model.json"))
     assert card["threshold"] == 0.525 and "model_card" not in card
+
+
+def test_a_library_caller_gets_pneumos_errors_for_wrong_inputs_and_arguments(full_data: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library review: a PIL image, None, a 2-D or float model input, threads=-1 or 0, a corrupt ensemble.json and a
+    missing ONNX Runtime escaped as AttributeError / RuntimeError / JSONDecodeError / ModuleNotFoundError, or gave
+    numbers for a wrong-sized input; each is one of pneumo's errors now."""
+    from pneumo.errors import InputError, PneumoError
+
+    predictor = Predictor(None)
+    xray = Image.open(min((full_data / "test" / "NORMAL").glob("*.jpeg"))).convert("L")
+    for bad in (xray, None, np.asarray(xray).astype(np.float32), np.zeros((4, 40, 40), np.uint8)):
+        with pytest.raises(InputError, match="image 1: expected a uint8 gray 2-D numpy array"):
+            predictor.predict([np.asarray(xray), bad])
+    prepared = predictor.preprocess(np.asarray(xray))
+    for bad in (prepared, prepared[None].astype(np.float32), prepared[None, :100, :100], prepared[:0]):
+        with pytest.raises(InputError, match=f"shape \\(B, {predictor.size}, {predictor.size}\\)"):
+            predictor.logits(bad)
+    assert predictor.logits(prepared[None]).shape == (1, 2)  # the right input still scores
+    for threads in (-1, 0, 1.5, True):
+        with pytest.raises(ConfigError, match="threads must be None or an integer >= 1"):
+            Predictor(None, threads=threads)
+    folder = tmp_path / "ens"
+    folder.mkdir()
+    for text in ("{not json", "[1, 2]"):
+        (folder / "ensemble.json").write_text(text)
+        with pytest.raises(ModelError, match="is an ensemble evaluation, not one model"):
+            Predictor(folder)
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(PneumoError, match="ONNX Runtime is not installed"):
+        Predictor(None, backend="onnx")
+    assert Predictor(None, backend="auto").backend == "torch"  # auto still falls back
+
+
+def test_a_verdict_agrees_with_its_score_and_threshold_at_a_float32_tie() -> None:
+    """`1 - P(normal) < threshold` ran in float32 (NumPy 2 rounds the Python threshold to the array's type), so a
+    score just below the float64 threshold but equal to its float32 rounding was called pneumonia (a library review)."""
+    from pneumo.models.scores import pneumonia_probability, predict_classes
+
+    predictor = Predictor(None)
+    t = predictor.threshold
+    z = np.log(t / (1 - t))  # logit(t): sweep the float32 logits around it, every step
+    margins = np.nextafter(np.float32(z), np.float32(np.inf)) - np.float32(z)
+    logits = np.stack([np.zeros(401, np.float32), np.float32(z) + margins * np.arange(-200, 201, dtype=np.float32)],
+                      axis=1)
+    results = predictor.predictions(logits, None)
+    p = np.array([r.p_pneumonia for r in results])
+    assert (p < t).any() and (p >= t).any() and (np.float32(p) == np.float32(t)).any()  # the sweep crosses the tie
+    assert [r.label == "PNEUMONIA" for r in results] == list(p >= t)
+    probs = np.array([[0.5, 0.5], [1 - np.float32(t), np.float32(t)]], dtype=np.float32)
+    assert list(predict_classes(probs, t)) == [int(x >= t) for x in pneumonia_probability(probs).astype(float)]

@@ -454,3 +454,35 @@ def test_a_run_trained_with_a_study_option_that_left_is_not_resumed_as_another_c
     err = capsys.readouterr().err.strip()
     assert "was trained with data.train_sources='original', a study option that has left the product" in err
     assert "\n" not in err and (run / "folds.csv").read_text() == "the old split"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the process's resident memory (Linux)")
+def test_a_library_train_call_leaves_the_processes_allocator_alone(data_slice: Path, tmp_path: Path) -> None:
+    """`train()` set glibc's malloc to keep freed memory for the rest of the process (``train.hold_memory``), even
+    when it failed at its first check: a notebook's freed 300 MB stayed resident (a library review). `pneumo train`,
+    a process of its own, still does it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "runs" / "x").mkdir(parents=True)  # a run folder without a saved state: train() refuses it at once
+    code = f"""
+import re, numpy as np
+from pneumo.config import load_config
+from pneumo.errors import ConfigError
+from pneumo.train.run import train
+rss = lambda: int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read())[1]) // 1024
+cfg = load_config("lite0-probe", ["data.root={data_slice}", "out_dir={tmp_path / 'runs'}", "name=x"])
+assert cfg.train.hold_memory
+try:
+    train(cfg)
+except ConfigError as exc:
+    assert "holds no saved state" in str(exc)
+base = rss()
+block = np.ones(300 * 2**20 // 8)
+held = rss()
+del block
+print(base, held, rss())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    base, held, freed = (int(v) for v in done.stdout.split())
+    assert held - base > 250 and freed - base < 50, done.stdout  # the freed block went back to the OS

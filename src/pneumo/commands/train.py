@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(dump_yaml(cfg))
         return 0
+    if cfg.train.hold_memory:  # this process trains and exits: keep the memory freed tensors leave (pneumo.allocator)
+        from pneumo.allocator import hold_freed_memory
+
+        hold_freed_memory()
     if cfg.members:
         return run_ensemble(cfg, args)
     from pneumo.train.distributed import is_main_process
@@ -132,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             from pneumo.evaluate.runner import evaluate_run, summary_line
             from pneumo.explain.analysis import analysis_sections
 
-            result = evaluate_run(run_dir, analysis=analysis_sections)
+            result = evaluate_run(run_dir, analysis=analysis_sections, progress=True)
             print(summary_line(result))
             print(f"report: {run_dir / 'report.html'}")
     return 0
@@ -157,10 +161,10 @@ def run_ensemble(cfg, args: argparse.Namespace) -> int:
                 return 130
             print(f"member run: {run_dirs[-1]}")
             if not args.no_eval:
-                print(summary_line(evaluate_run(run_dirs[-1])))
+                print(summary_line(evaluate_run(run_dirs[-1], progress=True)))
     if not args.no_eval:
         own = cfg.eval.threshold_policy if "threshold_policy" in cfg.eval.model_fields_set else None
         print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name, policy=own,  # else the members'
-                                             replace=args.force)))
+                                             replace=args.force, progress=True)))
         print(f"report: {Path(cfg.out_dir) / cfg.name / 'report.html'}")
     return 0

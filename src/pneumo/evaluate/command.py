@@ -76,14 +76,14 @@ def evaluate(models: list[str], *, data: str | None = None, out: str | None = No
         if not out:
             raise ConfigError("several runs are evaluated as an ensemble: give --out DIR for its report")
         return evaluate_ensemble(models, out, policy=policies[0] if policies else None, n_bootstrap=n_bootstrap,
-                                 data=dataset, policies=policies, replace=force), Path(out)
+                                 data=dataset, policies=policies, replace=force, progress=progress), Path(out)
     model = models[0]
     if data is None and is_run(model):
         if out:  # it was ignored: the run's own files were rewritten while the user looked in --out
             raise ConfigError(f"--out {out}: a run is evaluated into its own folder ({model}); leave --out out, or "
                               "give --data FOLDER|CSV to evaluate it on labelled images into --out")
         return evaluate_run(model, n_bootstrap=n_bootstrap, data=dataset, policies=policies,
-                            analysis=sections), Path(model)
+                            analysis=sections, progress=progress), Path(model)
     official = data is None
     if data is None:
         data = str(official_test_folder(dataset))

@@ -67,9 +67,10 @@ def _run_folder(run_dir: Path) -> RunDir:
     return run
 
 
-def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -> dict[str, np.ndarray]:
+def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module, *, progress: bool = False
+                ) -> dict[str, np.ndarray]:
     """Logits of the val and test folds (val first: it is what selects the threshold and temperature), through
-    `models.fast.scorer`, the scoring path of `Predictor`'s torch backend."""
+    `models.fast.scorer`, the scoring path of `Predictor`'s torch backend; ``progress``: bars on stderr."""
     from tqdm import tqdm
 
     cache = image_cache(cfg, folds)
@@ -91,7 +92,7 @@ def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -
     for fold in ("val", "test"):
         rows = np.flatnonzero(folds["fold"].to_numpy() == fold)
         images = torch.from_numpy(np.ascontiguousarray(cache.images[rows]))[:, None]
-        out[fold], features = scores_of(images, f"predict {fold}")
+        out[fold], features = scores_of(images, f"predict {fold}" if progress else None)
         if fold == "test" and not amp:  # fp32: the features the OOD statistics were fitted on, from the same pass
             out["test_features"] = features
         if cfg.eval.tta:
@@ -101,7 +102,8 @@ def fold_logits(run_dir: Path, cfg, folds: pd.DataFrame, net: torch.nn.Module) -
 
 
 def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_bootstrap: int | None = None,
-                 data: str | None = None, analysis: Analysis | None = None, policies: tuple[str, ...] = ()) -> dict:
+                 data: str | None = None, analysis: Analysis | None = None, policies: tuple[str, ...] = (),
+                 progress: bool = False) -> dict:
     """The protocol for one run (see ../shared/docs/PROTOCOL.md). Returns the metrics dict also written to disk.
 
     The headline is the model's stored operating point (for a run never evaluated: the config's policy, chosen on
@@ -109,7 +111,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     operating points (``youden``, ``sensitivity:0.95`` and ``triage`` are always there); they never change the model.
     ``analysis`` adds sections to the report (e.g. ``pneumo.explain.analysis.analysis_sections``: Grad-CAM shortcut
     indicator, confident errors, embeddings); the evaluation layer does not import explanations, the caller passes
-    them in.
+    them in. ``progress``: progress bars on stderr (the command line's; a library call draws none).
 
     The run's lock (`pneumo.data.rundir.run_lock`, the one training holds) is held throughout: a `pneumo train
     --force` or ``--resume`` of the run, or a `pneumo ood fit` of it, is refused meanwhile, so the evaluation never
@@ -124,16 +126,17 @@ def evaluate_run(run_dir: str | os.PathLike, *, policy: str | None = None, n_boo
     policies_to_report(None, extra)  # a bad policy fails here, before any predicting
     _run_folder(run_dir)
     with run_lock(run_dir):
-        return _evaluate_locked(run_dir, extra=extra, n_bootstrap=n_bootstrap, data=data, analysis=analysis)
+        return _evaluate_locked(run_dir, extra=extra, n_bootstrap=n_bootstrap, data=data, analysis=analysis,
+                                progress=progress)
 
 
 def _evaluate_locked(run_dir: Path, *, extra: tuple[str, ...], n_bootstrap: int | None, data: str | None,
-                     analysis: Analysis | None) -> dict:
+                     analysis: Analysis | None, progress: bool = False) -> dict:
     start = time.perf_counter()
     cfg, folds = load_run(run_dir, data)
     model, meta = load_checkpoint(RunDir(run_dir).model)
     names = class_names(cfg.data.task)
-    logits = fold_logits(run_dir, cfg, folds, model)
+    logits = fold_logits(run_dir, cfg, folds, model, progress=progress)
     test = folds[folds["fold"] == "test"]
     y_test = labels(test, cfg.data.task)
     first = not meta.threshold_policy  # training leaves a placeholder threshold without a policy
@@ -213,7 +216,7 @@ def patients_of(test: pd.DataFrame) -> np.ndarray | None:
 
 def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, *, policy: str | None = None,
                       n_bootstrap: int | None = None, data: str | None = None,
-                      policies: tuple[str, ...] = (), replace: bool = False) -> dict:
+                      policies: tuple[str, ...] = (), replace: bool = False, progress: bool = False) -> dict:
     """The protocol for the average of several runs' probabilities (architectures or seeds on one split).
 
     The members must share their val and test folds (same data and split seed) and their task; the threshold and
@@ -243,7 +246,7 @@ def evaluate_ensemble(run_dirs: list[str | os.PathLike], out_dir: str | os.PathL
         _check_same_folds(members[0], folds, cfg, run_dir, member_folds, member_cfg)
         model, meta = load_checkpoint(RunDir(run_dir).model)
         metas.append(meta)
-        logits = fold_logits(run_dir, member_cfg, member_folds, model)
+        logits = fold_logits(run_dir, member_cfg, member_folds, model, progress=progress)
         for fold, per_member in member_logits.items():
             per_member.append(logits[fold])
     ensemble = {fold: log_mean_probability(z) for fold, z in member_logits.items()}

@@ -30,6 +30,7 @@ from pneumo.errors import ConfigError, InputError, ModelError
 from pneumo.explain import CAM_METHODS, METHODS, TARGETS, occlusion
 from pneumo.explain.render import overlay_image, png_bytes
 from pneumo.explain.target import MarginTarget, PredictionLike, PredictorLike, as_batch, signs_for, to_tensor
+from pneumo.infer.predictor import gate
 
 NOT_TORCH = "explanations need the PyTorch checkpoint (run folder or .json/.safetensors), not an ONNX export"
 
@@ -250,8 +251,14 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise InputError(f"expected a uint8 gray 2-D image, got {gray.dtype} with shape {gray.shape}")
     prepared = predictor.preprocess(gray) if prepared is None else prepared
-    if prediction is None:
+    if not (isinstance(prepared, np.ndarray) and prepared.dtype == np.uint8
+            and prepared.shape == (predictor.size, predictor.size)):
+        raise InputError(f"prepared must be the uint8 {predictor.size} x {predictor.size} model input "
+                         f"(`Predictor.preprocess`), got {getattr(prepared, 'dtype', type(prepared).__name__)} with "
+                         f"shape {getattr(prepared, 'shape', None)}")
+    if prediction is None:  # scored as `Predictor.predict` scores it: the input gate too (a library review)
         prediction = predictor.predict_prepared(prepared[None])[0]
+        gate([gray], [prediction])
     classes = list(predictor.classes)
     toward_pneumonia = target == "pneumonia" or prediction.p_pneumonia >= prediction.threshold  # assessed or not
     with _model_lock(model):

@@ -136,6 +136,8 @@ def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: PredictionLike
                   band: bool = False, detail: str | None = None) -> Image.Image:
     """RGB overlay of ``heat`` (same H x W as ``gray``), optionally shrunk to ``max_side``, with the caption: on the
     image (its geometry kept), or with ``band`` in a band above it, with a colour bar."""
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ConfigError(f"max_side must be None or an integer >= 1, got {max_side!r}")
     image = Image.fromarray(blend(gray, heat))
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)

@@ -49,7 +49,9 @@ class Prediction:
     the training features and ``ood`` is True above the validation-chosen limit; such an image gets ``label`` "not
     assessed", ``assessed`` False and the ``reason`` (both OOD fields are None for a model without OOD statistics);
     ``refused`` names the kind, for counting: ``input`` (the input gate), ``non-finite``, ``out-of-distribution`` or
-    ``orientation`` (the input gate's replaces the others, as its reason does; else the first check's)."""
+    ``orientation`` (the input gate's replaces the others, as its reason does; else the first check's).
+    ``probabilities`` are the temperature-calibrated per-class probabilities (compare P(pneumonia) there with
+    ``threshold_calibrated``, not ``threshold``)."""
 
     p_pneumonia: float
     p_calibrated: float
@@ -112,6 +114,8 @@ class Predictor:
     def __init__(self, model: str | os.PathLike | None = None, *, backend: str = "torch", threads: int | None = None):
         if backend not in BACKENDS:
             raise ModelError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be None or an integer >= 1, got {threads!r}")
         self.sidecar = resolve_model(model)
         self.meta = read_meta(self.sidecar)
         from pneumo.infer.card import card_markdown
@@ -197,7 +201,10 @@ class Predictor:
         return run
 
     def _load_onnx(self, threads: int | None):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # `auto` falls back to PyTorch; `onnx` asked for it: one line, a pneumo error
+            raise _NoExport(f"ONNX Runtime is not installed ({_one_line(exc)}): pip install onnxruntime") from None
 
         from pneumo.infer.export import cached_onnx
         from pneumo.models.records import verify_onnx
@@ -250,7 +257,15 @@ class Predictor:
         return prepare(gray, **self.preprocessing)
 
     def outputs(self, prepared: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits and pooled features (None from an ONNX export without them) for a uint8 batch (B, S, S)."""
+        """Logits and pooled features (None from an ONNX export without them) for a uint8 batch (B, S, S).
+
+        Raises:
+            InputError: not a uint8 array of shape (B, S, S) with B >= 1 (`preprocess` makes each S x S image)."""
+        if not (isinstance(prepared, np.ndarray) and prepared.dtype == np.uint8 and prepared.ndim == 3
+                and prepared.shape[0] >= 1 and prepared.shape[1:] == (self.size, self.size)):
+            raise InputError(f"expected a uint8 batch of preprocessed images of shape (B, {self.size}, {self.size}), "
+                             f"got {getattr(prepared, 'dtype', type(prepared).__name__)} with shape "
+                             f"{getattr(prepared, 'shape', None)}")
         x = to_unit(prepared)[:, None]
         logits, features = self._run(np.ascontiguousarray(x))
         logits = np.asarray(logits, dtype=np.float32)
@@ -293,9 +308,16 @@ class Predictor:
 
         Raises:
             ConfigError: ``batch_size`` below 1.
+            InputError: an image that is not a 2-D uint8 array (the whole call: a caller's bug, not a site's film).
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1 (an integer), got {batch_size!r}")
+        images = list(images)
+        for i, img in enumerate(images):
+            if not (isinstance(img, np.ndarray) and img.ndim == 2 and img.dtype == np.uint8):
+                raise InputError(f"image {i}: expected a uint8 gray 2-D numpy array (pneumo.data.decode.load_image "
+                                 f"makes one), got {type(img).__name__}"
+                                 + (f" {img.dtype} with shape {img.shape}" if isinstance(img, np.ndarray) else ""))
         out: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.preprocess(img) for img in images[start : start + batch_size]])

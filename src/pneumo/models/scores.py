@@ -64,8 +64,10 @@ def log_mean_probability(per_member: list[np.ndarray]) -> np.ndarray:
 
 def predict_classes(probs: np.ndarray, threshold: float) -> np.ndarray:
     """The decision of every task: normal (0) when ``1 - P(normal) < threshold``, else the likeliest pneumonia class
-    (1 for a binary model)."""
-    return np.where(1.0 - probs[:, 0] < threshold, 0, 1 + np.argmax(probs[:, 1:], axis=1))
+    (1 for a binary model). Compared in float64: float32 scores against a float32 threshold (NumPy 2 rounds a Python
+    float to the array's type) disagreed with ``p_pneumonia >= threshold`` within one float32 step (a library review)."""
+    return np.where(pneumonia_probability(probs).astype(np.float64) < float(threshold), 0,
+                    1 + np.argmax(probs[:, 1:], axis=1))
 
 
 def threshold_on_calibrated_scale(threshold: float, temperature: float) -> float:

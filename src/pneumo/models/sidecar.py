@@ -297,7 +297,10 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         return DEFAULT_MODEL
     path = Path(model)
     if path.is_dir() and (path / "ensemble.json").is_file():
-        members = json.loads((path / "ensemble.json").read_text()).get("members", [])
+        try:
+            members = [str(m) for m in json.loads((path / "ensemble.json").read_text()).get("members", [])]
+        except (ValueError, AttributeError, TypeError, OSError):  # not JSON, not an object: still not one model
+            members = ["see its ensemble.json"]
         raise ModelError(f"{model} is an ensemble evaluation, not one model: use one of its member runs "
                          f"({', '.join(members)})")
     if path.is_dir():  # a run's model.json, else the folder's one checkpoint (a copy of the shipped model's folder)

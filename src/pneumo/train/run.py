@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 
 from pneumo import atomic
-from pneumo.allocator import hold_freed_memory
 from pneumo.config import RunConfig, dump_yaml, load_config, to_dict
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
@@ -184,14 +183,14 @@ def train(cfg: RunConfig, *, resume: bool = False, force: bool = False, command:
     Ctrl-C (or SIGTERM) saves a resumable state and re-raises ``KeyboardInterrupt``; ``resume=True`` continues
     from it, mid-epoch included, on the split the run's folds.csv recorded (refused when the dataset changed since).
     Under torchrun every rank calls this; all of them return the run dir. ``cfg`` and the caller's global random
-    states are left as they were.
+    states are left as they were, and so is the C allocator: ``train.hold_memory`` is applied by `pneumo train` (a
+    process of its own), not here, as it would keep a notebook's or an application's freed memory until it exits (a
+    library review); a script that trains can call `pneumo.allocator.hold_freed_memory` itself.
     """
     cfg = cfg.model_copy(deep=True)  # the caller's config stays as given
     cfg.validate()
     # stored absolute: the run's evaluate / operating-point / adapt find the dataset from any working directory
     cfg.data.root = str(resolve_root(cfg.data.root).resolve())
-    if cfg.train.hold_memory:
-        hold_freed_memory()
     with run_lock(cfg), caller_random_state():
         return _train_locked(cfg, resume=resume, force=force, command=command)
 
