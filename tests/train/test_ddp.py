@@ -161,3 +161,61 @@ def test_asking_for_cuda_without_a_gpu_is_a_config_error_before_anything_runs(de
 
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         setup(device)
+
+
+def _member_preset(folder: Path, name: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndata: {{task: binary, image_size: 64, val_fraction: 0.3}}\n"
+                    "model: {name: scratch_cnn, weights: none, mode: scratch, drop_rate: 0}\n"
+                    "train: {epochs: 1, batch_size: 4, max_steps_per_epoch: 1, amp: false}\n"
+                    "eval: {n_bootstrap: 20}\n")
+    return path
+
+
+@pytest.mark.slow
+def test_an_ensemble_preset_under_torchrun_trains_every_member_and_rank_0_alone_evaluates(
+        data_slice: Path, tmp_path: Path) -> None:
+    """Every rank evaluated each member: rank 1 found the run lock rank 0 held and exited 2, so the next member's
+    process group never formed and the ensemble was never made (a review of the multi-GPU path)."""
+    members = [_member_preset(tmp_path, name) for name in ("m1", "m2")]
+    preset = tmp_path / "ens.yaml"
+    preset.write_text(f"name: ens\nmembers: [{members[0]}, {members[1]}]\n")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "pneumo", "train", "--preset", str(preset), "--dataset", str(data_slice), "--out",
+                           str(tmp_path / "runs"), "--device", "cpu", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for member in ("ens-m1", "ens-m2"):
+        meta = json.loads((tmp_path / "runs" / member / "model.json").read_text())
+        assert meta["training"]["world_size"] == 2 and meta["threshold_policy"]  # trained by both, evaluated
+        assert done.stdout.count(f"member run: {tmp_path / 'runs' / member}") == 1  # by rank 0 alone
+    assert (tmp_path / "runs" / "ens" / "metrics.json").is_file() and done.stdout.count("report: ") == 1
+
+
+@pytest.mark.slow
+def test_ranks_whose_datasets_differ_are_refused_before_training(data_slice: Path, tmp_path: Path) -> None:
+    """Two "nodes" whose dataset copies differ by one training file built other splits: the same sample index named
+    other images, rank 0's val images were trained on by rank 1, and both exited 0 (a review of the multi-GPU path)."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(data_slice, other)
+    dropped = min((other / "train" / "NORMAL").glob("*.jpeg"))
+    dropped.unlink()
+    manifest = pd.read_csv(other / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest[manifest["path"] != "train/NORMAL/" + dropped.name].to_csv(other / "manifest.csv", index=False)
+    port = _free_port()
+    procs = []
+    for rank, data in enumerate((data_slice, other)):
+        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pneumo", "train", "--preset", str(_member_preset(tmp_path, "m")), "--dataset",
+             str(data), "--out", str(tmp_path / "runs"), "--device", "cpu", "--no-eval",
+             "--set", f"data.cache_dir={tmp_path / f'cache{rank}'}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        assert "ranks 1 built another split or image cache than rank 0" in err
+    assert not (tmp_path / "runs" / "m" / "model.safetensors").exists()

@@ -143,28 +143,50 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_ensemble(cfg, args: argparse.Namespace) -> int:
-    """Train (or resume) each member of the ensemble preset (the same overrides apply to each, except the name),
-    evaluate each, then their mean probability into runs/<name>."""
+    """Train (or resume) each member of the ensemble preset (the same overrides apply to each, except the name), then
+    evaluate each, then their mean probability into runs/<name>. Under torchrun every rank trains each member in one
+    process group and rank 0 alone evaluates, after the last member (a review of the multi-GPU path: every rank
+    evaluated, the second stopped on the run lock the first held, and a gloo group made again per member could read
+    the previous group's addresses and fail)."""
     from pneumo.evaluate.runner import evaluate_ensemble, evaluate_run, summary_line
-    from pneumo.train.run import member_configs, run_lock, train
+    from pneumo.train.distributed import is_main_process, setup, teardown
+    from pneumo.train.run import member_configs
+
+    members = member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")])
+    env, _ = setup(cfg.train.device)  # under torchrun one process group for all the members (one process: nothing)
+    try:
+        run_dirs = _train_members(members, args)
+    finally:
+        teardown(env, ok=False)
+    if run_dirs is None:
+        return 130
+    if not is_main_process() or args.no_eval:
+        return 0
+    for run_dir in run_dirs:
+        print(summary_line(evaluate_run(run_dir, progress=True)))
+    own = cfg.eval.threshold_policy if "threshold_policy" in cfg.eval.model_fields_set else None
+    print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name, policy=own,  # else the members'
+                                         replace=args.force, progress=True)))
+    print(f"report: {Path(cfg.out_dir) / cfg.name / 'report.html'}")
+    return 0
+
+
+def _train_members(members: list, args: argparse.Namespace) -> list[Path] | None:
+    """Each member trained (or resumed) in turn; None when interrupted."""
+    from pneumo.train.distributed import is_main_process
+    from pneumo.train.run import run_lock, train
 
     run_dirs = []
-    for member in member_configs(cfg, [o for o in cli_overrides(args) if not o.startswith("name=")]):
+    for member in members:
         # --resume of an ensemble: the members the interruption never reached start now (it was "nothing to resume")
         resume = args.resume and (Path(member.out_dir) / member.name).exists()
-        with run_lock(member):  # held through its evaluation
+        with run_lock(member):
             try:
                 run_dirs.append(train(member, resume=resume, force=args.force, command=args.command_line))
             except KeyboardInterrupt:
                 print(f"pneumo train: interrupted; resume the ensemble with: pneumo train --preset {args.preset} "
                       "--resume (and the same options)", file=sys.stderr)
-                return 130
+                return None
+        if is_main_process():
             print(f"member run: {run_dirs[-1]}")
-            if not args.no_eval:
-                print(summary_line(evaluate_run(run_dirs[-1], progress=True)))
-    if not args.no_eval:
-        own = cfg.eval.threshold_policy if "threshold_policy" in cfg.eval.model_fields_set else None
-        print(summary_line(evaluate_ensemble(run_dirs, Path(cfg.out_dir) / cfg.name, policy=own,  # else the members'
-                                             replace=args.force, progress=True)))
-        print(f"report: {Path(cfg.out_dir) / cfg.name / 'report.html'}")
-    return 0
+    return run_dirs

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pneumo.errors import ConfigError
+from pneumo.errors import ConfigError, DataError
 from pneumo.models.processes import ONE_PROCESS, DistEnv, env_from_os, is_main_process, shard  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,20 @@ def setup(device: str = "auto") -> tuple[DistEnv, torch.device]:
     return env, dev
 
 
-def teardown(env: DistEnv, *, ok: bool = True) -> None:
-    """Wait for every rank (when all went well) and leave the process group."""
+def joined() -> bool:
+    """Whether this process is already in a process group (its caller's: `teardown` leaves it to the caller)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def teardown(env: DistEnv, *, ok: bool = True, leave: bool = True) -> None:
+    """Wait for every rank (when all went well) and leave the process group (``leave``; False: the group is the
+    caller's, as an ensemble's members share one: a gloo group made again at once could read the previous one's
+    addresses and fail, a review of the multi-GPU path)."""
     if env.enabled and dist.is_initialized():
         if ok:
             dist.barrier()
-        dist.destroy_process_group()
+        if leave:
+            dist.destroy_process_group()
 
 
 def barrier(env: DistEnv) -> None:
@@ -107,6 +115,24 @@ def broadcast(obj: Any, env: DistEnv) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def same_on_every_rank(value: str, env: DistEnv, what: str) -> None:
+    """Refuse to go on unless every rank holds the same ``value`` (a digest of its split, its image cache key):
+    ranks index one shared sample order, so on a node whose dataset copy differs by one file the same index names
+    other images, and rank 0's validation images could be trained on elsewhere (a review: no error, no warning).
+
+    Raises:
+        DataError: on every rank, naming the ranks that differ from rank 0.
+    """
+    if not env.enabled:
+        return
+    values: list[Any] = [None] * env.world_size
+    dist.all_gather_object(values, value)
+    differ = [rank for rank, v in enumerate(values) if v != values[0]]
+    if differ:
+        raise DataError(f"ranks {', '.join(map(str, differ))} built another {what} than rank 0: every node must read "
+                        "the same dataset (the same files and bytes) and run the same pneumo version")
 
 
 def wrap_model(model: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import random
@@ -37,7 +38,7 @@ from pneumo.models.runtime import fast_precision, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.provenance import git_commit
 from pneumo.train.checkpoint import load_train_state, save_train_state
-from pneumo.train.distributed import DistEnv, barrier, setup, teardown
+from pneumo.train.distributed import DistEnv, barrier, joined, same_on_every_rank, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
 from pneumo.train.ood import fit_trained_ood, fit_trained_orientation
 from pneumo.train.probe import cached_features, features_in_bf16, fit_probe, load_probe_into_head
@@ -210,6 +211,7 @@ def caller_random_state() -> Iterator[None]:
 
 
 def _train_locked(cfg: RunConfig, *, resume: bool, force: bool, command: str) -> Path:
+    callers_group = joined()
     env, device = setup(cfg.train.device)
     ok = False
     try:
@@ -222,7 +224,7 @@ def _train_locked(cfg: RunConfig, *, resume: bool, force: bool, command: str) ->
                         cfg.name)
         raise
     finally:
-        teardown(env, ok=ok)
+        teardown(env, ok=ok, leave=not callers_group)
 
 
 def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, force: bool, command: str) -> Path:
@@ -241,6 +243,8 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
         if not continued:  # a resumed run's folds.csv stays what its first epochs trained on
             atomic.write_csv(RunDir(run_dir).folds, folds)
     cache = _cache_in_turn(cfg, folds, env)
+    identity = folds[["path", "label", "sha256", "fold"]].to_csv(index=False) + cache.key
+    same_on_every_rank(hashlib.sha256(identity.encode()).hexdigest(), env, "split or image cache")
     model.to(device)
     y = labels(folds, cfg.data.task)
     rows = {f: np.flatnonzero(folds["fold"].to_numpy() == f) for f in ("train", "val")}
