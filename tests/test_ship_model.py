@@ -39,6 +39,10 @@ def test_card_only_rewrites_the_card_from_an_evaluation_of_the_shipped_weights(
     card = (model / "default-model.md").read_text()
     assert "official 16-image test split; 95 % CIs: exact (Clopper-Pearson" in card and "BCa bootstrap" in card
     assert "50 resamples" in card and "(a test)" in card and "figures of the shipped float16 weights" in card
+    m = metrics["test"]["metrics"]  # what the operating point means, in counts, and the predictive values at other
+    assert f"{m['fn']} of {m['tp'] + m['fn']} pneumonia images were missed" in card  # prevalences (a clinical review)
+    assert "PPV (a PNEUMONIA call is right)" in card and "50.0 % (this test split)" in card
+    assert "not a normal result: read it without the model" in card and "not for diagnosing or triaging" in card
     sidecar = json.loads((model / "default-model.json").read_text())
     assert sidecar["model_card"]["test_ci95"]["roc_auc"] == metrics["test"]["ci"]["roc_auc"]
     assert sidecar["metrics"]["test_n"] == 16

@@ -51,6 +51,11 @@ LIMITATIONS = [
     ("The official test split is shifted from the training split: specificity on it is markedly lower than "
      "validation suggests; the operating threshold was chosen on validation only."),
     "Labels are image-level diagnoses from the dataset authors, not radiologist consensus per image.",
+    ("An image without a verdict (\"not assessed\": out of distribution, turned, or refused by the input gate) is not "
+     "a normal result: read it without the model. A Grad-CAM heat map shows, coarsely (7x7), which regions "
+     "influenced the score, not where disease is: do not use it to localise pneumonia. The temperature-scaled "
+     "probability is calibrated on the validation fold (74 % pneumonia), not a patient's risk: at another hospital "
+     "or prevalence the share of pneumonia at a given score differs."),
     "Bacterial vs viral pneumonia is not distinguished by this binary model.",
     ("Shortcut check (Grad-CAM toward the predicted label; `python bench/bench_shortcut.py --split val|test`): a "
      "heuristic lung field and detected markers on 224 px images with a 7x7 Grad-CAM; 16 Kaggle val images are few. "
@@ -142,6 +147,8 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None, *
          + (f"; figures of the shipped float16 weights, `pneumo evaluate` at {_commit(metrics)}:" if _evaluated(metrics)
             else ":")), "",
         *_table(["policy", "threshold", "accuracy", "sensitivity", "specificity"], operating_rows(metrics)), "",
+        *plain_words(metrics), "",
+        *predictive_values(test), "",
         f"Shortcut check: {info['shortcut_check']}.", "",
         (f"ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / "
          f"{metrics['test']['ece_after']:.3f}."),
@@ -150,6 +157,41 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None, *
         (f"Test metrics (official {metrics['test']['n']}-image test split; 95 % CIs: {info['ci_method']})", test_section),
         ("Training data", [ATTRIBUTION])], limits=LIMITATIONS)
     return md, info
+
+
+def plain_words(metrics: dict) -> list[str]:
+    """What the operating point means for a reader, in counts (a clinical review: "sensitivity:0.95" read as a
+    guarantee, the weakest subtype not on the card)."""
+    m, test = metrics["test"]["metrics"], metrics["test"]
+    pos, neg = int(m["tp"] + m["fn"]), int(m["tn"] + m["fp"])
+    people = test.get("patients")
+    line = (f"In plain words, on the {test['n']} test images" + (f" ({people['n']} patients)" if people else "")
+            + f" at this operating point: {int(m['fn'])} of {pos} pneumonia images were missed"
+            + (f" (about 1 in {round(pos / m['fn'])})" if m["fn"] else "") + f" and {int(m['fp'])} of {neg} normal images "
+            "were called pneumonia" + (f" (about 1 in {round(neg / m['fp'])})" if m["fp"] else "") + ".")
+    subtypes = {k: v for k, v in (test.get("by_subtype") or {}).items() if k not in ("normal", "unknown")}
+    if subtypes:
+        name, worst = min(subtypes.items(), key=lambda kv: kv[1]["rate"])
+        ci = worst.get("ci") or [float("nan")] * 2
+        line += (f" The weakest subtype is {name} pneumonia: sensitivity {worst['rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+                 f"({worst['n'] - worst['predicted_positive']} of {worst['n']} missed).")
+    return [line + " A NORMAL call does not rule pneumonia out; a PNEUMONIA call needs a reader."]
+
+
+def predictive_values(test: dict) -> list[str]:
+    """PPV and NPV at a few prevalences from the test sensitivity and specificity (point figures, Bayes' rule): the
+    test split's precision holds at its own prevalence only (a clinical review)."""
+    sens, spec = test["sensitivity"], test["specificity"]
+    here = (test["tp"] + test["fn"]) / test["n"]
+    rows = []
+    for prevalence in sorted({0.05, 0.10, 0.30, round(here, 3)}):
+        ppv = sens * prevalence / (sens * prevalence + (1 - spec) * (1 - prevalence))
+        npv = spec * (1 - prevalence) / (spec * (1 - prevalence) + (1 - sens) * prevalence)
+        label = f"{100 * prevalence:.1f} %" + (" (this test split)" if prevalence == round(here, 3) else "")
+        rows.append([label, f"{ppv:.2f}", f"{npv:.3f}"])
+    return [("How many calls are right depends on how common pneumonia is among the images (not on the model "
+             "alone): from the test sensitivity and specificity above,"), "",
+            *_table(["prevalence", "PPV (a PNEUMONIA call is right)", "NPV (a NORMAL call is right)"], rows)]
 
 
 def _method(metrics: dict) -> str:

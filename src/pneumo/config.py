@@ -131,7 +131,7 @@ class TrainConfig(Schema):
 
 class EvalConfig(Schema):
     _prefix: ClassVar[str] = "eval."
-    threshold_policy: Policy = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, the WHO triage profile)
+    threshold_policy: Policy = "youden"  # youden | sensitivity:X | triage (= sensitivity:0.90, after the WHO's TB triage profile)
     tta: bool = False  # average logits over the image and its horizontal flip
     n_bootstrap: int = Field(1000, ge=0)
     bootstrap_seed: Seed = 0

@@ -6,7 +6,7 @@ import math
 
 from pneumo.errors import ConfigError
 
-# Threshold policies. ``triage`` is the WHO triage profile: the highest specificity whose val sensitivity is >= 0.90
+# Threshold policies. ``triage`` follows the WHO's TB triage target profile (none exists for pneumonia): the highest specificity whose val sensitivity is >= 0.90
 # (= ``sensitivity:0.90``: the highest threshold that keeps 90 % of val pneumonia images positive).
 POLICY_ALIASES = {"triage": "sensitivity:0.90"}
 # Every evaluation reports these operating points side by side (each chosen on val); the model's own stays the headline.

@@ -780,3 +780,13 @@ def test_a_calibration_no_better_than_the_sites_share_is_a_warning_in_the_card(a
     assert calibration_warning(t, *_calibration_nll(informative, y, t)) is None
     lines = summary_lines({**adapted["record"], "calibration_warning": "the calibrated probabilities (x)"})
     assert "- **Warning**: the calibrated probabilities (x)." in lines
+
+
+def test_a_specificity_too_low_to_use_is_said_in_plain_words() -> None:
+    """An adapted card gave specificity 0.105 [0.012, 0.336] without a word (a clinical review)."""
+    from pneumo.adapt.report import low_specificity_warning
+
+    said = low_specificity_warning({"metrics": {"specificity": 0.105}, "specificity_exact_ci": [0.012, 0.336]})
+    assert said and "about 9 in 10 normal films would be called pneumonia" in said and "[0.012, 0.336]" in said
+    assert low_specificity_warning({"metrics": {"specificity": 0.45}, "specificity_exact_ci": [0.30, 0.60]}) is None
+    assert low_specificity_warning({}) is None

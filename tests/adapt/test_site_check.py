@@ -290,3 +290,15 @@ def test_the_site_checks_reader_refuses_what_predict_refuses_without_blocking(tm
     (tmp_path / "typo.csv").write_text("path\nempty.jpeg\nmissing.jpeg\n")
     with pytest.raises(DataError, match=r"1 listed image\(s\) not found, e.g. .*missing.jpeg"):
         site_items(tmp_path / "typo.csv")
+
+
+def test_the_advice_neither_overclaims_a_site_that_passes_nor_understates_one_that_fails() -> None:
+    """"No shift large enough to matter" claimed what the check cannot see (the patients' age, the mix of disease); a
+    shifted site was told only not to trust the operating point, where on adult films the ranking itself failed (a
+    clinical review)."""
+    from pneumo.adapt.site_report import next_steps
+
+    passed, failed = " ".join(next_steps(False).split()), " ".join(next_steps(True).split())
+    assert "large enough to matter" not in passed and "not the patients' age or the mix of disease" in passed
+    assert "do not use the model's outputs here until it is adapted and validated" in failed
+    assert "do not depend on it alone" in " ".join(next_steps(False, case_mix=True).split())

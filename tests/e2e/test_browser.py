@@ -198,7 +198,7 @@ def test_one_probability_is_shown_and_the_calibrated_one_is_labelled_apart(page,
     assert 0.0 <= raw <= 1.0 and 0.0 <= calibrated <= 1.0
     assert "Model score P(pneumonia)" in page.inner_text("#bar-title")
     assert "uncalibrated" in page.inner_text("#probability-note")
-    assert "Calibrated probability" in page.inner_text("#result")
+    assert "Temperature-scaled score" in page.inner_text("#result")
     assert "P(PNEUMONIA)" not in page.inner_text("#facts")  # no second, unlabelled probability
 
 

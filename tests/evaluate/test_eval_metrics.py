@@ -433,3 +433,18 @@ def test_three_class_and_subtype_intervals_count_patients_too() -> None:
     assert width(by_patient["multiclass"]["binary_ci"]["accuracy"]) > width(by_image["multiclass"]["binary_ci"]["accuracy"])
     wider = [width(by_patient["by_subtype"][s]["ci"]) > width(by_image["by_subtype"][s]["ci"]) for s in by_image["by_subtype"]]
     assert any(wider)
+
+
+def test_a_model_at_chance_is_said_to_be_useless_here_not_left_to_another_threshold() -> None:
+    """A chance-level external validation (ROC-AUC 0.517 [0.480, 0.560] on adult films) came without a word, beside
+    other operating points to choose (a clinical review)."""
+    from pneumo.evaluate.metrics import no_discrimination_warning
+
+    at_chance = no_discrimination_warning({"roc_auc": 0.517}, {"roc_auc": [0.480, 0.560]})
+    assert at_chance and "does not separate pneumonia from normal" in at_chance and "[0.480, 0.560]" in at_chance
+    assert "swapped" not in at_chance
+    assert "labels are not swapped" in no_discrimination_warning({"roc_auc": 0.1}, {"roc_auc": [0.05, 0.2]})
+    assert no_discrimination_warning({"roc_auc": 0.975}, {"roc_auc": [0.959, 0.984]}) is None
+    assert no_discrimination_warning({"roc_auc": 0.62}, {"roc_auc": [0.51, 0.72]}) is None  # weak, not chance
+    assert no_discrimination_warning({"roc_auc": 0.5}, {}) is not None  # no interval: the point itself
+    assert no_discrimination_warning({"roc_auc": None}, {}) is None  # one class: nothing to say

@@ -176,3 +176,15 @@ def test_wrong_model_inputs_and_sizes_are_refused_not_drawn(predictor: Predictor
     for side in (0, -5):
         with pytest.raises(ConfigError, match="max_side must be None or an integer >= 1"):
             heatmap_overlay_png(predictor, gray, max_side=side)
+
+
+def test_an_overlay_without_its_caption_is_the_bare_map_over_the_film(predictor: Predictor,
+                                                                      real_grays: list[np.ndarray]) -> None:
+    """The web page lays the map over its preview and shows the verdict beside it: a caption written on the film hid
+    the top 9-18 % (the lung apices) under the map (a clinical review)."""
+    from pneumo.explain.render import overlay_image, png_bytes
+
+    gray = real_grays[0]
+    bare = heatmap_overlay_png(predictor, gray, max_side=200, caption=False)
+    expected = png_bytes(overlay_image(gray, explain_image(predictor, gray).map_original, None, max_side=200))
+    assert bare == expected and bare != heatmap_overlay_png(predictor, gray, max_side=200)

@@ -355,6 +355,11 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
     assert result["test"]["n"] == len(list((data_slice / "test").rglob("*.jpeg")))
     assert result["external"]["official_test_split"] is True
     assert "Official test split, n =" in (folder / "report.html").read_text()
+    assert "official test split (the training hospital&#39;s)" in (folder / "report.html").read_text()
+    assert "external validation" not in (folder / "report.html").read_text().split("</title>")[0]
+    people = result["test"]["patients"]  # what the intervals rest on: whole patients (a clinical review)
+    assert 0 < people["pneumonia"] < people["n"] < result["test"]["n"]
+    assert f"n = {result['test']['n']} images of {people['n']} patients" in (folder / "report.html").read_text()
     assert ": test accuracy" in summary_line(result)
 
 
@@ -428,3 +433,23 @@ def test_the_error_table_names_each_file_by_its_path_below_the_data(tmp_path: Pa
     for data in (tmp_path, tmp_path / "labels.csv"):
         _, html = _errors_section(tmp_path, table, y, p, {"threshold": 0.5}, data)
         assert all(f"<code>P{i}/ST1/IM00001</code>" in html for i in range(4)), html
+
+
+def test_an_evaluation_where_the_model_ranks_at_or_below_chance_says_so_in_its_headline(
+        two_folders: tuple[Path, Path], data_slice: Path, tmp_path: Path) -> None:
+    """Labels the model cannot separate (here: swapped) gave a report with operating points to choose from and no
+    word that none can help (a clinical review); the official split, where it separates, says nothing of the kind."""
+    from pneumo.evaluate.command import evaluate
+    from pneumo.evaluate.runner import summary_line
+
+    rows = []
+    for label, other in (("NORMAL", "PNEUMONIA"), ("PNEUMONIA", "NORMAL")):
+        rows += [{"path": str(p), "label": other} for p in sorted((two_folders[0] / "site" / label).glob("*.jpeg"))]
+    swapped = tmp_path / "swapped.csv"
+    pd.DataFrame(rows).to_csv(swapped, index=False)
+    result, folder = evaluate(["default"], data=str(swapped), out=str(tmp_path / "swapped"), n_bootstrap=200)
+    assert "does not separate pneumonia from normal" in " ".join((folder / "report.html").read_text().split())
+    assert "does not separate" in summary_line(result)
+    assert "patients" not in result["test"] and "patients unknown" in (folder / "report.html").read_text()
+    result, folder = evaluate(["default"], out=str(tmp_path / "official"), n_bootstrap=200, dataset=str(data_slice))
+    assert "does not separate" not in (folder / "report.html").read_text() + summary_line(result)

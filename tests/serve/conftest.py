@@ -89,6 +89,7 @@ def fake_heatmap(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     calls: list[tuple] = []
 
     def fake(predictor, gray, prediction, **kwargs):
+        assert kwargs.get("caption") is False  # the page shows the verdict beside it (a clinical review)
         calls.append((gray.shape, prediction.label))
         return png_bytes(np.stack([gray] * 3, axis=-1))
 

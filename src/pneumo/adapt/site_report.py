@@ -120,23 +120,26 @@ def next_steps(shifted: bool, few_images: bool = False, case_mix: bool = False) 
         few = (" With fewer than 50 images, also run the check on more images of this site." if few_images else "")
         return ("<p>The images are like the training data, but the share the model calls pneumonia differs from the "
                 "training set's (74 % pneumonia): most likely another case mix. Prevalence changes the predictive "
-                "values (how many positive calls are right), not sensitivity or specificity; check both on labelled "
+                "values (how many positive calls are right); sensitivity and specificity do not depend on it alone "
+                "(another mix of disease severity or age moves them too); check both on labelled "
                 "images of this site with <code>pneumo evaluate --data LABELLED</code> (a folder with NORMAL/ and "
                 "PNEUMONIA/, or a path,label CSV), and if they fall short, <code>pneumo adapt</code> on about 200 "
                 f"labelled images.{few}</p>")
     if not shifted and few_images:
-        return ("<p><strong>Not enough images to tell.</strong> No shift large enough to matter was found, but with "
+        return ("<p><strong>Not enough images to tell.</strong> No shift this check can detect was found, but with "
                 "fewer than 50 images the check misses real shifts often (a tenth of the images out of distribution "
                 "goes unseen about one time in three at 20 images): run it on more images of this site before "
                 "trusting the stored operating point, and check that with <code>pneumo evaluate --data "
                 "LABELLED</code>.</p>")
     if shifted:
-        return ("<p>This site differs from the training data: do not trust the stored operating point here. Label "
+        return ("<p>This site differs from the training data: do not use the model's outputs here until it is adapted "
+                "and validated (not only its operating point: its ranking may fail too, as on adult films). Label "
                 "about 200 images of this site (both classes, whole patients) and run "
                 "<code>pneumo adapt --data LABELLED --out DIR</code>, then "
                 "<code>pneumo evaluate --model DIR --data HELD_OUT</code> on other labelled patients of the site.</p>")
-    return ("<p>No shift large enough to matter was found. The model's stored operating point can be checked on "
-            "labelled images of this site with <code>pneumo evaluate --data LABELLED</code> (a folder with NORMAL/ "
+    return ("<p>No shift this check can detect was found (it measures the images, not the patients' age or the mix "
+            "of disease, which can change the model's accuracy as much). The model's stored operating point can be "
+            "checked on labelled images of this site with <code>pneumo evaluate --data LABELLED</code> (a folder with NORMAL/ "
             "and PNEUMONIA/, or a path,label CSV); a site check is no substitute for that.</p>")
 
 

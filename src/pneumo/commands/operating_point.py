@@ -12,7 +12,7 @@ from pneumo.errors import one_line
 
 EXAMPLES = """
 pneumo operating-point --model runs/default --threshold-policy sensitivity:0.95 --out runs/default-sens95
-pneumo operating-point --model runs/default --threshold-policy triage --out runs/default-triage   # WHO: sens >= 0.90
+pneumo operating-point --model runs/default --threshold-policy triage --out runs/default-triage   # sens >= 0.90 (WHO TB triage profile)
 pneumo operating-point --threshold-policy youden --data local_val/ --out models/default-local   # your labelled images
 """
 

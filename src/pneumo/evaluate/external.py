@@ -64,6 +64,9 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
            "ece_before": before["ece"], "ece_after": after["ece"], "nll_before": nll(logits, y),
            "nll_after": nll(after_logits, y), "reliability": {"before": before, "after": after},
            "by_subtype": sensitivity_by_subtype(p >= threshold, subtypes, groups) if subtypes is not None else {}}
+    if groups is not None:  # what the intervals rest on: whole patients, not films (a clinical review)
+        out["patients"] = {"n": int(np.unique(groups).size), "pneumonia": int(np.unique(groups[yb == 1]).size),
+                           "normal": int(np.unique(groups[yb == 0]).size)}
     if len(classes) > 2:
         out["multiclass"] = multiclass_metrics(y, probs, classes, threshold=threshold, n_resamples=n_bootstrap,
                                                seed=seed, groups=groups)
@@ -274,8 +277,10 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         elif analysis:
             extra.append(analysis(work, spec.predictors[0].torch_model, images, y, p, spec.threshold,
                                   subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
-        write_evaluation_report(work, result, y_test=y, test_logits=logits, title=f"pneumo external validation: "
-                                f"{spec.name}", subtitle=subtitle, extra_sections=extra)
+        title = ("pneumo evaluation on the official test split (the training hospital's)" if official  # not external
+                 else "pneumo external validation")  # (a clinical review: the same hospital's split was "external")
+        write_evaluation_report(work, result, y_test=y, test_logits=logits, title=f"{title}: {spec.name}",
+                                subtitle=subtitle, extra_sections=extra)
         atomic.write_json(RunDir(work).metrics, result)
     return result
 

@@ -249,6 +249,24 @@ def small_sample_warning(metrics: dict) -> str | None:
             "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")
 
 
+def no_discrimination_warning(metrics: dict, cis: dict | None) -> str | None:
+    """One line when the ROC-AUC's 95 % interval reaches 0.5 (or, without an interval, the ROC-AUC is at most 0.5):
+    the model does not separate pneumonia from normal on these images, and no threshold can fix that (a clinical
+    review: a chance-level external validation came without a word, beside other operating points to choose)."""
+    auc, ci = metrics.get("roc_auc"), (cis or {}).get("roc_auc")
+    if auc is None or not np.isfinite(auc):
+        return None
+    low = ci[0] if ci and ci[0] is not None and np.isfinite(ci[0]) else auc
+    if low > 0.5:
+        return None
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else ""
+    high = ci[1] if ci and ci[1] is not None and np.isfinite(ci[1]) else auc
+    where = "below chance, 0.5: check that the labels are not swapped" if high < 0.5 else "reaching chance, 0.5"
+    return (f"The model does not separate pneumonia from normal on these images (ROC-AUC {auc:.3f}{interval}, "
+            f"{where}): no threshold makes it useful here; do not use it on such images unless adapted to them "
+            "(pneumo adapt) and validated again.")
+
+
 def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str],
                            groups: np.ndarray | None = None) -> dict:
     """Share of images called pneumonia, per subtype, with an exact (Clopper-Pearson) 95 % interval, the method of

@@ -4,7 +4,8 @@ model).
 
 Policies (see docs/PROTOCOL.md): ``youden`` (max sensitivity + specificity - 1 on val), ``sensitivity:X`` (the
 highest threshold whose val sensitivity is >= X, i.e. the highest specificity at that sensitivity) and ``triage``
-(= ``sensitivity:0.90``, the WHO triage profile).
+(= ``sensitivity:0.90``, after the sensitivity the WHO's target product profile for TB triage tests asks; no
+WHO standard for pneumonia).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     note = (f"<p>Each threshold is chosen on {chosen_on} by its policy, "
             + ("<strong>the model's own on the data measured here</strong>, the others never on it; " if here else
                "never on the data measured here; ")
-            + "<code>triage</code> is the WHO triage profile (highest specificity with val sensitivity &ge; 0.90). "
+            + "<code>triage</code> is the highest specificity with val sensitivity &ge; 0.90 (the minimum the WHO's target product profile asks of a TB triage test; no WHO standard for pneumonia). "
             "The model's own operating point (marked) is the headline; choose another with "
             "<code>pneumo operating-point --model MODEL --threshold-policy P --out NEWDIR</code>.</p>")
     if not points:

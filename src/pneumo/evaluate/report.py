@@ -29,6 +29,7 @@ from pneumo.evaluate.metrics import (
     bootstrap_cis,
     choose_threshold,
     multiclass_metrics,
+    no_discrimination_warning,
     sensitivity_by_subtype,
     small_sample_warning,
 )
@@ -233,8 +234,14 @@ def headline_html(result: dict) -> str:
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
     lost = (result.get("external") or {}).get("lost_class")
     warning = " ".join(w for w in (f"{lost[0].upper()}{lost[1:]}: the measures that need that class are n/a."
-                                   if lost else None, small_sample_warning(metrics)) if w) or None
-    return (render("headline.html.j2", cards=cards, n=test.get("n", "?"), warning=warning,
+                                   if lost else None, no_discrimination_warning(metrics, cis),
+                                   small_sample_warning(metrics)) if w) or None
+    people = test.get("patients")
+    n = (f"{test.get('n', '?')} images of {people['n']} patients ({people['pneumonia']} with pneumonia)" if people
+         else f"{test.get('n', '?')} images (patients unknown: images counted as independent, so the intervals may be "
+              "too narrow; a CSV with a patient_id column groups them)" if result.get("external")
+         else test.get("n", "?"))
+    return (render("headline.html.j2", cards=cards, n=n, warning=warning,
                    where=data_label(result),
                          threshold=fmt_threshold(result.get("threshold"), 3), policy=result.get("threshold_policy"),
                          chosen_on=result.get("threshold_chosen_on", "val"),
@@ -314,8 +321,10 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
         [split, test["ece_before"], test["ece_after"], test["nll_before"], test["nll_after"]]])
     fitted_on = result.get("temperature_fitted_on", "val")
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
-                     f"on {escape('val' if fitted_on == 'val' else fitted_on)} by NLL: the model's probabilities are divided by it (in logit space) so that a "
-                     "probability of 0.8 means about 80 % of such images have pneumonia. ECE (expected calibration "
+                     f"on {escape('val' if fitted_on == 'val' else fitted_on)} by NLL: the model's logits are divided by it so that, on images like those it was fitted on "
+                     "(their hospital and their share of pneumonia), a probability of 0.8 would mean about 80 % of such "
+                     "images have pneumonia. It is not a patient's risk: at another hospital or prevalence the share "
+                     "of pneumonia at a given score differs (the ECE below and the reliability plot show how far). ECE (expected calibration "
                      "error: the mean gap between confidence and accuracy, lower is better) with "
                      f"{escape(result.get('ece_bins', 15))} equal-width bins of top-label confidence, before and "
                      "after that scaling.</p>" + calib + fig.get("reliability", "")))

@@ -274,7 +274,8 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
 
 
 def heatmap_overlay_png(predictor: PredictorLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
-                        method: str = "gradcam", layer: str | None = None, max_side: int | None = None) -> bytes:
+                        method: str = "gradcam", layer: str | None = None, max_side: int | None = None,
+                        caption: bool = True) -> bytes:
     """PNG bytes: the Grad-CAM map over the original image (its own size and aspect), label/probability written on.
 
     Args:
@@ -284,7 +285,9 @@ def heatmap_overlay_png(predictor: PredictorLike, gray: np.ndarray, prediction: 
         method: explanation method (default Grad-CAM, ~0.1-0.3 s on a CPU for Lite0 at 224).
         layer: module to hook (default per architecture).
         max_side: shrink the overlay so its longer side is at most this (None: original size).
+        caption: write the verdict on the image; False for a viewer that shows it beside the map (the web page:
+            a caption on the film hid the lung apices under the map, a clinical review).
     """
     result = explain_image(predictor, gray, method=method, layer=layer, prediction=prediction)
-    return png_bytes(overlay_image(gray, result.map_original, result.prediction, method=method,
+    return png_bytes(overlay_image(gray, result.map_original, result.prediction if caption else None, method=method,
                                    toward=result.toward, max_side=max_side))

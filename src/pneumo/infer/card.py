@@ -35,11 +35,13 @@ from pneumo.templates import fmt_ci, fmt_threshold
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
 INTENDED_USE = ("Research on pneumonia detection in **pediatric** frontal chest X-rays like those of the Guangzhou "
                 "Women and Children's Medical Center (Kermany et al.), ages about 1-5: triage experiments, teaching, "
-                "benchmarking. Not a medical device: no diagnosis or triage without a clinician.")
+                "benchmarking. Not a medical device: not for diagnosing or triaging patients.")
 LIMITS = (("Trained and validated on one hospital's images: at another hospital (adults, other scanners, other "
           "prevalence) it is a different model. Check a site with `pneumo site check`, set its operating point with "
           "`pneumo operating-point` or adapt it with `pneumo adapt` on labelled local images first. Images flagged "
-          "out of distribution get no verdict. Labels of the source data are image-level and noisy."),)
+          "out of distribution get no verdict. Labels of the source data are image-level and noisy."),
+          ("An image without a verdict (\"not assessed\") is not a normal result: read it without the model. A heat map "
+           "shows, coarsely, what influenced the score, not where disease is: do not use it to localise pneumonia."))
 HEADLINE = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 

@@ -348,7 +348,8 @@ def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Predicti
         raise HTTPException(503, f"heat map unavailable: {without_folders(one_line(exc))}") from None
     if model is None:
         raise HTTPException(501, "heat maps need the PyTorch checkpoint; this service runs an ONNX-only model")
-    png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE)
+    png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE,  # laid over the preview; the
+                              caption=False)  # verdict is in the answer and beside the map (a clinical review)
     return base64.b64encode(png).decode("ascii")
 
 

@@ -193,7 +193,7 @@
       el.opacityRow.hidden = false;
       el.legend.hidden = false;
       el.caption.textContent = data.assessed !== false
-        ? "Grad-CAM: warm colours mark the regions that pushed the model toward its answer."
+        ? `Grad-CAM: warm colours mark the regions that pushed the model toward its answer (${data.label}).`
         : "Grad-CAM of the model's score, for audit only: this image got no verdict.";
     } else {
       el.heatmap.hidden = true;
@@ -210,7 +210,8 @@
     el.label.className = `label ${assessed ? (positive ? "positive" : "negative") : "unassessed"}`;
     const side = data.p_pneumonia >= data.threshold ? "at or above" : "below";
     el.labelExplain.textContent = assessed ? `The model score is ${side} the model's threshold.`
-      : `No verdict: ${data.reason || "the image is outside what the model was trained on"}. The score below is shown for audit only.`;
+      : `No verdict: ${data.reason || "the image is outside what the model was trained on"}. Not assessed is not `
+        + "normal: read this film without the model. The score below is shown for audit only.";
     el.barFill.style.width = pct(data.p_pneumonia);
     el.barFill.className = `bar-fill ${assessed ? (positive ? "positive" : "negative") : "unassessed"}`;
     el.barThreshold.style.left = pct(data.threshold);
@@ -225,7 +226,7 @@
     el.facts.replaceChildren();
     const names = Object.keys(data.probabilities);
     if (names.length > 2) { // 3-class: the calibrated split of the probability over the subtypes
-      for (const name of names) fact(el.facts, `Calibrated P(${name})`, data.probabilities[name].toFixed(3));
+      for (const name of names) fact(el.facts, `Temperature-scaled P(${name})`, data.probabilities[name].toFixed(3));
     }
     fact(el.facts, "File", fileName || "—");
     fact(el.facts, "Operating point", `${data.threshold.toFixed(3)} (${data.threshold_policy
