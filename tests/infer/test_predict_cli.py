@@ -235,7 +235,7 @@ def test_an_output_folder_gets_predictions_inside_it(xrays: Path, tiny_model: Pa
 def test_a_summary_line_ends_the_run_on_stderr(xrays: Path, tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(xrays), "--model", str(tiny_model)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "summary: 6 input(s): scored 6, errors 0, not assessed 0, out-of-distribution 0, refused 0"
+    assert err[-1] == "summary: 6 input(s): scored 6, errors 0, not assessed 0, out-of-distribution 0, refused (input) 0"
 
 
 def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Path, tiny_model: Path,
@@ -261,7 +261,7 @@ def test_every_named_input_that_is_skipped_gets_a_row_with_its_reason(xrays: Pat
     assert all(rows[str(p)]["label"] == "" and rows[str(p)]["p_pneumonia"] == "" for p in named)
     assert rows[str(xray)]["label"] in ("NORMAL", "PNEUMONIA")
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, not assessed 0, out-of-distribution 0, refused 0")
+    assert err[-1].startswith("summary: 5 input(s): scored 1, errors 4, not assessed 0, out-of-distribution 0, refused (input) 0")
 
 
 def test_rows_come_in_the_order_the_inputs_name_them_skipped_ones_included(xrays: Path, tiny_model: Path,
@@ -343,14 +343,14 @@ def test_a_pacs_exports_laterals_and_reports_are_refused_without_failing_the_run
     assert sorted(rows) == ["IM00000", "IM00001", "IM00002"] and rows["IM00000"]["error"] is None
     assert "lateral film" in rows["IM00001"]["error"] and "no pixel data" in rows["IM00002"]["error"]
     assert captured.err.strip().splitlines()[-1] == ("summary: 3 input(s): scored 1, errors 0, not assessed 0, "
-                                                     "out-of-distribution 0, refused 2")
+                                                     "out-of-distribution 0, refused (input) 2")
     (export / "IM00003").write_bytes(b"DICM but broken")
     assert main(["predict", str(export), "--model", str(tiny_model), "--format", "jsonl"]) == 1
     # a folder of refused films only: refused, listed, exit 0 (it was "none of the 1 input(s) could be read", exit 2)
     capsys.readouterr()
     assert main(["predict", str(export / "IM00001"), "--model", str(tiny_model), "--format", "jsonl"]) == 0
     captured = capsys.readouterr()
-    assert "lateral film" in json.loads(captured.out)["error"] and captured.err.strip().endswith("refused 1")
+    assert "lateral film" in json.loads(captured.out)["error"] and captured.err.strip().endswith("refused (input) 1")
     assert main(["predict", str(export / "IM00001"), str(export / "IM00003"), "--model", str(tiny_model)]) == 2
     assert capsys.readouterr().err.strip().endswith("none of the 2 input(s) could be read (1 refused)")
 

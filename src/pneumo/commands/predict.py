@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     # one thread per model call, one call per core at a time (`predict_file_results`; issue 24)
     predictor = Predictor(args.model, backend=args.backend, threads=1) if files else None
-    counts = {"scored": 0, "errors": 0, "not assessed": 0, "out-of-distribution": 0, "refused": 0}
+    counts = {"scored": 0, "errors": 0, "not assessed": 0, "out-of-distribution": 0, "refused (input)": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all
         if output:  # patients' results: the temp file is private while written; a killed run's is removed here
             for stale in atomic.remove_stale_temps(output):
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             item = next(results)  # the files' results come in the files' order
             bar.update(1)  # one image at a time (heat maps included), not one batch
             if item.error:
-                counts["refused" if item.refused else "errors"] += 1  # a lateral film or a report fails nothing
+                counts["refused (input)" if item.refused else "errors"] += 1  # a lateral film or a report fails nothing
                 print(f"pneumo predict: {one_line(f'{item.path}: {item.error}')}", file=sys.stderr)
             else:
                 counts["scored"] += 1
@@ -137,10 +137,10 @@ def run(args: argparse.Namespace) -> int:
     total = len(files) + len(skipped)
     print(f"summary: {total} input(s): " + ", ".join(f"{k} {v}" for k, v in counts.items())
           + (f"; written to {output}" if output else ""), file=sys.stderr)
-    if counts["scored"] == 0 and counts["refused"] < total:  # every input refused (laterals, reports): as documented,
+    if counts["scored"] == 0 and counts["refused (input)"] < total:  # every input refused (laterals, reports): as documented,
         # a refusal fails nothing; a review found "none could be read", exit 2, for a folder of laterals only
         raise PneumoError(f"none of the {total} input(s) could be read"
-                          + (f" ({counts['refused']} refused)" if counts["refused"] else ""))
+                          + (f" ({counts['refused (input)']} refused)" if counts["refused (input)"] else ""))
     return 1 if counts["errors"] else 0
 
 

@@ -243,7 +243,8 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
         if not continued:  # a resumed run's folds.csv stays what its first epochs trained on
             atomic.write_csv(RunDir(run_dir).folds, folds)
     cache = _cache_in_turn(cfg, folds, env)
-    identity = folds[["path", "label", "sha256", "fold"]].to_csv(index=False) + cache.key
+    columns = folds[["path", "label", "sha256", "fold"]].astype(str).itertuples(index=False, name=None)
+    identity = "\n".join("\t".join(row) for row in columns) + cache.key
     same_on_every_rank(hashlib.sha256(identity.encode()).hexdigest(), env, "split or image cache")
     model.to(device)
     y = labels(folds, cfg.data.task)
