@@ -173,6 +173,7 @@ def plain_words(metrics: dict) -> list[str]:
     if subtypes:
         name, worst = min(subtypes.items(), key=lambda kv: kv[1]["rate"])
         ci = worst.get("ci") or [float("nan")] * 2
+        name = {"virus": "viral", "bacteria": "bacterial"}.get(name, name)
         line += (f" The weakest subtype is {name} pneumonia: sensitivity {worst['rate']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
                  f"({worst['n'] - worst['predicted_positive']} of {worst['n']} missed).")
     return [line + " A NORMAL call does not rule pneumonia out; a PNEUMONIA call needs a reader."]
