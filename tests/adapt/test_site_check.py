@@ -302,3 +302,34 @@ def test_the_advice_neither_overclaims_a_site_that_passes_nor_understates_one_th
     assert "large enough to matter" not in passed and "not the patients' age or the mix of disease" in passed
     assert "do not use the model's outputs here until it is adapted and validated" in failed
     assert "do not depend on it alone" in " ".join(next_steps(False, case_mix=True).split())
+
+
+def test_dicom_ages_are_summarised_per_set_as_a_note_and_never_kept_per_image() -> None:
+    """A pediatric model's largest shift is adults, and a PACS export says the age (PatientAge): the check read only
+    view, photometry and modality (a clinical review). Counts only: no image's age is stored."""
+    from corpus import dicom_bytes
+
+    from pneumo.adapt.site_images import Scored
+    from pneumo.adapt.site_report import (
+        age_years,
+        header_properties,
+        pixel_properties,
+        property_notes,
+        summarize_properties,
+    )
+
+    assert [age_years(v) for v in ("046Y", "018M", "006W", "010D", "46", "", None, "046X")] == \
+        [46.0, 1.5, pytest.approx(6 * 7 / 365.25), pytest.approx(10 / 365.25), None, None, None, None]
+    film = np.full((64, 64), 90, np.uint8)
+    scored = Scored()
+    for i, age in enumerate(("046Y", "071Y", "003Y", None)):
+        extra = {"PatientAge": age} if age else {}
+        scored.properties.append({"path": f"f{i}", "sha256": str(i), **header_properties(dicom_bytes(film, **extra)),
+                                  **pixel_properties(film)})
+    assert scored.properties[0]["age_years"] == 46.0 and "age_years" not in scored.properties[3]
+    summary = summarize_properties(scored)
+    assert summary["age"] == {"n": 3, "median_years": 46.0, "n_adults": 2, "n_children_1_to_5": 1}
+    note = next(n for n in property_notes(summary, None) if "PatientAge" in n)
+    assert "on 3 image(s): median 46 years, 2 of adults" in note and "ranks adult films at chance" in note
+    assert "PatientAge" not in str(summary["dicom"])  # not a tag listed per value
+    assert "age" not in summarize_properties(Scored(properties=scored.properties[3:]))  # no ages: nothing said

@@ -17,18 +17,34 @@ from pneumo.templates.figures import new_figure, save_png
 MAX_LISTED = 50
 
 
+AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}  # DICOM AS: nnnD / nnnW / nnnM / nnnY
+
+
+def age_years(value: object) -> float | None:
+    """A DICOM Age String (``046Y``, ``018M``) in years; None when absent or malformed."""
+    text = str(value or "").strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in AGE_UNITS:
+        return None
+    return int(text[:3]) * AGE_UNITS[text[3]]
+
+
 def header_properties(data: bytes) -> dict:
-    """Format, stored size, mode / bits and, for DICOM, ViewPosition, PhotometricInterpretation and Modality (no
-    patient data is read). Empty where the header cannot be read."""
+    """Format, stored size, mode / bits and, for DICOM, ViewPosition, PhotometricInterpretation, Modality and the
+    patient's age in years (PatientAge: the one patient datum read, summarised per set and never stored per image;
+    the shipped model learned from children, so adults are the largest shift a site can have, a clinical review).
+    Empty where the header cannot be read."""
     try:
         if data[128:132] == b"DICM":
             import pydicom
 
-            tags = ["Rows", "Columns", "BitsStored", "PhotometricInterpretation", "ViewPosition", "Modality"]
+            tags = ["Rows", "Columns", "BitsStored", "PhotometricInterpretation", "ViewPosition", "Modality",
+                    "PatientAge"]
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=tags)
+            age = age_years(ds.get("PatientAge"))
             return {"format": "DICOM", "width": int(ds.get("Columns", 0)) or None,
                     "height": int(ds.get("Rows", 0)) or None, "mode": f"{ds.get('BitsStored', '?')}-bit",
-                    **{k: str(ds.get(k)) for k in tags[3:] if ds.get(k) not in (None, "")}}
+                    **{k: str(ds.get(k)) for k in tags[3:6] if ds.get(k) not in (None, "")},
+                    **({"age_years": age} if age is not None else {})}
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as img:
@@ -75,6 +91,10 @@ def summarize_properties(scored) -> dict:
         "dicom": {tag: {str(k): int(v) for k, v in props[tag].dropna().value_counts().items()}
                   for tag in ("ViewPosition", "PhotometricInterpretation", "Modality") if tag in props},
     })
+    ages = props["age_years"].dropna() if "age_years" in props else pd.Series(dtype=float)
+    if len(ages):  # counts only: no image's age is kept
+        out["age"] = {"n": len(ages), "median_years": round(float(ages.median()), 1),
+                      "n_adults": int((ages >= 18).sum()), "n_children_1_to_5": int(ages.between(1, 6, "left").sum())}
     return out
 
 
@@ -93,6 +113,12 @@ def property_notes(site: dict, ref: dict | None) -> list[str]:
             notes.append(f"Image modes {site['modes']} (reference {ref['modes']}).")
     for tag, counts in site.get("dicom", {}).items():
         notes.append(f"DICOM {tag}: {counts} (the training images are pediatric AP radiographs, stored as JPEG).")
+    if age := site.get("age"):
+        notes.append(f"DICOM PatientAge on {age['n']} image(s): median {age['median_years']:g} years, {age['n_adults']} "
+                     f"of adults (18 or older), {age['n_children_1_to_5']} of children aged 1-5. The shipped default "
+                     "model learned from children aged about 1-5 (its images carry no ages) and ranks adult films at "
+                     "chance (README, \"At another hospital\"): for adults use a model adapted to them, whatever "
+                     "the verdict above.")
     return notes
 
 
@@ -184,7 +210,8 @@ def _properties_table(props: dict) -> str:
             ("most common sizes", "top_sizes"), ("modes", "modes"), ("formats", "formats"),
             ("median mean grey level", "mean_median"), ("median SD", "std_median"), ("median p1", "p1_median"),
             ("median p50", "p50_median"), ("median p99", "p99_median"),
-            ("share with border brighter than centre", "share_border_brighter"), ("DICOM tags", "dicom")]
+            ("share with border brighter than centre", "share_border_brighter"), ("DICOM tags", "dicom"),
+            ("ages (DICOM PatientAge)", "age")]
 
     def cell(d: dict, key: str) -> object:
         value = d.get(key, "")
