@@ -22,6 +22,7 @@ from pneumo import atomic
 from pneumo.data.rundir import RunDir
 from pneumo.errors import DataError, PneumoError
 from pneumo.evaluate.intervals import CI_METHOD
+from pneumo.infer.card import Markdown, md_table, md_text
 from pneumo.models.sidecar import read_meta
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
@@ -169,20 +170,15 @@ def group_rows(rows: Sequence[dict[str, str]]) -> dict[str, list[dict[str, str]]
 def leaderboard_markdown(rows: Sequence[dict[str, str]], out_dir: Path | None = None) -> str:
     """One GitHub-flavoured markdown table per evaluated-on data; the run column links to each report (relative to
     ``out_dir``)."""
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    def run_cell(row: dict[str, str]) -> str:
+    def run_cell(row: dict[str, str]) -> object:
         link = _report_link(row, out_dir)
-        return f"[{cell(row['run'])}]({link.replace(' ', '%20')})" if link else cell(row["run"])
+        return Markdown(f"[{md_text(row['run'])}]({link.replace(' ', '%20')})") if link else row["run"]
 
     blocks = []
     for where, members in group_rows(rows).items():
-        lines = [f"### Evaluated on {cell(where)}", "", "| " + " | ".join(ALL_COLUMNS) + " |",
-                 "|" + "|".join("---" for _ in ALL_COLUMNS) + "|"]
-        lines += ["| " + " | ".join(run_cell(r) if c == "run" else cell(r[c]) for c in ALL_COLUMNS) + " |"
-                  for r in members]
-        blocks.append("\n".join(lines) + "\n")
+        table_lines = md_table(ALL_COLUMNS, [[run_cell(r) if c == "run" else r[c] for c in ALL_COLUMNS]
+                                             for r in members])
+        blocks.append("\n".join([f"### Evaluated on {md_text(where)}", "", *table_lines]) + "\n")
     return "\n".join(blocks)
 
 

@@ -1,11 +1,11 @@
 """External validation: a model (run, shipped model or ensemble) measured on any labelled folder or CSV, at its
 STORED operating point (threshold and temperature as chosen on its own val fold; nothing is refitted on the data
-measured). Writes metrics.json, predictions.csv, figures and report.html into an output folder; the model is
-only read.
+measured). Writes metrics.json, predictions.csv, figures and report.html into an output folder; the model is only read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -65,8 +65,8 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
            "nll_after": nll(after_logits, y), "reliability": {"before": before, "after": after},
            "by_subtype": sensitivity_by_subtype(p >= threshold, subtypes, groups) if subtypes is not None else {}}
     if groups is not None:  # what the intervals rest on: whole patients, not films (a clinical review)
-        out["patients"] = {"n": int(np.unique(groups).size), "pneumonia": int(np.unique(groups[yb == 1]).size),
-                           "normal": int(np.unique(groups[yb == 0]).size)}
+        out["patients"] = {k: int(np.unique(g).size) for k, g in (("n", groups), ("pneumonia", groups[yb == 1]),
+                                                                   ("normal", groups[yb == 0]))}
     if len(classes) > 2:
         out["multiclass"] = multiclass_metrics(y, probs, classes, threshold=threshold, n_resamples=n_bootstrap,
                                                seed=seed, groups=groups)
@@ -277,10 +277,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         elif analysis:
             extra.append(analysis(work, spec.predictors[0].torch_model, images, y, p, spec.threshold,
                                   subtypes=table["subtype"].tolist(), members=len(spec.predictors)))
-        title = ("pneumo evaluation on the official test split (the training hospital's)" if official  # not external
-                 else "pneumo external validation")  # (a clinical review: the same hospital's split was "external")
-        write_evaluation_report(work, result, y_test=y, test_logits=logits, title=f"{title}: {spec.name}",
-                                subtitle=subtitle, extra_sections=extra)
+        title = "evaluation on the official test split (the training hospital's)" if official else "external validation"
+        write_evaluation_report(work, result, y_test=y, test_logits=logits, title=f"pneumo {title}: {spec.name}",
+                                subtitle=subtitle, extra_sections=extra)  # (a clinical review: not "external")
         atomic.write_json(RunDir(work).metrics, result)
     return result
 
@@ -394,9 +393,8 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
 
 
 def _below(path: str, root: Path) -> str:
-    """``path`` relative to ``root`` where it lies below it, else as given."""
-    try:
+    """``path`` relative to ``root`` where it lies below it, else as given (also on another drive: Windows)."""
+    with contextlib.suppress(ValueError):
         relative = os.path.relpath(path, root)
-    except ValueError:  # another drive (Windows)
-        return path
-    return path if relative.startswith("..") else relative
+        return path if relative.startswith("..") else relative
+    return path

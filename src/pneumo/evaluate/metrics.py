@@ -254,13 +254,10 @@ def no_discrimination_warning(metrics: dict, cis: dict | None) -> str | None:
     the model does not separate pneumonia from normal on these images, and no threshold can fix that (a clinical
     review: a chance-level external validation came without a word, beside other operating points to choose)."""
     auc, ci = metrics.get("roc_auc"), (cis or {}).get("roc_auc")
-    if auc is None or not np.isfinite(auc):
+    ci = ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
+    if auc is None or not np.isfinite(auc) or (ci[0] if ci else auc) > 0.5:
         return None
-    low = ci[0] if ci and ci[0] is not None and np.isfinite(ci[0]) else auc
-    if low > 0.5:
-        return None
-    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else ""
-    high = ci[1] if ci and ci[1] is not None and np.isfinite(ci[1]) else auc
+    interval, high = (f" [{ci[0]:.3f}, {ci[1]:.3f}]", ci[1]) if ci else ("", auc)
     where = "below chance, 0.5: check that the labels are not swapped" if high < 0.5 else "reaching chance, 0.5"
     return (f"The model does not separate pneumonia from normal on these images (ROC-AUC {auc:.3f}{interval}, "
             f"{where}): no threshold makes it useful here; do not use it on such images unless adapted to them "

@@ -26,6 +26,7 @@ from pneumo.config import REMOVED_DEFAULTS, REMOVED_KEYS, from_dict, to_dict
 from pneumo.data.rundir import RunDir
 from pneumo.errors import DataError
 from pneumo.evaluate.compare import _get, load_runs
+from pneumo.infer.card import md_table
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def select(configs: Sequence[Configuration], rule: Sequence[str] = DEFAULT_RULE,
 def configurations_markdown(configs: Sequence[Configuration], rule: Sequence[str] = DEFAULT_RULE) -> str:
     """One row per configuration: seeds, the rule's measures (mean ± SD) and the mean training time."""
     head = ["configuration", "seeds", *(STEPS[s].label for s in rule), "training (mean)", "runs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    rows = []
     for c in configs:
         cells = [c.label, str(len(c.runs))]
         for s in rule:
@@ -182,8 +183,8 @@ def configurations_markdown(configs: Sequence[Configuration], rule: Sequence[str
                 cells.append("n/a")
         cells.append(f"{c.train_seconds:.0f} s" if math.isfinite(c.train_seconds) else "n/a")
         cells.append(", ".join(str(r.get("name", "?")) for r in c.runs))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return "\n".join(md_table(head, rows)) + "\n"
 
 
 def trained_runs(results: Sequence[dict]) -> list[dict]:

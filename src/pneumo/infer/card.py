@@ -59,10 +59,18 @@ def md_text(value: object) -> str:
     return _LINK.sub(r"]\\", one_line(str(value)).translate(_MD_SPECIAL))
 
 
+class Markdown(str):
+    """A cell that is markdown already (a link this code made, its text through `md_text`): `md_table` keeps it."""
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    """A markdown table's lines; every cell through `md_text`."""
+    """A markdown table's lines; every cell through `md_text` but a `Markdown` one (the one table writer: cards,
+    adapt reports, `pneumo compare`'s leaderboard, the selection of `compare --select`)."""
+    def cell(value: object) -> str:
+        return value if isinstance(value, Markdown) else md_text(value)
+
     return [f"| {' | '.join(md_text(h) for h in header)} |", "|" + "---|" * len(header),
-            *(f"| {' | '.join(md_text(cell) for cell in row)} |" for row in rows)]
+            *(f"| {' | '.join(cell(c) for c in row)} |" for row in rows)]
 
 
 def metric_rows(keys: Sequence[str], *columns: tuple[dict, dict]) -> list[list[str]]:
