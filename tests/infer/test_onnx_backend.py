@@ -233,3 +233,13 @@ def test_the_export_folder_holds_conformance_cases_that_exercise_each_step_and_a
     for name, case in cases.items():
         assert rows.loc[name, "p_pneumonia"] == pytest.approx(case["p_pneumonia"], abs=1e-5), name
         assert rows.loc[name, "ood_score"] == pytest.approx(case["ood_score"], abs=1e-3), name
+
+
+def test_onnx_runtime_sends_no_usage_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime queued 772 telemetry events (a device id, the model's file name) for Microsoft's collector from a
+    hospital's service; pneumo never turned them off (an operations review)."""
+    import onnxruntime
+
+    calls = []
+    monkeypatch.setattr(onnxruntime, "disable_telemetry_events", lambda: calls.append(True))
+    assert Predictor(None, backend="onnx").backend == "onnx" and calls

@@ -72,3 +72,10 @@ def slow_or_decode(data: bytes, **kwargs: object) -> object:
     if bytes(data[:4]) == BOOM:
         raise RuntimeError("secret-internals in /srv/pneumo/decoding.py line 42")
     return decode_upload(data, **kwargs)
+
+
+def worker_pid(data: bytes, **kwargs: object) -> int:
+    """The decode worker's process id (module level, so that a decode worker process can import it)."""
+    import os
+
+    return os.getpid()

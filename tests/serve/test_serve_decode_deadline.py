@@ -85,3 +85,67 @@ def test_decoding_in_workers_and_in_threads_give_the_same_prediction(make_client
     assert "p_pneumonia" in in_workers
     for key in ("p_pneumonia", "p_calibrated", "label", "probabilities", "ood_score", "assessed"):
         assert in_workers.get(key) == in_threads.get(key), key
+
+
+def test_a_pool_whose_idle_worker_died_is_made_again() -> None:
+    """An OOM kill of an idle decode worker left pebble refusing every task ("Unexpected error within the Pool"): every
+    later prediction got a 500 while the probes stayed green (an operations review)."""
+    import os
+    import signal
+    import time
+
+    from serve_helpers import worker_pid
+
+    workers = DecodeWorkers(1, timeout_s=30.0, fn=worker_pid)
+    try:
+        first = asyncio.run(workers.decode(b""))
+        os.kill(first, signal.SIGKILL)
+        time.sleep(1)
+        second = asyncio.run(workers.decode(b""))
+    finally:
+        workers.close()
+    assert second != first and workers.broken is None
+
+
+class _DeadPool:
+    def schedule(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("Unexpected error within the Pool")
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_decoder_that_cannot_start_answers_503_and_fails_the_health_probe(
+        make_client, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode workers that cannot start (made again once, in vain) were a 500 per upload with /healthz 200, so no
+    probe restarted the service (an operations review); an image that fails inside a worker is still its own 500."""
+    class DeadWorkers(DecodeWorkers):
+        def _started(self) -> _DeadPool:
+            return _DeadPool()
+
+    monkeypatch.setattr(app_module, "DecodeWorkers", DeadWorkers)
+    client = make_client(decode_timeout_s=5.0)
+    assert client.get("/healthz").status_code == 200
+    answer = client.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 503 and "decode workers cannot start" in answer.json()["detail"]
+    health = client.get("/healthz")
+    assert health.status_code == 503 and "decode workers cannot start" in health.json()["detail"]
+
+
+def test_serve_refuses_to_start_when_no_decode_worker_can_run(tmp_path) -> None:
+    """`docker run --read-only` without a tmpfs on /tmp: the forkserver found no temporary directory, every upload
+    got a 500 and the HEALTHCHECK passed (an operations review). Now one line and exit 2, before the model loads."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = ("import sys, tempfile; tempfile.tempdir = sys.argv[1]\n"
+            "from pneumo.cli import main; sys.exit(main(['serve', '--port', sys.argv[2], '--model', 'no-such']))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "gone"), str(port)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and "decode worker processes cannot start" in lines[0] and "--tmpfs /tmp" in lines[0]

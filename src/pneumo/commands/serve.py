@@ -110,6 +110,14 @@ def run(args: argparse.Namespace) -> int:
     if "*" in config.cors_origins:
         log.warning("--cors-origin '*': any web page may call this service from a visitor's browser")
     _check_bind(config.host, config.port)  # a port in use or a bad host: one line, before the model loads
+    if config.decode_timeout_s > 0:  # decode workers that cannot start (no writable /tmp): one line, not a 500 each
+        from pneumo.serve.decoding import DecodeWorkers
+
+        workers = DecodeWorkers(1, config.decode_timeout_s)
+        try:
+            workers.check()
+        finally:
+            workers.close()
     _timestamped_logs()
     options = {"host": config.host, "port": config.port, "server_header": False, "log_config": _uvicorn_logging(),
                "timeout_graceful_shutdown": config.shutdown_timeout_s,

@@ -43,7 +43,7 @@ from pneumo.infer.card import model_card_text
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve import audit
 from pneumo.serve.batcher import MicroBatcher
-from pneumo.serve.decoding import DecodeWorkers, decode_upload
+from pneumo.serve.decoding import DecoderBroken, DecodeWorkers, decode_upload
 from pneumo.serve.http import (
     Guard,
     api_key_check,
@@ -200,8 +200,9 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
     async def healthz() -> Any:
         """The process is alive and its model has not failed to load (a process that can never serve is not
         healthy: a health probe restarts it); loading still counts as healthy (see /readyz)."""
-        if service.load_error:
-            return JSONResponse({"detail": service.load_error}, status_code=503)
+        broken = service.load_error or (service.decoder.broken if service.decoder else None)  # (no decode worker
+        if broken:  # starts: it cannot serve a prediction either, an operations review)
+            return JSONResponse({"detail": broken}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], response_model=Ready, responses={503: ERRORS[503]})
@@ -332,8 +333,8 @@ async def _decode(service: Service, predictor: Predictor, data: bytes, *,
         if service.decoder is not None:
             return await service.decoder.decode(data, **kwargs)
         return await service.in_pool(decode_upload, data, **kwargs)
-    except InputError as exc:
-        raise HTTPException(422, one_line(exc)) from None
+    except (InputError, DecoderBroken) as exc:  # (a broken decoder is logged where it is found)
+        raise HTTPException(422 if isinstance(exc, InputError) else 503, one_line(exc)) from None
 
 
 def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Prediction) -> str:
