@@ -34,7 +34,8 @@ RUN pip install -c constraints.txt '.[dicom]' && rm -rf /opt/pneumo/src /opt/pne
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pneumo
 # The shipped model's ONNX export, made (and its SHA-256 recorded) at build time: the service does not export it again
-# at every start (~8 s) and runs it on ONNX Runtime under `docker run --read-only` too. The cache stays the service
+# at every start (~8 s) and runs it on ONNX Runtime under `docker run --read-only --tmpfs /tmp` too (the decode
+# workers need a writable temporary folder). The cache stays the service
 # user's, so a mounted model of your own is exported once per container; matplotlib (heat maps) gets a temp folder.
 ENV PNEUMO_CACHE=/opt/pneumo-cache \
     MPLCONFIGDIR=/tmp/matplotlib
