@@ -241,3 +241,29 @@ def test_api_docs_render_offline_with_nothing_loaded_from_other_hosts(browser, s
     finally:
         context.close()
     assert elsewhere == [] and csp_violations == []
+
+
+def test_a_heat_map_the_server_cannot_draw_still_shows_the_verdict_and_a_busy_server_is_said(
+        page, full_data: Path) -> None:
+    """A model folder changed since start-up makes the heat map a 503 "heat map unavailable": every upload from the
+    page ended "Not analysed" while the API without heat maps answered (an operations review)."""
+    import json
+
+    def heat_map_refused(route) -> None:
+        if "heatmap=true" in route.request.url:
+            route.fulfill(status=503, content_type="application/json",
+                          body=json.dumps({"detail": "heat map unavailable: the folder changed"}))
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/predict**", heat_map_refused)
+    page.set_input_files("#file", str(xray_path(full_data)))
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Done')")
+    assert page.inner_text("#label") in ("NORMAL", "PNEUMONIA") and page.is_hidden("#heatmap")
+    assert "heat map unavailable" in page.inner_text("#heatmap-caption")
+    page.unroute("**/api/v1/predict**")
+    page.route("**/api/v1/predict**", lambda route: route.fulfill(
+        status=503, content_type="application/json", body=json.dumps({"detail": "busy: try again in 1 s"})))
+    page.set_input_files("#file", str(xray_path(full_data)))
+    page.wait_for_selector("#status.error")
+    assert "Not analysed: busy" in page.inner_text("#status")

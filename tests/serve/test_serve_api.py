@@ -380,3 +380,21 @@ def record_at(created: float) -> logging.LogRecord:
     record = logging.LogRecord("test", logging.INFO, __file__, 1, "x", None, None)
     record.created, record.msecs = created, (created % 1) * 1000
     return record
+
+
+def test_a_card_whose_folder_changed_since_start_is_a_503_with_why(make_client, checkpoint: Path,
+                                                                    tmp_path: Path) -> None:
+    """A sidecar edited on disk after start-up made /api/v1/model a bare 500 "internal error" (an operations review):
+    503 now, with the one-line reason and no folder."""
+    import json
+    import shutil
+
+    folder = tmp_path / "served"
+    shutil.copytree(checkpoint.parent, folder)
+    served = Predictor(folder / checkpoint.name, threads=1)
+    sidecar = folder / checkpoint.name
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "threshold": 0.25}))
+    response = make_client(served).get("/api/v1/model")
+    detail = response.json()["detail"]
+    assert response.status_code == 503 and detail.startswith("model card unavailable") and str(tmp_path) not in detail

@@ -1,14 +1,13 @@
 """The web service: ``create_app(config, predictor) -> FastAPI``.
 
 Endpoints: ``POST /api/v1/predict`` (an image -> the prediction, optionally a Grad-CAM overlay and a gray preview),
-``GET /api/v1/model`` (the model card), ``GET /healthz`` (the process answers), ``GET /readyz`` (the model is
-loaded), the page at ``/`` and the OpenAPI docs at ``/docs`` (Swagger UI 5 served from the ``fastapi-offline`` wheel,
-so they work offline under a strict Content-Security-Policy).
+``GET /api/v1/model`` (the card), ``GET /healthz`` (alive), ``GET /readyz`` (the model is loaded), the page at ``/``
+and the OpenAPI docs at ``/docs`` (Swagger UI 5 from the ``fastapi-offline`` wheel: offline, under a strict CSP).
 
 Safety rules: uploads stay in memory and are never logged (no file names, no bytes; errors are logged by type);
-the size limit is enforced while reading; every bad request gets a 4xx ``{"detail": "one line"}``; anything
-unexpected becomes ``500 {"detail": "internal error"}`` without a stack trace. Decoding, preprocessing and the
-heat map run on a thread pool, inference on the micro-batcher's thread, so the event loop only moves bytes.
+the size limit is enforced while reading; every bad request gets a 4xx ``{"detail": "one line"}``; anything unexpected
+becomes ``500 {"detail": "internal error"}`` without a stack trace. Decoding, preprocessing and the heat map run in
+worker processes or a thread pool, inference on the micro-batcher's thread: the event loop only moves bytes.
 """
 
 from __future__ import annotations
@@ -220,8 +219,10 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         """The model card: the checkpoint's sidecar (classes, input size, threshold, metrics ...) and its markdown
         card when there is a ``<stem>.md`` next to it."""
         predictor = _ready_predictor(service)
-        if service.card is None:  # built once, from the files as the model was loaded (a later edit is not served)
-            service.card = await service.in_pool(model_card_of, predictor)
+        try:  # built once, from the files as the model was loaded (a later edit is not served: 503, with why)
+            service.card = service.card or await service.in_pool(model_card_of, predictor)
+        except PneumoError as exc:
+            raise HTTPException(503, f"model card unavailable: {without_folders(one_line(exc))}") from None
         return service.card
 
     @app.post("/api/v1/predict", tags=["api"], dependencies=auth, response_model=PredictResponse,
@@ -326,8 +327,7 @@ def _ready_predictor(service: Service) -> Predictor:
 
 async def _decode(service: Service, predictor: Predictor, data: bytes, *,
                   keep_gray: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """(decoded gray or None, model input): in a worker process under the decode deadline, or in the thread pool
-    without."""
+    """(decoded gray or None, model input): in a worker process under the decode deadline, else in the thread pool."""
     kwargs = {"max_pixels": service.config.max_pixels, "preprocess": predictor.preprocessing, "keep_gray": keep_gray}
     try:
         if service.decoder is not None:

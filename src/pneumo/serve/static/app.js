@@ -152,8 +152,13 @@
     let response;
     try {
       response = await post(file, "heatmap=true&preview=true", controller.signal);
-      if (!stale() && response.status === 501) {
-        heatNote = await errorDetail(response);
+      if (!stale() && (response.status === 501 || response.status === 503)) {
+        const detail = await errorDetail(response);
+        if (response.status === 503 && !detail.startsWith("heat map unavailable")) { // busy: said as it is
+          if (!stale()) showError(`Not analysed: ${detail}`);
+          return;
+        }
+        heatNote = detail; // no heat map here (ONNX only, or the folder changed since start): the verdict without it
         response = await post(file, "preview=true", controller.signal);
       }
     } catch (_) {
