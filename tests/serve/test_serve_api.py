@@ -168,6 +168,9 @@ def test_readyz_is_200_once_the_model_is_loaded(client: TestClient, predictor: P
     response = client.get("/readyz")
     assert response.status_code == 200 and response.json()["model_id"] == predictor.model_id
     assert response.json()["backend"] == predictor.backend
+    from pneumo import __version__  # which code answers, for an upgrade or a roll-back (an operations review)
+
+    assert response.json()["pneumo_version"] == __version__
 
 
 def test_model_is_loaded_in_the_background_when_no_predictor_is_given(checkpoint: Path) -> None:
@@ -233,7 +236,7 @@ def test_openapi_schema_lists_every_endpoint(client: TestClient) -> None:
     ready = schema["paths"]["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     fields = schema["components"]["schemas"][ready.rsplit("/", 1)[-1]]["properties"]
     assert set(client.get("/readyz").json()) == set(fields) == {"status", "model_id", "backend", "threshold",
-                                                                "threshold_policy"}
+                                                                "threshold_policy", "pneumo_version"}
     probabilities = schema["components"]["schemas"]["PredictResponse"]["properties"]["probabilities"]
     assert "calibrated" in probabilities["description"]
 

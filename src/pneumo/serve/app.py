@@ -209,9 +209,9 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         """The model is loaded and requests can be served (else 503)."""
         if service.predictor is None or service.batcher is None:
             return JSONResponse({"detail": service.load_error or "model loading"}, status_code=503)
-        predictor = service.predictor
-        return JSONResponse({"status": "ready", "model_id": predictor.model_id, "backend": predictor.backend,
-                             "threshold": predictor.threshold, "threshold_policy": predictor.meta.threshold_policy})
+        p = service.predictor
+        return JSONResponse({"status": "ready", "model_id": p.model_id, "backend": p.backend, "threshold": p.threshold,
+                             "threshold_policy": p.meta.threshold_policy, "pneumo_version": __version__})
 
     @app.get("/api/v1/model", tags=["api"], dependencies=auth, response_model=ModelCard,
              responses={k: ERRORS[k] for k in (401, 503)})

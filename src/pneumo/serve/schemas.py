@@ -80,6 +80,7 @@ class Ready(BaseModel):
     backend: str = Field(description="'onnx' or 'torch'")
     threshold: float = Field(description="the operating point answering (on the uncalibrated P(pneumonia))")
     threshold_policy: str | None = Field(description="the policy that chose it")
+    pneumo_version: str = Field(description="the code answering (an operator checks an upgrade or a roll-back here)")
 
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
