@@ -18,7 +18,7 @@ def test_serve_runs_uvicorn_with_the_configured_app(checkpoint: Path, monkeypatc
     code = main(["serve", "--model", str(checkpoint), "--port", "8123", "--max-upload-mb", "2", "--threads", "1"])
     assert code == 0
     app, options = calls[0]
-    assert options["host"] == "127.0.0.1" and options["port"] == 8123
+    assert options["host"] == "127.0.0.1" and options["port"] == 8123 and options["root_path"] == ""
     assert app.state.service.config.max_upload_mb == 2.0
 
 
@@ -132,3 +132,28 @@ def test_serve_refuses_a_sidecar_edited_after_it_was_written(checkpoint: Path, t
         assert main(command) == 2, command
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "changed after pneumo wrote it" in err[0], (command, err)
+
+
+def test_behind_a_proxys_path_prefix_the_page_and_the_docs_work(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """https://apps.hospital/pneumo/: the page's CSS, JS and API calls and the docs' schema went to the host's root (an
+    operations review). Relative URLs now, and --root-path for the API documentation's requests."""
+    import re
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.delenv("PNEUMO_API_KEY", raising=False)
+    assert main(["serve", "--model", str(checkpoint), "--port", "8124", "--root-path", "/pneumo"]) == 0
+    app, options = calls[0]
+    assert options["root_path"] == "/pneumo"
+    client = TestClient(app, root_path="/pneumo")
+    page, docs = client.get("/").text, client.get("/docs").text
+    assert not re.search(r'(?:href|src)="/', page) and 'fetch("/' not in client.get("/static/app.js").text
+    assert "'openapi.json'" in docs and 'href="docs/assets/' in docs
+    assert client.get("/openapi.json").json()["servers"] == [{"url": "/pneumo"}]
+    for bad in ("pneumo", "/pneumo/", "/a b"):
+        assert main(["serve", "--model", str(checkpoint), "--root-path", bad]) == 2
+        assert "--root-path must look like /pneumo" in capsys.readouterr().err

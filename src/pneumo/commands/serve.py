@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 
 from pneumo import LOG_DATEFMT, LOG_TIME, __version__
@@ -61,6 +62,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for the model: batches run side by side, one thread "
                         "each (default: all cores)")
     parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    parser.add_argument("--root-path", default="", metavar="PREFIX",
+                        help="the path prefix a reverse proxy serves this under and strips (e.g. /pneumo): the API "
+                        "documentation's requests carry it (the page's URLs are relative and need nothing)")
     parser.add_argument("--limit-concurrency", type=int, default=1000,
                         help="last-resort cap on open connections, beyond which uvicorn answers 503 to everything "
                         "(default 1000; the limits below act long before)")
@@ -76,6 +80,10 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    root = getattr(args, "root_path", "")
+    if root and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", root):
+        raise ConfigError(f"--root-path must look like /pneumo (a path of plain segments, no slash at the end), "
+                          f"got {root!r}")
     return ServeConfig(host=args.host, port=_port(args.port), max_upload_mb=args.max_upload_mb,
                        max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
@@ -121,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     _timestamped_logs()
     options = {"host": config.host, "port": config.port, "server_header": False, "log_config": _uvicorn_logging(),
                "timeout_graceful_shutdown": config.shutdown_timeout_s,
-               "limit_concurrency": args.limit_concurrency,
+               "limit_concurrency": args.limit_concurrency, "root_path": args.root_path,
                "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
     if args.workers > 1:
         # a missing model, a bad sidecar or weights that are not the recorded ones fail here, once: in the workers

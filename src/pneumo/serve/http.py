@@ -31,10 +31,11 @@ INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.DOT
 def mount_docs(app: FastAPI) -> str:
     """Swagger UI at ``/docs`` from local files (no CDN), open like ``/openapi.json``; returns the page's CSP, which
     allows its inline start-up script by hash."""
+    assets = DOCS_ASSETS.lstrip("/")  # relative URLs: the page also works behind a proxy's path prefix
     html = get_swagger_ui_html(
-        openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - Swagger UI",
-        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        openapi_url=(app.openapi_url or "/openapi.json").lstrip("/"), title=f"{app.title} - Swagger UI",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js", swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon.png",
         swagger_ui_parameters={"validatorUrl": None},  # else Swagger UI may send the schema URL to swagger.io
     ).body.decode("utf-8")
 
@@ -42,8 +43,8 @@ def mount_docs(app: FastAPI) -> str:
     async def docs() -> HTMLResponse:
         return HTMLResponse(html)
 
-    assets = importlib.resources.files("fastapi_offline") / "static"
-    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+    files = importlib.resources.files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files)), name="docs-assets")
     return content_security_policy(*INLINE_SCRIPT.findall(html))
 
 

@@ -59,7 +59,7 @@
   async function loadModel() {
     let response;
     try {
-      response = await fetch("/api/v1/model", { headers: authHeaders() });
+      response = await fetch("api/v1/model", { headers: authHeaders() });
     } catch (_) {
       el.modelFacts.replaceChildren();
       fact(el.modelFacts, "Status", "server unreachable");
@@ -136,7 +136,7 @@
   async function post(file, query, signal) {
     const form = new FormData();
     form.append("file", file, "upload"); // the file name stays on this computer
-    return fetch(`/api/v1/predict?${query}`, { method: "POST", body: form, headers: authHeaders(), signal });
+    return fetch(`api/v1/predict?${query}`, { method: "POST", body: form, headers: authHeaders(), signal });
   }
 
   async function analyse(file) {
