@@ -185,6 +185,7 @@ class ServeConfig(FlagSchema):
     queue_timeout_s: float = Field(10.0, gt=0.0)  # the longest wait for a slot (then 503 + Retry-After)
     upload_budget_mb: float = Field(512.0, gt=0.0)  # memory of all uploads being read or waiting, summed; beyond: 503
     decode_timeout_s: float = Field(10.0, ge=0.0)  # a decode running longer is killed with its worker (0: in threads)
+    audit_log: Annotated[str | None, Maybe] = None  # the audit lines to this file alone (else with the service's log)
 
     @model_validator(mode="after")
     def _budget_holds_an_upload(self) -> ServeConfig:

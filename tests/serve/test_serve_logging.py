@@ -74,3 +74,24 @@ def test_each_request_leaves_one_audit_line_with_its_id_model_and_outcome(client
     assert lines[1].startswith(f"prediction request={rid} ")
     assert lines[2] == f"no prediction request={refused.headers['X-Request-ID']} model={predictor.model_id} status=422"
     assert SECRET_NAME not in " ".join(lines) and SECRET_TEXT not in " ".join(lines)
+
+
+def test_the_audit_lines_can_go_to_a_file_of_their_own(make_client, xray: bytes, tmp_path, caplog,
+                                                        capsys) -> None:
+    """The audit trail, meant to answer questions weeks later, rotated with the noisy application log (an operations
+    review): --audit-log FILE writes its lines there alone; a file that cannot be appended to is one line, exit 2."""
+    from pneumo.cli import main
+
+    path = tmp_path / "audit.log"
+    client = make_client(audit_log=str(path))
+    caplog.set_level(logging.INFO)
+    answer = client.post("/api/v1/predict", content=xray, headers={"Content-Type": "application/octet-stream",
+                                                                      "X-Request-ID": "case-0042"})
+    assert answer.status_code == 200
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and "prediction request=case-0042" in lines[0] and lines[0][:4].isdigit()  # UTC time first
+    assert not any(r.name == "pneumo.serve.audit" for r in caplog.records)  # not in the service's log as well
+    client.__exit__(None, None, None)  # the service stops: the audit lines go with its log again
+    assert logging.getLogger("pneumo.serve.audit").propagate and not logging.getLogger("pneumo.serve.audit").handlers
+    assert main(["serve", "--audit-log", str(tmp_path / "missing" / "audit.log")]) == 2
+    assert "--audit-log" in capsys.readouterr().err

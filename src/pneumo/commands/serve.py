@@ -62,6 +62,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for the model: batches run side by side, one thread "
                         "each (default: all cores)")
     parser.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy")
+    parser.add_argument("--audit-log", metavar="FILE", help="write the audit lines (one per prediction request: request "
+                        "id, model, operating point, P, verdict or refusal) to this file alone, appended and reopened "
+                        "after logrotate moves it (default: with the service's log on stderr)")
     parser.add_argument("--root-path", default="", metavar="PREFIX",
                         help="the path prefix a reverse proxy serves this under and strips (e.g. /pneumo): the API "
                         "documentation's requests carry it (the page's URLs are relative and need nothing)")
@@ -88,7 +91,19 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                        max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
-                       **schema_values(args, _LIMITS))
+                       audit_log=_audit_log(getattr(args, "audit_log", None)), **schema_values(args, _LIMITS))
+
+
+def _audit_log(path: str | None) -> str | None:
+    """``--audit-log`` as an absolute path that can be appended to (every worker process opens it), or None."""
+    if path is None:
+        return None
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--audit-log {path}: cannot append to it ({exc.strerror or exc})") from None
+    return os.path.abspath(path)
 
 
 def _port(flag: int | None) -> int:

@@ -80,8 +80,7 @@ class Service:
         self.config = config
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
-        self.pool: ThreadPoolExecutor | None = None
-        self.decoder: DecodeWorkers | None = None
+        self.pool, self.decoder = None, None  # a ThreadPoolExecutor, DecodeWorkers (start)
         self.load_error: str | None = None
         self.card: dict[str, Any] | None = None  # /api/v1/model's answer
         self._given = predictor
@@ -103,6 +102,8 @@ class Service:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumo-decode")
         if self.config.decode_timeout_s > 0:  # decodes in killable processes, started with the first upload
             self.decoder = DecodeWorkers(workers, self.config.decode_timeout_s)
+        if self.config.audit_log:  # the audit lines to a file of their own (else with the service's log)
+            audit.to_file(self.config.audit_log)
         if self._given is not None:
             self._ready(self._given)
         elif self.predictor is not None:
@@ -121,6 +122,7 @@ class Service:
         if self.decoder is not None:
             self.decoder.close()
             self.decoder = None
+        audit.detach_files()
         for throttled in (self.work.rejected, self.budget.rejected, SLOW_BODIES):
             throttled.flush()
 
@@ -133,13 +135,11 @@ class Service:
                                  "serve the new model)")
             self.card = model_card_of(predictor)  # the card of the files just loaded and checked
         except PneumoError as exc:  # the full text in the server's log; clients see file names, not folders
-            log.error("model failed to load: %s", exc)
             self.load_error = f"model failed to load: {without_folders(str(exc))}"
-            return
+            return log.error("model failed to load: %s", exc)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz, the process keeps answering
             self.load_error = f"model failed to load ({type(exc).__name__})"
-            log.error("%s", self.load_error)
-            return
+            return log.error("%s", self.load_error)
         self._ready(predictor)
         log.info("model %s ready (%s backend, threshold %s, policy %s)", predictor.model_id, predictor.backend,
                  fmt_threshold(predictor.threshold), predictor.meta.threshold_policy)

@@ -14,6 +14,33 @@ log = logging.getLogger("pneumo.serve.audit")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's X-Request-ID kept only if it is such a token
 
 
+def to_file(path: str) -> logging.Handler:
+    """Write the audit lines to ``path`` alone (appended; reopened when logrotate moves it), not to the service's log
+    (an operations review: the trail meant to answer questions weeks later rotated with the noisy application log).
+
+    Raises:
+        OSError: the file cannot be opened for appending.
+    """
+    from logging.handlers import WatchedFileHandler
+
+    from pneumo.serve.http import service_log_formatter
+
+    handler = WatchedFileHandler(path, encoding="utf-8")
+    handler.setFormatter(service_log_formatter())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def detach_files() -> None:
+    """Undo `to_file` (the service stops): the audit lines go with the service's log again."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    log.propagate = True
+
+
 def request_id(header: str | None) -> str:
     """The caller's ``X-Request-ID`` if it is a plain token of at most 64 characters, else a new random one."""
     return header if header and _CLIENT_ID.fullmatch(header) else uuid.uuid4().hex
