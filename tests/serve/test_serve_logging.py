@@ -68,11 +68,15 @@ def test_each_request_leaves_one_audit_line_with_its_id_model_and_outcome(client
     lines = [r.getMessage() for r in caplog.records if r.name == "pneumo.serve.audit"]
     assert len(lines) == 3
     body = given.json()
-    assert lines[0] == (f"prediction request=ward7-000123 model={predictor.model_id} policy={body['threshold_policy']} "
+    # the client too, so that the audit line and the access line (which names only the client) can be joined (an
+    # operations review); TestClient's address is "testclient"
+    assert lines[0] == (f"prediction request=ward7-000123 client=testclient model={predictor.model_id} "
+                        f"policy={body['threshold_policy']} "
                         f"threshold={body['threshold']:.6g} p={body['p_pneumonia']:.6g} label=\"{body['label']}\" "
                         f"outcome={'verdict' if body['assessed'] else 'refused:out-of-distribution'}")
     assert lines[1].startswith(f"prediction request={rid} ")
-    assert lines[2] == f"no prediction request={refused.headers['X-Request-ID']} model={predictor.model_id} status=422"
+    assert lines[2] == (f"no prediction request={refused.headers['X-Request-ID']} client=testclient "
+                        f"model={predictor.model_id} status=422")
     assert SECRET_NAME not in " ".join(lines) and SECRET_TEXT not in " ".join(lines)
 
 

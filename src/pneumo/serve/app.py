@@ -236,7 +236,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
 
         Busy: 503 with ``Retry-After`` (seconds) when the work queue is full; 408 when the upload is too slow. Every
         answer carries ``X-Request-ID`` (the caller's, if a plain token, else a new one), as does the audit log line."""
-        start, rid = time.perf_counter(), audit.request_id(request.headers.get("x-request-id"))
+        start, (rid, who) = time.perf_counter(), audit.ids(request)
         try:
             _ready_predictor(service)
             async with service.budget.charge(request.stream()) as stream:  # uploads read or waiting: bounded bytes
@@ -244,13 +244,13 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
                 async with service.work.slot():  # bounded work, bounded queue: 503 + Retry-After beyond
                     body = await _predict(service, data, start, heatmap=heatmap, preview=preview)
         except HTTPException as exc:
-            audit.log_refusal(rid, service.predictor and service.predictor.model_id, exc.status_code)
+            audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, exc.status_code)
             exc.headers = {**(exc.headers or {}), "X-Request-ID": rid}
             raise
         except Exception:  # (the Guard answers 500 and logs its type)
-            audit.log_refusal(rid, service.predictor and service.predictor.model_id, 500)
+            audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, 500)
             raise
-        audit.log_prediction(rid, body)
+        audit.log_prediction(rid, who, body)
         response.headers["X-Request-ID"] = rid
         return {**body, "request_id": rid}
 

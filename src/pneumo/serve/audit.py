@@ -46,15 +46,22 @@ def request_id(header: str | None) -> str:
     return header if header and _CLIENT_ID.fullmatch(header) else uuid.uuid4().hex
 
 
-def log_prediction(rid: str, body: dict) -> None:
+def ids(request) -> tuple[str, str]:
+    """(`request_id` of its ``X-Request-ID``, the client's address): the access line names the client, the audit line
+    both, so the two can be joined (an operations review). The address is the proxy's unless uvicorn trusts it
+    (``FORWARDED_ALLOW_IPS``)."""
+    return request_id(request.headers.get("x-request-id")), request.client.host if request.client else "unknown"
+
+
+def log_prediction(rid: str, client: str, body: dict) -> None:
     """``prediction``: the answer's model, policy and threshold, P, and the verdict or the kind of refusal
     (`Prediction.refused`)."""
     outcome = "verdict" if body.get("assessed", True) else f"refused:{body.get('refused')}"
-    log.info('prediction request=%s model=%s policy=%s threshold=%.6g p=%.6g label="%s" outcome=%s', rid,
-             body["model_id"], body.get("threshold_policy"), body["threshold"], body["p_pneumonia"], body["label"],
-             outcome)  # (a label may hold a space)
+    log.info('prediction request=%s client=%s model=%s policy=%s threshold=%.6g p=%.6g label="%s" outcome=%s', rid,
+             client, body["model_id"], body.get("threshold_policy"), body["threshold"], body["p_pneumonia"],
+             body["label"], outcome)  # (a label may hold a space)
 
 
-def log_refusal(rid: str, model_id: str | None, status: int) -> None:
+def log_refusal(rid: str, client: str, model_id: str | None, status: int) -> None:
     """``no prediction``: the request ended with ``status`` (the input gate or the decoder: 422; busy: 503; ...)."""
-    log.info("no prediction request=%s model=%s status=%d", rid, model_id, status)
+    log.info("no prediction request=%s client=%s model=%s status=%d", rid, client, model_id, status)
