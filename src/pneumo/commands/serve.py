@@ -189,7 +189,9 @@ def _uvicorn_logging() -> dict:
     for formatter in config["formatters"].values():
         formatter["fmt"], formatter["datefmt"] = f"{LOG_TIME} " + formatter["fmt"], LOG_DATEFMT
     config.setdefault("filters", {})["without_query"] = {"()": "pneumo.serve.http.WithoutQuery"}
+    config["filters"]["one_line_cancelled"] = {"()": "pneumo.serve.http.OneLineCancelled"}
     config["handlers"]["access"]["filters"] = ["without_query"]
+    config["handlers"]["default"]["filters"] = ["one_line_cancelled"]
     return config
 
 

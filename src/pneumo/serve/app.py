@@ -247,7 +247,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
             audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, exc.status_code)
             exc.headers = {**(exc.headers or {}), "X-Request-ID": rid}
             raise
-        except Exception:  # (the Guard answers 500 and logs its type)
+        except BaseException:  # (the Guard answers 500 and logs its type; a cancellation at shutdown too)
             audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, 500)
             raise
         audit.log_prediction(rid, who, body)

@@ -3,6 +3,7 @@ error bodies (always ``{"detail": "one line"}``), the API-key check and the offl
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import importlib.resources
 import logging
@@ -57,6 +58,17 @@ def api_key_check(expected: str):
             raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)")
 
     return check
+
+
+class OneLineCancelled(logging.Filter):
+    """uvicorn's "Exception in ASGI application" for a request cancelled at shutdown (a slow upload still arriving
+    after ``--shutdown-timeout-s``) as one line, not a 68-line traceback (an operations review)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            record.msg, record.args = "a request in flight was cancelled at shutdown (--shutdown-timeout-s)", ()
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def install_error_handlers(app: FastAPI) -> None:
