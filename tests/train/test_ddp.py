@@ -112,6 +112,20 @@ def test_synchronized_batchnorm_keeps_the_activation_of_timm_norm_act_layers() -
             torch.testing.assert_close(synced(x), model(x), rtol=0, atol=0)
 
 
+def _run(command: list[str], env: dict[str, str] = ENV, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``command`` in a session of its own; on a timeout the whole group is killed: torchrun's ranks outlived a killed
+    launcher, blocked in a rendezvous, for hours."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            out, err = proc.communicate()
+            pytest.fail(f"timed out after {timeout:g} s: {err[-2000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 def _train(data: Path, work: Path, name: str, launcher: list[str]) -> pd.DataFrame:
     options = ["data.image_size=64", f"data.cache_dir={work / 'cache'}", "data.val_fraction=0.3", "train.epochs=2",
                "train.max_steps_per_epoch=1", "train.batch_size=4", "train.lr=0.0003", "train.amp=false",
@@ -119,7 +133,7 @@ def _train(data: Path, work: Path, name: str, launcher: list[str]) -> pd.DataFra
     command = [*launcher, "-m", "pneumo", "train", "--preset", "scratch-cnn", "--dataset", str(data), "--out",
                str(work / "runs"), "--name", name, "--device", "cpu", "--seed", "0", "--no-eval",
                *[arg for option in options for arg in ("--set", option)]]
-    done = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    done = _run(command)
     assert done.returncode == 0, done.stderr[-3000:]
     return pd.read_csv(work / "runs" / name / "metrics.csv")
 
@@ -180,10 +194,9 @@ def test_an_ensemble_preset_under_torchrun_trains_every_member_and_rank_0_alone_
     members = [_member_preset(tmp_path, name) for name in ("m1", "m2")]
     preset = tmp_path / "ens.yaml"
     preset.write_text(f"name: ens\nmembers: [{members[0]}, {members[1]}]\n")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "pneumo", "train", "--preset", str(preset), "--dataset", str(data_slice), "--out",
-                           str(tmp_path / "runs"), "--device", "cpu", "--set", f"data.cache_dir={tmp_path / 'cache'}"],
-                          capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    done = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pneumo",
+                 "train", "--preset", str(preset), "--dataset", str(data_slice), "--out", str(tmp_path / "runs"),
+                 "--device", "cpu", "--set", f"data.cache_dir={tmp_path / 'cache'}"])
     assert done.returncode == 0, done.stderr[-3000:]
     for member in ("ens-m1", "ens-m2"):
         meta = json.loads((tmp_path / "runs" / member / "model.json").read_text())
@@ -213,9 +226,14 @@ def test_ranks_whose_datasets_differ_are_refused_before_training(data_slice: Pat
             [sys.executable, "-m", "pneumo", "train", "--preset", str(_member_preset(tmp_path, "m")), "--dataset",
              str(data), "--out", str(tmp_path / "runs"), "--device", "cpu", "--no-eval",
              "--set", f"data.cache_dir={tmp_path / f'cache{rank}'}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True))
     for proc in procs:
-        _, err = proc.communicate(timeout=300)
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:  # no rank left behind, blocked in a rendezvous
+            for other in procs:
+                os.killpg(other.pid, 9)
+            raise
         assert proc.returncode == 2, err[-3000:]
         assert "ranks 1 built another split or image cache than rank 0" in err
     assert not (tmp_path / "runs" / "m" / "model.safetensors").exists()
