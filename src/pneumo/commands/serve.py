@@ -83,15 +83,14 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
-    root = getattr(args, "root_path", "")
-    if root and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", root):
+    if args.root_path and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", args.root_path):
         raise ConfigError(f"--root-path must look like /pneumo (a path of plain segments, no slash at the end), "
-                          f"got {root!r}")
+                          f"got {args.root_path!r}")
     return ServeConfig(host=args.host, port=_port(args.port), max_upload_mb=args.max_upload_mb,
                        max_pixels=args.max_pixels,
                        api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
-                       audit_log=_audit_log(getattr(args, "audit_log", None)), **schema_values(args, _LIMITS))
+                       audit_log=_audit_log(args.audit_log), **schema_values(args, _LIMITS))
 
 
 def _audit_log(path: str | None) -> str | None:

@@ -80,7 +80,8 @@ class Service:
         self.config = config
         self.predictor: Predictor | None = None
         self.batcher: MicroBatcher | None = None
-        self.pool, self.decoder = None, None  # a ThreadPoolExecutor, DecodeWorkers (start)
+        self.pool: ThreadPoolExecutor | None = None
+        self.decoder: DecodeWorkers | None = None
         self.load_error: str | None = None
         self.card: dict[str, Any] | None = None  # /api/v1/model's answer
         self._given = predictor
@@ -135,11 +136,13 @@ class Service:
                                  "serve the new model)")
             self.card = model_card_of(predictor)  # the card of the files just loaded and checked
         except PneumoError as exc:  # the full text in the server's log; clients see file names, not folders
+            log.error("model failed to load: %s", exc)
             self.load_error = f"model failed to load: {without_folders(str(exc))}"
-            return log.error("model failed to load: %s", exc)
+            return
         except Exception as exc:  # noqa: BLE001 - reported by /readyz, the process keeps answering
             self.load_error = f"model failed to load ({type(exc).__name__})"
-            return log.error("%s", self.load_error)
+            log.error("%s", self.load_error)
+            return
         self._ready(predictor)
         log.info("model %s ready (%s backend, threshold %s, policy %s)", predictor.model_id, predictor.backend,
                  fmt_threshold(predictor.threshold), predictor.meta.threshold_policy)
@@ -349,8 +352,7 @@ def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Predicti
         raise HTTPException(503, f"heat map unavailable: {without_folders(one_line(exc))}") from None
     if model is None:
         raise HTTPException(501, "heat maps need the PyTorch checkpoint; this service runs an ONNX-only model")
-    png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE,  # laid over the preview; the
-                              caption=False)  # verdict is in the answer and beside the map (a clinical review)
+    png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE, caption=False)  # (the verdict: beside)
     return base64.b64encode(png).decode("ascii")
 
 
@@ -370,8 +372,7 @@ def model_card_of(predictor: Predictor) -> dict[str, Any]:
     card = {k: v for k, v in predictor.meta.to_json().items() if k not in CARD_INTERNALS and not k.startswith("_")}
     card.update(model_id=predictor.model_id, backend=predictor.backend, classes=predictor.classes,
                 input_size=predictor.size, threshold=predictor.threshold)
-    card["card_markdown"] = model_card_text(predictor.sidecar)  # as `pneumo model-card` prints it (built from the
-    # sidecar where the model has no <stem>.md: a derived model's card says where its threshold was chosen)
+    card["card_markdown"] = model_card_text(predictor.sidecar)  # as `pneumo model-card` prints it (or builds it)
     return to_jsonable(_without_paths(card))  # NaN/inf (a metric undefined on a one-class split) -> None
 
 
@@ -384,9 +385,8 @@ def without_folders(text: str) -> str:
 
 
 def _without_paths(value: Any) -> Any:
-    """The card with every absolute path (where a threshold was chosen, the model it was derived or adapted from, the
-    files it left out, the data named in its markdown) cut to its last part, in keys and values: the service does
-    not tell clients its folders."""
+    """The card with every absolute path (threshold's data, source model, files left out, data in its markdown) cut to
+    its last part, in keys and values: the service does not tell clients its folders."""
     if isinstance(value, dict):
         return {without_folders(str(k)): _without_paths(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -14,7 +14,7 @@ log = logging.getLogger("pneumo.serve.audit")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's X-Request-ID kept only if it is such a token
 
 
-def to_file(path: str) -> logging.Handler:
+def to_file(path: str) -> None:
     """Write the audit lines to ``path`` alone (appended; reopened when logrotate moves it), not to the service's log
     (an operations review: the trail meant to answer questions weeks later rotated with the noisy application log).
 
@@ -30,7 +30,6 @@ def to_file(path: str) -> logging.Handler:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    return handler
 
 
 def detach_files() -> None:
