@@ -135,7 +135,7 @@ def test_serve_refuses_a_sidecar_edited_after_it_was_written(checkpoint: Path, t
 
 
 def test_behind_a_proxys_path_prefix_the_page_and_the_docs_work(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture) -> None:
+                                                                capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     """https://apps.hospital/pneumo/: the page's CSS, JS and API calls and the docs' schema went to the host's root (an
     operations review). Relative URLs now, and --root-path for the API documentation's requests."""
     import re
@@ -146,9 +146,11 @@ def test_behind_a_proxys_path_prefix_the_page_and_the_docs_work(checkpoint: Path
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     monkeypatch.delenv("PNEUMO_API_KEY", raising=False)
-    assert main(["serve", "--model", str(checkpoint), "--port", "8124", "--root-path", "/pneumo"]) == 0
+    audit_log = tmp_path / "audit.log"  # (and the audit lines' own file, as the command passes it on)
+    assert main(["serve", "--model", str(checkpoint), "--port", "8124", "--root-path", "/pneumo",
+                 "--audit-log", str(audit_log)]) == 0
     app, options = calls[0]
-    assert options["root_path"] == "/pneumo"
+    assert options["root_path"] == "/pneumo" and app.state.service.config.audit_log == str(audit_log)
     client = TestClient(app, root_path="/pneumo")
     page, docs = client.get("/").text, client.get("/docs").text
     assert not re.search(r'(?:href|src)="/', page) and 'fetch("/' not in client.get("/static/app.js").text
