@@ -48,7 +48,15 @@ def test_card_only_rewrites_the_card_from_an_evaluation_of_the_shipped_weights(
     assert sidecar["metrics"]["test_n"] == 16
     assert main(["model-card", "--model", str(model)]) == 0  # the new card's SHA-256 is the recorded one
     assert "0.862" in capsys.readouterr().out
-    # an evaluation of other weights is refused, the card untouched
+    # an evaluation without the model's val fold (made with another dataset) is refused in one line, as is one of
+    # other weights; the card stays untouched
+    without_val = {**metrics, "val": {"n": 0}}
+    (evaluation / "metrics.json").write_text(json.dumps(without_val))
+    refused = subprocess.run([sys.executable, str(REPO / "tools" / "ship_model.py"), "--card-only", "--evaluation",
+                              str(evaluation), "--dest", str(model / "default-model")], capture_output=True, text=True,
+                             check=False, cwd=REPO)
+    assert refused.returncode != 0 and "did not score the model's val fold" in refused.stderr
+    assert "Traceback" not in refused.stderr and (model / "default-model.md").read_text() == card
     metrics["model_identity"]["weights_sha256"] = ["0" * 64]
     (evaluation / "metrics.json").write_text(json.dumps(metrics))
     refused = subprocess.run([sys.executable, str(REPO / "tools" / "ship_model.py"), "--card-only", "--evaluation",

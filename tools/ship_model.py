@@ -223,6 +223,9 @@ def card_only(dest: Path, evaluation: Path, command_note: str) -> None:
     typed = read_meta(sidecar)
     if not _evaluated(metrics) or typed.sha256 not in (metrics.get("model_identity") or {}).get("weights_sha256", []):
         raise SystemExit(f"{evaluation} is not an evaluation of {sidecar}'s weights")
+    if (metrics.get("val") or {}).get("roc_auc") is None:  # the card's operating points and val AUC come from it
+        raise SystemExit(f"{evaluation} did not score the model's val fold: evaluate it with the dataset it was "
+                         "trained on (pneumo evaluate --dataset DIR)")
     meta = typed.to_json()
     before = meta.get("model_card") or {}
     md, info = card(meta, metrics, before.get("command") or meta["training"]["command"],
