@@ -8,7 +8,7 @@ budget) resets the peak-RSS counters (``/proc/PID/clear_refs``) of the server an
 workers since issue 24), posts ``--clients`` copies at once and reads their high-water marks (``VmHWM``, summed: an
 upper bound of the simultaneous peak). Reports the growth above the idle resident size, per case.
 
-The decoder's formula (README, "Memory per image"): one decode holds about pixels x (bytes per decoded pixel + 1) +
+The decoder's formula (docs/USAGE.md, "Memory per image"): one decode holds about pixels x (bytes per decoded pixel + 1) +
 ~40 MB of strip buffers, at most `decode_slots` (2) at a time.
 """
 

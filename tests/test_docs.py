@@ -1,4 +1,4 @@
-"""The docs name files that exist: every repository path written in README.md and docs/ARCHITECTURE.md
+"""The docs name files that exist: every repository path written in README.md, docs/USAGE.md and docs/ARCHITECTURE.md
 (``tests/…py``, ``bench/…py``, ``tools/…``, ``src/pneumo/…``) is there, except in ARCHITECTURE's list of what was
 removed, which names where it was."""
 
@@ -26,7 +26,7 @@ def test_the_pattern_finds_paths_and_skips_other_text() -> None:
     assert named_paths(text) == {"bench/bench_predict.py", "tests/data/test_decode_fuzz.py", "tools/ship_model.py"}
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/ARCHITECTURE.md", "docs/USAGE.md"])
 def test_every_file_a_doc_names_exists(doc: str) -> None:
     missing = sorted(path for path in named_paths((REPO / doc).read_text(encoding="utf-8"))
                      if not (REPO / path).exists())
