@@ -197,3 +197,21 @@ def test_the_checker_reports_an_upward_import_and_a_package_in_no_layer(tmp_path
     line = len(manifest.read_text(encoding="utf-8").splitlines())
     assert reported == ["pneumo.data.cache:1 imports pneumo.extra (in no layer)",
                         f"pneumo.data.manifest:{line} imports pneumo.serve.app"]
+
+
+MAX_LINES = 400  # the house's module size (issue 21)
+
+
+def long_modules(src: Path = SRC) -> dict[str, int]:
+    """Modules of ``src`` longer than `MAX_LINES` lines, with their length."""
+    lengths = {str(path.relative_to(src)): len(path.read_text(encoding="utf-8").splitlines())
+               for path in sorted((src / ROOT).rglob("*.py"))}
+    return {name: n for name, n in lengths.items() if n > MAX_LINES}
+
+
+def test_no_module_is_longer_than_400_lines(tmp_path: Path) -> None:
+    assert long_modules() == {}
+    (tmp_path / ROOT / "data").mkdir(parents=True)  # and the check sees one that is
+    (tmp_path / ROOT / "data" / "big.py").write_text("x = 1\n" * (MAX_LINES + 1))
+    (tmp_path / ROOT / "small.py").write_text("x = 1\n" * MAX_LINES)
+    assert long_modules(tmp_path) == {f"{ROOT}/data/big.py": MAX_LINES + 1}

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
-from pneumo.config import load_config
+from pneumo.config import Task, TransferMode, load_config
 from pneumo.errors import ConfigError
 
 EXAMPLES = """
@@ -24,9 +25,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "else $PNEUMO_DATA)")
     parser.add_argument("--name", help="run name (folder OUT/<name>); default: the preset's name")
     parser.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder holding the runs (default: runs)")
-    parser.add_argument("--task", choices=["binary", "3class"], help="default: the preset's")
+    parser.add_argument("--task", choices=get_args(Task), help="default: the preset's")
     parser.add_argument("--arch", help="architecture (see `pneumo train --list-models`); default: the preset's")
-    parser.add_argument("--mode", choices=["probe", "partial", "finetune", "scratch"], help="default: the preset's")
+    parser.add_argument("--mode", choices=get_args(TransferMode), help="default: the preset's")
     parser.add_argument("--weights", help="imagenet | none | path to a local state dict; default: the preset's")
     parser.add_argument("--epochs", type=int, help="default: the preset's")
     parser.add_argument("--seed", type=int, help="training seed; default: the preset's")

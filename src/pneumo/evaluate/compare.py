@@ -24,13 +24,14 @@ from pneumo.errors import DataError, PneumoError
 from pneumo.evaluate.intervals import CI_METHOD
 from pneumo.infer.card import Markdown, md_table, md_text
 from pneumo.models.sidecar import read_meta
+from pneumo.policy import STANDARD_POLICIES
 from pneumo.templates import Section, fmt_ci, fmt_number, page, table
 
 log = logging.getLogger(__name__)
 COLUMNS = ("run", "evaluated on", "name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
            "test specificity", "test ROC-AUC", "3-class accuracy / macro-F1", "CIs", "ECE before → after", "threshold (policy)", "shortcut check",
            "wall time")
-OPERATING_POLICIES = ("youden", "sensitivity:0.95", "triage")
+OPERATING_POLICIES = STANDARD_POLICIES  # the columns: the operating points every evaluation reports
 TEST_COLUMNS = (("test accuracy", "accuracy"), ("test sensitivity", "sensitivity"),
                 ("test specificity", "specificity"), ("test ROC-AUC", "roc_auc"))
 

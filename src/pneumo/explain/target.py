@@ -2,13 +2,13 @@
 
 The explained score is the **pneumonia-vs-normal log-odds** ``logsumexp(z[1:]) - z[0]`` (see `pneumo.explain.cam`),
 signed toward the class a map gives evidence for. The protocols name what explanations need from a predictor and a
-prediction (``pneumo.infer.predictor`` provides both), so this layer needs no more of the inference layer than these two shapes.
+prediction (``pneumo.infer.predictor`` provides both): of the inference layer, explanations need these two shapes and
+``pneumo.infer.predictor.gate`` (`pneumo.explain.cam.explain_image` applies it to an image explained without a prediction).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,7 +33,6 @@ class PredictorLike(Protocol):
     classes: list[str]
     size: int
     meta: Any  # a ``CheckpointMeta``: ``resize_policy`` and ``crop`` map a map back onto the original image
-    _lock: AbstractContextManager
 
     @property
     def torch_model(self) -> nn.Module | None: ...

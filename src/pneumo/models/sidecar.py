@@ -69,9 +69,9 @@ class CheckpointMeta:
         classes: class names in logit order (class 0 is normal).
         resize_policy: ``squash`` or ``letterbox``.
         intensity: the intensity step (``none``, ``equalize``, ``clahe``, ``standardize``).
-        markers: what happens to burnt-in markers and text (``none``, ``inpaint``).
+        markers: what happens to burnt-in markers and text (``none``, ``inpaint``, ``inpaint-text``).
         crop: the crop before resizing (``none``, ``border:F``, ``lungs``; `pneumo.data.crop`).
-        mode: how it was trained (``probe``, ``partial``, ``full``, ``scratch``), if known.
+        mode: how it was trained (``probe``, ``partial``, ``finetune``, ``scratch``), if known.
         threshold: decision threshold on P(pneumonia), chosen on validation.
         threshold_policy: the policy that chose it (None: not yet evaluated).
         temperature: temperature for calibrated probabilities (fitted on validation).

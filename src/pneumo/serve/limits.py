@@ -15,7 +15,8 @@ Three layers, each in the stack users already run:
   times) instead of a cliff.
 
 Rejections are counted and logged at a bounded rate by ``ThrottledLog`` (one summary line per interval).
-``/healthz`` and ``/readyz`` pass through none of these limits.
+``/healthz`` and ``/readyz`` take no upload budget, queue slot, body deadline or decode worker; the connection-level
+header deadline and idle caps apply to every connection, probes included (they are built not to starve one).
 """
 
 from __future__ import annotations
