@@ -25,7 +25,10 @@ def one_line_error(preset: str | None, overrides: list[str]) -> str:
 def test_set_strings_become_floats_bools_nones_and_lists() -> None:
     cfg = load_config("default", ["train.lr=1e-3", "train.weight_decay=0", "train.amp=false", "eval.tta=yes",
                                   "data.limit_per_class=null", "train.max_steps_per_epoch=none", "name=123",
-                                  "members=lite0-probe, lite1-probe", "data.cache_dir=~"])
+                                  "members=lite0-probe, lite1-probe", "data.cache_dir=~", "train.epochs=3",
+                                  "data.val_fraction=0.2", "data.task=3class"])
+    assert cfg.train.epochs == 3 and cfg.data.val_fraction == 0.2 and cfg.data.task == "3class"
+    assert load_config("default", ["train.max_steps_per_epoch=5"]).train.max_steps_per_epoch == 5
     assert cfg.train.lr == 0.001 and type(cfg.train.lr) is float  # YAML 1.1 reads 1e-3 as a string
     assert cfg.train.weight_decay == 0.0 and type(cfg.train.weight_decay) is float
     assert cfg.train.amp is False and cfg.eval.tta is True
@@ -33,6 +36,30 @@ def test_set_strings_become_floats_bools_nones_and_lists() -> None:
     assert cfg.name == "123" and cfg.members == ["lite0-probe", "lite1-probe"]
     assert load_config("default", ["members=[lite0-probe, lite1-probe]"]).members == ["lite0-probe", "lite1-probe"]
     assert ServeConfig(cors_origins="https://a.org,https://b.org").cors_origins == ["https://a.org", "https://b.org"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.epochs=abc", "train.epochs must be an integer"),
+    ("train.lr=abc", "train.lr must be a number"),
+    ("train.lr=-1", "train.lr must be > 0"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("train.batch_size=0", "train.batch_size must be >= 1"),
+    ("data.intensity=bogus", "data.intensity must be one of"),
+    ("train.device=tpu", "train.device must be"),
+    ("eval.threshold_policy=foo", "threshold policy"),
+    ("eval.threshold_policy=sensitivity:1.5", "threshold policy"),
+    ("eval.tta=maybe", "eval.tta must be true or false"),
+    ("train.augment.erase=2", "train.augment.erase must be"),
+])
+def test_bad_strings_and_choices_fail_in_one_line(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("default", [override])
+    assert "\n" not in str(info.value)
+
+
+def test_an_unknown_preset_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="default"):
+        load_config("no-such-preset")
 
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "nan"])
@@ -117,6 +144,7 @@ def test_a_stored_config_with_a_removed_key_warns_once_and_loads(caplog: pytest.
     assert cfg.train.epochs == 2 and cfg.name == "old" and stored["train"]["num_workers"] == 4  # input untouched
     warned = sorted(r.getMessage().split()[2] for r in caplog.records)
     assert warned == ["eval.val_view", "train.num_workers"]
+    assert not {"num_workers", "probe_c"} & set(TrainConfig.model_fields)  # removed, not merely hidden
 
 
 def test_a_stored_config_whose_weights_file_is_gone_loads_but_cannot_start_a_run() -> None:

@@ -97,13 +97,17 @@ def test_missing_input_is_a_one_line_error(tiny_model: Path, capsys: pytest.Capt
     assert "no such file" in capsys.readouterr().err
 
 
-def test_onnx_backend_agrees_with_torch_within_1e4(xrays: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_an_export_folder_on_onnx_runtime_agrees_with_torch_within_1e4(xrays: Path, tiny_model: Path,
+                                                                       tmp_path: Path) -> None:
     onnx_path = export_onnx(tiny_model, tmp_path / "export")
-    torch_out, onnx_out = tmp_path / "t.csv", tmp_path / "o.csv"
-    assert main(["predict", str(xrays), "--model", str(tiny_model), "--output", str(torch_out)]) == 0
+    torch_out, onnx_out = tmp_path / "t.csv", tmp_path / "o.csv"  # (without --backend it would be ONNX on both sides)
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "torch", "--output",
+                 str(torch_out)]) == 0
     assert main(["predict", str(xrays), "--model", str(onnx_path), "--backend", "onnx", "--output", str(onnx_out)]) == 0
     a = [float(r["p_pneumonia"]) for r in _rows(torch_out.read_text())]
     b = [float(r["p_pneumonia"]) for r in _rows(onnx_out.read_text())]
+    assert {r["backend"] for r in _rows(torch_out.read_text())} == {"torch"}
+    assert {r["backend"] for r in _rows(onnx_out.read_text())} == {"onnx"}
     assert np.allclose(a, b, atol=1e-4)
 
 

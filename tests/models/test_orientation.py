@@ -16,15 +16,19 @@ def features(n: int, *, spread: float, seed: int) -> dict[str, np.ndarray]:
     return {name: centres[i] + spread * rng.normal(size=(n, 16)) for i, name in enumerate(TRANSFORMS)}
 
 
-@pytest.mark.parametrize("spread", [0.3, 1.5])
-def test_the_threshold_refuses_each_transform_on_val_and_few_upright_images(spread: float) -> None:
+@pytest.mark.parametrize(("spread", "capped"), [(0.3, False), (1.5, True)])
+def test_the_threshold_refuses_each_transform_on_val_unless_the_cap_on_upright_refusals_holds_it(
+        spread: float, capped: bool) -> None:
+    """The reported refusal shares are the threshold's on val; the threshold is the transforms' where they are
+    separable (every one refused at >= CATCH_PERCENTILE), else the cap (1st percentile of upright val images)."""
     head, refused = fit_orientation(features(300, spread=spread, seed=0), val := features(300, spread=spread, seed=1))
     upright = {name: head.probabilities(val[name])[:, 0] for name in TRANSFORMS}
     assert refused == {name: pytest.approx(float(np.mean(p < head.threshold))) for name, p in upright.items()}
-    assert head.threshold <= np.percentile(upright["upright"], FALSE_REFUSAL_PERCENTILE)  # the cap
-    assert refused["upright"] <= 0.011
-    if head.threshold < np.percentile(upright["upright"], FALSE_REFUSAL_PERCENTILE):  # set by the transforms
-        assert min(refused[name] for name in TRANSFORMS[1:]) >= CATCH_PERCENTILE / 100
+    cap = np.percentile(upright["upright"], FALSE_REFUSAL_PERCENTILE)
+    assert head.threshold <= cap and refused["upright"] <= 0.011
+    assert (head.threshold == pytest.approx(cap)) == capped
+    caught = min(refused[name] for name in TRANSFORMS[1:])
+    assert (caught >= CATCH_PERCENTILE / 100) == (not capped)  # capped: the transforms are not all caught
 
 
 def test_well_separated_transforms_give_a_low_threshold_and_no_false_refusals() -> None:

@@ -3,6 +3,7 @@ trip and collimation borders, each on about half of a batch, reproducible from t
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pneumo.config import AugmentConfig
@@ -42,6 +43,7 @@ def test_low_resolution_loses_fine_detail_and_jpeg_stays_close() -> None:
 def test_collimation_blacks_out_borders_only() -> None:
     x = _batch() * 0.5 + 0.25  # no black pixels of its own
     out = collimate(x, 0.12, torch.Generator().manual_seed(0))
+    assert (out[:, 0] == 0).flatten(1).any(1).any()  # some images were collimated (else the loop checks nothing)
     for before, after in zip(x[:, 0], out[:, 0]):
         black = after == 0
         if black.any():
@@ -51,12 +53,23 @@ def test_collimation_blacks_out_borders_only() -> None:
             assert rows[0] or rows[-1] or cols[0] or cols[-1]
 
 
-def test_the_same_generator_gives_the_same_batch_and_defaults_change_nothing() -> None:
+def test_the_same_generator_gives_the_same_batch() -> None:
     x = _batch(16)
     cfg = AugmentConfig(resolution=0.6, jpeg=20, collimation=0.12)
-    a = augment(x, cfg, torch.Generator().manual_seed(3))
-    b = augment(x, cfg, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    plain = augment(x, AugmentConfig(), torch.Generator().manual_seed(3))
-    assert torch.equal(plain, augment(x, AugmentConfig(resolution=0, jpeg=0, collimation=0),
-                                      torch.Generator().manual_seed(3)))
+    assert torch.equal(augment(x, cfg, torch.Generator().manual_seed(3)), augment(x, cfg, torch.Generator().manual_seed(3)))
+
+
+def test_steps_that_are_off_draw_nothing_so_runs_made_before_them_reproduce(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An acquisition step (or random erasing) that is off is never called: it takes no draw from the generator, so
+    the batches of a configuration without it are the ones they were before the step existed."""
+    import pneumo.train.augment as module
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("a step that is off was called")
+
+    for name in ("low_resolution", "jpeg", "collimate", "random_erase"):
+        monkeypatch.setattr(module, name, drawn)
+    x, g = _batch(16), torch.Generator().manual_seed(3)
+    module.augment(x, AugmentConfig(blur=1.5, noise=0.05), g)  # the others on: they still draw, in their order
+    with pytest.raises(AssertionError, match="off was called"):  # and the check sees a step that is on
+        module.augment(x, AugmentConfig(jpeg=20), torch.Generator().manual_seed(3))
