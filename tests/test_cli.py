@@ -339,7 +339,7 @@ def test_data_commands_refuse_a_negative_seed_or_an_image_size_out_of_range_in_o
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("images-*"))
 
 
-def test_model_commands_keep_freed_memory_and_the_service_gives_it_back(tmp_path, monkeypatch, capsys) -> None:
+def test_model_commands_keep_freed_memory_and_the_long_lived_service_is_not_among_them(tmp_path, monkeypatch, capsys) -> None:
     from pneumo import cli
 
     calls: list[str] = []

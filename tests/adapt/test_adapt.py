@@ -415,16 +415,6 @@ def test_join_copies_merges_the_patients_a_copy_links() -> None:
     assert none == 0 and list(unique) == ["p1", "p2", "p4"]
 
 
-def test_cli_refuses_a_file_listed_twice_with_one_line(site_csv: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
-    twice = tmp_path / "twice.csv"
-    table = pd.read_csv(site_csv, dtype=str)
-    pd.concat([table, table.iloc[:1]]).to_csv(twice, index=False)
-    assert main(["adapt", "--data", str(twice), "--out", str(tmp_path / "a")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "1 file(s) listed more than once" in err[0] and table["path"].iloc[0] in err[0]
-
-
 def test_by_an_identifier_column_is_refused_before_it_reaches_the_folder_that_travels(
         site_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--by patient_id`` wrote every patient's ID into the card, adapt.json and report, and the card is served by

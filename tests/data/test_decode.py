@@ -283,10 +283,6 @@ def test_signed_dicom_without_window_spans_the_full_range_in_order(corpus: dict[
     assert gray.min() == 0 and gray.max() == 255 and np.all(np.diff(gray[0].astype(int)) >= 0)
 
 
-def test_unusable_window_falls_back_to_the_data_range(corpus: dict[str, CorpusCase]) -> None:
-    assert np.array_equal(_decode(corpus, "dicom_zero_window_width"), _decode(corpus, "dicom_signed_16bit"))
-
-
 def test_rgb_dicom_becomes_the_same_luma_as_pillow() -> None:
     rgb = np.dstack([gradient(8, 8), 255 - gradient(8, 8), np.full((8, 8), 77, np.uint8)])
     expected = np.asarray(Image.fromarray(rgb).convert("L"), dtype=int)

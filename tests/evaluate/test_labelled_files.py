@@ -151,6 +151,7 @@ def test_a_file_listed_twice_is_refused_by_evaluate_and_operating_point(hospital
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert "1 file(s) listed more than once" in err and len(err.splitlines()) == 1, err
+        assert normal[0] in err  # the file is named
     assert not (tmp_path / "o").exists() and not (tmp_path / "a").exists()
 
 

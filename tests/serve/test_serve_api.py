@@ -338,9 +338,10 @@ def test_serve_refuses_a_taken_port_a_bad_origin_and_a_bad_count_in_one_line_bef
             assert "\n" not in err and message in err, err
 
 
-def test_sigterm_gives_requests_in_flight_a_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_hands_uvicorn_the_shutdown_bound_and_a_log_in_utc_without_query_strings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow upload in flight held SIGTERM for 23 s (uploads may take the 60 s body timeout); docker stop kills
-    after 10 s. uvicorn gets the bound."""
+    after 10 s: uvicorn gets the bound (what uvicorn does with it on SIGTERM is its own, not run here)."""
     import socket
 
     import uvicorn

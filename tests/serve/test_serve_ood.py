@@ -77,7 +77,9 @@ def test_the_model_card_states_the_ood_threshold(ood_client: TestClient, ood_che
     assert card["ood"]["threshold"] == pytest.approx(json.loads(ood_checkpoint.read_text())["ood"]["threshold"])
 
 
-def test_the_page_warns_when_an_image_is_flagged() -> None:
+def test_the_page_source_wires_the_ood_warning() -> None:
+    """A check of the page's source only (the behaviour, in a browser: tests/e2e/test_browser_ood.py, which needs
+    Chromium and is skipped without it)."""
     html, script = (STATIC / "index.html").read_text(), (STATIC / "app.js").read_text()
     assert 'id="ood-warning"' in html and "outside what the model was trained on" in html.lower()
     assert "gives no verdict" in html and "data.assessed !== false" in script
