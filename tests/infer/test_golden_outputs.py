@@ -8,9 +8,13 @@ current code with them to 1e-6, so that refactoring the scoring code cannot chan
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -99,16 +103,32 @@ def test_the_shipped_model_predicts_the_golden_probabilities_and_labels(labelled
         k: v["label"] for k, v in _golden()["predictor"].items() if k not in withheld}
 
 
-def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_leaves_it_unchanged(
-        labelled_folder: Path, full_data: Path, tmp_path: Path, cache_dir: Path) -> None:
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def shipped_evaluation(labelled_folder: Path, full_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One `evaluate_external` of the shipped model on the 16 images, with its own val fold scored from a new image
+    cache (the golden numbers and `tools/ship_model.py --card-only` read it); the model folder's digests around it."""
     sidecar = resolve_model(None)
-    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sidecar.parent.iterdir() if p.is_file()}
-    evaluate_external(None, labelled_folder, tmp_path / "out", n_bootstrap=50, analysis=False,
-                      val_data=str(full_data))  # the model's own val fold (a slice's is refused: another fold)
-    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sidecar.parent.iterdir() if p.is_file()}
-    assert after == before  # evaluating never changes a model: model.json byte-identical, nothing added
-    metrics = _numbers(json.loads((tmp_path / "out" / "metrics.json").read_text()))
-    frame = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    work = tmp_path_factory.mktemp("shipped-evaluation")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNEUMO_CACHE", str(work / "cache"))
+        before = _digests(sidecar.parent)
+        evaluate_external(None, labelled_folder, work / "out", n_bootstrap=50, analysis=False,
+                          val_data=str(full_data))  # the model's own val fold (a slice's is refused: another fold)
+        after = _digests(sidecar.parent)
+    return {"out": work / "out", "before": before, "after": after}
+
+
+def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_leaves_it_unchanged(
+        shipped_evaluation: dict) -> None:
+    sidecar, out = resolve_model(None), shipped_evaluation["out"]
+    # evaluating never changes a model: model.json byte-identical, nothing added
+    assert shipped_evaluation["after"] == shipped_evaluation["before"]
+    metrics = _numbers(json.loads((out / "metrics.json").read_text()))
+    frame = pd.read_csv(out / "predictions.csv")
     predictions = {f"{Path(p).parent.name}/{Path(p).name}": [a, b, None if pd.isna(c) else int(c)] for p, a, b, c in
                    zip(frame["path"], frame["p_pneumonia"], frame["p_calibrated"], frame["predicted_pneumonia"],
                        strict=True)}
@@ -116,7 +136,7 @@ def test_external_validation_of_the_shipped_model_gives_the_golden_metrics_and_l
         _store("external_metrics", metrics)
         _store("external_predictions", predictions)
     assert metrics["/val/n"] > 0  # the val path (operating points) is exercised too
-    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())  # which model, by which code (strings only)
+    saved = json.loads((out / "metrics.json").read_text())  # which model, by which code (strings only)
     meta = json.loads(sidecar.read_text())
     identity = saved["model_identity"]
     assert identity["weights_sha256"] == [meta["sha256"]] and identity["commits"] == [meta["commit"]]
@@ -158,3 +178,57 @@ def test_evaluating_a_run_gives_the_golden_official_split_metrics_and_leaves_its
         _store("run_predictions", predictions)
     _assert_close(metrics, _golden()["run_metrics"])
     _assert_close(_numbers(predictions), _numbers(_golden()["run_predictions"]))
+
+
+# ---------------------------------------------------------------- tools/ship_model.py --card-only, on that evaluation
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ship_model_tool():
+    spec = importlib.util.spec_from_file_location("ship_model", REPO / "tools" / "ship_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_card_only_rewrites_the_card_from_an_evaluation_of_the_shipped_weights(
+        shipped_evaluation: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`tools/ship_model.py --card-only --evaluation DIR`: the shipped card rewritten from a `pneumo evaluate` of the
+    shipped weights, with the interval method the evaluation recorded, its SHA-256 re-recorded so that every command
+    still accepts the model; an evaluation of other weights, or one without the model's val fold, is refused."""
+    from pneumo.cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in resolve_model(None).parent.glob("default-model.*"):
+        shutil.copyfile(file, model / file.name)
+    evaluation = tmp_path / "evaluation"
+    shutil.copytree(shipped_evaluation["out"], evaluation)
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "ship_model.py"), "--card-only", "--evaluation",
+                           str(evaluation), "--dest", str(model / "default-model"), "--command-note", "(a test)"],
+                          check=False, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    card = (model / "default-model.md").read_text()
+    assert "official 16-image test split; 95 % CIs: exact (Clopper-Pearson" in card and "BCa bootstrap" in card
+    assert "50 resamples" in card and "(a test)" in card and "figures of the shipped float16 weights" in card
+    m = metrics["test"]["metrics"]  # what the operating point means, in counts, and the predictive values at other
+    assert f"{m['fn']} of {m['tp'] + m['fn']} pneumonia images were missed" in card  # prevalences (a clinical review)
+    assert "PPV (a PNEUMONIA call is right)" in card and "50.0 % (this test split)" in card
+    assert "not a normal result: read it without the model" in card and "not for diagnosing or triaging" in card
+    sidecar = json.loads((model / "default-model.json").read_text())
+    assert sidecar["model_card"]["test_ci95"]["roc_auc"] == metrics["test"]["ci"]["roc_auc"]
+    assert sidecar["metrics"]["test_n"] == 16
+    assert main(["model-card", "--model", str(model)]) == 0  # the new card's SHA-256 is the recorded one
+    assert "0.862" in capsys.readouterr().out
+    # an evaluation without the model's val fold (made with another dataset), or of other weights, is refused with
+    # one line (run in this process: the script's main is what the subprocess above ran); the card stays untouched
+    tool = _ship_model_tool()
+    for changed, message in (({"val": {"n": 0}}, "did not score the model's val fold"),
+                             ({"model_identity": {**metrics["model_identity"], "weights_sha256": ["0" * 64]}},
+                              "is not an evaluation of")):
+        (evaluation / "metrics.json").write_text(json.dumps({**metrics, **changed}))
+        with pytest.raises(SystemExit, match=message):
+            tool.card_only(model / "default-model", evaluation, "")
+        assert (model / "default-model.md").read_text() == card
