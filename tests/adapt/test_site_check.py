@@ -1,5 +1,6 @@
 """`pneumo site check` on real data: Kermany training images are not a shifted site, the adult NIH sample is; the
-fallback without the dataset; the CLI's files and its one-line errors. The shipped model scores each set once."""
+fallback without the dataset; the CLI's files and its one-line errors. The shipped model scores each site once, and
+the reference sample of the dataset once for the module (`one_reference`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,28 @@ def _linked(rows: list[Path], folder: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(src, target)
     return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_reference():
+    """Every check against the dataset here draws the same reference: the shipped model's val fold less the site's
+    images, and no site here holds a val image (training images, NIH images), so the same seeded sample. Scored once
+    for the module (4 s a check) instead of once per check; without a dataset the real function runs."""
+    import pneumo.adapt.check as check
+
+    real, memo = check.build_reference, {}
+
+    def once(predictor, *, dataset, sample, seed, exclude_sha256=frozenset()):
+        if dataset in (None, ""):
+            return real(predictor, dataset=dataset, sample=sample, seed=seed, exclude_sha256=exclude_sha256)
+        key = (str(dataset), sample, seed, predictor.meta.sha256)
+        if key not in memo:
+            memo[key] = real(predictor, dataset=dataset, sample=sample, seed=seed, exclude_sha256=exclude_sha256)
+        return memo[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(check, "build_reference", once)
+        yield memo
 
 
 @pytest.fixture(scope="module")
