@@ -447,34 +447,62 @@ def test_cli_refuses_too_few_images_and_a_used_folder_with_one_line(site_csv: Pa
     assert len(err) == 1 and "--by scanner" in err[0] and "its other columns: view" in err[0]
 
 
-def test_an_interrupted_adaptation_leaves_no_model_folder_and_rehearsal_off_still_refits_on_source_images(
-        site_csv: Path, data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The folder appears whole or not at all: a failure after the weights and OOD statistics were written (here in
-    the orientation refit) left a folder that loaded as a model without its checks. And ``--rehearsal 0`` switches off
-    rehearsal only: the OOD statistics are still fitted on source training images (it once loaded a pool of 2)."""
+@pytest.fixture(scope="module")
+def readapted(adapted: dict, site_csv: Path, data_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A second adaptation: the module's adapted model to another site's images (whole patients not in the first),
+    by the CLI into an empty folder given as --out, with rehearsal off; the fine-tunes return their model unchanged
+    (records only: the module's first adaptation trains)."""
     import copy
 
+    nih = Path(pd.read_csv(site_csv)["path"].iloc[0]).parents[1]
+    meta = pd.read_csv(nih / "manifest.csv", dtype=str, keep_default_na=False)
+    used = set(pd.read_csv(site_csv, dtype=str)["patient_id"])
+    single = meta[~meta["patient_id"].isin(used)].groupby("patient_id").filter(lambda g: len(g) == 1)
+    rows = pd.concat([g.sample(PER_CLASS, random_state=4) for _, g in single.groupby("label")])
+    second = tmp_path_factory.mktemp("second-site") / "second.csv"
+    rows.assign(path=[str(nih / p) for p in rows["path"]])[["path", "label", "patient_id"]].to_csv(second, index=False)
+    work = tmp_path_factory.mktemp("readapted")
+    out = work / "site-b"
+    out.mkdir()  # an empty folder is a valid --out
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(adapt_run, "finetune", lambda model, x, y, **kwargs: copy.deepcopy(model))
+        assert main(["adapt", "--model", str(adapted["out"]), "--data", str(second), "--out", str(out), "--dataset",
+                     str(data_slice), "--device", "cpu", "--rehearsal", "0", "--folds", "2", "--epochs", "1",
+                     "--seed", "1"]) == 0
+    return {"out": out, "work": work, "second": second}
+
+
+def test_an_interrupted_adaptation_leaves_no_model_folder(site_csv: Path, data_slice: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder appears whole or not at all: a failure after the weights and OOD statistics were written (here in
+    the orientation refit) left a folder that loaded as a model without its checks."""
+    import copy
+
+    import pneumo.adapt.write as adapt_write
+
+    monkeypatch.setattr(adapt_run, "finetune", lambda model, x, y, **kwargs: copy.deepcopy(model))  # no training
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapt_write, "refit_orientation", interrupted)
+    out = tmp_path / "site-a"
+    with pytest.raises(KeyboardInterrupt):
+        adapt_run.adapt(None, site_csv, out, dataset=str(data_slice), cfg=AdaptConfig(folds=2, epochs=1, rehearsal=0,
+                                                                                     seed=1), n_bootstrap=0,
+                        device="cpu")
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half folder, no hidden partial one
+
+
+def test_rehearsal_off_still_refits_the_ood_statistics_on_source_images(readapted: dict, data_slice: Path) -> None:
+    """``--rehearsal 0`` switches off rehearsal only: the OOD statistics are still fitted on source training images (it
+    once loaded a pool of 2). The complete run wrote its folder alone, under the name given."""
     import pneumo.adapt.write as adapt_write
     from pneumo.adapt.sources import load_source
     from pneumo.infer.predictor import Predictor
 
-    monkeypatch.setattr(adapt_run, "finetune", lambda model, x, y, **kwargs: copy.deepcopy(model))  # no training
-    cfg = AdaptConfig(folds=2, epochs=1, rehearsal=0, seed=1)
-    out = tmp_path / "site-a"
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(adapt_write, "refit_orientation", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            adapt_run.adapt(None, site_csv, out, dataset=str(data_slice), cfg=cfg, n_bootstrap=0, device="cpu")
-    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half folder, no hidden partial one
-    out.mkdir()  # an empty folder is a valid --out
-    assert main(["adapt", "--data", str(site_csv), "--out", str(out), "--dataset", str(data_slice), "--device", "cpu",
-                 "--rehearsal", "0", "--folds", "2", "--epochs", "1", "--seed", "1"]) == 0
+    out = readapted["out"]
     record = json.loads((out / "adapt.json").read_text())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["site-a"]
+    assert sorted(p.name for p in readapted["work"].iterdir()) == ["site-b"]
     meta = json.loads((out / "model.json").read_text())
     assert record["rehearsal"] == {**record["rehearsal"], "used": False, "pool": 0}
     pool = load_source(Predictor(None).meta, str(data_slice), pool=10**6, seed=0).sizes["pool"]
@@ -698,23 +726,12 @@ def test_an_adapted_model_records_the_code_and_the_resamples_that_made_it(adapte
 
 
 def test_adapting_an_adapted_model_keeps_the_earlier_sites_images_and_says_so(
-        adapted: dict, site_csv: Path, data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        adapted: dict, readapted: dict, site_csv: Path, data_slice: Path, tmp_path: Path) -> None:
     """The second adaptation dropped the first one's record and adapted-on list: evaluate then called the first
     site's images external, and the card named only the model id (a review). And no path of the machine it was made
-    on travels in the new folder (the source model's and the dataset's were absolute). (Records only: the fine-tunes
-    return their model unchanged; the fixture's adaptation trains.)"""
-    import copy
-
-    monkeypatch.setattr(adapt_run, "finetune", lambda model, x, y, **kwargs: copy.deepcopy(model))
-    nih = Path(pd.read_csv(site_csv)["path"].iloc[0]).parents[1]
-    meta = pd.read_csv(nih / "manifest.csv", dtype=str, keep_default_na=False)
+    on travels in the new folder (the source model's and the dataset's were absolute)."""
     used = set(pd.read_csv(site_csv, dtype=str)["patient_id"])
-    single = meta[~meta["patient_id"].isin(used)].groupby("patient_id").filter(lambda g: len(g) == 1)
-    rows = pd.concat([g.sample(PER_CLASS, random_state=4) for _, g in single.groupby("label")])
-    second = tmp_path / "second.csv"
-    rows.assign(path=[str(nih / p) for p in rows["path"]])[["path", "label", "patient_id"]].to_csv(second, index=False)
-    out = tmp_path / "site-b"
-    adapt_run.adapt(str(adapted["out"]), second, out, dataset=str(data_slice), cfg=TINY, n_bootstrap=0, device="cpu")
+    out = readapted["out"]
     sidecar = json.loads((out / "model.json").read_text())
     first = json.loads((adapted["out"] / "model.json").read_text())
     assert sidecar["adapted_before"]["chain"] == [{"model_id": sidecar["adaptation"]["source_model"]["model_id"],
@@ -726,7 +743,9 @@ def test_adapting_an_adapted_model_keeps_the_earlier_sites_images_and_says_so(
     card = (out / "model.md").read_text()
     assert f"was itself adapted on {first['adaptation']['created']} to {len(used) + 1} images" in card
     for name in ("model.json", "model.md", "adapt.json"):
-        assert str(tmp_path) not in (out / name).read_text() and str(data_slice) not in (out / name).read_text(), name
+        text = (out / name).read_text()
+        assert not [place for place in (readapted["work"], readapted["second"].parent, adapted["out"], data_slice)
+                    if str(place) in text], name
 
 
 def test_without_the_dataset_the_site_check_compares_an_adapted_model_with_its_own_sites_call_rate(
