@@ -101,13 +101,30 @@ def test_predict_writes_the_ood_score_and_flag(probe_run: Path, data_slice: Path
     assert pd.read_csv(out)[["ood_score", "ood"]].iloc[0].tolist() == [pytest.approx(rows[1]["ood_score"], 1e-3), True]
 
 
-def test_evaluate_counts_the_test_images_the_predictor_flags(probe_run: Path) -> None:
-    from pneumo.data.cache import image_cache
-    from pneumo.evaluate.runner import evaluate_run, load_run
+def test_evaluate_counts_the_test_images_the_predictor_flags_from_its_one_scoring_pass(
+        probe_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The share flagged is the predictor's; on the CPU it comes from the features of the pass that gave the test
+    logits (`models.fast.scorer`): no second extraction, and the same numbers as one."""
+    import torch
 
-    result = evaluate_run(probe_run, analysis=False)
+    import pneumo.evaluate.ood
+    from pneumo.data.cache import image_cache
+    from pneumo.data.rundir import RunDir
+    from pneumo.evaluate.runner import evaluate_run, load_run
+    from pneumo.models.checkpoint import load_checkpoint
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the test fold was scored a second time for its OOD features")
+
+    with monkeypatch.context() as m:
+        m.setattr(pneumo.evaluate.ood, "extract_features", no_second_pass)
+        result = evaluate_run(probe_run, analysis=False)
     cfg, folds = load_run(probe_run)
     test_images = image_cache(cfg, folds).images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
+    model, meta = load_checkpoint(RunDir(probe_run).model)
+    extracted, _ = pneumo.evaluate.ood.test_ood(RunDir(probe_run).model, meta.ood, model, test_images,
+                                                device=torch.device("cpu"))  # its own feature extraction
+    assert result["ood"] == extracted
     predictions = Predictor(probe_run, backend="torch", threads=2).predict_prepared(test_images)
     flagged = sum(r.ood for r in predictions)
     assert result["ood"]["n"] == len(test_images) == 36
@@ -157,32 +174,6 @@ def test_evaluate_withholds_the_test_images_the_orientation_check_refuses(probe_
     assert apart["n"] == int(kept.sum()) <= result["test"]["n"] - result["orientation"]["n_refused"]
     y = (rows["subtype"] != "normal").to_numpy()[kept.to_numpy()]
     assert apart["metrics"]["tp"] == int((rows.loc[kept, "predicted_pneumonia"].to_numpy() == 1)[y].sum())
-
-
-def test_evaluation_scores_the_test_fold_once_for_logits_and_ood(probe_run: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the CPU the OOD share comes from the features of the pass that gave the test logits (`models.fast.scorer`):
-    no second extraction, and the same numbers as one."""
-    import torch
-
-    import pneumo.evaluate.ood
-    from pneumo.data.cache import image_cache
-    from pneumo.data.rundir import RunDir
-    from pneumo.evaluate.runner import evaluate_run, load_run
-    from pneumo.models.checkpoint import load_checkpoint
-
-    cfg, folds = load_run(probe_run)
-    model, meta = load_checkpoint(RunDir(probe_run).model)
-    test_images = image_cache(cfg, folds).images[np.flatnonzero(folds["fold"].to_numpy() == "test")]
-    extracted, _ = pneumo.evaluate.ood.test_ood(RunDir(probe_run).model, meta.ood, model, test_images,
-                                                device=torch.device("cpu"))  # its own feature extraction
-
-    def no_second_pass(*args, **kwargs):
-        raise AssertionError("the test fold was scored a second time for its OOD features")
-
-    monkeypatch.setattr(pneumo.evaluate.ood, "extract_features", no_second_pass)
-    again = evaluate_run(probe_run, analysis=False)["ood"]
-    assert again == extracted and again["n"] == 36
 
 
 def test_refitting_an_existing_run_rebuilds_the_same_split_and_statistics(probe_run: Path,
