@@ -271,11 +271,25 @@ def test_a_new_operating_point_of_an_adapted_model_says_where_its_threshold_and_
     card = capsys.readouterr().out
     assert "a new operating point of an adapted model" in card and "policy `youden`" in card
     assert (adapted["out"] / "model.md").read_text().split("\n", 1)[1] in card  # the adapted card, whole
+    # without --data: a policy the adaptation laid out on its cross-fitted scores (the card's table), as recorded
+    # (a hospital walk: the report's advice, operating-point without --data, failed, and the only ways left were
+    # another 11-min adaptation or spending the held-out patients)
     capsys.readouterr()
+    recorded = adapted["record"]["operating_points"]["youden"]
     assert main(["operating-point", "--model", str(adapted["out"]), "--threshold-policy", "youden",
+                 "--out", str(tmp_path / "youden")]) == 0
+    assert f"on {len(pd.read_csv(site_csv))} images of the adaptation's cross-fitted scores" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "youden" / "model.json").read_text())
+    assert meta["threshold"] == recorded["threshold"] and meta["threshold_policy"] == "youden"
+    assert meta["operating_point"]["chosen_on"]["specificity"] == recorded["specificity"]
+    assert main(["evaluate", "--model", str(tmp_path / "youden"), "--data", str(site_csv), "--out",
+                 str(tmp_path / "v3"), "--no-analysis", "--bootstrap", "0"]) == 0  # it loads as any model
+    # another policy needs labelled images: one line that says which ones it has (it asked for a --dataset)
+    assert main(["operating-point", "--model", str(adapted["out"]), "--threshold-policy", "sensitivity:0.8",
                  "--dataset", str(data_slice), "--out", str(tmp_path / "val")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "is an adapted model: it has no val fold of its own" in err and "--data" in err
+    assert "laid out youden, " in err and "not sensitivity:0.8" in err and not (tmp_path / "val").exists()
 
 
 def test_the_source_models_row_counts_the_images_evaluate_counts(adapted: dict, site_csv: Path,
@@ -791,11 +805,42 @@ def test_a_calibration_no_better_than_the_sites_share_is_a_warning_in_the_card(a
     assert "- **Warning**: the calibrated probabilities (x)." in lines
 
 
-def test_a_specificity_too_low_to_use_is_said_in_plain_words() -> None:
-    """An adapted card gave specificity 0.105 [0.012, 0.336] without a word (a clinical review)."""
-    from pneumo.adapt.report import low_specificity_warning
+def test_an_operating_point_too_unspecific_to_use_is_said_everywhere_with_the_way_out(
+        adapted: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A default adaptation on 72 NIH images gave threshold 0.037, cross-fitted specificity 0.000 [0.000, 0.103]; held
+    out, 42 of 45 normal films were called pneumonia. Only the card and report said so: the console ended with a
+    go-ahead and the report's "Next" said to predict and serve with it (a hospital walk). Now the console, card and
+    report say not to deploy it, and name the policy of the table that would do."""
+    import copy
 
-    said = low_specificity_warning({"metrics": {"specificity": 0.105}, "specificity_exact_ci": [0.012, 0.336]})
-    assert said and "about 9 in 10 normal films would be called pneumonia" in said and "[0.012, 0.336]" in said
-    assert low_specificity_warning({"metrics": {"specificity": 0.45}, "specificity_exact_ci": [0.30, 0.60]}) is None
-    assert low_specificity_warning({}) is None
+    from pneumo.adapt.report import summary_lines, unusable_operating_point
+
+    def point(threshold: float, specificity: float, ci: list[float]) -> dict:
+        return {"threshold": threshold, "sensitivity": 0.9, "sensitivity_exact_ci": [0.8, 0.97],
+                "specificity": specificity, "specificity_exact_ci": ci}
+
+    record = copy.deepcopy(adapted["record"])  # (adapt.json; the command's record also holds the total time)
+    record["seconds"]["total"] = 1.0
+    record["operating_point"]["policy"] = "sensitivity:0.95"
+    record["local"]["after"]["metrics"]["specificity"] = 0.0
+    record["local"]["after"]["specificity_exact_ci"] = [0.0, 0.103]
+    record["operating_points"] = {"youden": point(0.35, 0.79, [0.62, 0.91]),
+                                  "sensitivity:0.95": point(0.037, 0.0, [0.0, 0.103]),
+                                  "triage": point(0.088, 0.26, [0.13, 0.44])}
+    said = unusable_operating_point(record)
+    assert said.startswith("at this operating point nearly every normal film would be called pneumonia "
+                           "(cross-fitted specificity 0.000 [0.000, 0.103]): do not deploy it")
+    assert "switch to youden (pneumo operating-point --model THIS --threshold-policy youden" in said
+    assert f"- **Warning**: {said}." in summary_lines(record)  # the card
+    monkeypatch.setattr(adapt_run, "adapt", lambda *args, **kwargs: record)
+    out = tmp_path / "site-a"
+    assert main(["adapt", "--data", str(tmp_path / "labels.csv"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"--model {out} --threshold-policy youden" in printed and "do not deploy it as it is;" in printed
+    record["operating_point"]["policy"] = "youden"  # a usable point: nothing of the kind
+    record["local"]["after"]["metrics"]["specificity"] = 0.79
+    record["local"]["after"]["specificity_exact_ci"] = [0.62, 0.91]
+    assert unusable_operating_point(record) is None
+    assert main(["adapt", "--data", str(tmp_path / "labels.csv"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "do not deploy" not in printed and "the sensitivity meets the policy by construction" not in printed

@@ -33,7 +33,7 @@ def one_reference():
     """Every check against the dataset here draws the same reference: the shipped model's val fold less the site's
     images, and no site here holds a val image (training images, NIH images), so the same seeded sample. Scored once
     for the module (4 s a check) instead of once per check; without a dataset the real function runs."""
-    import pneumo.adapt.check as check
+    from pneumo.adapt import check
 
     real, memo = check.build_reference, {}
 

@@ -29,7 +29,6 @@ from pneumo.evaluate.metrics import (
     is_small_sample,
     multiclass_metrics,
     sensitivity_by_subtype,
-    small_sample_warning,
 )
 
 
@@ -231,6 +230,8 @@ def test_eight_correct_images_give_an_honest_exact_accuracy_interval_and_no_boot
     for key in ("roc_auc", "pr_auc", "f1"):  # below the stated n: not shown, never [1.000, 1.000]
         assert all(math.isnan(v) for v in cis[key]), key
     assert is_small_sample(4, 4) and not is_small_sample(20, 20) and is_small_sample(40, 9)
+    from pneumo.evaluate.cautions import small_sample_warning
+
     warning = small_sample_warning(binary_metrics(y, p, 0.5))
     assert warning and "8 images (4 pneumonia, 4 normal)" in warning
 
@@ -241,6 +242,8 @@ def test_a_zero_width_bootstrap_interval_is_never_reported_even_at_a_large_n() -
     cis = bootstrap_cis(y, p, 0.5, n_resamples=200, seed=0)
     assert all(math.isnan(v) for v in cis["roc_auc"])  # every resample gives AUC 1: no interval, not certainty
     assert cis["accuracy"][0] == pytest.approx(0.9817, abs=1e-3) and cis["accuracy"][1] == 1.0
+    from pneumo.evaluate.cautions import small_sample_warning
+
     assert small_sample_warning(binary_metrics(y, p, 0.5)) is None
 
 
@@ -438,7 +441,7 @@ def test_three_class_and_subtype_intervals_count_patients_too() -> None:
 def test_a_model_at_chance_is_said_to_be_useless_here_not_left_to_another_threshold() -> None:
     """A chance-level external validation (ROC-AUC 0.517 [0.480, 0.560] on adult films) came without a word, beside
     other operating points to choose (a clinical review)."""
-    from pneumo.evaluate.metrics import no_discrimination_warning
+    from pneumo.evaluate.cautions import no_discrimination_warning
 
     at_chance = no_discrimination_warning({"roc_auc": 0.517}, {"roc_auc": [0.480, 0.560]})
     assert at_chance and "does not separate pneumonia from normal" in at_chance and "[0.480, 0.560]" in at_chance
@@ -448,3 +451,19 @@ def test_a_model_at_chance_is_said_to_be_useless_here_not_left_to_another_thresh
     assert no_discrimination_warning({"roc_auc": 0.62}, {"roc_auc": [0.51, 0.72]}) is None  # weak, not chance
     assert no_discrimination_warning({"roc_auc": 0.5}, {}) is not None  # no interval: the point itself
     assert no_discrimination_warning({"roc_auc": None}, {}) is None  # one class: nothing to say
+
+
+def test_an_operating_point_that_calls_most_normal_films_pneumonia_is_said_in_plain_words() -> None:
+    """Held out, an adapted model called 42 of 45 normal films pneumonia (specificity 0.067 [0.013, 0.188]) and
+    neither the console nor the report said a word (a hospital walk)."""
+    from pneumo.evaluate.cautions import evaluation_warnings, low_specificity_warning
+
+    said = evaluation_warnings({"roc_auc": 0.72, "specificity": 0.067}, {"roc_auc": [0.53, 0.83],
+                                                                       "specificity": [0.013, 0.188]})
+    assert said == [("At this operating point about 9 in 10 normal films would be called pneumonia (specificity 0.067 "
+                     "[0.013, 0.188]): choose another operating point (pneumo operating-point) or do not use the model "
+                     "at this one.")]
+    assert "nearly every normal film" in low_specificity_warning(0.0, [0.0, 0.103])
+    assert low_specificity_warning(0.45, [0.30, 0.60]) is None  # the interval reaches 0.5: not said
+    assert low_specificity_warning(0.2, None) is None and low_specificity_warning(None, [0.1, 0.2]) is None
+    assert evaluation_warnings({"roc_auc": 0.97, "specificity": 0.86}, {"specificity": [0.81, 0.90]}) == []

@@ -9,6 +9,7 @@ import numpy as np
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
 from pneumo.evaluate.calibration import p_pneumonia
+from pneumo.evaluate.cautions import low_specificity_warning
 from pneumo.infer.card import build_card, md_table, md_text, metric_rows
 from pneumo.templates import fmt_threshold
 
@@ -87,21 +88,29 @@ def summary_lines(record: dict) -> list[str]:
                      f"ROC-AUC {ranking['roc_auc_before']:.3f} (source model) -> {ranking['roc_auc_after']:.3f} "
                      f"(adapted, cross-fitted), gain {ranking['gain']:+.3f}"
                      + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired BCa bootstrap)" if ci else "") + ".")
-    warnings = [op.get("warning"), ranking.get("warning"), record.get("calibration_warning"),
-                low_specificity_warning(local.get("after") or {})]
-    return lines + [f"- **Warning**: {w}." for w in warnings if w]
+    return lines + [f"- **Warning**: {w}." for w in adaptation_warnings(record)]
 
 
-def low_specificity_warning(after: dict) -> str | None:
-    """Said in plain words when even the upper end of the cross-fitted specificity's interval is below 0.5: most
-    normal films would be called pneumonia (a clinical review: an adapted card gave specificity 0.105 [0.012, 0.336]
-    and the source hospital's 0.000 without a word)."""
-    spec, ci = (after.get("metrics") or {}).get("specificity"), after.get("specificity_exact_ci")
-    if spec is None or not ci or ci[1] is None or ci[1] >= 0.5:
-        return None
-    return (f"at this operating point about {round(10 * (1 - spec))} in 10 normal films would be called pneumonia "
-            f"(cross-fitted specificity {spec:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]): choose another policy, label more "
-            "images, or do not use this model")
+def unusable_operating_point(record: dict) -> str | None:
+    """When even the upper end of the cross-fitted specificity's interval is below 0.5 at the chosen operating point:
+    most normal films would be called pneumonia (`cautions.low_specificity_warning`), with the way out."""
+    after = record["local"].get("after") or {}
+    others = [p for p, point in (record.get("operating_points") or {}).items()
+              if p != record["operating_point"]["policy"] and (point.get("specificity_exact_ci") or [0, 0])[1] >= 0.5]
+    return low_specificity_warning(
+        (after.get("metrics") or {}).get("specificity"), after.get("specificity_exact_ci"),
+        measured="cross-fitted specificity",
+        advice="do not deploy it at this operating point; " + (
+            f"switch to {' or '.join(others)} (pneumo operating-point --model THIS --threshold-policy "
+            f"{others[0]} --out NEW: the threshold the table of policies shows), " if others else "")
+        + "label more images, or adapt again with another --threshold-policy")
+
+
+def adaptation_warnings(record: dict) -> list[str]:
+    """Every warning an adaptation carries (card, report and console say the same)."""
+    ranking = record["local"].get("ranking") or {}
+    return [w for w in (record["operating_point"].get("warning"), ranking.get("warning"),
+                        record.get("calibration_warning"), unusable_operating_point(record)) if w]
 
 
 TRADE_OFF_HEAD = ("policy", "threshold", "sensitivity [exact 95 % CI]", "specificity [exact 95 % CI]")
@@ -151,10 +160,11 @@ def before_head(record: dict) -> str:
 
 
 LOCAL_NOTE = ("Cross-validated; 95 % CIs: exact for accuracy, sensitivity, specificity and precision, at the "
-              "patients' effective sample size (Korn & Graubard: the images' count where a share is 0 or 1); BCa bootstrap over whole patients otherwise. The adapted column's "
-              "sensitivity meets the policy's target by construction: its threshold was chosen on these same scores; "
-              "on new images of the site expect it lower, about as far as its interval reaches. Held-out patients "
-              "measure both (pneumo evaluate --data).")
+              "patients' effective sample size (Korn & Graubard: the images' count where a share is 0 or 1); BCa "
+              "bootstrap over whole patients otherwise. The adapted column's threshold was chosen on these same "
+              "scores, so its sensitivity and specificity are in-sample for the threshold (a sensitivity policy's "
+              "target is met by construction): on new images of the site expect them lower, about as far as their "
+              "intervals reach. Held-out patients measure both (pneumo evaluate --data).")
 
 
 def source_thresholds(record: dict) -> str:
@@ -224,8 +234,11 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
         sections.append((f"Source hospital ({_counted(src)}, reported only; {source_thresholds(record)})",
                          table(["", "source model", "adapted model"],
                                metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
-    sections.append(("Next", ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
-                             f"{escape(shown or out)} --data HELD_OUT --out validation/</code>; predict and serve with "
-                             f"<code>--model {escape(shown or out)}</code>.</p>")))
+    name = escape(shown or out)
+    stop = unusable_operating_point(record)
+    sections.append(("Next", (f"<p><strong>Do not deploy this model as it is</strong>: {escape(stop)}.</p>" if stop else "")
+                     + ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
+                        f"{name} --data HELD_OUT --out validation/</code>"
+                        + ("" if stop else f"; then predict and serve with <code>--model {name}</code>") + ".</p>")))
     atomic.write_text(out / "report.html", page(f"pneumo adapt: {record['source_model']['model_id']} to a new site",
                                                 sections, subtitle=record["site"]["data"]))  # (escaped by the page)

@@ -42,8 +42,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pneumo.adapt.report import adaptation_warnings, unusable_operating_point
     from pneumo.adapt.run import adapt
     from pneumo.config import AdaptConfig
+    from pneumo.policy import parse_policy
     from pneumo.templates import fmt_threshold
 
     cfg = AdaptConfig(threshold_policy=args.threshold_policy, **schema_values(args, TUNABLE))  # ConfigError: exit 2
@@ -56,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
           f"{record['seconds']['total']:.0f} s)")
     print(f"cross-fitted on the site: AUC {local['metrics']['roc_auc']:.3f}, at threshold {fmt_threshold(op['threshold'])} "
           f"({op['policy']}) sensitivity {sens:.3f} [{lo:.3f}, {hi:.3f}], specificity {spec:.3f} [{slo:.3f}, {shi:.3f}]"
-          " (on the scores the threshold was chosen on: the sensitivity meets the policy by construction; held-out "
-          "patients measure both)")
+          " (on the scores the threshold was chosen on" + (": the sensitivity meets the policy by construction"
+                                                             if parse_policy(op["policy"])[0] == "sensitivity" else "")
+          + "; held-out patients measure both)")
     ranking = record["local"]["ranking"]
     interval = " [{:+.3f}, {:+.3f}]".format(*ranking["ci"]) if ranking["ci"] else ""
     print(f"the source model on the same {record['local']['n']} images: AUC {ranking['roc_auc_before']:.3f} "
@@ -70,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
               f"{after['roc_auc']:.3f}; sensitivity {before['sensitivity']:.3f} -> {after['sensitivity']:.3f}, "
               f"specificity {before['specificity']:.3f} -> {after['specificity']:.3f} (its own threshold "
               f"{fmt_threshold(record['source_model']['threshold'])} -> this site's)")
-    for warning in (op.get("warning"), ranking["warning"], record.get("calibration_warning")):
-        if warning:
-            print(f"warning: {warning}")
-    print(f"validate it on held-out patients: pneumo evaluate --model {args.out} --data HELD_OUT --out validation/")
+    for warning in adaptation_warnings(record):
+        print(f"warning: {warning.replace('--model THIS', f'--model {args.out}')}")
+    print(("do not deploy it as it is; " if unusable_operating_point(record) else "")
+          + f"validate it on held-out patients: pneumo evaluate --model {args.out} --data HELD_OUT --out validation/")
     return 0

@@ -14,6 +14,7 @@ EXAMPLES = """
 pneumo operating-point --model runs/default --threshold-policy sensitivity:0.95 --out runs/default-sens95
 pneumo operating-point --model runs/default --threshold-policy triage --out runs/default-triage   # sens >= 0.90 (WHO TB triage profile)
 pneumo operating-point --threshold-policy youden --data local_val/ --out models/default-local   # your labelled images
+pneumo operating-point --model models/site-a --threshold-policy youden --out models/site-a-youden  # as its card lays out
 """
 
 
@@ -23,7 +24,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="youden | triage (highest specificity with val sensitivity >= 0.90) | sensitivity:X")
     parser.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must be new or empty)")
     parser.add_argument("--data", metavar="FOLDER|CSV", help="labelled images to choose on: NORMAL/ + PNEUMONIA/ "
-                        "folders or a CSV with path,label (default: the model's own val fold)")
+                        "folders or a CSV with path,label (default: the model's own val fold; for an adapted model, "
+                        "the policies its adaptation laid out on its cross-fitted scores)")
     add_dataset_option(parser, "to rebuild the model's val fold")
     parser.set_defaults(func=run)
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = record["chosen_on"]
     withheld = chosen.get("n_not_assessed") or 0
     print(f"new model: {args.out} (operating point v{record['version']}: {record['policy']}, threshold "
-          f"{record['threshold']:.4f}, val sensitivity {chosen['sensitivity']:.3f}, specificity "
+          f"{record['threshold']:.4f}, sensitivity {chosen['sensitivity']:.3f}, specificity "
           f"{chosen['specificity']:.3f} on {chosen['n']} images of {chosen['kind']}"
           + (f"; {withheld} without a verdict left out)" if withheld else ")"))
     left_out = record["left_out"]  # named here only: the new folder's record counts them
@@ -50,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
     if record.get("warning"):
         print(f"warning: {record['warning']}", file=sys.stderr)
     print(f"evaluate it: pneumo evaluate --model {args.out}"
-          + (" --data HELD_OUT --out validation/   # other patients than these" if args.data else ""))
+          + (" --data HELD_OUT --out validation/   # other patients than these"
+             if args.data or chosen.get("location") == "adapt.json" else ""))
     return 0

@@ -17,7 +17,7 @@ from pneumo.config import read_yaml
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
-from pneumo.evaluate.operating import paths_digest
+from pneumo.evaluate.operating import adaptation_points, paths_digest
 from pneumo.infer.card import card_markdown, md_text, record_card
 from pneumo.models.records import check_crossfit
 from pneumo.models.scores import p_pneumonia
@@ -96,12 +96,10 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                  "n_adapted_on": adapted_on,
                  "n_left_out": len(left_out),  # each file by its bytes' SHA-256 (no path travels with the model):
                  "files_sha256": sorted(atomic.sha256_file(path) for path in paths)}  # evaluate finds any of them
+    elif predictor.meta.extra.get("adaptation"):  # no val fold: the policies its adaptation laid out, if this is one
+        return _from_adaptation(sidecar, predictor.meta, policy, out)
     else:
         got = val_scores([predictor], data=data, strict=True)  # the fold itself, or why not
-        if got is None and predictor.meta.extra.get("adaptation"):
-            raise DataError(f"{sidecar.parent} is an adapted model: it has no val fold of its own; choose its operating "
-                            "point on labelled images of its site with --data FOLDER|CSV (other patients than the ones "
-                            "it was adapted on)")
         if got is None:
             raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --data FOLDER "
                             "or --dataset DIR")
@@ -110,13 +108,38 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     yb = (np.asarray(y) != 0).astype(np.int64)
     threshold = choose_threshold(yb, p, policy)
     val_metrics = binary_metrics(yb, p, threshold)
+    return _derive(sidecar, out, policy, threshold, {
+        **where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
+        "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"]},
+        policy_warning(policy, int(yb.sum()), int((yb == 0).sum())), left_out)
+
+
+def _from_adaptation(sidecar: Path, meta, policy: str, out: Path) -> dict:
+    """An adapted model has no val fold: the new operating point is one its adaptation chose on its cross-fitted
+    scores (the card's and the report's table of policies), taken as recorded; another policy needs labelled images."""
+    points = adaptation_points(meta.extra, sidecar.parent)
+    if policy not in points:
+        raise DataError(f"{sidecar.parent} is an adapted model: it has no val fold of its own, and its adaptation laid "
+                        f"out {', '.join(points) or 'no policy'} on its cross-fitted scores, not {policy}; choose "
+                        "that one on labelled images of its site with --data FOLDER|CSV (other patients than the "
+                        "ones it was adapted on)")
+    point, site = points[policy], meta.extra["adaptation"].get("site") or {}
+    n, n_pneumonia = site.get("n_images"), (site.get("by_label") or {}).get("PNEUMONIA")
+    chosen = {"kind": "the adaptation's cross-fitted scores", "location": "adapt.json", "n": n,
+              "n_pneumonia": n_pneumonia, "paths_sha256": site.get("paths_sha256"),
+              "sensitivity": point.get("sensitivity"), "specificity": point.get("specificity")}
+    warning = policy_warning(policy, n_pneumonia, n - n_pneumonia) if n and n_pneumonia is not None else None
+    return _derive(sidecar, out, policy, float(point["threshold"]), chosen, warning, {})
+
+
+def _derive(sidecar: Path, out: Path, policy: str, threshold: float, chosen_on: dict, warning: str | None,
+            left_out: dict[str, str]) -> dict:
+    """Write the new model folder at ``threshold``; its ``operating_point`` record (with ``left_out`` for the console)."""
     meta = read_meta(sidecar)
     previous = meta.extra.get("operating_point") or {}
     record = {
         "version": int(previous.get("version", 1)) + 1,
-        "policy": policy, "threshold": threshold, "warning": policy_warning(policy, int(yb.sum()), int((yb == 0).sum())),
-        "chosen_on": {**where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
-                      "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"]},
+        "policy": policy, "threshold": threshold, "warning": warning, "chosen_on": chosen_on,
         # the source by its folder and file name, not this machine's path: the new folder travels (a review)
         "derived_from": {"model": f"{sidecar.parent.name}/{sidecar.name}", "weights_sha256": meta.sha256,
                          "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},

@@ -18,7 +18,7 @@ import pandas as pd
 from pneumo import atomic
 from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
-from pneumo.errors import ConfigError, DataError, ModelError
+from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
@@ -29,10 +29,9 @@ from pneumo.evaluate.metrics import (
     multiclass_metrics,
     sensitivity_by_subtype,
 )
-from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
+from pneumo.evaluate.operating import adaptation_points, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
-from pneumo.policy import parse_policy
 from pneumo.provenance import record as provenance_record
 
 log = logging.getLogger(__name__)
@@ -74,21 +73,11 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
 
 
 def adapted_points(spec: ModelSpec) -> dict[str, dict]:
-    """An adapted model's policies, each chosen on its adaptation's cross-fitted scores (`pneumo adapt` records them
-    in the sidecar's ``adaptation``), checked; {} for any other model.
-
-    Raises:
-        ModelError: a recorded threshold that is not a number in [0, 1], or an unknown policy.
-    """
+    """An adapted model's policies, chosen on its adaptation's cross-fitted scores, checked (`adaptation_points`);
+    {} for an ensemble or any other model."""
     if len(spec.predictors) != 1:
         return {}
-    points = (spec.predictors[0].meta.extra.get("adaptation") or {}).get("operating_points") or {}
-    for policy, point in points.items():
-        parse_policy(policy)
-        threshold = point.get("threshold") if isinstance(point, dict) else None
-        if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
-            raise ModelError(f"{spec.location}: the adaptation's {policy} threshold is {threshold!r}, not in [0, 1]")
-    return points
+    return adaptation_points(spec.predictors[0].meta.extra, spec.location)
 
 
 def stored_origin(spec: ModelSpec) -> tuple[str, str]:

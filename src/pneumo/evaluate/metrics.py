@@ -235,35 +235,6 @@ def is_small_sample(n_pneumonia: int, n_normal: int) -> bool:
     return n_pneumonia + n_normal < MIN_IMAGES or min(n_pneumonia, n_normal) < MIN_PER_CLASS
 
 
-def small_sample_warning(metrics: dict) -> str | None:
-    """One line for reports when the confusion cells of ``metrics`` hold a small sample (`is_small_sample`), else
-    None."""
-    try:
-        n_pos, n_neg = int(metrics["tp"] + metrics["fn"]), int(metrics["tn"] + metrics["fp"])
-    except (KeyError, TypeError):
-        return None
-    if not is_small_sample(n_pos, n_neg):
-        return None
-    return (f"Small sample: {n_pos + n_neg} images ({n_pos} pneumonia, {n_neg} normal), below {MIN_IMAGES} images or "
-            f"{MIN_PER_CLASS} per class. Proportions carry exact (Clopper-Pearson) 95 % intervals; bootstrap intervals "
-            "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")
-
-
-def no_discrimination_warning(metrics: dict, cis: dict | None) -> str | None:
-    """One line when the ROC-AUC's 95 % interval reaches 0.5 (or, without an interval, the ROC-AUC is at most 0.5):
-    the model does not separate pneumonia from normal on these images, and no threshold can fix that (a clinical
-    review: a chance-level external validation came without a word, beside other operating points to choose)."""
-    auc, ci = metrics.get("roc_auc"), (cis or {}).get("roc_auc")
-    ci = ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
-    if auc is None or not np.isfinite(auc) or (ci[0] if ci else auc) > 0.5:
-        return None
-    interval, high = (f" [{ci[0]:.3f}, {ci[1]:.3f}]", ci[1]) if ci else ("", auc)
-    where = "below chance, 0.5: check that the labels are not swapped" if high < 0.5 else "reaching chance, 0.5"
-    return (f"The model does not separate pneumonia from normal on these images (ROC-AUC {auc:.3f}{interval}, "
-            f"{where}): no threshold makes it useful here; do not use it on such images unless adapted to them "
-            "(pneumo adapt) and validated again.")
-
-
 def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str],
                            groups: np.ndarray | None = None) -> dict:
     """Share of images called pneumonia, per subtype, with an exact (Clopper-Pearson) 95 % interval, the method of

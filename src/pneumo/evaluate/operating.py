@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from pneumo.errors import ModelError
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold
 from pneumo.policy import STANDARD_POLICIES, parse_policy
 
@@ -91,3 +92,20 @@ def paths_digest(paths: Iterable[str]) -> str:
     """SHA-256 of the sorted list of image paths: identifies the val images a threshold was chosen on. A file name
     that is not UTF-8 (Linux hands it over with surrogates) is hashed as its bytes."""
     return hashlib.sha256("\n".join(sorted(map(str, paths))).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def adaptation_points(extra: dict, location: object) -> dict[str, dict]:
+    """An adapted model's policies, each chosen on its adaptation's cross-fitted scores (`pneumo adapt` records them in
+    the sidecar's ``adaptation``: {policy: threshold, sensitivity, specificity, exact CIs}), checked; {} for any other
+    model (``extra``: the sidecar's extra entries; ``location``: the model, for the message).
+
+    Raises:
+        ModelError: a recorded threshold that is not a number in [0, 1], or an unknown policy.
+    """
+    points = (extra.get("adaptation") or {}).get("operating_points") or {}
+    for policy, point in points.items():
+        parse_policy(policy)
+        threshold = point.get("threshold") if isinstance(point, dict) else None
+        if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:  # NaN fails too
+            raise ModelError(f"{location}: the adaptation's {policy} threshold is {threshold!r}, not in [0, 1]")
+    return points

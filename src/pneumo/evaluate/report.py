@@ -20,6 +20,7 @@ from pneumo.atomic import to_jsonable
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, fit_temperature, nll, reliability_data
+from pneumo.evaluate.cautions import evaluation_warnings, small_sample_warning
 from pneumo.evaluate.intervals import CI_METHOD
 from pneumo.evaluate.metrics import (
     BINARY_KEYS,
@@ -29,9 +30,7 @@ from pneumo.evaluate.metrics import (
     bootstrap_cis,
     choose_threshold,
     multiclass_metrics,
-    no_discrimination_warning,
     sensitivity_by_subtype,
-    small_sample_warning,
 )
 from pneumo.evaluate.plots import draw_evaluation_plots
 from pneumo.models.scores import pneumonia_probability, predict_classes
@@ -233,11 +232,10 @@ def headline_html(result: dict) -> str:
         cards.append({"label": "3-class accuracy", "value": fmt_number(mc.get("accuracy")),
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
     lost = (result.get("external") or {}).get("lost_class")
-    warning = " ".join(w for w in (f"{lost[0].upper()}{lost[1:]}: the measures that need that class are n/a."
-                                   if lost else None, no_discrimination_warning(metrics, cis),
-                                   small_sample_warning(metrics)) if w) or None
+    warning = " ".join([*([f"{lost[0].upper()}{lost[1:]}: the measures that need that class are n/a."] if lost else []),
+                        *evaluation_warnings(metrics, cis)]) or None
     people = test.get("patients")
-    n = (f"{test.get('n', '?')} images of {people['n']} patients ({people['pneumonia']} with pneumonia)" if people
+    n = (f"{test.get('n', '?')} images of {people['n']} patients ({people['pneumonia']} of them with pneumonia)" if people
          else f"{test.get('n', '?')} images (patients unknown: images counted as independent, so the intervals may be "
               "too narrow; a CSV with a patient_id column groups them)" if result.get("external")
          else test.get("n", "?"))

@@ -378,9 +378,9 @@ def summary_line(result: dict) -> str:
     val_auc = result["val"].get("roc_auc")
     ext = result.get("external")
     where = "external data" if ext and not ext.get("official_test_split") else "test"
-    from pneumo.evaluate.metrics import no_discrimination_warning, small_sample_warning
+    from pneumo.evaluate.cautions import evaluation_warnings
 
-    warning = " ".join(w for w in (no_discrimination_warning(m, ci), small_sample_warning(m)) if w)
+    warning = " ".join(evaluation_warnings(m, ci))
     multi = result["test"].get("multiclass")  # a 3-class model: its own numbers first, then pneumonia vs normal
     three = (f"3-class accuracy {fmt_ci(multi.get('accuracy'), (multi.get('ci') or {}).get('accuracy'))}, macro-F1 "
              f"{fmt_ci(multi.get('macro_f1'), (multi.get('ci') or {}).get('macro_f1'))}; pneumonia vs normal: "

@@ -1,0 +1,64 @@
+"""The plain-words warnings beside an evaluation's numbers: a small sample, a model that does not separate the classes
+here, an operating point at which most normal films are called pneumonia. Each is one line, or None."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, is_small_sample
+
+
+def small_sample_warning(metrics: dict) -> str | None:
+    """One line for reports when the confusion cells of ``metrics`` hold a small sample (`is_small_sample`), else
+    None."""
+    try:
+        n_pos, n_neg = int(metrics["tp"] + metrics["fn"]), int(metrics["tn"] + metrics["fp"])
+    except (KeyError, TypeError):
+        return None
+    if not is_small_sample(n_pos, n_neg):
+        return None
+    return (f"Small sample: {n_pos + n_neg} images ({n_pos} pneumonia, {n_neg} normal), below {MIN_IMAGES} images or "
+            f"{MIN_PER_CLASS} per class. Proportions carry exact (Clopper-Pearson) 95 % intervals; bootstrap intervals "
+            "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")
+
+
+def no_discrimination_warning(metrics: dict, cis: dict | None) -> str | None:
+    """One line when the ROC-AUC's 95 % interval reaches 0.5 (or, without an interval, the ROC-AUC is at most 0.5):
+    the model does not separate pneumonia from normal on these images, and no threshold can fix that (a clinical
+    review: a chance-level external validation came without a word, beside other operating points to choose)."""
+    auc, ci = metrics.get("roc_auc"), (cis or {}).get("roc_auc")
+    ci = ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
+    if auc is None or not np.isfinite(auc) or (ci[0] if ci else auc) > 0.5:
+        return None
+    interval, high = (f" [{ci[0]:.3f}, {ci[1]:.3f}]", ci[1]) if ci else ("", auc)
+    where = "below chance, 0.5: check that the labels are not swapped" if high < 0.5 else "reaching chance, 0.5"
+    return (f"The model does not separate pneumonia from normal on these images (ROC-AUC {auc:.3f}{interval}, "
+            f"{where}): no threshold makes it useful here; do not use it on such images unless adapted to them "
+            "(pneumo adapt) and validated again.")
+
+
+def low_specificity_warning(specificity: float | None, ci: Sequence[float | None] | None, *,
+                            measured: str = "specificity",
+                            advice: str = "choose another operating point or do not use the model at this one"
+                            ) -> str | None:
+    """Said when even the upper end of the specificity's interval is below 0.5: most normal films would be called
+    pneumonia (a clinical review: an adapted card gave specificity 0.105 [0.012, 0.336] without a word; a hospital
+    walk: a default adaptation called 42 of 45 held-out normal films pneumonia, and only its card said so)."""
+    if specificity is None or not ci or ci[1] is None or ci[1] >= 0.5:
+        return None
+    tenths = round(10 * (1 - specificity))
+    share = "nearly every normal film" if tenths >= 10 else f"about {tenths} in 10 normal films"
+    return (f"at this operating point {share} would be called pneumonia ({measured} {specificity:.3f} "
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]): {advice}")
+
+
+def evaluation_warnings(metrics: dict, cis: dict | None) -> list[str]:
+    """The warnings an evaluation's headline carries (report and console): chance-level ranking, most normal films
+    called pneumonia at the operating point, a small sample; each a sentence."""
+    low = low_specificity_warning(metrics.get("specificity"), (cis or {}).get("specificity"),
+                                  advice="choose another operating point (pneumo operating-point) or do not use the "
+                                         "model at this one")
+    return [w for w in (no_discrimination_warning(metrics, cis), low and f"{low[0].upper()}{low[1:]}.",
+                        small_sample_warning(metrics)) if w]
