@@ -151,6 +151,7 @@ def test_copies_of_one_film_are_measured_once(full_data: Path, predictor, tmp_pa
     result = json.loads((tmp_path / "out" / "site.json").read_text())
     assert result["n_scored"] == result["positive"]["n"] == 12 and result["n_copies"] == 30
     assert result["few_images"] is True and set(result["copies"].values()) <= {str(site / Path(r).name) for r in train}
+    assert "30 byte-identical copies of another file, measured once" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_without_the_dataset_the_site_is_measured_against_the_models_record(

@@ -108,7 +108,9 @@ def test_external_numbers_come_from_the_folder_at_the_stored_operating_point(
         pytest.approx(stored["threshold"])
     page = (tmp_path / "b" / "report.html").read_text()
     assert f"External data, n = {b['test']['n']}" in page and "Operating points" in page and "Errors per class" in page
-    judged_b = pd.read_csv(tmp_path / "b" / "predictions.csv").query("assessed == 1 and label == 'PNEUMONIA'")
+    table_b = pd.read_csv(tmp_path / "b" / "predictions.csv")  # the verdict's threshold beside it (a hospital walk:
+    assert table_b["threshold"].eq(stored["threshold"]).all()  # the largest calibrated column is not the verdict)
+    judged_b = table_b.query("assessed == 1 and label == 'PNEUMONIA'")
     kinds = set(judged_b["subtype"]) & {"bacteria", "virus"}  # the file names say which: a row of misses for each
     assert kinds and all(f"<td>PNEUMONIA ({kind})</td>" in page for kind in kinds)
     assert (tmp_path / "b" / "figures" / "roc.png").is_file()

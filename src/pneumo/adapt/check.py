@@ -339,6 +339,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
         "reference": {"kind": ref.kind, "dataset": str(Path(ref.dataset).absolute()) if ref.dataset else None,
                       "pool": ref.pool or None, "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,
                       "n_failed": len(ref.scored.failed) if ref.scored else 0, "seed": ref.seed,
+                      "n_copies": len(ref.scored.copies) if ref.scored else 0,  # drawn, but one image's bytes again
                       "prevalence": ref.prevalence, "prevalence_source": ref.prevalence_source,
                       "ood_design_share": ref.ood_design_share},
         "ood": ood, "positive": positive, "properties": {"site": site_props, "reference": ref_props},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -219,14 +220,17 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
     summary = summary_lines(record)
     local = record["local"]
     rows = metric_rows(ROWS, _column(local["before"]["stored_threshold"]), _column(local["after"]))
-    sections = [("Site", "<p>" + escape(summary[0]) + "</p>"),
+    def inline(text: str) -> str:  # the card's markdown line as HTML: `code` spans and **bold** (escaped first)
+        return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text)))
+
+    sections = [("Site", "<p>" + inline(summary[0]) + "</p>"),
                 ("Local performance", f"<p>{escape(LOCAL_NOTE)}</p>"
                  + table(["", before_head(record), "adapted (cross-fitted), new threshold"], rows)
                  + figure(roc, "ROC on the site's images: the source model vs the cross-fitted adapted models",
                           relative_to=out)
                  + (table(list(SUBGROUP_HEAD), groups) + f"<p>{escape(SUBGROUP_NOTE)}</p>"
                     if (groups := subgroup_rows(record)) else "")),
-                ("Operating point", "<ul>" + "".join(f"<li>{escape(line[2:].replace('**', ''))}</li>" for line in summary[2:]) + "</ul>"
+                ("Operating point", "<ul>" + "".join(f"<li>{inline(line[2:])}</li>" for line in summary[2:]) + "</ul>"
                  + (table(list(TRADE_OFF_HEAD), trade_off_rows(record)) + f"<p>{escape(TRADE_OFF_NOTE)}</p>"
                     if record.get("operating_points") else ""))]
     src = record.get("source_site")

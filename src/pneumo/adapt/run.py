@@ -205,11 +205,15 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     z_oof = np.zeros_like(z_before)
     folds = patient_folds(site.y, site.groups, cfg.folds, cfg.seed)
     fold_of = np.zeros(len(site.y), dtype=np.int64)
+    folds_start = time.perf_counter()
     for k, (train_rows, held_out) in enumerate(folds, start=1):
         fold_of[held_out] = k
         log.info("adapt: cross-fitting fold %d/%d (%d images, %d held out)", k, len(folds), len(train_rows),
                  len(held_out))
         z_oof[held_out] = score(fine_tune(train_rows, k), site.x[held_out], run_on)
+        per_fold = (time.perf_counter() - folds_start) / k  # the rest: the other folds, then one on all images
+        log.info("adapt: fold %d/%d done; about %.0f min left", k, len(folds),
+                 per_fold * (len(folds) - k + len(site.y) / max(len(train_rows), 1)) / 60)
     crossfit_s = time.perf_counter() - start
     p_before, p_oof = p_pneumonia(z_before), p_pneumonia(z_oof)
     threshold = choose_threshold(site.y, p_oof, cfg.threshold_policy)

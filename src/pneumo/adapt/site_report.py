@@ -197,7 +197,10 @@ def _measures_table(result: dict) -> str:
         rows.append(_row("P(pneumonia), median", fmt_number(pos["site_median_p"]),
                          fmt_number(pos.get("reference_median_p")), d["p_value"],
                          f"A = {d['effect_a']:.2f}, KS D = {d['ks_d']:.2f}"))
-    caption = (f"Reference: {ref['n']} random images of {ref['dataset']}, {ref['pool']} (seed {ref['seed']})"
+    drawn_again = [f"{ref[k]} {what}" for k, what in (("n_copies", "copies of another drawn image, measured once"),
+                                                      ("n_failed", "unreadable")) if ref.get(k)]
+    caption = (f"Reference: {ref['n']} random images of {ref['dataset']}, {ref['pool']} (seed {ref['seed']}"
+               + "".join(f"; {text}" for text in drawn_again) + ")"
                if ref["kind"] == "dataset" else "Reference: the model's sidecar record (no dataset available)")
     return table(["measure", "site", "reference", "p-value", "effect"], rows, caption=caption)
 
@@ -271,6 +274,8 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
                      f"{rule['min_a']:.2f} or at most {1 - rule['min_a']:.2f} for P(pneumonia) (two-sided).</p>")))
     subtitle = (f"{result['data']}: {result['n_scored']} of {result['n_images']} images scored by "
                 f"{result['model']}; {result['n_unreadable']} unreadable, {result.get('n_refused', 0)} refused "
-                f"(lateral films, DICOM objects without pixels), {result['n_refused_by_gate']} refused by the input gate; {result.get('n_not_read', 0)} other file(s) not read")
+                f"(lateral films, DICOM objects without pixels), {result['n_refused_by_gate']} refused by the input gate; "
+                f"{result.get('n_copies', 0)} byte-identical copies of another file, measured once (site.json: copies); "
+                f"{result.get('n_not_read', 0)} other file(s) not read")
     html = page(f"Site check: {verdict}", sections, subtitle=subtitle)
     return atomic.write_text(out / "report.html", html)

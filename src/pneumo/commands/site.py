@@ -43,7 +43,8 @@ def run_check(args: argparse.Namespace) -> int:
     reason = f": {result['reasons'][0]}" if result["reasons"] else ""
     verdict = "SHIFTED" if result["shifted"] else "not shifted" + (" (too few images to tell: check 50 or more)"
                                                                    if result.get("few_images") else "")
-    copies = f", {result['n_copies']} copies measured once" if result.get("n_copies") else ""
+    n_copies = result.get("n_copies") or 0
+    copies = f", {n_copies} {'copy' if n_copies == 1 else 'copies'} measured once" if n_copies else ""
     print(f"site: {verdict} ({result['n_scored']} of {result['n_images']} "
           f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not, {result['n_refused']} "
           f"refused as not frontal films{copies}{ood_text}){reason}")

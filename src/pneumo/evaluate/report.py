@@ -184,7 +184,7 @@ def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray
                       threshold: float, class_columns: Sequence[str] = (), assessed: np.ndarray | None = None) -> Path:
     """``predictions.csv``: the identifying ``rows`` columns, then ``p_pneumonia`` (raw), ``p_calibrated`` (at the
     temperature), ``predicted_pneumonia`` (raw p at the threshold, as the predictor calls it; empty for an image
-    that is not ``assessed``) and, for each name in ``class_columns``, ``p_<name>`` (calibrated); with three classes,
+    that is not ``assessed``), ``threshold`` and, for each name in ``class_columns``, ``p_<name>`` (calibrated); with three classes,
     ``predicted_class`` (the verdict `pneumo predict` gives, empty where not assessed)."""
     import pandas as pd
 
@@ -192,6 +192,7 @@ def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray
     frame = pd.DataFrame({**rows, "p_pneumonia": pneumonia_probability(probs),
                           "p_calibrated": pneumonia_probability(calibrated)})
     frame["predicted_pneumonia"] = (frame["p_pneumonia"] >= threshold).astype(int)
+    frame["threshold"] = threshold  # the verdict's: on p_pneumonia (not 0.5, and not on the calibrated columns)
     if assessed is not None:
         frame["predicted_pneumonia"] = frame["predicted_pneumonia"].astype("Int64").mask(~np.asarray(assessed, bool))
     for i, name in enumerate(class_columns):

@@ -47,7 +47,9 @@ class PredictResponse(BaseModel):
     threshold_policy: str | None = Field(None, description="the policy that chose the threshold; absent: a "
                                          "placeholder threshold, not chosen on validation")
     probabilities: dict[str, float] = Field(description="calibrated probability of each class (after temperature "
-                                            "scaling): compare p_calibrated, not these, with threshold_calibrated")
+                                            "scaling). Not the verdict: the verdict is label, decided at threshold "
+                                            "(rarely 0.5), so the largest of these can name the other class; "
+                                            "compare p_calibrated with threshold_calibrated")
     model_id: str = Field(description="the architecture and the first 12 hex digits of the weights' SHA-256")
     request_id: str = Field(description="as the X-Request-ID header and the service's audit log line: the caller's "
                             "X-Request-ID if it is a token of at most 64 characters [A-Za-z0-9._:-], else a new one")
