@@ -197,8 +197,9 @@ def _measures_table(result: dict) -> str:
         rows.append(_row("P(pneumonia), median", fmt_number(pos["site_median_p"]),
                          fmt_number(pos.get("reference_median_p")), d["p_value"],
                          f"A = {d['effect_a']:.2f}, KS D = {d['ks_d']:.2f}"))
-    drawn_again = [f"{ref[k]} {what}" for k, what in (("n_copies", "copies of another drawn image, measured once"),
-                                                      ("n_failed", "unreadable")) if ref.get(k)]
+    drawn_again = [f"{ref[k]} {what if ref[k] == 1 else plural}" for k, what, plural in (
+        ("n_copies", "copy of another drawn image, measured once", "copies of other drawn images, measured once"),
+        ("n_failed", "unreadable", "unreadable")) if ref.get(k)]
     caption = (f"Reference: {ref['n']} random images of {ref['dataset']}, {ref['pool']} (seed {ref['seed']}"
                + "".join(f"; {text}" for text in drawn_again) + ")"
                if ref["kind"] == "dataset" else "Reference: the model's sidecar record (no dataset available)")
