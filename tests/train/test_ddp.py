@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from in_process import run_in_process
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -133,15 +134,8 @@ def _train(data: Path, work: Path, name: str, launcher: list[str]) -> pd.DataFra
     command = [*launcher, "-m", "pneumo", "train", "--preset", "scratch-cnn", "--dataset", str(data), "--out",
                str(work / "runs"), "--name", name, "--device", "cpu", "--seed", "0", "--no-eval",
                *[arg for option in options for arg in ("--set", option)]]
-    if launcher == [sys.executable]:  # one process: this one, on one thread (a process start costs ~6 s)
-        from pneumo.cli import main
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            assert main(command[command.index("train"):]) == 0
-        finally:
-            torch.set_num_threads(threads)
+    if launcher == [sys.executable]:  # one process: this one
+        run_in_process(command)
     else:
         done = _run(command)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from in_process import run_in_process
 
 from pneumo.cli import main
 from pneumo.config import TrainConfig
@@ -35,17 +36,6 @@ def train_command(data: Path, work: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pneumo", "train", "--preset", "scratch-cnn", "--dataset", str(data), "--out",
             str(work / "runs"), "--name", name, "--device", "cpu", "--seed", "0", "--no-eval",
             *[arg for option in options for arg in ("--set", option)]]
-
-
-def run_to_end(command: list[str]) -> None:
-    """``command`` run to its end in this process, on one thread as the interrupted processes train (only the kill and
-    the Ctrl-C need a process of their own; a process start costs ~6 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(command[command.index("train"):]) == 0
-    finally:
-        torch.set_num_threads(threads)
 
 
 def saved_counters(run_dir: Path) -> dict | None:
@@ -91,7 +81,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(data_slice: Path, work: Path) -> pd.DataFrame:
     """metrics.csv of the same training, never interrupted."""
-    run_to_end(train_command(data_slice, work, "reference"))
+    run_in_process(train_command(data_slice, work, "reference"))
     return pd.read_csv(work / "runs" / "reference" / "metrics.csv")
 
 
@@ -113,7 +103,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(data_slice: 
     assert killed_at["global_step"] < EPOCHS * STEPS_PER_EPOCH and killed_at["step"] > 0  # mid-epoch, unfinished
 
     caplog.set_level(logging.INFO, logger="pneumo")
-    run_to_end([*command, "--resume"])
+    run_in_process([*command, "--resume"])
 
     assert f"resuming at epoch {killed_at['epoch'] + 1}, step {killed_at['step']}" in caplog.text
     assert_same_training(run_dir, reference)
@@ -139,7 +129,7 @@ def test_ctrl_c_saves_a_resumable_state_and_exits_130(data_slice: Path, work: Pa
     stopped_at = saved_counters(run_dir)
     assert STEPS_PER_EPOCH < stopped_at["global_step"] < EPOCHS * STEPS_PER_EPOCH  # saved on Ctrl-C, in epoch 2
 
-    run_to_end([*command, "--resume"])
+    run_in_process([*command, "--resume"])
 
     assert_same_training(run_dir, reference)
 
