@@ -467,3 +467,22 @@ def test_an_operating_point_that_calls_most_normal_films_pneumonia_is_said_in_pl
     assert low_specificity_warning(0.45, [0.30, 0.60]) is None  # the interval reaches 0.5: not said
     assert low_specificity_warning(0.2, None) is None and low_specificity_warning(None, [0.1, 0.2]) is None
     assert evaluation_warnings({"roc_auc": 0.97, "specificity": 0.86}, {"specificity": [0.81, 0.90]}) == []
+
+
+def test_serve_and_predict_are_told_when_the_adaptations_own_operating_point_is_unusable() -> None:
+    """`pneumo serve` started, and `pneumo predict` called 281 of 292 site images pneumonia, with a model whose card
+    said not to deploy it, without a word (a hospital walk): `adapted_point_warning` gives them the card's warning for
+    the point the adaptation chose, and nothing once the threshold is another one."""
+    from types import SimpleNamespace
+
+    from pneumo.evaluate.cautions import adapted_point_warning
+
+    points = {"youden": {"threshold": 0.35, "specificity": 0.79, "specificity_exact_ci": [0.62, 0.91]},
+              "sensitivity:0.95": {"threshold": 0.037, "specificity": 0.0, "specificity_exact_ci": [0.0, 0.103]}}
+    extra = {"adaptation": {"operating_points": points}}
+    said = adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.037, threshold_policy="sensitivity:0.95"))
+    assert said and "nearly every normal film" in said and "not to deploy it at this operating point" in said
+    assert adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.35, threshold_policy="youden")) is None
+    assert adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.2, threshold_policy="sensitivity:0.95")) \
+        is None  # chosen elsewhere (operating-point --data): the record is not its point
+    assert adapted_point_warning(SimpleNamespace(extra={}, threshold=0.86, threshold_policy="sensitivity:0.95")) is None

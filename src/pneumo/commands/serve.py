@@ -121,6 +121,7 @@ def _port(flag: int | None) -> int:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from pneumo.evaluate.cautions import adapted_point_warning
     from pneumo.infer.predictor import Predictor
     from pneumo.serve.app import create_app
     from pneumo.serve.limits import configure_header_timeout
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         # a missing model, a bad sidecar or weights that are not the recorded ones fail here, once: in the workers
         # they left a service up that answered 503 to everything
         checked = Predictor(args.model, backend=args.backend, threads=1)
+        if warning := adapted_point_warning(checked.meta):
+            log.warning("%s", warning)
         if config.api_key:
             os.environ["PNEUMO_API_KEY"] = config.api_key
         # every worker must serve this sidecar: one restarted after the folder changed would answer at another
@@ -163,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run("pneumo.serve.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
     predictor = Predictor(args.model, backend=args.backend, threads=1)  # a bad model fails before binding
+    if warning := adapted_point_warning(predictor.meta):
+        log.warning("%s", warning)
     log.info("serving model %s (threshold %s, policy %s, %s backend, pneumo %s) on http://%s:%d", predictor.model_id,
              fmt_threshold(predictor.threshold), predictor.meta.threshold_policy, predictor.backend, __version__,
              config.host, config.port)

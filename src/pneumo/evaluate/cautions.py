@@ -62,3 +62,17 @@ def evaluation_warnings(metrics: dict, cis: dict | None) -> list[str]:
                                          "model at this one")
     return [w for w in (no_discrimination_warning(metrics, cis), low and f"{low[0].upper()}{low[1:]}.",
                         small_sample_warning(metrics)) if w]
+
+
+def adapted_point_warning(meta) -> str | None:
+    """For a model whose operating point its adaptation chose (`pneumo adapt`, or `pneumo operating-point` from the
+    adaptation's record): the low-specificity warning of that point on the cross-fitted scores, for `pneumo serve` and
+    `pneumo predict` to log (a hospital walk: a model its card said not to deploy was served without a word)."""
+    from pneumo.evaluate.operating import adaptation_points
+
+    point = adaptation_points(meta.extra, "the model").get(meta.threshold_policy or "")
+    if not point or point.get("threshold") != meta.threshold:
+        return None
+    return low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
+                                   measured="cross-fitted specificity",
+                                   advice="its card says not to deploy it at this operating point (pneumo model-card)")

@@ -184,7 +184,8 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
         atomic.write_text(new.model.with_suffix(".md"), (
             f"# {md_text(name)}: a new operating point of an adapted model\n\nThreshold {threshold:.6g} on P(pneumonia), "
             f"policy `{policy}`, chosen on {chosen['n']} images ({chosen.get('kind', 'its val fold')}, `pneumo "
-            f"operating-point`) on {record['created']}; the same weights as {md_text(source.name)}, whose card follows. Its figures are at that "
-            f"model's own threshold ({record['derived_from']['threshold']:.6g}), not at this one: evaluate this model "
-            "on other patients for its own.\n\n" + card))
+            f"operating-point`) on {record['created']}; the same weights as {md_text(source.name)}, whose card follows. Its figures, and its "
+            f"warnings about its operating point, are at that model's own threshold "
+            f"({record['derived_from']['threshold']:.6g}), not at this one: evaluate this model on other patients for "
+            "its own.\n\n" + card))
         record_card(new.model)

@@ -105,9 +105,10 @@ def load_spec(model: str | os.PathLike | None) -> ModelSpec:
         if not p.meta.threshold_policy:  # training leaves a placeholder threshold without a policy
             raise ConfigError(f"{p.sidecar} has no operating point yet: evaluate the run first (pneumo evaluate "
                               f"--model {p.sidecar.parent})")
-        card = p.meta.extra.get("model_card") or {}  # the display name: the card's, else the run's
+        card = p.meta.extra.get("model_card") or {}  # the display name: the card's, else the run's, else the file's
+        stem = p.sidecar.parent.name if RunDir.holds(p.sidecar) else p.sidecar.stem  # models/site-a, not "model"
         return ModelSpec(predictors, p.threshold, p.temperature, p.meta.threshold_policy, str(p.sidecar),
-                         card.get("name") or (p.meta.config or {}).get("name") or p.sidecar.stem)
+                         card.get("name") or (p.meta.config or {}).get("name") or stem)
     folder = Path(model)  # an ensemble
     stored = json.loads((folder / "ensemble.json").read_text())
     if "threshold" not in stored and RunDir(folder).metrics.is_file():
