@@ -331,6 +331,27 @@ def test_without_the_source_dataset_new_images_of_the_site_are_not_refused_whole
     assert sum(flagged) <= len(flagged) // 2, flagged
 
 
+def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations_own_point(
+        adapted: dict, site_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """End to end on real images: a model whose adaptation recorded its own operating point as unusable (here its
+    record edited to say so, re-signed) makes `pneumo predict` log the card's warning; the model as adapted does not
+    (a hospital walk: predict called 281 of 292 site images pneumonia without a word)."""
+    import logging
+
+    first = pd.read_csv(site_csv)["path"].iloc[0]
+    caplog.set_level(logging.WARNING, logger="pneumo")
+    assert main(["predict", first, "--model", str(adapted["out"]), "--output", str(tmp_path / "a.csv")]) == 0
+    assert "not to deploy it" not in caplog.text
+    copy = tmp_path / "site-a"
+    shutil.copytree(adapted["out"], copy)
+    meta = json.loads((copy / "model.json").read_text())
+    point = meta["adaptation"]["operating_points"][meta["threshold_policy"]]
+    point.update(specificity=0.0, specificity_exact_ci=[0.0, 0.1])
+    (copy / "model.json").write_text(json.dumps(signed(meta)))
+    assert main(["predict", first, "--model", str(copy), "--output", str(tmp_path / "b.csv")]) == 0
+    assert "nearly every normal film would be called pneumonia" in caplog.text and "not to deploy it" in caplog.text
+
+
 def test_a_tampered_adaptation_threshold_is_a_one_line_error(adapted: dict, site_csv: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     copy = tmp_path / "site-a"
