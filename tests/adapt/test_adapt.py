@@ -352,6 +352,37 @@ def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations
     assert "nearly every normal film would be called pneumonia" in caplog.text and "not to deploy it" in caplog.text
 
 
+def test_pneumo_serve_logs_the_cards_do_not_deploy_warning_at_start(adapted: dict, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pneumo serve` with one worker and with several logs the warning before it starts serving the adaptation's
+    unusable point, and not for the model as adapted (uvicorn itself is not started)."""
+    import logging
+
+    import uvicorn
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw.get("workers", 1)))
+    monkeypatch.delenv("PNEUMO_API_KEY", raising=False)
+    monkeypatch.setenv("PNEUMO_SERVE_SETTINGS", "")  # recorded absent or as it was: the multi-worker start sets it
+    monkeypatch.delenv("PNEUMO_SERVE_SETTINGS")
+    caplog.set_level(logging.WARNING, logger="pneumo")
+    serve = ["serve", "--threads", "1", "--decode-timeout-s", "0"]
+    assert main([*serve, "--model", str(adapted["out"])]) == 0
+    assert "not to deploy it" not in caplog.text
+    copy = tmp_path / "site-a"
+    shutil.copytree(adapted["out"], copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["adaptation"]["operating_points"][meta["threshold_policy"]].update(specificity=0.0,
+                                                                           specificity_exact_ci=[0.0, 0.1])
+    (copy / "model.json").write_text(json.dumps(signed(meta)))
+    for workers in ("1", "2"):
+        caplog.clear()
+        assert main([*serve, "--model", str(copy), "--workers", workers]) == 0
+        assert caplog.text.count("not to deploy it") == 1, (workers, caplog.text)
+    assert started == [1, 1, 2]
+
+
 def test_a_tampered_adaptation_threshold_is_a_one_line_error(adapted: dict, site_csv: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     copy = tmp_path / "site-a"
