@@ -212,6 +212,15 @@ def _commit(metrics: dict) -> str:
     return str((metrics.get("provenance") or {}).get("commit", "?"))
 
 
+def portable(config: dict | None) -> dict | None:
+    """The training configuration as shipped: without the folders of the machine it was trained on (its output folder
+    becomes the default ``runs``, its dataset root none: `pneumo evaluate`, `ood fit` and `adapt` then take
+    --dataset or $PNEUMO_DATA, as they do on any machine where that path does not exist)."""
+    if not config:
+        return config
+    return {**config, "out_dir": "runs", "data": {**(config.get("data") or {}), "root": None, "cache_dir": None}}
+
+
 def card_only(dest: Path, evaluation: Path, command_note: str) -> None:
     """Rewrite the shipped model's card from a `pneumo evaluate` of its weights; weights and checks stay."""
     import dataclasses
@@ -234,7 +243,8 @@ def card_only(dest: Path, evaluation: Path, command_note: str) -> None:
     test = metrics["test"]
     figures = {"test": info["test_metrics"], "test_ci": info["test_ci95"], "test_n": test["n"],
                "val_roc_auc": metrics["val"]["roc_auc"], "ece_before": test["ece_before"], "ece_after": test["ece_after"]}
-    write_meta(sidecar, dataclasses.replace(typed, metrics=figures, extra={**typed.extra, "model_card": info}))
+    write_meta(sidecar, dataclasses.replace(typed, metrics=figures, config=portable(typed.config),
+                                            extra={**typed.extra, "model_card": info}))
     atomic.write_text(dest.with_suffix(".md"), md)
     record_card(dest)
     print(f"card of {sidecar} rewritten from {evaluation} (intervals: {info['ci_method']})")
@@ -269,12 +279,13 @@ def main() -> None:
     if not command:
         raise SystemExit(f"{run_dir} recorded no training command (trained from Python?): pass --command")
     md, info = card(meta, metrics, command, Path(args.run_dir), command_note=args.command_note)
-    meta["model_card"] = info
+    dataset = args.dataset or ((meta.get("config") or {}).get("data") or {}).get("root")  # for the OOD fit below
+    meta["model_card"], meta["config"] = info, portable(meta.get("config"))
     save_checkpoint(dest, model, meta, half=True)
     atomic.write_text(dest.with_suffix(".md"), md)
     record_card(dest)  # the card is covered by the sidecar's record, as the weights and checks are
     print(f"shipped {dest}.safetensors ({dest.with_suffix('.safetensors').stat().st_size / 1e6:.1f} MB)")
-    entry = fit_ood_for(dest.with_suffix(".json"), data=args.dataset)
+    entry = fit_ood_for(dest.with_suffix(".json"), data=dataset)
     print(f"OOD statistics {entry['file']}: threshold {entry['threshold']:.3f} (val p{entry['percentile']:g})")
 
 

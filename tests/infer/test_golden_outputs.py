@@ -232,3 +232,26 @@ def test_card_only_rewrites_the_card_from_an_evaluation_of_the_shipped_weights(
         with pytest.raises(SystemExit, match=message):
             tool.card_only(model / "default-model", evaluation, "")
         assert (model / "default-model.md").read_text() == card
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_the_shipped_sidecar_names_no_folder_of_the_machine_it_was_made_on() -> None:
+    """The shipped config held the trainer's output folder and dataset path (/work/...): users read them as places the
+    tool would write to or read from. `tools/ship_model.py` ships the config without them, and so does this asset."""
+    import re
+
+    shipped = json.loads(resolve_model(None).read_text())
+    assert not [s for s in _strings(shipped) if s.startswith(("/", "~")) or re.match(r"[A-Za-z]:[\\/]", s)]
+    tool = _ship_model_tool()
+    config = {"name": "x", "out_dir": "/work/wt25/runs", "data": {"root": "/data/chest_xray", "cache_dir": "/c",
+                                                                  "task": "binary"}, "train": {"epochs": 6}}
+    assert tool.portable(config) == {"name": "x", "out_dir": "runs", "data": {"root": None, "cache_dir": None,
+                                                                             "task": "binary"}, "train": {"epochs": 6}}
+    assert tool.portable(None) is None
