@@ -77,6 +77,35 @@ def test_heatmap_from_the_real_grad_cam_has_the_preview_geometry(client: TestCli
     assert overlay.ndim == 3 and overlay.shape[:2] == preview.shape
 
 
+def test_a_large_uploads_heat_map_is_drawn_at_the_page_size_on_the_scored_input(
+        client: TestClient, predictor: Predictor, xray: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2,600 x 1,950 upload: the decode hands back the image shrunk to the page's 1,024 px (aspect kept), the
+    Grad-CAM is of the model input the verdict was scored on, and the overlay and preview have that geometry (a 7000 x
+    7000 heat map was drawn full size in the server process: ~1.9 GB each, a red-team review)."""
+    import io
+
+    from PIL import Image
+
+    from pneumo.explain import cam
+    from pneumo.serve.decoding import VIEW_MAX_SIDE, viewable
+
+    big = Image.fromarray(load_image(xray, target=64)).resize((2600, 1950), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    seen, real = [], cam.explain_image
+    monkeypatch.setattr(cam, "explain_image", lambda p, gray, **kw: seen.append((gray.shape, kw["prepared"])) or real(
+        p, gray, **kw))
+    body = client.post(PREDICT, params={"heatmap": "true", "preview": "true"},
+                       files=upload(buffer.getvalue(), "big.png")).json()
+    overlay, preview = decode_png_base64(body["heatmap_png_base64"]), decode_png_base64(body["preview_png_base64"])
+    assert overlay.shape[:2] == preview.shape == (768, VIEW_MAX_SIDE) == seen[0][0]
+    expected = predictor.preprocess(load_image(buffer.getvalue(), target=predictor.size))  # from the full image
+    assert np.array_equal(seen[0][1], expected)
+    assert body["p_pneumonia"] == pytest.approx(predictor.predict_prepared(expected[None])[0].p_pneumonia, abs=1e-6)
+    small = np.zeros((300, 200), np.uint8)
+    assert viewable(small) is small and viewable(np.zeros((3000, 1000), np.uint8)).shape == (1024, 341)
+
+
 def test_heatmap_without_the_explanation_module_is_501(client: TestClient, xray: bytes,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pneumo.explain.cam", None)  # makes the import fail

@@ -275,7 +275,7 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
 
 def heatmap_overlay_png(predictor: PredictorLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,
                         method: str = "gradcam", layer: str | None = None, max_side: int | None = None,
-                        caption: bool = True) -> bytes:
+                        caption: bool = True, prepared: np.ndarray | None = None) -> bytes:
     """PNG bytes: the Grad-CAM map over the original image (its own size and aspect), label/probability written on.
 
     Args:
@@ -287,7 +287,9 @@ def heatmap_overlay_png(predictor: PredictorLike, gray: np.ndarray, prediction: 
         max_side: shrink the overlay so its longer side is at most this (None: original size).
         caption: write the verdict on the image; False for a viewer that shows it beside the map (the web page:
             a caption on the film hid the lung apices under the map, a clinical review).
+        prepared: the model input ``prediction`` was scored on, when ``gray`` is a shrunk copy of the image it was
+            prepared from (the service): the map is of that input, drawn over ``gray``.
     """
-    result = explain_image(predictor, gray, method=method, layer=layer, prediction=prediction)
+    result = explain_image(predictor, gray, method=method, layer=layer, prediction=prediction, prepared=prepared)
     return png_bytes(overlay_image(gray, result.map_original, result.prediction if caption else None, method=method,
                                    toward=result.toward, max_side=max_side))

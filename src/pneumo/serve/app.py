@@ -42,7 +42,7 @@ from pneumo.infer.card import model_card_text
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve import audit
 from pneumo.serve.batcher import MicroBatcher
-from pneumo.serve.decoding import DecoderBroken, DecodeWorkers, decode_upload
+from pneumo.serve.decoding import VIEW_MAX_SIDE, DecoderBroken, DecodeWorkers, decode_upload, viewable
 from pneumo.serve.http import (
     Guard,
     api_key_check,
@@ -65,7 +65,6 @@ from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
-PREVIEW_MAX_SIDE = 1024  # preview and heat-map PNGs are shrunk to this longer side
 CARD_INTERNALS = ("config", "training", "weights_file", "format")  # sidecar keys not shown in the model card
 API_KEY_ENV = "PNEUMO_API_KEY"
 HEATMAP_MISSING = "heat maps need the explanation module (pneumo.explain.cam)"
@@ -314,7 +313,7 @@ async def _predict(service: Service, data: bytes, start: float, *, heatmap: bool
                             "model_id": predictor.model_id}
     timings = {"decode": _ms(t1 - t0), "inference": _ms(t2 - t1)}
     if heatmap:
-        body["heatmap_png_base64"] = await service.in_pool(_heatmap_base64, predictor, gray, prediction)
+        body["heatmap_png_base64"] = await service.in_pool(_heatmap_base64, predictor, gray, prepared, prediction)
         timings["heatmap"] = _ms(time.perf_counter() - t2)
     if preview:
         body["preview_png_base64"] = await service.in_pool(_gray_png_base64, gray)
@@ -340,7 +339,8 @@ async def _decode(service: Service, predictor: Predictor, data: bytes, *,
         raise HTTPException(422 if isinstance(exc, InputError) else 503, one_line(exc)) from None
 
 
-def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Prediction) -> str:
+def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prepared: np.ndarray, prediction: Prediction) -> str:
+    """The Grad-CAM of the scored input, over the decoded image as shrunk for the page (`decoding.viewable`)."""
     try:
         from pneumo.explain.cam import heatmap_overlay_png
     except ImportError:
@@ -352,16 +352,15 @@ def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prediction: Predicti
         raise HTTPException(503, f"heat map unavailable: {without_folders(one_line(exc))}") from None
     if model is None:
         raise HTTPException(501, "heat maps need the PyTorch checkpoint; this service runs an ONNX-only model")
-    png = heatmap_overlay_png(predictor, gray, prediction, max_side=PREVIEW_MAX_SIDE, caption=False)  # (the verdict: beside)
+    png = heatmap_overlay_png(predictor, gray, prediction, max_side=VIEW_MAX_SIDE, caption=False,  # (verdict beside)
+                              prepared=prepared)
     return base64.b64encode(png).decode("ascii")
 
 
 def _gray_png_base64(gray: np.ndarray) -> str:
     from PIL import Image
 
-    image = Image.fromarray(gray)
-    if max(image.size) > PREVIEW_MAX_SIDE:
-        image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.BILINEAR)
+    image = Image.fromarray(viewable(gray))  # (the decode shrank it already; a thread-pool decode too)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

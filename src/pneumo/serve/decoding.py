@@ -20,6 +20,7 @@ import numpy as np
 from pneumo.errors import ConfigError, InputError, PneumoError, one_line
 
 log = logging.getLogger(__name__)
+VIEW_MAX_SIDE = 1024  # the image a heat map or preview is drawn on comes back from the decode this size at most
 
 
 class DecodeTimeout(InputError):
@@ -36,7 +37,20 @@ def decode_upload(data: bytes, *, max_pixels: int, preprocess: dict[str, Any],
 
     gray = load_image(data, target=preprocess["size"], max_pixels=max_pixels)
     check_radiograph(gray)
-    return gray if keep_gray else None, prepare(gray, **preprocess)
+    return viewable(gray) if keep_gray else None, prepare(gray, **preprocess)
+
+
+def viewable(gray: np.ndarray, max_side: int = VIEW_MAX_SIDE) -> np.ndarray:
+    """The decoded image shrunk to the size the page shows (longer side ``max_side``, the aspect kept): a heat map of a
+    7000 x 7000 upload was drawn at full size in the server process (~1.9 GB each, outside every budget: a red-team
+    review); the model's input is prepared from the full image all the same."""
+    if max(gray.shape) <= max_side:
+        return gray
+    from PIL import Image
+
+    image = Image.fromarray(gray)
+    image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return np.asarray(image)
 
 
 class DecoderBroken(PneumoError):
