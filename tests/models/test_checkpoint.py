@@ -269,17 +269,38 @@ def test_a_sidecar_cannot_switch_its_own_check_off(saved: Path, trick: str) -> N
 
 
 def test_rewriting_an_older_sidecar_records_the_card_beside_it(saved: Path) -> None:
-    """`pneumo ood fit --model` on a model of the older format (an adapted model with its card): the card it showed
-    stays its card, now recorded."""
-    from pneumo.infer.card import LEGACY_CARD_NOTE, card_markdown
+    """`pneumo ood fit --model` on a model of the older format (an adapted model with its card): the card, never shown
+    while unrecorded, is its card once recorded."""
+    from pneumo.infer.card import card_markdown
     from pneumo.models.sidecar import CARD_KEY
 
     sidecar = saved.with_suffix(".json")
     payload = {k: v for k, v in json.loads(sidecar.read_text()).items() if k != DIGEST_KEY}
     sidecar.write_text(json.dumps({**payload, "format": LEGACY_FORMAT}))
     sidecar.with_suffix(".md").write_text("# Model card: site A\n")
-    assert card_markdown(sidecar) == LEGACY_CARD_NOTE + "# Model card: site A\n"  # shown, said to be unchecked
-    assert "not covered by a checksum" in LEGACY_CARD_NOTE
+    assert card_markdown(sidecar) is None
     write_meta(sidecar, read_meta(sidecar))
     assert json.loads(sidecar.read_text())[CARD_KEY] == hashlib.sha256(b"# Model card: site A\n").hexdigest()
     assert card_markdown(sidecar) == "# Model card: site A\n"
+
+
+@pytest.mark.parametrize("card", ["link", "huge"])
+def test_an_older_sidecars_card_linked_elsewhere_or_huge_is_never_read_nor_recorded(saved: Path, tmp_path: Path,
+                                                                                    card: str) -> None:
+    """A red-team review: a model folder whose sidecar claimed the older format (no records) and whose card was a link
+    to a secret file (or /proc/self/environ) had the secret served as the card by `GET /api/v1/model`."""
+    from pneumo.infer.card import card_markdown, model_card_text
+    from pneumo.models.sidecar import CARD_KEY
+
+    sidecar = saved.with_suffix(".json")
+    payload = {k: v for k, v in json.loads(sidecar.read_text()).items() if k != DIGEST_KEY}
+    sidecar.write_text(json.dumps({**payload, "format": LEGACY_FORMAT}))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("db_password=hunter2\n")
+    if card == "link":
+        sidecar.with_suffix(".md").symlink_to(secret)
+    else:
+        sidecar.with_suffix(".md").write_text("db_password=hunter2\n" + "x" * (1 << 20))
+    assert card_markdown(sidecar) is None and "hunter2" not in model_card_text(sidecar)
+    write_meta(sidecar, read_meta(sidecar))  # the rewrite (`pneumo ood fit`) does not record it either
+    assert CARD_KEY not in json.loads(sidecar.read_text()) and "hunter2" not in model_card_text(sidecar)

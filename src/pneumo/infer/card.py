@@ -21,7 +21,6 @@ from pneumo.models.records import verify_onnx
 from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import (
     CARD_KEY,
-    LEGACY_FORMAT,
     CheckpointMeta,
     read_meta,
     resolve_model,
@@ -186,17 +185,12 @@ def card_of(sidecar: os.PathLike, meta: CheckpointMeta | None = None) -> str:
     return markdown
 
 
-LEGACY_CARD_NOTE = ("> This card is not covered by a checksum (the sidecar was written by an older pneumo, "
-                    f"{LEGACY_FORMAT}): it may have been edited since. The facts below it are read from the checked "
-                    "sidecar and weights.\n\n")
-
-
 def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None) -> str | None:
     """The model's card, ``<stem>.md`` next to its sidecar (the shipped and adapted models have one), when the
     sidecar records its SHA-256 (``card_sha256``, `record_card`) and the file matches it; None when there is no
     record or no file (an unrecorded card is never shown, and a card left behind in a copy is not needed: the caller
-    builds the card from the checked sidecar). A sidecar of the older format, which records nothing of its own, shows
-    its card as before.
+    builds the card from the checked sidecar). A sidecar of the older format records no card: its card is not shown
+    until a command rewrites the sidecar (`pneumo ood fit --model`), which records it.
 
     Raises:
         IntegrityError: the card is not the file the sidecar records (edited, corrupted, replaced, or missing).
@@ -210,9 +204,8 @@ def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None
             raise IntegrityError(f"the model card {markdown} that its sidecar records is missing: copy the whole model "
                                  "folder again")
         return None
-    if recorded is None:  # an older sidecar's card: shown, but said to be unchecked (it may have been edited)
-        return (LEGACY_CARD_NOTE + markdown.read_text(encoding="utf-8", errors="replace")
-                if meta.format == LEGACY_FORMAT else None)
+    if recorded is None:  # never read: an older sidecar's card too (a red-team review linked one to a secret file,
+        return None  # and the service showed it); `write_meta` records it when a command rewrites that sidecar
     data = markdown.read_bytes()
     if hashlib.sha256(data).hexdigest() != recorded:
         raise IntegrityError(f"the model card {markdown} does not match the SHA-256 its sidecar records: it was "

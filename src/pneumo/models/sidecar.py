@@ -48,6 +48,7 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 
 log = logging.getLogger(__name__)
 _WARNED_LEGACY: set[Path] = set()
+MAX_CARD_BYTES = 1 << 20  # an older sidecar's card larger than this is not recorded (cards are a few kB)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the shipped default model
 
 
@@ -238,10 +239,16 @@ def write_meta(path: str | os.PathLike, meta: CheckpointMeta) -> Path:
     the card beside it: its SHA-256 is recorded now (it was shown unchecked before)."""
     sidecar = stem_of(path).with_suffix(".json")
     card = sidecar.with_suffix(".md")
-    if meta.format == LEGACY_FORMAT and CARD_KEY not in meta.extra and card.is_file():
+    if meta.format == LEGACY_FORMAT and CARD_KEY not in meta.extra and _plain_card(card):
         meta = dataclasses.replace(meta, extra={**meta.extra, CARD_KEY: atomic.sha256_file(card)})
     payload = {**meta.to_json(), "format": FORMAT}
     return atomic.write_json(sidecar, {**payload, DIGEST_KEY: sidecar_digest(payload)})
+
+
+def _plain_card(card: Path) -> bool:
+    """An older sidecar's card worth recording: a regular file of the folder (not a link: one pointed at a secret
+    file was served as the card, a red-team review) of a card's size."""
+    return card.is_file() and not card.is_symlink() and card.stat().st_size <= MAX_CARD_BYTES
 
 
 def sidecar_digest(payload: Mapping[str, Any]) -> str | None:
