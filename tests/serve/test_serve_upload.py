@@ -97,6 +97,30 @@ def test_retry_after_is_at_least_one_service_time() -> None:
     assert queue.retry_after_s() == 1
 
 
+def test_retry_after_counts_the_time_the_running_jobs_have_taken_already(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A red-team review: a fresh service (mean 0.5 s) answered `Retry-After: 1` while its one job had run 11 s."""
+    import asyncio
+
+    from pneumo.serve import limits
+
+    clock = [100.0]
+    monkeypatch.setattr(limits.time, "perf_counter", lambda: clock[0])
+    queue = limits.WorkQueue(max_active=1, max_queue=0, queue_timeout_s=10)
+
+    async def run() -> list[int]:
+        said = []
+        async with queue.slot():
+            clock[0] += 11.4
+            with pytest.raises(limits.Overloaded) as busy:
+                async with queue.slot():
+                    pass
+            said.append(busy.value.retry_after_s)
+        said.append(queue.retry_after_s())  # nothing running: the mean of the jobs seen
+        return said
+
+    assert asyncio.run(run()) == [12, 3]
+
+
 @pytest.mark.parametrize("headers", [FORM, {"content-type": "application/octet-stream"}], ids=["multipart", "raw"])
 def test_an_upload_held_in_memory_costs_at_most_what_the_budget_charges_for_it(headers: dict[str, str]) -> None:
     """Reading an 8 MB upload in 64 KB chunks peaks below the bytes the upload budget charges for it (issue 24: the

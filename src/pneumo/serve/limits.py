@@ -240,13 +240,16 @@ class WorkQueue:
         self.active = 0
         self.waiting = 0
         self.service_s = 0.5  # running mean of how long a slot is held (seeds the first Retry-After)
+        self._since: list[float] = []  # when each slot held now was taken
         self.rejected = ThrottledLog("refused %d prediction(s) with 503: the work queue was full (last %gs)")
         self._slots = asyncio.Semaphore(max_active)
 
     def retry_after_s(self) -> int:
-        """Seconds until a retry likely finds a slot (1 .. 60): the jobs running now finish (one service time), then
-        the waiting ones drain ``max_active`` at a time."""
-        estimate = self.service_s * (1 + self.waiting / self.max_active)
+        """Seconds until a retry likely finds a slot (1 .. 60): the jobs running now finish (one service time, or as
+        long as the oldest of them has run already: a fresh service said 1 s while an 11 s job ran, a red-team
+        review), then the waiting ones drain ``max_active`` at a time."""
+        running = time.perf_counter() - min(self._since) if self._since else 0.0
+        estimate = max(self.service_s, running) * (1 + self.waiting / self.max_active)
         return int(min(MAX_RETRY_AFTER_S, max(1, math.ceil(estimate))))
 
     @asynccontextmanager
@@ -273,9 +276,11 @@ class WorkQueue:
             await self._slots.acquire()
         self.active += 1
         start = time.perf_counter()
+        self._since.append(start)
         try:
             yield
         finally:
             self.active -= 1
+            self._since.remove(start)
             self._slots.release()
             self.service_s = 0.8 * self.service_s + 0.2 * (time.perf_counter() - start)
