@@ -10,7 +10,9 @@ The format is sniffed from the first bytes, never from the file name. Rules, in 
 * **Size and memory first**: the declared width x height is checked against ``max_pixels``, and the bytes the decode
   will hold (pixels x (bytes per decoded pixel + 1 for the uint8 result)) against ``max_decode_bytes``, before any
   pixel is decoded (Pillow and pydicom read the header only), so a decompression bomb or a 16-bit / float giant costs
-  nothing. JPEGs decode at a reduced DCT scale when the model size is given (``target``). At most `decode_slots`
+  nothing; a progressive or multi-scan JPEG's coefficient buffer and a tiled TIFF's tile buffer count too, and a JPEG
+  with more than `pneumo.data.jpeg.MAX_JPEG_SCANS` scans or a TIFF with tiles far larger than the image is refused.
+  JPEGs decode at a reduced DCT scale when the model size is given (``target``). At most `decode_slots`
   decodes run at once in a process (the others wait), so decoding holds at most slots x (max_decode_bytes + ~40 MB).
 * **8-bit data is kept as stored**: L, RGB (ITU-R 601 luma, as ``Image.convert("L")``), palette, CMYK, 1-bit.
   Alpha is composited onto black (transparent areas become black, like air on a radiograph). ICC profiles are
@@ -36,7 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pneumo.data.dicom import decode_dicom
-from pneumo.data.jpeg import count_scans
+from pneumo.data.jpeg import JpegScans, read_scans
 from pneumo.data.pixels import check_budget, check_size, scale_strips, strips, value_range
 from pneumo.errors import ConfigError, InputError, one_line
 
@@ -54,6 +56,7 @@ DECODE_SLOTS = 2  # decodes at once per process, by default (`decode_slots`)
 # (Pillow 13, ru_maxrss; 4.0 B/px is Pillow's own RGB image). Counted as 16 + 1 for the result.
 WEBP_BYTES_PER_PIXEL = 16
 COEFFICIENT_BYTES = 2  # libjpeg buffers every DCT coefficient (int16) of a multi-scan JPEG until its last scan
+MAX_TIFF_TILE_SIDE = 4096  # a tile side accepted whatever the image's size (GDAL writes 256 x 256 for a small raster)
 ACCEPTED = "JPEG, PNG, BMP, GIF, TIFF, WebP or DICOM"
 
 _PIL_MAGIC = (
@@ -241,7 +244,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _decode_pillow(data: bytes, fmt: str, *, target: int | None, max_pixels: int, max_decode_bytes: int) -> np.ndarray:
-    scans = count_scans(data) if fmt == "JPEG" else 0  # before Pillow reads further than the header
+    scans = read_scans(data) if fmt == "JPEG" else JpegScans(0, False)  # before Pillow reads past the header
     with Image.open(io.BytesIO(data), formats=[fmt]) as img:
         width, height = img.size
         check_size(width, height, max_pixels)
@@ -250,9 +253,16 @@ def _decode_pillow(data: bytes, fmt: str, *, target: int | None, max_pixels: int
         if fmt == "JPEG" and target is not None:
             scale = max(1.0, min(width, height) / (2 * target))
             img.draft("L", (int(width / scale), int(height / scale)))
-        buffered = _coefficient_bytes(img, width, height) if scans > 1 else 0  # full size, whatever the draft
+        multi_scan = scans.count > 1 or scans.progressive or (fmt == "JPEG" and bool(img.info.get("progressive")))
+        buffered = _coefficient_bytes(img, width, height) if multi_scan else 0  # full size, whatever the draft
+        tile = _tile_bytes(img, width, height) if fmt == "TIFF" else 0
         width, height = img.size  # after draft: what will be decoded
-        check_budget(width * height, _decoded_bytes_per_pixel(img, fmt) + 1, max_decode_bytes, buffered=buffered)
+        bytes_per_pixel = _decoded_bytes_per_pixel(img, fmt) + 1
+        if tile and (need := width * height * bytes_per_pixel + tile) > max_decode_bytes:
+            raise InputError(f"image too large to decode: {width * height} pixels x {bytes_per_pixel} bytes + "
+                             f"{tile / 1e6:.0f} MB for one TIFF tile = {need / 1e6:.0f} MB > limit "
+                             f"{max_decode_bytes / 1e6:.0f} MB (re-save it without tiles or with smaller ones)")
+        check_budget(width * height, bytes_per_pixel, max_decode_bytes, buffered=buffered)
         orientation = _exif_orientation(img)
         img.load()
         gray = _to_gray(img)
@@ -283,6 +293,35 @@ def _coefficient_bytes(img: Image.Image, width: int, height: int) -> int:
         rows = math.ceil(math.ceil(height * max(int(v), 1) / v_max) / 8) * 8
         total += cols * rows
     return total * COEFFICIENT_BYTES
+
+
+def _tile_bytes(img: Image.Image, width: int, height: int) -> int:
+    """The buffer libtiff fills for one tile of a tiled TIFF (0 for strips, which libtiff clips to the image): it is
+    sized from TileWidth x TileLength, not from the image (a 4.5 KB file declaring 46336^2 tiles for 1024^2 pixels took
+    2.2 GB, red team round 4). Pillow unpacks YCbCr and old-style JPEG tiles as RGBA: 4 bytes a pixel at least.
+
+    Raises:
+        InputError: tile sides that are no positive integers, or larger than `MAX_TIFF_TILE_SIDE` and than the image
+            rounded up to a multiple of 16 (TIFF 6.0 tile sides are multiples of 16).
+    """
+    tags = getattr(img, "tag_v2", {})
+    if 322 not in tags and 323 not in tags:  # TileWidth, TileLength
+        return 0
+    tile_width, tile_length = tags.get(322), tags.get(323)
+    if not all(isinstance(side, int) and side > 0 for side in (tile_width, tile_length)):
+        shown = " x ".join(str(side) if isinstance(side, int) else type(side).__name__ for side in (tile_width, tile_length))
+        raise InputError(f"TIFF with invalid tile dimensions {shown}")
+    if any(side > max(math.ceil(image_side / 16) * 16, MAX_TIFF_TILE_SIDE)
+           for side, image_side in ((tile_width, width), (tile_length, height))):
+        raise InputError(f"TIFF tiles of {tile_width}x{tile_length} pixels for a {width}x{height} image: refused "
+                         f"before decoding (tiles up to {MAX_TIFF_TILE_SIDE} pixels a side or the image's size); "
+                         "re-save it without tiles")
+    bits = tags.get(258, (1,))  # BitsPerSample, one per sample
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    samples = max(int(tags.get(277, 1)), len(bits))  # SamplesPerPixel
+    stored = math.ceil(max(int(b) for b in bits) * samples / 8)
+    rgba = tags.get(262) == 6 or tags.get(259) == 6  # YCbCr or old-style JPEG: unpacked through TIFFRGBAImage
+    return tile_width * tile_length * max(stored, 4 if rgba else 1)
 
 
 def _exif_orientation(img: Image.Image) -> int:
