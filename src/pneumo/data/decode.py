@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # bump when a change here or in dicom.py can change which files are read or their pixels: kept dataset scans
 # (`pneumo.data.manifest.scan_dataset`) and image caches (`pneumo.data.cache.cache_key`) are then made again
-DECODER_VERSION = 3  # 3: DICOM lateral views from more elements, INVERSE, FOR PROCESSING, pixel padding
+DECODER_VERSION = 4  # 4: JPEG markers found as libjpeg does, TIFF tiles, DICOM frame headers and deflate (round 4)
 MAX_PIXELS = 50_000_000
 MAX_BYTES = 256 * 1024 * 1024
 MAX_DECODE_BYTES = 256_000_000  # decoded samples + the uint8 result, for one image

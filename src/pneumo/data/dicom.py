@@ -7,7 +7,9 @@ pixels and those (view, series description, protocol name, presentation intent) 
 or put in a message; `patient_group` alone reads PatientID, and returns only a keyed hash of it. Numbers that cannot
 be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored
 and the data's own min..max (without the PixelPaddingValue's pixels) is shown instead. Values are converted a strip
-of rows at a time (`pneumo.data.pixels`).
+of rows at a time (`pneumo.data.pixels`). Nothing is decoded or inflated past the limits: a compressed frame's own
+header must agree with Rows, Columns and SamplesPerPixel (`pneumo.data.codestream`), and a deflated data set is
+inflated here, up to half the decode budget (`_read`), not whole by pydicom.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from pneumo.data.codestream import check_frame, first_frame, inflate
 from pneumo.data.pixels import MAX_ABS_VALUE, check_budget, check_size, scale_strips, value_range
 from pneumo.errors import InputError, NotAssessed
 
@@ -53,14 +56,13 @@ LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
 FRONTAL_WORDS = ("PA", "AP", "FRONTAL", "DECUBITUS", "LLD", "RLD")
 _PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
 _LUMA = np.array([0.299, 0.587, 0.114])
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the data set after the file meta is deflated
 Rows = Callable[[int, int], np.ndarray]
 
 
 def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.ndarray:
     """Decode a single-frame DICOM image; the header is checked against both limits before any pixel is decoded."""
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(data), force=False, specific_tags=list(_DICOM_TAGS))
+    ds = _read(data, max_decode_bytes)
     keyword = next((k for k in _PIXEL_BITS if k in ds), None)
     if keyword is None:
         raise NotAssessed("DICOM file has no pixel data (a report or presentation state?)")
@@ -88,6 +90,9 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         raise InputError("PALETTE COLOR DICOM is not supported")
+    if compressed:  # decoders allocate what the frame's own header says, not Rows x Columns
+        check_frame(first_frame(ds), _dicom_transfer_syntax(ds), rows=height, columns=width, samples=samples,
+                    bits_allocated=bits)
     _check_rescale(ds)
     _widen_8bit_voi_lut(ds)
     pixels = ds.pixel_array
@@ -106,6 +111,30 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "") or "").strip().upper() == "INVERSE":
         np.subtract(255, gray, out=gray)  # (MONOCHROME1 comes with INVERSE: one inversion, not two)
     return gray
+
+
+def _read(data: bytes, max_decode_bytes: int) -> Dataset:
+    """The elements of `_DICOM_TAGS`. pydicom inflates a deflated data set whole before reading any of them (a 1 MB
+    upload inflated to 1 GB): that one is inflated here, to at most half of ``max_decode_bytes`` (the pixel data of an
+    image within the budget is less than that), after the file meta information says so."""
+    import pydicom
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.tag import Tag
+
+    stream = io.BytesIO(data)
+    try:  # the same reading of the file meta as dcmread's, which inflates right after it
+        read_preamble(stream, force=False)
+        meta = _read_file_meta_info(stream)
+        deflated = meta.get("TransferSyntaxUID") == DEFLATED
+    except Exception:  # noqa: BLE001 - dcmread fails on it the same way, before inflating, with its own message
+        deflated = False
+    if not deflated:
+        return pydicom.dcmread(io.BytesIO(data), force=False, specific_tags=list(_DICOM_TAGS))
+    body = inflate(memoryview(data)[stream.tell() :], max_decode_bytes)
+    ds = read_dataset(body, is_implicit_VR=False, is_little_endian=True,
+                      specific_tags=[Tag(keyword) for keyword in _DICOM_TAGS])
+    ds.file_meta = meta
+    return ds
 
 
 def _names_lateral(text: object, lateral: tuple[str, ...] = ("LATERAL", "LAT", "LATERO")) -> bool:
