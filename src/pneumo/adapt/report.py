@@ -79,6 +79,9 @@ def summary_lines(record: dict) -> list[str]:
            + f") from {rehearsal['pool']} training images of {md_text(rehearsal['dataset'])}"
            if rehearsal["used"]
            else f"off ({rehearsal['note'] or 'not asked for'})"),
+        *([(f"- {rehearsal['site_in_source_val']} of the site's images are images of the source dataset's val fold: "
+            "left out of the source images the OOD and orientation checks were refitted on.")]
+          if rehearsal.get("site_in_source_val") else []),
         (f"- Operating point: threshold {fmt_threshold(op['threshold'])} on P(pneumonia), policy `{op['policy']}`, chosen on the "
          f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
          f"temperature {record['temperature']:.3f} fitted on the same scores."),

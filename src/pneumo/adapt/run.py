@@ -4,7 +4,9 @@ The procedure, in order:
 
 1. Decode the site's labelled images once (folder or ``path,label[,patient_id]`` CSV); without a ``patient_id``
    column a DICOM's PatientID (a keyed hash) groups its films and every other image is its own patient (the report
-   says which).
+   says which). Refused, by the SHA-256 of each file: images the source model was adapted on, images of its
+   dataset's official test split or train fold (`pneumo.adapt.overlap`), and one film under two labels; images of
+   its val fold are left out of the source images the checks are refitted on.
 2. Score them with the source model as it is (the "before" row).
 3. Patient-grouped, class-stratified k-fold cross-fitting: for each fold, fine-tune the source model on the other
    folds (+ rehearsal of source training images, `pneumo.adapt.finetune`) and score the held-out patients. These
@@ -31,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumo import atomic
 from pneumo.adapt.finetune import finetune, rehearsal_count
+from pneumo.adapt.overlap import refuse_adapted_on
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
 from pneumo.adapt.stats import calibration_warning, patient_folds
 from pneumo.adapt.write import OOD_POOL, write_adapted
@@ -188,10 +192,16 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     _check_out(out, predictor.sidecar)
     site = load_site(data, predictor, by)
     _check_site(site, cfg.folds)
+    site_sha256 = {path: atomic.sha256_file(path) for path in site.table["path"]}
+    refuse_adapted_on(predictor, site_sha256)
     # the OOD and orientation refits draw on the pool too, so it holds at least OOD_POOL images with rehearsal off
-    source = load_source(predictor.meta, dataset, pool=max(cfg.rehearsal_pool, OOD_POOL), seed=cfg.seed)
+    source = load_source(predictor.meta, dataset, pool=max(cfg.rehearsal_pool, OOD_POOL), seed=cfg.seed,
+                         site_sha256=site_sha256)
     if source.note:
         log.warning("%s", source.note)
+    if source.site_in_val:
+        log.warning("%d site image(s) are images of the source dataset's val fold: left out of the source images the "
+                    "OOD and orientation checks are refitted on", source.site_in_val)
     run_on = select_device(device)
     base = predictor.torch_model
     config = source_config(predictor.meta)
@@ -231,7 +241,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                  paths_digest(site.table["path"].tolist())},
         "recipe": cfg.model_dump(),
         "rehearsal": {"used": pool[0] is not None, "pool": 0 if pool[0] is None else len(pool[0]), "dataset": source.root and Path(source.root).name,
-                      "note": source.note or None},
+                      "note": source.note or None, "site_in_source_val": source.site_in_val},
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
                             "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},
         "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy, site.groups),

@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pneumo.adapt.overlap import leave_out_site
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES, read_file
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
@@ -78,6 +79,7 @@ class SourceImages:
     test_groups: np.ndarray | None = None  # the patient of each test image (intervals count whole patients)
     note: str = ""
     sizes: dict = field(default_factory=dict)
+    site_in_val: int = 0  # site images in the source's val fold: left out of ``val_x`` (`overlap.leave_out_site`)
 
     @property
     def available(self) -> bool:
@@ -115,6 +117,7 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     ids = patients(table)  # the rule evaluate's intervals count patients by; None: every image its own patient
     ids = ("\0" + table["path"].astype(str)).to_numpy() if ids is None else ids
     tags = 0 if patients_given else sum(str(i).startswith("dicom:") for i in ids)
+    refuse_relabelled_copies(images, table)
     groups, copies = join_copies(images, pd.Series(ids))
     table["patient_id"] = groups
     return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies,
@@ -135,7 +138,7 @@ def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
     first: dict[bytes, str] = {}
     copies = 0
     for image, patient in zip(x, patients, strict=True):
-        key = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        key = _pixels_key(image)
         if key not in first:
             first[key] = patient
             continue
@@ -143,6 +146,26 @@ def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
         a, b = root(first[key]), root(patient)
         parent[max(a, b)] = min(a, b)
     return np.array([root(p) for p in patients], dtype=object), copies
+
+
+def refuse_relabelled_copies(x: np.ndarray, table: pd.DataFrame) -> None:
+    """Refuse the same film (pixel for pixel, as `join_copies` finds it) under two labels: it would be trained on as
+    both and counted once for each in the cross-fitted scores and the threshold (a review).
+
+    Raises:
+        DataError: naming both files and their labels.
+    """
+    first: dict[bytes, int] = {}
+    for row, image in enumerate(x):
+        earlier = first.setdefault(_pixels_key(image), row)
+        if table["label"].iat[earlier] != table["label"].iat[row]:
+            raise DataError(f"{table['path'].iat[earlier]} ({table['label'].iat[earlier]}) and {table['path'].iat[row]} "
+                            f"({table['label'].iat[row]}) are the same film, pixel for pixel, with two labels: correct "
+                            "the wrong one, or list the film once")
+
+
+def _pixels_key(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
 
 
 def _check_rows(table: pd.DataFrame, data: str | os.PathLike) -> None:
@@ -177,10 +200,13 @@ def model_folds(meta: CheckpointMeta, dataset: str | os.PathLike | None) -> tupl
     return cfg, folds_for(cfg)
 
 
-def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: int, n_val: int = 400) -> SourceImages:
+def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: int, n_val: int = 400,
+                site_sha256: Mapping[str, str] | None = None) -> SourceImages:
     """The rehearsal pool (a seeded class-stratified draw of ``pool`` train-fold images), up to ``n_val`` val-fold
     images and the official test split, from the dataset the model was trained on (``dataset``, else the path in its
-    config, else ``$PNEUMO_DATA``). Never raises for a missing dataset: returns an empty `SourceImages` with a note."""
+    config, else ``$PNEUMO_DATA``), none of them a site image (``site_sha256``: path -> SHA-256 of the file; a site
+    image in the test split or the train fold is refused, `overlap.leave_out_site`). Never raises for a missing
+    dataset: returns an empty `SourceImages` with a note."""
     from pneumo.data.cache import image_cache
     from pneumo.data.splits import labels
 
@@ -194,6 +220,7 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     cfg, folds = found
     if cfg.data.task != meta.task:
         raise DataError(f"the model's task {meta.task} differs from its config's {cfg.data.task}")
+    folds, in_val = leave_out_site(folds, site_sha256 or {})
     rng = np.random.default_rng(seed)
 
     def draw(fold: str, n: int) -> pd.DataFrame:
@@ -204,7 +231,7 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
                   for _, g in part.groupby("label", sort=True)]  # class-stratified
         return pd.concat(picked).sort_index()
 
-    out = SourceImages(root=cfg.data.root)
+    out = SourceImages(root=cfg.data.root, site_in_val=in_val)
     for name, fold, n in (("pool", "train", pool), ("val", "val", n_val), ("test", "test", len(folds))):
         rows = draw(fold, n)
         if rows.empty:

@@ -259,8 +259,9 @@ def lost_classes(listed: pd.Series, kept: pd.Series) -> str | None:
 def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | None:
     """The patient of each image where it is known: the CSV's ``patient_id`` column (a blank is its own patient), on
     the official test split the patient the Kermany file name gives (`data.manifest.patient_key`), else a DICOM's
-    PatientID (`data.dicom.patient_groups`, a keyed hash; every other image its own patient), as `pneumo adapt` groups
-    them; for intervals that count whole patients. None where nothing names a patient."""
+    PatientID (``dicom:N``: its films grouped by `data.dicom.patient_groups`' keyed hash, numbered by `_numbered`;
+    every other image its own patient), as `pneumo adapt` groups them; for intervals that count whole patients. None
+    where nothing names a patient."""
     if "patient_id" not in table.columns:
         if official:
             return np.array([patient_key(str(path), label) for path, label in zip(table["path"], table["label"],
@@ -268,10 +269,23 @@ def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | Non
         tags = patient_groups(table["path"])
         if not any(tags):
             return None
+        tags = _numbered(tags, table["path"].astype(str).tolist())
         return np.array([f"dicom:{tag}" if tag else "\0" + str(path) for tag, path in zip(tags, table["path"],
                                                                                           strict=True)])
     ids = table["patient_id"].astype(str).to_numpy()
     return np.where(ids == "", "\0" + table["path"].astype(str).to_numpy(), ids)
+
+
+def _numbered(tags: list[str | None], paths: list[str]) -> list[str | None]:
+    """Each group key as a number (1, 2, ...) by the first of its images in path order; None stays None. The DICOM
+    PatientID's keyed hash is new in every process, so the folds and the patients a bootstrap draws, ordered by it,
+    changed from one run to the next with the same --seed (a review): the numbers are the same in every run and, like
+    the hash, say nothing about the ID."""
+    number: dict[str, int] = {}
+    for i in sorted(range(len(tags)), key=paths.__getitem__):
+        if tags[i] is not None:
+            number.setdefault(tags[i], len(number) + 1)
+    return [None if tag is None else str(number[tag]) for tag in tags]
 
 
 def unnamed_not_read(ext: dict) -> int:
