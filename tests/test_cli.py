@@ -52,6 +52,24 @@ def test_every_preset_loads_and_validates() -> None:
         assert cfg.name == preset
 
 
+def test_members_that_choose_their_thresholds_by_different_policies_are_refused_before_training(tmp_path) -> None:
+    """A CLI review: `pneumo train` of such an ensemble trained and evaluated every member, then failed with a hint
+    naming a flag train does not have; the ensemble's own policy (its preset's, or --set) settles it."""
+    from pneumo.errors import ConfigError
+    from pneumo.train.run import member_configs
+
+    for name, policy in (("a", "youden"), ("b", "sensitivity:0.95")):
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nmodel: {{mode: probe}}\neval: {{threshold_policy: '{policy}'}}\n")
+    ensemble = tmp_path / "ens.yaml"
+    ensemble.write_text(f"name: ens\nmembers: ['{tmp_path / 'a.yaml'}', '{tmp_path / 'b.yaml'}']\n")
+    with pytest.raises(ConfigError, match=r"different policies \(sensitivity:0.95, youden\).*--set eval.threshold_policy"):
+        member_configs(load_config(str(ensemble)), [])
+    assert len(member_configs(load_config(str(ensemble), ["eval.threshold_policy=youden"]),
+                              ["eval.threshold_policy=youden"])) == 2
+    ensemble.write_text(ensemble.read_text() + "eval: {threshold_policy: youden}\n")
+    assert len(member_configs(load_config(str(ensemble)), [])) == 2
+
+
 def test_the_ensemble_preset_lists_the_three_lite_probes_and_default_is_lite0_partial_with_markers() -> None:
     from pneumo.config import to_dict
     from pneumo.train.run import member_configs
@@ -324,18 +342,22 @@ def test_data_report_prints_its_progress(data_slice, tmp_path, capsys: pytest.Ca
     assert (tmp_path / "report" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("argv", [["data", "split", "--seed", "-1"], ["data", "report", "--seed", "-1"],
+@pytest.mark.parametrize("argv", [["data", "split", "--split-seed", "-1"], ["data", "report", "--split-seed", "-1"],
+                                  ["data", "split", "--val-fraction", "0.7"],
                                   ["data", "cache", "--size", "0"], ["data", "cache", "--size", "-3"],
                                   ["data", "cache", "--size", "5000"]])
 def test_data_commands_refuse_a_negative_seed_or_an_image_size_out_of_range_in_one_line(
         argv, data_slice, tmp_path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
     """A negative seed ended in NumPy's traceback, --size -3 in 'negative dimensions', --size 0 decoded every image
-    and then advised a rescan (data review)."""
+    and then advised a rescan (data review); each is refused before the dataset is scanned (a CLI review)."""
+    from pneumo.commands import data
+
+    monkeypatch.setattr(data, "scan_dataset", lambda *a, **k: pytest.fail("scanned before the options' check"))
     monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / "cache"))
     out = ["--out", str(tmp_path / "report")] if argv[1] == "report" else []
     assert main([*argv, "--dataset", str(data_slice), *out]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("pneumo data report: [")]
-    assert len(err) == 1 and err[0].startswith(f"pneumo data {argv[1]}: error:") and ("seed" in err[0] or "size" in err[0]), err
+    assert len(err) == 1 and err[0].startswith(f"pneumo data {argv[1]}: error:") and any(w in err[0] for w in ("seed", "size", "fraction")), err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("images-*"))
 
 
@@ -389,4 +411,4 @@ def test_a_default_of_zero_is_shown_in_help(capsys: pytest.CaptureFixture) -> No
     """`0 == False`: the help formatter took a default of 0 for "no default" and left it out (--seed)."""
     with pytest.raises(SystemExit):
         main(["data", "split", "--help"])
-    assert re.search(r"--seed SEED\s+.*\(default: 0\)", " ".join(capsys.readouterr().out.split()))
+    assert re.search(r"--split-seed SPLIT_SEED\s+.*\(default: 0\)", " ".join(capsys.readouterr().out.split()))

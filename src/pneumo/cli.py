@@ -38,9 +38,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 # glibc would hand it back and the kernel zero-fill it again for every batch. `train` follows `train.hold_memory`;
 # `serve`, a long-lived process, gives memory back.
 HOLD_MEMORY = ("evaluate", "operating-point", "explain", "predict", "export", "ood", "site", "adapt")
-# Flag conventions: --model is a trained model everywhere (run folder, checkpoint, ensemble folder; default: the
-# shipped model), --arch an architecture (train); --dataset the training dataset (folder or zip); --data labelled or
-# input images (a folder or CSV); --threshold-policy a threshold policy; --out an output FOLDER; --output a FILE.
+# Flag conventions: --model is a trained model everywhere (run folder, checkpoint, ensemble folder; default, or
+# "default": the shipped model), --arch an architecture (train); --dataset the training dataset (folder or zip); --data
+# labelled or input images (a folder or CSV); --threshold-policy a threshold policy; --out an output FOLDER (train's:
+# the folder holding its runs); --output a FILE; --seed a command's own draw (train: training; --split-seed the split).
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,22 @@ def test_predict_a_folder_writes_one_csv_row_per_image(xrays: Path, tiny_model: 
         assert row["label"] == ("PNEUMONIA" if p >= float(row["threshold"]) else "NORMAL")
 
 
+def test_model_default_names_the_shipped_model_as_in_evaluate(xrays: Path, tmp_path: Path, monkeypatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """A CLI review: `--model default` worked in evaluate and model-card but was "model not found" in predict, explain
+    and operating-point; a folder of that name here still wins."""
+    image = str(min(xrays.iterdir()))
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", image, "--model", "default", "--backend", "torch"]) == 0
+    named = [{k: v for k, v in row.items() if k != "created"} for row in _rows(capsys.readouterr().out)]
+    assert main(["predict", image, "--backend", "torch"]) == 0
+    shipped = [{k: v for k, v in row.items() if k != "created"} for row in _rows(capsys.readouterr().out)]
+    assert named == shipped and named[0]["model_id"] == Predictor(None).model_id
+    (tmp_path / "default").mkdir()
+    assert main(["predict", image, "--model", "default"]) == 2
+    assert "default" in capsys.readouterr().err
+
+
 def test_every_row_says_which_model_and_operating_point_answered(xrays: Path, tiny_model: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     """The service's responses carried model_id and threshold_policy; predict's file did not, so a predictions file

@@ -21,7 +21,7 @@ pneumo data ACTION --help
 """
 ACTION_EXAMPLES = {
     "scan": "pneumo data scan --dataset chest_xray/ --output manifest.csv",
-    "split": "pneumo data split --dataset chest_xray/ --val-fraction 0.1 --seed 0 --output folds.csv",
+    "split": "pneumo data split --dataset chest_xray/ --val-fraction 0.1 --split-seed 0 --output folds.csv",
     "cache": "pneumo data cache --dataset chest_xray/ --size 224 --resize-policy letterbox",
     "report": "pneumo data report --dataset chest_xray/ --out runs/data-report",
     "download": "pneumo data download --cache-dir ~/.cache/pneumo",
@@ -53,7 +53,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     _dataset_flag(p)
     p.add_argument("--val-fraction", type=float, default=_default("val_fraction"),
                    help="share of patients per subtype in val")
-    p.add_argument("--seed", type=int, default=_default("split_seed"), help="split seed")
+    p.add_argument("--split-seed", type=int, default=_default("split_seed"),
+                   help="seed of the patient split (a run config's data.split_seed; not the training seed)")
     p.add_argument("--output", metavar="CSV", help="write the manifest with its fold column to this file")
     p.set_defaults(func=run_split)
 
@@ -71,7 +72,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/data-report", metavar="DIR", help="output folder")
     p.add_argument("--val-fraction", type=float, default=_default("val_fraction"),
                    help="share of patients per subtype in val")
-    p.add_argument("--seed", type=int, default=_default("split_seed"), help="split seed")
+    p.add_argument("--split-seed", type=int, default=_default("split_seed"),
+                   help="seed of the patient split (a run config's data.split_seed; not the training seed)")
     p.set_defaults(func=run_report)
 
     p = action("download", "download the Mendeley archive (checksum-verified, resumable)")
@@ -97,9 +99,10 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from pneumo.data.splits import assign_folds, leakage_report
+    from pneumo.data.splits import assign_folds, check_split, leakage_report
 
-    folds = assign_folds(scan_dataset(args.dataset), val_fraction=args.val_fraction, seed=args.seed)
+    check_split(args.val_fraction, args.split_seed)  # before the scan
+    folds = assign_folds(scan_dataset(args.dataset), val_fraction=args.val_fraction, seed=args.split_seed)
     print(_counts(folds))
     print("patients per fold:", folds.groupby("fold")["patient_key"].nunique().to_dict())
     print("leakage check: passed", leakage_report(folds))
@@ -109,8 +112,9 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from pneumo.data.cache import build_cache
+    from pneumo.data.cache import build_cache, check_image_size
 
+    check_image_size(args.size)  # before the scan
     df = scan_dataset(args.dataset, cache_dir=args.cache_dir)
     start = time.perf_counter()
     cache = build_cache(
@@ -122,18 +126,19 @@ def run_cache(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from pneumo.data.report import write_data_report
-    from pneumo.data.splits import assign_folds
+    from pneumo.data.splits import assign_folds, check_split
 
+    check_split(args.val_fraction, args.split_seed)  # before the scan
     start = time.perf_counter()
     _progress("scanning the dataset", start)
     df = scan_dataset(args.dataset)
     _progress(f"{len(df)} images; patient-grouped split", start)
     try:
-        folds, leak = assign_folds(df, val_fraction=args.val_fraction, seed=args.seed), None
+        folds, leak = assign_folds(df, val_fraction=args.val_fraction, seed=args.split_seed), None
     except LeakageError as exc:  # the report is where a user sees it: written first, then the one-line error
         folds, leak = None, exc
     _progress("decoding samples, drawing figures, writing the report", start)
-    path = write_data_report(df, df.attrs.get("location", args.dataset), Path(args.out), folds_df=folds, seed=args.seed,
+    path = write_data_report(df, df.attrs.get("location", args.dataset), Path(args.out), folds_df=folds, seed=args.split_seed,
                              split_error=None if leak is None else str(leak))
     _progress("done", start)
     print(f"dataset report: {path}")

@@ -34,7 +34,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps; default: the preset's (auto)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config value, e.g. --set train.lr=1e-3 (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue runs/<name> from its last checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue OUT/<name> from its last checkpoint")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and report")
     parser.add_argument("--list-models", action="store_true", help="list the registered architectures and exit")

@@ -93,6 +93,12 @@ def _work(args: tuple[DatasetSource, list[str], list[str], int, str, str, str, s
     return out, failed
 
 
+def check_image_size(size: int) -> None:
+    """ConfigError unless ``size`` is a model input side the cache can hold."""
+    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"the image size must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels, got {size}")
+
+
 def build_cache(
     df: pd.DataFrame,
     root: str | os.PathLike | None,
@@ -112,8 +118,7 @@ def build_cache(
         ConfigError: ``size`` outside ``MIN_INPUT_SIZE``..``MAX_INPUT_SIZE``.
         OSError: the cache cannot be written (a read-only folder; ENOSPC: no room for the array, before decoding).
     """
-    if not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:  # before decoding anything (0 decoded every image to fail)
-        raise ConfigError(f"the image size must be within {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} pixels, got {size}")
+    check_image_size(size)  # before decoding anything (0 decoded every image to fail)
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
     key = cache_key(df, size=size, policy=policy, intensity=intensity, markers=markers, crop=crop)
     variant = intensity if markers == "none" else f"{intensity}-{markers}"

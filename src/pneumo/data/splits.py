@@ -50,13 +50,18 @@ def _linked_groups(df: pd.DataFrame) -> pd.Series:
     return df["patient_key"].map(find)
 
 
-def assign_folds(df: pd.DataFrame, *, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
-    """Add a ``fold`` column: ``test`` = the official test split; the official train + val images are split by patient
-    (``val_fraction`` of the patients of each subtype go to ``val``, seeded), duplicates kept together."""
+def check_split(val_fraction: float, seed: int) -> None:
+    """ConfigError unless the split's options are usable (a command checks them before it scans the dataset)."""
     if not 0.0 < val_fraction < 0.5:  # as data.val_fraction: val is the smaller part of the pool
         raise ConfigError(f"the val fraction must be in (0, 0.5), got {val_fraction}")
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"the split seed must be within 0..{MAX_SEED}, got {seed}")
+
+
+def assign_folds(df: pd.DataFrame, *, val_fraction: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """Add a ``fold`` column: ``test`` = the official test split; the official train + val images are split by patient
+    (``val_fraction`` of the patients of each subtype go to ``val``, seeded), duplicates kept together."""
+    check_split(val_fraction, seed)
     out = df.copy()
     out["fold"] = np.where(out["split"] == "test", "test", "train")
     pool = out[out["split"] != "test"]

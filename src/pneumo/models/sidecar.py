@@ -297,8 +297,10 @@ def check_new_folder(out: str | os.PathLike, sidecar: str | os.PathLike) -> None
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
-    """A run folder, a checkpoint (.safetensors / .json / .onnx) or None for the shipped default model -> sidecar path."""
-    if model is None:
+    """A run folder, a checkpoint (.safetensors / .json / .onnx) or None for the shipped default model -> sidecar path.
+    ``"default"`` names the shipped model too where no file or folder of that name is here (as `pneumo evaluate` and
+    `pneumo model-card` took it; predict, explain and operating-point said "model not found")."""
+    if model is None or (str(model) == "default" and not Path(model).exists()):
         if not DEFAULT_MODEL.is_file():
             raise ModelError("no model given and the shipped default model is missing: pass --model RUN_DIR")
         return DEFAULT_MODEL

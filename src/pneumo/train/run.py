@@ -60,6 +60,11 @@ def member_configs(cfg: RunConfig, overrides: list[str]) -> list[RunConfig]:
             raise ConfigError(f"ensemble member {member} is itself an ensemble")
         if member_cfg.data.task != cfg.data.task:
             raise ConfigError(f"ensemble member {member} is a {member_cfg.data.task} model, not {cfg.data.task}")
+    chosen = sorted({member_cfg.eval.threshold_policy for member_cfg in out})
+    if len(chosen) > 1 and "threshold_policy" not in cfg.eval.model_fields_set:  # before training, not after it
+        raise ConfigError(f"the members of {cfg.name} choose their thresholds by different policies "
+                          f"({', '.join(chosen)}): name the ensemble's in its preset (eval.threshold_policy) or with "
+                          "--set eval.threshold_policy=P")
     return out
 
 
