@@ -407,6 +407,16 @@ def test_a_dataset_path_is_text_not_yaml(tmp_path: Path, capsys: pytest.CaptureF
     assert len(err) == 1 and "is not a YAML value" in err[0]
 
 
+def test_no_help_shows_an_empty_default(capsys: pytest.CaptureFixture) -> None:
+    """`serve --root-path` said "(default: )" (a CLI review)."""
+    from pneumo.cli import SUBCOMMANDS
+
+    for name in [*SUBCOMMANDS, "data split", "site check", "ood fit"]:
+        with pytest.raises(SystemExit):
+            main([*name.split(), "--help"])
+        assert "(default: )" not in " ".join(capsys.readouterr().out.split()), name
+
+
 def test_a_default_of_zero_is_shown_in_help(capsys: pytest.CaptureFixture) -> None:
     """`0 == False`: the help formatter took a default of 0 for "no default" and left it out (--seed)."""
     with pytest.raises(SystemExit):

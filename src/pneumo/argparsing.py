@@ -13,7 +13,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or "default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.default == []:  # 0 is a default
+        if "%(default)" in text or "default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.default in ([], ""):  # 0 is one
             return text
         if action.option_strings or action.nargs in ("?", "*"):
             text += " (default: %(default)s)"

@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("pneumo.commands.explain", "Grad-CAM / occlusion maps for images"),
     "predict": ("pneumo.commands.predict", "predict JPEG/PNG/DICOM files, folders or globs"),
     "export": ("pneumo.commands.export", "export a model to ONNX"),
-    "ood": ("pneumo.commands.ood", "out-of-distribution statistics: fit them for a run or the shipped model"),
+    "ood": ("pneumo.commands.ood", "out-of-distribution statistics: fit them for a run (--model)"),
     "site": ("pneumo.commands.site", "check a new site's unlabelled images for a shift from the training data"),
     "serve": ("pneumo.commands.serve", "web service and page (FastAPI)"),
     "adapt": ("pneumo.commands.adapt", "adapt a model to a new site's labelled images: writes a NEW model folder"),

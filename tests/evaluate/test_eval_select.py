@@ -116,6 +116,8 @@ def test_cli_compare_select_writes_selection_md(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--rule: unknown step 'test_auc'" in err[0]
     assert not (tmp_path / "b2").exists()  # refused before the leaderboard was written
+    assert main(["compare", *map(str, dirs), "--min-seeds", "2", "--out", str(tmp_path / "b5")]) == 2  # no --select:
+    assert "add --select" in capsys.readouterr().err and not (tmp_path / "b5").exists()  # it was silently ignored
     assert main(["compare", *map(str, dirs), "--select", "--min-seeds", "0", "--out", str(tmp_path / "b3")]) == 2
     assert "--min-seeds must be at least 1, got 0" in capsys.readouterr().err and not (tmp_path / "b3").exists()
     # too few seeds everywhere: listed as not eligible in selection.md, as --help says (it was an error)

@@ -307,7 +307,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     from pneumo.adapt.site_report import write_site_report
 
     if sample < MIN_IMAGES:
-        raise ConfigError(f"the reference sample must hold at least {MIN_IMAGES} images, got {sample}")
+        raise ConfigError(f"the reference sample (--sample) must hold at least {MIN_IMAGES} images, got {sample}")
     if not 0 <= seed <= MAX_SEED:  # before the scoring (a negative seed failed inside NumPy after it)
         raise ConfigError(f"--seed must be within 0..{MAX_SEED}, got {seed}")
     atomic.check_folder(out, owned=SITE_FILES, replace=True, what="site check", hint="")  # before the long part

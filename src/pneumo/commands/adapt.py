@@ -35,8 +35,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="operating point chosen on the cross-fitted scores: youden | triage | sensitivity:X")
     add_schema_flags(parser, d, TUNABLE)
     parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
-                        help="with a CSV: also report the cross-fitted performance for each value of this column "
-                             "(e.g. view, scanner); repeatable")
+                        help="a column of the --data CSV (e.g. scanner; or view, which DICOMs give too): also report "
+                             "the cross-fitted performance for each of its values; repeatable")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to fine-tune")
     parser.set_defaults(func=run)
 

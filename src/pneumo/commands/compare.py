@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pneumo.errors import ConfigError
 
+RULE, MIN_SEEDS = "val_nll,val_auc", 3  # the selection rule's steps and the seeds a configuration needs
+
 EXAMPLES = """
 pneumo compare runs/*                       # runs without metrics.json are skipped with a warning
 pneumo compare runs/default runs/lite0-probe --out reports/
@@ -23,24 +25,28 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", action="store_true",
                         help="also group the runs into configurations (runs whose configs differ only in seeds) and "
                         "apply the selection rule on validation numbers only; writes selection.md")
-    parser.add_argument("--rule", default="val_nll,val_auc", metavar="STEPS",
-                        help="the rule's steps, in order (val_nll, val_auc); with --select (default: %(default)s)")
-    parser.add_argument("--min-seeds", type=int, default=3, metavar="N",
-                        help="configurations with fewer seeds are listed but not eligible (default: %(default)s)")
+    parser.add_argument("--rule", metavar="STEPS",
+                        help=f"with --select: the rule's steps, in order (val_nll, val_auc; default: {RULE})")
+    parser.add_argument("--min-seeds", type=int, metavar="N",
+                        help=f"with --select: configurations with fewer seeds are listed but not eligible (default: "
+                        f"{MIN_SEEDS})")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.compare import write_leaderboard
 
-    rule = [s.strip() for s in args.rule.split(",") if s.strip()]
+    if not args.select and (args.rule is not None or args.min_seeds is not None):  # they were silently ignored
+        raise ConfigError("--rule and --min-seeds apply to the selection: add --select")
+    rule = [s.strip() for s in (args.rule or RULE).split(",") if s.strip()]
+    min_seeds = MIN_SEEDS if args.min_seeds is None else args.min_seeds
     if args.select:  # a bad rule or seed count: one line before anything is written
         from pneumo.evaluate.select import STEPS
 
         unknown = [step for step in rule if step not in STEPS]
-        if unknown or args.min_seeds < 1:
+        if unknown or min_seeds < 1:
             raise ConfigError(f"--rule: unknown step {unknown[0]!r}; known: {', '.join(STEPS)}" if unknown
-                              else f"--min-seeds must be at least 1, got {args.min_seeds}")
+                              else f"--min-seeds must be at least 1, got {min_seeds}")
     out = Path(args.out) if args.out else Path(args.run_dirs[0]).resolve().parent
     md, page = write_leaderboard(args.run_dirs, out)
     print(md.read_text(encoding="utf-8"), end="")
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.select:
         from pneumo.evaluate.select import write_selection
 
-        path = write_selection(args.run_dirs, out, rule=rule, min_seeds=args.min_seeds)
+        path = write_selection(args.run_dirs, out, rule=rule, min_seeds=min_seeds)
         print(path.read_text(encoding="utf-8"), end="")
         print(f"selection: {path}")
     return 0

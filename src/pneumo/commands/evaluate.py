@@ -27,15 +27,16 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="labelled images to validate on: a folder with NORMAL/ and PNEUMONIA/ subfolders (any "
                              "depth) or a CSV with path,label columns. Without it: the official test split")
     parser.add_argument("--out", metavar="DIR", help="output folder for an ensemble's or an external validation's "
-                        "report (default for --data: evaluations/<model>-on-<data>)")
+                        "report (default: evaluations/<model>-on-<data>, -on-test for the official split); a run "
+                        "evaluated on its own test split writes into its folder and takes no --out")
     parser.add_argument("--threshold-policy", action="append", default=[], metavar="POLICY", dest="policies",
                         help="also report this policy (youden | triage | sensitivity:X), chosen on val; repeatable. "
                              "The headline stays the model's stored operating point: to change it, use "
                              "`pneumo operating-point`. For an ensemble of runs (several --model), the first one is "
                              "the ensemble's own (needed when its members' policies differ)")
     parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
-                        help="with a --data CSV: also report each value of this column (e.g. view, sex, scanner) as a "
-                             "subgroup at the stored threshold; repeatable")
+                        help="a column of the --data CSV (e.g. sex, scanner; or view, which DICOMs give too): also "
+                             "report each of its values as a subgroup at the stored threshold; repeatable")
     parser.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap resamples (default: a run's own "
                         "eval.n_bootstrap for its official test split; 1000 for --data and for the shipped model)")
     parser.add_argument("--force", action="store_true", help="replace the earlier evaluation an --out folder holds "
