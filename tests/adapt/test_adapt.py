@@ -383,6 +383,34 @@ def test_pneumo_serve_logs_the_cards_do_not_deploy_warning_at_start(adapted: dic
     assert started == [1, 1, 2]
 
 
+def test_re_adapting_on_images_the_source_was_adapted_on_is_refused_in_one_line(
+        adapted: dict, site_csv: Path, full_data: Path, data_slice: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture) -> None:
+    """Adapting an adapted model again on images it was adapted on made every fold model start from weights fitted on
+    its held-out images, while the card said no image was scored by a model adapted on it (a review)."""
+    nih, first = full_data.parent / "nih_sample", pd.read_csv(site_csv, dtype=str)
+    meta = pd.read_csv(nih / "manifest.csv", dtype=str, keep_default_na=False)
+    new = meta[~meta["patient_id"].isin(set(first["patient_id"]))].groupby("patient_id").filter(lambda g: len(g) == 1)
+    new = pd.concat([g.sample(PER_CLASS, random_state=5) for _, g in new.groupby("label")])
+    again = pd.concat([new.assign(path=[str(nih / p) for p in new["path"]])[["path", "label", "patient_id"]],
+                       first.iloc[:3][["path", "label", "patient_id"]]])  # "label more and adapt again", 3 sent back
+    again.to_csv(tmp_path / "more.csv", index=False)
+    argv = ["adapt", "--model", str(adapted["out"]), "--data", str(tmp_path / "more.csv"), "--out", str(tmp_path / "b"),
+            "--dataset", str(data_slice), "--device", "cpu", "--rehearsal", "0", "--folds", "2", "--epochs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"3 of the {len(again)} site images are images the source model" in err[0], err
+    assert "already adapted on" in err[0] and "adapt the shipped model (no --model) on the union" in err[0]
+    assert not (tmp_path / "b").exists()
+    from pneumo.adapt.report import summary_lines  # the card says how many site images were source val images
+
+    record = json.loads(json.dumps(adapted["record"]))
+    assert not [line for line in summary_lines(record) if "val fold" in line]
+    record["rehearsal"]["site_in_source_val"] = 2
+    assert ("- 2 of the site's images are images of the source dataset's val fold: left out of the source images the "
+            "OOD and orientation checks were refitted on.") in summary_lines(record)
+
+
 def test_a_tampered_adaptation_threshold_is_a_one_line_error(adapted: dict, site_csv: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
     copy = tmp_path / "site-a"
