@@ -1,7 +1,7 @@
 """The accuracy study: each row a config (preset + overrides), run for several seeds through the real product
 (`train` + `evaluate_run`), reported on the official test split with everything selected on validation.
 
-    python bench/accuracy.py --data ../shared/data/chest_xray [--rows default,lite0-eq,...] [--seeds 0,1,2]
+    python bench/accuracy.py --data ../shared/data/chest_xray [--rows lite0-probe,lite0-partial-markers,...] [--seeds 0,1,2]
 
 Ensemble rows (ENSEMBLES) average the probabilities of member rows' runs of the same seed, reusing them from the same
 --out-dir when they exist.
@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every row")
     args = parser.parse_args()
     hold_freed_memory()  # as `pneumo train` does for its own process (train() leaves the allocator alone)
+    unknown = [name for name in args.rows.split(",") if name not in ROWS and name not in ENSEMBLES]
+    if unknown:  # before hours of training, not at the row (a bench review: a KeyError after the earlier rows)
+        parser.error(f"unknown row(s) {', '.join(unknown)}; known: {', '.join([*ROWS, *ENSEMBLES])}")
     seeds = [int(s) for s in args.seeds.split(",")]
     results = [run_row(name, args.data, seeds, Path(args.out_dir), args.extra) for name in args.rows.split(",")]
     table = markdown(results)

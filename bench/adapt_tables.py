@@ -7,7 +7,6 @@ full-adapt rows at the adapted operating point).
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -60,7 +59,11 @@ def full(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    for name in sys.argv[1:]:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("results", nargs="+", help="bench/results/*.jsonl files written by bench/bench_adapt.py")
+    for name in parser.parse_args().results:
         rows = [json.loads(line) for line in Path(name).read_text().splitlines() if line.strip()]
         kinds = {r["kind"] for r in rows}
         print(f"### {name}\n")

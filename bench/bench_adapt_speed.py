@@ -17,6 +17,9 @@ from pneumo.infer.predictor import Predictor
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help says what it does instead of starting it
     p = Predictor(None)
     x = np.random.default_rng(0).integers(0, 255, (192, 224, 224), dtype=np.uint8)
     y = np.r_[np.zeros(96, int), np.ones(96, int)]

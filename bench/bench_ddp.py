@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--nproc", type=int, default=2, help="processes of the data-parallel run (default: 2)")
     parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--mode", default="finetune", help="finetune | partial | scratch (default: finetune)")
+    parser.add_argument("--mode", default="finetune", choices=("finetune", "partial", "scratch"),
+                        help="training mode (a probe trains no epochs to compare; default: finetune)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32, help="global batch (default: 32)")
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch (default: 20)")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import numpy as np
 from bench_service import default_image, free_port, start_server, wait_ready
-from common import record
+from common import family, record
 from PIL import Image
 
 
@@ -55,19 +55,6 @@ def worst_cases() -> dict[str, bytes]:
 def memory(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key))
-
-
-def family(pid: int) -> list[int]:
-    """``pid`` and its descendants: since issue 24 the uploads are decoded in worker processes of the server."""
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            children = (task / "children")
-            if children.is_file():
-                todo += [int(c) for c in children.read_text().split()]
-    return out
 
 
 def family_memory(pids: list[int], key: str) -> int:

@@ -5,7 +5,8 @@
 naive = PIL open + torchvision transforms (Grayscale, Resize, ToTensor) + eager PyTorch, batch 1.
 pneumo = the path `pneumo predict` uses with its default backend (`auto`: ONNX Runtime on an export made once into
 the cache; batches of 32, one per core, each decoded at a reduced JPEG scale, checked, preprocessed and scored on one
-thread), and the same path with `--backend torch` (traced, frozen PyTorch). Latency and model-only rows: the model as
+thread), and the same path with `--backend torch` (the fast path: frozen eval-mode PyTorch, no tracing; the
+`*_traced` keys keep their old name). Latency and model-only rows: the model as
 the service loads it (the runtime's own threads). Model loading (incl. the one-time export) is timed separately.
 All measured in one run, on the same images, same machine.
 """

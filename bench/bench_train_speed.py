@@ -9,7 +9,7 @@ uint8 images: the pixel values do not change the arithmetic. Paths per mode (PAT
 a CPU without native bf16), and, on a CPU with native bf16, bf16 everywhere (the default there) and bf16 with the
 slow-backward depthwise convolutions in fp32 (`pneumo.models.runtime.depthwise_in_fp32`, what `pneumo adapt` does;
 the former ``train.depthwise_fp32`` study option). The first two steps of
-each path are warm-up and not timed. Features: the probe's path (traced fp32 graph) vs eager bf16.
+each path are warm-up and not timed. Features: the probe's path (`fast_inference`, fp32; the `traced_*` key keeps its old name) vs eager bf16.
 """
 
 from __future__ import annotations

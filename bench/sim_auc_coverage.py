@@ -1,7 +1,7 @@
 """Coverage of pneumo's 95 % ROC-AUC interval against the percentile interval it replaced, on binormal scores, by
 true AUC and class size (images resampled, as pneumo does without patient groups):
 `python bench/sim_auc_coverage.py [--sims 2000]` (seeded; ~5 min on 1 core). Both intervals come from the same
-resamples (`pneumo.evaluate.metrics.resample_weights`); pneumo's is `bootstrap_cis`, as every evaluation computes it."""
+resamples (`pneumo.evaluate.intervals.resample_weights`); pneumo's is `bootstrap_cis`, as every evaluation computes it."""
 import argparse
 import time
 
