@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PATH = re.compile(r"(?<![\w/.-])((?:tests|bench|tools|src/pneumo|docs)/[\w./-]*\w\.(?:py|md|sh|yaml|json|safetensors))")
+PATH = re.compile(r"(?<![\w/.-])((?:tests|bench|tools|src/pneumo|docs)/[\w./-]*\w\.(?:py|md|sh|yaml|jsonl|json|safetensors))")
 
 
 REMOVED = re.compile(r"^Removed:\n(?:[*  ].*\n)*", re.MULTILINE)  # the bullet list under "Removed:"
