@@ -407,6 +407,20 @@ def test_a_dataset_path_is_text_not_yaml(tmp_path: Path, capsys: pytest.CaptureF
     assert len(err) == 1 and "is not a YAML value" in err[0]
 
 
+def test_verbose_goes_before_or_after_the_command_and_adapt_takes_trains_devices(capsys: pytest.CaptureFixture,
+                                                                                  tmp_path) -> None:
+    """`pneumo evaluate -v` was "unrecognized arguments"; `adapt --device` offered auto/cpu/cuda only (a CLI review)."""
+    from pneumo.cli import build_parser
+
+    parser = build_parser()
+    assert [parser.parse_args(argv).verbose for argv in (["model-card"], ["-v", "model-card"], ["model-card", "-v"],
+                                                         ["data", "split", "-v"])] == [False, True, True, True]
+    assert parser.parse_args(["adapt", "--data", "d", "--out", "o", "--device", "cuda:1"]).device == "cuda:1"
+    assert main(["adapt", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--device", "tpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device) must be auto, cpu, cuda, cuda:N or mps, got 'tpu'" in err[0], err
+
+
 def test_no_help_shows_an_empty_default(capsys: pytest.CaptureFixture) -> None:
     """`serve --root-path` said "(default: )" (a CLI review)."""
     from pneumo.cli import SUBCOMMANDS

@@ -45,7 +45,7 @@ def test_set_strings_become_floats_bools_nones_and_lists() -> None:
     ("train.epochs=0", "train.epochs must be >= 1"),
     ("train.batch_size=0", "train.batch_size must be >= 1"),
     ("data.intensity=bogus", "data.intensity must be one of"),
-    ("train.device=tpu", "train.device must be"),
+    ("train.device=tpu", r"device \(train.device, --device\) must be"),
     ("eval.threshold_policy=foo", "threshold policy"),
     ("eval.threshold_policy=sensitivity:1.5", "threshold policy"),
     ("eval.tta=maybe", "eval.tta must be true or false"),

@@ -33,8 +33,11 @@ def subparser(sub, name: str, *, help: str, examples: str = "") -> argparse.Argu
     abbreviations, so a removed flag that is a prefix of another (``--data`` of ``--dataset``) fails instead of
     silently meaning the other."""
     epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()) if examples else None
-    return sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter,
-                          allow_abbrev=False)
+    parser = sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=HelpFormatter,
+                            allow_abbrev=False)
+    # `pneumo evaluate -v` as well as `pneumo -v evaluate` (a CLI review); unset here unless given
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    return parser
 
 
 def add_dataset_option(parser: argparse.ArgumentParser, purpose: str) -> None:

@@ -246,7 +246,7 @@ def check_device(device: str) -> str:
     base, _, index = device.partition(":")
     if device in ("auto", "cpu", "cuda", "mps") or (base == "cuda" and index.isdigit()):
         return device
-    raise ConfigError(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    raise ConfigError(f"the device (train.device, --device) must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
 
 
 CORS_ORIGIN = re.compile(r"(?!https://[^/]*:443$)(?!http://[^/]*:80$)https?://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")

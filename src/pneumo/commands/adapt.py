@@ -37,18 +37,19 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", action="append", default=[], metavar="COLUMN",
                         help="a column of the --data CSV (e.g. scanner; or view, which DICOMs give too): also report "
                              "the cross-fitted performance for each of its values; repeatable")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to fine-tune")
+    parser.add_argument("--device", default="auto", help="where to fine-tune: auto | cpu | cuda | cuda:N | mps")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pneumo.adapt.report import adaptation_warnings, unusable_operating_point
     from pneumo.adapt.run import adapt
-    from pneumo.config import AdaptConfig
+    from pneumo.config import AdaptConfig, check_device
     from pneumo.policy import parse_policy
     from pneumo.templates import fmt_threshold
 
     cfg = AdaptConfig(threshold_policy=args.threshold_policy, **schema_values(args, TUNABLE))  # ConfigError: exit 2
+    check_device(args.device)  # as train's: before the site is read
     record = adapt(args.model, args.data, args.out, dataset=args.dataset, cfg=cfg, device=args.device,
                    by=tuple(args.by))
     local, op = record["local"]["after"], record["operating_point"]
