@@ -342,6 +342,24 @@ def test_data_report_prints_its_progress(data_slice, tmp_path, capsys: pytest.Ca
     assert (tmp_path / "report" / "index.html").is_file()
 
 
+def test_data_split_split_seed_is_the_split_a_run_with_that_data_split_seed_trains_on(data_slice, tmp_path) -> None:
+    """`--split-seed` (it was `--seed`, which read as train's training seed): the folds written are those of
+    `data.split_seed`, and another seed gives another val fold."""
+    import pandas as pd
+
+    from pneumo.data.splits import folds_for
+
+    for seed in (0, 3):
+        assert main(["data", "split", "--dataset", str(data_slice), "--split-seed", str(seed), "--output",
+                     str(tmp_path / f"folds{seed}.csv")]) == 0
+    written = {seed: pd.read_csv(tmp_path / f"folds{seed}.csv") for seed in (0, 3)}
+    expected = folds_for(load_config("default", [f"data.root={data_slice}", "data.split_seed=3"]))
+    assert sorted(written[3].loc[written[3]["fold"] == "val", "path"]) == sorted(expected.loc[expected["fold"] == "val",
+                                                                                              "path"])
+    assert set(written[0].loc[written[0]["fold"] == "val", "path"]) != set(written[3].loc[written[3]["fold"] == "val",
+                                                                                        "path"])
+
+
 @pytest.mark.parametrize("argv", [["data", "split", "--split-seed", "-1"], ["data", "report", "--split-seed", "-1"],
                                   ["data", "split", "--val-fraction", "0.7"],
                                   ["data", "cache", "--size", "0"], ["data", "cache", "--size", "-3"],
