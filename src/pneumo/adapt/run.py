@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumo import atomic
 from pneumo.adapt.finetune import finetune, rehearsal_count
 from pneumo.adapt.overlap import refuse_adapted_on
 from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_source, source_config
@@ -192,7 +191,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     _check_out(out, predictor.sidecar)
     site = load_site(data, predictor, by)
     _check_site(site, cfg.folds)
-    site_sha256 = {path: atomic.sha256_file(path) for path in site.table["path"]}
+    site_sha256 = dict(zip(site.table["path"], site.table["file_sha256"], strict=True))
     refuse_adapted_on(predictor, site_sha256)
     # the OOD and orientation refits draw on the pool too, so it holds at least OOD_POOL images with rehearsal off
     source = load_source(predictor.meta, dataset, pool=max(cfg.rehearsal_pool, OOD_POOL), seed=cfg.seed,

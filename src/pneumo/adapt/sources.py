@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumo import atomic
 from pneumo.adapt.overlap import leave_out_site
 from pneumo.config import RunConfig, from_dict
 from pneumo.data.decode import MAX_BYTES, read_file
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SiteImages:
-    """A site's readable labelled images: ``table`` (path, label, subtype, patient_id), ``x`` uint8 (N, S, S),
+    """A site's readable labelled images: ``table`` (path, label, subtype, patient_id, file_sha256: the SHA-256 of
+    each file, by which the adaptation's overlaps and records name it), ``x`` uint8 (N, S, S),
     ``y`` class indices; ``errors`` {path: why} for the files left out; ``patients_given``: the CSV named patients
     (otherwise a DICOM's PatientID, as a keyed hash, groups its films, and every other image is its own patient);
     ``logits``: the source model's scores of ``x``; ``n_copies``: images
@@ -120,6 +122,7 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     refuse_relabelled_copies(images, table)
     groups, copies = join_copies(images, pd.Series(ids))
     table["patient_id"] = groups
+    table["file_sha256"] = [atomic.sha256_file(path) for path in table["path"]]  # once: checks and records use it
     return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies,
                       np.array([r.assessed for r in results], dtype=bool), tags)
 

@@ -154,7 +154,7 @@ def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before:
     # SHA-256 of their file, not their path (a hospital's paths and file names hold record and accession numbers):
     # the site finds its own files with `sha256sum`, evaluate recognises them wherever they are copied to
     patient = pd.factorize(site.table["patient_id"].to_numpy())[0] + 1
-    frame = pd.DataFrame({"file_sha256": [atomic.sha256_file(path) for path in site.table["path"]],
+    frame = pd.DataFrame({"file_sha256": site.table["file_sha256"].to_numpy(),
                           "label": site.table["label"],
                           "patient": [f"P{n:04d}" for n in patient],
                           "fold": fold_of,  # the cross-fitting fold that held it out (its score's model)

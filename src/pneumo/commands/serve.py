@@ -146,28 +146,25 @@ def run(args: argparse.Namespace) -> int:
                "timeout_graceful_shutdown": config.shutdown_timeout_s,
                "limit_concurrency": args.limit_concurrency, "root_path": args.root_path,
                "http": configure_header_timeout(config.header_timeout_s)}  # uvicorn's h11 + a header deadline
+    # a missing model, a bad sidecar or weights that are not the recorded ones fail here, once, before binding: in the
+    # workers they left a service up that answered 503 to everything
+    predictor = Predictor(args.model, backend=args.backend, threads=1)
+    if warning := adapted_point_warning(predictor.meta):
+        log.warning("%s", warning)
     if args.workers > 1:
-        # a missing model, a bad sidecar or weights that are not the recorded ones fail here, once: in the workers
-        # they left a service up that answered 503 to everything
-        checked = Predictor(args.model, backend=args.backend, threads=1)
-        if warning := adapted_point_warning(checked.meta):
-            log.warning("%s", warning)
         if config.api_key:
             os.environ["PNEUMO_API_KEY"] = config.api_key
         # every worker must serve this sidecar: one restarted after the folder changed would answer at another
         # operating point under the same model_id
         settings = {**config.model_dump(), "api_key": None, "model": args.model, "backend": args.backend,
-                    "threads": args.threads, "pinned": sha256_file(checked.sidecar)}
-        log.info("serving model %s (threshold %s, policy %s) on http://%s:%d with %d workers", checked.model_id,
-                 fmt_threshold(checked.threshold), checked.meta.threshold_policy, config.host, config.port,
+                    "threads": args.threads, "pinned": sha256_file(predictor.sidecar)}
+        log.info("serving model %s (threshold %s, policy %s) on http://%s:%d with %d workers", predictor.model_id,
+                 fmt_threshold(predictor.threshold), predictor.meta.threshold_policy, config.host, config.port,
                  args.workers)
         os.environ["PNEUMO_SERVE_SETTINGS"] = json.dumps(settings)
         options["http"] = "pneumo.serve.limits:HeaderDeadlineH11Protocol"  # each worker imports and configures it
         uvicorn.run("pneumo.serve.app:create_app_from_env", factory=True, workers=args.workers, **options)
         return 0
-    predictor = Predictor(args.model, backend=args.backend, threads=1)  # a bad model fails before binding
-    if warning := adapted_point_warning(predictor.meta):
-        log.warning("%s", warning)
     log.info("serving model %s (threshold %s, policy %s, %s backend, pneumo %s) on http://%s:%d", predictor.model_id,
              fmt_threshold(predictor.threshold), predictor.meta.threshold_policy, predictor.backend, __version__,
              config.host, config.port)

@@ -255,14 +255,12 @@ def _decode_pillow(data: bytes, fmt: str, *, target: int | None, max_pixels: int
             img.draft("L", (int(width / scale), int(height / scale)))
         multi_scan = scans.count > 1 or scans.progressive or (fmt == "JPEG" and bool(img.info.get("progressive")))
         buffered = _coefficient_bytes(img, width, height) if multi_scan else 0  # full size, whatever the draft
-        tile = _tile_bytes(img, width, height) if fmt == "TIFF" else 0
+        tiled = {}
+        if fmt == "TIFF" and (buffered := _tile_bytes(img, width, height)):
+            tiled = {"buffer": "for one TIFF tile", "hint": "re-save it without tiles or with smaller ones"}
         width, height = img.size  # after draft: what will be decoded
-        bytes_per_pixel = _decoded_bytes_per_pixel(img, fmt) + 1
-        if tile and (need := width * height * bytes_per_pixel + tile) > max_decode_bytes:
-            raise InputError(f"image too large to decode: {width * height} pixels x {bytes_per_pixel} bytes + "
-                             f"{tile / 1e6:.0f} MB for one TIFF tile = {need / 1e6:.0f} MB > limit "
-                             f"{max_decode_bytes / 1e6:.0f} MB (re-save it without tiles or with smaller ones)")
-        check_budget(width * height, bytes_per_pixel, max_decode_bytes, buffered=buffered)
+        check_budget(width * height, _decoded_bytes_per_pixel(img, fmt) + 1, max_decode_bytes, buffered=buffered,
+                     **tiled)
         orientation = _exif_orientation(img)
         img.load()
         gray = _to_gray(img)

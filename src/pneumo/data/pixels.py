@@ -24,15 +24,17 @@ def check_size(width: int, height: int, max_pixels: int) -> None:
         raise InputError(f"image too large: {width}x{height} pixels > limit {max_pixels}")
 
 
-def check_budget(pixels: int, bytes_per_pixel: int, max_decode_bytes: int, *, buffered: int = 0) -> None:
+def check_budget(pixels: int, bytes_per_pixel: int, max_decode_bytes: int, *, buffered: int = 0,
+                 buffer: str = "of buffered coefficients",
+                 hint: str = "send it with fewer pixels or 8 bits per sample") -> None:
     """Refuse a decode whose samples (``pixels`` x ``bytes_per_pixel``, from the header) plus the decoder's own
-    ``buffered`` bytes (a multi-scan JPEG's coefficients) exceed ``max_decode_bytes``."""
+    ``buffered`` bytes (a multi-scan JPEG's coefficients, a tiled TIFF's tile: ``buffer`` says which) exceed
+    ``max_decode_bytes``."""
     need = pixels * bytes_per_pixel + buffered
     if need > max_decode_bytes:
-        extra = f" + {buffered / 1e6:.0f} MB of buffered coefficients" if buffered else ""
+        extra = f" + {buffered / 1e6:.0f} MB {buffer}" if buffered else ""
         raise InputError(f"image too large to decode: {pixels} pixels x {bytes_per_pixel} bytes{extra} = "
-                         f"{need / 1e6:.0f} MB > limit {max_decode_bytes / 1e6:.0f} MB (send it with fewer pixels or "
-                         "8 bits per sample)")
+                         f"{need / 1e6:.0f} MB > limit {max_decode_bytes / 1e6:.0f} MB ({hint})")
 
 
 def strips(height: int, width: int) -> Iterator[tuple[int, int]]:

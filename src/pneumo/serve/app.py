@@ -42,7 +42,7 @@ from pneumo.infer.card import model_card_text
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve import audit
 from pneumo.serve.batcher import MicroBatcher
-from pneumo.serve.decoding import VIEW_MAX_SIDE, DecoderBroken, DecodeWorkers, decode_upload, viewable
+from pneumo.serve.decoding import VIEW_MAX_SIDE, DecoderBroken, DecodeWorkers, decode_upload
 from pneumo.serve.http import (
     Guard,
     api_key_check,
@@ -360,7 +360,7 @@ def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prepared: np.ndarray
 def _gray_png_base64(gray: np.ndarray) -> str:
     from PIL import Image
 
-    image = Image.fromarray(viewable(gray))  # (the decode shrank it already; a thread-pool decode too)
+    image = Image.fromarray(gray)  # shrunk to the page's size by the decode (`decoding.viewable`)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
