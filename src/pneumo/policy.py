@@ -38,12 +38,12 @@ def check_policy(policy: str, name: str = "threshold policy") -> str:
     return policy
 
 
-def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
+def policy_warning(policy: str, n_positive: int, n_negative: int, unit: str = "images") -> str | None:
     """Why the labelled images are too few for the policy, or None. A ``sensitivity:s`` point is set where about
     ceil(s * n) of n positives are called: it is measured only when the exact (Clopper-Pearson) 95 % interval of that
     proportion stays within 0.05 of s (about 114 positives for 0.95, 169 for 0.90; the rule of three's 3 / (1 - s)
     holds for a result without misses, which this policy does not aim at). Youden needs both classes in some
-    number."""
+    number. ``unit``: what the counts count (``patients`` where a patient's images are not independent)."""
     kind, target = parse_policy(policy)
     if kind == "sensitivity" and target is not None and target < 1:
         from scipy.stats import beta
@@ -51,10 +51,10 @@ def policy_warning(policy: str, n_positive: int, n_negative: int) -> str | None:
         called = math.ceil(target * n_positive - 1e-9)
         low = float(beta.ppf(0.025, called, n_positive - called + 1)) if called else 0.0
         if low < target - 0.05:
-            return (f"only {n_positive} pneumonia images: at {policy} about {called} of them are called, whose "
+            return (f"only {n_positive} pneumonia {unit}: at {policy} about {called} of them are called, whose "
                     f"exact 95 % interval reaches down to {low:.2f}; the sensitivity this threshold gives new images "
                     "is that uncertain: label more positives")
     elif min(n_positive, n_negative) < 30:
-        return (f"{n_positive} pneumonia and {n_negative} normal images: the {policy} threshold is uncertain with "
+        return (f"{n_positive} pneumonia and {n_negative} normal {unit}: the {policy} threshold is uncertain with "
                 "fewer than 30 of each")
     return None

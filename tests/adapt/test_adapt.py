@@ -192,6 +192,62 @@ def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict, da
     assert record["source_site"]["n_patients"] == len(set(source.test_groups)) < record["source_site"]["n"]
 
 
+def test_a_source_split_other_than_the_models_own_is_said_in_the_record_and_the_card(adapted: dict,
+                                                                                      data_slice: Path) -> None:
+    """The slice's val fold is not the one the shipped model's threshold was chosen on (its recorded digest): the OOD
+    refit's source images and the site's train/val checks follow the slice's split, and the card says so."""
+    note = adapted["record"]["rehearsal"]["split_note"]
+    assert note.startswith(f"the val fold rebuilt from {data_slice.name} (") and "not the one" in note
+    assert str(data_slice.parent) not in note  # the folder travels: the dataset's name only
+    assert "- Source split: the val fold rebuilt from" in (adapted["out"] / "model.md").read_text()
+
+
+def test_the_val_fold_check_names_a_rebuilt_fold_other_than_the_recorded_one() -> None:
+    from types import SimpleNamespace
+
+    from pneumo.evaluate.operating import paths_digest
+    from pneumo.evaluate.scoring import RUN_VAL_FOLD, val_fold_mismatch
+
+    paths = ["val/a.jpeg", "val/b.jpeg"]
+    meta = SimpleNamespace(extra={"operating_point": {"chosen_on": {"kind": RUN_VAL_FOLD, "n": 2,
+                                                                     "paths_sha256": paths_digest(paths)}}})
+    assert val_fold_mismatch(meta, paths[::-1], "data") is None
+    assert "(1 images) is not the one" in val_fold_mismatch(meta, paths[:1], "data")
+    assert val_fold_mismatch(SimpleNamespace(extra={}), paths[:1], "data") is None  # nothing recorded
+
+
+def test_the_loss_weighs_the_classes_as_each_epoch_mixes_them_not_as_the_whole_rehearsal_pool() -> None:
+    """Weights from the site and the whole pool counted the pool len(pool) / n_source times over (NORMAL over-weighted
+    ~1.3x at 200 site images; an adapt audit)."""
+    import torch
+
+    from pneumo.adapt.finetune import epoch_class_weights
+    from pneumo.train.loop import balanced_weights
+
+    site_y, pool_y = np.repeat([0, 1], 50), np.repeat([0, 1], [500, 1500])
+    weights = epoch_class_weights(site_y, pool_y, 400, 2)
+    rng = np.random.default_rng(0)  # an epoch as finetune draws it: the site, then n_source of the pool
+    drawn = np.mean([np.bincount(np.r_[site_y, pool_y[rng.choice(len(pool_y), 400, replace=False)]], minlength=2)
+                     for _ in range(300)], axis=0)
+    assert torch.allclose(weights, balanced_weights(torch.from_numpy(drawn)), rtol=0.01)
+    assert torch.allclose(weights, torch.tensor([500 / (2 * 150), 500 / (2 * 350)]))
+    whole_pool = balanced_weights(torch.from_numpy(np.bincount(np.r_[site_y, pool_y])))
+    assert whole_pool[0] / whole_pool[1] > 1.2 * weights[0] / weights[1]  # what it was
+    assert torch.equal(epoch_class_weights(site_y, pool_y, 0, 2), torch.ones(2))  # rehearsal off: the site's mix
+
+
+def test_the_policy_warning_of_an_adaptation_counts_patients_not_films() -> None:
+    from types import SimpleNamespace
+
+    from pneumo.adapt.run import _patients_per_class
+
+    y = np.r_[np.ones(150, int), np.zeros(150, int)]
+    site = SimpleNamespace(y=y, groups=np.r_[np.repeat(np.arange(50), 3), 100 + np.arange(150)])
+    assert _patients_per_class(site) == (50, 150)
+    assert policy_warning("sensitivity:0.95", 150, 150) is None  # as films, 150 positives looked enough
+    assert "only 50 pneumonia patients" in policy_warning("sensitivity:0.95", *_patients_per_class(site), "patients")
+
+
 def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     out = adapted["out"]
@@ -405,7 +461,7 @@ def test_re_adapting_on_images_the_source_was_adapted_on_is_refused_in_one_line(
     from pneumo.adapt.report import summary_lines  # the card says how many site images were source val images
 
     record = json.loads(json.dumps(adapted["record"]))
-    assert not [line for line in summary_lines(record) if "val fold" in line]
+    assert not [line for line in summary_lines(record) if "images of the source dataset's val fold" in line]
     record["rehearsal"]["site_in_source_val"] = 2
     assert ("- 2 of the site's images are images of the source dataset's val fold: left out of the source images the "
             "OOD and orientation checks were refitted on.") in summary_lines(record)

@@ -209,10 +209,16 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert result["rule"]["family_wise_bound"] == pytest.approx(result["rule"]["n_tests"] * result["rule"]["alpha"])
     assert "by chance with probability at most 0.05 (Bonferroni)" in html
     assert "truncated.jpeg" in html and "notes.txt" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
-    home = tmp_path / "home"  # a re-run replaces an earlier check (site.json), never a folder of other files
+    again = ["site", "check", "--data", "site", "--out", str(out), "--dataset", str(full_data), "--sample", "20"]
+    assert main(again) == 2  # an earlier check is a site's record: replaced with --force only
+    assert "already holds an earlier site check: give --force" in capsys.readouterr().err
+    assert json.loads((out / "site.json").read_text())["reference"]["n"] == 30
+    assert main([*again, "--force"]) == 0 and json.loads((out / "site.json").read_text())["reference"]["n"] == 20
+    capsys.readouterr()
+    home = tmp_path / "home"  # --force replaces an earlier check (site.json), never a folder of other files
     home.mkdir()
     (home / "notes.txt").write_text("mine")
-    assert main(["site", "check", "--data", "site", "--out", str(home), "--dataset", str(full_data)]) == 2
+    assert main(["site", "check", "--data", "site", "--out", str(home), "--dataset", str(full_data), "--force"]) == 2
     assert "holds other files" in capsys.readouterr().err and [p.name for p in home.iterdir()] == ["notes.txt"]
 
 

@@ -295,13 +295,15 @@ def _property_reasons(site: dict, ref: dict | None) -> list[str]:
 
 def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
                dataset: str | os.PathLike | None = None, sample: int = DEFAULT_SAMPLE, seed: int = 0,
-               predictor: Predictor | None = None) -> dict:
+               predictor: Predictor | None = None, replace: bool = False) -> dict:
     """Compare a site's images with the model's training distribution; write ``site.json``, ``images.csv`` and
-    ``report.html`` into ``out`` (whole or not at all; an earlier check there is replaced); return site.json's dict.
+    ``report.html`` into ``out`` (whole or not at all; an earlier check there is replaced only with ``replace``: a
+    site's checks over time are its drift record); return site.json's dict.
 
     Raises:
         DataError: no images, fewer than ``MIN_IMAGES`` scorable images, or a dataset that is not there.
-        ConfigError: a reference sample under ``MIN_IMAGES``, a bad seed; ``out`` holds files that aren't a site check.
+        ConfigError: a reference sample under ``MIN_IMAGES``, a bad seed; ``out`` holds files that aren't a site check,
+            or an earlier one without ``replace``.
     """
     from pneumo import atomic
     from pneumo.adapt.site_report import write_site_report
@@ -310,7 +312,8 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
         raise ConfigError(f"the reference sample (--sample) must hold at least {MIN_IMAGES} images, got {sample}")
     if not 0 <= seed <= MAX_SEED:  # before the scoring (a negative seed failed inside NumPy after it)
         raise ConfigError(f"--seed must be within 0..{MAX_SEED}, got {seed}")
-    atomic.check_folder(out, owned=SITE_FILES, replace=True, what="site check", hint="")  # before the long part
+    atomic.check_folder(out, owned=SITE_FILES, replace=replace, what="site check",  # before the long part
+                        hint="give --force to replace it, or another --out")
     items, left_out = site_items(data)
     predictor = predictor or Predictor(model, backend="torch")
     log.debug("scoring %d site images", len(items))
@@ -356,7 +359,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     # rates count every image)
     frame["turned"] = site.turned
     frame["positive"] = frame["positive"].where(~withheld, None)
-    with atomic.folder(out, owned=SITE_FILES, replace=True) as folder:  # whole or not at all; a re-run replaces it
+    with atomic.folder(out, owned=SITE_FILES, replace=replace) as folder:  # whole or not at all
         atomic.write_json(folder / SITE_JSON, result)
         atomic.write_csv(folder / "images.csv", frame)
         write_site_report(result, site, ref.scored, folder)

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumo.config import AdaptConfig, AugmentConfig, TrainConfig
+from pneumo.config import AdaptConfig, AugmentConfig
 from pneumo.data.preprocess import to_unit
 from pneumo.models.runtime import autocast, depthwise_in_fp32, memory_format
 from pneumo.train.augment import augment
-from pneumo.train.loop import make_loss, step_seed
+from pneumo.train.loop import balanced_weights, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,17 @@ def rehearsal_count(cfg: AdaptConfig, n_site: int, n_pool: int) -> int:
     """Source images drawn into each epoch of a fine-tune on ``n_site`` site images: ``rehearsal`` per site image, at
     least ``rehearsal_min``, at most the pool."""
     return min(n_pool, max(round(cfg.rehearsal * n_site), cfg.rehearsal_min))
+
+
+def epoch_class_weights(site_y: np.ndarray, pool_y: np.ndarray | None, n_source: int, num_classes: int) -> torch.Tensor:
+    """The loss's class weights (`balanced_weights`) for the class mix every epoch trains on: the site's images and
+    ``n_source`` images drawn from the rehearsal pool, in expectation the pool's mix. (Weights from the site and the
+    whole pool counted the pool ``len(pool) / n_source`` times over: at 200 site images NORMAL was over-weighted by
+    about 1.3x.)"""
+    counts = np.bincount(np.asarray(site_y, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    if n_source and pool_y is not None and len(pool_y):
+        counts += n_source * np.bincount(np.asarray(pool_y, dtype=np.int64), minlength=num_classes) / len(pool_y)
+    return balanced_weights(torch.from_numpy(counts))
 
 
 def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: AdaptConfig,
@@ -67,8 +78,8 @@ def finetune(model: nn.Module, site_x: np.ndarray, site_y: np.ndarray, *, cfg: A
     use_source = source_x is not None and len(source_x) > 0 and cfg.rehearsal > 0
     n_source = rehearsal_count(cfg, n_site, len(source_x)) if use_source else 0
     num_classes = int(model.head.out_features)
-    pooled_y = np.concatenate([site_y, source_y]) if use_source else np.asarray(site_y)
-    loss_fn = make_loss(TrainConfig(), torch.from_numpy(pooled_y.astype(np.int64)), num_classes).to(device)  # weighted
+    loss_fn = nn.CrossEntropyLoss(weight=epoch_class_weights(site_y, source_y if use_source else None, n_source,
+                                                             num_classes)).to(device)
     steps_per_epoch = max(1, math.ceil((n_site + n_source) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
     decay = [p for p in model.parameters() if p.ndim > 1]

@@ -82,6 +82,7 @@ def summary_lines(record: dict) -> list[str]:
         *([(f"- {rehearsal['site_in_source_val']} of the site's images are images of the source dataset's val fold: "
             "left out of the source images the OOD and orientation checks were refitted on.")]
           if rehearsal.get("site_in_source_val") else []),
+        *([f"- Source split: {md_text(rehearsal['split_note'])}."] if rehearsal.get("split_note") else []),
         (f"- Operating point: threshold {fmt_threshold(op['threshold'])} on P(pneumonia), policy `{op['policy']}`, chosen on the "
          f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
          f"temperature {record['temperature']:.3f} fitted on the same scores."),

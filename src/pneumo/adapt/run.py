@@ -196,8 +196,9 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     # the OOD and orientation refits draw on the pool too, so it holds at least OOD_POOL images with rehearsal off
     source = load_source(predictor.meta, dataset, pool=max(cfg.rehearsal_pool, OOD_POOL), seed=cfg.seed,
                          site_sha256=site_sha256)
-    if source.note:
-        log.warning("%s", source.note)
+    for note in (source.note, source.split_note):
+        if note:
+            log.warning("%s", note)
     if source.site_in_val:
         log.warning("%d site image(s) are images of the source dataset's val fold: left out of the source images the "
                     "OOD and orientation checks are refitted on", source.site_in_val)
@@ -228,7 +229,6 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
     threshold = choose_threshold(site.y, p_oof, cfg.threshold_policy)
     log.info("adapt: final model on all %d images", len(site.y))
     final = fine_tune(np.arange(len(site.y)), 0)
-    n_pos, n_neg = int(site.y.sum()), int((site.y == 0).sum())
     record = {
         # names only, as the site's: the folder travels, and a path says where it was made (a review)
         "source_model": {"location": f"{predictor.sidecar.parent.name}/{predictor.sidecar.name}",
@@ -240,9 +240,10 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                  paths_digest(site.table["path"].tolist())},
         "recipe": cfg.model_dump(),
         "rehearsal": {"used": pool[0] is not None, "pool": 0 if pool[0] is None else len(pool[0]), "dataset": source.root and Path(source.root).name,
-                      "note": source.note or None, "site_in_source_val": source.site_in_val},
+                      "note": source.note or None, "site_in_source_val": source.site_in_val,
+                      "split_note": source.split_note or None},
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
-                            "warning": policy_warning(cfg.threshold_policy, n_pos, n_neg)},
+                            "warning": policy_warning(cfg.threshold_policy, *_patients_per_class(site), "patients")},
         "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy, site.groups),
         "temperature": (temperature := fit_temperature(z_oof, site.y)),
         "calibration_warning": calibration_warning(temperature, *_calibration_nll(z_oof, site.y, temperature)),
@@ -286,6 +287,12 @@ def _before(site: SiteImages, p: np.ndarray, threshold: float, n_bootstrap: int,
     return {"stored_threshold": at_threshold(site.y[kept], p[kept], threshold, n_bootstrap=n_bootstrap, seed=seed,
                                              groups=site.groups[kept]),
             "n_not_assessed": int((~assessed).sum()), "scope": scope}
+
+
+def _patients_per_class(site: SiteImages) -> tuple[int, int]:
+    """Patients with a pneumonia image, patients with a normal image: the intervals the policy warning judges count
+    whole patients (an audit: it counted images, so 150 films of 50 patients passed as enough)."""
+    return len(set(site.groups[site.y != 0])), len(set(site.groups[site.y == 0]))
 
 
 def _calibration_nll(z: np.ndarray, y: np.ndarray, temperature: float) -> tuple[float, float]:

@@ -82,6 +82,7 @@ class SourceImages:
     note: str = ""
     sizes: dict = field(default_factory=dict)
     site_in_val: int = 0  # site images in the source's val fold: left out of ``val_x`` (`overlap.leave_out_site`)
+    split_note: str = ""  # why the rebuilt split may not be the model's own (`evaluate.scoring.val_fold_mismatch`)
 
     @property
     def available(self) -> bool:
@@ -212,6 +213,7 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     dataset: returns an empty `SourceImages` with a note."""
     from pneumo.data.cache import image_cache
     from pneumo.data.splits import labels
+    from pneumo.evaluate.scoring import val_fold_mismatch
 
     try:
         found = model_folds(meta, dataset)
@@ -223,6 +225,7 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     cfg, folds = found
     if cfg.data.task != meta.task:
         raise DataError(f"the model's task {meta.task} differs from its config's {cfg.data.task}")
+    split_note = val_fold_mismatch(meta, folds.loc[folds["fold"] == "val", "path"].tolist(), Path(cfg.data.root).name)
     folds, in_val = leave_out_site(folds, site_sha256 or {})
     rng = np.random.default_rng(seed)
 
@@ -234,7 +237,9 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
                   for _, g in part.groupby("label", sort=True)]  # class-stratified
         return pd.concat(picked).sort_index()
 
-    out = SourceImages(root=cfg.data.root, site_in_val=in_val)
+    out = SourceImages(root=cfg.data.root, site_in_val=in_val, split_note=split_note and (
+        f"{split_note}: the source images the OOD and orientation checks are refitted on, and the site images' "
+        "train/val/test checks, follow this split, not the model's") or "")
     for name, fold, n in (("pool", "train", pool), ("val", "val", n_val), ("test", "test", len(folds))):
         rows = draw(fold, n)
         if rows.empty:

@@ -28,6 +28,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                        help="reference images drawn (seeded) from the model's val fold (its train + val folds "
                             "when it records no split)")
     check.add_argument("--seed", type=int, default=0, help="seed of the reference sample")
+    check.add_argument("--force", action="store_true", help="replace the earlier check an --out folder holds (without "
+                       "it: an error; a folder holding other files is never replaced)")
     check.set_defaults(func=run_check)
 
 
@@ -35,7 +37,7 @@ def run_check(args: argparse.Namespace) -> int:
     from pneumo.adapt.check import check_site
 
     result = check_site(args.data, args.out, model=args.model, dataset=args.dataset, sample=args.sample,
-                        seed=args.seed)
+                        seed=args.seed, replace=args.force)
     ood = result["ood"]
     ood_text = f", OOD {100 * ood['share']:.1f} %" if ood else ""
     turned = result["properties"]["site"].get("n_turned")

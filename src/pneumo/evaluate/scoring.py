@@ -230,15 +230,22 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
 
 
 
-def _check_val_fold(meta, paths: list[str], root: str) -> None:
-    """Refuse a rebuilt val fold other than the one the model's stored threshold was chosen on (its recorded digest;
-    a review: a pruned copy of the dataset put training images in the "val fold" a new threshold was chosen on)."""
+def val_fold_mismatch(meta, paths: list[str], root: str) -> str | None:
+    """Why a val fold rebuilt from ``root`` is not the one the model's stored threshold was chosen on (its recorded
+    digest), or None (the same, or nothing recorded)."""
     chosen = (meta.extra.get("operating_point") or {}).get("chosen_on") or {}
     recorded = chosen.get("paths_sha256") if chosen.get("kind") in VAL_FOLD_KINDS else None
     if recorded and paths_digest(paths) != recorded:
-        raise DataError(f"the val fold rebuilt from {root} ({len(paths)} images) is not the one the model's threshold "
-                        f"was chosen on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset; "
-                        "give the dataset it was trained on (--dataset DIR)")
+        return (f"the val fold rebuilt from {root} ({len(paths)} images) is not the one the model's threshold was chosen "
+                f"on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset")
+    return None
+
+
+def _check_val_fold(meta, paths: list[str], root: str) -> None:
+    """Refuse a rebuilt val fold other than the one the model's stored threshold was chosen on (a review: a pruned
+    copy of the dataset put training images in the "val fold" a new threshold was chosen on)."""
+    if why := val_fold_mismatch(meta, paths, root):
+        raise DataError(f"{why}; give the dataset it was trained on (--dataset DIR)")
 
 
 def _val_logits(p, cache) -> np.ndarray:

@@ -94,9 +94,14 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
+def balanced_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Class weights that give every class the same total weight: n / (classes * n_c), for (expected) counts n_c."""
+    counts = counts.float().clamp_min(1)
+    return counts.sum() / (len(counts) * counts)
+
+
 def make_loss(cfg: TrainConfig, y_train: torch.Tensor, num_classes: int) -> nn.Module:
-    counts = torch.bincount(y_train, minlength=num_classes).float().clamp_min(1)
-    weight = (counts.sum() / (num_classes * counts)) if cfg.balance == "weights" else None
+    weight = balanced_weights(torch.bincount(y_train, minlength=num_classes)) if cfg.balance == "weights" else None
     return FocalLoss(weight) if cfg.loss == "focal" else nn.CrossEntropyLoss(weight=weight)
 
 
