@@ -24,10 +24,14 @@ def utc_now() -> str:
 
 def git_commit() -> str:
     """The commit of the pneumo checkout this code runs from, ``-dirty`` when its tracked files are changed (a run of
-    modified code is not a run of the commit); "unknown" outside a checkout (an installed package that sits inside
-    another repository does not take that repository's commit). Git gets a minute: on a machine short of memory it took
-    over 5 s and a run recorded "unknown"."""
+    modified code is not a run of the commit); outside a checkout, the commit an installed wheel was built from (its
+    ``BUILD_COMMIT``, written by setup.py), else "unknown" (an installed package that sits inside another repository
+    does not take that repository's commit). Git gets a minute: on a machine short of memory it took over 5 s and a
+    run recorded "unknown"."""
     package = Path(__file__).resolve().parent  # src/pneumo
+    built = package / "BUILD_COMMIT"
+    if built.is_file():  # an installed build (a checkout never holds one: setup.py writes it into the build only)
+        return built.read_text().strip()[:64] or "unknown"
 
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=60, check=False, cwd=package)
