@@ -29,12 +29,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     dist = tmp / "dist"
     dist.mkdir()
-    hooks = ("from setuptools import build_meta as b; import sys; "
-             "print(b.build_wheel(sys.argv[1])); print(b.build_sdist(sys.argv[1]))")
+    hooks = ("from setuptools import build_meta as b; import sys; w = b.build_wheel(sys.argv[1]); "
+             "s = b.build_sdist(sys.argv[1]); print('BUILT', w, s)")
     out = subprocess.run([sys.executable, "-c", hooks, str(dist)], cwd=clone, capture_output=True, text=True,
-                         check=True).stdout.split()
-    return {"wheel": dist / out[-2], "sdist": dist / out[-1], "commit": _git("rev-parse", "--short=7", "HEAD",
-                                                                             cwd=clone), "tmp": tmp}
+                         check=True).stdout.split("BUILT")[-1].split()
+    return {"wheel": dist / out[0], "sdist": dist / out[1], "commit": _git("rev-parse", "--short=7", "HEAD",
+                                                                           cwd=clone), "tmp": tmp}
 
 
 def test_the_wheel_holds_the_licence_the_run_time_files_and_the_commit_it_was_built_from(built: dict) -> None:
