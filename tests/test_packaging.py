@@ -29,12 +29,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     dist = tmp / "dist"
     dist.mkdir()
-    hooks = ("from setuptools import build_meta as b; import sys; w = b.build_wheel(sys.argv[1]); "
-             "s = b.build_sdist(sys.argv[1]); print('BUILT', w, s)")
-    out = subprocess.run([sys.executable, "-c", hooks, str(dist)], cwd=clone, capture_output=True, text=True,
-                         check=True).stdout.split("BUILT")[-1].split()
-    return {"wheel": dist / out[0], "sdist": dist / out[1], "commit": _git("rev-parse", "--short=7", "HEAD",
-                                                                           cwd=clone), "tmp": tmp}
+    def build(hook: str) -> Path:  # a process each: setuptools keeps the first command's options for the next
+        code = f"from setuptools import build_meta as b; import sys; print('BUILT', b.{hook}(sys.argv[1]))"
+        out = subprocess.run([sys.executable, "-c", code, str(dist)], cwd=clone, capture_output=True, text=True,
+                             check=True).stdout
+        return dist / out.split("BUILT")[-1].strip()
+
+    return {"wheel": build("build_wheel"), "sdist": build("build_sdist"), "tmp": tmp,
+            "commit": _git("rev-parse", "--short=7", "HEAD", cwd=clone)}
 
 
 def test_the_wheel_holds_the_licence_the_run_time_files_and_the_commit_it_was_built_from(built: dict) -> None:
