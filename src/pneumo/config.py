@@ -288,6 +288,16 @@ def from_dict(values: dict[str, Any] | None) -> RunConfig:
     return RunConfig.checked(values or {})
 
 
+def model_config(values: dict[str, Any]) -> RunConfig:
+    """A model's recorded training config (its sidecar's ``config``), to rebuild its data on this machine: checked as
+    `from_dict`, with the trainer's cache folder dropped, so this machine's ``$PNEUMO_CACHE`` holds what is rebuilt (a
+    cache review: the recorded folder was written into by whoever evaluated the model, and one that was not there
+    failed the evaluation). The caller places ``data.root``."""
+    cfg = from_dict(values)
+    cfg.data.cache_dir = None
+    return cfg
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides (values parsed as YAML scalars) to a nested dict. Asking for a removed study option
     other than its old default is an error (a stored config that holds one loads with a warning instead)."""

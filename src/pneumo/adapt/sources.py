@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo import atomic
 from pneumo.adapt.overlap import leave_out_site
-from pneumo.config import RunConfig, from_dict
+from pneumo.config import RunConfig, model_config
 from pneumo.data.decode import MAX_BYTES, read_file
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import ConfigError, DataError, InputError, PneumoError
@@ -198,7 +198,7 @@ def model_folds(meta: CheckpointMeta, dataset: str | os.PathLike | None) -> tupl
     config = source_config(meta)
     if not config or not config.get("data"):
         return None
-    cfg: RunConfig = from_dict(config)
+    cfg: RunConfig = model_config(config)
     saved = cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None
     cfg.data.root = str(resolve_root(dataset or saved).absolute())
     return cfg, folds_for(cfg)

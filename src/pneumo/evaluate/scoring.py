@@ -194,7 +194,7 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
     chosen on: a pruned or extended copy; logged). A run's folds.csv is used as is; otherwise the split is rebuilt
     from the config saved in the checkpoint (same data, seed and fraction). ``strict``: raise why instead (a
     `PneumoError`), for a command that needs the fold."""
-    from pneumo.config import from_dict
+    from pneumo.config import model_config
     from pneumo.data.manifest import resolve_root
     from pneumo.data.splits import check_recorded_images, folds_for, labels
 
@@ -202,7 +202,7 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
     for p in predictors:
         if not p.meta.config:
             return None
-        cfg = from_dict(p.meta.config)
+        cfg = model_config(p.meta.config)
         try:
             root = data or (cfg.data.root if cfg.data.root and Path(cfg.data.root).exists() else None)
             cfg.data.root = str(resolve_root(root))

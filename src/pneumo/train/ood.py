@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pneumo.config import RunConfig, from_dict
+from pneumo.config import RunConfig, model_config
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
 from pneumo.data.rundir import RunDir, read_folds, run_lock
@@ -123,7 +123,7 @@ def _fit_ood_locked(sidecar: Path, *, data: str | None, percentile: float) -> di
     stored_config = read_meta(sidecar).config
     if not isinstance(stored_config, dict):
         raise ConfigError(f"{sidecar} stores no training config: cannot rebuild its train/val split")
-    cfg = from_dict(stored_config)
+    cfg = model_config(stored_config)
     cfg.data.root = str(resolve_root(data or _existing(cfg.data.root)))
     folds = folds_for(cfg)
     stored = RunDir(sidecar.parent).folds
