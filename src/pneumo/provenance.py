@@ -55,6 +55,21 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
+MODEL_CODE_VERSION = 1  # bump when a change to pneumo's code alters a model's outputs for the same weights and pixels
+MODEL_LIBRARIES = ("torch", "timm", "onnx", "onnxruntime")
+
+
+def model_code() -> str:
+    """What besides the weights decides a model's outputs (`MODEL_CODE_VERSION` and the versions of the libraries
+    that build and run it), as a short tag: kept ONNX exports, val-fold logits and probe features are keyed on it
+    (a cache review: with pneumo's model code changed, the old export and logits were served; the package version is
+    the same at every commit)."""
+    import hashlib
+
+    libraries = "|".join(f"{name}={package_version(name)}" for name in MODEL_LIBRARIES)
+    return f"m{MODEL_CODE_VERSION}-{hashlib.sha256(libraries.encode()).hexdigest()[:8]}"
+
+
 def record() -> dict[str, str]:
     """pneumo's version and commit, Python's and the numerical libraries' versions, the CPU threads torch uses (the
     last digits of a result can move with them) and the time."""

@@ -231,10 +231,10 @@ def test_a_derived_array_a_read_only_cache_cannot_keep_is_returned_with_one_warn
 
     file = folder / "val-logits-x.npy"
     with caplog.at_level(logging.WARNING, logger="pneumo.data.cache"):
-        assert np.array_equal(kept_array(file, logits, rows=3), np.arange(6).reshape(3, 2))
+        assert np.array_equal(kept_array(file, logits, (3, 2)), np.arange(6).reshape(3, 2))
         warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warned) == 1 and str(file) in warned[0] and "not kept" in warned[0]
-        kept_array(file, logits, rows=3)
+        kept_array(file, logits, (3, 2))
     assert len(computed) == 2 and not list(folder.iterdir())  # nothing kept: computed on each call
 
 
@@ -261,5 +261,24 @@ def test_a_kept_array_with_no_rows_is_computed_again(tmp_path: Path) -> None:
     file = tmp_path / "val-logits-x.npy"
     np.save(file, np.float32(1))
     logits = np.arange(6, dtype=np.float32).reshape(3, 2)
-    assert np.array_equal(kept_array(file, lambda: logits, rows=3), logits)
+    assert np.array_equal(kept_array(file, lambda: logits, (3, 2)), logits)
     assert np.array_equal(np.load(file), logits)  # kept in its place
+
+
+@pytest.mark.parametrize("planted", [np.zeros(3, np.float32), np.full((3, 2), "1"), np.zeros((3, 3), np.float32),
+                                     np.zeros((3, 2)), np.full((3, 2), np.inf, np.float32)],
+                         ids=["1-D", "strings", "another width", "float64", "not finite"])
+def test_a_kept_array_of_another_shape_type_or_with_non_finite_values_is_computed_again(planted: np.ndarray,
+                                                                                        tmp_path: Path) -> None:
+    """Only the row count was checked: a 1-D array of zeros or one of strings became a model's val-fold logits and a
+    new model folder was written from them (a cache review)."""
+    file = tmp_path / "val-logits-x.npy"
+    np.save(file, planted)
+    logits = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert np.array_equal(kept_array(file, lambda: logits, (3, 2)), logits)
+    assert np.array_equal(np.load(file), logits) and np.load(file).dtype == np.float32
+
+
+def test_a_computed_array_that_could_never_be_read_back_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected float32"):
+        kept_array(tmp_path / "f.npy", lambda: np.zeros((3, 2)), (3, 2))

@@ -68,6 +68,16 @@ def test_the_export_is_made_once_and_keyed_by_the_weights(cache_dir: Path, tiny_
                                                             "intensity", "mode", "threshold", "temperature")})
     assert cached_onnx(other / "retrained.json") != first
     assert not list((cache_dir / "onnx").glob("*.tmp"))
+    # new model code, or another torch / ONNX Runtime, is another export (a cache review: after a change to the model
+    # code the old export was served; the package version is the same at every commit)
+    from pneumo import provenance
+
+    monkeypatch.setattr(provenance, "MODEL_CODE_VERSION", provenance.MODEL_CODE_VERSION + 1)
+    assert cached_onnx(tiny_model) != first
+    monkeypatch.undo()
+    before, real = export.export_target(cache_dir, "0" * 64, meta), provenance.package_version
+    monkeypatch.setattr(provenance, "package_version", lambda name: real(name) + ("+1" if name == "torch" else ""))
+    assert export.export_target(cache_dir, "0" * 64, meta) != before
 
 
 def test_auto_falls_back_to_pytorch_when_the_export_fails(cache_dir: Path, tiny_model: Path,

@@ -33,3 +33,30 @@ def test_bf16_features_are_cached_apart_from_fp32_ones(tmp_path: Path, monkeypat
     cached()
     assert len(computed) == 2
     assert len(list(tmp_path.glob("features-k-*.npy"))) == 2
+
+
+def test_the_backbones_digest_reads_every_byte_its_architecture_and_the_model_code(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first 4 KB of each tensor and no architecture gave two backbones one digest, and one was given the other's
+    kept features (a cache review)."""
+    from pneumo import provenance
+
+    model = build("scratch_cnn", num_classes=2)
+    first = probe.model_digest(model)
+    big = max((t for n, t in model.state_dict().items() if not n.startswith("head.")), key=lambda t: t.numel())
+    assert big.numel() > 1024  # a change past the first 4 KB of the tensor
+    last = big.view(-1)[-1].item()
+    with torch.no_grad():
+        big.view(-1)[-1] = last + 1.0
+    assert probe.model_digest(model) != first
+    with torch.no_grad():
+        big.view(-1)[-1] = last
+    assert probe.model_digest(model) == first
+    with torch.no_grad():  # the head does not change the features
+        model.head.weight.add_(1.0)
+    assert probe.model_digest(model) == first
+    monkeypatch.setattr(model, "arch", "another_arch", raising=False)
+    assert probe.model_digest(model) != first
+    monkeypatch.undo()
+    monkeypatch.setattr(provenance, "MODEL_CODE_VERSION", provenance.MODEL_CODE_VERSION + 1)
+    assert probe.model_digest(model) != first

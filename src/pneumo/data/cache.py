@@ -223,17 +223,22 @@ def image_cache(cfg: RunConfig, df: pd.DataFrame) -> ImageCache:
                        cache_dir=cfg.data.cache_dir)
 
 
-def kept_array(file: Path, compute: Callable[[], np.ndarray], rows: int) -> np.ndarray:
-    """An array derived from cached images (features, logits) kept in ``file`` beside the image cache: loaded when it
-    is there with ``rows`` rows, else computed and written atomically (a damaged file is computed again). A cache that
-    cannot be written (read-only, full) keeps nothing: one warning, and the array just computed is returned."""
+def kept_array(file: Path, compute: Callable[[], np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """A float32 array derived from cached images (features, logits) kept in ``file`` beside the image cache: loaded
+    when it is there with exactly ``shape`` and finite values, else computed and written atomically (a damaged file is
+    computed again: a cache review found a 1-D array and one of strings taken as a model's val-fold logits on
+    their row count alone). A cache that cannot be written (read-only, full) keeps nothing: one warning, and
+    the array just computed is returned."""
     try:
         kept = np.load(file, allow_pickle=False)
-        if isinstance(kept, np.ndarray) and kept.shape[:1] == (rows,):  # (not a 0-d array or an .npz)
+        if (isinstance(kept, np.ndarray) and kept.dtype == np.float32 and kept.shape == tuple(shape)
+                and np.isfinite(kept).all()):  # (not a 0-d array, an .npz, another width or type)
             return kept
     except (OSError, ValueError, EOFError):  # absent or damaged
         pass
     array = compute()
+    if array.dtype != np.float32 or array.shape != tuple(shape):  # would never be read back: computed on every call
+        raise ValueError(f"{file.name}: computed {array.dtype} {array.shape}, expected float32 {tuple(shape)}")
     try:
         with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array, allow_pickle=False)

@@ -21,6 +21,7 @@ from pneumo.evaluate.labelled import labelled_images
 from pneumo.evaluate.operating import paths_digest
 from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
+from pneumo.provenance import model_code
 
 log = logging.getLogger(__name__)
 RUN_VAL_FOLD = "the run's val fold"  # where a run's first evaluation chose its threshold
@@ -260,5 +261,5 @@ def _val_logits(p, cache) -> np.ndarray:
     if not p.meta.sha256:
         return score()
     tta = "-tta" if p.meta.tta else ""  # flip averaging changes the logits (a review: one file served both)
-    return kept_array(cache.file.parent / f"val-logits-{p.meta.sha256}-{p.backend}{tta}-{cache.key}.npy", score,
-                      len(images))
+    name = f"val-logits-{p.meta.sha256}-{p.backend}{tta}-{model_code()}-{cache.key}.npy"
+    return kept_array(cache.file.parent / name, score, (len(images), p.meta.num_classes))

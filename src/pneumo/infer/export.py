@@ -53,6 +53,15 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
     return target
 
 
+def export_target(root: Path, weights_sha256: str, meta) -> Path:
+    """Where the cache keeps the export of these weights: keyed on them, the architecture, the input size, the model
+    code and its libraries (`provenance.model_code`), the opset and the outputs."""
+    from pneumo.provenance import model_code
+
+    key = f"{weights_sha256}|{meta.arch}|{meta.input_size}|{model_code()}|{OPSET}|{'+'.join(OUTPUTS)}"
+    return root / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+
+
 def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Path:
     """The ONNX export of a PyTorch checkpoint, made once and kept under ``<cache>/onnx`` by the weights file's own
     SHA-256; the weights and the cached file are verified on every call.
@@ -61,14 +70,12 @@ def cached_onnx(sidecar: Path, cache_dir: str | os.PathLike | None = None) -> Pa
         IntegrityError: the weights do not match the sidecar's checksum, or the cached export does not match its record.
         ModelError: the export cannot be written (a read-only cache, as in a container with a read-only root).
     """
-    from pneumo import __version__
     from pneumo.data.cache import default_cache_dir
 
     meta = read_meta(sidecar)
     weights_sha256 = verify_weights(sidecar, meta)
-    key = f"{weights_sha256}|{meta.arch}|{meta.input_size}|{__version__}|{OPSET}|{'+'.join(OUTPUTS)}"
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / "onnx" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+    target = export_target(root, weights_sha256, meta)
     if target.is_file() and verify_onnx(target, weights_sha256):
         return target
     log.info("exporting %s to ONNX once (%s)", sidecar.name, target)

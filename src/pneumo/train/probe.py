@@ -25,14 +25,18 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 def model_digest(model: nn.Module) -> str:
-    """Identity of the frozen backbone (the head is excluded: it does not change the features)."""
-    h = hashlib.sha256()
+    """Identity of the frozen backbone: its architecture, every byte of every tensor but the head's (it does not change
+    the features) and the model code (`provenance.model_code`). (A cache review: the first 4 KB of each tensor and no
+    architecture gave two backbones one digest, and one got the other's features.)"""
+    from pneumo.provenance import model_code
+
+    h = hashlib.sha256(f"{getattr(model, 'arch', type(model).__name__)}|{model_code()}".encode())
     for name, tensor in model.state_dict().items():
         if name.startswith("head."):
             continue
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes()[:4096])
-        h.update(str(tuple(tensor.shape)).encode())
+        h.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -81,7 +85,7 @@ def cached_features(model: nn.Module, images: np.ndarray, *, cache_key: str, cac
     precision = "-bf16" if features_in_bf16(device, amp) else ""
     return kept_array(cache_dir / f"features-{cache_key}-{model_digest(model)}{precision}.npy",
                       lambda: extract_features(model, images, batch_size=batch_size, device=device, amp=amp),
-                      len(images))
+                      (len(images), model.num_features))
 
 
 def fit_probe(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray, *,
