@@ -267,3 +267,21 @@ def test_check_folder_lets_through_new_empty_and_earlier_outputs_only(tmp_path: 
     atomic.check_folder(tmp_path / "earlier", replace=True, **kw)
     with pytest.raises(ConfigError, match="earlier site check: give --force"):
         atomic.check_folder(tmp_path / "earlier", replace=False, **kw)
+
+
+def test_a_running_writers_temp_file_in_another_pid_namespace_is_not_deleted(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two containers with one host name sharing a cache volume: the second's cleanup judged the first's half-written
+    temp file by a process id of its own namespace and deleted it (a cache review)."""
+    target = tmp_path / "images-224.npy"
+    pid = 2 ** 22 + 7  # no such process here (above the kernel's pid_max)
+    ours = atomic._owner().partition("-")[2]
+    other = tmp_path / f".{target.name}.{pid}-{ours}0.tmp"  # same host, another namespace
+    dead = tmp_path / f".{target.name}.{pid}-{ours}.tmp"  # this host and namespace, its writer gone
+    for path in (other, dead):
+        path.write_bytes(b"half")
+    assert ours.rpartition("-n")[2].isdigit()  # this system names the namespace
+    assert atomic.remove_stale_temps(target) == [dead] and other.exists()
+    old = os.stat(other).st_mtime - atomic.STALE_AFTER_S - 60  # untouched for over an hour: left over, removed
+    os.utime(other, (old, old))
+    assert atomic.remove_stale_temps(target) == [other]

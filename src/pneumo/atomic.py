@@ -43,19 +43,30 @@ def short_name(name: str) -> str:
         name.encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
+def _pid_namespace() -> str:
+    """This process's PID namespace (``n`` + its inode; "" where the system has none): two containers with one host
+    name share a cache volume, not their process ids."""
+    try:
+        return f"-n{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
 def _owner() -> str:
-    """``<pid>-<host>``: who writes a temp file or folder (a container or another host shares the folder, not the
-    process ids)."""
+    """``<pid>-<host>[-n<pid namespace>]``: who writes a temp file or folder (a container or another host shares the
+    folder, not the process ids: a cache review saw a container of the same host name delete a running build's file
+    as a dead process's)."""
     host = "".join(c for c in socket.gethostname() if c.isalnum() or c == "-")[:24] or "host"
-    return f"{os.getpid()}-{host}"
+    return f"{os.getpid()}-{host}{_pid_namespace()}"
 
 
 STALE_AFTER_S = 3600  # another machine's leftover is removed only when untouched this long
 
 
 def is_stale(owner: str, path: Path) -> bool:
-    """Whether a leftover of writer ``owner`` (``<pid>-<host>``, or a bare pid of older versions) may be deleted: this
-    machine's process that no longer runs, or another machine's untouched for `STALE_AFTER_S`."""
+    """Whether a leftover of writer ``owner`` (`_owner`, or a bare pid of older versions) may be deleted: a process of
+    this machine and PID namespace that no longer runs, or another's (machine, container) untouched for
+    `STALE_AFTER_S`."""
     pid, _, host = owner.partition("-")
     if not pid.isdigit() or owner == _owner():
         return False
