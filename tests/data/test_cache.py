@@ -77,6 +77,13 @@ def test_another_version_of_a_pixel_library_makes_another_cache_and_scan_key(dat
     assert f"PIL={PIL.__version__}|" in decode.pixel_libraries()
     monkeypatch.setattr(PIL, "__version__", PIL.__version__ + ".post1")
     assert cache_key(df, size=32, policy="squash", intensity="none") != before
+    from pneumo import provenance  # SciPy makes the lung crop's pixels (a cache review: it was not in the key)
+
+    lungs = cache_key(df, size=32, policy="squash", intensity="none", crop="lungs")
+    real = provenance.package_version
+    with monkeypatch.context() as patch:
+        patch.setattr(provenance, "package_version", lambda name: real(name) + (".post1" if name == "scipy" else ""))
+        assert cache_key(df, size=32, policy="squash", intensity="none", crop="lungs") != lungs
     scans = cache_dir / "scans"
     scan_dataset(data_slice, cache_dir=cache_dir)
     kept = {f.name for f in scans.glob("*.json")}

@@ -287,3 +287,22 @@ def test_data_download_on_the_command_line(server: tuple[str, ServerState], tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("pneumo data download: error:") and words in err[0], err
     assert not (tmp_path / "c" / "Gone.zip").exists()
+
+
+def test_an_archive_there_without_its_record_is_checked_as_a_zip_and_recorded(server: tuple[str, ServerState],
+                                                                              tmp_path: Path) -> None:
+    """A file of the right size full of zeros, without a record, was reported as the dataset archive and never got a
+    record (a cache review)."""
+    base, state = server
+    (tmp_path / "file.zip").write_bytes(bytes(len(PAYLOAD)))
+    with pytest.raises(DataError, match="file.zip is not a zip archive"):
+        _get(f"{base}/file.zip", tmp_path, size=len(PAYLOAD))
+    assert not (tmp_path / "file.zip.sha256").exists()
+    (tmp_path / "file.zip").write_bytes(PAYLOAD)  # the archive, put there by hand: recorded as it is now
+    assert _get(f"{base}/file.zip", tmp_path, size=len(PAYLOAD)) == tmp_path / "file.zip"
+    assert (tmp_path / "file.zip.sha256").read_text() == f"{DIGEST}  file.zip\n" and state.ranges == []
+    damaged = bytearray(PAYLOAD)
+    damaged[100] ^= 0xFF
+    (tmp_path / "file.zip").write_bytes(bytes(damaged))  # from now on checked against that record
+    with pytest.raises(DataError, match="no longer matches the SHA-256 recorded"):
+        _get(f"{base}/file.zip", tmp_path, size=len(PAYLOAD))

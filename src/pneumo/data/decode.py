@@ -368,7 +368,8 @@ def _strip_to_gray(img: Image.Image) -> np.ndarray:
 
 def pixel_libraries() -> str:
     """The versions of the libraries that make the pixels (Pillow and its codecs, pydicom and the plugins that decode
-    compressed DICOM, OpenCV for resizing and in-painting): a kept scan or image cache made with others is not reused."""
+    compressed DICOM, OpenCV for resizing and in-painting, SciPy for the lung crop, NumPy): a kept scan or image cache
+    made with others is not reused."""
     import importlib.util
 
     import cv2
@@ -381,4 +382,5 @@ def pixel_libraries() -> str:
                 "jpeg_ls": "pyjpegls", "gdcm": "python-gdcm"}  # module: distribution
     plugins = ",".join(f"{m}={package_version(package)}" for m, package in packages.items()
                        if importlib.util.find_spec(m) is not None)
-    return f"PIL={PIL.__version__}|pydicom={pydicom.__version__}|cv2={cv2.__version__}|{plugins}"
+    return (f"PIL={PIL.__version__}|pydicom={pydicom.__version__}|cv2={cv2.__version__}|scipy={package_version('scipy')}"
+            f"|numpy={package_version('numpy')}|{plugins}")

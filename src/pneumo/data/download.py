@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,18 @@ def fetch_dataset(cache_dir: str | os.PathLike | None = None, *, source: str = "
     return download(spec.url, dest_dir, sha256=spec.sha256, size=spec.size, filename=spec.filename)
 
 
+def _check_archive(path: Path, name: str | None = None) -> None:
+    """A ``.zip`` must be one (its central directory is there): a file of the right size full of zeros was taken as
+    the dataset archive (a cache review).
+
+    Raises:
+        DataError: it is not.
+    """
+    if (name or path.name).lower().endswith(".zip") and not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not a zip archive (damaged, or another file under its name): delete it and "
+                        "download it again")
+
+
 def download(
     url: str,
     dest_dir: str | os.PathLike,
@@ -141,7 +154,13 @@ def download(
                 raise DataError(f"{final} no longer matches the SHA-256 recorded when it was downloaded: it changed or "
                                 f"is damaged; delete it and {record.name}, then download it again")
             return final
-        if expected is None or sha256_file(final) == expected:
+        if expected is None:  # no record (lost, or a file put there): checked as a zip, then recorded as it is now
+            _check_archive(final)
+            atomic.write_text(record, f"{sha256_file(final)}  {name}\n")
+            log.warning("%s has no SHA-256 record of its download (a download killed before writing it, or a file "
+                        "put there): its SHA-256 is recorded now, not verified against the source", final)
+            return final
+        if sha256_file(final) == expected:
             log.info("already downloaded: %s", final)
             return final
         log.warning("%s does not match the expected checksum; downloading it again", final)
@@ -174,8 +193,9 @@ def download(
             f"checksum mismatch for {name}: expected sha256 {expected}, got {digest}; "
             "the file was removed, run the command again to download it anew"
         )
+    _check_archive(part, name)
+    atomic.write_text(record, f"{digest}  {name}\n")  # first: a kill between the two leaves a record, not an unrecorded file
     os.replace(part, final)
-    atomic.write_text(record, f"{digest}  {name}\n")
     log.info(
         "downloaded %s (%d bytes, sha256 %s%s)",
         final,
