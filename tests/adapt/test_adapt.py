@@ -205,15 +205,18 @@ def test_a_source_split_other_than_the_models_own_is_said_in_the_record_and_the_
 def test_the_val_fold_check_names_a_rebuilt_fold_other_than_the_recorded_one() -> None:
     from types import SimpleNamespace
 
-    from pneumo.evaluate.operating import paths_digest
-    from pneumo.evaluate.scoring import RUN_VAL_FOLD, val_fold_mismatch
+    from pneumo.evaluate.operating import images_digest, paths_digest
+    from pneumo.evaluate.scoring import RUN_VAL_FOLD, val_fold_bytes_note, val_fold_mismatch
 
-    paths = ["val/a.jpeg", "val/b.jpeg"]
-    meta = SimpleNamespace(extra={"operating_point": {"chosen_on": {"kind": RUN_VAL_FOLD, "n": 2,
-                                                                     "paths_sha256": paths_digest(paths)}}})
-    assert val_fold_mismatch(meta, paths[::-1], "data") is None
-    assert "(1 images) is not the one" in val_fold_mismatch(meta, paths[:1], "data")
-    assert val_fold_mismatch(SimpleNamespace(extra={}), paths[:1], "data") is None  # nothing recorded
+    val = pd.DataFrame({"path": ["val/a.jpeg", "val/b.jpeg"], "sha256": ["a" * 64, "b" * 64]})
+    meta = SimpleNamespace(extra={"operating_point": {"chosen_on": {
+        "kind": RUN_VAL_FOLD, "n": 2, "paths_sha256": paths_digest(val["path"]), "images_sha256": images_digest(val)}}})
+    assert val_fold_mismatch(meta, val[::-1], "data") is None and val_fold_bytes_note(meta, val[::-1], "data") is None
+    assert "(1 images) is not the one" in val_fold_mismatch(meta, val[:1], "data")
+    assert val_fold_mismatch(SimpleNamespace(extra={}), val[:1], "data") is None  # nothing recorded
+    recoded = val.assign(sha256=["a" * 64, "c" * 64])  # the same names, other bytes: said, not refused
+    assert val_fold_mismatch(meta, recoded, "data") is None
+    assert "have the recorded names but not the bytes" in val_fold_bytes_note(meta, recoded, "data")
 
 
 def test_the_loss_weighs_the_classes_as_each_epoch_mixes_them_not_as_the_whole_rehearsal_pool() -> None:

@@ -69,8 +69,8 @@ def test_operating_point_on_a_run_whose_val_image_changed_is_refused(run_on_a_co
 def test_a_models_recorded_cache_folder_is_not_used_this_machines_cache_is(run_on_a_copy: tuple[Path, Path],
                                                                            tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model's config records the trainer's `data.cache_dir`; a cache review: evaluating the model wrote the val
-    fold's images and logits there, and where that folder could not be made the evaluation failed."""
+    """A model's config records the trainer's `data.cache_dir`; a cache review: evaluating the model on another
+    machine made that folder for the val fold's images and logits, and where it could not the evaluation failed."""
     import json
 
     from sidecars import edit_sidecar

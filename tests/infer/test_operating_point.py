@@ -158,3 +158,46 @@ def test_kept_val_logits_of_a_flip_averaged_model_are_its_own(tiny_model: Path, 
     assert np.array_equal(_val_logits(plain, cache), plain.logits(images))
     kept = _val_logits(flipped, cache)
     assert np.array_equal(kept, flipped.logits(images)) and not np.allclose(kept, plain.logits(images))
+
+
+def test_a_val_fold_with_the_recorded_names_but_other_bytes_is_said_and_recorded(data_slice: Path, tmp_path: Path,
+                                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A copy of the dataset with other pixels under the val fold's names passed the paths' digest, and the new
+    model's record named the digest of the recorded fold (a cache review). Another encoding of the public dataset
+    differs so too, so it is not refused: the console says it and the new record carries the images' own digest."""
+    import dataclasses
+    import shutil
+
+    from pneumo.config import model_config, to_dict
+    from pneumo.data.splits import folds_for
+    from pneumo.evaluate.operating import images_digest, paths_digest
+    from pneumo.evaluate.scoring import MODEL_VAL_FOLD
+    from pneumo.models.sidecar import DEFAULT_MODEL, companion_files, read_meta, weights_path, write_meta
+
+    dataset, model = tmp_path / "dataset", tmp_path / "model"
+    shutil.copytree(data_slice, dataset)
+    model.mkdir()
+    meta = read_meta(DEFAULT_MODEL)
+    for name in (weights_path(DEFAULT_MODEL, meta).name, *companion_files(meta)):
+        shutil.copyfile(DEFAULT_MODEL.parent / name, model / name)
+    shutil.copyfile(DEFAULT_MODEL.with_suffix(".md"), model / "model.md")  # its recorded card
+    cfg = model_config(meta.config)
+    cfg.data.root = str(dataset)
+    val = folds_for(cfg).query("fold == 'val'")
+    chosen = {"kind": MODEL_VAL_FOLD, "n": len(val), "paths_sha256": paths_digest(val["path"].tolist()),
+              "images_sha256": images_digest(val)}
+    write_meta(model / "model.json", dataclasses.replace(meta, config=to_dict(cfg), extra={
+        **meta.extra, "operating_point": {**meta.extra["operating_point"], "chosen_on": chosen}}))
+    argv = ["operating-point", "--model", str(model), "--threshold-policy", "youden"]
+    assert main([*argv, "--out", str(tmp_path / "same")]) == 0
+    assert "not the bytes" not in caplog.text
+    from PIL import Image
+
+    film = dataset / val["path"].iloc[0]
+    Image.open(film).convert("L").save(film, format="JPEG", quality=60)  # another encoding under the same name
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--out", str(tmp_path / "other")]) == 0
+    assert f"the {len(val)} val-fold images rebuilt from {dataset} have the recorded names but not the bytes" in caplog.text
+    new = json.loads((tmp_path / "other" / "model.json").read_text())["operating_point"]["chosen_on"]
+    assert new["images_sha256"] != chosen["images_sha256"] and "not the bytes" in new["note"]
+    assert new["paths_sha256"] == chosen["paths_sha256"]

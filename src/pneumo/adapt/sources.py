@@ -213,7 +213,7 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     dataset: returns an empty `SourceImages` with a note."""
     from pneumo.data.cache import image_cache
     from pneumo.data.splits import labels
-    from pneumo.evaluate.scoring import val_fold_mismatch
+    from pneumo.evaluate.scoring import val_fold_bytes_note, val_fold_mismatch
 
     try:
         found = model_folds(meta, dataset)
@@ -225,7 +225,9 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     cfg, folds = found
     if cfg.data.task != meta.task:
         raise DataError(f"the model's task {meta.task} differs from its config's {cfg.data.task}")
-    split_note = val_fold_mismatch(meta, folds.loc[folds["fold"] == "val", "path"].tolist(), Path(cfg.data.root).name)
+    val = folds[folds["fold"] == "val"]
+    split_note = (val_fold_mismatch(meta, val, Path(cfg.data.root).name)
+                  or val_fold_bytes_note(meta, val, Path(cfg.data.root).name))
     folds, in_val = leave_out_site(folds, site_sha256 or {})
     rng = np.random.default_rng(seed)
 

@@ -94,6 +94,14 @@ def paths_digest(paths: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, paths))).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def images_digest(rows) -> str:
+    """SHA-256 of the sorted ``path<TAB>sha256`` lines of a fold's rows (a manifest's or folds.csv's ``path`` and
+    ``sha256``): identifies the val images a threshold was chosen on by their bytes too (a cache review: a copy of
+    the dataset with other pixels under the same names passed the paths' digest)."""
+    lines = sorted(f"{path}\t{sha}" for path, sha in zip(rows["path"].astype(str), rows["sha256"], strict=True))
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def adaptation_points(extra: dict, location: object) -> dict[str, dict]:
     """An adapted model's policies, each chosen on its adaptation's cross-fitted scores (`pneumo adapt` records them in
     the sidecar's ``adaptation``: {policy: threshold, sensitivity, specificity, exact CIs}), checked; {} for any other

@@ -29,7 +29,13 @@ from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.external import measure
 from pneumo.evaluate.ood import ood_note, test_checks
-from pneumo.evaluate.operating import operating_points, operating_points_section, paths_digest, policies_to_report
+from pneumo.evaluate.operating import (
+    images_digest,
+    operating_points,
+    operating_points_section,
+    paths_digest,
+    policies_to_report,
+)
 from pneumo.evaluate.report import (
     EVALUATION_FILES,
     check_output_folder,
@@ -346,11 +352,11 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
     three = {"test_3class": {"accuracy": mc["accuracy"], "macro_f1": mc["macro_f1"],  # a 3-class run's own figures
                              "bacteria_vs_virus_roc_auc": mc["bacteria_vs_virus"]["roc_auc"]},
              "test_3class_ci": mc.get("ci", {})} if mc else {}
-    val_paths = folds.loc[folds["fold"] == "val", "path"].tolist()
+    val = folds[folds["fold"] == "val"]
     record = {"version": 1, "policy": result["threshold_policy"], "threshold": result["threshold"],
               "temperature": result["temperature"],
               "chosen_on": {"kind": RUN_VAL_FOLD, "n": result["val"]["n"],
-                            "paths_sha256": paths_digest(val_paths)},
+                            "paths_sha256": paths_digest(val["path"].tolist()), "images_sha256": images_digest(val)},
               "created": utc_now()}
     meta = dataclasses.replace(
         meta, tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],

@@ -18,7 +18,7 @@ from pneumo.data.cache import image_cache, kept_array
 from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError, one_line
 from pneumo.evaluate.labelled import labelled_images
-from pneumo.evaluate.operating import paths_digest
+from pneumo.evaluate.operating import images_digest, paths_digest
 from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 from pneumo.provenance import model_code
@@ -213,7 +213,9 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
             else:
                 folds = folds_for(cfg)
             val = folds[folds["fold"] == "val"].reset_index(drop=True)
-            _check_val_fold(p.meta, val["path"].tolist(), cfg.data.root)
+            _check_val_fold(p.meta, val, cfg.data.root)
+            if note := val_fold_bytes_note(p.meta, val, cfg.data.root):
+                log.warning("%s", note)
             cache = image_cache(cfg, val)
         except PneumoError as exc:
             if strict:
@@ -223,7 +225,8 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
         per_member.append(_val_logits(p, cache))
         if first is None:
             first = (labels(val, cfg.data.task), val["path"].tolist(),
-                     {"kind": MODEL_VAL_FOLD, "location": cfg.data.root,
+                     {"kind": MODEL_VAL_FOLD, "location": cfg.data.root, "images_sha256": images_digest(val),
+                      **({"note": note} if note else {}),
                       "split_seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction})
     y, paths, where = first
     return y, log_mean_probability(per_member), paths, where
@@ -231,21 +234,37 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
 
 
 
-def val_fold_mismatch(meta, paths: list[str], root: str) -> str | None:
-    """Why a val fold rebuilt from ``root`` is not the one the model's stored threshold was chosen on (its recorded
-    digest), or None (the same, or nothing recorded)."""
+def _recorded_val_fold(meta) -> dict:
     chosen = (meta.extra.get("operating_point") or {}).get("chosen_on") or {}
-    recorded = chosen.get("paths_sha256") if chosen.get("kind") in VAL_FOLD_KINDS else None
-    if recorded and paths_digest(paths) != recorded:
-        return (f"the val fold rebuilt from {root} ({len(paths)} images) is not the one the model's threshold was chosen "
+    return chosen if chosen.get("kind") in VAL_FOLD_KINDS else {}
+
+
+def val_fold_mismatch(meta, val: pd.DataFrame, root: str) -> str | None:
+    """Why a val fold rebuilt from ``root`` (its rows: ``path``, ``sha256``) is not the one the model's stored
+    threshold was chosen on (its recorded digest of the paths), or None (the same, or nothing recorded)."""
+    chosen = _recorded_val_fold(meta)
+    if chosen.get("paths_sha256") and paths_digest(val["path"].tolist()) != chosen["paths_sha256"]:
+        return (f"the val fold rebuilt from {root} ({len(val)} images) is not the one the model's threshold was chosen "
                 f"on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset")
     return None
 
 
-def _check_val_fold(meta, paths: list[str], root: str) -> None:
+def val_fold_bytes_note(meta, val: pd.DataFrame, root: str) -> str | None:
+    """Why the images of a val fold rebuilt from ``root`` under the recorded names are not the bytes the model's
+    threshold was chosen on (its recorded digest of the images), or None. Not refused: another encoding of the same
+    public dataset (the Mendeley original against a re-encoded copy) differs so; a cache review showed a copy with
+    other pixels under the same names passing unnoticed, so it is said and the new digest recorded."""
+    recorded = _recorded_val_fold(meta).get("images_sha256")
+    if recorded and images_digest(val) != recorded:
+        return (f"the {len(val)} val-fold images rebuilt from {root} have the recorded names but not the bytes the model's "
+                "threshold was chosen on (another encoding or copy of the dataset, or changed files)")
+    return None
+
+
+def _check_val_fold(meta, val: pd.DataFrame, root: str) -> None:
     """Refuse a rebuilt val fold other than the one the model's stored threshold was chosen on (a review: a pruned
     copy of the dataset put training images in the "val fold" a new threshold was chosen on)."""
-    if why := val_fold_mismatch(meta, paths, root):
+    if why := val_fold_mismatch(meta, val, root):
         raise DataError(f"{why}; give the dataset it was trained on (--dataset DIR)")
 
 
