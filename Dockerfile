@@ -25,8 +25,12 @@ RUN python3 -m venv /opt/venv
 RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url ${TORCH_INDEX_URL}
 
 WORKDIR /opt/pneumo
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml setup.py MANIFEST.in LICENSE README.md constraints.txt ./
 COPY src ./src
+# The commit the image is built from, recorded in every output (the build context has no .git):
+#   docker build --build-arg PNEUMO_COMMIT=$(git rev-parse --short=7 HEAD) -t pneumo .
+ARG PNEUMO_COMMIT=
+RUN if [ -n "$PNEUMO_COMMIT" ]; then echo "$PNEUMO_COMMIT" > src/pneumo/BUILD_COMMIT; fi
 # Every dependency at the version the tests ran against (constraints.txt, written by tools/constraints.py): two builds
 # of one commit get the same libraries. The CPU torch above satisfies its pin (2.14.1+cpu matches ==2.14.1).
 # The `dicom` extra: the decoders of the compressed DICOM a PACS exports (JPEG Lossless, JPEG-LS, 12-bit JPEG).
@@ -35,12 +39,15 @@ RUN pip install -c constraints.txt '.[dicom]' && rm -rf /opt/pneumo/src /opt/pne
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin pneumo
 # The shipped model's ONNX export, made (and its SHA-256 recorded) at build time: the service does not export it again
 # at every start (~8 s) and runs it on ONNX Runtime under `docker run --read-only --tmpfs /tmp` too (the decode
-# workers need a writable temporary folder). The cache stays the service
-# user's, so a mounted model of your own is exported once per container; matplotlib (heat maps) gets a temp folder.
+# workers need a writable temporary folder). The shipped model's export stays root's and read-only in a sticky
+# folder the service user can add to: a mounted model of your own is exported once per container, and a compromised
+# service process cannot replace the export it serves (a cache review); matplotlib (heat maps) gets a temp folder.
 ENV PNEUMO_CACHE=/opt/pneumo-cache \
     MPLCONFIGDIR=/tmp/matplotlib
 RUN python -c "from pneumo.infer.predictor import Predictor; Predictor(None, backend='onnx')" \
-    && chown -R pneumo /opt/pneumo-cache
+    && chown -R root:pneumo /opt/pneumo-cache \
+    && find /opt/pneumo-cache -type d -exec chmod 1775 {} + \
+    && find /opt/pneumo-cache -type f -exec chmod 0444 {} +
 USER pneumo
 WORKDIR /home/pneumo
 

@@ -64,7 +64,7 @@ def test_a_runs_broken_config_yaml_is_one_line(tmp_path: Path, capsys: pytest.Ca
     (["ood", "fit", "--model", "default", "--percentile", "150"], ("--percentile", "[50, 100)")),
     (["data", "split", "--val-fraction", "0.7"], ("val fraction", "(0, 0.5)")),
     (["evaluate", "--threshold-policy", "sensitivty:0.9"], ("pneumo evaluate: error: --threshold-policy",)),
-    (["train", "--print-config", "--preset", "../configs/default"], ("a preset is a name in configs/",)),
+    (["train", "--print-config", "--preset", "../configs/default"], ("a preset is a shipped preset's name",)),
     (["train", "--print-config", "--preset", "scratch-cnn", "--set", "train.warmup_epochs=1e9"],
      ("train.warmup_epochs must be below train.epochs",)),
 ])

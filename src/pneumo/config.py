@@ -355,7 +355,7 @@ def preset_path(name_or_path: str) -> Path:
         return p
     if p.suffix in (".yaml", ".yml") or len(p.parts) != 1 or name_or_path.startswith("."):
         raise ConfigError(f"preset {name_or_path!r}: {'no such file' if not p.exists() else 'not a file'}; a preset is "
-                          "a name in configs/ or the path of a .yaml file")
+                          "a shipped preset's name or the path of a .yaml file")
     candidate = PRESET_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
         return candidate

@@ -142,6 +142,10 @@ def build_context(steps: list[tuple[str, str]], root: Path) -> Path:
 def test_wheel_built_from_the_docker_context_ships_what_the_service_needs(tmp_path: Path) -> None:
     pytest.importorskip("setuptools", minversion="77", reason="the build backend (PEP 639 license) needs setuptools 77")
     context = build_context(instructions(), tmp_path / "image")
+    # `docker build --build-arg PNEUMO_COMMIT=...`: the context has no .git, the step records the commit for the build
+    record = next(arg for op, arg in instructions() if op == "RUN" and "BUILD_COMMIT" in arg)
+    subprocess.run(["sh", "-c", record], cwd=context, env={"PNEUMO_COMMIT": "abc1234", "PATH": "/usr/bin:/bin"},
+                   check=True)
     # The image's `pip install .` would fetch the build backend; offline, the test venv's setuptools builds instead.
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                            "--disable-pip-version-check", "-q", "-w", str(tmp_path / "wheels"), str(context)],
@@ -166,6 +170,9 @@ def test_wheel_built_from_the_docker_context_ships_what_the_service_needs(tmp_pa
                for what, files in needed.items()}
     assert not any(missing.values()), missing
     assert scripts["console_scripts"]["pneumo"] == "pneumo.cli:main"
+    with zipfile.ZipFile(wheel) as archive:  # the image's outputs name the commit it was built from
+        assert archive.read("pneumo/BUILD_COMMIT").decode().strip() == "abc1234"
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in archive.namelist())
 
 
 def _exec_form(arg: str) -> list[str]:

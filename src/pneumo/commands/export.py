@@ -34,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  with {other.name}")
     if (path.parent / "conformance").is_dir():
         print("  with conformance/ (inputs, the model input pneumo makes of each, its outputs: check a port against them)")
-    print("outside pneumo: see the README, 'The export outside pneumo' (preprocessing, threshold scale, checks)")
+    print("outside pneumo: see pneumo's README, 'The export outside pneumo' (preprocessing, threshold scale, checks)")
     return 0

@@ -20,7 +20,8 @@ pneumo train --resume --name ft-lr1e-3               # continue after a crash or
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="default", help="preset name in configs/ or a YAML file (default: default)")
+    parser.add_argument("--preset", default="default", help="a shipped preset's name (default, lite0-probe, ...: an unknown "
+                        "name lists them) or a YAML file (default: default)")
     parser.add_argument("--dataset", metavar="DIR", help="the training dataset, folder or zip (default: the preset's, "
                         "else $PNEUMO_DATA)")
     parser.add_argument("--name", help="run name (folder OUT/<name>); default: the preset's name")
