@@ -37,14 +37,14 @@ ATTRIBUTION = (
     "training images available only as 224 px copies)."
 )
 LIMITATIONS = [
-    ("**For pediatric chest X-rays like Guangzhou's.** At another hospital it is a different model: on the 986 adult "
-     "NIH images of `../shared/data/nih_sample` its ROC-AUC is 0.50 (`python bench/bench_robust.py`, the run "
+    ("**For pediatric chest X-rays like Guangzhou's.** At another hospital it is a different model: on 986 adult "
+     "images sampled from the NIH ChestX-ray14 set its ROC-AUC is 0.50 (pneumo's `bench/bench_robust.py`, the run "
      "these weights come from) and `pneumo site check` calls that set shifted. Check a new site with `pneumo site "
-     "check`, then label about 200 images (whole patients, both classes) and run `pneumo adapt` (README, \"At "
+     "check`, then label about 200 images (whole patients, both classes) and run `pneumo adapt` (pneumo's README, \"At "
      "another hospital\")."),
     ("Trained with acquisition-shift augmentation (rotation, scale, shift, brightness/contrast/gamma, blur, noise, "
      "lower resolution, JPEG, collimation borders): on its validation fold under nine fixed corruptions ROC-AUC "
-     "0.997 against 0.957 without it (3 seeds each, BENCHMARKS.md, issue 22 item 4). Robustness to acquisition is "
+     "0.997 against 0.957 without it (3 seeds each, pneumo's BENCHMARKS.md, issue 22 item 4). Robustness to acquisition is "
      "not robustness to another population: it does not rank adult images better."),
     ("Trained on pediatric (age 1-5) anterior-posterior chest X-rays from one hospital (Guangzhou Women and "
      "Children's Medical Center); expect lower accuracy on adults, other hospitals, scanners or views."),
@@ -57,12 +57,12 @@ LIMITATIONS = [
      "probability is calibrated on the validation fold (74 % pneumonia), not a patient's risk: at another hospital "
      "or prevalence the share of pneumonia at a given score differs."),
     "Bacterial vs viral pneumonia is not distinguished by this binary model.",
-    ("Shortcut check (Grad-CAM toward the predicted label; `python bench/bench_shortcut.py --split val|test`): a "
+    ("Shortcut check (Grad-CAM toward the predicted label; pneumo's `bench/bench_shortcut.py --split val|test`): a "
      "heuristic lung field and detected markers on 224 px images with a 7x7 Grad-CAM; 16 Kaggle val images are few. "
      "The previous default (a frozen-feature probe) was flagged there (hottest point on a marker in 4 of 16 maps, "
      "3.1x chance); this model is trained and run on inputs whose markers and the text in their corners (exposure "
      "values, times, IDs: `inpaint-text`, a class cue in this dataset) are in-painted. Where that text was, on 200 "
-     "test images (23 with corner text; `python bench/bench_shortcut.py --n 200`), its Grad-CAM share is 0.17x the "
+     "test images (23 with corner text; `bench/bench_shortcut.py --n 200`), its Grad-CAM share is 0.17x the "
      "area against 0.85x for the previous default, which saw the text."),
 ]
 
