@@ -130,3 +130,18 @@ def test_the_service_config_checks_its_cors_origins_for_library_callers_too() ->
     with pytest.raises(ConfigError, match=r"^--cors-origin 'http://x/' is not an origin"):
         ServeConfig(cors_origins=["http://x/"])
     assert ServeConfig(cors_origins=["https://pacs.example.org", "*"]).cors_origins == ["https://pacs.example.org", "*"]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["train", "--model", "scratch_cnn"], "(renamed: --model is --arch now)"),
+    (["predict", "x.jpeg", "--out", "p.csv"], "(renamed: --out is --output now)"),
+    (["evaluate", "runs/old"], "(renamed: a model is given with --model)"),
+    (["evaluate", "--val", "v", "--out-dir=o"], "(renamed: --val is --data now; --out-dir is --out now)"),
+    (["serve", "--val", "v"], None),  # serve has no --data: no hint that would send the script elsewhere
+])
+def test_an_older_versions_spelling_is_named_with_todays(argv: list[str], said: str | None,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Scripts written for an older pneumo got a bare "unrecognized arguments" (an upgrade review)."""
+    assert _code(argv) == 2
+    line = _one_line(capsys, "error: unrecognized arguments")
+    assert (said in line) if said else "renamed" not in line

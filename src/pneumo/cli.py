@@ -79,12 +79,37 @@ def command_name(args: argparse.Namespace) -> str:
     return " ".join(part for part in ("pneumo", command, action) if part)
 
 
+# spellings of older versions (no aliases before 1.0): named with today's, so a script's error says what to write
+RENAMED = {"--out-dir": "--out", "--val": "--data", "--val-data": "--data", "--policy": "--threshold-policy"}
+RENAMED_IN = {"pneumo train": {"--model": "--arch"}, "pneumo predict": {"--out": "--output"}}
+
+
+def _flags_of(parser: argparse.ArgumentParser, where: str) -> set[str]:
+    """The option strings of the (sub)command ``where`` names (``pneumo data cache``)."""
+    for name in where.split()[1:]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return set(parser._option_string_actions)
+
+
+def renamed_hint(parser: argparse.ArgumentParser, where: str, extra: list[str]) -> str:
+    """``" (renamed: --val is --data now)"`` for the older spellings among ``extra`` whose new name the command has; a
+    bare model path given to evaluate or export is ``--model`` now (an upgrade review)."""
+    table, flags = {**RENAMED, **RENAMED_IN.get(where, {})}, _flags_of(parser, where)
+    said = [f"{old} is {table[old]} now" for old in dict.fromkeys(a.split("=", 1)[0] for a in extra)
+            if old in table and table[old] in flags]
+    if where in ("pneumo evaluate", "pneumo export") and extra and not extra[0].startswith("-"):
+        said.append("a model is given with --model")
+    return f" (renamed: {'; '.join(said)})" if said else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     where = command_name(args)
     if extra:  # named with the command they were given to (argparse said "pneumo: error: unrecognized arguments")
-        parser.exit(2, f"{where}: error: unrecognized arguments: {one_line(' '.join(extra))}\n")
+        parser.exit(2, f"{where}: error: unrecognized arguments: {one_line(' '.join(extra))}"
+                       f"{renamed_hint(parser, where, extra)}\n")
     args.command_line = shlex.join(["pneumo", *(sys.argv[1:] if argv is None else argv)])  # recorded by train
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     for handler in logging.getLogger().handlers:  # names and tags from a hospital's data stay one line each

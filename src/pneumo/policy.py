@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from pneumo.errors import ConfigError
 
@@ -58,3 +59,18 @@ def policy_warning(policy: str, n_positive: int, n_negative: int, unit: str = "i
         return (f"{n_positive} pneumonia and {n_negative} normal {unit}: the {policy} threshold is uncertain with "
                 "fewer than 30 of each")
     return None
+
+
+def low_specificity_warning(specificity: float | None, ci: Sequence[float | None] | None, *,
+                            measured: str = "specificity",
+                            advice: str = "choose another operating point or do not use the model at this one"
+                            ) -> str | None:
+    """Said when even the upper end of the specificity's interval is below 0.5: most normal films would be called
+    pneumonia (a clinical review: an adapted card gave specificity 0.105 [0.012, 0.336] without a word; a hospital
+    walk: a default adaptation called 42 of 45 held-out normal films pneumonia, and only its card said so)."""
+    if specificity is None or not ci or ci[1] is None or ci[1] >= 0.5:
+        return None
+    tenths = round(10 * (1 - specificity))
+    share = "nearly every normal film" if tenths >= 10 else f"about {tenths} in 10 normal films"
+    return (f"at this operating point {share} would be called pneumonia ({measured} {specificity:.3f} "
+            f"[{ci[0]:.3f}, {ci[1]:.3f}]): {advice}")

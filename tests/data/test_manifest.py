@@ -340,3 +340,16 @@ def test_generic_names_in_two_folders_are_two_patients_and_two_duplicate_groups(
                     "dup_group"]
     assert groups.iloc[0] == groups.iloc[1] != groups.iloc[2] == groups.iloc[3]
     assert main(["data", "split", "--dataset", str(root), "--output", str(tmp_path / "folds.csv")]) == 0
+
+
+def test_a_dataset_that_is_not_there_says_from_where_it_was_looked_for_and_what_to_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older runs record their dataset as typed (`data`): from another folder it was "dataset not found: data", with
+    no word of where it was looked for or of --dataset (an upgrade review)."""
+    from pneumo.data.manifest import resolve_root
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"dataset not found: data, relative to {tmp_path}: pass --dataset DIR"):
+        resolve_root("data")
+    with pytest.raises(DataError, match=r"not found: /nowhere/data: pass --dataset DIR"):
+        resolve_root("/nowhere/data")

@@ -213,3 +213,14 @@ def test_a_real_runs_evaluation_is_checked_against_its_weights(data_slice: Path,
     (run / "metrics.json").write_text(json.dumps({**metrics, "weights_sha256": "0" * 64}))  # as before a retraining
     with pytest.raises(DataError, match="measured other weights than model.json holds"):
         load_run_metrics(run)
+
+
+def test_evaluations_of_one_folder_named_two_ways_share_a_table() -> None:
+    """An older pneumo recorded the folder as typed (``/x/h/../data/test``): one folder, several tables (an upgrade
+    review)."""
+    from pneumo.evaluate.compare import evaluated_on
+
+    def on(path: str) -> str:
+        return evaluated_on({"external": {"data": path}, "test": {"n": 24}})
+
+    assert on("/work/u/h/../data/test") == on("/work/u/data/test") == "external data /work/u/data/test (24 images)"

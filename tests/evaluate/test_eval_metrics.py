@@ -456,7 +456,8 @@ def test_a_model_at_chance_is_said_to_be_useless_here_not_left_to_another_thresh
 def test_an_operating_point_that_calls_most_normal_films_pneumonia_is_said_in_plain_words() -> None:
     """Held out, an adapted model called 42 of 45 normal films pneumonia (specificity 0.067 [0.013, 0.188]) and
     neither the console nor the report said a word (a hospital walk)."""
-    from pneumo.evaluate.cautions import evaluation_warnings, low_specificity_warning
+    from pneumo.evaluate.cautions import evaluation_warnings
+    from pneumo.policy import low_specificity_warning
 
     said = evaluation_warnings({"roc_auc": 0.72, "specificity": 0.067}, {"roc_auc": [0.53, 0.83],
                                                                        "specificity": [0.013, 0.188]})

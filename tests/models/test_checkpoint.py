@@ -304,3 +304,25 @@ def test_an_older_sidecars_card_linked_elsewhere_or_huge_is_never_read_nor_recor
     assert card_markdown(sidecar) is None and "hunter2" not in model_card_text(sidecar)
     write_meta(sidecar, read_meta(sidecar))  # the rewrite (`pneumo ood fit`) does not record it either
     assert CARD_KEY not in json.loads(sidecar.read_text()) and "hunter2" not in model_card_text(sidecar)
+
+
+def test_an_older_adapted_models_card_is_built_from_its_adaptation_record_not_the_generic_one(saved: Path) -> None:
+    """An adapted model of the older format records no card: the generic card was shown (pediatric intended use, "Not
+    measured yet"), without the cross-fitted figures or the do-not-deploy warning its log line pointed to (an upgrade
+    review)."""
+    from pneumo.infer.card import card_of
+
+    sidecar = saved.with_suffix(".json")
+    payload = {k: v for k, v in json.loads(sidecar.read_text()).items() if k != DIGEST_KEY}
+    point = {"threshold": 0.42, "sensitivity": 0.95, "specificity": 0.1, "specificity_exact_ci": [0.012, 0.317]}
+    payload.update(format=LEGACY_FORMAT, threshold=0.42, threshold_policy="sensitivity:0.95", mode="adapted",
+                   metrics={"site_crossfit": {"roc_auc": 0.557, "sensitivity": 0.95, "specificity": 0.1},
+                            "site_crossfit_n": 40},
+                   adaptation={"site": {"n_images": 40, "n_patients": 40, "data": "site"},
+                               "operating_points": {"sensitivity:0.95": point}})
+    sidecar.write_text(json.dumps(payload))
+    card = card_of(sidecar)
+    assert card.startswith("# Adapted model:") and "40 images of 40 patients of site" in card
+    assert "| roc-auc | 0.557 |" in card and "Not measured yet" not in card and "pediatric" not in card
+    assert "**Warning**: at this operating point about 9 in 10 normal films would be called pneumonia" in card
+    assert "do not deploy it at this operating point" in card

@@ -331,7 +331,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     site_props = summarize_properties(site)
     ref_props = summarize_properties(ref.scored) if ref.scored is not None else None
     result = {  # paths absolute: site.json is read later, from another folder
-        "data": str(Path(data).absolute()), "model": predictor.model_id,
+        "data": os.path.abspath(data), "model": predictor.model_id,
         "model_sidecar": str(Path(predictor.sidecar).absolute()), "provenance": provenance_record(),
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "few_images": site.n < POWERED_IMAGES,  # "not shifted" then says little: check more images

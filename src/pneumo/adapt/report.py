@@ -10,8 +10,8 @@ import numpy as np
 from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
 from pneumo.evaluate.calibration import p_pneumonia
-from pneumo.evaluate.cautions import low_specificity_warning
 from pneumo.infer.card import build_card, md_table, md_text, metric_rows
+from pneumo.policy import low_specificity_warning
 from pneumo.templates import fmt_threshold
 
 ROWS = ("roc_auc", "sensitivity", "specificity", "accuracy", "f1")

@@ -38,8 +38,9 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
     if not value:
         raise DataError("no dataset given: pass --dataset DIR (or a .zip) or set PNEUMO_DATA; `pneumo data download` fetches it")
     path = Path(value).expanduser()
-    if not path.exists():
-        raise DataError(f"dataset not found: {path}")
+    if not path.exists():  # (a run records its dataset as given: a relative path from where it was trained)
+        relative = "" if path.is_absolute() else f", relative to {Path.cwd()}"
+        raise DataError(f"dataset not found: {path}{relative}: pass --dataset DIR (or set PNEUMO_DATA)")
     return path
 
 

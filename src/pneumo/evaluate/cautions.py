@@ -3,11 +3,10 @@ here, an operating point at which most normal films are called pneumonia. Each i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, is_small_sample
+from pneumo.policy import low_specificity_warning
 
 
 def small_sample_warning(metrics: dict) -> str | None:
@@ -37,21 +36,6 @@ def no_discrimination_warning(metrics: dict, cis: dict | None) -> str | None:
     return (f"The model does not separate pneumonia from normal on these images (ROC-AUC {auc:.3f}{interval}, "
             f"{where}): no threshold makes it useful here; do not use it on such images unless adapted to them "
             "(pneumo adapt) and validated again.")
-
-
-def low_specificity_warning(specificity: float | None, ci: Sequence[float | None] | None, *,
-                            measured: str = "specificity",
-                            advice: str = "choose another operating point or do not use the model at this one"
-                            ) -> str | None:
-    """Said when even the upper end of the specificity's interval is below 0.5: most normal films would be called
-    pneumonia (a clinical review: an adapted card gave specificity 0.105 [0.012, 0.336] without a word; a hospital
-    walk: a default adaptation called 42 of 45 held-out normal films pneumonia, and only its card said so)."""
-    if specificity is None or not ci or ci[1] is None or ci[1] >= 0.5:
-        return None
-    tenths = round(10 * (1 - specificity))
-    share = "nearly every normal film" if tenths >= 10 else f"about {tenths} in 10 normal films"
-    return (f"at this operating point {share} would be called pneumonia ({measured} {specificity:.3f} "
-            f"[{ci[0]:.3f}, {ci[1]:.3f}]): {advice}")
 
 
 def evaluation_warnings(metrics: dict, cis: dict | None) -> list[str]:

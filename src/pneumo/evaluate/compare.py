@@ -94,7 +94,8 @@ def evaluated_on(data: dict) -> str:
     ext = data.get("external") if isinstance(data.get("external"), dict) else None
     n = _get(data, "test", "n")
     if ext and not ext.get("official_test_split"):
-        where = f"external data {ext.get('data') or '?'}"
+        # normalised: an older pneumo recorded ``/x/run/../data`` as typed (a review: one folder, three tables)
+        where = f"external data {os.path.normpath(ext['data']) if isinstance(ext.get('data'), str) else '?'}"
     else:
         root = Path(ext["data"]).parent if ext and ext.get("data") else _get(data, "config", "data", "root")
         name = (Path(str(root)).stem if str(root).endswith(".zip") else Path(str(root)).name) if root else ""

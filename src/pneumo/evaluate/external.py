@@ -221,7 +221,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         "weights_sha256": [p.meta.sha256 for p in spec.predictors],
         "commits": [p.meta.commit or "unknown" for p in spec.predictors]}  # what each was trained or adapted at
     result["provenance"] = provenance_record()  # the code that evaluated it
-    result["external"] = {"data": str(Path(data).absolute()), "n": len(table_all), "n_unreadable": len(errors),
+    result["external"] = {"data": os.path.abspath(data), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": dict(list(errors.items())[:MAX_LISTED]), "n_not_read": len(not_read),
                           "not_read": dict(list(not_read.items())[:MAX_LISTED]),  # all counted, the first listed
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,

@@ -29,6 +29,7 @@ from pneumo.models.sidecar import (
     weights_path,
     write_meta,
 )
+from pneumo.policy import low_specificity_warning
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -181,8 +182,38 @@ def card_of(sidecar: os.PathLike, meta: CheckpointMeta | None = None) -> str:
     if markdown is None:
         payload = meta.to_json()
         name = (payload.get("config") or {}).get("name") or Path(sidecar).parent.name
+        if isinstance(payload.get("adaptation"), dict):  # adapted by an older pneumo: no recorded card
+            return _unrecorded_adapted_card(Path(sidecar).parent.name, payload)
         markdown = build_card(f"Model card: {md_text(name)}", sections=[("Performance", _performance(payload))])
     return markdown
+
+
+def _unrecorded_adapted_card(name: str, payload: dict) -> str:
+    """The card of an adapted model whose sidecar records none (an older pneumo adapted it): its own file is never
+    shown unrecorded, and the generic card described the source hospital's model, without the adaptation's figures or
+    its do-not-deploy warning (an upgrade review); built from the checked sidecar's adaptation record."""
+    adaptation, metrics = payload["adaptation"], payload.get("metrics") or {}
+    site = adaptation.get("site") if isinstance(adaptation.get("site"), dict) else {}
+    cross = {k: v for k, v in (metrics.get("site_crossfit") or {}).items() if isinstance(v, float)}
+    point = (adaptation.get("operating_points") or {}).get(payload.get("threshold_policy") or "") or {}
+    lines = [(f"Adapted by an older pneumo to {md_text(site.get('n_images', '?'))} images of "
+             f"{md_text(site.get('n_patients', '?'))} patients of {md_text(site.get('data', 'a site'))}. Its own card is "
+             "not recorded in its sidecar and is not shown: adapt the source model again with this pneumo for a "
+             "verified card.")]
+    if cross:
+        lines += ["", (f"Cross-validated on those images ({md_text(metrics.get('site_crossfit_n', '?'))} images; no "
+                      "image scored by a model adapted on it), at this operating point:"), "",
+                  *md_table(["metric", "value"], metric_rows(HEADLINE, (cross, {})))]
+    if warning := low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
+                                          measured="cross-fitted specificity",
+                                          advice="do not deploy it at this operating point"):
+        lines += ["", f"**Warning**: {warning}."]
+    return build_card(f"Adapted model: {md_text(name)}", sections=[("Performance", lines)],
+                      intended_use=("Research on pneumonia detection in frontal chest X-rays of the site it was adapted "
+                                    "to, validated there on other patients before any use. Not a medical device: not "
+                                    "for diagnosing or triaging patients."),
+                      limits=(("Its figures come from the site's own images it was adapted on (cross-fitted): "
+                               "validate it on other patients of the site (`pneumo evaluate --data`)."), LIMITS[1]))
 
 
 def card_markdown(sidecar: str | os.PathLike, meta: CheckpointMeta | None = None) -> str | None:

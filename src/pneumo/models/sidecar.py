@@ -271,7 +271,8 @@ def _check_digest(sidecar: Path, payload: Mapping[str, Any]) -> None:
         if sidecar not in _WARNED_LEGACY:
             _WARNED_LEGACY.add(sidecar)
             log.warning("%s was written by an older pneumo (%s): its values are range-checked but it records no "
-                        "checksum of its own; `pneumo ood fit --model` rewrites it with one", sidecar, LEGACY_FORMAT)
+                        "checksum of its own; `pneumo ood fit --model` rewrites a trained model's with one (adapted: "
+                        "adapt its source again; an export: export again)", sidecar, LEGACY_FORMAT)
         return
     recorded = payload.get(DIGEST_KEY)
     if not (isinstance(recorded, str) and SHA256.fullmatch(recorded) and recorded == sidecar_digest(payload)):
