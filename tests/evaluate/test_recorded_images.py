@@ -65,24 +65,3 @@ def test_operating_point_on_a_run_whose_val_image_changed_is_refused(run_on_a_co
     assert main(["operating-point", "--model", str(run), "--threshold-policy", "youden",
                  "--out", str(tmp_path / "new")]) == 2
 
-
-def test_a_models_recorded_cache_folder_is_not_used_this_machines_cache_is(run_on_a_copy: tuple[Path, Path],
-                                                                           tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model's config records the trainer's `data.cache_dir`; a cache review: evaluating the model on another
-    machine made that folder for the val fold's images and logits, and where it could not the evaluation failed."""
-    import json
-
-    from sidecars import edit_sidecar
-
-    from pneumo.cli import main
-
-    run, _ = run_on_a_copy
-    config = json.loads((run / "model.json").read_text())["config"]
-    elsewhere = tmp_path / "trainers-cache"
-    edit_sidecar(run / "model.json", config={**config, "data": {**config["data"], "cache_dir": str(elsewhere)}})
-    mine = tmp_path / "my-cache"
-    monkeypatch.setenv("PNEUMO_CACHE", str(mine))
-    assert main(["operating-point", "--model", str(run), "--threshold-policy", "youden", "--out",
-                 str(tmp_path / "new")]) == 0
-    assert not elsewhere.exists() and list(mine.glob("val-logits-*.npy"))
