@@ -28,7 +28,7 @@ WORKDIR /opt/pneumo
 COPY pyproject.toml setup.py MANIFEST.in LICENSE README.md constraints.txt ./
 COPY src ./src
 # The commit the image is built from, recorded in every output (the build context has no .git):
-#   docker build --build-arg PNEUMO_COMMIT=$(git rev-parse --short=7 HEAD) -t pneumo .
+#   docker build --build-arg PNEUMO_COMMIT=$(git describe --always --dirty --abbrev=7) -t pneumo .
 ARG PNEUMO_COMMIT=
 RUN if [ -n "$PNEUMO_COMMIT" ]; then echo "$PNEUMO_COMMIT" > src/pneumo/BUILD_COMMIT; fi
 # Every dependency at the version the tests ran against (constraints.txt, written by tools/constraints.py): two builds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import yaml
@@ -163,3 +164,20 @@ def test_a_stored_config_whose_weights_file_is_gone_loads_but_cannot_start_a_run
 def test_a_negative_seed_is_refused_before_any_work(key: str) -> None:
     """It passed validation and failed later inside NumPy/PyTorch with a traceback (API review)."""
     assert one_line_error("default", [f"{key}=-1"]) == f"{key} must be >= 0, got -1"
+
+
+def test_a_models_recorded_cache_folder_is_used_only_where_it_is_this_users_and_writable(tmp_path: Path) -> None:
+    """A model's config records its trainer's `data.cache_dir`: kept for one's own run, dropped (this machine's
+    $PNEUMO_CACHE) where absent or another user's (a cache review; root may write anyone's folder)."""
+    import os
+
+    from pneumo.config import model_config
+
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    mine.mkdir()
+    assert model_config({"data": {"cache_dir": str(mine)}}).data.cache_dir == str(mine)
+    assert model_config({"data": {"cache_dir": str(tmp_path / "absent")}}).data.cache_dir is None
+    if os.getuid() == 0:  # only root can give a folder away
+        theirs.mkdir()
+        os.chown(theirs, 12345, 12345)
+        assert model_config({"data": {"cache_dir": str(theirs)}}).data.cache_dir is None

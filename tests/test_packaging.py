@@ -27,6 +27,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("build")
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    for ignored in ("tests/e2e/artifacts/shot.png", "tests/__pycache__/x.cpython-311.pyc"):  # a used checkout's
+        (clone / ignored).parent.mkdir(parents=True, exist_ok=True)
+        (clone / ignored).write_bytes(b"local")
     dist = tmp / "dist"
     dist.mkdir()
     def build(hook: str) -> Path:  # a process each: setuptools keeps the first command's options for the next
@@ -66,3 +69,4 @@ def test_the_source_archive_holds_the_licence_the_pins_the_tests_and_the_commit(
         top = sdist.getnames()[0].split("/")[0]
         assert sdist.extractfile(f"{top}/src/pneumo/BUILD_COMMIT").read().decode().strip() == built["commit"]
     assert {"LICENSE", "constraints.txt", "setup.py", "tests/conftest.py"} <= names
+    assert not [n for n in names if n.startswith("tests/e2e/artifacts/") or "__pycache__" in n]  # git-ignored

@@ -67,7 +67,7 @@ log "building $TAG from $BASE_IMAGE (torch from $TORCH_INDEX_URL)"
 build_start=$(date +%s.%N)
 buildah bud --isolation=chroot --format docker --layers=false --pull=never \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" \
-    --build-arg "PNEUMO_COMMIT=$(git -C "$REPO" rev-parse --short=7 HEAD 2>/dev/null || true)" \
+    --build-arg "PNEUMO_COMMIT=$(git -C "$REPO" describe --always --dirty --abbrev=7 2>/dev/null || true)" \
     "${mounts[@]}" -t "$TAG" -f "$REPO/Dockerfile" "$REPO" >"$WORK/build.log" 2>&1 \
     || { tail -n 40 "$WORK/build.log" >&2; log "build failed (full log: $WORK/build.log)"; exit 1; }
 build_s=$(echo "$(date +%s.%N) - $build_start" | bc)

@@ -66,11 +66,12 @@ STALE_AFTER_S = 3600  # another machine's leftover is removed only when untouche
 def is_stale(owner: str, path: Path) -> bool:
     """Whether a leftover of writer ``owner`` (`_owner`, or a bare pid of older versions) may be deleted: a process of
     this machine and PID namespace that no longer runs, or another's (machine, container) untouched for
-    `STALE_AFTER_S`."""
+    `STALE_AFTER_S`. An older pneumo's ``<pid>-<host>`` of this host name is judged as this namespace's (as it was)."""
     pid, _, host = owner.partition("-")
     if not pid.isdigit() or owner == _owner():
         return False
-    if host and host != _owner().partition("-")[2]:
+    ours = _owner().partition("-")[2]
+    if host and host not in (ours, ours.removesuffix(_pid_namespace())):
         try:
             return time.time() - path.lstat().st_mtime > STALE_AFTER_S
         except OSError:

@@ -290,12 +290,13 @@ def from_dict(values: dict[str, Any] | None) -> RunConfig:
 
 def model_config(values: dict[str, Any]) -> RunConfig:
     """A model's recorded training config (its sidecar's ``config``), to rebuild its data on this machine: checked as
-    `from_dict`; the trainer's cache folder kept only where it is a folder this process can write, else this
-    machine's ``$PNEUMO_CACHE`` (a cache review: a model from another machine failed its evaluation on a recorded
+    `from_dict`; the trainer's cache folder kept only where it is a folder of this user's that it can write, else
+    this machine's ``$PNEUMO_CACHE`` (a cache review: a model from another machine failed its evaluation on a recorded
     folder that was not there, or was made there). The caller places ``data.root``."""
     cfg = from_dict(values)
     recorded = cfg.data.cache_dir
-    if recorded and not (Path(recorded).is_dir() and os.access(recorded, os.W_OK | os.X_OK)):
+    if recorded and not (Path(recorded).is_dir() and os.access(recorded, os.W_OK | os.X_OK)
+                         and Path(recorded).stat().st_uid == os.getuid()):  # root may write anyone's
         cfg.data.cache_dir = None
     return cfg
 

@@ -175,6 +175,10 @@ def test_the_new_folder_is_a_model_and_the_source_is_untouched(adapted: dict, da
     assert meta["adaptation"]["source_model"]["model_id"] == Predictor(None).model_id
     assert meta["threshold"] == pytest.approx(record["operating_point"]["threshold"])
     assert meta["threshold_policy"] == TINY.threshold_policy and meta["mode"] == "adapted"
+    patients = site["patients_by_class"]  # the policy's warning counts them (an audit: it counted films)
+    assert record["operating_point"]["warning"] == policy_warning(TINY.threshold_policy, patients["pneumonia"],
+                                                                  patients["normal"], "patients")
+    assert "normal patients:" in record["operating_point"]["warning"]
     assert meta["ood"]["n_train"] == record["rehearsal"]["pool"] + site["n_images"]  # rehearsal pool + the site
     # the orientation check is refitted on the adapted model's features (the source's would not fit them)
     assert meta["orientation"]["n_train"] == meta["ood"]["n_train"]
@@ -239,16 +243,38 @@ def test_the_loss_weighs_the_classes_as_each_epoch_mixes_them_not_as_the_whole_r
     assert torch.equal(epoch_class_weights(site_y, pool_y, 0, 2), torch.ones(2))  # rehearsal off: the site's mix
 
 
-def test_the_policy_warning_of_an_adaptation_counts_patients_not_films() -> None:
-    from types import SimpleNamespace
+def test_finetune_weighs_its_loss_by_each_epochs_mix_of_the_site_and_the_rehearsal_draw(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
 
-    from pneumo.adapt.run import _patients_per_class
+    from pneumo.adapt import finetune as ft
+    from pneumo.models.registry import build
+    from pneumo.models.scratch import scratch_cnn  # noqa: F401 (registers the architecture)
+
+    rng = np.random.default_rng(0)
+    site_x, site_y = rng.integers(0, 256, (6, 32, 32), dtype=np.uint8), np.array([0, 1] * 3)
+    pool_x, pool_y = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8), np.repeat([0, 1], [5, 15])
+    seen, real = [], ft.epoch_class_weights
+    monkeypatch.setattr(ft, "epoch_class_weights", lambda *args: seen.append(args) or real(*args))
+    cfg = AdaptConfig(epochs=1, batch_size=8, rehearsal=2, rehearsal_min=4, amp=False)
+    ft.finetune(build("scratch_cnn", num_classes=2), site_x, site_y, cfg=cfg, source_x=pool_x, source_y=pool_y,
+                device=torch.device("cpu"))
+    [(site, pool, n_source, classes)] = seen
+    assert list(site) == list(site_y) and list(pool) == list(pool_y) and classes == 2
+    assert n_source == ft.rehearsal_count(cfg, len(site_y), len(pool_y)) == 12  # the draw, not the pool's 20
+
+
+def test_the_policy_warning_of_an_adaptation_counts_patients_not_films() -> None:
+    from pneumo.adapt.sources import SiteImages
 
     y = np.r_[np.ones(150, int), np.zeros(150, int)]
-    site = SimpleNamespace(y=y, groups=np.r_[np.repeat(np.arange(50), 3), 100 + np.arange(150)])
-    assert _patients_per_class(site) == (50, 150)
+    table = pd.DataFrame({"patient_id": np.r_[np.repeat(np.arange(50), 3), 100 + np.arange(150)].astype(str),
+                          "label": np.where(y == 1, "PNEUMONIA", "NORMAL")})
+    site = SiteImages(table, np.zeros((300, 1, 1), np.uint8), y, {}, True, "site", np.zeros((300, 2)))
+    assert site.patients_per_class() == (50, 150)
+    assert site.counts()["patients_by_class"] == {"pneumonia": 50, "normal": 150}
     assert policy_warning("sensitivity:0.95", 150, 150) is None  # as films, 150 positives looked enough
-    assert "only 50 pneumonia patients" in policy_warning("sensitivity:0.95", *_patients_per_class(site), "patients")
+    assert "only 50 pneumonia patients" in policy_warning("sensitivity:0.95", *site.patients_per_class(), "patients")
 
 
 def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: Path, tmp_path: Path,

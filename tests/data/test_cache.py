@@ -289,3 +289,10 @@ def test_a_kept_array_of_another_shape_type_or_with_non_finite_values_is_compute
 def test_a_computed_array_that_could_never_be_read_back_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expected float32"):
         kept_array(tmp_path / "f.npy", lambda: np.zeros((3, 2)), (3, 2))
+
+
+def test_a_computed_array_with_non_finite_values_is_returned_not_kept(tmp_path: Path) -> None:
+    """A broken model's logits were written and never read back (not finite): rewritten at every evaluation."""
+    broken = np.full((3, 2), np.nan, np.float32)
+    file = tmp_path / "val-logits-x.npy"
+    assert np.isnan(kept_array(file, lambda: broken, (3, 2))).all() and not file.exists()

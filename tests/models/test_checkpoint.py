@@ -326,3 +326,7 @@ def test_an_older_adapted_models_card_is_built_from_its_adaptation_record_not_th
     assert "| roc-auc | 0.557 |" in card and "Not measured yet" not in card and "pediatric" not in card
     assert "**Warning**: at this operating point about 9 in 10 normal films would be called pneumonia" in card
     assert "do not deploy it at this operating point" in card
+    payload["threshold"] = 0.9  # a later operating point (operating-point --data): the adaptation's warning is not its
+    sidecar.write_text(json.dumps(payload))
+    card = card_of(sidecar)
+    assert "**Warning**" not in card and "at the adaptation's operating point, not this model's" in card

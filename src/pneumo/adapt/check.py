@@ -332,14 +332,14 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     ref_props = summarize_properties(ref.scored) if ref.scored is not None else None
     result = {  # paths absolute: site.json is read later, from another folder
         "data": os.path.abspath(data), "model": predictor.model_id,
-        "model_sidecar": str(Path(predictor.sidecar).absolute()), "provenance": provenance_record(),
+        "model_sidecar": os.path.abspath(predictor.sidecar), "provenance": provenance_record(),
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "few_images": site.n < POWERED_IMAGES,  # "not shifted" then says little: check more images
         "n_unreadable": site.count("decode"), "n_refused": site.count("refused"), "n_refused_by_gate":
         site.count("gate"), "unreadable": site.failed, "n_copies": len(site.copies),
         "copies": dict(list(site.copies.items())[:MAX_LISTED]), **left_out,
         **verdict(ood, positive, site_props, ref_props, ref),
-        "reference": {"kind": ref.kind, "dataset": str(Path(ref.dataset).absolute()) if ref.dataset else None,
+        "reference": {"kind": ref.kind, "dataset": os.path.abspath(ref.dataset) if ref.dataset else None,
                       "pool": ref.pool or None, "pool_size": ref.pool_size, "n": ref.scored.n if ref.scored else 0,
                       "n_failed": len(ref.scored.failed) if ref.scored else 0, "seed": ref.seed,
                       "n_copies": len(ref.scored.copies) if ref.scored else 0,  # drawn, but one image's bytes again

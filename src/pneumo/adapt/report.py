@@ -98,7 +98,7 @@ def summary_lines(record: dict) -> list[str]:
 
 def unusable_operating_point(record: dict) -> str | None:
     """When even the upper end of the cross-fitted specificity's interval is below 0.5 at the chosen operating point:
-    most normal films would be called pneumonia (`cautions.low_specificity_warning`), with the way out."""
+    most normal films would be called pneumonia (`policy.low_specificity_warning`), with the way out."""
     after = record["local"].get("after") or {}
     others = [p for p, point in (record.get("operating_points") or {}).items()
               if p != record["operating_point"]["policy"] and (point.get("specificity_exact_ci") or [0, 0])[1] >= 0.5]

@@ -243,7 +243,7 @@ def adapt(model: str | os.PathLike | None, data: str | os.PathLike, out_dir: str
                       "note": source.note or None, "site_in_source_val": source.site_in_val,
                       "split_note": source.split_note or None},
         "operating_point": {"policy": cfg.threshold_policy, "threshold": threshold, "chosen_on": "cross-fitted scores",
-                            "warning": policy_warning(cfg.threshold_policy, *_patients_per_class(site), "patients")},
+                            "warning": policy_warning(cfg.threshold_policy, *site.patients_per_class(), "patients")},
         "operating_points": trade_off(site.y, p_oof, cfg.threshold_policy, site.groups),
         "temperature": (temperature := fit_temperature(z_oof, site.y)),
         "calibration_warning": calibration_warning(temperature, *_calibration_nll(z_oof, site.y, temperature)),
@@ -287,12 +287,6 @@ def _before(site: SiteImages, p: np.ndarray, threshold: float, n_bootstrap: int,
     return {"stored_threshold": at_threshold(site.y[kept], p[kept], threshold, n_bootstrap=n_bootstrap, seed=seed,
                                              groups=site.groups[kept]),
             "n_not_assessed": int((~assessed).sum()), "scope": scope}
-
-
-def _patients_per_class(site: SiteImages) -> tuple[int, int]:
-    """Patients with a pneumonia image, patients with a normal image: the intervals the policy warning judges count
-    whole patients (an audit: it counted images, so 150 films of 50 patients passed as enough)."""
-    return len(set(site.groups[site.y != 0])), len(set(site.groups[site.y == 0]))
 
 
 def _calibration_nll(z: np.ndarray, y: np.ndarray, temperature: float) -> tuple[float, float]:

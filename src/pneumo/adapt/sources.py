@@ -60,9 +60,16 @@ class SiteImages:
     def groups(self) -> np.ndarray:
         return self.table["patient_id"].to_numpy()
 
+    def patients_per_class(self) -> tuple[int, int]:
+        """Patients with a pneumonia image, patients with a normal image: the intervals a policy warning judges count
+        whole patients (an audit: the warning counted images, so 150 films of 50 patients passed as enough)."""
+        return len(set(self.groups[self.y != 0])), len(set(self.groups[self.y == 0]))
+
     def counts(self) -> dict:
+        pneumonia, normal = self.patients_per_class()
         return {"n_images": len(self.y), "n_patients": int(self.table["patient_id"].nunique()),
                 "by_label": {str(k): int(v) for k, v in self.table["label"].value_counts().sort_index().items()},
+                "patients_by_class": {"pneumonia": pneumonia, "normal": normal},
                 "n_unreadable": len(self.errors), "patients_given": self.patients_given, "n_copies": self.n_copies,
                 "n_patient_tags": self.n_patient_tags}
 

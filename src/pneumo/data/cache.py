@@ -239,6 +239,8 @@ def kept_array(file: Path, compute: Callable[[], np.ndarray], shape: tuple[int, 
     array = compute()
     if array.dtype != np.float32 or array.shape != tuple(shape):  # would never be read back: computed on every call
         raise ValueError(f"{file.name}: computed {array.dtype} {array.shape}, expected float32 {tuple(shape)}")
+    if not np.isfinite(array).all():  # a broken model's: never read back, so not kept (the caller says why)
+        return array
     try:
         with atomic.writing(file) as tmp, open(tmp, "wb") as fh:
             np.save(fh, array, allow_pickle=False)

@@ -128,7 +128,11 @@ def _from_adaptation(sidecar: Path, meta, policy: str, out: Path) -> dict:
     chosen = {"kind": "the adaptation's cross-fitted scores", "location": "adapt.json", "n": n,
               "n_pneumonia": n_pneumonia, "paths_sha256": site.get("paths_sha256"),
               "sensitivity": point.get("sensitivity"), "specificity": point.get("specificity")}
-    warning = policy_warning(policy, n_pneumonia, n - n_pneumonia) if n and n_pneumonia is not None else None
+    patients = site.get("patients_by_class") or {}  # counted as adapt counts them (older records: images)
+    if patients:
+        warning = policy_warning(policy, patients.get("pneumonia", 0), patients.get("normal", 0), "patients")
+    else:
+        warning = policy_warning(policy, n_pneumonia, n - n_pneumonia) if n and n_pneumonia is not None else None
     return _derive(sidecar, out, policy, float(point["threshold"]), chosen, warning, {})
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pneumo import atomic
-from pneumo.config import from_dict, read_yaml
+from pneumo.config import model_config, read_yaml
 from pneumo.data.cache import image_cache
 from pneumo.data.preprocess import to_unit
 from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds, run_lock
@@ -58,7 +58,7 @@ Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images
 
 def load_run(run_dir: Path, data: str | None = None):
     run = _run_folder(run_dir)
-    cfg = from_dict(read_yaml(run.config))  # a broken config.yaml is one line, not a traceback
+    cfg = model_config(read_yaml(run.config))  # a broken config.yaml is one line, not a traceback
     if data:
         cfg.data.root = data
     folds = read_folds(run.folds)

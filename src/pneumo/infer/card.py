@@ -196,17 +196,19 @@ def _unrecorded_adapted_card(name: str, payload: dict) -> str:
     site = adaptation.get("site") if isinstance(adaptation.get("site"), dict) else {}
     cross = {k: v for k, v in (metrics.get("site_crossfit") or {}).items() if isinstance(v, float)}
     point = (adaptation.get("operating_points") or {}).get(payload.get("threshold_policy") or "") or {}
+    own = point.get("threshold") == payload.get("threshold")  # not a later operating point set on other images
     lines = [(f"Adapted by an older pneumo to {md_text(site.get('n_images', '?'))} images of "
              f"{md_text(site.get('n_patients', '?'))} patients of {md_text(site.get('data', 'a site'))}. Its own card is "
              "not recorded in its sidecar and is not shown: adapt the source model again with this pneumo for a "
              "verified card.")]
     if cross:
+        at = "this operating point" if own else "the adaptation's operating point, not this model's"
         lines += ["", (f"Cross-validated on those images ({md_text(metrics.get('site_crossfit_n', '?'))} images; no "
-                      "image scored by a model adapted on it), at this operating point:"), "",
+                      f"image scored by a model adapted on it), at {at}:"), "",
                   *md_table(["metric", "value"], metric_rows(HEADLINE, (cross, {})))]
-    if warning := low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
-                                          measured="cross-fitted specificity",
-                                          advice="do not deploy it at this operating point"):
+    if own and (warning := low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
+                                                   measured="cross-fitted specificity",
+                                                   advice="do not deploy it at this operating point")):
         lines += ["", f"**Warning**: {warning}."]
     return build_card(f"Adapted model: {md_text(name)}", sections=[("Performance", lines)],
                       intended_use=("Research on pneumonia detection in frontal chest X-rays of the site it was adapted "
