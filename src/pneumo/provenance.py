@@ -55,7 +55,9 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-MODEL_CODE_VERSION = 1  # bump when a change to pneumo's code alters a model's outputs for the same weights and pixels
+# bump when a change to pneumo's code alters a model's outputs for the same weights and pixels (the golden tests of the
+# shipped model's outputs, tests/infer/test_golden_outputs.py, fail on such a change)
+MODEL_CODE_VERSION = 1
 MODEL_LIBRARIES = ("torch", "timm", "onnx", "onnxruntime")
 
 
