@@ -359,6 +359,8 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
     assert "Official test split, n =" in (folder / "report.html").read_text()
     assert "official test split (the training hospital&#39;s)" in (folder / "report.html").read_text()
     assert "external validation" not in (folder / "report.html").read_text().split("</title>")[0]
+    assert "<h2>External data</h2>" not in (folder / "report.html").read_text()  # (a reports audit)
+    assert "The official test split&#39;s images" in (folder / "report.html").read_text()
     people = result["test"]["patients"]  # what the intervals rest on: whole patients (a clinical review)
     assert 0 < people["pneumonia"] < people["n"] < result["test"]["n"]
     assert f"n = {result['test']['n']} images of {people['n']} patients" in (folder / "report.html").read_text()
@@ -454,3 +456,17 @@ def test_an_evaluation_where_the_model_ranks_at_or_below_chance_says_so_in_its_h
     assert "does not separate pneumonia from normal" in " ".join((folder / "report.html").read_text().split())
     assert "does not separate" in summary_line(result)
     assert "patients" not in result["test"] and "patients unknown" in (folder / "report.html").read_text()
+
+
+def test_the_most_confident_errors_are_ranked_past_the_threshold_on_the_logit_scale(tmp_path: Path) -> None:
+    """On probabilities a false positive above a 0.86 threshold is at most 0.14 from it, so every miss outranked it:
+    the table listed misses at 0.04-0.7 before normal films called 1.000 (a reports audit)."""
+    import pandas as pd
+
+    from pneumo.evaluate.external import _errors_section
+
+    table = pd.DataFrame({"path": [str(tmp_path / n) for n in ("fp.png", "fn.png", "tp.png")],
+                          "label": ["NORMAL", "PNEUMONIA", "PNEUMONIA"], "subtype": ["normal", "unknown", "unknown"]})
+    _, body = _errors_section(tmp_path, table, np.array([0, 1, 1]), np.array([0.99999, 0.5, 0.95]),
+                              {"threshold": 0.862}, tmp_path)
+    assert body.index("fp.png") < body.index("fn.png") and "tp.png" not in body
