@@ -365,6 +365,7 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
     assert 0 < people["pneumonia"] < people["n"] < result["test"]["n"]
     assert f"n = {result['test']['n']} images of {people['n']} patients" in (folder / "report.html").read_text()
     assert ": test accuracy" in summary_line(result)
+    assert f"; {result['test']['n']} images; val-fold AUC" in summary_line(result)  # (a reports audit)
     assert "does not separate" not in (folder / "report.html").read_text() + summary_line(result)  # it does here
 
 

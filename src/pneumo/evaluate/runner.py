@@ -392,8 +392,13 @@ def summary_line(result: dict) -> str:
              f"{fmt_ci(multi.get('macro_f1'), (multi.get('ci') or {}).get('macro_f1'))}; pneumonia vs normal: "
              if multi else "")
     withheld = (result.get("not_assessed") or {}).get("n") or 0
-    return (f"{result.get('name')}: {where} {three}{parts}; val AUC {fmt_ci(val_auc, None)}; threshold "
-            f"{fmt_threshold(result['threshold'], 3)} ({result['threshold_policy']})"
+    n = result["test"].get("n")
+    # the n and which val AUC (a reports audit: the console said less than the report)
+    return (f"{result.get('name')}: {where} {three}{parts}; {n} images; val-fold AUC {fmt_ci(val_auc, None)}; "
+            f"threshold {fmt_threshold(result['threshold'], 3)} ({result['threshold_policy']})"
             + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), outside the "
                "numbers above (metrics.json: not_assessed)" if withheld and where != "test" else "")
+            + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), counted in the "
+               "numbers above at the threshold, as published results count them (metrics.json: test_assessed leaves "
+               "them out)" if withheld and where == "test" else "")
             + (f"\nwarning: {warning}" if warning else ""))
