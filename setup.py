@@ -36,8 +36,9 @@ def built_commit() -> str:
 class BuildPy(build_py):
     def run(self) -> None:
         super().run()
-        if commit := built_commit():
-            (Path(self.build_lib) / "pneumo" / RECORD).write_text(commit + "\n")
+        package = Path(self.build_lib) / "pneumo"  # absent in an editable install: the checkout names its commit
+        if package.is_dir() and (commit := built_commit()):
+            (package / RECORD).write_text(commit + "\n")
 
 
 class Sdist(sdist):

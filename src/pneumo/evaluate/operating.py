@@ -102,6 +102,11 @@ def images_digest(rows) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def fold_digests(rows) -> dict[str, str]:
+    """A val fold's record: the digests of its paths and of its images' bytes (`paths_digest`, `images_digest`)."""
+    return {"paths_sha256": paths_digest(rows["path"].tolist()), "images_sha256": images_digest(rows)}
+
+
 def adaptation_points(extra: dict, location: object) -> dict[str, dict]:
     """An adapted model's policies, each chosen on its adaptation's cross-fitted scores (`pneumo adapt` records them in
     the sidecar's ``adaptation``: {policy: threshold, sensitivity, specificity, exact CIs}), checked; {} for any other

@@ -29,13 +29,7 @@ from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.external import measure
 from pneumo.evaluate.ood import ood_note, test_checks
-from pneumo.evaluate.operating import (
-    images_digest,
-    operating_points,
-    operating_points_section,
-    paths_digest,
-    policies_to_report,
-)
+from pneumo.evaluate.operating import fold_digests, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.report import (
     EVALUATION_FILES,
     check_output_folder,
@@ -355,8 +349,7 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
     val = folds[folds["fold"] == "val"]
     record = {"version": 1, "policy": result["threshold_policy"], "threshold": result["threshold"],
               "temperature": result["temperature"],
-              "chosen_on": {"kind": RUN_VAL_FOLD, "n": result["val"]["n"],
-                            "paths_sha256": paths_digest(val["path"].tolist()), "images_sha256": images_digest(val)},
+              "chosen_on": {"kind": RUN_VAL_FOLD, "n": result["val"]["n"], **fold_digests(val)},
               "created": utc_now()}
     meta = dataclasses.replace(
         meta, tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],
@@ -392,13 +385,11 @@ def summary_line(result: dict) -> str:
              f"{fmt_ci(multi.get('macro_f1'), (multi.get('ci') or {}).get('macro_f1'))}; pneumonia vs normal: "
              if multi else "")
     withheld = (result.get("not_assessed") or {}).get("n") or 0
-    n = result["test"].get("n")
-    # the n and which val AUC (a reports audit: the console said less than the report)
-    return (f"{result.get('name')}: {where} {three}{parts}; {n} images; val-fold AUC {fmt_ci(val_auc, None)}; "
-            f"threshold {fmt_threshold(result['threshold'], 3)} ({result['threshold_policy']})"
-            + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), outside the "
-               "numbers above (metrics.json: not_assessed)" if withheld and where != "test" else "")
-            + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), counted in the "
-               "numbers above at the threshold, as published results count them (metrics.json: test_assessed leaves "
-               "them out)" if withheld and where == "test" else "")
+    counted = ("counted in the numbers above at the threshold, as published results count them (metrics.json: "
+               "test_assessed leaves them out)" if where == "test" else "outside the numbers above (metrics.json: "
+               "not_assessed)")  # the n, the val fold and where they are: the console said less than the report
+    return (f"{result.get('name')}: {where} {three}{parts}; {result['test'].get('n')} images; val-fold AUC "
+            f"{fmt_ci(val_auc, None)}; threshold {fmt_threshold(result['threshold'], 3)} ({result['threshold_policy']})"
+            + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), {counted}"
+               if withheld else "")
             + (f"\nwarning: {warning}" if warning else ""))
