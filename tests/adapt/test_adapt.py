@@ -1013,6 +1013,14 @@ def test_an_operating_point_too_unspecific_to_use_is_said_everywhere_with_the_wa
     record["local"]["after"]["metrics"]["specificity"] = 0.79
     record["local"]["after"]["specificity_exact_ci"] = [0.62, 0.91]
     assert unusable_operating_point(record) is None
+    from pneumo.adapt.report import source_site_warning  # the source hospital at the new threshold (an adapt audit)
+
+    record["source_site"]["after"]["metrics"]["specificity"] = 0.0
+    record["source_site"]["after"]["specificity_exact_ci"] = [0.0, 0.016]
+    said = source_site_warning(record)
+    assert said.startswith("at this operating point nearly every normal film would be called pneumonia (specificity "
+                           "on the source hospital's test split 0.000 [0.000, 0.016]): use the adapted model only at")
+    assert f"- **Warning**: {said}." in summary_lines(record)
     assert main(["adapt", "--data", str(tmp_path / "labels.csv"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "do not deploy" not in printed and "the sensitivity meets the policy by construction" not in printed

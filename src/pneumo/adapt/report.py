@@ -111,11 +111,21 @@ def unusable_operating_point(record: dict) -> str | None:
         + "label more images, or adapt again with another --threshold-policy")
 
 
+def source_site_warning(record: dict) -> str | None:
+    """When the adapted model at its new threshold would call most of the source hospital's normal films pneumonia
+    (an adapt audit: 0.863 -> 0.000 on its test split without a word): it is for the site it was adapted to."""
+    after = (record.get("source_site") or {}).get("after") or {}
+    return low_specificity_warning((after.get("metrics") or {}).get("specificity"), after.get("specificity_exact_ci"),
+                                   measured="specificity on the source hospital's test split",
+                                   advice="use the adapted model only at the site it was adapted to")
+
+
 def adaptation_warnings(record: dict) -> list[str]:
     """Every warning an adaptation carries (card, report and console say the same)."""
     ranking = record["local"].get("ranking") or {}
     return [w for w in (record["operating_point"].get("warning"), ranking.get("warning"),
-                        record.get("calibration_warning"), unusable_operating_point(record)) if w]
+                        record.get("calibration_warning"), unusable_operating_point(record),
+                        source_site_warning(record)) if w]
 
 
 TRADE_OFF_HEAD = ("policy", "threshold", "sensitivity [exact 95 % CI]", "specificity [exact 95 % CI]")
