@@ -233,8 +233,8 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     if cfg.data.task != meta.task:
         raise DataError(f"the model's task {meta.task} differs from its config's {cfg.data.task}")
     val = folds[folds["fold"] == "val"]
-    split_note = (val_fold_mismatch(meta, val, Path(cfg.data.root).name)
-                  or val_fold_bytes_note(meta, val, Path(cfg.data.root).name))
+    split_note = val_fold_mismatch(meta, val, Path(cfg.data.root).name) or val_fold_bytes_note(
+        meta, val, Path(cfg.data.root).name)
     folds, in_val = leave_out_site(folds, site_sha256 or {})
     rng = np.random.default_rng(seed)
 
@@ -246,9 +246,9 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
                   for _, g in part.groupby("label", sort=True)]  # class-stratified
         return pd.concat(picked).sort_index()
 
-    out = SourceImages(root=cfg.data.root, site_in_val=in_val, split_note=split_note and (
+    out = SourceImages(root=cfg.data.root, site_in_val=in_val, split_note=(
         f"{split_note}: the source images the OOD and orientation checks are refitted on, and the site images' "
-        "train/val/test checks, follow this split, not the model's") or "")
+        "train/val/test checks, follow this split, not the model's") if split_note else "")
     for name, fold, n in (("pool", "train", pool), ("val", "val", n_val), ("test", "test", len(folds))):
         rows = draw(fold, n)
         if rows.empty:
