@@ -27,8 +27,10 @@ from pneumo.config import AdaptConfig
 from pneumo.data.decode import load_image_file
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.intervals import exact_interval
+from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import DEFAULT_MODEL
 from pneumo.policy import policy_warning
+from pneumo.templates import fmt_threshold
 
 PER_CLASS = 12
 # the module's one adaptation, made with the command line and every recipe flag set to a non-default value
@@ -285,11 +287,24 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     assert "Adapted from" in card and "cross-fitted" in card and "26 images" in card
     assert "in-sample for the threshold" in card  # the same scores chose its threshold
     assert "rehearsal 0.5 source image(s) per site image per epoch (at least 16; " in card  # the flags, to rerun it
+    meta = json.loads((out / "model.json").read_text())
+    threshold, on_calibrated = meta["threshold"], threshold_on_calibrated_scale(meta["threshold"], meta["temperature"])
+    assert f"threshold {fmt_threshold(threshold)} on the uncalibrated P(pneumonia) ({fmt_threshold(on_calibrated)} on " \
+           "the calibrated scale" in card  # an adapt audit: which scale was not said
     assert main(["evaluate", "--model", str(out), "--data", str(site_csv), "--out", str(tmp_path / "v"),
                  "--no-analysis", "--bootstrap", "20"]) == 0
-    threshold = json.loads((out / "model.json").read_text())["threshold"]
+    console = capsys.readouterr().out  # the adaptation's own AUC and its threshold as adapt wrote it (not 3 decimals)
+    assert f"cross-fitted site AUC {meta['metrics']['site_crossfit']['roc_auc']:.3f}" in console
+    assert f"threshold {fmt_threshold(threshold)} (" in console and "val-fold AUC" not in console
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert result["threshold"] == pytest.approx(threshold)
+    assert result["adaptation"]["source_model_id"] == adapted["record"]["source_model"]["model_id"]
+    assert f"The model was adapted from {result['adaptation']['source_model_id']} on 26 images" in \
+        (tmp_path / "v" / "report.html").read_text()
+    rows = pd.read_csv(tmp_path / "v" / "predictions.csv")  # a verdict read against either scale agrees
+    assert np.allclose(rows["threshold_calibrated"], on_calibrated, rtol=0, atol=1e-9)
+    near = (rows["p_calibrated"] - on_calibrated).abs() < 1e-6
+    assert ((rows["p_calibrated"] >= on_calibrated) == rows["predicted_pneumonia"].astype(bool))[~near].all()
     # the other policies at the thresholds the adaptation chose on its cross-fitted scores (no val fold to choose on)
     chosen = adapted["record"]["operating_points"]
     assert list(result["operating_points"]) == list(chosen) and "operating_points_note" not in result
@@ -419,7 +434,8 @@ def test_without_the_source_dataset_new_images_of_the_site_are_not_refused_whole
 
 
 def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations_own_point(
-        adapted: dict, site_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        adapted: dict, site_csv: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture) -> None:
     """End to end on real images: a model whose adaptation recorded its own operating point as unusable (here its
     record edited to say so, re-signed) makes `pneumo predict` log the card's warning; the model as adapted does not
     (a hospital walk: predict called 281 of 292 site images pneumonia without a word)."""
@@ -437,6 +453,11 @@ def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations
     (copy / "model.json").write_text(json.dumps(signed(meta)))
     assert main(["predict", first, "--model", str(copy), "--output", str(tmp_path / "b.csv")]) == 0
     assert "nearly every normal film would be called pneumonia" in caplog.text and "not to deploy it" in caplog.text
+    capsys.readouterr()  # its validation repeats the verdict (an adapt audit: evaluate dropped it)
+    assert main(["evaluate", "--model", str(copy), "--data", str(site_csv), "--out", str(tmp_path / "v"),
+                 "--no-analysis", "--bootstrap", "0"]) == 0
+    said = "Its adaptation said: at this operating point nearly every normal film would be called pneumonia"
+    assert said in capsys.readouterr().out and said in " ".join((tmp_path / "v" / "report.html").read_text().split())
 
 
 def test_pneumo_serve_logs_the_cards_do_not_deploy_warning_at_start(adapted: dict, tmp_path: Path,
@@ -1009,6 +1030,15 @@ def test_an_operating_point_too_unspecific_to_use_is_said_everywhere_with_the_wa
     assert main(["adapt", "--data", str(tmp_path / "labels.csv"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"--model {out} --threshold-policy youden" in printed and "do not deploy it as it is;" in printed
+    withheld = record["local"]["before"]["n_not_assessed"]  # an adapt audit: only the card said so
+    assert (f"; it gives {withheld} of them no verdict" in printed) == (withheld > 0)
+    record["local"]["before"]["n_not_assessed"] = 14
+    assert main(["adapt", "--data", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "site-b")]) == 0
+    assert "; it gives 14 of them no verdict (out of distribution or turned" in capsys.readouterr().out
+    record["operating_points"]["youden"]["sensitivity"] = 0.26  # an adapt audit: offered, it gave 0.00 held out
+    said = unusable_operating_point(record)
+    assert "switch to" not in said and "no other policy calls most pneumonias and most normal films right" in said
+    record["operating_points"]["youden"]["sensitivity"] = 0.9
     record["operating_point"]["policy"] = "youden"  # a usable point: nothing of the kind
     record["local"]["after"]["metrics"]["specificity"] = 0.79
     record["local"]["after"]["specificity_exact_ci"] = [0.62, 0.91]

@@ -453,6 +453,21 @@ def test_a_model_at_chance_is_said_to_be_useless_here_not_left_to_another_thresh
     assert no_discrimination_warning({"roc_auc": None}, {}) is None  # one class: nothing to say
 
 
+def test_an_adapted_model_at_chance_is_not_told_to_be_adapted_and_its_adaptations_verdict_is_repeated() -> None:
+    """The validation of an adapted model at chance advised adapting it, and dropped the do-not-deploy verdict its
+    adaptation had recorded (an adapt audit)."""
+    from pneumo.evaluate.cautions import evaluation_warnings
+
+    metrics, cis = {"roc_auc": 0.659, "specificity": 0.9}, {"roc_auc": [0.483, 0.824], "specificity": [0.8, 0.95]}
+    plain = " ".join(evaluation_warnings(metrics, cis))
+    assert "unless adapted to them (pneumo adapt)" in plain and "already adapted" not in plain
+    said = "at this operating point about 9 in 10 normal films would be called pneumonia"
+    adapted = evaluation_warnings(metrics, cis, {"source_model_id": "m", "warning": said})
+    assert "unless adapted" not in " ".join(adapted) and "this model is already adapted to such images" in adapted[0]
+    assert adapted[-1] == f"Its adaptation said: {said}."
+    assert len(evaluation_warnings(metrics, cis, {"source_model_id": "m", "warning": None})) == 1
+
+
 def test_an_operating_point_that_calls_most_normal_films_pneumonia_is_said_in_plain_words() -> None:
     """Held out, an adapted model called 42 of 45 normal films pneumonia (specificity 0.067 [0.013, 0.188]) and
     neither the console nor the report said a word (a hospital walk)."""

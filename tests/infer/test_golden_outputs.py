@@ -17,12 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pneumo.evaluate.external import evaluate_external
 from pneumo.infer.batch import predict_file_results
 from pneumo.infer.predictor import Predictor
+from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import resolve_model
 
 GOLDEN = Path(__file__).with_name("golden_shipped_model.json")
@@ -169,6 +171,8 @@ def test_evaluating_a_run_gives_the_golden_official_split_metrics_and_leaves_its
     metrics = _numbers(saved)
     frame = pd.read_csv(shipped_run / "predictions.csv")
     assert len(frame) == saved["test"]["n"]
+    on_calibrated = threshold_on_calibrated_scale(saved["threshold"], saved["temperature"])  # (a later column)
+    assert np.allclose(frame.pop("threshold_calibrated"), on_calibrated, rtol=0, atol=1e-12)
     numeric = frame.select_dtypes("number").columns  # scores, probabilities, OOD scores, verdicts (empty: None)
     predictions = {Path(path).name: {c: None if pd.isna(v) else float(v) for c, v in zip(numeric, values, strict=True)}
                    for path, values in zip(frame["path"], frame[numeric].to_numpy(), strict=True)}

@@ -11,6 +11,7 @@ from pneumo import atomic
 from pneumo.adapt.sources import SiteImages
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import build_card, md_table, md_text, metric_rows
+from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.policy import low_specificity_warning
 from pneumo.templates import fmt_threshold
 
@@ -83,8 +84,9 @@ def summary_lines(record: dict) -> list[str]:
             "left out of the source images the OOD and orientation checks were refitted on.")]
           if rehearsal.get("site_in_source_val") else []),
         *([f"- Source split: {md_text(rehearsal['split_note'])}."] if rehearsal.get("split_note") else []),
-        (f"- Operating point: threshold {fmt_threshold(op['threshold'])} on P(pneumonia), policy `{op['policy']}`, chosen on the "
-         f"{local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
+        (f"- Operating point: threshold {fmt_threshold(op['threshold'])} on the uncalibrated P(pneumonia) "
+         f"({fmt_threshold(threshold_on_calibrated_scale(op['threshold'], record['temperature']))} on the calibrated "
+         f"scale, which predictions show beside it), policy `{op['policy']}`, chosen on the {local['folds']}-fold patient-grouped cross-fitted scores (no image scored by a model adapted on it); "
          f"temperature {record['temperature']:.3f} fitted on the same scores."),
     ]
     if (ranking := local.get("ranking") or {}).get("roc_auc_before") is not None:  # the same images, both models
@@ -98,16 +100,19 @@ def summary_lines(record: dict) -> list[str]:
 
 def unusable_operating_point(record: dict) -> str | None:
     """When even the upper end of the cross-fitted specificity's interval is below 0.5 at the chosen operating point:
-    most normal films would be called pneumonia (`policy.low_specificity_warning`), with the way out."""
+    most normal films would be called pneumonia (`policy.low_specificity_warning`), with the way out: another policy
+    only where it calls most of both classes right on those scores (an adapt audit: the youden point offered, at
+    cross-fitted sensitivity 0.26, gave 0.00 on held-out patients)."""
     after = record["local"].get("after") or {}
     others = [p for p, point in (record.get("operating_points") or {}).items()
-              if p != record["operating_point"]["policy"] and (point.get("specificity_exact_ci") or [0, 0])[1] >= 0.5]
+              if p != record["operating_point"]["policy"] and min(point["sensitivity"], point["specificity"]) >= 0.5]
     return low_specificity_warning(
         (after.get("metrics") or {}).get("specificity"), after.get("specificity_exact_ci"),
         measured="cross-fitted specificity",
         advice="do not deploy it at this operating point; " + (
             f"switch to {' or '.join(others)} (pneumo operating-point --model THIS --threshold-policy "
-            f"{others[0]} --out NEW: the threshold the table of policies shows), " if others else "")
+            f"{others[0]} --out NEW: the threshold the table of policies shows), " if others else
+            "no other policy calls most pneumonias and most normal films right on the cross-fitted scores either; ")
         + "label more images, or adapt again with another --threshold-policy")
 
 
@@ -174,7 +179,7 @@ def before_head(record: dict) -> str:
                                                before.get("scope", "").startswith("the images") else "")
 
 
-LOCAL_NOTE = ("Cross-validated; 95 % CIs: exact for accuracy, sensitivity, specificity and precision, at the "
+LOCAL_NOTE = ("Cross-fitted; 95 % CIs: exact for accuracy, sensitivity, specificity and precision, at the "
               "patients' effective sample size (Korn & Graubard: the images' count where a share is 0 or 1); BCa "
               "bootstrap over whole patients otherwise. The adapted column's threshold was chosen on these same "
               "scores, so its sensitivity and specificity are in-sample for the threshold (a sensitivity policy's "

@@ -64,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
           + "; held-out patients measure both)")
     ranking = record["local"]["ranking"]
     interval = " [{:+.3f}, {:+.3f}]".format(*ranking["ci"]) if ranking["ci"] else ""
+    withheld = record["local"]["before"].get("n_not_assessed") or 0  # (an adapt audit: only the card said so)
     print(f"the source model on the same {record['local']['n']} images: AUC {ranking['roc_auc_before']:.3f} "
-          f"(gain {ranking['gain']:+.3f}"
-          f"{interval})")
+          f"(gain {ranking['gain']:+.3f}{interval})" + (
+              f"; it gives {withheld} of them no verdict (out of distribution or turned: the card's table of the "
+              "source model at its stored threshold leaves them out)" if withheld else ""))
     if record.get("source_site"):
         src = record["source_site"]
         before, after = src["before"]["metrics"], src["after"]["metrics"]

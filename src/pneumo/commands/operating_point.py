@@ -21,7 +21,8 @@ pneumo operating-point --model models/site-a --threshold-policy youden --out mod
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="run folder or checkpoint (default: the shipped model)")
     parser.add_argument("--threshold-policy", required=True, metavar="POLICY",
-                        help="youden | triage (highest specificity with val sensitivity >= 0.90) | sensitivity:X")
+                        help="youden | triage (= sensitivity:0.90) | sensitivity:X (the highest threshold whose "
+                             "sensitivity on the scores it is chosen on is >= X)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the new model folder (must be new or empty)")
     parser.add_argument("--data", metavar="FOLDER|CSV", help="labelled images to choose on: NORMAL/ + PNEUMONIA/ "
                         "folders or a CSV with path,label (default: the model's own val fold; for an adapted model, "

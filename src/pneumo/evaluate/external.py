@@ -20,6 +20,7 @@ from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
+from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
 from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients
@@ -33,6 +34,7 @@ from pneumo.evaluate.operating import adaptation_points, operating_points, opera
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
 from pneumo.provenance import record as provenance_record
+from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
 Gallery = Callable[..., tuple[str, str]]  # (out, torch model, images, y, p, threshold, *, subtypes, members) -> section
@@ -102,8 +104,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         model: run folder, checkpoint, ``None``/``"default"`` (shipped model) or an ensemble folder.
         data: a Kaggle-layout folder (NORMAL/ and PNEUMONIA/ at any depth) or a ``path,label`` CSV.
         out_dir: where metrics.json, predictions.csv, figures/ and report.html go (never the model's folder).
-        n_bootstrap: bootstrap resamples for the CIs (0: none).
-        seed: bootstrap seed.
+        n_bootstrap, seed: bootstrap resamples for the CIs (0: none) and their seed.
         ece_bins: calibration bins.
         policies: extra threshold policies for the side-by-side table (chosen on the model's val fold).
         val_data: the dataset holding the model's val fold (default: the one it was trained on, or $PNEUMO_DATA).
@@ -220,6 +221,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
         "backend": spec.predictors[0].backend, "model_ids": [p.model_id for p in spec.predictors],
         "weights_sha256": [p.meta.sha256 for p in spec.predictors],
         "commits": [p.meta.commit or "unknown" for p in spec.predictors]}  # what each was trained or adapted at
+    if len(spec.predictors) == 1 and (adapted := adaptation_summary(spec.predictors[0].meta)):
+        result["adaptation"] = adapted
     result["provenance"] = provenance_record()  # the code that evaluated it
     result["external"] = {"data": os.path.abspath(data), "n": len(table_all), "n_unreadable": len(errors),
                           "unreadable": dict(list(errors.items())[:MAX_LISTED]), "n_not_read": len(not_read),
@@ -254,7 +257,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     columns = {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
                **({"ood_score": ood_scores} if ood_scores is not None else {}), "assessed": assessed.astype(int)}
     calibrated_on = "the model's val fold" if fitted_on == "val" else fitted_on
-    subtitle = (f"{result['external']['data']} · model {spec.location} · threshold {spec.threshold:.3f} "
+    subtitle = (f"{result['external']['data']} · model {spec.location} · threshold {fmt_threshold(spec.threshold)} "
                 f"({spec.policy}, stored) · temperature {spec.temperature:.2f} (calibration, fitted on {calibrated_on})")
     with atomic.folder(out, owned=EVALUATION_FILES, replace=replace) as work:  # whole or not at all
         write_predictions(work, columns, logits_all, temperature=result["temperature"], threshold=result["threshold"],
@@ -293,8 +296,7 @@ def subgroups(table: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: floa
 
 
 def _subgroups_section(result: dict) -> list[tuple[str, str]]:
-    from pneumo.templates import fmt_ci
-    from pneumo.templates import table as table_html
+    from pneumo.templates import fmt_ci, table
 
     if not result.get("subgroups"):
         return []
@@ -305,7 +307,7 @@ def _subgroups_section(result: dict) -> list[tuple[str, str]]:
              "(95 % CIs as in the headline). Compare a subgroup's ROC-AUC with the headline's: when a column is "
              "confounded with the label (e.g. a view used mostly for one class), the overall figure can hide a model "
              "that ranks well within each subgroup, or the reverse.</p>"
-             + table_html(["column", "value", "n", "pneumonia", "ROC-AUC", "sensitivity", "specificity"], rows))]
+             + table(["column", "value", "n", "pneumonia", "ROC-AUC", "sensitivity", "specificity"], rows))]
 
 
 def _data_section(result: dict) -> tuple[str, str]:
@@ -336,9 +338,11 @@ def _data_section(result: dict) -> tuple[str, str]:
                   for k, v in {**ext["unreadable"], **ext.get("not_read", {})}.items())
     title = "The official test split's images" if ext.get("official_test_split") else "External data"
     return (title, f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
-            f"operating point (threshold {result['threshold']:.3f}, policy <code>{escape(result['threshold_policy'])}"
+            f"operating point (threshold {fmt_threshold(result['threshold'])}, policy <code>{escape(result['threshold_policy'])}"
             f"</code>; temperature {result['temperature']:.3f}); "
             + fitted_sentence(ext) + "</p>"
+            + (f"<p>The model was {escape(adaptation_sentence(result['adaptation']))}.</p>"
+               if result.get("adaptation") else "")
             + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{left_out_more(ext)}:</p><ul>{bad}</ul>"
                                                              if bad else "<p>No file was left out.</p>"))
 
@@ -352,7 +356,6 @@ def _not_assessed_sentence(official: bool) -> str:
                 "<code>test_assessed</code>.")
     return ("They get no pneumonia/normal verdict and are left out of the metrics above; the metrics on every readable "
             "image, assessed or not, are in metrics.json under <code>test_all</code>.")
-
 
 
 def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray, result: dict,

@@ -65,7 +65,7 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     rows = []
     for policy, p in points.items():
         mark = " (model)" if policy == result.get("threshold_policy") else ""
-        cells = [f"{policy}{mark}", fmt_threshold(p["threshold"], 3), fmt_number(p.get("val_sensitivity")),
+        cells = [f"{policy}{mark}", fmt_threshold(p["threshold"]), fmt_number(p.get("val_sensitivity")),
                  fmt_number(p.get("val_specificity")), *(fmt_ci(p.get(k), p.get("ci", {}).get(k)) for k in SHOWN)]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     chosen_on = escape(result.get("operating_points_chosen_on", "the validation split"))
@@ -77,7 +77,10 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     note = (f"<p>Each threshold is chosen on {chosen_on} by its policy, "
             + ("<strong>the model's own on the data measured here</strong>, the others never on it; " if here else
                "never on the data measured here; ")
-            + "<code>triage</code> is the highest specificity with val sensitivity &ge; 0.90 (the minimum the WHO's target product profile asks of a TB triage test; no WHO standard for pneumonia). "
+            + "<code>triage</code> is <code>sensitivity:0.90</code>, the highest threshold whose sensitivity where it "
+            "was chosen is &ge; 0.90 (the minimum the WHO's target product profile asks of a TB triage test; no WHO "
+            "standard for pneumonia): where no normal film scores between two policies' thresholds, both have the "
+            "same specificity and the lower threshold is the better one. "
             "The model's own operating point (marked) is the headline; choose another with "
             "<code>pneumo operating-point --model MODEL --threshold-policy P --out NEWDIR</code>.</p>")
     if not points:

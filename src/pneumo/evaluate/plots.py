@@ -23,6 +23,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from pneumo.errors import DataError
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.evaluate.metrics import check_binary
+from pneumo.templates import fmt_threshold
 from pneumo.templates.figures import new_figure, save_png
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def plot_roc(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, pat
         pred = p >= threshold
         sens, fpr_op = pred[y == 1].mean(), pred[y == 0].mean()
         ax.plot([fpr_op], [sens], "o", c="C3", ms=8,
-                label=f"threshold {threshold:.3f}: sens {sens:.3f}, spec {1 - fpr_op:.3f}")
+                label=f"threshold {fmt_threshold(threshold)}: sens {sens:.3f}, spec {1 - fpr_op:.3f}")
     ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity", title=title, xlim=(-0.01, 1.01),
            ylim=(-0.01, 1.01))
     return _finish(fig, ax, path, legend="lower right")
@@ -62,7 +63,7 @@ def plot_pr(y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray, path
     if threshold is not None:
         pred = p >= threshold
         if pred.any():
-            ax.plot([pred[y == 1].mean()], [y[pred].mean()], "o", c="C3", ms=8, label=f"threshold {threshold:.3f}")
+            ax.plot([pred[y == 1].mean()], [y[pred].mean()], "o", c="C3", ms=8, label=f"threshold {fmt_threshold(threshold)}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=title, xlim=(-0.01, 1.01), ylim=(0, 1.01))
     return _finish(fig, ax, path, legend="lower left")
 

@@ -33,7 +33,7 @@ from pneumo.evaluate.metrics import (
     sensitivity_by_subtype,
 )
 from pneumo.evaluate.plots import draw_evaluation_plots
-from pneumo.models.scores import pneumonia_probability, predict_classes
+from pneumo.models.scores import pneumonia_probability, predict_classes, threshold_on_calibrated_scale
 from pneumo.templates import escape, figure, fmt_ci, fmt_number, fmt_threshold, page, render, table
 
 Section = tuple[str, str]  # (title, trusted HTML body)
@@ -184,7 +184,7 @@ def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray
                       threshold: float, class_columns: Sequence[str] = (), assessed: np.ndarray | None = None) -> Path:
     """``predictions.csv``: the identifying ``rows`` columns, then ``p_pneumonia`` (raw), ``p_calibrated`` (at the
     temperature), ``predicted_pneumonia`` (raw p at the threshold, as the predictor calls it; empty for an image
-    that is not ``assessed``), ``threshold`` and, for each name in ``class_columns``, ``p_<name>`` (calibrated); with three classes,
+    that is not ``assessed``), ``threshold`` (binary: and ``threshold_calibrated``, the same on ``p_calibrated``) and, for each name in ``class_columns``, ``p_<name>`` (calibrated); with three classes,
     ``predicted_class`` (the verdict `pneumo predict` gives, empty where not assessed)."""
     import pandas as pd
 
@@ -193,6 +193,8 @@ def write_predictions(out_dir: str | os.PathLike, rows: dict, logits: np.ndarray
                           "p_calibrated": pneumonia_probability(calibrated)})
     frame["predicted_pneumonia"] = (frame["p_pneumonia"] >= threshold).astype(int)
     frame["threshold"] = threshold  # the verdict's: on p_pneumonia (not 0.5, and not on the calibrated columns)
+    if logits.shape[1] == 2:  # the same on p_calibrated, as `pneumo predict` writes it (an adapt audit: a film called
+        frame["threshold_calibrated"] = threshold_on_calibrated_scale(threshold, temperature)  # at p_PNEUMONIA 0.39)
     if assessed is not None:
         frame["predicted_pneumonia"] = frame["predicted_pneumonia"].astype("Int64").mask(~np.asarray(assessed, bool))
     for i, name in enumerate(class_columns):
@@ -234,7 +236,7 @@ def headline_html(result: dict) -> str:
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
     lost = (result.get("external") or {}).get("lost_class")
     warning = " ".join([*([f"{lost[0].upper()}{lost[1:]}: the measures that need that class are n/a."] if lost else []),
-                        *evaluation_warnings(metrics, cis)]) or None
+                        *evaluation_warnings(metrics, cis, result.get("adaptation"))]) or None
     people = test.get("patients")
     n = (f"{test.get('n', '?')} images of {people['n']} patients ({people['pneumonia']} of them with pneumonia)" if people
          else f"{test.get('n', '?')} images (patients unknown: images counted as independent, so the intervals may be "
@@ -242,7 +244,7 @@ def headline_html(result: dict) -> str:
          else test.get("n", "?"))
     return (render("headline.html.j2", cards=cards, n=n, warning=warning,
                    where=data_label(result),
-                         threshold=fmt_threshold(result.get("threshold"), 3), policy=result.get("threshold_policy"),
+                         threshold=fmt_threshold(result.get("threshold")), policy=result.get("threshold_policy"),
                          chosen_on=result.get("threshold_chosen_on", "val"),
                          fitted_on=result.get("temperature_fitted_on", "val"),
                          temperature=fmt_number(result.get("temperature"), 2),
@@ -294,7 +296,7 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     external = bool(ext and not ext.get("official_test_split"))
     images, split = ("images of this external data", "external data") if external else ("test images", "test")
     chosen = result.get("threshold_chosen_on", "val")
-    note = (f"<p>Threshold {escape(fmt_threshold(result['threshold'], 3))} chosen on "
+    note = (f"<p>Threshold {escape(fmt_threshold(result['threshold']))} chosen on "
             f"{escape('the validation split' if chosen == 'val' else chosen)} by policy "
             f"<code>{escape(result['threshold_policy'])}</code>; 95 % CIs: {escape(boot.get('method', CI_METHOD))} "
             f"({escape(boot.get('n_resamples'))} resamples of the {escape(test['n'])} {images}"

@@ -45,6 +45,7 @@ from pneumo.models.scores import log_mean_probability, p_pneumonia
 from pneumo.models.sidecar import CheckpointMeta, read_meta, resolve_model, write_meta
 from pneumo.provenance import record as provenance_record
 from pneumo.provenance import utc_now
+from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
 Analysis = Callable[..., list[tuple[str, str]]]  # (run_dir, model, meta, images, y, subtypes, probs, threshold, names)
@@ -363,13 +364,13 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
 
 def _subtitle(result: dict) -> str:
     return (f"{result.get('arch')} · mode {result.get('mode')} · task {result['task']} · threshold "
-            f"{result['threshold']:.3f} ({result['threshold_policy']}) · T={result['temperature']:.2f} · "
+            f"{fmt_threshold(result['threshold'])} ({result['threshold_policy']}) · T={result['temperature']:.2f} · "
             f"commit {result.get('commit')} · {result.get('device')}{ood_note(result)}")
 
 
 def summary_line(result: dict) -> str:
     """One line with the headline test numbers and their 95 % CIs; a second, the small-sample warning, if any."""
-    from pneumo.evaluate.report import fmt_ci, fmt_threshold
+    from pneumo.evaluate.report import fmt_ci
 
     m, ci = result["test"]["metrics"], result["test"].get("ci") or {}
     parts = ", ".join(f"{k} {fmt_ci(m.get(k), ci.get(k))}" for k in ("accuracy", "sensitivity", "specificity",
@@ -379,7 +380,7 @@ def summary_line(result: dict) -> str:
     where = "external data" if ext and not ext.get("official_test_split") else "test"
     from pneumo.evaluate.cautions import evaluation_warnings
 
-    warning = " ".join(evaluation_warnings(m, ci))
+    warning = " ".join(evaluation_warnings(m, ci, result.get("adaptation")))
     multi = result["test"].get("multiclass")  # a 3-class model: its own numbers first, then pneumonia vs normal
     three = (f"3-class accuracy {fmt_ci(multi.get('accuracy'), (multi.get('ci') or {}).get('accuracy'))}, macro-F1 "
              f"{fmt_ci(multi.get('macro_f1'), (multi.get('ci') or {}).get('macro_f1'))}; pneumonia vs normal: "
@@ -388,8 +389,10 @@ def summary_line(result: dict) -> str:
     counted = ("counted in the numbers above at the threshold, as published results count them (metrics.json: "
                "test_assessed leaves them out)" if where == "test" else "outside the numbers above (metrics.json: "
                "not_assessed)")  # the n, the val fold and where they are: the console said less than the report
-    return (f"{result.get('name')}: {where} {three}{parts}; {result['test'].get('n')} images; val-fold AUC "
-            f"{fmt_ci(val_auc, None)}; threshold {fmt_threshold(result['threshold'], 3)} ({result['threshold_policy']})"
+    adapted = result.get("adaptation")  # an adapted model has no val fold: the AUC its adaptation measured
+    fold_auc = (f"cross-fitted site AUC {fmt_ci(adapted.get('crossfit_roc_auc'), None)}" if adapted
+                else f"val-fold AUC {fmt_ci(val_auc, None)}")
+    return (f"{result.get('name')}: {where} {three}{parts}; {result['test'].get('n')} images; {fold_auc}; threshold {fmt_threshold(result['threshold'])} ({result['threshold_policy']})"
             + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), {counted}"
                if withheld else "")
             + (f"\nwarning: {warning}" if warning else ""))

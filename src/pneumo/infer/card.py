@@ -203,7 +203,7 @@ def _unrecorded_adapted_card(name: str, payload: dict) -> str:
              "verified card.")]
     if cross:
         at = "this operating point" if own else "the adaptation's operating point, not this model's"
-        lines += ["", (f"Cross-validated on those images ({md_text(metrics.get('site_crossfit_n', '?'))} images; no "
+        lines += ["", (f"Cross-fitted on those images ({md_text(metrics.get('site_crossfit_n', '?'))} images; no "
                       f"image scored by a model adapted on it), at {at}:"), "",
                   *md_table(["metric", "value"], metric_rows(HEADLINE, (cross, {})))]
     if own and (warning := low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
