@@ -363,3 +363,12 @@ def test_dicom_ages_are_summarised_per_set_as_a_note_and_never_kept_per_image() 
     assert "on 3 image(s): median 46 years, 2 of adults" in note and "ranks adult films at chance" in note
     assert "PatientAge" not in str(summary["dicom"])  # not a tag listed per value
     assert "age" not in summarize_properties(Scored(properties=scored.properties[3:]))  # no ages: nothing said
+
+
+def test_pixel_sizes_are_whole_numbers_in_the_properties_table() -> None:
+    """The site report printed median sizes as "320.000" (a reports audit)."""
+    from pneumo.adapt.site_report import _properties_table
+
+    html = _properties_table({"site": {"width_median": 320.0, "mean_median": 120.25},
+                              "reference": {"width_median": 1857.5}})
+    assert '<td class="num">320</td>' in html and "320.0" not in html and "120.250" in html and "1857.500" in html

@@ -471,3 +471,18 @@ def test_the_most_confident_errors_are_ranked_past_the_threshold_on_the_logit_sc
     _, body = _errors_section(tmp_path, table, np.array([0, 1, 1]), np.array([0.99999, 0.5, 0.95]),
                               {"threshold": 0.862}, tmp_path)
     assert body.index("fp.png") < body.index("fn.png") and "tp.png" not in body
+
+
+def test_a_patient_with_films_of_both_classes_is_said_where_the_headline_counts_patients() -> None:
+    """"50 images of 49 patients (26 of them with pneumonia)" beside 24 normal: one patient had a film of each class
+    and was counted in both, without a word (a reports audit)."""
+    from pneumo.evaluate.report import headline_html
+
+    def headline(normal: int) -> str:
+        test = {"n": 50, "metrics": {}, "ci": {}, "patients": {"n": 49, "pneumonia": 26, "normal": normal}}
+        return " ".join(headline_html({"test": test, "external": {"official_test_split": False}, "threshold": 0.5,
+                                       "threshold_policy": "youden", "temperature": 1.0}).split())
+
+    assert ("50 images of 49 patients (26 of them with pneumonia; 1 with both a pneumonia and a normal image, "
+            "counted in each class)") in headline(24)
+    assert "50 images of 49 patients (26 of them with pneumonia)" in headline(23)

@@ -24,12 +24,7 @@ from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
 from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients
-from pneumo.evaluate.metrics import (
-    binary_metrics,
-    bootstrap_cis,
-    multiclass_metrics,
-    sensitivity_by_subtype,
-)
+from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
 from pneumo.evaluate.operating import adaptation_points, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
@@ -258,7 +253,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                **({"ood_score": ood_scores} if ood_scores is not None else {}), "assessed": assessed.astype(int)}
     calibrated_on = "the model's val fold" if fitted_on == "val" else fitted_on
     subtitle = (f"{result['external']['data']} · model {spec.location} · threshold {fmt_threshold(spec.threshold)} "
-                f"({spec.policy}, stored) · temperature {spec.temperature:.2f} (calibration, fitted on {calibrated_on})")
+                f"({spec.policy}, stored) · temperature {spec.temperature:.3f} (calibration, fitted on {calibrated_on})")
     with atomic.folder(out, owned=EVALUATION_FILES, replace=replace) as work:  # whole or not at all
         write_predictions(work, columns, logits_all, temperature=result["temperature"], threshold=result["threshold"],
                           class_columns=classes, assessed=assessed)
@@ -304,9 +299,10 @@ def _subgroups_section(result: dict) -> list[tuple[str, str]]:
                                                   for k in ("roc_auc", "sensitivity", "specificity"))]
             for column, groups in result["subgroups"].items() for value, g in groups.items()]
     return [("Subgroups", "<p>The assessed images by the values of the CSV's columns, at the stored threshold "
-             "(95 % CIs as in the headline). Compare a subgroup's ROC-AUC with the headline's: when a column is "
-             "confounded with the label (e.g. a view used mostly for one class), the overall figure can hide a model "
-             "that ranks well within each subgroup, or the reverse.</p>"
+             "(95 % CIs as in the headline: the bootstrap ones, ROC-AUC's among them, are n/a in a subgroup too small "
+             "for them, by the headline's small-sample rule). Compare a subgroup's ROC-AUC with the headline's: when a "
+             "column is confounded with the label (e.g. a view used mostly for one class), the overall figure can "
+             "hide a model that ranks well within each subgroup, or the reverse.</p>"
              + table(["column", "value", "n", "pneumonia", "ROC-AUC", "sensitivity", "specificity"], rows))]
 
 
@@ -388,7 +384,7 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
                       f"</td><td>{escape(table['subtype'][i])}</td><td class='num'>{p[i]:.3f}</td></tr>" for i in worst)
     return ("Errors per class", table_html(["true class", "n", "errors", "error rate"], rows)
             + ("<table><caption>Most confident errors (all in predictions.csv)</caption><thead><tr><th>file</th>"
-               f"<th>label</th><th>subtype</th><th>P(pneumonia)</th></tr></thead><tbody>{listing}</tbody></table>"
+               f"<th>label</th><th>subtype</th><th>P(pneumonia), uncalibrated</th></tr></thead><tbody>{listing}</tbody></table>"
                if listing else "<p>No errors at this threshold.</p>"))
 
 

@@ -117,7 +117,7 @@ def plot_reliability(before: dict, after: dict, path: str | os.PathLike, *, temp
     fig = new_figure(5.0, 4.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="perfect calibration")
-    t_label = f" (T = {temperature:.2f})" if temperature is not None else ""
+    t_label = f" (T = {temperature:.3f})" if temperature is not None else ""
     for data, name, marker in ((before, "before", "o-"), (after, f"after{t_label}", "s-")):
         conf = np.array(data["confidence"], dtype=float)
         acc = np.array(data["accuracy"], dtype=float)

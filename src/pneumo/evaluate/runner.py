@@ -364,7 +364,7 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
 
 def _subtitle(result: dict) -> str:
     return (f"{result.get('arch')} · mode {result.get('mode')} · task {result['task']} · threshold "
-            f"{fmt_threshold(result['threshold'])} ({result['threshold_policy']}) · T={result['temperature']:.2f} · "
+            f"{fmt_threshold(result['threshold'])} ({result['threshold_policy']}) · T={result['temperature']:.3f} · "
             f"commit {result.get('commit')} · {result.get('device')}{ood_note(result)}")
 
 
