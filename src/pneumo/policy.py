@@ -52,10 +52,10 @@ def policy_warning(policy: str, n_positive: int, n_negative: int, unit: str = "i
         called = math.ceil(target * n_positive - 1e-9)
         low = float(beta.ppf(0.025, called, n_positive - called + 1)) if called else 0.0
         if low < target - 0.05:
-            return (f"only {n_positive} pneumonia {unit}: even at exactly the policy's {target:g} ({called} of them "
-                    f"called) the exact 95 % interval of the sensitivity reaches down to {low:.2f} (the interval of "
-                    "the sensitivity reached is beside it); the sensitivity this threshold gives new images is that "
-                    "uncertain: label more positives")
+            return (f"only {n_positive} pneumonia {unit}: even where the fewest the policy allows are called ({called} "
+                    f"of {n_positive}, {called / n_positive:.2f}), the exact 95 % interval of the sensitivity reaches "
+                    f"down to {low:.2f}; the sensitivity this threshold gives new images is that uncertain: label more "
+                    "positives")
     elif min(n_positive, n_negative) < 30:
         return (f"{n_positive} pneumonia and {n_negative} normal {unit}: the {policy} threshold is uncertain with "
                 "fewer than 30 of each")

@@ -153,6 +153,12 @@ def test_the_other_policies_are_laid_out_on_the_same_cross_fitted_scores(adapted
         lo, hi = point["specificity_exact_ci"]
         assert lo <= point["specificity"] <= hi
     assert points["sensitivity:0.95"]["sensitivity"] >= 0.95 and points["triage"]["sensitivity"] >= 0.90
+    # the verdict's threshold on both scales beside the scores (an adapt audit: a call against p_calibrated 0.42)
+    own, temperature = record["operating_point"]["threshold"], record["temperature"]
+    assert np.allclose(table["threshold"], own) and np.allclose(table["threshold_calibrated"],
+                                                                threshold_on_calibrated_scale(own, temperature))
+    near = (table["p_crossfit_calibrated"] - table["threshold_calibrated"]).abs() < 1e-6
+    assert ((table["p_crossfit_calibrated"] >= table["threshold_calibrated"]) == table["predicted_pneumonia"])[~near].all()
     card = (out / "model.md").read_text()
     assert "## Other operating points (the same cross-fitted scores)" in card and "| youden (this model's) |" in card
     assert "sensitivity:0.95" in (out / "report.html").read_text()
@@ -296,6 +302,8 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     console = capsys.readouterr().out  # the adaptation's own AUC and its threshold as adapt wrote it (not 3 decimals)
     assert f"cross-fitted site AUC {meta['metrics']['site_crossfit']['roc_auc']:.3f}" in console
     assert f"threshold {fmt_threshold(threshold)} (" in console and "val-fold AUC" not in console
+    for policy, point in adapted["record"]["operating_points"].items():  # the policy lines too (0.018 beside 0.0175)
+        assert f"{policy}: threshold {fmt_threshold(point['threshold'])}, accuracy" in console
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert result["threshold"] == pytest.approx(threshold)
     assert result["adaptation"]["source_model_id"] == adapted["record"]["source_model"]["model_id"]
@@ -304,7 +312,8 @@ def test_evaluate_and_model_card_use_the_adapted_model(adapted: dict, site_csv: 
     rows = pd.read_csv(tmp_path / "v" / "predictions.csv")  # a verdict read against either scale agrees
     assert np.allclose(rows["threshold_calibrated"], on_calibrated, rtol=0, atol=1e-9)
     near = (rows["p_calibrated"] - on_calibrated).abs() < 1e-6
-    assert ((rows["p_calibrated"] >= on_calibrated) == rows["predicted_pneumonia"].astype(bool))[~near].all()
+    called = rows[rows["predicted_pneumonia"].notna() & ~near]  # (no verdict: not called either way)
+    assert ((called["p_calibrated"] >= on_calibrated) == called["predicted_pneumonia"].astype(bool)).all()
     # the other policies at the thresholds the adaptation chose on its cross-fitted scores (no val fold to choose on)
     chosen = adapted["record"]["operating_points"]
     assert list(result["operating_points"]) == list(chosen) and "operating_points_note" not in result
@@ -341,6 +350,9 @@ def test_a_new_operating_point_of_an_adapted_model_says_where_its_threshold_and_
                  "--no-analysis", "--bootstrap", "0"]) == 0
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert result["threshold_chosen_on"] == f"{chosen['n']} images of a labelled CSV (pneumo operating-point)"
+    # the cross-fitted AUC is threshold-free: still the derived model's (a review: "cross-fitted site AUC n/a")
+    assert result["adaptation"]["crossfit_roc_auc"] == pytest.approx(adapted["record"]["local"]["after"]["metrics"]["roc_auc"])
+    assert "on the uncalibrated P(pneumonia) (" in (derived / "model.md").read_text()
     assert result["temperature_fitted_on"] == "the adaptation's cross-fitted scores"
     # measured on the very images its threshold was chosen on and its weights adapted on: said, never "nothing was
     # fitted on them" (a review: the derived folder lacked the adapted-on list, and the chosen-on digest was unread)

@@ -11,6 +11,7 @@ import pytest
 from pneumo.cli import main
 from pneumo.errors import DataError
 from pneumo.evaluate.compare import load_run_metrics, write_leaderboard
+from pneumo.templates import fmt_threshold
 
 
 def make_run(root: Path, name: str, *, seed: int, arch: str = "efficientnet_lite0", mode: str = "probe",
@@ -28,7 +29,7 @@ def test_leaderboard_lists_every_run_with_its_numbers(tmp_path: Path) -> None:
         m, ci = result["test"]["metrics"], result["test"]["ci"]
         cell = f"{m['sensitivity']:.3f} [{ci['sensitivity'][0]:.3f}, {ci['sensitivity'][1]:.3f}]"
         assert cell in text and cell in page
-        assert result["name"] in text and f"{result['threshold']:.3f} (sensitivity:0.95)" in text
+        assert result["name"] in text and f"{fmt_threshold(result['threshold'])} (sensitivity:0.95)" in text
     assert "resnet18" in text and "finetune" in text and "12m34s" in text
     assert len([line for line in text.splitlines() if line.startswith("|")]) == 4  # header, rule, 2 runs
 

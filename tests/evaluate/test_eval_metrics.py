@@ -462,10 +462,21 @@ def test_an_adapted_model_at_chance_is_not_told_to_be_adapted_and_its_adaptation
     plain = " ".join(evaluation_warnings(metrics, cis))
     assert "unless adapted to them (pneumo adapt)" in plain and "already adapted" not in plain
     said = "at this operating point about 9 in 10 normal films would be called pneumonia"
-    adapted = evaluation_warnings(metrics, cis, {"source_model_id": "m", "warning": said})
-    assert "unless adapted" not in " ".join(adapted) and "this model is already adapted to such images" in adapted[0]
+    adapted = evaluation_warnings(metrics, cis, {"source_model_id": "m", "data": "site_a.csv", "warning": said})
+    assert "unless adapted" not in " ".join(adapted)
+    assert ("this model was adapted to the images of site_a.csv: if these are of that site, label more of its images "
+            "and adapt the source model again; if of another, adapt the source model to that one") in adapted[0]
     assert adapted[-1] == f"Its adaptation said: {said}."
     assert len(evaluation_warnings(metrics, cis, {"source_model_id": "m", "warning": None})) == 1
+    low = {"specificity": 0.05}, {"specificity": [0.01, 0.2]}  # the low-specificity advice: no switch to offer blind
+    assert "choose another operating point (pneumo operating-point)" in evaluation_warnings(*low)[0]
+    assert "measured are in its card (pneumo model-card)" in evaluation_warnings(*low, {"warning": None})[0]
+    from pneumo.evaluate.cautions import adaptation_sentence
+
+    assert adaptation_sentence({"source_model_id": None, "data": None, "n_images": None, "n_patients": None,
+                                "crossfit_roc_auc": None}) == ("adapted from an unrecorded model on ? images of ? "
+                                                              "patients (data not recorded) by pneumo adapt; "
+                                                              "cross-fitted site ROC-AUC n/a")
 
 
 def test_an_operating_point_that_calls_most_normal_films_pneumonia_is_said_in_plain_words() -> None:

@@ -123,7 +123,7 @@ def site_call_rate(meta) -> tuple[float, str] | None:
     counts = (adaptation.get("site") or {}).get("by_label") or {}
     chosen = (adaptation.get("operating_point") or {}).get("threshold")
     n = sum(counts.values())
-    if not (local and n and chosen == meta.threshold):
+    if not ("sensitivity" in local and n and chosen == meta.threshold):  # (a derived model keeps only the AUCs)
         return None
     prevalence = counts.get("PNEUMONIA", 0) / n
     rate = local["sensitivity"] * prevalence + (1 - local["specificity"]) * (1 - prevalence)

@@ -111,9 +111,10 @@ def unusable_operating_point(record: dict) -> str | None:
         measured="cross-fitted specificity",
         advice="do not deploy it at this operating point; " + (
             f"switch to {' or '.join(others)} (pneumo operating-point --model THIS --threshold-policy "
-            f"{others[0]} --out NEW: the threshold the table of policies shows), " if others else
-            "no other policy calls most pneumonias and most normal films right on the cross-fitted scores either; ")
-        + "label more images, or adapt again with another --threshold-policy")
+            f"{others[0]} --out NEW: the threshold the table of policies shows), label more images, or adapt again "
+            "with another --threshold-policy" if others else
+            "no other policy calls most pneumonias and most normal films right on the cross-fitted scores either: "
+            "label more images and adapt again"))
 
 
 def source_site_warning(record: dict) -> str | None:
@@ -135,7 +136,9 @@ def adaptation_warnings(record: dict) -> list[str]:
 
 TRADE_OFF_HEAD = ("policy", "threshold", "sensitivity [exact 95 % CI]", "specificity [exact 95 % CI]")
 TRADE_OFF_NOTE = ("Each threshold is chosen on the cross-fitted scores and measured on them (in-sample for the "
-                  "threshold). For another policy, adapt again with --threshold-policy, or choose it on held-out "
+                  "threshold); triage is sensitivity:0.90, the highest threshold reaching it: where no normal film "
+                  "scores between two policies' thresholds, both have the same specificity and the lower threshold "
+                  "is the better one. For another policy, adapt again with --threshold-policy, or choose it on held-out "
                   "patients of the site: pneumo operating-point --model THIS --data HELD_OUT --threshold-policy P "
                   "--out NEW.")
 

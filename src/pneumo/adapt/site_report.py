@@ -221,8 +221,8 @@ def _properties_table(props: dict) -> str:
         value = d.get(key, "")
         if isinstance(value, list):
             return ", ".join(f"{k} ({v})" for k, v in value)
-        if isinstance(value, float) and value.is_integer():  # a median of pixel sizes: 320, not 320.000
-            return int(value)
+        if key in ("width_median", "height_median") and isinstance(value, float) and value.is_integer():
+            return int(value)  # a median of pixel sizes: 320, not 320.000 (a reports audit)
         return str(value) if isinstance(value, dict) else value
 
     return table(["property", "site", "reference"], [[name, cell(site, k), cell(ref, k)] for name, k in keys])

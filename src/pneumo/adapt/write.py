@@ -21,6 +21,7 @@ from pneumo.evaluate.fitted import adapted_on_sha256
 from pneumo.infer.card import record_card
 from pneumo.models.checkpoint import save_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
+from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import CARD_KEY, read_meta, write_meta
 from pneumo.train.ood import record_orientation
 from pneumo.train.probe import feature_extractor
@@ -160,5 +161,8 @@ def _write_predictions(out: Path, site: SiteImages, z_oof: np.ndarray, z_before:
                           "fold": fold_of,  # the cross-fitting fold that held it out (its score's model)
                           "p_source_model": p_pneumonia(z_before), "p_crossfit": p_pneumonia(z_oof),
                           "p_crossfit_calibrated": p_pneumonia(z_oof, record["temperature"])})
-    frame["predicted_pneumonia"] = (frame["p_crossfit"] >= record["operating_point"]["threshold"]).astype(int)
+    threshold = record["operating_point"]["threshold"]
+    frame["predicted_pneumonia"] = (frame["p_crossfit"] >= threshold).astype(int)
+    frame["threshold"] = threshold  # the verdict's, on p_crossfit; and the same on p_crossfit_calibrated (an adapt audit)
+    frame["threshold_calibrated"] = threshold_on_calibrated_scale(threshold, record["temperature"])
     atomic.write_csv(out / CROSSFIT, frame)

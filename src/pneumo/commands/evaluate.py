@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  ... and {unnamed} more files left out (counted, not named)")
     points = result.get("operating_points") or {}
     for policy, p in points.items():
-        print(f"  {policy:>18}: threshold {fmt_threshold(p['threshold'], 3)}, accuracy {fmt_number(p['accuracy'])}, "
+        print(f"  {policy:>18}: threshold {fmt_threshold(p['threshold'])}, accuracy {fmt_number(p['accuracy'])}, "
               f"sensitivity {fmt_number(p['sensitivity'])}, specificity {fmt_number(p['specificity'])}")
     for column, groups in (result.get("subgroups") or {}).items():
         for value, g in groups.items():

@@ -9,6 +9,7 @@ import sys
 from pneumo.argparsing import add_dataset_option
 from pneumo.data.files import MAX_LISTED
 from pneumo.errors import one_line
+from pneumo.templates import fmt_threshold
 
 EXAMPLES = """
 pneumo operating-point --model runs/default --threshold-policy sensitivity:0.95 --out runs/default-sens95
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = record["chosen_on"]
     withheld = chosen.get("n_not_assessed") or 0
     print(f"new model: {args.out} (operating point v{record['version']}: {record['policy']}, threshold "
-          f"{record['threshold']:.4f}, sensitivity {chosen['sensitivity']:.3f}, specificity "
+          f"{fmt_threshold(record['threshold'])}, sensitivity {chosen['sensitivity']:.3f}, specificity "
           f"{chosen['specificity']:.3f} on {chosen['n']} images of {chosen['kind']}"
           + (f"; {withheld} without a verdict left out)" if withheld else ")"))
     left_out = record["left_out"]  # named here only: the new folder's record counts them

@@ -23,20 +23,21 @@ def small_sample_warning(metrics: dict) -> str | None:
             "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")
 
 
-def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: bool = False) -> str | None:
+def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: str | None = None) -> str | None:
     """One line when the ROC-AUC's 95 % interval reaches 0.5 (or, without an interval, the ROC-AUC is at most 0.5):
     the model does not separate pneumonia from normal on these images, and no threshold can fix that (a clinical
     review: a chance-level external validation came without a word, beside other operating points to choose).
-    ``adapted``: the model is already adapted to such images (`pneumo adapt`; an adapt audit: the advice was to
-    adapt it)."""
+    ``adapted``: the data an adapted model was adapted on (`pneumo adapt`; an adapt audit: the advice was to adapt
+    it)."""
     auc, ci = metrics.get("roc_auc"), (cis or {}).get("roc_auc")
     ci = ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
     if auc is None or not np.isfinite(auc) or (ci[0] if ci else auc) > 0.5:
         return None
     interval, high = (f" [{ci[0]:.3f}, {ci[1]:.3f}]", ci[1]) if ci else ("", auc)
     where = "below chance, 0.5: check that the labels are not swapped" if high < 0.5 else "reaching chance, 0.5"
-    advice = ("this model is already adapted to such images: do not use it on them; label more images of the site, "
-              "adapt the source model again (pneumo adapt) and validate it on other patients" if adapted else
+    advice = (f"do not use it on such images; this model was adapted to {adapted}: if these are of that site, label "
+              "more of its images and adapt the source model again; if of another, adapt the source model to that "
+              "one (pneumo adapt); then validate on other patients" if adapted else
               "do not use it on such images unless adapted to them (pneumo adapt) and validated again")
     return (f"The model does not separate pneumonia from normal on these images (ROC-AUC {auc:.3f}{interval}, "
             f"{where}): no threshold makes it useful here; {advice}.")
@@ -46,11 +47,13 @@ def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None
     """The warnings an evaluation's headline carries (report and console): chance-level ranking, most normal films
     called pneumonia at the operating point, a small sample, and what an adapted model's own adaptation said of its
     operating point (`adaptation_summary`); each a sentence."""
-    low = low_specificity_warning(metrics.get("specificity"), (cis or {}).get("specificity"),
-                                  advice="choose another operating point (pneumo operating-point) or do not use the "
-                                         "model at this one")
+    low = low_specificity_warning(metrics.get("specificity"), (cis or {}).get("specificity"), advice=(
+        "do not use the model at this one; the other operating points its adaptation measured are in its card (pneumo "
+        "model-card)" if adaptation else "choose another operating point (pneumo operating-point) or do not use the "
+                                         "model at this one"))
     said = (adaptation or {}).get("warning")
-    return [w for w in (no_discrimination_warning(metrics, cis, adapted=bool(adaptation)),
+    where = adaptation and f"the images of {adaptation.get('data') or 'a site'}"
+    return [w for w in (no_discrimination_warning(metrics, cis, adapted=where),
                         low and f"{low[0].upper()}{low[1:]}.", small_sample_warning(metrics),
                         said and f"Its adaptation said: {said}.") if w]
 
@@ -72,9 +75,9 @@ def adaptation_summary(meta) -> dict | None:
 def adaptation_sentence(summary: dict) -> str:
     """``adapted from X on 82 images of 65 patients (site_a.csv); cross-fitted site ROC-AUC 0.573``."""
     auc = summary.get("crossfit_roc_auc")
-    return (f"adapted from {summary.get('source_model_id') or 'an unrecorded model'} on {summary.get('n_images')} "
-            f"images of {summary.get('n_patients')} patients ({summary.get('data')}) by pneumo adapt; cross-fitted "
-            f"site ROC-AUC " + (f"{auc:.3f}" if isinstance(auc, (int, float)) else "n/a"))
+    return (f"adapted from {summary.get('source_model_id') or 'an unrecorded model'} on {summary.get('n_images') or '?'} "
+            f"images of {summary.get('n_patients') or '?'} patients ({summary.get('data') or 'data not recorded'}) by "
+            "pneumo adapt; cross-fitted site ROC-AUC " + (f"{auc:.3f}" if isinstance(auc, (int, float)) else "n/a"))
 
 
 def adapted_point_warning(meta) -> str | None:

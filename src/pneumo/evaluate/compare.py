@@ -25,7 +25,7 @@ from pneumo.evaluate.intervals import CI_METHOD
 from pneumo.infer.card import Markdown, md_table, md_text
 from pneumo.models.sidecar import read_meta
 from pneumo.policy import STANDARD_POLICIES
-from pneumo.templates import Section, fmt_ci, fmt_number, page, table
+from pneumo.templates import Section, fmt_ci, fmt_number, fmt_threshold, page, table
 
 log = logging.getLogger(__name__)
 COLUMNS = ("run", "evaluated on", "name", "arch", "mode", "task", "seed", "val AUC", "test accuracy", "test sensitivity",
@@ -119,7 +119,7 @@ def leaderboard_row(data: dict) -> dict[str, str]:
         "seed": fmt_number(_get(data, "config", "train", "seed")),
         "val AUC": fmt_number(_get(data, "val", "roc_auc")),
         "ECE before → after": f"{fmt_number(test.get('ece_before'))} → {fmt_number(test.get('ece_after'))}",
-        "threshold (policy)": f"{fmt_number(data.get('threshold'))} ({data.get('threshold_policy') or 'n/a'})",
+        "threshold (policy)": f"{fmt_threshold(data.get('threshold'))} ({data.get('threshold_policy') or 'n/a'})",
         "shortcut check": shortcut_cell(Path(str(data.get("_run_dir", ""))) / "figures" / "shortcut_stats.json"),
         "wall time": _duration(data.get("wall_time_s")),
         # intervals of an older method (percentile bootstrap, images) beside today's are not comparable

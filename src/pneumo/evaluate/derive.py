@@ -20,7 +20,7 @@ from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import adaptation_points, paths_digest
 from pneumo.infer.card import card_markdown, md_text, record_card
 from pneumo.models.records import check_crossfit
-from pneumo.models.scores import p_pneumonia
+from pneumo.models.scores import p_pneumonia, threshold_on_calibrated_scale
 from pneumo.models.sidecar import (
     CARD_KEY,
     check_new_folder,
@@ -32,6 +32,7 @@ from pneumo.models.sidecar import (
 )
 from pneumo.policy import parse_policy, policy_warning
 from pneumo.provenance import utc_now
+from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
 
@@ -179,17 +180,22 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
     # along under a heading that says which operating point its figures are at
     card = card_markdown(sidecar, meta) if meta.extra.get("adaptation") else None
     extra = {key: value for key, value in meta.extra.items() if key not in ("model_card", CARD_KEY)}
+    kept = {k: v for k, v in meta.metrics.items() if k == "site_crossfit_n"} | (  # threshold-free: still this model's
+        {"site_crossfit": {k: v for k, v in meta.metrics["site_crossfit"].items() if k in ("roc_auc", "pr_auc")}}
+        if meta.metrics.get("site_crossfit") else {})  # (a review: a derived adapted model's site AUC read n/a)
     meta = dataclasses.replace(meta, threshold=threshold, threshold_policy=policy, weights_file=new.weights.name,
-                               metrics={}, config={**meta.config, "name": name} if meta.config else meta.config,
+                               metrics=kept, config={**meta.config, "name": name} if meta.config else meta.config,
                                extra={**extra, "operating_point": record})
     write_meta(new.model, meta)
     if card:
         chosen = record["chosen_on"]
         atomic.write_text(new.model.with_suffix(".md"), (
-            f"# {md_text(name)}: a new operating point of an adapted model\n\nThreshold {threshold:.6g} on P(pneumonia), "
+            f"# {md_text(name)}: a new operating point of an adapted model\n\nThreshold {fmt_threshold(threshold)} on the "
+            f"uncalibrated P(pneumonia) ({fmt_threshold(threshold_on_calibrated_scale(threshold, meta.temperature))} "
+            "on the calibrated scale), "
             f"policy `{policy}`, chosen on {chosen['n']} images ({chosen.get('kind', 'its val fold')}, `pneumo "
             f"operating-point`) on {record['created']}; the same weights as {md_text(source.name)}, whose card follows. Its figures, and its "
             f"warnings about its operating point, are at that model's own threshold "
-            f"({record['derived_from']['threshold']:.6g}), not at this one: evaluate this model on other patients for "
+            f"({fmt_threshold(record['derived_from']['threshold'])}), not at this one: evaluate this model on other patients for "
             "its own.\n\n" + card))
         record_card(new.model)

@@ -238,8 +238,7 @@ def headline_html(result: dict) -> str:
     warning = " ".join([*([f"{lost[0].upper()}{lost[1:]}: the measures that need that class are n/a."] if lost else []),
                         *evaluation_warnings(metrics, cis, result.get("adaptation"))]) or None
     people = test.get("patients")
-    n = (f"{test.get('n', '?')} images of {people['n']} patients ({people['pneumonia']} of them with pneumonia"
-         + _both(people) + ")" if people
+    n = (f"{test.get('n', '?')} images of {people['n']} patients ({_classes(people)})" if people
          else f"{test.get('n', '?')} images (patients unknown: images counted as independent, so the intervals may be "
               "too narrow; a CSV with a patient_id column groups them)" if result.get("external")
          else test.get("n", "?"))
@@ -252,11 +251,13 @@ def headline_html(result: dict) -> str:
                          ece_before=fmt_number(test.get("ece_before")), ece_after=fmt_number(test.get("ece_after"))))
 
 
-def _both(people: dict) -> str:
-    """``; 1 with both a pneumonia and a normal image`` where a patient is in both classes (a reports audit: 26 with
-    pneumonia + 24 normal read as 50 of 49 patients), else nothing."""
+def _classes(people: dict) -> str:
+    """``26 of them with pneumonia``; where a patient has films of both classes (a reports audit: 26 with pneumonia +
+    24 normal read as 50 of 49 patients), ``26 with a pneumonia image, 24 with a normal one; 1 with both``."""
     both = people["pneumonia"] + people.get("normal", people["n"] - people["pneumonia"]) - people["n"]
-    return f"; {both} with both a pneumonia and a normal image, counted in each class" if both > 0 else ""
+    if both <= 0:
+        return f"{people['pneumonia']} of them with pneumonia"
+    return f"{people['pneumonia']} with a pneumonia image, {people['normal']} with a normal one; {both} with both"
 
 
 def _ci_text(ci: Sequence | None) -> str:

@@ -22,7 +22,7 @@ from pneumo.explain.cam import cam_maps, default_layer_name
 from pneumo.explain.embeddings import embedding_figures, subsample
 from pneumo.explain.filters import activations_figure, confident_errors_gallery, filters_figure
 from pneumo.explain.shortcut import region_masks, shortcut_stats, shortcut_table_rows
-from pneumo.templates import escape, figure, table
+from pneumo.templates import escape, figure, fmt_threshold, table
 from pneumo.templates.figures import new_figure, save_png
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _errors_section(data: _TestSet) -> str:
     if path is None:
         return "<p>No test errors at this threshold.</p>"
     return figure(path, f"The {n_fp} most confident false positives (top) and {n_fn} most confident false "
-                         f"negatives (bottom) at threshold {data.threshold:.3f}, with Grad-CAM for the predicted "
+                         f"negatives (bottom) at threshold {fmt_threshold(data.threshold)}, with Grad-CAM for the predicted "
                          "label", relative_to=data.run_dir)
 
 
@@ -211,4 +211,4 @@ def error_gallery(out: Path, model: nn.Module | None, images: np.ndarray, y: np.
         return title, "<p>No errors at this threshold.</p>"
     member = " (Grad-CAM of the first member)" if members > 1 else ""
     return title, figure(path, f"The {n_fp} most confident false positives (top) and {n_fn} false negatives "
-                               f"(bottom) at threshold {threshold:.3f}{member}", relative_to=out)
+                               f"(bottom) at threshold {fmt_threshold(threshold)}{member}", relative_to=out)

@@ -19,6 +19,7 @@ from pneumo.errors import ModelError
 from pneumo.explain.cam import cam_maps, layer_names
 from pneumo.explain.render import blend
 from pneumo.explain.target import to_tensor
+from pneumo.templates import fmt_threshold
 from pneumo.templates.figures import new_figure, save_png
 
 
@@ -166,6 +167,6 @@ def confident_errors_gallery(model: nn.Module, images: np.ndarray, y: np.ndarray
             axes[row, col].imshow(blend(images[index], heat))
             sub = f" ({subtypes[index]})" if subtypes is not None else ""
             axes[row, col].set_title(f"{kind}{sub}\nP(pneumonia) {probs[index]:.3f}", fontsize=8)
-    fig.suptitle(f"Most confident errors at threshold {threshold:.3f} (Grad-CAM: evidence for the predicted label)",
+    fig.suptitle(f"Most confident errors at threshold {fmt_threshold(threshold)} (Grad-CAM: evidence for the predicted label)",
                  fontsize=10)
     return save_png(fig, path), len(fp), len(fn)

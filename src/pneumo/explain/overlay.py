@@ -20,7 +20,7 @@ from pneumo.explain.cam import explain_image, resolve_layer, torch_model_of
 from pneumo.explain.occlusion import window_starts
 from pneumo.explain.render import npy_bytes, overlay_image, png_bytes
 from pneumo.explain.target import PredictionLike, PredictorLike
-from pneumo.templates import render
+from pneumo.templates import fmt_threshold, render
 
 METHOD_TAGS = {"gradcam": "cam", "gradcam++": "campp", "occlusion": "occlusion", "integrated_gradients": "ig"}
 MAX_STEM = 100
@@ -154,7 +154,7 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
         p = item.prediction
         cells.append({"href": _href(item.overlay, out_dir), "thumb": _href(thumb, out_dir),
                       "name": name,
-                      "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.2f} (threshold {p.threshold:.2f})"
+                      "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.3f} (threshold {fmt_threshold(p.threshold)})"
                       + (f" · no verdict: {p.reason}; map for audit only" if getattr(p, "reason", None) else "")})
     page = render("contact_sheet.html.j2", title=title, subtitle="", cells=cells, thumb_side=thumb_side, stamp="")
     return atomic.write_text(out_dir / "index.html", page)

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pneumo.errors import ConfigError
 from pneumo.explain.target import PredictionLike
+from pneumo.templates import fmt_threshold
 
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "occlusion": "Occlusion",
                  "integrated_gradients": "Integrated gradients"}
@@ -59,7 +60,7 @@ def blend(gray: np.ndarray, heat: np.ndarray, *, alpha: float = 0.6) -> np.ndarr
 def caption_lines(prediction: PredictionLike, *, method: str = "gradcam", toward: str | None = None,
                   detail: str | None = None) -> list[str]:
     """The overlay's caption: the verdict, the method (with ``detail``: its layer or window) and what the map shows."""
-    lines = [f"{prediction.label}   P(pneumonia) {prediction.p_pneumonia:.2f}   threshold {prediction.threshold:.2f}"]
+    lines = [f"{prediction.label}   P(pneumonia) {prediction.p_pneumonia:.3f}   threshold {fmt_threshold(prediction.threshold)}"]
     title = METHOD_TITLES.get(method, method) + (f" ({detail})" if detail else "")
     lines.append(f"{title}: evidence for {toward or prediction.label}")
     reason = getattr(prediction, "reason", None)

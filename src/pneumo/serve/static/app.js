@@ -55,6 +55,9 @@
   }
 
   const pct = (p) => `${(100 * p).toFixed(1)}%`;
+  // a threshold as the reports print it (templates.fmt_threshold): 4 decimals, 3 significant digits below 0.001
+  // (an adapted model's threshold of 0.0175 read 0.018, and one of 2e-05 would read 0.000)
+  const fmtThreshold = (t) => (t === 0 || t >= 0.001 ? t.toFixed(4) : t.toPrecision(3));
 
   async function loadModel() {
     let response;
@@ -82,7 +85,7 @@
     fact(el.modelFacts, "Model", card.model_id);
     fact(el.modelFacts, "Classes", classes.join(", "));
     fact(el.modelFacts, "Input", `${card.input_size} × ${card.input_size} px, ${card.resize_policy || "squash"}`);
-    fact(el.modelFacts, "Threshold", `${card.threshold.toFixed(3)}${card.threshold_policy ? ` (${card.threshold_policy})` : ""}`);
+    fact(el.modelFacts, "Threshold", `${fmtThreshold(card.threshold)}${card.threshold_policy ? ` (${card.threshold_policy})` : ""}`);
     const test = (card.metrics && card.metrics.test) || (card.model_card && card.model_card.test_metrics);
     if (test && typeof test.roc_auc === "number") fact(el.modelFacts, "Test ROC-AUC", test.roc_auc.toFixed(3));
     if (test && typeof test.sensitivity === "number") fact(el.modelFacts, "Test sensitivity", pct(test.sensitivity));
@@ -222,19 +225,19 @@
     el.barThreshold.style.left = pct(data.threshold);
     el.bar.setAttribute("aria-valuenow", (100 * data.p_pneumonia).toFixed(1));
     el.bar.setAttribute("aria-valuetext", `model score ${data.p_pneumonia.toFixed(3)} (uncalibrated), threshold `
-      + `${data.threshold.toFixed(3)}${assessed ? "" : "; not assessed, shown for audit only"}`);
+      + `${fmtThreshold(data.threshold)}${assessed ? "" : "; not assessed, shown for audit only"}`);
     el.probability.textContent = data.p_pneumonia.toFixed(3);
-    el.threshold.textContent = data.threshold.toFixed(3);
+    el.threshold.textContent = fmtThreshold(data.threshold);
     el.calibrated.textContent = data.p_calibrated.toFixed(3);
     el.calibratedThreshold.textContent = typeof data.threshold_calibrated === "number"
-      ? ` (the threshold on this scale: ${data.threshold_calibrated.toFixed(3)})` : "";
+      ? ` (the threshold on this scale: ${fmtThreshold(data.threshold_calibrated)})` : "";
     el.facts.replaceChildren();
     const names = Object.keys(data.probabilities);
     if (names.length > 2) { // 3-class: the calibrated split of the probability over the subtypes
       for (const name of names) fact(el.facts, `Temperature-scaled P(${name})`, data.probabilities[name].toFixed(3));
     }
     fact(el.facts, "File", fileName || "—");
-    fact(el.facts, "Operating point", `${data.threshold.toFixed(3)} (${data.threshold_policy
+    fact(el.facts, "Operating point", `${fmtThreshold(data.threshold)} (${data.threshold_policy
       || "no policy recorded: a placeholder threshold, not chosen on validation"})`);
     fact(el.facts, "Model", data.model_id);
     const t = data.timings_ms;
