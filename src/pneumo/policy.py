@@ -62,6 +62,22 @@ def policy_warning(policy: str, n_positive: int, n_negative: int, unit: str = "i
     return None
 
 
+def missed_pneumonia_warning(sensitivity: float | None, ci: Sequence[float | None] | None = None, *,
+                             measured: str = "sensitivity",
+                             advice: str = "do not use the model to rule pneumonia out at this operating point"
+                             ) -> str | None:
+    """Said when the sensitivity is below 0.5: most pneumonias would be missed. On the estimate itself, not on its
+    interval's upper end as `low_specificity_warning` is: a missed pneumonia is the costlier error, and a threshold
+    that misses most of them on the very scores it was chosen on is no screening point (a hospital walk: youden of an
+    adapted model's table, cross-fitted sensitivity 0.362, gave 0.000 on held-out patients without a word)."""
+    if sensitivity is None or not math.isfinite(sensitivity) or sensitivity >= 0.5:
+        return None
+    tenths = round(10 * (1 - sensitivity))
+    share = "nearly every pneumonia" if tenths >= 10 else f"about {tenths} in 10 pneumonias"
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and len(ci) == 2 and None not in ci else ""
+    return f"at this operating point {share} would be missed ({measured} {sensitivity:.3f}{interval}): {advice}"
+
+
 def low_specificity_warning(specificity: float | None, ci: Sequence[float | None] | None, *,
                             measured: str = "specificity",
                             advice: str = "choose another operating point or do not use the model at this one"

@@ -465,11 +465,19 @@ def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations
     (copy / "model.json").write_text(json.dumps(signed(meta)))
     assert main(["predict", first, "--model", str(copy), "--output", str(tmp_path / "b.csv")]) == 0
     assert "nearly every normal film would be called pneumonia" in caplog.text and "not to deploy it" in caplog.text
+    meta["adaptation"]["operating_points"]["sensitivity:0.95"].update(sensitivity=0.3, sensitivity_exact_ci=[0.1, 0.5])
+    (copy / "model.json").write_text(json.dumps(signed(meta)))  # a point of its table that misses most pneumonias:
+    assert main(["operating-point", "--model", str(copy), "--threshold-policy", "sensitivity:0.95", "--out",
+                 str(tmp_path / "sens")]) == 0  # said when it is set (a hospital walk: only "few patients" was)
+    assert "about 7 in 10 pneumonias would be missed (sensitivity on the adaptation's cross-fitted scores 0.300)" \
+        in capsys.readouterr().err
     capsys.readouterr()  # its validation repeats the verdict (an adapt audit: evaluate dropped it)
     assert main(["evaluate", "--model", str(copy), "--data", str(site_csv), "--out", str(tmp_path / "v"),
                  "--no-analysis", "--bootstrap", "0"]) == 0
-    said = "Its adaptation said: at this operating point nearly every normal film would be called pneumonia"
-    assert said in capsys.readouterr().out and said in " ".join((tmp_path / "v" / "report.html").read_text().split())
+    console, page = capsys.readouterr().out, html.unescape(" ".join((tmp_path / "v" / "report.html").read_text().split()))
+    for said in ("Its adaptation said: ", "at this operating point nearly every normal film would be called pneumonia "
+                 "(cross-fitted specificity 0.000 [0.000, 0.100])"):
+        assert said in console and said in page
 
 
 def test_pneumo_serve_logs_the_cards_do_not_deploy_warning_at_start(adapted: dict, tmp_path: Path,

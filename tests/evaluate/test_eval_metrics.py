@@ -513,3 +513,36 @@ def test_serve_and_predict_are_told_when_the_adaptations_own_operating_point_is_
     assert adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.2, threshold_policy="sensitivity:0.95")) \
         is None  # chosen elsewhere (operating-point --data): the record is not its point
     assert adapted_point_warning(SimpleNamespace(extra={}, threshold=0.86, threshold_policy="sensitivity:0.95")) is None
+    # an operating point of its table that misses most pneumonias, and a ranking no better than the source's, are
+    # said too (a hospital walk: youden at cross-fitted sensitivity 0.362 gave 0.000 held out, predict said nothing)
+    points["youden"].update(sensitivity=0.362, sensitivity_exact_ci=[0.2, 0.55])
+    said = adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.35, threshold_policy="youden"))
+    assert said == ("at this operating point about 6 in 10 pneumonias would be missed (cross-fitted sensitivity 0.362 "
+                    "[0.200, 0.550]): do not use it to rule pneumonia out at this operating point")
+    extra["adaptation"]["ranking_warning"] = "the cross-fitted ROC-AUC is not clearly above the source model's"
+    said = adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.2, threshold_policy="sensitivity:0.95"))
+    assert said == "the cross-fitted ROC-AUC is not clearly above the source model's"  # whatever its threshold
+
+
+def test_most_pneumonias_missed_is_said_and_at_chance_no_other_operating_point_is_offered() -> None:
+    from pneumo.evaluate.cautions import evaluation_warnings
+    from pneumo.policy import missed_pneumonia_warning
+
+    assert missed_pneumonia_warning(0.5, [0.3, 0.7]) is None and missed_pneumonia_warning(None) is None
+    assert missed_pneumonia_warning(float("nan")) is None
+    assert missed_pneumonia_warning(0.0, [0.0, 0.128]).startswith("at this operating point nearly every pneumonia "
+                                                                  "would be missed (sensitivity 0.000 [0.000, 0.128])")
+    metrics, cis = {"roc_auc": 0.414, "sensitivity": 0.3, "specificity": 0.2}, {"roc_auc": [0.25, 0.58],
+                                                                               "sensitivity": [0.1, 0.5],
+                                                                               "specificity": [0.1, 0.4]}
+    said = evaluation_warnings(metrics, cis)
+    assert "does not separate pneumonia from normal" in said[0]
+    assert said[1].endswith("would be called pneumonia (specificity 0.200 [0.100, 0.400]): do not use the model on "
+                            "such images.") and "choose another operating point" not in " ".join(said)
+    assert said[2].startswith("At this operating point about 7 in 10 pneumonias would be missed (sensitivity 0.300")
+    from pneumo.evaluate.operating import operating_points_section
+
+    note = operating_points_section({"test": {"metrics": metrics, "ci": cis}, "operating_points": {}})[1]
+    assert "none of these is a way out" in note and "choose another with" not in note
+    metrics["roc_auc"], cis["roc_auc"] = 0.9, [0.85, 0.95]
+    assert "choose another with" in operating_points_section({"test": {"metrics": metrics, "ci": cis}})[1]

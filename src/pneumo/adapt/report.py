@@ -138,9 +138,10 @@ TRADE_OFF_HEAD = ("policy", "threshold", "sensitivity [exact 95 % CI]", "specifi
 TRADE_OFF_NOTE = ("Each threshold is chosen on the cross-fitted scores and measured on them (in-sample for the "
                   "threshold); triage is sensitivity:0.90, the highest threshold reaching it: where no normal film "
                   "scores between two policies' thresholds, both have the same specificity and the lower threshold "
-                  "is the better one. For another policy, adapt again with --threshold-policy, or choose it on held-out "
-                  "patients of the site: pneumo operating-point --model THIS --data HELD_OUT --threshold-policy P "
-                  "--out NEW.")
+                  "is the better one. For a policy of this table: pneumo operating-point --model THIS --threshold-policy P "
+                  "--out NEW (its threshold here); for another, choose it on labelled images of other patients than "
+                  "those you validate on: pneumo operating-point --model THIS --data MORE_LABELLED --threshold-policy "
+                  "P --out NEW.")
 
 
 def trade_off_rows(record: dict) -> list[list[str]]:

@@ -79,7 +79,8 @@ def _write_folder(work: Path, out: Path, model: torch.nn.Module, predictor, site
             "metrics": {"site_crossfit": {k: local[k] for k in ("accuracy", "sensitivity", "specificity", "f1",
                                                                  "roc_auc", "pr_auc")},
                         "site_crossfit_n": record["local"]["n"]},
-            "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"}),
+            "adaptation": to_jsonable({k: v for k, v in record.items() if k != "local"}
+                                      | {"ranking_warning": (record["local"].get("ranking") or {}).get("warning")}),
             **({EARLIER_KEY: earlier} if earlier else {})}
     seed = record["recipe"]["seed"]
     sidecar = save_checkpoint(work / "model", model, meta)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, is_small_sample
-from pneumo.policy import low_specificity_warning
+from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, at_chance, is_small_sample
+from pneumo.policy import low_specificity_warning, missed_pneumonia_warning
 
 
 def small_sample_warning(metrics: dict) -> str | None:
@@ -29,10 +29,10 @@ def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: str | No
     review: a chance-level external validation came without a word, beside other operating points to choose).
     ``adapted``: the data an adapted model was adapted on (`pneumo adapt`; an adapt audit: the advice was to adapt
     it)."""
-    auc, ci = metrics.get("roc_auc"), (cis or {}).get("roc_auc")
-    ci = ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
-    if auc is None or not np.isfinite(auc) or (ci[0] if ci else auc) > 0.5:
+    if not at_chance(metrics, cis):
         return None
+    auc, ci = metrics["roc_auc"], (cis or {}).get("roc_auc")
+    ci = ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
     interval, high = (f" [{ci[0]:.3f}, {ci[1]:.3f}]", ci[1]) if ci else ("", auc)
     where = "below chance, 0.5: check that the labels are not swapped" if high < 0.5 else "reaching chance, 0.5"
     advice = (f"do not use it on such images; this model was adapted to {adapted}: if these are of that site, label "
@@ -45,17 +45,19 @@ def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: str | No
 
 def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None = None) -> list[str]:
     """The warnings an evaluation's headline carries (report and console): chance-level ranking, most normal films
-    called pneumonia at the operating point, a small sample, and what an adapted model's own adaptation said of its
-    operating point (`adaptation_summary`); each a sentence."""
-    low = low_specificity_warning(metrics.get("specificity"), (cis or {}).get("specificity"), advice=(
-        "do not use the model at this one; the other operating points its adaptation measured are in its card (pneumo "
-        "model-card)" if adaptation else "choose another operating point (pneumo operating-point) or do not use the "
-                                         "model at this one"))
-    said = (adaptation or {}).get("warning")
+    called pneumonia or most pneumonias missed at the operating point, a small sample, and what an adapted model's own
+    adaptation said of it (`adaptation_summary`); each a sentence."""
     where = adaptation and f"the images of {adaptation.get('data') or 'a site'}"
-    return [w for w in (no_discrimination_warning(metrics, cis, adapted=where),
-                        low and f"{low[0].upper()}{low[1:]}.", small_sample_warning(metrics),
-                        said and f"Its adaptation said: {said}.") if w]
+    chance = no_discrimination_warning(metrics, cis, adapted=where)
+    advice = ("do not use the model on such images" if chance  # no threshold helps: another one is no way out (a
+              else "do not use the model at this one; the other operating points its adaptation measured are in its "
+                   "card (pneumo model-card)" if adaptation  # hospital walk: both were advised side by side)
+              else "choose another operating point (pneumo operating-point) or do not use the model at this one")
+    low = low_specificity_warning(metrics.get("specificity"), (cis or {}).get("specificity"), advice=advice)
+    missed = missed_pneumonia_warning(metrics.get("sensitivity"), (cis or {}).get("sensitivity"))
+    said = (adaptation or {}).get("warning")
+    return [w for w in (chance, low and f"{low[0].upper()}{low[1:]}.", missed and f"{missed[0].upper()}{missed[1:]}.",
+                        small_sample_warning(metrics), said and f"Its adaptation said: {said}.") if w]
 
 
 def adaptation_summary(meta) -> dict | None:
@@ -81,14 +83,23 @@ def adaptation_sentence(summary: dict) -> str:
 
 
 def adapted_point_warning(meta) -> str | None:
-    """For a model whose operating point its adaptation chose (`pneumo adapt`, or `pneumo operating-point` from the
-    adaptation's record): the low-specificity warning of that point on the cross-fitted scores, for `pneumo serve` and
-    `pneumo predict` to log (a hospital walk: a model its card said not to deploy was served without a word)."""
+    """For an adapted model (`pneumo adapt`, or `pneumo operating-point` from its record): what its adaptation
+    measured against its weights (the ranking no better than the source model's) and, where its operating point is
+    one the adaptation chose, that point's cross-fitted specificity and sensitivity when most normal films would be
+    called pneumonia or most pneumonias missed; one line for `pneumo serve` and `pneumo predict` to log, None when
+    there is nothing to say (hospital walks: a model its card said not to deploy was served without a word; one set
+    at youden from its table missed most pneumonias without one)."""
     from pneumo.evaluate.operating import adaptation_points
 
+    adaptation = meta.extra.get("adaptation") or {}
+    said = [adaptation["ranking_warning"]] if adaptation.get("ranking_warning") else []
     point = adaptation_points(meta.extra, "the model").get(meta.threshold_policy or "")
-    if not point or point.get("threshold") != meta.threshold:
-        return None
-    return low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
-                                   measured="cross-fitted specificity",
-                                   advice="its card says not to deploy it at this operating point (pneumo model-card)")
+    if point and point.get("threshold") == meta.threshold:
+        said += [w for w in (
+            low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
+                                    measured="cross-fitted specificity", advice="its card says not to deploy it at "
+                                                                                "this operating point (pneumo model-card)"),
+            missed_pneumonia_warning(point.get("sensitivity"), point.get("sensitivity_exact_ci"),
+                                     measured="cross-fitted sensitivity", advice="do not use it to rule pneumonia out "
+                                                                                 "at this operating point")) if w]
+    return "; ".join(said) or None

@@ -30,7 +30,7 @@ from pneumo.models.sidecar import (
     weights_path,
     write_meta,
 )
-from pneumo.policy import parse_policy, policy_warning
+from pneumo.policy import missed_pneumonia_warning, parse_policy, policy_warning
 from pneumo.provenance import utc_now
 from pneumo.templates import fmt_threshold
 
@@ -142,7 +142,10 @@ def _derive(sidecar: Path, out: Path, policy: str, threshold: float, chosen_on: 
     """Write the new model folder at ``threshold``; its ``operating_point`` record (with ``left_out`` for the console)."""
     meta = read_meta(sidecar)
     previous = meta.extra.get("operating_point") or {}
-    record = {
+    missed = missed_pneumonia_warning(chosen_on.get("sensitivity"),
+                                      measured=f"sensitivity on {chosen_on.get('kind', 'the images it was chosen on')}")
+    warning = "; ".join(w for w in (warning, missed) if w) or None  # (a hospital walk: youden of an adapted model's
+    record = {  # table missed most pneumonias, and operating-point said only that the classes were few)
         "version": int(previous.get("version", 1)) + 1,
         "policy": policy, "threshold": threshold, "warning": warning, "chosen_on": chosen_on,
         # the source by its folder and file name, not this machine's path: the new folder travels (a review)

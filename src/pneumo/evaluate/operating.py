@@ -54,8 +54,14 @@ def operating_points(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p
     return out
 
 
+def _test(result: dict) -> tuple[dict, dict]:
+    test = result.get("test") or {}
+    return test.get("metrics") or {}, test.get("ci") or {}
+
+
 def operating_points_section(result: dict) -> tuple[str, str]:
     """The report section: one row per policy, the model's own operating point marked."""
+    from pneumo.evaluate.metrics import at_chance
     from pneumo.templates import escape, fmt_ci, fmt_number, fmt_threshold
 
     points = result.get("operating_points") or {}
@@ -81,8 +87,11 @@ def operating_points_section(result: dict) -> tuple[str, str]:
             "was chosen is &ge; 0.90 (the minimum the WHO's target product profile asks of a TB triage test; no WHO "
             "standard for pneumonia): where no normal film scores between two policies' thresholds, both have the "
             "same specificity and the lower threshold is the better one. "
-            "The model's own operating point (marked) is the headline; choose another with "
-            "<code>pneumo operating-point --model MODEL --threshold-policy P --out NEWDIR</code>.</p>")
+            "The model's own operating point (marked) is the headline; "
+            + ("no threshold makes the model useful on these images (the warning above): none of these is a way out."
+               "</p>" if at_chance(*_test(result)) else  # (a hospital walk: a switch was offered)
+               "choose another with <code>pneumo operating-point --model MODEL --threshold-policy P --out "
+               "NEWDIR</code>.</p>"))
     if not points:
         return "Operating points", note + f"<p>{escape(result.get('operating_points_note', 'not available'))}</p>"
     table = ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
