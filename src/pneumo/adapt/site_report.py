@@ -194,7 +194,7 @@ def _measures_table(result: dict) -> str:
                      pos["p_value_vs_prevalence"], f"h = {pos['h_vs_prevalence']:+.2f}"))
     if pos["p_pneumonia"]:
         d = pos["p_pneumonia"]
-        rows.append(_row("P(pneumonia), median", fmt_number(pos["site_median_p"]),
+        rows.append(_row("P(pneumonia), uncalibrated, median", fmt_number(pos["site_median_p"]),
                          fmt_number(pos.get("reference_median_p")), d["p_value"],
                          f"A = {d['effect_a']:.2f}, KS D = {d['ks_d']:.2f}"))
     drawn_again = [f"{ref[k]} {what if ref[k] == 1 else plural}" for k, what, plural in (

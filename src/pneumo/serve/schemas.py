@@ -8,7 +8,9 @@ import hashlib
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DESCRIPTION = ("Pneumonia detection in pediatric chest X-rays (JPEG, PNG or DICOM; also BMP, GIF, TIFF, WebP). "
+DESCRIPTION = ("Pneumonia detection in frontal chest X-rays (JPEG, PNG or DICOM; also BMP, GIF, TIFF, WebP), with "
+               "the model its card (GET /api/v1/model) describes: the shipped one is for pediatric images like "
+               "Guangzhou's, an adapted one for the site it was adapted to. "
                "**Research use only — not a medical device.**")
 
 
@@ -34,7 +36,8 @@ class Timings(BaseModel):
 
 class PredictResponse(BaseModel):
     p_pneumonia: float = Field(description="the model's score, which the threshold applies to")
-    p_calibrated: float = Field(description="the probability after temperature scaling (fitted on validation)")
+    p_calibrated: float = Field(description="the probability after temperature scaling (fitted where the model's card says: its val "
+                                                "fold, or an adaptation's cross-fitted scores)")
     label: str = Field(description="the verdict: a class name, or 'not assessed' (then see reason)")
     threshold: float
     threshold_calibrated: float | None = Field(None, description="the same threshold on the calibrated scale "
@@ -57,7 +60,7 @@ class PredictResponse(BaseModel):
     ood_score: float | None = Field(None, description="Mahalanobis distance of the image's features to the training "
                                     "features (absent when the model has no OOD statistics)")
     ood: bool | None = Field(None, description="true: outside what this model was trained on (score above the limit "
-                             "set on validation images) -- don't trust the label")
+                             "set on the images the model's card names) -- don't trust the label")
     heatmap_png_base64: str | None = None
     preview_png_base64: str | None = None
 
