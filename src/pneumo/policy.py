@@ -73,9 +73,13 @@ def missed_pneumonia_warning(sensitivity: float | None, ci: Sequence[float | Non
     if sensitivity is None or not math.isfinite(sensitivity) or sensitivity >= 0.5:
         return None
     tenths = round(10 * (1 - sensitivity))
-    share = "nearly every pneumonia" if tenths >= 10 else f"about {tenths} in 10 pneumonias"
-    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and len(ci) == 2 and None not in ci else ""
-    return f"at this operating point {share} would be missed ({measured} {sensitivity:.3f}{interval}): {advice}"
+    share = ("nearly every pneumonia" if tenths >= 10 else "about half of the pneumonias" if tenths <= 5
+             else f"about {tenths} in 10 pneumonias")
+    ci = [float(v) for v in ci] if ci is not None and len(ci) == 2 and None not in list(ci) else None
+    ci = ci if ci and all(math.isfinite(v) for v in ci) else None
+    sure = "may" if ci and ci[1] >= 0.5 else "would"  # (one missed pneumonia: 0.000 [0.000, 0.975] is no certainty)
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return f"at this operating point {share} {sure} be missed ({measured} {sensitivity:.3f}{interval}): {advice}"
 
 
 def low_specificity_warning(specificity: float | None, ci: Sequence[float | None] | None, *,

@@ -469,15 +469,22 @@ def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations
     (copy / "model.json").write_text(json.dumps(signed(meta)))  # a point of its table that misses most pneumonias:
     assert main(["operating-point", "--model", str(copy), "--threshold-policy", "sensitivity:0.95", "--out",
                  str(tmp_path / "sens")]) == 0  # said when it is set (a hospital walk: only "few patients" was)
-    assert "about 7 in 10 pneumonias would be missed (sensitivity on the adaptation's cross-fitted scores 0.300)" \
-        in capsys.readouterr().err
+    missed = ("about 7 in 10 pneumonias would be missed (sensitivity on the 26 images it was chosen on (the "
+              "adaptation's cross-fitted scores) 0.300)")
+    assert missed in capsys.readouterr().err
+    caplog.clear()  # ... and each time predict (or serve) loads it (a review: said once, then never again)
+    assert main(["predict", first, "--model", str(tmp_path / "sens"), "--output", str(tmp_path / "c.csv")]) == 0
+    assert missed in caplog.text
     capsys.readouterr()  # its validation repeats the verdict (an adapt audit: evaluate dropped it)
     assert main(["evaluate", "--model", str(copy), "--data", str(site_csv), "--out", str(tmp_path / "v"),
                  "--no-analysis", "--bootstrap", "0"]) == 0
     console, page = capsys.readouterr().out, html.unescape(" ".join((tmp_path / "v" / "report.html").read_text().split()))
-    for said in ("Its adaptation said: ", "at this operating point nearly every normal film would be called pneumonia "
-                 "(cross-fitted specificity 0.000 [0.000, 0.100])"):
-        assert said in console and said in page
+    ranking = adapted["record"]["local"]["ranking"]["warning"]  # travels in the sidecar: said whatever the threshold
+    assert meta["adaptation"]["ranking_warning"] == ranking
+    low = ("at this operating point nearly every normal film would be called pneumonia (cross-fitted specificity "
+           "0.000 [0.000, 0.100])")
+    said = "Its adaptation said: " + "; ".join(w for w in (ranking, low) if w)
+    assert said in console and said in page
 
 
 def test_pneumo_serve_logs_the_cards_do_not_deploy_warning_at_start(adapted: dict, tmp_path: Path,
@@ -1059,6 +1066,14 @@ def test_an_operating_point_too_unspecific_to_use_is_said_everywhere_with_the_wa
     said = unusable_operating_point(record)
     assert "switch to" not in said and "no other policy calls most pneumonias and most normal films right" in said
     record["operating_points"]["youden"]["sensitivity"] = 0.9
+    from pneumo.adapt.report import missed_at_operating_point  # a point that misses most pneumonias: said there too
+
+    record["local"]["after"]["metrics"]["sensitivity"] = 0.9
+    assert missed_at_operating_point(record) is None
+    record["local"]["after"]["metrics"]["sensitivity"] = 0.3
+    said = missed_at_operating_point(record)
+    assert said.startswith("at this operating point about 7 in 10 pneumonias")
+    assert f"- **Warning**: {said}." in summary_lines(record)
     record["operating_point"]["policy"] = "youden"  # a usable point: nothing of the kind
     record["local"]["after"]["metrics"]["specificity"] = 0.79
     record["local"]["after"]["specificity_exact_ci"] = [0.62, 0.91]

@@ -498,29 +498,29 @@ def test_an_operating_point_that_calls_most_normal_films_pneumonia_is_said_in_pl
 
 def test_serve_and_predict_are_told_when_the_adaptations_own_operating_point_is_unusable() -> None:
     """`pneumo serve` started, and `pneumo predict` called 281 of 292 site images pneumonia, with a model whose card
-    said not to deploy it, without a word (a hospital walk): `adapted_point_warning` gives them the card's warning for
+    said not to deploy it, without a word (a hospital walk): `operating_point_warning` gives them the card's warning for
     the point the adaptation chose, and nothing once the threshold is another one."""
     from types import SimpleNamespace
 
-    from pneumo.evaluate.cautions import adapted_point_warning
+    from pneumo.evaluate.cautions import operating_point_warning
 
     points = {"youden": {"threshold": 0.35, "specificity": 0.79, "specificity_exact_ci": [0.62, 0.91]},
               "sensitivity:0.95": {"threshold": 0.037, "specificity": 0.0, "specificity_exact_ci": [0.0, 0.103]}}
     extra = {"adaptation": {"operating_points": points}}
-    said = adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.037, threshold_policy="sensitivity:0.95"))
+    said = operating_point_warning(SimpleNamespace(extra=extra, threshold=0.037, threshold_policy="sensitivity:0.95"))
     assert said and "nearly every normal film" in said and "not to deploy it at this operating point" in said
-    assert adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.35, threshold_policy="youden")) is None
-    assert adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.2, threshold_policy="sensitivity:0.95")) \
+    assert operating_point_warning(SimpleNamespace(extra=extra, threshold=0.35, threshold_policy="youden")) is None
+    assert operating_point_warning(SimpleNamespace(extra=extra, threshold=0.2, threshold_policy="sensitivity:0.95")) \
         is None  # chosen elsewhere (operating-point --data): the record is not its point
-    assert adapted_point_warning(SimpleNamespace(extra={}, threshold=0.86, threshold_policy="sensitivity:0.95")) is None
+    assert operating_point_warning(SimpleNamespace(extra={}, threshold=0.86, threshold_policy="sensitivity:0.95")) is None
     # an operating point of its table that misses most pneumonias, and a ranking no better than the source's, are
     # said too (a hospital walk: youden at cross-fitted sensitivity 0.362 gave 0.000 held out, predict said nothing)
     points["youden"].update(sensitivity=0.362, sensitivity_exact_ci=[0.2, 0.55])
-    said = adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.35, threshold_policy="youden"))
-    assert said == ("at this operating point about 6 in 10 pneumonias would be missed (cross-fitted sensitivity 0.362 "
+    said = operating_point_warning(SimpleNamespace(extra=extra, threshold=0.35, threshold_policy="youden"))
+    assert said == ("at this operating point about 6 in 10 pneumonias may be missed (cross-fitted sensitivity 0.362 "
                     "[0.200, 0.550]): do not use it to rule pneumonia out at this operating point")
     extra["adaptation"]["ranking_warning"] = "the cross-fitted ROC-AUC is not clearly above the source model's"
-    said = adapted_point_warning(SimpleNamespace(extra=extra, threshold=0.2, threshold_policy="sensitivity:0.95"))
+    said = operating_point_warning(SimpleNamespace(extra=extra, threshold=0.2, threshold_policy="sensitivity:0.95"))
     assert said == "the cross-fitted ROC-AUC is not clearly above the source model's"  # whatever its threshold
 
 
@@ -539,7 +539,11 @@ def test_most_pneumonias_missed_is_said_and_at_chance_no_other_operating_point_i
     assert "does not separate pneumonia from normal" in said[0]
     assert said[1].endswith("would be called pneumonia (specificity 0.200 [0.100, 0.400]): do not use the model on "
                             "such images.") and "choose another operating point" not in " ".join(said)
-    assert said[2].startswith("At this operating point about 7 in 10 pneumonias would be missed (sensitivity 0.300")
+    assert said[2] == ("At this operating point about 7 in 10 pneumonias may be missed (sensitivity 0.300 [0.100, "
+                       "0.500]): do not use the model on such images.")  # (at chance: no point is a way out)
+    assert "about half of the pneumonias would be missed" in missed_pneumonia_warning(0.48, [0.40, 0.49])
+    assert missed_pneumonia_warning(0.0, [0.0, 0.975]).startswith("at this operating point nearly every pneumonia "
+                                                                  "may be missed")  # one pneumonia, missed
     from pneumo.evaluate.operating import operating_points_section
 
     note = operating_points_section({"test": {"metrics": metrics, "ci": cis}, "operating_points": {}})[1]

@@ -205,3 +205,25 @@ def test_a_val_fold_with_the_recorded_names_but_other_bytes_is_said_and_recorded
     assert new["images_sha256"] != chosen["images_sha256"] and "not the bytes" in new["note"]
     assert new["paths_sha256"] == chosen["paths_sha256"]
     assert not trainers.exists() and list(mine.glob("val-logits-*.npy"))
+
+
+def test_a_point_set_on_labelled_images_that_misses_most_pneumonias_is_said_when_set_and_when_used(
+        tiny_model: Path, full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`operating-point --data` at a policy that calls one of three pneumonias warned once, and predict and serve
+    then used it without a word (a review)."""
+    import logging
+
+    val = _labelled_folder(full_data, tmp_path / "local_val")
+    out = tmp_path / "tiny-sens30"
+    assert main(["operating-point", "--model", str(tiny_model), "--threshold-policy", "sensitivity:0.3", "--data",
+                 str(val), "--out", str(out)]) == 0
+    chosen = json.loads((out / "model.json").read_text())["operating_point"]["chosen_on"]
+    assert chosen["sensitivity"] < 0.5
+    said = (f"pneumonias would be missed (sensitivity on the 6 images it was chosen on (labelled folder) "
+            f"{chosen['sensitivity']:.3f})")
+    assert said in capsys.readouterr().err
+    caplog.set_level(logging.WARNING, logger="pneumo")
+    image = next(val.rglob("*.jpeg"))
+    assert main(["predict", str(image), "--model", str(out), "--output", str(tmp_path / "p.csv")]) == 0
+    assert said in caplog.text

@@ -12,7 +12,7 @@ from pneumo.adapt.sources import SiteImages
 from pneumo.evaluate.calibration import p_pneumonia
 from pneumo.infer.card import build_card, md_table, md_text, metric_rows
 from pneumo.models.scores import threshold_on_calibrated_scale
-from pneumo.policy import low_specificity_warning
+from pneumo.policy import low_specificity_warning, missed_pneumonia_warning
 from pneumo.templates import fmt_threshold
 
 ROWS = ("roc_auc", "sensitivity", "specificity", "accuracy", "f1")
@@ -111,8 +111,8 @@ def unusable_operating_point(record: dict) -> str | None:
         measured="cross-fitted specificity",
         advice="do not deploy it at this operating point; " + (
             f"switch to {' or '.join(others)} (pneumo operating-point --model THIS --threshold-policy "
-            f"{others[0]} --out NEW: the threshold the table of policies shows), label more images, or adapt again "
-            "with another --threshold-policy" if others else
+            f"{others[0]} --out NEW: the threshold the table of policies shows), or label more images and adapt "
+            "again" if others else
             "no other policy calls most pneumonias and most normal films right on the cross-fitted scores either: "
             "label more images and adapt again"))
 
@@ -126,12 +126,21 @@ def source_site_warning(record: dict) -> str | None:
                                    advice="use the adapted model only at the site it was adapted to")
 
 
+def missed_at_operating_point(record: dict) -> str | None:
+    """When the chosen point misses most pneumonias on the cross-fitted scores (youden or another low-sensitivity
+    policy; a review: predict and serve said so and the adaptation's own outputs did not)."""
+    after = record["local"].get("after") or {}
+    return missed_pneumonia_warning((after.get("metrics") or {}).get("sensitivity"), after.get("sensitivity_exact_ci"),
+                                    measured="cross-fitted sensitivity",
+                                    advice="do not use it to rule pneumonia out at this operating point")
+
+
 def adaptation_warnings(record: dict) -> list[str]:
     """Every warning an adaptation carries (card, report and console say the same)."""
     ranking = record["local"].get("ranking") or {}
     return [w for w in (record["operating_point"].get("warning"), ranking.get("warning"),
                         record.get("calibration_warning"), unusable_operating_point(record),
-                        source_site_warning(record)) if w]
+                        missed_at_operating_point(record), source_site_warning(record)) if w]
 
 
 TRADE_OFF_HEAD = ("policy", "threshold", "sensitivity [exact 95 % CI]", "specificity [exact 95 % CI]")

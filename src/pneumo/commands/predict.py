@@ -72,7 +72,7 @@ def output_target(output: str | None, fmt: str | None) -> tuple[Path | None, str
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from pneumo.evaluate.cautions import adapted_point_warning
+    from pneumo.evaluate.cautions import operating_point_warning
     from pneumo.infer.batch import find_inputs, predict_file_results
     from pneumo.infer.predictor import Predictor
     from pneumo.models.processes import env_from_os, shard
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     # one thread per model call, one call per core at a time (`predict_file_results`; issue 24)
     predictor = Predictor(args.model, backend=args.backend, threads=1) if files else None
-    if predictor is not None and (warning := adapted_point_warning(predictor.meta)):
+    if predictor is not None and (warning := operating_point_warning(predictor.meta)):
         log.warning("%s", warning)
     counts = {"scored": 0, "errors": 0, "not assessed": 0, "out-of-distribution": 0, "refused (input)": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all

@@ -121,7 +121,7 @@ def _port(flag: int | None) -> int:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from pneumo.evaluate.cautions import adapted_point_warning
+    from pneumo.evaluate.cautions import operating_point_warning
     from pneumo.infer.predictor import Predictor
     from pneumo.serve.app import create_app
     from pneumo.serve.limits import configure_header_timeout
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     # a missing model, a bad sidecar or weights that are not the recorded ones fail here, once, before binding: in the
     # workers they left a service up that answered 503 to everything
     predictor = Predictor(args.model, backend=args.backend, threads=1)
-    if warning := adapted_point_warning(predictor.meta):
+    if warning := operating_point_warning(predictor.meta):
         log.warning("%s", warning)
     if args.workers > 1:
         if config.api_key:

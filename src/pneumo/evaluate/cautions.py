@@ -54,7 +54,8 @@ def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None
                    "card (pneumo model-card)" if adaptation  # hospital walk: both were advised side by side)
               else "choose another operating point (pneumo operating-point) or do not use the model at this one")
     low = low_specificity_warning(metrics.get("specificity"), (cis or {}).get("specificity"), advice=advice)
-    missed = missed_pneumonia_warning(metrics.get("sensitivity"), (cis or {}).get("sensitivity"))
+    missed = missed_pneumonia_warning(metrics.get("sensitivity"), (cis or {}).get("sensitivity"),
+                                      **({"advice": advice} if chance else {}))
     said = (adaptation or {}).get("warning")
     return [w for w in (chance, low and f"{low[0].upper()}{low[1:]}.", missed and f"{missed[0].upper()}{missed[1:]}.",
                         small_sample_warning(metrics), said and f"Its adaptation said: {said}.") if w]
@@ -62,7 +63,7 @@ def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None
 
 def adaptation_summary(meta) -> dict | None:
     """What an evaluated model was adapted from and on, and what its adaptation said of the operating point it is
-    measured at (`adapted_point_warning`), for the report and console; None for a model that is not adapted (an
+    measured at (`operating_point_warning`), for the report and console; None for a model that is not adapted (an
     adapt audit: the validation of an adapted model named neither its source nor its do-not-deploy verdict)."""
     adaptation = meta.extra.get("adaptation")
     if not adaptation:
@@ -71,7 +72,7 @@ def adaptation_summary(meta) -> dict | None:
     return {"source_model_id": (adaptation.get("source_model") or {}).get("model_id"), "data": site.get("data"),
             "n_images": site.get("n_images"), "n_patients": site.get("n_patients"),
             "crossfit_roc_auc": (meta.metrics.get("site_crossfit") or {}).get("roc_auc"),
-            "warning": adapted_point_warning(meta)}
+            "warning": operating_point_warning(meta)}
 
 
 def adaptation_sentence(summary: dict) -> str:
@@ -82,24 +83,26 @@ def adaptation_sentence(summary: dict) -> str:
             "pneumo adapt; cross-fitted site ROC-AUC " + (f"{auc:.3f}" if isinstance(auc, (int, float)) else "n/a"))
 
 
-def adapted_point_warning(meta) -> str | None:
-    """For an adapted model (`pneumo adapt`, or `pneumo operating-point` from its record): what its adaptation
-    measured against its weights (the ranking no better than the source model's) and, where its operating point is
-    one the adaptation chose, that point's cross-fitted specificity and sensitivity when most normal films would be
-    called pneumonia or most pneumonias missed; one line for `pneumo serve` and `pneumo predict` to log, None when
-    there is nothing to say (hospital walks: a model its card said not to deploy was served without a word; one set
-    at youden from its table missed most pneumonias without one)."""
+def operating_point_warning(meta) -> str | None:
+    """What a model's records say against using it at its operating point, one line for `pneumo serve` and `pneumo
+    predict` to log (None: nothing): an adapted model's ranking no better than its source's (whatever its threshold);
+    where its threshold is one its adaptation chose, that point's cross-fitted specificity and sensitivity when most
+    normal films would be called pneumonia or most pneumonias missed; where `pneumo operating-point` set it, what that
+    command warned (hospital walks: a model its card said not to deploy was served without a word; one set at youden
+    from its table missed most pneumonias without one; a review: a point set on a labelled CSV was warned about once)."""
     from pneumo.evaluate.operating import adaptation_points
 
-    adaptation = meta.extra.get("adaptation") or {}
+    adaptation, op = meta.extra.get("adaptation") or {}, meta.extra.get("operating_point") or {}
     said = [adaptation["ranking_warning"]] if adaptation.get("ranking_warning") else []
     point = adaptation_points(meta.extra, "the model").get(meta.threshold_policy or "")
     if point and point.get("threshold") == meta.threshold:
-        said += [w for w in (
-            low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
-                                    measured="cross-fitted specificity", advice="its card says not to deploy it at "
-                                                                                "this operating point (pneumo model-card)"),
-            missed_pneumonia_warning(point.get("sensitivity"), point.get("sensitivity_exact_ci"),
-                                     measured="cross-fitted sensitivity", advice="do not use it to rule pneumonia out "
-                                                                                 "at this operating point")) if w]
-    return "; ".join(said) or None
+        said.append(low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
+                                            measured="cross-fitted specificity", advice="its card says not to deploy "
+                                            "it at this operating point (pneumo model-card)"))
+    if op.get("threshold") == meta.threshold and op.get("warning"):  # set here: what operating-point said of it
+        said.append(op["warning"])
+    elif point and point.get("threshold") == meta.threshold:
+        said.append(missed_pneumonia_warning(point.get("sensitivity"), point.get("sensitivity_exact_ci"),
+                                             measured="cross-fitted sensitivity",
+                                             advice="do not use it to rule pneumonia out at this operating point"))
+    return "; ".join(w for w in said if w) or None

@@ -142,8 +142,8 @@ def _derive(sidecar: Path, out: Path, policy: str, threshold: float, chosen_on: 
     """Write the new model folder at ``threshold``; its ``operating_point`` record (with ``left_out`` for the console)."""
     meta = read_meta(sidecar)
     previous = meta.extra.get("operating_point") or {}
-    missed = missed_pneumonia_warning(chosen_on.get("sensitivity"),
-                                      measured=f"sensitivity on {chosen_on.get('kind', 'the images it was chosen on')}")
+    missed = missed_pneumonia_warning(chosen_on.get("sensitivity"), measured=(
+        f"sensitivity on the {chosen_on.get('n', '?')} images it was chosen on ({chosen_on.get('kind', 'labelled')})"))
     warning = "; ".join(w for w in (warning, missed) if w) or None  # (a hospital walk: youden of an adapted model's
     record = {  # table missed most pneumonias, and operating-point said only that the classes were few)
         "version": int(previous.get("version", 1)) + 1,
@@ -200,5 +200,6 @@ def _write_model(work: Path, name: str, sidecar: Path, meta, policy: str, thresh
             f"operating-point`) on {record['created']}; the same weights as {md_text(source.name)}, whose card follows. Its figures, and its "
             f"warnings about its operating point, are at that model's own threshold "
             f"({fmt_threshold(record['derived_from']['threshold'])}), not at this one: evaluate this model on other patients for "
-            "its own.\n\n" + card))
+            "its own." + (f"\n\n**Warning** at this operating point: {md_text(record['warning'])}." if record["warning"]
+                          else "") + "\n\n" + card))
         record_card(new.model)

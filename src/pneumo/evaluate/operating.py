@@ -96,7 +96,8 @@ def operating_points_section(result: dict) -> tuple[str, str]:
         return "Operating points", note + f"<p>{escape(result.get('operating_points_note', 'not available'))}</p>"
     table = ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
-    extra = f"<p>{escape(result['operating_points_note'])}</p>" if result.get("operating_points_note") else ""
+    extra = (f"<p>{escape(result['operating_points_note'])}</p>" if result.get("operating_points_note")
+             and not at_chance(*_test(result)) else "")  # (it offers a threshold chosen elsewhere: no way out either)
     return "Operating points (policies side by side)", note + table + extra
 
 

@@ -29,7 +29,7 @@ from pneumo.models.sidecar import (
     weights_path,
     write_meta,
 )
-from pneumo.policy import low_specificity_warning
+from pneumo.policy import low_specificity_warning, missed_pneumonia_warning
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -206,10 +206,14 @@ def _unrecorded_adapted_card(name: str, payload: dict) -> str:
         lines += ["", (f"Cross-fitted on those images ({md_text(metrics.get('site_crossfit_n', '?'))} images; no "
                       f"image scored by a model adapted on it), at {at}:"), "",
                   *md_table(["metric", "value"], metric_rows(HEADLINE, (cross, {})))]
-    if own and (warning := low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
-                                                   measured="cross-fitted specificity",
-                                                   advice="do not deploy it at this operating point")):
-        lines += ["", f"**Warning**: {warning}."]
+    for warning in ((low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
+                                             measured="cross-fitted specificity",
+                                             advice="do not deploy it at this operating point"),
+                     missed_pneumonia_warning(point.get("sensitivity"), point.get("sensitivity_exact_ci"),
+                                              measured="cross-fitted sensitivity",
+                                              advice="do not use it to rule pneumonia out at this operating point"))
+                    if own else ()):
+        lines += ["", f"**Warning**: {warning}."] if warning else []
     return build_card(f"Adapted model: {md_text(name)}", sections=[("Performance", lines)],
                       intended_use=("Research on pneumonia detection in frontal chest X-rays of the site it was adapted "
                                     "to, validated there on other patients before any use. Not a medical device: not "
