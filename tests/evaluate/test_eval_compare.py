@@ -105,6 +105,18 @@ def test_leaderboard_shows_each_runs_shortcut_verdict(tmp_path: Path) -> None:
     assert "clean (peaks on markers 0.800x chance, outside lungs 0.870x)" in next(v for k, v in rows.items()
                                                                                   if "partial" in k)
     assert "| n/a |" in next(v for k, v in rows.items() if "no-report" in k)
+    # flagged for a reason of its own: that reason, not two figures below their flags (a 3-class audit); the
+    # outside-lungs figure only where it was judged
+    reason = "the hottest point lies on detected corner text in 7% of the maps, 2.4x chance (flag at 2x)"
+    for run_dir, verdict in ((flagged, {"flagged": True, "reasons": [reason], "peak_on_markers_vs_chance": 1.48,
+                                        "outside_lungs_vs_area": 0.94}),
+                             (clean, {"flagged": False, "reasons": [], "peak_on_markers_vs_chance": 0.8,
+                                      "outside_lungs_vs_area": 0.87, "outside_lungs_judged": False})):
+        (run_dir / "figures" / "shortcut_stats.json").write_text(json.dumps({"verdict": verdict}))
+    md, _ = write_leaderboard([flagged, clean, unknown], tmp_path / "out2")
+    rows = {line.split("|")[1].strip(): line for line in md.read_text(encoding="utf-8").splitlines()[2:]}
+    assert f"FLAGGED ({reason})" in next(v for k, v in rows.items() if "probe" in k)
+    assert "clean (peaks on markers 0.800x chance) |" in next(v for k, v in rows.items() if "partial" in k)
 
 
 def test_evaluations_of_different_data_are_never_ranked_in_one_table(tmp_path: Path) -> None:

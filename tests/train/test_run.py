@@ -194,6 +194,9 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
     training = json.loads((run_dir / "model.json").read_text())["training"]
     assert training["val_auc_of"] == "macro one-vs-rest over the three classes"
     frames = {"official": pd.read_csv(run_dir / "predictions.csv")}
+    page = " ".join((run_dir / "report.html").read_text().split())  # what a 3-class figure is of (a 3-class audit)
+    assert "by the larger of P(bacteria) and P(virus) whatever the normal call" in page
+    assert "the measures below are of that top-class confidence" in page
     # the same images as labelled data: evaluate --data writes the same class columns (it wrote only p_pneumonia)
     out = tmp_path / "external"
     assert main(["evaluate", "--model", str(run_dir), "--data", str(data_slice / "test"), "--out", str(out)]) == 0

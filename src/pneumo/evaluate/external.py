@@ -382,7 +382,7 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
     root = Path(data) if Path(data).is_dir() else Path(data).parent
     listing = "".join(f"<tr><td><code>{escape(_below(table['path'][i], root))}</code></td><td>{escape(table['label'][i])}"
                       f"</td><td>{escape(table['subtype'][i])}</td><td class='num'>{p[i]:.3f}</td></tr>" for i in worst)
-    return ("Errors per class", table_html(["true class", "n", "errors", "error rate"], rows)
+    return ("Errors per class", table_html(["true class", "n", "errors, pneumonia vs normal", "error rate"], rows)
             + ("<table><caption>Most confident errors (all in predictions.csv)</caption><thead><tr><th>file</th>"
                f"<th>label</th><th>subtype</th><th>P(pneumonia), uncalibrated</th></tr></thead><tbody>{listing}</tbody></table>"
                if listing else "<p>No errors at this threshold.</p>"))

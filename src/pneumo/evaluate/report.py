@@ -333,7 +333,8 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
                      f"on {escape('val' if fitted_on == 'val' else fitted_on)} by NLL: the model's logits are divided by it so that, on images like those it was fitted on "
                      "(their hospital and their share of pneumonia), a probability of 0.8 would mean about 80 % of such "
-                     "images have pneumonia. It is not a patient's risk: at another hospital or prevalence the share "
+                     "images have pneumonia (for a 3-class model: that the class shown with 0.8 is right about 80 % "
+                     "of the time; the measures below are of that top-class confidence). It is not a patient's risk: at another hospital or prevalence the share "
                      "of pneumonia at a given score differs (the ECE below and the reliability plot show how far). ECE (expected calibration "
                      "error: the mean gap between confidence and accuracy, lower is better) with "
                      f"{escape(result.get('ece_bins', 15))} equal-width bins of top-label confidence, before and "
@@ -366,7 +367,9 @@ def _multiclass_html(mc: dict) -> str:
     f1_rows = [[name, mc["per_class_f1"].get(name)] for name in classes]
     n = mc.get("n", sum(map(sum, mc["confusion_matrix"])))
     return (metrics_table_html(three, mc.get("ci"), caption=f"3 classes on {n} images (3-class accuracy, macro-F1)")
-            + metrics_table_html(pair, mc.get("ci"), caption=f"bacteria vs virus on the {bv['n']} pneumonia images")
+            + metrics_table_html(pair, mc.get("ci"), caption=f"bacteria vs virus on the {bv['n']} pneumonia images, by the "
+                                 "larger of P(bacteria) and P(virus) whatever the normal call (the confusion below "
+                                 "counts the calls)")
             + table(["true \\ called", *classes], cm_rows, caption="3-class confusion")
             + table(["class", "F1"], f1_rows))
 

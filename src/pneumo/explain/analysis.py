@@ -210,5 +210,6 @@ def error_gallery(out: Path, model: nn.Module | None, images: np.ndarray, y: np.
     if path is None:
         return title, "<p>No errors at this threshold.</p>"
     member = " (Grad-CAM of the first member)" if members > 1 else ""
-    return title, figure(path, f"The {n_fp} most confident false positives (top) and {n_fn} false negatives "
+    return title, figure(path, f"The {n_fp} most confident false positive{'s' * (n_fp != 1)} (top) and {n_fn} false "
+                               f"negative{'s' * (n_fn != 1)} "
                                f"(bottom) at threshold {fmt_threshold(threshold)}{member}", relative_to=out)

@@ -38,7 +38,7 @@ INTENDED_USE = ("Research on pneumonia detection in **pediatric** frontal chest 
                 "benchmarking. Not a medical device: not for diagnosing or triaging patients.")
 LIMITS = (("Trained and validated on one hospital's images: at another hospital (adults, other scanners, other "
           "prevalence) it is a different model. Check a site with `pneumo site check`, set its operating point with "
-          "`pneumo operating-point` or adapt it with `pneumo adapt` on labelled local images first. Images flagged "
+          "`pneumo operating-point` or adapt it (a binary model) with `pneumo adapt` on labelled local images first. Images flagged "
           "out of distribution get no verdict. Labels of the source data are image-level and noisy."),
           ("An image without a verdict (\"not assessed\") is not a normal result: read it without the model. A heat map "
            "shows, coarsely, what influenced the score, not where disease is: do not use it to localise pneumonia."))

@@ -52,7 +52,9 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float] = Field(description="calibrated probability of each class (after temperature "
                                             "scaling). Not the verdict: the verdict is label, decided at threshold "
                                             "(rarely 0.5), so the largest of these can name the other class; "
-                                            "compare p_calibrated with threshold_calibrated")
+                                            "for a binary model compare p_calibrated with threshold_calibrated; a 3-class model's verdict is "
+                                            "normal when its uncalibrated P(pneumonia) is below threshold, which no "
+                                            "single calibrated value matches")
     model_id: str = Field(description="the architecture and the first 12 hex digits of the weights' SHA-256")
     request_id: str = Field(description="as the X-Request-ID header and the service's audit log line: the caller's "
                             "X-Request-ID if it is a token of at most 64 characters [A-Za-z0-9._:-], else a new one")
