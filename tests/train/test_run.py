@@ -240,6 +240,9 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
     assert "multiclass" not in binary["test"] and "multiclass" in plain["test"]
     assert binary["test"]["metrics"] == pytest.approx(plain["test"]["metrics"], abs=1e-9)
     assert 0 <= binary["test"]["ece_after"] <= 1 and np.isfinite(binary["test"]["nll_after"])
+    calibration = " ".join((tmp_path / "plain" / "report.html").read_text().split())  # rows of two measures, named
+    assert "val (3 classes)" in calibration and "(pneumonia vs normal: no subtypes)" in calibration
+    assert "val (3 classes)" not in " ".join((out / "report.html").read_text().split())
 
 
 @pytest.mark.parametrize(

@@ -325,10 +325,12 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     sections.append(("ROC, precision-recall and confusion",
                      fig.get("roc", "") + fig.get("pr", "") + fig.get("confusion", "")))
     has_val = bool(val.get("n"))  # an adapted model has no val fold: its temperature came from its cross-fitted scores
+    two = len(result.get("classes") or []) > 2 and "multiclass" not in test  # a 3-class model on plain labels
     calib = table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], [
-        *([["val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"), val.get("nll_after")]]
-          if has_val else []),
-        [split, test["ece_before"], test["ece_after"], test["nll_before"], test["nll_after"]]])
+        *([["val (3 classes)" if two else "val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"),
+            val.get("nll_after")]] if has_val else []),
+        [f"{split} (pneumonia vs normal: no subtypes)" if two else split, test["ece_before"], test["ece_after"],
+         test["nll_before"], test["nll_after"]]])
     fitted_on = result.get("temperature_fitted_on", "val")
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
                      f"on {escape('val' if fitted_on == 'val' else fitted_on)} by NLL: the model's logits are divided by it so that, on images like those it was fitted on "
