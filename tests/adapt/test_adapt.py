@@ -469,8 +469,8 @@ def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations
     (copy / "model.json").write_text(json.dumps(signed(meta)))  # a point of its table that misses most pneumonias:
     assert main(["operating-point", "--model", str(copy), "--threshold-policy", "sensitivity:0.95", "--out",
                  str(tmp_path / "sens")]) == 0  # said when it is set (a hospital walk: only "few patients" was)
-    missed = ("about 7 in 10 pneumonias would be missed (sensitivity on the 26 images it was chosen on (the "
-              "adaptation's cross-fitted scores) 0.300)")
+    missed = ("about 7 in 10 pneumonias may be missed (sensitivity on the 26 images it was chosen on (the "
+              "adaptation's cross-fitted scores) 0.300 [0.100, 0.500])")  # the interval as the source's
     assert missed in capsys.readouterr().err
     caplog.clear()  # ... and each time predict (or serve) loads it (a review: said once, then never again)
     assert main(["predict", first, "--model", str(tmp_path / "sens"), "--output", str(tmp_path / "c.csv")]) == 0
@@ -483,7 +483,7 @@ def test_pneumo_predict_logs_the_cards_do_not_deploy_warning_for_the_adaptations
     assert meta["adaptation"]["ranking_warning"] == ranking
     low = ("at this operating point nearly every normal film would be called pneumonia (cross-fitted specificity "
            "0.000 [0.000, 0.100])")
-    said = "Its adaptation said: " + "; ".join(w for w in (ranking, low) if w)
+    said = "Its records say: " + "; ".join(w for w in (ranking, low) if w)
     assert said in console and said in page
 
 
@@ -1078,6 +1078,10 @@ def test_an_operating_point_too_unspecific_to_use_is_said_everywhere_with_the_wa
     record["local"]["after"]["metrics"]["specificity"] = 0.79
     record["local"]["after"]["specificity_exact_ci"] = [0.62, 0.91]
     assert unusable_operating_point(record) is None
+    capsys.readouterr()  # specific enough, but missing most pneumonias: still not a go-ahead (a review)
+    assert main(["adapt", "--data", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "site-c")]) == 0
+    assert "do not deploy it as it is; validate it" in capsys.readouterr().out
+    record["local"]["after"]["metrics"]["sensitivity"] = 0.9
     from pneumo.adapt.report import source_site_warning  # the source hospital at the new threshold (an adapt audit)
 
     record["source_site"]["after"]["metrics"]["specificity"] = 0.0

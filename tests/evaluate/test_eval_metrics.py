@@ -466,7 +466,7 @@ def test_an_adapted_model_at_chance_is_not_told_to_be_adapted_and_its_adaptation
     assert "unless adapted" not in " ".join(adapted)
     assert ("this model was adapted to the images of site_a.csv: if these are of that site, label more of its images "
             "and adapt the source model again; if of another, adapt the source model to that one") in adapted[0]
-    assert adapted[-1] == f"Its adaptation said: {said}."
+    assert adapted[-1] == f"Its records say: {said}."
     assert len(evaluation_warnings(metrics, cis, {"source_model_id": "m", "warning": None})) == 1
     low = {"specificity": 0.05}, {"specificity": [0.01, 0.2]}  # the low-specificity advice: no switch to offer blind
     assert "choose another operating point (pneumo operating-point)" in evaluation_warnings(*low)[0]

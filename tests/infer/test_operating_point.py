@@ -12,6 +12,7 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.data.decode import load_image_file
+from pneumo.evaluate.intervals import exact_interval
 from pneumo.evaluate.metrics import binary_metrics
 from pneumo.infer.predictor import Predictor
 
@@ -220,8 +221,10 @@ def test_a_point_set_on_labelled_images_that_misses_most_pneumonias_is_said_when
                  str(val), "--out", str(out)]) == 0
     chosen = json.loads((out / "model.json").read_text())["operating_point"]["chosen_on"]
     assert chosen["sensitivity"] < 0.5
-    said = (f"pneumonias would be missed (sensitivity on the 6 images it was chosen on (labelled folder) "
-            f"{chosen['sensitivity']:.3f})")
+    low, high = exact_interval(round(3 * chosen["sensitivity"]), 3)  # 3 pneumonias: an exact interval that reaches
+    assert chosen["sensitivity_exact_ci"] == pytest.approx([low, high]) and high >= 0.5  # 0.5, so "may"
+    said = (f"pneumonias may be missed (sensitivity on the 6 images it was chosen on (labelled folder) "
+            f"{chosen['sensitivity']:.3f} [{low:.3f}, {high:.3f}])")
     assert said in capsys.readouterr().err
     caplog.set_level(logging.WARNING, logger="pneumo")
     image = next(val.rglob("*.jpeg"))

@@ -271,7 +271,8 @@ def write_report(out: Path, record: dict, site: SiteImages, *, z_oof: np.ndarray
                          table(["", "source model", "adapted model"],
                                metric_rows(ROWS, _column(src["before"]), _column(src["after"])))))
     name = escape(shown or out)
-    stop = unusable_operating_point(record)
+    stop = unusable_operating_point(record) or missed_at_operating_point(record)  # (a review: it said "then predict
+    # and serve" at a point that misses most pneumonias)
     sections.append(("Next", (f"<p><strong>Do not deploy this model as it is</strong>: {escape(stop)}.</p>" if stop else "")
                      + ("<p>Validate on held-out patients of the site: <code>pneumo evaluate --model "
                         f"{name} --data HELD_OUT --out validation/</code>"

@@ -42,7 +42,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.adapt.report import adaptation_warnings, unusable_operating_point
+    from pneumo.adapt.report import adaptation_warnings, missed_at_operating_point, unusable_operating_point
     from pneumo.adapt.run import adapt
     from pneumo.config import AdaptConfig, check_device
     from pneumo.policy import parse_policy
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
               f"{fmt_threshold(record['source_model']['threshold'])} -> this site's)")
     for warning in adaptation_warnings(record):
         print(f"warning: {warning.replace('--model THIS', f'--model {args.out}')}")
-    print(("do not deploy it as it is; " if unusable_operating_point(record) else "")
+    print(("do not deploy it as it is; " if unusable_operating_point(record) or missed_at_operating_point(record)
+           else "")
           + f"validate it on held-out patients: pneumo evaluate --model {args.out} --data HELD_OUT --out validation/")
     return 0

@@ -1,4 +1,4 @@
-"""Evaluation per docs/PROTOCOL.md: metrics with bootstrap CIs, calibration, figures, the run report, leaderboards.
+"""Evaluation per docs/PROTOCOL.md: metrics with 95 % CIs, calibration, figures, the run report, leaderboards.
 
 Modules are imported on use (``pneumo.evaluate.metrics`` ...) so that importing the package stays cheap.
 """

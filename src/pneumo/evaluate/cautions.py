@@ -58,7 +58,7 @@ def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None
                                       **({"advice": advice} if chance else {}))
     said = (adaptation or {}).get("warning")
     return [w for w in (chance, low and f"{low[0].upper()}{low[1:]}.", missed and f"{missed[0].upper()}{missed[1:]}.",
-                        small_sample_warning(metrics), said and f"Its adaptation said: {said}.") if w]
+                        small_sample_warning(metrics), said and f"Its records say: {said}.") if w]
 
 
 def adaptation_summary(meta) -> dict | None:
@@ -94,15 +94,16 @@ def operating_point_warning(meta) -> str | None:
 
     adaptation, op = meta.extra.get("adaptation") or {}, meta.extra.get("operating_point") or {}
     said = [adaptation["ranking_warning"]] if adaptation.get("ranking_warning") else []
+    recorded = op.get("warning") if op.get("threshold") == meta.threshold else None  # what operating-point said
+    said.append(recorded)
     point = adaptation_points(meta.extra, "the model").get(meta.threshold_policy or "")
-    if point and point.get("threshold") == meta.threshold:
-        said.append(low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
-                                            measured="cross-fitted specificity", advice="its card says not to deploy "
-                                            "it at this operating point (pneumo model-card)"))
-    if op.get("threshold") == meta.threshold and op.get("warning"):  # set here: what operating-point said of it
-        said.append(op["warning"])
-    elif point and point.get("threshold") == meta.threshold:
-        said.append(missed_pneumonia_warning(point.get("sensitivity"), point.get("sensitivity_exact_ci"),
-                                             measured="cross-fitted sensitivity",
-                                             advice="do not use it to rule pneumonia out at this operating point"))
+    if point and point.get("threshold") == meta.threshold:  # ... and what the adaptation measured, unless said there
+        if "called pneumonia" not in (recorded or ""):  # (an older pneumo's record holds neither)
+            said.append(low_specificity_warning(point.get("specificity"), point.get("specificity_exact_ci"),
+                                                measured="cross-fitted specificity", advice="its adaptation's card "
+                                                "says not to deploy it at this operating point (pneumo model-card)"))
+        if "be missed" not in (recorded or ""):
+            said.append(missed_pneumonia_warning(point.get("sensitivity"), point.get("sensitivity_exact_ci"),
+                                                 measured="cross-fitted sensitivity",
+                                                 advice="do not use it to rule pneumonia out at this operating point"))
     return "; ".join(w for w in said if w) or None

@@ -144,8 +144,9 @@ def shortcut_cell(path: Path) -> str:
         verdict = json.loads(path.read_text(encoding="utf-8"))["verdict"]
     except (OSError, ValueError, KeyError, TypeError):
         return "n/a"
-    if verdict.get("flagged") and verdict.get("reasons"):  # what flagged it, as the run's report says (an audit:
-        return "FLAGGED (" + "; ".join(map(str, verdict["reasons"])) + ")"  # two figures below the flags were shown)
+    reasons = verdict.get("reasons") if isinstance(verdict, dict) else None
+    if verdict.get("flagged") and isinstance(reasons, list) and reasons:  # what flagged it, as the run's report says
+        return "FLAGGED (" + "; ".join(map(str, reasons)) + ")"  # (an audit: two figures below the flags were shown)
     detail = f"peaks on markers {fmt_number(verdict.get('peak_on_markers_vs_chance'))}x chance" + (
         f", outside lungs {fmt_number(verdict.get('outside_lungs_vs_area'))}x"
         if verdict.get("outside_lungs_judged", True) else "")

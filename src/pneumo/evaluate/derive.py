@@ -16,6 +16,7 @@ from pneumo import atomic
 from pneumo.config import read_yaml
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.errors import ConfigError, DataError, ModelError
+from pneumo.evaluate.intervals import exact_interval
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
 from pneumo.evaluate.operating import adaptation_points, paths_digest
 from pneumo.infer.card import card_markdown, md_text, record_card
@@ -30,7 +31,7 @@ from pneumo.models.sidecar import (
     weights_path,
     write_meta,
 )
-from pneumo.policy import missed_pneumonia_warning, parse_policy, policy_warning
+from pneumo.policy import low_specificity_warning, missed_pneumonia_warning, parse_policy, policy_warning
 from pneumo.provenance import utc_now
 from pneumo.templates import fmt_threshold
 
@@ -111,7 +112,9 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     val_metrics = binary_metrics(yb, p, threshold)
     return _derive(sidecar, out, policy, threshold, {
         **where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
-        "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"]},
+        "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"],
+        "sensitivity_exact_ci": list(exact_interval(val_metrics["tp"], val_metrics["tp"] + val_metrics["fn"])),
+        "specificity_exact_ci": list(exact_interval(val_metrics["tn"], val_metrics["tn"] + val_metrics["fp"]))},
         policy_warning(policy, int(yb.sum()), int((yb == 0).sum())), left_out)
 
 
@@ -128,7 +131,8 @@ def _from_adaptation(sidecar: Path, meta, policy: str, out: Path) -> dict:
     n, n_pneumonia = site.get("n_images"), (site.get("by_label") or {}).get("PNEUMONIA")
     chosen = {"kind": "the adaptation's cross-fitted scores", "location": "adapt.json", "n": n,
               "n_pneumonia": n_pneumonia, "paths_sha256": site.get("paths_sha256"),
-              "sensitivity": point.get("sensitivity"), "specificity": point.get("specificity")}
+              "sensitivity": point.get("sensitivity"), "specificity": point.get("specificity"),
+              **{k: point[k] for k in ("sensitivity_exact_ci", "specificity_exact_ci") if point.get(k)}}
     patients = site.get("patients_by_class") or {}  # counted as adapt counts them (older records: images)
     if patients:
         warning = policy_warning(policy, patients.get("pneumonia", 0), patients.get("normal", 0), "patients")
@@ -142,9 +146,12 @@ def _derive(sidecar: Path, out: Path, policy: str, threshold: float, chosen_on: 
     """Write the new model folder at ``threshold``; its ``operating_point`` record (with ``left_out`` for the console)."""
     meta = read_meta(sidecar)
     previous = meta.extra.get("operating_point") or {}
-    missed = missed_pneumonia_warning(chosen_on.get("sensitivity"), measured=(
-        f"sensitivity on the {chosen_on.get('n', '?')} images it was chosen on ({chosen_on.get('kind', 'labelled')})"))
-    warning = "; ".join(w for w in (warning, missed) if w) or None  # (a hospital walk: youden of an adapted model's
+    on = f"on the {chosen_on.get('n') or '?'} images it was chosen on ({chosen_on.get('kind', 'labelled')})"
+    missed = missed_pneumonia_warning(chosen_on.get("sensitivity"), chosen_on.get("sensitivity_exact_ci"),
+                                      measured=f"sensitivity {on}")
+    low = low_specificity_warning(chosen_on.get("specificity"), chosen_on.get("specificity_exact_ci"),
+                                  measured=f"specificity {on}", advice="do not use the model at this operating point")
+    warning = "; ".join(w for w in (warning, low, missed) if w) or None  # (a hospital walk: youden of an adapted model's
     record = {  # table missed most pneumonias, and operating-point said only that the classes were few)
         "version": int(previous.get("version", 1)) + 1,
         "policy": policy, "threshold": threshold, "warning": warning, "chosen_on": chosen_on,

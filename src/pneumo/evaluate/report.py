@@ -1,7 +1,7 @@
 """The evaluation protocol as one pure function, and the run's self-contained ``report.html``.
 
 ``evaluate_predictions`` takes val and test logits and applies docs/PROTOCOL.md: threshold and temperature from
-val only, test metrics with bootstrap CIs, ECE before/after, per-subtype rates. The report is plain HTML + CSS
+val only, test metrics with 95 % CIs (exact for proportions, bootstrap otherwise), ECE before/after, per-subtype rates. The report is plain HTML + CSS
 (no CDN, no scripts; `pneumo.templates`) with PNGs linked relative to the run folder; callers add ``(title, html)``
 sections (e.g. `pneumo.explain.analysis`).
 """
@@ -335,8 +335,9 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
                      f"on {escape('val' if fitted_on == 'val' else fitted_on)} by NLL: the model's logits are divided by it so that, on images like those it was fitted on "
                      "(their hospital and their share of pneumonia), a probability of 0.8 would mean about 80 % of such "
-                     "images have pneumonia (for a 3-class model: that the class shown with 0.8 is right about 80 % "
-                     "of the time; the measures below are of that top-class confidence). It is not a patient's risk: at another hospital or prevalence the share "
+                     "images have pneumonia" + (" (for a 3-class model: that the class shown with 0.8 is right about "
+                     "80 % of the time; the measures below are of that top-class confidence, on plain labels of "
+                     "P(pneumonia) vs P(normal))" if len(result.get("classes") or []) > 2 else "") + ". It is not a patient's risk: at another hospital or prevalence the share "
                      "of pneumonia at a given score differs (the ECE below and the reliability plot show how far). ECE (expected calibration "
                      "error: the mean gap between confidence and accuracy, lower is better) with "
                      f"{escape(result.get('ece_bins', 15))} equal-width bins of top-label confidence, before and "

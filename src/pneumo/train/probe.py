@@ -101,7 +101,7 @@ def fit_probe(f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val
         scores[c] = val_auc(logits, y_val)
         if best is None or scores[c] > scores[best[0]]:
             best = (c, clf)
-    log.info("probe: val AUC (%s) by C %s -> C=%s", "pneumonia vs normal" if len(np.unique(y_val)) == 2 else
+    log.info("probe: val AUC (%s) by C %s -> C=%s", "pneumonia vs normal" if logits.shape[1] == 2 else
              "macro one-vs-rest over the classes", {k: round(v, 4) for k, v in scores.items()}, best[0])
     clf = best[1]
     clf.feature_mean_, clf.feature_std_ = mean, std
