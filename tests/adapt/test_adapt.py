@@ -516,6 +516,16 @@ def test_pneumo_serve_logs_the_cards_do_not_deploy_warning_at_start(adapted: dic
         assert main([*serve, "--model", str(copy), "--workers", workers]) == 0
         assert caplog.text.count("not to deploy it") == 1, (workers, caplog.text)
     assert started == [1, 1, 2]
+    from fastapi.testclient import TestClient  # ... and its card's answer says it, for a client (a hospital walk)
+
+    from pneumo.config import ServeConfig
+    from pneumo.infer.predictor import Predictor
+    from pneumo.serve.app import create_app
+
+    for model, said in ((adapted["out"], False), (copy, True)):
+        with TestClient(create_app(ServeConfig(decode_timeout_s=0), Predictor(model, threads=1))) as client:
+            warning = client.get("/api/v1/model").json()["warning"]
+        assert ("not to deploy it" in (warning or "")) is said
 
 
 def test_re_adapting_on_images_the_source_was_adapted_on_is_refused_in_one_line(

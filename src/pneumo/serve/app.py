@@ -38,6 +38,7 @@ from pneumo import __version__
 from pneumo.atomic import sha256_file, to_jsonable
 from pneumo.config import ServeConfig
 from pneumo.errors import InputError, ModelError, PneumoError
+from pneumo.evaluate.cautions import operating_point_warning
 from pneumo.infer.card import model_card_text
 from pneumo.infer.predictor import Prediction, Predictor
 from pneumo.serve import audit
@@ -367,10 +368,10 @@ def _gray_png_base64(gray: np.ndarray) -> str:
 
 
 def model_card_of(predictor: Predictor) -> dict[str, Any]:
-    """The sidecar without training internals (config, paths), plus ``<stem>.md`` if present."""
+    """The sidecar less training internals (config, paths), ``<stem>.md`` and `operating_point_warning` (a walk)."""
     card = {k: v for k, v in predictor.meta.to_json().items() if k not in CARD_INTERNALS and not k.startswith("_")}
     card.update(model_id=predictor.model_id, backend=predictor.backend, classes=predictor.classes,
-                input_size=predictor.size, threshold=predictor.threshold)
+                input_size=predictor.size, threshold=predictor.threshold, warning=operating_point_warning(predictor.meta))
     card["card_markdown"] = model_card_text(predictor.sidecar)  # as `pneumo model-card` prints it (or builds it)
     return to_jsonable(_without_paths(card))  # NaN/inf (a metric undefined on a one-class split) -> None
 

@@ -74,6 +74,8 @@ class ModelCard(BaseModel):
     classes: list[str]
     input_size: int
     threshold: float
+    warning: str | None = Field(None, description="what the model's records say against using it at this operating "
+                                "point (e.g. an adaptation's 'do not deploy'); null: nothing")
     card_markdown: str | None = None
 
 

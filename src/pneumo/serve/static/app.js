@@ -88,6 +88,7 @@
     fact(el.modelFacts, "Threshold", `${fmtThreshold(card.threshold)}${card.threshold_policy ? ` (${card.threshold_policy})` : ""}`);
     const test = (card.metrics && card.metrics.test) || (card.model_card && card.model_card.test_metrics);
     if (test && typeof test.roc_auc === "number") fact(el.modelFacts, "Test ROC-AUC", test.roc_auc.toFixed(3));
+    if (typeof card.warning === "string") fact(el.modelFacts, "Warning", card.warning);
     if (test && typeof test.sensitivity === "number") fact(el.modelFacts, "Test sensitivity", pct(test.sensitivity));
     if (test && typeof test.specificity === "number") fact(el.modelFacts, "Test specificity", pct(test.specificity));
     if (card.card_markdown) {
