@@ -24,7 +24,7 @@ from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
 from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients
-from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
+from pneumo.evaluate.metrics import at_chance, binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
 from pneumo.evaluate.operating import adaptation_points, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
@@ -194,11 +194,11 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
             "" if adapted.get(spec.policy, {}).get("threshold") == spec.threshold
             else "; the model's own (marked) where its operating_point record says")
         missing = [policy for policy in report_policies if policy not in fixed]
-        if missing:  # asked for, but an adapted model has no val fold to choose them on
+        if missing and not at_chance(test["metrics"], test.get("ci")):  # asked for, no val fold to choose on (at chance
             result["operating_points_note"] = (
                 f"{', '.join(missing)}: not reported: an adapted model has no val fold to choose a threshold on; "
                 "choose it on labelled images of the site with pneumo operating-point --data")
-            log.warning("%s", result["operating_points_note"])
+            log.warning("%s", result["operating_points_note"])  # no threshold helps: not offered; a review)
     else:
         result["val"] = {"n": 0}
         result["operating_points"] = operating_points(np.zeros(0, np.int64), np.zeros(0), yb, p, [spec.policy],
