@@ -230,3 +230,53 @@ def test_a_point_set_on_labelled_images_that_misses_most_pneumonias_is_said_when
     image = next(val.rglob("*.jpeg"))
     assert main(["predict", str(image), "--model", str(out), "--output", str(tmp_path / "p.csv")]) == 0
     assert said in caplog.text
+
+
+def test_the_recorded_val_fold_is_found_in_the_mendeley_layout_of_the_same_images(
+        data_slice: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pneumo data download` fetches the Mendeley archive, whose train/ holds Kaggle's val/ files: the shipped
+    model's val fold, recorded by its Kaggle paths, was refused there as "another copy" (a data audit). The file
+    names identify it in either layout; a record without them (an older pneumo's) still refuses."""
+    import dataclasses
+    import shutil
+
+    from pneumo.config import model_config, to_dict
+    from pneumo.data.splits import folds_for
+    from pneumo.evaluate.operating import fold_digests
+    from pneumo.evaluate.scoring import MODEL_VAL_FOLD
+    from pneumo.models.sidecar import DEFAULT_MODEL, companion_files, read_meta, weights_path, write_meta
+
+    kaggle, mendeley, model = tmp_path / "kaggle", tmp_path / "mendeley", tmp_path / "model"
+    shutil.copytree(data_slice, kaggle)
+    shutil.copytree(data_slice, mendeley)
+    assert list((mendeley / "val").rglob("*.jpeg"))  # the slice has official val images to move
+    for image in (mendeley / "val").rglob("*.jpeg"):
+        shutil.move(image, mendeley / "train" / image.parent.name / image.name)
+    shutil.rmtree(mendeley / "val")
+    (mendeley / "manifest.csv").unlink()  # scanned, as a downloaded archive is
+    model.mkdir()
+    meta = read_meta(DEFAULT_MODEL)
+    for name in (weights_path(DEFAULT_MODEL, meta).name, *companion_files(meta)):
+        shutil.copyfile(DEFAULT_MODEL.parent / name, model / name)
+    shutil.copyfile(DEFAULT_MODEL.with_suffix(".md"), model / "model.md")
+    cfg = model_config(meta.config)
+    cfg.data.root, cfg.data.val_fraction = str(kaggle), 0.45  # a val fold of the slice that holds val/ files
+    val = folds_for(cfg).query("fold == 'val'")
+    assert val["path"].str.startswith("val/").any()  # recorded by Kaggle paths, some under val/
+    monkeypatch.setenv("PNEUMO_CACHE", str(tmp_path / "cache"))
+
+    def record(**digests: str) -> None:
+        chosen = {"kind": MODEL_VAL_FOLD, "n": len(val), **digests}
+        write_meta(model / "model.json", dataclasses.replace(meta, config=to_dict(cfg), extra={
+            **meta.extra, "operating_point": {**meta.extra["operating_point"], "chosen_on": chosen}}))
+
+    record(**fold_digests(val))
+    argv = ["operating-point", "--model", str(model), "--threshold-policy", "youden"]
+    assert main([*argv, "--dataset", str(kaggle), "--out", str(tmp_path / "k")]) == 0
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--dataset", str(mendeley), "--out", str(tmp_path / "m")]) == 0
+    assert "are the recorded ones in another layout of the dataset" in caplog.text
+    thresholds = [json.loads((tmp_path / name / "model.json").read_text())["threshold"] for name in ("k", "m")]
+    assert thresholds[0] == thresholds[1]  # the same images, the same threshold
+    record(**{k: v for k, v in fold_digests(val).items() if k != "names_sha256"})  # an older record: paths only
+    assert main([*argv, "--dataset", str(mendeley), "--out", str(tmp_path / "old")]) == 2

@@ -115,9 +115,18 @@ def images_digest(rows) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def names_digest(paths: Iterable[str]) -> str:
+    """`paths_digest` of the file names alone: the same val fold under another layout of the dataset (a data audit:
+    Kaggle's val/ files sit in train/ of the Mendeley archive `pneumo data download` fetches, and the shipped model's
+    operating point could not be set on that download)."""
+    return paths_digest(str(path).replace("\\", "/").rsplit("/", 1)[-1] for path in paths)
+
+
 def fold_digests(rows) -> dict[str, str]:
-    """A val fold's record: the digests of its paths and of its images' bytes (`paths_digest`, `images_digest`)."""
-    return {"paths_sha256": paths_digest(rows["path"].tolist()), "images_sha256": images_digest(rows)}
+    """A val fold's record: the digests of its paths, file names and images' bytes (`paths_digest`, `names_digest`,
+    `images_digest`)."""
+    paths = rows["path"].tolist()
+    return {"paths_sha256": paths_digest(paths), "names_sha256": names_digest(paths), "images_sha256": images_digest(rows)}
 
 
 def adaptation_points(extra: dict, location: object) -> dict[str, dict]:

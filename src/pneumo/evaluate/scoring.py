@@ -18,7 +18,7 @@ from pneumo.data.cache import image_cache, kept_array
 from pneumo.data.rundir import RunDir, read_folds
 from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError, one_line
 from pneumo.evaluate.labelled import labelled_images
-from pneumo.evaluate.operating import images_digest, paths_digest
+from pneumo.evaluate.operating import images_digest, names_digest, paths_digest
 from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 from pneumo.provenance import model_code
@@ -243,7 +243,8 @@ def val_fold_mismatch(meta, val: pd.DataFrame, root: str) -> str | None:
     """Why a val fold rebuilt from ``root`` (its rows: ``path``, ``sha256``) is not the one the model's stored
     threshold was chosen on (its recorded digest of the paths), or None (the same, or nothing recorded)."""
     chosen = _recorded_val_fold(meta)
-    if chosen.get("paths_sha256") and paths_digest(val["path"].tolist()) != chosen["paths_sha256"]:
+    if chosen.get("paths_sha256") and paths_digest(val["path"].tolist()) != chosen["paths_sha256"] and not (
+            chosen.get("names_sha256") and names_digest(val["path"]) == chosen["names_sha256"]):  # (another layout)
         return (f"the val fold rebuilt from {root} ({len(val)} images) is not the one the model's threshold was chosen "
                 f"on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset")
     return None
@@ -254,7 +255,11 @@ def val_fold_bytes_note(meta, val: pd.DataFrame, root: str) -> str | None:
     threshold was chosen on (its recorded digest of the images), or None. Not refused: another encoding of the same
     public dataset (the Mendeley original against a re-encoded copy) differs so; a cache review showed a copy with
     other pixels under the same names passing unnoticed, so it is said and the new digest recorded."""
-    recorded = _recorded_val_fold(meta).get("images_sha256")
+    chosen = _recorded_val_fold(meta)
+    recorded = chosen.get("images_sha256")
+    if recorded and chosen.get("paths_sha256") not in (None, paths_digest(val["path"].tolist())):  # by names only
+        return (f"the {len(val)} val-fold images rebuilt from {root} are the recorded ones in another layout of the "
+                "dataset (Kaggle's val/ files under train/, as in the Mendeley archive): their bytes were not compared")
     if recorded and images_digest(val) != recorded:
         return (f"the {len(val)} val-fold images rebuilt from {root} have the recorded names but not the bytes the model's "
                 "threshold was chosen on (another encoding or copy of the dataset, or changed files)")
