@@ -353,3 +353,19 @@ def test_a_dataset_that_is_not_there_says_from_where_it_was_looked_for_and_what_
         resolve_root("data")
     with pytest.raises(DataError, match=r"not found: /nowhere/data: pass --dataset DIR"):
         resolve_root("/nowhere/data")
+
+
+def test_hidden_folders_are_not_walked(data_slice: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A git-annex copy's ``.git/annex/objects`` (and ``.Trash-1000/``, ``.thumbnails/``) were walked and listed as
+    skipped by every data command, while `pneumo predict` reads no hidden folder (a data audit)."""
+    root = tmp_path / "copy"
+    shutil.copytree(data_slice, root)
+    image = next((root / "train" / "NORMAL").glob("*.jpeg"))
+    for hidden in (root / ".git" / "annex" / "objects", root / ".Trash-1000" / "NORMAL",
+                   root / "train" / "NORMAL" / ".thumbnails"):
+        hidden.mkdir(parents=True)
+        shutil.copyfile(image, hidden / "copy.jpeg")
+    with caplog.at_level(logging.WARNING):
+        scanned = scan_dataset(root)
+    assert len(scanned) == len(scan_dataset(data_slice)) and not scanned["path"].str.contains("/.", regex=False).any()
+    assert ".git" not in caplog.text and ".Trash" not in caplog.text and ".thumbnails" not in caplog.text
