@@ -177,6 +177,19 @@ def test_folder_without_a_class_names_what_is_missing(tmp_path: Path) -> None:
 def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="train"):
         scan_dataset(tmp_path)
+    for split in ("train", "test"):  # the class folders there but empty: "no image under", not "no folder" (an audit)
+        for label in ("NORMAL", "PNEUMONIA"):
+            (tmp_path / split / label).mkdir(parents=True)
+    with pytest.raises(DataError, match="has no image under a train/NORMAL or train/PNEUMONIA folder"):
+        scan_dataset(tmp_path)
+
+
+def test_a_truncated_archive_says_what_it_probably_is(data_slice: Path, tmp_path: Path) -> None:
+    archive = Path(shutil.make_archive(str(tmp_path / "chest_xray"), "zip", data_slice))
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])  # a download stopped half-way
+    with pytest.raises(DataError, match=r"a truncated or damaged download\? fetch it again"):
+        scan_dataset(cut)
 
 
 def test_missing_dataset_names_the_option_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,7 +70,8 @@ class DatasetSource:
         self.location = Path(location)
         self.is_zip = self.location.is_file()
         if self.is_zip and not zipfile.is_zipfile(self.location):
-            raise DataError(f"{self.location} is neither a folder nor a zip archive")
+            raise DataError(f"{self.location} is neither a folder nor a zip archive (a truncated or damaged download? "
+                            "fetch it again)")
         self._zip: zipfile.ZipFile | None = None
         self._members: dict[str, str] = {}  # a zip's member names with "/" -> as stored
         self.prefix = self._find_prefix()
@@ -101,8 +102,8 @@ class DatasetSource:
         candidates = {c for c, classes in seen.items() if classes == set(CLASSES)} or set(seen)
         if not candidates:
             raise DataError(
-                f"{self.location} has no train/NORMAL or train/PNEUMONIA folder: expected the Kaggle layout "
-                "(train/ val/ test/ x NORMAL/ PNEUMONIA/) or the Mendeley ChestXRay2017 layout (train/ test/)"
+                f"{self.location} has no image under a train/NORMAL or train/PNEUMONIA folder: expected the Kaggle "
+                "layout (train/ val/ test/ x NORMAL/ PNEUMONIA/) or the Mendeley ChestXRay2017 layout (train/ test/)"
             )
         depth = min(c.count("/") if c else -1 for c in candidates)
         shallowest = sorted(c for c in candidates if (c.count("/") if c else -1) == depth)
