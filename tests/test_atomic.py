@@ -61,7 +61,7 @@ def test_a_file_name_that_is_not_utf8_neither_fails_a_write_nor_a_digest(tmp_pat
     it into a CSV or report, or hashing the list it is in, failed after the whole adaptation had run."""
     import os
 
-    from pneumo.evaluate.operating import paths_digest
+    from pneumo.data.splits import paths_digest
 
     name = os.fsdecode(b"t\xe9te.png")
     atomic.write_text(tmp_path / "images.csv", f"path\n{name}\n")

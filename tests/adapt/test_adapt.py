@@ -217,8 +217,8 @@ def test_a_source_split_other_than_the_models_own_is_said_in_the_record_and_the_
 def test_the_val_fold_check_names_a_rebuilt_fold_other_than_the_recorded_one() -> None:
     from types import SimpleNamespace
 
-    from pneumo.evaluate.operating import images_digest, paths_digest
-    from pneumo.evaluate.scoring import RUN_VAL_FOLD, val_fold_bytes_note, val_fold_mismatch
+    from pneumo.data.splits import RUN_VAL_FOLD, images_digest, paths_digest
+    from pneumo.evaluate.scoring import val_fold_bytes_note, val_fold_mismatch
 
     val = pd.DataFrame({"path": ["val/a.jpeg", "val/b.jpeg"], "sha256": ["a" * 64, "b" * 64]})
     meta = SimpleNamespace(extra={"operating_point": {"chosen_on": {

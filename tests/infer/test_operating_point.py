@@ -172,9 +172,7 @@ def test_a_val_fold_with_the_recorded_names_but_other_bytes_is_said_and_recorded
     import shutil
 
     from pneumo.config import model_config, to_dict
-    from pneumo.data.splits import folds_for
-    from pneumo.evaluate.operating import images_digest, paths_digest
-    from pneumo.evaluate.scoring import MODEL_VAL_FOLD
+    from pneumo.data.splits import MODEL_VAL_FOLD, folds_for, images_digest, paths_digest
     from pneumo.models.sidecar import DEFAULT_MODEL, companion_files, read_meta, weights_path, write_meta
 
     dataset, model = tmp_path / "dataset", tmp_path / "model"
@@ -241,9 +239,7 @@ def test_the_recorded_val_fold_is_found_in_the_mendeley_layout_of_the_same_image
     import shutil
 
     from pneumo.config import model_config, to_dict
-    from pneumo.data.splits import folds_for
-    from pneumo.evaluate.operating import fold_digests
-    from pneumo.evaluate.scoring import MODEL_VAL_FOLD
+    from pneumo.data.splits import MODEL_VAL_FOLD, fold_digests, folds_for
     from pneumo.models.sidecar import DEFAULT_MODEL, companion_files, read_meta, weights_path, write_meta
 
     kaggle, mendeley, model = tmp_path / "kaggle", tmp_path / "mendeley", tmp_path / "model"

@@ -229,3 +229,26 @@ def test_the_ood_statistics_are_fitted_on_fp32_features_whatever_training_ran_in
     cache = SimpleNamespace(images=np.zeros((n, 64, 64), np.uint8), key="k")
     entry = train_ood.fit_trained_ood(cfg, sidecar, cache, folds, device=torch.device("cpu"))
     assert calls == [False] and entry["n_train"] == 30
+
+
+def test_refitting_a_model_without_folds_csv_refuses_a_dataset_whose_val_fold_is_not_its_recorded_one(
+        data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A copy of the shipped model has no folds.csv: `pneumo ood fit` rebuilt the split from whatever dataset it was
+    given and set the OOD and orientation thresholds on that "val fold", part of it the model's training images (a
+    data audit). Its sidecar records the val fold its threshold was chosen on: the rebuilt one must be it."""
+    import shutil
+
+    from pneumo.models.sidecar import DEFAULT_MODEL, companion_files, read_meta, weights_path
+
+    model = tmp_path / "model"
+    model.mkdir()
+    meta = read_meta(DEFAULT_MODEL)
+    for name in (weights_path(DEFAULT_MODEL, meta).name, *companion_files(meta)):
+        shutil.copyfile(DEFAULT_MODEL.parent / name, model / name)
+    shutil.copyfile(DEFAULT_MODEL.with_suffix(".md"), model / "model.md")
+    shutil.copyfile(DEFAULT_MODEL, model / "model.json")
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+    assert main(["ood", "fit", "--model", str(model), "--dataset", str(data_slice)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the one model.json's threshold was chosen on (517 images)" in err[0], err
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before  # nothing refitted

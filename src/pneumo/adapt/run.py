@@ -39,6 +39,7 @@ from pneumo.adapt.sources import SiteImages, SourceImages, load_site, load_sourc
 from pneumo.adapt.stats import calibration_warning, patient_folds
 from pneumo.adapt.write import OOD_POOL, write_adapted
 from pneumo.config import AdaptConfig
+from pneumo.data.splits import paths_digest
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import fit_temperature, nll, p_pneumonia
 from pneumo.evaluate.external import subgroups
@@ -50,7 +51,7 @@ from pneumo.evaluate.metrics import (
     grouped_proportion_cis,
     proportion_cis,
 )
-from pneumo.evaluate.operating import paths_digest, policies_to_report
+from pneumo.evaluate.operating import policies_to_report
 from pneumo.models.runtime import select_device
 from pneumo.models.sidecar import check_new_folder
 from pneumo.policy import policy_warning

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -165,3 +167,52 @@ def folds_for(cfg: RunConfig) -> pd.DataFrame:
         if len(np.unique(labels(folds[folds["fold"] == fold], cfg.data.task))) < len(class_names(cfg.data.task)):
             raise DataError(f"the {fold} fold lacks a class for task {cfg.data.task}: use more data or another seed")
     return folds.reset_index(drop=True)
+
+# Where a threshold was chosen, as the sidecar's operating_point record names it: a val fold (identified below) or
+# other images (pneumo operating-point --data, an adaptation's cross-fitted scores)
+RUN_VAL_FOLD = "the run's val fold"  # where a run's first evaluation chose its threshold
+MODEL_VAL_FOLD = "the model's val fold"  # rebuilt from the config (operating-point without --data)
+VAL_FOLD_KINDS = (RUN_VAL_FOLD, MODEL_VAL_FOLD)
+
+
+def paths_digest(paths: Iterable[str]) -> str:
+    """SHA-256 of the sorted list of image paths: identifies the val images a threshold was chosen on. A file name
+    that is not UTF-8 (Linux hands it over with surrogates) is hashed as its bytes."""
+    return hashlib.sha256("\n".join(sorted(map(str, paths))).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def images_digest(rows) -> str:
+    """SHA-256 of the sorted ``path<TAB>sha256`` lines of a fold's rows (a manifest's or folds.csv's ``path`` and
+    ``sha256``): identifies the val images a threshold was chosen on by their bytes too (a cache review: a copy of
+    the dataset with other pixels under the same names passed the paths' digest)."""
+    lines = sorted(f"{path}\t{sha}" for path, sha in zip(rows["path"].astype(str), rows["sha256"], strict=True))
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def names_digest(paths: Iterable[str]) -> str:
+    """`paths_digest` of the file names alone: the same val fold under another layout of the dataset (a data audit:
+    Kaggle's val/ files sit in train/ of the Mendeley archive `pneumo data download` fetches, and the shipped model's
+    operating point could not be set on that download)."""
+    return paths_digest(str(path).replace("\\", "/").rsplit("/", 1)[-1] for path in paths)
+
+
+def fold_digests(rows) -> dict[str, str]:
+    """A val fold's record: the digests of its paths, file names and images' bytes (`paths_digest`, `names_digest`,
+    `images_digest`)."""
+    paths = rows["path"].tolist()
+    return {"paths_sha256": paths_digest(paths), "names_sha256": names_digest(paths), "images_sha256": images_digest(rows)}
+
+
+def recorded_val_fold(extra: dict) -> dict:
+    """The val fold a model's stored threshold was chosen on, as its sidecar records it (``extra``: the sidecar's
+    extra entries), or {} (chosen on other images, or nothing recorded)."""
+    chosen = (extra.get("operating_point") or {}).get("chosen_on") or {}
+    return chosen if chosen.get("kind") in VAL_FOLD_KINDS else {}
+
+
+def other_val_fold(chosen: dict, paths: list[str]) -> bool:
+    """Whether a rebuilt val fold (its ``paths``) is not the recorded one (``chosen``, `recorded_val_fold`): other
+    paths, unless the recorded file names match (the same images in the other layout of the dataset)."""
+    return bool(chosen.get("paths_sha256")) and paths_digest(paths) != chosen["paths_sha256"] and not (
+        chosen.get("names_sha256") and names_digest(paths) == chosen["names_sha256"])
+

@@ -15,10 +15,11 @@ import numpy as np
 from pneumo import atomic
 from pneumo.config import read_yaml
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
+from pneumo.data.splits import paths_digest
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.intervals import exact_interval
 from pneumo.evaluate.metrics import binary_metrics, choose_threshold
-from pneumo.evaluate.operating import adaptation_points, paths_digest
+from pneumo.evaluate.operating import adaptation_points
 from pneumo.infer.card import card_markdown, md_text, record_card
 from pneumo.models.records import check_crossfit
 from pneumo.models.scores import p_pneumonia, threshold_on_calibrated_scale

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pneumo import atomic
 from pneumo.data.rundir import CROSSFIT, EARLIER_KEY
-from pneumo.evaluate.operating import paths_digest
+from pneumo.data.splits import paths_digest
 from pneumo.evaluate.scoring import ModelSpec
 from pneumo.models.records import check_crossfit
 

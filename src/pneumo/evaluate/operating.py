@@ -10,7 +10,6 @@ WHO standard for pneumonia).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -99,34 +98,6 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     extra = (f"<p>{escape(result['operating_points_note'])}</p>" if result.get("operating_points_note")
              and not at_chance(*_test(result)) else "")  # (it offers a threshold chosen elsewhere: no way out either)
     return "Operating points (policies side by side)", note + table + extra
-
-
-def paths_digest(paths: Iterable[str]) -> str:
-    """SHA-256 of the sorted list of image paths: identifies the val images a threshold was chosen on. A file name
-    that is not UTF-8 (Linux hands it over with surrogates) is hashed as its bytes."""
-    return hashlib.sha256("\n".join(sorted(map(str, paths))).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def images_digest(rows) -> str:
-    """SHA-256 of the sorted ``path<TAB>sha256`` lines of a fold's rows (a manifest's or folds.csv's ``path`` and
-    ``sha256``): identifies the val images a threshold was chosen on by their bytes too (a cache review: a copy of
-    the dataset with other pixels under the same names passed the paths' digest)."""
-    lines = sorted(f"{path}\t{sha}" for path, sha in zip(rows["path"].astype(str), rows["sha256"], strict=True))
-    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def names_digest(paths: Iterable[str]) -> str:
-    """`paths_digest` of the file names alone: the same val fold under another layout of the dataset (a data audit:
-    Kaggle's val/ files sit in train/ of the Mendeley archive `pneumo data download` fetches, and the shipped model's
-    operating point could not be set on that download)."""
-    return paths_digest(str(path).replace("\\", "/").rsplit("/", 1)[-1] for path in paths)
-
-
-def fold_digests(rows) -> dict[str, str]:
-    """A val fold's record: the digests of its paths, file names and images' bytes (`paths_digest`, `names_digest`,
-    `images_digest`)."""
-    paths = rows["path"].tolist()
-    return {"paths_sha256": paths_digest(paths), "names_sha256": names_digest(paths), "images_sha256": images_digest(rows)}
 
 
 def adaptation_points(extra: dict, location: object) -> dict[str, dict]:

@@ -24,12 +24,12 @@ from pneumo.config import model_config, read_yaml
 from pneumo.data.cache import image_cache
 from pneumo.data.preprocess import to_unit
 from pneumo.data.rundir import TRAINING_METRICS, RunDir, read_folds, run_lock
-from pneumo.data.splits import check_recorded_images, class_names, labels, split_changes
+from pneumo.data.splits import RUN_VAL_FOLD, check_recorded_images, class_names, fold_digests, labels, split_changes
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.calibration import apply_temperature, reliability_data
 from pneumo.evaluate.external import measure
 from pneumo.evaluate.ood import ood_note, test_checks
-from pneumo.evaluate.operating import fold_digests, operating_points, operating_points_section, policies_to_report
+from pneumo.evaluate.operating import operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.report import (
     EVALUATION_FILES,
     check_output_folder,
@@ -37,7 +37,6 @@ from pneumo.evaluate.report import (
     write_evaluation_report,
     write_predictions,
 )
-from pneumo.evaluate.scoring import RUN_VAL_FOLD
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.fast import scorer
 from pneumo.models.runtime import autocast, select_device

@@ -16,17 +16,20 @@ import pandas as pd
 
 from pneumo.data.cache import image_cache, kept_array
 from pneumo.data.rundir import RunDir, read_folds
+from pneumo.data.splits import (
+    MODEL_VAL_FOLD,
+    images_digest,
+    other_val_fold,
+    paths_digest,
+    recorded_val_fold,
+)
 from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError, one_line
 from pneumo.evaluate.labelled import labelled_images
-from pneumo.evaluate.operating import images_digest, names_digest, paths_digest
 from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 from pneumo.provenance import model_code
 
 log = logging.getLogger(__name__)
-RUN_VAL_FOLD = "the run's val fold"  # where a run's first evaluation chose its threshold
-MODEL_VAL_FOLD = "the model's val fold"  # rebuilt from the config (operating-point without --data)
-VAL_FOLD_KINDS = (RUN_VAL_FOLD, MODEL_VAL_FOLD)
 BATCH = 32
 
 
@@ -235,16 +238,14 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
 
 
 def _recorded_val_fold(meta) -> dict:
-    chosen = (meta.extra.get("operating_point") or {}).get("chosen_on") or {}
-    return chosen if chosen.get("kind") in VAL_FOLD_KINDS else {}
+    return recorded_val_fold(meta.extra)
 
 
 def val_fold_mismatch(meta, val: pd.DataFrame, root: str) -> str | None:
     """Why a val fold rebuilt from ``root`` (its rows: ``path``, ``sha256``) is not the one the model's stored
     threshold was chosen on (its recorded digest of the paths), or None (the same, or nothing recorded)."""
     chosen = _recorded_val_fold(meta)
-    if chosen.get("paths_sha256") and paths_digest(val["path"].tolist()) != chosen["paths_sha256"] and not (
-            chosen.get("names_sha256") and names_digest(val["path"]) == chosen["names_sha256"]):  # (another layout)
+    if other_val_fold(chosen, val["path"].tolist()):  # (the same names in the other layout are the same fold)
         return (f"the val fold rebuilt from {root} ({len(val)} images) is not the one the model's threshold was chosen "
                 f"on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset")
     return None

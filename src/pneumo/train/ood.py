@@ -24,7 +24,7 @@ from pneumo.config import RunConfig, model_config
 from pneumo.data.cache import ImageCache, default_cache_dir, image_cache
 from pneumo.data.manifest import resolve_root
 from pneumo.data.rundir import RunDir, read_folds, run_lock
-from pneumo.data.splits import folds_for, labels, split_changes
+from pneumo.data.splits import folds_for, labels, other_val_fold, recorded_val_fold, split_changes
 from pneumo.errors import ConfigError
 from pneumo.models.checkpoint import load_checkpoint
 from pneumo.models.ood import DEFAULT_PERCENTILE, fit_ood, save_ood
@@ -129,6 +129,11 @@ def _fit_ood_locked(sidecar: Path, *, data: str | None, percentile: float) -> di
     stored = RunDir(sidecar.parent).folds
     if stored.is_file():
         _check_same_split(folds, read_folds(stored), stored)
+    elif other_val_fold(chosen := recorded_val_fold(read_meta(sidecar).extra),
+                        folds.loc[folds["fold"] == "val", "path"].tolist()):  # no folds.csv (the shipped model)
+        # the recorded val fold is the check (a data audit: a pruned copy set the thresholds on training images)
+        raise ConfigError(f"the val fold rebuilt from {cfg.data.root} is not the one {sidecar.name}'s threshold was "
+                          f"chosen on ({chosen.get('n')} images): pass the --dataset it was trained on")
     cache = image_cache(cfg, folds)
     device = select_device(cfg.train.device, here=True)  # a run trained on a GPU, refitted on a machine without one
     entry = fit_trained_ood(cfg, sidecar, cache, folds, device=device, percentile=percentile)
