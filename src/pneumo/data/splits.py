@@ -168,6 +168,7 @@ def folds_for(cfg: RunConfig) -> pd.DataFrame:
             raise DataError(f"the {fold} fold lacks a class for task {cfg.data.task}: use more data or another seed")
     return folds.reset_index(drop=True)
 
+
 # Where a threshold was chosen, as the sidecar's operating_point record names it: a val fold (identified below) or
 # other images (pneumo operating-point --data, an adaptation's cross-fitted scores)
 RUN_VAL_FOLD = "the run's val fold"  # where a run's first evaluation chose its threshold
@@ -215,4 +216,3 @@ def other_val_fold(chosen: dict, paths: list[str]) -> bool:
     paths, unless the recorded file names match (the same images in the other layout of the dataset)."""
     return bool(chosen.get("paths_sha256")) and paths_digest(paths) != chosen["paths_sha256"] and not (
         chosen.get("names_sha256") and names_digest(paths) == chosen["names_sha256"])
-

@@ -3,9 +3,7 @@ here, an operating point at which most normal films are called pneumonia. Each i
 
 from __future__ import annotations
 
-import numpy as np
-
-from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, at_chance, is_small_sample
+from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, at_chance, finite_interval, is_small_sample
 from pneumo.policy import low_specificity_warning, missed_pneumonia_warning
 
 
@@ -31,8 +29,7 @@ def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: str | No
     it)."""
     if not at_chance(metrics, cis):
         return None
-    auc, ci = metrics["roc_auc"], (cis or {}).get("roc_auc")
-    ci = ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
+    auc, ci = metrics["roc_auc"], finite_interval((cis or {}).get("roc_auc"))
     interval, high = (f" [{ci[0]:.3f}, {ci[1]:.3f}]", ci[1]) if ci else ("", auc)
     where = "below chance, 0.5: check that the labels are not swapped" if high < 0.5 else "reaching chance, 0.5"
     advice = (f"do not use it on such images; this model was adapted to {adapted}: if these are of that site, label "

@@ -371,14 +371,12 @@ def _errors_section(out: Path, table: pd.DataFrame, y: np.ndarray, p: np.ndarray
         n, k = int(mask.sum()), int((mask & wrong).sum())
         rows.append([name, n, k, k / n if n else float("nan")])
     errors = np.flatnonzero(called != truth)
-
-    def logit(q: np.ndarray | float) -> np.ndarray:
-        q = np.clip(q, 1e-7, 1 - 1e-7)
-        return np.log(q) - np.log1p(-q)
+    from scipy.special import logit
 
     # how far past the threshold on the logit scale: on probabilities a false positive above a 0.86 threshold could
     # never outrank a miss (a reports audit: the table and the Grad-CAM figure beside it ranked errors apart)
-    worst = errors[np.argsort(-np.abs(logit(p[errors]) - logit(result["threshold"])), kind="stable")][:20]
+    worst = errors[np.argsort(-np.abs(logit(np.clip(p[errors], 1e-7, 1 - 1e-7))
+                                      - logit(np.clip(result["threshold"], 1e-7, 1 - 1e-7))), kind="stable")][:20]
     root = Path(data) if Path(data).is_dir() else Path(data).parent
     listing = "".join(f"<tr><td><code>{escape(_below(table['path'][i], root))}</code></td><td>{escape(table['label'][i])}"
                       f"</td><td>{escape(table['subtype'][i])}</td><td class='num'>{p[i]:.3f}</td></tr>" for i in worst)

@@ -63,7 +63,7 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     from pneumo.evaluate.metrics import at_chance
     from pneumo.templates import escape, fmt_ci, fmt_number, fmt_threshold
 
-    points = result.get("operating_points") or {}
+    points, chance = result.get("operating_points") or {}, at_chance(*_test(result))
     measured = "data" if result.get("external") else "test"
     where = "val" if "operating_points_chosen_on" not in result else "where chosen:"  # an adapted model: cross-fitted
     head = ("policy", "threshold", f"{where} sensitivity", f"{where} specificity", *(f"{measured} {k}" for k in SHOWN))
@@ -88,7 +88,7 @@ def operating_points_section(result: dict) -> tuple[str, str]:
             "same specificity and the lower threshold is the better one. "
             "The model's own operating point (marked) is the headline; "
             + ("no threshold makes the model useful on these images (the warning above): none of these is a way out."
-               "</p>" if at_chance(*_test(result)) else  # (a hospital walk: a switch was offered)
+               "</p>" if chance else  # (a hospital walk: a switch was offered)
                "choose another with <code>pneumo operating-point --model MODEL --threshold-policy P --out "
                "NEWDIR</code>.</p>"))
     if not points:
@@ -96,7 +96,7 @@ def operating_points_section(result: dict) -> tuple[str, str]:
     table = ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
     extra = (f"<p>{escape(result['operating_points_note'])}</p>" if result.get("operating_points_note")
-             and not at_chance(*_test(result)) else "")  # (it offers a threshold chosen elsewhere: no way out either)
+             and not chance else "")  # (it offers a threshold chosen elsewhere: no way out either)
     return "Operating points (policies side by side)", note + table + extra
 
 

@@ -325,7 +325,8 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
     sections.append(("ROC, precision-recall and confusion",
                      fig.get("roc", "") + fig.get("pr", "") + fig.get("confusion", "")))
     has_val = bool(val.get("n"))  # an adapted model has no val fold: its temperature came from its cross-fitted scores
-    two = len(result.get("classes") or []) > 2 and "multiclass" not in test  # a 3-class model on plain labels
+    three = len(result.get("classes") or []) > 2
+    two = three and "multiclass" not in test  # a 3-class model on plain labels
     calib = table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], [
         *([["val (3 classes)" if two else "val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"),
             val.get("nll_after")]] if has_val else []),
@@ -337,7 +338,7 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
                      "(their hospital and their share of pneumonia), a probability of 0.8 would mean about 80 % of such "
                      "images have pneumonia" + (" (for a 3-class model: that the class shown with 0.8 is right about "
                      "80 % of the time; the measures below are of that top-class confidence, on plain labels of "
-                     "P(pneumonia) vs P(normal))" if len(result.get("classes") or []) > 2 else "") + ". It is not a patient's risk: at another hospital or prevalence the share "
+                     "P(pneumonia) vs P(normal))" if three else "") + ". It is not a patient's risk: at another hospital or prevalence the share "
                      "of pneumonia at a given score differs (the ECE below and the reliability plot show how far). ECE (expected calibration "
                      "error: the mean gap between confidence and accuracy, lower is better) with "
                      f"{escape(result.get('ece_bins', 15))} equal-width bins of top-label confidence, before and "

@@ -237,14 +237,10 @@ def val_scores(predictors: list, *, data: str | None = None, strict: bool = Fals
 
 
 
-def _recorded_val_fold(meta) -> dict:
-    return recorded_val_fold(meta.extra)
-
-
 def val_fold_mismatch(meta, val: pd.DataFrame, root: str) -> str | None:
     """Why a val fold rebuilt from ``root`` (its rows: ``path``, ``sha256``) is not the one the model's stored
     threshold was chosen on (its recorded digest of the paths), or None (the same, or nothing recorded)."""
-    chosen = _recorded_val_fold(meta)
+    chosen = recorded_val_fold(meta.extra)
     if other_val_fold(chosen, val["path"].tolist()):  # (the same names in the other layout are the same fold)
         return (f"the val fold rebuilt from {root} ({len(val)} images) is not the one the model's threshold was chosen "
                 f"on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset")
@@ -256,7 +252,7 @@ def val_fold_bytes_note(meta, val: pd.DataFrame, root: str) -> str | None:
     threshold was chosen on (its recorded digest of the images), or None. Not refused: another encoding of the same
     public dataset (the Mendeley original against a re-encoded copy) differs so; a cache review showed a copy with
     other pixels under the same names passing unnoticed, so it is said and the new digest recorded."""
-    chosen = _recorded_val_fold(meta)
+    chosen = recorded_val_fold(meta.extra)
     recorded = chosen.get("images_sha256")
     if recorded and chosen.get("paths_sha256") not in (None, paths_digest(val["path"].tolist())):  # by names only
         return (f"the {len(val)} val-fold images rebuilt from {root} are the recorded ones in another layout of the "
