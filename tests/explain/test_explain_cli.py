@@ -228,24 +228,36 @@ def test_explain_prints_one_line_per_file_whatever_its_name(tmp_path: Path, real
     assert "ansi\\x1b[31mRED\\nINFO fake log line.jpeg" in captured.out
 
 
-def test_a_malformed_dicom_is_one_line_without_pydicoms_warnings(tmp_path: Path, capsys, caplog) -> None:
+def test_a_malformed_dicom_is_one_line_without_pydicoms_warnings(tmp_path: Path, capsys) -> None:
     """pydicom's warnings (two log lines and two UserWarnings, one echoing the file's bytes) came before the one-line
     error (explanations review); `-v` keeps them. In this process (a process start costs ~6 s): every warning shown,
-    so that one the command let through is recorded here, and pydicom's log records as a handler of the root logger
-    receives them."""
+    so that one the command let through is recorded here, and a new handler of the root logger (the command quiets
+    the root logger's handlers) keeps the log records it is given."""
     import logging
     import warnings
 
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 20)
 
+    class Kept(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.records.append(record)
+
     def run(*flags: str) -> tuple[int, list, list]:
-        caplog.clear()
-        with warnings.catch_warnings(record=True) as shown, caplog.at_level(logging.DEBUG):
-            warnings.simplefilter("always")
-            code = main([*flags, "explain", str(bad), "--out", str(tmp_path / "maps")])
+        kept, root = Kept(), logging.getLogger()
+        root.addHandler(kept)
+        try:
+            with warnings.catch_warnings(record=True) as shown:
+                warnings.simplefilter("always")
+                code = main([*flags, "explain", str(bad), "--out", str(tmp_path / "maps")])
+        finally:
+            root.removeHandler(kept)
         return code, [w for w in shown if "pydicom" in w.filename], [
-            r for r in caplog.records if r.name.startswith("pydicom") and r.levelno >= logging.WARNING]
+            r for r in kept.records if r.name.startswith("pydicom") and r.levelno >= logging.WARNING]
 
     code, shown, logged = run("-v")  # the warnings are there to leave out (-v keeps them)
     assert code == 2 and shown and logged
