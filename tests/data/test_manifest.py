@@ -237,6 +237,9 @@ def test_what_the_scan_cannot_use_is_listed_and_what_a_split_cannot_see_is_said(
     shutil.copyfile(normal[2], root / "train" / "NORMAL" / "IM-9300-0003.jpeg")
     shutil.copyfile(normal[3], root / "train" / "NORMAL" / "scan17.jpeg")
     shutil.copyfile(normal[4], root / "train" / "PNEUMONIA" / "person9400_bacteria_1.jpeg")
+    sick = min((root / "train" / "PNEUMONIA").glob("*.jpeg"))
+    shutil.copyfile(sick, root / "train" / "PNEUMONIA" / "person9401_bact_1.jpeg")  # no subtype in the name
+    (root / "train" / "NORMAL" / "IM-9800-0001.jpeg").symlink_to(root / "train" / "NORMAL" / "IM-9800-0001.jpeg")
     (root / "validation" / "NORMAL").mkdir(parents=True)  # a split folder under another name: was left out silently
     shutil.copyfile(normal[5], root / "validation" / "NORMAL" / "IM-9600-0001.jpeg")
     shutil.copyfile(normal[5], root / "train" / "loose.jpeg")
@@ -248,13 +251,34 @@ def test_what_the_scan_cannot_use_is_listed_and_what_a_split_cannot_see_is_said(
     text = caplog.text
     assert "train/COVID/c1.jpeg (not in a NORMAL/ or PNEUMONIA/ folder)" in text
     assert "train/NORMAL/old/IM-9100-0001.jpeg (in a subfolder of NORMAL/" in text
-    assert "train/NORMAL/IM-9200-0001.jpeg (" in text
+    # a dangling link and a link to itself, in the words `pneumo predict` uses (were errno texts)
+    assert "train/NORMAL/IM-9200-0001.jpeg (dangling symlink (its target does not exist))" in text
+    assert "train/NORMAL/IM-9800-0001.jpeg (symlink loop)" in text and "Errno" not in text
     assert "validation/NORMAL/IM-9600-0001.jpeg (not under a train/, val/, test/ folder)" in text
     assert "train/loose.jpeg (not in a NORMAL/ or PNEUMONIA/ folder)" in text and "IM-9700" not in text
     keys = df.set_index("path")["patient_key"]
     assert keys["train/NORMAL/im-9300-0002.jpeg"] == keys["train/NORMAL/IM-9300-0003.jpeg"] == "IM-9300"
-    assert "1 image(s) have names that carry no patient" in text
+    assert "2 image(s) have names that carry no patient" in text and "e.g. train/NORMAL/scan17.jpeg" in text
+    assert "1 PNEUMONIA image(s) say neither bacteria nor virus in their names (e.g. " \
+           "train/PNEUMONIA/person9401_bact_1.jpeg)" in text  # (3-class runs refuse them: said at the scan)
     assert "1 image(s) are in both NORMAL and PNEUMONIA folders" in text
+
+
+def test_a_folder_link_into_the_dataset_itself_is_not_followed_and_hides_nothing(
+        data_slice: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Followed first (a walk meets test/ before val/), a link in test/NORMAL/ to ../../val made the real val/ a
+    folder already seen: its images were dropped, and a link to train/ hid train/ (the scan said the dataset had no
+    train folder). Such a link is listed, not followed; a split folder linked from elsewhere is still read."""
+    root = tmp_path / "copy"
+    shutil.copytree(data_slice, root)
+    (root / "test" / "NORMAL" / "old_val").symlink_to(Path("..", "..", "val"))
+    (root / "test" / "PNEUMONIA" / "train_link").symlink_to(Path("..", "..", "train"))
+    with caplog.at_level(logging.WARNING):
+        scanned = scan_dataset(root)
+    plain = scan_dataset(data_slice)
+    assert sorted(scanned["path"]) == sorted(plain["path"]) and (scanned["split"] == "val").sum() > 0
+    assert "test/NORMAL/old_val/ (a link to a folder of the dataset itself: not followed)" in caplog.text
+    assert "test/PNEUMONIA/train_link/ (a link to a folder of the dataset itself" in caplog.text
 
 
 def test_a_file_name_that_is_not_utf8_is_cached(data_slice: Path, tmp_path: Path) -> None:

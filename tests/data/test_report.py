@@ -219,3 +219,21 @@ def test_the_cli_writes_the_report_of_a_leaking_dataset_then_fails_in_one_line(
     folds = text.split('id="leakage-result">', 1)[1].split("</p>", 1)[0]
     assert "FAIL" in folds and "refused" in folds and "straddle splits" in folds
     assert "the split was refused" in text.split('id="folds-none">', 1)[1].split("</p>", 1)[0]
+
+
+def test_an_out_that_is_a_file_is_one_line_before_the_scan(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data report --out FILE` scanned the whole dataset, then failed with "[Errno 17] File exists" (a data audit)."""
+    import pneumo.commands.data as data_command
+    from pneumo.cli import main
+
+    taken = tmp_path / "report.zip"
+    taken.write_text("a file")
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("scanned before checking --out")
+
+    monkeypatch.setattr(data_command, "scan_dataset", no_scan)
+    assert main(["data", "report", "--dataset", str(tmp_path), "--out", str(taken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"pneumo data report: error: --out {taken} is a file, not a folder: give a folder for the report"

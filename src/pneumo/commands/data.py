@@ -11,7 +11,7 @@ from pneumo import atomic
 from pneumo.argparsing import subparser
 from pneumo.config import INTENSITIES, RESIZE_POLICIES, DataConfig
 from pneumo.data.manifest import scan_dataset
-from pneumo.errors import LeakageError
+from pneumo.errors import ConfigError, LeakageError
 
 EXAMPLES = """
 pneumo data download                                   # the Mendeley archive into ~/.cache/pneumo
@@ -129,6 +129,8 @@ def run_report(args: argparse.Namespace) -> int:
     from pneumo.data.splits import assign_folds, check_split
 
     check_split(args.val_fraction, args.split_seed)  # before the scan
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # (was an errno after the whole scan)
+        raise ConfigError(f"--out {args.out} is a file, not a folder: give a folder for the report")
     start = time.perf_counter()
     _progress("scanning the dataset", start)
     df = scan_dataset(args.dataset)

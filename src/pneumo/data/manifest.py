@@ -18,7 +18,7 @@ from PIL import Image
 
 from pneumo import __version__, atomic
 from pneumo.data.decode import is_dicom, load_image
-from pneumo.data.files import name_reason
+from pneumo.data.files import entry_reason, name_reason
 from pneumo.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,35 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PNEUMO_CACHE") or Path.home() / ".cache" / "pneumo")
 
 
-def _walk_once(base: Path):
-    """``os.walk`` that follows linked folders (a split folder may be a link), each real folder once (no loops), and
-    not into hidden folders (``.git/``, ``.Trash-1000/``, ``.thumbnails/``: `pneumo predict` reads none of them, and a
-    data audit found a git-annex copy's 95 objects listed as skipped by every data command)."""
+def _walk_once(base: Path, links: list[str] | None = None):
+    """``os.walk`` that follows linked folders (a split folder may be a link to another disk), each real folder once
+    (no loops), and not into hidden folders (``.git/``, ``.Trash-1000/``, ``.thumbnails/``: `pneumo predict` reads
+    none of them, and a data audit found a git-annex copy's 95 objects listed as skipped by every data command).
+
+    A link to a folder inside the dataset itself is not followed (its images are read where they are), and goes to
+    ``links`` with the reason: followed first, a link in ``test/NORMAL/`` to ``../../val`` hid the real ``val/``
+    (its images were then skipped as sitting in a subfolder of a class)."""
     seen: set[str] = set()
+    inside = os.path.realpath(base)
     for folder, dirs, files in os.walk(base, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        kept = []
+        for d in dirs:
+            if d.startswith("."):
+                continue
+            path = os.path.join(folder, d)
+            target = os.path.realpath(path)
+            if os.path.islink(path) and (target == inside or target.startswith(inside + os.sep)):
+                if links is not None:
+                    links.append(f"{PurePosixPath(Path(path).relative_to(base))}/ (a link to a folder of the "
+                                 "dataset itself: not followed)")
+                continue
+            kept.append(d)
+        dirs[:] = kept
         yield folder, dirs, files
 
 
@@ -74,6 +91,7 @@ class DatasetSource:
                             "fetch it again)")
         self._zip: zipfile.ZipFile | None = None
         self._members: dict[str, str] = {}  # a zip's member names with "/" -> as stored
+        self.links: list[str] = []  # folder links not followed (`_walk_once`), with the reason
         self.prefix = self._find_prefix()
 
     def _all_files(self) -> list[str]:
@@ -82,7 +100,8 @@ class DatasetSource:
                              if not i.filename.endswith(("/", "\\"))}
             return list(self._members)
         base = self.location
-        return [str(PurePosixPath(Path(d, f).relative_to(base))) for d, _, fs in _walk_once(base) for f in fs]
+        return [str(PurePosixPath(Path(d, f).relative_to(base))) for d, _, fs in _walk_once(base, self.links)
+                for f in fs]
 
     def _archive(self) -> zipfile.ZipFile:
         if self._zip is None:
@@ -122,7 +141,11 @@ class DatasetSource:
         full = f"{self.prefix}/{rel}" if self.prefix else rel
         if self.is_zip:
             return self._archive().read(self._members.get(full, full))
-        return (self.location / full).read_bytes()
+        return self.path_of(rel).read_bytes()
+
+    def path_of(self, rel: str) -> Path:
+        """The file ``rel`` of a dataset folder."""
+        return self.location / (f"{self.prefix}/{rel}" if self.prefix else rel)
 
     def stamp(self, rel: str) -> str:
         """What identifies a file's version without reading it: size and CRC of a zip member, size, modification and
@@ -250,7 +273,7 @@ def scan_dataset(root: str | os.PathLike | None, *, cache_dir: str | os.PathLike
         except OSError as exc:  # a read-only cache: scan each time
             log.debug("scan not kept in %s: %s", stored, exc)
     read, unreadable = found
-    skipped += [f"{rel} ({why})" for rel, why in unreadable.items()]
+    skipped += [f"{rel} ({why})" for rel, why in unreadable.items()] + source.links
     if skipped:
         log.warning("skipped %d file(s): %s", len(skipped), "; ".join(skipped[:20]))
     rows = [{"path": rel, "split": split, "label": label, "subtype": subtype_of(PurePosixPath(rel).name, label),
@@ -307,7 +330,8 @@ def _probe_all(source: DatasetSource, candidates: list[tuple[str, str, str]]) ->
             data = source.read(rel)
             width, height = _probe(data)
         except (InputError, OSError, zipfile.BadZipFile) as exc:  # a dangling link, a damaged zip member
-            skipped[rel] = textwrap.shorten(str(exc), 200, placeholder=" ...")  # whole words (was cut mid-word)
+            entry = None if source.is_zip or not isinstance(exc, OSError) else entry_reason(source.path_of(rel))
+            skipped[rel] = entry or textwrap.shorten(str(exc), 200, placeholder=" ...")  # whole words
             continue
         read[rel] = [hashlib.sha256(data).hexdigest(), int(width), int(height)]
     return read, skipped
@@ -315,10 +339,16 @@ def _probe_all(source: DatasetSource, candidates: list[tuple[str, str, str]]) ->
 
 def _warn_about_identity(df: pd.DataFrame) -> None:
     """What a patient-grouped split cannot see: names that carry no patient, and one file under both labels."""
-    unnamed = int((df["patient_key"] == df["path"]).sum())
-    if unnamed:
-        log.warning("%d image(s) have names that carry no patient (not IM-XXXX-... or personN_bacteria|virus_...): "
-                    "each counts as its own patient, so one patient's images can fall into two folds unseen", unnamed)
+    unnamed = df.loc[df["patient_key"] == df["path"], "path"]
+    if len(unnamed):
+        log.warning("%d image(s) have names that carry no patient (not IM-XXXX-... or personN_bacteria|virus_...; "
+                    "e.g. %s): each counts as its own patient, so one patient's images can fall into two folds unseen",
+                    len(unnamed), ", ".join(unnamed.head(3)))
+    untyped = df.loc[(df["label"] == "PNEUMONIA") & (df["subtype"] == "unknown"), "path"]
+    if len(untyped):
+        log.warning("%d PNEUMONIA image(s) say neither bacteria nor virus in their names (e.g. %s): subtype "
+                    "'unknown', and a 3-class run (--task 3class) refuses a dataset that holds them", len(untyped),
+                    ", ".join(untyped.head(3)))
     both = df.groupby("sha256")["label"].nunique()
     if (both > 1).any():
         example = df.loc[df["sha256"] == both[both > 1].index[0], "path"].tolist()
