@@ -107,6 +107,24 @@ def test_three_class_result_carries_multiclass_and_derived_binary_metrics() -> N
     assert {"accuracy", "macro_f1", "bacteria_vs_virus_accuracy"} <= set(mc["ci"])
 
 
+def test_a_three_class_models_calibrated_p_pneumonia_has_its_own_ece_in_the_result_and_the_report(
+        tmp_path: Path) -> None:
+    """The calibration section measured only the top-class confidence of a 3-class model; the calibrated P(pneumonia)
+    that predict and serve give (1 - P(normal)) had no measure (3-class audit: ECE 0.084 against the top class's
+    0.045 on a real probe)."""
+    from pneumo.evaluate.calibration import apply_temperature, ece
+    from pneumo.models.scores import pneumonia_probability
+
+    result, (_, _, y_test, z_test) = run_protocol("3class")
+    p = pneumonia_probability(apply_temperature(z_test, result["temperature"]))
+    expected = ece(np.stack([1 - p, p], 1), (y_test != 0).astype(int), 15)
+    assert result["test"]["ece_pneumonia"]["after"] == pytest.approx(expected, abs=1e-12)
+    assert result["test"]["ece_pneumonia"]["after"] != pytest.approx(result["test"]["ece_after"], abs=1e-6)
+    assert "ece_pneumonia" not in run_protocol("binary")[0]["test"]  # a binary model's ECE is that one already
+    html = write_evaluation_report(tmp_path, result, y_test=y_test, test_logits=z_test, title="three").read_text()
+    assert "test: P(pneumonia) vs normal" in html
+
+
 def test_logits_that_do_not_match_the_classes_raise_data_error() -> None:
     y, z = logits_for(50, 3, seed=0)
     with pytest.raises(DataError):

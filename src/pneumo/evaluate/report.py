@@ -19,7 +19,7 @@ from pneumo import atomic
 from pneumo.atomic import to_jsonable
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
-from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, fit_temperature, nll, reliability_data
+from pneumo.evaluate.calibration import apply_temperature, as_logit_matrix, ece, fit_temperature, nll, reliability_data
 from pneumo.evaluate.cautions import evaluation_warnings, small_sample_warning
 from pneumo.evaluate.intervals import CI_METHOD
 from pneumo.evaluate.metrics import (
@@ -159,7 +159,9 @@ def evaluate_predictions(
         "by_subtype": sensitivity_by_subtype(p_test >= threshold, subtypes_test, groups_test)
         if subtypes_test is not None else {},
     }
-    if task == "3class":
+    if task == "3class":  # P(pneumonia) = 1 - P(normal), as predict and serve give it calibrated: its own ECE
+        test["ece_pneumonia"] = {k: ece(np.stack([1 - p, p], 1), yb_test, ece_bins) for k, p in
+                                 (("before", p_test), ("after", pneumonia_probability(probs_cal)))}
         test["multiclass"] = multiclass_metrics(y_test, probs_test, class_names, threshold=threshold,
                                                 n_resamples=n_bootstrap, seed=seed, groups=groups_test)
     return to_jsonable({
@@ -331,7 +333,9 @@ def evaluation_sections(result: dict, figures: dict[str, Path], run_dir: str | o
         *([["val (3 classes)" if two else "val", val.get("ece_before"), val.get("ece_after"), val.get("nll_before"),
             val.get("nll_after")]] if has_val else []),
         [f"{split} (pneumonia vs normal: no subtypes)" if two else split, test["ece_before"], test["ece_after"],
-         test["nll_before"], test["nll_after"]]])
+         test["nll_before"], test["nll_after"]],
+        *([[f"{split}: P(pneumonia) vs normal", test["ece_pneumonia"]["before"], test["ece_pneumonia"]["after"], "",
+            ""]] if "ece_pneumonia" in test else [])])
     fitted_on = result.get("temperature_fitted_on", "val")
     sections.append(("Calibration", f"<p>Temperature T = {escape(fmt_number(result['temperature'], 3))}, fitted "
                      f"on {escape('val' if fitted_on == 'val' else fitted_on)} by NLL: the model's logits are divided by it so that, on images like those it was fitted on "
