@@ -52,11 +52,17 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
     def flush() -> None:
         if not batch:
             return
-        for name, result in zip(names, predictor.predict_prepared(np.stack(batch))):
+        logits, features = predictor.outputs(np.stack(batch))
+        results = predictor.predictions(logits, features)
+        # the orientation check's own refusals, also of images out of distribution (a rotated set, all of them OOD,
+        # read "refused by the orientation check: 0": a site-check audit)
+        turned = (predictor.orientation.refusals(features) if predictor.orientation is not None and features is not None
+                  else [None] * len(results))
+        for name, result, why in zip(names, results, turned, strict=True):
             scored.paths.append(name)
             scored.p_pneumonia.append(result.p_pneumonia)
             scored.positive.append(result.p_pneumonia >= result.threshold)  # the decision, assessed or not
-            scored.turned.append(not result.assessed and not result.ood and math.isfinite(result.p_pneumonia))
+            scored.turned.append(why is not None and math.isfinite(result.p_pneumonia))
             if result.ood is not None:  # a non-finite score (None) is as far out as it gets
                 scored.ood_scores.append(math.inf if result.ood_score is None else result.ood_score)
                 scored.ood_flags.append(result.ood)

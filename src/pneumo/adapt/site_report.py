@@ -141,32 +141,44 @@ def histogram(path: Path, site: list[float], reference: list[float] | None, *, x
     return save_png(fig, path)
 
 
-def next_steps(shifted: bool, few_images: bool = False, case_mix: bool = False) -> str:
+def next_steps(shifted: bool, few_images: bool = False, case_mix: bool = False, *, kinds: tuple[str, ...] = (),
+               model: str | None = None, prevalence: float | None = None) -> str:
+    """What to do after the check. ``kinds``: the verdict's reason kinds (`check.verdict`); ``model``: the model
+    checked when it is not the shipped one (the commands advised name it); ``prevalence``: the training share of
+    pneumonia the site's calls were compared with."""
+    flag = f" --model {escape(model)}" if model else ""
     if not shifted and case_mix:
         few = (" With fewer than 50 images, also run the check on more images of this site." if few_images else "")
+        share = f" ({100 * prevalence:.0f} % pneumonia)" if prevalence is not None else ""
         return ("<p>The images are like the training data, but the share the model calls pneumonia differs from the "
-                "training set's (74 % pneumonia): most likely another case mix. Prevalence changes the predictive "
+                f"training set's{share}: most likely another case mix. Prevalence changes the predictive "
                 "values (how many positive calls are right); sensitivity and specificity do not depend on it alone "
                 "(another mix of disease severity or age moves them too); check both on labelled "
-                "images of this site with <code>pneumo evaluate --data LABELLED</code> (a folder with NORMAL/ and "
-                "PNEUMONIA/, or a path,label CSV), and if they fall short, <code>pneumo adapt</code> on about 200 "
+                f"images of this site with <code>pneumo evaluate{flag} --data LABELLED</code> (a folder with NORMAL/ "
+                "and PNEUMONIA/, or a path,label CSV), and if they fall short, <code>pneumo adapt</code> on about 200 "
                 f"labelled images.{few}</p>")
     if not shifted and few_images:
         return ("<p><strong>Not enough images to tell.</strong> No shift this check can detect was found, but with "
                 "fewer than 50 images the check misses real shifts often (a tenth of the images out of distribution "
                 "goes unseen about one time in three at 20 images): run it on more images of this site before "
-                "trusting the stored operating point, and check that with <code>pneumo evaluate --data "
+                f"trusting the stored operating point, and check that with <code>pneumo evaluate{flag} --data "
                 "LABELLED</code>.</p>")
     if shifted:
-        return ("<p>This site differs from the training data: do not use the model's outputs here until it is adapted "
-                "and validated (not only its operating point: its ranking may fail too, as on adult films). Label "
-                "about 200 images of this site (both classes, whole patients) and run "
-                "<code>pneumo adapt --data LABELLED --out DIR</code>, then "
+        export = ""
+        if set(kinds) & {"gate", "orientation", "inversion"}:  # the images as sent, before the model's fit
+            export = ("<p>First the images as this site sends them: some are not upright frontal chest films with "
+                      "dark lungs (turned, flipped, inverted grey scale, or not chest radiographs, as the reasons "
+                      "above say). Fix the export (orientation, MONOCHROME1 photometry, what is sent) and run the "
+                      "check again: adapting the model to films sent wrongly teaches it the mistake.</p>")
+        return (export + "<p>This site differs from the training data: do not use the model's outputs here until it is "
+                "adapted and validated (not only its operating point: its ranking may fail too, as on adult films). "
+                "Label about 200 images of this site (both classes, whole patients) and run "
+                f"<code>pneumo adapt{flag} --data LABELLED --out DIR</code>, then "
                 "<code>pneumo evaluate --model DIR --data HELD_OUT</code> on other labelled patients of the site.</p>")
     return ("<p>No shift this check can detect was found (it measures the images, not the patients' age or the mix "
             "of disease, which can change the model's accuracy as much). The model's stored operating point can be "
-            "checked on labelled images of this site with <code>pneumo evaluate --data LABELLED</code> (a folder with NORMAL/ "
-            "and PNEUMONIA/, or a path,label CSV); a site check is no substitute for that.</p>")
+            f"checked on labelled images of this site with <code>pneumo evaluate{flag} --data LABELLED</code> (a folder "
+            "with NORMAL/ and PNEUMONIA/, or a path,label CSV); a site check is no substitute for that.</p>")
 
 
 def _row(name: str, site: object, reference: object, p: object = None, effect: object = None) -> list:
@@ -228,6 +240,11 @@ def _properties_table(props: dict) -> str:
     return table(["property", "site", "reference"], [[name, cell(site, k), cell(ref, k)] for name, k in keys])
 
 
+CASE_MIX = "Case mix (not a shift of the images; sensitivity and specificity do not depend on prevalence)"
+CASE_MIX_SHIFTED = ("The share called pneumonia differs too (with the images shifted, it may come from the shift as "
+                    "well as from another case mix)")
+
+
 def write_site_report(result: dict, site, reference, out: Path) -> Path:
     """``out/report.html`` and its two figures; ``site`` and ``reference`` are the scored sets (reference None)."""
     figures = out / "figures"
@@ -237,11 +254,12 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
     mix = "".join(f"<li>{escape(r)}</li>" for r in result.get("case_mix", []))
     notes = "".join(f"<li>{escape(n)}</li>" for n in result["notes"])
     sections.append(("Verdict", f"<p><strong>{verdict}</strong></p><p>Reasons:</p><ul>{reasons}</ul>"
-                     + (f"<p>Case mix (not a shift of the images; sensitivity and specificity do not depend on "
-                        f"prevalence):</p><ul>{mix}</ul>" if mix else "")
+                     + (f"<p>{CASE_MIX_SHIFTED if result['shifted'] else CASE_MIX}:</p><ul>{mix}</ul>" if mix else "")
                      + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")))
-    sections.append(("What to do next", next_steps(result["shifted"], result.get("few_images", False),
-                                                   result.get("case_mix_differs", False))))
+    sections.append(("What to do next", next_steps(
+        result["shifted"], result.get("few_images", False), result.get("case_mix_differs", False),
+        kinds=tuple(result.get("reason_kinds", ())), model=result.get("model_named"),
+        prevalence=(result.get("positive") or {}).get("prevalence"))))
     plots = []
     if site.ood_scores:
         path = histogram(figures / "ood_scores.png", site.ood_scores, reference.ood_scores if reference else None,

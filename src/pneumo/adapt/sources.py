@@ -262,9 +262,12 @@ def load_source(meta: CheckpointMeta, dataset: str | None, *, pool: int, seed: i
     return out
 
 
-def site_items(data: str | os.PathLike) -> tuple[list[tuple[str, Callable[[], bytes]]], dict]:
+def site_items(data: str | os.PathLike, *, outputs: tuple[str, ...] = ()
+               ) -> tuple[list[tuple[str, Callable[[], bytes]]], dict]:
     """(path, reader) for the site's images: a folder (as `pneumo predict` discovers it) or a CSV with ``path``; and
-    the folder's files not read (`not_read`), from the same walk of the folder."""
+    the folder's files not read (`not_read`), from the same walk of the folder. In a folder, a subfolder holding one
+    of ``outputs`` (a site check's ``site.json``: this check's --out, or an earlier one's) is not read: its figures
+    were scored as site images by the next check, which then called the site shifted (a site-check audit)."""
     source = Path(data).expanduser()
     if not source.exists():
         raise DataError(f"site data not found: {data}")
@@ -283,6 +286,19 @@ def site_items(data: str | os.PathLike) -> tuple[list[tuple[str, Callable[[], by
         refuse_missing(source, files)
     elif source.is_dir():
         found = find_images(source)
+        holds: dict[Path, bool] = {}  # folder -> holds one of ``outputs``
+
+        def in_output(image: Path) -> bool:
+            for folder in image.parents:
+                if folder == source or source not in folder.parents:
+                    return False
+                if holds.setdefault(folder, any((folder / name).is_file() for name in outputs)):
+                    return True
+            return False
+
+        for image in [f for f in found.images if in_output(f)]:
+            found.images.remove(image)
+            found.ignored[image] = "in the output folder of a site check"
         files, left_out = found.images, not_read(found)
     else:
         try:

@@ -50,7 +50,10 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"site: {verdict} ({result['n_scored']} of {result['n_images']} "
           f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not, {result['n_refused']} "
           f"refused as not frontal films{copies}{ood_text}){reason}")
-    if result.get("case_mix_differs"):  # not a shift: the stored operating point's sensitivity/specificity may hold
+    if result.get("case_mix_differs") and result["shifted"]:  # the shift may be why: not said to be case mix alone
+        print(f"calls: {result['case_mix'][0]} (with the images shifted, from the shift as well as, perhaps, "
+              "another case mix)")
+    elif result.get("case_mix_differs"):  # not a shift: the stored operating point's sensitivity/specificity may hold
         print(f"case mix: {result['case_mix'][0]} (another prevalence changes predictive values, not sensitivity or "
               "specificity; labelled images tell which: pneumo evaluate --data LABELLED)")
     print(f"report: {args.out}/report.html")
