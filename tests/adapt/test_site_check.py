@@ -211,6 +211,12 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert result["rule"]["family_wise_bound"] == pytest.approx(result["rule"]["n_tests"] * result["rule"]["alpha"])
     assert "by chance with probability at most 0.05 (Bonferroni)" in html
     assert "truncated.jpeg" in html and "notes.txt" in html and "figures/ood_scores.png" in html and (out / "figures" / "p_pneumonia.png").is_file()
+    # the grey-level histogram the issue names among the image properties (the report had medians only): the share
+    # of pixels per level, averaged over each set's images
+    for which in ("site", "reference"):
+        levels = result["properties"][which]["intensity_histogram"]
+        assert len(levels) == 32 and sum(levels) == pytest.approx(1, abs=1e-3) and min(levels) >= 0
+    assert "figures/intensity.png" in html and (out / "figures" / "intensity.png").is_file()
     again = ["site", "check", "--data", "site", "--out", str(out), "--dataset", str(full_data), "--sample", "20"]
     assert main(again) == 2  # an earlier check is a site's record: replaced with --force only
     assert "already holds an earlier site check: give --force" in capsys.readouterr().err

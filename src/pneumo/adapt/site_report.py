@@ -15,6 +15,7 @@ from pneumo.templates import escape, figure, fmt_number, page, table
 from pneumo.templates.figures import new_figure, save_png
 
 MAX_LISTED = 50
+HIST_BINS = 32  # of the grey levels, for the set's intensity histogram
 
 
 AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}  # DICOM AS: nnnD / nnnW / nnnM / nnnY
@@ -63,7 +64,8 @@ def pixel_properties(gray: np.ndarray) -> dict:
     p1, p50, p99 = np.percentile(gray, [1, 50, 99])
     return {"decoded_width": w, "decoded_height": h, "mean": float(gray.mean()), "std": float(gray.std()),
             "p1": float(p1), "p50": float(p50), "p99": float(p99),
-            "border_minus_centre": float(gray[~inner].mean() - centre.mean()) if inner.any() else 0.0}
+            "border_minus_centre": float(gray[~inner].mean() - centre.mean()) if inner.any() else 0.0,
+            "histogram": np.bincount(gray.ravel() // (256 // HIST_BINS), minlength=HIST_BINS) / gray.size}
 
 
 def summarize_properties(scored) -> dict:
@@ -86,6 +88,7 @@ def summarize_properties(scored) -> dict:
         "modes": {str(k): int(v) for k, v in props.get("mode", pd.Series(dtype=str)).fillna("?").value_counts().items()},
         "formats": {str(k): int(v) for k, v in props.get("format", pd.Series(dtype=str)).fillna("?").value_counts().items()},
         **{f"{c}_median": float(props[c].median()) for c in ("mean", "std", "p1", "p50", "p99")},
+        "intensity_histogram": np.mean(np.stack(props["histogram"].to_list()), axis=0).round(5).tolist(),
         "share_border_brighter": float((props["border_minus_centre"] > 0).mean()),
         "n_border_brighter": int((props["border_minus_centre"] > 0).sum()),
         "dicom": {tag: {str(k): int(v) for k, v in props[tag].dropna().value_counts().items()}
@@ -137,6 +140,20 @@ def histogram(path: Path, site: list[float], reference: list[float] | None, *, x
         ax.axvline(line, color="0.2", ls="--", lw=1, label=line_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
+    ax.legend(frameon=False, fontsize=8)
+    return save_png(fig, path)
+
+
+def _intensity_plot(path: Path, site: list[float], reference: list[float] | None) -> Path:
+    """The mean per-image grey-level histogram of the site and of the reference, as lines."""
+    fig = new_figure(5.5, 3.4)
+    ax = fig.add_subplot()
+    levels = (np.arange(HIST_BINS) + 0.5) * (256 / HIST_BINS)
+    for values, name, colour in ((site, "site", "C3"), (reference, "reference", "C0")):
+        if values:
+            ax.plot(levels, values, color=colour, label=name)
+    ax.set_xlabel("grey level (0 black, 255 white)")
+    ax.set_ylabel("share of pixels")
     ax.legend(frameon=False, fontsize=8)
     return save_png(fig, path)
 
@@ -269,6 +286,12 @@ def write_site_report(result: dict, site, reference, out: Path) -> Path:
     path = histogram(figures / "p_pneumonia.png", site.p_pneumonia, reference.p_pneumonia if reference else None,
                      xlabel="P(pneumonia)", line=result["threshold"], line_label="stored threshold")
     plots.append(figure(path, "P(pneumonia), site vs reference", relative_to=out))
+    intensity = [result["properties"][k].get("intensity_histogram") if result["properties"][k] else None
+                 for k in ("site", "reference")]
+    if intensity[0]:
+        plots.append(figure(_intensity_plot(figures / "intensity.png", *intensity),
+                            "Grey levels, site vs reference: the share of pixels per level, averaged over the images "
+                            "(inverted or washed-out films show here first)", relative_to=out))
     sections.append(("Measurements", _measures_table(result) + "".join(plots)))
     sections.append(("Image properties", _properties_table(result["properties"])))
     failed = result["unreadable"]
