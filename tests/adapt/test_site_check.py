@@ -345,6 +345,29 @@ def test_the_advice_names_the_model_checked_and_says_a_shift_may_move_the_calls(
     assert "case mix:" not in printed and "with the images shifted, from the shift as well as" in printed
 
 
+def test_a_reference_of_training_images_makes_the_ood_scores_a_note_not_a_reason() -> None:
+    """A model that records no split is compared with its train + val folds, whose training images score lower than
+    any new image (half of the val fold read A = 0.73 against such a sample): that alone made a like site "shifted"
+    (a site-check audit). The OOD share, tested against the design share, still counts."""
+    from types import SimpleNamespace
+
+    from pneumo.adapt.check import Reference, ood_measure, positive_measure, verdict
+
+    site = SimpleNamespace(ood_flags=[False] * 40, ood_scores=list(np.linspace(5, 9, 40)), positive=[True] * 30 +
+                           [False] * 10, n=40, p_pneumonia=list(np.linspace(0.2, 0.9, 40)))
+    sample = SimpleNamespace(ood_flags=[False] * 60, ood_scores=list(np.linspace(1, 6, 60)),
+                             positive=[True] * 45 + [False] * 15, n=60, p_pneumonia=list(np.linspace(0.2, 0.9, 60)))
+    props = {"n_decoded": 40, "n_refused_by_gate": 0, "n_scored": 40, "n_turned": 0}
+    for in_sample in (False, True):
+        ref = Reference(kind="dataset", prevalence=0.74, prevalence_source="x", ood_design_share=0.005,
+                        scored=sample, in_sample=in_sample)
+        ood = ood_measure(site, ref, 10.0)
+        assert ood["scores"]["effect_a"] >= 0.64 and ood["scores"]["p_value"] < 0.01
+        got = verdict(ood, positive_measure(site, ref), props, None, ref)
+        assert got["shifted"] is (not in_sample) and (("ood_scores" in got["reason_kinds"]) is not in_sample)
+        assert any("training images, which score lower" in n for n in got["notes"]) is in_sample
+
+
 def test_the_ood_share_is_tested_against_the_design_share_whatever_the_reference_sample_flags() -> None:
     """The limit is the val fold's 99.5th percentile, and the reference is a sample of that same fold: its 0-3 flagged
     images are not an estimate of the share new images exceed, and made the test (then Fisher against the sample)
@@ -436,6 +459,9 @@ def test_dicom_ages_are_summarised_per_set_as_a_note_and_never_kept_per_image() 
     assert summary["age"] == {"n": 3, "median_years": 46.0, "n_adults": 2, "n_children_1_to_5": 1}
     note = next(n for n in property_notes(summary, None) if "PatientAge" in n)
     assert "on 3 image(s): median 46 years, 2 of adults" in note and "ranks adult films at chance" in note
+    # a model adapted to a site's patients is not told to get one adapted to adults (a site-check audit)
+    adapted = next(n for n in property_notes(summary, None, pediatric=False) if "PatientAge" in n)
+    assert "on 3 image(s): median 46 years" in adapted and "adult films at chance" not in adapted
     assert "PatientAge" not in str(summary["dicom"])  # not a tag listed per value
     assert "age" not in summarize_properties(Scored(properties=scored.properties[3:]))  # no ages: nothing said
 

@@ -26,6 +26,8 @@ effect is at least a stated minimum (large sets make tiny differences significan
    made the test depend on the seed).
 2. OOD scores (needs the dataset): one-sided Mann-Whitney U, "site scores larger"; effect = A = U / (n_site n_ref),
    the probability that a site image scores above a reference image (Vargha-Delaney A); A >= 0.64 ("medium").
+   Not a reason (a note) when the reference holds training images (a model that records no split, or a site that
+   holds its val fold): they score lower than any new image.
 3. Predicted-positive rate: two-sided Fisher exact test against the reference's rate (without the dataset: a
    binomial test against the training prevalence); effect = Cohen's h, |h| >= 0.5 ("medium").
 4. P(pneumonia) distribution (needs the dataset): two-sided Mann-Whitney U; |A - 0.5| >= 0.14 (A >= 0.64 or
@@ -104,6 +106,8 @@ class Reference:
     pool_size: int = 0
     seed: int = 0
     expected: str = "the training prevalence"  # what ``prevalence`` is, in the case-mix sentence
+    in_sample: bool = False  # the sample holds training images (no val fold to draw from): they score low
+    pediatric: bool = True  # the model learned from Kermany's children only (not adapted to another site)
 
 
 def training_pool(meta, root: str | os.PathLike) -> pd.DataFrame:
@@ -150,14 +154,16 @@ def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, 
     from pneumo.data.manifest import DatasetSource, resolve_root
 
     design = (100.0 - predictor.ood.percentile) / 100.0 if predictor.ood is not None else None
+    pediatric = not predictor.meta.extra.get("adaptation")  # an adapted model learned from its site's patients too
     location = dataset if dataset not in (None, "") else os.environ.get("PNEUMO_DATA")
     if not location:
         rate = site_call_rate(predictor.meta)
         if rate is not None:
             return Reference(kind="sidecar", prevalence=rate[0], prevalence_source=rate[1], ood_design_share=design,
-                             expected="the call rate at the site it was adapted on")
+                             expected="the call rate at the site it was adapted on", pediatric=pediatric)
         prevalence, source = recorded_prevalence(predictor.meta)
-        return Reference(kind="sidecar", prevalence=prevalence, prevalence_source=source, ood_design_share=design)
+        return Reference(kind="sidecar", prevalence=prevalence, prevalence_source=source, ood_design_share=design,
+                         pediatric=pediatric)
     pool = training_pool(predictor.meta, location)
     mismatch = val_fold_mismatch(predictor.meta, pool[pool["fold"] == "val"], Path(location).name)
     if mismatch:  # another data set under the layout would be "the model's val fold" (a site-check audit)
@@ -169,8 +175,9 @@ def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, 
     val = pool[pool["fold"] == "val"]
     recorded = bool((source_config(predictor.meta) or {}).get("data"))  # an adapted model: its source's
     if recorded and len(val) >= MIN_IMAGES:  # unseen by the model's and the OOD statistics' fit, like a new site
-        pool, pool_name = val, "the model's val fold"
+        pool, pool_name, in_sample = val, "the model's val fold", False
     else:
+        in_sample = True
         pool_name = ("train + val folds (" + ("the val fold is in the site's set" if recorded else "the model records "
                      "no split") + ": training images score in-sample, lower than new images)")
     if len(pool) < MIN_IMAGES:
@@ -182,7 +189,7 @@ def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, 
     log.info("scoring a reference of %d images of %s, %s", len(items), location, pool_name)
     return Reference(kind="dataset", prevalence=prevalence, prevalence_source=f"the train fold of {location}",
                      ood_design_share=design, scored=score_images(predictor, items), dataset=str(location),
-                     pool=pool_name, pool_size=len(pool), seed=seed)
+                     pool=pool_name, pool_size=len(pool), seed=seed, in_sample=in_sample, pediatric=pediatric)
 
 
 # --- the comparison ---------------------------------------------------------------------------------------------------
@@ -253,7 +260,11 @@ def verdict(ood: dict | None, positive: dict, site_props: dict, ref_props: dict 
             reasons.append(f"{ood['n_flagged']} of {ood['n']} images ({_pct(ood['share'])}) are out of distribution, "
                            f"where at most {_pct(ood['p0'])} are expected ({_p(ood['p_value'])}).")
         scores = ood["scores"]
-        if scores and scores["p_value"] < ALPHA and scores["effect_a"] >= MIN_A:
+        if scores and scores["p_value"] < ALPHA and scores["effect_a"] >= MIN_A and ref.in_sample:
+            notes.append(f"The site's OOD scores are higher than the reference's (A = {scores['effect_a']:.2f}, "
+                         f"{_p(scores['p_value'])}), but the reference holds training images, which score lower than "
+                         "any new image (half of the val fold scored A = 0.73 against such a sample): not a reason.")
+        elif scores and scores["p_value"] < ALPHA and scores["effect_a"] >= MIN_A:
             kinds.append("ood_scores")
             reasons.append(f"The site's OOD scores are higher than the reference's: a site image scores above a "
                            f"reference image with probability A = {scores['effect_a']:.2f} ({_p(scores['p_value'])}).")
@@ -271,7 +282,7 @@ def verdict(ood: dict | None, positive: dict, site_props: dict, ref_props: dict 
     for kind, reason in _property_reasons(site_props, ref_props):
         kinds.append(kind)
         reasons.append(reason)
-    notes += property_notes(site_props, ref_props)
+    notes += property_notes(site_props, ref_props, pediatric=ref.pediatric)
     return {"shifted": bool(reasons), "reasons": reasons, "reason_kinds": kinds, "case_mix_differs": bool(case_mix),
             "case_mix": case_mix, "notes": notes}
 

@@ -101,7 +101,9 @@ def summarize_properties(scored) -> dict:
     return out
 
 
-def property_notes(site: dict, ref: dict | None) -> list[str]:
+def property_notes(site: dict, ref: dict | None, *, pediatric: bool = True) -> list[str]:
+    """The notes the image properties give; ``pediatric``: the model learned from Kermany's children only (the
+    adult-age advice is for such a model, not for one adapted to a site's patients)."""
     notes = []
     if "width_median" not in site:
         return notes
@@ -118,10 +120,10 @@ def property_notes(site: dict, ref: dict | None) -> list[str]:
         notes.append(f"DICOM {tag}: {counts} (the training images are pediatric AP radiographs, stored as JPEG).")
     if age := site.get("age"):
         notes.append(f"DICOM PatientAge on {age['n']} image(s): median {age['median_years']:g} years, {age['n_adults']} "
-                     f"of adults (18 or older), {age['n_children_1_to_5']} of children aged 1-5. The shipped default "
-                     "model learned from children aged about 1-5 (its images carry no ages) and ranks adult films at "
-                     "chance (README, \"At another hospital\"): for adults use a model adapted to them, whatever "
-                     "the verdict above.")
+                     f"of adults (18 or older), {age['n_children_1_to_5']} of children aged 1-5." + (
+                         " This model learned from children aged about 1-5 (the Kermany images carry no ages) and the "
+                         "shipped one ranks adult films at chance (README, \"At another hospital\"): for adults use a "
+                         "model adapted to them, whatever the verdict above." if pediatric else ""))
     return notes
 
 
