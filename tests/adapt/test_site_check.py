@@ -191,7 +191,10 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
                             "1 refused as not frontal films")
     import json
 
-    result = json.loads((out / "site.json").read_text())
+    def strict(constant: str) -> None:
+        raise AssertionError(f"site.json holds {constant}, which strict JSON readers refuse")
+
+    result = json.loads((out / "site.json").read_text(), parse_constant=strict)
     assert result["n_images"] == 14 and result["n_unreadable"] == 1 and result["few_images"] is True
     stages = {Path(f["path"]).name: f for f in result["unreadable"]}
     assert result["n_refused"] == 1 and {k: f["stage"] for k, f in stages.items()} == {"truncated.jpeg": "decode",

@@ -387,7 +387,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     frame["turned"] = site.turned
     frame["positive"] = frame["positive"].where(~withheld, None)
     with atomic.folder(out, owned=SITE_FILES, replace=replace) as folder:  # whole or not at all
-        atomic.write_json(folder / SITE_JSON, result)
+        atomic.write_json(folder / SITE_JSON, atomic.to_jsonable(result))  # strict JSON: a non-finite score is null
         atomic.write_csv(folder / "images.csv", frame)
         write_site_report(result, site, ref.scored, folder)
     return result
