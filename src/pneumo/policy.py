@@ -31,12 +31,17 @@ def parse_policy(policy: str) -> tuple[str, float | None]:
 
 
 def check_policy(policy: str, name: str = "threshold policy") -> str:
-    """A threshold policy (``youden``, ``sensitivity:X``, ``triage``), checked before any work; returned as given."""
+    """A threshold policy (``youden``, ``sensitivity:X``, ``triage``), checked before any work; returned in one
+    spelling, at least two decimals (``sensitivity:0.950``, ``sensitivity:.95`` and ``sensitivity:0.95 `` are
+    ``sensitivity:0.95``, ``sensitivity:0.9`` is ``sensitivity:0.90``: stored as typed, one policy showed twice in a
+    report's table)."""
     try:
-        parse_policy(policy)
+        kind, target = parse_policy(policy)
     except ConfigError as exc:
         raise ConfigError(f"{name}: {exc}") from None
-    return policy
+    if policy in ("youden", *POLICY_ALIASES):
+        return policy
+    return f"{kind}:{target:.2f}" if round(target, 2) == target else f"{kind}:{target:g}"  # 0.90, 0.95, 0.975
 
 
 def policy_warning(policy: str, n_positive: int, n_negative: int, unit: str = "images") -> str | None:
@@ -46,7 +51,7 @@ def policy_warning(policy: str, n_positive: int, n_negative: int, unit: str = "i
     holds for a result without misses, which this policy does not aim at). Youden needs both classes in some
     number. ``unit``: what the counts count (``patients`` where a patient's images are not independent)."""
     kind, target = parse_policy(policy)
-    if kind == "sensitivity" and target is not None and target < 1:
+    if kind == "sensitivity" and target is not None:  # (sensitivity:1 too: all of few positives called says little)
         from scipy.stats import beta
 
         called = math.ceil(target * n_positive - 1e-9)
@@ -56,6 +61,9 @@ def policy_warning(policy: str, n_positive: int, n_negative: int, unit: str = "i
                     f"of {n_positive}, {called / n_positive:.2f}), the exact 95 % interval of the sensitivity reaches "
                     f"down to {low:.2f}; the sensitivity this threshold gives new images is that uncertain: label more "
                     "positives")
+        if n_negative < 30:  # the threshold does not need them, its specificity does
+            return (f"only {n_negative} normal {unit}: the specificity this threshold gives is uncertain with fewer "
+                    "than 30")
     elif min(n_positive, n_negative) < 30:
         return (f"{n_positive} pneumonia and {n_negative} normal {unit}: the {policy} threshold is uncertain with "
                 "fewer than 30 of each")

@@ -179,7 +179,8 @@ def test_operating_point_lists_what_it_left_out_and_warns_on_few_images(hospital
     assert main(["operating-point", "--threshold-policy", "youden", "--data", str(hospital), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "left out: 4 file(s)" in captured.out and "broken.jpeg" in captured.out and "README.jpeg" in captured.out
-    assert "warning: 2 pneumonia and 3 normal images: the youden threshold is uncertain" in captured.err
+    # (its DICOM files name their patients: counted as patients)
+    assert "warning: 2 pneumonia and 3 normal patients: the youden threshold is uncertain" in captured.err
     for name in ("PNEUMONIA/broken.jpeg", "NORMAL/notes.txt", "NORMAL/.DS_Store", "README.jpeg"):
         assert f"  {hospital / name}: " in captured.out
     # the new folder travels: its record counts them and names the labelled set by its name, no path of the site's
@@ -187,7 +188,7 @@ def test_operating_point_lists_what_it_left_out_and_warns_on_few_images(hospital
     record = json.loads(text)["operating_point"]
     assert record["chosen_on"]["n_left_out"] == 4 and "left_out" not in record["chosen_on"]
     assert record["chosen_on"]["location"] == hospital.name and str(hospital) not in text and "broken" not in text
-    assert record["warning"].startswith("2 pneumonia and 3 normal images")
+    assert record["warning"].startswith("2 pneumonia and 3 normal patients")
 
 
 def test_a_header_only_csv_and_links_in_csv_paths(hospital: Path, tmp_path: Path) -> None:

@@ -193,7 +193,7 @@ def test_evaluate_never_changes_the_model_and_reports_every_policy(run_dir: Path
     stored = json.loads(before)
     assert metrics["threshold"] == stored["threshold"] and metrics["threshold_policy"] == stored["threshold_policy"]
     points = metrics["operating_points"]
-    assert set(points) == {*POLICIES, "sensitivity:0.5"}
+    assert set(points) == {*POLICIES, "sensitivity:0.50"}  # (in one spelling)
     for point in points.values():
         assert {"threshold", "accuracy", "sensitivity", "specificity", "val_sensitivity", "ci"} <= set(point)
         assert point["val_sensitivity"] is None or 0 <= point["val_sensitivity"] <= 1

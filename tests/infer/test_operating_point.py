@@ -40,7 +40,7 @@ def test_operating_point_on_a_labelled_folder_writes_a_new_model_and_leaves_the_
     chosen = point["chosen_on"]
     assert chosen["kind"] == "labelled folder" and chosen["location"] == val.name  # the site's path stays here
     assert chosen["n"] == 6 and chosen["n_pneumonia"] == 3
-    assert point["policy"] == meta["threshold_policy"] == "sensitivity:0.9"
+    assert point["policy"] == meta["threshold_policy"] == "sensitivity:0.90"  # in one spelling
     assert meta["threshold"] == point["threshold"] and point["derived_from"]["model"] == f"{tiny_model.parent.name}/{tiny_model.name}"
     # the threshold is the one these six images give: recomputed from the source model's own predictions
     paths = sorted(str(p) for p in val.rglob("*.jpeg"))
@@ -276,3 +276,120 @@ def test_the_recorded_val_fold_is_found_in_the_mendeley_layout_of_the_same_image
     assert thresholds[0] == thresholds[1]  # the same images, the same threshold
     record(**{k: v for k, v in fold_digests(val).items() if k != "names_sha256"})  # an older record: paths only
     assert main([*argv, "--dataset", str(mendeley), "--out", str(tmp_path / "old")]) == 2
+
+
+def _nih_csv(full_data: Path, csv: Path, per_class: int, *, patients: bool) -> Path:
+    """``per_class`` NIH images of each class (the first patients that have at least two films first: a patient's
+    films are not independent), with or without the patient_id column."""
+    import pandas as pd
+
+    nih = full_data.parent / "nih_sample"
+    if not (nih / "manifest.csv").is_file():
+        pytest.skip(f"the NIH sample is not at {nih}")
+    meta = pd.read_csv(nih / "manifest.csv", dtype=str, keep_default_na=False)
+    meta["films"] = meta.groupby("patient_id")["path"].transform("size")
+    meta = meta[meta.groupby("patient_id")["label"].transform("nunique") == 1]  # one label per patient here
+    rows = pd.concat([g.sort_values(["films", "patient_id", "path"], ascending=[False, True, True]).head(per_class)
+                      for _, g in meta.groupby("label")])
+    rows = rows.assign(path=[str(nih / p) for p in rows["path"]])
+    rows[["path", "label", *(["patient_id"] if patients else [])]].to_csv(csv, index=False)
+    return csv
+
+
+def test_a_point_set_where_the_model_ranks_at_chance_says_so_with_its_auc_in_the_console_record_and_card(
+        full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """On adult NIH films the shipped model ranks at chance, and operating-point wrote a youden threshold there with
+    a warning about missed pneumonias only; serve then served it (a review). The ROC-AUC on the chosen-on images, with
+    its interval over whole patients, is recorded and said, and so is that no threshold makes the model usable."""
+    from pneumo.evaluate.labelled import patients
+    from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis
+
+    csv = _nih_csv(full_data, tmp_path / "nih.csv", 20, patients=True)
+    out = tmp_path / "nih-youden"
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(csv), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    meta = json.loads((out / "model.json").read_text())
+    point, chosen = meta["operating_point"], meta["operating_point"]["chosen_on"]
+    # recomputed from the shipped model's own scores of the images it gives a verdict
+    import pandas as pd
+
+    table = pd.read_csv(csv, dtype=str)
+    results = Predictor(None).predict([load_image_file(p) for p in table["path"]])
+    kept = np.array([r.assessed for r in results])
+    y = (table["label"] == "PNEUMONIA").to_numpy(int)[kept]
+    p = np.array([r.p_pneumonia for r in results])[kept]
+    groups = patients(table)[kept]
+    auc = binary_metrics(y, p, point["threshold"])["roc_auc"]
+    ci = bootstrap_cis(y, p, point["threshold"], n_resamples=1000, seed=0, groups=groups)
+    assert chosen["roc_auc"] == pytest.approx(auc, abs=1e-6) and chosen["roc_auc_ci"] is not None
+    assert chosen["roc_auc_ci"][0] <= 0.5, chosen  # these films: the model does not separate the classes
+    assert chosen["sensitivity_exact_ci"] == pytest.approx(list(ci["sensitivity"]), abs=1e-9)  # patients' size
+    assert chosen["patients_by_class"] == {"pneumonia": len(set(groups[y == 1])), "normal": len(set(groups[y == 0]))}
+    assert len(groups) > len(set(groups))  # some patients have two films: counted once
+    assert "ranks these images at or below chance" in point["warning"] and "normal patients" in point["warning"]
+    assert "ranks these images at or below chance" in printed.err
+    assert f"ROC-AUC {chosen['roc_auc']:.3f} [{chosen['roc_auc_ci'][0]:.3f}, " in printed.out
+    card = " ".join((out / "model.md").read_text().split()) if (out / "model.md").is_file() else ""
+    if not card:
+        assert main(["model-card", "--model", str(out)]) == 0
+        card = " ".join(capsys.readouterr().out.split())
+    assert "ranks these images at or below chance" in card and f"[{chosen['sensitivity_exact_ci'][0]:.3f}," in card
+
+
+def test_a_policy_is_stored_in_one_spelling_and_the_policy_warning_has_no_gaps(
+        tiny_model: Path, full_data: Path, tmp_path: Path) -> None:
+    """`sensitivity:.95`, `sensitivity:0.950` and `sensitivity:0.95 ` were stored as typed (one policy, twice in a
+    report's table); `sensitivity:1` never warned, nor a sensitivity policy with 2 normal images (a review)."""
+    from pneumo.policy import check_policy, policy_warning
+
+    assert {check_policy(p) for p in ("sensitivity:.95", "sensitivity:0.950", "sensitivity:0.95 ")} == {
+        "sensitivity:0.95"}
+    assert check_policy("sensitivity:0.9") == "sensitivity:0.90" and check_policy("triage") == "triage"
+    assert "only 20 pneumonia images" in policy_warning("sensitivity:1", 20, 100)
+    assert policy_warning("sensitivity:1", 100, 100) is None
+    assert "only 2 normal images" in policy_warning("sensitivity:0.9", 300, 2)
+    val = _labelled_folder(full_data, tmp_path / "local_val")
+    out = tmp_path / "tiny"
+    assert main(["operating-point", "--model", str(tiny_model), "--threshold-policy", "sensitivity:.95", "--data",
+                 str(val), "--out", str(out)]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["threshold_policy"] == meta["operating_point"]["policy"] == "sensitivity:0.95"
+
+
+def test_evaluating_on_the_images_a_threshold_was_chosen_on_says_so_up_front_and_a_relabelled_copy_is_refused(
+        full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console line and the report's headline read like an independent validation where the threshold had been
+    chosen on the same images (a stderr log line and the fourth section said it); the operating-points section said
+    thresholds were chosen on the validation split where none was; one film listed under both labels was
+    scored as two (a review)."""
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)  # no val fold to rebuild: the derived model's own point only
+    val = _labelled_folder(full_data, tmp_path / "site", per_class=6)
+    out = tmp_path / "site-youden"
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(val), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(val), "--out", str(tmp_path / "v"), "--no-analysis",
+                 "--bootstrap", "0"]) == 0
+    printed = capsys.readouterr().out
+    said = "Not an independent validation: the model's threshold was chosen on 12 of these images"
+    assert said in printed
+    import html as html_module
+
+    html = html_module.unescape(" ".join((tmp_path / "v" / "report.html").read_text().split()))
+    assert said in html[: html.index("<h2")]  # in the headline, before the first section
+    from pneumo.evaluate.operating import operating_points_section
+
+    _, body = operating_points_section({"operating_points_note": "the val fold could not be rebuilt (no dataset)",
+                                        "test": {"metrics": {"roc_auc": 0.9}}})
+    assert "validation split" not in body and "could not be rebuilt" in body  # where no policy was chosen anywhere
+    relabelled = tmp_path / "relabelled.csv"
+    first = min((val / "NORMAL").glob("*.jpeg"))
+    copy = tmp_path / "copy.jpeg"
+    shutil.copyfile(first, copy)
+    relabelled.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(val.rglob("*.jpeg")))
+                          + f"{copy},PNEUMONIA\n")
+    for argv in (["evaluate", "--data", str(relabelled), "--out", str(tmp_path / "r"), "--no-analysis"],
+                 ["operating-point", "--threshold-policy", "youden", "--data", str(relabelled), "--out",
+                  str(tmp_path / "r2")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "are the same film, pixel for pixel, with two labels" in err and copy.name in err, err

@@ -5,7 +5,6 @@ reads (`site_items`)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -24,9 +23,11 @@ from pneumo.errors import ConfigError, DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import (
     known_columns,
     listed_file,
+    pixels_key,
     read_table,
     refuse_listed_twice,
     refuse_missing,
+    refuse_relabelled_copies,
     separator_hint,
 )
 from pneumo.infer.batch import expand_inputs
@@ -149,7 +150,7 @@ def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
     first: dict[bytes, str] = {}
     copies = 0
     for image, patient in zip(x, patients, strict=True):
-        key = _pixels_key(image)
+        key = pixels_key(image)
         if key not in first:
             first[key] = patient
             continue
@@ -157,26 +158,6 @@ def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
         a, b = root(first[key]), root(patient)
         parent[max(a, b)] = min(a, b)
     return np.array([root(p) for p in patients], dtype=object), copies
-
-
-def refuse_relabelled_copies(x: np.ndarray, table: pd.DataFrame) -> None:
-    """Refuse the same film (pixel for pixel, as `join_copies` finds it) under two labels: it would be trained on as
-    both and counted once for each in the cross-fitted scores and the threshold (a review).
-
-    Raises:
-        DataError: naming both files and their labels.
-    """
-    first: dict[bytes, int] = {}
-    for row, image in enumerate(x):
-        earlier = first.setdefault(_pixels_key(image), row)
-        if table["label"].iat[earlier] != table["label"].iat[row]:
-            raise DataError(f"{table['path'].iat[earlier]} ({table['label'].iat[earlier]}) and {table['path'].iat[row]} "
-                            f"({table['label'].iat[row]}) are the same film, pixel for pixel, with two labels: correct "
-                            "the wrong one, or list the film once")
-
-
-def _pixels_key(image: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
 
 
 def _check_rows(table: pd.DataFrame, data: str | os.PathLike) -> None:

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.explain.analysis import analysis_sections, error_gallery
     from pneumo.policy import check_policy
 
-    for policy in args.policies:  # before any loading, and naming the flag (as operating-point and adapt do)
-        check_policy(policy, "--threshold-policy")
+    # before any loading, and naming the flag (as operating-point and adapt do); in one spelling
+    args.policies = list(dict.fromkeys(check_policy(policy, "--threshold-policy") for policy in args.policies))
     hooks = {} if args.no_analysis else {"sections": analysis_sections, "gallery": error_gallery}
     result, folder = evaluate(list(args.model), data=args.data, out=args.out, policies=tuple(args.policies),
                               n_bootstrap=args.bootstrap, dataset=args.dataset, progress=sys.stderr.isatty(),

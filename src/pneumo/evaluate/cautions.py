@@ -40,9 +40,11 @@ def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: str | No
             f"{where}): no threshold makes it useful here; {advice}.")
 
 
-def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None = None) -> list[str]:
-    """The warnings an evaluation's headline carries (report and console): chance-level ranking, most normal films
-    called pneumonia or most pneumonias missed at the operating point, a small sample, and what an adapted model's own
+def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None = None,
+                        external: dict | None = None) -> list[str]:
+    """The warnings an evaluation's headline carries (report and console): images the model's records say it was
+    fitted on (``external``: the result's ``external`` entry), chance-level ranking, most normal films called
+    pneumonia or most pneumonias missed at the operating point, a small sample, and what an adapted model's own
     adaptation said of it (`adaptation_summary`); each a sentence."""
     where = adaptation and f"the images of {adaptation.get('data') or 'a site'}"
     chance = no_discrimination_warning(metrics, cis, adapted=where)
@@ -54,7 +56,14 @@ def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None
     missed = missed_pneumonia_warning(metrics.get("sensitivity"), (cis or {}).get("sensitivity"),
                                       **({"advice": advice} if chance else {}))
     said = (adaptation or {}).get("warning")
-    return [w for w in (chance, low and f"{low[0].upper()}{low[1:]}.", missed and f"{missed[0].upper()}{missed[1:]}.",
+    ext = external or {}  # up front: a review found it in the report's fourth section and a log line only
+    chosen = ext.get("threshold_chosen_on_these") and (
+        f"Not an independent validation: the model's threshold was chosen on {ext.get('n_threshold_chosen_on')} of "
+        "these images (pneumo operating-point), so its sensitivity and specificity here are optimistic; measure it "
+        "on other patients.")
+    fitted = ext.get("n_fitted_on") and (f"{ext['n_fitted_on']} of these images are ones the model was adapted on: "
+                                         "not an external validation of those.")
+    return [w for w in (chosen, fitted, chance, low and f"{low[0].upper()}{low[1:]}.", missed and f"{missed[0].upper()}{missed[1:]}.",
                         small_sample_warning(metrics), said and f"Its records say: {said}.") if w]
 
 

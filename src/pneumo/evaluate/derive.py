@@ -18,7 +18,7 @@ from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.data.splits import paths_digest
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.intervals import exact_interval
-from pneumo.evaluate.metrics import binary_metrics, choose_threshold
+from pneumo.evaluate.metrics import at_chance, binary_metrics, bootstrap_cis, choose_threshold, finite_interval
 from pneumo.evaluate.operating import adaptation_points
 from pneumo.infer.card import card_markdown, md_text, record_card
 from pneumo.models.records import check_crossfit
@@ -37,6 +37,7 @@ from pneumo.provenance import utc_now
 from pneumo.templates import fmt_threshold
 
 log = logging.getLogger(__name__)
+AUC_RESAMPLES = 1000  # the bootstrap of the ROC-AUC on the images a threshold is chosen on
 
 
 def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os.PathLike, *,
@@ -61,7 +62,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         out (a hospital's paths and file names hold record and accession numbers).
     """
     from pneumo.evaluate.fitted import fitted_on_these
-    from pneumo.evaluate.labelled import find_labelled, lost_classes
+    from pneumo.evaluate.labelled import find_labelled, lost_classes, patients
     from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
 
     parse_policy(policy)
@@ -88,6 +89,8 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
             raise DataError(f"{val}: {lost}: a threshold needs both classes (the files are named above and by "
                             "pneumo evaluate --data)")
         y, logits = np.asarray(y)[keep], logits[keep]
+        found = patients(table)  # the CSV's patient_id (or a DICOM's PatientID): whole patients in every count
+        groups = None if found is None else found[keep]
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
         left_out = {**unreadable, **not_read}  # unreadable or refused, and files not read (by name)
@@ -107,16 +110,39 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
             raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --data FOLDER "
                             "or --dataset DIR")
         y, logits, paths, where = got
+        groups = None
+    return _derive(sidecar, out, policy, *_chosen(policy, np.asarray(y), logits, groups, where, paths), left_out)
+
+
+def _chosen(policy: str, y: np.ndarray, logits: np.ndarray, groups: np.ndarray | None, where: dict,
+            paths: list[str]) -> tuple[float, dict, str | None]:
+    """The threshold ``policy`` gives these scores, the record of what it was chosen on (counts, exact intervals of
+    the sensitivity and specificity it reaches and the ROC-AUC with its interval, over whole patients where
+    ``groups`` names them) and what to warn: too few images or patients for the policy, and a model that ranks
+    them at chance (a review: a Youden point was written on images the model ranked at 0.40, and served)."""
     p = p_pneumonia(logits)
-    yb = (np.asarray(y) != 0).astype(np.int64)
+    yb = (y != 0).astype(np.int64)
     threshold = choose_threshold(yb, p, policy)
-    val_metrics = binary_metrics(yb, p, threshold)
-    return _derive(sidecar, out, policy, threshold, {
-        **where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
-        "sensitivity": val_metrics["sensitivity"], "specificity": val_metrics["specificity"],
-        "sensitivity_exact_ci": list(exact_interval(val_metrics["tp"], val_metrics["tp"] + val_metrics["fn"])),
-        "specificity_exact_ci": list(exact_interval(val_metrics["tn"], val_metrics["tn"] + val_metrics["fp"]))},
-        policy_warning(policy, int(yb.sum()), int((yb == 0).sum())), left_out)
+    at = binary_metrics(yb, p, threshold)
+    cis = bootstrap_cis(yb, p, threshold, n_resamples=AUC_RESAMPLES, seed=0, groups=groups)
+    chosen = {**where, "n": len(yb), "n_pneumonia": int(yb.sum()), "paths_sha256": paths_digest(paths),
+              "sensitivity": at["sensitivity"], "specificity": at["specificity"],
+              "sensitivity_exact_ci": list(cis.get("sensitivity", exact_interval(at["tp"], at["tp"] + at["fn"]))),
+              "specificity_exact_ci": list(cis.get("specificity", exact_interval(at["tn"], at["tn"] + at["fp"]))),
+              "roc_auc": at["roc_auc"], "roc_auc_ci": finite_interval(list(cis.get("roc_auc", []))) or None}
+    unit, counts = "images", (int(yb.sum()), int((yb == 0).sum()))
+    if groups is not None:  # the policy's uncertainty is the patients' (43 films of 22 patients are 22)
+        unit = "patients"
+        counts = (np.unique(groups[yb == 1]).size, np.unique(groups[yb == 0]).size)
+        chosen["patients_by_class"] = {"pneumonia": counts[0], "normal": counts[1]}
+    chance = None
+    if at_chance(at, cis):
+        ci = chosen["roc_auc_ci"]
+        chance = (f"the model ranks these images at or below chance (ROC-AUC {at['roc_auc']:.3f}"
+                  + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + "): no threshold makes it usable on them; do "
+                  "not use it here (check the labels, or adapt it to this site: pneumo adapt)")
+    warning = "; ".join(w for w in (chance, policy_warning(policy, *counts, unit)) if w) or None
+    return threshold, chosen, warning
 
 
 def _from_adaptation(sidecar: Path, meta, policy: str, out: Path) -> dict:

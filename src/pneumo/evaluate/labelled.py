@@ -9,6 +9,7 @@ included); every file under it that is not read comes back by name with the reas
 from __future__ import annotations
 
 import csv as csv_module
+import hashlib
 import io
 import os
 import re
@@ -299,3 +300,24 @@ def left_out_more(ext: dict) -> str:
     """The report's words for `unnamed_not_read`'s count, or nothing."""
     unnamed = unnamed_not_read(ext)
     return f" ({unnamed} more files left out are counted above, not named)" if unnamed > 0 else ""
+
+
+def refuse_relabelled_copies(x: np.ndarray, table: pd.DataFrame) -> None:
+    """Refuse the same film (pixel for pixel: ``x`` the preprocessed images) under two labels: `pneumo adapt` would
+    train on it as both, and adapt, evaluate and operating-point count it once for each in the scores and the
+    threshold (reviews).
+
+    Raises:
+        DataError: naming both files and their labels.
+    """
+    first: dict[bytes, int] = {}
+    for row, image in enumerate(x):
+        earlier = first.setdefault(pixels_key(image), row)
+        if table["label"].iat[earlier] != table["label"].iat[row]:
+            raise DataError(f"{table['path'].iat[earlier]} ({table['label'].iat[earlier]}) and {table['path'].iat[row]} "
+                            f"({table['label'].iat[row]}) are the same film, pixel for pixel, with two labels: correct "
+                            "the wrong one, or list the film once")
+
+
+def pixels_key(image: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()

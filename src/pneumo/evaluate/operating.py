@@ -73,6 +73,11 @@ def operating_points_section(result: dict) -> tuple[str, str]:
         cells = [f"{policy}{mark}", fmt_threshold(p["threshold"]), fmt_number(p.get("val_sensitivity")),
                  fmt_number(p.get("val_specificity")), *(fmt_ci(p.get(k), p.get("ci", {}).get(k)) for k in SHOWN)]
         rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+    if not points:  # no val fold to choose on: what was not done is said, not how it would have been (a review)
+        return "Operating points", (f"<p>{escape(result.get('operating_points_note', 'not available'))}</p>" + (
+            "<p>No threshold makes the model useful on these images (the warning above).</p>" if chance else
+            "<p>Only the model's own operating point is measured; choose another with <code>pneumo operating-point "
+            "--model MODEL --threshold-policy P --data LABELLED --out NEWDIR</code> on labelled images.</p>"))
     chosen_on = escape(result.get("operating_points_chosen_on", "the validation split"))
     own = result.get("threshold_chosen_on", "val")
     if own not in ("val", result.get("operating_points_chosen_on")):  # pneumo operating-point --data
@@ -91,8 +96,6 @@ def operating_points_section(result: dict) -> tuple[str, str]:
                "</p>" if chance else  # (a hospital walk: a switch was offered)
                "choose another with <code>pneumo operating-point --model MODEL --threshold-policy P --out "
                "NEWDIR</code>.</p>"))
-    if not points:
-        return "Operating points", note + f"<p>{escape(result.get('operating_points_note', 'not available'))}</p>"
     table = ("<table><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
     extra = (f"<p>{escape(result['operating_points_note'])}</p>" if result.get("operating_points_note")

@@ -238,7 +238,7 @@ def headline_html(result: dict) -> str:
                       "ci": _ci_text(mc.get("ci", {}).get("accuracy"))})
     lost = (result.get("external") or {}).get("lost_class")
     warning = " ".join([*([f"{lost[0].upper()}{lost[1:]}: the measures that need that class are n/a."] if lost else []),
-                        *evaluation_warnings(metrics, cis, result.get("adaptation"))]) or None
+                        *evaluation_warnings(metrics, cis, result.get("adaptation"), result.get("external"))]) or None
     people = test.get("patients")
     n = (f"{test.get('n', '?')} images of {people['n']} patients ({_classes(people)})" if people
          else f"{test.get('n', '?')} images (patients unknown: images counted as independent, so the intervals may be "

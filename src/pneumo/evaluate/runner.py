@@ -379,7 +379,7 @@ def summary_line(result: dict) -> str:
     where = "external data" if ext and not ext.get("official_test_split") else "test"
     from pneumo.evaluate.cautions import evaluation_warnings
 
-    warning = " ".join(evaluation_warnings(m, ci, result.get("adaptation")))
+    warning = " ".join(evaluation_warnings(m, ci, result.get("adaptation"), result.get("external")))
     multi = result["test"].get("multiclass")  # a 3-class model: its own numbers first, then pneumonia vs normal
     three = (f"3-class accuracy {fmt_ci(multi.get('accuracy'), (multi.get('ci') or {}).get('accuracy'))}, macro-F1 "
              f"{fmt_ci(multi.get('macro_f1'), (multi.get('ci') or {}).get('macro_f1'))}; pneumonia vs normal: "

@@ -24,7 +24,7 @@ from pneumo.data.splits import (
     recorded_val_fold,
 )
 from pneumo.errors import ConfigError, DataError, IntegrityError, PneumoError, one_line
-from pneumo.evaluate.labelled import labelled_images
+from pneumo.evaluate.labelled import labelled_images, refuse_relabelled_copies
 from pneumo.models.scores import log_mean_probability
 from pneumo.models.sidecar import read_meta, resolve_model, weights_path
 from pneumo.provenance import model_code
@@ -157,6 +157,7 @@ def score_labelled(predictors: list, data: str | os.PathLike, *, progress: bool 
                         f"{one_line(first_path)}: {one_line(why)})")
     table = table.iloc[kept].reset_index(drop=True)
     stacks = [np.stack(images) for images in prepared]
+    refuse_relabelled_copies(stacks[0], table)  # one film under two labels: counted as both (a review)
     first = [predictors[0].outputs(stacks[0][i:i + BATCH]) for i in range(0, len(stacks[0]), BATCH)]
     predictions = [r for batch in first for r in predictors[0].predictions(*batch)]
     logits = log_mean_probability([np.concatenate([z for z, _ in first])] + [

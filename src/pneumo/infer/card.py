@@ -110,11 +110,22 @@ def _performance(meta: dict) -> list[str]:
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})
-        return [(f"Not measured at this operating point yet (`pneumo evaluate --model` this folder). Where the "
-                 f"threshold was chosen ({chosen.get('n')} images of {chosen.get('kind')}, "
-                 f"{chosen.get('n_pneumonia')} with pneumonia): sensitivity "
-                 f"{chosen.get('sensitivity', float('nan')):.3f}, specificity "
-                 f"{chosen.get('specificity', float('nan')):.3f} (optimistic: the same images chose it).")]
+
+        def shown(key: str, ci_key: str) -> str:
+            value, ci = chosen.get(key), chosen.get(ci_key)
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci[:2] else ""
+            return "n/a" if value is None else f"{value:.3f}{interval}"
+
+        lines = [(f"Not measured at this operating point yet (`pneumo evaluate --model` this folder). Where the "
+                  f"threshold was chosen ({chosen.get('n')} images of {md_text(chosen.get('kind'))}, "
+                  f"{chosen.get('n_pneumonia')} with pneumonia): sensitivity "
+                  f"{shown('sensitivity', 'sensitivity_exact_ci')}, specificity "
+                  f"{shown('specificity', 'specificity_exact_ci')}"
+                  + (f", ROC-AUC {shown('roc_auc', 'roc_auc_ci')}" if chosen.get("roc_auc") is not None else "")
+                  + " (95 % CI; optimistic: the same images chose it).")]
+        if op.get("warning"):  # what `pneumo operating-point` warned, with the folder (a review: the card left it out)
+            lines += ["", f"**Warning, recorded when this operating point was set:** {md_text(op['warning'])}"]
+        return lines
     return ["Not measured yet: run `pneumo evaluate --model` on this run."]
 
 
