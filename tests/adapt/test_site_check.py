@@ -320,7 +320,7 @@ def test_a_reference_dataset_whose_val_fold_is_not_the_models_is_refused(
     """Another data set in the Kaggle layout (NIH films) was taken as "the model's val fold" for the reference, with
     its own prevalence as the training one (a site-check audit); the shipped model records its val fold."""
     site = _linked(sorted(kermany_site.rglob("*.jpeg"))[:12], tmp_path / "site")
-    with pytest.raises(DataError, match=r"is not the one the model's threshold was chosen on .*: give the dataset the "
+    with pytest.raises(DataError, match=r"is not the model's recorded val fold .*: give the dataset the "
                                         r"model was trained on \(--dataset DIR\), or set neither"):
         check_site(site, tmp_path / "out", dataset=data_slice, sample=20, predictor=predictor)
     assert not (tmp_path / "out").exists()

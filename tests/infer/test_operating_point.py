@@ -133,7 +133,7 @@ def test_a_val_fold_rebuilt_from_another_copy_of_the_dataset_is_refused(data_sli
     out = tmp_path / "from-slice"
     assert main(["operating-point", "--threshold-policy", "youden", "--dataset", str(data_slice), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is not the one the model's threshold was chosen on (517 images)" in err[0], err
+    assert len(err) == 1 and "is not the model's recorded val fold (517 images)" in err[0], err
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -393,3 +393,27 @@ def test_evaluating_on_the_images_a_threshold_was_chosen_on_says_so_up_front_and
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "are the same film, pixel for pixel, with two labels" in err and copy.name in err, err
+
+
+def test_a_point_set_on_labelled_images_keeps_the_models_val_fold_and_its_guard(
+        full_data: Path, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A model derived with --data recorded only the labelled images, so a pruned copy of the dataset rebuilt its
+    "val fold" unchecked for evaluate's and operating-point's val columns (a review); it keeps its source's record."""
+    from pneumo.data.splits import recorded_val_fold
+    from pneumo.models.sidecar import DEFAULT_MODEL, read_meta
+
+    val = _labelled_folder(full_data, tmp_path / "site")
+    derived = tmp_path / "site-youden"
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(val), "--out", str(derived)]) == 0
+    meta = read_meta(derived / "model.json")
+    assert meta.extra["operating_point"]["chosen_on"]["kind"] == "labelled folder"
+    assert recorded_val_fold(meta.extra) == recorded_val_fold(read_meta(DEFAULT_MODEL).extra) != {}
+    capsys.readouterr()
+    again = tmp_path / "again"  # and on it, a pruned copy's val fold is refused as for the shipped model
+    assert main(["operating-point", "--model", str(derived), "--threshold-policy", "youden", "--dataset",
+                 str(data_slice), "--out", str(again)]) == 2
+    assert "is not the model's recorded val fold (517 images)" in capsys.readouterr().err
+    chain = tmp_path / "chain"  # a point set on labelled images again keeps it too
+    assert main(["operating-point", "--model", str(derived), "--threshold-policy", "sensitivity:0.9", "--data",
+                 str(val), "--out", str(chain)]) == 0
+    assert recorded_val_fold(read_meta(chain / "model.json").extra) == recorded_val_fold(meta.extra)

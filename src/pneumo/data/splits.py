@@ -205,10 +205,15 @@ def fold_digests(rows) -> dict[str, str]:
 
 
 def recorded_val_fold(extra: dict) -> dict:
-    """The val fold a model's stored threshold was chosen on, as its sidecar records it (``extra``: the sidecar's
-    extra entries), or {} (chosen on other images, or nothing recorded)."""
-    chosen = (extra.get("operating_point") or {}).get("chosen_on") or {}
-    return chosen if chosen.get("kind") in VAL_FOLD_KINDS else {}
+    """The model's val fold as its sidecar records it (``extra``: the sidecar's extra entries): the one its stored
+    threshold was chosen on, or, for a threshold chosen on other images (`pneumo operating-point --data`), its
+    source's (``operating_point.val_fold``: its figures on the val fold still need that fold; a review found the
+    guard lost); {} where nothing is recorded."""
+    point = extra.get("operating_point") or {}
+    for chosen in (point.get("chosen_on") or {}, point.get("val_fold") or {}):
+        if chosen.get("kind") in VAL_FOLD_KINDS:
+            return chosen
+    return {}
 
 
 def other_val_fold(chosen: dict, paths: list[str]) -> bool:

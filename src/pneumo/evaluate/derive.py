@@ -15,7 +15,7 @@ import numpy as np
 from pneumo import atomic
 from pneumo.config import read_yaml
 from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
-from pneumo.data.splits import paths_digest
+from pneumo.data.splits import VAL_FOLD_KINDS, paths_digest, recorded_val_fold
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.intervals import exact_interval
 from pneumo.evaluate.metrics import at_chance, binary_metrics, bootstrap_cis, choose_threshold, finite_interval
@@ -182,6 +182,9 @@ def _derive(sidecar: Path, out: Path, policy: str, threshold: float, chosen_on: 
     record = {  # table missed most pneumonias, and operating-point said only that the classes were few)
         "version": int(previous.get("version", 1)) + 1,
         "policy": policy, "threshold": threshold, "warning": warning, "chosen_on": chosen_on,
+        # the model's val fold, where the threshold was chosen elsewhere: evaluate still checks a rebuilt one against it
+        **({"val_fold": fold} if (fold := recorded_val_fold(meta.extra)) and fold is not chosen_on
+           and chosen_on.get("kind") not in VAL_FOLD_KINDS else {}),
         # the source by its folder and file name, not this machine's path: the new folder travels (a review)
         "derived_from": {"model": f"{sidecar.parent.name}/{sidecar.name}", "weights_sha256": meta.sha256,
                          "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},

@@ -243,8 +243,8 @@ def val_fold_mismatch(meta, val: pd.DataFrame, root: str) -> str | None:
     threshold was chosen on (its recorded digest of the paths), or None (the same, or nothing recorded)."""
     chosen = recorded_val_fold(meta.extra)
     if other_val_fold(chosen, val["path"].tolist()):  # (the same names in the other layout are the same fold)
-        return (f"the val fold rebuilt from {root} ({len(val)} images) is not the one the model's threshold was chosen "
-                f"on ({chosen.get('n')} images): a pruned, extended or other copy of the dataset")
+        return (f"the val fold rebuilt from {root} ({len(val)} images) is not the model's recorded val fold "
+                f"({chosen.get('n')} images): a pruned, extended or other copy of the dataset")
     return None
 
 
