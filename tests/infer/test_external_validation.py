@@ -150,7 +150,8 @@ def test_subgroup_rows_are_the_headline_measured_on_each_value_of_a_csv_column(
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "c" / "metrics.json").read_text())
     preds = pd.read_csv(tmp_path / "c" / "predictions.csv").merge(
-        pd.read_csv(csv, keep_default_na=False)[["path", "view"]], on="path")
+        pd.read_csv(csv, keep_default_na=False)[["path", "view"]], on="path", suffixes=("_written", ""))
+    assert preds["view_written"].fillna("").tolist() == preds["view"].tolist()  # the --by column, in predictions.csv
     judged = preds[preds["assessed"] == 1].assign(view=lambda t: t["view"].replace("", "(blank)"))
     groups = result["subgroups"]["view"]
     assert set(groups) == set(judged["view"]) and sum(g["n"] for g in groups.values()) == result["test"]["n"]
@@ -413,6 +414,8 @@ def test_a_csv_patient_id_makes_every_interval_draw_whole_patients(run_dir: Path
                  "--bootstrap", "200", "--no-analysis", "--by", "view"]) == 0
     result = json.loads((tmp_path / "c" / "metrics.json").read_text())
     preds = pd.read_csv(tmp_path / "c" / "predictions.csv").merge(pd.read_csv(csv)[["path", "patient_id"]], on="path")
+    # predictions.csv names each image's patient and its --by value: the intervals can be checked from it alone
+    assert preds["patient"].tolist() == preds["patient_id"].tolist() and set(preds["view"]) == {"AP"}
     judged = preds[preds["assessed"] == 1]
     y, p = (judged["label"] == "PNEUMONIA").to_numpy(int), judged["p_pneumonia"].to_numpy()
     by_patient = bootstrap_cis(y, p, result["threshold"], n_resamples=200, seed=0, groups=judged["patient_id"].to_numpy())

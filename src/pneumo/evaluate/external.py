@@ -250,6 +250,9 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
 
     result = to_jsonable(result)
     columns = {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
+               # the patient each interval resampled (blank: its own) and the --by columns, to check them by hand
+               **({"patient": [g if not g.startswith("\0") else "" for g in groups_all]} if groups_all is not None
+                  else {}), **{c: table_all[c] for c in by if c in table_all.columns and c not in ("path", "label")},
                **({"ood_score": ood_scores} if ood_scores is not None else {}), "assessed": assessed.astype(int)}
     calibrated_on = "the model's val fold" if fitted_on == "val" else fitted_on
     subtitle = (f"{result['external']['data']} · model {spec.location} · threshold {fmt_threshold(spec.threshold)} "
