@@ -183,8 +183,8 @@ def _derive(sidecar: Path, out: Path, policy: str, threshold: float, chosen_on: 
         "version": int(previous.get("version", 1)) + 1,
         "policy": policy, "threshold": threshold, "warning": warning, "chosen_on": chosen_on,
         # the model's val fold, where the threshold was chosen elsewhere: evaluate still checks a rebuilt one against it
-        **({"val_fold": fold} if (fold := recorded_val_fold(meta.extra)) and fold is not chosen_on
-           and chosen_on.get("kind") not in VAL_FOLD_KINDS else {}),
+        **({"val_fold": fold} if chosen_on.get("kind") not in VAL_FOLD_KINDS
+           and (fold := recorded_val_fold(meta.extra)) else {}),
         # the source by its folder and file name, not this machine's path: the new folder travels (a review)
         "derived_from": {"model": f"{sidecar.parent.name}/{sidecar.name}", "weights_sha256": meta.sha256,
                          "threshold": meta.threshold, "threshold_policy": meta.threshold_policy},
