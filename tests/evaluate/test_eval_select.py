@@ -189,3 +189,19 @@ def test_one_set_of_weights_written_with_two_headers_is_one_seed(tmp_path: Path,
     assert atomic.tensors_sha256(dirs[0] / "model.safetensors") == atomic.tensors_sha256(dirs[1] / "model.safetensors")
     main(["compare", *map(str, dirs), "--select", "--min-seeds", "2", "--out", str(tmp_path / "board")])
     assert "holds the same weights as a run before it" in caplog.text
+
+
+def test_runs_of_two_tasks_are_not_selected_on_one_log_loss(tmp_path: Path) -> None:
+    """A binary run was picked over a 3-class run of the same val AUC on val log-loss, which is on another scale for
+    three classes (chance 1.10 against 0.69; a training audit)."""
+    import json
+
+    binary = runs(tmp_path, "binary", [3.0, 3.1, 3.2])
+    three = runs(tmp_path, "three", [3.0, 3.1, 3.2], lr=3e-4)
+    for run in three:  # the task a 3-class evaluation records
+        path = Path(run["_run_dir"]) / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "task": "3class"}))
+    three = [load_run_metrics(Path(run["_run_dir"])) for run in three]
+    with pytest.raises(DataError, match="the runs hold 3class and binary models: their val log-loss is not on one scale"):
+        select(group_runs(binary + three))
+    assert select(group_runs(binary)).pick is not None or select(group_runs(binary)).remaining

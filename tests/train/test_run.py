@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pneumo.cli import main
-from pneumo.config import load_config
+from pneumo.config import load_config, read_yaml
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.runner import evaluate_run
 from pneumo.train.run import train
@@ -91,6 +92,26 @@ def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice
     # both sessions (was: the last one only): the earlier 5000 s plus at most what this call took (rounded to 0.1 s)
     assert 5000 < training["wall_time_s"] <= 5000 + this_session + 0.05
     assert "earlier_sessions_s" not in training
+
+
+def test_resume_refuses_a_config_that_would_change_what_the_run_trains(scratch_run: Path, data_slice: Path,
+                                                                        tmp_path: Path) -> None:
+    """Resumed with another image size and policy, a finished run rewrote config.yaml, refitted its checks and
+    re-evaluated its 64 px model on 96 px images, exit 0 (a training audit); --resume with --force was accepted and
+    --force ignored. A resumed run may change where it reads and writes, the device and train.epochs only."""
+    runs = tmp_path / "runs"
+    shutil.copytree(scratch_run, runs / scratch_run.name)
+    before = {p.name: p.read_bytes() for p in (runs / scratch_run.name).iterdir() if p.is_file()}
+    policy = read_yaml(runs / scratch_run.name / "config.yaml")["eval"]["threshold_policy"]
+    other = "triage" if policy != "triage" else "youden"
+    for extra, named in ((("data.image_size=96",), "data.image_size 64 -> 96"),
+                         ((f"eval.threshold_policy={other}",), f"eval.threshold_policy {policy!r} -> {other!r}")):
+        with pytest.raises(ConfigError, match=f"--resume continues .* as it was configured; this would change "
+                                              f"{re.escape(named)}: train a new run"):
+            train(scratch_config(data_slice, runs, tmp_path / "cache", "train.epochs=2", *extra), resume=True)
+    with pytest.raises(ConfigError, match="--resume continues a run and --force replaces it: give one"):
+        train(scratch_config(data_slice, runs, tmp_path / "cache", "train.epochs=2"), resume=True, force=True)
+    assert {p.name: p.read_bytes() for p in (runs / scratch_run.name).iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize("change", ["an image added", "an image's content changed"])
@@ -477,7 +498,7 @@ def test_a_library_train_call_leaves_the_processes_allocator_alone(data_slice: P
     (tmp_path / "runs" / "x").mkdir(parents=True)  # a run folder without a saved state: train() refuses it at once
     code = f"""
 import re, numpy as np
-from pneumo.config import load_config
+from pneumo.config import load_config, read_yaml
 from pneumo.errors import ConfigError
 from pneumo.train.run import train
 rss = lambda: int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read())[1]) // 1024

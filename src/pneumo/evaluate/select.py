@@ -147,6 +147,10 @@ def select(configs: Sequence[Configuration], rule: Sequence[str] = DEFAULT_RULE,
     if not eligible:  # listed, as the help and the README say: selection.md shows what is missing
         log.append(f"no configuration has {min_seeds} or more seeds: nothing to select (train more seeds)")
         return Selection(None, [], log, excluded)
+    tasks = sorted({str(run.get("task", "binary")) for c in eligible for run in c.runs})
+    if len(tasks) > 1:  # log-loss over 2 classes and over 3 are on other scales (chance 0.69 and 1.10): a training audit
+        raise DataError(f"the runs hold {' and '.join(tasks)} models: their val log-loss is not on one scale; select "
+                        "among the runs of one task at a time")
     remaining = list(eligible)
     for name in rule:
         if len(remaining) == 1:

@@ -18,11 +18,16 @@ import torch
 from torch import nn
 
 from pneumo import atomic
-from pneumo.errors import ModelError
+from pneumo.errors import ConfigError, ModelError
 from pneumo.models.checkpoint import load_exact, read_tensors, write_tensors
 from pneumo.models.sidecar import json_default, read_json, stem_of
 
 STATE_FORMAT = "pneumo-train-state/1"
+# what a resumed run may change: where it reads and writes, the device and how long it trains, not what it trains (a
+# training audit: resumed with another image size and policy, a finished run rewrote its config.yaml, refitted its
+# checks and re-evaluated its 64 px model on 96 px images, exit 0)
+RESUME_MAY_CHANGE = frozenset({"name", "out_dir", "data.root", "data.cache_dir", "train.epochs", "train.device",
+                               "train.hold_memory", "train.checkpoint_every_steps", "eval.n_bootstrap"})
 
 
 def save_train_state(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -119,3 +124,31 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def refuse_config_changes(run_dir: Path, cfg: Any) -> None:
+    """A resumed run goes on as it was configured (its ``config.yaml``): `RESUME_MAY_CHANGE` only.
+
+    Raises:
+        ConfigError: naming the first changes, and what to do instead.
+    """
+    from pneumo.config import load_config
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old, new = _flat_values(load_config(str(saved), []).model_dump()), _flat_values(cfg.model_dump())
+    changed = [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
+               if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key)]
+    if changed:
+        raise ConfigError(f"--resume continues {run_dir} as it was configured; this would change "
+                          f"{'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}: train a new run (another "
+                          "--name) or replace this one (--force); a resumed run may change only where it reads and "
+                          "writes, the device and train.epochs")
+
+
+def _flat_values(values: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in values.items():
+        out.update(_flat_values(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out

@@ -37,7 +37,7 @@ from pneumo.models.processes import env_from_os
 from pneumo.models.runtime import fast_precision, memory_format
 from pneumo.models.sidecar import read_meta, write_meta
 from pneumo.provenance import git_commit
-from pneumo.train.checkpoint import load_train_state, save_train_state
+from pneumo.train.checkpoint import load_train_state, refuse_config_changes, save_train_state
 from pneumo.train.distributed import DistEnv, barrier, joined, same_on_every_rank, setup, teardown
 from pneumo.train.loop import SplitTensors, fit
 from pneumo.train.ood import fit_trained_ood, fit_trained_orientation
@@ -87,8 +87,12 @@ def check_run_dir(cfg: RunConfig, *, resume: bool, force: bool = False) -> Path:
             raise ConfigError(f"run folder {run_dir} exists but holds no saved state (a run stopped before its first "
                               "save): --resume starts it from scratch, --force replaces it, or pick another --name")
         raise ConfigError(f"run folder {run_dir} exists: pick another --name, --resume it, or pass --force")
+    if resume and force:
+        raise ConfigError("--resume continues a run and --force replaces it: give one")
     if resume and not run_dir.is_dir():
         raise ConfigError(f"nothing to resume: {run_dir} does not exist")
+    if resume and saved:
+        refuse_config_changes(run_dir, cfg)
     if resume and not saved:
         log.warning("%s holds no saved state yet (stopped before its first save): training it from scratch", run_dir)
     return run_dir
