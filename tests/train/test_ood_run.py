@@ -174,6 +174,17 @@ def test_evaluate_withholds_the_test_images_the_orientation_check_refuses(probe_
     assert apart["n"] == int(kept.sum()) <= result["test"]["n"] - result["orientation"]["n_refused"]
     y = (rows["subtype"] != "normal").to_numpy()[kept.to_numpy()]
     assert apart["metrics"]["tp"] == int((rows.loc[kept, "predicted_pneumonia"].to_numpy() == 1)[y].sum())
+    # said beside the headline, in the console and the report's subtitle (a training audit: metrics.json only, and
+    # the report counted the out-of-distribution flags alone)
+    from pneumo.evaluate.ood import ood_note
+    from pneumo.evaluate.runner import summary_line
+
+    none = int((~kept).sum())
+    assert result["not_assessed"] == {"n": none, "of": len(rows)}
+    assert f"not assessed: {none} image(s) without a verdict" in summary_line(result)
+    if result.get("ood"):
+        assert f"{result['orientation']['n_refused']} refused by the orientation check; {none} without a verdict" \
+            in ood_note(result)
 
 
 def test_refitting_an_existing_run_rebuilds_the_same_split_and_statistics(probe_run: Path,

@@ -56,8 +56,10 @@ def test_checks(sidecar: Path, meta: Any, model: torch.nn.Module, images: np.nda
 
 def ood_note(result: dict) -> str:
     """A short phrase for report subtitles ("" when the run has no OOD statistics)."""
-    ood = result.get("ood")
+    ood, turned = result.get("ood"), (result.get("orientation") or {}).get("n_refused")
     if not ood:
         return ""
+    none = (result.get("not_assessed") or {}).get("n")  # the orientation check's refusals too (a training audit)
     return (f" · out-of-distribution flags on test {ood['n_flagged']}/{ood['n']} ({100 * ood['share_flagged']:.1f} %, "
-            f"threshold = val p{ood['percentile']:g})")
+            f"threshold = val p{ood['percentile']:g})" + (f", {turned} refused by the orientation check; {none} "
+                                                          "without a verdict in all" if turned else ""))
