@@ -110,6 +110,12 @@ def test_the_data_commands_and_the_model_list_run_through_the_cli(data_slice: Pa
     assert main(["train", "--list-models"]) == 0
     listed = capsys.readouterr().out
     assert "efficientnet_lite0" in listed and "scratch_cnn" in listed
+    # and the presets, each one that --preset loads (a training audit: only an unknown name listed them)
+    from pneumo.config import load_config
+
+    presets = next(line for line in listed.splitlines() if line.startswith("presets (--preset): "))
+    names = presets.split(": ", 1)[1].split(", ")
+    assert "default" in names and "lite0-probe" in names and all(load_config(name) for name in names)
 
 
 def test_a_library_adaptation_setting_without_a_flag_is_named_as_the_caller_set_it() -> None:

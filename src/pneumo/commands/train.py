@@ -20,8 +20,8 @@ pneumo train --resume --name ft-lr1e-3               # continue after a crash or
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="default", help="a shipped preset's name (default, lite0-probe, ...: an unknown "
-                        "name lists them) or a YAML file (default: default)")
+    parser.add_argument("--preset", default="default", help="a shipped preset's name (`--list-models` lists them) "
+                        "or a YAML file (default: default)")
     parser.add_argument("--dataset", metavar="DIR", help="the training dataset, folder or zip (default: the preset's, "
                         "else $PNEUMO_DATA)")
     parser.add_argument("--name", help="run name (folder OUT/<name>); default: the preset's name")
@@ -38,7 +38,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue OUT/<name> from its last checkpoint")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and report")
-    parser.add_argument("--list-models", action="store_true", help="list the registered architectures and exit")
+    parser.add_argument("--list-models", action="store_true", help="list the registered architectures and the "
+                        "shipped presets, and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.set_defaults(func=run)
 
@@ -104,10 +105,12 @@ def cli_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_models:
+        from pneumo.config import PRESET_DIR
         from pneumo.models import list_models
 
         print("\n".join(list_models()))
         print("... and any timm architecture by name (weights from the hub when online, or --weights FILE)")
+        print(f"presets (--preset): {', '.join(sorted(p.stem for p in PRESET_DIR.glob('*.yaml')))}")
         return 0
     cfg = config_from_args(args)
     if args.print_config:

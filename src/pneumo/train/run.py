@@ -1,6 +1,6 @@
 """`train(cfg)`: data -> model -> probe or training loop -> best checkpoint in runs/<name>/ (evaluation follows).
 
-Run folder: ``config.yaml``, ``folds.csv``, ``metrics.csv``, ``model.*`` (best weights), ``last.*`` (the newest
+Run folder: ``config.yaml``, ``folds.csv``, ``metrics.csv`` (per epoch; not for a probe), ``model.*`` (best weights), ``last.*`` (the newest
 resumable state) and ``last-prev.*`` (hard links to the state before it, so a crash while ``last.*`` is being
 replaced never leaves the run without a complete state). Launched by ``torchrun``, the same function runs DDP
 (see `pneumo.train.distributed`): rank 0 prepares the folder, builds the cache, fits a probe, evaluates and writes.
@@ -187,7 +187,8 @@ def training_layout(model: torch.nn.Module, cfg: RunConfig, device: torch.device
 
 
 def train(cfg: RunConfig, *, resume: bool = False, force: bool = False, command: str = "") -> Path:
-    """Train per ``cfg`` and write runs/<name>/ (config, folds, metrics.csv, best checkpoint). Returns the run dir.
+    """Train per ``cfg`` and write runs/<name>/ (config, folds, metrics.csv per epoch (not for a probe), best
+    checkpoint). Returns the run dir.
     ``command``: the command line that asked for it, recorded in the sidecar's ``training`` (the CLI passes it).
 
     Ctrl-C (or SIGTERM) saves a resumable state and re-raises ``KeyboardInterrupt``; ``resume=True`` continues
