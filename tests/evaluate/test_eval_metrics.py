@@ -550,3 +550,25 @@ def test_most_pneumonias_missed_is_said_and_at_chance_no_other_operating_point_i
     assert "No threshold makes the model useful on these images" in note and "choose another with" not in note
     metrics["roc_auc"], cis["roc_auc"] = 0.9, [0.85, 0.95]
     assert "choose another with" in operating_points_section({"test": {"metrics": metrics, "ci": cis}})[1]
+
+
+def test_a_run_cards_figures_carry_the_headlines_warnings_and_say_a_subset() -> None:
+    """The report said "does not separate pneumonia from normal, do not use" and most normal films called pneumonia;
+    the card listed the same figures without a word, and did not say they came from a limit_per_class subset (a
+    training audit)."""
+    from pneumo.infer.card import _performance
+
+    meta = {"config": {"data": {"root": "data", "limit_per_class": 20}},
+            "metrics": {"test_n": 60, "test": {"accuracy": 0.38, "sensitivity": 0.9, "specificity": 0.1,
+                                               "roc_auc": 0.46},
+                        "test_ci": {"sensitivity": [0.75, 0.97], "specificity": [0.03, 0.3],
+                                    "roc_auc": [0.31, 0.61]}}}
+    text = " ".join(" ".join(_performance(meta)).split())
+    assert "(60 images, a subset: data.limit_per_class = 20, data" in text
+    assert "**Warning:** the model does not separate pneumonia from normal on these images" in text
+    assert "would be called pneumonia (specificity 0.100 [0.030, 0.300])" in text
+    good = {**meta, "config": {"data": {"root": "data"}},
+            "metrics": {**meta["metrics"], "test": {"accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.85,
+                                                    "roc_auc": 0.97},
+                        "test_ci": {"sensitivity": [0.9, 0.98], "specificity": [0.8, 0.9], "roc_auc": [0.95, 0.98]}}}
+    assert "Warning" not in " ".join(_performance(good)) and "subset" not in " ".join(_performance(good))

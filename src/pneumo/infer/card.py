@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -89,19 +90,35 @@ def build_card(title: str, *, summary: Sequence[str] = (), sections: Sequence[tu
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _warnings(test: dict, ci: dict) -> list[str]:
+    """What the evaluation's headline warns of these figures, for the card (a training audit: the report said "do not
+    use" and the card did not): chance-level ranking, most pneumonias missed, most normal films called pneumonia."""
+    auc, low = test.get("roc_auc"), (ci.get("roc_auc") or [None])[0]
+    chance = auc is not None and (low if low is not None and math.isfinite(low) else auc) <= 0.5
+    said = [("the model does not separate pneumonia from normal on these images (ROC-AUC "
+             f"{fmt_ci(auc, ci.get('roc_auc'))}): do not use it") if chance else None,
+            missed_pneumonia_warning(test.get("sensitivity"), ci.get("sensitivity")),
+            low_specificity_warning(test.get("specificity"), ci.get("specificity"))]
+    said = [w for w in said if w]
+    return ["", f"**Warning:** {md_text('; '.join(said))}."] if said else []
+
+
 def _performance(meta: dict) -> list[str]:
     """Test metrics with CIs, or what a derived model has instead (its operating point's validation figures)."""
     metrics = meta.get("metrics") or {}
     test = {k: v for k, v in (metrics.get("test") or {}).items() if isinstance(v, float)}
     if any(key in test for key in HEADLINE):
-        root = ((meta.get("config") or {}).get("data") or {}).get("root")
+        data = (meta.get("config") or {}).get("data") or {}
         n = f"{metrics['test_n']} images" if isinstance(metrics.get("test_n"), int) else None
-        where = ", ".join(md_text(x) for x in (n, root) if x)  # a run's own split: a subset, or the official one
+        subset = (f"a subset: data.limit_per_class = {data['limit_per_class']}" if data.get("limit_per_class")
+                  else None)  # (a training audit: the card read as the official split's figures)
+        where = ", ".join(md_text(x) for x in (n, subset, data.get("root")) if x)  # a run's own split, or the official one
         three = metrics.get("test_3class")
         vs = ", pneumonia (either class) vs normal" if three else ""
         lines = [f"The test split of its dataset{f' ({where})' if where else ''}, at this operating point (95 % CI){vs}:",
                  "",
-                 *md_table(["metric", "value"], metric_rows(HEADLINE, (test, metrics.get("test_ci") or {})))]
+                 *md_table(["metric", "value"], metric_rows(HEADLINE, (test, metrics.get("test_ci") or {}))),
+                 *_warnings(test, metrics.get("test_ci") or {})]
         if three:  # a 3-class model's own figures, on the same images
             lines += ["", "Three classes (normal / bacteria / virus) on the same images:", "",
                       *md_table(["metric", "value"], metric_rows(("accuracy", "macro_f1", "bacteria_vs_virus_roc_auc"),
