@@ -237,3 +237,18 @@ def test_evaluations_of_one_folder_named_two_ways_share_a_table() -> None:
         return evaluated_on({"external": {"data": path}, "test": {"n": 24}})
 
     assert on("/work/u/h/../data/test") == on("/work/u/data/test") == "external data /work/u/data/test (24 images)"
+
+
+def test_runs_whose_val_folds_differ_are_ranked_with_a_warning(tmp_path: Path) -> None:
+    """The leaderboard ranks on val ROC-AUC: runs of another split seed or val fraction shared a table with the others
+    without a word, their val AUCs measured on other images (a training audit)."""
+    same = [make_run(tmp_path, f"s{seed}", seed=seed)[0] for seed in (1, 2)]  # one split: only train.seed differs
+    md, html = write_leaderboard(same, tmp_path / "same")
+    assert "val folds differ" not in md.read_text(encoding="utf-8")
+    other, _ = make_run(tmp_path, "other-split", seed=3)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics["config"] = {**metrics["config"], "data": {**metrics["config"].get("data", {}), "split_seed": 7}}
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    md, html = write_leaderboard([*same, other], tmp_path / "mixed")
+    said = "These runs' val folds differ (split seed, val fraction, data subset or size)"
+    assert said in md.read_text(encoding="utf-8") and said.replace("'", "&#39;") in html.read_text(encoding="utf-8")

@@ -124,6 +124,10 @@ def leaderboard_row(data: dict) -> dict[str, str]:
         "wall time": _duration(data.get("wall_time_s")),
         # intervals of an older method (percentile bootstrap, images) beside today's are not comparable
         "CIs": "current" if _get(data, "bootstrap", "method") == CI_METHOD else "older method: evaluate again",
+        # what the val AUC was measured on: the split's settings and the fold's size (not a column; `val_note`)
+        "_val fold": "/".join(str(_get(data, *key)) for key in (("config", "data", "split_seed"), ("config", "data",
+                                                                "val_fraction"), ("config", "data", "limit_per_class"),
+                                                                ("val", "n"))),
     }
     for column, key in TEST_COLUMNS:  # pneumonia vs normal, for every task
         row[column] = fmt_ci(metrics.get(key), cis.get(key))
@@ -135,7 +139,7 @@ def leaderboard_row(data: dict) -> dict[str, str]:
         row[f"{policy}: acc / sens / spec"] = (" / ".join(fmt_number(p.get(k)) for k in ("accuracy", "sensitivity",
                                                                                          "specificity"))
                                                if p else "n/a")
-    return {c: row[c] for c in ALL_COLUMNS}
+    return {**{c: row[c] for c in ALL_COLUMNS}, "_val fold": row["_val fold"]}
 
 
 def shortcut_cell(path: Path) -> str:
@@ -173,6 +177,15 @@ def group_rows(rows: Sequence[dict[str, str]]) -> dict[str, list[dict[str, str]]
     return groups
 
 
+def val_note(members: Sequence[dict[str, str]]) -> str:
+    """A warning where a table's runs measured their val AUC on other val folds (another split seed, val fraction,
+    subset or size: a training audit found them ranked together without a word), else ""."""
+    if len({row.get("_val fold") for row in members}) <= 1:
+        return ""
+    return ("These runs' val folds differ (split seed, val fraction, data subset or size): their val ROC-AUCs are not "
+            "measured on the same images, so the order is a rough one.")
+
+
 def leaderboard_markdown(rows: Sequence[dict[str, str]], out_dir: Path | None = None) -> str:
     """One GitHub-flavoured markdown table per evaluated-on data; the run column links to each report (relative to
     ``out_dir``)."""
@@ -184,7 +197,9 @@ def leaderboard_markdown(rows: Sequence[dict[str, str]], out_dir: Path | None = 
     for where, members in group_rows(rows).items():
         table_lines = md_table(ALL_COLUMNS, [[run_cell(r) if c == "run" else r[c] for c in ALL_COLUMNS]
                                              for r in members])
-        blocks.append("\n".join([f"### Evaluated on {md_text(where)}", "", *table_lines]) + "\n")
+        note = val_note(members)
+        blocks.append("\n".join([f"### Evaluated on {md_text(where)}", "", *([md_text(note), ""] if note else []),
+                                 *table_lines]) + "\n")
     return "\n".join(blocks)
 
 
@@ -205,7 +220,9 @@ def leaderboard_html(rows: Sequence[dict[str, str]], out_dir: Path | None = None
     sections = []
     for k, (where, members) in enumerate(group_rows(rows).items()):
         cells = ([run_cell(r) if c == "run" else r[c] for c in ALL_COLUMNS] for r in members)
-        body = (note if k == 0 else "") + table(ALL_COLUMNS, cells, table_id=f"leaderboard-{k}")
+        differ = val_note(members)
+        body = ((note if k == 0 else "") + (Markup("<p><strong>{}</strong></p>").format(differ) if differ else "")
+                + table(ALL_COLUMNS, cells, table_id=f"leaderboard-{k}"))
         sections.append(Section(f"leaderboard-{k}", f"Evaluated on {where}", body))
     return page("pneumo leaderboard", sections, subtitle=f"{len(rows)} run(s) on {len(sections)} data set(s)")
 
