@@ -209,7 +209,7 @@ def test_a_source_split_other_than_the_models_own_is_said_in_the_record_and_the_
     """The slice's val fold is not the one the shipped model's threshold was chosen on (its recorded digest): the OOD
     refit's source images and the site's train/val checks follow the slice's split, and the card says so."""
     note = adapted["record"]["rehearsal"]["split_note"]
-    assert note.startswith(f"the val fold rebuilt from {data_slice.name} (") and "not the one" in note
+    assert note.startswith(f"the val fold rebuilt from {data_slice.name} (") and "is not the model's recorded val fold" in note
     assert str(data_slice.parent) not in note  # the folder travels: the dataset's name only
     assert "- Source split: the val fold rebuilt from" in (adapted["out"] / "model.md").read_text()
 
@@ -224,7 +224,7 @@ def test_the_val_fold_check_names_a_rebuilt_fold_other_than_the_recorded_one() -
     meta = SimpleNamespace(extra={"operating_point": {"chosen_on": {
         "kind": RUN_VAL_FOLD, "n": 2, "paths_sha256": paths_digest(val["path"]), "images_sha256": images_digest(val)}}})
     assert val_fold_mismatch(meta, val[::-1], "data") is None and val_fold_bytes_note(meta, val[::-1], "data") is None
-    assert "(1 images) is not the one" in val_fold_mismatch(meta, val[:1], "data")
+    assert "(1 images) is not the model's recorded val fold" in val_fold_mismatch(meta, val[:1], "data")
     assert val_fold_mismatch(SimpleNamespace(extra={}), val[:1], "data") is None  # nothing recorded
     recoded = val.assign(sha256=["a" * 64, "c" * 64])  # the same names, other bytes: said, not refused
     assert val_fold_mismatch(meta, recoded, "data") is None
