@@ -263,3 +263,19 @@ def test_refitting_a_model_without_folds_csv_refuses_a_dataset_whose_val_fold_is
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not the one model.json's threshold was chosen on (517 images)" in err[0], err
     assert {path.name: path.read_bytes() for path in model.iterdir()} == before  # nothing refitted
+
+
+def test_the_site_check_finds_the_dataset_a_run_records_without_dataset_or_pneumo_data(
+        probe_run: Path, data_slice: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pneumo adapt` reads the dataset a model's config records where that path exists; the site check compared the
+    site with the model's records only unless --dataset or PNEUMO_DATA was given (an audit)."""
+    from pneumo.adapt.check import check_site
+
+    monkeypatch.delenv("PNEUMO_DATA", raising=False)
+    site = tmp_path / "site"
+    site.mkdir()
+    folds = pd.read_csv(probe_run / "folds.csv", keep_default_na=False)
+    for path in folds.loc[folds["fold"] == "test", "path"]:  # images the run never trained on
+        (site / Path(path).name).symlink_to(data_slice / path)
+    result = check_site(site, tmp_path / "out", model=probe_run, sample=10)
+    assert result["reference"]["kind"] == "dataset" and result["reference"]["dataset"] == str(data_slice.resolve())

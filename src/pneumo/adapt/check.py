@@ -149,13 +149,17 @@ def recorded_prevalence(meta) -> tuple[float, str]:
 
 def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, sample: int, seed: int,
                     exclude_sha256: set[str] | frozenset = frozenset()) -> Reference:
-    """A seeded random sample of ``sample`` train + val images of the model's dataset (``dataset`` or
-    ``$PNEUMO_DATA``), scored; without either, the sidecar's record."""
+    """A seeded random sample of ``sample`` train + val images of the model's dataset (``dataset``, else
+    ``$PNEUMO_DATA``, else the dataset its config records where that path exists), scored; without any, the
+    sidecar's record."""
     from pneumo.data.manifest import DatasetSource, resolve_root
 
     design = (100.0 - predictor.ood.percentile) / 100.0 if predictor.ood is not None else None
     pediatric = not predictor.meta.extra.get("adaptation")  # an adapted model learned from its site's patients too
     location = dataset if dataset not in (None, "") else os.environ.get("PNEUMO_DATA")
+    saved = ((source_config(predictor.meta) or {}).get("data") or {}).get("root")
+    if not location and saved and Path(saved).exists():  # the dataset the model records, where it is (as adapt reads
+        location = saved  # it; a training audit: the site check ignored it)
     if not location:
         rate = site_call_rate(predictor.meta)
         if rate is not None:
