@@ -191,7 +191,7 @@ def test_one_set_of_weights_written_with_two_headers_is_one_seed(tmp_path: Path,
     assert "holds the same weights as a run before it" in caplog.text
 
 
-def test_runs_of_two_tasks_are_not_selected_on_one_log_loss(tmp_path: Path) -> None:
+def test_runs_of_two_tasks_are_not_selected_on_one_log_loss(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A binary run was picked over a 3-class run of the same val AUC on val log-loss, which is on another scale for
     three classes (chance 1.10 against 0.69; a training audit)."""
     import json
@@ -204,4 +204,7 @@ def test_runs_of_two_tasks_are_not_selected_on_one_log_loss(tmp_path: Path) -> N
     three = [load_run_metrics(Path(run["_run_dir"])) for run in three]
     with pytest.raises(DataError, match="the runs hold 3class and binary models: their val log-loss is not on one scale"):
         select(group_runs(binary + three))
+    dirs = [run["_run_dir"] for run in binary + three]  # and through the command: one line, exit 2
+    assert main(["compare", *map(str, dirs), "--select", "--out", str(tmp_path / "board")]) == 2
+    assert "val log-loss is not on one scale" in capsys.readouterr().err
     assert select(group_runs(binary)).pick is not None or select(group_runs(binary)).remaining

@@ -95,7 +95,7 @@ def test_resume_continues_from_the_last_checkpoint(scratch_run: Path, data_slice
 
 
 def test_resume_refuses_a_config_that_would_change_what_the_run_trains(scratch_run: Path, data_slice: Path,
-                                                                        tmp_path: Path) -> None:
+                                                                        tmp_path: Path, capsys) -> None:
     """Resumed with another image size and policy, a finished run rewrote config.yaml, refitted its checks and
     re-evaluated its 64 px model on 96 px images, exit 0 (a training audit); --resume with --force was accepted and
     --force ignored. A resumed run may change where it reads and writes, the device and train.epochs only."""
@@ -111,6 +111,12 @@ def test_resume_refuses_a_config_that_would_change_what_the_run_trains(scratch_r
             train(scratch_config(data_slice, runs, tmp_path / "cache", "train.epochs=2", *extra), resume=True)
     with pytest.raises(ConfigError, match="--resume continues a run and --force replaces it: give one"):
         train(scratch_config(data_slice, runs, tmp_path / "cache", "train.epochs=2"), resume=True, force=True)
+    # the command as a user types it: its saved config with the change, one line, exit 2
+    argv = ["train", "--out", str(runs), "--name", scratch_run.name, "--resume", "--set", "data.image_size=96"]
+    assert main(argv) == 2
+    assert "this would change data.image_size 64 -> 96: train a new run" in capsys.readouterr().err
+    assert main([*argv[:-2], "--force"]) == 2
+    assert "--resume continues a run and --force replaces it" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (runs / scratch_run.name).iterdir() if p.is_file()} == before
 
 
