@@ -103,3 +103,16 @@ def low_specificity_warning(specificity: float | None, ci: Sequence[float | None
     share = "nearly every normal film" if tenths >= 10 else f"about {tenths} in 10 normal films"
     return (f"at this operating point {share} would be called pneumonia ({measured} {specificity:.3f} "
             f"[{ci[0]:.3f}, {ci[1]:.3f}]): {advice}")
+
+
+def finite_interval(ci) -> list | None:
+    """``ci`` where both of its ends are numbers, else None (undefined: a small sample's bootstrap interval)."""
+    return ci if ci and None not in list(ci[:2]) and all(math.isfinite(float(v)) for v in ci[:2]) else None
+
+
+def at_chance(metrics: dict, cis: dict | None) -> bool:
+    """The ROC-AUC's 95 % interval reaches 0.5 (without an interval: the ROC-AUC is at most 0.5): the model does not
+    separate the classes on these images, and no threshold can fix that (`evaluate.cautions.no_discrimination_warning`;
+    a model card says it too)."""
+    auc, ci = metrics.get("roc_auc"), finite_interval((cis or {}).get("roc_auc"))
+    return auc is not None and math.isfinite(auc) and (ci[0] if ci else auc) <= 0.5

@@ -27,7 +27,6 @@ from pneumo.evaluate.labelled import (
     read_table,
     refuse_listed_twice,
     refuse_missing,
-    refuse_relabelled_copies,
     separator_hint,
 )
 from pneumo.infer.batch import expand_inputs
@@ -103,7 +102,8 @@ MAX_SUBGROUPS = 20  # values of a --by column adapt reports (a column of IDs wou
 def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> SiteImages:
     """Decode, preprocess and score every labelled image of a folder or ``path,label[,patient_id]`` CSV, as external
     validation does (`pneumo.evaluate.scoring.score_labelled`: the input gate predict and serve apply; refused or
-    unreadable images are left out and listed). ``logits`` are the model's own scores of them. ``by``: CSV columns
+    unreadable images are left out and listed; one film under two labels is refused). ``logits`` are the model's own
+    scores of them. ``by``: CSV columns
     the adaptation reports subgroups of (checked here, before any decoding)."""
     from pneumo.evaluate.labelled import check_columns, labelled_images, patients
     from pneumo.evaluate.scoring import score_labelled
@@ -128,7 +128,6 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     ids = patients(table)  # the rule evaluate's intervals count patients by; None: every image its own patient
     ids = ("\0" + table["path"].astype(str)).to_numpy() if ids is None else ids
     tags = 0 if patients_given else sum(str(i).startswith("dicom:") for i in ids)
-    refuse_relabelled_copies(images, table)
     groups, copies = join_copies(images, pd.Series(ids))
     table["patient_id"] = groups
     table["file_sha256"] = [atomic.sha256_file(path) for path in table["path"]]  # once: checks and records use it

@@ -3,8 +3,8 @@ here, an operating point at which most normal films are called pneumonia. Each i
 
 from __future__ import annotations
 
-from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, at_chance, finite_interval, is_small_sample
-from pneumo.policy import low_specificity_warning, missed_pneumonia_warning
+from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, is_small_sample
+from pneumo.policy import at_chance, finite_interval, low_specificity_warning, missed_pneumonia_warning
 
 
 def small_sample_warning(metrics: dict) -> str | None:

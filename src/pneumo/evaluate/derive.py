@@ -18,7 +18,7 @@ from pneumo.data.rundir import CONFIG, FOLDS, TRAINING_METRICS, RunDir
 from pneumo.data.splits import VAL_FOLD_KINDS, paths_digest, recorded_val_fold
 from pneumo.errors import ConfigError, DataError, ModelError
 from pneumo.evaluate.intervals import exact_interval
-from pneumo.evaluate.metrics import at_chance, binary_metrics, bootstrap_cis, choose_threshold, finite_interval
+from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, choose_threshold
 from pneumo.evaluate.operating import adaptation_points
 from pneumo.infer.card import card_markdown, md_text, record_card
 from pneumo.models.records import check_crossfit
@@ -32,7 +32,14 @@ from pneumo.models.sidecar import (
     weights_path,
     write_meta,
 )
-from pneumo.policy import low_specificity_warning, missed_pneumonia_warning, parse_policy, policy_warning
+from pneumo.policy import (
+    at_chance,
+    finite_interval,
+    low_specificity_warning,
+    missed_pneumonia_warning,
+    parse_policy,
+    policy_warning,
+)
 from pneumo.provenance import utc_now
 from pneumo.templates import fmt_threshold
 

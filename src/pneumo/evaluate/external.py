@@ -24,10 +24,11 @@ from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
 from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients
-from pneumo.evaluate.metrics import at_chance, binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
+from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
 from pneumo.evaluate.operating import adaptation_points, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
 from pneumo.models.scores import p_pneumonia, pneumonia_probability
+from pneumo.policy import at_chance
 from pneumo.provenance import record as provenance_record
 from pneumo.templates import fmt_threshold
 

@@ -230,18 +230,6 @@ def proportion_interval(success: np.ndarray, groups: np.ndarray | None, level: f
     return clustered_interval(success, np.asarray(groups), level)
 
 
-def finite_interval(ci) -> list | None:
-    """``ci`` where both of its ends are numbers, else None (undefined: a small sample's bootstrap interval)."""
-    return ci if ci and None not in ci[:2] and np.isfinite(ci[:2]).all() else None
-
-
-def at_chance(metrics: dict, cis: dict | None) -> bool:
-    """The ROC-AUC's 95 % interval reaches 0.5 (without an interval: the ROC-AUC is at most 0.5): the model does not
-    separate the classes on these images, and no threshold can fix that (`cautions.no_discrimination_warning`)."""
-    auc, ci = metrics.get("roc_auc"), finite_interval((cis or {}).get("roc_auc"))
-    return auc is not None and bool(np.isfinite(auc)) and (ci[0] if ci else auc) <= 0.5
-
-
 def is_small_sample(n_pneumonia: int, n_normal: int) -> bool:
     """True below `MIN_IMAGES` images or `MIN_PER_CLASS` of either class."""
     return n_pneumonia + n_normal < MIN_IMAGES or min(n_pneumonia, n_normal) < MIN_PER_CLASS

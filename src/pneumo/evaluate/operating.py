@@ -60,7 +60,7 @@ def _test(result: dict) -> tuple[dict, dict]:
 
 def operating_points_section(result: dict) -> tuple[str, str]:
     """The report section: one row per policy, the model's own operating point marked."""
-    from pneumo.evaluate.metrics import at_chance
+    from pneumo.policy import at_chance
     from pneumo.templates import escape, fmt_ci, fmt_number, fmt_threshold
 
     points, chance = result.get("operating_points") or {}, at_chance(*_test(result))

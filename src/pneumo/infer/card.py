@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -30,7 +29,7 @@ from pneumo.models.sidecar import (
     weights_path,
     write_meta,
 )
-from pneumo.policy import low_specificity_warning, missed_pneumonia_warning
+from pneumo.policy import at_chance, low_specificity_warning, missed_pneumonia_warning
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -93,10 +92,8 @@ def build_card(title: str, *, summary: Sequence[str] = (), sections: Sequence[tu
 def _warnings(test: dict, ci: dict) -> list[str]:
     """What the evaluation's headline warns of these figures, for the card (a training audit: the report said "do not
     use" and the card did not): chance-level ranking, most pneumonias missed, most normal films called pneumonia."""
-    auc, low = test.get("roc_auc"), (ci.get("roc_auc") or [None])[0]
-    chance = auc is not None and (low if low is not None and math.isfinite(low) else auc) <= 0.5
     said = [("the model does not separate pneumonia from normal on these images (ROC-AUC "
-             f"{fmt_ci(auc, ci.get('roc_auc'))}): do not use it") if chance else None,
+             f"{fmt_ci(test.get('roc_auc'), ci.get('roc_auc'))}): do not use it") if at_chance(test, ci) else None,
             missed_pneumonia_warning(test.get("sensitivity"), ci.get("sensitivity")),
             low_specificity_warning(test.get("specificity"), ci.get("specificity"))]
     said = [w for w in said if w]
