@@ -646,7 +646,7 @@ def test_pixel_identical_copies_share_a_patient_group_and_the_card_says_so(site_
 
 
 def test_join_copies_merges_the_patients_a_copy_links() -> None:
-    from pneumo.adapt.sources import join_copies
+    from pneumo.evaluate.labelled import join_copies
 
     rng = np.random.default_rng(0)
     a, b, c = (rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(3))

@@ -395,6 +395,42 @@ def test_evaluating_on_the_images_a_threshold_was_chosen_on_says_so_up_front_and
         assert "are the same film, pixel for pixel, with two labels" in err and copy.name in err, err
 
 
+def test_a_film_listed_twice_under_one_label_is_one_patient_and_said(
+        full_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    """A copy of a film under another name and the same label was counted as a second patient by evaluate and
+    operating-point: one film's evidence twice, narrower intervals (a review). It joins its original's patient, and
+    the console, metrics.json and the derived model's record count it."""
+    import pandas as pd
+
+    from pneumo.evaluate.labelled import patients_with_copies
+
+    val = _labelled_folder(full_data, tmp_path / "site", per_class=6)
+    first = min((val / "PNEUMONIA").glob("*.jpeg"))
+    copy = tmp_path / "copy.jpeg"
+    shutil.copyfile(first, copy)
+    listed = tmp_path / "listed.csv"
+    listed.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in sorted(val.rglob("*.jpeg")))
+                      + f"{copy},PNEUMONIA\n")
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(listed), "--out", str(tmp_path / "v"), "--no-analysis", "--bootstrap",
+                 "0"]) == 0
+    assert "1 of these images are pixel-identical copies of another one listed" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert metrics["external"]["n_copies"] == 1 and metrics["external"]["n"] == 13
+    assert metrics["bootstrap"]["resamples"] == "whole patients (1 pixel-identical copies with their originals)"
+    out = tmp_path / "site-youden"
+    assert main(["operating-point", "--threshold-policy", "youden", "--data", str(listed), "--out", str(out)]) == 0
+    assert "6 pneumonia and 6 normal patients" in capsys.readouterr().err  # the copy is not a seventh
+    assert "1 of these images are pixel-identical copies" in caplog.text
+    assert json.loads((out / "model.json").read_text())["operating_point"]["chosen_on"]["n_copies"] == 1
+    table = pd.DataFrame({"path": ["a", "b", "c"], "label": ["PNEUMONIA"] * 3})
+    images = np.zeros((3, 4, 4), np.uint8)
+    images[2] = 1
+    groups, copies = patients_with_copies(table, images)
+    assert copies == 1 and groups[0] == groups[1] != groups[2]
+    assert patients_with_copies(table, np.arange(48, dtype=np.uint8).reshape(3, 4, 4)) == (None, 0)  # as before
+
+
 def test_a_point_set_on_labelled_images_keeps_the_models_val_fold_and_its_guard(
         full_data: Path, data_slice: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A model derived with --data recorded only the labelled images, so a pruned copy of the dataset rebuilt its

@@ -21,9 +21,9 @@ from pneumo.data.decode import MAX_BYTES, read_file
 from pneumo.data.files import MAX_LISTED, FoundFiles, find_images
 from pneumo.errors import ConfigError, DataError, InputError, PneumoError
 from pneumo.evaluate.labelled import (
+    join_copies,
     known_columns,
     listed_file,
-    pixels_key,
     read_table,
     refuse_listed_twice,
     refuse_missing,
@@ -133,30 +133,6 @@ def load_site(data: str | os.PathLike, predictor, by: tuple[str, ...] = ()) -> S
     table["file_sha256"] = [atomic.sha256_file(path) for path in table["path"]]  # once: checks and records use it
     return SiteImages(table, images, y, errors, patients_given, str(Path(data).absolute()), logits, copies,
                       np.array([r.assessed for r in results], dtype=bool), tags)
-
-
-def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
-    """Patient groups with every set of pixel-identical images (the same film exported twice, under two names or two
-    patient ids) merged into one group, and the number of such copies. Exact copies only: a re-encoded or resized
-    copy is another image to this check."""
-    parent = {p: p for p in patients}
-
-    def root(p: str) -> str:
-        while parent[p] != p:
-            parent[p] = p = parent[parent[p]]
-        return p
-
-    first: dict[bytes, str] = {}
-    copies = 0
-    for image, patient in zip(x, patients, strict=True):
-        key = pixels_key(image)
-        if key not in first:
-            first[key] = patient
-            continue
-        copies += 1
-        a, b = root(first[key]), root(patient)
-        parent[max(a, b)] = min(a, b)
-    return np.array([root(p) for p in patients], dtype=object), copies
 
 
 def _check_rows(table: pd.DataFrame, data: str | os.PathLike) -> None:

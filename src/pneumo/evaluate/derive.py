@@ -69,7 +69,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
         out (a hospital's paths and file names hold record and accession numbers).
     """
     from pneumo.evaluate.fitted import fitted_on_these
-    from pneumo.evaluate.labelled import find_labelled, lost_classes, patients
+    from pneumo.evaluate.labelled import find_labelled, lost_classes, patients_with_copies
     from pneumo.evaluate.scoring import load_models, score_labelled, val_scores, withheld
 
     parse_policy(policy)
@@ -85,7 +85,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
     left_out: dict[str, str] = {}
     if val is not None:
         rows, not_read = find_labelled(val)
-        y, logits, table, unreadable, _, predictions = score_labelled([predictor], val, table=rows, binary=True)
+        y, logits, table, unreadable, images, predictions = score_labelled([predictor], val, table=rows, binary=True)
         _, checks = withheld(predictor, predictions)  # chosen on the images the model gives a verdict, as predict does
         keep = ~checks["flags"] if checks else np.ones(len(y), dtype=bool)
         if not keep.any():
@@ -96,7 +96,11 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
             raise DataError(f"{val}: {lost}: a threshold needs both classes (the files are named above and by "
                             "pneumo evaluate --data)")
         y, logits = np.asarray(y)[keep], logits[keep]
-        found = patients(table)  # the CSV's patient_id (or a DICOM's PatientID): whole patients in every count
+        # the CSV's patient_id (or a DICOM's PatientID): whole patients in every count, a film listed twice as one
+        found, copies = patients_with_copies(table, images)
+        if copies:
+            log.warning("%d of these images are pixel-identical copies of another one listed: counted as listed, with "
+                        "its original as one patient (list each film once)", copies)
         groups = None if found is None else found[keep]
         kind = "labelled CSV" if Path(val).is_file() else "labelled folder"
         paths = table["path"][keep].tolist()
@@ -106,7 +110,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
             log.warning("%d of these %d images are ones the model was adapted on: a threshold chosen on them is set "
                         "on images the model was trained on (choose it on other patients)", adapted_on, len(paths))
         where = {"kind": kind, "location": Path(val).name, "n_not_assessed": int((~keep).sum()),
-                 "n_adapted_on": adapted_on,
+                 "n_adapted_on": adapted_on, "n_copies": copies,
                  "n_left_out": len(left_out),  # each file by its bytes' SHA-256 (no path travels with the model):
                  "files_sha256": sorted(atomic.sha256_file(path) for path in paths)}  # evaluate finds any of them
     elif predictor.meta.extra.get("adaptation"):  # no val fold: the policies its adaptation laid out, if this is one

@@ -23,7 +23,14 @@ from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
-from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients
+from pneumo.evaluate.labelled import (
+    check_columns,
+    find_labelled,
+    left_out_more,
+    lost_classes,
+    patients_with_copies,
+    resampled_as,
+)
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
 from pneumo.evaluate.operating import adaptation_points, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
@@ -147,7 +154,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     lost = lost_classes(labelled["label"], table["label"])
     if lost:
         log.warning("%s: %s: the measures that need that class are n/a", data, lost)
-    groups_all = patients(table_all, official=official)  # whole patients in every interval, where they are known
+    # whole patients in every interval where they are known, a film listed twice as one
+    groups_all, copies = patients_with_copies(table_all, images_all, official=official)
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
@@ -162,10 +170,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "threshold_policy": spec.policy, "threshold_chosen_on": chosen_on, "temperature": spec.temperature,
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
-                                  "method": CI_METHOD, "resamples": "images" if groups is None else
-                                  "whole patients (" + ("the CSV's patient_id" if "patient_id" in table_all.columns
-                                                        else "the Kermany file names" if official
-                                                        else "the DICOM PatientID, as a keyed hash") + ")"},
+                                  "method": CI_METHOD,
+                                  "resamples": resampled_as(table_all, groups_all, copies, official=official)},
                     "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:
@@ -226,7 +232,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                           "by_label": table_all["label"].value_counts().to_dict(), "official_test_split": official,
                           "n_fitted_on": fitted_on_these(spec.predictors, table_all["path"]),
                           "n_threshold_chosen_on": threshold_chosen_on(spec, table_all["path"][assessed]),
-                          "lost_class": lost}
+                          "lost_class": lost, "n_copies": copies}
     if result["external"]["n_fitted_on"]:
         log.warning("%d of these %d images are ones the model was adapted on: not an external validation (hold "
                     "out other patients)", result["external"]["n_fitted_on"], len(table_all))
