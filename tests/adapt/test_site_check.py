@@ -200,6 +200,7 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert result["n_refused"] == 1 and {k: f["stage"] for k, f in stages.items()} == {"truncated.jpeg": "decode",
                                                                                         "IM00009": "refused"}
     assert "lateral film" in stages["IM00009"]["error"]
+    assert result["properties"]["site"]["dicom"] == {"ViewPosition": {"LL": 1}}  # a refused film's view is counted
     assert not stages["truncated.jpeg"]["error"].startswith("truncated.jpeg")  # the name once, in its own field
     assert result["n_not_read"] == 1 and list(result["not_read"].values()) == ["not an image file name (.txt)"]
     assert result["model"] and result["reference"]["n"] == 30

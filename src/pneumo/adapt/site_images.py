@@ -78,8 +78,10 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
                 continue
             gray = load_image(data, target=predictor.size)  # the path is in its own field: no name prefix
         except (PneumoError, OSError) as exc:
-            scored.failed.append({"path": name, "stage": "refused" if isinstance(exc, NotAssessed) else "decode",
-                                  "error": str(exc).splitlines()[0]})
+            refused = isinstance(exc, NotAssessed)  # a lateral film keeps its view in the site's view counts
+            view = header_properties(data).get("ViewPosition") if refused else None
+            scored.failed.append({"path": name, "stage": "refused" if refused else "decode",
+                                  "error": str(exc).splitlines()[0], **({"view": view} if view else {})})
             continue
         seen[digest] = name
         scored.properties.append({"path": name, "sha256": digest, **header_properties(data), **pixel_properties(gray)})

@@ -77,8 +77,9 @@ def summarize_properties(scored) -> dict:
     out: dict = {"n_decoded": len(props), "n_refused_by_gate": n_gate,
                  "share_refused_by_gate": n_gate / len(props) if len(props) else 0.0, "n_scored": scored.n,
                  "n_turned": n_turned, "share_turned": n_turned / scored.n if scored.n else 0.0}
+    views = [f["view"] for f in scored.failed if f.get("view")]  # refused films (laterals) are views of the site too
     if props.empty:
-        return out
+        return out | ({"dicom": _dicom_counts(props, views)} if views else {})
     width = props.get("width", pd.Series(dtype=float)).fillna(props["decoded_width"])
     height = props.get("height", pd.Series(dtype=float)).fillna(props["decoded_height"])
     sizes = (width.astype(int).astype(str) + "x" + height.astype(int).astype(str)).value_counts()
@@ -91,14 +92,24 @@ def summarize_properties(scored) -> dict:
         "intensity_histogram": np.mean(np.stack(props["histogram"].to_list()), axis=0).round(5).tolist(),
         "share_border_brighter": float((props["border_minus_centre"] > 0).mean()),
         "n_border_brighter": int((props["border_minus_centre"] > 0).sum()),
-        "dicom": {tag: {str(k): int(v) for k, v in props[tag].dropna().value_counts().items()}
-                  for tag in ("ViewPosition", "PhotometricInterpretation", "Modality") if tag in props},
+        "dicom": _dicom_counts(props, views),
     })
     ages = props["age_years"].dropna() if "age_years" in props else pd.Series(dtype=float)
     if len(ages):  # counts only: no image's age is kept
         out["age"] = {"n": len(ages), "median_years": round(float(ages.median()), 1),
                       "n_adults": int((ages >= 18).sum()), "n_children_1_to_5": int(ages.between(1, 6, "left").sum())}
     return out
+
+
+def _dicom_counts(props: pd.DataFrame, views: list[str]) -> dict[str, dict[str, int]]:
+    """Counts of each DICOM tag's values over the decoded images, the views also over ``views`` (refused films')."""
+    counts = {}
+    for tag in ("ViewPosition", "PhotometricInterpretation", "Modality"):
+        values = pd.concat([props[tag] if tag in props else pd.Series(dtype=object),
+                            pd.Series(views if tag == "ViewPosition" else [], dtype=object)]).dropna()
+        if len(values):
+            counts[tag] = {str(k): int(v) for k, v in values.value_counts().items()}
+    return counts
 
 
 def property_notes(site: dict, ref: dict | None, *, pediatric: bool = True) -> list[str]:
