@@ -234,18 +234,24 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     assert "holds other files" in capsys.readouterr().err and [p.name for p in home.iterdir()] == ["notes.txt"]
 
 
-@pytest.mark.parametrize("content", [None, b"not an image"], ids=["empty folder", "only unreadable files"])
-def test_a_folder_without_readable_images_exits_2_with_one_line(content: bytes | None, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(("content", "said"), [
+    (None, "no images found"), (b"not an image", "0 of 3 images in"),
+    ("lateral", "(0 not chest films to the input gate, 3 not frontal, 0 unreadable)"),  # which, for such a site
+], ids=["empty folder", "only unreadable files", "only lateral films"])
+def test_a_folder_without_readable_images_exits_2_with_one_line(content: bytes | str | None, said: str,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from corpus import dicom_bytes
+
     site = tmp_path / "site"
     site.mkdir()
     if content is not None:
-        for name in ("a.jpeg", "b.png", "c.dcm"):
-            (site / name).write_bytes(content)
+        for i, name in enumerate(("a.jpeg", "b.png", "c.dcm")):
+            (site / name).write_bytes(content if isinstance(content, bytes) else dicom_bytes(
+                np.full((64, 64), 90 + i, np.uint8), ViewPosition="LL"))
     code = main(["site", "check", "--data", str(site), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pneumo site check: error:")
-    assert ("no images found" in err) if content is None else ("0 of 3 images" in err)
+    assert said in err, err
     assert not (tmp_path / "out").exists()
 
 
