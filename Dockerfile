@@ -1,8 +1,10 @@
 # pneumo web service, CPU only.
-#   docker build -t pneumo .
+#   docker build --build-arg PNEUMO_COMMIT=$(git describe --always --dirty --abbrev=7) -t pneumo .
 #   docker run --rm -p 8000:8000 pneumo                          # the shipped default model
 #   docker run --rm -p 8000:8000 -v "$PWD/runs/default:/model:ro" -e PNEUMO_API_KEY=change-me \
 #       pneumo pneumo serve --host 0.0.0.0 --model /model         # your own run, with an API key
+#   (under --read-only a mounted run cannot be exported to ONNX at start, and is served with PyTorch: mount the folder
+#   `pneumo export --model RUN --out DIR` wrote instead)
 # Then open http://localhost:8000/ (the page) or http://localhost:8000/docs (the API).
 # Build arguments: BASE_IMAGE (any image with Python 3.11 and its venv module), TORCH_INDEX_URL (where the torch
 # wheels come from). tools/build_image.sh builds it without a Docker engine (buildah) from a Debian base.

@@ -33,6 +33,8 @@ need() { command -v "$1" >/dev/null || { log "missing: $1 (apt-get install $2)";
 need buildah buildah
 need podman podman
 need curl curl
+need bc bc
+need python3 python3
 [ -f "$IMAGE_FILE" ] || { log "no X-ray to post: pass one as the first argument"; exit 2; }
 if curl -s -o /dev/null "http://127.0.0.1:$PORT/"; then
     log "port $PORT is already in use: set PORT"; exit 2

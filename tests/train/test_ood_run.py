@@ -72,11 +72,17 @@ def test_held_out_xrays_are_flagged_far_less_often_than_photos(probe_run: Path,
 
 def test_onnx_and_torch_backends_give_the_same_ood_scores(probe_run: Path, held_out_xrays: list[np.ndarray],
                                                           cache_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sidecars import edit_sidecar
+
     from pneumo.infer.export import export_onnx
 
     torch_backend = Predictor(probe_run, backend="torch", threads=2)
     onnx_backend = Predictor(probe_run, backend="onnx", threads=2)  # the cached export
-    exported = Predictor(export_onnx(probe_run, tmp_path / "export"), backend="onnx", threads=2)  # a copied model
+    run = shutil.copytree(probe_run, tmp_path / "run")  # a --no-eval run is not exported: given an operating point
+    edit_sidecar(run / "model.json", threshold_policy="youden")
+    exported = Predictor(export_onnx(run, tmp_path / "export"), backend="onnx", threads=2)  # a copied model
     images = held_out_xrays[:8] + photo_grays()[:4]
     reference = [r.ood_score for r in torch_backend.predict(images)]
     for other in (onnx_backend, exported):

@@ -20,15 +20,23 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from pneumo.evaluate.cautions import operating_point_warning
     from pneumo.infer.export import export_onnx
+    from pneumo.models.sidecar import read_meta
 
     if args.out and args.out.endswith(".onnx"):
         raise ConfigError(f"--out is a folder, got the file name {args.out}: the export is <folder>/<model>.onnx")
     path = export_onnx(args.model, args.out)
+    # what the model's records say against deploying it, said where it is packed for deployment (an export audit)
+    warning = operating_point_warning(read_meta(path.with_suffix(".json")))
+    if warning:
+        logging.getLogger(__name__).warning("%s", warning)
     if args.out:  # the folder that gets deployed: with what a port of the preprocessing checks itself against
         from pneumo.infer.conformance import write_conformance
 
-        write_conformance(path.with_suffix(".json"))
+        write_conformance(path.with_suffix(".json"), warning=warning)
     print(f"onnx: {path}")
     for other in sorted(p for p in path.parent.iterdir() if p.name.startswith(f"{path.stem}.") and p != path):
         print(f"  with {other.name}")

@@ -120,7 +120,9 @@ def _performance(meta: dict) -> list[str]:
             lines += ["", "Three classes (normal / bacteria / virus) on the same images:", "",
                       *md_table(["metric", "value"], metric_rows(("accuracy", "macro_f1", "bacteria_vs_virus_roc_auc"),
                                                                  (three, metrics.get("test_3class_ci") or {})))]
-        return lines
+        # (an export audit: a model that had just failed at a site showed the same card, without a word)
+        return [*lines, "", ("Evaluations on other images (`pneumo evaluate --data`) are not part of this card: "
+                             "each writes its own report.")]
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})

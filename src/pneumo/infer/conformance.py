@@ -75,8 +75,9 @@ def cases() -> dict[str, bytes]:
             "film-large-exif-rotated.jpg": _jpeg_rotated(_burn_in((_film(1200, 1040) * 255).round().astype(np.uint8)))}
 
 
-def write_conformance(sidecar: Path) -> Path:
-    """Write ``conformance/`` beside the exported model ``sidecar`` (its ``.onnx`` next to it); returns the folder."""
+def write_conformance(sidecar: Path, warning: str | None = None) -> Path:
+    """Write ``conformance/`` beside the exported model ``sidecar`` (its ``.onnx`` next to it), with ``warning``, what
+    the model's records say against deploying it (a port reads expected.json, not the card); returns the folder."""
     from pneumo.data.decode import load_image
     from pneumo.infer.predictor import Predictor, gate
 
@@ -102,7 +103,8 @@ def write_conformance(sidecar: Path) -> Path:
                           "p_calibrated": result.p_calibrated, "label": result.label, "assessed": result.assessed,
                           "reason": result.reason, "ood_score": result.ood_score, "p_upright": upright}
     atomic.write_json(folder / "expected.json", {
-        "model_id": predictor.model_id, "input_size": predictor.size, "preprocessing": predictor.preprocessing,
+        "model_id": predictor.model_id, "warning": warning, "input_size": predictor.size,
+        "preprocessing": predictor.preprocessing,
         "how": ("decode the case to uint8 gray (decoded_sha256: the H x W uint8 bytes, row by row), preprocess it to "
                 "the S x S model input (<case>.model-input.png; model_input_sha256), divide by 255 and run the .onnx; "
                 "then P(pneumonia), the calibrated probability, the label at the sidecar's threshold and the checks "

@@ -21,6 +21,7 @@ from pneumo.atomic import sha256_file
 from pneumo.errors import ModelError
 from pneumo.models.records import check_crossfit, onnx_record_path, verify_onnx
 from pneumo.models.sidecar import (
+    ASSETS,
     companion_files,
     read_meta,
     resolve_model,
@@ -41,16 +42,42 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
     if model_path is None and out is None:
         raise ModelError("exporting the shipped default model needs --out DIR (the package folder is read-only)")
     sidecar = resolve_model(model_path)
+    meta = read_meta(sidecar)
+    if meta.threshold_policy is None:  # its threshold is a placeholder: nothing to deploy yet (an export audit)
+        raise ModelError(f"{sidecar.parent} has no operating point chosen on validation (a --no-eval run?): evaluate "
+                         f"it first (pneumo evaluate --model {sidecar.parent}), then export it")
     target = Path(out) if out else sidecar.with_suffix(".onnx")
     if target.suffix != ".onnx":
+        _check_out(target, sidecar, meta)
         target = target / (sidecar.stem + ".onnx")
     weights_sha256 = verify_weights(sidecar)
     _export(sidecar, target)
     _write_record(target, weights_sha256)
-    if target.with_suffix(".json") != sidecar:
+    if target.with_suffix(".json").resolve() != sidecar.resolve():  # (another spelling of its own folder: a review)
         shutil.copyfile(sidecar, target.with_suffix(".json"))
         _copy_companions(sidecar, target.with_suffix(".json"))
     return target
+
+
+def _check_out(folder: Path, sidecar: Path, meta) -> None:
+    """Refuse an export folder that is a file, the package's own (read-only) model folder, or that holds another
+    model: a second export into one folder left two models there, and the folder then named the other one (an export
+    audit).
+
+    Raises:
+        ModelError: naming the folder and what it holds.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ModelError(f"--out {folder} is a file: give a folder (the export is <folder>/{sidecar.stem}.onnx)")
+    if folder.resolve().is_relative_to(ASSETS):  # it is read-only, and predict would load what was written there
+        raise ModelError(f"--out {folder} is pneumo's own model folder: export into a folder of yours")
+    if not folder.is_dir() or folder.resolve() == sidecar.resolve().parent:
+        return
+    others = [j.name for j in sorted(folder.glob("*.json")) if (j.with_suffix(".safetensors").is_file() or j.with_suffix(
+        ".onnx").is_file()) and (j.stem != sidecar.stem or read_meta(j).sha256 != meta.sha256)]
+    if others:
+        raise ModelError(f"--out {folder} holds another model ({', '.join(others)}): export each model into a folder "
+                         "of its own, empty or holding an earlier export of the same model")
 
 
 def export_target(root: Path, weights_sha256: str, meta) -> Path:

@@ -2,9 +2,8 @@
 
 The sidecar carries what predict, serve and explain need so that they never guess: the architecture, input size,
 normalization, classes, preprocessing, the validation-chosen threshold and temperature, the metrics, and the SHA-256
-of the weights file. Sidecars written before a field existed still load: a missing field takes the default it always
-had. Torch-free on purpose: the ONNX predictor and the service read sidecars without importing torch. The weights
-themselves are `pneumo.models.checkpoint`.
+of the weights file. A sidecar written before a field existed still loads (the field's old default). Torch-free: the
+ONNX predictor and the service read sidecars without torch. The weights themselves are `pneumo.models.checkpoint`.
 
 Every value is range-checked when a sidecar is read (`check_meta`): a sidecar edited by hand or by an attacker (a
 threshold of 5 or NaN, a temperature of 0, swapped classes, an input size of 100000, a file name with a path in it)
@@ -50,8 +49,6 @@ log = logging.getLogger(__name__)
 _WARNED_LEGACY: set[Path] = set()
 MAX_CARD_BYTES = 1 << 20  # an older sidecar's card larger than this is not recorded (cards are a few kB)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the shipped default model
-
-
 DEFAULT_MODEL = ASSETS / "default-model.json"
 
 
@@ -313,9 +310,13 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
             members = ["see its ensemble.json"]
         raise ModelError(f"{model} is an ensemble evaluation, not one model: use one of its member runs "
                          f"({', '.join(members)})")
-    if path.is_dir():  # a run's model.json, else the folder's one checkpoint (a copy of the shipped model's folder)
+    if path.is_dir():  # the folder's one checkpoint (a run's model.json, a copy of the shipped model's folder)
         found = [j for j in sorted(path.glob("*.json"))
                  if j.with_suffix(".safetensors").is_file() or j.with_suffix(".onnx").is_file()]
+        models = {j.name for j in found if j.with_suffix(".onnx").is_file()} | (  # (a training state has no .onnx)
+            {RunDir(path).model.name} if RunDir(path).model.is_file() else set())
+        if len(models) > 1:  # model.json was taken over the other: two exports in one folder (an export audit)
+            raise ModelError(f"{model} holds {len(models)} models ({', '.join(sorted(models))}): name one .json")
         path = RunDir(path).model if RunDir(path).model.is_file() or len(found) != 1 else found[0]
     elif path.suffix in (".safetensors", ".onnx"):
         path = path.with_suffix(".json")
@@ -333,8 +334,7 @@ def companion_files(meta: CheckpointMeta) -> list[str]:
 
 def stem_of(path: str | os.PathLike) -> Path:
     """The path without a ``.json`` / ``.safetensors`` suffix."""
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    return Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
 
 
 def read_json(path: Path, expected_format: str | tuple[str, ...]) -> dict:

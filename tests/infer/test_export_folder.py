@@ -1,0 +1,89 @@
+"""What `pneumo export --out DIR` writes into, and what it says (an export audit): one model per folder, never pneumo's
+own model folder, a model with an operating point only, and its records' warnings where it is packed to deploy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sidecars import edit_sidecar
+
+from pneumo.cli import main
+from pneumo.models.sidecar import ASSETS
+
+
+def _copy(sidecar: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for path in sidecar.parent.glob(f"{sidecar.stem}.*"):
+        shutil.copyfile(path, folder / path.name)
+    return folder / sidecar.name
+
+
+def test_a_second_model_is_not_exported_into_a_folder_holding_another(tiny_model: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """The tiny run's export beside the shipped model's made `--model DIR` score with the tiny CNN, without a word, and
+    replaced the conformance cases a port of the shipped model checks itself against."""
+    out = tmp_path / "deploy"
+    assert main(["export", "--out", str(out)]) == 0
+    expected = (out / "conformance" / "expected.json").read_bytes()
+    capsys.readouterr()
+    assert main(["export", "--model", str(tiny_model), "--out", str(out)]) == 2
+    assert "holds another model (default-model.json)" in capsys.readouterr().err
+    assert not (out / "model.onnx").exists() and (out / "conformance" / "expected.json").read_bytes() == expected
+    assert main(["export", "--out", str(out)]) == 0  # the same model again: an earlier export of it is replaced
+    assert (out / "conformance" / "expected.json").read_bytes() == expected
+    # a folder that got a second model some other way is refused by every command that reads it, not half-read
+    for name in ("model.json", "model.onnx", "model.onnx.sha256"):
+        shutil.copyfile(tiny_model.parent / name if name == "model.json" else out / f"default-{name}", out / name)
+    capsys.readouterr()
+    assert main(["predict", str(out / "conformance" / "film-8bit.png"), "--model", str(out)]) == 2
+    assert "holds 2 models (default-model.json, model.json): name one .json" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_or_pneumos_own_model_folder_is_refused(tiny_model: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    assert main(["export", "--model", str(tiny_model), "--out", str(a_file)]) == 2
+    assert "--out " + str(a_file) + " is a file" in capsys.readouterr().err and a_file.read_text() == "mine"
+    before = sorted(p.name for p in ASSETS.iterdir())
+    monkeypatch.chdir(ASSETS.parent)  # the package's folder by a relative spelling (it wrote default-model.onnx there)
+    assert main(["export", "--out", "assets"]) == 2
+    assert "is pneumo's own model folder" in capsys.readouterr().err
+    assert sorted(p.name for p in ASSETS.iterdir()) == before
+
+
+def test_a_run_exported_into_its_own_folder_by_another_spelling_is_the_plain_export(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sidecar = _copy(tiny_model, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--model", "run", "--out", str(tmp_path / "run")]) == 0  # was "... are the same file"
+    assert (tmp_path / "run" / "model.onnx").is_file() and json.loads(sidecar.read_text())["arch"] == "scratch_cnn"
+
+
+def test_a_model_without_an_operating_point_is_not_exported(tiny_model: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A --no-eval run exported with its placeholder threshold 0.5, and the one warning sent the user in a circle."""
+    sidecar = _copy(tiny_model, tmp_path / "run")
+    edit_sidecar(sidecar, threshold_policy=None)
+    assert main(["export", "--model", str(sidecar.parent), "--out", str(tmp_path / "deploy")]) == 2
+    err = capsys.readouterr().err
+    assert "no operating point chosen on validation" in err and f"pneumo evaluate --model {sidecar.parent}" in err
+    assert not (tmp_path / "deploy").exists()
+
+
+def test_what_the_records_say_against_deploying_is_said_at_export_and_in_expected_json(
+        tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sidecar = _copy(tiny_model, tmp_path / "run")
+    said = "do not use the model at this operating point: it calls most normal films pneumonia"
+    edit_sidecar(sidecar, operating_point={"policy": "youden", "threshold": 0.5, "warning": said})
+    assert main(["export", "--model", str(sidecar.parent), "--out", str(tmp_path / "deploy")]) == 0
+    assert said in caplog.text
+    assert json.loads((tmp_path / "deploy" / "conformance" / "expected.json").read_text())["warning"] == said
+    caplog.clear()
+    assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "plain")]) == 0
+    assert said not in caplog.text
+    assert json.loads((tmp_path / "plain" / "conformance" / "expected.json").read_text())["warning"] is None
