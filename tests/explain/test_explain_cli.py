@@ -27,13 +27,16 @@ def folder(tmp_path: Path, real_paths: list[Path]) -> Path:
 def test_folder_with_a_corrupt_file_explains_the_good_ones_and_reports_the_bad_one(
         tmp_path: Path, folder: Path, checkpoint_factory: Callable[..., Path], real_paths: list[Path],
         capsys: pytest.CaptureFixture[str]) -> None:
+    """... and a dangling link, which it left out without a word (exit 0); the contact sheet counted the films it
+    showed only, and named no model (an explain audit)."""
+    (folder / "gone.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
     out = tmp_path / "out"
     rc = main(["explain", str(folder), "--model", str(checkpoint_factory()), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 1
     assert [line for line in err.splitlines() if line.strip()] == [
-        line for line in err.splitlines() if "broken.jpeg" in line]
-    assert len(err.strip().splitlines()) == 1
+        line for line in err.splitlines() if "broken.jpeg" in line or "gone.jpeg: skipped: dangling" in line]
+    assert len(err.strip().splitlines()) == 2
     for path in real_paths[1:3]:
         name = heatmap_name(folder / path.name)  # named after the file explained (the folder's copy)
         raw = np.load(out / f"{name}.cam.npy")
@@ -41,6 +44,11 @@ def test_folder_with_a_corrupt_file_explains_the_good_ones_and_reports_the_bad_o
     assert not list(out.glob("broken*"))
     page = (out / "index.html").read_text()
     assert all(f"thumbs/{heatmap_name(folder / p.name)}.cam.png" in page for p in real_paths[1:3])
+    assert "2 image(s); 2 not explained." in page and "gone.jpeg</b>: not explained: skipped: dangling" in page
+    assert "broken.jpeg</b>: not explained:" in page and "· gradcam · target predicted" in page
+    capsys.readouterr()
+    assert main(["explain", str(folder / "gone.jpeg"), "--out", str(tmp_path / "none")]) == 2
+    assert "no input images found; " in capsys.readouterr().err  # and why: the link's target is not there
 
 
 def test_occlusion_method_writes_its_own_files(tmp_path: Path, real_paths: list[Path],
@@ -211,6 +219,8 @@ def test_an_output_path_that_is_a_file_is_one_line_before_any_work(tmp_path: Pat
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "is a file" in err, err
+    assert main(["explain", str(real_paths[0]), "--out", "/proc/no-such-folder"]) == 2  # was a bare "[Errno 2] ..."
+    assert "--out /proc/no-such-folder: cannot make the folder" in capsys.readouterr().err
 
 
 def test_explain_prints_one_line_per_file_whatever_its_name(tmp_path: Path, real_paths: list[Path],

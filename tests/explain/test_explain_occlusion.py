@@ -69,7 +69,7 @@ def test_windows_always_reach_the_far_edge() -> None:
     assert window_starts(70, 32, 16) == [0, 16, 32, 38]
 
 
-@pytest.mark.parametrize(("window", "stride"), [(0, 4), (65, 4), (8, 0)])
+@pytest.mark.parametrize(("window", "stride"), [(0, 4), (65, 4), (8, 0), (8, 32)])  # wider stride: NaN maps
 def test_impossible_window_or_stride_raises_config_error(window: int, stride: int) -> None:
     with pytest.raises(ConfigError, match="occlusion"):
         occlusion_map(RegionModel(), _image(), window=window, stride=stride)

@@ -31,8 +31,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pneumo.errors import InputError
     from pneumo.explain.overlay import HeatmapWriter, write_contact_sheet
-    from pneumo.infer.batch import expand_inputs, load_input
+    from pneumo.infer.batch import find_inputs, load_input
     from pneumo.infer.predictor import Predictor
 
     if args.threads is not None and args.threads < 1:
@@ -40,15 +41,21 @@ def run(args: argparse.Namespace) -> int:
     if args.model and Path(args.model).suffix.lower() == ".onnx":
         raise ModelError(f"{args.model}: explanations need the PyTorch checkpoint (the run folder or its "
                          ".json/.safetensors), not an ONNX export")
-    files = expand_inputs(args.images)
+    inputs = find_inputs(args.images)  # what is not read (a dangling link...) is said, as predict says it
+    if not inputs.files:
+        raise InputError("no input images found" + "".join(f"; {one_line(str(p))}: {one_line(why)}"
+                                                           for p, why in list(inputs.skipped.items())[:3]))
+    files = inputs.files
     predictor = Predictor(args.model, threads=args.threads)
     writer = HeatmapWriter(predictor, args.out, method=args.method, layer=args.layer, target=args.target,
                            window=args.window, stride=args.stride)
-    written, failures = [], 0
+    written, failed = [], [(str(p), f"skipped: {why}") for p, why in inputs.skipped.items()]
+    for path, why in failed:
+        print(f"pneumo explain: {one_line(path)}: {one_line(why)}", file=sys.stderr)
     for path in files:  # scored as predict scores it (its decode, the input gate); explained at full resolution
         gray, prepared, error = load_input(predictor, path, full=True)
         if error is not None:
-            failures += 1
+            failed.append((str(path), str(error)))
             print(f"pneumo explain: {one_line(str(path))}: {one_line(str(error))}", file=sys.stderr)
             continue
         prediction = predictor.predict_prepared(prepared[None])[0]
@@ -57,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
         p = item.prediction
         print(f"{one_line(str(path))}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{one_line(str(item.overlay))}"
               + (f"\tno verdict: {p.reason}; map for audit only" if p.reason else ""))
-    if written and (len(files) > 1 or any(Path(i).is_dir() for i in args.images)):
-        sheet = write_contact_sheet(args.out, written, title=f"pneumo explain ({args.method})")
+    if written and (len(files) + len(inputs.skipped) > 1 or any(Path(i).is_dir() for i in args.images)):
+        subtitle = (f"model {predictor.model_id} · {args.method} · target {args.target}"
+                    + (f" · layer {args.layer}" if args.layer else ""))  # which maps these are (an explain audit)
+        sheet = write_contact_sheet(args.out, written, title=f"pneumo explain ({args.method})", subtitle=subtitle,
+                                    failed=[(one_line(path), one_line(why)) for path, why in failed])
         print(f"contact sheet: {sheet}")
-    if failures == len(files):
-        raise PneumoError(f"none of the {len(files)} input(s) could be read")
-    return 1 if failures else 0
+    if not written:
+        raise PneumoError(f"none of the {len(files) + len(inputs.skipped)} input(s) could be read")
+    return 1 if failed else 0
 

@@ -28,8 +28,9 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Top/left offsets of the occluding windows along one axis; the last window always touches the far edge."""
     if not 1 <= window <= size:
         raise ConfigError(f"occlusion window must be 1..{size} pixels (the model input size), got {window}")
-    if stride < 1:
-        raise ConfigError(f"occlusion stride must be at least 1 pixel, got {stride}")
+    if not 1 <= stride <= window:  # beyond the window, the pixels between windows got no value: NaN maps (an audit)
+        raise ConfigError(f"occlusion stride must be 1..{window} pixels (--stride at most --window: every pixel "
+                          f"needs a window that covers it), got {stride}")
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
         starts.append(size - window)

@@ -90,6 +90,8 @@ class HeatmapWriter:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise ConfigError(f"{out_dir} is a file (or below one): heat maps go to a folder") from None
+        except OSError as exc:  # (was the bare "[Errno 2] ...", naming no flag: an explain audit)
+            raise ConfigError(f"--out {out_dir}: cannot make the folder ({exc.strerror or exc})") from None
         self.method, self.layer, self.target = method, layer, target
         self.window, self.stride = window, stride
         # another target or layer gets its own files (a second run into the same --out overwrote the first's)
@@ -135,8 +137,9 @@ class HeatmapWriter:
 
 
 def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, title: str = "pneumo explain",
-                        thumb_side: int = 256) -> Path:
-    """``out_dir/index.html``: a grid of overlay thumbnails (``out_dir/thumbs/``) with label and probability."""
+                        thumb_side: int = 256, subtitle: str = "", failed: list[tuple[str, str]] = ()) -> Path:
+    """``out_dir/index.html``: a grid of overlay thumbnails (``out_dir/thumbs/``) with label and probability, and the
+    ``failed`` inputs by name with the reason (the sheet counted only the films it showed: an explain audit)."""
     out_dir = Path(out_dir).resolve()
     cells = []
     names = [Path(item.source).name for item in written]
@@ -156,7 +159,8 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
                       "name": name,
                       "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.3f} (threshold {fmt_threshold(p.threshold)})"
                       + (f" · no verdict: {p.reason}; map for audit only" if getattr(p, "reason", None) else "")})
-    page = render("contact_sheet.html.j2", title=title, subtitle="", cells=cells, thumb_side=thumb_side, stamp="")
+    page = render("contact_sheet.html.j2", title=title, subtitle=subtitle, cells=cells, thumb_side=thumb_side,
+                  stamp="", failed=list(failed))
     return atomic.write_text(out_dir / "index.html", page)
 
 
