@@ -130,3 +130,21 @@ def test_an_overlay_names_the_model_and_operating_point_that_drew_it(tmp_path: P
     assert text["pneumo:model_id"] == predictor.model_id and text["pneumo:method"] == "cam"
     assert float(text["pneumo:threshold"]) == pytest.approx(predictor.threshold)
     assert text["pneumo:threshold_policy"] == str(predictor.meta.threshold_policy)
+
+
+def test_a_map_against_the_models_call_says_it_is_drawn_at_full_scale() -> None:
+    """--target pneumonia on a film scored P 0.002 drew a full-red "evidence for PNEUMONIA" patch: each map is scaled to
+    its own maximum, and the caption did not say that this one explains a class the model does not call (an explain
+    audit: raw peaks 4-400x below a pneumonia film's)."""
+    from types import SimpleNamespace
+
+    from pneumo.explain.render import caption_lines
+
+    normal = SimpleNamespace(label="NORMAL", p_pneumonia=0.002, threshold=0.86, reason=None)
+    said = "the call is NORMAL: weak evidence against it, drawn at full scale"
+    assert caption_lines(normal, toward="PNEUMONIA")[-1] == said
+    assert said not in caption_lines(normal, toward="NORMAL")  # the predicted label's own map
+    called = SimpleNamespace(label="PNEUMONIA", p_pneumonia=0.97, threshold=0.86, reason=None)
+    assert not any("full scale" in line for line in caption_lines(called, toward="PNEUMONIA"))
+    virus = SimpleNamespace(label="virus", p_pneumonia=0.9, threshold=0.5, reason=None)  # a 3-class call
+    assert not any("full scale" in line for line in caption_lines(virus, toward="pneumonia"))

@@ -66,6 +66,10 @@ def caption_lines(prediction: PredictionLike, *, method: str = "gradcam", toward
     reason = getattr(prediction, "reason", None)
     if reason:  # out of distribution or turned: no verdict, and the map must not read as one
         lines.append(f"NO VERDICT: {reason}; map for audit only")
+    elif toward and (toward.lower() == "pneumonia") != (prediction.p_pneumonia >= prediction.threshold):
+        # --target pneumonia on a film called normal: a map 4-400x weaker than a pneumonia film's drawn in full red
+        # (an explain audit); each map is scaled to its own maximum
+        lines.append(f"the call is {prediction.label}: weak evidence against it, drawn at full scale")
     return lines
 
 
