@@ -221,7 +221,9 @@ def test_the_export_folder_holds_conformance_cases_that_exercise_each_step_and_a
     size = expected["input_size"]
     session = ort.InferenceSession(str(out / "default-model.onnx"))
     cases = expected["cases"]
-    assert set(cases) == {"film-8bit.png", "film-markers-text.png", "film-16bit.png", "film-large-exif-rotated.jpg"}
+    assert set(cases) == {"film-8bit.png", "film-markers-text.png", "film-16bit.png", "film-large-exif-rotated.jpg",
+                          "film-16bit-large-odd.png", "film-rgb-odd.jpg", "film-monochrome1-window.dcm",
+                          "film-no-window-padding.dcm"}
     for name, case in cases.items():
         gray = load_image_file(folder / name, target=size)
         assert hashlib.sha256(gray.tobytes()).hexdigest() == case["decoded_sha256"], name
@@ -238,6 +240,22 @@ def test_the_export_folder_holds_conformance_cases_that_exercise_each_step_and_a
     with Image.open(folder / "film-large-exif-rotated.jpg") as image:
         assert image.getexif()[0x0112] == 6 and image.size == (1200, 1040)  # stored turned, larger than 2 x S
     assert cases["film-large-exif-rotated.jpg"]["decoded_shape"] == [600, 520]  # upright, decoded at 1/2
+    # ... and the cases fail ports that the four above let pass (an export audit: 2e-3 off in P on real films)
+    large = load_image_file(folder / "film-16bit-large-odd.png", target=size)  # a resize reducing 6x
+    no_gap = np.asarray(Image.fromarray(large).resize((size, size), Image.Resampling.BILINEAR))
+    assert (no_gap != prepare(large, size=size, markers=meta["markers"])).sum() > 100  # without reducing_gap
+    with Image.open(folder / "film-rgb-odd.jpg") as image:
+        assert image.mode == "RGB" and image.size == (2093, 1281)
+    assert cases["film-rgb-odd.jpg"]["decoded_shape"] == [641, 1047]  # libjpeg's odd reduced size
+    import pydicom
+    from pydicom.pixels import apply_voi_lut
+
+    for name in ("film-monochrome1-window.dcm", "film-no-window-padding.dcm"):
+        ds = pydicom.dcmread(folder / name)
+        voi = apply_voi_lut(ds.pixel_array, ds).astype(np.float64)  # stretched over its own min..max, inverted
+        naive = np.rint((voi - voi.min()) / (voi.max() - voi.min()) * 255)
+        naive = 255 - naive if ds.PhotometricInterpretation == "MONOCHROME1" else naive
+        assert np.abs(naive - load_image_file(folder / name, target=size)).max() > 5, name
     assert main(["predict", *(str(folder / name) for name in sorted(cases)), "--output", str(tmp_path / "p.csv")]) == 0
     rows = pd.read_csv(tmp_path / "p.csv").set_index(pd.read_csv(tmp_path / "p.csv")["path"].map(lambda p: Path(p).name))
     for name, case in cases.items():

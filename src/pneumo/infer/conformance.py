@@ -3,8 +3,8 @@
 The ONNX graph holds the network only; decoding, the resize, the in-painting of markers and corner text and the checks
 run outside it (README, "The export outside pneumo"), and a port that gets one of them slightly wrong gets other
 scores (a review: up to 0.25 in P(pneumonia) without the in-painting). `pneumo export --out DIR` therefore writes
-``DIR/conformance/``: a few synthetic films that exercise those steps (burnt-in marker and corner text, a 16-bit PNG,
-a large JPEG decoded at a reduced scale, an EXIF rotation), each with the uint8 S x S model input pneumo makes of it
+``DIR/conformance/``: synthetic films that exercise those steps (burnt-in marker and corner text, 16-bit PNGs, large
+JPEGs decoded at a reduced scale, an EXIF rotation, an RGB JPEG, odd sizes, DICOM with and without a window), each with the uint8 S x S model input pneumo makes of it
 (``<case>.model-input.png``) and, in ``expected.json``, the outputs (P(pneumonia), the calibrated probability, the
 label, the out-of-distribution score, P(upright), whether a verdict is given). A port checks each step against them
 without installing pneumo. They are made by the exported model itself (ONNX Runtime), so they are its outputs.
@@ -66,13 +66,55 @@ def _jpeg_rotated(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _jpeg_rgb(array: np.ndarray) -> bytes:
+    """An RGB JPEG of the gray ``array`` with a warm tint (a scanner's colour export): its gray is libjpeg's own."""
+    from PIL import Image
+
+    rgb = np.stack([array, (array * 0.75).astype(np.uint8), (array * 0.5).astype(np.uint8)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def _dicom(pixels: np.ndarray, photometric: str, **elements: object) -> bytes:
+    """A 12-bit DICOM Part 10 file (CR) of ``pixels`` (uint16), without patient data."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, "1.2.826.0.1.3680043.8.498.1"
+    ds.Modality, ds.ViewPosition, ds.PhotometricInterpretation = "CR", "PA", photometric
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = *pixels.shape, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def cases() -> dict[str, bytes]:
-    """The inputs' bytes, by file name."""
+    """The inputs' bytes, by file name: small and large, odd sizes (a resize that reduces 3x or more, a reduced JPEG
+    decode of odd size), 16-bit, RGB and DICOM films (an export audit: four small gray films let ports with another
+    antialiasing, JPEG draft size or DICOM window mapping pass, 2e-3 off in P on real films)."""
     base = _film(560, 480)
     film = (base * 255).round().astype(np.uint8)
+    large = np.kron(_film(705, 684), np.ones((2, 2)))[:1409, :1367]  # reduced 6x (2x2 blocks: a PNG of 1 MB)
+    dicom = (200 + _film(781, 677) * 3500).round().astype(np.uint16)
+    padded = dicom.copy()
+    padded[:, :40] = 0  # the padding value's pixels, left out of the stretch
     return {"film-8bit.png": _png(film), "film-markers-text.png": _png(_burn_in(film)),
             "film-16bit.png": _png((1000 + base * 9000).round().astype(np.uint16)),
-            "film-large-exif-rotated.jpg": _jpeg_rotated(_burn_in((_film(1200, 1040) * 255).round().astype(np.uint8)))}
+            "film-large-exif-rotated.jpg": _jpeg_rotated(_burn_in((_film(1200, 1040) * 255).round().astype(np.uint8))),
+            "film-16bit-large-odd.png": _png((1000 + large * 40000).round().astype(np.uint16)),
+            "film-rgb-odd.jpg": _jpeg_rgb((_film(1281, 2093) * 255).round().astype(np.uint8)),
+            "film-monochrome1-window.dcm": _dicom(4095 - dicom, "MONOCHROME1", WindowCenter=2000, WindowWidth=3000),
+            "film-no-window-padding.dcm": _dicom(padded, "MONOCHROME2", PixelPaddingValue=0)}
 
 
 def write_conformance(sidecar: Path, warning: str | None = None) -> Path:
