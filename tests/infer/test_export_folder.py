@@ -87,3 +87,13 @@ def test_what_the_records_say_against_deploying_is_said_at_export_and_in_expecte
     assert main(["export", "--model", str(tiny_model), "--out", str(tmp_path / "plain")]) == 0
     assert said not in caplog.text
     assert json.loads((tmp_path / "plain" / "conformance" / "expected.json").read_text())["warning"] is None
+
+
+def test_an_export_folder_that_lost_its_onnx_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """It said "checkpoint weights missing: .../default-model.safetensors" only: an export never had weights."""
+    out = tmp_path / "deploy"
+    assert main(["export", "--out", str(out)]) == 0
+    (out / "default-model.onnx").unlink()
+    capsys.readouterr()
+    assert main(["predict", str(out / "conformance" / "film-8bit.png"), "--model", str(out / "default-model.json")]) == 2
+    assert "and no default-model.onnx export beside it" in capsys.readouterr().err

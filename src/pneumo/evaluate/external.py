@@ -19,18 +19,12 @@ from pneumo import atomic
 from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
+from pneumo.evaluate import labelled as labelled_rows
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
-from pneumo.evaluate.labelled import (
-    check_columns,
-    find_labelled,
-    left_out_more,
-    lost_classes,
-    patients_with_copies,
-    resampled_as,
-)
+from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
 from pneumo.evaluate.operating import adaptation_points, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
@@ -155,7 +149,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if lost:
         log.warning("%s: %s: the measures that need that class are n/a", data, lost)
     # whole patients in every interval where they are known, a film listed twice as one
-    groups_all, copies = patients_with_copies(table_all, images_all, official=official)
+    groups_all, copies = labelled_rows.patients_with_copies(table_all, images_all, official=official)
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
@@ -171,7 +165,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
                                   "method": CI_METHOD,
-                                  "resamples": resampled_as(table_all, groups_all, copies, official=official)},
+                                  "resamples": labelled_rows.resampled_as(table_all, groups_all, copies, official=official)},
                     "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:

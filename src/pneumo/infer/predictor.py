@@ -211,6 +211,10 @@ class Predictor:
         from pneumo.models.records import verify_onnx
 
         onnx_path = self.sidecar.with_suffix(".onnx")
+        weights = weights_path(self.sidecar, self.meta)
+        if not onnx_path.is_file() and not weights.is_file():  # an export folder that lost its .onnx: say it
+            raise ModelError(f"checkpoint weights missing: {weights}, and no {onnx_path.name} export beside it: copy "
+                             "the model's folder again")
         if not onnx_path.is_file():
             try:
                 onnx_path = cached_onnx(self.sidecar)
