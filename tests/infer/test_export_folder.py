@@ -23,23 +23,34 @@ def _copy(sidecar: Path, folder: Path) -> Path:
 
 def test_a_second_model_is_not_exported_into_a_folder_holding_another(tiny_model: Path, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
-    """The tiny run's export beside the shipped model's made `--model DIR` score with the tiny CNN, without a word, and
+    """A tiny run's export beside the shipped model's made `--model DIR` score with the tiny CNN, without a word, and
     replaced the conformance cases a port of the shipped model checks itself against."""
-    out = tmp_path / "deploy"
-    assert main(["export", "--out", str(out)]) == 0
+    import torch
+
+    from pneumo.models import create
+    from pneumo.models.checkpoint import save_checkpoint
+
+    out, other = tmp_path / "deploy", tmp_path / "other"
+    other.mkdir()
+    torch.manual_seed(1)  # another model, under another name, as an export folder holds one
+    save_checkpoint(other / "other", create("scratch_cnn", num_classes=2, weights="none"),
+                    {k: v for k, v in json.loads(tiny_model.read_text()).items() if k in (
+                        "task", "classes", "input_size", "threshold", "threshold_policy", "temperature")})
+    assert main(["export", "--model", str(other / "other.json"), "--out", str(out)]) == 0
     expected = (out / "conformance" / "expected.json").read_bytes()
     capsys.readouterr()
     assert main(["export", "--model", str(tiny_model), "--out", str(out)]) == 2
-    assert "holds another model (default-model.json)" in capsys.readouterr().err
+    assert "holds another model (other.json)" in capsys.readouterr().err
     assert not (out / "model.onnx").exists() and (out / "conformance" / "expected.json").read_bytes() == expected
-    assert main(["export", "--out", str(out)]) == 0  # the same model again: an earlier export of it is replaced
+    assert main(["export", "--model", str(other / "other.json"), "--out", str(out)]) == 0  # the same model again
     assert (out / "conformance" / "expected.json").read_bytes() == expected
     # a folder that got a second model some other way is refused by every command that reads it, not half-read
     for name in ("model.json", "model.onnx", "model.onnx.sha256"):
-        shutil.copyfile(tiny_model.parent / name if name == "model.json" else out / f"default-{name}", out / name)
+        shutil.copyfile(tiny_model.parent / name if name == "model.json" else out / name.replace("model", "other"),
+                        out / name)
     capsys.readouterr()
     assert main(["predict", str(out / "conformance" / "film-8bit.png"), "--model", str(out)]) == 2
-    assert "holds 2 models (default-model.json, model.json): name one .json" in capsys.readouterr().err
+    assert "holds 2 models (model.json, other.json): name one .json" in capsys.readouterr().err
 
 
 def test_an_out_that_is_a_file_or_pneumos_own_model_folder_is_refused(tiny_model: Path, tmp_path: Path,
@@ -89,11 +100,12 @@ def test_what_the_records_say_against_deploying_is_said_at_export_and_in_expecte
     assert json.loads((tmp_path / "plain" / "conformance" / "expected.json").read_text())["warning"] is None
 
 
-def test_an_export_folder_that_lost_its_onnx_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """It said "checkpoint weights missing: .../default-model.safetensors" only: an export never had weights."""
+def test_an_export_folder_that_lost_its_onnx_says_so(tiny_model: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """It said "checkpoint weights missing: .../model.safetensors" only: an export never had weights."""
     out = tmp_path / "deploy"
-    assert main(["export", "--out", str(out)]) == 0
-    (out / "default-model.onnx").unlink()
+    assert main(["export", "--model", str(tiny_model), "--out", str(out)]) == 0
+    (out / "model.onnx").unlink()
     capsys.readouterr()
-    assert main(["predict", str(out / "conformance" / "film-8bit.png"), "--model", str(out / "default-model.json")]) == 2
-    assert "and no default-model.onnx export beside it" in capsys.readouterr().err
+    assert main(["predict", str(out / "conformance" / "film-8bit.png"), "--model", str(out / "model.json")]) == 2
+    assert "and no model.onnx export beside it" in capsys.readouterr().err
