@@ -57,6 +57,14 @@ def test_explain_image_places_the_map_in_the_predictors_crop_box(border_predicto
     assert result.map_original[~outside].max() > 0
     expected = to_original_geometry(result.map_model, *gray.shape, box=(top, left, h, w))
     assert np.allclose(result.map_original, expected)
+    # the overlay outlines the box and says so: outside it the film the model never saw looked like "no evidence"
+    from pneumo.explain.render import overlay_image
+
+    assert result.box == (top, left, h, w)
+    plain = np.asarray(overlay_image(gray, result.map_original))
+    drawn = np.asarray(overlay_image(gray, result.map_original, box=result.box))
+    assert (drawn[top, left + 1 : left + w - 1] == 255).all() and (drawn[top + h // 2, left] == 255).all()
+    assert np.array_equal(drawn[:top], plain[:top])  # nothing else drawn on the film
 
 
 def test_the_predictor_feeds_the_model_the_cropped_image(border_predictor: Predictor,

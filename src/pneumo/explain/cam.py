@@ -47,6 +47,7 @@ class ExplainResult:
         method: the method that made the map.
         layer: the hooked module for CAM methods, else None.
         toward: the class the map gives evidence for (the predicted label, or the pneumonia class).
+        box: the crop (top, left, height, width) the model saw, on the original; None: the whole image.
     """
 
     map_model: np.ndarray
@@ -55,6 +56,7 @@ class ExplainResult:
     method: str
     layer: str | None
     toward: str
+    box: Box | None = None
 
 
 def layer_names(model: nn.Module, *, max_depth: int = 2) -> list[str]:
@@ -270,7 +272,7 @@ def explain_image(predictor: PredictorLike, gray: np.ndarray, *, method: str = "
     layer_name = resolve_layer(model, layer)[0] if method in CAM_METHODS else None
     toward = ("pneumonia" if len(classes) > 2 else classes[-1]) if toward_pneumonia else classes[0]
     return ExplainResult(map_model=map_model, map_original=map_original, prediction=prediction, method=method,
-                         layer=layer_name, toward=toward)
+                         layer=layer_name, toward=toward, box=box)
 
 
 def heatmap_overlay_png(predictor: PredictorLike, gray: np.ndarray, prediction: PredictionLike | None = None, *,

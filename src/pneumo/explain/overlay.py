@@ -120,7 +120,7 @@ class HeatmapWriter:
             raise ConfigError(f"refusing to write outside {root}: {name!r}")
         detail = self.detail or (f"layer {result.layer}" if result.layer else None)
         image = overlay_image(gray, result.map_original, result.prediction, method=self.method, toward=result.toward,
-                              band=True, detail=detail)
+                              band=True, detail=detail, box=result.box)
         atomic.write_bytes(npy_path, npy_bytes(result.map_original.astype(np.float32)))
         atomic.write_bytes(overlay_path, png_bytes(image, self._made_by(result.prediction)))
         return Written(source=str(path), overlay=overlay_path, raw_map=npy_path, prediction=result.prediction)

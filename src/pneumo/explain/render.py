@@ -139,17 +139,25 @@ def with_band(image: Image.Image, lines: list[str], bar_label: str = BAR_LABEL) 
 
 def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: PredictionLike | None = None, *,
                   method: str = "gradcam", toward: str | None = None, max_side: int | None = None,
-                  band: bool = False, detail: str | None = None) -> Image.Image:
+                  band: bool = False, detail: str | None = None,
+                  box: tuple[int, int, int, int] | None = None) -> Image.Image:
     """RGB overlay of ``heat`` (same H x W as ``gray``), optionally shrunk to ``max_side``, with the caption: on the
-    image (its geometry kept), or with ``band`` in a band above it, with a colour bar."""
+    image (its geometry kept), or with ``band`` in a band above it, with a colour bar. ``box``: the crop (top, left,
+    height, width) the model saw, outlined (outside it, the film the model never saw looked like "no evidence": an
+    explain audit)."""
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
         raise ConfigError(f"max_side must be None or an integer >= 1, got {max_side!r}")
     image = Image.fromarray(blend(gray, heat))
+    if box is not None:
+        top, left, height, width = box
+        ImageDraw.Draw(image).rectangle((left, top, left + width - 1, top + height - 1), outline=(255, 255, 255),
+                                        width=max(1, min(image.size) // 200))
     if max_side is not None and max(image.size) > max_side:
         scale = max_side / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.BILINEAR)
     if prediction is None:
         return image
-    lines = caption_lines(prediction, method=method, toward=toward, detail=detail)
+    lines = caption_lines(prediction, method=method, toward=toward, detail=detail) + (
+        ["outlined: the part of the film the model saw (its crop)"] if box is not None else [])
     return with_band(image, lines, BAR_LABELS.get(method, BAR_LABEL)) if band else draw_caption(image, lines)
