@@ -236,7 +236,8 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
 
 @pytest.mark.parametrize(("content", "said"), [
     (None, "no images found"), (b"not an image", "0 of 3 images in"),
-    ("lateral", "(0 not chest films to the input gate, 3 not frontal, 0 unreadable)"),  # which, for such a site
+    ("lateral", ("(0 not chest films to the input gate, 3 refused as predict refuses them (lateral, FOR PROCESSING, "
+                 "no pixels), 0 unreadable)")),  # which, for such a site
 ], ids=["empty folder", "only unreadable files", "only lateral films"])
 def test_a_folder_without_readable_images_exits_2_with_one_line(content: bytes | str | None, said: str,
                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -141,10 +141,10 @@ def test_a_map_against_the_models_call_says_it_is_drawn_at_full_scale() -> None:
     from pneumo.explain.render import caption_lines
 
     normal = SimpleNamespace(label="NORMAL", p_pneumonia=0.002, threshold=0.86, reason=None)
-    said = "the call is NORMAL: weak evidence against it, drawn at full scale"
+    said = "the call is NORMAL: a map for a class it did not call, scaled to its own maximum"
     assert caption_lines(normal, toward="PNEUMONIA")[-1] == said
     assert said not in caption_lines(normal, toward="NORMAL")  # the predicted label's own map
     called = SimpleNamespace(label="PNEUMONIA", p_pneumonia=0.97, threshold=0.86, reason=None)
-    assert not any("full scale" in line for line in caption_lines(called, toward="PNEUMONIA"))
+    assert not any("did not call" in line for line in caption_lines(called, toward="PNEUMONIA"))
     virus = SimpleNamespace(label="virus", p_pneumonia=0.9, threshold=0.5, reason=None)  # a 3-class call
-    assert not any("full scale" in line for line in caption_lines(virus, toward="pneumonia"))
+    assert not any("did not call" in line for line in caption_lines(virus, toward="pneumonia"))

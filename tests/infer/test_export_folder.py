@@ -64,6 +64,9 @@ def test_an_out_that_is_a_file_or_pneumos_own_model_folder_is_refused(tiny_model
     monkeypatch.chdir(ASSETS.parent)  # the package's folder by a relative spelling (it wrote default-model.onnx there)
     assert main(["export", "--out", "assets"]) == 2
     assert "is pneumo's own model folder" in capsys.readouterr().err
+    for model in ("default", str(ASSETS)):  # without --out, next to the shipped model: there too (a review)
+        assert main(["export", "--model", model]) == 2
+        assert "is pneumo's own model folder (read-only): export with --out DIR" in capsys.readouterr().err
     assert sorted(p.name for p in ASSETS.iterdir()) == before
 
 
@@ -78,11 +81,14 @@ def test_a_run_exported_into_its_own_folder_by_another_spelling_is_the_plain_exp
 def test_a_model_without_an_operating_point_is_not_exported(tiny_model: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     """A --no-eval run exported with its placeholder threshold 0.5, and the one warning sent the user in a circle."""
-    sidecar = _copy(tiny_model, tmp_path / "run")
+    sidecar = _copy(tiny_model, tmp_path / "folder")
     edit_sidecar(sidecar, threshold_policy=None)
     assert main(["export", "--model", str(sidecar.parent), "--out", str(tmp_path / "deploy")]) == 2
-    err = capsys.readouterr().err
-    assert "no operating point chosen on validation" in err and f"pneumo evaluate --model {sidecar.parent}" in err
+    err = capsys.readouterr().err  # not a run folder: evaluate would refuse it too; operating-point gives it one
+    assert "no operating point chosen on validation" in err and f"pneumo operating-point --model {sidecar}" in err
+    (sidecar.parent / "config.yaml").write_text("name: run\n")  # a run's folder: its evaluation chooses one
+    assert main(["export", "--model", str(sidecar.parent), "--out", str(tmp_path / "deploy")]) == 2
+    assert f"pneumo evaluate --model {sidecar.parent}" in capsys.readouterr().err
     assert not (tmp_path / "deploy").exists()
 
 
@@ -109,3 +115,33 @@ def test_an_export_folder_that_lost_its_onnx_says_so(tiny_model: Path, tmp_path:
     capsys.readouterr()
     assert main(["predict", str(out / "conformance" / "film-8bit.png"), "--model", str(out / "model.json")]) == 2
     assert "and no model.onnx export beside it" in capsys.readouterr().err
+
+
+def test_two_checkpoints_in_a_folder_are_refused_and_a_training_state_is_not_a_model(
+        tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Beside model.json, another checkpoint was passed over without a word, and two without a model.json were "model
+    not found"; a training state (last.json, another format) is no model to either check (a review)."""
+    import torch
+
+    from pneumo.models import create
+    from pneumo.models.checkpoint import save_checkpoint
+    from pneumo.train.checkpoint import STATE_FORMAT
+
+    folder = _copy(tiny_model, tmp_path / "run").parent
+    (folder / "last.json").write_text(json.dumps({"format": STATE_FORMAT}))
+    (folder / "last.safetensors").write_bytes(b"state")
+    assert main(["export", "--model", str(folder), "--out", str(folder)]) == 0  # its own folder, with its state
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    assert main(["export", "--model", str(folder), "--out", str(copy)]) == 0  # a copy of it: the same model
+    torch.manual_seed(1)
+    save_checkpoint(folder / "other", create("scratch_cnn", num_classes=2, weights="none"),
+                    {"task": "binary", "classes": ["NORMAL", "PNEUMONIA"], "input_size": 64})
+    capsys.readouterr()
+    assert main(["model-card", "--model", str(folder)]) == 2
+    assert "holds 2 models (model.json, other.json): name one .json" in capsys.readouterr().err
+    (folder / "model.json").unlink()
+    (folder / "model.onnx").unlink()
+    (folder / "extra.json").write_bytes((folder / "other.json").read_bytes())  # two, neither of them model.json
+    shutil.copyfile(folder / "other.safetensors", folder / "extra.safetensors")
+    assert main(["model-card", "--model", str(folder)]) == 2
+    assert "holds 2 models (extra.json, other.json)" in capsys.readouterr().err

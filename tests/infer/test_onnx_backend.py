@@ -250,8 +250,11 @@ def test_the_export_folder_holds_conformance_cases_that_exercise_each_step_and_a
     import pydicom
     from pydicom.pixels import apply_voi_lut
 
+    uids = {pydicom.dcmread(folder / name).SOPInstanceUID for name in cases if name.endswith(".dcm")}
+    assert len(uids) == 2  # each case its own instance: a DICOM store keeps both
     for name in ("film-monochrome1-window.dcm", "film-no-window-padding.dcm"):
         ds = pydicom.dcmread(folder / name)
+        assert ds.StudyInstanceUID and ds.SeriesInstanceUID and ds.PatientID == ""
         voi = apply_voi_lut(ds.pixel_array, ds).astype(np.float64)  # stretched over its own min..max, inverted
         naive = np.rint((voi - voi.min()) / (voi.max() - voi.min()) * 255)
         naive = 255 - naive if ds.PhotometricInterpretation == "MONOCHROME1" else naive

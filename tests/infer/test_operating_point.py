@@ -426,9 +426,18 @@ def test_a_film_listed_twice_under_one_label_is_one_patient_and_said(
     table = pd.DataFrame({"path": ["a", "b", "c"], "label": ["PNEUMONIA"] * 3})
     images = np.zeros((3, 4, 4), np.uint8)
     images[2] = 1
-    groups, copies = patients_with_copies(table, images)
-    assert copies == 1 and groups[0] == groups[1] != groups[2]
-    assert patients_with_copies(table, np.arange(48, dtype=np.uint8).reshape(3, 4, 4)) == (None, 0)  # as before
+    groups, copies, resampled = patients_with_copies(table, images)
+    assert copies == 1 and groups[0] == groups[1] != groups[2] and resampled.startswith("whole patients (1 pixel")
+    assert patients_with_copies(table, np.arange(48, dtype=np.uint8).reshape(3, 4, 4)) == (None, 0, "images")
+    named = table.assign(patient_id=["P1", "", "P2"])  # a copy listed without an ID joins P1, which names the group
+    groups, copies, _ = patients_with_copies(named, images)
+    assert copies == 1 and list(groups) == ["P1", "P1", "P2"]
+    same = table.assign(patient_id=["P1", "P1", "P2"])  # a copy within one patient joins nothing: nothing to say
+    assert patients_with_copies(same, images)[1] == 0
+    official = pd.DataFrame({"path": ["test/NORMAL/IM-0001-0001.jpeg", "test/NORMAL/IM-0002-0001.jpeg",
+                                      "test/NORMAL/IM-0003-0001.jpeg"], "label": ["NORMAL"] * 3})
+    groups, copies, resampled = patients_with_copies(official, images, official=True)  # grouped as a run's evaluation
+    assert copies == 0 and len(set(groups)) == 3 and resampled == "whole patients (the Kermany file names)"
 
 
 def test_a_point_set_on_labelled_images_keeps_the_models_val_fold_and_its_guard(

@@ -194,7 +194,7 @@ def test_a_copy_of_the_shipped_models_folder_is_a_model_folder(tmp_path: Path) -
     assert resolve_model(copy) == copy / DEFAULT_MODEL.name
     shutil.copyfile(copy / DEFAULT_MODEL.name, copy / "other.json")
     shutil.copyfile(copy / DEFAULT_MODEL.with_suffix(".safetensors").name, copy / "other.safetensors")
-    with pytest.raises(ModelError, match="model not found"):
+    with pytest.raises(ModelError, match="holds 2 models"):  # (was "model not found": which one, not whether)
         resolve_model(copy)
 
 

@@ -351,8 +351,8 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     if site.n < MIN_IMAGES:
         example = f"; e.g. {Path(site.failed[0]['path']).name}: {site.failed[0]['error']}" if site.failed else ""
         copies = f" ({len(site.copies)} are copies of another file, measured once)" if site.copies else ""
-        stages = f"{site.count('gate')} not chest films to the input gate, {site.count('refused')} not frontal, " \
-                 f"{site.count('decode')} unreadable"  # a site of lateral or inverted films is told which
+        stages = f"{site.count('gate')} not chest films to the input gate, {site.count('refused')} refused as " \
+                 f"predict refuses them (lateral, FOR PROCESSING, no pixels), {site.count('decode')} unreadable"
         raise DataError(f"only {site.n} of {len(items)} images in {data} could be scored ({stages}){copies}, at least "
                         f"{MIN_IMAGES} are needed{example}")
     ref = build_reference(predictor, dataset=dataset, sample=sample, seed=seed,

@@ -97,7 +97,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                             "pneumo evaluate --data)")
         y, logits = np.asarray(y)[keep], logits[keep]
         # the CSV's patient_id (or a DICOM's PatientID): whole patients in every count, a film listed twice as one
-        found, copies = patients_with_copies(table, images)
+        found, copies, _ = patients_with_copies(table, images)
         if copies:
             log.warning("%d of these images are pixel-identical copies of another one listed: counted as listed, with "
                         "its original as one patient (list each film once)", copies)

@@ -149,7 +149,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if lost:
         log.warning("%s: %s: the measures that need that class are n/a", data, lost)
     # whole patients in every interval where they are known, a film listed twice as one
-    groups_all, copies = labelled_rows.patients_with_copies(table_all, images_all, official=official)
+    groups_all, copies, resampled = labelled_rows.patients_with_copies(table_all, images_all, official=official)
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
@@ -165,7 +165,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
                     "temperature_fitted_on": fitted_on, "test": test,
                     "bootstrap": {"n_resamples": int(n_bootstrap), "seed": int(seed), "level": 0.95,
                                   "method": CI_METHOD,
-                                  "resamples": labelled_rows.resampled_as(table_all, groups_all, copies, official=official)},
+                                  "resamples": resampled},
                     "ece_bins": int(ece_bins)}
     val = val_scores(spec.predictors, data=val_data)
     if val is not None:

@@ -342,28 +342,24 @@ def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
             first[key] = patient
             continue
         copies += 1
-        a, b = root(first[key]), root(patient)
-        parent[max(a, b)] = min(a, b)
+        keep, drop = sorted((root(first[key]), root(patient)), key=lambda p: (p.startswith("\0"), p))
+        parent[drop] = keep  # a named patient over an image's own (a path), so that a CSV's ID stays the group's name
     return np.array([root(p) for p in patients], dtype=object), copies
 
 
 def patients_with_copies(table: pd.DataFrame, images: np.ndarray, *,
-                         official: bool = False) -> tuple[np.ndarray | None, int]:
-    """`patients`, with every pixel-identical copy (one film listed under two names: under one label, as two labels
-    are refused by `refuse_relabelled_copies`) in its original's patient, and how many copies there are. A copy adds
-    no evidence: counted twice as two patients, it narrowed the intervals (a review). ``images``: the preprocessed
-    images of ``table``'s rows."""
+                         official: bool = False) -> tuple[np.ndarray | None, int, str]:
+    """`patients`, with each pixel-identical copy (one film listed under two names: under one label, as two labels are
+    refused by `refuse_relabelled_copies`) in its original's patient; how many copies joined two patients (a copy of
+    a film of the same patient changes nothing); and what a bootstrap of the groups resamples, in words. A copy adds
+    no evidence: as two patients it narrowed the intervals (a review). ``images``: the preprocessed images of
+    ``table``'s rows. The official test split is left as `evaluate --model RUN` groups it (its file names), so that
+    its intervals stay comparable."""
     found = patients(table, official=official)
-    ids = ("\0" + table["path"].astype(str)).to_numpy() if found is None else found
-    groups, copies = join_copies(images, pd.Series(ids))
-    return (groups if copies else found), copies
-
-
-def resampled_as(table: pd.DataFrame, groups: np.ndarray | None, copies: int, *, official: bool = False) -> str:
-    """What a bootstrap of ``groups`` (`patients_with_copies`) resamples, in words."""
-    if groups is None:
-        return "images"
     named = ("the CSV's patient_id" if "patient_id" in table.columns else "the Kermany file names" if official
-             else "the DICOM PatientID, as a keyed hash" if patients(table) is not None else "")
-    both = [w for w in (named, f"{copies} pixel-identical copies with their originals" if copies else "") if w]
-    return f"whole patients ({'; '.join(both)})"
+             else "the DICOM PatientID, as a keyed hash" if found is not None else "")
+    ids = ("\0" + table["path"].astype(str)).to_numpy() if found is None else found
+    groups, _ = join_copies(images, pd.Series(ids)) if not official else (ids, 0)
+    joined = len(set(ids)) - len(set(groups))
+    both = [w for w in (named, f"{joined} pixel-identical copies with their originals" if joined else "") if w]
+    return (groups if joined else found), joined, f"whole patients ({'; '.join(both)})" if both else "images"

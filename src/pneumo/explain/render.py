@@ -69,7 +69,7 @@ def caption_lines(prediction: PredictionLike, *, method: str = "gradcam", toward
     elif toward and (toward.lower() == "pneumonia") != (prediction.p_pneumonia >= prediction.threshold):
         # --target pneumonia on a film called normal: a map 4-400x weaker than a pneumonia film's drawn in full red
         # (an explain audit); each map is scaled to its own maximum
-        lines.append(f"the call is {prediction.label}: weak evidence against it, drawn at full scale")
+        lines.append(f"the call is {prediction.label}: a map for a class it did not call, scaled to its own maximum")
     return lines
 
 

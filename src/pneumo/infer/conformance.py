@@ -76,17 +76,21 @@ def _jpeg_rgb(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _dicom(pixels: np.ndarray, photometric: str, **elements: object) -> bytes:
-    """A 12-bit DICOM Part 10 file (CR) of ``pixels`` (uint16), without patient data."""
+def _dicom(name: str, pixels: np.ndarray, photometric: str, **elements: object) -> bytes:
+    """A 12-bit DICOM Part 10 file (CR) of ``pixels`` (uint16), its UIDs made from ``name`` (the same in every export,
+    its own per case: a DICOM store keeps both), patient fields empty."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["pneumo conformance", name])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
-    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, "1.2.826.0.1.3680043.8.498.1"
+    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["pneumo conformance study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["pneumo conformance series", name])
+    ds.PatientName, ds.PatientID = "", ""
     ds.Modality, ds.ViewPosition, ds.PhotometricInterpretation = "CR", "PA", photometric
     ds.Rows, ds.Columns, ds.SamplesPerPixel = *pixels.shape, 1
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -113,8 +117,9 @@ def cases() -> dict[str, bytes]:
             "film-large-exif-rotated.jpg": _jpeg_rotated(_burn_in((_film(1200, 1040) * 255).round().astype(np.uint8))),
             "film-16bit-large-odd.png": _png((1000 + large * 40000).round().astype(np.uint16)),
             "film-rgb-odd.jpg": _jpeg_rgb((_film(1281, 2093) * 255).round().astype(np.uint8)),
-            "film-monochrome1-window.dcm": _dicom(4095 - dicom, "MONOCHROME1", WindowCenter=2000, WindowWidth=3000),
-            "film-no-window-padding.dcm": _dicom(padded, "MONOCHROME2", PixelPaddingValue=0)}
+            "film-monochrome1-window.dcm": _dicom("mono1", 4095 - dicom, "MONOCHROME1", WindowCenter=2000,
+                                                  WindowWidth=3000),
+            "film-no-window-padding.dcm": _dicom("padding", padded, "MONOCHROME2", PixelPaddingValue=0)}
 
 
 def write_conformance(sidecar: Path, warning: str | None = None) -> Path:

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING
 
 from pneumo import atomic
 from pneumo.atomic import sha256_file
+from pneumo.data.rundir import RunDir
 from pneumo.errors import ModelError
 from pneumo.models.records import check_crossfit, onnx_record_path, verify_onnx
 from pneumo.models.sidecar import (
     ASSETS,
     companion_files,
+    model_sidecars,
     read_meta,
     resolve_model,
     verify_weights,
@@ -44,12 +46,16 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
     sidecar = resolve_model(model_path)
     meta = read_meta(sidecar)
     if meta.threshold_policy is None:  # its threshold is a placeholder: nothing to deploy yet (an export audit)
-        raise ModelError(f"{sidecar.parent} has no operating point chosen on validation (a --no-eval run?): evaluate "
-                         f"it first (pneumo evaluate --model {sidecar.parent}), then export it")
+        how = (f"pneumo evaluate --model {sidecar.parent}" if RunDir(sidecar.parent).config.is_file() else
+               f"pneumo operating-point --model {sidecar} --data LABELLED_IMAGES --out NEW_FOLDER")  # (not a run)
+        raise ModelError(f"{sidecar} has no operating point chosen on validation (a --no-eval run?): give it one "
+                         f"first ({how}), then export it")
     target = Path(out) if out else sidecar.with_suffix(".onnx")
     if target.suffix != ".onnx":
         _check_out(target, sidecar, meta)
         target = target / (sidecar.stem + ".onnx")
+    if target.parent.resolve().is_relative_to(ASSETS):  # `--model default` without --out wrote there (a review)
+        raise ModelError(f"{target.parent} is pneumo's own model folder (read-only): export with --out DIR")
     weights_sha256 = verify_weights(sidecar)
     _export(sidecar, target)
     _write_record(target, weights_sha256)
@@ -73,8 +79,7 @@ def _check_out(folder: Path, sidecar: Path, meta) -> None:
         raise ModelError(f"--out {folder} is pneumo's own model folder: export into a folder of yours")
     if not folder.is_dir() or folder.resolve() == sidecar.resolve().parent:
         return
-    others = [j.name for j in sorted(folder.glob("*.json")) if (j.with_suffix(".safetensors").is_file() or j.with_suffix(
-        ".onnx").is_file()) and (j.stem != sidecar.stem or read_meta(j).sha256 != meta.sha256)]
+    others = [j.name for j in model_sidecars(folder) if j.stem != sidecar.stem or read_meta(j).sha256 != meta.sha256]
     if others:
         raise ModelError(f"--out {folder} holds another model ({', '.join(others)}): export each model into a folder "
                          "of its own, empty or holding an earlier export of the same model")

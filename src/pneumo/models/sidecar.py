@@ -5,16 +5,14 @@ normalization, classes, preprocessing, the validation-chosen threshold and tempe
 of the weights file. A sidecar written before a field existed still loads (the field's old default). Torch-free: the
 ONNX predictor and the service read sidecars without torch. The weights themselves are `pneumo.models.checkpoint`.
 
-Every value is range-checked when a sidecar is read (`check_meta`): a sidecar edited by hand or by an attacker (a
-threshold of 5 or NaN, a temperature of 0, swapped classes, an input size of 100000, a file name with a path in it)
-is one `ModelError` line, and `pneumo predict` / `pneumo serve` stop with exit 2. A sidecar of this format records
-its own SHA-256 (``sidecar_sha256``, over its canonical JSON without that key), checked on every read: any change after
-pneumo wrote it (a flipped byte, a threshold edited by hand within range, the checksum deleted) is an `IntegrityError`;
-the file names and checksums it records cover the weights, the OOD and orientation statistics and the ONNX export, so
-every file a model folder loads is covered. The checksums have no key: they catch corruption and accidental edits,
-not someone who can write the folder and recompute them (protect a deployed folder with file permissions or a signed
-image). Sidecars of the older format (``pneumo-checkpoint/1``, which had no such record) are still read,
-range-checked, with one warning; any pneumo command that rewrites one (`pneumo ood fit`) moves it to this format.
+Every value is range-checked when a sidecar is read (`check_meta`): a threshold of 5 or NaN, a temperature of 0,
+swapped classes, an input size of 100000, a file name with a path in it is one `ModelError` line (exit 2). A sidecar
+of this format records its own SHA-256 (``sidecar_sha256``, over its canonical JSON without that key), checked on
+every read: any change after pneumo wrote it is an `IntegrityError`; the names and checksums it records cover the
+weights, the OOD and orientation statistics and the ONNX export, so every file a model folder loads is covered. The
+checksums have no key: they catch corruption and accidental edits, not someone who can write the folder (protect a
+deployed folder with file permissions or a signed image). Older sidecars (``pneumo-checkpoint/1``, without the
+record) are read, range-checked, with one warning; a command that rewrites one (`pneumo ood fit`) moves it on.
 """
 
 from __future__ import annotations
@@ -61,12 +59,10 @@ class CheckpointMeta:
         arch: registry name of the architecture.
         num_classes: outputs of the head.
         input_size: side S of the square model input (None: the architecture's default).
-        mean: per-channel normalization mean applied inside the model.
-        std: per-channel normalization std applied inside the model.
+        mean, std: the per-channel normalization applied inside the model.
         task: ``binary`` or ``3class``.
         classes: class names in logit order (class 0 is normal).
-        resize_policy: ``squash`` or ``letterbox``.
-        intensity: the intensity step (``none``, ``equalize``, ``clahe``, ``standardize``).
+        resize_policy, intensity: ``squash`` or ``letterbox``; ``none``, ``equalize``, ``clahe`` or ``standardize``.
         markers: what happens to burnt-in markers and text (``none``, ``inpaint``, ``inpaint-text``).
         crop: the crop before resizing (``none``, ``border:F``, ``lungs``; `pneumo.data.crop`).
         mode: how it was trained (``probe``, ``partial``, ``finetune``, ``scratch``), if known.
@@ -74,18 +70,14 @@ class CheckpointMeta:
         threshold_policy: the policy that chose it (None: not yet evaluated).
         temperature: temperature for calibrated probabilities (fitted on validation).
         tta: predict with horizontal-flip averaging (as it was evaluated).
-        metrics: headline metrics written by the evaluation.
-        training: training facts (wall time, device, best epoch, ...).
+        metrics, training: headline metrics written by the evaluation; training facts (wall time, best epoch, ...).
         config: the resolved run configuration.
-        commit: git commit of the code that trained it.
-        created: ISO time of saving.
-        weights_file: name of the safetensors file next to the sidecar.
-        dtype: ``float32`` or ``float16`` (storage; always loaded as float32).
+        commit, created: git commit of the code that trained it; ISO time of saving.
+        weights_file, dtype: the safetensors file next to the sidecar; ``float32`` or ``float16`` (storage only).
         sha256: SHA-256 of the weights file.
         ood: the out-of-distribution statistics' entry (file, checksum, method, threshold, ...; `pneumo.models.ood`),
             None when the model has none.
-        format: the sidecar format tag.
-        extra: unknown keys, kept as they were.
+        format, extra: the sidecar format tag; unknown keys, kept as they were.
     """
 
     arch: str
@@ -231,9 +223,8 @@ def check_meta(meta: CheckpointMeta, *, source: str = "checkpoint sidecar") -> C
 
 
 def write_meta(path: str | os.PathLike, meta: CheckpointMeta) -> Path:
-    """Write a sidecar atomically (e.g. after the evaluation chose the threshold and temperature), in this format,
-    with its own SHA-256 (`sidecar_digest`). A sidecar of the older format being rewritten (`pneumo ood fit`) keeps
-    the card beside it: its SHA-256 is recorded now (it was shown unchecked before)."""
+    """Write a sidecar atomically in this format, with its own SHA-256 (`sidecar_digest`). An older one being rewritten
+    (`pneumo ood fit`) keeps the card beside it: its SHA-256 is recorded now (it was shown unchecked before)."""
     sidecar = stem_of(path).with_suffix(".json")
     card = sidecar.with_suffix(".md")
     if meta.format == LEGACY_FORMAT and CARD_KEY not in meta.extra and _plain_card(card):
@@ -249,9 +240,8 @@ def _plain_card(card: Path) -> bool:
 
 
 def sidecar_digest(payload: Mapping[str, Any]) -> str | None:
-    """SHA-256 of a sidecar's canonical JSON (sorted keys, no spaces, ASCII), without its ``sidecar_sha256``: the
-    same for the dict written and the dict read back (floats round-trip exactly). None for a payload holding NaN or
-    infinity, which `write_meta` never writes (it writes them as null): such a sidecar has no valid record."""
+    """SHA-256 of a sidecar's canonical JSON (sorted keys, no spaces, ASCII) without its ``sidecar_sha256``, the same
+    written and read back; None for a payload holding NaN or infinity (`write_meta` writes null): no valid record."""
     body = {k: v for k, v in payload.items() if k != DIGEST_KEY}
     try:
         text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -262,8 +252,7 @@ def sidecar_digest(payload: Mapping[str, Any]) -> str | None:
 
 def _check_digest(sidecar: Path, payload: Mapping[str, Any]) -> None:
     """``IntegrityError`` unless a sidecar of this format holds its own SHA-256; an older one: one warning a path."""
-    # records only this format's writers make, in a sidecar that says it is older: its format was edited (a review
-    # removed the checksum, set format 1 and a new threshold, and every command ran with a forged card)
+    # this format's records in a sidecar that says it is older: its format was edited (a review forged a card so)
     if payload.get("format") == LEGACY_FORMAT and not {DIGEST_KEY, CARD_KEY, CROSSFIT_KEY} & set(payload):
         if sidecar not in _WARNED_LEGACY:
             _WARNED_LEGACY.add(sidecar)
@@ -311,18 +300,29 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         raise ModelError(f"{model} is an ensemble evaluation, not one model: use one of its member runs "
                          f"({', '.join(members)})")
     if path.is_dir():  # the folder's one checkpoint (a run's model.json, a copy of the shipped model's folder)
-        found = [j for j in sorted(path.glob("*.json"))
-                 if j.with_suffix(".safetensors").is_file() or j.with_suffix(".onnx").is_file()]
-        models = {j.name for j in found if j.with_suffix(".onnx").is_file()} | (  # (a training state has no .onnx)
-            {RunDir(path).model.name} if RunDir(path).model.is_file() else set())
-        if len(models) > 1:  # model.json was taken over the other: two exports in one folder (an export audit)
-            raise ModelError(f"{model} holds {len(models)} models ({', '.join(sorted(models))}): name one .json")
-        path = RunDir(path).model if RunDir(path).model.is_file() or len(found) != 1 else found[0]
+        found = model_sidecars(path)
+        if len(found) > 1:  # model.json was taken over the other: two exports in one folder (an export audit)
+            raise ModelError(f"{model} holds {len(found)} models ({', '.join(j.name for j in found)}): name one .json")
+        path = found[0] if found else RunDir(path).model
     elif path.suffix in (".safetensors", ".onnx"):
         path = path.with_suffix(".json")
     if not path.is_file():
         raise ModelError(f"model not found: {model} (give a run folder or a checkpoint file)")
     return path
+
+
+def model_sidecars(folder: Path) -> list[Path]:
+    """The checkpoint sidecars in ``folder``: each ``*.json`` beside its weights or ONNX export, but a training state's
+    (``last.json``, of another format); an unreadable one counts (reading it says what is wrong with it)."""
+    return [j for j in sorted(folder.glob("*.json")) if (j.with_suffix(".safetensors").is_file() or j.with_suffix(
+        ".onnx").is_file()) and _format(j) in (FORMAT, LEGACY_FORMAT, None)]
+
+
+def _format(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):  # unreadable, or not a JSON object: no format
+        return None
 
 
 def companion_files(meta: CheckpointMeta) -> list[str]:
