@@ -270,8 +270,27 @@ def test_a_malformed_dicom_is_one_line_without_pydicoms_warnings(tmp_path: Path,
             r for r in kept.records if r.name.startswith("pydicom") and r.levelno >= logging.WARNING]
 
     code, shown, logged = run("-v")  # the warnings are there to leave out (-v keeps them)
-    assert code == 2 and shown and logged
+    assert code == 0 and shown and logged  # refused for what it is (no pixels), as predict refuses it: no failure
     code, shown, logged = run()
     err = capsys.readouterr().err
-    assert code == 2 and "no pixel data" in err and "pydicom" not in err and "Warning" not in err, err
+    assert code == 0 and "no pixel data" in err and "pydicom" not in err and "Warning" not in err, err
     assert not shown and not logged, (shown, logged)
+
+
+def test_a_lateral_film_is_refused_as_predict_refuses_it_and_fails_nothing(tmp_path: Path, real_paths: list[Path],
+                                                                          checkpoint_factory: Callable[..., Path],
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """predict refuses a lateral film with its reason and exits 0; explain counted it a failure (exit 1, or exit 2
+    "none could be read" alone; a review)."""
+    from corpus import dicom_bytes
+
+    lateral = tmp_path / "lateral.dcm"
+    lateral.write_bytes(dicom_bytes(np.full((64, 64), 90, np.uint8), ViewPosition="LL"))
+    model = str(checkpoint_factory())
+    assert main(["explain", str(real_paths[0]), str(lateral), "--model", model, "--out", str(tmp_path / "a")]) == 0
+    assert "lateral" in capsys.readouterr().err
+    assert main(["explain", str(lateral), "--model", model, "--out", str(tmp_path / "b")]) == 0
+    broken = tmp_path / "broken.jpeg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    assert main(["explain", str(lateral), str(broken), "--model", model, "--out", str(tmp_path / "c")]) == 2
+    assert "none of the 2 input(s) could be read (1 refused)" in capsys.readouterr().err

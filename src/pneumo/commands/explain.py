@@ -31,7 +31,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo.errors import InputError
+    from pneumo.errors import InputError, NotAssessed
     from pneumo.explain.overlay import HeatmapWriter, write_contact_sheet
     from pneumo.infer.batch import find_inputs, load_input
     from pneumo.infer.predictor import Predictor
@@ -52,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
     written, failed = [], [(str(p), f"skipped: {why}") for p, why in inputs.skipped.items()]
     for path, why in failed:
         print(f"pneumo explain: {one_line(path)}: {one_line(why)}", file=sys.stderr)
+    refused = 0  # a lateral film, a report: refused for what it is, as predict refuses it, which fails nothing
     for path in files:  # scored as predict scores it (its decode, the input gate); explained at full resolution
         gray, prepared, error = load_input(predictor, path, full=True)
         if error is not None:
+            refused += isinstance(error, NotAssessed)
             failed.append((str(path), str(error)))
             print(f"pneumo explain: {one_line(str(path))}: {one_line(str(error))}", file=sys.stderr)
             continue
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         sheet = write_contact_sheet(args.out, written, title=f"pneumo explain ({args.method})", subtitle=subtitle,
                                     failed=[(one_line(path), one_line(why)) for path, why in failed])
         print(f"contact sheet: {sheet}")
-    if not written:
-        raise PneumoError(f"none of the {len(files) + len(inputs.skipped)} input(s) could be read")
-    return 1 if failed else 0
+    if not written and refused < len(files) + len(inputs.skipped):
+        raise PneumoError(f"none of the {len(files) + len(inputs.skipped)} input(s) could be read"
+                          + (f" ({refused} refused)" if refused else ""))
+    return 1 if len(failed) > refused else 0
 
