@@ -32,16 +32,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def _with_ci(chosen: dict, key: str, ci_key: str | None = None) -> str:
-    """``0.950 [0.890, 0.980]`` (exact for the proportions; an older record, or an AUC without one: the value)."""
-    value, ci = chosen.get(key), chosen.get(ci_key or f"{key}_exact_ci")
-    if value is None:
-        return "n/a"
-    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci[:2] else "")
-
-
 def run(args: argparse.Namespace) -> int:
     from pneumo.evaluate.derive import derive_model
+    from pneumo.infer.card import with_ci
     from pneumo.policy import check_policy
 
     policy = check_policy(args.threshold_policy, "--threshold-policy")
@@ -50,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     withheld = chosen.get("n_not_assessed") or 0
     patients = chosen.get("patients_by_class")
     print(f"new model: {args.out} (operating point v{record['version']}: {record['policy']}, threshold "
-          f"{fmt_threshold(record['threshold'])}, sensitivity {_with_ci(chosen, 'sensitivity')}, specificity "
-          f"{_with_ci(chosen, 'specificity')}, ROC-AUC {_with_ci(chosen, 'roc_auc', 'roc_auc_ci')} on {chosen['n']} "
+          f"{fmt_threshold(record['threshold'])}, sensitivity {with_ci(chosen, 'sensitivity')}, specificity "
+          f"{with_ci(chosen, 'specificity')}, ROC-AUC {with_ci(chosen, 'roc_auc', 'roc_auc_ci')} on {chosen['n']} "
           f"images" + (f" of {sum(patients.values())} patients" if patients else "") + f" of {chosen['kind']}"
           + (f"; {withheld} without a verdict left out)" if withheld else ")"))
     left_out = record["left_out"]  # named here only: the new folder's record counts them

@@ -152,9 +152,9 @@ def _evaluate_locked(run_dir: Path, *, extra: tuple[str, ...], n_bootstrap: int 
     if turned is not None:
         result["orientation"] = {"n": len(turned), "n_refused": int(turned.sum())}
     assessed = _assessed(result, ood_scores, turned)
-    if assessed is not None and not assessed.all():  # said on the console too (a training audit: in metrics.json only)
-        result["not_assessed"] = {"n": int((~assessed).sum()), "of": int(assessed.size)}
     if assessed is not None and not assessed.all():  # the headline counts every image; the set apart: those with
+        # (said on the console too: a training audit found it in metrics.json only)
+        result["not_assessed"] = {"n": int((~assessed).sum()), "of": int(assessed.size)}
         result["test_assessed"] = measure(  # a verdict, as `evaluate --dataset` of the shipped model writes it
             y_test[assessed], logits["test"][assessed], threshold=result["threshold"],
             temperature=result["temperature"], classes=names, subtypes=test["subtype"][assessed].tolist(),

@@ -100,6 +100,15 @@ def _warnings(test: dict, ci: dict) -> list[str]:
     return ["", f"**Warning:** {md_text('; '.join(said))}."] if said else []
 
 
+def with_ci(chosen: dict, key: str, ci_key: str | None = None) -> str:
+    """``0.950 [0.890, 0.980]``: a value of an operating point's ``chosen_on`` record with its interval (exact for the
+    proportions; an older record, or an AUC without one: the value alone), or ``n/a``."""
+    value, ci = chosen.get(key), chosen.get(ci_key or f"{key}_exact_ci")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci[:2] else "")
+
+
 def _performance(meta: dict) -> list[str]:
     """Test metrics with CIs, or what a derived model has instead (its operating point's validation figures)."""
     metrics = meta.get("metrics") or {}
@@ -126,18 +135,12 @@ def _performance(meta: dict) -> list[str]:
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})
-
-        def shown(key: str, ci_key: str) -> str:
-            value, ci = chosen.get(key), chosen.get(ci_key)
-            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci[:2] else ""
-            return "n/a" if value is None else f"{value:.3f}{interval}"
-
         lines = [(f"Not measured at this operating point yet (`pneumo evaluate --model` this folder). Where the "
                   f"threshold was chosen ({chosen.get('n')} images of {md_text(chosen.get('kind'))}, "
                   f"{chosen.get('n_pneumonia')} with pneumonia): sensitivity "
-                  f"{shown('sensitivity', 'sensitivity_exact_ci')}, specificity "
-                  f"{shown('specificity', 'specificity_exact_ci')}"
-                  + (f", ROC-AUC {shown('roc_auc', 'roc_auc_ci')}" if chosen.get("roc_auc") is not None else "")
+                  f"{with_ci(chosen, 'sensitivity')}, specificity "
+                  f"{with_ci(chosen, 'specificity')}"
+                  + (f", ROC-AUC {with_ci(chosen, 'roc_auc', 'roc_auc_ci')}" if chosen.get("roc_auc") is not None else "")
                   + " (95 % CI; optimistic: the same images chose it).")]
         if op.get("warning"):  # what `pneumo operating-point` warned, with the folder (a review: the card left it out)
             lines += ["", f"**Warning, recorded when this operating point was set:** {md_text(op['warning'])}"]

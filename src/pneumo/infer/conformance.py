@@ -4,10 +4,10 @@ The ONNX graph holds the network only; decoding, the resize, the in-painting of 
 run outside it (README, "The export outside pneumo"), and a port that gets one of them slightly wrong gets other
 scores (a review: up to 0.25 in P(pneumonia) without the in-painting). `pneumo export --out DIR` therefore writes
 ``DIR/conformance/``: synthetic films that exercise those steps (burnt-in marker and corner text, 16-bit PNGs, large
-JPEGs decoded at a reduced scale, an EXIF rotation, an RGB JPEG, odd sizes, DICOM with and without a window), each with the uint8 S x S model input pneumo makes of it
-(``<case>.model-input.png``) and, in ``expected.json``, the outputs (P(pneumonia), the calibrated probability, the
-label, the out-of-distribution score, P(upright), whether a verdict is given). A port checks each step against them
-without installing pneumo. They are made by the exported model itself (ONNX Runtime), so they are its outputs.
+JPEGs decoded at a reduced scale, an EXIF rotation, an RGB JPEG, odd sizes, DICOM with and without a window), each
+with the uint8 S x S model input pneumo makes of it (``<case>.model-input.png``) and, in ``expected.json``, the
+outputs (P(pneumonia), the calibrated probability, the label, the out-of-distribution score, P(upright), whether a
+verdict is given). A port checks each step against them without installing pneumo. They are made by the exported model itself (ONNX Runtime), so they are its outputs.
 """
 
 from __future__ import annotations

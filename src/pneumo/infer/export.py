@@ -51,11 +51,13 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
         raise ModelError(f"{sidecar} has no operating point chosen on validation (a --no-eval run?): give it one "
                          f"first ({how}), then export it")
     target = Path(out) if out else sidecar.with_suffix(".onnx")
+    folder = target if target.suffix != ".onnx" else target.parent
+    if folder.resolve().is_relative_to(ASSETS):  # read-only, and predict would load what was written there (reviews)
+        raise ModelError(f"{'--out ' if out else ''}{folder} is pneumo's own model folder (read-only): export "
+                         + ("into a folder of yours" if out else "with --out DIR"))
     if target.suffix != ".onnx":
         _check_out(target, sidecar, meta)
         target = target / (sidecar.stem + ".onnx")
-    if target.parent.resolve().is_relative_to(ASSETS):  # `--model default` without --out wrote there (a review)
-        raise ModelError(f"{target.parent} is pneumo's own model folder (read-only): export with --out DIR")
     weights_sha256 = verify_weights(sidecar)
     _export(sidecar, target)
     _write_record(target, weights_sha256)
@@ -66,17 +68,14 @@ def export_onnx(model_path: str | os.PathLike | None, out: str | os.PathLike | N
 
 
 def _check_out(folder: Path, sidecar: Path, meta) -> None:
-    """Refuse an export folder that is a file, the package's own (read-only) model folder, or that holds another
-    model: a second export into one folder left two models there, and the folder then named the other one (an export
-    audit).
+    """Refuse an export folder that is a file, or that holds another model: a second export into one folder left two
+    models there, and the folder then named the other one (an export audit).
 
     Raises:
         ModelError: naming the folder and what it holds.
     """
     if folder.exists() and not folder.is_dir():
         raise ModelError(f"--out {folder} is a file: give a folder (the export is <folder>/{sidecar.stem}.onnx)")
-    if folder.resolve().is_relative_to(ASSETS):  # it is read-only, and predict would load what was written there
-        raise ModelError(f"--out {folder} is pneumo's own model folder: export into a folder of yours")
     if not folder.is_dir() or folder.resolve() == sidecar.resolve().parent:
         return
     others = [j.name for j in model_sidecars(folder) if j.stem != sidecar.stem or read_meta(j).sha256 != meta.sha256]
