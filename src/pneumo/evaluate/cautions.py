@@ -66,7 +66,8 @@ def evaluation_warnings(metrics: dict, cis: dict | None, adaptation: dict | None
     copies = ext.get("n_copies") and (
         f"{ext['n_copies']} of these images are pixel-identical copies of another one listed (one film under two "
         "names): each is counted as listed, with its original as one patient in the intervals; list each film once.")
-    return [w for w in (chosen, fitted, copies, chance, low and f"{low[0].upper()}{low[1:]}.", missed and f"{missed[0].upper()}{missed[1:]}.",
+    return [w for w in (chosen, fitted, copies, chance, low and f"{low[0].upper()}{low[1:]}.",
+                        missed and f"{missed[0].upper()}{missed[1:]}.",
                         small_sample_warning(metrics), said and f"Its records say: {said}.") if w]
 
 

@@ -7,7 +7,8 @@ scores (a review: up to 0.25 in P(pneumonia) without the in-painting). `pneumo e
 JPEGs decoded at a reduced scale, an EXIF rotation, an RGB JPEG, odd sizes, DICOM with and without a window), each
 with the uint8 S x S model input pneumo makes of it (``<case>.model-input.png``) and, in ``expected.json``, the
 outputs (P(pneumonia), the calibrated probability, the label, the out-of-distribution score, P(upright), whether a
-verdict is given). A port checks each step against them without installing pneumo. They are made by the exported model itself (ONNX Runtime), so they are its outputs.
+verdict is given). A port checks each step against them without installing pneumo. They are made by the exported
+model itself (ONNX Runtime), so they are its outputs.
 """
 
 from __future__ import annotations
