@@ -13,6 +13,7 @@ from PIL import Image
 from pneumo.errors import ConfigError, ModelError
 from pneumo.explain.cam import (
     cam_maps,
+    cam_maps_and_peaks,
     explain_image,
     heatmap_overlay_png,
     layer_names,
@@ -105,6 +106,26 @@ def test_target_pneumonia_and_target_normal_give_different_maps(predictor: Predi
     toward_pneumonia = cam_maps(model, prepared, toward_pneumonia=True)[0]
     toward_normal = cam_maps(model, prepared, toward_pneumonia=False)[0]
     assert not np.allclose(toward_pneumonia, toward_normal, atol=1e-3)
+
+
+def test_the_unscaled_grad_cam_peak_grows_with_the_evidence_the_scaled_map_hides(
+        predictor: Predictor, real_grays: list[np.ndarray]) -> None:
+    """An explain audit: every map is scaled to its own maximum, so a map 4-400x weaker than a pneumonia film's was
+    drawn in the same red and nothing kept its strength. Doubling the model's logits doubles the explained margin's
+    gradients: the unscaled peak doubles, the scaled map stays as it was."""
+    import copy
+
+    model, prepared = predictor.torch_model, predictor.preprocess(real_grays[3])[None]
+    louder = copy.deepcopy(model)
+    last = [m for m in louder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(2)
+        last.bias.mul_(2)
+    maps, peaks = cam_maps_and_peaks(model, prepared)
+    maps_louder, peaks_louder = cam_maps_and_peaks(louder, prepared)
+    assert peaks[0] > 0 and peaks_louder[0] == pytest.approx(2 * peaks[0], rel=1e-3)
+    np.testing.assert_allclose(maps_louder, maps, atol=1e-3)
+    assert explain_image(predictor, real_grays[3], target="pneumonia").scale == pytest.approx(float(peaks[0]), rel=1e-5)
 
 
 def test_overlay_png_is_a_valid_rgb_png_of_the_original_size(predictor: Predictor,

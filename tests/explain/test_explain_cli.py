@@ -147,7 +147,8 @@ def test_the_score_shown_is_predicts_also_for_a_large_jpeg(tmp_path: Path, real_
     # the map explains the input that was scored (it explained the full-resolution decode, up to 103 levels off)
     assert np.array_equal(prepared, predictor.preprocess(load_image_file(big, target=predictor.size)))
     assert prediction.p_pneumonia == pytest.approx(expected.p_pneumonia, abs=1e-6)
-    assert f"P(pneumonia)={expected.p_pneumonia:.3f}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"P(pneumonia)={expected.p_pneumonia:.3f}" in printed and "\tmap_scale=" in printed
 
 
 def test_images_the_input_gate_refuses_are_refused_as_predict_refuses_them(

@@ -42,7 +42,7 @@ def _inside() -> np.ndarray:
 
 
 def test_occlusion_map_peaks_on_the_region_the_model_reads() -> None:
-    heat = occlusion_map(RegionModel(), _image(), window=8, stride=4)
+    heat, _ = occlusion_map(RegionModel(), _image(), window=8, stride=4)
     assert heat.shape == (SIZE, SIZE) and heat.dtype == np.float32 and heat.max() == pytest.approx(1.0)
     assert _inside()[np.unravel_index(np.argmax(heat), heat.shape)]
     assert heat[_inside()].mean() > 0.5
@@ -52,8 +52,22 @@ def test_occlusion_map_peaks_on_the_region_the_model_reads() -> None:
 
 
 def test_occlusion_toward_normal_shows_no_evidence_where_occluding_lowers_pneumonia() -> None:
-    heat = occlusion_map(RegionModel(), _image(), window=8, stride=4, toward_pneumonia=False)
-    assert heat[_inside()].max() == 0.0
+    heat, scale = occlusion_map(RegionModel(), _image(), window=8, stride=4, toward_pneumonia=False)
+    assert heat[_inside()].max() == 0.0 and scale >= 0.0
+
+
+def test_occlusion_returns_the_drop_it_draws_as_one_in_log_odds() -> None:
+    """An explain audit: each map is scaled to its own maximum and the scale was thrown away, so a map 100x weaker
+    than another was drawn in the same red. The toy model's logit is 20 x the region's mean brightness: covering an
+    8 x 8 window inside the 16 x 16 region with the image mean drops it by 20 / 4 x (230 / 255 - mean)."""
+    image = _image()
+    fill = float(np.float32(image.astype(np.float32).mean() / 255))
+    _, scale = occlusion_map(RegionModel(), image, window=8, stride=4, fast=False)
+    assert scale == pytest.approx(20 / 4 * (230 / 255 - fill), rel=1e-4)
+    dim = image.copy()
+    dim[REGION] = 140  # half the region's contrast: half the evidence, the same scaled map
+    heat_dim, scale_dim = occlusion_map(RegionModel(), dim, window=8, stride=4, fast=False)
+    assert scale_dim < 0.6 * scale and heat_dim.max() == pytest.approx(1.0)
 
 
 def test_occluded_copies_are_batched_into_few_forward_passes() -> None:
@@ -83,6 +97,8 @@ def test_occlusion_restores_training_mode() -> None:
 
 def test_integrated_gradients_put_the_attribution_on_the_region() -> None:
     pytest.importorskip("captum")
-    heat = integrated_gradients_map(RegionModel(), _image(), steps=16, smooth_sigma=0)
+    heat, scale = integrated_gradients_map(RegionModel(), _image(), steps=16, smooth_sigma=0)
+    # completeness: the region's 256 pixels share the logit 20 x 230 / 255 from the black baseline
+    assert scale == pytest.approx(20 * 230 / 255 / 256, rel=1e-2)
     assert heat[_inside()].mean() > 0.9
     assert heat[~_inside()].max() == 0.0

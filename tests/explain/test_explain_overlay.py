@@ -95,6 +95,7 @@ def test_contact_sheet_links_thumbnails_and_escapes_names(tmp_path: Path, predic
     with Image.open(tmp_path / "thumbs" / items[0].overlay.name) as thumb:
         assert max(thumb.size) == 256
     assert f"thumbs/{items[0].overlay.name}" in page
+    assert f"map 1 = {items[0].scale:.3g}" in page  # films compared across one sheet (an explain audit)
 
 
 def test_writer_checks_the_occlusion_window_before_the_first_image(tmp_path: Path, predictor: Predictor) -> None:
@@ -130,6 +131,16 @@ def test_an_overlay_names_the_model_and_operating_point_that_drew_it(tmp_path: P
     assert text["pneumo:model_id"] == predictor.model_id and text["pneumo:method"] == "cam"
     assert float(text["pneumo:threshold"]) == pytest.approx(predictor.threshold)
     assert text["pneumo:threshold_policy"] == str(predictor.meta.threshold_policy)
+    assert float(text["pneumo:map_scale"]) >= 0.0  # the unscaled value drawn as 1 (an explain audit)
+
+
+def test_the_colour_bar_says_what_one_was_before_scaling() -> None:
+    """An explain audit: a weak map was drawn as red as a strong one and no file kept how strong it was."""
+    from pneumo.explain.render import bar_label
+
+    assert bar_label("occlusion", 0.0213).endswith("1 = a drop of 0.0213 in the log-odds")
+    assert "0.5 unscaled Grad-CAM" in bar_label("gradcam", 0.5)
+    assert bar_label("gradcam") == bar_label("gradcam", None) and "=" not in bar_label("gradcam")
 
 
 def test_a_map_against_the_models_call_says_it_is_drawn_at_full_scale() -> None:

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         written.append(item)
         p = item.prediction
         print(f"{one_line(str(path))}\t{p.label}\tP(pneumonia)={p.p_pneumonia:.3f}\t{one_line(str(item.overlay))}"
+              f"\tmap_scale={item.scale:.3g}"
               + (f"\tno verdict: {p.reason}; map for audit only" if p.reason else ""))
     if written and (len(files) + len(inputs.skipped) > 1 or any(Path(i).is_dir() for i in args.images)):
         subtitle = (f"model {predictor.model_id} · {args.method} · target {args.target}"

@@ -42,12 +42,21 @@ def _scores(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, sign: 
     return sign * pneumonia_margin(run(x)).float().cpu()
 
 
+def scaled(heat: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
+    """``(heat / scale`` clipped to [0, 1] as float32, ``scale)``; all zero where ``scale`` is 0 (no support)."""
+    if not scale > 0:
+        return np.zeros_like(heat, np.float32), 0.0
+    return np.clip(heat / scale, 0.0, 1.0).astype(np.float32), float(scale)
+
+
 def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, stride: int = 16,
-                  toward_pneumonia: bool = True, batch_size: int = 32, fast: bool = True) -> np.ndarray:
+                  toward_pneumonia: bool = True, batch_size: int = 32,
+                  fast: bool = True) -> tuple[np.ndarray, float]:
     """Occlusion sensitivity: how much the score drops when a window is filled with the image mean.
 
     Each pixel gets the mean drop over the windows covering it; negative values (occlusion that *raises* the score)
-    are clipped, and the map is divided by its maximum.
+    are clipped, and the map is divided by its maximum, which is returned too (the largest drop, in log-odds: how
+    strong the map is, lost in the scaling; an explain audit).
 
     Args:
         model: takes ``(B, 1, S, S)`` in [0, 1], returns logits.
@@ -59,7 +68,7 @@ def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, s
         fast: on the CPU, run a copy with its BatchNorms folded into its convolutions (``models.fast.fast_inference``).
 
     Returns:
-        float32 S x S in [0, 1].
+        float32 S x S in [0, 1], and the drop in log-odds drawn as 1.
     """
     prepared = _square(prepared)
     size = prepared.shape[0]
@@ -88,16 +97,17 @@ def occlusion_map(model: nn.Module, prepared: np.ndarray, *, window: int = 32, s
         total[top : top + window, left : left + window] += drop
         count[top : top + window, left : left + window] += 1
     heat = np.clip(total / count, 0.0, None)
-    peak = heat.max()
-    return (heat / peak if peak > 0 else heat).astype(np.float32)
+    return scaled(heat, float(heat.max()))
 
 
 def integrated_gradients_map(model: nn.Module, prepared: np.ndarray, *, toward_pneumonia: bool = True,
-                             steps: int = 32, batch_size: int = 16, smooth_sigma: float | None = None) -> np.ndarray:
+                             steps: int = 32, batch_size: int = 16,
+                             smooth_sigma: float | None = None) -> tuple[np.ndarray, float]:
     """Integrated gradients (captum) from a black image, positive part, lightly smoothed, scaled to [0, 1].
 
     Pixel-level attributions are speckled; a Gaussian blur (default sigma = S / 112, 2 px at 224) makes the map
-    comparable with the CAMs. The 99.5th percentile maps to 1 so that a few hot pixels do not flatten the rest.
+    comparable with the CAMs. The 99.5th percentile maps to 1 so that a few hot pixels do not flatten the rest; it is
+    returned with the map (log-odds per pixel).
 
     Args:
         model: takes ``(B, 1, S, S)`` in [0, 1], returns logits.
@@ -134,5 +144,4 @@ def integrated_gradients_map(model: nn.Module, prepared: np.ndarray, *, toward_p
     sigma = prepared.shape[0] / 112 if smooth_sigma is None else smooth_sigma
     if sigma > 0:
         heat = cv2.GaussianBlur(heat, (0, 0), sigmaX=sigma)
-    scale = float(np.percentile(heat, 99.5))
-    return np.clip(heat / scale, 0.0, 1.0).astype(np.float32) if scale > 0 else np.zeros_like(heat, np.float32)
+    return scaled(heat, float(np.percentile(heat, 99.5)))

@@ -49,6 +49,7 @@ class Written:
     overlay: Path
     raw_map: Path
     prediction: PredictionLike
+    scale: float | None = None  # the unscaled value the map draws as 1 (``ExplainResult.scale``)
 
 
 class HeatmapWriter:
@@ -120,20 +121,23 @@ class HeatmapWriter:
             raise ConfigError(f"refusing to write outside {root}: {name!r}")
         detail = self.detail or (f"layer {result.layer}" if result.layer else None)
         image = overlay_image(gray, result.map_original, result.prediction, method=self.method, toward=result.toward,
-                              band=True, detail=detail, box=result.box)
+                              band=True, detail=detail, box=result.box, scale=result.scale)
         atomic.write_bytes(npy_path, npy_bytes(result.map_original.astype(np.float32)))
-        atomic.write_bytes(overlay_path, png_bytes(image, self._made_by(result.prediction)))
-        return Written(source=str(path), overlay=overlay_path, raw_map=npy_path, prediction=result.prediction)
+        atomic.write_bytes(overlay_path, png_bytes(image, self._made_by(result.prediction, result.scale)))
+        return Written(source=str(path), overlay=overlay_path, raw_map=npy_path, prediction=result.prediction,
+                       scale=result.scale)
 
 
-    def _made_by(self, prediction: PredictionLike) -> dict[str, str]:
+    def _made_by(self, prediction: PredictionLike, scale: float | None) -> dict[str, str]:
         """The overlay's tEXt chunks: the model, its operating point and the method (an audit-trail review: a map
         written into the same folder by another model replaced this one's under the same name, and nothing in the file
-        said which model drew it)."""
+        said which model drew it), and the unscaled value the map draws as 1 (``pneumo:map_scale``; see
+        ``ExplainResult.scale``)."""
         meta = self.predictor.meta
         return {"pneumo:model_id": str(getattr(meta, "model_id", "")), "pneumo:version": __version__,
                 "pneumo:threshold": f"{prediction.threshold:.6g}",
-                "pneumo:threshold_policy": str(getattr(meta, "threshold_policy", None)), "pneumo:method": self.tag}
+                "pneumo:threshold_policy": str(getattr(meta, "threshold_policy", None)), "pneumo:method": self.tag,
+                "pneumo:map_scale": f"{scale:.6g}" if scale is not None else ""}
 
 
 def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, title: str = "pneumo explain",
@@ -158,6 +162,7 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
         cells.append({"href": _href(item.overlay, out_dir), "thumb": _href(thumb, out_dir),
                       "name": name,
                       "caption": f"{p.label} · P(pneumonia) {p.p_pneumonia:.3f} (threshold {fmt_threshold(p.threshold)})"
+                      + (f" · map 1 = {item.scale:.3g}" if item.scale is not None else "")
                       + (f" · no verdict: {p.reason}; map for audit only" if getattr(p, "reason", None) else "")})
     page = render("contact_sheet.html.j2", title=title, subtitle=subtitle, cells=cells, thumb_side=thumb_side,
                   stamp="", failed=list(failed))

@@ -115,6 +115,16 @@ def draw_caption(image: Image.Image, lines: list[str]) -> Image.Image:
 BAR_LABEL = "colour bar 0 ... 1: evidence relative to the strongest in this image"
 BAR_LABELS = {"integrated_gradients": "colour bar 0 ... 1: attribution relative to this image's 99.5th percentile "
                                       "(above it: 1)"}  # (an explain audit: it said "the strongest")
+# what 1 on the bar was before scaling (each map is scaled to its own maximum; a weak map was drawn as red as a strong
+# one and nothing kept how strong it was: an explain audit)
+SCALE_UNITS = {"gradcam": "1 = {:.3g} unscaled Grad-CAM", "gradcam++": "1 = {:.3g} unscaled Grad-CAM++",
+               "occlusion": "1 = a drop of {:.3g} in the log-odds", "integrated_gradients": "1 = {:.3g} log-odds a pixel"}
+
+
+def bar_label(method: str, scale: float | None = None) -> str:
+    """What the colour bar means for ``method``, with the unscaled value drawn as 1 when ``scale`` is known."""
+    label = BAR_LABELS.get(method, BAR_LABEL)
+    return label if scale is None else f"{label}; {SCALE_UNITS.get(method, '1 = {:.3g}').format(scale)}"
 
 
 def with_band(image: Image.Image, lines: list[str], bar_label: str = BAR_LABEL) -> Image.Image:
@@ -140,11 +150,11 @@ def with_band(image: Image.Image, lines: list[str], bar_label: str = BAR_LABEL) 
 def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: PredictionLike | None = None, *,
                   method: str = "gradcam", toward: str | None = None, max_side: int | None = None,
                   band: bool = False, detail: str | None = None,
-                  box: tuple[int, int, int, int] | None = None) -> Image.Image:
+                  box: tuple[int, int, int, int] | None = None, scale: float | None = None) -> Image.Image:
     """RGB overlay of ``heat`` (same H x W as ``gray``), optionally shrunk to ``max_side``, with the caption: on the
     image (its geometry kept), or with ``band`` in a band above it, with a colour bar. ``box``: the crop (top, left,
     height, width) the model saw, outlined (outside it, the film the model never saw looked like "no evidence": an
-    explain audit)."""
+    explain audit). ``scale``: the unscaled value drawn as 1, said under the band's colour bar."""
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
         raise ConfigError(f"max_side must be None or an integer >= 1, got {max_side!r}")
     image = Image.fromarray(blend(gray, heat))
@@ -160,4 +170,4 @@ def overlay_image(gray: np.ndarray, heat: np.ndarray, prediction: PredictionLike
         return image
     lines = caption_lines(prediction, method=method, toward=toward, detail=detail) + (
         ["outlined: the part of the film the model saw (its crop)"] if box is not None else [])
-    return with_band(image, lines, BAR_LABELS.get(method, BAR_LABEL)) if band else draw_caption(image, lines)
+    return with_band(image, lines, bar_label(method, scale)) if band else draw_caption(image, lines)
