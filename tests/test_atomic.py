@@ -287,3 +287,81 @@ def test_a_running_writers_temp_file_in_another_pid_namespace_is_not_deleted(tmp
     old = os.stat(other).st_mtime - atomic.STALE_AFTER_S - 60  # untouched for over an hour: left over, removed
     os.utime(other, (old, old))
     assert atomic.remove_stale_temps(target) == [other]
+
+
+def _mount_point(monkeypatch: pytest.MonkeyPatch, out: Path) -> None:
+    """``out`` as a mount point: `atomic.folder` cannot swap it whole and writes inside it."""
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out.resolve() or real(p))
+
+
+def test_a_mount_point_is_written_through_a_hidden_folder_inside_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audit of machine failures: in a mount point (or a folder whose parent one cannot write) the files went
+    straight into ``out``: a full disk left a model's sidecar and weights without its checks, which predict then
+    used; ``--force`` deleted the earlier evaluation before the new one failed; two evaluations mixed their files."""
+    out = tmp_path / "volume"
+    _mount_point(monkeypatch, out)
+    with atomic.folder(out, owned=OWNED, replace=True) as work:
+        assert work.parent == out and work.name.startswith(atomic.PARTIAL)
+        atomic.write_text(work / "metrics.json", "first")
+        atomic.write_text(work / "report.html", "first")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "first", "report.html": "first"}
+    with pytest.raises(RuntimeError), atomic.folder(out, owned=OWNED, replace=True) as work:
+        atomic.write_text(work / "metrics.json", "second")
+        raise RuntimeError("disk full half-way")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "first", "report.html": "first"}
+    moved = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: moved.append(Path(b).name) or real_rename(a, b))
+    with atomic.folder(out, owned=OWNED | {"model.json", "model.safetensors"}, replace=True) as work:
+        for name in ("model.json", "model.safetensors", "metrics.json"):
+            atomic.write_text(work / name, "third")
+    assert {p.name for p in out.iterdir()} == {"model.json", "model.safetensors", "metrics.json"}
+    assert moved[-1] == "model.json"  # the sidecar last: a kill during the moves leaves nothing that loads
+
+
+def test_a_mount_point_filled_meanwhile_keeps_the_other_result_and_a_killed_writers_folder_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "volume"
+    _mount_point(monkeypatch, out)
+    with pytest.raises(DataError, match="filled while this ran"), \
+            atomic.folder(out, owned=OWNED, replace=False) as work:
+        atomic.write_text(work / "metrics.json", "mine")
+        atomic.write_text(out / "metrics.json", "theirs")  # the other `pneumo evaluate --out` finished first
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "theirs"}
+    dead = out / f"{atomic.PARTIAL}{_dead_pid()}"
+    dead.mkdir()
+    (dead / "model.json").write_text("half")
+    assert atomic.check_folder(out, owned=OWNED, replace=True, what="evaluation", hint="") == out  # not "other files"
+    with atomic.folder(out, owned=OWNED, replace=True) as work:
+        atomic.write_text(work / "metrics.json", "again")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"metrics.json": "again"}
+
+
+def test_a_failed_write_names_the_file_or_folder_and_says_the_earlier_one_is_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audit of machine failures: a full disk said "[Errno 28] No space left on device" (no path), a read-only
+    folder named the hidden temp file."""
+    import errno
+
+    target = atomic.write_text(tmp_path / "out.csv", "earlier")
+    with pytest.raises(OSError, match=f"cannot write {target}: No space left on device; the earlier file is unchanged"), \
+            atomic.writing(target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match=r"cannot write .*new\.csv: Read-only file system$"), \
+            atomic.writing(tmp_path / "new.csv") as tmp:
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp))
+    unreadable = OSError(errno.EIO, "Input/output error", str(tmp_path / "an-input.jpeg"))  # a read, not the write
+    with pytest.raises(OSError) as raised, atomic.writing(target):
+        raise unreadable
+    assert raised.value is unreadable and target.read_text() == "earlier"
+    out = tmp_path / "evaluation"
+    for mount in (False, True):
+        if mount:
+            _mount_point(monkeypatch, out)
+        with pytest.raises(OSError, match=f"cannot write {out}: No space left on device"), \
+                atomic.folder(out, owned=OWNED, replace=True) as work:
+            atomic.write_text(work / "metrics.json", "x")
+            with atomic.writing(work / "report.html"):
+                raise OSError(errno.ENOSPC, "No space left on device")

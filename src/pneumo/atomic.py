@@ -79,6 +79,25 @@ def is_stale(owner: str, path: Path) -> bool:
     return not _running(int(pid))
 
 
+class WriteFailed(OSError):
+    """A write that failed, said of the file or folder the user named (a full disk's error named no file, a read-only
+    folder's the hidden temp file: an audit of machine failures)."""
+
+    def __init__(self, errno_: int | None, reason: str, target: Path, kept: str = "") -> None:
+        super().__init__(errno_, f"cannot write {target}: {reason}" + (f"; {kept}" if kept else ""))
+        self.reason = reason
+
+
+def said_of(exc: OSError, target: Path, inside: Path, kept: str = "") -> OSError:
+    """``exc`` as a `WriteFailed` of ``target`` when it is a system error of ``target`` or of a path under ``inside``
+    (the temp file or folder standing for it), or of no path (a full disk); any other error (a file being read, a
+    decoder's OSError without an errno) as it is."""
+    name = None if exc.filename is None else Path(os.fsdecode(exc.filename))
+    if exc.errno is None or name is not None and name != target and not name.is_relative_to(inside):
+        return exc
+    return WriteFailed(exc.errno, getattr(exc, "reason", None) or exc.strerror or str(exc), target, kept)
+
+
 @contextmanager
 def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool = False) -> Iterator[Path]:
     """Yield a temp path to write ``path``'s content to; on success it replaces ``path``, on error it is removed.
@@ -95,6 +114,7 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # a killed writer's leftover (an image cache's half-written array) goes now
     tmp = temp_path(path)
+    existed = os.path.lexists(path)
     try:
         if private:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -102,6 +122,11 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except OSError as exc:
+        named = said_of(exc, path, tmp, "the earlier file is unchanged" if existed else "")
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         with contextlib.suppress(OSError):  # on a read-only folder unlink fails too: the first error is the one to tell
             tmp.unlink(missing_ok=True)
@@ -152,9 +177,9 @@ def check_folder(out: str | os.PathLike, *, owned: frozenset[str], replace: bool
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file: give a folder for the {what}")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not outputs(out):
         return out
-    other = sorted(p.name for p in out.iterdir() if p.name not in owned)
+    other = sorted(p.name for p in outputs(out) if p.name not in owned)
     if other:
         raise ConfigError(f"{out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}: not "
                           f"an earlier {what}): give a new or empty folder")
@@ -170,7 +195,7 @@ def folder(out: str | os.PathLike, *, owned: frozenset[str], replace: bool) -> I
     Normally a hidden sibling, which then takes ``out``'s place in one atomic exchange (``renameat2``; two renames
     where the system lacks it, and an ``out`` a kill left moved aside is put back by the next call): a reader, or a
     process killed half-way, never sees a folder mixing two runs' files. Where ``out`` is a mount point, or its
-    parent is not writable, the files are written into ``out`` itself (after deleting the earlier output's names).
+    parent is not writable, a hidden folder inside ``out`` (`_in_place`).
 
     An ``out`` that holds files when the block ends (another process finished into it first, or an earlier output)
     is replaced only if ``replace`` and it holds nothing but ``owned`` names; otherwise this result is discarded with
@@ -183,7 +208,8 @@ def folder(out: str | os.PathLike, *, owned: frozenset[str], replace: bool) -> I
     parent, tag = out.parent, short_name(out.name)
     parent.mkdir(parents=True, exist_ok=True)
     if os.path.ismount(out) or not os.access(parent, os.W_OK | os.X_OK):
-        yield _emptied(out, owned, replace)
+        with _in_place(out, owned, replace) as work:
+            yield work
         return
     for stale in parent.glob(f".{glob.escape(tag)}.*-*"):
         kind, _, owner = stale.name[len(tag) + 2:].partition("-")
@@ -198,6 +224,11 @@ def folder(out: str | os.PathLike, *, owned: frozenset[str], replace: bool) -> I
     try:
         yield work
         _publish(work, out, old, owned, replace)
+    except OSError as exc:
+        named = said_of(exc, out, work, "the earlier output is unchanged" if out.exists() else "")
+        if named is exc:
+            raise
+        raise named from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -228,17 +259,53 @@ def _exchange(a: Path, b: Path) -> bool:
     return done
 
 
-def _emptied(out: Path, owned: frozenset[str], replace: bool) -> Path:
-    """``out`` itself, its earlier output's names deleted (a mount point, a folder in a parent one cannot write)."""
+PARTIAL = ".partial-"  # `_in_place`'s folder inside ``out``: ``.partial-<owner>``
+
+
+@contextmanager
+def _in_place(out: Path, owned: frozenset[str], replace: bool) -> Iterator[Path]:
+    """`folder` where ``out`` cannot be swapped whole (a mount point; a folder in a parent one cannot write): the block
+    writes into ``out/.partial-<owner>``; when it ends without error, the earlier output's names are deleted and the
+    new ones moved up, sidecars (``.json``) last. Not atomic (a kill during the moves leaves some of each), but an
+    error or a kill while writing leaves the earlier output as it was and nothing that loads as a model (an audit of
+    machine failures: it wrote into ``out`` itself, so a full disk left a half-adapted model that predict used, two
+    evaluations mixed their files, and ``--force`` deleted the earlier one before a full disk stopped the new one)."""
     out.mkdir(exist_ok=True)
-    if replace:
-        for name in owned:
-            target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
+    for stale in out.glob(f"{PARTIAL}*"):
+        if stale.is_dir() and not stale.is_symlink() and is_stale(stale.name[len(PARTIAL):], stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    work = out / f"{PARTIAL}{_owner()}"
+    shutil.rmtree(work, ignore_errors=True)
+    moving = False
+    try:
+        work.mkdir()
+        yield work
+        present = outputs(out)
+        if present and not (replace and all(p.name in owned for p in present)):
+            raise DataError(f"{out} was filled while this ran (another command writing to the same folder?); "
+                            "this result is discarded")
+        moving = True
+        for old in present:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
             else:
-                target.unlink(missing_ok=True)
-    return out
+                old.unlink()
+        for new in sorted(work.iterdir(), key=lambda p: p.suffix == ".json"):
+            os.rename(new, out / new.name)
+    except OSError as exc:
+        kept = ("it may hold part of the earlier output and part of this one: write it again" if moving
+                else "the earlier output is unchanged" if outputs(out) else "")
+        named = said_of(exc, out, work, kept)
+        if named is exc:
+            raise
+        raise named from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def outputs(out: Path) -> list[Path]:
+    """What ``out`` holds, less the folders `_in_place` writes in."""
+    return [p for p in out.iterdir() if not p.name.startswith(PARTIAL)] if out.is_dir() else []
 
 
 def umask_mode() -> int:
