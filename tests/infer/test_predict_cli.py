@@ -113,6 +113,20 @@ def test_missing_input_is_a_one_line_error(tiny_model: Path, capsys: pytest.Capt
     assert "no such file" in capsys.readouterr().err
 
 
+def test_a_heat_map_folder_that_cannot_be_made_names_heatmaps_and_a_run_lock_says_where_it_lives(
+        xrays: Path, tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    """An audit of machine failures: a read-only --heatmaps folder was reported as "--out"; a run whose parent folder
+    cannot be written gave "[Errno 1] Operation not permitted: '.../.tiny.lock'"."""
+    from pneumo.data.rundir import run_lock
+    from pneumo.errors import ConfigError
+
+    assert main(["predict", str(xrays), "--model", str(tiny_model), "--heatmaps", "/proc/pneumo/maps"]) == 2
+    assert "error: --heatmaps /proc/pneumo/maps: cannot make the folder" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"cannot create the run lock /proc/1/\.run\.lock .*make /proc/1 writable"), \
+            run_lock("/proc/1/run"):
+        pass
+
+
 def test_an_export_folder_on_onnx_runtime_agrees_with_torch_within_1e4(xrays: Path, tiny_model: Path,
                                                                        tmp_path: Path) -> None:
     onnx_path = export_onnx(tiny_model, tmp_path / "export")

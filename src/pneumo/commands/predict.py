@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if args.heatmaps and files:  # a --heatmaps that is a file: one line before the progress bar
             from pneumo.explain.overlay import HeatmapWriter
 
-            heatmaps = HeatmapWriter(predictor, Path(args.heatmaps))
+            heatmaps = HeatmapWriter(predictor, Path(args.heatmaps), flag="--heatmaps")
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
         results = iter(predict_file_results(predictor, files, batch_size=args.batch_size, heatmaps=heatmaps,
                                             workers=args.threads) if files else ())

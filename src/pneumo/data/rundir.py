@@ -89,7 +89,13 @@ def run_lock(run_dir: str | os.PathLike, *, hint: str = "wait for it to finish")
     if str(path) in _HELD:
         yield
         return
-    with open(path, "a+", encoding="ascii") as handle:
+    try:
+        opened = open(path, "a+", encoding="ascii")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:  # (was the bare "[Errno 1] ... .run.lock": an audit of machine failures)
+        raise ConfigError(f"cannot create the run lock {path} ({exc.strerror or exc}): pneumo locks a run in the "
+                          f"folder holding it; make {folder.parent} writable, or copy the run folder to one you can "
+                          "write") from None
+    with opened as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -73,7 +73,8 @@ class HeatmapWriter:
     """
 
     def __init__(self, predictor: PredictorLike, out_dir: str | os.PathLike, *, method: str = "gradcam",
-                 layer: str | None = None, target: str = "predicted", window: int = 32, stride: int = 16) -> None:
+                 layer: str | None = None, target: str = "predicted", window: int = 32, stride: int = 16,
+                 flag: str = "--out") -> None:
         if method not in METHODS:
             raise ConfigError(f"unknown explanation method {method!r}; choose {', '.join(METHODS)}")
         if layer is not None and method not in CAM_METHODS:
@@ -92,7 +93,7 @@ class HeatmapWriter:
         except (FileExistsError, NotADirectoryError):
             raise ConfigError(f"{out_dir} is a file (or below one): heat maps go to a folder") from None
         except OSError as exc:  # (was the bare "[Errno 2] ...", naming no flag: an explain audit)
-            raise ConfigError(f"--out {out_dir}: cannot make the folder ({exc.strerror or exc})") from None
+            raise ConfigError(f"{flag} {out_dir}: cannot make the folder ({exc.strerror or exc})") from None
         self.method, self.layer, self.target = method, layer, target
         self.window, self.stride = window, stride
         # another target or layer gets its own files (a second run into the same --out overwrote the first's)
