@@ -101,6 +101,41 @@ def test_the_audit_lines_can_go_to_a_file_of_their_own(make_client, xray: bytes,
     assert "--audit-log" in capsys.readouterr().err
 
 
+def test_no_verdict_is_given_while_its_audit_line_cannot_be_written(make_client, xray: bytes, tmp_path, caplog,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audit of machine failures: on a full disk the service answered 200 with verdicts whose audit lines were
+    lost, printed a 55-line traceback per request, stayed ready, and failed to stop. Now: 503, /readyz 503, one
+    log line; the first request after the disk has room again is answered and audited."""
+    import errno
+
+    from pneumo.serve import audit
+
+    path = tmp_path / "audit.log"
+    client = make_client(audit_log=str(path))
+    trail = next(h for h in logging.getLogger("pneumo.serve.audit").handlers if isinstance(h, audit._Trail))
+    real_write, full = trail.stream.write, [True]
+
+    def write(text: str) -> int:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(text)
+
+    monkeypatch.setattr(trail.stream, "write", write)
+    caplog.set_level(logging.INFO)
+    post = {"content": xray, "headers": {"Content-Type": "application/octet-stream"}}
+    first, second = (client.post(PREDICT, **post) for _ in range(2))
+    assert first.status_code == second.status_code == 503 and "p_pneumonia" not in first.json()
+    assert first.json()["detail"].startswith("the audit log cannot be written (No space left on device)")
+    assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 200
+    said = [r for r in caplog.records if "audit log" in r.getMessage()]
+    assert len(said) == 1 and not any(r.exc_info for r in caplog.records)  # one line, no traceback per request
+    full[0] = False  # room again: the refusal's audit line is written, then the next request gets its verdict
+    assert client.post(PREDICT, **post).status_code == 503 and client.post(PREDICT, **post).status_code == 200
+    assert client.get("/readyz").status_code == 200 and "outcome=verdict" in path.read_text()
+    full[0] = True
+    client.__exit__(None, None, None)  # stops cleanly on a full disk
+
+
 def test_a_request_cancelled_at_shutdown_is_one_log_line_and_one_audit_line(
         client: TestClient, xray: bytes, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM with a slow upload still arriving: a 68-line traceback in the log and no audit line (CancelledError

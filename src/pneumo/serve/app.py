@@ -210,8 +210,8 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
     @app.get("/readyz", tags=["health"], response_model=Ready, responses={503: ERRORS[503]})
     async def readyz() -> JSONResponse:
         """The model is loaded and requests can be served (else 503)."""
-        if service.predictor is None or service.batcher is None:
-            return JSONResponse({"detail": service.load_error or "model loading"}, status_code=503)
+        if service.predictor is None or service.batcher is None or audit.broken():  # (no verdict without its line)
+            return JSONResponse({"detail": service.load_error or audit.broken() or "model loading"}, status_code=503)
         p = service.predictor
         return JSONResponse({"status": "ready", "model_id": p.model_id, "backend": p.backend, "threshold": p.threshold,
                              "threshold_policy": p.meta.threshold_policy, "pneumo_version": __version__})
@@ -246,6 +246,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
                 data = await _receive(service, request, stream)  # no slot held while a slow client sends
                 async with service.work.slot():  # bounded work, bounded queue: 503 + Retry-After beyond
                     body = await _predict(service, data, start, heatmap=heatmap, preview=preview)
+            audit.log_prediction(rid, who, body)
         except HTTPException as exc:
             audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, exc.status_code)
             exc.headers = {**(exc.headers or {}), "X-Request-ID": rid}
@@ -253,7 +254,6 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
         except BaseException:  # (the Guard answers 500 and logs its type; a cancellation at shutdown too)
             audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, 500)
             raise
-        audit.log_prediction(rid, who, body)
         response.headers["X-Request-ID"] = rid
         return {**body, "request_id": rid}
 
@@ -323,8 +323,8 @@ async def _predict(service: Service, data: bytes, start: float, *, heatmap: bool
 
 
 def _ready_predictor(service: Service) -> Predictor:
-    if service.predictor is None:
-        raise HTTPException(503, service.load_error or "model loading, try again shortly")
+    if service.predictor is None or audit.broken():
+        raise HTTPException(503, service.load_error or audit.broken() or "model loading, try again shortly")
     return service.predictor
 
 
