@@ -192,7 +192,7 @@ def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, 
     items = [(rel, (lambda rel=rel: source.read(rel))) for rel in chosen["path"]]
     log.info("scoring a reference of %d images of %s, %s", len(items), location, pool_name)
     return Reference(kind="dataset", prevalence=prevalence, prevalence_source=f"the train fold of {location}",
-                     ood_design_share=design, scored=score_images(predictor, items), dataset=str(location),
+                     ood_design_share=design, scored=score_images(predictor, items, "reference"), dataset=str(location),
                      pool=pool_name, pool_size=len(pool), seed=seed, in_sample=in_sample, pediatric=pediatric)
 
 
@@ -347,7 +347,7 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
     items, left_out = site_items(data, outputs=(SITE_JSON,))
     predictor = predictor or Predictor(model, backend="torch")
     log.debug("scoring %d site images", len(items))
-    site = score_images(predictor, items)
+    site = score_images(predictor, items, "site images")
     if site.n < MIN_IMAGES:
         example = f"; e.g. {Path(site.failed[0]['path']).name}: {site.failed[0]['error']}" if site.failed else ""
         copies = f" ({len(site.copies)} are copies of another file, measured once)" if site.copies else ""

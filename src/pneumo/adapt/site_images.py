@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,9 +45,12 @@ class Scored:
         return sum(f["stage"] == stage for f in self.failed)
 
 
-def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes]]]) -> Scored:
+def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes]]], desc: str = "images") -> Scored:
     """Decode (at the model's size), describe, gate and score each (name, read bytes) item, in batches; a file with
-    the bytes of one before it is listed in ``copies``, not measured again."""
+    the bytes of one before it is listed in ``copies``, not measured again. A progress bar (``desc``) on a terminal
+    (a site check of 2,000 images said one line in a minute: a volume audit)."""
+    from tqdm import tqdm
+
     scored, names, batch, seen = Scored(), [], [], {}
 
     def flush() -> None:
@@ -69,7 +73,7 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
         names.clear()
         batch.clear()
 
-    for name, read in items:
+    for name, read in tqdm(items, desc=desc, unit="img", disable=not sys.stderr.isatty()):
         try:
             data = read()
             digest = hashlib.sha256(data).hexdigest()

@@ -122,14 +122,15 @@ def run(args: argparse.Namespace) -> int:
         for path in order:
             if path in skipped:  # a named input that is not read: a row, in its place, not silence
                 counts["errors"] += 1
-                print(f"pneumo predict: {one_line(f'{path}: skipped: {skipped[path]}')}", file=sys.stderr)
+                bar.write(f"pneumo predict: {one_line(f'{path}: skipped: {skipped[path]}')}", file=sys.stderr)
                 write(_row(path, None, classes, f"skipped: {skipped[path]}", args.heatmaps, None, model))
                 continue
             item = next(results)  # the files' results come in the files' order
             bar.update(1)  # one image at a time (heat maps included), not one batch
             if item.error:
                 counts["refused (input)" if item.refused else "errors"] += 1  # a lateral film or a report fails nothing
-                print(f"pneumo predict: {one_line(f'{item.path}: {item.error}')}", file=sys.stderr)
+                # (bar.write: not glued to the live bar's line, a volume audit)
+                bar.write(f"pneumo predict: {one_line(f'{item.path}: {item.error}')}", file=sys.stderr)
             else:
                 counts["scored"] += 1
                 counts["not assessed"] += not item.prediction.assessed  # out of distribution, turned, non-finite

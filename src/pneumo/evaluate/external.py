@@ -143,7 +143,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if not headline.any():
         raise DataError(f"all {len(y_all)} readable images are out of distribution for this model: none could be "
                         "assessed (see pneumo site check)")
-    y, logits, images = y_all[headline], logits_all[headline], images_all[headline]
+    y, logits = y_all[headline], logits_all[headline]
+    images = images_all if headline.all() else images_all[headline]  # (no copy of every image: a volume audit)
     table = table_all[headline].reset_index(drop=True)
     lost = lost_classes(labelled["label"], table["label"])
     if lost:
