@@ -151,16 +151,20 @@ def check_replaceable(path: Path) -> None:
                           + ("; for standard output leave the option out or give -" if not stat.S_ISDIR(kind) else ""))
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(path: str | os.PathLike, *, keep_as: Path | None = None) -> list[Path]:
     """Delete the temp files `writing` left next to ``path`` in processes that no longer run (killed mid-write);
-    a running writer's is kept (`is_stale`). Returns the deleted paths."""
+    a running writer's is kept (`is_stale`). ``keep_as``: move them there instead (the last one stays). Returns the
+    removed paths."""
     path = Path(path)
     tag = short_name(path.name)
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(tag)}.*.tmp"):
+    for tmp in sorted(path.parent.glob(f".{glob.escape(tag)}.*.tmp"), key=lambda p: p.lstat().st_mtime):
         owner = tmp.name[len(tag) + 2:].split(".", 1)[0]
         if is_stale(owner, tmp):
-            tmp.unlink(missing_ok=True)
+            if keep_as is not None:
+                os.replace(tmp, keep_as)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 

@@ -98,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     counts = {"scored": 0, "errors": 0, "not assessed": 0, "out-of-distribution": 0, "refused (input)": 0}
     with contextlib.ExitStack() as stack:  # a file output appears whole, at the end (pneumo.atomic), or not at all
-        if output:  # patients' results: the temp file is private while written; a killed run's is removed here
-            for stale in atomic.remove_stale_temps(output):
-                log.info("removed %s, left by a stopped run", one_line(stale.name))
+        if output:  # patients' results: the temp file is private while written; a killed run's rows are kept
+            partial = output.with_name(f"{output.name}.partial")  # (deleted, a volume audit: hours of scoring lost)
+            for stale in atomic.remove_stale_temps(output, keep_as=partial):
+                log.warning("the rows of a killed run (%s) are in %s", one_line(stale.name), one_line(str(partial)))
             tmp = stack.enter_context(atomic.writing(output, mode=atomic.umask_mode(), private=True))
             out = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
         else:
@@ -119,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not sys.stderr.isatty() and output is None)
         results = iter(predict_file_results(predictor, files, batch_size=args.batch_size, heatmaps=heatmaps,
                                             workers=args.threads) if files else ())
+        stack.callback(bar.close)
+        if output:  # Ctrl-C, SIGTERM: the rows written so far are kept (private), the output is not written
+            stack.push(lambda kind, exc, tb: _keep_partial(kind, out, tmp, partial, bar.n, len(files)))
         for path in order:
             if path in skipped:  # a named input that is not read: a row, in its place, not silence
                 counts["errors"] += 1
@@ -137,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
                 counts["out-of-distribution"] += bool(item.prediction.ood)
             write(_row(item.path, item.prediction, classes, item.error, args.heatmaps, item.heatmap, model,
                        refused=item.refused))
-        bar.close()
     total = len(files) + len(skipped)
     print(f"summary: {total} input(s): " + ", ".join(f"{k} {v}" for k, v in counts.items())
           + (f"; written to {output}" if output else ""), file=sys.stderr)
@@ -146,6 +149,16 @@ def run(args: argparse.Namespace) -> int:
         raise PneumoError(f"none of the {total} input(s) could be read"
                           + (f" ({counts['refused (input)']} refused)" if counts["refused (input)"] else ""))
     return 1 if counts["errors"] else 0
+
+
+def _keep_partial(kind: type | None, out, tmp: Path, partial: Path, done: int, total: int) -> None:
+    """On an interrupt (``kind``), move the rows written so far to ``partial`` (mode 0600, as written) and say so."""
+    if kind is None or not issubclass(kind, KeyboardInterrupt):
+        return
+    out.flush()
+    os.replace(tmp, partial)
+    print(f"pneumo predict: stopped after {done} of {total} image(s): their rows are in {one_line(str(partial))} "
+          "(readable by you alone); the output was not written", file=sys.stderr)
 
 
 def _row_writer(out, fmt: str):
