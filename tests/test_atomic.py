@@ -13,6 +13,7 @@ import pytest
 
 from pneumo import atomic
 from pneumo.errors import ConfigError, DataError
+from pneumo.models import tensorfile
 
 
 def test_writes_create_the_folder_and_leave_only_the_file(tmp_path: Path) -> None:
@@ -124,13 +125,13 @@ def test_a_safetensors_file_is_the_same_bytes_whatever_order_its_metadata_came_i
     text = json.dumps(flipped_header, separators=(",", ":")).encode()
     flipped = data[:8] + text + b" " * (size - len(text)) + data[8 + size:]
     assert flipped != data or list(header["__metadata__"]) == sorted(header["__metadata__"])
-    digests = {atomic.write_safetensors(tmp_path / f"{i}.safetensors", d) for i, d in enumerate((data, flipped))}
+    digests = {tensorfile.write_safetensors(tmp_path / f"{i}.safetensors", d) for i, d in enumerate((data, flipped))}
     assert len(digests) == 1 and (tmp_path / "0.safetensors").read_bytes() == (tmp_path / "1.safetensors").read_bytes()
     loaded = load((tmp_path / "0.safetensors").read_bytes())
     assert np.array_equal(loaded["w"], np.arange(6, dtype=np.float32).reshape(2, 3)) and loaded["b"].dtype == np.float16
     # and across processes, where the order really changes
-    script = ("import sys, numpy as np; from safetensors.numpy import save; from pneumo import atomic; "
-              "print(atomic.write_safetensors(sys.argv[1], save({'w': np.zeros(2, np.float32)}, "
+    script = ("import sys, numpy as np; from safetensors.numpy import save; from pneumo.models import tensorfile; "
+              "print(tensorfile.write_safetensors(sys.argv[1], save({'w': np.zeros(2, np.float32)}, "
               "metadata={'format': 'f', 'arch': 'a', 'method': 'm'})))")
     runs = {subprocess.run([sys.executable, "-c", script, str(tmp_path / f"p{i}.safetensors")], check=True,
                            capture_output=True, text=True).stdout.strip() for i in range(4)}

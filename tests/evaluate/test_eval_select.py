@@ -179,6 +179,7 @@ def test_one_set_of_weights_written_with_two_headers_is_one_seed(tmp_path: Path,
     from safetensors.numpy import save_file
 
     from pneumo import atomic
+    from pneumo.models import tensorfile
 
     dirs = [make_run(tmp_path, f"same-s{i}", seed=0, separation=4.0) for i in range(2)]
     tensors = {"head.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
@@ -186,7 +187,8 @@ def test_one_set_of_weights_written_with_two_headers_is_one_seed(tmp_path: Path,
         save_file(tensors, str(d / "model.safetensors"), metadata={"written": f"process {i}"})
         (d / "model.json").write_text(json.dumps({"sha256": atomic.sha256_file(d / "model.safetensors")}))
     assert atomic.sha256_file(dirs[0] / "model.safetensors") != atomic.sha256_file(dirs[1] / "model.safetensors")
-    assert atomic.tensors_sha256(dirs[0] / "model.safetensors") == atomic.tensors_sha256(dirs[1] / "model.safetensors")
+    digests = {tensorfile.tensors_sha256(d / "model.safetensors") for d in dirs}
+    assert len(digests) == 1
     main(["compare", *map(str, dirs), "--select", "--min-seeds", "2", "--out", str(tmp_path / "board")])
     assert "holds the same weights as a run before it" in caplog.text
 

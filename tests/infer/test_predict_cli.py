@@ -205,28 +205,6 @@ def test_results_arrive_one_by_one_while_heat_maps_are_written(xrays: Path, tiny
     assert seen == list(range(1, len(files) + 1))  # one result per heat map, not one batch at the end
 
 
-def test_an_output_file_appears_whole_or_not_at_all(xrays: Path, tiny_model: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run stopped half-way (here: an error after the first image) leaves no half-written CSV behind."""
-    from pneumo.infer import batch
-
-    real = batch.predict_file_results
-
-    def stops_after_one(*args, **kwargs):
-        for i, item in enumerate(real(*args, **kwargs)):
-            if i == 1:
-                raise KeyboardInterrupt
-            yield item
-
-    monkeypatch.setattr(batch, "predict_file_results", stops_after_one)
-    out = tmp_path / "out" / "predictions.csv"
-    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "torch", "--output", str(out)]) == 130
-    assert not out.exists() and list(out.parent.iterdir()) == []
-    monkeypatch.setattr(batch, "predict_file_results", real)
-    assert main(["predict", str(xrays), "--model", str(tiny_model), "--backend", "torch", "--output", str(out)]) == 0
-    assert len(list(csv.DictReader(out.open()))) == len(list(xrays.iterdir()))
-
-
 def test_the_output_extension_decides_the_format(xrays: Path, tiny_model: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     jsonl = tmp_path / "p.jsonl"

@@ -27,6 +27,7 @@ from pneumo.data.rundir import RunDir
 from pneumo.errors import DataError
 from pneumo.evaluate.compare import _get, load_runs
 from pneumo.infer.card import md_table
+from pneumo.models.tensorfile import tensors_sha256
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def trained_runs(results: Sequence[dict]) -> list[dict]:
         run = RunDir(data["_run_dir"])
         meta = json.loads(run.model.read_text(encoding="utf-8")) if run.model.is_file() else {}
         # the tensors, not the file: an older pneumo wrote one model's metadata in a per-process order (two SHA-256s)
-        content = atomic.tensors_sha256(run.weights) if run.weights.is_file() else meta.get("sha256")
+        content = tensors_sha256(run.weights) if run.weights.is_file() else meta.get("sha256")
         why = ("has no training config (an ensemble?)" if not data.get("config") else
                "is a new operating point of another run (pneumo operating-point): the same weights"
                if (meta.get("operating_point") or {}).get("derived_from") else

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pneumo import atomic
 from pneumo.errors import ModelError
 from pneumo.models import build
 from pneumo.models.net import PneumoNet
 from pneumo.models.sidecar import FORMAT, WEIGHTS_FORMAT, CheckpointMeta, read_meta, stem_of, weights_path, write_meta
+from pneumo.models.tensorfile import write_safetensors
 from pneumo.provenance import utc_now
 
 _EXACT = ("pixel_mean", "pixel_std")  # kept in float32 in half-precision exports
@@ -77,7 +77,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     """Write a safetensors file atomically (mode 0644: checkpoints are shared and packaged); returns its SHA-256."""
     from safetensors.torch import save
 
-    return atomic.write_safetensors(path, save(tensors, metadata=metadata))
+    return write_safetensors(path, save(tensors, metadata=metadata))
 
 
 def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from pneumo import atomic
 from pneumo.errors import ModelError
+from pneumo.models.tensorfile import write_safetensors
 
 METHOD = "mahalanobis-tied"
 LAYER = "forward_features"  # the pooled backbone features, i.e. the input of the model's linear head
@@ -180,7 +180,7 @@ def save_ood(sidecar: str | os.PathLike, stats: OodStats) -> dict:
                  "precision": np.ascontiguousarray(stats.precision, np.float32)},
                 metadata={"format": "pneumo-ood/1", "method": stats.method})
     return {"method": stats.method, "layer": stats.layer, "file": path.name,
-            "sha256": atomic.write_safetensors(path, data), "threshold": stats.threshold,
+            "sha256": write_safetensors(path, data), "threshold": stats.threshold,
             "percentile": stats.percentile, "threshold_fold": "val", "n_train": stats.n_train, "n_val": stats.n_val,
             "n_features": stats.num_features, "n_classes": int(stats.means.shape[0]), "shrinkage": stats.shrinkage}
 

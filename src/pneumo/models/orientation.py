@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from pneumo import atomic
 from pneumo.errors import ModelError
 from pneumo.models.ood import refuse_orphan
 from pneumo.models.scores import softmax
+from pneumo.models.tensorfile import write_safetensors
 
 TRANSFORMS = ("upright", "inverted", "rotated 90°", "rotated 180°", "rotated 270°", "upside down")
 SUFFIX = ".orient.safetensors"
@@ -113,7 +113,7 @@ def save_orientation(sidecar: str | os.PathLike, head: OrientationHead, **record
     path = Path(sidecar).with_suffix(SUFFIX)
     data = save({k: np.ascontiguousarray(getattr(head, k), np.float32) for k in ("weight", "bias", "mean", "scale")},
                 metadata={"format": "pneumo-orientation/1"})
-    return {"file": path.name, "sha256": atomic.write_safetensors(path, data), "threshold": head.threshold,
+    return {"file": path.name, "sha256": write_safetensors(path, data), "threshold": head.threshold,
             "classes": list(head.classes), "false_refusal_percentile": FALSE_REFUSAL_PERCENTILE,
             "catch_percentile": CATCH_PERCENTILE, **record}
 
