@@ -53,6 +53,26 @@ def test_a_second_model_is_not_exported_into_a_folder_holding_another(tiny_model
     assert "holds 2 models (model.json, other.json): name one .json" in capsys.readouterr().err
 
 
+def test_two_exports_into_one_folder_at_once_are_refused(tiny_model: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """An audit of machine failures: two exports started into one folder at once both checked it empty, then both
+    wrote (two models, and one model's conformance cases): the second is refused while the first holds the folder."""
+    import fcntl
+    import os
+
+    out = tmp_path / "deploy"
+    out.mkdir()
+    first = os.open(out, os.O_RDONLY)  # the first export, still writing
+    try:
+        fcntl.flock(first, fcntl.LOCK_EX)
+        assert main(["export", "--model", str(tiny_model), "--out", str(out)]) == 2
+        assert f"--out {out}: another export is writing into it" in capsys.readouterr().err
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(first)
+    assert main(["export", "--model", str(tiny_model), "--out", str(out)]) == 0  # once it is done
+
+
 def test_an_out_that_is_a_file_or_pneumos_own_model_folder_is_refused(tiny_model: Path, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
