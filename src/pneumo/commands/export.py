@@ -61,7 +61,8 @@ def _only_export(out: str | None) -> Iterator[None]:
         yield
         return
     folder = Path(out)
-    if not folder.exists():
+    made = not folder.exists()
+    if made:
         folder.mkdir(parents=True)
     if not folder.is_dir():  # a file: `export_onnx` says so
         yield
@@ -76,3 +77,5 @@ def _only_export(out: str | None) -> Iterator[None]:
         yield
     finally:
         os.close(handle)
+        if made and not any(folder.iterdir()):  # a refused export leaves no folder behind
+            folder.rmdir()
