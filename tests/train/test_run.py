@@ -71,6 +71,9 @@ def test_scratch_training_logs_every_epoch_and_keeps_the_best(scratch_run: Path)
     assert (scratch_run / "last.json").is_file()
     # how it was computed, for whoever reproduces it: train.amp=false -> fp32; channels-last on the CPU by default
     assert meta["training"]["precision"] == "fp32" and meta["training"]["channels_last"] is True
+    import torch  # and its thread count, which the weights depend on (a reproducibility audit: it was not recorded)
+
+    assert meta["training"]["threads"] == torch.get_num_threads()
 
 
 def test_a_probe_records_fp32_on_the_cpu_even_where_bf16_is_fast(probe_run: Path) -> None:

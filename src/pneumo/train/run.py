@@ -271,6 +271,8 @@ def _train(cfg: RunConfig, env: DistEnv, device: torch.device, *, resume: bool, 
             return run_dir
     info["wall_time_s"] = round(time.perf_counter() - start + info.pop("earlier_sessions_s", 0.0), 1)
     info["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    info["threads"] = torch.get_num_threads()  # the weights depend on it (`OMP_NUM_THREADS`); the machine's cores
+    # and the evaluating process's threads were all a run recorded (a reproducibility audit)
     info["world_size"] = env.world_size
     info["command"] = command or None  # (None: called from Python)
     bf16 = features_in_bf16 if cfg.model.mode == "probe" else fast_precision
