@@ -484,3 +484,15 @@ def test_pixel_sizes_are_whole_numbers_in_the_properties_table() -> None:
     html = _properties_table({"site": {"width_median": 320.0, "mean_median": 120.25},
                               "reference": {"width_median": 1857.5}})
     assert '<td class="num">320</td>' in html and "320.0" not in html and "120.250" in html and "1857.500" in html
+
+
+def test_a_reference_of_train_and_val_folds_says_why_the_val_fold_was_not_enough(full_data: Path, predictor) -> None:
+    """A docs audit: a model whose val fold was too small was told "the val fold is in the site's set" (its site was
+    NIH images, none of them in the val fold)."""
+    from pneumo.adapt.check import MIN_IMAGES, build_reference, training_pool
+
+    pool = training_pool(predictor.meta, full_data)
+    val = pool.loc[pool["fold"] == "val", "sha256"]
+    ref = build_reference(predictor, dataset=full_data, sample=MIN_IMAGES, seed=0,
+                          exclude_sha256=set(val.iloc[3:]))  # 3 val images left: too few to be the reference
+    assert ref.pool.startswith(f"train + val folds (its val fold has 3 images not in the site's set, under {MIN_IMAGES}")

@@ -82,7 +82,12 @@ def test_compare_skips_runs_without_metrics_and_names_rows_by_folder_with_report
         assert main(["compare", str(a), str(runs / "unfinished"), str(b), str(runs / "notes.txt"),
                      "--out", str(tmp_path / "board")]) == 0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 2 and all("metrics.json" in w for w in warnings)
+    assert len(warnings) == 2 and "unfinished/metrics.json" in warnings[1] and "notes.txt is a file" in warnings[0]
+    caplog.clear()  # `runs/*` again: the leaderboard written beside the runs is not taken for a run (a docs audit)
+    with caplog.at_level("WARNING"):
+        assert main(["compare", str(a)]) == 0  # written beside the run, where `runs/*` finds it next time
+        assert main(["compare", *map(str, sorted(a.parent.iterdir()))]) == 0
+    assert (a.parent / "leaderboard.md").is_file() and not any("leaderboard" in r.getMessage() for r in caplog.records)
     md = (tmp_path / "board" / "leaderboard.md").read_text()
     assert f"[{a}](../runs/seed0/default/report.html)" in md  # the run folder, linked to its report
     assert f"| {b} |" in md and md.count("| default |") == 2  # rows told apart by folder

@@ -367,6 +367,8 @@ def test_without_data_a_model_that_is_not_a_run_is_measured_on_the_official_test
     assert f"n = {result['test']['n']} images of {people['n']} patients" in (folder / "report.html").read_text()
     assert ": test accuracy" in summary_line(result)
     assert f"; {result['test']['n']} images; val-fold AUC" in summary_line(result)  # (a reports audit)
+    smoke = {**result, "external": None, "config": {"data": {"limit_per_class": 8}}}  # a run's subset (a docs audit)
+    assert f"; {result['test']['n']} images (a subset: data.limit_per_class = 8); val-fold" in summary_line(smoke)
     assert "does not separate" not in (folder / "report.html").read_text() + summary_line(result)  # it does here
 
 

@@ -119,10 +119,17 @@ def test_missing_api_key_is_401(make_client: Callable[..., TestClient], xray: by
     assert_error(client.get("/api/v1/model"), 401, "api key")
 
 
-def test_wrong_api_key_is_401(make_client: Callable[..., TestClient], xray: bytes) -> None:
+def test_wrong_api_key_is_401_with_its_request_id_and_one_audit_line(make_client: Callable[..., TestClient],
+                                                                    xray: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A docs audit: a refused key was answered without the caller's X-Request-ID and left no audit line."""
     client = make_client(api_key="s3cret")
-    response = client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")}, headers={"X-API-Key": "s3cre"})
+    with caplog.at_level("INFO", logger="pneumo.serve.audit"):
+        response = client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")},
+                               headers={"X-API-Key": "s3cre", "X-Request-ID": "req-401"})
     assert_error(response, 401, "api key")
+    assert response.headers["X-Request-ID"] == "req-401"
+    audited = [r.getMessage() for r in caplog.records if r.name == "pneumo.serve.audit"]
+    assert len(audited) == 1 and "request=req-401" in audited[0] and "status=401" in audited[0]
 
 
 def test_right_api_key_is_served(make_client: Callable[..., TestClient], xray: bytes) -> None:

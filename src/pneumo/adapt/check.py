@@ -182,8 +182,9 @@ def build_reference(predictor: Predictor, *, dataset: str | os.PathLike | None, 
         pool, pool_name, in_sample = val, "the model's val fold", False
     else:
         in_sample = True
-        pool_name = ("train + val folds (" + ("the val fold is in the site's set" if recorded else "the model records "
-                     "no split") + ": training images score in-sample, lower than new images)")
+        pool_name = ("train + val folds (" + (f"its val fold has {len(val)} images not in the site's set, under "
+                     f"{MIN_IMAGES}" if recorded else "the model records no split") + ": training images score "
+                     "in-sample, lower than new images)")  # (it said "the val fold is in the site's set": a docs audit)
     if len(pool) < MIN_IMAGES:
         raise DataError(f"{location} holds {len(pool)} reference images not in the site's set: too few")
     rng = np.random.default_rng(seed)

@@ -4,11 +4,14 @@ the runs grouped into configurations (seeds of one config) and the validation-on
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pneumo.errors import ConfigError
 
 RULE, MIN_SEEDS = "val_nll,val_auc", 3  # the selection rule's steps and the seeds a configuration needs
+OWN_FILES = ("leaderboard.md", "leaderboard.html", "selection.md")  # what compare writes (beside the runs by default)
+log = logging.getLogger(__name__)
 
 EXAMPLES = """
 pneumo compare runs/*                       # runs without metrics.json are skipped with a warning
@@ -47,14 +50,21 @@ def run(args: argparse.Namespace) -> int:
         if unknown or min_seeds < 1:
             raise ConfigError(f"--rule: unknown step {unknown[0]!r}; known: {', '.join(STEPS)}" if unknown
                               else f"--min-seeds must be at least 1, got {min_seeds}")
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]).resolve().parent
-    md, page = write_leaderboard(args.run_dirs, out)
+    # `runs/*` takes in the leaderboard an earlier compare wrote beside the runs: files are not runs (a docs audit:
+    # "evaluate the run first (pneumo evaluate --model runs/leaderboard.html)")
+    runs = [d for d in args.run_dirs if not Path(d).is_file()]
+    for other in (d for d in args.run_dirs if Path(d).is_file() and Path(d).name not in OWN_FILES):
+        log.warning("skipped: %s is a file, not a run folder", other)
+    if not runs:
+        raise ConfigError("no run folders given (files are not runs)")
+    out = Path(args.out) if args.out else Path(runs[0]).resolve().parent
+    md, page = write_leaderboard(runs, out)
     print(md.read_text(encoding="utf-8"), end="")
     print(f"leaderboard: {md}, {page}")
     if args.select:
         from pneumo.evaluate.select import write_selection
 
-        path = write_selection(args.run_dirs, out, rule=rule, min_seeds=min_seeds)
+        path = write_selection(runs, out, rule=rule, min_seeds=min_seeds)
         print(path.read_text(encoding="utf-8"), end="")
         print(f"selection: {path}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pneumo.argparsing import subparser
 
@@ -22,8 +23,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--out", required=True, metavar="DIR", help="output folder: site.json, images.csv, report.html")
     check.add_argument("--model", help="run folder or checkpoint (default: the shipped model)")
     check.add_argument("--dataset", metavar="DIR",
-                       help="the model's training dataset, for the reference sample (default: $PNEUMO_DATA; without "
-                            "either, the model's recorded statistics only)")
+                       help="the model's training dataset, for the reference sample (default: $PNEUMO_DATA, else the "
+                            "dataset the model's config records where that path exists; without any, the model's "
+                            "recorded statistics only)")
     check.add_argument("--sample", type=int, default=300, metavar="N",
                        help="reference images drawn (seeded) from the model's val fold (its train + val folds "
                             "when it records no split)")
@@ -56,6 +58,6 @@ def run_check(args: argparse.Namespace) -> int:
     elif result.get("case_mix_differs"):  # not a shift: the stored operating point's sensitivity/specificity may hold
         print(f"case mix: {result['case_mix'][0]} (another prevalence changes predictive values, not sensitivity or "
               "specificity; labelled images tell which: pneumo evaluate --data LABELLED)")
-    print(f"report: {args.out}/report.html")
-    print(f"numbers: {args.out}/site.json")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    print(f"numbers: {Path(args.out) / 'site.json'}")
     return 0

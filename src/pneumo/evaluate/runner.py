@@ -377,8 +377,7 @@ def summary_line(result: dict) -> str:
     parts = ", ".join(f"{k} {fmt_ci(m.get(k), ci.get(k))}" for k in ("accuracy", "sensitivity", "specificity",
                                                                       "roc_auc"))
     val_auc = result["val"].get("roc_auc")
-    ext = result.get("external")
-    where = "external data" if ext and not ext.get("official_test_split") else "test"
+    where = "external data" if (ext := result.get("external")) and not ext.get("official_test_split") else "test"
     from pneumo.evaluate.cautions import evaluation_warnings
 
     warning = " ".join(evaluation_warnings(m, ci, result.get("adaptation"), result.get("external")))
@@ -393,7 +392,9 @@ def summary_line(result: dict) -> str:
     adapted = result.get("adaptation")  # an adapted model has no val fold: the AUC its adaptation measured
     fold_auc = (f"cross-fitted site AUC {fmt_ci(adapted.get('crossfit_roc_auc'), None)}" if adapted
                 else f"val-fold AUC {fmt_ci(val_auc, None)}")
-    return (f"{result.get('name')}: {where} {three}{parts}; {result['test'].get('n')} images; {fold_auc}; threshold {fmt_threshold(result['threshold'])} ({result['threshold_policy']})"
+    subset = (f" (a subset: data.limit_per_class = {limit})"  # a run's smaller test split (a docs audit)
+              if not ext and (limit := ((result.get("config") or {}).get("data") or {}).get("limit_per_class")) else "")
+    return (f"{result.get('name')}: {where} {three}{parts}; {result['test'].get('n')} images{subset}; {fold_auc}; threshold {fmt_threshold(result['threshold'])} ({result['threshold_policy']})"
             + (f"\nnot assessed: {withheld} image(s) without a verdict (out of distribution or turned), {counted}"
                if withheld else "")
             + (f"\nwarning: {warning}" if warning else ""))

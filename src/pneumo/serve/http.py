@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME
+from pneumo.serve import audit
 from pneumo.serve.limits import Overloaded
 from pneumo.serve.schemas import CSP, content_security_policy
 
@@ -53,9 +54,13 @@ def api_key_check(expected: str):
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key given to `pneumo serve`")
     expected_bytes = expected.encode("utf-8")
 
-    async def check(given: str | None = Security(header)) -> None:
+    async def check(request: Request, given: str | None = Security(header)) -> None:
         if given is None or not hmac.compare_digest(given.encode("utf-8"), expected_bytes):
-            raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)")
+            rid, who = audit.ids(request)  # answered and audited as every request (a docs audit: a 401 had neither)
+            if request.url.path.endswith("/predict"):
+                audit.log_refusal(rid, who, None, 401)
+            raise HTTPException(401, "missing or wrong API key (send it in the X-API-Key header)",
+                                headers={"X-Request-ID": rid})
 
     return check
 
