@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _timestamped_logs() -> None:
     """A service's log lines carry the time in UTC (an operator reads them later); a command's do not need it."""
-    from pneumo.serve.http import service_log_formatter
+    from pneumo.serve.audit import service_log_formatter
 
     for handler in logging.getLogger().handlers:
         handler.setFormatter(service_log_formatter())

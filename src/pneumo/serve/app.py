@@ -50,7 +50,6 @@ from pneumo.serve.http import (
     install_error_handlers,
     mount_docs,
     one_line,
-    service_log_formatter,
 )
 from pneumo.serve.limits import ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
 from pneumo.serve.schemas import (
@@ -271,7 +270,7 @@ def create_app_from_env() -> FastAPI:
     options = {key: settings.pop(key) for key in ("model", "backend", "threads", "pinned") if key in settings}
     if not logging.getLogger().handlers:  # a worker process: the command's log setup ran in its parent only
         handler = logging.StreamHandler()
-        handler.setFormatter(service_log_formatter())  # (UTC, as the command's own process)
+        handler.setFormatter(audit.service_log_formatter())  # (UTC, as the command's own process)
         logging.basicConfig(level=logging.INFO, handlers=[handler])
     config = ServeConfig(**settings)
     configure_header_timeout(config.header_timeout_s)  # this worker's uvicorn protocol (see pneumo.serve.limits)

@@ -10,11 +10,21 @@ import contextlib
 import logging
 import re
 import sys
+import time
 import uuid
 from logging.handlers import WatchedFileHandler
 
+from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME
+
 log = logging.getLogger("pneumo.serve.audit")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a caller's X-Request-ID kept only if it is such a token
+
+
+def service_log_formatter() -> logging.Formatter:
+    """A service's log lines: the time first, in UTC, ISO 8601 with ``Z`` (sets the process's
+    `logging.Formatter.converter`, so uvicorn's formatters, given `LOG_TIME`, write UTC too)."""
+    logging.Formatter.converter = time.gmtime
+    return logging.Formatter(f"{LOG_TIME} {LOG_FORMAT}", LOG_DATEFMT)
 
 
 def to_file(path: str) -> None:
@@ -24,8 +34,6 @@ def to_file(path: str) -> None:
     Raises:
         OSError: the file cannot be opened for appending.
     """
-    from pneumo.serve.http import service_log_formatter
-
     handler = _Trail(path, encoding="utf-8")
     handler.setFormatter(service_log_formatter())
     log.addHandler(handler)

@@ -8,7 +8,6 @@ import hmac
 import importlib.resources
 import logging
 import re
-import time
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Security
@@ -19,7 +18,6 @@ from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pneumo import LOG_DATEFMT, LOG_FORMAT, LOG_TIME
 from pneumo.serve import audit
 from pneumo.serve.limits import Overloaded
 from pneumo.serve.schemas import CSP, content_security_policy
@@ -159,8 +157,3 @@ class WithoutQuery(logging.Filter):
         return True
 
 
-def service_log_formatter() -> logging.Formatter:
-    """A service's log lines: the time first, in UTC, ISO 8601 with ``Z`` (sets the process's
-    `logging.Formatter.converter`, so uvicorn's formatters, given `LOG_TIME`, write UTC too)."""
-    logging.Formatter.converter = time.gmtime
-    return logging.Formatter(f"{LOG_TIME} {LOG_FORMAT}", LOG_DATEFMT)
