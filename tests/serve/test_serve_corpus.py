@@ -60,7 +60,8 @@ def assert_one_line_4xx(response: httpx.Response, case: CorpusCase) -> None:
     assert 400 <= response.status_code < 500, f"{case.name}: {response.status_code} {response.text[:200]}"
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert list(body) == ["detail"] and isinstance(body["detail"], str) and body["detail"]
+    assert set(body) <= {"detail", "request_id"} and isinstance(body["detail"], str) and body["detail"]
+    assert body.get("request_id", response.headers.get("X-Request-ID")) == response.headers.get("X-Request-ID")
     assert "\n" not in body["detail"] and "\r" not in body["detail"] and "Traceback" not in body["detail"]
     for secret in (PATIENT_NAME, PATIENT_ID, case.upload_name, str(case.path.parent)):
         assert secret not in response.text

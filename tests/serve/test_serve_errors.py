@@ -127,7 +127,11 @@ def test_wrong_api_key_is_401_with_its_request_id_and_one_audit_line(make_client
         response = client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")},
                                headers={"X-API-Key": "s3cre", "X-Request-ID": "req-401"})
     assert_error(response, 401, "api key")
-    assert response.headers["X-Request-ID"] == "req-401"
+    assert response.headers["X-Request-ID"] == response.json()["request_id"] == "req-401"
+    refused = client.post(PREDICT, files={"file": ("x.jpeg", b"not an image at all", "image/jpeg")},
+                          headers={"X-API-Key": "s3cret", "X-Request-ID": "req-422"})
+    assert_error(refused, 422)
+    assert refused.json()["request_id"] == "req-422"  # in an error's body too, as USAGE says
     audited = [r.getMessage() for r in caplog.records if r.name == "pneumo.serve.audit"]
     assert len(audited) == 1 and "request=req-401" in audited[0] and "status=401" in audited[0]
 

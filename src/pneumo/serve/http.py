@@ -84,8 +84,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code >= 400 and exc.status_code != 408:  # 408s are counted by SLOW_BODIES; the access line
             log.debug("request rejected: %d", exc.status_code)  # has the rest (a flood wrote 2 lines each at INFO)
-        return JSONResponse({"detail": one_line(exc.detail)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None) or {}  # a predict answer's request id in its body too (a docs audit)
+        rid = {"request_id": headers["X-Request-ID"]} if "X-Request-ID" in headers else {}
+        return JSONResponse({"detail": one_line(exc.detail), **rid}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -81,6 +81,7 @@ class ModelCard(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+    request_id: str | None = Field(None, description="a predict answer's X-Request-ID, as in the header")
 
 
 class Ready(BaseModel):
