@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -88,14 +88,14 @@ class WriteFailed(OSError):
         self.reason = reason
 
 
-def said_of(exc: OSError, target: Path, inside: Path, kept: str = "") -> OSError:
-    """``exc`` as a `WriteFailed` of ``target`` when it is a system error of ``target`` or of a path under ``inside``
-    (the temp file or folder standing for it), or of no path (a full disk); any other error (a file being read, a
-    decoder's OSError without an errno) as it is."""
+def raise_said_of(exc: OSError, target: Path, inside: Path, kept: str = "") -> NoReturn:
+    """Raise ``exc`` as a `WriteFailed` of ``target`` when it is a system error of ``target`` or of a path under
+    ``inside`` (the temp file or folder standing for it), or of no path (a full disk); any other error (a file being
+    read, a decoder's OSError without an errno) as it is."""
     name = None if exc.filename is None else Path(os.fsdecode(exc.filename))
     if exc.errno is None or name is not None and name != target and not name.is_relative_to(inside):
-        return exc
-    return WriteFailed(exc.errno, getattr(exc, "reason", None) or exc.strerror or str(exc), target, kept)
+        raise exc
+    raise WriteFailed(exc.errno, getattr(exc, "reason", None) or exc.strerror or str(exc), target, kept) from exc
 
 
 @contextmanager
@@ -123,10 +123,7 @@ def writing(path: str | os.PathLike, *, mode: int | None = None, private: bool =
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
-        named = said_of(exc, path, tmp, "the earlier file is unchanged" if existed else "")
-        if named is exc:
-            raise
-        raise named from exc
+        raise_said_of(exc, path, tmp, "the earlier file is unchanged" if existed else "")
     finally:
         with contextlib.suppress(OSError):  # on a read-only folder unlink fails too: the first error is the one to tell
             tmp.unlink(missing_ok=True)
@@ -229,10 +226,7 @@ def folder(out: str | os.PathLike, *, owned: frozenset[str], replace: bool) -> I
         yield work
         _publish(work, out, old, owned, replace)
     except OSError as exc:
-        named = said_of(exc, out, work, "the earlier output is unchanged" if out.exists() else "")
-        if named is exc:
-            raise
-        raise named from exc
+        raise_said_of(exc, out, work, "the earlier output is unchanged" if out.exists() else "")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -299,10 +293,7 @@ def _in_place(out: Path, owned: frozenset[str], replace: bool) -> Iterator[Path]
     except OSError as exc:
         kept = ("it may hold part of the earlier output and part of this one: write it again" if moving
                 else "the earlier output is unchanged" if outputs(out) else "")
-        named = said_of(exc, out, work, kept)
-        if named is exc:
-            raise
-        raise named from exc
+        raise_said_of(exc, out, work, kept)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
