@@ -127,13 +127,13 @@ def bar_label(method: str, scale: float | None = None) -> str:
     return label if scale is None else f"{label}; {SCALE_UNITS.get(method, '1 = {:.3g}').format(scale)}"
 
 
-def with_band(image: Image.Image, lines: list[str], bar_label: str = BAR_LABEL) -> Image.Image:
-    """``image`` below a dark band holding ``lines``, what the colour bar means (``bar_label``: the map is scaled to
+def with_band(image: Image.Image, lines: list[str], bar_text: str = BAR_LABEL) -> Image.Image:
+    """``image`` below a dark band holding ``lines``, what the colour bar means (``bar_text``: the map is scaled to
     [0, 1] per image) and the bar; the image's pixels are left as they are. The bar's words are wrapped with the
     caption (beside the bar they ran past the edge of images under ~450 px: an explain audit)."""
     font, size, pad = _font(image)
     measure = ImageDraw.Draw(image)
-    text = "\n".join(wrap([*lines, bar_label], font, image.width - 2 * pad))
+    text = "\n".join(wrap([*lines, bar_text], font, image.width - 2 * pad))
     _, _, _, text_bottom = measure.multiline_textbbox((pad, pad), text, font=font, spacing=pad // 2)
     bar_top, bar_height = text_bottom + pad, max(6, size * 2 // 3)
     band = bar_top + bar_height + pad
