@@ -159,3 +159,21 @@ def test_a_map_against_the_models_call_says_it_is_drawn_at_full_scale() -> None:
     assert not any("did not call" in line for line in caption_lines(called, toward="PNEUMONIA"))
     virus = SimpleNamespace(label="virus", p_pneumonia=0.9, threshold=0.5, reason=None)  # a 3-class call
     assert not any("did not call" in line for line in caption_lines(virus, toward="pneumonia"))
+
+
+def test_the_contact_sheet_puts_films_without_a_verdict_first_then_the_highest_p_pneumonia(tmp_path: Path) -> None:
+    """A volume audit: a sheet of hundreds of maps was in input order, so a reviewer hunted for the positive calls."""
+    from types import SimpleNamespace
+
+    from pneumo.explain.overlay import Written
+
+    written = []
+    for name, p, reason in (("a", 0.2, None), ("b", 0.9, None), ("c", 0.5, "out of distribution"), ("d", 0.6, None)):
+        overlay = tmp_path / "maps" / f"{name}.cam.png"
+        overlay.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (32, 32)).save(overlay)
+        prediction = SimpleNamespace(label="X", p_pneumonia=p, threshold=0.5, reason=reason)
+        written.append(Written(str(tmp_path / f"{name}.png"), overlay, overlay, prediction))
+    page = write_contact_sheet(tmp_path / "maps", written).read_text()
+    shown = [page.index(f"<b>{name}.png</b>") for name in "cbda"]
+    assert shown == sorted(shown)

@@ -144,7 +144,9 @@ class HeatmapWriter:
 def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, title: str = "pneumo explain",
                         thumb_side: int = 256, subtitle: str = "", failed: list[tuple[str, str]] = ()) -> Path:
     """``out_dir/index.html``: a grid of overlay thumbnails (``out_dir/thumbs/``) with label and probability, and the
-    ``failed`` inputs by name with the reason (the sheet counted only the films it showed: an explain audit)."""
+    ``failed`` inputs by name with the reason (the sheet counted only the films it showed: an explain audit). Films
+    without a verdict come first, then the rest by P(pneumonia), highest first (a reviewer of hundreds of maps
+    looked for the positive calls in input order: a volume audit)."""
     out_dir = Path(out_dir).resolve()
     cells = []
     names = [Path(item.source).name for item in written]
@@ -154,7 +156,9 @@ def write_contact_sheet(out_dir: str | os.PathLike, written: list[Written], *, t
             names = [os.path.relpath(os.path.abspath(item.source), common) for item in written]
         except ValueError:  # files on several drives (Windows): their full paths
             names = [os.path.abspath(item.source) for item in written]
-    for item, name in zip(written, names, strict=True):
+    order = sorted(range(len(written)), key=lambda i: (getattr(written[i].prediction, "reason", None) is None,
+                                                       -written[i].prediction.p_pneumonia))
+    for item, name in ((written[i], names[i]) for i in order):
         thumb = out_dir / "thumbs" / item.overlay.name
         with Image.open(item.overlay) as img:
             img.thumbnail((thumb_side, thumb_side), Image.Resampling.BILINEAR)
