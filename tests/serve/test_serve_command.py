@@ -159,3 +159,21 @@ def test_behind_a_proxys_path_prefix_the_page_and_the_docs_work(checkpoint: Path
     for bad in ("pneumo", "/pneumo/", "/a b"):
         assert main(["serve", "--model", str(checkpoint), "--root-path", bad]) == 2
         assert "--root-path must look like /pneumo" in capsys.readouterr().err
+
+
+def test_a_host_that_cannot_be_bound_is_the_one_thing_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """A docs audit: `serve --host <a name that does not resolve>` warned "listening on ... without an API key" and
+    then failed, so the warning read as the cause. The warning is said once the host can be bound, and only then."""
+    monkeypatch.delenv("PNEUMO_API_KEY", raising=False)
+    assert main(["serve", "--host", "no-such-host.invalid", "--model", str(tmp_path / "nope")]) == 2
+    assert "--host no-such-host.invalid" in capsys.readouterr().err
+    assert not [r for r in caplog.records if "without an API key" in r.getMessage()]
+    import socket
+
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--host", "0.0.0.0", "--port", str(port), "--model", str(tmp_path / "nope")]) == 2
+    assert [r for r in caplog.records if "without an API key" in r.getMessage()]

@@ -127,12 +127,12 @@ def run(args: argparse.Namespace) -> int:
     from pneumo.serve.limits import configure_header_timeout
 
     config = serve_config(args)
-    if not config.api_key and not _is_loopback(config.host):
+    _check_bind(config.host, config.port)  # a port in use or a bad host: one line, before the model loads
+    if not config.api_key and not _is_loopback(config.host):  # (said before that error, it read as its cause)
         log.warning("listening on %s without an API key: anyone who can reach this port can use the service",
                     config.host)
     if "*" in config.cors_origins:
         log.warning("--cors-origin '*': any web page may call this service from a visitor's browser")
-    _check_bind(config.host, config.port)  # a port in use or a bad host: one line, before the model loads
     if config.decode_timeout_s > 0:  # decode workers that cannot start (no writable /tmp): one line, not a 500 each
         from pneumo.serve.decoding import DecodeWorkers
 
