@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from pneumo import atomic
-from pneumo.infer.card import INTENDED_USE, build_card, metric_rows, record_card
+from pneumo.infer.card import INTENDED_USE, OTHER_EVALUATIONS, build_card, metric_rows, record_card
 from pneumo.models.checkpoint import load_checkpoint, save_checkpoint
 from pneumo.models.scores import threshold_on_calibrated_scale
 from pneumo.models.sidecar import CARD_KEY
@@ -152,7 +152,8 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None, *
         f"Shortcut check: {info['shortcut_check']}.", "",
         (f"ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / "
          f"{metrics['test']['ece_after']:.3f}."),
-        f"Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split."]
+        f"Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split.", "",
+        OTHER_EVALUATIONS]
     md = build_card("Model card: pneumo default model", summary=summary, sections=[
         (f"Test metrics (official {metrics['test']['n']}-image test split; 95 % CIs: {info['ci_method']})", test_section),
         ("Training data", [ATTRIBUTION])], limits=LIMITATIONS)

@@ -221,6 +221,9 @@ def test_card_only_rewrites_the_card_from_an_evaluation_of_the_shipped_weights(
     assert f"{m['fn']} of {m['tp'] + m['fn']} pneumonia images were missed" in card  # prevalences (a clinical review)
     assert "PPV (a PNEUMONIA call is right)" in card and "50.0 % (this test split)" in card
     assert "not a normal result: read it without the model" in card and "not for diagnosing or triaging" in card
+    from pneumo.infer.card import OTHER_EVALUATIONS  # a site's failed evaluation is not in it (an export audit)
+
+    assert OTHER_EVALUATIONS in card and OTHER_EVALUATIONS in resolve_model(None).with_suffix(".md").read_text()
     sidecar = json.loads((model / "default-model.json").read_text())
     assert sidecar["model_card"]["test_ci95"]["roc_auc"] == metrics["test"]["ci"]["roc_auc"]
     assert sidecar["metrics"]["test_n"] == 16

@@ -33,6 +33,9 @@ from pneumo.policy import at_chance, low_specificity_warning, missed_pneumonia_w
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
+# (an export audit: a model that had just failed at a site showed the same card, without a word)
+OTHER_EVALUATIONS = ("Evaluations on other images (`pneumo evaluate --data`) are not part of this card: each writes "
+                     "its own report.")
 INTENDED_USE = ("Research on pneumonia detection in **pediatric** frontal chest X-rays like those of the Guangzhou "
                 "Women and Children's Medical Center (Kermany et al.), ages about 1-5: triage experiments, teaching, "
                 "benchmarking. Not a medical device: not for diagnosing or triaging patients.")
@@ -129,9 +132,7 @@ def _performance(meta: dict) -> list[str]:
             lines += ["", "Three classes (normal / bacteria / virus) on the same images:", "",
                       *md_table(["metric", "value"], metric_rows(("accuracy", "macro_f1", "bacteria_vs_virus_roc_auc"),
                                                                  (three, metrics.get("test_3class_ci") or {})))]
-        # (an export audit: a model that had just failed at a site showed the same card, without a word)
-        return [*lines, "", ("Evaluations on other images (`pneumo evaluate --data`) are not part of this card: "
-                             "each writes its own report.")]
+        return [*lines, "", OTHER_EVALUATIONS]
     op = meta.get("operating_point")
     if op:
         chosen = op.get("chosen_on", {})
