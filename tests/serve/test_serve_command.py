@@ -156,6 +156,11 @@ def test_behind_a_proxys_path_prefix_the_page_and_the_docs_work(checkpoint: Path
     assert not re.search(r'(?:href|src)="/', page) and 'fetch("/' not in client.get("/static/app.js").text
     assert "'openapi.json'" in docs and 'href="docs/assets/' in docs
     assert client.get("/openapi.json").json()["servers"] == [{"url": "/pneumo"}]
+    # a proxy audit: with the root path in front of the path (uvicorn's scope), the docs page lost its script's hash
+    # (a blank page) and every API answer its no-store header
+    assert "sha256-" in client.get("/pneumo/docs").headers["content-security-policy"]
+    assert client.get("/pneumo/api/v1/model").headers["cache-control"] == "no-store"
+    assert "cache-control" not in client.get("/pneumo/").headers
     for bad in ("pneumo", "/pneumo/", "/a b"):
         assert main(["serve", "--model", str(checkpoint), "--root-path", bad]) == 2
         assert "--root-path must look like /pneumo" in capsys.readouterr().err

@@ -112,7 +112,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         started = False
-        path = scope.get("path", "")
+        path = route_path(scope)
         is_api = path.startswith("/api/")
         csp = self.docs_csp if path == DOCS_URL else self.csp
 
@@ -140,6 +140,15 @@ class Guard:
                     response.headers["access-control-allow-origin"] = origin
                     response.headers["vary"] = "Origin"
                 await response(scope, receive, send_with_headers)
+
+
+def route_path(scope: dict) -> str:
+    """The request's path inside the app: uvicorn puts ``--root-path`` in front of ``scope["path"]``, so behind a
+    proxy's prefix ``/pneumo/api/...`` lost its no-store header and ``/pneumo/docs`` its script hash (a proxy audit)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        return path[len(root):] or "/"
+    return path
 
 
 def one_line(value: object) -> str:
