@@ -277,12 +277,19 @@ def test_the_queue_rejects_beyond_its_length_and_after_its_wait_limit() -> None:
     assert events[3] == "fourth ran"
 
 
-def test_uploads_beyond_the_memory_budget_get_503_and_the_budget_is_given_back(make_client, xray: bytes) -> None:
+def test_uploads_beyond_the_memory_budget_get_503_and_the_budget_is_given_back(make_client, xray: bytes,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
     # a budget below one upload (ServeConfig refuses it: unchecked model_copy) stands in for several filling it
     client: TestClient = make_client(config=ServeConfig().model_copy(update={"upload_budget_mb": len(xray) / 2 / 1e6}))
-    refused = client.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"})
+    with caplog.at_level("INFO", logger="pneumo.serve.audit"):
+        refused = client.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream",
+                                                              "X-Request-ID": "budget-1"})
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert refused.headers["connection"] == "close"
+    # a proxy audit: overload was audited as status=500 and answered without the request's id
+    assert refused.headers["x-request-id"] == refused.json()["request_id"] == "budget-1"
+    audited = [r.getMessage() for r in caplog.records if r.name == "pneumo.serve.audit"]
+    assert len(audited) == 1 and "request=budget-1" in audited[0] and "status=503" in audited[0]
     assert client.app.state.service.budget.held == 0
     small = make_client(upload_budget_mb=2.25 * len(xray) / 1e6, max_upload_mb=2 * len(xray) / 1e6)
     assert small.post(PREDICT, content=xray, headers={"Content-Type": "application/octet-stream"}).status_code == 200

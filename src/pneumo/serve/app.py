@@ -51,7 +51,7 @@ from pneumo.serve.http import (
     mount_docs,
     one_line,
 )
-from pneumo.serve.limits import ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
+from pneumo.serve.limits import Overloaded, ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
 from pneumo.serve.schemas import (
     DESCRIPTION,
     ERRORS,
@@ -246,7 +246,7 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
                 async with service.work.slot():  # bounded work, bounded queue: 503 + Retry-After beyond
                     body = await _predict(service, data, start, heatmap=heatmap, preview=preview)
             audit.log_prediction(rid, who, body)
-        except HTTPException as exc:
+        except (HTTPException, Overloaded) as exc:
             audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, exc.status_code)
             exc.headers = {**(exc.headers or {}), "X-Request-ID": rid}
             raise

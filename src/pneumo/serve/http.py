@@ -77,8 +77,9 @@ class OneLineCancelled(logging.Filter):
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:  # counted by its ThrottledLog, not per line
-        headers = {"Retry-After": str(exc.retry_after_s), "Connection": "close"}  # why: `Overloaded`
-        return JSONResponse({"detail": exc.detail}, status_code=503, headers=headers)
+        headers = {"Retry-After": str(exc.retry_after_s), "Connection": "close", **exc.headers}  # why: `Overloaded`
+        rid = {"request_id": exc.headers["X-Request-ID"]} if "X-Request-ID" in exc.headers else {}
+        return JSONResponse({"detail": exc.detail, **rid}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
