@@ -44,12 +44,14 @@ def live_server(predictor: Predictor) -> Iterator[Callable[..., str]]:
     protocol (header deadline) in a background thread; stopped after the test."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(predictor_: Predictor = predictor, limit_concurrency: int | None = None, **fields: object) -> str:
+    def start(predictor_: Predictor = predictor, limit_concurrency: int | None = None,
+              forwarded_allow_ips: str = "127.0.0.1", **fields: object) -> str:
         config = ServeConfig(**fields)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(config, predictor_), host="127.0.0.1", port=port,
                                                http=configure_header_timeout(config.header_timeout_s),
                                                limit_concurrency=limit_concurrency,
+                                               forwarded_allow_ips=forwarded_allow_ips,
                                                log_level="warning", access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -151,7 +153,7 @@ def test_a_flood_of_idle_connections_cannot_503_the_health_probe(live_server,
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 6)
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", 8)
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "idle_grace_s", 0.2)
-    url = live_server(limit_concurrency=12, header_timeout_s=30)
+    url = live_server(limit_concurrency=12, header_timeout_s=30, forwarded_allow_ips="192.0.2.1")  # loopback: a client
     host, port = url.removeprefix("http://").split(":")
     idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(40)]
     try:
@@ -169,6 +171,39 @@ def test_a_flood_of_idle_connections_cannot_503_the_health_probe(live_server,
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_a_trusted_proxys_idle_pool_is_not_cut_to_one_clients_cap(live_server,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy audit: nginx keeps a pool of idle upstream connections (keepalive 64) from one address; the per-client
+    cap closed those beyond 32 and nginx's next POST on one got a 502. A trusted proxy's connections (loopback, by
+    uvicorn's default --forwarded-allow-ips) count to the overall idle cap only."""
+    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 2)
+    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", 10)
+    monkeypatch.setattr(HeaderDeadlineH11Protocol, "idle_grace_s", 0.1)
+    url = live_server(header_timeout_s=30)
+    host, port = url.removeprefix("http://").split(":")
+    pool = [socket.create_connection((host, int(port)), timeout=5) for _ in range(6)]
+    try:
+        time.sleep(0.3)  # past the grace period
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # a new connection: the caps are applied
+        for sock in pool:
+            sock.settimeout(0.05)
+            with pytest.raises(TimeoutError):  # still open
+                sock.recv(1)
+    finally:
+        for sock in pool:
+            sock.close()
+
+
+@pytest.mark.parametrize(("peer", "allowed", "trusted"), [
+    ("127.0.0.1", "127.0.0.1", True), ("10.1.2.3", "10.0.0.0/8, 192.0.2.1", True), ("10.1.2.3", ["192.0.2.1"], False),
+    ("::1", "127.0.0.1,::1", True), ("192.0.2.9", "*", True), ("/run/pneumo.sock", "/run/pneumo.sock", True),
+    ("192.0.2.9", "not an address", False), ("192.0.2.9", None, False)])
+def test_trusted_proxy_reads_uvicorns_forwarded_allow_ips(peer: str, allowed: object, trusted: bool) -> None:
+    from pneumo.serve.limits import trusted_proxy
+
+    assert trusted_proxy(peer, allowed) is trusted
 
 
 def test_keep_alive_connections_of_one_address_beyond_the_idle_cap_are_not_cut_within_the_grace_period(

@@ -51,7 +51,8 @@ from pneumo.serve.http import (
     mount_docs,
     one_line,
 )
-from pneumo.serve.limits import Overloaded, ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
+from pneumo.serve.limits import (CONNECTION_LOGS, Overloaded, ThrottledLog, UploadBudget, WorkQueue,
+                                  configure_header_timeout)
 from pneumo.serve.schemas import (
     DESCRIPTION,
     ERRORS,
@@ -123,7 +124,7 @@ class Service:
             self.decoder.close()
             self.decoder = None
         audit.detach_files()
-        for throttled in (self.work.rejected, self.budget.rejected, SLOW_BODIES):
+        for throttled in (self.work.rejected, self.budget.rejected, SLOW_BODIES, *CONNECTION_LOGS):
             throttled.flush()
 
     def _load(self) -> None:
