@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,34 @@ def test_a_host_that_cannot_be_bound_is_the_one_thing_said(tmp_path: Path, monke
         port = probe.getsockname()[1]
     assert main(["serve", "--host", "0.0.0.0", "--port", str(port), "--model", str(tmp_path / "nope")]) == 2
     assert [r for r in caplog.records if "without an API key" in r.getMessage()]
+
+
+def test_the_services_first_warning_carries_its_utc_time(tmp_path: Path) -> None:
+    """A proxy audit: the start's "without an API key" warning was the one service line without a time (it came before
+    the service's log format was set)."""
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "pneumo", "serve", "--host", "0.0.0.0", "--port", str(port),
+                           "--model", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "PNEUMO_API_KEY"})
+    warning = next(line for line in done.stderr.splitlines() if "without an API key" in line)
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING ", warning), warning
+
+
+def test_onnx_runtimes_own_log_says_errors_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy audit: with a read-only home ONNX Runtime wrote a coloured warning in local time without a zone into
+    the service's log, beside the service's UTC lines."""
+    import onnxruntime as ort
+
+    from pneumo.infer.predictor import session_options
+
+    said = []
+    monkeypatch.setattr(ort, "set_default_logger_severity", said.append)
+    session_options(1)
+    assert said == [3]

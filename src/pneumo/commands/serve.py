@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = serve_config(args)
     _check_bind(config.host, config.port)  # a port in use or a bad host: one line, before the model loads
+    _timestamped_logs()  # (from the first warning on: a proxy audit found the start's warning without a time)
     if not config.api_key and not _is_loopback(config.host):  # (said before that error, it read as its cause)
         log.warning("listening on %s without an API key: anyone who can reach this port can use the service",
                     config.host)
@@ -141,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
             workers.check()
         finally:
             workers.close()
-    _timestamped_logs()
     options = {"host": config.host, "port": config.port, "server_header": False, "log_config": _uvicorn_logging(),
                "timeout_graceful_shutdown": config.shutdown_timeout_s,
                "limit_concurrency": args.limit_concurrency, "root_path": args.root_path,

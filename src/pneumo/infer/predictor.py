@@ -88,6 +88,7 @@ def session_options(threads: int | None = None) -> Any:
     img/s on 2 cores, one image ~0.6 ms slower)."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # errors only: its warnings are coloured lines in local time without a zone
     ort.disable_telemetry_events()  # no usage events of a hospital's service for Microsoft's collector (an operations
     options = ort.SessionOptions()  # review: 772 queued, with a device id and the model's file name)
     if threads:
