@@ -214,3 +214,29 @@ def test_onnx_runtimes_own_log_says_errors_only(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(ort, "set_default_logger_severity", said.append)
     session_options(1)
     assert said == [3]
+
+
+def test_the_api_key_comes_from_a_mounted_secret_file(checkpoint: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """A proxy audit: the key could be given on the command line (seen in `ps`) or in the environment only; a
+    container's secrets are mounted as files."""
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(app))
+    monkeypatch.delenv("PNEUMO_API_KEY", raising=False)
+    secret = tmp_path / "key"
+    secret.write_text("k3y-from-file\n")
+    assert main(["serve", "--model", str(checkpoint), "--threads", "1", "--api-key-file", str(secret)]) == 0
+    monkeypatch.setenv("PNEUMO_API_KEY_FILE", str(secret))
+    assert main(["serve", "--model", str(checkpoint), "--threads", "1"]) == 0
+    assert [app.state.service.config.api_key for app in calls] == ["k3y-from-file"] * 2
+    (tmp_path / "empty").write_text("\n")
+    for argv, words in ((["--api-key", "a", "--api-key-file", str(secret)], "not both"),
+                        (["--api-key-file", str(tmp_path / "empty")], "first line is empty"),
+                        (["--api-key-file", str(tmp_path / "missing")], "--api-key-file")):
+        assert main(["serve", "--model", str(checkpoint), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and "k3y" not in err[0], err
+    assert len(calls) == 2

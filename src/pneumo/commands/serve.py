@@ -51,6 +51,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         "Docker image's health check reads the same variable)")
     parser.add_argument("--api-key", help="require this key in the X-API-Key header of /api requests "
                         "(default: $PNEUMO_API_KEY; the environment keeps it out of the process list)")
+    parser.add_argument("--api-key-file", metavar="FILE", help="read the key from this file's first line instead (a "
+                        "mounted secret; default: $PNEUMO_API_KEY_FILE)")
     parser.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_mb, help="largest upload")
     parser.add_argument("--max-pixels", type=int, default=_DEFAULTS.max_pixels, help="largest image (width x height)")
     parser.add_argument("--max-batch", type=int, default=_DEFAULTS.max_batch,
@@ -88,9 +90,30 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
                           f"got {args.root_path!r}")
     return ServeConfig(host=args.host, port=_port(args.port), max_upload_mb=args.max_upload_mb,
                        max_pixels=args.max_pixels,
-                       api_key=args.api_key or os.environ.get("PNEUMO_API_KEY") or None, max_batch=args.max_batch,
+                       api_key=_api_key(args), max_batch=args.max_batch,
                        batch_window_ms=args.batch_window_ms, cors_origins=list(args.cors_origin),
                        audit_log=_audit_log(args.audit_log), **schema_values(args, _LIMITS))
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """``--api-key``, else ``--api-key-file``'s first line, else ``$PNEUMO_API_KEY``, else ``$PNEUMO_API_KEY_FILE``'s
+    (a proxy audit: a key could come from the command line or the environment only, not from a mounted secret)."""
+    given = getattr(args, "api_key_file", None)
+    if args.api_key and given:
+        raise ConfigError("give --api-key or --api-key-file, not both")
+    if args.api_key:
+        return args.api_key
+    flag, path = ("--api-key-file", given) if given else ("$PNEUMO_API_KEY_FILE", os.environ.get("PNEUMO_API_KEY_FILE"))
+    if not path:
+        return os.environ.get("PNEUMO_API_KEY") or None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            key = handle.readline(4097).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{flag} {path}: cannot read the key ({getattr(exc, 'strerror', None) or exc})") from None
+    if not key:
+        raise ConfigError(f"{flag} {path}: the file's first line is empty")
+    return key
 
 
 def _audit_log(path: str | None) -> str | None:
