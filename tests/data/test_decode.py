@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from PIL import Image
 import pneumo.data.decode as pio
 from pneumo.data.decode import load_image, load_image_file
 from pneumo.data.gate import check_radiograph
-from pneumo.errors import ConfigError, InputError
+from pneumo.errors import ConfigError, InputError, NotAssessed
 
 
 def _case(corpus: dict[str, CorpusCase], name: str) -> CorpusCase:
@@ -339,8 +340,36 @@ def test_a_12_bit_jpeg_extended_dicom_without_libjpeg_gets_the_install_hint() ->
     assert "12-bit" in message and message.endswith("(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)")
 
 
-def test_multiframe_dicom_asks_for_one_frame(corpus: dict[str, CorpusCase]) -> None:
-    assert "pick one frame" in _error(_case(corpus, "dicom_multiframe").path.read_bytes())
+def test_multiframe_dicom_is_refused_for_what_it_is_and_asks_for_one_frame(corpus: dict[str, CorpusCase]) -> None:
+    """A DICOM audit: a multi-frame object was an error (a failed run) where a lateral or a report is refused."""
+    with pytest.raises(NotAssessed, match="single-frame image"):
+        load_image(_case(corpus, "dicom_multiframe").path.read_bytes())
+
+
+@pytest.mark.parametrize(("elements", "refused"), [
+    ({"ConversionType": "WSD", "samples": 3}, "a colour screen capture (ConversionType WSD)"),
+    ({"samples": 3}, "a colour screen capture (ConversionType not stated)"),
+    ({"ConversionType": "SYN"}, "a synthetic image (ConversionType SYN)"),
+    ({"ConversionType": "SD"}, "a scanned document (ConversionType SD)"),
+    ({"ConversionType": "WSD"}, None), ({"ConversionType": "DF", "samples": 3}, None), ({"ConversionType": "DI"}, None),
+    ({"ConversionType": "SYN", "sop": "1.2.840.10008.5.1.4.1.1.1"}, None),  # a CR image: not a secondary capture
+])
+def test_a_secondary_capture_that_is_no_film_is_refused_for_what_it_is(elements: dict, refused: str | None) -> None:
+    """A DICOM audit: a viewer's colour screenshot (patient name burnt in) got a NORMAL verdict. Gray workstation
+    captures are often exported films, and digitised film is film: those are read."""
+    from corpus import dicom_bytes
+
+    elements = dict(elements)
+    gray = np.tile(np.arange(96, dtype=np.uint8), (72, 1))
+    pixels = np.stack([gray] * 3, axis=-1) if elements.pop("samples", 1) == 3 else gray
+    sop = elements.pop("sop", "1.2.840.10008.5.1.4.1.1.7")
+    data = dicom_bytes(pixels, photometric="RGB" if pixels.ndim == 3 else "MONOCHROME2", SOPClassUID=sop,
+                       **elements)
+    if refused is None:
+        assert load_image(data).shape == (72, 96)
+    else:
+        with pytest.raises(NotAssessed, match=re.escape(refused) + ", not a radiograph"):
+            load_image(data)
 
 
 # --- real radiographs ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Modality LUT (rescale slope/intercept or LUT), then the VOI window (the first window centre/width, else the VOI LUT)
 mapped over the window's full output range to 0..255; MONOCHROME1 (or Presentation LUT Shape INVERSE) is inverted;
-RGB/YBR become luma. A lateral film (`_lateral`) and a FOR PROCESSING image are refused. Only the tags needed for the
+RGB/YBR become luma. A lateral film (`_lateral`), a FOR PROCESSING image, a screen capture (`_screen_capture`) and a
+multi-frame object are refused. Only the tags needed for the
 pixels and those (view, series description, protocol name, presentation intent) are read, so patient data is never parsed, logged
 or put in a message; `patient_group` alone reads PatientID, and returns only a keyed hash of it. Numbers that cannot
 be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored
@@ -44,8 +45,13 @@ _DICOM_TAGS = (
     "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
     "PixelData", "FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
     "ViewPosition", "ViewCodeSequence", "SeriesDescription", "ProtocolName", "PresentationLUTShape",
-    "PresentationIntentType", "PixelPaddingValue", "PixelPaddingRangeLimit",
+    "PresentationIntentType", "PixelPaddingValue", "PixelPaddingRangeLimit", "SOPClassUID", "ConversionType",
 )
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage (and its .7.1-.7.4 multi-frame kin)
+# ConversionType (PS3.3 C.8.6.1) of a capture that is never a film: a synthetic image, a scanned document. A
+# workstation capture (WSD) in gray is often a film exported as a secondary capture (the OOD check judges it); in colour
+# it is a viewer's screenshot. Digitised film (DF) and a digitised image (DI) are films.
+NOT_FILMS = {"SYN": "a synthetic image", "SD": "a scanned document"}
 # the pydicom plugins for the compressed syntaxes a PACS uses: JPEG, JPEG-LS and JPEG Lossless (libjpeg), JPEG 2000
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 _GROUP_KEY = secrets.token_bytes(32)  # `patient_group`'s key: this process's only
@@ -72,9 +78,12 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     if str(ds.get("PresentationIntentType", "") or "").strip().upper() == "FOR PROCESSING":
         raise NotAssessed("a FOR PROCESSING image (raw detector data, not for display): export the FOR PRESENTATION "
                          "image from the PACS or the modality")
+    capture = _screen_capture(ds)
+    if capture:
+        raise NotAssessed(f"{capture}, not a radiograph: send the film itself")
     frames = _dicom_int(ds, "NumberOfFrames", 1)
-    if frames > 1:
-        raise InputError(f"multi-frame DICOM is not supported ({frames} frames): pick one frame")
+    if frames > 1:  # (an error was a failed run; the model reads one film: a DICOM audit)
+        raise NotAssessed(f"a multi-frame DICOM object ({frames} frames): export the film as a single-frame image")
     height, width = _dicom_int(ds, "Rows", 0), _dicom_int(ds, "Columns", 0)
     check_size(width, height, max_pixels)
     samples = _dicom_int(ds, "SamplesPerPixel", 1)
@@ -135,6 +144,22 @@ def _read(data: bytes, max_decode_bytes: int) -> Dataset:
                       specific_tags=[Tag(keyword) for keyword in _DICOM_TAGS])
     ds.file_meta = meta
     return ds
+
+
+def _screen_capture(ds: Dataset) -> str | None:
+    """What a secondary capture that is no film is (a synthetic image, a scanned document, or a colour capture of a
+    workstation's screen or of unstated kind: a viewer's screenshot), or None (a DICOM audit: a screenshot with
+    burnt-in patient text got a NORMAL verdict)."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str(ds.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    if sop != SECONDARY_CAPTURE and not sop.startswith(SECONDARY_CAPTURE + "."):
+        return None
+    kind = str(ds.get("ConversionType", "") or "").strip().upper()
+    if kind in NOT_FILMS:
+        return f"{NOT_FILMS[kind]} (ConversionType {kind})"
+    if kind in ("WSD", "") and _dicom_int(ds, "SamplesPerPixel", 1) == 3:
+        return f"a colour screen capture (ConversionType {kind or 'not stated'})"
+    return None
 
 
 def _names_lateral(text: object, lateral: tuple[str, ...] = ("LATERAL", "LAT", "LATERO")) -> bool:
