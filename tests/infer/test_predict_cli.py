@@ -349,13 +349,19 @@ def test_a_pacs_exports_laterals_and_reports_are_refused_without_failing_the_run
     ds.save_as(buffer)
     (export / "IM00002").write_bytes(buffer.getvalue())
     (export / "DICOMDIR").write_bytes(report)
+    # a patient CD's viewer beside the films (a DICOM audit: each file without a suffix was read, an error, exit 1)
+    (export / "README").write_text("Open VIEWER/start to see the images.\n")
+    (export / "VIEWER").mkdir()
+    (export / "VIEWER" / "viewer").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(200))
+    (export / "AUTORUN.INF").write_text("[autorun]\nopen=VIEWER\\viewer.exe\n")
     assert main(["predict", str(export), "--model", str(tiny_model), "--format", "jsonl"]) == 0
     captured = capsys.readouterr()
     rows = {Path(r["path"]).name: r for r in map(json.loads, captured.out.splitlines())}
     assert sorted(rows) == ["IM00000", "IM00001", "IM00002"] and rows["IM00000"]["error"] is None
     assert "lateral film" in rows["IM00001"]["error"] and "no pixel data" in rows["IM00002"]["error"]
     assert captured.err.strip().splitlines()[-1] == ("summary: 3 input(s): scored 1, errors 0, not assessed 0, "
-                                                     "out-of-distribution 0, refused (input) 2")
+                                                     "out-of-distribution 0, refused (input) 2; 4 other file(s) in the "
+                                                     "folders not read (DICOMDIR, hidden, not images)")
     (export / "IM00003").write_bytes(b"DICM but broken")
     assert main(["predict", str(export), "--model", str(tiny_model), "--format", "jsonl"]) == 1
     # a folder of refused films only: refused, listed, exit 0 (it was "none of the 1 input(s) could be read", exit 2)

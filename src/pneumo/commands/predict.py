@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
                        refused=item.refused))
     total = len(files) + len(skipped)
     print(f"summary: {total} input(s): " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + (f"; {inputs.ignored} other file(s) in the folders not read (DICOMDIR, hidden, not images)"
+             if inputs.ignored else "")  # (a DICOM audit: a CD's DICOMDIR and viewer went unsaid)
           + (f"; written to {output}" if output else ""), file=sys.stderr)
     if counts["scored"] == 0 and counts["refused (input)"] < total:  # every input refused (laterals, reports): as documented,
         # a refusal fails nothing; a review found "none could be read", exit 2, for a folder of laterals only

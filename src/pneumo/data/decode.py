@@ -197,6 +197,12 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+def looks_like_image(head: bytes) -> bool:
+    """Whether a file whose first bytes are ``head`` (132 are enough) is read as an image: an image format or DICOM,
+    a DICOM data set without its preamble included (so that it is named with that reason)."""
+    return _sniff(head) is not None or head[:4] in _BARE_DICOM_STARTS or head.startswith(b"DICM")
+
+
 def _sniff(data: bytes) -> str | None:
     """The decoder to use, from magic bytes: a Pillow format name, "DICOM", or None."""
     if is_dicom(data):

@@ -2,7 +2,8 @@
 `pneumo evaluate --data` (labelled folders), so both read exactly the same files.
 
 A file is read when its name has an image suffix, no suffix at all (DICOM exported by PACS: ``IM00000``) or a numeric
-one (DICOM named by UID: ``1.2.840.113619.2.55``); hidden files, a file-set's ``DICOMDIR`` index and other names are not, nor anything in a
+one (DICOM named by UID: ``1.2.840.113619.2.55``) whose first bytes are an image's or DICOM's (a patient CD's viewer
+program and README are not images); hidden files, a file-set's ``DICOMDIR`` index and other names are not, nor anything in a
 hidden folder (``.Trash-1000/``, ``.thumbnails/``: listed, not walked). Folders are walked
 recursively in sorted order; linked folders are followed once (a link back to a folder already walked is a loop,
 reported, not followed). Nothing found is dropped silently: every entry not read comes back with its reason.
@@ -128,6 +129,23 @@ def _visit(entry: os.DirEntry[str], found: FoundFiles, seen: set[tuple[int, int]
         found.ignored[path] = by_name
     elif problem is not None:
         found.skipped[path] = problem
+    elif by_content := _content_reason(path):
+        found.ignored[path] = by_content
     else:
         found.images.append(path)
     return None
+
+
+def _content_reason(path: Path) -> str | None:
+    """Why a file read for a name without an image suffix is no image by its first bytes, else None (a DICOM audit: a
+    patient CD's viewer and README, named like PACS files, were errors that failed the run)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:  # named an image: read, and named with its reason if it is none
+        return None
+    from pneumo.data.decode import looks_like_image
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:  # the reader names it
+        return None
+    return None if looks_like_image(head) else "no image suffix, and not DICOM or an image by its first bytes"

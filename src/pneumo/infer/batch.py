@@ -31,6 +31,7 @@ class Inputs:
     files: list[Path]
     skipped: dict[Path, str]
     order: list[Path]  # files and skipped entries as the inputs name them (a folder's in path order): the output's
+    ignored: int = 0  # files in the named folders not read by their name or first bytes (DICOMDIR, hidden, a README)
 
 
 def find_inputs(inputs: list[str]) -> Inputs:
@@ -43,9 +44,11 @@ def find_inputs(inputs: list[str]) -> Inputs:
     files: list[Path] = []
     skipped: dict[Path, str] = {}
     order: list[Path] = []
+    ignored: list[Path] = []
 
     def add_folder(path: Path) -> None:
         found = find_images(path)
+        ignored.extend(found.ignored)
         files.extend(found.images)
         skipped.update(found.skipped)
         order.extend(sorted([*found.images, *found.skipped]))
@@ -82,7 +85,7 @@ def find_inputs(inputs: list[str]) -> Inputs:
     unique = list(dict.fromkeys(files))
     if not unique and not skipped:
         raise InputError("no input images found")
-    return Inputs(unique, skipped, list(dict.fromkeys(order)))
+    return Inputs(unique, skipped, list(dict.fromkeys(order)), len(set(ignored)))
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
