@@ -133,8 +133,11 @@ def load_image(data: bytes, *, name: str = "", target: int | None = None, max_pi
         raise InputError(f"{prefix}not an image: {_describe(data)}; expected {ACCEPTED}")
     try:
         with _slots:
-            if kind == "DICOM":
-                gray = decode_dicom(data, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
+            if kind == "DICOM":  # (an 8-bit gray JPEG frame is decoded as a JPEG file: one image, one score)
+                gray = decode_dicom(data, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes,
+                                    jpeg=lambda frame: _decode_pillow(frame, "JPEG", target=target,
+                                                                      max_pixels=max_pixels,
+                                                                      max_decode_bytes=max_decode_bytes))
             else:
                 gray = _decode_pillow(data, kind, target=target, max_pixels=max_pixels,
                                       max_decode_bytes=max_decode_bytes)

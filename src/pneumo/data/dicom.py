@@ -62,12 +62,15 @@ LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
 FRONTAL_WORDS = ("PA", "AP", "FRONTAL", "DECUBITUS", "LLD", "RLD")
 _PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
 _LUMA = np.array([0.299, 0.587, 0.114])
+JPEG_8BIT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")  # JPEG Baseline, JPEG Extended (8 bits here)
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the data set after the file meta is deflated
 Rows = Callable[[int, int], np.ndarray]
 
 
-def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.ndarray:
-    """Decode a single-frame DICOM image; the header is checked against both limits before any pixel is decoded."""
+def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int,
+                 jpeg: Callable[[bytes], np.ndarray] | None = None) -> np.ndarray:
+    """Decode a single-frame DICOM image; the header is checked against both limits before any pixel is decoded.
+    ``jpeg``: decodes an 8-bit gray JPEG frame as a JPEG file is decoded (`_jpeg_frame`)."""
     ds = _read(data, max_decode_bytes)
     keyword = next((k for k in _PIXEL_BITS if k in ds), None)
     if keyword is None:
@@ -99,12 +102,14 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         raise InputError("PALETTE COLOR DICOM is not supported")
-    if compressed:  # decoders allocate what the frame's own header says, not Rows x Columns
-        check_frame(first_frame(ds), _dicom_transfer_syntax(ds), rows=height, columns=width, samples=samples,
+    frame = first_frame(ds) if compressed else None
+    if frame is not None:  # decoders allocate what the frame's own header says, not Rows x Columns
+        check_frame(frame, _dicom_transfer_syntax(ds), rows=height, columns=width, samples=samples,
                     bits_allocated=bits)
     _check_rescale(ds)
     _widen_8bit_voi_lut(ds)
-    pixels = ds.pixel_array
+    as_jpeg = jpeg is not None and frame is not None and _jpeg_frame(ds, samples, photometric)
+    pixels = jpeg(frame) if as_jpeg else ds.pixel_array
     try:
         with np.errstate(over="raise", invalid="raise", divide="raise"):
             if pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB (YBR is converted to RGB by pydicom)
@@ -120,6 +125,14 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int) -> np.n
     if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "") or "").strip().upper() == "INVERSE":
         np.subtract(255, gray, out=gray)  # (MONOCHROME1 comes with INVERSE: one inversion, not two)
     return gray
+
+
+def _jpeg_frame(ds: Dataset, samples: int, photometric: str) -> bool:
+    """Whether the compressed frame is an 8-bit gray JPEG (Baseline or Extended) that is decoded as a JPEG file is
+    (Pillow, at the model's DCT scale): the same bytes as a ``.jpeg`` and inside a DICOM gave P(pneumonia) up to 0.07
+    apart (a full decode against a reduced one), and 0.02 with pydicom's pylibjpeg plugin (a DICOM audit)."""
+    return (str(_dicom_transfer_syntax(ds)) in JPEG_8BIT and samples == 1 and photometric.startswith("MONOCHROME")
+            and _dicom_int(ds, "BitsStored", 8) <= 8 and _dicom_int(ds, "PixelRepresentation", 0) == 0)
 
 
 def _read(data: bytes, max_decode_bytes: int) -> Dataset:
