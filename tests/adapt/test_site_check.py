@@ -146,7 +146,7 @@ def test_copies_of_one_film_are_measured_once(full_data: Path, predictor, tmp_pa
         shutil.copyfile(full_data / train[0], site / f"copy{i:02d}.jpeg")
     assert main(["site", "check", "--data", str(site), "--out", str(tmp_path / "out"), "--dataset", str(full_data),
                  "--sample", str(N_REFERENCE)]) == 0
-    assert "12 of 42 images scored, 0 not, 0 refused as not frontal films, 30 copies measured once" in \
+    assert "12 of 42 images scored, 0 not, 0 refused as predict refuses them, 30 copies measured once" in \
         capsys.readouterr().out
     import json
 
@@ -188,7 +188,7 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     first = capsys.readouterr().out.splitlines()[0]
     # 12 images: "not shifted" is weak evidence, and the console, site.json and the report say so
     assert first.startswith("site: not shifted (too few images to tell: check 50 or more) (12 of 14 images scored, 1 not, "
-                            "1 refused as not frontal films")
+                            "1 refused as predict refuses them (a lateral film: 1)")
     import json
 
     def strict(constant: str) -> None:
@@ -197,6 +197,7 @@ def test_cli_writes_site_json_and_the_report_and_counts_an_unreadable_file(
     result = json.loads((out / "site.json").read_text(), parse_constant=strict)
     assert result["n_images"] == 14 and result["n_unreadable"] == 1 and result["few_images"] is True
     stages = {Path(f["path"]).name: f for f in result["unreadable"]}
+    assert result["refused"] == {"a lateral film": 1}  # by kind (a DICOM audit: laterals and reports read alike)
     assert result["n_refused"] == 1 and {k: f["stage"] for k, f in stages.items()} == {"truncated.jpeg": "decode",
                                                                                         "IM00009": "refused"}
     assert "lateral film" in stages["IM00009"]["error"]

@@ -369,8 +369,8 @@ def check_site(data: str | os.PathLike, out: str | os.PathLike, *, model: str | 
         "model_named": None if model in (None, "") else str(model),  # as given: the advice names it
         "threshold": predictor.threshold, "n_images": len(items), "n_scored": site.n,
         "few_images": site.n < POWERED_IMAGES,  # "not shifted" then says little: check more images
-        "n_unreadable": site.count("decode"), "n_refused": site.count("refused"), "n_refused_by_gate":
-        site.count("gate"), "unreadable": site.failed, "n_copies": len(site.copies),
+        "n_unreadable": site.count("decode"), "n_refused": site.count("refused"), "refused": site.refused_kinds(),
+        "n_refused_by_gate": site.count("gate"), "unreadable": site.failed, "n_copies": len(site.copies),
         "copies": dict(list(site.copies.items())[:MAX_LISTED]), **left_out,
         **verdict(ood, positive, site_props, ref_props, ref),
         "reference": {"kind": ref.kind, "dataset": os.path.abspath(ref.dataset) if ref.dataset else None,

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +45,13 @@ class Scored:
 
     def count(self, stage: str) -> int:
         return sum(f["stage"] == stage for f in self.failed)
+
+    def refused_kinds(self) -> dict[str, int]:
+        """The refused images by what they are ("a lateral film", "a FOR PROCESSING image", ...: the refusal's words
+        before its details); a DICOM audit: 2 laterals, a FOR PROCESSING image and 2 reports were "5 refused as not
+        frontal films")."""
+        kinds = [re.split(r" \(|:|,", f["error"], maxsplit=1)[0] for f in self.failed if f["stage"] == "refused"]
+        return dict(Counter(kinds).most_common())
 
 
 def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes]]], desc: str = "images") -> Scored:

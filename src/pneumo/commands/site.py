@@ -49,9 +49,10 @@ def run_check(args: argparse.Namespace) -> int:
                                                                    if result.get("few_images") else "")
     n_copies = result.get("n_copies") or 0
     copies = f", {n_copies} {'copy' if n_copies == 1 else 'copies'} measured once" if n_copies else ""
+    kinds = ", ".join(f"{kind}: {n}" for kind, n in (result.get("refused") or {}).items())  # (were all "not frontal films")
     print(f"site: {verdict} ({result['n_scored']} of {result['n_images']} "
           f"images scored, {result['n_unreadable'] + result['n_refused_by_gate']} not, {result['n_refused']} "
-          f"refused as not frontal films{copies}{ood_text}){reason}")
+          f"refused as predict refuses them{f' ({kinds})' if kinds else ''}{copies}{ood_text}){reason}")
     if result.get("case_mix_differs") and result["shifted"]:  # the shift may be why: not said to be case mix alone
         print(f"calls: {result['case_mix'][0]} (with the images shifted, from the shift as well as, perhaps, "
               "another case mix)")
