@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 
 class PneumoError(Exception):
@@ -35,8 +36,15 @@ class InputError(PneumoError):
 
 class NotAssessed(InputError):
     """A readable DICOM object the model does not assess: a lateral film, a FOR PROCESSING image, an object without
-    pixel data (a report, a presentation state). A PACS export holds them beside the frontal films: `pneumo predict`
+    pixel data (a report, a presentation state), a multi-frame object, a screen capture. A PACS export holds them beside the frontal films: `pneumo predict`
     lists them as refused, not as errors that fail the run."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # what the object is, the message's words before its details ("a lateral film", "a FOR PROCESSING image"):
+        # pneumo's own words, never a file's content, so an audit line or a count may carry them (kept when a caller
+        # re-raises it with the file's name in front)
+        self.kind = re.split(r" \(|:|,", message, maxsplit=1)[0]
 
 
 def one_line(text: str) -> str:

@@ -165,3 +165,27 @@ def test_server_keeps_serving_after_errors(make_client: Callable[..., TestClient
     assert all(400 <= r.status_code < 500 for r in bad)
     good = client.post(PREDICT, files={"file": ("x.jpeg", xray, "image/jpeg")})
     assert good.status_code == 200 and client.get("/healthz").status_code == 200
+
+
+def test_an_audit_line_says_what_kind_of_image_was_refused(make_client: Callable[..., TestClient], xray: bytes,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A DICOM audit: a lateral film, a report, a multi-frame object and a corrupt file gave one and the same
+    "no prediction ... status=422" line. The line says what the image is (pneumo's words, never the file's)."""
+    import numpy as np
+    from corpus import dicom_bytes
+
+    client = make_client()
+    film = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    uploads = {"lateral": dicom_bytes(film, ViewPosition="LL"), "cine": dicom_bytes(np.stack([film] * 2), frames=2),
+               "corrupt": b"\xff\xd8\xff\xe0 not a jpeg", "blank": dicom_bytes(np.full((256, 256), 7, np.uint8))}
+    with caplog.at_level("INFO", logger="pneumo.serve.audit"):
+        for name, data in uploads.items():
+            response = client.post(PREDICT, files={"file": (name, data, "application/octet-stream")},
+                                   headers={"X-Request-ID": name})
+            assert response.status_code == 422, (name, response.text)
+    lines = {r.getMessage().split("request=")[1].split()[0]: r.getMessage() for r in caplog.records
+             if r.name == "pneumo.serve.audit"}
+    assert lines["lateral"].endswith('status=422 refused="a lateral film"')
+    assert lines["cine"].endswith('status=422 refused="a multi-frame DICOM object"')
+    assert lines["corrupt"].endswith('status=422 refused="unreadable"')
+    assert lines["blank"].endswith('status=422 refused="input gate"')

@@ -331,6 +331,21 @@ def test_uploads_beyond_the_memory_budget_get_503_and_the_budget_is_given_back(m
     assert small.app.state.service.budget.held == 0
 
 
+def test_the_services_stop_says_every_count_left_unsaid(make_client, caplog: pytest.LogCaptureFixture) -> None:
+    """A proxy audit: idle connections closed after the first line of an interval were never logged (the service's
+    stop flushed its own counts, not the connection protocol's)."""
+    from pneumo.serve.limits import IDLE_EVICTED
+
+    client: TestClient = make_client()
+    IDLE_EVICTED.flush()
+    with caplog.at_level(logging.WARNING, logger="pneumo.serve.limits"):
+        IDLE_EVICTED.count()  # said at once, or held when a line was said within the interval
+        IDLE_EVICTED.count(4)  # held
+        client.app.state.service.stop()
+    said = [r.getMessage() for r in caplog.records if "idle connection" in r.getMessage()]
+    assert sum(int(line.split()[1]) for line in said) == 5, said
+
+
 def test_rejections_are_logged_once_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
     throttled = ThrottledLog("refused %d request(s) (last %gs)", every_s=60.0)
     with caplog.at_level(logging.WARNING, logger="pneumo.serve.limits"):

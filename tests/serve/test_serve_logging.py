@@ -76,7 +76,7 @@ def test_each_request_leaves_one_audit_line_with_its_id_model_and_outcome(client
                         f"outcome={'verdict' if body['assessed'] else 'refused:out-of-distribution'}")
     assert lines[1].startswith(f"prediction request={rid} ")
     assert lines[2] == (f"no prediction request={refused.headers['X-Request-ID']} client=testclient "
-                        f"model={predictor.model_id} status=422")
+                        f"model={predictor.model_id} status=422 refused=\"unreadable\"")
     assert SECRET_NAME not in " ".join(lines) and SECRET_TEXT not in " ".join(lines)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -47,11 +46,9 @@ class Scored:
         return sum(f["stage"] == stage for f in self.failed)
 
     def refused_kinds(self) -> dict[str, int]:
-        """The refused images by what they are ("a lateral film", "a FOR PROCESSING image", ...: the refusal's words
-        before its details); a DICOM audit: 2 laterals, a FOR PROCESSING image and 2 reports were "5 refused as not
-        frontal films")."""
-        kinds = [re.split(r" \(|:|,", f["error"], maxsplit=1)[0] for f in self.failed if f["stage"] == "refused"]
-        return dict(Counter(kinds).most_common())
+        """The refused images by what they are (`NotAssessed.kind`: "a lateral film", ...; a DICOM audit: 2 laterals,
+        a FOR PROCESSING image and 2 reports were "5 refused as not frontal films")."""
+        return dict(Counter(f["kind"] for f in self.failed if f["stage"] == "refused").most_common())
 
 
 def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes]]], desc: str = "images") -> Scored:
@@ -94,7 +91,8 @@ def score_images(predictor: Predictor, items: list[tuple[str, Callable[[], bytes
             refused = isinstance(exc, NotAssessed)  # a lateral film keeps its view in the site's view counts
             view = header_properties(data).get("ViewPosition") if refused else None
             scored.failed.append({"path": name, "stage": "refused" if refused else "decode",
-                                  "error": str(exc).splitlines()[0], **({"view": view} if view else {})})
+                                  "error": str(exc).splitlines()[0], **({"view": view} if view else {}),
+                                  **({"kind": exc.kind} if refused else {})})
             continue
         seen[digest] = name
         scored.properties.append({"path": name, "sha256": digest, **header_properties(data), **pixel_properties(gray)})

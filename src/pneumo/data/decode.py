@@ -142,7 +142,9 @@ def load_image(data: bytes, *, name: str = "", target: int | None = None, max_pi
                 gray = _decode_pillow(data, kind, target=target, max_pixels=max_pixels,
                                       max_decode_bytes=max_decode_bytes)
     except InputError as exc:  # our own messages may quote file content (a UID): keep them on one line
-        raise type(exc)(f"{prefix}{_one_line(exc)}") from None  # (a NotAssessed film stays one)
+        again = type(exc)(f"{prefix}{_one_line(exc)}")  # (a NotAssessed film stays one, of its kind)
+        again.__dict__.update(exc.__dict__)
+        raise again from None
     except MemoryError:
         raise InputError(f"{prefix}not enough memory to decode this {kind} image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # raised by Image.open itself

@@ -51,8 +51,7 @@ from pneumo.serve.http import (
     mount_docs,
     one_line,
 )
-from pneumo.serve.limits import (CONNECTION_LOGS, Overloaded, ThrottledLog, UploadBudget, WorkQueue,
-                                  configure_header_timeout)
+from pneumo.serve.limits import Overloaded, ThrottledLog, UploadBudget, WorkQueue, configure_header_timeout
 from pneumo.serve.schemas import (
     DESCRIPTION,
     ERRORS,
@@ -87,8 +86,7 @@ class Service:
         self._given = predictor
         self._model, self._backend, self._threads = model, backend, threads
         self._pinned = pinned  # the sidecar's SHA-256 the parent of a multi-worker service loaded
-        self._lock = threading.Lock()
-        self._running = False
+        self._lock, self._running = threading.Lock(), False
         self.work = self._work_queue()
         self.budget = UploadBudget(int(config.upload_budget_mb * 1_000_000))
 
@@ -124,8 +122,7 @@ class Service:
             self.decoder.close()
             self.decoder = None
         audit.detach_files()
-        for throttled in (self.work.rejected, self.budget.rejected, SLOW_BODIES, *CONNECTION_LOGS):
-            throttled.flush()
+        ThrottledLog.flush_all()  # overload, slow bodies and headers, idle connections, malformed requests
 
     def _load(self) -> None:
         try:
@@ -248,7 +245,8 @@ def create_app(config: ServeConfig | None = None, predictor: Predictor | None = 
                     body = await _predict(service, data, start, heatmap=heatmap, preview=preview)
             audit.log_prediction(rid, who, body)
         except (HTTPException, Overloaded) as exc:
-            audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, exc.status_code)
+            audit.log_refusal(rid, who, service.predictor and service.predictor.model_id, exc.status_code,
+                              getattr(exc, "kind", None))
             exc.headers = {**(exc.headers or {}), "X-Request-ID": rid}
             raise
         except BaseException:  # (the Guard answers 500 and logs its type; a cancellation at shutdown too)
@@ -337,7 +335,9 @@ async def _decode(service: Service, predictor: Predictor, data: bytes, *,
             return await service.decoder.decode(data, **kwargs)
         return await service.in_pool(decode_upload, data, **kwargs)
     except (InputError, DecoderBroken) as exc:  # (a broken decoder is logged where it is found)
-        raise HTTPException(422 if isinstance(exc, InputError) else 503, one_line(exc)) from None
+        refused = HTTPException(422 if isinstance(exc, InputError) else 503, one_line(exc))
+        refused.kind = getattr(exc, "kind", "unreadable" if isinstance(exc, InputError) else None)  # for the audit
+        raise refused from None
 
 
 def _heatmap_base64(predictor: Predictor, gray: np.ndarray, prepared: np.ndarray, prediction: Prediction) -> str:

@@ -111,6 +111,9 @@ def log_prediction(rid: str, client: str, body: dict) -> None:
         raise HTTPException(503, broken())
 
 
-def log_refusal(rid: str, client: str, model_id: str | None, status: int) -> None:
-    """``no prediction``: the request ended with ``status`` (the input gate or the decoder: 422; busy: 503; ...)."""
-    log.info("no prediction request=%s client=%s model=%s status=%d", rid, client, model_id, status)
+def log_refusal(rid: str, client: str, model_id: str | None, status: int, kind: str | None = None) -> None:
+    """``no prediction``: the request ended with ``status`` (the input gate or the decoder: 422; busy: 503; ...) and,
+    for an image refused, what it is (``refused="a lateral film"``, `NotAssessed.kind`) or ``refused="unreadable"``
+    (a DICOM audit: a lateral, a report, a multi-frame object and a corrupt file gave one line)."""
+    log.info("no prediction request=%s client=%s model=%s status=%d%s", rid, client, model_id, status,
+             f' refused="{kind}"' if kind else "")

@@ -36,7 +36,11 @@ def decode_upload(data: bytes, *, max_pixels: int, preprocess: dict[str, Any],
     from pneumo.data.preprocess import prepare
 
     gray = load_image(data, target=preprocess["size"], max_pixels=max_pixels)
-    check_radiograph(gray)
+    try:
+        check_radiograph(gray)
+    except InputError as exc:
+        exc.kind = "input gate"  # (the audit line's kind of refusal; a decode error is "unreadable")
+        raise
     return viewable(gray) if keep_gray else None, prepare(gray, **preprocess)
 
 

@@ -27,6 +27,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
@@ -60,6 +61,8 @@ class ThrottledLog:
     """Counts events and logs them as one WARNING line per ``every_s`` seconds at most: the first event at once,
     later ones summed into the next line (``message`` gets the count and the interval)."""
 
+    _made: ClassVar[weakref.WeakSet[ThrottledLog]] = weakref.WeakSet()
+
     def __init__(self, message: str, *, every_s: float = LOG_EVERY_S, logger: logging.Logger = log) -> None:
         self.message = message
         self.every_s = every_s
@@ -68,6 +71,7 @@ class ThrottledLog:
         self._pending = 0
         self._last = -math.inf
         self._lock = threading.Lock()
+        type(self)._made.add(self)
 
     def count(self, n: int = 1) -> None:
         now = time.monotonic()
@@ -86,13 +90,18 @@ class ThrottledLog:
         if pending:
             self.logger.warning(self.message, pending, self.every_s)
 
+    @classmethod
+    def flush_all(cls) -> None:
+        """`flush` every one in this process (the service's stop: the connection counts were left unsaid once)."""
+        for throttled in list(cls._made):
+            throttled.flush()
+
 
 SLOW_HEADERS = ThrottledLog("closed %d connection(s) that sent no complete request headers in time (last %gs)")
 IDLE_EVICTED = ThrottledLog("closed %d idle connection(s) beyond the idle caps (last %gs)")
 
 
 INVALID_REQUESTS = ThrottledLog("dropped %d invalid HTTP request(s) (last %gs)")
-CONNECTION_LOGS = (SLOW_HEADERS, IDLE_EVICTED, INVALID_REQUESTS)  # flushed when the service stops
 
 
 class ThrottleInvalidRequests(logging.Filter):
