@@ -187,3 +187,34 @@ def test_a_jpeg_inside_a_dicom_decodes_as_the_jpeg_file_does(full_data: "Path", 
     for target in (None, 224):
         assert np.array_equal(load_image(dicom, target=target), load_image(jpeg, target=target))
     assert load_image(dicom, target=224).shape[0] < side or side < 896  # the large one decoded at a reduced scale
+
+
+def test_a_dicomdir_named_alone_is_refused_as_the_index_it_is() -> None:
+    """A DICOM audit: `pneumo predict DICOMDIR` said "no pixel data (a report or presentation state?)"."""
+    from pydicom.data import get_testdata_file
+
+    from pneumo.errors import NotAssessed
+
+    path = get_testdata_file("DICOMDIR")
+    if path is None:
+        pytest.skip("pydicom's test DICOMDIR is not installed here")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    with pytest.raises(NotAssessed, match=r"a DICOM file-set's index \(DICOMDIR\), not an image: give its folder"):
+        load_image(data)
+
+
+def test_an_unknown_transfer_syntax_is_named_once() -> None:
+    """A DICOM audit: "DICOM transfer syntax 1.2.840.113619.5.2 (1.2.840.113619.5.2) is not supported"."""
+    import io
+
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(gradient(8, 8))))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.113619.5.2"  # a vendor's private syntax
+    ds.PixelData = encapsulate([b"\x00" * 64])
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    message = _refused(buffer.getvalue())
+    assert "transfer syntax 1.2.840.113619.5.2 is not supported" in message and message.count("113619") == 1

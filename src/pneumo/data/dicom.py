@@ -62,6 +62,7 @@ LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
 FRONTAL_WORDS = ("PA", "AP", "FRONTAL", "DECUBITUS", "LLD", "RLD")
 _PIXEL_BITS = {"PixelData": 0, "FloatPixelData": 32, "DoubleFloatPixelData": 64}  # 0: BitsAllocated says
 _LUMA = np.array([0.299, 0.587, 0.114])
+DIRECTORY = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage: a DICOMDIR
 JPEG_8BIT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")  # JPEG Baseline, JPEG Extended (8 bits here)
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the data set after the file meta is deflated
 Rows = Callable[[int, int], np.ndarray]
@@ -74,6 +75,8 @@ def decode_dicom(data: bytes, *, max_pixels: int, max_decode_bytes: int,
     ds = _read(data, max_decode_bytes)
     keyword = next((k for k in _PIXEL_BITS if k in ds), None)
     if keyword is None:
+        if str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) == DIRECTORY:
+            raise NotAssessed("a DICOM file-set's index (DICOMDIR), not an image: give its folder")
         raise NotAssessed("DICOM file has no pixel data (a report or presentation state?)")
     lateral = _lateral(ds)
     if lateral:
@@ -366,7 +369,8 @@ def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
-        raise InputError(f"DICOM transfer syntax {uid.name} ({uid}) is not supported") from None
+        named = f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)  # (an unknown UID is its own name)
+        raise InputError(f"DICOM transfer syntax {named} is not supported") from None
     # Pillow decodes JPEG Extended at 8 bits only: a 12-bit one needs libjpeg (pydicom would say so without the hint)
     twelve_bit = uid == "1.2.840.10008.1.2.4.51" and _dicom_int(ds, "BitsStored", 8) > 8
     if twelve_bit and set(decoder.available_plugins) <= {"pillow"}:
