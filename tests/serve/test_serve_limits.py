@@ -44,14 +44,12 @@ def live_server(predictor: Predictor) -> Iterator[Callable[..., str]]:
     protocol (header deadline) in a background thread; stopped after the test."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(predictor_: Predictor = predictor, limit_concurrency: int | None = None,
-              forwarded_allow_ips: str = "127.0.0.1", **fields: object) -> str:
+    def start(predictor_: Predictor = predictor, limit_concurrency: int | None = None, **fields: object) -> str:
         config = ServeConfig(**fields)
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(config, predictor_), host="127.0.0.1", port=port,
                                                http=configure_header_timeout(config.header_timeout_s),
                                                limit_concurrency=limit_concurrency,
-                                               forwarded_allow_ips=forwarded_allow_ips,
                                                log_level="warning", access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -153,7 +151,7 @@ def test_a_flood_of_idle_connections_cannot_503_the_health_probe(live_server,
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 6)
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", 8)
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "idle_grace_s", 0.2)
-    url = live_server(limit_concurrency=12, header_timeout_s=30, forwarded_allow_ips="192.0.2.1")  # loopback: a client
+    url = live_server(limit_concurrency=12, header_timeout_s=30)
     host, port = url.removeprefix("http://").split(":")
     idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(40)]
     try:
@@ -176,8 +174,9 @@ def test_a_flood_of_idle_connections_cannot_503_the_health_probe(live_server,
 def test_a_trusted_proxys_idle_pool_is_not_cut_to_one_clients_cap(live_server,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy audit: nginx keeps a pool of idle upstream connections (keepalive 64) from one address; the per-client
-    cap closed those beyond 32 and nginx's next POST on one got a 502. A trusted proxy's connections (loopback, by
-    uvicorn's default --forwarded-allow-ips) count to the overall idle cap only."""
+    cap closed those beyond 32 and nginx's next POST on one got a 502. The connections of a proxy named in
+    $FORWARDED_ALLOW_IPS count to the overall idle cap only (loopback unnamed is clients: the flood test above)."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8,127.0.0.1")
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 2)
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", 10)
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "idle_grace_s", 0.1)
