@@ -123,7 +123,7 @@ def test_a_dicom_sites_patients_give_the_same_folds_and_resamples_whatever_the_p
 
     from pneumo.adapt.sources import load_site
     from pneumo.adapt.stats import patient_folds
-    from pneumo.data import dicom
+    from pneumo.data import dicom_header
     from pneumo.data.decode import load_image_file
     from pneumo.evaluate.intervals import resample_weights
     from pneumo.infer.predictor import Predictor
@@ -135,7 +135,7 @@ def test_a_dicom_sites_patients_give_the_same_folds_and_resamples_whatever_the_p
     predictor = Predictor(None)
     runs = []
     for key in (b"\x01" * 32, b"\x02" * 32):  # two processes' keys
-        monkeypatch.setattr(dicom, "_GROUP_KEY", key)
+        monkeypatch.setattr(dicom_header, "_GROUP_KEY", key)
         site = load_site(tmp_path / "site", predictor)
         assert site.n_patient_tags == len(site.table) and site.table["patient_id"].nunique() == len(site_rows)
         runs.append((site.groups, patient_folds(site.y, site.groups, 2, 0),

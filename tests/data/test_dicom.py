@@ -4,6 +4,7 @@ overflow warning."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def test_pixel_padding_is_left_out_of_the_range_an_unwindowed_image_is_stretched
 
 
 @pytest.mark.parametrize("side", [320, 1200])  # as the dataset's copies, and large enough for a reduced JPEG decode
-def test_a_jpeg_inside_a_dicom_decodes_as_the_jpeg_file_does(full_data: "Path", side: int) -> None:
+def test_a_jpeg_inside_a_dicom_decodes_as_the_jpeg_file_does(full_data: Path, side: int) -> None:
     """A DICOM audit: the same JPEG bytes as a `.jpeg` and as a DICOM's JPEG Baseline frame gave P(pneumonia) up to
     0.07 apart (the file decoded at the model's DCT scale, the DICOM in full) and 0.02 where pydicom's pylibjpeg plugin
     decoded it. An 8-bit gray JPEG frame is decoded as a JPEG file is: one image, one array."""

@@ -5,7 +5,7 @@ mapped over the window's full output range to 0..255; MONOCHROME1 (or Presentati
 RGB/YBR become luma. A lateral film (`_lateral`), a FOR PROCESSING image, a screen capture (`_screen_capture`) and a
 multi-frame object are refused. Only the tags needed for the
 pixels and those (view, series description, protocol name, presentation intent) are read, so patient data is never parsed, logged
-or put in a message; `patient_group` alone reads PatientID, and returns only a keyed hash of it. Numbers that cannot
+or put in a message (`pneumo.data.dicom_header` reads the view and a keyed hash of PatientID apart). Numbers that cannot
 be pixels (a rescale slope of 1e308, NaN) are refused with `InputError`; an unusable window (width 0, NaN) is ignored
 and the data's own min..max (without the PixelPaddingValue's pixels) is shown instead. Values are converted a strip
 of rows at a time (`pneumo.data.pixels`). Nothing is decoded or inflated past the limits: a compressed frame's own
@@ -15,14 +15,11 @@ inflated here, up to half the decode budget (`_read`), not whole by pydicom.
 
 from __future__ import annotations
 
-import hmac
 import io
 import logging
 import math
-import os
 import re
-import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -54,7 +51,6 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Stora
 NOT_FILMS = {"SYN": "a synthetic image", "SD": "a scanned document"}
 # the pydicom plugins for the compressed syntaxes a PACS uses: JPEG, JPEG-LS and JPEG Lossless (libjpeg), JPEG 2000
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
-_GROUP_KEY = secrets.token_bytes(32)  # `patient_group`'s key: this process's only
 # a lateral film (PS3.3 C.8.11.5: ViewPosition LL/RL, or the legacy LATERAL): the model reads frontal (PA/AP) films.
 # Words of ViewPosition (and of the View Code Sequence's meaning; of SeriesDescription / ProtocolName where the image
 # states no view) that name a lateral view; a decubitus view (LLD, "left lateral decubitus") is frontal.
@@ -379,43 +375,3 @@ def _dicom_check_decoder(ds: Dataset, compressed: bool) -> None:
     if not decoder.is_available:  # pydicom's own list of plugins runs past the one-line message: a short hint
         name = uid.name if len(uid.name) <= 40 else uid.keyword or uid.name  # JPEG Lossless: its long name cut off the hint
         raise InputError(f"cannot decode DICOM compressed as {name} ({uid}): no decoder installed ({DECODER_HINT})")
-
-
-def view_position(path: str | os.PathLike) -> str | None:
-    """A DICOM file's ViewPosition (PA, AP, ...; upper case), or None for a file that is not DICOM or states none."""
-    value = _header(path, "ViewPosition")
-    return value.upper() if value else None
-
-
-def _header(path: str | os.PathLike, keyword: str) -> str | None:
-    """One element of a DICOM file's header as text (only it is read), or None."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword])
-    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, EOFError):
-        return None
-    return str(ds.get(keyword, "") or "").strip() or None
-
-
-def patient_groups(paths: Iterable[str | os.PathLike]) -> list[str | None]:
-    """Each image's DICOM PatientID group (`patient_group`), or None for all when one ID holds more than half of three
-    or more tagged images: a de-identified export writes one constant ID ("ANON"), which would make the whole site
-    one patient (and no cross-fitting possible)."""
-    tagged = [patient_group(path) for path in paths]
-    ids = [tag for tag in tagged if tag is not None]
-    if len(ids) >= 3 and max(ids.count(tag) for tag in set(ids)) > len(ids) / 2:
-        log.warning("the DICOM files' PatientID is one value for most of them (a de-identified export?): not used, "
-                    "every image counts as its own patient; give a patient_id column in a CSV")
-        return [None] * len(tagged)
-    return tagged
-
-
-def patient_group(path: str | os.PathLike) -> str | None:
-    """The DICOM file's PatientID as a group key: an HMAC-SHA-256 under a key made for this process and never stored
-    (16 hex digits), so that a patient's films stay together in a split while the key cannot be reversed by trying
-    every medical record number, nor linked across runs; None for a file that is not DICOM or has no PatientID.
-    Only that element is read."""
-    value = _header(path, "PatientID")
-    return hmac.new(_GROUP_KEY, value.encode("utf-8", "surrogateescape"), "sha256").hexdigest()[:16] if value else None

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumo.data.dicom import patient_groups
+from pneumo.data.dicom_header import patient_groups
 from pneumo.data.files import find_images
 from pneumo.data.manifest import patient_key, subtype_of
 from pneumo.errors import ConfigError, DataError
@@ -226,7 +226,7 @@ def check_columns(table: pd.DataFrame, by: tuple[str, ...], data: str | os.PathL
         raise ConfigError("--by subtype: the subtype has its own rows already (the share called pneumonia per subtype, "
                           "by_subtype in metrics.json); --by takes the CSV's other columns")
     if "view" in by and "view" not in table.columns:
-        from pneumo.data.dicom import view_position
+        from pneumo.data.dicom_header import view_position
 
         views = [view_position(path) for path in table["path"]]
         if any(views):
@@ -260,7 +260,7 @@ def lost_classes(listed: pd.Series, kept: pd.Series) -> str | None:
 def patients(table: pd.DataFrame, *, official: bool = False) -> np.ndarray | None:
     """The patient of each image where it is known: the CSV's ``patient_id`` column (a blank is its own patient), on
     the official test split the patient the Kermany file name gives (`data.manifest.patient_key`), else a DICOM's
-    PatientID (``dicom:N``: its films grouped by `data.dicom.patient_groups`' keyed hash, numbered by `_numbered`;
+    PatientID (``dicom:N``: its films grouped by `data.dicom_header.patient_groups`' keyed hash, numbered by `_numbered`;
     every other image its own patient), as `pneumo adapt` groups them; for intervals that count whole patients. None
     where nothing names a patient."""
     if "patient_id" not in table.columns:
