@@ -171,6 +171,13 @@ def test_a_flood_of_idle_connections_cannot_503_the_health_probe(live_server,
             sock.close()
 
 
+def _assert_open(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        sock.settimeout(0.05)
+        with pytest.raises(TimeoutError):  # nothing to read, and not closed (recv would return b"")
+            sock.recv(1)
+
+
 def test_a_trusted_proxys_idle_pool_is_not_cut_to_one_clients_cap(live_server,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A proxy audit: nginx keeps a pool of idle upstream connections (keepalive 64) from one address; the per-client
@@ -186,10 +193,7 @@ def test_a_trusted_proxys_idle_pool_is_not_cut_to_one_clients_cap(live_server,
     try:
         time.sleep(0.3)  # past the grace period
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # a new connection: the caps are applied
-        for sock in pool:
-            sock.settimeout(0.05)
-            with pytest.raises(TimeoutError):  # still open
-                sock.recv(1)
+        _assert_open(pool)
     finally:
         for sock in pool:
             sock.close()
@@ -223,10 +227,7 @@ def test_keep_alive_connections_of_one_address_beyond_the_idle_cap_are_not_cut_w
                 reply += sock.recv(4096)
             assert reply.startswith(b"HTTP/1.1 200")
         time.sleep(0.2)  # well inside the 1 s grace period
-        for sock in socks:
-            sock.settimeout(0.05)
-            with pytest.raises(TimeoutError):  # nothing to read, and not closed (recv would return b"")
-                sock.recv(1)
+        _assert_open(socks)
     finally:
         for sock in socks:
             sock.close()
