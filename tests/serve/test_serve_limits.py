@@ -171,6 +171,15 @@ def test_a_flood_of_idle_connections_cannot_503_the_health_probe(live_server,
             sock.close()
 
 
+def _six_connections(live_server, monkeypatch: pytest.MonkeyPatch, *, max_idle: int) -> tuple[str, list[socket.socket]]:
+    """A server whose idle caps are 2 per client and ``max_idle`` in all, and six connections to it from loopback."""
+    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 2)
+    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", max_idle)
+    url = live_server(header_timeout_s=30)
+    host, port = url.removeprefix("http://").split(":")
+    return url, [socket.create_connection((host, int(port)), timeout=5) for _ in range(6)]
+
+
 def _assert_open(socks: list[socket.socket]) -> None:
     for sock in socks:
         sock.settimeout(0.05)
@@ -184,12 +193,8 @@ def test_a_trusted_proxys_idle_pool_is_not_cut_to_one_clients_cap(live_server,
     cap closed those beyond 32 and nginx's next POST on one got a 502. The connections of a proxy named in
     $FORWARDED_ALLOW_IPS count to the overall idle cap only (loopback unnamed is clients: the flood test above)."""
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8,127.0.0.1")
-    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 2)
-    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", 10)
     monkeypatch.setattr(HeaderDeadlineH11Protocol, "idle_grace_s", 0.1)
-    url = live_server(header_timeout_s=30)
-    host, port = url.removeprefix("http://").split(":")
-    pool = [socket.create_connection((host, int(port)), timeout=5) for _ in range(6)]
+    url, pool = _six_connections(live_server, monkeypatch, max_idle=10)
     try:
         time.sleep(0.3)  # past the grace period
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # a new connection: the caps are applied
@@ -214,11 +219,7 @@ def test_keep_alive_connections_of_one_address_beyond_the_idle_cap_are_not_cut_w
     """Behind a proxy (or on loopback) every client has one address: 6 keep-alive connections that have just been
     answered sit idle, beyond a per-client cap of 2, for less than the grace period: none is closed under them (the
     slow-client bench got 12,831 read errors at 128 clients when they were)."""
-    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle_per_client", 2)
-    monkeypatch.setattr(HeaderDeadlineH11Protocol, "max_idle", 3)
-    url = live_server(header_timeout_s=30)
-    host, port = url.removeprefix("http://").split(":")
-    socks = [socket.create_connection((host, int(port)), timeout=5) for _ in range(6)]
+    _, socks = _six_connections(live_server, monkeypatch, max_idle=3)
     try:
         for sock in socks:  # one complete request and response each: then idle, kept alive
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: pneumo\r\n\r\n")
