@@ -417,26 +417,34 @@ def test_a_film_listed_twice_under_one_label_is_one_patient_and_said(
     assert "1 of these images are pixel-identical copies of another one listed" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert metrics["external"]["n_copies"] == 1 and metrics["external"]["n"] == 13
-    assert metrics["bootstrap"]["resamples"] == "whole patients (1 pixel-identical copies with their originals)"
+    # no patient IDs: the groups are images, the copy counted once, not patients (a reporting audit: "818 images of
+    # 817 patients" for a folder of 606 patients' films)
+    assert metrics["bootstrap"]["resamples"] == ("images (1 pixel-identical copies counted once with their "
+                                                 "originals; patients unknown)")
+    assert "patients" not in metrics["test"] and "patient" not in pd.read_csv(tmp_path / "v" / "predictions.csv")
+    assert "patients unknown" in (tmp_path / "v" / "report.html").read_text()
     out = tmp_path / "site-youden"
     assert main(["operating-point", "--threshold-policy", "youden", "--data", str(listed), "--out", str(out)]) == 0
-    assert "6 pneumonia and 6 normal patients" in capsys.readouterr().err  # the copy is not a seventh
+    said = capsys.readouterr().err
+    assert "6 pneumonia and 6 normal images" in said and "patients" not in said  # the copy is not a seventh
+    assert "patients_by_class" not in json.loads((out / "model.json").read_text())["operating_point"]["chosen_on"]
     assert "1 of these images are pixel-identical copies" in caplog.text
     assert json.loads((out / "model.json").read_text())["operating_point"]["chosen_on"]["n_copies"] == 1
     table = pd.DataFrame({"path": ["a", "b", "c"], "label": ["PNEUMONIA"] * 3})
     images = np.zeros((3, 4, 4), np.uint8)
     images[2] = 1
-    groups, copies, resampled = patients_with_copies(table, images)
-    assert copies == 1 and groups[0] == groups[1] != groups[2] and resampled.startswith("whole patients (1 pixel")
-    assert patients_with_copies(table, np.arange(48, dtype=np.uint8).reshape(3, 4, 4)) == (None, 0, "images")
+    groups, copies, resampled, known = patients_with_copies(table, images)
+    assert copies == 1 and groups[0] == groups[1] != groups[2] and resampled.startswith("images (1 pixel")
+    assert not known
+    assert patients_with_copies(table, np.arange(48, dtype=np.uint8).reshape(3, 4, 4)) == (None, 0, "images", False)
     named = table.assign(patient_id=["P1", "", "P2"])  # a copy listed without an ID joins P1, which names the group
-    groups, copies, _ = patients_with_copies(named, images)
-    assert copies == 1 and list(groups) == ["P1", "P1", "P2"]
+    groups, copies, _, known = patients_with_copies(named, images)
+    assert copies == 1 and list(groups) == ["P1", "P1", "P2"] and known
     same = table.assign(patient_id=["P1", "P1", "P2"])  # a copy within one patient joins nothing: nothing to say
     assert patients_with_copies(same, images)[1] == 0
     official = pd.DataFrame({"path": ["test/NORMAL/IM-0001-0001.jpeg", "test/NORMAL/IM-0002-0001.jpeg",
                                       "test/NORMAL/IM-0003-0001.jpeg"], "label": ["NORMAL"] * 3})
-    groups, copies, resampled = patients_with_copies(official, images, official=True)  # grouped as a run's evaluation
+    groups, copies, resampled, _ = patients_with_copies(official, images, official=True)  # as a run's evaluation
     assert copies == 0 and len(set(groups)) == 3 and resampled == "whole patients (the Kermany file names)"
 
 

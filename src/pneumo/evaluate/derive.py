@@ -97,7 +97,7 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
                             "pneumo evaluate --data)")
         y, logits = np.asarray(y)[keep], logits[keep]
         # the CSV's patient_id (or a DICOM's PatientID): whole patients in every count, a film listed twice as one
-        found, copies, _ = patients_with_copies(table, images)
+        found, copies, _, known = patients_with_copies(table, images)
         if copies:
             log.warning("%d of these images are pixel-identical copies of another one listed: counted as listed, with "
                         "its original as one patient (list each film once)", copies)
@@ -121,12 +121,13 @@ def derive_model(model: str | os.PathLike | None, policy: str, out_dir: str | os
             raise DataError("the model's val fold cannot be rebuilt (no folds.csv and no dataset): pass --data FOLDER "
                             "or --dataset DIR")
         y, logits, paths, where = got
-        groups = None
-    return _derive(sidecar, out, policy, *_chosen(policy, np.asarray(y), logits, groups, where, paths), left_out)
+        groups, known = None, False
+    return _derive(sidecar, out, policy, *_chosen(policy, np.asarray(y), logits, groups, where, paths, known),
+                   left_out)
 
 
 def _chosen(policy: str, y: np.ndarray, logits: np.ndarray, groups: np.ndarray | None, where: dict,
-            paths: list[str]) -> tuple[float, dict, str | None]:
+            paths: list[str], patients: bool = True) -> tuple[float, dict, str | None]:
     """The threshold ``policy`` gives these scores, the record of what it was chosen on (counts, exact intervals of
     the sensitivity and specificity it reaches and the ROC-AUC with its interval, over whole patients where
     ``groups`` names them) and what to warn: too few images or patients for the policy, and a model that ranks
@@ -143,9 +144,10 @@ def _chosen(policy: str, y: np.ndarray, logits: np.ndarray, groups: np.ndarray |
               "roc_auc": at["roc_auc"], "roc_auc_ci": finite_interval(list(cis.get("roc_auc", []))) or None}
     unit, counts = "images", (int(yb.sum()), int((yb == 0).sum()))
     if groups is not None:  # the policy's uncertainty is the patients' (43 films of 22 patients are 22)
-        unit = "patients"
-        counts = (np.unique(groups[yb == 1]).size, np.unique(groups[yb == 0]).size)
-        chosen["patients_by_class"] = {"pneumonia": counts[0], "normal": counts[1]}
+        counts = (np.unique(groups[yb == 1]).size, np.unique(groups[yb == 0]).size)  # (images: a copy counted once)
+        if patients:
+            unit = "patients"
+            chosen["patients_by_class"] = {"pneumonia": counts[0], "normal": counts[1]}
     chance = None
     if at_chance(at, cis):
         ci = chosen["roc_auc_ci"]

@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 Gallery = Callable[..., tuple[str, str]]  # (out, torch model, images, y, p, threshold, *, subtypes, members) -> section
 def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature: float, classes: list[str],
             subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int,
-            groups: np.ndarray | None = None, binary_labels: bool = False) -> dict:
+            groups: np.ndarray | None = None, binary_labels: bool = False, patients: bool = True) -> dict:
     """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting); ``groups``
-    (the patient of each image) makes every interval count whole patients. ``binary_labels``: ``y`` is normal (0) /
+    (the patient of each image; ``patients=False``: images, copies joined) makes every interval count them. ``binary_labels``: ``y`` is normal (0) /
     pneumonia (1) for a 3-class model (labels without subtypes): calibration is measured on P(normal) vs
     P(pneumonia), and there are no 3-class measures."""
     probs = apply_temperature(logits, 1.0)
@@ -62,7 +62,7 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
            "ece_before": before["ece"], "ece_after": after["ece"], "nll_before": nll(logits, y),
            "nll_after": nll(after_logits, y), "reliability": {"before": before, "after": after},
            "by_subtype": sensitivity_by_subtype(p >= threshold, subtypes, groups) if subtypes is not None else {}}
-    if groups is not None:  # what the intervals rest on: whole patients, not films (a clinical review)
+    if groups is not None and patients:  # what the intervals rest on: whole patients, not films (a clinical review)
         out["patients"] = {k: int(np.unique(g).size) for k, g in (("n", groups), ("pneumonia", groups[yb == 1]),
                                                                    ("normal", groups[yb == 0]))}
     if len(classes) > 2:
@@ -150,11 +150,12 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if lost:
         log.warning("%s: %s: the measures that need that class are n/a", data, lost)
     # whole patients in every interval where they are known, a film listed twice as one
-    groups_all, copies, resampled = labelled_rows.patients_with_copies(table_all, images_all, official=official)
+    groups_all, copies, resampled, known = labelled_rows.patients_with_copies(table_all, images_all, official=official)
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
-                "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ece_bins, "binary_labels": binary_labels}
+                "n_bootstrap": n_bootstrap, "seed": seed, "ece_bins": ece_bins, "binary_labels": binary_labels,
+                "patients": known}
     test = measure(y, logits, subtypes=table["subtype"].tolist(), groups=groups, **measured)
     p = p_pneumonia(logits)
     yb = (y != 0).astype(np.int64)
@@ -253,7 +254,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     result = to_jsonable(result)
     columns = {"path": table_all["path"], "label": table_all["label"], "subtype": table_all["subtype"],
                # the patient each interval resampled (blank: its own) and the --by columns, to check them by hand
-               **({"patient": [g if not g.startswith("\0") else "" for g in groups_all]} if groups_all is not None
+               **({"patient": [g if not g.startswith("\0") else "" for g in groups_all]} if known
                   else {}), **{c: table_all[c] for c in by if c in table_all.columns and c not in ("path", "label")},
                **({"ood_score": ood_scores} if ood_scores is not None else {}), "assessed": assessed.astype(int)}
     calibrated_on = "the model's val fold" if fitted_on == "val" else fitted_on

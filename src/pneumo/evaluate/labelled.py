@@ -14,6 +14,7 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -347,19 +348,33 @@ def join_copies(x: np.ndarray, patients: pd.Series) -> tuple[np.ndarray, int]:
     return np.array([root(p) for p in patients], dtype=object), copies
 
 
-def patients_with_copies(table: pd.DataFrame, images: np.ndarray, *,
-                         official: bool = False) -> tuple[np.ndarray | None, int, str]:
+class Grouping(NamedTuple):
+    """What a bootstrap resamples: ``groups`` (None: each image on its own), the pixel-identical copies joined to their
+    originals, that in words, and whether the groups are patients (known from IDs or the Kermany names) or images."""
+
+    groups: np.ndarray | None
+    copies: int
+    resampled: str
+    patients: bool
+
+
+def patients_with_copies(table: pd.DataFrame, images: np.ndarray, *, official: bool = False) -> Grouping:
     """`patients`, with each pixel-identical copy (one film listed under two names: under one label, as two labels are
     refused by `refuse_relabelled_copies`) in its original's patient; how many copies joined two patients (a copy of
     a film of the same patient changes nothing); and what a bootstrap of the groups resamples, in words. A copy adds
-    no evidence: as two patients it narrowed the intervals (a review). ``images``: the preprocessed images of
-    ``table``'s rows. The official test split is left as `evaluate --model RUN` groups it (its file names), so that
-    its intervals stay comparable."""
+    no evidence: as two patients it narrowed the intervals (a review). Without patient IDs the groups are images, a
+    copy counted once with its original, not patients (a reporting audit: "818 images of 817 patients" for a folder
+    without IDs, whose 818 films were 606 patients'). ``images``: the preprocessed images of ``table``'s rows. The
+    official test split is left as `evaluate --model RUN` groups it (its file names), so that its intervals stay
+    comparable."""
     found = patients(table, official=official)
     named = ("the CSV's patient_id" if "patient_id" in table.columns else "the Kermany file names" if official
              else "the DICOM PatientID, as a keyed hash" if found is not None else "")
     ids = ("\0" + table["path"].astype(str)).to_numpy() if found is None else found
     groups, _ = join_copies(images, pd.Series(ids)) if not official else (ids, 0)
     joined = len(set(ids)) - len(set(groups))
+    if found is None:
+        return Grouping(groups if joined else None, joined, f"images ({joined} pixel-identical copies counted once with "
+                        "their originals; patients unknown)" if joined else "images", False)
     both = [w for w in (named, f"{joined} pixel-identical copies with their originals" if joined else "") if w]
-    return (groups if joined else found), joined, f"whole patients ({'; '.join(both)})" if both else "images"
+    return Grouping(groups if joined else found, joined, f"whole patients ({'; '.join(both)})", True)
