@@ -366,3 +366,14 @@ def test_a_failed_write_names_the_file_or_folder_and_says_the_earlier_one_is_unc
             atomic.write_text(work / "metrics.json", "x")
             with atomic.writing(work / "report.html"):
                 raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_json_is_written_strict_with_nan_and_infinity_as_null(tmp_path: Path) -> None:
+    """A reporting audit: a run's metrics.json held NaN tokens (fields added after its own conversion)."""
+    import json
+
+    import numpy as np
+
+    path = atomic.write_json(tmp_path / "m.json", {"a": float("nan"), "b": [np.float32(0.5), np.inf], "c": (1, 2)})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {"a": None, "b": [0.5, None],
+                                                                                      "c": [1, 2]}

@@ -338,8 +338,10 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, payload: Any, *, default: Any = float) -> Path:
-    """Write ``payload`` as indented JSON to ``path`` atomically (``default`` converts what JSON cannot hold)."""
-    return write_text(path, json.dumps(payload, indent=2, default=default))
+    """Write ``payload`` as indented, strict JSON to ``path`` atomically (`to_jsonable`: NaN and infinities are null, a
+    run's metrics.json held 56 NaN tokens that strict readers refuse: a reporting audit; ``default`` converts what
+    JSON cannot hold)."""
+    return write_text(path, json.dumps(to_jsonable(payload), indent=2, default=default, allow_nan=False))
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula

@@ -179,6 +179,11 @@ def test_an_evaluation_killed_while_writing_leaves_no_earlier_metrics_beside_its
     shutil.copytree(scratch_run, run)
     evaluate_run(run, analysis=False)
     assert (run / "metrics.json").is_file() and (run / "report.html").is_file()
+
+    def strict(constant: str) -> None:  # a reporting audit: a run's metrics.json held 56 NaN tokens
+        raise AssertionError(f"metrics.json holds {constant}, which strict JSON readers refuse")
+
+    json.loads((run / "metrics.json").read_text(), parse_constant=strict)
     (run / "predictions.csv").write_text("path,label\nearlier,0\n")
 
     def killed(*args, **kwargs):
