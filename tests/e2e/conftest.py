@@ -12,8 +12,9 @@ import pytest
 
 
 @contextmanager
-def _serving(predictor: object, *, start_timeout_s: float = 30) -> Iterator[str]:
-    """Serve ``predictor`` with the real app until the block ends; yields ``http://127.0.0.1:PORT``."""
+def _serving(predictor: object, *, start_timeout_s: float = 30, **config: object) -> Iterator[str]:
+    """Serve ``predictor`` with the real app (``config``: more `ServeConfig` fields) until the block ends; yields
+    ``http://127.0.0.1:PORT``."""
     import uvicorn
 
     from pneumo.config import ServeConfig
@@ -22,7 +23,7 @@ def _serving(predictor: object, *, start_timeout_s: float = 30) -> Iterator[str]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app = create_app(ServeConfig(port=port), predictor)
+    app = create_app(ServeConfig(port=port, **config), predictor)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -267,3 +267,23 @@ def test_a_heat_map_the_server_cannot_draw_still_shows_the_verdict_and_a_busy_se
     page.set_input_files("#file", str(xray_path(full_data)))
     page.wait_for_selector("#status.error")
     assert "Not analysed: busy" in page.inner_text("#status")
+
+
+def test_after_the_api_key_is_given_keyboard_focus_is_on_the_file_control(browser, serving, tiny_model: Path,
+                                                                          full_data: Path) -> None:
+    """An accessibility audit: the key's form was hidden while its field had focus, which left focus on the page's
+    body: the next Tab started again from the top."""
+    from pneumo.infer.predictor import Predictor
+
+    with serving(Predictor(tiny_model, threads=1), api_key="s3cret") as url:
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url + "/")
+        page.set_input_files("#file", str(xray_path(full_data)))
+        page.wait_for_selector("#key-form:not([hidden])")
+        page.fill("#api-key", "s3cret")
+        page.press("#api-key", "Enter")
+        page.wait_for_selector("#label.positive, #label.negative")
+        assert page.evaluate("document.activeElement.id") == "file"
+        context.close()

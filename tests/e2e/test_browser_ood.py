@@ -102,3 +102,31 @@ def test_the_five_cases_of_issue_23_on_the_page(page, full_data: Path, tmp_path:
     page.wait_for_selector("#status.error")
     assert page.is_hidden("#result")
     shot("broken")
+
+
+def test_an_image_without_a_verdict_shows_no_bar_and_no_map_until_asked_and_says_first_it_is_not_normal(
+        page, full_data: Path, tmp_path: Path) -> None:
+    """An accessibility audit: "NOT ASSESSED" came with P(pneumonia) 0.996 in bold, a bar filled to 99.6 % and a
+    full-strength heat map; on a phone the map came before the warning, and "not a normal result" was a grey hint.
+    The warning comes first and says it; no bar; the map at 0 % opacity until the user raises it; the next verdict
+    shows its map again. A NORMAL output is "not flagged", not a diagnosis, and the status line says so."""
+    from skimage import data
+    from skimage.io import imsave
+
+    photo = tmp_path / "astronaut.png"
+    imsave(photo, data.astronaut())
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#label.unassessed")
+    assert "not a normal result" in page.inner_text("#ood-warning") and page.is_hidden("#meter")
+    assert "for audit only" in page.inner_text("#bar-title")
+    assert page.input_value("#opacity") == "0" and "not assessed" in page.inner_text("#status")
+    page.set_viewport_size({"width": 320, "height": 700})  # a phone: one column, the warning above the image
+    top = page.eval_on_selector("#ood-warning", "e => e.getBoundingClientRect().top")
+    assert top < page.eval_on_selector("#image", "e => e.getBoundingClientRect().top")
+    assert page.eval_on_selector("#notice", "e => e.closest('main') !== null")  # the skip link does not pass it by
+    page.set_input_files("#file", str(full_data / "test" / "NORMAL" / "IM-0003-0001.jpeg"))
+    page.wait_for_selector("#label.positive, #label.negative")
+    assert page.input_value("#opacity") == "70" and page.is_visible("#meter")
+    status, explain = page.inner_text("#status"), page.inner_text("#label-explain")
+    assert "Not a diagnosis" in status and "score" in status and "threshold" in status
+    assert explain.startswith("Not flagged" if page.inner_text("#label") == "NORMAL" else "Flagged")

@@ -282,7 +282,7 @@ def test_page_has_the_research_use_notice_and_its_assets(client: TestClient) -> 
     text = " ".join(page.text.split())  # what a clinician reads beside a verdict (a clinical review): the intended
     assert "frontal chest X-rays of young children" in text and "for adults, check the site" in text  # use, that a
     assert "not where disease is" in text and "not a patient's risk" in text  # heat map does not localise, that the
-    assert "read this film without the model" in client.get("/static/app.js").text  # temperature-scaled score is no risk
+    assert "read this film without the model" in text  # temperature-scaled score is no risk
     for asset in ("static/app.js", "static/style.css"):  # relative: the page also works under a proxy's prefix
         assert f'"{asset}"' in page.text and client.get("/" + asset).status_code == 200
 

@@ -12,7 +12,7 @@
     label: $("label"), labelExplain: $("label-explain"), bar: $("bar"), barFill: $("bar-fill"),
     barThreshold: $("bar-threshold"), probability: $("probability"), threshold: $("threshold"), facts: $("facts"),
     oodWarning: $("ood-warning"), oodDetail: $("ood-detail"), calibrated: $("calibrated"),
-    calibratedThreshold: $("calibrated-threshold"),
+    calibratedThreshold: $("calibrated-threshold"), meter: $("meter"), scoreName: $("score-name"),
     modelFacts: $("model-facts"), modelCardDetails: $("model-card-details"), modelCard: $("model-card"),
   };
   let pending = null; // the file waiting for an API key
@@ -21,6 +21,7 @@
   let oodLimit = null; // the model's out-of-distribution threshold, from its card
   let latest = 0; // the number of the newest upload: an answer to an older one is dropped, never shown
   let inFlight = null; // the AbortController of the request being answered
+  let mapHidden = false; // the heat map was hidden for an image without a verdict (shown again for the next verdict)
 
   function authHeaders() {
     const key = sessionStorage.getItem(KEY_STORE);
@@ -201,26 +202,37 @@
       el.heatmap.hidden = false;
       el.opacityRow.hidden = false;
       el.legend.hidden = false;
-      el.caption.textContent = data.assessed !== false
-        ? `Grad-CAM: warm colours mark the regions that pushed the model toward its answer (${data.label}).`
-        : "Grad-CAM of the model's score, for audit only: this image got no verdict.";
+      el.caption.textContent = !assessed
+        ? "Grad-CAM of the model's score, for audit only: this image got no verdict (raise the opacity to see it)."
+        : positive ? `Grad-CAM: warm colours mark the regions that pushed the model toward its answer (${data.label}).`
+        : `Grad-CAM: warm colours mark the regions that supported the model's ${data.label} output, not an abnormality.`;
+      // an image without a verdict: its map is not shown unless asked for (it read as a finding: an accessibility audit)
+      if (!assessed || mapHidden) el.opacity.value = assessed ? 70 : 0;
+      mapHidden = !assessed;
+      setOpacity();
     } else {
       el.heatmap.hidden = true;
       el.opacityRow.hidden = true;
       el.legend.hidden = true;
       el.caption.textContent = heatNote ? `No heat map: ${heatNote}` : "No heat map.";
     }
-    // Out-of-distribution flag: the image is far from the training X-rays in the model's feature space.
-    el.oodWarning.hidden = data.ood !== true;
+    // No verdict (out of distribution, turned, refused by the input gate): the warning first, with why.
+    el.oodWarning.hidden = assessed;
     el.oodDetail.textContent = data.ood === true && typeof data.ood_score === "number"
       ? `It is unlike the chest X-rays the model learned from (distance ${data.ood_score.toFixed(1)}${
-        oodLimit != null ? `, limit ${oodLimit.toFixed(1)}` : ""}).` : "";
+        oodLimit != null ? `, limit ${oodLimit.toFixed(1)}` : ""}).` : assessed ? "" : `${data.reason || ""}`;
+    el.meter.hidden = !assessed; // no bar that reads as a strong finding; the number stays, for audit
+    el.scoreName.textContent = assessed ? "Model score P(pneumonia)" : "Model score, for audit only (no verdict)";
     el.label.textContent = assessed ? data.label : "NOT ASSESSED";
     el.label.className = `label ${assessed ? (positive ? "positive" : "negative") : "unassessed"}`;
     const side = data.p_pneumonia >= data.threshold ? "at or above" : "below";
-    el.labelExplain.textContent = assessed ? `The model score is ${side} the model's threshold.`
-      : `No verdict: ${data.reason || "the image is outside what the model was trained on"}. Not assessed is not `
-        + "normal: read this film without the model. The score below is shown for audit only.";
+    el.labelExplain.textContent = !assessed
+      ? `No verdict: ${data.reason || "the image is outside what the model was trained on"}. The score below is shown `
+        + "for audit only."
+      : positive ? `Flagged: the model score is ${side} the model's threshold (pneumonia suspected by the model; not `
+        + "a diagnosis)."
+      : `Not flagged: the model score is ${side} the model's threshold. Not a diagnosis: the model misses some `
+        + "pneumonias (its sensitivity is in the card below).";
     el.barFill.style.width = pct(data.p_pneumonia);
     el.barFill.className = `bar-fill ${assessed ? (positive ? "positive" : "negative") : "unassessed"}`;
     el.barThreshold.style.left = pct(data.threshold);
@@ -238,13 +250,17 @@
       for (const name of names) fact(el.facts, `Temperature-scaled P(${name})`, data.probabilities[name].toFixed(3));
     }
     fact(el.facts, "File", fileName || "—");
-    fact(el.facts, "Operating point", `${fmtThreshold(data.threshold)} (${data.threshold_policy
-      || "no policy recorded: a placeholder threshold, not chosen on validation"})`);
+    fact(el.facts, "Operating point", `threshold ${fmtThreshold(data.threshold)} (${data.threshold_policy
+      ? `chosen for the policy ${data.threshold_policy}; not this result's confidence`
+      : "no policy recorded: a placeholder threshold, not chosen on validation"})`);
     fact(el.facts, "Model", data.model_id);
     const t = data.timings_ms;
     fact(el.facts, "Time", `${t.total.toFixed(0)} ms (decode ${t.decode.toFixed(0)}, model ${t.inference.toFixed(0)}`
       + `${t.heatmap != null ? `, heat map ${t.heatmap.toFixed(0)}` : ""})`);
-    setStatus(assessed ? `Done: ${data.label}.` : "Done: not assessed.");
+    setStatus(assessed // what a screen reader hears: the output with its score, and that it is not a diagnosis
+      ? `Done: model output ${data.label} (${positive ? "flagged" : "not flagged"}; score ${data.p_pneumonia.toFixed(3)}, `
+        + `threshold ${fmtThreshold(data.threshold)}). Not a diagnosis.`
+      : "Done: not assessed, no verdict. Read this film without the model.");
   }
 
   function setOpacity() {
@@ -261,6 +277,7 @@
     event.preventDefault();
     sessionStorage.setItem(KEY_STORE, el.apiKey.value);
     el.keyForm.hidden = true;
+    el.file.focus(); // (the form's field had focus: hidden, it left focus on the page's body)
     loadModel();
     if (pending) analyse(pending);
     pending = null;
