@@ -12,6 +12,7 @@ from pneumo.errors import ConfigError
 POLICY_ALIASES = {"triage": "sensitivity:0.90"}
 # Every evaluation reports these operating points side by side (each chosen on val); the model's own stays the headline.
 STANDARD_POLICIES = ("youden", "sensitivity:0.95", "triage")
+MIN_IMAGES, MIN_PER_CLASS = 30, 10  # below either, bootstrap intervals are not shown and reports warn
 
 
 def parse_policy(policy: str) -> tuple[str, float | None]:
@@ -116,3 +117,22 @@ def at_chance(metrics: dict, cis: dict | None) -> bool:
     a model card says it too)."""
     auc, ci = metrics.get("roc_auc"), finite_interval((cis or {}).get("roc_auc"))
     return auc is not None and math.isfinite(auc) and (ci[0] if ci else auc) <= 0.5
+
+
+def is_small_sample(n_pneumonia: int, n_normal: int) -> bool:
+    """True below `MIN_IMAGES` images or `MIN_PER_CLASS` of either class."""
+    return n_pneumonia + n_normal < MIN_IMAGES or min(n_pneumonia, n_normal) < MIN_PER_CLASS
+
+
+def small_sample_warning(metrics: dict) -> str | None:
+    """One line for reports and cards when the confusion cells of ``metrics`` hold a small sample (`is_small_sample`),
+    else None (also None without the cells)."""
+    try:
+        n_pos, n_neg = int(metrics["tp"] + metrics["fn"]), int(metrics["tn"] + metrics["fp"])
+    except (KeyError, TypeError):
+        return None
+    if not is_small_sample(n_pos, n_neg):
+        return None
+    return (f"Small sample: {n_pos + n_neg} images ({n_pos} pneumonia, {n_neg} normal), below {MIN_IMAGES} images or "
+            f"{MIN_PER_CLASS} per class. Proportions carry exact (Clopper-Pearson) 95 % intervals; bootstrap intervals "
+            "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")

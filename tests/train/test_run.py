@@ -251,6 +251,18 @@ def test_three_class_probe_reports_bacteria_vs_virus(data_slice: Path, tmp_path:
     card = model_card_text(run_dir)
     assert "pneumonia (either class) vs normal" in card and "Three classes (normal / bacteria / virus)" in card
     assert f"| macro-f1 | {result['test']['multiclass']['macro_f1']:.3f}" in card
+    # a small test split is said on the card as in the report (a reporting audit: a smoke run's card showed ROC-AUC
+    # 0.570 on 24 images without a word); this one (24 pneumonia, 12 normal) is not small
+    import dataclasses
+
+    from pneumo.infer.card import card_of
+    from pneumo.models.sidecar import read_meta
+
+    meta = read_meta(run_dir / "model.json")
+    small = dataclasses.replace(meta, metrics={**meta.metrics, "test": {**meta.metrics["test"], "tp": 5, "fn": 3,
+                                                                        "tn": 8, "fp": 8}})
+    assert "Small sample" not in card and "Small sample" not in (run_dir / "report.html").read_text()
+    assert "Small sample: 24 images (8 pneumonia, 16 normal)" in card_of(run_dir / "model.json", small)
     # the report's 3-class table is captioned as what it measures (it said "bacteria vs virus" over 3-class accuracy)
     report = (run_dir / "report.html").read_text()
     assert f"3 classes on {result['test']['n']} images" in report and "bacteria vs virus on the" in report

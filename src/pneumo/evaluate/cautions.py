@@ -3,22 +3,13 @@ here, an operating point at which most normal films are called pneumonia. Each i
 
 from __future__ import annotations
 
-from pneumo.evaluate.metrics import MIN_IMAGES, MIN_PER_CLASS, is_small_sample
-from pneumo.policy import at_chance, finite_interval, low_specificity_warning, missed_pneumonia_warning
-
-
-def small_sample_warning(metrics: dict) -> str | None:
-    """One line for reports when the confusion cells of ``metrics`` hold a small sample (`is_small_sample`), else
-    None."""
-    try:
-        n_pos, n_neg = int(metrics["tp"] + metrics["fn"]), int(metrics["tn"] + metrics["fp"])
-    except (KeyError, TypeError):
-        return None
-    if not is_small_sample(n_pos, n_neg):
-        return None
-    return (f"Small sample: {n_pos + n_neg} images ({n_pos} pneumonia, {n_neg} normal), below {MIN_IMAGES} images or "
-            f"{MIN_PER_CLASS} per class. Proportions carry exact (Clopper-Pearson) 95 % intervals; bootstrap intervals "
-            "(ROC-AUC, PR-AUC, F1) are not shown. Read every number as a rough estimate.")
+from pneumo.policy import (
+    at_chance,
+    finite_interval,
+    low_specificity_warning,
+    missed_pneumonia_warning,
+    small_sample_warning,
+)
 
 
 def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: str | None = None) -> str | None:

@@ -28,11 +28,17 @@ from pneumo.evaluate.intervals import (
     weighted_auc,
 )
 from pneumo.models.scores import pneumonia_probability, predict_classes
-from pneumo.policy import POLICY_ALIASES, STANDARD_POLICIES, parse_policy  # noqa: F401 - re-exported
+from pneumo.policy import (  # noqa: F401 - re-exported
+    MIN_IMAGES,
+    MIN_PER_CLASS,
+    POLICY_ALIASES,
+    STANDARD_POLICIES,
+    is_small_sample,
+    parse_policy,
+)
 
 BINARY_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 CELL_KEYS = ("tp", "fp", "tn", "fn")
-MIN_IMAGES, MIN_PER_CLASS = 30, 10  # below either, bootstrap intervals are not shown and reports warn
 SCORE_MARGIN = 1e-5  # below a val score a threshold is set at: ONNX Runtime and PyTorch score an image ~1e-7 apart
 
 
@@ -228,11 +234,6 @@ def proportion_interval(success: np.ndarray, groups: np.ndarray | None, level: f
     if groups is None:
         return exact_interval(int(success.sum()), int(success.size), level)
     return clustered_interval(success, np.asarray(groups), level)
-
-
-def is_small_sample(n_pneumonia: int, n_normal: int) -> bool:
-    """True below `MIN_IMAGES` images or `MIN_PER_CLASS` of either class."""
-    return n_pneumonia + n_normal < MIN_IMAGES or min(n_pneumonia, n_normal) < MIN_PER_CLASS
 
 
 def sensitivity_by_subtype(y_pred_positive: Sequence[bool] | np.ndarray, subtypes: Sequence[str],

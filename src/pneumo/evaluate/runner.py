@@ -357,7 +357,7 @@ def _record_operating_point(path: Path, meta: CheckpointMeta, result: dict, fold
         meta, tta=bool(result.get("tta")), threshold=result["threshold"], threshold_policy=result["threshold_policy"],
         temperature=result["temperature"], extra={**meta.extra, "operating_point": record},
         metrics={"test": {k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity", "precision",
-                                                       "f1", "roc_auc", "pr_auc")},
+                                                       "f1", "roc_auc", "pr_auc", "tp", "fn", "tn", "fp")},
                  "test_ci": result["test"]["ci"], "test_n": result["test"]["n"], "val_roc_auc": result["val"]["roc_auc"],
                  "ece_before": result["test"]["ece_before"], "ece_after": result["test"]["ece_after"], **three})
     write_meta(path, meta)

@@ -29,7 +29,7 @@ from pneumo.models.sidecar import (
     weights_path,
     write_meta,
 )
-from pneumo.policy import at_chance, low_specificity_warning, missed_pneumonia_warning
+from pneumo.policy import at_chance, low_specificity_warning, missed_pneumonia_warning, small_sample_warning
 from pneumo.templates import fmt_ci, fmt_threshold
 
 RESEARCH_ONLY = "**Research use only — not a medical device.**"
@@ -92,10 +92,13 @@ def build_card(title: str, *, summary: Sequence[str] = (), sections: Sequence[tu
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _warnings(test: dict, ci: dict) -> list[str]:
+def _warnings(test: dict, ci: dict, cells: dict | None = None) -> list[str]:
     """What the evaluation's headline warns of these figures, for the card (a training audit: the report said "do not
-    use" and the card did not): chance-level ranking, most pneumonias missed, most normal films called pneumonia."""
-    said = [("the model does not separate pneumonia from normal on these images (ROC-AUC "
+    use" and the card did not): a small sample (from the confusion ``cells``; a reporting audit: a smoke run's card
+    showed ROC-AUC 0.570 on 24 images without a word), chance-level ranking, most pneumonias missed, most normal films
+    called pneumonia."""
+    said = [small_sample_warning(cells or {}),
+            ("the model does not separate pneumonia from normal on these images (ROC-AUC "
              f"{fmt_ci(test.get('roc_auc'), ci.get('roc_auc'))}): do not use it") if at_chance(test, ci) else None,
             missed_pneumonia_warning(test.get("sensitivity"), ci.get("sensitivity")),
             low_specificity_warning(test.get("specificity"), ci.get("specificity"))]
@@ -127,7 +130,7 @@ def _performance(meta: dict) -> list[str]:
         lines = [f"The test split of its dataset{f' ({where})' if where else ''}, at this operating point (95 % CI){vs}:",
                  "",
                  *md_table(["metric", "value"], metric_rows(HEADLINE, (test, metrics.get("test_ci") or {}))),
-                 *_warnings(test, metrics.get("test_ci") or {})]
+                 *_warnings(test, metrics.get("test_ci") or {}, metrics.get("test"))]
         if three:  # a 3-class model's own figures, on the same images
             lines += ["", "Three classes (normal / bacteria / virus) on the same images:", "",
                       *md_table(["metric", "value"], metric_rows(("accuracy", "macro_f1", "bacteria_vs_virus_roc_auc"),
