@@ -51,6 +51,13 @@ LIMITATIONS = [
     ("The official test split is shifted from the training split: specificity on it is markedly lower than "
      "validation suggests; the operating threshold was chosen on validation only."),
     "Labels are image-level diagnoses from the dataset authors, not radiologist consensus per image.",
+    ("Patients are read from the file names: the dataset documents no patient IDs. A `personN` number is read as two "
+     "sequences, one for bacterial and one for viral films (808 numbers have films of both subtypes in the training "
+     "folder, and no number has one subtype in two folders), a normal film's patient from its `IM-XXXX` name. The "
+     "patient-grouped split and every interval over whole patients rest on that reading."),
+    ("Not known for these images, so no analysis by them is possible: sex, each child's age (the dataset gives 1-5 "
+     "years for all), the scanner, the acquisition dates, the view of each film (anterior-posterior assumed), and how "
+     "the bacterial and viral labels were assigned."),
     ("An image without a verdict (\"not assessed\": out of distribution, turned, or refused by the input gate) is not "
      "a normal result: read it without the model. A Grad-CAM heat map shows, coarsely (7x7), which regions "
      "influenced the score, not where disease is: do not use it to localise pneumonia. The temperature-scaled "
@@ -150,8 +157,10 @@ def card(meta: dict, metrics: dict, command: str, run_dir: Path | None = None, *
         *plain_words(metrics), "",
         *predictive_values(test), "",
         f"Shortcut check: {info['shortcut_check']}.", "",
-        (f"ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.3f} / "
-         f"{metrics['test']['ece_after']:.3f}."),
+        (f"ECE (15 bins) before / after temperature scaling: {metrics['test']['ece_before']:.4f} / "
+         f"{metrics['test']['ece_after']:.4f}" + (" (worse after it, on this split)"
+                                                  if metrics['test']['ece_after'] > metrics['test']['ece_before']
+                                                  else "") + "."),
         f"Validation ROC-AUC: {metrics['val']['roc_auc']:.4f}. Nothing was selected on the test split.", "",
         OTHER_EVALUATIONS]
     md = build_card("Model card: pneumo default model", summary=summary, sections=[
