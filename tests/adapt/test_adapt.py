@@ -580,6 +580,14 @@ def test_without_patient_ids_each_image_is_its_own_patient_and_the_card_says_so(
     assert not site.patients_given and site.table["patient_id"].nunique() == len(site.table)
     assert "its own patient" in patients_line(site.counts())
     assert "from the CSV" in patients_line(load_site(site_csv, Predictor(None)).counts())
+    mixed = pd.read_csv(site_csv, dtype=str)  # a patient with a normal and a pneumonia film: said, as the counts
+    mixed.loc[mixed["label"] == "NORMAL", "patient_id"] = mixed.loc[mixed["label"] == "NORMAL", "patient_id"].iloc[0]
+    first_sick = mixed.index[mixed["label"] == "PNEUMONIA"][0]  # (a reporting audit: "27 patients" beside "17
+    mixed.loc[first_sick, "patient_id"] = mixed.loc[mixed["label"] == "NORMAL", "patient_id"].iloc[0]  # + 14")
+    mixed.to_csv(tmp_path / "mixed.csv", index=False)
+    counts = load_site(tmp_path / "mixed.csv", Predictor(None)).counts()
+    assert sum(counts["patients_by_class"].values()) == counts["n_patients"] + 1
+    assert "1 of them with films of both classes" in patients_line(counts)
     pacs = tmp_path / "pacs.csv"  # a PACS export's spelling of the column: the same patients, not one each
     pd.read_csv(site_csv, dtype=str).rename(columns={"patient_id": "PatientID"}).to_csv(pacs, index=False)
     named = load_site(pacs, Predictor(None))

@@ -46,6 +46,9 @@ def patients_line(site: dict) -> str:
     copies = site.get("n_copies", 0)
     joined = (f"; {copies} image(s) pixel for pixel the same as another were kept in its group (never on the other "
               "side of a split)") if copies else ""
+    by_class = site.get("patients_by_class") or {}  # (a reporting audit: "27 patients" beside "17 pneumonia and 14
+    both = sum(by_class.values()) - site["n_patients"] if by_class else 0  # normal patients", unexplained)
+    joined += f"; {both} of them with films of both classes" if both > 0 else ""
     if site["patients_given"]:
         return f"{site['n_patients']} patients (from the CSV's patient_id column{joined})"
     tags = site.get("n_patient_tags", 0)
