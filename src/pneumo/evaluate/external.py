@@ -19,12 +19,11 @@ from pneumo import atomic
 from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
-from pneumo.evaluate import labelled as labelled_rows
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
 from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
-from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes
+from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients_with_copies
 from pneumo.evaluate.metrics import binary_metrics, bootstrap_cis, multiclass_metrics, sensitivity_by_subtype
 from pneumo.evaluate.operating import adaptation_points, operating_points, operating_points_section, policies_to_report
 from pneumo.evaluate.scoring import ModelSpec, load_spec, score_labelled, val_scores, withheld
@@ -39,9 +38,9 @@ def measure(y: np.ndarray, logits: np.ndarray, *, threshold: float, temperature:
             subtypes: list[str] | None, n_bootstrap: int, seed: int, ece_bins: int,
             groups: np.ndarray | None = None, binary_labels: bool = False, patients: bool = True) -> dict:
     """The protocol's measurements on one labelled set at a FIXED threshold and temperature (no fitting); ``groups``
-    (the patient of each image; ``patients=False``: images, copies joined) makes every interval count them. ``binary_labels``: ``y`` is normal (0) /
-    pneumonia (1) for a 3-class model (labels without subtypes): calibration is measured on P(normal) vs
-    P(pneumonia), and there are no 3-class measures."""
+    (each image's patient; ``patients=False``: images, copies joined) make every interval count them. ``binary_labels``:
+    ``y`` is normal (0) / pneumonia (1) for a 3-class model (labels without subtypes): calibration is measured on
+    P(normal) vs P(pneumonia), and there are no 3-class measures."""
     probs = apply_temperature(logits, 1.0)
     calibrated = apply_temperature(logits, temperature)
     p = pneumonia_probability(probs)
@@ -150,7 +149,7 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     if lost:
         log.warning("%s: %s: the measures that need that class are n/a", data, lost)
     # whole patients in every interval where they are known, a film listed twice as one
-    groups_all, copies, resampled, known = labelled_rows.patients_with_copies(table_all, images_all, official=official)
+    groups_all, copies, resampled, known = patients_with_copies(table_all, images_all, official=official)
     groups = None if groups_all is None else groups_all[headline]
     classes = spec.classes
     measured = {"threshold": spec.threshold, "temperature": spec.temperature, "classes": classes,
@@ -241,7 +240,8 @@ def evaluate_external(model: str | os.PathLike | None, data: str | os.PathLike, 
     result["not_assessed"] = {"n": int((~assessed).sum()), "reason": "out of distribution or refused by the "
                               "orientation check", **({k: ood[k] for k in ("n_out_of_distribution", "n_orientation")}
                                                      if ood else {}),
-                              "paths": table_all["path"][~assessed].tolist()[:50]}
+                              "paths": table_all["path"][~assessed].tolist()[:50],  # and by label: not at random
+                              "by_label": table_all["label"][~assessed].value_counts().to_dict()}  # (a reporting audit)
     if (~assessed).any():  # the same measures on the other set: every readable image, or only the assessed ones
         other = assessed if official else np.ones(len(y_all), dtype=bool)
         result["test_assessed" if official else "test_all"] = measure(
@@ -319,12 +319,12 @@ def _data_section(result: dict) -> tuple[str, str]:
     ext = result["external"]
     na = result.get("not_assessed") or {"n": 0}
     where = "in the metrics" if ext.get("official_test_split") else "not in the metrics"
-    rows = [["images read", ext["n"]], [f"not assessed (out of distribution, orientation): no verdict, {where}",
-                                         na["n"]],
+    rows = [["images read", ext["n"]], [f"not assessed (out of distribution or turned): no verdict, {where}", na["n"]],
             ["assessed", ext["n"] - na["n"]],
             ["unreadable or refused by the input gate (left out)", ext["n_unreadable"]],
             ["other files not read (not an image name, hidden, no label folder, not a file)", ext.get("n_not_read", 0)],
-            *[[f"label {k} (of the images read)", v] for k, v in sorted(ext["by_label"].items())]]
+            *[[f"label {k} (of the images read; not assessed)", f"{v} ({(na.get('by_label') or {}).get(k, 0)})"]
+              for k, v in sorted(ext["by_label"].items())]]
     if len(result["classes"]) > 2:  # a 3-class model: which measures its labels allow
         rows.append(["labels measured", result["labels"] + ("" if result["labels"].count("/") > 1 else
                                                             " (no subtypes: no 3-class measures)")])
