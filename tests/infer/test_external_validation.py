@@ -107,6 +107,7 @@ def test_external_numbers_come_from_the_folder_at_the_stored_operating_point(
     assert a["not_assessed"]["by_label"] == withheld and sum(withheld.values()) == a["not_assessed"]["n"]
     page_a = " ".join((tmp_path / "a" / "report.html").read_text().split())
     assert all(f"({withheld.get(label, 0)})</td>" in page_a for label in ("NORMAL", "PNEUMONIA"))
+    assert "labels are taken as given" in page_a  # its reference standard is not known to pneumo (a reporting audit)
     tp = int(((preds["label"] == "PNEUMONIA") & (preds["predicted_pneumonia"] == 1)).sum())
     assert tp == a["test"]["metrics"]["tp"]
     assert set(a["operating_points"]) >= set(POLICIES) and a["operating_points"]["youden"]["threshold"] == \

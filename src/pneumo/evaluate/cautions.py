@@ -11,6 +11,10 @@ from pneumo.policy import (
     small_sample_warning,
 )
 
+# an external set's reference standard (a reporting audit: NIH labels mined from reports read as a diagnosis)
+LABELS_AS_GIVEN = ("Its labels are taken as given: how they were established (a radiologist's reading, a report mined "
+                   "by software, a culture) is not known to pneumo, and every figure here is against them.")
+
 
 def no_discrimination_warning(metrics: dict, cis: dict | None, adapted: str | None = None) -> str | None:
     """One line when the ROC-AUC's 95 % interval reaches 0.5 (or, without an interval, the ROC-AUC is at most 0.5):

@@ -20,7 +20,7 @@ from pneumo.data.files import MAX_LISTED
 from pneumo.data.rundir import RunDir
 from pneumo.errors import ConfigError, DataError
 from pneumo.evaluate.calibration import apply_temperature, nll, reliability_data
-from pneumo.evaluate.cautions import adaptation_sentence, adaptation_summary
+from pneumo.evaluate.cautions import LABELS_AS_GIVEN, adaptation_sentence, adaptation_summary
 from pneumo.evaluate.fitted import fitted_on_these, fitted_sentence, threshold_chosen_on
 from pneumo.evaluate.intervals import CI_METHOD, check_bootstrap
 from pneumo.evaluate.labelled import check_columns, find_labelled, left_out_more, lost_classes, patients_with_copies
@@ -342,7 +342,7 @@ def _data_section(result: dict) -> tuple[str, str]:
     return (title, f"<p>Images from <code>{escape(ext['data'])}</code>, measured at the model's stored "
             f"operating point (threshold {fmt_threshold(result['threshold'])}, policy <code>{escape(result['threshold_policy'])}"
             f"</code>; temperature {result['temperature']:.3f}); "
-            + fitted_sentence(ext) + "</p>"
+            + fitted_sentence(ext) + ("" if ext.get("official_test_split") else f" {LABELS_AS_GIVEN}") + "</p>"
             + (f"<p>The model was {escape(adaptation_sentence(result['adaptation']))}.</p>"
                if result.get("adaptation") else "")
             + table_html(["", "count"], rows) + ood_line + (f"<p>Files left out, by name{left_out_more(ext)}:</p><ul>{bad}</ul>"
