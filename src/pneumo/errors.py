@@ -36,8 +36,8 @@ class InputError(PneumoError):
 
 class NotAssessed(InputError):
     """A readable DICOM object the model does not assess: a lateral film, a FOR PROCESSING image, an object without
-    pixel data (a report, a presentation state), a multi-frame object, a screen capture. A PACS export holds them beside the frontal films: `pneumo predict`
-    lists them as refused, not as errors that fail the run."""
+    pixel data (a report, a presentation state), a multi-frame object, a screen capture. A PACS export holds them
+    beside the frontal films: `pneumo predict` lists them as refused, not as errors that fail the run."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

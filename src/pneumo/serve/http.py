@@ -78,16 +78,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:  # counted by its ThrottledLog, not per line
         headers = {"Retry-After": str(exc.retry_after_s), "Connection": "close", **exc.headers}  # why: `Overloaded`
-        rid = {"request_id": exc.headers["X-Request-ID"]} if "X-Request-ID" in exc.headers else {}
-        return JSONResponse({"detail": exc.detail, **rid}, status_code=exc.status_code, headers=headers)
+        return JSONResponse({"detail": exc.detail, **_request_id(exc.headers)}, status_code=exc.status_code,
+                            headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code >= 400 and exc.status_code != 408:  # 408s are counted by SLOW_BODIES; the access line
             log.debug("request rejected: %d", exc.status_code)  # has the rest (a flood wrote 2 lines each at INFO)
-        headers = getattr(exc, "headers", None) or {}  # a predict answer's request id in its body too (a docs audit)
-        rid = {"request_id": headers["X-Request-ID"]} if "X-Request-ID" in headers else {}
-        return JSONResponse({"detail": one_line(exc.detail), **rid}, status_code=exc.status_code, headers=headers)
+        headers = getattr(exc, "headers", None) or {}
+        return JSONResponse({"detail": one_line(exc.detail), **_request_id(headers)}, status_code=exc.status_code,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -141,6 +141,11 @@ class Guard:
                     response.headers["access-control-allow-origin"] = origin
                     response.headers["vary"] = "Origin"
                 await response(scope, receive, send_with_headers)
+
+
+def _request_id(headers: dict) -> dict:
+    """A predict answer's request id, for its error body too (a docs audit), or nothing."""
+    return {"request_id": headers["X-Request-ID"]} if "X-Request-ID" in headers else {}
 
 
 def route_path(scope: dict) -> str:
