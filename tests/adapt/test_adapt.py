@@ -412,7 +412,7 @@ def test_the_source_models_row_counts_the_images_evaluate_counts(adapted: dict, 
                  "--bootstrap", "20"]) == 0
     result = json.loads((tmp_path / "v" / "metrics.json").read_text())
     page = (tmp_path / "v" / "report.html").read_text()  # NIH labels name no subtype: no normal-only subtype table
-    assert "Per subtype" not in page and "label NORMAL (of the images read)" in page  # (a reports audit)
+    assert "Per subtype" not in page and "label NORMAL (of the images read; not assessed)" in page  # (a reports audit)
     before = adapted["record"]["local"]["before"]
     assert before["n_not_assessed"] == result["not_assessed"]["n"] > 0  # NIH images: some are out
     got = before["stored_threshold"]["metrics"]
